@@ -1,0 +1,3 @@
+//! The pivtap command-line interface.
+#![forbid(unsafe_code)]
+fn main() {}
