@@ -48,13 +48,15 @@ pub fn get_data(object: ObjectTag) -> CommandApdu {
 /// the object. Needs the management key. Long content is sent by chaining.
 #[must_use]
 pub fn put_data(object: ObjectTag, content: &[u8]) -> CommandApdu {
-    let mut data = tlv::encode(TAG_LIST, &object.tag_bytes());
-    if object == ObjectTag::Discovery {
-        // The Discovery object is written with its own tag, not wrapped in 53.
-        data = tlv::encode(ObjectTag::Discovery.tag(), content);
-    } else {
-        tlv::write(&mut data, TAG_DATA, content);
-    }
+    let data = match object.wire_tag() {
+        TAG_DATA => {
+            let mut data = tlv::encode(TAG_LIST, &object.tag_bytes());
+            tlv::write(&mut data, TAG_DATA, content);
+            data
+        }
+        // Discovery and the BIT group are written whole, under their own tag.
+        own_tag => tlv::encode(own_tag, content),
+    };
     command(Ins::PutData, 0x3F, 0xFF).with_data(data)
 }
 
@@ -209,6 +211,20 @@ pub fn generate_key_pair(slot: KeyReference, algorithm: Algorithm) -> CommandApd
     command(Ins::GenerateAsymmetricKeyPair, 0x00, u8::from(slot))
         .with_data(template)
         .with_ne(EXTENDED_MAX_NE)
+}
+
+/// GET METADATA (YubiKey extension, INS `F7`): algorithm, retries and
+/// default-value state of a PIN, PUK, management key or key slot. Cards
+/// without it answer `6D00`.
+#[must_use]
+pub fn get_metadata(reference: KeyReference) -> CommandApdu {
+    command(Ins::GetMetadata, 0x00, u8::from(reference)).with_ne(SHORT_MAX_NE)
+}
+
+/// GET SERIAL (YubiKey extension, INS `F8`): the card's serial number, 4 bytes.
+#[must_use]
+pub fn get_serial() -> CommandApdu {
+    command(Ins::GetSerial, 0x00, 0x00).with_ne(4)
 }
 
 /// GET RESPONSE (ISO 7816-4 §7.6.1): fetches up to `ne` more bytes after `61xx`.

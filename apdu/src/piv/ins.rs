@@ -26,6 +26,8 @@ pub enum Ins {
     GetVersion,
     /// `F8` GET SERIAL, a YubiKey extension many PIV tools send.
     GetSerial,
+    /// `F7` GET METADATA, a YubiKey extension: PIN/PUK retries, key algorithms.
+    GetMetadata,
     /// Any other instruction.
     Other(u8),
 }
@@ -44,6 +46,7 @@ impl From<u8> for Ins {
             0xC0 => Ins::GetResponse,
             0xFD => Ins::GetVersion,
             0xF8 => Ins::GetSerial,
+            0xF7 => Ins::GetMetadata,
             other => Ins::Other(other),
         }
     }
@@ -63,6 +66,7 @@ impl From<Ins> for u8 {
             Ins::GetResponse => 0xC0,
             Ins::GetVersion => 0xFD,
             Ins::GetSerial => 0xF8,
+            Ins::GetMetadata => 0xF7,
             Ins::Other(value) => value,
         }
     }

@@ -103,6 +103,17 @@ impl ObjectTag {
         bytes[skip..].to_vec()
     }
 
+    /// The tag that wraps the object's content in GET DATA and PUT DATA:
+    /// `53` for most objects, but the Discovery object (`7E`) and the BIT
+    /// group template (`7F61`) travel under their own tags.
+    #[must_use]
+    pub fn wire_tag(self) -> u32 {
+        match self {
+            ObjectTag::Discovery | ObjectTag::BiometricInformationTemplates => self.tag(),
+            _ => 0x53,
+        }
+    }
+
     /// Whether reading the object needs the PIN (SP 800-73-4 Part 1 Table 3, access rule "PIN").
     #[must_use]
     pub fn read_requires_pin(self) -> bool {
