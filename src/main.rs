@@ -1,3 +1,69 @@
-//! The pivtap command-line interface.
+//! The pivtap command-line interface: virtual PIV cards and card inspection.
 #![forbid(unsafe_code)]
-fn main() {}
+
+mod commands;
+mod issuer;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use pivtap_card::PivError;
+
+/// Shared-device sign-in with PIV smartcards.
+///
+/// A worker taps a PIV card and types its PIN; the card verifies the PIN and
+/// signs a server challenge. This tool creates virtual PIV cards for testing
+/// and demos, and inspects and uses cards.
+#[derive(Parser)]
+#[command(name = "pivtap", version, propagate_version = true)]
+#[command(after_help = "Exit codes: 0 success, 1 error, 2 usage error, 3 wrong PIN, 4 PIN blocked.\n\
+Set RUST_LOG=pivtap::apdu=trace to see every APDU (PINs and keys are redacted).")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Create virtual PIV cards (card images on disk).
+    #[command(subcommand)]
+    Vcard(commands::vcard::VcardCommand),
+    /// Inspect and use a PIV card.
+    #[command(subcommand)]
+    Card(commands::card::CardCommand),
+}
+
+/// Exit code for a wrong PIN.
+const EXIT_WRONG_PIN: u8 = 3;
+/// Exit code for a blocked PIN.
+const EXIT_PIN_BLOCKED: u8 = 4;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let result = match cli.command {
+        Command::Vcard(command) => commands::vcard::run(command),
+        Command::Card(command) => commands::card::run(command),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            ExitCode::from(exit_code(&error))
+        }
+    }
+}
+
+fn exit_code(error: &anyhow::Error) -> u8 {
+    match error.downcast_ref::<PivError>() {
+        Some(PivError::WrongPin { .. }) => EXIT_WRONG_PIN,
+        Some(PivError::PinBlocked) => EXIT_PIN_BLOCKED,
+        _ => 1,
+    }
+}

@@ -5,8 +5,18 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod error;
 pub mod exchange;
 pub mod management_key;
+pub mod session;
+pub mod signature;
+pub mod spki;
 pub mod trace;
 pub mod transport;
 pub mod virtual_card;
+
+pub use error::PivError;
+pub use management_key::ManagementKey;
+pub use session::{PinStatus, PivSession};
+pub use signature::SignatureAlgorithm;
+pub use transport::{CardBackend, CardTransaction, LinkCapabilities, TransportError};

@@ -1,1 +1,1382 @@
-//! (being written)
+//! The virtual card image: a TOML file holding everything a virtual PIV card holds, so `pivtap vcard` commands can keep a card in a file.
+//!
+//! The file is meant to be read and edited by a person testing PIV software.
+//! It contains the card's secrets (PIN, PUK, management key, private keys):
+//! keep it private. pivtap writes it with mode 0600 and replaces it
+//! atomically; comments you add by hand are lost the next time pivtap saves
+//! the card.
+//!
+//! # Example
+//!
+//! ```toml
+//! # pivtap virtual PIV card image. It holds the card's PIN, PUK, management
+//! # key and private keys: keep it private.
+//! format = "pivtap-card-image"
+//! version = 1
+//!
+//! [card]
+//! serial = 10000001
+//! label = "Alice Example"
+//! extended_length = true
+//! contactless = false
+//!
+//! [pin]
+//! value = "123456"
+//! retries_left = 3
+//! max_retries = 3
+//!
+//! [puk]
+//! value = "12345678"
+//! retries_left = 3
+//! max_retries = 3
+//!
+//! [management_key]
+//! algorithm = "3des"
+//! key = "010203040506070801020304050607080102030405060708"
+//!
+//! [[keys]]
+//! slot = "9a"
+//! algorithm = "p256"
+//! private_key = """
+//! -----BEGIN PRIVATE KEY-----
+//! MIGHAgEAMBMGByqGSM49AgEGCCqGSM49AwEHBG0wawIBAQQgcENCskb/uxXTWPG6
+//! QgHusukbwvBZVNvZ7SHwObnGYG+hRANCAARLxrEf+GzIRvRQoW7hPFqa3h6hP56B
+//! ZTY5rUeV57maqP9oFoIqXVut1i8Vbm8FdSZnlXWboMS1O8Bz/KV87d73
+//! -----END PRIVATE KEY-----
+//! """
+//!
+//! [[objects]]
+//! tag = "5FC10C"
+//! name = "Key History Object"
+//! data = "wQEAwgEA/gA="
+//! ```
+//!
+//! # Fields
+//!
+//! - `format` = `"pivtap-card-image"` and `version` = `1`: what the file is.
+//!   Both are checked first, so a different file is refused with a clear error.
+//! - `[card]`
+//!   - `serial`: the serial number the card reports (0 to 4294967295).
+//!   - `label`: optional, a note for people; the card never reports it.
+//!   - `extended_length` (default `true`): `false` makes the card refuse
+//!     extended-length APDUs, like many NFC readers and older cards, so hosts
+//!     must use command chaining and GET RESPONSE.
+//!   - `contactless` (default `false`): `true` makes the card behave as one
+//!     read over a contactless interface (SP 800-73-4 Part 1 §3.5: only the
+//!     card authentication key and the free-read objects are usable).
+//! - `[pin]` and `[puk]`
+//!   - `value`: the PIN (6 to 8 digits) or PUK (6 to 8 characters), quoted.
+//!   - `retries_left`: wrong attempts left before the value blocks (0 = blocked).
+//!   - `max_retries`: 1 to 15; what a successful verification or an unblock restores.
+//! - `[management_key]`
+//!   - `algorithm`: `3des`, `aes128`, `aes192` or `aes256`.
+//!   - `key`: the key in hex (24, 16, 24 or 32 bytes). The example is the
+//!     factory default key of PIV cards.
+//! - `[[keys]]`, one entry per key slot that holds a key:
+//!   - `slot`: `9a`, `9c`, `9d`, `9e` or a retired slot `82` to `95`.
+//!   - `algorithm`: `rsa2048`, `p256` or `p384`; must match the key.
+//!   - `private_key`: the private key as PKCS#8 PEM (`BEGIN PRIVATE KEY`,
+//!     as `openssl genpkey` writes it); copy it to a file and run
+//!     `openssl pkey -in key.pem -text` to inspect it.
+//! - `[[objects]]`, one entry per data object present on the card:
+//!   - `tag`: the object tag in hex, e.g. `5FC102` (CHUID) or `5FC105` (the
+//!     9A certificate).
+//!   - `name`: optional and informational; pivtap writes the object's name
+//!     and ignores this field when reading.
+//!   - `data`: base64 (standard alphabet, padded; line breaks allowed) of the
+//!     object's content: what GET DATA returns inside its outer tag (`53`, or
+//!     `7E` for the discovery object). For a certificate object that is
+//!     `70 <certificate> 71 <certinfo> FE 00`.
+
+use std::collections::HashSet;
+use std::fmt;
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write as _};
+use std::path::{Path, PathBuf};
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as BASE64;
+use pivtap_apdu::piv::{
+    Algorithm, KeyReference, ObjectTag, Pin, Puk, ReferenceDataError, UnknownName,
+};
+use serde::de::{self, Deserializer, Visitor};
+use serde::{Deserialize, Serialize, Serializer};
+use zeroize::Zeroizing;
+
+use super::keys::{KeyError, SlotKey};
+use crate::management_key::{ManagementKey, ManagementKeyError};
+
+/// The value of the `format` field.
+pub const IMAGE_FORMAT: &str = "pivtap-card-image";
+/// The format version this code reads and writes.
+pub const IMAGE_VERSION: u32 = 1;
+/// The largest allowed `max_retries` for the PIN and the PUK.
+pub const MAX_RETRY_LIMIT: u8 = 15;
+/// The comment at the top of every saved image.
+const FILE_HEADER: &str = "# pivtap virtual PIV card image. It holds the card's PIN, PUK, management\n\
+                           # key and private keys: keep it private.\n";
+/// The largest PIV data object tag (three bytes).
+const MAX_OBJECT_TAG: u32 = 0xFF_FFFF;
+
+/// Why a card image could not be read, checked or written. Never contains a secret.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ImageError {
+    /// The file could not be read.
+    #[error("cannot read card image {}: {source}", .path.display())]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        source: io::Error,
+    },
+    /// The file could not be written.
+    #[error("cannot write card image {}: {source}", .path.display())]
+    Write {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        source: io::Error,
+    },
+    /// The content of a file is not a valid card image.
+    #[error("card image {}: {source}", .path.display())]
+    InFile {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong with its content.
+        source: Box<ImageError>,
+    },
+    /// The text is not valid TOML, or does not have the fields and types of a card image.
+    #[error("{}{message}", describe_location(*.location))]
+    Toml {
+        /// Line and column (from 1) of the problem, when known.
+        location: Option<(usize, usize)>,
+        /// What is wrong.
+        message: String,
+    },
+    /// `format` is missing or is not `"pivtap-card-image"`.
+    #[error("not a pivtap card image: `format` is {}, expected \"{IMAGE_FORMAT}\"", .found.as_deref().unwrap_or("missing"))]
+    NotACardImage {
+        /// The `format` value found (as TOML), if any.
+        found: Option<String>,
+    },
+    /// `version` is missing or is not a version this code reads.
+    #[error("card image `version` is {}; this pivtap reads version {IMAGE_VERSION}", .found.as_deref().unwrap_or("missing"))]
+    UnsupportedVersion {
+        /// The `version` value found (as TOML), if any.
+        found: Option<String>,
+    },
+    /// `[pin] value` is not a valid PIN.
+    #[error("[pin] value: {0}")]
+    InvalidPin(ReferenceDataError),
+    /// `[puk] value` is not a valid PUK.
+    #[error("[puk] value: {0}")]
+    InvalidPuk(ReferenceDataError),
+    /// `max_retries` is outside 1 to 15.
+    #[error("[{table}] max_retries must be 1 to {MAX_RETRY_LIMIT}, got {max_retries}")]
+    MaxRetriesOutOfRange {
+        /// `pin` or `puk`.
+        table: &'static str,
+        /// The value found.
+        max_retries: u8,
+    },
+    /// `retries_left` is more than `max_retries`.
+    #[error("[{table}] retries_left ({retries_left}) is more than max_retries ({max_retries})")]
+    RetriesLeftAboveMax {
+        /// `pin` or `puk`.
+        table: &'static str,
+        /// The value found.
+        retries_left: u8,
+        /// The limit.
+        max_retries: u8,
+    },
+    /// `[management_key] algorithm` is not an algorithm name.
+    #[error("[management_key] algorithm: {0}")]
+    InvalidManagementKeyAlgorithm(UnknownName),
+    /// `[management_key]` does not hold a valid key for its algorithm.
+    #[error("[management_key] {0}")]
+    InvalidManagementKey(ManagementKeyError),
+    /// A `[[keys]]` slot is not an asymmetric key slot.
+    #[error("[[keys]] entry {entry}: slot {slot:?} is not a key slot (9a, 9c, 9d, 9e or 82-95)")]
+    InvalidSlot {
+        /// The entry number, from 1.
+        entry: usize,
+        /// The slot as written.
+        slot: String,
+    },
+    /// A `[[keys]]` algorithm is not an algorithm name.
+    #[error("[[keys]] entry {entry}: algorithm: {source}")]
+    InvalidKeyAlgorithm {
+        /// The entry number, from 1.
+        entry: usize,
+        /// Why the name was refused.
+        source: UnknownName,
+    },
+    /// A `[[keys]]` private key could not be read.
+    #[error("[[keys]] entry {entry} (slot {slot}): private_key: {source}")]
+    InvalidPrivateKey {
+        /// The entry number, from 1.
+        entry: usize,
+        /// The slot.
+        slot: KeyReference,
+        /// Why the key was refused.
+        source: KeyError,
+    },
+    /// A `[[keys]]` algorithm does not match its private key.
+    #[error(
+        "[[keys]] entry {entry} (slot {slot}): algorithm is {declared} but the private key is {actual}"
+    )]
+    KeyAlgorithmMismatch {
+        /// The entry number, from 1.
+        entry: usize,
+        /// The slot.
+        slot: KeyReference,
+        /// The `algorithm` field.
+        declared: Algorithm,
+        /// The algorithm of the private key.
+        actual: Algorithm,
+    },
+    /// Two `[[keys]]` entries name the same slot.
+    #[error("slot {slot} appears in more than one [[keys]] entry")]
+    DuplicateSlot {
+        /// The slot.
+        slot: KeyReference,
+    },
+    /// An `[[objects]]` tag is not 1 to 3 bytes of hex.
+    #[error(
+        "[[objects]] entry {entry}: tag {tag:?} is not an object tag (1 to 3 bytes of hex, e.g. \"5FC102\")"
+    )]
+    InvalidObjectTag {
+        /// The entry number, from 1.
+        entry: usize,
+        /// The tag as written.
+        tag: String,
+    },
+    /// An `[[objects]]` data field is not valid base64.
+    #[error("[[objects]] entry {entry} (tag {tag}): data is not valid base64")]
+    InvalidObjectData {
+        /// The entry number, from 1.
+        entry: usize,
+        /// The object.
+        tag: ObjectTag,
+    },
+    /// Two `[[objects]]` entries have the same tag.
+    #[error("object {tag} appears in more than one [[objects]] entry")]
+    DuplicateObject {
+        /// The object.
+        tag: ObjectTag,
+    },
+    /// The image could not be written as TOML.
+    #[error("cannot encode the card image as TOML: {message}")]
+    Encode {
+        /// What went wrong.
+        message: String,
+    },
+}
+
+fn describe_location(location: Option<(usize, usize)>) -> String {
+    location
+        .map(|(line, column)| format!("line {line}, column {column}: "))
+        .unwrap_or_default()
+}
+
+/// A whole virtual card: settings, PIN, PUK, management key, private keys and data objects.
+///
+/// `Debug` redacts every secret.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CardImage {
+    /// Card settings (`[card]`).
+    pub card: CardSettings,
+    /// The PIN and its retry counter (`[pin]`).
+    pub pin: ReferenceDataState<Pin>,
+    /// The PUK and its retry counter (`[puk]`).
+    pub puk: ReferenceDataState<Puk>,
+    /// The card management key (`[management_key]`).
+    pub management_key: ManagementKey,
+    /// The private keys, one per slot (`[[keys]]`).
+    pub keys: Vec<KeyEntry>,
+    /// The data objects (`[[objects]]`).
+    pub objects: Vec<DataObject>,
+}
+
+/// The card's settings (`[card]`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CardSettings {
+    /// The serial number the card reports.
+    pub serial: u32,
+    /// A note for people; never reported by the card.
+    pub label: Option<String>,
+    /// Whether the card accepts extended-length APDUs.
+    pub extended_length: bool,
+    /// Whether the card behaves as read over a contactless interface.
+    pub contactless: bool,
+}
+
+/// A PIN or PUK with its retry counter.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReferenceDataState<T> {
+    /// The value.
+    pub value: T,
+    /// Wrong attempts left before it blocks (0 = blocked).
+    pub retries_left: u8,
+    /// What a successful verification or an unblock restores (1 to 15).
+    pub max_retries: u8,
+}
+
+/// The private key of one slot, kept as PKCS#8 PEM. `Debug` shows only the slot and algorithm.
+#[derive(Clone, PartialEq, Eq)]
+pub struct KeyEntry {
+    slot: KeyReference,
+    algorithm: Algorithm,
+    private_key_pem: Zeroizing<String>,
+}
+
+/// One data object: its tag and its content. `Debug` shows the length, not the content.
+#[derive(Clone, PartialEq, Eq)]
+pub struct DataObject {
+    /// The object.
+    pub tag: ObjectTag,
+    /// The content inside the outer tag of GET DATA's response.
+    pub data: Vec<u8>,
+}
+
+impl KeyEntry {
+    /// Stores `key` for `slot`.
+    ///
+    /// # Errors
+    /// [`KeyError::Encoding`] if the key cannot be written as PKCS#8.
+    pub fn new(slot: KeyReference, key: &SlotKey) -> Result<Self, KeyError> {
+        Ok(KeyEntry {
+            slot,
+            algorithm: key.algorithm(),
+            private_key_pem: key.to_pkcs8_pem()?,
+        })
+    }
+
+    /// The slot.
+    #[must_use]
+    pub fn slot(&self) -> KeyReference {
+        self.slot
+    }
+
+    /// The key's algorithm.
+    #[must_use]
+    pub fn algorithm(&self) -> Algorithm {
+        self.algorithm
+    }
+
+    /// The private key as PKCS#8 PEM.
+    #[must_use]
+    pub fn private_key_pem(&self) -> &str {
+        &self.private_key_pem
+    }
+
+    /// Reads the private key back.
+    ///
+    /// # Errors
+    /// The errors of [`SlotKey::from_pkcs8_pem`] (not expected: entries hold
+    /// keys that were read or written before).
+    pub fn slot_key(&self) -> Result<SlotKey, KeyError> {
+        SlotKey::from_pkcs8_pem(&self.private_key_pem)
+    }
+}
+
+impl fmt::Debug for KeyEntry {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "KeyEntry({}, {}, REDACTED)", self.slot, self.algorithm)
+    }
+}
+
+impl fmt::Debug for DataObject {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "DataObject({:06X} {}, {} bytes)",
+            self.tag.tag(),
+            self.tag.name(),
+            self.data.len()
+        )
+    }
+}
+
+impl CardImage {
+    /// Reads and checks an image from TOML text.
+    ///
+    /// # Errors
+    /// [`ImageError::Toml`] for syntax, missing fields or wrong types;
+    /// [`ImageError::NotACardImage`] or [`ImageError::UnsupportedVersion`]
+    /// for another kind of file; otherwise the error of the first field that
+    /// fails its check (see [`ImageError`]).
+    pub fn from_toml_str(text: &str) -> Result<Self, ImageError> {
+        let header: FormatHeader =
+            toml::from_str(text).map_err(|error| toml_error(text, &error))?;
+        if header.format.as_ref().and_then(toml::Value::as_str) != Some(IMAGE_FORMAT) {
+            return Err(ImageError::NotACardImage {
+                found: header.format.map(|value| value.to_string()),
+            });
+        }
+        if header.version.as_ref().and_then(toml::Value::as_integer)
+            != Some(i64::from(IMAGE_VERSION))
+        {
+            return Err(ImageError::UnsupportedVersion {
+                found: header.version.map(|value| value.to_string()),
+            });
+        }
+        let file: ImageFile = toml::from_str(text).map_err(|error| toml_error(text, &error))?;
+        let image = CardImage {
+            card: CardSettings {
+                serial: file.card.serial,
+                label: file.card.label,
+                extended_length: file.card.extended_length,
+                contactless: file.card.contactless,
+            },
+            pin: ReferenceDataState {
+                value: Pin::new(&file.pin.value.0).map_err(ImageError::InvalidPin)?,
+                retries_left: file.pin.retries_left,
+                max_retries: file.pin.max_retries,
+            },
+            puk: ReferenceDataState {
+                value: Puk::new(&file.puk.value.0).map_err(ImageError::InvalidPuk)?,
+                retries_left: file.puk.retries_left,
+                max_retries: file.puk.max_retries,
+            },
+            management_key: read_management_key(&file.management_key)?,
+            keys: file
+                .keys
+                .iter()
+                .enumerate()
+                .map(|(index, entry)| read_key_entry(index + 1, entry))
+                .collect::<Result<_, _>>()?,
+            objects: file
+                .objects
+                .iter()
+                .enumerate()
+                .map(|(index, object)| read_object(index + 1, object))
+                .collect::<Result<_, _>>()?,
+        };
+        image.validate()?;
+        Ok(image)
+    }
+
+    /// Writes the image as TOML, after checking it with [`CardImage::validate`].
+    ///
+    /// # Errors
+    /// The errors of [`CardImage::validate`], or [`ImageError::Encode`].
+    pub fn to_toml_string(&self) -> Result<Zeroizing<String>, ImageError> {
+        self.validate()?;
+        let file = ImageFile {
+            format: IMAGE_FORMAT.to_owned(),
+            version: IMAGE_VERSION,
+            card: CardFile {
+                serial: self.card.serial,
+                label: self.card.label.clone(),
+                extended_length: self.card.extended_length,
+                contactless: self.card.contactless,
+            },
+            pin: ReferenceDataFile {
+                value: SecretText::from_bytes(self.pin.value.as_bytes()),
+                retries_left: self.pin.retries_left,
+                max_retries: self.pin.max_retries,
+            },
+            puk: ReferenceDataFile {
+                value: SecretText::from_bytes(self.puk.value.as_bytes()),
+                retries_left: self.puk.retries_left,
+                max_retries: self.puk.max_retries,
+            },
+            management_key: ManagementKeyFile {
+                algorithm: self.management_key.algorithm().name().to_owned(),
+                key: SecretText(self.management_key.to_hex()),
+            },
+            keys: self
+                .keys
+                .iter()
+                .map(|entry| KeyFile {
+                    slot: entry.slot.to_string(),
+                    algorithm: entry.algorithm.name().to_owned(),
+                    private_key: SecretText(entry.private_key_pem.clone()),
+                })
+                .collect(),
+            objects: self
+                .objects
+                .iter()
+                .map(|object| ObjectFile {
+                    tag: hex::encode_upper(object.tag.tag_bytes()),
+                    name: Some(object.tag.name().to_owned()),
+                    data: BASE64.encode(&object.data),
+                })
+                .collect(),
+        };
+        let body = Zeroizing::new(toml::to_string(&file).map_err(|error| ImageError::Encode {
+            message: error.to_string(),
+        })?);
+        let mut text = Zeroizing::new(String::with_capacity(FILE_HEADER.len() + body.len()));
+        text.push_str(FILE_HEADER);
+        text.push_str(&body);
+        Ok(text)
+    }
+
+    /// Checks what the types alone do not: retry counters, key slots, no
+    /// duplicate slots or objects, object tags of at most three bytes.
+    ///
+    /// # Errors
+    /// [`ImageError::MaxRetriesOutOfRange`], [`ImageError::RetriesLeftAboveMax`],
+    /// [`ImageError::InvalidSlot`], [`ImageError::DuplicateSlot`],
+    /// [`ImageError::InvalidObjectTag`] or [`ImageError::DuplicateObject`].
+    pub fn validate(&self) -> Result<(), ImageError> {
+        check_retries("pin", self.pin.retries_left, self.pin.max_retries)?;
+        check_retries("puk", self.puk.retries_left, self.puk.max_retries)?;
+        let mut slots = HashSet::new();
+        for (index, entry) in self.keys.iter().enumerate() {
+            if !entry.slot.is_asymmetric_slot() {
+                return Err(ImageError::InvalidSlot {
+                    entry: index + 1,
+                    slot: entry.slot.to_string(),
+                });
+            }
+            if !slots.insert(entry.slot) {
+                return Err(ImageError::DuplicateSlot { slot: entry.slot });
+            }
+        }
+        let mut tags = HashSet::new();
+        for (index, object) in self.objects.iter().enumerate() {
+            let tag = object.tag.tag();
+            if tag == 0 || tag > MAX_OBJECT_TAG {
+                return Err(ImageError::InvalidObjectTag {
+                    entry: index + 1,
+                    tag: format!("{tag:X}"),
+                });
+            }
+            if !tags.insert(tag) {
+                return Err(ImageError::DuplicateObject { tag: object.tag });
+            }
+        }
+        Ok(())
+    }
+
+    /// Reads and checks an image file.
+    ///
+    /// # Errors
+    /// [`ImageError::Read`] if the file cannot be read, [`ImageError::InFile`]
+    /// (naming the file) if its content is not a valid image.
+    pub fn load(path: impl AsRef<Path>) -> Result<Self, ImageError> {
+        let path = path.as_ref();
+        let text = Zeroizing::new(fs::read_to_string(path).map_err(|source| ImageError::Read {
+            path: path.to_owned(),
+            source,
+        })?);
+        CardImage::from_toml_str(&text).map_err(|error| ImageError::InFile {
+            path: path.to_owned(),
+            source: Box::new(error),
+        })
+    }
+
+    /// Writes the image to `path` atomically: the text goes to a new
+    /// temporary file (mode 0600 on Unix) in the same directory, which is
+    /// flushed to disk and renamed over `path`; then the directory is flushed.
+    /// A crash at any point leaves either the old file or the new one, whole.
+    ///
+    /// # Errors
+    /// The errors of [`CardImage::to_toml_string`], or [`ImageError::Write`].
+    pub fn save(&self, path: impl AsRef<Path>) -> Result<(), ImageError> {
+        let path = path.as_ref();
+        let text = self.to_toml_string()?;
+        let write_error = |source| ImageError::Write {
+            path: path.to_owned(),
+            source,
+        };
+        let file_name = path.file_name().ok_or_else(|| {
+            write_error(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "the path does not name a file",
+            ))
+        })?;
+        let directory = match path.parent() {
+            Some(parent) if !parent.as_os_str().is_empty() => parent,
+            _ => Path::new("."),
+        };
+        let temporary = directory.join(format!(
+            ".{}.{}-{:08x}.tmp",
+            file_name.to_string_lossy(),
+            std::process::id(),
+            rand::random::<u32>()
+        ));
+        let written = write_new_private_file(&temporary, text.as_bytes())
+            .and_then(|()| fs::rename(&temporary, path));
+        if let Err(source) = written {
+            // Best effort: the temporary file may not exist, and the write error matters more.
+            let _ = fs::remove_file(&temporary);
+            return Err(write_error(source));
+        }
+        sync_directory(directory).map_err(write_error)
+    }
+}
+
+/// Creates `path` (which must not exist), readable only by its owner, and flushes `contents` to disk.
+fn write_new_private_file(path: &Path, contents: &[u8]) -> io::Result<()> {
+    let mut options = OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt as _;
+        options.mode(0o600);
+    }
+    let mut file = options.open(path)?;
+    file.write_all(contents)?;
+    file.sync_all()
+}
+
+/// Flushes a directory entry change (the rename) to disk.
+#[cfg(unix)]
+fn sync_directory(directory: &Path) -> io::Result<()> {
+    File::open(directory)?.sync_all()
+}
+
+/// Windows cannot open a directory as a file; its rename is flushed with the file system.
+#[cfg(not(unix))]
+fn sync_directory(_directory: &Path) -> io::Result<()> {
+    Ok(())
+}
+
+fn check_retries(table: &'static str, retries_left: u8, max_retries: u8) -> Result<(), ImageError> {
+    if !(1..=MAX_RETRY_LIMIT).contains(&max_retries) {
+        return Err(ImageError::MaxRetriesOutOfRange { table, max_retries });
+    }
+    if retries_left > max_retries {
+        return Err(ImageError::RetriesLeftAboveMax {
+            table,
+            retries_left,
+            max_retries,
+        });
+    }
+    Ok(())
+}
+
+fn read_management_key(file: &ManagementKeyFile) -> Result<ManagementKey, ImageError> {
+    let algorithm: Algorithm = file
+        .algorithm
+        .parse()
+        .map_err(ImageError::InvalidManagementKeyAlgorithm)?;
+    ManagementKey::from_hex(algorithm, &file.key.0).map_err(ImageError::InvalidManagementKey)
+}
+
+fn read_key_entry(entry: usize, file: &KeyFile) -> Result<KeyEntry, ImageError> {
+    let invalid_slot = || ImageError::InvalidSlot {
+        entry,
+        slot: file.slot.clone(),
+    };
+    let slot: KeyReference = file.slot.parse().map_err(|_| invalid_slot())?;
+    if !slot.is_asymmetric_slot() {
+        return Err(invalid_slot());
+    }
+    let declared: Algorithm = file
+        .algorithm
+        .parse()
+        .map_err(|source| ImageError::InvalidKeyAlgorithm { entry, source })?;
+    let key = SlotKey::from_pkcs8_pem(&file.private_key.0).map_err(|source| {
+        ImageError::InvalidPrivateKey {
+            entry,
+            slot,
+            source,
+        }
+    })?;
+    if key.algorithm() != declared {
+        return Err(ImageError::KeyAlgorithmMismatch {
+            entry,
+            slot,
+            declared,
+            actual: key.algorithm(),
+        });
+    }
+    Ok(KeyEntry {
+        slot,
+        algorithm: declared,
+        private_key_pem: file.private_key.0.clone(),
+    })
+}
+
+fn read_object(entry: usize, file: &ObjectFile) -> Result<DataObject, ImageError> {
+    let tag = hex::decode(file.tag.trim())
+        .ok()
+        .filter(|bytes| (1..=3).contains(&bytes.len()))
+        .map(|bytes| {
+            bytes
+                .iter()
+                .fold(0_u32, |tag, byte| tag << 8 | u32::from(*byte))
+        })
+        .filter(|tag| *tag != 0)
+        .map(ObjectTag::from_tag)
+        .ok_or_else(|| ImageError::InvalidObjectTag {
+            entry,
+            tag: file.tag.clone(),
+        })?;
+    let base64_text: String = file.data.split_ascii_whitespace().collect();
+    let data = BASE64
+        .decode(base64_text)
+        .map_err(|_| ImageError::InvalidObjectData { entry, tag })?;
+    Ok(DataObject { tag, data })
+}
+
+/// Turns a TOML error into [`ImageError::Toml`] with a line and column, and
+/// without the quoted source line that the error's `Display` would show (it
+/// may hold a secret).
+fn toml_error(text: &str, error: &toml::de::Error) -> ImageError {
+    let location = error.span().and_then(|span| {
+        let before = text.get(..span.start)?;
+        let line = before.matches('\n').count() + 1;
+        let line_start = before.rfind('\n').map_or(0, |newline| newline + 1);
+        let column = before.get(line_start..)?.chars().count() + 1;
+        Some((line, column))
+    });
+    ImageError::Toml {
+        location,
+        message: error.message().trim_end().to_owned(),
+    }
+}
+
+/// The two fields checked before anything else, so a different file gets a clear error.
+#[derive(Deserialize)]
+struct FormatHeader {
+    format: Option<toml::Value>,
+    version: Option<toml::Value>,
+}
+
+/// The file as TOML sees it; [`CardImage`] is the checked, typed form.
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ImageFile {
+    format: String,
+    version: u32,
+    card: CardFile,
+    pin: ReferenceDataFile,
+    puk: ReferenceDataFile,
+    management_key: ManagementKeyFile,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    keys: Vec<KeyFile>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    objects: Vec<ObjectFile>,
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CardFile {
+    serial: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    label: Option<String>,
+    #[serde(default = "extended_length_by_default")]
+    extended_length: bool,
+    #[serde(default)]
+    contactless: bool,
+}
+
+fn extended_length_by_default() -> bool {
+    true
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ReferenceDataFile {
+    value: SecretText,
+    retries_left: u8,
+    max_retries: u8,
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ManagementKeyFile {
+    algorithm: String,
+    key: SecretText,
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct KeyFile {
+    slot: String,
+    algorithm: String,
+    private_key: SecretText,
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ObjectFile {
+    tag: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    name: Option<String>,
+    data: String,
+}
+
+/// A secret field of the file: zeroized on drop, and never echoed in a type
+/// error (serde's default message would quote an unquoted PIN such as `123456`).
+struct SecretText(Zeroizing<String>);
+
+impl SecretText {
+    fn from_bytes(bytes: &[u8]) -> Self {
+        SecretText(Zeroizing::new(String::from_utf8_lossy(bytes).into_owned()))
+    }
+}
+
+impl Serialize for SecretText {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for SecretText {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_string(SecretTextVisitor)
+    }
+}
+
+struct SecretTextVisitor;
+
+impl SecretTextVisitor {
+    fn not_a_string<E: de::Error>() -> E {
+        E::custom("expected a quoted string, found a number")
+    }
+}
+
+impl Visitor<'_> for SecretTextVisitor {
+    type Value = SecretText;
+
+    fn expecting(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        formatter.write_str("a quoted string")
+    }
+
+    fn visit_str<E: de::Error>(self, text: &str) -> Result<SecretText, E> {
+        Ok(SecretText(Zeroizing::new(text.to_owned())))
+    }
+
+    fn visit_string<E: de::Error>(self, text: String) -> Result<SecretText, E> {
+        Ok(SecretText(Zeroizing::new(text)))
+    }
+
+    fn visit_i64<E: de::Error>(self, _: i64) -> Result<SecretText, E> {
+        Err(Self::not_a_string())
+    }
+
+    fn visit_u64<E: de::Error>(self, _: u64) -> Result<SecretText, E> {
+        Err(Self::not_a_string())
+    }
+
+    fn visit_i128<E: de::Error>(self, _: i128) -> Result<SecretText, E> {
+        Err(Self::not_a_string())
+    }
+
+    fn visit_u128<E: de::Error>(self, _: u128) -> Result<SecretText, E> {
+        Err(Self::not_a_string())
+    }
+
+    fn visit_f64<E: de::Error>(self, _: f64) -> Result<SecretText, E> {
+        Err(Self::not_a_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::OnceLock;
+
+    use super::*;
+
+    /// The example file of the module documentation, taken from this source file.
+    fn documented_example() -> String {
+        let mut example = String::new();
+        let example_lines = include_str!("image.rs")
+            .lines()
+            .map_while(|line| line.strip_prefix("//!"))
+            .skip_while(|line| line.trim() != "```toml")
+            .skip(1)
+            .take_while(|line| line.trim() != "```");
+        for line in example_lines {
+            example.push_str(line.strip_prefix(' ').unwrap_or(line));
+            example.push('\n');
+        }
+        example
+    }
+
+    fn rsa_entry() -> &'static KeyEntry {
+        static ENTRY: OnceLock<KeyEntry> = OnceLock::new();
+        ENTRY.get_or_init(|| {
+            let key = SlotKey::generate(Algorithm::Rsa2048).unwrap();
+            KeyEntry::new(KeyReference::DigitalSignature, &key).unwrap()
+        })
+    }
+
+    fn full_image() -> CardImage {
+        let p384 = SlotKey::generate(Algorithm::EccP384).unwrap();
+        CardImage {
+            card: CardSettings {
+                serial: 4_000_000_001,
+                label: Some("Bob \"Tester\" Example".to_owned()),
+                extended_length: false,
+                contactless: true,
+            },
+            pin: ReferenceDataState {
+                value: Pin::new("24681357").unwrap(),
+                retries_left: 0,
+                max_retries: 5,
+            },
+            puk: ReferenceDataState {
+                value: Puk::new("Zq9#x!2w").unwrap(),
+                retries_left: 15,
+                max_retries: 15,
+            },
+            management_key: ManagementKey::from_hex(
+                Algorithm::Aes256,
+                "00112233445566778899AABBCCDDEEFF00112233445566778899AABBCCDDEEFF",
+            )
+            .unwrap(),
+            keys: vec![
+                rsa_entry().clone(),
+                KeyEntry::new(KeyReference::Retired(20), &p384).unwrap(),
+            ],
+            objects: vec![
+                DataObject {
+                    tag: ObjectTag::Chuid,
+                    data: (0..=255).collect(),
+                },
+                DataObject {
+                    tag: ObjectTag::Discovery,
+                    data: vec![0x4F, 0x0B],
+                },
+                DataObject {
+                    tag: ObjectTag::Other(0x5FFF01),
+                    data: Vec::new(),
+                },
+            ],
+        }
+    }
+
+    /// Parses `text`, which must fail, and returns the error.
+    fn parse_error(text: &str) -> ImageError {
+        CardImage::from_toml_str(text).unwrap_err()
+    }
+
+    #[test]
+    fn documented_example_parses() {
+        let example = documented_example();
+        assert!(
+            example.starts_with("# pivtap virtual PIV card image"),
+            "{example}"
+        );
+        let image = CardImage::from_toml_str(&example).unwrap();
+        assert_eq!(image.card.serial, 10_000_001);
+        assert_eq!(image.card.label.as_deref(), Some("Alice Example"));
+        assert_eq!(image.pin.value.as_bytes(), b"123456");
+        assert_eq!(image.puk.value.as_bytes(), b"12345678");
+        assert_eq!(image.management_key, ManagementKey::default_key());
+        assert_eq!(image.keys.len(), 1);
+        assert_eq!(image.keys[0].slot(), KeyReference::PivAuthentication);
+        assert_eq!(
+            image.keys[0].slot_key().unwrap().algorithm(),
+            Algorithm::EccP256
+        );
+        assert_eq!(image.objects[0].tag, ObjectTag::KeyHistory);
+        assert_eq!(image.objects[0].data, [0xC1, 1, 0, 0xC2, 1, 0, 0xFE, 0]);
+        // pivtap writes the example back as it is.
+        assert_eq!(*image.to_toml_string().unwrap(), example);
+    }
+
+    #[test]
+    fn round_trips_through_text() {
+        let image = full_image();
+        let text = image.to_toml_string().unwrap();
+        let read = CardImage::from_toml_str(&text).unwrap();
+        assert_eq!(read, image);
+        assert_eq!(*read.to_toml_string().unwrap(), *text);
+        let rsa_key_start = "slot = \"9c\"\nalgorithm = \"rsa2048\"\n\
+                             private_key = \"\"\"\n-----BEGIN PRIVATE KEY-----\n";
+        assert!(text.contains(rsa_key_start), "{}", *text);
+        assert!(text.contains("tag = \"7E\""), "{}", *text);
+        assert!(
+            text.contains("tag = \"5FC102\"\nname = \"CHUID\""),
+            "{}",
+            *text
+        );
+    }
+
+    #[test]
+    fn defaults_apply_to_optional_fields() {
+        let text = documented_example()
+            .replace("label = \"Alice Example\"\n", "")
+            .replace("extended_length = true\n", "")
+            .replace("contactless = false\n", "");
+        let image = CardImage::from_toml_str(&text).unwrap();
+        assert_eq!(
+            image.card,
+            CardSettings {
+                serial: 10_000_001,
+                label: None,
+                extended_length: true,
+                contactless: false
+            }
+        );
+    }
+
+    #[test]
+    fn refuses_other_files_and_versions() {
+        let example = documented_example();
+        assert!(matches!(
+            parse_error(&example.replace("\"pivtap-card-image\"", "\"something-else\"")),
+            ImageError::NotACardImage { found: Some(found) } if found == "\"something-else\""
+        ));
+        assert!(matches!(
+            parse_error("title = \"a Cargo.toml perhaps\"\n"),
+            ImageError::NotACardImage { found: None }
+        ));
+        assert!(matches!(
+            parse_error(&example.replace("version = 1", "version = 2")),
+            ImageError::UnsupportedVersion { found: Some(found) } if found == "2"
+        ));
+    }
+
+    #[test]
+    fn reports_toml_problems_with_their_line() {
+        let example = documented_example();
+        let pin_without_retries = example.replace(
+            "retries_left = 3\nmax_retries = 3\n\n[puk]",
+            "max_retries = 3\n\n[puk]",
+        );
+        let error = parse_error(&pin_without_retries);
+        assert_eq!(
+            error.to_string(),
+            "line 12, column 1: missing field `retries_left`"
+        );
+        let unknown_field = example.replace(
+            "contactless = false",
+            "contactless = false\ncolour = \"blue\"",
+        );
+        assert_eq!(
+            parse_error(&unknown_field).to_string(),
+            "line 11, column 1: unknown field `colour`, expected one of \
+             `serial`, `label`, `extended_length`, `contactless`"
+        );
+        assert!(matches!(
+            parse_error("format = \"pivtap-card-image\"\nversion = "),
+            ImageError::Toml {
+                location: Some((2, _)),
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn type_errors_never_quote_a_secret() {
+        let example = documented_example();
+        let unquoted_pin = example.replace("value = \"123456\"", "value = 918273");
+        assert_eq!(
+            parse_error(&unquoted_pin).to_string(),
+            "line 13, column 9: expected a quoted string, found a number"
+        );
+        let broken_pin = example.replace("value = \"123456\"", "value = 91827x");
+        let error = parse_error(&broken_pin).to_string();
+        assert!(error.starts_with("line 13, column 9: "), "{error}");
+        assert!(!error.contains("91827"), "{error}");
+    }
+
+    #[test]
+    fn refuses_bad_pins_puks_and_counters() {
+        let example = documented_example();
+        assert!(matches!(
+            parse_error(&example.replace("\"123456\"", "\"12345\"")),
+            ImageError::InvalidPin(ReferenceDataError::PinLength { len: 5 })
+        ));
+        let error = parse_error(&example.replace("\"123456\"", "\"12a456\""));
+        assert!(matches!(
+            error,
+            ImageError::InvalidPin(ReferenceDataError::PinNotNumeric)
+        ));
+        assert!(!error.to_string().contains("12a456"), "{error}");
+        assert!(matches!(
+            parse_error(&example.replace("\"12345678\"", "\"123456789\"")),
+            ImageError::InvalidPuk(ReferenceDataError::PukLength { len: 9 })
+        ));
+        assert!(matches!(
+            parse_error(&example.replacen("retries_left = 3", "retries_left = 4", 1)),
+            ImageError::RetriesLeftAboveMax {
+                table: "pin",
+                retries_left: 4,
+                max_retries: 3
+            }
+        ));
+        let puk_counters = example.replace(
+            "\"12345678\"\nretries_left = 3\nmax_retries = 3",
+            "\"12345678\"\nretries_left = 0\nmax_retries = 16",
+        );
+        assert!(matches!(
+            parse_error(&puk_counters),
+            ImageError::MaxRetriesOutOfRange {
+                table: "puk",
+                max_retries: 16
+            }
+        ));
+        let no_tries = example.replacen(
+            "retries_left = 3\nmax_retries = 3",
+            "retries_left = 0\nmax_retries = 0",
+            1,
+        );
+        assert!(matches!(
+            parse_error(&no_tries),
+            ImageError::MaxRetriesOutOfRange {
+                table: "pin",
+                max_retries: 0
+            }
+        ));
+    }
+
+    #[test]
+    fn refuses_bad_management_keys() {
+        let example = documented_example();
+        let algorithm = |name: &str| {
+            example.replace("algorithm = \"3des\"", &format!("algorithm = \"{name}\""))
+        };
+        assert!(matches!(
+            parse_error(&algorithm("blowfish")),
+            ImageError::InvalidManagementKeyAlgorithm(_)
+        ));
+        assert!(matches!(
+            parse_error(&algorithm("rsa2048")),
+            ImageError::InvalidManagementKey(ManagementKeyError::UnsupportedAlgorithm { .. })
+        ));
+        assert!(matches!(
+            parse_error(&algorithm("aes128")),
+            ImageError::InvalidManagementKey(ManagementKeyError::KeyLength {
+                expected: 16,
+                actual: 24,
+                ..
+            })
+        ));
+        let error = parse_error(&example.replace("0102030405060708\"", "010203040506070Q\""));
+        assert!(matches!(
+            error,
+            ImageError::InvalidManagementKey(ManagementKeyError::BadHex)
+        ));
+        assert!(!error.to_string().contains("0102"), "{error}");
+    }
+
+    #[test]
+    fn refuses_bad_key_entries() {
+        let example = documented_example();
+        assert!(matches!(
+            parse_error(&example.replace("slot = \"9a\"", "slot = \"9b\"")),
+            ImageError::InvalidSlot { entry: 1, slot } if slot == "9b"
+        ));
+        assert!(matches!(
+            parse_error(&example.replace("slot = \"9a\"", "slot = \"zz\"")),
+            ImageError::InvalidSlot { entry: 1, .. }
+        ));
+        assert!(matches!(
+            parse_error(&example.replace("algorithm = \"p256\"", "algorithm = \"ed25519\"")),
+            ImageError::InvalidKeyAlgorithm { entry: 1, .. }
+        ));
+        assert!(matches!(
+            parse_error(&example.replace("algorithm = \"p256\"", "algorithm = \"p384\"")),
+            ImageError::KeyAlgorithmMismatch {
+                entry: 1,
+                slot: KeyReference::PivAuthentication,
+                declared: Algorithm::EccP384,
+                actual: Algorithm::EccP256
+            }
+        ));
+        let error = parse_error(&example.replace("MIGHAgEAMBMGByqGSM49", "MIGHAgEAMBMGByqGSM4A"));
+        assert!(
+            matches!(error, ImageError::InvalidPrivateKey { entry: 1, .. }),
+            "{error}"
+        );
+        assert!(!error.to_string().contains("MIGH"), "{error}");
+
+        let key_entry = example
+            .split("[[keys]]")
+            .nth(1)
+            .and_then(|rest| rest.split("[[objects]]").next())
+            .unwrap()
+            .to_owned();
+        let twice = example.replace("[[objects]]", &format!("[[keys]]{key_entry}[[objects]]"));
+        assert!(matches!(
+            parse_error(&twice),
+            ImageError::DuplicateSlot {
+                slot: KeyReference::PivAuthentication
+            }
+        ));
+    }
+
+    #[test]
+    fn refuses_bad_objects() {
+        let example = documented_example();
+        let with_tag = |tag: &str| example.replace("tag = \"5FC10C\"", &format!("tag = \"{tag}\""));
+        // Two bytes is a valid (vendor) tag.
+        let image = CardImage::from_toml_str(&with_tag("5FC1")).unwrap();
+        assert_eq!(image.objects[0].tag, ObjectTag::Other(0x5FC1));
+        for bad_tag in ["5FC10", "5FC1020A", "", "00", "tag"] {
+            assert!(
+                matches!(
+                    parse_error(&with_tag(bad_tag)),
+                    ImageError::InvalidObjectTag { entry: 1, ref tag } if tag == bad_tag
+                ),
+                "{bad_tag}"
+            );
+        }
+        assert!(matches!(
+            parse_error(&example.replace("wQEAwgEA/gA=", "wQEAwgEA/gA")),
+            ImageError::InvalidObjectData {
+                entry: 1,
+                tag: ObjectTag::KeyHistory
+            }
+        ));
+        let wrapped = example.replace(
+            "data = \"wQEAwgEA/gA=\"",
+            "data = \"\"\"\nwQEA\nwgEA/gA=\n\"\"\"",
+        );
+        let image = CardImage::from_toml_str(&wrapped).unwrap();
+        assert_eq!(image.objects[0].data, [0xC1, 1, 0, 0xC2, 1, 0, 0xFE, 0]);
+        let twice = example.replace(
+            "data = \"wQEAwgEA/gA=\"",
+            "data = \"wQEAwgEA/gA=\"\n\n[[objects]]\ntag = \"5fc10c\"\ndata = \"\"",
+        );
+        assert!(matches!(
+            parse_error(&twice),
+            ImageError::DuplicateObject {
+                tag: ObjectTag::KeyHistory
+            }
+        ));
+    }
+
+    #[test]
+    fn writing_checks_the_image_too() {
+        let mut image = full_image();
+        image.pin.retries_left = 6;
+        assert!(matches!(
+            image.to_toml_string(),
+            Err(ImageError::RetriesLeftAboveMax { table: "pin", .. })
+        ));
+
+        let mut image = full_image();
+        image.keys.push(rsa_entry().clone());
+        assert!(matches!(
+            image.to_toml_string(),
+            Err(ImageError::DuplicateSlot {
+                slot: KeyReference::DigitalSignature
+            })
+        ));
+
+        let mut image = full_image();
+        let mut entry = rsa_entry().clone();
+        entry.slot = KeyReference::Pin;
+        image.keys = vec![entry];
+        assert!(matches!(
+            image.to_toml_string(),
+            Err(ImageError::InvalidSlot { entry: 1, .. })
+        ));
+
+        let mut image = full_image();
+        image.objects.push(DataObject {
+            tag: ObjectTag::Other(0x5FC102),
+            data: vec![1],
+        });
+        assert!(matches!(
+            image.validate(),
+            Err(ImageError::DuplicateObject { .. })
+        ));
+
+        let mut image = full_image();
+        image.objects = vec![DataObject {
+            tag: ObjectTag::Other(0x0100_0000),
+            data: vec![],
+        }];
+        assert!(matches!(
+            image.validate(),
+            Err(ImageError::InvalidObjectTag { entry: 1, .. })
+        ));
+    }
+
+    #[test]
+    fn debug_redacts_every_secret() {
+        let image = full_image();
+        let shown = format!("{image:?}");
+        let pem_body = rsa_entry().private_key_pem().lines().nth(1).unwrap();
+        for secret in ["24681357", "Zq9#x!2w", "00112233", pem_body] {
+            assert!(!shown.contains(secret), "{secret} in {shown}");
+        }
+        assert!(shown.contains("KeyEntry(9c, rsa2048, REDACTED)"), "{shown}");
+        assert!(
+            shown.contains("DataObject(5FC102 CHUID, 256 bytes)"),
+            "{shown}"
+        );
+    }
+
+    #[test]
+    fn save_replaces_the_file_atomically_and_privately() {
+        let directory = tempfile::tempdir().unwrap();
+        let path = directory.path().join("card.toml");
+        let mut image = full_image();
+        image.save(&path).unwrap();
+        assert_eq!(CardImage::load(&path).unwrap(), image);
+
+        image.card.serial = 7;
+        image.objects.clear();
+        image.save(&path).unwrap();
+        assert_eq!(CardImage::load(&path).unwrap(), image);
+        assert_eq!(
+            fs::read_to_string(&path).unwrap(),
+            *image.to_toml_string().unwrap()
+        );
+
+        let names: Vec<_> = fs::read_dir(directory.path())
+            .unwrap()
+            .map(|entry| entry.unwrap().file_name())
+            .collect();
+        assert_eq!(names, ["card.toml"], "no temporary file may be left behind");
+
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt as _;
+            let mode = fs::metadata(&path).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o600);
+        }
+    }
+
+    #[test]
+    fn failed_save_keeps_the_old_file() {
+        let directory = tempfile::tempdir().unwrap();
+        let path = directory.path().join("card.toml");
+        let image = full_image();
+        image.save(&path).unwrap();
+        let before = fs::read(&path).unwrap();
+
+        let mut invalid = image.clone();
+        invalid.puk.max_retries = 0;
+        assert!(matches!(
+            invalid.save(&path),
+            Err(ImageError::MaxRetriesOutOfRange { .. })
+        ));
+        let missing_directory = directory.path().join("nowhere").join("card.toml");
+        let error = image.save(&missing_directory).unwrap_err();
+        assert!(matches!(&error, ImageError::Write { path, .. } if *path == missing_directory));
+        assert!(error.to_string().contains("nowhere"), "{error}");
+        assert_eq!(fs::read(&path).unwrap(), before);
+        assert_eq!(fs::read_dir(directory.path()).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn load_names_the_file_in_errors() {
+        let directory = tempfile::tempdir().unwrap();
+        let path = directory.path().join("broken.toml");
+        let text = full_image().to_toml_string().unwrap();
+        fs::write(&path, &text[..text.len() / 2]).unwrap();
+        let error = CardImage::load(&path).unwrap_err();
+        let message = error.to_string();
+        assert!(
+            matches!(&error, ImageError::InFile { path: in_path, .. } if *in_path == path),
+            "{message}"
+        );
+        let expected_start = format!("card image {}: line ", path.display());
+        assert!(message.starts_with(&expected_start), "{message}");
+
+        fs::write(&path, b"\xFF\xFE not text").unwrap();
+        assert!(matches!(
+            CardImage::load(&path),
+            Err(ImageError::Read { .. })
+        ));
+        let missing = directory.path().join("missing.toml");
+        let error = CardImage::load(&missing).unwrap_err();
+        assert!(error.to_string().contains("missing.toml"), "{error}");
+    }
+}

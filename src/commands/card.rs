@@ -1,0 +1,309 @@
+//! `pivtap card`: read what is on a PIV card, verify its PIN, export certificates.
+
+use std::io::{IsTerminal, Write};
+use std::path::PathBuf;
+
+use anyhow::{Context, bail};
+use clap::Subcommand;
+use pivtap_apdu::piv::{KeyReference, Pin};
+use pivtap_card::session::PinStatus;
+use pivtap_card::{PivError, PivSession};
+use serde::Serialize;
+use x509_parser::prelude::{FromDer, X509Certificate};
+use x509_parser::public_key::PublicKey as X509PublicKey;
+use zeroize::Zeroizing;
+
+use super::CardArgs;
+
+/// `pivtap card ...`
+#[derive(Subcommand, Debug)]
+pub enum CardCommand {
+    /// Show what is on the card: CHUID, certificates per slot, PIN and PUK tries left.
+    Info {
+        #[command(flatten)]
+        card: CardArgs,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Check the card PIN (from PIVTAP_PIN, else asked for without echo).
+    ///
+    /// Exits 0 when the card accepts the PIN, 3 when it is wrong (the message
+    /// says how many tries are left) and 4 when the PIN is blocked.
+    VerifyPin {
+        #[command(flatten)]
+        card: CardArgs,
+        /// Print the result as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Write a slot's certificate to a file (PEM, or DER with --der).
+    ExportCert {
+        #[command(flatten)]
+        card: CardArgs,
+        /// The key slot: 9a, 9c, 9d, 9e or 82-95.
+        #[arg(long, default_value = "9a")]
+        slot: KeyReference,
+        /// Output file; `-` for standard output.
+        #[arg(long, value_name = "FILE", default_value = "-")]
+        out: PathBuf,
+        /// Write DER instead of PEM.
+        #[arg(long)]
+        der: bool,
+    },
+}
+
+/// Runs a `card` subcommand.
+pub fn run(command: CardCommand) -> anyhow::Result<()> {
+    match command {
+        CardCommand::Info { card, json } => info(&card, json),
+        CardCommand::VerifyPin { card, json } => verify_pin(&card, json),
+        CardCommand::ExportCert { card, slot, out, der } => export_certificate(&card, slot, &out, der),
+    }
+}
+
+/// Everything `card info` reports.
+#[derive(Serialize)]
+struct CardInfo {
+    card: String,
+    chuid: Option<ChuidInfo>,
+    pin: RetryInfo,
+    puk: Option<RetryInfo>,
+    slots: Vec<SlotInfo>,
+}
+
+#[derive(Serialize)]
+struct ChuidInfo {
+    guid: String,
+    fascn: Option<String>,
+    expiration: String,
+}
+
+#[derive(Serialize)]
+struct RetryInfo {
+    verified: bool,
+    blocked: bool,
+    retries_left: Option<u8>,
+}
+
+#[derive(Serialize)]
+struct SlotInfo {
+    slot: String,
+    name: &'static str,
+    algorithm: String,
+    subject: String,
+    issuer: String,
+    serial: String,
+    not_before: String,
+    not_after: String,
+}
+
+fn info(args: &CardArgs, json: bool) -> anyhow::Result<()> {
+    let mut backend = args.open()?;
+    let card_name = pivtap_card::CardBackend::name(&backend);
+    let mut session = PivSession::open(&mut backend)?;
+    let chuid = match session.chuid() {
+        Ok(chuid) => Some(ChuidInfo {
+            guid: chuid.guid_string(),
+            fascn: chuid.fascn.as_ref().map(ToString::to_string),
+            expiration: chuid.expiration.clone(),
+        }),
+        Err(PivError::ObjectNotFound { .. }) => None,
+        Err(error) => return Err(error).context("cannot read the CHUID"),
+    };
+    let pin = retry_info(session.pin_status()?);
+    let puk = session.puk_status()?.map(retry_info);
+    let mut slots = Vec::new();
+    for slot in KeyReference::asymmetric_slots() {
+        match session.certificate(slot) {
+            Ok(der) => slots.push(describe_certificate(slot, &der)?),
+            Err(PivError::ObjectNotFound { .. }) => {}
+            Err(error) => return Err(error).with_context(|| format!("cannot read the certificate of slot {slot}")),
+        }
+    }
+    let info = CardInfo {
+        card: card_name,
+        chuid,
+        pin,
+        puk,
+        slots,
+    };
+    if json {
+        println!("{}", serde_json::to_string_pretty(&info)?);
+    } else {
+        print_info(&info);
+    }
+    Ok(())
+}
+
+fn retry_info(status: PinStatus) -> RetryInfo {
+    match status {
+        PinStatus::Verified => RetryInfo {
+            verified: true,
+            blocked: false,
+            retries_left: None,
+        },
+        PinStatus::RetriesLeft(n) => RetryInfo {
+            verified: false,
+            blocked: false,
+            retries_left: Some(n),
+        },
+        PinStatus::Blocked => RetryInfo {
+            verified: false,
+            blocked: true,
+            retries_left: Some(0),
+        },
+    }
+}
+
+fn describe_retries(info: &RetryInfo) -> String {
+    match (info.verified, info.blocked, info.retries_left) {
+        (true, _, _) => "verified".to_owned(),
+        (_, true, _) => "BLOCKED".to_owned(),
+        (_, _, Some(1)) => "1 try left".to_owned(),
+        (_, _, Some(n)) => format!("{n} tries left"),
+        _ => "unknown".to_owned(),
+    }
+}
+
+fn print_info(info: &CardInfo) {
+    println!("Card:        {}", info.card);
+    match &info.chuid {
+        Some(chuid) => {
+            println!("CHUID GUID:  {}", chuid.guid);
+            if let Some(fascn) = &chuid.fascn {
+                println!("FASC-N:      {fascn}");
+            }
+            println!("Expires:     {}", chuid.expiration);
+        }
+        None => println!("CHUID:       none"),
+    }
+    println!("PIN:         {}", describe_retries(&info.pin));
+    match &info.puk {
+        Some(puk) => println!("PUK:         {}", describe_retries(puk)),
+        None => println!("PUK:         unknown (the card does not report it)"),
+    }
+    if info.slots.is_empty() {
+        println!("Slots:       no certificates");
+    }
+    for slot in &info.slots {
+        println!();
+        println!("Slot {} ({}): {}", slot.slot, slot.name, slot.algorithm);
+        println!("  Subject:   {}", slot.subject);
+        println!("  Issuer:    {}", slot.issuer);
+        println!("  Serial:    {}", slot.serial);
+        println!("  Valid:     {} to {}", slot.not_before, slot.not_after);
+    }
+}
+
+fn describe_certificate(slot: KeyReference, der: &[u8]) -> anyhow::Result<SlotInfo> {
+    let (_, certificate) = X509Certificate::from_der(der)
+        .map_err(|error| anyhow::anyhow!("the certificate in slot {slot} is not valid X.509: {error}"))?;
+    let algorithm = match certificate.public_key().parsed() {
+        Ok(X509PublicKey::RSA(rsa)) => format!("RSA-{}", rsa.key_size()),
+        Ok(X509PublicKey::EC(point)) => match point.key_size() {
+            256 => "ECC P-256".to_owned(),
+            384 => "ECC P-384".to_owned(),
+            bits => format!("ECC {bits}-bit"),
+        },
+        _ => "unknown".to_owned(),
+    };
+    let validity = certificate.validity();
+    Ok(SlotInfo {
+        slot: slot.to_string(),
+        name: slot.description(),
+        algorithm,
+        subject: certificate.subject().to_string(),
+        issuer: certificate.issuer().to_string(),
+        serial: certificate.raw_serial_as_string(),
+        not_before: rfc3339(validity.not_before.to_datetime()),
+        not_after: rfc3339(validity.not_after.to_datetime()),
+    })
+}
+
+fn rfc3339(time: time::OffsetDateTime) -> String {
+    time.format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_else(|_| time.to_string())
+}
+
+/// The PIN from `PIVTAP_PIN`, or asked for on the terminal without echo.
+fn read_pin() -> anyhow::Result<Pin> {
+    let text = match std::env::var("PIVTAP_PIN") {
+        Ok(pin) => Zeroizing::new(pin),
+        Err(_) => {
+            if !std::io::stdin().is_terminal() {
+                bail!("no PIN: set PIVTAP_PIN or run in a terminal to be asked for it");
+            }
+            Zeroizing::new(rpassword::prompt_password("Card PIN: ").context("cannot read the PIN")?)
+        }
+    };
+    Ok(Pin::new(text.trim())?)
+}
+
+#[derive(Serialize)]
+struct VerifyOutcome {
+    verified: bool,
+    blocked: bool,
+    retries_left: Option<u8>,
+}
+
+fn verify_pin(args: &CardArgs, json: bool) -> anyhow::Result<()> {
+    let pin = read_pin()?;
+    let mut backend = args.open()?;
+    let mut session = PivSession::open(&mut backend)?;
+    let result = session.verify_pin(&pin);
+    let outcome = match &result {
+        Ok(()) => VerifyOutcome {
+            verified: true,
+            blocked: false,
+            retries_left: None,
+        },
+        Err(PivError::WrongPin { retries_left }) => VerifyOutcome {
+            verified: false,
+            blocked: false,
+            retries_left: Some(*retries_left),
+        },
+        Err(PivError::PinBlocked) => VerifyOutcome {
+            verified: false,
+            blocked: true,
+            retries_left: Some(0),
+        },
+        Err(_) => return Ok(result?),
+    };
+    if json {
+        println!("{}", serde_json::to_string(&outcome)?);
+    } else if outcome.verified {
+        println!("PIN verified.");
+    }
+    Ok(result?)
+}
+
+fn export_certificate(args: &CardArgs, slot: KeyReference, out: &PathBuf, der: bool) -> anyhow::Result<()> {
+    let mut backend = args.open()?;
+    let mut session = PivSession::open(&mut backend)?;
+    let certificate = session.certificate(slot)?;
+    let bytes = if der {
+        certificate
+    } else {
+        pem_encode("CERTIFICATE", &certificate).into_bytes()
+    };
+    if out.as_os_str() == "-" {
+        std::io::stdout().write_all(&bytes)?;
+    } else {
+        std::fs::write(out, &bytes).with_context(|| format!("cannot write {}", out.display()))?;
+    }
+    Ok(())
+}
+
+/// PEM armour (RFC 7468) with 64-character lines.
+pub fn pem_encode(label: &str, der: &[u8]) -> String {
+    use base64::Engine as _;
+    let body = base64::engine::general_purpose::STANDARD.encode(der);
+    let mut pem = format!("-----BEGIN {label}-----\n");
+    for line in body.as_bytes().chunks(64) {
+        pem.push_str(&String::from_utf8_lossy(line));
+        pem.push('\n');
+    }
+    pem.push_str(&format!("-----END {label}-----\n"));
+    pem
+}

@@ -1,0 +1,237 @@
+//! `pivtap vcard`: create virtual PIV cards, provisioned through the same APDUs a real card gets.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, bail};
+use clap::Subcommand;
+use pivtap_apdu::piv::objects::chuid::Chuid;
+use pivtap_apdu::piv::objects::discovery::{Discovery, POLICY_APPLICATION_PIN};
+use pivtap_apdu::piv::objects::fascn::Fascn;
+use pivtap_apdu::piv::{Algorithm, KeyReference, ObjectTag, PIV_AID, Pin, Puk};
+use pivtap_card::virtual_card::{CardOptions, Interface, NewCard, VirtualCard, VirtualCardBackend};
+use pivtap_card::{ManagementKey, PivSession, spki};
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
+
+use crate::issuer::{self, CertificateAuthority, CertificateProfile};
+
+/// `pivtap vcard ...`
+#[derive(Subcommand, Debug)]
+pub enum VcardCommand {
+    /// Create a virtual card with a fresh key in slot 9A and a certificate for it.
+    ///
+    /// The key is generated on the card (GENERATE ASYMMETRIC KEY PAIR after
+    /// management-key authentication), the certificate is issued by the given
+    /// CA and written with PUT DATA, and a CHUID and Discovery object are
+    /// added: the card is provisioned exactly as a real one would be.
+    New {
+        /// Where to write the card image (TOML; it holds the card's secrets).
+        file: PathBuf,
+        /// Certificate subject, e.g. "CN=Alice Example,O=Example Corp,serialNumber=E1001".
+        #[arg(long)]
+        subject: String,
+        /// E-mail address for the certificate's subjectAltName.
+        #[arg(long)]
+        email: Option<String>,
+        /// Microsoft UPN for the certificate's subjectAltName.
+        #[arg(long)]
+        upn: Option<String>,
+        /// Key algorithm for slot 9A.
+        #[arg(long, default_value = "rsa2048", value_parser = parse_key_algorithm)]
+        alg: Algorithm,
+        /// Card PIN (6-8 digits).
+        #[arg(long, default_value = "123456")]
+        pin: String,
+        /// Card PUK (6-8 characters).
+        #[arg(long, default_value = "12345678")]
+        puk: String,
+        /// Tries before the PIN blocks (and before the PUK blocks).
+        #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u8).range(1..=15))]
+        retries: u8,
+        /// Card management key as hex (3DES, 24 bytes); default: the well-known default key.
+        #[arg(long, value_name = "HEX")]
+        management_key: Option<String>,
+        /// CA certificate (PEM) that issues the card certificate.
+        #[arg(long, value_name = "PEM")]
+        ca_cert: PathBuf,
+        /// CA private key (PKCS#8 PEM).
+        #[arg(long, value_name = "PEM")]
+        ca_key: PathBuf,
+        /// Certificate validity in days from now.
+        #[arg(long, default_value_t = 365, conflicts_with_all = ["not_before", "not_after"])]
+        valid_days: u32,
+        /// Certificate start of validity (RFC 3339), with --not-after.
+        #[arg(long, requires = "not_after", value_parser = parse_time)]
+        not_before: Option<OffsetDateTime>,
+        /// Certificate end of validity (RFC 3339), with --not-before.
+        #[arg(long, requires = "not_before", value_parser = parse_time)]
+        not_after: Option<OffsetDateTime>,
+        /// Card serial number (default: random).
+        #[arg(long)]
+        serial: Option<u32>,
+        /// Act as a contactless card (SP 800-73-4 contactless restrictions).
+        #[arg(long)]
+        contactless: bool,
+        /// Refuse extended-length APDUs, like many NFC readers.
+        #[arg(long)]
+        no_extended: bool,
+        /// Overwrite FILE if it exists.
+        #[arg(long)]
+        force: bool,
+    },
+}
+
+fn parse_key_algorithm(text: &str) -> Result<Algorithm, String> {
+    let algorithm: Algorithm = text.parse().map_err(|e: pivtap_apdu::piv::UnknownName| e.to_string())?;
+    match algorithm {
+        Algorithm::Rsa2048 | Algorithm::EccP256 | Algorithm::EccP384 => Ok(algorithm),
+        other => Err(format!("{other} is not a card key algorithm; use rsa2048, p256 or p384")),
+    }
+}
+
+fn parse_time(text: &str) -> Result<OffsetDateTime, String> {
+    OffsetDateTime::parse(text, &Rfc3339).map_err(|e| format!("not an RFC 3339 time ({e}), e.g. 2030-01-31T00:00:00Z"))
+}
+
+/// Runs a `vcard` subcommand.
+pub fn run(command: VcardCommand) -> anyhow::Result<()> {
+    match command {
+        VcardCommand::New {
+            file,
+            subject,
+            email,
+            upn,
+            alg,
+            pin,
+            puk,
+            retries,
+            management_key,
+            ca_cert,
+            ca_key,
+            valid_days,
+            not_before,
+            not_after,
+            serial,
+            contactless,
+            no_extended,
+            force,
+        } => {
+            if file.exists() && !force {
+                bail!("{} exists; use --force to overwrite it", file.display());
+            }
+            let now = OffsetDateTime::now_utc();
+            let (not_before, not_after) = match (not_before, not_after) {
+                (Some(start), Some(end)) => (start, end),
+                _ => (now, now + time::Duration::days(i64::from(valid_days))),
+            };
+            let management_key = match management_key {
+                Some(hex) => ManagementKey::from_hex(Algorithm::TripleDes, &hex)?,
+                None => ManagementKey::default_key(),
+            };
+            let new_card = NewCard {
+                pin: Pin::new(&pin).context("--pin")?,
+                puk: Puk::new(&puk).context("--puk")?,
+                retries,
+                management_key: management_key.clone(),
+                serial: serial.unwrap_or_else(rand_serial),
+                label: Some(subject.clone()),
+                options: CardOptions {
+                    extended_length: !no_extended,
+                    interface: if contactless {
+                        Interface::Contactless
+                    } else {
+                        Interface::Contact
+                    },
+                },
+            };
+            let ca = CertificateAuthority::from_files(&ca_cert, &ca_key)?;
+            let profile = CertificateProfile {
+                subject,
+                email,
+                upn,
+                not_before,
+                not_after,
+            };
+            let card = provision(new_card, &management_key, alg, &ca, &profile)?;
+            save(card, &file)?;
+            println!("Created virtual card {} (slot 9a: {alg}).", file.display());
+            Ok(())
+        }
+    }
+}
+
+fn rand_serial() -> u32 {
+    // Eight decimal digits, like printed card serials.
+    10_000_000 + rand::random_range(0..90_000_000)
+}
+
+/// The FASC-N of cards outside the US federal PIV system (PIV-I style:
+/// agency, system and credential all nines); the CHUID GUID identifies the card.
+const NON_FEDERAL_FASCN: &str = "99999999999999010000000000300001";
+
+/// Builds the card and provisions it over APDUs, as an issuer would a real card.
+fn provision(
+    new_card: NewCard,
+    management_key: &ManagementKey,
+    algorithm: Algorithm,
+    ca: &CertificateAuthority,
+    profile: &CertificateProfile,
+) -> anyhow::Result<VirtualCard> {
+    // Provisioning needs the contact interface; the card's own options are
+    // restored afterwards.
+    let options = new_card.options;
+    let card = VirtualCard::blank(NewCard {
+        options: CardOptions {
+            interface: Interface::Contact,
+            ..options
+        },
+        ..new_card
+    });
+    let mut backend = VirtualCardBackend::new(card, "new virtual card");
+    {
+        let mut session = PivSession::open(&mut backend)?;
+        session
+            .authenticate_management_key(management_key)
+            .context("management key authentication")?;
+        let public_key = session
+            .generate_key(KeyReference::PivAuthentication, algorithm)
+            .context("key generation in slot 9a")?;
+        let spki = spki::subject_public_key_info(&public_key)?;
+        let certificate = issuer::issue(ca, &spki, profile)?;
+        session.put_certificate(KeyReference::PivAuthentication, &certificate)?;
+        let mut guid = [0u8; 16];
+        rand::fill(&mut guid);
+        let chuid = Chuid {
+            fascn_raw: NON_FEDERAL_FASCN.parse::<Fascn>()?.encode(),
+            guid,
+            expiration: expiration_date(profile.not_after),
+            ..Chuid::default()
+        };
+        session.put_object(ObjectTag::Chuid, &chuid.encode())?;
+        session.put_discovery(&Discovery {
+            aid: PIV_AID.to_vec(),
+            pin_usage_policy: [POLICY_APPLICATION_PIN, 0x00],
+        })?;
+    }
+    let Ok(mut card) = backend.into_card() else {
+        bail!("the new card is still in use");
+    };
+    card.set_options(options);
+    card.reset();
+    Ok(card)
+}
+
+/// The CHUID expiration date (YYYYMMDD): the certificate's end of validity.
+fn expiration_date(not_after: OffsetDateTime) -> String {
+    format!(
+        "{:04}{:02}{:02}",
+        not_after.year(),
+        u8::from(not_after.month()),
+        not_after.day()
+    )
+}
+
+fn save(mut card: VirtualCard, file: &Path) -> anyhow::Result<()> {
+    card.save_as(file)
+        .with_context(|| format!("cannot write the card image {}", file.display()))
+}
