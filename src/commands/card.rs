@@ -104,8 +104,8 @@ fn info(args: &CardArgs, json: bool) -> anyhow::Result<()> {
     let mut session = PivSession::open(&mut backend)?;
     let chuid = match session.chuid() {
         Ok(chuid) => Some(ChuidInfo {
-            guid: chuid.guid_string(),
-            fascn: chuid.fascn.as_ref().map(ToString::to_string),
+            guid: chuid.guid_hex(),
+            fascn: chuid.fascn().ok().map(|f| f.to_string()),
             expiration: chuid.expiration.clone(),
         }),
         Err(PivError::ObjectNotFound { .. }) => None,
