@@ -16,8 +16,10 @@ use pivtap_card::PivError;
 /// and demos, and inspects and uses cards.
 #[derive(Parser)]
 #[command(name = "pivtap", version, propagate_version = true)]
-#[command(after_help = "Exit codes: 0 success, 1 error, 2 usage error, 3 wrong PIN, 4 PIN blocked.\n\
-Set RUST_LOG=pivtap::apdu=trace to see every APDU (PINs and keys are redacted).")]
+#[command(
+    after_help = "Exit codes: 0 success, 1 error, 2 usage error, 3 wrong PIN, 4 PIN blocked.\n\
+Set RUST_LOG=pivtap::apdu=trace to see every APDU (PINs and keys are redacted)."
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -27,7 +29,7 @@ struct Cli {
 enum Command {
     /// Create virtual PIV cards (card images on disk).
     #[command(subcommand)]
-    Vcard(commands::vcard::VcardCommand),
+    Vcard(Box<commands::vcard::VcardCommand>),
     /// Inspect and use a PIV card.
     #[command(subcommand)]
     Card(commands::card::CardCommand),
@@ -48,7 +50,7 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .init();
     let result = match cli.command {
-        Command::Vcard(command) => commands::vcard::run(command),
+        Command::Vcard(command) => commands::vcard::run(*command),
         Command::Card(command) => commands::card::run(command),
     };
     match result {

@@ -65,7 +65,11 @@ impl<'a> PivSession<'a> {
     }
 
     fn transmit(&mut self, command: &CommandApdu) -> Result<ResponseApdu, PivError> {
-        Ok(exchange::send(self.transaction.as_mut(), &mut self.link, command)?)
+        Ok(exchange::send(
+            self.transaction.as_mut(),
+            &mut self.link,
+            command,
+        )?)
     }
 
     /// Sends a command and returns its data on `9000`; other status words
@@ -152,7 +156,8 @@ impl<'a> PivSession<'a> {
     /// As [`Self::put_object`].
     pub fn put_discovery(&mut self, discovery: &Discovery) -> Result<(), PivError> {
         let encoded = discovery.encode();
-        let content = tlv::expect(&encoded, ObjectTag::Discovery.tag()).map_err(|source| malformed("Discovery object", source))?;
+        let content = tlv::expect(&encoded, ObjectTag::Discovery.tag())
+            .map_err(|source| malformed("Discovery object", source))?;
         self.put_object(ObjectTag::Discovery, content)
     }
 
@@ -184,7 +189,9 @@ impl<'a> PivSession<'a> {
             StatusWord::Success => Metadata::parse(response.data())
                 .map(Some)
                 .map_err(|source| malformed("metadata", source)),
-            StatusWord::InstructionNotSupported | StatusWord::ClassNotSupported | StatusWord::ReferencedDataNotFound => Ok(None),
+            StatusWord::InstructionNotSupported
+            | StatusWord::ClassNotSupported
+            | StatusWord::ReferencedDataNotFound => Ok(None),
             status => Err(PivError::Card {
                 operation: "read metadata",
                 status,
@@ -227,7 +234,9 @@ impl<'a> PivSession<'a> {
         let response = self.transmit(&commands::verify_status(KeyReference::Pin))?;
         match response.status() {
             StatusWord::Success => Ok(PinStatus::Verified),
-            StatusWord::RetriesLeft(0) | StatusWord::AuthenticationBlocked => Ok(PinStatus::Blocked),
+            StatusWord::RetriesLeft(0) | StatusWord::AuthenticationBlocked => {
+                Ok(PinStatus::Blocked)
+            }
             StatusWord::RetriesLeft(n) => Ok(PinStatus::RetriesLeft(n)),
             status => Err(PivError::Card {
                 operation: "query the PIN status",
@@ -263,8 +272,11 @@ impl<'a> PivSession<'a> {
     /// # Errors
     /// [`PivError::Card`] for unexpected answers.
     pub fn reset_pin_status(&mut self) -> Result<(), PivError> {
-        self.run(&commands::verify_reset(KeyReference::Pin), "reset the PIN status")
-            .map(drop)
+        self.run(
+            &commands::verify_reset(KeyReference::Pin),
+            "reset the PIN status",
+        )
+        .map(drop)
     }
 
     /// CHANGE REFERENCE DATA for the PIN (Part 2 §3.2.2).
@@ -318,7 +330,8 @@ impl<'a> PivSession<'a> {
         algorithm.check_key(key)?;
         let key_len = key.key_len();
         let input = algorithm.card_input(message, key_len);
-        let output = self.general_authenticate(key, slot, &commands::sign(key, slot, &input), "sign")?;
+        let output =
+            self.general_authenticate(key, slot, &commands::sign(key, slot, &input), "sign")?;
         Ok(algorithm.jose_signature(&output, key_len)?)
     }
 
@@ -363,11 +376,14 @@ impl<'a> PivSession<'a> {
                     operation,
                     status: StatusWord::IncorrectP1P2,
                 })
-                .inspect_err(|_| tracing::debug!(%key, %slot, "card refused the algorithm for this slot"));
+                .inspect_err(
+                    |_| tracing::debug!(%key, %slot, "card refused the algorithm for this slot"),
+                );
             }
             status => return Err(PivError::Card { operation, status }),
         }
-        let template = AuthTemplate::parse(response.data()).map_err(|source| malformed("authentication response", source))?;
+        let template = AuthTemplate::parse(response.data())
+            .map_err(|source| malformed("authentication response", source))?;
         template
             .response
             .bytes()
@@ -387,7 +403,9 @@ impl<'a> PivSession<'a> {
         let response = self.transmit(&commands::management_witness_request(algorithm))?;
         match response.status() {
             StatusWord::Success => {}
-            StatusWord::IncorrectP1P2 | StatusWord::IncorrectData | StatusWord::ReferencedDataNotFound => {
+            StatusWord::IncorrectP1P2
+            | StatusWord::IncorrectData
+            | StatusWord::ReferencedDataNotFound => {
                 return Err(PivError::ManagementKeyRejected);
             }
             status => {
@@ -397,7 +415,8 @@ impl<'a> PivSession<'a> {
                 });
             }
         }
-        let template = AuthTemplate::parse(response.data()).map_err(|source| malformed("management key witness", source))?;
+        let template = AuthTemplate::parse(response.data())
+            .map_err(|source| malformed("management key witness", source))?;
         let encrypted_witness = template
             .witness
             .bytes()
@@ -417,7 +436,8 @@ impl<'a> PivSession<'a> {
                 });
             }
         }
-        let template = AuthTemplate::parse(response.data()).map_err(|source| malformed("management key response", source))?;
+        let template = AuthTemplate::parse(response.data())
+            .map_err(|source| malformed("management key response", source))?;
         let expected = key.encrypt_block(&challenge)?;
         match template.response.bytes() {
             Some(answer) if bool::from(answer.ct_eq(expected.as_slice())) => Ok(()),
@@ -430,8 +450,15 @@ impl<'a> PivSession<'a> {
     ///
     /// # Errors
     /// [`PivError::AccessDenied`] without the management key.
-    pub fn generate_key(&mut self, slot: KeyReference, algorithm: Algorithm) -> Result<PublicKey, PivError> {
-        let data = self.run(&commands::generate_key_pair(slot, algorithm), "generate a key")?;
+    pub fn generate_key(
+        &mut self,
+        slot: KeyReference,
+        algorithm: Algorithm,
+    ) -> Result<PublicKey, PivError> {
+        let data = self.run(
+            &commands::generate_key_pair(slot, algorithm),
+            "generate a key",
+        )?;
         PublicKey::parse_for(algorithm, &data).map_err(|source| malformed("public key", source))
     }
 
@@ -448,9 +475,16 @@ impl<'a> PivSession<'a> {
     ///
     /// # Errors
     /// As [`Self::put_object`].
-    pub fn put_certificate(&mut self, slot: KeyReference, certificate_der: &[u8]) -> Result<(), PivError> {
+    pub fn put_certificate(
+        &mut self,
+        slot: KeyReference,
+        certificate_der: &[u8],
+    ) -> Result<(), PivError> {
         let object = slot.certificate_object().ok_or(PivError::NoKey { slot })?;
-        self.put_object(object, &CertificateObject::new(certificate_der.to_vec()).encode())
+        self.put_object(
+            object,
+            &CertificateObject::new(certificate_der.to_vec()).encode(),
+        )
     }
 }
 
@@ -465,11 +499,19 @@ fn missing_response() -> TlvError {
 }
 
 /// Maps the answer to VERIFY, CHANGE REFERENCE DATA or RESET RETRY COUNTER.
-fn reference_data_result(status: StatusWord, operation: &'static str, puk: bool) -> Result<(), PivError> {
+fn reference_data_result(
+    status: StatusWord,
+    operation: &'static str,
+    puk: bool,
+) -> Result<(), PivError> {
     match (status, puk) {
         (StatusWord::Success, _) => Ok(()),
-        (StatusWord::RetriesLeft(0) | StatusWord::AuthenticationBlocked, false) => Err(PivError::PinBlocked),
-        (StatusWord::RetriesLeft(0) | StatusWord::AuthenticationBlocked, true) => Err(PivError::PukBlocked),
+        (StatusWord::RetriesLeft(0) | StatusWord::AuthenticationBlocked, false) => {
+            Err(PivError::PinBlocked)
+        }
+        (StatusWord::RetriesLeft(0) | StatusWord::AuthenticationBlocked, true) => {
+            Err(PivError::PukBlocked)
+        }
         (StatusWord::RetriesLeft(retries_left), false) => Err(PivError::WrongPin { retries_left }),
         (StatusWord::RetriesLeft(retries_left), true) => Err(PivError::WrongPuk { retries_left }),
         (status, _) => Err(PivError::Card { operation, status }),

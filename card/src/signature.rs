@@ -89,7 +89,9 @@ impl SignatureAlgorithm {
     #[must_use]
     pub fn digest(self, message: &[u8]) -> Vec<u8> {
         match self {
-            SignatureAlgorithm::Rs256 | SignatureAlgorithm::Es256 => Sha256::digest(message).to_vec(),
+            SignatureAlgorithm::Rs256 | SignatureAlgorithm::Es256 => {
+                Sha256::digest(message).to_vec()
+            }
             SignatureAlgorithm::Rs512 => Sha512::digest(message).to_vec(),
             SignatureAlgorithm::Es384 => Sha384::digest(message).to_vec(),
         }
@@ -121,7 +123,11 @@ impl SignatureAlgorithm {
     ///
     /// # Errors
     /// [`SignatureError::MalformedEcdsa`] or [`SignatureError::RsaLength`].
-    pub fn jose_signature(self, card_output: &[u8], key_len: usize) -> Result<Vec<u8>, SignatureError> {
+    pub fn jose_signature(
+        self,
+        card_output: &[u8],
+        key_len: usize,
+    ) -> Result<Vec<u8>, SignatureError> {
         match self {
             SignatureAlgorithm::Rs256 | SignatureAlgorithm::Rs512 => {
                 if card_output.len() == key_len {
@@ -145,11 +151,13 @@ impl SignatureAlgorithm {
 
 /// DER of `DigestInfo { sha256, NULL }` before the 32-byte hash (RFC 8017 §9.2 note 1).
 const DIGEST_INFO_SHA256: [u8; 19] = [
-    0x30, 0x31, 0x30, 0x0d, 0x06, 0x09, 0x60, 0x86, 0x48, 0x01, 0x65, 0x03, 0x04, 0x02, 0x01, 0x05, 0x00, 0x04, 0x20,
+    0x30, 0x31, 0x30, 0x0d, 0x06, 0x09, 0x60, 0x86, 0x48, 0x01, 0x65, 0x03, 0x04, 0x02, 0x01, 0x05,
+    0x00, 0x04, 0x20,
 ];
 /// DER of `DigestInfo { sha512, NULL }` before the 64-byte hash.
 const DIGEST_INFO_SHA512: [u8; 19] = [
-    0x30, 0x51, 0x30, 0x0d, 0x06, 0x09, 0x60, 0x86, 0x48, 0x01, 0x65, 0x03, 0x04, 0x02, 0x03, 0x05, 0x00, 0x04, 0x40,
+    0x30, 0x51, 0x30, 0x0d, 0x06, 0x09, 0x60, 0x86, 0x48, 0x01, 0x65, 0x03, 0x04, 0x02, 0x03, 0x05,
+    0x00, 0x04, 0x40,
 ];
 
 impl fmt::Display for SignatureAlgorithm {
@@ -204,13 +212,27 @@ mod tests {
             SignatureAlgorithm::Es256.jose_signature(&der[..5], 32),
             Err(SignatureError::MalformedEcdsa)
         );
-        assert_eq!(SignatureAlgorithm::Es384.jose_signature(&der, 48).unwrap().len(), 96);
+        assert_eq!(
+            SignatureAlgorithm::Es384
+                .jose_signature(&der, 48)
+                .unwrap()
+                .len(),
+            96
+        );
     }
 
     #[test]
     fn algorithms_match_keys() {
-        assert!(SignatureAlgorithm::Rs512.check_key(Algorithm::Rsa2048).is_ok());
-        assert!(SignatureAlgorithm::Es256.check_key(Algorithm::Rsa2048).is_err());
+        assert!(
+            SignatureAlgorithm::Rs512
+                .check_key(Algorithm::Rsa2048)
+                .is_ok()
+        );
+        assert!(
+            SignatureAlgorithm::Es256
+                .check_key(Algorithm::Rsa2048)
+                .is_err()
+        );
         assert_eq!("es384".parse(), Ok(SignatureAlgorithm::Es384));
         assert!("none".parse::<SignatureAlgorithm>().is_err());
         assert!("HS256".parse::<SignatureAlgorithm>().is_err());

@@ -21,35 +21,63 @@ fn contact() -> VirtualCardBackend {
 }
 
 /// Generates a key in `slot` and returns its public key.
-fn generate(backend: &mut VirtualCardBackend, slot: KeyReference, algorithm: Algorithm) -> PublicKey {
+fn generate(
+    backend: &mut VirtualCardBackend,
+    slot: KeyReference,
+    algorithm: Algorithm,
+) -> PublicKey {
     let mut session = PivSession::open(backend).unwrap();
-    session.authenticate_management_key(&ManagementKey::default_key()).unwrap();
+    session
+        .authenticate_management_key(&ManagementKey::default_key())
+        .unwrap();
     session.generate_key(slot, algorithm).unwrap()
 }
 
-fn verify_signature(public_key: &PublicKey, algorithm: SignatureAlgorithm, message: &[u8], signature: &[u8]) {
+fn verify_signature(
+    public_key: &PublicKey,
+    algorithm: SignatureAlgorithm,
+    message: &[u8],
+    signature: &[u8],
+) {
     match public_key {
         PublicKey::Rsa { modulus, exponent } => {
             use rsa::sha2::{Digest, Sha256, Sha512};
-            let key = rsa::RsaPublicKey::new(rsa::BigUint::from_bytes_be(modulus), rsa::BigUint::from_bytes_be(exponent)).unwrap();
+            let key = rsa::RsaPublicKey::new(
+                rsa::BigUint::from_bytes_be(modulus),
+                rsa::BigUint::from_bytes_be(exponent),
+            )
+            .unwrap();
             let result = match algorithm {
-                SignatureAlgorithm::Rs256 => key.verify(rsa::Pkcs1v15Sign::new::<Sha256>(), &Sha256::digest(message), signature),
-                SignatureAlgorithm::Rs512 => key.verify(rsa::Pkcs1v15Sign::new::<Sha512>(), &Sha512::digest(message), signature),
+                SignatureAlgorithm::Rs256 => key.verify(
+                    rsa::Pkcs1v15Sign::new::<Sha256>(),
+                    &Sha256::digest(message),
+                    signature,
+                ),
+                SignatureAlgorithm::Rs512 => key.verify(
+                    rsa::Pkcs1v15Sign::new::<Sha512>(),
+                    &Sha512::digest(message),
+                    signature,
+                ),
                 other => panic!("{other} with an RSA key"),
             };
             result.expect("RSA signature verifies");
         }
-        PublicKey::Ec { curve: Algorithm::EccP256, point } => {
+        PublicKey::Ec {
+            curve: Algorithm::EccP256,
+            point,
+        } => {
             use p256::ecdsa::signature::Verifier;
             let key = p256::ecdsa::VerifyingKey::from_sec1_bytes(point).unwrap();
             let signature = p256::ecdsa::Signature::from_slice(signature).unwrap();
-            key.verify(message, &signature).expect("ES256 signature verifies");
+            key.verify(message, &signature)
+                .expect("ES256 signature verifies");
         }
         PublicKey::Ec { point, .. } => {
             use p384::ecdsa::signature::Verifier;
             let key = p384::ecdsa::VerifyingKey::from_sec1_bytes(point).unwrap();
             let signature = p384::ecdsa::Signature::from_slice(signature).unwrap();
-            key.verify(message, &signature).expect("ES384 signature verifies");
+            key.verify(message, &signature)
+                .expect("ES384 signature verifies");
         }
     }
 }
@@ -68,18 +96,41 @@ fn wrong_pins_count_down_to_blocked_and_the_puk_unblocks() {
     let mut card = contact();
     let mut session = PivSession::open(&mut card).unwrap();
     assert_eq!(session.pin_status().unwrap(), PinStatus::RetriesLeft(3));
-    assert!(matches!(session.verify_pin(&pin("999999")), Err(PivError::WrongPin { retries_left: 2 })));
-    assert!(matches!(session.verify_pin(&pin("999999")), Err(PivError::WrongPin { retries_left: 1 })));
-    assert!(matches!(session.verify_pin(&pin("999999")), Err(PivError::PinBlocked)));
+    assert!(matches!(
+        session.verify_pin(&pin("999999")),
+        Err(PivError::WrongPin { retries_left: 2 })
+    ));
+    assert!(matches!(
+        session.verify_pin(&pin("999999")),
+        Err(PivError::WrongPin { retries_left: 1 })
+    ));
+    assert!(matches!(
+        session.verify_pin(&pin("999999")),
+        Err(PivError::PinBlocked)
+    ));
     // Blocked: even the right PIN is refused, and the status says so.
-    assert!(matches!(session.verify_pin(&pin("123456")), Err(PivError::PinBlocked)));
+    assert!(matches!(
+        session.verify_pin(&pin("123456")),
+        Err(PivError::PinBlocked)
+    ));
     assert_eq!(session.pin_status().unwrap(), PinStatus::Blocked);
 
     let wrong_puk = Puk::new("87654321").unwrap();
-    assert!(matches!(session.unblock_pin(&wrong_puk, &pin("246810")), Err(PivError::WrongPuk { retries_left: 2 })));
-    assert_eq!(session.puk_status().unwrap(), Some(PinStatus::RetriesLeft(2)));
-    session.unblock_pin(&Puk::new("12345678").unwrap(), &pin("246810")).unwrap();
-    assert_eq!(session.puk_status().unwrap(), Some(PinStatus::RetriesLeft(3)));
+    assert!(matches!(
+        session.unblock_pin(&wrong_puk, &pin("246810")),
+        Err(PivError::WrongPuk { retries_left: 2 })
+    ));
+    assert_eq!(
+        session.puk_status().unwrap(),
+        Some(PinStatus::RetriesLeft(2))
+    );
+    session
+        .unblock_pin(&Puk::new("12345678").unwrap(), &pin("246810"))
+        .unwrap();
+    assert_eq!(
+        session.puk_status().unwrap(),
+        Some(PinStatus::RetriesLeft(3))
+    );
     assert_eq!(session.pin_status().unwrap(), PinStatus::RetriesLeft(3));
     session.verify_pin(&pin("246810")).unwrap();
     assert_eq!(session.pin_status().unwrap(), PinStatus::Verified);
@@ -104,7 +155,11 @@ fn session_after_power_cycle(card: &mut VirtualCardBackend) {
     }
     card.card().reset();
     let mut session = PivSession::open(card).unwrap();
-    assert_eq!(session.pin_status().unwrap(), PinStatus::RetriesLeft(3), "power-off clears the PIN state");
+    assert_eq!(
+        session.pin_status().unwrap(),
+        PinStatus::RetriesLeft(3),
+        "power-off clears the PIN state"
+    );
 }
 
 #[test]
@@ -113,9 +168,15 @@ fn puk_blocks_for_good() {
     let mut session = PivSession::open(&mut card).unwrap();
     let wrong = Puk::new("00000000").unwrap();
     for _ in 0..2 {
-        assert!(matches!(session.change_puk(&wrong, &wrong), Err(PivError::WrongPuk { .. })));
+        assert!(matches!(
+            session.change_puk(&wrong, &wrong),
+            Err(PivError::WrongPuk { .. })
+        ));
     }
-    assert!(matches!(session.change_puk(&wrong, &wrong), Err(PivError::PukBlocked)));
+    assert!(matches!(
+        session.change_puk(&wrong, &wrong),
+        Err(PivError::PukBlocked)
+    ));
     assert!(matches!(
         session.unblock_pin(&Puk::new("12345678").unwrap(), &pin("123456")),
         Err(PivError::PukBlocked)
@@ -126,8 +187,13 @@ fn puk_blocks_for_good() {
 fn change_pin_and_puk() {
     let mut card = contact();
     let mut session = PivSession::open(&mut card).unwrap();
-    session.change_pin(&pin("123456"), &pin("86420975")).unwrap();
-    assert!(matches!(session.verify_pin(&pin("123456")), Err(PivError::WrongPin { .. })));
+    session
+        .change_pin(&pin("123456"), &pin("86420975"))
+        .unwrap();
+    assert!(matches!(
+        session.verify_pin(&pin("123456")),
+        Err(PivError::WrongPin { .. })
+    ));
     session.verify_pin(&pin("86420975")).unwrap();
     assert!(matches!(
         session.change_pin(&pin("111111"), &pin("222222")),
@@ -144,22 +210,35 @@ fn change_pin_and_puk() {
 fn writes_need_the_management_key() {
     let mut card = contact();
     let mut session = PivSession::open(&mut card).unwrap();
-    assert!(matches!(session.put_object(ObjectTag::Chuid, &[0x34, 0x00]), Err(PivError::AccessDenied { .. })));
+    assert!(matches!(
+        session.put_object(ObjectTag::Chuid, &[0x34, 0x00]),
+        Err(PivError::AccessDenied { .. })
+    ));
     assert!(matches!(
         session.generate_key(KeyReference::PivAuthentication, Algorithm::EccP256),
         Err(PivError::AccessDenied { .. })
     ));
     let wrong = ManagementKey::new(Algorithm::TripleDes, &[0x55; 24]).unwrap();
-    assert!(matches!(session.authenticate_management_key(&wrong), Err(PivError::ManagementKeyRejected)));
+    assert!(matches!(
+        session.authenticate_management_key(&wrong),
+        Err(PivError::ManagementKeyRejected)
+    ));
     let aes = ManagementKey::new(Algorithm::Aes192, &[0x01; 24]).unwrap();
-    assert!(matches!(session.authenticate_management_key(&aes), Err(PivError::ManagementKeyRejected)));
-    session.authenticate_management_key(&ManagementKey::default_key()).unwrap();
+    assert!(matches!(
+        session.authenticate_management_key(&aes),
+        Err(PivError::ManagementKeyRejected)
+    ));
+    session
+        .authenticate_management_key(&ManagementKey::default_key())
+        .unwrap();
     let chuid = Chuid {
         guid: [7; 16],
         expiration: "20301231".to_owned(),
         ..Chuid::default()
     };
-    session.put_object(ObjectTag::Chuid, &chuid.encode()).unwrap();
+    session
+        .put_object(ObjectTag::Chuid, &chuid.encode())
+        .unwrap();
     assert_eq!(session.chuid().unwrap().guid, [7; 16]);
     let discovery = Discovery {
         aid: PIV_AID.to_vec(),
@@ -167,17 +246,39 @@ fn writes_need_the_management_key() {
     };
     session.put_discovery(&discovery).unwrap();
     assert_eq!(session.discovery().unwrap(), discovery);
-    assert!(matches!(session.read_object(ObjectTag::KeyHistory), Err(PivError::ObjectNotFound { .. })));
-    assert!(matches!(session.read_object(ObjectTag::PrintedInformation), Err(PivError::AccessDenied { .. })));
+    assert!(matches!(
+        session.read_object(ObjectTag::KeyHistory),
+        Err(PivError::ObjectNotFound { .. })
+    ));
+    assert!(matches!(
+        session.read_object(ObjectTag::PrintedInformation),
+        Err(PivError::AccessDenied { .. })
+    ));
 }
 
 #[test]
 fn every_algorithm_signs_what_its_public_key_verifies() {
     let cases = [
-        (KeyReference::PivAuthentication, Algorithm::Rsa2048, SignatureAlgorithm::Rs256),
-        (KeyReference::KeyManagement, Algorithm::Rsa2048, SignatureAlgorithm::Rs512),
-        (KeyReference::CardAuthentication, Algorithm::EccP256, SignatureAlgorithm::Es256),
-        (KeyReference::Retired(3), Algorithm::EccP384, SignatureAlgorithm::Es384),
+        (
+            KeyReference::PivAuthentication,
+            Algorithm::Rsa2048,
+            SignatureAlgorithm::Rs256,
+        ),
+        (
+            KeyReference::KeyManagement,
+            Algorithm::Rsa2048,
+            SignatureAlgorithm::Rs512,
+        ),
+        (
+            KeyReference::CardAuthentication,
+            Algorithm::EccP256,
+            SignatureAlgorithm::Es256,
+        ),
+        (
+            KeyReference::Retired(3),
+            Algorithm::EccP384,
+            SignatureAlgorithm::Es384,
+        ),
     ];
     let mut card = contact();
     for (slot, key, algorithm) in cases {
@@ -188,7 +289,16 @@ fn every_algorithm_signs_what_its_public_key_verifies() {
         let signature = session.sign(slot, key, algorithm, message).unwrap();
         verify_signature(&public_key, algorithm, message, &signature);
         assert!(matches!(
-            session.sign(slot, key, if key.is_rsa() { SignatureAlgorithm::Es256 } else { SignatureAlgorithm::Rs256 }, message),
+            session.sign(
+                slot,
+                key,
+                if key.is_rsa() {
+                    SignatureAlgorithm::Es256
+                } else {
+                    SignatureAlgorithm::Rs256
+                },
+                message
+            ),
             Err(PivError::Signature(_))
         ));
     }
@@ -197,25 +307,46 @@ fn every_algorithm_signs_what_its_public_key_verifies() {
 #[test]
 fn signing_needs_the_pin_and_9c_needs_it_every_time() {
     let mut card = contact();
-    generate(&mut card, KeyReference::PivAuthentication, Algorithm::EccP256);
-    generate(&mut card, KeyReference::DigitalSignature, Algorithm::EccP256);
+    generate(
+        &mut card,
+        KeyReference::PivAuthentication,
+        Algorithm::EccP256,
+    );
+    generate(
+        &mut card,
+        KeyReference::DigitalSignature,
+        Algorithm::EccP256,
+    );
     let mut session = PivSession::open(&mut card).unwrap();
-    let sign = |session: &mut PivSession<'_>, slot| session.sign(slot, Algorithm::EccP256, SignatureAlgorithm::Es256, b"m");
-    assert!(matches!(sign(&mut session, KeyReference::PivAuthentication), Err(PivError::AccessDenied { .. })));
+    let sign = |session: &mut PivSession<'_>, slot| {
+        session.sign(slot, Algorithm::EccP256, SignatureAlgorithm::Es256, b"m")
+    };
+    assert!(matches!(
+        sign(&mut session, KeyReference::PivAuthentication),
+        Err(PivError::AccessDenied { .. })
+    ));
     session.verify_pin(&pin("123456")).unwrap();
     sign(&mut session, KeyReference::PivAuthentication).unwrap();
     sign(&mut session, KeyReference::PivAuthentication).unwrap();
     sign(&mut session, KeyReference::DigitalSignature).unwrap();
-    assert!(matches!(sign(&mut session, KeyReference::DigitalSignature), Err(PivError::AccessDenied { .. })));
+    assert!(matches!(
+        sign(&mut session, KeyReference::DigitalSignature),
+        Err(PivError::AccessDenied { .. })
+    ));
     session.verify_pin(&pin("123456")).unwrap();
     sign(&mut session, KeyReference::DigitalSignature).unwrap();
-    assert!(matches!(sign(&mut session, KeyReference::KeyManagement), Err(PivError::NoKey { .. })));
+    assert!(matches!(
+        sign(&mut session, KeyReference::KeyManagement),
+        Err(PivError::NoKey { .. })
+    ));
 }
 
 #[test]
 fn key_agreement_matches_the_host_side() {
     let mut card = contact();
-    let PublicKey::Ec { point, .. } = generate(&mut card, KeyReference::KeyManagement, Algorithm::EccP256) else {
+    let PublicKey::Ec { point, .. } =
+        generate(&mut card, KeyReference::KeyManagement, Algorithm::EccP256)
+    else {
         panic!("EC key expected");
     };
     let host_secret = p256::SecretKey::from_slice(&[0x42; 32]).unwrap();
@@ -223,10 +354,15 @@ fn key_agreement_matches_the_host_side() {
     let mut session = PivSession::open(&mut card).unwrap();
     session.verify_pin(&pin("123456")).unwrap();
     let shared = session
-        .key_agreement(KeyReference::KeyManagement, Algorithm::EccP256, &host_public)
+        .key_agreement(
+            KeyReference::KeyManagement,
+            Algorithm::EccP256,
+            &host_public,
+        )
         .unwrap();
     let card_public = p256::PublicKey::from_sec1_bytes(&point).unwrap();
-    let expected = p256::ecdh::diffie_hellman(host_secret.to_nonzero_scalar(), card_public.as_affine());
+    let expected =
+        p256::ecdh::diffie_hellman(host_secret.to_nonzero_scalar(), card_public.as_affine());
     assert_eq!(shared.as_slice(), expected.raw_secret_bytes().as_slice());
 }
 
@@ -237,12 +373,21 @@ fn large_object_round_trip(options: CardOptions) -> pivtap_card::exchange::Excha
     let certificate: Vec<u8> = (0..1500u32).map(|i| (i * 7) as u8).collect();
     {
         let mut session = PivSession::open(&mut card).unwrap();
-        session.authenticate_management_key(&ManagementKey::default_key()).unwrap();
-        session.put_certificate(KeyReference::PivAuthentication, &certificate).unwrap();
+        session
+            .authenticate_management_key(&ManagementKey::default_key())
+            .unwrap();
+        session
+            .put_certificate(KeyReference::PivAuthentication, &certificate)
+            .unwrap();
     }
     let mut session = PivSession::open(&mut card).unwrap();
     let before = session.stats();
-    assert_eq!(session.certificate(KeyReference::PivAuthentication).unwrap(), certificate);
+    assert_eq!(
+        session
+            .certificate(KeyReference::PivAuthentication)
+            .unwrap(),
+        certificate
+    );
     let after = session.stats();
     pivtap_card::exchange::ExchangeStats {
         apdus: after.apdus - before.apdus,
@@ -271,18 +416,32 @@ fn long_objects_travel_by_chaining_and_get_response_on_short_readers() {
 #[test]
 fn contactless_allows_only_what_sp800_73_4_allows() {
     let mut card = contact();
-    generate(&mut card, KeyReference::CardAuthentication, Algorithm::EccP256);
-    generate(&mut card, KeyReference::PivAuthentication, Algorithm::EccP256);
+    generate(
+        &mut card,
+        KeyReference::CardAuthentication,
+        Algorithm::EccP256,
+    );
+    generate(
+        &mut card,
+        KeyReference::PivAuthentication,
+        Algorithm::EccP256,
+    );
     {
         let mut session = PivSession::open(&mut card).unwrap();
-        session.authenticate_management_key(&ManagementKey::default_key()).unwrap();
+        session
+            .authenticate_management_key(&ManagementKey::default_key())
+            .unwrap();
         let chuid = Chuid {
             guid: [9; 16],
             expiration: "20301231".to_owned(),
             ..Chuid::default()
         };
-        session.put_object(ObjectTag::Chuid, &chuid.encode()).unwrap();
-        session.put_certificate(KeyReference::PivAuthentication, &[0x30, 0x00]).unwrap();
+        session
+            .put_object(ObjectTag::Chuid, &chuid.encode())
+            .unwrap();
+        session
+            .put_certificate(KeyReference::PivAuthentication, &[0x30, 0x00])
+            .unwrap();
     }
     card.card().set_options(CardOptions {
         extended_length: false,
@@ -291,17 +450,35 @@ fn contactless_allows_only_what_sp800_73_4_allows() {
     let mut session = PivSession::open(&mut card).unwrap();
     assert_eq!(session.chuid().unwrap().guid, [9; 16]);
     session
-        .sign(KeyReference::CardAuthentication, Algorithm::EccP256, SignatureAlgorithm::Es256, b"m")
+        .sign(
+            KeyReference::CardAuthentication,
+            Algorithm::EccP256,
+            SignatureAlgorithm::Es256,
+            b"m",
+        )
         .expect("9E works over contactless without a PIN");
-    assert!(matches!(session.verify_pin(&pin("123456")), Err(PivError::Card { .. } | PivError::AccessDenied { .. })));
-    assert!(matches!(session.certificate(KeyReference::PivAuthentication), Err(PivError::AccessDenied { .. })));
     assert!(matches!(
-        session.sign(KeyReference::PivAuthentication, Algorithm::EccP256, SignatureAlgorithm::Es256, b"m"),
+        session.verify_pin(&pin("123456")),
+        Err(PivError::Card { .. } | PivError::AccessDenied { .. })
+    ));
+    assert!(matches!(
+        session.certificate(KeyReference::PivAuthentication),
+        Err(PivError::AccessDenied { .. })
+    ));
+    assert!(matches!(
+        session.sign(
+            KeyReference::PivAuthentication,
+            Algorithm::EccP256,
+            SignatureAlgorithm::Es256,
+            b"m"
+        ),
         Err(PivError::AccessDenied { .. })
     ));
     assert!(matches!(
         session.authenticate_management_key(&ManagementKey::default_key()),
-        Err(PivError::Card { .. } | PivError::AccessDenied { .. } | PivError::ManagementKeyRejected)
+        Err(PivError::Card { .. }
+            | PivError::AccessDenied { .. }
+            | PivError::ManagementKeyRejected)
     ));
 }
 
@@ -314,5 +491,8 @@ fn serial_and_metadata() {
     let metadata = session.metadata(KeyReference::Pin).unwrap().unwrap();
     assert_eq!(metadata.retries, Some((3, 3)));
     assert_eq!(metadata.is_default, Some(true));
-    assert_eq!(session.metadata(KeyReference::PivAuthentication).unwrap(), None);
+    assert_eq!(
+        session.metadata(KeyReference::PivAuthentication).unwrap(),
+        None
+    );
 }

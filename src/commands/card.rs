@@ -58,7 +58,12 @@ pub fn run(command: CardCommand) -> anyhow::Result<()> {
     match command {
         CardCommand::Info { card, json } => info(&card, json),
         CardCommand::VerifyPin { card, json } => verify_pin(&card, json),
-        CardCommand::ExportCert { card, slot, out, der } => export_certificate(&card, slot, &out, der),
+        CardCommand::ExportCert {
+            card,
+            slot,
+            out,
+            der,
+        } => export_certificate(&card, slot, &out, der),
     }
 }
 
@@ -118,7 +123,10 @@ fn info(args: &CardArgs, json: bool) -> anyhow::Result<()> {
         match session.certificate(slot) {
             Ok(der) => slots.push(describe_certificate(slot, &der)?),
             Err(PivError::ObjectNotFound { .. }) => {}
-            Err(error) => return Err(error).with_context(|| format!("cannot read the certificate of slot {slot}")),
+            Err(error) => {
+                return Err(error)
+                    .with_context(|| format!("cannot read the certificate of slot {slot}"));
+            }
         }
     }
     let info = CardInfo {
@@ -197,8 +205,9 @@ fn print_info(info: &CardInfo) {
 }
 
 fn describe_certificate(slot: KeyReference, der: &[u8]) -> anyhow::Result<SlotInfo> {
-    let (_, certificate) = X509Certificate::from_der(der)
-        .map_err(|error| anyhow::anyhow!("the certificate in slot {slot} is not valid X.509: {error}"))?;
+    let (_, certificate) = X509Certificate::from_der(der).map_err(|error| {
+        anyhow::anyhow!("the certificate in slot {slot} is not valid X.509: {error}")
+    })?;
     let algorithm = match certificate.public_key().parsed() {
         Ok(X509PublicKey::RSA(rsa)) => format!("RSA-{}", rsa.key_size()),
         Ok(X509PublicKey::EC(point)) => match point.key_size() {
@@ -278,7 +287,12 @@ fn verify_pin(args: &CardArgs, json: bool) -> anyhow::Result<()> {
     Ok(result?)
 }
 
-fn export_certificate(args: &CardArgs, slot: KeyReference, out: &PathBuf, der: bool) -> anyhow::Result<()> {
+fn export_certificate(
+    args: &CardArgs,
+    slot: KeyReference,
+    out: &PathBuf,
+    der: bool,
+) -> anyhow::Result<()> {
     let mut backend = args.open()?;
     let mut session = PivSession::open(&mut backend)?;
     let certificate = session.certificate(slot)?;

@@ -23,6 +23,9 @@ impl CardArgs {
     pub fn open(&self) -> anyhow::Result<VirtualCardBackend> {
         let card = VirtualCard::open(&self.vcard)
             .with_context(|| format!("cannot open virtual card {}", self.vcard.display()))?;
-        Ok(VirtualCardBackend::new(card, format!("virtual card {}", self.vcard.display())))
+        Ok(VirtualCardBackend::new(
+            card,
+            format!("virtual card {}", self.vcard.display()),
+        ))
     }
 }

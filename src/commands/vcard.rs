@@ -82,15 +82,20 @@ pub enum VcardCommand {
 }
 
 fn parse_key_algorithm(text: &str) -> Result<Algorithm, String> {
-    let algorithm: Algorithm = text.parse().map_err(|e: pivtap_apdu::piv::UnknownName| e.to_string())?;
+    let algorithm: Algorithm = text
+        .parse()
+        .map_err(|e: pivtap_apdu::piv::UnknownName| e.to_string())?;
     match algorithm {
         Algorithm::Rsa2048 | Algorithm::EccP256 | Algorithm::EccP384 => Ok(algorithm),
-        other => Err(format!("{other} is not a card key algorithm; use rsa2048, p256 or p384")),
+        other => Err(format!(
+            "{other} is not a card key algorithm; use rsa2048, p256 or p384"
+        )),
     }
 }
 
 fn parse_time(text: &str) -> Result<OffsetDateTime, String> {
-    OffsetDateTime::parse(text, &Rfc3339).map_err(|e| format!("not an RFC 3339 time ({e}), e.g. 2030-01-31T00:00:00Z"))
+    OffsetDateTime::parse(text, &Rfc3339)
+        .map_err(|e| format!("not an RFC 3339 time ({e}), e.g. 2030-01-31T00:00:00Z"))
 }
 
 /// Runs a `vcard` subcommand.

@@ -5,10 +5,10 @@
 
 use std::collections::BTreeMap;
 
-use pivtap_apdu::piv::objects::auth_template::{AuthTemplate, Field};
-use pivtap_apdu::piv::objects::unwrap_data_object;
 use pivtap_apdu::piv::objects::apt::ApplicationPropertyTemplate;
+use pivtap_apdu::piv::objects::auth_template::{AuthTemplate, Field};
 use pivtap_apdu::piv::objects::metadata::{ALGORITHM_PIN, Metadata};
+use pivtap_apdu::piv::objects::unwrap_data_object;
 use pivtap_apdu::piv::{
     Algorithm, Ins, KeyReference, ObjectTag, PIV_AID, Pin, Puk, commands as piv_commands,
 };
@@ -238,7 +238,9 @@ impl PivApplet {
         if tag_bytes.is_empty() || tag_bytes.len() > 3 {
             return Err(StatusWord::IncorrectData);
         }
-        let tag = tag_bytes.iter().fold(0u32, |acc, b| (acc << 8) | u32::from(*b));
+        let tag = tag_bytes
+            .iter()
+            .fold(0u32, |acc, b| (acc << 8) | u32::from(*b));
         let object = ObjectTag::from_tag(tag);
         if self.interface == Interface::Contactless && !object.contactless_readable() {
             return Err(StatusWord::SecurityStatusNotSatisfied);
@@ -246,7 +248,11 @@ impl PivApplet {
         if object.read_requires_pin() && !self.volatile.pin_verified {
             return Err(StatusWord::SecurityStatusNotSatisfied);
         }
-        let content = self.persistent.objects.get(&tag).ok_or(StatusWord::NotFound)?;
+        let content = self
+            .persistent
+            .objects
+            .get(&tag)
+            .ok_or(StatusWord::NotFound)?;
         Ok(tlv::encode(object.wire_tag(), content))
     }
 
@@ -263,7 +269,9 @@ impl PivApplet {
         if content.is_empty() {
             self.persistent.objects.remove(&object.tag());
         } else {
-            self.persistent.objects.insert(object.tag(), content.to_vec());
+            self.persistent
+                .objects
+                .insert(object.tag(), content.to_vec());
         }
         self.dirty = true;
         Ok(Vec::new())
@@ -315,15 +323,20 @@ impl PivApplet {
         if command.p1 != 0x00 {
             return Err(StatusWord::IncorrectP1P2);
         }
-        let reference = KeyReference::try_from(command.p2).map_err(|_| StatusWord::ReferencedDataNotFound)?;
+        let reference =
+            KeyReference::try_from(command.p2).map_err(|_| StatusWord::ReferencedDataNotFound)?;
         let data = command.data();
         if data.len() != 16 {
             return Err(StatusWord::IncorrectLength);
         }
         let (current, new) = data.split_at(8);
         let new_value = match reference {
-            KeyReference::Pin => Pin::from_padded(new).map(|p| Zeroizing::new(p.as_bytes().to_vec())),
-            KeyReference::Puk => Puk::from_padded(new).map(|p| Zeroizing::new(p.as_bytes().to_vec())),
+            KeyReference::Pin => {
+                Pin::from_padded(new).map(|p| Zeroizing::new(p.as_bytes().to_vec()))
+            }
+            KeyReference::Puk => {
+                Puk::from_padded(new).map(|p| Zeroizing::new(p.as_bytes().to_vec()))
+            }
             _ => return Err(StatusWord::ReferencedDataNotFound),
         }
         .map_err(|_| StatusWord::IncorrectData)?;
@@ -369,8 +382,10 @@ impl PivApplet {
     /// GENERAL AUTHENTICATE (Part 2 §3.2.4).
     fn general_authenticate(&mut self, command: &CommandApdu) -> Outcome {
         let algorithm = Algorithm::try_from(command.p1).map_err(|_| StatusWord::IncorrectP1P2)?;
-        let reference = KeyReference::try_from(command.p2).map_err(|_| StatusWord::IncorrectP1P2)?;
-        let template = AuthTemplate::parse(command.data()).map_err(|_| StatusWord::IncorrectData)?;
+        let reference =
+            KeyReference::try_from(command.p2).map_err(|_| StatusWord::IncorrectP1P2)?;
+        let template =
+            AuthTemplate::parse(command.data()).map_err(|_| StatusWord::IncorrectData)?;
         if reference == KeyReference::ManagementKey {
             self.require_contact()?;
             return self.management_key_authenticate(algorithm, &template);
@@ -381,7 +396,11 @@ impl PivApplet {
         if reference != KeyReference::CardAuthentication {
             self.require_contact()?;
         }
-        let key = self.persistent.keys.get(&reference).ok_or(StatusWord::ReferencedDataNotFound)?;
+        let key = self
+            .persistent
+            .keys
+            .get(&reference)
+            .ok_or(StatusWord::ReferencedDataNotFound)?;
         if key.algorithm() != algorithm {
             return Err(StatusWord::IncorrectP1P2);
         }
@@ -398,18 +417,21 @@ impl PivApplet {
                 }
             }
         }
-        let output = match (&template.response, &template.challenge, &template.exponentiation) {
-            (Field::Requested, Field::Value(input), Field::Absent) => {
-                if algorithm.is_rsa() {
-                    key.raw_rsa(input)
-                } else {
-                    key.sign_prehash(input)
-                }
+        let output = match (
+            &template.response,
+            &template.challenge,
+            &template.exponentiation,
+        ) {
+            (Field::Requested, Field::Value(input), Field::Absent) => if algorithm.is_rsa() {
+                key.raw_rsa(input)
+            } else {
+                key.sign_prehash(input)
+            }
+            .map_err(|_| StatusWord::IncorrectData)?,
+            (Field::Requested, Field::Absent, Field::Value(point)) if algorithm.is_ecc() => key
+                .ecdh(point)
                 .map_err(|_| StatusWord::IncorrectData)?
-            }
-            (Field::Requested, Field::Absent, Field::Value(point)) if algorithm.is_ecc() => {
-                key.ecdh(point).map_err(|_| StatusWord::IncorrectData)?.to_vec()
-            }
+                .to_vec(),
             _ => return Err(StatusWord::IncorrectData),
         };
         if reference == KeyReference::DigitalSignature {
@@ -425,7 +447,11 @@ impl PivApplet {
 
     /// Management key authentication (Part 2 Appendix A.1): mutual (witness,
     /// then witness + challenge) or one-way (challenge, then response).
-    fn management_key_authenticate(&mut self, algorithm: Algorithm, template: &AuthTemplate) -> Outcome {
+    fn management_key_authenticate(
+        &mut self,
+        algorithm: Algorithm,
+        template: &AuthTemplate,
+    ) -> Outcome {
         let key = &self.persistent.management_key;
         if key.algorithm() != algorithm {
             return Err(StatusWord::IncorrectP1P2);
@@ -438,23 +464,33 @@ impl PivApplet {
                 volatile.management_authenticated = false;
                 let mut witness = Zeroizing::new(vec![0u8; block_len]);
                 rand::fill(witness.as_mut_slice());
-                let encrypted = key.encrypt_block(&witness).map_err(|_| StatusWord::IncorrectData)?;
+                let encrypted = key
+                    .encrypt_block(&witness)
+                    .map_err(|_| StatusWord::IncorrectData)?;
                 volatile.pending_witness = Some(witness);
                 reply(AuthTemplate {
                     witness: Field::value(encrypted.to_vec()),
                     ..AuthTemplate::default()
                 })
             }
-            (Field::Value(decrypted), Field::Value(challenge), Field::Requested | Field::Absent) => {
+            (
+                Field::Value(decrypted),
+                Field::Value(challenge),
+                Field::Requested | Field::Absent,
+            ) => {
                 let expected = volatile
                     .pending_witness
                     .take()
                     .ok_or(StatusWord::ConditionsNotSatisfied)?;
-                if challenge.len() != block_len || !bool::from(expected.as_slice().ct_eq(decrypted.as_slice())) {
+                if challenge.len() != block_len
+                    || !bool::from(expected.as_slice().ct_eq(decrypted.as_slice()))
+                {
                     volatile.management_authenticated = false;
                     return Err(StatusWord::SecurityStatusNotSatisfied);
                 }
-                let encrypted = key.encrypt_block(challenge).map_err(|_| StatusWord::IncorrectData)?;
+                let encrypted = key
+                    .encrypt_block(challenge)
+                    .map_err(|_| StatusWord::IncorrectData)?;
                 volatile.management_authenticated = true;
                 reply(AuthTemplate {
                     response: Field::value(encrypted.to_vec()),
@@ -477,7 +513,9 @@ impl PivApplet {
                     .pending_challenge
                     .take()
                     .ok_or(StatusWord::ConditionsNotSatisfied)?;
-                let expected = key.encrypt_block(&challenge).map_err(|_| StatusWord::IncorrectData)?;
+                let expected = key
+                    .encrypt_block(&challenge)
+                    .map_err(|_| StatusWord::IncorrectData)?;
                 if bool::from(expected.as_slice().ct_eq(response.as_slice())) {
                     volatile.management_authenticated = true;
                     Ok(Vec::new())
@@ -493,7 +531,8 @@ impl PivApplet {
     /// GET METADATA (YubiKey extension `F7`), so tools can read PUK retries
     /// and key algorithms without spending a try.
     fn metadata(&self, command: &CommandApdu) -> Outcome {
-        let reference = KeyReference::try_from(command.p2).map_err(|_| StatusWord::ReferencedDataNotFound)?;
+        let reference =
+            KeyReference::try_from(command.p2).map_err(|_| StatusWord::ReferencedDataNotFound)?;
         let metadata = match reference {
             KeyReference::Pin | KeyReference::Puk => {
                 let (data, default) = if reference == KeyReference::Pin {
@@ -519,10 +558,21 @@ impl PivApplet {
                 }
             }
             slot if slot.is_asymmetric_slot() => {
-                let key = self.persistent.keys.get(&slot).ok_or(StatusWord::ReferencedDataNotFound)?;
+                let key = self
+                    .persistent
+                    .keys
+                    .get(&slot)
+                    .ok_or(StatusWord::ReferencedDataNotFound)?;
                 let public_key = key.public_key().encode();
-                let inner = tlv::expect(&public_key, 0x7F49).map_err(|_| StatusWord::NoPreciseDiagnosis)?;
-                let pin_policy = if slot == KeyReference::DigitalSignature { 3 } else if slot == KeyReference::CardAuthentication { 1 } else { 2 };
+                let inner =
+                    tlv::expect(&public_key, 0x7F49).map_err(|_| StatusWord::NoPreciseDiagnosis)?;
+                let pin_policy = if slot == KeyReference::DigitalSignature {
+                    3
+                } else if slot == KeyReference::CardAuthentication {
+                    1
+                } else {
+                    2
+                };
                 Metadata {
                     algorithm: Some(u8::from(key.algorithm())),
                     policy: Some([pin_policy, 1]),
@@ -569,7 +619,10 @@ fn parse_put_data(data: &[u8]) -> Result<(ObjectTag, &[u8]), StatusWord> {
             if first.value.is_empty() || first.value.len() > 3 {
                 return Err(StatusWord::IncorrectData);
             }
-            let tag = first.value.iter().fold(0u32, |acc, b| (acc << 8) | u32::from(*b));
+            let tag = first
+                .value
+                .iter()
+                .fold(0u32, |acc, b| (acc << 8) | u32::from(*b));
             let content = unwrap_data_object(rest).map_err(|_| StatusWord::IncorrectData)?;
             Ok((ObjectTag::from_tag(tag), content))
         }

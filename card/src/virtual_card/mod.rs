@@ -157,7 +157,10 @@ impl VirtualCard {
             keys: BTreeMap::new(),
             objects: BTreeMap::new(),
         };
-        VirtualCard::new(PivApplet::new(persistent, new.options.interface), new.options)
+        VirtualCard::new(
+            PivApplet::new(persistent, new.options.interface),
+            new.options,
+        )
     }
 
     /// The card's options.
@@ -314,7 +317,10 @@ impl VirtualCard {
             self.pending = None;
             ResponseApdu::new(chunk, StatusWord::Success)
         } else {
-            ResponseApdu::new(chunk, StatusWord::MoreData(remaining.min(SHORT_MAX_NE) as u8))
+            ResponseApdu::new(
+                chunk,
+                StatusWord::MoreData(remaining.min(SHORT_MAX_NE) as u8),
+            )
         }
     }
 }
@@ -341,11 +347,23 @@ impl VirtualCard {
         let persistent = PersistentState {
             serial: image.card.serial,
             label: image.card.label.clone(),
-            pin: reference(image.pin.value.as_bytes(), image.pin.retries_left, image.pin.max_retries),
-            puk: reference(image.puk.value.as_bytes(), image.puk.retries_left, image.puk.max_retries),
+            pin: reference(
+                image.pin.value.as_bytes(),
+                image.pin.retries_left,
+                image.pin.max_retries,
+            ),
+            puk: reference(
+                image.puk.value.as_bytes(),
+                image.puk.retries_left,
+                image.puk.max_retries,
+            ),
             management_key: image.management_key.clone(),
             keys,
-            objects: image.objects.iter().map(|o| (o.tag.tag(), o.data.clone())).collect(),
+            objects: image
+                .objects
+                .iter()
+                .map(|o| (o.tag.tag(), o.data.clone()))
+                .collect(),
         };
         let options = CardOptions {
             extended_length: image.card.extended_length,
@@ -355,7 +373,10 @@ impl VirtualCard {
                 Interface::Contact
             },
         };
-        Ok(VirtualCard::new(PivApplet::new(persistent, options.interface), options))
+        Ok(VirtualCard::new(
+            PivApplet::new(persistent, options.interface),
+            options,
+        ))
     }
 
     /// The card's state as an image.
@@ -383,12 +404,14 @@ impl VirtualCard {
                 contactless: self.options.interface == Interface::Contactless,
             },
             pin: ReferenceDataState {
-                value: Pin::from_padded(&*state.pin.padded()).map_err(image::ImageError::InvalidPin)?,
+                value: Pin::from_padded(&*state.pin.padded())
+                    .map_err(image::ImageError::InvalidPin)?,
                 retries_left: state.pin.retries_left,
                 max_retries: state.pin.max_retries,
             },
             puk: ReferenceDataState {
-                value: Puk::from_padded(&*state.puk.padded()).map_err(image::ImageError::InvalidPuk)?,
+                value: Puk::from_padded(&*state.puk.padded())
+                    .map_err(image::ImageError::InvalidPuk)?,
                 retries_left: state.puk.retries_left,
                 max_retries: state.puk.max_retries,
             },
