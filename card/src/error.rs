@@ -75,7 +75,7 @@ pub enum PivError {
         status: StatusWord,
     },
     /// The card's answer could not be parsed.
-    #[error("the card's {what} is malformed: {source}")]
+    #[error("the card's {what} is malformed")]
     Malformed {
         /// What was being read.
         what: &'static str,

@@ -514,6 +514,11 @@ fn reference_data_result(
         }
         (StatusWord::RetriesLeft(retries_left), false) => Err(PivError::WrongPin { retries_left }),
         (StatusWord::RetriesLeft(retries_left), true) => Err(PivError::WrongPuk { retries_left }),
+        (StatusWord::SecurityStatusNotSatisfied, _) => Err(PivError::AccessDenied {
+            operation,
+            requirement: "the card does not allow this on its current interface \
+                          (contactless without secure messaging); use a contact reader",
+        }),
         (status, _) => Err(PivError::Card { operation, status }),
     }
 }

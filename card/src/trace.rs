@@ -286,7 +286,13 @@ mod tests {
     }
 
     /// Runs `body` with a TRACE-level subscriber and returns what it printed.
+    /// Serialises the captures: tracing's callsite interest and max-level
+    /// caches are process-wide, so two scoped subscribers coming and going on
+    /// parallel test threads can make one of them miss events.
+    static CAPTURE: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
     fn capture_trace(body: impl FnOnce()) -> String {
+        let _serial = CAPTURE.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         let output = CapturedOutput::default();
         let writer = output.clone();
         let subscriber = tracing_subscriber::fmt()
@@ -294,7 +300,10 @@ mod tests {
             .with_ansi(false)
             .with_writer(move || writer.clone())
             .finish();
-        tracing::subscriber::with_default(subscriber, body);
+        tracing::subscriber::with_default(subscriber, || {
+            tracing::callsite::rebuild_interest_cache();
+            body();
+        });
         let bytes = output.0.lock().unwrap().clone();
         String::from_utf8(bytes).unwrap()
     }

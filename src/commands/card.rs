@@ -9,7 +9,8 @@ use pivtap_apdu::piv::{KeyReference, Pin};
 use pivtap_card::session::PinStatus;
 use pivtap_card::{PivError, PivSession};
 use serde::Serialize;
-use x509_parser::prelude::{FromDer, X509Certificate};
+use x509_parser::objects::{oid_registry, oid2abbrev};
+use x509_parser::prelude::{AttributeTypeAndValue, FromDer, X509Certificate, X509Name};
 use x509_parser::public_key::PublicKey as X509PublicKey;
 use zeroize::Zeroizing;
 
@@ -111,7 +112,7 @@ fn info(args: &CardArgs, json: bool) -> anyhow::Result<()> {
         Ok(chuid) => Some(ChuidInfo {
             guid: chuid.guid_hex(),
             fascn: chuid.fascn().ok().map(|f| f.to_string()),
-            expiration: chuid.expiration.clone(),
+            expiration: iso_date(&chuid.expiration),
         }),
         Err(PivError::ObjectNotFound { .. }) => None,
         Err(error) => return Err(error).context("cannot read the CHUID"),
@@ -222,12 +223,56 @@ fn describe_certificate(slot: KeyReference, der: &[u8]) -> anyhow::Result<SlotIn
         slot: slot.to_string(),
         name: slot.description(),
         algorithm,
-        subject: certificate.subject().to_string(),
-        issuer: certificate.issuer().to_string(),
+        subject: rfc4514(certificate.subject()),
+        issuer: rfc4514(certificate.issuer()),
         serial: certificate.raw_serial_as_string(),
         not_before: rfc3339(validity.not_before.to_datetime()),
         not_after: rfc3339(validity.not_after.to_datetime()),
     })
+}
+
+/// A distinguished name as RFC 4514 writes it: most specific first, as it was given to `vcard new`.
+fn rfc4514(name: &X509Name<'_>) -> String {
+    let registry = oid_registry();
+    let attribute = |attr: &AttributeTypeAndValue<'_>| {
+        let key = oid2abbrev(attr.attr_type(), registry)
+            .map(str::to_owned)
+            .unwrap_or_else(|_| attr.attr_type().to_id_string());
+        let value = match attr.as_str() {
+            Ok(text) => escape_dn_value(text),
+            Err(_) => format!("#{}", hex::encode(attr.attr_value().data)),
+        };
+        format!("{key}={value}")
+    };
+    let mut rdns: Vec<String> = name
+        .iter()
+        .map(|rdn| rdn.iter().map(attribute).collect::<Vec<_>>().join("+"))
+        .collect();
+    rdns.reverse();
+    rdns.join(",")
+}
+
+/// Escapes a DN attribute value (RFC 4514 §2.4).
+fn escape_dn_value(value: &str) -> String {
+    let mut out = String::with_capacity(value.len());
+    for (index, c) in value.chars().enumerate() {
+        let leading = index == 0 && (c == ' ' || c == '#');
+        let trailing = index + 1 == value.chars().count() && c == ' ';
+        if matches!(c, ',' | '+' | '"' | '\\' | '<' | '>' | ';') || leading || trailing {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// `YYYYMMDD` as `YYYY-MM-DD` (left as is when it is not eight digits).
+fn iso_date(compact: &str) -> String {
+    if compact.len() == 8 && compact.bytes().all(|b| b.is_ascii_digit()) {
+        format!("{}-{}-{}", &compact[..4], &compact[4..6], &compact[6..])
+    } else {
+        compact.to_owned()
+    }
 }
 
 fn rfc3339(time: time::OffsetDateTime) -> String {
@@ -247,6 +292,36 @@ fn read_pin() -> anyhow::Result<Pin> {
         }
     };
     Ok(Pin::new(text.trim())?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dn_values_are_escaped() {
+        assert_eq!(escape_dn_value("Example, Inc"), "Example\\, Inc");
+        assert_eq!(escape_dn_value(" #x "), "\\ #x\\ ");
+        assert_eq!(escape_dn_value("plain"), "plain");
+    }
+
+    #[test]
+    fn names_print_most_specific_first() {
+        let pem = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures/certs/alice.pem")).unwrap();
+        let (_, pem) = x509_parser::pem::parse_x509_pem(pem.as_bytes()).unwrap();
+        let certificate = pem.parse_x509().unwrap();
+        assert_eq!(
+            rfc4514(certificate.subject()),
+            "CN=Alice Example,serialNumber=E1001,OU=Field,O=Example Corp"
+        );
+        assert_eq!(rfc4514(certificate.issuer()), "CN=pivtap Test CA,O=pivtap test");
+    }
+
+    #[test]
+    fn chuid_dates_read_as_iso() {
+        assert_eq!(iso_date("20461117"), "2046-11-17");
+        assert_eq!(iso_date("2046111"), "2046111");
+    }
 }
 
 #[derive(Serialize)]

@@ -57,7 +57,7 @@ pub enum VirtualCardError {
     #[error(transparent)]
     Image(#[from] image::ImageError),
     /// A key in the image could not be loaded.
-    #[error("key in slot {slot}: {source}")]
+    #[error("the key in slot {slot} cannot be used")]
     Key {
         /// The slot.
         slot: String,
@@ -66,7 +66,7 @@ pub enum VirtualCardError {
         source: keys::KeyError,
     },
     /// The management key in the image is invalid.
-    #[error("management key: {0}")]
+    #[error("invalid management key")]
     ManagementKey(#[from] crate::management_key::ManagementKeyError),
 }
 
