@@ -292,7 +292,9 @@ mod tests {
     static CAPTURE: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
     fn capture_trace(body: impl FnOnce()) -> String {
-        let _serial = CAPTURE.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let _serial = CAPTURE
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let output = CapturedOutput::default();
         let writer = output.clone();
         let subscriber = tracing_subscriber::fmt()

@@ -38,7 +38,11 @@ fn parse_pattern(line: &str, location: &str) -> Vec<Expected> {
         match token {
             "*" => pattern.push(Expected::AnyRun),
             ".." => pattern.push(Expected::AnyByte),
-            hex_digits => pattern.extend(parse_hex(hex_digits, location).into_iter().map(Expected::Byte)),
+            hex_digits => pattern.extend(
+                parse_hex(hex_digits, location)
+                    .into_iter()
+                    .map(Expected::Byte),
+            ),
         }
     }
     assert!(
@@ -94,15 +98,23 @@ fn replay(path: &Path) -> usize {
         let (kind, rest) = line.split_at(1);
         let rest = rest.trim();
         if kind != "<" {
-            assert!(pending_command.is_none(), "{location}: a '>' line needs its '<' line first");
+            assert!(
+                pending_command.is_none(),
+                "{location}: a '>' line needs its '<' line first"
+            );
         }
         match kind {
             "@" => {
                 let mut words = rest.split_whitespace();
                 match words.next() {
                     Some("card") => {
-                        let spec = words.next().unwrap_or_else(|| panic!("{location}: @card needs a value"));
-                        backend = Some(VirtualCardBackend::new(card_for(spec, &location), name.clone()));
+                        let spec = words
+                            .next()
+                            .unwrap_or_else(|| panic!("{location}: @card needs a value"));
+                        backend = Some(VirtualCardBackend::new(
+                            card_for(spec, &location),
+                            name.clone(),
+                        ));
                     }
                     Some("options") => {
                         let mut options = CardOptions::default();
@@ -123,10 +135,13 @@ fn replay(path: &Path) -> usize {
                 }
             }
             "!" => {
-                let backend = backend.as_mut().unwrap_or_else(|| panic!("{location}: @card first"));
+                let backend = backend
+                    .as_mut()
+                    .unwrap_or_else(|| panic!("{location}: @card first"));
                 match rest {
                     "management-key" => {
-                        let mut session = PivSession::open(backend).unwrap_or_else(|e| panic!("{location}: {e}"));
+                        let mut session =
+                            PivSession::open(backend).unwrap_or_else(|e| panic!("{location}: {e}"));
                         session
                             .authenticate_management_key(&ManagementKey::default_key())
                             .unwrap_or_else(|e| panic!("{location}: {e}"));
@@ -137,10 +152,13 @@ fn replay(path: &Path) -> usize {
             }
             ">" => pending_command = Some((parse_hex(rest, &location), location)),
             "<" => {
-                let (command, command_location) =
-                    pending_command.take().unwrap_or_else(|| panic!("{location}: '<' without '>'"));
+                let (command, command_location) = pending_command
+                    .take()
+                    .unwrap_or_else(|| panic!("{location}: '<' without '>'"));
                 let pattern = parse_pattern(rest, &location);
-                let backend = backend.as_ref().unwrap_or_else(|| panic!("{location}: @card first"));
+                let backend = backend
+                    .as_ref()
+                    .unwrap_or_else(|| panic!("{location}: @card first"));
                 let response = backend.card().transmit(&command);
                 assert!(
                     matches(&pattern, &response),
@@ -153,7 +171,10 @@ fn replay(path: &Path) -> usize {
             other => panic!("{location}: unknown line kind {other:?}"),
         }
     }
-    assert!(pending_command.is_none(), "{name}: ends with a command and no response");
+    assert!(
+        pending_command.is_none(),
+        "{name}: ends with a command and no response"
+    );
     exchanges
 }
 
@@ -166,7 +187,11 @@ fn every_transcript_replays() {
         .filter(|path| path.extension().is_some_and(|e| e == "apdu"))
         .collect();
     files.sort();
-    assert!(files.len() >= 6, "transcripts missing from {}", directory.display());
+    assert!(
+        files.len() >= 6,
+        "transcripts missing from {}",
+        directory.display()
+    );
     for file in files {
         let exchanges = replay(&file);
         assert!(exchanges > 0, "{} checks nothing", file.display());
@@ -176,9 +201,15 @@ fn every_transcript_replays() {
 #[test]
 fn patterns_match_as_documented() {
     let pattern = parse_pattern("7C .. 82 * 90 00", "test");
-    assert!(matches(&pattern, &[0x7C, 0x05, 0x82, 0x01, 0x02, 0x90, 0x00]));
+    assert!(matches(
+        &pattern,
+        &[0x7C, 0x05, 0x82, 0x01, 0x02, 0x90, 0x00]
+    ));
     assert!(matches(&pattern, &[0x7C, 0x05, 0x82, 0x90, 0x00]));
     assert!(!matches(&pattern, &[0x7C, 0x05, 0x83, 0x90, 0x00]));
     assert!(!matches(&pattern, &[0x7C, 0x05, 0x82, 0x90]));
-    assert!(!matches(&parse_pattern("90 00", "test"), &[0x01, 0x90, 0x00]));
+    assert!(!matches(
+        &parse_pattern("90 00", "test"),
+        &[0x01, 0x90, 0x00]
+    ));
 }

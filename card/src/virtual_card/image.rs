@@ -1368,7 +1368,9 @@ mod tests {
             "{message}"
         );
         assert_eq!(message, format!("card image {}", path.display()));
-        let cause = std::error::Error::source(&error).map(ToString::to_string).unwrap_or_default();
+        let cause = std::error::Error::source(&error)
+            .map(ToString::to_string)
+            .unwrap_or_default();
         assert!(cause.starts_with("line "), "{cause}");
 
         fs::write(&path, b"\xFF\xFE not text").unwrap();
