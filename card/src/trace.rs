@@ -287,14 +287,24 @@ mod tests {
 
     /// Runs `body` with a TRACE-level subscriber and returns what it printed.
     /// Serialises the captures: tracing's callsite interest and max-level
-    /// caches are process-wide, so two scoped subscribers coming and going on
-    /// parallel test threads can make one of them miss events.
+    /// caches are process-wide.
     static CAPTURE: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+    /// A second dispatcher registered for the life of the test process. With
+    /// only one registered dispatcher, tracing-core computes callsite interest
+    /// from whichever thread first hits a callsite; a test thread without a
+    /// subscriber then caches "never" and a capture on another thread misses
+    /// its events. With two, interest is computed over all of them.
+    static KEEP_REGISTRY_SHARED: std::sync::LazyLock<tracing::Dispatch> =
+        std::sync::LazyLock::new(|| {
+            tracing::Dispatch::new(tracing::subscriber::NoSubscriber::default())
+        });
 
     fn capture_trace(body: impl FnOnce()) -> String {
         let _serial = CAPTURE
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
+        std::sync::LazyLock::force(&KEEP_REGISTRY_SHARED);
         let output = CapturedOutput::default();
         let writer = output.clone();
         let subscriber = tracing_subscriber::fmt()

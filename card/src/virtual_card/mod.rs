@@ -254,6 +254,9 @@ impl VirtualCard {
             return Ok(Some(command));
         };
         chain.data.extend_from_slice(command.data());
+        if chain.data.len() > MAX_CHAINED_DATA {
+            return Err(StatusWord::IncorrectLength);
+        }
         Ok(Some(
             CommandApdu::new(command.cla, command.ins, command.p1, command.p2)
                 .with_data(chain.data.to_vec())
