@@ -334,9 +334,13 @@ impl PivApplet {
             KeyReference::Pin => {
                 Pin::from_padded(new).map(|p| Zeroizing::new(p.as_bytes().to_vec()))
             }
-            KeyReference::Puk => {
-                Puk::from_padded(new).map(|p| Zeroizing::new(p.as_bytes().to_vec()))
-            }
+            // The card image keeps the PUK as text, so this card takes only
+            // printable ASCII PUKs (every PUK a person can type).
+            KeyReference::Puk => Puk::from_padded(new)
+                .ok()
+                .filter(|p| p.as_bytes().iter().all(|b| (0x20..0x7F).contains(b)))
+                .map(|p| Zeroizing::new(p.as_bytes().to_vec()))
+                .ok_or(pivtap_apdu::piv::ReferenceDataError::BadPadding),
             _ => return Err(StatusWord::ReferencedDataNotFound),
         }
         .map_err(|_| StatusWord::IncorrectData)?;
