@@ -14,6 +14,7 @@ pub mod spki;
 pub mod trace;
 pub mod transport;
 pub mod virtual_card;
+pub mod vpcd;
 
 pub use error::PivError;
 pub use management_key::ManagementKey;

@@ -1,6 +1,9 @@
 //! `pivtap vcard`: create virtual PIV cards, provisioned through the same APDUs a real card gets.
 
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::{Context, bail};
 use clap::Subcommand;
@@ -9,7 +12,7 @@ use pivtap_apdu::piv::objects::discovery::{Discovery, POLICY_APPLICATION_PIN};
 use pivtap_apdu::piv::objects::fascn::Fascn;
 use pivtap_apdu::piv::{Algorithm, KeyReference, ObjectTag, PIV_AID, Pin, Puk};
 use pivtap_card::virtual_card::{CardOptions, Interface, NewCard, VirtualCard, VirtualCardBackend};
-use pivtap_card::{ManagementKey, PivSession, spki};
+use pivtap_card::{ManagementKey, PivSession, spki, vpcd};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
@@ -79,6 +82,34 @@ pub enum VcardCommand {
         #[arg(long)]
         force: bool,
     },
+    /// Put the card in pcscd's virtual reader (vsmartcard vpcd), where every
+    /// PC/SC program sees it as a real card.
+    ///
+    /// The card stays until Ctrl-C (or --tap runs out); every change a
+    /// program makes (PIN counters, keys, certificates) is saved to FILE.
+    /// Port 35963 is reader "Virtual PCD 00 00", 35964 is "Virtual PCD 00 01".
+    Attach {
+        /// The card image (made with `pivtap vcard new`).
+        file: PathBuf,
+        /// vpcd's port.
+        #[arg(long, default_value_t = vpcd::DEFAULT_PORT)]
+        port: u16,
+        /// vpcd's host. vpcd listens on every interface: use virtual readers
+        /// for tests and demos only.
+        #[arg(long, default_value = "127.0.0.1")]
+        host: IpAddr,
+        /// Refuse extended-length APDUs for this attachment, like many NFC readers.
+        #[arg(long)]
+        no_extended: bool,
+        /// Present the card as contactless for this attachment (contactless
+        /// ATR, SP 800-73-4 contactless restrictions).
+        #[arg(long)]
+        contactless: bool,
+        /// Stay in the reader this many seconds, then leave, like a badge
+        /// briefly held to a reader.
+        #[arg(long, value_name = "SECONDS")]
+        tap: Option<f64>,
+    },
 }
 
 fn parse_key_algorithm(text: &str) -> Result<Algorithm, String> {
@@ -101,6 +132,20 @@ fn parse_time(text: &str) -> Result<OffsetDateTime, String> {
 /// Runs a `vcard` subcommand.
 pub fn run(command: VcardCommand) -> anyhow::Result<()> {
     match command {
+        VcardCommand::Attach {
+            file,
+            port,
+            host,
+            no_extended,
+            contactless,
+            tap,
+        } => attach(
+            &file,
+            SocketAddr::new(host, port),
+            no_extended,
+            contactless,
+            tap,
+        ),
         VcardCommand::New {
             file,
             subject,
@@ -162,6 +207,83 @@ pub fn run(command: VcardCommand) -> anyhow::Result<()> {
             println!("Created virtual card {} (slot 9a: {alg}).", file.display());
             Ok(())
         }
+    }
+}
+
+fn attach(
+    file: &Path,
+    address: SocketAddr,
+    no_extended: bool,
+    contactless: bool,
+    tap: Option<f64>,
+) -> anyhow::Result<()> {
+    let tap = tap
+        .map(|seconds| {
+            Duration::try_from_secs_f64(seconds)
+                .ok()
+                .filter(|d| !d.is_zero())
+                .ok_or_else(|| anyhow::anyhow!("--tap takes a positive number of seconds"))
+        })
+        .transpose()?;
+    let mut card = VirtualCard::open(file)
+        .with_context(|| format!("cannot open virtual card {}", file.display()))?;
+    let mut options = card.options();
+    options.extended_length &= !no_extended;
+    if contactless {
+        options.interface = Interface::Contactless;
+    }
+    card.present_as(options);
+    let backend = VirtualCardBackend::new(card, file.display().to_string());
+    let (attachment, detacher) = vpcd::Attachment::connect(address)?;
+    let detacher = Arc::new(detacher);
+    let on_signal = Arc::clone(&detacher);
+    ctrlc::set_handler(move || on_signal.detach()).context("cannot install the Ctrl-C handler")?;
+    if let Some(duration) = tap {
+        let on_timer = Arc::clone(&detacher);
+        std::thread::spawn(move || {
+            std::thread::sleep(duration);
+            on_timer.detach();
+        });
+    }
+    let reader = address
+        .port()
+        .checked_sub(vpcd::DEFAULT_PORT)
+        .map(|index| format!("reader \"Virtual PCD 00 {index:02}\""))
+        .unwrap_or_else(|| "the vpcd reader".to_owned());
+    let interface = match options.interface {
+        Interface::Contact => "contact",
+        Interface::Contactless => "contactless",
+    };
+    let length = if options.extended_length {
+        "extended length"
+    } else {
+        "short APDUs only"
+    };
+    match tap {
+        Some(duration) => println!(
+            "Card {} is in {reader} ({address}; {interface}, {length}) for {:.1} s.",
+            file.display(),
+            duration.as_secs_f64()
+        ),
+        None => println!(
+            "Card {} is in {reader} ({address}; {interface}, {length}). Ctrl-C removes it.",
+            file.display()
+        ),
+    }
+    let summary = attachment.serve(&backend)?;
+    if summary.detached {
+        println!(
+            "Card removed after {} APDUs; its state is saved in {}.",
+            summary.apdus,
+            file.display()
+        );
+        Ok(())
+    } else {
+        bail!(
+            "vpcd closed the connection after {} APDUs (pcscd stopped?); the card's state is saved in {}",
+            summary.apdus,
+            file.display()
+        )
     }
 }
 

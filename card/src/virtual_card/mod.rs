@@ -120,7 +120,11 @@ struct PendingResponse {
 /// A virtual PIV card.
 pub struct VirtualCard {
     applet: PivApplet,
+    /// The options kept in the image.
     options: CardOptions,
+    /// Options for this session only (a reader that refuses extended length,
+    /// a tap on a contactless reader), not saved.
+    presentation: Option<CardOptions>,
     chain: Option<Chain>,
     pending: Option<PendingResponse>,
     storage: Option<PathBuf>,
@@ -133,6 +137,7 @@ impl VirtualCard {
         VirtualCard {
             applet,
             options,
+            presentation: None,
             chain: None,
             pending: None,
             storage: None,
@@ -163,15 +168,23 @@ impl VirtualCard {
         )
     }
 
-    /// The card's options.
+    /// How the card presents itself now: the session's options if set, else its own.
     #[must_use]
     pub fn options(&self) -> CardOptions {
-        self.options
+        self.presentation.unwrap_or(self.options)
     }
 
-    /// Changes how the card presents itself (takes effect for the next command).
+    /// Changes the card's own options (saved with the card); takes effect for
+    /// the next command unless a session presentation overrides them.
     pub fn set_options(&mut self, options: CardOptions) {
         self.options = options;
+        self.applet.set_interface(self.options().interface);
+    }
+
+    /// Presents the card differently for this session only (not saved), as
+    /// when a card is held to a contactless reader or one without extended length.
+    pub fn present_as(&mut self, options: CardOptions) {
+        self.presentation = Some(options);
         self.applet.set_interface(options.interface);
     }
 
@@ -215,7 +228,7 @@ impl VirtualCard {
             };
             return ResponseApdu::status_only(status);
         }
-        if !self.options.extended_length && is_extended(raw) {
+        if !self.options().extended_length && is_extended(raw) {
             self.pending = None;
             return ResponseApdu::status_only(StatusWord::IncorrectLength);
         }
