@@ -10,8 +10,8 @@
 //! Latency: vpcd and the card exchange many small messages, the worst case
 //! for Nagle's algorithm meeting delayed acknowledgements (about 40 ms per
 //! APDU on Linux). The card side sets `TCP_NODELAY`, sends each answer in one
-//! write, and re-arms `TCP_QUICKACK` after every read so vpcd's next segment is
-//! acknowledged at once.
+//! write, and re-arms `TCP_QUICKACK` before every read so each of vpcd's
+//! segments is acknowledged at once.
 
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
@@ -176,7 +176,6 @@ impl Attachment {
                 Err(error) if is_closed(&error) => return Ok(()),
                 Err(error) => return Err(VpcdError::Connection(error)),
             }
-            quick_ack(&self.stream);
             let answer = match message.as_slice() {
                 [] => {
                     return Err(VpcdError::Protocol {
@@ -222,15 +221,31 @@ impl Attachment {
 
 /// Reads one length-prefixed message; `Ok(false)` when the peer closed cleanly
 /// before a new message began.
+///
+/// vpcd writes the length and the payload separately, and with Nagle's
+/// algorithm its payload waits until the length is acknowledged: so quick
+/// acknowledgement is re-armed before every read, not once per message.
 fn read_message(stream: &mut TcpStream, message: &mut Vec<u8>) -> io::Result<bool> {
     let mut length = [0u8; 2];
-    match stream.read(&mut length[..1])? {
-        0 => return Ok(false),
-        _ => stream.read_exact(&mut length[1..])?,
+    let mut filled = 0;
+    while filled < length.len() {
+        quick_ack(stream);
+        match stream.read(&mut length[filled..])? {
+            0 if filled == 0 => return Ok(false),
+            0 => return Err(io::ErrorKind::UnexpectedEof.into()),
+            n => filled += n,
+        }
     }
     message.clear();
     message.resize(usize::from(u16::from_be_bytes(length)), 0);
-    stream.read_exact(message)?;
+    let mut filled = 0;
+    while filled < message.len() {
+        quick_ack(stream);
+        match stream.read(&mut message[filled..])? {
+            0 => return Err(io::ErrorKind::UnexpectedEof.into()),
+            n => filled += n,
+        }
+    }
     Ok(true)
 }
 

@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use anyhow::{Context, bail};
 use clap::Subcommand;
 use pivtap_apdu::piv::{KeyReference, Pin};
+use pivtap_card::pcsc::PcscContext;
 use pivtap_card::session::PinStatus;
 use pivtap_card::{PivError, PivSession};
 use serde::Serialize;
@@ -38,6 +39,24 @@ pub enum CardCommand {
         #[arg(long)]
         json: bool,
     },
+    /// List the PC/SC readers, and the card in each (ATR, contact or contactless).
+    List {
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Measure APDU round trips: COUNT empty VERIFYs (one APDU each, no PIN
+    /// sent), with the time of each; prints the median and percentiles.
+    Bench {
+        #[command(flatten)]
+        card: CardArgs,
+        /// Round trips to time (after 20 untimed ones).
+        #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+        count: u32,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
     /// Write a slot's certificate to a file (PEM, or DER with --der).
     ExportCert {
         #[command(flatten)]
@@ -65,7 +84,104 @@ pub fn run(command: CardCommand) -> anyhow::Result<()> {
             out,
             der,
         } => export_certificate(&card, slot, &out, der),
+        CardCommand::List { json } => list(json),
+        CardCommand::Bench { card, count, json } => bench(&card, count, json),
     }
+}
+
+#[derive(Serialize)]
+struct ReaderListing {
+    reader: String,
+    card_present: bool,
+    atr: Option<String>,
+    contactless: bool,
+}
+
+fn list(json: bool) -> anyhow::Result<()> {
+    let readers = PcscContext::establish()?.list_readers()?;
+    let listing: Vec<ReaderListing> = readers
+        .into_iter()
+        .map(|r| ReaderListing {
+            reader: r.name,
+            card_present: r.card_present,
+            atr: r.atr.map(hex::encode_upper),
+            contactless: r.contactless,
+        })
+        .collect();
+    if json {
+        println!("{}", serde_json::to_string_pretty(&listing)?);
+        return Ok(());
+    }
+    if listing.is_empty() {
+        println!("No smart card readers.");
+    }
+    for reader in &listing {
+        match &reader.atr {
+            Some(atr) if reader.card_present => println!(
+                "{}: card present ({}), ATR {atr}",
+                reader.reader,
+                if reader.contactless {
+                    "contactless"
+                } else {
+                    "contact"
+                }
+            ),
+            _ => println!("{}: no card", reader.reader),
+        }
+    }
+    Ok(())
+}
+
+#[derive(Serialize)]
+struct BenchReport {
+    card: String,
+    round_trips: usize,
+    min_us: f64,
+    p50_us: f64,
+    p90_us: f64,
+    p99_us: f64,
+    max_us: f64,
+}
+
+fn bench(args: &CardArgs, count: u32, json: bool) -> anyhow::Result<()> {
+    let mut backend = args.open()?;
+    let card = backend.name();
+    let mut session = PivSession::open(backend.as_mut())?;
+    for _ in 0..20 {
+        session.pin_status()?;
+    }
+    let mut times = Vec::with_capacity(count as usize);
+    for _ in 0..count {
+        let start = std::time::Instant::now();
+        session.pin_status()?;
+        times.push(start.elapsed().as_secs_f64() * 1e6);
+    }
+    times.sort_by(f64::total_cmp);
+    let at = |fraction: f64| times[((times.len() - 1) as f64 * fraction).round() as usize];
+    let report = BenchReport {
+        card,
+        round_trips: times.len(),
+        min_us: times[0],
+        p50_us: at(0.5),
+        p90_us: at(0.9),
+        p99_us: at(0.99),
+        max_us: at(1.0),
+    };
+    if json {
+        println!("{}", serde_json::to_string(&report)?);
+    } else {
+        println!(
+            "{}: {} APDU round trips: min {:.0} us, median {:.0} us, p90 {:.0} us, p99 {:.0} us, max {:.0} us",
+            report.card,
+            report.round_trips,
+            report.min_us,
+            report.p50_us,
+            report.p90_us,
+            report.p99_us,
+            report.max_us
+        );
+    }
+    Ok(())
 }
 
 /// Everything `card info` reports.
@@ -106,8 +222,8 @@ struct SlotInfo {
 
 fn info(args: &CardArgs, json: bool) -> anyhow::Result<()> {
     let mut backend = args.open()?;
-    let card_name = pivtap_card::CardBackend::name(&backend);
-    let mut session = PivSession::open(&mut backend)?;
+    let card_name = backend.name();
+    let mut session = PivSession::open(backend.as_mut())?;
     let chuid = match session.chuid() {
         Ok(chuid) => Some(ChuidInfo {
             guid: chuid.guid_hex(),
@@ -341,7 +457,7 @@ struct VerifyOutcome {
 fn verify_pin(args: &CardArgs, json: bool) -> anyhow::Result<()> {
     let pin = read_pin()?;
     let mut backend = args.open()?;
-    let mut session = PivSession::open(&mut backend)?;
+    let mut session = PivSession::open(backend.as_mut())?;
     let result = session.verify_pin(&pin);
     let outcome = match &result {
         Ok(()) => VerifyOutcome {
@@ -376,7 +492,7 @@ fn export_certificate(
     der: bool,
 ) -> anyhow::Result<()> {
     let mut backend = args.open()?;
-    let mut session = PivSession::open(&mut backend)?;
+    let mut session = PivSession::open(backend.as_mut())?;
     let certificate = session.certificate(slot)?;
     let bytes = if der {
         certificate
