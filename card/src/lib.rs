@@ -8,6 +8,8 @@
 pub mod error;
 pub mod exchange;
 pub mod management_key;
+pub mod pcsc;
+pub mod reader_monitor;
 pub mod session;
 pub mod signature;
 pub mod spki;

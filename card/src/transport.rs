@@ -70,6 +70,16 @@ pub enum TransportError {
         /// The reader's name.
         reader: String,
     },
+    /// No card reader is connected at all.
+    #[error("no card reader is connected; connect one")]
+    NoReaders,
+    /// A card is in the reader but does not answer (mute, unpowered, or
+    /// speaking no protocol the reader knows).
+    #[error("the card does not respond ({reason}); take it out and insert or tap it again")]
+    CardUnresponsive {
+        /// What the reader reported.
+        reason: String,
+    },
     /// The smart card service (pcscd) cannot be reached.
     #[error(
         "the smart card service is not available ({reason}); start it with \
