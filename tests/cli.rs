@@ -686,3 +686,26 @@ fn contactless_card_refuses_pin_verification_without_using_a_try() {
         "a wrong PIN try was used up"
     );
 }
+
+#[test]
+fn card_info_on_a_contactless_card_shows_what_it_may_and_says_so() {
+    let dir = TempDir::new().unwrap();
+    let image = new_card(
+        &dir,
+        "contactless.toml",
+        "CN=Contactless Holder",
+        &["--alg", "p256", "--contactless"],
+    );
+    let info = card_info(&image);
+    assert_eq!(info["restricted"], true, "{info:#}");
+    assert!(info["pin"].is_null(), "{info:#}");
+    assert!(is_guid(info["chuid"]["guid"].as_str().unwrap()), "{info:#}");
+    assert_eq!(
+        info["slots"].as_array().unwrap().len(),
+        0,
+        "the 9A certificate is contact-only: {info:#}"
+    );
+    let text = pivtap(&["card", "info", "--vcard", path_str(&image)]);
+    text.expect_code(0, "card info (text)");
+    assert!(text.stdout.contains("contactless"), "{}", text.stdout);
+}

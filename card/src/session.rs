@@ -238,6 +238,11 @@ impl<'a> PivSession<'a> {
                 Ok(PinStatus::Blocked)
             }
             StatusWord::RetriesLeft(n) => Ok(PinStatus::RetriesLeft(n)),
+            StatusWord::SecurityStatusNotSatisfied => Err(PivError::AccessDenied {
+                operation: "query the PIN status",
+                requirement: "the card does not allow PIN operations on its current interface \
+                              (contactless without secure messaging); use a contact reader",
+            }),
             status => Err(PivError::Card {
                 operation: "query the PIN status",
                 status,

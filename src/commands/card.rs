@@ -188,8 +188,10 @@ fn bench(args: &CardArgs, count: u32, json: bool) -> anyhow::Result<()> {
 #[derive(Serialize)]
 struct CardInfo {
     card: String,
+    /// The card withheld objects or PIN state (contactless without secure messaging).
+    restricted: bool,
     chuid: Option<ChuidInfo>,
-    pin: RetryInfo,
+    pin: Option<RetryInfo>,
     puk: Option<RetryInfo>,
     slots: Vec<SlotInfo>,
 }
@@ -233,13 +235,24 @@ fn info(args: &CardArgs, json: bool) -> anyhow::Result<()> {
         Err(PivError::ObjectNotFound { .. }) => None,
         Err(error) => return Err(error).context("cannot read the CHUID"),
     };
-    let pin = retry_info(session.pin_status()?);
+    // Over contactless a PIV card hides its PIN state and most certificates
+    // (SP 800-73-4): report what it shows and say so.
+    let mut restricted = false;
+    let pin = match session.pin_status() {
+        Ok(status) => Some(retry_info(status)),
+        Err(PivError::AccessDenied { .. }) => {
+            restricted = true;
+            None
+        }
+        Err(error) => return Err(error.into()),
+    };
     let puk = session.puk_status()?.map(retry_info);
     let mut slots = Vec::new();
     for slot in KeyReference::asymmetric_slots() {
         match session.certificate(slot) {
             Ok(der) => slots.push(describe_certificate(slot, &der)?),
             Err(PivError::ObjectNotFound { .. }) => {}
+            Err(PivError::AccessDenied { .. }) => restricted = true,
             Err(error) => {
                 return Err(error)
                     .with_context(|| format!("cannot read the certificate of slot {slot}"));
@@ -248,6 +261,7 @@ fn info(args: &CardArgs, json: bool) -> anyhow::Result<()> {
     }
     let info = CardInfo {
         card: card_name,
+        restricted,
         chuid,
         pin,
         puk,
@@ -303,13 +317,22 @@ fn print_info(info: &CardInfo) {
         }
         None => println!("CHUID:       none"),
     }
-    println!("PIN:         {}", describe_retries(&info.pin));
+    match &info.pin {
+        Some(pin) => println!("PIN:         {}", describe_retries(pin)),
+        None => println!("PIN:         not shown over this interface"),
+    }
     match &info.puk {
         Some(puk) => println!("PUK:         {}", describe_retries(puk)),
         None => println!("PUK:         unknown (the card does not report it)"),
     }
     if info.slots.is_empty() {
         println!("Slots:       no certificates");
+    }
+    if info.restricted {
+        println!(
+            "Note:        the card withholds its PIN state and some certificates over this \
+             interface (contactless, SP 800-73-4); use a contact reader to see everything."
+        );
     }
     for slot in &info.slots {
         println!();
