@@ -315,7 +315,9 @@ pub fn map_error(error: pcsc::Error, reader: Option<&str>) -> TransportError {
             None => TransportError::NoReaders,
         },
         E::NoSmartcard => TransportError::NoCard,
-        E::RemovedCard => TransportError::CardRemoved,
+        // pcscd ends a transaction when its card leaves the reader; the next
+        // command of that transaction then reports the transaction missing.
+        E::RemovedCard | E::NotTransacted => TransportError::CardRemoved,
         E::ResetCard => TransportError::CardReset,
         E::SharingViolation => TransportError::SharingViolation,
         E::Timeout => TransportError::Timeout,
@@ -389,6 +391,7 @@ mod tests {
         let cases = [
             (pcsc::Error::NoSmartcard, TransportError::NoCard),
             (pcsc::Error::RemovedCard, TransportError::CardRemoved),
+            (pcsc::Error::NotTransacted, TransportError::CardRemoved),
             (pcsc::Error::ResetCard, TransportError::CardReset),
             (
                 pcsc::Error::SharingViolation,

@@ -193,3 +193,272 @@ fn dropping_the_monitor_stops_it_too() {
     drop(monitor);
     assert!(dropping.elapsed() < Duration::from_secs(1));
 }
+
+/// A virtual card in a vpcd reader, served by a thread of this test process.
+struct InReader {
+    backend: pivtap_card::virtual_card::VirtualCardBackend,
+    detacher: pivtap_card::vpcd::Detacher,
+    server: Option<std::thread::JoinHandle<pivtap_card::vpcd::AttachmentSummary>>,
+}
+
+impl InReader {
+    fn attach(backend: pivtap_card::virtual_card::VirtualCardBackend, port: u16) -> Self {
+        let address = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+        let (attachment, detacher) = pivtap_card::vpcd::Attachment::connect(address)
+            .unwrap_or_else(|error| panic!("{error}: these tests need pcscd with vsmartcard-vpcd"));
+        let served = backend.clone();
+        let server = std::thread::spawn(move || attachment.serve(&served).expect("vpcd serving"));
+        InReader {
+            backend,
+            detacher,
+            server: Some(server),
+        }
+    }
+
+    /// Takes the card out and waits for the server thread.
+    fn detach(mut self) -> pivtap_card::virtual_card::VirtualCardBackend {
+        self.detacher.detach();
+        let summary = self.server.take().unwrap().join().unwrap();
+        assert!(summary.detached, "{summary:?}");
+        self.backend.clone()
+    }
+}
+
+impl Drop for InReader {
+    fn drop(&mut self) {
+        self.detacher.detach();
+        if let Some(server) = self.server.take() {
+            let _ = server.join();
+        }
+    }
+}
+
+fn blank_card(
+    options: pivtap_card::virtual_card::CardOptions,
+) -> pivtap_card::virtual_card::VirtualCardBackend {
+    use pivtap_card::virtual_card::{NewCard, VirtualCard, VirtualCardBackend};
+    VirtualCardBackend::new(
+        VirtualCard::blank(NewCard::factory(options)),
+        "event test card",
+    )
+}
+
+/// Waits for the first event about `reader` that `wanted` accepts; fails after 5 s.
+fn wait_for(
+    events: &Receiver<ReaderEvent>,
+    reader: &str,
+    what: &str,
+    wanted: impl Fn(&ReaderEvent) -> bool,
+) -> ReaderEvent {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut seen = Vec::new();
+    while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+        match events.recv_timeout(left) {
+            Ok(event) if wanted(&event) => return event,
+            Ok(event) => seen.push(event),
+            Err(RecvTimeoutError::Timeout) => break,
+            Err(RecvTimeoutError::Disconnected) => panic!("the monitor stopped; seen {seen:?}"),
+        }
+    }
+    panic!("no {what} for {reader:?} within 5 s; seen {seen:?}");
+}
+
+fn card_present_in(reader: &'static str) -> impl Fn(&ReaderEvent) -> bool {
+    move |event| matches!(event, ReaderEvent::CardPresent { reader: r, .. } if r == reader)
+}
+
+fn card_removed_from(reader: &'static str) -> impl Fn(&ReaderEvent) -> bool {
+    move |event| matches!(event, ReaderEvent::CardRemoved { reader: r } if r == reader)
+}
+
+#[test]
+fn attach_detach_and_reattach_are_reported_with_the_interface() {
+    use pivtap_card::virtual_card::{CardOptions, Interface};
+    let _turn = pcscd_turn();
+    let reader = VPCD_READERS[1];
+    let (monitor, events) = start_monitor(MonitorFilter {
+        reader_name_contains: Some(reader.to_owned()),
+        contactless_only: false,
+    });
+    let contact = CardOptions::default();
+    let attached = InReader::attach(blank_card(contact), 35964);
+    match wait_for(&events, reader, "card", card_present_in(reader)) {
+        ReaderEvent::CardPresent {
+            atr, contactless, ..
+        } => {
+            assert_eq!(atr, pivtap_card::vpcd::atr(contact));
+            assert!(!contactless);
+        }
+        other => unreachable!("{other:?}"),
+    }
+    let backend = attached.detach();
+    wait_for(&events, reader, "removal", card_removed_from(reader));
+
+    // The same card again, now held to the reader as a contactless badge.
+    backend.card().present_as(CardOptions {
+        interface: Interface::Contactless,
+        extended_length: false,
+    });
+    let attached = InReader::attach(backend, 35964);
+    match wait_for(&events, reader, "card", card_present_in(reader)) {
+        ReaderEvent::CardPresent {
+            contactless, atr, ..
+        } => {
+            assert!(contactless, "ATR {atr:02X?}");
+        }
+        other => unreachable!("{other:?}"),
+    }
+    drop(attached);
+    wait_for(&events, reader, "removal", card_removed_from(reader));
+    monitor.stop();
+}
+
+#[test]
+fn a_card_pulled_between_verify_and_signature_fails_cleanly_and_keeps_its_state() {
+    use pivtap_apdu::piv::{Algorithm, KeyReference, Pin};
+    use pivtap_card::virtual_card::CardOptions;
+    use pivtap_card::{ManagementKey, PivError, PivSession, SignatureAlgorithm};
+    let _turn = pcscd_turn();
+    let reader = VPCD_READERS[1];
+    let backend = blank_card(CardOptions::default());
+    {
+        let mut provisioning = backend.clone();
+        let mut session = PivSession::open(&mut provisioning).unwrap();
+        session
+            .authenticate_management_key(&ManagementKey::default_key())
+            .unwrap();
+        session
+            .generate_key(KeyReference::PivAuthentication, Algorithm::EccP256)
+            .unwrap();
+    }
+    let (monitor, events) = start_monitor(MonitorFilter {
+        reader_name_contains: Some(reader.to_owned()),
+        contactless_only: false,
+    });
+    let attached = InReader::attach(backend, 35964);
+    wait_for(&events, reader, "card", card_present_in(reader));
+    let context = context();
+    let mut card = PcscCard::connect(&context, reader).unwrap();
+    let pin = Pin::new("123456").unwrap();
+    let failure = {
+        let mut session = PivSession::open(&mut card).unwrap();
+        session.verify_pin(&pin).unwrap();
+        // The badge leaves the field before the signature.
+        let backend = attached.detach();
+        let started = Instant::now();
+        let result = session.sign(
+            KeyReference::PivAuthentication,
+            Algorithm::EccP256,
+            SignatureAlgorithm::Es256,
+            b"m",
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "no hang: {:?}",
+            started.elapsed()
+        );
+        (result, backend)
+    };
+    let (result, backend) = failure;
+    match result {
+        Err(PivError::Transport(
+            TransportError::CardRemoved | TransportError::NoCard | TransportError::CardReset,
+        )) => {}
+        other => panic!("a pulled card must give a clear transport error, got {other:?}"),
+    }
+    drop(card);
+    wait_for(&events, reader, "removal", card_removed_from(reader));
+    // The card kept its state: counters untouched, key still there; the next
+    // tap starts over and needs the PIN again.
+    assert_eq!(backend.card().applet().persistent.pin.retries_left, 3);
+    let attached = InReader::attach(backend, 35964);
+    wait_for(&events, reader, "card", card_present_in(reader));
+    let mut card = PcscCard::connect(&context, reader).unwrap();
+    let mut session = PivSession::open(&mut card).unwrap();
+    assert!(matches!(
+        session.sign(
+            KeyReference::PivAuthentication,
+            Algorithm::EccP256,
+            SignatureAlgorithm::Es256,
+            b"m"
+        ),
+        Err(PivError::AccessDenied { .. })
+    ));
+    session.verify_pin(&pin).unwrap();
+    session
+        .sign(
+            KeyReference::PivAuthentication,
+            Algorithm::EccP256,
+            SignatureAlgorithm::Es256,
+            b"m",
+        )
+        .unwrap();
+    drop(session);
+    drop(card);
+    drop(attached);
+    monitor.stop();
+}
+
+#[test]
+fn two_readers_hold_two_cards_at_once() {
+    use pivtap_apdu::piv::Pin;
+    use pivtap_card::PivSession;
+    use pivtap_card::virtual_card::{CardOptions, NewCard, VirtualCard, VirtualCardBackend};
+    let _turn = pcscd_turn();
+    let (monitor, events) = start_monitor(MonitorFilter::default());
+    let cards: Vec<VirtualCardBackend> = (0..2)
+        .map(|index| {
+            let mut new = NewCard::factory(CardOptions::default());
+            new.serial = 20_000_000 + index;
+            VirtualCardBackend::new(VirtualCard::blank(new), "two readers")
+        })
+        .collect();
+    let first = InReader::attach(cards[0].clone(), 35963);
+    let second = InReader::attach(cards[1].clone(), 35964);
+    wait_for(
+        &events,
+        VPCD_READERS[0],
+        "card",
+        card_present_in(VPCD_READERS[0]),
+    );
+    wait_for(
+        &events,
+        VPCD_READERS[1],
+        "card",
+        card_present_in(VPCD_READERS[1]),
+    );
+    let context = context();
+    let listed = list_readers(&context);
+    for name in VPCD_READERS {
+        assert!(
+            listed.iter().any(|r| r.name == name && r.card_present),
+            "{listed:?}"
+        );
+    }
+    // Each reader reaches its own card: a wrong PIN counts down only there.
+    for (index, reader) in VPCD_READERS.into_iter().enumerate() {
+        let mut card = PcscCard::connect(&context, reader).unwrap();
+        let mut session = PivSession::open(&mut card).unwrap();
+        assert_eq!(session.serial().unwrap(), Some(20_000_000 + index as u32));
+        if index == 1 {
+            assert!(session.verify_pin(&Pin::new("999999").unwrap()).is_err());
+        }
+    }
+    assert_eq!(cards[0].card().applet().persistent.pin.retries_left, 3);
+    assert_eq!(cards[1].card().applet().persistent.pin.retries_left, 2);
+    drop(first);
+    drop(second);
+    wait_for(
+        &events,
+        VPCD_READERS[0],
+        "removal",
+        card_removed_from(VPCD_READERS[0]),
+    );
+    wait_for(
+        &events,
+        VPCD_READERS[1],
+        "removal",
+        card_removed_from(VPCD_READERS[1]),
+    );
+    monitor.stop();
+}
