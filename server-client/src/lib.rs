@@ -1,0 +1,7 @@
+//! pivtap's organisation side: the wire protocol, the authentication server, and the HTTP client devices use.
+//!
+//! The server never touches a card; devices send it card-signed assertions.
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod wire;

@@ -1,0 +1,304 @@
+//! The wire protocol between devices, admins and the server: request and response bodies, error codes, the assertion's JWS header and payload, and the session token's claims.
+//!
+//! Everything that both sides must agree on lives here once (DESIGN.md,
+//! "Wire protocol").
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+/// The JWS `typ` of a card-signed assertion.
+pub const ASSERTION_TYPE: &str = "pivtap-assertion+jwt";
+
+/// `POST /v1/challenges`
+pub const PATH_CHALLENGES: &str = "/v1/challenges";
+/// `POST /v1/assertions`
+pub const PATH_ASSERTIONS: &str = "/v1/assertions";
+/// `GET /.well-known/jwks.json`
+pub const PATH_JWKS: &str = "/.well-known/jwks.json";
+/// `GET /healthz`
+pub const PATH_HEALTH: &str = "/healthz";
+/// `GET /metrics`
+pub const PATH_METRICS: &str = "/metrics";
+/// Prefix of the admin API.
+pub const PATH_ADMIN: &str = "/v1/admin";
+
+/// Authentication methods of a session token (RFC 8176): smart card and PIN.
+pub const AMR: [&str; 2] = ["sc", "pin"];
+
+/// `POST /v1/challenges` body: which device asks.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ChallengeRequest {
+    /// The device id, e.g. `kiosk-07`.
+    pub device: String,
+}
+
+/// `201` answer to `POST /v1/challenges`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChallengeResponse {
+    /// 32 random bytes, base64url without padding.
+    pub nonce: String,
+    /// The server origin the assertion's `aud` must name.
+    pub aud: String,
+    /// When the challenge stops being accepted, RFC 3339.
+    pub expires_at: String,
+}
+
+/// `POST /v1/assertions` body.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AssertionRequest {
+    /// The compact JWS signed by the card.
+    pub assertion: String,
+}
+
+/// Who signed in, as the server's directory knows them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UserInfo {
+    /// The user id (`sub` of the token).
+    pub id: String,
+    /// The name to show.
+    pub display_name: String,
+    /// E-mail address, when known.
+    pub mail: Option<String>,
+}
+
+/// `200` answer to `POST /v1/assertions`.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AssertionResponse {
+    /// The session token (a JWT signed by the server).
+    pub token: String,
+    /// Always `Bearer`.
+    pub token_type: String,
+    /// Seconds until the token expires.
+    pub expires_in: u64,
+    /// Who signed in.
+    pub user: UserInfo,
+}
+
+impl fmt::Debug for AssertionResponse {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AssertionResponse")
+            .field("token", &"REDACTED")
+            .field("token_type", &self.token_type)
+            .field("expires_in", &self.expires_in)
+            .field("user", &self.user)
+            .finish()
+    }
+}
+
+/// A stable error code: the `error` of every error answer. Clients match on
+/// it; the `message` beside it is for people.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum ErrorCode {
+    /// The request is malformed (JSON, fields, JWS structure, `typ`, `alg`, `aud`, `iat`).
+    InvalidRequest,
+    /// The nonce was not issued by this server.
+    ChallengeUnknown,
+    /// The challenge expired.
+    ChallengeExpired,
+    /// The challenge was used already (a replay).
+    ChallengeReused,
+    /// The signature does not verify with the certificate's key.
+    SignatureInvalid,
+    /// The certificate does not chain to a trusted CA, or lacks the key usage.
+    CertificateUntrusted,
+    /// The certificate is outside its validity period.
+    CertificateExpired,
+    /// The certificate is revoked (CRL, or the card was revoked).
+    CertificateRevoked,
+    /// No single active user matches the certificate.
+    UserUnknown,
+    /// The user is locked.
+    UserLocked,
+    /// The card is locked.
+    CardLocked,
+    /// Too many failures from this card or device; retry later.
+    RateLimited,
+    /// Admin endpoints: no or a wrong credential.
+    Unauthorized,
+    /// Admin endpoints: no such user or card.
+    NotFound,
+    /// Admin endpoints: the user or card exists already.
+    Conflict,
+    /// Something failed on the server; details are in its log.
+    Internal,
+}
+
+impl ErrorCode {
+    /// Every code, for documentation and tests.
+    pub const ALL: [ErrorCode; 16] = [
+        ErrorCode::InvalidRequest,
+        ErrorCode::ChallengeUnknown,
+        ErrorCode::ChallengeExpired,
+        ErrorCode::ChallengeReused,
+        ErrorCode::SignatureInvalid,
+        ErrorCode::CertificateUntrusted,
+        ErrorCode::CertificateExpired,
+        ErrorCode::CertificateRevoked,
+        ErrorCode::UserUnknown,
+        ErrorCode::UserLocked,
+        ErrorCode::CardLocked,
+        ErrorCode::RateLimited,
+        ErrorCode::Unauthorized,
+        ErrorCode::NotFound,
+        ErrorCode::Conflict,
+        ErrorCode::Internal,
+    ];
+
+    /// The code as it appears on the wire (`challenge_reused`).
+    #[must_use]
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::InvalidRequest => "invalid_request",
+            ErrorCode::ChallengeUnknown => "challenge_unknown",
+            ErrorCode::ChallengeExpired => "challenge_expired",
+            ErrorCode::ChallengeReused => "challenge_reused",
+            ErrorCode::SignatureInvalid => "signature_invalid",
+            ErrorCode::CertificateUntrusted => "certificate_untrusted",
+            ErrorCode::CertificateExpired => "certificate_expired",
+            ErrorCode::CertificateRevoked => "certificate_revoked",
+            ErrorCode::UserUnknown => "user_unknown",
+            ErrorCode::UserLocked => "user_locked",
+            ErrorCode::CardLocked => "card_locked",
+            ErrorCode::RateLimited => "rate_limited",
+            ErrorCode::Unauthorized => "unauthorized",
+            ErrorCode::NotFound => "not_found",
+            ErrorCode::Conflict => "conflict",
+            ErrorCode::Internal => "internal",
+        }
+    }
+
+    /// The HTTP status that carries this code.
+    #[must_use]
+    pub fn http_status(self) -> u16 {
+        match self {
+            ErrorCode::InvalidRequest => 400,
+            ErrorCode::Unauthorized => 401,
+            ErrorCode::NotFound => 404,
+            ErrorCode::Conflict => 409,
+            ErrorCode::RateLimited => 429,
+            ErrorCode::Internal => 500,
+            // Authentication refusals: the request was understood and refused.
+            _ => 401,
+        }
+    }
+}
+
+impl fmt::Display for ErrorCode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Every error answer: `{"error": code, "message": text}`. Never internal details.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorBody {
+    /// The stable code.
+    pub error: ErrorCode,
+    /// A sentence for people.
+    pub message: String,
+}
+
+/// The JWS protected header of an assertion.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AssertionHeader {
+    /// `RS256`, `RS512`, `ES256` or `ES384`.
+    pub alg: String,
+    /// [`ASSERTION_TYPE`].
+    pub typ: String,
+    /// The card certificate, standard base64 DER (RFC 7515 §4.1.6); the first
+    /// entry is the card's, any further entries are intermediates.
+    pub x5c: Vec<String>,
+}
+
+/// The JWS payload of an assertion.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AssertionPayload {
+    /// The server origin, from the challenge.
+    pub aud: String,
+    /// The challenge nonce.
+    pub nonce: String,
+    /// The device id the challenge was issued to.
+    pub device: String,
+    /// When the card signed, Unix seconds.
+    pub iat: i64,
+    /// The key slot that signed, lower-case hex (`9a`).
+    pub slot: String,
+}
+
+/// The claims of a session token (a JWT, ES256).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionClaims {
+    /// The server origin that issued the token.
+    pub iss: String,
+    /// The user id.
+    pub sub: String,
+    /// Who the token is for (the server's configured token audience).
+    pub aud: String,
+    /// Issued at, Unix seconds.
+    pub iat: i64,
+    /// Expires at, Unix seconds.
+    pub exp: i64,
+    /// Unique token id.
+    pub jti: String,
+    /// The user's display name.
+    pub name: String,
+    /// The user's e-mail address.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub email: Option<String>,
+    /// Authentication methods: `["sc", "pin"]`.
+    pub amr: Vec<String>,
+    /// The device the user signed in on.
+    pub device: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn error_codes_serialise_as_their_wire_names() {
+        for code in ErrorCode::ALL {
+            let json = serde_json::to_string(&code).unwrap();
+            assert_eq!(json, format!("\"{}\"", code.as_str()));
+            assert_eq!(serde_json::from_str::<ErrorCode>(&json).unwrap(), code);
+        }
+        let body = ErrorBody {
+            error: ErrorCode::ChallengeReused,
+            message: "This challenge was used already.".to_owned(),
+        };
+        assert_eq!(
+            serde_json::to_value(&body).unwrap(),
+            serde_json::json!({"error": "challenge_reused", "message": "This challenge was used already."})
+        );
+    }
+
+    #[test]
+    fn requests_refuse_unknown_fields() {
+        assert!(serde_json::from_str::<ChallengeRequest>(r#"{"device":"k","extra":1}"#).is_err());
+        assert!(serde_json::from_str::<AssertionPayload>(
+            r#"{"aud":"a","nonce":"n","device":"d","iat":1,"slot":"9a","admin":true}"#
+        )
+        .is_err());
+    }
+
+    #[test]
+    fn tokens_never_print() {
+        let response = AssertionResponse {
+            token: "eyJhbGciOiJFUzI1NiJ9.secret.sig".to_owned(),
+            token_type: "Bearer".to_owned(),
+            expires_in: 3600,
+            user: UserInfo {
+                id: "alice".to_owned(),
+                display_name: "Alice".to_owned(),
+                mail: None,
+            },
+        };
+        assert!(!format!("{response:?}").contains("secret"));
+    }
+}
