@@ -451,11 +451,11 @@ mod tests {
                 reason: pcsc::Error::CommError.to_string()
             }
         );
-        let other = map_error(pcsc::Error::NotTransacted, None);
+        let other = map_error(pcsc::Error::InsufficientBuffer, None);
         assert_eq!(
             other,
             TransportError::Other {
-                reason: "An attempt was made to end a non-existent transaction".to_owned()
+                reason: pcsc::Error::InsufficientBuffer.to_string()
             }
         );
     }

@@ -420,7 +420,7 @@ fn rfc3339(time: time::OffsetDateTime) -> String {
 }
 
 /// The PIN from `PIVTAP_PIN`, or asked for on the terminal without echo.
-fn read_pin() -> anyhow::Result<Pin> {
+pub fn read_pin() -> anyhow::Result<Pin> {
     let text = match std::env::var("PIVTAP_PIN") {
         Ok(pin) => Zeroizing::new(pin),
         Err(_) => {

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use clap::Subcommand;
+use clap::{Args, Subcommand};
 use pivtap_apdu::piv::objects::chuid::Chuid;
 use pivtap_apdu::piv::objects::discovery::{Discovery, POLICY_APPLICATION_PIN};
 use pivtap_apdu::piv::objects::fascn::Fascn;
@@ -27,61 +27,7 @@ pub enum VcardCommand {
     /// management-key authentication), the certificate is issued by the given
     /// CA and written with PUT DATA, and a CHUID and Discovery object are
     /// added: the card is provisioned exactly as a real one would be.
-    New {
-        /// Where to write the card image (TOML; it holds the card's secrets).
-        file: PathBuf,
-        /// Certificate subject, e.g. "CN=Alice Example,O=Example Corp,serialNumber=E1001".
-        #[arg(long)]
-        subject: String,
-        /// E-mail address for the certificate's subjectAltName.
-        #[arg(long)]
-        email: Option<String>,
-        /// Microsoft UPN for the certificate's subjectAltName.
-        #[arg(long)]
-        upn: Option<String>,
-        /// Key algorithm for slot 9A.
-        #[arg(long, default_value = "rsa2048", value_parser = parse_key_algorithm)]
-        alg: Algorithm,
-        /// Card PIN (6-8 digits).
-        #[arg(long, default_value = "123456")]
-        pin: String,
-        /// Card PUK (6-8 characters).
-        #[arg(long, default_value = "12345678")]
-        puk: String,
-        /// Tries before the PIN blocks (and before the PUK blocks).
-        #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u8).range(1..=15))]
-        retries: u8,
-        /// Card management key as hex (3DES, 24 bytes); default: the well-known default key.
-        #[arg(long, value_name = "HEX")]
-        management_key: Option<String>,
-        /// CA certificate (PEM) that issues the card certificate.
-        #[arg(long, value_name = "PEM")]
-        ca_cert: PathBuf,
-        /// CA private key (PKCS#8 PEM).
-        #[arg(long, value_name = "PEM")]
-        ca_key: PathBuf,
-        /// Certificate validity in days from now.
-        #[arg(long, default_value_t = 365, conflicts_with_all = ["not_before", "not_after"])]
-        valid_days: u32,
-        /// Certificate start of validity (RFC 3339), with --not-after.
-        #[arg(long, requires = "not_after", value_parser = parse_time)]
-        not_before: Option<OffsetDateTime>,
-        /// Certificate end of validity (RFC 3339), with --not-before.
-        #[arg(long, requires = "not_before", value_parser = parse_time)]
-        not_after: Option<OffsetDateTime>,
-        /// Card serial number (default: random).
-        #[arg(long)]
-        serial: Option<u32>,
-        /// Act as a contactless card (SP 800-73-4 contactless restrictions).
-        #[arg(long)]
-        contactless: bool,
-        /// Refuse extended-length APDUs, like many NFC readers.
-        #[arg(long)]
-        no_extended: bool,
-        /// Overwrite FILE if it exists.
-        #[arg(long)]
-        force: bool,
-    },
+    New(Box<NewCardArgs>),
     /// Put the card in pcscd's virtual reader (vsmartcard vpcd), where every
     /// PC/SC program sees it as a real card.
     ///
@@ -110,6 +56,64 @@ pub enum VcardCommand {
         #[arg(long, value_name = "SECONDS")]
         tap: Option<f64>,
     },
+}
+
+/// Options of `pivtap vcard new`.
+#[derive(Args, Debug)]
+pub struct NewCardArgs {
+    /// Where to write the card image (TOML; it holds the card's secrets).
+    file: PathBuf,
+    /// Certificate subject, e.g. "CN=Alice Example,O=Example Corp,serialNumber=E1001".
+    #[arg(long)]
+    subject: String,
+    /// E-mail address for the certificate's subjectAltName.
+    #[arg(long)]
+    email: Option<String>,
+    /// Microsoft UPN for the certificate's subjectAltName.
+    #[arg(long)]
+    upn: Option<String>,
+    /// Key algorithm for slot 9A.
+    #[arg(long, default_value = "rsa2048", value_parser = parse_key_algorithm)]
+    alg: Algorithm,
+    /// Card PIN (6-8 digits).
+    #[arg(long, default_value = "123456")]
+    pin: String,
+    /// Card PUK (6-8 characters).
+    #[arg(long, default_value = "12345678")]
+    puk: String,
+    /// Tries before the PIN blocks (and before the PUK blocks).
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u8).range(1..=15))]
+    retries: u8,
+    /// Card management key as hex (3DES, 24 bytes); default: the well-known default key.
+    #[arg(long, value_name = "HEX")]
+    management_key: Option<String>,
+    /// CA certificate (PEM) that issues the card certificate.
+    #[arg(long, value_name = "PEM")]
+    ca_cert: PathBuf,
+    /// CA private key (PKCS#8 PEM).
+    #[arg(long, value_name = "PEM")]
+    ca_key: PathBuf,
+    /// Certificate validity in days from now.
+    #[arg(long, default_value_t = 365, conflicts_with_all = ["not_before", "not_after"])]
+    valid_days: u32,
+    /// Certificate start of validity (RFC 3339), with --not-after.
+    #[arg(long, requires = "not_after", value_parser = parse_time)]
+    not_before: Option<OffsetDateTime>,
+    /// Certificate end of validity (RFC 3339), with --not-before.
+    #[arg(long, requires = "not_before", value_parser = parse_time)]
+    not_after: Option<OffsetDateTime>,
+    /// Card serial number (default: random).
+    #[arg(long)]
+    serial: Option<u32>,
+    /// Act as a contactless card (SP 800-73-4 contactless restrictions).
+    #[arg(long)]
+    contactless: bool,
+    /// Refuse extended-length APDUs, like many NFC readers.
+    #[arg(long)]
+    no_extended: bool,
+    /// Overwrite FILE if it exists.
+    #[arg(long)]
+    force: bool,
 }
 
 fn parse_key_algorithm(text: &str) -> Result<Algorithm, String> {
@@ -146,26 +150,27 @@ pub fn run(command: VcardCommand) -> anyhow::Result<()> {
             contactless,
             tap,
         ),
-        VcardCommand::New {
-            file,
-            subject,
-            email,
-            upn,
-            alg,
-            pin,
-            puk,
-            retries,
-            management_key,
-            ca_cert,
-            ca_key,
-            valid_days,
-            not_before,
-            not_after,
-            serial,
-            contactless,
-            no_extended,
-            force,
-        } => {
+        VcardCommand::New(new) => {
+            let NewCardArgs {
+                file,
+                subject,
+                email,
+                upn,
+                alg,
+                pin,
+                puk,
+                retries,
+                management_key,
+                ca_cert,
+                ca_key,
+                valid_days,
+                not_before,
+                not_after,
+                serial,
+                contactless,
+                no_extended,
+                force,
+            } = *new;
             if file.exists() && !force {
                 bail!("{} exists; use --force to overwrite it", file.display());
             }

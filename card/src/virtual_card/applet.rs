@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 
 use pivtap_apdu::piv::objects::apt::ApplicationPropertyTemplate;
 use pivtap_apdu::piv::objects::auth_template::{AuthTemplate, Field};
-use pivtap_apdu::piv::objects::metadata::{ALGORITHM_PIN, Metadata};
+use pivtap_apdu::piv::objects::metadata::{ALGORITHM_PIN, KeyOrigin, Metadata};
 use pivtap_apdu::piv::objects::unwrap_data_object;
 use pivtap_apdu::piv::{
     Algorithm, Ins, KeyReference, ObjectTag, PIV_AID, Pin, Puk, commands as piv_commands,
@@ -26,6 +26,15 @@ pub const DEFAULT_PUK: &[u8] = b"12345678";
 
 /// Largest data object the card stores (a certificate object is 1-3 KB).
 pub const MAX_OBJECT_LEN: usize = 16 * 1024;
+
+/// What GET VERSION (YubiKey extension `FD`) answers: the level of Yubico's
+/// PIV extensions this card implements, GET SERIAL (from 5.0) and GET
+/// METADATA (from 5.3), and none that came later (such as 5.7's key moves and
+/// RSA-3072). libykpiv, the library under yubico-piv-tool and ykcs11, reads
+/// the serial number with GET SERIAL only from 5.0 on; its 2.2 release only
+/// warns about a card without GET VERSION, current ones refuse to use it. It
+/// is not a YubiKey firmware version: the card has no other YubiKey feature.
+pub const YUBICO_EXTENSIONS_VERSION: [u8; 3] = [5, 3, 0];
 
 /// What a command produced: response data on success, or a status word.
 pub type Outcome = Result<Vec<u8>, StatusWord>;
@@ -162,6 +171,9 @@ impl PivApplet {
         }
         if ins == Ins::GetSerial {
             return Ok(self.persistent.serial.to_be_bytes().to_vec());
+        }
+        if ins == Ins::GetVersion {
+            return Ok(YUBICO_EXTENSIONS_VERSION.to_vec());
         }
         if ins == Ins::GetMetadata {
             return self.metadata(command);
@@ -580,6 +592,9 @@ impl PivApplet {
                 Metadata {
                     algorithm: Some(u8::from(key.algorithm())),
                     policy: Some([pin_policy, 1]),
+                    // The card has no key import: every key it holds came
+                    // from GENERATE ASYMMETRIC KEY PAIR.
+                    origin: Some(KeyOrigin::Generated),
                     public_key: Some(inner.to_vec()),
                     ..Metadata::default()
                 }

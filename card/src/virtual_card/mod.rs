@@ -14,7 +14,7 @@ pub mod keys;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
-use pivtap_apdu::command::{CLA_CHAINING, SHORT_MAX_NE};
+use pivtap_apdu::command::{CLA_CHAINING, EXTENDED_MAX_NE, SHORT_MAX_NE};
 use pivtap_apdu::piv::Ins;
 use pivtap_apdu::{CommandApdu, ResponseApdu, StatusWord};
 
@@ -299,7 +299,14 @@ impl VirtualCard {
             Ok(data) => data,
             Err(status) => return ResponseApdu::status_only(status),
         };
-        let ne = command.ne();
+        // Without an Le field the card answers as T=1 cards do (and as PIV
+        // tools such as yubico-piv-tool, which never send Le, expect): up to
+        // the largest Ne of the command's length form, the rest by `61xx`.
+        let ne = match command.ne() {
+            0 if extended => EXTENDED_MAX_NE,
+            0 => SHORT_MAX_NE,
+            ne => ne,
+        };
         if data.len() <= ne {
             return ResponseApdu::new(data, StatusWord::Success);
         }
