@@ -257,6 +257,92 @@ pub struct SessionClaims {
     pub device: String,
 }
 
+/// A user as the admin API shows and takes it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UserRecord {
+    /// The user id (`uid`; the token's `sub`).
+    pub id: String,
+    /// The name to show.
+    pub display_name: String,
+    /// E-mail address.
+    #[serde(default)]
+    pub mail: Option<String>,
+    /// Microsoft user principal name.
+    #[serde(default)]
+    pub upn: Option<String>,
+    /// Employee number.
+    #[serde(default)]
+    pub employee_id: Option<String>,
+    /// `active` or `locked` (ignored when adding: new users are active).
+    #[serde(default = "active")]
+    pub state: String,
+}
+
+fn active() -> String {
+    "active".to_owned()
+}
+
+/// The answer to a user import.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImportReport {
+    /// Users added.
+    pub added: u32,
+    /// Users not added, with the reason (such as "exists already").
+    pub skipped: Vec<ImportSkip>,
+}
+
+/// One user an import did not add.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImportSkip {
+    /// The user id (or the line, when there was none).
+    pub id: String,
+    /// Why.
+    pub reason: String,
+}
+
+/// A card as the admin API shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CardRecord {
+    /// The certificate serial number (lower-case hex).
+    pub serial: String,
+    /// SHA-256 of the certificate (lower-case hex).
+    pub fingerprint: String,
+    /// The certificate subject.
+    pub subject: String,
+    /// The certificate issuer.
+    pub issuer: String,
+    /// The user it signed in as last.
+    pub user_id: Option<String>,
+    /// `active`, `locked` or `revoked`.
+    pub state: String,
+    /// First sign-in, RFC 3339.
+    pub first_seen: String,
+    /// Last sign-in, RFC 3339.
+    pub last_seen: String,
+}
+
+/// An audit event as the admin API shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditRecord {
+    /// Sequence number.
+    pub id: i64,
+    /// When, RFC 3339.
+    pub time: String,
+    /// `challenge`, `assertion` or `admin`.
+    pub kind: String,
+    /// `ok` or an error code.
+    pub outcome: String,
+    /// The device.
+    pub device: Option<String>,
+    /// The card's certificate serial.
+    pub card_serial: Option<String>,
+    /// The user.
+    pub user_id: Option<String>,
+    /// More, for people (never a PIN, a token or a whole nonce).
+    pub detail: Option<String>,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
