@@ -4,12 +4,4 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
-pub mod assertion;
-pub mod certificate;
-pub mod client;
-pub mod config;
-pub mod jose;
-pub mod mapping;
-pub mod store;
-pub mod token;
 pub mod wire;
