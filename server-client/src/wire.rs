@@ -367,10 +367,12 @@ mod tests {
     #[test]
     fn requests_refuse_unknown_fields() {
         assert!(serde_json::from_str::<ChallengeRequest>(r#"{"device":"k","extra":1}"#).is_err());
-        assert!(serde_json::from_str::<AssertionPayload>(
-            r#"{"aud":"a","nonce":"n","device":"d","iat":1,"slot":"9a","admin":true}"#
-        )
-        .is_err());
+        assert!(
+            serde_json::from_str::<AssertionPayload>(
+                r#"{"aud":"a","nonce":"n","device":"d","iat":1,"slot":"9a","admin":true}"#
+            )
+            .is_err()
+        );
     }
 
     #[test]
