@@ -33,6 +33,13 @@ enum Command {
     /// Inspect and use a PIV card.
     #[command(subcommand)]
     Card(commands::card::CardCommand),
+    /// Sign in once: challenge, card signature, session token.
+    Auth(Box<commands::auth::AuthArgs>),
+    /// Set up and run the authentication server.
+    #[command(subcommand)]
+    Server(commands::server::ServerCommand),
+    /// Administer users, cards and the audit log of a running server.
+    Admin(Box<commands::admin::AdminArgs>),
 }
 
 /// Exit code for a wrong PIN.
@@ -42,6 +49,8 @@ const EXIT_PIN_BLOCKED: u8 = 4;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // One TLS crypto provider for the whole process (aws-lc-rs).
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
@@ -52,6 +61,9 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Vcard(command) => commands::vcard::run(*command),
         Command::Card(command) => commands::card::run(command),
+        Command::Auth(args) => commands::auth::run(*args),
+        Command::Server(command) => commands::server::run(command),
+        Command::Admin(args) => commands::admin::run(*args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -4,4 +4,14 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod assertion;
+pub mod certificate;
+pub mod client;
+pub mod config;
+pub mod init;
+pub mod jose;
+pub mod mapping;
+pub mod server;
+pub mod store;
+pub mod token;
 pub mod wire;

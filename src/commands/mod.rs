@@ -1,6 +1,9 @@
 //! The CLI's subcommands, one module per noun.
 
+pub mod admin;
+pub mod auth;
 pub mod card;
+pub mod server;
 pub mod vcard;
 
 use std::path::PathBuf;

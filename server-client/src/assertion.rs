@@ -1,0 +1,1040 @@
+//! Card-signed assertions: the device drafts one and appends the card's signature ([`AssertionDraft`]); the server runs every check that needs no state ([`AssertionVerifier`]).
+//!
+//! The verifier checks cheap things first and the signature before the
+//! certificate chain, so a forged assertion never costs a path build. The
+//! nonce, the device binding, card and user state and the user mapping need
+//! the store and are the caller's.
+
+use std::fmt;
+use std::time::Duration;
+
+use aws_lc_rs::signature::{
+    ECDSA_P256_SHA256_FIXED, ECDSA_P384_SHA384_FIXED, RSA_PKCS1_2048_8192_SHA256,
+    RSA_PKCS1_2048_8192_SHA512, UnparsedPublicKey, VerificationAlgorithm,
+};
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
+use serde::Deserialize;
+use serde_json::{Map, Value};
+use time::OffsetDateTime;
+
+use crate::certificate::{CertificateError, CertificateFacts, ChainError, KeyKind, TrustStore};
+use crate::jose::{CompactJws, JoseError, base64url_encode};
+use crate::wire::{ASSERTION_TYPE, AssertionHeader, AssertionPayload, ErrorBody, ErrorCode};
+
+/// How far `iat` may be from the server's clock unless configured otherwise.
+pub const DEFAULT_MAX_CLOCK_SKEW: Duration = Duration::from_secs(60);
+/// The most certificates `x5c` may hold: the card's and three intermediates.
+pub const MAX_CHAIN_CERTIFICATES: usize = 4;
+/// The largest certificate accepted in `x5c`, DER bytes.
+pub const MAX_CERTIFICATE_LEN: usize = 16 * 1024;
+/// The smallest RSA key accepted, in bits.
+pub const MIN_RSA_BITS: usize = 2048;
+/// The largest RSA key accepted, in bits (verification cost grows with it).
+pub const MAX_RSA_BITS: usize = 8192;
+
+/// An assertion before the card has signed it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AssertionDraft {
+    /// The protected header.
+    pub header: AssertionHeader,
+    /// The claims.
+    pub payload: AssertionPayload,
+}
+
+impl AssertionDraft {
+    /// A draft for `alg` (`RS256`, `RS512`, `ES256`, `ES384`) carrying the card
+    /// certificate `certificate_der` in `x5c`.
+    #[must_use]
+    pub fn new(alg: &str, certificate_der: &[u8], payload: AssertionPayload) -> Self {
+        AssertionDraft {
+            header: AssertionHeader {
+                alg: alg.to_owned(),
+                typ: ASSERTION_TYPE.to_owned(),
+                x5c: vec![STANDARD.encode(certificate_der)],
+            },
+            payload,
+        }
+    }
+
+    /// `BASE64URL(header) . BASE64URL(payload)`: what the card signs.
+    #[must_use]
+    pub fn signing_input(&self) -> String {
+        let header = json_object([
+            ("alg", Value::from(self.header.alg.as_str())),
+            ("typ", Value::from(self.header.typ.as_str())),
+            ("x5c", Value::from(self.header.x5c.clone())),
+        ]);
+        let payload = json_object([
+            ("aud", Value::from(self.payload.aud.as_str())),
+            ("nonce", Value::from(self.payload.nonce.as_str())),
+            ("device", Value::from(self.payload.device.as_str())),
+            ("iat", Value::from(self.payload.iat)),
+            ("slot", Value::from(self.payload.slot.as_str())),
+        ]);
+        format!(
+            "{}.{}",
+            base64url_encode(header.to_string().as_bytes()),
+            base64url_encode(payload.to_string().as_bytes())
+        )
+    }
+
+    /// Appends the JOSE signature (RSA: raw; ECDSA: r||s).
+    #[must_use]
+    pub fn finish(&self, signature: &[u8]) -> String {
+        format!("{}.{}", self.signing_input(), base64url_encode(signature))
+    }
+}
+
+/// A JSON object from its members (serialising it cannot fail).
+fn json_object<const N: usize>(members: [(&str, Value); N]) -> Value {
+    Value::Object(
+        members
+            .into_iter()
+            .map(|(name, value)| (name.to_owned(), value))
+            .collect::<Map<String, Value>>(),
+    )
+}
+
+/// What the server accepts assertions against.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VerifierConfig {
+    /// This server's origin: the `aud` every assertion must carry.
+    pub audience: String,
+    /// CA certificates that issue cards, DER.
+    pub trust_anchors: Vec<Vec<u8>>,
+    /// Certificate revocation lists, DER.
+    pub crls: Vec<Vec<u8>>,
+    /// How far `iat` may be from the server's clock, either way.
+    pub max_clock_skew: Duration,
+}
+
+impl VerifierConfig {
+    /// A configuration with no CRLs and [`DEFAULT_MAX_CLOCK_SKEW`].
+    #[must_use]
+    pub fn new(audience: impl Into<String>, trust_anchors: Vec<Vec<u8>>) -> Self {
+        VerifierConfig {
+            audience: audience.into(),
+            trust_anchors,
+            crls: Vec::new(),
+            max_clock_skew: DEFAULT_MAX_CLOCK_SKEW,
+        }
+    }
+}
+
+/// Why an assertion was refused: a stable code and a sentence for people,
+/// without internals.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{code}: {message}")]
+pub struct Rejection {
+    /// The stable code.
+    pub code: ErrorCode,
+    /// What is wrong, for people.
+    pub message: String,
+}
+
+impl Rejection {
+    /// A rejection with `code` and `message`.
+    #[must_use]
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        Rejection {
+            code,
+            message: message.into(),
+        }
+    }
+
+    fn invalid(message: impl Into<String>) -> Self {
+        Rejection::new(ErrorCode::InvalidRequest, message)
+    }
+}
+
+impl From<Rejection> for ErrorBody {
+    fn from(rejection: Rejection) -> Self {
+        ErrorBody {
+            error: rejection.code,
+            message: rejection.message,
+        }
+    }
+}
+
+/// An assertion that passed every stateless check.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VerifiedAssertion {
+    /// The claims (the nonce and device are still to be checked against the store).
+    pub payload: AssertionPayload,
+    /// The card certificate.
+    pub certificate: CertificateFacts,
+    /// The algorithm the card signed with (`RS256`, `RS512`, `ES256`, `ES384`).
+    pub alg: String,
+}
+
+/// The JWS algorithms a card signs with; nothing else is ever verified.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum CardAlgorithm {
+    Rs256,
+    Rs512,
+    Es256,
+    Es384,
+}
+
+impl CardAlgorithm {
+    fn from_name(name: &str) -> Option<Self> {
+        match name {
+            "RS256" => Some(CardAlgorithm::Rs256),
+            "RS512" => Some(CardAlgorithm::Rs512),
+            "ES256" => Some(CardAlgorithm::Es256),
+            "ES384" => Some(CardAlgorithm::Es384),
+            _ => None,
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            CardAlgorithm::Rs256 => "RS256",
+            CardAlgorithm::Rs512 => "RS512",
+            CardAlgorithm::Es256 => "ES256",
+            CardAlgorithm::Es384 => "ES384",
+        }
+    }
+
+    /// RS* needs an RSA key of 2048 to 8192 bits, ES256 a P-256 key, ES384 a P-384 key.
+    fn fits(self, key: KeyKind) -> bool {
+        match (self, key) {
+            (CardAlgorithm::Rs256 | CardAlgorithm::Rs512, KeyKind::Rsa { bits }) => {
+                (MIN_RSA_BITS..=MAX_RSA_BITS).contains(&bits)
+            }
+            (CardAlgorithm::Es256, KeyKind::EcP256) | (CardAlgorithm::Es384, KeyKind::EcP384) => {
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// aws-lc-rs verification: RSA takes the DER `RSAPublicKey`, ECDSA the
+    /// uncompressed point and a fixed-width `r || s` signature.
+    fn verification(self) -> &'static dyn VerificationAlgorithm {
+        match self {
+            CardAlgorithm::Rs256 => &RSA_PKCS1_2048_8192_SHA256,
+            CardAlgorithm::Rs512 => &RSA_PKCS1_2048_8192_SHA512,
+            CardAlgorithm::Es256 => &ECDSA_P256_SHA256_FIXED,
+            CardAlgorithm::Es384 => &ECDSA_P384_SHA384_FIXED,
+        }
+    }
+}
+
+impl fmt::Display for CardAlgorithm {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// The header as received: every member optional so that each missing one
+/// gets its own answer, and nothing unknown (no `crit`, no `jwk`, no `kid`).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ReceivedHeader {
+    alg: Option<String>,
+    typ: Option<String>,
+    x5c: Option<Vec<String>>,
+}
+
+/// Checks assertions statelessly. Built once from the configuration; cheap
+/// to share between requests (`Send + Sync`).
+#[derive(Debug)]
+pub struct AssertionVerifier {
+    audience: String,
+    max_clock_skew: Duration,
+    trust: TrustStore,
+}
+
+impl AssertionVerifier {
+    /// Parses the trust anchors and CRLs.
+    ///
+    /// # Errors
+    /// [`CertificateError`] naming a trust anchor or CRL that cannot be used,
+    /// or [`CertificateError::NoTrustAnchors`].
+    pub fn new(config: VerifierConfig) -> Result<Self, CertificateError> {
+        Ok(AssertionVerifier {
+            trust: TrustStore::new(&config.trust_anchors, &config.crls)?,
+            audience: config.audience,
+            max_clock_skew: config.max_clock_skew,
+        })
+    }
+
+    /// The `aud` assertions must carry.
+    #[must_use]
+    pub fn audience(&self) -> &str {
+        &self.audience
+    }
+
+    /// Every stateless check, in this order, each with its code:
+    ///
+    /// 1. structure (three base64url parts, at most 64 KiB), header JSON
+    ///    (no unknown members), `typ` == [`ASSERTION_TYPE`]: `invalid_request`;
+    /// 2. `alg` is RS256, RS512, ES256 or ES384 (never `none`, never HMAC): `invalid_request`;
+    /// 3. `x5c` present, at most 4 certificates of at most 16 KiB, the first
+    ///    one readable: `invalid_request`;
+    /// 4. `alg` fits the certificate's key (RS* an RSA key of 2048 to 8192
+    ///    bits, ES256 P-256, ES384 P-384): `invalid_request`;
+    /// 5. the signature verifies with the certificate's key: `signature_invalid`;
+    /// 6. payload JSON with exactly the expected members: `invalid_request`;
+    /// 7. `aud` is this server's audience: `invalid_request`;
+    /// 8. `iat` is within `max_clock_skew` of `now`, either way: `invalid_request`;
+    /// 9. `now` lies in the card certificate's validity period: `certificate_expired`;
+    /// 10. keyUsage digitalSignature (when the extension is present), a path
+    ///     to a trust anchor through `x5c[1..]` with clientAuth EKU (when
+    ///     present) and every CA within its validity: `certificate_untrusted`
+    ///     (`certificate_expired` for an expired CA);
+    /// 11. no configured CRL lists a certificate of the path: `certificate_revoked`.
+    ///
+    /// The nonce, the device binding, card/user state and mapping are the caller's.
+    ///
+    /// # Errors
+    /// The first [`Rejection`] met.
+    pub fn verify(
+        &self,
+        compact: &str,
+        now: OffsetDateTime,
+    ) -> Result<VerifiedAssertion, Rejection> {
+        let jws = CompactJws::parse(compact).map_err(|error| {
+            Rejection::invalid(match error {
+                JoseError::TooLarge { .. } => "the assertion is too large",
+                _ => "the assertion is not a compact JWS (three base64url parts separated by dots)",
+            })
+        })?;
+        let header: ReceivedHeader = serde_json::from_slice(&jws.header).map_err(|_| {
+            Rejection::invalid("the assertion header is not a JSON object with alg, typ and x5c")
+        })?;
+        if header.typ.as_deref() != Some(ASSERTION_TYPE) {
+            return Err(Rejection::invalid(format!(
+                "the assertion's typ must be {ASSERTION_TYPE}"
+            )));
+        }
+        let algorithm = header
+            .alg
+            .as_deref()
+            .and_then(CardAlgorithm::from_name)
+            .ok_or_else(|| {
+                Rejection::invalid("the assertion's alg must be RS256, RS512, ES256 or ES384")
+            })?;
+        let chain = decode_chain(header.x5c.as_deref().unwrap_or_default())?;
+        let Some((card_der, intermediates)) = chain.split_first() else {
+            return Err(Rejection::invalid(
+                "the assertion header must carry the card certificate in x5c",
+            ));
+        };
+        let (certificate, public_key) = CertificateFacts::with_public_key(card_der)
+            .map_err(|_| Rejection::invalid("the card certificate in x5c cannot be read"))?;
+        if !algorithm.fits(certificate.key) {
+            return Err(Rejection::invalid(format!(
+                "{algorithm} cannot be used with the certificate's {} key",
+                certificate.key
+            )));
+        }
+        UnparsedPublicKey::new(algorithm.verification(), &public_key)
+            .verify(jws.signing_input.as_bytes(), &jws.signature)
+            .map_err(|_| {
+                Rejection::new(
+                    ErrorCode::SignatureInvalid,
+                    "the signature does not verify with the certificate's key",
+                )
+            })?;
+        let payload: AssertionPayload = serde_json::from_slice(&jws.payload).map_err(|_| {
+            Rejection::invalid(
+                "the assertion payload must hold exactly aud, nonce, device, iat and slot",
+            )
+        })?;
+        if payload.aud != self.audience {
+            return Err(Rejection::invalid(
+                "the assertion is meant for another server (aud)",
+            ));
+        }
+        if payload.iat.abs_diff(now.unix_timestamp()) > self.max_clock_skew.as_secs() {
+            return Err(Rejection::invalid(
+                "the assertion's iat is too far from the server's clock",
+            ));
+        }
+        if !certificate.is_valid_at(now) {
+            return Err(Rejection::new(
+                ErrorCode::CertificateExpired,
+                "the card certificate is outside its validity period",
+            ));
+        }
+        self.trust
+            .validate(card_der, intermediates, now)
+            .map_err(|error| {
+                tracing::debug!(%error, serial = %certificate.serial, "card certificate refused");
+                chain_rejection(&error)
+            })?;
+        Ok(VerifiedAssertion {
+            payload,
+            certificate,
+            alg: algorithm.name().to_owned(),
+        })
+    }
+}
+
+/// Decodes `x5c` (standard base64 DER), refusing long chains and large
+/// certificates (the whole JWS is already capped at 64 KiB).
+fn decode_chain(x5c: &[String]) -> Result<Vec<Vec<u8>>, Rejection> {
+    if x5c.len() > MAX_CHAIN_CERTIFICATES {
+        return Err(Rejection::invalid(format!(
+            "x5c may hold at most {MAX_CHAIN_CERTIFICATES} certificates"
+        )));
+    }
+    x5c.iter()
+        .map(|encoded| {
+            let der = STANDARD.decode(encoded).map_err(|_| {
+                Rejection::invalid("x5c must hold certificates in standard base64 (DER)")
+            })?;
+            if der.len() > MAX_CERTIFICATE_LEN {
+                return Err(Rejection::invalid(format!(
+                    "a certificate in x5c is larger than {MAX_CERTIFICATE_LEN} bytes"
+                )));
+            }
+            Ok(der)
+        })
+        .collect()
+}
+
+fn chain_rejection(error: &ChainError) -> Rejection {
+    match error {
+        ChainError::Expired => Rejection::new(
+            ErrorCode::CertificateExpired,
+            "a certificate in the card's chain is outside its validity period",
+        ),
+        ChainError::Revoked => Rejection::new(
+            ErrorCode::CertificateRevoked,
+            "the card certificate is revoked",
+        ),
+        ChainError::KeyUsage => Rejection::new(
+            ErrorCode::CertificateUntrusted,
+            "the card certificate's key usage does not allow signing in",
+        ),
+        ChainError::Untrusted(_) => Rejection::new(
+            ErrorCode::CertificateUntrusted,
+            "the card certificate is not issued by a trusted CA for client authentication",
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::certificate::tests::{fixture, fixture_der, test_ca_crl};
+    use crate::jose::base64url_decode;
+    use pivtap_apdu::piv::{Algorithm, KeyReference, Pin};
+    use pivtap_card::PivSession;
+    use pivtap_card::SignatureAlgorithm;
+    use pivtap_card::virtual_card::image::CardImage;
+    use pivtap_card::virtual_card::{VirtualCard, VirtualCardBackend};
+    use proptest::prelude::*;
+    use serde_json::json;
+    use std::sync::OnceLock;
+
+    const AUDIENCE: &str = "https://auth.example.com";
+    const SLOT: KeyReference = KeyReference::PivAuthentication;
+
+    /// A fixture card and its PIN.
+    struct TestCard {
+        name: &'static str,
+        pin: &'static str,
+    }
+
+    const ALICE: TestCard = TestCard {
+        name: "alice",
+        pin: "123456",
+    };
+    const BOB: TestCard = TestCard {
+        name: "bob",
+        pin: "24681357",
+    };
+    const CAROL: TestCard = TestCard {
+        name: "carol",
+        pin: "123456",
+    };
+    const EXPIRED: TestCard = TestCard {
+        name: "expired",
+        pin: "123456",
+    };
+    const UNTRUSTED: TestCard = TestCard {
+        name: "untrusted",
+        pin: "123456",
+    };
+
+    impl TestCard {
+        /// Opens the card image in memory (nothing is written back to the
+        /// fixture) and runs `work` with the 9A key's algorithm.
+        fn with_session<T>(&self, work: impl FnOnce(&mut PivSession<'_>, Algorithm) -> T) -> T {
+            let image = CardImage::load(fixture(&format!("cards/{}.toml", self.name))).unwrap();
+            let key = image
+                .keys
+                .iter()
+                .find(|entry| entry.slot() == SLOT)
+                .unwrap()
+                .algorithm();
+            let card = VirtualCard::from_image(&image).unwrap();
+            let mut backend = VirtualCardBackend::new(card, self.name);
+            let mut session = PivSession::open(&mut backend).unwrap();
+            work(&mut session, key)
+        }
+
+        fn certificate(&self) -> Vec<u8> {
+            self.with_session(|session, _| session.certificate(SLOT).unwrap())
+        }
+
+        /// Signs `message` with the card's 9A key as `algorithm` after the PIN.
+        fn sign(&self, algorithm: SignatureAlgorithm, message: &[u8]) -> Vec<u8> {
+            self.with_session(|session, key| {
+                session.verify_pin(&Pin::new(self.pin).unwrap()).unwrap();
+                session.sign(SLOT, key, algorithm, message).unwrap()
+            })
+        }
+
+        /// A draft as a device would make it, claiming `alg`.
+        fn draft(&self, alg: &str) -> AssertionDraft {
+            AssertionDraft::new(alg, &self.certificate(), payload())
+        }
+
+        /// `draft` signed by the card as `algorithm`.
+        fn signed(&self, draft: &AssertionDraft, algorithm: SignatureAlgorithm) -> String {
+            draft.finish(&self.sign(algorithm, draft.signing_input().as_bytes()))
+        }
+
+        /// A valid assertion signed with `algorithm`.
+        fn assertion(&self, algorithm: SignatureAlgorithm) -> String {
+            self.signed(&self.draft(algorithm.jose_name()), algorithm)
+        }
+
+        /// Any header and payload JSON, signed by the card as `algorithm`.
+        fn sign_raw(
+            &self,
+            algorithm: SignatureAlgorithm,
+            header: &Value,
+            payload: &Value,
+        ) -> String {
+            let input = format!(
+                "{}.{}",
+                base64url_encode(header.to_string().as_bytes()),
+                base64url_encode(payload.to_string().as_bytes())
+            );
+            let signature = self.sign(algorithm, input.as_bytes());
+            format!("{input}.{}", base64url_encode(&signature))
+        }
+
+        fn header(&self, alg: &str) -> Value {
+            json!({"alg": alg, "typ": ASSERTION_TYPE, "x5c": [STANDARD.encode(self.certificate())]})
+        }
+    }
+
+    fn payload() -> AssertionPayload {
+        AssertionPayload {
+            aud: AUDIENCE.to_owned(),
+            nonce: base64url_encode([7; 32]),
+            device: "kiosk-07".to_owned(),
+            iat: OffsetDateTime::now_utc().unix_timestamp(),
+            slot: "9a".to_owned(),
+        }
+    }
+
+    fn payload_json() -> Value {
+        serde_json::to_value(payload()).unwrap()
+    }
+
+    fn config() -> VerifierConfig {
+        VerifierConfig::new(AUDIENCE, vec![fixture_der("ca/test-ca.pem")])
+    }
+
+    fn verifier() -> AssertionVerifier {
+        AssertionVerifier::new(config()).unwrap()
+    }
+
+    fn verify(compact: &str) -> Result<VerifiedAssertion, Rejection> {
+        verifier().verify(compact, OffsetDateTime::now_utc())
+    }
+
+    /// The code of the rejection, failing the test if the assertion passed.
+    fn code(compact: &str) -> ErrorCode {
+        verify(compact).unwrap_err().code
+    }
+
+    /// Splits a compact JWS into its three texts.
+    fn parts(compact: &str) -> [String; 3] {
+        let parts: Vec<String> = compact.split('.').map(str::to_owned).collect();
+        parts.try_into().unwrap()
+    }
+
+    #[test]
+    fn alices_rs256_assertion_verifies() {
+        let verified = verify(&ALICE.assertion(SignatureAlgorithm::Rs256)).unwrap();
+        assert_eq!(verified.alg, "RS256");
+        assert_eq!(verified.payload.aud, AUDIENCE);
+        assert_eq!(verified.payload.device, "kiosk-07");
+        assert_eq!(verified.certificate.emails, ["alice@example.com"]);
+        assert_eq!(verified.certificate.der, fixture_der("certs/alice.pem"));
+    }
+
+    #[test]
+    fn alices_rs512_assertion_verifies() {
+        let verified = verify(&ALICE.assertion(SignatureAlgorithm::Rs512)).unwrap();
+        assert_eq!(verified.alg, "RS512");
+    }
+
+    #[test]
+    fn bobs_es256_assertion_verifies() {
+        let verified = verify(&BOB.assertion(SignatureAlgorithm::Es256)).unwrap();
+        assert_eq!(verified.alg, "ES256");
+        assert_eq!(verified.certificate.key, KeyKind::EcP256);
+        assert_eq!(verified.payload, {
+            let mut expected = payload();
+            expected.iat = verified.payload.iat;
+            expected
+        });
+    }
+
+    #[test]
+    fn the_draft_is_what_the_verifier_reads() {
+        let draft = BOB.draft("ES256");
+        let input = draft.signing_input();
+        let [header, payload, signature] = parts(&draft.finish(&[1, 2, 3]));
+        assert_eq!(format!("{header}.{payload}"), input);
+        assert_eq!(base64url_decode(&signature).unwrap(), [1, 2, 3]);
+        let header: AssertionHeader =
+            serde_json::from_slice(&base64url_decode(&header).unwrap()).unwrap();
+        assert_eq!(header, draft.header);
+        assert_eq!(header.typ, ASSERTION_TYPE);
+        assert_eq!(
+            STANDARD.decode(&header.x5c[0]).unwrap(),
+            fixture_der("certs/bob.pem")
+        );
+        let payload: AssertionPayload =
+            serde_json::from_slice(&base64url_decode(&payload).unwrap()).unwrap();
+        assert_eq!(payload, draft.payload);
+        // And once the card signs it, the verifier accepts it.
+        assert!(verify(&BOB.signed(&draft, SignatureAlgorithm::Es256)).is_ok());
+    }
+
+    #[test]
+    fn alg_none_is_refused() {
+        let unsigned = format!(
+            "{}.{}.",
+            base64url_encode(ALICE.header("none").to_string().as_bytes()),
+            base64url_encode(payload_json().to_string().as_bytes())
+        );
+        let rejection = verify(&unsigned).unwrap_err();
+        assert_eq!(rejection.code, ErrorCode::InvalidRequest);
+        assert_eq!(
+            rejection.message,
+            "the assertion's alg must be RS256, RS512, ES256 or ES384"
+        );
+    }
+
+    #[test]
+    fn hs256_keyed_with_the_certificates_public_key_is_refused_as_an_alg() {
+        let (_, public_key) =
+            CertificateFacts::with_public_key(&fixture_der("certs/alice.pem")).unwrap();
+        let input = format!(
+            "{}.{}",
+            base64url_encode(ALICE.header("HS256").to_string().as_bytes()),
+            base64url_encode(payload_json().to_string().as_bytes())
+        );
+        for hmac_key in [public_key, fixture_der("certs/alice.pem")] {
+            let key = aws_lc_rs::hmac::Key::new(aws_lc_rs::hmac::HMAC_SHA256, &hmac_key);
+            let tag = aws_lc_rs::hmac::sign(&key, input.as_bytes());
+            let forged = format!("{input}.{}", base64url_encode(tag.as_ref()));
+            let rejection = verify(&forged).unwrap_err();
+            assert_eq!(rejection.code, ErrorCode::InvalidRequest);
+            assert!(rejection.message.contains("alg must be"), "{rejection}");
+        }
+    }
+
+    #[test]
+    fn rs256_on_a_p256_key_is_refused() {
+        // Whatever the signature, the header's alg does not fit bob's key.
+        let draft = BOB.draft("RS256");
+        let rejection = verify(&BOB.signed(&draft, SignatureAlgorithm::Es256)).unwrap_err();
+        assert_eq!(rejection.code, ErrorCode::InvalidRequest);
+        assert_eq!(
+            rejection.message,
+            "RS256 cannot be used with the certificate's P-256 key"
+        );
+    }
+
+    #[test]
+    fn es384_on_a_p256_key_is_refused() {
+        let draft = BOB.draft("ES384");
+        let rejection = verify(&BOB.signed(&draft, SignatureAlgorithm::Es256)).unwrap_err();
+        assert_eq!(rejection.code, ErrorCode::InvalidRequest);
+        assert!(rejection.message.contains("ES384"));
+    }
+
+    #[test]
+    fn es256_on_an_rsa_key_is_refused() {
+        let draft = ALICE.draft("ES256");
+        let rejection = verify(&ALICE.signed(&draft, SignatureAlgorithm::Rs256)).unwrap_err();
+        assert_eq!(rejection.code, ErrorCode::InvalidRequest);
+        assert!(rejection.message.contains("RSA-2048"));
+    }
+
+    #[test]
+    fn a_card_from_an_untrusted_ca_is_refused() {
+        assert_eq!(
+            code(&UNTRUSTED.assertion(SignatureAlgorithm::Es256)),
+            ErrorCode::CertificateUntrusted
+        );
+    }
+
+    #[test]
+    fn an_expired_certificate_is_refused() {
+        let rejection = verify(&EXPIRED.assertion(SignatureAlgorithm::Es256)).unwrap_err();
+        assert_eq!(rejection.code, ErrorCode::CertificateExpired);
+        assert_eq!(
+            rejection.message,
+            "the card certificate is outside its validity period"
+        );
+    }
+
+    #[test]
+    fn a_certificate_revoked_by_a_crl_is_refused() {
+        let serial = CertificateFacts::from_der(&ALICE.certificate())
+            .unwrap()
+            .serial;
+        let mut config = config();
+        config.crls = vec![test_ca_crl(&[&serial])];
+        let verifier = AssertionVerifier::new(config).unwrap();
+        let now = OffsetDateTime::now_utc();
+        let rejection = verifier
+            .verify(&ALICE.assertion(SignatureAlgorithm::Rs256), now)
+            .unwrap_err();
+        assert_eq!(rejection.code, ErrorCode::CertificateRevoked);
+        assert!(
+            verifier
+                .verify(&BOB.assertion(SignatureAlgorithm::Es256), now)
+                .is_ok()
+        );
+    }
+
+    #[test]
+    fn a_tampered_payload_is_refused() {
+        let [header, _, signature] = parts(&ALICE.assertion(SignatureAlgorithm::Rs256));
+        let mut other = payload();
+        other.device = "kiosk-99".to_owned();
+        let tampered = format!(
+            "{header}.{}.{signature}",
+            base64url_encode(serde_json::to_vec(&other).unwrap())
+        );
+        assert_eq!(code(&tampered), ErrorCode::SignatureInvalid);
+    }
+
+    #[test]
+    fn a_tampered_signature_is_refused() {
+        for card in [ALICE, BOB] {
+            let algorithm = if card.name == "alice" {
+                SignatureAlgorithm::Rs256
+            } else {
+                SignatureAlgorithm::Es256
+            };
+            let [header, payload, signature] = parts(&card.assertion(algorithm));
+            let mut signature = base64url_decode(&signature).unwrap();
+            signature[10] ^= 1;
+            let tampered = format!("{header}.{payload}.{}", base64url_encode(&signature));
+            assert_eq!(
+                code(&tampered),
+                ErrorCode::SignatureInvalid,
+                "{}",
+                card.name
+            );
+            signature.pop();
+            let short = format!("{header}.{payload}.{}", base64url_encode(&signature));
+            assert_eq!(code(&short), ErrorCode::SignatureInvalid, "{}", card.name);
+        }
+    }
+
+    #[test]
+    fn a_swapped_x5c_is_refused() {
+        // Alice signs, then carol's certificate (also RSA-2048, same CA) is put in the header.
+        let [_, payload, signature] = parts(&ALICE.assertion(SignatureAlgorithm::Rs256));
+        let swapped = base64url_encode(CAROL.header("RS256").to_string().as_bytes());
+        assert_eq!(
+            code(&format!("{swapped}.{payload}.{signature}")),
+            ErrorCode::SignatureInvalid
+        );
+    }
+
+    #[test]
+    fn a_corrupt_x5c_is_refused() {
+        let mut der = fixture_der("certs/alice.pem");
+        der.truncate(der.len() / 2);
+        let corrupt =
+            json!({"alg": "RS256", "typ": ASSERTION_TYPE, "x5c": [STANDARD.encode(&der)]});
+        let rejection =
+            verify(&ALICE.sign_raw(SignatureAlgorithm::Rs256, &corrupt, &payload_json()))
+                .unwrap_err();
+        assert_eq!(rejection.code, ErrorCode::InvalidRequest);
+        assert_eq!(
+            rejection.message,
+            "the card certificate in x5c cannot be read"
+        );
+
+        let not_base64 = json!({"alg": "RS256", "typ": ASSERTION_TYPE, "x5c": ["not base64!"]});
+        let rejection =
+            verify(&ALICE.sign_raw(SignatureAlgorithm::Rs256, &not_base64, &payload_json()))
+                .unwrap_err();
+        assert_eq!(rejection.code, ErrorCode::InvalidRequest);
+        assert!(rejection.message.contains("standard base64"));
+    }
+
+    #[test]
+    fn x5c_must_be_present_short_and_small() {
+        let certificate = STANDARD.encode(ALICE.certificate());
+        let oversized = STANDARD.encode(vec![0x30; MAX_CERTIFICATE_LEN + 1]);
+        let cases = [
+            (json!({"alg": "RS256", "typ": ASSERTION_TYPE}), "x5c"),
+            (
+                json!({"alg": "RS256", "typ": ASSERTION_TYPE, "x5c": []}),
+                "x5c",
+            ),
+            (
+                json!({"alg": "RS256", "typ": ASSERTION_TYPE, "x5c": vec![certificate; 5]}),
+                "at most 4",
+            ),
+            (
+                json!({"alg": "RS256", "typ": ASSERTION_TYPE, "x5c": [oversized]}),
+                "larger than",
+            ),
+        ];
+        for (header, expected) in cases {
+            let compact = format!(
+                "{}.{}.AAAA",
+                base64url_encode(header.to_string().as_bytes()),
+                base64url_encode(payload_json().to_string().as_bytes())
+            );
+            let rejection = verify(&compact).unwrap_err();
+            assert_eq!(rejection.code, ErrorCode::InvalidRequest, "{header}");
+            assert!(rejection.message.contains(expected), "{rejection}");
+        }
+    }
+
+    #[test]
+    fn a_wrong_or_missing_typ_is_refused() {
+        for typ in [json!("JWT"), json!("PIVTAP-ASSERTION+JWT"), Value::Null] {
+            let mut header = ALICE.header("RS256");
+            header["typ"] = typ.clone();
+            let compact = ALICE.sign_raw(SignatureAlgorithm::Rs256, &header, &payload_json());
+            let rejection = verify(&compact).unwrap_err();
+            assert_eq!(rejection.code, ErrorCode::InvalidRequest, "{typ}");
+            assert!(rejection.message.contains("typ"), "{rejection}");
+        }
+    }
+
+    #[test]
+    fn unknown_header_members_are_refused() {
+        let mut header = ALICE.header("RS256");
+        header["crit"] = json!(["exp"]);
+        let compact = ALICE.sign_raw(SignatureAlgorithm::Rs256, &header, &payload_json());
+        assert_eq!(code(&compact), ErrorCode::InvalidRequest);
+    }
+
+    #[test]
+    fn a_wrong_aud_is_refused() {
+        let mut draft = ALICE.draft("RS256");
+        draft.payload.aud = "https://elsewhere.example.com".to_owned();
+        let rejection = verify(&ALICE.signed(&draft, SignatureAlgorithm::Rs256)).unwrap_err();
+        assert_eq!(rejection.code, ErrorCode::InvalidRequest);
+        assert!(rejection.message.contains("aud"));
+    }
+
+    #[test]
+    fn iat_must_be_within_the_clock_skew() {
+        let compact = BOB.assertion(SignatureAlgorithm::Es256);
+        let iat = parts(&compact)[1].clone();
+        let iat: AssertionPayload =
+            serde_json::from_slice(&base64url_decode(&iat).unwrap()).unwrap();
+        let signed_at = OffsetDateTime::from_unix_timestamp(iat.iat).unwrap();
+        let verifier = verifier();
+        let skew = time::Duration::seconds(60);
+        for accepted in [signed_at - skew, signed_at, signed_at + skew] {
+            assert!(verifier.verify(&compact, accepted).is_ok(), "{accepted}");
+        }
+        let second = time::Duration::seconds(1);
+        for (now, what) in [
+            (signed_at + skew + second, "too old"),
+            (signed_at - skew - second, "from the future"),
+        ] {
+            let rejection = verifier.verify(&compact, now).unwrap_err();
+            assert_eq!(rejection.code, ErrorCode::InvalidRequest, "{what}");
+            assert!(rejection.message.contains("iat"), "{what}");
+        }
+    }
+
+    #[test]
+    fn iat_far_from_now_is_refused_when_signed_so() {
+        let now = OffsetDateTime::now_utc().unix_timestamp();
+        for iat in [now - 3600, now + 3600, i64::MIN, i64::MAX] {
+            let mut draft = BOB.draft("ES256");
+            draft.payload.iat = iat;
+            assert_eq!(
+                code(&BOB.signed(&draft, SignatureAlgorithm::Es256)),
+                ErrorCode::InvalidRequest,
+                "iat {iat}"
+            );
+        }
+    }
+
+    #[test]
+    fn unknown_payload_members_are_refused() {
+        let mut payload = payload_json();
+        payload["admin"] = json!(true);
+        let compact = ALICE.sign_raw(SignatureAlgorithm::Rs256, &ALICE.header("RS256"), &payload);
+        let rejection = verify(&compact).unwrap_err();
+        assert_eq!(rejection.code, ErrorCode::InvalidRequest);
+        assert!(rejection.message.contains("exactly aud, nonce"));
+    }
+
+    #[test]
+    fn malformed_compact_strings_are_refused() {
+        let good = BOB.assertion(SignatureAlgorithm::Es256);
+        let [header, payload, signature] = parts(&good);
+        let header_json = base64url_decode(&header).unwrap();
+        let cases = [
+            String::new(),
+            header.clone(),
+            format!("{header}.{payload}"),
+            format!("{good}.{signature}"),
+            format!("{header}.{payload}.{signature}="),
+            format!("{header}!.{payload}.{signature}"),
+            format!("{header}.{payload} .{signature}"),
+            format!("{}.{payload}.{signature}", base64url_encode(b"not json")),
+            format!("{}.{payload}.{signature}", base64url_encode(b"[1,2]")),
+            format!(
+                "{}.{payload}.{signature}",
+                base64url_encode(&header_json[..header_json.len() - 1])
+            ),
+            "a".repeat(crate::jose::MAX_COMPACT_LEN + 1),
+        ];
+        for compact in cases {
+            let shown: String = compact.chars().take(60).collect();
+            assert_eq!(code(&compact), ErrorCode::InvalidRequest, "{shown}");
+        }
+        assert_eq!(
+            verify(&"a".repeat(crate::jose::MAX_COMPACT_LEN + 1))
+                .unwrap_err()
+                .message,
+            "the assertion is too large"
+        );
+    }
+
+    #[test]
+    fn the_signature_is_checked_before_the_chain() {
+        // A forged assertion for an untrusted or expired card is a signature
+        // failure: no path building happens for it.
+        for (card, algorithm) in [
+            (UNTRUSTED, SignatureAlgorithm::Es256),
+            (EXPIRED, SignatureAlgorithm::Es256),
+        ] {
+            let [header, payload, _] = parts(&card.assertion(algorithm));
+            let forged = format!("{header}.{payload}.{}", base64url_encode([0; 64]));
+            assert_eq!(code(&forged), ErrorCode::SignatureInvalid, "{}", card.name);
+        }
+        // And the claims come before the certificate's dates.
+        let mut draft = EXPIRED.draft("ES256");
+        draft.payload.aud = "https://elsewhere.example.com".to_owned();
+        assert_eq!(
+            code(&EXPIRED.signed(&draft, SignatureAlgorithm::Es256)),
+            ErrorCode::InvalidRequest
+        );
+    }
+
+    #[test]
+    fn a_verifier_needs_a_usable_trust_configuration() {
+        let mut config = config();
+        config.trust_anchors.clear();
+        assert_eq!(
+            AssertionVerifier::new(config).unwrap_err(),
+            CertificateError::NoTrustAnchors
+        );
+        let mut config = self::config();
+        config.crls = vec![b"not a CRL".to_vec()];
+        assert!(matches!(
+            AssertionVerifier::new(config),
+            Err(CertificateError::Crl { index: 0, .. })
+        ));
+        assert_eq!(verifier().audience(), AUDIENCE);
+        assert_eq!(self::config().max_clock_skew, Duration::from_secs(60));
+    }
+
+    #[test]
+    fn rejections_become_error_bodies() {
+        let body = ErrorBody::from(Rejection::new(ErrorCode::SignatureInvalid, "bad"));
+        assert_eq!(body.error, ErrorCode::SignatureInvalid);
+        assert_eq!(body.message, "bad");
+        assert_eq!(
+            Rejection::new(ErrorCode::CertificateRevoked, "gone").to_string(),
+            "certificate_revoked: gone"
+        );
+    }
+
+    #[test]
+    fn the_verifier_can_be_shared_between_threads() {
+        fn shareable<T: Send + Sync>() {}
+        shareable::<AssertionVerifier>();
+        let verifier = std::sync::Arc::new(verifier());
+        let compact = BOB.assertion(SignatureAlgorithm::Es256);
+        let handles: Vec<_> = (0..2)
+            .map(|_| {
+                let verifier = verifier.clone();
+                let compact = compact.clone();
+                std::thread::spawn(move || verifier.verify(&compact, OffsetDateTime::now_utc()))
+            })
+            .collect();
+        for handle in handles {
+            assert!(handle.join().unwrap().is_ok());
+        }
+    }
+
+    /// One valid assertion for the property tests (signing is not free).
+    fn valid_assertion() -> &'static str {
+        static ASSERTION: OnceLock<String> = OnceLock::new();
+        ASSERTION.get_or_init(|| BOB.assertion(SignatureAlgorithm::Es256))
+    }
+
+    fn shared_verifier() -> &'static AssertionVerifier {
+        static VERIFIER: OnceLock<AssertionVerifier> = OnceLock::new();
+        VERIFIER.get_or_init(verifier)
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(128))]
+
+        #[test]
+        fn arbitrary_strings_never_panic(text in ".{0,400}") {
+            let result = shared_verifier().verify(&text, OffsetDateTime::now_utc());
+            prop_assert!(result.is_err());
+        }
+
+        #[test]
+        fn arbitrary_json_parts_never_panic(
+            header in prop::collection::vec(any::<u8>(), 0..300),
+            payload in prop::collection::vec(any::<u8>(), 0..300),
+            signature in prop::collection::vec(any::<u8>(), 0..300),
+        ) {
+            let compact = format!(
+                "{}.{}.{}",
+                base64url_encode(&header),
+                base64url_encode(&payload),
+                base64url_encode(&signature)
+            );
+            prop_assert!(shared_verifier().verify(&compact, OffsetDateTime::now_utc()).is_err());
+        }
+
+        #[test]
+        fn any_changed_character_is_refused(position in any::<prop::sample::Index>(), replacement in "[A-Za-z0-9_.=+/-]") {
+            let valid = valid_assertion();
+            let position = position.index(valid.len());
+            let mut changed = valid.to_owned();
+            changed.replace_range(position..=position, &replacement);
+            prop_assume!(changed != valid);
+            prop_assert!(shared_verifier().verify(&changed, OffsetDateTime::now_utc()).is_err());
+        }
+    }
+}

@@ -1,0 +1,655 @@
+//! The HTTP client devices and admins use: challenges, assertions, the JWKS and the admin API, over TLS that trusts the system roots, given CA certificates, or one pinned server key.
+//!
+//! Retries with back-off happen only when the request never reached the
+//! server (connection refused, DNS, TLS set-up), never on an HTTP answer:
+//! a 4xx is final.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use base64::Engine as _;
+use reqwest::{Method, StatusCode};
+use rustls::DigitallySignedStruct;
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::crypto::CryptoProvider;
+use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+
+use crate::wire::{
+    self, AssertionRequest, AssertionResponse, AuditRecord, CardRecord, ChallengeRequest,
+    ChallengeResponse, ErrorBody, ErrorCode, ImportReport, UserRecord,
+};
+
+/// How the client decides to trust the server.
+#[derive(Clone)]
+pub enum ServerTrust {
+    /// The operating system's trusted roots.
+    SystemRoots,
+    /// These certificates (DER) as roots: a CA, or the server's own
+    /// self-signed certificate (`tls.crt` from `pivtap server init`).
+    Certificates(Vec<Vec<u8>>),
+    /// Exactly one server key: the SHA-256 of its SubjectPublicKeyInfo.
+    PinnedSpkiSha256([u8; 32]),
+}
+
+impl fmt::Debug for ServerTrust {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ServerTrust::SystemRoots => f.write_str("SystemRoots"),
+            ServerTrust::Certificates(certs) => write!(f, "Certificates({})", certs.len()),
+            ServerTrust::PinnedSpkiSha256(hash) => {
+                write!(f, "PinnedSpkiSha256({})", hex::encode(hash))
+            }
+        }
+    }
+}
+
+/// What went wrong talking to the server.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ClientError {
+    /// The client could not be set up (URL, trust material).
+    #[error("{reason}")]
+    Config {
+        /// Why.
+        reason: String,
+    },
+    /// The server could not be reached (after retries), or the connection failed.
+    #[error("cannot reach the server at {url}")]
+    Network {
+        /// The URL.
+        url: String,
+        /// Why.
+        #[source]
+        source: reqwest::Error,
+    },
+    /// The server refused the request with a stable error code.
+    #[error("the server refused: {code}: {message}")]
+    Refused {
+        /// HTTP status.
+        status: u16,
+        /// The stable code.
+        code: ErrorCode,
+        /// The server's message.
+        message: String,
+        /// For `rate_limited`: when to try again.
+        retry_after: Option<Duration>,
+    },
+    /// The server answered something that is not pivtap's protocol.
+    #[error("unexpected answer from the server: {reason}")]
+    Protocol {
+        /// What was wrong.
+        reason: String,
+    },
+}
+
+impl ServerTrust {
+    /// Roots from a PEM file (one or more certificates).
+    ///
+    /// # Errors
+    /// [`ClientError::Config`] when the file cannot be read or holds no certificate.
+    pub fn from_pem_file(path: &std::path::Path) -> Result<Self, ClientError> {
+        let text = std::fs::read_to_string(path).map_err(|error| ClientError::Config {
+            reason: format!("cannot read {}: {error}", path.display()),
+        })?;
+        let certificates: Vec<Vec<u8>> = x509_parser::pem::Pem::iter_from_buffer(text.as_bytes())
+            .filter_map(Result::ok)
+            .filter(|pem| pem.label == "CERTIFICATE")
+            .map(|pem| pem.contents)
+            .collect();
+        if certificates.is_empty() {
+            return Err(ClientError::Config {
+                reason: format!("{} holds no PEM certificate", path.display()),
+            });
+        }
+        Ok(ServerTrust::Certificates(certificates))
+    }
+
+    /// A pin as `pivtap server init` prints it: `sha256//BASE64`, plain base64, or hex.
+    ///
+    /// # Errors
+    /// [`ClientError::Config`] when it is not 32 bytes in one of those forms.
+    pub fn from_pin(text: &str) -> Result<Self, ClientError> {
+        let trimmed = text.trim();
+        let value = trimmed.strip_prefix("sha256//").unwrap_or(trimmed);
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(value)
+            .ok()
+            .filter(|b| b.len() == 32)
+            .or_else(|| hex::decode(value).ok().filter(|b| b.len() == 32));
+        match bytes.and_then(|b| <[u8; 32]>::try_from(b).ok()) {
+            Some(hash) => Ok(ServerTrust::PinnedSpkiSha256(hash)),
+            None => Err(ClientError::Config {
+                reason: "a server pin is the SHA-256 of its public key: sha256//BASE64 (as `pivtap server init` prints it), base64 or hex".to_owned(),
+            }),
+        }
+    }
+}
+
+/// Talks to one pivtap server.
+#[derive(Clone, Debug)]
+pub struct Client {
+    base: String,
+    http: reqwest::Client,
+    retries: u32,
+}
+
+/// Network attempts for a request that never reached the server.
+const DEFAULT_RETRIES: u32 = 3;
+
+impl Client {
+    /// A client for `server` (`https://host:port`; `http://` only for a loopback address).
+    ///
+    /// # Errors
+    /// [`ClientError::Config`] for a bad URL or trust material.
+    pub fn new(server: &str, trust: ServerTrust, timeout: Duration) -> Result<Self, ClientError> {
+        let base = server.trim_end_matches('/').to_owned();
+        let url = reqwest::Url::parse(&base).map_err(|error| ClientError::Config {
+            reason: format!("{server:?} is not a URL: {error}"),
+        })?;
+        match url.scheme() {
+            "https" => {}
+            "http" if is_loopback_host(&url) => {}
+            "http" => {
+                return Err(ClientError::Config {
+                    reason: "plain http is only for a server on this machine (loopback); use https"
+                        .to_owned(),
+                });
+            }
+            other => {
+                return Err(ClientError::Config {
+                    reason: format!("unsupported URL scheme {other:?}; use https"),
+                });
+            }
+        }
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let builder = reqwest::Client::builder()
+            .timeout(timeout)
+            .connect_timeout(timeout.min(Duration::from_secs(5)))
+            .user_agent(concat!("pivtap/", env!("CARGO_PKG_VERSION")));
+        let builder = match trust {
+            ServerTrust::SystemRoots => builder,
+            ServerTrust::Certificates(certificates) => {
+                let mut roots = rustls::RootCertStore::empty();
+                for der in certificates {
+                    roots
+                        .add(CertificateDer::from(der))
+                        .map_err(|error| ClientError::Config {
+                            reason: format!("a trusted certificate is not usable: {error}"),
+                        })?;
+                }
+                let config = rustls::ClientConfig::builder_with_provider(provider)
+                    .with_safe_default_protocol_versions()
+                    .map_err(tls_config_error)?
+                    .with_root_certificates(roots)
+                    .with_no_client_auth();
+                builder.tls_backend_preconfigured(config)
+            }
+            ServerTrust::PinnedSpkiSha256(pin) => {
+                let verifier = Arc::new(PinnedKey {
+                    pin,
+                    provider: Arc::clone(&provider),
+                });
+                let config = rustls::ClientConfig::builder_with_provider(provider)
+                    .with_safe_default_protocol_versions()
+                    .map_err(tls_config_error)?
+                    .dangerous()
+                    .with_custom_certificate_verifier(verifier)
+                    .with_no_client_auth();
+                builder.tls_backend_preconfigured(config)
+            }
+        };
+        let http = builder.build().map_err(|error| ClientError::Config {
+            reason: format!("cannot set up HTTPS: {error}"),
+        })?;
+        Ok(Client {
+            base,
+            http,
+            retries: DEFAULT_RETRIES,
+        })
+    }
+
+    /// The server's base URL.
+    #[must_use]
+    pub fn server(&self) -> &str {
+        &self.base
+    }
+
+    async fn request<B: Serialize, T: DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &str,
+        bearer: Option<&str>,
+        body: Option<RequestBody<'_, B>>,
+    ) -> Result<T, ClientError> {
+        let url = format!("{}{path}", self.base);
+        let mut attempt = 0;
+        loop {
+            let mut request = self.http.request(method.clone(), &url);
+            if let Some(token) = bearer {
+                request = request.bearer_auth(token);
+            }
+            request = match &body {
+                Some(RequestBody::Json(value)) => request.json(value),
+                Some(RequestBody::Csv(text)) => request
+                    .header("content-type", "text/csv")
+                    .body(text.to_string()),
+                None => request,
+            };
+            match request.send().await {
+                Ok(response) => return decode(response).await,
+                Err(error) if error.is_connect() && attempt < self.retries => {
+                    attempt += 1;
+                    let delay = Duration::from_millis(200 << attempt);
+                    tracing::debug!(%url, attempt, ?delay, "server unreachable, retrying");
+                    tokio::time::sleep(delay).await;
+                }
+                Err(source) => return Err(ClientError::Network { url, source }),
+            }
+        }
+    }
+
+    /// `POST /v1/challenges`
+    ///
+    /// # Errors
+    /// [`ClientError`].
+    pub async fn challenge(&self, device: &str) -> Result<ChallengeResponse, ClientError> {
+        let body = ChallengeRequest {
+            device: device.to_owned(),
+        };
+        self.request(
+            Method::POST,
+            wire::PATH_CHALLENGES,
+            None,
+            Some(RequestBody::Json(&body)),
+        )
+        .await
+    }
+
+    /// `POST /v1/assertions`: trades a card-signed assertion for a session token.
+    ///
+    /// # Errors
+    /// [`ClientError::Refused`] with the server's code for a refused assertion.
+    pub async fn sign_in(&self, assertion: &str) -> Result<AssertionResponse, ClientError> {
+        let body = AssertionRequest {
+            assertion: assertion.to_owned(),
+        };
+        self.request(
+            Method::POST,
+            wire::PATH_ASSERTIONS,
+            None,
+            Some(RequestBody::Json(&body)),
+        )
+        .await
+    }
+
+    /// `GET /.well-known/jwks.json`
+    ///
+    /// # Errors
+    /// [`ClientError`].
+    pub async fn jwks(&self) -> Result<serde_json::Value, ClientError> {
+        self.request::<(), _>(Method::GET, wire::PATH_JWKS, None, None)
+            .await
+    }
+
+    /// The admin API with the admin credential.
+    #[must_use]
+    pub fn admin<'a>(&'a self, token: &'a str) -> AdminClient<'a> {
+        AdminClient {
+            client: self,
+            token,
+        }
+    }
+}
+
+enum RequestBody<'a, B> {
+    Json(&'a B),
+    Csv(&'a str),
+}
+
+fn is_loopback_host(url: &reqwest::Url) -> bool {
+    match url.host() {
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+        Some(url::Host::Domain(name)) => name.eq_ignore_ascii_case("localhost"),
+        None => false,
+    }
+}
+
+fn tls_config_error(error: rustls::Error) -> ClientError {
+    ClientError::Config {
+        reason: format!("cannot set up TLS: {error}"),
+    }
+}
+
+async fn decode<T: DeserializeOwned>(response: reqwest::Response) -> Result<T, ClientError> {
+    let status = response.status();
+    let retry_after = response
+        .headers()
+        .get(reqwest::header::RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .map(Duration::from_secs);
+    let url = response.url().to_string();
+    let bytes = response
+        .bytes()
+        .await
+        .map_err(|source| ClientError::Network { url, source })?;
+    if status.is_success() {
+        return serde_json::from_slice(&bytes).map_err(|error| ClientError::Protocol {
+            reason: format!("HTTP {status}: {error}"),
+        });
+    }
+    match serde_json::from_slice::<ErrorBody>(&bytes) {
+        Ok(body) => Err(ClientError::Refused {
+            status: status.as_u16(),
+            code: body.error,
+            message: body.message,
+            retry_after,
+        }),
+        Err(_) => Err(ClientError::Protocol {
+            reason: format!(
+                "HTTP {} without a pivtap error body{}",
+                status,
+                if status == StatusCode::NOT_FOUND {
+                    " (is this a pivtap server?)"
+                } else {
+                    ""
+                }
+            ),
+        }),
+    }
+}
+
+/// The admin API (`/v1/admin/`), with the admin bearer credential.
+#[derive(Debug)]
+pub struct AdminClient<'a> {
+    client: &'a Client,
+    token: &'a str,
+}
+
+impl AdminClient<'_> {
+    async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T, ClientError> {
+        let path = format!("{}{path}", wire::PATH_ADMIN);
+        self.client
+            .request::<(), T>(Method::GET, &path, Some(self.token), None)
+            .await
+    }
+
+    async fn post<B: Serialize, T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: Option<&B>,
+    ) -> Result<T, ClientError> {
+        let path = format!("{}{path}", wire::PATH_ADMIN);
+        self.client
+            .request(
+                Method::POST,
+                &path,
+                Some(self.token),
+                body.map(RequestBody::Json),
+            )
+            .await
+    }
+
+    /// Every user.
+    ///
+    /// # Errors
+    /// [`ClientError`].
+    pub async fn list_users(&self) -> Result<Vec<UserRecord>, ClientError> {
+        self.get("/users").await
+    }
+
+    /// Adds a user.
+    ///
+    /// # Errors
+    /// [`ClientError::Refused`] with `conflict` when the id exists.
+    pub async fn add_user(&self, user: &UserRecord) -> Result<UserRecord, ClientError> {
+        self.post("/users", Some(user)).await
+    }
+
+    /// Imports users from JSON records.
+    ///
+    /// # Errors
+    /// [`ClientError`].
+    pub async fn import_users(&self, users: &[UserRecord]) -> Result<ImportReport, ClientError> {
+        self.post("/users/import", Some(&users)).await
+    }
+
+    /// Imports users from CSV text (header `id,display_name,mail,upn,employee_id`).
+    ///
+    /// # Errors
+    /// [`ClientError`].
+    pub async fn import_users_csv(&self, csv: &str) -> Result<ImportReport, ClientError> {
+        let path = format!("{}/users/import", wire::PATH_ADMIN);
+        self.client
+            .request::<(), _>(
+                Method::POST,
+                &path,
+                Some(self.token),
+                Some(RequestBody::Csv(csv)),
+            )
+            .await
+    }
+
+    /// Locks (`true`) or unlocks a user.
+    ///
+    /// # Errors
+    /// [`ClientError::Refused`] with `not_found` for an unknown id.
+    pub async fn set_user_locked(&self, id: &str, locked: bool) -> Result<UserRecord, ClientError> {
+        let verb = if locked { "lock" } else { "unlock" };
+        self.post::<(), _>(&format!("/users/{}/{verb}", path_segment(id)), None)
+            .await
+    }
+
+    /// Every card seen.
+    ///
+    /// # Errors
+    /// [`ClientError`].
+    pub async fn list_cards(&self) -> Result<Vec<CardRecord>, ClientError> {
+        self.get("/cards").await
+    }
+
+    /// `lock`, `unlock` or `revoke` a card by certificate serial.
+    ///
+    /// # Errors
+    /// [`ClientError::Refused`] with `not_found`, or `conflict` to unlock a revoked card.
+    pub async fn card_action(
+        &self,
+        serial: &str,
+        action: CardAction,
+    ) -> Result<CardRecord, ClientError> {
+        let verb = match action {
+            CardAction::Lock => "lock",
+            CardAction::Unlock => "unlock",
+            CardAction::Revoke => "revoke",
+        };
+        self.post::<(), _>(&format!("/cards/{}/{verb}", path_segment(serial)), None)
+            .await
+    }
+
+    /// Audit events, newest first.
+    ///
+    /// # Errors
+    /// [`ClientError`].
+    pub async fn audit(&self, filter: &AuditFilter) -> Result<Vec<AuditRecord>, ClientError> {
+        let mut query = Vec::new();
+        for (name, value) in [
+            ("user", &filter.user),
+            ("card", &filter.card),
+            ("device", &filter.device),
+            ("outcome", &filter.outcome),
+            ("since", &filter.since),
+            ("until", &filter.until),
+        ] {
+            if let Some(value) = value {
+                query.push(format!("{name}={}", url_encode(value)));
+            }
+        }
+        if let Some(limit) = filter.limit {
+            query.push(format!("limit={limit}"));
+        }
+        let path = if query.is_empty() {
+            "/audit".to_owned()
+        } else {
+            format!("/audit?{}", query.join("&"))
+        };
+        self.get(&path).await
+    }
+}
+
+/// What to do with a card.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CardAction {
+    /// Refuse it until unlocked.
+    Lock,
+    /// Accept it again.
+    Unlock,
+    /// Refuse it for good.
+    Revoke,
+}
+
+/// Which audit events to fetch.
+#[derive(Debug, Clone, Default)]
+pub struct AuditFilter {
+    /// By user id.
+    pub user: Option<String>,
+    /// By card serial.
+    pub card: Option<String>,
+    /// By device id.
+    pub device: Option<String>,
+    /// By outcome (`ok` or an error code).
+    pub outcome: Option<String>,
+    /// From this time (RFC 3339).
+    pub since: Option<String>,
+    /// Until this time (RFC 3339).
+    pub until: Option<String>,
+    /// At most this many.
+    pub limit: Option<u32>,
+}
+
+fn url_encode(value: &str) -> String {
+    value
+        .bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                (b as char).to_string()
+            }
+            other => format!("%{other:02X}"),
+        })
+        .collect()
+}
+
+fn path_segment(value: &str) -> String {
+    url_encode(value)
+}
+
+/// Trusts exactly one server key, by the SHA-256 of its SubjectPublicKeyInfo.
+#[derive(Debug)]
+struct PinnedKey {
+    pin: [u8; 32],
+    provider: Arc<CryptoProvider>,
+}
+
+impl ServerCertVerifier for PinnedKey {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        use x509_parser::prelude::FromDer;
+        let (_, certificate) = x509_parser::certificate::X509Certificate::from_der(
+            end_entity.as_ref(),
+        )
+        .map_err(|_| rustls::Error::InvalidCertificate(rustls::CertificateError::BadEncoding))?;
+        let hash: [u8; 32] = Sha256::digest(certificate.public_key().raw).into();
+        if bool::from(hash.ct_eq(&self.pin)) {
+            Ok(ServerCertVerified::assertion())
+        } else {
+            Err(rustls::Error::InvalidCertificate(
+                rustls::CertificateError::ApplicationVerificationFailure,
+            ))
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pins_read_in_every_printed_form() {
+        let hash = [7u8; 32];
+        let b64 = base64::engine::general_purpose::STANDARD.encode(hash);
+        for text in [format!("sha256//{b64}"), b64.clone(), hex::encode(hash)] {
+            assert!(
+                matches!(ServerTrust::from_pin(&text), Ok(ServerTrust::PinnedSpkiSha256(h)) if h == hash),
+                "{text}"
+            );
+        }
+        assert!(ServerTrust::from_pin("sha256//short").is_err());
+    }
+
+    #[test]
+    fn plain_http_only_on_loopback() {
+        let t = Duration::from_secs(1);
+        assert!(Client::new("http://127.0.0.1:8080", ServerTrust::SystemRoots, t).is_ok());
+        assert!(Client::new("http://localhost:8080", ServerTrust::SystemRoots, t).is_ok());
+        assert!(Client::new("http://[::1]:8080", ServerTrust::SystemRoots, t).is_ok());
+        let refused =
+            Client::new("http://auth.example.com", ServerTrust::SystemRoots, t).unwrap_err();
+        assert!(refused.to_string().contains("loopback"), "{refused}");
+        assert!(Client::new("ftp://x", ServerTrust::SystemRoots, t).is_err());
+        assert!(Client::new("not a url", ServerTrust::SystemRoots, t).is_err());
+    }
+
+    #[test]
+    fn query_values_are_encoded() {
+        assert_eq!(
+            url_encode("2026-11-22T08:00:00+01:00"),
+            "2026-11-22T08%3A00%3A00%2B01%3A00"
+        );
+        assert_eq!(path_segment("a/b"), "a%2Fb");
+    }
+}

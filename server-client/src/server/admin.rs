@@ -1,0 +1,455 @@
+//! The admin API under `/v1/admin/`: users, cards and the audit log, behind the admin bearer credential.
+
+use axum::Json;
+use axum::Router;
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{Path, Query, Request, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use serde::Deserialize;
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
+
+use super::ServerState;
+use super::error::ApiError;
+use super::handlers::json_body;
+use crate::store::{
+    AuditEvent, AuditQuery, Card, CardState, NewAuditEvent, StoreError, User, UserState,
+};
+use crate::wire::{AuditRecord, CardRecord, ErrorCode, ImportReport, ImportSkip, UserRecord};
+
+/// Most users one import takes.
+const MAX_IMPORT: usize = 10_000;
+
+/// The admin routes, all behind [`require_admin`].
+pub fn router(state: ServerState) -> Router<ServerState> {
+    Router::new()
+        .route("/users", get(list_users).post(add_user))
+        .route("/users/import", post(import_users))
+        .route("/users/{id}/lock", post(lock_user))
+        .route("/users/{id}/unlock", post(unlock_user))
+        .route("/cards", get(list_cards))
+        .route("/cards/{serial}/lock", post(lock_card))
+        .route("/cards/{serial}/unlock", post(unlock_card))
+        .route("/cards/{serial}/revoke", post(revoke_card))
+        .route("/audit", get(query_audit))
+        .route_layer(middleware::from_fn_with_state(state, require_admin))
+}
+
+/// Refuses requests without the admin credential (`Authorization: Bearer ...`); audits the refusal.
+async fn require_admin(State(state): State<ServerState>, request: Request, next: Next) -> Response {
+    let presented = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.strip_prefix("Bearer "));
+    if presented.is_some_and(|token| state.is_admin_token(token)) {
+        return next.run(request).await;
+    }
+    let path = request.uri().path().to_owned();
+    let _ = admin_audit(
+        &state,
+        "unauthorized",
+        format!("{} {path}", request.method()),
+    )
+    .await;
+    ApiError::new(
+        ErrorCode::Unauthorized,
+        "the admin credential is missing or wrong",
+    )
+    .into_response()
+}
+
+async fn admin_audit(state: &ServerState, outcome: &str, detail: String) -> Result<(), ApiError> {
+    state
+        .store()
+        .audit(NewAuditEvent {
+            time: OffsetDateTime::now_utc(),
+            kind: "admin".to_owned(),
+            outcome: outcome.to_owned(),
+            device: None,
+            card_serial: None,
+            user_id: None,
+            detail: Some(detail),
+        })
+        .await
+        .map_err(ApiError::from)
+}
+
+fn rfc3339(time: OffsetDateTime) -> String {
+    time.format(&Rfc3339).unwrap_or_default()
+}
+
+fn user_record(user: User) -> UserRecord {
+    UserRecord {
+        id: user.id,
+        display_name: user.display_name,
+        mail: user.mail,
+        upn: user.upn,
+        employee_id: user.employee_id,
+        state: match user.state {
+            UserState::Active => "active",
+            UserState::Locked => "locked",
+        }
+        .to_owned(),
+    }
+}
+
+fn card_record(card: Card) -> CardRecord {
+    CardRecord {
+        serial: card.serial,
+        fingerprint: card.fingerprint,
+        subject: card.subject,
+        issuer: card.issuer,
+        user_id: card.user_id,
+        state: match card.state {
+            CardState::Active => "active",
+            CardState::Locked => "locked",
+            CardState::Revoked => "revoked",
+        }
+        .to_owned(),
+        first_seen: rfc3339(card.first_seen),
+        last_seen: rfc3339(card.last_seen),
+    }
+}
+
+fn audit_record(event: AuditEvent) -> AuditRecord {
+    AuditRecord {
+        id: event.id,
+        time: rfc3339(event.time),
+        kind: event.kind,
+        outcome: event.outcome,
+        device: event.device,
+        card_serial: event.card_serial,
+        user_id: event.user_id,
+        detail: event.detail,
+    }
+}
+
+/// Checks a user to add: an id, a name, and no control characters anywhere.
+fn new_user(record: UserRecord) -> Result<User, String> {
+    let text_fields = [
+        Some(&record.id),
+        Some(&record.display_name),
+        record.mail.as_ref(),
+        record.upn.as_ref(),
+        record.employee_id.as_ref(),
+    ];
+    if record.id.trim().is_empty() || record.id.len() > 128 {
+        return Err("the id must be 1 to 128 characters".to_owned());
+    }
+    if record.display_name.trim().is_empty() {
+        return Err("the display name is empty".to_owned());
+    }
+    if text_fields
+        .into_iter()
+        .flatten()
+        .any(|f| f.chars().any(char::is_control) || f.len() > 256)
+    {
+        return Err("fields must be at most 256 characters, without control characters".to_owned());
+    }
+    if record.mail.as_ref().is_some_and(|m| !m.contains('@')) {
+        return Err("the mail address has no '@'".to_owned());
+    }
+    Ok(User {
+        id: record.id.trim().to_owned(),
+        display_name: record.display_name.trim().to_owned(),
+        mail: record.mail.filter(|m| !m.is_empty()),
+        upn: record.upn.filter(|u| !u.is_empty()),
+        employee_id: record.employee_id.filter(|e| !e.is_empty()),
+        state: UserState::Active,
+    })
+}
+
+async fn list_users(State(state): State<ServerState>) -> Result<Json<Vec<UserRecord>>, ApiError> {
+    let users = state.store().list_users().await?;
+    Ok(Json(users.into_iter().map(user_record).collect()))
+}
+
+async fn add_user(
+    State(state): State<ServerState>,
+    body: Result<Json<UserRecord>, JsonRejection>,
+) -> Result<impl IntoResponse, ApiError> {
+    let user = new_user(json_body(body)?).map_err(ApiError::invalid)?;
+    state.store().add_user(&user).await?;
+    admin_audit(&state, "ok", format!("added user {}", user.id)).await?;
+    Ok((StatusCode::CREATED, Json(user_record(user))))
+}
+
+/// `POST /users/import`: a JSON array of users, or CSV (`Content-Type: text/csv`)
+/// with the header `id,display_name,mail,upn,employee_id`.
+async fn import_users(
+    State(state): State<ServerState>,
+    headers: HeaderMap,
+    body: String,
+) -> Result<Json<ImportReport>, ApiError> {
+    let is_csv = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("text/csv"));
+    let records = if is_csv {
+        parse_csv_users(&body).map_err(ApiError::invalid)?
+    } else {
+        serde_json::from_str::<Vec<UserRecord>>(&body).map_err(|error| {
+            ApiError::invalid(format!("the body is not a JSON array of users: {error}"))
+        })?
+    };
+    if records.len() > MAX_IMPORT {
+        return Err(ApiError::invalid(format!(
+            "an import takes at most {MAX_IMPORT} users"
+        )));
+    }
+    let mut report = ImportReport {
+        added: 0,
+        skipped: Vec::new(),
+    };
+    for record in records {
+        let id = record.id.clone();
+        match new_user(record) {
+            Err(reason) => report.skipped.push(ImportSkip { id, reason }),
+            Ok(user) => match state.store().add_user(&user).await {
+                Ok(()) => report.added += 1,
+                Err(StoreError::Conflict { .. }) => report.skipped.push(ImportSkip {
+                    id,
+                    reason: "exists already".to_owned(),
+                }),
+                Err(error) => return Err(error.into()),
+            },
+        }
+    }
+    admin_audit(
+        &state,
+        "ok",
+        format!(
+            "imported {} users ({} skipped)",
+            report.added,
+            report.skipped.len()
+        ),
+    )
+    .await?;
+    Ok(Json(report))
+}
+
+/// Reads CSV users (RFC 4180: quoted fields, `""` for a quote inside).
+fn parse_csv_users(text: &str) -> Result<Vec<UserRecord>, String> {
+    let mut rows = parse_csv(text)?.into_iter();
+    let header = rows.next().ok_or("the CSV is empty")?;
+    let column = |name: &str| {
+        header
+            .iter()
+            .position(|h| h.trim().eq_ignore_ascii_case(name))
+    };
+    let id = column("id").ok_or("the CSV header has no 'id' column")?;
+    let name = column("display_name").ok_or("the CSV header has no 'display_name' column")?;
+    let (mail, upn, employee) = (column("mail"), column("upn"), column("employee_id"));
+    let field = |row: &[String], index: Option<usize>| {
+        index
+            .and_then(|i| row.get(i))
+            .map(|v| v.trim().to_owned())
+            .filter(|v| !v.is_empty())
+    };
+    Ok(rows
+        .filter(|row| !(row.len() == 1 && row[0].trim().is_empty()))
+        .map(|row| UserRecord {
+            id: field(&row, Some(id)).unwrap_or_default(),
+            display_name: field(&row, Some(name)).unwrap_or_default(),
+            mail: field(&row, mail),
+            upn: field(&row, upn),
+            employee_id: field(&row, employee),
+            state: "active".to_owned(),
+        })
+        .collect())
+}
+
+fn parse_csv(text: &str) -> Result<Vec<Vec<String>>, String> {
+    let mut rows = Vec::new();
+    let mut row = Vec::new();
+    let mut field = String::new();
+    let mut chars = text.chars().peekable();
+    let mut quoted = false;
+    while let Some(c) = chars.next() {
+        match (quoted, c) {
+            (true, '"') if chars.peek() == Some(&'"') => {
+                chars.next();
+                field.push('"');
+            }
+            (true, '"') => quoted = false,
+            (true, c) => field.push(c),
+            (false, '"') if field.is_empty() => quoted = true,
+            (false, ',') => row.push(std::mem::take(&mut field)),
+            (false, '\r') => {}
+            (false, '\n') => {
+                row.push(std::mem::take(&mut field));
+                rows.push(std::mem::take(&mut row));
+            }
+            (false, c) => field.push(c),
+        }
+    }
+    if quoted {
+        return Err("the CSV ends inside a quoted field".to_owned());
+    }
+    if !field.is_empty() || !row.is_empty() {
+        row.push(field);
+        rows.push(row);
+    }
+    Ok(rows)
+}
+
+async fn set_user_state(
+    state: ServerState,
+    id: String,
+    new: UserState,
+    verb: &str,
+) -> Result<Json<UserRecord>, ApiError> {
+    state.store().set_user_state(&id, new).await?;
+    admin_audit(&state, "ok", format!("{verb} user {id}")).await?;
+    let user = state
+        .store()
+        .get_user(&id)
+        .await?
+        .ok_or_else(|| ApiError::new(ErrorCode::NotFound, format!("no user {id}")))?;
+    Ok(Json(user_record(user)))
+}
+
+async fn lock_user(
+    State(state): State<ServerState>,
+    Path(id): Path<String>,
+) -> Result<Json<UserRecord>, ApiError> {
+    set_user_state(state, id, UserState::Locked, "locked").await
+}
+
+async fn unlock_user(
+    State(state): State<ServerState>,
+    Path(id): Path<String>,
+) -> Result<Json<UserRecord>, ApiError> {
+    set_user_state(state, id, UserState::Active, "unlocked").await
+}
+
+async fn list_cards(State(state): State<ServerState>) -> Result<Json<Vec<CardRecord>>, ApiError> {
+    let cards = state.store().list_cards().await?;
+    Ok(Json(cards.into_iter().map(card_record).collect()))
+}
+
+async fn set_card_state(
+    state: ServerState,
+    serial: String,
+    new: CardState,
+    verb: &str,
+) -> Result<Json<CardRecord>, ApiError> {
+    let serial = serial.to_ascii_lowercase().replace(':', "");
+    state.store().set_card_state(&serial, new).await?;
+    admin_audit(&state, "ok", format!("{verb} card {serial}")).await?;
+    let card = state
+        .store()
+        .get_card(&serial)
+        .await?
+        .ok_or_else(|| ApiError::new(ErrorCode::NotFound, format!("no card {serial}")))?;
+    Ok(Json(card_record(card)))
+}
+
+async fn lock_card(
+    State(state): State<ServerState>,
+    Path(serial): Path<String>,
+) -> Result<Json<CardRecord>, ApiError> {
+    set_card_state(state, serial, CardState::Locked, "locked").await
+}
+
+async fn unlock_card(
+    State(state): State<ServerState>,
+    Path(serial): Path<String>,
+) -> Result<Json<CardRecord>, ApiError> {
+    set_card_state(state, serial, CardState::Active, "unlocked").await
+}
+
+async fn revoke_card(
+    State(state): State<ServerState>,
+    Path(serial): Path<String>,
+) -> Result<Json<CardRecord>, ApiError> {
+    set_card_state(state, serial, CardState::Revoked, "revoked").await
+}
+
+/// `GET /audit` query parameters.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AuditParams {
+    user: Option<String>,
+    card: Option<String>,
+    device: Option<String>,
+    outcome: Option<String>,
+    since: Option<String>,
+    until: Option<String>,
+    limit: Option<u32>,
+}
+
+async fn query_audit(
+    State(state): State<ServerState>,
+    params: Result<Query<AuditParams>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<Vec<AuditRecord>>, ApiError> {
+    let Query(params) = params.map_err(|rejection| ApiError::invalid(rejection.body_text()))?;
+    let time = |value: Option<String>, name: &str| {
+        value
+            .map(|text| {
+                OffsetDateTime::parse(&text, &Rfc3339).map_err(|_| {
+                    ApiError::invalid(format!(
+                        "{name} must be an RFC 3339 time, such as 2026-11-22T08:00:00Z"
+                    ))
+                })
+            })
+            .transpose()
+    };
+    let query = AuditQuery {
+        user_id: params.user,
+        card_serial: params.card.map(|s| s.to_ascii_lowercase().replace(':', "")),
+        device: params.device,
+        outcome: params.outcome,
+        since: time(params.since, "since")?,
+        until: time(params.until, "until")?,
+        limit: params.limit.unwrap_or(100).clamp(1, 1000),
+    };
+    let events = state.store().query_audit(&query).await?;
+    Ok(Json(events.into_iter().map(audit_record).collect()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn csv_users_with_quotes_and_missing_columns() {
+        let csv = "id,display_name,mail\nalice,\"Example, Alice\",alice@example.com\r\nbob,\"Bob \"\"B\"\" Example\",\n\n";
+        let users = parse_csv_users(csv).unwrap();
+        assert_eq!(users.len(), 2);
+        assert_eq!(users[0].display_name, "Example, Alice");
+        assert_eq!(users[0].mail.as_deref(), Some("alice@example.com"));
+        assert_eq!(users[1].display_name, "Bob \"B\" Example");
+        assert_eq!(users[1].mail, None);
+        assert!(parse_csv_users("name\nx").unwrap_err().contains("'id'"));
+        assert!(
+            parse_csv_users("id,display_name\n\"open")
+                .unwrap_err()
+                .contains("quoted")
+        );
+        assert!(parse_csv_users("").is_err());
+    }
+
+    #[test]
+    fn new_users_are_checked() {
+        let record = |id: &str, name: &str, mail: Option<&str>| UserRecord {
+            id: id.to_owned(),
+            display_name: name.to_owned(),
+            mail: mail.map(str::to_owned),
+            upn: None,
+            employee_id: None,
+            state: "locked".to_owned(),
+        };
+        let user = new_user(record(" alice ", "Alice", Some("a@example.com"))).unwrap();
+        assert_eq!(user.id, "alice");
+        assert_eq!(user.state, UserState::Active, "new users are active");
+        assert!(new_user(record("", "Alice", None)).is_err());
+        assert!(new_user(record("a", " ", None)).is_err());
+        assert!(new_user(record("a", "A\u{7}", None)).is_err());
+        assert!(new_user(record("a", "A", Some("not-a-mail"))).is_err());
+    }
+}

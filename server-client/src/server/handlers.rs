@@ -1,0 +1,334 @@
+//! The sign-in endpoints: challenges, assertions, the JWKS, health and metrics.
+
+use axum::Json;
+use axum::extract::State;
+use axum::extract::rejection::JsonRejection;
+use axum::http::{StatusCode, header};
+use axum::response::IntoResponse;
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
+
+use super::ServerState;
+use super::error::ApiError;
+use crate::assertion::VerifiedAssertion;
+use crate::store::{CardState, ChallengeUse, NewAuditEvent, User, UserState};
+use crate::wire::{
+    AMR, AssertionRequest, AssertionResponse, ChallengeRequest, ChallengeResponse, ErrorCode,
+    SessionClaims, UserInfo,
+};
+
+/// Longest device id.
+const MAX_DEVICE_ID: usize = 64;
+
+/// Characters of the nonce kept in the audit log (never the whole nonce).
+const AUDIT_NONCE_PREFIX: usize = 8;
+
+/// Checks a device id: 1 to 64 of `A-Z a-z 0-9 . _ : -`.
+pub fn validate_device(device: &str) -> Result<(), ApiError> {
+    let valid = !device.is_empty()
+        && device.len() <= MAX_DEVICE_ID
+        && device
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'-'));
+    if valid {
+        Ok(())
+    } else {
+        Err(ApiError::invalid(
+            "the device id must be 1 to 64 characters: letters, digits, '.', '_', ':' or '-'",
+        ))
+    }
+}
+
+/// Unwraps a JSON body, turning axum's rejection into `invalid_request`.
+pub fn json_body<T>(body: Result<Json<T>, JsonRejection>) -> Result<T, ApiError> {
+    body.map(|Json(value)| value).map_err(|rejection| {
+        ApiError::invalid(format!(
+            "the request body is not acceptable: {}",
+            rejection.body_text()
+        ))
+    })
+}
+
+fn rfc3339(time: OffsetDateTime) -> String {
+    time.format(&Rfc3339).unwrap_or_default()
+}
+
+/// `POST /v1/challenges`: a fresh nonce bound to the device.
+pub async fn create_challenge(
+    State(state): State<ServerState>,
+    body: Result<Json<ChallengeRequest>, JsonRejection>,
+) -> Result<impl IntoResponse, ApiError> {
+    let request = json_body(body)?;
+    validate_device(&request.device)?;
+    let mut nonce_bytes = [0u8; 32];
+    rand::fill(&mut nonce_bytes);
+    let nonce = URL_SAFE_NO_PAD.encode(nonce_bytes);
+    let now = OffsetDateTime::now_utc();
+    let expires_at = now + state.settings().challenge_lifetime;
+    state
+        .store()
+        .add_challenge(&nonce, &request.device, expires_at)
+        .await?;
+    state
+        .store()
+        .audit(NewAuditEvent {
+            time: now,
+            kind: "challenge".to_owned(),
+            outcome: "ok".to_owned(),
+            device: Some(request.device.clone()),
+            card_serial: None,
+            user_id: None,
+            detail: Some(format!("nonce {}…", &nonce[..AUDIT_NONCE_PREFIX])),
+        })
+        .await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(ChallengeResponse {
+            nonce,
+            aud: state.settings().origin.clone(),
+            expires_at: rfc3339(expires_at),
+        }),
+    ))
+}
+
+/// What the audit records of an assertion attempt.
+#[derive(Default)]
+struct AttemptRecord {
+    device: Option<String>,
+    card_serial: Option<String>,
+    user_id: Option<String>,
+    nonce_prefix: Option<String>,
+}
+
+/// `POST /v1/assertions`: checks a card-signed assertion and answers with a session token.
+pub async fn submit_assertion(
+    State(state): State<ServerState>,
+    body: Result<Json<AssertionRequest>, JsonRejection>,
+) -> Result<Json<AssertionResponse>, ApiError> {
+    let now = OffsetDateTime::now_utc();
+    let mut record = AttemptRecord::default();
+    let result = match json_body(body) {
+        Ok(request) => sign_in(&state, &request.assertion, now, &mut record).await,
+        Err(error) => Err(error),
+    };
+    let outcome = match &result {
+        Ok(_) => "ok",
+        Err(error) => error.code.as_str(),
+    };
+    state.metrics().observe_outcome(outcome);
+    let audited = state
+        .store()
+        .audit(NewAuditEvent {
+            time: now,
+            kind: "assertion".to_owned(),
+            outcome: outcome.to_owned(),
+            device: record.device,
+            card_serial: record.card_serial,
+            user_id: record.user_id,
+            detail: match (&result, record.nonce_prefix) {
+                (Err(error), Some(nonce)) => Some(format!("nonce {nonce}…: {}", error.message)),
+                (Err(error), None) => Some(error.message.clone()),
+                (Ok(_), Some(nonce)) => Some(format!("nonce {nonce}…")),
+                (Ok(_), None) => None,
+            },
+        })
+        .await;
+    // A sign-in that cannot be audited is not handed out.
+    audited?;
+    result.map(Json)
+}
+
+async fn sign_in(
+    state: &ServerState,
+    compact: &str,
+    now: OffsetDateTime,
+    record: &mut AttemptRecord,
+) -> Result<AssertionResponse, ApiError> {
+    let verified: VerifiedAssertion = state
+        .verifier()
+        .verify(compact, now)
+        .map_err(|rejection| ApiError::new(rejection.code, rejection.message))?;
+    let payload = &verified.payload;
+    let facts = &verified.certificate;
+    record.device = Some(payload.device.clone());
+    record.card_serial = Some(facts.serial.clone());
+    record.nonce_prefix = Some(payload.nonce.chars().take(AUDIT_NONCE_PREFIX).collect());
+    validate_device(&payload.device)?;
+
+    // From here the assertion is authentic (trusted card, valid signature), so
+    // its card and device may be held back after repeated failures.
+    let keys = [
+        format!("card:{}", facts.fingerprint),
+        format!("device:{}", payload.device),
+    ];
+    if let Some(retry_after) = state.limiter().retry_after(&keys, now) {
+        return Err(ApiError::rate_limited(retry_after));
+    }
+    let result = authorise(state, &verified, now, record).await;
+    match &result {
+        Ok(_) => state.limiter().record_success(&keys),
+        Err(error) if error.code != ErrorCode::Internal => {
+            state.limiter().record_failure(&keys, now)
+        }
+        Err(_) => {}
+    }
+    result
+}
+
+/// The checks that need the store: the challenge, the card's state, the mapping to one active user.
+async fn authorise(
+    state: &ServerState,
+    verified: &VerifiedAssertion,
+    now: OffsetDateTime,
+    record: &mut AttemptRecord,
+) -> Result<AssertionResponse, ApiError> {
+    let payload = &verified.payload;
+    let facts = &verified.certificate;
+    match state
+        .store()
+        .use_challenge(&payload.nonce, &payload.device, now)
+        .await?
+    {
+        ChallengeUse::Accepted => {}
+        ChallengeUse::Unknown | ChallengeUse::OtherDevice => {
+            return Err(ApiError::new(
+                ErrorCode::ChallengeUnknown,
+                "this server did not issue that challenge to this device",
+            ));
+        }
+        ChallengeUse::Expired => {
+            return Err(ApiError::new(
+                ErrorCode::ChallengeExpired,
+                "the challenge expired; ask for a new one",
+            ));
+        }
+        ChallengeUse::Reused => {
+            return Err(ApiError::new(
+                ErrorCode::ChallengeReused,
+                "the challenge was used already",
+            ));
+        }
+    }
+    if let Some(card) = state.store().get_card(&facts.serial).await? {
+        match card.state {
+            CardState::Active => {}
+            CardState::Locked => {
+                return Err(ApiError::new(
+                    ErrorCode::CardLocked,
+                    "this card is locked; ask your administrator",
+                ));
+            }
+            CardState::Revoked => {
+                return Err(ApiError::new(
+                    ErrorCode::CertificateRevoked,
+                    "this card has been revoked",
+                ));
+            }
+        }
+    }
+    let user = map_user(state, verified).await?;
+    record.user_id = Some(user.id.clone());
+    if user.state == UserState::Locked {
+        return Err(ApiError::new(
+            ErrorCode::UserLocked,
+            "this user is locked; ask your administrator",
+        ));
+    }
+    state
+        .store()
+        .record_card(facts, Some(&user.id), now)
+        .await?;
+    issue_token(state, &user, &payload.device, now)
+}
+
+/// Finds the one active user the certificate maps to.
+async fn map_user(state: &ServerState, verified: &VerifiedAssertion) -> Result<User, ApiError> {
+    let rule = &state.settings().mapping;
+    let values = rule.values(&verified.certificate);
+    let mut users: Vec<User> = Vec::new();
+    for value in &values {
+        for user in state.store().find_users(rule.user, value).await? {
+            if !users.iter().any(|known| known.id == user.id) {
+                users.push(user);
+            }
+        }
+    }
+    match users.len() {
+        1 => Ok(users.remove(0)),
+        0 => Err(ApiError::new(
+            ErrorCode::UserUnknown,
+            format!("no user matches this card's certificate (mapping {rule})"),
+        )),
+        _ => Err(ApiError::new(
+            ErrorCode::UserUnknown,
+            format!(
+                "this card's certificate matches more than one user (mapping {rule}); ask your administrator"
+            ),
+        )),
+    }
+}
+
+fn issue_token(
+    state: &ServerState,
+    user: &User,
+    device: &str,
+    now: OffsetDateTime,
+) -> Result<AssertionResponse, ApiError> {
+    let settings = state.settings();
+    let lifetime = settings.token_lifetime;
+    let mut jti = [0u8; 16];
+    rand::fill(&mut jti);
+    let claims = SessionClaims {
+        iss: settings.origin.clone(),
+        sub: user.id.clone(),
+        aud: settings.token_audience.clone(),
+        iat: now.unix_timestamp(),
+        exp: (now + lifetime).unix_timestamp(),
+        jti: URL_SAFE_NO_PAD.encode(jti),
+        name: user.display_name.clone(),
+        email: user.mail.clone(),
+        amr: AMR.iter().map(|m| (*m).to_owned()).collect(),
+        device: device.to_owned(),
+    };
+    let token = state.tokens().issue(&claims).map_err(|error| {
+        tracing::error!(%error, "cannot sign a session token");
+        ApiError::new(ErrorCode::Internal, "the server could not issue a token")
+    })?;
+    Ok(AssertionResponse {
+        token,
+        token_type: "Bearer".to_owned(),
+        expires_in: lifetime.as_secs(),
+        user: UserInfo {
+            id: user.id.clone(),
+            display_name: user.display_name.clone(),
+            mail: user.mail.clone(),
+        },
+    })
+}
+
+/// `GET /.well-known/jwks.json`
+pub async fn jwks(State(state): State<ServerState>) -> impl IntoResponse {
+    let keys = state.tokens().jwks();
+    ([(header::CACHE_CONTROL, "max-age=300")], Json(keys))
+}
+
+/// `GET /healthz`: the server runs and its database answers (one indexed lookup).
+pub async fn health(State(state): State<ServerState>) -> Result<impl IntoResponse, ApiError> {
+    state.store().get_card("").await?;
+    Ok(Json(serde_json::json!({"status": "ok"})))
+}
+
+/// `GET /metrics`
+pub async fn metrics(State(state): State<ServerState>) -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        state.metrics().render(),
+    )
+}
+
+/// Anything else.
+pub async fn not_found() -> ApiError {
+    ApiError::new(ErrorCode::NotFound, "no such endpoint")
+}

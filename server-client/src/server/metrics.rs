@@ -1,0 +1,139 @@
+//! Prometheus metrics: requests by route, sign-in outcomes by code, and a latency histogram, written in the text exposition format.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, PoisonError};
+use std::time::Duration;
+
+/// Upper bounds of the latency histogram, in seconds.
+const BUCKETS: [f64; 12] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+];
+
+/// The server's counters.
+#[derive(Debug, Default)]
+pub struct Metrics {
+    requests: Mutex<BTreeMap<(&'static str, u16), u64>>,
+    outcomes: Mutex<BTreeMap<String, u64>>,
+    latency_buckets: [AtomicU64; BUCKETS.len()],
+    latency_count: AtomicU64,
+    latency_sum_micros: AtomicU64,
+}
+
+impl Metrics {
+    /// Counts a request to `route` answered with `status`, and its latency.
+    pub fn observe_request(&self, route: &'static str, status: u16, latency: Duration) {
+        *self
+            .requests
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .entry((route, status))
+            .or_default() += 1;
+        let seconds = latency.as_secs_f64();
+        for (bucket, bound) in self.latency_buckets.iter().zip(BUCKETS) {
+            if seconds <= bound {
+                bucket.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        self.latency_count.fetch_add(1, Ordering::Relaxed);
+        self.latency_sum_micros.fetch_add(
+            u64::try_from(latency.as_micros()).unwrap_or(u64::MAX),
+            Ordering::Relaxed,
+        );
+    }
+
+    /// Counts a sign-in outcome: `ok` or an error code.
+    pub fn observe_outcome(&self, outcome: &str) {
+        *self
+            .outcomes
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .entry(outcome.to_owned())
+            .or_default() += 1;
+    }
+
+    /// The Prometheus text exposition.
+    #[must_use]
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        out.push_str("# HELP pivtap_requests_total HTTP requests by route and status.\n");
+        out.push_str("# TYPE pivtap_requests_total counter\n");
+        for ((route, status), count) in self
+            .requests
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+        {
+            let _ = writeln!(
+                out,
+                "pivtap_requests_total{{route=\"{route}\",status=\"{status}\"}} {count}"
+            );
+        }
+        out.push_str(
+            "# HELP pivtap_signins_total Sign-in attempts by outcome (ok or the error code).\n",
+        );
+        out.push_str("# TYPE pivtap_signins_total counter\n");
+        for (outcome, count) in self
+            .outcomes
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+        {
+            let _ = writeln!(out, "pivtap_signins_total{{outcome=\"{outcome}\"}} {count}");
+        }
+        out.push_str("# HELP pivtap_request_duration_seconds Time to answer a request.\n");
+        out.push_str("# TYPE pivtap_request_duration_seconds histogram\n");
+        for (bucket, bound) in self.latency_buckets.iter().zip(BUCKETS) {
+            let _ = writeln!(
+                out,
+                "pivtap_request_duration_seconds_bucket{{le=\"{bound}\"}} {}",
+                bucket.load(Ordering::Relaxed)
+            );
+        }
+        let count = self.latency_count.load(Ordering::Relaxed);
+        let _ = writeln!(
+            out,
+            "pivtap_request_duration_seconds_bucket{{le=\"+Inf\"}} {count}"
+        );
+        let sum = self.latency_sum_micros.load(Ordering::Relaxed) as f64 / 1e6;
+        let _ = writeln!(out, "pivtap_request_duration_seconds_sum {sum}");
+        let _ = writeln!(out, "pivtap_request_duration_seconds_count {count}");
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_counters_and_a_cumulative_histogram() {
+        let metrics = Metrics::default();
+        metrics.observe_request("/v1/assertions", 200, Duration::from_micros(800));
+        metrics.observe_request("/v1/assertions", 401, Duration::from_millis(30));
+        metrics.observe_outcome("ok");
+        metrics.observe_outcome("challenge_reused");
+        let text = metrics.render();
+        assert!(
+            text.contains("pivtap_requests_total{route=\"/v1/assertions\",status=\"200\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("pivtap_signins_total{outcome=\"challenge_reused\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("pivtap_request_duration_seconds_bucket{le=\"0.001\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("pivtap_request_duration_seconds_bucket{le=\"0.05\"} 2"),
+            "{text}"
+        );
+        assert!(
+            text.contains("pivtap_request_duration_seconds_count 2"),
+            "{text}"
+        );
+    }
+}

@@ -1,0 +1,430 @@
+//! The server's state behind one interface: users, cards, challenges and the audit log.
+//!
+//! [`Store`] is object safe (`Arc<dyn Store>`): every method returns a boxed
+//! future. [`SqliteStore`] is the embedded implementation. Times are kept in UTC
+//! to the microsecond.
+
+mod sqlite;
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+
+use crate::certificate::CertificateFacts;
+use crate::mapping::UserAttribute;
+
+pub use sqlite::SqliteStore;
+
+/// The future every [`Store`] method returns: boxed so the trait stays object safe.
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// Whether a user may sign in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum UserState {
+    /// The user may sign in.
+    Active,
+    /// An administrator locked the user; unlocking makes them active again.
+    Locked,
+}
+
+impl UserState {
+    /// The state as stored and shown (`active`, `locked`).
+    #[must_use]
+    pub fn as_str(self) -> &'static str {
+        match self {
+            UserState::Active => "active",
+            UserState::Locked => "locked",
+        }
+    }
+}
+
+impl fmt::Display for UserState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for UserState {
+    type Err = InvalidState;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        match text {
+            "active" => Ok(UserState::Active),
+            "locked" => Ok(UserState::Locked),
+            _ => Err(InvalidState {
+                text: text.to_owned(),
+            }),
+        }
+    }
+}
+
+/// Whether a card may be used to sign in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CardState {
+    /// The card may be used.
+    Active,
+    /// An administrator locked the card; unlocking makes it active again.
+    Locked,
+    /// The card is revoked for good: no state change leaves this one.
+    Revoked,
+}
+
+impl CardState {
+    /// The state as stored and shown (`active`, `locked`, `revoked`).
+    #[must_use]
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CardState::Active => "active",
+            CardState::Locked => "locked",
+            CardState::Revoked => "revoked",
+        }
+    }
+}
+
+impl fmt::Display for CardState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for CardState {
+    type Err = InvalidState;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        match text {
+            "active" => Ok(CardState::Active),
+            "locked" => Ok(CardState::Locked),
+            "revoked" => Ok(CardState::Revoked),
+            _ => Err(InvalidState {
+                text: text.to_owned(),
+            }),
+        }
+    }
+}
+
+/// A text that names no [`UserState`] or [`CardState`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown state {text:?}")]
+pub struct InvalidState {
+    /// The text that was given.
+    pub text: String,
+}
+
+/// Someone who may sign in; certificates map to users through one attribute.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct User {
+    /// The unique, case-sensitive user id (`uid`).
+    pub id: String,
+    /// The name shown on the device.
+    pub display_name: String,
+    /// E-mail address; matched case-insensitively (ASCII).
+    pub mail: Option<String>,
+    /// User principal name; matched case-insensitively (ASCII).
+    pub upn: Option<String>,
+    /// Employee number; matched exactly.
+    pub employee_id: Option<String>,
+    /// Whether the user may sign in.
+    pub state: UserState,
+}
+
+/// A card, known by its certificate's serial number since it was first seen in an assertion.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Card {
+    /// The certificate's serial number (lower-case hex).
+    pub serial: String,
+    /// SHA-256 of the certificate last seen with this serial (lower-case hex).
+    pub fingerprint: String,
+    /// The certificate's issuer (RFC 4514).
+    pub issuer: String,
+    /// The certificate's subject (RFC 4514).
+    pub subject: String,
+    /// The user the card last mapped to, if any.
+    pub user_id: Option<String>,
+    /// Whether the card may be used.
+    pub state: CardState,
+    /// When the card was first seen.
+    pub first_seen: OffsetDateTime,
+    /// When the card was last seen.
+    pub last_seen: OffsetDateTime,
+}
+
+/// What happened when a device redeemed a challenge.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ChallengeUse {
+    /// The challenge was fresh, belonged to this device, and is now used.
+    Accepted,
+    /// This server never issued the nonce (or purged it long ago).
+    Unknown,
+    /// The challenge expired before it was used.
+    Expired,
+    /// The challenge was used already: a replay. Wins over [`ChallengeUse::Expired`].
+    Reused,
+    /// The challenge was issued to another device. Wins over the other refusals.
+    OtherDevice,
+}
+
+/// One stored audit event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditEvent {
+    /// Increases with every event.
+    pub id: i64,
+    /// When it happened.
+    pub time: OffsetDateTime,
+    /// `challenge`, `assertion` or `admin`.
+    pub kind: String,
+    /// `ok`, or the [`ErrorCode`](crate::wire::ErrorCode) wire name of the refusal.
+    pub outcome: String,
+    /// The device id, when one was involved.
+    pub device: Option<String>,
+    /// The card's serial number, when one was involved.
+    pub card_serial: Option<String>,
+    /// The user id, when one was involved.
+    pub user_id: Option<String>,
+    /// Free text for people.
+    pub detail: Option<String>,
+}
+
+/// An audit event to record.
+///
+/// The store keeps what it is given: callers never pass a PIN, a token, a
+/// credential or a whole nonce (at most a short nonce prefix, in `detail`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewAuditEvent {
+    /// When it happened.
+    pub time: OffsetDateTime,
+    /// `challenge`, `assertion` or `admin`.
+    pub kind: String,
+    /// `ok`, or the [`ErrorCode`](crate::wire::ErrorCode) wire name of the refusal.
+    pub outcome: String,
+    /// The device id, when one was involved.
+    pub device: Option<String>,
+    /// The card's serial number, when one was involved.
+    pub card_serial: Option<String>,
+    /// The user id, when one was involved.
+    pub user_id: Option<String>,
+    /// Free text for people; never secrets, at most a nonce prefix.
+    pub detail: Option<String>,
+}
+
+/// Which audit events to return: every filter that is set must match.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditQuery {
+    /// Only events of this user.
+    pub user_id: Option<String>,
+    /// Only events of this card.
+    pub card_serial: Option<String>,
+    /// Only events of this device.
+    pub device: Option<String>,
+    /// Only events with this outcome (`ok` or an error code).
+    pub outcome: Option<String>,
+    /// Only events at or after this time.
+    pub since: Option<OffsetDateTime>,
+    /// Only events strictly before this time.
+    pub until: Option<OffsetDateTime>,
+    /// At most this many events, newest first; 0 means [`AuditQuery::DEFAULT_LIMIT`], and
+    /// anything above [`AuditQuery::MAX_LIMIT`] is cut to it.
+    pub limit: u32,
+}
+
+impl AuditQuery {
+    /// The number of events returned when the query does not say.
+    pub const DEFAULT_LIMIT: u32 = 100;
+    /// The most events one query returns.
+    pub const MAX_LIMIT: u32 = 1000;
+
+    /// The limit the store applies: `limit`, defaulted and capped.
+    #[must_use]
+    pub fn effective_limit(&self) -> u32 {
+        match self.limit {
+            0 => Self::DEFAULT_LIMIT,
+            limit => limit.min(Self::MAX_LIMIT),
+        }
+    }
+}
+
+impl Default for AuditQuery {
+    fn default() -> Self {
+        AuditQuery {
+            user_id: None,
+            card_serial: None,
+            device: None,
+            outcome: None,
+            since: None,
+            until: None,
+            limit: Self::DEFAULT_LIMIT,
+        }
+    }
+}
+
+/// Why a store operation failed. Messages name users and cards, never secrets.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The user or card does not exist.
+    #[error("{what} not found")]
+    NotFound {
+        /// What was looked for, such as `user "alice"`.
+        what: String,
+    },
+    /// The change contradicts what is stored (an existing id, a revoked card).
+    #[error("conflict: {what}")]
+    Conflict {
+        /// What clashed.
+        what: String,
+    },
+    /// The database failed or holds data this program cannot read.
+    #[error("database error")]
+    Database(#[from] sqlx::Error),
+}
+
+/// The server's state: users, cards, challenges and the audit log.
+///
+/// Every node of a deployment shares one store; challenge use is atomic across them.
+pub trait Store: Send + Sync {
+    /// Adds a user. [`StoreError::Conflict`] if the id exists.
+    fn add_user(&self, user: &User) -> BoxFuture<'_, Result<(), StoreError>>;
+
+    /// The user with this id, if any.
+    fn get_user(&self, id: &str) -> BoxFuture<'_, Result<Option<User>, StoreError>>;
+
+    /// Every user, ordered by id.
+    fn list_users(&self) -> BoxFuture<'_, Result<Vec<User>, StoreError>>;
+
+    /// Every user whose `attribute` equals `value`, ordered by id: the id and the
+    /// employee id match exactly, mail and UPN case-insensitively (ASCII). The
+    /// caller refuses anything but exactly one match.
+    fn find_users(
+        &self,
+        attribute: UserAttribute,
+        value: &str,
+    ) -> BoxFuture<'_, Result<Vec<User>, StoreError>>;
+
+    /// Locks or unlocks a user. [`StoreError::NotFound`] if there is no such user.
+    fn set_user_state(&self, id: &str, state: UserState) -> BoxFuture<'_, Result<(), StoreError>>;
+
+    /// Records a card seen in an assertion: inserts it as active, or updates its
+    /// certificate details and `last_seen`, keeping its state. `user_id` replaces the
+    /// stored user when given; `None` keeps the user seen before.
+    /// [`StoreError::NotFound`] if `user_id` names no user.
+    fn record_card(
+        &self,
+        facts: &CertificateFacts,
+        user_id: Option<&str>,
+        now: OffsetDateTime,
+    ) -> BoxFuture<'_, Result<Card, StoreError>>;
+
+    /// The card with this serial number, if any.
+    fn get_card(&self, serial: &str) -> BoxFuture<'_, Result<Option<Card>, StoreError>>;
+
+    /// Every card, ordered by serial number.
+    fn list_cards(&self) -> BoxFuture<'_, Result<Vec<Card>, StoreError>>;
+
+    /// Locks, unlocks or revokes a card. [`StoreError::NotFound`] if there is no such
+    /// card; [`StoreError::Conflict`] when leaving [`CardState::Revoked`], which is final.
+    fn set_card_state(
+        &self,
+        serial: &str,
+        state: CardState,
+    ) -> BoxFuture<'_, Result<(), StoreError>>;
+
+    /// Stores a fresh challenge for `device`. [`StoreError::Conflict`] if the nonce exists.
+    fn add_challenge(
+        &self,
+        nonce: &str,
+        device: &str,
+        expires_at: OffsetDateTime,
+    ) -> BoxFuture<'_, Result<(), StoreError>>;
+
+    /// Marks the challenge used, atomically: of any number of concurrent calls on
+    /// any node, at most one gets [`ChallengeUse::Accepted`]. A challenge is fresh
+    /// while `now` is before its `expires_at`.
+    fn use_challenge(
+        &self,
+        nonce: &str,
+        device: &str,
+        now: OffsetDateTime,
+    ) -> BoxFuture<'_, Result<ChallengeUse, StoreError>>;
+
+    /// Deletes the challenges that expired before `older_than`, used or not, and
+    /// returns how many. A purged nonce is then [`ChallengeUse::Unknown`], still a refusal.
+    fn purge_challenges(
+        &self,
+        older_than: OffsetDateTime,
+    ) -> BoxFuture<'_, Result<u64, StoreError>>;
+
+    /// Appends an event to the audit log.
+    fn audit(&self, event: NewAuditEvent) -> BoxFuture<'_, Result<(), StoreError>>;
+
+    /// The audit events matching `query`, newest first, at most
+    /// [`AuditQuery::effective_limit`] of them.
+    fn query_audit(&self, query: &AuditQuery)
+    -> BoxFuture<'_, Result<Vec<AuditEvent>, StoreError>>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn user_states_round_trip_through_text() {
+        for state in [UserState::Active, UserState::Locked] {
+            assert_eq!(state.as_str().parse::<UserState>(), Ok(state));
+            assert_eq!(state.to_string(), state.as_str());
+        }
+        assert_eq!(
+            "revoked".parse::<UserState>(),
+            Err(InvalidState {
+                text: "revoked".to_owned()
+            })
+        );
+    }
+
+    #[test]
+    fn card_states_round_trip_through_text() {
+        for state in [CardState::Active, CardState::Locked, CardState::Revoked] {
+            assert_eq!(state.as_str().parse::<CardState>(), Ok(state));
+            assert_eq!(state.to_string(), state.as_str());
+        }
+        assert!("Active".parse::<CardState>().is_err());
+    }
+
+    #[test]
+    fn states_serialize_as_their_text() {
+        assert_eq!(
+            serde_json::to_string(&CardState::Revoked).ok().as_deref(),
+            Some("\"revoked\"")
+        );
+        assert_eq!(
+            serde_json::from_str::<UserState>("\"locked\"").ok(),
+            Some(UserState::Locked)
+        );
+    }
+
+    #[test]
+    fn audit_limit_defaults_and_caps() {
+        let with_limit = |limit| AuditQuery {
+            limit,
+            ..AuditQuery::default()
+        };
+        assert_eq!(AuditQuery::default().effective_limit(), 100);
+        assert_eq!(with_limit(0).effective_limit(), 100);
+        assert_eq!(with_limit(7).effective_limit(), 7);
+        assert_eq!(with_limit(5000).effective_limit(), 1000);
+    }
+
+    #[test]
+    fn errors_say_what_without_database_internals() {
+        let not_found = StoreError::NotFound {
+            what: "user \"alice\"".to_owned(),
+        };
+        assert_eq!(not_found.to_string(), "user \"alice\" not found");
+        let database = StoreError::Database(sqlx::Error::PoolClosed);
+        assert_eq!(database.to_string(), "database error");
+        assert!(std::error::Error::source(&database).is_some());
+    }
+}

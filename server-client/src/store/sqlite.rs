@@ -1,0 +1,1226 @@
+//! The embedded [`Store`]: SQLite through sqlx, with versioned migrations run on open.
+//!
+//! Times are stored as RFC 3339 UTC text with exactly six fraction digits
+//! (`2025-01-02T03:04:05.000006Z`), so comparing the text orders the times.
+
+use std::path::Path;
+use std::str::FromStr;
+use std::time::Duration;
+
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous,
+};
+use sqlx::{QueryBuilder, Row, Sqlite, SqlitePool};
+use time::format_description::well_known::Rfc3339;
+use time::{OffsetDateTime, UtcOffset};
+
+use super::{
+    AuditEvent, AuditQuery, BoxFuture, Card, CardState, ChallengeUse, NewAuditEvent, Store,
+    StoreError, User, UserState,
+};
+use crate::certificate::CertificateFacts;
+use crate::mapping::UserAttribute;
+
+/// How long a statement waits for another connection's write lock.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Connections in a file database's pool.
+const MAX_CONNECTIONS: u32 = 8;
+
+/// Version 1: users, cards, challenges and the audit log.
+const MIGRATION_1: &str = "
+CREATE TABLE users (
+    id TEXT PRIMARY KEY NOT NULL,
+    display_name TEXT NOT NULL,
+    mail TEXT COLLATE NOCASE,
+    upn TEXT COLLATE NOCASE,
+    employee_id TEXT,
+    state TEXT NOT NULL CHECK (state IN ('active', 'locked')),
+    created_at TEXT NOT NULL
+) STRICT;
+CREATE INDEX users_mail ON users (mail);
+CREATE INDEX users_upn ON users (upn);
+CREATE INDEX users_employee_id ON users (employee_id);
+
+CREATE TABLE cards (
+    serial TEXT PRIMARY KEY NOT NULL,
+    fingerprint TEXT NOT NULL,
+    issuer TEXT NOT NULL,
+    subject TEXT NOT NULL,
+    user_id TEXT REFERENCES users (id),
+    state TEXT NOT NULL CHECK (state IN ('active', 'locked', 'revoked')),
+    first_seen TEXT NOT NULL,
+    last_seen TEXT NOT NULL
+) STRICT;
+CREATE INDEX cards_user_id ON cards (user_id);
+
+CREATE TABLE challenges (
+    nonce TEXT PRIMARY KEY NOT NULL,
+    device TEXT NOT NULL,
+    issued_at TEXT NOT NULL,
+    expires_at TEXT NOT NULL,
+    used_at TEXT
+) STRICT;
+CREATE INDEX challenges_expires_at ON challenges (expires_at);
+
+CREATE TABLE audit (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    time TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    outcome TEXT NOT NULL,
+    device TEXT,
+    card_serial TEXT,
+    user_id TEXT,
+    detail TEXT
+) STRICT;
+CREATE INDEX audit_time ON audit (time);
+CREATE INDEX audit_user_id ON audit (user_id, time);
+CREATE INDEX audit_card_serial ON audit (card_serial, time);
+CREATE INDEX audit_device ON audit (device, time);
+CREATE INDEX audit_outcome ON audit (outcome, time);
+";
+
+/// Every migration, by version, oldest first. Never edit one that shipped: add the next.
+const MIGRATIONS: &[(i64, &str)] = &[(1, MIGRATION_1)];
+
+/// `SELECT` of every [`User`] column, followed by the rest of the statement.
+macro_rules! select_users {
+    ($rest:literal) => {
+        concat!(
+            "SELECT id, display_name, mail, upn, employee_id, state FROM users ",
+            $rest
+        )
+    };
+}
+
+/// `SELECT` of every [`Card`] column, followed by the rest of the statement.
+macro_rules! select_cards {
+    ($rest:literal) => {
+        concat!(
+            "SELECT serial, fingerprint, issuer, subject, user_id, state, first_seen, last_seen FROM cards ",
+            $rest
+        )
+    };
+}
+
+/// The SQLite store. Cloning is cheap and shares the connection pool.
+#[derive(Debug, Clone)]
+pub struct SqliteStore {
+    pool: SqlitePool,
+}
+
+impl SqliteStore {
+    /// Opens (creating if missing) the database file at `path` in WAL mode and
+    /// brings its schema up to date. Several stores, in one process or several,
+    /// may open the same file.
+    pub async fn open(path: &Path) -> Result<Self, StoreError> {
+        let options = SqliteConnectOptions::new()
+            .filename(path)
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Normal)
+            .foreign_keys(true)
+            .busy_timeout(BUSY_TIMEOUT);
+        let pool = SqlitePoolOptions::new()
+            .max_connections(MAX_CONNECTIONS)
+            .connect_with(options)
+            .await?;
+        Self::with_pool(pool).await
+    }
+
+    /// A fresh, private database in memory, for tests: one connection that lives as
+    /// long as the store, so the data does too.
+    pub async fn in_memory() -> Result<Self, StoreError> {
+        let options = SqliteConnectOptions::new()
+            .in_memory(true)
+            .foreign_keys(true);
+        let pool = SqlitePoolOptions::new()
+            .max_connections(1)
+            .min_connections(1)
+            .idle_timeout(None)
+            .max_lifetime(None)
+            .connect_with(options)
+            .await?;
+        Self::with_pool(pool).await
+    }
+
+    /// Closes every connection; later calls fail with [`StoreError::Database`].
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+
+    async fn with_pool(pool: SqlitePool) -> Result<Self, StoreError> {
+        migrate(&pool).await?;
+        Ok(SqliteStore { pool })
+    }
+}
+
+/// Applies the migrations this database lacks, each in its own write transaction,
+/// so concurrent openers apply each one once.
+async fn migrate(pool: &SqlitePool) -> Result<(), StoreError> {
+    sqlx::raw_sql(
+        "CREATE TABLE IF NOT EXISTS schema_migrations (
+            version INTEGER PRIMARY KEY NOT NULL,
+            applied_at TEXT NOT NULL
+        ) STRICT",
+    )
+    .execute(pool)
+    .await?;
+    let newest_known = MIGRATIONS.last().map_or(0, |(version, _)| *version);
+    let newest_applied: Option<i64> =
+        sqlx::query_scalar("SELECT max(version) FROM schema_migrations")
+            .fetch_one(pool)
+            .await?;
+    if let Some(newest_applied) = newest_applied.filter(|applied| *applied > newest_known) {
+        return Err(StoreError::Conflict {
+            what: format!(
+                "the database has schema version {newest_applied}, newer than this program's {newest_known}"
+            ),
+        });
+    }
+    for &(version, sql) in MIGRATIONS {
+        let mut transaction = pool.begin_with("BEGIN IMMEDIATE").await?;
+        let applied: Option<i64> =
+            sqlx::query_scalar("SELECT version FROM schema_migrations WHERE version = ?")
+                .bind(version)
+                .fetch_optional(&mut *transaction)
+                .await?;
+        if applied.is_none() {
+            sqlx::raw_sql(sql).execute(&mut *transaction).await?;
+            sqlx::query("INSERT INTO schema_migrations (version, applied_at) VALUES (?, ?)")
+                .bind(version)
+                .bind(encode_time(OffsetDateTime::now_utc())?)
+                .execute(&mut *transaction)
+                .await?;
+        }
+        transaction.commit().await?;
+    }
+    Ok(())
+}
+
+impl Store for SqliteStore {
+    fn add_user(&self, user: &User) -> BoxFuture<'_, Result<(), StoreError>> {
+        let user = user.clone();
+        Box::pin(async move {
+            let result = sqlx::query(
+                "INSERT INTO users (id, display_name, mail, upn, employee_id, state, created_at)
+                 VALUES (?, ?, ?, ?, ?, ?, ?)",
+            )
+            .bind(&user.id)
+            .bind(&user.display_name)
+            .bind(&user.mail)
+            .bind(&user.upn)
+            .bind(&user.employee_id)
+            .bind(user.state.as_str())
+            .bind(encode_time(OffsetDateTime::now_utc())?)
+            .execute(&self.pool)
+            .await;
+            match result {
+                Err(error) if is_unique_violation(&error) => Err(StoreError::Conflict {
+                    what: format!("user {:?} exists already", user.id),
+                }),
+                other => other.map(drop).map_err(StoreError::from),
+            }
+        })
+    }
+
+    fn get_user(&self, id: &str) -> BoxFuture<'_, Result<Option<User>, StoreError>> {
+        let id = id.to_owned();
+        Box::pin(async move {
+            sqlx::query(select_users!("WHERE id = ?"))
+                .bind(id)
+                .fetch_optional(&self.pool)
+                .await?
+                .map(|row| user_from_row(&row))
+                .transpose()
+        })
+    }
+
+    fn list_users(&self) -> BoxFuture<'_, Result<Vec<User>, StoreError>> {
+        Box::pin(async move {
+            sqlx::query(select_users!("ORDER BY id"))
+                .fetch_all(&self.pool)
+                .await?
+                .iter()
+                .map(user_from_row)
+                .collect()
+        })
+    }
+
+    fn find_users(
+        &self,
+        attribute: UserAttribute,
+        value: &str,
+    ) -> BoxFuture<'_, Result<Vec<User>, StoreError>> {
+        // The columns `mail` and `upn` compare with NOCASE; `id` and `employee_id` exactly.
+        let sql = match attribute {
+            UserAttribute::Uid => {
+                select_users!("WHERE id = ? ORDER BY id")
+            }
+            UserAttribute::Mail => {
+                select_users!("WHERE mail = ? ORDER BY id")
+            }
+            UserAttribute::Upn => {
+                select_users!("WHERE upn = ? ORDER BY id")
+            }
+            UserAttribute::EmployeeId => {
+                select_users!("WHERE employee_id = ? ORDER BY id")
+            }
+        };
+        let value = value.to_owned();
+        Box::pin(async move {
+            sqlx::query(sql)
+                .bind(value)
+                .fetch_all(&self.pool)
+                .await?
+                .iter()
+                .map(user_from_row)
+                .collect()
+        })
+    }
+
+    fn set_user_state(&self, id: &str, state: UserState) -> BoxFuture<'_, Result<(), StoreError>> {
+        let id = id.to_owned();
+        Box::pin(async move {
+            let changed = sqlx::query("UPDATE users SET state = ? WHERE id = ?")
+                .bind(state.as_str())
+                .bind(&id)
+                .execute(&self.pool)
+                .await?
+                .rows_affected();
+            if changed == 0 {
+                return Err(StoreError::NotFound {
+                    what: format!("user {id:?}"),
+                });
+            }
+            Ok(())
+        })
+    }
+
+    fn record_card(
+        &self,
+        facts: &CertificateFacts,
+        user_id: Option<&str>,
+        now: OffsetDateTime,
+    ) -> BoxFuture<'_, Result<Card, StoreError>> {
+        let serial = facts.serial.clone();
+        let fingerprint = facts.fingerprint.clone();
+        let issuer = facts.issuer.clone();
+        let subject = facts.subject.clone();
+        let user_id = user_id.map(str::to_owned);
+        Box::pin(async move {
+            let now = encode_time(now)?;
+            let result = sqlx::query(
+                "INSERT INTO cards (serial, fingerprint, issuer, subject, user_id, state, first_seen, last_seen)
+                 VALUES (?1, ?2, ?3, ?4, ?5, 'active', ?6, ?6)
+                 ON CONFLICT (serial) DO UPDATE SET
+                     fingerprint = excluded.fingerprint,
+                     issuer = excluded.issuer,
+                     subject = excluded.subject,
+                     user_id = coalesce(excluded.user_id, cards.user_id),
+                     last_seen = excluded.last_seen
+                 RETURNING serial, fingerprint, issuer, subject, user_id, state, first_seen, last_seen",
+            )
+            .bind(&serial)
+            .bind(fingerprint)
+            .bind(issuer)
+            .bind(subject)
+            .bind(&user_id)
+            .bind(now)
+            .fetch_one(&self.pool)
+            .await;
+            match result {
+                Ok(row) => card_from_row(&row),
+                Err(error) if is_foreign_key_violation(&error) => Err(StoreError::NotFound {
+                    what: format!("user {:?}", user_id.unwrap_or_default()),
+                }),
+                Err(error) => Err(error.into()),
+            }
+        })
+    }
+
+    fn get_card(&self, serial: &str) -> BoxFuture<'_, Result<Option<Card>, StoreError>> {
+        let serial = serial.to_owned();
+        Box::pin(async move {
+            sqlx::query(select_cards!("WHERE serial = ?"))
+                .bind(serial)
+                .fetch_optional(&self.pool)
+                .await?
+                .map(|row| card_from_row(&row))
+                .transpose()
+        })
+    }
+
+    fn list_cards(&self) -> BoxFuture<'_, Result<Vec<Card>, StoreError>> {
+        Box::pin(async move {
+            sqlx::query(select_cards!("ORDER BY serial"))
+                .fetch_all(&self.pool)
+                .await?
+                .iter()
+                .map(card_from_row)
+                .collect()
+        })
+    }
+
+    fn set_card_state(
+        &self,
+        serial: &str,
+        state: CardState,
+    ) -> BoxFuture<'_, Result<(), StoreError>> {
+        let serial = serial.to_owned();
+        Box::pin(async move {
+            // One statement, so a concurrent revocation cannot be undone.
+            let changed = sqlx::query(
+                "UPDATE cards SET state = ?1 WHERE serial = ?2 AND (state <> 'revoked' OR ?1 = 'revoked')",
+            )
+            .bind(state.as_str())
+            .bind(&serial)
+            .execute(&self.pool)
+            .await?
+            .rows_affected();
+            if changed > 0 {
+                return Ok(());
+            }
+            let exists: Option<i64> = sqlx::query_scalar("SELECT 1 FROM cards WHERE serial = ?")
+                .bind(&serial)
+                .fetch_optional(&self.pool)
+                .await?;
+            Err(match exists {
+                Some(_) => StoreError::Conflict {
+                    what: format!("card {serial:?} is revoked, which is final"),
+                },
+                None => StoreError::NotFound {
+                    what: format!("card {serial:?}"),
+                },
+            })
+        })
+    }
+
+    fn add_challenge(
+        &self,
+        nonce: &str,
+        device: &str,
+        expires_at: OffsetDateTime,
+    ) -> BoxFuture<'_, Result<(), StoreError>> {
+        let nonce = nonce.to_owned();
+        let device = device.to_owned();
+        Box::pin(async move {
+            let result = sqlx::query(
+                "INSERT INTO challenges (nonce, device, issued_at, expires_at) VALUES (?, ?, ?, ?)",
+            )
+            .bind(nonce)
+            .bind(device)
+            .bind(encode_time(OffsetDateTime::now_utc())?)
+            .bind(encode_time(expires_at)?)
+            .execute(&self.pool)
+            .await;
+            match result {
+                // The message leaves the nonce out: it is a live challenge.
+                Err(error) if is_unique_violation(&error) => Err(StoreError::Conflict {
+                    what: "the challenge exists already".to_owned(),
+                }),
+                other => other.map(drop).map_err(StoreError::from),
+            }
+        })
+    }
+
+    fn use_challenge(
+        &self,
+        nonce: &str,
+        device: &str,
+        now: OffsetDateTime,
+    ) -> BoxFuture<'_, Result<ChallengeUse, StoreError>> {
+        let nonce = nonce.to_owned();
+        let device = device.to_owned();
+        Box::pin(async move {
+            let now = encode_time(now)?;
+            // The single atomic step: only one caller can turn `used_at` from NULL.
+            let changed = sqlx::query(
+                "UPDATE challenges SET used_at = ?1
+                 WHERE nonce = ?2 AND device = ?3 AND used_at IS NULL AND expires_at > ?1",
+            )
+            .bind(&now)
+            .bind(&nonce)
+            .bind(&device)
+            .execute(&self.pool)
+            .await?
+            .rows_affected();
+            if changed > 0 {
+                return Ok(ChallengeUse::Accepted);
+            }
+            // Refused: read why. Challenges only ever move towards refusal, so the
+            // answer cannot contradict the UPDATE.
+            let row = sqlx::query("SELECT device, used_at FROM challenges WHERE nonce = ?")
+                .bind(&nonce)
+                .fetch_optional(&self.pool)
+                .await?;
+            let Some(row) = row else {
+                return Ok(ChallengeUse::Unknown);
+            };
+            let issued_to: String = row.try_get("device")?;
+            let used_at: Option<String> = row.try_get("used_at")?;
+            Ok(if issued_to != device {
+                ChallengeUse::OtherDevice
+            } else if used_at.is_some() {
+                ChallengeUse::Reused
+            } else {
+                ChallengeUse::Expired
+            })
+        })
+    }
+
+    fn purge_challenges(
+        &self,
+        older_than: OffsetDateTime,
+    ) -> BoxFuture<'_, Result<u64, StoreError>> {
+        Box::pin(async move {
+            let purged = sqlx::query("DELETE FROM challenges WHERE expires_at < ?")
+                .bind(encode_time(older_than)?)
+                .execute(&self.pool)
+                .await?
+                .rows_affected();
+            Ok(purged)
+        })
+    }
+
+    fn audit(&self, event: NewAuditEvent) -> BoxFuture<'_, Result<(), StoreError>> {
+        Box::pin(async move {
+            sqlx::query(
+                "INSERT INTO audit (time, kind, outcome, device, card_serial, user_id, detail)
+                 VALUES (?, ?, ?, ?, ?, ?, ?)",
+            )
+            .bind(encode_time(event.time)?)
+            .bind(event.kind)
+            .bind(event.outcome)
+            .bind(event.device)
+            .bind(event.card_serial)
+            .bind(event.user_id)
+            .bind(event.detail)
+            .execute(&self.pool)
+            .await?;
+            Ok(())
+        })
+    }
+
+    fn query_audit(
+        &self,
+        query: &AuditQuery,
+    ) -> BoxFuture<'_, Result<Vec<AuditEvent>, StoreError>> {
+        let query = query.clone();
+        Box::pin(async move {
+            let limit = i64::from(query.effective_limit());
+            let mut sql = QueryBuilder::<Sqlite>::new(
+                "SELECT id, time, kind, outcome, device, card_serial, user_id, detail FROM audit WHERE 1 = 1",
+            );
+            let equal_filters = [
+                (" AND user_id = ", query.user_id),
+                (" AND card_serial = ", query.card_serial),
+                (" AND device = ", query.device),
+                (" AND outcome = ", query.outcome),
+            ];
+            for (condition, value) in equal_filters {
+                if let Some(value) = value {
+                    sql.push(condition).push_bind(value);
+                }
+            }
+            if let Some(since) = query.since {
+                sql.push(" AND time >= ").push_bind(encode_time(since)?);
+            }
+            if let Some(until) = query.until {
+                sql.push(" AND time < ").push_bind(encode_time(until)?);
+            }
+            sql.push(" ORDER BY time DESC, id DESC LIMIT ")
+                .push_bind(limit);
+            sql.build()
+                .fetch_all(&self.pool)
+                .await?
+                .iter()
+                .map(audit_event_from_row)
+                .collect()
+        })
+    }
+}
+
+fn user_from_row(row: &SqliteRow) -> Result<User, StoreError> {
+    Ok(User {
+        id: row.try_get("id")?,
+        display_name: row.try_get("display_name")?,
+        mail: row.try_get("mail")?,
+        upn: row.try_get("upn")?,
+        employee_id: row.try_get("employee_id")?,
+        state: decode_state(row, "state")?,
+    })
+}
+
+fn card_from_row(row: &SqliteRow) -> Result<Card, StoreError> {
+    Ok(Card {
+        serial: row.try_get("serial")?,
+        fingerprint: row.try_get("fingerprint")?,
+        issuer: row.try_get("issuer")?,
+        subject: row.try_get("subject")?,
+        user_id: row.try_get("user_id")?,
+        state: decode_state(row, "state")?,
+        first_seen: decode_time(row, "first_seen")?,
+        last_seen: decode_time(row, "last_seen")?,
+    })
+}
+
+fn audit_event_from_row(row: &SqliteRow) -> Result<AuditEvent, StoreError> {
+    Ok(AuditEvent {
+        id: row.try_get("id")?,
+        time: decode_time(row, "time")?,
+        kind: row.try_get("kind")?,
+        outcome: row.try_get("outcome")?,
+        device: row.try_get("device")?,
+        card_serial: row.try_get("card_serial")?,
+        user_id: row.try_get("user_id")?,
+        detail: row.try_get("detail")?,
+    })
+}
+
+/// A time as stored: UTC, whole microseconds, fixed width.
+fn encode_time(time: OffsetDateTime) -> Result<String, StoreError> {
+    let utc = time
+        .checked_to_offset(UtcOffset::UTC)
+        .filter(|utc| (0..=9999).contains(&utc.year()))
+        .ok_or_else(|| StoreError::Database(sqlx::Error::Encode(Box::new(TimeOutOfRange))))?;
+    Ok(format!(
+        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:06}Z",
+        utc.year(),
+        u8::from(utc.month()),
+        utc.day(),
+        utc.hour(),
+        utc.minute(),
+        utc.second(),
+        utc.microsecond()
+    ))
+}
+
+fn decode_time(row: &SqliteRow, column: &str) -> Result<OffsetDateTime, StoreError> {
+    let text: String = row.try_get(column)?;
+    OffsetDateTime::parse(&text, &Rfc3339).map_err(|error| column_error(column, error))
+}
+
+fn decode_state<S>(row: &SqliteRow, column: &str) -> Result<S, StoreError>
+where
+    S: FromStr<Err = super::InvalidState>,
+{
+    let text: String = row.try_get(column)?;
+    text.parse().map_err(|error| column_error(column, error))
+}
+
+fn column_error(column: &str, error: impl std::error::Error + Send + Sync + 'static) -> StoreError {
+    StoreError::Database(sqlx::Error::ColumnDecode {
+        index: column.to_owned(),
+        source: Box::new(error),
+    })
+}
+
+/// A time that does not fit the stored form (years 0000 to 9999, UTC).
+#[derive(Debug, thiserror::Error)]
+#[error("time outside the years 0000 to 9999")]
+struct TimeOutOfRange;
+
+fn is_unique_violation(error: &sqlx::Error) -> bool {
+    error
+        .as_database_error()
+        .is_some_and(|error| error.is_unique_violation())
+}
+
+fn is_foreign_key_violation(error: &sqlx::Error) -> bool {
+    error
+        .as_database_error()
+        .is_some_and(|error| error.is_foreign_key_violation())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::error::Error;
+    use std::sync::Arc;
+
+    use time::Duration as TimeSpan;
+
+    use super::*;
+    use crate::certificate::KeyKind;
+
+    type TestResult = Result<(), Box<dyn Error>>;
+
+    /// A time `seconds` after a fixed instant in November 2023.
+    fn at(seconds: i64) -> OffsetDateTime {
+        OffsetDateTime::UNIX_EPOCH + TimeSpan::seconds(1_700_000_000 + seconds)
+    }
+
+    fn user(id: &str, mail: &str) -> User {
+        User {
+            id: id.to_owned(),
+            display_name: format!("{id} display"),
+            mail: Some(mail.to_owned()),
+            upn: Some(format!("{id}@corp.example")),
+            employee_id: Some(format!("E-{id}")),
+            state: UserState::Active,
+        }
+    }
+
+    fn facts(serial: &str, fingerprint: &str) -> CertificateFacts {
+        CertificateFacts {
+            der: Vec::new(),
+            serial: serial.to_owned(),
+            fingerprint: fingerprint.to_owned(),
+            subject: format!("CN=card {serial}"),
+            issuer: "CN=Test CA".to_owned(),
+            common_name: Some(format!("card {serial}")),
+            subject_serial_number: None,
+            emails: Vec::new(),
+            upns: Vec::new(),
+            not_before: at(-86_400),
+            not_after: at(86_400),
+            key: KeyKind::EcP256,
+        }
+    }
+
+    fn event(seconds: i64, outcome: &str, device: &str, card: &str, user: &str) -> NewAuditEvent {
+        NewAuditEvent {
+            time: at(seconds),
+            kind: "assertion".to_owned(),
+            outcome: outcome.to_owned(),
+            device: Some(device.to_owned()),
+            card_serial: Some(card.to_owned()),
+            user_id: Some(user.to_owned()),
+            detail: None,
+        }
+    }
+
+    async fn migration_versions(store: &SqliteStore) -> Result<Vec<i64>, sqlx::Error> {
+        sqlx::query_scalar("SELECT version FROM schema_migrations ORDER BY version")
+            .fetch_all(&store.pool)
+            .await
+    }
+
+    #[tokio::test]
+    async fn migrations_apply_once_however_often_the_file_is_opened() -> TestResult {
+        let dir = tempfile::tempdir()?;
+        let path = dir.path().join("pivtap.db");
+        let first = SqliteStore::open(&path).await?;
+        let (second, third) = tokio::join!(SqliteStore::open(&path), SqliteStore::open(&path));
+        let (second, third) = (second?, third?);
+        for store in [&first, &second, &third] {
+            assert_eq!(migration_versions(store).await?, vec![1]);
+        }
+        let journal_mode: String = sqlx::query_scalar("PRAGMA journal_mode")
+            .fetch_one(&first.pool)
+            .await?;
+        assert_eq!(journal_mode, "wal");
+        let foreign_keys: i64 = sqlx::query_scalar("PRAGMA foreign_keys")
+            .fetch_one(&second.pool)
+            .await?;
+        assert_eq!(foreign_keys, 1);
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn a_database_from_a_newer_program_is_refused() -> TestResult {
+        let dir = tempfile::tempdir()?;
+        let path = dir.path().join("pivtap.db");
+        let store = SqliteStore::open(&path).await?;
+        sqlx::query("INSERT INTO schema_migrations (version, applied_at) VALUES (2, 'x')")
+            .execute(&store.pool)
+            .await?;
+        store.close().await;
+        let reopened = SqliteStore::open(&path).await;
+        assert!(
+            matches!(&reopened, Err(StoreError::Conflict { what }) if what.contains("schema version 2")),
+            "{reopened:?}"
+        );
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn a_reopened_database_keeps_its_data() -> TestResult {
+        let dir = tempfile::tempdir()?;
+        let path = dir.path().join("pivtap.db");
+        let store = SqliteStore::open(&path).await?;
+        store.add_user(&user("alice", "alice@example.org")).await?;
+        let card = store
+            .record_card(&facts("0a1b", "f1"), Some("alice"), at(0))
+            .await?;
+        store.add_challenge("nonce-1", "kiosk-1", at(60)).await?;
+        store
+            .audit(event(0, "ok", "kiosk-1", "0a1b", "alice"))
+            .await?;
+        store.close().await;
+
+        let reopened = SqliteStore::open(&path).await?;
+        assert_eq!(
+            reopened.get_user("alice").await?,
+            Some(user("alice", "alice@example.org"))
+        );
+        assert_eq!(reopened.get_card("0a1b").await?, Some(card));
+        assert_eq!(
+            reopened.use_challenge("nonce-1", "kiosk-1", at(1)).await?,
+            ChallengeUse::Accepted
+        );
+        assert_eq!(reopened.query_audit(&AuditQuery::default()).await?.len(), 1);
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn users_are_added_listed_and_locked() -> TestResult {
+        let store = SqliteStore::in_memory().await?;
+        let bob = user("bob", "bob@example.org");
+        let alice = user("alice", "alice@example.org");
+        store.add_user(&bob).await?;
+        store.add_user(&alice).await?;
+        assert_eq!(store.get_user("alice").await?, Some(alice.clone()));
+        assert_eq!(store.get_user("carol").await?, None);
+        assert_eq!(store.list_users().await?, vec![alice.clone(), bob.clone()]);
+
+        let duplicate = store.add_user(&user("alice", "other@example.org")).await;
+        assert!(
+            matches!(&duplicate, Err(StoreError::Conflict { what }) if what.contains("alice")),
+            "{duplicate:?}"
+        );
+
+        store.set_user_state("alice", UserState::Locked).await?;
+        assert_eq!(
+            store.get_user("alice").await?.map(|user| user.state),
+            Some(UserState::Locked)
+        );
+        store.set_user_state("alice", UserState::Active).await?;
+        assert_eq!(store.get_user("alice").await?, Some(alice));
+        assert!(matches!(
+            store.set_user_state("carol", UserState::Locked).await,
+            Err(StoreError::NotFound { .. })
+        ));
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn users_are_found_by_each_attribute() -> TestResult {
+        let store = SqliteStore::in_memory().await?;
+        store.add_user(&user("alice", "Alice@Example.org")).await?;
+        store.add_user(&user("bob", "bob@example.org")).await?;
+        store
+            .add_user(&User {
+                id: "robert".to_owned(),
+                upn: None,
+                employee_id: None,
+                ..user("robert", "BOB@example.org")
+            })
+            .await?;
+        let ids = |users: Vec<User>| users.into_iter().map(|user| user.id).collect::<Vec<_>>();
+
+        assert_eq!(
+            ids(store
+                .find_users(UserAttribute::Mail, "alice@EXAMPLE.ORG")
+                .await?),
+            ["alice"]
+        );
+        assert_eq!(
+            ids(store
+                .find_users(UserAttribute::Mail, "bob@example.org")
+                .await?),
+            ["bob", "robert"]
+        );
+        assert_eq!(
+            ids(store
+                .find_users(UserAttribute::Upn, "BOB@corp.EXAMPLE")
+                .await?),
+            ["bob"]
+        );
+        assert_eq!(
+            ids(store.find_users(UserAttribute::Uid, "alice").await?),
+            ["alice"]
+        );
+        assert!(
+            store
+                .find_users(UserAttribute::Uid, "Alice")
+                .await?
+                .is_empty()
+        );
+        assert_eq!(
+            ids(store.find_users(UserAttribute::EmployeeId, "E-bob").await?),
+            ["bob"]
+        );
+        assert!(
+            store
+                .find_users(UserAttribute::EmployeeId, "e-bob")
+                .await?
+                .is_empty()
+        );
+        assert!(
+            store
+                .find_users(UserAttribute::Mail, "carol@example.org")
+                .await?
+                .is_empty()
+        );
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn recording_a_card_again_updates_it_and_keeps_its_state() -> TestResult {
+        let store = SqliteStore::in_memory().await?;
+        store.add_user(&user("alice", "alice@example.org")).await?;
+        store.add_user(&user("bob", "bob@example.org")).await?;
+
+        let first = store.record_card(&facts("0a1b", "f1"), None, at(0)).await?;
+        assert_eq!(
+            first,
+            Card {
+                serial: "0a1b".to_owned(),
+                fingerprint: "f1".to_owned(),
+                issuer: "CN=Test CA".to_owned(),
+                subject: "CN=card 0a1b".to_owned(),
+                user_id: None,
+                state: CardState::Active,
+                first_seen: at(0),
+                last_seen: at(0),
+            }
+        );
+        store.set_card_state("0a1b", CardState::Locked).await?;
+
+        let second = store
+            .record_card(&facts("0a1b", "f2"), Some("alice"), at(10))
+            .await?;
+        assert_eq!(second.fingerprint, "f2");
+        assert_eq!(second.user_id.as_deref(), Some("alice"));
+        assert_eq!(second.state, CardState::Locked);
+        assert_eq!((second.first_seen, second.last_seen), (at(0), at(10)));
+
+        let third = store
+            .record_card(&facts("0a1b", "f2"), None, at(20))
+            .await?;
+        assert_eq!(third.user_id.as_deref(), Some("alice"));
+        let fourth = store
+            .record_card(&facts("0a1b", "f2"), Some("bob"), at(30))
+            .await?;
+        assert_eq!(fourth.user_id.as_deref(), Some("bob"));
+        assert_eq!(store.get_card("0a1b").await?, Some(fourth.clone()));
+
+        let unknown_user = store
+            .record_card(&facts("0c0d", "f3"), Some("carol"), at(40))
+            .await;
+        assert!(
+            matches!(&unknown_user, Err(StoreError::NotFound { what }) if what.contains("carol")),
+            "{unknown_user:?}"
+        );
+        assert_eq!(store.get_card("0c0d").await?, None);
+
+        let other = store
+            .record_card(&facts("0001", "f4"), None, at(50))
+            .await?;
+        assert_eq!(store.list_cards().await?, vec![other, fourth]);
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn revocation_is_final() -> TestResult {
+        let store = SqliteStore::in_memory().await?;
+        store.record_card(&facts("0a1b", "f1"), None, at(0)).await?;
+        let state = async || -> Result<Option<CardState>, StoreError> {
+            Ok(store.get_card("0a1b").await?.map(|card| card.state))
+        };
+
+        store.set_card_state("0a1b", CardState::Locked).await?;
+        assert_eq!(state().await?, Some(CardState::Locked));
+        store.set_card_state("0a1b", CardState::Active).await?;
+        assert_eq!(state().await?, Some(CardState::Active));
+        store.set_card_state("0a1b", CardState::Revoked).await?;
+        assert_eq!(state().await?, Some(CardState::Revoked));
+
+        for state in [CardState::Active, CardState::Locked] {
+            let result = store.set_card_state("0a1b", state).await;
+            assert!(
+                matches!(&result, Err(StoreError::Conflict { what }) if what.contains("revoked")),
+                "{result:?}"
+            );
+        }
+        store.set_card_state("0a1b", CardState::Revoked).await?;
+        assert_eq!(state().await?, Some(CardState::Revoked));
+        assert!(matches!(
+            store.set_card_state("ffff", CardState::Locked).await,
+            Err(StoreError::NotFound { .. })
+        ));
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn a_challenge_is_used_once_by_its_device_before_it_expires() -> TestResult {
+        let store = SqliteStore::in_memory().await?;
+        store.add_challenge("fresh", "kiosk-1", at(60)).await?;
+        assert_eq!(
+            store.use_challenge("fresh", "kiosk-2", at(1)).await?,
+            ChallengeUse::OtherDevice
+        );
+        assert_eq!(
+            store.use_challenge("fresh", "kiosk-1", at(1)).await?,
+            ChallengeUse::Accepted
+        );
+        assert_eq!(
+            store.use_challenge("fresh", "kiosk-1", at(2)).await?,
+            ChallengeUse::Reused
+        );
+        assert_eq!(
+            store.use_challenge("fresh", "kiosk-1", at(120)).await?,
+            ChallengeUse::Reused,
+            "a used challenge stays a replay after it expires"
+        );
+        assert_eq!(
+            store.use_challenge("fresh", "kiosk-2", at(2)).await?,
+            ChallengeUse::OtherDevice
+        );
+
+        store.add_challenge("stale", "kiosk-1", at(60)).await?;
+        assert_eq!(
+            store.use_challenge("stale", "kiosk-1", at(60)).await?,
+            ChallengeUse::Expired,
+            "the expiry instant is already too late"
+        );
+        assert_eq!(
+            store
+                .use_challenge("stale", "kiosk-1", at(60) - TimeSpan::microseconds(1))
+                .await?,
+            ChallengeUse::Accepted
+        );
+        assert_eq!(
+            store.use_challenge("never", "kiosk-1", at(1)).await?,
+            ChallengeUse::Unknown
+        );
+
+        let duplicate = store.add_challenge("stale", "kiosk-1", at(90)).await;
+        assert!(
+            matches!(&duplicate, Err(StoreError::Conflict { what }) if !what.contains("stale")),
+            "{duplicate:?}"
+        );
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn purging_removes_only_challenges_expired_before_the_cut() -> TestResult {
+        let store = SqliteStore::in_memory().await?;
+        store.add_challenge("early", "kiosk-1", at(10)).await?;
+        store.add_challenge("used", "kiosk-1", at(20)).await?;
+        store.add_challenge("late", "kiosk-1", at(30)).await?;
+        assert_eq!(
+            store.use_challenge("used", "kiosk-1", at(5)).await?,
+            ChallengeUse::Accepted
+        );
+        assert_eq!(store.purge_challenges(at(20)).await?, 1);
+        assert_eq!(store.purge_challenges(at(21)).await?, 1);
+        assert_eq!(
+            store.use_challenge("early", "kiosk-1", at(5)).await?,
+            ChallengeUse::Unknown
+        );
+        assert_eq!(
+            store.use_challenge("late", "kiosk-1", at(25)).await?,
+            ChallengeUse::Accepted
+        );
+        Ok(())
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn of_sixteen_racing_uses_on_two_nodes_exactly_one_is_accepted() -> TestResult {
+        let dir = tempfile::tempdir()?;
+        let path = dir.path().join("pivtap.db");
+        let nodes: [Arc<dyn Store>; 2] = [
+            Arc::new(SqliteStore::open(&path).await?),
+            Arc::new(SqliteStore::open(&path).await?),
+        ];
+        nodes[0]
+            .add_challenge("contested", "kiosk-1", at(60))
+            .await?;
+
+        let barrier = Arc::new(tokio::sync::Barrier::new(16));
+        let mut tasks = tokio::task::JoinSet::new();
+        for task in 0..16 {
+            let node = Arc::clone(&nodes[task % 2]);
+            let barrier = Arc::clone(&barrier);
+            tasks.spawn(async move {
+                barrier.wait().await;
+                node.use_challenge("contested", "kiosk-1", at(1)).await
+            });
+        }
+        let mut uses = Vec::new();
+        while let Some(joined) = tasks.join_next().await {
+            uses.push(joined??);
+        }
+        let accepted = uses
+            .iter()
+            .filter(|used| **used == ChallengeUse::Accepted)
+            .count();
+        let reused = uses
+            .iter()
+            .filter(|used| **used == ChallengeUse::Reused)
+            .count();
+        assert_eq!((accepted, reused), (1, 15), "{uses:?}");
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn audit_queries_filter_order_and_limit() -> TestResult {
+        let store = SqliteStore::in_memory().await?;
+        let recorded = [
+            event(0, "ok", "kiosk-1", "0a", "alice"),
+            event(10, "challenge_reused", "kiosk-2", "0a", "alice"),
+            event(20, "ok", "kiosk-2", "0b", "bob"),
+            event(30, "user_locked", "kiosk-1", "0b", "bob"),
+            event(30, "ok", "kiosk-1", "0a", "alice"),
+        ];
+        for new_event in recorded.clone() {
+            store.audit(new_event).await?;
+        }
+        store
+            .audit(NewAuditEvent {
+                time: at(40),
+                kind: "admin".to_owned(),
+                outcome: "ok".to_owned(),
+                device: None,
+                card_serial: None,
+                user_id: None,
+                detail: Some("users lock carol".to_owned()),
+            })
+            .await?;
+        let query = |change: fn(&mut AuditQuery)| {
+            let mut query = AuditQuery::default();
+            change(&mut query);
+            query
+        };
+        let times = async |query: AuditQuery| -> Result<Vec<(i64, i64)>, StoreError> {
+            Ok(store
+                .query_audit(&query)
+                .await?
+                .iter()
+                .map(|event| ((event.time - at(0)).whole_seconds(), event.id))
+                .collect())
+        };
+
+        let everything = store.query_audit(&AuditQuery::default()).await?;
+        assert_eq!(everything.len(), 6);
+        assert_eq!(
+            everything.last(),
+            Some(&AuditEvent {
+                id: 1,
+                time: at(0),
+                kind: "assertion".to_owned(),
+                outcome: "ok".to_owned(),
+                device: Some("kiosk-1".to_owned()),
+                card_serial: Some("0a".to_owned()),
+                user_id: Some("alice".to_owned()),
+                detail: None,
+            })
+        );
+        assert_eq!(
+            everything.first().and_then(|event| event.detail.as_deref()),
+            Some("users lock carol")
+        );
+        assert_eq!(
+            times(AuditQuery::default()).await?,
+            [(40, 6), (30, 5), (30, 4), (20, 3), (10, 2), (0, 1)],
+            "newest first; the later insert first among equal times"
+        );
+        assert_eq!(
+            times(query(|q| q.user_id = Some("alice".to_owned()))).await?,
+            [(30, 5), (10, 2), (0, 1)]
+        );
+        assert_eq!(
+            times(query(|q| q.card_serial = Some("0b".to_owned()))).await?,
+            [(30, 4), (20, 3)]
+        );
+        assert_eq!(
+            times(query(|q| q.device = Some("kiosk-2".to_owned()))).await?,
+            [(20, 3), (10, 2)]
+        );
+        assert_eq!(
+            times(query(|q| q.outcome = Some("user_locked".to_owned()))).await?,
+            [(30, 4)]
+        );
+        assert_eq!(
+            times(query(|q| {
+                q.since = Some(at(10));
+                q.until = Some(at(30));
+            }))
+            .await?,
+            [(20, 3), (10, 2)],
+            "since is inclusive, until exclusive"
+        );
+        assert_eq!(
+            times(query(|q| {
+                q.user_id = Some("alice".to_owned());
+                q.outcome = Some("ok".to_owned());
+                q.since = Some(at(1));
+            }))
+            .await?,
+            [(30, 5)]
+        );
+        assert_eq!(times(query(|q| q.limit = 2)).await?, [(40, 6), (30, 5)]);
+        assert!(
+            times(query(|q| q.device = Some("kiosk-9".to_owned())))
+                .await?
+                .is_empty()
+        );
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn the_audit_limit_is_capped() -> TestResult {
+        let store = SqliteStore::in_memory().await?;
+        for second in 0..1005 {
+            store
+                .audit(event(second, "ok", "kiosk-1", "0a", "alice"))
+                .await?;
+        }
+        let all = AuditQuery {
+            limit: u32::MAX,
+            ..AuditQuery::default()
+        };
+        assert_eq!(store.query_audit(&all).await?.len(), 1000);
+        let unset = AuditQuery {
+            limit: 0,
+            ..AuditQuery::default()
+        };
+        assert_eq!(store.query_audit(&unset).await?.len(), 100);
+        Ok(())
+    }
+
+    #[test]
+    fn stored_times_have_a_fixed_width_that_sorts_like_the_times() -> TestResult {
+        let whole = at(0);
+        let fraction = whole + TimeSpan::nanoseconds(500_000_999);
+        let (whole_text, fraction_text) = (encode_time(whole)?, encode_time(fraction)?);
+        assert_eq!(whole_text, "2023-11-14T22:13:20.000000Z");
+        assert_eq!(fraction_text, "2023-11-14T22:13:20.500000Z");
+        assert!(whole_text < fraction_text);
+        assert_eq!(
+            OffsetDateTime::parse(&fraction_text, &Rfc3339)?,
+            whole + TimeSpan::microseconds(500_000),
+            "kept to the microsecond"
+        );
+
+        let in_paris = fraction.to_offset(UtcOffset::from_hms(1, 0, 0)?);
+        assert_eq!(encode_time(in_paris)?, fraction_text);
+
+        let before_year_zero = OffsetDateTime::new_utc(
+            time::Date::from_calendar_date(-1, time::Month::January, 1)?,
+            time::Time::MIDNIGHT,
+        );
+        assert!(matches!(
+            encode_time(before_year_zero),
+            Err(StoreError::Database(sqlx::Error::Encode(_)))
+        ));
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn unreadable_stored_values_are_database_errors() -> TestResult {
+        let store = SqliteStore::in_memory().await?;
+        store.record_card(&facts("0a1b", "f1"), None, at(0)).await?;
+        sqlx::query("UPDATE cards SET last_seen = 'yesterday'")
+            .execute(&store.pool)
+            .await?;
+        let result = store.get_card("0a1b").await;
+        assert!(
+            matches!(&result, Err(StoreError::Database(sqlx::Error::ColumnDecode { index, .. })) if index == "last_seen"),
+            "{result:?}"
+        );
+        Ok(())
+    }
+}

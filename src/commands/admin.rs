@@ -1,0 +1,325 @@
+//! `pivtap admin`: the administrator's command line for users, cards and the audit log.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, bail};
+use clap::{Args, Subcommand};
+use pivtap_server_client::client::{AuditFilter, CardAction};
+use pivtap_server_client::wire::{AuditRecord, CardRecord, UserRecord};
+use serde::Serialize;
+use zeroize::Zeroizing;
+
+use super::auth::{ServerArgs, explain};
+
+/// `pivtap admin ...`
+#[derive(Args, Debug)]
+pub struct AdminArgs {
+    #[command(flatten)]
+    server: ServerArgs,
+    /// The admin credential file (`admin.token` from `pivtap server init`);
+    /// or set PIVTAP_ADMIN_TOKEN.
+    #[arg(long, value_name = "FILE")]
+    token_file: Option<PathBuf>,
+    /// Print JSON.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    command: AdminCommand,
+}
+
+#[derive(Subcommand, Debug)]
+enum AdminCommand {
+    /// Users of the directory.
+    #[command(subcommand)]
+    Users(UsersCommand),
+    /// Cards that have signed in.
+    #[command(subcommand)]
+    Cards(CardsCommand),
+    /// The audit log, newest first.
+    Audit {
+        /// Only this user.
+        #[arg(long)]
+        user: Option<String>,
+        /// Only this card (certificate serial).
+        #[arg(long)]
+        card: Option<String>,
+        /// Only this device.
+        #[arg(long)]
+        device: Option<String>,
+        /// Only this outcome: ok, or an error code such as challenge_reused.
+        #[arg(long)]
+        outcome: Option<String>,
+        /// From this time (RFC 3339).
+        #[arg(long)]
+        since: Option<String>,
+        /// Until this time (RFC 3339).
+        #[arg(long)]
+        until: Option<String>,
+        /// At most this many events.
+        #[arg(long, default_value_t = 100)]
+        limit: u32,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum UsersCommand {
+    /// Add a user.
+    Add {
+        /// The user id (the token's `sub`).
+        #[arg(long)]
+        id: String,
+        /// The name to show.
+        #[arg(long)]
+        name: String,
+        /// E-mail address.
+        #[arg(long)]
+        mail: Option<String>,
+        /// Microsoft UPN.
+        #[arg(long)]
+        upn: Option<String>,
+        /// Employee number.
+        #[arg(long)]
+        employee_id: Option<String>,
+    },
+    /// Add users from a JSON array or a CSV file (header: id,display_name,mail,upn,employee_id).
+    Import {
+        /// The file (.json or .csv).
+        file: PathBuf,
+    },
+    /// List users.
+    List,
+    /// Lock a user: their cards stop signing in.
+    Lock {
+        /// The user id.
+        id: String,
+    },
+    /// Unlock a user.
+    Unlock {
+        /// The user id.
+        id: String,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum CardsCommand {
+    /// List cards.
+    List,
+    /// Lock a card (by certificate serial, as `cards list` shows it).
+    Lock {
+        /// The serial.
+        serial: String,
+    },
+    /// Unlock a card.
+    Unlock {
+        /// The serial.
+        serial: String,
+    },
+    /// Revoke a card for good.
+    Revoke {
+        /// The serial.
+        serial: String,
+    },
+}
+
+fn admin_token(args: &AdminArgs) -> anyhow::Result<Zeroizing<String>> {
+    if let Some(path) = &args.token_file {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read {}", path.display()))?;
+        return Ok(Zeroizing::new(text.trim().to_owned()));
+    }
+    match std::env::var("PIVTAP_ADMIN_TOKEN") {
+        Ok(token) if !token.trim().is_empty() => Ok(Zeroizing::new(token.trim().to_owned())),
+        _ => bail!(
+            "no admin credential: give --token-file FILE (admin.token from `pivtap server init`) or set PIVTAP_ADMIN_TOKEN"
+        ),
+    }
+}
+
+/// Runs `pivtap admin`.
+pub fn run(args: AdminArgs) -> anyhow::Result<()> {
+    let client = args.server.client()?;
+    let token = admin_token(&args)?;
+    let admin = client.admin(&token);
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    let json = args.json;
+    runtime.block_on(async {
+        match args.command {
+            AdminCommand::Users(UsersCommand::Add {
+                id,
+                name,
+                mail,
+                upn,
+                employee_id,
+            }) => {
+                let user = UserRecord {
+                    id,
+                    display_name: name,
+                    mail,
+                    upn,
+                    employee_id,
+                    state: "active".to_owned(),
+                };
+                let added = admin.add_user(&user).await.map_err(explain)?;
+                print_one(json, &added, |u| {
+                    format!("Added user {} ({}).", u.id, u.display_name)
+                })
+            }
+            AdminCommand::Users(UsersCommand::Import { file }) => {
+                let text = std::fs::read_to_string(&file)
+                    .with_context(|| format!("cannot read {}", file.display()))?;
+                let report = if file
+                    .extension()
+                    .is_some_and(|e| e.eq_ignore_ascii_case("csv"))
+                {
+                    admin.import_users_csv(&text).await
+                } else {
+                    let users: Vec<UserRecord> =
+                        serde_json::from_str(&text).with_context(|| {
+                            format!("{} is not a JSON array of users", file.display())
+                        })?;
+                    admin.import_users(&users).await
+                }
+                .map_err(explain)?;
+                print_one(json, &report, |r| {
+                    let mut text = format!("Imported {} users.", r.added);
+                    for skip in &r.skipped {
+                        text.push_str(&format!("\nSkipped {}: {}", skip.id, skip.reason));
+                    }
+                    text
+                })
+            }
+            AdminCommand::Users(UsersCommand::List) => {
+                let users = admin.list_users().await.map_err(explain)?;
+                print_list(json, &users, user_line)
+            }
+            AdminCommand::Users(UsersCommand::Lock { id }) => {
+                let user = admin.set_user_locked(&id, true).await.map_err(explain)?;
+                print_one(json, &user, |u| format!("User {} is locked.", u.id))
+            }
+            AdminCommand::Users(UsersCommand::Unlock { id }) => {
+                let user = admin.set_user_locked(&id, false).await.map_err(explain)?;
+                print_one(json, &user, |u| format!("User {} is active.", u.id))
+            }
+            AdminCommand::Cards(CardsCommand::List) => {
+                let cards = admin.list_cards().await.map_err(explain)?;
+                print_list(json, &cards, card_line)
+            }
+            AdminCommand::Cards(CardsCommand::Lock { serial }) => {
+                card_action(&admin, json, &serial, CardAction::Lock).await
+            }
+            AdminCommand::Cards(CardsCommand::Unlock { serial }) => {
+                card_action(&admin, json, &serial, CardAction::Unlock).await
+            }
+            AdminCommand::Cards(CardsCommand::Revoke { serial }) => {
+                card_action(&admin, json, &serial, CardAction::Revoke).await
+            }
+            AdminCommand::Audit {
+                user,
+                card,
+                device,
+                outcome,
+                since,
+                until,
+                limit,
+            } => {
+                let filter = AuditFilter {
+                    user,
+                    card,
+                    device,
+                    outcome,
+                    since,
+                    until,
+                    limit: Some(limit),
+                };
+                let events = admin.audit(&filter).await.map_err(explain)?;
+                print_list(json, &events, audit_line)
+            }
+        }
+    })
+}
+
+async fn card_action(
+    admin: &pivtap_server_client::client::AdminClient<'_>,
+    json: bool,
+    serial: &str,
+    action: CardAction,
+) -> anyhow::Result<()> {
+    let card = admin.card_action(serial, action).await.map_err(explain)?;
+    print_one(json, &card, |c| {
+        format!("Card {} is {}.", c.serial, c.state)
+    })
+}
+
+fn print_one<T: Serialize>(
+    json: bool,
+    value: &T,
+    text: impl Fn(&T) -> String,
+) -> anyhow::Result<()> {
+    if json {
+        println!("{}", serde_json::to_string_pretty(value)?);
+    } else {
+        println!("{}", text(value));
+    }
+    Ok(())
+}
+
+fn print_list<T: Serialize>(
+    json: bool,
+    values: &[T],
+    line: impl Fn(&T) -> String,
+) -> anyhow::Result<()> {
+    if json {
+        println!("{}", serde_json::to_string_pretty(values)?);
+    } else if values.is_empty() {
+        println!("(none)");
+    } else {
+        for value in values {
+            println!("{}", line(value));
+        }
+    }
+    Ok(())
+}
+
+fn user_line(user: &UserRecord) -> String {
+    format!(
+        "{:<16} {:<8} {}{}",
+        user.id,
+        user.state,
+        user.display_name,
+        user.mail
+            .as_ref()
+            .map(|m| format!(" <{m}>"))
+            .unwrap_or_default()
+    )
+}
+
+fn card_line(card: &CardRecord) -> String {
+    format!(
+        "{}  {:<8} {:<12} last {}  {}",
+        card.serial,
+        card.state,
+        card.user_id.as_deref().unwrap_or("-"),
+        card.last_seen,
+        card.subject
+    )
+}
+
+fn audit_line(event: &AuditRecord) -> String {
+    format!(
+        "{}  {:<9} {:<22} device={} card={} user={}{}",
+        event.time,
+        event.kind,
+        event.outcome,
+        event.device.as_deref().unwrap_or("-"),
+        event.card_serial.as_deref().unwrap_or("-"),
+        event.user_id.as_deref().unwrap_or("-"),
+        event
+            .detail
+            .as_ref()
+            .map(|d| format!("  {d}"))
+            .unwrap_or_default()
+    )
+}

@@ -1,0 +1,134 @@
+//! `pivtap server`: set up and run the authentication server.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::Subcommand;
+use pivtap_server_client::config::ServerConfig;
+use pivtap_server_client::init::{InitOptions, init_server};
+use pivtap_server_client::server;
+
+/// `pivtap server ...`
+#[derive(Subcommand, Debug)]
+pub enum ServerCommand {
+    /// Write a ready-to-run server into DIR: server.toml, a TLS certificate and
+    /// key, token signing keys, an admin credential, and the trusted card CAs.
+    Init {
+        /// The directory (created; must be empty unless --force).
+        dir: PathBuf,
+        /// A CA certificate (PEM) that issues worker cards; repeat for several.
+        #[arg(long = "trust", value_name = "CA.pem", required = true)]
+        trust: Vec<PathBuf>,
+        /// Address to listen on.
+        #[arg(long, default_value = "127.0.0.1:8443")]
+        listen: SocketAddr,
+        /// Extra host names for the TLS certificate (127.0.0.1, ::1 and localhost are always in it).
+        #[arg(long = "hostname", value_name = "NAME")]
+        hostnames: Vec<String>,
+        /// Write into DIR even if it is not empty (existing files are replaced).
+        #[arg(long)]
+        force: bool,
+    },
+    /// Run the server (HTTPS; stops cleanly on Ctrl-C or SIGTERM).
+    Run {
+        /// The configuration written by `pivtap server init`.
+        #[arg(long, value_name = "FILE")]
+        config: PathBuf,
+        /// Listen here instead of the configured address.
+        #[arg(long)]
+        listen: Option<SocketAddr>,
+    },
+}
+
+/// Runs a `server` subcommand.
+pub fn run(command: ServerCommand) -> anyhow::Result<()> {
+    match command {
+        ServerCommand::Init {
+            dir,
+            trust,
+            listen,
+            hostnames,
+            force,
+        } => {
+            let report = init_server(
+                &dir,
+                &InitOptions {
+                    trust,
+                    listen,
+                    hostnames,
+                    force,
+                },
+            )?;
+            println!("Server ready in {}.", dir.display());
+            println!("  configuration:    {}", report.config_path.display());
+            println!("  origin:           {}", report.origin);
+            println!(
+                "  admin credential: {} (keep it secret)",
+                report.admin_token_path.display()
+            );
+            println!("  server key pin:   sha256//{}", report.spki_sha256_pin);
+            println!();
+            println!(
+                "Start it:  pivtap server run --config {}",
+                report.config_path.display()
+            );
+            println!(
+                "Clients trust it with --ca {} or --pin-sha256 sha256//{}",
+                dir.join("tls.crt").display(),
+                report.spki_sha256_pin
+            );
+            Ok(())
+        }
+        ServerCommand::Run { config, listen } => {
+            let mut configuration = ServerConfig::load(&config)?;
+            if let Some(listen) = listen {
+                configuration.listen = listen;
+                configuration.validate(&config)?;
+            }
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+                .context("cannot start the async runtime")?;
+            runtime.block_on(async {
+                let (state, listener) = server::from_config(&configuration).await?;
+                let scheme = if configuration.tls.is_some() {
+                    "https"
+                } else {
+                    "http"
+                };
+                println!(
+                    "pivtap server listening on {scheme}://{} (origin {})",
+                    configuration.listen, configuration.origin
+                );
+                server::serve(state, listener, shutdown_signal()).await?;
+                println!("pivtap server stopped.");
+                anyhow::Ok(())
+            })
+        }
+    }
+}
+
+/// Resolves on Ctrl-C or SIGTERM.
+async fn shutdown_signal() {
+    let interrupt = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut terminate =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(signal) => signal,
+                Err(_) => {
+                    let _ = interrupt.await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = interrupt => {}
+            _ = terminate.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = interrupt.await;
+    }
+}
