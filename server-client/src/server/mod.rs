@@ -322,13 +322,27 @@ pub async fn serve(
     listener: Listener,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
-    let app = app(state).into_make_service();
     let handle = axum_server::Handle::new();
     let on_shutdown = handle.clone();
     tokio::spawn(async move {
         shutdown.await;
         on_shutdown.graceful_shutdown(Some(Duration::from_secs(5)));
     });
+    serve_with_handle(state, listener, handle).await
+}
+
+/// Serves the app under an [`axum_server::Handle`]: `handle.listening()`
+/// gives the bound address (useful with port 0), `handle.graceful_shutdown`
+/// stops it.
+///
+/// # Errors
+/// [`ServeError`] when the listener cannot start.
+pub async fn serve_with_handle(
+    state: ServerState,
+    listener: Listener,
+    handle: axum_server::Handle<SocketAddr>,
+) -> Result<(), ServeError> {
+    let app = app(state).into_make_service();
     match listener {
         Listener::Tls {
             address,
