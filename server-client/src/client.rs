@@ -67,6 +67,17 @@ pub enum ClientError {
         #[source]
         source: reqwest::Error,
     },
+    /// The server's certificate is not trusted: not issued by the given CA,
+    /// or its key does not match the pin.
+    #[error(
+        "the server at {url} is not the one this client trusts ({reason}); check --ca or --pin-sha256"
+    )]
+    UntrustedServer {
+        /// The URL.
+        url: String,
+        /// What TLS reported.
+        reason: String,
+    },
     /// The server refused the request with a stable error code.
     #[error("the server refused: {code}: {message}")]
     Refused {
@@ -248,7 +259,12 @@ impl Client {
                     tracing::debug!(%url, attempt, ?delay, "server unreachable, retrying");
                     tokio::time::sleep(delay).await;
                 }
-                Err(source) => return Err(ClientError::Network { url, source }),
+                Err(source) => {
+                    return Err(match tls_refusal(&source) {
+                        Some(reason) => ClientError::UntrustedServer { url, reason },
+                        None => ClientError::Network { url, source },
+                    });
+                }
             }
         }
     }
@@ -309,6 +325,30 @@ impl Client {
 enum RequestBody<'a, B> {
     Json(&'a B),
     Csv(&'a str),
+}
+
+/// The TLS certificate error behind a failed request, if that is what it was.
+fn tls_refusal(error: &reqwest::Error) -> Option<String> {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(error);
+    while let Some(current) = source {
+        if let Some(rustls::Error::InvalidCertificate(problem)) =
+            current.downcast_ref::<rustls::Error>()
+        {
+            return Some(match problem {
+                rustls::CertificateError::ApplicationVerificationFailure => {
+                    "its key does not match the pin".to_owned()
+                }
+                other => format!("{other:?}"),
+            });
+        }
+        source = match current.downcast_ref::<std::io::Error>() {
+            Some(io) => io
+                .get_ref()
+                .map(|inner| inner as &(dyn std::error::Error + 'static)),
+            None => current.source(),
+        };
+    }
+    None
 }
 
 fn is_loopback_host(url: &reqwest::Url) -> bool {

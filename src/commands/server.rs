@@ -8,6 +8,7 @@ use clap::Subcommand;
 use pivtap_server_client::config::ServerConfig;
 use pivtap_server_client::init::{InitOptions, init_server};
 use pivtap_server_client::server;
+use pivtap_server_client::token::TokenKeys;
 
 /// `pivtap server ...`
 #[derive(Subcommand, Debug)]
@@ -29,6 +30,14 @@ pub enum ServerCommand {
         /// Write into DIR even if it is not empty (existing files are replaced).
         #[arg(long)]
         force: bool,
+    },
+    /// Start signing session tokens with a new key. The previous key stays in
+    /// the JWKS until the last token it signed expires, so apps keep
+    /// accepting those tokens. Restart the server to sign with the new key.
+    RotateKeys {
+        /// The server configuration.
+        #[arg(long, value_name = "FILE")]
+        config: PathBuf,
     },
     /// Run the server (HTTPS; stops cleanly on Ctrl-C or SIGTERM).
     Run {
@@ -77,6 +86,25 @@ pub fn run(command: ServerCommand) -> anyhow::Result<()> {
                 "Clients trust it with --ca {} or --pin-sha256 sha256//{}",
                 dir.join("tls.crt").display(),
                 report.spki_sha256_pin
+            );
+            Ok(())
+        }
+        ServerCommand::RotateKeys { config } => {
+            let configuration = ServerConfig::load(&config)?;
+            let path = &configuration.tokens.key_file;
+            let mut keys =
+                TokenKeys::load(path).with_context(|| format!("cannot load {}", path.display()))?;
+            let previous = keys.current_kid().to_owned();
+            keys.rotate(
+                time::OffsetDateTime::now_utc(),
+                configuration.tokens.lifetime(),
+            );
+            keys.save(path)
+                .with_context(|| format!("cannot write {}", path.display()))?;
+            println!(
+                "New token signing key {} (previous {previous} stays published until its tokens expire). \
+                 Restart the server to sign with it.",
+                keys.current_kid()
             );
             Ok(())
         }
