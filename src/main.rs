@@ -51,10 +51,15 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     // One TLS crypto provider for the whole process (aws-lc-rs).
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    // A running server logs its requests by default; other commands only warnings.
+    let default_filter = match &cli.command {
+        Command::Server(command) if command.is_long_running() => "warn,pivtap=info",
+        _ => "warn",
+    };
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_filter)),
         )
         .with_writer(std::io::stderr)
         .init();

@@ -50,6 +50,14 @@ pub enum ServerCommand {
     },
 }
 
+impl ServerCommand {
+    /// Whether the command keeps running (and so logs requests by default).
+    #[must_use]
+    pub fn is_long_running(&self) -> bool {
+        matches!(self, ServerCommand::Run { .. })
+    }
+}
+
 /// Runs a `server` subcommand.
 pub fn run(command: ServerCommand) -> anyhow::Result<()> {
     match command {

@@ -252,11 +252,20 @@ async fn observe(State(state): State<ServerState>, request: Request, next: Next)
         .get::<MatchedPath>()
         .map(|path| route_label(path.as_str()))
         .unwrap_or("other");
+    let method = request.method().clone();
     let started = Instant::now();
     let response = next.run(request).await;
-    state
-        .metrics()
-        .observe_request(route, response.status().as_u16(), started.elapsed());
+    let latency = started.elapsed();
+    let status = response.status().as_u16();
+    state.metrics().observe_request(route, status, latency);
+    tracing::info!(
+        target: "pivtap::server",
+        %method,
+        route,
+        status,
+        latency_us = u64::try_from(latency.as_micros()).unwrap_or(u64::MAX),
+        "request"
+    );
     response
 }
 
