@@ -2,8 +2,9 @@
 
 use axum::Json;
 use axum::Router;
-use axum::extract::rejection::JsonRejection;
-use axum::extract::{Path, Query, Request, State};
+use axum::body::Bytes;
+use axum::extract::rejection::{BytesRejection, JsonRejection, PathRejection};
+use axum::extract::{DefaultBodyLimit, Path, Query, Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -14,7 +15,7 @@ use time::format_description::well_known::Rfc3339;
 
 use super::ServerState;
 use super::error::ApiError;
-use super::handlers::json_body;
+use super::handlers::{json_body, rejection_error};
 use crate::store::{
     AuditEvent, AuditQuery, Card, CardState, NewAuditEvent, StoreError, User, UserState,
 };
@@ -23,11 +24,18 @@ use crate::wire::{AuditRecord, CardRecord, ErrorCode, ImportReport, ImportSkip, 
 /// Most users one import takes.
 const MAX_IMPORT: usize = 10_000;
 
+/// Largest import body: room for [`MAX_IMPORT`] users (sign-in bodies stay
+/// at [`MAX_BODY_BYTES`](super::MAX_BODY_BYTES)).
+pub const MAX_IMPORT_BYTES: usize = 4 * 1024 * 1024;
+
 /// The admin routes, all behind [`require_admin`].
 pub fn router(state: ServerState) -> Router<ServerState> {
     Router::new()
         .route("/users", get(list_users).post(add_user))
-        .route("/users/import", post(import_users))
+        .route(
+            "/users/import",
+            post(import_users).layer(DefaultBodyLimit::max(MAX_IMPORT_BYTES)),
+        )
         .route("/users/{id}/lock", post(lock_user))
         .route("/users/{id}/unlock", post(unlock_user))
         .route("/cards", get(list_cards))
@@ -44,7 +52,7 @@ async fn require_admin(State(state): State<ServerState>, request: Request, next:
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|value| value.to_str().ok())
-        .and_then(|value| value.strip_prefix("Bearer "));
+        .and_then(bearer_token);
     if presented.is_some_and(|token| state.is_admin_token(token)) {
         return next.run(request).await;
     }
@@ -52,6 +60,7 @@ async fn require_admin(State(state): State<ServerState>, request: Request, next:
     let _ = admin_audit(
         &state,
         "unauthorized",
+        Subject::None,
         format!("{} {path}", request.method()),
     )
     .await;
@@ -62,7 +71,30 @@ async fn require_admin(State(state): State<ServerState>, request: Request, next:
     .into_response()
 }
 
-async fn admin_audit(state: &ServerState, outcome: &str, detail: String) -> Result<(), ApiError> {
+/// The credential of `Authorization: Bearer <token>`; the scheme is case-insensitive (RFC 7235 §2.1).
+fn bearer_token(value: &str) -> Option<&str> {
+    let (scheme, token) = value.split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then_some(token)
+}
+
+/// What an admin action acted on, so audit queries by user or card find it.
+enum Subject<'a> {
+    None,
+    User(&'a str),
+    Card(&'a str),
+}
+
+async fn admin_audit(
+    state: &ServerState,
+    outcome: &str,
+    subject: Subject<'_>,
+    detail: String,
+) -> Result<(), ApiError> {
+    let (user_id, card_serial) = match subject {
+        Subject::None => (None, None),
+        Subject::User(id) => (Some(id.to_owned()), None),
+        Subject::Card(serial) => (None, Some(serial.to_owned())),
+    };
     state
         .store()
         .audit(NewAuditEvent {
@@ -70,8 +102,8 @@ async fn admin_audit(state: &ServerState, outcome: &str, detail: String) -> Resu
             kind: "admin".to_owned(),
             outcome: outcome.to_owned(),
             device: None,
-            card_serial: None,
-            user_id: None,
+            card_serial,
+            user_id,
             detail: Some(detail),
         })
         .await
@@ -174,7 +206,13 @@ async fn add_user(
 ) -> Result<impl IntoResponse, ApiError> {
     let user = new_user(json_body(body)?).map_err(ApiError::invalid)?;
     state.store().add_user(&user).await?;
-    admin_audit(&state, "ok", format!("added user {}", user.id)).await?;
+    admin_audit(
+        &state,
+        "ok",
+        Subject::User(&user.id),
+        format!("added user {}", user.id),
+    )
+    .await?;
     Ok((StatusCode::CREATED, Json(user_record(user))))
 }
 
@@ -183,16 +221,19 @@ async fn add_user(
 async fn import_users(
     State(state): State<ServerState>,
     headers: HeaderMap,
-    body: String,
+    body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<ImportReport>, ApiError> {
+    let body = body.map_err(|rejection| rejection_error("the import", &rejection.body_text()))?;
+    let body = std::str::from_utf8(&body)
+        .map_err(|_| ApiError::invalid("the import is not UTF-8 text"))?;
     let is_csv = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.starts_with("text/csv"));
     let records = if is_csv {
-        parse_csv_users(&body).map_err(ApiError::invalid)?
+        parse_csv_users(body).map_err(ApiError::invalid)?
     } else {
-        serde_json::from_str::<Vec<UserRecord>>(&body).map_err(|error| {
+        serde_json::from_str::<Vec<UserRecord>>(body).map_err(|error| {
             ApiError::invalid(format!("the body is not a JSON array of users: {error}"))
         })?
     };
@@ -222,6 +263,7 @@ async fn import_users(
     admin_audit(
         &state,
         "ok",
+        Subject::None,
         format!(
             "imported {} users ({} skipped)",
             report.added,
@@ -297,14 +339,28 @@ fn parse_csv(text: &str) -> Result<Vec<Vec<String>>, String> {
     Ok(rows)
 }
 
+/// The one path parameter; axum's rejection (such as bad UTF-8) as `invalid_request`.
+fn path_param(param: Result<Path<String>, PathRejection>) -> Result<String, ApiError> {
+    param
+        .map(|Path(value)| value)
+        .map_err(|rejection| rejection_error("the path", &rejection.body_text()))
+}
+
 async fn set_user_state(
     state: ServerState,
-    id: String,
+    id: Result<Path<String>, PathRejection>,
     new: UserState,
     verb: &str,
 ) -> Result<Json<UserRecord>, ApiError> {
+    let id = path_param(id)?;
     state.store().set_user_state(&id, new).await?;
-    admin_audit(&state, "ok", format!("{verb} user {id}")).await?;
+    admin_audit(
+        &state,
+        "ok",
+        Subject::User(&id),
+        format!("{verb} user {id}"),
+    )
+    .await?;
     let user = state
         .store()
         .get_user(&id)
@@ -315,14 +371,14 @@ async fn set_user_state(
 
 async fn lock_user(
     State(state): State<ServerState>,
-    Path(id): Path<String>,
+    id: Result<Path<String>, PathRejection>,
 ) -> Result<Json<UserRecord>, ApiError> {
     set_user_state(state, id, UserState::Locked, "locked").await
 }
 
 async fn unlock_user(
     State(state): State<ServerState>,
-    Path(id): Path<String>,
+    id: Result<Path<String>, PathRejection>,
 ) -> Result<Json<UserRecord>, ApiError> {
     set_user_state(state, id, UserState::Active, "unlocked").await
 }
@@ -334,13 +390,19 @@ async fn list_cards(State(state): State<ServerState>) -> Result<Json<Vec<CardRec
 
 async fn set_card_state(
     state: ServerState,
-    serial: String,
+    serial: Result<Path<String>, PathRejection>,
     new: CardState,
     verb: &str,
 ) -> Result<Json<CardRecord>, ApiError> {
-    let serial = serial.to_ascii_lowercase().replace(':', "");
+    let serial = path_param(serial)?.to_ascii_lowercase().replace(':', "");
     state.store().set_card_state(&serial, new).await?;
-    admin_audit(&state, "ok", format!("{verb} card {serial}")).await?;
+    admin_audit(
+        &state,
+        "ok",
+        Subject::Card(&serial),
+        format!("{verb} card {serial}"),
+    )
+    .await?;
     let card = state
         .store()
         .get_card(&serial)
@@ -351,21 +413,21 @@ async fn set_card_state(
 
 async fn lock_card(
     State(state): State<ServerState>,
-    Path(serial): Path<String>,
+    serial: Result<Path<String>, PathRejection>,
 ) -> Result<Json<CardRecord>, ApiError> {
     set_card_state(state, serial, CardState::Locked, "locked").await
 }
 
 async fn unlock_card(
     State(state): State<ServerState>,
-    Path(serial): Path<String>,
+    serial: Result<Path<String>, PathRejection>,
 ) -> Result<Json<CardRecord>, ApiError> {
     set_card_state(state, serial, CardState::Active, "unlocked").await
 }
 
 async fn revoke_card(
     State(state): State<ServerState>,
-    Path(serial): Path<String>,
+    serial: Result<Path<String>, PathRejection>,
 ) -> Result<Json<CardRecord>, ApiError> {
     set_card_state(state, serial, CardState::Revoked, "revoked").await
 }
@@ -387,7 +449,8 @@ async fn query_audit(
     State(state): State<ServerState>,
     params: Result<Query<AuditParams>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<Vec<AuditRecord>>, ApiError> {
-    let Query(params) = params.map_err(|rejection| ApiError::invalid(rejection.body_text()))?;
+    let Query(params) =
+        params.map_err(|rejection| rejection_error("the query", &rejection.body_text()))?;
     let time = |value: Option<String>, name: &str| {
         value
             .map(|text| {
@@ -415,6 +478,15 @@ async fn query_audit(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_bearer_scheme_is_case_insensitive() {
+        assert_eq!(bearer_token("Bearer abc"), Some("abc"));
+        assert_eq!(bearer_token("bearer abc"), Some("abc"));
+        assert_eq!(bearer_token("BEARER abc"), Some("abc"));
+        assert_eq!(bearer_token("Basic abc"), None);
+        assert_eq!(bearer_token("Bearerabc"), None);
+    }
 
     #[test]
     fn csv_users_with_quotes_and_missing_columns() {

@@ -41,14 +41,27 @@ pub fn validate_device(device: &str) -> Result<(), ApiError> {
     }
 }
 
+/// Most characters of an extractor's complaint quoted back: it can echo the
+/// client's own text (an unknown field name), which must not flood the answer or the audit.
+const MAX_REJECTION_CHARS: usize = 200;
+
+/// An extractor's complaint as an `invalid_request`, cut short and without control characters.
+pub fn rejection_error(what: &str, rejection_text: &str) -> ApiError {
+    let mut text: String = rejection_text
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .take(MAX_REJECTION_CHARS)
+        .collect();
+    if rejection_text.chars().nth(MAX_REJECTION_CHARS).is_some() {
+        text.push('…');
+    }
+    ApiError::invalid(format!("{what} is not acceptable: {text}"))
+}
+
 /// Unwraps a JSON body, turning axum's rejection into `invalid_request`.
 pub fn json_body<T>(body: Result<Json<T>, JsonRejection>) -> Result<T, ApiError> {
-    body.map(|Json(value)| value).map_err(|rejection| {
-        ApiError::invalid(format!(
-            "the request body is not acceptable: {}",
-            rejection.body_text()
-        ))
-    })
+    body.map(|Json(value)| value)
+        .map_err(|rejection| rejection_error("the request body", &rejection.body_text()))
 }
 
 fn rfc3339(time: OffsetDateTime) -> String {
@@ -60,8 +73,28 @@ pub async fn create_challenge(
     State(state): State<ServerState>,
     body: Result<Json<ChallengeRequest>, JsonRejection>,
 ) -> Result<impl IntoResponse, ApiError> {
-    let request = json_body(body)?;
-    validate_device(&request.device)?;
+    let request = match json_body(body)
+        .and_then(|request| validate_device(&request.device).map(|()| request))
+    {
+        Ok(request) => request,
+        Err(error) => {
+            // Refused requests are audited too; their device id is not
+            // recorded, since it failed the checks.
+            state
+                .store()
+                .audit(NewAuditEvent {
+                    time: OffsetDateTime::now_utc(),
+                    kind: "challenge".to_owned(),
+                    outcome: error.code.as_str().to_owned(),
+                    device: None,
+                    card_serial: None,
+                    user_id: None,
+                    detail: Some(error.message.clone()),
+                })
+                .await?;
+            return Err(error);
+        }
+    };
     let mut nonce_bytes = [0u8; 32];
     rand::fill(&mut nonce_bytes);
     let nonce = URL_SAFE_NO_PAD.encode(nonce_bytes);
@@ -331,4 +364,12 @@ pub async fn metrics(State(state): State<ServerState>) -> impl IntoResponse {
 /// Anything else.
 pub async fn not_found() -> ApiError {
     ApiError::new(ErrorCode::NotFound, "no such endpoint")
+}
+
+/// A known endpoint asked with a method it does not take (axum adds `Allow`).
+pub async fn method_not_allowed() -> impl IntoResponse {
+    (
+        StatusCode::METHOD_NOT_ALLOWED,
+        ApiError::invalid("this endpoint does not take that method"),
+    )
 }

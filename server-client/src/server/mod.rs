@@ -239,6 +239,7 @@ pub fn app(state: ServerState) -> Router {
         .route(wire::PATH_HEALTH, get(handlers::health))
         .route(wire::PATH_METRICS, get(handlers::metrics))
         .nest(wire::PATH_ADMIN, admin::router(state.clone()))
+        .method_not_allowed_fallback(handlers::method_not_allowed)
         .fallback(handlers::not_found)
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(middleware::from_fn_with_state(state.clone(), observe))

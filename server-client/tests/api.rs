@@ -1,0 +1,990 @@
+//! Handler tests of the whole HTTP API, driven with `oneshot` (no socket, no TLS): challenges, refused assertions, the JWKS, health, metrics, the admin API and the shape of every error answer.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Body;
+use axum::http::{HeaderMap, Method, Request, StatusCode, header};
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD;
+use serde_json::{Value, json};
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
+use tower::ServiceExt as _;
+
+use pivtap_server_client::assertion::{AssertionVerifier, VerifierConfig};
+use pivtap_server_client::config::read_ca_certificates;
+use pivtap_server_client::mapping::MappingRule;
+use pivtap_server_client::server::admin::MAX_IMPORT_BYTES;
+use pivtap_server_client::server::rate_limit::RateLimiter;
+use pivtap_server_client::server::{self, MAX_BODY_BYTES, ServerState, Settings};
+use pivtap_server_client::store::SqliteStore;
+use pivtap_server_client::token::TokenKeys;
+
+const ORIGIN: &str = "https://auth.example.test";
+const ADMIN_TOKEN: &str = "admin-credential-for-tests-0123456789";
+const JSON: &str = "application/json";
+
+/// A fresh server (in-memory store, new keys) per test.
+async fn app() -> Router {
+    let ca_path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../fixtures/ca/test-ca.pem");
+    let trust_anchors = read_ca_certificates(&ca_path).expect("the test CA loads");
+    let verifier = AssertionVerifier::new(VerifierConfig::new(ORIGIN, trust_anchors))
+        .expect("the test CA is a usable trust anchor");
+    let store = SqliteStore::in_memory()
+        .await
+        .expect("an in-memory store opens");
+    let settings = Settings {
+        origin: ORIGIN.to_owned(),
+        token_audience: "pivtap-apps".to_owned(),
+        token_lifetime: Duration::from_secs(3600),
+        challenge_lifetime: Duration::from_secs(60),
+        mapping: MappingRule::DEFAULT,
+    };
+    server::app(ServerState::new(
+        settings,
+        Arc::new(store),
+        verifier,
+        TokenKeys::generate(),
+        ADMIN_TOKEN,
+        RateLimiter::default(),
+    ))
+}
+
+/// Builds a request; `headers` are name/value pairs.
+fn request(
+    method: Method,
+    path: &str,
+    headers: &[(header::HeaderName, &str)],
+    body: impl Into<Body>,
+) -> Request<Body> {
+    let mut builder = Request::builder().method(method).uri(path);
+    for (name, value) in headers {
+        builder = builder.header(name, *value);
+    }
+    builder.body(body.into()).expect("a valid test request")
+}
+
+fn post_json(path: &str, body: impl Into<Body>) -> Request<Body> {
+    request(
+        Method::POST,
+        path,
+        &[(header::CONTENT_TYPE, JSON)],
+        body.into(),
+    )
+}
+
+fn admin_request(
+    method: Method,
+    path: &str,
+    content_type: &str,
+    body: impl Into<Body>,
+) -> Request<Body> {
+    let bearer = format!("Bearer {ADMIN_TOKEN}");
+    request(
+        method,
+        &format!("/v1/admin{path}"),
+        &[
+            (header::AUTHORIZATION, bearer.as_str()),
+            (header::CONTENT_TYPE, content_type),
+        ],
+        body.into(),
+    )
+}
+
+/// An answer, read whole.
+struct Reply {
+    status: StatusCode,
+    headers: HeaderMap,
+    body: Vec<u8>,
+}
+
+impl Reply {
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+
+    #[track_caller]
+    fn json(&self) -> Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|error| panic!("not JSON ({error}): {}", self.text()))
+    }
+
+    fn header(&self, name: header::HeaderName) -> &str {
+        self.headers
+            .get(name)
+            .and_then(|value| value.to_str().ok())
+            .unwrap_or_default()
+    }
+
+    /// Asserts a successful JSON answer and returns its body.
+    #[track_caller]
+    fn ok_json(&self, status: StatusCode) -> Value {
+        assert_eq!(self.status, status, "body: {}", self.text());
+        assert!(
+            self.header(header::CONTENT_TYPE).starts_with(JSON),
+            "content type {:?}",
+            self.header(header::CONTENT_TYPE)
+        );
+        self.json()
+    }
+
+    /// Asserts an error answer: the status, a JSON body with exactly `error`
+    /// (the code) and `message`, and a message without internals. Returns the message.
+    #[track_caller]
+    fn error(&self, status: StatusCode, code: &str) -> String {
+        assert_eq!(self.status, status, "body: {}", self.text());
+        let message = self.error_body(code);
+        assert_eq!(self.status.as_u16(), expected_status(code), "{code}");
+        message
+    }
+
+    /// Like [`Reply::error`] for a status that may be any of `statuses`.
+    #[track_caller]
+    fn error_in(&self, statuses: &[StatusCode], code: &str) -> String {
+        assert!(
+            statuses.contains(&self.status),
+            "status {} body: {}",
+            self.status,
+            self.text()
+        );
+        self.error_body(code)
+    }
+
+    #[track_caller]
+    fn error_body(&self, code: &str) -> String {
+        assert!(
+            self.header(header::CONTENT_TYPE).starts_with(JSON),
+            "content type {:?}",
+            self.header(header::CONTENT_TYPE)
+        );
+        let body = self.json();
+        let mut keys: Vec<&str> = body
+            .as_object()
+            .expect("an error body is a JSON object")
+            .keys()
+            .map(String::as_str)
+            .collect();
+        keys.sort_unstable();
+        assert_eq!(keys, ["error", "message"], "body: {body}");
+        assert_eq!(body["error"], code, "body: {body}");
+        let message = body["message"].as_str().expect("the message is a string");
+        assert!(!message.trim().is_empty(), "empty message");
+        assert_no_internals(message);
+        message.to_owned()
+    }
+}
+
+fn expected_status(code: &str) -> u16 {
+    match code {
+        "invalid_request" => 400,
+        "not_found" => 404,
+        "conflict" => 409,
+        "rate_limited" => 429,
+        "internal" => 500,
+        _ => 401,
+    }
+}
+
+/// A message for people never shows the server's insides.
+#[track_caller]
+fn assert_no_internals(message: &str) {
+    let lower = message.to_lowercase();
+    for word in [
+        "sqlx",
+        "sqlite",
+        "panicked",
+        "backtrace",
+        ".rs:",
+        "/src/",
+        "/home/",
+        "/work/",
+        "/tmp/",
+        "/usr/",
+        "/root/",
+        "cargo",
+    ] {
+        assert!(!lower.contains(word), "{word:?} in the message {message:?}");
+    }
+}
+
+async fn send(app: &Router, request: Request<Body>) -> Reply {
+    let response = app
+        .clone()
+        .oneshot(request)
+        .await
+        .expect("the router never fails");
+    let status = response.status();
+    let headers = response.headers().clone();
+    let body = axum::body::to_bytes(response.into_body(), usize::MAX)
+        .await
+        .expect("the body reads")
+        .to_vec();
+    Reply {
+        status,
+        headers,
+        body,
+    }
+}
+
+/// `GET /v1/admin{path}` with the right credential; asserts 200 and returns the JSON.
+async fn admin_get(app: &Router, path: &str) -> Value {
+    send(app, admin_request(Method::GET, path, JSON, Body::empty()))
+        .await
+        .ok_json(StatusCode::OK)
+}
+
+/// The audit events for a query string such as `?outcome=ok`, newest first.
+async fn audit(app: &Router, query: &str) -> Vec<Value> {
+    admin_get(app, &format!("/audit{query}"))
+        .await
+        .as_array()
+        .expect("the audit is a JSON array")
+        .clone()
+}
+
+/// The ids of the users, in the listed order.
+async fn user_ids(app: &Router) -> Vec<String> {
+    admin_get(app, "/users")
+        .await
+        .as_array()
+        .expect("the users are a JSON array")
+        .iter()
+        .map(|user| user["id"].as_str().expect("an id").to_owned())
+        .collect()
+}
+
+async fn new_challenge(app: &Router, device: &str) -> Value {
+    send(
+        app,
+        post_json("/v1/challenges", json!({ "device": device }).to_string()),
+    )
+    .await
+    .ok_json(StatusCode::CREATED)
+}
+
+fn rfc3339(time: OffsetDateTime) -> String {
+    time.format(&Rfc3339).expect("formats")
+}
+
+#[tokio::test]
+async fn challenges_are_fresh_nonces_for_this_origin() {
+    let app = app().await;
+    let before = OffsetDateTime::now_utc();
+    let first = new_challenge(&app, "kiosk-07").await;
+    let second = new_challenge(&app, "kiosk-07").await;
+
+    for challenge in [&first, &second] {
+        let nonce = challenge["nonce"].as_str().expect("a nonce");
+        assert_eq!(nonce.len(), 43, "32 bytes in base64url without padding");
+        assert!(
+            nonce
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'),
+            "{nonce}"
+        );
+        assert_eq!(challenge["aud"], ORIGIN);
+        let expires_at = OffsetDateTime::parse(
+            challenge["expires_at"].as_str().expect("expires_at"),
+            &Rfc3339,
+        )
+        .expect("expires_at is RFC 3339");
+        let ahead = expires_at - before;
+        assert!(
+            ahead >= time::Duration::seconds(59) && ahead <= time::Duration::seconds(62),
+            "expires {ahead} ahead"
+        );
+    }
+    assert_ne!(first["nonce"], second["nonce"]);
+
+    let accepted = send(
+        &app,
+        request(
+            Method::POST,
+            "/v1/challenges",
+            &[(header::CONTENT_TYPE, "application/json; charset=utf-8")],
+            json!({ "device": "a".repeat(64) }).to_string(),
+        ),
+    )
+    .await;
+    accepted.ok_json(StatusCode::CREATED);
+}
+
+#[tokio::test]
+async fn malformed_challenge_requests_are_invalid() {
+    let app = app().await;
+    let valid = r#"{"device":"kiosk-07"}"#.to_owned();
+    let cases: Vec<(&str, Option<&str>, Vec<u8>)> = vec![
+        ("bad JSON", Some(JSON), b"{\"device\":".to_vec()),
+        ("text/plain", Some("text/plain"), valid.clone().into_bytes()),
+        ("no content type", None, valid.into_bytes()),
+        ("missing device", Some(JSON), b"{}".to_vec()),
+        (
+            "extra field",
+            Some(JSON),
+            br#"{"device":"kiosk-07","admin":true}"#.to_vec(),
+        ),
+        (
+            "device not a string",
+            Some(JSON),
+            br#"{"device":7}"#.to_vec(),
+        ),
+        ("an array", Some(JSON), b"[]".to_vec()),
+        ("empty device", Some(JSON), br#"{"device":""}"#.to_vec()),
+        (
+            "65 characters",
+            Some(JSON),
+            json!({ "device": "a".repeat(65) }).to_string().into_bytes(),
+        ),
+        ("spaces", Some(JSON), br#"{"device":"kiosk 07"}"#.to_vec()),
+        (
+            "non-ASCII",
+            Some(JSON),
+            json!({ "device": "kiosk-\u{e9}" }).to_string().into_bytes(),
+        ),
+        ("slash", Some(JSON), br#"{"device":"../kiosk"}"#.to_vec()),
+    ];
+    for (label, content_type, body) in cases {
+        let headers: Vec<(header::HeaderName, &str)> = content_type
+            .map(|value| (header::CONTENT_TYPE, value))
+            .into_iter()
+            .collect();
+        let reply = send(
+            &app,
+            request(Method::POST, "/v1/challenges", &headers, body),
+        )
+        .await;
+        assert_eq!(reply.status, StatusCode::BAD_REQUEST, "{label}");
+        reply.error(StatusCode::BAD_REQUEST, "invalid_request");
+    }
+    let issued = audit(&app, "").await;
+    assert!(
+        issued.iter().all(|event| event["outcome"] != "ok"),
+        "no challenge was issued: {issued:?}"
+    );
+}
+
+#[tokio::test]
+async fn challenges_are_audited_with_a_nonce_prefix_only() {
+    let app = app().await;
+    let challenge = new_challenge(&app, "kiosk-07").await;
+    let nonce = challenge["nonce"].as_str().expect("a nonce");
+
+    let events = audit(&app, "?device=kiosk-07").await;
+    assert_eq!(events.len(), 1, "{events:?}");
+    let event = &events[0];
+    assert_eq!(event["kind"], "challenge");
+    assert_eq!(event["outcome"], "ok");
+    assert_eq!(event["device"], "kiosk-07");
+    let detail = event["detail"].as_str().unwrap_or_default();
+    assert!(detail.contains(&nonce[..8]), "{detail}");
+    assert!(
+        !admin_get(&app, "/audit").await.to_string().contains(nonce),
+        "the whole nonce is never audited"
+    );
+}
+
+#[tokio::test]
+async fn malformed_assertions_are_refused_audited_and_store_nothing() {
+    let app = app().await;
+    let oversized = format!(r#"{{"assertion":"{}"}}"#, "a".repeat(MAX_BODY_BYTES + 1));
+    let cases: Vec<(&str, Option<&str>, Vec<u8>)> = vec![
+        ("bad JSON", Some(JSON), b"{\"assertion\":".to_vec()),
+        ("not a string", Some(JSON), br#"{"assertion":42}"#.to_vec()),
+        ("null", Some(JSON), br#"{"assertion":null}"#.to_vec()),
+        ("empty", Some(JSON), br#"{"assertion":""}"#.to_vec()),
+        ("two parts", Some(JSON), br#"{"assertion":"a.b"}"#.to_vec()),
+        (
+            "four parts",
+            Some(JSON),
+            br#"{"assertion":"a.b.c.d"}"#.to_vec(),
+        ),
+        (
+            "three parts of garbage",
+            Some(JSON),
+            br#"{"assertion":"e30.e30.AAAA"}"#.to_vec(),
+        ),
+        (
+            "non-UTF-8 bytes",
+            Some(JSON),
+            b"{\"assertion\":\"\xff\xfe.\xc3.x\"}".to_vec(),
+        ),
+        (
+            "duplicate keys",
+            Some(JSON),
+            br#"{"assertion":"x","assertion":"y"}"#.to_vec(),
+        ),
+        (
+            "extra field",
+            Some(JSON),
+            br#"{"assertion":"a.b.c","user":"alice"}"#.to_vec(),
+        ),
+        ("missing field", Some(JSON), b"{}".to_vec()),
+        (
+            "text/plain",
+            Some("text/plain"),
+            br#"{"assertion":"a.b.c"}"#.to_vec(),
+        ),
+        (
+            "no content type",
+            None,
+            br#"{"assertion":"a.b.c"}"#.to_vec(),
+        ),
+    ];
+    let refused = cases.len() + 2;
+    for (label, content_type, body) in cases {
+        let headers: Vec<(header::HeaderName, &str)> = content_type
+            .map(|value| (header::CONTENT_TYPE, value))
+            .into_iter()
+            .collect();
+        let reply = send(
+            &app,
+            request(Method::POST, "/v1/assertions", &headers, body),
+        )
+        .await;
+        assert_eq!(reply.status, StatusCode::BAD_REQUEST, "{label}");
+        reply.error(StatusCode::BAD_REQUEST, "invalid_request");
+    }
+
+    let too_large = send(&app, post_json("/v1/assertions", oversized)).await;
+    too_large.error_in(
+        &[StatusCode::BAD_REQUEST, StatusCode::PAYLOAD_TOO_LARGE],
+        "invalid_request",
+    );
+    let health = send(&app, request(Method::GET, "/healthz", &[], Body::empty())).await;
+    assert_eq!(health.status, StatusCode::OK, "the server still answers");
+
+    let echoing_key = format!(
+        r#"{{"assertion":"x","\u0007\n{}":1}}"#,
+        "k".repeat(MAX_BODY_BYTES / 2)
+    );
+    let message = send(&app, post_json("/v1/assertions", echoing_key))
+        .await
+        .error(StatusCode::BAD_REQUEST, "invalid_request");
+    assert!(message.len() < 1024, "the body is not echoed whole");
+    assert!(!message.chars().any(char::is_control), "{message:?}");
+
+    assert_eq!(admin_get(&app, "/cards").await, json!([]), "no card stored");
+    let events = audit(&app, "?outcome=invalid_request").await;
+    assert_eq!(events.len(), refused, "{events:?}");
+    for event in &events {
+        assert_eq!(event["kind"], "assertion");
+        assert_eq!(event["user_id"], Value::Null);
+        assert_eq!(event["card_serial"], Value::Null);
+        let detail = event["detail"].as_str().unwrap_or_default();
+        assert!(detail.len() < 1024, "the body is not echoed: {detail}");
+    }
+    let all = audit(&app, "").await;
+    assert_eq!(all.len(), refused, "nothing but the refusals: {all:?}");
+}
+
+#[tokio::test]
+async fn jwks_publishes_the_public_signing_key() {
+    let app = app().await;
+    let reply = send(
+        &app,
+        request(Method::GET, "/.well-known/jwks.json", &[], Body::empty()),
+    )
+    .await;
+    let jwks = reply.ok_json(StatusCode::OK);
+    assert!(
+        reply.header(header::CACHE_CONTROL).contains("max-age="),
+        "cache control {:?}",
+        reply.header(header::CACHE_CONTROL)
+    );
+    let keys = jwks["keys"].as_array().expect("keys is an array");
+    assert_eq!(keys.len(), 1, "{jwks}");
+    let key = &keys[0];
+    assert_eq!(key["kty"], "EC");
+    assert_eq!(key["crv"], "P-256");
+    assert_eq!(key["alg"], "ES256");
+    assert_eq!(key["use"], "sig");
+    assert!(!key["kid"].as_str().unwrap_or_default().is_empty());
+    for coordinate in ["x", "y"] {
+        assert_eq!(
+            key[coordinate].as_str().map(str::len),
+            Some(43),
+            "{coordinate}"
+        );
+    }
+    assert!(key.get("d").is_none(), "never the private key");
+}
+
+#[tokio::test]
+async fn health_answers_ok() {
+    let app = app().await;
+    let reply = send(&app, request(Method::GET, "/healthz", &[], Body::empty())).await;
+    assert_eq!(reply.ok_json(StatusCode::OK), json!({"status": "ok"}));
+}
+
+#[tokio::test]
+async fn metrics_count_requests_and_sign_in_outcomes() {
+    let app = app().await;
+    send(&app, post_json("/v1/assertions", r#"{"assertion":"a.b"}"#))
+        .await
+        .error(StatusCode::BAD_REQUEST, "invalid_request");
+    let reply = send(&app, request(Method::GET, "/metrics", &[], Body::empty())).await;
+    assert_eq!(reply.status, StatusCode::OK);
+    assert!(
+        reply.header(header::CONTENT_TYPE).starts_with("text/plain"),
+        "{:?}",
+        reply.header(header::CONTENT_TYPE)
+    );
+    let text = reply.text();
+    for line in [
+        "pivtap_requests_total{route=\"/v1/assertions\",status=\"400\"} 1",
+        "pivtap_signins_total{outcome=\"invalid_request\"} 1",
+        "pivtap_request_duration_seconds_count ",
+    ] {
+        assert!(text.contains(line), "{line:?} missing in\n{text}");
+    }
+}
+
+#[tokio::test]
+async fn unknown_paths_and_methods_are_refused() {
+    let app = app().await;
+    for path in ["/nope", "/v1/challenges/extra", "/v1/admin/nope", "/"] {
+        send(&app, request(Method::GET, path, &[], Body::empty()))
+            .await
+            .error(StatusCode::NOT_FOUND, "not_found");
+    }
+    let wrong_method = send(
+        &app,
+        request(Method::GET, "/v1/challenges", &[], Body::empty()),
+    )
+    .await;
+    wrong_method.error_in(&[StatusCode::METHOD_NOT_ALLOWED], "invalid_request");
+    assert!(
+        wrong_method.header(header::ALLOW).contains("POST"),
+        "allow {:?}",
+        wrong_method.header(header::ALLOW)
+    );
+    let delete_health = send(
+        &app,
+        request(Method::DELETE, "/healthz", &[], Body::empty()),
+    )
+    .await;
+    delete_health.error_in(&[StatusCode::METHOD_NOT_ALLOWED], "invalid_request");
+    assert!(delete_health.header(header::ALLOW).contains("GET"));
+    let put_admin = send(
+        &app,
+        admin_request(Method::PUT, "/users", JSON, Body::empty()),
+    )
+    .await;
+    put_admin.error_in(&[StatusCode::METHOD_NOT_ALLOWED], "invalid_request");
+}
+
+#[tokio::test]
+async fn admin_refuses_wrong_credentials_audits_and_changes_nothing() {
+    let app = app().await;
+    let basic = format!("Basic {}", STANDARD.encode(format!("admin:{ADMIN_TOKEN}")));
+    let garbage = format!("Bearer {ADMIN_TOKEN}garbage");
+    let spaced_garbage = format!("Bearer {ADMIN_TOKEN} x");
+    let scheme_missing = ADMIN_TOKEN.to_owned();
+    let basic_token = format!("Basic {ADMIN_TOKEN}");
+    let authorizations: [Option<&str>; 8] = [
+        None,
+        Some("Bearer wrong"),
+        Some("Bearer "),
+        Some(&basic),
+        Some(&basic_token),
+        Some(&garbage),
+        Some(&spaced_garbage),
+        Some(&scheme_missing),
+    ];
+    let new_user = json!({"id": "mallory", "display_name": "Mallory"}).to_string();
+    let mut refusals = 0;
+    for authorization in authorizations {
+        let attempts = [
+            (Method::GET, "/v1/admin/users", String::new()),
+            (Method::POST, "/v1/admin/users", new_user.clone()),
+            (Method::POST, "/v1/admin/users/alice/lock", String::new()),
+            (Method::GET, "/v1/admin/audit", String::new()),
+        ];
+        for (method, path, body) in attempts {
+            let mut headers = vec![(header::CONTENT_TYPE, JSON)];
+            if let Some(value) = authorization {
+                headers.push((header::AUTHORIZATION, value));
+            }
+            send(&app, request(method, path, &headers, body))
+                .await
+                .error(StatusCode::UNAUTHORIZED, "unauthorized");
+            refusals += 1;
+        }
+    }
+
+    assert_eq!(user_ids(&app).await, Vec::<String>::new(), "no user added");
+    let events = audit(&app, "?outcome=unauthorized").await;
+    assert_eq!(events.len(), refusals, "{events:?}");
+    for event in &events {
+        assert_eq!(event["kind"], "admin");
+        let detail = event["detail"].as_str().unwrap_or_default();
+        assert!(
+            !detail.contains(ADMIN_TOKEN) && !detail.contains("wrong"),
+            "the presented credential is never audited: {detail}"
+        );
+    }
+    let everything = audit(&app, "?limit=1000").await;
+    assert!(
+        everything.iter().all(|event| event["outcome"] != "ok"),
+        "no admin action succeeded: {everything:?}"
+    );
+}
+
+#[tokio::test]
+async fn admin_adds_lists_locks_and_unlocks_users() {
+    let app = app().await;
+    let alice = json!({
+        "id": "alice",
+        "display_name": "Alice Example",
+        "mail": "alice@example.com",
+        "upn": "alice@corp.example",
+    });
+    let added = send(
+        &app,
+        admin_request(Method::POST, "/users", JSON, alice.to_string()),
+    )
+    .await
+    .ok_json(StatusCode::CREATED);
+    assert_eq!(added["id"], "alice");
+    assert_eq!(added["mail"], "alice@example.com");
+    assert_eq!(added["state"], "active");
+
+    send(
+        &app,
+        admin_request(Method::POST, "/users", JSON, alice.to_string()),
+    )
+    .await
+    .error(StatusCode::CONFLICT, "conflict");
+
+    let invalid = [
+        (json!({"id": "", "display_name": "Nobody"}), "id"),
+        (json!({"id": "   ", "display_name": "Nobody"}), "id"),
+        (json!({"id": "bob", "display_name": ""}), "name"),
+        (
+            json!({"id": "bob", "display_name": "Bob", "mail": "bob.example.com"}),
+            "@",
+        ),
+        (
+            json!({"id": "bob", "display_name": "Bob\u{7}Bell"}),
+            "control",
+        ),
+        (json!({"id": "bob\nx", "display_name": "Bob"}), "control"),
+        (
+            json!({"id": "bob", "display_name": "Bob", "upn": "bob\u{0}@corp"}),
+            "control",
+        ),
+        (json!({"id": "bob"}), "display_name"),
+        (
+            json!({"id": "bob", "display_name": "Bob", "role": "admin"}),
+            "role",
+        ),
+    ];
+    for (body, hint) in invalid {
+        let message = send(
+            &app,
+            admin_request(Method::POST, "/users", JSON, body.to_string()),
+        )
+        .await
+        .error(StatusCode::BAD_REQUEST, "invalid_request");
+        assert!(message.contains(hint), "{hint:?} not in {message:?}");
+    }
+    send(
+        &app,
+        admin_request(
+            Method::POST,
+            "/users",
+            "text/plain",
+            json!({"id": "bob", "display_name": "Bob"}).to_string(),
+        ),
+    )
+    .await
+    .error(StatusCode::BAD_REQUEST, "invalid_request");
+    assert_eq!(user_ids(&app).await, ["alice"]);
+
+    let users = admin_get(&app, "/users").await;
+    assert_eq!(users[0]["display_name"], "Alice Example");
+    assert_eq!(users[0]["upn"], "alice@corp.example");
+
+    let locked = send(
+        &app,
+        admin_request(Method::POST, "/users/alice/lock", JSON, Body::empty()),
+    )
+    .await
+    .ok_json(StatusCode::OK);
+    assert_eq!(locked["state"], "locked");
+    assert_eq!(admin_get(&app, "/users").await[0]["state"], "locked");
+    let unlocked = send(
+        &app,
+        admin_request(Method::POST, "/users/alice/unlock", JSON, Body::empty()),
+    )
+    .await
+    .ok_json(StatusCode::OK);
+    assert_eq!(unlocked["state"], "active");
+
+    for action in ["lock", "unlock"] {
+        send(
+            &app,
+            admin_request(
+                Method::POST,
+                &format!("/users/nobody/{action}"),
+                JSON,
+                Body::empty(),
+            ),
+        )
+        .await
+        .error(StatusCode::NOT_FOUND, "not_found");
+    }
+
+    let details: Vec<String> = audit(&app, "?outcome=ok")
+        .await
+        .iter()
+        .filter(|event| event["kind"] == "admin")
+        .map(|event| event["detail"].as_str().unwrap_or_default().to_owned())
+        .collect();
+    for expected in [
+        "added user alice",
+        "locked user alice",
+        "unlocked user alice",
+    ] {
+        assert!(
+            details.iter().any(|detail| detail.contains(expected)),
+            "{expected:?} not audited: {details:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn admin_imports_users_from_json_and_csv() {
+    let app = app().await;
+    send(
+        &app,
+        admin_request(
+            Method::POST,
+            "/users",
+            JSON,
+            json!({"id": "alice", "display_name": "Alice"}).to_string(),
+        ),
+    )
+    .await
+    .ok_json(StatusCode::CREATED);
+
+    let import = json!([
+        {"id": "alice", "display_name": "Alice Again"},
+        {"id": "bob", "display_name": "Bob", "mail": "bob@example.com"},
+        {"id": "bob", "display_name": "Bob Twice"},
+        {"id": "carol", "display_name": "Carol", "mail": "carol-at-example.com"},
+    ]);
+    let report = send(
+        &app,
+        admin_request(Method::POST, "/users/import", JSON, import.to_string()),
+    )
+    .await
+    .ok_json(StatusCode::OK);
+    assert_eq!(report["added"], 1, "{report}");
+    let skipped = report["skipped"].as_array().expect("skipped is an array");
+    let reason_for = |id: &str| -> Vec<String> {
+        skipped
+            .iter()
+            .filter(|skip| skip["id"] == id)
+            .map(|skip| skip["reason"].as_str().unwrap_or_default().to_owned())
+            .collect()
+    };
+    assert_eq!(reason_for("alice"), ["exists already"]);
+    assert_eq!(reason_for("bob"), ["exists already"]);
+    assert_eq!(reason_for("carol").len(), 1);
+    assert!(reason_for("carol")[0].contains('@'), "{report}");
+    assert_eq!(skipped.len(), 3, "{report}");
+
+    let csv = "id,display_name,mail,upn,employee_id\r\n\
+               dave,\"Example, Dave\",dave@example.com,,E-1\r\n\
+               erin,\"Erin \"\"E\"\" Example\",erin@example.com,erin@corp.example,\r\n\
+               bob,Bob,,,\r\n";
+    let report = send(
+        &app,
+        admin_request(Method::POST, "/users/import", "text/csv", csv),
+    )
+    .await
+    .ok_json(StatusCode::OK);
+    assert_eq!(report["added"], 2, "{report}");
+    assert_eq!(
+        report["skipped"],
+        json!([{"id": "bob", "reason": "exists already"}])
+    );
+
+    let users = admin_get(&app, "/users").await;
+    assert_eq!(user_ids(&app).await, ["alice", "bob", "dave", "erin"]);
+    let dave = &users[2];
+    assert_eq!(dave["display_name"], "Example, Dave");
+    assert_eq!(dave["mail"], "dave@example.com");
+    assert_eq!(dave["upn"], Value::Null);
+    assert_eq!(dave["employee_id"], "E-1");
+    let erin = &users[3];
+    assert_eq!(erin["display_name"], "Erin \"E\" Example");
+    assert_eq!(erin["upn"], "erin@corp.example");
+    assert_eq!(users[0]["display_name"], "Alice", "kept, not replaced");
+
+    for (content_type, body) in [
+        (JSON, "{\"id\":\"zed\"}"),
+        (JSON, "not json"),
+        ("text/csv", "name,mail\nzed,zed@example.com\n"),
+        ("text/csv", "id,display_name\nzed,\"open"),
+        ("text/csv", ""),
+    ] {
+        send(
+            &app,
+            admin_request(Method::POST, "/users/import", content_type, body),
+        )
+        .await
+        .error(StatusCode::BAD_REQUEST, "invalid_request");
+    }
+    assert_eq!(user_ids(&app).await.len(), 4, "failed imports add nobody");
+
+    let mut large = String::from("id,display_name,mail\n");
+    for n in 0..2000 {
+        large.push_str(&format!(
+            "worker-{n:04},\"Field Worker {n}, Site B\",worker-{n:04}@example.com\n"
+        ));
+    }
+    assert!(large.len() > MAX_BODY_BYTES, "larger than a sign-in body");
+    let report = send(
+        &app,
+        admin_request(Method::POST, "/users/import", "text/csv", large),
+    )
+    .await
+    .ok_json(StatusCode::OK);
+    assert_eq!(report["added"], 2000, "{report}");
+    assert_eq!(user_ids(&app).await.len(), 2004);
+}
+
+#[tokio::test]
+async fn admin_extractor_refusals_are_json_errors() {
+    let app = app().await;
+    let refusals = [
+        admin_request(
+            Method::POST,
+            "/users/import",
+            "text/csv",
+            vec![0xff, 0xfe, b'\n'],
+        ),
+        admin_request(Method::POST, "/users/import", JSON, vec![b'[', 0xc3]),
+        admin_request(Method::POST, "/users/%FF/lock", JSON, Body::empty()),
+        admin_request(Method::POST, "/users/%C3/unlock", JSON, Body::empty()),
+        admin_request(Method::POST, "/cards/%FF/lock", JSON, Body::empty()),
+        admin_request(Method::POST, "/cards/%FF/unlock", JSON, Body::empty()),
+        admin_request(Method::POST, "/cards/%FF/revoke", JSON, Body::empty()),
+        admin_request(Method::GET, "/audit?limit=99999999999", JSON, Body::empty()),
+    ];
+    for refusal in refusals {
+        let path = refusal.uri().to_string();
+        let reply = send(&app, refusal).await;
+        assert_eq!(reply.status, StatusCode::BAD_REQUEST, "{path}");
+        reply.error(StatusCode::BAD_REQUEST, "invalid_request");
+    }
+    let oversized = admin_request(
+        Method::POST,
+        "/users/import",
+        "text/csv",
+        vec![b'a'; MAX_IMPORT_BYTES + 1],
+    );
+    send(&app, oversized).await.error_in(
+        &[StatusCode::BAD_REQUEST, StatusCode::PAYLOAD_TOO_LARGE],
+        "invalid_request",
+    );
+    assert!(user_ids(&app).await.is_empty());
+}
+
+#[tokio::test]
+async fn admin_cards_start_empty_and_unknown_serials_are_not_found() {
+    let app = app().await;
+    assert_eq!(admin_get(&app, "/cards").await, json!([]));
+    for serial in ["0a1b2c", "0A:1B:2C", "nope"] {
+        for action in ["lock", "unlock", "revoke"] {
+            send(
+                &app,
+                admin_request(
+                    Method::POST,
+                    &format!("/cards/{serial}/{action}"),
+                    JSON,
+                    Body::empty(),
+                ),
+            )
+            .await
+            .error(StatusCode::NOT_FOUND, "not_found");
+        }
+    }
+    assert_eq!(admin_get(&app, "/cards").await, json!([]));
+}
+
+#[tokio::test]
+async fn admin_audit_queries_filter() {
+    let app = app().await;
+    let before = OffsetDateTime::now_utc() - Duration::from_secs(1);
+    for device in [
+        "kiosk-1", "kiosk-2", "kiosk-1", "kiosk-3", "kiosk-1", "kiosk-2",
+    ] {
+        new_challenge(&app, device).await;
+    }
+    send(&app, post_json("/v1/assertions", r#"{"assertion":"a.b"}"#))
+        .await
+        .error(StatusCode::BAD_REQUEST, "invalid_request");
+
+    let all = audit(&app, "").await;
+    assert_eq!(all.len(), 7, "{all:?}");
+    let ids: Vec<i64> = all
+        .iter()
+        .map(|event| event["id"].as_i64().expect("an id"))
+        .collect();
+    assert!(ids.windows(2).all(|pair| pair[0] > pair[1]), "newest first");
+
+    let kiosk_1 = audit(&app, "?device=kiosk-1").await;
+    assert_eq!(kiosk_1.len(), 3);
+    assert!(kiosk_1.iter().all(|event| event["device"] == "kiosk-1"));
+
+    let refused = audit(&app, "?outcome=invalid_request").await;
+    assert_eq!(refused.len(), 1);
+    assert_eq!(refused[0]["kind"], "assertion");
+    assert_eq!(audit(&app, "?outcome=ok").await.len(), 6);
+
+    assert_eq!(audit(&app, "?user=nobody").await, Vec::<Value>::new());
+    assert_eq!(audit(&app, "?limit=5").await, all[..5].to_vec());
+
+    let since_before = format!("?since={}", rfc3339(before));
+    assert_eq!(audit(&app, &since_before).await.len(), 7);
+    let future = OffsetDateTime::now_utc() + Duration::from_secs(3600);
+    assert!(
+        audit(&app, &format!("?since={}", rfc3339(future)))
+            .await
+            .is_empty()
+    );
+    assert!(
+        audit(&app, &format!("?until={}", rfc3339(before)))
+            .await
+            .is_empty()
+    );
+    assert_eq!(
+        audit(&app, &format!("?device=kiosk-2&since={}", rfc3339(before)))
+            .await
+            .len(),
+        2
+    );
+
+    for query in [
+        "?since=yesterday",
+        "?since=2026-13-01T00:00:00Z",
+        "?until=2026-01-01",
+        "?limit=abc",
+        "?limit=-1",
+        "?bogus=1",
+        "?kind=challenge",
+    ] {
+        send(
+            &app,
+            admin_request(Method::GET, &format!("/audit{query}"), JSON, Body::empty()),
+        )
+        .await
+        .error(StatusCode::BAD_REQUEST, "invalid_request");
+    }
+}
