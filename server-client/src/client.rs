@@ -253,7 +253,12 @@ impl Client {
             };
             match request.send().await {
                 Ok(response) => return decode(response).await,
-                Err(error) if error.is_connect() && attempt < self.retries => {
+                // A server that fails the trust check will fail it again: no retry.
+                Err(error)
+                    if error.is_connect()
+                        && attempt < self.retries
+                        && tls_refusal(&error).is_none() =>
+                {
                     attempt += 1;
                     let delay = Duration::from_millis(200 << attempt);
                     tracing::debug!(%url, attempt, ?delay, "server unreachable, retrying");

@@ -133,6 +133,8 @@ struct AttemptRecord {
     card_serial: Option<String>,
     user_id: Option<String>,
     nonce_prefix: Option<String>,
+    /// The device and card were read from an assertion that failed verification.
+    unverified: bool,
 }
 
 /// `POST /v1/assertions`: checks a card-signed assertion and answers with a session token.
@@ -162,6 +164,10 @@ pub async fn submit_assertion(
             user_id: record.user_id,
             detail: match (&result, record.nonce_prefix) {
                 (Err(error), Some(nonce)) => Some(format!("nonce {nonce}…: {}", error.message)),
+                (Err(error), None) if record.unverified => Some(format!(
+                    "{} (device and card as claimed, unverified)",
+                    error.message
+                )),
                 (Err(error), None) => Some(error.message.clone()),
                 (Ok(_), Some(nonce)) => Some(format!("nonce {nonce}…")),
                 (Ok(_), None) => None,
@@ -179,10 +185,17 @@ async fn sign_in(
     now: OffsetDateTime,
     record: &mut AttemptRecord,
 ) -> Result<AssertionResponse, ApiError> {
-    let verified: VerifiedAssertion = state
-        .verifier()
-        .verify(compact, now)
-        .map_err(|rejection| ApiError::new(rejection.code, rejection.message))?;
+    let verified: VerifiedAssertion = match state.verifier().verify(compact, now) {
+        Ok(verified) => verified,
+        Err(rejection) => {
+            // For the audit: what the assertion claims, marked as unverified.
+            let (device, card_serial) = claimed_device_and_card(compact);
+            record.unverified = device.is_some() || card_serial.is_some();
+            record.device = device;
+            record.card_serial = card_serial;
+            return Err(ApiError::new(rejection.code, rejection.message));
+        }
+    };
     let payload = &verified.payload;
     let facts = &verified.certificate;
     record.device = Some(payload.device.clone());
@@ -208,6 +221,26 @@ async fn sign_in(
         Err(_) => {}
     }
     result
+}
+
+/// The device and card serial an assertion claims, read without verifying
+/// anything: only for the audit of a refused assertion. The device must pass
+/// the device-id checks; the serial comes from the first `x5c` certificate.
+fn claimed_device_and_card(compact: &str) -> (Option<String>, Option<String>) {
+    let Ok(jws) = crate::jose::CompactJws::parse(compact) else {
+        return (None, None);
+    };
+    let device = serde_json::from_slice::<serde_json::Value>(&jws.payload)
+        .ok()
+        .and_then(|payload| payload.get("device")?.as_str().map(str::to_owned))
+        .filter(|device| validate_device(device).is_ok());
+    let card = serde_json::from_slice::<serde_json::Value>(&jws.header)
+        .ok()
+        .and_then(|header| header.get("x5c")?.get(0)?.as_str().map(str::to_owned))
+        .and_then(|b64| base64::engine::general_purpose::STANDARD.decode(b64).ok())
+        .and_then(|der| crate::certificate::CertificateFacts::from_der(&der).ok())
+        .map(|facts| facts.serial);
+    (device, card)
 }
 
 /// The checks that need the store: the challenge, the card's state, the mapping to one active user.

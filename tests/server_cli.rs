@@ -1,0 +1,509 @@
+//! End-to-end tests of the authentication server through the `pivtap` binary: `server init` and `server run`, the admin CLI, `pivtap auth` with virtual cards, and a session token checked by an independent JWT library (PyJWT) as a line-of-business backend would.
+//!
+//! Each test runs its own server process on loopback in a temporary
+//! directory and stops it with SIGINT. Fixture cards are used as copies:
+//! `pivtap auth` writes PIN counters back to the card image.
+
+use std::fs::File;
+use std::net::{Ipv4Addr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use pivtap_server_client::client::{Client, ServerTrust};
+use serde_json::Value;
+use tempfile::TempDir;
+
+/// How long the server may take to start or to stop.
+const SERVER_TIMEOUT: Duration = Duration::from_secs(30);
+/// Ports tried before giving up (see [`RunningServer::start`]).
+const PORT_ATTEMPTS: usize = 5;
+const ALICE_PIN: &str = "123456";
+const BOB_PIN: &str = "24681357";
+const KIOSK: &str = "kiosk-07";
+/// What PyJWT needs, by Debian package (scripts/setup-debian installs them).
+const PYJWT_PACKAGES: &str = "python3-jwt python3-cryptography";
+
+/// What one run of `pivtap` did.
+struct Run {
+    code: i32,
+    stdout: String,
+    stderr: String,
+}
+
+impl Run {
+    fn from_output(output: Output) -> Self {
+        Run {
+            // A run killed by a signal has no code; -1 fails every assertion on it.
+            code: output.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+        }
+    }
+
+    /// Panics with the whole output unless the run succeeded.
+    #[track_caller]
+    fn success(self, what: &str) -> Self {
+        assert_eq!(
+            self.code, 0,
+            "{what}: expected success\nstdout:\n{}\nstderr:\n{}",
+            self.stdout, self.stderr
+        );
+        self
+    }
+
+    /// Panics unless the run failed with `needle` on standard error.
+    #[track_caller]
+    fn failure(self, what: &str, needle: &str) -> Self {
+        assert!(
+            self.code != 0 && self.stderr.contains(needle),
+            "{what}: expected failure mentioning {needle:?}, got exit {}\nstdout:\n{}\nstderr:\n{}",
+            self.code,
+            self.stdout,
+            self.stderr
+        );
+        self
+    }
+
+    /// Standard output as JSON.
+    #[track_caller]
+    fn json(&self) -> Value {
+        serde_json::from_str(&self.stdout)
+            .unwrap_or_else(|error| panic!("not JSON ({error}):\n{}", self.stdout))
+    }
+}
+
+/// A `pivtap` command with none of the variables it reads set, and no standard input.
+fn pivtap_command(args: &[&str]) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_pivtap"));
+    command
+        .args(args)
+        .env_remove("PIVTAP_PIN")
+        .env_remove("PIVTAP_ADMIN_TOKEN")
+        .env_remove("PIVTAP_SERVER")
+        .env_remove("PIVTAP_DEVICE")
+        .env_remove("RUST_LOG")
+        .env("NO_COLOR", "1")
+        .stdin(Stdio::null());
+    command
+}
+
+fn run(mut command: Command) -> Run {
+    Run::from_output(command.output().expect("the pivtap binary runs"))
+}
+
+/// A path under the repository's `fixtures/`.
+fn fixture(relative: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("fixtures")
+        .join(relative)
+}
+
+fn path_str(path: &Path) -> &str {
+    path.to_str().expect("test paths are UTF-8")
+}
+
+/// A port that was free a moment ago on 127.0.0.1.
+fn free_port() -> u16 {
+    TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+        .and_then(|listener| listener.local_addr())
+        .expect("an ephemeral port on loopback")
+        .port()
+}
+
+/// `pivtap server run` in the background, from a directory `pivtap server init` wrote.
+struct RunningServer {
+    dir: TempDir,
+    child: Child,
+    url: String,
+    ca: PathBuf,
+    token_file: PathBuf,
+    stdout: PathBuf,
+    stderr: PathBuf,
+}
+
+impl RunningServer {
+    /// Initialises and starts a server, and waits until it accepts connections.
+    ///
+    /// The origin written by `init` must name the real port, so a free port
+    /// is found first (bind port 0, let go) and given to `--listen`. Should
+    /// another process take it in between, the server exits with "address in
+    /// use" and the next attempt takes another port.
+    fn start() -> Self {
+        for _ in 0..PORT_ATTEMPTS {
+            let dir = tempfile::tempdir().expect("a temporary directory");
+            let port = free_port();
+            let server_dir = dir.path().join("server");
+            let listen = format!("127.0.0.1:{port}");
+            let init = run(pivtap_command(&[
+                "server",
+                "init",
+                path_str(&server_dir),
+                "--trust",
+                path_str(&fixture("ca/test-ca.pem")),
+                "--listen",
+                &listen,
+            ]))
+            .success("server init");
+            assert!(init.stdout.contains("sha256//"), "{}", init.stdout);
+            let stdout = dir.path().join("server.out");
+            let stderr = dir.path().join("server.err");
+            let config = server_dir.join("server.toml");
+            let child = pivtap_command(&["server", "run", "--config", path_str(&config)])
+                .stdout(File::create(&stdout).expect("a log file"))
+                .stderr(File::create(&stderr).expect("a log file"))
+                .spawn()
+                .expect("the server starts");
+            let mut server = RunningServer {
+                url: format!("https://{listen}"),
+                ca: server_dir.join("tls.crt"),
+                token_file: server_dir.join("admin.token"),
+                dir,
+                child,
+                stdout,
+                stderr,
+            };
+            if server.wait_until_listening(port) {
+                return server;
+            }
+        }
+        panic!("no free port on 127.0.0.1 after {PORT_ATTEMPTS} attempts");
+    }
+
+    /// True once the server said "listening" and accepts connections; false
+    /// if it exited because the port was taken; panics on anything else.
+    fn wait_until_listening(&mut self, port: u16) -> bool {
+        let deadline = Instant::now() + SERVER_TIMEOUT;
+        while Instant::now() < deadline {
+            if let Some(status) = self.child.try_wait().expect("the server process is there") {
+                let log = std::fs::read_to_string(&self.stderr).unwrap_or_default();
+                if log.contains("in use") {
+                    return false;
+                }
+                panic!("the server exited ({status}):\n{log}");
+            }
+            let said_listening = std::fs::read_to_string(&self.stdout)
+                .is_ok_and(|output| output.contains("listening"));
+            if said_listening && TcpStream::connect((Ipv4Addr::LOCALHOST, port)).is_ok() {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("the server did not start listening within {SERVER_TIMEOUT:?}");
+    }
+
+    /// `pivtap admin --server URL --ca tls.crt --token-file admin.token ARGS`
+    fn admin(&self, args: &[&str]) -> Run {
+        let mut command = pivtap_command(&[
+            "admin",
+            "--server",
+            &self.url,
+            "--ca",
+            path_str(&self.ca),
+            "--token-file",
+            path_str(&self.token_file),
+        ]);
+        command.args(args);
+        run(command)
+    }
+
+    /// `pivtap admin` without `--token-file`, with `PIVTAP_ADMIN_TOKEN` if given.
+    fn admin_with_env_token(&self, token: Option<&str>, args: &[&str]) -> Run {
+        let mut command =
+            pivtap_command(&["admin", "--server", &self.url, "--ca", path_str(&self.ca)]);
+        command.args(args);
+        if let Some(token) = token {
+            command.env("PIVTAP_ADMIN_TOKEN", token);
+        }
+        run(command)
+    }
+
+    /// A copy of the fixture card `cards/NAME.toml` in the test's directory.
+    fn card_copy(&self, name: &str) -> PathBuf {
+        let copy = self.dir.path().join(format!("{name}.toml"));
+        std::fs::copy(fixture(&format!("cards/{name}.toml")), &copy)
+            .expect("copy the fixture card");
+        copy
+    }
+
+    /// `PIVTAP_PIN=PIN pivtap auth --server URL --ca tls.crt --vcard CARD --device kiosk-07 --json`
+    fn auth(&self, card: &Path, pin: &str) -> Run {
+        let mut command = pivtap_command(&[
+            "auth",
+            "--server",
+            &self.url,
+            "--ca",
+            path_str(&self.ca),
+            "--vcard",
+            path_str(card),
+            "--device",
+            KIOSK,
+            "--json",
+        ]);
+        command.env("PIVTAP_PIN", pin);
+        run(command)
+    }
+
+    /// Stops the server with SIGINT (Ctrl-C) and returns how it exited and what it printed.
+    fn stop(&mut self) -> (ExitStatus, String) {
+        let pid = self.child.id().to_string();
+        let signalled = Command::new("sh")
+            .args(["-c", "kill -INT \"$1\"", "sh", &pid])
+            .status()
+            .expect("sh runs kill");
+        assert!(signalled.success(), "kill -INT {pid} failed");
+        let deadline = Instant::now() + SERVER_TIMEOUT;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("the server process is there") {
+                let output = std::fs::read_to_string(&self.stdout).unwrap_or_default();
+                return (status, output);
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the server did not stop on SIGINT"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for RunningServer {
+    /// A test that failed half-way leaves no server behind.
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+#[test]
+fn a_server_is_set_up_administered_and_signed_in_to_from_the_command_line() {
+    let mut server = RunningServer::start();
+
+    let added = server
+        .admin(&[
+            "users",
+            "add",
+            "--id",
+            "alice",
+            "--name",
+            "Alice Example",
+            "--mail",
+            "alice@example.com",
+        ])
+        .success("users add");
+    assert!(
+        added.stdout.contains("Added user alice"),
+        "{}",
+        added.stdout
+    );
+    let users = server
+        .admin(&["users", "list", "--json"])
+        .success("users list");
+    let users = users.json();
+    let users = users.as_array().expect("a JSON array of users");
+    assert_eq!(users.len(), 1, "{users:?}");
+    assert_eq!(users[0]["id"], "alice");
+    assert_eq!(users[0]["display_name"], "Alice Example");
+    assert_eq!(users[0]["mail"], "alice@example.com");
+    assert_eq!(users[0]["state"], "active");
+
+    let alice = server.card_copy("alice");
+    let signed_in = server.auth(&alice, ALICE_PIN).success("auth alice").json();
+    assert_eq!(signed_in["user"]["id"], "alice");
+    assert_eq!(signed_in["user"]["display_name"], "Alice Example");
+    let token = signed_in["token"].as_str().expect("a token");
+    assert_eq!(token.split('.').count(), 3, "a compact JWT: {token}");
+    assert_eq!(signed_in["expires_in"], 3600);
+
+    // bob's card is trusted, but no user has his address.
+    let bob = server.card_copy("bob");
+    server
+        .auth(&bob, BOB_PIN)
+        .failure("auth bob", "user_unknown");
+
+    let cards = server
+        .admin(&["cards", "list", "--json"])
+        .success("cards list");
+    let cards = cards.json();
+    let cards = cards.as_array().expect("a JSON array of cards");
+    assert_eq!(
+        cards.len(),
+        1,
+        "only cards that signed in are recorded: {cards:?}"
+    );
+    assert_eq!(cards[0]["user_id"], "alice");
+    assert_eq!(cards[0]["state"], "active");
+    assert!(
+        cards[0]["subject"]
+            .as_str()
+            .is_some_and(|subject| subject.contains("CN=Alice Example")),
+        "{cards:?}"
+    );
+    let serial = cards[0]["serial"].as_str().expect("a serial").to_owned();
+
+    let revoked = server
+        .admin(&["cards", "revoke", &serial])
+        .success("cards revoke");
+    assert!(revoked.stdout.contains("revoked"), "{}", revoked.stdout);
+    server
+        .auth(&alice, ALICE_PIN)
+        .failure("auth with a revoked card", "certificate_revoked");
+
+    let successes = server
+        .admin(&["audit", "--outcome", "ok", "--json"])
+        .success("audit --outcome ok");
+    let successes = successes.json();
+    let successes = successes.as_array().expect("a JSON array of events");
+    assert!(successes.iter().all(|event| event["outcome"] == "ok"));
+    let sign_ins: Vec<&Value> = successes
+        .iter()
+        .filter(|event| event["kind"] == "assertion")
+        .collect();
+    assert_eq!(sign_ins.len(), 1, "one successful sign-in: {successes:?}");
+    assert_eq!(sign_ins[0]["user_id"], "alice");
+    assert_eq!(sign_ins[0]["device"], KIOSK);
+    assert_eq!(sign_ins[0]["card_serial"], serial.as_str());
+    let refusals = server
+        .admin(&["audit", "--outcome", "certificate_revoked", "--json"])
+        .success("audit --outcome certificate_revoked")
+        .json();
+    assert_eq!(refusals.as_array().map(Vec::len), Some(1), "{refusals}");
+
+    server
+        .admin_with_env_token(None, &["users", "list"])
+        .failure("admin without a credential", "PIVTAP_ADMIN_TOKEN");
+    server
+        .admin_with_env_token(Some("not-the-admin-token"), &["users", "list"])
+        .failure("admin with a wrong credential", "unauthorized");
+    server
+        .admin_with_env_token(
+            Some(std::fs::read_to_string(&server.token_file).unwrap().trim()),
+            &["users", "list"],
+        )
+        .success("admin with PIVTAP_ADMIN_TOKEN");
+
+    let (status, output) = server.stop();
+    assert!(
+        status.success(),
+        "the server exits cleanly on SIGINT: {status}"
+    );
+    assert!(output.contains("pivtap server stopped."), "{output}");
+}
+
+/// A Python 3 that has PyJWT: Debian's `/usr/bin/python3` first (a version
+/// manager's `python3` earlier on PATH may lack Debian's packages), then `python3`.
+fn python_with_pyjwt() -> PathBuf {
+    let candidates = [PathBuf::from("/usr/bin/python3"), PathBuf::from("python3")];
+    candidates
+        .iter()
+        .find(|python| {
+            Command::new(python)
+                .args(["-c", "import jwt, cryptography"])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .is_ok_and(|status| status.success())
+        })
+        .cloned()
+        .unwrap_or_else(|| {
+            panic!(
+                "this test needs Python 3 with PyJWT and cryptography, and neither /usr/bin/python3 \
+                 nor python3 on PATH has them: install them with `apt-get install {PYJWT_PACKAGES}` \
+                 (scripts/setup-debian does)"
+            )
+        })
+}
+
+/// Runs tests/verify_token.py on a JWKS file and a token file.
+fn verify_with_pyjwt(jwks: &Path, token: &Path, audience: &str, issuer: &str) -> Run {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/verify_token.py");
+    let mut command = Command::new(python_with_pyjwt());
+    command
+        .arg(script)
+        .args([path_str(jwks), path_str(token), audience, issuer])
+        .stdin(Stdio::null());
+    run(command)
+}
+
+/// The server's JWKS, fetched as a backend would, over TLS trusting `tls.crt`.
+fn fetch_jwks(server: &RunningServer) -> Value {
+    let client = Client::new(
+        &server.url,
+        ServerTrust::from_pem_file(&server.ca).expect("tls.crt is a PEM certificate"),
+        Duration::from_secs(10),
+    )
+    .expect("the client builds");
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a runtime")
+        .block_on(client.jwks())
+        .expect("the server publishes its JWKS")
+}
+
+#[test]
+fn a_backend_verifies_the_session_token_with_pyjwt() {
+    let python = python_with_pyjwt();
+    let mut server = RunningServer::start();
+    server
+        .admin(&[
+            "users",
+            "add",
+            "--id",
+            "alice",
+            "--name",
+            "Alice Example",
+            "--mail",
+            "alice@example.com",
+        ])
+        .success("users add");
+    let signed_in = server
+        .auth(&server.card_copy("alice"), ALICE_PIN)
+        .success("auth alice")
+        .json();
+    let token = signed_in["token"].as_str().expect("a token").to_owned();
+
+    let jwks = server.dir.path().join("jwks.json");
+    std::fs::write(&jwks, fetch_jwks(&server).to_string()).unwrap();
+    let token_file = server.dir.path().join("token.jwt");
+    std::fs::write(&token_file, &token).unwrap();
+    let issuer = server.url.clone();
+    let verified = verify_with_pyjwt(&jwks, &token_file, "pivtap", &issuer)
+        .success(&format!("PyJWT ({}) verifies the token", python.display()))
+        .json();
+    assert_eq!(verified["sub"], "alice");
+    assert_eq!(verified["name"], "Alice Example");
+    assert_eq!(verified["email"], "alice@example.com");
+    assert_eq!(verified["amr"], serde_json::json!(["sc", "pin"]));
+    assert_eq!(verified["device"], KIOSK);
+    assert_eq!(verified["aud"], "pivtap");
+    assert_eq!(verified["iss"], issuer.as_str());
+
+    // The same signature over other claims.
+    let [header, claims, signature]: [&str; 3] = token
+        .split('.')
+        .collect::<Vec<_>>()
+        .try_into()
+        .expect("three parts");
+    let mut claims: Value =
+        serde_json::from_slice(&URL_SAFE_NO_PAD.decode(claims).unwrap()).unwrap();
+    claims["sub"] = Value::from("mallory");
+    let tampered = format!(
+        "{header}.{}.{signature}",
+        URL_SAFE_NO_PAD.encode(claims.to_string())
+    );
+    let tampered_file = server.dir.path().join("tampered.jwt");
+    std::fs::write(&tampered_file, tampered).unwrap();
+    verify_with_pyjwt(&jwks, &tampered_file, "pivtap", &issuer)
+        .failure("PyJWT refuses a tampered token", "InvalidSignatureError");
+    // And the genuine token is refused for another audience.
+    verify_with_pyjwt(&jwks, &token_file, "another-app", &issuer)
+        .failure("PyJWT refuses another audience", "InvalidAudienceError");
+
+    let (status, _) = server.stop();
+    assert!(status.success(), "{status}");
+}
