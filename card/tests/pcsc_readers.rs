@@ -462,3 +462,93 @@ fn two_readers_hold_two_cards_at_once() {
     );
     monitor.stop();
 }
+
+/// Stops the system pcscd and waits until it is gone.
+fn stop_pcscd() {
+    let status = std::process::Command::new("pkill")
+        .args(["-x", "pcscd"])
+        .status();
+    assert!(
+        matches!(status, Ok(s) if s.success()),
+        "cannot stop pcscd ({status:?}): this test restarts the system pcscd and needs root"
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while pcscd_is_running() {
+        assert!(Instant::now() < deadline, "pcscd did not stop");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Starts pcscd again the way scripts/setup-debian does (it forks into the background).
+fn start_pcscd() {
+    let status = std::process::Command::new("pcscd").status();
+    assert!(
+        matches!(status, Ok(s) if s.success()),
+        "cannot start pcscd: {status:?}"
+    );
+}
+
+fn pcscd_is_running() -> bool {
+    std::process::Command::new("pgrep")
+        .args(["-x", "pcscd"])
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// pcscd restarts under a running program: calls fail with a clear error
+/// while it is gone, the same context works again once it is back, and the
+/// monitor reports the loss and the recovery. It restarts the system pcscd,
+/// so it needs root and runs only when asked for by name: `scripts/test`
+/// runs it with `--ignored`.
+#[test]
+#[ignore = "restarts the system pcscd (needs root); scripts/test runs it explicitly"]
+fn a_pcscd_restart_is_survived_without_restarting_the_program() {
+    let _turn = pcscd_turn();
+    let context = context();
+    assert!(!list_readers(&context).is_empty());
+    let (monitor, events) = start_monitor(MonitorFilter::default());
+    events_within(&events, Duration::from_millis(300));
+
+    stop_pcscd();
+    match context.list_readers() {
+        Err(TransportError::ServiceUnavailable { .. }) => {}
+        other => {
+            start_pcscd();
+            panic!(
+                "with pcscd stopped, listing readers must say the service is unavailable: {other:?}"
+            );
+        }
+    }
+    let lost = events_within(&events, Duration::from_secs(3));
+    start_pcscd();
+    assert!(
+        lost.iter()
+            .any(|e| matches!(e, ReaderEvent::ServiceLost { .. })),
+        "the monitor did not report the loss: {lost:?}"
+    );
+
+    // The same context works again: it re-creates its PC/SC context itself.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let readers = loop {
+        match context.list_readers() {
+            Ok(readers)
+                if VPCD_READERS
+                    .iter()
+                    .all(|name| readers.iter().any(|r| r.name == *name)) =>
+            {
+                break readers;
+            }
+            _ if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(100)),
+            other => panic!("pcscd is back but the context does not recover: {other:?}"),
+        }
+    };
+    assert!(readers.iter().all(|r| !r.name.contains("PnP")));
+    let restored = events_within(&events, Duration::from_secs(5));
+    assert!(
+        restored
+            .iter()
+            .any(|e| matches!(e, ReaderEvent::ServiceRestored)),
+        "the monitor did not report the recovery: {restored:?}"
+    );
+    monitor.stop();
+}
