@@ -1,0 +1,141 @@
+//! What the runtime tells the core: readers and cards coming and going, results of card work, keys, the server's reachability, and time passing.
+
+use pivtap_server_client::wire::{ErrorCode, UserInfo};
+use time::OffsetDateTime;
+
+use super::state::{CardSummary, Step};
+
+/// Names one piece of card work the core asked for ([`Effect::ReadCard`](super::Effect::ReadCard),
+/// [`Effect::Authenticate`](super::Effect::Authenticate)). The runtime echoes it in the result, so a
+/// late answer to abandoned work is recognised and ignored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct WorkId(pub(super) u64);
+
+/// One thing that happened, fed to [`Kiosk::handle_event`](super::Kiosk::handle_event).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    /// A reader was connected (or was there at start).
+    ReaderAdded {
+        /// The reader's name.
+        reader: String,
+    },
+    /// A reader was disconnected.
+    ReaderRemoved {
+        /// The reader's name.
+        reader: String,
+    },
+    /// The smart card service (pcscd) went away: every reader and card is gone.
+    ReaderServiceLost,
+    /// The smart card service is back; its readers and cards follow as events.
+    ReaderServiceRestored,
+    /// A card was inserted or tapped.
+    CardPresent {
+        /// The reader holding it.
+        reader: String,
+    },
+    /// A card left its reader.
+    CardRemoved {
+        /// The reader it left.
+        reader: String,
+    },
+    /// [`Effect::ReadCard`](super::Effect::ReadCard) succeeded.
+    CardRead {
+        /// The work this answers.
+        work: WorkId,
+        /// Who the card belongs to, as far as the card says.
+        card: CardSummary,
+        /// PIN tries left on the card, when the card tells without a PIN.
+        pin_tries_left: Option<u8>,
+    },
+    /// [`Effect::ReadCard`](super::Effect::ReadCard) failed.
+    CardReadFailed {
+        /// The work this answers.
+        work: WorkId,
+        /// What went wrong.
+        failure: CardReadFailure,
+    },
+    /// [`Effect::Authenticate`](super::Effect::Authenticate) moved on to its next step.
+    AuthProgress {
+        /// The work this reports on.
+        work: WorkId,
+        /// The step it is now at.
+        step: Step,
+    },
+    /// [`Effect::Authenticate`](super::Effect::Authenticate) succeeded. The token stays in the
+    /// runtime; the core only knows a session exists and when it ends.
+    AuthSucceeded {
+        /// The work this answers.
+        work: WorkId,
+        /// Who signed in.
+        user: UserInfo,
+        /// When the server's answer arrived (wall clock), for display.
+        signed_in_at: OffsetDateTime,
+        /// When the token expires (wall clock): `signed_in_at` plus the server's `expires_in`. The
+        /// core ends the session after `expires_at - signed_in_at` on its monotonic clock.
+        expires_at: OffsetDateTime,
+    },
+    /// [`Effect::Authenticate`](super::Effect::Authenticate) failed.
+    AuthFailed {
+        /// The work this answers.
+        work: WorkId,
+        /// What went wrong.
+        failure: AuthFailure,
+    },
+    /// A key was pressed (or, in headless mode, a character read from stdin).
+    Key(KeyInput),
+    /// Sign the current worker out: the sign-out key, or `POST /v1/session/sign-out` on the local API.
+    SignOutRequested,
+    /// The server answered again (a challenge was fetched).
+    ServerReachable,
+    /// The server stopped answering (fetching a challenge failed).
+    ServerUnreachable,
+    /// Time passed: the runtime's wake-up asked for by [`Effect::ScheduleTick`](super::Effect::ScheduleTick).
+    Tick,
+}
+
+/// A key the core reacts to. Everything else stays in the views.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyInput {
+    /// A digit 0-9 (other values are ignored).
+    Digit(u8),
+    /// Delete the last digit.
+    Backspace,
+    /// Submit the PIN.
+    Enter,
+    /// Cancel: leave PIN entry, forget a held PIN, dismiss a message.
+    Escape,
+}
+
+/// Why reading a card (SELECT, CHUID, certificate) failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CardReadFailure {
+    /// The card left before it was read.
+    CardRemoved,
+    /// The card has no PIV application: not a sign-in badge.
+    NotPiv,
+    /// The card answered badly or not at all.
+    Unreadable,
+}
+
+/// Why signing in failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuthFailure {
+    /// The card refused the PIN.
+    WrongPin {
+        /// Tries left before the card blocks the PIN.
+        tries_left: u8,
+    },
+    /// The card's PIN is blocked.
+    PinBlocked,
+    /// The card left before the work was done.
+    CardRemoved,
+    /// The card answered badly or not at all (details go to the runtime's log).
+    CardError,
+    /// The server could not be reached.
+    ServerUnreachable,
+    /// The server refused the sign-in with this code.
+    ServerRefused {
+        /// The server's stable error code.
+        code: ErrorCode,
+    },
+}

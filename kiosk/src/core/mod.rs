@@ -1,0 +1,1015 @@
+//! The kiosk's pure core: a state machine that turns [`Event`]s into [`Effect`]s, with no I/O, no threads and no clock of its own.
+//!
+//! The runtime feeds [`Kiosk::handle_event`] what happened (readers, cards, results of card
+//! work, keys, the server's reachability, ticks) together with the current monotonic time,
+//! carries out the effects it gets back (card work, session events to publish, a wake-up to
+//! schedule), and renders [`Kiosk::state`]. The terminal UI and the headless mode are two views
+//! of that one state.
+//!
+//! The PIN is typed into the core one digit at a time and kept in a zeroizing buffer that is
+//! cleared whenever PIN entry ends; it leaves the core only inside [`Effect::Authenticate`].
+//! [`State`] shows the number of digits, never the digits.
+
+mod config;
+mod effect;
+mod event;
+mod notice;
+mod state;
+#[cfg(test)]
+mod tests;
+
+use std::collections::BTreeSet;
+use std::fmt;
+use std::mem;
+use std::time::{Duration, Instant};
+
+use pivtap_apdu::piv::Pin;
+use pivtap_server_client::wire::UserInfo;
+use time::OffsetDateTime;
+use zeroize::{Zeroize, Zeroizing};
+
+pub use config::{CoreConfig, Flow, SessionPolicy, WrongPinDelay};
+pub use effect::{Effect, SessionEvent, SignOutReason};
+pub use event::{AuthFailure, CardReadFailure, Event, KeyInput, WorkId};
+pub use notice::{Notice, NoticeCode};
+pub use state::{CardSummary, PinPrompt, Session, State, Step};
+
+/// The fewest digits a PIN has.
+pub const PIN_MIN_DIGITS: usize = 6;
+/// The most digits a PIN has; further digits are ignored.
+pub const PIN_MAX_DIGITS: usize = 8;
+
+/// Deadlines further away than this are treated as this far away (so adding never overflows).
+const LONGEST_WAIT: Duration = Duration::from_secs(100 * 365 * 24 * 60 * 60);
+
+/// The kiosk state machine. Create it with [`Kiosk::new`], feed it with [`Kiosk::handle_event`].
+pub struct Kiosk {
+    config: CoreConfig,
+    state: State,
+    /// The digits typed so far; empty outside PIN entry. Its capacity is reserved up front so
+    /// typing never reallocates (which would leave a copy behind).
+    typed_pin: Zeroizing<String>,
+    readers: BTreeSet<String>,
+    /// Readers holding a card.
+    cards: BTreeSet<String>,
+    reader_service_available: bool,
+    server_reachable: bool,
+    wrong_pins_in_a_row: u32,
+    /// After a wrong PIN: no attempt before this, on any badge.
+    retry_not_before: Option<Instant>,
+    /// When the notice of [`State::WaitingForCard`] or [`State::Error`] has been shown long enough.
+    notice_until: Option<Instant>,
+    last_work: u64,
+    /// The wake-up last asked of the runtime.
+    scheduled_tick: Option<Instant>,
+    /// Effects of the event being handled.
+    effects: Vec<Effect>,
+}
+
+/// Something the core waits for.
+#[derive(Debug, Clone, Copy)]
+enum Timer {
+    NoticeOver,
+    WorkTimedOut,
+    RetryAllowed,
+    PinForgotten,
+    SessionExpired,
+    SessionIdle,
+}
+
+impl Kiosk {
+    /// A kiosk that has not seen a reader yet ([`State::ReaderMissing`]). The runtime reports the
+    /// readers and cards already present as `ReaderAdded` and `CardPresent` events.
+    #[must_use]
+    pub fn new(config: CoreConfig) -> Self {
+        Kiosk {
+            config,
+            state: State::ReaderMissing {
+                notice: Notice::no_reader(),
+            },
+            typed_pin: Zeroizing::new(String::with_capacity(PIN_MAX_DIGITS)),
+            readers: BTreeSet::new(),
+            cards: BTreeSet::new(),
+            reader_service_available: true,
+            server_reachable: true,
+            wrong_pins_in_a_row: 0,
+            retry_not_before: None,
+            notice_until: None,
+            last_work: 0,
+            scheduled_tick: None,
+            effects: Vec::new(),
+        }
+    }
+
+    /// Takes in one event that happened at `now` and returns what the runtime must do, in order.
+    /// Events that do not apply to the current state change nothing. Deadlines that passed by
+    /// `now` are handled first, whatever the event.
+    pub fn handle_event(&mut self, event: Event, now: Instant) -> Vec<Effect> {
+        self.advance_time(now);
+        match event {
+            Event::ReaderAdded { reader } => self.on_reader_added(reader, now),
+            Event::ReaderRemoved { reader } => self.on_reader_removed(&reader, now),
+            Event::ReaderServiceLost => self.on_reader_service_lost(now),
+            Event::ReaderServiceRestored => self.on_reader_service_restored(now),
+            Event::CardPresent { reader } => self.on_card_present(reader, now),
+            Event::CardRemoved { reader } => self.on_card_removed(&reader, now),
+            Event::CardRead {
+                work,
+                card,
+                pin_tries_left,
+            } => self.on_card_read(work, card, pin_tries_left, now),
+            Event::CardReadFailed { work, failure } => self.on_card_read_failed(work, failure, now),
+            Event::AuthProgress { work, step } => self.on_auth_progress(work, step),
+            Event::AuthSucceeded {
+                work,
+                user,
+                signed_in_at,
+                expires_at,
+            } => self.on_auth_succeeded(work, user, signed_in_at, expires_at, now),
+            Event::AuthFailed { work, failure } => self.on_auth_failed(work, failure, now),
+            Event::Key(key) => self.on_key(key, now),
+            Event::SignOutRequested => self.sign_out(SignOutReason::Explicit, now),
+            Event::ServerReachable => self.on_server_reachable(now),
+            Event::ServerUnreachable => self.on_server_unreachable(now),
+            // The runtime's wake-up is used up: announce the next one again.
+            Event::Tick => self.scheduled_tick = None,
+        }
+        self.advance_time(now);
+        self.schedule_next_tick();
+        mem::take(&mut self.effects)
+    }
+
+    /// The current state, for the views.
+    #[must_use]
+    pub fn state(&self) -> &State {
+        &self.state
+    }
+
+    /// The configuration the kiosk runs with.
+    #[must_use]
+    pub fn config(&self) -> &CoreConfig {
+        &self.config
+    }
+
+    /// The signed-in worker's session, if any.
+    #[must_use]
+    pub fn session(&self) -> Option<&Session> {
+        match &self.state {
+            State::SignedIn { session, .. } => Some(session),
+            _ => None,
+        }
+    }
+
+    /// The connected readers, by name.
+    #[must_use]
+    pub fn readers(&self) -> &BTreeSet<String> {
+        &self.readers
+    }
+
+    /// Whether the smart card service is running (as far as the last events said).
+    #[must_use]
+    pub fn reader_service_available(&self) -> bool {
+        self.reader_service_available
+    }
+
+    /// Whether the sign-in server answered last time it was asked.
+    #[must_use]
+    pub fn server_reachable(&self) -> bool {
+        self.server_reachable
+    }
+
+    // --- readers and cards ---
+
+    fn on_reader_added(&mut self, reader: String, now: Instant) {
+        self.reader_service_available = true;
+        self.readers.insert(reader);
+        if matches!(self.state, State::ReaderMissing { .. }) {
+            self.rest(None, now);
+        }
+    }
+
+    fn on_reader_removed(&mut self, reader: &str, now: Instant) {
+        self.readers.remove(reader);
+        self.cards.remove(reader);
+        self.lose_card(
+            reader,
+            Notice::reader_removed(),
+            SignOutReason::ReaderLost,
+            now,
+        );
+        self.rest_if_no_reader(now);
+    }
+
+    fn on_reader_service_lost(&mut self, now: Instant) {
+        self.reader_service_available = false;
+        self.readers.clear();
+        self.cards.clear();
+        if let Some(reader) = self.reader_in_use() {
+            let notice = Notice::reader_service_down(&self.config.help_contact);
+            self.lose_card(&reader, notice, SignOutReason::ReaderLost, now);
+        }
+        self.rest_if_no_reader(now);
+    }
+
+    fn on_reader_service_restored(&mut self, now: Instant) {
+        self.reader_service_available = true;
+        self.rest_if_no_reader(now);
+    }
+
+    fn on_card_present(&mut self, reader: String, now: Instant) {
+        self.reader_service_available = true;
+        self.readers.insert(reader.clone());
+        if !self.cards.insert(reader.clone()) {
+            return; // Already known: a repeated report, not a new tap.
+        }
+        match &mut self.state {
+            State::ReaderMissing { .. }
+            | State::WaitingForCard { .. }
+            | State::ServerUnreachable { .. }
+            | State::Error { .. }
+            | State::PinFirst { .. } => self.start_sign_in(reader, now),
+            State::SignedIn { session, .. } => {
+                session.last_activity = now;
+                if self.config.session.fast_user_switch {
+                    self.end_session(SignOutReason::Switched);
+                    self.start_sign_in(reader, now);
+                } else if session.reader == reader {
+                    session.card_present = true;
+                }
+            }
+            State::ReadingCard { .. }
+            | State::PinEntry { .. }
+            | State::Working { .. }
+            | State::PinBlocked { .. } => {}
+        }
+    }
+
+    fn on_card_removed(&mut self, reader: &str, now: Instant) {
+        self.cards.remove(reader);
+        self.lose_card(
+            reader,
+            Notice::card_removed(),
+            SignOutReason::CardRemoved,
+            now,
+        );
+    }
+
+    /// The card on `reader` is gone (removed, or its reader or the service went away).
+    fn lose_card(&mut self, reader: &str, notice: Notice, reason: SignOutReason, now: Instant) {
+        let sign_out_on_removal = self.config.session.sign_out_on_removal;
+        match &mut self.state {
+            State::ReadingCard { reader: used, .. } | State::PinEntry { reader: used, .. }
+                if used.as_str() == reader =>
+            {
+                self.abandon(reader, notice, now);
+            }
+            // Once the card has signed, signing in needs only the server: carry on, unless
+            // the session would end at once for the removal anyway.
+            State::Working {
+                reader: used, step, ..
+            } if used.as_str() == reader && (*step != Step::SigningIn || sign_out_on_removal) => {
+                self.abandon(reader, notice, now);
+            }
+            State::PinBlocked { reader: used, .. } | State::Error { reader: used, .. }
+                if used.as_str() == reader =>
+            {
+                self.rest(None, now);
+            }
+            State::SignedIn { session, .. } if session.reader == reader => {
+                session.card_present = false;
+                if sign_out_on_removal {
+                    self.sign_out(reason, now);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// The reader the current state is about, if any.
+    fn reader_in_use(&self) -> Option<String> {
+        match &self.state {
+            State::ReadingCard { reader, .. }
+            | State::PinEntry { reader, .. }
+            | State::Working { reader, .. }
+            | State::PinBlocked { reader, .. }
+            | State::Error { reader, .. } => Some(reader.clone()),
+            State::SignedIn { session, .. } => Some(session.reader.clone()),
+            State::ReaderMissing { .. }
+            | State::WaitingForCard { .. }
+            | State::PinFirst { .. }
+            | State::ServerUnreachable { .. } => None,
+        }
+    }
+
+    /// With no reader left, everything but a session gives way to [`State::ReaderMissing`].
+    fn rest_if_no_reader(&mut self, now: Instant) {
+        if self.readers.is_empty() && !matches!(self.state, State::SignedIn { .. }) {
+            self.rest(None, now);
+        }
+    }
+
+    // --- signing in ---
+
+    /// A new tap on `reader`, in a state that accepts one.
+    fn start_sign_in(&mut self, reader: String, now: Instant) {
+        self.publish(SessionEvent::CardPresent {
+            reader: reader.clone(),
+        });
+        match self.config.flow {
+            Flow::TapThenPin => {
+                self.clear_pin();
+                let work = self.next_work();
+                self.effects.push(Effect::ReadCard {
+                    work,
+                    reader: reader.clone(),
+                });
+                self.enter(
+                    State::ReadingCard {
+                        reader,
+                        work,
+                        started_at: now,
+                    },
+                    now,
+                );
+            }
+            Flow::PinThenTap => self.use_held_pin(reader, now),
+        }
+    }
+
+    /// PIN then tap: a badge is on `reader`; sign in with the held PIN if there is one.
+    fn use_held_pin(&mut self, reader: String, now: Instant) {
+        let retry_pending = self.retry_pending(now);
+        if !retry_pending {
+            if let Some(pin) = self.take_pin() {
+                self.authenticate(reader, pin, None, now);
+                return;
+            }
+        }
+        let tries_left = match &self.state {
+            State::PinFirst { prompt } => prompt.tries_left,
+            _ => None,
+        };
+        let notice = if retry_pending {
+            self.notify(Notice::wait_before_retry())
+        } else {
+            let notice = self.notify(Notice::type_pin_first());
+            self.publish(SessionEvent::PinRequired { tries_left });
+            notice
+        };
+        if self.typed_pin.is_empty() && !matches!(self.state, State::PinFirst { .. }) {
+            self.rest(Some(notice), now);
+        } else {
+            let prompt =
+                self.new_prompt(now, tries_left, Some(notice), self.config.pin_hold_timeout);
+            self.enter(State::PinFirst { prompt }, now);
+        }
+    }
+
+    fn on_card_read(
+        &mut self,
+        work: WorkId,
+        card: CardSummary,
+        pin_tries_left: Option<u8>,
+        now: Instant,
+    ) {
+        let Some(reader) = self.reader_reading(work) else {
+            return;
+        };
+        if pin_tries_left == Some(0) {
+            self.block(reader, now);
+            return;
+        }
+        let prompt = self.new_prompt(now, pin_tries_left, None, self.config.pin_entry_timeout);
+        if prompt.retry_at.is_none() {
+            self.publish(SessionEvent::PinRequired {
+                tries_left: pin_tries_left,
+            });
+        }
+        self.enter(
+            State::PinEntry {
+                reader,
+                card,
+                prompt,
+            },
+            now,
+        );
+    }
+
+    fn on_card_read_failed(&mut self, work: WorkId, failure: CardReadFailure, now: Instant) {
+        let Some(reader) = self.reader_reading(work) else {
+            return;
+        };
+        match failure {
+            CardReadFailure::CardRemoved => self.give_up(Notice::card_removed(), now),
+            CardReadFailure::NotPiv => self.show_error(reader, Notice::card_not_supported(), now),
+            CardReadFailure::Unreadable => self.show_error(reader, Notice::card_unreadable(), now),
+        }
+    }
+
+    fn on_auth_progress(&mut self, work: WorkId, step: Step) {
+        if let State::Working {
+            work: current,
+            step: shown,
+            ..
+        } = &mut self.state
+        {
+            if *current == work {
+                *shown = step;
+            }
+        }
+    }
+
+    fn on_auth_succeeded(
+        &mut self,
+        work: WorkId,
+        user: UserInfo,
+        signed_in_at: OffsetDateTime,
+        expires_at: OffsetDateTime,
+        now: Instant,
+    ) {
+        let Some((reader, _)) = self.reader_working(work) else {
+            return;
+        };
+        self.wrong_pins_in_a_row = 0;
+        self.retry_not_before = None;
+        let lifetime = Duration::try_from(expires_at - signed_in_at).unwrap_or(Duration::ZERO);
+        self.publish(SessionEvent::SignedIn {
+            user: user.clone(),
+            expires_at,
+        });
+        let session = Session {
+            user,
+            card_present: self.cards.contains(&reader),
+            reader,
+            signed_in_at,
+            expires_at,
+            ends_at: later(now, lifetime),
+            last_activity: now,
+        };
+        self.enter(
+            State::SignedIn {
+                session,
+                next_worker: None,
+            },
+            now,
+        );
+    }
+
+    fn on_auth_failed(&mut self, work: WorkId, failure: AuthFailure, now: Instant) {
+        let Some((reader, card)) = self.reader_working(work) else {
+            return;
+        };
+        match failure {
+            AuthFailure::WrongPin { tries_left: 0 } | AuthFailure::PinBlocked => {
+                self.block(reader, now);
+            }
+            AuthFailure::WrongPin { tries_left } => self.wrong_pin(reader, card, tries_left, now),
+            AuthFailure::CardRemoved => self.give_up(Notice::card_removed(), now),
+            AuthFailure::CardError => self.show_error(reader, Notice::card_unreadable(), now),
+            AuthFailure::ServerUnreachable => {
+                self.server_reachable = false;
+                self.rest(None, now);
+            }
+            AuthFailure::ServerRefused { code } => {
+                let notice = Notice::server_refused(code, &self.config.help_contact);
+                self.show_error(reader, notice, now);
+            }
+        }
+    }
+
+    fn wrong_pin(
+        &mut self,
+        reader: String,
+        card: Option<CardSummary>,
+        tries_left: u8,
+        now: Instant,
+    ) {
+        self.wrong_pins_in_a_row = self.wrong_pins_in_a_row.saturating_add(1);
+        let delay = self.config.wrong_pin_delay.after(self.wrong_pins_in_a_row);
+        self.retry_not_before = Some(later(now, delay));
+        let notice = self.notify(Notice::wrong_pin(tries_left));
+        let timeout = match self.config.flow {
+            Flow::TapThenPin => self.config.pin_entry_timeout,
+            Flow::PinThenTap => self.config.pin_hold_timeout,
+        };
+        let prompt = self.new_prompt(now, Some(tries_left), Some(notice.clone()), timeout);
+        if prompt.retry_at.is_none() {
+            self.publish(SessionEvent::PinRequired {
+                tries_left: Some(tries_left),
+            });
+        }
+        match self.config.flow {
+            Flow::TapThenPin if self.cards.contains(&reader) => {
+                let card = card.unwrap_or_default();
+                let next = State::PinEntry {
+                    reader,
+                    card,
+                    prompt,
+                };
+                self.enter(next, now);
+            }
+            // The badge already left: the next tap starts over.
+            Flow::TapThenPin => self.rest(Some(notice), now),
+            Flow::PinThenTap => self.enter(State::PinFirst { prompt }, now),
+        }
+    }
+
+    /// The badge on `reader` has a blocked PIN: say so until it leaves.
+    fn block(&mut self, reader: String, now: Instant) {
+        self.clear_pin();
+        let notice = self.notify(Notice::pin_blocked(&self.config.help_contact));
+        if self.cards.contains(&reader) {
+            self.enter(State::PinBlocked { reader, notice }, now);
+        } else {
+            self.rest(Some(notice), now);
+        }
+    }
+
+    fn authenticate(&mut self, reader: String, pin: Pin, card: Option<CardSummary>, now: Instant) {
+        let work = self.next_work();
+        self.effects.push(Effect::Authenticate {
+            work,
+            reader: reader.clone(),
+            pin,
+        });
+        self.enter(
+            State::Working {
+                reader,
+                work,
+                step: Step::Verifying,
+                card,
+                started_at: now,
+            },
+            now,
+        );
+    }
+
+    /// The reader of the card read `work` is doing, if that is what is going on.
+    fn reader_reading(&self, work: WorkId) -> Option<String> {
+        match &self.state {
+            State::ReadingCard {
+                reader,
+                work: current,
+                ..
+            } if *current == work => Some(reader.clone()),
+            _ => None,
+        }
+    }
+
+    /// The reader and card of the authentication `work`, if that is what is going on.
+    fn reader_working(&self, work: WorkId) -> Option<(String, Option<CardSummary>)> {
+        match &self.state {
+            State::Working {
+                reader,
+                work: current,
+                card,
+                ..
+            } if *current == work => Some((reader.clone(), card.clone())),
+            _ => None,
+        }
+    }
+
+    fn next_work(&mut self) -> WorkId {
+        self.last_work = self.last_work.wrapping_add(1);
+        WorkId(self.last_work)
+    }
+
+    // --- keys ---
+
+    fn on_key(&mut self, key: KeyInput, now: Instant) {
+        match &self.state {
+            State::PinEntry { .. } => self.key_in_pin_entry(key, now),
+            State::PinFirst { .. } => self.key_in_pin_first(key, now),
+            State::SignedIn { .. } => self.key_while_signed_in(key, now),
+            State::WaitingForCard { .. }
+            | State::ServerUnreachable { .. }
+            | State::Error { .. } => {
+                self.key_while_waiting(key, now);
+            }
+            State::ReadingCard { reader, .. } | State::Working { reader, .. } => {
+                if key == KeyInput::Escape {
+                    let reader = reader.clone();
+                    self.abandon(&reader, Notice::cancelled(), now);
+                }
+            }
+            State::ReaderMissing { .. } | State::PinBlocked { .. } => {}
+        }
+    }
+
+    fn key_in_pin_entry(&mut self, key: KeyInput, now: Instant) {
+        let State::PinEntry { reader, card, .. } = &self.state else {
+            return;
+        };
+        match key {
+            KeyInput::Enter if self.retry_pending(now) => {}
+            KeyInput::Enter => {
+                let (reader, card) = (reader.clone(), card.clone());
+                match self.take_pin() {
+                    Some(pin) => self.authenticate(reader, pin, Some(card), now),
+                    None => self.tell_pin_too_short(),
+                }
+            }
+            KeyInput::Escape => {
+                let reader = reader.clone();
+                self.abandon(&reader, Notice::cancelled(), now);
+            }
+            KeyInput::Digit(_) | KeyInput::Backspace => {
+                self.edit_pin(key, now, self.config.pin_entry_timeout);
+            }
+        }
+    }
+
+    fn key_in_pin_first(&mut self, key: KeyInput, now: Instant) {
+        match key {
+            KeyInput::Enter if self.typed_pin.len() < PIN_MIN_DIGITS => self.tell_pin_too_short(),
+            // A badge already resting on a reader is used at once.
+            KeyInput::Enter => {
+                if let Some(reader) = self.cards.first().cloned() {
+                    self.use_held_pin(reader, now);
+                }
+            }
+            KeyInput::Escape => self.rest(None, now),
+            KeyInput::Digit(_) | KeyInput::Backspace => {
+                self.edit_pin(key, now, self.config.pin_hold_timeout);
+            }
+        }
+    }
+
+    fn key_while_signed_in(&mut self, key: KeyInput, now: Instant) {
+        let State::SignedIn {
+            session,
+            next_worker,
+        } = &mut self.state
+        else {
+            return;
+        };
+        session.last_activity = now;
+        let collects_next_pin =
+            self.config.flow == Flow::PinThenTap && self.config.session.fast_user_switch;
+        if !collects_next_pin {
+            return;
+        }
+        match key {
+            KeyInput::Escape => {
+                *next_worker = None;
+                self.clear_pin();
+            }
+            KeyInput::Enter => {}
+            KeyInput::Digit(_) | KeyInput::Backspace => {
+                if next_worker.is_none() {
+                    let prompt = self.new_prompt(now, None, None, self.config.pin_hold_timeout);
+                    if let State::SignedIn { next_worker, .. } = &mut self.state {
+                        *next_worker = Some(prompt);
+                    }
+                }
+                self.edit_pin(key, now, self.config.pin_hold_timeout);
+                if self.typed_pin.is_empty() {
+                    if let State::SignedIn { next_worker, .. } = &mut self.state {
+                        *next_worker = None;
+                    }
+                }
+            }
+        }
+    }
+
+    fn key_while_waiting(&mut self, key: KeyInput, now: Instant) {
+        match key {
+            KeyInput::Digit(_) if self.config.flow == Flow::PinThenTap => {
+                self.clear_pin();
+                if apply_key_to_pin(&mut self.typed_pin, key) {
+                    let prompt = self.new_prompt(now, None, None, self.config.pin_hold_timeout);
+                    self.enter(State::PinFirst { prompt }, now);
+                }
+            }
+            KeyInput::Escape => self.rest(None, now),
+            KeyInput::Digit(_) | KeyInput::Backspace | KeyInput::Enter => {}
+        }
+    }
+
+    /// Applies a digit or Backspace to the typed PIN and the prompt showing it.
+    fn edit_pin(&mut self, key: KeyInput, now: Instant, timeout: Duration) {
+        if !apply_key_to_pin(&mut self.typed_pin, key) {
+            return;
+        }
+        let digits = self.typed_pin.len();
+        if let Some(prompt) = self.prompt_mut() {
+            prompt.digits = digits;
+            prompt.notice = None;
+            prompt.forget_at = later(prompt.retry_at.map_or(now, |at| at.max(now)), timeout);
+        }
+    }
+
+    fn tell_pin_too_short(&mut self) {
+        let notice = self.notify(Notice::pin_too_short());
+        if let Some(prompt) = self.prompt_mut() {
+            prompt.notice = Some(notice);
+        }
+    }
+
+    fn prompt_mut(&mut self) -> Option<&mut PinPrompt> {
+        match &mut self.state {
+            State::PinEntry { prompt, .. }
+            | State::PinFirst { prompt }
+            | State::SignedIn {
+                next_worker: Some(prompt),
+                ..
+            } => Some(prompt),
+            _ => None,
+        }
+    }
+
+    fn new_prompt(
+        &self,
+        now: Instant,
+        tries_left: Option<u8>,
+        notice: Option<Notice>,
+        timeout: Duration,
+    ) -> PinPrompt {
+        let retry_at = self.retry_not_before.filter(|at| *at > now);
+        PinPrompt {
+            digits: self.typed_pin.len(),
+            tries_left,
+            retry_at,
+            notice,
+            forget_at: later(retry_at.unwrap_or(now), timeout),
+        }
+    }
+
+    fn retry_pending(&self, now: Instant) -> bool {
+        self.retry_not_before.is_some_and(|at| at > now)
+    }
+
+    /// The typed PIN, if it is a valid one; the buffer is cleared when it is taken.
+    fn take_pin(&mut self) -> Option<Pin> {
+        let pin = Pin::new(&self.typed_pin).ok()?;
+        self.clear_pin();
+        Some(pin)
+    }
+
+    fn clear_pin(&mut self) {
+        self.typed_pin.zeroize();
+    }
+
+    // --- sessions ---
+
+    fn sign_out(&mut self, reason: SignOutReason, now: Instant) {
+        if let Some(session) = self.end_session(reason) {
+            let notice = Notice::signed_out(&session.user.display_name, reason);
+            self.rest(Some(notice), now);
+        }
+    }
+
+    /// Publishes the end of the current session, if there is one; the caller moves on.
+    fn end_session(&mut self, reason: SignOutReason) -> Option<Session> {
+        let State::SignedIn { session, .. } = &self.state else {
+            return None;
+        };
+        let session = session.clone();
+        self.publish(SessionEvent::SignedOut {
+            user_id: session.user.id.clone(),
+            reason,
+        });
+        self.effects.push(Effect::DropSession);
+        Some(session)
+    }
+
+    fn idle_deadline(&self, session: &Session) -> Option<Instant> {
+        let kept_by_badge = self.config.session.sign_out_on_removal && session.card_present;
+        let timeout = self
+            .config
+            .session
+            .idle_timeout
+            .filter(|_| !kept_by_badge)?;
+        Some(later(session.last_activity, timeout))
+    }
+
+    // --- the server ---
+
+    fn on_server_reachable(&mut self, now: Instant) {
+        self.server_reachable = true;
+        if matches!(self.state, State::ServerUnreachable { .. }) {
+            self.rest(None, now);
+        }
+    }
+
+    fn on_server_unreachable(&mut self, now: Instant) {
+        self.server_reachable = false;
+        if matches!(self.state, State::WaitingForCard { notice: None }) {
+            self.rest(None, now);
+        }
+    }
+
+    // --- time ---
+
+    fn next_timer(&self) -> Option<(Instant, Timer)> {
+        let mut timers = Vec::with_capacity(3);
+        if let Some(at) = self.notice_until {
+            timers.push((at, Timer::NoticeOver));
+        }
+        match &self.state {
+            State::ReadingCard { started_at, .. } | State::Working { started_at, .. } => {
+                timers.push((
+                    later(*started_at, self.config.work_timeout),
+                    Timer::WorkTimedOut,
+                ));
+            }
+            State::PinEntry { prompt, .. } | State::PinFirst { prompt } => {
+                if let Some(at) = prompt.retry_at {
+                    timers.push((at, Timer::RetryAllowed));
+                }
+                timers.push((prompt.forget_at, Timer::PinForgotten));
+            }
+            State::SignedIn {
+                session,
+                next_worker,
+            } => {
+                timers.push((session.ends_at, Timer::SessionExpired));
+                if let Some(at) = self.idle_deadline(session) {
+                    timers.push((at, Timer::SessionIdle));
+                }
+                if let Some(prompt) = next_worker {
+                    timers.push((prompt.forget_at, Timer::PinForgotten));
+                }
+            }
+            State::ReaderMissing { .. }
+            | State::WaitingForCard { .. }
+            | State::PinBlocked { .. }
+            | State::ServerUnreachable { .. }
+            | State::Error { .. } => {}
+        }
+        timers.into_iter().min_by_key(|(at, _)| *at)
+    }
+
+    /// Fires every deadline due by `now`, earliest first. Each firing removes its deadline.
+    fn advance_time(&mut self, now: Instant) {
+        while let Some((at, timer)) = self.next_timer() {
+            if at > now {
+                break;
+            }
+            self.fire(timer, now);
+        }
+    }
+
+    fn fire(&mut self, timer: Timer, now: Instant) {
+        match timer {
+            Timer::NoticeOver => {
+                self.notice_until = None;
+                if matches!(
+                    self.state,
+                    State::Error { .. } | State::WaitingForCard { notice: Some(_) }
+                ) {
+                    self.rest(None, now);
+                }
+            }
+            Timer::WorkTimedOut => {
+                if let State::ReadingCard { reader, .. } | State::Working { reader, .. } =
+                    &self.state
+                {
+                    let reader = reader.clone();
+                    self.effects.push(Effect::CancelCardWork {
+                        reader: reader.clone(),
+                    });
+                    self.show_error(reader, Notice::work_timed_out(), now);
+                }
+            }
+            Timer::RetryAllowed => {
+                if let Some(prompt) = self.prompt_mut() {
+                    prompt.retry_at = None;
+                    let tries_left = prompt.tries_left;
+                    self.publish(SessionEvent::PinRequired { tries_left });
+                }
+            }
+            Timer::PinForgotten => match &mut self.state {
+                State::PinEntry { reader, .. } => {
+                    let reader = reader.clone();
+                    self.clear_pin();
+                    self.effects.push(Effect::CancelCardWork {
+                        reader: reader.clone(),
+                    });
+                    self.show_error(reader, Notice::pin_entry_timed_out(), now);
+                }
+                State::PinFirst { .. } => self.give_up(Notice::pin_forgotten(), now),
+                State::SignedIn { next_worker, .. } => {
+                    *next_worker = None;
+                    self.clear_pin();
+                }
+                _ => {}
+            },
+            Timer::SessionExpired => self.sign_out(SignOutReason::Expired, now),
+            Timer::SessionIdle => self.sign_out(SignOutReason::Idle, now),
+        }
+    }
+
+    fn schedule_next_tick(&mut self) {
+        let next = self.next_timer().map(|(at, _)| at);
+        if next != self.scheduled_tick {
+            if let Some(at) = next {
+                self.effects.push(Effect::ScheduleTick { at });
+            }
+            self.scheduled_tick = next;
+        }
+    }
+
+    // --- moving between states ---
+
+    /// Stops the work on `reader`'s card and returns to waiting, saying why.
+    fn abandon(&mut self, reader: &str, notice: Notice, now: Instant) {
+        self.effects.push(Effect::CancelCardWork {
+            reader: reader.to_owned(),
+        });
+        self.give_up(notice, now);
+    }
+
+    /// Returns to waiting, saying why.
+    fn give_up(&mut self, notice: Notice, now: Instant) {
+        let notice = self.notify(notice);
+        self.rest(Some(notice), now);
+    }
+
+    fn show_error(&mut self, reader: String, notice: Notice, now: Instant) {
+        let notice = self.notify(notice);
+        self.enter(State::Error { reader, notice }, now);
+    }
+
+    /// Goes to the state the kiosk rests in when nothing is going on, clearing any typed PIN:
+    /// no reader, a notice to show, the server down, or waiting for a tap.
+    fn rest(&mut self, notice: Option<Notice>, now: Instant) {
+        self.clear_pin();
+        let told = notice.as_ref().map(|notice| notice.code);
+        let next = if self.readers.is_empty() {
+            State::ReaderMissing {
+                notice: if self.reader_service_available {
+                    Notice::no_reader()
+                } else {
+                    Notice::reader_service_down(&self.config.help_contact)
+                },
+            }
+        } else if notice.is_some() {
+            State::WaitingForCard { notice }
+        } else if !self.server_reachable {
+            State::ServerUnreachable {
+                notice: Notice::server_unreachable(),
+            }
+        } else {
+            State::WaitingForCard { notice: None }
+        };
+        if let State::ReaderMissing { notice: shown } | State::ServerUnreachable { notice: shown } =
+            &next
+        {
+            let newly = mem::discriminant(&self.state) != mem::discriminant(&next);
+            if newly && told != Some(shown.code) {
+                self.publish(SessionEvent::Error(shown.clone()));
+            }
+        }
+        self.enter(next, now);
+    }
+
+    /// Replaces the state, starting the notice's display time where it has one.
+    fn enter(&mut self, state: State, now: Instant) {
+        self.notice_until = match &state {
+            State::WaitingForCard { notice: Some(_) } | State::Error { .. } => {
+                Some(later(now, self.config.message_duration))
+            }
+            _ => None,
+        };
+        self.state = state;
+    }
+
+    fn publish(&mut self, event: SessionEvent) {
+        self.effects.push(Effect::Publish(event));
+    }
+
+    /// Publishes `notice` as an `error` event and hands it back for the state.
+    fn notify(&mut self, notice: Notice) -> Notice {
+        self.publish(SessionEvent::Error(notice.clone()));
+        notice
+    }
+}
+
+impl fmt::Debug for Kiosk {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Kiosk")
+            .field("state", &self.state)
+            .field("readers", &self.readers)
+            .field("cards", &self.cards)
+            .field("server_reachable", &self.server_reachable)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Applies a digit (0-9, up to [`PIN_MAX_DIGITS`]) or Backspace to `typed_pin`; whether it changed.
+fn apply_key_to_pin(typed_pin: &mut String, key: KeyInput) -> bool {
+    match key {
+        KeyInput::Digit(digit) if digit <= 9 && typed_pin.len() < PIN_MAX_DIGITS => {
+            typed_pin.push(char::from(b'0' + digit));
+            true
+        }
+        KeyInput::Backspace => typed_pin.pop().is_some(),
+        KeyInput::Digit(_) | KeyInput::Enter | KeyInput::Escape => false,
+    }
+}
+
+/// `delay` after `from`, saturating far in the future instead of overflowing.
+fn later(from: Instant, delay: Duration) -> Instant {
+    from.checked_add(delay.min(LONGEST_WAIT)).unwrap_or(from)
+}

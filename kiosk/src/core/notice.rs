@@ -1,0 +1,317 @@
+//! Notices: what the kiosk tells a worker when things do not go to plan, with a stable code for programs and a plain-language message for people.
+
+use std::fmt;
+
+use pivtap_server_client::wire::ErrorCode;
+use serde::{Deserialize, Serialize};
+
+use super::effect::SignOutReason;
+
+/// A stable notice code, as `snake_case` text in JSON. Programs match on it; people read the message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NoticeCode {
+    /// The card refused the PIN.
+    WrongPin,
+    /// Fewer than six digits were submitted.
+    PinTooShort,
+    /// An attempt came during the pause after a wrong PIN.
+    WaitBeforeRetry,
+    /// The badge's PIN is blocked.
+    PinBlocked,
+    /// PIN then tap: the badge was tapped before the PIN was typed.
+    TypePinFirst,
+    /// The badge left the reader before sign-in finished.
+    CardRemoved,
+    /// The badge could not be read.
+    CardUnreadable,
+    /// The card is not a sign-in badge.
+    CardNotSupported,
+    /// No card reader is connected.
+    NoReader,
+    /// The reader in use was unplugged.
+    ReaderRemoved,
+    /// The smart card service is not running.
+    ReaderServiceDown,
+    /// The sign-in server cannot be reached.
+    ServerUnreachable,
+    /// The sign-in server refused; [`Notice::server_code`] says why.
+    ServerRefused,
+    /// Nothing happened for too long: a PIN was forgotten or work was abandoned.
+    TimedOut,
+    /// The worker cancelled the sign-in.
+    Cancelled,
+    /// A worker was signed out.
+    SignedOut,
+}
+
+impl NoticeCode {
+    /// Every code, for documentation and tests.
+    pub const ALL: [NoticeCode; 16] = [
+        NoticeCode::WrongPin,
+        NoticeCode::PinTooShort,
+        NoticeCode::WaitBeforeRetry,
+        NoticeCode::PinBlocked,
+        NoticeCode::TypePinFirst,
+        NoticeCode::CardRemoved,
+        NoticeCode::CardUnreadable,
+        NoticeCode::CardNotSupported,
+        NoticeCode::NoReader,
+        NoticeCode::ReaderRemoved,
+        NoticeCode::ReaderServiceDown,
+        NoticeCode::ServerUnreachable,
+        NoticeCode::ServerRefused,
+        NoticeCode::TimedOut,
+        NoticeCode::Cancelled,
+        NoticeCode::SignedOut,
+    ];
+
+    /// The code as it appears in JSON (`wrong_pin`).
+    #[must_use]
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NoticeCode::WrongPin => "wrong_pin",
+            NoticeCode::PinTooShort => "pin_too_short",
+            NoticeCode::WaitBeforeRetry => "wait_before_retry",
+            NoticeCode::PinBlocked => "pin_blocked",
+            NoticeCode::TypePinFirst => "type_pin_first",
+            NoticeCode::CardRemoved => "card_removed",
+            NoticeCode::CardUnreadable => "card_unreadable",
+            NoticeCode::CardNotSupported => "card_not_supported",
+            NoticeCode::NoReader => "no_reader",
+            NoticeCode::ReaderRemoved => "reader_removed",
+            NoticeCode::ReaderServiceDown => "reader_service_down",
+            NoticeCode::ServerUnreachable => "server_unreachable",
+            NoticeCode::ServerRefused => "server_refused",
+            NoticeCode::TimedOut => "timed_out",
+            NoticeCode::Cancelled => "cancelled",
+            NoticeCode::SignedOut => "signed_out",
+        }
+    }
+}
+
+impl fmt::Display for NoticeCode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A message for the worker: a stable code and plain words (no codes, no hex, no jargon).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Notice {
+    /// What happened, for programs.
+    pub code: NoticeCode,
+    /// With [`NoticeCode::ServerRefused`]: the server's code.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server_code: Option<ErrorCode>,
+    /// What happened and what to do, for people.
+    pub message: String,
+}
+
+impl Notice {
+    fn new(code: NoticeCode, message: impl Into<String>) -> Self {
+        Notice {
+            code,
+            server_code: None,
+            message: message.into(),
+        }
+    }
+
+    pub(super) fn wrong_pin(tries_left: u8) -> Self {
+        let tries = if tries_left == 1 { "try" } else { "tries" };
+        Notice::new(
+            NoticeCode::WrongPin,
+            format!("Wrong PIN. {tries_left} {tries} left before the badge is blocked."),
+        )
+    }
+
+    pub(super) fn pin_too_short() -> Self {
+        Notice::new(NoticeCode::PinTooShort, "Your PIN has 6 to 8 digits.")
+    }
+
+    pub(super) fn wait_before_retry() -> Self {
+        Notice::new(
+            NoticeCode::WaitBeforeRetry,
+            "Please wait a moment, then try again.",
+        )
+    }
+
+    pub(super) fn pin_blocked(help_contact: &str) -> Self {
+        Notice::new(
+            NoticeCode::PinBlocked,
+            format!(
+                "This badge is blocked after too many wrong PINs. Ask {help_contact} to unblock it."
+            ),
+        )
+    }
+
+    pub(super) fn type_pin_first() -> Self {
+        Notice::new(
+            NoticeCode::TypePinFirst,
+            "Type your PIN first, then tap your badge.",
+        )
+    }
+
+    pub(super) fn card_removed() -> Self {
+        Notice::new(
+            NoticeCode::CardRemoved,
+            "The badge was taken away before sign-in finished. Try again and keep it on the reader until your name appears.",
+        )
+    }
+
+    pub(super) fn card_unreadable() -> Self {
+        Notice::new(
+            NoticeCode::CardUnreadable,
+            "This badge could not be read. Hold it still on the reader and try again.",
+        )
+    }
+
+    pub(super) fn card_not_supported() -> Self {
+        Notice::new(
+            NoticeCode::CardNotSupported,
+            "This card is not a sign-in badge. Tap your work badge.",
+        )
+    }
+
+    pub(super) fn no_reader() -> Self {
+        Notice::new(
+            NoticeCode::NoReader,
+            "No card reader is connected. Plug in the card reader.",
+        )
+    }
+
+    pub(super) fn reader_removed() -> Self {
+        Notice::new(
+            NoticeCode::ReaderRemoved,
+            "The card reader was unplugged. Plug it in and try again.",
+        )
+    }
+
+    pub(super) fn reader_service_down(help_contact: &str) -> Self {
+        Notice::new(
+            NoticeCode::ReaderServiceDown,
+            format!(
+                "The card reader service has stopped. It usually restarts by itself; if it does not, ask {help_contact}."
+            ),
+        )
+    }
+
+    pub(super) fn server_unreachable() -> Self {
+        Notice::new(
+            NoticeCode::ServerUnreachable,
+            "Cannot reach the sign-in service. Check the network; sign-in works again as soon as it is back.",
+        )
+    }
+
+    pub(super) fn server_refused(code: ErrorCode, help_contact: &str) -> Self {
+        let message = match code {
+            ErrorCode::CardLocked => format!("This badge is locked. Ask {help_contact}."),
+            ErrorCode::CertificateExpired => {
+                format!("This badge has expired. Ask {help_contact} for a new one.")
+            }
+            ErrorCode::CertificateRevoked => {
+                format!("This badge is no longer valid. Ask {help_contact}.")
+            }
+            ErrorCode::CertificateUntrusted => {
+                format!("This badge is not accepted here. Ask {help_contact}.")
+            }
+            ErrorCode::UserUnknown => {
+                format!("This badge is not linked to a worker account. Ask {help_contact}.")
+            }
+            ErrorCode::UserLocked => format!("Your account is locked. Ask {help_contact}."),
+            ErrorCode::RateLimited => {
+                "Too many sign-in attempts. Wait a minute, then try again.".to_owned()
+            }
+            _ => format!(
+                "Sign-in did not work. Please try again; if it keeps failing, ask {help_contact}."
+            ),
+        };
+        Notice {
+            code: NoticeCode::ServerRefused,
+            server_code: Some(code),
+            message,
+        }
+    }
+
+    pub(super) fn pin_entry_timed_out() -> Self {
+        Notice::new(
+            NoticeCode::TimedOut,
+            "Sign-in stopped because no PIN was typed for a while. Tap your badge to try again.",
+        )
+    }
+
+    pub(super) fn pin_forgotten() -> Self {
+        Notice::new(
+            NoticeCode::TimedOut,
+            "Your PIN was cleared for your safety. Type it again, then tap your badge.",
+        )
+    }
+
+    pub(super) fn work_timed_out() -> Self {
+        Notice::new(
+            NoticeCode::TimedOut,
+            "Sign-in took too long. Please tap your badge again.",
+        )
+    }
+
+    pub(super) fn cancelled() -> Self {
+        Notice::new(NoticeCode::Cancelled, "Sign-in cancelled.")
+    }
+
+    pub(super) fn signed_out(name: &str, reason: SignOutReason) -> Self {
+        let message = match reason {
+            SignOutReason::CardRemoved => format!("{name} is signed out: the badge was removed."),
+            SignOutReason::ReaderLost => {
+                format!("{name} is signed out: the card reader was disconnected.")
+            }
+            SignOutReason::Idle => format!("{name} was signed out after a while without activity."),
+            SignOutReason::Explicit => format!("{name} is signed out."),
+            SignOutReason::Switched => {
+                format!("{name} was signed out because another worker signed in.")
+            }
+            SignOutReason::Expired => {
+                format!("{name}'s session has ended. Tap your badge to sign in again.")
+            }
+        };
+        Notice::new(NoticeCode::SignedOut, message)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codes_read_the_same_in_json_and_as_str() {
+        for code in NoticeCode::ALL {
+            assert_eq!(
+                serde_json::to_string(&code).unwrap(),
+                format!("\"{}\"", code.as_str())
+            );
+        }
+    }
+
+    #[test]
+    fn a_refusal_carries_the_server_code_and_plain_words() {
+        let notice = Notice::server_refused(ErrorCode::CardLocked, "the site office");
+        assert_eq!(notice.server_code, Some(ErrorCode::CardLocked));
+        assert_eq!(notice.message, "This badge is locked. Ask the site office.");
+        for code in ErrorCode::ALL {
+            let message = Notice::server_refused(code, "the site office").message;
+            assert!(!message.contains(code.as_str()), "{message}");
+            assert!(!message.contains('_'), "{message}");
+        }
+    }
+
+    #[test]
+    fn wrong_pin_counts_tries_in_words() {
+        assert_eq!(
+            Notice::wrong_pin(1).message,
+            "Wrong PIN. 1 try left before the badge is blocked."
+        );
+        assert_eq!(
+            Notice::wrong_pin(2).message,
+            "Wrong PIN. 2 tries left before the badge is blocked."
+        );
+    }
+}

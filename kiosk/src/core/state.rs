@@ -1,0 +1,146 @@
+//! What the kiosk is doing now, as the views show it: one [`State`] per screen, never holding the PIN itself.
+
+use std::time::Instant;
+
+use pivtap_server_client::wire::UserInfo;
+use time::OffsetDateTime;
+
+use super::event::WorkId;
+use super::notice::Notice;
+
+/// The kiosk's current state. Views render it; only the core changes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum State {
+    /// No card reader is usable: none is connected, or the smart card service is down.
+    ReaderMissing {
+        /// Which, in words for the worker ([`NoticeCode::NoReader`](super::NoticeCode::NoReader) or
+        /// [`NoticeCode::ReaderServiceDown`](super::NoticeCode::ReaderServiceDown)).
+        notice: Notice,
+    },
+    /// Waiting for a tap. With [`Flow::PinThenTap`](super::Flow::PinThenTap) the view says "Type
+    /// your PIN, then tap your badge".
+    WaitingForCard {
+        /// What just happened (signed out, badge removed too soon...), shown for a while.
+        notice: Option<Notice>,
+    },
+    /// PIN then tap: digits typed and held until the tap ("now tap your badge" once there are
+    /// enough of them).
+    PinFirst {
+        /// The PIN being typed.
+        prompt: PinPrompt,
+    },
+    /// Tap then PIN: reading the badge that was just tapped.
+    ReadingCard {
+        /// The reader holding it.
+        reader: String,
+        /// The work reading it.
+        work: WorkId,
+        /// When the read started.
+        started_at: Instant,
+    },
+    /// Tap then PIN: the badge was read, the PIN is being typed.
+    PinEntry {
+        /// The reader holding the badge.
+        reader: String,
+        /// Whose badge it is, for "Hello, Alice".
+        card: CardSummary,
+        /// The PIN being typed.
+        prompt: PinPrompt,
+    },
+    /// The card and the server are at work: PIN check, signature, sign-in.
+    Working {
+        /// The reader holding the badge.
+        reader: String,
+        /// The work in progress.
+        work: WorkId,
+        /// How far it got.
+        step: Step,
+        /// Whose badge it is, when it was read first (tap then PIN).
+        card: Option<CardSummary>,
+        /// When the work started.
+        started_at: Instant,
+    },
+    /// A worker is signed in.
+    SignedIn {
+        /// The session.
+        session: Session,
+        /// PIN then tap with fast user switch: the next worker's PIN, typed while this session
+        /// lasts, used when they tap.
+        next_worker: Option<PinPrompt>,
+    },
+    /// The badge's PIN is blocked; shown until the badge leaves the reader.
+    PinBlocked {
+        /// The reader holding the badge.
+        reader: String,
+        /// What happened and whom to ask.
+        notice: Notice,
+    },
+    /// The sign-in server cannot be reached. A tap still tries; the kiosk returns to waiting as
+    /// soon as the server answers again.
+    ServerUnreachable {
+        /// What to tell the worker.
+        notice: Notice,
+    },
+    /// A sign-in failed. Returns to waiting when the badge leaves, on Escape, or after
+    /// [`CoreConfig::message_duration`](super::CoreConfig::message_duration).
+    Error {
+        /// The reader holding the badge.
+        reader: String,
+        /// What went wrong.
+        notice: Notice,
+    },
+}
+
+/// A PIN being typed: the number of digits only, never the digits.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PinPrompt {
+    /// How many digits are typed (0 to 8).
+    pub digits: usize,
+    /// Tries left on the card, when known.
+    pub tries_left: Option<u8>,
+    /// After a wrong PIN: no new attempt is accepted before this time.
+    pub retry_at: Option<Instant>,
+    /// A message about the PIN (wrong PIN, too short...).
+    pub notice: Option<Notice>,
+    /// When the typed digits are forgotten if nothing else happens.
+    pub forget_at: Instant,
+}
+
+/// Who a card belongs to, as read from it (no PIN needed).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CardSummary {
+    /// The holder's name from the authentication certificate's subject CN.
+    pub holder_name: Option<String>,
+    /// The card's GUID from its CHUID, as hex.
+    pub card_guid: Option<String>,
+}
+
+/// The steps of signing in once the PIN is submitted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Step {
+    /// The card checks the PIN.
+    Verifying,
+    /// The card signs the assertion.
+    Signing,
+    /// The server checks the assertion.
+    SigningIn,
+}
+
+/// A signed-in worker's session. The token itself stays in the runtime.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Session {
+    /// Who is signed in.
+    pub user: UserInfo,
+    /// The reader their badge was tapped on.
+    pub reader: String,
+    /// Whether the badge is still on that reader.
+    pub card_present: bool,
+    /// When the sign-in happened (wall clock).
+    pub signed_in_at: OffsetDateTime,
+    /// When the token expires (wall clock).
+    pub expires_at: OffsetDateTime,
+    /// When the session ends for expiry, on the monotonic clock.
+    pub ends_at: Instant,
+    /// The last key input or tap.
+    pub last_activity: Instant,
+}

@@ -1,0 +1,9 @@
+//! pivtap's kiosk: the app on the shared device that waits for badges, takes PINs, and signs field workers in and out.
+//!
+//! [`core`] is the pure state machine (events in, effects out, no I/O); the
+//! runtime, the terminal UI, the headless mode and the local session API are
+//! built on it.
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod core;
