@@ -31,9 +31,7 @@
 //! ```
 
 use std::{
-    fmt,
-    fs::{self, File, OpenOptions},
-    io::{self, Write as _},
+    fmt, fs, io,
     path::{Path, PathBuf},
     time::Duration,
 };
@@ -510,62 +508,7 @@ struct RetiredKeyEntry {
     public_key: String,
 }
 
-/// File mode of secrets: read and write for the owner only.
-pub(crate) const PRIVATE_FILE_MODE: u32 = 0o600;
-
-/// Writes `contents` to `path` atomically: into a new temporary file beside it
-/// (created with `mode` on Unix), flushed, then renamed over `path`.
-pub(crate) fn write_file_atomically(path: &Path, contents: &[u8], mode: u32) -> io::Result<()> {
-    let file_name = path.file_name().ok_or_else(|| {
-        io::Error::new(io::ErrorKind::InvalidInput, "the path does not name a file")
-    })?;
-    let directory = match path.parent() {
-        Some(parent) if !parent.as_os_str().is_empty() => parent,
-        _ => Path::new("."),
-    };
-    let temporary = directory.join(format!(
-        ".{}.{}-{:08x}.tmp",
-        file_name.to_string_lossy(),
-        std::process::id(),
-        rand::random::<u32>()
-    ));
-    let written =
-        write_new_file(&temporary, contents, mode).and_then(|()| fs::rename(&temporary, path));
-    if let Err(error) = written {
-        // Best effort: the temporary file may not exist, and the write error matters more.
-        let _ = fs::remove_file(&temporary);
-        return Err(error);
-    }
-    sync_directory(directory)
-}
-
-/// Creates `path` (which must not exist) with `mode` and flushes `contents` to disk.
-fn write_new_file(path: &Path, contents: &[u8], mode: u32) -> io::Result<()> {
-    let mut options = OpenOptions::new();
-    options.write(true).create_new(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt as _;
-        options.mode(mode);
-    }
-    #[cfg(not(unix))]
-    let _ = mode;
-    let mut file = options.open(path)?;
-    file.write_all(contents)?;
-    file.sync_all()
-}
-
-/// Flushes a directory entry change (the rename) to disk.
-#[cfg(unix)]
-fn sync_directory(directory: &Path) -> io::Result<()> {
-    File::open(directory)?.sync_all()
-}
-
-/// Windows cannot open a directory as a file; its rename is flushed with the file system.
-#[cfg(not(unix))]
-fn sync_directory(_directory: &Path) -> io::Result<()> {
-    Ok(())
-}
+pub(crate) use pivtap_files::{PRIVATE_FILE_MODE, write_atomically as write_file_atomically};
 
 #[cfg(test)]
 mod tests {

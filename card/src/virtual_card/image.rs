@@ -90,8 +90,8 @@
 
 use std::collections::HashSet;
 use std::fmt;
-use std::fs::{self, File, OpenOptions};
-use std::io::{self, Write as _};
+use std::fs;
+use std::io;
 use std::path::{Path, PathBuf};
 
 use base64::Engine as _;
@@ -584,57 +584,9 @@ impl CardImage {
             path: path.to_owned(),
             source,
         };
-        let file_name = path.file_name().ok_or_else(|| {
-            write_error(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                "the path does not name a file",
-            ))
-        })?;
-        let directory = match path.parent() {
-            Some(parent) if !parent.as_os_str().is_empty() => parent,
-            _ => Path::new("."),
-        };
-        let temporary = directory.join(format!(
-            ".{}.{}-{:08x}.tmp",
-            file_name.to_string_lossy(),
-            std::process::id(),
-            rand::random::<u32>()
-        ));
-        let written = write_new_private_file(&temporary, text.as_bytes())
-            .and_then(|()| fs::rename(&temporary, path));
-        if let Err(source) = written {
-            // Best effort: the temporary file may not exist, and the write error matters more.
-            let _ = fs::remove_file(&temporary);
-            return Err(write_error(source));
-        }
-        sync_directory(directory).map_err(write_error)
+        pivtap_files::write_atomically(path, text.as_bytes(), pivtap_files::PRIVATE_FILE_MODE)
+            .map_err(write_error)
     }
-}
-
-/// Creates `path` (which must not exist), readable only by its owner, and flushes `contents` to disk.
-fn write_new_private_file(path: &Path, contents: &[u8]) -> io::Result<()> {
-    let mut options = OpenOptions::new();
-    options.write(true).create_new(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt as _;
-        options.mode(0o600);
-    }
-    let mut file = options.open(path)?;
-    file.write_all(contents)?;
-    file.sync_all()
-}
-
-/// Flushes a directory entry change (the rename) to disk.
-#[cfg(unix)]
-fn sync_directory(directory: &Path) -> io::Result<()> {
-    File::open(directory)?.sync_all()
-}
-
-/// Windows cannot open a directory as a file; its rename is flushed with the file system.
-#[cfg(not(unix))]
-fn sync_directory(_directory: &Path) -> io::Result<()> {
-    Ok(())
 }
 
 fn check_retries(table: &'static str, retries_left: u8, max_retries: u8) -> Result<(), ImageError> {
