@@ -40,6 +40,10 @@ enum Command {
     Server(commands::server::ServerCommand),
     /// Administer users, cards and the audit log of a running server.
     Admin(Box<commands::admin::AdminArgs>),
+    /// Run the shared-device kiosk (terminal UI, or --headless JSON lines).
+    Kiosk(commands::kiosk::KioskArgs),
+    /// The whole story on one machine: server, three workers' cards, kiosk.
+    Demo(commands::demo::DemoArgs),
 }
 
 /// Exit code for a wrong PIN.
@@ -69,6 +73,8 @@ fn main() -> ExitCode {
         Command::Auth(args) => commands::auth::run(*args),
         Command::Server(command) => commands::server::run(command),
         Command::Admin(args) => commands::admin::run(*args),
+        Command::Kiosk(args) => commands::kiosk::run(args),
+        Command::Demo(args) => commands::demo::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -16,9 +16,9 @@ pub const PRIVATE_FILE_MODE: u32 = 0o600;
 /// # Errors
 /// The I/O error; the temporary file is removed and `path` is untouched.
 pub fn write_atomically(path: &Path, contents: &[u8], mode: u32) -> io::Result<()> {
-    let file_name = path
-        .file_name()
-        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "the path does not name a file"))?;
+    let file_name = path.file_name().ok_or_else(|| {
+        io::Error::new(io::ErrorKind::InvalidInput, "the path does not name a file")
+    })?;
     let directory = match path.parent() {
         Some(parent) if !parent.as_os_str().is_empty() => parent,
         _ => Path::new("."),
@@ -29,7 +29,8 @@ pub fn write_atomically(path: &Path, contents: &[u8], mode: u32) -> io::Result<(
         std::process::id(),
         rand::random::<u32>()
     ));
-    let written = write_new_file(&temporary, contents, mode).and_then(|()| fs::rename(&temporary, path));
+    let written =
+        write_new_file(&temporary, contents, mode).and_then(|()| fs::rename(&temporary, path));
     if let Err(error) = written {
         // Best effort: the temporary file may not exist, and the write error matters more.
         let _ = fs::remove_file(&temporary);
@@ -81,7 +82,10 @@ mod tests {
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt as _;
-            assert_eq!(fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
+            assert_eq!(
+                fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+                0o600
+            );
         }
     }
 

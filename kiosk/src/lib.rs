@@ -6,4 +6,12 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod card_worker;
+pub mod config;
 pub mod core;
+pub mod headless;
+pub mod local_api;
+pub mod readers;
+pub mod runtime;
+pub mod terminal;
+pub mod tui;

@@ -2,17 +2,17 @@
 
 use std::time::Duration;
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 use base64::Engine as _;
 use clap::Args;
 use pivtap_apdu::piv::{Algorithm, KeyReference};
 use pivtap_card::{PivSession, SignatureAlgorithm};
+use pivtap_kiosk::card_worker::signing_algorithms;
 use pivtap_server_client::assertion::AssertionDraft;
+use pivtap_server_client::certificate::CertificateFacts;
 use pivtap_server_client::client::{Client, ClientError, ServerTrust};
 use pivtap_server_client::wire::{ASSERTION_TYPE, AssertionHeader, AssertionPayload};
 use serde::Serialize;
-use x509_parser::prelude::FromDer;
-use x509_parser::public_key::PublicKey as X509PublicKey;
 
 use super::CardArgs;
 use super::card::read_pin;
@@ -145,20 +145,9 @@ pub fn run(args: AuthArgs) -> anyhow::Result<()> {
 
 /// The card key's algorithm and the JOSE algorithm to sign with, from its certificate.
 fn key_of(certificate: &[u8]) -> anyhow::Result<(Algorithm, SignatureAlgorithm)> {
-    let (_, parsed) = x509_parser::certificate::X509Certificate::from_der(certificate)
-        .map_err(|error| anyhow::anyhow!("the card's certificate is not valid X.509: {error}"))?;
-    match parsed.public_key().parsed() {
-        Ok(X509PublicKey::RSA(rsa)) if rsa.key_size() == 2048 => {
-            Ok((Algorithm::Rsa2048, SignatureAlgorithm::Rs256))
-        }
-        Ok(X509PublicKey::EC(point)) if point.key_size() == 256 => {
-            Ok((Algorithm::EccP256, SignatureAlgorithm::Es256))
-        }
-        Ok(X509PublicKey::EC(point)) if point.key_size() == 384 => {
-            Ok((Algorithm::EccP384, SignatureAlgorithm::Es384))
-        }
-        _ => bail!("the card's key is not RSA-2048, P-256 or P-384"),
-    }
+    let facts = CertificateFacts::from_der(certificate)
+        .context("the card's certificate is not valid X.509")?;
+    signing_algorithms(facts.key).context("the card's key is not RSA-2048, P-256 or P-384")
 }
 
 /// Turns a refusal into a message that leads with the server's code.

@@ -3,6 +3,8 @@
 pub mod admin;
 pub mod auth;
 pub mod card;
+pub mod demo;
+pub mod kiosk;
 pub mod server;
 pub mod vcard;
 

@@ -1,0 +1,1230 @@
+//! The card thread: all of the kiosk's card I/O (reading badges, checking PINs, signing sign-in assertions) runs on one dedicated thread, so blocking PC/SC calls never run on the async runtime.
+//!
+//! Jobs go in through [`CardWorker::submit`] and answers come back on a tokio channel. A
+//! read keeps its card connection (and the certificate it found) for the sign that follows
+//! on the same reader, so a sign after a read is three APDUs: SELECT, VERIFY, GENERAL
+//! AUTHENTICATE. Certificates are also cached in memory by the card's CHUID GUID, so a badge
+//! tapped again skips reading its certificate. The connection is let go (with a card reset,
+//! which forgets the verified PIN) after a signature, a failure other than a wrong PIN, a
+//! cancel, or the next read on that reader.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{self, Receiver, Sender};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::thread::{self, JoinHandle};
+
+use pivtap_apdu::piv::objects::chuid::Chuid;
+use pivtap_apdu::piv::{Algorithm, KeyReference, Pin};
+use pivtap_card::{
+    CardBackend, CardTransaction, LinkCapabilities, PivError, PivSession, SignatureAlgorithm,
+    TransportError,
+};
+use pivtap_server_client::assertion::AssertionDraft;
+use pivtap_server_client::certificate::{CertificateError, CertificateFacts, KeyKind};
+use pivtap_server_client::wire::{AssertionPayload, ChallengeResponse};
+use time::OffsetDateTime;
+use tokio::sync::mpsc::UnboundedSender;
+
+use crate::core::{AuthFailure, CardReadFailure, CardSummary, Step, WorkId};
+use crate::readers::ReaderSource;
+
+/// The key that signs sign-in assertions: PIV authentication.
+const SIGNING_SLOT: KeyReference = KeyReference::PivAuthentication;
+/// How many card certificates the cache keeps; the least recently used one goes first.
+const CACHED_CERTIFICATES: usize = 64;
+
+/// Card work for the card thread.
+#[derive(Debug)]
+pub enum CardJob {
+    /// SELECT the PIV application, read the CHUID and the 9A certificate (from the cache when
+    /// the CHUID GUID is known), and the PIN tries left when the card tells them without a PIN.
+    /// Answered with [`CardJobResult::Read`].
+    Read {
+        /// Echoed in the answer.
+        work: WorkId,
+        /// The reader holding the card.
+        reader: String,
+    },
+    /// SELECT (plus the CHUID and certificate when this card was not just read), VERIFY the
+    /// PIN, then sign the assertion for `challenge` with the 9A key. Reports
+    /// [`CardJobResult::Progress`] ([`Step::Verifying`], [`Step::Signing`]) as it goes and
+    /// answers with [`CardJobResult::Signed`].
+    Sign {
+        /// Echoed in the answers.
+        work: WorkId,
+        /// The reader holding the card.
+        reader: String,
+        /// The PIN; dropped (zeroized) as soon as VERIFY is sent.
+        pin: Pin,
+        /// The server's challenge: its nonce and audience go into the assertion.
+        challenge: ChallengeResponse,
+        /// This device's id, as the server knows it.
+        device: String,
+    },
+}
+
+impl CardJob {
+    fn reader(&self) -> &str {
+        match self {
+            CardJob::Read { reader, .. } | CardJob::Sign { reader, .. } => reader,
+        }
+    }
+}
+
+/// What the card thread reports.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CardJobResult {
+    /// The answer to [`CardJob::Read`]: whose card it is and the PIN tries left (`None` when
+    /// the card does not tell, e.g. over a contactless interface).
+    Read {
+        /// The job's work id.
+        work: WorkId,
+        /// The card's summary and PIN tries left, or why it could not be read.
+        result: Result<(CardSummary, Option<u8>), CardReadFailure>,
+    },
+    /// [`CardJob::Sign`] reached this step.
+    Progress {
+        /// The job's work id.
+        work: WorkId,
+        /// The step now under way.
+        step: Step,
+    },
+    /// The answer to [`CardJob::Sign`]: the compact JWS assertion to post to the server.
+    Signed {
+        /// The job's work id.
+        work: WorkId,
+        /// The assertion, or why there is none.
+        result: Result<String, AuthFailure>,
+    },
+}
+
+/// The card key algorithm and the JOSE algorithm a card signs assertions with, for the key
+/// in its certificate: RSA-2048 signs RS256, P-256 ES256, P-384 ES384; `None` for any
+/// other key.
+#[must_use]
+pub fn signing_algorithms(key: KeyKind) -> Option<(Algorithm, SignatureAlgorithm)> {
+    let card_key = match key {
+        KeyKind::Rsa { bits: 2048 } => Algorithm::Rsa2048,
+        KeyKind::EcP256 => Algorithm::EccP256,
+        KeyKind::EcP384 => Algorithm::EccP384,
+        KeyKind::Rsa { .. } | KeyKind::Other => return None,
+    };
+    SignatureAlgorithm::for_key(card_key).map(|algorithm| (card_key, algorithm))
+}
+
+/// The card thread. Dropping it cancels the work in progress (it stops at its next APDU),
+/// answers the jobs still queued with "card removed", and waits for the thread to end.
+pub struct CardWorker {
+    /// `None` only while dropping: closing the channel ends the thread.
+    instructions: Option<Sender<Instruction>>,
+    cancellation: Arc<Cancellation>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl CardWorker {
+    /// Starts the card thread. It connects to cards through `readers` and sends every
+    /// answer and progress report to `results`.
+    ///
+    /// # Panics
+    /// When the operating system cannot start a thread.
+    #[must_use]
+    pub fn start(readers: Arc<dyn ReaderSource>, results: UnboundedSender<CardJobResult>) -> Self {
+        let (sender, receiver) = mpsc::channel();
+        let worker = Worker {
+            readers,
+            results,
+            held: HashMap::new(),
+            cache: CertificateCache::default(),
+        };
+        let thread = thread::Builder::new()
+            .name("pivtap-card-worker".to_owned())
+            .spawn(move || worker.run(receiver))
+            .expect("the operating system starts the card thread");
+        CardWorker {
+            instructions: Some(sender),
+            cancellation: Arc::new(Cancellation::default()),
+            thread: Some(thread),
+        }
+    }
+
+    /// Queues `job`; jobs run one at a time, in order.
+    pub fn submit(&self, job: CardJob) {
+        // Under the lock, so that the channel's order matches the cancels' order.
+        let generations = self.cancellation.lock();
+        let reader = job.reader().to_owned();
+        let generation = generations.get(&reader).copied().unwrap_or_default();
+        let ticket = Ticket {
+            cancellation: Arc::clone(&self.cancellation),
+            reader,
+            generation,
+        };
+        self.send(Instruction::Run { job, ticket });
+    }
+
+    /// Abandons the work on `reader`'s card and lets go of the card: a job in progress stops
+    /// at its next APDU and jobs queued for that reader are skipped, each answered as if the
+    /// card had been removed ([`CardReadFailure::CardRemoved`], [`AuthFailure::CardRemoved`]).
+    /// Jobs submitted afterwards run normally.
+    pub fn cancel(&self, reader: &str) {
+        let mut generations = self.cancellation.lock();
+        let generation = generations.entry(reader.to_owned()).or_default();
+        *generation = generation.wrapping_add(1);
+        self.send(Instruction::Release {
+            reader: reader.to_owned(),
+        });
+    }
+
+    fn send(&self, instruction: Instruction) {
+        let sent = self
+            .instructions
+            .as_ref()
+            .is_some_and(|instructions| instructions.send(instruction).is_ok());
+        if !sent {
+            tracing::error!("the card thread has stopped; card work is not done");
+        }
+    }
+}
+
+impl Drop for CardWorker {
+    fn drop(&mut self) {
+        self.cancellation.stopping.store(true, Ordering::SeqCst);
+        self.instructions = None;
+        if let Some(thread) = self.thread.take() {
+            if thread.join().is_err() {
+                tracing::error!("the card thread panicked");
+            }
+        }
+    }
+}
+
+impl std::fmt::Debug for CardWorker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CardWorker")
+            .field("running", &self.thread.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+/// What the card thread is told.
+enum Instruction {
+    /// Do this job, unless its ticket is cancelled by then.
+    Run { job: CardJob, ticket: Ticket },
+    /// Let go of the card connection kept for this reader.
+    Release { reader: String },
+}
+
+/// Which work is cancelled: each reader's cancel generation, and whether everything stops.
+#[derive(Default)]
+struct Cancellation {
+    generations: Mutex<HashMap<String, u64>>,
+    stopping: AtomicBool,
+}
+
+impl Cancellation {
+    fn lock(&self) -> MutexGuard<'_, HashMap<String, u64>> {
+        self.generations
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// A job's claim to run: valid while no cancel for its reader came after its submission.
+struct Ticket {
+    cancellation: Arc<Cancellation>,
+    reader: String,
+    generation: u64,
+}
+
+impl Ticket {
+    /// Fails as a removed card would once the job is cancelled.
+    fn check(&self) -> Result<(), TransportError> {
+        let current = self.cancellation.lock().get(&self.reader).copied();
+        let cancelled = self.cancellation.stopping.load(Ordering::SeqCst)
+            || current.unwrap_or_default() != self.generation;
+        if cancelled {
+            Err(TransportError::CardRemoved)
+        } else {
+            Ok(())
+        }
+    }
+}
+
+/// A card connection whose commands stop, as if the card had left, once the job is
+/// cancelled: cancelling takes effect at the next APDU.
+struct Cancellable<'a> {
+    backend: &'a mut dyn CardBackend,
+    ticket: &'a Ticket,
+}
+
+impl CardBackend for Cancellable<'_> {
+    fn transaction(&mut self) -> Result<Box<dyn CardTransaction + '_>, TransportError> {
+        self.ticket.check()?;
+        let inner = self.backend.transaction()?;
+        Ok(Box::new(CancellableTransaction {
+            inner,
+            ticket: self.ticket,
+        }))
+    }
+
+    fn capabilities(&self) -> LinkCapabilities {
+        self.backend.capabilities()
+    }
+
+    fn name(&self) -> String {
+        self.backend.name()
+    }
+}
+
+struct CancellableTransaction<'a> {
+    inner: Box<dyn CardTransaction + 'a>,
+    ticket: &'a Ticket,
+}
+
+impl CardTransaction for CancellableTransaction<'_> {
+    fn transmit(&mut self, command: &[u8]) -> Result<Vec<u8>, TransportError> {
+        self.ticket.check()?;
+        self.inner.transmit(command)
+    }
+}
+
+/// Why card work failed, for the log; [`read_failure`] and [`auth_failure`] say what the
+/// kiosk shows.
+#[derive(Debug, thiserror::Error)]
+enum CardProblem {
+    #[error(transparent)]
+    Card(#[from] PivError),
+    #[error("the card's authentication certificate cannot be read")]
+    Certificate(#[from] CertificateError),
+    #[error("the card's authentication key ({0}) cannot sign assertions")]
+    UnsupportedKey(KeyKind),
+}
+
+impl From<TransportError> for CardProblem {
+    fn from(error: TransportError) -> Self {
+        CardProblem::Card(PivError::Transport(error))
+    }
+}
+
+impl CardProblem {
+    /// Whether the card (or its reader) went away, or the work was cancelled.
+    fn is_removal(&self) -> bool {
+        matches!(
+            self,
+            CardProblem::Card(PivError::Transport(
+                TransportError::CardRemoved
+                    | TransportError::NoCard
+                    | TransportError::CardReset
+                    | TransportError::ReaderUnavailable { .. }
+            ))
+        )
+    }
+}
+
+fn read_failure(problem: &CardProblem) -> CardReadFailure {
+    match problem {
+        _ if problem.is_removal() => CardReadFailure::CardRemoved,
+        CardProblem::Card(
+            PivError::NoPivApplication | PivError::ObjectNotFound { .. } | PivError::NoKey { .. },
+        )
+        | CardProblem::UnsupportedKey(_) => CardReadFailure::NotPiv,
+        CardProblem::Card(_) | CardProblem::Certificate(_) => CardReadFailure::Unreadable,
+    }
+}
+
+fn auth_failure(problem: &CardProblem) -> AuthFailure {
+    match problem {
+        _ if problem.is_removal() => AuthFailure::CardRemoved,
+        CardProblem::Card(PivError::WrongPin { retries_left }) => AuthFailure::WrongPin {
+            tries_left: *retries_left,
+        },
+        CardProblem::Card(PivError::PinBlocked) => AuthFailure::PinBlocked,
+        CardProblem::Card(_) | CardProblem::Certificate(_) | CardProblem::UnsupportedKey(_) => {
+            AuthFailure::CardError
+        }
+    }
+}
+
+/// A card's authentication certificate and how its key signs.
+struct CardCertificate {
+    /// The certificate (`der`), its SHA-256 (`fingerprint`) and holder (`common_name`).
+    facts: CertificateFacts,
+    key: Algorithm,
+    algorithm: SignatureAlgorithm,
+}
+
+impl CardCertificate {
+    fn from_der(der: &[u8]) -> Result<Self, CardProblem> {
+        let facts = CertificateFacts::from_der(der)?;
+        let (key, algorithm) =
+            signing_algorithms(facts.key).ok_or(CardProblem::UnsupportedKey(facts.key))?;
+        Ok(CardCertificate {
+            facts,
+            key,
+            algorithm,
+        })
+    }
+}
+
+/// Certificates by the CHUID GUID of their card, in memory only, least recently used first.
+#[derive(Default)]
+struct CertificateCache {
+    entries: VecDeque<([u8; 16], Arc<CardCertificate>)>,
+}
+
+impl CertificateCache {
+    fn get(&mut self, guid: &[u8; 16]) -> Option<Arc<CardCertificate>> {
+        let index = self.entries.iter().position(|(known, _)| known == guid)?;
+        let entry = self.entries.remove(index)?;
+        let certificate = Arc::clone(&entry.1);
+        self.entries.push_back(entry);
+        Some(certificate)
+    }
+
+    fn put(&mut self, guid: [u8; 16], certificate: Arc<CardCertificate>) {
+        self.entries.retain(|(known, _)| *known != guid);
+        if self.entries.len() >= CACHED_CERTIFICATES {
+            self.entries.pop_front();
+        }
+        self.entries.push_back((guid, certificate));
+    }
+}
+
+/// Who a card belongs to, as read from it.
+struct Identity {
+    /// The CHUID GUID in its 8-4-4-4-12 form.
+    card_guid: Option<String>,
+    certificate: Arc<CardCertificate>,
+}
+
+/// Reads the CHUID, then the 9A certificate unless the cache knows the card's GUID.
+fn identify(
+    session: &mut PivSession<'_>,
+    cache: &mut CertificateCache,
+) -> Result<Identity, CardProblem> {
+    // An all-zero GUID names no card in particular, so it is not a cache key.
+    let chuid = read_chuid(session)?.filter(|chuid| chuid.guid != [0; 16]);
+    let guid = chuid.as_ref().map(|chuid| chuid.guid);
+    let cached = guid.and_then(|guid| cache.get(&guid));
+    let certificate = match cached {
+        Some(certificate) => {
+            tracing::debug!(
+                fingerprint = %certificate.facts.fingerprint,
+                "the card's certificate comes from the cache"
+            );
+            certificate
+        }
+        None => {
+            let certificate = Arc::new(CardCertificate::from_der(
+                &session.certificate(SIGNING_SLOT)?,
+            )?);
+            if let Some(guid) = guid {
+                cache.put(guid, Arc::clone(&certificate));
+            }
+            certificate
+        }
+    };
+    Ok(Identity {
+        card_guid: chuid.as_ref().map(Chuid::guid_hex),
+        certificate,
+    })
+}
+
+/// The CHUID, or `None` when the card has none (or an unreadable one); only a transport
+/// failure is an error.
+fn read_chuid(session: &mut PivSession<'_>) -> Result<Option<Chuid>, PivError> {
+    match session.chuid() {
+        Ok(chuid) => Ok(Some(chuid)),
+        Err(error @ PivError::Transport(_)) => Err(error),
+        Err(error) => {
+            tracing::debug!(%error, "no usable CHUID; the certificate is not cached");
+            Ok(None)
+        }
+    }
+}
+
+/// The PIN tries left, or `None` when the card does not tell without a PIN (contactless
+/// cards refuse); only a transport failure is an error.
+fn pin_tries_left(session: &mut PivSession<'_>) -> Result<Option<u8>, PivError> {
+    match session.pin_retries() {
+        Ok(tries) => Ok(tries),
+        Err(error @ PivError::Transport(_)) => Err(error),
+        Err(error) => {
+            tracing::debug!(%error, "the card does not tell its PIN tries");
+            Ok(None)
+        }
+    }
+}
+
+/// What [`CardJob::Sign`] asks for, apart from its reader.
+struct SignRequest {
+    work: WorkId,
+    pin: Pin,
+    challenge: ChallengeResponse,
+    device: String,
+}
+
+/// A card connection kept from a read, for the sign that follows on the same reader.
+struct HeldCard {
+    backend: Box<dyn CardBackend>,
+    certificate: Arc<CardCertificate>,
+}
+
+/// The card thread's state.
+struct Worker {
+    readers: Arc<dyn ReaderSource>,
+    results: UnboundedSender<CardJobResult>,
+    held: HashMap<String, HeldCard>,
+    cache: CertificateCache,
+}
+
+impl Worker {
+    /// Runs instructions until the [`CardWorker`] is dropped.
+    fn run(mut self, instructions: Receiver<Instruction>) {
+        for instruction in instructions {
+            match instruction {
+                Instruction::Run { job, ticket } => self.run_job(job, &ticket),
+                Instruction::Release { reader } => {
+                    self.held.remove(&reader);
+                }
+            }
+        }
+    }
+
+    fn run_job(&mut self, job: CardJob, ticket: &Ticket) {
+        match job {
+            CardJob::Read { work, reader } => {
+                let result = self.read(&reader, ticket).map_err(|problem| {
+                    tracing::info!(reader, error = %problem, "reading the card failed");
+                    read_failure(&problem)
+                });
+                self.report(CardJobResult::Read { work, result });
+            }
+            CardJob::Sign {
+                work,
+                reader,
+                pin,
+                challenge,
+                device,
+            } => {
+                let request = SignRequest {
+                    work,
+                    pin,
+                    challenge,
+                    device,
+                };
+                let result = self.sign(&reader, request, ticket).map_err(|problem| {
+                    tracing::info!(reader, error = %problem, "signing on the card failed");
+                    auth_failure(&problem)
+                });
+                self.report(CardJobResult::Signed { work, result });
+            }
+        }
+    }
+
+    fn report(&self, result: CardJobResult) {
+        // Nobody listening means the kiosk is stopping: there is no one left to tell.
+        let _ = self.results.send(result);
+    }
+
+    fn read(
+        &mut self,
+        reader: &str,
+        ticket: &Ticket,
+    ) -> Result<(CardSummary, Option<u8>), CardProblem> {
+        // A new tap: a connection kept from the last one is stale.
+        self.held.remove(reader);
+        ticket.check()?;
+        let mut backend = self.readers.connect(reader)?;
+        let (identity, tries_left) = {
+            let mut card = Cancellable {
+                backend: backend.as_mut(),
+                ticket,
+            };
+            let mut session = PivSession::open(&mut card)?;
+            let identity = identify(&mut session, &mut self.cache)?;
+            (identity, pin_tries_left(&mut session)?)
+        };
+        let summary = CardSummary {
+            holder_name: identity.certificate.facts.common_name.clone(),
+            card_guid: identity.card_guid,
+        };
+        let certificate = identity.certificate;
+        self.held.insert(
+            reader.to_owned(),
+            HeldCard {
+                backend,
+                certificate,
+            },
+        );
+        Ok((summary, tries_left))
+    }
+
+    fn sign(
+        &mut self,
+        reader: &str,
+        request: SignRequest,
+        ticket: &Ticket,
+    ) -> Result<String, CardProblem> {
+        ticket.check()?;
+        // The connection kept from reading this card, unless the card left (or was reset)
+        // since: then a fresh connection, which reads the card again.
+        let held = self.held.remove(reader).and_then(|mut held| {
+            let reachable = held.backend.transaction().is_ok();
+            reachable.then_some(held)
+        });
+        let (mut backend, mut certificate) = match held {
+            Some(held) => (held.backend, Some(held.certificate)),
+            None => (self.readers.connect(reader)?, None),
+        };
+        let signed = self.sign_on_card(backend.as_mut(), &mut certificate, request, ticket);
+        // After a wrong PIN the holder may try again at once: keep the card for that.
+        // Otherwise the connection goes, and with it the verified PIN.
+        if let (Err(CardProblem::Card(PivError::WrongPin { .. })), Some(certificate)) =
+            (&signed, certificate)
+        {
+            self.held.insert(
+                reader.to_owned(),
+                HeldCard {
+                    backend,
+                    certificate,
+                },
+            );
+        }
+        signed
+    }
+
+    /// SELECT, the certificate unless `certificate` has it, VERIFY, and the signature.
+    /// `certificate` is left holding the card's certificate once known.
+    fn sign_on_card(
+        &mut self,
+        backend: &mut dyn CardBackend,
+        certificate: &mut Option<Arc<CardCertificate>>,
+        request: SignRequest,
+        ticket: &Ticket,
+    ) -> Result<String, CardProblem> {
+        let SignRequest {
+            work,
+            pin,
+            challenge,
+            device,
+        } = request;
+        let mut card = Cancellable { backend, ticket };
+        let mut session = PivSession::open(&mut card)?;
+        let signer = match certificate {
+            Some(known) => Arc::clone(known),
+            None => {
+                Arc::clone(certificate.insert(identify(&mut session, &mut self.cache)?.certificate))
+            }
+        };
+        self.report(CardJobResult::Progress {
+            work,
+            step: Step::Verifying,
+        });
+        let verified = session.verify_pin(&pin);
+        drop(pin);
+        verified?;
+        self.report(CardJobResult::Progress {
+            work,
+            step: Step::Signing,
+        });
+        let draft = AssertionDraft::new(
+            signer.algorithm.jose_name(),
+            &signer.facts.der,
+            AssertionPayload {
+                aud: challenge.aud,
+                nonce: challenge.nonce,
+                device,
+                iat: OffsetDateTime::now_utc().unix_timestamp(),
+                slot: SIGNING_SLOT.to_string(),
+            },
+        );
+        let signature = session.sign(
+            SIGNING_SLOT,
+            signer.key,
+            signer.algorithm,
+            draft.signing_input().as_bytes(),
+        )?;
+        Ok(draft.finish(&signature))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, Instant};
+
+    use pivtap_apdu::piv::Ins;
+    use pivtap_card::virtual_card::{
+        CardOptions, Interface, NewCard, VirtualCard, VirtualCardBackend,
+    };
+    use pivtap_server_client::assertion::{AssertionVerifier, VerifierConfig};
+    use tokio::sync::mpsc::{UnboundedReceiver, unbounded_channel};
+
+    use super::*;
+    use crate::core::{CoreConfig, Effect, Event, Kiosk};
+    use crate::readers::tests::fixture_card;
+    use crate::readers::{ReaderUpdate, ReaderWatch, VirtualReaders};
+
+    const DESK: &str = "Desk reader";
+    const AUDIENCE: &str = "https://auth.example.test";
+    const NONCE: &str = "q2Vv8y3a1lL3m8W4k9dQeXh7c2VjcmV0LW5vbmNlLTMy";
+    const DEVICE: &str = "kiosk-07";
+    const ALICE_PIN: &str = "123456";
+    const BOB_PIN: &str = "24681357";
+
+    /// Virtual readers that record every command sent to their cards.
+    #[derive(Clone, Default)]
+    struct RecordingReaders {
+        readers: VirtualReaders,
+        commands: Arc<Mutex<Vec<Vec<u8>>>>,
+    }
+
+    impl RecordingReaders {
+        /// The commands sent since the last call.
+        fn take(&self) -> Recorded {
+            Recorded(std::mem::take(&mut *self.commands.lock().unwrap()))
+        }
+
+        /// The instructions sent since the last call.
+        fn take_instructions(&self) -> Vec<Ins> {
+            self.take().instructions()
+        }
+    }
+
+    /// Commands sent to cards.
+    struct Recorded(Vec<Vec<u8>>);
+
+    impl Recorded {
+        fn instructions(&self) -> Vec<Ins> {
+            self.0.iter().map(|command| Ins::from(command[1])).collect()
+        }
+
+        /// How many commands read the 9A certificate (GET DATA 5FC105).
+        fn certificate_reads(&self) -> usize {
+            self.0
+                .iter()
+                .filter(|command| {
+                    command[1] == 0xCB
+                        && command
+                            .windows(5)
+                            .any(|tag| tag == [0x5C, 0x03, 0x5F, 0xC1, 0x05])
+                })
+                .count()
+        }
+    }
+
+    impl ReaderSource for RecordingReaders {
+        fn start(
+            &self,
+            updates: UnboundedSender<ReaderUpdate>,
+        ) -> Result<ReaderWatch, TransportError> {
+            self.readers.start(updates)
+        }
+
+        fn connect(&self, reader: &str) -> Result<Box<dyn CardBackend>, TransportError> {
+            Ok(Box::new(RecordingBackend {
+                inner: self.readers.connect(reader)?,
+                commands: Arc::clone(&self.commands),
+            }))
+        }
+    }
+
+    struct RecordingBackend {
+        inner: Box<dyn CardBackend>,
+        commands: Arc<Mutex<Vec<Vec<u8>>>>,
+    }
+
+    impl CardBackend for RecordingBackend {
+        fn transaction(&mut self) -> Result<Box<dyn CardTransaction + '_>, TransportError> {
+            Ok(Box::new(RecordingTransaction {
+                inner: self.inner.transaction()?,
+                commands: &self.commands,
+            }))
+        }
+
+        fn capabilities(&self) -> LinkCapabilities {
+            self.inner.capabilities()
+        }
+
+        fn name(&self) -> String {
+            self.inner.name()
+        }
+    }
+
+    struct RecordingTransaction<'a> {
+        inner: Box<dyn CardTransaction + 'a>,
+        commands: &'a Mutex<Vec<Vec<u8>>>,
+    }
+
+    impl CardTransaction for RecordingTransaction<'_> {
+        fn transmit(&mut self, command: &[u8]) -> Result<Vec<u8>, TransportError> {
+            self.commands.lock().unwrap().push(command.to_vec());
+            self.inner.transmit(command)
+        }
+    }
+
+    /// A card worker over one virtual desk reader, with work ids from a real core.
+    struct Rig {
+        readers: RecordingReaders,
+        worker: CardWorker,
+        results: UnboundedReceiver<CardJobResult>,
+        works: std::vec::IntoIter<WorkId>,
+    }
+
+    impl Rig {
+        fn new() -> Self {
+            let readers = RecordingReaders {
+                readers: VirtualReaders::new(&[DESK]),
+                ..RecordingReaders::default()
+            };
+            let (sender, results) = unbounded_channel();
+            let worker = CardWorker::start(Arc::new(readers.clone()), sender);
+            Rig {
+                readers,
+                worker,
+                results,
+                works: work_ids(16).into_iter(),
+            }
+        }
+
+        fn tap(&self, card: &VirtualCardBackend) {
+            self.readers.readers.remove(DESK);
+            self.readers.readers.insert(DESK, card.clone());
+        }
+
+        fn submit_read(&mut self) -> WorkId {
+            let work = self.works.next().unwrap();
+            self.worker.submit(CardJob::Read {
+                work,
+                reader: DESK.to_owned(),
+            });
+            work
+        }
+
+        fn submit_sign(&mut self, pin: &str) -> WorkId {
+            let work = self.works.next().unwrap();
+            self.worker.submit(CardJob::Sign {
+                work,
+                reader: DESK.to_owned(),
+                pin: Pin::new(pin).unwrap(),
+                challenge: challenge(),
+                device: DEVICE.to_owned(),
+            });
+            work
+        }
+
+        async fn next(&mut self) -> CardJobResult {
+            tokio::time::timeout(Duration::from_secs(60), self.results.recv())
+                .await
+                .expect("the card thread answers in time")
+                .expect("the card thread is running")
+        }
+
+        async fn read(&mut self) -> Result<(CardSummary, Option<u8>), CardReadFailure> {
+            let work = self.submit_read();
+            match self.next().await {
+                CardJobResult::Read {
+                    work: answered,
+                    result,
+                } if answered == work => result,
+                other => panic!("expected the answer to the read, got {other:?}"),
+            }
+        }
+
+        /// Signs and returns the answer, checking the progress reports on the way.
+        async fn sign(&mut self, pin: &str) -> Result<String, AuthFailure> {
+            let work = self.submit_sign(pin);
+            let mut steps = Vec::new();
+            loop {
+                match self.next().await {
+                    CardJobResult::Progress {
+                        work: reported,
+                        step,
+                    } if reported == work => {
+                        steps.push(step);
+                    }
+                    CardJobResult::Signed {
+                        work: answered,
+                        result,
+                    } if answered == work => {
+                        let expected: &[Step] = match &result {
+                            Ok(_) => &[Step::Verifying, Step::Signing],
+                            Err(AuthFailure::WrongPin { .. } | AuthFailure::PinBlocked) => {
+                                &[Step::Verifying]
+                            }
+                            Err(_) => &steps,
+                        };
+                        assert_eq!(steps, expected, "progress reported for {result:?}");
+                        return result;
+                    }
+                    other => panic!("expected progress or the signature, got {other:?}"),
+                }
+            }
+        }
+    }
+
+    /// Work ids as the core hands them out: one per tap.
+    fn work_ids(count: usize) -> Vec<WorkId> {
+        let mut kiosk = Kiosk::new(CoreConfig::default());
+        let now = Instant::now();
+        let reader = || DESK.to_owned();
+        kiosk.handle_event(Event::ReaderAdded { reader: reader() }, now);
+        (0..count)
+            .map(|_| {
+                let effects = kiosk.handle_event(Event::CardPresent { reader: reader() }, now);
+                kiosk.handle_event(Event::CardRemoved { reader: reader() }, now);
+                effects
+                    .into_iter()
+                    .find_map(|effect| match effect {
+                        Effect::ReadCard { work, .. } => Some(work),
+                        _ => None,
+                    })
+                    .unwrap()
+            })
+            .collect()
+    }
+
+    fn challenge() -> ChallengeResponse {
+        ChallengeResponse {
+            nonce: NONCE.to_owned(),
+            aud: AUDIENCE.to_owned(),
+            expires_at: "2099-01-01T00:00:00Z".to_owned(),
+        }
+    }
+
+    fn fixture_der(path: &str) -> Vec<u8> {
+        let pem =
+            std::fs::read(format!("{}/../fixtures/{path}", env!("CARGO_MANIFEST_DIR"))).unwrap();
+        x509_parser::pem::parse_x509_pem(&pem).unwrap().1.contents
+    }
+
+    /// Checks `assertion` as the server would and returns its algorithm.
+    fn verify(assertion: &str) -> String {
+        let verifier = AssertionVerifier::new(VerifierConfig::new(
+            AUDIENCE,
+            vec![fixture_der("ca/test-ca.pem")],
+        ))
+        .unwrap();
+        let verified = verifier
+            .verify(assertion, OffsetDateTime::now_utc())
+            .unwrap();
+        assert_eq!(verified.payload.nonce, NONCE);
+        assert_eq!(verified.payload.device, DEVICE);
+        assert_eq!(verified.payload.aud, AUDIENCE);
+        assert_eq!(verified.payload.slot, "9a");
+        verified.alg
+    }
+
+    fn guid_of(card: &VirtualCardBackend) -> String {
+        let mut card = card.clone();
+        PivSession::open(&mut card)
+            .unwrap()
+            .chuid()
+            .unwrap()
+            .guid_hex()
+    }
+
+    #[tokio::test]
+    async fn a_read_tells_whose_card_it_is_and_the_pin_tries_left() {
+        let mut rig = Rig::new();
+        let alice = fixture_card("alice");
+        rig.tap(&alice);
+        let (summary, tries_left) = rig.read().await.unwrap();
+        assert_eq!(summary.holder_name.as_deref(), Some("Alice Example"));
+        assert_eq!(summary.card_guid, Some(guid_of(&alice)));
+        assert_eq!(tries_left, Some(3));
+        assert_eq!(rig.readers.take().certificate_reads(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_card_tapped_again_comes_from_the_cache() {
+        let mut rig = Rig::new();
+        let alice = fixture_card("alice");
+        rig.tap(&alice);
+        let first = rig.read().await.unwrap();
+        assert_eq!(rig.readers.take().certificate_reads(), 1);
+        rig.tap(&alice);
+        assert_eq!(rig.read().await.unwrap(), first);
+        let recorded = rig.readers.take();
+        assert_eq!(recorded.certificate_reads(), 0);
+        assert_eq!(
+            recorded.instructions(),
+            [Ins::Select, Ins::GetData, Ins::Verify],
+            "SELECT, CHUID, PIN status"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_sign_after_a_read_is_three_apdus_and_the_server_accepts_it() {
+        let mut rig = Rig::new();
+        rig.tap(&fixture_card("alice"));
+        rig.read().await.unwrap();
+        rig.readers.take_instructions();
+        let assertion = rig.sign(ALICE_PIN).await.unwrap();
+        assert_eq!(verify(&assertion), "RS256");
+        assert_eq!(
+            rig.readers.take_instructions(),
+            [Ins::Select, Ins::Verify, Ins::GeneralAuthenticate]
+        );
+    }
+
+    #[tokio::test]
+    async fn a_sign_without_a_read_reads_the_card_first() {
+        let mut rig = Rig::new();
+        rig.tap(&fixture_card("bob"));
+        let assertion = rig.sign(BOB_PIN).await.unwrap();
+        assert_eq!(verify(&assertion), "ES256");
+        assert_eq!(rig.readers.take().certificate_reads(), 1);
+
+        // Tapped again: the certificate comes from the cache.
+        rig.tap(&fixture_card("bob"));
+        let assertion = rig.sign(BOB_PIN).await.unwrap();
+        assert_eq!(verify(&assertion), "ES256");
+        assert_eq!(
+            rig.readers.take_instructions(),
+            [
+                Ins::Select,
+                Ins::GetData,
+                Ins::Verify,
+                Ins::GeneralAuthenticate
+            ]
+        );
+    }
+
+    #[tokio::test]
+    async fn after_signing_the_card_no_longer_holds_the_verified_pin() {
+        let mut rig = Rig::new();
+        let alice = fixture_card("alice");
+        rig.tap(&alice);
+        rig.sign(ALICE_PIN).await.unwrap();
+        let mut card = alice.clone();
+        let mut session = PivSession::open(&mut card).unwrap();
+        assert_eq!(session.pin_retries().unwrap(), Some(3), "not verified");
+    }
+
+    #[tokio::test]
+    async fn wrong_pins_count_down_then_block_the_card() {
+        let mut rig = Rig::new();
+        rig.tap(&fixture_card("alice"));
+        rig.read().await.unwrap();
+        assert_eq!(
+            rig.sign("654321").await,
+            Err(AuthFailure::WrongPin { tries_left: 2 })
+        );
+        // The card is kept after a wrong PIN: trying again is SELECT, VERIFY.
+        rig.readers.take_instructions();
+        assert_eq!(
+            rig.sign("111111").await,
+            Err(AuthFailure::WrongPin { tries_left: 1 })
+        );
+        assert_eq!(rig.readers.take_instructions(), [Ins::Select, Ins::Verify]);
+        assert_eq!(rig.sign("222222").await, Err(AuthFailure::PinBlocked));
+        assert_eq!(rig.sign(ALICE_PIN).await, Err(AuthFailure::PinBlocked));
+        rig.tap(&fixture_card("alice"));
+        let (_, tries_left) = rig.read().await.unwrap();
+        assert_eq!(tries_left, Some(3), "a fresh card from the fixture");
+    }
+
+    #[tokio::test]
+    async fn a_blocked_card_reads_with_no_tries_left() {
+        let mut rig = Rig::new();
+        let alice = fixture_card("alice");
+        rig.tap(&alice);
+        for _ in 0..3 {
+            assert!(rig.sign("000000").await.is_err());
+        }
+        rig.tap(&alice);
+        let (summary, tries_left) = rig.read().await.unwrap();
+        assert_eq!(summary.holder_name.as_deref(), Some("Alice Example"));
+        assert_eq!(tries_left, Some(0));
+        assert_eq!(rig.sign(ALICE_PIN).await, Err(AuthFailure::PinBlocked));
+    }
+
+    #[tokio::test]
+    async fn a_card_removed_after_its_read_fails_the_sign_as_removed() {
+        let mut rig = Rig::new();
+        rig.tap(&fixture_card("alice"));
+        rig.read().await.unwrap();
+        rig.readers.readers.remove(DESK);
+        assert_eq!(rig.sign(ALICE_PIN).await, Err(AuthFailure::CardRemoved));
+        assert_eq!(rig.read().await, Err(CardReadFailure::CardRemoved));
+        rig.readers.readers.unplug(DESK);
+        assert_eq!(rig.read().await, Err(CardReadFailure::CardRemoved));
+    }
+
+    #[tokio::test]
+    async fn a_card_swapped_after_a_read_is_read_again_before_signing() {
+        let mut rig = Rig::new();
+        rig.tap(&fixture_card("alice"));
+        rig.read().await.unwrap();
+        rig.tap(&fixture_card("bob"));
+        let assertion = rig.sign(BOB_PIN).await.unwrap();
+        assert_eq!(verify(&assertion), "ES256");
+    }
+
+    #[tokio::test]
+    async fn a_card_without_a_certificate_is_not_a_badge() {
+        let mut rig = Rig::new();
+        let blank = VirtualCard::blank(NewCard::factory(CardOptions::default()));
+        rig.tap(&VirtualCardBackend::new(blank, "blank"));
+        assert_eq!(rig.read().await, Err(CardReadFailure::NotPiv));
+        assert_eq!(rig.sign(ALICE_PIN).await, Err(AuthFailure::CardError));
+    }
+
+    #[tokio::test]
+    async fn a_contactless_card_that_will_not_tell_its_tries_still_reads() {
+        let mut rig = Rig::new();
+        let alice = fixture_card("alice");
+        rig.tap(&alice);
+        rig.read().await.unwrap();
+        // Over contactless the 9A certificate is not readable, but the cache has it.
+        alice.card().set_options(CardOptions {
+            extended_length: false,
+            interface: Interface::Contactless,
+        });
+        rig.tap(&alice);
+        let (summary, tries_left) = rig.read().await.unwrap();
+        assert_eq!(summary.holder_name.as_deref(), Some("Alice Example"));
+        assert_eq!(tries_left, None);
+    }
+
+    #[tokio::test]
+    async fn cancel_stops_the_work_in_progress_and_skips_the_queue() {
+        let mut rig = Rig::new();
+        let alice = fixture_card("alice");
+        rig.tap(&alice);
+        let (first, second) = {
+            // Holding the card keeps the worker from getting anywhere with it.
+            let _busy = alice.card();
+            let first = rig.submit_read();
+            let second = rig.submit_sign(ALICE_PIN);
+            rig.worker.cancel(DESK);
+            (first, second)
+        };
+        assert_eq!(
+            rig.next().await,
+            CardJobResult::Read {
+                work: first,
+                result: Err(CardReadFailure::CardRemoved)
+            }
+        );
+        assert_eq!(
+            rig.next().await,
+            CardJobResult::Signed {
+                work: second,
+                result: Err(AuthFailure::CardRemoved)
+            }
+        );
+        // Work submitted after the cancel runs, and no PIN try was spent.
+        assert_eq!(rig.read().await.unwrap().1, Some(3));
+    }
+
+    #[tokio::test]
+    async fn cancel_lets_go_of_the_card_kept_from_a_read() {
+        let mut rig = Rig::new();
+        rig.tap(&fixture_card("alice"));
+        rig.read().await.unwrap();
+        rig.worker.cancel(DESK);
+        rig.readers.take_instructions();
+        assert!(rig.sign(ALICE_PIN).await.is_ok());
+        let instructions = rig.readers.take_instructions();
+        assert_eq!(instructions.first(), Some(&Ins::Select));
+        assert!(
+            instructions.contains(&Ins::GetData),
+            "a new connection reads the CHUID again: {instructions:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn dropping_the_worker_ends_the_thread() {
+        let mut rig = Rig::new();
+        rig.tap(&fixture_card("alice"));
+        rig.submit_read();
+        drop(rig.worker);
+        // Every answer still queued is delivered, then the channel closes.
+        while let Some(result) = rig.results.recv().await {
+            assert!(matches!(result, CardJobResult::Read { .. }), "{result:?}");
+        }
+    }
+
+    #[test]
+    fn card_keys_map_to_their_jose_algorithms() {
+        assert_eq!(
+            signing_algorithms(KeyKind::Rsa { bits: 2048 }),
+            Some((Algorithm::Rsa2048, SignatureAlgorithm::Rs256))
+        );
+        assert_eq!(
+            signing_algorithms(KeyKind::EcP256),
+            Some((Algorithm::EccP256, SignatureAlgorithm::Es256))
+        );
+        assert_eq!(
+            signing_algorithms(KeyKind::EcP384),
+            Some((Algorithm::EccP384, SignatureAlgorithm::Es384))
+        );
+        assert_eq!(signing_algorithms(KeyKind::Rsa { bits: 3072 }), None);
+        assert_eq!(signing_algorithms(KeyKind::Other), None);
+    }
+
+    #[test]
+    fn the_cache_keeps_the_most_recently_used_certificates() {
+        let certificate =
+            Arc::new(CardCertificate::from_der(&fixture_der("certs/alice.pem")).unwrap());
+        let guid = |n: usize| {
+            let mut guid = [0; 16];
+            guid[..8].copy_from_slice(&n.to_be_bytes());
+            guid
+        };
+        let mut cache = CertificateCache::default();
+        for n in 0..CACHED_CERTIFICATES {
+            cache.put(guid(n), Arc::clone(&certificate));
+        }
+        assert!(cache.get(&guid(0)).is_some(), "refreshes the oldest");
+        cache.put(guid(CACHED_CERTIFICATES), Arc::clone(&certificate));
+        assert_eq!(cache.entries.len(), CACHED_CERTIFICATES);
+        assert!(cache.get(&guid(0)).is_some());
+        assert!(
+            cache.get(&guid(1)).is_none(),
+            "the least recently used went"
+        );
+        assert!(cache.get(&guid(CACHED_CERTIFICATES)).is_some());
+        assert_eq!(
+            certificate.facts.common_name.as_deref(),
+            Some("Alice Example")
+        );
+    }
+
+    #[test]
+    fn failures_map_to_what_the_kiosk_shows() {
+        let transport = |error| CardProblem::from(error);
+        for removal in [
+            TransportError::CardRemoved,
+            TransportError::NoCard,
+            TransportError::CardReset,
+        ] {
+            assert_eq!(
+                read_failure(&transport(removal.clone())),
+                CardReadFailure::CardRemoved
+            );
+            assert_eq!(auth_failure(&transport(removal)), AuthFailure::CardRemoved);
+        }
+        let timeout = transport(TransportError::Timeout);
+        assert_eq!(read_failure(&timeout), CardReadFailure::Unreadable);
+        assert_eq!(auth_failure(&timeout), AuthFailure::CardError);
+        assert_eq!(
+            read_failure(&CardProblem::Card(PivError::NoPivApplication)),
+            CardReadFailure::NotPiv
+        );
+        assert_eq!(
+            read_failure(&CardProblem::UnsupportedKey(KeyKind::Other)),
+            CardReadFailure::NotPiv
+        );
+        assert_eq!(
+            auth_failure(&CardProblem::Card(PivError::WrongPin { retries_left: 1 })),
+            AuthFailure::WrongPin { tries_left: 1 }
+        );
+        assert_eq!(
+            auth_failure(&CardProblem::Card(PivError::PinBlocked)),
+            AuthFailure::PinBlocked
+        );
+    }
+}

@@ -1,0 +1,341 @@
+//! The kiosk's configuration file (`kiosk.toml`): every option, its default, and how it maps onto the core and the runtime.
+//!
+//! ```toml
+//! device = "kiosk-07"                  # required: this device's id at the server
+//! flow = "tap_then_pin"                # or "pin_then_tap" (type the PIN, then tap: for phones and NFC)
+//!
+//! [server]
+//! url = "https://auth.example.com:8443"  # required
+//! ca = "tls.crt"                       # trust this CA or the server's own certificate (PEM), or
+//! # pin_sha256 = "sha256//..."         # trust exactly this server key; neither: the system roots
+//! timeout_seconds = 10                 # per request
+//!
+//! [session]
+//! sign_out_on_removal = true           # the badge leaving the reader signs the worker out
+//! idle_timeout_seconds = 900           # sign out after this long without a key or a tap; 0 = never
+//! fast_user_switch = true              # another worker's tap signs the current worker out
+//!
+//! [readers]
+//! name_contains = ""                   # only readers whose name contains this (any case)
+//! contactless_only = false             # only contactless (NFC) cards
+//!
+//! [branding]
+//! organisation = "pivtap"              # shown at the top of the screen
+//! primary = "blue"                     # colour names: black red green yellow blue magenta cyan gray white
+//! accent = "yellow"                    # (or #RRGGBB)
+//! help_contact = "your IT service desk"  # "ask ..." when a PIN is blocked
+//!
+//! [local_api]
+//! listen = "127.0.0.1:7420"            # loopback only: line-of-business apps on this device
+//! token_file = "local-api.token"       # created (0600) if missing; apps send it to read the session token
+//! ```
+//!
+//! Paths are relative to the configuration file's directory.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::core::{CoreConfig, Flow, SessionPolicy};
+
+/// The whole configuration.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KioskConfig {
+    /// This device's id at the server.
+    pub device: String,
+    /// Tap then PIN, or PIN then tap.
+    #[serde(default)]
+    pub flow: Flow,
+    /// The authentication server.
+    pub server: ServerSection,
+    /// When sessions end.
+    #[serde(default)]
+    pub session: SessionSection,
+    /// Which readers and cards count.
+    #[serde(default)]
+    pub readers: ReadersSection,
+    /// How the screen looks.
+    #[serde(default)]
+    pub branding: BrandingSection,
+    /// The local session API.
+    #[serde(default)]
+    pub local_api: LocalApiSection,
+}
+
+/// `[server]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerSection {
+    /// The server's URL.
+    pub url: String,
+    /// A CA (or the server's own certificate) to trust, PEM.
+    #[serde(default)]
+    pub ca: Option<PathBuf>,
+    /// The server key's pin, `sha256//...`.
+    #[serde(default)]
+    pub pin_sha256: Option<String>,
+    /// Seconds per request.
+    #[serde(default = "default_timeout")]
+    pub timeout_seconds: u64,
+}
+
+fn default_timeout() -> u64 {
+    10
+}
+
+/// `[session]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SessionSection {
+    /// Removal signs out.
+    pub sign_out_on_removal: bool,
+    /// Seconds without activity before sign-out; 0 = never.
+    pub idle_timeout_seconds: u64,
+    /// A new tap switches workers.
+    pub fast_user_switch: bool,
+}
+
+impl Default for SessionSection {
+    fn default() -> Self {
+        SessionSection {
+            sign_out_on_removal: true,
+            idle_timeout_seconds: 900,
+            fast_user_switch: true,
+        }
+    }
+}
+
+/// `[readers]`
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ReadersSection {
+    /// Only readers whose name contains this.
+    pub name_contains: String,
+    /// Only contactless cards.
+    pub contactless_only: bool,
+}
+
+/// `[branding]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BrandingSection {
+    /// The organisation's name.
+    pub organisation: String,
+    /// The main colour.
+    pub primary: String,
+    /// The highlight colour.
+    pub accent: String,
+    /// Whom to ask when a PIN is blocked.
+    pub help_contact: String,
+}
+
+impl Default for BrandingSection {
+    fn default() -> Self {
+        BrandingSection {
+            organisation: "pivtap".to_owned(),
+            primary: "blue".to_owned(),
+            accent: "yellow".to_owned(),
+            help_contact: "your IT service desk".to_owned(),
+        }
+    }
+}
+
+/// `[local_api]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LocalApiSection {
+    /// Where apps on this device reach the kiosk (loopback only).
+    pub listen: SocketAddr,
+    /// The per-install token file.
+    pub token_file: PathBuf,
+}
+
+impl Default for LocalApiSection {
+    fn default() -> Self {
+        LocalApiSection {
+            listen: SocketAddr::from(([127, 0, 0, 1], 7420)),
+            token_file: PathBuf::from("local-api.token"),
+        }
+    }
+}
+
+/// Why the configuration was refused.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum KioskConfigError {
+    /// The file could not be read.
+    #[error("cannot read {}", .path.display())]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The TOML is not a kiosk configuration.
+    #[error("{}: {message}", .path.display())]
+    Syntax {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong (line, key).
+        message: String,
+    },
+    /// A value is not allowed.
+    #[error("{}: {field}: {problem}", .path.display())]
+    Invalid {
+        /// The file.
+        path: PathBuf,
+        /// The option.
+        field: &'static str,
+        /// Why.
+        problem: String,
+    },
+}
+
+impl KioskConfig {
+    /// Reads and checks a configuration; relative paths are taken from the file's directory.
+    ///
+    /// # Errors
+    /// [`KioskConfigError`] naming the file and the option.
+    pub fn load(path: &Path) -> Result<Self, KioskConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| KioskConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        let mut config: KioskConfig =
+            toml::from_str(&text).map_err(|error| KioskConfigError::Syntax {
+                path: path.to_owned(),
+                message: error.message().to_owned()
+                    + &error
+                        .span()
+                        .map(|span| format!(" (at byte {})", span.start))
+                        .unwrap_or_default(),
+            })?;
+        let base = path.parent().unwrap_or(Path::new(""));
+        if let Some(ca) = &mut config.server.ca {
+            *ca = base.join(&*ca);
+        }
+        config.local_api.token_file = base.join(&config.local_api.token_file);
+        config.validate(path)?;
+        Ok(config)
+    }
+
+    /// Checks values that serde cannot.
+    ///
+    /// # Errors
+    /// [`KioskConfigError::Invalid`].
+    pub fn validate(&self, path: &Path) -> Result<(), KioskConfigError> {
+        let invalid = |field, problem: &str| KioskConfigError::Invalid {
+            path: path.to_owned(),
+            field,
+            problem: problem.to_owned(),
+        };
+        let device_ok = !self.device.is_empty()
+            && self.device.len() <= 64
+            && self
+                .device
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'-'));
+        if !device_ok {
+            return Err(invalid(
+                "device",
+                "1 to 64 letters, digits, '.', '_', ':' or '-'",
+            ));
+        }
+        if self.server.ca.is_some() && self.server.pin_sha256.is_some() {
+            return Err(invalid("server", "give ca or pin_sha256, not both"));
+        }
+        if !(1..=300).contains(&self.server.timeout_seconds) {
+            return Err(invalid("server.timeout_seconds", "1 to 300"));
+        }
+        if !self.local_api.listen.ip().is_loopback() {
+            return Err(invalid(
+                "local_api.listen",
+                "must be a loopback address: the session API is for apps on this device only",
+            ));
+        }
+        Ok(())
+    }
+
+    /// The core's settings.
+    #[must_use]
+    pub fn core(&self) -> CoreConfig {
+        CoreConfig {
+            flow: self.flow,
+            session: SessionPolicy {
+                sign_out_on_removal: self.session.sign_out_on_removal,
+                idle_timeout: (self.session.idle_timeout_seconds > 0)
+                    .then(|| Duration::from_secs(self.session.idle_timeout_seconds)),
+                fast_user_switch: self.session.fast_user_switch,
+            },
+            help_contact: self.branding.help_contact.clone(),
+            ..CoreConfig::default()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(text: &str) -> Result<KioskConfig, KioskConfigError> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("kiosk.toml");
+        std::fs::write(&path, text).unwrap();
+        KioskConfig::load(&path)
+    }
+
+    #[test]
+    fn defaults_and_relative_paths() {
+        let config = load("device = \"kiosk-07\"\n[server]\nurl = \"https://auth.example.com\"\nca = \"tls.crt\"\n").unwrap();
+        assert_eq!(config.flow, Flow::TapThenPin);
+        assert!(config.server.ca.as_ref().unwrap().is_absolute());
+        assert_eq!(
+            config.local_api.listen,
+            SocketAddr::from(([127, 0, 0, 1], 7420))
+        );
+        let core = config.core();
+        assert!(core.session.sign_out_on_removal);
+        assert_eq!(core.session.idle_timeout, Some(Duration::from_secs(900)));
+        assert_eq!(core.help_contact, "your IT service desk");
+    }
+
+    #[test]
+    fn every_section_and_the_checks() {
+        let full = "device = \"k1\"\nflow = \"pin_then_tap\"\n[server]\nurl = \"https://a\"\npin_sha256 = \"sha256//x\"\ntimeout_seconds = 5\n[session]\nsign_out_on_removal = false\nidle_timeout_seconds = 0\nfast_user_switch = false\n[readers]\nname_contains = \"ACR\"\ncontactless_only = true\n[branding]\norganisation = \"Example\"\nprimary = \"green\"\naccent = \"#ff8800\"\nhelp_contact = \"Site office\"\n[local_api]\nlisten = \"127.0.0.1:7500\"\ntoken_file = \"t\"\n";
+        let config = load(full).unwrap();
+        assert_eq!(config.flow, Flow::PinThenTap);
+        assert_eq!(config.core().session.idle_timeout, None);
+        assert!(config.readers.contactless_only);
+        for (text, field) in [
+            (
+                "device = \"bad id\"\n[server]\nurl = \"https://a\"\n",
+                "device",
+            ),
+            (
+                "device = \"k\"\n[server]\nurl = \"https://a\"\nca = \"x\"\npin_sha256 = \"y\"\n",
+                "server",
+            ),
+            (
+                "device = \"k\"\n[server]\nurl = \"https://a\"\n[local_api]\nlisten = \"0.0.0.0:7420\"\n",
+                "local_api.listen",
+            ),
+        ] {
+            match load(text) {
+                Err(KioskConfigError::Invalid { field: f, .. }) => assert_eq!(f, field),
+                other => panic!("{field}: {other:?}"),
+            }
+        }
+        assert!(matches!(
+            load("device = \"k\"\n[server]\nurl = 1\n"),
+            Err(KioskConfigError::Syntax { .. })
+        ));
+        assert!(matches!(
+            load("device = \"k\"\nbogus = 1\n[server]\nurl = \"https://a\"\n"),
+            Err(KioskConfigError::Syntax { .. })
+        ));
+    }
+}

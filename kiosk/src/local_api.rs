@@ -1,0 +1,1366 @@
+//! The local session API: tells line-of-business apps on the shared device who is signed in at it, proven by the server's session token, over HTTP on loopback only.
+//!
+//! | route | answer |
+//! | --- | --- |
+//! | `GET /v1/session` | `200 {"user": {"id", "display_name", "mail"}, "signed_in_at", "expires_at", "device", "token"}` (times in RFC 3339), or `404 {"error": "no_session"}` |
+//! | `GET /v1/events` | `text/event-stream`: each [`SessionEvent`] as JSON in `data:`, named by its `"event"` tag (`signed_in`, `signed_out`, `error`, ...), a keep-alive comment every 15 s |
+//! | `POST /v1/session/sign-out` | `202`: the runtime signs the worker out; `401` without the access token, `404` when nobody is signed in |
+//!
+//! The session token (`"token"`) is only given to a request carrying
+//! `Authorization: Bearer <access token>`, and sign-out needs it too. The
+//! access token is one per install, kept in a file only the kiosk's user (and,
+//! if the administrator allows it, its group) can read; apps on the device read
+//! that file to get it (see [`load_or_create_access_token`]). Everything else
+//! (who is signed in, until when, the events) is open to every local program.
+//!
+//! A web page open on the device must neither read the session nor end it, so
+//! every request that comes from a browser is refused with `403`: any request
+//! with an `Origin` or `Sec-Fetch-Site` header, and any request whose `Host` is
+//! not `127.0.0.1:PORT`, `localhost:PORT` or `[::1]:PORT` (DNS rebinding). No
+//! CORS headers are ever sent. The server listens on loopback addresses only.
+//! Errors are `{"error": "<code>", "message": "<text>"}`.
+
+use std::fmt;
+use std::fs::{self, File, OpenOptions};
+use std::future::Future;
+use std::io::{self, Read as _, Write as _};
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use axum::extract::{Request, State};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::sse::{self, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use futures_util::stream::{self, Stream};
+use pivtap_server_client::wire::UserInfo;
+use serde::Serialize;
+use subtle::ConstantTimeEq as _;
+use time::OffsetDateTime;
+use tokio::net::TcpListener;
+use tokio::sync::{broadcast, mpsc, watch};
+use zeroize::Zeroizing;
+
+use crate::core::SessionEvent;
+
+/// Where the local API listens unless configured otherwise: `127.0.0.1:7420`.
+pub const DEFAULT_LISTEN: SocketAddr = SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 7420));
+
+/// How often an idle event stream gets a keep-alive comment.
+const KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(15);
+/// Events held for each event-stream client; a client further behind is dropped.
+const EVENT_BUFFER: usize = 64;
+/// Random bytes in a new access token (base64url: 43 characters).
+const ACCESS_TOKEN_BYTES: usize = 32;
+/// The shortest access token accepted from the token file.
+const ACCESS_TOKEN_MIN_CHARS: usize = 16;
+/// The largest access token file read.
+const ACCESS_TOKEN_FILE_MAX_BYTES: u64 = 4096;
+/// The mode of a new access token file: read and write for its owner only.
+#[cfg(unix)]
+const ACCESS_TOKEN_FILE_MODE: u32 = 0o600;
+/// Sent by browsers only (Fetch Metadata); its presence marks a request made by a web page.
+const SEC_FETCH_SITE: HeaderName = HeaderName::from_static("sec-fetch-site");
+
+/// Why the local API could not start, or its access token could not be had.
+#[derive(Debug, thiserror::Error)]
+pub enum LocalApiError {
+    /// The configured listen address is not a loopback address.
+    #[error("the local session API listens on loopback addresses only, not {0}")]
+    NotLoopback(SocketAddr),
+    /// Binding the listen address failed.
+    #[error("cannot listen on {address}: {source}")]
+    Bind {
+        /// The address.
+        address: SocketAddr,
+        /// What the system said.
+        source: io::Error,
+    },
+    /// The server stopped with an I/O error.
+    #[error("the local session API stopped: {0}")]
+    Serve(io::Error),
+    /// The access token file exists but cannot be read.
+    #[error("cannot read the access token file {}: {source}", path.display())]
+    ReadTokenFile {
+        /// The file.
+        path: PathBuf,
+        /// What the system said.
+        source: io::Error,
+    },
+    /// The access token file is missing and cannot be created.
+    #[error("cannot create the access token file {}: {source}", path.display())]
+    CreateTokenFile {
+        /// The file.
+        path: PathBuf,
+        /// What the system said.
+        source: io::Error,
+    },
+    /// The access token file does not hold one token: at least 16 visible ASCII characters on
+    /// one line, in a file of at most 4096 bytes.
+    #[error(
+        "the access token file {} does not hold an access token (at least 16 visible ASCII characters)",
+        path.display()
+    )]
+    InvalidTokenFile {
+        /// The file.
+        path: PathBuf,
+    },
+    /// Other users (beyond the owner and its group) may read or write the access token file.
+    #[error(
+        "the access token file {} is open to other users (mode {mode:o}); allow its owner and at most its group (chmod 600 or 640)",
+        path.display()
+    )]
+    TokenFileOpenToOthers {
+        /// The file.
+        path: PathBuf,
+        /// Its permission bits.
+        mode: u32,
+    },
+}
+
+/// The signed-in worker, as the local API tells it.
+#[derive(Clone)]
+pub struct CurrentSession {
+    /// Who.
+    pub user: UserInfo,
+    /// When the session was published (wall clock).
+    pub signed_in_at: OffsetDateTime,
+    /// When the session token expires (wall clock); the session is over from then on.
+    pub expires_at: OffsetDateTime,
+    /// The server's session token (a JWT), when the runtime gave it. Kept in memory only.
+    pub token: Option<Zeroizing<String>>,
+}
+
+impl fmt::Debug for CurrentSession {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CurrentSession")
+            .field("user", &self.user)
+            .field("signed_in_at", &self.signed_in_at)
+            .field("expires_at", &self.expires_at)
+            .field("token", &self.token.as_ref().map(|_| "REDACTED"))
+            .finish()
+    }
+}
+
+/// The current session and the session events, shared by the runtime (which publishes) and the
+/// local API (which tells). Cloning gives another handle on the same board.
+#[derive(Clone)]
+pub struct SessionBoard {
+    shared: Arc<BoardShared>,
+}
+
+struct BoardShared {
+    current: Mutex<Option<CurrentSession>>,
+    events: broadcast::Sender<SessionEvent>,
+    sign_out_requests: Mutex<Option<mpsc::UnboundedSender<()>>>,
+}
+
+impl SessionBoard {
+    /// A board with nobody signed in.
+    #[must_use]
+    pub fn new() -> Self {
+        let (events, _) = broadcast::channel(EVENT_BUFFER);
+        SessionBoard {
+            shared: Arc::new(BoardShared {
+                current: Mutex::new(None),
+                events,
+                sign_out_requests: Mutex::new(None),
+            }),
+        }
+    }
+
+    /// Tells every event-stream client about `event`. [`SessionEvent::SignedIn`] makes its user
+    /// the current session, signed in now, with `token` (the server's session token; ignored for
+    /// other events); [`SessionEvent::SignedOut`] of the current user ends it.
+    pub fn publish(&self, event: &SessionEvent, token: Option<&str>) {
+        match event {
+            SessionEvent::SignedIn { user, expires_at } => {
+                *lock(&self.shared.current) = Some(CurrentSession {
+                    user: user.clone(),
+                    signed_in_at: OffsetDateTime::now_utc(),
+                    expires_at: *expires_at,
+                    token: token.map(|token| Zeroizing::new(token.to_owned())),
+                });
+            }
+            SessionEvent::SignedOut { user_id, .. } => {
+                let mut current = lock(&self.shared.current);
+                if current
+                    .as_ref()
+                    .is_some_and(|session| session.user.id == *user_id)
+                {
+                    *current = None;
+                }
+            }
+            SessionEvent::CardPresent { .. }
+            | SessionEvent::PinRequired { .. }
+            | SessionEvent::Error(_) => {}
+        }
+        // Without event-stream clients there is nobody to tell: that is fine.
+        let _ = self.shared.events.send(event.clone());
+    }
+
+    /// The signed-in worker, unless nobody is signed in or the session expired.
+    #[must_use]
+    pub fn current(&self) -> Option<CurrentSession> {
+        let mut current = lock(&self.shared.current);
+        let now = OffsetDateTime::now_utc();
+        if current
+            .as_ref()
+            .is_some_and(|session| session.expires_at <= now)
+        {
+            *current = None;
+        }
+        current.clone()
+    }
+
+    /// The sign-out requests made on the local API, one `()` each, for the runtime to turn into
+    /// [`Event::SignOutRequested`](crate::core::Event::SignOutRequested). Only the receiver of
+    /// the latest call gets them (an earlier one ends); before the first call, sign-out requests
+    /// are answered `503`.
+    pub fn sign_out_requests(&self) -> mpsc::UnboundedReceiver<()> {
+        let (sender, receiver) = mpsc::unbounded_channel();
+        *lock(&self.shared.sign_out_requests) = Some(sender);
+        receiver
+    }
+
+    fn subscribe(&self) -> broadcast::Receiver<SessionEvent> {
+        self.shared.events.subscribe()
+    }
+
+    /// Hands a sign-out request to the runtime; false when nobody takes them.
+    fn request_sign_out(&self) -> bool {
+        lock(&self.shared.sign_out_requests)
+            .as_ref()
+            .is_some_and(|requests| requests.send(()).is_ok())
+    }
+}
+
+impl Default for SessionBoard {
+    fn default() -> Self {
+        SessionBoard::new()
+    }
+}
+
+impl fmt::Debug for SessionBoard {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SessionBoard")
+            .field("current", &*lock(&self.shared.current))
+            .finish_non_exhaustive()
+    }
+}
+
+/// Locks a mutex; a panic elsewhere while it was held leaves data that is still whole here.
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// How the local API is set up.
+#[derive(Clone)]
+pub struct LocalApiConfig {
+    /// Where to listen: a loopback address ([`DEFAULT_LISTEN`] by default).
+    pub listen: SocketAddr,
+    /// The per-install access token ([`load_or_create_access_token`]); an empty one authorizes
+    /// nobody.
+    pub access_token: Zeroizing<String>,
+    /// This device's name, as given to the server.
+    pub device: String,
+}
+
+impl fmt::Debug for LocalApiConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LocalApiConfig")
+            .field("listen", &self.listen)
+            .field("access_token", &"REDACTED")
+            .field("device", &self.device)
+            .finish()
+    }
+}
+
+/// The local API's routes, for `config.listen`'s port, without a socket (tests call it with
+/// `oneshot`). Its event streams run until their clients leave; [`serve`] also ends them on
+/// shutdown.
+pub fn router(board: SessionBoard, config: &LocalApiConfig) -> Router {
+    // The sender is dropped at once: these event streams are never told to close.
+    let (_, never_closing) = watch::channel(false);
+    build_router(board, config, config.listen.port(), never_closing)
+}
+
+/// Serves the local API on `config.listen` until `shutdown` completes, then ends the event
+/// streams and waits for the requests under way.
+pub async fn serve(
+    board: SessionBoard,
+    config: LocalApiConfig,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), LocalApiError> {
+    if !config.listen.ip().is_loopback() {
+        return Err(LocalApiError::NotLoopback(config.listen));
+    }
+    let bind_error = |source| LocalApiError::Bind {
+        address: config.listen,
+        source,
+    };
+    let listener = TcpListener::bind(config.listen).await.map_err(bind_error)?;
+    let port = listener.local_addr().map_err(bind_error)?.port();
+    let (closing_sender, closing) = watch::channel(false);
+    let app = build_router(board, &config, port, closing);
+    axum::serve(listener, app)
+        .with_graceful_shutdown(async move {
+            shutdown.await;
+            closing_sender.send_replace(true);
+        })
+        .await
+        .map_err(LocalApiError::Serve)
+}
+
+/// Reads the access token from `path`, or first creates the file with a new random token (32
+/// bytes, base64url, one line) when it does not exist.
+///
+/// Apps on the device that need the session token or sign-out read this file to get the access
+/// token, so who may read it decides who may act for the signed-in worker: a new file is created
+/// with mode 0600 (owner only); the administrator may grant its group read access (0640) for
+/// the apps' group. A file other users may read or write is refused. The file is created
+/// atomically (written aside, then linked into place), so a reader never sees half a token and
+/// two kiosks starting together end up with the same one.
+pub fn load_or_create_access_token(path: &Path) -> Result<Zeroizing<String>, LocalApiError> {
+    match fs::symlink_metadata(path) {
+        Ok(_) => {}
+        Err(error) if error.kind() == io::ErrorKind::NotFound => {
+            create_access_token_file(path).map_err(|source| LocalApiError::CreateTokenFile {
+                path: path.to_owned(),
+                source,
+            })?;
+        }
+        Err(source) => {
+            return Err(LocalApiError::ReadTokenFile {
+                path: path.to_owned(),
+                source,
+            });
+        }
+    }
+    read_access_token(path)
+}
+
+fn read_access_token(path: &Path) -> Result<Zeroizing<String>, LocalApiError> {
+    let read_error = |source| LocalApiError::ReadTokenFile {
+        path: path.to_owned(),
+        source,
+    };
+    let invalid = || LocalApiError::InvalidTokenFile {
+        path: path.to_owned(),
+    };
+    let mut file = File::open(path).map_err(read_error)?;
+    let metadata = file.metadata().map_err(read_error)?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        let mode = metadata.permissions().mode() & 0o777;
+        if mode & 0o007 != 0 {
+            return Err(LocalApiError::TokenFileOpenToOthers {
+                path: path.to_owned(),
+                mode,
+            });
+        }
+    }
+    if metadata.len() > ACCESS_TOKEN_FILE_MAX_BYTES {
+        return Err(invalid());
+    }
+    // Reserved up front so reading never reallocates (which would leave a copy behind).
+    let mut text = Zeroizing::new(String::with_capacity(
+        usize::try_from(ACCESS_TOKEN_FILE_MAX_BYTES).unwrap_or(0),
+    ));
+    (&mut file)
+        .take(ACCESS_TOKEN_FILE_MAX_BYTES)
+        .read_to_string(&mut text)
+        .map_err(|error| match error.kind() {
+            io::ErrorKind::InvalidData => invalid(),
+            _ => read_error(error),
+        })?;
+    let token = text.trim();
+    if token.len() < ACCESS_TOKEN_MIN_CHARS || !token.bytes().all(|byte| byte.is_ascii_graphic()) {
+        return Err(invalid());
+    }
+    Ok(Zeroizing::new(token.to_owned()))
+}
+
+/// Writes a new token into a temporary file beside `path` and links it to `path`; if `path`
+/// appeared meanwhile, the token already there stays.
+fn create_access_token_file(path: &Path) -> io::Result<()> {
+    let file_name = path.file_name().ok_or_else(|| {
+        io::Error::new(io::ErrorKind::InvalidInput, "the path does not name a file")
+    })?;
+    let directory = match path.parent() {
+        Some(parent) if !parent.as_os_str().is_empty() => parent,
+        _ => Path::new("."),
+    };
+    let mut secret = Zeroizing::new([0_u8; ACCESS_TOKEN_BYTES]);
+    rand::fill(&mut secret[..]);
+    let mut line = Zeroizing::new(String::with_capacity(2 * ACCESS_TOKEN_BYTES));
+    URL_SAFE_NO_PAD.encode_string(&secret[..], &mut line);
+    line.push('\n');
+    let temporary = directory.join(format!(
+        ".{}.{}-{:08x}.tmp",
+        file_name.to_string_lossy(),
+        std::process::id(),
+        rand::random::<u32>()
+    ));
+    let linked = write_new_private_file(&temporary, line.as_bytes()).and_then(|()| {
+        match fs::hard_link(&temporary, path) {
+            Err(error) if error.kind() == io::ErrorKind::AlreadyExists => Ok(()),
+            linked => linked,
+        }
+    });
+    let removed = fs::remove_file(&temporary);
+    // When writing failed the temporary file may not exist: the write error is the one to tell.
+    linked?;
+    removed?;
+    sync_directory(directory)
+}
+
+/// Creates `path` (which must not exist), readable by its owner only, with `contents` flushed
+/// to disk.
+fn write_new_private_file(path: &Path, contents: &[u8]) -> io::Result<()> {
+    let mut options = OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt as _;
+        options.mode(ACCESS_TOKEN_FILE_MODE);
+    }
+    let mut file = options.open(path)?;
+    file.write_all(contents)?;
+    file.sync_all()
+}
+
+/// Flushes a change of directory entries (the new link) to disk.
+#[cfg(unix)]
+fn sync_directory(directory: &Path) -> io::Result<()> {
+    File::open(directory)?.sync_all()
+}
+
+/// Directories cannot be opened for syncing here; the file itself was synced.
+#[cfg(not(unix))]
+fn sync_directory(_directory: &Path) -> io::Result<()> {
+    Ok(())
+}
+
+/// What every handler shares.
+#[derive(Clone)]
+struct ApiState {
+    board: SessionBoard,
+    access_token: Arc<Zeroizing<String>>,
+    device: Arc<str>,
+    /// Becomes true when the server shuts down: event streams end.
+    closing: watch::Receiver<bool>,
+}
+
+impl ApiState {
+    /// Whether the request carries `Authorization: Bearer <access token>` (compared in constant
+    /// time).
+    fn presents_access_token(&self, headers: &HeaderMap) -> bool {
+        let Some(presented) = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|value| value.to_str().ok())
+            .and_then(bearer_credential)
+        else {
+            return false;
+        };
+        !self.access_token.is_empty()
+            && bool::from(presented.as_bytes().ct_eq(self.access_token.as_bytes()))
+    }
+}
+
+/// The credential of an `Authorization: Bearer <credential>` header value.
+fn bearer_credential(value: &str) -> Option<&str> {
+    let (scheme, credential) = value.split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| credential.trim())
+}
+
+fn build_router(
+    board: SessionBoard,
+    config: &LocalApiConfig,
+    port: u16,
+    closing: watch::Receiver<bool>,
+) -> Router {
+    let state = ApiState {
+        board,
+        access_token: Arc::new(config.access_token.clone()),
+        device: Arc::from(config.device.as_str()),
+        closing,
+    };
+    let allowed_hosts: Arc<[String]> = ["127.0.0.1", "localhost", "[::1]"]
+        .iter()
+        .map(|host| format!("{host}:{port}"))
+        .collect();
+    Router::new()
+        .route("/v1/session", get(get_session))
+        .route("/v1/session/sign-out", post(sign_out))
+        .route("/v1/events", get(session_events))
+        .method_not_allowed_fallback(method_not_allowed)
+        .fallback(not_found)
+        .with_state(state)
+        .layer(middleware::from_fn_with_state(
+            allowed_hosts,
+            refuse_browser_requests,
+        ))
+}
+
+/// Refuses requests made by web pages (`Origin`, `Sec-Fetch-Site`) or for another host name
+/// (DNS rebinding); marks every answer as not to be stored or sniffed.
+async fn refuse_browser_requests(
+    State(allowed_hosts): State<Arc<[String]>>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let headers = request.headers();
+    let from_web_page =
+        headers.contains_key(header::ORIGIN) || headers.contains_key(SEC_FETCH_SITE);
+    let host = headers
+        .get(header::HOST)
+        .and_then(|value| value.to_str().ok())
+        .or_else(|| {
+            request
+                .uri()
+                .authority()
+                .map(|authority| authority.as_str())
+        });
+    let host_allowed = host.is_some_and(|host| {
+        allowed_hosts
+            .iter()
+            .any(|allowed| allowed.eq_ignore_ascii_case(host))
+    });
+    let mut response = if from_web_page || !host_allowed {
+        ApiError::Forbidden.into_response()
+    } else {
+        next.run(request).await
+    };
+    let response_headers = response.headers_mut();
+    response_headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response_headers.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    response
+}
+
+/// `GET /v1/session`.
+#[derive(Serialize)]
+struct SessionBody<'a> {
+    user: &'a UserInfo,
+    #[serde(with = "time::serde::rfc3339")]
+    signed_in_at: OffsetDateTime,
+    #[serde(with = "time::serde::rfc3339")]
+    expires_at: OffsetDateTime,
+    device: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    token: Option<&'a str>,
+}
+
+async fn get_session(State(state): State<ApiState>, headers: HeaderMap) -> Response {
+    let Some(session) = state.board.current() else {
+        return ApiError::NoSession.into_response();
+    };
+    let token = if state.presents_access_token(&headers) {
+        session.token.as_deref().map(String::as_str)
+    } else {
+        None
+    };
+    Json(SessionBody {
+        user: &session.user,
+        signed_in_at: session.signed_in_at,
+        expires_at: session.expires_at,
+        device: &state.device,
+        token,
+    })
+    .into_response()
+}
+
+/// `POST /v1/session/sign-out`.
+async fn sign_out(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+) -> Result<StatusCode, ApiError> {
+    if !state.presents_access_token(&headers) {
+        return Err(ApiError::Unauthorized);
+    }
+    if state.board.current().is_none() {
+        return Err(ApiError::NoSession);
+    }
+    if !state.board.request_sign_out() {
+        return Err(ApiError::Unavailable);
+    }
+    Ok(StatusCode::ACCEPTED)
+}
+
+/// `GET /v1/events`.
+async fn session_events(
+    State(state): State<ApiState>,
+) -> Sse<impl Stream<Item = Result<sse::Event, serde_json::Error>>> {
+    Sse::new(event_stream(state.board.subscribe(), state.closing.clone()))
+        .keep_alive(KeepAlive::new().interval(KEEP_ALIVE_INTERVAL))
+}
+
+/// The session events as server-sent events, until the server closes. A client too slow to keep
+/// up is dropped (its stream ends); it can reconnect and read `GET /v1/session`.
+fn event_stream(
+    events: broadcast::Receiver<SessionEvent>,
+    closing: watch::Receiver<bool>,
+) -> impl Stream<Item = Result<sse::Event, serde_json::Error>> {
+    stream::unfold((events, closing), |(mut events, mut closing)| async move {
+        let received = tokio::select! {
+            received = events.recv() => received,
+            () = server_closing(&mut closing) => return None,
+        };
+        let event = received.ok()?;
+        Some((server_sent_event(&event), (events, closing)))
+    })
+}
+
+/// Completes when the server starts closing; never, when nobody can tell it to.
+async fn server_closing(closing: &mut watch::Receiver<bool>) {
+    if closing.wait_for(|closing| *closing).await.is_err() {
+        std::future::pending::<()>().await;
+    }
+}
+
+/// `event: <the "event" tag>` and `data: <the event as JSON>`.
+fn server_sent_event(event: &SessionEvent) -> Result<sse::Event, serde_json::Error> {
+    let json = serde_json::to_value(event)?;
+    let name = json
+        .get("event")
+        .and_then(serde_json::Value::as_str)
+        .unwrap_or("message")
+        .to_owned();
+    Ok(sse::Event::default().event(name).data(json.to_string()))
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError::MethodNotAllowed
+}
+
+async fn not_found() -> ApiError {
+    ApiError::NotFound
+}
+
+/// An error answer: a stable code and a fixed message, never anything from the request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ApiError {
+    NoSession,
+    Unauthorized,
+    Forbidden,
+    NotFound,
+    MethodNotAllowed,
+    Unavailable,
+}
+
+#[derive(Serialize)]
+struct ErrorBody {
+    error: &'static str,
+    message: &'static str,
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, error, message) = match self {
+            ApiError::NoSession => (
+                StatusCode::NOT_FOUND,
+                "no_session",
+                "nobody is signed in at this device",
+            ),
+            ApiError::Unauthorized => (
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                "this needs the device's access token: Authorization: Bearer <token>",
+            ),
+            ApiError::Forbidden => (
+                StatusCode::FORBIDDEN,
+                "forbidden",
+                "requests from web pages, or for a host other than this device's loopback address, are refused",
+            ),
+            ApiError::NotFound => (StatusCode::NOT_FOUND, "not_found", "no such resource"),
+            ApiError::MethodNotAllowed => (
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                "this resource does not take that method",
+            ),
+            ApiError::Unavailable => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                "the kiosk is not taking sign-out requests right now",
+            ),
+        };
+        let mut response = (status, Json(ErrorBody { error, message })).into_response();
+        if self == ApiError::Unauthorized {
+            response
+                .headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        response
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration as StdDuration;
+
+    use axum::body::{Body, to_bytes};
+    use axum::http::Method;
+    use futures_util::StreamExt as _;
+    use serde_json::Value;
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    use tokio::net::TcpStream;
+    use tower::ServiceExt as _;
+
+    use super::*;
+    use crate::core::SignOutReason;
+
+    const ACCESS_TOKEN: &str = "access-token-for-tests-0123456789";
+    const SESSION_TOKEN: &str = "eyJhbGciOiJFUzI1NiJ9.session.token";
+    const HOST: &str = "127.0.0.1:7420";
+
+    fn config() -> LocalApiConfig {
+        LocalApiConfig {
+            listen: DEFAULT_LISTEN,
+            access_token: Zeroizing::new(ACCESS_TOKEN.to_owned()),
+            device: "kiosk-07".to_owned(),
+        }
+    }
+
+    fn alice() -> UserInfo {
+        UserInfo {
+            id: "alice".to_owned(),
+            display_name: "Alice Example".to_owned(),
+            mail: Some("alice@example.org".to_owned()),
+        }
+    }
+
+    fn signed_in(expires_in: time::Duration) -> SessionEvent {
+        SessionEvent::SignedIn {
+            user: alice(),
+            expires_at: OffsetDateTime::now_utc() + expires_in,
+        }
+    }
+
+    fn signed_out(user_id: &str) -> SessionEvent {
+        SessionEvent::SignedOut {
+            user_id: user_id.to_owned(),
+            reason: SignOutReason::Explicit,
+        }
+    }
+
+    fn board_with_alice() -> SessionBoard {
+        let board = SessionBoard::new();
+        board.publish(&signed_in(time::Duration::hours(8)), Some(SESSION_TOKEN));
+        board
+    }
+
+    fn request(method: Method, path: &str, headers: &[(&str, &str)]) -> Request {
+        let mut builder = Request::builder().method(method).uri(path);
+        for (name, value) in headers {
+            builder = builder.header(*name, *value);
+        }
+        builder.body(Body::empty()).unwrap()
+    }
+
+    /// Sends one request through the router; returns the status and the body as text.
+    async fn send(board: &SessionBoard, request: Request) -> (StatusCode, String) {
+        let response = router(board.clone(), &config())
+            .oneshot(request)
+            .await
+            .unwrap();
+        let status = response.status();
+        let body = to_bytes(response.into_body(), 64 * 1024).await.unwrap();
+        let body = String::from_utf8(body.to_vec()).unwrap();
+        assert!(!body.contains(ACCESS_TOKEN), "access token leaked: {body}");
+        (status, body)
+    }
+
+    async fn get_session(board: &SessionBoard, authorization: Option<&str>) -> (StatusCode, Value) {
+        let mut headers = vec![("host", HOST)];
+        headers.extend(authorization.map(|value| ("authorization", value)));
+        let (status, body) = send(board, request(Method::GET, "/v1/session", &headers)).await;
+        (status, serde_json::from_str(&body).unwrap())
+    }
+
+    async fn post_sign_out(board: &SessionBoard, headers: &[(&str, &str)]) -> (StatusCode, String) {
+        send(
+            board,
+            request(Method::POST, "/v1/session/sign-out", headers),
+        )
+        .await
+    }
+
+    fn bearer(token: &str) -> String {
+        format!("Bearer {token}")
+    }
+
+    #[tokio::test]
+    async fn nobody_signed_in_is_no_session() {
+        let (status, body) = get_session(&SessionBoard::new(), None).await;
+        assert_eq!(status, StatusCode::NOT_FOUND);
+        assert_eq!(body["error"], "no_session");
+        assert!(
+            body["message"]
+                .as_str()
+                .is_some_and(|text| !text.is_empty())
+        );
+    }
+
+    #[tokio::test]
+    async fn session_is_told_without_token_unless_authorized() {
+        let board = board_with_alice();
+
+        let (status, body) = get_session(&board, None).await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(body["user"]["id"], "alice");
+        assert_eq!(body["user"]["display_name"], "Alice Example");
+        assert_eq!(body["user"]["mail"], "alice@example.org");
+        assert_eq!(body["device"], "kiosk-07");
+        assert!(body.get("token").is_none(), "{body}");
+        let expires_at = body["expires_at"].as_str().unwrap();
+        let expires_at =
+            OffsetDateTime::parse(expires_at, &time::format_description::well_known::Rfc3339)
+                .unwrap();
+        let session = board.current().unwrap();
+        assert_eq!(expires_at, session.expires_at);
+        assert!(body["signed_in_at"].is_string());
+
+        let (status, body) = get_session(&board, Some(&bearer(ACCESS_TOKEN))).await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(body["token"], SESSION_TOKEN);
+        let (_, body) = get_session(&board, Some(&format!("bearer  {ACCESS_TOKEN}"))).await;
+        assert_eq!(body["token"], SESSION_TOKEN);
+    }
+
+    #[tokio::test]
+    async fn wrong_access_token_gets_no_token_and_cannot_sign_out() {
+        let board = board_with_alice();
+        let mut requests = board.sign_out_requests();
+        for authorization in [
+            bearer("access-token-for-tests-0123456788"),
+            bearer(&ACCESS_TOKEN[..20]),
+            format!("Basic {ACCESS_TOKEN}"),
+            ACCESS_TOKEN.to_owned(),
+            bearer(""),
+        ] {
+            let (status, body) = get_session(&board, Some(&authorization)).await;
+            assert_eq!(status, StatusCode::OK);
+            assert!(body.get("token").is_none(), "{authorization}: {body}");
+
+            let (status, body) =
+                post_sign_out(&board, &[("host", HOST), ("authorization", &authorization)]).await;
+            assert_eq!(status, StatusCode::UNAUTHORIZED, "{authorization}");
+            assert!(body.contains("\"unauthorized\""), "{body}");
+            assert!(!body.contains(SESSION_TOKEN));
+        }
+        let (status, _) = post_sign_out(&board, &[("host", HOST)]).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED);
+        assert!(requests.try_recv().is_err());
+    }
+
+    #[tokio::test]
+    async fn empty_access_token_authorizes_nobody() {
+        let board = board_with_alice();
+        let mut config = config();
+        config.access_token = Zeroizing::new(String::new());
+        let response = router(board, &config)
+            .oneshot(request(
+                Method::GET,
+                "/v1/session",
+                &[("host", HOST), ("authorization", "Bearer ")],
+            ))
+            .await
+            .unwrap();
+        let body = to_bytes(response.into_body(), 64 * 1024).await.unwrap();
+        assert!(!String::from_utf8_lossy(&body).contains(SESSION_TOKEN));
+    }
+
+    #[tokio::test]
+    async fn requests_from_web_pages_are_forbidden() {
+        let board = board_with_alice();
+        let mut requests = board.sign_out_requests();
+        let authorization = bearer(ACCESS_TOKEN);
+        for browser_header in [
+            ("origin", "https://intranet.example"),
+            ("origin", "http://127.0.0.1:7420"),
+            ("origin", "null"),
+            ("sec-fetch-site", "cross-site"),
+        ] {
+            let headers = [
+                ("host", HOST),
+                ("authorization", authorization.as_str()),
+                browser_header,
+            ];
+            for (method, path) in [
+                (Method::GET, "/v1/session"),
+                (Method::GET, "/v1/events"),
+                (Method::POST, "/v1/session/sign-out"),
+            ] {
+                let (status, body) = send(&board, request(method, path, &headers)).await;
+                assert_eq!(status, StatusCode::FORBIDDEN, "{path} {browser_header:?}");
+                let body: Value = serde_json::from_str(&body).unwrap();
+                assert_eq!(body["error"], "forbidden");
+            }
+        }
+        assert!(requests.try_recv().is_err());
+        assert!(board.current().is_some());
+    }
+
+    #[tokio::test]
+    async fn only_loopback_host_names_for_the_port_are_served() {
+        let board = board_with_alice();
+        for host in [
+            "127.0.0.1:7420",
+            "localhost:7420",
+            "LOCALHOST:7420",
+            "[::1]:7420",
+        ] {
+            let (status, _) = send(
+                &board,
+                request(Method::GET, "/v1/session", &[("host", host)]),
+            )
+            .await;
+            assert_eq!(status, StatusCode::OK, "{host}");
+        }
+        for host in [
+            "attacker.example:7420",
+            "127.0.0.1",
+            "127.0.0.1:7421",
+            "localhost",
+            "localhost.attacker.example:7420",
+            "[::1]:8080",
+            "",
+        ] {
+            let (status, body) = send(
+                &board,
+                request(Method::GET, "/v1/session", &[("host", host)]),
+            )
+            .await;
+            assert_eq!(status, StatusCode::FORBIDDEN, "{host}");
+            assert!(body.contains("\"forbidden\""));
+            assert!(!body.contains("alice"));
+        }
+        let (status, _) = send(&board, request(Method::GET, "/v1/session", &[])).await;
+        assert_eq!(status, StatusCode::FORBIDDEN, "no Host header");
+    }
+
+    #[tokio::test]
+    async fn other_methods_and_paths_get_json_errors() {
+        let board = board_with_alice();
+        for (method, path, status, code) in [
+            (
+                Method::DELETE,
+                "/v1/session",
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+            ),
+            (
+                Method::POST,
+                "/v1/session",
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+            ),
+            (
+                Method::GET,
+                "/v1/session/sign-out",
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+            ),
+            (
+                Method::PUT,
+                "/v1/events",
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+            ),
+            (
+                Method::GET,
+                "/v1/sessions",
+                StatusCode::NOT_FOUND,
+                "not_found",
+            ),
+        ] {
+            let (answered, body) = send(&board, request(method, path, &[("host", HOST)])).await;
+            assert_eq!(answered, status, "{path}");
+            let body: Value = serde_json::from_str(&body).unwrap();
+            assert_eq!(body["error"], code, "{path}");
+        }
+        let (status, _) = send(
+            &board,
+            request(
+                Method::GET,
+                "/v1/sessions",
+                &[("host", HOST), ("origin", "https://intranet.example")],
+            ),
+        )
+        .await;
+        assert_eq!(
+            status,
+            StatusCode::FORBIDDEN,
+            "the guard covers the fallback too"
+        );
+    }
+
+    #[tokio::test]
+    async fn sign_out_is_handed_to_the_runtime() {
+        let board = board_with_alice();
+        let mut requests = board.sign_out_requests();
+        let authorization = bearer(ACCESS_TOKEN);
+        let (status, body) =
+            post_sign_out(&board, &[("host", HOST), ("authorization", &authorization)]).await;
+        assert_eq!(status, StatusCode::ACCEPTED);
+        assert!(!body.contains(SESSION_TOKEN));
+        assert_eq!(requests.try_recv(), Ok(()));
+        assert!(requests.try_recv().is_err(), "exactly one request");
+    }
+
+    #[tokio::test]
+    async fn sign_out_goes_to_the_latest_receiver_only() {
+        let board = board_with_alice();
+        let authorization = bearer(ACCESS_TOKEN);
+        let headers = [("host", HOST), ("authorization", authorization.as_str())];
+
+        let (status, _) = post_sign_out(&board, &headers).await;
+        assert_eq!(
+            status,
+            StatusCode::SERVICE_UNAVAILABLE,
+            "nobody takes requests yet"
+        );
+
+        let mut first = board.sign_out_requests();
+        let mut second = board.sign_out_requests();
+        let (status, _) = post_sign_out(&board, &headers).await;
+        assert_eq!(status, StatusCode::ACCEPTED);
+        assert_eq!(second.try_recv(), Ok(()));
+        assert_eq!(
+            first.try_recv(),
+            Err(mpsc::error::TryRecvError::Disconnected)
+        );
+    }
+
+    #[tokio::test]
+    async fn sign_out_without_a_session_is_no_session() {
+        let board = SessionBoard::new();
+        let mut requests = board.sign_out_requests();
+        let authorization = bearer(ACCESS_TOKEN);
+        let (status, body) =
+            post_sign_out(&board, &[("host", HOST), ("authorization", &authorization)]).await;
+        assert_eq!(status, StatusCode::NOT_FOUND);
+        assert!(body.contains("\"no_session\""));
+        assert!(requests.try_recv().is_err());
+    }
+
+    #[tokio::test]
+    async fn signed_out_ends_the_session_of_that_user_only() {
+        let board = board_with_alice();
+        board.publish(&signed_out("bob"), None);
+        let (status, _) = get_session(&board, None).await;
+        assert_eq!(
+            status,
+            StatusCode::OK,
+            "bob's sign-out leaves alice's session"
+        );
+
+        board.publish(&signed_out("alice"), None);
+        let (status, body) = get_session(&board, Some(&bearer(ACCESS_TOKEN))).await;
+        assert_eq!(status, StatusCode::NOT_FOUND);
+        assert_eq!(body["error"], "no_session");
+        assert!(board.current().is_none());
+    }
+
+    #[tokio::test]
+    async fn expired_session_is_no_session() {
+        let board = SessionBoard::new();
+        board.publish(&signed_in(-time::Duration::seconds(1)), Some(SESSION_TOKEN));
+        let (status, body) = get_session(&board, Some(&bearer(ACCESS_TOKEN))).await;
+        assert_eq!(status, StatusCode::NOT_FOUND);
+        assert_eq!(body["error"], "no_session");
+        assert!(board.current().is_none());
+    }
+
+    #[test]
+    fn secrets_stay_out_of_debug() {
+        let session = board_with_alice().current().unwrap();
+        assert_eq!(
+            session.token.as_deref().map(String::as_str),
+            Some(SESSION_TOKEN)
+        );
+        let shown = format!("{session:?} {:?}", board_with_alice());
+        assert!(!shown.contains(SESSION_TOKEN), "{shown}");
+        assert!(
+            shown.contains("REDACTED") && shown.contains("alice"),
+            "{shown}"
+        );
+
+        let shown = format!("{:?}", config());
+        assert!(!shown.contains(ACCESS_TOKEN), "{shown}");
+        assert!(shown.contains("kiosk-07"));
+    }
+
+    #[tokio::test]
+    async fn event_stream_names_events_by_their_tag() {
+        let board = SessionBoard::new();
+        let (_closing_sender, closing) = watch::channel(false);
+        let stream = event_stream(board.subscribe(), closing);
+        board.publish(&signed_in(time::Duration::hours(1)), Some(SESSION_TOKEN));
+        board.publish(
+            &SessionEvent::PinRequired {
+                tries_left: Some(3),
+            },
+            None,
+        );
+        drop(board);
+        let mut stream = Box::pin(stream);
+        let mut names = Vec::new();
+        while let Some(event) = stream.next().await {
+            names.push(format!("{:?}", event.unwrap()));
+        }
+        assert_eq!(names.len(), 2, "{names:?}");
+        assert!(names[0].contains("event: signed_in\\n") && names[0].contains("alice"));
+        assert!(
+            names[1].contains("event: pin_required\\n")
+                && names[1].contains("\\\"tries_left\\\":3")
+        );
+        assert!(!names.concat().contains(SESSION_TOKEN));
+    }
+
+    #[tokio::test]
+    async fn a_lagging_client_is_dropped() {
+        let board = SessionBoard::new();
+        let (_closing_sender, closing) = watch::channel(false);
+        let mut stream = Box::pin(event_stream(board.subscribe(), closing));
+        for tries_left in 0..=EVENT_BUFFER {
+            let tries_left = u8::try_from(tries_left % 10).ok();
+            board.publish(&SessionEvent::PinRequired { tries_left }, None);
+        }
+        let next = tokio::time::timeout(StdDuration::from_secs(5), stream.next()).await;
+        assert!(
+            matches!(next, Ok(None)),
+            "the stream ends instead of skipping events"
+        );
+    }
+
+    #[tokio::test]
+    async fn event_streams_end_when_the_server_closes() {
+        let board = SessionBoard::new();
+        let (closing_sender, closing) = watch::channel(false);
+        let mut stream = Box::pin(event_stream(board.subscribe(), closing));
+        closing_sender.send_replace(true);
+        let next = tokio::time::timeout(StdDuration::from_secs(5), stream.next()).await;
+        assert!(matches!(next, Ok(None)));
+    }
+
+    #[tokio::test]
+    async fn serve_refuses_other_addresses_than_loopback() {
+        for listen in ["0.0.0.0:7420", "192.0.2.1:7420", "[::]:7420"] {
+            let listen: SocketAddr = listen.parse().unwrap();
+            let config = LocalApiConfig { listen, ..config() };
+            let served = serve(SessionBoard::new(), config, std::future::pending()).await;
+            assert!(
+                matches!(served, Err(LocalApiError::NotLoopback(address)) if address == listen),
+                "{listen}: {served:?}"
+            );
+        }
+    }
+
+    /// Reads from `stream` into `text` until `done(text)` holds.
+    async fn read_until(stream: &mut TcpStream, text: &mut String, done: impl Fn(&str) -> bool) {
+        let mut buffer = [0_u8; 4096];
+        while !done(text) {
+            let read = stream.read(&mut buffer).await.unwrap();
+            assert!(read > 0, "the connection closed early: {text}");
+            text.push_str(std::str::from_utf8(&buffer[..read]).unwrap());
+        }
+    }
+
+    #[tokio::test]
+    async fn events_reach_a_client_over_a_socket_and_shutdown_ends_the_stream() {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let listen = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+        let board = SessionBoard::new();
+        let (shutdown, shutdown_signal) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(serve(
+            board.clone(),
+            LocalApiConfig { listen, ..config() },
+            async move {
+                let _ = shutdown_signal.await;
+            },
+        ));
+
+        let test = async {
+            let mut client = loop {
+                match TcpStream::connect(listen).await {
+                    Ok(client) => break client,
+                    Err(_) => tokio::time::sleep(StdDuration::from_millis(20)).await,
+                }
+            };
+            let request = format!("GET /v1/events HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\r\n");
+            client.write_all(request.as_bytes()).await.unwrap();
+            let mut text = String::new();
+            read_until(&mut client, &mut text, |text| text.contains("\r\n\r\n")).await;
+            let head = text.to_ascii_lowercase();
+            assert!(head.starts_with("http/1.1 200"), "{text}");
+            assert!(head.contains("content-type: text/event-stream"), "{text}");
+
+            // The client is subscribed once the answer started.
+            board.publish(&signed_in(time::Duration::hours(8)), Some(SESSION_TOKEN));
+            board.publish(&signed_out("alice"), None);
+            read_until(&mut client, &mut text, |text| {
+                text.contains("event: signed_out")
+            })
+            .await;
+            read_until(&mut client, &mut text, |text| {
+                text.split("event: signed_out")
+                    .nth(1)
+                    .is_some_and(|rest| rest.contains("\n\n"))
+            })
+            .await;
+            assert!(!text.contains(SESSION_TOKEN));
+            let events: Vec<Value> = text
+                .lines()
+                .filter_map(|line| line.strip_prefix("data: "))
+                .map(|data| serde_json::from_str(data).unwrap())
+                .collect();
+            assert_eq!(events.len(), 2, "{text}");
+            assert_eq!(events[0]["event"], "signed_in");
+            assert_eq!(events[0]["user"]["id"], "alice");
+            assert_eq!(events[1]["event"], "signed_out");
+            assert_eq!(events[1]["reason"], "explicit");
+            assert!(text.contains("event: signed_in\ndata: "), "{text}");
+
+            shutdown.send(()).unwrap();
+            // The stream ends, so the graceful shutdown does not wait for the client.
+            let mut rest = Vec::new();
+            client.read_to_end(&mut rest).await.unwrap();
+        };
+        tokio::time::timeout(StdDuration::from_secs(20), test)
+            .await
+            .expect("the events arrived");
+        let served = tokio::time::timeout(StdDuration::from_secs(10), server)
+            .await
+            .expect("the server stopped");
+        assert!(matches!(served, Ok(Ok(()))), "{served:?}");
+    }
+
+    #[cfg(unix)]
+    fn mode(path: &Path) -> u32 {
+        use std::os::unix::fs::PermissionsExt as _;
+        fs::metadata(path).unwrap().permissions().mode() & 0o777
+    }
+
+    #[test]
+    fn access_token_file_is_created_once_then_read() {
+        let directory = tempfile::tempdir().unwrap();
+        let path = directory.path().join("local-api.token");
+        let created = load_or_create_access_token(&path).unwrap();
+        assert_eq!(created.len(), 43);
+        assert!(
+            created
+                .bytes()
+                .all(|byte| byte.is_ascii_alphanumeric() || byte == b'-' || byte == b'_')
+        );
+        assert_eq!(
+            fs::read_to_string(&path).unwrap(),
+            format!("{}\n", *created)
+        );
+        #[cfg(unix)]
+        assert_eq!(mode(&path), 0o600);
+        let entries = fs::read_dir(directory.path()).unwrap().count();
+        assert_eq!(entries, 1, "no temporary file is left behind");
+
+        let read = load_or_create_access_token(&path).unwrap();
+        assert_eq!(*read, *created);
+
+        let other = load_or_create_access_token(&directory.path().join("other.token")).unwrap();
+        assert_ne!(*other, *created);
+    }
+
+    #[test]
+    fn access_token_file_written_by_hand_is_trimmed() {
+        let directory = tempfile::tempdir().unwrap();
+        let path = directory.path().join("token");
+        write_new_private_file(&path, b"  hand-written-token-0123\r\n").unwrap();
+        let token = load_or_create_access_token(&path).unwrap();
+        assert_eq!(token.as_str(), "hand-written-token-0123");
+    }
+
+    #[test]
+    fn unusable_access_token_files_are_refused_without_showing_them() {
+        let directory = tempfile::tempdir().unwrap();
+        for (name, contents) in [
+            ("empty", "".to_owned()),
+            ("short", "short-token\n".to_owned()),
+            ("two-words", "secret-part-one secret-part-two\n".to_owned()),
+            ("huge", "x".repeat(5000)),
+        ] {
+            let path = directory.path().join(name);
+            write_new_private_file(&path, contents.as_bytes()).unwrap();
+            let error = load_or_create_access_token(&path).unwrap_err();
+            assert!(
+                matches!(error, LocalApiError::InvalidTokenFile { .. }),
+                "{name}: {error:?}"
+            );
+            let message = error.to_string();
+            assert!(
+                contents.trim().is_empty() || !message.contains(contents.trim()),
+                "{message}"
+            );
+            assert!(!message.contains("secret-part"), "{message}");
+        }
+        let path = directory.path().join("not-utf8");
+        write_new_private_file(&path, &[0xff; 20]).unwrap();
+        let error = load_or_create_access_token(&path).unwrap_err();
+        assert!(
+            matches!(error, LocalApiError::InvalidTokenFile { .. }),
+            "{error:?}"
+        );
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn access_token_file_open_to_others_is_refused() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let directory = tempfile::tempdir().unwrap();
+        let path = directory.path().join("token");
+        let token = load_or_create_access_token(&path).unwrap();
+
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o640)).unwrap();
+        assert_eq!(
+            *load_or_create_access_token(&path).unwrap(),
+            *token,
+            "group read is allowed"
+        );
+
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o644)).unwrap();
+        let error = load_or_create_access_token(&path).unwrap_err();
+        assert!(
+            matches!(
+                error,
+                LocalApiError::TokenFileOpenToOthers { mode: 0o644, .. }
+            ),
+            "{error:?}"
+        );
+        assert!(!error.to_string().contains(token.as_str()));
+    }
+
+    #[test]
+    fn access_token_file_in_a_missing_directory_cannot_be_created() {
+        let directory = tempfile::tempdir().unwrap();
+        let path = directory.path().join("missing").join("token");
+        let error = load_or_create_access_token(&path).unwrap_err();
+        assert!(
+            matches!(error, LocalApiError::CreateTokenFile { .. }),
+            "{error:?}"
+        );
+    }
+}

@@ -1,0 +1,322 @@
+//! `pivtap demo`: the whole story on one machine — an embedded server, three workers' virtual cards, and the kiosk.
+//!
+//! The fixture CA and cards are built into the binary, so the demo needs
+//! nothing but the build. Function keys tap and remove each worker's card.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use clap::Args;
+use pivtap_card::virtual_card::image::CardImage;
+use pivtap_card::virtual_card::{VirtualCard, VirtualCardBackend};
+use pivtap_kiosk::core::{CoreConfig, SessionEvent};
+use pivtap_kiosk::headless::HeadlessFace;
+use pivtap_kiosk::local_api::{LocalApiConfig, SessionBoard};
+use pivtap_kiosk::readers::{ReaderSource, VirtualReaders};
+use pivtap_kiosk::runtime::{self, Face, Input, RuntimeParts};
+use pivtap_server_client::client::{Client, ServerTrust};
+use pivtap_server_client::config::ServerConfig;
+use pivtap_server_client::init::{InitOptions, init_server};
+use pivtap_server_client::server;
+use pivtap_server_client::store::{User, UserState};
+use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
+use zeroize::Zeroizing;
+
+/// `pivtap demo`
+#[derive(Args, Debug)]
+pub struct DemoArgs {
+    /// No terminal UI: run a scripted sequence of taps and print the JSON events.
+    #[arg(long)]
+    headless: bool,
+}
+
+/// A demo worker: their card image (built in) and PIN.
+struct Worker {
+    name: &'static str,
+    id: &'static str,
+    mail: &'static str,
+    pin: &'static str,
+    image: &'static str,
+}
+
+const WORKERS: [Worker; 3] = [
+    Worker {
+        name: "Alice Example",
+        id: "alice",
+        mail: "alice@example.com",
+        pin: "123456",
+        image: include_str!("../../fixtures/cards/alice.toml"),
+    },
+    Worker {
+        name: "Bob Example",
+        id: "bob",
+        mail: "bob@example.com",
+        pin: "24681357",
+        image: include_str!("../../fixtures/cards/bob.toml"),
+    },
+    Worker {
+        name: "Carol Example",
+        id: "carol",
+        mail: "carol@example.com",
+        pin: "123456",
+        image: include_str!("../../fixtures/cards/carol.toml"),
+    },
+];
+
+const TEST_CA: &str = include_str!("../../fixtures/ca/test-ca.pem");
+const DEVICE: &str = "demo-kiosk";
+const READER: &str = "Desk reader";
+
+/// Runs the demo.
+pub fn run(args: DemoArgs) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(demo(args))
+}
+
+async fn demo(args: DemoArgs) -> anyhow::Result<()> {
+    let dir = tempfile::tempdir().context("cannot make a temporary directory")?;
+    let (origin, tls_certificate, server_handle) = start_server(dir.path()).await?;
+    let client = Client::new(
+        &origin,
+        ServerTrust::from_pem_file(&tls_certificate)?,
+        Duration::from_secs(10),
+    )?;
+
+    let readers = VirtualReaders::new(&[READER]);
+    let cards: Vec<VirtualCardBackend> = WORKERS
+        .iter()
+        .map(|worker| {
+            let image = CardImage::from_toml_str(worker.image)
+                .context("a built-in demo card is invalid")?;
+            Ok(VirtualCardBackend::new(
+                VirtualCard::from_image(&image)?,
+                worker.name,
+            ))
+        })
+        .collect::<anyhow::Result<_>>()?;
+
+    let board = SessionBoard::new();
+    start_local_api(dir.path(), board.clone()).await;
+
+    let toggle = {
+        let readers = readers.clone();
+        let cards = cards.clone();
+        let mut in_reader: Option<usize> = None;
+        move |key: u8| {
+            let index = usize::from(key).wrapping_sub(1);
+            if index >= cards.len() {
+                return;
+            }
+            // One reader: a worker's key taps their badge, or takes it away
+            // if it is the one on the reader; another badge is taken away first.
+            let previous = in_reader.take();
+            if previous.is_some() {
+                readers.remove(READER);
+            }
+            if previous != Some(index) {
+                readers.insert(READER, cards[index].clone());
+                in_reader = Some(index);
+            }
+        }
+    };
+
+    let (inputs_tx, inputs_rx) = unbounded_channel();
+    let parts = RuntimeParts {
+        core: CoreConfig::default(),
+        readers: Arc::new(readers.clone()) as Arc<dyn ReaderSource>,
+        client,
+        device: DEVICE.to_owned(),
+        board,
+        on_function_key: Some(Box::new(toggle)),
+    };
+    let result = if args.headless {
+        let (events_tx, events_rx) = unbounded_channel();
+        let mut face = ScriptFace {
+            inner: HeadlessFace::new(std::io::stdout()),
+            events: events_tx,
+        };
+        let script = tokio::spawn(script(inputs_tx, events_rx));
+        let run = runtime::run(parts, &mut face, inputs_rx).await;
+        let outcome = script.await.context("the demo script failed")?;
+        run?;
+        outcome
+    } else {
+        let help = WORKERS
+            .iter()
+            .enumerate()
+            .map(|(i, w)| format!("F{}: tap/remove {} (PIN {})", i + 1, w.name, w.pin))
+            .chain(["S: sign out   Q: quit".to_owned()])
+            .collect();
+        let mut face = pivtap_kiosk::terminal::TerminalFace::new(
+            pivtap_kiosk::tui::Branding {
+                organisation: "pivtap demo — Example Corp".to_owned(),
+                primary: ratatui::style::Color::Blue,
+                accent: ratatui::style::Color::Yellow,
+            },
+            DEVICE.to_owned(),
+            Some(help),
+        );
+        pivtap_kiosk::terminal::TerminalFace::read_keys(inputs_tx);
+        Ok(runtime::run(parts, &mut face, inputs_rx).await?)
+    };
+    server_handle.graceful_shutdown(Some(Duration::from_secs(1)));
+    result
+}
+
+/// An embedded server on a free loopback port, trusting the demo CA, with the three workers as users.
+async fn start_server(
+    dir: &std::path::Path,
+) -> anyhow::Result<(String, std::path::PathBuf, axum_server::Handle<SocketAddr>)> {
+    let ca = dir.join("demo-ca.pem");
+    std::fs::write(&ca, TEST_CA)?;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    let listen = SocketAddr::from(([127, 0, 0, 1], port));
+    let report = init_server(
+        &dir.join("server"),
+        &InitOptions {
+            trust: vec![ca],
+            listen,
+            ..InitOptions::default()
+        },
+    )?;
+    let mut config = ServerConfig::load(&report.config_path)?;
+    config.origin = format!("https://127.0.0.1:{port}");
+    config.validate(&report.config_path)?;
+    let (state, listener) = server::from_config(&config).await?;
+    for worker in &WORKERS {
+        state
+            .store()
+            .add_user(&User {
+                id: worker.id.to_owned(),
+                display_name: worker.name.to_owned(),
+                mail: Some(worker.mail.to_owned()),
+                upn: None,
+                employee_id: None,
+                state: UserState::Active,
+            })
+            .await?;
+    }
+    let handle = axum_server::Handle::new();
+    let serving = handle.clone();
+    tokio::spawn(async move {
+        if let Err(error) = server::serve_with_handle(state, listener, serving).await {
+            eprintln!("demo server stopped: {error}");
+        }
+    });
+    if handle.listening().await.is_none() {
+        bail!("the demo server did not start");
+    }
+    Ok((config.origin, report.certificate_path, handle))
+}
+
+/// The local session API on its default port, if it is free (another kiosk may hold it).
+async fn start_local_api(dir: &std::path::Path, board: SessionBoard) {
+    let token =
+        match pivtap_kiosk::local_api::load_or_create_access_token(&dir.join("local-api.token")) {
+            Ok(token) => token,
+            Err(error) => {
+                eprintln!("demo: no local session API ({error})");
+                return;
+            }
+        };
+    let config = LocalApiConfig {
+        listen: SocketAddr::from(([127, 0, 0, 1], 7420)),
+        access_token: token,
+        device: DEVICE.to_owned(),
+    };
+    tokio::spawn(async move {
+        if let Err(error) =
+            pivtap_kiosk::local_api::serve(board, config, std::future::pending()).await
+        {
+            tracing::warn!(%error, "demo: the local session API is not available");
+        }
+    });
+}
+
+/// The headless face, also telling the script what happened.
+struct ScriptFace {
+    inner: HeadlessFace<std::io::Stdout>,
+    events: UnboundedSender<SessionEvent>,
+}
+
+impl Face for ScriptFace {
+    fn refresh(
+        &mut self,
+        kiosk: &pivtap_kiosk::core::Kiosk,
+        server_reachable: bool,
+        now: std::time::Instant,
+    ) {
+        self.inner.refresh(kiosk, server_reachable, now);
+    }
+
+    fn session_event(&mut self, event: &SessionEvent, token: Option<&str>) {
+        self.inner.session_event(event, token);
+        let _ = self.events.send(event.clone());
+    }
+}
+
+/// The scripted story: Alice signs in and takes her badge away; Bob mistypes
+/// his PIN, then signs in; his badge leaves as Carol's arrives; she signs in
+/// and signs out with the sign-out key.
+async fn script(
+    inputs: UnboundedSender<Input>,
+    mut events: UnboundedReceiver<SessionEvent>,
+) -> anyhow::Result<()> {
+    let send = |input: Input| {
+        inputs
+            .send(input)
+            .map_err(|_| anyhow::anyhow!("the kiosk stopped"))
+    };
+    let pin = |worker: &Worker| Input::Pin(Zeroizing::new(worker.pin.to_owned()));
+    let [alice, bob, carol] = &WORKERS;
+
+    send(Input::Function(1))?;
+    expect(&mut events, "pin_required").await?;
+    send(pin(alice))?;
+    expect(&mut events, "signed_in").await?;
+    send(Input::Function(1))?;
+    expect(&mut events, "signed_out").await?;
+
+    send(Input::Function(2))?;
+    expect(&mut events, "pin_required").await?;
+    send(Input::Pin(Zeroizing::new("999999".to_owned())))?;
+    expect(&mut events, "pin_required").await?;
+    send(pin(bob))?;
+    expect(&mut events, "signed_in").await?;
+
+    send(Input::Function(3))?;
+    expect(&mut events, "signed_out").await?;
+    expect(&mut events, "pin_required").await?;
+    send(pin(carol))?;
+    expect(&mut events, "signed_in").await?;
+    send(Input::SignOut)?;
+    expect(&mut events, "signed_out").await?;
+    send(Input::Function(3))?;
+    send(Input::Quit)?;
+    Ok(())
+}
+
+/// Waits (at most 20 s) for the next event of a kind, passing over others.
+async fn expect(events: &mut UnboundedReceiver<SessionEvent>, kind: &str) -> anyhow::Result<()> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let event = tokio::time::timeout_at(deadline, events.recv())
+            .await
+            .map_err(|_| anyhow::anyhow!("the demo waited 20 s for {kind}"))?
+            .ok_or_else(|| anyhow::anyhow!("the kiosk stopped before {kind}"))?;
+        let name = serde_json::to_value(&event)?
+            .get("event")
+            .and_then(|v| v.as_str().map(str::to_owned))
+            .unwrap_or_default();
+        if name == kind {
+            return Ok(());
+        }
+    }
+}
