@@ -1,0 +1,179 @@
+//! `pivtap demo` end to end: the kiosk against a real server over HTTPS on loopback with in-process virtual cards — headless (the JSON events) and the terminal UI driven under tmux as a person would.
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+fn pivtap() -> &'static str {
+    env!("CARGO_BIN_EXE_pivtap")
+}
+
+#[test]
+fn the_headless_demo_tells_the_whole_story() {
+    let output = Command::new(pivtap())
+        .args(["demo", "--headless"])
+        .output()
+        .expect("pivtap demo runs");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "exit {:?}\n{stdout}\n{}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let events: Vec<Value> = stdout
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}")))
+        .collect();
+    let kinds: Vec<&str> = events
+        .iter()
+        .map(|e| e["event"].as_str().unwrap_or("?"))
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            "card_present",
+            "pin_required",
+            "signed_in",
+            "signed_out", // Alice, badge taken away
+            "card_present",
+            "pin_required",
+            "error",
+            "pin_required",
+            "signed_in",
+            "signed_out", // Bob, a wrong PIN first
+            "card_present",
+            "pin_required",
+            "signed_in",
+            "signed_out", // Carol, signs out with the key
+        ],
+        "{stdout}"
+    );
+    let signed_in: Vec<&Value> = events
+        .iter()
+        .filter(|e| e["event"] == "signed_in")
+        .collect();
+    let users: Vec<&str> = signed_in
+        .iter()
+        .map(|e| e["user"]["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(users, ["alice", "bob", "carol"]);
+    for event in &signed_in {
+        let token = event["token"]
+            .as_str()
+            .expect("signed_in carries the session token");
+        assert_eq!(token.split('.').count(), 3, "a JWT: {token}");
+    }
+    let wrong_pin = &events[6];
+    assert_eq!(wrong_pin["code"], "wrong_pin");
+    assert!(
+        wrong_pin["message"]
+            .as_str()
+            .unwrap()
+            .contains("2 tries left"),
+        "{wrong_pin}"
+    );
+    assert_eq!(events[7]["tries_left"], 2);
+    let reasons: Vec<&str> = events
+        .iter()
+        .filter(|e| e["event"] == "signed_out")
+        .map(|e| e["reason"].as_str().unwrap())
+        .collect();
+    assert_eq!(reasons, ["card_removed", "card_removed", "explicit"]);
+    // The PINs typed never appear in the output.
+    for pin in ["123456", "24681357", "999999"] {
+        assert!(!stdout.contains(pin), "{pin} leaked");
+    }
+}
+
+/// Drives `pivtap demo` in a tmux session: keys in, screen text out.
+struct Tmux {
+    session: String,
+}
+
+impl Tmux {
+    fn start(command: &str) -> Self {
+        let session = format!("pivtap-test-{}", std::process::id());
+        let status = Command::new("tmux")
+            .args(["new-session", "-d", "-s", &session, "-x", "100", "-y", "30", command])
+            .status()
+            .unwrap_or_else(|e| panic!("tmux is needed for this test (apt-get install tmux; scripts/setup-debian does): {e}"));
+        assert!(status.success(), "tmux new-session failed");
+        Tmux { session }
+    }
+
+    fn keys(&self, keys: &[&str]) {
+        let status = Command::new("tmux")
+            .args(["send-keys", "-t", &self.session])
+            .args(keys)
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+
+    fn screen(&self) -> String {
+        let output = Command::new("tmux")
+            .args(["capture-pane", "-p", "-t", &self.session])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    }
+
+    /// Waits (at most 10 s) until the screen shows `text`.
+    fn wait_for(&self, text: &str) -> String {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let screen = self.screen();
+            if screen.contains(text) {
+                return screen;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the screen never showed {text:?}:\n{screen}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+impl Drop for Tmux {
+    fn drop(&mut self) {
+        let _ = Command::new("tmux")
+            .args(["kill-session", "-t", &self.session])
+            .status();
+    }
+}
+
+#[test]
+fn the_terminal_ui_signs_a_worker_in_and_out_under_tmux() {
+    let tmux = Tmux::start(&format!("{} demo", pivtap()));
+    tmux.wait_for("Tap your badge");
+    tmux.wait_for("F1: tap/remove Alice Example");
+    tmux.keys(&["F1"]);
+    tmux.wait_for("Hello, Alice Example");
+    tmux.keys(&["1", "2", "3", "4"]);
+    let screen = tmux.wait_for("●●●●");
+    let pin_line = screen
+        .lines()
+        .find(|line| line.contains("●●●●"))
+        .unwrap_or_default();
+    // The demo panel beside it lists the demo PINs; the entry itself is masked.
+    let entry = pin_line.split('│').nth(1).unwrap_or(pin_line);
+    assert!(
+        !entry.chars().any(|c| c.is_ascii_digit()),
+        "the PIN is masked: {pin_line:?}"
+    );
+    tmux.keys(&["5", "6", "Enter"]);
+    tmux.wait_for("Signed in: Alice Example");
+    tmux.keys(&["s"]);
+    tmux.wait_for("Tap your badge");
+    // F1 toggles Alice's badge: take it away, tap again; a wrong PIN shows the tries left.
+    tmux.keys(&["F1"]);
+    std::thread::sleep(Duration::from_millis(300));
+    tmux.keys(&["F1"]);
+    tmux.wait_for("Hello, Alice Example");
+    tmux.keys(&["9", "9", "9", "9", "9", "9", "Enter"]);
+    tmux.wait_for("2 tries left");
+    tmux.keys(&["q"]);
+}
