@@ -11,8 +11,19 @@ fn pivtap() -> &'static str {
 
 #[test]
 fn the_headless_demo_tells_the_whole_story() {
+    check_story(&["demo", "--headless"]);
+}
+
+/// The same story with the cards attached to the real pcscd through vpcd and
+/// read over PC/SC (needs pcscd with vsmartcard-vpcd: scripts/setup-debian).
+#[test]
+fn the_headless_demo_over_pcscd_tells_the_same_story() {
+    check_story(&["demo", "--headless", "--pcsc"]);
+}
+
+fn check_story(args: &[&str]) {
     let output = Command::new(pivtap())
-        .args(["demo", "--headless"])
+        .args(args)
         .output()
         .expect("pivtap demo runs");
     let stdout = String::from_utf8_lossy(&output.stdout);

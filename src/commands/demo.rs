@@ -7,19 +7,18 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 use clap::Args;
+use pivtap_card::reader_monitor::MonitorFilter;
 use pivtap_card::virtual_card::image::CardImage;
 use pivtap_card::virtual_card::{VirtualCard, VirtualCardBackend};
+use pivtap_card::vpcd;
 use pivtap_kiosk::core::{CoreConfig, SessionEvent};
 use pivtap_kiosk::headless::HeadlessFace;
 use pivtap_kiosk::local_api::{LocalApiConfig, SessionBoard};
-use pivtap_kiosk::readers::{ReaderSource, VirtualReaders};
+use pivtap_kiosk::readers::{PcscReaders, ReaderSource, VirtualReaders};
 use pivtap_kiosk::runtime::{self, Face, Input, RuntimeParts};
-use pivtap_server_client::client::{Client, ServerTrust};
-use pivtap_server_client::config::ServerConfig;
-use pivtap_server_client::init::{InitOptions, init_server};
-use pivtap_server_client::server;
+use pivtap_server_client::server::embedded::EmbeddedServer;
 use pivtap_server_client::store::{User, UserState};
 use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
 use zeroize::Zeroizing;
@@ -30,6 +29,10 @@ pub struct DemoArgs {
     /// No terminal UI: run a scripted sequence of taps and print the JSON events.
     #[arg(long)]
     headless: bool,
+    /// Put the cards in pcscd's virtual reader "Virtual PCD 00 00" (vsmartcard
+    /// vpcd) and have the kiosk read them over PC/SC, as it reads real readers.
+    #[arg(long)]
+    pcsc: bool,
 }
 
 /// A demo worker: their card image (built in) and PIN.
@@ -68,6 +71,8 @@ const WORKERS: [Worker; 3] = [
 const TEST_CA: &str = include_str!("../../fixtures/ca/test-ca.pem");
 const DEVICE: &str = "demo-kiosk";
 const READER: &str = "Desk reader";
+/// The vpcd reader `--pcsc` uses (vpcd port 35963).
+const VPCD_READER: &str = "Virtual PCD 00 00";
 
 /// Runs the demo.
 pub fn run(args: DemoArgs) -> anyhow::Result<()> {
@@ -80,14 +85,22 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
 
 async fn demo(args: DemoArgs) -> anyhow::Result<()> {
     let dir = tempfile::tempdir().context("cannot make a temporary directory")?;
-    let (origin, tls_certificate, server_handle) = start_server(dir.path()).await?;
-    let client = Client::new(
-        &origin,
-        ServerTrust::from_pem_file(&tls_certificate)?,
-        Duration::from_secs(10),
-    )?;
+    let ca = dir.path().join("demo-ca.pem");
+    std::fs::write(&ca, TEST_CA)?;
+    let users: Vec<User> = WORKERS
+        .iter()
+        .map(|worker| User {
+            id: worker.id.to_owned(),
+            display_name: worker.name.to_owned(),
+            mail: Some(worker.mail.to_owned()),
+            upn: None,
+            employee_id: None,
+            state: UserState::Active,
+        })
+        .collect();
+    let server = EmbeddedServer::start(dir.path(), vec![ca], &users).await?;
+    let client = server.client(Duration::from_secs(10))?;
 
-    let readers = VirtualReaders::new(&[READER]);
     let cards: Vec<VirtualCardBackend> = WORKERS
         .iter()
         .map(|worker| {
@@ -103,36 +116,28 @@ async fn demo(args: DemoArgs) -> anyhow::Result<()> {
     let board = SessionBoard::new();
     start_local_api(dir.path(), board.clone()).await;
 
-    let toggle = {
-        let readers = readers.clone();
-        let cards = cards.clone();
-        let mut in_reader: Option<usize> = None;
-        move |key: u8| {
-            let index = usize::from(key).wrapping_sub(1);
-            if index >= cards.len() {
-                return;
-            }
-            // One reader: a worker's key taps their badge, or takes it away
-            // if it is the one on the reader; another badge is taken away first.
-            let previous = in_reader.take();
-            if previous.is_some() {
-                readers.remove(READER);
-            }
-            if previous != Some(index) {
-                readers.insert(READER, cards[index].clone());
-                in_reader = Some(index);
-            }
-        }
+    let (readers, toggle): (Arc<dyn ReaderSource>, Box<dyn FnMut(u8) + Send>) = if args.pcsc {
+        let readers = PcscReaders::new(MonitorFilter {
+            reader_name_contains: Some(VPCD_READER.to_owned()),
+            contactless_only: false,
+        });
+        (Arc::new(readers), Box::new(vpcd_toggle(cards)))
+    } else {
+        let readers = VirtualReaders::new(&[READER]);
+        (
+            Arc::new(readers.clone()),
+            Box::new(virtual_toggle(readers, cards)),
+        )
     };
 
     let (inputs_tx, inputs_rx) = unbounded_channel();
     let parts = RuntimeParts {
         core: CoreConfig::default(),
-        readers: Arc::new(readers.clone()) as Arc<dyn ReaderSource>,
+        readers,
         client,
         device: DEVICE.to_owned(),
         board,
-        on_function_key: Some(Box::new(toggle)),
+        on_function_key: Some(toggle),
     };
     let result = if args.headless {
         let (events_tx, events_rx) = unbounded_channel();
@@ -164,56 +169,63 @@ async fn demo(args: DemoArgs) -> anyhow::Result<()> {
         pivtap_kiosk::terminal::TerminalFace::read_keys(inputs_tx);
         Ok(runtime::run(parts, &mut face, inputs_rx).await?)
     };
-    server_handle.graceful_shutdown(Some(Duration::from_secs(1)));
+    server.stop();
     result
 }
 
-/// An embedded server on a free loopback port, trusting the demo CA, with the three workers as users.
-async fn start_server(
-    dir: &std::path::Path,
-) -> anyhow::Result<(String, std::path::PathBuf, axum_server::Handle<SocketAddr>)> {
-    let ca = dir.join("demo-ca.pem");
-    std::fs::write(&ca, TEST_CA)?;
-    let port = std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port();
-    let listen = SocketAddr::from(([127, 0, 0, 1], port));
-    let report = init_server(
-        &dir.join("server"),
-        &InitOptions {
-            trust: vec![ca],
-            listen,
-            ..InitOptions::default()
-        },
-    )?;
-    let mut config = ServerConfig::load(&report.config_path)?;
-    config.origin = format!("https://127.0.0.1:{port}");
-    config.validate(&report.config_path)?;
-    let (state, listener) = server::from_config(&config).await?;
-    for worker in &WORKERS {
-        state
-            .store()
-            .add_user(&User {
-                id: worker.id.to_owned(),
-                display_name: worker.name.to_owned(),
-                mail: Some(worker.mail.to_owned()),
-                upn: None,
-                employee_id: None,
-                state: UserState::Active,
-            })
-            .await?;
-    }
-    let handle = axum_server::Handle::new();
-    let serving = handle.clone();
-    tokio::spawn(async move {
-        if let Err(error) = server::serve_with_handle(state, listener, serving).await {
-            eprintln!("demo server stopped: {error}");
+/// Function key N taps worker N's badge on the one in-process reader, or
+/// takes it away if it is on it; another badge is taken away first.
+fn virtual_toggle(
+    readers: VirtualReaders,
+    cards: Vec<VirtualCardBackend>,
+) -> impl FnMut(u8) + Send {
+    let mut in_reader: Option<usize> = None;
+    move |key: u8| {
+        let index = usize::from(key).wrapping_sub(1);
+        if index >= cards.len() {
+            return;
         }
-    });
-    if handle.listening().await.is_none() {
-        bail!("the demo server did not start");
+        let previous = in_reader.take();
+        if previous.is_some() {
+            readers.remove(READER);
+        }
+        if previous != Some(index) {
+            readers.insert(READER, cards[index].clone());
+            in_reader = Some(index);
+        }
     }
-    Ok((config.origin, report.certificate_path, handle))
+}
+
+/// The same with the cards attached to pcscd's virtual reader through vpcd.
+fn vpcd_toggle(cards: Vec<VirtualCardBackend>) -> impl FnMut(u8) + Send {
+    let mut attached: Option<(usize, vpcd::Detacher, std::thread::JoinHandle<()>)> = None;
+    move |key: u8| {
+        let index = usize::from(key).wrapping_sub(1);
+        if index >= cards.len() {
+            return;
+        }
+        let previous = attached.take().map(|(previous, detacher, serving)| {
+            detacher.detach();
+            let _ = serving.join();
+            previous
+        });
+        if previous == Some(index) {
+            return;
+        }
+        let address = SocketAddr::from(([127, 0, 0, 1], vpcd::DEFAULT_PORT));
+        match vpcd::Attachment::connect(address) {
+            Ok((attachment, detacher)) => {
+                let card = cards[index].clone();
+                let serving = std::thread::spawn(move || {
+                    if let Err(error) = attachment.serve(&card) {
+                        tracing::warn!(%error, "demo: vpcd attachment failed");
+                    }
+                });
+                attached = Some((index, detacher, serving));
+            }
+            Err(error) => tracing::error!(%error, "demo: cannot attach the card to vpcd"),
+        }
+    }
 }
 
 /// The local session API on its default port, if it is free (another kiosk may hold it).

@@ -5,6 +5,7 @@
 //! loopback only, plain HTTP.
 
 pub mod admin;
+pub mod embedded;
 pub mod error;
 pub mod handlers;
 pub mod metrics;

@@ -1,0 +1,116 @@
+//! An embedded server for demos and tests: initialised in a directory, trusting given CAs, serving HTTPS on a free loopback port, with users added directly.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use super::{ServerState, from_config, serve_with_handle};
+use crate::client::{Client, ClientError, ServerTrust};
+use crate::config::ServerConfig;
+use crate::init::{InitOptions, init_server};
+use crate::store::User;
+
+/// A running embedded server.
+pub struct EmbeddedServer {
+    /// `https://127.0.0.1:PORT`: the origin assertions must name.
+    pub origin: String,
+    /// The server's self-signed TLS certificate (clients trust it directly).
+    pub certificate: PathBuf,
+    /// The server's state (its store, to add users).
+    pub state: ServerState,
+    handle: axum_server::Handle<SocketAddr>,
+}
+
+/// Why the embedded server did not start.
+#[derive(Debug, thiserror::Error)]
+#[error("the embedded server did not start: {reason}")]
+pub struct EmbeddedError {
+    reason: String,
+}
+
+fn failed(reason: impl std::fmt::Display) -> EmbeddedError {
+    EmbeddedError {
+        reason: reason.to_string(),
+    }
+}
+
+impl EmbeddedServer {
+    /// Initialises a server in `dir` trusting the CA certificates in
+    /// `trust` (PEM files), adds `users`, and serves it on a free loopback
+    /// port until dropped.
+    ///
+    /// # Errors
+    /// [`EmbeddedError`] saying what failed.
+    pub async fn start(
+        dir: &Path,
+        trust: Vec<PathBuf>,
+        users: &[User],
+    ) -> Result<Self, EmbeddedError> {
+        // The origin must name the port, so the port is chosen first; another
+        // process could take it in between, so a taken port is tried again.
+        for _ in 0..5 {
+            let port = std::net::TcpListener::bind("127.0.0.1:0")
+                .and_then(|l| l.local_addr())
+                .map_err(failed)?
+                .port();
+            let listen = SocketAddr::from(([127, 0, 0, 1], port));
+            let server_dir = dir.join(format!("server-{port}"));
+            let report = init_server(
+                &server_dir,
+                &InitOptions {
+                    trust: trust.clone(),
+                    listen,
+                    ..InitOptions::default()
+                },
+            )
+            .map_err(failed)?;
+            let mut config = ServerConfig::load(&report.config_path).map_err(failed)?;
+            config.origin = format!("https://127.0.0.1:{port}");
+            config.validate(&report.config_path).map_err(failed)?;
+            let (state, listener) = from_config(&config).await.map_err(failed)?;
+            for user in users {
+                state.store().add_user(user).await.map_err(failed)?;
+            }
+            let handle = axum_server::Handle::new();
+            let serving = handle.clone();
+            let served = state.clone();
+            tokio::spawn(async move {
+                if let Err(error) = serve_with_handle(served, listener, serving).await {
+                    tracing::warn!(%error, "embedded server stopped");
+                }
+            });
+            if handle.listening().await.is_some() {
+                return Ok(EmbeddedServer {
+                    origin: config.origin,
+                    certificate: report.certificate_path,
+                    state,
+                    handle,
+                });
+            }
+        }
+        Err(failed("no free loopback port after 5 tries"))
+    }
+
+    /// A client that trusts this server.
+    ///
+    /// # Errors
+    /// [`ClientError::Config`] when the certificate cannot be read.
+    pub fn client(&self, timeout: Duration) -> Result<Client, ClientError> {
+        Client::new(
+            &self.origin,
+            ServerTrust::from_pem_file(&self.certificate)?,
+            timeout,
+        )
+    }
+
+    /// Stops serving (also on drop).
+    pub fn stop(&self) {
+        self.handle.graceful_shutdown(Some(Duration::from_secs(1)));
+    }
+}
+
+impl Drop for EmbeddedServer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
