@@ -42,6 +42,9 @@ pub trait Face: Send {
     fn session_event(&mut self, event: &SessionEvent, token: Option<&str>);
 }
 
+/// What the demo does with a function key (taps and removes its cards).
+pub type FunctionKeyHandler = Box<dyn FnMut(u8) + Send>;
+
 /// Everything the runtime needs.
 pub struct RuntimeParts {
     /// The core's settings.
@@ -55,7 +58,7 @@ pub struct RuntimeParts {
     /// The session board the local API reads.
     pub board: SessionBoard,
     /// Called with the function key's number (the demo taps cards with F-keys).
-    pub on_function_key: Option<Box<dyn FnMut(u8) + Send>>,
+    pub on_function_key: Option<FunctionKeyHandler>,
 }
 
 /// Why the kiosk stopped with an error.
@@ -100,7 +103,7 @@ struct Runtime {
     /// The current session's token.
     token: Option<Zeroizing<String>>,
     tick_at: Option<Instant>,
-    on_function_key: Option<Box<dyn FnMut(u8) + Send>>,
+    on_function_key: Option<FunctionKeyHandler>,
 }
 
 /// Runs the kiosk until [`Input::Quit`] (or the input channel closes).

@@ -17,7 +17,7 @@ use pivtap_kiosk::core::{CoreConfig, SessionEvent};
 use pivtap_kiosk::headless::HeadlessFace;
 use pivtap_kiosk::local_api::{LocalApiConfig, SessionBoard};
 use pivtap_kiosk::readers::{PcscReaders, ReaderSource, VirtualReaders};
-use pivtap_kiosk::runtime::{self, Face, Input, RuntimeParts};
+use pivtap_kiosk::runtime::{self, Face, FunctionKeyHandler, Input, RuntimeParts};
 use pivtap_server_client::server::embedded::EmbeddedServer;
 use pivtap_server_client::store::{User, UserState};
 use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
@@ -116,7 +116,7 @@ async fn demo(args: DemoArgs) -> anyhow::Result<()> {
     let board = SessionBoard::new();
     start_local_api(dir.path(), board.clone()).await;
 
-    let (readers, toggle): (Arc<dyn ReaderSource>, Box<dyn FnMut(u8) + Send>) = if args.pcsc {
+    let (readers, toggle): (Arc<dyn ReaderSource>, FunctionKeyHandler) = if args.pcsc {
         let readers = PcscReaders::new(MonitorFilter {
             reader_name_contains: Some(VPCD_READER.to_owned()),
             contactless_only: false,
