@@ -5,10 +5,13 @@
 //! record PIN tries, so they are never used in place.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::Command;
 
 use serde_json::{Value, json};
 use tempfile::TempDir;
+
+mod common;
+use common::{Run, fixture, path_str, pivtap_command, run};
 
 /// The test CA's subject CN, as issued into every card certificate.
 const TEST_CA_CN: &str = "pivtap Test CA";
@@ -17,66 +20,16 @@ const ALICE_PIN: &str = "123456";
 /// The well-known default PIV management key, used by `vcard new` by default.
 const DEFAULT_MANAGEMENT_KEY_HEX: &str = "010203040506070801020304050607080102030405060708";
 
-/// What one run of `pivtap` did.
-struct Run {
-    code: i32,
-    stdout: String,
-    stderr: String,
-}
-
-impl Run {
-    fn from_output(output: Output) -> Self {
-        Run {
-            // A run killed by a signal has no code; -1 fails every assertion on it.
-            code: output.status.code().unwrap_or(-1),
-            stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
-            stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
-        }
-    }
-
-    /// Panics with the whole output unless the exit code is `expected`.
-    fn expect_code(&self, expected: i32, what: &str) -> &Self {
-        assert_eq!(
-            self.code, expected,
-            "{what}: expected exit {expected}, got {}\nstdout:\n{}\nstderr:\n{}",
-            self.code, self.stdout, self.stderr
-        );
-        self
-    }
-
-    /// Both output streams, for checks that secrets appear in neither.
-    fn all_output(&self) -> String {
-        format!("{}\n{}", self.stdout, self.stderr)
-    }
-}
-
-/// A `pivtap` command with a clean environment for the variables it reads
-/// (no PIN, no log filter) and no standard input.
-fn pivtap_command(args: &[&str]) -> Command {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_pivtap"));
-    command
-        .args(args)
-        .env_remove("PIVTAP_PIN")
-        .env_remove("RUST_LOG")
-        .env("NO_COLOR", "1")
-        .stdin(Stdio::null());
-    command
-}
-
-fn run_command(mut command: Command) -> Run {
-    Run::from_output(command.output().expect("the pivtap binary runs"))
-}
-
 /// Runs `pivtap` with `args`.
 fn pivtap(args: &[&str]) -> Run {
-    run_command(pivtap_command(args))
+    run(pivtap_command(args))
 }
 
 /// Runs `pivtap` with `args` and `PIVTAP_PIN` set to `pin`.
 fn pivtap_with_pin(pin: &str, args: &[&str]) -> Run {
     let mut command = pivtap_command(args);
     command.env("PIVTAP_PIN", pin);
-    run_command(command)
+    run(command)
 }
 
 /// Runs `pivtap` with `args`, the PIN `pin` and the log filter `rust_log`.
@@ -86,18 +39,7 @@ fn pivtap_traced(rust_log: &str, pin: Option<&str>, args: &[&str]) -> Run {
     if let Some(pin) = pin {
         command.env("PIVTAP_PIN", pin);
     }
-    run_command(command)
-}
-
-/// A path under the repository's `fixtures/`.
-fn fixture(relative: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("fixtures")
-        .join(relative)
-}
-
-fn path_str(path: &Path) -> &str {
-    path.to_str().expect("test paths are UTF-8")
+    run(command)
 }
 
 /// Copies the fixture card `cards/NAME.toml` into `dir` and returns the copy.

@@ -7,7 +7,7 @@
 use std::fs::File;
 use std::net::{Ipv4Addr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
@@ -15,6 +15,9 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use pivtap_server_client::client::{Client, ServerTrust};
 use serde_json::Value;
 use tempfile::TempDir;
+
+mod common;
+use common::{Run, fixture, path_str, pivtap_command, run};
 
 /// How long the server may take to start or to stop.
 const SERVER_TIMEOUT: Duration = Duration::from_secs(30);
@@ -25,85 +28,6 @@ const BOB_PIN: &str = "24681357";
 const KIOSK: &str = "kiosk-07";
 /// What PyJWT needs, by Debian package (scripts/setup-debian installs them).
 const PYJWT_PACKAGES: &str = "python3-jwt python3-cryptography";
-
-/// What one run of `pivtap` did.
-struct Run {
-    code: i32,
-    stdout: String,
-    stderr: String,
-}
-
-impl Run {
-    fn from_output(output: Output) -> Self {
-        Run {
-            // A run killed by a signal has no code; -1 fails every assertion on it.
-            code: output.status.code().unwrap_or(-1),
-            stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
-            stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
-        }
-    }
-
-    /// Panics with the whole output unless the run succeeded.
-    #[track_caller]
-    fn success(self, what: &str) -> Self {
-        assert_eq!(
-            self.code, 0,
-            "{what}: expected success\nstdout:\n{}\nstderr:\n{}",
-            self.stdout, self.stderr
-        );
-        self
-    }
-
-    /// Panics unless the run failed with `needle` on standard error.
-    #[track_caller]
-    fn failure(self, what: &str, needle: &str) -> Self {
-        assert!(
-            self.code != 0 && self.stderr.contains(needle),
-            "{what}: expected failure mentioning {needle:?}, got exit {}\nstdout:\n{}\nstderr:\n{}",
-            self.code,
-            self.stdout,
-            self.stderr
-        );
-        self
-    }
-
-    /// Standard output as JSON.
-    #[track_caller]
-    fn json(&self) -> Value {
-        serde_json::from_str(&self.stdout)
-            .unwrap_or_else(|error| panic!("not JSON ({error}):\n{}", self.stdout))
-    }
-}
-
-/// A `pivtap` command with none of the variables it reads set, and no standard input.
-fn pivtap_command(args: &[&str]) -> Command {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_pivtap"));
-    command
-        .args(args)
-        .env_remove("PIVTAP_PIN")
-        .env_remove("PIVTAP_ADMIN_TOKEN")
-        .env_remove("PIVTAP_SERVER")
-        .env_remove("PIVTAP_DEVICE")
-        .env_remove("RUST_LOG")
-        .env("NO_COLOR", "1")
-        .stdin(Stdio::null());
-    command
-}
-
-fn run(mut command: Command) -> Run {
-    Run::from_output(command.output().expect("the pivtap binary runs"))
-}
-
-/// A path under the repository's `fixtures/`.
-fn fixture(relative: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("fixtures")
-        .join(relative)
-}
-
-fn path_str(path: &Path) -> &str {
-    path.to_str().expect("test paths are UTF-8")
-}
 
 /// A port that was free a moment ago on 127.0.0.1.
 fn free_port() -> u16 {
