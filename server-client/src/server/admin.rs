@@ -15,7 +15,7 @@ use time::format_description::well_known::Rfc3339;
 
 use super::ServerState;
 use super::error::ApiError;
-use super::handlers::{json_body, rejection_error};
+use super::handlers::{json_body, rejection_error, rfc3339};
 use crate::store::{
     AuditEvent, AuditQuery, Card, CardState, NewAuditEvent, StoreError, User, UserState,
 };
@@ -108,10 +108,6 @@ async fn admin_audit(
         })
         .await
         .map_err(ApiError::from)
-}
-
-fn rfc3339(time: OffsetDateTime) -> String {
-    time.format(&Rfc3339).unwrap_or_default()
 }
 
 fn user_record(user: User) -> UserRecord {

@@ -64,7 +64,8 @@ pub fn json_body<T>(body: Result<Json<T>, JsonRejection>) -> Result<T, ApiError>
         .map_err(|rejection| rejection_error("the request body", &rejection.body_text()))
 }
 
-fn rfc3339(time: OffsetDateTime) -> String {
+/// A time as the API writes it (RFC 3339).
+pub(crate) fn rfc3339(time: OffsetDateTime) -> String {
     time.format(&Rfc3339).unwrap_or_default()
 }
 
