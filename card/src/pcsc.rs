@@ -262,7 +262,7 @@ struct PcscTransaction<'a> {
 impl CardTransaction for PcscTransaction<'_> {
     fn transmit(&mut self, command: &[u8]) -> Result<Vec<u8>, TransportError> {
         match self.transaction.transmit(command, &mut self.response) {
-            Ok(response) => Ok(response.to_vec()),
+            Ok(response) => answer_of(response),
             Err(error) => {
                 if error == pcsc::Error::ResetCard {
                     let reconnected = self.transaction.reconnect(
@@ -275,6 +275,18 @@ impl CardTransaction for PcscTransaction<'_> {
                 Err(map_error(error, Some(self.reader)))
             }
         }
+    }
+}
+
+/// The card's answer to a command that PC/SC reports transmitted. A card always
+/// answers at least SW1 SW2; an empty answer means none came: vpcd reports a card
+/// whose connection closed in the middle of a command (the card was taken out)
+/// that way, so it is [`TransportError::CardRemoved`].
+fn answer_of(response: &[u8]) -> Result<Vec<u8>, TransportError> {
+    if response.is_empty() {
+        Err(TransportError::CardRemoved)
+    } else {
+        Ok(response.to_vec())
     }
 }
 
@@ -335,6 +347,12 @@ mod tests {
 
     fn atr(hex: &str) -> Vec<u8> {
         hex::decode(hex.replace(' ', "")).expect("test ATR is hex")
+    }
+
+    #[test]
+    fn an_empty_answer_means_the_card_left() {
+        assert_eq!(answer_of(&[]), Err(TransportError::CardRemoved));
+        assert_eq!(answer_of(&[0x90, 0x00]), Ok(vec![0x90, 0x00]));
     }
 
     /// A YubiKey NEO tapped on a contactless reader: `3B 8C 80 01`, twelve

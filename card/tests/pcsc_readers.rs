@@ -17,9 +17,29 @@ const VPCD_READERS: [&str; 2] = ["Virtual PCD 00 00", "Virtual PCD 00 01"];
 
 static PCSCD: Mutex<()> = Mutex::new(());
 
-/// Takes this binary's turn on pcscd.
+/// Takes this binary's turn on pcscd, once pcscd reports both vpcd readers
+/// empty. A card attached before pcscd has noticed the previous card leave
+/// (about 0.4 s) is never reported, so a test must not start while the last
+/// one's card is still seen.
 fn pcscd_turn() -> MutexGuard<'static, ()> {
-    PCSCD.lock().unwrap_or_else(PoisonError::into_inner)
+    let turn = PCSCD.lock().unwrap_or_else(PoisonError::into_inner);
+    let context = context();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let readers = list_readers(&context);
+        let occupied: Vec<&ReaderInfo> = readers
+            .iter()
+            .filter(|r| VPCD_READERS.contains(&r.name.as_str()) && r.card_present)
+            .collect();
+        if occupied.is_empty() {
+            return turn;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "a card stays in a vpcd reader ({occupied:?}): is another program attached to vpcd?"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
 
 fn pcscd_unreachable(error: &TransportError) -> ! {

@@ -212,6 +212,11 @@ fn vpcd_toggle(cards: Vec<VirtualCardBackend>) -> impl FnMut(u8) + Send {
         if previous == Some(index) {
             return;
         }
+        if previous.is_some() {
+            // pcscd notices a card leaving within about 0.4 s, and does not
+            // see a card attached before it has: let the first one go.
+            std::thread::sleep(Duration::from_millis(600));
+        }
         let address = SocketAddr::from(([127, 0, 0, 1], vpcd::DEFAULT_PORT));
         match vpcd::Attachment::connect(address) {
             Ok((attachment, detacher)) => {

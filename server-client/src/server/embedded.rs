@@ -4,7 +4,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use super::{ServerState, from_config, serve_with_handle};
+use super::{Listener, ServerState, from_config, serve_with_handle};
 use crate::client::{Client, ClientError, ServerTrust};
 use crate::config::ServerConfig;
 use crate::init::{InitOptions, init_server};
@@ -18,6 +18,7 @@ pub struct EmbeddedServer {
     pub certificate: PathBuf,
     /// The server's state (its store, to add users).
     pub state: ServerState,
+    listener: Listener,
     handle: axum_server::Handle<SocketAddr>,
 }
 
@@ -71,19 +72,12 @@ impl EmbeddedServer {
             for user in users {
                 state.store().add_user(user).await.map_err(failed)?;
             }
-            let handle = axum_server::Handle::new();
-            let serving = handle.clone();
-            let served = state.clone();
-            tokio::spawn(async move {
-                if let Err(error) = serve_with_handle(served, listener, serving).await {
-                    tracing::warn!(%error, "embedded server stopped");
-                }
-            });
-            if handle.listening().await.is_some() {
+            if let Some(handle) = serve_in_background(&state, &listener).await {
                 return Ok(EmbeddedServer {
                     origin: config.origin,
                     certificate: report.certificate_path,
                     state,
+                    listener,
                     handle,
                 });
             }
@@ -107,10 +101,78 @@ impl EmbeddedServer {
     pub fn stop(&self) {
         self.handle.graceful_shutdown(Some(Duration::from_secs(1)));
     }
+
+    /// Serves again after [`stop`](Self::stop), as a restarted server would: the same
+    /// port, origin, TLS certificate, token keys and database, so clients that knew the
+    /// server reach it again. Stops the current serving first if it is still running.
+    ///
+    /// # Errors
+    /// [`EmbeddedError`] when the port stays taken for 5 s (e.g. another process took it).
+    pub async fn restart(&mut self) -> Result<(), EmbeddedError> {
+        self.stop();
+        // The stopped server lets go of its port within its 1 s grace period.
+        for _ in 0..50 {
+            if let Some(handle) = serve_in_background(&self.state, &self.listener).await {
+                self.handle = handle;
+                return Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        Err(failed("the port was not free again within 5 s"))
+    }
+}
+
+/// Serves `state` on `listener` on a task of its own; the handle once it listens, `None`
+/// when it cannot bind.
+async fn serve_in_background(
+    state: &ServerState,
+    listener: &Listener,
+) -> Option<axum_server::Handle<SocketAddr>> {
+    let handle = axum_server::Handle::new();
+    let serving = handle.clone();
+    let (served, listener) = (state.clone(), listener.clone());
+    tokio::spawn(async move {
+        if let Err(error) = serve_with_handle(served, listener, serving).await {
+            tracing::warn!(%error, "embedded server stopped");
+        }
+    });
+    handle.listening().await.map(|_| handle)
 }
 
 impl Drop for EmbeddedServer {
     fn drop(&mut self) {
         self.stop();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_restarted_server_answers_on_the_same_origin_with_the_same_keys() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = Path::new(env!("CARGO_MANIFEST_DIR")).join("../fixtures/ca/test-ca.pem");
+        let mut server = EmbeddedServer::start(dir.path(), vec![ca], &[])
+            .await
+            .unwrap();
+        let origin = server.origin.clone();
+        let client = server.client(Duration::from_secs(2)).unwrap();
+        let keys = client.jwks().await.unwrap();
+
+        server.stop();
+        let mut stopped = false;
+        for _ in 0..30 {
+            if client.jwks().await.is_err() {
+                stopped = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert!(stopped, "the stopped server still answers");
+
+        server.restart().await.unwrap();
+        assert_eq!(server.origin, origin);
+        assert_eq!(client.jwks().await.unwrap(), keys);
     }
 }
