@@ -54,27 +54,35 @@ static READER_LOCK: Mutex<()> = Mutex::new(());
 /// is there and empty; fails the test with what to do when not.
 fn take_reader() -> MutexGuard<'static, ()> {
     let guard = READER_LOCK.lock().unwrap_or_else(PoisonError::into_inner);
-    let listing = pivtap(&["card", "list", "--json"]);
-    assert_eq!(
-        listing.code, 0,
-        "pcscd is not running or cannot be reached: run scripts/setup-debian (as root).\n\
-         `pivtap card list` said:\n{}{}",
-        listing.stdout, listing.stderr
-    );
-    let reader = reader_state(&listing).unwrap_or_else(|| {
-        panic!(
-            "pcscd has no reader {READER:?}: install the vsmartcard vpcd driver and restart \
-             pcscd (scripts/setup-debian).\nReaders:\n{}",
-            listing.stdout
-        )
-    });
-    assert_eq!(
-        reader["card_present"],
-        Value::Bool(false),
-        "a card is already in {READER:?}: another `pivtap vcard attach --port {VPCD_PORT}` \
-         is running; stop it first"
-    );
-    guard
+    // A card that just left (the test before, or another test binary) takes
+    // pcscd about 0.4 s to notice, and a card attached before it has is never
+    // seen: wait for an empty reader, within limits.
+    let deadline = Instant::now() + READER_DEADLINE;
+    loop {
+        let listing = pivtap(&["card", "list", "--json"]);
+        assert_eq!(
+            listing.code, 0,
+            "pcscd is not running or cannot be reached: run scripts/setup-debian (as root).\n\
+             `pivtap card list` said:\n{}{}",
+            listing.stdout, listing.stderr
+        );
+        let reader = reader_state(&listing).unwrap_or_else(|| {
+            panic!(
+                "pcscd has no reader {READER:?}: install the vsmartcard vpcd driver and restart \
+                 pcscd (scripts/setup-debian).\nReaders:\n{}",
+                listing.stdout
+            )
+        });
+        if reader["card_present"] == Value::Bool(false) {
+            return guard;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "a card stays in {READER:?}: another `pivtap vcard attach --port {VPCD_PORT}` \
+             is running; stop it first"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
 
 /// The entry for [`READER`] in `card list --json` output.

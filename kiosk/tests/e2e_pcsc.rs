@@ -89,7 +89,10 @@ fn vpcd_readers() -> PcscReaders {
     })
 }
 
-/// Fails the test unless pcscd answers and lists both vpcd readers.
+/// Fails the test unless pcscd answers and lists both vpcd readers, empty.
+/// A card that just left (another test binary's) takes pcscd about 0.4 s to
+/// notice, and a card attached before it has is never seen: so this waits a
+/// little for the readers to be empty before failing.
 fn require_pcscd_with_vpcd() {
     let context = PcscContext::establish().unwrap_or_else(|error| {
         panic!(
@@ -97,22 +100,33 @@ fn require_pcscd_with_vpcd() {
              vsmartcard vpcd driver (Debian packages pcscd and vsmartcard-vpcd)"
         )
     });
-    let listed = context
-        .list_readers()
-        .unwrap_or_else(|error| panic!("pcscd cannot list its readers ({error})"));
-    for (name, _) in READERS {
-        let reader = listed
-            .iter()
-            .find(|reader| reader.name == name)
-            .unwrap_or_else(|| {
-                panic!(
-                    "pcscd has no reader {name:?}: is vsmartcard-vpcd installed? Listed: {listed:?}"
-                )
-            });
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let listed = context
+            .list_readers()
+            .unwrap_or_else(|error| panic!("pcscd cannot list its readers ({error})"));
+        let mut occupied = Vec::new();
+        for (name, _) in READERS {
+            let reader = listed
+                .iter()
+                .find(|reader| reader.name == name)
+                .unwrap_or_else(|| {
+                    panic!(
+                        "pcscd has no reader {name:?}: is vsmartcard-vpcd installed? Listed: {listed:?}"
+                    )
+                });
+            if reader.card_present {
+                occupied.push(name);
+            }
+        }
+        if occupied.is_empty() {
+            return;
+        }
         assert!(
-            !reader.card_present,
-            "{name:?} already holds a card (is `pivtap vcard attach` running?)"
+            std::time::Instant::now() < deadline,
+            "{occupied:?} still hold a card (is `pivtap vcard attach` running?)"
         );
+        std::thread::sleep(Duration::from_millis(50));
     }
 }
 
