@@ -233,13 +233,7 @@ impl KioskConfig {
             field,
             problem: problem.to_owned(),
         };
-        let device_ok = !self.device.is_empty()
-            && self.device.len() <= 64
-            && self
-                .device
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'-'));
-        if !device_ok {
+        if !pivtap_server_client::wire::is_valid_device_id(&self.device) {
             return Err(invalid(
                 "device",
                 "1 to 64 letters, digits, '.', '_', ':' or '-'",

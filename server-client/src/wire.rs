@@ -26,6 +26,20 @@ pub const PATH_ADMIN: &str = "/v1/admin";
 /// Authentication methods of a session token (RFC 8176): smart card and PIN.
 pub const AMR: [&str; 2] = ["sc", "pin"];
 
+/// Longest device id.
+pub const MAX_DEVICE_ID_LEN: usize = 64;
+
+/// Whether `device` is a valid device id: 1 to [`MAX_DEVICE_ID_LEN`] ASCII
+/// letters, digits, `.`, `_`, `:` or `-` (the server and every device agree on it).
+#[must_use]
+pub fn is_valid_device_id(device: &str) -> bool {
+    !device.is_empty()
+        && device.len() <= MAX_DEVICE_ID_LEN
+        && device
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'-'))
+}
+
 /// `POST /v1/challenges` body: which device asks.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -362,6 +376,16 @@ mod tests {
             serde_json::to_value(&body).unwrap(),
             serde_json::json!({"error": "challenge_reused", "message": "This challenge was used already."})
         );
+    }
+
+    #[test]
+    fn device_ids() {
+        assert!(is_valid_device_id("kiosk-07"));
+        assert!(is_valid_device_id(&"k".repeat(64)));
+        assert!(!is_valid_device_id(&"k".repeat(65)));
+        for bad in ["", "kiosk 07", "../kiosk", "kiosk/07", "kïosk"] {
+            assert!(!is_valid_device_id(bad), "{bad}");
+        }
     }
 
     #[test]

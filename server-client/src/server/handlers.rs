@@ -19,20 +19,12 @@ use crate::wire::{
     SessionClaims, UserInfo,
 };
 
-/// Longest device id.
-const MAX_DEVICE_ID: usize = 64;
-
 /// Characters of the nonce kept in the audit log (never the whole nonce).
 const AUDIT_NONCE_PREFIX: usize = 8;
 
 /// Checks a device id: 1 to 64 of `A-Z a-z 0-9 . _ : -`.
 pub fn validate_device(device: &str) -> Result<(), ApiError> {
-    let valid = !device.is_empty()
-        && device.len() <= MAX_DEVICE_ID
-        && device
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'-'));
-    if valid {
+    if crate::wire::is_valid_device_id(device) {
         Ok(())
     } else {
         Err(ApiError::invalid(
