@@ -15,8 +15,8 @@
 
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use crate::trace::ApduTracer;
@@ -33,6 +33,12 @@ const CONTROL_POWER_ON: u8 = 0x01;
 const CONTROL_RESET: u8 = 0x02;
 /// Control code: the reader asks for the ATR.
 const CONTROL_GET_ATR: u8 = 0x04;
+
+/// How long a new connection may wait for vpcd's first message. A healthy
+/// vpcd asks for the ATR within one pcscd poll (400 ms); a connection made
+/// while vpcd was still letting go of the previous card can be left unserved
+/// for good, so after this long the card leaves and enters again.
+const FIRST_MESSAGE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Historical bytes of pivtap's ATRs: "pivtapVC".
 const HISTORICAL_BYTES: &[u8] = b"pivtapVC";
@@ -100,24 +106,48 @@ pub struct AttachmentSummary {
     pub apdus: u64,
     /// Power-on, power-off and reset events.
     pub power_events: u64,
+    /// Times the card connected again because vpcd left a new connection
+    /// unserved (see [`Attachment::serve`]).
+    pub reconnects: u64,
     /// True when the card was detached on our side ([`Detacher::detach`]);
     /// false when vpcd closed the connection (pcscd stopped).
     pub detached: bool,
 }
 
+/// What an attachment and its detacher share: the current connection, and
+/// whether the card was taken out.
+#[derive(Debug)]
+struct Link {
+    address: SocketAddr,
+    detached: AtomicBool,
+    /// The connection being served; replaced on a reconnect, under this lock,
+    /// so a detach always shuts down the live one.
+    stream: Mutex<TcpStream>,
+}
+
+impl Link {
+    fn is_detached(&self) -> bool {
+        self.detached.load(Ordering::SeqCst)
+    }
+}
+
 /// Removes the card from the reader (closes the connection) from any thread.
 #[derive(Debug)]
 pub struct Detacher {
-    stream: TcpStream,
-    detached: Arc<AtomicBool>,
+    link: Arc<Link>,
 }
 
 impl Detacher {
     /// Takes the card out of the reader; [`Attachment::serve`] then returns.
     pub fn detach(&self) {
-        self.detached.store(true, Ordering::SeqCst);
+        let stream = self
+            .link
+            .stream
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        self.link.detached.store(true, Ordering::SeqCst);
         // Shutting down an already closed socket fails harmlessly.
-        let _ = self.stream.shutdown(Shutdown::Both);
+        let _ = stream.shutdown(Shutdown::Both);
     }
 }
 
@@ -125,7 +155,7 @@ impl Detacher {
 #[derive(Debug)]
 pub struct Attachment {
     stream: TcpStream,
-    detached: Arc<AtomicBool>,
+    link: Arc<Link>,
 }
 
 impl Attachment {
@@ -134,31 +164,55 @@ impl Attachment {
     /// # Errors
     /// [`VpcdError::Unreachable`] when nothing listens there.
     pub fn connect(address: SocketAddr) -> Result<(Attachment, Detacher), VpcdError> {
-        let unreachable = |source| VpcdError::Unreachable { address, source };
-        let stream =
-            TcpStream::connect_timeout(&address, Duration::from_secs(5)).map_err(unreachable)?;
-        stream.set_nodelay(true).map_err(VpcdError::Connection)?;
-        let detached = Arc::new(AtomicBool::new(false));
+        let stream = open_stream(address)?;
+        let link = Arc::new(Link {
+            address,
+            detached: AtomicBool::new(false),
+            stream: Mutex::new(stream.try_clone().map_err(VpcdError::Connection)?),
+        });
         let detacher = Detacher {
-            stream: stream.try_clone().map_err(VpcdError::Connection)?,
-            detached: Arc::clone(&detached),
+            link: Arc::clone(&link),
         };
-        Ok((Attachment { stream, detached }, detacher))
+        Ok((Attachment { stream, link }, detacher))
     }
 
     /// Answers vpcd until it closes the connection or the card is detached.
     ///
+    /// vpcd asks a new card for its ATR within one poll of pcscd; when it
+    /// has sent nothing for [`FIRST_MESSAGE_TIMEOUT`] the connection was lost
+    /// in vpcd's backlog, and the card connects again (counted in
+    /// [`AttachmentSummary::reconnects`]).
+    ///
     /// # Errors
-    /// [`VpcdError::Connection`] when the connection fails otherwise, or
+    /// [`VpcdError::Connection`] when the connection fails otherwise,
+    /// [`VpcdError::Unreachable`] when a reconnect finds nobody listening, or
     /// [`VpcdError::Protocol`] for a malformed message.
     pub fn serve(mut self, card: &VirtualCardBackend) -> Result<AttachmentSummary, VpcdError> {
         let mut stats = AttachmentSummary::default();
         let result = self.answer(card, &mut stats);
-        stats.detached = self.detached.load(Ordering::SeqCst);
+        stats.detached = self.link.is_detached();
         match result {
             Err(_) if stats.detached => Ok(stats),
             other => other.map(|()| stats),
         }
+    }
+
+    /// Replaces an unserved connection with a new one; `false` when the card
+    /// was detached meanwhile.
+    fn reconnect(&mut self) -> Result<bool, VpcdError> {
+        let mut shared = self
+            .link
+            .stream
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if self.link.is_detached() {
+            return Ok(false);
+        }
+        let _ = self.stream.shutdown(Shutdown::Both);
+        let stream = open_stream(self.link.address)?;
+        *shared = stream.try_clone().map_err(VpcdError::Connection)?;
+        self.stream = stream;
+        Ok(true)
     }
 
     fn answer(
@@ -169,12 +223,36 @@ impl Attachment {
         let mut tracer = ApduTracer::new();
         let mut message = Vec::with_capacity(512);
         let mut reply = Vec::with_capacity(512);
+        let mut heard_from_vpcd = false;
+        self.stream
+            .set_read_timeout(Some(FIRST_MESSAGE_TIMEOUT))
+            .map_err(VpcdError::Connection)?;
         loop {
             match read_message(&mut self.stream, &mut message) {
                 Ok(true) => {}
                 Ok(false) => return Ok(()),
                 Err(error) if is_closed(&error) => return Ok(()),
+                Err(error) if !heard_from_vpcd && is_timeout(&error) => {
+                    tracing::info!(
+                        address = %self.link.address,
+                        "vpcd did not poll the card within {FIRST_MESSAGE_TIMEOUT:?}; connecting again"
+                    );
+                    if !self.reconnect()? {
+                        return Ok(());
+                    }
+                    stats.reconnects += 1;
+                    self.stream
+                        .set_read_timeout(Some(FIRST_MESSAGE_TIMEOUT))
+                        .map_err(VpcdError::Connection)?;
+                    continue;
+                }
                 Err(error) => return Err(VpcdError::Connection(error)),
+            }
+            if !heard_from_vpcd {
+                heard_from_vpcd = true;
+                self.stream
+                    .set_read_timeout(None)
+                    .map_err(VpcdError::Connection)?;
             }
             let answer = match message.as_slice() {
                 [] => {
@@ -247,6 +325,21 @@ fn read_message(stream: &mut TcpStream, message: &mut Vec<u8>) -> io::Result<boo
         }
     }
     Ok(true)
+}
+
+/// Opens a connection to vpcd with Nagle's algorithm off.
+fn open_stream(address: SocketAddr) -> Result<TcpStream, VpcdError> {
+    let stream = TcpStream::connect_timeout(&address, Duration::from_secs(5))
+        .map_err(|source| VpcdError::Unreachable { address, source })?;
+    stream.set_nodelay(true).map_err(VpcdError::Connection)?;
+    Ok(stream)
+}
+
+fn is_timeout(error: &io::Error) -> bool {
+    matches!(
+        error.kind(),
+        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+    )
 }
 
 fn is_closed(error: &io::Error) -> bool {
@@ -373,6 +466,7 @@ mod tests {
             AttachmentSummary {
                 apdus: 2,
                 power_events: 2,
+                reconnects: 0,
                 detached: false
             }
         );
@@ -391,6 +485,35 @@ mod tests {
             0,
             "vpcd sees the card leave"
         );
+    }
+
+    #[test]
+    fn a_connection_vpcd_leaves_unserved_is_replaced() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let backend = VirtualCardBackend::new(
+            VirtualCard::blank(NewCard::factory(CardOptions::default())),
+            "test",
+        );
+        let (attachment, detacher) = Attachment::connect(listener.local_addr().unwrap()).unwrap();
+        let served = backend.clone();
+        let thread = std::thread::spawn(move || attachment.serve(&served).unwrap());
+        // The first connection is accepted but never polled, as when vpcd
+        // missed it; the card gives up on it and connects again.
+        let (mut ignored, _) = listener.accept().unwrap();
+        let (stream, _) = listener.accept().unwrap();
+        let mut byte = [0u8; 1];
+        assert_eq!(ignored.read(&mut byte).unwrap_or(0), 0, "old one closed");
+        let mut vpcd = FakeVpcd { stream };
+        vpcd.send(&[CONTROL_GET_ATR]);
+        assert_eq!(vpcd.receive(), atr(CardOptions::default()));
+        // Once vpcd has spoken, a quiet spell is no reason to leave.
+        std::thread::sleep(FIRST_MESSAGE_TIMEOUT + Duration::from_millis(300));
+        vpcd.send(&[CONTROL_GET_ATR]);
+        assert_eq!(vpcd.receive(), atr(CardOptions::default()));
+        detacher.detach();
+        let summary = thread.join().unwrap();
+        assert_eq!(summary.reconnects, 1);
+        assert!(summary.detached);
     }
 
     #[test]

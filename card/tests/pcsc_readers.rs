@@ -280,7 +280,10 @@ fn wait_for(
             Err(RecvTimeoutError::Disconnected) => panic!("the monitor stopped; seen {seen:?}"),
         }
     }
-    panic!("no {what} for {reader:?} within 5 s; seen {seen:?}");
+    // Say whether pcscd itself saw the card, to tell a missed event from a
+    // card pcscd never noticed.
+    let pcscd_view = list_readers(&context());
+    panic!("no {what} for {reader:?} within 5 s; seen {seen:?}; pcscd lists {pcscd_view:?}");
 }
 
 fn card_present_in(reader: &'static str) -> impl Fn(&ReaderEvent) -> bool {
