@@ -11,6 +11,7 @@ pub mod config;
 pub mod init;
 pub mod jose;
 pub mod mapping;
+pub mod pin_policy;
 pub mod server;
 pub mod store;
 pub mod token;

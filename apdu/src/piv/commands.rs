@@ -227,6 +227,15 @@ pub fn get_serial() -> CommandApdu {
     command(Ins::GetSerial, 0x00, 0x00).with_ne(4)
 }
 
+/// RESET (YubiKey extension, INS `FB`): returns the PIV application to
+/// factory state (keys and objects erased; default PIN, PUK and management
+/// key). Cards accept it only while both PIN and PUK are blocked (`6985`
+/// otherwise); cards without it answer `6D00`.
+#[must_use]
+pub fn reset_application() -> CommandApdu {
+    command(Ins::ResetApplication, 0x00, 0x00)
+}
+
 /// GET RESPONSE (ISO 7816-4 §7.6.1): fetches up to `ne` more bytes after `61xx`.
 #[must_use]
 pub fn get_response(ne: usize) -> CommandApdu {

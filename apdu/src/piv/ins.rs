@@ -28,6 +28,9 @@ pub enum Ins {
     GetSerial,
     /// `F7` GET METADATA, a YubiKey extension: PIN/PUK retries, key algorithms.
     GetMetadata,
+    /// `FB` RESET, a YubiKey extension: wipes the PIV application back to
+    /// factory state, refused unless both PIN and PUK are blocked.
+    ResetApplication,
     /// Any other instruction.
     Other(u8),
 }
@@ -47,6 +50,7 @@ impl From<u8> for Ins {
             0xFD => Ins::GetVersion,
             0xF8 => Ins::GetSerial,
             0xF7 => Ins::GetMetadata,
+            0xFB => Ins::ResetApplication,
             other => Ins::Other(other),
         }
     }
@@ -67,6 +71,7 @@ impl From<Ins> for u8 {
             Ins::GetVersion => 0xFD,
             Ins::GetSerial => 0xF8,
             Ins::GetMetadata => 0xF7,
+            Ins::ResetApplication => 0xFB,
             Ins::Other(value) => value,
         }
     }
