@@ -19,9 +19,12 @@ use serde::de::DeserializeOwned;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
+use crate::pin_policy::PinPolicy;
 use crate::wire::{
     self, AssertionRequest, AssertionResponse, AuditRecord, CardRecord, ChallengeRequest,
-    ChallengeResponse, ErrorBody, ErrorCode, ImportReport, UserRecord,
+    ChallengeResponse, CreateEnrollmentRequest, EnrollmentCode, EnrollmentOffer, EnrollmentRequest,
+    EnrollmentResult, ErrorBody, ErrorCode, ImportReport, InspectEnrollmentRequest, RenewalRequest,
+    UserRecord,
 };
 
 /// How the client decides to trust the server.
@@ -237,6 +240,21 @@ impl Client {
         bearer: Option<&str>,
         body: Option<RequestBody<'_, B>>,
     ) -> Result<T, ClientError> {
+        let (status, bytes) = self.request_bytes(method, path, bearer, body).await?;
+        serde_json::from_slice(&bytes).map_err(|error| ClientError::Protocol {
+            reason: format!("HTTP {status}: {error}"),
+        })
+    }
+
+    /// Sends a request and answers the body of a successful answer as bytes;
+    /// an error answer becomes [`ClientError::Refused`].
+    async fn request_bytes<B: Serialize>(
+        &self,
+        method: Method,
+        path: &str,
+        bearer: Option<&str>,
+        body: Option<RequestBody<'_, B>>,
+    ) -> Result<(StatusCode, Vec<u8>), ClientError> {
         let url = format!("{}{path}", self.base);
         let mut attempt = 0;
         loop {
@@ -317,6 +335,77 @@ impl Client {
             .await
     }
 
+    /// `GET /v1/pin-policy`: the rules new PINs must follow.
+    ///
+    /// # Errors
+    /// [`ClientError`].
+    pub async fn pin_policy(&self) -> Result<PinPolicy, ClientError> {
+        self.request::<(), _>(Method::GET, wire::PATH_PIN_POLICY, None, None)
+            .await
+    }
+
+    /// `POST /v1/enrollments/inspect`: what an enrollment code offers (user,
+    /// key algorithm, slot, PIN policy). Does not use the code up.
+    ///
+    /// # Errors
+    /// [`ClientError::Refused`] with `enrollment_code_unknown`, `enrollment_code_used`,
+    /// `enrollment_code_expired`, `enrollment_disabled`, `user_locked`.
+    pub async fn inspect_enrollment(&self, code: &str) -> Result<EnrollmentOffer, ClientError> {
+        let body = InspectEnrollmentRequest {
+            code: code.to_owned(),
+        };
+        self.request(
+            Method::POST,
+            wire::PATH_ENROLLMENTS_INSPECT,
+            None,
+            Some(RequestBody::Json(&body)),
+        )
+        .await
+    }
+
+    /// `POST /v1/enrollments`: trades an enrollment code and a CSR for a certificate.
+    ///
+    /// # Errors
+    /// [`ClientError::Refused`] with the enrollment codes, `csr_invalid` or `key_not_allowed`.
+    pub async fn complete_enrollment(
+        &self,
+        request: &EnrollmentRequest,
+    ) -> Result<EnrollmentResult, ClientError> {
+        self.request(
+            Method::POST,
+            wire::PATH_ENROLLMENTS,
+            None,
+            Some(RequestBody::Json(request)),
+        )
+        .await
+    }
+
+    /// `POST /v1/renewals`: trades a sign-in assertion made with the current
+    /// key and a CSR for the new key for a new certificate.
+    ///
+    /// # Errors
+    /// [`ClientError::Refused`] with any sign-in code, `csr_invalid` or `key_not_allowed`.
+    pub async fn renew(&self, request: &RenewalRequest) -> Result<EnrollmentResult, ClientError> {
+        self.request(
+            Method::POST,
+            wire::PATH_RENEWALS,
+            None,
+            Some(RequestBody::Json(request)),
+        )
+        .await
+    }
+
+    /// `GET /v1/crl`: the issuing CA's revocation list, DER.
+    ///
+    /// # Errors
+    /// [`ClientError::Refused`] with `enrollment_disabled` when the server issues nothing.
+    pub async fn crl(&self) -> Result<Vec<u8>, ClientError> {
+        let (_, bytes) = self
+            .request_bytes::<()>(Method::GET, wire::PATH_CRL, None, None)
+            .await?;
+        Ok(bytes)
+    }
+
     /// The admin API with the admin credential.
     #[must_use]
     pub fn admin<'a>(&'a self, token: &'a str) -> AdminClient<'a> {
@@ -371,7 +460,7 @@ fn tls_config_error(error: rustls::Error) -> ClientError {
     }
 }
 
-async fn decode<T: DeserializeOwned>(response: reqwest::Response) -> Result<T, ClientError> {
+async fn decode(response: reqwest::Response) -> Result<(StatusCode, Vec<u8>), ClientError> {
     let status = response.status();
     let retry_after = response
         .headers()
@@ -385,9 +474,7 @@ async fn decode<T: DeserializeOwned>(response: reqwest::Response) -> Result<T, C
         .await
         .map_err(|source| ClientError::Network { url, source })?;
     if status.is_success() {
-        return serde_json::from_slice(&bytes).map_err(|error| ClientError::Protocol {
-            reason: format!("HTTP {status}: {error}"),
-        });
+        return Ok((status, bytes.to_vec()));
     }
     match serde_json::from_slice::<ErrorBody>(&bytes) {
         Ok(body) => Err(ClientError::Refused {
@@ -515,6 +602,35 @@ impl AdminClient<'_> {
         };
         self.post::<(), _>(&format!("/cards/{}/{verb}", path_segment(serial)), None)
             .await
+    }
+
+    /// Makes a single-use enrollment code for `user`, accepted for `valid_for`.
+    ///
+    /// # Errors
+    /// [`ClientError::Refused`] with `user_unknown`, `user_locked`,
+    /// `enrollment_disabled`, or `invalid_request` for a validity out of range.
+    pub async fn create_enrollment(
+        &self,
+        user: &str,
+        valid_for: Duration,
+    ) -> Result<EnrollmentCode, ClientError> {
+        let body = CreateEnrollmentRequest {
+            user: user.to_owned(),
+            valid_for_seconds: valid_for.as_secs(),
+        };
+        self.post(wire::PATH_ADMIN_ENROLLMENTS, Some(&body)).await
+    }
+
+    /// Deletes a revoked card's record; its serial stays on the revocation list.
+    ///
+    /// # Errors
+    /// [`ClientError::Refused`] with `not_found`, or `conflict` for a card not revoked.
+    pub async fn delete_card(&self, serial: &str) -> Result<(), ClientError> {
+        let path = format!("{}/cards/{}", wire::PATH_ADMIN, path_segment(serial));
+        self.client
+            .request_bytes::<()>(Method::DELETE, &path, Some(self.token), None)
+            .await?;
+        Ok(())
     }
 
     /// Audit events, newest first.

@@ -39,7 +39,29 @@
 //! base_delay_seconds = 2               # the first delay; it doubles with each further failure
 //! max_delay_seconds = 300              # the delay stops growing here (>= base, up to 1 day)
 //! window_seconds = 900                 # failures older than this are forgotten (up to 1 day)
+//!
+//! [pin_policy]                         # rules for new PINs, served at GET /v1/pin-policy
+//! min_length = 6                       # 6 <= min_length <= max_length <= 8 (what PIV cards hold)
+//! max_length = 8
+//! digits_only = true                   # only 0-9
+//! forbid_sequences = true              # refuse 123456, 987654, ...
+//! forbid_repeats = true                # refuse 111111, ...
+//!
+//! [issuance]                           # optional: absent = enrollment and renewal disabled
+//! ca_certificate = "ca.crt"            # required: the issuing CA's certificate (PEM or DER)
+//! ca_key = "ca.key"                    # required: its private key (PKCS#8 PEM; keep it 0600)
+//! key_algorithms = ["p256", "rsa2048"] # keys cards may have: p256, p384, rsa2048;
+//!                                      # the first is the one cards generate at enrollment
+//! validity_days = 365                  # lifetime of issued certificates, 1 to 3650
+//! subject_cn = "display_name"          # subject CN: "display_name" or "uid"
+//! include_upn = true                   # SAN otherName UPN = the user's upn, when set
+//! smartcard_logon = true               # EKU Microsoft smart card logon besides clientAuth
+//! code_validity_seconds = 900          # default life of an enrollment code (admin enroll)
+//! max_code_validity_seconds = 604800   # longest an admin may ask for (7 days; up to 30 days)
 //! ```
+//!
+//! The issuing CA is not trusted by itself: list its certificate in
+//! `[trust] ca_certificates` too (`pivtap server init` does both).
 
 use std::{
     fs, io,
@@ -55,6 +77,8 @@ use rustls_pki_types::{
 use serde::{Deserialize, Serialize};
 
 use crate::mapping::MappingRule;
+use crate::pin_policy::{InvalidPinPolicy, PinPolicy};
+use crate::wire::KeyAlgorithm;
 
 /// Where the server listens unless told otherwise.
 pub const DEFAULT_LISTEN: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 8443);
@@ -62,6 +86,9 @@ pub const DEFAULT_LISTEN: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCA
 const MAX_TOKEN_LIFETIME_SECONDS: u64 = 7 * 24 * 3600;
 const MAX_CHALLENGE_SECONDS: u64 = 600;
 const MAX_RATE_LIMIT_SECONDS: u64 = 24 * 3600;
+const MAX_VALIDITY_DAYS: u64 = 3650;
+const MIN_CODE_SECONDS: u64 = 60;
+const MAX_CODE_SECONDS: u64 = 30 * 24 * 3600;
 
 /// The server's configuration, as read from `server.toml`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -99,6 +126,108 @@ pub struct ServerConfig {
     /// Flow control after failed assertions.
     #[serde(default)]
     pub rate_limit: RateLimitConfig,
+    /// Rules for new PINs, announced to devices.
+    #[serde(default, skip_serializing_if = "is_default_pin_policy")]
+    pub pin_policy: PinPolicy,
+    /// Certificate issuance (enrollment and renewal); absent = disabled.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub issuance: Option<IssuanceConfig>,
+}
+
+fn is_default_pin_policy(policy: &PinPolicy) -> bool {
+    *policy == PinPolicy::default()
+}
+
+/// What the subject CN of an issued certificate is.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SubjectCn {
+    /// The user's display name.
+    #[default]
+    DisplayName,
+    /// The user id.
+    Uid,
+}
+
+/// `[issuance]`: the issuing CA and what it puts in card certificates.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IssuanceConfig {
+    /// The issuing CA's certificate (PEM or DER).
+    pub ca_certificate: PathBuf,
+    /// The issuing CA's private key (PKCS#8 PEM).
+    pub ca_key: PathBuf,
+    /// Keys cards may have; the first is what cards generate at enrollment.
+    #[serde(default = "default_key_algorithms")]
+    pub key_algorithms: Vec<KeyAlgorithm>,
+    /// Lifetime of issued certificates, days.
+    #[serde(default = "default_validity_days")]
+    pub validity_days: u64,
+    /// What the subject CN is.
+    #[serde(default)]
+    pub subject_cn: SubjectCn,
+    /// Put the user's UPN in the SAN (otherName, Microsoft UPN) when it is set.
+    #[serde(default = "yes")]
+    pub include_upn: bool,
+    /// Add the Microsoft smart card logon EKU.
+    #[serde(default = "yes")]
+    pub smartcard_logon: bool,
+    /// Default life of an enrollment code, seconds.
+    #[serde(default = "default_code_validity")]
+    pub code_validity_seconds: u64,
+    /// Longest life an admin may give an enrollment code, seconds.
+    #[serde(default = "default_max_code_validity")]
+    pub max_code_validity_seconds: u64,
+}
+
+impl IssuanceConfig {
+    /// An `[issuance]` table with every default, for the CA files given.
+    #[must_use]
+    pub fn new(ca_certificate: PathBuf, ca_key: PathBuf) -> Self {
+        IssuanceConfig {
+            ca_certificate,
+            ca_key,
+            key_algorithms: default_key_algorithms(),
+            validity_days: default_validity_days(),
+            subject_cn: SubjectCn::default(),
+            include_upn: true,
+            smartcard_logon: true,
+            code_validity_seconds: default_code_validity(),
+            max_code_validity_seconds: default_max_code_validity(),
+        }
+    }
+
+    /// [`IssuanceConfig::code_validity_seconds`] as a duration.
+    #[must_use]
+    pub fn code_validity(&self) -> Duration {
+        Duration::from_secs(self.code_validity_seconds)
+    }
+
+    /// [`IssuanceConfig::max_code_validity_seconds`] as a duration.
+    #[must_use]
+    pub fn max_code_validity(&self) -> Duration {
+        Duration::from_secs(self.max_code_validity_seconds)
+    }
+}
+
+fn default_key_algorithms() -> Vec<KeyAlgorithm> {
+    vec![KeyAlgorithm::P256, KeyAlgorithm::Rsa2048]
+}
+
+fn default_validity_days() -> u64 {
+    365
+}
+
+fn yes() -> bool {
+    true
+}
+
+fn default_code_validity() -> u64 {
+    900
+}
+
+fn default_max_code_validity() -> u64 {
+    7 * 24 * 3600
 }
 
 /// `[tls]`: the server's certificate chain and private key, PEM files.
@@ -338,6 +467,12 @@ pub enum ConfigProblem {
         /// The largest value allowed.
         max: u64,
     },
+    /// The PIN policy's limits do not fit a PIV card.
+    #[error("is not a usable PIN policy: {0}")]
+    PinPolicy(InvalidPinPolicy),
+    /// The same key algorithm listed twice.
+    #[error("lists an algorithm twice")]
+    Duplicate,
 }
 
 /// What is wrong with a certificate or CRL file.
@@ -463,6 +598,47 @@ impl ServerConfig {
                 return invalid(field, ConfigProblem::TooLarge { max });
             }
         }
+        if let Err(problem) = self.pin_policy.validate() {
+            return invalid("pin_policy", ConfigProblem::PinPolicy(problem));
+        }
+        if let Some(issuance) = &self.issuance {
+            if issuance.key_algorithms.is_empty() {
+                return invalid("issuance.key_algorithms", ConfigProblem::Empty);
+            }
+            for (index, algorithm) in issuance.key_algorithms.iter().enumerate() {
+                if issuance.key_algorithms[..index].contains(algorithm) {
+                    return invalid("issuance.key_algorithms", ConfigProblem::Duplicate);
+                }
+            }
+            let limits = [
+                (
+                    "issuance.validity_days",
+                    issuance.validity_days,
+                    1,
+                    MAX_VALIDITY_DAYS,
+                ),
+                (
+                    "issuance.max_code_validity_seconds",
+                    issuance.max_code_validity_seconds,
+                    MIN_CODE_SECONDS,
+                    MAX_CODE_SECONDS,
+                ),
+                (
+                    "issuance.code_validity_seconds",
+                    issuance.code_validity_seconds,
+                    MIN_CODE_SECONDS,
+                    issuance.max_code_validity_seconds,
+                ),
+            ];
+            for (field, value, min, max) in limits {
+                if value < min {
+                    return invalid(field, ConfigProblem::TooSmall { min });
+                }
+                if value > max {
+                    return invalid(field, ConfigProblem::TooLarge { max });
+                }
+            }
+        }
         Ok(())
     }
 
@@ -477,6 +653,10 @@ impl ServerConfig {
         resolve(&mut self.tokens.key_file);
         self.trust.ca_certificates.iter_mut().for_each(resolve);
         self.trust.crl_files.iter_mut().for_each(resolve);
+        if let Some(issuance) = &mut self.issuance {
+            resolve(&mut issuance.ca_certificate);
+            resolve(&mut issuance.ca_key);
+        }
     }
 
     /// The configuration as `server.toml` text.
@@ -748,6 +928,61 @@ window_seconds = 120
                 window_seconds: 120,
             }
         );
+    }
+
+    #[test]
+    fn pin_policy_and_issuance_are_read_and_checked() {
+        let minimal = parse(MINIMAL).unwrap();
+        assert_eq!(minimal.pin_policy, PinPolicy::default());
+        assert!(minimal.issuance.is_none());
+
+        let text = format!(
+            "{MINIMAL}\n[pin_policy]\nmin_length = 8\n\n[issuance]\nca_certificate = \"ca.crt\"\nca_key = \"/k/ca.key\"\nkey_algorithms = [\"p384\"]\nsubject_cn = \"uid\"\n"
+        );
+        let config = parse(&text).unwrap();
+        assert_eq!(config.pin_policy.min_length, 8);
+        assert_eq!(config.pin_policy.max_length, 8);
+        let issuance = config.issuance.clone().unwrap();
+        assert_eq!(issuance.ca_certificate, Path::new("/etc/pivtap/ca.crt"));
+        assert_eq!(issuance.ca_key, Path::new("/k/ca.key"));
+        assert_eq!(issuance.key_algorithms, [KeyAlgorithm::P384]);
+        assert_eq!(issuance.subject_cn, SubjectCn::Uid);
+        assert_eq!(issuance.validity_days, 365);
+        assert!(issuance.include_upn && issuance.smartcard_logon);
+        assert_eq!(issuance.code_validity(), Duration::from_secs(900));
+        assert_eq!(
+            issuance.max_code_validity(),
+            Duration::from_secs(7 * 24 * 3600)
+        );
+        assert_eq!(parse(&config.to_toml().unwrap()).unwrap(), config);
+
+        let issuance_table = "\n[issuance]\nca_certificate = \"c\"\nca_key = \"k\"\n";
+        for (extra, field) in [
+            ("\n[pin_policy]\nmin_length = 4\n", "pin_policy"),
+            ("key_algorithms = []\n", "issuance.key_algorithms"),
+            (
+                "key_algorithms = [\"p256\", \"p256\"]\n",
+                "issuance.key_algorithms",
+            ),
+            ("validity_days = 0\n", "issuance.validity_days"),
+            (
+                "code_validity_seconds = 10\n",
+                "issuance.code_validity_seconds",
+            ),
+            (
+                "code_validity_seconds = 7200\nmax_code_validity_seconds = 3600\n",
+                "issuance.code_validity_seconds",
+            ),
+        ] {
+            let text = if field == "pin_policy" {
+                format!("{MINIMAL}{extra}")
+            } else {
+                format!("{MINIMAL}{issuance_table}{extra}")
+            };
+            assert_eq!(invalid(&text).0, field, "{extra}");
+        }
+        let unknown = format!("{MINIMAL}{issuance_table}key_algorithms = [\"ed25519\"]\n");
+        assert!(matches!(parse(&unknown), Err(ConfigError::Syntax { .. })));
     }
 
     #[test]

@@ -175,6 +175,8 @@ pub fn init_server(dir: &Path, options: &InitOptions) -> Result<InitReport, Init
         mapping: MappingConfig::default(),
         challenges: Default::default(),
         rate_limit: Default::default(),
+        pin_policy: Default::default(),
+        issuance: None,
     };
     config.validate(&config_path)?;
     let config_text = format!(

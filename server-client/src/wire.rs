@@ -22,6 +22,24 @@ pub const PATH_HEALTH: &str = "/healthz";
 pub const PATH_METRICS: &str = "/metrics";
 /// Prefix of the admin API.
 pub const PATH_ADMIN: &str = "/v1/admin";
+/// `GET /v1/pin-policy`: the PIN policy devices enforce on PIN changes.
+pub const PATH_PIN_POLICY: &str = "/v1/pin-policy";
+/// `POST /v1/enrollments/inspect`: what an enrollment code offers (does not use it up).
+pub const PATH_ENROLLMENTS_INSPECT: &str = "/v1/enrollments/inspect";
+/// `POST /v1/enrollments`: a CSR and an enrollment code in, a certificate out.
+pub const PATH_ENROLLMENTS: &str = "/v1/enrollments";
+/// `POST /v1/renewals`: a sign-in assertion and a CSR in, a new certificate out.
+pub const PATH_RENEWALS: &str = "/v1/renewals";
+/// `GET /v1/crl`: the issuing CA's certificate revocation list (DER).
+pub const PATH_CRL: &str = "/v1/crl";
+/// Admin: `POST {PATH_ADMIN}/enrollments` makes an enrollment code.
+pub const PATH_ADMIN_ENROLLMENTS: &str = "/enrollments";
+/// The media type of `GET /v1/crl`.
+pub const CRL_CONTENT_TYPE: &str = "application/pkix-crl";
+/// The start of an enrollment link: `pivtap://enroll?server=...&code=...`.
+pub const ENROLL_URL_PREFIX: &str = "pivtap://enroll";
+/// The PIV slot enrollment puts the key and certificate in (PIV authentication).
+pub const ENROLL_SLOT: &str = "9a";
 
 /// Authentication methods of a session token (RFC 8176): smart card and PIN.
 pub const AMR: [&str; 2] = ["sc", "pin"];
@@ -140,11 +158,23 @@ pub enum ErrorCode {
     Conflict,
     /// Something failed on the server; details are in its log.
     Internal,
+    /// Enrollment: no such enrollment code.
+    EnrollmentCodeUnknown,
+    /// Enrollment: the code was used already (codes are single use).
+    EnrollmentCodeUsed,
+    /// Enrollment: the code expired.
+    EnrollmentCodeExpired,
+    /// Enrollment or renewal: the CSR is not a DER PKCS#10 request, or its self-signature is bad.
+    CsrInvalid,
+    /// Enrollment or renewal: the key's algorithm or size is not allowed, or a renewal reuses the old key.
+    KeyNotAllowed,
+    /// Enrollment or renewal: this server does not issue certificates (no `[issuance]`).
+    EnrollmentDisabled,
 }
 
 impl ErrorCode {
     /// Every code, for documentation and tests.
-    pub const ALL: [ErrorCode; 16] = [
+    pub const ALL: [ErrorCode; 22] = [
         ErrorCode::InvalidRequest,
         ErrorCode::ChallengeUnknown,
         ErrorCode::ChallengeExpired,
@@ -161,6 +191,12 @@ impl ErrorCode {
         ErrorCode::NotFound,
         ErrorCode::Conflict,
         ErrorCode::Internal,
+        ErrorCode::EnrollmentCodeUnknown,
+        ErrorCode::EnrollmentCodeUsed,
+        ErrorCode::EnrollmentCodeExpired,
+        ErrorCode::CsrInvalid,
+        ErrorCode::KeyNotAllowed,
+        ErrorCode::EnrollmentDisabled,
     ];
 
     /// The code as it appears on the wire (`challenge_reused`).
@@ -183,6 +219,12 @@ impl ErrorCode {
             ErrorCode::NotFound => "not_found",
             ErrorCode::Conflict => "conflict",
             ErrorCode::Internal => "internal",
+            ErrorCode::EnrollmentCodeUnknown => "enrollment_code_unknown",
+            ErrorCode::EnrollmentCodeUsed => "enrollment_code_used",
+            ErrorCode::EnrollmentCodeExpired => "enrollment_code_expired",
+            ErrorCode::CsrInvalid => "csr_invalid",
+            ErrorCode::KeyNotAllowed => "key_not_allowed",
+            ErrorCode::EnrollmentDisabled => "enrollment_disabled",
         }
     }
 
@@ -190,9 +232,12 @@ impl ErrorCode {
     #[must_use]
     pub fn http_status(self) -> u16 {
         match self {
-            ErrorCode::InvalidRequest => 400,
+            ErrorCode::InvalidRequest | ErrorCode::CsrInvalid | ErrorCode::KeyNotAllowed => 400,
             ErrorCode::Unauthorized => 401,
-            ErrorCode::NotFound => 404,
+            ErrorCode::NotFound
+            | ErrorCode::EnrollmentCodeUnknown
+            | ErrorCode::EnrollmentDisabled => 404,
+            ErrorCode::EnrollmentCodeUsed | ErrorCode::EnrollmentCodeExpired => 410,
             ErrorCode::Conflict => 409,
             ErrorCode::RateLimited => 429,
             ErrorCode::Internal => 500,
@@ -357,6 +402,214 @@ pub struct AuditRecord {
     pub detail: Option<String>,
 }
 
+/// The key a card generates for enrollment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum KeyAlgorithm {
+    /// RSA with a 2048-bit modulus.
+    Rsa2048,
+    /// ECDSA on NIST P-256.
+    P256,
+    /// ECDSA on NIST P-384.
+    P384,
+}
+
+impl KeyAlgorithm {
+    /// The name on the wire and in `server.toml` (`rsa2048`, `p256`, `p384`).
+    #[must_use]
+    pub fn as_str(self) -> &'static str {
+        match self {
+            KeyAlgorithm::Rsa2048 => "rsa2048",
+            KeyAlgorithm::P256 => "p256",
+            KeyAlgorithm::P384 => "p384",
+        }
+    }
+}
+
+impl fmt::Display for KeyAlgorithm {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// An enrollment code with only its first characters shown.
+fn redacted_code(code: &str) -> String {
+    let shown: String = code.chars().take(4).collect();
+    format!("{shown}… (redacted)")
+}
+
+/// `POST /v1/enrollments/inspect` body.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InspectEnrollmentRequest {
+    /// The enrollment code.
+    pub code: String,
+}
+
+impl fmt::Debug for InspectEnrollmentRequest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("InspectEnrollmentRequest")
+            .field("code", &redacted_code(&self.code))
+            .finish()
+    }
+}
+
+/// `200` answer to `POST /v1/enrollments/inspect`: what the card must do.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EnrollmentOffer {
+    /// Whom the certificate will name.
+    pub user: UserInfo,
+    /// The key the card must generate.
+    pub key_algorithm: KeyAlgorithm,
+    /// The PIV slot, lower-case hex (`9a`).
+    pub slot: String,
+    /// The PIN policy the card's new PIN must follow.
+    pub pin_policy: crate::pin_policy::PinPolicy,
+    /// When the code stops being accepted, RFC 3339.
+    pub expires_at: String,
+}
+
+/// The card an enrollment is for, as the device read it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CardIdentity {
+    /// The card's serial number (YubiKey GET SERIAL), when it has one.
+    #[serde(default)]
+    pub serial: Option<u32>,
+    /// The CHUID GUID, lower-case hex, when the card has a CHUID.
+    #[serde(default)]
+    pub chuid_guid: Option<String>,
+}
+
+/// `POST /v1/enrollments` body.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EnrollmentRequest {
+    /// The enrollment code.
+    pub code: String,
+    /// The PKCS#10 request signed by the card's new key: DER, base64url without padding.
+    pub csr: String,
+    /// Which card.
+    #[serde(default)]
+    pub card: CardIdentity,
+    /// The device doing the enrollment, when it has an id.
+    #[serde(default)]
+    pub device: Option<String>,
+}
+
+impl fmt::Debug for EnrollmentRequest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("EnrollmentRequest")
+            .field("code", &redacted_code(&self.code))
+            .field("csr", &format_args!("{} base64 characters", self.csr.len()))
+            .field("card", &self.card)
+            .field("device", &self.device)
+            .finish()
+    }
+}
+
+/// `POST /v1/renewals` body.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RenewalRequest {
+    /// A compact JWS signed by the card's current key, exactly as for `POST /v1/assertions`.
+    pub assertion: String,
+    /// The PKCS#10 request signed by the card's new key: DER, base64url without padding.
+    pub csr: String,
+}
+
+/// `201` answer to `POST /v1/enrollments` and `POST /v1/renewals`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EnrollmentResult {
+    /// The card's new certificate: DER, base64url without padding.
+    pub certificate: String,
+    /// The issuing CA's certificate: DER, base64url without padding.
+    pub ca_certificate: String,
+    /// The new certificate's serial number, lower-case hex (as the admin API shows cards).
+    pub serial: String,
+    /// Whom the certificate names.
+    pub user: UserInfo,
+    /// When the certificate expires, RFC 3339.
+    pub not_after: String,
+}
+
+/// Admin: `POST /v1/admin/enrollments` body.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateEnrollmentRequest {
+    /// The user id.
+    pub user: String,
+    /// How long the code is accepted, seconds (at most the server's maximum).
+    pub valid_for_seconds: u64,
+}
+
+/// Admin: `201` answer to `POST /v1/admin/enrollments`. The code is shown
+/// once, here; the server keeps only its hash.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EnrollmentCode {
+    /// The enrollment code to give the worker.
+    pub code: String,
+    /// The code as a link: `pivtap://enroll?server=<origin>&code=<code>`.
+    pub url: String,
+    /// Whom it enrolls.
+    pub user: UserInfo,
+    /// When it stops being accepted, RFC 3339.
+    pub expires_at: String,
+}
+
+impl fmt::Debug for EnrollmentCode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("EnrollmentCode")
+            .field("code", &redacted_code(&self.code))
+            .field("user", &self.user)
+            .field("expires_at", &self.expires_at)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The enrollment link for `code` on the server at `origin`.
+#[must_use]
+pub fn enrollment_url(origin: &str, code: &str) -> String {
+    let mut url = format!("{ENROLL_URL_PREFIX}?");
+    url.push_str(
+        &url::form_urlencoded::Serializer::new(String::new())
+            .append_pair("server", origin)
+            .append_pair("code", code)
+            .finish(),
+    );
+    url
+}
+
+/// A `pivtap://enroll?...` link that is not one.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("not an enrollment link: expected pivtap://enroll?server=URL&code=CODE")]
+pub struct BadEnrollmentUrl;
+
+/// The server (when given) and the code of an enrollment link.
+///
+/// # Errors
+/// [`BadEnrollmentUrl`] when it is not `pivtap://enroll?...` with a `code`.
+pub fn parse_enrollment_url(link: &str) -> Result<(Option<String>, String), BadEnrollmentUrl> {
+    let query = link
+        .trim()
+        .strip_prefix(ENROLL_URL_PREFIX)
+        .and_then(|rest| rest.strip_prefix('?'))
+        .ok_or(BadEnrollmentUrl)?;
+    let mut server = None;
+    let mut code = None;
+    for (name, value) in url::form_urlencoded::parse(query.as_bytes()) {
+        match name.as_ref() {
+            "server" => server = Some(value.into_owned()),
+            "code" => code = Some(value.into_owned()),
+            _ => {}
+        }
+    }
+    match code {
+        Some(code) if !code.is_empty() => Ok((server.filter(|s| !s.is_empty()), code)),
+        _ => Err(BadEnrollmentUrl),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -375,6 +628,58 @@ mod tests {
         assert_eq!(
             serde_json::to_value(&body).unwrap(),
             serde_json::json!({"error": "challenge_reused", "message": "This challenge was used already."})
+        );
+    }
+
+    #[test]
+    fn enrollment_links_round_trip() {
+        let url = enrollment_url("https://auth.example.com:8443", "ABCD-EFGH+/");
+        assert!(
+            url.starts_with("pivtap://enroll?server=https%3A%2F%2Fauth"),
+            "{url}"
+        );
+        let (server, code) = parse_enrollment_url(&url).unwrap();
+        assert_eq!(server.as_deref(), Some("https://auth.example.com:8443"));
+        assert_eq!(code, "ABCD-EFGH+/");
+        assert_eq!(
+            parse_enrollment_url("pivtap://enroll?code=XY").unwrap(),
+            (None, "XY".to_owned())
+        );
+        for bad in [
+            "https://x?code=1",
+            "pivtap://enroll?server=x",
+            "pivtap://enroll",
+        ] {
+            assert!(parse_enrollment_url(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn enrollment_codes_never_print_in_full() {
+        let code = "K7QW-3MZP-XR9T-LD4F".to_owned();
+        let request = EnrollmentRequest {
+            code: code.clone(),
+            csr: "MIIB".to_owned(),
+            card: CardIdentity::default(),
+            device: None,
+        };
+        assert!(!format!("{request:?}").contains(&code));
+        let inspect = InspectEnrollmentRequest { code: code.clone() };
+        assert!(!format!("{inspect:?}").contains(&code));
+        let made = EnrollmentCode {
+            url: enrollment_url("https://a", &code),
+            code: code.clone(),
+            user: UserInfo {
+                id: "alice".to_owned(),
+                display_name: "Alice".to_owned(),
+                mail: None,
+            },
+            expires_at: "2026-01-01T00:00:00Z".to_owned(),
+        };
+        assert!(!format!("{made:?}").contains("MZP"));
+        assert_eq!(
+            serde_json::to_value(KeyAlgorithm::Rsa2048).unwrap(),
+            serde_json::json!("rsa2048")
         );
     }
 

@@ -17,6 +17,7 @@ use tower::ServiceExt as _;
 use pivtap_server_client::assertion::{AssertionVerifier, VerifierConfig};
 use pivtap_server_client::config::read_ca_certificates;
 use pivtap_server_client::mapping::MappingRule;
+use pivtap_server_client::pin_policy::PinPolicy;
 use pivtap_server_client::server::admin::MAX_IMPORT_BYTES;
 use pivtap_server_client::server::rate_limit::RateLimiter;
 use pivtap_server_client::server::{self, MAX_BODY_BYTES, ServerState, Settings};
@@ -42,6 +43,10 @@ async fn app() -> Router {
         token_lifetime: Duration::from_secs(3600),
         challenge_lifetime: Duration::from_secs(60),
         mapping: MappingRule::DEFAULT,
+        pin_policy: PinPolicy {
+            min_length: 7,
+            ..PinPolicy::default()
+        },
     };
     server::app(ServerState::new(
         settings,
@@ -179,8 +184,9 @@ impl Reply {
 
 fn expected_status(code: &str) -> u16 {
     match code {
-        "invalid_request" => 400,
-        "not_found" => 404,
+        "invalid_request" | "csr_invalid" | "key_not_allowed" => 400,
+        "not_found" | "enrollment_code_unknown" | "enrollment_disabled" => 404,
+        "enrollment_code_used" | "enrollment_code_expired" => 410,
         "conflict" => 409,
         "rate_limited" => 429,
         "internal" => 500,
@@ -510,6 +516,21 @@ async fn jwks_publishes_the_public_signing_key() {
         );
     }
     assert!(key.get("d").is_none(), "never the private key");
+}
+
+#[tokio::test]
+async fn pin_policy_is_public_and_the_configured_one() {
+    let app = app().await;
+    let reply = send(
+        &app,
+        request(Method::GET, "/v1/pin-policy", &[], Body::empty()),
+    )
+    .await;
+    let policy: PinPolicy =
+        serde_json::from_value(reply.ok_json(StatusCode::OK)).expect("a PinPolicy");
+    assert_eq!(policy.min_length, 7);
+    assert_eq!(policy.max_length, 8);
+    assert!(policy.forbid_sequences && policy.forbid_repeats && policy.digits_only);
 }
 
 #[tokio::test]

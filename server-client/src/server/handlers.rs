@@ -373,6 +373,14 @@ pub async fn jwks(State(state): State<ServerState>) -> impl IntoResponse {
     ([(header::CACHE_CONTROL, "max-age=300")], Json(keys))
 }
 
+/// `GET /v1/pin-policy`: the rules devices enforce on new PINs (public).
+pub async fn pin_policy(State(state): State<ServerState>) -> impl IntoResponse {
+    (
+        [(header::CACHE_CONTROL, "max-age=300")],
+        Json(state.settings().pin_policy),
+    )
+}
+
 /// `GET /healthz`: the server runs and its database answers (one indexed lookup).
 pub async fn health(State(state): State<ServerState>) -> Result<impl IntoResponse, ApiError> {
     state.store().get_card("").await?;

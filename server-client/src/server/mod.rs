@@ -25,6 +25,7 @@ use subtle::ConstantTimeEq;
 
 use crate::assertion::AssertionVerifier;
 use crate::mapping::MappingRule;
+use crate::pin_policy::PinPolicy;
 use crate::store::Store;
 use crate::token::TokenKeys;
 use crate::wire;
@@ -44,6 +45,8 @@ pub struct Settings {
     pub challenge_lifetime: Duration,
     /// Certificate attribute -> user attribute.
     pub mapping: MappingRule,
+    /// Rules for new PINs (`GET /v1/pin-policy`, enrollment offers).
+    pub pin_policy: PinPolicy,
 }
 
 /// Everything the handlers share. Cheap to clone.
@@ -200,6 +203,7 @@ pub async fn from_config(
         token_lifetime: config.tokens.lifetime(),
         challenge_lifetime: config.challenges.lifetime(),
         mapping: config.mapping.rule,
+        pin_policy: config.pin_policy,
     };
     let limiter = RateLimiter::new(rate_limit::RateLimitPolicy {
         failures_before_delay: config.rate_limit.failures_before_delay,
@@ -237,6 +241,7 @@ pub fn app(state: ServerState) -> Router {
         .route(wire::PATH_CHALLENGES, post(handlers::create_challenge))
         .route(wire::PATH_ASSERTIONS, post(handlers::submit_assertion))
         .route(wire::PATH_JWKS, get(handlers::jwks))
+        .route(wire::PATH_PIN_POLICY, get(handlers::pin_policy))
         .route(wire::PATH_HEALTH, get(handlers::health))
         .route(wire::PATH_METRICS, get(handlers::metrics))
         .nest(wire::PATH_ADMIN, admin::router(state.clone()))
@@ -277,6 +282,7 @@ fn route_label(path: &str) -> &'static str {
         wire::PATH_CHALLENGES => wire::PATH_CHALLENGES,
         wire::PATH_ASSERTIONS => wire::PATH_ASSERTIONS,
         wire::PATH_JWKS => wire::PATH_JWKS,
+        wire::PATH_PIN_POLICY => wire::PATH_PIN_POLICY,
         wire::PATH_HEALTH => wire::PATH_HEALTH,
         wire::PATH_METRICS => wire::PATH_METRICS,
         admin if admin.starts_with(wire::PATH_ADMIN) => wire::PATH_ADMIN,
