@@ -315,6 +315,21 @@ impl<'a> PivSession<'a> {
         reference_data_result(response.status(), "unblock the PIN", true)
     }
 
+    /// RESET of the PIV application (YubiKey extension, INS `FB`): erases
+    /// every key, certificate and data object and restores the factory PIN,
+    /// PUK and management key. Cards accept it only while both the PIN and
+    /// the PUK are blocked.
+    ///
+    /// # Errors
+    /// [`PivError::Card`] with [`StatusWord::ConditionsNotSatisfied`] (`6985`)
+    /// while the PIN or the PUK is not blocked, with
+    /// [`StatusWord::InstructionNotSupported`] (`6D00`) on cards without it.
+    #[tracing::instrument(level = "debug", skip_all)]
+    pub fn reset_application(&mut self) -> Result<(), PivError> {
+        self.run(&commands::reset_application(), "reset the PIV application")
+            .map(drop)
+    }
+
     /// Signs `message` with the key in `slot` and returns the JWS signature
     /// bytes: for RSA the host hashes and builds the PKCS#1 v1.5 block and the
     /// card raises it to its private exponent; for ECDSA the card signs the
