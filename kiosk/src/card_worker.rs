@@ -7,6 +7,13 @@
 //! tapped again skips reading its certificate. The connection is let go (with a card reset,
 //! which forgets the verified PIN) after a signature, a failure other than a wrong PIN, a
 //! cancel, or the next read on that reader.
+//!
+//! A renewed card keeps its GUID but has a new key and certificate, so a cached certificate
+//! can be stale. Every signature is therefore checked on the spot against the certificate's
+//! public key (microseconds, no APDU). When a cached certificate does not match what the card
+//! signed (or the card refuses to sign with the cached key's algorithm), the entry is dropped,
+//! the certificate is read from the card and the assertion signed again, within the same tap
+//! and with the PIN still verified: the worker sees nothing of it.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -14,6 +21,10 @@ use std::sync::mpsc::{self, Receiver, Sender};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::thread::{self, JoinHandle};
 
+use aws_lc_rs::signature::{
+    ECDSA_P256_SHA256_FIXED, ECDSA_P384_SHA384_FIXED, RSA_PKCS1_2048_8192_SHA256,
+    RSA_PKCS1_2048_8192_SHA512, UnparsedPublicKey, VerificationAlgorithm,
+};
 use pivtap_apdu::piv::objects::chuid::Chuid;
 use pivtap_apdu::piv::{Algorithm, KeyReference, Pin};
 use pivtap_card::{
@@ -298,6 +309,9 @@ enum CardProblem {
     Certificate(#[from] CertificateError),
     #[error("the card's authentication key ({0}) cannot sign assertions")]
     UnsupportedKey(KeyKind),
+    /// What the card signed does not verify with the certificate it holds in 9A.
+    #[error("the card's authentication key does not match its certificate")]
+    KeyMismatch,
 }
 
 impl From<TransportError> for CardProblem {
@@ -328,7 +342,9 @@ fn read_failure(problem: &CardProblem) -> CardReadFailure {
             PivError::NoPivApplication | PivError::ObjectNotFound { .. } | PivError::NoKey { .. },
         )
         | CardProblem::UnsupportedKey(_) => CardReadFailure::NotPiv,
-        CardProblem::Card(_) | CardProblem::Certificate(_) => CardReadFailure::Unreadable,
+        CardProblem::Card(_) | CardProblem::Certificate(_) | CardProblem::KeyMismatch => {
+            CardReadFailure::Unreadable
+        }
     }
 }
 
@@ -339,9 +355,10 @@ fn auth_failure(problem: &CardProblem) -> AuthFailure {
             tries_left: *retries_left,
         },
         CardProblem::Card(PivError::PinBlocked) => AuthFailure::PinBlocked,
-        CardProblem::Card(_) | CardProblem::Certificate(_) | CardProblem::UnsupportedKey(_) => {
-            AuthFailure::CardError
-        }
+        CardProblem::Card(_)
+        | CardProblem::Certificate(_)
+        | CardProblem::UnsupportedKey(_)
+        | CardProblem::KeyMismatch => AuthFailure::CardError,
     }
 }
 
@@ -351,6 +368,9 @@ struct CardCertificate {
     facts: CertificateFacts,
     key: Algorithm,
     algorithm: SignatureAlgorithm,
+    /// The public key as signature verification takes it: for RSA the DER `RSAPublicKey`,
+    /// for EC the SEC1 point (the content of the SPKI's BIT STRING).
+    public_key: Vec<u8>,
 }
 
 impl CardCertificate {
@@ -358,12 +378,43 @@ impl CardCertificate {
         let facts = CertificateFacts::from_der(der)?;
         let (key, algorithm) =
             signing_algorithms(facts.key).ok_or(CardProblem::UnsupportedKey(facts.key))?;
+        // `CertificateFacts` parsed the same DER a moment ago, so this cannot fail in
+        // practice; should it, no signature verifies and the certificate is read again.
+        let public_key = x509_parser::parse_x509_certificate(der)
+            .map(|(_, certificate)| certificate.public_key().subject_public_key.data.to_vec())
+            .unwrap_or_default();
         Ok(CardCertificate {
             facts,
             key,
             algorithm,
+            public_key,
         })
     }
+
+    /// Whether `signature` (JOSE form: RSA raw, ECDSA `r || s`) over `message` verifies with
+    /// this certificate's public key.
+    fn verifies(&self, message: &[u8], signature: &[u8]) -> bool {
+        let verification: &'static dyn VerificationAlgorithm = match self.algorithm {
+            SignatureAlgorithm::Rs256 => &RSA_PKCS1_2048_8192_SHA256,
+            SignatureAlgorithm::Rs512 => &RSA_PKCS1_2048_8192_SHA512,
+            SignatureAlgorithm::Es256 => &ECDSA_P256_SHA256_FIXED,
+            SignatureAlgorithm::Es384 => &ECDSA_P384_SHA384_FIXED,
+        };
+        UnparsedPublicKey::new(verification, &self.public_key)
+            .verify(message, signature)
+            .is_ok()
+    }
+}
+
+/// A card's certificate as the card thread knows it for one tap, and where it came from.
+#[derive(Clone)]
+struct KnownCertificate {
+    certificate: Arc<CardCertificate>,
+    /// The card's CHUID GUID, when it has one that can key the cache.
+    guid: Option<[u8; 16]>,
+    /// Whether it came from the cache (and may be stale: the card may have been renewed)
+    /// rather than from the card during this tap.
+    from_cache: bool,
 }
 
 /// Certificates by the CHUID GUID of their card, in memory only, least recently used first.
@@ -381,6 +432,10 @@ impl CertificateCache {
         Some(certificate)
     }
 
+    fn remove(&mut self, guid: &[u8; 16]) {
+        self.entries.retain(|(known, _)| known != guid);
+    }
+
     fn put(&mut self, guid: [u8; 16], certificate: Arc<CardCertificate>) {
         self.entries.retain(|(known, _)| *known != guid);
         if self.entries.len() >= CACHED_CERTIFICATES {
@@ -394,7 +449,7 @@ impl CertificateCache {
 struct Identity {
     /// The CHUID GUID in its 8-4-4-4-12 form.
     card_guid: Option<String>,
-    certificate: Arc<CardCertificate>,
+    certificate: KnownCertificate,
 }
 
 /// Reads the CHUID, then the 9A certificate unless the cache knows the card's GUID.
@@ -412,21 +467,36 @@ fn identify(
                 fingerprint = %certificate.facts.fingerprint,
                 "the card's certificate comes from the cache"
             );
-            certificate
-        }
-        None => {
-            let certificate = Arc::new(CardCertificate::from_der(
-                &session.certificate(SIGNING_SLOT)?,
-            )?);
-            if let Some(guid) = guid {
-                cache.put(guid, Arc::clone(&certificate));
+            KnownCertificate {
+                certificate,
+                guid,
+                from_cache: true,
             }
-            certificate
         }
+        None => read_certificate(session, cache, guid)?,
     };
     Ok(Identity {
         card_guid: chuid.as_ref().map(Chuid::guid_hex),
         certificate,
+    })
+}
+
+/// Reads the 9A certificate from the card and caches it under `guid`.
+fn read_certificate(
+    session: &mut PivSession<'_>,
+    cache: &mut CertificateCache,
+    guid: Option<[u8; 16]>,
+) -> Result<KnownCertificate, CardProblem> {
+    let certificate = Arc::new(CardCertificate::from_der(
+        &session.certificate(SIGNING_SLOT)?,
+    )?);
+    if let Some(guid) = guid {
+        cache.put(guid, Arc::clone(&certificate));
+    }
+    Ok(KnownCertificate {
+        certificate,
+        guid,
+        from_cache: false,
     })
 }
 
@@ -467,7 +537,7 @@ struct SignRequest {
 /// A card connection kept from a read, for the sign that follows on the same reader.
 struct HeldCard {
     backend: Box<dyn CardBackend>,
-    certificate: Arc<CardCertificate>,
+    certificate: KnownCertificate,
 }
 
 /// The card thread's state.
@@ -546,7 +616,7 @@ impl Worker {
             (identity, pin_tries_left(&mut session)?)
         };
         let summary = CardSummary {
-            holder_name: identity.certificate.facts.common_name.clone(),
+            holder_name: identity.certificate.certificate.facts.common_name.clone(),
             card_guid: identity.card_guid,
         };
         let certificate = identity.certificate;
@@ -594,12 +664,14 @@ impl Worker {
         signed
     }
 
-    /// SELECT, the certificate unless `certificate` has it, VERIFY, and the signature.
-    /// `certificate` is left holding the card's certificate once known.
+    /// SELECT, the certificate unless `certificate` has it, VERIFY, and the signature,
+    /// checked against the certificate; a stale cached certificate is replaced by the card's
+    /// and the assertion signed again. `certificate` is left holding the card's certificate
+    /// once known.
     fn sign_on_card(
         &mut self,
         backend: &mut dyn CardBackend,
-        certificate: &mut Option<Arc<CardCertificate>>,
+        certificate: &mut Option<KnownCertificate>,
         request: SignRequest,
         ticket: &Ticket,
     ) -> Result<String, CardProblem> {
@@ -612,10 +684,10 @@ impl Worker {
         let mut card = Cancellable { backend, ticket };
         let mut session = PivSession::open(&mut card)?;
         let signer = match certificate {
-            Some(known) => Arc::clone(known),
-            None => {
-                Arc::clone(certificate.insert(identify(&mut session, &mut self.cache)?.certificate))
-            }
+            Some(known) => known.clone(),
+            None => certificate
+                .insert(identify(&mut session, &mut self.cache)?.certificate)
+                .clone(),
         };
         self.report(CardJobResult::Progress {
             work,
@@ -628,25 +700,74 @@ impl Worker {
             work,
             step: Step::Signing,
         });
-        let draft = AssertionDraft::new(
-            signer.algorithm.jose_name(),
-            &signer.facts.der,
-            AssertionPayload {
-                aud: challenge.aud,
-                nonce: challenge.nonce,
-                device,
-                iat: OffsetDateTime::now_utc().unix_timestamp(),
-                slot: SIGNING_SLOT.to_string(),
-            },
-        );
-        let signature = session.sign(
-            SIGNING_SLOT,
-            signer.key,
-            signer.algorithm,
-            draft.signing_input().as_bytes(),
-        )?;
-        Ok(draft.finish(&signature))
+        let payload = AssertionPayload {
+            aud: challenge.aud,
+            nonce: challenge.nonce,
+            device,
+            iat: OffsetDateTime::now_utc().unix_timestamp(),
+            slot: SIGNING_SLOT.to_string(),
+        };
+        match sign_assertion(&mut session, &signer.certificate, payload.clone()) {
+            Err(problem) if signer.from_cache && hints_at_a_new_key(&problem) => {
+                // The card was most likely renewed since its certificate was cached: read
+                // the certificate it holds now and sign again (the PIN is still verified).
+                tracing::info!(
+                    error = %problem,
+                    stale = %signer.certificate.facts.fingerprint,
+                    "the cached certificate does not fit the card's key; reading it again"
+                );
+                if let Some(guid) = signer.guid {
+                    self.cache.remove(&guid);
+                }
+                let fresh = certificate.insert(read_certificate(
+                    &mut session,
+                    &mut self.cache,
+                    signer.guid,
+                )?);
+                sign_assertion(&mut session, &fresh.certificate, payload)
+            }
+            signed => signed,
+        }
     }
+}
+
+/// Signs the assertion for `payload` with the card's 9A key, as `certificate` says the key
+/// signs, and checks the signature with the certificate's public key.
+fn sign_assertion(
+    session: &mut PivSession<'_>,
+    certificate: &CardCertificate,
+    payload: AssertionPayload,
+) -> Result<String, CardProblem> {
+    let draft = AssertionDraft::new(
+        certificate.algorithm.jose_name(),
+        &certificate.facts.der,
+        payload,
+    );
+    let signing_input = draft.signing_input();
+    let signature = session.sign(
+        SIGNING_SLOT,
+        certificate.key,
+        certificate.algorithm,
+        signing_input.as_bytes(),
+    )?;
+    if !certificate.verifies(signing_input.as_bytes(), &signature) {
+        return Err(CardProblem::KeyMismatch);
+    }
+    Ok(draft.finish(&signature))
+}
+
+/// Whether a failed signature suggests the certificate names another key than the card's:
+/// the signature does not verify, or the card refuses the certificate's algorithm (its new
+/// key has another one) or gives an answer of the wrong shape. Not a removal, nor a PIN or
+/// access problem.
+fn hints_at_a_new_key(problem: &CardProblem) -> bool {
+    matches!(
+        problem,
+        CardProblem::KeyMismatch
+            | CardProblem::Card(
+                PivError::Card { .. } | PivError::Signature(_) | PivError::Malformed { .. }
+            )
+    )
 }
 
 #[cfg(test)]
@@ -654,6 +775,7 @@ mod tests {
     use std::time::{Duration, Instant};
 
     use pivtap_apdu::piv::Ins;
+    use pivtap_card::virtual_card::image::CardImage;
     use pivtap_card::virtual_card::{
         CardOptions, Interface, NewCard, VirtualCard, VirtualCardBackend,
     };
@@ -1060,6 +1182,146 @@ mod tests {
         rig.tap(&fixture_card("bob"));
         let assertion = rig.sign(BOB_PIN).await.unwrap();
         assert_eq!(verify(&assertion), "ES256");
+    }
+
+    fn fixture_image(name: &str) -> CardImage {
+        CardImage::load(format!(
+            "{}/../fixtures/cards/{name}.toml",
+            env!("CARGO_MANIFEST_DIR")
+        ))
+        .unwrap()
+    }
+
+    /// The image of `card` renewed: same card (serial, CHUID GUID, PIN), with the 9A key and
+    /// certificate of `keys_from` (a fixture whose key is another one, issued by the same CA).
+    fn renewed_image(card: &str, keys_from: &str) -> VirtualCard {
+        let mut image = fixture_image(card);
+        let donor = fixture_image(keys_from);
+        let tag = SIGNING_SLOT.certificate_object().unwrap();
+        image.keys = donor.keys.clone();
+        let certificate = donor.objects.iter().find(|o| o.tag == tag).unwrap().clone();
+        image.objects.retain(|object| object.tag != tag);
+        image.objects.push(certificate);
+        VirtualCard::from_image(&image).unwrap()
+    }
+
+    /// Renews `card` in place: its 9A key and certificate become those of `keys_from`.
+    fn renew(card: &VirtualCardBackend, name: &str, keys_from: &str) {
+        *card.card() = renewed_image(name, keys_from);
+    }
+
+    /// The common name of the certificate an assertion carries.
+    fn signer_of(assertion: &str) -> String {
+        let verifier = AssertionVerifier::new(VerifierConfig::new(
+            AUDIENCE,
+            vec![fixture_der("ca/test-ca.pem")],
+        ))
+        .unwrap();
+        let verified = verifier
+            .verify(assertion, OffsetDateTime::now_utc())
+            .unwrap();
+        verified.certificate.common_name.unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_renewed_card_signs_in_on_its_first_tap_after_one_more_certificate_read() {
+        let mut rig = Rig::new();
+        let alice = fixture_card("alice");
+        let guid = guid_of(&alice);
+        rig.tap(&alice);
+        rig.read().await.unwrap();
+        rig.sign(ALICE_PIN).await.unwrap();
+        rig.readers.take();
+
+        // Renewed with another RSA-2048 key (Carol's): same GUID, same algorithm.
+        renew(&alice, "alice", "carol");
+        assert_eq!(guid_of(&alice), guid, "renewal keeps the CHUID");
+        rig.tap(&alice);
+        let (summary, _) = rig.read().await.unwrap();
+        assert_eq!(
+            summary.holder_name.as_deref(),
+            Some("Alice Example"),
+            "the read still comes from the (stale) cache"
+        );
+        rig.readers.take();
+        let assertion = rig.sign(ALICE_PIN).await.unwrap();
+        assert_eq!(verify(&assertion), "RS256");
+        assert_eq!(signer_of(&assertion), "Carol Example");
+        let recorded = rig.readers.take();
+        assert_eq!(recorded.certificate_reads(), 1);
+        assert_eq!(
+            recorded.instructions(),
+            [
+                Ins::Select,
+                Ins::Verify,
+                Ins::GeneralAuthenticate,
+                Ins::GetData,
+                Ins::GeneralAuthenticate
+            ],
+            "one PIN check; the stale signature, the certificate, the signature again"
+        );
+
+        // The cache now holds the new certificate: back to three APDUs after the read.
+        rig.tap(&alice);
+        let (summary, _) = rig.read().await.unwrap();
+        assert_eq!(summary.holder_name.as_deref(), Some("Carol Example"));
+        rig.readers.take();
+        let assertion = rig.sign(ALICE_PIN).await.unwrap();
+        assert_eq!(signer_of(&assertion), "Carol Example");
+        assert_eq!(
+            rig.readers.take_instructions(),
+            [Ins::Select, Ins::Verify, Ins::GeneralAuthenticate]
+        );
+    }
+
+    #[tokio::test]
+    async fn a_card_renewed_to_another_algorithm_signs_without_a_read_first() {
+        let mut rig = Rig::new();
+        let alice = fixture_card("alice");
+        rig.tap(&alice);
+        assert_eq!(verify(&rig.sign(ALICE_PIN).await.unwrap()), "RS256");
+        rig.readers.take();
+
+        // Renewed with a P-256 key (Bob's): the card refuses to sign as RSA.
+        renew(&alice, "alice", "bob");
+        rig.tap(&alice);
+        let assertion = rig.sign(ALICE_PIN).await.unwrap();
+        assert_eq!(verify(&assertion), "ES256");
+        let recorded = rig.readers.take();
+        assert_eq!(recorded.certificate_reads(), 1);
+        assert_eq!(
+            recorded.instructions(),
+            [
+                Ins::Select,
+                Ins::GetData,
+                Ins::Verify,
+                Ins::GeneralAuthenticate,
+                Ins::GetData,
+                Ins::GeneralAuthenticate
+            ],
+            "CHUID, PIN, refused signature, certificate, signature"
+        );
+        let mut card = alice.clone();
+        let mut session = PivSession::open(&mut card).unwrap();
+        assert_eq!(session.pin_retries().unwrap(), Some(3), "no PIN try spent");
+    }
+
+    #[tokio::test]
+    async fn a_card_whose_key_does_not_match_its_own_certificate_is_refused_once_read() {
+        let mut rig = Rig::new();
+        // Carol's key under Alice's certificate: the card itself is inconsistent.
+        let mut image = fixture_image("alice");
+        image.keys = fixture_image("carol").keys;
+        let broken = VirtualCardBackend::new(VirtualCard::from_image(&image).unwrap(), "broken");
+        rig.tap(&broken);
+        rig.read().await.unwrap();
+        rig.readers.take();
+        assert_eq!(rig.sign(ALICE_PIN).await, Err(AuthFailure::CardError));
+        assert_eq!(
+            rig.readers.take_instructions(),
+            [Ins::Select, Ins::Verify, Ins::GeneralAuthenticate],
+            "a certificate read during this tap is not read again"
+        );
     }
 
     #[tokio::test]
