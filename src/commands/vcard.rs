@@ -21,12 +21,16 @@ use crate::issuer::{self, CertificateAuthority, CertificateProfile};
 /// `pivtap vcard ...`
 #[derive(Subcommand, Debug)]
 pub enum VcardCommand {
-    /// Create a virtual card with a fresh key in slot 9A and a certificate for it.
+    /// Create a virtual card with a fresh key in slot 9A and a certificate
+    /// for it, or (--blank) a card in factory state.
     ///
     /// The key is generated on the card (GENERATE ASYMMETRIC KEY PAIR after
     /// management-key authentication), the certificate is issued by the given
     /// CA and written with PUT DATA, and a CHUID and Discovery object are
     /// added: the card is provisioned exactly as a real one would be.
+    /// With --blank the card is as new cards ship: no keys, no certificates,
+    /// no CHUID, PIN 123456, PUK 12345678 and the default management key;
+    /// `pivtap card enroll --vcard FILE` can then enroll it.
     New(Box<NewCardArgs>),
     /// Put the card in pcscd's virtual reader (vsmartcard vpcd), where every
     /// PC/SC program sees it as a real card.
@@ -63,9 +67,16 @@ pub enum VcardCommand {
 pub struct NewCardArgs {
     /// Where to write the card image (TOML; it holds the card's secrets).
     file: PathBuf,
+    /// A card in factory state: no keys, certificates or CHUID; PIN 123456,
+    /// PUK 12345678, the default management key, three tries each.
+    #[arg(long, conflicts_with_all = [
+        "subject", "email", "upn", "alg", "pin", "puk", "retries", "management_key",
+        "ca_cert", "ca_key", "valid_days", "not_before", "not_after",
+    ])]
+    blank: bool,
     /// Certificate subject, e.g. "CN=Alice Example,O=Example Corp,serialNumber=E1001".
-    #[arg(long)]
-    subject: String,
+    #[arg(long, required_unless_present = "blank")]
+    subject: Option<String>,
     /// E-mail address for the certificate's subjectAltName.
     #[arg(long)]
     email: Option<String>,
@@ -88,11 +99,11 @@ pub struct NewCardArgs {
     #[arg(long, value_name = "HEX")]
     management_key: Option<String>,
     /// CA certificate (PEM) that issues the card certificate.
-    #[arg(long, value_name = "PEM")]
-    ca_cert: PathBuf,
+    #[arg(long, value_name = "PEM", required_unless_present = "blank")]
+    ca_cert: Option<PathBuf>,
     /// CA private key (PKCS#8 PEM).
-    #[arg(long, value_name = "PEM")]
-    ca_key: PathBuf,
+    #[arg(long, value_name = "PEM", required_unless_present = "blank")]
+    ca_key: Option<PathBuf>,
     /// Certificate validity in days from now.
     #[arg(long, default_value_t = 365, conflicts_with_all = ["not_before", "not_after"])]
     valid_days: u32,
@@ -153,6 +164,7 @@ pub fn run(command: VcardCommand) -> anyhow::Result<()> {
         VcardCommand::New(new) => {
             let NewCardArgs {
                 file,
+                blank,
                 subject,
                 email,
                 upn,
@@ -174,6 +186,31 @@ pub fn run(command: VcardCommand) -> anyhow::Result<()> {
             if file.exists() && !force {
                 bail!("{} exists; use --force to overwrite it", file.display());
             }
+            let options = CardOptions {
+                extended_length: !no_extended,
+                interface: if contactless {
+                    Interface::Contactless
+                } else {
+                    Interface::Contact
+                },
+            };
+            if blank {
+                let mut new_card = NewCard::factory(options);
+                if let Some(serial) = serial {
+                    new_card.serial = serial;
+                }
+                let serial = new_card.serial;
+                save(VirtualCard::blank(new_card), &file)?;
+                println!(
+                    "Created blank virtual card {} (serial {serial}): no keys, no certificates; \
+                     PIN 123456, PUK 12345678, default management key.",
+                    file.display()
+                );
+                return Ok(());
+            }
+            let (Some(subject), Some(ca_cert), Some(ca_key)) = (subject, ca_cert, ca_key) else {
+                bail!("--subject, --ca-cert and --ca-key are needed unless --blank is given");
+            };
             let now = OffsetDateTime::now_utc();
             let (not_before, not_after) = match (not_before, not_after) {
                 (Some(start), Some(end)) => (start, end),
@@ -190,14 +227,7 @@ pub fn run(command: VcardCommand) -> anyhow::Result<()> {
                 management_key: management_key.clone(),
                 serial: serial.unwrap_or_else(rand_serial),
                 label: Some(subject.clone()),
-                options: CardOptions {
-                    extended_length: !no_extended,
-                    interface: if contactless {
-                        Interface::Contactless
-                    } else {
-                        Interface::Contact
-                    },
-                },
+                options,
             };
             let ca = CertificateAuthority::from_files(&ca_cert, &ca_key)?;
             let profile = CertificateProfile {
@@ -366,4 +396,59 @@ fn expiration_date(not_after: OffsetDateTime) -> String {
 fn save(mut card: VirtualCard, file: &Path) -> anyhow::Result<()> {
     card.save_as(file)
         .with_context(|| format!("cannot write the card image {}", file.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+    use pivtap_card::virtual_card::image::CardImage;
+
+    use super::*;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(subcommand)]
+        command: VcardCommand,
+    }
+
+    fn parse(args: &[&str]) -> Result<VcardCommand, clap::Error> {
+        Cli::try_parse_from(std::iter::once("vcard").chain(args.iter().copied()))
+            .map(|cli| cli.command)
+    }
+
+    #[test]
+    fn blank_needs_no_ca_and_refuses_provisioning_options() {
+        assert!(parse(&["new", "card.toml", "--blank"]).is_ok());
+        assert!(parse(&["new", "card.toml", "--blank", "--serial", "12345678"]).is_ok());
+        assert!(parse(&["new", "card.toml"]).is_err());
+        for extra in [
+            ["--subject", "CN=A"],
+            ["--pin", "918273"],
+            ["--ca-cert", "ca.pem"],
+            ["--alg", "p256"],
+        ] {
+            let mut args = vec!["new", "card.toml", "--blank"];
+            args.extend(extra);
+            assert!(parse(&args).is_err(), "{extra:?}");
+        }
+    }
+
+    #[test]
+    fn blank_card_is_written_in_factory_state() {
+        let directory = tempfile::tempdir().unwrap();
+        let file = directory.path().join("blank.toml");
+        let path = file.to_str().unwrap();
+        let command = parse(&["new", path, "--blank", "--serial", "20261123"]).unwrap();
+        run(command).unwrap();
+        let image = CardImage::load(&file).unwrap();
+        assert_eq!(image.card.serial, 20_261_123);
+        assert!(image.keys.is_empty() && image.objects.is_empty());
+        assert_eq!(image.pin.value.as_bytes(), b"123456");
+        assert_eq!(image.puk.value.as_bytes(), b"12345678");
+        assert!(image.management_key.ct_eq(&ManagementKey::default_key()));
+        // An existing file is kept unless --force.
+        let again = parse(&["new", path, "--blank"]).unwrap();
+        assert!(run(again).unwrap_err().to_string().contains("exists"));
+        assert_eq!(CardImage::load(&file).unwrap(), image);
+    }
 }

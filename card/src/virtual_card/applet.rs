@@ -24,6 +24,9 @@ pub const DEFAULT_PIN: &[u8] = b"123456";
 /// The PUK a new card ships with.
 pub const DEFAULT_PUK: &[u8] = b"12345678";
 
+/// Tries for the PIN and for the PUK after a RESET, as on a new card.
+pub const FACTORY_RETRIES: u8 = 3;
+
 /// Largest data object the card stores (a certificate object is 1-3 KB).
 pub const MAX_OBJECT_LEN: usize = 16 * 1024;
 
@@ -189,6 +192,7 @@ impl PivApplet {
             Ins::GeneralAuthenticate => self.general_authenticate(command),
             Ins::PutData => self.put_data(command),
             Ins::GenerateAsymmetricKeyPair => self.generate_key_pair(command),
+            Ins::ResetApplication => self.reset_application(command),
             _ => Err(StatusWord::InstructionNotSupported),
         }
     }
@@ -625,6 +629,40 @@ impl PivApplet {
         self.persistent.keys.insert(slot, key);
         self.dirty = true;
         Ok(public_key)
+    }
+}
+
+impl PivApplet {
+    /// RESET (YubiKey extension `FB`): returns the PIV application to its
+    /// factory state, and only once both the PIN and the PUK are blocked
+    /// (else `6985`, conditions of use not satisfied), as YubiKeys do. Every
+    /// key, certificate and data object (CHUID included) is wiped; the PIN,
+    /// PUK and management key return to their defaults with
+    /// [`FACTORY_RETRIES`] tries each. The serial number and label stay.
+    fn reset_application(&mut self, command: &CommandApdu) -> Outcome {
+        self.require_contact()?;
+        if (command.p1, command.p2) != (0x00, 0x00) {
+            return Err(StatusWord::IncorrectP1P2);
+        }
+        if !(self.persistent.pin.is_blocked() && self.persistent.puk.is_blocked()) {
+            return Err(StatusWord::ConditionsNotSatisfied);
+        }
+        let factory = |value: &[u8]| ReferenceData {
+            value: Zeroizing::new(value.to_vec()),
+            retries_left: FACTORY_RETRIES,
+            max_retries: FACTORY_RETRIES,
+        };
+        self.persistent.pin = factory(DEFAULT_PIN);
+        self.persistent.puk = factory(DEFAULT_PUK);
+        self.persistent.management_key = ManagementKey::default_key();
+        self.persistent.keys.clear();
+        self.persistent.objects.clear();
+        self.volatile = VolatileState {
+            selected: true,
+            ..VolatileState::default()
+        };
+        self.dirty = true;
+        Ok(Vec::new())
     }
 }
 

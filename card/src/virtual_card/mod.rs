@@ -96,7 +96,7 @@ impl NewCard {
         NewCard {
             pin: Pin::new("123456").unwrap_or_else(|_| unreachable!("the default PIN is valid")),
             puk: Puk::new("12345678").unwrap_or_else(|_| unreachable!("the default PUK is valid")),
-            retries: 3,
+            retries: applet::FACTORY_RETRIES,
             management_key: ManagementKey::default_key(),
             serial: 10_000_000 + rand::random_range(0..90_000_000),
             label: None,
