@@ -2,6 +2,7 @@
 #![forbid(unsafe_code)]
 
 mod commands;
+mod enrollment;
 mod issuer;
 
 use std::process::ExitCode;

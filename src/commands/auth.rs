@@ -3,19 +3,15 @@
 use std::time::Duration;
 
 use anyhow::Context;
-use base64::Engine as _;
 use clap::Args;
-use pivtap_apdu::piv::{Algorithm, KeyReference};
-use pivtap_card::{PivSession, SignatureAlgorithm};
-use pivtap_kiosk::card_worker::signing_algorithms;
-use pivtap_server_client::assertion::AssertionDraft;
-use pivtap_server_client::certificate::CertificateFacts;
+use pivtap_apdu::piv::KeyReference;
+use pivtap_card::PivSession;
 use pivtap_server_client::client::{Client, ClientError, ServerTrust};
-use pivtap_server_client::wire::{ASSERTION_TYPE, AssertionHeader, AssertionPayload};
 use serde::Serialize;
 
 use super::CardArgs;
 use super::card::read_pin;
+use crate::enrollment::{EnrollError, sign_assertion, signing_key_of};
 
 /// Where the server is and how to trust it.
 #[derive(Args, Debug, Clone)]
@@ -23,6 +19,23 @@ pub struct ServerArgs {
     /// The server, e.g. https://auth.example.com:8443.
     #[arg(long, value_name = "URL", env = "PIVTAP_SERVER")]
     pub server: String,
+    #[command(flatten)]
+    pub trust: TrustArgs,
+}
+
+/// A server that may be named (`--server`), and how to trust it.
+#[derive(Args, Debug, Clone)]
+pub struct OptionalServerArgs {
+    /// The server, e.g. https://auth.example.com:8443.
+    #[arg(long, value_name = "URL", env = "PIVTAP_SERVER")]
+    pub server: Option<String>,
+    #[command(flatten)]
+    pub trust: TrustArgs,
+}
+
+/// How to trust the server.
+#[derive(Args, Debug, Clone)]
+pub struct TrustArgs {
     /// Trust this CA (or the server's own tls.crt), PEM, instead of the system roots.
     #[arg(long, value_name = "FILE", conflicts_with = "pin_sha256")]
     pub ca: Option<std::path::PathBuf>,
@@ -34,19 +47,36 @@ pub struct ServerArgs {
     pub timeout: u64,
 }
 
-impl ServerArgs {
-    /// A client for the server.
-    pub fn client(&self) -> anyhow::Result<Client> {
+impl TrustArgs {
+    /// A client for the server at `server`.
+    pub fn client(&self, server: &str) -> anyhow::Result<Client> {
         let trust = match (&self.ca, &self.pin_sha256) {
             (Some(path), _) => ServerTrust::from_pem_file(path)?,
             (None, Some(pin)) => ServerTrust::from_pin(pin)?,
             (None, None) => ServerTrust::SystemRoots,
         };
         Ok(Client::new(
-            &self.server,
+            server,
             trust,
             Duration::from_secs(self.timeout),
         )?)
+    }
+}
+
+impl ServerArgs {
+    /// A client for the server.
+    pub fn client(&self) -> anyhow::Result<Client> {
+        self.trust.client(&self.server)
+    }
+}
+
+impl OptionalServerArgs {
+    /// A client for the server, when one is named.
+    pub fn client(&self) -> anyhow::Result<Option<Client>> {
+        self.server
+            .as_deref()
+            .map(|server| self.trust.client(server))
+            .transpose()
     }
 }
 
@@ -93,25 +123,17 @@ pub fn run(args: AuthArgs) -> anyhow::Result<()> {
         let certificate = session
             .certificate(args.slot)
             .with_context(|| format!("cannot read the certificate of slot {}", args.slot))?;
-        let (key, algorithm) = key_of(&certificate)?;
-        let draft = AssertionDraft {
-            header: AssertionHeader {
-                alg: algorithm.jose_name().to_owned(),
-                typ: ASSERTION_TYPE.to_owned(),
-                x5c: vec![base64::engine::general_purpose::STANDARD.encode(&certificate)],
-            },
-            payload: AssertionPayload {
-                aud: challenge.aud.clone(),
-                nonce: challenge.nonce.clone(),
-                device: args.device.clone(),
-                iat: time::OffsetDateTime::now_utc().unix_timestamp(),
-                slot: args.slot.to_string(),
-            },
-        };
+        // A certificate no card key can sign for costs no PIN try.
+        signing_key_of(&certificate).map_err(flow_error)?;
         session.verify_pin(&pin)?;
-        let signature =
-            session.sign(args.slot, key, algorithm, draft.signing_input().as_bytes())?;
-        draft.finish(&signature)
+        sign_assertion(
+            &mut session,
+            args.slot,
+            &certificate,
+            &challenge,
+            &args.device,
+        )
+        .map_err(flow_error)?
     };
     drop(backend);
     let signed_in = runtime
@@ -143,11 +165,14 @@ pub fn run(args: AuthArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The card key's algorithm and the JOSE algorithm to sign with, from its certificate.
-fn key_of(certificate: &[u8]) -> anyhow::Result<(Algorithm, SignatureAlgorithm)> {
-    let facts = CertificateFacts::from_der(certificate)
-        .context("the card's certificate is not valid X.509")?;
-    signing_algorithms(facts.key).context("the card's key is not RSA-2048, P-256 or P-384")
+/// An enrollment or signing error for the command line: card errors stay
+/// [`PivError`]s (for the exit codes), server refusals lead with their code.
+pub fn flow_error(error: EnrollError) -> anyhow::Error {
+    match error {
+        EnrollError::Card(card) => anyhow::Error::new(card),
+        EnrollError::Server(server) => explain(server),
+        other => anyhow::Error::new(other),
+    }
 }
 
 /// Turns a refusal into a message that leads with the server's code.

@@ -5,10 +5,13 @@ use std::path::PathBuf;
 
 use anyhow::{Context, bail};
 use clap::Subcommand;
-use pivtap_apdu::piv::{KeyReference, Pin};
+use pivtap_apdu::StatusWord;
+use pivtap_apdu::piv::{Algorithm, KeyReference, Pin, Puk};
 use pivtap_card::pcsc::PcscContext;
 use pivtap_card::session::PinStatus;
-use pivtap_card::{PivError, PivSession};
+use pivtap_card::{ManagementKey, PivError, PivSession};
+use pivtap_server_client::pin_policy::{PinPolicy, PinPolicyViolation};
+use pivtap_server_client::wire::{ENROLL_URL_PREFIX, KeyAlgorithm, parse_enrollment_url};
 use serde::Serialize;
 use x509_parser::objects::{oid_registry, oid2abbrev};
 use x509_parser::prelude::{AttributeTypeAndValue, FromDer, X509Certificate, X509Name};
@@ -16,6 +19,10 @@ use x509_parser::public_key::PublicKey as X509PublicKey;
 use zeroize::Zeroizing;
 
 use super::CardArgs;
+use super::auth::{OptionalServerArgs, ServerArgs, explain, flow_error};
+use crate::enrollment::{
+    CardSecrets, EnrollOptions, EnrollOutcome, EnrollStep, RenewOptions, enroll_card, renew_card,
+};
 
 /// `pivtap card ...`
 #[derive(Subcommand, Debug)]
@@ -57,6 +64,70 @@ pub enum CardCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Enroll the card with an enrollment code from your administrator.
+    ///
+    /// Generates a new key in slot 9a on the card (the key never leaves it),
+    /// has the card sign a certificate request, trades it and the code for a
+    /// certificate, stores the certificate and, when the card has none, a
+    /// CHUID. The PIN comes from PIVTAP_PIN, standard input or a prompt.
+    Enroll(Box<EnrollArgs>),
+    /// Renew the card's sign-in key and certificate (slot 9a).
+    ///
+    /// The current key signs a sign-in assertion that authorises the
+    /// renewal; then a new key is generated on the card and the server issues
+    /// a certificate for it. The old certificate is revoked by the server.
+    Renew(Box<RenewArgs>),
+    /// Change the card PIN: current PIN, then the new one (twice on a terminal).
+    ///
+    /// The new PIN is checked against the PIN policy (the server's with
+    /// --server, else the default: 6-8 digits, no runs such as 123456, no
+    /// repeats such as 111111) before the card is touched. From PIVTAP_PIN
+    /// and PIVTAP_NEW_PIN, else lines of standard input, else prompts.
+    ChangePin {
+        #[command(flatten)]
+        card: CardArgs,
+        #[command(flatten)]
+        server: OptionalServerArgs,
+        /// Print the result as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Change the card PUK: current PUK, then the new one (6-8 digits).
+    /// From PIVTAP_PUK and PIVTAP_NEW_PUK, else standard input, else prompts.
+    ChangePuk {
+        #[command(flatten)]
+        card: CardArgs,
+        /// Print the result as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Unblock the PIN with the PUK and set a new PIN (checked as for change-pin).
+    /// From PIVTAP_PUK and PIVTAP_NEW_PIN, else standard input, else prompts.
+    UnblockPin {
+        #[command(flatten)]
+        card: CardArgs,
+        #[command(flatten)]
+        server: OptionalServerArgs,
+        /// Print the result as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Reset the PIV application to factory state: every key, certificate and
+    /// data object erased; PIN, PUK and management key back to the defaults.
+    ///
+    /// Cards (YubiKey) accept RESET only once the PIN and the PUK are both
+    /// blocked, so this blocks them first with wrong values. Asks for
+    /// confirmation (the card's serial number, or "reset") unless --yes.
+    Reset {
+        #[command(flatten)]
+        card: CardArgs,
+        /// Do not ask for confirmation (for scripts).
+        #[arg(long)]
+        yes: bool,
+        /// Print the result as JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Write a slot's certificate to a file (PEM, or DER with --der).
     ExportCert {
         #[command(flatten)]
@@ -85,6 +156,12 @@ pub fn run(command: CardCommand) -> anyhow::Result<()> {
             der,
         } => export_certificate(&card, slot, &out, der),
         CardCommand::List { json } => list(json),
+        CardCommand::Enroll(args) => enroll(&args),
+        CardCommand::Renew(args) => renew(&args),
+        CardCommand::ChangePin { card, server, json } => change_pin(&card, &server, json),
+        CardCommand::ChangePuk { card, json } => change_puk(&card, json),
+        CardCommand::UnblockPin { card, server, json } => unblock_pin(&card, &server, json),
+        CardCommand::Reset { card, yes, json } => reset(&card, yes, json),
         CardCommand::Bench { card, count, json } => bench(&card, count, json),
     }
 }
@@ -419,18 +496,11 @@ fn rfc3339(time: time::OffsetDateTime) -> String {
         .unwrap_or_else(|_| time.to_string())
 }
 
-/// The PIN from `PIVTAP_PIN`, or asked for on the terminal without echo.
+/// The PIN from `PIVTAP_PIN`, else asked for on the terminal without echo,
+/// else a line of standard input.
 pub fn read_pin() -> anyhow::Result<Pin> {
-    let text = match std::env::var("PIVTAP_PIN") {
-        Ok(pin) => Zeroizing::new(pin),
-        Err(_) => {
-            if !std::io::stdin().is_terminal() {
-                bail!("no PIN: set PIVTAP_PIN or run in a terminal to be asked for it");
-            }
-            Zeroizing::new(rpassword::prompt_password("Card PIN: ").context("cannot read the PIN")?)
-        }
-    };
-    Ok(Pin::new(text.trim())?)
+    let text = SecretReader::new().read(Secret::Pin)?;
+    Ok(Pin::new(&text)?)
 }
 
 #[cfg(test)]
@@ -541,4 +611,560 @@ pub fn pem_encode(label: &str, der: &[u8]) -> String {
     }
     pem.push_str(&format!("-----END {label}-----\n"));
     pem
+}
+
+// ---------------------------------------------------------------------------
+// Card lifecycle: enroll, renew, PIN and PUK changes, unblock, reset.
+
+/// A secret the card commands read.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Secret {
+    /// The current PIN.
+    Pin,
+    /// A new PIN.
+    NewPin,
+    /// The current PUK.
+    Puk,
+    /// A new PUK.
+    NewPuk,
+}
+
+impl Secret {
+    /// The environment variable that holds it.
+    fn variable(self) -> &'static str {
+        match self {
+            Secret::Pin => "PIVTAP_PIN",
+            Secret::NewPin => "PIVTAP_NEW_PIN",
+            Secret::Puk => "PIVTAP_PUK",
+            Secret::NewPuk => "PIVTAP_NEW_PUK",
+        }
+    }
+
+    /// What it is called in prompts and messages.
+    fn name(self) -> &'static str {
+        match self {
+            Secret::Pin => "PIN",
+            Secret::NewPin => "new PIN",
+            Secret::Puk => "PUK",
+            Secret::NewPuk => "new PUK",
+        }
+    }
+
+    fn is_new(self) -> bool {
+        matches!(self, Secret::NewPin | Secret::NewPuk)
+    }
+}
+
+/// Reads PINs and PUKs: from their environment variable, else asked on the
+/// terminal without echo (new values twice), else one line of standard input
+/// each, in the order the command asks for them.
+pub struct SecretReader {
+    terminal: bool,
+}
+
+impl SecretReader {
+    /// A reader for this process's standard input.
+    #[must_use]
+    pub fn new() -> Self {
+        SecretReader {
+            terminal: std::io::stdin().is_terminal(),
+        }
+    }
+
+    /// Reads `secret`, surrounding white space removed.
+    pub fn read(&mut self, secret: Secret) -> anyhow::Result<Zeroizing<String>> {
+        if let Ok(value) = std::env::var(secret.variable()) {
+            return Ok(Zeroizing::new(value.trim().to_owned()));
+        }
+        if self.terminal {
+            let prompt = |label: &str| -> anyhow::Result<Zeroizing<String>> {
+                let text = Zeroizing::new(
+                    rpassword::prompt_password(label)
+                        .with_context(|| format!("cannot read the {}", secret.name()))?,
+                );
+                Ok(Zeroizing::new(text.trim().to_owned()))
+            };
+            let mut label = secret.name().to_owned();
+            if let Some(first) = label.get_mut(..1) {
+                first.make_ascii_uppercase();
+            }
+            let value = prompt(&format!("{label}: "))?;
+            if secret.is_new() {
+                let again = prompt(&format!("{label} again: "))?;
+                if again.as_bytes() != value.as_bytes() {
+                    bail!("the two {}s differ; nothing was changed", secret.name());
+                }
+            }
+            return Ok(value);
+        }
+        let mut line = Zeroizing::new(String::new());
+        let read = std::io::stdin()
+            .read_line(&mut line)
+            .with_context(|| format!("cannot read the {}", secret.name()))?;
+        if read == 0 || line.trim().is_empty() {
+            bail!(
+                "no {}: set {}, give it on a line of standard input, or run in a terminal to be asked for it",
+                secret.name(),
+                secret.variable()
+            );
+        }
+        Ok(Zeroizing::new(line.trim().to_owned()))
+    }
+}
+
+impl Default for SecretReader {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// A current-thread runtime for the server requests of one command.
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")
+}
+
+/// The PIN policy: the server's (`GET /v1/pin-policy`) when one is named, else the default.
+fn pin_policy(server: &OptionalServerArgs) -> anyhow::Result<PinPolicy> {
+    match server.client()? {
+        Some(client) => runtime()?
+            .block_on(client.pin_policy())
+            .map_err(explain)
+            .context("cannot fetch the server's PIN policy"),
+        None => Ok(PinPolicy::default()),
+    }
+}
+
+/// A policy refusal for the command line: which rule, and that the card was not touched.
+fn refused(what: &str, rule: &PinPolicyViolation) -> anyhow::Error {
+    let rule = rule.to_string();
+    let rule = if what.contains("PUK") {
+        rule.replace("PIN", "PUK")
+    } else {
+        rule
+    };
+    anyhow::anyhow!("the {what} is refused: {rule}; the card was not touched")
+}
+
+#[derive(Serialize)]
+struct Changed {
+    changed: &'static str,
+}
+
+fn print_changed(json: bool, changed: &'static str, text: &str) -> anyhow::Result<()> {
+    if json {
+        println!("{}", serde_json::to_string(&Changed { changed })?);
+    } else {
+        println!("{text}");
+    }
+    Ok(())
+}
+
+pub(super) fn change_pin(
+    card: &CardArgs,
+    server: &OptionalServerArgs,
+    json: bool,
+) -> anyhow::Result<()> {
+    let policy = pin_policy(server)?;
+    let mut secrets = SecretReader::new();
+    let current = secrets.read(Secret::Pin)?;
+    let new = secrets.read(Secret::NewPin)?;
+    policy
+        .check_change(&current, &new)
+        .map_err(|rule| refused("new PIN", &rule))?;
+    let current = Pin::new(&current).context("the current PIN")?;
+    let new = Pin::new(&new).context("the new PIN")?;
+    let mut backend = card.open()?;
+    let mut session = PivSession::open(backend.as_mut())?;
+    session.change_pin(&current, &new)?;
+    print_changed(json, "pin", "PIN changed.")
+}
+
+pub(super) fn change_puk(card: &CardArgs, json: bool) -> anyhow::Result<()> {
+    let mut secrets = SecretReader::new();
+    let current = secrets.read(Secret::Puk)?;
+    let new = secrets.read(Secret::NewPuk)?;
+    PinPolicy::puk()
+        .check_change(&current, &new)
+        .map_err(|rule| refused("new PUK", &rule))?;
+    let current = Puk::new(&current).context("the current PUK")?;
+    let new = Puk::new(&new).context("the new PUK")?;
+    let mut backend = card.open()?;
+    let mut session = PivSession::open(backend.as_mut())?;
+    session.change_puk(&current, &new)?;
+    print_changed(json, "puk", "PUK changed.")
+}
+
+pub(super) fn unblock_pin(
+    card: &CardArgs,
+    server: &OptionalServerArgs,
+    json: bool,
+) -> anyhow::Result<()> {
+    let policy = pin_policy(server)?;
+    let mut secrets = SecretReader::new();
+    let puk = secrets.read(Secret::Puk)?;
+    let new = secrets.read(Secret::NewPin)?;
+    policy
+        .check(&new)
+        .map_err(|rule| refused("new PIN", &rule))?;
+    let puk = Puk::new(&puk).context("the PUK")?;
+    let new = Pin::new(&new).context("the new PIN")?;
+    let mut backend = card.open()?;
+    let mut session = PivSession::open(backend.as_mut())?;
+    session.unblock_pin(&puk, &new)?;
+    print_changed(
+        json,
+        "pin",
+        "PIN unblocked and set; the card signs in with the new PIN.",
+    )
+}
+
+/// The factory values a reset restores (as YubiKeys ship).
+const FACTORY_PIN: &str = "123456";
+const FACTORY_PUK: &str = "12345678";
+/// The most wrong tries a PIN or PUK counter can take (15 on YubiKeys).
+const MAX_BLOCKING_TRIES: usize = 16;
+
+#[derive(Serialize)]
+struct ResetOutcome {
+    reset: bool,
+    card_serial: Option<u32>,
+    pin: &'static str,
+    puk: &'static str,
+    management_key: String,
+}
+
+pub(super) fn reset(card: &CardArgs, yes: bool, json: bool) -> anyhow::Result<()> {
+    let mut backend = card.open()?;
+    let name = backend.name();
+    let serial = PivSession::open(backend.as_mut())?.serial()?;
+    if !yes {
+        confirm_reset(&name, serial)?;
+    }
+    let mut session = PivSession::open(backend.as_mut())?;
+    // RESET first: a card without it says so before anything is blocked.
+    match session.reset_application() {
+        Ok(()) => {}
+        Err(PivError::Card {
+            status: StatusWord::ConditionsNotSatisfied,
+            ..
+        }) => {
+            block_pin_and_puk(&mut session)?;
+            match session.reset_application() {
+                Ok(()) => {}
+                Err(PivError::Card {
+                    status: StatusWord::ConditionsNotSatisfied,
+                    ..
+                }) => bail!(
+                    "the card refused RESET (6985, conditions of use not satisfied): it resets \
+                     only while both the PIN and the PUK are blocked, and they did not block"
+                ),
+                Err(error) => return Err(error).context("RESET failed"),
+            }
+        }
+        Err(PivError::Card {
+            status: StatusWord::InstructionNotSupported | StatusWord::ClassNotSupported,
+            ..
+        }) => bail!(
+            "this card has no RESET command (a YubiKey extension); nothing was changed. \
+             Ask the card's issuer how to reset it"
+        ),
+        Err(error) => return Err(error).context("RESET failed"),
+    }
+    let outcome = ResetOutcome {
+        reset: true,
+        card_serial: serial,
+        pin: FACTORY_PIN,
+        puk: FACTORY_PUK,
+        management_key: hex::encode(pivtap_card::management_key::DEFAULT_MANAGEMENT_KEY),
+    };
+    if json {
+        println!("{}", serde_json::to_string_pretty(&outcome)?);
+    } else {
+        println!("The card is reset to factory state: no keys, no certificates, no CHUID.");
+        println!("PIN:            {FACTORY_PIN}");
+        println!("PUK:            {FACTORY_PUK}");
+        println!(
+            "Management key: {} (3DES; AES-192 on YubiKey 5.7 and later)",
+            outcome.management_key
+        );
+        println!("Enroll it again with `pivtap card enroll`, and change the PIN and the PUK.");
+    }
+    Ok(())
+}
+
+/// Asks on the terminal for the card's serial number or "reset".
+fn confirm_reset(name: &str, serial: Option<u32>) -> anyhow::Result<()> {
+    if !std::io::stdin().is_terminal() {
+        bail!(
+            "reset erases every key and certificate on the card: run it in a terminal to \
+             confirm, or pass --yes"
+        );
+    }
+    let serial_text = serial.map(|s| s.to_string());
+    eprintln!(
+        "This erases every key, certificate and data object on {name}{} and sets the PIN, \
+         PUK and management key back to the factory defaults.",
+        serial_text
+            .as_deref()
+            .map(|s| format!(" (serial {s})"))
+            .unwrap_or_default()
+    );
+    eprint!(
+        "Type {} to go on: ",
+        serial_text
+            .as_deref()
+            .map(|s| format!("the serial number ({s}) or \"reset\""))
+            .unwrap_or_else(|| "\"reset\"".to_owned())
+    );
+    std::io::stderr().flush()?;
+    let mut answer = String::new();
+    std::io::stdin().read_line(&mut answer)?;
+    let answer = answer.trim();
+    if answer == "reset" || serial_text.as_deref() == Some(answer) {
+        Ok(())
+    } else {
+        bail!("not confirmed; nothing was changed")
+    }
+}
+
+/// A random eight-digit value, almost surely not the card's PIN or PUK.
+fn wrong_value() -> String {
+    format!("{:08}", rand::random_range(0..100_000_000u32))
+}
+
+/// Spends every PIN try and every PUK try with random values. A value that
+/// happens to be right changes nothing (VERIFY; a PUK "changed" to itself)
+/// and the next try goes on.
+fn block_pin_and_puk(session: &mut PivSession<'_>) -> anyhow::Result<()> {
+    let mut pin_blocked = false;
+    for _ in 0..MAX_BLOCKING_TRIES {
+        if session.pin_status()? == PinStatus::Blocked {
+            pin_blocked = true;
+            break;
+        }
+        match session.verify_pin(&Pin::new(&wrong_value())?) {
+            Ok(()) | Err(PivError::WrongPin { .. }) => {}
+            Err(PivError::PinBlocked) => {
+                pin_blocked = true;
+                break;
+            }
+            Err(error) => return Err(error).context("cannot block the PIN"),
+        }
+    }
+    if !pin_blocked {
+        bail!("the PIN did not block after {MAX_BLOCKING_TRIES} wrong tries; nothing was reset");
+    }
+    for _ in 0..MAX_BLOCKING_TRIES {
+        let wrong = Puk::new(&wrong_value())?;
+        match session.change_puk(&wrong, &wrong) {
+            Ok(()) | Err(PivError::WrongPuk { .. }) => {}
+            Err(PivError::PukBlocked) => return Ok(()),
+            Err(error) => return Err(error).context("cannot block the PUK"),
+        }
+    }
+    bail!("the PUK did not block after {MAX_BLOCKING_TRIES} wrong tries; nothing was reset")
+}
+
+/// `pivtap card enroll`
+#[derive(clap::Args, Debug)]
+pub struct EnrollArgs {
+    #[command(flatten)]
+    card: CardArgs,
+    #[command(flatten)]
+    server: OptionalServerArgs,
+    /// The enrollment code, or the whole pivtap://enroll?server=...&code=... link
+    /// (its server is used when --server is not given).
+    #[arg(long, env = "PIVTAP_ENROLL_CODE", hide_env_values = true)]
+    code: String,
+    /// The card management key, hex (default: the factory default key).
+    #[arg(long, value_name = "HEX")]
+    management_key: Option<String>,
+    /// This device's id, for the server's audit log.
+    #[arg(long, env = "PIVTAP_DEVICE")]
+    device: Option<String>,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    json: bool,
+}
+
+/// `pivtap card renew`
+#[derive(clap::Args, Debug)]
+pub struct RenewArgs {
+    #[command(flatten)]
+    card: CardArgs,
+    #[command(flatten)]
+    server: ServerArgs,
+    /// The card management key, hex (default: the factory default key).
+    #[arg(long, value_name = "HEX")]
+    management_key: Option<String>,
+    /// This device's id, as the server knows it (the renewal signs in like `pivtap auth`).
+    #[arg(long, env = "PIVTAP_DEVICE")]
+    device: String,
+    /// The new key's algorithm (rsa2048, p256, p384); default: the current key's.
+    #[arg(long, value_parser = parse_key_algorithm)]
+    algorithm: Option<KeyAlgorithm>,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    json: bool,
+}
+
+fn parse_key_algorithm(text: &str) -> Result<KeyAlgorithm, String> {
+    match text.to_ascii_lowercase().as_str() {
+        "rsa2048" => Ok(KeyAlgorithm::Rsa2048),
+        "p256" => Ok(KeyAlgorithm::P256),
+        "p384" => Ok(KeyAlgorithm::P384),
+        _ => Err(format!("{text:?} is not rsa2048, p256 or p384")),
+    }
+}
+
+/// A management key in hex: 16 bytes AES-128, 24 bytes 3DES (AES-192 when
+/// the card says so), 32 bytes AES-256; `None` is the factory default.
+fn management_key(hex_text: Option<&str>) -> anyhow::Result<ManagementKey> {
+    let Some(text) = hex_text else {
+        return Ok(ManagementKey::default_key());
+    };
+    let algorithm = match text.trim().len() {
+        32 => Algorithm::Aes128,
+        48 => Algorithm::TripleDes,
+        64 => Algorithm::Aes256,
+        _ => bail!("--management-key takes 16, 24 or 32 bytes in hex (32, 48 or 64 hex digits)"),
+    };
+    ManagementKey::from_hex(algorithm, text).context("--management-key")
+}
+
+/// Prints each step on standard error and remembers the last.
+struct Progress {
+    last: Option<EnrollStep>,
+}
+
+impl Progress {
+    fn report(&mut self, step: EnrollStep) {
+        eprintln!("{step}...");
+        self.last = Some(step);
+    }
+
+    /// Adds what the card is left with when the old key was already replaced.
+    fn explain(&self, error: anyhow::Error, what_now: &str) -> anyhow::Error {
+        if self.last.is_some_and(EnrollStep::key_replaced) {
+            error.context(format!(
+                "slot 9a now holds a new key without a certificate for it; {what_now}"
+            ))
+        } else {
+            error
+        }
+    }
+}
+
+pub(super) fn enroll(args: &EnrollArgs) -> anyhow::Result<()> {
+    let (link_server, code) = if args.code.trim().starts_with(ENROLL_URL_PREFIX) {
+        let (server, code) = parse_enrollment_url(&args.code)?;
+        (server, Zeroizing::new(code))
+    } else {
+        (None, Zeroizing::new(args.code.trim().to_owned()))
+    };
+    let server = args
+        .server
+        .server
+        .clone()
+        .or(link_server)
+        .context("no server: give --server URL, or the whole pivtap://enroll link as --code")?;
+    let client = args.server.trust.client(&server)?;
+    let options = EnrollOptions {
+        secrets: CardSecrets {
+            pin: read_pin()?,
+            management_key: management_key(args.management_key.as_deref())?,
+        },
+        device: args.device.clone(),
+    };
+    let mut backend = args.card.open()?;
+    let mut progress = Progress { last: None };
+    let outcome = runtime()?
+        .block_on(enroll_card(
+            backend.as_mut(),
+            &client,
+            &code,
+            &options,
+            &mut |step| progress.report(step),
+        ))
+        .map_err(|error| {
+            progress.explain(
+                flow_error(error),
+                "ask your administrator for a new enrollment code and enroll again",
+            )
+        })?;
+    drop(backend);
+    print_outcome(&outcome, "Enrolled", args.json)
+}
+
+pub(super) fn renew(args: &RenewArgs) -> anyhow::Result<()> {
+    let client = args.server.client()?;
+    let options = RenewOptions {
+        secrets: CardSecrets {
+            pin: read_pin()?,
+            management_key: management_key(args.management_key.as_deref())?,
+        },
+        device: args.device.clone(),
+        algorithm: args.algorithm,
+    };
+    let mut backend = args.card.open()?;
+    let mut progress = Progress { last: None };
+    let outcome = runtime()?
+        .block_on(renew_card(
+            backend.as_mut(),
+            &client,
+            &options,
+            &mut |step| progress.report(step),
+        ))
+        .map_err(|error| {
+            progress.explain(
+                flow_error(error),
+                "the card cannot sign in until it is enrolled again (ask your administrator for an enrollment code)",
+            )
+        })?;
+    drop(backend);
+    print_outcome(&outcome, "Renewed", args.json)
+}
+
+fn print_outcome(outcome: &EnrollOutcome, done: &str, json: bool) -> anyhow::Result<()> {
+    if json {
+        println!("{}", serde_json::to_string_pretty(outcome)?);
+        return Ok(());
+    }
+    println!(
+        "{done}: {} ({}){}",
+        outcome.user.display_name,
+        outcome.user.id,
+        outcome
+            .user
+            .mail
+            .as_deref()
+            .map(|m| format!(" <{m}>"))
+            .unwrap_or_default()
+    );
+    println!(
+        "Certificate:  serial {}, valid until {}",
+        outcome.serial, outcome.not_after
+    );
+    println!("Key:          {} in slot 9a", outcome.algorithm);
+    if let Some(serial) = outcome.card_serial {
+        println!("Card serial:  {serial}");
+    }
+    if let Some(guid) = &outcome.chuid_guid {
+        let written = if outcome.chuid_written {
+            " (written now)"
+        } else {
+            ""
+        };
+        println!("CHUID GUID:   {guid}{written}");
+    }
+    if let Some(rule) = &outcome.pin_policy_problem {
+        println!(
+            "Warning: the card's PIN does not meet the server's PIN policy ({rule}); \
+             change it now with `pivtap card change-pin`."
+        );
+    }
+    Ok(())
 }

@@ -1,0 +1,492 @@
+//! Enrollment and renewal of a card's sign-in key (slot 9A) against a pivtap server, over any card backend (PC/SC or virtual), and the card-signed assertion that `pivtap auth` and renewal share.
+//!
+//! [`enroll_card`] turns a blank (or re-used) card into a sign-in card with
+//! an enrollment code: inspect the code, authenticate the management key,
+//! verify the PIN, generate a key in 9A, have the card sign a PKCS#10
+//! request, trade code and request for a certificate, store it, and write a
+//! CHUID if the card has none. [`renew_card`] replaces the 9A key and
+//! certificate of an enrolled card: the current key signs a sign-in
+//! assertion that authorises the renewal.
+//!
+//! Both generate the new key before the server has issued anything, because
+//! the card must sign the request with it. Should the server then refuse
+//! (code used meanwhile, key policy), the card holds a key without a
+//! matching certificate; [`EnrollStep::key_replaced`] tells callers when
+//! that point has been passed, so they can say so.
+
+use std::fmt;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use pivtap_apdu::piv::objects::chuid::Chuid;
+use pivtap_apdu::piv::objects::fascn::Fascn;
+use pivtap_apdu::piv::objects::public_key::PublicKey;
+use pivtap_apdu::piv::{Algorithm, KeyReference, ObjectTag, Pin};
+use pivtap_card::csr::{CsrError, certificate_request};
+use pivtap_card::{CardBackend, ManagementKey, PivError, PivSession, SignatureAlgorithm, spki};
+use pivtap_kiosk::card_worker::signing_algorithms;
+use pivtap_server_client::assertion::AssertionDraft;
+use pivtap_server_client::certificate::CertificateFacts;
+use pivtap_server_client::client::{Client, ClientError};
+use pivtap_server_client::wire::{
+    AssertionPayload, CardIdentity, ChallengeResponse, ENROLL_SLOT, EnrollmentRequest,
+    EnrollmentResult, KeyAlgorithm, RenewalRequest, UserInfo,
+};
+use serde::Serialize;
+use time::OffsetDateTime;
+use x509_parser::prelude::{FromDer, X509Certificate};
+
+/// The slot enrollment and renewal use: PIV authentication.
+pub const SLOT: KeyReference = KeyReference::PivAuthentication;
+
+/// The FASC-N of cards outside the US federal PIV system (PIV-I style:
+/// agency, system and credential all nines); the CHUID GUID identifies the card.
+pub const NON_FEDERAL_FASCN: &str = "99999999999999010000000000300001";
+
+/// Where an enrollment or renewal is, for progress messages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum EnrollStep {
+    /// Asking the server what the enrollment code offers.
+    InspectingCode,
+    /// Asking the server for a challenge (renewal).
+    FetchingChallenge,
+    /// Verifying the PIN.
+    VerifyingPin,
+    /// The current key signs the renewal's assertion.
+    SigningAssertion,
+    /// Authenticating with the card management key.
+    AuthenticatingManagementKey,
+    /// Generating the new key on the card.
+    GeneratingKey(KeyAlgorithm),
+    /// The card signs the certificate request.
+    SigningRequest,
+    /// The server issues the certificate.
+    RequestingCertificate,
+    /// Writing the certificate to the card.
+    StoringCertificate,
+    /// Writing a CHUID to a card that has none.
+    WritingChuid,
+}
+
+impl EnrollStep {
+    /// Whether the card's old 9A key (if any) is gone once this step has begun.
+    #[must_use]
+    pub fn key_replaced(self) -> bool {
+        matches!(
+            self,
+            EnrollStep::GeneratingKey(_)
+                | EnrollStep::SigningRequest
+                | EnrollStep::RequestingCertificate
+                | EnrollStep::StoringCertificate
+                | EnrollStep::WritingChuid
+        )
+    }
+}
+
+impl fmt::Display for EnrollStep {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            EnrollStep::InspectingCode => f.write_str("Checking the enrollment code"),
+            EnrollStep::FetchingChallenge => f.write_str("Asking the server for a challenge"),
+            EnrollStep::VerifyingPin => f.write_str("Verifying the PIN"),
+            EnrollStep::SigningAssertion => f.write_str("Signing with the current key"),
+            EnrollStep::AuthenticatingManagementKey => {
+                f.write_str("Authenticating with the management key")
+            }
+            EnrollStep::GeneratingKey(algorithm) => write!(
+                f,
+                "Generating the key on the card ({algorithm}), this can take a while"
+            ),
+            EnrollStep::SigningRequest => f.write_str("Signing the certificate request"),
+            EnrollStep::RequestingCertificate => f.write_str("Requesting the certificate"),
+            EnrollStep::StoringCertificate => f.write_str("Storing the certificate on the card"),
+            EnrollStep::WritingChuid => f.write_str("Writing the card identifier (CHUID)"),
+        }
+    }
+}
+
+/// What enrollment and renewal need besides the card and the server. `Debug`
+/// shows no secret.
+pub struct CardSecrets {
+    /// The card PIN.
+    pub pin: Pin,
+    /// The card management key (the factory default unless changed).
+    pub management_key: ManagementKey,
+}
+
+impl fmt::Debug for CardSecrets {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CardSecrets")
+            .field("pin", &"REDACTED")
+            .field("management_key", &self.management_key.algorithm())
+            .finish()
+    }
+}
+
+/// Options of [`enroll_card`].
+#[derive(Debug)]
+pub struct EnrollOptions {
+    /// PIN and management key.
+    pub secrets: CardSecrets,
+    /// This device's id, reported to the server (audit), when it has one.
+    pub device: Option<String>,
+}
+
+/// Options of [`renew_card`].
+#[derive(Debug)]
+pub struct RenewOptions {
+    /// PIN and management key.
+    pub secrets: CardSecrets,
+    /// This device's id: the renewal's assertion is bound to it like a sign-in.
+    pub device: String,
+    /// The new key's algorithm; `None` keeps the current key's.
+    pub algorithm: Option<KeyAlgorithm>,
+}
+
+/// What an enrollment or renewal did.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct EnrollOutcome {
+    /// Whom the certificate names.
+    pub user: UserInfo,
+    /// The new certificate's serial, lower-case hex.
+    pub serial: String,
+    /// When it expires, RFC 3339.
+    pub not_after: String,
+    /// The new key's algorithm.
+    pub algorithm: KeyAlgorithm,
+    /// The card's serial number, when it reports one.
+    pub card_serial: Option<u32>,
+    /// The card's CHUID GUID, lower-case hex, when it has a CHUID.
+    pub chuid_guid: Option<String>,
+    /// Whether a CHUID was written because the card had none.
+    pub chuid_written: bool,
+    /// Which rule of the server's PIN policy the card's PIN breaks, when it
+    /// breaks one (a blank card's factory PIN does); enrollment only.
+    pub pin_policy_problem: Option<String>,
+}
+
+/// Why an enrollment or renewal failed. Never carries the PIN, the
+/// management key or the enrollment code.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum EnrollError {
+    /// The server could not be reached or refused.
+    #[error(transparent)]
+    Server(#[from] ClientError),
+    /// The card refused or failed.
+    #[error(transparent)]
+    Card(#[from] PivError),
+    /// The certificate request could not be made.
+    #[error(transparent)]
+    Request(#[from] CsrError),
+    /// The enrollment is for a slot other than 9A.
+    #[error("the enrollment is for slot {slot}; only slot 9a (PIV authentication) is supported")]
+    UnsupportedSlot {
+        /// The slot the server named.
+        slot: String,
+    },
+    /// The card's current 9A certificate cannot be used for a renewal.
+    #[error("the card's certificate in slot 9a cannot be renewed: {reason}")]
+    CurrentCertificate {
+        /// Why.
+        reason: &'static str,
+    },
+    /// The server's answer is not what the protocol promises.
+    #[error("the server's answer is not usable: {reason}")]
+    BadAnswer {
+        /// What was wrong.
+        reason: &'static str,
+    },
+    /// The server issued a certificate for some other key.
+    #[error("the certificate the server issued is not for the key the card generated")]
+    CertificateMismatch,
+}
+
+/// The card key's algorithm and the JOSE algorithm it signs with, from its certificate.
+///
+/// # Errors
+/// [`EnrollError::CurrentCertificate`] for certificates that cannot be
+/// read or whose key a card does not sign with.
+pub fn signing_key_of(certificate: &[u8]) -> Result<(Algorithm, SignatureAlgorithm), EnrollError> {
+    let facts =
+        CertificateFacts::from_der(certificate).map_err(|_| EnrollError::CurrentCertificate {
+            reason: "it is not valid X.509",
+        })?;
+    signing_algorithms(facts.key).ok_or(EnrollError::CurrentCertificate {
+        reason: "its key is not RSA-2048, P-256 or P-384",
+    })
+}
+
+/// Builds a sign-in assertion for `challenge` with `certificate` (the
+/// certificate of the key in `slot`) and has the card sign it. The PIN must
+/// be verified. `pivtap auth` and [`renew_card`] both sign with this.
+///
+/// # Errors
+/// [`EnrollError::CurrentCertificate`] or the card's [`PivError`].
+pub fn sign_assertion(
+    session: &mut PivSession<'_>,
+    slot: KeyReference,
+    certificate: &[u8],
+    challenge: &ChallengeResponse,
+    device: &str,
+) -> Result<String, EnrollError> {
+    let (key, algorithm) = signing_key_of(certificate)?;
+    let draft = AssertionDraft::new(
+        algorithm.jose_name(),
+        certificate,
+        AssertionPayload {
+            aud: challenge.aud.clone(),
+            nonce: challenge.nonce.clone(),
+            device: device.to_owned(),
+            iat: OffsetDateTime::now_utc().unix_timestamp(),
+            slot: slot.to_string(),
+        },
+    );
+    let signature = session.sign(slot, key, algorithm, draft.signing_input().as_bytes())?;
+    Ok(draft.finish(&signature))
+}
+
+/// Enrolls the card with an enrollment code: the steps in the module docs.
+/// `progress` hears of every step before it starts.
+///
+/// # Errors
+/// [`EnrollError`]; a wrong PIN comes as [`PivError::WrongPin`] inside
+/// [`EnrollError::Card`], before anything on the card changed.
+pub async fn enroll_card(
+    backend: &mut dyn CardBackend,
+    client: &Client,
+    code: &str,
+    options: &EnrollOptions,
+    progress: &mut dyn FnMut(EnrollStep),
+) -> Result<EnrollOutcome, EnrollError> {
+    progress(EnrollStep::InspectingCode);
+    let offer = client.inspect_enrollment(code).await?;
+    if !offer.slot.eq_ignore_ascii_case(ENROLL_SLOT) {
+        return Err(EnrollError::UnsupportedSlot { slot: offer.slot });
+    }
+    let mut session = PivSession::open(backend)?;
+    let card = card_identity(&mut session)?;
+    progress(EnrollStep::AuthenticatingManagementKey);
+    let management_key = management_key_for(&mut session, &options.secrets.management_key)?;
+    session.authenticate_management_key(&management_key)?;
+    progress(EnrollStep::VerifyingPin);
+    session.verify_pin(&options.secrets.pin)?;
+    let (spki, csr) = new_key_and_request(
+        &mut session,
+        offer.key_algorithm,
+        &offer.user.id,
+        &mut *progress,
+    )?;
+    progress(EnrollStep::RequestingCertificate);
+    let issued = client
+        .complete_enrollment(&EnrollmentRequest {
+            code: code.to_owned(),
+            csr,
+            card: card.clone(),
+            device: options.device.clone(),
+        })
+        .await?;
+    let certificate = store_certificate(&mut session, &issued, &spki, &mut *progress)?;
+    let pin_policy_problem = match std::str::from_utf8(options.secrets.pin.as_bytes()) {
+        Ok(pin) => offer
+            .pin_policy
+            .check(pin)
+            .err()
+            .map(|rule| rule.to_string()),
+        Err(_) => None,
+    };
+    let (chuid_guid, chuid_written) = match card.chuid_guid {
+        Some(guid) => (Some(guid), false),
+        None => {
+            progress(EnrollStep::WritingChuid);
+            let chuid = new_chuid(certificate.not_after)?;
+            session.put_object(ObjectTag::Chuid, &chuid.encode())?;
+            (Some(hex::encode(chuid.guid)), true)
+        }
+    };
+    Ok(EnrollOutcome {
+        user: issued.user,
+        serial: issued.serial,
+        not_after: issued.not_after,
+        algorithm: offer.key_algorithm,
+        card_serial: card.serial,
+        chuid_guid,
+        chuid_written,
+        pin_policy_problem,
+    })
+}
+
+/// Renews the card's 9A key and certificate: the steps in the module docs.
+///
+/// # Errors
+/// As [`enroll_card`]; the server refuses with any sign-in code when the
+/// current certificate no longer signs in (revoked, user locked, ...).
+pub async fn renew_card(
+    backend: &mut dyn CardBackend,
+    client: &Client,
+    options: &RenewOptions,
+    progress: &mut dyn FnMut(EnrollStep),
+) -> Result<EnrollOutcome, EnrollError> {
+    let mut session = PivSession::open(backend)?;
+    let card = card_identity(&mut session)?;
+    let current = session.certificate(SLOT)?;
+    let (current_key, _) = signing_key_of(&current)?;
+    let algorithm = match options.algorithm {
+        Some(algorithm) => algorithm,
+        None => key_algorithm(current_key).ok_or(EnrollError::CurrentCertificate {
+            reason: "its key is not RSA-2048, P-256 or P-384",
+        })?,
+    };
+    progress(EnrollStep::VerifyingPin);
+    session.verify_pin(&options.secrets.pin)?;
+    // The challenge only now, so that it is fresh when the server sees the assertion.
+    progress(EnrollStep::FetchingChallenge);
+    let challenge = client.challenge(&options.device).await?;
+    progress(EnrollStep::SigningAssertion);
+    let assertion = sign_assertion(&mut session, SLOT, &current, &challenge, &options.device)?;
+    progress(EnrollStep::AuthenticatingManagementKey);
+    let management_key = management_key_for(&mut session, &options.secrets.management_key)?;
+    session.authenticate_management_key(&management_key)?;
+    let common_name = CertificateFacts::from_der(&current)
+        .ok()
+        .and_then(|facts| facts.common_name)
+        .unwrap_or_else(|| "pivtap card".to_owned());
+    let (spki, csr) = new_key_and_request(&mut session, algorithm, &common_name, &mut *progress)?;
+    progress(EnrollStep::RequestingCertificate);
+    let issued = client.renew(&RenewalRequest { assertion, csr }).await?;
+    store_certificate(&mut session, &issued, &spki, &mut *progress)?;
+    Ok(EnrollOutcome {
+        user: issued.user,
+        serial: issued.serial,
+        not_after: issued.not_after,
+        algorithm,
+        card_serial: card.serial,
+        chuid_guid: card.chuid_guid,
+        chuid_written: false,
+        pin_policy_problem: None,
+    })
+}
+
+/// The management key with the algorithm the card says its key has (GET
+/// METADATA), when that differs and the length fits: 24 bytes are 3DES on
+/// most cards but AES-192 on YubiKey 5.7 and later.
+fn management_key_for(
+    session: &mut PivSession<'_>,
+    key: &ManagementKey,
+) -> Result<ManagementKey, EnrollError> {
+    let card_algorithm = session
+        .metadata(KeyReference::ManagementKey)?
+        .and_then(|metadata| metadata.piv_algorithm())
+        .filter(|algorithm| algorithm.is_symmetric() && *algorithm != key.algorithm());
+    Ok(card_algorithm
+        .and_then(|algorithm| ManagementKey::from_hex(algorithm, &key.to_hex()).ok())
+        .unwrap_or_else(|| key.clone()))
+}
+
+/// The card's serial (if it reports one) and CHUID GUID (if it has a CHUID).
+fn card_identity(session: &mut PivSession<'_>) -> Result<CardIdentity, EnrollError> {
+    let serial = session.serial()?;
+    let chuid_guid = match session.chuid() {
+        Ok(chuid) => Some(hex::encode(chuid.guid)),
+        Err(PivError::ObjectNotFound { .. }) => None,
+        Err(error) => return Err(error.into()),
+    };
+    Ok(CardIdentity { serial, chuid_guid })
+}
+
+/// Generates the new 9A key and has the card sign a request for it. The
+/// management key and the PIN must be presented. Returns the key's
+/// SubjectPublicKeyInfo (DER) and the request, base64url.
+fn new_key_and_request(
+    session: &mut PivSession<'_>,
+    algorithm: KeyAlgorithm,
+    common_name: &str,
+    progress: &mut dyn FnMut(EnrollStep),
+) -> Result<(Vec<u8>, String), EnrollError> {
+    progress(EnrollStep::GeneratingKey(algorithm));
+    let public_key: PublicKey = session.generate_key(SLOT, card_algorithm(algorithm))?;
+    let spki = spki::subject_public_key_info(&public_key).map_err(CsrError::from)?;
+    progress(EnrollStep::SigningRequest);
+    let request = certificate_request(session, SLOT, &public_key, common_name)?;
+    Ok((spki, URL_SAFE_NO_PAD.encode(request)))
+}
+
+/// Checks that the issued certificate is for the new key and writes it to 9A.
+fn store_certificate(
+    session: &mut PivSession<'_>,
+    issued: &EnrollmentResult,
+    spki: &[u8],
+    progress: &mut dyn FnMut(EnrollStep),
+) -> Result<CertificateFacts, EnrollError> {
+    let der = URL_SAFE_NO_PAD
+        .decode(issued.certificate.trim_end_matches('='))
+        .map_err(|_| EnrollError::BadAnswer {
+            reason: "the certificate is not base64url",
+        })?;
+    let (_, certificate) = X509Certificate::from_der(&der).map_err(|_| EnrollError::BadAnswer {
+        reason: "the certificate is not valid X.509",
+    })?;
+    if certificate.public_key().raw != spki {
+        return Err(EnrollError::CertificateMismatch);
+    }
+    let facts = CertificateFacts::from_der(&der).map_err(|_| EnrollError::BadAnswer {
+        reason: "the certificate cannot be read",
+    })?;
+    progress(EnrollStep::StoringCertificate);
+    session.put_certificate(SLOT, &der)?;
+    Ok(facts)
+}
+
+/// A CHUID for a card enrolled outside the federal PIV system: the
+/// non-federal FASC-N, a random GUID, and the certificate's expiry date.
+///
+/// # Errors
+/// Never in practice ([`NON_FEDERAL_FASCN`] is a valid FASC-N).
+pub fn new_chuid(expires: OffsetDateTime) -> Result<Chuid, EnrollError> {
+    let fascn: Fascn = NON_FEDERAL_FASCN
+        .parse()
+        .map_err(|_| EnrollError::BadAnswer {
+            reason: "the built-in FASC-N does not parse",
+        })?;
+    let mut guid = [0u8; 16];
+    rand::fill(&mut guid);
+    Ok(Chuid {
+        fascn_raw: fascn.encode(),
+        guid,
+        expiration: chuid_date(expires),
+        ..Chuid::default()
+    })
+}
+
+/// The CHUID expiration date (`YYYYMMDD`).
+#[must_use]
+pub fn chuid_date(time: OffsetDateTime) -> String {
+    format!(
+        "{:04}{:02}{:02}",
+        time.year(),
+        u8::from(time.month()),
+        time.day()
+    )
+}
+
+/// The card algorithm of an enrollment key algorithm.
+#[must_use]
+pub fn card_algorithm(algorithm: KeyAlgorithm) -> Algorithm {
+    match algorithm {
+        KeyAlgorithm::Rsa2048 => Algorithm::Rsa2048,
+        KeyAlgorithm::P256 => Algorithm::EccP256,
+        KeyAlgorithm::P384 => Algorithm::EccP384,
+    }
+}
+
+/// The enrollment key algorithm of a card key, if enrollment knows it.
+#[must_use]
+pub fn key_algorithm(algorithm: Algorithm) -> Option<KeyAlgorithm> {
+    match algorithm {
+        Algorithm::Rsa2048 => Some(KeyAlgorithm::Rsa2048),
+        Algorithm::EccP256 => Some(KeyAlgorithm::P256),
+        Algorithm::EccP384 => Some(KeyAlgorithm::P384),
+        _ => None,
+    }
+}
