@@ -837,6 +837,12 @@ struct ResetOutcome {
 }
 
 pub(super) fn reset(card: &CardArgs, yes: bool, json: bool) -> anyhow::Result<()> {
+    if !yes && !std::io::stdin().is_terminal() {
+        bail!(
+            "reset erases every key and certificate on the card: run it in a terminal to \
+             confirm, or pass --yes"
+        );
+    }
     let mut backend = card.open()?;
     let name = backend.name();
     let serial = PivSession::open(backend.as_mut())?.serial()?;
@@ -897,12 +903,6 @@ pub(super) fn reset(card: &CardArgs, yes: bool, json: bool) -> anyhow::Result<()
 
 /// Asks on the terminal for the card's serial number or "reset".
 fn confirm_reset(name: &str, serial: Option<u32>) -> anyhow::Result<()> {
-    if !std::io::stdin().is_terminal() {
-        bail!(
-            "reset erases every key and certificate on the card: run it in a terminal to \
-             confirm, or pass --yes"
-        );
-    }
     let serial_text = serial.map(|s| s.to_string());
     eprintln!(
         "This erases every key, certificate and data object on {name}{} and sets the PIN, \
