@@ -341,7 +341,13 @@ fn serial_hex(raw: &[u8]) -> String {
 }
 
 fn key_kind(certificate: &X509Certificate<'_>) -> Result<KeyKind, CertificateError> {
-    let spki = certificate.public_key();
+    spki_key_kind(certificate.public_key())
+}
+
+/// The kind and size of a SubjectPublicKeyInfo's key (certificates and CSRs).
+pub(crate) fn spki_key_kind(
+    spki: &x509_parser::x509::SubjectPublicKeyInfo<'_>,
+) -> Result<KeyKind, CertificateError> {
     let kind = match spki.algorithm.algorithm.to_id_string().as_str() {
         OID_RSA_ENCRYPTION => match spki.parsed() {
             Ok(PublicKey::RSA(key)) => KeyKind::Rsa {

@@ -9,6 +9,7 @@ pub mod certificate;
 pub mod client;
 pub mod config;
 pub mod init;
+pub mod issuance;
 pub mod jose;
 pub mod mapping;
 pub mod pin_policy;

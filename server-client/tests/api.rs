@@ -47,6 +47,7 @@ async fn app() -> Router {
             min_length: 7,
             ..PinPolicy::default()
         },
+        issuer: None,
     };
     server::app(ServerState::new(
         settings,

@@ -8,7 +8,7 @@ use axum::extract::{DefaultBodyLimit, Path, Query, Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{delete, get, post};
 use serde::Deserialize;
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
@@ -19,7 +19,10 @@ use super::handlers::{json_body, rejection_error, rfc3339};
 use crate::store::{
     AuditEvent, AuditQuery, Card, CardState, NewAuditEvent, StoreError, User, UserState,
 };
-use crate::wire::{AuditRecord, CardRecord, ErrorCode, ImportReport, ImportSkip, UserRecord};
+use crate::wire::{
+    AuditRecord, CardRecord, CreateEnrollmentRequest, EnrollmentCode, ErrorCode, ImportReport,
+    ImportSkip, UserInfo, UserRecord,
+};
 
 /// Most users one import takes.
 const MAX_IMPORT: usize = 10_000;
@@ -39,10 +42,12 @@ pub fn router(state: ServerState) -> Router<ServerState> {
         .route("/users/{id}/lock", post(lock_user))
         .route("/users/{id}/unlock", post(unlock_user))
         .route("/cards", get(list_cards))
+        .route("/cards/{serial}", delete(delete_card))
         .route("/cards/{serial}/lock", post(lock_card))
         .route("/cards/{serial}/unlock", post(unlock_card))
         .route("/cards/{serial}/revoke", post(revoke_card))
         .route("/audit", get(query_audit))
+        .route(crate::wire::PATH_ADMIN_ENROLLMENTS, post(create_enrollment))
         .route_layer(middleware::from_fn_with_state(state, require_admin))
 }
 
@@ -426,6 +431,102 @@ async fn revoke_card(
     serial: Result<Path<String>, PathRejection>,
 ) -> Result<Json<CardRecord>, ApiError> {
     set_card_state(state, serial, CardState::Revoked, "revoked").await
+}
+
+/// `DELETE /cards/{serial}`: forgets a revoked card; its serial stays revoked.
+async fn delete_card(
+    State(state): State<ServerState>,
+    serial: Result<Path<String>, PathRejection>,
+) -> Result<StatusCode, ApiError> {
+    let serial = path_param(serial)?.to_ascii_lowercase().replace(':', "");
+    let result = state
+        .store()
+        .delete_card(&serial)
+        .await
+        .map_err(|error| match error {
+            StoreError::Conflict { .. } => ApiError::new(
+                ErrorCode::Conflict,
+                format!("card {serial} is not revoked; revoke it first"),
+            ),
+            other => ApiError::from(other),
+        });
+    let (outcome, detail) = match &result {
+        Ok(()) => (
+            "ok",
+            format!("deleted card {serial} (its serial stays on the revocation list)"),
+        ),
+        Err(error) => (
+            error.code.as_str(),
+            format!("delete card {serial}: {}", error.message),
+        ),
+    };
+    admin_audit(&state, outcome, Subject::Card(&serial), detail).await?;
+    result.map(|()| StatusCode::NO_CONTENT)
+}
+
+/// `POST /enrollments`: a single-use enrollment code for an active user.
+async fn create_enrollment(
+    State(state): State<ServerState>,
+    body: Result<Json<CreateEnrollmentRequest>, JsonRejection>,
+) -> Result<(StatusCode, Json<EnrollmentCode>), ApiError> {
+    let request = json_body(body)?;
+    let now = OffsetDateTime::now_utc();
+    let result = async {
+        let issuer = super::enrollment::issuer(&state)?;
+        let max = issuer.policy().max_code_validity_seconds;
+        if !(60..=max).contains(&request.valid_for_seconds) {
+            return Err(ApiError::invalid(format!(
+                "valid_for_seconds must be between 60 and {max} (the server's max_code_validity_seconds)"
+            )));
+        }
+        let user = super::enrollment::check_enrollable(&state, &issuer, &request.user).await?;
+        let code = super::enrollment::new_code();
+        let expires_at = now
+            + std::time::Duration::from_secs(request.valid_for_seconds);
+        state
+            .store()
+            .add_enrollment_code(&crate::store::NewEnrollmentCode {
+                code_hash: super::enrollment::code_hash(&code),
+                user_id: user.id.clone(),
+                created_at: now,
+                expires_at,
+            })
+            .await?;
+        Ok((
+            EnrollmentCode {
+                url: crate::wire::enrollment_url(&state.settings().origin, &code),
+                code,
+                user: UserInfo {
+                    id: user.id.clone(),
+                    display_name: user.display_name.clone(),
+                    mail: user.mail.clone(),
+                },
+                expires_at: rfc3339(expires_at),
+            },
+            expires_at,
+        ))
+    }
+    .await;
+    let (outcome, detail) = match &result {
+        Ok((made, expires_at)) => (
+            "ok",
+            format!(
+                "enrollment code #{} for user {} until {}",
+                &super::enrollment::code_hash(&made.code)[..8],
+                request.user,
+                rfc3339(*expires_at)
+            ),
+        ),
+        Err(error) => (
+            error.code.as_str(),
+            format!(
+                "enrollment code for user {}: {}",
+                request.user, error.message
+            ),
+        ),
+    };
+    admin_audit(&state, outcome, Subject::User(&request.user), detail).await?;
+    result.map(|(made, _)| (StatusCode::CREATED, Json(made)))
 }
 
 /// `GET /audit` query parameters.

@@ -121,13 +121,13 @@ pub async fn create_challenge(
 
 /// What the audit records of an assertion attempt.
 #[derive(Default)]
-struct AttemptRecord {
-    device: Option<String>,
-    card_serial: Option<String>,
-    user_id: Option<String>,
-    nonce_prefix: Option<String>,
+pub(crate) struct AttemptRecord {
+    pub(crate) device: Option<String>,
+    pub(crate) card_serial: Option<String>,
+    pub(crate) user_id: Option<String>,
+    pub(crate) nonce_prefix: Option<String>,
     /// The device and card were read from an assertion that failed verification.
-    unverified: bool,
+    pub(crate) unverified: bool,
 }
 
 /// `POST /v1/assertions`: checks a card-signed assertion and answers with a session token.
@@ -178,6 +178,20 @@ async fn sign_in(
     now: OffsetDateTime,
     record: &mut AttemptRecord,
 ) -> Result<AssertionResponse, ApiError> {
+    let (verified, user) = authenticate(state, compact, now, record).await?;
+    issue_token(state, &user, &verified.payload.device, now)
+}
+
+/// Every check of a sign-in, short of issuing the token: the assertion
+/// (signature, chain, audience, time), flow control, the single-use challenge,
+/// the card's state and revocation, the mapping to one active user. On success
+/// the card is recorded as seen. Renewals use it too.
+pub(crate) async fn authenticate(
+    state: &ServerState,
+    compact: &str,
+    now: OffsetDateTime,
+    record: &mut AttemptRecord,
+) -> Result<(VerifiedAssertion, User), ApiError> {
     let verified: VerifiedAssertion = match state.verifier().verify(compact, now) {
         Ok(verified) => verified,
         Err(rejection) => {
@@ -213,7 +227,7 @@ async fn sign_in(
         }
         Err(_) => {}
     }
-    result
+    result.map(|user| (verified, user))
 }
 
 /// The device and card serial an assertion claims, read without verifying
@@ -242,7 +256,7 @@ async fn authorise(
     verified: &VerifiedAssertion,
     now: OffsetDateTime,
     record: &mut AttemptRecord,
-) -> Result<AssertionResponse, ApiError> {
+) -> Result<User, ApiError> {
     let payload = &verified.payload;
     let facts = &verified.certificate;
     match state
@@ -270,23 +284,7 @@ async fn authorise(
             ));
         }
     }
-    if let Some(card) = state.store().get_card(&facts.serial).await? {
-        match card.state {
-            CardState::Active => {}
-            CardState::Locked => {
-                return Err(ApiError::new(
-                    ErrorCode::CardLocked,
-                    "this card is locked; ask your administrator",
-                ));
-            }
-            CardState::Revoked => {
-                return Err(ApiError::new(
-                    ErrorCode::CertificateRevoked,
-                    "this card has been revoked",
-                ));
-            }
-        }
-    }
+    check_card(state, &facts.serial).await?;
     let user = map_user(state, verified).await?;
     record.user_id = Some(user.id.clone());
     if user.state == UserState::Locked {
@@ -299,7 +297,32 @@ async fn authorise(
         .store()
         .record_card(facts, Some(&user.id), now)
         .await?;
-    issue_token(state, &user, &payload.device, now)
+    Ok(user)
+}
+
+/// Refuses a card that is locked or revoked, or whose certificate is on the
+/// revocation list (which outlives deleted card records).
+pub(crate) async fn check_card(state: &ServerState, serial: &str) -> Result<(), ApiError> {
+    match state.store().get_card(serial).await? {
+        Some(card) => match card.state {
+            CardState::Active => Ok(()),
+            CardState::Locked => Err(ApiError::new(
+                ErrorCode::CardLocked,
+                "this card is locked; ask your administrator",
+            )),
+            CardState::Revoked => Err(ApiError::new(
+                ErrorCode::CertificateRevoked,
+                "this card has been revoked",
+            )),
+        },
+        None => match state.store().revocation(serial).await? {
+            Some(_) => Err(ApiError::new(
+                ErrorCode::CertificateRevoked,
+                "this card has been revoked",
+            )),
+            None => Ok(()),
+        },
+    }
 }
 
 /// Finds the one active user the certificate maps to.

@@ -6,6 +6,7 @@
 
 pub mod admin;
 pub mod embedded;
+pub mod enrollment;
 pub mod error;
 pub mod handlers;
 pub mod metrics;
@@ -24,6 +25,7 @@ use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
 use crate::assertion::AssertionVerifier;
+use crate::issuance::Issuer;
 use crate::mapping::MappingRule;
 use crate::pin_policy::PinPolicy;
 use crate::store::Store;
@@ -47,6 +49,9 @@ pub struct Settings {
     pub mapping: MappingRule,
     /// Rules for new PINs (`GET /v1/pin-policy`, enrollment offers).
     pub pin_policy: PinPolicy,
+    /// The issuing CA and policy (`[issuance]`); `None` disables enrollment,
+    /// renewal and the CRL.
+    pub issuer: Option<Arc<Issuer>>,
 }
 
 /// Everything the handlers share. Cheap to clone.
@@ -169,6 +174,9 @@ pub enum StartError {
     /// The database could not be opened or migrated.
     #[error("cannot open the database")]
     Store(#[source] crate::store::StoreError),
+    /// The issuing CA of `[issuance]` could not be loaded.
+    #[error("cannot load the issuing CA")]
+    Issuance(#[source] crate::issuance::IssuanceError),
 }
 
 /// Assembles a server from its configuration: opens (and migrates) the
@@ -194,6 +202,12 @@ pub async fn from_config(
                 source,
             },
         )?);
+    let issuer = match &config.issuance {
+        Some(issuance) => Some(Arc::new(
+            Issuer::load(issuance).map_err(StartError::Issuance)?,
+        )),
+        None => None,
+    };
     let store = crate::store::SqliteStore::open(&config.database)
         .await
         .map_err(StartError::Store)?;
@@ -204,6 +218,7 @@ pub async fn from_config(
         challenge_lifetime: config.challenges.lifetime(),
         mapping: config.mapping.rule,
         pin_policy: config.pin_policy,
+        issuer,
     };
     let limiter = RateLimiter::new(rate_limit::RateLimitPolicy {
         failures_before_delay: config.rate_limit.failures_before_delay,
@@ -242,6 +257,16 @@ pub fn app(state: ServerState) -> Router {
         .route(wire::PATH_ASSERTIONS, post(handlers::submit_assertion))
         .route(wire::PATH_JWKS, get(handlers::jwks))
         .route(wire::PATH_PIN_POLICY, get(handlers::pin_policy))
+        .route(
+            wire::PATH_ENROLLMENTS_INSPECT,
+            post(enrollment::inspect_enrollment),
+        )
+        .route(
+            wire::PATH_ENROLLMENTS,
+            post(enrollment::complete_enrollment),
+        )
+        .route(wire::PATH_RENEWALS, post(enrollment::renew))
+        .route(wire::PATH_CRL, get(enrollment::crl))
         .route(wire::PATH_HEALTH, get(handlers::health))
         .route(wire::PATH_METRICS, get(handlers::metrics))
         .nest(wire::PATH_ADMIN, admin::router(state.clone()))
@@ -283,6 +308,10 @@ fn route_label(path: &str) -> &'static str {
         wire::PATH_ASSERTIONS => wire::PATH_ASSERTIONS,
         wire::PATH_JWKS => wire::PATH_JWKS,
         wire::PATH_PIN_POLICY => wire::PATH_PIN_POLICY,
+        wire::PATH_ENROLLMENTS_INSPECT => wire::PATH_ENROLLMENTS_INSPECT,
+        wire::PATH_ENROLLMENTS => wire::PATH_ENROLLMENTS,
+        wire::PATH_RENEWALS => wire::PATH_RENEWALS,
+        wire::PATH_CRL => wire::PATH_CRL,
         wire::PATH_HEALTH => wire::PATH_HEALTH,
         wire::PATH_METRICS => wire::PATH_METRICS,
         admin if admin.starts_with(wire::PATH_ADMIN) => wire::PATH_ADMIN,

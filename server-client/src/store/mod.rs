@@ -1,4 +1,4 @@
-//! The server's state behind one interface: users, cards, challenges and the audit log.
+//! The server's state behind one interface: users, cards, challenges, the audit log, enrollment codes and the revocation list.
 //!
 //! [`Store`] is object safe (`Arc<dyn Store>`): every method returns a boxed
 //! future. [`SqliteStore`] is the embedded implementation. Times are kept in UTC
@@ -212,6 +212,108 @@ pub struct NewAuditEvent {
     pub detail: Option<String>,
 }
 
+/// An enrollment code to store. Only the code's hash is kept: the code itself
+/// is shown to the admin once and never stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewEnrollmentCode {
+    /// SHA-256 of the code, lower-case hex.
+    pub code_hash: String,
+    /// The user the code enrolls.
+    pub user_id: String,
+    /// When it was made.
+    pub created_at: OffsetDateTime,
+    /// When it stops being accepted.
+    pub expires_at: OffsetDateTime,
+}
+
+/// A stored enrollment code.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EnrollmentCodeRecord {
+    /// SHA-256 of the code, lower-case hex.
+    pub code_hash: String,
+    /// The user the code enrolls.
+    pub user_id: String,
+    /// When it was made.
+    pub created_at: OffsetDateTime,
+    /// When it stops being accepted.
+    pub expires_at: OffsetDateTime,
+    /// When it was used, if it was.
+    pub used_at: Option<OffsetDateTime>,
+    /// The serial of the certificate issued with it, if it was used.
+    pub used_by: Option<String>,
+}
+
+/// What happened when an enrollment code was redeemed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum EnrollmentCodeUse {
+    /// The code was fresh and is now used; the certificate is registered.
+    Accepted,
+    /// No such code.
+    Unknown,
+    /// The code was used already. Wins over [`EnrollmentCodeUse::Expired`].
+    Used,
+    /// The code expired.
+    Expired,
+}
+
+/// A certificate this server issued, to register with its card.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IssuedCertificate {
+    /// The certificate.
+    pub facts: CertificateFacts,
+    /// Whom it names.
+    pub user_id: String,
+    /// The card's own serial number (YubiKey), when the device sent it.
+    pub card_serial_number: Option<u32>,
+    /// The card's CHUID GUID (hex), when the device sent it.
+    pub chuid_guid: Option<String>,
+}
+
+/// Why a certificate is on the revocation list (RFC 5280 CRLReason).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum RevocationReason {
+    /// An admin revoked the card.
+    Unspecified,
+    /// A renewal replaced the certificate.
+    Superseded,
+}
+
+impl RevocationReason {
+    /// The reason as stored (`unspecified`, `superseded`).
+    #[must_use]
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RevocationReason::Unspecified => "unspecified",
+            RevocationReason::Superseded => "superseded",
+        }
+    }
+}
+
+impl FromStr for RevocationReason {
+    type Err = InvalidState;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        match text {
+            "unspecified" => Ok(RevocationReason::Unspecified),
+            "superseded" => Ok(RevocationReason::Superseded),
+            _ => Err(InvalidState {
+                text: text.to_owned(),
+            }),
+        }
+    }
+}
+
+/// A revoked certificate: stays on the list after its card record is deleted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RevokedCertificate {
+    /// The certificate's serial number (lower-case hex).
+    pub serial: String,
+    /// When it was revoked.
+    pub revoked_at: OffsetDateTime,
+    /// Why.
+    pub reason: RevocationReason,
+}
+
 /// Which audit events to return: every filter that is set must match.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AuditQuery {
@@ -326,6 +428,7 @@ pub trait Store: Send + Sync {
 
     /// Locks, unlocks or revokes a card. [`StoreError::NotFound`] if there is no such
     /// card; [`StoreError::Conflict`] when leaving [`CardState::Revoked`], which is final.
+    /// Revoking puts the certificate's serial on the revocation list (reason unspecified).
     fn set_card_state(
         &self,
         serial: &str,
@@ -356,6 +459,58 @@ pub trait Store: Send + Sync {
         &self,
         older_than: OffsetDateTime,
     ) -> BoxFuture<'_, Result<u64, StoreError>>;
+
+    /// Stores an enrollment code. [`StoreError::NotFound`] if the user does not
+    /// exist; [`StoreError::Conflict`] if the hash exists.
+    fn add_enrollment_code(
+        &self,
+        code: &NewEnrollmentCode,
+    ) -> BoxFuture<'_, Result<(), StoreError>>;
+
+    /// The enrollment code with this hash, if any.
+    fn get_enrollment_code(
+        &self,
+        code_hash: &str,
+    ) -> BoxFuture<'_, Result<Option<EnrollmentCodeRecord>, StoreError>>;
+
+    /// Uses the code up and registers the issued certificate's card as active
+    /// for its user, atomically: of any number of concurrent calls at most one
+    /// gets [`EnrollmentCodeUse::Accepted`], and a refused call changes nothing.
+    /// [`StoreError::Conflict`] if a card with the certificate's serial exists.
+    fn redeem_enrollment_code(
+        &self,
+        code_hash: &str,
+        issued: &IssuedCertificate,
+        now: OffsetDateTime,
+    ) -> BoxFuture<'_, Result<EnrollmentCodeUse, StoreError>>;
+
+    /// Renewal, atomically: the card `old_serial` becomes revoked (the serial goes
+    /// on the revocation list as superseded) and the issued certificate's card is
+    /// registered active for its user. [`StoreError::NotFound`] if there is no card
+    /// `old_serial`; [`StoreError::Conflict`] if it is not active (locked, revoked,
+    /// or renewed concurrently) or the new serial exists.
+    fn supersede_card(
+        &self,
+        old_serial: &str,
+        issued: &IssuedCertificate,
+        now: OffsetDateTime,
+    ) -> BoxFuture<'_, Result<(), StoreError>>;
+
+    /// The revocation of this certificate serial, if it is on the list.
+    fn revocation(
+        &self,
+        serial: &str,
+    ) -> BoxFuture<'_, Result<Option<RevokedCertificate>, StoreError>>;
+
+    /// Every revoked certificate this server issued (what its CRL lists), ordered by serial.
+    fn revoked_issued_certificates(
+        &self,
+    ) -> BoxFuture<'_, Result<Vec<RevokedCertificate>, StoreError>>;
+
+    /// Deletes a revoked card's record; its serial stays on the revocation list.
+    /// [`StoreError::NotFound`] if there is no such card; [`StoreError::Conflict`]
+    /// if it is not revoked.
+    fn delete_card(&self, serial: &str) -> BoxFuture<'_, Result<(), StoreError>>;
 
     /// Appends an event to the audit log.
     fn audit(&self, event: NewAuditEvent) -> BoxFuture<'_, Result<(), StoreError>>;

@@ -15,8 +15,9 @@ use time::format_description::well_known::Rfc3339;
 use time::{OffsetDateTime, UtcOffset};
 
 use super::{
-    AuditEvent, AuditQuery, BoxFuture, Card, CardState, ChallengeUse, NewAuditEvent, Store,
-    StoreError, User, UserState,
+    AuditEvent, AuditQuery, BoxFuture, Card, CardState, ChallengeUse, EnrollmentCodeRecord,
+    EnrollmentCodeUse, IssuedCertificate, NewAuditEvent, NewEnrollmentCode, RevocationReason,
+    RevokedCertificate, Store, StoreError, User, UserState,
 };
 use crate::certificate::CertificateFacts;
 use crate::mapping::UserAttribute;
@@ -80,8 +81,43 @@ CREATE INDEX audit_device ON audit (device, time);
 CREATE INDEX audit_outcome ON audit (outcome, time);
 ";
 
+/// Version 2: enrollment codes (hashes only), the certificates this server
+/// issued, and the revocation list, which outlives card records. Cards revoked
+/// before this version go on the list.
+const MIGRATION_2: &str = "
+CREATE TABLE enrollment_codes (
+    code_hash TEXT PRIMARY KEY NOT NULL,
+    user_id TEXT NOT NULL REFERENCES users (id),
+    created_at TEXT NOT NULL,
+    expires_at TEXT NOT NULL,
+    used_at TEXT,
+    used_by TEXT
+) STRICT;
+CREATE INDEX enrollment_codes_user_id ON enrollment_codes (user_id);
+
+CREATE TABLE issued_certificates (
+    serial TEXT PRIMARY KEY NOT NULL,
+    fingerprint TEXT NOT NULL,
+    user_id TEXT NOT NULL,
+    issued_at TEXT NOT NULL,
+    not_after TEXT NOT NULL,
+    card_serial_number INTEGER,
+    chuid_guid TEXT
+) STRICT;
+CREATE INDEX issued_certificates_user_id ON issued_certificates (user_id);
+
+CREATE TABLE revoked_certificates (
+    serial TEXT PRIMARY KEY NOT NULL,
+    revoked_at TEXT NOT NULL,
+    reason TEXT NOT NULL CHECK (reason IN ('unspecified', 'superseded'))
+) STRICT;
+
+INSERT INTO revoked_certificates (serial, revoked_at, reason)
+    SELECT serial, last_seen, 'unspecified' FROM cards WHERE state = 'revoked';
+";
+
 /// Every migration, by version, oldest first. Never edit one that shipped: add the next.
-const MIGRATIONS: &[(i64, &str)] = &[(1, MIGRATION_1)];
+const MIGRATIONS: &[(i64, &str)] = &[(1, MIGRATION_1), (2, MIGRATION_2)];
 
 /// `SELECT` of every [`User`] column, followed by the rest of the statement.
 macro_rules! select_users {
@@ -369,21 +405,33 @@ impl Store for SqliteStore {
     ) -> BoxFuture<'_, Result<(), StoreError>> {
         let serial = serial.to_owned();
         Box::pin(async move {
+            let mut transaction = self.pool.begin_with("BEGIN IMMEDIATE").await?;
             // One statement, so a concurrent revocation cannot be undone.
             let changed = sqlx::query(
                 "UPDATE cards SET state = ?1 WHERE serial = ?2 AND (state <> 'revoked' OR ?1 = 'revoked')",
             )
             .bind(state.as_str())
             .bind(&serial)
-            .execute(&self.pool)
+            .execute(&mut *transaction)
             .await?
             .rows_affected();
             if changed > 0 {
+                if state == CardState::Revoked {
+                    sqlx::query(
+                        "INSERT INTO revoked_certificates (serial, revoked_at, reason)
+                         VALUES (?, ?, 'unspecified') ON CONFLICT (serial) DO NOTHING",
+                    )
+                    .bind(&serial)
+                    .bind(encode_time(OffsetDateTime::now_utc())?)
+                    .execute(&mut *transaction)
+                    .await?;
+                }
+                transaction.commit().await?;
                 return Ok(());
             }
             let exists: Option<i64> = sqlx::query_scalar("SELECT 1 FROM cards WHERE serial = ?")
                 .bind(&serial)
-                .fetch_optional(&self.pool)
+                .fetch_optional(&mut *transaction)
                 .await?;
             Err(match exists {
                 Some(_) => StoreError::Conflict {
@@ -483,6 +531,219 @@ impl Store for SqliteStore {
         })
     }
 
+    fn add_enrollment_code(
+        &self,
+        code: &NewEnrollmentCode,
+    ) -> BoxFuture<'_, Result<(), StoreError>> {
+        let code = code.clone();
+        Box::pin(async move {
+            let result = sqlx::query(
+                "INSERT INTO enrollment_codes (code_hash, user_id, created_at, expires_at)
+                 VALUES (?, ?, ?, ?)",
+            )
+            .bind(&code.code_hash)
+            .bind(&code.user_id)
+            .bind(encode_time(code.created_at)?)
+            .bind(encode_time(code.expires_at)?)
+            .execute(&self.pool)
+            .await;
+            match result {
+                Err(error) if is_foreign_key_violation(&error) => Err(StoreError::NotFound {
+                    what: format!("user {:?}", code.user_id),
+                }),
+                // The message leaves the hash out.
+                Err(error) if is_unique_violation(&error) => Err(StoreError::Conflict {
+                    what: "the enrollment code exists already".to_owned(),
+                }),
+                other => other.map(drop).map_err(StoreError::from),
+            }
+        })
+    }
+
+    fn get_enrollment_code(
+        &self,
+        code_hash: &str,
+    ) -> BoxFuture<'_, Result<Option<EnrollmentCodeRecord>, StoreError>> {
+        let code_hash = code_hash.to_owned();
+        Box::pin(async move {
+            sqlx::query(
+                "SELECT code_hash, user_id, created_at, expires_at, used_at, used_by
+                 FROM enrollment_codes WHERE code_hash = ?",
+            )
+            .bind(code_hash)
+            .fetch_optional(&self.pool)
+            .await?
+            .map(|row| enrollment_code_from_row(&row))
+            .transpose()
+        })
+    }
+
+    fn redeem_enrollment_code(
+        &self,
+        code_hash: &str,
+        issued: &IssuedCertificate,
+        now: OffsetDateTime,
+    ) -> BoxFuture<'_, Result<EnrollmentCodeUse, StoreError>> {
+        let code_hash = code_hash.to_owned();
+        let issued = issued.clone();
+        Box::pin(async move {
+            let now = encode_time(now)?;
+            let mut transaction = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+            // The single atomic step: only one caller can turn `used_at` from NULL.
+            let changed = sqlx::query(
+                "UPDATE enrollment_codes SET used_at = ?1, used_by = ?2
+                 WHERE code_hash = ?3 AND user_id = ?4 AND used_at IS NULL AND expires_at > ?1",
+            )
+            .bind(&now)
+            .bind(&issued.facts.serial)
+            .bind(&code_hash)
+            .bind(&issued.user_id)
+            .execute(&mut *transaction)
+            .await?
+            .rows_affected();
+            if changed == 0 {
+                let row = sqlx::query("SELECT used_at FROM enrollment_codes WHERE code_hash = ?")
+                    .bind(&code_hash)
+                    .fetch_optional(&mut *transaction)
+                    .await?;
+                return Ok(match row {
+                    None => EnrollmentCodeUse::Unknown,
+                    Some(row) => {
+                        let used_at: Option<String> = row.try_get("used_at")?;
+                        if used_at.is_some() {
+                            EnrollmentCodeUse::Used
+                        } else {
+                            EnrollmentCodeUse::Expired
+                        }
+                    }
+                });
+            }
+            register_issued(&mut transaction, &issued, &now).await?;
+            transaction.commit().await?;
+            Ok(EnrollmentCodeUse::Accepted)
+        })
+    }
+
+    fn supersede_card(
+        &self,
+        old_serial: &str,
+        issued: &IssuedCertificate,
+        now: OffsetDateTime,
+    ) -> BoxFuture<'_, Result<(), StoreError>> {
+        let old_serial = old_serial.to_owned();
+        let issued = issued.clone();
+        Box::pin(async move {
+            let now = encode_time(now)?;
+            let mut transaction = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+            let changed = sqlx::query(
+                "UPDATE cards SET state = 'revoked' WHERE serial = ? AND state = 'active'",
+            )
+            .bind(&old_serial)
+            .execute(&mut *transaction)
+            .await?
+            .rows_affected();
+            if changed == 0 {
+                let state: Option<String> =
+                    sqlx::query_scalar("SELECT state FROM cards WHERE serial = ?")
+                        .bind(&old_serial)
+                        .fetch_optional(&mut *transaction)
+                        .await?;
+                return Err(match state {
+                    None => StoreError::NotFound {
+                        what: format!("card {old_serial:?}"),
+                    },
+                    Some(state) => StoreError::Conflict {
+                        what: format!("card {old_serial:?} is {state}, not active"),
+                    },
+                });
+            }
+            sqlx::query(
+                "INSERT INTO revoked_certificates (serial, revoked_at, reason)
+                 VALUES (?, ?, 'superseded') ON CONFLICT (serial) DO NOTHING",
+            )
+            .bind(&old_serial)
+            .bind(&now)
+            .execute(&mut *transaction)
+            .await?;
+            register_issued(&mut transaction, &issued, &now).await?;
+            transaction.commit().await?;
+            Ok(())
+        })
+    }
+
+    fn revocation(
+        &self,
+        serial: &str,
+    ) -> BoxFuture<'_, Result<Option<RevokedCertificate>, StoreError>> {
+        let serial = serial.to_owned();
+        Box::pin(async move {
+            sqlx::query(
+                "SELECT serial, revoked_at, reason FROM revoked_certificates WHERE serial = ?",
+            )
+            .bind(serial)
+            .fetch_optional(&self.pool)
+            .await?
+            .map(|row| revoked_from_row(&row))
+            .transpose()
+        })
+    }
+
+    fn revoked_issued_certificates(
+        &self,
+    ) -> BoxFuture<'_, Result<Vec<RevokedCertificate>, StoreError>> {
+        Box::pin(async move {
+            sqlx::query(
+                "SELECT r.serial, r.revoked_at, r.reason FROM revoked_certificates r
+                 JOIN issued_certificates i ON i.serial = r.serial ORDER BY r.serial",
+            )
+            .fetch_all(&self.pool)
+            .await?
+            .iter()
+            .map(revoked_from_row)
+            .collect()
+        })
+    }
+
+    fn delete_card(&self, serial: &str) -> BoxFuture<'_, Result<(), StoreError>> {
+        let serial = serial.to_owned();
+        Box::pin(async move {
+            let mut transaction = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+            let state: Option<String> =
+                sqlx::query_scalar("SELECT state FROM cards WHERE serial = ?")
+                    .bind(&serial)
+                    .fetch_optional(&mut *transaction)
+                    .await?;
+            match state.as_deref() {
+                None => {
+                    return Err(StoreError::NotFound {
+                        what: format!("card {serial:?}"),
+                    });
+                }
+                Some("revoked") => {}
+                Some(state) => {
+                    return Err(StoreError::Conflict {
+                        what: format!("card {serial:?} is {state}; revoke it first"),
+                    });
+                }
+            }
+            // Revoked before the list existed: it goes on it now.
+            sqlx::query(
+                "INSERT INTO revoked_certificates (serial, revoked_at, reason)
+                 VALUES (?, ?, 'unspecified') ON CONFLICT (serial) DO NOTHING",
+            )
+            .bind(&serial)
+            .bind(encode_time(OffsetDateTime::now_utc())?)
+            .execute(&mut *transaction)
+            .await?;
+            sqlx::query("DELETE FROM cards WHERE serial = ?")
+                .bind(&serial)
+                .execute(&mut *transaction)
+                .await?;
+            transaction.commit().await?;
+            Ok(())
+        })
+    }
+
     fn audit(&self, event: NewAuditEvent) -> BoxFuture<'_, Result<(), StoreError>> {
         Box::pin(async move {
             sqlx::query(
@@ -562,6 +823,84 @@ fn card_from_row(row: &SqliteRow) -> Result<Card, StoreError> {
         state: decode_state(row, "state")?,
         first_seen: decode_time(row, "first_seen")?,
         last_seen: decode_time(row, "last_seen")?,
+    })
+}
+
+/// Registers an issued certificate and its card (active, for its user) in `transaction`.
+async fn register_issued(
+    transaction: &mut sqlx::Transaction<'_, Sqlite>,
+    issued: &IssuedCertificate,
+    now: &str,
+) -> Result<(), StoreError> {
+    let facts = &issued.facts;
+    let not_after = encode_time(facts.not_after)?;
+    let inserted = sqlx::query(
+        "INSERT INTO cards (serial, fingerprint, issuer, subject, user_id, state, first_seen, last_seen)
+         VALUES (?1, ?2, ?3, ?4, ?5, 'active', ?6, ?6)",
+    )
+    .bind(&facts.serial)
+    .bind(&facts.fingerprint)
+    .bind(&facts.issuer)
+    .bind(&facts.subject)
+    .bind(&issued.user_id)
+    .bind(now)
+    .execute(&mut **transaction)
+    .await;
+    match inserted {
+        Err(error) if is_unique_violation(&error) => {
+            return Err(StoreError::Conflict {
+                what: format!("card {:?} exists already", facts.serial),
+            });
+        }
+        Err(error) if is_foreign_key_violation(&error) => {
+            return Err(StoreError::NotFound {
+                what: format!("user {:?}", issued.user_id),
+            });
+        }
+        other => other.map(drop)?,
+    }
+    sqlx::query(
+        "INSERT INTO issued_certificates
+             (serial, fingerprint, user_id, issued_at, not_after, card_serial_number, chuid_guid)
+         VALUES (?, ?, ?, ?, ?, ?, ?)",
+    )
+    .bind(&facts.serial)
+    .bind(&facts.fingerprint)
+    .bind(&issued.user_id)
+    .bind(now)
+    .bind(not_after)
+    .bind(issued.card_serial_number.map(i64::from))
+    .bind(&issued.chuid_guid)
+    .execute(&mut **transaction)
+    .await?;
+    Ok(())
+}
+
+fn enrollment_code_from_row(row: &SqliteRow) -> Result<EnrollmentCodeRecord, StoreError> {
+    let used_at: Option<String> = row.try_get("used_at")?;
+    Ok(EnrollmentCodeRecord {
+        code_hash: row.try_get("code_hash")?,
+        user_id: row.try_get("user_id")?,
+        created_at: decode_time(row, "created_at")?,
+        expires_at: decode_time(row, "expires_at")?,
+        used_at: used_at
+            .map(|text| {
+                OffsetDateTime::parse(&text, &Rfc3339)
+                    .map_err(|error| column_error("used_at", error))
+            })
+            .transpose()?,
+        used_by: row.try_get("used_by")?,
+    })
+}
+
+fn revoked_from_row(row: &SqliteRow) -> Result<RevokedCertificate, StoreError> {
+    let reason: String = row.try_get("reason")?;
+    Ok(RevokedCertificate {
+        serial: row.try_get("serial")?,
+        revoked_at: decode_time(row, "revoked_at")?,
+        reason: reason
+            .parse::<RevocationReason>()
+            .map_err(|error| column_error("reason", error))?,
     })
 }
 
@@ -704,7 +1043,7 @@ mod tests {
         let (second, third) = tokio::join!(SqliteStore::open(&path), SqliteStore::open(&path));
         let (second, third) = (second?, third?);
         for store in [&first, &second, &third] {
-            assert_eq!(migration_versions(store).await?, vec![1]);
+            assert_eq!(migration_versions(store).await?, vec![1, 2]);
         }
         let journal_mode: String = sqlx::query_scalar("PRAGMA journal_mode")
             .fetch_one(&first.pool)
@@ -722,13 +1061,13 @@ mod tests {
         let dir = tempfile::tempdir()?;
         let path = dir.path().join("pivtap.db");
         let store = SqliteStore::open(&path).await?;
-        sqlx::query("INSERT INTO schema_migrations (version, applied_at) VALUES (2, 'x')")
+        sqlx::query("INSERT INTO schema_migrations (version, applied_at) VALUES (3, 'x')")
             .execute(&store.pool)
             .await?;
         store.close().await;
         let reopened = SqliteStore::open(&path).await;
         assert!(
-            matches!(&reopened, Err(StoreError::Conflict { what }) if what.contains("schema version 2")),
+            matches!(&reopened, Err(StoreError::Conflict { what }) if what.contains("schema version 3")),
             "{reopened:?}"
         );
         Ok(())
@@ -909,6 +1248,215 @@ mod tests {
             .record_card(&facts("0001", "f4"), None, at(50))
             .await?;
         assert_eq!(store.list_cards().await?, vec![other, fourth]);
+        Ok(())
+    }
+
+    fn issued(serial: &str, user: &str) -> IssuedCertificate {
+        IssuedCertificate {
+            facts: facts(serial, &format!("fp-{serial}")),
+            user_id: user.to_owned(),
+            card_serial_number: Some(12_345_678),
+            chuid_guid: Some("00112233445566778899aabbccddeeff".to_owned()),
+        }
+    }
+
+    fn code(hash: &str, user: &str, expires: i64) -> NewEnrollmentCode {
+        NewEnrollmentCode {
+            code_hash: hash.to_owned(),
+            user_id: user.to_owned(),
+            created_at: at(0),
+            expires_at: at(expires),
+        }
+    }
+
+    #[tokio::test]
+    async fn an_enrollment_code_is_redeemed_once_before_it_expires() -> TestResult {
+        let store = SqliteStore::in_memory().await?;
+        store.add_user(&user("alice", "alice@example.com")).await?;
+        assert!(matches!(
+            store.add_enrollment_code(&code("h0", "nobody", 900)).await,
+            Err(StoreError::NotFound { .. })
+        ));
+        store.add_enrollment_code(&code("h1", "alice", 900)).await?;
+        store.add_enrollment_code(&code("h2", "alice", 900)).await?;
+        assert!(matches!(
+            store.add_enrollment_code(&code("h1", "alice", 900)).await,
+            Err(StoreError::Conflict { .. })
+        ));
+        let stored = store.get_enrollment_code("h1").await?.ok_or("stored")?;
+        assert_eq!((stored.user_id.as_str(), stored.used_at), ("alice", None));
+
+        assert_eq!(
+            store
+                .redeem_enrollment_code("nope", &issued("01", "alice"), at(1))
+                .await?,
+            EnrollmentCodeUse::Unknown
+        );
+        assert_eq!(
+            store
+                .redeem_enrollment_code("h1", &issued("01", "alice"), at(1))
+                .await?,
+            EnrollmentCodeUse::Accepted
+        );
+        let card = store.get_card("01").await?.ok_or("registered")?;
+        assert_eq!(
+            (card.state, card.user_id.as_deref()),
+            (CardState::Active, Some("alice"))
+        );
+        let used = store.get_enrollment_code("h1").await?.ok_or("stored")?;
+        assert_eq!(
+            (used.used_at, used.used_by.as_deref()),
+            (Some(at(1)), Some("01"))
+        );
+        // Used beats expired; a refused redemption registers nothing.
+        for now in [2, 10_000] {
+            assert_eq!(
+                store
+                    .redeem_enrollment_code("h1", &issued("02", "alice"), at(now))
+                    .await?,
+                EnrollmentCodeUse::Used
+            );
+        }
+        assert_eq!(
+            store
+                .redeem_enrollment_code("h2", &issued("03", "alice"), at(900))
+                .await?,
+            EnrollmentCodeUse::Expired
+        );
+        assert!(store.get_card("02").await?.is_none());
+        assert!(store.get_card("03").await?.is_none());
+        // A serial that exists already: the code stays unused.
+        assert!(matches!(
+            store
+                .redeem_enrollment_code("h2", &issued("01", "alice"), at(5))
+                .await,
+            Err(StoreError::Conflict { .. })
+        ));
+        assert_eq!(
+            store.get_enrollment_code("h2").await?.ok_or("h2")?.used_at,
+            None
+        );
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn of_sixteen_racing_redemptions_exactly_one_is_accepted() -> TestResult {
+        let dir = tempfile::tempdir()?;
+        let path = dir.path().join("race.db");
+        let first = SqliteStore::open(&path).await?;
+        let second = SqliteStore::open(&path).await?;
+        first.add_user(&user("alice", "alice@example.com")).await?;
+        first
+            .add_enrollment_code(&code("race", "alice", 900))
+            .await?;
+        let mut tasks = Vec::new();
+        for index in 0..16 {
+            let store = if index % 2 == 0 {
+                first.clone()
+            } else {
+                second.clone()
+            };
+            tasks.push(tokio::spawn(async move {
+                store
+                    .redeem_enrollment_code(
+                        "race",
+                        &issued(&format!("{index:02x}"), "alice"),
+                        at(1),
+                    )
+                    .await
+            }));
+        }
+        let mut accepted = 0;
+        for task in tasks {
+            if task.await?? == EnrollmentCodeUse::Accepted {
+                accepted += 1;
+            }
+        }
+        assert_eq!(accepted, 1);
+        assert_eq!(first.list_cards().await?.len(), 1);
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn renewal_supersedes_the_old_card_once() -> TestResult {
+        let store = SqliteStore::in_memory().await?;
+        store.add_user(&user("alice", "alice@example.com")).await?;
+        store.add_enrollment_code(&code("h1", "alice", 900)).await?;
+        store
+            .redeem_enrollment_code("h1", &issued("01", "alice"), at(1))
+            .await?;
+
+        store
+            .supersede_card("01", &issued("02", "alice"), at(2))
+            .await?;
+        assert_eq!(
+            store.get_card("01").await?.ok_or("old")?.state,
+            CardState::Revoked
+        );
+        assert_eq!(
+            store.get_card("02").await?.ok_or("new")?.state,
+            CardState::Active
+        );
+        let revoked = store.revocation("01").await?.ok_or("listed")?;
+        assert_eq!(
+            (revoked.reason, revoked.revoked_at),
+            (RevocationReason::Superseded, at(2))
+        );
+        assert!(store.revocation("02").await?.is_none());
+        // The old card cannot be renewed twice; a missing one is not found.
+        assert!(matches!(
+            store
+                .supersede_card("01", &issued("03", "alice"), at(3))
+                .await,
+            Err(StoreError::Conflict { .. })
+        ));
+        assert!(store.get_card("03").await?.is_none());
+        assert!(matches!(
+            store
+                .supersede_card("ff", &issued("04", "alice"), at(3))
+                .await,
+            Err(StoreError::NotFound { .. })
+        ));
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn deleted_revoked_cards_stay_on_the_revocation_list() -> TestResult {
+        let store = SqliteStore::in_memory().await?;
+        store.add_user(&user("alice", "alice@example.com")).await?;
+        store.add_enrollment_code(&code("h1", "alice", 900)).await?;
+        store
+            .redeem_enrollment_code("h1", &issued("01", "alice"), at(1))
+            .await?;
+        // A card this server did not issue.
+        store.record_card(&facts("0e", "f"), None, at(0)).await?;
+
+        assert!(
+            matches!(store.delete_card("01").await, Err(StoreError::Conflict { what }) if what.contains("revoke it first"))
+        );
+        assert!(matches!(
+            store.delete_card("ff").await,
+            Err(StoreError::NotFound { .. })
+        ));
+        store.set_card_state("01", CardState::Revoked).await?;
+        store.set_card_state("0e", CardState::Revoked).await?;
+        assert_eq!(
+            store.revocation("01").await?.ok_or("listed")?.reason,
+            RevocationReason::Unspecified
+        );
+        store.delete_card("01").await?;
+        store.delete_card("0e").await?;
+        assert!(store.get_card("01").await?.is_none());
+        assert!(store.revocation("01").await?.is_some());
+        assert!(store.revocation("0e").await?.is_some());
+        // The CRL lists only what this server issued.
+        let listed: Vec<String> = store
+            .revoked_issued_certificates()
+            .await?
+            .into_iter()
+            .map(|revoked| revoked.serial)
+            .collect();
+        assert_eq!(listed, ["01"]);
         Ok(())
     }
 
