@@ -17,6 +17,7 @@ use subtle::ConstantTimeEq;
 use zeroize::Zeroizing;
 
 use super::keys::SlotKey;
+use super::protection::{DataKey, KdfParams, SealedKey, Secret, WrappedKey, seals_slot};
 use crate::management_key::ManagementKey;
 
 /// The PIN a new card ships with.
@@ -42,41 +43,121 @@ pub const YUBICO_EXTENSIONS_VERSION: [u8; 3] = [5, 3, 0];
 /// What a command produced: response data on success, or a status word.
 pub type Outcome = Result<Vec<u8>, StatusWord>;
 
+/// How the card knows a PIN or PUK.
+pub enum ReferenceValue {
+    /// The unpadded value itself (an unprotected card).
+    Clear(Zeroizing<Vec<u8>>),
+    /// Only the card's data key wrapped under it (a protected card): the
+    /// value is right when it unwraps the data key.
+    Wrapped(WrappedKey),
+}
+
 /// A PIN or PUK with its retry counter.
 pub struct ReferenceData {
-    /// The unpadded value.
-    pub value: Zeroizing<Vec<u8>>,
+    /// The value, or what proves it.
+    pub value: ReferenceValue,
     /// Tries left before it blocks.
     pub retries_left: u8,
     /// Tries after a successful verification or unblock.
     pub max_retries: u8,
 }
 
+/// Pads a PIN or PUK to eight bytes with `FF`, as on the wire.
+pub(crate) fn pad(value: &[u8]) -> Zeroizing<[u8; 8]> {
+    let mut padded = Zeroizing::new([0xFF_u8; 8]);
+    let len = value.len().min(8);
+    padded[..len].copy_from_slice(&value[..len]);
+    padded
+}
+
+/// The value inside `FF` padding.
+fn unpad(padded: &[u8]) -> &[u8] {
+    let end = padded
+        .iter()
+        .position(|byte| *byte == 0xFF)
+        .unwrap_or(padded.len());
+    &padded[..end]
+}
+
 impl ReferenceData {
-    /// The value padded to eight bytes with `FF`, as on the wire.
+    /// The value padded to eight bytes with `FF`, as on the wire; `None` on
+    /// a protected card, which does not know its PIN and PUK.
     #[must_use]
-    pub fn padded(&self) -> Zeroizing<[u8; 8]> {
-        let mut padded = Zeroizing::new([0xFF_u8; 8]);
-        padded[..self.value.len()].copy_from_slice(&self.value);
-        padded
+    pub fn padded(&self) -> Option<Zeroizing<[u8; 8]>> {
+        match &self.value {
+            ReferenceValue::Clear(value) => Some(pad(value)),
+            ReferenceValue::Wrapped(_) => None,
+        }
     }
 
-    fn is_blocked(&self) -> bool {
+    /// Whether the value is `candidate` (unpadded), without counting a try.
+    fn is(&self, candidate: &[u8], kind: Secret) -> bool {
+        match &self.value {
+            ReferenceValue::Clear(value) => bool::from(value.as_slice().ct_eq(candidate)),
+            ReferenceValue::Wrapped(wrapped) => wrapped.unwrap(candidate, kind).is_ok(),
+        }
+    }
+
+    pub(crate) fn is_blocked(&self) -> bool {
         self.retries_left == 0
     }
 
-    /// Compares a padded candidate in constant time, counting a failure down.
-    fn check(&mut self, padded_candidate: &[u8]) -> Result<(), StatusWord> {
+    /// Checks a padded candidate (in constant time, or by unwrapping the
+    /// data key), counting a failure down. Gives the data key on a protected card.
+    fn check(
+        &mut self,
+        padded_candidate: &[u8],
+        kind: Secret,
+    ) -> Result<Option<DataKey>, StatusWord> {
         if self.is_blocked() {
             return Err(StatusWord::AuthenticationBlocked);
         }
-        if bool::from(self.padded().as_slice().ct_eq(padded_candidate)) {
-            self.retries_left = self.max_retries;
-            Ok(())
-        } else {
-            self.retries_left -= 1;
-            Err(StatusWord::RetriesLeft(self.retries_left))
+        let right = match &self.value {
+            ReferenceValue::Clear(value) => {
+                bool::from(pad(value).as_slice().ct_eq(padded_candidate)).then_some(None)
+            }
+            ReferenceValue::Wrapped(wrapped) => {
+                match wrapped.unwrap(unpad(padded_candidate), kind) {
+                    Ok(data_key) => Some(Some(data_key)),
+                    Err(super::protection::ProtectionError::WrongSecret) => None,
+                    Err(error) => {
+                        tracing::error!(%error, "the virtual card cannot derive its key");
+                        return Err(StatusWord::MemoryFailure);
+                    }
+                }
+            }
+        };
+        match right {
+            Some(data_key) => {
+                self.retries_left = self.max_retries;
+                Ok(data_key)
+            }
+            None => {
+                self.retries_left -= 1;
+                Err(StatusWord::RetriesLeft(self.retries_left))
+            }
         }
+    }
+
+    /// Sets a new (unpadded) value: in the clear, or on a protected card by
+    /// wrapping `data_key` under it.
+    fn set(
+        &mut self,
+        new: &[u8],
+        kind: Secret,
+        data_key: Option<&DataKey>,
+    ) -> Result<(), StatusWord> {
+        self.value = match (&self.value, data_key) {
+            (ReferenceValue::Clear(_), _) => ReferenceValue::Clear(Zeroizing::new(new.to_vec())),
+            (ReferenceValue::Wrapped(old), Some(data_key)) => ReferenceValue::Wrapped(
+                WrappedKey::wrap(data_key, new, kind, old.kdf()).map_err(|error| {
+                    tracing::error!(%error, "the virtual card cannot wrap its key");
+                    StatusWord::MemoryFailure
+                })?,
+            ),
+            (ReferenceValue::Wrapped(_), None) => return Err(StatusWord::ConditionsNotSatisfied),
+        };
+        Ok(())
     }
 }
 
@@ -92,8 +173,11 @@ pub struct PersistentState {
     pub puk: ReferenceData,
     /// The card management key (9B).
     pub management_key: ManagementKey,
-    /// Private keys by slot.
+    /// Private keys held in the clear, by slot: every key of an unprotected
+    /// card; the card authentication key (9E) of a protected one.
     pub keys: BTreeMap<KeyReference, SlotKey>,
+    /// Private keys sealed with the data key, by slot (protected cards only).
+    pub sealed_keys: BTreeMap<KeyReference, SealedKey>,
     /// Data object contents (inside their wire wrapper) by tag.
     pub objects: BTreeMap<u32, Vec<u8>>,
 }
@@ -110,6 +194,20 @@ pub struct VolatileState {
     pending_witness: Option<Zeroizing<Vec<u8>>>,
     /// The plain challenge of a one-way (external) management-key authentication.
     pending_challenge: Option<Zeroizing<Vec<u8>>>,
+    /// A protected card's data key, from the last successful VERIFY.
+    data_key: Option<DataKey>,
+    /// A protected card's sealed keys, opened with `data_key` (zeroized on drop).
+    unsealed: BTreeMap<KeyReference, SlotKey>,
+}
+
+impl VolatileState {
+    /// Forgets the PIN verification, and with it a protected card's opened keys.
+    fn forget_pin(&mut self) {
+        self.pin_verified = false;
+        self.pin_fresh_for_signature = false;
+        self.data_key = None;
+        self.unsealed.clear();
+    }
 }
 
 /// Which interface the card is reached over; contactless applies SP 800-73-4's limits.
@@ -159,6 +257,35 @@ impl PivApplet {
     #[must_use]
     pub fn interface(&self) -> Interface {
         self.interface
+    }
+
+    /// Whether the card is protected: its PIN and PUK are known only by the
+    /// data key wrapped under them, and its private keys are sealed.
+    #[must_use]
+    pub fn is_protected(&self) -> bool {
+        matches!(self.persistent.pin.value, ReferenceValue::Wrapped(_))
+    }
+
+    /// Whether a protected card's keys are open (the PIN was verified).
+    #[must_use]
+    pub fn is_unlocked(&self) -> bool {
+        self.volatile.data_key.is_some()
+    }
+
+    /// The key in `slot`: a clear key, or an opened sealed one (`6982` while
+    /// a protected card is locked), or `6A88` when the slot is empty.
+    fn slot_key(&self, slot: KeyReference) -> Result<&SlotKey, StatusWord> {
+        if let Some(key) = self.persistent.keys.get(&slot) {
+            return Ok(key);
+        }
+        if self.persistent.sealed_keys.contains_key(&slot) {
+            return self
+                .volatile
+                .unsealed
+                .get(&slot)
+                .ok_or(StatusWord::SecurityStatusNotSatisfied);
+        }
+        Err(StatusWord::ReferencedDataNotFound)
     }
 
     /// Whether persistent state changed since the last call; clears the flag.
@@ -301,8 +428,7 @@ impl PivApplet {
         }
         match (command.p1, command.data().len()) {
             (0xFF, 0) => {
-                self.volatile.pin_verified = false;
-                self.volatile.pin_fresh_for_signature = false;
+                self.volatile.forget_pin();
                 Ok(Vec::new())
             }
             (0x00, 0) => {
@@ -318,12 +444,13 @@ impl PivApplet {
                 if Pin::from_padded(command.data()).is_err() {
                     return Err(StatusWord::IncorrectData);
                 }
-                self.volatile.pin_verified = false;
-                self.volatile.pin_fresh_for_signature = false;
+                self.volatile.forget_pin();
                 let before = self.persistent.pin.retries_left;
-                let result = self.persistent.pin.check(command.data());
+                let result = self.persistent.pin.check(command.data(), Secret::Pin);
                 self.dirty |= self.persistent.pin.retries_left != before;
-                result?;
+                if let Some(data_key) = result? {
+                    self.unlock(data_key)?;
+                }
                 self.volatile.pin_verified = true;
                 self.volatile.pin_fresh_for_signature = true;
                 Ok(Vec::new())
@@ -360,16 +487,16 @@ impl PivApplet {
             _ => return Err(StatusWord::ReferencedDataNotFound),
         }
         .map_err(|_| StatusWord::IncorrectData)?;
-        let target = if reference == KeyReference::Pin {
-            &mut self.persistent.pin
+        let (target, kind) = if reference == KeyReference::Pin {
+            (&mut self.persistent.pin, Secret::Pin)
         } else {
-            &mut self.persistent.puk
+            (&mut self.persistent.puk, Secret::Puk)
         };
         let before = target.retries_left;
-        let result = target.check(current);
+        let result = target.check(current, kind);
         self.dirty |= target.retries_left != before;
-        result?;
-        target.value = new_value;
+        let data_key = result?;
+        target.set(&new_value, kind, data_key.as_ref())?;
         self.dirty = true;
         Ok(Vec::new())
     }
@@ -390,10 +517,12 @@ impl PivApplet {
         let (puk, new_pin) = data.split_at(8);
         let new_pin = Pin::from_padded(new_pin).map_err(|_| StatusWord::IncorrectData)?;
         let before = self.persistent.puk.retries_left;
-        let result = self.persistent.puk.check(puk);
+        let result = self.persistent.puk.check(puk, Secret::Puk);
         self.dirty |= self.persistent.puk.retries_left != before;
-        result?;
-        self.persistent.pin.value = Zeroizing::new(new_pin.as_bytes().to_vec());
+        let data_key = result?;
+        self.persistent
+            .pin
+            .set(new_pin.as_bytes(), Secret::Pin, data_key.as_ref())?;
         self.persistent.pin.retries_left = self.persistent.pin.max_retries;
         self.dirty = true;
         Ok(Vec::new())
@@ -416,11 +545,7 @@ impl PivApplet {
         if reference != KeyReference::CardAuthentication {
             self.require_contact()?;
         }
-        let key = self
-            .persistent
-            .keys
-            .get(&reference)
-            .ok_or(StatusWord::ReferencedDataNotFound)?;
+        let key = self.slot_key(reference)?;
         if key.algorithm() != algorithm {
             return Err(StatusWord::IncorrectP1P2);
         }
@@ -555,15 +680,15 @@ impl PivApplet {
             KeyReference::try_from(command.p2).map_err(|_| StatusWord::ReferencedDataNotFound)?;
         let metadata = match reference {
             KeyReference::Pin | KeyReference::Puk => {
-                let (data, default) = if reference == KeyReference::Pin {
-                    (&self.persistent.pin, DEFAULT_PIN)
+                let (data, default, kind) = if reference == KeyReference::Pin {
+                    (&self.persistent.pin, DEFAULT_PIN, Secret::Pin)
                 } else {
-                    (&self.persistent.puk, DEFAULT_PUK)
+                    (&self.persistent.puk, DEFAULT_PUK, Secret::Puk)
                 };
                 Metadata {
                     algorithm: Some(ALGORITHM_PIN),
                     policy: Some([0, 0]),
-                    is_default: Some(data.value.as_slice() == default),
+                    is_default: Some(data.is(default, kind)),
                     retries: Some((data.max_retries, data.retries_left)),
                     ..Metadata::default()
                 }
@@ -578,14 +703,24 @@ impl PivApplet {
                 }
             }
             slot if slot.is_asymmetric_slot() => {
-                let key = self
-                    .persistent
-                    .keys
-                    .get(&slot)
-                    .ok_or(StatusWord::ReferencedDataNotFound)?;
-                let public_key = key.public_key().encode();
-                let inner =
-                    tlv::expect(&public_key, 0x7F49).map_err(|_| StatusWord::NoPreciseDiagnosis)?;
+                let (algorithm, public_key) = match self.slot_key(slot) {
+                    Ok(key) => (key.algorithm(), Some(key.public_key().encode())),
+                    // A locked protected card knows the algorithm, not the key.
+                    Err(StatusWord::SecurityStatusNotSatisfied) => (
+                        self.persistent
+                            .sealed_keys
+                            .get(&slot)
+                            .ok_or(StatusWord::ReferencedDataNotFound)?
+                            .algorithm(),
+                        None,
+                    ),
+                    Err(status) => return Err(status),
+                };
+                let inner = public_key
+                    .as_deref()
+                    .map(|encoded| tlv::expect(encoded, 0x7F49).map(<[u8]>::to_vec))
+                    .transpose()
+                    .map_err(|_| StatusWord::NoPreciseDiagnosis)?;
                 let pin_policy = if slot == KeyReference::DigitalSignature {
                     3
                 } else if slot == KeyReference::CardAuthentication {
@@ -594,12 +729,12 @@ impl PivApplet {
                     2
                 };
                 Metadata {
-                    algorithm: Some(u8::from(key.algorithm())),
+                    algorithm: Some(u8::from(algorithm)),
                     policy: Some([pin_policy, 1]),
                     // The card has no key import: every key it holds came
                     // from GENERATE ASYMMETRIC KEY PAIR.
                     origin: Some(KeyOrigin::Generated),
-                    public_key: Some(inner.to_vec()),
+                    public_key: inner,
                     ..Metadata::default()
                 }
             }
@@ -624,15 +759,49 @@ impl PivApplet {
             _ => return Err(StatusWord::IncorrectData),
         };
         let algorithm = Algorithm::try_from(mechanism).map_err(|_| StatusWord::IncorrectData)?;
+        let seal = self.is_protected() && seals_slot(slot);
+        if seal && self.volatile.data_key.is_none() {
+            return Err(StatusWord::SecurityStatusNotSatisfied);
+        }
         let key = SlotKey::generate(algorithm).map_err(|_| StatusWord::IncorrectData)?;
         let public_key = key.public_key().encode();
-        self.persistent.keys.insert(slot, key);
+        match self.volatile.data_key.as_ref().filter(|_| seal) {
+            Some(data_key) => {
+                let sealed = SealedKey::seal(data_key, slot, &key).map_err(|error| {
+                    tracing::error!(%error, "the virtual card cannot seal a key");
+                    StatusWord::MemoryFailure
+                })?;
+                self.persistent.keys.remove(&slot);
+                self.persistent.sealed_keys.insert(slot, sealed);
+                self.volatile.unsealed.insert(slot, key);
+            }
+            None => {
+                self.persistent.sealed_keys.remove(&slot);
+                self.volatile.unsealed.remove(&slot);
+                self.persistent.keys.insert(slot, key);
+            }
+        }
         self.dirty = true;
         Ok(public_key)
     }
 }
 
 impl PivApplet {
+    /// Opens a protected card's sealed keys with the data key a VERIFY gave.
+    fn unlock(&mut self, data_key: DataKey) -> Result<(), StatusWord> {
+        let mut unsealed = BTreeMap::new();
+        for (slot, sealed) in &self.persistent.sealed_keys {
+            let key = sealed.unseal(&data_key, *slot).map_err(|error| {
+                tracing::error!(%error, "the virtual card cannot open a sealed key");
+                StatusWord::NoPreciseDiagnosis
+            })?;
+            unsealed.insert(*slot, key);
+        }
+        self.volatile.unsealed = unsealed;
+        self.volatile.data_key = Some(data_key);
+        Ok(())
+    }
+
     /// RESET (YubiKey extension `FB`): returns the PIV application to its
     /// factory state, and only once both the PIN and the PUK are blocked
     /// (else `6985`, conditions of use not satisfied), as YubiKeys do. Every
@@ -647,15 +816,19 @@ impl PivApplet {
         if !(self.persistent.pin.is_blocked() && self.persistent.puk.is_blocked()) {
             return Err(StatusWord::ConditionsNotSatisfied);
         }
-        let factory = |value: &[u8]| ReferenceData {
-            value: Zeroizing::new(value.to_vec()),
-            retries_left: FACTORY_RETRIES,
-            max_retries: FACTORY_RETRIES,
+        let protection = match &self.persistent.pin.value {
+            ReferenceValue::Wrapped(wrapped) => Some(wrapped.kdf()),
+            ReferenceValue::Clear(_) => None,
         };
-        self.persistent.pin = factory(DEFAULT_PIN);
-        self.persistent.puk = factory(DEFAULT_PUK);
+        let (pin, puk) = factory_reference_data(protection).map_err(|error| {
+            tracing::error!(%error, "the virtual card cannot wrap its new key");
+            StatusWord::MemoryFailure
+        })?;
+        self.persistent.pin = pin;
+        self.persistent.puk = puk;
         self.persistent.management_key = ManagementKey::default_key();
         self.persistent.keys.clear();
+        self.persistent.sealed_keys.clear();
         self.persistent.objects.clear();
         self.volatile = VolatileState {
             selected: true,
@@ -664,6 +837,45 @@ impl PivApplet {
         self.dirty = true;
         Ok(Vec::new())
     }
+}
+
+/// The factory PIN and PUK with [`FACTORY_RETRIES`] tries: in the clear,
+/// or, for a protected card, as a fresh data key wrapped under each.
+///
+/// # Errors
+/// The errors of [`WrappedKey::wrap`].
+pub fn factory_reference_data(
+    protection: Option<KdfParams>,
+) -> Result<(ReferenceData, ReferenceData), super::protection::ProtectionError> {
+    let (pin, puk) = match protection {
+        None => (
+            ReferenceValue::Clear(Zeroizing::new(DEFAULT_PIN.to_vec())),
+            ReferenceValue::Clear(Zeroizing::new(DEFAULT_PUK.to_vec())),
+        ),
+        Some(kdf) => {
+            let data_key = DataKey::generate();
+            (
+                ReferenceValue::Wrapped(WrappedKey::wrap(
+                    &data_key,
+                    DEFAULT_PIN,
+                    Secret::Pin,
+                    kdf,
+                )?),
+                ReferenceValue::Wrapped(WrappedKey::wrap(
+                    &data_key,
+                    DEFAULT_PUK,
+                    Secret::Puk,
+                    kdf,
+                )?),
+            )
+        }
+    };
+    let counted = |value| ReferenceData {
+        value,
+        retries_left: FACTORY_RETRIES,
+        max_retries: FACTORY_RETRIES,
+    };
+    Ok((counted(pin), counted(puk)))
 }
 
 /// Splits PUT DATA's data into the object and its content.

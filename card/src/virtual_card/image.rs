@@ -87,6 +87,57 @@
 //!     object's content: what GET DATA returns inside its outer tag (`53`, or
 //!     `7E` for the discovery object). For a certificate object that is
 //!     `70 <certificate> 71 <certinfo> FE 00`.
+//!
+//! # Protected cards
+//!
+//! A protected card (`pivtap vcard enroll`, `pivtap vcard new --protect`)
+//! does not keep its PIN and PUK, and keeps its private keys sealed; see
+//! [`super::protection`] for the design and its limits. Its image differs
+//! from the one above in three places:
+//!
+//! ```toml
+//! [pin]
+//! retries_left = 3
+//! max_retries = 3
+//!
+//! [puk]
+//! retries_left = 3
+//! max_retries = 3
+//!
+//! [protection]
+//! kdf = "argon2id"
+//! memory_kib = 19456
+//! iterations = 2
+//! parallelism = 1
+//! pin_salt = "sL3v0mB4q0kU4n2oZp3Ybw=="
+//! pin_wrapped_key = "…"
+//! puk_salt = "xq0H3cY2m3c9rS7mW1bH2A=="
+//! puk_wrapped_key = "…"
+//!
+//! [[keys]]
+//! slot = "9a"
+//! algorithm = "p256"
+//! sealed_private_key = "…"
+//! ```
+//!
+//! - `[pin]` and `[puk]` have no `value`: the card does not know them.
+//! - `[protection]` (present only on protected cards; an image without it
+//!   is the unprotected format above, unchanged):
+//!   - `kdf` = `"argon2id"`, with `memory_kib`, `iterations` and
+//!     `parallelism`: the Argon2id (version 0x13) cost. New cards use 19456
+//!     KiB, 2, 1 (OWASP's recommendation); smaller values load (tests use
+//!     them) but make offline PIN guessing cheaper.
+//!   - `pin_salt`, `puk_salt`: 16 random bytes each, base64.
+//!   - `pin_wrapped_key`, `puk_wrapped_key`: base64 of a 12-byte nonce and
+//!     the AES-256-GCM encryption (with its 16-byte tag) of the card's
+//!     32-byte data key under Argon2id(PIN, pin_salt), resp.
+//!     Argon2id(PUK, puk_salt).
+//! - `[[keys]]` entries carry `sealed_private_key` instead of
+//!   `private_key`: base64 of a 12-byte nonce and the AES-256-GCM
+//!   encryption, under the data key, of the PKCS#8 DER private key, with
+//!   the slot and algorithm as associated data. A card authentication key
+//!   (9E) stays a clear `private_key`: PIV uses it without a PIN.
+//! - The management key stays in the clear: the card needs it without a PIN.
 
 use std::collections::HashSet;
 use std::fmt;
@@ -104,6 +155,7 @@ use serde::{Deserialize, Serialize, Serializer};
 use zeroize::Zeroizing;
 
 use super::keys::{KeyError, SlotKey};
+use super::protection::{KdfParams, ProtectionError, SealedKey, WrappedKey};
 use crate::management_key::{ManagementKey, ManagementKeyError};
 
 /// The value of the `format` field.
@@ -115,6 +167,8 @@ pub const MAX_RETRY_LIMIT: u8 = 15;
 /// The comment at the top of every saved image.
 const FILE_HEADER: &str = "# pivtap virtual PIV card image. It holds the card's PIN, PUK, management\n\
                            # key and private keys: keep it private.\n";
+/// The only `[protection] kdf` this code reads and writes.
+pub const PROTECTION_KDF: &str = "argon2id";
 /// The largest PIV data object tag (three bytes).
 const MAX_OBJECT_TAG: u32 = 0xFF_FFFF;
 
@@ -272,6 +326,71 @@ pub enum ImageError {
         /// What went wrong.
         message: String,
     },
+    /// `[pin]` or `[puk]` has no `value` and the image has no `[protection]`.
+    #[error("[{table}] value is missing (only a protected card, with [protection], has none)")]
+    MissingValue {
+        /// `pin` or `puk`.
+        table: &'static str,
+    },
+    /// `[pin]` or `[puk]` has a `value` in a protected image.
+    #[error("[{table}] value must not be written in a protected image (the card does not keep it)")]
+    ValueInProtectedImage {
+        /// `pin` or `puk`.
+        table: &'static str,
+    },
+    /// The PIN and the PUK are not protected alike (one in the clear, or other Argon2id parameters).
+    #[error(
+        "the PIN and the PUK must both be in the clear, or both wrap the data key with one [protection]"
+    )]
+    MixedProtection,
+    /// `[protection] kdf` is not `argon2id`.
+    #[error("[protection] kdf is {found:?}; this pivtap reads \"{PROTECTION_KDF}\"")]
+    UnsupportedKdf {
+        /// The value found.
+        found: String,
+    },
+    /// A `[protection]` field is not valid.
+    #[error("[protection] {field}")]
+    InvalidProtection {
+        /// The field.
+        field: &'static str,
+        /// What is wrong with it.
+        source: ProtectionError,
+    },
+    /// A `[protection]` field is not valid base64.
+    #[error("[protection] {field} is not valid base64")]
+    ProtectionNotBase64 {
+        /// The field.
+        field: &'static str,
+    },
+    /// A `[[keys]]` entry has both or neither of `private_key` and `sealed_private_key`.
+    #[error(
+        "[[keys]] entry {entry} (slot {slot}): needs exactly one of private_key and sealed_private_key"
+    )]
+    KeyMaterial {
+        /// The entry number, from 1.
+        entry: usize,
+        /// The slot.
+        slot: KeyReference,
+    },
+    /// A `[[keys]]` entry is sealed but the image has no `[protection]`.
+    #[error("[[keys]] entry {entry} (slot {slot}): a sealed_private_key needs [protection]")]
+    SealedKeyWithoutProtection {
+        /// The entry number, from 1.
+        entry: usize,
+        /// The slot.
+        slot: KeyReference,
+    },
+    /// A `[[keys]]` sealed key is not base64 of a sealed key.
+    #[error(
+        "[[keys]] entry {entry} (slot {slot}): sealed_private_key is not base64 of a sealed key"
+    )]
+    InvalidSealedKey {
+        /// The entry number, from 1.
+        entry: usize,
+        /// The slot.
+        slot: KeyReference,
+    },
 }
 
 fn describe_location(location: Option<(usize, usize)>) -> String {
@@ -287,10 +406,10 @@ fn describe_location(location: Option<(usize, usize)>) -> String {
 pub struct CardImage {
     /// Card settings (`[card]`).
     pub card: CardSettings,
-    /// The PIN and its retry counter (`[pin]`).
-    pub pin: ReferenceDataState<Pin>,
-    /// The PUK and its retry counter (`[puk]`).
-    pub puk: ReferenceDataState<Puk>,
+    /// The PIN and its retry counter (`[pin]`, and `[protection]` for a protected card).
+    pub pin: ReferenceDataState<StoredSecret<Pin>>,
+    /// The PUK and its retry counter (`[puk]`, and `[protection]` for a protected card).
+    pub puk: ReferenceDataState<StoredSecret<Puk>>,
     /// The card management key (`[management_key]`).
     pub management_key: ManagementKey,
     /// The private keys, one per slot (`[[keys]]`).
@@ -323,12 +442,64 @@ pub struct ReferenceDataState<T> {
     pub max_retries: u8,
 }
 
-/// The private key of one slot, kept as PKCS#8 PEM. `Debug` shows only the slot and algorithm.
+/// A PIN or PUK as the image holds it. `Debug` shows no secret.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum StoredSecret<T> {
+    /// In the clear (`value = "..."`): an unprotected card.
+    Clear(T),
+    /// Not in the file: the card's data key wrapped under it (`[protection]`).
+    Wrapped(WrappedKey),
+}
+
+impl<T> StoredSecret<T> {
+    /// The value, on an unprotected card.
+    #[must_use]
+    pub fn clear(&self) -> Option<&T> {
+        match self {
+            StoredSecret::Clear(value) => Some(value),
+            StoredSecret::Wrapped(_) => None,
+        }
+    }
+
+    /// The wrapped data key, on a protected card.
+    #[must_use]
+    pub fn wrapped(&self) -> Option<&WrappedKey> {
+        match self {
+            StoredSecret::Clear(_) => None,
+            StoredSecret::Wrapped(wrapped) => Some(wrapped),
+        }
+    }
+}
+
+impl StoredSecret<Pin> {
+    /// The PIN's bytes; empty on a protected card, which does not keep it.
+    #[must_use]
+    pub fn as_bytes(&self) -> &[u8] {
+        self.clear().map_or(&[], Pin::as_bytes)
+    }
+}
+
+impl StoredSecret<Puk> {
+    /// The PUK's bytes; empty on a protected card, which does not keep it.
+    #[must_use]
+    pub fn as_bytes(&self) -> &[u8] {
+        self.clear().map_or(&[], Puk::as_bytes)
+    }
+}
+
+/// The private key of one slot: PKCS#8 PEM, or sealed on a protected card.
+/// `Debug` shows only the slot and algorithm.
 #[derive(Clone, PartialEq, Eq)]
 pub struct KeyEntry {
     slot: KeyReference,
     algorithm: Algorithm,
-    private_key_pem: Zeroizing<String>,
+    material: KeyMaterial,
+}
+
+#[derive(Clone, PartialEq, Eq)]
+enum KeyMaterial {
+    Pem(Zeroizing<String>),
+    Sealed(SealedKey),
 }
 
 /// One data object: its tag and its content. `Debug` shows the length, not the content.
@@ -349,8 +520,27 @@ impl KeyEntry {
         Ok(KeyEntry {
             slot,
             algorithm: key.algorithm(),
-            private_key_pem: key.to_pkcs8_pem()?,
+            material: KeyMaterial::Pem(key.to_pkcs8_pem()?),
         })
+    }
+
+    /// Stores a sealed key for `slot` (a protected card).
+    #[must_use]
+    pub fn sealed(slot: KeyReference, key: SealedKey) -> Self {
+        KeyEntry {
+            slot,
+            algorithm: key.algorithm(),
+            material: KeyMaterial::Sealed(key),
+        }
+    }
+
+    /// The sealed key, if the entry is sealed.
+    #[must_use]
+    pub fn sealed_key(&self) -> Option<&SealedKey> {
+        match &self.material {
+            KeyMaterial::Sealed(key) => Some(key),
+            KeyMaterial::Pem(_) => None,
+        }
     }
 
     /// The slot.
@@ -365,19 +555,26 @@ impl KeyEntry {
         self.algorithm
     }
 
-    /// The private key as PKCS#8 PEM.
+    /// The private key as PKCS#8 PEM; empty for a sealed key.
     #[must_use]
     pub fn private_key_pem(&self) -> &str {
-        &self.private_key_pem
+        match &self.material {
+            KeyMaterial::Pem(pem) => pem,
+            KeyMaterial::Sealed(_) => "",
+        }
     }
 
     /// Reads the private key back.
     ///
     /// # Errors
-    /// The errors of [`SlotKey::from_pkcs8_pem`] (not expected: entries hold
-    /// keys that were read or written before).
+    /// [`KeyError::Sealed`] for a sealed key; the errors of
+    /// [`SlotKey::from_pkcs8_pem`] (not expected: entries hold keys that were
+    /// read or written before).
     pub fn slot_key(&self) -> Result<SlotKey, KeyError> {
-        SlotKey::from_pkcs8_pem(&self.private_key_pem)
+        match &self.material {
+            KeyMaterial::Pem(pem) => SlotKey::from_pkcs8_pem(pem),
+            KeyMaterial::Sealed(_) => Err(KeyError::Sealed),
+        }
     }
 }
 
@@ -423,6 +620,26 @@ impl CardImage {
             });
         }
         let file: ImageFile = toml::from_str(text).map_err(|error| toml_error(text, &error))?;
+        let protection = file.protection.as_ref().map(read_protection).transpose()?;
+        let protected = protection.is_some();
+        let (pin, puk) = match protection {
+            None => (
+                StoredSecret::Clear(
+                    Pin::new(&clear_value("pin", &file.pin)?.0).map_err(ImageError::InvalidPin)?,
+                ),
+                StoredSecret::Clear(
+                    Puk::new(&clear_value("puk", &file.puk)?.0).map_err(ImageError::InvalidPuk)?,
+                ),
+            ),
+            Some((pin, puk)) => {
+                for (table, reference) in [("pin", &file.pin), ("puk", &file.puk)] {
+                    if reference.value.is_some() {
+                        return Err(ImageError::ValueInProtectedImage { table });
+                    }
+                }
+                (StoredSecret::Wrapped(pin), StoredSecret::Wrapped(puk))
+            }
+        };
         let image = CardImage {
             card: CardSettings {
                 serial: file.card.serial,
@@ -431,12 +648,12 @@ impl CardImage {
                 contactless: file.card.contactless,
             },
             pin: ReferenceDataState {
-                value: Pin::new(&file.pin.value.0).map_err(ImageError::InvalidPin)?,
+                value: pin,
                 retries_left: file.pin.retries_left,
                 max_retries: file.pin.max_retries,
             },
             puk: ReferenceDataState {
-                value: Puk::new(&file.puk.value.0).map_err(ImageError::InvalidPuk)?,
+                value: puk,
                 retries_left: file.puk.retries_left,
                 max_retries: file.puk.max_retries,
             },
@@ -445,7 +662,7 @@ impl CardImage {
                 .keys
                 .iter()
                 .enumerate()
-                .map(|(index, entry)| read_key_entry(index + 1, entry))
+                .map(|(index, entry)| read_key_entry(index + 1, entry, protected))
                 .collect::<Result<_, _>>()?,
             objects: file
                 .objects
@@ -464,6 +681,19 @@ impl CardImage {
     /// The errors of [`CardImage::validate`], or [`ImageError::Encode`].
     pub fn to_toml_string(&self) -> Result<Zeroizing<String>, ImageError> {
         self.validate()?;
+        let protection = match (&self.pin.value, &self.puk.value) {
+            (StoredSecret::Wrapped(pin), StoredSecret::Wrapped(puk)) => Some(ProtectionFile {
+                kdf: PROTECTION_KDF.to_owned(),
+                memory_kib: pin.kdf().memory_kib(),
+                iterations: pin.kdf().iterations(),
+                parallelism: pin.kdf().parallelism(),
+                pin_salt: BASE64.encode(pin.salt()),
+                pin_wrapped_key: BASE64.encode(pin.wrapped()),
+                puk_salt: BASE64.encode(puk.salt()),
+                puk_wrapped_key: BASE64.encode(puk.wrapped()),
+            }),
+            _ => None,
+        };
         let file = ImageFile {
             format: IMAGE_FORMAT.to_owned(),
             version: IMAGE_VERSION,
@@ -474,12 +704,20 @@ impl CardImage {
                 contactless: self.card.contactless,
             },
             pin: ReferenceDataFile {
-                value: SecretText::from_bytes(self.pin.value.as_bytes()),
+                value: self
+                    .pin
+                    .value
+                    .clear()
+                    .map(|pin| SecretText::from_bytes(pin.as_bytes())),
                 retries_left: self.pin.retries_left,
                 max_retries: self.pin.max_retries,
             },
             puk: ReferenceDataFile {
-                value: SecretText::from_bytes(self.puk.value.as_bytes()),
+                value: self
+                    .puk
+                    .value
+                    .clear()
+                    .map(|puk| SecretText::from_bytes(puk.as_bytes())),
                 retries_left: self.puk.retries_left,
                 max_retries: self.puk.max_retries,
             },
@@ -487,13 +725,23 @@ impl CardImage {
                 algorithm: self.management_key.algorithm().name().to_owned(),
                 key: SecretText(self.management_key.to_hex()),
             },
+            protection,
             keys: self
                 .keys
                 .iter()
-                .map(|entry| KeyFile {
-                    slot: entry.slot.to_string(),
-                    algorithm: entry.algorithm.name().to_owned(),
-                    private_key: SecretText(entry.private_key_pem.clone()),
+                .map(|entry| {
+                    let (private_key, sealed_private_key) = match &entry.material {
+                        KeyMaterial::Pem(pem) => (Some(SecretText(pem.clone())), None),
+                        KeyMaterial::Sealed(sealed) => {
+                            (None, Some(BASE64.encode(sealed.as_bytes())))
+                        }
+                    };
+                    KeyFile {
+                        slot: entry.slot.to_string(),
+                        algorithm: entry.algorithm.name().to_owned(),
+                        private_key,
+                        sealed_private_key,
+                    }
                 })
                 .collect(),
             objects: self
@@ -515,8 +763,15 @@ impl CardImage {
         Ok(text)
     }
 
+    /// Whether the image is of a protected card.
+    #[must_use]
+    pub fn is_protected(&self) -> bool {
+        matches!(self.pin.value, StoredSecret::Wrapped(_))
+    }
+
     /// Checks what the types alone do not: retry counters, key slots, no
-    /// duplicate slots or objects, object tags of at most three bytes.
+    /// duplicate slots or objects, object tags of at most three bytes, a PIN
+    /// and PUK protected alike, sealed keys only on a protected card.
     ///
     /// # Errors
     /// [`ImageError::MaxRetriesOutOfRange`], [`ImageError::RetriesLeftAboveMax`],
@@ -525,8 +780,21 @@ impl CardImage {
     pub fn validate(&self) -> Result<(), ImageError> {
         check_retries("pin", self.pin.retries_left, self.pin.max_retries)?;
         check_retries("puk", self.puk.retries_left, self.puk.max_retries)?;
+        let protected = match (&self.pin.value, &self.puk.value) {
+            (StoredSecret::Clear(_), StoredSecret::Clear(_)) => false,
+            (StoredSecret::Wrapped(pin), StoredSecret::Wrapped(puk)) if pin.kdf() == puk.kdf() => {
+                true
+            }
+            _ => return Err(ImageError::MixedProtection),
+        };
         let mut slots = HashSet::new();
         for (index, entry) in self.keys.iter().enumerate() {
+            if !protected && entry.sealed_key().is_some() {
+                return Err(ImageError::SealedKeyWithoutProtection {
+                    entry: index + 1,
+                    slot: entry.slot,
+                });
+            }
             if !entry.slot.is_asymmetric_slot() {
                 return Err(ImageError::InvalidSlot {
                     entry: index + 1,
@@ -611,7 +879,61 @@ fn read_management_key(file: &ManagementKeyFile) -> Result<ManagementKey, ImageE
     ManagementKey::from_hex(algorithm, &file.key.0).map_err(ImageError::InvalidManagementKey)
 }
 
-fn read_key_entry(entry: usize, file: &KeyFile) -> Result<KeyEntry, ImageError> {
+/// The `value` of `[pin]` or `[puk]` of an unprotected image.
+fn clear_value<'a>(
+    table: &'static str,
+    file: &'a ReferenceDataFile,
+) -> Result<&'a SecretText, ImageError> {
+    file.value
+        .as_ref()
+        .ok_or(ImageError::MissingValue { table })
+}
+
+/// Reads `[protection]`: the PIN's and the PUK's wrapped data key.
+fn read_protection(file: &ProtectionFile) -> Result<(WrappedKey, WrappedKey), ImageError> {
+    if file.kdf != PROTECTION_KDF {
+        return Err(ImageError::UnsupportedKdf {
+            found: file.kdf.clone(),
+        });
+    }
+    let kdf =
+        KdfParams::new(file.memory_kib, file.iterations, file.parallelism).map_err(|source| {
+            ImageError::InvalidProtection {
+                field: "kdf parameters",
+                source,
+            }
+        })?;
+    let decode = |field: &'static str, text: &str| {
+        let text: String = text.split_ascii_whitespace().collect();
+        BASE64
+            .decode(text)
+            .map_err(|_| ImageError::ProtectionNotBase64 { field })
+    };
+    let wrapped = |salt_field, salt: &str, key_field, key: &str| {
+        WrappedKey::from_parts(kdf, &decode(salt_field, salt)?, &decode(key_field, key)?).map_err(
+            |source| ImageError::InvalidProtection {
+                field: key_field,
+                source,
+            },
+        )
+    };
+    Ok((
+        wrapped(
+            "pin_salt",
+            &file.pin_salt,
+            "pin_wrapped_key",
+            &file.pin_wrapped_key,
+        )?,
+        wrapped(
+            "puk_salt",
+            &file.puk_salt,
+            "puk_wrapped_key",
+            &file.puk_wrapped_key,
+        )?,
+    ))
+}
+
+fn read_key_entry(entry: usize, file: &KeyFile, protected: bool) -> Result<KeyEntry, ImageError> {
     let invalid_slot = || ImageError::InvalidSlot {
         entry,
         slot: file.slot.clone(),
@@ -624,7 +946,23 @@ fn read_key_entry(entry: usize, file: &KeyFile) -> Result<KeyEntry, ImageError> 
         .algorithm
         .parse()
         .map_err(|source| ImageError::InvalidKeyAlgorithm { entry, source })?;
-    let key = SlotKey::from_pkcs8_pem(&file.private_key.0).map_err(|source| {
+    let private_key = match (&file.private_key, &file.sealed_private_key) {
+        (Some(private_key), None) => private_key,
+        (None, Some(sealed)) => {
+            if !protected {
+                return Err(ImageError::SealedKeyWithoutProtection { entry, slot });
+            }
+            let text: String = sealed.split_ascii_whitespace().collect();
+            let sealed = BASE64
+                .decode(text)
+                .ok()
+                .and_then(|bytes| SealedKey::from_bytes(declared, &bytes).ok())
+                .ok_or(ImageError::InvalidSealedKey { entry, slot })?;
+            return Ok(KeyEntry::sealed(slot, sealed));
+        }
+        _ => return Err(ImageError::KeyMaterial { entry, slot }),
+    };
+    let key = SlotKey::from_pkcs8_pem(&private_key.0).map_err(|source| {
         ImageError::InvalidPrivateKey {
             entry,
             slot,
@@ -642,7 +980,7 @@ fn read_key_entry(entry: usize, file: &KeyFile) -> Result<KeyEntry, ImageError> 
     Ok(KeyEntry {
         slot,
         algorithm: declared,
-        private_key_pem: file.private_key.0.clone(),
+        material: KeyMaterial::Pem(private_key.0.clone()),
     })
 }
 
@@ -702,6 +1040,8 @@ struct ImageFile {
     pin: ReferenceDataFile,
     puk: ReferenceDataFile,
     management_key: ManagementKeyFile,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    protection: Option<ProtectionFile>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     keys: Vec<KeyFile>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -727,7 +1067,8 @@ fn extended_length_by_default() -> bool {
 #[derive(Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct ReferenceDataFile {
-    value: SecretText,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    value: Option<SecretText>,
     retries_left: u8,
     max_retries: u8,
 }
@@ -744,7 +1085,23 @@ struct ManagementKeyFile {
 struct KeyFile {
     slot: String,
     algorithm: String,
-    private_key: SecretText,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    private_key: Option<SecretText>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    sealed_private_key: Option<String>,
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ProtectionFile {
+    kdf: String,
+    memory_kib: u32,
+    iterations: u32,
+    parallelism: u32,
+    pin_salt: String,
+    pin_wrapped_key: String,
+    puk_salt: String,
+    puk_wrapped_key: String,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -862,12 +1219,12 @@ mod tests {
                 contactless: true,
             },
             pin: ReferenceDataState {
-                value: Pin::new("24681357").unwrap(),
+                value: StoredSecret::Clear(Pin::new("24681357").unwrap()),
                 retries_left: 0,
                 max_retries: 5,
             },
             puk: ReferenceDataState {
-                value: Puk::new("Zq9#x!2w").unwrap(),
+                value: StoredSecret::Clear(Puk::new("Zq9#x!2w").unwrap()),
                 retries_left: 15,
                 max_retries: 15,
             },

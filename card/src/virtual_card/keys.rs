@@ -118,6 +118,9 @@ pub enum KeyError {
         /// The key's algorithm.
         algorithm: Algorithm,
     },
+    /// The key is sealed (a protected card) and opens only with the card's data key.
+    #[error("the private key is sealed; only the card's PIN or PUK opens it")]
+    Sealed,
 }
 
 fn found_label(label: &Option<String>) -> String {
@@ -341,7 +344,39 @@ impl SlotKey {
                 label: Some(label.to_owned()),
             });
         }
-        let der = der.as_slice();
+        SlotKey::from_pkcs8_der(&der)
+    }
+
+    /// The key as PKCS#8 DER (what a protected card seals).
+    ///
+    /// # Errors
+    /// [`KeyError::Encoding`] if the encoder fails (not expected for valid keys).
+    pub fn to_pkcs8_der(&self) -> Result<Zeroizing<Vec<u8>>, KeyError> {
+        let encoded = match self {
+            SlotKey::Rsa(key) => key
+                .to_pkcs8_der()
+                .ok()
+                .map(|document| Zeroizing::new(document.as_bytes().to_vec())),
+            SlotKey::P256(key) => key
+                .to_pkcs8_der()
+                .ok()
+                .map(|document| Zeroizing::new(document.as_bytes().to_vec())),
+            SlotKey::P384(key) => key
+                .to_pkcs8_der()
+                .ok()
+                .map(|document| Zeroizing::new(document.as_bytes().to_vec())),
+        };
+        encoded.ok_or(KeyError::Encoding {
+            algorithm: self.algorithm(),
+        })
+    }
+
+    /// Reads a PKCS#8 DER private key: RSA-2048, P-256 or P-384.
+    ///
+    /// # Errors
+    /// [`KeyError::MalformedPrivateKey`], [`KeyError::UnsupportedKeyAlgorithm`]
+    /// or [`KeyError::RsaKeySize`].
+    pub fn from_pkcs8_der(der: &[u8]) -> Result<Self, KeyError> {
         let info = PrivateKeyInfo::try_from(der).map_err(|_| KeyError::MalformedPrivateKey)?;
         let algorithm = info.algorithm.oid;
         if algorithm == RSA_ENCRYPTION {
@@ -667,6 +702,24 @@ mod tests {
             assert_eq!(read.public_key(), key.public_key());
             assert_eq!(read.to_pkcs8_pem().unwrap(), pem);
         }
+    }
+
+    #[test]
+    fn pkcs8_der_round_trips_every_algorithm() {
+        for key in [
+            rsa_key().clone(),
+            SlotKey::generate(Algorithm::EccP256).unwrap(),
+            SlotKey::generate(Algorithm::EccP384).unwrap(),
+        ] {
+            let der = key.to_pkcs8_der().unwrap();
+            let read = SlotKey::from_pkcs8_der(&der).unwrap();
+            assert_eq!(read.public_key(), key.public_key());
+            assert_eq!(read.to_pkcs8_der().unwrap(), der);
+        }
+        assert_eq!(
+            SlotKey::from_pkcs8_der(&[0x30, 0x03, 0x02, 0x01, 0x00]).unwrap_err(),
+            KeyError::MalformedPrivateKey
+        );
     }
 
     #[test]

@@ -6,10 +6,18 @@
 //! many NFC readers), command chaining and `61xx` / GET RESPONSE; the PIV
 //! application itself is [`applet::PivApplet`]. A card opened from an image
 //! file writes its state back, atomically, after every change.
+//!
+//! A card may be protected ([`VirtualCard::blank_protected`]): its private
+//! keys are sealed under a data key that only its PIN or PUK unwraps; see
+//! [`protection`].
 
 pub mod applet;
 pub mod image;
 pub mod keys;
+pub mod protection;
+
+#[cfg(test)]
+mod protected_tests;
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -20,9 +28,10 @@ use pivtap_apdu::{CommandApdu, ResponseApdu, StatusWord};
 
 use crate::transport::{CardBackend, CardTransaction, LinkCapabilities, TransportError};
 pub use applet::Interface;
-use applet::{Outcome, PersistentState, PivApplet, ReferenceData};
-use image::{CardImage, CardSettings, DataObject, KeyEntry, ReferenceDataState};
+use applet::{Outcome, PersistentState, PivApplet, ReferenceData, ReferenceValue, pad};
+use image::{CardImage, CardSettings, DataObject, KeyEntry, ReferenceDataState, StoredSecret};
 use pivtap_apdu::piv::{ObjectTag, Pin, Puk};
+use protection::{DataKey, KdfParams, Secret, WrappedKey};
 use std::collections::BTreeMap;
 
 use crate::management_key::ManagementKey;
@@ -68,6 +77,9 @@ pub enum VirtualCardError {
     /// The management key in the image is invalid.
     #[error("invalid management key")]
     ManagementKey(#[from] crate::management_key::ManagementKeyError),
+    /// A protected card's data key could not be wrapped.
+    #[error("cannot protect the card")]
+    Protection(#[from] protection::ProtectionError),
 }
 
 /// What a new card starts with.
@@ -147,19 +159,50 @@ impl VirtualCard {
     /// A card with no keys and no data objects.
     #[must_use]
     pub fn blank(new: NewCard) -> Self {
+        let pin = ReferenceValue::Clear(zeroize::Zeroizing::new(new.pin.as_bytes().to_vec()));
+        let puk = ReferenceValue::Clear(zeroize::Zeroizing::new(new.puk.as_bytes().to_vec()));
+        VirtualCard::blank_with(new, pin, puk)
+    }
+
+    /// A protected card with no keys and no data objects: a fresh data key
+    /// wrapped under the PIN and under the PUK with Argon2id (`kdf`;
+    /// [`KdfParams::RECOMMENDED`] outside tests). Keys it generates are sealed
+    /// with the data key, and usable only after a VERIFY.
+    ///
+    /// # Errors
+    /// [`VirtualCardError::Protection`] if Argon2id fails.
+    pub fn blank_protected(new: NewCard, kdf: KdfParams) -> Result<Self, VirtualCardError> {
+        let data_key = DataKey::generate();
+        let pin = ReferenceValue::Wrapped(WrappedKey::wrap(
+            &data_key,
+            new.pin.as_bytes(),
+            Secret::Pin,
+            kdf,
+        )?);
+        let puk = ReferenceValue::Wrapped(WrappedKey::wrap(
+            &data_key,
+            new.puk.as_bytes(),
+            Secret::Puk,
+            kdf,
+        )?);
+        Ok(VirtualCard::blank_with(new, pin, puk))
+    }
+
+    fn blank_with(new: NewCard, pin: ReferenceValue, puk: ReferenceValue) -> Self {
         let retries = new.retries.clamp(1, 15);
-        let reference = |value: &[u8]| ReferenceData {
-            value: zeroize::Zeroizing::new(value.to_vec()),
+        let reference = |value| ReferenceData {
+            value,
             retries_left: retries,
             max_retries: retries,
         };
         let persistent = PersistentState {
             serial: new.serial,
             label: new.label,
-            pin: reference(new.pin.as_bytes()),
-            puk: reference(new.puk.as_bytes()),
+            pin: reference(pin),
+            puk: reference(puk),
             management_key: new.management_key,
             keys: BTreeMap::new(),
+            sealed_keys: BTreeMap::new(),
             objects: BTreeMap::new(),
         };
         VirtualCard::new(
@@ -354,34 +397,53 @@ impl VirtualCard {
     /// # Errors
     /// [`VirtualCardError::Key`] when a private key cannot be read.
     pub fn from_image(image: &CardImage) -> Result<Self, VirtualCardError> {
+        image.validate()?;
         let mut keys = BTreeMap::new();
+        let mut sealed_keys = BTreeMap::new();
         for entry in &image.keys {
+            if let Some(sealed) = entry.sealed_key() {
+                sealed_keys.insert(entry.slot(), sealed.clone());
+                continue;
+            }
             let key = entry.slot_key().map_err(|source| VirtualCardError::Key {
                 slot: entry.slot().to_string(),
                 source,
             })?;
             keys.insert(entry.slot(), key);
         }
-        let reference = |value: &[u8], retries_left, max_retries| ReferenceData {
-            value: zeroize::Zeroizing::new(value.to_vec()),
+        let reference = |value: ReferenceValue, retries_left, max_retries| ReferenceData {
+            value,
             retries_left,
             max_retries,
+        };
+        let stored = |value: Option<&[u8]>, wrapped: Option<&WrappedKey>| match wrapped {
+            Some(wrapped) => ReferenceValue::Wrapped(wrapped.clone()),
+            None => {
+                ReferenceValue::Clear(zeroize::Zeroizing::new(value.unwrap_or_default().to_vec()))
+            }
         };
         let persistent = PersistentState {
             serial: image.card.serial,
             label: image.card.label.clone(),
             pin: reference(
-                image.pin.value.as_bytes(),
+                stored(
+                    image.pin.value.clear().map(Pin::as_bytes),
+                    image.pin.value.wrapped(),
+                ),
                 image.pin.retries_left,
                 image.pin.max_retries,
             ),
             puk: reference(
-                image.puk.value.as_bytes(),
+                stored(
+                    image.puk.value.clear().map(Puk::as_bytes),
+                    image.puk.value.wrapped(),
+                ),
                 image.puk.retries_left,
                 image.puk.max_retries,
             ),
             management_key: image.management_key.clone(),
             keys,
+            sealed_keys,
             objects: image
                 .objects
                 .iter()
@@ -409,16 +471,18 @@ impl VirtualCard {
     /// [`VirtualCardError::Image`] when the PIN or PUK is not storable.
     pub fn to_image(&self) -> Result<CardImage, VirtualCardError> {
         let state = &self.applet.persistent;
-        let keys = state
-            .keys
-            .iter()
-            .map(|(slot, key)| {
-                KeyEntry::new(*slot, key).map_err(|source| VirtualCardError::Key {
-                    slot: slot.to_string(),
-                    source,
-                })
-            })
-            .collect::<Result<Vec<_>, _>>()?;
+        let mut keys = BTreeMap::new();
+        for (slot, key) in &state.keys {
+            let entry = KeyEntry::new(*slot, key).map_err(|source| VirtualCardError::Key {
+                slot: slot.to_string(),
+                source,
+            })?;
+            keys.insert(*slot, entry);
+        }
+        for (slot, sealed) in &state.sealed_keys {
+            keys.insert(*slot, KeyEntry::sealed(*slot, sealed.clone()));
+        }
+        let keys = keys.into_values().collect();
         Ok(CardImage {
             card: CardSettings {
                 serial: state.serial,
@@ -427,14 +491,22 @@ impl VirtualCard {
                 contactless: self.options.interface == Interface::Contactless,
             },
             pin: ReferenceDataState {
-                value: Pin::from_padded(&*state.pin.padded())
-                    .map_err(image::ImageError::InvalidPin)?,
+                value: match &state.pin.value {
+                    ReferenceValue::Wrapped(wrapped) => StoredSecret::Wrapped(wrapped.clone()),
+                    ReferenceValue::Clear(value) => StoredSecret::Clear(
+                        Pin::from_padded(&pad(value)[..]).map_err(image::ImageError::InvalidPin)?,
+                    ),
+                },
                 retries_left: state.pin.retries_left,
                 max_retries: state.pin.max_retries,
             },
             puk: ReferenceDataState {
-                value: Puk::from_padded(&*state.puk.padded())
-                    .map_err(image::ImageError::InvalidPuk)?,
+                value: match &state.puk.value {
+                    ReferenceValue::Wrapped(wrapped) => StoredSecret::Wrapped(wrapped.clone()),
+                    ReferenceValue::Clear(value) => StoredSecret::Clear(
+                        Puk::from_padded(&pad(value)[..]).map_err(image::ImageError::InvalidPuk)?,
+                    ),
+                },
                 retries_left: state.puk.retries_left,
                 max_retries: state.puk.max_retries,
             },
