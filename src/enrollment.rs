@@ -490,3 +490,179 @@ pub fn key_algorithm(algorithm: Algorithm) -> Option<KeyAlgorithm> {
         _ => None,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use pivtap_card::virtual_card::{CardOptions, NewCard, VirtualCard, VirtualCardBackend};
+    use pivtap_server_client::assertion::{AssertionVerifier, VerifierConfig};
+
+    use super::*;
+
+    const AUDIENCE: &str = "https://auth.example.test";
+    const NONCE: &str = "q2Vv8y3a1lL3m8W4k9dQeXh7c2VjcmV0LW5vbmNlLTMy";
+
+    fn fixture(relative: &str) -> std::path::PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("fixtures")
+            .join(relative)
+    }
+
+    /// A fixture card, opened from a copy (a card writes its state back).
+    fn fixture_card(name: &str, dir: &Path) -> VirtualCardBackend {
+        let copy = dir.join(format!("{name}.toml"));
+        std::fs::copy(fixture(&format!("cards/{name}.toml")), &copy).unwrap();
+        VirtualCardBackend::new(VirtualCard::open(&copy).unwrap(), name)
+    }
+
+    fn pem_der(relative: &str) -> Vec<u8> {
+        let text = std::fs::read_to_string(fixture(relative)).unwrap();
+        let (_, pem) = x509_parser::pem::parse_x509_pem(text.as_bytes()).unwrap();
+        pem.contents
+    }
+
+    #[test]
+    fn the_shared_assertion_is_one_the_server_accepts() {
+        let dir = tempfile::tempdir().unwrap();
+        let verifier = AssertionVerifier::new(VerifierConfig::new(
+            AUDIENCE,
+            vec![pem_der("ca/test-ca.pem")],
+        ))
+        .unwrap();
+        let challenge = ChallengeResponse {
+            nonce: NONCE.to_owned(),
+            aud: AUDIENCE.to_owned(),
+            expires_at: "2099-01-01T00:00:00Z".to_owned(),
+        };
+        let mut algorithms = Vec::new();
+        for (name, pin) in [("alice", "123456"), ("bob", "24681357")] {
+            let mut backend = fixture_card(name, dir.path());
+            let mut session = PivSession::open(&mut backend).unwrap();
+            let certificate = session.certificate(SLOT).unwrap();
+            session.verify_pin(&Pin::new(pin).unwrap()).unwrap();
+            let assertion =
+                sign_assertion(&mut session, SLOT, &certificate, &challenge, "kiosk-07").unwrap();
+            let verified = verifier
+                .verify(&assertion, OffsetDateTime::now_utc())
+                .unwrap();
+            assert_eq!(verified.payload.nonce, NONCE);
+            assert_eq!(verified.payload.device, "kiosk-07");
+            assert_eq!(verified.payload.slot, "9a");
+            assert_eq!(verified.certificate.der, certificate);
+            algorithms.push(verified.alg);
+        }
+        assert_eq!(algorithms.len(), 2);
+    }
+
+    #[test]
+    fn without_the_pin_no_assertion_is_signed() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut backend = fixture_card("alice", dir.path());
+        let mut session = PivSession::open(&mut backend).unwrap();
+        let certificate = session.certificate(SLOT).unwrap();
+        let challenge = ChallengeResponse {
+            nonce: NONCE.to_owned(),
+            aud: AUDIENCE.to_owned(),
+            expires_at: String::new(),
+        };
+        let error =
+            sign_assertion(&mut session, SLOT, &certificate, &challenge, "kiosk-07").unwrap_err();
+        assert!(
+            matches!(error, EnrollError::Card(PivError::AccessDenied { .. })),
+            "{error:?}"
+        );
+        let error =
+            sign_assertion(&mut session, SLOT, b"not a certificate", &challenge, "k").unwrap_err();
+        assert!(
+            matches!(error, EnrollError::CurrentCertificate { .. }),
+            "{error:?}"
+        );
+    }
+
+    #[test]
+    fn a_new_chuid_is_non_federal_random_and_expires_with_the_certificate() {
+        let expires = OffsetDateTime::from_unix_timestamp(1_924_992_000).unwrap(); // 2031-01-01
+        let first = new_chuid(expires).unwrap();
+        let parsed = Chuid::parse(&first.encode()).unwrap();
+        assert_eq!(parsed.fascn().unwrap().to_string(), NON_FEDERAL_FASCN);
+        assert_eq!(parsed.expiration, "20310101");
+        assert_eq!(parsed.guid, first.guid);
+        assert_ne!(
+            new_chuid(expires).unwrap().guid,
+            first.guid,
+            "GUIDs are random"
+        );
+    }
+
+    #[test]
+    fn only_steps_from_key_generation_on_have_replaced_the_key() {
+        let before = [
+            EnrollStep::InspectingCode,
+            EnrollStep::FetchingChallenge,
+            EnrollStep::VerifyingPin,
+            EnrollStep::SigningAssertion,
+            EnrollStep::AuthenticatingManagementKey,
+        ];
+        assert!(before.iter().all(|step| !step.key_replaced()));
+        let after = [
+            EnrollStep::GeneratingKey(KeyAlgorithm::P256),
+            EnrollStep::SigningRequest,
+            EnrollStep::RequestingCertificate,
+            EnrollStep::StoringCertificate,
+            EnrollStep::WritingChuid,
+        ];
+        assert!(after.iter().all(|step| step.key_replaced()));
+        assert!(
+            EnrollStep::GeneratingKey(KeyAlgorithm::Rsa2048)
+                .to_string()
+                .contains("this can take a while")
+        );
+    }
+
+    #[test]
+    fn a_24_byte_key_is_aes_192_when_the_card_says_so() {
+        let bytes = pivtap_card::management_key::DEFAULT_MANAGEMENT_KEY;
+        let mut new = NewCard::factory(CardOptions::default());
+        new.management_key = ManagementKey::new(Algorithm::Aes192, &bytes).unwrap();
+        let mut backend = VirtualCardBackend::new(VirtualCard::blank(new), "aes card");
+        let mut session = PivSession::open(&mut backend).unwrap();
+        let given = ManagementKey::default_key();
+        assert_eq!(given.algorithm(), Algorithm::TripleDes);
+        let key = management_key_for(&mut session, &given).unwrap();
+        // The virtual card reports its management key's algorithm (GET METADATA), as YubiKeys do.
+        assert_eq!(key.algorithm(), Algorithm::Aes192);
+        session.authenticate_management_key(&key).unwrap();
+        assert!(matches!(
+            session.authenticate_management_key(&given),
+            Err(PivError::ManagementKeyRejected)
+        ));
+    }
+
+    #[test]
+    fn debug_output_shows_no_secret() {
+        let secrets = CardSecrets {
+            pin: Pin::new("24091357").unwrap(),
+            management_key: ManagementKey::from_hex(
+                Algorithm::Aes128,
+                "00112233445566778899aabbccddeeff",
+            )
+            .unwrap(),
+        };
+        let text = format!("{secrets:?}");
+        assert!(!text.contains("24091357"), "{text}");
+        assert!(!text.contains("00112233"), "{text}");
+    }
+
+    #[test]
+    fn key_algorithms_map_both_ways() {
+        for algorithm in [
+            KeyAlgorithm::Rsa2048,
+            KeyAlgorithm::P256,
+            KeyAlgorithm::P384,
+        ] {
+            assert_eq!(key_algorithm(card_algorithm(algorithm)), Some(algorithm));
+        }
+        assert_eq!(key_algorithm(Algorithm::TripleDes), None);
+    }
+}

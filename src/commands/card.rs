@@ -1168,3 +1168,65 @@ fn print_outcome(outcome: &EnrollOutcome, done: &str, json: bool) -> anyhow::Res
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod lifecycle_tests {
+    use super::*;
+
+    #[test]
+    fn management_keys_are_read_by_length() {
+        assert_eq!(
+            management_key(None).unwrap().algorithm(),
+            Algorithm::TripleDes
+        );
+        let aes128 = "00112233445566778899aabbccddeeff";
+        assert_eq!(
+            management_key(Some(aes128)).unwrap().algorithm(),
+            Algorithm::Aes128
+        );
+        let long = aes128.repeat(2);
+        assert_eq!(
+            management_key(Some(&long)).unwrap().algorithm(),
+            Algorithm::Aes256
+        );
+        let triple = "010203040506070801020304050607080102030405060708";
+        assert_eq!(
+            management_key(Some(triple)).unwrap().algorithm(),
+            Algorithm::TripleDes
+        );
+        let error = management_key(Some("0011")).unwrap_err().to_string();
+        assert!(error.contains("16, 24 or 32 bytes"), "{error}");
+        let error = format!("{:#}", management_key(Some(&"zz".repeat(16))).unwrap_err());
+        assert!(error.contains("not valid hex"), "{error}");
+        assert!(!error.contains("zz"), "the key is not echoed: {error}");
+    }
+
+    #[test]
+    fn refusals_name_the_secret_and_the_rule() {
+        let pin = refused("new PIN", &PinPolicyViolation::Repeated).to_string();
+        assert!(
+            pin.contains("the PIN must not be one digit repeated"),
+            "{pin}"
+        );
+        assert!(pin.contains("not touched"), "{pin}");
+        let puk = refused("new PUK", &PinPolicyViolation::NotDigits).to_string();
+        assert!(puk.contains("the PUK must be digits only"), "{puk}");
+        assert!(!puk.contains("PIN"), "{puk}");
+    }
+
+    #[test]
+    fn key_algorithm_names() {
+        assert_eq!(parse_key_algorithm("P256"), Ok(KeyAlgorithm::P256));
+        assert_eq!(parse_key_algorithm("rsa2048"), Ok(KeyAlgorithm::Rsa2048));
+        assert!(parse_key_algorithm("ed25519").is_err());
+    }
+
+    #[test]
+    fn wrong_values_are_eight_digits() {
+        for _ in 0..100 {
+            let value = wrong_value();
+            assert_eq!(value.len(), 8);
+            assert!(Pin::new(&value).is_ok() && Puk::new(&value).is_ok());
+        }
+    }
+}
