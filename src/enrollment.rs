@@ -10,9 +10,11 @@
 //!
 //! Both generate the new key before the server has issued anything, because
 //! the card must sign the request with it. Should the server then refuse
-//! (code used meanwhile, key policy), the card holds a key without a
-//! matching certificate; [`EnrollStep::key_replaced`] tells callers when
-//! that point has been passed, so they can say so.
+//! (code used meanwhile, key policy, user locked), the card holds a key
+//! without a matching certificate; [`EnrollStep::key_replaced`] tells callers
+//! when that point has been passed, so they can say so. What can be checked
+//! first is: enrollment inspects the code, and renewal looks the current
+//! certificate up in the server's CRL, before the card is changed.
 
 use std::fmt;
 
@@ -34,7 +36,7 @@ use pivtap_server_client::wire::{
 };
 use serde::Serialize;
 use time::OffsetDateTime;
-use x509_parser::prelude::{FromDer, X509Certificate};
+use x509_parser::prelude::{CertificateRevocationList, FromDer, X509Certificate};
 
 /// The slot enrollment and renewal use: PIV authentication.
 pub const SLOT: KeyReference = KeyReference::PivAuthentication;
@@ -49,6 +51,8 @@ pub const NON_FEDERAL_FASCN: &str = "99999999999999010000000000300001";
 pub enum EnrollStep {
     /// Asking the server what the enrollment code offers.
     InspectingCode,
+    /// Checking the server's revocation list for the current certificate (renewal).
+    CheckingRevocation,
     /// Asking the server for a challenge (renewal).
     FetchingChallenge,
     /// Verifying the PIN.
@@ -88,6 +92,9 @@ impl fmt::Display for EnrollStep {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             EnrollStep::InspectingCode => f.write_str("Checking the enrollment code"),
+            EnrollStep::CheckingRevocation => {
+                f.write_str("Checking that the card's certificate is not revoked")
+            }
             EnrollStep::FetchingChallenge => f.write_str("Asking the server for a challenge"),
             EnrollStep::VerifyingPin => f.write_str("Verifying the PIN"),
             EnrollStep::SigningAssertion => f.write_str("Signing with the current key"),
@@ -197,6 +204,16 @@ pub enum EnrollError {
     BadAnswer {
         /// What was wrong.
         reason: &'static str,
+    },
+    /// The current certificate is on the server's revocation list: renewal
+    /// would be refused, so nothing was done.
+    #[error(
+        "the card's certificate (serial {serial}) is revoked, so it cannot be renewed; \
+         nothing on the card was changed. Ask your administrator for an enrollment code"
+    )]
+    Revoked {
+        /// The certificate's serial, lower-case hex.
+        serial: String,
     },
     /// The server issued a certificate for some other key.
     #[error("the certificate the server issued is not for the key the card generated")]
@@ -338,6 +355,13 @@ pub async fn renew_card(
             reason: "its key is not RSA-2048, P-256 or P-384",
         })?,
     };
+    // A revoked certificate would be refused only after the new key replaced
+    // the old one: look it up in the public CRL first.
+    progress(EnrollStep::CheckingRevocation);
+    let crl = client.crl().await?;
+    if let Some(serial) = revoked_serial(&crl, &current)? {
+        return Err(EnrollError::Revoked { serial });
+    }
     progress(EnrollStep::VerifyingPin);
     session.verify_pin(&options.secrets.pin)?;
     // The challenge only now, so that it is fresh when the server sees the assertion.
@@ -382,6 +406,35 @@ fn management_key_for(
     Ok(card_algorithm
         .and_then(|algorithm| ManagementKey::from_hex(algorithm, &key.to_hex()).ok())
         .unwrap_or_else(|| key.clone()))
+}
+
+/// The serial of `certificate` (lower-case hex) when the DER CRL `crl`
+/// lists it. The CRL's signature is not checked: this only spares the card a
+/// renewal the server would refuse, and the server decides.
+///
+/// # Errors
+/// [`EnrollError::BadAnswer`] when the CRL cannot be parsed,
+/// [`EnrollError::CurrentCertificate`] when the certificate cannot.
+fn revoked_serial(crl: &[u8], certificate: &[u8]) -> Result<Option<String>, EnrollError> {
+    let (_, certificate) =
+        X509Certificate::from_der(certificate).map_err(|_| EnrollError::CurrentCertificate {
+            reason: "it is not valid X.509",
+        })?;
+    let (_, list) =
+        CertificateRevocationList::from_der(crl).map_err(|_| EnrollError::BadAnswer {
+            reason: "the revocation list is not a DER CRL",
+        })?;
+    let serial = certificate.raw_serial();
+    let listed = list
+        .iter_revoked_certificates()
+        .any(|revoked| strip_zeros(revoked.raw_serial()) == strip_zeros(serial));
+    Ok(listed.then(|| hex::encode(strip_zeros(serial))))
+}
+
+/// A serial's bytes without leading zero bytes (a DER sign byte).
+fn strip_zeros(serial: &[u8]) -> &[u8] {
+    let start = serial.iter().position(|b| *b != 0).unwrap_or(serial.len());
+    &serial[start..]
 }
 
 /// The card's serial (if it reports one) and CHUID GUID (if it has a CHUID).
@@ -599,6 +652,7 @@ mod tests {
     fn only_steps_from_key_generation_on_have_replaced_the_key() {
         let before = [
             EnrollStep::InspectingCode,
+            EnrollStep::CheckingRevocation,
             EnrollStep::FetchingChallenge,
             EnrollStep::VerifyingPin,
             EnrollStep::SigningAssertion,
@@ -652,6 +706,53 @@ mod tests {
         let text = format!("{secrets:?}");
         assert!(!text.contains("24091357"), "{text}");
         assert!(!text.contains("00112233"), "{text}");
+    }
+
+    #[test]
+    fn a_certificate_on_the_crl_is_found_and_others_are_not() {
+        let ca_key = rcgen::KeyPair::generate().unwrap();
+        let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        ca_params.key_usages = vec![
+            rcgen::KeyUsagePurpose::KeyCertSign,
+            rcgen::KeyUsagePurpose::CrlSign,
+        ];
+        let issuer = rcgen::Issuer::from_params(&ca_params, &ca_key);
+        let leaf = |serial: &[u8]| {
+            let key = rcgen::KeyPair::generate().unwrap();
+            let mut params = rcgen::CertificateParams::new(vec!["leaf".to_owned()]).unwrap();
+            params.serial_number = Some(rcgen::SerialNumber::from_slice(serial));
+            params.signed_by(&key, &issuer).unwrap().der().to_vec()
+        };
+        let now = OffsetDateTime::now_utc();
+        let crl = rcgen::CertificateRevocationListParams {
+            this_update: now,
+            next_update: now + time::Duration::days(1),
+            crl_number: rcgen::SerialNumber::from(1u64),
+            issuing_distribution_point: None,
+            revoked_certs: vec![rcgen::RevokedCertParams {
+                serial_number: rcgen::SerialNumber::from_slice(&[0x8a, 0x01]),
+                revocation_time: now,
+                reason_code: Some(rcgen::RevocationReason::Superseded),
+                invalidity_date: None,
+            }],
+            key_identifier_method: rcgen::KeyIdMethod::Sha256,
+        }
+        .signed_by(&issuer)
+        .unwrap()
+        .der()
+        .to_vec();
+        assert_eq!(
+            revoked_serial(&crl, &leaf(&[0x8a, 0x01]))
+                .unwrap()
+                .as_deref(),
+            Some("8a01")
+        );
+        assert_eq!(revoked_serial(&crl, &leaf(&[0x8a, 0x02])).unwrap(), None);
+        assert!(matches!(
+            revoked_serial(b"not a CRL", &leaf(&[1])),
+            Err(EnrollError::BadAnswer { .. })
+        ));
     }
 
     #[test]
