@@ -9,11 +9,15 @@
 //! | `tls.key` | its private key, PKCS#8 PEM | 0600 |
 //! | `tokens.key` | the session-token signing keys ([`TokenKeys`]) | 0600 |
 //! | `admin.token` | the admin API's bearer credential: 32 random bytes, base64url, one line | 0600 |
-//! | `trust/NAME` | a copy of each `--trust` CA certificate file | 0644 |
+//! | `ca.crt` | the issuing CA that enrollment signs card certificates with: self-signed P-256, CN "pivtap issuing CA", valid 20 years; trusted by the server (`[trust]`) and named in `[issuance]` | 0644 |
+//! | `ca.key` | its private key, PKCS#8 PEM | 0600 |
+//! | `trust/NAME` | a copy of each `--trust` CA certificate file (optional: the issuing CA is always trusted) | 0644 |
 //! | `pivtap.db` | an empty SQLite database; the server creates its tables on start | 0600 |
 //!
 //! A non-empty directory is refused unless `force` is set; then every file
-//! above is replaced except the database, which is kept with its contents.
+//! above is replaced except the database, which is kept with its contents, and
+//! the issuing CA (`ca.crt` and `ca.key`), which is kept when both load and
+//! match, so certificates it issued stay valid.
 
 use std::{
     collections::BTreeSet,
@@ -35,9 +39,10 @@ use zeroize::Zeroizing;
 
 use crate::{
     config::{
-        ConfigError, DEFAULT_LISTEN, MappingConfig, ServerConfig, TlsConfig, TokenConfig,
-        TrustConfig, parse_ca_certificates,
+        ConfigError, DEFAULT_LISTEN, IssuanceConfig, MappingConfig, ServerConfig, TlsConfig,
+        TokenConfig, TrustConfig, parse_ca_certificates,
     },
+    issuance::{IssuanceError, Issuer, create_ca},
     jose::base64url_encode,
     token::{PRIVATE_FILE_MODE, TokenError, TokenKeys, write_file_atomically},
 };
@@ -50,13 +55,18 @@ const TOKEN_KEYS_FILE: &str = "tokens.key";
 const ADMIN_TOKEN_FILE: &str = "admin.token";
 const DATABASE_FILE: &str = "pivtap.db";
 const TRUST_DIRECTORY: &str = "trust";
+/// The issuing CA's certificate `init_server` writes.
+pub const CA_CERTIFICATE_FILE: &str = "ca.crt";
+/// The issuing CA's private key `init_server` writes.
+pub const CA_KEY_FILE: &str = "ca.key";
 const PUBLIC_FILE_MODE: u32 = 0o644;
 const PRIVATE_DIRECTORY_MODE: u32 = 0o700;
 
 /// What `pivtap server init` was asked for.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct InitOptions {
-    /// CA certificate files (PEM or DER) card certificates must chain to; at least one.
+    /// Further CA certificate files (PEM or DER) card certificates may chain
+    /// to, besides the issuing CA `init` makes; may be empty.
     pub trust: Vec<PathBuf>,
     /// The address the server will listen on.
     pub listen: SocketAddr,
@@ -87,6 +97,10 @@ pub struct InitReport {
     pub certificate_path: PathBuf,
     /// `DIR/admin.token`, the admin credential.
     pub admin_token_path: PathBuf,
+    /// `DIR/ca.crt`, the issuing CA's certificate.
+    pub ca_certificate_path: PathBuf,
+    /// Whether the issuing CA was made now (`false`: an existing one was kept).
+    pub ca_created: bool,
     /// The server's origin, e.g. `https://127.0.0.1:8443`.
     pub origin: String,
     /// Standard base64 of the SHA-256 of the TLS certificate's
@@ -101,9 +115,6 @@ pub enum InitError {
     /// The directory has files and `force` was not set.
     #[error("{} is not empty; use --force to overwrite the server files in it", .0.display())]
     NotEmpty(PathBuf),
-    /// No CA certificate to trust was named.
-    #[error("name at least one CA certificate for card certificates to chain to (--trust)")]
-    NoTrustAnchors,
     /// A `--trust` path names no file.
     #[error("{} does not name a file", .0.display())]
     NotAFile(PathBuf),
@@ -131,6 +142,9 @@ pub enum InitError {
     /// The token keys could not be written.
     #[error(transparent)]
     Token(#[from] TokenError),
+    /// The issuing CA could not be made.
+    #[error("cannot create the issuing CA: {0}")]
+    Issuance(#[from] IssuanceError),
 }
 
 /// A TLS certificate and key made by `init_server`.
@@ -151,6 +165,15 @@ pub fn init_server(dir: &Path, options: &InitOptions) -> Result<InitReport, Init
     rand::fill(&mut admin_token[..]);
     let admin_token = Zeroizing::new(format!("{}\n", base64url_encode(&admin_token[..])));
     let config_path = dir.join(CONFIG_FILE);
+    let existing_ca = if options.force {
+        existing_ca(dir)
+    } else {
+        None
+    };
+    let new_ca = match existing_ca {
+        Some(_) => None,
+        None => Some(create_ca(OffsetDateTime::now_utc())?),
+    };
     let config = ServerConfig {
         listen: options.listen,
         origin: origin.clone(),
@@ -166,9 +189,12 @@ pub fn init_server(dir: &Path, options: &InitOptions) -> Result<InitReport, Init
             ..TokenConfig::default()
         },
         trust: TrustConfig {
-            ca_certificates: trust
-                .iter()
-                .map(|(name, _)| Path::new(TRUST_DIRECTORY).join(name))
+            ca_certificates: std::iter::once(PathBuf::from(CA_CERTIFICATE_FILE))
+                .chain(
+                    trust
+                        .iter()
+                        .map(|(name, _)| Path::new(TRUST_DIRECTORY).join(name)),
+                )
                 .collect(),
             crl_files: Vec::new(),
         },
@@ -176,7 +202,10 @@ pub fn init_server(dir: &Path, options: &InitOptions) -> Result<InitReport, Init
         challenges: Default::default(),
         rate_limit: Default::default(),
         pin_policy: Default::default(),
-        issuance: None,
+        issuance: Some(IssuanceConfig::new(
+            PathBuf::from(CA_CERTIFICATE_FILE),
+            PathBuf::from(CA_KEY_FILE),
+        )),
     };
     config.validate(&config_path)?;
     let config_text = format!(
@@ -201,6 +230,10 @@ pub fn init_server(dir: &Path, options: &InitOptions) -> Result<InitReport, Init
         certificate.key_pem.as_bytes(),
         PRIVATE_FILE_MODE,
     )?;
+    if let Some((ca_pem, ca_key_pem)) = &new_ca {
+        write(CA_KEY_FILE, ca_key_pem.as_bytes(), PRIVATE_FILE_MODE)?;
+        write(CA_CERTIFICATE_FILE, ca_pem.as_bytes(), PUBLIC_FILE_MODE)?;
+    }
     TokenKeys::generate().save(&dir.join(TOKEN_KEYS_FILE))?;
     write(ADMIN_TOKEN_FILE, admin_token.as_bytes(), PRIVATE_FILE_MODE)?;
     let trust_dir = dir.join(TRUST_DIRECTORY);
@@ -219,21 +252,32 @@ pub fn init_server(dir: &Path, options: &InitOptions) -> Result<InitReport, Init
     write(CONFIG_FILE, config_text.as_bytes(), PUBLIC_FILE_MODE)?;
 
     // What was written must load as the server will load it.
-    ServerConfig::load(&config_path)?;
+    let written = ServerConfig::load(&config_path)?;
+    if let Some(issuance) = &written.issuance {
+        Issuer::load(issuance)?;
+    }
     Ok(InitReport {
         config_path,
         certificate_path: dir.join(CERTIFICATE_FILE),
         admin_token_path: dir.join(ADMIN_TOKEN_FILE),
+        ca_certificate_path: dir.join(CA_CERTIFICATE_FILE),
+        ca_created: new_ca.is_some(),
         origin,
         spki_sha256_pin: certificate.spki_sha256_pin,
     })
 }
 
+/// The issuing CA already in `dir`, when its certificate and key load and match.
+fn existing_ca(dir: &Path) -> Option<Issuer> {
+    Issuer::load(&IssuanceConfig::new(
+        dir.join(CA_CERTIFICATE_FILE),
+        dir.join(CA_KEY_FILE),
+    ))
+    .ok()
+}
+
 /// Reads and checks each `--trust` file; returns its file name and contents.
 fn read_trust_files(paths: &[PathBuf]) -> Result<Vec<(String, Vec<u8>)>, InitError> {
-    if paths.is_empty() {
-        return Err(InitError::NoTrustAnchors);
-    }
     let mut files: Vec<(String, Vec<u8>)> = Vec::with_capacity(paths.len());
     for path in paths {
         let name = path
@@ -424,6 +468,8 @@ mod tests {
             ("admin.token", 0o600),
             ("pivtap.db", 0o600),
             ("trust/badge-ca.pem", 0o644),
+            ("ca.crt", 0o644),
+            ("ca.key", 0o600),
         ] {
             assert_eq!(mode(&dir.join(file)), expected, "{file}");
         }
@@ -437,12 +483,27 @@ mod tests {
         assert_eq!(config.database, dir.join("pivtap.db"));
         assert_eq!(
             config.trust.ca_certificates,
-            [dir.join("trust/badge-ca.pem")]
+            [dir.join("ca.crt"), dir.join("trust/badge-ca.pem")]
         );
+        let issuing_ca = crate::config::read_ca_certificates(&dir.join("ca.crt")).unwrap();
         assert_eq!(
             config.trust_anchors().unwrap(),
-            crate::config::read_ca_certificates(&ca).unwrap()
+            [
+                issuing_ca.clone(),
+                crate::config::read_ca_certificates(&ca).unwrap()
+            ]
+            .concat()
         );
+        assert!(report.ca_created);
+        assert_eq!(report.ca_certificate_path, dir.join("ca.crt"));
+        let issuance = config.issuance.clone().unwrap();
+        assert_eq!(issuance.ca_certificate, dir.join("ca.crt"));
+        assert_eq!(issuance.ca_key, dir.join("ca.key"));
+        let issuer = Issuer::load(&issuance).unwrap();
+        assert_eq!(issuer.ca_der(), issuing_ca[0].as_slice());
+        let (_, ca_certificate) = x509_parser::parse_x509_certificate(&issuing_ca[0]).unwrap();
+        assert!(ca_certificate.is_ca());
+        assert_eq!(ca_certificate.subject().to_string(), "CN=pivtap issuing CA");
         assert_eq!(
             fs::read(&ca).unwrap(),
             fs::read(dir.join("trust/badge-ca.pem")).unwrap()
@@ -515,6 +576,17 @@ mod tests {
     }
 
     #[test]
+    fn without_trust_files_only_the_issuing_ca_is_trusted() {
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("server");
+        let report = init_server(&dir, &InitOptions::default()).unwrap();
+        let config = ServerConfig::load(&report.config_path).unwrap();
+        assert_eq!(config.trust.ca_certificates, [dir.join("ca.crt")]);
+        assert!(config.issuance.is_some());
+        assert!(!dir.join("trust").read_dir().unwrap().any(|_| true));
+    }
+
+    #[test]
     fn origin_follows_listen_and_hostnames() {
         let origin_for = |listen: &str, hostnames: &[&str]| {
             origin(&InitOptions {
@@ -548,9 +620,13 @@ mod tests {
 
         options.force = true;
         let first = init_server(dir.path(), &options).unwrap();
+        let first_ca = fs::read(dir.path().join("ca.crt")).unwrap();
         fs::write(dir.path().join("pivtap.db"), "existing data").unwrap();
         let second = init_server(dir.path(), &options).unwrap();
         assert_ne!(first.spki_sha256_pin, second.spki_sha256_pin);
+        // The issuing CA is kept, so the cards it issued stay valid.
+        assert!(first.ca_created && !second.ca_created);
+        assert_eq!(fs::read(dir.path().join("ca.crt")).unwrap(), first_ca);
         assert_eq!(
             fs::read_to_string(dir.path().join("pivtap.db")).unwrap(),
             "existing data"
@@ -588,10 +664,6 @@ mod tests {
                 problem: PkiFileProblem::NotCa,
                 path,
             })) if path == leaf
-        ));
-        assert!(matches!(
-            init(vec![], vec![]),
-            Err(InitError::NoTrustAnchors)
         ));
         assert!(matches!(
             init(vec![inputs.path().join("missing.pem")], vec![]),
