@@ -193,8 +193,8 @@ pub enum EnrollError {
         /// The slot the server named.
         slot: String,
     },
-    /// The card's current 9A certificate cannot be used for a renewal.
-    #[error("the card's certificate in slot 9a cannot be renewed: {reason}")]
+    /// The card's certificate cannot sign in (nor, so, authorise a renewal).
+    #[error("the card's certificate cannot be used to sign in: {reason}")]
     CurrentCertificate {
         /// Why.
         reason: &'static str,
