@@ -11,11 +11,20 @@ use pivtap_apdu::piv::objects::chuid::Chuid;
 use pivtap_apdu::piv::objects::discovery::{Discovery, POLICY_APPLICATION_PIN};
 use pivtap_apdu::piv::objects::fascn::Fascn;
 use pivtap_apdu::piv::{Algorithm, KeyReference, ObjectTag, PIV_AID, Pin, Puk};
+use pivtap_card::virtual_card::protection::KdfParams;
 use pivtap_card::virtual_card::{CardOptions, Interface, NewCard, VirtualCard, VirtualCardBackend};
 use pivtap_card::{ManagementKey, PivSession, spki, vpcd};
+use pivtap_server_client::client::Client;
+use pivtap_server_client::pin_policy::PinPolicy;
+use pivtap_server_client::wire::{ENROLL_URL_PREFIX, parse_enrollment_url};
+use serde::Serialize;
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
+use zeroize::Zeroizing;
 
+use super::auth::{OptionalServerArgs, explain, flow_error};
+use super::card::{Secret, SecretReader};
+use crate::enrollment::{CardSecrets, EnrollOptions, EnrollOutcome, EnrollStep, enroll_card};
 use crate::issuer::{self, CertificateAuthority, CertificateProfile};
 
 /// `pivtap vcard ...`
@@ -32,6 +41,16 @@ pub enum VcardCommand {
     /// no CHUID, PIN 123456, PUK 12345678 and the default management key;
     /// `pivtap card enroll --vcard FILE` can then enroll it.
     New(Box<NewCardArgs>),
+    /// Make a new protected virtual card and enroll it with an enrollment
+    /// code from your administrator, as `pivtap card enroll` does a real card.
+    ///
+    /// You choose the PIN (asked twice on a terminal; else PIVTAP_NEW_PIN or
+    /// one line of standard input), checked against the server's PIN policy
+    /// before anything is made. The PUK is random and printed once; the
+    /// management key is random and stays in the file. The card's private
+    /// keys are sealed under its PIN and PUK (see the image format). FILE
+    /// must not exist.
+    Enroll(Box<EnrollVcardArgs>),
     /// Put the card in pcscd's virtual reader (vsmartcard vpcd), where every
     /// PC/SC program sees it as a real card.
     ///
@@ -125,6 +144,31 @@ pub struct NewCardArgs {
     /// Overwrite FILE if it exists.
     #[arg(long)]
     force: bool,
+    /// Protect the card: its private keys are sealed under a data key that
+    /// only its PIN or PUK unwraps (Argon2id, AES-256-GCM), and the PIN and
+    /// PUK are not stored.
+    #[arg(long)]
+    protect: bool,
+}
+
+/// Options of `pivtap vcard enroll`.
+#[derive(Args, Debug)]
+pub struct EnrollVcardArgs {
+    #[command(flatten)]
+    server: OptionalServerArgs,
+    /// The enrollment code, or the whole pivtap://enroll?server=...&code=... link
+    /// (its server is used when --server is not given).
+    #[arg(long, env = "PIVTAP_ENROLL_CODE", hide_env_values = true)]
+    code: String,
+    /// Where to write the new card image; must not exist.
+    #[arg(long, value_name = "FILE")]
+    out: PathBuf,
+    /// This device's id, for the server's audit log.
+    #[arg(long, env = "PIVTAP_DEVICE")]
+    device: Option<String>,
+    /// Print JSON instead of text (it holds the PUK).
+    #[arg(long)]
+    json: bool,
 }
 
 fn parse_key_algorithm(text: &str) -> Result<Algorithm, String> {
@@ -161,6 +205,7 @@ pub fn run(command: VcardCommand) -> anyhow::Result<()> {
             contactless,
             tap,
         ),
+        VcardCommand::Enroll(args) => enroll(&args),
         VcardCommand::New(new) => {
             let NewCardArgs {
                 file,
@@ -182,7 +227,9 @@ pub fn run(command: VcardCommand) -> anyhow::Result<()> {
                 contactless,
                 no_extended,
                 force,
+                protect,
             } = *new;
+            let kdf = protect.then_some(KdfParams::RECOMMENDED);
             if file.exists() && !force {
                 bail!("{} exists; use --force to overwrite it", file.display());
             }
@@ -200,10 +247,11 @@ pub fn run(command: VcardCommand) -> anyhow::Result<()> {
                     new_card.serial = serial;
                 }
                 let serial = new_card.serial;
-                save(VirtualCard::blank(new_card), &file)?;
+                save(blank_card(new_card, kdf)?, &file)?;
                 println!(
-                    "Created blank virtual card {} (serial {serial}): no keys, no certificates; \
+                    "Created blank {}virtual card {} (serial {serial}): no keys, no certificates; \
                      PIN 123456, PUK 12345678, default management key.",
+                    if protect { "protected " } else { "" },
                     file.display()
                 );
                 return Ok(());
@@ -237,7 +285,7 @@ pub fn run(command: VcardCommand) -> anyhow::Result<()> {
                 not_before,
                 not_after,
             };
-            let card = provision(new_card, &management_key, alg, &ca, &profile)?;
+            let card = provision(new_card, &management_key, alg, &ca, &profile, kdf)?;
             save(card, &file)?;
             println!("Created virtual card {} (slot 9a: {alg}).", file.display());
             Ok(())
@@ -338,23 +386,32 @@ fn provision(
     algorithm: Algorithm,
     ca: &CertificateAuthority,
     profile: &CertificateProfile,
+    protection: Option<KdfParams>,
 ) -> anyhow::Result<VirtualCard> {
     // Provisioning needs the contact interface; the card's own options are
     // restored afterwards.
     let options = new_card.options;
-    let card = VirtualCard::blank(NewCard {
-        options: CardOptions {
-            interface: Interface::Contact,
-            ..options
+    let pin = new_card.pin.clone();
+    let card = blank_card(
+        NewCard {
+            options: CardOptions {
+                interface: Interface::Contact,
+                ..options
+            },
+            ..new_card
         },
-        ..new_card
-    });
+        protection,
+    )?;
     let mut backend = VirtualCardBackend::new(card, "new virtual card");
     {
         let mut session = PivSession::open(&mut backend)?;
         session
             .authenticate_management_key(management_key)
             .context("management key authentication")?;
+        if protection.is_some() {
+            // A protected card generates keys only with its data key open.
+            session.verify_pin(&pin).context("PIN verification")?;
+        }
         let public_key = session
             .generate_key(KeyReference::PivAuthentication, algorithm)
             .context("key generation in slot 9a")?;
@@ -393,9 +450,247 @@ fn expiration_date(not_after: OffsetDateTime) -> String {
     )
 }
 
+/// A card with no keys: protected with `kdf`, or not.
+fn blank_card(new_card: NewCard, kdf: Option<KdfParams>) -> anyhow::Result<VirtualCard> {
+    Ok(match kdf {
+        Some(kdf) => VirtualCard::blank_protected(new_card, kdf)?,
+        None => VirtualCard::blank(new_card),
+    })
+}
+
 fn save(mut card: VirtualCard, file: &Path) -> anyhow::Result<()> {
     card.save_as(file)
         .with_context(|| format!("cannot write the card image {}", file.display()))
+}
+
+/// A current-thread runtime for the server requests of one command.
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")
+}
+
+/// The PUK of a new enrolled card: eight random digits the PUK policy accepts.
+fn random_puk() -> anyhow::Result<Puk> {
+    let policy = PinPolicy::puk();
+    for _ in 0..1000 {
+        let digits = Zeroizing::new(
+            (0..8)
+                .map(|_| char::from(b'0' + rand::random_range(0..10u8)))
+                .collect::<String>(),
+        );
+        if policy.check(&digits).is_ok() {
+            return Ok(Puk::new(&digits)?);
+        }
+    }
+    bail!("no random PUK met the PUK policy")
+}
+
+/// `pivtap vcard enroll`
+fn enroll(args: &EnrollVcardArgs) -> anyhow::Result<()> {
+    if args.out.exists() {
+        bail!("{} exists; choose another --out file", args.out.display());
+    }
+    let (link_server, code) = if args.code.trim().starts_with(ENROLL_URL_PREFIX) {
+        let (server, code) = parse_enrollment_url(&args.code)?;
+        (server, Zeroizing::new(code))
+    } else {
+        (None, Zeroizing::new(args.code.trim().to_owned()))
+    };
+    let server = args
+        .server
+        .server
+        .clone()
+        .or(link_server)
+        .context("no server: give --server URL, or the whole pivtap://enroll link as --code")?;
+    let client = args.server.trust.client(&server)?;
+    let runtime = runtime()?;
+    let policy = runtime
+        .block_on(client.pin_policy())
+        .map_err(explain)
+        .context("cannot fetch the server's PIN policy")?;
+    let pin = SecretReader::new().read(Secret::NewPin)?;
+    policy
+        .check(&pin)
+        .map_err(|rule| anyhow::anyhow!("the PIN is refused: {rule}; no card was made"))?;
+    let pin = Pin::new(&pin).context("the PIN")?;
+    let request = NewEnrollment {
+        code: &code,
+        pin,
+        device: args.device.clone(),
+        out: &args.out,
+        kdf: KdfParams::RECOMMENDED,
+    };
+    let enrolled = runtime.block_on(enroll_new_card(&client, request, &mut |step| {
+        eprintln!("{step}...");
+    }))?;
+    print_enrolled(&enrolled, &args.out, args.json)
+}
+
+/// What [`enroll_new_card`] needs.
+struct NewEnrollment<'a> {
+    /// The enrollment code.
+    code: &'a str,
+    /// The PIN the worker chose (already checked against the policy).
+    pin: Pin,
+    /// This device's id, for the audit log.
+    device: Option<String>,
+    /// The new image file; must not exist.
+    out: &'a Path,
+    /// Argon2id parameters of the card's protection.
+    kdf: KdfParams,
+}
+
+/// A new enrolled card: what the server said, and the PUK to show once.
+struct Enrolled {
+    outcome: EnrollOutcome,
+    puk: Puk,
+}
+
+/// Makes a protected card with `request.pin`, a random PUK and a random
+/// AES-192 management key, writes it to `request.out` (which must not
+/// exist), and enrolls it. A failure before the server issued the
+/// certificate removes the file again; after that the file stays (the code is used up).
+async fn enroll_new_card(
+    client: &Client,
+    request: NewEnrollment<'_>,
+    progress: &mut dyn FnMut(EnrollStep),
+) -> anyhow::Result<Enrolled> {
+    let NewEnrollment {
+        code,
+        pin,
+        device,
+        out,
+        kdf,
+    } = request;
+    let puk = random_puk()?;
+    let mut key = Zeroizing::new([0u8; 24]);
+    rand::fill(key.as_mut_slice());
+    let management_key = ManagementKey::new(Algorithm::Aes192, key.as_slice())?;
+    let new_card = NewCard {
+        pin: pin.clone(),
+        puk: puk.clone(),
+        management_key: management_key.clone(),
+        ..NewCard::factory(CardOptions::default())
+    };
+    let mut card = VirtualCard::blank_protected(new_card, kdf)?;
+    claim_new_file(out)?;
+    if let Err(error) = card.save_as(out) {
+        remove_claimed(out);
+        return Err(error).with_context(|| format!("cannot write {}", out.display()));
+    }
+    let mut backend = VirtualCardBackend::new(card, out.display().to_string());
+    let options = EnrollOptions {
+        secrets: CardSecrets {
+            pin,
+            management_key,
+        },
+        device,
+    };
+    let mut last = None;
+    let result = enroll_card(&mut backend, client, code, &options, &mut |step| {
+        last = Some(step);
+        progress(step);
+    })
+    .await;
+    let outcome = match result {
+        Ok(outcome) => outcome,
+        Err(error) => {
+            let issued = matches!(
+                last,
+                Some(EnrollStep::StoringCertificate | EnrollStep::WritingChuid)
+            );
+            let error = flow_error(error);
+            if issued {
+                return Err(error.context(format!(
+                    "the certificate was issued but the card in {} is not complete; \
+                     ask your administrator for a new enrollment code",
+                    out.display()
+                )));
+            }
+            drop(backend);
+            remove_claimed(out);
+            return Err(error.context("no card was made"));
+        }
+    };
+    let Ok(mut card) = backend.into_card() else {
+        bail!("the new card is still in use");
+    };
+    card.reset();
+    card.set_label(Some(outcome.user.display_name.clone()));
+    card.save_as(out)
+        .with_context(|| format!("cannot write {}", out.display()))?;
+    Ok(Enrolled { outcome, puk })
+}
+
+/// Creates `path` empty and private, failing if it exists: no card is
+/// written over another file, even one that appears meanwhile.
+fn claim_new_file(path: &Path) -> anyhow::Result<()> {
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    match options.open(path) {
+        Ok(_) => Ok(()),
+        Err(error) if error.kind() == std::io::ErrorKind::AlreadyExists => {
+            bail!("{} exists; choose another --out file", path.display())
+        }
+        Err(error) => Err(error).with_context(|| format!("cannot create {}", path.display())),
+    }
+}
+
+/// Removes the file this command created, when enrollment failed.
+fn remove_claimed(path: &Path) {
+    if let Err(error) = std::fs::remove_file(path) {
+        tracing::warn!(path = %path.display(), %error, "cannot remove the unfinished card image");
+    }
+}
+
+#[derive(Serialize)]
+struct EnrolledJson<'a> {
+    file: String,
+    puk: &'a str,
+    #[serde(flatten)]
+    outcome: &'a EnrollOutcome,
+}
+
+fn print_enrolled(enrolled: &Enrolled, out: &Path, json: bool) -> anyhow::Result<()> {
+    let puk = String::from_utf8_lossy(enrolled.puk.as_bytes());
+    let outcome = &enrolled.outcome;
+    if json {
+        let document = EnrolledJson {
+            file: out.display().to_string(),
+            puk: &puk,
+            outcome,
+        };
+        println!("{}", serde_json::to_string_pretty(&document)?);
+        return Ok(());
+    }
+    println!(
+        "Enrolled a new virtual card for {} ({}): {}",
+        outcome.user.display_name,
+        outcome.user.id,
+        out.display()
+    );
+    println!(
+        "Certificate:  serial {}, valid until {}",
+        outcome.serial, outcome.not_after
+    );
+    println!(
+        "Key:          {} in slot 9a, sealed under the PIN",
+        outcome.algorithm
+    );
+    if let Some(serial) = outcome.card_serial {
+        println!("Card serial:  {serial}");
+    }
+    println!("PUK:          {puk}");
+    println!(
+        "Write the PUK down now: it is shown only this once, and it unblocks the PIN \
+         (pivtap card unblock-pin --vcard {}).",
+        out.display()
+    );
+    Ok(())
 }
 
 #[cfg(test)]
@@ -450,5 +745,165 @@ mod tests {
         let again = parse(&["new", path, "--blank"]).unwrap();
         assert!(run(again).unwrap_err().to_string().contains("exists"));
         assert_eq!(CardImage::load(&file).unwrap(), image);
+    }
+
+    /// An embedded server with the user `dana`, a client, and one enrollment code for her.
+    async fn server_with_code(
+        dir: &Path,
+    ) -> (
+        pivtap_server_client::server::embedded::EmbeddedServer,
+        Client,
+        String,
+    ) {
+        use pivtap_server_client::server::embedded::EmbeddedServer;
+        use pivtap_server_client::store::{User, UserState};
+        let ca = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fixtures/ca/test-ca.pem");
+        let user = User {
+            id: "dana".to_owned(),
+            display_name: "Dana Example".to_owned(),
+            mail: Some("dana@example.com".to_owned()),
+            upn: None,
+            employee_id: None,
+            state: UserState::Active,
+        };
+        let server = EmbeddedServer::start(dir, vec![ca], &[user]).await.unwrap();
+        let client = server.client(Duration::from_secs(30)).unwrap();
+        let port = server.origin.rsplit(':').next().unwrap();
+        let token = std::fs::read_to_string(dir.join(format!("server-{port}")).join("admin.token"))
+            .unwrap();
+        let code = client
+            .admin(token.trim())
+            .create_enrollment("dana", Duration::from_secs(600))
+            .await
+            .unwrap()
+            .code;
+        (server, client, code)
+    }
+
+    fn request<'a>(code: &'a str, out: &'a Path) -> NewEnrollment<'a> {
+        NewEnrollment {
+            code,
+            pin: Pin::new("240913").unwrap(),
+            device: None,
+            out,
+            kdf: KdfParams::new(8, 1, 1).unwrap(),
+        }
+    }
+
+    #[tokio::test]
+    async fn enroll_makes_a_protected_card_that_signs_for_its_certificate() {
+        use p256::ecdsa::signature::Verifier as _;
+        use p256::pkcs8::DecodePublicKey as _;
+        use pivtap_server_client::wire::KeyAlgorithm;
+        use x509_parser::prelude::{FromDer as _, X509Certificate};
+
+        let dir = tempfile::tempdir().unwrap();
+        let (_server, client, code) = server_with_code(dir.path()).await;
+        let out = dir.path().join("dana.toml");
+        let mut steps = Vec::new();
+        let enrolled = enroll_new_card(&client, request(&code, &out), &mut |step| steps.push(step))
+            .await
+            .unwrap();
+        assert_eq!(enrolled.outcome.user.id, "dana");
+        assert_eq!(enrolled.outcome.algorithm, KeyAlgorithm::P256);
+        assert!(steps.contains(&EnrollStep::StoringCertificate), "{steps:?}");
+        let puk = String::from_utf8(enrolled.puk.as_bytes().to_vec()).unwrap();
+        assert!(puk.len() == 8 && puk.bytes().all(|b| b.is_ascii_digit()));
+
+        let text = std::fs::read_to_string(&out).unwrap();
+        for secret in ["240913", puk.as_str(), "BEGIN PRIVATE KEY"] {
+            assert!(!text.contains(secret), "{secret} in the image");
+        }
+        let image = CardImage::load(&out).unwrap();
+        assert!(image.is_protected());
+        assert_eq!(image.card.label.as_deref(), Some("Dana Example"));
+        assert_eq!(image.keys.len(), 1);
+        assert!(image.keys[0].sealed_key().is_some());
+        assert!(!image.management_key.ct_eq(&ManagementKey::default_key()));
+        for object in [ObjectTag::Chuid, ObjectTag::from_tag(0x5FC105)] {
+            assert!(image.objects.iter().any(|o| o.tag == object), "{object:?}");
+        }
+
+        // The sealed key opens with the PIN and signs for the issued certificate.
+        let mut backend = VirtualCardBackend::new(VirtualCard::open(&out).unwrap(), "dana");
+        let mut session = PivSession::open(&mut backend).unwrap();
+        let certificate = session
+            .certificate(KeyReference::PivAuthentication)
+            .unwrap();
+        let (_, parsed) = X509Certificate::from_der(&certificate).unwrap();
+        let verifier = p256::ecdsa::VerifyingKey::from(
+            p256::PublicKey::from_public_key_der(parsed.public_key().raw).unwrap(),
+        );
+        let sign = |session: &mut PivSession<'_>| {
+            session
+                .sign(
+                    KeyReference::PivAuthentication,
+                    Algorithm::EccP256,
+                    pivtap_card::SignatureAlgorithm::Es256,
+                    b"sign-in",
+                )
+                .unwrap()
+        };
+        session.verify_pin(&Pin::new("240913").unwrap()).unwrap();
+        let signature = p256::ecdsa::Signature::from_slice(&sign(&mut session)).unwrap();
+        verifier.verify(b"sign-in", &signature).unwrap();
+        // The PUK printed once unblocks the card and the key still opens.
+        session
+            .unblock_pin(&enrolled.puk, &Pin::new("135790").unwrap())
+            .unwrap();
+        session.verify_pin(&Pin::new("135790").unwrap()).unwrap();
+        let signature = p256::ecdsa::Signature::from_slice(&sign(&mut session)).unwrap();
+        verifier.verify(b"sign-in", &signature).unwrap();
+    }
+
+    #[tokio::test]
+    async fn enroll_leaves_no_file_on_refusal_and_never_overwrites() {
+        let dir = tempfile::tempdir().unwrap();
+        let (_server, client, code) = server_with_code(dir.path()).await;
+        let out = dir.path().join("first.toml");
+        enroll_new_card(&client, request(&code, &out), &mut |_| {})
+            .await
+            .unwrap();
+        let before = std::fs::read(&out).unwrap();
+
+        let again = dir.path().join("second.toml");
+        let error = enroll_new_card(&client, request(&code, &again), &mut |_| {})
+            .await
+            .err()
+            .expect("a used code is refused");
+        assert!(
+            format!("{error:#}").contains("no card was made"),
+            "{error:#}"
+        );
+        assert!(!again.exists(), "a refused enrollment leaves no file");
+
+        let error = enroll_new_card(&client, request("unknown-code", &out), &mut |_| {})
+            .await
+            .err()
+            .expect("an existing file is refused");
+        assert!(error.to_string().contains("exists"), "{error:#}");
+        assert_eq!(std::fs::read(&out).unwrap(), before);
+    }
+
+    #[test]
+    fn protect_makes_a_protected_blank_card() {
+        let directory = tempfile::tempdir().unwrap();
+        let file = directory.path().join("protected.toml");
+        let command = parse(&["new", file.to_str().unwrap(), "--blank", "--protect"]).unwrap();
+        run(command).unwrap();
+        let image = CardImage::load(&file).unwrap();
+        assert!(image.is_protected());
+        assert!(image.keys.is_empty());
+    }
+
+    #[test]
+    fn random_puks_are_eight_digits_the_policy_accepts() {
+        let puks: Vec<_> = (0..20).map(|_| random_puk().unwrap()).collect();
+        for puk in &puks {
+            let text = std::str::from_utf8(puk.as_bytes()).unwrap();
+            assert_eq!(text.len(), 8);
+            PinPolicy::puk().check(text).unwrap();
+        }
+        assert!(puks.windows(2).any(|pair| pair[0] != pair[1]));
     }
 }

@@ -231,6 +231,12 @@ impl VirtualCard {
         self.applet.set_interface(options.interface);
     }
 
+    /// Sets the card's label (a note for people, never reported by the
+    /// card); written with the next save.
+    pub fn set_label(&mut self, label: Option<String>) {
+        self.applet.persistent.label = label;
+    }
+
     /// The PIV application, for inspection.
     #[must_use]
     pub fn applet(&self) -> &PivApplet {
