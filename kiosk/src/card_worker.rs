@@ -26,7 +26,7 @@ use aws_lc_rs::signature::{
     RSA_PKCS1_2048_8192_SHA512, UnparsedPublicKey, VerificationAlgorithm,
 };
 use pivtap_apdu::piv::objects::chuid::Chuid;
-use pivtap_apdu::piv::{Algorithm, KeyReference, Pin};
+use pivtap_apdu::piv::{Algorithm, KeyReference, Pin, Puk};
 use pivtap_card::{
     CardBackend, CardTransaction, LinkCapabilities, PivError, PivSession, SignatureAlgorithm,
     TransportError,
@@ -37,7 +37,7 @@ use pivtap_server_client::wire::{AssertionPayload, ChallengeResponse};
 use time::OffsetDateTime;
 use tokio::sync::mpsc::UnboundedSender;
 
-use crate::core::{AuthFailure, CardReadFailure, CardSummary, Step, WorkId};
+use crate::core::{AuthFailure, CardReadFailure, CardSummary, PinWorkFailure, Step, WorkId};
 use crate::readers::ReaderSource;
 
 /// The key that signs sign-in assertions: PIV authentication.
@@ -73,12 +73,42 @@ pub enum CardJob {
         /// This device's id, as the server knows it.
         device: String,
     },
+    /// SELECT; when `expect` is given, check that the card's 9A certificate has that SHA-256
+    /// (the signed-in worker's badge, not someone else's); CHANGE REFERENCE DATA for the PIN.
+    /// Answered with [`CardJobResult::PinWork`].
+    ChangePin {
+        /// Echoed in the answer.
+        work: WorkId,
+        /// The reader holding the card.
+        reader: String,
+        /// The current PIN.
+        current: Pin,
+        /// The new PIN.
+        new: Pin,
+        /// The SHA-256 (lower-case hex) of the certificate the session signed in with.
+        expect: Option<String>,
+    },
+    /// SELECT, then RESET RETRY COUNTER: the PUK sets a new PIN and unblocks it. Answered with
+    /// [`CardJobResult::PinWork`].
+    UnblockPin {
+        /// Echoed in the answer.
+        work: WorkId,
+        /// The reader holding the card.
+        reader: String,
+        /// The PUK.
+        puk: Puk,
+        /// The new PIN.
+        new_pin: Pin,
+    },
 }
 
 impl CardJob {
     fn reader(&self) -> &str {
         match self {
-            CardJob::Read { reader, .. } | CardJob::Sign { reader, .. } => reader,
+            CardJob::Read { reader, .. }
+            | CardJob::Sign { reader, .. }
+            | CardJob::ChangePin { reader, .. }
+            | CardJob::UnblockPin { reader, .. } => reader,
         }
     }
 }
@@ -107,6 +137,13 @@ pub enum CardJobResult {
         work: WorkId,
         /// The assertion, or why there is none.
         result: Result<String, AuthFailure>,
+    },
+    /// The answer to [`CardJob::ChangePin`] and [`CardJob::UnblockPin`].
+    PinWork {
+        /// The job's work id.
+        work: WorkId,
+        /// Whether the card took the new PIN, or why not.
+        result: Result<(), PinWorkFailure>,
     },
 }
 
@@ -312,6 +349,9 @@ enum CardProblem {
     /// What the card signed does not verify with the certificate it holds in 9A.
     #[error("the card's authentication key does not match its certificate")]
     KeyMismatch,
+    /// The card is not the one the job is for.
+    #[error("the card is not the signed-in worker's badge")]
+    OtherCard,
 }
 
 impl From<TransportError> for CardProblem {
@@ -342,9 +382,10 @@ fn read_failure(problem: &CardProblem) -> CardReadFailure {
             PivError::NoPivApplication | PivError::ObjectNotFound { .. } | PivError::NoKey { .. },
         )
         | CardProblem::UnsupportedKey(_) => CardReadFailure::NotPiv,
-        CardProblem::Card(_) | CardProblem::Certificate(_) | CardProblem::KeyMismatch => {
-            CardReadFailure::Unreadable
-        }
+        CardProblem::Card(_)
+        | CardProblem::Certificate(_)
+        | CardProblem::KeyMismatch
+        | CardProblem::OtherCard => CardReadFailure::Unreadable,
     }
 }
 
@@ -358,7 +399,27 @@ fn auth_failure(problem: &CardProblem) -> AuthFailure {
         CardProblem::Card(_)
         | CardProblem::Certificate(_)
         | CardProblem::UnsupportedKey(_)
-        | CardProblem::KeyMismatch => AuthFailure::CardError,
+        | CardProblem::KeyMismatch
+        | CardProblem::OtherCard => AuthFailure::CardError,
+    }
+}
+
+fn pin_work_failure(problem: &CardProblem) -> PinWorkFailure {
+    match problem {
+        _ if problem.is_removal() => PinWorkFailure::CardRemoved,
+        CardProblem::Card(PivError::WrongPin { retries_left }) => PinWorkFailure::WrongPin {
+            tries_left: *retries_left,
+        },
+        CardProblem::Card(PivError::PinBlocked) => PinWorkFailure::PinBlocked,
+        CardProblem::Card(PivError::WrongPuk { retries_left }) => PinWorkFailure::WrongPuk {
+            tries_left: *retries_left,
+        },
+        CardProblem::Card(PivError::PukBlocked) => PinWorkFailure::PukBlocked,
+        CardProblem::OtherCard => PinWorkFailure::OtherCard,
+        CardProblem::Card(_)
+        | CardProblem::Certificate(_)
+        | CardProblem::UnsupportedKey(_)
+        | CardProblem::KeyMismatch => PinWorkFailure::CardError,
     }
 }
 
@@ -500,6 +561,24 @@ fn read_certificate(
     })
 }
 
+/// Checks that the card's 9A certificate has the SHA-256 `expected`; a cached certificate
+/// that differs is read again first (the card may have been renewed since it was cached).
+fn check_card(
+    session: &mut PivSession<'_>,
+    cache: &mut CertificateCache,
+    expected: &str,
+) -> Result<(), CardProblem> {
+    let mut known = identify(session, cache)?.certificate;
+    if known.certificate.facts.fingerprint != expected && known.from_cache {
+        known = read_certificate(session, cache, known.guid)?;
+    }
+    if known.certificate.facts.fingerprint == expected {
+        Ok(())
+    } else {
+        Err(CardProblem::OtherCard)
+    }
+}
+
 /// The CHUID, or `None` when the card has none (or an unreadable one); only a transport
 /// failure is an error.
 fn read_chuid(session: &mut PivSession<'_>) -> Result<Option<Chuid>, PivError> {
@@ -589,7 +668,62 @@ impl Worker {
                 });
                 self.report(CardJobResult::Signed { work, result });
             }
+            CardJob::ChangePin {
+                work,
+                reader,
+                current,
+                new,
+                expect,
+            } => {
+                let result = self
+                    .on_fresh_connection(&reader, ticket, |session, cache| {
+                        if let Some(expected) = expect {
+                            check_card(session, cache, &expected)?;
+                        }
+                        Ok(session.change_pin(&current, &new)?)
+                    })
+                    .map_err(|problem| {
+                        tracing::info!(reader, error = %problem, "changing the PIN failed");
+                        pin_work_failure(&problem)
+                    });
+                self.report(CardJobResult::PinWork { work, result });
+            }
+            CardJob::UnblockPin {
+                work,
+                reader,
+                puk,
+                new_pin,
+            } => {
+                let result = self
+                    .on_fresh_connection(&reader, ticket, |session, _| {
+                        Ok(session.unblock_pin(&puk, &new_pin)?)
+                    })
+                    .map_err(|problem| {
+                        tracing::info!(reader, error = %problem, "unblocking the PIN failed");
+                        pin_work_failure(&problem)
+                    });
+                self.report(CardJobResult::PinWork { work, result });
+            }
         }
+    }
+
+    /// Runs `work` in a PIV session on a new connection to `reader`'s card (one kept from a
+    /// read is stale for this), then lets go of the card.
+    fn on_fresh_connection(
+        &mut self,
+        reader: &str,
+        ticket: &Ticket,
+        work: impl FnOnce(&mut PivSession<'_>, &mut CertificateCache) -> Result<(), CardProblem>,
+    ) -> Result<(), CardProblem> {
+        self.held.remove(reader);
+        ticket.check()?;
+        let mut backend = self.readers.connect(reader)?;
+        let mut card = Cancellable {
+            backend: backend.as_mut(),
+            ticket,
+        };
+        let mut session = PivSession::open(&mut card)?;
+        work(&mut session, &mut self.cache)
     }
 
     fn report(&self, result: CardJobResult) {

@@ -1,9 +1,19 @@
-//! Headless mode: session events as JSON lines on standard output, and PINs (or `sign-out`, `quit`) as lines on standard input.
+//! Headless mode: session events as JSON lines on standard output, and PINs (or `sign-out`, `change-pin`, `unblock`, `cancel`, `quit`) as lines on standard input.
 //!
 //! Output lines: `{"event":"card_present","reader":...}`,
 //! `{"event":"pin_required","tries_left":2}`, `{"event":"signed_in","user":{...},"expires_at":...,"token":...}`,
 //! `{"event":"signed_out","user_id":...,"reason":"card_removed"}`,
 //! `{"event":"error","code":...,"message":...}`.
+//!
+//! Changing the PIN (`change-pin` while signed in) and unblocking it with the PUK (`unblock`
+//! on the blocked screen) ask for each value with a prompt event, answered by a line of
+//! digits: `current_pin_required` / `puk_required` (with `tries_left` after a wrong one),
+//! `new_pin_required` (`"repeat": false`, then `true`), `tap_required` when the badge must be
+//! tapped; they end with `pin_changed` / `card_unblocked`, or
+//! `{"event":"pin_change_failed","reason":...,"message":...}` /
+//! `{"event":"unblock_failed",...}` (reasons `policy`, `mismatch`, `wrong_pin`, `pin_blocked`,
+//! `wrong_puk`, `puk_blocked`, `card_removed`, `other_card`, `card_error`, `timed_out`,
+//! `cancelled`). `cancel` abandons either. No event ever carries a PIN or PUK.
 
 use std::io::{BufRead, Write};
 use std::time::Instant;
@@ -59,6 +69,9 @@ pub fn parse_line(line: &str) -> Option<Input> {
     match line {
         "" => None,
         "sign-out" | "signout" => Some(Input::SignOut),
+        "change-pin" => Some(Input::ChangePin),
+        "unblock" | "unblock-pin" => Some(Input::Unblock),
+        "cancel" => Some(Input::Key(crate::core::KeyInput::Escape)),
         "quit" | "exit" => Some(Input::Quit),
         digits if digits.bytes().all(|b| b.is_ascii_digit()) => {
             Some(Input::Pin(Zeroizing::new(digits.to_owned())))
@@ -79,7 +92,7 @@ pub fn read_stdin(inputs: UnboundedSender<Input>) {
             let Some(input) = parse_line(&line) else {
                 if !line.trim().is_empty() {
                     eprintln!(
-                        "headless: ignored input line (expected a PIN, `sign-out` or `quit`)"
+                        "headless: ignored input line (expected digits, `sign-out`, `change-pin`, `unblock`, `cancel` or `quit`)"
                     );
                 }
                 continue;
@@ -129,6 +142,12 @@ mod tests {
         );
         assert!(matches!(parse_line("sign-out"), Some(Input::SignOut)));
         assert!(matches!(parse_line("quit"), Some(Input::Quit)));
+        assert!(matches!(parse_line("change-pin"), Some(Input::ChangePin)));
+        assert!(matches!(parse_line("unblock\n"), Some(Input::Unblock)));
+        assert!(matches!(
+            parse_line("cancel"),
+            Some(Input::Key(crate::core::KeyInput::Escape))
+        ));
         assert!(parse_line("hello").is_none());
         assert!(parse_line("  ").is_none());
     }

@@ -199,7 +199,15 @@ impl SessionBoard {
             }
             SessionEvent::CardPresent { .. }
             | SessionEvent::PinRequired { .. }
-            | SessionEvent::Error(_) => {}
+            | SessionEvent::Error(_)
+            | SessionEvent::CurrentPinRequired { .. }
+            | SessionEvent::PukRequired { .. }
+            | SessionEvent::NewPinRequired { .. }
+            | SessionEvent::TapRequired
+            | SessionEvent::PinChanged
+            | SessionEvent::PinChangeFailed { .. }
+            | SessionEvent::CardUnblocked
+            | SessionEvent::UnblockFailed { .. } => {}
         }
         // Without event-stream clients there is nobody to tell: that is fine.
         let _ = self.shared.events.send(event.clone());

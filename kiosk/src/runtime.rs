@@ -2,13 +2,21 @@
 //!
 //! A fresh challenge is always held in advance, so a tap never waits on the
 //! network for one; the card thread does the card's part, the runtime posts
-//! the assertion, and the core decides what it all means.
+//! the assertion, and the core decides what it all means. The server's PIN
+//! policy is fetched at start-up (and again once the server answers, if it
+//! did not then); until it is known the core checks new PINs against the
+//! default policy.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
+use pivtap_server_client::certificate::CertificateFacts;
 use pivtap_server_client::client::{Client, ClientError};
-use pivtap_server_client::wire::ChallengeResponse;
+use pivtap_server_client::jose::CompactJws;
+use pivtap_server_client::pin_policy::PinPolicy;
+use pivtap_server_client::wire::{AssertionHeader, ChallengeResponse};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
@@ -28,6 +36,10 @@ pub enum Input {
     Pin(Zeroizing<String>),
     /// The worker asks to sign out.
     SignOut,
+    /// The signed-in worker asks to change their PIN.
+    ChangePin,
+    /// The worker on the blocked screen asks to unblock the PIN with the PUK.
+    Unblock,
     /// A function key (the demo taps and removes cards with them).
     Function(u8),
     /// Stop the kiosk.
@@ -76,7 +88,18 @@ enum Network {
     SignIn {
         work: WorkId,
         result: Result<pivtap_server_client::wire::AssertionResponse, ClientError>,
+        /// The SHA-256 of the certificate that signed the assertion.
+        card: Option<String>,
     },
+    PinPolicy(Result<PinPolicy, ClientError>),
+}
+
+/// Where fetching the server's PIN policy is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum PolicyFetch {
+    Unknown,
+    Fetching,
+    Known,
 }
 
 /// A challenge is used only while it has this much life left.
@@ -102,6 +125,13 @@ struct Runtime {
     accepted_token: Option<Zeroizing<String>>,
     /// The current session's token.
     token: Option<Zeroizing<String>>,
+    /// The certificate (SHA-256) of a sign-in the server accepted, until the core publishes it.
+    accepted_card: Option<String>,
+    /// The certificate (SHA-256) the current session signed in with: a PIN change is only
+    /// done on that badge.
+    session_card: Option<String>,
+    /// Whether the server's PIN policy is known (or being fetched).
+    pin_policy: PolicyFetch,
     tick_at: Option<Instant>,
     on_function_key: Option<FunctionKeyHandler>,
 }
@@ -140,10 +170,14 @@ pub async fn run(
         waiting_for_challenge: None,
         accepted_token: None,
         token: None,
+        accepted_card: None,
+        session_card: None,
+        pin_policy: PolicyFetch::Unknown,
         tick_at: None,
         on_function_key: parts.on_function_key,
     };
     runtime.keep_challenge_fresh(now);
+    runtime.fetch_pin_policy();
     face.refresh(&runtime.kiosk, runtime.server_reachable, now);
     let mut clock = tokio::time::interval(Duration::from_secs(1));
     loop {
@@ -212,13 +246,17 @@ impl Runtime {
                 Ok(assertion) => {
                     let client = self.client.clone();
                     let network = self.network.clone();
+                    let card = signer_fingerprint(&assertion);
                     tokio::spawn(async move {
                         let result = client.sign_in(&assertion).await;
-                        let _ = network.send(Network::SignIn { work, result });
+                        let _ = network.send(Network::SignIn { work, result, card });
                     });
                 }
                 Err(failure) => self.core_event(Event::AuthFailed { work, failure }, face),
             },
+            CardJobResult::PinWork { work, result } => {
+                self.core_event(Event::PinWorkDone { work, result }, face);
+            }
         }
     }
 
@@ -250,13 +288,23 @@ impl Runtime {
                     );
                 }
             }
-            Network::SignIn { work, result } => {
+            Network::PinPolicy(Ok(policy)) => {
+                self.pin_policy = PolicyFetch::Known;
+                self.core_event(Event::PinPolicyKnown(policy), face);
+            }
+            Network::PinPolicy(Err(error)) => {
+                // The default policy stays in force; asked again once the server answers.
+                tracing::warn!(target: "pivtap::kiosk", %error, "cannot get the PIN policy; using the default");
+                self.pin_policy = PolicyFetch::Unknown;
+            }
+            Network::SignIn { work, result, card } => {
                 let event = match result {
                     Ok(response) => {
                         self.server_is(true, face);
                         let signed_in_at = OffsetDateTime::now_utc();
                         let lifetime = Duration::from_secs(response.expires_in);
                         self.accepted_token = Some(Zeroizing::new(response.token));
+                        self.accepted_card = card;
                         Event::AuthSucceeded {
                             work,
                             user: response.user,
@@ -277,9 +325,25 @@ impl Runtime {
                 };
                 self.core_event(event, face);
                 self.accepted_token = None;
+                self.accepted_card = None;
             }
         }
         self.keep_challenge_fresh(now);
+    }
+
+    /// Asks the server for its PIN policy (`GET /v1/pin-policy`), unless it is known or on
+    /// its way; the answer becomes [`Event::PinPolicyKnown`].
+    fn fetch_pin_policy(&mut self) {
+        if self.pin_policy != PolicyFetch::Unknown {
+            return;
+        }
+        self.pin_policy = PolicyFetch::Fetching;
+        let client = self.client.clone();
+        let network = self.network.clone();
+        tokio::spawn(async move {
+            let result = client.pin_policy().await;
+            let _ = network.send(Network::PinPolicy(result));
+        });
     }
 
     fn input(&mut self, input: Input, face: &mut dyn Face) {
@@ -292,6 +356,8 @@ impl Runtime {
                 self.core_event(Event::Key(KeyInput::Enter), face);
             }
             Input::SignOut => self.core_event(Event::SignOutRequested, face),
+            Input::ChangePin => self.core_event(Event::ChangePinRequested, face),
+            Input::Unblock => self.core_event(Event::UnblockRequested, face),
             Input::Function(number) => {
                 if let Some(hook) = self.on_function_key.as_mut() {
                     hook(number);
@@ -302,6 +368,9 @@ impl Runtime {
     }
 
     fn server_is(&mut self, reachable: bool, face: &mut dyn Face) {
+        if reachable {
+            self.fetch_pin_policy();
+        }
         if reachable != self.server_reachable {
             self.server_reachable = reachable;
             let event = if reachable {
@@ -360,6 +429,29 @@ impl Runtime {
                     self.worker.submit(CardJob::Read { work, reader })
                 }
                 Effect::Authenticate { work, reader, pin } => self.start_signing(work, reader, pin),
+                Effect::ChangePin {
+                    work,
+                    reader,
+                    current,
+                    new,
+                } => self.worker.submit(CardJob::ChangePin {
+                    work,
+                    reader,
+                    current,
+                    new,
+                    expect: self.session_card.clone(),
+                }),
+                Effect::UnblockPin {
+                    work,
+                    reader,
+                    puk,
+                    new_pin,
+                } => self.worker.submit(CardJob::UnblockPin {
+                    work,
+                    reader,
+                    puk,
+                    new_pin,
+                }),
                 Effect::CancelCardWork { reader } => {
                     if self
                         .waiting_for_challenge
@@ -373,6 +465,7 @@ impl Runtime {
                 Effect::Publish(session_event) => {
                     if matches!(session_event, SessionEvent::SignedIn { .. }) {
                         self.token = self.accepted_token.take();
+                        self.session_card = self.accepted_card.take();
                     }
                     let token = match session_event {
                         SessionEvent::SignedIn { .. } => self.token.as_deref().map(String::as_str),
@@ -381,12 +474,23 @@ impl Runtime {
                     self.board.publish(&session_event, token);
                     face.session_event(&session_event, token);
                 }
-                Effect::DropSession => self.token = None,
+                Effect::DropSession => {
+                    self.token = None;
+                    self.session_card = None;
+                }
                 Effect::ScheduleTick { at } => self.tick_at = Some(at),
             }
         }
         face.refresh(&self.kiosk, self.server_reachable, now);
     }
+}
+
+/// The SHA-256 (lower-case hex) of the card certificate an assertion carries in `x5c`.
+fn signer_fingerprint(assertion: &str) -> Option<String> {
+    let jws = CompactJws::parse(assertion).ok()?;
+    let header: AssertionHeader = serde_json::from_slice(&jws.header).ok()?;
+    let der = STANDARD.decode(header.x5c.first()?).ok()?;
+    Some(CertificateFacts::from_der(&der).ok()?.fingerprint)
 }
 
 /// Whether a challenge still has enough life for a tap.

@@ -38,6 +38,8 @@ impl TerminalFace {
                 let input = match key_input(&key) {
                     Some(UiKey::Core(key)) => Input::Key(key),
                     Some(UiKey::SignOut) => Input::SignOut,
+                    Some(UiKey::ChangePin) => Input::ChangePin,
+                    Some(UiKey::Unblock) => Input::Unblock,
                     Some(UiKey::Quit) => Input::Quit,
                     Some(UiKey::Function(number)) => Input::Function(number),
                     None => continue,

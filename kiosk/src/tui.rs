@@ -18,8 +18,8 @@ use ratatui::widgets::{Block, BorderType, Padding, Paragraph, Wrap};
 use time::OffsetDateTime;
 
 use crate::core::{
-    CardSummary, Flow, KeyInput, Notice, NoticeCode, PIN_MIN_DIGITS, PinPrompt, Session, State,
-    Step,
+    CardSummary, Flow, KeyInput, Notice, NoticeCode, PIN_MIN_DIGITS, PinForm, PinFormPurpose,
+    PinFormStep, PinPrompt, Session, State, Step,
 };
 
 /// How the screen looks for the organisation running the kiosk.
@@ -63,6 +63,10 @@ pub enum UiKey {
     Core(KeyInput),
     /// `s` or `S`: sign the current worker out.
     SignOut,
+    /// `c` or `C`: the signed-in worker changes their PIN.
+    ChangePin,
+    /// `u` or `U`: on the blocked screen, unblock the PIN with the PUK.
+    Unblock,
     /// `q` or Ctrl-C: leave the kiosk.
     Quit,
     /// F1 to F12, for the runtime (the demo maps them to taps and removals).
@@ -136,6 +140,8 @@ pub fn key_input(event: &KeyEvent) -> Option<UiKey> {
             .and_then(|value| u8::try_from(value).ok())
             .map(|value| UiKey::Core(KeyInput::Digit(value))),
         KeyCode::Char('s' | 'S') => Some(UiKey::SignOut),
+        KeyCode::Char('c' | 'C') => Some(UiKey::ChangePin),
+        KeyCode::Char('u' | 'U') => Some(UiKey::Unblock),
         KeyCode::Char('q') => Some(UiKey::Quit),
         KeyCode::Backspace => Some(UiKey::Core(KeyInput::Backspace)),
         KeyCode::Enter => Some(UiKey::Core(KeyInput::Enter)),
@@ -344,8 +350,23 @@ fn message_lines(view: &View) -> Vec<Line<'static>> {
             lines.push(Line::from("Keep your badge on the reader."));
         }
         State::SignedIn {
+            pin_change: Some(form),
+            ..
+        } => {
+            lines.push(headline("Change your PIN".to_owned()));
+            push_form(&mut lines, form);
+        }
+        State::PinBlocked {
+            unblock: Some(form),
+            ..
+        } => {
+            lines.push(headline("Unblock your badge".to_owned()));
+            push_form(&mut lines, form);
+        }
+        State::SignedIn {
             session,
             next_worker,
+            ..
         } => {
             lines.push(headline(format!(
                 "Signed in: {}",
@@ -357,6 +378,7 @@ fn message_lines(view: &View) -> Vec<Line<'static>> {
             )));
             lines.push(Line::default());
             lines.push(Line::from("Press S to sign out"));
+            lines.push(Line::styled("C to change your PIN", HINT));
             if let Some(prompt) = next_worker {
                 lines.push(Line::default());
                 lines.push(Line::from(if prompt.digits >= PIN_MIN_DIGITS {
@@ -371,7 +393,8 @@ fn message_lines(view: &View) -> Vec<Line<'static>> {
             lines.push(headline("Your PIN is blocked".to_owned()));
             push_notice(&mut lines, notice);
             lines.push(Line::default());
-            lines.push(Line::styled("Take your badge off the reader.", HINT));
+            lines.push(Line::from("Press U to unblock it with your PUK"));
+            lines.push(Line::styled("or take your badge off the reader.", HINT));
         }
         State::ServerUnreachable { notice } => {
             lines.push(headline("Cannot reach the sign-in server".to_owned()));
@@ -385,6 +408,60 @@ fn message_lines(view: &View) -> Vec<Line<'static>> {
         }
     }
     lines
+}
+
+/// A PIN change or unblock: what to type (masked), the card at work, or how it ended.
+fn push_form(lines: &mut Vec<Line<'static>>, form: &PinForm) {
+    lines.push(Line::default());
+    let typing = |what: &str| Some(what.to_owned());
+    let asked = match form.step {
+        PinFormStep::CurrentPin => typing("Enter your current PIN"),
+        PinFormStep::Puk => typing("Enter your PUK (unblocking key)"),
+        PinFormStep::NewPin => typing("Choose a new PIN"),
+        PinFormStep::RepeatNewPin => typing("Type the new PIN again"),
+        PinFormStep::TapBadge | PinFormStep::Working { .. } | PinFormStep::Finished => None,
+    };
+    match (&form.step, asked) {
+        (_, Some(what)) => {
+            lines.push(Line::from(what));
+            lines.push(Line::styled("●".repeat(form.digits), PIN_DOTS));
+            if let Some(tries_left) = form.tries_left {
+                let words = if tries_left == 1 { "try" } else { "tries" };
+                let style = if tries_left <= 1 {
+                    WARNING
+                } else {
+                    Style::new().add_modifier(Modifier::BOLD)
+                };
+                lines.push(Line::styled(format!("{tries_left} {words} left"), style));
+            }
+            if let Some(notice) = &form.notice {
+                lines.push(Line::from(notice.message.clone()));
+            }
+            lines.push(Line::default());
+            lines.push(Line::styled("Enter to continue · Esc to cancel", HINT));
+        }
+        (PinFormStep::TapBadge, None) => {
+            if let Some(notice) = &form.notice {
+                lines.push(Line::from(notice.message.clone()));
+            }
+            lines.push(Line::default());
+            lines.push(Line::styled("Esc to cancel", HINT));
+        }
+        (PinFormStep::Working { .. }, None) => {
+            lines.push(Line::from(match form.purpose {
+                PinFormPurpose::ChangePin => "Changing the PIN…",
+                PinFormPurpose::Unblock => "Unblocking…",
+            }));
+            lines.push(Line::from("Keep your badge on the reader."));
+        }
+        (_, None) => {
+            if let Some(notice) = &form.notice {
+                lines.push(Line::from(notice.message.clone()));
+            }
+            lines.push(Line::default());
+            lines.push(Line::styled("Press any key", HINT));
+        }
+    }
 }
 
 /// A blank line, then the notice's words.

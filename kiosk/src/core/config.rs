@@ -2,6 +2,7 @@
 
 use std::time::Duration;
 
+use pivtap_server_client::pin_policy::PinPolicy;
 use serde::{Deserialize, Serialize};
 
 /// The order in which a worker presents the badge and the PIN (DESIGN.md, "One tap, end to end").
@@ -91,6 +92,9 @@ pub struct CoreConfig {
     /// Whom workers should ask for help, as it reads in a sentence ("Ask {help_contact} to unblock it").
     /// Default: "your IT service desk".
     pub help_contact: String,
+    /// The rules new PINs must follow (PIN change, unblock). The runtime replaces the default
+    /// with the server's policy ([`Event::PinPolicyKnown`](super::Event::PinPolicyKnown)).
+    pub pin_policy: PinPolicy,
 }
 
 impl Default for CoreConfig {
@@ -104,6 +108,7 @@ impl Default for CoreConfig {
             work_timeout: Duration::from_secs(30),
             message_duration: Duration::from_secs(6),
             help_contact: "your IT service desk".to_owned(),
+            pin_policy: PinPolicy::default(),
         }
     }
 }

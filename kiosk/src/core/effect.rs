@@ -2,7 +2,7 @@
 
 use std::time::Instant;
 
-use pivtap_apdu::piv::Pin;
+use pivtap_apdu::piv::{Pin, Puk};
 use pivtap_server_client::wire::UserInfo;
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
@@ -35,6 +35,30 @@ pub enum Effect {
         reader: String,
         /// The PIN, zeroized when dropped.
         pin: Pin,
+    },
+    /// On the card thread: SELECT, check that the card is the signed-in worker's badge, CHANGE
+    /// REFERENCE DATA for the PIN; answer with [`Event::PinWorkDone`](super::Event::PinWorkDone).
+    ChangePin {
+        /// Echo this in the answer.
+        work: WorkId,
+        /// The reader holding the card.
+        reader: String,
+        /// The current PIN, zeroized when dropped.
+        current: Pin,
+        /// The new PIN, already checked against the PIN policy.
+        new: Pin,
+    },
+    /// On the card thread: SELECT, RESET RETRY COUNTER with the PUK and the new PIN; answer
+    /// with [`Event::PinWorkDone`](super::Event::PinWorkDone).
+    UnblockPin {
+        /// Echo this in the answer.
+        work: WorkId,
+        /// The reader holding the card.
+        reader: String,
+        /// The PUK, zeroized when dropped.
+        puk: Puk,
+        /// The new PIN, already checked against the PIN policy.
+        new_pin: Pin,
     },
     /// Abandon any work on this reader's card and let go of the card; the core ignores results
     /// still to come for it.
@@ -85,6 +109,78 @@ pub enum SessionEvent {
     },
     /// Something went wrong: a stable code and a message for people.
     Error(Notice),
+    /// PIN change: the current PIN is wanted now.
+    CurrentPinRequired {
+        /// Tries left on the card, after a wrong one.
+        tries_left: Option<u8>,
+    },
+    /// Unblock: the PUK is wanted now.
+    PukRequired {
+        /// Tries left on the card, after a wrong one.
+        tries_left: Option<u8>,
+    },
+    /// PIN change or unblock: the new PIN is wanted now (`repeat`: the second time).
+    NewPinRequired {
+        /// Whether this is the repetition.
+        repeat: bool,
+    },
+    /// PIN change or unblock: everything is typed; tap the badge.
+    TapRequired,
+    /// The signed-in worker's PIN is changed.
+    PinChanged,
+    /// A PIN change attempt failed. With `policy` or `mismatch` the new PIN is asked for again,
+    /// with `wrong_pin` the current PIN, with `card_removed` or `other_card` a tap; the others
+    /// end the change.
+    PinChangeFailed {
+        /// Why, for programs.
+        reason: PinFormFailure,
+        /// Why, for people (a policy refusal names the rule, never the PIN).
+        message: String,
+        /// With `wrong_pin`: the tries left.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        tries_left: Option<u8>,
+    },
+    /// The blocked PIN is replaced by a new one: the worker can sign in.
+    CardUnblocked,
+    /// An unblock attempt failed; as [`SessionEvent::PinChangeFailed`], with `wrong_puk`
+    /// asking for the PUK again and `puk_blocked` ending it.
+    UnblockFailed {
+        /// Why, for programs.
+        reason: PinFormFailure,
+        /// Why, for people.
+        message: String,
+        /// With `wrong_puk`: the tries left.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        tries_left: Option<u8>,
+    },
+}
+
+/// Why a PIN change or an unblock attempt failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PinFormFailure {
+    /// The new PIN breaks the PIN policy.
+    Policy,
+    /// The repeated new PIN differs from the first.
+    Mismatch,
+    /// The current PIN was wrong.
+    WrongPin,
+    /// The PIN is blocked.
+    PinBlocked,
+    /// The PUK was wrong.
+    WrongPuk,
+    /// The PUK is blocked.
+    PukBlocked,
+    /// The badge left before the card was done.
+    CardRemoved,
+    /// The badge tapped is not the signed-in worker's.
+    OtherCard,
+    /// The card answered badly or not at all.
+    CardError,
+    /// Nothing happened for too long.
+    TimedOut,
+    /// The worker cancelled.
+    Cancelled,
 }
 
 /// Why a session ended.

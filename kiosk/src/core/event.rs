@@ -1,5 +1,6 @@
 //! What the runtime tells the core: readers and cards coming and going, results of card work, keys, the server's reachability, and time passing.
 
+use pivtap_server_client::pin_policy::PinPolicy;
 use pivtap_server_client::wire::{ErrorCode, UserInfo};
 use time::OffsetDateTime;
 
@@ -85,6 +86,22 @@ pub enum Event {
     Key(KeyInput),
     /// Sign the current worker out: the sign-out key, or `POST /v1/session/sign-out` on the local API.
     SignOutRequested,
+    /// The signed-in worker wants to change their PIN (a key in the terminal UI, `change-pin`
+    /// in headless mode).
+    ChangePinRequested,
+    /// The worker on the blocked screen wants to unblock the PIN with the PUK (a key in the
+    /// terminal UI, `unblock` in headless mode).
+    UnblockRequested,
+    /// The server's PIN policy (`GET /v1/pin-policy`), for new PINs from now on.
+    PinPolicyKnown(PinPolicy),
+    /// [`Effect::ChangePin`](super::Effect::ChangePin) or
+    /// [`Effect::UnblockPin`](super::Effect::UnblockPin) is done.
+    PinWorkDone {
+        /// The work this answers.
+        work: WorkId,
+        /// Whether the card took the new PIN, or why not.
+        result: Result<(), PinWorkFailure>,
+    },
     /// The server answered again (a challenge was fetched).
     ServerReachable,
     /// The server stopped answering (fetching a challenge failed).
@@ -115,6 +132,31 @@ pub enum CardReadFailure {
     NotPiv,
     /// The card answered badly or not at all.
     Unreadable,
+}
+
+/// Why the card did not take a new PIN (CHANGE REFERENCE DATA or RESET RETRY COUNTER).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PinWorkFailure {
+    /// The current PIN was wrong.
+    WrongPin {
+        /// Tries left before the PIN blocks.
+        tries_left: u8,
+    },
+    /// The PIN is blocked.
+    PinBlocked,
+    /// The PUK was wrong.
+    WrongPuk {
+        /// Tries left before the PUK blocks.
+        tries_left: u8,
+    },
+    /// The PUK is blocked: only a reset (or a new badge) helps.
+    PukBlocked,
+    /// The card left before the work was done.
+    CardRemoved,
+    /// The card on the reader is not the signed-in worker's badge.
+    OtherCard,
+    /// The card answered badly or not at all (details go to the runtime's log).
+    CardError,
 }
 
 /// Why signing in failed.

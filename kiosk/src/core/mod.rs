@@ -14,6 +14,7 @@ mod config;
 mod effect;
 mod event;
 mod notice;
+mod pin_form;
 mod state;
 #[cfg(test)]
 mod tests;
@@ -29,10 +30,12 @@ use time::OffsetDateTime;
 use zeroize::{Zeroize, Zeroizing};
 
 pub use config::{CoreConfig, Flow, SessionPolicy, WrongPinDelay};
-pub use effect::{Effect, SessionEvent, SignOutReason};
-pub use event::{AuthFailure, CardReadFailure, Event, KeyInput, WorkId};
+pub use effect::{Effect, PinFormFailure, SessionEvent, SignOutReason};
+pub use event::{AuthFailure, CardReadFailure, Event, KeyInput, PinWorkFailure, WorkId};
 pub use notice::{Notice, NoticeCode};
-pub use state::{CardSummary, PinPrompt, Session, State, Step};
+pub use state::{
+    CardSummary, PinForm, PinFormPurpose, PinFormStep, PinPrompt, Session, State, Step,
+};
 
 /// The fewest digits a PIN has.
 pub const PIN_MIN_DIGITS: usize = 6;
@@ -49,6 +52,10 @@ pub struct Kiosk {
     /// The digits typed so far; empty outside PIN entry. Its capacity is reserved up front so
     /// typing never reallocates (which would leave a copy behind).
     typed_pin: Zeroizing<String>,
+    /// A PIN change's current PIN or an unblock's PUK, once accepted; empty outside a form.
+    form_first: Zeroizing<String>,
+    /// A PIN change's or unblock's new PIN, once accepted; empty outside a form.
+    form_new: Zeroizing<String>,
     readers: BTreeSet<String>,
     /// Readers holding a card.
     cards: BTreeSet<String>,
@@ -75,6 +82,7 @@ enum Timer {
     PinForgotten,
     SessionExpired,
     SessionIdle,
+    PinFormDeadline,
 }
 
 impl Kiosk {
@@ -88,6 +96,8 @@ impl Kiosk {
                 notice: Notice::no_reader(),
             },
             typed_pin: Zeroizing::new(String::with_capacity(PIN_MAX_DIGITS)),
+            form_first: Zeroizing::new(String::with_capacity(PIN_MAX_DIGITS)),
+            form_new: Zeroizing::new(String::with_capacity(PIN_MAX_DIGITS)),
             readers: BTreeSet::new(),
             cards: BTreeSet::new(),
             reader_service_available: true,
@@ -129,6 +139,14 @@ impl Kiosk {
             Event::AuthFailed { work, failure } => self.on_auth_failed(work, failure, now),
             Event::Key(key) => self.on_key(key, now),
             Event::SignOutRequested => self.sign_out(SignOutReason::Explicit, now),
+            Event::ChangePinRequested => self.on_change_pin_requested(now),
+            Event::UnblockRequested => self.on_unblock_requested(now),
+            Event::PinPolicyKnown(policy) => {
+                if policy.validate().is_ok() {
+                    self.config.pin_policy = policy;
+                }
+            }
+            Event::PinWorkDone { work, result } => self.on_pin_work_done(work, result, now),
             Event::ServerReachable => self.on_server_reachable(now),
             Event::ServerUnreachable => self.on_server_unreachable(now),
             // The runtime's wake-up is used up: announce the next one again.
@@ -222,6 +240,17 @@ impl Kiosk {
         if !self.cards.insert(reader.clone()) {
             return; // Already known: a repeated report, not a new tap.
         }
+        if self.pin_form_active() {
+            // A PIN change or unblock is under way: the tap is for it, never a user switch.
+            if let State::SignedIn { session, .. } = &mut self.state {
+                session.last_activity = now;
+                if session.reader == reader {
+                    session.card_present = true;
+                }
+            }
+            self.tap_for_form(&reader, now);
+            return;
+        }
         match &mut self.state {
             State::ReaderMissing { .. }
             | State::WaitingForCard { .. }
@@ -270,7 +299,13 @@ impl Kiosk {
             } if used.as_str() == reader && (*step != Step::SigningIn || sign_out_on_removal) => {
                 self.abandon(reader, notice, now);
             }
-            State::PinBlocked { reader: used, .. } | State::Error { reader: used, .. }
+            // An unblock under way outlives the badge: it asks for a tap when it needs one.
+            State::PinBlocked {
+                reader: used,
+                unblock: None,
+                ..
+            }
+            | State::Error { reader: used, .. }
                 if used.as_str() == reader =>
             {
                 self.rest(None, now);
@@ -450,6 +485,7 @@ impl Kiosk {
             State::SignedIn {
                 session,
                 next_worker: None,
+                pin_change: None,
             },
             now,
         );
@@ -519,7 +555,15 @@ impl Kiosk {
         self.clear_pin();
         let notice = self.notify(Notice::pin_blocked(&self.config.help_contact));
         if self.cards.contains(&reader) {
-            self.enter(State::PinBlocked { reader, notice }, now);
+            let unblock = None;
+            self.enter(
+                State::PinBlocked {
+                    reader,
+                    notice,
+                    unblock,
+                },
+                now,
+            );
         } else {
             self.rest(Some(notice), now);
         }
@@ -577,6 +621,10 @@ impl Kiosk {
     // --- keys ---
 
     fn on_key(&mut self, key: KeyInput, now: Instant) {
+        if self.pin_form().is_some() {
+            self.key_in_form(key, now);
+            return;
+        }
         match &self.state {
             State::PinEntry { .. } => self.key_in_pin_entry(key, now),
             State::PinFirst { .. } => self.key_in_pin_first(key, now),
@@ -639,6 +687,7 @@ impl Kiosk {
         let State::SignedIn {
             session,
             next_worker,
+            ..
         } = &mut self.state
         else {
             return;
@@ -822,6 +871,7 @@ impl Kiosk {
             State::SignedIn {
                 session,
                 next_worker,
+                pin_change,
             } => {
                 timers.push((session.ends_at, Timer::SessionExpired));
                 if let Some(at) = self.idle_deadline(session) {
@@ -830,7 +880,14 @@ impl Kiosk {
                 if let Some(prompt) = next_worker {
                     timers.push((prompt.forget_at, Timer::PinForgotten));
                 }
+                if let Some(form) = pin_change {
+                    timers.push((form.deadline, Timer::PinFormDeadline));
+                }
             }
+            State::PinBlocked {
+                unblock: Some(form),
+                ..
+            } => timers.push((form.deadline, Timer::PinFormDeadline)),
             State::ReaderMissing { .. }
             | State::WaitingForCard { .. }
             | State::PinBlocked { .. }
@@ -897,6 +954,7 @@ impl Kiosk {
             },
             Timer::SessionExpired => self.sign_out(SignOutReason::Expired, now),
             Timer::SessionIdle => self.sign_out(SignOutReason::Idle, now),
+            Timer::PinFormDeadline => self.pin_form_deadline(now),
         }
     }
 
@@ -964,8 +1022,21 @@ impl Kiosk {
         self.enter(next, now);
     }
 
-    /// Replaces the state, starting the notice's display time where it has one.
+    /// Replaces the state, starting the notice's display time where it has one. Leaving a
+    /// PIN change or unblock wipes the values it held.
     fn enter(&mut self, state: State, now: Instant) {
+        if !matches!(
+            state,
+            State::SignedIn {
+                pin_change: Some(_),
+                ..
+            } | State::PinBlocked {
+                unblock: Some(_),
+                ..
+            }
+        ) {
+            self.clear_form();
+        }
         self.notice_until = match &state {
             State::WaitingForCard { notice: Some(_) } | State::Error { .. } => {
                 Some(later(now, self.config.message_duration))

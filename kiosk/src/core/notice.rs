@@ -5,7 +5,10 @@ use std::fmt;
 use pivtap_server_client::wire::ErrorCode;
 use serde::{Deserialize, Serialize};
 
+use super::config::Flow;
 use super::effect::SignOutReason;
+use super::state::PinFormPurpose;
+use pivtap_server_client::pin_policy::PinPolicyViolation;
 
 /// A stable notice code, as `snake_case` text in JSON. Programs match on it; people read the message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -43,11 +46,27 @@ pub enum NoticeCode {
     Cancelled,
     /// A worker was signed out.
     SignedOut,
+    /// The signed-in worker's PIN is changed.
+    PinChanged,
+    /// A new PIN breaks the PIN policy; the message names the rule.
+    PinPolicy,
+    /// The new PIN and its repetition differ.
+    PinsDiffer,
+    /// The card refused the PUK.
+    WrongPuk,
+    /// The PUK is blocked too.
+    PukBlocked,
+    /// Everything is typed: tap the badge.
+    TapBadge,
+    /// The badge tapped is not the signed-in worker's.
+    OtherCard,
+    /// The blocked PIN is replaced by a new one.
+    CardUnblocked,
 }
 
 impl NoticeCode {
     /// Every code, for documentation and tests.
-    pub const ALL: [NoticeCode; 16] = [
+    pub const ALL: [NoticeCode; 24] = [
         NoticeCode::WrongPin,
         NoticeCode::PinTooShort,
         NoticeCode::WaitBeforeRetry,
@@ -64,6 +83,14 @@ impl NoticeCode {
         NoticeCode::TimedOut,
         NoticeCode::Cancelled,
         NoticeCode::SignedOut,
+        NoticeCode::PinChanged,
+        NoticeCode::PinPolicy,
+        NoticeCode::PinsDiffer,
+        NoticeCode::WrongPuk,
+        NoticeCode::PukBlocked,
+        NoticeCode::TapBadge,
+        NoticeCode::OtherCard,
+        NoticeCode::CardUnblocked,
     ];
 
     /// The code as it appears in JSON (`wrong_pin`).
@@ -86,6 +113,14 @@ impl NoticeCode {
             NoticeCode::TimedOut => "timed_out",
             NoticeCode::Cancelled => "cancelled",
             NoticeCode::SignedOut => "signed_out",
+            NoticeCode::PinChanged => "pin_changed",
+            NoticeCode::PinPolicy => "pin_policy",
+            NoticeCode::PinsDiffer => "pins_differ",
+            NoticeCode::WrongPuk => "wrong_puk",
+            NoticeCode::PukBlocked => "puk_blocked",
+            NoticeCode::TapBadge => "tap_badge",
+            NoticeCode::OtherCard => "other_card",
+            NoticeCode::CardUnblocked => "card_unblocked",
         }
     }
 }
@@ -274,6 +309,168 @@ impl Notice {
             }
         };
         Notice::new(NoticeCode::SignedOut, message)
+    }
+
+    // --- PIN change and unblock ---
+
+    pub(super) fn puk_too_short() -> Self {
+        Notice::new(NoticeCode::PinTooShort, "The PUK has 6 to 8 digits.")
+    }
+
+    pub(super) fn pin_policy(violation: PinPolicyViolation) -> Self {
+        Notice::new(
+            NoticeCode::PinPolicy,
+            format!("This PIN cannot be used: {violation}. Choose another one."),
+        )
+    }
+
+    pub(super) fn pins_differ() -> Self {
+        Notice::new(
+            NoticeCode::PinsDiffer,
+            "The two new PINs are not the same. Type the new PIN again.",
+        )
+    }
+
+    pub(super) fn wrong_current_pin(tries_left: u8) -> Self {
+        let tries = if tries_left == 1 { "try" } else { "tries" };
+        Notice::new(
+            NoticeCode::WrongPin,
+            format!(
+                "Wrong current PIN. {tries_left} {tries} left before the badge is blocked. Type your current PIN again."
+            ),
+        )
+    }
+
+    pub(super) fn wrong_puk(tries_left: u8) -> Self {
+        let tries = if tries_left == 1 { "try" } else { "tries" };
+        Notice::new(
+            NoticeCode::WrongPuk,
+            format!("Wrong PUK. {tries_left} {tries} left before the PUK is blocked too."),
+        )
+    }
+
+    pub(super) fn puk_blocked(help_contact: &str) -> Self {
+        Notice::new(
+            NoticeCode::PukBlocked,
+            format!(
+                "The PUK is blocked too, so this badge cannot be unblocked here. Ask {help_contact} to reset it or for a new badge."
+            ),
+        )
+    }
+
+    pub(super) fn pin_blocked_while_changing(help_contact: &str) -> Self {
+        Notice::new(
+            NoticeCode::PinBlocked,
+            format!(
+                "The PIN was not changed: the badge is now blocked after too many wrong PINs. Unblock it with your PUK or ask {help_contact}."
+            ),
+        )
+    }
+
+    pub(super) fn tap_badge(purpose: PinFormPurpose) -> Self {
+        Notice::new(
+            NoticeCode::TapBadge,
+            match purpose {
+                PinFormPurpose::ChangePin => {
+                    "Tap your badge and keep it on the reader to change the PIN."
+                }
+                PinFormPurpose::Unblock => {
+                    "Tap your badge and keep it on the reader to unblock it."
+                }
+            },
+        )
+    }
+
+    pub(super) fn badge_left(purpose: PinFormPurpose) -> Self {
+        Notice::new(
+            NoticeCode::CardRemoved,
+            match purpose {
+                PinFormPurpose::ChangePin => {
+                    "The badge left the reader before the PIN was changed. Tap it again and keep it there."
+                }
+                PinFormPurpose::Unblock => {
+                    "The badge left the reader before it was unblocked. Tap it again and keep it there."
+                }
+            },
+        )
+    }
+
+    pub(super) fn other_card() -> Self {
+        Notice::new(
+            NoticeCode::OtherCard,
+            "This is not the signed-in worker's badge. Tap your own badge.",
+        )
+    }
+
+    pub(super) fn pin_changed() -> Self {
+        Notice::new(
+            NoticeCode::PinChanged,
+            "Your PIN is changed. Use the new PIN from now on.",
+        )
+    }
+
+    pub(super) fn card_unblocked(flow: Flow) -> Self {
+        Notice::new(
+            NoticeCode::CardUnblocked,
+            match flow {
+                Flow::TapThenPin => "Your badge is unblocked. Tap it and enter your new PIN.",
+                Flow::PinThenTap => {
+                    "Your badge is unblocked. Type your new PIN, then tap your badge."
+                }
+            },
+        )
+    }
+
+    pub(super) fn pin_work_failed(purpose: PinFormPurpose) -> Self {
+        Notice::new(
+            NoticeCode::CardUnreadable,
+            match purpose {
+                PinFormPurpose::ChangePin => {
+                    "The PIN was not changed: the badge did not answer properly. Try again."
+                }
+                PinFormPurpose::Unblock => {
+                    "The badge was not unblocked: it did not answer properly. Try again."
+                }
+            },
+        )
+    }
+
+    pub(super) fn pin_work_timed_out(purpose: PinFormPurpose) -> Self {
+        Notice::new(
+            NoticeCode::TimedOut,
+            match purpose {
+                PinFormPurpose::ChangePin => {
+                    "The PIN change stopped: the badge took too long to answer. Try again."
+                }
+                PinFormPurpose::Unblock => {
+                    "The unblock stopped: the badge took too long to answer. Try again."
+                }
+            },
+        )
+    }
+
+    pub(super) fn form_timed_out(purpose: PinFormPurpose) -> Self {
+        Notice::new(
+            NoticeCode::TimedOut,
+            match purpose {
+                PinFormPurpose::ChangePin => {
+                    "The PIN change stopped because nothing happened for a while. Your PIN is unchanged."
+                }
+                PinFormPurpose::Unblock => {
+                    "The unblock stopped because nothing happened for a while. The badge is still blocked."
+                }
+            },
+        )
+    }
+
+    pub(super) fn form_cancelled(purpose: PinFormPurpose) -> Self {
+        Notice::new(
+            NoticeCode::Cancelled,
+            match purpose {
+                PinFormPurpose::ChangePin => "PIN change cancelled. Your PIN is unchanged.",
+                PinFormPurpose::Unblock => "Unblock cancelled. The badge is still blocked.",
+            },
+        )
     }
 }
 

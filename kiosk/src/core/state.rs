@@ -67,13 +67,18 @@ pub enum State {
         /// PIN then tap with fast user switch: the next worker's PIN, typed while this session
         /// lasts, used when they tap.
         next_worker: Option<PinPrompt>,
+        /// The signed-in worker is changing their PIN ([`PinFormPurpose::ChangePin`]).
+        pin_change: Option<PinForm>,
     },
-    /// The badge's PIN is blocked; shown until the badge leaves the reader.
+    /// The badge's PIN is blocked; shown until the badge leaves the reader (or, while the
+    /// worker unblocks it, until the unblock ends).
     PinBlocked {
         /// The reader holding the badge.
         reader: String,
         /// What happened and whom to ask.
         notice: Notice,
+        /// The worker is unblocking the PIN with the PUK ([`PinFormPurpose::Unblock`]).
+        unblock: Option<PinForm>,
     },
     /// The sign-in server cannot be reached. A tap still tries; the kiosk returns to waiting as
     /// soon as the server answers again.
@@ -104,6 +109,59 @@ pub struct PinPrompt {
     pub notice: Option<Notice>,
     /// When the typed digits are forgotten if nothing else happens.
     pub forget_at: Instant,
+}
+
+/// A PIN change or an unblock with the PUK being typed and carried out: which value is asked
+/// for and how many digits it has so far, never the digits.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PinForm {
+    /// A PIN change or an unblock.
+    pub purpose: PinFormPurpose,
+    /// Where it got to.
+    pub step: PinFormStep,
+    /// How many digits of the value asked for are typed (0 to 8).
+    pub digits: usize,
+    /// After a wrong PIN or PUK: the tries the card has left for it.
+    pub tries_left: Option<u8>,
+    /// What to tell the worker now (new PIN refused by the policy, PINs differ, done...).
+    pub notice: Option<Notice>,
+    /// When the form is given up (nothing typed or tapped for a while), the card work is
+    /// abandoned, or a finished form's message goes away, depending on the step.
+    pub deadline: Instant,
+}
+
+/// What a [`PinForm`] is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PinFormPurpose {
+    /// A signed-in worker changes their PIN: current PIN, new PIN twice, CHANGE REFERENCE DATA.
+    ChangePin,
+    /// A worker whose PIN is blocked sets a new one with the PUK: PUK, new PIN twice, RESET
+    /// RETRY COUNTER.
+    Unblock,
+}
+
+/// The steps of a [`PinForm`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PinFormStep {
+    /// Typing the current PIN (PIN change).
+    CurrentPin,
+    /// Typing the PUK (unblock).
+    Puk,
+    /// Typing the new PIN; it is checked against the PIN policy on Enter.
+    NewPin,
+    /// Typing the new PIN again.
+    RepeatNewPin,
+    /// All typed, but the badge is not on a reader: tap it.
+    TapBadge,
+    /// The card is at work.
+    Working {
+        /// The card work.
+        work: WorkId,
+        /// The reader holding the card.
+        reader: String,
+    },
+    /// Done, or failed for good: the notice says which. Any key closes it.
+    Finished,
 }
 
 /// Who a card belongs to, as read from it (no PIN needed).

@@ -3,6 +3,7 @@
 use std::time::{Duration, Instant};
 
 use pivtap_apdu::piv::Pin;
+use pivtap_server_client::pin_policy::PinPolicy;
 use pivtap_server_client::wire::{ErrorCode, UserInfo};
 use proptest::prelude::*;
 use time::OffsetDateTime;
@@ -623,7 +624,7 @@ fn the_last_wrong_pin_blocks_the_badge_until_it_is_removed() {
     k.reach_working(DESK);
     let effects = k.fail(AuthFailure::WrongPin { tries_left: 0 });
     assert_eq!(published_codes(&effects), [NoticeCode::PinBlocked]);
-    let State::PinBlocked { reader, notice } = k.state() else {
+    let State::PinBlocked { reader, notice, .. } = k.state() else {
         panic!("{:?}", k.state());
     };
     assert_eq!(reader, DESK);
@@ -1325,6 +1326,670 @@ fn session_events_are_json_objects_tagged_by_event() {
         r#"{"event":"error","code":"cancelled","message":"Sign-in cancelled."}"#
     );
     for event in [signed_in, signed_out, refused] {
+        let line = serde_json::to_string(&event).unwrap();
+        assert_eq!(serde_json::from_str::<SessionEvent>(&line).unwrap(), event);
+    }
+}
+
+// --- changing the PIN after sign-in ---
+
+const NEW_PIN: &str = "240913";
+const PUK: &str = "12345678";
+
+impl Harness {
+    /// Types `digits` and presses Enter, returning every effect.
+    fn enter_value(&mut self, digits: &str) -> Vec<Effect> {
+        let mut effects = self.type_digits(digits);
+        effects.extend(self.key(KeyInput::Enter));
+        effects
+    }
+
+    fn form(&self) -> &PinForm {
+        self.kiosk.pin_form().expect("a PIN form is open")
+    }
+
+    fn form_step(&self) -> PinFormStep {
+        self.form().step.clone()
+    }
+
+    fn pin_work(&mut self, result: Result<(), PinWorkFailure>) -> Vec<Effect> {
+        self.send(Event::PinWorkDone {
+            work: self.work(),
+            result,
+        })
+    }
+
+    /// Signed in on the desk reader, then the current PIN and the new PIN twice typed.
+    fn reach_pin_change_work(&mut self) -> Vec<Effect> {
+        self.sign_in(DESK, alice());
+        self.send(Event::ChangePinRequested);
+        self.enter_value(ALICE_PIN);
+        self.enter_value(NEW_PIN);
+        self.enter_value(NEW_PIN)
+    }
+
+    /// The PIN blocked on the desk reader (tap then PIN), the PUK and the new PIN twice typed.
+    fn reach_unblock_work(&mut self) -> Vec<Effect> {
+        self.tap(DESK);
+        self.card_read(Some(0));
+        assert!(matches!(self.state(), State::PinBlocked { .. }));
+        self.send(Event::UnblockRequested);
+        self.enter_value(PUK);
+        self.enter_value(NEW_PIN);
+        self.enter_value(NEW_PIN)
+    }
+}
+
+fn change_pin_effect(effects: &[Effect]) -> Option<(&str, &Pin, &Pin)> {
+    effects.iter().find_map(|effect| match effect {
+        Effect::ChangePin {
+            reader,
+            current,
+            new,
+            ..
+        } => Some((reader.as_str(), current, new)),
+        _ => None,
+    })
+}
+
+fn unblock_effect(effects: &[Effect]) -> Option<(&str, &pivtap_apdu::piv::Puk, &Pin)> {
+    effects.iter().find_map(|effect| match effect {
+        Effect::UnblockPin {
+            reader,
+            puk,
+            new_pin,
+            ..
+        } => Some((reader.as_str(), puk, new_pin)),
+        _ => None,
+    })
+}
+
+fn form_failures(effects: &[Effect]) -> Vec<(PinFormFailure, Option<u8>)> {
+    published(effects)
+        .into_iter()
+        .filter_map(|event| match event {
+            SessionEvent::PinChangeFailed {
+                reason, tries_left, ..
+            }
+            | SessionEvent::UnblockFailed {
+                reason, tries_left, ..
+            } => Some((*reason, *tries_left)),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn a_signed_in_worker_changes_the_pin_current_then_new_twice() {
+    let mut k = Harness::tap_then_pin();
+    k.sign_in(DESK, alice());
+    let effects = k.send(Event::ChangePinRequested);
+    assert_eq!(
+        published(&effects),
+        [&SessionEvent::CurrentPinRequired { tries_left: None }]
+    );
+    assert_eq!(k.form().purpose, PinFormPurpose::ChangePin);
+    assert_eq!(k.form_step(), PinFormStep::CurrentPin);
+    k.type_digits(ALICE_PIN);
+    assert_eq!(k.form().digits, ALICE_PIN.len());
+    let effects = k.key(KeyInput::Enter);
+    assert_eq!(
+        published(&effects),
+        [&SessionEvent::NewPinRequired { repeat: false }]
+    );
+    let effects = k.enter_value(NEW_PIN);
+    assert_eq!(
+        published(&effects),
+        [&SessionEvent::NewPinRequired { repeat: true }]
+    );
+    assert_eq!(k.form_step(), PinFormStep::RepeatNewPin);
+    let effects = k.enter_value(NEW_PIN);
+    let (reader, current, new) = change_pin_effect(&effects).expect("the card is asked");
+    assert_eq!(reader, DESK);
+    assert_eq!(current.as_bytes(), ALICE_PIN.as_bytes());
+    assert_eq!(new.as_bytes(), NEW_PIN.as_bytes());
+    assert!(matches!(k.form_step(), PinFormStep::Working { .. }));
+
+    let effects = k.pin_work(Ok(()));
+    assert_eq!(published(&effects), [&SessionEvent::PinChanged]);
+    assert_eq!(k.form_step(), PinFormStep::Finished);
+    assert_eq!(
+        k.form().notice.as_ref().map(|n| n.code),
+        Some(NoticeCode::PinChanged)
+    );
+    assert!(k.kiosk.form_first.is_empty() && k.kiosk.form_new.is_empty());
+    // Any key closes the message; the worker is still signed in.
+    k.key(KeyInput::Enter);
+    assert!(k.kiosk.pin_form().is_none());
+    assert_eq!(k.kiosk.session().unwrap().user, alice());
+}
+
+#[test]
+fn a_finished_pin_change_message_goes_after_a_while() {
+    let mut k = Harness::tap_then_pin();
+    k.reach_pin_change_work();
+    k.pin_work(Ok(()));
+    k.wait(CoreConfig::default().message_duration);
+    assert!(k.kiosk.pin_form().is_none());
+    assert!(matches!(k.state(), State::SignedIn { .. }));
+}
+
+#[test]
+fn new_pins_breaking_the_policy_are_refused_before_the_card() {
+    let mut k = Harness::tap_then_pin();
+    k.sign_in(DESK, alice());
+    k.send(Event::ChangePinRequested);
+    k.enter_value(ALICE_PIN);
+    for (pin, rule) in [
+        ("345678", "consecutive"),
+        ("555555", "repeated"),
+        ("12345", "at least 6"),
+        (ALICE_PIN, "differ"),
+    ] {
+        let effects = k.enter_value(pin);
+        assert!(change_pin_effect(&effects).is_none());
+        assert_eq!(form_failures(&effects), [(PinFormFailure::Policy, None)]);
+        assert!(
+            published(&effects).contains(&&SessionEvent::NewPinRequired { repeat: false }),
+            "asked again"
+        );
+        assert_eq!(k.form_step(), PinFormStep::NewPin, "{pin}");
+        assert_eq!(k.form().digits, 0);
+        let notice = k.form().notice.clone().unwrap();
+        assert_eq!(notice.code, NoticeCode::PinPolicy);
+        assert!(notice.message.contains(rule), "{}", notice.message);
+        assert!(!notice.message.contains(pin), "{}", notice.message);
+    }
+    // A good one goes through.
+    k.enter_value(NEW_PIN);
+    assert_eq!(k.form_step(), PinFormStep::RepeatNewPin);
+}
+
+#[test]
+fn the_servers_pin_policy_replaces_the_default() {
+    let mut k = Harness::tap_then_pin();
+    let relaxed = PinPolicy {
+        forbid_sequences: false,
+        ..PinPolicy::default()
+    };
+    k.send(Event::PinPolicyKnown(relaxed));
+    assert_eq!(k.kiosk.config().pin_policy, relaxed);
+    // An invalid policy is ignored.
+    k.send(Event::PinPolicyKnown(PinPolicy {
+        min_length: 4,
+        ..PinPolicy::default()
+    }));
+    assert_eq!(k.kiosk.config().pin_policy, relaxed);
+    k.sign_in(DESK, alice());
+    k.send(Event::ChangePinRequested);
+    k.enter_value(ALICE_PIN);
+    k.enter_value("234567");
+    let effects = k.enter_value("234567");
+    assert!(change_pin_effect(&effects).is_some());
+}
+
+#[test]
+fn a_repetition_that_differs_asks_for_the_new_pin_again() {
+    let mut k = Harness::tap_then_pin();
+    k.sign_in(DESK, alice());
+    k.send(Event::ChangePinRequested);
+    k.enter_value(ALICE_PIN);
+    k.enter_value(NEW_PIN);
+    let effects = k.enter_value("240914");
+    assert!(change_pin_effect(&effects).is_none());
+    assert_eq!(form_failures(&effects), [(PinFormFailure::Mismatch, None)]);
+    assert_eq!(k.form_step(), PinFormStep::NewPin);
+    assert_eq!(
+        k.form().notice.as_ref().map(|n| n.code),
+        Some(NoticeCode::PinsDiffer)
+    );
+    assert!(
+        k.kiosk.form_new.is_empty(),
+        "the first new PIN is forgotten"
+    );
+    k.enter_value("579135");
+    let effects = k.enter_value("579135");
+    let (_, current, new) = change_pin_effect(&effects).unwrap();
+    assert_eq!(current.as_bytes(), ALICE_PIN.as_bytes());
+    assert_eq!(new.as_bytes(), b"579135");
+}
+
+#[test]
+fn a_short_current_pin_is_not_accepted() {
+    let mut k = Harness::tap_then_pin();
+    k.sign_in(DESK, alice());
+    k.send(Event::ChangePinRequested);
+    k.enter_value("1234");
+    assert_eq!(k.form_step(), PinFormStep::CurrentPin);
+    assert_eq!(
+        k.form().notice.as_ref().map(|n| n.code),
+        Some(NoticeCode::PinTooShort)
+    );
+}
+
+#[test]
+fn a_wrong_current_pin_shows_the_tries_left_and_asks_again() {
+    let mut k = Harness::tap_then_pin();
+    k.reach_pin_change_work();
+    let effects = k.pin_work(Err(PinWorkFailure::WrongPin { tries_left: 2 }));
+    assert_eq!(
+        form_failures(&effects),
+        [(PinFormFailure::WrongPin, Some(2))]
+    );
+    assert!(
+        published(&effects).contains(&&SessionEvent::CurrentPinRequired {
+            tries_left: Some(2)
+        })
+    );
+    assert_eq!(k.form_step(), PinFormStep::CurrentPin);
+    assert_eq!(k.form().tries_left, Some(2));
+    let notice = k.form().notice.clone().unwrap();
+    assert_eq!(notice.code, NoticeCode::WrongPin);
+    assert!(
+        notice.message.contains("2 tries left"),
+        "{}",
+        notice.message
+    );
+    assert!(k.kiosk.form_first.is_empty() && k.kiosk.form_new.is_empty());
+
+    // The last try blocks the PIN: the change ends, the session stays.
+    k.enter_value("918274");
+    k.enter_value(NEW_PIN);
+    k.enter_value(NEW_PIN);
+    let effects = k.pin_work(Err(PinWorkFailure::WrongPin { tries_left: 0 }));
+    assert_eq!(
+        form_failures(&effects),
+        [(PinFormFailure::PinBlocked, None)]
+    );
+    assert_eq!(k.form_step(), PinFormStep::Finished);
+    assert_eq!(
+        k.form().notice.as_ref().map(|n| n.code),
+        Some(NoticeCode::PinBlocked)
+    );
+    assert!(k.kiosk.session().is_some());
+}
+
+#[test]
+fn without_the_badge_on_a_reader_the_change_asks_for_a_tap() {
+    let mut k = Harness::with_policy(
+        Flow::TapThenPin,
+        SessionPolicy {
+            sign_out_on_removal: false,
+            ..SessionPolicy::default()
+        },
+    );
+    k.sign_in(DESK, alice());
+    k.remove(DESK);
+    k.send(Event::ChangePinRequested);
+    k.enter_value(ALICE_PIN);
+    k.enter_value(NEW_PIN);
+    let effects = k.enter_value(NEW_PIN);
+    assert!(change_pin_effect(&effects).is_none());
+    assert!(published(&effects).contains(&&SessionEvent::TapRequired));
+    assert_eq!(k.form_step(), PinFormStep::TapBadge);
+    assert_eq!(
+        k.form().notice.as_ref().map(|n| n.code),
+        Some(NoticeCode::TapBadge)
+    );
+    // The tap (on the NFC reader) is for the change: no user switch.
+    let effects = k.tap(NFC);
+    assert!(signed_out(&effects).is_none());
+    let (reader, current, new) = change_pin_effect(&effects).unwrap();
+    assert_eq!(reader, NFC);
+    assert_eq!(current.as_bytes(), ALICE_PIN.as_bytes());
+    assert_eq!(new.as_bytes(), NEW_PIN.as_bytes());
+}
+
+#[test]
+fn a_badge_that_leaves_during_the_change_is_asked_for_again_with_the_pins_kept() {
+    let mut k = Harness::with_policy(
+        Flow::TapThenPin,
+        SessionPolicy {
+            sign_out_on_removal: false,
+            ..SessionPolicy::default()
+        },
+    );
+    k.reach_pin_change_work();
+    k.remove(DESK);
+    let effects = k.pin_work(Err(PinWorkFailure::CardRemoved));
+    assert_eq!(
+        form_failures(&effects),
+        [(PinFormFailure::CardRemoved, None)]
+    );
+    assert!(published(&effects).contains(&&SessionEvent::TapRequired));
+    assert_eq!(k.form_step(), PinFormStep::TapBadge);
+    let effects = k.tap(DESK);
+    let (reader, _, new) = change_pin_effect(&effects).unwrap();
+    assert_eq!(reader, DESK);
+    assert_eq!(new.as_bytes(), NEW_PIN.as_bytes());
+    // Someone else's badge: asked for the right one.
+    let effects = k.pin_work(Err(PinWorkFailure::OtherCard));
+    assert_eq!(form_failures(&effects), [(PinFormFailure::OtherCard, None)]);
+    assert_eq!(
+        k.form().notice.as_ref().map(|n| n.code),
+        Some(NoticeCode::OtherCard)
+    );
+    assert_eq!(k.form_step(), PinFormStep::TapBadge);
+}
+
+#[test]
+fn removing_the_badge_mid_change_signs_out_when_that_policy_is_on() {
+    let mut k = Harness::tap_then_pin();
+    k.sign_in(DESK, alice());
+    k.send(Event::ChangePinRequested);
+    k.enter_value(ALICE_PIN);
+    let effects = k.remove(DESK);
+    assert_eq!(
+        signed_out(&effects),
+        Some(("u-alice", SignOutReason::CardRemoved))
+    );
+    assert!(k.kiosk.pin_form().is_none());
+    assert!(k.kiosk.form_first.is_empty(), "the current PIN is wiped");
+}
+
+#[test]
+fn a_tap_during_the_change_never_switches_users() {
+    let mut k = Harness::tap_then_pin();
+    k.sign_in(DESK, alice());
+    k.send(Event::ChangePinRequested);
+    k.type_digits("918");
+    let effects = k.tap(NFC);
+    assert!(signed_out(&effects).is_none());
+    assert_eq!(k.form_step(), PinFormStep::CurrentPin);
+    assert_eq!(k.form().digits, 3);
+}
+
+#[test]
+fn escape_cancels_the_change_and_card_errors_end_it() {
+    let mut k = Harness::tap_then_pin();
+    k.sign_in(DESK, alice());
+    k.send(Event::ChangePinRequested);
+    k.enter_value(ALICE_PIN);
+    k.type_digits("24");
+    let effects = k.key(KeyInput::Escape);
+    assert_eq!(form_failures(&effects), [(PinFormFailure::Cancelled, None)]);
+    assert_eq!(k.form_step(), PinFormStep::Finished);
+    assert!(k.kiosk.typed_pin.is_empty() && k.kiosk.form_first.is_empty());
+    k.key(KeyInput::Escape);
+    assert!(k.kiosk.pin_form().is_none());
+
+    k.send(Event::ChangePinRequested);
+    k.enter_value(ALICE_PIN);
+    k.enter_value(NEW_PIN);
+    k.enter_value(NEW_PIN);
+    let effects = k.pin_work(Err(PinWorkFailure::CardError));
+    assert_eq!(form_failures(&effects), [(PinFormFailure::CardError, None)]);
+    assert_eq!(k.form_step(), PinFormStep::Finished);
+}
+
+#[test]
+fn an_idle_change_and_a_card_that_never_answers_time_out() {
+    let mut k = Harness::tap_then_pin();
+    k.sign_in(DESK, alice());
+    k.send(Event::ChangePinRequested);
+    k.type_digits("91");
+    let effects = k.wait(CoreConfig::default().pin_entry_timeout);
+    assert_eq!(form_failures(&effects), [(PinFormFailure::TimedOut, None)]);
+    assert!(k.kiosk.typed_pin.is_empty());
+    k.key(KeyInput::Enter);
+
+    k.send(Event::ChangePinRequested);
+    k.enter_value(ALICE_PIN);
+    k.enter_value(NEW_PIN);
+    k.enter_value(NEW_PIN);
+    let effects = k.wait(CoreConfig::default().work_timeout);
+    assert!(cancels(&effects, DESK));
+    assert_eq!(form_failures(&effects), [(PinFormFailure::TimedOut, None)]);
+    // A late answer changes nothing.
+    let late = k.pin_work(Ok(()));
+    assert!(published(&late).is_empty());
+}
+
+#[test]
+fn change_pin_is_only_for_a_signed_in_worker() {
+    let mut k = Harness::tap_then_pin();
+    assert!(without_ticks(k.send(Event::ChangePinRequested)).is_empty());
+    k.reach_pin_entry(DESK);
+    assert!(without_ticks(k.send(Event::ChangePinRequested)).is_empty());
+    assert!(matches!(k.state(), State::PinEntry { .. }));
+}
+
+#[test]
+fn pin_change_state_effects_and_events_never_show_a_pin() {
+    let mut k = Harness::tap_then_pin();
+    k.sign_in(DESK, alice());
+    let mut everything = k.send(Event::ChangePinRequested);
+    everything.extend(k.enter_value(ALICE_PIN));
+    everything.extend(k.enter_value("345678"));
+    everything.extend(k.enter_value(NEW_PIN));
+    everything.extend(k.enter_value(NEW_PIN));
+    let shown = format!("{:?} {everything:?} {:?}", k.state(), k.kiosk);
+    for secret in [ALICE_PIN, NEW_PIN, "345678"] {
+        assert!(!shown.contains(secret), "{secret} in {shown}");
+    }
+    for event in published(&everything) {
+        let line = serde_json::to_string(event).unwrap();
+        for secret in [ALICE_PIN, NEW_PIN, "345678"] {
+            assert!(!line.contains(secret), "{line}");
+        }
+    }
+}
+
+// --- unblocking with the PUK ---
+
+#[test]
+fn a_blocked_badge_is_unblocked_with_the_puk_and_signs_in_next() {
+    let mut k = Harness::tap_then_pin();
+    k.tap(DESK);
+    k.card_read(Some(0));
+    let effects = k.send(Event::UnblockRequested);
+    assert_eq!(
+        published(&effects),
+        [&SessionEvent::PukRequired { tries_left: None }]
+    );
+    assert_eq!(k.form().purpose, PinFormPurpose::Unblock);
+    assert_eq!(k.form_step(), PinFormStep::Puk);
+    let effects = k.enter_value(PUK);
+    assert_eq!(
+        published(&effects),
+        [&SessionEvent::NewPinRequired { repeat: false }]
+    );
+    k.enter_value(NEW_PIN);
+    let effects = k.enter_value(NEW_PIN);
+    let (reader, puk, new_pin) = unblock_effect(&effects).expect("the card is asked");
+    assert_eq!(reader, DESK);
+    assert_eq!(puk.as_bytes(), PUK.as_bytes());
+    assert_eq!(new_pin.as_bytes(), NEW_PIN.as_bytes());
+
+    let effects = k.pin_work(Ok(()));
+    assert!(published(&effects).contains(&&SessionEvent::CardUnblocked));
+    // The badge is still there: read again, then the PIN prompt.
+    assert!(
+        effects
+            .iter()
+            .any(|effect| matches!(effect, Effect::ReadCard { reader, .. } if reader == DESK))
+    );
+    assert!(matches!(k.state(), State::ReadingCard { .. }));
+    assert!(k.kiosk.form_first.is_empty() && k.kiosk.form_new.is_empty());
+    k.card_read(Some(3));
+    k.enter_value(NEW_PIN);
+    assert!(matches!(k.state(), State::Working { .. }));
+}
+
+#[test]
+fn pin_then_tap_after_an_unblock_asks_for_the_new_pin_first() {
+    let mut k = Harness::pin_then_tap();
+    k.type_digits(ALICE_PIN);
+    k.tap(DESK);
+    k.fail(AuthFailure::PinBlocked);
+    assert!(matches!(k.state(), State::PinBlocked { .. }));
+    k.send(Event::UnblockRequested);
+    k.enter_value(PUK);
+    k.enter_value(NEW_PIN);
+    k.enter_value(NEW_PIN);
+    let effects = k.pin_work(Ok(()));
+    assert!(published(&effects).contains(&&SessionEvent::CardUnblocked));
+    assert_eq!(k.notice_code(), Some(NoticeCode::CardUnblocked));
+    assert!(matches!(k.state(), State::WaitingForCard { .. }));
+}
+
+#[test]
+fn a_wrong_puk_shows_the_tries_left_and_a_blocked_puk_ends_the_unblock() {
+    let mut k = Harness::tap_then_pin();
+    k.reach_unblock_work();
+    let effects = k.pin_work(Err(PinWorkFailure::WrongPuk { tries_left: 1 }));
+    assert_eq!(
+        form_failures(&effects),
+        [(PinFormFailure::WrongPuk, Some(1))]
+    );
+    assert!(published(&effects).contains(&&SessionEvent::PukRequired {
+        tries_left: Some(1)
+    }));
+    assert_eq!(k.form_step(), PinFormStep::Puk);
+    assert_eq!(k.form().tries_left, Some(1));
+    assert_eq!(
+        k.form().notice.as_ref().map(|n| n.code),
+        Some(NoticeCode::WrongPuk)
+    );
+    k.enter_value("87654321");
+    k.enter_value(NEW_PIN);
+    k.enter_value(NEW_PIN);
+    let effects = k.pin_work(Err(PinWorkFailure::PukBlocked));
+    assert_eq!(
+        form_failures(&effects),
+        [(PinFormFailure::PukBlocked, None)]
+    );
+    assert!(k.kiosk.pin_form().is_none());
+    assert_eq!(k.notice_code(), Some(NoticeCode::PukBlocked));
+    assert!(matches!(k.state(), State::PinBlocked { .. }));
+    // Removing the badge now returns to waiting, as before.
+    k.remove(DESK);
+    assert!(matches!(k.state(), State::WaitingForCard { .. }));
+}
+
+#[test]
+fn unblock_checks_the_puk_length_and_the_pin_policy_before_the_card() {
+    let mut k = Harness::tap_then_pin();
+    k.tap(DESK);
+    k.card_read(Some(0));
+    k.send(Event::UnblockRequested);
+    k.enter_value("1234");
+    assert_eq!(k.form_step(), PinFormStep::Puk);
+    assert_eq!(
+        k.form().notice.as_ref().map(|n| n.code),
+        Some(NoticeCode::PinTooShort)
+    );
+    k.enter_value("5678");
+    k.key(KeyInput::Backspace);
+    k.key(KeyInput::Backspace);
+    k.key(KeyInput::Backspace);
+    k.key(KeyInput::Backspace);
+    k.key(KeyInput::Backspace);
+    k.key(KeyInput::Backspace);
+    k.key(KeyInput::Backspace);
+    k.key(KeyInput::Backspace);
+    assert_eq!(k.form().digits, 0);
+    k.enter_value(PUK);
+    let effects = k.enter_value("987654");
+    assert_eq!(form_failures(&effects), [(PinFormFailure::Policy, None)]);
+    assert!(unblock_effect(&effects).is_none());
+    assert_eq!(k.form_step(), PinFormStep::NewPin);
+}
+
+#[test]
+fn a_badge_that_leaves_during_the_unblock_is_asked_for_again() {
+    let mut k = Harness::tap_then_pin();
+    k.tap(DESK);
+    k.card_read(Some(0));
+    k.send(Event::UnblockRequested);
+    k.enter_value(PUK);
+    k.remove(DESK);
+    assert!(
+        matches!(
+            k.state(),
+            State::PinBlocked {
+                unblock: Some(_),
+                ..
+            }
+        ),
+        "the unblock outlives the badge"
+    );
+    k.enter_value(NEW_PIN);
+    let effects = k.enter_value(NEW_PIN);
+    assert!(unblock_effect(&effects).is_none());
+    assert!(published(&effects).contains(&&SessionEvent::TapRequired));
+    let effects = k.tap(DESK);
+    let (reader, puk, _) = unblock_effect(&effects).unwrap();
+    assert_eq!(reader, DESK);
+    assert_eq!(puk.as_bytes(), PUK.as_bytes());
+}
+
+#[test]
+fn escape_or_a_time_out_leaves_the_badge_blocked() {
+    let mut k = Harness::tap_then_pin();
+    k.tap(DESK);
+    k.card_read(Some(0));
+    k.send(Event::UnblockRequested);
+    k.type_digits("1234");
+    let effects = k.key(KeyInput::Escape);
+    assert_eq!(form_failures(&effects), [(PinFormFailure::Cancelled, None)]);
+    assert!(matches!(k.state(), State::PinBlocked { unblock: None, .. }));
+    assert!(k.kiosk.typed_pin.is_empty());
+
+    k.send(Event::UnblockRequested);
+    k.enter_value(PUK);
+    k.remove(DESK);
+    let effects = k.wait(CoreConfig::default().pin_entry_timeout);
+    assert_eq!(form_failures(&effects), [(PinFormFailure::TimedOut, None)]);
+    assert!(k.kiosk.form_first.is_empty());
+    // The badge left meanwhile: back to waiting, saying why.
+    assert_eq!(k.notice_code(), Some(NoticeCode::TimedOut));
+    assert!(matches!(k.state(), State::WaitingForCard { .. }));
+}
+
+#[test]
+fn unblock_is_only_offered_on_the_blocked_screen() {
+    let mut k = Harness::tap_then_pin();
+    assert!(without_ticks(k.send(Event::UnblockRequested)).is_empty());
+    k.sign_in(DESK, alice());
+    assert!(without_ticks(k.send(Event::UnblockRequested)).is_empty());
+    assert!(k.kiosk.pin_form().is_none());
+}
+
+#[test]
+fn pin_form_events_read_as_documented() {
+    let failed = SessionEvent::PinChangeFailed {
+        reason: PinFormFailure::WrongPin,
+        message: "Wrong current PIN.".to_owned(),
+        tries_left: Some(2),
+    };
+    assert_eq!(
+        serde_json::to_string(&failed).unwrap(),
+        r#"{"event":"pin_change_failed","reason":"wrong_pin","message":"Wrong current PIN.","tries_left":2}"#
+    );
+    assert_eq!(
+        serde_json::to_string(&SessionEvent::NewPinRequired { repeat: true }).unwrap(),
+        r#"{"event":"new_pin_required","repeat":true}"#
+    );
+    assert_eq!(
+        serde_json::to_string(&SessionEvent::CardUnblocked).unwrap(),
+        r#"{"event":"card_unblocked"}"#
+    );
+    let unblock = SessionEvent::UnblockFailed {
+        reason: PinFormFailure::PukBlocked,
+        message: "blocked".to_owned(),
+        tries_left: None,
+    };
+    assert_eq!(
+        serde_json::to_string(&unblock).unwrap(),
+        r#"{"event":"unblock_failed","reason":"puk_blocked","message":"blocked"}"#
+    );
+    for event in [
+        failed,
+        unblock,
+        SessionEvent::PinChanged,
+        SessionEvent::TapRequired,
+    ] {
         let line = serde_json::to_string(&event).unwrap();
         assert_eq!(serde_json::from_str::<SessionEvent>(&line).unwrap(), event);
     }
