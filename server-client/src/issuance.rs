@@ -155,31 +155,54 @@ fn key_matches(kind: KeyKind, algorithm: KeyAlgorithm) -> bool {
     }
 }
 
+/// Every key a card may have.
+const ALL_ALGORITHMS: [KeyAlgorithm; 3] = [
+    KeyAlgorithm::Rsa2048,
+    KeyAlgorithm::P256,
+    KeyAlgorithm::P384,
+];
+
 /// Parses a DER PKCS#10 request and verifies its self-signature; returns its key.
 ///
 /// # Errors
 /// [`IssuanceError::CsrMalformed`], [`IssuanceError::CsrSignature`], or
-/// [`IssuanceError::KeyNotAllowed`] for a key kind no card has (not RSA, P-256 or P-384).
+/// [`IssuanceError::KeyNotAllowed`] for a key no card should have (not RSA of
+/// at least 2048 bits, P-256 or P-384).
 pub fn verify_csr(der: &[u8]) -> Result<CsrKey, IssuanceError> {
+    check_csr_against(der, &ALL_ALGORITHMS)
+}
+
+/// [`verify_csr`] with the key checked against `allowed` first: a key outside
+/// the policy is `KeyNotAllowed` even when its signature cannot be checked
+/// (RSA-1024, which the verifier refuses).
+fn check_csr_against(der: &[u8], allowed: &[KeyAlgorithm]) -> Result<CsrKey, IssuanceError> {
     let (rest, csr) = x509_parser::certification_request::X509CertificationRequest::from_der(der)
         .map_err(|_| IssuanceError::CsrMalformed)?;
     if !rest.is_empty() {
         return Err(IssuanceError::CsrMalformed);
     }
-    csr.verify_signature()
-        .map_err(|_| IssuanceError::CsrSignature)?;
     let spki = &csr.certification_request_info.subject_pki;
     let kind = spki_key_kind(spki).map_err(|_| IssuanceError::CsrMalformed)?;
+    if !allowed
+        .iter()
+        .any(|algorithm| key_matches(kind, *algorithm))
+    {
+        return Err(IssuanceError::KeyNotAllowed {
+            key: kind,
+            allowed: allowed
+                .iter()
+                .map(|algorithm| algorithm.as_str())
+                .collect::<Vec<_>>()
+                .join(", "),
+        });
+    }
+    csr.verify_signature()
+        .map_err(|_| IssuanceError::CsrSignature)?;
     let algorithm: &'static SignatureAlgorithm = match kind {
-        KeyKind::Rsa { .. } => &rcgen::PKCS_RSA_SHA256,
         KeyKind::EcP256 => &rcgen::PKCS_ECDSA_P256_SHA256,
         KeyKind::EcP384 => &rcgen::PKCS_ECDSA_P384_SHA384,
-        KeyKind::Other => {
-            return Err(IssuanceError::KeyNotAllowed {
-                key: kind,
-                allowed: "rsa2048, p256, p384".to_owned(),
-            });
-        }
+        // Only the SPKI's algorithm identifier comes from this (rsaEncryption).
+        _ => &rcgen::PKCS_RSA_SHA256,
     };
     Ok(CsrKey {
         spki: spki.raw.to_vec(),
@@ -289,26 +312,7 @@ impl Issuer {
     /// [`IssuanceError::CsrMalformed`], [`IssuanceError::CsrSignature`] or
     /// [`IssuanceError::KeyNotAllowed`].
     pub fn check_csr(&self, der: &[u8]) -> Result<CsrKey, IssuanceError> {
-        let key = verify_csr(der)?;
-        if self
-            .policy
-            .key_algorithms
-            .iter()
-            .any(|algorithm| key_matches(key.kind, *algorithm))
-        {
-            Ok(key)
-        } else {
-            Err(IssuanceError::KeyNotAllowed {
-                key: key.kind,
-                allowed: self
-                    .policy
-                    .key_algorithms
-                    .iter()
-                    .map(|algorithm| algorithm.as_str())
-                    .collect::<Vec<_>>()
-                    .join(", "),
-            })
-        }
+        check_csr_against(der, &self.policy.key_algorithms)
     }
 
     /// The certificate for `key`, naming `user` (see the module documentation), DER.

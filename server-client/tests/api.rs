@@ -535,6 +535,53 @@ async fn pin_policy_is_public_and_the_configured_one() {
 }
 
 #[tokio::test]
+async fn without_issuance_enrollment_is_disabled_and_audited() {
+    let app = app().await;
+    let code = r#"{"code":"ABCD-EFGH-JKLM-NPQR-STUV"}"#;
+    let enroll = r#"{"code":"ABCD-EFGH-JKLM-NPQR-STUV","csr":"MIIB"}"#;
+    for request in [
+        post_json("/v1/enrollments/inspect", code),
+        post_json("/v1/enrollments", enroll),
+        post_json("/v1/renewals", r#"{"assertion":"a.b.c","csr":"MIIB"}"#),
+        request(Method::GET, "/v1/crl", &[], Body::empty()),
+        admin_request(
+            Method::POST,
+            "/enrollments",
+            JSON,
+            r#"{"user":"alice","valid_for_seconds":900}"#,
+        ),
+    ] {
+        let reply = send(&app, request).await;
+        let message = reply.error(StatusCode::NOT_FOUND, "enrollment_disabled");
+        assert!(message.contains("[issuance]"), "{message}");
+    }
+    let events = audit(&app, "?outcome=enrollment_disabled").await;
+    let kinds: Vec<&str> = events.iter().filter_map(|e| e["kind"].as_str()).collect();
+    assert_eq!(
+        kinds.iter().filter(|k| **k == "enrollment").count(),
+        2,
+        "{kinds:?}"
+    );
+    assert_eq!(
+        kinds.iter().filter(|k| **k == "renewal").count(),
+        1,
+        "{kinds:?}"
+    );
+    assert_eq!(
+        kinds.iter().filter(|k| **k == "admin").count(),
+        1,
+        "{kinds:?}"
+    );
+    // Unknown fields and bad JSON are refused before anything else.
+    let reply = send(
+        &app,
+        post_json("/v1/enrollments", r#"{"code":"x","csr":"y","admin":true}"#),
+    )
+    .await;
+    reply.error(StatusCode::BAD_REQUEST, "invalid_request");
+}
+
+#[tokio::test]
 async fn health_answers_ok() {
     let app = app().await;
     let reply = send(&app, request(Method::GET, "/healthz", &[], Body::empty())).await;

@@ -481,8 +481,10 @@ async fn create_enrollment(
         }
         let user = super::enrollment::check_enrollable(&state, &issuer, &request.user).await?;
         let code = super::enrollment::new_code();
-        let expires_at = now
-            + std::time::Duration::from_secs(request.valid_for_seconds);
+        // Whole seconds: what is stored and what is shown agree.
+        let expires_at = (now + std::time::Duration::from_secs(request.valid_for_seconds))
+            .replace_nanosecond(0)
+            .unwrap_or(now);
         state
             .store()
             .add_enrollment_code(&crate::store::NewEnrollmentCode {

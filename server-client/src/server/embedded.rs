@@ -16,6 +16,10 @@ pub struct EmbeddedServer {
     pub origin: String,
     /// The server's self-signed TLS certificate (clients trust it directly).
     pub certificate: PathBuf,
+    /// The admin credential file.
+    pub admin_token: PathBuf,
+    /// The issuing CA's certificate (PEM), which enrolled cards chain to.
+    pub ca_certificate: PathBuf,
     /// The server's state (its store, to add users).
     pub state: ServerState,
     listener: Listener,
@@ -76,6 +80,8 @@ impl EmbeddedServer {
                 return Ok(EmbeddedServer {
                     origin: config.origin,
                     certificate: report.certificate_path,
+                    admin_token: report.admin_token_path,
+                    ca_certificate: report.ca_certificate_path,
                     state,
                     listener,
                     handle,
