@@ -1,11 +1,12 @@
-//! `pivtap admin`: the administrator's command line for users, cards and the audit log.
+//! `pivtap admin`: the administrator's command line for users, cards, enrollment codes and the audit log.
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use anyhow::{Context, bail};
 use clap::{Args, Subcommand};
 use pivtap_server_client::client::{AuditFilter, CardAction};
-use pivtap_server_client::wire::{AuditRecord, CardRecord, UserRecord};
+use pivtap_server_client::wire::{AuditRecord, CardRecord, EnrollmentCode, UserRecord};
 use serde::Serialize;
 use zeroize::Zeroizing;
 
@@ -32,9 +33,19 @@ enum AdminCommand {
     /// Users of the directory.
     #[command(subcommand)]
     Users(UsersCommand),
-    /// Cards that have signed in.
-    #[command(subcommand)]
+    /// Cards that have signed in or were enrolled (`card` works too).
+    #[command(subcommand, alias = "card")]
     Cards(CardsCommand),
+    /// Make a single-use enrollment code for USER: prints the code, its
+    /// pivtap://enroll link and a QR code of the link for the worker's device.
+    Enroll {
+        /// The user id.
+        user: String,
+        /// How long the code is accepted: 90s, 15m, 2h, 7d (at most the
+        /// server's max_code_validity_seconds).
+        #[arg(long, value_name = "DURATION", default_value = "15m", value_parser = parse_duration)]
+        valid_for: Duration,
+    },
     /// The audit log, newest first.
     Audit {
         /// Only this user.
@@ -119,6 +130,60 @@ enum CardsCommand {
         /// The serial.
         serial: String,
     },
+    /// Delete a revoked card's record (its serial stays revoked).
+    Delete {
+        /// The serial.
+        serial: String,
+    },
+}
+
+/// Reads a duration: a whole number with `s`, `m`, `h` or `d` (seconds without a unit).
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let (number, unit) = match text.find(|c: char| !c.is_ascii_digit()) {
+        Some(at) => text.split_at(at),
+        None => (text, "s"),
+    };
+    let seconds_per_unit: u64 = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        _ => {
+            return Err(format!(
+                "{text:?} is not a duration such as 90s, 15m, 2h or 7d"
+            ));
+        }
+    };
+    let count: u64 = number
+        .parse()
+        .map_err(|_| format!("{text:?} is not a duration such as 90s, 15m, 2h or 7d"))?;
+    count
+        .checked_mul(seconds_per_unit)
+        .map(Duration::from_secs)
+        .ok_or_else(|| format!("{text:?} is too long"))
+}
+
+/// The QR code of `text` in Unicode half blocks (two modules per character
+/// cell), light on dark so it scans from a dark terminal; with a quiet zone.
+fn qr_text(text: &str) -> anyhow::Result<String> {
+    use qrcode::render::unicode::Dense1x2;
+    let code = qrcode::QrCode::new(text.as_bytes()).context("cannot make a QR code of the link")?;
+    Ok(code
+        .render::<Dense1x2>()
+        .dark_color(Dense1x2::Light)
+        .light_color(Dense1x2::Dark)
+        .quiet_zone(true)
+        .build())
+}
+
+fn enrollment_text(made: &EnrollmentCode, qr: &str) -> String {
+    format!(
+        "Enrollment code for {} ({}):\n\n    {}\n\nValid once, until {}.\nLink: {}\n\
+         On the worker's device (with --ca or --pin-sha256 as for `pivtap auth`):\n    \
+         pivtap card enroll --code '{}'\n\n{}\n",
+        made.user.id, made.user.display_name, made.code, made.expires_at, made.url, made.url, qr
+    )
 }
 
 fn admin_token(args: &AdminArgs) -> anyhow::Result<Zeroizing<String>> {
@@ -215,6 +280,29 @@ pub fn run(args: AdminArgs) -> anyhow::Result<()> {
             }
             AdminCommand::Cards(CardsCommand::Revoke { serial }) => {
                 card_action(&admin, json, &serial, CardAction::Revoke).await
+            }
+            AdminCommand::Cards(CardsCommand::Delete { serial }) => {
+                admin.delete_card(&serial).await.map_err(explain)?;
+                if json {
+                    println!("{}", serde_json::json!({"deleted": serial}));
+                } else {
+                    println!(
+                        "Card {serial} is deleted; its certificate stays on the revocation list."
+                    );
+                }
+                Ok(())
+            }
+            AdminCommand::Enroll { user, valid_for } => {
+                let made = admin
+                    .create_enrollment(&user, valid_for)
+                    .await
+                    .map_err(explain)?;
+                if json {
+                    println!("{}", serde_json::to_string_pretty(&made)?);
+                } else {
+                    print!("{}", enrollment_text(&made, &qr_text(&made.url)?));
+                }
+                Ok(())
             }
             AdminCommand::Audit {
                 user,
@@ -322,4 +410,37 @@ fn audit_line(event: &AuditRecord) -> String {
             .map(|d| format!("  {d}"))
             .unwrap_or_default()
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_take_a_unit() {
+        assert_eq!(parse_duration("90s"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_duration("15m"), Ok(Duration::from_secs(900)));
+        assert_eq!(parse_duration("2h"), Ok(Duration::from_secs(7200)));
+        assert_eq!(parse_duration("7d"), Ok(Duration::from_secs(604_800)));
+        assert_eq!(parse_duration("120"), Ok(Duration::from_secs(120)));
+        for bad in ["", "m", "15x", "1.5h", "-5m", "99999999999999999999d"] {
+            assert!(parse_duration(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn the_qr_code_is_half_blocks_with_a_quiet_zone() {
+        let qr =
+            qr_text("pivtap://enroll?server=https%3A%2F%2F127.0.0.1%3A8443&code=ABCD").unwrap();
+        let lines: Vec<&str> = qr.lines().collect();
+        assert!(lines.len() > 10);
+        let width = lines[0].chars().count();
+        assert!(lines.iter().all(|line| line.chars().count() == width));
+        assert!(
+            qr.chars()
+                .all(|c| matches!(c, ' ' | '\u{2580}' | '\u{2584}' | '\u{2588}' | '\n'))
+        );
+        // The quiet zone is light, drawn as full blocks on a dark terminal.
+        assert!(lines[0].chars().all(|c| c == '\u{2588}'));
+    }
 }

@@ -14,12 +14,15 @@ use pivtap_server_client::token::TokenKeys;
 #[derive(Subcommand, Debug)]
 pub enum ServerCommand {
     /// Write a ready-to-run server into DIR: server.toml, a TLS certificate and
-    /// key, token signing keys, an admin credential, and the trusted card CAs.
+    /// key, token signing keys, an admin credential, the issuing CA that
+    /// enrollment signs card certificates with (trusted automatically), and any
+    /// further trusted card CAs.
     Init {
         /// The directory (created; must be empty unless --force).
         dir: PathBuf,
-        /// A CA certificate (PEM) that issues worker cards; repeat for several.
-        #[arg(long = "trust", value_name = "CA.pem", required = true)]
+        /// A further CA certificate (PEM) whose worker cards may sign in, besides
+        /// the issuing CA `init` makes; repeat for several.
+        #[arg(long = "trust", value_name = "CA.pem")]
         trust: Vec<PathBuf>,
         /// Address to listen on.
         #[arg(long, default_value = "127.0.0.1:8443")]
@@ -85,6 +88,11 @@ pub fn run(command: ServerCommand) -> anyhow::Result<()> {
                 report.admin_token_path.display()
             );
             println!("  server key pin:   sha256//{}", report.spki_sha256_pin);
+            println!(
+                "  issuing CA:       {}{} (cards enrolled with `pivtap admin enroll` chain to it; keep ca.key secret)",
+                report.ca_certificate_path.display(),
+                if report.ca_created { "" } else { ", kept" }
+            );
             println!();
             println!(
                 "Start it:  pivtap server run --config {}",
