@@ -5,6 +5,7 @@
 //! They take turns on one lock, since the machine has one pcscd and the vpcd
 //! readers are shared.
 
+use std::collections::VecDeque;
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
@@ -263,27 +264,52 @@ fn blank_card(
     )
 }
 
-/// Waits for the first event about `reader` that `wanted` accepts; fails after 5 s.
-fn wait_for(
-    events: &Receiver<ReaderEvent>,
-    reader: &str,
-    what: &str,
-    wanted: impl Fn(&ReaderEvent) -> bool,
-) -> ReaderEvent {
-    let deadline = Instant::now() + Duration::from_secs(5);
-    let mut seen = Vec::new();
-    while let Some(left) = deadline.checked_duration_since(Instant::now()) {
-        match events.recv_timeout(left) {
-            Ok(event) if wanted(&event) => return event,
-            Ok(event) => seen.push(event),
-            Err(RecvTimeoutError::Timeout) => break,
-            Err(RecvTimeoutError::Disconnected) => panic!("the monitor stopped; seen {seen:?}"),
+/// A monitor's events as a test claims them: an event that arrives while the
+/// test waits for another is kept for a later claim, since pcscd polls its
+/// readers independently and may report two readers' cards in either order.
+struct Events {
+    receiver: Receiver<ReaderEvent>,
+    unclaimed: VecDeque<ReaderEvent>,
+}
+
+impl Events {
+    fn new(receiver: Receiver<ReaderEvent>) -> Self {
+        Events {
+            receiver,
+            unclaimed: VecDeque::new(),
         }
     }
-    // Say whether pcscd itself saw the card, to tell a missed event from a
-    // card pcscd never noticed.
-    let pcscd_view = list_readers(&context());
-    panic!("no {what} for {reader:?} within 5 s; seen {seen:?}; pcscd lists {pcscd_view:?}");
+
+    /// Claims the first event about `reader` that `wanted` accepts; fails
+    /// after 5 s, saying what pcscd itself lists.
+    fn wait_for(
+        &mut self,
+        reader: &str,
+        what: &str,
+        wanted: impl Fn(&ReaderEvent) -> bool,
+    ) -> ReaderEvent {
+        if let Some(index) = self.unclaimed.iter().position(&wanted) {
+            return self.unclaimed.remove(index).expect("index from position");
+        }
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+            match self.receiver.recv_timeout(left) {
+                Ok(event) if wanted(&event) => return event,
+                Ok(event) => self.unclaimed.push_back(event),
+                Err(RecvTimeoutError::Timeout) => break,
+                Err(RecvTimeoutError::Disconnected) => {
+                    panic!("the monitor stopped; unclaimed {:?}", self.unclaimed)
+                }
+            }
+        }
+        // Say whether pcscd itself saw the change, to tell a missed event
+        // from a card pcscd never noticed.
+        let pcscd_view = list_readers(&context());
+        panic!(
+            "no {what} for {reader:?} within 5 s; unclaimed {:?}; pcscd lists {pcscd_view:?}",
+            self.unclaimed
+        );
+    }
 }
 
 fn card_present_in(reader: &'static str) -> impl Fn(&ReaderEvent) -> bool {
@@ -299,13 +325,14 @@ fn attach_detach_and_reattach_are_reported_with_the_interface() {
     use pivtap_card::virtual_card::{CardOptions, Interface};
     let _turn = pcscd_turn();
     let reader = VPCD_READERS[1];
-    let (monitor, events) = start_monitor(MonitorFilter {
+    let (monitor, receiver) = start_monitor(MonitorFilter {
         reader_name_contains: Some(reader.to_owned()),
         contactless_only: false,
     });
+    let mut events = Events::new(receiver);
     let contact = CardOptions::default();
     let attached = InReader::attach(blank_card(contact), 35964);
-    match wait_for(&events, reader, "card", card_present_in(reader)) {
+    match events.wait_for(reader, "card", card_present_in(reader)) {
         ReaderEvent::CardPresent {
             atr, contactless, ..
         } => {
@@ -315,7 +342,7 @@ fn attach_detach_and_reattach_are_reported_with_the_interface() {
         other => unreachable!("{other:?}"),
     }
     let backend = attached.detach();
-    wait_for(&events, reader, "removal", card_removed_from(reader));
+    events.wait_for(reader, "removal", card_removed_from(reader));
 
     // The same card again, now held to the reader as a contactless badge.
     backend.card().present_as(CardOptions {
@@ -323,7 +350,7 @@ fn attach_detach_and_reattach_are_reported_with_the_interface() {
         extended_length: false,
     });
     let attached = InReader::attach(backend, 35964);
-    match wait_for(&events, reader, "card", card_present_in(reader)) {
+    match events.wait_for(reader, "card", card_present_in(reader)) {
         ReaderEvent::CardPresent {
             contactless, atr, ..
         } => {
@@ -332,7 +359,7 @@ fn attach_detach_and_reattach_are_reported_with_the_interface() {
         other => unreachable!("{other:?}"),
     }
     drop(attached);
-    wait_for(&events, reader, "removal", card_removed_from(reader));
+    events.wait_for(reader, "removal", card_removed_from(reader));
     monitor.stop();
 }
 
@@ -354,12 +381,13 @@ fn a_card_pulled_between_verify_and_signature_fails_cleanly_and_keeps_its_state(
             .generate_key(KeyReference::PivAuthentication, Algorithm::EccP256)
             .unwrap();
     }
-    let (monitor, events) = start_monitor(MonitorFilter {
+    let (monitor, receiver) = start_monitor(MonitorFilter {
         reader_name_contains: Some(reader.to_owned()),
         contactless_only: false,
     });
+    let mut events = Events::new(receiver);
     let attached = InReader::attach(backend, 35964);
-    wait_for(&events, reader, "card", card_present_in(reader));
+    events.wait_for(reader, "card", card_present_in(reader));
     let context = context();
     let mut card = PcscCard::connect(&context, reader).unwrap();
     let pin = Pin::new("123456").unwrap();
@@ -390,12 +418,12 @@ fn a_card_pulled_between_verify_and_signature_fails_cleanly_and_keeps_its_state(
         other => panic!("a pulled card must give a clear transport error, got {other:?}"),
     }
     drop(card);
-    wait_for(&events, reader, "removal", card_removed_from(reader));
+    events.wait_for(reader, "removal", card_removed_from(reader));
     // The card kept its state: counters untouched, key still there; the next
     // tap starts over and needs the PIN again.
     assert_eq!(backend.card().applet().persistent.pin.retries_left, 3);
     let attached = InReader::attach(backend, 35964);
-    wait_for(&events, reader, "card", card_present_in(reader));
+    events.wait_for(reader, "card", card_present_in(reader));
     let mut card = PcscCard::connect(&context, reader).unwrap();
     let mut session = PivSession::open(&mut card).unwrap();
     assert!(matches!(
@@ -428,7 +456,8 @@ fn two_readers_hold_two_cards_at_once() {
     use pivtap_card::PivSession;
     use pivtap_card::virtual_card::{CardOptions, NewCard, VirtualCard, VirtualCardBackend};
     let _turn = pcscd_turn();
-    let (monitor, events) = start_monitor(MonitorFilter::default());
+    let (monitor, receiver) = start_monitor(MonitorFilter::default());
+    let mut events = Events::new(receiver);
     let cards: Vec<VirtualCardBackend> = (0..2)
         .map(|index| {
             let mut new = NewCard::factory(CardOptions::default());
@@ -438,18 +467,8 @@ fn two_readers_hold_two_cards_at_once() {
         .collect();
     let first = InReader::attach(cards[0].clone(), 35963);
     let second = InReader::attach(cards[1].clone(), 35964);
-    wait_for(
-        &events,
-        VPCD_READERS[0],
-        "card",
-        card_present_in(VPCD_READERS[0]),
-    );
-    wait_for(
-        &events,
-        VPCD_READERS[1],
-        "card",
-        card_present_in(VPCD_READERS[1]),
-    );
+    events.wait_for(VPCD_READERS[0], "card", card_present_in(VPCD_READERS[0]));
+    events.wait_for(VPCD_READERS[1], "card", card_present_in(VPCD_READERS[1]));
     let context = context();
     let listed = list_readers(&context);
     for name in VPCD_READERS {
@@ -471,14 +490,12 @@ fn two_readers_hold_two_cards_at_once() {
     assert_eq!(cards[1].card().applet().persistent.pin.retries_left, 2);
     drop(first);
     drop(second);
-    wait_for(
-        &events,
+    events.wait_for(
         VPCD_READERS[0],
         "removal",
         card_removed_from(VPCD_READERS[0]),
     );
-    wait_for(
-        &events,
+    events.wait_for(
         VPCD_READERS[1],
         "removal",
         card_removed_from(VPCD_READERS[1]),
