@@ -1458,6 +1458,171 @@ mod tests {
         );
     }
 
+    impl Rig {
+        /// Runs a PIN job and returns its answer.
+        async fn pin_job(
+            &mut self,
+            job: impl FnOnce(WorkId) -> CardJob,
+        ) -> Result<(), PinWorkFailure> {
+            let work = self.works.next().unwrap();
+            self.worker.submit(job(work));
+            match self.next().await {
+                CardJobResult::PinWork {
+                    work: answered,
+                    result,
+                } if answered == work => result,
+                other => panic!("expected the answer to the PIN job, got {other:?}"),
+            }
+        }
+
+        async fn change_pin(
+            &mut self,
+            current: &str,
+            new: &str,
+            expect: Option<String>,
+        ) -> Result<(), PinWorkFailure> {
+            let (current, new) = (Pin::new(current).unwrap(), Pin::new(new).unwrap());
+            self.pin_job(|work| CardJob::ChangePin {
+                work,
+                reader: DESK.to_owned(),
+                current,
+                new,
+                expect,
+            })
+            .await
+        }
+
+        async fn unblock(&mut self, puk: &str, new_pin: &str) -> Result<(), PinWorkFailure> {
+            let (puk, new_pin) = (Puk::new(puk).unwrap(), Pin::new(new_pin).unwrap());
+            self.pin_job(|work| CardJob::UnblockPin {
+                work,
+                reader: DESK.to_owned(),
+                puk,
+                new_pin,
+            })
+            .await
+        }
+    }
+
+    /// The SHA-256 of a fixture card's 9A certificate, as the runtime remembers it.
+    fn fingerprint_of(name: &str) -> String {
+        CertificateFacts::from_der(&fixture_der(&format!("certs/{name}.pem")))
+            .unwrap()
+            .fingerprint
+    }
+
+    #[tokio::test]
+    async fn a_pin_change_checks_the_badge_then_changes_the_pin() {
+        let mut rig = Rig::new();
+        let alice = fixture_card("alice");
+        rig.tap(&alice);
+        rig.sign(ALICE_PIN).await.unwrap();
+        rig.readers.take();
+        assert_eq!(
+            rig.change_pin(ALICE_PIN, "240913", Some(fingerprint_of("alice")))
+                .await,
+            Ok(())
+        );
+        let recorded = rig.readers.take();
+        assert_eq!(
+            recorded.instructions(),
+            [Ins::Select, Ins::GetData, Ins::ChangeReferenceData],
+            "SELECT, CHUID (the certificate comes from the cache), CHANGE REFERENCE DATA"
+        );
+        // The new PIN signs; the old one no longer does.
+        rig.tap(&alice);
+        assert!(rig.sign("240913").await.is_ok());
+        rig.tap(&alice);
+        assert_eq!(
+            rig.sign(ALICE_PIN).await,
+            Err(AuthFailure::WrongPin { tries_left: 2 })
+        );
+    }
+
+    #[tokio::test]
+    async fn a_pin_change_on_someone_elses_badge_sends_no_pin() {
+        let mut rig = Rig::new();
+        rig.tap(&fixture_card("bob"));
+        rig.readers.take();
+        assert_eq!(
+            rig.change_pin(ALICE_PIN, "240913", Some(fingerprint_of("alice")))
+                .await,
+            Err(PinWorkFailure::OtherCard)
+        );
+        let instructions = rig.readers.take_instructions();
+        assert!(
+            !instructions.contains(&Ins::ChangeReferenceData),
+            "{instructions:?}"
+        );
+        let mut card = fixture_card("bob");
+        let mut session = PivSession::open(&mut card).unwrap();
+        assert_eq!(session.pin_retries().unwrap(), Some(3), "no try spent");
+    }
+
+    #[tokio::test]
+    async fn a_wrong_current_pin_counts_down_and_a_removed_card_is_reported() {
+        let mut rig = Rig::new();
+        rig.tap(&fixture_card("alice"));
+        assert_eq!(
+            rig.change_pin("654321", "240913", None).await,
+            Err(PinWorkFailure::WrongPin { tries_left: 2 })
+        );
+        rig.readers.readers.remove(DESK);
+        assert_eq!(
+            rig.change_pin(ALICE_PIN, "240913", None).await,
+            Err(PinWorkFailure::CardRemoved)
+        );
+    }
+
+    #[tokio::test]
+    async fn the_puk_unblocks_a_blocked_pin_with_a_new_one() {
+        let mut rig = Rig::new();
+        let alice = fixture_card("alice");
+        rig.tap(&alice);
+        for _ in 0..3 {
+            assert!(rig.sign("000000").await.is_err());
+        }
+        rig.tap(&alice);
+        assert_eq!(rig.read().await.unwrap().1, Some(0));
+        assert_eq!(
+            rig.unblock("87654321", "240913").await,
+            Err(PinWorkFailure::WrongPuk { tries_left: 2 })
+        );
+        rig.readers.take();
+        assert_eq!(rig.unblock("12345678", "240913").await, Ok(()));
+        assert_eq!(
+            rig.readers.take_instructions(),
+            [Ins::Select, Ins::ResetRetryCounter]
+        );
+        rig.tap(&alice);
+        assert_eq!(rig.read().await.unwrap().1, Some(3));
+        assert!(rig.sign("240913").await.is_ok());
+    }
+
+    #[tokio::test]
+    async fn a_blocked_puk_is_reported() {
+        let mut rig = Rig::new();
+        rig.tap(&fixture_card("alice"));
+        for tries_left in [2, 1] {
+            assert_eq!(
+                rig.unblock("87654321", "240913").await,
+                Err(PinWorkFailure::WrongPuk { tries_left })
+            );
+        }
+        let last = rig.unblock("87654321", "240913").await;
+        assert!(
+            matches!(
+                last,
+                Err(PinWorkFailure::PukBlocked | PinWorkFailure::WrongPuk { tries_left: 0 })
+            ),
+            "{last:?}"
+        );
+        assert_eq!(
+            rig.unblock("12345678", "240913").await,
+            Err(PinWorkFailure::PukBlocked)
+        );
+    }
+
     #[tokio::test]
     async fn a_card_without_a_certificate_is_not_a_badge() {
         let mut rig = Rig::new();

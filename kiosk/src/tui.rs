@@ -573,7 +573,7 @@ mod tests {
     use ratatui::buffer::Buffer;
 
     use super::*;
-    use crate::core::{AuthFailure, CoreConfig, Effect, Event, Kiosk, WorkId};
+    use crate::core::{AuthFailure, CoreConfig, Effect, Event, Kiosk, PinWorkFailure, WorkId};
 
     const DESK: &str = "Desk reader";
     const ALICE_PIN: &str = "918273";
@@ -634,7 +634,11 @@ mod tests {
 
         fn send(&mut self, event: Event) {
             for effect in self.kiosk.handle_event(event, self.now) {
-                if let Effect::ReadCard { work, .. } | Effect::Authenticate { work, .. } = effect {
+                if let Effect::ReadCard { work, .. }
+                | Effect::Authenticate { work, .. }
+                | Effect::ChangePin { work, .. }
+                | Effect::UnblockPin { work, .. } = effect
+                {
                     self.work = Some(work);
                 }
             }
@@ -1041,6 +1045,111 @@ mod tests {
         );
     }
 
+    /// Types `digits` and Enter.
+    fn enter(driver: &mut Driver, digits: &str) {
+        driver.type_digits(digits);
+        driver.send(Event::Key(KeyInput::Enter));
+    }
+
+    #[test]
+    fn the_pin_change_screens_mask_every_value_and_say_what_is_next() {
+        let mut driver = Driver::new(Flow::TapThenPin);
+        driver.sign_in();
+        assert_shows(&driver.render(80, 24), &["C to change your PIN"]);
+        driver.send(Event::ChangePinRequested);
+        driver.type_digits("91827");
+        let buffer = driver.render(80, 24);
+        assert_shows(
+            &buffer,
+            &[
+                "Change your PIN",
+                "Enter your current PIN",
+                "●●●●●",
+                "Esc to cancel",
+            ],
+        );
+        driver.type_digits("3");
+        driver.send(Event::Key(KeyInput::Enter));
+        assert_shows(&driver.render(80, 24), &["Choose a new PIN"]);
+        enter(&mut driver, "345678");
+        assert_shows(
+            &driver.render(80, 24),
+            &["Choose a new PIN", "This PIN cannot be used"],
+        );
+        enter(&mut driver, "240913");
+        driver.type_digits("24");
+        assert_shows(&driver.render(80, 24), &["Type the new PIN again", "●●"]);
+        driver.type_digits("0913");
+        driver.send(Event::Key(KeyInput::Enter));
+        let buffer = driver.render(80, 24);
+        assert_shows(
+            &buffer,
+            &["Changing the PIN…", "Keep your badge on the reader."],
+        );
+        for secret in ["918273", "240913", "345678"] {
+            assert!(!screen(&buffer).contains(secret));
+        }
+        driver.send(Event::PinWorkDone {
+            work: driver.work(),
+            result: Err(PinWorkFailure::WrongPin { tries_left: 1 }),
+        });
+        assert_shows(
+            &driver.render(80, 24),
+            &["Enter your current PIN", "1 try left", "Wrong current PIN."],
+        );
+        enter(&mut driver, "918273");
+        enter(&mut driver, "240913");
+        enter(&mut driver, "240913");
+        driver.send(Event::PinWorkDone {
+            work: driver.work(),
+            result: Ok(()),
+        });
+        assert_shows(
+            &driver.render(80, 24),
+            &["Your PIN is changed.", "Press any key"],
+        );
+        driver.send(Event::Key(KeyInput::Enter));
+        assert_shows(&driver.render(80, 24), &["Signed in: Alice Field"]);
+    }
+
+    #[test]
+    fn the_blocked_screen_offers_the_puk_and_the_unblock_screens_follow() {
+        let mut driver = Driver::new(Flow::TapThenPin);
+        driver.tap();
+        driver.card_read(Some(0));
+        assert_shows(
+            &driver.render(80, 24),
+            &["Your PIN is blocked", "Press U to unblock it with your PUK"],
+        );
+        driver.send(Event::UnblockRequested);
+        driver.type_digits("1234");
+        assert_shows(
+            &driver.render(80, 24),
+            &["Unblock your badge", "Enter your PUK", "●●●●"],
+        );
+        driver.type_digits("5678");
+        driver.send(Event::Key(KeyInput::Enter));
+        enter(&mut driver, "240913");
+        driver.send(Event::CardRemoved {
+            reader: DESK.to_owned(),
+        });
+        enter(&mut driver, "240913");
+        assert_shows(
+            &driver.render(80, 24),
+            &["Tap your badge and keep it on the reader to unblock it."],
+        );
+        driver.tap();
+        assert_shows(&driver.render(80, 24), &["Unblocking…"]);
+        driver.send(Event::PinWorkDone {
+            work: driver.work(),
+            result: Err(PinWorkFailure::PukBlocked),
+        });
+        assert_shows(
+            &driver.render(80, 24),
+            &["Your PIN is blocked", "The PUK is blocked too"],
+        );
+    }
+
     #[test]
     fn server_unreachable_says_it_is_retrying() {
         let mut driver = Driver::new(Flow::TapThenPin);
@@ -1217,6 +1326,10 @@ mod tests {
             (KeyCode::Char('s'), Some(UiKey::SignOut)),
             (KeyCode::Char('S'), Some(UiKey::SignOut)),
             (KeyCode::Char('q'), Some(UiKey::Quit)),
+            (KeyCode::Char('c'), Some(UiKey::ChangePin)),
+            (KeyCode::Char('C'), Some(UiKey::ChangePin)),
+            (KeyCode::Char('u'), Some(UiKey::Unblock)),
+            (KeyCode::Char('U'), Some(UiKey::Unblock)),
             (KeyCode::F(1), Some(UiKey::Function(1))),
             (KeyCode::F(12), Some(UiKey::Function(12))),
             (KeyCode::F(13), None),

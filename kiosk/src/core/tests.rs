@@ -2002,12 +2002,38 @@ fn pin_form_events_read_as_documented() {
 #[derive(Debug, Clone)]
 enum Generated {
     Event(Event),
-    TypePin { digits: usize, enter: bool },
-    CardRead { back: u64, tries: Option<u8> },
-    CardReadFailed { back: u64, failure: CardReadFailure },
-    AuthProgress { back: u64, step: Step },
-    AuthSucceeded { back: u64, lifetime: i64 },
-    AuthFailed { back: u64, failure: AuthFailure },
+    TypePin {
+        digits: usize,
+        enter: bool,
+    },
+    CardRead {
+        back: u64,
+        tries: Option<u8>,
+    },
+    CardReadFailed {
+        back: u64,
+        failure: CardReadFailure,
+    },
+    AuthProgress {
+        back: u64,
+        step: Step,
+    },
+    AuthSucceeded {
+        back: u64,
+        lifetime: i64,
+    },
+    AuthFailed {
+        back: u64,
+        failure: AuthFailure,
+    },
+    TypeDigits {
+        digits: Vec<u8>,
+        enter: bool,
+    },
+    PinWorkDone {
+        back: u64,
+        result: Result<(), PinWorkFailure>,
+    },
 }
 
 impl Generated {
@@ -2043,6 +2069,17 @@ impl Generated {
             Generated::AuthFailed { back, failure } => Event::AuthFailed {
                 work: work(back),
                 failure,
+            },
+            Generated::TypeDigits { digits, enter } => {
+                return digits
+                    .into_iter()
+                    .map(|digit| Event::Key(KeyInput::Digit(digit)))
+                    .chain(enter.then_some(Event::Key(KeyInput::Enter)))
+                    .collect();
+            }
+            Generated::PinWorkDone { back, result } => Event::PinWorkDone {
+                work: work(back),
+                result,
             },
         };
         vec![event]
@@ -2088,6 +2125,19 @@ fn auth_failure() -> impl Strategy<Value = AuthFailure> {
     ]
 }
 
+fn pin_work_result() -> impl Strategy<Value = Result<(), PinWorkFailure>> {
+    prop_oneof![
+        3 => Just(Ok(())),
+        1 => (0..3u8).prop_map(|tries_left| Err(PinWorkFailure::WrongPin { tries_left })),
+        1 => Just(Err(PinWorkFailure::PinBlocked)),
+        1 => (0..3u8).prop_map(|tries_left| Err(PinWorkFailure::WrongPuk { tries_left })),
+        1 => Just(Err(PinWorkFailure::PukBlocked)),
+        1 => Just(Err(PinWorkFailure::CardRemoved)),
+        1 => Just(Err(PinWorkFailure::OtherCard)),
+        1 => Just(Err(PinWorkFailure::CardError)),
+    ]
+}
+
 fn step() -> impl Strategy<Value = Step> {
     prop_oneof![
         Just(Step::Verifying),
@@ -2121,6 +2171,12 @@ fn generated() -> impl Strategy<Value = Generated> {
             .prop_map(|(back, lifetime)| Generated::AuthSucceeded { back, lifetime }),
         3 => (back(), auth_failure())
             .prop_map(|(back, failure)| Generated::AuthFailed { back, failure }),
+        2 => event(Event::ChangePinRequested),
+        2 => event(Event::UnblockRequested),
+        4 => (prop::collection::vec(0..10u8, 0..10), any::<bool>())
+            .prop_map(|(digits, enter)| Generated::TypeDigits { digits, enter }),
+        3 => (back(), pin_work_result())
+            .prop_map(|(back, result)| Generated::PinWorkDone { back, result }),
     ]
 }
 
@@ -2165,6 +2221,14 @@ fn shown_digits(state: &State) -> Option<usize> {
             next_worker: Some(prompt),
             ..
         } => Some(prompt.digits),
+        State::SignedIn {
+            pin_change: Some(form),
+            ..
+        }
+        | State::PinBlocked {
+            unblock: Some(form),
+            ..
+        } => Some(form.digits),
         _ => None,
     }
 }
@@ -2199,6 +2263,22 @@ impl Observer {
                     let digits = pin.as_bytes().len();
                     prop_assert!((PIN_MIN_DIGITS..=PIN_MAX_DIGITS).contains(&digits));
                 }
+                // New PINs reach the card only once the policy allowed them.
+                Effect::ChangePin { current, new, .. } => {
+                    let signed_in = matches!(kiosk.state(), State::SignedIn { .. });
+                    prop_assert!(signed_in, "a PIN change without a session");
+                    let (current, new) = (
+                        std::str::from_utf8(current.as_bytes()).unwrap(),
+                        std::str::from_utf8(new.as_bytes()).unwrap(),
+                    );
+                    prop_assert!(kiosk.config().pin_policy.check_change(current, new).is_ok());
+                }
+                Effect::UnblockPin { new_pin, .. } => {
+                    let blocked = matches!(kiosk.state(), State::PinBlocked { .. });
+                    prop_assert!(blocked, "an unblock off the blocked screen");
+                    let new_pin = std::str::from_utf8(new_pin.as_bytes()).unwrap();
+                    prop_assert!(kiosk.config().pin_policy.check(new_pin).is_ok());
+                }
                 Effect::Publish(SessionEvent::SignedIn { .. }) => {
                     prop_assert!(event_was_auth_success, "signed in without AuthSucceeded");
                     prop_assert!(!self.session_open);
@@ -2213,6 +2293,10 @@ impl Observer {
                 Effect::ScheduleTick { at } => prop_assert!(*at > now),
                 _ => {}
             }
+        }
+        // The values of a PIN change or unblock are held only while one is under way.
+        if !kiosk.pin_form_active() {
+            prop_assert!(kiosk.form_first.is_empty() && kiosk.form_new.is_empty());
         }
         let signed_in = matches!(kiosk.state(), State::SignedIn { .. });
         prop_assert_eq!(signed_in, self.session_open);
