@@ -388,7 +388,7 @@ pub struct AuditRecord {
     pub id: i64,
     /// When, RFC 3339.
     pub time: String,
-    /// `challenge`, `assertion` or `admin`.
+    /// `challenge`, `assertion`, `enrollment`, `renewal` or `admin`.
     pub kind: String,
     /// `ok` or an error code.
     pub outcome: String,

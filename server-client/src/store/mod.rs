@@ -176,7 +176,7 @@ pub struct AuditEvent {
     pub id: i64,
     /// When it happened.
     pub time: OffsetDateTime,
-    /// `challenge`, `assertion` or `admin`.
+    /// `challenge`, `assertion`, `enrollment`, `renewal` or `admin`.
     pub kind: String,
     /// `ok`, or the [`ErrorCode`](crate::wire::ErrorCode) wire name of the refusal.
     pub outcome: String,
@@ -198,7 +198,7 @@ pub struct AuditEvent {
 pub struct NewAuditEvent {
     /// When it happened.
     pub time: OffsetDateTime,
-    /// `challenge`, `assertion` or `admin`.
+    /// `challenge`, `assertion`, `enrollment`, `renewal` or `admin`.
     pub kind: String,
     /// `ok`, or the [`ErrorCode`](crate::wire::ErrorCode) wire name of the refusal.
     pub outcome: String,
