@@ -514,3 +514,38 @@ fn failure_of(error: &ClientError) -> AuthFailure {
         _ => AuthFailure::ServerUnreachable,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use pivtap_server_client::assertion::AssertionDraft;
+    use pivtap_server_client::wire::AssertionPayload;
+
+    use super::*;
+
+    fn fixture_der(path: &str) -> Vec<u8> {
+        let pem =
+            std::fs::read(format!("{}/../fixtures/{path}", env!("CARGO_MANIFEST_DIR"))).unwrap();
+        x509_parser::pem::parse_x509_pem(&pem).unwrap().1.contents
+    }
+
+    #[test]
+    fn the_session_badge_is_known_by_the_certificate_in_its_assertion() {
+        let der = fixture_der("certs/alice.pem");
+        let draft = AssertionDraft::new(
+            "RS256",
+            &der,
+            AssertionPayload {
+                aud: "https://auth.example.test".to_owned(),
+                nonce: "n".to_owned(),
+                device: "kiosk".to_owned(),
+                iat: 0,
+                slot: "9a".to_owned(),
+            },
+        );
+        let assertion = draft.finish(b"signature");
+        let expected = CertificateFacts::from_der(&der).unwrap().fingerprint;
+        assert_eq!(signer_fingerprint(&assertion), Some(expected));
+        assert_eq!(signer_fingerprint("not.a.jws"), None);
+        assert_eq!(signer_fingerprint("garbage"), None);
+    }
+}
