@@ -509,6 +509,39 @@ async fn unknown_expired_and_refused_codes() -> TestResult {
         refused_code(fixture.client.inspect_enrollment(&code).await),
         (401, ErrorCode::UserLocked)
     );
+    assert_eq!(
+        refused_code(
+            fixture
+                .client
+                .complete_enrollment(&request(&code, &csr(&p256())?))
+                .await
+        ),
+        (401, ErrorCode::UserLocked)
+    );
+    let locked = fixture
+        .client
+        .admin(&fixture.token)
+        .audit(&AuditFilter {
+            user: Some("bob".to_owned()),
+            outcome: Some("user_locked".to_owned()),
+            ..AuditFilter::default()
+        })
+        .await?;
+    assert_eq!(
+        locked
+            .iter()
+            .filter(|event| event.kind == "enrollment")
+            .count(),
+        2,
+        "{locked:?}"
+    );
+    // Unlocked again, the code still works.
+    admin.set_user_locked("bob", false).await?;
+    let result = fixture
+        .client
+        .complete_enrollment(&request(&code, &csr(&p256())?))
+        .await?;
+    assert_eq!(result.user.id, "bob");
     Ok(())
 }
 

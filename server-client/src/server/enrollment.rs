@@ -180,7 +180,8 @@ pub(crate) async fn check_enrollable(
     Ok(user)
 }
 
-/// A code that can still be used, and its user; refusals as their codes.
+/// A code that can still be used, and its user (who may be locked: callers
+/// check, after noting the user for the audit); refusals as their codes.
 async fn usable_code(
     state: &ServerState,
     hash: &str,
@@ -207,7 +208,6 @@ async fn usable_code(
         .get_user(&record.user_id)
         .await?
         .ok_or_else(|| ApiError::new(ErrorCode::UserUnknown, "the code's user no longer exists"))?;
-    require_active(&user)?;
     Ok((record, user))
 }
 
@@ -281,6 +281,7 @@ pub async fn inspect_enrollment(
         audit.detail.push(code_label(&hash));
         let (record, user) = usable_code(&state, &hash, now).await?;
         audit.user_id = Some(user.id.clone());
+        require_active(&user)?;
         Ok(EnrollmentOffer {
             user: user_info(&user),
             key_algorithm: issuer.enrollment_algorithm(),
@@ -371,6 +372,7 @@ pub async fn complete_enrollment(
         audit.detail.insert(0, code_label(&hash));
         let (_, user) = usable_code(&state, &hash, now).await?;
         audit.user_id = Some(user.id.clone());
+        require_active(&user)?;
         let csr = decode_csr(&request.csr)?;
         let key = issuer
             .check_csr(&csr)
