@@ -112,11 +112,13 @@ pub enum SessionEvent {
     /// PIN change: the current PIN is wanted now.
     CurrentPinRequired {
         /// Tries left on the card, after a wrong one.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
         tries_left: Option<u8>,
     },
     /// Unblock: the PUK is wanted now.
     PukRequired {
         /// Tries left on the card, after a wrong one.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
         tries_left: Option<u8>,
     },
     /// PIN change or unblock: the new PIN is wanted now (`repeat`: the second time).

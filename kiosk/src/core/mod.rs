@@ -9,6 +9,12 @@
 //! The PIN is typed into the core one digit at a time and kept in a zeroizing buffer that is
 //! cleared whenever PIN entry ends; it leaves the core only inside [`Effect::Authenticate`].
 //! [`State`] shows the number of digits, never the digits.
+//!
+//! A signed-in worker can change their PIN ([`Event::ChangePinRequested`]) and a worker on the
+//! blocked screen can unblock it with the PUK ([`Event::UnblockRequested`]): a [`PinForm`] in
+//! [`State::SignedIn`] or [`State::PinBlocked`] asks for each value in turn, checks the new
+//! PIN against [`CoreConfig::pin_policy`] before the card is touched, and hands the values to
+//! the runtime only inside [`Effect::ChangePin`] or [`Effect::UnblockPin`] (see `pin_form.rs`).
 
 mod config;
 mod effect;

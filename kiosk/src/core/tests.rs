@@ -1975,6 +1975,17 @@ fn pin_form_events_read_as_documented() {
         serde_json::to_string(&SessionEvent::CardUnblocked).unwrap(),
         r#"{"event":"card_unblocked"}"#
     );
+    assert_eq!(
+        serde_json::to_string(&SessionEvent::CurrentPinRequired { tries_left: None }).unwrap(),
+        r#"{"event":"current_pin_required"}"#
+    );
+    assert_eq!(
+        serde_json::to_string(&SessionEvent::PukRequired {
+            tries_left: Some(2)
+        })
+        .unwrap(),
+        r#"{"event":"puk_required","tries_left":2}"#
+    );
     let unblock = SessionEvent::UnblockFailed {
         reason: PinFormFailure::PukBlocked,
         message: "blocked".to_owned(),
