@@ -1,0 +1,557 @@
+//! End-to-end tests of the card lifecycle through the `pivtap` binary: a blank virtual card enrolled with an admin's code, signing in, renewal (the old certificate refused afterwards), PIN and PUK changes under the PIN policy, unblocking with the PUK, and reset.
+//!
+//! Cards are `--vcard` image files (no pcscd); each server test runs its
+//! own `pivtap server run` on loopback in a temporary directory.
+
+use std::fs::File;
+use std::net::{Ipv4Addr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use tempfile::TempDir;
+
+mod common;
+use common::{Run, fixture, path_str, pivtap_command, run};
+
+/// How long the server may take to start.
+const SERVER_TIMEOUT: Duration = Duration::from_secs(30);
+/// Ports tried before giving up.
+const PORT_ATTEMPTS: usize = 5;
+/// The PIN of a card as it leaves the factory.
+const FACTORY_PIN: &str = "123456";
+/// The PUK of a card as it leaves the factory.
+const FACTORY_PUK: &str = "12345678";
+/// A PIN the default policy accepts.
+const GOOD_PIN: &str = "240913";
+const KIOSK: &str = "kiosk-07";
+
+/// A port that was free a moment ago on 127.0.0.1.
+fn free_port() -> u16 {
+    TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+        .and_then(|listener| listener.local_addr())
+        .expect("an ephemeral port on loopback")
+        .port()
+}
+
+/// `pivtap server run` in the background, from a directory `pivtap server init` wrote
+/// (which also made the issuing CA and the `[issuance]` table).
+struct RunningServer {
+    dir: TempDir,
+    child: Child,
+    url: String,
+    ca: PathBuf,
+    token_file: PathBuf,
+    stderr: PathBuf,
+}
+
+impl RunningServer {
+    fn start() -> Self {
+        for _ in 0..PORT_ATTEMPTS {
+            let dir = tempfile::tempdir().expect("a temporary directory");
+            let port = free_port();
+            let server_dir = dir.path().join("server");
+            let listen = format!("127.0.0.1:{port}");
+            run(pivtap_command(&[
+                "server",
+                "init",
+                path_str(&server_dir),
+                "--trust",
+                path_str(&fixture("ca/test-ca.pem")),
+                "--listen",
+                &listen,
+            ]))
+            .success("server init");
+            let stdout = dir.path().join("server.out");
+            let stderr = dir.path().join("server.err");
+            let config = server_dir.join("server.toml");
+            let child = pivtap_command(&["server", "run", "--config", path_str(&config)])
+                .stdout(File::create(&stdout).expect("a log file"))
+                .stderr(File::create(&stderr).expect("a log file"))
+                .spawn()
+                .expect("the server starts");
+            let mut server = RunningServer {
+                url: format!("https://{listen}"),
+                ca: server_dir.join("tls.crt"),
+                token_file: server_dir.join("admin.token"),
+                dir,
+                child,
+                stderr,
+            };
+            if server.wait_until_listening(port, &stdout) {
+                return server;
+            }
+        }
+        panic!("no free port on 127.0.0.1 after {PORT_ATTEMPTS} attempts");
+    }
+
+    fn wait_until_listening(&mut self, port: u16, stdout: &Path) -> bool {
+        let deadline = Instant::now() + SERVER_TIMEOUT;
+        while Instant::now() < deadline {
+            if let Some(status) = self.child.try_wait().expect("the server process is there") {
+                let log = std::fs::read_to_string(&self.stderr).unwrap_or_default();
+                if log.contains("in use") {
+                    return false;
+                }
+                panic!("the server exited ({status}):\n{log}");
+            }
+            let said_listening =
+                std::fs::read_to_string(stdout).is_ok_and(|output| output.contains("listening"));
+            if said_listening && TcpStream::connect((Ipv4Addr::LOCALHOST, port)).is_ok() {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("the server did not start listening within {SERVER_TIMEOUT:?}");
+    }
+
+    /// `pivtap admin --server URL --ca tls.crt --token-file admin.token ARGS`
+    fn admin(&self, args: &[&str]) -> Run {
+        let mut command = pivtap_command(&[
+            "admin",
+            "--server",
+            &self.url,
+            "--ca",
+            path_str(&self.ca),
+            "--token-file",
+            path_str(&self.token_file),
+        ]);
+        command.args(args);
+        run(command)
+    }
+
+    fn add_user(&self, id: &str, name: &str, mail: &str) {
+        self.admin(&["users", "add", "--id", id, "--name", name, "--mail", mail])
+            .success("users add");
+    }
+
+    /// A fresh enrollment code for `user`: (code, pivtap://enroll link).
+    fn enrollment_code(&self, user: &str) -> (String, String) {
+        let made = self
+            .admin(&["enroll", user, "--json"])
+            .success("admin enroll")
+            .json();
+        assert_eq!(made["user"]["id"], user, "{made}");
+        let code = made["code"].as_str().expect("a code").to_owned();
+        let url = made["url"].as_str().expect("a link").to_owned();
+        (code, url)
+    }
+
+    /// A `pivtap card SUBCOMMAND --vcard CARD --ca tls.crt [--server URL] ARGS` command.
+    fn card_command(&self, subcommand: &str, card: &Path, with_server: bool) -> Command {
+        let mut command = pivtap_command(&[
+            "card",
+            subcommand,
+            "--vcard",
+            path_str(card),
+            "--ca",
+            path_str(&self.ca),
+        ]);
+        if with_server {
+            command.args(["--server", &self.url]);
+        }
+        command
+    }
+
+    /// `PIVTAP_PIN=PIN pivtap card enroll --code CODE --json`.
+    fn enroll(&self, card: &Path, code: &str, pin: &str, with_server: bool) -> Run {
+        let mut command = self.card_command("enroll", card, with_server);
+        command
+            .args(["--code", code, "--json"])
+            .env("PIVTAP_PIN", pin);
+        run(command)
+    }
+
+    /// `PIVTAP_PIN=PIN pivtap card renew --device kiosk-07 --json`.
+    fn renew(&self, card: &Path, pin: &str) -> Run {
+        let mut command = self.card_command("renew", card, true);
+        command
+            .args(["--device", KIOSK, "--json"])
+            .env("PIVTAP_PIN", pin);
+        run(command)
+    }
+
+    /// `PIVTAP_PIN=PIN pivtap auth --vcard CARD --device kiosk-07 --json`.
+    fn auth(&self, card: &Path, pin: &str) -> Run {
+        let mut command = pivtap_command(&[
+            "auth",
+            "--server",
+            &self.url,
+            "--ca",
+            path_str(&self.ca),
+            "--vcard",
+            path_str(card),
+            "--device",
+            KIOSK,
+            "--json",
+        ]);
+        command.env("PIVTAP_PIN", pin);
+        run(command)
+    }
+}
+
+impl Drop for RunningServer {
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// `pivtap vcard new FILE --blank`: a card as new cards ship.
+fn blank_card(dir: &Path, name: &str) -> PathBuf {
+    let path = dir.join(format!("{name}.toml"));
+    run(pivtap_command(&[
+        "vcard",
+        "new",
+        path_str(&path),
+        "--blank",
+    ]))
+    .success("vcard new --blank");
+    path
+}
+
+/// `pivtap card info --vcard CARD --json`.
+fn card_info(card: &Path) -> Value {
+    run(pivtap_command(&[
+        "card",
+        "info",
+        "--vcard",
+        path_str(card),
+        "--json",
+    ]))
+    .success("card info")
+    .json()
+}
+
+/// The certificate serial in slot 9a, if any.
+fn slot_9a_serial(card: &Path) -> Option<String> {
+    card_info(card)["slots"]
+        .as_array()
+        .expect("slots")
+        .iter()
+        .find(|slot| slot["slot"] == "9a")
+        .and_then(|slot| slot["serial"].as_str())
+        .map(str::to_owned)
+}
+
+/// The PIN's tries left, as `card info` shows them.
+fn pin_tries(card: &Path) -> Value {
+    card_info(card)["pin"]["retries_left"].clone()
+}
+
+/// A `pivtap card SUBCOMMAND --vcard CARD` run with the given environment
+/// and APDU tracing on.
+fn card_run(subcommand: &str, card: &Path, env: &[(&str, &str)], args: &[&str]) -> Run {
+    let mut command = pivtap_command(&["card", subcommand, "--vcard", path_str(card)]);
+    command.args(args).env("RUST_LOG", "pivtap=trace");
+    for (name, value) in env {
+        command.env(name, value);
+    }
+    run(command)
+}
+
+/// Serial numbers as `card info` and the server print them, compared without separators.
+fn same_serial(a: &str, b: &str) -> bool {
+    let plain = |s: &str| {
+        s.chars()
+            .filter(char::is_ascii_hexdigit)
+            .collect::<String>()
+            .trim_start_matches('0')
+            .to_ascii_lowercase()
+    };
+    plain(a) == plain(b)
+}
+
+#[test]
+fn a_blank_card_is_enrolled_signs_in_is_renewed_and_reset() {
+    let server = RunningServer::start();
+    server.add_user("alice", "Alice Example", "alice@example.com");
+    let cards = server.dir.path();
+    let card = blank_card(cards, "alice-card");
+    assert!(
+        slot_9a_serial(&card).is_none(),
+        "a blank card has no certificate"
+    );
+
+    let (code, _) = server.enrollment_code("alice");
+    let enrolled = server
+        .enroll(&card, &code, FACTORY_PIN, true)
+        .success("card enroll");
+    assert!(
+        !enrolled.all_output().contains(&code),
+        "the code is not echoed"
+    );
+    assert!(
+        enrolled.stderr.contains("Generating the key on the card"),
+        "{}",
+        enrolled.stderr
+    );
+    let enrolled = enrolled.json();
+    assert_eq!(enrolled["user"]["id"], "alice", "{enrolled}");
+    assert_eq!(enrolled["chuid_written"], true, "{enrolled}");
+    assert!(
+        enrolled["pin_policy_problem"]
+            .as_str()
+            .is_some_and(|rule| rule.contains("consecutive")),
+        "the factory PIN breaks the policy: {enrolled}"
+    );
+    let first_serial = enrolled["serial"].as_str().expect("a serial").to_owned();
+    let info = card_info(&card);
+    assert_eq!(
+        info["chuid"]["guid"]
+            .as_str()
+            .map(|g| g.replace('-', ""))
+            .as_deref(),
+        enrolled["chuid_guid"].as_str(),
+        "{info}"
+    );
+    let on_card = slot_9a_serial(&card).expect("a certificate in 9a");
+    assert!(
+        same_serial(&on_card, &first_serial),
+        "{on_card} vs {first_serial}"
+    );
+
+    let signed_in = server
+        .auth(&card, FACTORY_PIN)
+        .success("auth after enroll")
+        .json();
+    assert_eq!(signed_in["user"]["id"], "alice");
+
+    // A code is good once: a second card cannot use it, and keeps its (absent) key.
+    let other = blank_card(cards, "other-card");
+    let reused = server
+        .enroll(&other, &code, FACTORY_PIN, true)
+        .failure("reused code", "enrollment_code_used");
+    assert!(
+        !reused.stderr.contains("slot 9a now holds"),
+        "refused before any key was generated: {}",
+        reused.stderr
+    );
+    assert!(slot_9a_serial(&other).is_none());
+
+    server
+        .enroll(&other, "NOPE-NOPE-NOPE-NOPE", FACTORY_PIN, true)
+        .failure("unknown code", "enrollment_code_unknown");
+    assert_eq!(pin_tries(&other), 3, "the card was not touched");
+
+    // The link form carries the server.
+    let (_, link) = server.enrollment_code("alice");
+    let by_link = server
+        .enroll(&other, &link, FACTORY_PIN, false)
+        .success("enroll with the link")
+        .json();
+    assert_eq!(by_link["user"]["id"], "alice");
+
+    // Renewal: the card keeps working with a new certificate; the old one is revoked.
+    let before_renewal = cards.join("alice-card-before-renewal.toml");
+    std::fs::copy(&card, &before_renewal).expect("copy the card image");
+    let renewed = server
+        .renew(&card, FACTORY_PIN)
+        .success("card renew")
+        .json();
+    let second_serial = renewed["serial"].as_str().expect("a serial").to_owned();
+    assert_ne!(second_serial, first_serial);
+    assert_eq!(renewed["user"]["id"], "alice");
+    let on_card = slot_9a_serial(&card).expect("a certificate in 9a");
+    assert!(same_serial(&on_card, &second_serial));
+    server
+        .auth(&card, FACTORY_PIN)
+        .success("auth after renewal");
+    server
+        .auth(&before_renewal, FACTORY_PIN)
+        .failure("the old certificate", "certificate_revoked");
+    // Renewing the old copy is refused before its key is touched (the CRL lists it).
+    let refused = server
+        .renew(&before_renewal, FACTORY_PIN)
+        .failure("renewing with the old certificate", "is revoked");
+    assert!(
+        refused.stderr.contains("nothing on the card was changed"),
+        "{}",
+        refused.stderr
+    );
+    let still = slot_9a_serial(&before_renewal).expect("the old certificate is still there");
+    assert!(same_serial(&still, &first_serial));
+
+    // The server's PIN policy is enforced before the card is touched.
+    let mut change = server.card_command("change-pin", &card, true);
+    change
+        .env("PIVTAP_PIN", FACTORY_PIN)
+        .env("PIVTAP_NEW_PIN", "111111");
+    run(change).failure("server policy", "one digit repeated");
+
+    // Reset: back to a blank card that no longer signs in.
+    card_run("reset", &card, &[], &["--yes"]).success("card reset");
+    assert!(slot_9a_serial(&card).is_none());
+    assert!(card_info(&card)["chuid"].is_null());
+    server
+        .auth(&card, FACTORY_PIN)
+        .failure("auth after reset", "certificate");
+}
+
+#[test]
+fn pin_changes_follow_the_policy_and_a_blocked_pin_is_unblocked_with_the_puk() {
+    let dir = TempDir::new().unwrap();
+    let card = blank_card(dir.path(), "card");
+
+    for (new, rule) in [
+        ("123456", "consecutive digits"),
+        ("111111", "one digit repeated"),
+        ("12345", "at least 6"),
+        ("123456789", "at most 8"),
+    ] {
+        let refused = card_run(
+            "change-pin",
+            &card,
+            &[("PIVTAP_PIN", FACTORY_PIN), ("PIVTAP_NEW_PIN", new)],
+            &[],
+        )
+        .failure("policy refusal", rule);
+        assert!(
+            refused.stderr.contains("the card was not touched"),
+            "{}",
+            refused.stderr
+        );
+        assert!(
+            !refused.stderr.contains(">> "),
+            "no APDU was sent:\n{}",
+            refused.stderr
+        );
+    }
+    assert_eq!(pin_tries(&card), 3, "no PIN try was spent");
+
+    // A wrong current PIN: exit 3 and the tries left.
+    let wrong = card_run(
+        "change-pin",
+        &card,
+        &[("PIVTAP_PIN", "999999"), ("PIVTAP_NEW_PIN", GOOD_PIN)],
+        &[],
+    );
+    wrong.expect_code(3, "wrong current PIN");
+    assert!(wrong.stderr.contains("2 tries left"), "{}", wrong.stderr);
+
+    // Secrets on standard input, one a line.
+    let mut command = pivtap_command(&["card", "change-pin", "--vcard", path_str(&card)]);
+    command
+        .env("RUST_LOG", "pivtap=trace")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let mut child = command.spawn().expect("pivtap runs");
+    {
+        use std::io::Write as _;
+        let mut stdin = child.stdin.take().expect("stdin");
+        writeln!(stdin, "{FACTORY_PIN}\n{GOOD_PIN}").expect("write the PINs");
+    }
+    let changed = Run::from_output(child.wait_with_output().expect("pivtap ends"))
+        .success("change-pin from stdin");
+    assert!(changed.stdout.contains("PIN changed"), "{}", changed.stdout);
+    assert!(
+        changed.stderr.contains(">> 0024"),
+        "CHANGE REFERENCE DATA sent"
+    );
+    for secret in [FACTORY_PIN, GOOD_PIN] {
+        assert!(!changed.all_output().contains(secret), "a PIN leaked");
+    }
+    let mut verify = pivtap_command(&["card", "verify-pin", "--vcard", path_str(&card)]);
+    verify.env("PIVTAP_PIN", GOOD_PIN);
+    run(verify).success("the new PIN works");
+
+    // Block the PIN, then unblock it with the PUK.
+    for _ in 0..3 {
+        let mut wrong = pivtap_command(&["card", "verify-pin", "--vcard", path_str(&card)]);
+        wrong.env("PIVTAP_PIN", "999999");
+        run(wrong);
+    }
+    assert_eq!(pin_tries(&card), 0, "blocked");
+    card_run(
+        "unblock-pin",
+        &card,
+        &[("PIVTAP_PUK", "87654321"), ("PIVTAP_NEW_PIN", GOOD_PIN)],
+        &[],
+    )
+    .failure("wrong PUK", "wrong PUK: 2 tries left");
+    card_run(
+        "unblock-pin",
+        &card,
+        &[("PIVTAP_PUK", FACTORY_PUK), ("PIVTAP_NEW_PIN", "000000")],
+        &[],
+    )
+    .failure("unblock to a repeated PIN", "one digit repeated");
+    let unblocked = card_run(
+        "unblock-pin",
+        &card,
+        &[("PIVTAP_PUK", FACTORY_PUK), ("PIVTAP_NEW_PIN", "86420135")],
+        &["--json"],
+    )
+    .success("unblock-pin");
+    assert_eq!(unblocked.json()["changed"], "pin");
+    let mut verify = pivtap_command(&["card", "verify-pin", "--vcard", path_str(&card)]);
+    verify.env("PIVTAP_PIN", "86420135");
+    run(verify).success("the PIN set by unblock-pin works");
+
+    // The PUK itself.
+    card_run(
+        "change-puk",
+        &card,
+        &[("PIVTAP_PUK", FACTORY_PUK), ("PIVTAP_NEW_PUK", "12a45678")],
+        &[],
+    )
+    .failure("a PUK with a letter", "PUK must be digits only");
+    card_run(
+        "change-puk",
+        &card,
+        &[("PIVTAP_PUK", FACTORY_PUK), ("PIVTAP_NEW_PUK", "97531864")],
+        &[],
+    )
+    .success("change-puk");
+    card_run(
+        "change-puk",
+        &card,
+        &[("PIVTAP_PUK", FACTORY_PUK), ("PIVTAP_NEW_PUK", "11223344")],
+        &[],
+    )
+    .failure("the old PUK", "wrong PUK");
+}
+
+#[test]
+fn reset_needs_confirmation_and_restores_the_factory_defaults() {
+    let dir = TempDir::new().unwrap();
+    let card = blank_card(dir.path(), "card");
+    card_run(
+        "change-pin",
+        &card,
+        &[("PIVTAP_PIN", FACTORY_PIN), ("PIVTAP_NEW_PIN", GOOD_PIN)],
+        &[],
+    )
+    .success("change-pin");
+
+    let refused = card_run("reset", &card, &[], &[]).failure("reset without --yes", "--yes");
+    assert!(!refused.stderr.contains(">> "), "nothing was sent");
+    let mut verify = pivtap_command(&["card", "verify-pin", "--vcard", path_str(&card)]);
+    verify.env("PIVTAP_PIN", GOOD_PIN);
+    run(verify).success("the card is untouched");
+
+    let reset = card_run("reset", &card, &[], &["--yes", "--json"]).success("reset --yes");
+    let outcome = reset.json();
+    assert_eq!(outcome["reset"], true);
+    assert_eq!(outcome["pin"], FACTORY_PIN);
+    assert_eq!(outcome["puk"], FACTORY_PUK);
+    assert!(
+        reset.stderr.contains(">> 00FB"),
+        "RESET was sent:\n{}",
+        reset.stderr
+    );
+    let mut verify = pivtap_command(&["card", "verify-pin", "--vcard", path_str(&card)]);
+    verify.env("PIVTAP_PIN", FACTORY_PIN);
+    run(verify).success("the factory PIN works again");
+    card_run(
+        "change-puk",
+        &card,
+        &[("PIVTAP_PUK", FACTORY_PUK), ("PIVTAP_NEW_PUK", "97531864")],
+        &[],
+    )
+    .success("the factory PUK works again");
+}
