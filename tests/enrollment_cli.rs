@@ -48,6 +48,11 @@ struct RunningServer {
 
 impl RunningServer {
     fn start() -> Self {
+        Self::start_with(|config| config)
+    }
+
+    /// Starts a server whose `server.toml` (as `init` wrote it) `edit` changes first.
+    fn start_with(edit: impl Fn(String) -> String) -> Self {
         for _ in 0..PORT_ATTEMPTS {
             let dir = tempfile::tempdir().expect("a temporary directory");
             let port = free_port();
@@ -66,6 +71,8 @@ impl RunningServer {
             let stdout = dir.path().join("server.out");
             let stderr = dir.path().join("server.err");
             let config = server_dir.join("server.toml");
+            let written = std::fs::read_to_string(&config).expect("server.toml");
+            std::fs::write(&config, edit(written)).expect("server.toml is written");
             let child = pivtap_command(&["server", "run", "--config", path_str(&config)])
                 .stdout(File::create(&stdout).expect("a log file"))
                 .stderr(File::create(&stderr).expect("a log file"))
@@ -554,4 +561,53 @@ fn reset_needs_confirmation_and_restores_the_factory_defaults() {
         &[],
     )
     .success("the factory PUK works again");
+}
+
+#[test]
+fn the_key_algorithm_is_the_servers_choice_and_renewal_can_change_it() {
+    let server = RunningServer::start_with(|config| {
+        let edited = config.replace(
+            r#"key_algorithms = ["p256", "rsa2048"]"#,
+            r#"key_algorithms = ["rsa2048", "p384"]"#,
+        );
+        assert_ne!(edited, config, "init writes key_algorithms as expected");
+        edited
+    });
+    server.add_user("bob", "Bob Example", "bob@example.com");
+    let card = blank_card(server.dir.path(), "bob-card");
+    let (code, _) = server.enrollment_code("bob");
+    let enrolled = server
+        .enroll(&card, &code, FACTORY_PIN, true)
+        .success("enroll with RSA")
+        .json();
+    assert_eq!(enrolled["algorithm"], "rsa2048", "{enrolled}");
+    let slot = |card: &Path| {
+        card_info(card)["slots"]
+            .as_array()
+            .and_then(|slots| slots.iter().find(|s| s["slot"] == "9a").cloned())
+            .expect("a certificate in 9a")
+    };
+    assert_eq!(slot(&card)["algorithm"], "RSA-2048");
+    server.auth(&card, FACTORY_PIN).success("RSA sign-in");
+
+    let mut renew = server.card_command("renew", &card, true);
+    renew
+        .args(["--device", KIOSK, "--algorithm", "p384", "--json"])
+        .env("PIVTAP_PIN", FACTORY_PIN);
+    let renewed = run(renew).success("renew to P-384").json();
+    assert_eq!(renewed["algorithm"], "p384", "{renewed}");
+    assert_eq!(slot(&card)["algorithm"], "ECC P-384");
+    server.auth(&card, FACTORY_PIN).success("P-384 sign-in");
+
+    // A key the server does not allow is refused; the message says what the card is left with.
+    let mut renew = server.card_command("renew", &card, true);
+    renew
+        .args(["--device", KIOSK, "--algorithm", "p256"])
+        .env("PIVTAP_PIN", FACTORY_PIN);
+    let refused = run(renew).failure("renew to a key not allowed", "key_not_allowed");
+    assert!(
+        refused.stderr.contains("slot 9a now holds a new key"),
+        "{}",
+        refused.stderr
+    );
 }
