@@ -755,6 +755,138 @@ mod tests {
         ));
     }
 
+    /// An embedded server with the user `erin`, a client, and its admin token.
+    async fn embedded_server(
+        dir: &Path,
+    ) -> (
+        pivtap_server_client::server::embedded::EmbeddedServer,
+        Client,
+        String,
+    ) {
+        use pivtap_server_client::server::embedded::EmbeddedServer;
+        use pivtap_server_client::store::{User, UserState};
+        let user = User {
+            id: "erin".to_owned(),
+            display_name: "Erin Example".to_owned(),
+            mail: Some("erin@example.com".to_owned()),
+            upn: None,
+            employee_id: None,
+            state: UserState::Active,
+        };
+        let server = EmbeddedServer::start(dir, Vec::new(), &[user])
+            .await
+            .unwrap();
+        let client = server.client(std::time::Duration::from_secs(30)).unwrap();
+        let server_dir = server.certificate.parent().unwrap().to_path_buf();
+        let token = std::fs::read_to_string(server_dir.join("admin.token")).unwrap();
+        (server, client, token.trim().to_owned())
+    }
+
+    fn secrets() -> CardSecrets {
+        CardSecrets {
+            pin: Pin::new("123456").unwrap(),
+            management_key: ManagementKey::default_key(),
+        }
+    }
+
+    #[tokio::test]
+    async fn enrollment_and_renewal_go_step_by_step_and_a_revoked_card_is_left_alone() {
+        use pivtap_server_client::client::CardAction;
+
+        let dir = tempfile::tempdir().unwrap();
+        let (_server, client, token) = embedded_server(dir.path()).await;
+        let code = client
+            .admin(&token)
+            .create_enrollment("erin", std::time::Duration::from_secs(600))
+            .await
+            .unwrap()
+            .code;
+        let mut backend = VirtualCardBackend::new(
+            VirtualCard::blank(NewCard::factory(CardOptions::default())),
+            "erin's card",
+        );
+        let options = EnrollOptions {
+            secrets: secrets(),
+            device: Some("desk-1".to_owned()),
+        };
+        let mut steps = Vec::new();
+        let enrolled = enroll_card(&mut backend, &client, &code, &options, &mut |step| {
+            steps.push(step);
+        })
+        .await
+        .unwrap();
+        assert_eq!(
+            steps,
+            [
+                EnrollStep::InspectingCode,
+                EnrollStep::AuthenticatingManagementKey,
+                EnrollStep::VerifyingPin,
+                EnrollStep::GeneratingKey(KeyAlgorithm::P256),
+                EnrollStep::SigningRequest,
+                EnrollStep::RequestingCertificate,
+                EnrollStep::StoringCertificate,
+                EnrollStep::WritingChuid,
+            ]
+        );
+        assert_eq!(enrolled.user.id, "erin");
+        assert!(enrolled.chuid_written);
+        let card_serial = enrolled.card_serial.expect("the virtual card has a serial");
+
+        let renew_options = RenewOptions {
+            secrets: secrets(),
+            device: "desk-1".to_owned(),
+            algorithm: None,
+        };
+        steps.clear();
+        let renewed = renew_card(&mut backend, &client, &renew_options, &mut |step| {
+            steps.push(step);
+        })
+        .await
+        .unwrap();
+        assert_eq!(
+            steps,
+            [
+                EnrollStep::CheckingRevocation,
+                EnrollStep::VerifyingPin,
+                EnrollStep::FetchingChallenge,
+                EnrollStep::SigningAssertion,
+                EnrollStep::AuthenticatingManagementKey,
+                EnrollStep::GeneratingKey(KeyAlgorithm::P256),
+                EnrollStep::SigningRequest,
+                EnrollStep::RequestingCertificate,
+                EnrollStep::StoringCertificate,
+            ]
+        );
+        assert_ne!(renewed.serial, enrolled.serial);
+        assert_eq!(renewed.card_serial, Some(card_serial));
+        assert_eq!(renewed.chuid_guid, enrolled.chuid_guid, "the CHUID stays");
+
+        // Revoked by the admin: renewal stops at the CRL, before the PIN or the key.
+        client
+            .admin(&token)
+            .card_action(&renewed.serial, CardAction::Revoke)
+            .await
+            .unwrap();
+        // A fresh power-up, so that the PIN is no longer verified.
+        backend.card().reset();
+        steps.clear();
+        let error = renew_card(&mut backend, &client, &renew_options, &mut |step| {
+            steps.push(step);
+        })
+        .await
+        .unwrap_err();
+        assert!(
+            matches!(&error, EnrollError::Revoked { serial } if *serial == renewed.serial),
+            "{error:?}"
+        );
+        assert_eq!(steps, [EnrollStep::CheckingRevocation]);
+        let mut session = PivSession::open(&mut backend).unwrap();
+        assert_eq!(session.pin_retries().unwrap(), Some(3), "no PIN try spent");
+        let certificate = session.certificate(SLOT).unwrap();
+        let facts = CertificateFacts::from_der(&certificate).unwrap();
+        assert_eq!(facts.serial, renewed.serial, "the card is unchanged");
+    }
+
     #[test]
     fn key_algorithms_map_both_ways() {
         for algorithm in [
