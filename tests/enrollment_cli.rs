@@ -284,6 +284,11 @@ fn a_blank_card_is_enrolled_signs_in_is_renewed_and_reset() {
     );
 
     let (code, _) = server.enrollment_code("alice");
+    // A wrong PIN stops enrollment before the key (exit 3) and does not use the code up.
+    let wrong = server.enroll(&card, &code, "999999", true);
+    wrong.expect_code(3, "enroll with a wrong PIN");
+    assert!(wrong.stderr.contains("2 tries left"), "{}", wrong.stderr);
+    assert!(!wrong.stderr.contains("Generating"), "{}", wrong.stderr);
     let enrolled = server
         .enroll(&card, &code, FACTORY_PIN, true)
         .success("card enroll");
