@@ -616,3 +616,71 @@ fn the_key_algorithm_is_the_servers_choice_and_renewal_can_change_it() {
         refused.stderr
     );
 }
+
+/// Runs `pivtap ARGS` on a pseudo-terminal (util-linux `script`) with
+/// `input` typed into it; `None` when `script` is not installed.
+fn on_a_terminal(args: &[&str], input: &str) -> Option<Run> {
+    use std::io::Write as _;
+    let line = std::iter::once(env!("CARGO_BIN_EXE_pivtap"))
+        .chain(args.iter().copied())
+        .map(|arg| format!("'{}'", arg.replace('\'', r"'\''")))
+        .collect::<Vec<_>>()
+        .join(" ");
+    let mut child = Command::new("script")
+        .args(["-q", "-e", "-c", &line, "/dev/null"])
+        .env_remove("PIVTAP_PIN")
+        .env("NO_COLOR", "1")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .ok()?;
+    let mut stdin = child.stdin.take()?;
+    stdin.write_all(input.as_bytes()).ok()?;
+    let output = child.wait_with_output().ok()?;
+    drop(stdin);
+    Some(Run::from_output(output))
+}
+
+#[test]
+fn reset_on_a_terminal_asks_for_the_serial_or_the_word_reset() {
+    let dir = TempDir::new().unwrap();
+    let card = blank_card(dir.path(), "card");
+    card_run(
+        "change-pin",
+        &card,
+        &[("PIVTAP_PIN", FACTORY_PIN), ("PIVTAP_NEW_PIN", GOOD_PIN)],
+        &[],
+    )
+    .success("change-pin");
+    let pin_works = |pin: &str| {
+        let mut verify = pivtap_command(&["card", "verify-pin", "--vcard", path_str(&card)]);
+        verify.env("PIVTAP_PIN", pin);
+        run(verify).code == 0
+    };
+    let args = ["card", "reset", "--vcard", path_str(&card)];
+    let Some(refused) = on_a_terminal(&args, "nope\n") else {
+        eprintln!("util-linux script is not installed; skipping");
+        return;
+    };
+    if refused.all_output().contains("pseudo-terminal") {
+        eprintln!(
+            "no pseudo-terminal here; skipping: {}",
+            refused.all_output()
+        );
+        return;
+    }
+    assert_ne!(refused.code, 0, "{}", refused.stdout);
+    // `script` puts the terminal's output, standard error included, on its standard output.
+    assert!(
+        refused.stdout.contains("Type the serial number")
+            && refused.stdout.contains("not confirmed"),
+        "{}",
+        refused.stdout
+    );
+    assert!(pin_works(GOOD_PIN), "not reset");
+    let reset = on_a_terminal(&args, "reset\n").expect("script ran before");
+    assert_eq!(reset.code, 0, "{}", reset.stdout);
+    assert!(reset.stdout.contains("factory state"), "{}", reset.stdout);
+    assert!(pin_works(FACTORY_PIN), "reset to the factory PIN");
+}
