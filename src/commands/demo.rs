@@ -155,7 +155,7 @@ async fn demo(args: DemoArgs) -> anyhow::Result<()> {
             .iter()
             .enumerate()
             .map(|(i, w)| format!("F{}: tap/remove {} (PIN {})", i + 1, w.name, w.pin))
-            .chain(["S: sign out   Q: quit".to_owned()])
+            .chain(["S: sign out   C: change PIN   U: unblock   Q: quit".to_owned()])
             .collect();
         let mut face = pivtap_kiosk::terminal::TerminalFace::new(
             pivtap_kiosk::tui::Branding {

@@ -7,9 +7,7 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use clap::{Args, Subcommand};
-use pivtap_apdu::piv::objects::chuid::Chuid;
 use pivtap_apdu::piv::objects::discovery::{Discovery, POLICY_APPLICATION_PIN};
-use pivtap_apdu::piv::objects::fascn::Fascn;
 use pivtap_apdu::piv::{Algorithm, KeyReference, ObjectTag, PIV_AID, Pin, Puk};
 use pivtap_card::virtual_card::protection::KdfParams;
 use pivtap_card::virtual_card::{CardOptions, Interface, NewCard, VirtualCard, VirtualCardBackend};
@@ -375,10 +373,6 @@ fn rand_serial() -> u32 {
     10_000_000 + rand::random_range(0..90_000_000)
 }
 
-/// The FASC-N of cards outside the US federal PIV system (PIV-I style:
-/// agency, system and credential all nines); the CHUID GUID identifies the card.
-const NON_FEDERAL_FASCN: &str = "99999999999999010000000000300001";
-
 /// Builds the card and provisions it over APDUs, as an issuer would a real card.
 fn provision(
     new_card: NewCard,
@@ -418,14 +412,7 @@ fn provision(
         let spki = spki::subject_public_key_info(&public_key)?;
         let certificate = issuer::issue(ca, &spki, profile)?;
         session.put_certificate(KeyReference::PivAuthentication, &certificate)?;
-        let mut guid = [0u8; 16];
-        rand::fill(&mut guid);
-        let chuid = Chuid {
-            fascn_raw: NON_FEDERAL_FASCN.parse::<Fascn>()?.encode(),
-            guid,
-            expiration: expiration_date(profile.not_after),
-            ..Chuid::default()
-        };
+        let chuid = crate::enrollment::new_chuid(profile.not_after)?;
         session.put_object(ObjectTag::Chuid, &chuid.encode())?;
         session.put_discovery(&Discovery {
             aid: PIV_AID.to_vec(),
@@ -438,16 +425,6 @@ fn provision(
     card.set_options(options);
     card.reset();
     Ok(card)
-}
-
-/// The CHUID expiration date (YYYYMMDD): the certificate's end of validity.
-fn expiration_date(not_after: OffsetDateTime) -> String {
-    format!(
-        "{:04}{:02}{:02}",
-        not_after.year(),
-        u8::from(not_after.month()),
-        not_after.day()
-    )
 }
 
 /// A card with no keys: protected with `kdf`, or not.
