@@ -3,149 +3,33 @@
 //! Cards are `--vcard` image files (no pcscd); each server test runs its
 //! own `pivtap server run` on loopback in a temporary directory.
 
-use std::fs::File;
-use std::net::{Ipv4Addr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command};
-use std::time::{Duration, Instant};
+use std::process::Command;
 
 use serde_json::Value;
 use tempfile::TempDir;
 
 mod common;
-use common::{Run, fixture, path_str, pivtap_command, run};
+use common::{KIOSK, Run, RunningServer, path_str, pivtap_command, run};
 
-/// How long the server may take to start.
-const SERVER_TIMEOUT: Duration = Duration::from_secs(30);
-/// Ports tried before giving up.
-const PORT_ATTEMPTS: usize = 5;
 /// The PIN of a card as it leaves the factory.
 const FACTORY_PIN: &str = "123456";
 /// The PUK of a card as it leaves the factory.
 const FACTORY_PUK: &str = "12345678";
 /// A PIN the default policy accepts.
 const GOOD_PIN: &str = "240913";
-const KIOSK: &str = "kiosk-07";
 
-/// A port that was free a moment ago on 127.0.0.1.
-fn free_port() -> u16 {
-    TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
-        .and_then(|listener| listener.local_addr())
-        .expect("an ephemeral port on loopback")
-        .port()
+/// The card commands these tests run against a [`RunningServer`].
+trait CardLifecycle {
+    /// A `pivtap card SUBCOMMAND --vcard CARD --ca tls.crt [--server URL]` command.
+    fn card_command(&self, subcommand: &str, card: &Path, with_server: bool) -> Command;
+    /// `PIVTAP_PIN=PIN pivtap card enroll --code CODE --json`.
+    fn enroll(&self, card: &Path, code: &str, pin: &str, with_server: bool) -> Run;
+    /// `PIVTAP_PIN=PIN pivtap card renew --device kiosk-07 --json`.
+    fn renew(&self, card: &Path, pin: &str) -> Run;
 }
 
-/// `pivtap server run` in the background, from a directory `pivtap server init` wrote
-/// (which also made the issuing CA and the `[issuance]` table).
-struct RunningServer {
-    dir: TempDir,
-    child: Child,
-    url: String,
-    ca: PathBuf,
-    token_file: PathBuf,
-    stderr: PathBuf,
-}
-
-impl RunningServer {
-    fn start() -> Self {
-        Self::start_with(|config| config)
-    }
-
-    /// Starts a server whose `server.toml` (as `init` wrote it) `edit` changes first.
-    fn start_with(edit: impl Fn(String) -> String) -> Self {
-        for _ in 0..PORT_ATTEMPTS {
-            let dir = tempfile::tempdir().expect("a temporary directory");
-            let port = free_port();
-            let server_dir = dir.path().join("server");
-            let listen = format!("127.0.0.1:{port}");
-            run(pivtap_command(&[
-                "server",
-                "init",
-                path_str(&server_dir),
-                "--trust",
-                path_str(&fixture("ca/test-ca.pem")),
-                "--listen",
-                &listen,
-            ]))
-            .success("server init");
-            let stdout = dir.path().join("server.out");
-            let stderr = dir.path().join("server.err");
-            let config = server_dir.join("server.toml");
-            let written = std::fs::read_to_string(&config).expect("server.toml");
-            std::fs::write(&config, edit(written)).expect("server.toml is written");
-            let child = pivtap_command(&["server", "run", "--config", path_str(&config)])
-                .stdout(File::create(&stdout).expect("a log file"))
-                .stderr(File::create(&stderr).expect("a log file"))
-                .spawn()
-                .expect("the server starts");
-            let mut server = RunningServer {
-                url: format!("https://{listen}"),
-                ca: server_dir.join("tls.crt"),
-                token_file: server_dir.join("admin.token"),
-                dir,
-                child,
-                stderr,
-            };
-            if server.wait_until_listening(port, &stdout) {
-                return server;
-            }
-        }
-        panic!("no free port on 127.0.0.1 after {PORT_ATTEMPTS} attempts");
-    }
-
-    fn wait_until_listening(&mut self, port: u16, stdout: &Path) -> bool {
-        let deadline = Instant::now() + SERVER_TIMEOUT;
-        while Instant::now() < deadline {
-            if let Some(status) = self.child.try_wait().expect("the server process is there") {
-                let log = std::fs::read_to_string(&self.stderr).unwrap_or_default();
-                if log.contains("in use") {
-                    return false;
-                }
-                panic!("the server exited ({status}):\n{log}");
-            }
-            let said_listening =
-                std::fs::read_to_string(stdout).is_ok_and(|output| output.contains("listening"));
-            if said_listening && TcpStream::connect((Ipv4Addr::LOCALHOST, port)).is_ok() {
-                return true;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        panic!("the server did not start listening within {SERVER_TIMEOUT:?}");
-    }
-
-    /// `pivtap admin --server URL --ca tls.crt --token-file admin.token ARGS`
-    fn admin(&self, args: &[&str]) -> Run {
-        let mut command = pivtap_command(&[
-            "admin",
-            "--server",
-            &self.url,
-            "--ca",
-            path_str(&self.ca),
-            "--token-file",
-            path_str(&self.token_file),
-        ]);
-        command.args(args);
-        run(command)
-    }
-
-    fn add_user(&self, id: &str, name: &str, mail: &str) {
-        self.admin(&["users", "add", "--id", id, "--name", name, "--mail", mail])
-            .success("users add");
-    }
-
-    /// A fresh enrollment code for `user`: (code, pivtap://enroll link).
-    fn enrollment_code(&self, user: &str) -> (String, String) {
-        let made = self
-            .admin(&["enroll", user, "--json"])
-            .success("admin enroll")
-            .json();
-        assert_eq!(made["user"]["id"], user, "{made}");
-        let code = made["code"].as_str().expect("a code").to_owned();
-        let url = made["url"].as_str().expect("a link").to_owned();
-        (code, url)
-    }
-
-    /// A `pivtap card SUBCOMMAND --vcard CARD --ca tls.crt [--server URL] ARGS` command.
+impl CardLifecycle for RunningServer {
     fn card_command(&self, subcommand: &str, card: &Path, with_server: bool) -> Command {
         let mut command = pivtap_command(&[
             "card",
@@ -161,7 +45,6 @@ impl RunningServer {
         command
     }
 
-    /// `PIVTAP_PIN=PIN pivtap card enroll --code CODE --json`.
     fn enroll(&self, card: &Path, code: &str, pin: &str, with_server: bool) -> Run {
         let mut command = self.card_command("enroll", card, with_server);
         command
@@ -170,40 +53,12 @@ impl RunningServer {
         run(command)
     }
 
-    /// `PIVTAP_PIN=PIN pivtap card renew --device kiosk-07 --json`.
     fn renew(&self, card: &Path, pin: &str) -> Run {
         let mut command = self.card_command("renew", card, true);
         command
             .args(["--device", KIOSK, "--json"])
             .env("PIVTAP_PIN", pin);
         run(command)
-    }
-
-    /// `PIVTAP_PIN=PIN pivtap auth --vcard CARD --device kiosk-07 --json`.
-    fn auth(&self, card: &Path, pin: &str) -> Run {
-        let mut command = pivtap_command(&[
-            "auth",
-            "--server",
-            &self.url,
-            "--ca",
-            path_str(&self.ca),
-            "--vcard",
-            path_str(card),
-            "--device",
-            KIOSK,
-            "--json",
-        ]);
-        command.env("PIVTAP_PIN", pin);
-        run(command)
-    }
-}
-
-impl Drop for RunningServer {
-    fn drop(&mut self) {
-        if matches!(self.child.try_wait(), Ok(None)) {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
     }
 }
 
@@ -615,6 +470,77 @@ fn the_key_algorithm_is_the_servers_choice_and_renewal_can_change_it() {
         "{}",
         refused.stderr
     );
+}
+
+/// The factory-default management key (3DES), in hex.
+const DEFAULT_MANAGEMENT_KEY: &str = "010203040506070801020304050607080102030405060708";
+
+#[test]
+fn a_virtual_card_renews_and_re_enrolls_with_the_management_key_its_image_keeps() {
+    let server = RunningServer::start();
+    server.add_user("dave", "Dave Example", "dave@example.com");
+    let card = server.dir.path().join("dave-card.toml");
+    let (code, _) = server.enrollment_code("dave");
+    let mut made = pivtap_command(&[
+        "vcard",
+        "enroll",
+        "--server",
+        &server.url,
+        "--ca",
+        path_str(&server.ca),
+        "--code",
+        &code,
+        "--out",
+        path_str(&card),
+        "--json",
+    ]);
+    made.env("PIVTAP_NEW_PIN", GOOD_PIN);
+    let made = run(made).success("vcard enroll").json();
+    let first_serial = made["serial"].as_str().expect("a serial").to_owned();
+    // `vcard enroll` keeps a random AES-192 management key in the image, not the default.
+    let image = std::fs::read_to_string(&card).expect("the card image");
+    assert!(image.contains(r#"algorithm = "aes192""#), "{image}");
+    assert!(!image.contains(DEFAULT_MANAGEMENT_KEY), "{image}");
+
+    // The default key is refused by this card: renewal stops before a new key.
+    let mut renew = server.card_command("renew", &card, true);
+    renew
+        .args([
+            "--device",
+            KIOSK,
+            "--management-key",
+            DEFAULT_MANAGEMENT_KEY,
+        ])
+        .env("PIVTAP_PIN", GOOD_PIN);
+    run(renew).failure(
+        "renew with the default management key",
+        "did not accept the management key",
+    );
+    let still = slot_9a_serial(&card).expect("a certificate in 9a");
+    assert!(
+        same_serial(&still, &first_serial),
+        "{still} vs {first_serial}"
+    );
+
+    // Without --management-key, the image's own key is used.
+    let renewed = server.renew(&card, GOOD_PIN).success("renew").json();
+    let second_serial = renewed["serial"].as_str().expect("a serial").to_owned();
+    assert_ne!(second_serial, first_serial);
+    let on_card = slot_9a_serial(&card).expect("a certificate in 9a");
+    assert!(same_serial(&on_card, &second_serial));
+    server.auth(&card, GOOD_PIN).success("auth after renewal");
+
+    // And so does enrolling it again with a new code.
+    let (code, _) = server.enrollment_code("dave");
+    let again = server
+        .enroll(&card, &code, GOOD_PIN, true)
+        .success("enroll again")
+        .json();
+    assert_eq!(again["user"]["id"], "dave", "{again}");
+    assert_eq!(again["chuid_written"], false, "the CHUID stays: {again}");
+    server
+        .auth(&card, GOOD_PIN)
+        .success("auth after enrolling again");
 }
 
 /// Runs `pivtap ARGS` on a pseudo-terminal (util-linux `script`) with

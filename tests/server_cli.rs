@@ -4,204 +4,22 @@
 //! directory and stops it with SIGINT. Fixture cards are used as copies:
 //! `pivtap auth` writes PIN counters back to the card image.
 
-use std::fs::File;
-use std::net::{Ipv4Addr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Stdio};
+use std::time::Duration;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use pivtap_server_client::client::{Client, ServerTrust};
 use serde_json::Value;
-use tempfile::TempDir;
 
 mod common;
-use common::{Run, fixture, path_str, pivtap_command, run};
+use common::{KIOSK, Run, RunningServer, path_str, run};
 
-/// How long the server may take to start or to stop.
-const SERVER_TIMEOUT: Duration = Duration::from_secs(30);
-/// Ports tried before giving up (see [`RunningServer::start`]).
-const PORT_ATTEMPTS: usize = 5;
 const ALICE_PIN: &str = "123456";
 const BOB_PIN: &str = "24681357";
-const KIOSK: &str = "kiosk-07";
 /// What PyJWT needs, by Debian package (scripts/setup-debian installs them).
 const PYJWT_PACKAGES: &str = "python3-jwt python3-cryptography";
-
-/// A port that was free a moment ago on 127.0.0.1.
-fn free_port() -> u16 {
-    TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
-        .and_then(|listener| listener.local_addr())
-        .expect("an ephemeral port on loopback")
-        .port()
-}
-
-/// `pivtap server run` in the background, from a directory `pivtap server init` wrote.
-struct RunningServer {
-    dir: TempDir,
-    child: Child,
-    url: String,
-    ca: PathBuf,
-    token_file: PathBuf,
-    stdout: PathBuf,
-    stderr: PathBuf,
-}
-
-impl RunningServer {
-    /// Initialises and starts a server, and waits until it accepts connections.
-    ///
-    /// The origin written by `init` must name the real port, so a free port
-    /// is found first (bind port 0, let go) and given to `--listen`. Should
-    /// another process take it in between, the server exits with "address in
-    /// use" and the next attempt takes another port.
-    fn start() -> Self {
-        for _ in 0..PORT_ATTEMPTS {
-            let dir = tempfile::tempdir().expect("a temporary directory");
-            let port = free_port();
-            let server_dir = dir.path().join("server");
-            let listen = format!("127.0.0.1:{port}");
-            let init = run(pivtap_command(&[
-                "server",
-                "init",
-                path_str(&server_dir),
-                "--trust",
-                path_str(&fixture("ca/test-ca.pem")),
-                "--listen",
-                &listen,
-            ]))
-            .success("server init");
-            assert!(init.stdout.contains("sha256//"), "{}", init.stdout);
-            let stdout = dir.path().join("server.out");
-            let stderr = dir.path().join("server.err");
-            let config = server_dir.join("server.toml");
-            let child = pivtap_command(&["server", "run", "--config", path_str(&config)])
-                .stdout(File::create(&stdout).expect("a log file"))
-                .stderr(File::create(&stderr).expect("a log file"))
-                .spawn()
-                .expect("the server starts");
-            let mut server = RunningServer {
-                url: format!("https://{listen}"),
-                ca: server_dir.join("tls.crt"),
-                token_file: server_dir.join("admin.token"),
-                dir,
-                child,
-                stdout,
-                stderr,
-            };
-            if server.wait_until_listening(port) {
-                return server;
-            }
-        }
-        panic!("no free port on 127.0.0.1 after {PORT_ATTEMPTS} attempts");
-    }
-
-    /// True once the server said "listening" and accepts connections; false
-    /// if it exited because the port was taken; panics on anything else.
-    fn wait_until_listening(&mut self, port: u16) -> bool {
-        let deadline = Instant::now() + SERVER_TIMEOUT;
-        while Instant::now() < deadline {
-            if let Some(status) = self.child.try_wait().expect("the server process is there") {
-                let log = std::fs::read_to_string(&self.stderr).unwrap_or_default();
-                if log.contains("in use") {
-                    return false;
-                }
-                panic!("the server exited ({status}):\n{log}");
-            }
-            let said_listening = std::fs::read_to_string(&self.stdout)
-                .is_ok_and(|output| output.contains("listening"));
-            if said_listening && TcpStream::connect((Ipv4Addr::LOCALHOST, port)).is_ok() {
-                return true;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        panic!("the server did not start listening within {SERVER_TIMEOUT:?}");
-    }
-
-    /// `pivtap admin --server URL --ca tls.crt --token-file admin.token ARGS`
-    fn admin(&self, args: &[&str]) -> Run {
-        let mut command = pivtap_command(&[
-            "admin",
-            "--server",
-            &self.url,
-            "--ca",
-            path_str(&self.ca),
-            "--token-file",
-            path_str(&self.token_file),
-        ]);
-        command.args(args);
-        run(command)
-    }
-
-    /// `pivtap admin` without `--token-file`, with `PIVTAP_ADMIN_TOKEN` if given.
-    fn admin_with_env_token(&self, token: Option<&str>, args: &[&str]) -> Run {
-        let mut command =
-            pivtap_command(&["admin", "--server", &self.url, "--ca", path_str(&self.ca)]);
-        command.args(args);
-        if let Some(token) = token {
-            command.env("PIVTAP_ADMIN_TOKEN", token);
-        }
-        run(command)
-    }
-
-    /// A copy of the fixture card `cards/NAME.toml` in the test's directory.
-    fn card_copy(&self, name: &str) -> PathBuf {
-        let copy = self.dir.path().join(format!("{name}.toml"));
-        std::fs::copy(fixture(&format!("cards/{name}.toml")), &copy)
-            .expect("copy the fixture card");
-        copy
-    }
-
-    /// `PIVTAP_PIN=PIN pivtap auth --server URL --ca tls.crt --vcard CARD --device kiosk-07 --json`
-    fn auth(&self, card: &Path, pin: &str) -> Run {
-        let mut command = pivtap_command(&[
-            "auth",
-            "--server",
-            &self.url,
-            "--ca",
-            path_str(&self.ca),
-            "--vcard",
-            path_str(card),
-            "--device",
-            KIOSK,
-            "--json",
-        ]);
-        command.env("PIVTAP_PIN", pin);
-        run(command)
-    }
-
-    /// Stops the server with SIGINT (Ctrl-C) and returns how it exited and what it printed.
-    fn stop(&mut self) -> (ExitStatus, String) {
-        let pid = self.child.id().to_string();
-        let signalled = Command::new("sh")
-            .args(["-c", "kill -INT \"$1\"", "sh", &pid])
-            .status()
-            .expect("sh runs kill");
-        assert!(signalled.success(), "kill -INT {pid} failed");
-        let deadline = Instant::now() + SERVER_TIMEOUT;
-        loop {
-            if let Some(status) = self.child.try_wait().expect("the server process is there") {
-                let output = std::fs::read_to_string(&self.stdout).unwrap_or_default();
-                return (status, output);
-            }
-            assert!(
-                Instant::now() < deadline,
-                "the server did not stop on SIGINT"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-}
-
-impl Drop for RunningServer {
-    /// A test that failed half-way leaves no server behind.
-    fn drop(&mut self) {
-        if matches!(self.child.try_wait(), Ok(None)) {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
-}
 
 #[test]
 fn a_server_is_set_up_administered_and_signed_in_to_from_the_command_line() {

@@ -9,6 +9,7 @@ use pivtap_apdu::StatusWord;
 use pivtap_apdu::piv::{Algorithm, KeyReference, Pin, Puk};
 use pivtap_card::pcsc::PcscContext;
 use pivtap_card::session::PinStatus;
+use pivtap_card::virtual_card::image::CardImage;
 use pivtap_card::{ManagementKey, PivError, PivSession};
 use pivtap_server_client::pin_policy::{PinPolicy, PinPolicyViolation};
 use pivtap_server_client::wire::{ENROLL_URL_PREFIX, KeyAlgorithm, parse_enrollment_url};
@@ -979,7 +980,8 @@ pub struct EnrollArgs {
     /// (its server is used when --server is not given).
     #[arg(long, env = "PIVTAP_ENROLL_CODE", hide_env_values = true)]
     code: String,
-    /// The card management key, hex (default: the factory default key).
+    /// The card management key, hex (default: with --vcard, the key the
+    /// image keeps; else the factory default key).
     #[arg(long, value_name = "HEX")]
     management_key: Option<String>,
     /// This device's id, for the server's audit log.
@@ -997,7 +999,8 @@ pub struct RenewArgs {
     card: CardArgs,
     #[command(flatten)]
     server: ServerArgs,
-    /// The card management key, hex (default: the factory default key).
+    /// The card management key, hex (default: with --vcard, the key the
+    /// image keeps; else the factory default key).
     #[arg(long, value_name = "HEX")]
     management_key: Option<String>,
     /// This device's id, as the server knows it (the renewal signs in like `pivtap auth`).
@@ -1033,6 +1036,18 @@ fn management_key(hex_text: Option<&str>) -> anyhow::Result<ManagementKey> {
         _ => bail!("--management-key takes 16, 24 or 32 bytes in hex (32, 48 or 64 hex digits)"),
     };
     ManagementKey::from_hex(algorithm, text).context("--management-key")
+}
+
+/// The management key for `card`: `--management-key` when given, else a
+/// virtual card's own (its image keeps it: `pivtap vcard enroll` makes a
+/// random one), else the factory default.
+fn management_key_for(card: &CardArgs, hex_text: Option<&str>) -> anyhow::Result<ManagementKey> {
+    match (hex_text, &card.vcard) {
+        (None, Some(path)) => Ok(CardImage::load(path)
+            .with_context(|| format!("cannot open virtual card {}", path.display()))?
+            .management_key),
+        _ => management_key(hex_text),
+    }
 }
 
 /// Prints each step on standard error and remembers the last.
@@ -1075,7 +1090,7 @@ pub(super) fn enroll(args: &EnrollArgs) -> anyhow::Result<()> {
     let options = EnrollOptions {
         secrets: CardSecrets {
             pin: read_pin()?,
-            management_key: management_key(args.management_key.as_deref())?,
+            management_key: management_key_for(&args.card, args.management_key.as_deref())?,
         },
         device: args.device.clone(),
     };
@@ -1104,7 +1119,7 @@ pub(super) fn renew(args: &RenewArgs) -> anyhow::Result<()> {
     let options = RenewOptions {
         secrets: CardSecrets {
             pin: read_pin()?,
-            management_key: management_key(args.management_key.as_deref())?,
+            management_key: management_key_for(&args.card, args.management_key.as_deref())?,
         },
         device: args.device.clone(),
         algorithm: args.algorithm,

@@ -2,10 +2,14 @@
 // Each test crate uses only some of these helpers.
 #![allow(dead_code)]
 
+use std::fs::File;
+use std::net::{Ipv4Addr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::time::{Duration, Instant};
 
 use serde_json::Value;
+use tempfile::TempDir;
 
 /// What one run of `pivtap` did.
 pub struct Run {
@@ -102,4 +106,220 @@ pub fn fixture(relative: &str) -> PathBuf {
 /// A test path as text.
 pub fn path_str(path: &Path) -> &str {
     path.to_str().expect("test paths are UTF-8")
+}
+
+/// How long a server may take to start or to stop.
+pub const SERVER_TIMEOUT: Duration = Duration::from_secs(30);
+/// Ports tried before giving up (see [`RunningServer::start_with`]).
+pub const PORT_ATTEMPTS: usize = 5;
+/// The device id the tests sign in from.
+pub const KIOSK: &str = "kiosk-07";
+
+/// A port that was free a moment ago on 127.0.0.1.
+pub fn free_port() -> u16 {
+    TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+        .and_then(|listener| listener.local_addr())
+        .expect("an ephemeral port on loopback")
+        .port()
+}
+
+/// `pivtap server run` in the background, from a directory `pivtap server init`
+/// wrote (trusting the fixture CA, with its own issuing CA and `[issuance]`).
+/// Dropped, it kills the server.
+pub struct RunningServer {
+    /// The test's temporary directory; the server's files are in `server/`.
+    pub dir: TempDir,
+    /// The `pivtap server run` process.
+    pub child: Child,
+    /// `https://127.0.0.1:PORT`
+    pub url: String,
+    /// The server's TLS certificate (`server/tls.crt`), which clients trust.
+    pub ca: PathBuf,
+    /// The admin token file (`server/admin.token`).
+    pub token_file: PathBuf,
+    /// What the server printed on standard output.
+    pub stdout: PathBuf,
+    /// What the server printed on standard error.
+    pub stderr: PathBuf,
+}
+
+impl RunningServer {
+    /// Initialises and starts a server, and waits until it accepts connections.
+    pub fn start() -> Self {
+        Self::start_with(|config| config)
+    }
+
+    /// Starts a server whose `server.toml` (as `init` wrote it) `edit` changes first.
+    ///
+    /// The origin written by `init` must name the real port, so a free port
+    /// is found first (bind port 0, let go) and given to `--listen`. Should
+    /// another process take it in between, the server exits with "address in
+    /// use" and the next attempt takes another port.
+    pub fn start_with(edit: impl Fn(String) -> String) -> Self {
+        for _ in 0..PORT_ATTEMPTS {
+            let dir = tempfile::tempdir().expect("a temporary directory");
+            let port = free_port();
+            let server_dir = dir.path().join("server");
+            let listen = format!("127.0.0.1:{port}");
+            let init = run(pivtap_command(&[
+                "server",
+                "init",
+                path_str(&server_dir),
+                "--trust",
+                path_str(&fixture("ca/test-ca.pem")),
+                "--listen",
+                &listen,
+            ]))
+            .success("server init");
+            assert!(init.stdout.contains("sha256//"), "{}", init.stdout);
+            let stdout = dir.path().join("server.out");
+            let stderr = dir.path().join("server.err");
+            let config = server_dir.join("server.toml");
+            let written = std::fs::read_to_string(&config).expect("server.toml");
+            std::fs::write(&config, edit(written)).expect("server.toml is written");
+            let child = pivtap_command(&["server", "run", "--config", path_str(&config)])
+                .stdout(File::create(&stdout).expect("a log file"))
+                .stderr(File::create(&stderr).expect("a log file"))
+                .spawn()
+                .expect("the server starts");
+            let mut server = RunningServer {
+                url: format!("https://{listen}"),
+                ca: server_dir.join("tls.crt"),
+                token_file: server_dir.join("admin.token"),
+                dir,
+                child,
+                stdout,
+                stderr,
+            };
+            if server.wait_until_listening(port) {
+                return server;
+            }
+        }
+        panic!("no free port on 127.0.0.1 after {PORT_ATTEMPTS} attempts");
+    }
+
+    /// True once the server said "listening" and accepts connections; false
+    /// if it exited because the port was taken; panics on anything else.
+    fn wait_until_listening(&mut self, port: u16) -> bool {
+        let deadline = Instant::now() + SERVER_TIMEOUT;
+        while Instant::now() < deadline {
+            if let Some(status) = self.child.try_wait().expect("the server process is there") {
+                let log = std::fs::read_to_string(&self.stderr).unwrap_or_default();
+                if log.contains("in use") {
+                    return false;
+                }
+                panic!("the server exited ({status}):\n{log}");
+            }
+            let said_listening = std::fs::read_to_string(&self.stdout)
+                .is_ok_and(|output| output.contains("listening"));
+            if said_listening && TcpStream::connect((Ipv4Addr::LOCALHOST, port)).is_ok() {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("the server did not start listening within {SERVER_TIMEOUT:?}");
+    }
+
+    /// `pivtap admin --server URL --ca tls.crt --token-file admin.token ARGS`
+    pub fn admin(&self, args: &[&str]) -> Run {
+        let mut command = pivtap_command(&[
+            "admin",
+            "--server",
+            &self.url,
+            "--ca",
+            path_str(&self.ca),
+            "--token-file",
+            path_str(&self.token_file),
+        ]);
+        command.args(args);
+        run(command)
+    }
+
+    /// `pivtap admin` without `--token-file`, with `PIVTAP_ADMIN_TOKEN` if given.
+    pub fn admin_with_env_token(&self, token: Option<&str>, args: &[&str]) -> Run {
+        let mut command =
+            pivtap_command(&["admin", "--server", &self.url, "--ca", path_str(&self.ca)]);
+        command.args(args);
+        if let Some(token) = token {
+            command.env("PIVTAP_ADMIN_TOKEN", token);
+        }
+        run(command)
+    }
+
+    /// `pivtap admin users add --id ID --name NAME --mail MAIL`, which must succeed.
+    pub fn add_user(&self, id: &str, name: &str, mail: &str) {
+        self.admin(&["users", "add", "--id", id, "--name", name, "--mail", mail])
+            .success("users add");
+    }
+
+    /// A fresh enrollment code for `user` (`pivtap admin enroll USER --json`):
+    /// (code, pivtap://enroll link).
+    pub fn enrollment_code(&self, user: &str) -> (String, String) {
+        let made = self
+            .admin(&["enroll", user, "--json"])
+            .success("admin enroll")
+            .json();
+        assert_eq!(made["user"]["id"], user, "{made}");
+        let code = made["code"].as_str().expect("a code").to_owned();
+        let url = made["url"].as_str().expect("a link").to_owned();
+        (code, url)
+    }
+
+    /// A copy of the fixture card `cards/NAME.toml` in the test's directory.
+    pub fn card_copy(&self, name: &str) -> PathBuf {
+        let copy = self.dir.path().join(format!("{name}.toml"));
+        std::fs::copy(fixture(&format!("cards/{name}.toml")), &copy)
+            .expect("copy the fixture card");
+        copy
+    }
+
+    /// `PIVTAP_PIN=PIN pivtap auth --server URL --ca tls.crt --vcard CARD --device kiosk-07 --json`
+    pub fn auth(&self, card: &Path, pin: &str) -> Run {
+        let mut command = pivtap_command(&[
+            "auth",
+            "--server",
+            &self.url,
+            "--ca",
+            path_str(&self.ca),
+            "--vcard",
+            path_str(card),
+            "--device",
+            KIOSK,
+            "--json",
+        ]);
+        command.env("PIVTAP_PIN", pin);
+        run(command)
+    }
+
+    /// Stops the server with SIGINT (Ctrl-C) and returns how it exited and what it printed.
+    pub fn stop(&mut self) -> (ExitStatus, String) {
+        let pid = self.child.id().to_string();
+        let signalled = Command::new("sh")
+            .args(["-c", "kill -INT \"$1\"", "sh", &pid])
+            .status()
+            .expect("sh runs kill");
+        assert!(signalled.success(), "kill -INT {pid} failed");
+        let deadline = Instant::now() + SERVER_TIMEOUT;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("the server process is there") {
+                let output = std::fs::read_to_string(&self.stdout).unwrap_or_default();
+                return (status, output);
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the server did not stop on SIGINT"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for RunningServer {
+    /// A test that failed half-way leaves no server behind.
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
 }
