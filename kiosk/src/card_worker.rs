@@ -184,6 +184,7 @@ impl CardWorker {
             results,
             held: HashMap::new(),
             cache: CertificateCache::default(),
+            blocked_badge: None,
         };
         let thread = thread::Builder::new()
             .name("pivtap-card-worker".to_owned())
@@ -625,6 +626,9 @@ struct Worker {
     results: UnboundedSender<CardJobResult>,
     held: HashMap<String, HeldCard>,
     cache: CertificateCache,
+    /// The SHA-256 of the certificate of the badge last found with a blocked PIN: an unblock
+    /// spends a PUK try on that badge only, never on another one tapped instead.
+    blocked_badge: Option<String>,
 }
 
 impl Worker {
@@ -694,14 +698,21 @@ impl Worker {
                 puk,
                 new_pin,
             } => {
+                let expected = self.blocked_badge.clone();
                 let result = self
-                    .on_fresh_connection(&reader, ticket, |session, _| {
+                    .on_fresh_connection(&reader, ticket, |session, cache| {
+                        if let Some(expected) = expected {
+                            check_card(session, cache, &expected)?;
+                        }
                         Ok(session.unblock_pin(&puk, &new_pin)?)
                     })
                     .map_err(|problem| {
                         tracing::info!(reader, error = %problem, "unblocking the PIN failed");
                         pin_work_failure(&problem)
                     });
+                if result.is_ok() {
+                    self.blocked_badge = None;
+                }
                 self.report(CardJobResult::PinWork { work, result });
             }
         }
@@ -754,6 +765,9 @@ impl Worker {
             card_guid: identity.card_guid,
         };
         let certificate = identity.certificate;
+        if tries_left == Some(0) {
+            self.blocked_badge = Some(certificate.certificate.facts.fingerprint.clone());
+        }
         self.held.insert(
             reader.to_owned(),
             HeldCard {
@@ -782,6 +796,13 @@ impl Worker {
             None => (self.readers.connect(reader)?, None),
         };
         let signed = self.sign_on_card(backend.as_mut(), &mut certificate, request, ticket);
+        if let (
+            Err(CardProblem::Card(PivError::PinBlocked | PivError::WrongPin { retries_left: 0 })),
+            Some(known),
+        ) = (&signed, &certificate)
+        {
+            self.blocked_badge = Some(known.certificate.facts.fingerprint.clone());
+        }
         // After a wrong PIN the holder may try again at once: keep the card for that.
         // Otherwise the connection goes, and with it the verified PIN.
         if let (Err(CardProblem::Card(PivError::WrongPin { .. })), Some(certificate)) =
@@ -1592,10 +1613,52 @@ mod tests {
         assert_eq!(rig.unblock("12345678", "240913").await, Ok(()));
         assert_eq!(
             rig.readers.take_instructions(),
-            [Ins::Select, Ins::ResetRetryCounter]
+            [Ins::Select, Ins::GetData, Ins::ResetRetryCounter],
+            "SELECT, CHUID (is it the blocked badge? its certificate is cached), RESET RETRY COUNTER"
         );
         rig.tap(&alice);
         assert_eq!(rig.read().await.unwrap().1, Some(3));
+        assert!(rig.sign("240913").await.is_ok());
+    }
+
+    #[tokio::test]
+    async fn an_unblock_spends_no_puk_try_on_another_badge_than_the_blocked_one() {
+        let mut rig = Rig::new();
+        let alice = fixture_card("alice");
+        rig.tap(&alice);
+        for _ in 0..3 {
+            assert!(rig.sign("000000").await.is_err());
+        }
+        // Bob's badge is tapped instead of Alice's blocked one.
+        let bob = fixture_card("bob");
+        rig.tap(&bob);
+        rig.readers.take();
+        assert_eq!(
+            rig.unblock("12345678", "240913").await,
+            Err(PinWorkFailure::OtherCard)
+        );
+        let instructions = rig.readers.take_instructions();
+        assert!(
+            !instructions.contains(&Ins::ResetRetryCounter),
+            "{instructions:?}"
+        );
+        {
+            let mut card = bob.clone();
+            let mut session = PivSession::open(&mut card).unwrap();
+            assert_eq!(
+                session.pin_retries().unwrap(),
+                Some(3),
+                "Bob's PIN untouched"
+            );
+            assert!(
+                session.verify_pin(&Pin::new("24681357").unwrap()).is_ok(),
+                "Bob's PIN unchanged"
+            );
+        }
+        // Alice's badge back: the unblock goes through.
+        rig.tap(&alice);
+        assert_eq!(rig.unblock("12345678", "240913").await, Ok(()));
+        rig.tap(&alice);
         assert!(rig.sign("240913").await.is_ok());
     }
 

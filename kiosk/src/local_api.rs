@@ -15,9 +15,10 @@
 //!
 //! A web page open on the device must neither read the session nor end it, so
 //! every request that comes from a browser is refused with `403`: any request
-//! with an `Origin` or `Sec-Fetch-Site` header, and any request whose `Host` is
-//! not `127.0.0.1:PORT`, `localhost:PORT` or `[::1]:PORT` (DNS rebinding). No
-//! CORS headers are ever sent. The server listens on loopback addresses only.
+//! with an `Origin`, `Referer` or `Sec-Fetch-*` header, any request whose `Host`
+//! is not `127.0.0.1:PORT`, `localhost:PORT` or `[::1]:PORT` (DNS rebinding), and
+//! any request with more than one `Host`. No CORS headers are ever sent (so no
+//! preflight succeeds). The server listens on loopback addresses only.
 //! Errors are `{"error": "<code>", "message": "<text>"}`.
 
 use std::fmt;
@@ -30,7 +31,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use axum::extract::{Request, State};
-use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::sse::{self, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
@@ -65,8 +66,9 @@ const ACCESS_TOKEN_FILE_MAX_BYTES: u64 = 4096;
 /// The mode of a new access token file: read and write for its owner only.
 #[cfg(unix)]
 const ACCESS_TOKEN_FILE_MODE: u32 = 0o600;
-/// Sent by browsers only (Fetch Metadata); its presence marks a request made by a web page.
-const SEC_FETCH_SITE: HeaderName = HeaderName::from_static("sec-fetch-site");
+/// Sent by browsers only (Fetch Metadata: `sec-fetch-site`, `-mode`, `-dest`, `-user`); any
+/// header with this prefix marks a request made by a web page.
+const SEC_FETCH_PREFIX: &str = "sec-fetch-";
 
 /// Why the local API could not start, or its access token could not be had.
 #[derive(Debug, thiserror::Error)]
@@ -528,8 +530,12 @@ async fn refuse_browser_requests(
     next: Next,
 ) -> Response {
     let headers = request.headers();
-    let from_web_page =
-        headers.contains_key(header::ORIGIN) || headers.contains_key(SEC_FETCH_SITE);
+    let from_web_page = headers.contains_key(header::ORIGIN)
+        || headers.contains_key(header::REFERER)
+        || headers
+            .keys()
+            .any(|name| name.as_str().starts_with(SEC_FETCH_PREFIX))
+        || headers.get_all(header::HOST).iter().count() > 1;
     let host = headers
         .get(header::HOST)
         .and_then(|value| value.to_str().ok())
@@ -900,6 +906,13 @@ mod tests {
             ("origin", "http://127.0.0.1:7420"),
             ("origin", "null"),
             ("sec-fetch-site", "cross-site"),
+            ("sec-fetch-site", "same-origin"),
+            ("sec-fetch-mode", "no-cors"),
+            ("sec-fetch-dest", "image"),
+            ("sec-fetch-user", "?1"),
+            ("referer", "https://intranet.example/page"),
+            ("referer", "http://127.0.0.1:7420/"),
+            ("host", "attacker.example:7420"),
         ] {
             let headers = [
                 ("host", HOST),
