@@ -45,6 +45,9 @@ enum Command {
     Kiosk(commands::kiosk::KioskArgs),
     /// The whole story on one machine: server, three workers' cards, kiosk.
     Demo(commands::demo::DemoArgs),
+    /// Measure: sign-ins per second of a server on loopback, or taps through the kiosk's card path.
+    #[command(subcommand)]
+    Bench(commands::bench::BenchCommand),
 }
 
 /// Exit code for a wrong PIN.
@@ -76,6 +79,7 @@ fn main() -> ExitCode {
         Command::Admin(args) => commands::admin::run(*args),
         Command::Kiosk(args) => commands::kiosk::run(args),
         Command::Demo(args) => commands::demo::run(args),
+        Command::Bench(command) => commands::bench::run(command),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -96,6 +96,25 @@ pub struct AuthArgs {
     /// Print JSON (user, token, expires_in).
     #[arg(long)]
     json: bool,
+    /// Also print what the sign-in cost: APDUs and bytes exchanged with the
+    /// card, time with the card and in all (with --json: a `stats` object).
+    #[arg(long)]
+    stats: bool,
+}
+
+/// What one sign-in cost (`pivtap auth --stats`).
+#[derive(Serialize, Debug, Clone, Copy)]
+pub struct AuthStats {
+    /// Command APDUs sent to the card, GET RESPONSE and chained parts included.
+    pub apdus: u64,
+    /// Bytes of command APDUs sent.
+    pub bytes_sent: u64,
+    /// Bytes of responses received, status words included.
+    pub bytes_received: u64,
+    /// From opening the card to its last response, milliseconds.
+    pub card_ms: f64,
+    /// From the challenge request to the session token, milliseconds.
+    pub total_ms: f64,
 }
 
 #[derive(Serialize)]
@@ -103,12 +122,15 @@ struct AuthOutput {
     user: pivtap_server_client::wire::UserInfo,
     token: String,
     expires_in: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    stats: Option<AuthStats>,
 }
 
 /// Runs `pivtap auth`.
 pub fn run(args: AuthArgs) -> anyhow::Result<()> {
     let pin = read_pin()?;
     let client = args.server.client()?;
+    let started = std::time::Instant::now();
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -117,8 +139,9 @@ pub fn run(args: AuthArgs) -> anyhow::Result<()> {
     let challenge = runtime
         .block_on(client.challenge(&args.device))
         .map_err(explain)?;
+    let card_started = std::time::Instant::now();
     let mut backend = args.card.open()?;
-    let compact = {
+    let (compact, exchanged) = {
         let mut session = PivSession::open(backend.as_mut())?;
         let certificate = session
             .certificate(args.slot)
@@ -126,19 +149,28 @@ pub fn run(args: AuthArgs) -> anyhow::Result<()> {
         // A certificate no card key can sign for costs no PIN try.
         signing_key_of(&certificate).map_err(flow_error)?;
         session.verify_pin(&pin)?;
-        sign_assertion(
+        let compact = sign_assertion(
             &mut session,
             args.slot,
             &certificate,
             &challenge,
             &args.device,
         )
-        .map_err(flow_error)?
+        .map_err(flow_error)?;
+        (compact, session.stats())
     };
+    let card_ms = card_started.elapsed().as_secs_f64() * 1e3;
     drop(backend);
     let signed_in = runtime
         .block_on(client.sign_in(&compact))
         .map_err(explain)?;
+    let stats = args.stats.then(|| AuthStats {
+        apdus: exchanged.apdus,
+        bytes_sent: exchanged.bytes_sent,
+        bytes_received: exchanged.bytes_received,
+        card_ms,
+        total_ms: started.elapsed().as_secs_f64() * 1e3,
+    });
     if args.json {
         println!(
             "{}",
@@ -146,6 +178,7 @@ pub fn run(args: AuthArgs) -> anyhow::Result<()> {
                 user: signed_in.user,
                 token: signed_in.token,
                 expires_in: signed_in.expires_in,
+                stats,
             })?
         );
     } else {
@@ -161,6 +194,12 @@ pub fn run(args: AuthArgs) -> anyhow::Result<()> {
         );
         println!("Token (expires in {} s):", signed_in.expires_in);
         println!("{}", signed_in.token);
+        if let Some(stats) = stats {
+            println!(
+                "Card: {} APDUs, {} bytes sent, {} bytes received, {:.1} ms; total {:.1} ms",
+                stats.apdus, stats.bytes_sent, stats.bytes_received, stats.card_ms, stats.total_ms
+            );
+        }
     }
     Ok(())
 }

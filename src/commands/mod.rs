@@ -2,6 +2,7 @@
 
 pub mod admin;
 pub mod auth;
+pub mod bench;
 pub mod card;
 pub mod demo;
 pub mod kiosk;

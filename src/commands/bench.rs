@@ -1,0 +1,906 @@
+//! `pivtap bench`: measurements that print figures — `bench server` (full sign-ins per second against a server on loopback) and `bench tap` (the kiosk's card path, card present to session token).
+//!
+//! Neither is a test: they print what they measured (text or `--json`) and
+//! fail only when the measurement itself cannot run (a refused sign-in counts
+//! as an error in the figures and makes the command exit non-zero).
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use aws_lc_rs::rand::SystemRandom;
+use aws_lc_rs::signature::{
+    ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair, RSA_PKCS1_SHA256, RsaKeyPair,
+};
+use clap::{Args, Subcommand, ValueEnum};
+use pivtap_apdu::piv::Pin;
+use pivtap_card::reader_monitor::MonitorFilter;
+use pivtap_card::virtual_card::{VirtualCard, VirtualCardBackend};
+use pivtap_card::{CardBackend, CardTransaction, LinkCapabilities, TransportError};
+use pivtap_kiosk::card_worker::{CardJob, CardJobResult, CardWorker};
+use pivtap_kiosk::core::{CoreConfig, Effect, Event, Kiosk, WorkId};
+use pivtap_kiosk::readers::{PcscReaders, ReaderSource, ReaderUpdate, ReaderWatch, VirtualReaders};
+use pivtap_server_client::assertion::AssertionDraft;
+use pivtap_server_client::client::Client;
+use pivtap_server_client::config::ServerConfig;
+use pivtap_server_client::issuance::{Issuer, verify_csr};
+use pivtap_server_client::store::{User, UserState};
+use pivtap_server_client::wire::{AssertionPayload, ChallengeResponse, UserRecord};
+use rcgen::{CertificateParams, KeyPair, PKCS_ECDSA_P256_SHA256, PKCS_RSA_SHA256};
+use serde::Serialize;
+use time::OffsetDateTime;
+use tokio::sync::mpsc::{UnboundedReceiver, unbounded_channel};
+use zeroize::Zeroizing;
+
+use super::CardArgs;
+use super::auth::ServerArgs;
+use super::card::read_pin;
+
+/// `pivtap bench ...`
+#[derive(Subcommand, Debug)]
+pub enum BenchCommand {
+    /// Full sign-ins per second (challenge + assertion over HTTPS with
+    /// keep-alive) against a server on loopback, and their latency.
+    ///
+    /// Makes --cards users (through the admin API) and software keys with
+    /// certificates from the server's issuing CA (read from --config), fetches
+    /// one challenge per sign-in and signs every assertion before the clock
+    /// starts; timed, each sign-in asks for a new challenge and posts a
+    /// pre-signed assertion, so the server does a sign-in's full work while
+    /// the load generator only sends. Bounded by --requests and --max-seconds.
+    Server(Box<ServerBenchArgs>),
+    /// Taps through the kiosk's card path: read (CHUID, certificate from the
+    /// cache after the first tap, PIN tries), challenge, VERIFY and signature,
+    /// assertion; from "card present" to the session token. Prints the APDUs,
+    /// bytes and card time of the first and of the repeat taps.
+    Tap(Box<TapBenchArgs>),
+}
+
+/// `pivtap bench server`
+#[derive(Args, Debug)]
+pub struct ServerBenchArgs {
+    #[command(flatten)]
+    server: ServerArgs,
+    /// The server's server.toml: its issuing CA signs the load's card
+    /// certificates and its admin credential adds the load's users.
+    #[arg(long, value_name = "FILE")]
+    config: PathBuf,
+    /// Sign-ins under way at once (one keep-alive connection each).
+    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..=256))]
+    concurrency: u32,
+    /// Sign-ins to make.
+    #[arg(long, default_value_t = 2000, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    requests: u32,
+    /// The cards' key.
+    #[arg(long, value_enum, default_value_t = BenchKey::Rsa2048)]
+    algorithm: BenchKey,
+    /// Distinct cards (and users) the sign-ins come from.
+    #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    cards: u32,
+    /// Start sign-ins at this fixed rate (per second) instead of as fast as
+    /// the server answers; latency is counted from each sign-in's planned start.
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    rate: Option<u32>,
+    /// Stop starting sign-ins after this many seconds.
+    #[arg(long, default_value_t = 45, value_parser = clap::value_parser!(u64).range(1..=600))]
+    max_seconds: u64,
+    /// Print JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+/// A card key for `bench server`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BenchKey {
+    /// RSA-2048, RS256 assertions.
+    Rsa2048,
+    /// ECDSA P-256, ES256 assertions.
+    P256,
+}
+
+/// `pivtap bench tap`
+#[derive(Args, Debug)]
+pub struct TapBenchArgs {
+    #[command(flatten)]
+    server: ServerArgs,
+    #[command(flatten)]
+    card: CardArgs,
+    /// This device's id, as the server knows it.
+    #[arg(long, env = "PIVTAP_DEVICE", default_value = "bench-kiosk")]
+    device: String,
+    /// Taps to time (the first one with an empty certificate cache).
+    #[arg(long, default_value_t = 200, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    taps: u32,
+    /// Print JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Runs `pivtap bench ...`.
+pub fn run(command: BenchCommand) -> anyhow::Result<()> {
+    match command {
+        BenchCommand::Server(args) => bench_server(*args),
+        BenchCommand::Tap(args) => bench_tap(*args),
+    }
+}
+
+/// Latency figures in milliseconds.
+#[derive(Serialize, Debug, Clone, Copy, Default)]
+pub struct Percentiles {
+    /// Fastest.
+    pub min_ms: f64,
+    /// Median.
+    pub p50_ms: f64,
+    /// 90th percentile.
+    pub p90_ms: f64,
+    /// 99th percentile.
+    pub p99_ms: f64,
+    /// Slowest.
+    pub max_ms: f64,
+}
+
+impl Percentiles {
+    /// The figures of `samples` (milliseconds; sorted here), nearest rank.
+    fn of(samples: &mut [f64]) -> Self {
+        if samples.is_empty() {
+            return Percentiles::default();
+        }
+        samples.sort_by(f64::total_cmp);
+        let at = |fraction: f64| {
+            let rank = ((samples.len() as f64) * fraction).ceil() as usize;
+            samples[rank.clamp(1, samples.len()) - 1]
+        };
+        Percentiles {
+            min_ms: samples[0],
+            p50_ms: at(0.5),
+            p90_ms: at(0.9),
+            p99_ms: at(0.99),
+            max_ms: samples[samples.len() - 1],
+        }
+    }
+}
+
+/// Refuses a server that is not on this machine: the load is for loopback only.
+fn require_loopback(url: &str) -> anyhow::Result<()> {
+    let rest = url
+        .strip_prefix("https://")
+        .or_else(|| url.strip_prefix("http://"))
+        .context("the server URL must start with https:// or http://")?;
+    let authority = rest.split('/').next().unwrap_or_default();
+    let host = if let Some(bracketed) = authority.strip_prefix('[') {
+        bracketed.split(']').next().unwrap_or_default()
+    } else {
+        authority
+            .rsplit_once(':')
+            .map_or(authority, |(host, _)| host)
+    };
+    let loopback = host.eq_ignore_ascii_case("localhost")
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback());
+    if !loopback {
+        bail!(
+            "bench server only loads a server on this machine (127.0.0.1, ::1, localhost), not {host:?}"
+        );
+    }
+    Ok(())
+}
+
+/// A software card: its key and the certificate the server's CA issued for it.
+struct SoftCard {
+    key: SoftKey,
+    certificate: Vec<u8>,
+}
+
+enum SoftKey {
+    Rsa(RsaKeyPair),
+    P256(EcdsaKeyPair),
+}
+
+impl SoftKey {
+    fn generate(algorithm: BenchKey) -> anyhow::Result<(Self, KeyPair)> {
+        let (signature_algorithm, key) = match algorithm {
+            BenchKey::Rsa2048 => (&PKCS_RSA_SHA256, BenchKey::Rsa2048),
+            BenchKey::P256 => (&PKCS_ECDSA_P256_SHA256, BenchKey::P256),
+        };
+        let pair = KeyPair::generate_for(signature_algorithm)
+            .context("cannot generate a software card key")?;
+        let pkcs8 = pair.serialize_der();
+        let soft = match key {
+            BenchKey::Rsa2048 => SoftKey::Rsa(
+                RsaKeyPair::from_pkcs8(&pkcs8)
+                    .map_err(|_| anyhow::anyhow!("the generated RSA key is unusable"))?,
+            ),
+            BenchKey::P256 => SoftKey::P256(
+                EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &pkcs8)
+                    .map_err(|_| anyhow::anyhow!("the generated P-256 key is unusable"))?,
+            ),
+        };
+        Ok((soft, pair))
+    }
+
+    fn jose_name(&self) -> &'static str {
+        match self {
+            SoftKey::Rsa(_) => "RS256",
+            SoftKey::P256(_) => "ES256",
+        }
+    }
+
+    fn sign(&self, message: &[u8]) -> anyhow::Result<Vec<u8>> {
+        let rng = SystemRandom::new();
+        match self {
+            SoftKey::Rsa(key) => {
+                let mut signature = vec![0; key.public_modulus_len()];
+                key.sign(&RSA_PKCS1_SHA256, &rng, message, &mut signature)
+                    .map_err(|_| anyhow::anyhow!("RSA signing failed"))?;
+                Ok(signature)
+            }
+            SoftKey::P256(key) => Ok(key
+                .sign(&rng, message)
+                .map_err(|_| anyhow::anyhow!("ECDSA signing failed"))?
+                .as_ref()
+                .to_vec()),
+        }
+    }
+}
+
+/// What `bench server` reports.
+#[derive(Serialize, Debug)]
+struct ServerBenchReport {
+    server: String,
+    algorithm: BenchKey,
+    concurrency: u32,
+    /// The fixed start rate asked for, if any.
+    rate: Option<u32>,
+    cards: u32,
+    /// Sign-ins started.
+    requests: usize,
+    /// Sign-ins that ended with a session token.
+    signins: usize,
+    /// Sign-ins refused or failed.
+    errors: usize,
+    /// The first few distinct error messages.
+    error_samples: Vec<String>,
+    elapsed_seconds: f64,
+    signins_per_second: f64,
+    /// Challenge + assertion, per sign-in.
+    #[serde(flatten)]
+    latency: Percentiles,
+    /// Untimed preparation: challenges fetched and assertions signed.
+    prepare_seconds: f64,
+}
+
+fn bench_server(args: ServerBenchArgs) -> anyhow::Result<()> {
+    require_loopback(&args.server.server)?;
+    let config = ServerConfig::load(&args.config)?;
+    let issuance = config
+        .issuance
+        .as_ref()
+        .context("the server configuration has no [issuance] CA to issue the load's cards")?;
+    let issuer = Issuer::load(issuance)?;
+    let admin_token = Zeroizing::new(
+        std::fs::read_to_string(&config.admin_token_file)
+            .with_context(|| format!("cannot read {}", config.admin_token_file.display()))?
+            .trim()
+            .to_owned(),
+    );
+    let lifetime = Duration::from_secs(config.challenges.lifetime_seconds);
+    let client = args.server.client()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+
+    // Users and cards.
+    let mut tag = [0u8; 4];
+    rand::fill(&mut tag);
+    let run_tag = hex::encode(tag);
+    let now = OffsetDateTime::now_utc();
+    let mut cards = Vec::with_capacity(args.cards as usize);
+    for index in 0..args.cards {
+        let id = format!("bench-{run_tag}-{index}");
+        let mail = format!("{id}@bench.invalid");
+        let record = UserRecord {
+            id: id.clone(),
+            display_name: format!("Bench {index}"),
+            mail: Some(mail.clone()),
+            upn: None,
+            employee_id: None,
+            state: "active".to_owned(),
+        };
+        runtime
+            .block_on(client.admin(&admin_token).add_user(&record))
+            .map_err(super::auth::explain)
+            .context("cannot add a load user through the admin API")?;
+        let (key, pair) = SoftKey::generate(args.algorithm)?;
+        let csr = CertificateParams::default()
+            .serialize_request(&pair)
+            .context("cannot make a certificate request")?;
+        let csr_key = verify_csr(csr.der())?;
+        let user = User {
+            id,
+            display_name: format!("Bench {index}"),
+            mail: Some(mail),
+            upn: None,
+            employee_id: None,
+            state: UserState::Active,
+        };
+        let certificate = issuer.issue(&csr_key, &user, now)?;
+        cards.push(SoftCard { key, certificate });
+    }
+
+    // One challenge per sign-in, then every assertion signed, before the clock starts.
+    let prepare_started = Instant::now();
+    let requests = args.requests as usize;
+    let devices: Vec<String> = (0..args.concurrency)
+        .map(|index| format!("bench-{run_tag}-d{index}"))
+        .collect();
+    let challenges = runtime.block_on(fetch_challenges(
+        &client,
+        &devices,
+        requests,
+        args.concurrency as usize,
+    ))?;
+    let assertions = sign_all(&cards, &devices, &challenges)?;
+    let prepare_seconds = prepare_started.elapsed().as_secs_f64();
+    if prepare_started.elapsed() + Duration::from_secs(args.max_seconds) > lifetime {
+        tracing::warn!(
+            "challenges live {} s: sign-ins past that are refused as expired; \
+             lower --requests or --max-seconds, or raise [challenges] lifetime_seconds",
+            lifetime.as_secs()
+        );
+    }
+
+    // The timed part.
+    let deadline = Duration::from_secs(args.max_seconds);
+    let outcome = runtime.block_on(run_load(
+        &client,
+        &devices,
+        Arc::new(assertions),
+        args.concurrency as usize,
+        args.rate,
+        deadline,
+    ));
+    let mut latencies = outcome.latencies;
+    let report = ServerBenchReport {
+        server: args.server.server.clone(),
+        algorithm: args.algorithm,
+        concurrency: args.concurrency,
+        rate: args.rate,
+        cards: args.cards,
+        requests: outcome.started,
+        signins: latencies.len(),
+        errors: outcome.errors,
+        error_samples: outcome.error_samples,
+        elapsed_seconds: outcome.elapsed.as_secs_f64(),
+        signins_per_second: latencies.len() as f64 / outcome.elapsed.as_secs_f64().max(1e-9),
+        latency: Percentiles::of(&mut latencies),
+        prepare_seconds,
+    };
+    if args.json {
+        println!("{}", serde_json::to_string(&report)?);
+    } else {
+        println!(
+            "{} sign-ins ({}, concurrency {}{}) in {:.2} s: {:.0} sign-ins/s; latency ms: \
+             min {:.2}, median {:.2}, p90 {:.2}, p99 {:.2}, max {:.2}; {} errors",
+            report.signins,
+            match report.algorithm {
+                BenchKey::Rsa2048 => "RSA-2048",
+                BenchKey::P256 => "P-256",
+            },
+            report.concurrency,
+            report
+                .rate
+                .map(|rate| format!(", {rate}/s fixed rate"))
+                .unwrap_or_default(),
+            report.elapsed_seconds,
+            report.signins_per_second,
+            report.latency.min_ms,
+            report.latency.p50_ms,
+            report.latency.p90_ms,
+            report.latency.p99_ms,
+            report.latency.max_ms,
+            report.errors
+        );
+        for sample in &report.error_samples {
+            println!("  error: {sample}");
+        }
+    }
+    if report.errors > 0 {
+        bail!("{} of {} sign-ins failed", report.errors, report.requests);
+    }
+    Ok(())
+}
+
+/// `count` challenges, round robin over `devices`, `concurrency` at a time.
+async fn fetch_challenges(
+    client: &Client,
+    devices: &[String],
+    count: usize,
+    concurrency: usize,
+) -> anyhow::Result<Vec<(usize, ChallengeResponse)>> {
+    let next = Arc::new(AtomicUsize::new(0));
+    let mut tasks = Vec::with_capacity(concurrency);
+    for _ in 0..concurrency {
+        let client = client.clone();
+        let devices = devices.to_vec();
+        let next = Arc::clone(&next);
+        tasks.push(tokio::spawn(async move {
+            let mut got = Vec::new();
+            loop {
+                let index = next.fetch_add(1, Ordering::Relaxed);
+                if index >= count {
+                    return Ok::<_, anyhow::Error>(got);
+                }
+                let device = index % devices.len();
+                let challenge = client
+                    .challenge(&devices[device])
+                    .await
+                    .map_err(super::auth::explain)?;
+                got.push((index, device, challenge));
+            }
+        }));
+    }
+    let mut all = Vec::with_capacity(count);
+    for task in tasks {
+        all.extend(task.await.context("a challenge task failed")??);
+    }
+    all.sort_by_key(|(index, _, _)| *index);
+    Ok(all
+        .into_iter()
+        .map(|(_, device, challenge)| (device, challenge))
+        .collect())
+}
+
+/// The compact assertion for each challenge, card by card in turn, signed on every core.
+fn sign_all(
+    cards: &[SoftCard],
+    devices: &[String],
+    challenges: &[(usize, ChallengeResponse)],
+) -> anyhow::Result<Vec<(usize, String)>> {
+    let threads = std::thread::available_parallelism().map_or(2, usize::from);
+    let chunk = challenges.len().div_ceil(threads).max(1);
+    let iat = OffsetDateTime::now_utc().unix_timestamp();
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = challenges
+            .chunks(chunk)
+            .enumerate()
+            .map(|(part, slice)| {
+                scope.spawn(move || {
+                    slice
+                        .iter()
+                        .enumerate()
+                        .map(|(offset, (device, challenge))| {
+                            let card = &cards[(part * chunk + offset) % cards.len()];
+                            let draft = AssertionDraft::new(
+                                card.key.jose_name(),
+                                &card.certificate,
+                                AssertionPayload {
+                                    aud: challenge.aud.clone(),
+                                    nonce: challenge.nonce.clone(),
+                                    device: devices[*device].clone(),
+                                    iat,
+                                    slot: "9a".to_owned(),
+                                },
+                            );
+                            let signature = card.key.sign(draft.signing_input().as_bytes())?;
+                            Ok((*device, draft.finish(&signature)))
+                        })
+                        .collect::<anyhow::Result<Vec<_>>>()
+                })
+            })
+            .collect();
+        let mut assertions = Vec::with_capacity(challenges.len());
+        for handle in handles {
+            assertions.extend(
+                handle
+                    .join()
+                    .map_err(|_| anyhow::anyhow!("a signing thread panicked"))??,
+            );
+        }
+        Ok(assertions)
+    })
+}
+
+/// What the timed part saw.
+struct LoadOutcome {
+    started: usize,
+    latencies: Vec<f64>,
+    errors: usize,
+    error_samples: Vec<String>,
+    elapsed: Duration,
+}
+
+async fn run_load(
+    client: &Client,
+    devices: &[String],
+    assertions: Arc<Vec<(usize, String)>>,
+    concurrency: usize,
+    rate: Option<u32>,
+    deadline: Duration,
+) -> LoadOutcome {
+    let next = Arc::new(AtomicUsize::new(0));
+    let started = Instant::now();
+    let mut tasks = Vec::with_capacity(concurrency);
+    for _ in 0..concurrency {
+        let client = client.clone();
+        let devices = devices.to_vec();
+        let assertions = Arc::clone(&assertions);
+        let next = Arc::clone(&next);
+        tasks.push(tokio::spawn(async move {
+            let mut latencies = Vec::new();
+            let mut errors = Vec::new();
+            loop {
+                let index = next.fetch_add(1, Ordering::Relaxed);
+                if index >= assertions.len() || started.elapsed() >= deadline {
+                    return (latencies, errors);
+                }
+                let planned = match rate {
+                    Some(rate) => {
+                        let at = started + Duration::from_secs_f64(index as f64 / f64::from(rate));
+                        tokio::time::sleep_until(at.into()).await;
+                        at
+                    }
+                    None => Instant::now(),
+                };
+                let (device, assertion) = &assertions[index];
+                let result = async {
+                    client.challenge(&devices[*device]).await?;
+                    client.sign_in(assertion).await
+                }
+                .await;
+                match result {
+                    Ok(_) => latencies.push(planned.elapsed().as_secs_f64() * 1e3),
+                    Err(error) => errors.push(super::auth::explain(error).to_string()),
+                }
+            }
+        }));
+    }
+    let mut outcome = LoadOutcome {
+        started: 0,
+        latencies: Vec::new(),
+        errors: 0,
+        error_samples: Vec::new(),
+        elapsed: Duration::ZERO,
+    };
+    for task in tasks {
+        if let Ok((latencies, errors)) = task.await {
+            outcome.latencies.extend(latencies);
+            outcome.errors += errors.len();
+            for error in errors {
+                if outcome.error_samples.len() < 5 && !outcome.error_samples.contains(&error) {
+                    outcome.error_samples.push(error);
+                }
+            }
+        }
+    }
+    outcome.elapsed = started.elapsed();
+    outcome.started = outcome.latencies.len() + outcome.errors;
+    outcome
+}
+
+/// APDUs, bytes and time spent in `transmit`, over every connection a [`Counting`] source makes.
+#[derive(Debug, Default, Clone, Copy, Serialize)]
+struct Tally {
+    apdus: u64,
+    bytes_sent: u64,
+    bytes_received: u64,
+    /// Inside `transmit`: the card (and the transport to it), milliseconds.
+    card_ms: f64,
+}
+
+/// A reader source whose card connections count what they exchange.
+struct Counting {
+    inner: Arc<dyn ReaderSource>,
+    tally: Arc<Mutex<Tally>>,
+}
+
+impl Counting {
+    fn take(&self) -> Tally {
+        std::mem::take(&mut *self.tally.lock().unwrap_or_else(PoisonError::into_inner))
+    }
+}
+
+impl ReaderSource for Counting {
+    fn start(
+        &self,
+        updates: tokio::sync::mpsc::UnboundedSender<ReaderUpdate>,
+    ) -> Result<ReaderWatch, TransportError> {
+        self.inner.start(updates)
+    }
+
+    fn connect(&self, reader: &str) -> Result<Box<dyn CardBackend>, TransportError> {
+        Ok(Box::new(CountingBackend {
+            inner: self.inner.connect(reader)?,
+            tally: Arc::clone(&self.tally),
+        }))
+    }
+}
+
+struct CountingBackend {
+    inner: Box<dyn CardBackend>,
+    tally: Arc<Mutex<Tally>>,
+}
+
+impl CardBackend for CountingBackend {
+    fn transaction(&mut self) -> Result<Box<dyn CardTransaction + '_>, TransportError> {
+        Ok(Box::new(CountingTransaction {
+            inner: self.inner.transaction()?,
+            tally: Arc::clone(&self.tally),
+        }))
+    }
+
+    fn capabilities(&self) -> LinkCapabilities {
+        self.inner.capabilities()
+    }
+
+    fn name(&self) -> String {
+        self.inner.name()
+    }
+}
+
+struct CountingTransaction<'a> {
+    inner: Box<dyn CardTransaction + 'a>,
+    tally: Arc<Mutex<Tally>>,
+}
+
+impl CardTransaction for CountingTransaction<'_> {
+    fn transmit(&mut self, command: &[u8]) -> Result<Vec<u8>, TransportError> {
+        let started = Instant::now();
+        let response = self.inner.transmit(command);
+        let elapsed = started.elapsed().as_secs_f64() * 1e3;
+        let mut tally = self.tally.lock().unwrap_or_else(PoisonError::into_inner);
+        tally.apdus += 1;
+        tally.bytes_sent += command.len() as u64;
+        tally.bytes_received += response.as_ref().map_or(0, |r| r.len() as u64);
+        tally.card_ms += elapsed;
+        response
+    }
+}
+
+/// One tap's figures.
+#[derive(Debug, Clone, Copy, Serialize)]
+struct TapFigures {
+    /// The read: SELECT, CHUID, certificate (unless cached), PIN tries.
+    read: Tally,
+    /// The sign: SELECT, VERIFY, GENERAL AUTHENTICATE.
+    sign: Tally,
+    /// Card present to session token, milliseconds.
+    total_ms: f64,
+    /// Card present to the last card response, milliseconds (the challenge
+    /// request in between included).
+    in_field_ms: f64,
+}
+
+/// What `bench tap` reports.
+#[derive(Serialize, Debug)]
+struct TapBenchReport {
+    card: String,
+    taps: usize,
+    first_tap: TapFigures,
+    /// The second tap (certificate from the cache), when there was one.
+    repeat_tap: Option<TapFigures>,
+    /// Card present to session token, every tap.
+    tap_to_token: Percentiles,
+    /// Card present to the last card response, every tap.
+    card_in_field: Percentiles,
+    /// Time inside `transmit` (card and transport), every tap.
+    card_time: Percentiles,
+}
+
+fn bench_tap(args: TapBenchArgs) -> anyhow::Result<()> {
+    let pin = read_pin()?;
+    let client = args.server.client()?;
+    const VIRTUAL_READER: &str = "bench reader";
+    let (inner, reader, card): (Arc<dyn ReaderSource>, String, String) =
+        match (&args.card.vcard, &args.card.reader) {
+            (Some(path), _) => {
+                let card = VirtualCard::open(path)
+                    .with_context(|| format!("cannot open virtual card {}", path.display()))?;
+                let readers = VirtualReaders::new(&[VIRTUAL_READER]);
+                readers.insert(
+                    VIRTUAL_READER,
+                    VirtualCardBackend::new(card, format!("virtual card {}", path.display())),
+                );
+                (
+                    Arc::new(readers),
+                    VIRTUAL_READER.to_owned(),
+                    format!("virtual card {} (in process)", path.display()),
+                )
+            }
+            (None, wanted) => {
+                let context = pivtap_card::pcsc::PcscContext::establish()?;
+                let readers = context.list_readers()?;
+                let reader = super::choose_reader(&readers, wanted.as_deref())?
+                    .name
+                    .clone();
+                (
+                    Arc::new(PcscReaders::new(MonitorFilter::default())),
+                    reader.clone(),
+                    format!("PC/SC reader {reader}"),
+                )
+            }
+        };
+    let source = Arc::new(Counting {
+        inner,
+        tally: Arc::new(Mutex::new(Tally::default())),
+    });
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    let (results_tx, mut results) = unbounded_channel();
+    let worker = CardWorker::start(source.clone(), results_tx);
+    let mut kiosk = Kiosk::new(CoreConfig::default());
+    let clock = std::time::Instant::now();
+    kiosk.handle_event(
+        Event::ReaderAdded {
+            reader: reader.clone(),
+        },
+        clock,
+    );
+    let mut taps = Vec::with_capacity(args.taps as usize);
+    for _ in 0..args.taps {
+        let work = next_work(&mut kiosk, &reader)?;
+        let pin = pin.clone();
+        let figures = runtime.block_on(one_tap(
+            &worker,
+            &mut results,
+            &source,
+            &client,
+            TapJob {
+                work,
+                reader: &reader,
+                pin,
+                device: &args.device,
+            },
+        ))?;
+        taps.push(figures);
+    }
+    drop(worker);
+    let first_tap = taps[0];
+    let repeat_tap = taps.get(1).copied();
+    let column = |pick: fn(&TapFigures) -> f64| {
+        let mut values: Vec<f64> = taps.iter().map(pick).collect();
+        Percentiles::of(&mut values)
+    };
+    let report = TapBenchReport {
+        card,
+        taps: taps.len(),
+        first_tap,
+        repeat_tap,
+        tap_to_token: column(|t| t.total_ms),
+        card_in_field: column(|t| t.in_field_ms),
+        card_time: column(|t| t.read.card_ms + t.sign.card_ms),
+    };
+    if args.json {
+        println!("{}", serde_json::to_string(&report)?);
+    } else {
+        let describe = |name: &str, t: &TapFigures| {
+            println!(
+                "{name}: read {} APDUs ({} B sent, {} B received), sign {} APDUs ({} B sent, {} B \
+                 received); card {:.2} ms, in field {:.2} ms, to token {:.2} ms",
+                t.read.apdus,
+                t.read.bytes_sent,
+                t.read.bytes_received,
+                t.sign.apdus,
+                t.sign.bytes_sent,
+                t.sign.bytes_received,
+                t.read.card_ms + t.sign.card_ms,
+                t.in_field_ms,
+                t.total_ms
+            );
+        };
+        println!("{}: {} taps", report.card, report.taps);
+        describe("first tap", &report.first_tap);
+        if let Some(repeat) = &report.repeat_tap {
+            describe("repeat tap", repeat);
+        }
+        for (name, p) in [
+            ("tap to token", &report.tap_to_token),
+            ("card in field", &report.card_in_field),
+            ("card time", &report.card_time),
+        ] {
+            println!(
+                "{name} ms: min {:.2}, median {:.2}, p90 {:.2}, p99 {:.2}, max {:.2}",
+                p.min_ms, p.p50_ms, p.p90_ms, p.p99_ms, p.max_ms
+            );
+        }
+    }
+    Ok(())
+}
+
+/// The work id the kiosk core hands out for a new tap on `reader`.
+fn next_work(kiosk: &mut Kiosk, reader: &str) -> anyhow::Result<WorkId> {
+    let now = std::time::Instant::now();
+    kiosk.handle_event(
+        Event::CardRemoved {
+            reader: reader.to_owned(),
+        },
+        now,
+    );
+    kiosk
+        .handle_event(
+            Event::CardPresent {
+                reader: reader.to_owned(),
+            },
+            now,
+        )
+        .into_iter()
+        .find_map(|effect| match effect {
+            Effect::ReadCard { work, .. } => Some(work),
+            _ => None,
+        })
+        .context("the kiosk core asked for no card read on a tap")
+}
+
+struct TapJob<'a> {
+    work: WorkId,
+    reader: &'a str,
+    pin: Pin,
+    device: &'a str,
+}
+
+async fn one_tap(
+    worker: &CardWorker,
+    results: &mut UnboundedReceiver<CardJobResult>,
+    source: &Counting,
+    client: &Client,
+    job: TapJob<'_>,
+) -> anyhow::Result<TapFigures> {
+    source.take();
+    let present = Instant::now();
+    worker.submit(CardJob::Read {
+        work: job.work,
+        reader: job.reader.to_owned(),
+    });
+    loop {
+        match results.recv().await.context("the card worker stopped")? {
+            CardJobResult::Read { result, .. } => {
+                result
+                    .map_err(|failure| anyhow::anyhow!("reading the card failed: {failure:?}"))?;
+                break;
+            }
+            CardJobResult::Progress { .. } => {}
+            other => bail!("unexpected card worker answer: {other:?}"),
+        }
+    }
+    let read = source.take();
+    let challenge = client
+        .challenge(job.device)
+        .await
+        .map_err(super::auth::explain)?;
+    worker.submit(CardJob::Sign {
+        work: job.work,
+        reader: job.reader.to_owned(),
+        pin: job.pin,
+        challenge,
+        device: job.device.to_owned(),
+    });
+    let assertion = loop {
+        match results.recv().await.context("the card worker stopped")? {
+            CardJobResult::Signed { result, .. } => {
+                break result.map_err(|failure| {
+                    anyhow::anyhow!("signing on the card failed: {failure:?}")
+                })?;
+            }
+            CardJobResult::Progress { .. } => {}
+            other => bail!("unexpected card worker answer: {other:?}"),
+        }
+    };
+    let in_field_ms = present.elapsed().as_secs_f64() * 1e3;
+    let sign = source.take();
+    client
+        .sign_in(&assertion)
+        .await
+        .map_err(super::auth::explain)?;
+    Ok(TapFigures {
+        read,
+        sign,
+        total_ms: present.elapsed().as_secs_f64() * 1e3,
+        in_field_ms,
+    })
+}
