@@ -756,9 +756,12 @@ impl Worker {
                 backend: backend.as_mut(),
                 ticket,
             };
+            let started = std::time::Instant::now();
             let mut session = PivSession::open(&mut card)?;
             let identity = identify(&mut session, &mut self.cache)?;
-            (identity, pin_tries_left(&mut session)?)
+            let tries_left = pin_tries_left(&mut session)?;
+            log_exchange("read", &session, started);
+            (identity, tries_left)
         };
         let summary = CardSummary {
             holder_name: identity.certificate.certificate.facts.common_name.clone(),
@@ -837,6 +840,7 @@ impl Worker {
             device,
         } = request;
         let mut card = Cancellable { backend, ticket };
+        let started = std::time::Instant::now();
         let mut session = PivSession::open(&mut card)?;
         let signer = match certificate {
             Some(known) => known.clone(),
@@ -862,7 +866,7 @@ impl Worker {
             iat: OffsetDateTime::now_utc().unix_timestamp(),
             slot: SIGNING_SLOT.to_string(),
         };
-        match sign_assertion(&mut session, &signer.certificate, payload.clone()) {
+        let signed = match sign_assertion(&mut session, &signer.certificate, payload.clone()) {
             Err(problem) if signer.from_cache && hints_at_a_new_key(&problem) => {
                 // The card was most likely renewed since its certificate was cached: read
                 // the certificate it holds now and sign again (the PIN is still verified).
@@ -882,8 +886,24 @@ impl Worker {
                 sign_assertion(&mut session, &fresh.certificate, payload)
             }
             signed => signed,
-        }
+        };
+        log_exchange("sign", &session, started);
+        signed
     }
+}
+
+/// Debug-logs what a card job exchanged: APDUs, bytes, and the time from opening the
+/// session to the last response (`pivtap kiosk` with `RUST_LOG=pivtap_kiosk=debug`).
+fn log_exchange(job: &str, session: &PivSession<'_>, started: std::time::Instant) {
+    let stats = session.stats();
+    tracing::debug!(
+        job,
+        apdus = stats.apdus,
+        bytes_sent = stats.bytes_sent,
+        bytes_received = stats.bytes_received,
+        card_ms = started.elapsed().as_secs_f64() * 1e3,
+        "card exchange"
+    );
 }
 
 /// Signs the assertion for `payload` with the card's 9A key, as `certificate` says the key
