@@ -1,0 +1,589 @@
+//! The whole badge lifecycle end to end over real HTTPS and the system pcscd with vpcd: a blank virtual card enrolled through a PC/SC reader, signing in at a headless kiosk, renewed, signing in again, revoked, refused; the CRL lists both retired certificates.
+//!
+//! Every step is the `pivtap` binary as an administrator, a worker and a
+//! kiosk would run it: `server init` + `server run`, `vcard new --blank`,
+//! `vcard attach` (the card in "Virtual PCD 00 00" or "00 01"), `admin
+//! enroll`, `card enroll --reader`, `kiosk --headless`, `card renew
+//! --reader`, `admin cards revoke`, and `GET /v1/crl` read by `openssl crl`.
+//!
+//! Needs pcscd with the vsmartcard vpcd driver (Debian packages pcscd and
+//! vsmartcard-vpcd; scripts/setup-debian) and fails, saying so, without it.
+//! The machine has one pcscd: run it alone, under the pcscd lock:
+//! `flock /tmp/pivtap-pcscd.lock cargo test --test lifecycle_pcsc`.
+//!
+//! The kiosk watches "Virtual PCD 00 00" only; the renewal happens at
+//! "Virtual PCD 00 01" (an IT desk's reader) while the kiosk keeps
+//! running, so its first tap after the renewal meets a card whose key and
+//! certificate changed under the same CHUID.
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::time::{Duration, Instant};
+
+use pivtap_card::pcsc::{PcscContext, ReaderInfo};
+use pivtap_server_client::client::{Client, ServerTrust};
+use serde_json::Value;
+
+mod common;
+use common::{KIOSK, RunningServer, free_port, path_str, pivtap_command, run};
+
+/// The kiosk's reader, and the port its cards attach on.
+const KIOSK_READER: (&str, u16) = ("Virtual PCD 00 00", 35963);
+/// The IT desk's reader (renewal), and its port.
+const DESK_READER: (&str, u16) = ("Virtual PCD 00 01", 35964);
+/// The PIN of a blank card.
+const FACTORY_PIN: &str = "123456";
+/// The longest wait for a kiosk event or a reader change.
+const WAIT: Duration = Duration::from_secs(20);
+
+fn pcscd_unreachable(error: &dyn std::fmt::Display) -> ! {
+    panic!(
+        "pcscd is not reachable ({error}): this test needs the system pcscd with the vsmartcard \
+         vpcd driver (Debian packages pcscd and vsmartcard-vpcd; scripts/setup-debian)"
+    )
+}
+
+/// The vpcd readers as pcscd lists them; fails without pcscd or without vpcd.
+fn vpcd_readers(context: &PcscContext) -> Vec<ReaderInfo> {
+    let listed = context
+        .list_readers()
+        .unwrap_or_else(|error| pcscd_unreachable(&error));
+    [KIOSK_READER.0, DESK_READER.0]
+        .iter()
+        .map(|name| {
+            listed
+                .iter()
+                .find(|reader| reader.name == *name)
+                .cloned()
+                .unwrap_or_else(|| {
+                    panic!("pcscd has no reader {name:?}: is vsmartcard-vpcd installed? Listed: {listed:?}")
+                })
+        })
+        .collect()
+}
+
+/// Waits until pcscd reports `reader` with a card (`present`) or without one.
+fn wait_for_reader(context: &PcscContext, reader: &str, present: bool) {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let state = vpcd_readers(context)
+            .into_iter()
+            .find(|info| info.name == reader)
+            .is_some_and(|info| info.card_present);
+        if state == present {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "pcscd did not see {reader:?} {} within {WAIT:?} (is another program attached to vpcd?)",
+            if present { "take a card" } else { "empty" }
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// `pivtap vcard attach FILE --port PORT`: the card in a vpcd reader until [`Attached::remove`].
+struct Attached<'a> {
+    child: Child,
+    reader: &'static str,
+    context: &'a PcscContext,
+    log: PathBuf,
+}
+
+impl<'a> Attached<'a> {
+    /// Attaches `card` to `reader` and waits until pcscd sees it.
+    fn attach(context: &'a PcscContext, card: &Path, reader: (&'static str, u16)) -> Self {
+        let (name, port) = reader;
+        let log = card.with_extension(format!("attach-{port}.log"));
+        let child = pivtap_command(&[
+            "vcard",
+            "attach",
+            path_str(card),
+            "--port",
+            &port.to_string(),
+        ])
+        .stdout(std::fs::File::create(&log).expect("a log file"))
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("pivtap vcard attach starts");
+        let mut attached = Attached {
+            child,
+            reader: name,
+            context,
+            log,
+        };
+        let deadline = Instant::now() + WAIT;
+        loop {
+            if let Some(status) = attached
+                .child
+                .try_wait()
+                .expect("the attach process is there")
+            {
+                let mut stderr = String::new();
+                if let Some(mut pipe) = attached.child.stderr.take() {
+                    let _ = std::io::Read::read_to_string(&mut pipe, &mut stderr);
+                }
+                panic!(
+                    "pivtap vcard attach exited ({status}) before {name:?} held the card: {stderr}"
+                );
+            }
+            let present = vpcd_readers(context)
+                .into_iter()
+                .any(|info| info.name == name && info.card_present);
+            if present {
+                return attached;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "pcscd did not see the card in {name:?} within {WAIT:?}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Takes the card out (SIGINT, as Ctrl-C), checks the process saved it
+    /// and ended cleanly, and waits until pcscd sees the reader empty.
+    fn remove(mut self) {
+        let pid = self.child.id().to_string();
+        let signalled = Command::new("sh")
+            .args(["-c", "kill -INT \"$1\"", "sh", &pid])
+            .status()
+            .expect("sh runs kill");
+        assert!(signalled.success(), "kill -INT {pid} failed");
+        let deadline = Instant::now() + WAIT;
+        let status = loop {
+            if let Some(status) = self.child.try_wait().expect("the attach process is there") {
+                break status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "vcard attach did not stop on SIGINT"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        let printed = std::fs::read_to_string(&self.log).unwrap_or_default();
+        assert!(
+            status.success() && printed.contains("its state is saved"),
+            "vcard attach ended with {status}: {printed}"
+        );
+        wait_for_reader(self.context, self.reader, false);
+    }
+}
+
+impl Drop for Attached<'_> {
+    /// A test that failed half-way leaves no card in a reader.
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// `pivtap kiosk --config kiosk.toml --headless`: JSON events out, PINs in.
+struct HeadlessKiosk {
+    child: Child,
+    stdin: ChildStdin,
+    events: Receiver<Value>,
+    /// Every event so far, for failure messages.
+    seen: Vec<Value>,
+    stderr: PathBuf,
+}
+
+impl HeadlessKiosk {
+    /// Writes a kiosk.toml for `server` watching only the kiosk's reader, and starts the kiosk.
+    fn start(server: &RunningServer) -> Self {
+        let dir = server.dir.path().join("kiosk");
+        std::fs::create_dir_all(&dir).expect("the kiosk's directory");
+        let config = dir.join("kiosk.toml");
+        let toml = format!(
+            "device = {device:?}\n\n[server]\nurl = {url:?}\nca = {ca:?}\n\n\
+             [readers]\nname_contains = {reader:?}\n\n\
+             [local_api]\nlisten = \"127.0.0.1:{port}\"\ntoken_file = \"local-api.token\"\n",
+            device = KIOSK,
+            url = server.url,
+            ca = path_str(&server.ca),
+            reader = KIOSK_READER.0,
+            port = free_port(),
+        );
+        std::fs::write(&config, toml).expect("kiosk.toml is written");
+        let stderr = dir.join("kiosk.err");
+        let mut child = pivtap_command(&["kiosk", "--config", path_str(&config), "--headless"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(&stderr).expect("a log file"))
+            .spawn()
+            .expect("pivtap kiosk starts");
+        let stdin = child.stdin.take().expect("the kiosk's stdin");
+        let stdout = child.stdout.take().expect("the kiosk's stdout");
+        let (sender, events) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { return };
+                let event = serde_json::from_str(&line)
+                    .unwrap_or_else(|_| serde_json::json!({"event": "not_json", "line": line}));
+                if sender.send(event).is_err() {
+                    return;
+                }
+            }
+        });
+        HeadlessKiosk {
+            child,
+            stdin,
+            events,
+            seen: Vec::new(),
+            stderr,
+        }
+    }
+
+    /// What went wrong, with everything the kiosk said.
+    fn story(&self) -> String {
+        let log = std::fs::read_to_string(&self.stderr).unwrap_or_default();
+        format!(
+            "events:\n{}\nkiosk stderr:\n{log}",
+            self.seen
+                .iter()
+                .map(Value::to_string)
+                .collect::<Vec<_>>()
+                .join("\n")
+        )
+    }
+
+    /// The next event, failing after [`WAIT`] or when the kiosk stopped.
+    fn next(&mut self, waiting_for: &str) -> Value {
+        match self.events.recv_timeout(WAIT) {
+            Ok(event) => {
+                assert_ne!(event["event"], "not_json", "{}", self.story());
+                self.seen.push(event.clone());
+                event
+            }
+            Err(RecvTimeoutError::Timeout) => {
+                panic!("no {waiting_for} within {WAIT:?}; {}", self.story())
+            }
+            Err(RecvTimeoutError::Disconnected) => {
+                let status = self.child.try_wait();
+                panic!(
+                    "the kiosk stopped ({status:?}) before {waiting_for}; {}",
+                    self.story()
+                )
+            }
+        }
+    }
+
+    /// The next event, which must be of `kind`.
+    fn expect(&mut self, kind: &str) -> Value {
+        let event = self.next(kind);
+        assert_eq!(event["event"], kind, "{}", self.story());
+        event
+    }
+
+    /// Types a line (a PIN, `quit`) on the kiosk.
+    fn line(&mut self, text: &str) {
+        writeln!(self.stdin, "{text}").expect("the kiosk reads its stdin");
+        self.stdin.flush().expect("the kiosk reads its stdin");
+    }
+
+    /// The badge was tapped on the kiosk's reader: it is read and the PIN asked for.
+    fn expect_tap(&mut self) {
+        let present = self.expect("card_present");
+        assert_eq!(present["reader"], KIOSK_READER.0, "{}", self.story());
+        let prompt = self.expect("pin_required");
+        assert_eq!(prompt["tries_left"], 3, "{}", self.story());
+    }
+
+    /// Types the PIN and waits for `user`'s sign-in; returns the session token.
+    fn sign_in(&mut self, pin: &str, user: &str) -> String {
+        self.line(pin);
+        let signed_in = self.expect("signed_in");
+        assert_eq!(signed_in["user"]["id"], user, "{}", self.story());
+        let token = signed_in["token"].as_str().expect("a session token");
+        assert_eq!(token.split('.').count(), 3, "a JWT: {token}");
+        token.to_owned()
+    }
+
+    /// Quits and checks the kiosk ended cleanly.
+    fn quit(mut self) {
+        self.line("quit");
+        let deadline = Instant::now() + WAIT;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("the kiosk process is there") {
+                assert!(
+                    status.success(),
+                    "the kiosk ended with {status}; {}",
+                    self.story()
+                );
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the kiosk did not quit; {}",
+                self.story()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for HeadlessKiosk {
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// `PIVTAP_PIN=PIN pivtap card SUBCOMMAND --reader READER --server URL --ca tls.crt ARGS --json`
+fn card_at_reader(
+    server: &RunningServer,
+    subcommand: &str,
+    reader: &str,
+    pin: &str,
+    args: &[&str],
+) -> Value {
+    let mut command = pivtap_command(&[
+        "card",
+        subcommand,
+        "--reader",
+        reader,
+        "--server",
+        &server.url,
+        "--ca",
+        path_str(&server.ca),
+        "--json",
+    ]);
+    command.args(args).env("PIVTAP_PIN", pin);
+    run(command)
+        .success(&format!("card {subcommand} at {reader}"))
+        .json()
+}
+
+/// A serial number without separators or leading zeros, lower case.
+fn plain_serial(serial: &str) -> String {
+    serial
+        .chars()
+        .filter(char::is_ascii_hexdigit)
+        .collect::<String>()
+        .trim_start_matches('0')
+        .to_ascii_lowercase()
+}
+
+/// The server's CRL (`GET /v1/crl`, DER), fetched over TLS trusting tls.crt.
+fn fetch_crl(server: &RunningServer) -> Vec<u8> {
+    let client = Client::new(
+        &server.url,
+        ServerTrust::from_pem_file(&server.ca).expect("tls.crt is a PEM certificate"),
+        Duration::from_secs(10),
+    )
+    .expect("the client builds");
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a runtime")
+        .block_on(client.crl())
+        .expect("the server serves its CRL")
+}
+
+/// `openssl crl` on the CRL: verified against the issuing CA; returns each
+/// revoked serial (plain) with its reason, if any.
+fn openssl_crl(server: &RunningServer, crl: &[u8]) -> Vec<(String, Option<String>)> {
+    let path = server.dir.path().join("pivtap.crl");
+    std::fs::write(&path, crl).expect("the CRL is written");
+    let issuing_ca = server.dir.path().join("server/ca.crt");
+    let output = Command::new("openssl")
+        .args(["crl", "-inform", "DER", "-in", path_str(&path), "-CAfile"])
+        .arg(&issuing_ca)
+        .args(["-noout", "-text"])
+        .output()
+        .expect("openssl runs (apt-get install openssl)");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(
+        output.status.success() && text.contains("verify OK"),
+        "openssl crl: {text}"
+    );
+    let mut revoked: Vec<(String, Option<String>)> = Vec::new();
+    let mut lines = text.lines().map(str::trim).peekable();
+    while let Some(line) = lines.next() {
+        if let Some(serial) = line.strip_prefix("Serial Number:") {
+            revoked.push((plain_serial(serial), None));
+        } else if line.starts_with("X509v3 CRL Reason Code") {
+            let reason = lines.next().map(str::to_owned);
+            if let Some(last) = revoked.last_mut() {
+                last.1 = reason;
+            }
+        }
+    }
+    revoked
+}
+
+#[test]
+fn a_blank_card_enrolled_over_pcsc_signs_in_at_the_kiosk_is_renewed_then_revoked() {
+    let context = PcscContext::establish().unwrap_or_else(|error| pcscd_unreachable(&error));
+    for (reader, _) in [KIOSK_READER, DESK_READER] {
+        wait_for_reader(&context, reader, false);
+    }
+    let server = RunningServer::start();
+    server.add_user("erin", "Erin Example", "erin@example.com");
+
+    // A card as new cards ship, enrolled through the PC/SC reader.
+    let card = server.dir.path().join("erin-card.toml");
+    run(pivtap_command(&[
+        "vcard",
+        "new",
+        path_str(&card),
+        "--blank",
+    ]))
+    .success("vcard new --blank");
+    let (code, _) = server.enrollment_code("erin");
+    let in_reader = Attached::attach(&context, &card, KIOSK_READER);
+    let enrolled = card_at_reader(
+        &server,
+        "enroll",
+        KIOSK_READER.0,
+        FACTORY_PIN,
+        &["--code", &code],
+    );
+    in_reader.remove();
+    assert_eq!(enrolled["user"]["id"], "erin", "{enrolled}");
+    assert_eq!(enrolled["chuid_written"], true, "{enrolled}");
+    let first_serial = enrolled["serial"].as_str().expect("a serial").to_owned();
+
+    // The kiosk: tap, PIN, signed in; the badge leaves, signed out.
+    let mut kiosk = HeadlessKiosk::start(&server);
+    let tap = Attached::attach(&context, &card, KIOSK_READER);
+    kiosk.expect_tap();
+    kiosk.sign_in(FACTORY_PIN, "erin");
+    tap.remove();
+    let out = kiosk.expect("signed_out");
+    assert_eq!(out["reason"], "card_removed", "{}", kiosk.story());
+
+    // Renewal at the IT desk's reader while the kiosk keeps running.
+    let at_desk = Attached::attach(&context, &card, DESK_READER);
+    let renewed = card_at_reader(
+        &server,
+        "renew",
+        DESK_READER.0,
+        FACTORY_PIN,
+        &["--device", KIOSK],
+    );
+    at_desk.remove();
+    let info = run(pivtap_command(&[
+        "card",
+        "info",
+        "--vcard",
+        path_str(&card),
+        "--json",
+    ]))
+    .success("card info")
+    .json();
+    let in_9a = info["slots"]
+        .as_array()
+        .and_then(|slots| slots.iter().find(|slot| slot["slot"] == "9a"))
+        .and_then(|slot| slot["serial"].as_str())
+        .map(plain_serial);
+    assert_eq!(
+        in_9a,
+        Some(plain_serial(renewed["serial"].as_str().unwrap_or_default())),
+        "vcard attach saved the renewed certificate: {info}"
+    );
+    let second_serial = renewed["serial"].as_str().expect("a serial").to_owned();
+    assert_ne!(plain_serial(&second_serial), plain_serial(&first_serial));
+    assert_eq!(renewed["user"]["id"], "erin", "{renewed}");
+
+    // The first tap with the renewed key signs in.
+    let tap = Attached::attach(&context, &card, KIOSK_READER);
+    kiosk.expect_tap();
+    kiosk.sign_in(FACTORY_PIN, "erin");
+    tap.remove();
+    kiosk.expect("signed_out");
+
+    // Revoked by the admin: the next tap is refused by the server.
+    server
+        .admin(&["cards", "revoke", &second_serial])
+        .success("cards revoke");
+    let tap = Attached::attach(&context, &card, KIOSK_READER);
+    kiosk.expect_tap();
+    kiosk.line(FACTORY_PIN);
+    let refused = kiosk.expect("error");
+    assert_eq!(refused["code"], "server_refused", "{}", kiosk.story());
+    assert_eq!(
+        refused["server_code"],
+        "certificate_revoked",
+        "{}",
+        kiosk.story()
+    );
+    tap.remove();
+    assert!(
+        kiosk
+            .seen
+            .iter()
+            .filter(|event| event["event"] == "signed_in")
+            .count()
+            == 2,
+        "{}",
+        kiosk.story()
+    );
+    // No event carries the PIN (tokens aside: base64 may hold any digits).
+    for event in &kiosk.seen {
+        let mut event = event.clone();
+        if let Some(object) = event.as_object_mut() {
+            object.remove("token");
+        }
+        assert!(
+            !event.to_string().contains(FACTORY_PIN),
+            "the PIN leaked: {event}"
+        );
+    }
+    kiosk.quit();
+
+    // The CRL lists the renewed-away certificate (superseded) and the revoked one.
+    let listed = openssl_crl(&server, &fetch_crl(&server));
+    let reason_of = |serial: &str| {
+        listed
+            .iter()
+            .find(|(listed, _)| *listed == plain_serial(serial))
+            .map(|(_, reason)| reason.clone())
+    };
+    assert_eq!(
+        reason_of(&first_serial),
+        Some(Some("Superseded".to_owned())),
+        "the old certificate ({first_serial}) in {listed:?}"
+    );
+    assert!(
+        reason_of(&second_serial).is_some(),
+        "the revoked certificate ({second_serial}) in {listed:?}"
+    );
+    assert_eq!(listed.len(), 2, "{listed:?}");
+
+    // The kiosk's two sign-ins used the first, then the renewed certificate.
+    let successes = server
+        .admin(&["audit", "--outcome", "ok", "--json"])
+        .success("audit")
+        .json();
+    let signed_in_with: Vec<String> = successes
+        .as_array()
+        .expect("a JSON array of events")
+        .iter()
+        .rev() // newest first
+        .filter(|event| event["kind"] == "assertion" && event["device"] == KIOSK)
+        .map(|event| plain_serial(event["card_serial"].as_str().unwrap_or_default()))
+        .collect();
+    assert_eq!(
+        signed_in_with,
+        [plain_serial(&first_serial), plain_serial(&second_serial)],
+        "{successes}"
+    );
+    let refusals = server
+        .admin(&["audit", "--outcome", "certificate_revoked", "--json"])
+        .success("audit")
+        .json();
+    let refusals = refusals.as_array().expect("a JSON array of events");
+    assert_eq!(refusals.len(), 1, "{refusals:?}");
+    assert_eq!(refusals[0]["device"], KIOSK, "{refusals:?}");
+}
