@@ -1,0 +1,589 @@
+//! Fault injection at the kiosk, end to end against the embedded server: the badge leaves the field at every APDU position of a tap (before a command, and after the card acted on it but before its answer arrived), and the server goes silent mid-tap or never answers at all.
+//!
+//! Each time the kiosk must say what happened (`card_removed`, `server_unreachable`), never
+//! sign anyone in half-way (the server's audit shows only the clean sign-ins), take the next
+//! tap normally, and leave the badge as it was (same image, PIN tries back at 3). No pcscd:
+//! the badges sit in in-process virtual readers wrapped by [`FaultyReaders`], which counts
+//! the APDUs of a tap and pulls the card out at the chosen one.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use pivtap_card::virtual_card::image::CardImage;
+use pivtap_card::virtual_card::{VirtualCard, VirtualCardBackend};
+use pivtap_card::{CardBackend, CardTransaction, LinkCapabilities, PivSession, TransportError};
+use pivtap_kiosk::core::{CoreConfig, Kiosk, NoticeCode, SessionEvent};
+use pivtap_kiosk::local_api::SessionBoard;
+use pivtap_kiosk::readers::{ReaderSource, ReaderUpdate, ReaderWatch, VirtualReaders};
+use pivtap_kiosk::runtime::{self, Face, Input, RuntimeError, RuntimeParts};
+use pivtap_server_client::client::{Client, ServerTrust};
+use pivtap_server_client::server::embedded::EmbeddedServer;
+use pivtap_server_client::store::{AuditQuery, User, UserState};
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
+use tokio::task::JoinHandle;
+use zeroize::Zeroizing;
+
+const DESK: &str = "Desk reader";
+const ALICE_PIN: &str = "123456";
+/// The longest wait for one expected event.
+const EVENT_WAIT: Duration = Duration::from_secs(20);
+/// The kiosk's HTTP time-out in the silent-server tests.
+const CLIENT_TIMEOUT: Duration = Duration::from_secs(2);
+
+fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../fixtures")
+}
+
+fn alice_badge() -> VirtualCardBackend {
+    let image = CardImage::load(fixtures().join("cards/alice.toml")).expect("alice's image");
+    VirtualCardBackend::new(VirtualCard::from_image(&image).expect("a card"), "alice")
+}
+
+fn image_of(badge: &VirtualCardBackend) -> String {
+    badge
+        .card()
+        .to_image()
+        .expect("the card exports its image")
+        .to_toml_string()
+        .expect("the image serialises")
+        .to_string()
+}
+
+fn pin_tries(badge: &VirtualCardBackend) -> Option<u8> {
+    let mut card = badge.clone();
+    let mut session = PivSession::open(&mut card).expect("the badge answers");
+    session.pin_retries().expect("the badge tells its tries")
+}
+
+/// Where in a command the card leaves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Cut {
+    /// The card is gone before the command reaches it.
+    BeforeCommand,
+    /// The card acted on the command, then left before its answer came back.
+    AnswerLost,
+}
+
+#[derive(Default)]
+struct FaultState {
+    /// APDUs sent since the last [`FaultyReaders::arm`] or [`FaultyReaders::count_from_zero`].
+    sent: AtomicUsize,
+    armed: Mutex<Option<(Cut, usize)>>,
+    fired: AtomicBool,
+}
+
+/// Virtual readers whose connections count APDUs and, when armed, pull the card out of the
+/// reader at one of them (as a worker taking the badge away would: `CardRemoved` is reported
+/// and the connection fails).
+#[derive(Clone)]
+struct FaultyReaders {
+    readers: VirtualReaders,
+    state: Arc<FaultState>,
+}
+
+impl FaultyReaders {
+    fn new() -> Self {
+        FaultyReaders {
+            readers: VirtualReaders::new(&[DESK]),
+            state: Arc::default(),
+        }
+    }
+
+    fn count_from_zero(&self) {
+        self.state.sent.store(0, Ordering::SeqCst);
+    }
+
+    fn sent(&self) -> usize {
+        self.state.sent.load(Ordering::SeqCst)
+    }
+
+    fn arm(&self, cut: Cut, position: usize) {
+        self.count_from_zero();
+        self.state.fired.store(false, Ordering::SeqCst);
+        *self
+            .state
+            .armed
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = Some((cut, position));
+    }
+
+    fn fired(&self) -> bool {
+        self.state.fired.load(Ordering::SeqCst)
+    }
+}
+
+impl ReaderSource for FaultyReaders {
+    fn start(&self, updates: UnboundedSender<ReaderUpdate>) -> Result<ReaderWatch, TransportError> {
+        self.readers.start(updates)
+    }
+
+    fn connect(&self, reader: &str) -> Result<Box<dyn CardBackend>, TransportError> {
+        Ok(Box::new(FaultyBackend {
+            inner: self.readers.connect(reader)?,
+            readers: self.clone(),
+            reader: reader.to_owned(),
+        }))
+    }
+}
+
+struct FaultyBackend {
+    inner: Box<dyn CardBackend>,
+    readers: FaultyReaders,
+    reader: String,
+}
+
+impl CardBackend for FaultyBackend {
+    fn transaction(&mut self) -> Result<Box<dyn CardTransaction + '_>, TransportError> {
+        Ok(Box::new(FaultyTransaction {
+            inner: self.inner.transaction()?,
+            readers: &self.readers,
+            reader: &self.reader,
+        }))
+    }
+
+    fn capabilities(&self) -> LinkCapabilities {
+        self.inner.capabilities()
+    }
+
+    fn name(&self) -> String {
+        self.inner.name()
+    }
+}
+
+struct FaultyTransaction<'a> {
+    inner: Box<dyn CardTransaction + 'a>,
+    readers: &'a FaultyReaders,
+    reader: &'a str,
+}
+
+impl CardTransaction for FaultyTransaction<'_> {
+    fn transmit(&mut self, command: &[u8]) -> Result<Vec<u8>, TransportError> {
+        let state = &self.readers.state;
+        let position = state.sent.fetch_add(1, Ordering::SeqCst);
+        let cut = {
+            let mut armed = state.armed.lock().unwrap_or_else(PoisonError::into_inner);
+            match *armed {
+                Some((cut, at)) if at == position => armed.take().map(|_| cut),
+                _ => None,
+            }
+        };
+        match cut {
+            None => self.inner.transmit(command),
+            Some(cut) => {
+                if cut == Cut::AnswerLost {
+                    // The card acts on the command; its answer never comes back.
+                    let _ = self.inner.transmit(command);
+                }
+                // Marked first: the removal is announced at once, and the test may look.
+                state.fired.store(true, Ordering::SeqCst);
+                self.readers.readers.remove(self.reader);
+                Err(TransportError::CardRemoved)
+            }
+        }
+    }
+}
+
+struct RecordingFace {
+    events: UnboundedSender<SessionEvent>,
+}
+
+impl Face for RecordingFace {
+    fn refresh(&mut self, _kiosk: &Kiosk, _server_reachable: bool, _now: Instant) {}
+
+    fn session_event(&mut self, event: &SessionEvent, _token: Option<&str>) {
+        let _ = self.events.send(event.clone());
+    }
+}
+
+async fn start_server(dir: &Path) -> EmbeddedServer {
+    let alice = User {
+        id: "alice".to_owned(),
+        display_name: "Alice Example".to_owned(),
+        mail: Some("alice@example.com".to_owned()),
+        upn: None,
+        employee_id: None,
+        state: UserState::Active,
+    };
+    EmbeddedServer::start(dir, vec![fixtures().join("ca/test-ca.pem")], &[alice])
+        .await
+        .expect("the embedded server starts")
+}
+
+/// Successful sign-ins the server recorded.
+async fn signins_recorded(server: &EmbeddedServer) -> usize {
+    server
+        .state
+        .store()
+        .query_audit(&AuditQuery {
+            outcome: Some("ok".to_owned()),
+            limit: 1000,
+            ..AuditQuery::default()
+        })
+        .await
+        .expect("the audit log answers")
+        .iter()
+        .filter(|event| event.kind == "assertion")
+        .count()
+}
+
+/// One kiosk runtime on `readers`, talking to the server through `client`.
+struct TestKiosk {
+    inputs: UnboundedSender<Input>,
+    events: UnboundedReceiver<SessionEvent>,
+    running: JoinHandle<Result<(), RuntimeError>>,
+}
+
+impl TestKiosk {
+    fn start(readers: Arc<dyn ReaderSource>, client: Client) -> Self {
+        let parts = RuntimeParts {
+            core: CoreConfig::default(),
+            readers,
+            client,
+            device: "fault-kiosk".to_owned(),
+            board: SessionBoard::new(),
+            on_function_key: None,
+        };
+        let (inputs, inputs_rx) = unbounded_channel();
+        let (events_tx, events) = unbounded_channel();
+        let running = tokio::spawn(async move {
+            let mut face = RecordingFace { events: events_tx };
+            runtime::run(parts, &mut face, inputs_rx).await
+        });
+        TestKiosk {
+            inputs,
+            events,
+            running,
+        }
+    }
+
+    fn send(&self, input: Input) {
+        self.inputs.send(input).expect("the kiosk is running");
+    }
+
+    async fn next(&mut self, what: &str) -> SessionEvent {
+        tokio::time::timeout(EVENT_WAIT, self.events.recv())
+            .await
+            .unwrap_or_else(|_| panic!("no event within {EVENT_WAIT:?} while waiting for {what}"))
+            .expect("the kiosk is running")
+    }
+
+    /// Answers PIN prompts with alice's PIN until an `error` event; panics on a sign-in.
+    /// Returns the error's code and every event seen.
+    async fn until_error(&mut self, what: &str) -> (NoticeCode, Vec<SessionEvent>) {
+        let mut seen = Vec::new();
+        loop {
+            let event = self.next(what).await;
+            seen.push(event.clone());
+            match event {
+                SessionEvent::PinRequired { .. } => {
+                    self.send(Input::Pin(Zeroizing::new(ALICE_PIN.to_owned())));
+                }
+                SessionEvent::SignedIn { .. } => panic!("{what}: signed in half-way: {seen:?}"),
+                SessionEvent::Error(notice) => return (notice.code, seen),
+                _ => {}
+            }
+        }
+    }
+
+    /// A clean tap: PIN, signed in; then the badge leaves and the worker is signed out.
+    async fn clean_sign_in(&mut self, readers: &VirtualReaders, badge: &VirtualCardBackend) {
+        readers.insert(DESK, badge.clone());
+        loop {
+            match self.next("a clean tap's pin_required").await {
+                SessionEvent::PinRequired { .. } => break,
+                SessionEvent::SignedIn { .. } => panic!("signed in without a PIN"),
+                _ => {}
+            }
+        }
+        self.send(Input::Pin(Zeroizing::new(ALICE_PIN.to_owned())));
+        loop {
+            match self.next("signed_in").await {
+                SessionEvent::SignedIn { user, .. } => {
+                    assert_eq!(user.id, "alice");
+                    break;
+                }
+                SessionEvent::Error(notice) => panic!("a clean tap failed: {notice:?}"),
+                _ => {}
+            }
+        }
+        readers.remove(DESK);
+        loop {
+            if let SessionEvent::SignedOut { .. } = self.next("signed_out").await {
+                break;
+            }
+        }
+    }
+
+    async fn stop(self) {
+        self.send(Input::Quit);
+        tokio::time::timeout(Duration::from_secs(10), self.running)
+            .await
+            .expect("the kiosk stops within 10 s")
+            .expect("the kiosk task ends")
+            .expect("the kiosk stops cleanly");
+    }
+}
+
+/// The APDUs of one clean tap on `kiosk` (cold or warm cache, as the kiosk is).
+async fn apdus_of_a_clean_tap(
+    kiosk: &mut TestKiosk,
+    faulty: &FaultyReaders,
+    badge: &VirtualCardBackend,
+) -> usize {
+    faulty.count_from_zero();
+    kiosk.clean_sign_in(&faulty.readers, badge).await;
+    faulty.sent()
+}
+
+/// The card leaves at position `position` of a tap: the kiosk says `card_removed`, nobody is
+/// signed in, and the next tap signs in.
+async fn fault_then_recover(
+    kiosk: &mut TestKiosk,
+    faulty: &FaultyReaders,
+    badge: &VirtualCardBackend,
+    cut: Cut,
+    position: usize,
+    label: &str,
+) {
+    let what = format!("{label} tap cut {cut:?} at APDU {position}");
+    faulty.arm(cut, position);
+    faulty.readers.insert(DESK, badge.clone());
+    let (code, seen) = kiosk.until_error(&what).await;
+    assert!(faulty.fired(), "{what}: the fault never fired: {seen:?}");
+    assert_eq!(code, NoticeCode::CardRemoved, "{what}: {seen:?}");
+    kiosk.clean_sign_in(&faulty.readers, badge).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_badge_leaving_at_every_apdu_of_a_tap_is_reported_and_never_signs_in() {
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let server = start_server(dir.path()).await;
+    let badge = alice_badge();
+    let image_before = image_of(&badge);
+    let mut clean_signins = 0;
+
+    // How many APDUs a first (cold cache) and a repeat (warm cache) tap take.
+    let faulty = FaultyReaders::new();
+    let mut kiosk = TestKiosk::start(
+        Arc::new(faulty.clone()),
+        server.client(Duration::from_secs(5)).expect("a client"),
+    );
+    let cold = apdus_of_a_clean_tap(&mut kiosk, &faulty, &badge).await;
+    let warm = apdus_of_a_clean_tap(&mut kiosk, &faulty, &badge).await;
+    clean_signins += 2;
+    assert!(cold > warm && warm >= 3, "cold {cold}, warm {warm} APDUs");
+    eprintln!("a first tap takes {cold} APDUs, a repeat tap {warm}");
+
+    // Repeat taps (certificate cached): every position, both cuts, one kiosk.
+    for cut in [Cut::BeforeCommand, Cut::AnswerLost] {
+        for position in 0..warm {
+            fault_then_recover(&mut kiosk, &faulty, &badge, cut, position, "repeat").await;
+            clean_signins += 1;
+        }
+    }
+    kiosk.stop().await;
+
+    // First taps (nothing cached): a new kiosk for each position.
+    for cut in [Cut::BeforeCommand, Cut::AnswerLost] {
+        for position in 0..cold {
+            let faulty = FaultyReaders::new();
+            let mut kiosk = TestKiosk::start(
+                Arc::new(faulty.clone()),
+                server.client(Duration::from_secs(5)).expect("a client"),
+            );
+            fault_then_recover(&mut kiosk, &faulty, &badge, cut, position, "first").await;
+            clean_signins += 1;
+            kiosk.stop().await;
+        }
+    }
+
+    assert_eq!(
+        signins_recorded(&server).await,
+        clean_signins,
+        "the server saw only the clean sign-ins"
+    );
+    assert_eq!(pin_tries(&badge), Some(3), "no PIN try lost");
+    assert_eq!(
+        image_of(&badge),
+        image_before,
+        "the badge's image is intact"
+    );
+}
+
+/// A TCP relay in front of the server that can go silent: it then keeps every connection
+/// open and passes nothing more, in either direction.
+struct Relay {
+    origin: String,
+    silent: Arc<AtomicBool>,
+    task: JoinHandle<()>,
+}
+
+impl Relay {
+    async fn start(upstream: std::net::SocketAddr) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("a port");
+        let origin = format!(
+            "https://127.0.0.1:{}",
+            listener.local_addr().expect("an address").port()
+        );
+        let silent = Arc::new(AtomicBool::new(false));
+        let quiet = Arc::clone(&silent);
+        let task = tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let quiet = Arc::clone(&quiet);
+                tokio::spawn(async move {
+                    let Ok(server) = TcpStream::connect(upstream).await else {
+                        return;
+                    };
+                    let (client_read, client_write) = client.into_split();
+                    let (server_read, server_write) = server.into_split();
+                    tokio::join!(
+                        pump(client_read, server_write, Arc::clone(&quiet)),
+                        pump(server_read, client_write, quiet),
+                    );
+                });
+            }
+        });
+        Relay {
+            origin,
+            silent,
+            task,
+        }
+    }
+
+    fn silence(&self, silent: bool) {
+        self.silent.store(silent, Ordering::SeqCst);
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Copies bytes until either side closes; while `silent`, holds them back for good.
+async fn pump(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    silent: Arc<AtomicBool>,
+) {
+    let mut buffer = vec![0_u8; 16 * 1024];
+    loop {
+        let Ok(read) = from.read(&mut buffer).await else {
+            return;
+        };
+        if read == 0 {
+            return;
+        }
+        if silent.load(Ordering::SeqCst) {
+            // Swallow everything from now on, keeping the connection open.
+            std::future::pending::<()>().await;
+        }
+        if to.write_all(&buffer[..read]).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// A listener that accepts connections and never says a word.
+async fn silent_listener() -> (String, JoinHandle<()>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("a port");
+    let origin = format!(
+        "https://127.0.0.1:{}",
+        listener.local_addr().expect("an address").port()
+    );
+    let task = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((connection, _)) = listener.accept().await {
+            held.push(connection);
+        }
+    });
+    (origin, task)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_that_goes_silent_mid_tap_times_out_and_the_kiosk_recovers() {
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let server = start_server(dir.path()).await;
+    let address: std::net::SocketAddr = server
+        .origin
+        .trim_start_matches("https://")
+        .parse()
+        .expect("the origin names an address");
+    let relay = Relay::start(address).await;
+    let trust = ServerTrust::from_pem_file(&server.certificate).expect("the server certificate");
+    let client = Client::new(&relay.origin, trust, CLIENT_TIMEOUT).expect("a client");
+    let faulty = FaultyReaders::new();
+    let badge = alice_badge();
+    let mut kiosk = TestKiosk::start(Arc::new(faulty.clone()), client);
+    kiosk.clean_sign_in(&faulty.readers, &badge).await;
+
+    // The kiosk holds a fresh challenge; the server now never answers the sign-in.
+    relay.silence(true);
+    faulty.readers.insert(DESK, badge.clone());
+    let started = Instant::now();
+    let (code, seen) = kiosk.until_error("the silent server").await;
+    let waited = started.elapsed();
+    assert_eq!(code, NoticeCode::ServerUnreachable, "{seen:?}");
+    assert!(
+        waited < CLIENT_TIMEOUT * 4,
+        "the kiosk took {waited:?} to give up"
+    );
+    eprintln!("a silent server was given up after {waited:?}");
+    assert_eq!(signins_recorded(&server).await, 1, "only the first sign-in");
+    faulty.readers.remove(DESK);
+
+    // The server answers again: the next tap signs in.
+    relay.silence(false);
+    kiosk.clean_sign_in(&faulty.readers, &badge).await;
+    assert_eq!(signins_recorded(&server).await, 2);
+    assert_eq!(pin_tries(&badge), Some(3));
+    kiosk.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_that_never_answers_is_reported_and_the_kiosk_still_stops_at_once() {
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let server = start_server(dir.path()).await;
+    let (origin, listener) = silent_listener().await;
+    let trust = ServerTrust::from_pem_file(&server.certificate).expect("the server certificate");
+    let client = Client::new(&origin, trust, CLIENT_TIMEOUT).expect("a client");
+    let faulty = FaultyReaders::new();
+    let badge = alice_badge();
+    let started = Instant::now();
+    let mut kiosk = TestKiosk::start(Arc::new(faulty.clone()), client);
+    let (code, seen) = kiosk.until_error("server_unreachable at start").await;
+    assert_eq!(code, NoticeCode::ServerUnreachable, "{seen:?}");
+    assert!(
+        started.elapsed() < CLIENT_TIMEOUT * 4,
+        "{:?}",
+        started.elapsed()
+    );
+
+    // A tap still tries, and gives up after the time-out.
+    faulty.readers.insert(DESK, badge.clone());
+    let started = Instant::now();
+    loop {
+        match kiosk.next("the tap against a silent server").await {
+            SessionEvent::PinRequired { .. } => {
+                kiosk.send(Input::Pin(Zeroizing::new(ALICE_PIN.to_owned())));
+            }
+            SessionEvent::SignedIn { .. } => panic!("signed in without a server"),
+            SessionEvent::Error(notice) if notice.code == NoticeCode::ServerUnreachable => break,
+            SessionEvent::Error(notice) => panic!("unexpected {notice:?}"),
+            _ => {}
+        }
+        assert!(
+            started.elapsed() < CLIENT_TIMEOUT * 6,
+            "the tap hangs: {:?}",
+            started.elapsed()
+        );
+    }
+    assert_eq!(pin_tries(&badge), Some(3), "no PIN try lost");
+    kiosk.stop().await;
+    listener.abort();
+}
