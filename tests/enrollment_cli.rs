@@ -501,6 +501,15 @@ fn a_virtual_card_renews_and_re_enrolls_with_the_management_key_its_image_keeps(
     let image = std::fs::read_to_string(&card).expect("the card image");
     assert!(image.contains(r#"algorithm = "aes192""#), "{image}");
     assert!(!image.contains(DEFAULT_MANAGEMENT_KEY), "{image}");
+    // Its private key is sealed under the PIN: a wrong PIN opens nothing and spends a try.
+    assert!(
+        image.contains("sealed_private_key") && !image.contains("PRIVATE KEY-----"),
+        "{image}"
+    );
+    let wrong = server.auth(&card, "999999");
+    wrong.expect_code(3, "auth with a wrong PIN");
+    assert!(wrong.stderr.contains("2 tries left"), "{}", wrong.stderr);
+    assert!(!wrong.all_output().contains(GOOD_PIN));
 
     // The default key is refused by this card: renewal stops before a new key.
     let mut renew = server.card_command("renew", &card, true);
@@ -544,8 +553,9 @@ fn a_virtual_card_renews_and_re_enrolls_with_the_management_key_its_image_keeps(
 }
 
 /// Runs `pivtap ARGS` on a pseudo-terminal (util-linux `script`) with
-/// `input` typed into it; `None` when `script` is not installed.
-fn on_a_terminal(args: &[&str], input: &str) -> Option<Run> {
+/// `input` typed into it. Fails the test, saying why, when `script` is
+/// missing or no pseudo-terminal can be had.
+fn on_a_terminal(args: &[&str], input: &str) -> Run {
     use std::io::Write as _;
     let line = std::iter::once(env!("CARGO_BIN_EXE_pivtap"))
         .chain(args.iter().copied())
@@ -560,12 +570,24 @@ fn on_a_terminal(args: &[&str], input: &str) -> Option<Run> {
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()
-        .ok()?;
-    let mut stdin = child.stdin.take()?;
-    stdin.write_all(input.as_bytes()).ok()?;
-    let output = child.wait_with_output().ok()?;
+        .unwrap_or_else(|error| {
+            panic!(
+                "this test needs util-linux `script` (Debian package bsdutils): cannot run it: {error}"
+            )
+        });
+    let mut stdin = child.stdin.take().expect("script's stdin");
+    stdin
+        .write_all(input.as_bytes())
+        .expect("typing into script");
+    let output = child.wait_with_output().expect("script ends");
     drop(stdin);
-    Some(Run::from_output(output))
+    let run = Run::from_output(output);
+    assert!(
+        !run.all_output().contains("pseudo-terminal"),
+        "this test needs a pseudo-terminal (/dev/pts): {}",
+        run.all_output()
+    );
+    run
 }
 
 #[test]
@@ -585,17 +607,7 @@ fn reset_on_a_terminal_asks_for_the_serial_or_the_word_reset() {
         run(verify).code == 0
     };
     let args = ["card", "reset", "--vcard", path_str(&card)];
-    let Some(refused) = on_a_terminal(&args, "nope\n") else {
-        eprintln!("util-linux script is not installed; skipping");
-        return;
-    };
-    if refused.all_output().contains("pseudo-terminal") {
-        eprintln!(
-            "no pseudo-terminal here; skipping: {}",
-            refused.all_output()
-        );
-        return;
-    }
+    let refused = on_a_terminal(&args, "nope\n");
     assert_ne!(refused.code, 0, "{}", refused.stdout);
     // `script` puts the terminal's output, standard error included, on its standard output.
     assert!(
@@ -605,7 +617,7 @@ fn reset_on_a_terminal_asks_for_the_serial_or_the_word_reset() {
         refused.stdout
     );
     assert!(pin_works(GOOD_PIN), "not reset");
-    let reset = on_a_terminal(&args, "reset\n").expect("script ran before");
+    let reset = on_a_terminal(&args, "reset\n");
     assert_eq!(reset.code, 0, "{}", reset.stdout);
     assert!(reset.stdout.contains("factory state"), "{}", reset.stdout);
     assert!(pin_works(FACTORY_PIN), "reset to the factory PIN");

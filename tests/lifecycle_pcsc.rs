@@ -14,7 +14,8 @@
 //! The kiosk watches "Virtual PCD 00 00" only; the renewal happens at
 //! "Virtual PCD 00 01" (an IT desk's reader) while the kiosk keeps
 //! running, so its first tap after the renewal meets a card whose key and
-//! certificate changed under the same CHUID.
+//! certificate changed under the same CHUID. Lock, unlock and revoke act
+//! at the kiosk's next tap.
 
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
@@ -423,7 +424,7 @@ fn openssl_crl(server: &RunningServer, crl: &[u8]) -> Vec<(String, Option<String
 }
 
 #[test]
-fn a_blank_card_enrolled_over_pcsc_signs_in_at_the_kiosk_is_renewed_then_revoked() {
+fn a_blank_card_enrolled_over_pcsc_signs_in_at_the_kiosk_through_renewal_lock_and_revocation() {
     let context = PcscContext::establish().unwrap_or_else(|error| pcscd_unreachable(&error));
     for (reader, _) in [KIOSK_READER, DESK_READER] {
         wait_for_reader(&context, reader, false);
@@ -503,6 +504,25 @@ fn a_blank_card_enrolled_over_pcsc_signs_in_at_the_kiosk_is_renewed_then_revoked
     tap.remove();
     kiosk.expect("signed_out");
 
+    // Locked by the admin: the next tap is refused; unlocked: the next one signs in.
+    server
+        .admin(&["cards", "lock", &second_serial])
+        .success("cards lock");
+    let tap = Attached::attach(&context, &card, KIOSK_READER);
+    kiosk.expect_tap();
+    kiosk.line(FACTORY_PIN);
+    let refused = kiosk.expect("error");
+    assert_eq!(refused["server_code"], "card_locked", "{}", kiosk.story());
+    tap.remove();
+    server
+        .admin(&["cards", "unlock", &second_serial])
+        .success("cards unlock");
+    let tap = Attached::attach(&context, &card, KIOSK_READER);
+    kiosk.expect_tap();
+    kiosk.sign_in(FACTORY_PIN, "erin");
+    tap.remove();
+    kiosk.expect("signed_out");
+
     // Revoked by the admin: the next tap is refused by the server.
     server
         .admin(&["cards", "revoke", &second_serial])
@@ -525,7 +545,7 @@ fn a_blank_card_enrolled_over_pcsc_signs_in_at_the_kiosk_is_renewed_then_revoked
             .iter()
             .filter(|event| event["event"] == "signed_in")
             .count()
-            == 2,
+            == 3,
         "{}",
         kiosk.story()
     );
@@ -576,7 +596,11 @@ fn a_blank_card_enrolled_over_pcsc_signs_in_at_the_kiosk_is_renewed_then_revoked
         .collect();
     assert_eq!(
         signed_in_with,
-        [plain_serial(&first_serial), plain_serial(&second_serial)],
+        [
+            plain_serial(&first_serial),
+            plain_serial(&second_serial),
+            plain_serial(&second_serial)
+        ],
         "{successes}"
     );
     let refusals = server
