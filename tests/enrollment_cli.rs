@@ -552,6 +552,101 @@ fn a_virtual_card_renews_and_re_enrolls_with_the_management_key_its_image_keeps(
         .success("auth after enrolling again");
 }
 
+/// The serials the server's CRL (`GET /v1/crl`) lists, plain hex.
+fn crl_serials(server: &RunningServer) -> Vec<String> {
+    let client = pivtap_server_client::client::Client::new(
+        &server.url,
+        pivtap_server_client::client::ServerTrust::from_pem_file(&server.ca)
+            .expect("tls.crt is a PEM certificate"),
+        std::time::Duration::from_secs(10),
+    )
+    .expect("the client builds");
+    let crl = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a runtime")
+        .block_on(client.crl())
+        .expect("the server serves its CRL");
+    let (_, parsed) = x509_parser::parse_x509_crl(&crl).expect("a DER CRL");
+    parsed
+        .iter_revoked_certificates()
+        .map(|entry| hex::encode(entry.raw_serial()))
+        .collect()
+}
+
+#[test]
+fn code_lifetimes_and_card_deletion_from_the_admin_command_line() {
+    let server = RunningServer::start();
+    server.add_user("frank", "Frank Example", "frank@example.com");
+
+    // A code lives at least a minute, and as long as asked.
+    server
+        .admin(&["enroll", "frank", "--valid-for", "30s"])
+        .failure("a 30-second code", "between 60");
+    server
+        .admin(&["enroll", "frank", "--valid-for", "soon"])
+        .failure("not a duration", "not a duration");
+    let asked_at = time::OffsetDateTime::now_utc();
+    let made = server
+        .admin(&["enroll", "frank", "--valid-for", "2h", "--json"])
+        .success("a two-hour code")
+        .json();
+    let expires_at = time::OffsetDateTime::parse(
+        made["expires_at"].as_str().expect("expires_at"),
+        &time::format_description::well_known::Rfc3339,
+    )
+    .expect("expires_at is RFC 3339");
+    let lifetime = expires_at - asked_at;
+    assert!(
+        (time::Duration::minutes(119)..=time::Duration::minutes(121)).contains(&lifetime),
+        "{made}"
+    );
+    let text = server.admin(&["enroll", "frank"]).success("a code as text");
+    assert!(
+        text.stdout.contains("pivtap://enroll?server=") && text.stdout.contains('▀'),
+        "the link and its QR code: {}",
+        text.stdout
+    );
+
+    let card = blank_card(server.dir.path(), "frank-card");
+    let code = made["code"].as_str().expect("a code");
+    let enrolled = server
+        .enroll(&card, code, FACTORY_PIN, true)
+        .success("enroll")
+        .json();
+    let serial = enrolled["serial"].as_str().expect("a serial").to_owned();
+    server.auth(&card, FACTORY_PIN).success("auth");
+
+    // Only a revoked card's record can be deleted; its serial stays revoked.
+    server
+        .admin(&["cards", "delete", &serial])
+        .failure("deleting an active card", "conflict");
+    server
+        .admin(&["cards", "revoke", &serial])
+        .success("cards revoke");
+    let deleted = server
+        .admin(&["cards", "delete", &serial, "--json"])
+        .success("cards delete");
+    assert_eq!(deleted.json()["deleted"], serial.as_str());
+    let cards = server
+        .admin(&["cards", "list", "--json"])
+        .success("cards list")
+        .json();
+    assert_eq!(cards.as_array().map(Vec::len), Some(0), "{cards}");
+    server
+        .admin(&["cards", "delete", &serial])
+        .failure("deleting it again", "not_found");
+    server
+        .auth(&card, FACTORY_PIN)
+        .failure("a deleted card", "certificate_revoked");
+    assert!(
+        crl_serials(&server)
+            .iter()
+            .any(|listed| same_serial(listed, &serial)),
+        "the CRL still lists {serial}"
+    );
+}
+
 /// Runs `pivtap ARGS` on a pseudo-terminal (util-linux `script`) with
 /// `input` typed into it. Fails the test, saying why, when `script` is
 /// missing or no pseudo-terminal can be had.
