@@ -21,6 +21,8 @@ use pivtap_kiosk::runtime::{self, Face, Input, RuntimeError, RuntimeParts};
 use pivtap_server_client::client::{Client, ServerTrust};
 use pivtap_server_client::server::embedded::EmbeddedServer;
 use pivtap_server_client::store::{AuditQuery, User, UserState};
+use std::io::Write as _;
+
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
@@ -187,14 +189,59 @@ impl CardTransaction for FaultyTransaction<'_> {
     }
 }
 
+/// Forwards events to the test, and writes them as headless mode prints them (without the
+/// session token) to `target/test-logs/faults/events.jsonl` for the secret scan.
 struct RecordingFace {
     events: UnboundedSender<SessionEvent>,
+    log: Option<std::fs::File>,
+}
+
+/// Logs every APDU (`pivtap::apdu=trace`: PINs and keys redacted) and the kiosk's own log
+/// lines to `target/test-logs/faults/trace.log`, once per process, for the secret scan.
+fn trace_to_file() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/test-logs/faults");
+        let Ok(file) = std::fs::create_dir_all(&dir).and_then(|()| {
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(dir.join("trace.log"))
+        }) else {
+            return;
+        };
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::new(
+                "pivtap::apdu=trace,pivtap_kiosk=debug,pivtap::kiosk=debug,pivtap_card=debug",
+            ))
+            .with_ansi(false)
+            .with_writer(Mutex::new(file))
+            .try_init();
+    });
+}
+
+impl RecordingFace {
+    fn new(events: UnboundedSender<SessionEvent>) -> Self {
+        trace_to_file();
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/test-logs/faults");
+        let log = std::fs::create_dir_all(&dir).ok().and_then(|()| {
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(dir.join("events.jsonl"))
+                .ok()
+        });
+        RecordingFace { events, log }
+    }
 }
 
 impl Face for RecordingFace {
     fn refresh(&mut self, _kiosk: &Kiosk, _server_reachable: bool, _now: Instant) {}
 
     fn session_event(&mut self, event: &SessionEvent, _token: Option<&str>) {
+        if let Some(log) = &mut self.log {
+            let _ = writeln!(log, "{}", pivtap_kiosk::headless::event_line(event, None));
+        }
         let _ = self.events.send(event.clone());
     }
 }
@@ -250,7 +297,7 @@ impl TestKiosk {
         let (inputs, inputs_rx) = unbounded_channel();
         let (events_tx, events) = unbounded_channel();
         let running = tokio::spawn(async move {
-            let mut face = RecordingFace { events: events_tx };
+            let mut face = RecordingFace::new(events_tx);
             runtime::run(parts, &mut face, inputs_rx).await
         });
         TestKiosk {

@@ -104,6 +104,8 @@ struct Target {
     app: Router,
     origin: String,
     admin_token: String,
+    /// Every answer body, kept for `target/test-logs/hostile/` (the secret scan reads it).
+    answers: std::sync::Mutex<Vec<String>>,
 }
 
 async fn target() -> Target {
@@ -152,6 +154,7 @@ async fn target() -> Target {
         app: server::app(state),
         origin: config.origin,
         admin_token,
+        answers: std::sync::Mutex::default(),
     }
 }
 
@@ -186,6 +189,10 @@ impl Target {
             .await
             .expect("the body reads")
             .to_vec();
+        self.answers
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .push(format!("{status} {}", String::from_utf8_lossy(&body)));
         Reply {
             status,
             content_type,
@@ -212,6 +219,23 @@ impl Target {
             .await;
         assert_eq!(reply.status, StatusCode::OK, "GET /v1/admin{path}");
         reply.json()
+    }
+
+    /// Writes every answer and the whole audit log to `target/test-logs/hostile/NAME.log`.
+    async fn keep_logs(&self, name: &str) {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/test-logs/hostile");
+        std::fs::create_dir_all(&dir).expect("the log directory can be made");
+        let audit = self.admin_json("/audit?limit=1000").await;
+        let answers = self
+            .answers
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .join("\n");
+        std::fs::write(
+            dir.join(format!("{name}.log")),
+            format!("{answers}\n{audit:#}\n"),
+        )
+        .expect("the log is written");
     }
 
     /// What must not change: users, cards and every audit record that is not a refusal.
@@ -694,6 +718,9 @@ async fn hostile_assertions_are_refused_with_their_code_and_change_nothing() {
         refusals + 2,
         "every refusal is audited, nothing more"
     );
+    target
+        .keep_logs("hostile_assertions_are_refused_with_their_code_and_change_nothing")
+        .await;
 }
 
 #[tokio::test]
@@ -855,6 +882,9 @@ async fn hostile_bodies_are_refused_on_every_public_endpoint() {
     assert_eq!(after.1, before.1, "no card recorded");
     // Only challenge issuance is ever 'ok' here: none were asked for.
     assert_eq!(after.2, before.2, "no successful operation recorded");
+    target
+        .keep_logs("hostile_bodies_are_refused_on_every_public_endpoint")
+        .await;
 }
 
 #[tokio::test]
@@ -1061,4 +1091,7 @@ async fn admin_endpoints_refuse_missing_and_wrong_credentials_and_change_nothing
         !text.contains(&target.admin_token),
         "the credential is never audited"
     );
+    target
+        .keep_logs("admin_endpoints_refuse_missing_and_wrong_credentials_and_change_nothing")
+        .await;
 }
