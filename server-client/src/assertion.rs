@@ -238,13 +238,25 @@ struct ReceivedHeader {
     x5c: Option<Vec<String>>,
 }
 
+/// The most card certificates whose chain [`AssertionVerifier`] remembers as validated.
+const MAX_VALIDATED_CHAINS: usize = 10_000;
+
 /// Checks assertions statelessly. Built once from the configuration; cheap
 /// to share between requests (`Send + Sync`).
+///
+/// A card certificate issued directly by a trust anchor (`x5c` holds it alone) has its
+/// chain built and its CA signature checked once: its SHA-256 is remembered, and later
+/// assertions with the same certificate skip the path building. Everything else is
+/// checked every time: the assertion's signature, claims and time, the card
+/// certificate's validity at `now`; with CRLs configured nothing is remembered, so the
+/// CRLs are consulted on every assertion (the server checks its own revocation list and
+/// card state on every sign-in, outside the verifier).
 #[derive(Debug)]
 pub struct AssertionVerifier {
     audience: String,
     max_clock_skew: Duration,
     trust: TrustStore,
+    validated: std::sync::Mutex<std::collections::HashSet<String>>,
 }
 
 impl AssertionVerifier {
@@ -258,6 +270,7 @@ impl AssertionVerifier {
             trust: TrustStore::new(&config.trust_anchors, &config.crls)?,
             audience: config.audience,
             max_clock_skew: config.max_clock_skew,
+            validated: std::sync::Mutex::default(),
         })
     }
 
@@ -360,17 +373,45 @@ impl AssertionVerifier {
                 "the card certificate is outside its validity period",
             ));
         }
-        self.trust
-            .validate(card_der, intermediates, now)
-            .map_err(|error| {
-                tracing::debug!(%error, serial = %certificate.serial, "card certificate refused");
-                chain_rejection(&error)
-            })?;
+        // Only a lone card certificate, with no CRLs, is remembered: its validity is
+        // checked above on every call and nothing else in its chain depends on the time.
+        let rememberable = intermediates.is_empty() && !self.trust.has_crls();
+        if !(rememberable && self.chain_known(&certificate.fingerprint)) {
+            self.trust
+                .validate(card_der, intermediates, now)
+                .map_err(|error| {
+                    tracing::debug!(%error, serial = %certificate.serial, "card certificate refused");
+                    chain_rejection(&error)
+                })?;
+            if rememberable {
+                self.remember_chain(&certificate.fingerprint);
+            }
+        }
         Ok(VerifiedAssertion {
             payload,
             certificate,
             alg: algorithm.name().to_owned(),
         })
+    }
+}
+
+impl AssertionVerifier {
+    fn chain_known(&self, fingerprint: &str) -> bool {
+        self.validated
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .contains(fingerprint)
+    }
+
+    fn remember_chain(&self, fingerprint: &str) {
+        let mut validated = self
+            .validated
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if validated.len() >= MAX_VALIDATED_CHAINS {
+            validated.clear();
+        }
+        validated.insert(fingerprint.to_owned());
     }
 }
 
@@ -712,6 +753,49 @@ mod tests {
                 .verify(&BOB.assertion(SignatureAlgorithm::Es256), now)
                 .is_ok()
         );
+    }
+
+    #[test]
+    fn a_remembered_chain_still_has_the_certificate_validity_checked_every_time() {
+        let verifier = verifier();
+        let now = OffsetDateTime::now_utc();
+        let compact = ALICE.assertion(SignatureAlgorithm::Rs256);
+        let first = verifier.verify(&compact, now).unwrap();
+        assert!(verifier.chain_known(&first.certificate.fingerprint));
+        assert!(verifier.verify(&compact, now).is_ok());
+        // Past the certificate's end, the remembered chain does not help.
+        let after = first.certificate.not_after + time::Duration::seconds(1);
+        let mut payload = payload_json();
+        payload["iat"] = json!(after.unix_timestamp());
+        let late = ALICE.sign_raw(SignatureAlgorithm::Rs256, &ALICE.header("RS256"), &payload);
+        assert_eq!(
+            verifier.verify(&late, after).unwrap_err().code,
+            ErrorCode::CertificateExpired
+        );
+    }
+
+    #[test]
+    fn with_crls_nothing_is_remembered_and_every_assertion_meets_the_crl() {
+        let serial = CertificateFacts::from_der(&ALICE.certificate())
+            .unwrap()
+            .serial;
+        let mut config = config();
+        config.crls = vec![test_ca_crl(&[&serial])];
+        let verifier = AssertionVerifier::new(config).unwrap();
+        let now = OffsetDateTime::now_utc();
+        let bob = verifier
+            .verify(&BOB.assertion(SignatureAlgorithm::Es256), now)
+            .unwrap();
+        assert!(!verifier.chain_known(&bob.certificate.fingerprint));
+        for _ in 0..2 {
+            assert_eq!(
+                verifier
+                    .verify(&ALICE.assertion(SignatureAlgorithm::Rs256), now)
+                    .unwrap_err()
+                    .code,
+                ErrorCode::CertificateRevoked
+            );
+        }
     }
 
     #[test]

@@ -249,6 +249,12 @@ impl TrustStore {
         Ok(TrustStore { anchors, crls })
     }
 
+    /// Whether any CRL is configured.
+    #[must_use]
+    pub fn has_crls(&self) -> bool {
+        !self.crls.is_empty()
+    }
+
     /// Checks that `end_entity` (DER) has digitalSignature in its keyUsage
     /// when it has a keyUsage extension, then that it chains to a trust anchor
     /// through `intermediates` at `now`, with every certificate within its
