@@ -917,3 +917,43 @@ async fn one_tap(
         challenge_ms,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_servers_on_this_machine_are_loaded() {
+        for url in [
+            "https://127.0.0.1:8443",
+            "https://127.0.0.1",
+            "https://localhost:8443/",
+            "https://[::1]:8443",
+            "http://127.1.2.3:80",
+        ] {
+            assert!(require_loopback(url).is_ok(), "{url}");
+        }
+        for url in [
+            "https://example.com:8443",
+            "https://10.0.0.1",
+            "https://[2001:db8::1]:8443",
+            "https://127.0.0.1.example.com",
+            "ftp://127.0.0.1",
+            "127.0.0.1:8443",
+        ] {
+            assert!(require_loopback(url).is_err(), "{url}");
+        }
+    }
+
+    #[test]
+    fn percentiles_are_nearest_rank() {
+        let mut samples: Vec<f64> = (1..=200).rev().map(f64::from).collect();
+        let p = Percentiles::of(&mut samples);
+        assert_eq!(
+            (p.min_ms, p.p50_ms, p.p90_ms, p.p99_ms, p.max_ms),
+            (1.0, 100.0, 180.0, 198.0, 200.0)
+        );
+        let empty = Percentiles::of(&mut []);
+        assert_eq!(empty.max_ms, 0.0);
+    }
+}
