@@ -88,7 +88,9 @@ pub enum CardJob {
         /// The SHA-256 (lower-case hex) of the certificate the session signed in with.
         expect: Option<String>,
     },
-    /// SELECT, then RESET RETRY COUNTER: the PUK sets a new PIN and unblocks it. Answered with
+    /// SELECT; when a badge was found blocked on this card thread, check that this is that badge
+    /// (its 9A certificate's SHA-256; another badge gets `OtherCard` and no PUK try is spent);
+    /// then RESET RETRY COUNTER: the PUK sets a new PIN and unblocks it. Answered with
     /// [`CardJobResult::PinWork`].
     UnblockPin {
         /// Echoed in the answer.
