@@ -5,7 +5,7 @@
 
 use libfuzzer_sys::fuzz_target;
 use pivtap_card::virtual_card::VirtualCard;
-use pivtap_card::virtual_card::image::CardImage;
+use pivtap_card::virtual_card::image::{CardImage, DataObject, KeyEntry};
 
 fuzz_target!(|data: &[u8]| {
     let Ok(text) = std::str::from_utf8(data) else {
@@ -29,19 +29,30 @@ fuzz_target!(|data: &[u8]| {
         // Private keys are written back from their components, so an RSA key whose CRT
         // values (dP, dQ, qInv) were wrong in the file comes back corrected (they are
         // recomputed from p, q and d when the key is read; the key itself is unchanged).
-        // Everything else comes back as it was, and a second save changes nothing.
+        // Everything else comes back as it was (in the card's order: keys by slot, objects by
+        // tag), and a second save changes nothing.
         assert_eq!(saved.card, image.card);
         assert_eq!(saved.pin, image.pin);
         assert_eq!(saved.puk, image.puk);
         assert_eq!(saved.management_key, image.management_key);
-        assert_eq!(saved.objects, image.objects);
+        let by_tag = |objects: &[DataObject]| {
+            let mut objects = objects.to_vec();
+            objects.sort_by_key(|object| object.tag.tag());
+            objects
+        };
+        assert_eq!(saved.objects, by_tag(&image.objects));
         assert_eq!(saved.keys.len(), image.keys.len());
-        for (saved, loaded) in saved.keys.iter().zip(&image.keys) {
+        let by_slot = |keys: &[KeyEntry]| {
+            let mut keys: Vec<KeyEntry> = keys.to_vec();
+            keys.sort_by_key(|entry| u8::from(entry.slot()));
+            keys
+        };
+        for (saved, loaded) in by_slot(&saved.keys).iter().zip(&by_slot(&image.keys)) {
             assert_eq!(
                 (saved.slot(), saved.algorithm()),
                 (loaded.slot(), loaded.algorithm())
             );
-            let public = |entry: &pivtap_card::virtual_card::image::KeyEntry| {
+            let public = |entry: &KeyEntry| {
                 entry
                     .slot_key()
                     .expect("a key that loaded reads")
