@@ -62,7 +62,7 @@ pub enum PinPolicyViolation {
     #[error("the PIN must be digits only (0-9)")]
     NotDigits,
     /// Digits that count up or down by one.
-    #[error("the PIN must not be a run of consecutive digits such as 123456 or 654321")]
+    #[error("the PIN must not be a run of consecutive digits, up or down (like 1-2-3-4-5-6)")]
     Sequence,
     /// One character repeated.
     #[error("the PIN must not be one digit repeated, such as 111111")]

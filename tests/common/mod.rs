@@ -91,9 +91,44 @@ pub fn pivtap_command(args: &[&str]) -> Command {
     command
 }
 
-/// Runs a prepared command to the end.
+/// Runs a prepared command to the end. What it wrote to standard error (its
+/// logs and error messages) is also appended to `target/test-logs/cli/`, for
+/// `scripts/secret-scan`.
 pub fn run(mut command: Command) -> Run {
-    Run::from_output(command.output().expect("the pivtap binary runs"))
+    let run = Run::from_output(command.output().expect("the pivtap binary runs"));
+    keep_stderr(&command, &run.stderr);
+    run
+}
+
+/// Appends a run's standard error, headed by its arguments, to this test
+/// binary's file under `target/test-logs/cli/`.
+fn keep_stderr(command: &Command, stderr: &str) {
+    use std::io::Write;
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/test-logs/cli");
+    let binary = std::env::current_exe()
+        .ok()
+        .and_then(|exe| {
+            exe.file_stem()
+                .map(|stem| stem.to_string_lossy().into_owned())
+        })
+        .unwrap_or_else(|| "tests".to_owned());
+    // Only the subcommand: tests pass PINs and keys as arguments on purpose.
+    let subcommand: Vec<String> = command
+        .get_args()
+        .take(2)
+        .map(|arg| arg.to_string_lossy().into_owned())
+        .filter(|arg| !arg.starts_with('-'))
+        .collect();
+    let written = std::fs::create_dir_all(&dir).and_then(|()| {
+        let mut file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.join(format!("{binary}.log")))?;
+        writeln!(file, "$ pivtap {} ...\n{stderr}", subcommand.join(" "))
+    });
+    if let Err(error) = written {
+        panic!("cannot keep the run's output in {}: {error}", dir.display());
+    }
 }
 
 /// A path under the repository's `fixtures/`.
