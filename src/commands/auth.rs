@@ -7,7 +7,9 @@ use clap::Args;
 use pivtap_apdu::piv::KeyReference;
 use pivtap_card::PivSession;
 use pivtap_server_client::client::{Client, ClientError, ServerTrust};
+use pivtap_server_client::wire::{ENROLL_URL_PREFIX, parse_enrollment_url};
 use serde::Serialize;
+use zeroize::Zeroizing;
 
 use super::CardArgs;
 use super::card::read_pin;
@@ -31,6 +33,26 @@ pub struct OptionalServerArgs {
     pub server: Option<String>,
     #[command(flatten)]
     pub trust: TrustArgs,
+}
+
+impl OptionalServerArgs {
+    /// The client and the code for an enrollment: `code` is the code, or the
+    /// whole `pivtap://enroll?server=...&code=...` link, whose server is used
+    /// when `--server` is not given.
+    pub fn enrollment_client(&self, code: &str) -> anyhow::Result<(Client, Zeroizing<String>)> {
+        let code = code.trim();
+        let (link_server, code) = if code.starts_with(ENROLL_URL_PREFIX) {
+            let (server, code) = parse_enrollment_url(code)?;
+            (server, Zeroizing::new(code))
+        } else {
+            (None, Zeroizing::new(code.to_owned()))
+        };
+        let server =
+            self.server.clone().or(link_server).context(
+                "no server: give --server URL, or the whole pivtap://enroll link as --code",
+            )?;
+        Ok((self.trust.client(&server)?, code))
+    }
 }
 
 /// How to trust the server.

@@ -12,7 +12,7 @@ use pivtap_card::session::PinStatus;
 use pivtap_card::virtual_card::image::CardImage;
 use pivtap_card::{ManagementKey, PivError, PivSession};
 use pivtap_server_client::pin_policy::{PinPolicy, PinPolicyViolation};
-use pivtap_server_client::wire::{ENROLL_URL_PREFIX, KeyAlgorithm, parse_enrollment_url};
+use pivtap_server_client::wire::KeyAlgorithm;
 use serde::Serialize;
 use x509_parser::objects::{oid_registry, oid2abbrev};
 use x509_parser::prelude::{AttributeTypeAndValue, FromDer, X509Certificate, X509Name};
@@ -1074,19 +1074,7 @@ impl Progress {
 }
 
 pub(super) fn enroll(args: &EnrollArgs) -> anyhow::Result<()> {
-    let (link_server, code) = if args.code.trim().starts_with(ENROLL_URL_PREFIX) {
-        let (server, code) = parse_enrollment_url(&args.code)?;
-        (server, Zeroizing::new(code))
-    } else {
-        (None, Zeroizing::new(args.code.trim().to_owned()))
-    };
-    let server = args
-        .server
-        .server
-        .clone()
-        .or(link_server)
-        .context("no server: give --server URL, or the whole pivtap://enroll link as --code")?;
-    let client = args.server.trust.client(&server)?;
+    let (client, code) = args.server.enrollment_client(&args.code)?;
     let options = EnrollOptions {
         secrets: CardSecrets {
             pin: read_pin()?,

@@ -14,7 +14,6 @@ use pivtap_card::virtual_card::{CardOptions, Interface, NewCard, VirtualCard, Vi
 use pivtap_card::{ManagementKey, PivSession, spki, vpcd};
 use pivtap_server_client::client::Client;
 use pivtap_server_client::pin_policy::PinPolicy;
-use pivtap_server_client::wire::{ENROLL_URL_PREFIX, parse_enrollment_url};
 use serde::Serialize;
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
@@ -469,19 +468,7 @@ fn enroll(args: &EnrollVcardArgs) -> anyhow::Result<()> {
     if args.out.exists() {
         bail!("{} exists; choose another --out file", args.out.display());
     }
-    let (link_server, code) = if args.code.trim().starts_with(ENROLL_URL_PREFIX) {
-        let (server, code) = parse_enrollment_url(&args.code)?;
-        (server, Zeroizing::new(code))
-    } else {
-        (None, Zeroizing::new(args.code.trim().to_owned()))
-    };
-    let server = args
-        .server
-        .server
-        .clone()
-        .or(link_server)
-        .context("no server: give --server URL, or the whole pivtap://enroll link as --code")?;
-    let client = args.server.trust.client(&server)?;
+    let (client, code) = args.server.enrollment_client(&args.code)?;
     let runtime = runtime()?;
     let policy = runtime
         .block_on(client.pin_policy())
