@@ -388,7 +388,53 @@ pub async fn serve_with_handle(
     listener: Listener,
     handle: axum_server::Handle<SocketAddr>,
 ) -> Result<(), ServeError> {
+    let maintenance = tokio::spawn(maintain(state.clone()));
     let app = app(state).into_make_service();
+    let served = serve_app(app, listener, handle).await;
+    maintenance.abort();
+    served
+}
+
+/// How often the store is tidied while the server runs.
+const MAINTENANCE_INTERVAL: Duration = Duration::from_secs(60);
+/// How long expired challenges are kept: a late replay of one within this
+/// time is still answered `challenge_reused` or `challenge_expired`; after it,
+/// `challenge_unknown` (refused all the same).
+const EXPIRED_CHALLENGE_RETENTION: Duration = Duration::from_secs(3600);
+
+/// Runs [`tidy`] every [`MAINTENANCE_INTERVAL`] while the server runs.
+async fn maintain(state: ServerState) {
+    let mut ticks = tokio::time::interval(MAINTENANCE_INTERVAL);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    ticks.tick().await;
+    loop {
+        ticks.tick().await;
+        tidy(state.inner.store.as_ref(), time::OffsetDateTime::now_utc()).await;
+    }
+}
+
+/// One round of upkeep at `now`: deletes the challenges that expired more
+/// than [`EXPIRED_CHALLENGE_RETENTION`] ago, and compacts the store (SQLite's
+/// write-ahead log grows without bound under steady load otherwise). Failures
+/// are logged; the next round tries again.
+async fn tidy(store: &dyn Store, now: time::OffsetDateTime) {
+    match store
+        .purge_challenges(now - EXPIRED_CHALLENGE_RETENTION)
+        .await
+    {
+        Ok(purged) => tracing::debug!(purged, "expired challenges purged"),
+        Err(error) => tracing::warn!(%error, "purging expired challenges failed"),
+    }
+    if let Err(error) = store.compact().await {
+        tracing::warn!(%error, "compacting the store failed");
+    }
+}
+
+async fn serve_app(
+    app: axum::routing::IntoMakeService<axum::Router>,
+    listener: Listener,
+    handle: axum_server::Handle<SocketAddr>,
+) -> Result<(), ServeError> {
     match listener {
         Listener::Tls {
             address,
@@ -414,5 +460,41 @@ pub async fn serve_with_handle(
                 .await
                 .map_err(|source| ServeError::Io { address, source })
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::ChallengeUse;
+    use crate::store::SqliteStore;
+
+    #[tokio::test]
+    async fn upkeep_forgets_only_long_expired_challenges() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("pivtap.db"))
+            .await
+            .unwrap();
+        let now = time::OffsetDateTime::now_utc();
+        let two_hours = time::Duration::hours(2);
+        let ten_minutes = time::Duration::minutes(10);
+        store
+            .add_challenge("old", "kiosk-1", now - two_hours)
+            .await
+            .unwrap();
+        store
+            .add_challenge("recent", "kiosk-1", now - ten_minutes)
+            .await
+            .unwrap();
+        tidy(&store, now).await;
+        assert_eq!(
+            store.use_challenge("old", "kiosk-1", now).await.unwrap(),
+            ChallengeUse::Unknown
+        );
+        assert_eq!(
+            store.use_challenge("recent", "kiosk-1", now).await.unwrap(),
+            ChallengeUse::Expired,
+            "a challenge that expired within the hour is still known"
+        );
     }
 }

@@ -460,6 +460,13 @@ pub trait Store: Send + Sync {
         older_than: OffsetDateTime,
     ) -> BoxFuture<'_, Result<u64, StoreError>>;
 
+    /// Compacts the store's files after writes (SQLite: moves the write-ahead
+    /// log into the database and truncates it, which a busy server's own
+    /// automatic checkpoints can starve). Stores without such files do nothing.
+    fn compact(&self) -> BoxFuture<'_, Result<(), StoreError>> {
+        Box::pin(async { Ok(()) })
+    }
+
     /// Stores an enrollment code. [`StoreError::NotFound`] if the user does not
     /// exist; [`StoreError::Conflict`] if the hash exists.
     fn add_enrollment_code(
