@@ -16,6 +16,40 @@ pub const PRIVATE_FILE_MODE: u32 = 0o600;
 /// # Errors
 /// The I/O error; the temporary file is removed and `path` is untouched.
 pub fn write_atomically(path: &Path, contents: &[u8], mode: u32) -> io::Result<()> {
+    place_atomically(path, contents, mode, |temporary| {
+        fs::rename(temporary, path)
+    })
+}
+
+/// Creates `path` with `contents` atomically unless it exists: as
+/// [`write_atomically`], but the temporary file is hard-linked to `path`
+/// instead of renamed over it, so a file already there (or created meanwhile
+/// by another process) is kept as it is. Returns whether this call created it.
+///
+/// # Errors
+/// The I/O error; the temporary file is removed.
+pub fn create_atomically(path: &Path, contents: &[u8], mode: u32) -> io::Result<bool> {
+    let mut created = false;
+    place_atomically(path, contents, mode, |temporary| {
+        match fs::hard_link(temporary, path) {
+            Ok(()) => created = true,
+            Err(error) if error.kind() == io::ErrorKind::AlreadyExists => {}
+            Err(error) => return Err(error),
+        }
+        fs::remove_file(temporary)
+    })?;
+    Ok(created)
+}
+
+/// Writes `contents` into a new temporary file beside `path` with `mode`, lets
+/// `put` move it into place, removes what is left of it on failure, and
+/// flushes the directory.
+fn place_atomically(
+    path: &Path,
+    contents: &[u8],
+    mode: u32,
+    put: impl FnOnce(&Path) -> io::Result<()>,
+) -> io::Result<()> {
     let file_name = path.file_name().ok_or_else(|| {
         io::Error::new(io::ErrorKind::InvalidInput, "the path does not name a file")
     })?;
@@ -29,8 +63,7 @@ pub fn write_atomically(path: &Path, contents: &[u8], mode: u32) -> io::Result<(
         std::process::id(),
         rand::random::<u32>()
     ));
-    let written =
-        write_new_file(&temporary, contents, mode).and_then(|()| fs::rename(&temporary, path));
+    let written = write_new_file(&temporary, contents, mode).and_then(|()| put(&temporary));
     if let Err(error) = written {
         // Best effort: the temporary file may not exist, and the write error matters more.
         let _ = fs::remove_file(&temporary);
@@ -87,6 +120,25 @@ mod tests {
                 0o600
             );
         }
+    }
+
+    #[test]
+    fn create_keeps_a_file_already_there_and_leaves_no_temporary_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("token");
+        assert!(create_atomically(&path, b"first", PRIVATE_FILE_MODE).unwrap());
+        assert!(!create_atomically(&path, b"second", PRIVATE_FILE_MODE).unwrap());
+        assert_eq!(fs::read(&path).unwrap(), b"first");
+        assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 1);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt as _;
+            assert_eq!(
+                fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+                0o600
+            );
+        }
+        assert!(create_atomically(Path::new("/"), b"x", PRIVATE_FILE_MODE).is_err());
     }
 
     #[test]

@@ -22,9 +22,9 @@
 //! Errors are `{"error": "<code>", "message": "<text>"}`.
 
 use std::fmt;
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, File};
 use std::future::Future;
-use std::io::{self, Read as _, Write as _};
+use std::io::{self, Read as _};
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -64,8 +64,7 @@ const ACCESS_TOKEN_MIN_CHARS: usize = 16;
 /// The largest access token file read.
 const ACCESS_TOKEN_FILE_MAX_BYTES: u64 = 4096;
 /// The mode of a new access token file: read and write for its owner only.
-#[cfg(unix)]
-const ACCESS_TOKEN_FILE_MODE: u32 = 0o600;
+const ACCESS_TOKEN_FILE_MODE: u32 = pivtap_files::PRIVATE_FILE_MODE;
 /// Sent by browsers only (Fetch Metadata: `sec-fetch-site`, `-mode`, `-dest`, `-user`); any
 /// header with this prefix marks a request made by a web page.
 const SEC_FETCH_PREFIX: &str = "sec-fetch-";
@@ -398,65 +397,15 @@ fn read_access_token(path: &Path) -> Result<Zeroizing<String>, LocalApiError> {
     Ok(Zeroizing::new(token.to_owned()))
 }
 
-/// Writes a new token into a temporary file beside `path` and links it to `path`; if `path`
-/// appeared meanwhile, the token already there stays.
+/// Creates `path` with a new token, atomically; if `path` appeared meanwhile, the token
+/// already there stays.
 fn create_access_token_file(path: &Path) -> io::Result<()> {
-    let file_name = path.file_name().ok_or_else(|| {
-        io::Error::new(io::ErrorKind::InvalidInput, "the path does not name a file")
-    })?;
-    let directory = match path.parent() {
-        Some(parent) if !parent.as_os_str().is_empty() => parent,
-        _ => Path::new("."),
-    };
     let mut secret = Zeroizing::new([0_u8; ACCESS_TOKEN_BYTES]);
     rand::fill(&mut secret[..]);
     let mut line = Zeroizing::new(String::with_capacity(2 * ACCESS_TOKEN_BYTES));
     URL_SAFE_NO_PAD.encode_string(&secret[..], &mut line);
     line.push('\n');
-    let temporary = directory.join(format!(
-        ".{}.{}-{:08x}.tmp",
-        file_name.to_string_lossy(),
-        std::process::id(),
-        rand::random::<u32>()
-    ));
-    let linked = write_new_private_file(&temporary, line.as_bytes()).and_then(|()| {
-        match fs::hard_link(&temporary, path) {
-            Err(error) if error.kind() == io::ErrorKind::AlreadyExists => Ok(()),
-            linked => linked,
-        }
-    });
-    let removed = fs::remove_file(&temporary);
-    // When writing failed the temporary file may not exist: the write error is the one to tell.
-    linked?;
-    removed?;
-    sync_directory(directory)
-}
-
-/// Creates `path` (which must not exist), readable by its owner only, with `contents` flushed
-/// to disk.
-fn write_new_private_file(path: &Path, contents: &[u8]) -> io::Result<()> {
-    let mut options = OpenOptions::new();
-    options.write(true).create_new(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt as _;
-        options.mode(ACCESS_TOKEN_FILE_MODE);
-    }
-    let mut file = options.open(path)?;
-    file.write_all(contents)?;
-    file.sync_all()
-}
-
-/// Flushes a change of directory entries (the new link) to disk.
-#[cfg(unix)]
-fn sync_directory(directory: &Path) -> io::Result<()> {
-    File::open(directory)?.sync_all()
-}
-
-/// Directories cannot be opened for syncing here; the file itself was synced.
-#[cfg(not(unix))]
-fn sync_directory(_directory: &Path) -> io::Result<()> {
-    Ok(())
+    pivtap_files::create_atomically(path, line.as_bytes(), ACCESS_TOKEN_FILE_MODE).map(drop)
 }
 
 /// What every handler shares.
@@ -1310,7 +1259,14 @@ mod tests {
     fn access_token_file_written_by_hand_is_trimmed() {
         let directory = tempfile::tempdir().unwrap();
         let path = directory.path().join("token");
-        write_new_private_file(&path, b"  hand-written-token-0123\r\n").unwrap();
+        assert!(
+            pivtap_files::create_atomically(
+                &path,
+                b"  hand-written-token-0123\r\n",
+                ACCESS_TOKEN_FILE_MODE
+            )
+            .unwrap()
+        );
         let token = load_or_create_access_token(&path).unwrap();
         assert_eq!(token.as_str(), "hand-written-token-0123");
     }
@@ -1325,7 +1281,10 @@ mod tests {
             ("huge", "x".repeat(5000)),
         ] {
             let path = directory.path().join(name);
-            write_new_private_file(&path, contents.as_bytes()).unwrap();
+            assert!(
+                pivtap_files::create_atomically(&path, contents.as_bytes(), ACCESS_TOKEN_FILE_MODE)
+                    .unwrap()
+            );
             let error = load_or_create_access_token(&path).unwrap_err();
             assert!(
                 matches!(error, LocalApiError::InvalidTokenFile { .. }),
@@ -1339,7 +1298,9 @@ mod tests {
             assert!(!message.contains("secret-part"), "{message}");
         }
         let path = directory.path().join("not-utf8");
-        write_new_private_file(&path, &[0xff; 20]).unwrap();
+        assert!(
+            pivtap_files::create_atomically(&path, &[0xff; 20], ACCESS_TOKEN_FILE_MODE).unwrap()
+        );
         let error = load_or_create_access_token(&path).unwrap_err();
         assert!(
             matches!(error, LocalApiError::InvalidTokenFile { .. }),
