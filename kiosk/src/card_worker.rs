@@ -21,17 +21,13 @@ use std::sync::mpsc::{self, Receiver, Sender};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::thread::{self, JoinHandle};
 
-use aws_lc_rs::signature::{
-    ECDSA_P256_SHA256_FIXED, ECDSA_P384_SHA384_FIXED, RSA_PKCS1_2048_8192_SHA256,
-    RSA_PKCS1_2048_8192_SHA512, UnparsedPublicKey, VerificationAlgorithm,
-};
 use pivtap_apdu::piv::objects::chuid::Chuid;
 use pivtap_apdu::piv::{Algorithm, KeyReference, Pin, Puk};
 use pivtap_card::{
     CardBackend, CardTransaction, LinkCapabilities, PivError, PivSession, SignatureAlgorithm,
     TransportError,
 };
-use pivtap_server_client::assertion::AssertionDraft;
+use pivtap_server_client::assertion::{AssertionDraft, card_signature_verifies};
 use pivtap_server_client::certificate::{CertificateError, CertificateFacts, KeyKind};
 use pivtap_server_client::wire::{AssertionPayload, ChallengeResponse};
 use time::OffsetDateTime;
@@ -439,14 +435,9 @@ struct CardCertificate {
 
 impl CardCertificate {
     fn from_der(der: &[u8]) -> Result<Self, CardProblem> {
-        let facts = CertificateFacts::from_der(der)?;
+        let (facts, public_key) = CertificateFacts::with_public_key(der)?;
         let (key, algorithm) =
             signing_algorithms(facts.key).ok_or(CardProblem::UnsupportedKey(facts.key))?;
-        // `CertificateFacts` parsed the same DER a moment ago, so this cannot fail in
-        // practice; should it, no signature verifies and the certificate is read again.
-        let public_key = x509_parser::parse_x509_certificate(der)
-            .map(|(_, certificate)| certificate.public_key().subject_public_key.data.to_vec())
-            .unwrap_or_default();
         Ok(CardCertificate {
             facts,
             key,
@@ -456,17 +447,14 @@ impl CardCertificate {
     }
 
     /// Whether `signature` (JOSE form: RSA raw, ECDSA `r || s`) over `message` verifies with
-    /// this certificate's public key.
+    /// this certificate's public key, exactly as the server will check it.
     fn verifies(&self, message: &[u8], signature: &[u8]) -> bool {
-        let verification: &'static dyn VerificationAlgorithm = match self.algorithm {
-            SignatureAlgorithm::Rs256 => &RSA_PKCS1_2048_8192_SHA256,
-            SignatureAlgorithm::Rs512 => &RSA_PKCS1_2048_8192_SHA512,
-            SignatureAlgorithm::Es256 => &ECDSA_P256_SHA256_FIXED,
-            SignatureAlgorithm::Es384 => &ECDSA_P384_SHA384_FIXED,
-        };
-        UnparsedPublicKey::new(verification, &self.public_key)
-            .verify(message, signature)
-            .is_ok()
+        card_signature_verifies(
+            self.algorithm.jose_name(),
+            &self.public_key,
+            message,
+            signature,
+        )
     }
 }
 

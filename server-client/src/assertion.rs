@@ -210,16 +210,36 @@ impl CardAlgorithm {
         }
     }
 
-    /// aws-lc-rs verification: RSA takes the DER `RSAPublicKey`, ECDSA the
-    /// uncompressed point and a fixed-width `r || s` signature.
-    fn verification(self) -> &'static dyn VerificationAlgorithm {
-        match self {
+    /// Whether `signature` over `message` verifies with `public_key` (aws-lc-rs:
+    /// RSA takes the DER `RSAPublicKey`, ECDSA the uncompressed point and a
+    /// fixed-width `r || s` signature).
+    fn verifies(self, public_key: &[u8], message: &[u8], signature: &[u8]) -> bool {
+        let verification: &'static dyn VerificationAlgorithm = match self {
             CardAlgorithm::Rs256 => &RSA_PKCS1_2048_8192_SHA256,
             CardAlgorithm::Rs512 => &RSA_PKCS1_2048_8192_SHA512,
             CardAlgorithm::Es256 => &ECDSA_P256_SHA256_FIXED,
             CardAlgorithm::Es384 => &ECDSA_P384_SHA384_FIXED,
-        }
+        };
+        UnparsedPublicKey::new(verification, public_key)
+            .verify(message, signature)
+            .is_ok()
     }
+}
+
+/// Whether a card's `signature` (JOSE form: RSA as is, ECDSA `r || s`) over
+/// `message` verifies with `public_key` (from
+/// [`CertificateFacts::with_public_key`]) under the JWS algorithm named
+/// `alg`: the check the server makes on an assertion's signature, for a
+/// device that wants to know before it sends. `false` for any other `alg`.
+#[must_use]
+pub fn card_signature_verifies(
+    alg: &str,
+    public_key: &[u8],
+    message: &[u8],
+    signature: &[u8],
+) -> bool {
+    CardAlgorithm::from_name(alg)
+        .is_some_and(|algorithm| algorithm.verifies(public_key, message, signature))
 }
 
 impl fmt::Display for CardAlgorithm {
@@ -344,14 +364,12 @@ impl AssertionVerifier {
                 certificate.key
             )));
         }
-        UnparsedPublicKey::new(algorithm.verification(), &public_key)
-            .verify(jws.signing_input.as_bytes(), &jws.signature)
-            .map_err(|_| {
-                Rejection::new(
-                    ErrorCode::SignatureInvalid,
-                    "the signature does not verify with the certificate's key",
-                )
-            })?;
+        if !algorithm.verifies(&public_key, jws.signing_input.as_bytes(), &jws.signature) {
+            return Err(Rejection::new(
+                ErrorCode::SignatureInvalid,
+                "the signature does not verify with the certificate's key",
+            ));
+        }
         let payload: AssertionPayload = serde_json::from_slice(&jws.payload).map_err(|_| {
             Rejection::invalid(
                 "the assertion payload must hold exactly aud, nonce, device, iat and slot",

@@ -153,8 +153,12 @@ impl CertificateFacts {
     }
 
     /// Reads the facts and the raw public key: for RSA the DER
-    /// `RSAPublicKey`, for EC the SEC1 point (the SPKI's BIT STRING content).
-    pub(crate) fn with_public_key(der: &[u8]) -> Result<(Self, Vec<u8>), CertificateError> {
+    /// `RSAPublicKey`, for EC the SEC1 point (the SPKI's BIT STRING content),
+    /// as [`card_signature_verifies`](crate::assertion::card_signature_verifies) takes it.
+    ///
+    /// # Errors
+    /// As [`CertificateFacts::from_der`].
+    pub fn with_public_key(der: &[u8]) -> Result<(Self, Vec<u8>), CertificateError> {
         let certificate = parse(der)?;
         let subject = certificate.subject();
         let (emails, upns) = subject_alternative_names(&certificate)?;
