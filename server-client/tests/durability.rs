@@ -447,22 +447,25 @@ async fn a_server_killed_under_load_loses_no_sign_in_and_accepts_no_nonce_twice(
 
 /// `PRAGMA integrity_check` and `PRAGMA foreign_key_check` of the SQLite database at `path`.
 async fn integrity(path: &Path) -> Vec<String> {
-    use sqlx::ConnectOptions as _;
-    let mut connection = sqlx::sqlite::SqliteConnectOptions::new()
-        .filename(path)
-        .read_only(true)
-        .connect()
-        .await
-        .expect("the database opens");
-    let foreign: Vec<sqlx::sqlite::SqliteRow> = sqlx::query("PRAGMA foreign_key_check")
-        .fetch_all(&mut connection)
-        .await
-        .expect("foreign_key_check runs");
-    assert!(foreign.is_empty(), "{} dangling references", foreign.len());
-    sqlx::query_scalar("PRAGMA integrity_check")
-        .fetch_all(&mut connection)
-        .await
+    let connection =
+        rusqlite::Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+            .expect("the database opens");
+    let mut foreign_key_check = connection
+        .prepare("PRAGMA foreign_key_check")
+        .expect("foreign_key_check prepares");
+    let dangling = foreign_key_check
+        .query_map([], |_| Ok(()))
+        .expect("foreign_key_check runs")
+        .count();
+    assert_eq!(dangling, 0, "{dangling} dangling references");
+    let mut integrity_check = connection
+        .prepare("PRAGMA integrity_check")
+        .expect("integrity_check prepares");
+    integrity_check
+        .query_map([], |row| row.get(0))
         .expect("integrity_check runs")
+        .collect::<Result<_, _>>()
+        .expect("integrity_check answers")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -4,6 +4,7 @@
 //! future. [`SqliteStore`] is the embedded implementation. Times are kept in UTC
 //! to the microsecond.
 
+mod database;
 mod sqlite;
 
 use std::fmt;
@@ -17,6 +18,7 @@ use time::OffsetDateTime;
 use crate::certificate::CertificateFacts;
 use crate::mapping::UserAttribute;
 
+pub use database::DatabaseError;
 pub use sqlite::SqliteStore;
 
 /// The future every [`Store`] method returns: boxed so the trait stays object safe.
@@ -381,7 +383,7 @@ pub enum StoreError {
     },
     /// The database failed or holds data this program cannot read.
     #[error("database error")]
-    Database(#[from] sqlx::Error),
+    Database(#[source] DatabaseError),
 }
 
 /// The server's state: users, cards, challenges and the audit log.
@@ -585,7 +587,7 @@ mod tests {
             what: "user \"alice\"".to_owned(),
         };
         assert_eq!(not_found.to_string(), "user \"alice\" not found");
-        let database = StoreError::Database(sqlx::Error::PoolClosed);
+        let database = StoreError::Database(DatabaseError::Closed);
         assert_eq!(database.to_string(), "database error");
         assert!(std::error::Error::source(&database).is_some());
     }

@@ -1,19 +1,18 @@
-//! The embedded [`Store`]: SQLite through sqlx, with versioned migrations run on open.
+//! The embedded [`Store`]: SQLite (rusqlite, one writer thread with group commit), with versioned migrations run on open.
 //!
 //! Times are stored as RFC 3339 UTC text with exactly six fraction digits
 //! (`2025-01-02T03:04:05.000006Z`), so comparing the text orders the times.
 
 use std::path::Path;
 use std::str::FromStr;
-use std::time::Duration;
+use std::sync::Arc;
 
-use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous,
-};
-use sqlx::{QueryBuilder, Row, Sqlite, SqlitePool};
+use rusqlite::types::Value;
+use rusqlite::{Connection, OptionalExtension, Row, TransactionBehavior, params, params_from_iter};
 use time::format_description::well_known::Rfc3339;
 use time::{OffsetDateTime, UtcOffset};
 
+use super::database::{Database, DatabaseError};
 use super::{
     AuditEvent, AuditQuery, BoxFuture, Card, CardState, ChallengeUse, EnrollmentCodeRecord,
     EnrollmentCodeUse, IssuedCertificate, NewAuditEvent, NewEnrollmentCode, RevocationReason,
@@ -21,17 +20,6 @@ use super::{
 };
 use crate::certificate::CertificateFacts;
 use crate::mapping::UserAttribute;
-
-/// How long a statement waits for another connection's write lock.
-const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// Connections in a file database's pool.
-const MAX_CONNECTIONS: u32 = 8;
-
-/// The largest the write-ahead log is left after a checkpoint, bytes: under steady
-/// load SQLite reuses the file rather than shrinking it, so without a limit it keeps
-/// its high-water mark (hundreds of MB after a load test).
-const JOURNAL_SIZE_LIMIT: &str = "67108864";
 
 /// Version 1: users, cards, challenges and the audit log.
 const MIGRATION_1: &str = "
@@ -144,10 +132,16 @@ macro_rules! select_cards {
     };
 }
 
-/// The SQLite store. Cloning is cheap and shares the connection pool.
-#[derive(Debug, Clone)]
+/// The SQLite store. Cloning is cheap and shares the connections.
+#[derive(Clone)]
 pub struct SqliteStore {
-    pool: SqlitePool,
+    database: Arc<Database>,
+}
+
+impl std::fmt::Debug for SqliteStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SqliteStore").finish_non_exhaustive()
+    }
 }
 
 impl SqliteStore {
@@ -155,64 +149,41 @@ impl SqliteStore {
     /// brings its schema up to date. Several stores, in one process or several,
     /// may open the same file.
     pub async fn open(path: &Path) -> Result<Self, StoreError> {
-        let options = SqliteConnectOptions::new()
-            .filename(path)
-            .create_if_missing(true)
-            .journal_mode(SqliteJournalMode::Wal)
-            .synchronous(SqliteSynchronous::Normal)
-            .foreign_keys(true)
-            .busy_timeout(BUSY_TIMEOUT)
-            .pragma("journal_size_limit", JOURNAL_SIZE_LIMIT);
-        let pool = SqlitePoolOptions::new()
-            .max_connections(MAX_CONNECTIONS)
-            .connect_with(options)
-            .await?;
-        Self::with_pool(pool).await
+        let database = Database::open(path, migrate).await?;
+        Ok(SqliteStore {
+            database: Arc::new(database),
+        })
     }
 
-    /// A fresh, private database in memory, for tests: one connection that lives as
-    /// long as the store, so the data does too.
+    /// A fresh, private database in memory, for tests: it lives as long as the store.
     pub async fn in_memory() -> Result<Self, StoreError> {
-        let options = SqliteConnectOptions::new()
-            .in_memory(true)
-            .foreign_keys(true);
-        let pool = SqlitePoolOptions::new()
-            .max_connections(1)
-            .min_connections(1)
-            .idle_timeout(None)
-            .max_lifetime(None)
-            .connect_with(options)
-            .await?;
-        Self::with_pool(pool).await
+        let database = Database::in_memory(migrate).await?;
+        Ok(SqliteStore {
+            database: Arc::new(database),
+        })
     }
 
-    /// Closes every connection; later calls fail with [`StoreError::Database`].
+    /// Closes every connection once the writes already given are done; later calls fail
+    /// with [`StoreError::Database`].
     pub async fn close(&self) {
-        self.pool.close().await;
-    }
-
-    async fn with_pool(pool: SqlitePool) -> Result<Self, StoreError> {
-        migrate(&pool).await?;
-        Ok(SqliteStore { pool })
+        self.database.close().await;
     }
 }
 
 /// Applies the migrations this database lacks, each in its own write transaction,
 /// so concurrent openers apply each one once.
-async fn migrate(pool: &SqlitePool) -> Result<(), StoreError> {
-    sqlx::raw_sql(
+fn migrate(connection: &mut Connection) -> Result<(), StoreError> {
+    connection.execute_batch(
         "CREATE TABLE IF NOT EXISTS schema_migrations (
             version INTEGER PRIMARY KEY NOT NULL,
             applied_at TEXT NOT NULL
         ) STRICT",
-    )
-    .execute(pool)
-    .await?;
+    )?;
     let newest_known = MIGRATIONS.last().map_or(0, |(version, _)| *version);
     let newest_applied: Option<i64> =
-        sqlx::query_scalar("SELECT max(version) FROM schema_migrations")
-            .fetch_one(pool)
-            .await?;
+        connection.query_row("SELECT max(version) FROM schema_migrations", [], |row| {
+            row.get(0)
+        })?;
     if let Some(newest_applied) = newest_applied.filter(|applied| *applied > newest_known) {
         return Err(StoreError::Conflict {
             what: format!(
@@ -221,21 +192,22 @@ async fn migrate(pool: &SqlitePool) -> Result<(), StoreError> {
         });
     }
     for &(version, sql) in MIGRATIONS {
-        let mut transaction = pool.begin_with("BEGIN IMMEDIATE").await?;
-        let applied: Option<i64> =
-            sqlx::query_scalar("SELECT version FROM schema_migrations WHERE version = ?")
-                .bind(version)
-                .fetch_optional(&mut *transaction)
-                .await?;
+        let transaction = connection.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let applied: Option<i64> = transaction
+            .query_row(
+                "SELECT version FROM schema_migrations WHERE version = ?",
+                [version],
+                |row| row.get(0),
+            )
+            .optional()?;
         if applied.is_none() {
-            sqlx::raw_sql(sql).execute(&mut *transaction).await?;
-            sqlx::query("INSERT INTO schema_migrations (version, applied_at) VALUES (?, ?)")
-                .bind(version)
-                .bind(encode_time(OffsetDateTime::now_utc())?)
-                .execute(&mut *transaction)
-                .await?;
+            transaction.execute_batch(sql)?;
+            transaction.execute(
+                "INSERT INTO schema_migrations (version, applied_at) VALUES (?, ?)",
+                params![version, encode_time(OffsetDateTime::now_utc())?],
+            )?;
         }
-        transaction.commit().await?;
+        transaction.commit()?;
     }
     Ok(())
 }
@@ -243,50 +215,49 @@ async fn migrate(pool: &SqlitePool) -> Result<(), StoreError> {
 impl Store for SqliteStore {
     fn add_user(&self, user: &User) -> BoxFuture<'_, Result<(), StoreError>> {
         let user = user.clone();
-        Box::pin(async move {
-            let result = sqlx::query(
-                "INSERT INTO users (id, display_name, mail, upn, employee_id, state, created_at)
-                 VALUES (?, ?, ?, ?, ?, ?, ?)",
-            )
-            .bind(&user.id)
-            .bind(&user.display_name)
-            .bind(&user.mail)
-            .bind(&user.upn)
-            .bind(&user.employee_id)
-            .bind(user.state.as_str())
-            .bind(encode_time(OffsetDateTime::now_utc())?)
-            .execute(&self.pool)
-            .await;
+        Box::pin(self.database.write(move |connection| {
+            let result = connection
+                .prepare_cached(
+                    "INSERT INTO users (id, display_name, mail, upn, employee_id, state, created_at)
+                     VALUES (?, ?, ?, ?, ?, ?, ?)",
+                )?
+                .execute(params![
+                    user.id,
+                    user.display_name,
+                    user.mail,
+                    user.upn,
+                    user.employee_id,
+                    user.state.as_str(),
+                    encode_time(OffsetDateTime::now_utc())?,
+                ]);
             match result {
                 Err(error) if is_unique_violation(&error) => Err(StoreError::Conflict {
                     what: format!("user {:?} exists already", user.id),
                 }),
                 other => other.map(drop).map_err(StoreError::from),
             }
-        })
+        }))
     }
 
     fn get_user(&self, id: &str) -> BoxFuture<'_, Result<Option<User>, StoreError>> {
         let id = id.to_owned();
-        Box::pin(async move {
-            sqlx::query(select_users!("WHERE id = ?"))
-                .bind(id)
-                .fetch_optional(&self.pool)
-                .await?
-                .map(|row| user_from_row(&row))
+        Box::pin(self.database.read(move |connection| {
+            connection
+                .prepare_cached(select_users!("WHERE id = ?"))?
+                .query_row([id], user_from_row)
+                .optional()?
                 .transpose()
-        })
+        }))
     }
 
     fn list_users(&self) -> BoxFuture<'_, Result<Vec<User>, StoreError>> {
-        Box::pin(async move {
-            sqlx::query(select_users!("ORDER BY id"))
-                .fetch_all(&self.pool)
-                .await?
-                .iter()
-                .map(user_from_row)
-                .collect()
-        })
+        Box::pin(self.database.read(move |connection| {
+            collect_rows(
+                &mut connection.prepare_cached(select_users!("ORDER BY id"))?,
+                [],
+                user_from_row,
+            )
+        }))
     }
 
     fn find_users(
@@ -310,33 +281,24 @@ impl Store for SqliteStore {
             }
         };
         let value = value.to_owned();
-        Box::pin(async move {
-            sqlx::query(sql)
-                .bind(value)
-                .fetch_all(&self.pool)
-                .await?
-                .iter()
-                .map(user_from_row)
-                .collect()
-        })
+        Box::pin(self.database.read(move |connection| {
+            collect_rows(&mut connection.prepare_cached(sql)?, [value], user_from_row)
+        }))
     }
 
     fn set_user_state(&self, id: &str, state: UserState) -> BoxFuture<'_, Result<(), StoreError>> {
         let id = id.to_owned();
-        Box::pin(async move {
-            let changed = sqlx::query("UPDATE users SET state = ? WHERE id = ?")
-                .bind(state.as_str())
-                .bind(&id)
-                .execute(&self.pool)
-                .await?
-                .rows_affected();
+        Box::pin(self.database.write(move |connection| {
+            let changed = connection
+                .prepare_cached("UPDATE users SET state = ? WHERE id = ?")?
+                .execute(params![state.as_str(), id])?;
             if changed == 0 {
                 return Err(StoreError::NotFound {
                     what: format!("user {id:?}"),
                 });
             }
             Ok(())
-        })
+        }))
     }
 
     fn record_card(
@@ -350,58 +312,53 @@ impl Store for SqliteStore {
         let issuer = facts.issuer.clone();
         let subject = facts.subject.clone();
         let user_id = user_id.map(str::to_owned);
-        Box::pin(async move {
+        Box::pin(self.database.write(move |connection| {
             let now = encode_time(now)?;
-            let result = sqlx::query(
-                "INSERT INTO cards (serial, fingerprint, issuer, subject, user_id, state, first_seen, last_seen)
-                 VALUES (?1, ?2, ?3, ?4, ?5, 'active', ?6, ?6)
-                 ON CONFLICT (serial) DO UPDATE SET
-                     fingerprint = excluded.fingerprint,
-                     issuer = excluded.issuer,
-                     subject = excluded.subject,
-                     user_id = coalesce(excluded.user_id, cards.user_id),
-                     last_seen = excluded.last_seen
-                 RETURNING serial, fingerprint, issuer, subject, user_id, state, first_seen, last_seen",
-            )
-            .bind(&serial)
-            .bind(fingerprint)
-            .bind(issuer)
-            .bind(subject)
-            .bind(&user_id)
-            .bind(now)
-            .fetch_one(&self.pool)
-            .await;
+            let result = connection
+                .prepare_cached(
+                    "INSERT INTO cards (serial, fingerprint, issuer, subject, user_id, state, first_seen, last_seen)
+                     VALUES (?1, ?2, ?3, ?4, ?5, 'active', ?6, ?6)
+                     ON CONFLICT (serial) DO UPDATE SET
+                         fingerprint = excluded.fingerprint,
+                         issuer = excluded.issuer,
+                         subject = excluded.subject,
+                         user_id = coalesce(excluded.user_id, cards.user_id),
+                         last_seen = excluded.last_seen
+                     RETURNING serial, fingerprint, issuer, subject, user_id, state, first_seen, last_seen",
+                )?
+                .query_row(
+                    params![serial, fingerprint, issuer, subject, user_id, now],
+                    card_from_row,
+                );
             match result {
-                Ok(row) => card_from_row(&row),
+                Ok(card) => card,
                 Err(error) if is_foreign_key_violation(&error) => Err(StoreError::NotFound {
                     what: format!("user {:?}", user_id.unwrap_or_default()),
                 }),
                 Err(error) => Err(error.into()),
             }
-        })
+        }))
     }
 
     fn get_card(&self, serial: &str) -> BoxFuture<'_, Result<Option<Card>, StoreError>> {
         let serial = serial.to_owned();
-        Box::pin(async move {
-            sqlx::query(select_cards!("WHERE serial = ?"))
-                .bind(serial)
-                .fetch_optional(&self.pool)
-                .await?
-                .map(|row| card_from_row(&row))
+        Box::pin(self.database.read(move |connection| {
+            connection
+                .prepare_cached(select_cards!("WHERE serial = ?"))?
+                .query_row([serial], card_from_row)
+                .optional()?
                 .transpose()
-        })
+        }))
     }
 
     fn list_cards(&self) -> BoxFuture<'_, Result<Vec<Card>, StoreError>> {
-        Box::pin(async move {
-            sqlx::query(select_cards!("ORDER BY serial"))
-                .fetch_all(&self.pool)
-                .await?
-                .iter()
-                .map(card_from_row)
-                .collect()
-        })
+        Box::pin(self.database.read(move |connection| {
+            collect_rows(
+                &mut connection.prepare_cached(select_cards!("ORDER BY serial"))?,
+                [],
+                card_from_row,
+            )
+        }))
     }
 
     fn set_card_state(
@@ -410,44 +367,37 @@ impl Store for SqliteStore {
         state: CardState,
     ) -> BoxFuture<'_, Result<(), StoreError>> {
         let serial = serial.to_owned();
-        Box::pin(async move {
-            let mut transaction = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        Box::pin(self.database.write(move |connection| {
             // One statement, so a concurrent revocation cannot be undone.
-            let changed = sqlx::query(
-                "UPDATE cards SET state = ?1 WHERE serial = ?2 AND (state <> 'revoked' OR ?1 = 'revoked')",
-            )
-            .bind(state.as_str())
-            .bind(&serial)
-            .execute(&mut *transaction)
-            .await?
-            .rows_affected();
+            let changed = connection
+                .prepare_cached(
+                    "UPDATE cards SET state = ?1 WHERE serial = ?2 AND (state <> 'revoked' OR ?1 = 'revoked')",
+                )?
+                .execute(params![state.as_str(), serial])?;
             if changed > 0 {
                 if state == CardState::Revoked {
-                    sqlx::query(
-                        "INSERT INTO revoked_certificates (serial, revoked_at, reason)
-                         VALUES (?, ?, 'unspecified') ON CONFLICT (serial) DO NOTHING",
-                    )
-                    .bind(&serial)
-                    .bind(encode_time(OffsetDateTime::now_utc())?)
-                    .execute(&mut *transaction)
-                    .await?;
+                    connection
+                        .prepare_cached(
+                            "INSERT INTO revoked_certificates (serial, revoked_at, reason)
+                             VALUES (?, ?, 'unspecified') ON CONFLICT (serial) DO NOTHING",
+                        )?
+                        .execute(params![serial, encode_time(OffsetDateTime::now_utc())?])?;
                 }
-                transaction.commit().await?;
                 return Ok(());
             }
-            let exists: Option<i64> = sqlx::query_scalar("SELECT 1 FROM cards WHERE serial = ?")
-                .bind(&serial)
-                .fetch_optional(&mut *transaction)
-                .await?;
-            Err(match exists {
-                Some(_) => StoreError::Conflict {
+            let exists = connection
+                .prepare_cached("SELECT 1 FROM cards WHERE serial = ?")?
+                .exists([&serial])?;
+            Err(if exists {
+                StoreError::Conflict {
                     what: format!("card {serial:?} is revoked, which is final"),
-                },
-                None => StoreError::NotFound {
+                }
+            } else {
+                StoreError::NotFound {
                     what: format!("card {serial:?}"),
-                },
+                }
             })
-        })
+        }))
     }
 
     fn add_challenge(
@@ -458,16 +408,17 @@ impl Store for SqliteStore {
     ) -> BoxFuture<'_, Result<(), StoreError>> {
         let nonce = nonce.to_owned();
         let device = device.to_owned();
-        Box::pin(async move {
-            let result = sqlx::query(
-                "INSERT INTO challenges (nonce, device, issued_at, expires_at) VALUES (?, ?, ?, ?)",
-            )
-            .bind(nonce)
-            .bind(device)
-            .bind(encode_time(OffsetDateTime::now_utc())?)
-            .bind(encode_time(expires_at)?)
-            .execute(&self.pool)
-            .await;
+        Box::pin(self.database.write(move |connection| {
+            let result = connection
+                .prepare_cached(
+                    "INSERT INTO challenges (nonce, device, issued_at, expires_at) VALUES (?, ?, ?, ?)",
+                )?
+                .execute(params![
+                    nonce,
+                    device,
+                    encode_time(OffsetDateTime::now_utc())?,
+                    encode_time(expires_at)?,
+                ]);
             match result {
                 // The message leaves the nonce out: it is a live challenge.
                 Err(error) if is_unique_violation(&error) => Err(StoreError::Conflict {
@@ -475,7 +426,7 @@ impl Store for SqliteStore {
                 }),
                 other => other.map(drop).map_err(StoreError::from),
             }
-        })
+        }))
     }
 
     fn use_challenge(
@@ -486,33 +437,27 @@ impl Store for SqliteStore {
     ) -> BoxFuture<'_, Result<ChallengeUse, StoreError>> {
         let nonce = nonce.to_owned();
         let device = device.to_owned();
-        Box::pin(async move {
+        Box::pin(self.database.write(move |connection| {
             let now = encode_time(now)?;
             // The single atomic step: only one caller can turn `used_at` from NULL.
-            let changed = sqlx::query(
-                "UPDATE challenges SET used_at = ?1
-                 WHERE nonce = ?2 AND device = ?3 AND used_at IS NULL AND expires_at > ?1",
-            )
-            .bind(&now)
-            .bind(&nonce)
-            .bind(&device)
-            .execute(&self.pool)
-            .await?
-            .rows_affected();
+            let changed = connection
+                .prepare_cached(
+                    "UPDATE challenges SET used_at = ?1
+                     WHERE nonce = ?2 AND device = ?3 AND used_at IS NULL AND expires_at > ?1",
+                )?
+                .execute(params![now, nonce, device])?;
             if changed > 0 {
                 return Ok(ChallengeUse::Accepted);
             }
             // Refused: read why. Challenges only ever move towards refusal, so the
             // answer cannot contradict the UPDATE.
-            let row = sqlx::query("SELECT device, used_at FROM challenges WHERE nonce = ?")
-                .bind(&nonce)
-                .fetch_optional(&self.pool)
-                .await?;
-            let Some(row) = row else {
+            let stored: Option<(String, Option<String>)> = connection
+                .prepare_cached("SELECT device, used_at FROM challenges WHERE nonce = ?")?
+                .query_row([&nonce], |row| Ok((row.get(0)?, row.get(1)?)))
+                .optional()?;
+            let Some((issued_to, used_at)) = stored else {
                 return Ok(ChallengeUse::Unknown);
             };
-            let issued_to: String = row.try_get("device")?;
-            let used_at: Option<String> = row.try_get("used_at")?;
             Ok(if issued_to != device {
                 ChallengeUse::OtherDevice
             } else if used_at.is_some() {
@@ -520,31 +465,27 @@ impl Store for SqliteStore {
             } else {
                 ChallengeUse::Expired
             })
-        })
+        }))
     }
 
     fn purge_challenges(
         &self,
         older_than: OffsetDateTime,
     ) -> BoxFuture<'_, Result<u64, StoreError>> {
-        Box::pin(async move {
-            let purged = sqlx::query("DELETE FROM challenges WHERE expires_at < ?")
-                .bind(encode_time(older_than)?)
-                .execute(&self.pool)
-                .await?
-                .rows_affected();
-            Ok(purged)
-        })
+        Box::pin(self.database.write(move |connection| {
+            let purged = connection
+                .prepare_cached("DELETE FROM challenges WHERE expires_at < ?")?
+                .execute([encode_time(older_than)?])?;
+            Ok(purged as u64)
+        }))
     }
 
     fn compact(&self) -> BoxFuture<'_, Result<(), StoreError>> {
-        Box::pin(async move {
+        Box::pin(self.database.alone(|connection| {
             // Busy (readers still need old frames): the next round tries again.
-            sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)")
-                .execute(&self.pool)
-                .await?;
+            connection.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))?;
             Ok(())
-        })
+        }))
     }
 
     fn add_enrollment_code(
@@ -552,17 +493,18 @@ impl Store for SqliteStore {
         code: &NewEnrollmentCode,
     ) -> BoxFuture<'_, Result<(), StoreError>> {
         let code = code.clone();
-        Box::pin(async move {
-            let result = sqlx::query(
-                "INSERT INTO enrollment_codes (code_hash, user_id, created_at, expires_at)
-                 VALUES (?, ?, ?, ?)",
-            )
-            .bind(&code.code_hash)
-            .bind(&code.user_id)
-            .bind(encode_time(code.created_at)?)
-            .bind(encode_time(code.expires_at)?)
-            .execute(&self.pool)
-            .await;
+        Box::pin(self.database.write(move |connection| {
+            let result = connection
+                .prepare_cached(
+                    "INSERT INTO enrollment_codes (code_hash, user_id, created_at, expires_at)
+                     VALUES (?, ?, ?, ?)",
+                )?
+                .execute(params![
+                    code.code_hash,
+                    code.user_id,
+                    encode_time(code.created_at)?,
+                    encode_time(code.expires_at)?,
+                ]);
             match result {
                 Err(error) if is_foreign_key_violation(&error) => Err(StoreError::NotFound {
                     what: format!("user {:?}", code.user_id),
@@ -573,7 +515,7 @@ impl Store for SqliteStore {
                 }),
                 other => other.map(drop).map_err(StoreError::from),
             }
-        })
+        }))
     }
 
     fn get_enrollment_code(
@@ -581,17 +523,16 @@ impl Store for SqliteStore {
         code_hash: &str,
     ) -> BoxFuture<'_, Result<Option<EnrollmentCodeRecord>, StoreError>> {
         let code_hash = code_hash.to_owned();
-        Box::pin(async move {
-            sqlx::query(
-                "SELECT code_hash, user_id, created_at, expires_at, used_at, used_by
-                 FROM enrollment_codes WHERE code_hash = ?",
-            )
-            .bind(code_hash)
-            .fetch_optional(&self.pool)
-            .await?
-            .map(|row| enrollment_code_from_row(&row))
-            .transpose()
-        })
+        Box::pin(self.database.read(move |connection| {
+            connection
+                .prepare_cached(
+                    "SELECT code_hash, user_id, created_at, expires_at, used_at, used_by
+                     FROM enrollment_codes WHERE code_hash = ?",
+                )?
+                .query_row([code_hash], enrollment_code_from_row)
+                .optional()?
+                .transpose()
+        }))
     }
 
     fn redeem_enrollment_code(
@@ -602,42 +543,29 @@ impl Store for SqliteStore {
     ) -> BoxFuture<'_, Result<EnrollmentCodeUse, StoreError>> {
         let code_hash = code_hash.to_owned();
         let issued = issued.clone();
-        Box::pin(async move {
+        Box::pin(self.database.write(move |connection| {
             let now = encode_time(now)?;
-            let mut transaction = self.pool.begin_with("BEGIN IMMEDIATE").await?;
             // The single atomic step: only one caller can turn `used_at` from NULL.
-            let changed = sqlx::query(
-                "UPDATE enrollment_codes SET used_at = ?1, used_by = ?2
-                 WHERE code_hash = ?3 AND user_id = ?4 AND used_at IS NULL AND expires_at > ?1",
-            )
-            .bind(&now)
-            .bind(&issued.facts.serial)
-            .bind(&code_hash)
-            .bind(&issued.user_id)
-            .execute(&mut *transaction)
-            .await?
-            .rows_affected();
+            let changed = connection
+                .prepare_cached(
+                    "UPDATE enrollment_codes SET used_at = ?1, used_by = ?2
+                     WHERE code_hash = ?3 AND user_id = ?4 AND used_at IS NULL AND expires_at > ?1",
+                )?
+                .execute(params![now, issued.facts.serial, code_hash, issued.user_id])?;
             if changed == 0 {
-                let row = sqlx::query("SELECT used_at FROM enrollment_codes WHERE code_hash = ?")
-                    .bind(&code_hash)
-                    .fetch_optional(&mut *transaction)
-                    .await?;
-                return Ok(match row {
+                let used_at: Option<Option<String>> = connection
+                    .prepare_cached("SELECT used_at FROM enrollment_codes WHERE code_hash = ?")?
+                    .query_row([&code_hash], |row| row.get(0))
+                    .optional()?;
+                return Ok(match used_at {
                     None => EnrollmentCodeUse::Unknown,
-                    Some(row) => {
-                        let used_at: Option<String> = row.try_get("used_at")?;
-                        if used_at.is_some() {
-                            EnrollmentCodeUse::Used
-                        } else {
-                            EnrollmentCodeUse::Expired
-                        }
-                    }
+                    Some(Some(_)) => EnrollmentCodeUse::Used,
+                    Some(None) => EnrollmentCodeUse::Expired,
                 });
             }
-            register_issued(&mut transaction, &issued, &now).await?;
-            transaction.commit().await?;
+            register_issued(connection, &issued, &now)?;
             Ok(EnrollmentCodeUse::Accepted)
-        })
+        }))
     }
 
     fn supersede_card(
@@ -648,22 +576,18 @@ impl Store for SqliteStore {
     ) -> BoxFuture<'_, Result<(), StoreError>> {
         let old_serial = old_serial.to_owned();
         let issued = issued.clone();
-        Box::pin(async move {
+        Box::pin(self.database.write(move |connection| {
             let now = encode_time(now)?;
-            let mut transaction = self.pool.begin_with("BEGIN IMMEDIATE").await?;
-            let changed = sqlx::query(
-                "UPDATE cards SET state = 'revoked' WHERE serial = ? AND state = 'active'",
-            )
-            .bind(&old_serial)
-            .execute(&mut *transaction)
-            .await?
-            .rows_affected();
+            let changed = connection
+                .prepare_cached(
+                    "UPDATE cards SET state = 'revoked' WHERE serial = ? AND state = 'active'",
+                )?
+                .execute([&old_serial])?;
             if changed == 0 {
-                let state: Option<String> =
-                    sqlx::query_scalar("SELECT state FROM cards WHERE serial = ?")
-                        .bind(&old_serial)
-                        .fetch_optional(&mut *transaction)
-                        .await?;
+                let state: Option<String> = connection
+                    .prepare_cached("SELECT state FROM cards WHERE serial = ?")?
+                    .query_row([&old_serial], |row| row.get(0))
+                    .optional()?;
                 return Err(match state {
                     None => StoreError::NotFound {
                         what: format!("card {old_serial:?}"),
@@ -673,18 +597,14 @@ impl Store for SqliteStore {
                     },
                 });
             }
-            sqlx::query(
-                "INSERT INTO revoked_certificates (serial, revoked_at, reason)
-                 VALUES (?, ?, 'superseded') ON CONFLICT (serial) DO NOTHING",
-            )
-            .bind(&old_serial)
-            .bind(&now)
-            .execute(&mut *transaction)
-            .await?;
-            register_issued(&mut transaction, &issued, &now).await?;
-            transaction.commit().await?;
-            Ok(())
-        })
+            connection
+                .prepare_cached(
+                    "INSERT INTO revoked_certificates (serial, revoked_at, reason)
+                     VALUES (?, ?, 'superseded') ON CONFLICT (serial) DO NOTHING",
+                )?
+                .execute(params![old_serial, now])?;
+            register_issued(connection, &issued, &now)
+        }))
     }
 
     fn revocation(
@@ -692,43 +612,39 @@ impl Store for SqliteStore {
         serial: &str,
     ) -> BoxFuture<'_, Result<Option<RevokedCertificate>, StoreError>> {
         let serial = serial.to_owned();
-        Box::pin(async move {
-            sqlx::query(
-                "SELECT serial, revoked_at, reason FROM revoked_certificates WHERE serial = ?",
-            )
-            .bind(serial)
-            .fetch_optional(&self.pool)
-            .await?
-            .map(|row| revoked_from_row(&row))
-            .transpose()
-        })
+        Box::pin(self.database.read(move |connection| {
+            connection
+                .prepare_cached(
+                    "SELECT serial, revoked_at, reason FROM revoked_certificates WHERE serial = ?",
+                )?
+                .query_row([serial], revoked_from_row)
+                .optional()?
+                .transpose()
+        }))
     }
 
     fn revoked_issued_certificates(
         &self,
     ) -> BoxFuture<'_, Result<Vec<RevokedCertificate>, StoreError>> {
-        Box::pin(async move {
-            sqlx::query(
-                "SELECT r.serial, r.revoked_at, r.reason FROM revoked_certificates r
-                 JOIN issued_certificates i ON i.serial = r.serial ORDER BY r.serial",
+        Box::pin(self.database.read(move |connection| {
+            collect_rows(
+                &mut connection.prepare_cached(
+                    "SELECT r.serial, r.revoked_at, r.reason FROM revoked_certificates r
+                     JOIN issued_certificates i ON i.serial = r.serial ORDER BY r.serial",
+                )?,
+                [],
+                revoked_from_row,
             )
-            .fetch_all(&self.pool)
-            .await?
-            .iter()
-            .map(revoked_from_row)
-            .collect()
-        })
+        }))
     }
 
     fn delete_card(&self, serial: &str) -> BoxFuture<'_, Result<(), StoreError>> {
         let serial = serial.to_owned();
-        Box::pin(async move {
-            let mut transaction = self.pool.begin_with("BEGIN IMMEDIATE").await?;
-            let state: Option<String> =
-                sqlx::query_scalar("SELECT state FROM cards WHERE serial = ?")
-                    .bind(&serial)
-                    .fetch_optional(&mut *transaction)
-                    .await?;
+        Box::pin(self.database.write(move |connection| {
+            let state: Option<String> = connection
+                .prepare_cached("SELECT state FROM cards WHERE serial = ?")?
+                .query_row([&serial], |row| row.get(0))
+                .optional()?;
             match state.as_deref() {
                 None => {
                     return Err(StoreError::NotFound {
@@ -743,40 +659,37 @@ impl Store for SqliteStore {
                 }
             }
             // Revoked before the list existed: it goes on it now.
-            sqlx::query(
-                "INSERT INTO revoked_certificates (serial, revoked_at, reason)
-                 VALUES (?, ?, 'unspecified') ON CONFLICT (serial) DO NOTHING",
-            )
-            .bind(&serial)
-            .bind(encode_time(OffsetDateTime::now_utc())?)
-            .execute(&mut *transaction)
-            .await?;
-            sqlx::query("DELETE FROM cards WHERE serial = ?")
-                .bind(&serial)
-                .execute(&mut *transaction)
-                .await?;
-            transaction.commit().await?;
+            connection
+                .prepare_cached(
+                    "INSERT INTO revoked_certificates (serial, revoked_at, reason)
+                     VALUES (?, ?, 'unspecified') ON CONFLICT (serial) DO NOTHING",
+                )?
+                .execute(params![serial, encode_time(OffsetDateTime::now_utc())?])?;
+            connection
+                .prepare_cached("DELETE FROM cards WHERE serial = ?")?
+                .execute([&serial])?;
             Ok(())
-        })
+        }))
     }
 
     fn audit(&self, event: NewAuditEvent) -> BoxFuture<'_, Result<(), StoreError>> {
-        Box::pin(async move {
-            sqlx::query(
-                "INSERT INTO audit (time, kind, outcome, device, card_serial, user_id, detail)
-                 VALUES (?, ?, ?, ?, ?, ?, ?)",
-            )
-            .bind(encode_time(event.time)?)
-            .bind(event.kind)
-            .bind(event.outcome)
-            .bind(event.device)
-            .bind(event.card_serial)
-            .bind(event.user_id)
-            .bind(event.detail)
-            .execute(&self.pool)
-            .await?;
+        Box::pin(self.database.write(move |connection| {
+            connection
+                .prepare_cached(
+                    "INSERT INTO audit (time, kind, outcome, device, card_serial, user_id, detail)
+                     VALUES (?, ?, ?, ?, ?, ?, ?)",
+                )?
+                .execute(params![
+                    encode_time(event.time)?,
+                    event.kind,
+                    event.outcome,
+                    event.device,
+                    event.card_serial,
+                    event.user_id,
+                    event.detail,
+                ])?;
             Ok(())
-        })
+        }))
     }
 
     fn query_audit(
@@ -784,84 +697,119 @@ impl Store for SqliteStore {
         query: &AuditQuery,
     ) -> BoxFuture<'_, Result<Vec<AuditEvent>, StoreError>> {
         let query = query.clone();
-        Box::pin(async move {
-            let limit = i64::from(query.effective_limit());
-            let mut sql = QueryBuilder::<Sqlite>::new(
+        Box::pin(self.database.read(move |connection| {
+            let mut sql = String::from(
                 "SELECT id, time, kind, outcome, device, card_serial, user_id, detail FROM audit WHERE 1 = 1",
             );
+            let limit = i64::from(query.effective_limit());
+            let mut values: Vec<Value> = Vec::new();
             let equal_filters = [
-                (" AND user_id = ", query.user_id),
-                (" AND card_serial = ", query.card_serial),
-                (" AND device = ", query.device),
-                (" AND outcome = ", query.outcome),
+                (" AND user_id = ?", query.user_id),
+                (" AND card_serial = ?", query.card_serial),
+                (" AND device = ?", query.device),
+                (" AND outcome = ?", query.outcome),
             ];
             for (condition, value) in equal_filters {
                 if let Some(value) = value {
-                    sql.push(condition).push_bind(value);
+                    sql.push_str(condition);
+                    values.push(Value::Text(value));
                 }
             }
             if let Some(since) = query.since {
-                sql.push(" AND time >= ").push_bind(encode_time(since)?);
+                sql.push_str(" AND time >= ?");
+                values.push(Value::Text(encode_time(since)?));
             }
             if let Some(until) = query.until {
-                sql.push(" AND time < ").push_bind(encode_time(until)?);
+                sql.push_str(" AND time < ?");
+                values.push(Value::Text(encode_time(until)?));
             }
-            sql.push(" ORDER BY time DESC, id DESC LIMIT ")
-                .push_bind(limit);
-            sql.build()
-                .fetch_all(&self.pool)
-                .await?
-                .iter()
-                .map(audit_event_from_row)
-                .collect()
-        })
+            sql.push_str(" ORDER BY time DESC, id DESC LIMIT ?");
+            values.push(Value::Integer(limit));
+            collect_rows(
+                &mut connection.prepare_cached(&sql)?,
+                params_from_iter(values),
+                audit_event_from_row,
+            )
+        }))
     }
 }
 
-fn user_from_row(row: &SqliteRow) -> Result<User, StoreError> {
-    Ok(User {
-        id: row.try_get("id")?,
-        display_name: row.try_get("display_name")?,
-        mail: row.try_get("mail")?,
-        upn: row.try_get("upn")?,
-        employee_id: row.try_get("employee_id")?,
-        state: decode_state(row, "state")?,
-    })
+/// Every row of `statement` run with `params`, each read by `read`.
+fn collect_rows<T>(
+    statement: &mut rusqlite::CachedStatement<'_>,
+    params: impl rusqlite::Params,
+    read: fn(&Row<'_>) -> rusqlite::Result<Result<T, StoreError>>,
+) -> Result<Vec<T>, StoreError> {
+    let mut rows = Vec::new();
+    for row in statement.query_map(params, read)? {
+        rows.push(row??);
+    }
+    Ok(rows)
 }
 
-fn card_from_row(row: &SqliteRow) -> Result<Card, StoreError> {
-    Ok(Card {
-        serial: row.try_get("serial")?,
-        fingerprint: row.try_get("fingerprint")?,
-        issuer: row.try_get("issuer")?,
-        subject: row.try_get("subject")?,
-        user_id: row.try_get("user_id")?,
-        state: decode_state(row, "state")?,
-        first_seen: decode_time(row, "first_seen")?,
-        last_seen: decode_time(row, "last_seen")?,
-    })
+// The row readers answer in two layers: SQLite's own errors (a missing column, a wrong
+// type) outside, this program's (an unreadable time or state) inside.
+
+fn user_from_row(row: &Row<'_>) -> rusqlite::Result<Result<User, StoreError>> {
+    let state: String = row.get("state")?;
+    Ok(Ok(User {
+        id: row.get("id")?,
+        display_name: row.get("display_name")?,
+        mail: row.get("mail")?,
+        upn: row.get("upn")?,
+        employee_id: row.get("employee_id")?,
+        state: match decode_state("state", &state) {
+            Ok(state) => state,
+            Err(error) => return Ok(Err(error)),
+        },
+    }))
 }
 
-/// Registers an issued certificate and its card (active, for its user) in `transaction`.
-async fn register_issued(
-    transaction: &mut sqlx::Transaction<'_, Sqlite>,
+fn card_from_row(row: &Row<'_>) -> rusqlite::Result<Result<Card, StoreError>> {
+    let state: String = row.get("state")?;
+    let first_seen: String = row.get("first_seen")?;
+    let last_seen: String = row.get("last_seen")?;
+    let serial = row.get("serial")?;
+    let fingerprint = row.get("fingerprint")?;
+    let issuer = row.get("issuer")?;
+    let subject = row.get("subject")?;
+    let user_id = row.get("user_id")?;
+    Ok((|| {
+        Ok(Card {
+            serial,
+            fingerprint,
+            issuer,
+            subject,
+            user_id,
+            state: decode_state("state", &state)?,
+            first_seen: decode_time("first_seen", &first_seen)?,
+            last_seen: decode_time("last_seen", &last_seen)?,
+        })
+    })())
+}
+
+/// Registers an issued certificate and its card (active, for its user), inside the
+/// caller's write.
+fn register_issued(
+    connection: &Connection,
     issued: &IssuedCertificate,
     now: &str,
 ) -> Result<(), StoreError> {
     let facts = &issued.facts;
     let not_after = encode_time(facts.not_after)?;
-    let inserted = sqlx::query(
-        "INSERT INTO cards (serial, fingerprint, issuer, subject, user_id, state, first_seen, last_seen)
-         VALUES (?1, ?2, ?3, ?4, ?5, 'active', ?6, ?6)",
-    )
-    .bind(&facts.serial)
-    .bind(&facts.fingerprint)
-    .bind(&facts.issuer)
-    .bind(&facts.subject)
-    .bind(&issued.user_id)
-    .bind(now)
-    .execute(&mut **transaction)
-    .await;
+    let inserted = connection
+        .prepare_cached(
+            "INSERT INTO cards (serial, fingerprint, issuer, subject, user_id, state, first_seen, last_seen)
+             VALUES (?1, ?2, ?3, ?4, ?5, 'active', ?6, ?6)",
+        )?
+        .execute(params![
+            facts.serial,
+            facts.fingerprint,
+            facts.issuer,
+            facts.subject,
+            issued.user_id,
+            now
+        ]);
     match inserted {
         Err(error) if is_unique_violation(&error) => {
             return Err(StoreError::Conflict {
@@ -875,62 +823,81 @@ async fn register_issued(
         }
         other => other.map(drop)?,
     }
-    sqlx::query(
-        "INSERT INTO issued_certificates
-             (serial, fingerprint, user_id, issued_at, not_after, card_serial_number, chuid_guid)
-         VALUES (?, ?, ?, ?, ?, ?, ?)",
-    )
-    .bind(&facts.serial)
-    .bind(&facts.fingerprint)
-    .bind(&issued.user_id)
-    .bind(now)
-    .bind(not_after)
-    .bind(issued.card_serial_number.map(i64::from))
-    .bind(&issued.chuid_guid)
-    .execute(&mut **transaction)
-    .await?;
+    connection
+        .prepare_cached(
+            "INSERT INTO issued_certificates
+                 (serial, fingerprint, user_id, issued_at, not_after, card_serial_number, chuid_guid)
+             VALUES (?, ?, ?, ?, ?, ?, ?)",
+        )?
+        .execute(params![
+            facts.serial,
+            facts.fingerprint,
+            issued.user_id,
+            now,
+            not_after,
+            issued.card_serial_number.map(i64::from),
+            issued.chuid_guid,
+        ])?;
     Ok(())
 }
 
-fn enrollment_code_from_row(row: &SqliteRow) -> Result<EnrollmentCodeRecord, StoreError> {
-    let used_at: Option<String> = row.try_get("used_at")?;
-    Ok(EnrollmentCodeRecord {
-        code_hash: row.try_get("code_hash")?,
-        user_id: row.try_get("user_id")?,
-        created_at: decode_time(row, "created_at")?,
-        expires_at: decode_time(row, "expires_at")?,
-        used_at: used_at
-            .map(|text| {
-                OffsetDateTime::parse(&text, &Rfc3339)
-                    .map_err(|error| column_error("used_at", error))
-            })
-            .transpose()?,
-        used_by: row.try_get("used_by")?,
-    })
+fn enrollment_code_from_row(
+    row: &Row<'_>,
+) -> rusqlite::Result<Result<EnrollmentCodeRecord, StoreError>> {
+    let created_at: String = row.get("created_at")?;
+    let expires_at: String = row.get("expires_at")?;
+    let used_at: Option<String> = row.get("used_at")?;
+    let code_hash = row.get("code_hash")?;
+    let user_id = row.get("user_id")?;
+    let used_by = row.get("used_by")?;
+    Ok((|| {
+        Ok(EnrollmentCodeRecord {
+            code_hash,
+            user_id,
+            created_at: decode_time("created_at", &created_at)?,
+            expires_at: decode_time("expires_at", &expires_at)?,
+            used_at: used_at
+                .map(|text| decode_time("used_at", &text))
+                .transpose()?,
+            used_by,
+        })
+    })())
 }
 
-fn revoked_from_row(row: &SqliteRow) -> Result<RevokedCertificate, StoreError> {
-    let reason: String = row.try_get("reason")?;
-    Ok(RevokedCertificate {
-        serial: row.try_get("serial")?,
-        revoked_at: decode_time(row, "revoked_at")?,
-        reason: reason
-            .parse::<RevocationReason>()
-            .map_err(|error| column_error("reason", error))?,
-    })
+fn revoked_from_row(row: &Row<'_>) -> rusqlite::Result<Result<RevokedCertificate, StoreError>> {
+    let serial = row.get("serial")?;
+    let revoked_at: String = row.get("revoked_at")?;
+    let reason: String = row.get("reason")?;
+    Ok((|| {
+        Ok(RevokedCertificate {
+            serial,
+            revoked_at: decode_time("revoked_at", &revoked_at)?,
+            reason: reason
+                .parse::<RevocationReason>()
+                .map_err(|error| column_error("reason", error))?,
+        })
+    })())
 }
 
-fn audit_event_from_row(row: &SqliteRow) -> Result<AuditEvent, StoreError> {
-    Ok(AuditEvent {
-        id: row.try_get("id")?,
-        time: decode_time(row, "time")?,
-        kind: row.try_get("kind")?,
-        outcome: row.try_get("outcome")?,
-        device: row.try_get("device")?,
-        card_serial: row.try_get("card_serial")?,
-        user_id: row.try_get("user_id")?,
-        detail: row.try_get("detail")?,
-    })
+fn audit_event_from_row(row: &Row<'_>) -> rusqlite::Result<Result<AuditEvent, StoreError>> {
+    let time: String = row.get("time")?;
+    let id = row.get("id")?;
+    let kind = row.get("kind")?;
+    let outcome = row.get("outcome")?;
+    let device = row.get("device")?;
+    let card_serial = row.get("card_serial")?;
+    let user_id = row.get("user_id")?;
+    let detail = row.get("detail")?;
+    Ok(decode_time("time", &time).map(|time| AuditEvent {
+        id,
+        time,
+        kind,
+        outcome,
+        device,
+        card_serial,
+        user_id,
+        detail,
+    }))
 }
 
 /// A time as stored: UTC, whole microseconds, fixed width.
@@ -938,7 +905,7 @@ fn encode_time(time: OffsetDateTime) -> Result<String, StoreError> {
     let utc = time
         .checked_to_offset(UtcOffset::UTC)
         .filter(|utc| (0..=9999).contains(&utc.year()))
-        .ok_or_else(|| StoreError::Database(sqlx::Error::Encode(Box::new(TimeOutOfRange))))?;
+        .ok_or(StoreError::Database(DatabaseError::TimeOutOfRange))?;
     Ok(format!(
         "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:06}Z",
         utc.year(),
@@ -951,41 +918,45 @@ fn encode_time(time: OffsetDateTime) -> Result<String, StoreError> {
     ))
 }
 
-fn decode_time(row: &SqliteRow, column: &str) -> Result<OffsetDateTime, StoreError> {
-    let text: String = row.try_get(column)?;
-    OffsetDateTime::parse(&text, &Rfc3339).map_err(|error| column_error(column, error))
+fn decode_time(column: &str, text: &str) -> Result<OffsetDateTime, StoreError> {
+    OffsetDateTime::parse(text, &Rfc3339).map_err(|error| column_error(column, error))
 }
 
-fn decode_state<S>(row: &SqliteRow, column: &str) -> Result<S, StoreError>
+fn decode_state<S>(column: &str, text: &str) -> Result<S, StoreError>
 where
     S: FromStr<Err = super::InvalidState>,
 {
-    let text: String = row.try_get(column)?;
     text.parse().map_err(|error| column_error(column, error))
 }
 
-fn column_error(column: &str, error: impl std::error::Error + Send + Sync + 'static) -> StoreError {
-    StoreError::Database(sqlx::Error::ColumnDecode {
-        index: column.to_owned(),
-        source: Box::new(error),
+fn column_error(column: &str, error: impl std::fmt::Display) -> StoreError {
+    StoreError::Database(DatabaseError::Column {
+        column: column.to_owned(),
+        reason: error.to_string(),
     })
 }
 
-/// A time that does not fit the stored form (years 0000 to 9999, UTC).
-#[derive(Debug, thiserror::Error)]
-#[error("time outside the years 0000 to 9999")]
-struct TimeOutOfRange;
-
-fn is_unique_violation(error: &sqlx::Error) -> bool {
-    error
-        .as_database_error()
-        .is_some_and(|error| error.is_unique_violation())
+/// The extended result code of a constraint violation, if `error` is one.
+fn constraint_violation(error: &rusqlite::Error) -> Option<std::ffi::c_int> {
+    match error {
+        rusqlite::Error::SqliteFailure(failure, _)
+            if failure.code == rusqlite::ErrorCode::ConstraintViolation =>
+        {
+            Some(failure.extended_code)
+        }
+        _ => None,
+    }
 }
 
-fn is_foreign_key_violation(error: &sqlx::Error) -> bool {
-    error
-        .as_database_error()
-        .is_some_and(|error| error.is_foreign_key_violation())
+fn is_unique_violation(error: &rusqlite::Error) -> bool {
+    constraint_violation(error).is_some_and(|code| {
+        code == rusqlite::ffi::SQLITE_CONSTRAINT_UNIQUE
+            || code == rusqlite::ffi::SQLITE_CONSTRAINT_PRIMARYKEY
+    })
+}
+
+fn is_foreign_key_violation(error: &rusqlite::Error) -> bool {
+    constraint_violation(error) == Some(rusqlite::ffi::SQLITE_CONSTRAINT_FOREIGNKEY)
 }
 
 #[cfg(test)]
@@ -1045,9 +1016,36 @@ mod tests {
         }
     }
 
-    async fn migration_versions(store: &SqliteStore) -> Result<Vec<i64>, sqlx::Error> {
-        sqlx::query_scalar("SELECT version FROM schema_migrations ORDER BY version")
-            .fetch_all(&store.pool)
+    async fn migration_versions(store: &SqliteStore) -> Result<Vec<i64>, StoreError> {
+        store
+            .database
+            .read(|connection| {
+                let mut statement =
+                    connection.prepare("SELECT version FROM schema_migrations ORDER BY version")?;
+                let versions = statement
+                    .query_map([], |row| row.get(0))?
+                    .collect::<Result<_, _>>()?;
+                Ok(versions)
+            })
+            .await
+    }
+
+    /// One value a statement reads, on a reader connection.
+    async fn read_value<T: rusqlite::types::FromSql + Send + 'static>(
+        store: &SqliteStore,
+        sql: &'static str,
+    ) -> Result<T, StoreError> {
+        store
+            .database
+            .read(move |connection| Ok(connection.query_row(sql, [], |row| row.get(0))?))
+            .await
+    }
+
+    /// Runs a statement on the writer.
+    async fn execute(store: &SqliteStore, sql: &'static str) -> Result<(), StoreError> {
+        store
+            .database
+            .write(move |connection| Ok(connection.execute_batch(sql)?))
             .await
     }
 
@@ -1061,13 +1059,9 @@ mod tests {
         for store in [&first, &second, &third] {
             assert_eq!(migration_versions(store).await?, vec![1, 2]);
         }
-        let journal_mode: String = sqlx::query_scalar("PRAGMA journal_mode")
-            .fetch_one(&first.pool)
-            .await?;
+        let journal_mode: String = read_value(&first, "PRAGMA journal_mode").await?;
         assert_eq!(journal_mode, "wal");
-        let foreign_keys: i64 = sqlx::query_scalar("PRAGMA foreign_keys")
-            .fetch_one(&second.pool)
-            .await?;
+        let foreign_keys: i64 = read_value(&second, "PRAGMA foreign_keys").await?;
         assert_eq!(foreign_keys, 1);
         Ok(())
     }
@@ -1104,9 +1098,11 @@ mod tests {
         let dir = tempfile::tempdir()?;
         let path = dir.path().join("pivtap.db");
         let store = SqliteStore::open(&path).await?;
-        sqlx::query("INSERT INTO schema_migrations (version, applied_at) VALUES (3, 'x')")
-            .execute(&store.pool)
-            .await?;
+        execute(
+            &store,
+            "INSERT INTO schema_migrations (version, applied_at) VALUES (3, 'x')",
+        )
+        .await?;
         store.close().await;
         let reopened = SqliteStore::open(&path).await;
         assert!(
@@ -1795,7 +1791,7 @@ mod tests {
         );
         assert!(matches!(
             encode_time(before_year_zero),
-            Err(StoreError::Database(sqlx::Error::Encode(_)))
+            Err(StoreError::Database(DatabaseError::TimeOutOfRange))
         ));
         Ok(())
     }
@@ -1804,12 +1800,10 @@ mod tests {
     async fn unreadable_stored_values_are_database_errors() -> TestResult {
         let store = SqliteStore::in_memory().await?;
         store.record_card(&facts("0a1b", "f1"), None, at(0)).await?;
-        sqlx::query("UPDATE cards SET last_seen = 'yesterday'")
-            .execute(&store.pool)
-            .await?;
+        execute(&store, "UPDATE cards SET last_seen = 'yesterday'").await?;
         let result = store.get_card("0a1b").await;
         assert!(
-            matches!(&result, Err(StoreError::Database(sqlx::Error::ColumnDecode { index, .. })) if index == "last_seen"),
+            matches!(&result, Err(StoreError::Database(DatabaseError::Column { column, .. })) if column == "last_seen"),
             "{result:?}"
         );
         Ok(())
