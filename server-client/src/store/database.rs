@@ -437,11 +437,11 @@ mod tests {
         release
     }
 
-    /// Sends `count` writes of `work` to the writer while it is held, then lets it go.
-    async fn batch<T: Send + 'static>(
-        database: &Arc<Database>,
-        works: Vec<Box<dyn FnOnce(&Connection) -> Result<T, StoreError> + Send>>,
-    ) -> Vec<Result<T, StoreError>> {
+    /// A write for [`batch`].
+    type TestWrite = Box<dyn FnOnce(&Connection) -> Result<(), StoreError> + Send>;
+
+    /// Sends `works` to the writer while it is held, then lets it go: one batch.
+    async fn batch(database: &Arc<Database>, works: Vec<TestWrite>) -> Vec<Result<(), StoreError>> {
         let release = hold_writer(database);
         tokio::task::yield_now().await;
         let mut tasks = Vec::new();
