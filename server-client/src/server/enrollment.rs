@@ -434,6 +434,9 @@ pub async fn renew(
             .map_err(|error| issuance_error(&error))?;
         let (verified, user) = authenticate(&state, &request.assertion, now, &mut record).await?;
         let old = &verified.certificate;
+        // The card signed in: it is recorded as a sign-in would (it may not have been seen
+        // before), so that the renewal can supersede it.
+        state.store().record_card(old, Some(&user.id), now).await?;
         let old_spki = x509_parser::parse_x509_certificate(&old.der)
             .map(|(_, certificate)| certificate.public_key().raw.to_vec())
             .unwrap_or_default();

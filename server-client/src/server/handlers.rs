@@ -13,7 +13,8 @@ use time::format_description::well_known::Rfc3339;
 use super::ServerState;
 use super::error::ApiError;
 use crate::assertion::VerifiedAssertion;
-use crate::store::{CardState, ChallengeUse, NewAuditEvent, User, UserState};
+use crate::mapping::MappingRule;
+use crate::store::{Card, CardState, ChallengeUse, NewAuditEvent, SignInLookup, User, UserState};
 use crate::wire::{
     AMR, AssertionRequest, AssertionResponse, ChallengeRequest, ChallengeResponse, ErrorCode,
     SessionClaims, UserInfo,
@@ -93,21 +94,18 @@ pub async fn create_challenge(
     let nonce = URL_SAFE_NO_PAD.encode(nonce_bytes);
     let now = OffsetDateTime::now_utc();
     let expires_at = now + state.settings().challenge_lifetime;
+    let event = NewAuditEvent {
+        time: now,
+        kind: "challenge".to_owned(),
+        outcome: "ok".to_owned(),
+        device: Some(request.device.clone()),
+        card_serial: None,
+        user_id: None,
+        detail: Some(format!("nonce {}…", &nonce[..AUDIT_NONCE_PREFIX])),
+    };
     state
         .store()
-        .add_challenge(&nonce, &request.device, expires_at)
-        .await?;
-    state
-        .store()
-        .audit(NewAuditEvent {
-            time: now,
-            kind: "challenge".to_owned(),
-            outcome: "ok".to_owned(),
-            device: Some(request.device.clone()),
-            card_serial: None,
-            user_id: None,
-            detail: Some(format!("nonce {}…", &nonce[..AUDIT_NONCE_PREFIX])),
-        })
+        .add_challenge(&nonce, &request.device, expires_at, event)
         .await?;
     Ok((
         StatusCode::CREATED,
@@ -141,35 +139,58 @@ pub async fn submit_assertion(
         Ok(request) => sign_in(&state, &request.assertion, now, &mut record).await,
         Err(error) => Err(error),
     };
-    let outcome = match &result {
-        Ok(_) => "ok",
-        Err(error) => error.code.as_str(),
+    let error = match result {
+        Ok((response, verified)) => {
+            // A sign-in that cannot be recorded and audited is not handed out: the card
+            // and the audit event go in one write, and its failure is audited as such.
+            let event = attempt_event(now, &record, None);
+            let finished = state
+                .store()
+                .finish_sign_in(&verified.certificate, &response.user.id, now, event)
+                .await;
+            match finished {
+                Ok(_) => {
+                    state.metrics().observe_outcome("ok");
+                    return Ok(Json(response));
+                }
+                Err(error) => ApiError::from(error),
+            }
+        }
+        Err(error) => error,
     };
-    state.metrics().observe_outcome(outcome);
-    let audited = state
+    state.metrics().observe_outcome(error.code.as_str());
+    state
         .store()
-        .audit(NewAuditEvent {
-            time: now,
-            kind: "assertion".to_owned(),
-            outcome: outcome.to_owned(),
-            device: record.device,
-            card_serial: record.card_serial,
-            user_id: record.user_id,
-            detail: match (&result, record.nonce_prefix) {
-                (Err(error), Some(nonce)) => Some(format!("nonce {nonce}…: {}", error.message)),
-                (Err(error), None) if record.unverified => Some(format!(
-                    "{} (device and card as claimed, unverified)",
-                    error.message
-                )),
-                (Err(error), None) => Some(error.message.clone()),
-                (Ok(_), Some(nonce)) => Some(format!("nonce {nonce}…")),
-                (Ok(_), None) => None,
-            },
-        })
-        .await;
-    // A sign-in that cannot be audited is not handed out.
-    audited?;
-    result.map(Json)
+        .audit(attempt_event(now, &record, Some(&error)))
+        .await?;
+    Err(error)
+}
+
+/// The audit event of an assertion attempt: `error` is `None` for a sign-in.
+fn attempt_event(
+    now: OffsetDateTime,
+    record: &AttemptRecord,
+    error: Option<&ApiError>,
+) -> NewAuditEvent {
+    let nonce = record.nonce_prefix.as_deref();
+    NewAuditEvent {
+        time: now,
+        kind: "assertion".to_owned(),
+        outcome: error.map_or("ok", |error| error.code.as_str()).to_owned(),
+        device: record.device.clone(),
+        card_serial: record.card_serial.clone(),
+        user_id: record.user_id.clone(),
+        detail: match (error, nonce) {
+            (Some(error), Some(nonce)) => Some(format!("nonce {nonce}…: {}", error.message)),
+            (Some(error), None) if record.unverified => Some(format!(
+                "{} (device and card as claimed, unverified)",
+                error.message
+            )),
+            (Some(error), None) => Some(error.message.clone()),
+            (None, Some(nonce)) => Some(format!("nonce {nonce}…")),
+            (None, None) => None,
+        },
+    }
 }
 
 async fn sign_in(
@@ -177,15 +198,16 @@ async fn sign_in(
     compact: &str,
     now: OffsetDateTime,
     record: &mut AttemptRecord,
-) -> Result<AssertionResponse, ApiError> {
+) -> Result<(AssertionResponse, VerifiedAssertion), ApiError> {
     let (verified, user) = authenticate(state, compact, now, record).await?;
-    issue_token(state, &user, &verified.payload.device, now)
+    let response = issue_token(state, &user, &verified.payload.device, now)?;
+    Ok((response, verified))
 }
 
 /// Every check of a sign-in, short of issuing the token: the assertion
 /// (signature, chain, audience, time), flow control, the single-use challenge,
-/// the card's state and revocation, the mapping to one active user. On success
-/// the card is recorded as seen. Renewals use it too.
+/// the card's state and revocation, the mapping to one active user. It records
+/// nothing: the caller records the card it accepts. Renewals use it too.
 pub(crate) async fn authenticate(
     state: &ServerState,
     compact: &str,
@@ -250,7 +272,8 @@ fn claimed_device_and_card(compact: &str) -> (Option<String>, Option<String>) {
     (device, card)
 }
 
-/// The checks that need the store: the challenge, the card's state, the mapping to one active user.
+/// The checks that need the store: the challenge, the card's state, the mapping to one
+/// active user; one write to the store takes the challenge and reads the rest.
 async fn authorise(
     state: &ServerState,
     verified: &VerifiedAssertion,
@@ -259,11 +282,19 @@ async fn authorise(
 ) -> Result<User, ApiError> {
     let payload = &verified.payload;
     let facts = &verified.certificate;
-    match state
+    let rule = &state.settings().mapping;
+    let records = state
         .store()
-        .use_challenge(&payload.nonce, &payload.device, now)
-        .await?
-    {
+        .begin_sign_in(&SignInLookup {
+            nonce: payload.nonce.clone(),
+            device: payload.device.clone(),
+            now,
+            card_serial: facts.serial.clone(),
+            user_attribute: rule.user,
+            user_values: rule.values(facts),
+        })
+        .await?;
+    match records.challenge {
         ChallengeUse::Accepted => {}
         ChallengeUse::Unknown | ChallengeUse::OtherDevice => {
             return Err(ApiError::new(
@@ -284,8 +315,8 @@ async fn authorise(
             ));
         }
     }
-    check_card(state, &facts.serial).await?;
-    let user = map_user(state, verified).await?;
+    check_card(records.card.as_ref(), records.revocation.is_some())?;
+    let user = one_user(rule, records.users)?;
     record.user_id = Some(user.id.clone());
     if user.state == UserState::Locked {
         return Err(ApiError::new(
@@ -293,50 +324,27 @@ async fn authorise(
             "this user is locked; ask your administrator",
         ));
     }
-    state
-        .store()
-        .record_card(facts, Some(&user.id), now)
-        .await?;
     Ok(user)
 }
 
 /// Refuses a card that is locked or revoked, or whose certificate is on the
 /// revocation list (which outlives deleted card records).
-pub(crate) async fn check_card(state: &ServerState, serial: &str) -> Result<(), ApiError> {
-    match state.store().get_card(serial).await? {
-        Some(card) => match card.state {
-            CardState::Active => Ok(()),
-            CardState::Locked => Err(ApiError::new(
-                ErrorCode::CardLocked,
-                "this card is locked; ask your administrator",
-            )),
-            CardState::Revoked => Err(ApiError::new(
-                ErrorCode::CertificateRevoked,
-                "this card has been revoked",
-            )),
-        },
-        None => match state.store().revocation(serial).await? {
-            Some(_) => Err(ApiError::new(
-                ErrorCode::CertificateRevoked,
-                "this card has been revoked",
-            )),
-            None => Ok(()),
-        },
+fn check_card(card: Option<&Card>, on_revocation_list: bool) -> Result<(), ApiError> {
+    let revoked = || ApiError::new(ErrorCode::CertificateRevoked, "this card has been revoked");
+    match card.map(|card| card.state) {
+        Some(CardState::Active) => Ok(()),
+        Some(CardState::Locked) => Err(ApiError::new(
+            ErrorCode::CardLocked,
+            "this card is locked; ask your administrator",
+        )),
+        Some(CardState::Revoked) => Err(revoked()),
+        None if on_revocation_list => Err(revoked()),
+        None => Ok(()),
     }
 }
 
-/// Finds the one active user the certificate maps to.
-async fn map_user(state: &ServerState, verified: &VerifiedAssertion) -> Result<User, ApiError> {
-    let rule = &state.settings().mapping;
-    let values = rule.values(&verified.certificate);
-    let mut users: Vec<User> = Vec::new();
-    for value in &values {
-        for user in state.store().find_users(rule.user, value).await? {
-            if !users.iter().any(|known| known.id == user.id) {
-                users.push(user);
-            }
-        }
-    }
+/// The one user the certificate maps to, of those the store found.
+fn one_user(rule: &MappingRule, mut users: Vec<User>) -> Result<User, ApiError> {
     match users.len() {
         1 => Ok(users.remove(0)),
         0 => Err(ApiError::new(

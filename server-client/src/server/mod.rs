@@ -469,6 +469,18 @@ mod tests {
     use crate::store::ChallengeUse;
     use crate::store::SqliteStore;
 
+    fn challenge_event() -> crate::store::NewAuditEvent {
+        crate::store::NewAuditEvent {
+            time: time::OffsetDateTime::now_utc(),
+            kind: "challenge".to_owned(),
+            outcome: "ok".to_owned(),
+            device: Some("kiosk-1".to_owned()),
+            card_serial: None,
+            user_id: None,
+            detail: None,
+        }
+    }
+
     #[tokio::test]
     async fn upkeep_forgets_only_long_expired_challenges() {
         let dir = tempfile::tempdir().unwrap();
@@ -479,11 +491,11 @@ mod tests {
         let two_hours = time::Duration::hours(2);
         let ten_minutes = time::Duration::minutes(10);
         store
-            .add_challenge("old", "kiosk-1", now - two_hours)
+            .add_challenge("old", "kiosk-1", now - two_hours, challenge_event())
             .await
             .unwrap();
         store
-            .add_challenge("recent", "kiosk-1", now - ten_minutes)
+            .add_challenge("recent", "kiosk-1", now - ten_minutes, challenge_event())
             .await
             .unwrap();
         tidy(&store, now).await;

@@ -171,6 +171,38 @@ pub enum ChallengeUse {
     OtherDevice,
 }
 
+/// What [`Store::begin_sign_in`] takes and looks up for one sign-in attempt.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SignInLookup {
+    /// The challenge's nonce, to be used up.
+    pub nonce: String,
+    /// The device the assertion names.
+    pub device: String,
+    /// The time of the attempt.
+    pub now: OffsetDateTime,
+    /// The serial number of the card's certificate.
+    pub card_serial: String,
+    /// The user attribute the certificate maps to.
+    pub user_attribute: UserAttribute,
+    /// The certificate's values for that attribute: a user matching any of them is found.
+    pub user_values: Vec<String>,
+}
+
+/// What the store holds for one sign-in attempt, read in the same write that takes its
+/// challenge.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SignInRecords {
+    /// What became of the challenge (as [`Store::use_challenge`]).
+    pub challenge: ChallengeUse,
+    /// The card's record, if it has one.
+    pub card: Option<Card>,
+    /// The certificate's entry on the revocation list, looked up when the card has no
+    /// record (the list outlives deleted records).
+    pub revocation: Option<RevokedCertificate>,
+    /// Every user matching one of the values, each once, ordered by id.
+    pub users: Vec<User>,
+}
+
 /// One stored audit event.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AuditEvent {
@@ -437,13 +469,33 @@ pub trait Store: Send + Sync {
         state: CardState,
     ) -> BoxFuture<'_, Result<(), StoreError>>;
 
-    /// Stores a fresh challenge for `device`. [`StoreError::Conflict`] if the nonce exists.
+    /// Stores a fresh challenge for `device` and its audit event, in one write.
+    /// [`StoreError::Conflict`] (and no event) if the nonce exists.
     fn add_challenge(
         &self,
         nonce: &str,
         device: &str,
         expires_at: OffsetDateTime,
+        event: NewAuditEvent,
     ) -> BoxFuture<'_, Result<(), StoreError>>;
+
+    /// The store's part of a sign-in, in one write: uses up the challenge exactly as
+    /// [`Store::use_challenge`] does, and reads the card's record, its revocation and the
+    /// users the certificate maps to (whatever became of the challenge).
+    fn begin_sign_in(
+        &self,
+        lookup: &SignInLookup,
+    ) -> BoxFuture<'_, Result<SignInRecords, StoreError>>;
+
+    /// The end of a successful sign-in, in one write: records the card as
+    /// [`Store::record_card`] does, for `user_id`, and appends `event` to the audit log.
+    fn finish_sign_in(
+        &self,
+        facts: &CertificateFacts,
+        user_id: &str,
+        now: OffsetDateTime,
+        event: NewAuditEvent,
+    ) -> BoxFuture<'_, Result<Card, StoreError>>;
 
     /// Marks the challenge used, atomically: of any number of concurrent calls on
     /// any node, at most one gets [`ChallengeUse::Accepted`]. A challenge is fresh

@@ -16,7 +16,7 @@ use super::database::{Database, DatabaseError};
 use super::{
     AuditEvent, AuditQuery, BoxFuture, Card, CardState, ChallengeUse, EnrollmentCodeRecord,
     EnrollmentCodeUse, IssuedCertificate, NewAuditEvent, NewEnrollmentCode, RevocationReason,
-    RevokedCertificate, Store, StoreError, User, UserState,
+    RevokedCertificate, SignInLookup, SignInRecords, Store, StoreError, User, UserState,
 };
 use crate::certificate::CertificateFacts;
 use crate::mapping::UserAttribute;
@@ -265,25 +265,11 @@ impl Store for SqliteStore {
         attribute: UserAttribute,
         value: &str,
     ) -> BoxFuture<'_, Result<Vec<User>, StoreError>> {
-        // The columns `mail` and `upn` compare with NOCASE; `id` and `employee_id` exactly.
-        let sql = match attribute {
-            UserAttribute::Uid => {
-                select_users!("WHERE id = ? ORDER BY id")
-            }
-            UserAttribute::Mail => {
-                select_users!("WHERE mail = ? ORDER BY id")
-            }
-            UserAttribute::Upn => {
-                select_users!("WHERE upn = ? ORDER BY id")
-            }
-            UserAttribute::EmployeeId => {
-                select_users!("WHERE employee_id = ? ORDER BY id")
-            }
-        };
         let value = value.to_owned();
-        Box::pin(self.database.read(move |connection| {
-            collect_rows(&mut connection.prepare_cached(sql)?, [value], user_from_row)
-        }))
+        Box::pin(
+            self.database
+                .read(move |connection| find_users(connection, attribute, &value)),
+        )
     }
 
     fn set_user_state(&self, id: &str, state: UserState) -> BoxFuture<'_, Result<(), StoreError>> {
@@ -307,48 +293,19 @@ impl Store for SqliteStore {
         user_id: Option<&str>,
         now: OffsetDateTime,
     ) -> BoxFuture<'_, Result<Card, StoreError>> {
-        let serial = facts.serial.clone();
-        let fingerprint = facts.fingerprint.clone();
-        let issuer = facts.issuer.clone();
-        let subject = facts.subject.clone();
-        let user_id = user_id.map(str::to_owned);
-        Box::pin(self.database.write(move |connection| {
-            let now = encode_time(now)?;
-            let result = connection
-                .prepare_cached(
-                    "INSERT INTO cards (serial, fingerprint, issuer, subject, user_id, state, first_seen, last_seen)
-                     VALUES (?1, ?2, ?3, ?4, ?5, 'active', ?6, ?6)
-                     ON CONFLICT (serial) DO UPDATE SET
-                         fingerprint = excluded.fingerprint,
-                         issuer = excluded.issuer,
-                         subject = excluded.subject,
-                         user_id = coalesce(excluded.user_id, cards.user_id),
-                         last_seen = excluded.last_seen
-                     RETURNING serial, fingerprint, issuer, subject, user_id, state, first_seen, last_seen",
-                )?
-                .query_row(
-                    params![serial, fingerprint, issuer, subject, user_id, now],
-                    card_from_row,
-                );
-            match result {
-                Ok(card) => card,
-                Err(error) if is_foreign_key_violation(&error) => Err(StoreError::NotFound {
-                    what: format!("user {:?}", user_id.unwrap_or_default()),
-                }),
-                Err(error) => Err(error.into()),
-            }
-        }))
+        let seen = SeenCard::new(facts, user_id.map(str::to_owned), now);
+        Box::pin(
+            self.database
+                .write(move |connection| record_card(connection, seen)),
+        )
     }
 
     fn get_card(&self, serial: &str) -> BoxFuture<'_, Result<Option<Card>, StoreError>> {
         let serial = serial.to_owned();
-        Box::pin(self.database.read(move |connection| {
-            connection
-                .prepare_cached(select_cards!("WHERE serial = ?"))?
-                .query_row([serial], card_from_row)
-                .optional()?
-                .transpose()
-        }))
+        Box::pin(
+            self.database
+                .read(move |connection| get_card(connection, &serial)),
+        )
     }
 
     fn list_cards(&self) -> BoxFuture<'_, Result<Vec<Card>, StoreError>> {
@@ -405,6 +362,7 @@ impl Store for SqliteStore {
         nonce: &str,
         device: &str,
         expires_at: OffsetDateTime,
+        event: NewAuditEvent,
     ) -> BoxFuture<'_, Result<(), StoreError>> {
         let nonce = nonce.to_owned();
         let device = device.to_owned();
@@ -425,7 +383,8 @@ impl Store for SqliteStore {
                     what: "the challenge exists already".to_owned(),
                 }),
                 other => other.map(drop).map_err(StoreError::from),
-            }
+            }?;
+            insert_audit(connection, &event)
         }))
     }
 
@@ -437,34 +396,54 @@ impl Store for SqliteStore {
     ) -> BoxFuture<'_, Result<ChallengeUse, StoreError>> {
         let nonce = nonce.to_owned();
         let device = device.to_owned();
+        Box::pin(
+            self.database
+                .write(move |connection| use_challenge(connection, &nonce, &device, now)),
+        )
+    }
+
+    fn begin_sign_in(
+        &self,
+        lookup: &SignInLookup,
+    ) -> BoxFuture<'_, Result<SignInRecords, StoreError>> {
+        let lookup = lookup.clone();
         Box::pin(self.database.write(move |connection| {
-            let now = encode_time(now)?;
-            // The single atomic step: only one caller can turn `used_at` from NULL.
-            let changed = connection
-                .prepare_cached(
-                    "UPDATE challenges SET used_at = ?1
-                     WHERE nonce = ?2 AND device = ?3 AND used_at IS NULL AND expires_at > ?1",
-                )?
-                .execute(params![now, nonce, device])?;
-            if changed > 0 {
-                return Ok(ChallengeUse::Accepted);
-            }
-            // Refused: read why. Challenges only ever move towards refusal, so the
-            // answer cannot contradict the UPDATE.
-            let stored: Option<(String, Option<String>)> = connection
-                .prepare_cached("SELECT device, used_at FROM challenges WHERE nonce = ?")?
-                .query_row([&nonce], |row| Ok((row.get(0)?, row.get(1)?)))
-                .optional()?;
-            let Some((issued_to, used_at)) = stored else {
-                return Ok(ChallengeUse::Unknown);
+            let challenge = use_challenge(connection, &lookup.nonce, &lookup.device, lookup.now)?;
+            let card = get_card(connection, &lookup.card_serial)?;
+            let revocation = match card {
+                Some(_) => None,
+                None => revocation(connection, &lookup.card_serial)?,
             };
-            Ok(if issued_to != device {
-                ChallengeUse::OtherDevice
-            } else if used_at.is_some() {
-                ChallengeUse::Reused
-            } else {
-                ChallengeUse::Expired
+            let mut users: Vec<User> = Vec::new();
+            for value in &lookup.user_values {
+                for user in find_users(connection, lookup.user_attribute, value)? {
+                    if !users.iter().any(|known| known.id == user.id) {
+                        users.push(user);
+                    }
+                }
+            }
+            users.sort_by(|a, b| a.id.cmp(&b.id));
+            Ok(SignInRecords {
+                challenge,
+                card,
+                revocation,
+                users,
             })
+        }))
+    }
+
+    fn finish_sign_in(
+        &self,
+        facts: &CertificateFacts,
+        user_id: &str,
+        now: OffsetDateTime,
+        event: NewAuditEvent,
+    ) -> BoxFuture<'_, Result<Card, StoreError>> {
+        let seen = SeenCard::new(facts, Some(user_id.to_owned()), now);
+        Box::pin(self.database.write(move |connection| {
+            let card = record_card(connection, seen)?;
+            insert_audit(connection, &event)?;
+            Ok(card)
         }))
     }
 
@@ -612,15 +591,10 @@ impl Store for SqliteStore {
         serial: &str,
     ) -> BoxFuture<'_, Result<Option<RevokedCertificate>, StoreError>> {
         let serial = serial.to_owned();
-        Box::pin(self.database.read(move |connection| {
-            connection
-                .prepare_cached(
-                    "SELECT serial, revoked_at, reason FROM revoked_certificates WHERE serial = ?",
-                )?
-                .query_row([serial], revoked_from_row)
-                .optional()?
-                .transpose()
-        }))
+        Box::pin(
+            self.database
+                .read(move |connection| revocation(connection, &serial)),
+        )
     }
 
     fn revoked_issued_certificates(
@@ -673,23 +647,10 @@ impl Store for SqliteStore {
     }
 
     fn audit(&self, event: NewAuditEvent) -> BoxFuture<'_, Result<(), StoreError>> {
-        Box::pin(self.database.write(move |connection| {
-            connection
-                .prepare_cached(
-                    "INSERT INTO audit (time, kind, outcome, device, card_serial, user_id, detail)
-                     VALUES (?, ?, ?, ?, ?, ?, ?)",
-                )?
-                .execute(params![
-                    encode_time(event.time)?,
-                    event.kind,
-                    event.outcome,
-                    event.device,
-                    event.card_serial,
-                    event.user_id,
-                    event.detail,
-                ])?;
-            Ok(())
-        }))
+        Box::pin(
+            self.database
+                .write(move |connection| insert_audit(connection, &event)),
+        )
     }
 
     fn query_audit(
@@ -732,6 +693,154 @@ impl Store for SqliteStore {
             )
         }))
     }
+}
+
+/// A card seen in an assertion, as [`record_card`] stores it.
+struct SeenCard {
+    serial: String,
+    fingerprint: String,
+    issuer: String,
+    subject: String,
+    user_id: Option<String>,
+    now: OffsetDateTime,
+}
+
+impl SeenCard {
+    fn new(facts: &CertificateFacts, user_id: Option<String>, now: OffsetDateTime) -> Self {
+        SeenCard {
+            serial: facts.serial.clone(),
+            fingerprint: facts.fingerprint.clone(),
+            issuer: facts.issuer.clone(),
+            subject: facts.subject.clone(),
+            user_id,
+            now,
+        }
+    }
+}
+
+// One function per statement the trait's methods share; each runs on the connection it
+// is given, inside the caller's write or read.
+
+fn find_users(
+    connection: &Connection,
+    attribute: UserAttribute,
+    value: &str,
+) -> Result<Vec<User>, StoreError> {
+    // The columns `mail` and `upn` compare with NOCASE; `id` and `employee_id` exactly.
+    let sql = match attribute {
+        UserAttribute::Uid => select_users!("WHERE id = ? ORDER BY id"),
+        UserAttribute::Mail => select_users!("WHERE mail = ? ORDER BY id"),
+        UserAttribute::Upn => select_users!("WHERE upn = ? ORDER BY id"),
+        UserAttribute::EmployeeId => select_users!("WHERE employee_id = ? ORDER BY id"),
+    };
+    collect_rows(&mut connection.prepare_cached(sql)?, [value], user_from_row)
+}
+
+fn record_card(connection: &Connection, seen: SeenCard) -> Result<Card, StoreError> {
+    let result = connection
+        .prepare_cached(
+            "INSERT INTO cards (serial, fingerprint, issuer, subject, user_id, state, first_seen, last_seen)
+             VALUES (?1, ?2, ?3, ?4, ?5, 'active', ?6, ?6)
+             ON CONFLICT (serial) DO UPDATE SET
+                 fingerprint = excluded.fingerprint,
+                 issuer = excluded.issuer,
+                 subject = excluded.subject,
+                 user_id = coalesce(excluded.user_id, cards.user_id),
+                 last_seen = excluded.last_seen
+             RETURNING serial, fingerprint, issuer, subject, user_id, state, first_seen, last_seen",
+        )?
+        .query_row(
+            params![
+                seen.serial,
+                seen.fingerprint,
+                seen.issuer,
+                seen.subject,
+                seen.user_id,
+                encode_time(seen.now)?
+            ],
+            card_from_row,
+        );
+    match result {
+        Ok(card) => card,
+        Err(error) if is_foreign_key_violation(&error) => Err(StoreError::NotFound {
+            what: format!("user {:?}", seen.user_id.unwrap_or_default()),
+        }),
+        Err(error) => Err(error.into()),
+    }
+}
+
+fn get_card(connection: &Connection, serial: &str) -> Result<Option<Card>, StoreError> {
+    connection
+        .prepare_cached(select_cards!("WHERE serial = ?"))?
+        .query_row([serial], card_from_row)
+        .optional()?
+        .transpose()
+}
+
+fn use_challenge(
+    connection: &Connection,
+    nonce: &str,
+    device: &str,
+    now: OffsetDateTime,
+) -> Result<ChallengeUse, StoreError> {
+    let now = encode_time(now)?;
+    // The single atomic step: only one caller can turn `used_at` from NULL.
+    let changed = connection
+        .prepare_cached(
+            "UPDATE challenges SET used_at = ?1
+             WHERE nonce = ?2 AND device = ?3 AND used_at IS NULL AND expires_at > ?1",
+        )?
+        .execute(params![now, nonce, device])?;
+    if changed > 0 {
+        return Ok(ChallengeUse::Accepted);
+    }
+    // Refused: read why. Challenges only ever move towards refusal, so the
+    // answer cannot contradict the UPDATE.
+    let stored: Option<(String, Option<String>)> = connection
+        .prepare_cached("SELECT device, used_at FROM challenges WHERE nonce = ?")?
+        .query_row([nonce], |row| Ok((row.get(0)?, row.get(1)?)))
+        .optional()?;
+    let Some((issued_to, used_at)) = stored else {
+        return Ok(ChallengeUse::Unknown);
+    };
+    Ok(if issued_to != device {
+        ChallengeUse::OtherDevice
+    } else if used_at.is_some() {
+        ChallengeUse::Reused
+    } else {
+        ChallengeUse::Expired
+    })
+}
+
+fn revocation(
+    connection: &Connection,
+    serial: &str,
+) -> Result<Option<RevokedCertificate>, StoreError> {
+    connection
+        .prepare_cached(
+            "SELECT serial, revoked_at, reason FROM revoked_certificates WHERE serial = ?",
+        )?
+        .query_row([serial], revoked_from_row)
+        .optional()?
+        .transpose()
+}
+
+fn insert_audit(connection: &Connection, event: &NewAuditEvent) -> Result<(), StoreError> {
+    connection
+        .prepare_cached(
+            "INSERT INTO audit (time, kind, outcome, device, card_serial, user_id, detail)
+             VALUES (?, ?, ?, ?, ?, ?, ?)",
+        )?
+        .execute(params![
+            encode_time(event.time)?,
+            event.kind,
+            event.outcome,
+            event.device,
+            event.card_serial,
+            event.user_id,
+            event.detail,
+        ])?;
+    Ok(())
 }
 
 /// Every row of `statement` run with `params`, each read by `read`.
@@ -1004,6 +1113,19 @@ mod tests {
         }
     }
 
+    /// The audit event that goes with a challenge for `device`.
+    fn challenge_event(device: &str) -> NewAuditEvent {
+        NewAuditEvent {
+            time: at(0),
+            kind: "challenge".to_owned(),
+            outcome: "ok".to_owned(),
+            device: Some(device.to_owned()),
+            card_serial: None,
+            user_id: None,
+            detail: None,
+        }
+    }
+
     fn event(seconds: i64, outcome: &str, device: &str, card: &str, user: &str) -> NewAuditEvent {
         NewAuditEvent {
             time: at(seconds),
@@ -1121,7 +1243,9 @@ mod tests {
         let card = store
             .record_card(&facts("0a1b", "f1"), Some("alice"), at(0))
             .await?;
-        store.add_challenge("nonce-1", "kiosk-1", at(60)).await?;
+        store
+            .add_challenge("nonce-1", "kiosk-1", at(60), challenge_event("kiosk-1"))
+            .await?;
         store
             .audit(event(0, "ok", "kiosk-1", "0a1b", "alice"))
             .await?;
@@ -1137,7 +1261,11 @@ mod tests {
             reopened.use_challenge("nonce-1", "kiosk-1", at(1)).await?,
             ChallengeUse::Accepted
         );
-        assert_eq!(reopened.query_audit(&AuditQuery::default()).await?.len(), 1);
+        assert_eq!(
+            reopened.query_audit(&AuditQuery::default()).await?.len(),
+            2,
+            "the challenge's event and the other one"
+        );
         Ok(())
     }
 
@@ -1530,10 +1658,133 @@ mod tests {
         Ok(())
     }
 
+    fn lookup(nonce: &str, card: &str, values: &[&str]) -> SignInLookup {
+        SignInLookup {
+            nonce: nonce.to_owned(),
+            device: "kiosk-1".to_owned(),
+            now: at(1),
+            card_serial: card.to_owned(),
+            user_attribute: UserAttribute::Mail,
+            user_values: values.iter().map(|value| (*value).to_owned()).collect(),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_sign_in_takes_its_challenge_and_reads_card_revocation_and_users() -> TestResult {
+        let store = SqliteStore::in_memory().await?;
+        let alice = user("alice", "alice@example.org");
+        let bob = user("bob", "bob@example.org");
+        store.add_user(&bob).await?;
+        store.add_user(&alice).await?;
+        let card = store
+            .record_card(&facts("0a1b", "f1"), Some("alice"), at(0))
+            .await?;
+        for nonce in ["n1", "n2", "n3"] {
+            store
+                .add_challenge(nonce, "kiosk-1", at(60), challenge_event("kiosk-1"))
+                .await?;
+        }
+
+        let records = store
+            .begin_sign_in(&lookup(
+                "n1",
+                "0a1b",
+                &["ALICE@example.org", "alice@example.org"],
+            ))
+            .await?;
+        assert_eq!(
+            records,
+            SignInRecords {
+                challenge: ChallengeUse::Accepted,
+                card: Some(card.clone()),
+                revocation: None,
+                users: vec![alice.clone()],
+            },
+            "one user, however many values match her"
+        );
+        let replay = store.begin_sign_in(&lookup("n1", "0a1b", &[])).await?;
+        assert_eq!(replay.challenge, ChallengeUse::Reused);
+
+        let both = store
+            .begin_sign_in(&lookup(
+                "n2",
+                "0a1b",
+                &["bob@example.org", "alice@example.org"],
+            ))
+            .await?;
+        assert_eq!(both.users, vec![alice, bob], "ordered by id");
+
+        // A card whose record was deleted after revocation is still found revoked.
+        store.set_card_state("0a1b", CardState::Revoked).await?;
+        store.delete_card("0a1b").await?;
+        let deleted = store.begin_sign_in(&lookup("n3", "0a1b", &[])).await?;
+        assert_eq!(deleted.card, None);
+        assert_eq!(
+            deleted.revocation.map(|revoked| revoked.serial).as_deref(),
+            Some("0a1b")
+        );
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn a_sign_in_is_finished_with_its_card_and_its_audit_event_or_not_at_all() -> TestResult {
+        let store = SqliteStore::in_memory().await?;
+        store.add_user(&user("alice", "alice@example.org")).await?;
+        let unknown_user = store
+            .finish_sign_in(
+                &facts("0a1b", "f1"),
+                "nobody",
+                at(5),
+                event(5, "ok", "kiosk-1", "0a1b", "nobody"),
+            )
+            .await;
+        assert!(
+            matches!(&unknown_user, Err(StoreError::NotFound { what }) if what.contains("nobody")),
+            "{unknown_user:?}"
+        );
+        assert_eq!(store.get_card("0a1b").await?, None);
+        assert!(store.query_audit(&AuditQuery::default()).await?.is_empty());
+
+        let card = store
+            .finish_sign_in(
+                &facts("0a1b", "f1"),
+                "alice",
+                at(5),
+                event(5, "ok", "kiosk-1", "0a1b", "alice"),
+            )
+            .await?;
+        assert_eq!(
+            (card.user_id.as_deref(), card.last_seen),
+            (Some("alice"), at(5))
+        );
+        let events = store.query_audit(&AuditQuery::default()).await?;
+        assert_eq!(events.len(), 1);
+        assert_eq!(events[0].user_id.as_deref(), Some("alice"));
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn a_challenge_that_exists_already_writes_no_audit_event() -> TestResult {
+        let store = SqliteStore::in_memory().await?;
+        store
+            .add_challenge("n1", "kiosk-1", at(60), challenge_event("kiosk-1"))
+            .await?;
+        let duplicate = store
+            .add_challenge("n1", "kiosk-2", at(60), challenge_event("kiosk-2"))
+            .await;
+        assert!(matches!(duplicate, Err(StoreError::Conflict { .. })));
+        let events = store.query_audit(&AuditQuery::default()).await?;
+        let devices: Vec<_> = events.iter().map(|event| event.device.as_deref()).collect();
+        assert_eq!(devices, [Some("kiosk-1")]);
+        Ok(())
+    }
+
     #[tokio::test]
     async fn a_challenge_is_used_once_by_its_device_before_it_expires() -> TestResult {
         let store = SqliteStore::in_memory().await?;
-        store.add_challenge("fresh", "kiosk-1", at(60)).await?;
+        store
+            .add_challenge("fresh", "kiosk-1", at(60), challenge_event("kiosk-1"))
+            .await?;
         assert_eq!(
             store.use_challenge("fresh", "kiosk-2", at(1)).await?,
             ChallengeUse::OtherDevice
@@ -1556,7 +1807,9 @@ mod tests {
             ChallengeUse::OtherDevice
         );
 
-        store.add_challenge("stale", "kiosk-1", at(60)).await?;
+        store
+            .add_challenge("stale", "kiosk-1", at(60), challenge_event("kiosk-1"))
+            .await?;
         assert_eq!(
             store.use_challenge("stale", "kiosk-1", at(60)).await?,
             ChallengeUse::Expired,
@@ -1573,7 +1826,9 @@ mod tests {
             ChallengeUse::Unknown
         );
 
-        let duplicate = store.add_challenge("stale", "kiosk-1", at(90)).await;
+        let duplicate = store
+            .add_challenge("stale", "kiosk-1", at(90), challenge_event("kiosk-1"))
+            .await;
         assert!(
             matches!(&duplicate, Err(StoreError::Conflict { what }) if !what.contains("stale")),
             "{duplicate:?}"
@@ -1584,9 +1839,15 @@ mod tests {
     #[tokio::test]
     async fn purging_removes_only_challenges_expired_before_the_cut() -> TestResult {
         let store = SqliteStore::in_memory().await?;
-        store.add_challenge("early", "kiosk-1", at(10)).await?;
-        store.add_challenge("used", "kiosk-1", at(20)).await?;
-        store.add_challenge("late", "kiosk-1", at(30)).await?;
+        store
+            .add_challenge("early", "kiosk-1", at(10), challenge_event("kiosk-1"))
+            .await?;
+        store
+            .add_challenge("used", "kiosk-1", at(20), challenge_event("kiosk-1"))
+            .await?;
+        store
+            .add_challenge("late", "kiosk-1", at(30), challenge_event("kiosk-1"))
+            .await?;
         assert_eq!(
             store.use_challenge("used", "kiosk-1", at(5)).await?,
             ChallengeUse::Accepted
@@ -1613,7 +1874,7 @@ mod tests {
             Arc::new(SqliteStore::open(&path).await?),
         ];
         nodes[0]
-            .add_challenge("contested", "kiosk-1", at(60))
+            .add_challenge("contested", "kiosk-1", at(60), challenge_event("kiosk-1"))
             .await?;
 
         let barrier = Arc::new(tokio::sync::Barrier::new(16));
