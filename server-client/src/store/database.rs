@@ -25,7 +25,7 @@ use tokio::sync::oneshot;
 
 use super::StoreError;
 
-/// How long a statement waits for another store's write lock.
+/// How long a statement waits for another store's write lock, at most.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The most writes committed together.
@@ -356,7 +356,7 @@ fn open_file(path: &Path, reader: bool) -> Result<Connection, StoreError> {
         | OpenFlags::SQLITE_OPEN_CREATE
         | OpenFlags::SQLITE_OPEN_NO_MUTEX;
     let connection = Connection::open_with_flags(path, flags)?;
-    connection.busy_timeout(BUSY_TIMEOUT)?;
+    connection.busy_handler(Some(wait_when_busy))?;
     configure(&connection)?;
     if reader {
         connection.pragma_update(None, "query_only", true)?;
@@ -370,6 +370,21 @@ fn open_file(path: &Path, reader: bool) -> Result<Connection, StoreError> {
         connection.pragma_update(None, "journal_size_limit", JOURNAL_SIZE_LIMIT)?;
     }
     Ok(connection)
+}
+
+/// How long a connection sleeps before it tries a busy lock again.
+const BUSY_RETRY: Duration = Duration::from_micros(250);
+
+/// The busy handler of every file connection: tries again every [`BUSY_RETRY`] for up to
+/// [`BUSY_TIMEOUT`]. SQLite's own (`busy_timeout`) sleeps longer and longer, up to 100 ms at
+/// a time, so a store waiting for another's write of a millisecond could wait for tens.
+fn wait_when_busy(attempts: i32) -> bool {
+    let waited = BUSY_RETRY * u32::try_from(attempts).unwrap_or(u32::MAX);
+    if waited >= BUSY_TIMEOUT {
+        return false;
+    }
+    thread::sleep(BUSY_RETRY);
+    true
 }
 
 /// What every connection needs, in a file or in memory.
