@@ -277,7 +277,7 @@ fn run_writer(mut connection: Connection, queue: &mpsc::Receiver<Job>) {
 
 /// Runs `batch` in one transaction and tells each write how the commit went.
 fn commit_batch(connection: &Connection, batch: Vec<WriteWork>) {
-    let completions: Vec<Completion> = match connection.execute_batch("BEGIN IMMEDIATE") {
+    let completions: Vec<Completion> = match run(connection, "BEGIN IMMEDIATE") {
         Ok(()) => batch.into_iter().map(|work| work(Ok(connection))).collect(),
         Err(error) => {
             let error = Arc::new(error);
@@ -291,11 +291,11 @@ fn commit_batch(connection: &Connection, batch: Vec<WriteWork>) {
             return;
         }
     };
-    let committed = match connection.execute_batch("COMMIT") {
+    let committed = match run(connection, "COMMIT") {
         Ok(()) => Ok(()),
         Err(error) => {
             tracing::error!(%error, "a batch of writes could not be committed");
-            let _ = connection.execute_batch("ROLLBACK");
+            let _ = run(connection, "ROLLBACK");
             Err(Arc::new(error))
         }
     };
@@ -304,18 +304,23 @@ fn commit_batch(connection: &Connection, batch: Vec<WriteWork>) {
     }
 }
 
+/// Runs one statement of the writer's own (prepared once, then taken from the cache).
+fn run(connection: &Connection, sql: &str) -> rusqlite::Result<()> {
+    connection.prepare_cached(sql)?.execute([]).map(drop)
+}
+
 /// Runs one write in a savepoint: its changes are undone alone when it fails or panics.
 fn in_savepoint<T>(
     connection: &Connection,
     work: impl FnOnce(&Connection) -> Result<T, StoreError>,
 ) -> Result<T, StoreError> {
-    connection.execute_batch("SAVEPOINT write")?;
+    run(connection, "SAVEPOINT write")?;
     let outcome = catch_unwind(AssertUnwindSafe(|| work(connection)))
         .unwrap_or(Err(StoreError::Database(DatabaseError::Panicked)));
     if outcome.is_err() {
-        connection.execute_batch("ROLLBACK TO write")?;
+        run(connection, "ROLLBACK TO write")?;
     }
-    connection.execute_batch("RELEASE write")?;
+    run(connection, "RELEASE write")?;
     outcome
 }
 
@@ -390,6 +395,9 @@ fn wait_when_busy(attempts: i32) -> bool {
 /// What every connection needs, in a file or in memory.
 fn configure(connection: &Connection) -> Result<(), StoreError> {
     connection.pragma_update(None, "foreign_keys", true)?;
+    // Each write's savepoint keeps the pages it changes in a statement journal: in memory,
+    // not in a temporary file.
+    connection.pragma_update(None, "temp_store", "MEMORY")?;
     connection.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
     Ok(())
 }
