@@ -291,7 +291,12 @@ impl HeadlessKiosk {
         let present = self.expect("card_present");
         assert_eq!(present["reader"], KIOSK_READER.0, "{}", self.story());
         let prompt = self.expect("pin_required");
-        assert_eq!(prompt["tries_left"], 3, "{}", self.story());
+        // `null`: not read, for a badge whose PIN was right at its last sign-in here.
+        assert!(
+            prompt["tries_left"] == 3 || prompt["tries_left"].is_null(),
+            "{}",
+            self.story()
+        );
     }
 
     /// Types the PIN and waits for `user`'s sign-in; returns the session token.

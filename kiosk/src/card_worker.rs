@@ -469,31 +469,57 @@ struct KnownCertificate {
     from_cache: bool,
 }
 
-/// Certificates by the CHUID GUID of their card, in memory only, least recently used first.
+/// Certificates by the CHUID GUID of their card, in memory only, least recently used first,
+/// and whether the card's PIN was last seen right (so that its tries need not be read).
 #[derive(Default)]
 struct CertificateCache {
-    entries: VecDeque<([u8; 16], Arc<CardCertificate>)>,
+    entries: VecDeque<CacheEntry>,
+}
+
+struct CacheEntry {
+    guid: [u8; 16],
+    certificate: Arc<CardCertificate>,
+    /// The last VERIFY this kiosk sent the card succeeded: its PIN tries are full, unless
+    /// someone got the PIN wrong elsewhere since.
+    pin_known_good: bool,
 }
 
 impl CertificateCache {
     fn get(&mut self, guid: &[u8; 16]) -> Option<Arc<CardCertificate>> {
-        let index = self.entries.iter().position(|(known, _)| known == guid)?;
+        let index = self.entries.iter().position(|entry| entry.guid == *guid)?;
         let entry = self.entries.remove(index)?;
-        let certificate = Arc::clone(&entry.1);
+        let certificate = Arc::clone(&entry.certificate);
         self.entries.push_back(entry);
         Some(certificate)
     }
 
     fn remove(&mut self, guid: &[u8; 16]) {
-        self.entries.retain(|(known, _)| known != guid);
+        self.entries.retain(|entry| entry.guid != *guid);
     }
 
     fn put(&mut self, guid: [u8; 16], certificate: Arc<CardCertificate>) {
-        self.entries.retain(|(known, _)| *known != guid);
+        self.remove(&guid);
         if self.entries.len() >= CACHED_CERTIFICATES {
             self.entries.pop_front();
         }
-        self.entries.push_back((guid, certificate));
+        self.entries.push_back(CacheEntry {
+            guid,
+            certificate,
+            pin_known_good: false,
+        });
+    }
+
+    fn pin_known_good(&self, guid: &[u8; 16]) -> bool {
+        self.entries
+            .iter()
+            .any(|entry| entry.guid == *guid && entry.pin_known_good)
+    }
+
+    /// Records how the last VERIFY of the card with this GUID went.
+    fn set_pin_known_good(&mut self, guid: &[u8; 16], good: bool) {
+        if let Some(entry) = self.entries.iter_mut().find(|entry| entry.guid == *guid) {
+            entry.pin_known_good = good;
+        }
     }
 }
 
@@ -749,7 +775,18 @@ impl Worker {
             let started = std::time::Instant::now();
             let mut session = PivSession::open(&mut card)?;
             let identity = identify(&mut session, &mut self.cache)?;
-            let tries_left = pin_tries_left(&mut session)?;
+            // A badge whose PIN was right the last time it was here: its tries are full
+            // (wrong PINs elsewhere aside, which VERIFY will tell), so the APDU is saved.
+            let known_good = identity.certificate.from_cache
+                && identity
+                    .certificate
+                    .guid
+                    .is_some_and(|guid| self.cache.pin_known_good(&guid));
+            let tries_left = if known_good {
+                None
+            } else {
+                pin_tries_left(&mut session)?
+            };
             log_exchange("read", &session, started);
             (identity, tries_left)
         };
@@ -789,6 +826,15 @@ impl Worker {
             None => (self.readers.connect(reader)?, None),
         };
         let signed = self.sign_on_card(backend.as_mut(), &mut certificate, request, ticket);
+        if let Some(guid) = certificate.as_ref().and_then(|known| known.guid) {
+            match &signed {
+                Ok(_) => self.cache.set_pin_known_good(&guid, true),
+                Err(CardProblem::Card(PivError::WrongPin { .. } | PivError::PinBlocked)) => {
+                    self.cache.set_pin_known_good(&guid, false);
+                }
+                Err(_) => {}
+            }
+        }
         if let (
             Err(CardProblem::Card(PivError::PinBlocked | PivError::WrongPin { retries_left: 0 })),
             Some(known),
@@ -1239,6 +1285,45 @@ mod tests {
             [Ins::Select, Ins::GetData, Ins::Verify],
             "SELECT, CHUID, PIN status"
         );
+    }
+
+    #[tokio::test]
+    async fn a_badge_that_signed_in_here_is_read_again_without_its_pin_tries() {
+        let mut rig = Rig::new();
+        let alice = fixture_card("alice");
+        rig.tap(&alice);
+        rig.read().await.unwrap();
+        rig.sign(ALICE_PIN).await.unwrap();
+        rig.readers.take_instructions();
+
+        // The repeat tap: SELECT and CHUID to know the badge, nothing else until the PIN.
+        rig.tap(&alice);
+        let (summary, tries_left) = rig.read().await.unwrap();
+        assert_eq!(summary.holder_name.as_deref(), Some("Alice Example"));
+        assert_eq!(tries_left, None, "not read");
+        assert_eq!(rig.sign(ALICE_PIN).await.map(|_| ()), Ok(()));
+        assert_eq!(
+            rig.readers.take_instructions(),
+            [
+                Ins::Select,
+                Ins::GetData,
+                Ins::Select,
+                Ins::Verify,
+                Ins::GeneralAuthenticate
+            ],
+            "a repeat tap: five APDUs"
+        );
+
+        // After a wrong PIN the tries are worth showing again at the next tap.
+        rig.tap(&alice);
+        rig.read().await.unwrap();
+        assert_eq!(
+            rig.sign("654321").await,
+            Err(AuthFailure::WrongPin { tries_left: 2 })
+        );
+        rig.tap(&alice);
+        let (_, tries_left) = rig.read().await.unwrap();
+        assert_eq!(tries_left, Some(2));
     }
 
     #[tokio::test]

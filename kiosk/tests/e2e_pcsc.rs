@@ -335,7 +335,10 @@ impl Harness {
         slot: usize,
     ) -> InReader {
         let attached = InReader::attach(card, slot);
-        assert_eq!(self.expect_pin_prompt(slot).await, Some(3));
+        // A badge whose PIN was last right on this kiosk has its tries left unread (`None`);
+        // which badges that is depends on how earlier taps raced removals and outages.
+        let tries_left = self.expect_pin_prompt(slot).await;
+        assert!(matches!(tries_left, Some(3) | None), "{tries_left:?}");
         self.type_pin(worker.pin);
         self.expect_signed_in(worker).await;
         attached

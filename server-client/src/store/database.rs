@@ -34,6 +34,14 @@ const MAX_BATCH: usize = 256;
 /// Reader connections kept open between reads.
 const MAX_IDLE_READERS: usize = 4;
 
+/// Pages in the write-ahead log after which the writer copies them into the database file
+/// (SQLite's default is 1000). The writer does it after a commit while the next batch
+/// waits, so a checkpoint's length is the longest wait: measured on two cores at half the
+/// peak sign-in rate, p99 7 to 9 ms with 250 pages, 11 to 13 ms with 1000, 27 ms with
+/// 4000, for a few percent of the peak rate. A separate checkpoint thread was tried: it
+/// raised the peak but its fsyncs stalled the writer's log writes (p99 24 to 35 ms).
+const CHECKPOINT_PAGES: i64 = 250;
+
 /// Prepared statements each connection keeps.
 const STATEMENT_CACHE: usize = 64;
 
@@ -373,6 +381,7 @@ fn open_file(path: &Path, reader: bool) -> Result<Connection, StoreError> {
         }
         connection.pragma_update(None, "synchronous", "NORMAL")?;
         connection.pragma_update(None, "journal_size_limit", JOURNAL_SIZE_LIMIT)?;
+        connection.pragma_update(None, "wal_autocheckpoint", CHECKPOINT_PAGES)?;
     }
     Ok(connection)
 }
