@@ -734,6 +734,38 @@ async fn a_card_revoked_by_a_crl_file_is_refused() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sign_in_that_cannot_be_recorded_is_not_handed_out_and_is_audited() {
+    let server = TestServer::start().await;
+    server.add_user(&ALICE.user()).await;
+    // Another connection to the server's database makes the success's audit event fail:
+    // the card's record and the event go in one write, so neither may stay.
+    let database = rusqlite::Connection::open(&server.config.database).expect("the database opens");
+    database
+        .execute_batch(
+            "CREATE TRIGGER refuse_sign_ins BEFORE INSERT ON audit
+             WHEN NEW.kind = 'assertion' AND NEW.outcome = 'ok'
+             BEGIN SELECT RAISE(ABORT, 'refused by the test'); END;",
+        )
+        .expect("the trigger is made");
+    let refusal = refused(server.sign_in(&ALICE, KIOSK).await, ErrorCode::Internal);
+    assert_eq!(refusal.status, 500);
+    server
+        .assert_audited(ErrorCode::Internal, &ALICE, KIOSK)
+        .await;
+    let cards = server.admin().list_cards().await.expect("cards are listed");
+    assert!(cards.is_empty(), "no card recorded: {cards:?}");
+
+    database
+        .execute_batch("DROP TRIGGER refuse_sign_ins")
+        .expect("the trigger goes");
+    server
+        .sign_in(&ALICE, KIOSK)
+        .await
+        .expect("the next tap signs in");
+    server.assert_audited_ok(&ALICE).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_locked_card_is_refused_until_unlocked() {
     let server = TestServer::start().await;
     server.add_user(&ALICE.user()).await;
