@@ -1327,6 +1327,33 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_known_badge_blocked_elsewhere_is_found_blocked_by_its_verify_and_can_be_unblocked() {
+        let mut rig = Rig::new();
+        let alice = fixture_card("alice");
+        rig.tap(&alice);
+        rig.read().await.unwrap();
+        rig.sign(ALICE_PIN).await.unwrap();
+        // Three wrong PINs on another device: this kiosk does not know.
+        {
+            let mut elsewhere = alice.clone();
+            let mut session = PivSession::open(&mut elsewhere).unwrap();
+            for _ in 0..3 {
+                let _ = session.verify_pin(&Pin::new("000000").unwrap());
+            }
+            assert_eq!(session.pin_retries().unwrap(), Some(0));
+        }
+        rig.tap(&alice);
+        assert_eq!(rig.read().await.unwrap().1, None, "tries not read");
+        assert_eq!(rig.sign(ALICE_PIN).await, Err(AuthFailure::PinBlocked));
+        // Found blocked by its VERIFY: the PUK may now unblock this badge, and the next tap
+        // reads the tries again.
+        assert_eq!(rig.unblock("12345678", "240913").await, Ok(()));
+        rig.tap(&alice);
+        assert_eq!(rig.read().await.unwrap().1, Some(3));
+        assert!(rig.sign("240913").await.is_ok());
+    }
+
+    #[tokio::test]
     async fn a_sign_after_a_read_is_three_apdus_and_the_server_accepts_it() {
         let mut rig = Rig::new();
         rig.tap(&fixture_card("alice"));
