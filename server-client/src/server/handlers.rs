@@ -206,8 +206,9 @@ async fn sign_in(
 
 /// Every check of a sign-in, short of issuing the token: the assertion
 /// (signature, chain, audience, time), flow control, the single-use challenge,
-/// the card's state and revocation, the mapping to one active user. It records
-/// nothing: the caller records the card it accepts. Renewals use it too.
+/// the card's state and revocation, the mapping to one active user. Apart from
+/// using up the challenge it records nothing: the caller records the card it
+/// accepts. Renewals use it too.
 pub(crate) async fn authenticate(
     state: &ServerState,
     compact: &str,
