@@ -206,8 +206,7 @@ impl Database {
     ) -> Result<T, StoreError> {
         let (reply, answer) = oneshot::channel();
         self.send(Job::Alone(Box::new(move |connection| {
-            let result = catch_unwind(AssertUnwindSafe(|| work(connection)))
-                .unwrap_or(Err(StoreError::Database(DatabaseError::Panicked)));
+            let result = unless_panicked(|| work(connection));
             let _ = reply.send(result);
         })))?;
         answer.await.map_err(|_| DatabaseError::Closed)?
@@ -312,6 +311,12 @@ fn commit_batch(connection: &Connection, batch: Vec<WriteWork>) {
     }
 }
 
+/// Runs `work`; a panic in it becomes [`DatabaseError::Panicked`] for its caller alone,
+/// and the thread running it goes on.
+fn unless_panicked<T>(work: impl FnOnce() -> Result<T, StoreError>) -> Result<T, StoreError> {
+    catch_unwind(AssertUnwindSafe(work)).unwrap_or(Err(DatabaseError::Panicked.into()))
+}
+
 /// Runs one statement of the writer's own (prepared once, then taken from the cache).
 fn run(connection: &Connection, sql: &str) -> rusqlite::Result<()> {
     connection.prepare_cached(sql)?.execute([]).map(drop)
@@ -323,8 +328,7 @@ fn in_savepoint<T>(
     work: impl FnOnce(&Connection) -> Result<T, StoreError>,
 ) -> Result<T, StoreError> {
     run(connection, "SAVEPOINT write")?;
-    let outcome = catch_unwind(AssertUnwindSafe(|| work(connection)))
-        .unwrap_or(Err(StoreError::Database(DatabaseError::Panicked)));
+    let outcome = unless_panicked(|| work(connection));
     if outcome.is_err() {
         run(connection, "ROLLBACK TO write")?;
     }
@@ -352,8 +356,7 @@ impl ReaderPool {
             Some(connection) => connection,
             None => open_file(&self.path, true)?,
         };
-        let outcome = catch_unwind(AssertUnwindSafe(|| work(&connection)))
-            .unwrap_or(Err(StoreError::Database(DatabaseError::Panicked)));
+        let outcome = unless_panicked(|| work(&connection));
         let mut idle = lock(&self.idle);
         if idle.len() < MAX_IDLE_READERS && !self.closed.load(Ordering::SeqCst) {
             idle.push(connection);

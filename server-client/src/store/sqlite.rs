@@ -343,12 +343,12 @@ impl Store for SqliteStore {
                 .execute(params![state.as_str(), serial])?;
             if changed > 0 {
                 if state == CardState::Revoked {
-                    connection
-                        .prepare_cached(
-                            "INSERT INTO revoked_certificates (serial, revoked_at, reason)
-                             VALUES (?, ?, 'unspecified') ON CONFLICT (serial) DO NOTHING",
-                        )?
-                        .execute(params![serial, encode_time(OffsetDateTime::now_utc())?])?;
+                    add_revocation(
+                        connection,
+                        &serial,
+                        RevocationReason::Unspecified,
+                        &encode_time(OffsetDateTime::now_utc())?,
+                    )?;
                 }
                 return Ok(());
             }
@@ -586,12 +586,7 @@ impl Store for SqliteStore {
                     },
                 });
             }
-            connection
-                .prepare_cached(
-                    "INSERT INTO revoked_certificates (serial, revoked_at, reason)
-                     VALUES (?, ?, 'superseded') ON CONFLICT (serial) DO NOTHING",
-                )?
-                .execute(params![old_serial, now])?;
+            add_revocation(connection, &old_serial, RevocationReason::Superseded, &now)?;
             register_issued(connection, &issued, &now)
         }))
     }
@@ -643,12 +638,12 @@ impl Store for SqliteStore {
                 }
             }
             // Revoked before the list existed: it goes on it now.
-            connection
-                .prepare_cached(
-                    "INSERT INTO revoked_certificates (serial, revoked_at, reason)
-                     VALUES (?, ?, 'unspecified') ON CONFLICT (serial) DO NOTHING",
-                )?
-                .execute(params![serial, encode_time(OffsetDateTime::now_utc())?])?;
+            add_revocation(
+                connection,
+                &serial,
+                RevocationReason::Unspecified,
+                &encode_time(OffsetDateTime::now_utc())?,
+            )?;
             connection
                 .prepare_cached("DELETE FROM cards WHERE serial = ?")?
                 .execute([&serial])?;
@@ -833,6 +828,22 @@ fn revocation(
         .query_row([serial], revoked_from_row)
         .optional()?
         .transpose()
+}
+
+/// Puts a certificate serial on the revocation list; one already there keeps its entry.
+fn add_revocation(
+    connection: &Connection,
+    serial: &str,
+    reason: RevocationReason,
+    revoked_at: &str,
+) -> Result<(), StoreError> {
+    connection
+        .prepare_cached(
+            "INSERT INTO revoked_certificates (serial, revoked_at, reason)
+             VALUES (?, ?, ?) ON CONFLICT (serial) DO NOTHING",
+        )?
+        .execute(params![serial, revoked_at, reason.as_str()])?;
+    Ok(())
 }
 
 fn insert_audit(connection: &Connection, event: &NewAuditEvent) -> Result<(), StoreError> {
