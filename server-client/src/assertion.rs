@@ -753,14 +753,19 @@ mod tests {
         );
     }
 
-    #[test]
-    fn a_certificate_revoked_by_a_crl_is_refused() {
+    /// A verifier with the test CA's CRL, on which Alice's certificate is revoked.
+    fn verifier_with_a_crl_revoking_alice() -> AssertionVerifier {
         let serial = CertificateFacts::from_der(&ALICE.certificate())
             .unwrap()
             .serial;
         let mut config = config();
         config.crls = vec![test_ca_crl(&[&serial])];
-        let verifier = AssertionVerifier::new(config).unwrap();
+        AssertionVerifier::new(config).unwrap()
+    }
+
+    #[test]
+    fn a_certificate_revoked_by_a_crl_is_refused() {
+        let verifier = verifier_with_a_crl_revoking_alice();
         let now = OffsetDateTime::now_utc();
         let rejection = verifier
             .verify(&ALICE.assertion(SignatureAlgorithm::Rs256), now)
@@ -794,12 +799,7 @@ mod tests {
 
     #[test]
     fn with_crls_nothing_is_remembered_and_every_assertion_meets_the_crl() {
-        let serial = CertificateFacts::from_der(&ALICE.certificate())
-            .unwrap()
-            .serial;
-        let mut config = config();
-        config.crls = vec![test_ca_crl(&[&serial])];
-        let verifier = AssertionVerifier::new(config).unwrap();
+        let verifier = verifier_with_a_crl_revoking_alice();
         let now = OffsetDateTime::now_utc();
         let bob = verifier
             .verify(&BOB.assertion(SignatureAlgorithm::Es256), now)
