@@ -102,6 +102,52 @@ async fn next(events: &mut UnboundedReceiver<SessionEvent>, what: &str) -> Sessi
 }
 
 /// Taps, signs in and out until `deadline`; every event not on the happy path is unexpected.
+/// What [`start_kiosk`] started: the kiosk's reader, input and event channels, and task.
+struct StartedKiosk {
+    readers: VirtualReaders,
+    inputs: UnboundedSender<Input>,
+    events: UnboundedReceiver<SessionEvent>,
+    task: tokio::task::JoinHandle<Result<(), runtime::RuntimeError>>,
+}
+
+/// A kiosk runtime with one virtual reader of its own, `reader`, signing in as `device`
+/// against `server` with a client time-out of `timeout`, its events logged to
+/// `logs/DEVICE.jsonl`.
+fn start_kiosk(
+    server: &RunningServer,
+    logs: &Path,
+    reader: &str,
+    device: &str,
+    timeout: Duration,
+) -> StartedKiosk {
+    let readers = VirtualReaders::new(&[reader]);
+    let trust = ServerTrust::from_pem_file(&server.ca).expect("tls.crt");
+    let parts = RuntimeParts {
+        core: CoreConfig::default(),
+        readers: Arc::new(readers.clone()),
+        client: Client::new(&server.url, trust, timeout).expect("a client"),
+        device: device.to_owned(),
+        board: SessionBoard::new(),
+        on_function_key: None,
+    };
+    let (inputs, inputs_rx) = unbounded_channel();
+    let (events_tx, events) = unbounded_channel();
+    let log = File::create(logs.join(format!("{device}.jsonl"))).expect("a log");
+    let kiosk = tokio::spawn(async move {
+        let mut face = LoggingFace {
+            events: events_tx,
+            log,
+        };
+        runtime::run(parts, &mut face, inputs_rx).await
+    });
+    StartedKiosk {
+        readers,
+        inputs,
+        events,
+        task: kiosk,
+    }
+}
+
 async fn drive(
     index: usize,
     readers: VirtualReaders,
@@ -250,27 +296,19 @@ fn kiosks_sign_in_and_out_in_a_loop_with_flat_memory_and_counts_that_agree() {
         let mut drivers = Vec::new();
         let mut kiosk_tasks = Vec::new();
         for index in 0..kiosks {
-            let reader = format!("Desk {index}");
-            let readers = VirtualReaders::new(&[reader.as_str()]);
-            let trust = ServerTrust::from_pem_file(&server.ca).expect("tls.crt");
-            let parts = RuntimeParts {
-                core: CoreConfig::default(),
-                readers: Arc::new(readers.clone()),
-                client: Client::new(&server.url, trust, Duration::from_secs(10)).expect("a client"),
-                device: format!("soak-{index}"),
-                board: SessionBoard::new(),
-                on_function_key: None,
-            };
-            let (inputs, inputs_rx) = unbounded_channel();
-            let (events_tx, events) = unbounded_channel();
-            let log = File::create(logs.join(format!("kiosk-{index}.jsonl"))).expect("a log");
-            kiosk_tasks.push(tokio::spawn(async move {
-                let mut face = LoggingFace {
-                    events: events_tx,
-                    log,
-                };
-                runtime::run(parts, &mut face, inputs_rx).await
-            }));
+            let StartedKiosk {
+                readers,
+                inputs,
+                events,
+                task,
+            } = start_kiosk(
+                &server,
+                &logs,
+                &format!("Desk {index}"),
+                &format!("soak-{index}"),
+                Duration::from_secs(10),
+            );
+            kiosk_tasks.push(task);
             drivers.push(tokio::spawn(drive(
                 index, readers, inputs, events, deadline,
             )));
@@ -459,27 +497,19 @@ fn kiosks_carry_on_after_pivtap_server_run_is_killed_and_every_sign_in_they_saw_
         let mut drivers = Vec::new();
         let mut kiosk_tasks = Vec::new();
         for index in 0..kiosks {
-            let reader = format!("Desk {index}");
-            let readers = VirtualReaders::new(&[reader.as_str()]);
-            let trust = ServerTrust::from_pem_file(&server.ca).expect("tls.crt");
-            let parts = RuntimeParts {
-                core: CoreConfig::default(),
-                readers: Arc::new(readers.clone()),
-                client: Client::new(&server.url, trust, Duration::from_secs(2)).expect("a client"),
-                device: format!("crash-{index}"),
-                board: SessionBoard::new(),
-                on_function_key: None,
-            };
-            let (inputs, inputs_rx) = unbounded_channel();
-            let (events_tx, events) = unbounded_channel();
-            let log = File::create(logs.join(format!("crash-kiosk-{index}.jsonl"))).expect("a log");
-            kiosk_tasks.push(tokio::spawn(async move {
-                let mut face = LoggingFace {
-                    events: events_tx,
-                    log,
-                };
-                runtime::run(parts, &mut face, inputs_rx).await
-            }));
+            let StartedKiosk {
+                readers,
+                inputs,
+                events,
+                task,
+            } = start_kiosk(
+                &server,
+                &logs,
+                &format!("Desk {index}"),
+                &format!("crash-{index}"),
+                Duration::from_secs(2),
+            );
+            kiosk_tasks.push(task);
             drivers.push(tokio::spawn(drive_through_crash(
                 index,
                 readers,
