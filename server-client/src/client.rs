@@ -395,6 +395,46 @@ impl Client {
         .await
     }
 
+    /// `POST /v1/renewals/confirm`: an assertion made with the new key and certificate
+    /// completes the renewal (the old certificate is revoked, superseded).
+    ///
+    /// # Errors
+    /// [`ClientError::Refused`] with any sign-in code.
+    pub async fn confirm_renewal(
+        &self,
+        assertion: &str,
+    ) -> Result<wire::RenewalConfirmation, ClientError> {
+        let body = wire::AssertionRequest {
+            assertion: assertion.to_owned(),
+        };
+        self.request(
+            Method::POST,
+            wire::PATH_RENEWALS_CONFIRM,
+            None,
+            Some(RequestBody::Json(&body)),
+        )
+        .await
+    }
+
+    /// `POST /v1/renewals/resume`: an assertion presenting the old certificate, signed by
+    /// the card's new key, fetches the pending certificate of a renewal that was cut.
+    ///
+    /// # Errors
+    /// [`ClientError::Refused`] with `signature_invalid` when no pending renewal has the
+    /// key, or any sign-in code.
+    pub async fn resume_renewal(&self, assertion: &str) -> Result<EnrollmentResult, ClientError> {
+        let body = wire::AssertionRequest {
+            assertion: assertion.to_owned(),
+        };
+        self.request(
+            Method::POST,
+            wire::PATH_RENEWALS_RESUME,
+            None,
+            Some(RequestBody::Json(&body)),
+        )
+        .await
+    }
+
     /// `GET /v1/crl`: the issuing CA's revocation list, DER.
     ///
     /// # Errors

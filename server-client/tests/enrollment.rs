@@ -57,13 +57,18 @@ struct Fixture {
 
 impl Fixture {
     async fn start() -> Result<Self, Box<dyn Error>> {
+        Self::start_trusting(Vec::new()).await
+    }
+
+    /// As [`Fixture::start`], the server also trusting the CA certificates in `trust` (PEM).
+    async fn start_trusting(trust: Vec<std::path::PathBuf>) -> Result<Self, Box<dyn Error>> {
         install_crypto_provider();
         let dir = tempfile::tempdir()?;
         let mut carol = user("carol", "Carol Example", Some("carol@example.com"));
         carol.state = UserState::Locked;
         let server = EmbeddedServer::start(
             dir.path(),
-            Vec::new(),
+            trust,
             &[
                 user("alice", "Alice Example", Some("alice@example.com")),
                 user("bob", "Bob Example", Some("bob@example.com")),
@@ -688,6 +693,26 @@ async fn renewal_supersedes_the_old_certificate_and_the_crl_lists_it() -> TestRe
         .await;
     assert_eq!(refused_code(replay), (401, ErrorCode::ChallengeReused));
 
+    // Issue 11, item 5: the new certificate is pending, and the old one keeps working until
+    // the card confirms it holds the new one (before, the old one was revoked at once, so a
+    // cut before the card stored the new certificate left a dead badge).
+    assert_eq!(
+        fixture.card_state(&old.serial).await?.as_deref(),
+        Some("active")
+    );
+    assert_eq!(fixture.card_state(&renewed.serial).await?, None);
+    assert_eq!(
+        fixture.sign_in(&old_key, &old_certificate).await?.user.id,
+        "alice"
+    );
+    let confirmed = fixture
+        .client
+        .confirm_renewal(&fixture.assertion(&new_key, &new_certificate).await?)
+        .await?;
+    assert_eq!(
+        (confirmed.serial.as_str(), confirmed.completed),
+        (renewed.serial.as_str(), true)
+    );
     assert_eq!(
         fixture.card_state(&old.serial).await?.as_deref(),
         Some("revoked")
@@ -843,5 +868,180 @@ async fn only_revoked_cards_are_deleted_and_their_serial_stays_revoked() -> Test
         audit.iter().any(|(outcome, _)| outcome == "conflict"),
         "{audit:?}"
     );
+    Ok(())
+}
+
+/// A CA of its own (not the server's issuing CA) that issues card certificates with
+/// serial numbers of its choosing.
+struct OtherCa {
+    issuer: rcgen::Issuer<'static, KeyPair>,
+    pem: String,
+}
+
+impl OtherCa {
+    fn new(name: &str) -> Result<Self, rcgen::Error> {
+        let key = p256();
+        let mut params = CertificateParams::default();
+        params.distinguished_name = rcgen::DistinguishedName::new();
+        params.distinguished_name.push(DnType::CommonName, name);
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params.key_usages = vec![
+            rcgen::KeyUsagePurpose::KeyCertSign,
+            rcgen::KeyUsagePurpose::CrlSign,
+        ];
+        let pem = params.self_signed(&key)?.pem();
+        Ok(OtherCa {
+            issuer: rcgen::Issuer::new(params, key),
+            pem,
+        })
+    }
+
+    /// A card certificate for `mail` with the serial number `serial` (big-endian bytes).
+    fn card(&self, key: &KeyPair, mail: &str, serial: &[u8]) -> Result<Vec<u8>, Box<dyn Error>> {
+        let mut params = CertificateParams::default();
+        params.distinguished_name = rcgen::DistinguishedName::new();
+        params.distinguished_name.push(DnType::CommonName, mail);
+        params.serial_number = Some(rcgen::SerialNumber::from_slice(serial));
+        params
+            .subject_alt_names
+            .push(rcgen::SanType::Rfc822Name(mail.try_into()?));
+        params.key_usages = vec![rcgen::KeyUsagePurpose::DigitalSignature];
+        params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+        Ok(params.signed_by(key, &self.issuer)?.der().to_vec())
+    }
+}
+
+/// How the admin API qualifies a card: `serial@` the first 16 hex digits of the SHA-256 of
+/// its certificate's issuer name (RFC 4514 text).
+fn qualified(certificate: &[u8]) -> Result<String, Box<dyn Error>> {
+    use sha2::Digest as _;
+    let facts = CertificateFacts::from_der(certificate)?;
+    let issuer = hex::encode(sha2::Sha256::digest(facts.issuer.as_bytes()));
+    Ok(format!("{}@{}", facts.serial, &issuer[..16]))
+}
+
+/// Issue 11, item 4: two trusted CAs that each issue serial 1001 are two cards. Before, they
+/// shared one record: locking "1001" locked both, and Bob renewing revoked Alice's card.
+#[tokio::test]
+async fn two_cas_issuing_the_same_serial_make_two_cards() -> TestResult {
+    let work = tempfile::tempdir()?;
+    let (org_a, org_b) = (
+        OtherCa::new("Org A Card CA")?,
+        OtherCa::new("Org B Card CA")?,
+    );
+    let trust = [("a.pem", &org_a), ("b.pem", &org_b)]
+        .into_iter()
+        .map(|(name, ca)| {
+            let path = work.path().join(name);
+            std::fs::write(&path, &ca.pem).map(|()| path)
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let fixture = Fixture::start_trusting(trust).await?;
+    let admin = fixture.client.admin(&fixture.token);
+    let (alice_key, bob_key) = (p256(), p256());
+    let alice = org_a.card(&alice_key, "alice@example.com", &[0x10, 0x01])?;
+    let bob = org_b.card(&bob_key, "bob@example.com", &[0x10, 0x01])?;
+    assert_eq!(fixture.sign_in(&alice_key, &alice).await?.user.id, "alice");
+    assert_eq!(fixture.sign_in(&bob_key, &bob).await?.user.id, "bob");
+
+    let cards = admin.list_cards().await?;
+    let mut owners: Vec<_> = cards
+        .iter()
+        .filter(|card| card.serial == "1001")
+        .map(|card| card.user_id.clone().unwrap_or_default())
+        .collect();
+    owners.sort();
+    assert_eq!(owners, ["alice", "bob"], "two cards: {cards:?}");
+
+    // A bare serial that names two cards is refused, naming the ids to use instead.
+    let ambiguous = admin.card_action("1001", CardAction::Lock).await;
+    let message = match &ambiguous {
+        Err(ClientError::Refused {
+            status, message, ..
+        }) => {
+            assert_eq!(*status, 409, "{ambiguous:?}");
+            message.clone()
+        }
+        other => panic!("a bare ambiguous serial must be refused: {other:?}"),
+    };
+    assert_eq!(refused_code(ambiguous).1.as_str(), "card_ambiguous");
+    assert!(message.contains(&qualified(&alice)?), "{message}");
+    assert!(message.contains(&qualified(&bob)?), "{message}");
+    assert_eq!(fixture.sign_in(&alice_key, &alice).await?.user.id, "alice");
+
+    // Locking Alice's card locks hers only.
+    let locked = admin
+        .card_action(&qualified(&alice)?, CardAction::Lock)
+        .await?;
+    assert_eq!(
+        (locked.user_id.as_deref(), locked.state.as_str()),
+        (Some("alice"), "locked")
+    );
+    let refused = fixture.sign_in(&alice_key, &alice).await;
+    assert!(
+        matches!(&refused, Err(error) if error.to_string().contains("card_locked")),
+        "{refused:?}"
+    );
+    assert_eq!(fixture.sign_in(&bob_key, &bob).await?.user.id, "bob");
+
+    // Bob renews (and the new certificate is used): his old card is superseded, Alice's is
+    // untouched, and this server's CRL lists neither (it issued neither).
+    let new_key = p256();
+    let renewed = fixture
+        .client
+        .renew(&RenewalRequest {
+            assertion: fixture.assertion(&bob_key, &bob).await?,
+            csr: URL_SAFE_NO_PAD.encode(csr(&new_key)?),
+        })
+        .await?;
+    let renewed_certificate = der(&renewed.certificate);
+    assert_eq!(
+        fixture
+            .sign_in(&new_key, &renewed_certificate)
+            .await?
+            .user
+            .id,
+        "bob"
+    );
+    let states: Vec<_> = admin
+        .list_cards()
+        .await?
+        .into_iter()
+        .filter(|card| card.serial == "1001")
+        .map(|card| (card.user_id.unwrap_or_default(), card.state))
+        .collect();
+    assert!(
+        states.contains(&("alice".to_owned(), "locked".to_owned())),
+        "{states:?}"
+    );
+    assert!(
+        states.contains(&("bob".to_owned(), "revoked".to_owned())),
+        "{states:?}"
+    );
+    admin
+        .card_action(&qualified(&alice)?, CardAction::Unlock)
+        .await?;
+    assert_eq!(fixture.sign_in(&alice_key, &alice).await?.user.id, "alice");
+    let old_bob = fixture.sign_in(&bob_key, &bob).await;
+    assert!(
+        matches!(&old_bob, Err(error) if error.to_string().contains("certificate_revoked")),
+        "{old_bob:?}"
+    );
+    let crl = fixture.client.crl().await?;
+    let (_, parsed) = x509_parser::parse_x509_crl(&crl)?;
+    assert_eq!(parsed.iter_revoked_certificates().count(), 0);
+
+    // Revoking and deleting Bob's old card by its qualified id leaves Alice's alone.
+    let bob_id = qualified(&bob)?;
+    admin.delete_card(&bob_id).await?;
+    assert_eq!(fixture.sign_in(&alice_key, &alice).await?.user.id, "alice");
+    let old_bob = fixture.sign_in(&bob_key, &bob).await;
+    assert!(
+        matches!(&old_bob, Err(error) if error.to_string().contains("certificate_revoked")),
+        "{old_bob:?}"
+    );
+    // Now that "1001" names one card, the bare serial is accepted.
+    let locked = admin.card_action("10:01", CardAction::Lock).await?;
+    assert_eq!(locked.user_id.as_deref(), Some("alice"));
     Ok(())
 }
