@@ -1177,6 +1177,108 @@ mod tests {
         }
     }
 
+    /// Issue 11, item 5: an enrollment cut at every APDU (the card pulled) either leaves the
+    /// code unused, and the same code enrolls the card, or has used it up with its audit
+    /// event (written with the code's use, in one transaction), and a new code enrolls the
+    /// card. Before, 2 of 7 cut enrollments used the code up with no audit event.
+    #[tokio::test]
+    async fn an_enrollment_cut_at_any_apdu_uses_its_code_only_with_its_audit_event() {
+        use pivtap_server_client::client::AuditFilter;
+
+        let dir = tempfile::tempdir().unwrap();
+        let (_server, client, token) = embedded_server(dir.path()).await;
+        let admin = client.admin(&token);
+        let new_code = async || {
+            admin
+                .create_enrollment("erin", std::time::Duration::from_secs(600))
+                .await
+                .unwrap()
+                .code
+        };
+        let options = EnrollOptions {
+            secrets: secrets(),
+            device: None,
+        };
+        let mut steps_cut = Vec::new();
+        for budget in 0.. {
+            let mut backend = VirtualCardBackend::new(
+                VirtualCard::blank(NewCard::factory(CardOptions::default())),
+                "erin's card",
+            );
+            let code = new_code().await;
+            let mut last = None;
+            let result = enroll_card(
+                &mut PulledAfter {
+                    card: &mut backend,
+                    left: budget,
+                },
+                &client,
+                &code,
+                &options,
+                &mut |step| last = Some(step),
+            )
+            .await;
+            if result.is_ok() {
+                break;
+            }
+            steps_cut.push(last);
+            backend.card().reset();
+            let events = admin.audit(&AuditFilter::default()).await.unwrap();
+            let enrolled: Vec<_> = events
+                .iter()
+                .filter(|event| event.kind == "enrollment" && event.outcome == "ok")
+                .collect();
+            let issued = admin.list_cards().await.unwrap();
+            // Every card registered has its enrollment event.
+            for card in &issued {
+                assert!(
+                    enrolled
+                        .iter()
+                        .any(|event| event.card_serial.as_deref() == Some(card.serial.as_str())),
+                    "cut at {budget} APDUs after {last:?}: no event for {card:?}"
+                );
+            }
+            let code = match client.inspect_enrollment(&code).await {
+                Ok(_) => code,
+                Err(_) => {
+                    // Used up: only with its event, and only once the server answered.
+                    assert!(
+                        matches!(
+                            last,
+                            Some(EnrollStep::StoringCertificate | EnrollStep::WritingChuid)
+                        ),
+                        "cut at {budget} APDUs after {last:?}"
+                    );
+                    new_code().await
+                }
+            };
+            enroll_card(&mut backend, &client, &code, &options, &mut |_| {})
+                .await
+                .unwrap_or_else(|error| panic!("cut at {budget} APDUs after {last:?}: {error}"));
+            backend.card().reset();
+            assert_eq!(sign_in_with(&mut backend, &client).await.unwrap(), "erin");
+            // Clean up, so that the next cut starts from one card per user.
+            for card in admin.list_cards().await.unwrap() {
+                admin
+                    .card_action(&card.id, pivtap_server_client::client::CardAction::Revoke)
+                    .await
+                    .unwrap();
+                admin.delete_card(&card.id).await.unwrap();
+            }
+        }
+        for step in [
+            EnrollStep::AuthenticatingManagementKey,
+            EnrollStep::SigningRequest,
+            EnrollStep::StoringCertificate,
+            EnrollStep::WritingChuid,
+        ] {
+            assert!(
+                steps_cut.contains(&Some(step)),
+                "no cut during {step:?}: {steps_cut:?}"
+            );
+        }
+    }
+
     #[test]
     fn key_algorithms_map_both_ways() {
         for algorithm in [
