@@ -705,6 +705,27 @@ async fn renewal_supersedes_the_old_certificate_and_the_crl_lists_it() -> TestRe
         fixture.sign_in(&old_key, &old_certificate).await?.user.id,
         "alice"
     );
+    // A card cut before it stored the new certificate signs with its new key while showing
+    // the old certificate: it gets the pending certificate again. Another key does not.
+    let resumed = fixture
+        .client
+        .resume_renewal(&fixture.assertion(&new_key, &old_certificate).await?)
+        .await?;
+    assert_eq!(resumed.certificate, renewed.certificate);
+    let stranger = fixture
+        .client
+        .resume_renewal(&fixture.assertion(&p256(), &old_certificate).await?)
+        .await;
+    assert_eq!(refused_code(stranger), (401, ErrorCode::SignatureInvalid));
+    // Until it is in use, the new certificate has the old card's state.
+    let admin = fixture.client.admin(&fixture.token);
+    admin.card_action(&old.serial, CardAction::Lock).await?;
+    let locked = fixture
+        .client
+        .confirm_renewal(&fixture.assertion(&new_key, &new_certificate).await?)
+        .await;
+    assert_eq!(refused_code(locked), (401, ErrorCode::CardLocked));
+    admin.card_action(&old.serial, CardAction::Unlock).await?;
     let confirmed = fixture
         .client
         .confirm_renewal(&fixture.assertion(&new_key, &new_certificate).await?)

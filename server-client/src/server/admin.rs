@@ -624,7 +624,11 @@ async fn query_audit(
     };
     let query = AuditQuery {
         user_id: params.user,
-        card_serial: params.card.map(|s| s.to_ascii_lowercase().replace(':', "")),
+        // The audit names a card by serial: a card id (`serial@issuer-id`) is cut to it.
+        card_serial: params.card.map(|s| {
+            let serial = s.split('@').next().unwrap_or_default();
+            serial.to_ascii_lowercase().replace(':', "")
+        }),
         device: params.device,
         outcome: params.outcome,
         since: time(params.since, "since")?,

@@ -1999,6 +1999,29 @@ mod tests {
         assert_eq!(events.len(), 5, "{events:?}");
         assert!(events[2].1.contains("01@"), "{events:?}");
 
+        // A renewal that fails part-way (its new serial exists) changes nothing and leaves
+        // no event: the effects and the event are one write.
+        let events_before = store.query_audit(&AuditQuery::default()).await?.len();
+        let other = facts("0f", "fp-0f");
+        store.record_card(&other, Some("alice"), at(5)).await?;
+        assert!(matches!(
+            store
+                .begin_renewal(
+                    &other,
+                    "alice",
+                    &issued("03", "alice"),
+                    at(5),
+                    renewal_event(5)
+                )
+                .await,
+            Err(StoreError::Conflict { .. })
+        ));
+        assert!(store.pending_renewals(&id("0f")).await?.is_empty());
+        assert_eq!(
+            store.query_audit(&AuditQuery::default()).await?.len(),
+            events_before
+        );
+
         // The old card cannot be renewed again.
         assert!(matches!(
             store
