@@ -1066,3 +1066,176 @@ async fn two_cas_issuing_the_same_serial_make_two_cards() -> TestResult {
     assert_eq!(locked.user_id.as_deref(), Some("alice"));
     Ok(())
 }
+
+/// Makes every write of `statement` (`INSERT`, `UPDATE` or `DELETE`) on `table` in the
+/// server's database fail, until [`heal`]: a fault in the middle of one of its transactions.
+fn inject_fault(database: &Path, statement: &str, table: &str) -> Result<(), Box<dyn Error>> {
+    let connection = rusqlite::Connection::open(database)?;
+    connection.busy_timeout(Duration::from_secs(5))?;
+    connection.execute_batch(&format!(
+        "CREATE TRIGGER injected_fault BEFORE {statement} ON {table}
+         BEGIN SELECT RAISE(ABORT, 'injected fault'); END;"
+    ))?;
+    Ok(())
+}
+
+fn heal(database: &Path) -> Result<(), Box<dyn Error>> {
+    let connection = rusqlite::Connection::open(database)?;
+    connection.busy_timeout(Duration::from_secs(5))?;
+    connection.execute_batch("DROP TRIGGER injected_fault")?;
+    Ok(())
+}
+
+/// Issue 11, item 5, server side: a store write that fails at any table an enrollment, a
+/// renewal or its confirmation writes leaves nothing of that step behind (no used code, no
+/// pending certificate, no revocation, no audit event of an effect that did not happen), the
+/// badge signs in with what it holds, and the step then succeeds when tried again.
+#[tokio::test]
+async fn a_store_write_failing_in_any_table_of_enrollment_or_renewal_leaves_a_working_badge()
+-> TestResult {
+    let fixture = Fixture::start().await?;
+    let database = fixture
+        .server
+        .certificate
+        .parent()
+        .ok_or("a server directory")?
+        .join("pivtap.db");
+    let ok_events = async |kind: &str| -> Result<usize, Box<dyn Error>> {
+        Ok(fixture
+            .audit(kind)
+            .await?
+            .iter()
+            .filter(|(outcome, detail)| outcome == "ok" && !detail.starts_with("inspect"))
+            .count())
+    };
+
+    // Enrollment: the code's use, the card, the issued certificate, the audit event.
+    let key = p256();
+    let code = fixture.code("alice").await?;
+    for (statement, table) in [
+        ("UPDATE", "enrollment_codes"),
+        ("INSERT", "cards"),
+        ("INSERT", "issued_certificates"),
+        ("INSERT", "audit"),
+    ] {
+        inject_fault(&database, statement, table)?;
+        let refused = fixture
+            .client
+            .complete_enrollment(&request(&code, &csr(&key)?))
+            .await;
+        heal(&database)?;
+        assert_eq!(
+            refused_code(refused),
+            (500, ErrorCode::Internal),
+            "{statement} {table}"
+        );
+        fixture.client.inspect_enrollment(&code).await?;
+        assert_eq!(ok_events("enrollment").await?, 0, "{statement} {table}");
+        assert!(
+            fixture
+                .client
+                .admin(&fixture.token)
+                .list_cards()
+                .await?
+                .is_empty()
+        );
+    }
+    let enrolled = fixture
+        .client
+        .complete_enrollment(&request(&code, &csr(&key)?))
+        .await?;
+    let mut certificate = der(&enrolled.certificate);
+    let mut key = key;
+    assert_eq!(ok_events("enrollment").await?, 1);
+
+    // Renewal, step one: the old card's record, the issued certificate, the pending
+    // renewal, the audit event. Step two: the old card revoked, the revocation, the pending
+    // renewal gone, the new card, the audit events.
+    let renewal_faults = [
+        ("INSERT", "issued_certificates"),
+        ("INSERT", "pending_renewals"),
+        ("INSERT", "audit"),
+    ];
+    let confirm_faults = [
+        ("UPDATE", "cards"),
+        ("INSERT", "revoked_certificates"),
+        ("DELETE", "pending_renewals"),
+        ("INSERT", "cards"),
+    ];
+    for (statement, table) in renewal_faults {
+        let new_key = p256();
+        let assertion = fixture.assertion(&key, &certificate).await?;
+        inject_fault(&database, statement, table)?;
+        let refused = fixture
+            .client
+            .renew(&RenewalRequest {
+                assertion,
+                csr: URL_SAFE_NO_PAD.encode(csr(&new_key)?),
+            })
+            .await;
+        heal(&database)?;
+        assert_eq!(
+            refused_code(refused),
+            (500, ErrorCode::Internal),
+            "{statement} {table}"
+        );
+        // Nothing pending, nothing audited as done: the card signs in as it was.
+        assert!(
+            !fixture
+                .audit("renewal")
+                .await?
+                .iter()
+                .any(|(outcome, detail)| outcome == "ok" && detail.contains("pending")),
+            "{statement} {table}"
+        );
+        assert_eq!(fixture.sign_in(&key, &certificate).await?.user.id, "alice");
+    }
+    for (statement, table) in confirm_faults {
+        let new_key = p256();
+        let renewed = fixture
+            .client
+            .renew(&RenewalRequest {
+                assertion: fixture.assertion(&key, &certificate).await?,
+                csr: URL_SAFE_NO_PAD.encode(csr(&new_key)?),
+            })
+            .await?;
+        let new_certificate = der(&renewed.certificate);
+        let confirmation = fixture.assertion(&new_key, &new_certificate).await?;
+        let superseded_before = fixture
+            .audit("renewal")
+            .await?
+            .iter()
+            .filter(|(_, detail)| detail.contains("superseded"))
+            .count();
+        inject_fault(&database, statement, table)?;
+        let refused = fixture.client.confirm_renewal(&confirmation).await;
+        heal(&database)?;
+        assert_eq!(
+            refused_code(refused),
+            (500, ErrorCode::Internal),
+            "{statement} {table}"
+        );
+        // Both certificates still sign in; the old card is not revoked, with no event
+        // saying so.
+        let superseded_after = fixture
+            .audit("renewal")
+            .await?
+            .iter()
+            .filter(|(_, detail)| detail.contains("superseded"))
+            .count();
+        assert_eq!(superseded_after, superseded_before, "{statement} {table}");
+        assert_eq!(fixture.sign_in(&key, &certificate).await?.user.id, "alice");
+        // The new certificate's first sign-in completes the renewal.
+        assert_eq!(
+            fixture.sign_in(&new_key, &new_certificate).await?.user.id,
+            "alice"
+        );
+        let old_again = fixture.sign_in(&key, &certificate).await;
+        assert!(
+            matches!(&old_again, Err(error) if error.to_string().contains("certificate_revoked")),
+            "{statement} {table}: {old_again:?}"
+        );
+        (key, certificate) = (new_key, new_certificate);
+    }
+    Ok(())
+}
