@@ -626,10 +626,12 @@ impl AdminClient<'_> {
         self.get("/cards").await
     }
 
-    /// `lock`, `unlock` or `revoke` a card by certificate serial.
+    /// `lock`, `unlock` or `revoke` a card: `card` is its id (`serial@issuer-id`, as
+    /// [`CardRecord::id`]) or its certificate serial when no other issuer's card has it.
     ///
     /// # Errors
-    /// [`ClientError::Refused`] with `not_found`, or `conflict` to unlock a revoked card.
+    /// [`ClientError::Refused`] with `not_found`, `card_ambiguous` for a serial of several
+    /// issuers, or `conflict` to unlock a revoked card.
     pub async fn card_action(
         &self,
         serial: &str,
@@ -661,10 +663,12 @@ impl AdminClient<'_> {
         self.post(wire::PATH_ADMIN_ENROLLMENTS, Some(&body)).await
     }
 
-    /// Deletes a revoked card's record; its serial stays on the revocation list.
+    /// Deletes a revoked card's record (`serial@issuer-id`, or an unambiguous serial); it
+    /// stays on the revocation list.
     ///
     /// # Errors
-    /// [`ClientError::Refused`] with `not_found`, or `conflict` for a card not revoked.
+    /// [`ClientError::Refused`] with `not_found`, `card_ambiguous`, or `conflict` for a
+    /// card not revoked.
     pub async fn delete_card(&self, serial: &str) -> Result<(), ClientError> {
         let path = format!("{}/cards/{}", wire::PATH_ADMIN, path_segment(serial));
         self.client

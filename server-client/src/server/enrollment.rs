@@ -1,4 +1,4 @@
-//! Enrollment and renewal endpoints: inspecting and redeeming enrollment codes for a card certificate, renewing with a sign-in assertion, and the issuing CA's CRL; plus the code and mapping helpers the admin API uses.
+//! Enrollment and renewal endpoints: inspecting and redeeming enrollment codes for a card certificate, renewing with a sign-in assertion in two steps (pending, then confirmed or first used; resumable), and the issuing CA's CRL; plus the code and mapping helpers the admin API uses.
 //!
 //! Every attempt is audited (kind `enrollment` or `renewal`), refused ones
 //! with their error code. Enrollment codes are 20 characters from a 32-letter
