@@ -8,13 +8,29 @@
 //! certificate of an enrolled card: the current key signs a sign-in
 //! assertion that authorises the renewal.
 //!
-//! Both generate the new key before the server has issued anything, because
-//! the card must sign the request with it. Should the server then refuse
-//! (code used meanwhile, key policy, user locked), the card holds a key
-//! without a matching certificate; [`EnrollStep::key_replaced`] tells callers
-//! when that point has been passed, so they can say so. What can be checked
-//! first is: enrollment inspects the code, and renewal looks the current
-//! certificate up in the server's CRL, before the card is changed.
+//! Renewal is crash-safe in two steps. The server records the new certificate
+//! as pending and keeps the old one valid; once the new certificate is on the
+//! card, the new key signs a confirmation (`POST /v1/renewals/confirm`), which
+//! revokes the old one (a first sign-in with the new one does the same). A
+//! renewal cut after the card's new key replaced the old one but before the new
+//! certificate was stored is resumed by running it again: the card then signs
+//! with its new key while presenting its old certificate, which
+//! [`renew_card`] notices (the signature does not verify with the certificate's
+//! key), and the server hands the pending certificate out again
+//! (`POST /v1/renewals/resume`).
+//!
+//! PIV cards generate a key only into the slot it is to be used from (no
+//! standard command moves a key from a retired slot into 9A, and importing a
+//! host-made key would let the private key exist outside the card), so the new
+//! key must replace the old one in 9A before the server sees the request it
+//! signs. The one cut no retry can undo is the short one between key generation
+//! and the server recording the renewal: the card then holds a key no
+//! certificate names. Should the server refuse after key generation (code used
+//! meanwhile, key policy, user locked), the same holds;
+//! [`EnrollStep::key_replaced`] tells callers when that point has been passed,
+//! so they can say so. What can be checked first is: enrollment inspects the
+//! code, and renewal looks the current certificate up in the server's CRL,
+//! before the card is changed.
 
 use std::fmt;
 
@@ -27,7 +43,7 @@ use pivtap_apdu::piv::{Algorithm, KeyReference, ObjectTag, Pin};
 use pivtap_card::csr::{CsrError, certificate_request};
 use pivtap_card::{CardBackend, ManagementKey, PivError, PivSession, SignatureAlgorithm, spki};
 use pivtap_kiosk::card_worker::signing_algorithms;
-use pivtap_server_client::assertion::AssertionDraft;
+use pivtap_server_client::assertion::{AssertionDraft, card_signature_verifies};
 use pivtap_server_client::certificate::CertificateFacts;
 use pivtap_server_client::client::{Client, ClientError};
 use pivtap_server_client::wire::{
@@ -71,6 +87,11 @@ pub enum EnrollStep {
     StoringCertificate,
     /// Writing a CHUID to a card that has none.
     WritingChuid,
+    /// Fetching the pending certificate of a renewal that was cut after the new key
+    /// replaced the old one (renewal).
+    ResumingRenewal,
+    /// The new key confirms the new certificate; the old one is revoked (renewal).
+    ConfirmingRenewal,
 }
 
 impl EnrollStep {
@@ -84,6 +105,7 @@ impl EnrollStep {
                 | EnrollStep::RequestingCertificate
                 | EnrollStep::StoringCertificate
                 | EnrollStep::WritingChuid
+                | EnrollStep::ResumingRenewal
         )
     }
 }
@@ -109,6 +131,12 @@ impl fmt::Display for EnrollStep {
             EnrollStep::RequestingCertificate => f.write_str("Requesting the certificate"),
             EnrollStep::StoringCertificate => f.write_str("Storing the certificate on the card"),
             EnrollStep::WritingChuid => f.write_str("Writing the card identifier (CHUID)"),
+            EnrollStep::ResumingRenewal => f.write_str(
+                "The card's key is newer than its certificate: resuming the renewal that was cut",
+            ),
+            EnrollStep::ConfirmingRenewal => {
+                f.write_str("Confirming the new certificate with the new key")
+            }
         }
     }
 }
@@ -369,17 +397,38 @@ pub async fn renew_card(
     let challenge = client.challenge(&options.device).await?;
     progress(EnrollStep::SigningAssertion);
     let assertion = sign_assertion(&mut session, SLOT, &current, &challenge, &options.device)?;
-    progress(EnrollStep::AuthenticatingManagementKey);
-    let management_key = management_key_for(&mut session, &options.secrets.management_key)?;
-    session.authenticate_management_key(&management_key)?;
-    let common_name = CertificateFacts::from_der(&current)
-        .ok()
-        .and_then(|facts| facts.common_name)
-        .unwrap_or_else(|| "pivtap card".to_owned());
-    let (spki, csr) = new_key_and_request(&mut session, algorithm, &common_name, &mut *progress)?;
-    progress(EnrollStep::RequestingCertificate);
-    let issued = client.renew(&RenewalRequest { assertion, csr }).await?;
-    store_certificate(&mut session, &issued, &spki, &mut *progress)?;
+    let (issued, spki) = if signed_with_key_of(&assertion, &current) {
+        progress(EnrollStep::AuthenticatingManagementKey);
+        let management_key = management_key_for(&mut session, &options.secrets.management_key)?;
+        session.authenticate_management_key(&management_key)?;
+        let common_name = CertificateFacts::from_der(&current)
+            .ok()
+            .and_then(|facts| facts.common_name)
+            .unwrap_or_else(|| "pivtap card".to_owned());
+        let (spki, csr) =
+            new_key_and_request(&mut session, algorithm, &common_name, &mut *progress)?;
+        progress(EnrollStep::RequestingCertificate);
+        (
+            client.renew(&RenewalRequest { assertion, csr }).await?,
+            spki,
+        )
+    } else {
+        // 9A holds a key the certificate does not name: a renewal cut before the new
+        // certificate was stored. The server checked that the pending certificate is for
+        // the key that signed, so its key is the one on the card.
+        progress(EnrollStep::ResumingRenewal);
+        let issued = client.resume_renewal(&assertion).await?;
+        let spki = spki_of(&issued)?;
+        progress(EnrollStep::AuthenticatingManagementKey);
+        let management_key = management_key_for(&mut session, &options.secrets.management_key)?;
+        session.authenticate_management_key(&management_key)?;
+        (issued, spki)
+    };
+    let new = store_certificate(&mut session, &issued, &spki, &mut *progress)?;
+    progress(EnrollStep::ConfirmingRenewal);
+    let challenge = client.challenge(&options.device).await?;
+    let confirmation = sign_assertion(&mut session, SLOT, &new.der, &challenge, &options.device)?;
+    client.confirm_renewal(&confirmation).await?;
     Ok(EnrollOutcome {
         user: issued.user,
         serial: issued.serial,
@@ -429,6 +478,39 @@ fn revoked_serial(crl: &[u8], certificate: &[u8]) -> Result<Option<String>, Enro
         .iter_revoked_certificates()
         .any(|revoked| strip_zeros(revoked.raw_serial()) == strip_zeros(serial));
     Ok(listed.then(|| hex::encode(strip_zeros(serial))))
+}
+
+/// Whether the compact JWS `assertion` verifies with the key of `certificate` (DER): the
+/// card's 9A key is the certificate's. `false` when either cannot be read.
+fn signed_with_key_of(assertion: &str, certificate: &[u8]) -> bool {
+    let Ok((_, public_key)) = CertificateFacts::with_public_key(certificate) else {
+        return false;
+    };
+    let Some((signing_input, signature)) = assertion.rsplit_once('.') else {
+        return false;
+    };
+    let Some(alg) = signing_key_of(certificate)
+        .ok()
+        .map(|(_, algorithm)| algorithm.jose_name())
+    else {
+        return false;
+    };
+    URL_SAFE_NO_PAD.decode(signature).is_ok_and(|signature| {
+        card_signature_verifies(alg, &public_key, signing_input.as_bytes(), &signature)
+    })
+}
+
+/// The SubjectPublicKeyInfo (DER) of an issued certificate.
+fn spki_of(issued: &EnrollmentResult) -> Result<Vec<u8>, EnrollError> {
+    let der = URL_SAFE_NO_PAD
+        .decode(issued.certificate.trim_end_matches('='))
+        .map_err(|_| EnrollError::BadAnswer {
+            reason: "the certificate is not base64url",
+        })?;
+    let (_, certificate) = X509Certificate::from_der(&der).map_err(|_| EnrollError::BadAnswer {
+        reason: "the certificate is not valid X.509",
+    })?;
+    Ok(certificate.public_key().raw.to_vec())
 }
 
 /// A serial's bytes without leading zero bytes (a DER sign byte).
@@ -855,6 +937,7 @@ mod tests {
                 EnrollStep::SigningRequest,
                 EnrollStep::RequestingCertificate,
                 EnrollStep::StoringCertificate,
+                EnrollStep::ConfirmingRenewal,
             ]
         );
         assert_ne!(renewed.serial, enrolled.serial);
@@ -885,6 +968,315 @@ mod tests {
         let certificate = session.certificate(SLOT).unwrap();
         let facts = CertificateFacts::from_der(&certificate).unwrap();
         assert_eq!(facts.serial, renewed.serial, "the card is unchanged");
+    }
+
+    /// A card pulled from its reader after `left` more APDUs: the APDU that would exceed
+    /// the budget never reaches the card, and neither does any later one.
+    struct PulledAfter<'a> {
+        card: &'a mut VirtualCardBackend,
+        left: usize,
+    }
+
+    struct PulledTransaction<'a> {
+        inner: Box<dyn pivtap_card::CardTransaction + 'a>,
+        left: &'a mut usize,
+    }
+
+    impl pivtap_card::CardTransaction for PulledTransaction<'_> {
+        fn transmit(&mut self, command: &[u8]) -> Result<Vec<u8>, pivtap_card::TransportError> {
+            if *self.left == 0 {
+                return Err(pivtap_card::TransportError::CardRemoved);
+            }
+            *self.left -= 1;
+            self.inner.transmit(command)
+        }
+    }
+
+    impl CardBackend for PulledAfter<'_> {
+        fn transaction(
+            &mut self,
+        ) -> Result<Box<dyn pivtap_card::CardTransaction + '_>, pivtap_card::TransportError>
+        {
+            Ok(Box::new(PulledTransaction {
+                inner: self.card.transaction()?,
+                left: &mut self.left,
+            }))
+        }
+
+        fn capabilities(&self) -> pivtap_card::LinkCapabilities {
+            self.card.capabilities()
+        }
+
+        fn name(&self) -> String {
+            self.card.name()
+        }
+    }
+
+    /// Signs in with what the card holds now (its 9A certificate and key).
+    async fn sign_in_with(
+        backend: &mut VirtualCardBackend,
+        client: &Client,
+    ) -> Result<String, EnrollError> {
+        let challenge = client.challenge("desk-1").await?;
+        let mut session = PivSession::open(backend)?;
+        let certificate = session.certificate(SLOT)?;
+        session.verify_pin(&secrets().pin)?;
+        let assertion = sign_assertion(&mut session, SLOT, &certificate, &challenge, "desk-1")?;
+        Ok(client.sign_in(&assertion).await?.user.id)
+    }
+
+    fn renew_options() -> RenewOptions {
+        RenewOptions {
+            secrets: secrets(),
+            device: "desk-1".to_owned(),
+            algorithm: None,
+        }
+    }
+
+    /// Issue 11, item 5: a renewal cut at every APDU (the card pulled) leaves a badge that
+    /// signs in or renews again, but for the one cut no card allows undoing (between key
+    /// generation and the server's answer), where the server still holds the old
+    /// certificate valid. Before, 9 of 45 renewals cut by SIGKILL left a dead badge: the
+    /// old certificate was revoked before the card held the new one.
+    #[tokio::test]
+    async fn a_renewal_cut_at_any_apdu_leaves_a_badge_that_signs_in_or_renews() {
+        use pivtap_server_client::client::AuditFilter;
+
+        let dir = tempfile::tempdir().unwrap();
+        let (_server, client, token) = embedded_server(dir.path()).await;
+        let admin = client.admin(&token);
+        let mut backend = VirtualCardBackend::new(
+            VirtualCard::blank(NewCard::factory(CardOptions::default())),
+            "erin's card",
+        );
+        let enroll = async |backend: &mut VirtualCardBackend| {
+            let code = admin
+                .create_enrollment("erin", std::time::Duration::from_secs(600))
+                .await
+                .unwrap()
+                .code;
+            let options = EnrollOptions {
+                secrets: secrets(),
+                device: None,
+            };
+            enroll_card(backend, &client, &code, &options, &mut |_| {})
+                .await
+                .unwrap();
+        };
+        enroll(&mut backend).await;
+        let mut cuts = Vec::new();
+        let mut recovered = Vec::new();
+        for budget in 0.. {
+            let before = {
+                let mut session = PivSession::open(&mut backend).unwrap();
+                CertificateFacts::from_der(&session.certificate(SLOT).unwrap()).unwrap()
+            };
+            backend.card().reset();
+            let mut last = None;
+            let result = renew_card(
+                &mut PulledAfter {
+                    card: &mut backend,
+                    left: budget,
+                },
+                &client,
+                &renew_options(),
+                &mut |step| last = Some(step),
+            )
+            .await;
+            if result.is_ok() {
+                assert!(budget > 8, "a renewal takes more than {budget} APDUs");
+                break;
+            }
+            // Put back in the reader: a fresh power-up.
+            backend.card().reset();
+            cuts.push(last);
+            // The server never revokes the old certificate before the card holds the new one.
+            let old = admin
+                .list_cards()
+                .await
+                .unwrap()
+                .into_iter()
+                .find(|card| card.serial == before.serial)
+                .unwrap();
+            assert_eq!(old.state, "active", "cut at {budget} APDUs after {last:?}");
+            if last == Some(EnrollStep::SigningRequest) {
+                // The new key is in 9A and the server never saw it: the card must be
+                // enrolled again; its old certificate is still valid at the server.
+                let stuck = sign_in_with(&mut backend, &client).await;
+                assert!(
+                    matches!(&stuck, Err(EnrollError::Server(error)) if error.to_string().contains("signature_invalid")),
+                    "{stuck:?}"
+                );
+                backend.card().reset();
+                enroll(&mut backend).await;
+                continue;
+            }
+            // Signs in as it is, or else renews again (resuming a recorded renewal) and
+            // then signs in.
+            backend.card().reset();
+            if sign_in_with(&mut backend, &client).await.is_err() {
+                backend.card().reset();
+                let resumed = renew_card(&mut backend, &client, &renew_options(), &mut |step| {
+                    recovered.push((last, step));
+                })
+                .await
+                .unwrap_or_else(|error| panic!("cut at {budget} APDUs after {last:?}: {error}"));
+                assert_ne!(resumed.serial, before.serial);
+                backend.card().reset();
+            }
+            assert_eq!(
+                sign_in_with(&mut backend, &client).await.unwrap(),
+                "erin",
+                "cut at {budget} APDUs after {last:?}"
+            );
+        }
+        for step in [
+            EnrollStep::VerifyingPin,
+            EnrollStep::SigningAssertion,
+            EnrollStep::GeneratingKey(KeyAlgorithm::P256),
+            EnrollStep::SigningRequest,
+            EnrollStep::StoringCertificate,
+            EnrollStep::ConfirmingRenewal,
+        ] {
+            assert!(
+                cuts.contains(&Some(step)),
+                "no cut during {step:?}: {cuts:?}"
+            );
+        }
+        // A cut before the new certificate was stored was resumed, not renewed anew.
+        assert!(
+            recovered.contains(&(
+                Some(EnrollStep::StoringCertificate),
+                EnrollStep::ResumingRenewal
+            )),
+            "{recovered:?}"
+        );
+        // Every renewal the server recorded has its audit event; every superseded card
+        // names the certificate that replaced it.
+        let audit = admin
+            .audit(&AuditFilter {
+                limit: Some(1000),
+                ..AuditFilter::default()
+            })
+            .await
+            .unwrap();
+        for card in admin.list_cards().await.unwrap() {
+            let named = |event: &pivtap_server_client::wire::AuditRecord| {
+                event.card_serial.as_deref() == Some(card.serial.as_str())
+                    || event
+                        .detail
+                        .as_deref()
+                        .is_some_and(|detail| detail.contains(&card.serial))
+            };
+            assert!(
+                audit.iter().any(|event| event.outcome == "ok"
+                    && (event.kind == "enrollment" || event.kind == "renewal")
+                    && named(event)),
+                "no audit event issued {card:?}"
+            );
+        }
+    }
+
+    /// Issue 11, item 5: an enrollment cut at every APDU (the card pulled) either leaves the
+    /// code unused, and the same code enrolls the card, or has used it up with its audit
+    /// event (written with the code's use, in one transaction), and a new code enrolls the
+    /// card. Before, 2 of 7 cut enrollments used the code up with no audit event.
+    #[tokio::test]
+    async fn an_enrollment_cut_at_any_apdu_uses_its_code_only_with_its_audit_event() {
+        use pivtap_server_client::client::AuditFilter;
+
+        let dir = tempfile::tempdir().unwrap();
+        let (_server, client, token) = embedded_server(dir.path()).await;
+        let admin = client.admin(&token);
+        let new_code = async || {
+            admin
+                .create_enrollment("erin", std::time::Duration::from_secs(600))
+                .await
+                .unwrap()
+                .code
+        };
+        let options = EnrollOptions {
+            secrets: secrets(),
+            device: None,
+        };
+        let mut steps_cut = Vec::new();
+        for budget in 0.. {
+            let mut backend = VirtualCardBackend::new(
+                VirtualCard::blank(NewCard::factory(CardOptions::default())),
+                "erin's card",
+            );
+            let code = new_code().await;
+            let mut last = None;
+            let result = enroll_card(
+                &mut PulledAfter {
+                    card: &mut backend,
+                    left: budget,
+                },
+                &client,
+                &code,
+                &options,
+                &mut |step| last = Some(step),
+            )
+            .await;
+            if result.is_ok() {
+                break;
+            }
+            steps_cut.push(last);
+            backend.card().reset();
+            let events = admin.audit(&AuditFilter::default()).await.unwrap();
+            let enrolled: Vec<_> = events
+                .iter()
+                .filter(|event| event.kind == "enrollment" && event.outcome == "ok")
+                .collect();
+            let issued = admin.list_cards().await.unwrap();
+            // Every card registered has its enrollment event.
+            for card in &issued {
+                assert!(
+                    enrolled
+                        .iter()
+                        .any(|event| event.card_serial.as_deref() == Some(card.serial.as_str())),
+                    "cut at {budget} APDUs after {last:?}: no event for {card:?}"
+                );
+            }
+            let code = match client.inspect_enrollment(&code).await {
+                Ok(_) => code,
+                Err(_) => {
+                    // Used up: only with its event, and only once the server answered.
+                    assert!(
+                        matches!(
+                            last,
+                            Some(EnrollStep::StoringCertificate | EnrollStep::WritingChuid)
+                        ),
+                        "cut at {budget} APDUs after {last:?}"
+                    );
+                    new_code().await
+                }
+            };
+            enroll_card(&mut backend, &client, &code, &options, &mut |_| {})
+                .await
+                .unwrap_or_else(|error| panic!("cut at {budget} APDUs after {last:?}: {error}"));
+            backend.card().reset();
+            assert_eq!(sign_in_with(&mut backend, &client).await.unwrap(), "erin");
+            // Clean up, so that the next cut starts from one card per user.
+            for card in admin.list_cards().await.unwrap() {
+                admin
+                    .card_action(&card.id, pivtap_server_client::client::CardAction::Revoke)
+                    .await
+                    .unwrap();
+                admin.delete_card(&card.id).await.unwrap();
+            }
+        }
+        for step in [
+            EnrollStep::AuthenticatingManagementKey,
+            EnrollStep::SigningRequest,
+            EnrollStep::StoringCertificate,
+            EnrollStep::WritingChuid,
+        ] {
+            assert!(
+                steps_cut.contains(&Some(step)),
+                "no cut during {step:?}: {steps_cut:?}"
+            );
+        }
     }
 
     #[test]

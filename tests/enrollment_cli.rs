@@ -617,6 +617,30 @@ fn code_lifetimes_and_card_deletion_from_the_admin_command_line() {
     let serial = enrolled["serial"].as_str().expect("a serial").to_owned();
     server.auth(&card, FACTORY_PIN).success("auth");
 
+    // A card is named by its issuer and serial: `serial@issuer-id`, which the admin
+    // commands take as well as the bare serial (unambiguous here).
+    let listed = server
+        .admin(&["cards", "list", "--json"])
+        .success("cards list")
+        .json();
+    let id = listed[0]["id"].as_str().expect("a card id").to_owned();
+    assert_eq!(id.split_once('@').map(|(s, _)| s), Some(serial.as_str()));
+    assert_eq!(
+        id.split_once('@').map(|(_, issuer)| issuer),
+        listed[0]["issuer_id"].as_str()
+    );
+    let locked = server
+        .admin(&["cards", "lock", &id, "--json"])
+        .success("cards lock by id")
+        .json();
+    assert_eq!(locked["state"], "locked");
+    server
+        .admin(&["cards", "lock", &format!("{serial}@0000000000000000")])
+        .failure("another issuer's card", "not_found");
+    server
+        .admin(&["cards", "unlock", &serial])
+        .success("cards unlock by serial");
+
     // Only a revoked card's record can be deleted; its serial stays revoked.
     server
         .admin(&["cards", "delete", &serial])

@@ -329,6 +329,33 @@ impl AssertionVerifier {
         compact: &str,
         now: OffsetDateTime,
     ) -> Result<VerifiedAssertion, Rejection> {
+        self.verify_signed_by(compact, now, None)
+    }
+
+    /// As [`AssertionVerifier::verify`], except that the signature must verify with the key
+    /// of `signer` (DER; checked for nothing else, so only a certificate the caller trusts
+    /// already, such as a pending renewal's) instead of the key of `x5c[0]`, whose every other
+    /// check still applies. A renewal cut after the card's new key replaced the old one, but
+    /// before the new certificate reached the card, resumes with this: the card still
+    /// presents its old certificate and signs with its new key.
+    ///
+    /// # Errors
+    /// The first [`Rejection`] met; `signature_invalid` when `signer` cannot be read.
+    pub fn verify_signed_by_successor(
+        &self,
+        compact: &str,
+        now: OffsetDateTime,
+        signer: &[u8],
+    ) -> Result<VerifiedAssertion, Rejection> {
+        self.verify_signed_by(compact, now, Some(signer))
+    }
+
+    fn verify_signed_by(
+        &self,
+        compact: &str,
+        now: OffsetDateTime,
+        signer: Option<&[u8]>,
+    ) -> Result<VerifiedAssertion, Rejection> {
         let jws = CompactJws::parse(compact).map_err(|error| {
             Rejection::invalid(match error {
                 JoseError::TooLarge { .. } => "the assertion is too large",
@@ -358,10 +385,27 @@ impl AssertionVerifier {
         };
         let (certificate, public_key) = CertificateFacts::with_public_key(card_der)
             .map_err(|_| Rejection::invalid("the card certificate in x5c cannot be read"))?;
-        if !algorithm.fits(certificate.key) {
+        let (signing_key, public_key) = match signer {
+            None => (certificate.key, public_key),
+            Some(der) => {
+                let (successor, key) = CertificateFacts::with_public_key(der).map_err(|_| {
+                    Rejection::new(
+                        ErrorCode::SignatureInvalid,
+                        "the new certificate cannot be read",
+                    )
+                })?;
+                if !successor.is_valid_at(now) {
+                    return Err(Rejection::new(
+                        ErrorCode::CertificateExpired,
+                        "the new certificate is outside its validity period",
+                    ));
+                }
+                (successor.key, key)
+            }
+        };
+        if !algorithm.fits(signing_key) {
             return Err(Rejection::invalid(format!(
-                "{algorithm} cannot be used with the certificate's {} key",
-                certificate.key
+                "{algorithm} cannot be used with the certificate's {signing_key} key"
             )));
         }
         if !algorithm.verifies(&public_key, jws.signing_input.as_bytes(), &jws.signature) {

@@ -446,7 +446,7 @@ fn last_attribute(name: &X509Name<'_>, oid: &str) -> Option<String> {
 /// A DN as RFC 4514 text: RDNs most specific first, separated by `,`;
 /// multi-valued RDNs joined by `+`; special characters escaped; values that
 /// are not strings as `#` and the hex of their DER.
-fn rfc4514(name: &X509Name<'_>) -> String {
+pub(crate) fn rfc4514(name: &X509Name<'_>) -> String {
     let rdns: Vec<String> = name
         .iter_rdn()
         .map(|rdn| {

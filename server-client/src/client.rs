@@ -395,6 +395,46 @@ impl Client {
         .await
     }
 
+    /// `POST /v1/renewals/confirm`: an assertion made with the new key and certificate
+    /// completes the renewal (the old certificate is revoked, superseded).
+    ///
+    /// # Errors
+    /// [`ClientError::Refused`] with any sign-in code.
+    pub async fn confirm_renewal(
+        &self,
+        assertion: &str,
+    ) -> Result<wire::RenewalConfirmation, ClientError> {
+        let body = wire::AssertionRequest {
+            assertion: assertion.to_owned(),
+        };
+        self.request(
+            Method::POST,
+            wire::PATH_RENEWALS_CONFIRM,
+            None,
+            Some(RequestBody::Json(&body)),
+        )
+        .await
+    }
+
+    /// `POST /v1/renewals/resume`: an assertion presenting the old certificate, signed by
+    /// the card's new key, fetches the pending certificate of a renewal that was cut.
+    ///
+    /// # Errors
+    /// [`ClientError::Refused`] with `signature_invalid` when no pending renewal has the
+    /// key, or any sign-in code.
+    pub async fn resume_renewal(&self, assertion: &str) -> Result<EnrollmentResult, ClientError> {
+        let body = wire::AssertionRequest {
+            assertion: assertion.to_owned(),
+        };
+        self.request(
+            Method::POST,
+            wire::PATH_RENEWALS_RESUME,
+            None,
+            Some(RequestBody::Json(&body)),
+        )
+        .await
+    }
+
     /// `GET /v1/crl`: the issuing CA's revocation list, DER.
     ///
     /// # Errors
@@ -586,10 +626,12 @@ impl AdminClient<'_> {
         self.get("/cards").await
     }
 
-    /// `lock`, `unlock` or `revoke` a card by certificate serial.
+    /// `lock`, `unlock` or `revoke` a card: `card` is its id (`serial@issuer-id`, as
+    /// [`CardRecord::id`]) or its certificate serial when no other issuer's card has it.
     ///
     /// # Errors
-    /// [`ClientError::Refused`] with `not_found`, or `conflict` to unlock a revoked card.
+    /// [`ClientError::Refused`] with `not_found`, `card_ambiguous` for a serial of several
+    /// issuers, or `conflict` to unlock a revoked card.
     pub async fn card_action(
         &self,
         serial: &str,
@@ -621,10 +663,12 @@ impl AdminClient<'_> {
         self.post(wire::PATH_ADMIN_ENROLLMENTS, Some(&body)).await
     }
 
-    /// Deletes a revoked card's record; its serial stays on the revocation list.
+    /// Deletes a revoked card's record (`serial@issuer-id`, or an unambiguous serial); it
+    /// stays on the revocation list.
     ///
     /// # Errors
-    /// [`ClientError::Refused`] with `not_found`, or `conflict` for a card not revoked.
+    /// [`ClientError::Refused`] with `not_found`, `card_ambiguous`, or `conflict` for a
+    /// card not revoked.
     pub async fn delete_card(&self, serial: &str) -> Result<(), ClientError> {
         let path = format!("{}/cards/{}", wire::PATH_ADMIN, path_segment(serial));
         self.client

@@ -215,6 +215,7 @@ fn check_csr_against(der: &[u8], allowed: &[KeyAlgorithm]) -> Result<CsrKey, Iss
 /// The issuing CA and the issuance policy.
 pub struct Issuer {
     ca_der: Vec<u8>,
+    ca_name: String,
     ca_not_after: OffsetDateTime,
     issuer: RcgenIssuer<'static, KeyPair>,
     policy: IssuanceConfig,
@@ -275,9 +276,11 @@ impl Issuer {
             return Err(IssuanceError::CaKeyMismatch);
         }
         let ca_not_after = ca.validity().not_after.to_datetime();
+        let ca_name = crate::certificate::rfc4514(ca.subject());
         let issuer = RcgenIssuer::from_ca_cert_der(&ca_der.as_slice().into(), key)?;
         Ok(Issuer {
             ca_der,
+            ca_name,
             ca_not_after,
             issuer,
             policy,
@@ -288,6 +291,13 @@ impl Issuer {
     #[must_use]
     pub fn ca_der(&self) -> &[u8] {
         &self.ca_der
+    }
+
+    /// The CA's name (RFC 4514), as the certificates it issues name their issuer
+    /// ([`CertificateFacts::issuer`](crate::certificate::CertificateFacts::issuer)).
+    #[must_use]
+    pub fn ca_name(&self) -> &str {
+        &self.ca_name
     }
 
     /// The issuance policy.
@@ -648,11 +658,13 @@ mod tests {
         let now = OffsetDateTime::now_utc().replace_nanosecond(0).unwrap();
         let revoked = [
             RevokedCertificate {
+                issuer: String::new(),
                 serial: "4a0b".to_owned(),
                 revoked_at: now,
                 reason: RevocationReason::Superseded,
             },
             RevokedCertificate {
+                issuer: String::new(),
                 serial: "7f".to_owned(),
                 revoked_at: now,
                 reason: RevocationReason::Unspecified,

@@ -28,8 +28,16 @@ pub const PATH_PIN_POLICY: &str = "/v1/pin-policy";
 pub const PATH_ENROLLMENTS_INSPECT: &str = "/v1/enrollments/inspect";
 /// `POST /v1/enrollments`: a CSR and an enrollment code in, a certificate out.
 pub const PATH_ENROLLMENTS: &str = "/v1/enrollments";
-/// `POST /v1/renewals`: a sign-in assertion and a CSR in, a new certificate out.
+/// `POST /v1/renewals`: a sign-in assertion and a CSR in, a new certificate out (pending
+/// until confirmed or first used).
 pub const PATH_RENEWALS: &str = "/v1/renewals";
+/// `POST /v1/renewals/confirm`: an assertion signed with the new key and certificate;
+/// completes the renewal (the old certificate is revoked, superseded).
+pub const PATH_RENEWALS_CONFIRM: &str = "/v1/renewals/confirm";
+/// `POST /v1/renewals/resume`: an assertion presenting the old certificate but signed by
+/// the new key of one of its pending renewals (a renewal cut before the new certificate
+/// was stored); answers with that pending certificate.
+pub const PATH_RENEWALS_RESUME: &str = "/v1/renewals/resume";
 /// `GET /v1/crl`: the issuing CA's certificate revocation list (DER).
 pub const PATH_CRL: &str = "/v1/crl";
 /// Admin: `POST {PATH_ADMIN}/enrollments` makes an enrollment code.
@@ -170,11 +178,14 @@ pub enum ErrorCode {
     KeyNotAllowed,
     /// Enrollment or renewal: this server does not issue certificates (no `[issuance]`).
     EnrollmentDisabled,
+    /// Admin endpoints: a bare serial names cards of several issuers; the message names
+    /// the qualified ids (`serial@issuer-id`) to use instead.
+    CardAmbiguous,
 }
 
 impl ErrorCode {
     /// Every code, for documentation and tests.
-    pub const ALL: [ErrorCode; 22] = [
+    pub const ALL: [ErrorCode; 23] = [
         ErrorCode::InvalidRequest,
         ErrorCode::ChallengeUnknown,
         ErrorCode::ChallengeExpired,
@@ -197,6 +208,7 @@ impl ErrorCode {
         ErrorCode::CsrInvalid,
         ErrorCode::KeyNotAllowed,
         ErrorCode::EnrollmentDisabled,
+        ErrorCode::CardAmbiguous,
     ];
 
     /// The code as it appears on the wire (`challenge_reused`).
@@ -225,6 +237,7 @@ impl ErrorCode {
             ErrorCode::CsrInvalid => "csr_invalid",
             ErrorCode::KeyNotAllowed => "key_not_allowed",
             ErrorCode::EnrollmentDisabled => "enrollment_disabled",
+            ErrorCode::CardAmbiguous => "card_ambiguous",
         }
     }
 
@@ -238,7 +251,7 @@ impl ErrorCode {
             | ErrorCode::EnrollmentCodeUnknown
             | ErrorCode::EnrollmentDisabled => 404,
             ErrorCode::EnrollmentCodeUsed | ErrorCode::EnrollmentCodeExpired => 410,
-            ErrorCode::Conflict => 409,
+            ErrorCode::Conflict | ErrorCode::CardAmbiguous => 409,
             ErrorCode::RateLimited => 429,
             ErrorCode::Internal => 500,
             // Authentication refusals: the request was understood and refused.
@@ -363,8 +376,14 @@ pub struct ImportSkip {
 /// A card as the admin API shows it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CardRecord {
-    /// The certificate serial number (lower-case hex).
+    /// What names the card unambiguously: `serial@issuer-id`.
+    #[serde(default)]
+    pub id: String,
+    /// The certificate serial number (lower-case hex); unique per issuer only.
     pub serial: String,
+    /// The first 16 hex digits of the SHA-256 of `issuer`.
+    #[serde(default)]
+    pub issuer_id: String,
     /// SHA-256 of the certificate (lower-case hex).
     pub fingerprint: String,
     /// The certificate subject.
@@ -516,6 +535,15 @@ pub struct RenewalRequest {
     pub assertion: String,
     /// The PKCS#10 request signed by the card's new key: DER, base64url without padding.
     pub csr: String,
+}
+
+/// `200` answer to `POST /v1/renewals/confirm`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RenewalConfirmation {
+    /// The new certificate's serial, lower-case hex.
+    pub serial: String,
+    /// Whether this call completed the renewal (`false`: it was complete already).
+    pub completed: bool,
 }
 
 /// `201` answer to `POST /v1/enrollments` and `POST /v1/renewals`.

@@ -57,13 +57,18 @@ struct Fixture {
 
 impl Fixture {
     async fn start() -> Result<Self, Box<dyn Error>> {
+        Self::start_trusting(Vec::new()).await
+    }
+
+    /// As [`Fixture::start`], the server also trusting the CA certificates in `trust` (PEM).
+    async fn start_trusting(trust: Vec<std::path::PathBuf>) -> Result<Self, Box<dyn Error>> {
         install_crypto_provider();
         let dir = tempfile::tempdir()?;
         let mut carol = user("carol", "Carol Example", Some("carol@example.com"));
         carol.state = UserState::Locked;
         let server = EmbeddedServer::start(
             dir.path(),
-            Vec::new(),
+            trust,
             &[
                 user("alice", "Alice Example", Some("alice@example.com")),
                 user("bob", "Bob Example", Some("bob@example.com")),
@@ -688,6 +693,47 @@ async fn renewal_supersedes_the_old_certificate_and_the_crl_lists_it() -> TestRe
         .await;
     assert_eq!(refused_code(replay), (401, ErrorCode::ChallengeReused));
 
+    // Issue 11, item 5: the new certificate is pending, and the old one keeps working until
+    // the card confirms it holds the new one (before, the old one was revoked at once, so a
+    // cut before the card stored the new certificate left a dead badge).
+    assert_eq!(
+        fixture.card_state(&old.serial).await?.as_deref(),
+        Some("active")
+    );
+    assert_eq!(fixture.card_state(&renewed.serial).await?, None);
+    assert_eq!(
+        fixture.sign_in(&old_key, &old_certificate).await?.user.id,
+        "alice"
+    );
+    // A card cut before it stored the new certificate signs with its new key while showing
+    // the old certificate: it gets the pending certificate again. Another key does not.
+    let resumed = fixture
+        .client
+        .resume_renewal(&fixture.assertion(&new_key, &old_certificate).await?)
+        .await?;
+    assert_eq!(resumed.certificate, renewed.certificate);
+    let stranger = fixture
+        .client
+        .resume_renewal(&fixture.assertion(&p256(), &old_certificate).await?)
+        .await;
+    assert_eq!(refused_code(stranger), (401, ErrorCode::SignatureInvalid));
+    // Until it is in use, the new certificate has the old card's state.
+    let admin = fixture.client.admin(&fixture.token);
+    admin.card_action(&old.serial, CardAction::Lock).await?;
+    let locked = fixture
+        .client
+        .confirm_renewal(&fixture.assertion(&new_key, &new_certificate).await?)
+        .await;
+    assert_eq!(refused_code(locked), (401, ErrorCode::CardLocked));
+    admin.card_action(&old.serial, CardAction::Unlock).await?;
+    let confirmed = fixture
+        .client
+        .confirm_renewal(&fixture.assertion(&new_key, &new_certificate).await?)
+        .await?;
+    assert_eq!(
+        (confirmed.serial.as_str(), confirmed.completed),
+        (renewed.serial.as_str(), true)
+    );
     assert_eq!(
         fixture.card_state(&old.serial).await?.as_deref(),
         Some("revoked")
@@ -843,5 +889,353 @@ async fn only_revoked_cards_are_deleted_and_their_serial_stays_revoked() -> Test
         audit.iter().any(|(outcome, _)| outcome == "conflict"),
         "{audit:?}"
     );
+    Ok(())
+}
+
+/// A CA of its own (not the server's issuing CA) that issues card certificates with
+/// serial numbers of its choosing.
+struct OtherCa {
+    issuer: rcgen::Issuer<'static, KeyPair>,
+    pem: String,
+}
+
+impl OtherCa {
+    fn new(name: &str) -> Result<Self, rcgen::Error> {
+        let key = p256();
+        let mut params = CertificateParams::default();
+        params.distinguished_name = rcgen::DistinguishedName::new();
+        params.distinguished_name.push(DnType::CommonName, name);
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params.key_usages = vec![
+            rcgen::KeyUsagePurpose::KeyCertSign,
+            rcgen::KeyUsagePurpose::CrlSign,
+        ];
+        let pem = params.self_signed(&key)?.pem();
+        Ok(OtherCa {
+            issuer: rcgen::Issuer::new(params, key),
+            pem,
+        })
+    }
+
+    /// A card certificate for `mail` with the serial number `serial` (big-endian bytes).
+    fn card(&self, key: &KeyPair, mail: &str, serial: &[u8]) -> Result<Vec<u8>, Box<dyn Error>> {
+        let mut params = CertificateParams::default();
+        params.distinguished_name = rcgen::DistinguishedName::new();
+        params.distinguished_name.push(DnType::CommonName, mail);
+        params.serial_number = Some(rcgen::SerialNumber::from_slice(serial));
+        params
+            .subject_alt_names
+            .push(rcgen::SanType::Rfc822Name(mail.try_into()?));
+        params.key_usages = vec![rcgen::KeyUsagePurpose::DigitalSignature];
+        params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+        Ok(params.signed_by(key, &self.issuer)?.der().to_vec())
+    }
+}
+
+/// How the admin API qualifies a card: `serial@` the first 16 hex digits of the SHA-256 of
+/// its certificate's issuer name (RFC 4514 text).
+fn qualified(certificate: &[u8]) -> Result<String, Box<dyn Error>> {
+    use sha2::Digest as _;
+    let facts = CertificateFacts::from_der(certificate)?;
+    let issuer = hex::encode(sha2::Sha256::digest(facts.issuer.as_bytes()));
+    Ok(format!("{}@{}", facts.serial, &issuer[..16]))
+}
+
+/// Issue 11, item 4: two trusted CAs that each issue serial 1001 are two cards. Before, they
+/// shared one record: locking "1001" locked both, and Bob renewing revoked Alice's card.
+#[tokio::test]
+async fn two_cas_issuing_the_same_serial_make_two_cards() -> TestResult {
+    let work = tempfile::tempdir()?;
+    let (org_a, org_b) = (
+        OtherCa::new("Org A Card CA")?,
+        OtherCa::new("Org B Card CA")?,
+    );
+    let trust = [("a.pem", &org_a), ("b.pem", &org_b)]
+        .into_iter()
+        .map(|(name, ca)| {
+            let path = work.path().join(name);
+            std::fs::write(&path, &ca.pem).map(|()| path)
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let fixture = Fixture::start_trusting(trust).await?;
+    let admin = fixture.client.admin(&fixture.token);
+    let (alice_key, bob_key) = (p256(), p256());
+    let alice = org_a.card(&alice_key, "alice@example.com", &[0x10, 0x01])?;
+    let bob = org_b.card(&bob_key, "bob@example.com", &[0x10, 0x01])?;
+    assert_eq!(fixture.sign_in(&alice_key, &alice).await?.user.id, "alice");
+    assert_eq!(fixture.sign_in(&bob_key, &bob).await?.user.id, "bob");
+
+    let cards = admin.list_cards().await?;
+    let mut owners: Vec<_> = cards
+        .iter()
+        .filter(|card| card.serial == "1001")
+        .map(|card| card.user_id.clone().unwrap_or_default())
+        .collect();
+    owners.sort();
+    assert_eq!(owners, ["alice", "bob"], "two cards: {cards:?}");
+
+    // A bare serial that names two cards is refused, naming the ids to use instead.
+    let ambiguous = admin.card_action("1001", CardAction::Lock).await;
+    let message = match &ambiguous {
+        Err(ClientError::Refused {
+            status, message, ..
+        }) => {
+            assert_eq!(*status, 409, "{ambiguous:?}");
+            message.clone()
+        }
+        other => panic!("a bare ambiguous serial must be refused: {other:?}"),
+    };
+    assert_eq!(refused_code(ambiguous).1.as_str(), "card_ambiguous");
+    assert!(message.contains(&qualified(&alice)?), "{message}");
+    assert!(message.contains(&qualified(&bob)?), "{message}");
+    assert_eq!(fixture.sign_in(&alice_key, &alice).await?.user.id, "alice");
+
+    // Locking Alice's card locks hers only.
+    let locked = admin
+        .card_action(&qualified(&alice)?, CardAction::Lock)
+        .await?;
+    assert_eq!(
+        (locked.user_id.as_deref(), locked.state.as_str()),
+        (Some("alice"), "locked")
+    );
+    let refused = fixture.sign_in(&alice_key, &alice).await;
+    assert!(
+        matches!(&refused, Err(error) if error.to_string().contains("card_locked")),
+        "{refused:?}"
+    );
+    assert_eq!(fixture.sign_in(&bob_key, &bob).await?.user.id, "bob");
+
+    // Bob renews (and the new certificate is used): his old card is superseded, Alice's is
+    // untouched, and this server's CRL lists neither (it issued neither).
+    let new_key = p256();
+    let renewed = fixture
+        .client
+        .renew(&RenewalRequest {
+            assertion: fixture.assertion(&bob_key, &bob).await?,
+            csr: URL_SAFE_NO_PAD.encode(csr(&new_key)?),
+        })
+        .await?;
+    let renewed_certificate = der(&renewed.certificate);
+    assert_eq!(
+        fixture
+            .sign_in(&new_key, &renewed_certificate)
+            .await?
+            .user
+            .id,
+        "bob"
+    );
+    let states: Vec<_> = admin
+        .list_cards()
+        .await?
+        .into_iter()
+        .filter(|card| card.serial == "1001")
+        .map(|card| (card.user_id.unwrap_or_default(), card.state))
+        .collect();
+    assert!(
+        states.contains(&("alice".to_owned(), "locked".to_owned())),
+        "{states:?}"
+    );
+    assert!(
+        states.contains(&("bob".to_owned(), "revoked".to_owned())),
+        "{states:?}"
+    );
+    admin
+        .card_action(&qualified(&alice)?, CardAction::Unlock)
+        .await?;
+    assert_eq!(fixture.sign_in(&alice_key, &alice).await?.user.id, "alice");
+    let old_bob = fixture.sign_in(&bob_key, &bob).await;
+    assert!(
+        matches!(&old_bob, Err(error) if error.to_string().contains("certificate_revoked")),
+        "{old_bob:?}"
+    );
+    let crl = fixture.client.crl().await?;
+    let (_, parsed) = x509_parser::parse_x509_crl(&crl)?;
+    assert_eq!(parsed.iter_revoked_certificates().count(), 0);
+
+    // Revoking and deleting Bob's old card by its qualified id leaves Alice's alone.
+    let bob_id = qualified(&bob)?;
+    admin.delete_card(&bob_id).await?;
+    assert_eq!(fixture.sign_in(&alice_key, &alice).await?.user.id, "alice");
+    let old_bob = fixture.sign_in(&bob_key, &bob).await;
+    assert!(
+        matches!(&old_bob, Err(error) if error.to_string().contains("certificate_revoked")),
+        "{old_bob:?}"
+    );
+    // Now that "1001" names one card, the bare serial is accepted.
+    let locked = admin.card_action("10:01", CardAction::Lock).await?;
+    assert_eq!(locked.user_id.as_deref(), Some("alice"));
+    Ok(())
+}
+
+/// Makes every write of `statement` (`INSERT`, `UPDATE` or `DELETE`) on `table` in the
+/// server's database fail, until [`heal`]: a fault in the middle of one of its transactions.
+fn inject_fault(database: &Path, statement: &str, table: &str) -> Result<(), Box<dyn Error>> {
+    let connection = rusqlite::Connection::open(database)?;
+    connection.busy_timeout(Duration::from_secs(5))?;
+    connection.execute_batch(&format!(
+        "CREATE TRIGGER injected_fault BEFORE {statement} ON {table}
+         BEGIN SELECT RAISE(ABORT, 'injected fault'); END;"
+    ))?;
+    Ok(())
+}
+
+fn heal(database: &Path) -> Result<(), Box<dyn Error>> {
+    let connection = rusqlite::Connection::open(database)?;
+    connection.busy_timeout(Duration::from_secs(5))?;
+    connection.execute_batch("DROP TRIGGER injected_fault")?;
+    Ok(())
+}
+
+/// Issue 11, item 5, server side: a store write that fails at any table an enrollment, a
+/// renewal or its confirmation writes leaves nothing of that step behind (no used code, no
+/// pending certificate, no revocation, no audit event of an effect that did not happen), the
+/// badge signs in with what it holds, and the step then succeeds when tried again.
+#[tokio::test]
+async fn a_store_write_failing_in_any_table_of_enrollment_or_renewal_leaves_a_working_badge()
+-> TestResult {
+    let fixture = Fixture::start().await?;
+    let database = fixture
+        .server
+        .certificate
+        .parent()
+        .ok_or("a server directory")?
+        .join("pivtap.db");
+    let ok_events = async |kind: &str| -> Result<usize, Box<dyn Error>> {
+        Ok(fixture
+            .audit(kind)
+            .await?
+            .iter()
+            .filter(|(outcome, detail)| outcome == "ok" && !detail.starts_with("inspect"))
+            .count())
+    };
+
+    // Enrollment: the code's use, the card, the issued certificate, the audit event.
+    let key = p256();
+    let code = fixture.code("alice").await?;
+    for (statement, table) in [
+        ("UPDATE", "enrollment_codes"),
+        ("INSERT", "cards"),
+        ("INSERT", "issued_certificates"),
+        ("INSERT", "audit"),
+    ] {
+        inject_fault(&database, statement, table)?;
+        let refused = fixture
+            .client
+            .complete_enrollment(&request(&code, &csr(&key)?))
+            .await;
+        heal(&database)?;
+        assert_eq!(
+            refused_code(refused),
+            (500, ErrorCode::Internal),
+            "{statement} {table}"
+        );
+        fixture.client.inspect_enrollment(&code).await?;
+        assert_eq!(ok_events("enrollment").await?, 0, "{statement} {table}");
+        assert!(
+            fixture
+                .client
+                .admin(&fixture.token)
+                .list_cards()
+                .await?
+                .is_empty()
+        );
+    }
+    let enrolled = fixture
+        .client
+        .complete_enrollment(&request(&code, &csr(&key)?))
+        .await?;
+    let mut certificate = der(&enrolled.certificate);
+    let mut key = key;
+    assert_eq!(ok_events("enrollment").await?, 1);
+
+    // Renewal, step one: the old card's record, the issued certificate, the pending
+    // renewal, the audit event. Step two: the old card revoked, the revocation, the pending
+    // renewal gone, the new card, the audit events.
+    let renewal_faults = [
+        ("INSERT", "issued_certificates"),
+        ("INSERT", "pending_renewals"),
+        ("INSERT", "audit"),
+    ];
+    let confirm_faults = [
+        ("UPDATE", "cards"),
+        ("INSERT", "revoked_certificates"),
+        ("DELETE", "pending_renewals"),
+        ("INSERT", "cards"),
+    ];
+    for (statement, table) in renewal_faults {
+        let new_key = p256();
+        let assertion = fixture.assertion(&key, &certificate).await?;
+        inject_fault(&database, statement, table)?;
+        let refused = fixture
+            .client
+            .renew(&RenewalRequest {
+                assertion,
+                csr: URL_SAFE_NO_PAD.encode(csr(&new_key)?),
+            })
+            .await;
+        heal(&database)?;
+        assert_eq!(
+            refused_code(refused),
+            (500, ErrorCode::Internal),
+            "{statement} {table}"
+        );
+        // Nothing pending, nothing audited as done: the card signs in as it was.
+        assert!(
+            !fixture
+                .audit("renewal")
+                .await?
+                .iter()
+                .any(|(outcome, detail)| outcome == "ok" && detail.contains("pending")),
+            "{statement} {table}"
+        );
+        assert_eq!(fixture.sign_in(&key, &certificate).await?.user.id, "alice");
+    }
+    for (statement, table) in confirm_faults {
+        let new_key = p256();
+        let renewed = fixture
+            .client
+            .renew(&RenewalRequest {
+                assertion: fixture.assertion(&key, &certificate).await?,
+                csr: URL_SAFE_NO_PAD.encode(csr(&new_key)?),
+            })
+            .await?;
+        let new_certificate = der(&renewed.certificate);
+        let confirmation = fixture.assertion(&new_key, &new_certificate).await?;
+        let superseded_before = fixture
+            .audit("renewal")
+            .await?
+            .iter()
+            .filter(|(_, detail)| detail.contains("superseded"))
+            .count();
+        inject_fault(&database, statement, table)?;
+        let refused = fixture.client.confirm_renewal(&confirmation).await;
+        heal(&database)?;
+        assert_eq!(
+            refused_code(refused),
+            (500, ErrorCode::Internal),
+            "{statement} {table}"
+        );
+        // Both certificates still sign in; the old card is not revoked, with no event
+        // saying so.
+        let superseded_after = fixture
+            .audit("renewal")
+            .await?
+            .iter()
+            .filter(|(_, detail)| detail.contains("superseded"))
+            .count();
+        assert_eq!(superseded_after, superseded_before, "{statement} {table}");
+        assert_eq!(fixture.sign_in(&key, &certificate).await?.user.id, "alice");
+        // The new certificate's first sign-in completes the renewal.
+        assert_eq!(
+            fixture.sign_in(&new_key, &new_certificate).await?.user.id,
+            "alice"
+        );
+        let old_again = fixture.sign_in(&key, &certificate).await;
+        assert!(
+            matches!(&old_again, Err(error) if error.to_string().contains("certificate_revoked")),
+            "{statement} {table}: {old_again:?}"
+        );
+        (key, certificate) = (new_key, new_certificate);
+    }
     Ok(())
 }

@@ -113,27 +113,28 @@ enum UsersCommand {
 
 #[derive(Subcommand, Debug)]
 enum CardsCommand {
-    /// List cards.
+    /// List cards: each with its id, `serial@issuer-id` (two CAs may issue the same serial).
     List,
-    /// Lock a card (by certificate serial, as `cards list` shows it).
+    /// Lock a card.
     Lock {
-        /// The serial.
-        serial: String,
+        /// The card: its id as `cards list` shows it (`serial@issuer-id`), or its
+        /// certificate serial when no other issuer's card has that serial.
+        card: String,
     },
     /// Unlock a card.
     Unlock {
-        /// The serial.
-        serial: String,
+        /// The card: `serial@issuer-id`, or the serial when unambiguous.
+        card: String,
     },
     /// Revoke a card for good.
     Revoke {
-        /// The serial.
-        serial: String,
+        /// The card: `serial@issuer-id`, or the serial when unambiguous.
+        card: String,
     },
-    /// Delete a revoked card's record (its serial stays revoked).
+    /// Delete a revoked card's record (its certificate stays revoked).
     Delete {
-        /// The serial.
-        serial: String,
+        /// The card: `serial@issuer-id`, or the serial when unambiguous.
+        card: String,
     },
 }
 
@@ -272,16 +273,16 @@ pub fn run(args: AdminArgs) -> anyhow::Result<()> {
                 let cards = admin.list_cards().await.map_err(explain)?;
                 print_list(json, &cards, card_line)
             }
-            AdminCommand::Cards(CardsCommand::Lock { serial }) => {
+            AdminCommand::Cards(CardsCommand::Lock { card: serial }) => {
                 card_action(&admin, json, &serial, CardAction::Lock).await
             }
-            AdminCommand::Cards(CardsCommand::Unlock { serial }) => {
+            AdminCommand::Cards(CardsCommand::Unlock { card: serial }) => {
                 card_action(&admin, json, &serial, CardAction::Unlock).await
             }
-            AdminCommand::Cards(CardsCommand::Revoke { serial }) => {
+            AdminCommand::Cards(CardsCommand::Revoke { card: serial }) => {
                 card_action(&admin, json, &serial, CardAction::Revoke).await
             }
-            AdminCommand::Cards(CardsCommand::Delete { serial }) => {
+            AdminCommand::Cards(CardsCommand::Delete { card: serial }) => {
                 admin.delete_card(&serial).await.map_err(explain)?;
                 if json {
                     println!("{}", serde_json::json!({"deleted": serial}));
@@ -337,7 +338,11 @@ async fn card_action(
 ) -> anyhow::Result<()> {
     let card = admin.card_action(serial, action).await.map_err(explain)?;
     print_one(json, &card, |c| {
-        format!("Card {} is {}.", c.serial, c.state)
+        format!(
+            "Card {} is {}.",
+            if c.id.is_empty() { &c.serial } else { &c.id },
+            c.state
+        )
     })
 }
 
@@ -385,13 +390,18 @@ fn user_line(user: &UserRecord) -> String {
 }
 
 fn card_line(card: &CardRecord) -> String {
+    let id = if card.id.is_empty() {
+        &card.serial
+    } else {
+        &card.id
+    };
     format!(
-        "{}  {:<8} {:<12} last {}  {}",
-        card.serial,
+        "{id}  {:<8} {:<12} last {}  {}  (issuer {})",
         card.state,
         card.user_id.as_deref().unwrap_or("-"),
         card.last_seen,
-        card.subject
+        card.subject,
+        card.issuer
     )
 }
 

@@ -1124,7 +1124,8 @@ pub(super) fn renew(args: &RenewArgs) -> anyhow::Result<()> {
         .map_err(|error| {
             progress.explain(
                 flow_error(error),
-                "the card cannot sign in until it is enrolled again (ask your administrator for an enrollment code)",
+                "run `pivtap card renew` again: it resumes a renewal the server recorded; \
+                 if it cannot, the card signs in only once enrolled again (ask your administrator for an enrollment code)",
             )
         })?;
     drop(backend);

@@ -17,7 +17,7 @@ use super::ServerState;
 use super::error::ApiError;
 use super::handlers::{json_body, rejection_error, rfc3339};
 use crate::store::{
-    AuditEvent, AuditQuery, Card, CardState, NewAuditEvent, StoreError, User, UserState,
+    AuditEvent, AuditQuery, Card, CardId, CardState, NewAuditEvent, StoreError, User, UserState,
 };
 use crate::wire::{
     AuditRecord, CardRecord, CreateEnrollmentRequest, EnrollmentCode, ErrorCode, ImportReport,
@@ -42,10 +42,10 @@ pub fn router(state: ServerState) -> Router<ServerState> {
         .route("/users/{id}/lock", post(lock_user))
         .route("/users/{id}/unlock", post(unlock_user))
         .route("/cards", get(list_cards))
-        .route("/cards/{serial}", delete(delete_card))
-        .route("/cards/{serial}/lock", post(lock_card))
-        .route("/cards/{serial}/unlock", post(unlock_card))
-        .route("/cards/{serial}/revoke", post(revoke_card))
+        .route("/cards/{card}", delete(delete_card))
+        .route("/cards/{card}/lock", post(lock_card))
+        .route("/cards/{card}/unlock", post(unlock_card))
+        .route("/cards/{card}/revoke", post(revoke_card))
         .route("/audit", get(query_audit))
         .route(crate::wire::PATH_ADMIN_ENROLLMENTS, post(create_enrollment))
         .route_layer(middleware::from_fn_with_state(state, require_admin))
@@ -131,7 +131,10 @@ fn user_record(user: User) -> UserRecord {
 }
 
 fn card_record(card: Card) -> CardRecord {
+    let id = card.id();
     CardRecord {
+        id: id.qualified(),
+        issuer_id: id.issuer_id(),
         serial: card.serial,
         fingerprint: card.fingerprint,
         subject: card.subject,
@@ -389,79 +392,137 @@ async fn list_cards(State(state): State<ServerState>) -> Result<Json<Vec<CardRec
     Ok(Json(cards.into_iter().map(card_record).collect()))
 }
 
+/// The card a path names: `serial@issuer-id` (as `GET /cards` shows `id`), or a bare serial
+/// when only one card has it. The serial may be upper-case and have `:` between bytes.
+/// `not_found` for no such card; `card_ambiguous` (409), naming the qualified ids, when a
+/// bare serial names cards of several issuers.
+async fn resolve_card(state: &ServerState, text: &str) -> Result<CardId, ApiError> {
+    let (serial, issuer_id) = match text.split_once('@') {
+        Some((serial, issuer_id)) => (serial, Some(issuer_id.to_ascii_lowercase())),
+        None => (text, None),
+    };
+    let serial = serial.to_ascii_lowercase().replace(':', "");
+    let mut ids: Vec<CardId> = state
+        .store()
+        .find_cards(&serial)
+        .await?
+        .iter()
+        .map(Card::id)
+        .filter(|id| {
+            issuer_id
+                .as_ref()
+                .is_none_or(|wanted| id.issuer_id() == *wanted)
+        })
+        .collect();
+    match ids.len() {
+        0 => Err(ApiError::new(
+            ErrorCode::NotFound,
+            format!("no card {}", short(text)),
+        )),
+        1 => Ok(ids.remove(0)),
+        _ => Err(ApiError::new(
+            ErrorCode::CardAmbiguous,
+            format!(
+                "serial {serial} names cards of {} issuers; name one as serial@issuer-id: {}",
+                ids.len(),
+                ids.iter()
+                    .map(CardId::qualified)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        )),
+    }
+}
+
+/// A path's card text as messages quote it: at most 80 characters, no control characters.
+fn short(text: &str) -> String {
+    text.chars().filter(|c| !c.is_control()).take(80).collect()
+}
+
 async fn set_card_state(
     state: ServerState,
-    serial: Result<Path<String>, PathRejection>,
+    card: Result<Path<String>, PathRejection>,
     new: CardState,
     verb: &str,
 ) -> Result<Json<CardRecord>, ApiError> {
-    let serial = path_param(serial)?.to_ascii_lowercase().replace(':', "");
-    state.store().set_card_state(&serial, new).await?;
+    let id = resolve_card(&state, &path_param(card)?).await?;
+    state.store().set_card_state(&id, new).await?;
     admin_audit(
         &state,
         "ok",
-        Subject::Card(&serial),
-        format!("{verb} card {serial}"),
+        Subject::Card(&id.serial),
+        format!("{verb} card {id} (issuer {})", id.issuer),
     )
     .await?;
     let card = state
         .store()
-        .get_card(&serial)
+        .get_card(&id)
         .await?
-        .ok_or_else(|| ApiError::new(ErrorCode::NotFound, format!("no card {serial}")))?;
+        .ok_or_else(|| ApiError::new(ErrorCode::NotFound, format!("no card {id}")))?;
     Ok(Json(card_record(card)))
 }
 
 async fn lock_card(
     State(state): State<ServerState>,
-    serial: Result<Path<String>, PathRejection>,
+    card: Result<Path<String>, PathRejection>,
 ) -> Result<Json<CardRecord>, ApiError> {
-    set_card_state(state, serial, CardState::Locked, "locked").await
+    set_card_state(state, card, CardState::Locked, "locked").await
 }
 
 async fn unlock_card(
     State(state): State<ServerState>,
-    serial: Result<Path<String>, PathRejection>,
+    card: Result<Path<String>, PathRejection>,
 ) -> Result<Json<CardRecord>, ApiError> {
-    set_card_state(state, serial, CardState::Active, "unlocked").await
+    set_card_state(state, card, CardState::Active, "unlocked").await
 }
 
 async fn revoke_card(
     State(state): State<ServerState>,
-    serial: Result<Path<String>, PathRejection>,
+    card: Result<Path<String>, PathRejection>,
 ) -> Result<Json<CardRecord>, ApiError> {
-    set_card_state(state, serial, CardState::Revoked, "revoked").await
+    set_card_state(state, card, CardState::Revoked, "revoked").await
 }
 
-/// `DELETE /cards/{serial}`: forgets a revoked card; its serial stays revoked.
+/// `DELETE /cards/{card}`: forgets a revoked card; it stays on the revocation list.
 async fn delete_card(
     State(state): State<ServerState>,
-    serial: Result<Path<String>, PathRejection>,
+    card: Result<Path<String>, PathRejection>,
 ) -> Result<StatusCode, ApiError> {
-    let serial = path_param(serial)?.to_ascii_lowercase().replace(':', "");
-    let result = state
-        .store()
-        .delete_card(&serial)
-        .await
-        .map_err(|error| match error {
-            StoreError::Conflict { .. } => ApiError::new(
-                ErrorCode::Conflict,
-                format!("card {serial} is not revoked; revoke it first"),
-            ),
-            other => ApiError::from(other),
-        });
+    let text = path_param(card)?;
+    let serial = text
+        .split('@')
+        .next()
+        .unwrap_or_default()
+        .to_ascii_lowercase()
+        .replace(':', "");
+    let result = async {
+        let id = resolve_card(&state, &text).await?;
+        state
+            .store()
+            .delete_card(&id)
+            .await
+            .map_err(|error| match error {
+                StoreError::Conflict { .. } => ApiError::new(
+                    ErrorCode::Conflict,
+                    format!("card {id} is not revoked; revoke it first"),
+                ),
+                other => ApiError::from(other),
+            })?;
+        Ok::<_, ApiError>(id)
+    }
+    .await;
     let (outcome, detail) = match &result {
-        Ok(()) => (
+        Ok(id) => (
             "ok",
-            format!("deleted card {serial} (its serial stays on the revocation list)"),
+            format!("deleted card {id} (it stays on the revocation list)"),
         ),
         Err(error) => (
             error.code.as_str(),
-            format!("delete card {serial}: {}", error.message),
+            format!("delete card {}: {}", short(&text), error.message),
         ),
     };
-    admin_audit(&state, outcome, Subject::Card(&serial), detail).await?;
-    result.map(|()| StatusCode::NO_CONTENT)
+    admin_audit(&state, outcome, Subject::Card(&short(&serial)), detail).await?;
+    result.map(|_| StatusCode::NO_CONTENT)
 }
 
 /// `POST /enrollments`: a single-use enrollment code for an active user.
@@ -563,7 +624,11 @@ async fn query_audit(
     };
     let query = AuditQuery {
         user_id: params.user,
-        card_serial: params.card.map(|s| s.to_ascii_lowercase().replace(':', "")),
+        // The audit names a card by serial: a card id (`serial@issuer-id`) is cut to it.
+        card_serial: params.card.map(|s| {
+            let serial = s.split('@').next().unwrap_or_default();
+            serial.to_ascii_lowercase().replace(':', "")
+        }),
         device: params.device,
         outcome: params.outcome,
         since: time(params.since, "since")?,

@@ -1,4 +1,4 @@
-//! Enrollment and renewal endpoints: inspecting and redeeming enrollment codes for a card certificate, renewing with a sign-in assertion, and the issuing CA's CRL; plus the code and mapping helpers the admin API uses.
+//! Enrollment and renewal endpoints: inspecting and redeeming enrollment codes for a card certificate, renewing with a sign-in assertion in two steps (pending, then confirmed or first used; resumable), and the issuing CA's CRL; plus the code and mapping helpers the admin API uses.
 //!
 //! Every attempt is audited (kind `enrollment` or `renewal`), refused ones
 //! with their error code. Enrollment codes are 20 characters from a 32-letter
@@ -21,17 +21,21 @@ use time::OffsetDateTime;
 
 use super::ServerState;
 use super::error::ApiError;
-use super::handlers::{AttemptRecord, authenticate, json_body, rfc3339, validate_device};
+use super::handlers::{
+    AttemptRecord, authenticate, authenticate_verified, json_body, refused_unverified, rfc3339,
+    validate_device,
+};
 use crate::certificate::CertificateFacts;
 use crate::config::SubjectCn;
 use crate::issuance::{IssuanceError, Issuer};
 use crate::mapping::{CertificateAttribute, MappingRule};
 use crate::store::{
-    EnrollmentCodeRecord, EnrollmentCodeUse, IssuedCertificate, NewAuditEvent, User, UserState,
+    CardId, EnrollmentCodeRecord, EnrollmentCodeUse, IssuedCertificate, NewAuditEvent, User,
+    UserState,
 };
 use crate::wire::{
-    ENROLL_SLOT, EnrollmentOffer, EnrollmentRequest, EnrollmentResult, ErrorCode,
-    InspectEnrollmentRequest, RenewalRequest, UserInfo,
+    AssertionRequest, ENROLL_SLOT, EnrollmentOffer, EnrollmentRequest, EnrollmentResult, ErrorCode,
+    InspectEnrollmentRequest, RenewalConfirmation, RenewalRequest, UserInfo,
 };
 
 /// The letters of an enrollment code: digits 2-9 and A-Z without I and O.
@@ -234,6 +238,47 @@ struct Audit {
     detail: Vec<String>,
 }
 
+impl Audit {
+    /// What an enrollment or renewal attempt's `record` says, with `detail`.
+    fn of_attempt(record: &AttemptRecord, detail: Vec<String>) -> Self {
+        let mut all = Vec::new();
+        if let Some(nonce) = &record.nonce_prefix {
+            all.push(format!("nonce {nonce}…"));
+        }
+        all.extend(detail);
+        if record.unverified {
+            all.push("device and card as claimed, unverified".to_owned());
+        }
+        Audit {
+            device: record.device.clone(),
+            card_serial: record.card_serial.clone(),
+            user_id: record.user_id.clone(),
+            detail: all,
+        }
+    }
+
+    /// The event: `ok` without an error, else the error's code, its message in the detail.
+    fn event(&self, kind: &str, now: OffsetDateTime, error: Option<&ApiError>) -> NewAuditEvent {
+        let mut detail = self.detail.clone();
+        let outcome = match error {
+            None => "ok",
+            Some(error) => {
+                detail.push(error.message.clone());
+                error.code.as_str()
+            }
+        };
+        NewAuditEvent {
+            time: now,
+            kind: kind.to_owned(),
+            outcome: outcome.to_owned(),
+            device: self.device.clone(),
+            card_serial: self.card_serial.clone(),
+            user_id: self.user_id.clone(),
+            detail: (!detail.is_empty()).then(|| detail.join(": ")),
+        }
+    }
+}
+
 async fn write_audit<T>(
     state: &ServerState,
     kind: &str,
@@ -241,25 +286,9 @@ async fn write_audit<T>(
     audit: Audit,
     result: &Result<T, ApiError>,
 ) -> Result<(), ApiError> {
-    let mut detail = audit.detail;
-    let outcome = match result {
-        Ok(_) => "ok",
-        Err(error) => {
-            detail.push(error.message.clone());
-            error.code.as_str()
-        }
-    };
     state
         .store()
-        .audit(NewAuditEvent {
-            time: now,
-            kind: kind.to_owned(),
-            outcome: outcome.to_owned(),
-            device: audit.device,
-            card_serial: audit.card_serial,
-            user_id: audit.user_id,
-            detail: (!detail.is_empty()).then(|| detail.join(": ")),
-        })
+        .audit(audit.event(kind, now, result.as_ref().err()))
         .await
         .map_err(ApiError::from)
 }
@@ -388,9 +417,11 @@ pub async fn complete_enrollment(
                 .chuid_guid
                 .map(|guid| guid.to_ascii_lowercase()),
         };
+        // The enrollment's audit event goes in the same write as its effect.
+        let event = audit.event("enrollment", now, None);
         match state
             .store()
-            .redeem_enrollment_code(&hash, &issued, now)
+            .redeem_enrollment_code(&hash, &issued, now, event)
             .await?
         {
             EnrollmentCodeUse::Accepted => {}
@@ -409,21 +440,23 @@ pub async fn complete_enrollment(
     if result.is_err() {
         // A certificate made but not handed out is not the card's.
         audit.card_serial = None;
+        write_audit(&state, "enrollment", now, audit, &result).await?;
     }
-    write_audit(&state, "enrollment", now, audit, &result).await?;
     result.map(|answer| (StatusCode::CREATED, Json(answer)))
 }
 
 /// `POST /v1/renewals`: an assertion signed with the current key (checked
-/// exactly as a sign-in) and a CSR for a new key; the old card record becomes
-/// revoked (superseded) and the new certificate is registered.
+/// exactly as a sign-in) and a CSR for a new key. The new certificate is issued and
+/// recorded as the old card's pending renewal, with the audit event, in one write; the
+/// old certificate keeps working until the card confirms the new one
+/// (`POST /v1/renewals/confirm`) or first signs in with it, which revokes the old one
+/// (superseded). A cut anywhere leaves a card that signs in or renews again.
 pub async fn renew(
     State(state): State<ServerState>,
     body: Result<Json<RenewalRequest>, JsonRejection>,
 ) -> Result<impl IntoResponse, ApiError> {
     let now = OffsetDateTime::now_utc();
     let mut record = AttemptRecord::default();
-    let mut new_serial = None;
     let result = async {
         let request = json_body(body)?;
         let issuer = issuer(&state)?;
@@ -434,9 +467,6 @@ pub async fn renew(
             .map_err(|error| issuance_error(&error))?;
         let (verified, user) = authenticate(&state, &request.assertion, now, &mut record).await?;
         let old = &verified.certificate;
-        // The card signed in: it is recorded as a sign-in would (it may not have been seen
-        // before), so that the renewal can supersede it.
-        state.store().record_card(old, Some(&user.id), now).await?;
         let old_spki = x509_parser::parse_x509_certificate(&old.der)
             .map(|(_, certificate)| certificate.public_key().raw.to_vec())
             .unwrap_or_default();
@@ -450,38 +480,144 @@ pub async fn renew(
             card_serial_number: None,
             chuid_guid: None,
         };
+        let detail = format!(
+            "new certificate {} pending: it supersedes this one once confirmed or used",
+            issued.facts.serial
+        );
+        let event = Audit::of_attempt(&record, vec![detail]).event("renewal", now, None);
         state
             .store()
-            .supersede_card(&old.serial, &issued, now)
+            .begin_renewal(old, &user.id, &issued, now, event)
             .await?;
-        new_serial = Some(issued.facts.serial.clone());
         Ok(enrollment_result(&issuer, &issued.facts, &user))
     }
     .await;
-    let mut detail = Vec::new();
-    if let Some(nonce) = &record.nonce_prefix {
-        detail.push(format!("nonce {nonce}…"));
+    if let Err(error) = &result {
+        let event = Audit::of_attempt(&record, Vec::new()).event("renewal", now, Some(error));
+        state.store().audit(event).await?;
     }
-    if let Some(serial) = &new_serial {
-        detail.push(format!("new certificate {serial} supersedes this one"));
-    }
-    if record.unverified {
-        detail.push("device and card as claimed, unverified".to_owned());
-    }
-    let audit = Audit {
-        device: record.device,
-        card_serial: record.card_serial,
-        user_id: record.user_id,
-        detail,
-    };
-    write_audit(&state, "renewal", now, audit, &result).await?;
     result.map(|answer| (StatusCode::CREATED, Json(answer)))
+}
+
+/// `POST /v1/renewals/confirm`: an assertion signed with the new key over a fresh
+/// challenge, presenting the new certificate (checked exactly as a sign-in). Completes its
+/// pending renewal: the old card becomes revoked (superseded), in the same write as the
+/// new card's record and the audit events. Confirming again is harmless.
+pub async fn confirm_renewal(
+    State(state): State<ServerState>,
+    body: Result<Json<AssertionRequest>, JsonRejection>,
+) -> Result<Json<RenewalConfirmation>, ApiError> {
+    let now = OffsetDateTime::now_utc();
+    let mut record = AttemptRecord::default();
+    let result = async {
+        let request = json_body(body)?;
+        let (verified, user) = authenticate(&state, &request.assertion, now, &mut record).await?;
+        let event =
+            Audit::of_attempt(&record, vec!["confirm".to_owned()]).event("renewal", now, None);
+        let completed = state
+            .store()
+            .confirm_renewal(&verified.certificate, &user.id, now, event)
+            .await?;
+        Ok(RenewalConfirmation {
+            serial: verified.certificate.serial.clone(),
+            completed,
+        })
+    }
+    .await;
+    if let Err(error) = &result {
+        let audit = Audit::of_attempt(&record, vec!["confirm".to_owned()]);
+        state
+            .store()
+            .audit(audit.event("renewal", now, Some(error)))
+            .await?;
+    }
+    result.map(Json)
+}
+
+/// `POST /v1/renewals/resume`: for a renewal cut after the card's new key replaced the old
+/// one but before the new certificate reached the card. The assertion presents the old
+/// certificate (every sign-in check applies to it) and is signed by the new key; the
+/// server finds the old card's pending renewal whose certificate has that key and hands
+/// the certificate out again. `signature_invalid` when there is none.
+pub async fn resume_renewal(
+    State(state): State<ServerState>,
+    body: Result<Json<AssertionRequest>, JsonRejection>,
+) -> Result<Json<EnrollmentResult>, ApiError> {
+    let now = OffsetDateTime::now_utc();
+    let mut record = AttemptRecord::default();
+    let mut resumed = None;
+    let result = async {
+        let request = json_body(body)?;
+        let issuer = issuer(&state)?;
+        let claimed = claimed_certificate(&request.assertion);
+        let pending = match &claimed {
+            Some(old) => state.store().pending_renewals(&CardId::of(old)).await?,
+            None => Vec::new(),
+        };
+        let mut refusal = crate::assertion::Rejection::new(
+            ErrorCode::SignatureInvalid,
+            "no pending renewal of this certificate has the key that signed",
+        );
+        let mut found = None;
+        for der in &pending {
+            match state
+                .verifier()
+                .verify_signed_by_successor(&request.assertion, now, der)
+            {
+                Ok(verified) => {
+                    found = Some((verified, der));
+                    break;
+                }
+                Err(rejection) if rejection.code == ErrorCode::SignatureInvalid => {}
+                Err(rejection) => refusal = rejection,
+            }
+        }
+        let Some((verified, der)) = found else {
+            return Err(refused_unverified(&request.assertion, &mut record, refusal));
+        };
+        let (_, user) = authenticate_verified(&state, verified, now, &mut record).await?;
+        let facts = CertificateFacts::from_der(der).map_err(|error| {
+            tracing::error!(%error, "a pending certificate does not parse");
+            ApiError::new(
+                ErrorCode::Internal,
+                "the server could not read the certificate",
+            )
+        })?;
+        resumed = Some(facts.serial.clone());
+        Ok(enrollment_result(&issuer, &facts, &user))
+    }
+    .await;
+    let mut detail = vec!["resume".to_owned()];
+    if let Some(serial) = resumed {
+        detail.push(format!("pending certificate {serial} handed out again"));
+    }
+    write_audit(
+        &state,
+        "renewal",
+        now,
+        Audit::of_attempt(&record, detail),
+        &result,
+    )
+    .await?;
+    result.map(Json)
+}
+
+/// The card certificate an assertion presents (`x5c[0]`), read without checking anything.
+fn claimed_certificate(compact: &str) -> Option<CertificateFacts> {
+    let jws = crate::jose::CompactJws::parse(compact).ok()?;
+    let header: serde_json::Value = serde_json::from_slice(&jws.header).ok()?;
+    let b64 = header.get("x5c")?.get(0)?.as_str()?;
+    let der = base64::engine::general_purpose::STANDARD.decode(b64).ok()?;
+    CertificateFacts::from_der(&der).ok()
 }
 
 /// `GET /v1/crl`: the issuing CA's CRL (DER) of every revoked certificate it issued.
 pub async fn crl(State(state): State<ServerState>) -> Result<impl IntoResponse, ApiError> {
     let issuer = issuer(&state)?;
-    let revoked = state.store().revoked_issued_certificates().await?;
+    let revoked = state
+        .store()
+        .revoked_issued_certificates(issuer.ca_name())
+        .await?;
     let der = issuer
         .crl(&revoked, OffsetDateTime::now_utc())
         .map_err(|error| issuance_error(&error))?;

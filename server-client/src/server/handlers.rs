@@ -14,7 +14,9 @@ use super::ServerState;
 use super::error::ApiError;
 use crate::assertion::VerifiedAssertion;
 use crate::mapping::MappingRule;
-use crate::store::{Card, CardState, ChallengeUse, NewAuditEvent, SignInLookup, User, UserState};
+use crate::store::{
+    Card, CardId, CardState, ChallengeUse, NewAuditEvent, SignInLookup, User, UserState,
+};
 use crate::wire::{
     AMR, AssertionRequest, AssertionResponse, ChallengeRequest, ChallengeResponse, ErrorCode,
     SessionClaims, UserInfo,
@@ -215,17 +217,35 @@ pub(crate) async fn authenticate(
     now: OffsetDateTime,
     record: &mut AttemptRecord,
 ) -> Result<(VerifiedAssertion, User), ApiError> {
-    let verified: VerifiedAssertion = match state.verifier().verify(compact, now) {
-        Ok(verified) => verified,
-        Err(rejection) => {
-            // For the audit: what the assertion claims, marked as unverified.
-            let (device, card_serial) = claimed_device_and_card(compact);
-            record.unverified = device.is_some() || card_serial.is_some();
-            record.device = device;
-            record.card_serial = card_serial;
-            return Err(ApiError::new(rejection.code, rejection.message));
-        }
-    };
+    let verified = state
+        .verifier()
+        .verify(compact, now)
+        .map_err(|rejection| refused_unverified(compact, record, rejection))?;
+    authenticate_verified(state, verified, now, record).await
+}
+
+/// The answer to an assertion that failed verification; the audit gets what it claims,
+/// marked as unverified.
+pub(crate) fn refused_unverified(
+    compact: &str,
+    record: &mut AttemptRecord,
+    rejection: crate::assertion::Rejection,
+) -> ApiError {
+    let (device, card_serial) = claimed_device_and_card(compact);
+    record.unverified = device.is_some() || card_serial.is_some();
+    record.device = device;
+    record.card_serial = card_serial;
+    ApiError::new(rejection.code, rejection.message)
+}
+
+/// [`authenticate`] from a verified assertion on: flow control, the challenge, the card,
+/// the user.
+pub(crate) async fn authenticate_verified(
+    state: &ServerState,
+    verified: VerifiedAssertion,
+    now: OffsetDateTime,
+    record: &mut AttemptRecord,
+) -> Result<(VerifiedAssertion, User), ApiError> {
     let payload = &verified.payload;
     let facts = &verified.certificate;
     record.device = Some(payload.device.clone());
@@ -290,7 +310,7 @@ async fn authorise(
             nonce: payload.nonce.clone(),
             device: payload.device.clone(),
             now,
-            card_serial: facts.serial.clone(),
+            card: CardId::of(facts),
             user_attribute: rule.user,
             user_values: rule.values(facts),
         })
@@ -316,7 +336,11 @@ async fn authorise(
             ));
         }
     }
-    check_card(records.card.as_ref(), records.revocation.is_some())?;
+    // A renewal's new certificate not yet in use has the state of the card it renews.
+    check_card(
+        records.card.as_ref().or(records.renews.as_ref()),
+        records.revocation.is_some(),
+    )?;
     let user = one_user(rule, records.users)?;
     record.user_id = Some(user.id.clone());
     if user.state == UserState::Locked {
@@ -415,7 +439,7 @@ pub async fn pin_policy(State(state): State<ServerState>) -> impl IntoResponse {
 
 /// `GET /healthz`: the server runs and its database answers (one indexed lookup).
 pub async fn health(State(state): State<ServerState>) -> Result<impl IntoResponse, ApiError> {
-    state.store().get_card("").await?;
+    state.store().find_cards("").await?;
     Ok(Json(serde_json::json!({"status": "ok"})))
 }
 

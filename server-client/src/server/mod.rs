@@ -266,6 +266,11 @@ pub fn app(state: ServerState) -> Router {
             post(enrollment::complete_enrollment),
         )
         .route(wire::PATH_RENEWALS, post(enrollment::renew))
+        .route(
+            wire::PATH_RENEWALS_CONFIRM,
+            post(enrollment::confirm_renewal),
+        )
+        .route(wire::PATH_RENEWALS_RESUME, post(enrollment::resume_renewal))
         .route(wire::PATH_CRL, get(enrollment::crl))
         .route(wire::PATH_HEALTH, get(handlers::health))
         .route(wire::PATH_METRICS, get(handlers::metrics))
@@ -311,6 +316,8 @@ fn route_label(path: &str) -> &'static str {
         wire::PATH_ENROLLMENTS_INSPECT => wire::PATH_ENROLLMENTS_INSPECT,
         wire::PATH_ENROLLMENTS => wire::PATH_ENROLLMENTS,
         wire::PATH_RENEWALS => wire::PATH_RENEWALS,
+        wire::PATH_RENEWALS_CONFIRM => wire::PATH_RENEWALS_CONFIRM,
+        wire::PATH_RENEWALS_RESUME => wire::PATH_RENEWALS_RESUME,
         wire::PATH_CRL => wire::PATH_CRL,
         wire::PATH_HEALTH => wire::PATH_HEALTH,
         wire::PATH_METRICS => wire::PATH_METRICS,

@@ -135,7 +135,61 @@ pub struct User {
     pub state: UserState,
 }
 
-/// A card, known by its certificate's serial number since it was first seen in an assertion.
+/// Hex digits of an issuer id: the first 64 bits of the SHA-256 of the issuer name.
+const ISSUER_ID_HEX: usize = 16;
+
+/// The short id of a certificate issuer: the first 16 hex digits of the SHA-256 of its
+/// name as [`CertificateFacts::issuer`] writes it (RFC 4514).
+#[must_use]
+pub fn issuer_id(issuer: &str) -> String {
+    use sha2::Digest as _;
+    let mut id = hex::encode(sha2::Sha256::digest(issuer.as_bytes()));
+    id.truncate(ISSUER_ID_HEX);
+    id
+}
+
+/// What names one card: its certificate's issuer and serial number, which RFC 5280 makes
+/// unique together (two CAs may both issue serial 1001). Shown as `serial@issuer-id`
+/// ([`issuer_id`]).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct CardId {
+    /// The certificate's issuer (RFC 4514), as [`CertificateFacts::issuer`].
+    pub issuer: String,
+    /// The certificate's serial number (lower-case hex).
+    pub serial: String,
+}
+
+impl CardId {
+    /// The card of a certificate.
+    #[must_use]
+    pub fn of(facts: &CertificateFacts) -> Self {
+        CardId {
+            issuer: facts.issuer.clone(),
+            serial: facts.serial.clone(),
+        }
+    }
+
+    /// The issuer's short id ([`issuer_id`]).
+    #[must_use]
+    pub fn issuer_id(&self) -> String {
+        issuer_id(&self.issuer)
+    }
+
+    /// `serial@issuer-id`, what the admin API and CLI accept and show.
+    #[must_use]
+    pub fn qualified(&self) -> String {
+        format!("{}@{}", self.serial, self.issuer_id())
+    }
+}
+
+impl fmt::Display for CardId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.qualified())
+    }
+}
+
+/// A card, known by its certificate's issuer and serial number since it was first seen in
+/// an assertion (or issued).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Card {
     /// The certificate's serial number (lower-case hex).
@@ -154,6 +208,17 @@ pub struct Card {
     pub first_seen: OffsetDateTime,
     /// When the card was last seen.
     pub last_seen: OffsetDateTime,
+}
+
+impl Card {
+    /// Its issuer and serial.
+    #[must_use]
+    pub fn id(&self) -> CardId {
+        CardId {
+            issuer: self.issuer.clone(),
+            serial: self.serial.clone(),
+        }
+    }
 }
 
 /// What happened when a device redeemed a challenge.
@@ -180,8 +245,8 @@ pub struct SignInLookup {
     pub device: String,
     /// The time of the attempt.
     pub now: OffsetDateTime,
-    /// The serial number of the card's certificate.
-    pub card_serial: String,
+    /// The card's certificate: its issuer and serial number.
+    pub card: CardId,
     /// The user attribute the certificate maps to.
     pub user_attribute: UserAttribute,
     /// The certificate's values for that attribute: a user matching any of them is found.
@@ -199,6 +264,9 @@ pub struct SignInRecords {
     /// The certificate's entry on the revocation list, looked up when the card has no
     /// record (the list outlives deleted records).
     pub revocation: Option<RevokedCertificate>,
+    /// When the certificate is a renewal's new certificate not yet in use (it has no record
+    /// yet): the record of the card it renews, whose state it has until then.
+    pub renews: Option<Card>,
     /// Every user matching one of the values, each once, ordered by id.
     pub users: Vec<User>,
 }
@@ -340,6 +408,9 @@ impl FromStr for RevocationReason {
 /// A revoked certificate: stays on the list after its card record is deleted.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RevokedCertificate {
+    /// The certificate's issuer (RFC 4514); empty for a revocation recorded before store
+    /// version 4 whose issuer could not be told, which then counts for every issuer.
+    pub issuer: String,
     /// The certificate's serial number (lower-case hex).
     pub serial: String,
     /// When it was revoked.
@@ -454,18 +525,22 @@ pub trait Store: Send + Sync {
         now: OffsetDateTime,
     ) -> BoxFuture<'_, Result<Card, StoreError>>;
 
-    /// The card with this serial number, if any.
-    fn get_card(&self, serial: &str) -> BoxFuture<'_, Result<Option<Card>, StoreError>>;
+    /// The card with this issuer and serial number, if any.
+    fn get_card(&self, id: &CardId) -> BoxFuture<'_, Result<Option<Card>, StoreError>>;
 
-    /// Every card, ordered by serial number.
+    /// Every card whose certificate has this serial number (of any issuer), ordered by issuer.
+    fn find_cards(&self, serial: &str) -> BoxFuture<'_, Result<Vec<Card>, StoreError>>;
+
+    /// Every card, ordered by serial number, then issuer.
     fn list_cards(&self) -> BoxFuture<'_, Result<Vec<Card>, StoreError>>;
 
     /// Locks, unlocks or revokes a card. [`StoreError::NotFound`] if there is no such
     /// card; [`StoreError::Conflict`] when leaving [`CardState::Revoked`], which is final.
-    /// Revoking puts the certificate's serial on the revocation list (reason unspecified).
+    /// Revoking puts the certificate on the revocation list (reason unspecified), and with
+    /// it the new certificates of the card's pending renewals.
     fn set_card_state(
         &self,
-        serial: &str,
+        id: &CardId,
         state: CardState,
     ) -> BoxFuture<'_, Result<(), StoreError>>;
 
@@ -489,6 +564,8 @@ pub trait Store: Send + Sync {
 
     /// The end of a successful sign-in, in one write: records the card as
     /// [`Store::record_card`] does, for `user_id`, and appends `event` to the audit log.
+    /// When the certificate is a pending renewal's new one, this first use completes the
+    /// renewal as [`Store::confirm_renewal`] does (with its own `renewal` audit event).
     fn finish_sign_in(
         &self,
         facts: &CertificateFacts,
@@ -534,44 +611,72 @@ pub trait Store: Send + Sync {
         code_hash: &str,
     ) -> BoxFuture<'_, Result<Option<EnrollmentCodeRecord>, StoreError>>;
 
-    /// Uses the code up and registers the issued certificate's card as active
-    /// for its user, atomically: of any number of concurrent calls at most one
-    /// gets [`EnrollmentCodeUse::Accepted`], and a refused call changes nothing.
-    /// [`StoreError::Conflict`] if a card with the certificate's serial exists.
+    /// Uses the code up, registers the issued certificate's card as active for its
+    /// user and appends `event` (the enrollment's audit event) to the audit log,
+    /// atomically: of any number of concurrent calls at most one gets
+    /// [`EnrollmentCodeUse::Accepted`], and a refused call changes nothing (and writes
+    /// no event: the caller audits the refusal). [`StoreError::Conflict`] if a card with
+    /// the certificate's issuer and serial exists.
     fn redeem_enrollment_code(
         &self,
         code_hash: &str,
         issued: &IssuedCertificate,
         now: OffsetDateTime,
+        event: NewAuditEvent,
     ) -> BoxFuture<'_, Result<EnrollmentCodeUse, StoreError>>;
 
-    /// Renewal, atomically: the card `old_serial` becomes revoked (the serial goes
-    /// on the revocation list as superseded) and the issued certificate's card is
-    /// registered active for its user. [`StoreError::NotFound`] if there is no card
-    /// `old_serial`; [`StoreError::Conflict`] if it is not active (locked, revoked,
-    /// or renewed concurrently) or the new serial exists.
-    fn supersede_card(
+    /// The first step of a renewal, atomically: records the old card as a sign-in
+    /// does (for `user_id`), registers the issued certificate as issued and as the
+    /// old card's pending renewal (its card record comes when it is first used), and
+    /// appends `event`. The old card stays active until the renewal completes
+    /// ([`Store::confirm_renewal`], or the new certificate's first sign-in); earlier
+    /// pending renewals of the old card are revoked (superseded), since the old key
+    /// signed this one. When the old certificate is itself a pending renewal's new
+    /// one, that renewal completes first. [`StoreError::Conflict`] if the old card
+    /// is not active or the new certificate exists.
+    fn begin_renewal(
         &self,
-        old_serial: &str,
+        old: &CertificateFacts,
+        user_id: &str,
         issued: &IssuedCertificate,
         now: OffsetDateTime,
+        event: NewAuditEvent,
     ) -> BoxFuture<'_, Result<(), StoreError>>;
 
-    /// The revocation of this certificate serial, if it is on the list.
+    /// The new certificates (DER) of the card's pending renewals, newest first.
+    fn pending_renewals(&self, old: &CardId) -> BoxFuture<'_, Result<Vec<Vec<u8>>, StoreError>>;
+
+    /// The second step of a renewal, atomically: when `new` is a pending renewal's
+    /// certificate, the old card becomes revoked (superseded, on the revocation list)
+    /// with a `renewal` audit event; then `new`'s card is recorded as a sign-in
+    /// records it, and `event` appended. Returns whether a pending renewal completed
+    /// (`false`: done before, which is no error).
+    fn confirm_renewal(
+        &self,
+        new: &CertificateFacts,
+        user_id: &str,
+        now: OffsetDateTime,
+        event: NewAuditEvent,
+    ) -> BoxFuture<'_, Result<bool, StoreError>>;
+
+    /// The revocation of this certificate, if it is on the list (an entry recorded
+    /// without its issuer, before store version 4, counts for every issuer).
     fn revocation(
         &self,
-        serial: &str,
+        id: &CardId,
     ) -> BoxFuture<'_, Result<Option<RevokedCertificate>, StoreError>>;
 
-    /// Every revoked certificate this server issued (what its CRL lists), ordered by serial.
+    /// Every revoked certificate this server issued as `issuer` (what its CRL lists),
+    /// ordered by serial: another CA's certificates with the same serials are not listed.
     fn revoked_issued_certificates(
         &self,
+        issuer: &str,
     ) -> BoxFuture<'_, Result<Vec<RevokedCertificate>, StoreError>>;
 
-    /// Deletes a revoked card's record; its serial stays on the revocation list.
+    /// Deletes a revoked card's record; it stays on the revocation list.
     /// [`StoreError::NotFound`] if there is no such card; [`StoreError::Conflict`]
     /// if it is not revoked.
-    fn delete_card(&self, serial: &str) -> BoxFuture<'_, Result<(), StoreError>>;
+    fn delete_card(&self, id: &CardId) -> BoxFuture<'_, Result<(), StoreError>>;
 
     /// Appends an event to the audit log.
     fn audit(&self, event: NewAuditEvent) -> BoxFuture<'_, Result<(), StoreError>>;

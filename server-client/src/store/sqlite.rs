@@ -14,7 +14,7 @@ use time::{OffsetDateTime, UtcOffset};
 
 use super::database::{Database, DatabaseError};
 use super::{
-    AuditEvent, AuditQuery, BoxFuture, Card, CardState, ChallengeUse, EnrollmentCodeRecord,
+    AuditEvent, AuditQuery, BoxFuture, Card, CardId, CardState, ChallengeUse, EnrollmentCodeRecord,
     EnrollmentCodeUse, IssuedCertificate, NewAuditEvent, NewEnrollmentCode, RevocationReason,
     RevokedCertificate, SignInLookup, SignInRecords, Store, StoreError, User, UserState,
 };
@@ -119,8 +119,99 @@ DROP INDEX audit_card_serial;
 CREATE INDEX audit_card_serial ON audit (card_serial, time) WHERE card_serial IS NOT NULL;
 ";
 
+/// Version 4: a card is its certificate's issuer and serial number, not the serial alone
+/// (two CAs may both issue serial 1001), in the cards, the issued certificates and the
+/// revocation list; and renewals are pending until the new certificate is in use.
+///
+/// Existing rows keep their data. A card row has its issuer already. An issued
+/// certificate takes the issuer of its card row; without one (deleted), the issuer of
+/// another issued certificate's card (all were issued by this server's CA); else `''`.
+/// A revocation takes the issuer of its card row, else of its issued certificate; else
+/// `''`, which counts for every issuer (fail closed: before this version the serial alone
+/// was revoked).
+const MIGRATION_4: &str = "
+CREATE TABLE cards_v4 (
+    issuer TEXT NOT NULL,
+    serial TEXT NOT NULL,
+    fingerprint TEXT NOT NULL,
+    subject TEXT NOT NULL,
+    user_id TEXT REFERENCES users (id),
+    state TEXT NOT NULL CHECK (state IN ('active', 'locked', 'revoked')),
+    first_seen TEXT NOT NULL,
+    last_seen TEXT NOT NULL,
+    PRIMARY KEY (issuer, serial)
+) STRICT;
+INSERT INTO cards_v4 (issuer, serial, fingerprint, subject, user_id, state, first_seen, last_seen)
+    SELECT issuer, serial, fingerprint, subject, user_id, state, first_seen, last_seen FROM cards;
+
+CREATE TABLE issued_certificates_v4 (
+    issuer TEXT NOT NULL,
+    serial TEXT NOT NULL,
+    fingerprint TEXT NOT NULL,
+    user_id TEXT NOT NULL,
+    issued_at TEXT NOT NULL,
+    not_after TEXT NOT NULL,
+    card_serial_number INTEGER,
+    chuid_guid TEXT,
+    PRIMARY KEY (issuer, serial)
+) STRICT;
+INSERT INTO issued_certificates_v4
+    (issuer, serial, fingerprint, user_id, issued_at, not_after, card_serial_number, chuid_guid)
+    SELECT coalesce(
+               (SELECT c.issuer FROM cards c WHERE c.serial = i.serial),
+               (SELECT c.issuer FROM cards c JOIN issued_certificates j ON j.serial = c.serial
+                ORDER BY j.issued_at DESC LIMIT 1),
+               ''),
+           serial, fingerprint, user_id, issued_at, not_after, card_serial_number, chuid_guid
+    FROM issued_certificates i;
+
+CREATE TABLE revoked_certificates_v4 (
+    issuer TEXT NOT NULL,
+    serial TEXT NOT NULL,
+    revoked_at TEXT NOT NULL,
+    reason TEXT NOT NULL CHECK (reason IN ('unspecified', 'superseded')),
+    PRIMARY KEY (issuer, serial)
+) STRICT;
+INSERT INTO revoked_certificates_v4 (issuer, serial, revoked_at, reason)
+    SELECT coalesce(
+               (SELECT c.issuer FROM cards c WHERE c.serial = r.serial),
+               (SELECT i.issuer FROM issued_certificates_v4 i WHERE i.serial = r.serial),
+               ''),
+           serial, revoked_at, reason
+    FROM revoked_certificates r;
+
+DROP TABLE cards;
+ALTER TABLE cards_v4 RENAME TO cards;
+CREATE INDEX cards_user_id ON cards (user_id);
+CREATE INDEX cards_serial ON cards (serial);
+DROP TABLE issued_certificates;
+ALTER TABLE issued_certificates_v4 RENAME TO issued_certificates;
+CREATE INDEX issued_certificates_user_id ON issued_certificates (user_id);
+CREATE INDEX issued_certificates_serial ON issued_certificates (serial);
+DROP TABLE revoked_certificates;
+ALTER TABLE revoked_certificates_v4 RENAME TO revoked_certificates;
+CREATE INDEX revoked_certificates_serial ON revoked_certificates (serial);
+
+CREATE TABLE pending_renewals (
+    issuer TEXT NOT NULL,
+    serial TEXT NOT NULL,
+    old_issuer TEXT NOT NULL,
+    old_serial TEXT NOT NULL,
+    user_id TEXT NOT NULL,
+    certificate BLOB NOT NULL,
+    created_at TEXT NOT NULL,
+    PRIMARY KEY (issuer, serial)
+) STRICT;
+CREATE INDEX pending_renewals_old ON pending_renewals (old_issuer, old_serial);
+";
+
 /// Every migration, by version, oldest first. Never edit one that shipped: add the next.
-const MIGRATIONS: &[(i64, &str)] = &[(1, MIGRATION_1), (2, MIGRATION_2), (3, MIGRATION_3)];
+const MIGRATIONS: &[(i64, &str)] = &[
+    (1, MIGRATION_1),
+    (2, MIGRATION_2),
+    (3, MIGRATION_3),
+    (4, MIGRATION_4),
+];
 
 /// `SELECT` of every [`User`] column, followed by the rest of the statement.
 macro_rules! select_users {
@@ -310,18 +401,30 @@ impl Store for SqliteStore {
         )
     }
 
-    fn get_card(&self, serial: &str) -> BoxFuture<'_, Result<Option<Card>, StoreError>> {
-        let serial = serial.to_owned();
+    fn get_card(&self, id: &CardId) -> BoxFuture<'_, Result<Option<Card>, StoreError>> {
+        let id = id.clone();
         Box::pin(
             self.database
-                .read(move |connection| get_card(connection, &serial)),
+                .read(move |connection| get_card(connection, &id)),
         )
+    }
+
+    fn find_cards(&self, serial: &str) -> BoxFuture<'_, Result<Vec<Card>, StoreError>> {
+        let serial = serial.to_owned();
+        Box::pin(self.database.read(move |connection| {
+            collect_rows(
+                &mut connection
+                    .prepare_cached(select_cards!("WHERE serial = ? ORDER BY issuer"))?,
+                [serial],
+                card_from_row,
+            )
+        }))
     }
 
     fn list_cards(&self) -> BoxFuture<'_, Result<Vec<Card>, StoreError>> {
         Box::pin(self.database.read(move |connection| {
             collect_rows(
-                &mut connection.prepare_cached(select_cards!("ORDER BY serial"))?,
+                &mut connection.prepare_cached(select_cards!("ORDER BY serial, issuer"))?,
                 [],
                 card_from_row,
             )
@@ -330,38 +433,42 @@ impl Store for SqliteStore {
 
     fn set_card_state(
         &self,
-        serial: &str,
+        id: &CardId,
         state: CardState,
     ) -> BoxFuture<'_, Result<(), StoreError>> {
-        let serial = serial.to_owned();
+        let id = id.clone();
         Box::pin(self.database.write(move |connection| {
             // One statement, so a concurrent revocation cannot be undone.
             let changed = connection
                 .prepare_cached(
-                    "UPDATE cards SET state = ?1 WHERE serial = ?2 AND (state <> 'revoked' OR ?1 = 'revoked')",
+                    "UPDATE cards SET state = ?1
+                     WHERE issuer = ?2 AND serial = ?3 AND (state <> 'revoked' OR ?1 = 'revoked')",
                 )?
-                .execute(params![state.as_str(), serial])?;
+                .execute(params![state.as_str(), id.issuer, id.serial])?;
             if changed > 0 {
                 if state == CardState::Revoked {
-                    add_revocation(
+                    let now = encode_time(OffsetDateTime::now_utc())?;
+                    add_revocation(connection, &id, RevocationReason::Unspecified, &now)?;
+                    revoke_pending_renewals(
                         connection,
-                        &serial,
+                        &id,
+                        None,
                         RevocationReason::Unspecified,
-                        &encode_time(OffsetDateTime::now_utc())?,
+                        &now,
                     )?;
                 }
                 return Ok(());
             }
             let exists = connection
-                .prepare_cached("SELECT 1 FROM cards WHERE serial = ?")?
-                .exists([&serial])?;
+                .prepare_cached("SELECT 1 FROM cards WHERE issuer = ? AND serial = ?")?
+                .exists(params![id.issuer, id.serial])?;
             Err(if exists {
                 StoreError::Conflict {
-                    what: format!("card {serial:?} is revoked, which is final"),
+                    what: format!("card {id} is revoked, which is final"),
                 }
             } else {
                 StoreError::NotFound {
-                    what: format!("card {serial:?}"),
+                    what: format!("card {id}"),
                 }
             })
         }))
@@ -419,10 +526,14 @@ impl Store for SqliteStore {
         let lookup = lookup.clone();
         Box::pin(self.database.write(move |connection| {
             let challenge = use_challenge(connection, &lookup.nonce, &lookup.device, lookup.now)?;
-            let card = get_card(connection, &lookup.card_serial)?;
+            let card = get_card(connection, &lookup.card)?;
             let revocation = match card {
                 Some(_) => None,
-                None => revocation(connection, &lookup.card_serial)?,
+                None => revocation(connection, &lookup.card)?,
+            };
+            let renews = match (&card, pending_predecessor(connection, &lookup.card)?) {
+                (None, Some(old)) => get_card(connection, &old)?,
+                _ => None,
             };
             let mut users: Vec<User> = Vec::new();
             for value in &lookup.user_values {
@@ -437,6 +548,7 @@ impl Store for SqliteStore {
                 challenge,
                 card,
                 revocation,
+                renews,
                 users,
             })
         }))
@@ -451,6 +563,7 @@ impl Store for SqliteStore {
     ) -> BoxFuture<'_, Result<Card, StoreError>> {
         let seen = SeenCard::new(facts, Some(user_id.to_owned()), now);
         Box::pin(self.database.write(move |connection| {
+            complete_renewal(connection, &seen.id(), &event)?;
             let card = record_card(connection, seen)?;
             insert_audit(connection, &event)?;
             Ok(card)
@@ -529,6 +642,7 @@ impl Store for SqliteStore {
         code_hash: &str,
         issued: &IssuedCertificate,
         now: OffsetDateTime,
+        event: NewAuditEvent,
     ) -> BoxFuture<'_, Result<EnrollmentCodeUse, StoreError>> {
         let code_hash = code_hash.to_owned();
         let issued = issued.clone();
@@ -552,101 +666,152 @@ impl Store for SqliteStore {
                     Some(None) => EnrollmentCodeUse::Expired,
                 });
             }
-            register_issued(connection, &issued, &now)?;
+            register_card(connection, &issued, &now)?;
+            insert_issued(connection, &issued, &now)?;
+            insert_audit(connection, &event)?;
             Ok(EnrollmentCodeUse::Accepted)
         }))
     }
 
-    fn supersede_card(
+    fn begin_renewal(
         &self,
-        old_serial: &str,
+        old: &CertificateFacts,
+        user_id: &str,
         issued: &IssuedCertificate,
         now: OffsetDateTime,
+        event: NewAuditEvent,
     ) -> BoxFuture<'_, Result<(), StoreError>> {
-        let old_serial = old_serial.to_owned();
+        let seen = SeenCard::new(old, Some(user_id.to_owned()), now);
         let issued = issued.clone();
         Box::pin(self.database.write(move |connection| {
-            let now = encode_time(now)?;
-            let changed = connection
-                .prepare_cached(
-                    "UPDATE cards SET state = 'revoked' WHERE serial = ? AND state = 'active'",
-                )?
-                .execute([&old_serial])?;
-            if changed == 0 {
-                let state: Option<String> = connection
-                    .prepare_cached("SELECT state FROM cards WHERE serial = ?")?
-                    .query_row([&old_serial], |row| row.get(0))
-                    .optional()?;
-                return Err(match state {
-                    None => StoreError::NotFound {
-                        what: format!("card {old_serial:?}"),
-                    },
-                    Some(state) => StoreError::Conflict {
-                        what: format!("card {old_serial:?} is {state}, not active"),
-                    },
+            let old = seen.id();
+            // The old certificate's first use, if it is a renewal's new one itself.
+            complete_renewal(connection, &old, &event)?;
+            let card = record_card(connection, seen)?;
+            if card.state != CardState::Active {
+                return Err(StoreError::Conflict {
+                    what: format!("card {old} is {}, not active", card.state),
                 });
             }
-            add_revocation(connection, &old_serial, RevocationReason::Superseded, &now)?;
-            register_issued(connection, &issued, &now)
+            let now = encode_time(now)?;
+            // The old key signed this renewal, so no earlier pending one is on the card.
+            revoke_pending_renewals(connection, &old, None, RevocationReason::Superseded, &now)?;
+            insert_issued(connection, &issued, &now)?;
+            let new = CardId::of(&issued.facts);
+            connection
+                .prepare_cached(
+                    "INSERT INTO pending_renewals
+                         (issuer, serial, old_issuer, old_serial, user_id, certificate, created_at)
+                     VALUES (?, ?, ?, ?, ?, ?, ?)",
+                )?
+                .execute(params![
+                    new.issuer,
+                    new.serial,
+                    old.issuer,
+                    old.serial,
+                    issued.user_id,
+                    issued.facts.der,
+                    now
+                ])?;
+            insert_audit(connection, &event)
+        }))
+    }
+
+    fn pending_renewals(&self, old: &CardId) -> BoxFuture<'_, Result<Vec<Vec<u8>>, StoreError>> {
+        let old = old.clone();
+        Box::pin(self.database.read(move |connection| {
+            let mut statement = connection.prepare_cached(
+                "SELECT certificate FROM pending_renewals WHERE old_issuer = ? AND old_serial = ?
+                 ORDER BY created_at DESC, rowid DESC",
+            )?;
+            let rows = statement
+                .query_map(params![old.issuer, old.serial], |row| row.get(0))?
+                .collect::<Result<Vec<Vec<u8>>, _>>()?;
+            Ok(rows)
+        }))
+    }
+
+    fn confirm_renewal(
+        &self,
+        new: &CertificateFacts,
+        user_id: &str,
+        now: OffsetDateTime,
+        event: NewAuditEvent,
+    ) -> BoxFuture<'_, Result<bool, StoreError>> {
+        let seen = SeenCard::new(new, Some(user_id.to_owned()), now);
+        Box::pin(self.database.write(move |connection| {
+            let completed = complete_renewal(connection, &seen.id(), &event)?;
+            record_card(connection, seen)?;
+            insert_audit(connection, &event)?;
+            Ok(completed)
         }))
     }
 
     fn revocation(
         &self,
-        serial: &str,
+        id: &CardId,
     ) -> BoxFuture<'_, Result<Option<RevokedCertificate>, StoreError>> {
-        let serial = serial.to_owned();
+        let id = id.clone();
         Box::pin(
             self.database
-                .read(move |connection| revocation(connection, &serial)),
+                .read(move |connection| revocation(connection, &id)),
         )
     }
 
     fn revoked_issued_certificates(
         &self,
+        issuer: &str,
     ) -> BoxFuture<'_, Result<Vec<RevokedCertificate>, StoreError>> {
+        let issuer = issuer.to_owned();
         Box::pin(self.database.read(move |connection| {
-            collect_rows(
+            // `''`: an issuer not recorded before version 4 (of an issued certificate: this
+            // server's CA; of a revocation: any issuer).
+            let mut revoked = collect_rows(
                 &mut connection.prepare_cached(
-                    "SELECT r.serial, r.revoked_at, r.reason FROM revoked_certificates r
-                     JOIN issued_certificates i ON i.serial = r.serial ORDER BY r.serial",
+                    "SELECT r.issuer, r.serial, r.revoked_at, r.reason FROM revoked_certificates r
+                     JOIN issued_certificates i ON i.serial = r.serial
+                         AND (i.issuer = r.issuer OR i.issuer = '' OR r.issuer = '')
+                     WHERE i.issuer IN (?1, '') AND r.issuer IN (?1, '')
+                     ORDER BY r.serial, r.issuer DESC",
                 )?,
-                [],
+                [issuer],
                 revoked_from_row,
-            )
+            )?;
+            revoked.dedup_by(|later, earlier| later.serial == earlier.serial);
+            Ok(revoked)
         }))
     }
 
-    fn delete_card(&self, serial: &str) -> BoxFuture<'_, Result<(), StoreError>> {
-        let serial = serial.to_owned();
+    fn delete_card(&self, id: &CardId) -> BoxFuture<'_, Result<(), StoreError>> {
+        let id = id.clone();
         Box::pin(self.database.write(move |connection| {
             let state: Option<String> = connection
-                .prepare_cached("SELECT state FROM cards WHERE serial = ?")?
-                .query_row([&serial], |row| row.get(0))
+                .prepare_cached("SELECT state FROM cards WHERE issuer = ? AND serial = ?")?
+                .query_row(params![id.issuer, id.serial], |row| row.get(0))
                 .optional()?;
             match state.as_deref() {
                 None => {
                     return Err(StoreError::NotFound {
-                        what: format!("card {serial:?}"),
+                        what: format!("card {id}"),
                     });
                 }
                 Some("revoked") => {}
                 Some(state) => {
                     return Err(StoreError::Conflict {
-                        what: format!("card {serial:?} is {state}; revoke it first"),
+                        what: format!("card {id} is {state}; revoke it first"),
                     });
                 }
             }
             // Revoked before the list existed: it goes on it now.
             add_revocation(
                 connection,
-                &serial,
+                &id,
                 RevocationReason::Unspecified,
                 &encode_time(OffsetDateTime::now_utc())?,
             )?;
             connection
-                .prepare_cached("DELETE FROM cards WHERE serial = ?")?
-                .execute([&serial])?;
+                .prepare_cached("DELETE FROM cards WHERE issuer = ? AND serial = ?")?
+                .execute(params![id.issuer, id.serial])?;
             Ok(())
         }))
     }
@@ -711,6 +876,13 @@ struct SeenCard {
 }
 
 impl SeenCard {
+    fn id(&self) -> CardId {
+        CardId {
+            issuer: self.issuer.clone(),
+            serial: self.serial.clone(),
+        }
+    }
+
     fn new(facts: &CertificateFacts, user_id: Option<String>, now: OffsetDateTime) -> Self {
         SeenCard {
             serial: facts.serial.clone(),
@@ -746,9 +918,8 @@ fn record_card(connection: &Connection, seen: SeenCard) -> Result<Card, StoreErr
         .prepare_cached(
             "INSERT INTO cards (serial, fingerprint, issuer, subject, user_id, state, first_seen, last_seen)
              VALUES (?1, ?2, ?3, ?4, ?5, 'active', ?6, ?6)
-             ON CONFLICT (serial) DO UPDATE SET
+             ON CONFLICT (issuer, serial) DO UPDATE SET
                  fingerprint = excluded.fingerprint,
-                 issuer = excluded.issuer,
                  subject = excluded.subject,
                  user_id = coalesce(excluded.user_id, cards.user_id),
                  last_seen = excluded.last_seen
@@ -774,12 +945,106 @@ fn record_card(connection: &Connection, seen: SeenCard) -> Result<Card, StoreErr
     }
 }
 
-fn get_card(connection: &Connection, serial: &str) -> Result<Option<Card>, StoreError> {
+fn get_card(connection: &Connection, id: &CardId) -> Result<Option<Card>, StoreError> {
     connection
-        .prepare_cached(select_cards!("WHERE serial = ?"))?
-        .query_row([serial], card_from_row)
+        .prepare_cached(select_cards!("WHERE issuer = ? AND serial = ?"))?
+        .query_row(params![id.issuer, id.serial], card_from_row)
         .optional()?
         .transpose()
+}
+
+/// The card whose pending renewal issued `new`, if `new` is one.
+fn pending_predecessor(
+    connection: &Connection,
+    new: &CardId,
+) -> Result<Option<CardId>, StoreError> {
+    Ok(connection
+        .prepare_cached(
+            "SELECT old_issuer, old_serial FROM pending_renewals WHERE issuer = ? AND serial = ?",
+        )?
+        .query_row(params![new.issuer, new.serial], |row| {
+            Ok(CardId {
+                issuer: row.get(0)?,
+                serial: row.get(1)?,
+            })
+        })
+        .optional()?)
+}
+
+/// Completes the renewal whose new certificate is `new`, if one is pending: the old card
+/// becomes revoked (superseded, on the revocation list; a card revoked before keeps its
+/// state), its other pending renewals are revoked, and a `renewal` event (time, device
+/// and user of `cause`, the event of the use that completes it) is appended. Returns
+/// whether one was pending. The caller records `new`'s card.
+fn complete_renewal(
+    connection: &Connection,
+    new: &CardId,
+    cause: &NewAuditEvent,
+) -> Result<bool, StoreError> {
+    let Some(old) = pending_predecessor(connection, new)? else {
+        return Ok(false);
+    };
+    let now = encode_time(cause.time)?;
+    connection
+        .prepare_cached(
+            "UPDATE cards SET state = 'revoked' WHERE issuer = ? AND serial = ? AND state <> 'revoked'",
+        )?
+        .execute(params![old.issuer, old.serial])?;
+    add_revocation(connection, &old, RevocationReason::Superseded, &now)?;
+    revoke_pending_renewals(
+        connection,
+        &old,
+        Some(new),
+        RevocationReason::Superseded,
+        &now,
+    )?;
+    connection
+        .prepare_cached("DELETE FROM pending_renewals WHERE issuer = ? AND serial = ?")?
+        .execute(params![new.issuer, new.serial])?;
+    insert_audit(
+        connection,
+        &NewAuditEvent {
+            time: cause.time,
+            kind: "renewal".to_owned(),
+            outcome: "ok".to_owned(),
+            device: cause.device.clone(),
+            card_serial: Some(new.serial.clone()),
+            user_id: cause.user_id.clone(),
+            detail: Some(format!(
+                "new certificate {new} in use ({}): {old} superseded",
+                cause.kind
+            )),
+        },
+    )?;
+    Ok(true)
+}
+
+/// Revokes (and forgets) the pending renewals of `old`, but for `except`.
+fn revoke_pending_renewals(
+    connection: &Connection,
+    old: &CardId,
+    except: Option<&CardId>,
+    reason: RevocationReason,
+    revoked_at: &str,
+) -> Result<(), StoreError> {
+    let pending: Vec<CardId> = connection
+        .prepare_cached(
+            "SELECT issuer, serial FROM pending_renewals WHERE old_issuer = ? AND old_serial = ?",
+        )?
+        .query_map(params![old.issuer, old.serial], |row| {
+            Ok(CardId {
+                issuer: row.get(0)?,
+                serial: row.get(1)?,
+            })
+        })?
+        .collect::<Result<_, _>>()?;
+    for new in pending.iter().filter(|new| Some(*new) != except) {
+        add_revocation(connection, new, reason, revoked_at)?;
+        connection
+            .prepare_cached("DELETE FROM pending_renewals WHERE issuer = ? AND serial = ?")?
+            .execute(params![new.issuer, new.serial])?;
+    }
+    Ok(())
 }
 
 fn use_challenge(
@@ -819,30 +1084,32 @@ fn use_challenge(
 
 fn revocation(
     connection: &Connection,
-    serial: &str,
+    id: &CardId,
 ) -> Result<Option<RevokedCertificate>, StoreError> {
+    // An entry without its issuer (before version 4) counts for every issuer.
     connection
         .prepare_cached(
-            "SELECT serial, revoked_at, reason FROM revoked_certificates WHERE serial = ?",
+            "SELECT issuer, serial, revoked_at, reason FROM revoked_certificates
+             WHERE serial = ?1 AND issuer IN (?2, '') ORDER BY issuer DESC LIMIT 1",
         )?
-        .query_row([serial], revoked_from_row)
+        .query_row(params![id.serial, id.issuer], revoked_from_row)
         .optional()?
         .transpose()
 }
 
-/// Puts a certificate serial on the revocation list; one already there keeps its entry.
+/// Puts a certificate on the revocation list; one already there keeps its entry.
 fn add_revocation(
     connection: &Connection,
-    serial: &str,
+    id: &CardId,
     reason: RevocationReason,
     revoked_at: &str,
 ) -> Result<(), StoreError> {
     connection
         .prepare_cached(
-            "INSERT INTO revoked_certificates (serial, revoked_at, reason)
-             VALUES (?, ?, ?) ON CONFLICT (serial) DO NOTHING",
+            "INSERT INTO revoked_certificates (issuer, serial, revoked_at, reason)
+             VALUES (?, ?, ?, ?) ON CONFLICT (issuer, serial) DO NOTHING",
         )?
-        .execute(params![serial, revoked_at, reason.as_str()])?;
+        .execute(params![id.issuer, id.serial, revoked_at, reason.as_str()])?;
     Ok(())
 }
 
@@ -918,15 +1185,13 @@ fn card_from_row(row: &Row<'_>) -> rusqlite::Result<Result<Card, StoreError>> {
     })())
 }
 
-/// Registers an issued certificate and its card (active, for its user), inside the
-/// caller's write.
-fn register_issued(
+/// Registers an issued certificate's card (active, for its user), inside the caller's write.
+fn register_card(
     connection: &Connection,
     issued: &IssuedCertificate,
     now: &str,
 ) -> Result<(), StoreError> {
     let facts = &issued.facts;
-    let not_after = encode_time(facts.not_after)?;
     let inserted = connection
         .prepare_cached(
             "INSERT INTO cards (serial, fingerprint, issuer, subject, user_id, state, first_seen, last_seen)
@@ -941,25 +1206,33 @@ fn register_issued(
             now
         ]);
     match inserted {
-        Err(error) if is_unique_violation(&error) => {
-            return Err(StoreError::Conflict {
-                what: format!("card {:?} exists already", facts.serial),
-            });
-        }
-        Err(error) if is_foreign_key_violation(&error) => {
-            return Err(StoreError::NotFound {
-                what: format!("user {:?}", issued.user_id),
-            });
-        }
-        other => other.map(drop)?,
+        Err(error) if is_unique_violation(&error) => Err(StoreError::Conflict {
+            what: format!("card {} exists already", CardId::of(facts)),
+        }),
+        Err(error) if is_foreign_key_violation(&error) => Err(StoreError::NotFound {
+            what: format!("user {:?}", issued.user_id),
+        }),
+        other => other.map(drop).map_err(StoreError::from),
     }
-    connection
+}
+
+/// Registers a certificate this server issued (what its CRL covers), inside the caller's
+/// write.
+fn insert_issued(
+    connection: &Connection,
+    issued: &IssuedCertificate,
+    now: &str,
+) -> Result<(), StoreError> {
+    let facts = &issued.facts;
+    let not_after = encode_time(facts.not_after)?;
+    let inserted = connection
         .prepare_cached(
             "INSERT INTO issued_certificates
-                 (serial, fingerprint, user_id, issued_at, not_after, card_serial_number, chuid_guid)
-             VALUES (?, ?, ?, ?, ?, ?, ?)",
+                 (issuer, serial, fingerprint, user_id, issued_at, not_after, card_serial_number, chuid_guid)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
         )?
         .execute(params![
+            facts.issuer,
             facts.serial,
             facts.fingerprint,
             issued.user_id,
@@ -967,8 +1240,13 @@ fn register_issued(
             not_after,
             issued.card_serial_number.map(i64::from),
             issued.chuid_guid,
-        ])?;
-    Ok(())
+        ]);
+    match inserted {
+        Err(error) if is_unique_violation(&error) => Err(StoreError::Conflict {
+            what: format!("certificate {} exists already", CardId::of(facts)),
+        }),
+        other => other.map(drop).map_err(StoreError::from),
+    }
 }
 
 fn enrollment_code_from_row(
@@ -995,11 +1273,13 @@ fn enrollment_code_from_row(
 }
 
 fn revoked_from_row(row: &Row<'_>) -> rusqlite::Result<Result<RevokedCertificate, StoreError>> {
+    let issuer = row.get("issuer")?;
     let serial = row.get("serial")?;
     let revoked_at: String = row.get("revoked_at")?;
     let reason: String = row.get("reason")?;
     Ok((|| {
         Ok(RevokedCertificate {
+            issuer,
             serial,
             revoked_at: decode_time("revoked_at", &revoked_at)?,
             reason: reason
@@ -1134,6 +1414,27 @@ mod tests {
         }
     }
 
+    /// The card of a certificate [`facts`] makes.
+    fn id(serial: &str) -> CardId {
+        CardId {
+            issuer: "CN=Test CA".to_owned(),
+            serial: serial.to_owned(),
+        }
+    }
+
+    /// The audit event that goes with an enrollment.
+    fn enrolled() -> NewAuditEvent {
+        NewAuditEvent {
+            time: at(1),
+            kind: "enrollment".to_owned(),
+            outcome: "ok".to_owned(),
+            device: None,
+            card_serial: None,
+            user_id: Some("alice".to_owned()),
+            detail: None,
+        }
+    }
+
     /// The audit event that goes with a challenge for `device`.
     fn challenge_event(device: &str) -> NewAuditEvent {
         NewAuditEvent {
@@ -1200,7 +1501,7 @@ mod tests {
         let (second, third) = tokio::join!(SqliteStore::open(&path), SqliteStore::open(&path));
         let (second, third) = (second?, third?);
         for store in [&first, &second, &third] {
-            assert_eq!(migration_versions(store).await?, vec![1, 2, 3]);
+            assert_eq!(migration_versions(store).await?, vec![1, 2, 3, 4]);
         }
         let journal_mode: String = read_value(&first, "PRAGMA journal_mode").await?;
         assert_eq!(journal_mode, "wal");
@@ -1243,13 +1544,13 @@ mod tests {
         let store = SqliteStore::open(&path).await?;
         execute(
             &store,
-            "INSERT INTO schema_migrations (version, applied_at) VALUES (4, 'x')",
+            "INSERT INTO schema_migrations (version, applied_at) VALUES (5, 'x')",
         )
         .await?;
         store.close().await;
         let reopened = SqliteStore::open(&path).await;
         assert!(
-            matches!(&reopened, Err(StoreError::Conflict { what }) if what.contains("schema version 4")),
+            matches!(&reopened, Err(StoreError::Conflict { what }) if what.contains("schema version 5")),
             "{reopened:?}"
         );
         Ok(())
@@ -1277,7 +1578,7 @@ mod tests {
             reopened.get_user("alice").await?,
             Some(user("alice", "alice@example.org"))
         );
-        assert_eq!(reopened.get_card("0a1b").await?, Some(card));
+        assert_eq!(reopened.get_card(&id("0a1b")).await?, Some(card));
         assert_eq!(
             reopened.use_challenge("nonce-1", "kiosk-1", at(1)).await?,
             ChallengeUse::Accepted
@@ -1403,7 +1704,7 @@ mod tests {
                 last_seen: at(0),
             }
         );
-        store.set_card_state("0a1b", CardState::Locked).await?;
+        store.set_card_state(&id("0a1b"), CardState::Locked).await?;
 
         let second = store
             .record_card(&facts("0a1b", "f2"), Some("alice"), at(10))
@@ -1421,7 +1722,7 @@ mod tests {
             .record_card(&facts("0a1b", "f2"), Some("bob"), at(30))
             .await?;
         assert_eq!(fourth.user_id.as_deref(), Some("bob"));
-        assert_eq!(store.get_card("0a1b").await?, Some(fourth.clone()));
+        assert_eq!(store.get_card(&id("0a1b")).await?, Some(fourth.clone()));
 
         let unknown_user = store
             .record_card(&facts("0c0d", "f3"), Some("carol"), at(40))
@@ -1430,7 +1731,7 @@ mod tests {
             matches!(&unknown_user, Err(StoreError::NotFound { what }) if what.contains("carol")),
             "{unknown_user:?}"
         );
-        assert_eq!(store.get_card("0c0d").await?, None);
+        assert_eq!(store.get_card(&id("0c0d")).await?, None);
 
         let other = store
             .record_card(&facts("0001", "f4"), None, at(50))
@@ -1476,17 +1777,17 @@ mod tests {
 
         assert_eq!(
             store
-                .redeem_enrollment_code("nope", &issued("01", "alice"), at(1))
+                .redeem_enrollment_code("nope", &issued("01", "alice"), at(1), enrolled())
                 .await?,
             EnrollmentCodeUse::Unknown
         );
         assert_eq!(
             store
-                .redeem_enrollment_code("h1", &issued("01", "alice"), at(1))
+                .redeem_enrollment_code("h1", &issued("01", "alice"), at(1), enrolled())
                 .await?,
             EnrollmentCodeUse::Accepted
         );
-        let card = store.get_card("01").await?.ok_or("registered")?;
+        let card = store.get_card(&id("01")).await?.ok_or("registered")?;
         assert_eq!(
             (card.state, card.user_id.as_deref()),
             (CardState::Active, Some("alice"))
@@ -1500,23 +1801,23 @@ mod tests {
         for now in [2, 10_000] {
             assert_eq!(
                 store
-                    .redeem_enrollment_code("h1", &issued("02", "alice"), at(now))
+                    .redeem_enrollment_code("h1", &issued("02", "alice"), at(now), enrolled())
                     .await?,
                 EnrollmentCodeUse::Used
             );
         }
         assert_eq!(
             store
-                .redeem_enrollment_code("h2", &issued("03", "alice"), at(900))
+                .redeem_enrollment_code("h2", &issued("03", "alice"), at(900), enrolled())
                 .await?,
             EnrollmentCodeUse::Expired
         );
-        assert!(store.get_card("02").await?.is_none());
-        assert!(store.get_card("03").await?.is_none());
+        assert!(store.get_card(&id("02")).await?.is_none());
+        assert!(store.get_card(&id("03")).await?.is_none());
         // A serial that exists already: the code stays unused.
         assert!(matches!(
             store
-                .redeem_enrollment_code("h2", &issued("01", "alice"), at(5))
+                .redeem_enrollment_code("h2", &issued("01", "alice"), at(5), enrolled())
                 .await,
             Err(StoreError::Conflict { .. })
         ));
@@ -1550,6 +1851,7 @@ mod tests {
                         "race",
                         &issued(&format!("{index:02x}"), "alice"),
                         at(1),
+                        enrolled(),
                     )
                     .await
             }));
@@ -1565,46 +1867,308 @@ mod tests {
         Ok(())
     }
 
+    fn renewal_event(seconds: i64) -> NewAuditEvent {
+        NewAuditEvent {
+            kind: "renewal".to_owned(),
+            ..event(seconds, "ok", "kiosk-1", "01", "alice")
+        }
+    }
+
+    /// The renewal events in the audit log, oldest first, as (card serial, detail).
+    async fn renewal_events(store: &SqliteStore) -> Result<Vec<(String, String)>, StoreError> {
+        let mut events: Vec<_> = store
+            .query_audit(&AuditQuery::default())
+            .await?
+            .into_iter()
+            .filter(|event| event.kind == "renewal")
+            .map(|event| {
+                (
+                    event.card_serial.unwrap_or_default(),
+                    event.detail.unwrap_or_default(),
+                )
+            })
+            .collect();
+        events.reverse();
+        Ok(events)
+    }
+
     #[tokio::test]
-    async fn renewal_supersedes_the_old_card_once() -> TestResult {
+    async fn a_renewal_is_pending_until_the_new_certificate_is_confirmed_or_used() -> TestResult {
         let store = SqliteStore::in_memory().await?;
         store.add_user(&user("alice", "alice@example.com")).await?;
         store.add_enrollment_code(&code("h1", "alice", 900)).await?;
         store
-            .redeem_enrollment_code("h1", &issued("01", "alice"), at(1))
+            .redeem_enrollment_code("h1", &issued("01", "alice"), at(1), enrolled())
             .await?;
+        let enrollment_events = store.query_audit(&AuditQuery::default()).await?;
+        assert_eq!(
+            enrollment_events.len(),
+            1,
+            "the enrollment's event, in its write"
+        );
 
+        // Step one: the new certificate is pending; the old card stays active.
+        let old = facts("01", "fp-01");
         store
-            .supersede_card("01", &issued("02", "alice"), at(2))
+            .begin_renewal(
+                &old,
+                "alice",
+                &issued("02", "alice"),
+                at(2),
+                renewal_event(2),
+            )
             .await?;
         assert_eq!(
-            store.get_card("01").await?.ok_or("old")?.state,
+            store.get_card(&id("01")).await?.ok_or("old")?.state,
+            CardState::Active
+        );
+        assert_eq!(
+            store.get_card(&id("02")).await?,
+            None,
+            "no record until used"
+        );
+        assert!(store.revocation(&id("01")).await?.is_none());
+        let pending = store.pending_renewals(&id("01")).await?;
+        assert_eq!(pending, [issued("02", "alice").facts.der]);
+        assert_eq!(renewal_events(&store).await?.len(), 1, "in the same write");
+        // The new certificate signs in with the old card's state.
+        let records = store.begin_sign_in(&lookup("none", "02", &[])).await?;
+        assert_eq!(records.card, None);
+        assert_eq!(
+            records.renews.map(|card| card.serial).as_deref(),
+            Some("01")
+        );
+
+        // Renewing again (the old key signed it, so 02 never reached the card): 02 is revoked.
+        store
+            .begin_renewal(
+                &old,
+                "alice",
+                &issued("03", "alice"),
+                at(3),
+                renewal_event(3),
+            )
+            .await?;
+        assert_eq!(
+            store
+                .revocation(&id("02"))
+                .await?
+                .ok_or("02 listed")?
+                .reason,
+            RevocationReason::Superseded
+        );
+        assert_eq!(store.pending_renewals(&id("01")).await?.len(), 1);
+
+        // Step two: the card confirms 03; 01 is superseded, once.
+        assert!(
+            store
+                .confirm_renewal(
+                    &issued("03", "alice").facts,
+                    "alice",
+                    at(4),
+                    renewal_event(4)
+                )
+                .await?
+        );
+        assert_eq!(
+            store.get_card(&id("01")).await?.ok_or("old")?.state,
             CardState::Revoked
         );
         assert_eq!(
-            store.get_card("02").await?.ok_or("new")?.state,
+            store.get_card(&id("03")).await?.ok_or("new")?.state,
             CardState::Active
         );
-        let revoked = store.revocation("01").await?.ok_or("listed")?;
+        let revoked = store.revocation(&id("01")).await?.ok_or("listed")?;
         assert_eq!(
             (revoked.reason, revoked.revoked_at),
-            (RevocationReason::Superseded, at(2))
+            (RevocationReason::Superseded, at(4))
         );
-        assert!(store.revocation("02").await?.is_none());
-        // The old card cannot be renewed twice; a missing one is not found.
+        assert!(store.pending_renewals(&id("01")).await?.is_empty());
+        assert!(
+            !store
+                .confirm_renewal(
+                    &issued("03", "alice").facts,
+                    "alice",
+                    at(5),
+                    renewal_event(5)
+                )
+                .await?,
+            "confirming again completes nothing"
+        );
+        let events = renewal_events(&store).await?;
+        assert_eq!(events.len(), 5, "{events:?}");
+        assert!(events[2].1.contains("01@"), "{events:?}");
+
+        // A renewal that fails part-way (its new serial exists) changes nothing and leaves
+        // no event: the effects and the event are one write.
+        let events_before = store.query_audit(&AuditQuery::default()).await?.len();
+        let other = facts("0f", "fp-0f");
+        store.record_card(&other, Some("alice"), at(5)).await?;
         assert!(matches!(
             store
-                .supersede_card("01", &issued("03", "alice"), at(3))
+                .begin_renewal(
+                    &other,
+                    "alice",
+                    &issued("03", "alice"),
+                    at(5),
+                    renewal_event(5)
+                )
                 .await,
             Err(StoreError::Conflict { .. })
         ));
-        assert!(store.get_card("03").await?.is_none());
+        assert!(store.pending_renewals(&id("0f")).await?.is_empty());
+        assert_eq!(
+            store.query_audit(&AuditQuery::default()).await?.len(),
+            events_before
+        );
+
+        // The old card cannot be renewed again.
         assert!(matches!(
             store
-                .supersede_card("ff", &issued("04", "alice"), at(3))
+                .begin_renewal(
+                    &old,
+                    "alice",
+                    &issued("04", "alice"),
+                    at(6),
+                    renewal_event(6)
+                )
                 .await,
-            Err(StoreError::NotFound { .. })
+            Err(StoreError::Conflict { .. })
         ));
+        assert!(store.pending_renewals(&id("01")).await?.is_empty());
+
+        // A first sign-in with the new certificate completes a renewal too.
+        let new = facts("03", "fp-03");
+        store
+            .begin_renewal(
+                &new,
+                "alice",
+                &issued("05", "alice"),
+                at(7),
+                renewal_event(7),
+            )
+            .await?;
+        store
+            .finish_sign_in(
+                &issued("05", "alice").facts,
+                "alice",
+                at(8),
+                event(8, "ok", "kiosk-1", "05", "alice"),
+            )
+            .await?;
+        assert_eq!(
+            store.get_card(&id("03")).await?.ok_or("03")?.state,
+            CardState::Revoked
+        );
+        // An admin revoking a card revokes its pending renewals.
+        store
+            .begin_renewal(
+                &issued("05", "alice").facts,
+                "alice",
+                &issued("06", "alice"),
+                at(9),
+                renewal_event(9),
+            )
+            .await?;
+        store.set_card_state(&id("05"), CardState::Revoked).await?;
+        assert!(store.revocation(&id("06")).await?.is_some());
+        assert!(store.pending_renewals(&id("05")).await?.is_empty());
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn two_issuers_of_one_serial_are_two_cards() -> TestResult {
+        let store = SqliteStore::in_memory().await?;
+        store.add_user(&user("alice", "alice@example.com")).await?;
+        store.add_user(&user("bob", "bob@example.com")).await?;
+        let from = |issuer: &str| CertificateFacts {
+            issuer: issuer.to_owned(),
+            ..facts("1001", &format!("fp-{issuer}"))
+        };
+        let (a, b) = (from("CN=Org A"), from("CN=Org B"));
+        store.record_card(&a, Some("alice"), at(0)).await?;
+        store.record_card(&b, Some("bob"), at(0)).await?;
+        let found = store.find_cards("1001").await?;
+        let owners: Vec<_> = found.iter().map(|card| card.user_id.as_deref()).collect();
+        assert_eq!(owners, [Some("alice"), Some("bob")]);
+        store
+            .set_card_state(&CardId::of(&b), CardState::Revoked)
+            .await?;
+        assert_eq!(
+            store.get_card(&CardId::of(&a)).await?.ok_or("a")?.state,
+            CardState::Active
+        );
+        assert!(store.revocation(&CardId::of(&a)).await?.is_none());
+        assert!(store.revocation(&CardId::of(&b)).await?.is_some());
+        assert_eq!(
+            CardId::of(&a).qualified(),
+            format!("1001@{}", super::super::issuer_id("CN=Org A"))
+        );
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn version_4_keys_existing_cards_and_revocations_by_issuer() -> TestResult {
+        let dir = tempfile::tempdir()?;
+        let path = dir.path().join("old.db");
+        // A version 3 database with an issued card, a revoked and deleted issued
+        // certificate, and a card seen at sign-in from another CA.
+        {
+            let mut connection = Connection::open(&path)?;
+            connection.execute_batch(
+                "CREATE TABLE schema_migrations (version INTEGER PRIMARY KEY NOT NULL, applied_at TEXT NOT NULL) STRICT",
+            )?;
+            for (version, sql) in &MIGRATIONS[..3] {
+                let transaction = connection.transaction()?;
+                transaction.execute_batch(sql)?;
+                transaction.execute(
+                    "INSERT INTO schema_migrations (version, applied_at) VALUES (?, 'x')",
+                    [version],
+                )?;
+                transaction.commit()?;
+            }
+            connection.execute_batch(
+                "INSERT INTO users (id, display_name, state, created_at) VALUES ('alice', 'A', 'active', 'x');
+                 INSERT INTO cards VALUES ('01', 'f1', 'CN=pivtap CA', 'CN=a', 'alice', 'active', '2023-11-14T22:13:20.000000Z', '2023-11-14T22:13:20.000000Z');
+                 INSERT INTO cards VALUES ('0e', 'f2', 'CN=Other CA', 'CN=a', 'alice', 'revoked', '2023-11-14T22:13:20.000000Z', '2023-11-14T22:13:20.000000Z');
+                 INSERT INTO issued_certificates VALUES ('01', 'f1', 'alice', '2023-11-14T22:13:20.000000Z', '2024-11-14T22:13:20.000000Z', NULL, NULL);
+                 INSERT INTO issued_certificates VALUES ('02', 'f3', 'alice', '2023-11-14T22:13:20.000000Z', '2024-11-14T22:13:20.000000Z', NULL, NULL);
+                 INSERT INTO revoked_certificates VALUES ('02', '2023-11-14T22:13:20.000000Z', 'superseded');
+                 INSERT INTO revoked_certificates VALUES ('0e', '2023-11-14T22:13:20.000000Z', 'unspecified');
+                 INSERT INTO revoked_certificates VALUES ('77', '2023-11-14T22:13:20.000000Z', 'unspecified');",
+            )?;
+        }
+        let store = SqliteStore::open(&path).await?;
+        assert_eq!(migration_versions(&store).await?, [1, 2, 3, 4]);
+        let card = |issuer: &str, serial: &str| CardId {
+            issuer: issuer.to_owned(),
+            serial: serial.to_owned(),
+        };
+        let cards = store.list_cards().await?;
+        assert_eq!(cards.len(), 2);
+        assert_eq!(cards[0].id(), card("CN=pivtap CA", "01"));
+        // The deleted issued certificate got its issuer from the other issued one's card.
+        let crl: Vec<_> = store
+            .revoked_issued_certificates("CN=pivtap CA")
+            .await?
+            .into_iter()
+            .map(|revoked| (revoked.issuer, revoked.serial))
+            .collect();
+        assert_eq!(crl, [("CN=pivtap CA".to_owned(), "02".to_owned())]);
+        assert!(
+            store
+                .revocation(&card("CN=Other CA", "0e"))
+                .await?
+                .is_some()
+        );
+        assert!(
+            store
+                .revocation(&card("CN=pivtap CA", "0e"))
+                .await?
+                .is_none()
+        );
+        // Unknown issuer: revoked for every issuer.
+        assert!(store.revocation(&card("CN=Any", "77")).await?.is_some());
         Ok(())
     }
 
@@ -1614,32 +2178,32 @@ mod tests {
         store.add_user(&user("alice", "alice@example.com")).await?;
         store.add_enrollment_code(&code("h1", "alice", 900)).await?;
         store
-            .redeem_enrollment_code("h1", &issued("01", "alice"), at(1))
+            .redeem_enrollment_code("h1", &issued("01", "alice"), at(1), enrolled())
             .await?;
         // A card this server did not issue.
         store.record_card(&facts("0e", "f"), None, at(0)).await?;
 
         assert!(
-            matches!(store.delete_card("01").await, Err(StoreError::Conflict { what }) if what.contains("revoke it first"))
+            matches!(store.delete_card(&id("01")).await, Err(StoreError::Conflict { what }) if what.contains("revoke it first"))
         );
         assert!(matches!(
-            store.delete_card("ff").await,
+            store.delete_card(&id("ff")).await,
             Err(StoreError::NotFound { .. })
         ));
-        store.set_card_state("01", CardState::Revoked).await?;
-        store.set_card_state("0e", CardState::Revoked).await?;
+        store.set_card_state(&id("01"), CardState::Revoked).await?;
+        store.set_card_state(&id("0e"), CardState::Revoked).await?;
         assert_eq!(
-            store.revocation("01").await?.ok_or("listed")?.reason,
+            store.revocation(&id("01")).await?.ok_or("listed")?.reason,
             RevocationReason::Unspecified
         );
-        store.delete_card("01").await?;
-        store.delete_card("0e").await?;
-        assert!(store.get_card("01").await?.is_none());
-        assert!(store.revocation("01").await?.is_some());
-        assert!(store.revocation("0e").await?.is_some());
+        store.delete_card(&id("01")).await?;
+        store.delete_card(&id("0e")).await?;
+        assert!(store.get_card(&id("01")).await?.is_none());
+        assert!(store.revocation(&id("01")).await?.is_some());
+        assert!(store.revocation(&id("0e")).await?.is_some());
         // The CRL lists only what this server issued.
         let listed: Vec<String> = store
-            .revoked_issued_certificates()
+            .revoked_issued_certificates("CN=Test CA")
             .await?
             .into_iter()
             .map(|revoked| revoked.serial)
@@ -1653,27 +2217,31 @@ mod tests {
         let store = SqliteStore::in_memory().await?;
         store.record_card(&facts("0a1b", "f1"), None, at(0)).await?;
         let state = async || -> Result<Option<CardState>, StoreError> {
-            Ok(store.get_card("0a1b").await?.map(|card| card.state))
+            Ok(store.get_card(&id("0a1b")).await?.map(|card| card.state))
         };
 
-        store.set_card_state("0a1b", CardState::Locked).await?;
+        store.set_card_state(&id("0a1b"), CardState::Locked).await?;
         assert_eq!(state().await?, Some(CardState::Locked));
-        store.set_card_state("0a1b", CardState::Active).await?;
+        store.set_card_state(&id("0a1b"), CardState::Active).await?;
         assert_eq!(state().await?, Some(CardState::Active));
-        store.set_card_state("0a1b", CardState::Revoked).await?;
+        store
+            .set_card_state(&id("0a1b"), CardState::Revoked)
+            .await?;
         assert_eq!(state().await?, Some(CardState::Revoked));
 
         for state in [CardState::Active, CardState::Locked] {
-            let result = store.set_card_state("0a1b", state).await;
+            let result = store.set_card_state(&id("0a1b"), state).await;
             assert!(
                 matches!(&result, Err(StoreError::Conflict { what }) if what.contains("revoked")),
                 "{result:?}"
             );
         }
-        store.set_card_state("0a1b", CardState::Revoked).await?;
+        store
+            .set_card_state(&id("0a1b"), CardState::Revoked)
+            .await?;
         assert_eq!(state().await?, Some(CardState::Revoked));
         assert!(matches!(
-            store.set_card_state("ffff", CardState::Locked).await,
+            store.set_card_state(&id("ffff"), CardState::Locked).await,
             Err(StoreError::NotFound { .. })
         ));
         Ok(())
@@ -1684,7 +2252,7 @@ mod tests {
             nonce: nonce.to_owned(),
             device: "kiosk-1".to_owned(),
             now: at(1),
-            card_serial: card.to_owned(),
+            card: id(card),
             user_attribute: UserAttribute::Mail,
             user_values: values.iter().map(|value| (*value).to_owned()).collect(),
         }
@@ -1719,6 +2287,7 @@ mod tests {
                 challenge: ChallengeUse::Accepted,
                 card: Some(card.clone()),
                 revocation: None,
+                renews: None,
                 users: vec![alice.clone()],
             },
             "one user, however many values match her"
@@ -1736,8 +2305,10 @@ mod tests {
         assert_eq!(both.users, vec![alice, bob], "ordered by id");
 
         // A card whose record was deleted after revocation is still found revoked.
-        store.set_card_state("0a1b", CardState::Revoked).await?;
-        store.delete_card("0a1b").await?;
+        store
+            .set_card_state(&id("0a1b"), CardState::Revoked)
+            .await?;
+        store.delete_card(&id("0a1b")).await?;
         let deleted = store.begin_sign_in(&lookup("n3", "0a1b", &[])).await?;
         assert_eq!(deleted.card, None);
         assert_eq!(
@@ -1763,7 +2334,7 @@ mod tests {
             matches!(&unknown_user, Err(StoreError::NotFound { what }) if what.contains("nobody")),
             "{unknown_user:?}"
         );
-        assert_eq!(store.get_card("0a1b").await?, None);
+        assert_eq!(store.get_card(&id("0a1b")).await?, None);
         assert!(store.query_audit(&AuditQuery::default()).await?.is_empty());
 
         let card = store
@@ -2114,7 +2685,7 @@ mod tests {
         let store = SqliteStore::in_memory().await?;
         store.record_card(&facts("0a1b", "f1"), None, at(0)).await?;
         execute(&store, "UPDATE cards SET last_seen = 'yesterday'").await?;
-        let result = store.get_card("0a1b").await;
+        let result = store.get_card(&id("0a1b")).await;
         assert!(
             matches!(&result, Err(StoreError::Database(DatabaseError::Column { column, .. })) if column == "last_seen"),
             "{result:?}"
