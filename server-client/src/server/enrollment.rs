@@ -20,6 +20,7 @@ use sha2::{Digest, Sha256};
 use time::OffsetDateTime;
 
 use super::ServerState;
+use super::client_address::ClientAddress;
 use super::error::ApiError;
 use super::handlers::{AttemptRecord, authenticate, json_body, rfc3339, validate_device};
 use crate::certificate::CertificateFacts;
@@ -234,39 +235,46 @@ struct Audit {
     detail: Vec<String>,
 }
 
+/// Audits `result` and gives the answer: a refusal goes through
+/// [`ServerState::refused`] (past the source's budget it is answered `rate_limited`).
 async fn write_audit<T>(
     state: &ServerState,
+    source: &ClientAddress,
     kind: &str,
     now: OffsetDateTime,
     audit: Audit,
-    result: &Result<T, ApiError>,
-) -> Result<(), ApiError> {
+    result: Result<T, ApiError>,
+) -> Result<T, ApiError> {
     let mut detail = audit.detail;
-    let outcome = match result {
+    let outcome = match &result {
         Ok(_) => "ok",
         Err(error) => {
             detail.push(error.message.clone());
             error.code.as_str()
         }
     };
-    state
-        .store()
-        .audit(NewAuditEvent {
-            time: now,
-            kind: kind.to_owned(),
-            outcome: outcome.to_owned(),
-            device: audit.device,
-            card_serial: audit.card_serial,
-            user_id: audit.user_id,
-            detail: (!detail.is_empty()).then(|| detail.join(": ")),
-        })
-        .await
-        .map_err(ApiError::from)
+    let event = NewAuditEvent {
+        time: now,
+        kind: kind.to_owned(),
+        outcome: outcome.to_owned(),
+        device: audit.device,
+        card_serial: audit.card_serial,
+        user_id: audit.user_id,
+        detail: (!detail.is_empty()).then(|| detail.join(": ")),
+    };
+    match result {
+        Ok(answer) => {
+            state.store().audit(event).await?;
+            Ok(answer)
+        }
+        Err(error) => Err(state.refused(source, event, error).await),
+    }
 }
 
 /// `POST /v1/enrollments/inspect`: what a code offers. Does not use it up.
 pub async fn inspect_enrollment(
     State(state): State<ServerState>,
+    source: ClientAddress,
     body: Result<Json<InspectEnrollmentRequest>, JsonRejection>,
 ) -> Result<Json<EnrollmentOffer>, ApiError> {
     let now = OffsetDateTime::now_utc();
@@ -291,8 +299,9 @@ pub async fn inspect_enrollment(
         })
     }
     .await;
-    write_audit(&state, "enrollment", now, audit, &result).await?;
-    result.map(Json)
+    write_audit(&state, &source, "enrollment", now, audit, result)
+        .await
+        .map(Json)
 }
 
 /// Decodes a CSR sent as base64url (standard base64 is accepted too).
@@ -346,6 +355,7 @@ fn enrollment_result(issuer: &Issuer, facts: &CertificateFacts, user: &User) -> 
 /// code is used up only when the certificate is issued and registered.
 pub async fn complete_enrollment(
     State(state): State<ServerState>,
+    source: ClientAddress,
     body: Result<Json<EnrollmentRequest>, JsonRejection>,
 ) -> Result<impl IntoResponse, ApiError> {
     let now = OffsetDateTime::now_utc();
@@ -410,8 +420,9 @@ pub async fn complete_enrollment(
         // A certificate made but not handed out is not the card's.
         audit.card_serial = None;
     }
-    write_audit(&state, "enrollment", now, audit, &result).await?;
-    result.map(|answer| (StatusCode::CREATED, Json(answer)))
+    write_audit(&state, &source, "enrollment", now, audit, result)
+        .await
+        .map(|answer| (StatusCode::CREATED, Json(answer)))
 }
 
 /// `POST /v1/renewals`: an assertion signed with the current key (checked
@@ -419,6 +430,7 @@ pub async fn complete_enrollment(
 /// revoked (superseded) and the new certificate is registered.
 pub async fn renew(
     State(state): State<ServerState>,
+    source: ClientAddress,
     body: Result<Json<RenewalRequest>, JsonRejection>,
 ) -> Result<impl IntoResponse, ApiError> {
     let now = OffsetDateTime::now_utc();
@@ -432,7 +444,8 @@ pub async fn renew(
         let key = issuer
             .check_csr(&csr)
             .map_err(|error| issuance_error(&error))?;
-        let (verified, user) = authenticate(&state, &request.assertion, now, &mut record).await?;
+        let (verified, user) =
+            authenticate(&state, &source, &request.assertion, now, &mut record).await?;
         let old = &verified.certificate;
         // The card signed in: it is recorded as a sign-in would (it may not have been seen
         // before), so that the renewal can supersede it.
@@ -474,8 +487,9 @@ pub async fn renew(
         user_id: record.user_id,
         detail,
     };
-    write_audit(&state, "renewal", now, audit, &result).await?;
-    result.map(|answer| (StatusCode::CREATED, Json(answer)))
+    write_audit(&state, &source, "renewal", now, audit, result)
+        .await
+        .map(|answer| (StatusCode::CREATED, Json(answer)))
 }
 
 /// `GET /v1/crl`: the issuing CA's CRL (DER) of every revoked certificate it issued.

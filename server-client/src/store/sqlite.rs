@@ -146,6 +146,8 @@ macro_rules! select_cards {
 #[derive(Clone)]
 pub struct SqliteStore {
     database: Arc<Database>,
+    /// The database file (`None` in memory).
+    path: Option<std::path::PathBuf>,
 }
 
 impl std::fmt::Debug for SqliteStore {
@@ -162,6 +164,7 @@ impl SqliteStore {
         let database = Database::open(path, migrate).await?;
         Ok(SqliteStore {
             database: Arc::new(database),
+            path: Some(path.to_path_buf()),
         })
     }
 
@@ -170,6 +173,7 @@ impl SqliteStore {
         let database = Database::in_memory(migrate).await?;
         Ok(SqliteStore {
             database: Arc::new(database),
+            path: None,
         })
     }
 
@@ -467,6 +471,31 @@ impl Store for SqliteStore {
                 .execute([encode_time(older_than)?])?;
             Ok(purged as u64)
         }))
+    }
+
+    fn purge_audit(
+        &self,
+        older_than: OffsetDateTime,
+        limit: u32,
+    ) -> BoxFuture<'_, Result<u64, StoreError>> {
+        Box::pin(self.database.write(move |connection| {
+            let purged = connection
+                .prepare_cached(
+                    "DELETE FROM audit WHERE id IN
+                     (SELECT id FROM audit WHERE time < ? ORDER BY time LIMIT ?)",
+                )?
+                .execute(params![encode_time(older_than)?, limit])?;
+            Ok(purged as u64)
+        }))
+    }
+
+    fn size_bytes(&self) -> Option<u64> {
+        let path = self.path.as_ref()?;
+        let mut wal = path.clone().into_os_string();
+        wal.push("-wal");
+        let database = std::fs::metadata(path).ok()?.len();
+        let log = std::fs::metadata(wal).map_or(0, |metadata| metadata.len());
+        Some(database + log)
     }
 
     fn compact(&self) -> BoxFuture<'_, Result<(), StoreError>> {
@@ -847,6 +876,7 @@ fn add_revocation(
 }
 
 fn insert_audit(connection: &Connection, event: &NewAuditEvent) -> Result<(), StoreError> {
+    let event = event.bounded();
     connection
         .prepare_cached(
             "INSERT INTO audit (time, kind, outcome, device, card_serial, user_id, detail)
