@@ -43,18 +43,20 @@ pub fn bounded(text: &str, max_chars: usize) -> String {
     cut
 }
 
-/// JSON text (as `serde_json` writes it) with every hazardous character left raw in it
-/// (`serde_json` escapes only C0 controls) written as a JSON `\uXXXX` escape: the
-/// same JSON value, nothing invisible in a terminal. Such characters only occur inside
-/// JSON strings, and all of them are in the basic plane.
+/// JSON text (as `serde_json` writes it, pretty or not) with every hazardous character
+/// left raw in it (`serde_json` escapes only C0 controls) written as a JSON `\uXXXX`
+/// escape: the same JSON value, nothing invisible in a terminal. Such characters only
+/// occur inside JSON strings (the layout's line breaks and tabs, outside them, are
+/// kept), and all of them are in the basic plane.
 #[must_use]
 pub fn json_output(json: &str) -> Cow<'_, str> {
-    if !json.chars().any(is_hazard) {
+    let in_string = |c: char| is_hazard(c) && !matches!(c, '\n' | '\r' | '\t');
+    if !json.chars().any(in_string) {
         return Cow::Borrowed(json);
     }
     let mut escaped = String::with_capacity(json.len() + 8);
     for c in json.chars() {
-        if is_hazard(c) {
+        if in_string(c) {
             escaped.push_str(&format!("\\u{:04x}", u32::from(c)));
         } else {
             escaped.push(c);
@@ -97,11 +99,15 @@ mod tests {
 
     #[test]
     fn json_output_is_the_same_value_without_raw_hazards() {
-        let value = serde_json::json!({"detail": "a\u{202e}b\u{85}c\u{7}"});
-        let text = serde_json::to_string(&value).expect("serialises");
-        let safe = json_output(&text);
-        assert!(!safe.chars().any(is_hazard), "{safe}");
-        let back: serde_json::Value = serde_json::from_str(&safe).expect("still JSON");
-        assert_eq!(back, value);
+        let value = serde_json::json!({"detail": "a\u{202e}b\u{85}c\u{7}\n"});
+        for text in [
+            serde_json::to_string(&value).expect("serialises"),
+            serde_json::to_string_pretty(&value).expect("serialises"),
+        ] {
+            let safe = json_output(&text);
+            assert!(!safe.chars().any(|c| c != '\n' && is_hazard(c)), "{safe}");
+            let back: serde_json::Value = serde_json::from_str(&safe).expect("still JSON");
+            assert_eq!(back, value);
+        }
     }
 }

@@ -1404,6 +1404,25 @@ async fn a_card_holder_elsewhere_cannot_get_a_kiosk_blocked() {
             .await;
         assert!(reply.status.is_client_error(), "junk {attempt}");
     }
+    // Then a flood of 300 assertions naming kiosk-07 with a signature that is not bob's:
+    // they prove nothing, so they count against the attacker's address alone.
+    let real = target.assertion(&BOB, "bm9uY2U", DEVICE);
+    let (signed, _) = real.rsplit_once('.').expect("a compact JWS");
+    let forged = format!("{signed}.{}", base64url_encode(&[7u8; 256]));
+    let mut limited = 0;
+    for attempt in 0..300 {
+        let reply = target
+            .send(post("/v1/assertions", Some(JSON), assertion_body(&forged)))
+            .await;
+        assert!(reply.status.is_client_error(), "forged {attempt}");
+        if reply.status == StatusCode::TOO_MANY_REQUESTS {
+            limited += 1;
+        }
+    }
+    assert!(
+        limited >= 150,
+        "the attacker's address is held back: {limited}"
+    );
     // kiosk-07's workers, at kiosk-07's own address, sign in every time.
     target.from(KIOSK_07_ADDRESS);
     let mut refused = Vec::new();

@@ -564,6 +564,32 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn upkeep_prunes_audit_events_past_their_retention_in_batches() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("pivtap.db"))
+            .await
+            .unwrap();
+        let now = time::OffsetDateTime::now_utc();
+        let retention = Duration::from_secs(30 * 86_400);
+        let old = u64::from(AUDIT_PRUNE_BATCH) + 10;
+        for age_days in std::iter::repeat_n(31, old as usize).chain([29, 1]) {
+            let mut event = challenge_event();
+            event.time = now - time::Duration::days(age_days);
+            store.audit(event).await.unwrap();
+        }
+        tidy(&store, now, retention).await;
+        let left = store
+            .query_audit(&crate::store::AuditQuery {
+                limit: 1000,
+                ..crate::store::AuditQuery::default()
+            })
+            .await
+            .unwrap();
+        assert_eq!(left.len(), 2, "only the events within 30 days are kept");
+        assert!(left.iter().all(|event| now - event.time < retention));
+    }
+
+    #[tokio::test]
     async fn upkeep_forgets_only_long_expired_challenges() {
         let dir = tempfile::tempdir().unwrap();
         let store = SqliteStore::open(&dir.path().join("pivtap.db"))

@@ -2091,6 +2091,42 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn old_audit_events_are_purged_oldest_first_at_most_a_batch() -> TestResult {
+        let store = SqliteStore::in_memory().await?;
+        for second in 0..10 {
+            store
+                .audit(event(second, "ok", "kiosk-1", "0a", "alice"))
+                .await?;
+        }
+        let cutoff = at(7);
+        assert_eq!(store.purge_audit(cutoff, 4).await?, 4);
+        assert_eq!(store.purge_audit(cutoff, 4).await?, 3);
+        assert_eq!(store.purge_audit(cutoff, 4).await?, 0);
+        let left = store.query_audit(&AuditQuery::default()).await?;
+        assert_eq!(left.len(), 3);
+        assert!(left.iter().all(|event| event.time >= cutoff));
+        assert_eq!(store.size_bytes(), None, "in memory: no files");
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn the_size_counts_the_database_file_and_its_write_ahead_log() -> TestResult {
+        let dir = tempfile::tempdir()?;
+        let path = dir.path().join("pivtap.db");
+        let store = SqliteStore::open(&path).await?;
+        store
+            .audit(event(0, "ok", "kiosk-1", "0a", "alice"))
+            .await?;
+        let wal = std::fs::metadata(dir.path().join("pivtap.db-wal"))?.len();
+        assert!(wal > 0);
+        assert_eq!(
+            store.size_bytes(),
+            Some(std::fs::metadata(&path)?.len() + wal)
+        );
+        Ok(())
+    }
+
+    #[tokio::test]
     async fn the_audit_limit_is_capped() -> TestResult {
         let store = SqliteStore::in_memory().await?;
         for second in 0..1005 {
