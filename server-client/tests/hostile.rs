@@ -1408,7 +1408,7 @@ async fn a_card_holder_elsewhere_cannot_get_a_kiosk_blocked() {
     // they prove nothing, so they count against the attacker's address alone.
     let real = target.assertion(&BOB, "bm9uY2U", DEVICE);
     let (signed, _) = real.rsplit_once('.').expect("a compact JWS");
-    let forged = format!("{signed}.{}", base64url_encode(&[7u8; 256]));
+    let forged = format!("{signed}.{}", base64url_encode([7u8; 256]));
     let mut limited = 0;
     for attempt in 0..300 {
         let reply = target
