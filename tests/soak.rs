@@ -274,7 +274,7 @@ fn kiosks_sign_in_and_out_in_a_loop_with_flat_memory_and_counts_that_agree() {
     let seconds = setting("PIVTAP_SOAK_SECONDS", 30);
     let kiosks = usize::try_from(setting("PIVTAP_SOAK_KIOSKS", 3)).expect("a count");
     assert!(kiosks >= 1 && seconds >= 5, "at least 1 kiosk and 5 s");
-    let server = RunningServer::start();
+    let server = RunningServer::start_for_load();
     for (name, _, display) in BADGES {
         server.add_user(name, display, &format!("{name}@example.com"));
     }
@@ -476,7 +476,7 @@ async fn drive_through_crash(
 fn kiosks_carry_on_after_pivtap_server_run_is_killed_and_every_sign_in_they_saw_is_audited() {
     use std::sync::atomic::{AtomicBool, Ordering};
     let kiosks = 3;
-    let mut server = RunningServer::start();
+    let mut server = RunningServer::start_for_load();
     for (name, _, display) in BADGES {
         server.add_user(name, display, &format!("{name}@example.com"));
     }

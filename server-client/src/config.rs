@@ -39,6 +39,16 @@
 //! base_delay_seconds = 2               # the first delay; it doubles with each further failure
 //! max_delay_seconds = 300              # the delay stops growing here (>= base, up to 1 day)
 //! window_seconds = 900                 # failures older than this are forgotten (up to 1 day)
+//!                                      # Per source address (the TCP peer; X-Forwarded-For is
+//!                                      # not trusted), token buckets, each 1 to 1 000 000:
+//! challenge_burst = 300                # challenges one address may ask for at once
+//! challenges_per_minute = 600          # and per minute after that (~300 kiosks behind one NAT)
+//! refusal_burst = 120                  # refused requests (audited 4xx) one address may cause at once
+//! refusals_per_minute = 60             # and per minute; past it: 429 rate_limited, not audited
+//!                                      # one by one but in one summary a minute per address
+//!
+//! [audit]
+//! retention_days = 400                 # audit events older than this are deleted (1 to 36 500)
 //!
 //! [pin_policy]                         # rules for new PINs, served at GET /v1/pin-policy
 //! min_length = 6                       # 6 <= min_length <= max_length <= 8 (what PIV cards hold)
@@ -86,6 +96,8 @@ pub const DEFAULT_LISTEN: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCA
 const MAX_TOKEN_LIFETIME_SECONDS: u64 = 7 * 24 * 3600;
 const MAX_CHALLENGE_SECONDS: u64 = 600;
 const MAX_RATE_LIMIT_SECONDS: u64 = 24 * 3600;
+const MAX_BUDGET: u64 = 1_000_000;
+const MAX_RETENTION_DAYS: u64 = 36_500;
 const MAX_VALIDITY_DAYS: u64 = 3650;
 const MIN_CODE_SECONDS: u64 = 60;
 const MAX_CODE_SECONDS: u64 = 30 * 24 * 3600;
@@ -123,15 +135,22 @@ pub struct ServerConfig {
     /// Challenges.
     #[serde(default)]
     pub challenges: ChallengeConfig,
-    /// Flow control after failed assertions.
+    /// Flow control after failed assertions, and per-source budgets.
     #[serde(default)]
     pub rate_limit: RateLimitConfig,
+    /// The audit log's upkeep.
+    #[serde(default, skip_serializing_if = "is_default_audit")]
+    pub audit: AuditConfig,
     /// Rules for new PINs, announced to devices.
     #[serde(default, skip_serializing_if = "is_default_pin_policy")]
     pub pin_policy: PinPolicy,
     /// Certificate issuance (enrollment and renewal); absent = disabled.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub issuance: Option<IssuanceConfig>,
+}
+
+fn is_default_audit(audit: &AuditConfig) -> bool {
+    *audit == AuditConfig::default()
 }
 
 fn is_default_pin_policy(policy: &PinPolicy) -> bool {
@@ -334,15 +353,28 @@ pub struct RateLimitConfig {
     pub max_delay_seconds: u64,
     /// Failures older than this no longer count.
     pub window_seconds: u64,
+    /// Challenges one source address may ask for at once.
+    pub challenge_burst: u64,
+    /// Challenges one source address may ask for per minute, after the burst.
+    pub challenges_per_minute: u64,
+    /// Refused requests (audited 4xx answers) one source address may cause at once.
+    pub refusal_burst: u64,
+    /// Refused requests one source address may cause per minute, after the burst.
+    pub refusals_per_minute: u64,
 }
 
 impl Default for RateLimitConfig {
     fn default() -> Self {
+        use crate::server::rate_limit::Budget;
         Self {
             failures_before_delay: 5,
             base_delay_seconds: 2,
             max_delay_seconds: 300,
             window_seconds: 900,
+            challenge_burst: Budget::DEFAULT_CHALLENGES.burst.into(),
+            challenges_per_minute: Budget::DEFAULT_CHALLENGES.per_minute.into(),
+            refusal_burst: Budget::DEFAULT_REFUSALS.burst.into(),
+            refusals_per_minute: Budget::DEFAULT_REFUSALS.per_minute.into(),
         }
     }
 }
@@ -364,6 +396,51 @@ impl RateLimitConfig {
     #[must_use]
     pub fn window(&self) -> Duration {
         Duration::from_secs(self.window_seconds)
+    }
+
+    /// The flow-control policy these settings make (budgets are validated to fit a `u32`).
+    #[must_use]
+    pub fn policy(&self) -> crate::server::rate_limit::RateLimitPolicy {
+        use crate::server::rate_limit::{Budget, RateLimitPolicy};
+        let count = |value: u64| u32::try_from(value).unwrap_or(u32::MAX);
+        RateLimitPolicy {
+            failures_before_delay: self.failures_before_delay,
+            base_delay: self.base_delay(),
+            max_delay: self.max_delay(),
+            window: self.window(),
+            challenges: Budget {
+                burst: count(self.challenge_burst),
+                per_minute: count(self.challenges_per_minute),
+            },
+            refusals: Budget {
+                burst: count(self.refusal_burst),
+                per_minute: count(self.refusals_per_minute),
+            },
+        }
+    }
+}
+
+/// `[audit]`: how long audit events are kept.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuditConfig {
+    /// Events older than this many days are deleted by the server's upkeep.
+    pub retention_days: u64,
+}
+
+impl Default for AuditConfig {
+    fn default() -> Self {
+        Self {
+            retention_days: 400,
+        }
+    }
+}
+
+impl AuditConfig {
+    /// [`AuditConfig::retention_days`] as a duration.
+    #[must_use]
+    pub fn retention(&self) -> Duration {
+        Duration::from_secs(self.retention_days.saturating_mul(24 * 3600))
     }
 }
 
@@ -588,6 +665,36 @@ impl ServerConfig {
                 self.rate_limit.window_seconds,
                 1,
                 MAX_RATE_LIMIT_SECONDS,
+            ),
+            (
+                "rate_limit.challenge_burst",
+                self.rate_limit.challenge_burst,
+                1,
+                MAX_BUDGET,
+            ),
+            (
+                "rate_limit.challenges_per_minute",
+                self.rate_limit.challenges_per_minute,
+                1,
+                MAX_BUDGET,
+            ),
+            (
+                "rate_limit.refusal_burst",
+                self.rate_limit.refusal_burst,
+                1,
+                MAX_BUDGET,
+            ),
+            (
+                "rate_limit.refusals_per_minute",
+                self.rate_limit.refusals_per_minute,
+                1,
+                MAX_BUDGET,
+            ),
+            (
+                "audit.retention_days",
+                self.audit.retention_days,
+                1,
+                MAX_RETENTION_DAYS,
             ),
         ];
         for (field, value, min, max) in limits {
@@ -897,6 +1004,13 @@ failures_before_delay = 3
 base_delay_seconds = 1
 max_delay_seconds = 60
 window_seconds = 120
+challenge_burst = 50
+challenges_per_minute = 100
+refusal_burst = 20
+refusals_per_minute = 10
+
+[audit]
+retention_days = 30
 "#;
         let config = parse(text).unwrap();
         assert_eq!(config.listen, "[::1]:9443".parse().unwrap());
@@ -926,7 +1040,17 @@ window_seconds = 120
                 base_delay_seconds: 1,
                 max_delay_seconds: 60,
                 window_seconds: 120,
+                challenge_burst: 50,
+                challenges_per_minute: 100,
+                refusal_burst: 20,
+                refusals_per_minute: 10,
             }
+        );
+        assert_eq!(config.audit.retention(), Duration::from_secs(30 * 86_400));
+        let policy = config.rate_limit.policy();
+        assert_eq!(
+            (policy.challenges.burst, policy.refusals.per_minute),
+            (50, 10)
         );
     }
 
@@ -1096,6 +1220,21 @@ ca_certificates = ["ca.pem"]
                 "[rate_limit]\nwindow_seconds = 86401",
                 "rate_limit.window_seconds",
                 ConfigProblem::TooLarge { max: 86_400 },
+            ),
+            (
+                "[rate_limit]\nrefusals_per_minute = 0",
+                "rate_limit.refusals_per_minute",
+                ConfigProblem::TooSmall { min: 1 },
+            ),
+            (
+                "[rate_limit]\nchallenge_burst = 1000001",
+                "rate_limit.challenge_burst",
+                ConfigProblem::TooLarge { max: 1_000_000 },
+            ),
+            (
+                "[audit]\nretention_days = 0",
+                "audit.retention_days",
+                ConfigProblem::TooSmall { min: 1 },
             ),
         ];
         for (extra, field, problem) in cases {

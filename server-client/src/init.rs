@@ -201,6 +201,7 @@ pub fn init_server(dir: &Path, options: &InitOptions) -> Result<InitReport, Init
         mapping: MappingConfig::default(),
         challenges: Default::default(),
         rate_limit: Default::default(),
+        audit: Default::default(),
         pin_policy: Default::default(),
         issuance: Some(IssuanceConfig::new(
             PathBuf::from(CA_CERTIFICATE_FILE),

@@ -48,6 +48,7 @@ async fn app() -> Router {
             ..PinPolicy::default()
         },
         issuer: None,
+        audit_retention: Duration::from_secs(400 * 86_400),
     };
     server::app(ServerState::new(
         settings,

@@ -286,8 +286,11 @@ async fn a_server_killed_under_load_loses_no_sign_in_and_accepts_no_nonce_twice(
     )
     .expect("init_server writes the directory");
     let mut config = ServerConfig::load(&report.config_path).expect("server.toml loads");
-    // Replays are refused on purpose below: the failure delays must not get in their way.
+    // Replays are refused on purpose below: the failure delays, and the budgets of the one
+    // loopback address every worker sends from, must not get in their way.
     config.rate_limit.failures_before_delay = 100_000;
+    config.rate_limit.refusal_burst = 1_000_000;
+    config.rate_limit.challenge_burst = 1_000_000;
     std::fs::write(
         &report.config_path,
         config.to_toml().expect("the configuration serialises"),

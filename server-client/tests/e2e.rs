@@ -1084,3 +1084,58 @@ async fn a_pinned_server_key_is_trusted_and_a_wrong_pin_is_not() {
         "a server certificate from another issuer must be refused"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refusals_past_the_budget_of_the_peer_address_are_summarised_when_the_server_stops() {
+    let server = TestServer::start_with(|_, config| config.rate_limit.refusal_burst = 3).await;
+    // Over real TLS connections: the budget is the TCP peer's, 127.0.0.1.
+    for attempt in 0..3 {
+        let refusal = refused(
+            server.client.challenge("not a device id").await,
+            ErrorCode::InvalidRequest,
+        );
+        assert_eq!(refusal.status, 400, "attempt {attempt}");
+    }
+    for attempt in 0..2 {
+        let refusal = refused(
+            server.client.challenge("not a device id").await,
+            ErrorCode::RateLimited,
+        );
+        assert_eq!(refusal.status, 429, "attempt {attempt}");
+        assert!(refusal.retry_after.is_some(), "a Retry-After");
+    }
+    // A stopping server writes the summary of what it has not audited yet.
+    server
+        .handle
+        .graceful_shutdown(Some(Duration::from_secs(5)));
+    let database = rusqlite::Connection::open(&server.config.database).expect("the database opens");
+    let mut summary = None;
+    for _ in 0..100 {
+        summary = database
+            .query_row(
+                "SELECT detail FROM audit WHERE kind = 'rate_limit'",
+                [],
+                |row| row.get::<_, String>(0),
+            )
+            .ok();
+        if summary.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        summary.as_deref(),
+        Some("2 requests refused, rate limited (source 127.0.0.1)")
+    );
+    let refusals: i64 = database
+        .query_row(
+            "SELECT COUNT(*) FROM audit WHERE kind = 'challenge' AND outcome = 'invalid_request'",
+            [],
+            |row| row.get(0),
+        )
+        .expect("the audit reads");
+    assert_eq!(
+        refusals, 3,
+        "only the refusals within the budget are audited one by one"
+    );
+}

@@ -6,10 +6,12 @@
 //! own reason, not for the ones before it. At the end a well-formed sign-in
 //! still works: the hostile requests left no state behind that could lock it out.
 
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use axum::Router;
 use axum::body::Body;
+use axum::extract::ConnectInfo;
 use axum::http::{Method, Request, StatusCode, header};
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
@@ -57,6 +59,10 @@ const CAROL: Card = Card {
     name: "carol",
     pin: "123456",
 };
+const BOB: Card = Card {
+    name: "bob",
+    pin: "24681357",
+};
 
 impl Card {
     fn with_session<T>(&self, work: impl FnOnce(&mut PivSession<'_>, Algorithm) -> T) -> T {
@@ -100,8 +106,11 @@ impl Card {
 
 /// The server under attack and what the checks need.
 struct Target {
-    _dir: TempDir,
+    dir: TempDir,
     app: Router,
+    state: server::ServerState,
+    /// The client address requests come from (`None`: no socket, as `oneshot` sends them).
+    source: std::sync::Mutex<Option<SocketAddr>>,
     origin: String,
     admin_token: String,
     /// Every answer body, kept for `target/test-logs/hostile/` (the secret scan reads it).
@@ -109,6 +118,17 @@ struct Target {
 }
 
 async fn target() -> Target {
+    target_with(|config| {
+        // Out of reach, so each case is refused for its own reason.
+        config.rate_limit.failures_before_delay = 100_000;
+        config.rate_limit.refusal_burst = 100_000;
+        config.rate_limit.challenge_burst = 100_000;
+    })
+    .await
+}
+
+/// The server with `adjust` applied to its `server.toml`.
+async fn target_with(adjust: impl FnOnce(&mut ServerConfig)) -> Target {
     let dir = tempfile::tempdir().expect("a temporary directory");
     let report = init_server(
         dir.path(),
@@ -121,7 +141,7 @@ async fn target() -> Target {
     .expect("init_server writes the directory");
     let mut config = ServerConfig::load(&report.config_path).expect("server.toml loads");
     config.origin = "https://auth.example.test".to_owned();
-    config.rate_limit.failures_before_delay = 100_000;
+    adjust(&mut config);
     config
         .validate(&report.config_path)
         .expect("the adjusted configuration is valid");
@@ -150,8 +170,10 @@ async fn target() -> Target {
         .trim()
         .to_owned();
     Target {
-        _dir: dir,
-        app: server::app(state),
+        dir,
+        app: server::app(state.clone()),
+        state,
+        source: std::sync::Mutex::default(),
         origin: config.origin,
         admin_token,
         answers: std::sync::Mutex::default(),
@@ -161,6 +183,7 @@ async fn target() -> Target {
 struct Reply {
     status: StatusCode,
     content_type: String,
+    retry_after: Option<String>,
     body: Vec<u8>,
 }
 
@@ -171,7 +194,23 @@ impl Reply {
 }
 
 impl Target {
-    async fn send(&self, request: Request<Body>) -> Reply {
+    /// Sends the requests that follow from `address`.
+    fn from(&self, address: &str) {
+        *self
+            .source
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) =
+            Some(address.parse().expect("a socket address"));
+    }
+
+    async fn send(&self, mut request: Request<Body>) -> Reply {
+        let source = *self
+            .source
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(source) = source {
+            request.extensions_mut().insert(ConnectInfo(source));
+        }
         let response = self
             .app
             .clone()
@@ -185,6 +224,11 @@ impl Target {
             .and_then(|value| value.to_str().ok())
             .unwrap_or_default()
             .to_owned();
+        let retry_after = response
+            .headers()
+            .get(header::RETRY_AFTER)
+            .and_then(|value| value.to_str().ok())
+            .map(str::to_owned);
         let body = axum::body::to_bytes(response.into_body(), usize::MAX)
             .await
             .expect("the body reads")
@@ -196,6 +240,7 @@ impl Target {
         Reply {
             status,
             content_type,
+            retry_after,
             body,
         }
     }
@@ -1093,5 +1138,313 @@ async fn admin_endpoints_refuse_missing_and_wrong_credentials_and_change_nothing
     );
     target
         .keep_logs("admin_endpoints_refuse_missing_and_wrong_credentials_and_change_nothing")
+        .await;
+}
+
+/// Where the flood comes from, and where kiosk-07 really is (a documentation network each).
+const ATTACKER: &str = "192.0.2.66:40000";
+const KIOSK_07_ADDRESS: &str = "198.51.100.7:50000";
+
+/// Bytes of text in the audit table, read from the database file itself.
+fn audit_bytes(target: &Target) -> i64 {
+    let connection = rusqlite::Connection::open(target.dir.path().join("pivtap.db"))
+        .expect("the database opens");
+    connection
+        .query_row(
+            "SELECT COALESCE(SUM(LENGTH(CAST(time || kind || outcome || COALESCE(device, '')
+                 || COALESCE(card_serial, '') || COALESCE(user_id, '') || COALESCE(detail, '')
+                 AS BLOB))), 0) FROM audit",
+            [],
+            |row| row.get(0),
+        )
+        .expect("the audit table reads")
+}
+
+/// `pivtap_database_bytes` from `/metrics`: the database file and its write-ahead log.
+async fn database_bytes(target: &Target) -> i64 {
+    let reply = target
+        .send(
+            Request::builder()
+                .uri("/metrics")
+                .body(Body::empty())
+                .expect("a request"),
+        )
+        .await;
+    let text = String::from_utf8(reply.body).expect("UTF-8");
+    text.lines()
+        .find_map(|line| line.strip_prefix("pivtap_database_bytes "))
+        .and_then(|value| value.parse().ok())
+        .expect("pivtap_database_bytes on /metrics")
+}
+
+/// Characters that must never reach the audit raw: C0 and C1 controls, zero-width and bidi marks.
+fn is_hazard(c: char) -> bool {
+    c.is_control()
+        || matches!(c, '\u{200b}'..='\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}' | '\u{feff}')
+}
+
+#[tokio::test]
+async fn an_unauthenticated_flood_stores_a_bounded_audit_and_is_rate_limited() {
+    // The default limits: what a real server runs with.
+    let target = target_with(|_| {}).await;
+    let before = audit_bytes(&target);
+    let database_before = database_bytes(&target).await;
+    target.from(ATTACKER);
+    // A route the admin check guards, with a 16 KB id in its path.
+    let long_path = format!("/v1/admin/users/{}/lock", "a".repeat(16 * 1024));
+    let mut answers = std::collections::BTreeMap::<u16, usize>::new();
+    let mut count = |reply: &Reply| {
+        *answers.entry(reply.status.as_u16()).or_default() += 1;
+        if reply.status == StatusCode::TOO_MANY_REQUESTS {
+            assert_refused(
+                "flood",
+                reply,
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate_limited",
+            );
+            let seconds: u64 = reply
+                .retry_after
+                .as_deref()
+                .and_then(|value| value.parse().ok())
+                .expect("a Retry-After in seconds");
+            assert!((1..=120).contains(&seconds), "Retry-After {seconds}");
+        }
+    };
+    // Bidi and control characters in a refused body (an unknown field's name is quoted back).
+    for _ in 0..20 {
+        let body = "{\"device\":\"k\",\"\u{202e}evil\u{200b}\u{85}\\u0007\":1}";
+        count(&target.send(post("/v1/challenges", Some(JSON), body)).await);
+    }
+    for _ in 0..300 {
+        let request = Request::builder()
+            .method(Method::POST)
+            .uri(&long_path)
+            .body(Body::empty())
+            .expect("a request");
+        count(&target.send(request).await);
+    }
+    for _ in 0..500 {
+        let body = json!({ "device": "kiosk-flood" }).to_string();
+        count(&target.send(post("/v1/challenges", Some(JSON), body)).await);
+    }
+    let grown = audit_bytes(&target) - before;
+    println!("audit growth under the flood: {grown} bytes of text; answers {answers:?}");
+    let limited = answers
+        .get(&StatusCode::TOO_MANY_REQUESTS.as_u16())
+        .copied()
+        .unwrap_or(0);
+    // The default budgets: 120 refusals and 300 challenges at once, then 1 and 10 a second.
+    assert!(
+        limited >= 350
+            && answers.get(&401).copied().unwrap_or(0) <= 130
+            && answers.get(&201).copied().unwrap_or(0) <= 330,
+        "the flood is rate limited: {answers:?}"
+    );
+
+    // Another source is still served, and its refusals still audited one by one.
+    target.from(KIOSK_07_ADDRESS);
+    let reply = target
+        .send(post(
+            "/v1/challenges",
+            Some(JSON),
+            json!({ "device": DEVICE }).to_string(),
+        ))
+        .await;
+    assert_eq!(
+        reply.status,
+        StatusCode::CREATED,
+        "kiosk-07 gets its challenge"
+    );
+    let reply = target
+        .send(
+            Request::builder()
+                .uri("/v1/admin/users")
+                .body(Body::empty())
+                .expect("a request"),
+        )
+        .await;
+    assert_refused("kiosk-07", &reply, StatusCode::UNAUTHORIZED, "unauthorized");
+
+    // Once a minute the server's upkeep writes one event per source whose refusals
+    // went unaudited, saying how many.
+    server::upkeep(&target.state, OffsetDateTime::now_utc()).await;
+    let audit = target
+        .admin_json("/audit?outcome=rate_limited&limit=1000")
+        .await;
+    let summaries: Vec<&str> = audit
+        .as_array()
+        .expect("an array")
+        .iter()
+        .filter(|event| event["kind"] == "rate_limit")
+        .filter_map(|event| event["detail"].as_str())
+        .collect();
+    assert_eq!(
+        summaries,
+        [format!(
+            "{limited} requests refused, rate limited (source 192.0.2.66)"
+        )],
+        "one summary for the attacker's address"
+    );
+    let grown = audit_bytes(&target) - before;
+    // After the upkeep's compaction the write-ahead log is empty again.
+    let database_grown = database_bytes(&target).await - database_before;
+    println!("database growth under the flood, after upkeep: {database_grown} bytes");
+    assert!(
+        database_grown < 256 * 1024,
+        "the database grew by {database_grown} bytes"
+    );
+    assert!(
+        grown < 64 * 1024,
+        "the flood stored {grown} bytes of audit text"
+    );
+    let audit = target.admin_json("/audit?limit=1000").await;
+    let events = audit.as_array().expect("an array");
+    let text = audit.to_string();
+    assert!(
+        !text.contains(&"a".repeat(100)),
+        "no attacker text beyond a short prefix"
+    );
+    for event in events {
+        for field in [
+            "kind",
+            "outcome",
+            "device",
+            "card_serial",
+            "user_id",
+            "detail",
+        ] {
+            let value = event[field].as_str().unwrap_or_default();
+            assert!(
+                !value.chars().any(is_hazard),
+                "{field} holds a control or bidi character raw: {value:?}"
+            );
+            assert!(value.chars().count() <= 512, "{field} is long: {value}");
+        }
+    }
+    assert!(
+        events.iter().any(|event| event["detail"] == "GET /users"),
+        "kiosk-07's refusal is audited"
+    );
+    target
+        .keep_logs("an_unauthenticated_flood_stores_a_bounded_audit_and_is_rate_limited")
+        .await;
+}
+
+impl Target {
+    /// A challenge for `device`, asked from the current source.
+    async fn challenge_for(&self, device: &str) -> Reply {
+        self.send(post(
+            "/v1/challenges",
+            Some(JSON),
+            json!({ "device": device }).to_string(),
+        ))
+        .await
+    }
+
+    /// An assertion by `card` over `nonce` naming `device`.
+    fn assertion(&self, card: &Card, nonce: &str, device: &str) -> String {
+        let draft = AssertionDraft::new(
+            card.algorithm().jose_name(),
+            &card.certificate(),
+            AssertionPayload {
+                aud: self.origin.clone(),
+                nonce: nonce.to_owned(),
+                device: device.to_owned(),
+                iat: OffsetDateTime::now_utc().unix_timestamp(),
+                slot: "9a".to_owned(),
+            },
+        );
+        draft.finish(&card.sign(card.algorithm(), draft.signing_input().as_bytes()))
+    }
+
+    /// Signs in with `card` at `device`, challenge and assertion from the current source.
+    async fn sign_in_at(&self, card: &Card, device: &str) -> Reply {
+        let challenge = self.challenge_for(device).await;
+        assert_eq!(challenge.status, StatusCode::CREATED, "a challenge");
+        let nonce = challenge.json()["nonce"]
+            .as_str()
+            .expect("a nonce")
+            .to_owned();
+        let jws = self.assertion(card, &nonce, device);
+        self.send(post("/v1/assertions", Some(JSON), assertion_body(&jws)))
+            .await
+    }
+}
+
+#[tokio::test]
+async fn a_card_holder_elsewhere_cannot_get_a_kiosk_blocked() {
+    // The default flow control: delays after 5 failures.
+    let target = target_with(|_| {}).await;
+    target
+        .state
+        .store()
+        .set_user_state("bob", UserState::Locked)
+        .await
+        .expect("bob is locked");
+    target.from(ATTACKER);
+    // Bob's real card, locked out, names kiosk-07 with invented nonces: 30 in a row.
+    for attempt in 0..30 {
+        let nonce = base64url_encode(format!("invented nonce {attempt:04} ......").as_bytes());
+        let jws = target.assertion(&BOB, &nonce, DEVICE);
+        let reply = target
+            .send(post("/v1/assertions", Some(JSON), assertion_body(&jws)))
+            .await;
+        assert!(reply.status.is_client_error(), "attempt {attempt}");
+    }
+    // Then with real challenges, asked for in kiosk-07's name from the attacker's address.
+    for attempt in 0..10 {
+        let reply = target.sign_in_at(&BOB, DEVICE).await;
+        assert!(reply.status.is_client_error(), "attempt {attempt}");
+    }
+    // And junk nobody proved: an untrusted card naming kiosk-07.
+    for attempt in 0..10 {
+        let jws = target.assertion(&UNTRUSTED, "bm9uY2U", DEVICE);
+        let reply = target
+            .send(post("/v1/assertions", Some(JSON), assertion_body(&jws)))
+            .await;
+        assert!(reply.status.is_client_error(), "junk {attempt}");
+    }
+    // Then a flood of 300 assertions naming kiosk-07 with a signature that is not bob's:
+    // they prove nothing, so they count against the attacker's address alone.
+    let real = target.assertion(&BOB, "bm9uY2U", DEVICE);
+    let (signed, _) = real.rsplit_once('.').expect("a compact JWS");
+    let forged = format!("{signed}.{}", base64url_encode([7u8; 256]));
+    let mut limited = 0;
+    for attempt in 0..300 {
+        let reply = target
+            .send(post("/v1/assertions", Some(JSON), assertion_body(&forged)))
+            .await;
+        assert!(reply.status.is_client_error(), "forged {attempt}");
+        if reply.status == StatusCode::TOO_MANY_REQUESTS {
+            limited += 1;
+        }
+    }
+    assert!(
+        limited >= 150,
+        "the attacker's address is held back: {limited}"
+    );
+    // kiosk-07's workers, at kiosk-07's own address, sign in every time.
+    target.from(KIOSK_07_ADDRESS);
+    let mut refused = Vec::new();
+    for attempt in 0..10 {
+        let reply = target.sign_in_at(&ALICE, DEVICE).await;
+        if reply.status != StatusCode::OK {
+            refused.push((attempt, reply.status, reply.json()));
+        }
+    }
+    assert!(
+        refused.is_empty(),
+        "real sign-ins at kiosk-07 were refused: {refused:?}"
+    );
+    // Bob's own card, which proved itself, is held back wherever it is used.
+    let reply = target.sign_in_at(&BOB, DEVICE).await;
+    assert_refused(
+        "bob's card",
+        &reply,
+        StatusCode::TOO_MANY_REQUESTS,
+        "rate_limited",
+    );
+    target
+        .keep_logs("a_card_holder_elsewhere_cannot_get_a_kiosk_blocked")
         .await;
 }

@@ -352,7 +352,7 @@ fn print_one<T: Serialize>(
     text: impl Fn(&T) -> String,
 ) -> anyhow::Result<()> {
     if json {
-        println!("{}", serde_json::to_string_pretty(value)?);
+        println!("{}", json_text(value)?);
     } else {
         println!("{}", text(value));
     }
@@ -365,7 +365,7 @@ fn print_list<T: Serialize>(
     line: impl Fn(&T) -> String,
 ) -> anyhow::Result<()> {
     if json {
-        println!("{}", serde_json::to_string_pretty(values)?);
+        println!("{}", json_text(values)?);
     } else if values.is_empty() {
         println!("(none)");
     } else {
@@ -374,6 +374,14 @@ fn print_list<T: Serialize>(
         }
     }
     Ok(())
+}
+
+/// Pretty JSON with control, zero-width and bidi characters as `\uXXXX` escapes: the
+/// same JSON, nothing hidden or reordered in a terminal (`serde_json` leaves all but C0
+/// controls raw).
+fn json_text<T: Serialize + ?Sized>(value: &T) -> anyhow::Result<String> {
+    let text = serde_json::to_string_pretty(value)?;
+    Ok(pivtap_server_client::escape::json_output(&text).into_owned())
 }
 
 fn user_line(user: &UserRecord) -> String {
@@ -405,19 +413,23 @@ fn card_line(card: &CardRecord) -> String {
     )
 }
 
+/// One audit event as a line; every field escaped (control, zero-width and bidi
+/// characters as `\u{...}`): events written before the server escaped them, or by
+/// another server, cannot hide or reorder text in the terminal.
 fn audit_line(event: &AuditRecord) -> String {
+    use pivtap_server_client::escape::escape;
     format!(
         "{}  {:<9} {:<22} device={} card={} user={}{}",
-        event.time,
-        event.kind,
-        event.outcome,
-        event.device.as_deref().unwrap_or("-"),
-        event.card_serial.as_deref().unwrap_or("-"),
-        event.user_id.as_deref().unwrap_or("-"),
+        escape(&event.time),
+        escape(&event.kind),
+        escape(&event.outcome),
+        escape(event.device.as_deref().unwrap_or("-")),
+        escape(event.card_serial.as_deref().unwrap_or("-")),
+        escape(event.user_id.as_deref().unwrap_or("-")),
         event
             .detail
             .as_ref()
-            .map(|d| format!("  {d}"))
+            .map(|d| format!("  {}", escape(d)))
             .unwrap_or_default()
     )
 }
@@ -425,6 +437,37 @@ fn audit_line(event: &AuditRecord) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn audit_lines_and_json_escape_control_and_bidi_characters() {
+        let event = AuditRecord {
+            id: 1,
+            time: "2026-01-01T00:00:00Z".to_owned(),
+            kind: "admin".to_owned(),
+            outcome: "unauthorized".to_owned(),
+            device: Some("kiosk\u{202e}70".to_owned()),
+            card_serial: None,
+            user_id: Some("al\u{200b}ice".to_owned()),
+            detail: Some("GET /x\u{1b}[2J\u{85}\u{2066}".to_owned()),
+        };
+        let line = audit_line(&event);
+        assert!(
+            !line.chars().any(pivtap_server_client::escape::is_hazard),
+            "{line:?}"
+        );
+        assert!(line.contains("device=kiosk\\u{202e}70"), "{line}");
+        assert!(line.contains("user=al\\u{200b}ice"), "{line}");
+        assert!(line.ends_with("GET /x\\u{1b}[2J\\u{85}\\u{2066}"), "{line}");
+        let json = json_text(&[&event]).unwrap();
+        assert!(
+            !json
+                .chars()
+                .any(|c| c != '\n' && pivtap_server_client::escape::is_hazard(c)),
+            "{json:?}"
+        );
+        let back: Vec<AuditRecord> = serde_json::from_str(&json).unwrap();
+        assert_eq!(back[0].device, event.device, "the same JSON value");
+    }
 
     #[test]
     fn durations_take_a_unit() {

@@ -184,6 +184,13 @@ impl RunningServer {
         Self::start_with(|config| config)
     }
 
+    /// Starts a server for load from loopback: every client sends from 127.0.0.1, so the
+    /// per-address budgets for challenges and refusals, sized for real sites, are raised
+    /// out of reach.
+    pub fn start_for_load() -> Self {
+        Self::start_with(unlimited_budgets)
+    }
+
     /// Starts a server whose `server.toml` (as `init` wrote it) `edit` changes first.
     ///
     /// The origin written by `init` must name the real port, so a free port
@@ -357,4 +364,33 @@ impl Drop for RunningServer {
             let _ = self.child.wait();
         }
     }
+}
+
+/// `server.toml` text with the per-address budgets of `[rate_limit]` at their maximum.
+pub fn unlimited_budgets(config: String) -> String {
+    let budgets = [
+        "challenge_burst",
+        "challenges_per_minute",
+        "refusal_burst",
+        "refusals_per_minute",
+    ];
+    let edited: Vec<String> = config
+        .lines()
+        .map(|line| {
+            match budgets
+                .iter()
+                .find(|key| line.starts_with(&format!("{key} =")))
+            {
+                Some(key) => format!("{key} = 1000000"),
+                None => line.to_owned(),
+            }
+        })
+        .collect();
+    assert!(
+        budgets
+            .iter()
+            .all(|key| edited.contains(&format!("{key} = 1000000"))),
+        "server.toml has every budget: {config}"
+    );
+    edited.join("\n") + "\n"
 }

@@ -14,6 +14,7 @@ use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
 use super::ServerState;
+use super::client_address::ClientAddress;
 use super::error::ApiError;
 use super::handlers::{json_body, rejection_error, rfc3339};
 use crate::store::{
@@ -51,7 +52,12 @@ pub fn router(state: ServerState) -> Router<ServerState> {
         .route_layer(middleware::from_fn_with_state(state, require_admin))
 }
 
-/// Refuses requests without the admin credential (`Authorization: Bearer ...`); audits the refusal.
+/// Characters of a refused request's path the audit keeps: the path is the caller's text.
+const AUDITED_PATH_CHARS: usize = 64;
+
+/// Refuses requests without the admin credential (`Authorization: Bearer ...`); audits the
+/// refusal (method and the path's first [`AUDITED_PATH_CHARS`] characters) within the
+/// source's refusal budget, and answers `rate_limited` past it.
 async fn require_admin(State(state): State<ServerState>, request: Request, next: Next) -> Response {
     let presented = request
         .headers()
@@ -61,19 +67,30 @@ async fn require_admin(State(state): State<ServerState>, request: Request, next:
     if presented.is_some_and(|token| state.is_admin_token(token)) {
         return next.run(request).await;
     }
-    let path = request.uri().path().to_owned();
-    let _ = admin_audit(
-        &state,
-        "unauthorized",
-        Subject::None,
-        format!("{} {path}", request.method()),
-    )
-    .await;
-    ApiError::new(
+    let source = ClientAddress::of(request.extensions());
+    let path = crate::escape::bounded(request.uri().path(), AUDITED_PATH_CHARS);
+    let event = NewAuditEvent {
+        time: OffsetDateTime::now_utc(),
+        kind: "admin".to_owned(),
+        outcome: ErrorCode::Unauthorized.as_str().to_owned(),
+        device: None,
+        card_serial: None,
+        user_id: None,
+        detail: Some(format!("{} {path}", request.method())),
+    };
+    let refusal = ApiError::new(
         ErrorCode::Unauthorized,
         "the admin credential is missing or wrong",
-    )
-    .into_response()
+    );
+    match state.refused(&source, event, refusal).await {
+        // The refusal is answered as such even if the audit could not be written.
+        error if error.code == ErrorCode::Internal => ApiError::new(
+            ErrorCode::Unauthorized,
+            "the admin credential is missing or wrong",
+        )
+        .into_response(),
+        answer => answer.into_response(),
+    }
 }
 
 /// The credential of `Authorization: Bearer <token>`; the scheme is case-insensitive (RFC 7235 §2.1).

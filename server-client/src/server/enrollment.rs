@@ -20,6 +20,7 @@ use sha2::{Digest, Sha256};
 use time::OffsetDateTime;
 
 use super::ServerState;
+use super::client_address::ClientAddress;
 use super::error::ApiError;
 use super::handlers::{
     AttemptRecord, authenticate, authenticate_verified, json_body, refused_unverified, rfc3339,
@@ -279,23 +280,58 @@ impl Audit {
     }
 }
 
+/// Audits `result`, success or refusal (a refusal through [`refuse`]), and gives the answer.
 async fn write_audit<T>(
     state: &ServerState,
+    source: &ClientAddress,
     kind: &str,
     now: OffsetDateTime,
     audit: Audit,
-    result: &Result<T, ApiError>,
-) -> Result<(), ApiError> {
-    state
-        .store()
-        .audit(audit.event(kind, now, result.as_ref().err()))
-        .await
-        .map_err(ApiError::from)
+    result: Result<T, ApiError>,
+) -> Result<T, ApiError> {
+    match result {
+        Ok(answer) => {
+            state.store().audit(audit.event(kind, now, None)).await?;
+            Ok(answer)
+        }
+        Err(error) => Err(refuse(state, source, kind, now, &audit, error).await),
+    }
+}
+
+/// Audits a refused step through [`ServerState::refused`] (past the source's budget it is
+/// answered `rate_limited`): for the steps whose success is audited in the same write as
+/// their effect.
+async fn audit_refusal<T>(
+    state: &ServerState,
+    source: &ClientAddress,
+    kind: &str,
+    now: OffsetDateTime,
+    audit: &Audit,
+    result: Result<T, ApiError>,
+) -> Result<T, ApiError> {
+    match result {
+        Ok(answer) => Ok(answer),
+        Err(error) => Err(refuse(state, source, kind, now, audit, error).await),
+    }
+}
+
+/// The refusal `error`, audited with `audit` through [`ServerState::refused`].
+async fn refuse(
+    state: &ServerState,
+    source: &ClientAddress,
+    kind: &str,
+    now: OffsetDateTime,
+    audit: &Audit,
+    error: ApiError,
+) -> ApiError {
+    let event = audit.event(kind, now, Some(&error));
+    state.refused(source, event, error).await
 }
 
 /// `POST /v1/enrollments/inspect`: what a code offers. Does not use it up.
 pub async fn inspect_enrollment(
     State(state): State<ServerState>,
+    source: ClientAddress,
     body: Result<Json<InspectEnrollmentRequest>, JsonRejection>,
 ) -> Result<Json<EnrollmentOffer>, ApiError> {
     let now = OffsetDateTime::now_utc();
@@ -320,8 +356,9 @@ pub async fn inspect_enrollment(
         })
     }
     .await;
-    write_audit(&state, "enrollment", now, audit, &result).await?;
-    result.map(Json)
+    write_audit(&state, &source, "enrollment", now, audit, result)
+        .await
+        .map(Json)
 }
 
 /// Decodes a CSR sent as base64url (standard base64 is accepted too).
@@ -375,6 +412,7 @@ fn enrollment_result(issuer: &Issuer, facts: &CertificateFacts, user: &User) -> 
 /// code is used up only when the certificate is issued and registered.
 pub async fn complete_enrollment(
     State(state): State<ServerState>,
+    source: ClientAddress,
     body: Result<Json<EnrollmentRequest>, JsonRejection>,
 ) -> Result<impl IntoResponse, ApiError> {
     let now = OffsetDateTime::now_utc();
@@ -440,9 +478,10 @@ pub async fn complete_enrollment(
     if result.is_err() {
         // A certificate made but not handed out is not the card's.
         audit.card_serial = None;
-        write_audit(&state, "enrollment", now, audit, &result).await?;
     }
-    result.map(|answer| (StatusCode::CREATED, Json(answer)))
+    audit_refusal(&state, &source, "enrollment", now, &audit, result)
+        .await
+        .map(|answer| (StatusCode::CREATED, Json(answer)))
 }
 
 /// `POST /v1/renewals`: an assertion signed with the current key (checked
@@ -453,6 +492,7 @@ pub async fn complete_enrollment(
 /// (superseded). A cut anywhere leaves a card that signs in or renews again.
 pub async fn renew(
     State(state): State<ServerState>,
+    source: ClientAddress,
     body: Result<Json<RenewalRequest>, JsonRejection>,
 ) -> Result<impl IntoResponse, ApiError> {
     let now = OffsetDateTime::now_utc();
@@ -465,7 +505,8 @@ pub async fn renew(
         let key = issuer
             .check_csr(&csr)
             .map_err(|error| issuance_error(&error))?;
-        let (verified, user) = authenticate(&state, &request.assertion, now, &mut record).await?;
+        let (verified, user) =
+            authenticate(&state, &source, &request.assertion, now, &mut record).await?;
         let old = &verified.certificate;
         let old_spki = x509_parser::parse_x509_certificate(&old.der)
             .map(|(_, certificate)| certificate.public_key().raw.to_vec())
@@ -492,11 +533,10 @@ pub async fn renew(
         Ok(enrollment_result(&issuer, &issued.facts, &user))
     }
     .await;
-    if let Err(error) = &result {
-        let event = Audit::of_attempt(&record, Vec::new()).event("renewal", now, Some(error));
-        state.store().audit(event).await?;
-    }
-    result.map(|answer| (StatusCode::CREATED, Json(answer)))
+    let audit = Audit::of_attempt(&record, Vec::new());
+    audit_refusal(&state, &source, "renewal", now, &audit, result)
+        .await
+        .map(|answer| (StatusCode::CREATED, Json(answer)))
 }
 
 /// `POST /v1/renewals/confirm`: an assertion signed with the new key over a fresh
@@ -505,13 +545,15 @@ pub async fn renew(
 /// new card's record and the audit events. Confirming again is harmless.
 pub async fn confirm_renewal(
     State(state): State<ServerState>,
+    source: ClientAddress,
     body: Result<Json<AssertionRequest>, JsonRejection>,
 ) -> Result<Json<RenewalConfirmation>, ApiError> {
     let now = OffsetDateTime::now_utc();
     let mut record = AttemptRecord::default();
     let result = async {
         let request = json_body(body)?;
-        let (verified, user) = authenticate(&state, &request.assertion, now, &mut record).await?;
+        let (verified, user) =
+            authenticate(&state, &source, &request.assertion, now, &mut record).await?;
         let event =
             Audit::of_attempt(&record, vec!["confirm".to_owned()]).event("renewal", now, None);
         let completed = state
@@ -524,14 +566,10 @@ pub async fn confirm_renewal(
         })
     }
     .await;
-    if let Err(error) = &result {
-        let audit = Audit::of_attempt(&record, vec!["confirm".to_owned()]);
-        state
-            .store()
-            .audit(audit.event("renewal", now, Some(error)))
-            .await?;
-    }
-    result.map(Json)
+    let audit = Audit::of_attempt(&record, vec!["confirm".to_owned()]);
+    audit_refusal(&state, &source, "renewal", now, &audit, result)
+        .await
+        .map(Json)
 }
 
 /// `POST /v1/renewals/resume`: for a renewal cut after the card's new key replaced the old
@@ -541,6 +579,7 @@ pub async fn confirm_renewal(
 /// the certificate out again. `signature_invalid` when there is none.
 pub async fn resume_renewal(
     State(state): State<ServerState>,
+    source: ClientAddress,
     body: Result<Json<AssertionRequest>, JsonRejection>,
 ) -> Result<Json<EnrollmentResult>, ApiError> {
     let now = OffsetDateTime::now_utc();
@@ -575,7 +614,7 @@ pub async fn resume_renewal(
         let Some((verified, der)) = found else {
             return Err(refused_unverified(&request.assertion, &mut record, refusal));
         };
-        let (_, user) = authenticate_verified(&state, verified, now, &mut record).await?;
+        let (_, user) = authenticate_verified(&state, &source, verified, now, &mut record).await?;
         let facts = CertificateFacts::from_der(der).map_err(|error| {
             tracing::error!(%error, "a pending certificate does not parse");
             ApiError::new(
@@ -593,13 +632,14 @@ pub async fn resume_renewal(
     }
     write_audit(
         &state,
+        &source,
         "renewal",
         now,
         Audit::of_attempt(&record, detail),
-        &result,
+        result,
     )
-    .await?;
-    result.map(Json)
+    .await
+    .map(Json)
 }
 
 /// The card certificate an assertion presents (`x5c[0]`), read without checking anything.

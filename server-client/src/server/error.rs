@@ -47,6 +47,18 @@ impl ApiError {
     }
 }
 
+impl ApiError {
+    /// `rate_limited` with a `Retry-After`, for a source address over its budget.
+    #[must_use]
+    pub fn too_many_requests(retry_after: Duration) -> Self {
+        ApiError {
+            code: ErrorCode::RateLimited,
+            message: "too many requests from this address; try again later".to_owned(),
+            retry_after: Some(retry_after),
+        }
+    }
+}
+
 impl From<StoreError> for ApiError {
     fn from(error: StoreError) -> Self {
         match error {

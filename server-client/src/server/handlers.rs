@@ -11,7 +11,9 @@ use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
 use super::ServerState;
+use super::client_address::ClientAddress;
 use super::error::ApiError;
+use super::rate_limit::Spend;
 use crate::assertion::VerifiedAssertion;
 use crate::mapping::MappingRule;
 use crate::store::{
@@ -64,11 +66,28 @@ pub(crate) fn rfc3339(time: OffsetDateTime) -> String {
     time.format(&Rfc3339).unwrap_or_default()
 }
 
+/// The budget keys a challenge request spends: its source address. (A device that
+/// proved itself will add its own key here, so that it has a budget of its own.)
+fn challenge_keys(source: &ClientAddress) -> Vec<String> {
+    vec![source.key()]
+}
+
 /// `POST /v1/challenges`: a fresh nonce bound to the device.
 pub async fn create_challenge(
     State(state): State<ServerState>,
+    source: ClientAddress,
     body: Result<Json<ChallengeRequest>, JsonRejection>,
 ) -> Result<impl IntoResponse, ApiError> {
+    // Every challenge is a row in the store: each source has a budget of them. Past it,
+    // the request is counted for the source's summary, not audited.
+    let keys = challenge_keys(&source);
+    if let Err(wait) = state
+        .limiter()
+        .spend(Spend::Challenge, &keys, std::time::Instant::now())
+    {
+        state.limiter().count_unaudited(&source.key());
+        return Err(ApiError::too_many_requests(wait));
+    }
     let request = match json_body(body)
         .and_then(|request| validate_device(&request.device).map(|()| request))
     {
@@ -76,19 +95,16 @@ pub async fn create_challenge(
         Err(error) => {
             // Refused requests are audited too; their device id is not
             // recorded, since it failed the checks.
-            state
-                .store()
-                .audit(NewAuditEvent {
-                    time: OffsetDateTime::now_utc(),
-                    kind: "challenge".to_owned(),
-                    outcome: error.code.as_str().to_owned(),
-                    device: None,
-                    card_serial: None,
-                    user_id: None,
-                    detail: Some(error.message.clone()),
-                })
-                .await?;
-            return Err(error);
+            let event = NewAuditEvent {
+                time: OffsetDateTime::now_utc(),
+                kind: "challenge".to_owned(),
+                outcome: error.code.as_str().to_owned(),
+                device: None,
+                card_serial: None,
+                user_id: None,
+                detail: Some(error.message.clone()),
+            };
+            return Err(state.refused(&source, event, error).await);
         }
     };
     let mut nonce_bytes = [0u8; 32];
@@ -128,17 +144,20 @@ pub(crate) struct AttemptRecord {
     pub(crate) nonce_prefix: Option<String>,
     /// The device and card were read from an assertion that failed verification.
     pub(crate) unverified: bool,
+    /// The device proved itself: the challenge was issued to it and unused.
+    pub(crate) device_proven: bool,
 }
 
 /// `POST /v1/assertions`: checks a card-signed assertion and answers with a session token.
 pub async fn submit_assertion(
     State(state): State<ServerState>,
+    source: ClientAddress,
     body: Result<Json<AssertionRequest>, JsonRejection>,
 ) -> Result<Json<AssertionResponse>, ApiError> {
     let now = OffsetDateTime::now_utc();
     let mut record = AttemptRecord::default();
     let result = match json_body(body) {
-        Ok(request) => sign_in(&state, &request.assertion, now, &mut record).await,
+        Ok(request) => sign_in(&state, &source, &request.assertion, now, &mut record).await,
         Err(error) => Err(error),
     };
     let error = match result {
@@ -161,11 +180,8 @@ pub async fn submit_assertion(
         Err(error) => error,
     };
     state.metrics().observe_outcome(error.code.as_str());
-    state
-        .store()
-        .audit(attempt_event(now, &record, Some(&error)))
-        .await?;
-    Err(error)
+    let event = attempt_event(now, &record, Some(&error));
+    Err(state.refused(&source, event, error).await)
 }
 
 /// The audit event of an assertion attempt: `error` is `None` for a sign-in.
@@ -197,11 +213,12 @@ fn attempt_event(
 
 async fn sign_in(
     state: &ServerState,
+    source: &ClientAddress,
     compact: &str,
     now: OffsetDateTime,
     record: &mut AttemptRecord,
 ) -> Result<(AssertionResponse, VerifiedAssertion), ApiError> {
-    let (verified, user) = authenticate(state, compact, now, record).await?;
+    let (verified, user) = authenticate(state, source, compact, now, record).await?;
     let response = issue_token(state, &user, &verified.payload.device, now)?;
     Ok((response, verified))
 }
@@ -211,8 +228,16 @@ async fn sign_in(
 /// the card's state and revocation, the mapping to one active user. Apart from
 /// using up the challenge it records nothing: the caller records the card it
 /// accepts. Renewals use it too.
+///
+/// A failure counts only against what proved itself: the card when its signature
+/// verified (a trusted card signed it), the device when the challenge was issued to it
+/// and unused. Until devices authenticate, "the device" is the device id as asked
+/// for from this source address, so nobody elsewhere can get a kiosk held back by
+/// naming it. An assertion that proves nothing counts against its source address
+/// only (its refusal spends the source's budget, see [`ServerState::refused`]).
 pub(crate) async fn authenticate(
     state: &ServerState,
+    source: &ClientAddress,
     compact: &str,
     now: OffsetDateTime,
     record: &mut AttemptRecord,
@@ -221,7 +246,7 @@ pub(crate) async fn authenticate(
         .verifier()
         .verify(compact, now)
         .map_err(|rejection| refused_unverified(compact, record, rejection))?;
-    authenticate_verified(state, verified, now, record).await
+    authenticate_verified(state, source, verified, now, record).await
 }
 
 /// The answer to an assertion that failed verification; the audit gets what it claims,
@@ -242,6 +267,7 @@ pub(crate) fn refused_unverified(
 /// the user.
 pub(crate) async fn authenticate_verified(
     state: &ServerState,
+    source: &ClientAddress,
     verified: VerifiedAssertion,
     now: OffsetDateTime,
     record: &mut AttemptRecord,
@@ -254,11 +280,11 @@ pub(crate) async fn authenticate_verified(
     validate_device(&payload.device)?;
 
     // From here the assertion is authentic (trusted card, valid signature), so
-    // its card and device may be held back after repeated failures.
-    let keys = [
-        format!("card:{}", facts.fingerprint),
-        format!("device:{}", payload.device),
-    ];
+    // its card may be held back after repeated failures; the device as claimed from
+    // this source too, once its challenge shows it is that device.
+    let card_key = format!("card:{}", facts.fingerprint);
+    let device_key = device_key(&payload.device, source);
+    let keys = [card_key.clone(), device_key.clone()];
     if let Some(retry_after) = state.limiter().retry_after(&keys, now) {
         return Err(ApiError::rate_limited(retry_after));
     }
@@ -266,11 +292,21 @@ pub(crate) async fn authenticate_verified(
     match &result {
         Ok(_) => state.limiter().record_success(&keys),
         Err(error) if error.code != ErrorCode::Internal => {
-            state.limiter().record_failure(&keys, now)
+            let proven: &[String] = if record.device_proven {
+                &keys
+            } else {
+                std::slice::from_ref(&card_key)
+            };
+            state.limiter().record_failure(proven, now);
         }
         Err(_) => {}
     }
     result.map(|user| (verified, user))
+}
+
+/// The failure-counter key of `device` as claimed from `source`: `device:<id>@<source>`.
+fn device_key(device: &str, source: &ClientAddress) -> String {
+    format!("device:{device}@{}", source.key())
 }
 
 /// The device and card serial an assertion claims, read without verifying
@@ -316,7 +352,7 @@ async fn authorise(
         })
         .await?;
     match records.challenge {
-        ChallengeUse::Accepted => {}
+        ChallengeUse::Accepted => record.device_proven = true,
         ChallengeUse::Unknown | ChallengeUse::OtherDevice => {
             return Err(ApiError::new(
                 ErrorCode::ChallengeUnknown,
@@ -447,7 +483,9 @@ pub async fn health(State(state): State<ServerState>) -> Result<impl IntoRespons
 pub async fn metrics(State(state): State<ServerState>) -> impl IntoResponse {
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        state.metrics().render(),
+        state
+            .metrics()
+            .render_with_database(state.store().size_bytes()),
     )
 }
 

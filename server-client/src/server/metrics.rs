@@ -53,6 +53,21 @@ impl Metrics {
             .or_default() += 1;
     }
 
+    /// The Prometheus text exposition, with the database's size on disk when the store
+    /// knows it (`pivtap_database_bytes`: the file and its write-ahead log).
+    #[must_use]
+    pub fn render_with_database(&self, database_bytes: Option<u64>) -> String {
+        let mut out = self.render();
+        if let Some(bytes) = database_bytes {
+            out.push_str(
+                "# HELP pivtap_database_bytes Size of the database on disk, write-ahead log included.\n",
+            );
+            out.push_str("# TYPE pivtap_database_bytes gauge\n");
+            let _ = writeln!(out, "pivtap_database_bytes {bytes}");
+        }
+        out
+    }
+
     /// The Prometheus text exposition.
     #[must_use]
     pub fn render(&self) -> String {
@@ -135,5 +150,11 @@ mod tests {
             text.contains("pivtap_request_duration_seconds_count 2"),
             "{text}"
         );
+        let with = metrics.render_with_database(Some(4096));
+        assert!(
+            with.starts_with(&text) && with.ends_with("\npivtap_database_bytes 4096\n"),
+            "{with}"
+        );
+        assert_eq!(metrics.render_with_database(None), text);
     }
 }

@@ -5,6 +5,7 @@
 //! loopback only, plain HTTP.
 
 pub mod admin;
+pub mod client_address;
 pub mod embedded;
 pub mod enrollment;
 pub mod error;
@@ -52,6 +53,8 @@ pub struct Settings {
     /// The issuing CA and policy (`[issuance]`); `None` disables enrollment,
     /// renewal and the CRL.
     pub issuer: Option<Arc<Issuer>>,
+    /// How long audit events are kept (`[audit] retention_days`).
+    pub audit_retention: Duration,
 }
 
 /// Everything the handlers share. Cheap to clone.
@@ -141,6 +144,34 @@ impl ServerState {
         &self.inner.metrics
     }
 
+    /// Records the refusal `error` of a request from `source` with its audit `event`, and
+    /// gives the answer: `error` itself while the source is within its refusal budget
+    /// (server errors are always audited and never held back); past the budget, nothing
+    /// is audited (the refusal is counted for the source's summary, see [`upkeep`]) and
+    /// the answer is `rate_limited`. A failure to write the audit is the answer if it happens.
+    pub async fn refused(
+        &self,
+        source: &client_address::ClientAddress,
+        event: crate::store::NewAuditEvent,
+        error: error::ApiError,
+    ) -> error::ApiError {
+        if error.code.http_status() < 500 {
+            let key = source.key();
+            if let Err(wait) = self.limiter().spend(
+                rate_limit::Spend::Refusal,
+                std::slice::from_ref(&key),
+                Instant::now(),
+            ) {
+                self.limiter().count_unaudited(&key);
+                return error::ApiError::too_many_requests(wait);
+            }
+        }
+        match self.store().audit(event).await {
+            Ok(()) => error,
+            Err(store_error) => store_error.into(),
+        }
+    }
+
     /// Whether `presented` is the admin credential (constant time).
     #[must_use]
     pub fn is_admin_token(&self, presented: &str) -> bool {
@@ -219,13 +250,9 @@ pub async fn from_config(
         mapping: config.mapping.rule,
         pin_policy: config.pin_policy,
         issuer,
+        audit_retention: config.audit.retention(),
     };
-    let limiter = RateLimiter::new(rate_limit::RateLimitPolicy {
-        failures_before_delay: config.rate_limit.failures_before_delay,
-        base_delay: config.rate_limit.base_delay(),
-        max_delay: config.rate_limit.max_delay(),
-        window: config.rate_limit.window(),
-    });
+    let limiter = RateLimiter::new(config.rate_limit.policy());
     let state = ServerState::new(
         settings,
         Arc::new(store),
@@ -396,9 +423,12 @@ pub async fn serve_with_handle(
     handle: axum_server::Handle<SocketAddr>,
 ) -> Result<(), ServeError> {
     let maintenance = tokio::spawn(maintain(state.clone()));
-    let app = app(state).into_make_service();
+    // The peer address reaches the handlers as `ConnectInfo` (see `ClientAddress`).
+    let app = app(state.clone()).into_make_service_with_connect_info::<SocketAddr>();
     let served = serve_app(app, listener, handle).await;
     maintenance.abort();
+    // The refusals counted since the last round are summarised before the server stops.
+    summarise_unaudited(&state, time::OffsetDateTime::now_utc()).await;
     served
 }
 
@@ -409,22 +439,59 @@ const MAINTENANCE_INTERVAL: Duration = Duration::from_secs(60);
 /// `challenge_unknown` (refused all the same).
 const EXPIRED_CHALLENGE_RETENTION: Duration = Duration::from_secs(3600);
 
-/// Runs [`tidy`] every [`MAINTENANCE_INTERVAL`] while the server runs.
+/// Audit events deleted per write when old ones are pruned: each batch is one short write,
+/// so sign-ins are not held up behind a long delete.
+const AUDIT_PRUNE_BATCH: u32 = 5_000;
+/// Most batches pruned per round; a backlog (a lowered retention) is worked off over rounds.
+const AUDIT_PRUNE_BATCHES_PER_ROUND: u32 = 20;
+
+/// Runs [`upkeep`] every [`MAINTENANCE_INTERVAL`] while the server runs.
 async fn maintain(state: ServerState) {
     let mut ticks = tokio::time::interval(MAINTENANCE_INTERVAL);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     ticks.tick().await;
     loop {
         ticks.tick().await;
-        tidy(state.inner.store.as_ref(), time::OffsetDateTime::now_utc()).await;
+        upkeep(&state, time::OffsetDateTime::now_utc()).await;
+    }
+}
+
+/// One round of the server's upkeep at `now` (the server runs one a minute): one audit
+/// event per source whose refusals went unaudited since the last round, then [`tidy`].
+pub async fn upkeep(state: &ServerState, now: time::OffsetDateTime) {
+    summarise_unaudited(state, now).await;
+    tidy(state.store(), now, state.settings().audit_retention).await;
+}
+
+/// Writes one audit event per source whose refusals were answered `rate_limited`
+/// instead of audited since the last call: "N requests refused, rate limited".
+async fn summarise_unaudited(state: &ServerState, now: time::OffsetDateTime) {
+    for (key, count) in state.limiter().take_unaudited() {
+        let source = key.strip_prefix("source:").unwrap_or(&key);
+        tracing::warn!(source, count, "requests refused, rate limited");
+        let event = crate::store::NewAuditEvent {
+            time: now,
+            kind: "rate_limit".to_owned(),
+            outcome: wire::ErrorCode::RateLimited.as_str().to_owned(),
+            device: None,
+            card_serial: None,
+            user_id: None,
+            detail: Some(format!(
+                "{count} requests refused, rate limited (source {source})"
+            )),
+        };
+        if let Err(error) = state.store().audit(event).await {
+            tracing::warn!(%error, "recording the rate-limited refusals failed");
+        }
     }
 }
 
 /// One round of upkeep at `now`: deletes the challenges that expired more
-/// than [`EXPIRED_CHALLENGE_RETENTION`] ago, and compacts the store (SQLite's
+/// than [`EXPIRED_CHALLENGE_RETENTION`] ago and the audit events older than
+/// `audit_retention` (in batches), and compacts the store (SQLite's
 /// write-ahead log grows without bound under steady load otherwise). Failures
 /// are logged; the next round tries again.
-async fn tidy(store: &dyn Store, now: time::OffsetDateTime) {
+async fn tidy(store: &dyn Store, now: time::OffsetDateTime, audit_retention: Duration) {
     match store
         .purge_challenges(now - EXPIRED_CHALLENGE_RETENTION)
         .await
@@ -432,13 +499,28 @@ async fn tidy(store: &dyn Store, now: time::OffsetDateTime) {
         Ok(purged) => tracing::debug!(purged, "expired challenges purged"),
         Err(error) => tracing::warn!(%error, "purging expired challenges failed"),
     }
+    let cutoff = now - audit_retention;
+    for _ in 0..AUDIT_PRUNE_BATCHES_PER_ROUND {
+        match store.purge_audit(cutoff, AUDIT_PRUNE_BATCH).await {
+            Ok(pruned) => {
+                tracing::debug!(pruned, "old audit events pruned");
+                if pruned < u64::from(AUDIT_PRUNE_BATCH) {
+                    break;
+                }
+            }
+            Err(error) => {
+                tracing::warn!(%error, "pruning old audit events failed");
+                break;
+            }
+        }
+    }
     if let Err(error) = store.compact().await {
         tracing::warn!(%error, "compacting the store failed");
     }
 }
 
 async fn serve_app(
-    app: axum::routing::IntoMakeService<axum::Router>,
+    app: axum::extract::connect_info::IntoMakeServiceWithConnectInfo<axum::Router, SocketAddr>,
     listener: Listener,
     handle: axum_server::Handle<SocketAddr>,
 ) -> Result<(), ServeError> {
@@ -489,6 +571,32 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn upkeep_prunes_audit_events_past_their_retention_in_batches() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("pivtap.db"))
+            .await
+            .unwrap();
+        let now = time::OffsetDateTime::now_utc();
+        let retention = Duration::from_secs(30 * 86_400);
+        let old = u64::from(AUDIT_PRUNE_BATCH) + 10;
+        for age_days in std::iter::repeat_n(31, old as usize).chain([29, 1]) {
+            let mut event = challenge_event();
+            event.time = now - time::Duration::days(age_days);
+            store.audit(event).await.unwrap();
+        }
+        tidy(&store, now, retention).await;
+        let left = store
+            .query_audit(&crate::store::AuditQuery {
+                limit: 1000,
+                ..crate::store::AuditQuery::default()
+            })
+            .await
+            .unwrap();
+        assert_eq!(left.len(), 2, "only the events within 30 days are kept");
+        assert!(left.iter().all(|event| now - event.time < retention));
+    }
+
+    #[tokio::test]
     async fn upkeep_forgets_only_long_expired_challenges() {
         let dir = tempfile::tempdir().unwrap();
         let store = SqliteStore::open(&dir.path().join("pivtap.db"))
@@ -505,7 +613,7 @@ mod tests {
             .add_challenge("recent", "kiosk-1", now - ten_minutes, challenge_event())
             .await
             .unwrap();
-        tidy(&store, now).await;
+        tidy(&store, now, Duration::from_secs(400 * 86_400)).await;
         assert_eq!(
             store.use_challenge("old", "kiosk-1", now).await.unwrap(),
             ChallengeUse::Unknown

@@ -292,9 +292,16 @@ pub struct AuditEvent {
     pub detail: Option<String>,
 }
 
+/// Most characters of an audit event's `detail` the store keeps.
+pub const MAX_AUDIT_DETAIL_CHARS: usize = 512;
+/// Most characters of an audit event's other fields the store keeps.
+pub const MAX_AUDIT_FIELD_CHARS: usize = 128;
+
 /// An audit event to record.
 ///
-/// The store keeps what it is given: callers never pass a PIN, a token, a
+/// The store keeps it [bounded](NewAuditEvent::bounded): whatever a client put in it
+/// (a path, a device id, a quoted field name) cannot make a row large or hide
+/// control or bidi characters in it. Callers never pass a PIN, a token, a
 /// credential or a whole nonce (at most a short nonce prefix, in `detail`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NewAuditEvent {
@@ -312,6 +319,27 @@ pub struct NewAuditEvent {
     pub user_id: Option<String>,
     /// Free text for people; never secrets, at most a nonce prefix.
     pub detail: Option<String>,
+}
+
+impl NewAuditEvent {
+    /// The event as the store keeps it: every field [escaped](crate::escape::escape) and
+    /// cut to [`MAX_AUDIT_FIELD_CHARS`] (`detail` to [`MAX_AUDIT_DETAIL_CHARS`]).
+    #[must_use]
+    pub fn bounded(&self) -> NewAuditEvent {
+        let field = |text: &str| crate::escape::bounded(text, MAX_AUDIT_FIELD_CHARS);
+        NewAuditEvent {
+            time: self.time,
+            kind: field(&self.kind),
+            outcome: field(&self.outcome),
+            device: self.device.as_deref().map(field),
+            card_serial: self.card_serial.as_deref().map(field),
+            user_id: self.user_id.as_deref().map(field),
+            detail: self
+                .detail
+                .as_deref()
+                .map(|detail| crate::escape::bounded(detail, MAX_AUDIT_DETAIL_CHARS)),
+        }
+    }
 }
 
 /// An enrollment code to store. Only the code's hash is kept: the code itself
@@ -591,6 +619,20 @@ pub trait Store: Send + Sync {
         older_than: OffsetDateTime,
     ) -> BoxFuture<'_, Result<u64, StoreError>>;
 
+    /// Deletes at most `limit` audit events from before `older_than`, oldest first, and
+    /// returns how many (the server's upkeep calls it in batches).
+    fn purge_audit(
+        &self,
+        older_than: OffsetDateTime,
+        limit: u32,
+    ) -> BoxFuture<'_, Result<u64, StoreError>>;
+
+    /// The bytes the store takes on disk (SQLite: the database file and its write-ahead
+    /// log), if it keeps files.
+    fn size_bytes(&self) -> Option<u64> {
+        None
+    }
+
     /// Compacts the store's files after writes (SQLite: moves the write-ahead
     /// log into the database and truncates it, which a busy server's own
     /// automatic checkpoints can starve). Stores without such files do nothing.
@@ -724,6 +766,29 @@ mod tests {
             serde_json::from_str::<UserState>("\"locked\"").ok(),
             Some(UserState::Locked)
         );
+    }
+
+    #[test]
+    fn audit_events_are_kept_escaped_and_cut() {
+        let event = NewAuditEvent {
+            time: OffsetDateTime::UNIX_EPOCH,
+            kind: "admin".to_owned(),
+            outcome: "unauthorized".to_owned(),
+            device: Some("k\u{202e}1".to_owned()),
+            card_serial: Some("0a".repeat(100)),
+            user_id: None,
+            detail: Some(format!("POST /{}\u{7}", "x".repeat(16_384))),
+        };
+        let kept = event.bounded();
+        assert_eq!(kept.device.as_deref(), Some("k\\u{202e}1"));
+        assert_eq!(
+            kept.card_serial.as_ref().map(|s| s.chars().count()),
+            Some(MAX_AUDIT_FIELD_CHARS)
+        );
+        let detail = kept.detail.expect("a detail");
+        assert_eq!(detail.chars().count(), MAX_AUDIT_DETAIL_CHARS);
+        assert!(detail.starts_with("POST /xxx") && detail.ends_with('…'));
+        assert_eq!((kept.kind, kept.outcome), (event.kind, event.outcome));
     }
 
     #[test]

@@ -237,6 +237,8 @@ macro_rules! select_cards {
 #[derive(Clone)]
 pub struct SqliteStore {
     database: Arc<Database>,
+    /// The database file (`None` in memory).
+    path: Option<std::path::PathBuf>,
 }
 
 impl std::fmt::Debug for SqliteStore {
@@ -253,6 +255,7 @@ impl SqliteStore {
         let database = Database::open(path, migrate).await?;
         Ok(SqliteStore {
             database: Arc::new(database),
+            path: Some(path.to_path_buf()),
         })
     }
 
@@ -261,6 +264,7 @@ impl SqliteStore {
         let database = Database::in_memory(migrate).await?;
         Ok(SqliteStore {
             database: Arc::new(database),
+            path: None,
         })
     }
 
@@ -580,6 +584,31 @@ impl Store for SqliteStore {
                 .execute([encode_time(older_than)?])?;
             Ok(purged as u64)
         }))
+    }
+
+    fn purge_audit(
+        &self,
+        older_than: OffsetDateTime,
+        limit: u32,
+    ) -> BoxFuture<'_, Result<u64, StoreError>> {
+        Box::pin(self.database.write(move |connection| {
+            let purged = connection
+                .prepare_cached(
+                    "DELETE FROM audit WHERE id IN
+                     (SELECT id FROM audit WHERE time < ? ORDER BY time LIMIT ?)",
+                )?
+                .execute(params![encode_time(older_than)?, limit])?;
+            Ok(purged as u64)
+        }))
+    }
+
+    fn size_bytes(&self) -> Option<u64> {
+        let path = self.path.as_ref()?;
+        let mut wal = path.clone().into_os_string();
+        wal.push("-wal");
+        let database = std::fs::metadata(path).ok()?.len();
+        let log = std::fs::metadata(wal).map_or(0, |metadata| metadata.len());
+        Some(database + log)
     }
 
     fn compact(&self) -> BoxFuture<'_, Result<(), StoreError>> {
@@ -1114,6 +1143,7 @@ fn add_revocation(
 }
 
 fn insert_audit(connection: &Connection, event: &NewAuditEvent) -> Result<(), StoreError> {
+    let event = event.bounded();
     connection
         .prepare_cached(
             "INSERT INTO audit (time, kind, outcome, device, card_serial, user_id, detail)
@@ -2627,6 +2657,42 @@ mod tests {
             times(query(|q| q.device = Some("kiosk-9".to_owned())))
                 .await?
                 .is_empty()
+        );
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn old_audit_events_are_purged_oldest_first_at_most_a_batch() -> TestResult {
+        let store = SqliteStore::in_memory().await?;
+        for second in 0..10 {
+            store
+                .audit(event(second, "ok", "kiosk-1", "0a", "alice"))
+                .await?;
+        }
+        let cutoff = at(7);
+        assert_eq!(store.purge_audit(cutoff, 4).await?, 4);
+        assert_eq!(store.purge_audit(cutoff, 4).await?, 3);
+        assert_eq!(store.purge_audit(cutoff, 4).await?, 0);
+        let left = store.query_audit(&AuditQuery::default()).await?;
+        assert_eq!(left.len(), 3);
+        assert!(left.iter().all(|event| event.time >= cutoff));
+        assert_eq!(store.size_bytes(), None, "in memory: no files");
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn the_size_counts_the_database_file_and_its_write_ahead_log() -> TestResult {
+        let dir = tempfile::tempdir()?;
+        let path = dir.path().join("pivtap.db");
+        let store = SqliteStore::open(&path).await?;
+        store
+            .audit(event(0, "ok", "kiosk-1", "0a", "alice"))
+            .await?;
+        let wal = std::fs::metadata(dir.path().join("pivtap.db-wal"))?.len();
+        assert!(wal > 0);
+        assert_eq!(
+            store.size_bytes(),
+            Some(std::fs::metadata(&path)?.len() + wal)
         );
         Ok(())
     }
