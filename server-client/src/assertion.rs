@@ -20,7 +20,10 @@ use time::OffsetDateTime;
 
 use crate::certificate::{CertificateError, CertificateFacts, ChainError, KeyKind, TrustStore};
 use crate::jose::{CompactJws, JoseError, base64url_encode};
-use crate::wire::{ASSERTION_TYPE, AssertionHeader, AssertionPayload, ErrorBody, ErrorCode};
+use crate::wire::{
+    ASSERTION_TYPE, AssertionHeader, AssertionPayload, DEFAULT_SIGN_IN_SLOTS, ErrorBody, ErrorCode,
+    amr_for_slot,
+};
 
 /// How far `iat` may be from the server's clock unless configured otherwise.
 pub const DEFAULT_MAX_CLOCK_SKEW: Duration = Duration::from_secs(60);
@@ -107,10 +110,13 @@ pub struct VerifierConfig {
     pub crls: Vec<Vec<u8>>,
     /// How far `iat` may be from the server's clock, either way.
     pub max_clock_skew: Duration,
+    /// The key slots an assertion's `slot` may name (lower-case hex, of
+    /// [`PIV_SIGNING_SLOTS`](crate::wire::PIV_SIGNING_SLOTS)); by default only `9a`.
+    pub allowed_slots: Vec<String>,
 }
 
 impl VerifierConfig {
-    /// A configuration with no CRLs and [`DEFAULT_MAX_CLOCK_SKEW`].
+    /// A configuration with no CRLs, [`DEFAULT_MAX_CLOCK_SKEW`] and only slot `9a` allowed.
     #[must_use]
     pub fn new(audience: impl Into<String>, trust_anchors: Vec<Vec<u8>>) -> Self {
         VerifierConfig {
@@ -118,6 +124,7 @@ impl VerifierConfig {
             trust_anchors,
             crls: Vec::new(),
             max_clock_skew: DEFAULT_MAX_CLOCK_SKEW,
+            allowed_slots: DEFAULT_SIGN_IN_SLOTS.map(str::to_owned).to_vec(),
         }
     }
 }
@@ -166,6 +173,8 @@ pub struct VerifiedAssertion {
     pub certificate: CertificateFacts,
     /// The algorithm the card signed with (`RS256`, `RS512`, `ES256`, `ES384`).
     pub alg: String,
+    /// What the signature proves (RFC 8176), from the key slot: `["sc", "pin"]` for `9a`.
+    pub amr: Vec<String>,
 }
 
 /// The JWS algorithms a card signs with; nothing else is ever verified.
@@ -275,6 +284,7 @@ const MAX_VALIDATED_CHAINS: usize = 10_000;
 pub struct AssertionVerifier {
     audience: String,
     max_clock_skew: Duration,
+    allowed_slots: Vec<String>,
     trust: TrustStore,
     validated: std::sync::Mutex<std::collections::HashSet<String>>,
 }
@@ -290,6 +300,7 @@ impl AssertionVerifier {
             trust: TrustStore::new(&config.trust_anchors, &config.crls)?,
             audience: config.audience,
             max_clock_skew: config.max_clock_skew,
+            allowed_slots: config.allowed_slots,
             validated: std::sync::Mutex::default(),
         })
     }
@@ -313,6 +324,7 @@ impl AssertionVerifier {
     /// 6. payload JSON with exactly the expected members: `invalid_request`;
     /// 7. `aud` is this server's audience: `invalid_request`;
     /// 8. `iat` is within `max_clock_skew` of `now`, either way: `invalid_request`;
+    /// 8a. `slot` is one of the allowed slots (only `9a` unless configured): `slot_not_allowed`;
     /// 9. `now` lies in the card certificate's validity period: `certificate_expired`;
     /// 10. keyUsage digitalSignature (when the extension is present), a path
     ///     to a trust anchor through `x5c[1..]` with clientAuth EKU (when
@@ -385,6 +397,21 @@ impl AssertionVerifier {
                 "the assertion's iat is too far from the server's clock",
             ));
         }
+        let amr = self
+            .allowed_slots
+            .iter()
+            .any(|allowed| *allowed == payload.slot)
+            .then(|| amr_for_slot(&payload.slot))
+            .flatten()
+            .ok_or_else(|| {
+                Rejection::new(
+                    ErrorCode::SlotNotAllowed,
+                    format!(
+                        "this server accepts only assertions signed with the key of slot {}",
+                        self.allowed_slots.join(" or ")
+                    ),
+                )
+            })?;
         if !certificate.is_valid_at(now) {
             return Err(Rejection::new(
                 ErrorCode::CertificateExpired,
@@ -409,6 +436,7 @@ impl AssertionVerifier {
             payload,
             certificate,
             alg: algorithm.name().to_owned(),
+            amr: amr.iter().map(|method| (*method).to_owned()).collect(),
         })
     }
 }
@@ -469,6 +497,10 @@ fn chain_rejection(error: &ChainError) -> Rejection {
         ChainError::KeyUsage => Rejection::new(
             ErrorCode::CertificateUntrusted,
             "the card certificate's key usage does not allow signing in",
+        ),
+        ChainError::NotACertificateSigner => Rejection::new(
+            ErrorCode::CertificateUntrusted,
+            "a CA certificate in the card's chain may not sign certificates (keyCertSign, cA)",
         ),
         ChainError::Untrusted(_) => Rejection::new(
             ErrorCode::CertificateUntrusted,
