@@ -324,13 +324,14 @@ impl AssertionVerifier {
     /// 6. payload JSON with exactly the expected members: `invalid_request`;
     /// 7. `aud` is this server's audience: `invalid_request`;
     /// 8. `iat` is within `max_clock_skew` of `now`, either way: `invalid_request`;
-    /// 8a. `slot` is one of the allowed slots (only `9a` unless configured): `slot_not_allowed`;
-    /// 9. `now` lies in the card certificate's validity period: `certificate_expired`;
-    /// 10. keyUsage digitalSignature (when the extension is present), a path
+    /// 9. `slot` is one of the allowed slots (only `9a` unless configured): `slot_not_allowed`;
+    /// 10. `now` lies in the card certificate's validity period: `certificate_expired`;
+    /// 11. keyUsage digitalSignature (when the extension is present), a path
     ///     to a trust anchor through `x5c[1..]` with clientAuth EKU (when
-    ///     present) and every CA within its validity: `certificate_untrusted`
+    ///     present) and every CA within its validity, with basicConstraints cA and
+    ///     keyCertSign (when it has keyUsage): `certificate_untrusted`
     ///     (`certificate_expired` for an expired CA);
-    /// 11. no configured CRL lists a certificate of the path: `certificate_revoked`.
+    /// 12. no configured CRL lists a certificate of the path: `certificate_revoked`.
     ///
     /// The nonce, the device binding, card/user state and mapping are the caller's.
     ///
@@ -399,8 +400,7 @@ impl AssertionVerifier {
         }
         let amr = self
             .allowed_slots
-            .iter()
-            .any(|allowed| *allowed == payload.slot)
+            .contains(&payload.slot)
             .then(|| amr_for_slot(&payload.slot))
             .flatten()
             .ok_or_else(|| {
