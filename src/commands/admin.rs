@@ -236,16 +236,17 @@ pub fn run(args: AdminArgs) -> anyhow::Result<()> {
             AdminCommand::Users(UsersCommand::Import { file }) => {
                 let text = std::fs::read_to_string(&file)
                     .with_context(|| format!("cannot read {}", file.display()))?;
+                // Spreadsheets and some editors start the file with a UTF-8 byte-order mark.
+                let text = text.strip_prefix('\u{feff}').unwrap_or(&text);
                 let report = if file
                     .extension()
                     .is_some_and(|e| e.eq_ignore_ascii_case("csv"))
                 {
-                    admin.import_users_csv(&text).await
+                    admin.import_users_csv(text).await
                 } else {
-                    let users: Vec<UserRecord> =
-                        serde_json::from_str(&text).with_context(|| {
-                            format!("{} is not a JSON array of users", file.display())
-                        })?;
+                    let users: Vec<UserRecord> = serde_json::from_str(text).with_context(|| {
+                        format!("{} is not a JSON array of users", file.display())
+                    })?;
                     admin.import_users(&users).await
                 }
                 .map_err(explain)?;
