@@ -18,7 +18,10 @@ use serde::Deserialize;
 use serde_json::{Map, Value};
 use time::OffsetDateTime;
 
-use crate::certificate::{CertificateError, CertificateFacts, ChainError, KeyKind, TrustStore};
+use crate::certificate::{
+    CertificateError, CertificateFacts, ChainError, KeyKind, TrustStore,
+    is_card_authentication_certificate,
+};
 use crate::jose::{CompactJws, JoseError, base64url_encode};
 use crate::wire::{
     ASSERTION_TYPE, AssertionHeader, AssertionPayload, DEFAULT_SIGN_IN_SLOTS, ErrorBody, ErrorCode,
@@ -324,7 +327,8 @@ impl AssertionVerifier {
     /// 6. payload JSON with exactly the expected members: `invalid_request`;
     /// 7. `aud` is this server's audience: `invalid_request`;
     /// 8. `iat` is within `max_clock_skew` of `now`, either way: `invalid_request`;
-    /// 9. `slot` is one of the allowed slots (only `9a` unless configured): `slot_not_allowed`;
+    /// 9. `slot` is one of the allowed slots (only `9a` unless configured), and only `9e`
+    ///    if the certificate is a card-authentication one (EKU id-PIV-cardAuth): `slot_not_allowed`;
     /// 10. `now` lies in the card certificate's validity period: `certificate_expired`;
     /// 11. keyUsage digitalSignature (when the extension is present), a path
     ///     to a trust anchor through `x5c[1..]` with clientAuth EKU (when
@@ -412,6 +416,14 @@ impl AssertionVerifier {
                     ),
                 )
             })?;
+        // The claim is the signer's word; a card-authentication certificate says which key
+        // signed: it may not stand in for the PIN-protected keys.
+        if payload.slot != "9e" && is_card_authentication_certificate(card_der) {
+            return Err(Rejection::new(
+                ErrorCode::SlotNotAllowed,
+                "the card certificate is a card-authentication (9e) certificate, which signs without a PIN",
+            ));
+        }
         if !certificate.is_valid_at(now) {
             return Err(Rejection::new(
                 ErrorCode::CertificateExpired,
@@ -808,6 +820,63 @@ mod tests {
                 .verify(&BOB.assertion(SignatureAlgorithm::Es256), now)
                 .is_ok()
         );
+    }
+
+    /// A P-256 card certificate from the fixture test CA with `ekus`, and an assertion
+    /// claiming `slot` signed by its key (software: the certificate is not on a card).
+    fn software_card_assertion(ekus: Vec<rcgen::ExtendedKeyUsagePurpose>, slot: &str) -> String {
+        use aws_lc_rs::signature::{ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair};
+        let ca_key =
+            rcgen::KeyPair::from_pem(&std::fs::read_to_string(fixture("ca/test-ca.key")).unwrap())
+                .unwrap();
+        let ca_pem = std::fs::read_to_string(fixture("ca/test-ca.pem")).unwrap();
+        let issuer = rcgen::Issuer::from_ca_cert_pem(&ca_pem, ca_key).unwrap();
+        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        let mut params = rcgen::CertificateParams::default();
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "Card Auth");
+        params.key_usages = vec![rcgen::KeyUsagePurpose::DigitalSignature];
+        params.extended_key_usages = ekus;
+        let certificate = params.signed_by(&key, &issuer).unwrap().der().to_vec();
+        let mut payload = payload();
+        payload.slot = slot.to_owned();
+        let draft = AssertionDraft::new("ES256", &certificate, payload);
+        let signer =
+            EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &key.serialize_der())
+                .unwrap();
+        let signature = signer
+            .sign(
+                &aws_lc_rs::rand::SystemRandom::new(),
+                draft.signing_input().as_bytes(),
+            )
+            .unwrap();
+        draft.finish(signature.as_ref())
+    }
+
+    /// Issue 11, item 7: the `slot` claim is the signer's word; a certificate for the card
+    /// authentication key (EKU id-PIV-cardAuth, FIPS 201: the 9e key, no PIN) may not
+    /// claim another slot, or its token would say `pin` when none was asked for.
+    #[test]
+    fn a_card_authentication_certificate_cannot_claim_the_pin_slot() {
+        use rcgen::ExtendedKeyUsagePurpose::{ClientAuth, Other};
+        let card_auth = || vec![ClientAuth, Other(vec![2, 16, 840, 1, 101, 3, 6, 8])];
+        let now = OffsetDateTime::now_utc();
+        let rejection = verifier()
+            .verify(&software_card_assertion(card_auth(), "9a"), now)
+            .unwrap_err();
+        assert_eq!(rejection.code, ErrorCode::SlotNotAllowed, "{rejection}");
+        let mut config = config();
+        config.allowed_slots = vec!["9a".to_owned(), "9e".to_owned()];
+        let both = AssertionVerifier::new(config).unwrap();
+        let verified = both
+            .verify(&software_card_assertion(card_auth(), "9e"), now)
+            .unwrap();
+        assert_eq!(verified.amr, ["sc"]);
+        let verified = verifier()
+            .verify(&software_card_assertion(vec![ClientAuth], "9a"), now)
+            .unwrap();
+        assert_eq!(verified.amr, ["sc", "pin"]);
     }
 
     #[test]

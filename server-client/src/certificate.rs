@@ -355,6 +355,23 @@ fn parse(der: &[u8]) -> Result<X509Certificate<'_>, CertificateError> {
     }
 }
 
+/// id-PIV-cardAuth (FIPS 201-3, 4.2.2): the extended key usage of the certificate of a PIV
+/// card's card-authentication key (slot `9e`, which signs without a PIN).
+pub const PIV_CARD_AUTH_EKU: &str = "2.16.840.1.101.3.6.8";
+
+/// Whether the certificate is a PIV card-authentication certificate (its extended key usage
+/// lists [`PIV_CARD_AUTH_EKU`]); false for anything that cannot be read.
+#[must_use]
+pub fn is_card_authentication_certificate(der: &[u8]) -> bool {
+    let Ok(certificate) = parse(der) else {
+        return false;
+    };
+    matches!(
+        certificate.extended_key_usage(),
+        Ok(Some(usage)) if usage.value.other.iter().any(|oid| oid.to_id_string() == PIV_CARD_AUTH_EKU)
+    )
+}
+
 /// True when the certificate may sign certificates: basicConstraints cA=true, and
 /// keyCertSign when it has a keyUsage extension (RFC 5280 4.2.1.3, 4.2.1.9); false for a
 /// malformed certificate or extension.
