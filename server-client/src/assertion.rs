@@ -18,9 +18,15 @@ use serde::Deserialize;
 use serde_json::{Map, Value};
 use time::OffsetDateTime;
 
-use crate::certificate::{CertificateError, CertificateFacts, ChainError, KeyKind, TrustStore};
+use crate::certificate::{
+    CertificateError, CertificateFacts, ChainError, KeyKind, TrustStore,
+    is_card_authentication_certificate,
+};
 use crate::jose::{CompactJws, JoseError, base64url_encode};
-use crate::wire::{ASSERTION_TYPE, AssertionHeader, AssertionPayload, ErrorBody, ErrorCode};
+use crate::wire::{
+    ASSERTION_TYPE, AssertionHeader, AssertionPayload, DEFAULT_SIGN_IN_SLOTS, ErrorBody, ErrorCode,
+    amr_for_slot,
+};
 
 /// How far `iat` may be from the server's clock unless configured otherwise.
 pub const DEFAULT_MAX_CLOCK_SKEW: Duration = Duration::from_secs(60);
@@ -107,10 +113,13 @@ pub struct VerifierConfig {
     pub crls: Vec<Vec<u8>>,
     /// How far `iat` may be from the server's clock, either way.
     pub max_clock_skew: Duration,
+    /// The key slots an assertion's `slot` may name (lower-case hex, of
+    /// [`PIV_SIGNING_SLOTS`](crate::wire::PIV_SIGNING_SLOTS)); by default only `9a`.
+    pub allowed_slots: Vec<String>,
 }
 
 impl VerifierConfig {
-    /// A configuration with no CRLs and [`DEFAULT_MAX_CLOCK_SKEW`].
+    /// A configuration with no CRLs, [`DEFAULT_MAX_CLOCK_SKEW`] and only slot `9a` allowed.
     #[must_use]
     pub fn new(audience: impl Into<String>, trust_anchors: Vec<Vec<u8>>) -> Self {
         VerifierConfig {
@@ -118,6 +127,7 @@ impl VerifierConfig {
             trust_anchors,
             crls: Vec::new(),
             max_clock_skew: DEFAULT_MAX_CLOCK_SKEW,
+            allowed_slots: DEFAULT_SIGN_IN_SLOTS.map(str::to_owned).to_vec(),
         }
     }
 }
@@ -166,6 +176,8 @@ pub struct VerifiedAssertion {
     pub certificate: CertificateFacts,
     /// The algorithm the card signed with (`RS256`, `RS512`, `ES256`, `ES384`).
     pub alg: String,
+    /// What the signature proves (RFC 8176), from the key slot: `["sc", "pin"]` for `9a`.
+    pub amr: Vec<String>,
 }
 
 /// The JWS algorithms a card signs with; nothing else is ever verified.
@@ -275,6 +287,7 @@ const MAX_VALIDATED_CHAINS: usize = 10_000;
 pub struct AssertionVerifier {
     audience: String,
     max_clock_skew: Duration,
+    allowed_slots: Vec<String>,
     trust: TrustStore,
     validated: std::sync::Mutex<std::collections::HashSet<String>>,
 }
@@ -290,6 +303,7 @@ impl AssertionVerifier {
             trust: TrustStore::new(&config.trust_anchors, &config.crls)?,
             audience: config.audience,
             max_clock_skew: config.max_clock_skew,
+            allowed_slots: config.allowed_slots,
             validated: std::sync::Mutex::default(),
         })
     }
@@ -313,12 +327,15 @@ impl AssertionVerifier {
     /// 6. payload JSON with exactly the expected members: `invalid_request`;
     /// 7. `aud` is this server's audience: `invalid_request`;
     /// 8. `iat` is within `max_clock_skew` of `now`, either way: `invalid_request`;
-    /// 9. `now` lies in the card certificate's validity period: `certificate_expired`;
-    /// 10. keyUsage digitalSignature (when the extension is present), a path
+    /// 9. `slot` is one of the allowed slots (only `9a` unless configured), and only `9e`
+    ///    if the certificate is a card-authentication one (EKU id-PIV-cardAuth): `slot_not_allowed`;
+    /// 10. `now` lies in the card certificate's validity period: `certificate_expired`;
+    /// 11. keyUsage digitalSignature (when the extension is present), a path
     ///     to a trust anchor through `x5c[1..]` with clientAuth EKU (when
-    ///     present) and every CA within its validity: `certificate_untrusted`
+    ///     present) and every CA within its validity, with basicConstraints cA and
+    ///     keyCertSign (when it has keyUsage): `certificate_untrusted`
     ///     (`certificate_expired` for an expired CA);
-    /// 11. no configured CRL lists a certificate of the path: `certificate_revoked`.
+    /// 12. no configured CRL lists a certificate of the path: `certificate_revoked`.
     ///
     /// The nonce, the device binding, card/user state and mapping are the caller's.
     ///
@@ -429,6 +446,28 @@ impl AssertionVerifier {
                 "the assertion's iat is too far from the server's clock",
             ));
         }
+        let amr = self
+            .allowed_slots
+            .contains(&payload.slot)
+            .then(|| amr_for_slot(&payload.slot))
+            .flatten()
+            .ok_or_else(|| {
+                Rejection::new(
+                    ErrorCode::SlotNotAllowed,
+                    format!(
+                        "this server accepts only assertions signed with the key of slot {}",
+                        self.allowed_slots.join(" or ")
+                    ),
+                )
+            })?;
+        // The claim is the signer's word; a card-authentication certificate says which key
+        // signed: it may not stand in for the PIN-protected keys.
+        if payload.slot != "9e" && is_card_authentication_certificate(card_der) {
+            return Err(Rejection::new(
+                ErrorCode::SlotNotAllowed,
+                "the card certificate is a card-authentication (9e) certificate, which signs without a PIN",
+            ));
+        }
         if !certificate.is_valid_at(now) {
             return Err(Rejection::new(
                 ErrorCode::CertificateExpired,
@@ -453,6 +492,7 @@ impl AssertionVerifier {
             payload,
             certificate,
             alg: algorithm.name().to_owned(),
+            amr: amr.iter().map(|method| (*method).to_owned()).collect(),
         })
     }
 }
@@ -513,6 +553,10 @@ fn chain_rejection(error: &ChainError) -> Rejection {
         ChainError::KeyUsage => Rejection::new(
             ErrorCode::CertificateUntrusted,
             "the card certificate's key usage does not allow signing in",
+        ),
+        ChainError::NotACertificateSigner => Rejection::new(
+            ErrorCode::CertificateUntrusted,
+            "a CA certificate in the card's chain may not sign certificates (keyCertSign, cA)",
         ),
         ChainError::Untrusted(_) => Rejection::new(
             ErrorCode::CertificateUntrusted,
@@ -820,6 +864,63 @@ mod tests {
                 .verify(&BOB.assertion(SignatureAlgorithm::Es256), now)
                 .is_ok()
         );
+    }
+
+    /// A P-256 card certificate from the fixture test CA with `ekus`, and an assertion
+    /// claiming `slot` signed by its key (software: the certificate is not on a card).
+    fn software_card_assertion(ekus: Vec<rcgen::ExtendedKeyUsagePurpose>, slot: &str) -> String {
+        use aws_lc_rs::signature::{ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair};
+        let ca_key =
+            rcgen::KeyPair::from_pem(&std::fs::read_to_string(fixture("ca/test-ca.key")).unwrap())
+                .unwrap();
+        let ca_pem = std::fs::read_to_string(fixture("ca/test-ca.pem")).unwrap();
+        let issuer = rcgen::Issuer::from_ca_cert_pem(&ca_pem, ca_key).unwrap();
+        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        let mut params = rcgen::CertificateParams::default();
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "Card Auth");
+        params.key_usages = vec![rcgen::KeyUsagePurpose::DigitalSignature];
+        params.extended_key_usages = ekus;
+        let certificate = params.signed_by(&key, &issuer).unwrap().der().to_vec();
+        let mut payload = payload();
+        payload.slot = slot.to_owned();
+        let draft = AssertionDraft::new("ES256", &certificate, payload);
+        let signer =
+            EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &key.serialize_der())
+                .unwrap();
+        let signature = signer
+            .sign(
+                &aws_lc_rs::rand::SystemRandom::new(),
+                draft.signing_input().as_bytes(),
+            )
+            .unwrap();
+        draft.finish(signature.as_ref())
+    }
+
+    /// Issue 11, item 7: the `slot` claim is the signer's word; a certificate for the card
+    /// authentication key (EKU id-PIV-cardAuth, FIPS 201: the 9e key, no PIN) may not
+    /// claim another slot, or its token would say `pin` when none was asked for.
+    #[test]
+    fn a_card_authentication_certificate_cannot_claim_the_pin_slot() {
+        use rcgen::ExtendedKeyUsagePurpose::{ClientAuth, Other};
+        let card_auth = || vec![ClientAuth, Other(vec![2, 16, 840, 1, 101, 3, 6, 8])];
+        let now = OffsetDateTime::now_utc();
+        let rejection = verifier()
+            .verify(&software_card_assertion(card_auth(), "9a"), now)
+            .unwrap_err();
+        assert_eq!(rejection.code, ErrorCode::SlotNotAllowed, "{rejection}");
+        let mut config = config();
+        config.allowed_slots = vec!["9a".to_owned(), "9e".to_owned()];
+        let both = AssertionVerifier::new(config).unwrap();
+        let verified = both
+            .verify(&software_card_assertion(card_auth(), "9e"), now)
+            .unwrap();
+        assert_eq!(verified.amr, ["sc"]);
+        let verified = verifier()
+            .verify(&software_card_assertion(vec![ClientAuth], "9a"), now)
+            .unwrap();
+        assert_eq!(verified.amr, ["sc", "pin"]);
     }
 
     #[test]

@@ -74,6 +74,14 @@ pub enum CertificateError {
         /// What webpki found.
         source: webpki::Error,
     },
+    /// A configured trust anchor may not issue certificates (RFC 5280 4.2.1.3 and 4.2.1.9).
+    #[error(
+        "trust anchor {index} may not issue certificates: it needs basicConstraints cA=true and, when it has keyUsage, keyCertSign"
+    )]
+    TrustAnchorNotCa {
+        /// Position in the configured list, from 0.
+        index: usize,
+    },
     /// A configured CRL is unusable.
     #[error("CRL {index} cannot be read: {source}")]
     Crl {
@@ -200,6 +208,10 @@ pub enum ChainError {
     /// The card certificate has a keyUsage extension without digitalSignature.
     #[error("the certificate's key usage does not allow digital signatures")]
     KeyUsage,
+    /// A CA certificate of the path may not sign certificates: no basicConstraints
+    /// cA=true, or a keyUsage extension without keyCertSign (RFC 5280 4.2.1.3, 4.2.1.9).
+    #[error("a CA certificate in the chain may not sign certificates")]
+    NotACertificateSigner,
     /// No path to a trust anchor: unknown issuer, a bad signature on the way,
     /// no clientAuth EKU, a CA certificate used as the card's, malformed DER...
     #[error("the certificate does not chain to a trusted CA: {0}")]
@@ -236,9 +248,15 @@ impl TrustStore {
             .iter()
             .enumerate()
             .map(|(index, der)| {
-                webpki::anchor_from_trusted_cert(&CertificateDer::from(der.as_slice()))
-                    .map(|anchor| anchor.to_owned())
-                    .map_err(|source| CertificateError::TrustAnchor { index, source })
+                let anchor =
+                    webpki::anchor_from_trusted_cert(&CertificateDer::from(der.as_slice()))
+                        .map(|anchor| anchor.to_owned())
+                        .map_err(|source| CertificateError::TrustAnchor { index, source })?;
+                if may_sign_certificates(der) {
+                    Ok(anchor)
+                } else {
+                    Err(CertificateError::TrustAnchorNotCa { index })
+                }
             })
             .collect::<Result<_, _>>()?;
         let crls = crls
@@ -263,7 +281,10 @@ impl TrustStore {
     /// when it has a keyUsage extension, then that it chains to a trust anchor
     /// through `intermediates` at `now`, with every certificate within its
     /// validity, clientAuth in its extended key usage when it has one, and
-    /// none of them listed by a configured CRL.
+    /// none of them listed by a configured CRL; then that every intermediate CA
+    /// of the path found has basicConstraints cA=true and, when it has a keyUsage
+    /// extension, keyCertSign (RFC 5280 4.2.1.3: rustls-webpki checks cA but not the key
+    /// usage of CA certificates). Trust anchors are checked so when the store is made.
     ///
     /// Revocation: the card certificate and the intermediates are checked
     /// against the CRLs of their issuers; a CA with no configured CRL is not
@@ -296,7 +317,7 @@ impl TrustStore {
                 .build()
         });
         let seconds = u64::try_from(now.unix_timestamp()).unwrap_or(0);
-        end_entity
+        let path = end_entity
             .verify_for_usage(
                 webpki::ALL_VERIFICATION_ALGS,
                 &self.anchors,
@@ -306,14 +327,21 @@ impl TrustStore {
                 revocation,
                 None,
             )
-            .map(|_| ())
             .map_err(|error| match error {
                 webpki::Error::CertExpired { .. } | webpki::Error::CertNotValidYet { .. } => {
                     ChainError::Expired
                 }
                 webpki::Error::CertRevoked => ChainError::Revoked,
                 other => ChainError::Untrusted(other),
-            })
+            })?;
+        if path
+            .intermediate_certificates()
+            .all(|ca| may_sign_certificates(ca.der().as_ref()))
+        {
+            Ok(())
+        } else {
+            Err(ChainError::NotACertificateSigner)
+        }
     }
 }
 
@@ -325,6 +353,40 @@ fn parse(der: &[u8]) -> Result<X509Certificate<'_>, CertificateError> {
     } else {
         Err(CertificateError::TrailingData { len: rest.len() })
     }
+}
+
+/// id-PIV-cardAuth (FIPS 201-3, 4.2.2): the extended key usage of the certificate of a PIV
+/// card's card-authentication key (slot `9e`, which signs without a PIN).
+pub const PIV_CARD_AUTH_EKU: &str = "2.16.840.1.101.3.6.8";
+
+/// Whether the certificate is a PIV card-authentication certificate (its extended key usage
+/// lists [`PIV_CARD_AUTH_EKU`]); false for anything that cannot be read.
+#[must_use]
+pub fn is_card_authentication_certificate(der: &[u8]) -> bool {
+    let Ok(certificate) = parse(der) else {
+        return false;
+    };
+    matches!(
+        certificate.extended_key_usage(),
+        Ok(Some(usage)) if usage.value.other.iter().any(|oid| oid.to_id_string() == PIV_CARD_AUTH_EKU)
+    )
+}
+
+/// True when the certificate may sign certificates: basicConstraints cA=true, and
+/// keyCertSign when it has a keyUsage extension (RFC 5280 4.2.1.3, 4.2.1.9); false for a
+/// malformed certificate or extension.
+fn may_sign_certificates(der: &[u8]) -> bool {
+    let Ok(certificate) = parse(der) else {
+        return false;
+    };
+    let is_ca =
+        matches!(certificate.basic_constraints(), Ok(Some(constraints)) if constraints.value.ca);
+    let key_usage_allows = match certificate.key_usage() {
+        Ok(None) => true,
+        Ok(Some(usage)) => usage.value.key_cert_sign(),
+        Err(_) => false,
+    };
+    is_ca && key_usage_allows
 }
 
 /// True when the certificate has no keyUsage extension or one with
@@ -796,6 +858,134 @@ pub(crate) mod tests {
             store.validate(&card, &[], now()),
             Err(ChainError::Untrusted(webpki::Error::UnknownIssuer))
         );
+    }
+
+    /// An intermediate CA of `root` shaped by `edit`, and a card it issued.
+    fn intermediate_and_card(
+        root: &TestCa,
+        edit: impl FnOnce(&mut CertificateParams),
+    ) -> (Vec<u8>, Vec<u8>) {
+        let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        let mut params = CertificateParams::default();
+        params
+            .distinguished_name
+            .push(DnType::CommonName, "Issuing CA");
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+        edit(&mut params);
+        let der = params.signed_by(&key, &root.issuer).unwrap().der().to_vec();
+        let intermediate = TestCa {
+            certificate: der.clone(),
+            issuer: Issuer::new(params, key),
+        };
+        (der, issue(&intermediate, |_| {}))
+    }
+
+    /// What `openssl verify` says of the chain, or `None` without openssl.
+    fn openssl_accepts(root: &[u8], intermediate: &[u8], card: &[u8]) -> Option<bool> {
+        use base64::Engine as _;
+        let dir = tempfile::tempdir().unwrap();
+        let write = |name: &str, der: &[u8]| {
+            let body = base64::engine::general_purpose::STANDARD.encode(der);
+            let lines: Vec<&str> = body
+                .as_bytes()
+                .chunks(64)
+                .map(|line| std::str::from_utf8(line).unwrap())
+                .collect();
+            let path = dir.path().join(name);
+            std::fs::write(
+                &path,
+                format!(
+                    "-----BEGIN CERTIFICATE-----\n{}\n-----END CERTIFICATE-----\n",
+                    lines.join("\n")
+                ),
+            )
+            .unwrap();
+            path
+        };
+        let (root, intermediate, card) = (
+            write("root.pem", root),
+            write("intermediate.pem", intermediate),
+            write("card.pem", card),
+        );
+        let output = std::process::Command::new("openssl")
+            .arg("verify")
+            .arg("-CAfile")
+            .arg(root)
+            .arg("-untrusted")
+            .arg(intermediate)
+            .arg(card)
+            .output()
+            .ok()?;
+        Some(output.status.success())
+    }
+
+    /// Issue 11, item 8: an intermediate CA whose keyUsage lacks keyCertSign was accepted
+    /// (rustls-webpki does not check a CA's key usage); RFC 5280 4.2.1.3 forbids verifying
+    /// certificate signatures with its key, and openssl refuses the chain.
+    #[test]
+    fn an_intermediate_without_key_cert_sign_is_refused() {
+        let root = test_ca("Root CA");
+        let store = TrustStore::new(std::slice::from_ref(&root.certificate), &[]).unwrap();
+        let (good_ca, good_card) = intermediate_and_card(&root, |_| {});
+        assert_eq!(
+            store.validate(&good_card, std::slice::from_ref(&good_ca), now()),
+            Ok(())
+        );
+        let (signing_only_ca, card) = intermediate_and_card(&root, |params| {
+            params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        });
+        assert_eq!(
+            store.validate(&card, std::slice::from_ref(&signing_only_ca), now()),
+            Err(ChainError::NotACertificateSigner)
+        );
+        // openssl agrees on both chains, where it is installed.
+        if let Some(accepted) = openssl_accepts(&root.certificate, &good_ca, &good_card) {
+            assert!(accepted, "openssl accepts the chain with keyCertSign");
+            assert_eq!(
+                openssl_accepts(&root.certificate, &signing_only_ca, &card),
+                Some(false),
+                "openssl refuses the chain without keyCertSign"
+            );
+        }
+        // An intermediate without keyUsage may sign certificates (RFC 5280 4.2.1.3).
+        let (no_key_usage_ca, card) =
+            intermediate_and_card(&root, |params| params.key_usages.clear());
+        assert_eq!(
+            store.validate(&card, std::slice::from_ref(&no_key_usage_ca), now()),
+            Ok(())
+        );
+    }
+
+    /// basicConstraints cA=true is required of every CA in the path (webpki checks it for
+    /// intermediates; pivtap checks again, and checks trust anchors when loading them).
+    #[test]
+    fn every_ca_of_the_path_needs_basic_constraints_ca() {
+        let root = test_ca("Root CA");
+        let store = TrustStore::new(std::slice::from_ref(&root.certificate), &[]).unwrap();
+        for is_ca in [IsCa::NoCa, IsCa::ExplicitNoCa] {
+            let (not_ca, card) = intermediate_and_card(&root, |params| params.is_ca = is_ca);
+            assert!(
+                store
+                    .validate(&card, std::slice::from_ref(&not_ca), now())
+                    .is_err()
+            );
+        }
+        let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        let mut params = CertificateParams::default();
+        params.distinguished_name.push(DnType::CommonName, "Anchor");
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        let signing_only = params.self_signed(&key).unwrap().der().to_vec();
+        params.is_ca = IsCa::ExplicitNoCa;
+        params.key_usages = vec![KeyUsagePurpose::KeyCertSign];
+        let not_ca = params.self_signed(&key).unwrap().der().to_vec();
+        for anchor in [signing_only, not_ca] {
+            assert_eq!(
+                TrustStore::new(&[root.certificate.clone(), anchor], &[]).unwrap_err(),
+                CertificateError::TrustAnchorNotCa { index: 1 }
+            );
+        }
     }
 
     #[test]

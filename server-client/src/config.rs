@@ -33,6 +33,11 @@
 //! [challenges]
 //! lifetime_seconds = 60                # how long a challenge may be answered, 1 s to 10 min
 //! max_clock_skew_seconds = 60          # tolerated |iat - now| of an assertion, up to 10 min
+//! allowed_slots = ["9a"]               # key slots an assertion's `slot` may name: of 9a, 9c,
+//!                                      # 9d, 9e. A token's amr is ["sc", "pin"] for 9a, 9c and
+//!                                      # 9d (the card asks for the PIN), ["sc"] for 9e (card
+//!                                      # authentication: no PIN); assertions naming another
+//!                                      # slot are refused with `slot_not_allowed`
 //!
 //! [rate_limit]
 //! failures_before_delay = 5            # failed assertions per card or device before delays start
@@ -316,6 +321,10 @@ pub struct ChallengeConfig {
     pub lifetime_seconds: u64,
     /// How far an assertion's `iat` may be from the server's clock.
     pub max_clock_skew_seconds: u64,
+    /// The key slots an assertion may name (of [`PIV_SIGNING_SLOTS`](crate::wire::PIV_SIGNING_SLOTS)):
+    /// only `9a` (PIV authentication, PIN required) by default.
+    #[serde(skip_serializing_if = "is_default_slots")]
+    pub allowed_slots: Vec<String>,
 }
 
 impl Default for ChallengeConfig {
@@ -323,8 +332,19 @@ impl Default for ChallengeConfig {
         Self {
             lifetime_seconds: 60,
             max_clock_skew_seconds: 60,
+            allowed_slots: default_slots(),
         }
     }
+}
+
+fn default_slots() -> Vec<String> {
+    crate::wire::DEFAULT_SIGN_IN_SLOTS
+        .map(str::to_owned)
+        .to_vec()
+}
+
+fn is_default_slots(slots: &[String]) -> bool {
+    slots == default_slots().as_slice()
 }
 
 impl ChallengeConfig {
@@ -550,6 +570,14 @@ pub enum ConfigProblem {
     /// The same key algorithm listed twice.
     #[error("lists an algorithm twice")]
     Duplicate,
+    /// A key slot that is not a PIV signing slot, or one listed twice.
+    #[error(
+        "must list each of 9a, 9c, 9d or 9e (lower case) at most once; entry {index} is not allowed"
+    )]
+    Slot {
+        /// Position in the list, from 0.
+        index: usize,
+    },
 }
 
 /// What is wrong with a certificate or CRL file.
@@ -571,6 +599,11 @@ pub enum PkiFileProblem {
     /// A certificate lacks `basicConstraints cA=true`.
     #[error("holds a certificate that is not a CA certificate (basicConstraints cA is not set)")]
     NotCa,
+    /// A CA certificate's keyUsage lacks keyCertSign (RFC 5280 4.2.1.3).
+    #[error(
+        "holds a CA certificate whose key usage does not allow signing certificates (keyCertSign)"
+    )]
+    NoKeyCertSign,
     /// A CRL does not parse.
     #[error("holds a CRL that is not valid X.509 DER")]
     NotCrl,
@@ -705,6 +738,16 @@ impl ServerConfig {
                 return invalid(field, ConfigProblem::TooLarge { max });
             }
         }
+        if self.challenges.allowed_slots.is_empty() {
+            return invalid("challenges.allowed_slots", ConfigProblem::Empty);
+        }
+        for (index, slot) in self.challenges.allowed_slots.iter().enumerate() {
+            if !crate::wire::PIV_SIGNING_SLOTS.contains(&slot.as_str())
+                || self.challenges.allowed_slots[..index].contains(slot)
+            {
+                return invalid("challenges.allowed_slots", ConfigProblem::Slot { index });
+            }
+        }
         if let Err(problem) = self.pin_policy.validate() {
             return invalid("pin_policy", ConfigProblem::PinPolicy(problem));
         }
@@ -837,6 +880,10 @@ pub fn parse_ca_certificates(bytes: &[u8]) -> Result<Vec<Vec<u8>>, PkiFileProble
                 if !certificate.is_ca() {
                     return Err(PkiFileProblem::NotCa);
                 }
+                if matches!(certificate.key_usage(), Ok(Some(usage)) if !usage.value.key_cert_sign())
+                {
+                    return Err(PkiFileProblem::NoKeyCertSign);
+                }
             }
             _ => return Err(PkiFileProblem::NotX509),
         }
@@ -938,6 +985,7 @@ ca_certificates = ["trust/ca.pem"]
         assert_eq!(config.mapping.rule.to_string(), "san.email -> mail");
         assert_eq!(config.challenges.lifetime(), Duration::from_secs(60));
         assert_eq!(config.challenges.max_clock_skew(), Duration::from_secs(60));
+        assert_eq!(config.challenges.allowed_slots, ["9a"]);
         assert_eq!(config.rate_limit.failures_before_delay, 5);
         assert_eq!(config.rate_limit.base_delay(), Duration::from_secs(2));
         assert_eq!(config.rate_limit.max_delay(), Duration::from_secs(300));
@@ -998,6 +1046,7 @@ rule = "subject.serial -> employee_id"
 [challenges]
 lifetime_seconds = 30
 max_clock_skew_seconds = 5
+allowed_slots = ["9a", "9e"]
 
 [rate_limit]
 failures_before_delay = 3
@@ -1030,7 +1079,8 @@ retention_days = 30
             config.challenges,
             ChallengeConfig {
                 lifetime_seconds: 30,
-                max_clock_skew_seconds: 5
+                max_clock_skew_seconds: 5,
+                allowed_slots: vec!["9a".to_owned(), "9e".to_owned()],
             }
         );
         assert_eq!(
@@ -1207,6 +1257,26 @@ ca_certificates = ["ca.pem"]
                 ConfigProblem::TooLarge { max: 600 },
             ),
             (
+                "[challenges]\nallowed_slots = []",
+                "challenges.allowed_slots",
+                ConfigProblem::Empty,
+            ),
+            (
+                "[challenges]\nallowed_slots = [\"9a\", \"82\"]",
+                "challenges.allowed_slots",
+                ConfigProblem::Slot { index: 1 },
+            ),
+            (
+                "[challenges]\nallowed_slots = [\"9A\"]",
+                "challenges.allowed_slots",
+                ConfigProblem::Slot { index: 0 },
+            ),
+            (
+                "[challenges]\nallowed_slots = [\"9a\", \"9a\"]",
+                "challenges.allowed_slots",
+                ConfigProblem::Slot { index: 1 },
+            ),
+            (
                 "[rate_limit]\nbase_delay_seconds = 0",
                 "rate_limit.base_delay_seconds",
                 ConfigProblem::TooSmall { min: 1 },
@@ -1352,8 +1422,14 @@ ca_certificates = ["ca.pem"]
             b"-----BEGIN CERTIFICATE-----\n!!!!\n-----END CERTIFICATE-----\n",
         );
         let empty = write("empty.pem", b"");
+        let mut params = CertificateParams::new(vec!["example.org".to_owned()]).unwrap();
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.key_usages = vec![rcgen::KeyUsagePurpose::DigitalSignature];
+        let signing_only = params.self_signed(&KeyPair::generate().unwrap()).unwrap();
+        let signing_only = write("signing-only.pem", signing_only.pem().as_bytes());
         let cases = [
             (&leaf, PkiFileProblem::NotCa),
+            (&signing_only, PkiFileProblem::NoKeyCertSign),
             (&key_only, PkiFileProblem::NoCertificate),
             (&garbage, PkiFileProblem::NotX509),
             (&empty, PkiFileProblem::NoCertificate),

@@ -52,6 +52,26 @@ pub const ENROLL_SLOT: &str = "9a";
 /// Authentication methods of a session token (RFC 8176): smart card and PIN.
 pub const AMR: [&str; 2] = ["sc", "pin"];
 
+/// The PIV key slots an assertion may name by default: `9a`, PIV authentication.
+pub const DEFAULT_SIGN_IN_SLOTS: [&str; 1] = ["9a"];
+
+/// The PIV slots whose keys can sign an assertion (SP 800-73-4): `9a` PIV
+/// authentication, `9c` digital signature, `9d` key management, `9e` card authentication.
+pub const PIV_SIGNING_SLOTS: [&str; 4] = ["9a", "9c", "9d", "9e"];
+
+/// What a signature by the key in `slot` proves, as RFC 8176 `amr` values. Per
+/// SP 800-73-4 the card lets the `9a`, `9c` and `9d` keys sign only after the PIN
+/// was verified: smart card and PIN (`["sc", "pin"]`). The `9e` key (card
+/// authentication) signs without a PIN: smart card only (`["sc"]`). Any other slot: `None`.
+#[must_use]
+pub fn amr_for_slot(slot: &str) -> Option<&'static [&'static str]> {
+    match slot {
+        "9a" | "9c" | "9d" => Some(&AMR),
+        "9e" => Some(&["sc"]),
+        _ => None,
+    }
+}
+
 /// Longest device id.
 pub const MAX_DEVICE_ID_LEN: usize = 64;
 
@@ -181,11 +201,13 @@ pub enum ErrorCode {
     /// Admin endpoints: a bare serial names cards of several issuers; the message names
     /// the qualified ids (`serial@issuer-id`) to use instead.
     CardAmbiguous,
+    /// The assertion names a key slot this server does not accept for sign-in (only `9a` by default).
+    SlotNotAllowed,
 }
 
 impl ErrorCode {
     /// Every code, for documentation and tests.
-    pub const ALL: [ErrorCode; 23] = [
+    pub const ALL: [ErrorCode; 24] = [
         ErrorCode::InvalidRequest,
         ErrorCode::ChallengeUnknown,
         ErrorCode::ChallengeExpired,
@@ -209,6 +231,7 @@ impl ErrorCode {
         ErrorCode::KeyNotAllowed,
         ErrorCode::EnrollmentDisabled,
         ErrorCode::CardAmbiguous,
+        ErrorCode::SlotNotAllowed,
     ];
 
     /// The code as it appears on the wire (`challenge_reused`).
@@ -238,6 +261,7 @@ impl ErrorCode {
             ErrorCode::KeyNotAllowed => "key_not_allowed",
             ErrorCode::EnrollmentDisabled => "enrollment_disabled",
             ErrorCode::CardAmbiguous => "card_ambiguous",
+            ErrorCode::SlotNotAllowed => "slot_not_allowed",
         }
     }
 
@@ -323,7 +347,8 @@ pub struct SessionClaims {
     /// The user's e-mail address.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub email: Option<String>,
-    /// Authentication methods: `["sc", "pin"]`.
+    /// Authentication methods (RFC 8176), what the assertion's key slot proves:
+    /// `["sc", "pin"]` for `9a` (see [`amr_for_slot`]).
     pub amr: Vec<String>,
     /// The device the user signed in on.
     pub device: String,

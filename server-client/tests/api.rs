@@ -1058,3 +1058,136 @@ async fn admin_audit_queries_filter() {
         .error(StatusCode::BAD_REQUEST, "invalid_request");
     }
 }
+
+/// Issue 11, item 9: a second user with the first one's mail in another case was accepted
+/// (and the first user's sign-ins then failed); ids with zero-width or bidi characters were
+/// accepted; a CSV with a byte-order mark was refused as having no 'id' column; an import
+/// was audited as one count. Now every attribute a mapping rule uses is unique as the rule
+/// compares it, ids are `[A-Za-z0-9._@-]{1,64}`, a BOM is read, and each imported user
+/// has an audit event.
+#[tokio::test]
+async fn the_directory_refuses_duplicates_and_lookalike_ids() {
+    let app = app().await;
+    let add = |body: Value| admin_request(Method::POST, "/users", JSON, body.to_string());
+    send(
+        &app,
+        add(json!({
+            "id": "alice",
+            "display_name": "Alice",
+            "mail": "alice@example.com",
+            "upn": "alice@corp.example",
+            "employee_id": "E-1",
+        })),
+    )
+    .await
+    .ok_json(StatusCode::CREATED);
+    for (body, attribute) in [
+        (
+            json!({"id": "alice2", "display_name": "Mallory", "mail": "ALICE@Example.com"}),
+            "mail",
+        ),
+        (
+            json!({"id": "alice3", "display_name": "Mallory", "upn": "Alice@CORP.example"}),
+            "upn",
+        ),
+        (
+            json!({"id": "alice4", "display_name": "Mallory", "employee_id": "E-1"}),
+            "employee_id",
+        ),
+    ] {
+        let message = send(&app, add(body))
+            .await
+            .error(StatusCode::CONFLICT, "conflict");
+        assert!(
+            message.contains(attribute) && message.contains("\"alice\""),
+            "{attribute}: the conflicting user is named: {message:?}"
+        );
+    }
+    // Another case of an employee id is another employee id (the rule compares it exactly).
+    send(
+        &app,
+        add(json!({"id": "e1", "display_name": "E One", "employee_id": "e-1"})),
+    )
+    .await
+    .ok_json(StatusCode::CREATED);
+    for id in [
+        "ali\u{200b}ce",
+        "\u{202e}ecila",
+        "alice\u{2066}",
+        "al ice",
+        "alice/..",
+        "ａlice",
+        &"a".repeat(65),
+    ] {
+        let message = send(&app, add(json!({"id": id, "display_name": "Lookalike"})))
+            .await
+            .error(StatusCode::BAD_REQUEST, "invalid_request");
+        assert!(message.contains("1 to 64"), "{id:?}: {message:?}");
+    }
+    let message = send(
+        &app,
+        add(json!({"id": "bob", "display_name": "Bob", "mail": "b\u{200b}ob@example.com"})),
+    )
+    .await
+    .error(StatusCode::BAD_REQUEST, "invalid_request");
+    assert!(message.contains("zero-width"), "{message:?}");
+    assert_eq!(user_ids(&app).await, ["alice", "e1"]);
+
+    // A CSV saved with a byte-order mark; one user clashes with alice's mail in another
+    // case, two clash with each other.
+    let csv = "\u{feff}id,display_name,mail\r\n\
+               carol,Carol,carol@example.com\r\n\
+               mallory,Mallory,Alice@EXAMPLE.com\r\n\
+               dave,Dave,dave@example.com\r\n\
+               dave2,Dave Again,DAVE@example.com\r\n";
+    let report = send(
+        &app,
+        admin_request(Method::POST, "/users/import", "text/csv", csv),
+    )
+    .await
+    .ok_json(StatusCode::OK);
+    assert_eq!(report["added"], 2, "{report}");
+    let skipped = report["skipped"].as_array().expect("an array");
+    assert_eq!(skipped.len(), 2, "{report}");
+    assert_eq!(skipped[0]["id"], "mallory");
+    assert!(
+        skipped[0]["reason"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("\"alice\""),
+        "{report}"
+    );
+    assert_eq!(skipped[1]["id"], "dave2");
+    assert!(
+        skipped[1]["reason"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("\"dave\""),
+        "{report}"
+    );
+    let bom_json = format!(
+        "\u{feff}{}",
+        json!([{"id": "erin", "display_name": "Erin"}])
+    );
+    let report = send(
+        &app,
+        admin_request(Method::POST, "/users/import", JSON, bom_json),
+    )
+    .await
+    .ok_json(StatusCode::OK);
+    assert_eq!(report["added"], 1, "{report}");
+    assert_eq!(
+        user_ids(&app).await,
+        ["alice", "carol", "dave", "e1", "erin"]
+    );
+
+    // One audit event per imported user, naming the user.
+    let events = audit(&app, "?outcome=ok").await;
+    for id in ["carol", "dave", "erin"] {
+        let imported = events
+            .iter()
+            .filter(|event| event["kind"] == "admin" && event["user_id"] == id)
+            .count();
+        assert_eq!(imported, 1, "{id}: {events:#?}");
+    }
+}

@@ -846,13 +846,25 @@ async fn a_card_that_maps_to_no_user_is_refused() {
 async fn a_card_that_maps_to_two_users_is_refused() {
     let server = TestServer::start().await;
     server.add_user(&ALICE.user()).await;
-    server
+    // The admin API refuses a second user with alice's mail (issue 11, item 9), but a
+    // database from before that check may hold one: put it there directly.
+    let duplicate = server
+        .admin()
         .add_user(&user_record(
             "alice2",
             "Alice Duplicate",
             "alice@example.com",
         ))
         .await;
+    assert!(duplicate.is_err(), "{duplicate:?}");
+    rusqlite::Connection::open(&server.config.database)
+        .expect("the database opens")
+        .execute(
+            "INSERT INTO users (id, display_name, mail, state, created_at)
+             VALUES ('alice2', 'Alice Duplicate', 'alice@example.com', 'active', '2026-01-01T00:00:00.000000Z')",
+            [],
+        )
+        .expect("the duplicate is inserted");
     let refusal = refused(server.sign_in(&ALICE, KIOSK).await, ErrorCode::UserUnknown);
     assert!(
         refusal.message.contains("more than one"),

@@ -1448,3 +1448,133 @@ async fn a_card_holder_elsewhere_cannot_get_a_kiosk_blocked() {
         .keep_logs("a_card_holder_elsewhere_cannot_get_a_kiosk_blocked")
         .await;
 }
+
+/// The claims of a session token (the JWT's payload), unverified: for reading `amr`.
+fn token_claims(reply: &Reply) -> Value {
+    let token = reply.json()["token"].as_str().expect("a token").to_owned();
+    let payload = token.split('.').nth(1).expect("a JWT payload");
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(payload)
+        .expect("base64url");
+    serde_json::from_slice(&bytes).expect("JSON claims")
+}
+
+/// Issue 11, item 7: an assertion's `slot` was never checked, so one naming `9e` (the card
+/// authentication key, which signs without a PIN), `9c` or junk signed in and the token
+/// still said `amr: ["sc", "pin"]`. Now only `9a` is accepted unless configured, and `amr`
+/// follows the slot.
+#[tokio::test]
+async fn assertions_naming_another_key_slot_are_refused() {
+    let target = target().await;
+    let header = header_json(ALICE.algorithm().jose_name(), &[ALICE.certificate()]);
+    for slot in ["9e", "9c", "9d", "9A", "82", "", "junk", "9a\u{0}"] {
+        let payload = json!({
+            "aud": target.origin,
+            "nonce": "NONCE",
+            "device": DEVICE,
+            "iat": OffsetDateTime::now_utc().unix_timestamp(),
+            "slot": slot,
+        })
+        .to_string();
+        let forged = target.crafted(&ALICE, &header, Some(&payload)).await;
+        let reply = target
+            .send(post("/v1/assertions", Some(JSON), assertion_body(&forged)))
+            .await;
+        assert_refused(
+            &format!("slot {slot:?}"),
+            &reply,
+            StatusCode::UNAUTHORIZED,
+            "slot_not_allowed",
+        );
+    }
+    let audit = target.admin_json("/audit?limit=100").await;
+    let refused = audit
+        .as_array()
+        .expect("an array")
+        .iter()
+        .filter(|event| event["outcome"] == "slot_not_allowed")
+        .count();
+    assert_eq!(refused, 8, "each refusal is audited: {audit:#}");
+    // The card's own 9a assertion signs in, as smart card and PIN.
+    let good = target.good_assertion(&ALICE).await;
+    let reply = target
+        .send(post("/v1/assertions", Some(JSON), assertion_body(&good)))
+        .await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.json());
+    assert_eq!(token_claims(&reply)["amr"], json!(["sc", "pin"]));
+}
+
+/// With `allowed_slots = ["9a", "9e"]` a `9e` assertion signs in, and its token says only
+/// what was proven: a smart card (`["sc"]`), no PIN.
+#[tokio::test]
+async fn a_card_authentication_slot_allowed_by_configuration_proves_no_pin() {
+    let target = target_with(|config| {
+        config.challenges.allowed_slots = vec!["9a".to_owned(), "9e".to_owned()];
+    })
+    .await;
+    let header = header_json(ALICE.algorithm().jose_name(), &[ALICE.certificate()]);
+    let mut amr = Vec::new();
+    for slot in ["9e", "9a", "9c"] {
+        let payload = json!({
+            "aud": target.origin,
+            "nonce": "NONCE",
+            "device": DEVICE,
+            "iat": OffsetDateTime::now_utc().unix_timestamp(),
+            "slot": slot,
+        })
+        .to_string();
+        let assertion = target.crafted(&ALICE, &header, Some(&payload)).await;
+        let reply = target
+            .send(post(
+                "/v1/assertions",
+                Some(JSON),
+                assertion_body(&assertion),
+            ))
+            .await;
+        if slot == "9c" {
+            assert_refused(
+                "slot 9c",
+                &reply,
+                StatusCode::UNAUTHORIZED,
+                "slot_not_allowed",
+            );
+        } else {
+            assert_eq!(reply.status, StatusCode::OK, "{slot}: {}", reply.json());
+            amr.push(token_claims(&reply)["amr"].clone());
+        }
+    }
+    assert_eq!(amr, [json!(["sc"]), json!(["sc", "pin"])]);
+}
+
+/// Issue 11, item 9, end to end: a second user with alice's mail in other letters made
+/// alice's card map to two users, so her sign-ins failed (`user_unknown`). The add is now
+/// refused, naming alice, and her card still signs her in.
+#[tokio::test]
+async fn a_second_user_with_the_same_mail_in_another_case_is_refused() {
+    let target = target().await;
+    let reply = target
+        .send(
+            target.admin(
+                Method::POST,
+                "/users",
+                json!({"id": "mallory", "display_name": "Mallory", "mail": "Alice@EXAMPLE.com"})
+                    .to_string(),
+            ),
+        )
+        .await;
+    assert_refused("same mail", &reply, StatusCode::CONFLICT, "conflict");
+    assert!(
+        reply.json()["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("\"alice\""),
+        "{}",
+        reply.json()
+    );
+    let good = target.good_assertion(&ALICE).await;
+    let reply = target
+        .send(post("/v1/assertions", Some(JSON), assertion_body(&good)))
+        .await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.json());
+    assert_eq!(reply.json()["user"]["id"], "alice");
+}

@@ -6,6 +6,7 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use clap::{Args, Subcommand};
 use pivtap_server_client::client::{AuditFilter, CardAction};
+use pivtap_server_client::text::escape_invisible;
 use pivtap_server_client::wire::{AuditRecord, CardRecord, EnrollmentCode, UserRecord};
 use serde::Serialize;
 use zeroize::Zeroizing;
@@ -236,16 +237,17 @@ pub fn run(args: AdminArgs) -> anyhow::Result<()> {
             AdminCommand::Users(UsersCommand::Import { file }) => {
                 let text = std::fs::read_to_string(&file)
                     .with_context(|| format!("cannot read {}", file.display()))?;
+                // Spreadsheets and some editors start the file with a UTF-8 byte-order mark.
+                let text = text.strip_prefix('\u{feff}').unwrap_or(&text);
                 let report = if file
                     .extension()
                     .is_some_and(|e| e.eq_ignore_ascii_case("csv"))
                 {
-                    admin.import_users_csv(&text).await
+                    admin.import_users_csv(text).await
                 } else {
-                    let users: Vec<UserRecord> =
-                        serde_json::from_str(&text).with_context(|| {
-                            format!("{} is not a JSON array of users", file.display())
-                        })?;
+                    let users: Vec<UserRecord> = serde_json::from_str(text).with_context(|| {
+                        format!("{} is not a JSON array of users", file.display())
+                    })?;
                     admin.import_users(&users).await
                 }
                 .map_err(explain)?;
@@ -384,15 +386,17 @@ fn json_text<T: Serialize + ?Sized>(value: &T) -> anyhow::Result<String> {
     Ok(pivtap_server_client::escape::json_output(&text).into_owned())
 }
 
+/// One user of `users list`; invisible characters (zero-width, bidi, controls) are shown
+/// escaped, so that two users who look alike read differently.
 fn user_line(user: &UserRecord) -> String {
     format!(
         "{:<16} {:<8} {}{}",
-        user.id,
+        escape_invisible(&user.id),
         user.state,
-        user.display_name,
+        escape_invisible(&user.display_name),
         user.mail
             .as_ref()
-            .map(|m| format!(" <{m}>"))
+            .map(|m| format!(" <{}>", escape_invisible(m)))
             .unwrap_or_default()
     )
 }
@@ -479,6 +483,37 @@ mod tests {
         for bad in ["", "m", "15x", "1.5h", "-5m", "99999999999999999999d"] {
             assert!(parse_duration(bad).is_err(), "{bad}");
         }
+    }
+
+    /// Issue 11, item 9: names with zero-width or bidi characters looked like others in
+    /// `users list`; they are shown escaped, so lookalikes differ on screen.
+    #[test]
+    fn users_list_shows_invisible_characters_escaped() {
+        let user = |id: &str, name: &str, mail: Option<&str>| UserRecord {
+            id: id.to_owned(),
+            display_name: name.to_owned(),
+            mail: mail.map(str::to_owned),
+            upn: None,
+            employee_id: None,
+            state: "active".to_owned(),
+        };
+        let plain = user_line(&user("alice", "Alice Example", Some("alice@example.com")));
+        assert_eq!(
+            plain,
+            "alice            active   Alice Example <alice@example.com>"
+        );
+        let lookalike = user_line(&user(
+            "alice",
+            "Alice\u{200b} Example\u{202e}",
+            Some("alice@example.com\u{2066}"),
+        ));
+        assert_eq!(
+            lookalike,
+            "alice            active   Alice\\u{200b} Example\\u{202e} <alice@example.com\\u{2066}>"
+        );
+        let legacy_id = user_line(&user("al\u{200d}ice", "A\\B", None));
+        assert!(legacy_id.starts_with("al\\u{200d}ice "), "{legacy_id}");
+        assert!(legacy_id.ends_with("A\\\\B"), "{legacy_id}");
     }
 
     #[test]

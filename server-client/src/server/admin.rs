@@ -181,7 +181,21 @@ fn audit_record(event: AuditEvent) -> AuditRecord {
     }
 }
 
-/// Checks a user to add: an id, a name, and no control characters anywhere.
+/// Longest user id.
+const MAX_USER_ID_LEN: usize = 64;
+
+/// Whether `id` is a user id: 1 to [`MAX_USER_ID_LEN`] ASCII letters, digits, `.`, `_`,
+/// `@` or `-` (nothing invisible, nothing that looks like another character).
+fn is_valid_user_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= MAX_USER_ID_LEN
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'@' | b'-'))
+}
+
+/// Checks a user to add: an id of the safe set, a name, no control characters anywhere,
+/// and no invisible characters (zero-width, bidi) in the attributes cards map by.
 fn new_user(record: UserRecord) -> Result<User, String> {
     let text_fields = [
         Some(&record.id),
@@ -190,8 +204,13 @@ fn new_user(record: UserRecord) -> Result<User, String> {
         record.upn.as_ref(),
         record.employee_id.as_ref(),
     ];
-    if record.id.trim().is_empty() || record.id.len() > 128 {
-        return Err("the id must be 1 to 128 characters".to_owned());
+    let id_rule = || {
+        format!(
+            "the id must be 1 to {MAX_USER_ID_LEN} characters: ASCII letters, digits, '.', '_', '@' or '-'"
+        )
+    };
+    if record.id.trim().is_empty() {
+        return Err(id_rule());
     }
     if record.display_name.trim().is_empty() {
         return Err("the display name is empty".to_owned());
@@ -202,6 +221,24 @@ fn new_user(record: UserRecord) -> Result<User, String> {
         .any(|f| f.chars().any(char::is_control) || f.len() > 256)
     {
         return Err("fields must be at most 256 characters, without control characters".to_owned());
+    }
+    if !is_valid_user_id(record.id.trim()) {
+        return Err(id_rule());
+    }
+    let mapped = [
+        record.mail.as_ref(),
+        record.upn.as_ref(),
+        record.employee_id.as_ref(),
+    ];
+    if mapped
+        .into_iter()
+        .flatten()
+        .any(|field| field.chars().any(crate::text::is_invisible))
+    {
+        return Err(
+            "mail, upn and employee_id must not hold zero-width, bidi or other invisible characters"
+                .to_owned(),
+        );
     }
     if record.mail.as_ref().is_some_and(|m| !m.contains('@')) {
         return Err("the mail address has no '@'".to_owned());
@@ -247,6 +284,8 @@ async fn import_users(
     let body = body.map_err(|rejection| rejection_error("the import", &rejection.body_text()))?;
     let body = std::str::from_utf8(&body)
         .map_err(|_| ApiError::invalid("the import is not UTF-8 text"))?;
+    // Spreadsheets save CSV with a UTF-8 byte-order mark; it is not part of the first column's name.
+    let body = body.strip_prefix('\u{feff}').unwrap_or(body);
     let is_csv = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -267,19 +306,48 @@ async fn import_users(
         added: 0,
         skipped: Vec::new(),
     };
+    // Every row keeps its place: refused ones now, the rest after the one write that adds
+    // them, each with its own audit event.
+    let mut outcomes: Vec<(String, Option<String>)> = Vec::with_capacity(records.len());
+    let mut users = Vec::new();
+    let now = OffsetDateTime::now_utc();
     for record in records {
         let id = record.id.clone();
         match new_user(record) {
-            Err(reason) => report.skipped.push(ImportSkip { id, reason }),
-            Ok(user) => match state.store().add_user(&user).await {
-                Ok(()) => report.added += 1,
-                Err(StoreError::Conflict { .. }) => report.skipped.push(ImportSkip {
-                    id,
-                    reason: "exists already".to_owned(),
-                }),
-                Err(error) => return Err(error.into()),
-            },
+            Err(reason) => outcomes.push((id, Some(reason))),
+            Ok(user) => {
+                let event = NewAuditEvent {
+                    time: now,
+                    kind: "admin".to_owned(),
+                    outcome: "ok".to_owned(),
+                    device: None,
+                    card_serial: None,
+                    user_id: Some(user.id.clone()),
+                    detail: Some(format!("imported user {}", user.id)),
+                };
+                outcomes.push((id, None));
+                users.push((user, event));
+            }
         }
+    }
+    let mut added = state.store().add_users(users).await?.into_iter();
+    for (id, refused) in outcomes {
+        let reason = match refused {
+            Some(reason) => reason,
+            None => match added.next() {
+                Some(Ok(())) => {
+                    report.added += 1;
+                    continue;
+                }
+                Some(Err(StoreError::Conflict { .. })) => "exists already".to_owned(),
+                Some(Err(StoreError::AttributeTaken { attribute, holder })) => {
+                    format!("user {holder:?} has this {attribute} already")
+                }
+                Some(Err(error)) => return Err(error.into()),
+                None => "not added".to_owned(),
+            },
+        };
+        report.skipped.push(ImportSkip { id, reason });
     }
     admin_audit(
         &state,

@@ -63,7 +63,9 @@ impl From<StoreError> for ApiError {
     fn from(error: StoreError) -> Self {
         match error {
             StoreError::NotFound { .. } => ApiError::new(ErrorCode::NotFound, error.to_string()),
-            StoreError::Conflict { .. } => ApiError::new(ErrorCode::Conflict, error.to_string()),
+            StoreError::Conflict { .. } | StoreError::AttributeTaken { .. } => {
+                ApiError::new(ErrorCode::Conflict, error.to_string())
+            }
             other => {
                 tracing::error!(error = %other, source = ?std::error::Error::source(&other), "store failure");
                 ApiError::new(

@@ -20,7 +20,7 @@ use crate::store::{
     Card, CardId, CardState, ChallengeUse, NewAuditEvent, SignInLookup, User, UserState,
 };
 use crate::wire::{
-    AMR, AssertionRequest, AssertionResponse, ChallengeRequest, ChallengeResponse, ErrorCode,
+    AssertionRequest, AssertionResponse, ChallengeRequest, ChallengeResponse, ErrorCode,
     SessionClaims, UserInfo,
 };
 
@@ -219,7 +219,7 @@ async fn sign_in(
     record: &mut AttemptRecord,
 ) -> Result<(AssertionResponse, VerifiedAssertion), ApiError> {
     let (verified, user) = authenticate(state, source, compact, now, record).await?;
-    let response = issue_token(state, &user, &verified.payload.device, now)?;
+    let response = issue_token(state, &user, &verified, now)?;
     Ok((response, verified))
 }
 
@@ -421,10 +421,12 @@ fn one_user(rule: &MappingRule, mut users: Vec<User>) -> Result<User, ApiError> 
     }
 }
 
+/// The session token for `user`, signed in on the assertion's device; `amr` states
+/// what the assertion's key slot proves (smart card and PIN for `9a`).
 fn issue_token(
     state: &ServerState,
     user: &User,
-    device: &str,
+    verified: &VerifiedAssertion,
     now: OffsetDateTime,
 ) -> Result<AssertionResponse, ApiError> {
     let settings = state.settings();
@@ -440,8 +442,8 @@ fn issue_token(
         jti: URL_SAFE_NO_PAD.encode(jti),
         name: user.display_name.clone(),
         email: user.mail.clone(),
-        amr: AMR.iter().map(|m| (*m).to_owned()).collect(),
-        device: device.to_owned(),
+        amr: verified.amr.clone(),
+        device: verified.payload.device.clone(),
     };
     let token = state.tokens().issue(&claims).map_err(|error| {
         tracing::error!(%error, "cannot sign a session token");

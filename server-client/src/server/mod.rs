@@ -223,6 +223,7 @@ pub async fn from_config(
         trust_anchors: config.trust_anchors()?,
         crls: config.crls()?,
         max_clock_skew: config.challenges.max_clock_skew(),
+        allowed_slots: config.challenges.allowed_slots.clone(),
     })
     .map_err(StartError::Trust)?;
     let tokens = TokenKeys::load(&config.tokens.key_file).map_err(StartError::Tokens)?;
@@ -242,6 +243,7 @@ pub async fn from_config(
     let store = crate::store::SqliteStore::open(&config.database)
         .await
         .map_err(StartError::Store)?;
+    report_user_conflicts(&store).await;
     let settings = Settings {
         origin: config.origin.clone(),
         token_audience: config.tokens.audience.clone(),
@@ -272,6 +274,25 @@ pub async fn from_config(
         },
     };
     Ok((state, listener))
+}
+
+/// Logs a warning for each group of users who share a mapped attribute: a database from
+/// before the uniqueness checks may hold them (they are kept; new ones are refused). A card
+/// whose value is one of these signs in nobody until an administrator resolves it.
+async fn report_user_conflicts(store: &dyn Store) {
+    match store.user_conflicts().await {
+        Ok(conflicts) => {
+            for conflict in conflicts {
+                tracing::warn!(
+                    attribute = %conflict.attribute,
+                    users = %conflict.user_ids.join(", "),
+                    "users share one {}: a card with it signs in none of them; give each user their own",
+                    conflict.attribute
+                );
+            }
+        }
+        Err(error) => tracing::warn!(%error, "cannot look for users who share a mapped attribute"),
+    }
 }
 
 /// Largest request body accepted (an assertion with a chain is a few KB).

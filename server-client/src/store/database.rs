@@ -382,7 +382,12 @@ fn open_file(path: &Path, reader: bool) -> Result<Connection, StoreError> {
         if !mode.eq_ignore_ascii_case("wal") {
             tracing::warn!(mode, "the database is not in WAL mode");
         }
-        connection.pragma_update(None, "synchronous", "NORMAL")?;
+        // FULL: in WAL mode every commit syncs the log before it returns, so a write the
+        // server has answered for survives an operating-system crash or a power cut (NORMAL
+        // syncs only at checkpoints: the last commits could be lost, and with them used
+        // nonces and codes and their audit). The group commit shares one sync among the
+        // writes of a batch.
+        connection.pragma_update(None, "synchronous", "FULL")?;
         connection.pragma_update(None, "journal_size_limit", JOURNAL_SIZE_LIMIT)?;
         connection.pragma_update(None, "wal_autocheckpoint", CHECKPOINT_PAGES)?;
     }

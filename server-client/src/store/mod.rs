@@ -135,6 +135,16 @@ pub struct User {
     pub state: UserState,
 }
 
+/// Users who share a value of a mapped attribute, so that a card certificate with that
+/// value maps to all of them (and signs in none).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UserConflict {
+    /// The attribute they share.
+    pub attribute: UserAttribute,
+    /// Their ids, in order.
+    pub user_ids: Vec<String>,
+}
+
 /// Hex digits of an issuer id: the first 64 bits of the SHA-256 of the issuer name.
 const ISSUER_ID_HEX: usize = 16;
 
@@ -512,6 +522,15 @@ pub enum StoreError {
         /// What clashed.
         what: String,
     },
+    /// A new user's mail, UPN or employee id is another user's already, compared as the
+    /// mapping rules compare it: a certificate could then map to both.
+    #[error("conflict: user {holder:?} has this {attribute} already")]
+    AttributeTaken {
+        /// The user attribute (`mail`, `upn`, `employee_id`).
+        attribute: UserAttribute,
+        /// The id of the user who has it.
+        holder: String,
+    },
     /// The database failed or holds data this program cannot read.
     #[error("database error")]
     Database(#[source] DatabaseError),
@@ -521,8 +540,24 @@ pub enum StoreError {
 ///
 /// Every node of a deployment shares one store; challenge use is atomic across them.
 pub trait Store: Send + Sync {
-    /// Adds a user. [`StoreError::Conflict`] if the id exists.
+    /// Adds a user. [`StoreError::Conflict`] if the id exists;
+    /// [`StoreError::AttributeTaken`] if another user has its mail or UPN (ASCII case
+    /// folded) or its employee id (exactly): every attribute a mapping rule looks users up
+    /// by stays unique.
     fn add_user(&self, user: &User) -> BoxFuture<'_, Result<(), StoreError>>;
+
+    /// Adds users in one write, each with its audit event, in order, with the checks of
+    /// [`Store::add_user`] (against the users before and those added before it): one
+    /// result per user. `Err` only if the write as a whole failed (nothing was added).
+    fn add_users(
+        &self,
+        users: Vec<(User, NewAuditEvent)>,
+    ) -> BoxFuture<'_, Result<Vec<Result<(), StoreError>>, StoreError>>;
+
+    /// Groups of users who share a value of a mapped attribute (mail or UPN, ASCII case
+    /// folded; employee id), each group's ids in order: left over from before the
+    /// uniqueness checks, reported at start so an administrator can resolve them.
+    fn user_conflicts(&self) -> BoxFuture<'_, Result<Vec<UserConflict>, StoreError>>;
 
     /// The user with this id, if any.
     fn get_user(&self, id: &str) -> BoxFuture<'_, Result<Option<User>, StoreError>>;

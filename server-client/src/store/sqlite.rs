@@ -16,7 +16,8 @@ use super::database::{Database, DatabaseError};
 use super::{
     AuditEvent, AuditQuery, BoxFuture, Card, CardId, CardState, ChallengeUse, EnrollmentCodeRecord,
     EnrollmentCodeUse, IssuedCertificate, NewAuditEvent, NewEnrollmentCode, RevocationReason,
-    RevokedCertificate, SignInLookup, SignInRecords, Store, StoreError, User, UserState,
+    RevokedCertificate, SignInLookup, SignInRecords, Store, StoreError, User, UserConflict,
+    UserState,
 };
 use crate::certificate::CertificateFacts;
 use crate::mapping::UserAttribute;
@@ -320,28 +321,34 @@ fn migrate(connection: &mut Connection) -> Result<(), StoreError> {
 impl Store for SqliteStore {
     fn add_user(&self, user: &User) -> BoxFuture<'_, Result<(), StoreError>> {
         let user = user.clone();
+        Box::pin(
+            self.database
+                .write(move |connection| insert_user(connection, &user)),
+        )
+    }
+
+    fn add_users(
+        &self,
+        users: Vec<(User, NewAuditEvent)>,
+    ) -> BoxFuture<'_, Result<Vec<Result<(), StoreError>>, StoreError>> {
         Box::pin(self.database.write(move |connection| {
-            let result = connection
-                .prepare_cached(
-                    "INSERT INTO users (id, display_name, mail, upn, employee_id, state, created_at)
-                     VALUES (?, ?, ?, ?, ?, ?, ?)",
-                )?
-                .execute(params![
-                    user.id,
-                    user.display_name,
-                    user.mail,
-                    user.upn,
-                    user.employee_id,
-                    user.state.as_str(),
-                    encode_time(OffsetDateTime::now_utc())?,
-                ]);
-            match result {
-                Err(error) if is_unique_violation(&error) => Err(StoreError::Conflict {
-                    what: format!("user {:?} exists already", user.id),
-                }),
-                other => other.map(drop).map_err(StoreError::from),
+            let mut results = Vec::with_capacity(users.len());
+            for (user, event) in &users {
+                let result = match insert_user(connection, user) {
+                    Ok(()) => insert_audit(connection, event),
+                    Err(
+                        refused @ (StoreError::Conflict { .. } | StoreError::AttributeTaken { .. }),
+                    ) => Err(refused),
+                    Err(failure) => return Err(failure),
+                };
+                results.push(result);
             }
+            Ok(results)
         }))
+    }
+
+    fn user_conflicts(&self) -> BoxFuture<'_, Result<Vec<UserConflict>, StoreError>> {
+        Box::pin(self.database.read(user_conflicts))
     }
 
     fn get_user(&self, id: &str) -> BoxFuture<'_, Result<Option<User>, StoreError>> {
@@ -926,6 +933,99 @@ impl SeenCard {
 
 // One function per statement the trait's methods share; each runs on the connection it
 // is given, inside the caller's write or read.
+
+/// Inserts `user` after the checks of [`Store::add_user`]: the id, then each mapped
+/// attribute, compared as [`find_users`] compares it.
+fn insert_user(connection: &Connection, user: &User) -> Result<(), StoreError> {
+    let exists = || StoreError::Conflict {
+        what: format!("user {:?} exists already", user.id),
+    };
+    let id_taken = connection
+        .prepare_cached("SELECT 1 FROM users WHERE id = ?")?
+        .exists([&user.id])?;
+    if id_taken {
+        return Err(exists());
+    }
+    let attributes = [
+        (UserAttribute::Mail, &user.mail),
+        (UserAttribute::Upn, &user.upn),
+        (UserAttribute::EmployeeId, &user.employee_id),
+    ];
+    for (attribute, value) in attributes {
+        let Some(value) = value else { continue };
+        if let Some(holder) = find_users(connection, attribute, value)?.into_iter().next() {
+            return Err(StoreError::AttributeTaken {
+                attribute,
+                holder: holder.id,
+            });
+        }
+    }
+    let result = connection
+        .prepare_cached(
+            "INSERT INTO users (id, display_name, mail, upn, employee_id, state, created_at)
+             VALUES (?, ?, ?, ?, ?, ?, ?)",
+        )?
+        .execute(params![
+            user.id,
+            user.display_name,
+            user.mail,
+            user.upn,
+            user.employee_id,
+            user.state.as_str(),
+            encode_time(OffsetDateTime::now_utc())?,
+        ]);
+    match result {
+        Err(error) if is_unique_violation(&error) => Err(exists()),
+        other => other.map(drop).map_err(StoreError::from),
+    }
+}
+
+/// Users sharing a mail or UPN (NOCASE, as the columns compare) or an employee id.
+fn user_conflicts(connection: &Connection) -> Result<Vec<UserConflict>, StoreError> {
+    let queries = [
+        (
+            UserAttribute::Mail,
+            "SELECT mail, id FROM users WHERE mail IN
+                 (SELECT mail FROM users WHERE mail IS NOT NULL GROUP BY mail HAVING count(*) > 1)
+             ORDER BY mail, id",
+        ),
+        (
+            UserAttribute::Upn,
+            "SELECT upn, id FROM users WHERE upn IN
+                 (SELECT upn FROM users WHERE upn IS NOT NULL GROUP BY upn HAVING count(*) > 1)
+             ORDER BY upn, id",
+        ),
+        (
+            UserAttribute::EmployeeId,
+            "SELECT employee_id, id FROM users WHERE employee_id IN
+                 (SELECT employee_id FROM users WHERE employee_id IS NOT NULL
+                  GROUP BY employee_id HAVING count(*) > 1)
+             ORDER BY employee_id, id",
+        ),
+    ];
+    let mut conflicts: Vec<UserConflict> = Vec::new();
+    for (attribute, sql) in queries {
+        let mut statement = connection.prepare_cached(sql)?;
+        let mut rows = statement.query([])?;
+        let mut group: Option<String> = None;
+        while let Some(row) = rows.next()? {
+            let (value, id): (String, String) = (row.get(0)?, row.get(1)?);
+            let same = group.as_deref().is_some_and(|known| {
+                attribute == UserAttribute::EmployeeId && known == value
+                    || attribute != UserAttribute::EmployeeId && known.eq_ignore_ascii_case(&value)
+            });
+            match conflicts.last_mut() {
+                Some(conflict) if same => conflict.user_ids.push(id),
+                _ => conflicts.push(UserConflict {
+                    attribute,
+                    user_ids: vec![id],
+                }),
+            }
+            group = Some(value);
+        }
+    }
+    Ok(conflicts)
+}
 
 fn find_users(
     connection: &Connection,
@@ -1540,6 +1640,70 @@ mod tests {
         Ok(())
     }
 
+    /// Issue 11, item 9: users sharing a mapped attribute in a database from before the
+    /// uniqueness checks are kept and listed; a new user with such a value is refused.
+    #[tokio::test]
+    async fn users_sharing_a_mapped_attribute_are_listed_and_no_more_are_added() -> TestResult {
+        let store = SqliteStore::in_memory().await?;
+        execute(
+            &store,
+            "INSERT INTO users (id, display_name, mail, upn, employee_id, state, created_at) VALUES
+                 ('alice', 'Alice', 'alice@example.com', NULL, 'E-1', 'active', '2026-01-01T00:00:00.000000Z'),
+                 ('mallory', 'Mallory', 'ALICE@example.com', NULL, 'E-2', 'active', '2026-01-01T00:00:00.000000Z'),
+                 ('bob', 'Bob', 'bob@example.com', 'bob@corp', 'E-1', 'active', '2026-01-01T00:00:00.000000Z'),
+                 ('carol', 'Carol', 'carol@example.com', 'BOB@CORP', 'e-1', 'active', '2026-01-01T00:00:00.000000Z')",
+        )
+        .await?;
+        let conflicts = store.user_conflicts().await?;
+        let listed: Vec<(UserAttribute, Vec<&str>)> = conflicts
+            .iter()
+            .map(|c| (c.attribute, c.user_ids.iter().map(String::as_str).collect()))
+            .collect();
+        assert_eq!(
+            listed,
+            [
+                (UserAttribute::Mail, vec!["alice", "mallory"]),
+                (UserAttribute::Upn, vec!["bob", "carol"]),
+                (UserAttribute::EmployeeId, vec!["alice", "bob"]),
+            ]
+        );
+        let user = |id: &str, mail: &str| User {
+            id: id.to_owned(),
+            display_name: id.to_owned(),
+            mail: Some(mail.to_owned()),
+            upn: None,
+            employee_id: None,
+            state: UserState::Active,
+        };
+        match store.add_user(&user("eve", "Alice@Example.COM")).await {
+            Err(StoreError::AttributeTaken { attribute, holder }) => {
+                assert_eq!(attribute, UserAttribute::Mail);
+                assert_eq!(holder, "alice");
+            }
+            other => panic!("{other:?}"),
+        }
+        store.add_user(&user("dave", "dave@example.com")).await?;
+        assert_eq!(store.user_conflicts().await?.len(), 3);
+        Ok(())
+    }
+
+    /// Item 13 of issue 11: a sign-in is answered only after its commit, and the commit
+    /// must survive an operating-system crash or power cut: the writer runs
+    /// `synchronous = FULL` (2), which in WAL mode syncs the log on every commit.
+    #[tokio::test]
+    async fn the_writer_syncs_every_commit_to_disk() -> TestResult {
+        let dir = tempfile::tempdir()?;
+        let store = SqliteStore::open(&dir.path().join("pivtap.db")).await?;
+        let writer: i64 = store
+            .database
+            .write(|connection| {
+                Ok(connection.query_row("PRAGMA synchronous", [], |row| row.get(0))?)
+            })
+            .await?;
+        assert_eq!(writer, 2, "PRAGMA synchronous on the writer (2 = FULL)");
+        Ok(())
+    }
+
     #[tokio::test]
     async fn compacting_empties_the_write_ahead_log() -> TestResult {
         let dir = tempfile::tempdir()?;
@@ -1657,14 +1821,24 @@ mod tests {
         let store = SqliteStore::in_memory().await?;
         store.add_user(&user("alice", "Alice@Example.org")).await?;
         store.add_user(&user("bob", "bob@example.org")).await?;
-        store
-            .add_user(&User {
-                id: "robert".to_owned(),
-                upn: None,
-                employee_id: None,
-                ..user("robert", "BOB@example.org")
-            })
-            .await?;
+        // A second user with bob's mail is refused now (issue 11, item 9); a database from
+        // before may hold one, and lookups still find both.
+        let robert = User {
+            id: "robert".to_owned(),
+            upn: None,
+            employee_id: None,
+            ..user("robert", "BOB@example.org")
+        };
+        assert!(matches!(
+            store.add_user(&robert).await,
+            Err(StoreError::AttributeTaken { .. })
+        ));
+        execute(
+            &store,
+            "INSERT INTO users (id, display_name, mail, state, created_at)
+             VALUES ('robert', 'robert display', 'BOB@example.org', 'active', '2026-01-01T00:00:00.000000Z')",
+        )
+        .await?;
         let ids = |users: Vec<User>| users.into_iter().map(|user| user.id).collect::<Vec<_>>();
 
         assert_eq!(
