@@ -44,7 +44,7 @@ use pivtap_server_client::wire::UserInfo;
 use serde::Serialize;
 use subtle::ConstantTimeEq as _;
 use time::OffsetDateTime;
-use tokio::net::TcpListener;
+use pivtap_server_client::connections::{ConnectionLimits, LimitedAcceptor, apply_http_timeouts};
 use tokio::sync::{broadcast, mpsc, watch};
 use zeroize::Zeroizing;
 
@@ -111,6 +111,34 @@ pub enum LocalApiError {
     InvalidTokenFile {
         /// The file.
         path: PathBuf,
+    },
+    /// The access token file is a symbolic link (it is never followed).
+    #[error(
+        "the access token file {} is a symbolic link; give the file itself",
+        path.display()
+    )]
+    TokenFileSymlink {
+        /// The path.
+        path: PathBuf,
+    },
+    /// The access token file is not a regular file.
+    #[error("the access token file {} is not a regular file", path.display())]
+    TokenFileNotRegular {
+        /// The path.
+        path: PathBuf,
+    },
+    /// The access token file belongs to another user than the kiosk's.
+    #[error(
+        "the access token file {} belongs to user id {owner}, not to the kiosk's user id {expected}; chown it or remove it",
+        path.display()
+    )]
+    TokenFileNotOwned {
+        /// The file.
+        path: PathBuf,
+        /// Its owner's user id.
+        owner: u32,
+        /// The kiosk's (effective) user id.
+        expected: u32,
     },
     /// Other users (beyond the owner and its group) may read or write the access token file.
     #[error(
@@ -279,6 +307,20 @@ pub struct LocalApiConfig {
     pub access_token: Zeroizing<String>,
     /// This device's name, as given to the server.
     pub device: String,
+    /// Time-outs and connection caps ([`local_connection_limits`] by default).
+    pub connections: ConnectionLimits,
+}
+
+/// The local API's connection limits unless configured otherwise: headers within 10 s, idle
+/// connections closed after 60 s (event streams send a keep-alive every 15 s), at most 128
+/// connections (every client comes from loopback, so the cap per source is the same).
+#[must_use]
+pub fn local_connection_limits() -> ConnectionLimits {
+    ConnectionLimits {
+        max_connections: 128,
+        max_connections_per_source: 128,
+        ..ConnectionLimits::default()
+    }
 }
 
 impl fmt::Debug for LocalApiConfig {
@@ -287,6 +329,7 @@ impl fmt::Debug for LocalApiConfig {
             .field("listen", &self.listen)
             .field("access_token", &"REDACTED")
             .field("device", &self.device)
+            .field("connections", &self.connections)
             .finish()
     }
 }
@@ -314,15 +357,24 @@ pub async fn serve(
         address: config.listen,
         source,
     };
-    let listener = TcpListener::bind(config.listen).await.map_err(bind_error)?;
+    let listener = std::net::TcpListener::bind(config.listen).map_err(bind_error)?;
+    listener.set_nonblocking(true).map_err(bind_error)?;
     let port = listener.local_addr().map_err(bind_error)?.port();
     let (closing_sender, closing) = watch::channel(false);
     let app = build_router(board, &config, port, closing);
-    axum::serve(listener, app)
-        .with_graceful_shutdown(async move {
-            shutdown.await;
-            closing_sender.send_replace(true);
-        })
+    let handle = axum_server::Handle::<SocketAddr>::new();
+    let stopper = handle.clone();
+    tokio::spawn(async move {
+        shutdown.await;
+        closing_sender.send_replace(true);
+        stopper.graceful_shutdown(None);
+    });
+    let server = axum_server::from_tcp(listener)
+        .map_err(bind_error)?
+        .acceptor(LimitedAcceptor::new("local API", config.connections))
+        .handle(handle);
+    apply_http_timeouts(server, &config.connections)
+        .serve(app.into_make_service_with_connect_info::<SocketAddr>())
         .await
         .map_err(LocalApiError::Serve)
 }
@@ -363,11 +415,27 @@ fn read_access_token(path: &Path) -> Result<Zeroizing<String>, LocalApiError> {
     let invalid = || LocalApiError::InvalidTokenFile {
         path: path.to_owned(),
     };
-    let mut file = File::open(path).map_err(read_error)?;
+    let mut file = open_without_following(path)?;
+    // Checked on the opened file (fstat), not on the path, which could be swapped meanwhile.
     let metadata = file.metadata().map_err(read_error)?;
+    if !metadata.is_file() {
+        return Err(LocalApiError::TokenFileNotRegular {
+            path: path.to_owned(),
+        });
+    }
     #[cfg(unix)]
     {
+        use std::os::unix::fs::MetadataExt as _;
         use std::os::unix::fs::PermissionsExt as _;
+        let owner = metadata.uid();
+        let expected = rustix::process::geteuid().as_raw();
+        if owner != expected {
+            return Err(LocalApiError::TokenFileNotOwned {
+                path: path.to_owned(),
+                owner,
+                expected,
+            });
+        }
         let mode = metadata.permissions().mode() & 0o777;
         if mode & 0o007 != 0 {
             return Err(LocalApiError::TokenFileOpenToOthers {
@@ -395,6 +463,32 @@ fn read_access_token(path: &Path) -> Result<Zeroizing<String>, LocalApiError> {
         return Err(invalid());
     }
     Ok(Zeroizing::new(token.to_owned()))
+}
+
+/// Opens `path` for reading without following a symbolic link in its last
+/// component (`O_NOFOLLOW`), nor blocking on a FIFO (`O_NONBLOCK`).
+#[cfg(unix)]
+fn open_without_following(path: &Path) -> Result<File, LocalApiError> {
+    use rustix::fs::{Mode, OFlags};
+    let flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC | OFlags::NOCTTY | OFlags::NONBLOCK;
+    match rustix::fs::open(path, flags, Mode::empty()) {
+        Ok(fd) => Ok(File::from(fd)),
+        Err(rustix::io::Errno::LOOP) => Err(LocalApiError::TokenFileSymlink {
+            path: path.to_owned(),
+        }),
+        Err(errno) => Err(LocalApiError::ReadTokenFile {
+            path: path.to_owned(),
+            source: io::Error::from(errno),
+        }),
+    }
+}
+
+#[cfg(not(unix))]
+fn open_without_following(path: &Path) -> Result<File, LocalApiError> {
+    File::open(path).map_err(|source| LocalApiError::ReadTokenFile {
+        path: path.to_owned(),
+        source,
+    })
 }
 
 /// Creates `path` with a new token, atomically; if `path` appeared meanwhile, the token
@@ -693,6 +787,7 @@ mod tests {
             listen: DEFAULT_LISTEN,
             access_token: Zeroizing::new(ACCESS_TOKEN.to_owned()),
             device: "kiosk-07".to_owned(),
+            connections: local_connection_limits(),
         }
     }
 

@@ -58,6 +58,20 @@
 //! smartcard_logon = true               # EKU Microsoft smart card logon besides clientAuth
 //! code_validity_seconds = 900          # default life of an enrollment code (admin enroll)
 //! max_code_validity_seconds = 604800   # longest an admin may ask for (7 days; up to 30 days)
+//!
+//! [connections]                        # against slow and many clients (slowloris)
+//! tls_handshake_timeout_seconds = 10   # a TLS handshake not done by then is dropped (1 to 3600)
+//! header_read_timeout_seconds = 10     # a request's headers must be in by then (1 to 3600)
+//! idle_timeout_seconds = 60            # nothing read or written for this long: closed (1 to 3600)
+//! max_connections = 512                # open at once in all; keep it under the open-file limit
+//! max_connections_per_source = 64      # open at once from one IP address (<= max_connections)
+//!
+//! [metrics]                            # GET /metrics (Prometheus); by default served nowhere
+//! listen = "127.0.0.1:9464"            # optional: a separate plain-HTTP listener serving only
+//!                                      # /metrics; loopback addresses only
+//! token_file = "metrics.token"         # optional: a bearer credential; then /metrics is served on
+//!                                      # the public listener to requests presenting it (and the
+//!                                      # loopback listener asks for it too)
 //! ```
 //!
 //! The issuing CA is not trusted by itself: list its certificate in
@@ -89,6 +103,8 @@ const MAX_RATE_LIMIT_SECONDS: u64 = 24 * 3600;
 const MAX_VALIDITY_DAYS: u64 = 3650;
 const MIN_CODE_SECONDS: u64 = 60;
 const MAX_CODE_SECONDS: u64 = 30 * 24 * 3600;
+const MAX_CONNECTION_SECONDS: u64 = 3600;
+const MAX_CONNECTIONS: u64 = 1_000_000;
 
 /// The server's configuration, as read from `server.toml`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -132,6 +148,12 @@ pub struct ServerConfig {
     /// Certificate issuance (enrollment and renewal); absent = disabled.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub issuance: Option<IssuanceConfig>,
+    /// Time-outs and caps of client connections.
+    #[serde(default)]
+    pub connections: ConnectionsConfig,
+    /// Where `GET /metrics` is served, and to whom.
+    #[serde(default)]
+    pub metrics: MetricsConfig,
 }
 
 fn is_default_pin_policy(policy: &PinPolicy) -> bool {
@@ -367,6 +389,67 @@ impl RateLimitConfig {
     }
 }
 
+/// `[connections]`: time-outs and caps that keep slow or many clients from
+/// holding the server's connections (see [`crate::connections`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ConnectionsConfig {
+    /// The longest a TLS handshake may take.
+    pub tls_handshake_timeout_seconds: u64,
+    /// The longest a client may take to send a request's headers.
+    pub header_read_timeout_seconds: u64,
+    /// A connection with nothing read or written for this long is closed.
+    pub idle_timeout_seconds: u64,
+    /// Connections open at once, in all.
+    pub max_connections: u64,
+    /// Connections open at once from one IP address.
+    pub max_connections_per_source: u64,
+}
+
+impl Default for ConnectionsConfig {
+    fn default() -> Self {
+        let limits = crate::connections::ConnectionLimits::default();
+        Self {
+            tls_handshake_timeout_seconds: limits.tls_handshake_timeout.as_secs(),
+            header_read_timeout_seconds: limits.header_read_timeout.as_secs(),
+            idle_timeout_seconds: limits.idle_timeout.as_secs(),
+            max_connections: limits.max_connections as u64,
+            max_connections_per_source: limits.max_connections_per_source as u64,
+        }
+    }
+}
+
+impl ConnectionsConfig {
+    /// The limits the listener applies.
+    #[must_use]
+    pub fn limits(&self) -> crate::connections::ConnectionLimits {
+        crate::connections::ConnectionLimits {
+            tls_handshake_timeout: Duration::from_secs(self.tls_handshake_timeout_seconds),
+            header_read_timeout: Duration::from_secs(self.header_read_timeout_seconds),
+            idle_timeout: Duration::from_secs(self.idle_timeout_seconds),
+            max_connections: usize::try_from(self.max_connections).unwrap_or(usize::MAX),
+            max_connections_per_source: usize::try_from(self.max_connections_per_source)
+                .unwrap_or(usize::MAX),
+        }
+    }
+}
+
+/// `[metrics]`: `GET /metrics` is not served on the public listener unless a
+/// credential guards it; a separate plain-HTTP loopback listener may serve it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    /// A loopback address where a separate plain-HTTP listener serves
+    /// `GET /metrics` only (e.g. `127.0.0.1:9464`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub listen: Option<SocketAddr>,
+    /// A file holding a bearer credential; when set, `GET /metrics` is served
+    /// on the public listener too, to requests presenting it, and the loopback
+    /// listener asks for it as well.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub token_file: Option<PathBuf>,
+}
+
 fn default_listen() -> SocketAddr {
     DEFAULT_LISTEN
 }
@@ -473,6 +556,12 @@ pub enum ConfigProblem {
     /// The same key algorithm listed twice.
     #[error("lists an algorithm twice")]
     Duplicate,
+    /// An address that must be a loopback address is not one.
+    #[error("must be a loopback address, and {0} is not one")]
+    NotLoopback(SocketAddr),
+    /// The address is the server's own `listen` address.
+    #[error("must differ from `listen`")]
+    SameAsListen,
 }
 
 /// What is wrong with a certificate or CRL file.
@@ -598,6 +687,55 @@ impl ServerConfig {
                 return invalid(field, ConfigProblem::TooLarge { max });
             }
         }
+        if let Some(listen) = self.metrics.listen {
+            if !listen.ip().is_loopback() {
+                return invalid("metrics.listen", ConfigProblem::NotLoopback(listen));
+            }
+            if listen == self.listen {
+                return invalid("metrics.listen", ConfigProblem::SameAsListen);
+            }
+        }
+        let connections = &self.connections;
+        let limits = [
+            (
+                "connections.tls_handshake_timeout_seconds",
+                connections.tls_handshake_timeout_seconds,
+                1,
+                MAX_CONNECTION_SECONDS,
+            ),
+            (
+                "connections.header_read_timeout_seconds",
+                connections.header_read_timeout_seconds,
+                1,
+                MAX_CONNECTION_SECONDS,
+            ),
+            (
+                "connections.idle_timeout_seconds",
+                connections.idle_timeout_seconds,
+                1,
+                MAX_CONNECTION_SECONDS,
+            ),
+            (
+                "connections.max_connections",
+                connections.max_connections,
+                1,
+                MAX_CONNECTIONS,
+            ),
+            (
+                "connections.max_connections_per_source",
+                connections.max_connections_per_source,
+                1,
+                connections.max_connections,
+            ),
+        ];
+        for (field, value, min, max) in limits {
+            if value < min {
+                return invalid(field, ConfigProblem::TooSmall { min });
+            }
+            if value > max {
+                return invalid(field, ConfigProblem::TooLarge { max });
+            }
+        }
         if let Err(problem) = self.pin_policy.validate() {
             return invalid("pin_policy", ConfigProblem::PinPolicy(problem));
         }
@@ -653,6 +791,9 @@ impl ServerConfig {
         resolve(&mut self.tokens.key_file);
         self.trust.ca_certificates.iter_mut().for_each(resolve);
         self.trust.crl_files.iter_mut().for_each(resolve);
+        if let Some(token_file) = &mut self.metrics.token_file {
+            resolve(token_file);
+        }
         if let Some(issuance) = &mut self.issuance {
             resolve(&mut issuance.ca_certificate);
             resolve(&mut issuance.ca_key);

@@ -16,8 +16,12 @@ pub const PATH_CHALLENGES: &str = "/v1/challenges";
 pub const PATH_ASSERTIONS: &str = "/v1/assertions";
 /// `GET /.well-known/jwks.json`
 pub const PATH_JWKS: &str = "/.well-known/jwks.json";
-/// `GET /healthz`
+/// `GET`: readiness, as [`PATH_READY`] (kept for load balancers configured before `/readyz`).
 pub const PATH_HEALTH: &str = "/healthz";
+/// `GET`: liveness, the process answers (200 `{"status": "ok"}`).
+pub const PATH_LIVE: &str = "/livez";
+/// `GET`: readiness, a sign-in can be recorded now (200, or 503 `unavailable`).
+pub const PATH_READY: &str = "/readyz";
 /// `GET /metrics`
 pub const PATH_METRICS: &str = "/metrics";
 /// Prefix of the admin API.
@@ -170,11 +174,15 @@ pub enum ErrorCode {
     KeyNotAllowed,
     /// Enrollment or renewal: this server does not issue certificates (no `[issuance]`).
     EnrollmentDisabled,
+    /// The request body is larger than the endpoint takes.
+    PayloadTooLarge,
+    /// Readiness: the server cannot record a sign-in now (its database cannot be written).
+    Unavailable,
 }
 
 impl ErrorCode {
     /// Every code, for documentation and tests.
-    pub const ALL: [ErrorCode; 22] = [
+    pub const ALL: [ErrorCode; 24] = [
         ErrorCode::InvalidRequest,
         ErrorCode::ChallengeUnknown,
         ErrorCode::ChallengeExpired,
@@ -197,6 +205,8 @@ impl ErrorCode {
         ErrorCode::CsrInvalid,
         ErrorCode::KeyNotAllowed,
         ErrorCode::EnrollmentDisabled,
+        ErrorCode::PayloadTooLarge,
+        ErrorCode::Unavailable,
     ];
 
     /// The code as it appears on the wire (`challenge_reused`).
@@ -225,6 +235,8 @@ impl ErrorCode {
             ErrorCode::CsrInvalid => "csr_invalid",
             ErrorCode::KeyNotAllowed => "key_not_allowed",
             ErrorCode::EnrollmentDisabled => "enrollment_disabled",
+            ErrorCode::PayloadTooLarge => "payload_too_large",
+            ErrorCode::Unavailable => "unavailable",
         }
     }
 
@@ -241,6 +253,8 @@ impl ErrorCode {
             ErrorCode::Conflict => 409,
             ErrorCode::RateLimited => 429,
             ErrorCode::Internal => 500,
+            ErrorCode::PayloadTooLarge => 413,
+            ErrorCode::Unavailable => 503,
             // Authentication refusals: the request was understood and refused.
             _ => 401,
         }

@@ -77,7 +77,7 @@ async fn require_admin(State(state): State<ServerState>, request: Request, next:
 }
 
 /// The credential of `Authorization: Bearer <token>`; the scheme is case-insensitive (RFC 7235 §2.1).
-fn bearer_token(value: &str) -> Option<&str> {
+pub(crate) fn bearer_token(value: &str) -> Option<&str> {
     let (scheme, token) = value.split_once(' ')?;
     scheme.eq_ignore_ascii_case("bearer").then_some(token)
 }
@@ -224,7 +224,13 @@ async fn import_users(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<ImportReport>, ApiError> {
-    let body = body.map_err(|rejection| rejection_error("the import", &rejection.body_text()))?;
+    let body = body.map_err(|rejection| {
+        if rejection.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::payload_too_large()
+        } else {
+            rejection_error("the import", &rejection.body_text())
+        }
+    })?;
     let body = std::str::from_utf8(&body)
         .map_err(|_| ApiError::invalid("the import is not UTF-8 text"))?;
     let is_csv = headers

@@ -120,7 +120,20 @@ CREATE INDEX audit_card_serial ON audit (card_serial, time) WHERE card_serial IS
 ";
 
 /// Every migration, by version, oldest first. Never edit one that shipped: add the next.
-const MIGRATIONS: &[(i64, &str)] = &[(1, MIGRATION_1), (2, MIGRATION_2), (3, MIGRATION_3)];
+/// The heartbeat record readiness writes (one row, rewritten).
+const MIGRATION_8: &str = "
+CREATE TABLE heartbeat (
+    id INTEGER PRIMARY KEY NOT NULL CHECK (id = 1),
+    at TEXT NOT NULL
+) STRICT;
+";
+
+const MIGRATIONS: &[(i64, &str)] = &[
+    (1, MIGRATION_1),
+    (2, MIGRATION_2),
+    (3, MIGRATION_3),
+    (8, MIGRATION_8),
+];
 
 /// `SELECT` of every [`User`] column, followed by the rest of the statement.
 macro_rules! select_users {
@@ -656,6 +669,18 @@ impl Store for SqliteStore {
             self.database
                 .write(move |connection| insert_audit(connection, &event)),
         )
+    }
+
+    fn heartbeat(&self, now: OffsetDateTime) -> BoxFuture<'_, Result<(), StoreError>> {
+        Box::pin(self.database.write(move |connection| {
+            connection
+                .prepare_cached(
+                    "INSERT INTO heartbeat (id, at) VALUES (1, ?)
+                     ON CONFLICT (id) DO UPDATE SET at = excluded.at",
+                )?
+                .execute([encode_time(now)?])?;
+            Ok(())
+        }))
     }
 
     fn query_audit(
