@@ -31,12 +31,15 @@ const MAX_IMPORT: usize = 10_000;
 /// at [`MAX_BODY_BYTES`](super::MAX_BODY_BYTES)).
 pub const MAX_IMPORT_BYTES: usize = 4 * 1024 * 1024;
 
+/// The user import, under [`PATH_ADMIN`](crate::wire::PATH_ADMIN).
+pub const PATH_IMPORT: &str = "/users/import";
+
 /// The admin routes, all behind [`require_admin`].
 pub fn router(state: ServerState) -> Router<ServerState> {
     Router::new()
         .route("/users", get(list_users).post(add_user))
         .route(
-            "/users/import",
+            PATH_IMPORT,
             post(import_users).layer(DefaultBodyLimit::max(MAX_IMPORT_BYTES)),
         )
         .route("/users/{id}/lock", post(lock_user))

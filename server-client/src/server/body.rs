@@ -4,7 +4,9 @@
 //! credential; no such path) answers without reading the rest of it. HTTP/1.1
 //! then has to close the connection with unread bytes in the socket, which
 //! resets it, and the client, still sending, never sees the answer; HTTP/2
-//! resets the stream. So the rest of such a body is read and dropped first, up
+//! resets the stream. A body whose `Content-Length` is beyond what the path
+//! takes ([`super::max_body_bytes`]) is refused before any endpoint sees it.
+//! So the rest of a refused body is read and dropped first, up
 //! to [`MAX_DRAINED_BYTES`] and for at most [`MAX_DRAIN_TIME`]; beyond either
 //! the answer is sent all the same and an HTTP/1.1 connection is marked
 //! `Connection: close`.
@@ -18,7 +20,9 @@ use axum::body::{Body, Bytes, HttpBody};
 use axum::extract::Request;
 use axum::http::{HeaderValue, Version, header};
 use axum::middleware::Next;
-use axum::response::Response;
+use axum::response::{IntoResponse as _, Response};
+
+use super::error::ApiError;
 use http_body::{Frame, SizeHint};
 
 /// The most bytes of a refused body read and dropped so its answer can be delivered.
@@ -39,6 +43,12 @@ pub async fn answer_whole_body(request: Request, next: Next) -> Response {
         .and_then(|value| value.to_str().ok())
         .and_then(|value| value.parse::<u64>().ok());
     let version = request.version();
+    if declared.is_some_and(|length| length > super::max_body_bytes(request.uri().path()) as u64)
+    {
+        // Refused at once, whatever the endpoint: the body is not looked at.
+        let response = ApiError::payload_too_large().into_response();
+        return finish(response, Some(request.into_body()), declared, version).await;
+    }
     let leftover = Leftover::default();
     let request = request.map(|body| {
         Body::new(Returning {
@@ -46,11 +56,21 @@ pub async fn answer_whole_body(request: Request, next: Next) -> Response {
             leftover: Arc::clone(&leftover),
         })
     });
-    let mut response = next.run(request).await;
+    let response = next.run(request).await;
     let rest = leftover
         .lock()
         .unwrap_or_else(PoisonError::into_inner)
         .take();
+    finish(response, rest, declared, version).await
+}
+
+/// Reads `rest` (what is left of the request body) before `response` goes out.
+async fn finish(
+    mut response: Response,
+    rest: Option<Body>,
+    declared: Option<u64>,
+    version: Version,
+) -> Response {
     if let Some(rest) = rest {
         let drained = declared.is_none_or(|length| length <= MAX_DRAINED_BYTES)
             && tokio::time::timeout(MAX_DRAIN_TIME, drain(rest))

@@ -398,6 +398,16 @@ pub async fn from_config(
 /// Largest request body accepted (an assertion with a chain is a few KB).
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
 
+/// The largest request body `path` takes: [`admin::MAX_IMPORT_BYTES`] for
+/// the admin user import, [`MAX_BODY_BYTES`] for everything else.
+#[must_use]
+pub fn max_body_bytes(path: &str) -> usize {
+    match path.strip_prefix(wire::PATH_ADMIN) {
+        Some(admin::PATH_IMPORT) => admin::MAX_IMPORT_BYTES,
+        _ => MAX_BODY_BYTES,
+    }
+}
+
 /// The whole HTTP API.
 pub fn app(state: ServerState) -> Router {
     Router::new()
@@ -559,8 +569,7 @@ pub async fn serve_with_handle(
         None => None,
     };
     let maintenance = tokio::spawn(maintain(state.clone()));
-    let app = app(state).into_make_service_with_connect_info::<SocketAddr>();
-    let served = serve_app(app, listener, handle, &limits).await;
+    let served = serve_router(app(state), listener, handle, &limits).await;
     maintenance.abort();
     if let Some((metrics_handle, metrics_task)) = metrics {
         metrics_handle.shutdown();
@@ -633,12 +642,19 @@ async fn tidy(store: &dyn Store, now: time::OffsetDateTime) {
     }
 }
 
-async fn serve_app(
-    app: axum::extract::connect_info::IntoMakeServiceWithConnectInfo<axum::Router, SocketAddr>,
+/// Serves `router` on `listener` with the time-outs and caps of `limits`
+/// (see [`crate::connections`]); handlers can extract the client's address
+/// as `ConnectInfo<SocketAddr>`.
+///
+/// # Errors
+/// [`ServeError`] when the listener cannot start.
+pub async fn serve_router(
+    router: Router,
     listener: Listener,
     handle: axum_server::Handle<SocketAddr>,
     limits: &crate::connections::ConnectionLimits,
 ) -> Result<(), ServeError> {
+    let app = router.into_make_service_with_connect_info::<SocketAddr>();
     let acceptor = LimitedAcceptor::new("server", *limits);
     match listener {
         Listener::Tls {
