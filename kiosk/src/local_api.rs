@@ -1430,6 +1430,159 @@ mod tests {
         assert!(!error.to_string().contains(token.as_str()));
     }
 
+    #[cfg(unix)]
+    #[test]
+    fn access_token_file_behind_a_symlink_is_refused() {
+        let directory = tempfile::tempdir().unwrap();
+        let real = directory.path().join("real.token");
+        let token = load_or_create_access_token(&real).unwrap();
+        let link = directory.path().join("link.token");
+        std::os::unix::fs::symlink(&real, &link).unwrap();
+        let error = load_or_create_access_token(&link).unwrap_err();
+        assert!(
+            matches!(error, LocalApiError::TokenFileSymlink { .. }),
+            "{error:?}"
+        );
+        assert!(!error.to_string().contains(token.as_str()));
+        // A dangling link is not followed to create a file either.
+        let dangling = directory.path().join("dangling.token");
+        std::os::unix::fs::symlink(directory.path().join("elsewhere"), &dangling).unwrap();
+        let error = load_or_create_access_token(&dangling).unwrap_err();
+        assert!(
+            matches!(error, LocalApiError::TokenFileSymlink { .. }),
+            "{error:?}"
+        );
+        assert!(!directory.path().join("elsewhere").exists());
+    }
+
+    /// As root (CI), the file is handed to `nobody`: the kiosk must refuse a token another
+    /// user could have chosen.
+    #[cfg(unix)]
+    #[test]
+    fn access_token_file_owned_by_another_user_is_refused() {
+        const NOBODY: u32 = 65534;
+        let directory = tempfile::tempdir().unwrap();
+        let path = directory.path().join("token");
+        let token = load_or_create_access_token(&path).unwrap();
+        std::os::unix::fs::chown(&path, Some(NOBODY), Some(NOBODY))
+            .expect("this test hands the file to another user: run it as root");
+        let error = load_or_create_access_token(&path).unwrap_err();
+        assert!(
+            matches!(
+                error,
+                LocalApiError::TokenFileNotOwned { owner: NOBODY, .. }
+            ),
+            "{error:?}"
+        );
+        assert!(!error.to_string().contains(token.as_str()));
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn access_token_path_that_is_not_a_file_is_refused() {
+        let directory = tempfile::tempdir().unwrap();
+        let error = load_or_create_access_token(directory.path()).unwrap_err();
+        assert!(
+            matches!(error, LocalApiError::TokenFileNotRegular { .. }),
+            "{error:?}"
+        );
+    }
+
+    /// Slowloris on the local API: 100 connections each send half a request's headers, against
+    /// caps of 16 per source and 32 in all with a 2 s header time-out. At most 16 are held, an
+    /// app connecting from another loopback address is answered meanwhile, and the slow ones
+    /// are closed by the time-out.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn half_sent_requests_are_capped_and_closed_while_apps_are_served() {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let listen = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+        let connections = ConnectionLimits {
+            header_read_timeout: StdDuration::from_secs(2),
+            idle_timeout: StdDuration::from_secs(4),
+            max_connections: 32,
+            max_connections_per_source: 16,
+            ..local_connection_limits()
+        };
+        let (shutdown, shutdown_signal) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(serve(
+            board_with_alice(),
+            LocalApiConfig {
+                listen,
+                connections,
+                ..config()
+            },
+            async move {
+                let _ = shutdown_signal.await;
+            },
+        ));
+        let closed_within = async |stream: &mut TcpStream, wait: StdDuration| {
+            let mut buffer = [0_u8; 512];
+            loop {
+                match tokio::time::timeout(wait, stream.read(&mut buffer)).await {
+                    Err(_) => return false,
+                    Ok(Ok(0) | Err(_)) => return true,
+                    Ok(Ok(_)) => {}
+                }
+            }
+        };
+        let mut slow = Vec::new();
+        for _ in 0..100 {
+            let mut stream = loop {
+                match TcpStream::connect(listen).await {
+                    Ok(stream) => break stream,
+                    Err(_) => tokio::time::sleep(StdDuration::from_millis(20)).await,
+                }
+            };
+            let half = format!("GET /v1/session HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nX-Slow: ");
+            if stream.write_all(half.as_bytes()).await.is_ok() {
+                slow.push(stream);
+            }
+        }
+        let mut held = Vec::new();
+        for mut stream in slow {
+            if !closed_within(&mut stream, StdDuration::from_millis(20)).await {
+                held.push(stream);
+            }
+        }
+        assert!(
+            !held.is_empty() && held.len() <= 16,
+            "{} half-sent requests held (cap 16)",
+            held.len()
+        );
+
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind(SocketAddr::from(([127, 0, 0, 2], 0))).unwrap();
+        let mut app = socket.connect(listen).await.expect("an app connects");
+        let request = format!(
+            "GET /v1/session HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n"
+        );
+        app.write_all(request.as_bytes()).await.unwrap();
+        let mut answer = String::new();
+        tokio::time::timeout(StdDuration::from_secs(5), app.read_to_string(&mut answer))
+            .await
+            .expect("the app is answered during the flood")
+            .unwrap();
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+
+        let waiting = std::time::Instant::now();
+        for mut stream in held {
+            let left = StdDuration::from_secs(4).saturating_sub(waiting.elapsed());
+            assert!(
+                closed_within(&mut stream, left.max(StdDuration::from_millis(10))).await,
+                "a half-sent request outlived the header time-out"
+            );
+        }
+        let _ = shutdown.send(());
+        let served = tokio::time::timeout(StdDuration::from_secs(10), server)
+            .await
+            .expect("the server stopped");
+        assert!(matches!(served, Ok(Ok(()))), "{served:?}");
+    }
+
     #[test]
     fn access_token_file_in_a_missing_directory_cannot_be_created() {
         let directory = tempfile::tempdir().unwrap();
