@@ -40,11 +40,11 @@ use axum::{Json, Router};
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use futures_util::stream::{self, Stream};
+use pivtap_server_client::connections::{ConnectionLimits, LimitedAcceptor, apply_http_timeouts};
 use pivtap_server_client::wire::UserInfo;
 use serde::Serialize;
 use subtle::ConstantTimeEq as _;
 use time::OffsetDateTime;
-use pivtap_server_client::connections::{ConnectionLimits, LimitedAcceptor, apply_http_timeouts};
 use tokio::sync::{broadcast, mpsc, watch};
 use zeroize::Zeroizing;
 
@@ -470,7 +470,8 @@ fn read_access_token(path: &Path) -> Result<Zeroizing<String>, LocalApiError> {
 #[cfg(unix)]
 fn open_without_following(path: &Path) -> Result<File, LocalApiError> {
     use rustix::fs::{Mode, OFlags};
-    let flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC | OFlags::NOCTTY | OFlags::NONBLOCK;
+    let flags =
+        OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC | OFlags::NOCTTY | OFlags::NONBLOCK;
     match rustix::fs::open(path, flags, Mode::empty()) {
         Ok(fd) => Ok(File::from(fd)),
         Err(rustix::io::Errno::LOOP) => Err(LocalApiError::TokenFileSymlink {

@@ -606,7 +606,11 @@ async fn metrics_count_requests_and_sign_in_outcomes() {
         .await
         .error(StatusCode::NOT_FOUND, "not_found");
     let metrics = server::metrics_app(state);
-    let reply = send(&metrics, request(Method::GET, "/metrics", &[], Body::empty())).await;
+    let reply = send(
+        &metrics,
+        request(Method::GET, "/metrics", &[], Body::empty()),
+    )
+    .await;
     assert_eq!(reply.status, StatusCode::OK);
     assert!(
         reply.header(header::CONTENT_TYPE).starts_with("text/plain"),

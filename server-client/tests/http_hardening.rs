@@ -366,8 +366,14 @@ async fn slowloris_connections_are_capped_and_closed_while_others_are_served() {
             still_open += 1;
         }
     }
-    assert_eq!(still_open, 0, "slow connections outlived the header time-out");
-    println!("all slow connections closed {:?} after the flood", waiting.elapsed());
+    assert_eq!(
+        still_open, 0,
+        "slow connections outlived the header time-out"
+    );
+    println!(
+        "all slow connections closed {:?} after the flood",
+        waiting.elapsed()
+    );
 
     // A TCP connection that never starts TLS is dropped by the handshake time-out.
     let mut silent = TcpStream::connect(served.address).await.expect("connects");
@@ -423,10 +429,7 @@ async fn handlers_see_the_client_address() {
         .await
         .expect("sends");
     let mut answer = String::new();
-    stream
-        .read_to_string(&mut answer)
-        .await
-        .expect("an answer");
+    stream.read_to_string(&mut answer).await.expect("an answer");
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
     assert!(answer.ends_with("127.0.0.2"), "{answer}");
     handle.shutdown();
@@ -484,7 +487,11 @@ async fn metrics_are_not_public_unless_configured() {
     assert_eq!(status, 200);
     assert!(body.contains("pivtap_requests_total"), "{body}");
     let other = format!("http://127.0.0.1:{port}{}", wire::PATH_JWKS);
-    assert_eq!(get(&plain, &other, None).await.0, 404, "only /metrics there");
+    assert_eq!(
+        get(&plain, &other, None).await.0,
+        404,
+        "only /metrics there"
+    );
 
     let port = free_port();
     let loopback_only = Served::start(|_, config| {
@@ -542,15 +549,24 @@ async fn readiness_follows_whether_the_database_can_be_written() {
         .send()
         .await
         .expect("an answer");
-    assert_eq!(challenge.status().as_u16(), 500, "no challenge can be stored");
+    assert_eq!(
+        challenge.status().as_u16(),
+        500,
+        "no challenge can be stored"
+    );
     for path in [wire::PATH_READY, wire::PATH_HEALTH] {
         let (status, body) = get(&client, &served.url(path), None).await;
         assert_eq!(status, 503, "{path}: {body}");
         assert!(body.contains("\"unavailable\""), "{path}: {body}");
     }
-    assert_eq!(get(&client, &served.url(wire::PATH_LIVE), None).await.0, 200);
+    assert_eq!(
+        get(&client, &served.url(wire::PATH_LIVE), None).await.0,
+        200
+    );
 
-    database.execute_batch(ALLOW_WRITES).expect("the triggers go");
+    database
+        .execute_batch(ALLOW_WRITES)
+        .expect("the triggers go");
     tokio::time::sleep(server::READINESS_CACHE + Duration::from_millis(100)).await;
     for path in [wire::PATH_READY, wire::PATH_HEALTH] {
         assert_eq!(get(&client, &served.url(path), None).await.0, 200, "{path}");
@@ -563,7 +579,10 @@ async fn readiness_follows_whether_the_database_can_be_written() {
 async fn readiness_probes_do_not_load_the_writer() {
     let served = Served::start(|_, _| {}).await;
     let client = served.client(Http::Two, IpAddr::V4(Ipv4Addr::LOCALHOST));
-    assert_eq!(get(&client, &served.url(wire::PATH_READY), None).await.0, 200);
+    assert_eq!(
+        get(&client, &served.url(wire::PATH_READY), None).await.0,
+        200
+    );
     let database = rusqlite::Connection::open(&served.config.database).expect("opens");
     database
         .execute_batch(

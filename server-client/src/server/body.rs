@@ -43,8 +43,7 @@ pub async fn answer_whole_body(request: Request, next: Next) -> Response {
         .and_then(|value| value.to_str().ok())
         .and_then(|value| value.parse::<u64>().ok());
     let version = request.version();
-    if declared.is_some_and(|length| length > super::max_body_bytes(request.uri().path()) as u64)
-    {
+    if declared.is_some_and(|length| length > super::max_body_bytes(request.uri().path()) as u64) {
         // Refused at once, whatever the endpoint: the body is not looked at.
         let response = ApiError::payload_too_large().into_response();
         return finish(response, Some(request.into_body()), declared, version).await;

@@ -93,7 +93,10 @@ impl std::fmt::Debug for HttpSettings {
         f.debug_struct("HttpSettings")
             .field("connections", &self.connections)
             .field("metrics_listen", &self.metrics_listen)
-            .field("metrics_token", &self.metrics_token_hash.map(|_| "REDACTED"))
+            .field(
+                "metrics_token",
+                &self.metrics_token_hash.map(|_| "REDACTED"),
+            )
             .finish()
     }
 }
@@ -187,7 +190,11 @@ impl ServerState {
                 return ready;
             }
         }
-        let ready = match self.store().heartbeat(time::OffsetDateTime::now_utc()).await {
+        let ready = match self
+            .store()
+            .heartbeat(time::OffsetDateTime::now_utc())
+            .await
+        {
             Ok(()) => true,
             Err(error) => {
                 tracing::error!(%error, "readiness: the database cannot be written");
