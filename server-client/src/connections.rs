@@ -387,6 +387,45 @@ mod tests {
         let _again = acceptor.gate.admit(c).unwrap();
     }
 
+    #[tokio::test]
+    async fn an_idle_connection_ends_and_activity_keeps_it_open() {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let mut client = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (accepted, _) = listener.accept().await.unwrap();
+        let acceptor = LimitedAcceptor::new(
+            "test",
+            ConnectionLimits {
+                idle_timeout: Duration::from_millis(300),
+                ..ConnectionLimits::default()
+            },
+        );
+        let (mut stream, ()) = acceptor.accept(accepted, ()).await.unwrap();
+        let started = Instant::now();
+        let mut buffer = [0_u8; 8];
+        // Activity every 100 ms keeps it open past the time-out.
+        for _ in 0..5 {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            client.write_all(b"x").await.unwrap();
+            assert_eq!(stream.read(&mut buffer).await.unwrap(), 1);
+        }
+        assert!(started.elapsed() >= Duration::from_millis(500));
+        // Then silence: the read ends with a time-out after 300 ms.
+        let silent = Instant::now();
+        let error = stream.read(&mut buffer).await.unwrap_err();
+        assert_eq!(error.kind(), io::ErrorKind::TimedOut);
+        let waited = silent.elapsed();
+        assert!(
+            waited >= Duration::from_millis(250) && waited < Duration::from_secs(2),
+            "{waited:?}"
+        );
+        assert_eq!(acceptor.open_connections(), 1);
+        drop(stream);
+        assert_eq!(acceptor.open_connections(), 0);
+    }
+
     #[test]
     fn warnings_are_due_once_per_interval_with_the_count() {
         let warning = Warning::default();
