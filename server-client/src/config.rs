@@ -1196,6 +1196,23 @@ ca_certificates = ["ca.pem"]
     }
 
     #[test]
+    fn connections_and_metrics_take_safe_defaults() {
+        let config = parse(MINIMAL).unwrap();
+        let limits = config.connections.limits();
+        assert_eq!(limits, crate::connections::ConnectionLimits::default());
+        assert_eq!(limits.header_read_timeout, Duration::from_secs(10));
+        assert_eq!(config.metrics, MetricsConfig::default());
+        let with_token = parse(&format!(
+            "{MINIMAL}\n[metrics]\ntoken_file = \"metrics.token\"\n"
+        ))
+        .unwrap();
+        assert_eq!(
+            with_token.metrics.token_file.as_deref(),
+            Some(Path::new("/etc/pivtap/metrics.token"))
+        );
+    }
+
+    #[test]
     fn values_out_of_bounds_are_refused() {
         let cases = [
             (
@@ -1237,6 +1254,31 @@ ca_certificates = ["ca.pem"]
                 "[rate_limit]\nwindow_seconds = 86401",
                 "rate_limit.window_seconds",
                 ConfigProblem::TooLarge { max: 86_400 },
+            ),
+            (
+                "[connections]\nheader_read_timeout_seconds = 0",
+                "connections.header_read_timeout_seconds",
+                ConfigProblem::TooSmall { min: 1 },
+            ),
+            (
+                "[connections]\nidle_timeout_seconds = 3601",
+                "connections.idle_timeout_seconds",
+                ConfigProblem::TooLarge { max: 3600 },
+            ),
+            (
+                "[connections]\nmax_connections = 10\nmax_connections_per_source = 11",
+                "connections.max_connections_per_source",
+                ConfigProblem::TooLarge { max: 10 },
+            ),
+            (
+                "[metrics]\nlisten = \"0.0.0.0:9464\"",
+                "metrics.listen",
+                ConfigProblem::NotLoopback(SocketAddr::from(([0, 0, 0, 0], 9464))),
+            ),
+            (
+                "[metrics]\nlisten = \"127.0.0.1:8443\"",
+                "metrics.listen",
+                ConfigProblem::SameAsListen,
             ),
         ];
         for (extra, field, problem) in cases {
