@@ -357,6 +357,14 @@ mod tests {
                 "device = \"k\"\n[server]\nurl = \"https://a\"\n[local_api]\nlisten = \"0.0.0.0:7420\"\n",
                 "local_api.listen",
             ),
+            (
+                "device = \"k\"\n[server]\nurl = \"https://a\"\n[local_api]\nheader_read_timeout_seconds = 0\n",
+                "local_api.header_read_timeout_seconds",
+            ),
+            (
+                "device = \"k\"\n[server]\nurl = \"https://a\"\n[local_api]\nmax_connections = 0\n",
+                "local_api.max_connections",
+            ),
         ] {
             match load(text) {
                 Err(KioskConfigError::Invalid { field: f, .. }) => assert_eq!(f, field),
