@@ -137,7 +137,7 @@ impl<S> Accept<TcpStream, S> for LimitedAcceptor {
                 let idle_timeout = self.gate.limits.idle_timeout;
                 LimitedStream {
                     stream,
-                    _permit: permit,
+                    permit,
                     idle_timeout,
                     last_activity: Instant::now(),
                     idle: Box::pin(tokio::time::sleep(idle_timeout)),
@@ -252,7 +252,7 @@ impl Drop for Permit {
 /// an error once idle for [`ConnectionLimits::idle_timeout`].
 pub struct LimitedStream {
     stream: TcpStream,
-    _permit: Permit,
+    permit: Permit,
     idle_timeout: Duration,
     last_activity: Instant,
     idle: Pin<Box<Sleep>>,
@@ -279,7 +279,7 @@ impl LimitedStream {
                 return Poll::Pending;
             }
             if self.last_activity + self.idle_timeout <= Instant::now() {
-                let gate = &self._permit.gate;
+                let gate = &self.permit.gate;
                 if let Some(count) = gate.idle.due() {
                     tracing::warn!(
                         target: "pivtap::connections",

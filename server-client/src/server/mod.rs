@@ -341,12 +341,25 @@ pub async fn from_config(
         None => None,
     };
     let metrics_token = match &config.metrics.token_file {
-        Some(path) => Some(zeroize::Zeroizing::new(
-            std::fs::read_to_string(path).map_err(|source| StartError::MetricsToken {
-                path: path.clone(),
-                source,
-            })?,
-        )),
+        Some(path) => {
+            let token =
+                zeroize::Zeroizing::new(std::fs::read_to_string(path).map_err(|source| {
+                    StartError::MetricsToken {
+                        path: path.clone(),
+                        source,
+                    }
+                })?);
+            if token.trim().is_empty() {
+                return Err(StartError::MetricsToken {
+                    path: path.clone(),
+                    source: std::io::Error::new(
+                        std::io::ErrorKind::InvalidData,
+                        "the file is empty",
+                    ),
+                });
+            }
+            Some(token)
+        }
         None => None,
     };
     let store = crate::store::SqliteStore::open(&config.database)
