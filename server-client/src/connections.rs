@@ -18,9 +18,12 @@
 //!   [`ConnectionLimits::max_connections_per_source`]: a connection beyond
 //!   either cap is closed as soon as it is accepted, before any TLS work.
 //!
-//! Refusals and time-outs are logged as a warning at most once per
-//! [`WARNING_INTERVAL`] per listener, with how many happened since the last
-//! line, so a flood cannot flood the log too.
+//! Connections refused by a cap, closed for idleness, or dropped during the
+//! TLS handshake (time-out or failure; see [`LimitedAcceptor::note_accept_error`])
+//! are logged as a warning at most once per [`WARNING_INTERVAL`] per listener
+//! and kind, with how many happened since the last line, so a flood cannot
+//! flood the log too. A request whose headers time out is closed by hyper,
+//! which gives no hook to log it.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -113,7 +116,29 @@ impl LimitedAcceptor {
                 open: Mutex::default(),
                 refused: Warning::default(),
                 idle: Warning::default(),
+                failed: Warning::default(),
             }),
+        }
+    }
+
+    /// Logs (rate-limited) a connection that failed before its first request:
+    /// a TLS handshake that timed out or failed. Refusals by the caps are
+    /// logged already. Give it to `Server::accept_error_handler`.
+    pub fn note_accept_error(&self, error: &io::Error) {
+        if error.kind() == io::ErrorKind::ConnectionRefused {
+            return;
+        }
+        let gate = &self.gate;
+        if let Some(count) = gate.failed.due() {
+            let timed_out = error.kind() == io::ErrorKind::TimedOut;
+            tracing::warn!(
+                target: "pivtap::connections",
+                listener = gate.listener,
+                tls_handshake_timeout_s = gate.limits.tls_handshake_timeout.as_secs(),
+                timed_out,
+                failed = count,
+                "connections dropped during the TLS handshake"
+            );
         }
     }
 
@@ -160,6 +185,7 @@ struct Gate {
     open: Mutex<Open>,
     refused: Warning,
     idle: Warning,
+    failed: Warning,
 }
 
 impl Gate {

@@ -685,11 +685,13 @@ pub async fn serve_router(
             let tls = axum_server::tls_rustls::RustlsConfig::from_pem_file(certificate, key)
                 .await
                 .map_err(ServeError::Tls)?;
+            let on_error = acceptor.clone();
             let server = axum_server::bind_rustls(address, tls)
                 .map(|tls| {
                     tls.handshake_timeout(limits.tls_handshake_timeout)
                         .acceptor(acceptor)
                 })
+                .accept_error_handler(move |_, error| on_error.note_accept_error(error))
                 .handle(handle);
             apply_http_timeouts(server, limits)
                 .serve(app)
