@@ -270,6 +270,47 @@ async fn oversized_bodies_get_413_json_on_http1_and_http2() {
     );
 }
 
+/// The warnings the process logs, kept in memory (installed once, by the slowloris test).
+#[derive(Clone, Default)]
+struct Captured(Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Captured {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .extend_from_slice(bytes);
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Captured {
+    type Writer = Captured;
+
+    fn make_writer(&'a self) -> Self::Writer {
+        self.clone()
+    }
+}
+
+impl Captured {
+    fn lines_with(&self, text: &str) -> Vec<String> {
+        let bytes = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
+        String::from_utf8_lossy(&bytes)
+            .lines()
+            .filter(|line| line.contains(text))
+            .map(str::to_owned)
+            .collect()
+    }
+}
+
 /// Whether the server closed `stream` (end of file or an error) within `wait`.
 async fn closed_within<S: tokio::io::AsyncRead + Unpin>(stream: &mut S, wait: Duration) -> bool {
     let mut buffer = [0_u8; 1024];
@@ -292,6 +333,13 @@ async fn closed_within<S: tokio::io::AsyncRead + Unpin>(stream: &mut S, wait: Du
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slowloris_connections_are_capped_and_closed_while_others_are_served() {
     const SLOW: usize = 200;
+    let log = Captured::default();
+    tracing_subscriber::fmt()
+        .with_writer(log.clone())
+        .with_ansi(false)
+        .with_max_level(tracing::Level::WARN)
+        .try_init()
+        .expect("the only test that installs a subscriber");
     let served = Served::start(|_, config| {
         config.connections.tls_handshake_timeout_seconds = 1;
         config.connections.header_read_timeout_seconds = 3;
@@ -339,6 +387,11 @@ async fn slowloris_connections_are_capped_and_closed_while_others_are_served() {
         open.len()
     );
     assert!(!open.is_empty(), "the first connections get in");
+    // The refusals are logged, once per 10 s, with their count: not once per connection.
+    let warnings = log.lines_with("connection limit reached");
+    println!("{warnings:#?}");
+    assert_eq!(warnings.len(), 1, "{warnings:#?}");
+    assert!(warnings[0].contains("refused=1"), "{warnings:#?}");
 
     // Meanwhile a worker's client on another address is served, over either protocol.
     for version in [Http::One, Http::Two] {
@@ -380,6 +433,13 @@ async fn slowloris_connections_are_capped_and_closed_while_others_are_served() {
     assert!(
         closed_within(&mut silent, Duration::from_secs(3)).await,
         "a silent TCP connection outlived the TLS handshake time-out"
+    );
+    let handshakes = log.lines_with("during the TLS handshake");
+    assert!(
+        handshakes
+            .iter()
+            .any(|line| line.contains("timed_out=true")),
+        "{handshakes:#?}"
     );
     // An HTTP/2 connection that sends its preface and no request is closed too.
     let mut h2 = served.tls_connect(b"h2").await.expect("an h2 connection");
