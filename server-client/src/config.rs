@@ -61,7 +61,9 @@
 //!
 //! [connections]                        # against slow and many clients (slowloris)
 //! tls_handshake_timeout_seconds = 10   # a TLS handshake not done by then is dropped (1 to 3600)
-//! header_read_timeout_seconds = 10     # a request's headers must be in by then (1 to 3600)
+//! header_read_timeout_seconds = 10     # a request's headers must be in by then (1 to 3600); also
+//!                                      # ends an idle HTTP/1.1 keep-alive connection after this long
+//!                                      # (pivtap clients let go after 8 s: keep it above that)
 //! idle_timeout_seconds = 60            # nothing read or written for this long: closed (1 to 3600)
 //! max_connections = 512                # open at once in all; keep it under the open-file limit
 //! max_connections_per_source = 64      # open at once from one IP address (<= max_connections)
