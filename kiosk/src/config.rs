@@ -28,6 +28,9 @@
 //! [local_api]
 //! listen = "127.0.0.1:7420"            # loopback only: line-of-business apps on this device
 //! token_file = "local-api.token"       # created (0600) if missing; apps send it to read the session token
+//! header_read_timeout_seconds = 10     # a request's headers must be in by then (1 to 3600)
+//! idle_timeout_seconds = 60            # nothing read or written for this long: closed (1 to 3600)
+//! max_connections = 128                # open at once (every app comes from loopback)
 //! ```
 //!
 //! Paths are relative to the configuration file's directory.
@@ -151,13 +154,38 @@ pub struct LocalApiSection {
     pub listen: SocketAddr,
     /// The per-install token file.
     pub token_file: PathBuf,
+    /// The longest an app may take to send a request's headers.
+    pub header_read_timeout_seconds: u64,
+    /// A connection with nothing read or written for this long is closed.
+    pub idle_timeout_seconds: u64,
+    /// Connections open at once.
+    pub max_connections: usize,
 }
 
 impl Default for LocalApiSection {
     fn default() -> Self {
+        let limits = crate::local_api::local_connection_limits();
         LocalApiSection {
             listen: SocketAddr::from(([127, 0, 0, 1], 7420)),
             token_file: PathBuf::from("local-api.token"),
+            header_read_timeout_seconds: limits.header_read_timeout.as_secs(),
+            idle_timeout_seconds: limits.idle_timeout.as_secs(),
+            max_connections: limits.max_connections,
+        }
+    }
+}
+
+impl LocalApiSection {
+    /// The local API's connection limits: every client comes from loopback, so the cap per
+    /// source is the cap in all.
+    #[must_use]
+    pub fn connection_limits(&self) -> pivtap_server_client::connections::ConnectionLimits {
+        pivtap_server_client::connections::ConnectionLimits {
+            header_read_timeout: Duration::from_secs(self.header_read_timeout_seconds),
+            idle_timeout: Duration::from_secs(self.idle_timeout_seconds),
+            max_connections: self.max_connections,
+            max_connections_per_source: self.max_connections,
+            ..crate::local_api::local_connection_limits()
         }
     }
 }
@@ -245,6 +273,18 @@ impl KioskConfig {
         if !(1..=300).contains(&self.server.timeout_seconds) {
             return Err(invalid("server.timeout_seconds", "1 to 300"));
         }
+        if !(1..=3600).contains(&self.local_api.header_read_timeout_seconds) {
+            return Err(invalid(
+                "local_api.header_read_timeout_seconds",
+                "1 to 3600",
+            ));
+        }
+        if !(1..=3600).contains(&self.local_api.idle_timeout_seconds) {
+            return Err(invalid("local_api.idle_timeout_seconds", "1 to 3600"));
+        }
+        if !(1..=100_000).contains(&self.local_api.max_connections) {
+            return Err(invalid("local_api.max_connections", "1 to 100000"));
+        }
         if !self.local_api.listen.ip().is_loopback() {
             return Err(invalid(
                 "local_api.listen",
@@ -316,6 +356,14 @@ mod tests {
             (
                 "device = \"k\"\n[server]\nurl = \"https://a\"\n[local_api]\nlisten = \"0.0.0.0:7420\"\n",
                 "local_api.listen",
+            ),
+            (
+                "device = \"k\"\n[server]\nurl = \"https://a\"\n[local_api]\nheader_read_timeout_seconds = 0\n",
+                "local_api.header_read_timeout_seconds",
+            ),
+            (
+                "device = \"k\"\n[server]\nurl = \"https://a\"\n[local_api]\nmax_connections = 0\n",
+                "local_api.max_connections",
             ),
         ] {
             match load(text) {

@@ -40,11 +40,11 @@ use axum::{Json, Router};
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use futures_util::stream::{self, Stream};
+use pivtap_server_client::connections::{ConnectionLimits, LimitedAcceptor, apply_http_timeouts};
 use pivtap_server_client::wire::UserInfo;
 use serde::Serialize;
 use subtle::ConstantTimeEq as _;
 use time::OffsetDateTime;
-use tokio::net::TcpListener;
 use tokio::sync::{broadcast, mpsc, watch};
 use zeroize::Zeroizing;
 
@@ -111,6 +111,34 @@ pub enum LocalApiError {
     InvalidTokenFile {
         /// The file.
         path: PathBuf,
+    },
+    /// The access token file is a symbolic link (it is never followed).
+    #[error(
+        "the access token file {} is a symbolic link; give the file itself",
+        path.display()
+    )]
+    TokenFileSymlink {
+        /// The path.
+        path: PathBuf,
+    },
+    /// The access token file is not a regular file.
+    #[error("the access token file {} is not a regular file", path.display())]
+    TokenFileNotRegular {
+        /// The path.
+        path: PathBuf,
+    },
+    /// The access token file belongs to another user than the kiosk's.
+    #[error(
+        "the access token file {} belongs to user id {owner}, not to the kiosk's user id {expected}; chown it or remove it",
+        path.display()
+    )]
+    TokenFileNotOwned {
+        /// The file.
+        path: PathBuf,
+        /// Its owner's user id.
+        owner: u32,
+        /// The kiosk's (effective) user id.
+        expected: u32,
     },
     /// Other users (beyond the owner and its group) may read or write the access token file.
     #[error(
@@ -279,6 +307,20 @@ pub struct LocalApiConfig {
     pub access_token: Zeroizing<String>,
     /// This device's name, as given to the server.
     pub device: String,
+    /// Time-outs and connection caps ([`local_connection_limits`] by default).
+    pub connections: ConnectionLimits,
+}
+
+/// The local API's connection limits unless configured otherwise: headers within 10 s, idle
+/// connections closed after 60 s (event streams send a keep-alive every 15 s), at most 128
+/// connections (every client comes from loopback, so the cap per source is the same).
+#[must_use]
+pub fn local_connection_limits() -> ConnectionLimits {
+    ConnectionLimits {
+        max_connections: 128,
+        max_connections_per_source: 128,
+        ..ConnectionLimits::default()
+    }
 }
 
 impl fmt::Debug for LocalApiConfig {
@@ -287,6 +329,7 @@ impl fmt::Debug for LocalApiConfig {
             .field("listen", &self.listen)
             .field("access_token", &"REDACTED")
             .field("device", &self.device)
+            .field("connections", &self.connections)
             .finish()
     }
 }
@@ -314,15 +357,24 @@ pub async fn serve(
         address: config.listen,
         source,
     };
-    let listener = TcpListener::bind(config.listen).await.map_err(bind_error)?;
+    let listener = std::net::TcpListener::bind(config.listen).map_err(bind_error)?;
+    listener.set_nonblocking(true).map_err(bind_error)?;
     let port = listener.local_addr().map_err(bind_error)?.port();
     let (closing_sender, closing) = watch::channel(false);
     let app = build_router(board, &config, port, closing);
-    axum::serve(listener, app)
-        .with_graceful_shutdown(async move {
-            shutdown.await;
-            closing_sender.send_replace(true);
-        })
+    let handle = axum_server::Handle::<SocketAddr>::new();
+    let stopper = handle.clone();
+    tokio::spawn(async move {
+        shutdown.await;
+        closing_sender.send_replace(true);
+        stopper.graceful_shutdown(None);
+    });
+    let server = axum_server::from_tcp(listener)
+        .map_err(bind_error)?
+        .acceptor(LimitedAcceptor::new("local API", config.connections))
+        .handle(handle);
+    apply_http_timeouts(server, &config.connections)
+        .serve(app.into_make_service_with_connect_info::<SocketAddr>())
         .await
         .map_err(LocalApiError::Serve)
 }
@@ -363,11 +415,27 @@ fn read_access_token(path: &Path) -> Result<Zeroizing<String>, LocalApiError> {
     let invalid = || LocalApiError::InvalidTokenFile {
         path: path.to_owned(),
     };
-    let mut file = File::open(path).map_err(read_error)?;
+    let mut file = open_without_following(path)?;
+    // Checked on the opened file (fstat), not on the path, which could be swapped meanwhile.
     let metadata = file.metadata().map_err(read_error)?;
+    if !metadata.is_file() {
+        return Err(LocalApiError::TokenFileNotRegular {
+            path: path.to_owned(),
+        });
+    }
     #[cfg(unix)]
     {
+        use std::os::unix::fs::MetadataExt as _;
         use std::os::unix::fs::PermissionsExt as _;
+        let owner = metadata.uid();
+        let expected = rustix::process::geteuid().as_raw();
+        if owner != expected {
+            return Err(LocalApiError::TokenFileNotOwned {
+                path: path.to_owned(),
+                owner,
+                expected,
+            });
+        }
         let mode = metadata.permissions().mode() & 0o777;
         if mode & 0o007 != 0 {
             return Err(LocalApiError::TokenFileOpenToOthers {
@@ -395,6 +463,33 @@ fn read_access_token(path: &Path) -> Result<Zeroizing<String>, LocalApiError> {
         return Err(invalid());
     }
     Ok(Zeroizing::new(token.to_owned()))
+}
+
+/// Opens `path` for reading without following a symbolic link in its last
+/// component (`O_NOFOLLOW`), nor blocking on a FIFO (`O_NONBLOCK`).
+#[cfg(unix)]
+fn open_without_following(path: &Path) -> Result<File, LocalApiError> {
+    use rustix::fs::{Mode, OFlags};
+    let flags =
+        OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC | OFlags::NOCTTY | OFlags::NONBLOCK;
+    match rustix::fs::open(path, flags, Mode::empty()) {
+        Ok(fd) => Ok(File::from(fd)),
+        Err(rustix::io::Errno::LOOP) => Err(LocalApiError::TokenFileSymlink {
+            path: path.to_owned(),
+        }),
+        Err(errno) => Err(LocalApiError::ReadTokenFile {
+            path: path.to_owned(),
+            source: io::Error::from(errno),
+        }),
+    }
+}
+
+#[cfg(not(unix))]
+fn open_without_following(path: &Path) -> Result<File, LocalApiError> {
+    File::open(path).map_err(|source| LocalApiError::ReadTokenFile {
+        path: path.to_owned(),
+        source,
+    })
 }
 
 /// Creates `path` with a new token, atomically; if `path` appeared meanwhile, the token
@@ -693,6 +788,7 @@ mod tests {
             listen: DEFAULT_LISTEN,
             access_token: Zeroizing::new(ACCESS_TOKEN.to_owned()),
             device: "kiosk-07".to_owned(),
+            connections: local_connection_limits(),
         }
     }
 
@@ -1333,6 +1429,159 @@ mod tests {
             "{error:?}"
         );
         assert!(!error.to_string().contains(token.as_str()));
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn access_token_file_behind_a_symlink_is_refused() {
+        let directory = tempfile::tempdir().unwrap();
+        let real = directory.path().join("real.token");
+        let token = load_or_create_access_token(&real).unwrap();
+        let link = directory.path().join("link.token");
+        std::os::unix::fs::symlink(&real, &link).unwrap();
+        let error = load_or_create_access_token(&link).unwrap_err();
+        assert!(
+            matches!(error, LocalApiError::TokenFileSymlink { .. }),
+            "{error:?}"
+        );
+        assert!(!error.to_string().contains(token.as_str()));
+        // A dangling link is not followed to create a file either.
+        let dangling = directory.path().join("dangling.token");
+        std::os::unix::fs::symlink(directory.path().join("elsewhere"), &dangling).unwrap();
+        let error = load_or_create_access_token(&dangling).unwrap_err();
+        assert!(
+            matches!(error, LocalApiError::TokenFileSymlink { .. }),
+            "{error:?}"
+        );
+        assert!(!directory.path().join("elsewhere").exists());
+    }
+
+    /// As root (CI), the file is handed to `nobody`: the kiosk must refuse a token another
+    /// user could have chosen.
+    #[cfg(unix)]
+    #[test]
+    fn access_token_file_owned_by_another_user_is_refused() {
+        const NOBODY: u32 = 65534;
+        let directory = tempfile::tempdir().unwrap();
+        let path = directory.path().join("token");
+        let token = load_or_create_access_token(&path).unwrap();
+        std::os::unix::fs::chown(&path, Some(NOBODY), Some(NOBODY))
+            .expect("this test hands the file to another user: run it as root");
+        let error = load_or_create_access_token(&path).unwrap_err();
+        assert!(
+            matches!(
+                error,
+                LocalApiError::TokenFileNotOwned { owner: NOBODY, .. }
+            ),
+            "{error:?}"
+        );
+        assert!(!error.to_string().contains(token.as_str()));
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn access_token_path_that_is_not_a_file_is_refused() {
+        let directory = tempfile::tempdir().unwrap();
+        let error = load_or_create_access_token(directory.path()).unwrap_err();
+        assert!(
+            matches!(error, LocalApiError::TokenFileNotRegular { .. }),
+            "{error:?}"
+        );
+    }
+
+    /// Slowloris on the local API: 100 connections each send half a request's headers, against
+    /// caps of 16 per source and 32 in all with a 2 s header time-out. At most 16 are held, an
+    /// app connecting from another loopback address is answered meanwhile, and the slow ones
+    /// are closed by the time-out.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn half_sent_requests_are_capped_and_closed_while_apps_are_served() {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let listen = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+        let connections = ConnectionLimits {
+            header_read_timeout: StdDuration::from_secs(2),
+            idle_timeout: StdDuration::from_secs(4),
+            max_connections: 32,
+            max_connections_per_source: 16,
+            ..local_connection_limits()
+        };
+        let (shutdown, shutdown_signal) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(serve(
+            board_with_alice(),
+            LocalApiConfig {
+                listen,
+                connections,
+                ..config()
+            },
+            async move {
+                let _ = shutdown_signal.await;
+            },
+        ));
+        let closed_within = async |stream: &mut TcpStream, wait: StdDuration| {
+            let mut buffer = [0_u8; 512];
+            loop {
+                match tokio::time::timeout(wait, stream.read(&mut buffer)).await {
+                    Err(_) => return false,
+                    Ok(Ok(0) | Err(_)) => return true,
+                    Ok(Ok(_)) => {}
+                }
+            }
+        };
+        let mut slow = Vec::new();
+        for _ in 0..100 {
+            let mut stream = loop {
+                match TcpStream::connect(listen).await {
+                    Ok(stream) => break stream,
+                    Err(_) => tokio::time::sleep(StdDuration::from_millis(20)).await,
+                }
+            };
+            let half = format!("GET /v1/session HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nX-Slow: ");
+            if stream.write_all(half.as_bytes()).await.is_ok() {
+                slow.push(stream);
+            }
+        }
+        let mut held = Vec::new();
+        for mut stream in slow {
+            if !closed_within(&mut stream, StdDuration::from_millis(20)).await {
+                held.push(stream);
+            }
+        }
+        assert!(
+            !held.is_empty() && held.len() <= 16,
+            "{} half-sent requests held (cap 16)",
+            held.len()
+        );
+
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind(SocketAddr::from(([127, 0, 0, 2], 0))).unwrap();
+        let mut app = socket.connect(listen).await.expect("an app connects");
+        let request = format!(
+            "GET /v1/session HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n"
+        );
+        app.write_all(request.as_bytes()).await.unwrap();
+        let mut answer = String::new();
+        tokio::time::timeout(StdDuration::from_secs(5), app.read_to_string(&mut answer))
+            .await
+            .expect("the app is answered during the flood")
+            .unwrap();
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+
+        let waiting = std::time::Instant::now();
+        for mut stream in held {
+            let left = StdDuration::from_secs(4).saturating_sub(waiting.elapsed());
+            assert!(
+                closed_within(&mut stream, left.max(StdDuration::from_millis(10))).await,
+                "a half-sent request outlived the header time-out"
+            );
+        }
+        let _ = shutdown.send(());
+        let served = tokio::time::timeout(StdDuration::from_secs(10), server)
+            .await
+            .expect("the server stopped");
+        assert!(matches!(served, Ok(Ok(()))), "{served:?}");
     }
 
     #[test]

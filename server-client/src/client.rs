@@ -155,6 +155,12 @@ pub struct Client {
 /// Network attempts for a request that never reached the server.
 const DEFAULT_RETRIES: u32 = 3;
 
+/// How long an idle connection to the server is kept for the next request: less than
+/// the server's default header time-out (10 s), which also ends an idle HTTP/1.1
+/// keep-alive connection, so the client lets go first and never sends a request on a
+/// connection the server is closing.
+const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(8);
+
 impl Client {
     /// A client for `server` (`https://host:port`; `http://` only for a loopback address).
     ///
@@ -184,6 +190,7 @@ impl Client {
         let builder = reqwest::Client::builder()
             .timeout(timeout)
             .connect_timeout(timeout.min(Duration::from_secs(5)))
+            .pool_idle_timeout(POOL_IDLE_TIMEOUT)
             .user_agent(concat!("pivtap/", env!("CARGO_PKG_VERSION")));
         let builder = match trust {
             ServerTrust::SystemRoots => builder,

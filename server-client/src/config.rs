@@ -73,6 +73,22 @@
 //! smartcard_logon = true               # EKU Microsoft smart card logon besides clientAuth
 //! code_validity_seconds = 900          # default life of an enrollment code (admin enroll)
 //! max_code_validity_seconds = 604800   # longest an admin may ask for (7 days; up to 30 days)
+//!
+//! [connections]                        # against slow and many clients (slowloris)
+//! tls_handshake_timeout_seconds = 10   # a TLS handshake not done by then is dropped (1 to 3600)
+//! header_read_timeout_seconds = 10     # a request's headers must be in by then (1 to 3600); also
+//!                                      # ends an idle HTTP/1.1 keep-alive connection after this long
+//!                                      # (pivtap clients let go after 8 s: keep it above that)
+//! idle_timeout_seconds = 60            # nothing read or written for this long: closed (1 to 3600)
+//! max_connections = 512                # open at once in all; keep it under the open-file limit
+//! max_connections_per_source = 64      # open at once from one IP address (<= max_connections)
+//!
+//! [metrics]                            # GET /metrics (Prometheus); by default served nowhere
+//! listen = "127.0.0.1:9464"            # optional: a separate plain-HTTP listener serving only
+//!                                      # /metrics; loopback addresses only
+//! token_file = "metrics.token"         # optional: a bearer credential; then /metrics is served on
+//!                                      # the public listener to requests presenting it (and the
+//!                                      # loopback listener asks for it too)
 //! ```
 //!
 //! The issuing CA is not trusted by itself: list its certificate in
@@ -106,6 +122,8 @@ const MAX_RETENTION_DAYS: u64 = 36_500;
 const MAX_VALIDITY_DAYS: u64 = 3650;
 const MIN_CODE_SECONDS: u64 = 60;
 const MAX_CODE_SECONDS: u64 = 30 * 24 * 3600;
+const MAX_CONNECTION_SECONDS: u64 = 3600;
+const MAX_CONNECTIONS: u64 = 1_000_000;
 
 /// The server's configuration, as read from `server.toml`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -152,6 +170,12 @@ pub struct ServerConfig {
     /// Certificate issuance (enrollment and renewal); absent = disabled.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub issuance: Option<IssuanceConfig>,
+    /// Time-outs and caps of client connections.
+    #[serde(default)]
+    pub connections: ConnectionsConfig,
+    /// Where `GET /metrics` is served, and to whom.
+    #[serde(default)]
+    pub metrics: MetricsConfig,
 }
 
 fn is_default_audit(audit: &AuditConfig) -> bool {
@@ -464,6 +488,67 @@ impl AuditConfig {
     }
 }
 
+/// `[connections]`: time-outs and caps that keep slow or many clients from
+/// holding the server's connections (see [`crate::connections`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ConnectionsConfig {
+    /// The longest a TLS handshake may take.
+    pub tls_handshake_timeout_seconds: u64,
+    /// The longest a client may take to send a request's headers.
+    pub header_read_timeout_seconds: u64,
+    /// A connection with nothing read or written for this long is closed.
+    pub idle_timeout_seconds: u64,
+    /// Connections open at once, in all.
+    pub max_connections: u64,
+    /// Connections open at once from one IP address.
+    pub max_connections_per_source: u64,
+}
+
+impl Default for ConnectionsConfig {
+    fn default() -> Self {
+        let limits = crate::connections::ConnectionLimits::default();
+        Self {
+            tls_handshake_timeout_seconds: limits.tls_handshake_timeout.as_secs(),
+            header_read_timeout_seconds: limits.header_read_timeout.as_secs(),
+            idle_timeout_seconds: limits.idle_timeout.as_secs(),
+            max_connections: limits.max_connections as u64,
+            max_connections_per_source: limits.max_connections_per_source as u64,
+        }
+    }
+}
+
+impl ConnectionsConfig {
+    /// The limits the listener applies.
+    #[must_use]
+    pub fn limits(&self) -> crate::connections::ConnectionLimits {
+        crate::connections::ConnectionLimits {
+            tls_handshake_timeout: Duration::from_secs(self.tls_handshake_timeout_seconds),
+            header_read_timeout: Duration::from_secs(self.header_read_timeout_seconds),
+            idle_timeout: Duration::from_secs(self.idle_timeout_seconds),
+            max_connections: usize::try_from(self.max_connections).unwrap_or(usize::MAX),
+            max_connections_per_source: usize::try_from(self.max_connections_per_source)
+                .unwrap_or(usize::MAX),
+        }
+    }
+}
+
+/// `[metrics]`: `GET /metrics` is not served on the public listener unless a
+/// credential guards it; a separate plain-HTTP loopback listener may serve it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    /// A loopback address where a separate plain-HTTP listener serves
+    /// `GET /metrics` only (e.g. `127.0.0.1:9464`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub listen: Option<SocketAddr>,
+    /// A file holding a bearer credential; when set, `GET /metrics` is served
+    /// on the public listener too, to requests presenting it, and the loopback
+    /// listener asks for it as well.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub token_file: Option<PathBuf>,
+}
+
 fn default_listen() -> SocketAddr {
     DEFAULT_LISTEN
 }
@@ -578,6 +663,12 @@ pub enum ConfigProblem {
         /// Position in the list, from 0.
         index: usize,
     },
+    /// An address that must be a loopback address is not one.
+    #[error("must be a loopback address, and {0} is not one")]
+    NotLoopback(SocketAddr),
+    /// The address is the server's own `listen` address.
+    #[error("must differ from `listen`")]
+    SameAsListen,
 }
 
 /// What is wrong with a certificate or CRL file.
@@ -748,6 +839,55 @@ impl ServerConfig {
                 return invalid("challenges.allowed_slots", ConfigProblem::Slot { index });
             }
         }
+        if let Some(listen) = self.metrics.listen {
+            if !listen.ip().is_loopback() {
+                return invalid("metrics.listen", ConfigProblem::NotLoopback(listen));
+            }
+            if listen == self.listen {
+                return invalid("metrics.listen", ConfigProblem::SameAsListen);
+            }
+        }
+        let connections = &self.connections;
+        let limits = [
+            (
+                "connections.tls_handshake_timeout_seconds",
+                connections.tls_handshake_timeout_seconds,
+                1,
+                MAX_CONNECTION_SECONDS,
+            ),
+            (
+                "connections.header_read_timeout_seconds",
+                connections.header_read_timeout_seconds,
+                1,
+                MAX_CONNECTION_SECONDS,
+            ),
+            (
+                "connections.idle_timeout_seconds",
+                connections.idle_timeout_seconds,
+                1,
+                MAX_CONNECTION_SECONDS,
+            ),
+            (
+                "connections.max_connections",
+                connections.max_connections,
+                1,
+                MAX_CONNECTIONS,
+            ),
+            (
+                "connections.max_connections_per_source",
+                connections.max_connections_per_source,
+                1,
+                connections.max_connections,
+            ),
+        ];
+        for (field, value, min, max) in limits {
+            if value < min {
+                return invalid(field, ConfigProblem::TooSmall { min });
+            }
+            if value > max {
+                return invalid(field, ConfigProblem::TooLarge { max });
+            }
+        }
         if let Err(problem) = self.pin_policy.validate() {
             return invalid("pin_policy", ConfigProblem::PinPolicy(problem));
         }
@@ -803,6 +943,9 @@ impl ServerConfig {
         resolve(&mut self.tokens.key_file);
         self.trust.ca_certificates.iter_mut().for_each(resolve);
         self.trust.crl_files.iter_mut().for_each(resolve);
+        if let Some(token_file) = &mut self.metrics.token_file {
+            resolve(token_file);
+        }
         if let Some(issuance) = &mut self.issuance {
             resolve(&mut issuance.ca_certificate);
             resolve(&mut issuance.ca_key);
@@ -1229,6 +1372,23 @@ ca_certificates = ["ca.pem"]
     }
 
     #[test]
+    fn connections_and_metrics_take_safe_defaults() {
+        let config = parse(MINIMAL).unwrap();
+        let limits = config.connections.limits();
+        assert_eq!(limits, crate::connections::ConnectionLimits::default());
+        assert_eq!(limits.header_read_timeout, Duration::from_secs(10));
+        assert_eq!(config.metrics, MetricsConfig::default());
+        let with_token = parse(&format!(
+            "{MINIMAL}\n[metrics]\ntoken_file = \"metrics.token\"\n"
+        ))
+        .unwrap();
+        assert_eq!(
+            with_token.metrics.token_file.as_deref(),
+            Some(Path::new("/etc/pivtap/metrics.token"))
+        );
+    }
+
+    #[test]
     fn values_out_of_bounds_are_refused() {
         let cases = [
             (
@@ -1305,6 +1465,31 @@ ca_certificates = ["ca.pem"]
                 "[audit]\nretention_days = 0",
                 "audit.retention_days",
                 ConfigProblem::TooSmall { min: 1 },
+            ),
+            (
+                "[connections]\nheader_read_timeout_seconds = 0",
+                "connections.header_read_timeout_seconds",
+                ConfigProblem::TooSmall { min: 1 },
+            ),
+            (
+                "[connections]\nidle_timeout_seconds = 3601",
+                "connections.idle_timeout_seconds",
+                ConfigProblem::TooLarge { max: 3600 },
+            ),
+            (
+                "[connections]\nmax_connections = 10\nmax_connections_per_source = 11",
+                "connections.max_connections_per_source",
+                ConfigProblem::TooLarge { max: 10 },
+            ),
+            (
+                "[metrics]\nlisten = \"0.0.0.0:9464\"",
+                "metrics.listen",
+                ConfigProblem::NotLoopback(SocketAddr::from(([0, 0, 0, 0], 9464))),
+            ),
+            (
+                "[metrics]\nlisten = \"127.0.0.1:8443\"",
+                "metrics.listen",
+                ConfigProblem::SameAsListen,
             ),
         ];
         for (extra, field, problem) in cases {

@@ -207,11 +207,16 @@ pub fn init_server(dir: &Path, options: &InitOptions) -> Result<InitReport, Init
             PathBuf::from(CA_CERTIFICATE_FILE),
             PathBuf::from(CA_KEY_FILE),
         )),
+        connections: Default::default(),
+        metrics: Default::default(),
     };
     config.validate(&config_path)?;
     let config_text = format!(
         "# pivtap authentication server, written by `pivtap server init`.\n\
-         # Relative paths are relative to this file's directory.\n\n{}",
+         # Relative paths are relative to this file's directory.\n\
+         # GET /metrics is served nowhere until [metrics] says where: `listen = \"127.0.0.1:9464\"`\n\
+         # (a plain-HTTP loopback listener) and/or `token_file = \"metrics.token\"` (a bearer\n\
+         # credential; then also on the public listener).\n\n{}",
         config.to_toml()?
     );
 

@@ -9,6 +9,7 @@ pub mod certificate;
 pub mod client;
 pub mod config;
 pub mod escape;
+pub mod connections;
 pub mod init;
 pub mod issuance;
 pub mod jose;

@@ -16,8 +16,12 @@ pub const PATH_CHALLENGES: &str = "/v1/challenges";
 pub const PATH_ASSERTIONS: &str = "/v1/assertions";
 /// `GET /.well-known/jwks.json`
 pub const PATH_JWKS: &str = "/.well-known/jwks.json";
-/// `GET /healthz`
+/// `GET`: readiness, as [`PATH_READY`] (kept for load balancers configured before `/readyz`).
 pub const PATH_HEALTH: &str = "/healthz";
+/// `GET`: liveness, the process answers (200 `{"status": "ok"}`).
+pub const PATH_LIVE: &str = "/livez";
+/// `GET`: readiness, a sign-in can be recorded now (200, or 503 `unavailable`).
+pub const PATH_READY: &str = "/readyz";
 /// `GET /metrics`
 pub const PATH_METRICS: &str = "/metrics";
 /// Prefix of the admin API.
@@ -203,11 +207,15 @@ pub enum ErrorCode {
     CardAmbiguous,
     /// The assertion names a key slot this server does not accept for sign-in (only `9a` by default).
     SlotNotAllowed,
+    /// The request body is larger than the endpoint takes.
+    PayloadTooLarge,
+    /// Readiness: the server cannot record a sign-in now (its database cannot be written).
+    Unavailable,
 }
 
 impl ErrorCode {
     /// Every code, for documentation and tests.
-    pub const ALL: [ErrorCode; 24] = [
+    pub const ALL: [ErrorCode; 26] = [
         ErrorCode::InvalidRequest,
         ErrorCode::ChallengeUnknown,
         ErrorCode::ChallengeExpired,
@@ -232,6 +240,8 @@ impl ErrorCode {
         ErrorCode::EnrollmentDisabled,
         ErrorCode::CardAmbiguous,
         ErrorCode::SlotNotAllowed,
+        ErrorCode::PayloadTooLarge,
+        ErrorCode::Unavailable,
     ];
 
     /// The code as it appears on the wire (`challenge_reused`).
@@ -262,6 +272,8 @@ impl ErrorCode {
             ErrorCode::EnrollmentDisabled => "enrollment_disabled",
             ErrorCode::CardAmbiguous => "card_ambiguous",
             ErrorCode::SlotNotAllowed => "slot_not_allowed",
+            ErrorCode::PayloadTooLarge => "payload_too_large",
+            ErrorCode::Unavailable => "unavailable",
         }
     }
 
@@ -278,6 +290,8 @@ impl ErrorCode {
             ErrorCode::Conflict | ErrorCode::CardAmbiguous => 409,
             ErrorCode::RateLimited => 429,
             ErrorCode::Internal => 500,
+            ErrorCode::PayloadTooLarge => 413,
+            ErrorCode::Unavailable => 503,
             // Authentication refusals: the request was understood and refused.
             _ => 401,
         }

@@ -247,6 +247,7 @@ async fn start_local_api(dir: &std::path::Path, board: SessionBoard) {
         listen: SocketAddr::from(([127, 0, 0, 1], 7420)),
         access_token: token,
         device: DEVICE.to_owned(),
+        connections: pivtap_kiosk::local_api::local_connection_limits(),
     };
     tokio::spawn(async move {
         if let Err(error) =

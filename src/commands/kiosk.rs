@@ -57,6 +57,7 @@ pub fn run(args: KioskArgs) -> anyhow::Result<()> {
             listen: config.local_api.listen,
             access_token: load_or_create_access_token(&config.local_api.token_file)?,
             device: config.device.clone(),
+            connections: config.local_api.connection_limits(),
         };
         let api_board = board.clone();
         tokio::spawn(async move {

@@ -103,6 +103,11 @@ pub fn run(command: ServerCommand) -> anyhow::Result<()> {
                 dir.join("tls.crt").display(),
                 report.spki_sha256_pin
             );
+            println!(
+                "Health: GET /livez (the process answers), GET /readyz (a sign-in can be recorded). \
+                 GET /metrics is served nowhere until [metrics] in server.toml sets \
+                 listen = \"127.0.0.1:9464\" (loopback) or token_file (a bearer credential)."
+            );
             Ok(())
         }
         ServerCommand::RotateKeys { config } => {
@@ -145,6 +150,9 @@ pub fn run(command: ServerCommand) -> anyhow::Result<()> {
                     "pivtap server listening on {scheme}://{} (origin {})",
                     configuration.listen, configuration.origin
                 );
+                if let Some(metrics) = configuration.metrics.listen {
+                    println!("metrics on http://{metrics}/metrics");
+                }
                 server::serve(state, listener, shutdown_signal()).await?;
                 println!("pivtap server stopped.");
                 anyhow::Ok(())

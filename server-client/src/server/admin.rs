@@ -32,12 +32,15 @@ const MAX_IMPORT: usize = 10_000;
 /// at [`MAX_BODY_BYTES`](super::MAX_BODY_BYTES)).
 pub const MAX_IMPORT_BYTES: usize = 4 * 1024 * 1024;
 
+/// The user import, under [`PATH_ADMIN`](crate::wire::PATH_ADMIN).
+pub const PATH_IMPORT: &str = "/users/import";
+
 /// The admin routes, all behind [`require_admin`].
 pub fn router(state: ServerState) -> Router<ServerState> {
     Router::new()
         .route("/users", get(list_users).post(add_user))
         .route(
-            "/users/import",
+            PATH_IMPORT,
             post(import_users).layer(DefaultBodyLimit::max(MAX_IMPORT_BYTES)),
         )
         .route("/users/{id}/lock", post(lock_user))
@@ -94,7 +97,7 @@ async fn require_admin(State(state): State<ServerState>, request: Request, next:
 }
 
 /// The credential of `Authorization: Bearer <token>`; the scheme is case-insensitive (RFC 7235 §2.1).
-fn bearer_token(value: &str) -> Option<&str> {
+pub(crate) fn bearer_token(value: &str) -> Option<&str> {
     let (scheme, token) = value.split_once(' ')?;
     scheme.eq_ignore_ascii_case("bearer").then_some(token)
 }
@@ -281,7 +284,13 @@ async fn import_users(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<ImportReport>, ApiError> {
-    let body = body.map_err(|rejection| rejection_error("the import", &rejection.body_text()))?;
+    let body = body.map_err(|rejection| {
+        if rejection.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::payload_too_large()
+        } else {
+            rejection_error("the import", &rejection.body_text())
+        }
+    })?;
     let body = std::str::from_utf8(&body)
         .map_err(|_| ApiError::invalid("the import is not UTF-8 text"))?;
     // Spreadsheets save CSV with a UTF-8 byte-order mark; it is not part of the first column's name.

@@ -35,6 +35,15 @@ impl ApiError {
         ApiError::new(ErrorCode::InvalidRequest, message)
     }
 
+    /// `payload_too_large`: the body is larger than the endpoint takes.
+    #[must_use]
+    pub fn payload_too_large() -> Self {
+        ApiError::new(
+            ErrorCode::PayloadTooLarge,
+            "the request body is larger than this endpoint takes",
+        )
+    }
+
     /// `rate_limited` with a `Retry-After`.
     #[must_use]
     pub fn rate_limited(retry_after: Duration) -> Self {

@@ -3,8 +3,8 @@
 use axum::Json;
 use axum::extract::State;
 use axum::extract::rejection::JsonRejection;
-use axum::http::{StatusCode, header};
-use axum::response::IntoResponse;
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use time::OffsetDateTime;
@@ -57,8 +57,13 @@ pub fn rejection_error(what: &str, rejection_text: &str) -> ApiError {
 
 /// Unwraps a JSON body, turning axum's rejection into `invalid_request`.
 pub fn json_body<T>(body: Result<Json<T>, JsonRejection>) -> Result<T, ApiError> {
-    body.map(|Json(value)| value)
-        .map_err(|rejection| rejection_error("the request body", &rejection.body_text()))
+    body.map(|Json(value)| value).map_err(|rejection| {
+        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::payload_too_large()
+        } else {
+            rejection_error("the request body", &rejection.body_text())
+        }
+    })
 }
 
 /// A time as the API writes it (RFC 3339).
@@ -475,14 +480,58 @@ pub async fn pin_policy(State(state): State<ServerState>) -> impl IntoResponse {
     )
 }
 
-/// `GET /healthz`: the server runs and its database answers (one indexed lookup).
-pub async fn health(State(state): State<ServerState>) -> Result<impl IntoResponse, ApiError> {
-    state.store().find_cards("").await?;
-    Ok(Json(serde_json::json!({"status": "ok"})))
+/// `GET /livez`: the process answers (nothing else is checked).
+pub async fn liveness() -> impl IntoResponse {
+    Json(serde_json::json!({"status": "ok"}))
 }
 
-/// `GET /metrics`
-pub async fn metrics(State(state): State<ServerState>) -> impl IntoResponse {
+/// `GET /readyz` and `GET /healthz`: a sign-in can be recorded now, i.e. a real
+/// write to the store succeeds (checked at most once a second, see
+/// [`ServerState::is_ready`]); otherwise 503 `unavailable`.
+pub async fn readiness(State(state): State<ServerState>) -> Result<impl IntoResponse, ApiError> {
+    if state.is_ready().await {
+        Ok(Json(serde_json::json!({"status": "ok"})))
+    } else {
+        Err(ApiError::new(
+            ErrorCode::Unavailable,
+            "the server cannot record sign-ins now",
+        ))
+    }
+}
+
+/// `GET /metrics` on the public listener: served only to requests presenting
+/// the metrics credential, when one is configured; `not_found` otherwise, as
+/// if there were no such endpoint.
+pub async fn public_metrics(State(state): State<ServerState>, headers: HeaderMap) -> Response {
+    if presents_metrics_token(&state, &headers) {
+        render_metrics(&state).into_response()
+    } else {
+        not_found().await.into_response()
+    }
+}
+
+/// `GET /metrics` on the loopback metrics listener: open, unless a metrics
+/// credential is configured; then `unauthorized` without it.
+pub async fn loopback_metrics(State(state): State<ServerState>, headers: HeaderMap) -> Response {
+    if state.http().has_metrics_token() && !presents_metrics_token(&state, &headers) {
+        return ApiError::new(
+            ErrorCode::Unauthorized,
+            "the metrics credential is missing or wrong",
+        )
+        .into_response();
+    }
+    render_metrics(&state).into_response()
+}
+
+fn presents_metrics_token(state: &ServerState, headers: &HeaderMap) -> bool {
+    headers
+        .get(header::AUTHORIZATION)
+        .and_then(|value| value.to_str().ok())
+        .and_then(super::admin::bearer_token)
+        .is_some_and(|token| state.is_metrics_token(token))
+}
+
+fn render_metrics(state: &ServerState) -> impl IntoResponse + use<> {
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
         state

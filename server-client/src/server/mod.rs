@@ -6,6 +6,7 @@
 
 pub mod admin;
 pub mod client_address;
+pub mod body;
 pub mod embedded;
 pub mod enrollment;
 pub mod error;
@@ -26,6 +27,7 @@ use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
 use crate::assertion::AssertionVerifier;
+use crate::connections::{LimitedAcceptor, apply_http_timeouts};
 use crate::issuance::Issuer;
 use crate::mapping::MappingRule;
 use crate::pin_policy::PinPolicy;
@@ -72,6 +74,58 @@ struct Inner {
     admin_token_hash: [u8; 32],
     limiter: RateLimiter,
     metrics: Metrics,
+    http: HttpSettings,
+    /// When the store last took a write, for readiness (cached a moment).
+    readiness: tokio::sync::Mutex<Option<(Instant, bool)>>,
+}
+
+/// How the server's listeners behave (`[connections]`, `[metrics]`).
+#[derive(Clone, Default)]
+pub struct HttpSettings {
+    /// Time-outs and connection caps of every listener.
+    pub connections: crate::connections::ConnectionLimits,
+    /// A loopback address where a separate plain-HTTP listener serves `GET /metrics` only.
+    pub metrics_listen: Option<SocketAddr>,
+    /// SHA-256 of the metrics credential; with it, `GET /metrics` is served on the
+    /// public listener too, to requests presenting it.
+    metrics_token_hash: Option<[u8; 32]>,
+}
+
+impl std::fmt::Debug for HttpSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HttpSettings")
+            .field("connections", &self.connections)
+            .field("metrics_listen", &self.metrics_listen)
+            .field(
+                "metrics_token",
+                &self.metrics_token_hash.map(|_| "REDACTED"),
+            )
+            .finish()
+    }
+}
+
+impl HttpSettings {
+    /// Whether `GET /metrics` asks for a credential.
+    #[must_use]
+    pub fn has_metrics_token(&self) -> bool {
+        self.metrics_token_hash.is_some()
+    }
+
+    /// Settings whose `GET /metrics` asks for `token` (`None`: no credential; then
+    /// `/metrics` is served only by the loopback listener, if any).
+    #[must_use]
+    pub fn new(
+        connections: crate::connections::ConnectionLimits,
+        metrics_listen: Option<SocketAddr>,
+        metrics_token: Option<&str>,
+    ) -> Self {
+        Self {
+            connections,
+            metrics_listen,
+            metrics_token_hash: metrics_token
+                .map(|token| Sha256::digest(token.trim().as_bytes()).into()),
+        }
+    }
 }
 
 impl ServerState {
@@ -94,8 +148,64 @@ impl ServerState {
                 admin_token_hash: Sha256::digest(admin_token.trim().as_bytes()).into(),
                 limiter,
                 metrics: Metrics::default(),
+                http: HttpSettings::default(),
+                readiness: tokio::sync::Mutex::new(None),
             }),
         }
+    }
+
+    /// The same state with the listeners' settings `http`. Call it before the
+    /// state is cloned: a state already shared keeps its settings (and says so
+    /// in the log).
+    #[must_use]
+    pub fn with_http(mut self, http: HttpSettings) -> Self {
+        match Arc::get_mut(&mut self.inner) {
+            Some(inner) => inner.http = http,
+            None => tracing::error!("HTTP settings given to a server state already shared"),
+        }
+        self
+    }
+
+    /// The listeners' settings.
+    #[must_use]
+    pub fn http(&self) -> &HttpSettings {
+        &self.inner.http
+    }
+
+    /// Whether `presented` is the metrics credential (constant time); `false`
+    /// when none is configured.
+    #[must_use]
+    pub fn is_metrics_token(&self, presented: &str) -> bool {
+        let Some(expected) = &self.inner.http.metrics_token_hash else {
+            return false;
+        };
+        let hash: [u8; 32] = Sha256::digest(presented.trim().as_bytes()).into();
+        bool::from(hash.ct_eq(expected))
+    }
+
+    /// Whether a sign-in could be recorded now: a real write to the store
+    /// succeeds. The answer is kept for [`READINESS_CACHE`], so probes cannot
+    /// load the store's writer.
+    pub async fn is_ready(&self) -> bool {
+        let mut last = self.inner.readiness.lock().await;
+        if let Some((at, ready)) = *last {
+            if at.elapsed() < READINESS_CACHE {
+                return ready;
+            }
+        }
+        let ready = match self
+            .store()
+            .heartbeat(time::OffsetDateTime::now_utc())
+            .await
+        {
+            Ok(()) => true,
+            Err(error) => {
+                tracing::error!(%error, "readiness: the database cannot be written");
+                false
+            }
+        };
+        *last = Some((Instant::now(), ready));
+        ready
     }
 
     /// The settings.
@@ -180,6 +290,9 @@ impl ServerState {
     }
 }
 
+/// How long a readiness answer is reused before the store is written again.
+pub const READINESS_CACHE: Duration = Duration::from_secs(1);
+
 /// Why a configured server could not be assembled.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -205,6 +318,25 @@ pub enum StartError {
     /// The database could not be opened or migrated.
     #[error("cannot open the database")]
     Store(#[source] crate::store::StoreError),
+    /// The database opened but cannot be written (a read-only file or
+    /// directory, a full disk): no sign-in could be recorded.
+    #[error("the database {} cannot be written", .path.display())]
+    DatabaseNotWritable {
+        /// The database file.
+        path: std::path::PathBuf,
+        /// Why.
+        #[source]
+        source: crate::store::StoreError,
+    },
+    /// The metrics credential file could not be read.
+    #[error("cannot read the metrics credential {}", .path.display())]
+    MetricsToken {
+        /// The file.
+        path: std::path::PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
     /// The issuing CA of `[issuance]` could not be loaded.
     #[error("cannot load the issuing CA")]
     Issuance(#[source] crate::issuance::IssuanceError),
@@ -240,9 +372,40 @@ pub async fn from_config(
         )),
         None => None,
     };
+    let metrics_token = match &config.metrics.token_file {
+        Some(path) => {
+            let token =
+                zeroize::Zeroizing::new(std::fs::read_to_string(path).map_err(|source| {
+                    StartError::MetricsToken {
+                        path: path.clone(),
+                        source,
+                    }
+                })?);
+            if token.trim().is_empty() {
+                return Err(StartError::MetricsToken {
+                    path: path.clone(),
+                    source: std::io::Error::new(
+                        std::io::ErrorKind::InvalidData,
+                        "the file is empty",
+                    ),
+                });
+            }
+            Some(token)
+        }
+        None => None,
+    };
     let store = crate::store::SqliteStore::open(&config.database)
         .await
         .map_err(StartError::Store)?;
+    // A store that opens may still be read-only (SQLite falls back to reading a
+    // file it may not write): refuse to start rather than fail every sign-in.
+    store
+        .heartbeat(time::OffsetDateTime::now_utc())
+        .await
+        .map_err(|source| StartError::DatabaseNotWritable {
+            path: config.database.clone(),
+            source,
+        })?;
     report_user_conflicts(&store).await;
     let settings = Settings {
         origin: config.origin.clone(),
@@ -262,7 +425,12 @@ pub async fn from_config(
         tokens,
         &admin_token,
         limiter,
-    );
+    )
+    .with_http(HttpSettings::new(
+        config.connections.limits(),
+        config.metrics.listen,
+        metrics_token.as_deref().map(String::as_str),
+    ));
     let listener = match (&config.tls, config.plain_http) {
         (Some(tls), _) => Listener::Tls {
             address: config.listen,
@@ -298,6 +466,16 @@ async fn report_user_conflicts(store: &dyn Store) {
 /// Largest request body accepted (an assertion with a chain is a few KB).
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
 
+/// The largest request body `path` takes: [`admin::MAX_IMPORT_BYTES`] for
+/// the admin user import, [`MAX_BODY_BYTES`] for everything else.
+#[must_use]
+pub fn max_body_bytes(path: &str) -> usize {
+    match path.strip_prefix(wire::PATH_ADMIN) {
+        Some(admin::PATH_IMPORT) => admin::MAX_IMPORT_BYTES,
+        _ => MAX_BODY_BYTES,
+    }
+}
+
 /// The whole HTTP API.
 pub fn app(state: ServerState) -> Router {
     Router::new()
@@ -320,13 +498,28 @@ pub fn app(state: ServerState) -> Router {
         )
         .route(wire::PATH_RENEWALS_RESUME, post(enrollment::resume_renewal))
         .route(wire::PATH_CRL, get(enrollment::crl))
-        .route(wire::PATH_HEALTH, get(handlers::health))
-        .route(wire::PATH_METRICS, get(handlers::metrics))
+        .route(wire::PATH_HEALTH, get(handlers::readiness))
+        .route(wire::PATH_READY, get(handlers::readiness))
+        .route(wire::PATH_LIVE, get(handlers::liveness))
+        .route(wire::PATH_METRICS, get(handlers::public_metrics))
         .nest(wire::PATH_ADMIN, admin::router(state.clone()))
         .method_not_allowed_fallback(handlers::method_not_allowed)
         .fallback(handlers::not_found)
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(middleware::from_fn(body::answer_whole_body))
         .layer(middleware::from_fn_with_state(state.clone(), observe))
+        .with_state(state)
+}
+
+/// The metrics listener's app: `GET /metrics` only (with the credential, when
+/// one is configured), everything else `not_found`.
+pub fn metrics_app(state: ServerState) -> Router {
+    Router::new()
+        .route(wire::PATH_METRICS, get(handlers::loopback_metrics))
+        .method_not_allowed_fallback(handlers::method_not_allowed)
+        .fallback(handlers::not_found)
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(middleware::from_fn(body::answer_whole_body))
         .with_state(state)
 }
 
@@ -368,6 +561,8 @@ fn route_label(path: &str) -> &'static str {
         wire::PATH_RENEWALS_RESUME => wire::PATH_RENEWALS_RESUME,
         wire::PATH_CRL => wire::PATH_CRL,
         wire::PATH_HEALTH => wire::PATH_HEALTH,
+        wire::PATH_READY => wire::PATH_READY,
+        wire::PATH_LIVE => wire::PATH_LIVE,
         wire::PATH_METRICS => wire::PATH_METRICS,
         admin if admin.starts_with(wire::PATH_ADMIN) => wire::PATH_ADMIN,
         _ => "other",
@@ -443,14 +638,50 @@ pub async fn serve_with_handle(
     listener: Listener,
     handle: axum_server::Handle<SocketAddr>,
 ) -> Result<(), ServeError> {
+    let limits = state.http().connections;
+    let metrics = match state.http().metrics_listen {
+        Some(address) => Some(start_metrics_listener(state.clone(), address, limits)?),
+        None => None,
+    };
     let maintenance = tokio::spawn(maintain(state.clone()));
-    // The peer address reaches the handlers as `ConnectInfo` (see `ClientAddress`).
-    let app = app(state.clone()).into_make_service_with_connect_info::<SocketAddr>();
-    let served = serve_app(app, listener, handle).await;
+    let served = serve_router(app(state.clone()), listener, handle, &limits).await;
     maintenance.abort();
+    if let Some((metrics_handle, metrics_task)) = metrics {
+        metrics_handle.shutdown();
+        let _ = metrics_task.await;
+    }
     // The refusals counted since the last round are summarised before the server stops.
     summarise_unaudited(&state, time::OffsetDateTime::now_utc()).await;
     served
+}
+
+/// Binds the metrics listener (plain HTTP, loopback only) and serves
+/// [`metrics_app`] on it until its handle is shut down.
+fn start_metrics_listener(
+    state: ServerState,
+    address: SocketAddr,
+    limits: crate::connections::ConnectionLimits,
+) -> Result<
+    (
+        axum_server::Handle<SocketAddr>,
+        tokio::task::JoinHandle<std::io::Result<()>>,
+    ),
+    ServeError,
+> {
+    if !address.ip().is_loopback() {
+        return Err(ServeError::PlainHttpNotLoopback(address));
+    }
+    let io_error = |source| ServeError::Io { address, source };
+    let socket = std::net::TcpListener::bind(address).map_err(io_error)?;
+    socket.set_nonblocking(true).map_err(io_error)?;
+    let handle = axum_server::Handle::new();
+    let server = axum_server::from_tcp(socket)
+        .map_err(io_error)?
+        .acceptor(LimitedAcceptor::new("metrics", limits))
+        .handle(handle.clone());
+    let app = metrics_app(state).into_make_service_with_connect_info::<SocketAddr>();
+    let task = tokio::spawn(apply_http_timeouts(server, &limits).serve(app));
+    Ok((handle, task))
 }
 
 /// How often the store is tidied while the server runs.
@@ -540,11 +771,20 @@ async fn tidy(store: &dyn Store, now: time::OffsetDateTime, audit_retention: Dur
     }
 }
 
-async fn serve_app(
-    app: axum::extract::connect_info::IntoMakeServiceWithConnectInfo<axum::Router, SocketAddr>,
+/// Serves `router` on `listener` with the time-outs and caps of `limits`
+/// (see [`crate::connections`]); handlers can extract the client's address
+/// as `ConnectInfo<SocketAddr>`.
+///
+/// # Errors
+/// [`ServeError`] when the listener cannot start.
+pub async fn serve_router(
+    router: Router,
     listener: Listener,
     handle: axum_server::Handle<SocketAddr>,
+    limits: &crate::connections::ConnectionLimits,
 ) -> Result<(), ServeError> {
+    let app = router.into_make_service_with_connect_info::<SocketAddr>();
+    let acceptor = LimitedAcceptor::new("server", *limits);
     match listener {
         Listener::Tls {
             address,
@@ -554,8 +794,15 @@ async fn serve_app(
             let tls = axum_server::tls_rustls::RustlsConfig::from_pem_file(certificate, key)
                 .await
                 .map_err(ServeError::Tls)?;
-            axum_server::bind_rustls(address, tls)
-                .handle(handle)
+            let on_error = acceptor.clone();
+            let server = axum_server::bind_rustls(address, tls)
+                .map(|tls| {
+                    tls.handshake_timeout(limits.tls_handshake_timeout)
+                        .acceptor(acceptor)
+                })
+                .accept_error_handler(move |_, error| on_error.note_accept_error(error))
+                .handle(handle);
+            apply_http_timeouts(server, limits)
                 .serve(app)
                 .await
                 .map_err(|source| ServeError::Io { address, source })
@@ -564,8 +811,8 @@ async fn serve_app(
             if !address.ip().is_loopback() {
                 return Err(ServeError::PlainHttpNotLoopback(address));
             }
-            axum_server::bind(address)
-                .handle(handle)
+            let server = axum_server::bind(address).acceptor(acceptor).handle(handle);
+            apply_http_timeouts(server, limits)
                 .serve(app)
                 .await
                 .map_err(|source| ServeError::Io { address, source })

@@ -758,6 +758,11 @@ pub trait Store: Send + Sync {
     /// Appends an event to the audit log.
     fn audit(&self, event: NewAuditEvent) -> BoxFuture<'_, Result<(), StoreError>>;
 
+    /// Writes `now` into the store's one heartbeat record and commits it, as a
+    /// sign-in's write would be: an error says no sign-in could be recorded
+    /// now (readiness, and the check at start-up).
+    fn heartbeat(&self, now: OffsetDateTime) -> BoxFuture<'_, Result<(), StoreError>>;
+
     /// The audit events matching `query`, newest first, at most
     /// [`AuditQuery::effective_limit`] of them.
     fn query_audit(&self, query: &AuditQuery)

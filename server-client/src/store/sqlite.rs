@@ -207,11 +207,20 @@ CREATE INDEX pending_renewals_old ON pending_renewals (old_issuer, old_serial);
 ";
 
 /// Every migration, by version, oldest first. Never edit one that shipped: add the next.
+/// The heartbeat record readiness writes (one row, rewritten).
+const MIGRATION_5: &str = "
+CREATE TABLE heartbeat (
+    id INTEGER PRIMARY KEY NOT NULL CHECK (id = 1),
+    at TEXT NOT NULL
+) STRICT;
+";
+
 const MIGRATIONS: &[(i64, &str)] = &[
     (1, MIGRATION_1),
     (2, MIGRATION_2),
     (3, MIGRATION_3),
     (4, MIGRATION_4),
+    (5, MIGRATION_5),
 ];
 
 /// `SELECT` of every [`User`] column, followed by the rest of the statement.
@@ -857,6 +866,18 @@ impl Store for SqliteStore {
             self.database
                 .write(move |connection| insert_audit(connection, &event)),
         )
+    }
+
+    fn heartbeat(&self, now: OffsetDateTime) -> BoxFuture<'_, Result<(), StoreError>> {
+        Box::pin(self.database.write(move |connection| {
+            connection
+                .prepare_cached(
+                    "INSERT INTO heartbeat (id, at) VALUES (1, ?)
+                     ON CONFLICT (id) DO UPDATE SET at = excluded.at",
+                )?
+                .execute([encode_time(now)?])?;
+            Ok(())
+        }))
     }
 
     fn query_audit(
@@ -1631,7 +1652,7 @@ mod tests {
         let (second, third) = tokio::join!(SqliteStore::open(&path), SqliteStore::open(&path));
         let (second, third) = (second?, third?);
         for store in [&first, &second, &third] {
-            assert_eq!(migration_versions(store).await?, vec![1, 2, 3, 4]);
+            assert_eq!(migration_versions(store).await?, vec![1, 2, 3, 4, 5]);
         }
         let journal_mode: String = read_value(&first, "PRAGMA journal_mode").await?;
         assert_eq!(journal_mode, "wal");
@@ -1738,13 +1759,13 @@ mod tests {
         let store = SqliteStore::open(&path).await?;
         execute(
             &store,
-            "INSERT INTO schema_migrations (version, applied_at) VALUES (5, 'x')",
+            "INSERT INTO schema_migrations (version, applied_at) VALUES (9999, 'x')",
         )
         .await?;
         store.close().await;
         let reopened = SqliteStore::open(&path).await;
         assert!(
-            matches!(&reopened, Err(StoreError::Conflict { what }) if what.contains("schema version 5")),
+            matches!(&reopened, Err(StoreError::Conflict { what }) if what.contains("schema version 9999")),
             "{reopened:?}"
         );
         Ok(())
