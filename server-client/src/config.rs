@@ -58,6 +58,13 @@
 //! smartcard_logon = true               # EKU Microsoft smart card logon besides clientAuth
 //! code_validity_seconds = 900          # default life of an enrollment code (admin enroll)
 //! max_code_validity_seconds = 604800   # longest an admin may ask for (7 days; up to 30 days)
+//!
+//! [devices]                            # device identity (needs [issuance] to enroll devices)
+//! require_registration = true          # challenges only for registered devices that sign the
+//!                                      # request with their own key; false = open mode for
+//!                                      # trials (any device id; loudly logged)
+//! certificate_validity_days = 180      # lifetime of device certificates, 1 to 825
+//! code_validity_seconds = 86400        # life of a device enrollment code, 60 s to 30 days
 //! ```
 //!
 //! The issuing CA is not trusted by itself: list its certificate in
@@ -89,6 +96,8 @@ const MAX_RATE_LIMIT_SECONDS: u64 = 24 * 3600;
 const MAX_VALIDITY_DAYS: u64 = 3650;
 const MIN_CODE_SECONDS: u64 = 60;
 const MAX_CODE_SECONDS: u64 = 30 * 24 * 3600;
+/// Device certificates are short-ish lived (the CA/Browser Forum's old ceiling).
+const MAX_DEVICE_VALIDITY_DAYS: u64 = 825;
 
 /// The server's configuration, as read from `server.toml`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -132,6 +141,44 @@ pub struct ServerConfig {
     /// Certificate issuance (enrollment and renewal); absent = disabled.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub issuance: Option<IssuanceConfig>,
+    /// Device identity: who may ask for challenges.
+    #[serde(default, skip_serializing_if = "DevicesConfig::is_default")]
+    pub devices: DevicesConfig,
+}
+
+/// `[devices]`: device identity.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DevicesConfig {
+    /// Challenges only for registered, enabled devices that sign the request with
+    /// their own key (true, the default); false is the open mode for trials.
+    pub require_registration: bool,
+    /// Lifetime of device certificates, days.
+    pub certificate_validity_days: u64,
+    /// Life of a device enrollment code, seconds.
+    pub code_validity_seconds: u64,
+}
+
+impl Default for DevicesConfig {
+    fn default() -> Self {
+        Self {
+            require_registration: true,
+            certificate_validity_days: 180,
+            code_validity_seconds: 24 * 3600,
+        }
+    }
+}
+
+impl DevicesConfig {
+    fn is_default(&self) -> bool {
+        *self == Self::default()
+    }
+
+    /// [`DevicesConfig::code_validity_seconds`] as a duration.
+    #[must_use]
+    pub fn code_validity(&self) -> Duration {
+        Duration::from_secs(self.code_validity_seconds)
+    }
 }
 
 fn is_default_pin_policy(policy: &PinPolicy) -> bool {
@@ -588,6 +635,18 @@ impl ServerConfig {
                 self.rate_limit.window_seconds,
                 1,
                 MAX_RATE_LIMIT_SECONDS,
+            ),
+            (
+                "devices.certificate_validity_days",
+                self.devices.certificate_validity_days,
+                1,
+                MAX_DEVICE_VALIDITY_DAYS,
+            ),
+            (
+                "devices.code_validity_seconds",
+                self.devices.code_validity_seconds,
+                MIN_CODE_SECONDS,
+                MAX_CODE_SECONDS,
             ),
         ];
         for (field, value, min, max) in limits {

@@ -206,6 +206,7 @@ pub fn init_server(dir: &Path, options: &InitOptions) -> Result<InitReport, Init
             PathBuf::from(CA_CERTIFICATE_FILE),
             PathBuf::from(CA_KEY_FILE),
         )),
+        devices: Default::default(),
     };
     config.validate(&config_path)?;
     let config_text = format!(

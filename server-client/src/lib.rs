@@ -8,6 +8,7 @@ pub mod assertion;
 pub mod certificate;
 pub mod client;
 pub mod config;
+pub mod device;
 pub mod init;
 pub mod issuance;
 pub mod jose;

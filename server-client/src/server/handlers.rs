@@ -62,18 +62,36 @@ pub(crate) fn rfc3339(time: OffsetDateTime) -> String {
     time.format(&Rfc3339).unwrap_or_default()
 }
 
-/// `POST /v1/challenges`: a fresh nonce bound to the device.
+/// `POST /v1/challenges`: a fresh nonce bound to the device, which must prove itself
+/// first ([`super::devices::authenticate_device`]).
 pub async fn create_challenge(
     State(state): State<ServerState>,
     body: Result<Json<ChallengeRequest>, JsonRejection>,
 ) -> Result<impl IntoResponse, ApiError> {
+    let now = OffsetDateTime::now_utc();
     let request = match json_body(body)
         .and_then(|request| validate_device(&request.device).map(|()| request))
     {
+        Ok(request) => {
+            match super::devices::authenticate_device(
+                &state,
+                &request.device,
+                request.proof.as_deref(),
+                now,
+            )
+            .await
+            {
+                Ok(()) => Ok(request),
+                Err(error) => Err(error),
+            }
+        }
+        Err(error) => Err(error),
+    };
+    let request = match request {
         Ok(request) => request,
         Err(error) => {
             // Refused requests are audited too; their device id is not
-            // recorded, since it failed the checks.
+            // recorded, since it failed the checks (or was not proven).
             state
                 .store()
                 .audit(NewAuditEvent {
@@ -92,7 +110,6 @@ pub async fn create_challenge(
     let mut nonce_bytes = [0u8; 32];
     rand::fill(&mut nonce_bytes);
     let nonce = URL_SAFE_NO_PAD.encode(nonce_bytes);
-    let now = OffsetDateTime::now_utc();
     let expires_at = now + state.settings().challenge_lifetime;
     let event = NewAuditEvent {
         time: now,
@@ -199,6 +216,16 @@ async fn sign_in(
     now: OffsetDateTime,
     record: &mut AttemptRecord,
 ) -> Result<(AssertionResponse, VerifiedAssertion), ApiError> {
+    // A renewal challenge (issued to anyone) never signs anyone in: refused before it
+    // is looked at, so it is not used up either.
+    if let (Some(device), _) = claimed_device_and_card(compact)
+        && device.starts_with(crate::wire::RENEWAL_DEVICE_PREFIX)
+    {
+        return Err(ApiError::new(
+            ErrorCode::ChallengeUnknown,
+            "a renewal challenge cannot be used to sign in",
+        ));
+    }
     let (verified, user) = authenticate(state, compact, now, record).await?;
     let response = issue_token(state, &user, &verified.payload.device, now)?;
     Ok((response, verified))

@@ -5,6 +5,7 @@
 //! loopback only, plain HTTP.
 
 pub mod admin;
+pub mod devices;
 pub mod embedded;
 pub mod enrollment;
 pub mod error;
@@ -52,6 +53,8 @@ pub struct Settings {
     /// The issuing CA and policy (`[issuance]`); `None` disables enrollment,
     /// renewal and the CRL.
     pub issuer: Option<Arc<Issuer>>,
+    /// Device identity (`[devices]`).
+    pub devices: crate::config::DevicesConfig,
 }
 
 /// Everything the handlers share. Cheap to clone.
@@ -69,6 +72,7 @@ struct Inner {
     admin_token_hash: [u8; 32],
     limiter: RateLimiter,
     metrics: Metrics,
+    device_gate: devices::DeviceGate,
 }
 
 impl ServerState {
@@ -91,6 +95,7 @@ impl ServerState {
                 admin_token_hash: Sha256::digest(admin_token.trim().as_bytes()).into(),
                 limiter,
                 metrics: Metrics::default(),
+                device_gate: devices::DeviceGate::default(),
             }),
         }
     }
@@ -139,6 +144,11 @@ impl ServerState {
     #[must_use]
     pub fn metrics(&self) -> &Metrics {
         &self.inner.metrics
+    }
+
+    /// What the device-proof checks remember.
+    pub(crate) fn device_gate(&self) -> &devices::DeviceGate {
+        &self.inner.device_gate
     }
 
     /// Whether `presented` is the admin credential (constant time).
@@ -219,7 +229,15 @@ pub async fn from_config(
         mapping: config.mapping.rule,
         pin_policy: config.pin_policy,
         issuer,
+        devices: config.devices.clone(),
     };
+    if !config.devices.require_registration {
+        tracing::warn!(
+            "OPEN MODE: [devices] require_registration = false: any caller gets challenges \
+             in any unregistered device's name, and the `device` of its tokens is unproven. \
+             For trials only."
+        );
+    }
     let limiter = RateLimiter::new(rate_limit::RateLimitPolicy {
         failures_before_delay: config.rate_limit.failures_before_delay,
         base_delay: config.rate_limit.base_delay(),
@@ -267,6 +285,7 @@ pub fn app(state: ServerState) -> Router {
         )
         .route(wire::PATH_RENEWALS, post(enrollment::renew))
         .route(wire::PATH_CRL, get(enrollment::crl))
+        .route(wire::PATH_DEVICE_ENROLLMENTS, post(devices::enroll_device))
         .route(wire::PATH_HEALTH, get(handlers::health))
         .route(wire::PATH_METRICS, get(handlers::metrics))
         .nest(wire::PATH_ADMIN, admin::router(state.clone()))
@@ -312,6 +331,7 @@ fn route_label(path: &str) -> &'static str {
         wire::PATH_ENROLLMENTS => wire::PATH_ENROLLMENTS,
         wire::PATH_RENEWALS => wire::PATH_RENEWALS,
         wire::PATH_CRL => wire::PATH_CRL,
+        wire::PATH_DEVICE_ENROLLMENTS => wire::PATH_DEVICE_ENROLLMENTS,
         wire::PATH_HEALTH => wire::PATH_HEALTH,
         wire::PATH_METRICS => wire::PATH_METRICS,
         admin if admin.starts_with(wire::PATH_ADMIN) => wire::PATH_ADMIN,

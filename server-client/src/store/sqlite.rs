@@ -14,8 +14,9 @@ use time::{OffsetDateTime, UtcOffset};
 
 use super::database::{Database, DatabaseError};
 use super::{
-    AuditEvent, AuditQuery, BoxFuture, Card, CardState, ChallengeUse, EnrollmentCodeRecord,
-    EnrollmentCodeUse, IssuedCertificate, NewAuditEvent, NewEnrollmentCode, RevocationReason,
+    AuditEvent, AuditQuery, BoxFuture, Card, CardState, ChallengeUse, Device, DeviceCodeUse,
+    DeviceCredentialRecord, DeviceState, EnrollmentCodeRecord, EnrollmentCodeUse,
+    IssuedCertificate, NewAuditEvent, NewDevice, NewEnrollmentCode, RevocationReason,
     RevokedCertificate, SignInLookup, SignInRecords, Store, StoreError, User, UserState,
 };
 use crate::certificate::CertificateFacts;
@@ -119,8 +120,42 @@ DROP INDEX audit_card_serial;
 CREATE INDEX audit_card_serial ON audit (card_serial, time) WHERE card_serial IS NOT NULL;
 ";
 
+/// Version 6: registered devices, each with its one-time enrollment code (hash only) and,
+/// once enrolled, its credential (the certificate issued for the device's own key).
+const MIGRATION_6: &str = "
+CREATE TABLE devices (
+    id TEXT PRIMARY KEY NOT NULL,
+    state TEXT NOT NULL CHECK (state IN ('enabled', 'disabled')),
+    created_at TEXT NOT NULL,
+    code_hash TEXT NOT NULL UNIQUE,
+    code_expires_at TEXT NOT NULL,
+    code_used_at TEXT,
+    certificate BLOB,
+    certificate_serial TEXT,
+    certificate_fingerprint TEXT,
+    not_after TEXT
+) STRICT;
+CREATE INDEX challenges_device ON challenges (device) WHERE used_at IS NULL;
+";
+
 /// Every migration, by version, oldest first. Never edit one that shipped: add the next.
-const MIGRATIONS: &[(i64, &str)] = &[(1, MIGRATION_1), (2, MIGRATION_2), (3, MIGRATION_3)];
+const MIGRATIONS: &[(i64, &str)] = &[
+    (1, MIGRATION_1),
+    (2, MIGRATION_2),
+    (3, MIGRATION_3),
+    (6, MIGRATION_6),
+];
+
+/// `SELECT` of every [`Device`] column, followed by the rest of the statement.
+macro_rules! select_devices {
+    ($rest:literal) => {
+        concat!(
+            "SELECT id, state, created_at, code_expires_at, code_used_at, certificate, \
+             certificate_serial, certificate_fingerprint, not_after FROM devices ",
+            $rest
+        )
+    };
+}
 
 /// `SELECT` of every [`User`] column, followed by the rest of the statement.
 macro_rules! select_users {
@@ -651,6 +686,163 @@ impl Store for SqliteStore {
         }))
     }
 
+    fn add_device(
+        &self,
+        device: &NewDevice,
+        event: NewAuditEvent,
+    ) -> BoxFuture<'_, Result<(), StoreError>> {
+        let device = device.clone();
+        Box::pin(self.database.write(move |connection| {
+            let result = connection
+                .prepare_cached(
+                    "INSERT INTO devices (id, state, created_at, code_hash, code_expires_at)
+                     VALUES (?, 'enabled', ?, ?, ?)",
+                )?
+                .execute(params![
+                    device.id,
+                    encode_time(device.created_at)?,
+                    device.code_hash,
+                    encode_time(device.code_expires_at)?,
+                ]);
+            match result {
+                // The message leaves the code hash out.
+                Err(error) if is_unique_violation(&error) => Err(StoreError::Conflict {
+                    what: format!("device {:?} exists already", device.id),
+                }),
+                other => other.map(drop).map_err(StoreError::from),
+            }?;
+            insert_audit(connection, &event)
+        }))
+    }
+
+    fn get_device(&self, id: &str) -> BoxFuture<'_, Result<Option<Device>, StoreError>> {
+        let id = id.to_owned();
+        Box::pin(self.database.read(move |connection| {
+            connection
+                .prepare_cached(select_devices!("WHERE id = ?"))?
+                .query_row([id], device_from_row)
+                .optional()?
+                .transpose()
+        }))
+    }
+
+    fn device_for_code(
+        &self,
+        code_hash: &str,
+    ) -> BoxFuture<'_, Result<Option<Device>, StoreError>> {
+        let code_hash = code_hash.to_owned();
+        Box::pin(self.database.read(move |connection| {
+            connection
+                .prepare_cached(select_devices!("WHERE code_hash = ?"))?
+                .query_row([code_hash], device_from_row)
+                .optional()?
+                .transpose()
+        }))
+    }
+
+    fn list_devices(&self) -> BoxFuture<'_, Result<Vec<Device>, StoreError>> {
+        Box::pin(self.database.read(|connection| {
+            let mut statement = connection.prepare_cached(select_devices!("ORDER BY id"))?;
+            collect_rows(&mut statement, [], device_from_row)
+        }))
+    }
+
+    fn set_device_state(
+        &self,
+        id: &str,
+        state: DeviceState,
+        event: NewAuditEvent,
+    ) -> BoxFuture<'_, Result<(), StoreError>> {
+        let id = id.to_owned();
+        Box::pin(self.database.write(move |connection| {
+            let changed = connection
+                .prepare_cached("UPDATE devices SET state = ? WHERE id = ?")?
+                .execute(params![state.as_str(), id])?;
+            if changed == 0 {
+                return Err(StoreError::NotFound {
+                    what: format!("device {id:?}"),
+                });
+            }
+            if state == DeviceState::Disabled {
+                delete_unused_challenges(connection, &id)?;
+            }
+            insert_audit(connection, &event)
+        }))
+    }
+
+    fn remove_device(
+        &self,
+        id: &str,
+        event: NewAuditEvent,
+    ) -> BoxFuture<'_, Result<(), StoreError>> {
+        let id = id.to_owned();
+        Box::pin(self.database.write(move |connection| {
+            let changed = connection
+                .prepare_cached("DELETE FROM devices WHERE id = ?")?
+                .execute([&id])?;
+            if changed == 0 {
+                return Err(StoreError::NotFound {
+                    what: format!("device {id:?}"),
+                });
+            }
+            delete_unused_challenges(connection, &id)?;
+            insert_audit(connection, &event)
+        }))
+    }
+
+    fn redeem_device_code(
+        &self,
+        code_hash: &str,
+        credential: &DeviceCredentialRecord,
+        now: OffsetDateTime,
+        event: NewAuditEvent,
+    ) -> BoxFuture<'_, Result<DeviceCodeUse, StoreError>> {
+        let code_hash = code_hash.to_owned();
+        let credential = credential.clone();
+        Box::pin(self.database.write(move |connection| {
+            let now = encode_time(now)?;
+            // The single atomic step: only one caller can turn `code_used_at` from NULL.
+            let device: Option<String> = connection
+                .prepare_cached(
+                    "UPDATE devices SET code_used_at = ?1, certificate = ?2,
+                         certificate_serial = ?3, certificate_fingerprint = ?4, not_after = ?5
+                     WHERE code_hash = ?6 AND code_used_at IS NULL AND code_expires_at > ?1
+                     RETURNING id",
+                )?
+                .query_row(
+                    params![
+                        now,
+                        credential.certificate,
+                        credential.serial,
+                        credential.fingerprint,
+                        encode_time(credential.not_after)?,
+                        code_hash
+                    ],
+                    |row| row.get(0),
+                )
+                .optional()?;
+            if let Some(device) = device {
+                insert_audit(
+                    connection,
+                    &NewAuditEvent {
+                        device: Some(device.clone()),
+                        ..event
+                    },
+                )?;
+                return Ok(DeviceCodeUse::Accepted { device });
+            }
+            let used_at: Option<Option<String>> = connection
+                .prepare_cached("SELECT code_used_at FROM devices WHERE code_hash = ?")?
+                .query_row([&code_hash], |row| row.get(0))
+                .optional()?;
+            Ok(match used_at {
+                None => DeviceCodeUse::Unknown,
+                Some(Some(_)) => DeviceCodeUse::Used,
+                Some(None) => DeviceCodeUse::Expired,
+            })
+        }))
+    }
+
     fn audit(&self, event: NewAuditEvent) -> BoxFuture<'_, Result<(), StoreError>> {
         Box::pin(
             self.database
@@ -844,6 +1036,50 @@ fn add_revocation(
         )?
         .execute(params![serial, revoked_at, reason.as_str()])?;
     Ok(())
+}
+
+/// Deletes the challenges given to `device` that were not used (used ones stay, so a
+/// replay is still told apart).
+fn delete_unused_challenges(connection: &Connection, device: &str) -> Result<(), StoreError> {
+    connection
+        .prepare_cached("DELETE FROM challenges WHERE device = ? AND used_at IS NULL")?
+        .execute([device])?;
+    Ok(())
+}
+
+fn device_from_row(row: &Row<'_>) -> rusqlite::Result<Result<Device, StoreError>> {
+    let id: String = row.get(0)?;
+    let state: String = row.get(1)?;
+    let created_at: String = row.get(2)?;
+    let code_expires_at: String = row.get(3)?;
+    let code_used_at: Option<String> = row.get(4)?;
+    let certificate: Option<Vec<u8>> = row.get(5)?;
+    let serial: Option<String> = row.get(6)?;
+    let fingerprint: Option<String> = row.get(7)?;
+    let not_after: Option<String> = row.get(8)?;
+    Ok((|| {
+        let credential = match (certificate, serial, fingerprint, not_after) {
+            (Some(certificate), Some(serial), Some(fingerprint), Some(not_after)) => {
+                Some(DeviceCredentialRecord {
+                    certificate,
+                    serial,
+                    fingerprint,
+                    not_after: decode_time("not_after", &not_after)?,
+                })
+            }
+            _ => None,
+        };
+        Ok(Device {
+            id,
+            state: decode_state("state", &state)?,
+            created_at: decode_time("created_at", &created_at)?,
+            code_expires_at: decode_time("code_expires_at", &code_expires_at)?,
+            code_used_at: code_used_at
+                .map(|text| decode_time("code_used_at", &text))
+                .transpose()?,
+            credential,
+        })
+    })())
 }
 
 fn insert_audit(connection: &Connection, event: &NewAuditEvent) -> Result<(), StoreError> {
@@ -1128,6 +1364,7 @@ mod tests {
             subject_serial_number: None,
             emails: Vec::new(),
             upns: Vec::new(),
+            device: None,
             not_before: at(-86_400),
             not_after: at(86_400),
             key: KeyKind::EcP256,
