@@ -359,6 +359,28 @@ impl Client {
         .await
     }
 
+    /// The whole device enrollment: a new P-256 key made here, its CSR and `code` sent,
+    /// the device certificate back; answers the key (it never left this process) and the
+    /// certificate (DER), checked to belong together.
+    ///
+    /// # Errors
+    /// [`ClientError::Refused`] for a refused code; [`ClientError::Protocol`] when the
+    /// answer is not a certificate for the key.
+    pub async fn enroll_new_device(
+        &self,
+        code: &str,
+    ) -> Result<(crate::device::NewDeviceKey, Vec<u8>), ClientError> {
+        let protocol = |reason: String| ClientError::Protocol { reason };
+        let key =
+            crate::device::NewDeviceKey::generate().map_err(|error| protocol(error.to_string()))?;
+        let result = self.enroll_device(code, &key.csr_der).await?;
+        let der = crate::jose::base64url_decode(&result.certificate)
+            .map_err(|_| protocol("the device certificate is not base64url".to_owned()))?;
+        crate::device::DeviceCredential::from_parts(&key.key_pem, &der)
+            .map_err(|error| protocol(error.to_string()))?;
+        Ok((key, der))
+    }
+
     /// `POST /v1/assertions`: trades a card-signed assertion for a session token.
     ///
     /// # Errors

@@ -48,6 +48,12 @@ async fn app() -> Router {
             ..PinPolicy::default()
         },
         issuer: None,
+        // This suite drives the API's shapes with made-up device ids and no issuing CA
+        // to enroll devices: open mode. Device identity is tested in tests/devices.rs.
+        devices: pivtap_server_client::config::DevicesConfig {
+            require_registration: false,
+            ..Default::default()
+        },
     };
     server::app(ServerState::new(
         settings,

@@ -104,6 +104,8 @@ struct Target {
     app: Router,
     origin: String,
     admin_token: String,
+    /// The kiosk's own credential: its challenge requests carry its proof.
+    device: pivtap_server_client::device::DeviceCredential,
     /// Every answer body, kept for `target/test-logs/hostile/` (the secret scan reads it).
     answers: std::sync::Mutex<Vec<String>>,
 }
@@ -149,11 +151,15 @@ async fn target() -> Target {
         .expect("admin.token reads")
         .trim()
         .to_owned();
+    let device = server::devices::credential_locally(&state, DEVICE)
+        .await
+        .expect("the kiosk is registered");
     Target {
         _dir: dir,
         app: server::app(state),
         origin: config.origin,
         admin_token,
+        device,
         answers: std::sync::Mutex::default(),
     }
 }
@@ -260,7 +266,11 @@ impl Target {
             .send(post(
                 "/v1/challenges",
                 Some(JSON),
-                json!({ "device": DEVICE }).to_string(),
+                json!({
+                    "device": DEVICE,
+                    "proof": self.device.proof(&self.origin, OffsetDateTime::now_utc()),
+                })
+                .to_string(),
             ))
             .await;
         assert_eq!(reply.status, StatusCode::CREATED);
@@ -735,6 +745,7 @@ async fn hostile_bodies_are_refused_on_every_public_endpoint() {
         "/v1/enrollments/inspect",
         "/v1/enrollments",
         "/v1/renewals",
+        "/v1/devices/enroll",
     ];
     let bodies: Vec<(&str, Option<&str>, Vec<u8>)> = vec![
         ("bad JSON", Some(JSON), b"{\"a\":".to_vec()),
