@@ -32,7 +32,8 @@ use pivtap_server_client::certificate::CertificateFacts;
 use pivtap_server_client::client::{Client, ClientError};
 use pivtap_server_client::wire::{
     AssertionPayload, CardIdentity, ChallengeResponse, ENROLL_SLOT, EnrollmentRequest,
-    EnrollmentResult, KeyAlgorithm, RenewalRequest, UserInfo,
+    EnrollmentResult, KeyAlgorithm, MAX_DEVICE_ID_LEN, RENEWAL_DEVICE_PREFIX, RenewalRequest,
+    UserInfo,
 };
 use serde::Serialize;
 use time::OffsetDateTime;
@@ -138,6 +139,25 @@ pub struct EnrollOptions {
     pub secrets: CardSecrets,
     /// This device's id, reported to the server (audit), when it has one.
     pub device: Option<String>,
+}
+
+/// The device id a renewal's challenge is asked for: `device` itself when the client holds
+/// that device's credential, else `renewal:<device>` (cut to a valid device id), which any
+/// caller may ask for and which no sign-in accepts.
+#[must_use]
+pub fn renewal_device(client: &Client, device: &str) -> String {
+    if client
+        .device_credential()
+        .is_some_and(|credential| credential.device() == device)
+        || device.starts_with(RENEWAL_DEVICE_PREFIX)
+    {
+        return device.to_owned();
+    }
+    let room = MAX_DEVICE_ID_LEN - RENEWAL_DEVICE_PREFIX.len();
+    format!(
+        "{RENEWAL_DEVICE_PREFIX}{}",
+        device.get(..room.min(device.len())).unwrap_or(device)
+    )
 }
 
 /// Options of [`renew_card`].
@@ -366,9 +386,12 @@ pub async fn renew_card(
     session.verify_pin(&options.secrets.pin)?;
     // The challenge only now, so that it is fresh when the server sees the assertion.
     progress(EnrollStep::FetchingChallenge);
-    let challenge = client.challenge(&options.device).await?;
+    // A registered device (with its credential) asks as itself; anywhere else (a worker's
+    // own workstation) the challenge is a renewal challenge, which cannot sign anyone in.
+    let device = renewal_device(client, &options.device);
+    let challenge = client.challenge(&device).await?;
     progress(EnrollStep::SigningAssertion);
-    let assertion = sign_assertion(&mut session, SLOT, &current, &challenge, &options.device)?;
+    let assertion = sign_assertion(&mut session, SLOT, &current, &challenge, &device)?;
     progress(EnrollStep::AuthenticatingManagementKey);
     let management_key = management_key_for(&mut session, &options.secrets.management_key)?;
     session.authenticate_management_key(&management_key)?;
