@@ -152,6 +152,8 @@ pub struct Client {
     retries: u32,
     /// The device's own credential: challenge requests carry its proof.
     device: Option<Arc<crate::device::DeviceCredential>>,
+    /// The server's origin (the `aud` of device proofs), when it is not `base`.
+    origin: Option<String>,
 }
 
 /// Network attempts for a request that never reached the server.
@@ -227,7 +229,16 @@ impl Client {
             http,
             retries: DEFAULT_RETRIES,
             device: None,
+            origin: None,
         })
+    }
+
+    /// This client, for a server whose origin (`server.toml` `origin`) is not the URL it
+    /// is reached at (a relay or a proxy that rewrites the host): device proofs name it.
+    #[must_use]
+    pub fn with_origin(mut self, origin: &str) -> Self {
+        self.origin = Some(origin.trim_end_matches('/').to_owned());
+        self
     }
 
     /// This client with a device credential: its challenge requests are signed with it.
@@ -316,13 +327,16 @@ impl Client {
     /// # Errors
     /// [`ClientError`].
     /// With a device credential for `device`, the request carries a fresh device proof
-    /// (signed for this client's server URL, which is the server's origin).
+    /// (for this client's server URL, the server's origin, or [`Client::with_origin`]).
     pub async fn challenge(&self, device: &str) -> Result<ChallengeResponse, ClientError> {
         let proof = self
             .device
             .as_ref()
             .filter(|credential| credential.device() == device)
-            .map(|credential| credential.proof(&self.base, time::OffsetDateTime::now_utc()));
+            .map(|credential| {
+                let aud = self.origin.as_deref().unwrap_or(&self.base);
+                credential.proof(aud, time::OffsetDateTime::now_utc())
+            });
         let body = ChallengeRequest {
             device: device.to_owned(),
             proof,
