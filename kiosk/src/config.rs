@@ -334,6 +334,45 @@ mod tests {
         KioskConfig::load(&path)
     }
 
+    #[tokio::test]
+    async fn the_device_credential_is_read_and_must_name_this_device() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = Path::new(env!("CARGO_MANIFEST_DIR")).join("../fixtures/ca/test-ca.pem");
+        let server = pivtap_server_client::server::embedded::EmbeddedServer::start(
+            dir.path(),
+            vec![ca],
+            &[],
+        )
+        .await
+        .unwrap();
+        server
+            .register_device_files("kiosk-07", &dir.path().join("device"))
+            .await
+            .unwrap();
+        let path = dir.path().join("kiosk.toml");
+        let text = |device: &str| {
+            format!(
+                "device = \"{device}\"\n[server]\nurl = \"{}\"\ndevice_key = \"device/device.key\"\n\
+                 device_certificate = \"device/device.crt\"\n",
+                server.origin
+            )
+        };
+        std::fs::write(&path, text("kiosk-07")).unwrap();
+        let credential = KioskConfig::load(&path)
+            .unwrap()
+            .device_credential()
+            .unwrap()
+            .expect("a credential");
+        assert_eq!(credential.device(), "kiosk-07");
+        std::fs::write(&path, text("kiosk-08")).unwrap();
+        match KioskConfig::load(&path).unwrap().device_credential() {
+            Err(KioskConfigError::Invalid { problem, .. }) => {
+                assert!(problem.contains("kiosk-07"), "{problem}");
+            }
+            other => panic!("another device's credential: {other:?}"),
+        }
+    }
+
     #[test]
     fn defaults_and_relative_paths() {
         let config = load("device = \"kiosk-07\"\n[server]\nurl = \"https://auth.example.com\"\nca = \"tls.crt\"\n").unwrap();
@@ -374,6 +413,10 @@ mod tests {
                 Err(KioskConfigError::Invalid { field: f, .. }) => assert_eq!(f, field),
                 other => panic!("{field}: {other:?}"),
             }
+        }
+        match load("device = \"k\"\n[server]\nurl = \"https://a\"\ndevice_key = \"k.pem\"\n") {
+            Err(KioskConfigError::Invalid { field, .. }) => assert_eq!(field, "server"),
+            other => panic!("a device key without its certificate: {other:?}"),
         }
         assert!(matches!(
             load("device = \"k\"\n[server]\nurl = 1\n"),

@@ -895,6 +895,12 @@ ca_certificates = ["trust/ca.pem"]
         assert_eq!(config.rate_limit.max_delay(), Duration::from_secs(300));
         assert_eq!(config.rate_limit.window(), Duration::from_secs(900));
         assert!(config.trust.crl_files.is_empty());
+        assert!(
+            config.devices.require_registration,
+            "devices must prove themselves"
+        );
+        assert_eq!(config.devices.certificate_validity_days, 180);
+        assert_eq!(config.devices.code_validity(), Duration::from_secs(86_400));
     }
 
     #[test]
@@ -1140,6 +1146,21 @@ ca_certificates = ["ca.pem"]
                 "[challenges]\nmax_clock_skew_seconds = 601",
                 "challenges.max_clock_skew_seconds",
                 ConfigProblem::TooLarge { max: 600 },
+            ),
+            (
+                "[devices]\ncertificate_validity_days = 0",
+                "devices.certificate_validity_days",
+                ConfigProblem::TooSmall { min: 1 },
+            ),
+            (
+                "[devices]\ncertificate_validity_days = 826",
+                "devices.certificate_validity_days",
+                ConfigProblem::TooLarge { max: 825 },
+            ),
+            (
+                "[devices]\ncode_validity_seconds = 59",
+                "devices.code_validity_seconds",
+                ConfigProblem::TooSmall { min: 60 },
             ),
             (
                 "[rate_limit]\nbase_delay_seconds = 0",
