@@ -846,6 +846,18 @@ mod tests {
     #[test]
     fn requests_refuse_unknown_fields() {
         assert!(serde_json::from_str::<ChallengeRequest>(r#"{"device":"k","extra":1}"#).is_err());
+        let with_proof: ChallengeRequest =
+            serde_json::from_str(r#"{"device":"k","proof":"a.b.c"}"#).unwrap();
+        assert_eq!(with_proof.proof.as_deref(), Some("a.b.c"));
+        assert!(!format!("{with_proof:?}").contains("a.b.c"));
+        let without = ChallengeRequest {
+            device: "k".to_owned(),
+            proof: None,
+        };
+        assert_eq!(
+            serde_json::to_string(&without).unwrap(),
+            r#"{"device":"k"}"#
+        );
         assert!(
             serde_json::from_str::<AssertionPayload>(
                 r#"{"aud":"a","nonce":"n","device":"d","iat":1,"slot":"9a","admin":true}"#

@@ -121,8 +121,15 @@ pub fn run(args: KioskArgs) -> anyhow::Result<()> {
         trust,
         Duration::from_secs(config.server.timeout_seconds),
     )?;
-    if let Some(credential) = config.device_credential()? {
-        client = client.with_device_credential(Arc::new(credential));
+    match config.device_credential()? {
+        Some(credential) => client = client.with_device_credential(Arc::new(credential)),
+        None => tracing::warn!(
+            target: "pivtap::kiosk",
+            device = %config.device,
+            "no device credential ([server] device_key and device_certificate): a server that \
+             requires registered devices refuses this kiosk; register it with `pivtap admin \
+             devices add`, run `pivtap kiosk enroll-device`, and name the two files in kiosk.toml"
+        ),
     }
     let readers = PcscReaders::new(MonitorFilter {
         reader_name_contains: (!config.readers.name_contains.is_empty())

@@ -1808,6 +1808,149 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_device_enrolls_once_and_disabling_or_removing_it_voids_its_unused_challenges()
+    -> TestResult {
+        let dir = tempfile::tempdir()?;
+        let path = dir.path().join("devices.db");
+        let first = SqliteStore::open(&path).await?;
+        let second = SqliteStore::open(&path).await?;
+        let new = NewDevice {
+            id: "kiosk-1".to_owned(),
+            code_hash: "hash-1".to_owned(),
+            created_at: at(0),
+            code_expires_at: at(100),
+        };
+        first.add_device(&new, challenge_event("kiosk-1")).await?;
+        let again = NewDevice {
+            code_hash: "hash-9".to_owned(),
+            ..new.clone()
+        };
+        assert!(matches!(
+            first.add_device(&again, challenge_event("kiosk-1")).await,
+            Err(StoreError::Conflict { .. })
+        ));
+        let credential = |index: u8| DeviceCredentialRecord {
+            certificate: vec![index],
+            serial: format!("{index:02x}"),
+            fingerprint: "f".to_owned(),
+            not_after: at(1000),
+        };
+        let mut tasks = Vec::new();
+        for index in 0..16u8 {
+            let store = if index % 2 == 0 {
+                first.clone()
+            } else {
+                second.clone()
+            };
+            let record = credential(index);
+            tasks.push(tokio::spawn(async move {
+                store
+                    .redeem_device_code("hash-1", &record, at(1), challenge_event("x"))
+                    .await
+            }));
+        }
+        let mut accepted = Vec::new();
+        for task in tasks {
+            if let DeviceCodeUse::Accepted { device } = task.await?? {
+                accepted.push(device);
+            }
+        }
+        assert_eq!(accepted, ["kiosk-1"]);
+        let device = first.get_device("kiosk-1").await?.ok_or("kiosk-1")?;
+        assert!(device.credential.is_some() && device.code_used_at.is_some());
+        assert_eq!(
+            first
+                .redeem_device_code("hash-1", &credential(99), at(2), challenge_event("x"))
+                .await?,
+            DeviceCodeUse::Used
+        );
+        assert_eq!(
+            first
+                .redeem_device_code("nope", &credential(99), at(2), challenge_event("x"))
+                .await?,
+            DeviceCodeUse::Unknown
+        );
+        let late = NewDevice {
+            id: "kiosk-2".to_owned(),
+            code_hash: "hash-2".to_owned(),
+            created_at: at(0),
+            code_expires_at: at(1),
+        };
+        first.add_device(&late, challenge_event("kiosk-2")).await?;
+        assert_eq!(
+            first
+                .redeem_device_code("hash-2", &credential(98), at(1), challenge_event("x"))
+                .await?,
+            DeviceCodeUse::Expired
+        );
+
+        for (nonce, device) in [
+            ("used", "kiosk-1"),
+            ("held", "kiosk-1"),
+            ("other", "kiosk-2"),
+        ] {
+            first
+                .add_challenge(nonce, device, at(60), challenge_event(device))
+                .await?;
+        }
+        assert_eq!(
+            first.use_challenge("used", "kiosk-1", at(1)).await?,
+            ChallengeUse::Accepted
+        );
+        first
+            .set_device_state("kiosk-1", DeviceState::Disabled, challenge_event("kiosk-1"))
+            .await?;
+        assert_eq!(
+            first.get_device("kiosk-1").await?.ok_or("kiosk-1")?.state,
+            DeviceState::Disabled
+        );
+        assert_eq!(
+            first.use_challenge("held", "kiosk-1", at(1)).await?,
+            ChallengeUse::Unknown,
+            "the challenge it held is void"
+        );
+        assert_eq!(
+            first.use_challenge("used", "kiosk-1", at(1)).await?,
+            ChallengeUse::Reused,
+            "a used one stays, so a replay is still told apart"
+        );
+        assert!(matches!(
+            first
+                .set_device_state("nope", DeviceState::Enabled, challenge_event("nope"))
+                .await,
+            Err(StoreError::NotFound { .. })
+        ));
+        first
+            .add_challenge("held-2", "kiosk-2", at(60), challenge_event("kiosk-2"))
+            .await?;
+        first
+            .remove_device("kiosk-2", challenge_event("kiosk-2"))
+            .await?;
+        assert_eq!(
+            first.use_challenge("held-2", "kiosk-2", at(1)).await?,
+            ChallengeUse::Unknown
+        );
+        assert_eq!(
+            first.use_challenge("other", "kiosk-2", at(1)).await?,
+            ChallengeUse::Unknown
+        );
+        assert!(matches!(
+            first
+                .remove_device("kiosk-2", challenge_event("kiosk-2"))
+                .await,
+            Err(StoreError::NotFound { .. })
+        ));
+        let listed: Vec<String> = first
+            .list_devices()
+            .await?
+            .into_iter()
+            .map(|device| device.id)
+            .collect();
+        assert_eq!(listed, ["kiosk-1"]);
+        Ok(())
+    }
+
+    #[tokio::test]
     async fn renewal_supersedes_the_old_card_once() -> TestResult {
         let store = SqliteStore::in_memory().await?;
         store.add_user(&user("alice", "alice@example.com")).await?;
