@@ -48,6 +48,14 @@ pub enum DeviceCredentialError {
         #[source]
         source: io::Error,
     },
+    /// The key file can be read or written by others than its owner.
+    #[error("{} is open to other users (mode {mode:o}); make it 0600 (chmod 600)", path.display())]
+    KeyFileOpen {
+        /// The key file.
+        path: PathBuf,
+        /// Its permission bits.
+        mode: u32,
+    },
     /// The key is not a P-256 PKCS#8 PEM private key.
     #[error("the device key is not a P-256 private key (PKCS#8 PEM)")]
     Key,
@@ -140,7 +148,8 @@ impl DeviceCredential {
         })
     }
 
-    /// Reads a credential from its key file and certificate file (PEM).
+    /// Reads a credential from its key file (which only its owner may read or write)
+    /// and certificate file (PEM).
     ///
     /// # Errors
     /// [`DeviceCredentialError`].
@@ -151,6 +160,24 @@ impl DeviceCredential {
                 source,
             })
         };
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt as _;
+            let mode = std::fs::metadata(key)
+                .map_err(|source| DeviceCredentialError::Read {
+                    path: key.to_owned(),
+                    source,
+                })?
+                .permissions()
+                .mode()
+                & 0o777;
+            if mode & 0o077 != 0 {
+                return Err(DeviceCredentialError::KeyFileOpen {
+                    path: key.to_owned(),
+                    mode,
+                });
+            }
+        }
         let key_pem = Zeroizing::new(read(key)?);
         let key_pem = std::str::from_utf8(&key_pem).map_err(|_| DeviceCredentialError::Key)?;
         let certificate = CertificateDer::from_pem_slice(&read(certificate)?)
@@ -253,4 +280,87 @@ pub fn pem(label: &str, der: &[u8]) -> String {
     }
     text.push_str(&format!("-----END {label}-----\n"));
     text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::IssuanceConfig;
+    use crate::issuance::{Issuer, create_ca, verify_csr};
+
+    fn issuer() -> Issuer {
+        let (certificate_pem, key_pem) = create_ca(OffsetDateTime::now_utc()).unwrap();
+        let der = CertificateDer::from_pem_slice(certificate_pem.as_bytes()).unwrap();
+        Issuer::new(
+            der.to_vec(),
+            rcgen::KeyPair::from_pem(&key_pem).unwrap(),
+            IssuanceConfig::new(PathBuf::from("ca.crt"), PathBuf::from("ca.key")),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn a_credential_is_saved_private_read_back_and_signs_proofs_the_server_checks() {
+        let issuer = issuer();
+        let key = NewDeviceKey::generate().unwrap();
+        let now = OffsetDateTime::now_utc();
+        let der = issuer
+            .issue_device(&verify_csr(&key.csr_der).unwrap(), "kiosk-07", now, 30)
+            .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let (key_path, certificate_path) =
+            (dir.path().join(KEY_FILE), dir.path().join(CERTIFICATE_FILE));
+        DeviceCredential::save(&key.key_pem, &der, &key_path, &certificate_path).unwrap();
+        #[cfg(unix)]
+        for path in [&key_path, &certificate_path] {
+            use std::os::unix::fs::PermissionsExt as _;
+            assert_eq!(
+                std::fs::metadata(path).unwrap().permissions().mode() & 0o777,
+                0o600
+            );
+        }
+        let credential = DeviceCredential::load_dir(dir.path()).unwrap();
+        assert_eq!(credential.device(), "kiosk-07");
+        assert!(!format!("{credential:?}").contains("PRIVATE"));
+
+        let proof = credential.proof("https://auth.example.test", now);
+        let jws = crate::jose::CompactJws::parse(&proof).unwrap();
+        let (_, public_key) = CertificateFacts::with_public_key(&der).unwrap();
+        assert!(crate::assertion::card_signature_verifies(
+            "ES256",
+            &public_key,
+            jws.signing_input.as_bytes(),
+            &jws.signature
+        ));
+        let claims: DeviceProofClaims = serde_json::from_slice(&jws.payload).unwrap();
+        assert_eq!(claims.device, "kiosk-07");
+        assert_ne!(
+            claims.jti,
+            serde_json::from_slice::<DeviceProofClaims>(
+                &crate::jose::CompactJws::parse(
+                    &credential.proof("https://auth.example.test", now)
+                )
+                .unwrap()
+                .payload
+            )
+            .unwrap()
+            .jti
+        );
+
+        // Another key than the certificate's, and a key file others can read, are refused.
+        let other = NewDeviceKey::generate().unwrap();
+        assert!(matches!(
+            DeviceCredential::from_parts(&other.key_pem, &der),
+            Err(DeviceCredentialError::Mismatch)
+        ));
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt as _;
+            std::fs::set_permissions(&key_path, std::fs::Permissions::from_mode(0o644)).unwrap();
+            assert!(matches!(
+                DeviceCredential::load_dir(dir.path()),
+                Err(DeviceCredentialError::KeyFileOpen { mode: 0o644, .. })
+            ));
+        }
+    }
 }

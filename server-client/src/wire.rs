@@ -538,7 +538,7 @@ pub struct AuditRecord {
     pub id: i64,
     /// When, RFC 3339.
     pub time: String,
-    /// `challenge`, `assertion`, `enrollment`, `renewal` or `admin`.
+    /// `challenge`, `assertion`, `enrollment`, `renewal`, `device-enrollment` or `admin`.
     pub kind: String,
     /// `ok` or an error code.
     pub outcome: String,

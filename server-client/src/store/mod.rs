@@ -210,7 +210,7 @@ pub struct AuditEvent {
     pub id: i64,
     /// When it happened.
     pub time: OffsetDateTime,
-    /// `challenge`, `assertion`, `enrollment`, `renewal` or `admin`.
+    /// `challenge`, `assertion`, `enrollment`, `renewal`, `device-enrollment` or `admin`.
     pub kind: String,
     /// `ok`, or the [`ErrorCode`](crate::wire::ErrorCode) wire name of the refusal.
     pub outcome: String,
@@ -232,7 +232,7 @@ pub struct AuditEvent {
 pub struct NewAuditEvent {
     /// When it happened.
     pub time: OffsetDateTime,
-    /// `challenge`, `assertion`, `enrollment`, `renewal` or `admin`.
+    /// `challenge`, `assertion`, `enrollment`, `renewal`, `device-enrollment` or `admin`.
     pub kind: String,
     /// `ok`, or the [`ErrorCode`](crate::wire::ErrorCode) wire name of the refusal.
     pub outcome: String,
