@@ -46,7 +46,7 @@ enum KioskCommand {
         #[command(flatten)]
         server: ServerArgs,
         /// The device enrollment code.
-        #[arg(long, env = "PIVTAP_DEVICE_CODE")]
+        #[arg(long, env = "PIVTAP_DEVICE_CODE", hide_env_values = true)]
         code: String,
         /// The directory for device.key and device.crt (made if missing).
         #[arg(long, value_name = "DIR")]
