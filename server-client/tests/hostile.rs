@@ -954,6 +954,11 @@ async fn admin_endpoints_refuse_missing_and_wrong_credentials_and_change_nothing
             "/enrollments",
             r#"{"user":"alice","valid_for_seconds":600}"#,
         ),
+        (Method::GET, "/devices", ""),
+        (Method::POST, "/devices", r#"{"id":"mallory-kiosk"}"#),
+        (Method::POST, "/devices/kiosk-07/disable", ""),
+        (Method::POST, "/devices/kiosk-07/enable", ""),
+        (Method::DELETE, "/devices/kiosk-07", ""),
     ];
     let mut refused = 0;
     for (method, path, body) in &routes {
