@@ -576,6 +576,22 @@ mod tests {
 
     use super::*;
 
+    #[test]
+    fn renewal_challenges_are_asked_for_in_the_renewal_namespace_without_a_credential() {
+        let client = Client::new(
+            "https://127.0.0.1:1",
+            pivtap_server_client::client::ServerTrust::SystemRoots,
+            std::time::Duration::from_secs(1),
+        )
+        .unwrap();
+        assert_eq!(renewal_device(&client, "desk-1"), "renewal:desk-1");
+        assert_eq!(renewal_device(&client, "renewal:desk-1"), "renewal:desk-1");
+        let long = "d".repeat(MAX_DEVICE_ID_LEN);
+        let renewal = renewal_device(&client, &long);
+        assert_eq!(renewal.len(), MAX_DEVICE_ID_LEN);
+        assert!(pivtap_server_client::wire::is_valid_device_id(&renewal));
+    }
+
     const AUDIENCE: &str = "https://auth.example.test";
     const NONCE: &str = "q2Vv8y3a1lL3m8W4k9dQeXh7c2VjcmV0LW5vbmNlLTMy";
 
