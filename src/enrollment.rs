@@ -48,7 +48,8 @@ use pivtap_server_client::certificate::CertificateFacts;
 use pivtap_server_client::client::{Client, ClientError};
 use pivtap_server_client::wire::{
     AssertionPayload, CardIdentity, ChallengeResponse, ENROLL_SLOT, EnrollmentRequest,
-    EnrollmentResult, KeyAlgorithm, RenewalRequest, UserInfo,
+    EnrollmentResult, KeyAlgorithm, MAX_DEVICE_ID_LEN, RENEWAL_DEVICE_PREFIX, RenewalRequest,
+    UserInfo,
 };
 use serde::Serialize;
 use time::OffsetDateTime;
@@ -166,6 +167,25 @@ pub struct EnrollOptions {
     pub secrets: CardSecrets,
     /// This device's id, reported to the server (audit), when it has one.
     pub device: Option<String>,
+}
+
+/// The device id a renewal's challenge is asked for: `device` itself when the client holds
+/// that device's credential, else `renewal:<device>` (cut to a valid device id), which any
+/// caller may ask for and which no sign-in accepts.
+#[must_use]
+pub fn renewal_device(client: &Client, device: &str) -> String {
+    if client
+        .device_credential()
+        .is_some_and(|credential| credential.device() == device)
+        || device.starts_with(RENEWAL_DEVICE_PREFIX)
+    {
+        return device.to_owned();
+    }
+    let room = MAX_DEVICE_ID_LEN - RENEWAL_DEVICE_PREFIX.len();
+    format!(
+        "{RENEWAL_DEVICE_PREFIX}{}",
+        device.get(..room.min(device.len())).unwrap_or(device)
+    )
 }
 
 /// Options of [`renew_card`].
@@ -394,9 +414,12 @@ pub async fn renew_card(
     session.verify_pin(&options.secrets.pin)?;
     // The challenge only now, so that it is fresh when the server sees the assertion.
     progress(EnrollStep::FetchingChallenge);
-    let challenge = client.challenge(&options.device).await?;
+    // A registered device (with its credential) asks as itself; anywhere else (a worker's
+    // own workstation) the challenge is a renewal challenge, which cannot sign anyone in.
+    let device = renewal_device(client, &options.device);
+    let challenge = client.challenge(&device).await?;
     progress(EnrollStep::SigningAssertion);
-    let assertion = sign_assertion(&mut session, SLOT, &current, &challenge, &options.device)?;
+    let assertion = sign_assertion(&mut session, SLOT, &current, &challenge, &device)?;
     let (issued, spki) = if signed_with_key_of(&assertion, &current) {
         progress(EnrollStep::AuthenticatingManagementKey);
         let management_key = management_key_for(&mut session, &options.secrets.management_key)?;
@@ -426,8 +449,8 @@ pub async fn renew_card(
     };
     let new = store_certificate(&mut session, &issued, &spki, &mut *progress)?;
     progress(EnrollStep::ConfirmingRenewal);
-    let challenge = client.challenge(&options.device).await?;
-    let confirmation = sign_assertion(&mut session, SLOT, &new.der, &challenge, &options.device)?;
+    let challenge = client.challenge(&device).await?;
+    let confirmation = sign_assertion(&mut session, SLOT, &new.der, &challenge, &device)?;
     client.confirm_renewal(&confirmation).await?;
     Ok(EnrollOutcome {
         user: issued.user,
@@ -634,6 +657,22 @@ mod tests {
     use pivtap_server_client::assertion::{AssertionVerifier, VerifierConfig};
 
     use super::*;
+
+    #[test]
+    fn renewal_challenges_are_asked_for_in_the_renewal_namespace_without_a_credential() {
+        let client = Client::new(
+            "https://127.0.0.1:1",
+            pivtap_server_client::client::ServerTrust::SystemRoots,
+            std::time::Duration::from_secs(1),
+        )
+        .unwrap();
+        assert_eq!(renewal_device(&client, "desk-1"), "renewal:desk-1");
+        assert_eq!(renewal_device(&client, "renewal:desk-1"), "renewal:desk-1");
+        let long = "d".repeat(MAX_DEVICE_ID_LEN);
+        let renewal = renewal_device(&client, &long);
+        assert_eq!(renewal.len(), MAX_DEVICE_ID_LEN);
+        assert!(pivtap_server_client::wire::is_valid_device_id(&renewal));
+    }
 
     const AUDIENCE: &str = "https://auth.example.test";
     const NONCE: &str = "q2Vv8y3a1lL3m8W4k9dQeXh7c2VjcmV0LW5vbmNlLTMy";

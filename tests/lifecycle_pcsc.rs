@@ -199,13 +199,18 @@ impl HeadlessKiosk {
         let dir = server.dir.path().join("kiosk");
         std::fs::create_dir_all(&dir).expect("the kiosk's directory");
         let config = dir.join("kiosk.toml");
+        // The kiosk's own credential, as `pivtap kiosk enroll-device` writes it.
+        let credential = server.device_credential(KIOSK);
         let toml = format!(
-            "device = {device:?}\n\n[server]\nurl = {url:?}\nca = {ca:?}\n\n\
+            "device = {device:?}\n\n[server]\nurl = {url:?}\nca = {ca:?}\n\
+             device_key = {key:?}\ndevice_certificate = {certificate:?}\n\n\
              [readers]\nname_contains = {reader:?}\n\n\
              [local_api]\nlisten = \"127.0.0.1:{port}\"\ntoken_file = \"local-api.token\"\n",
             device = KIOSK,
             url = server.url,
             ca = path_str(&server.ca),
+            key = path_str(&credential.join("device.key")),
+            certificate = path_str(&credential.join("device.crt")),
             reader = KIOSK_READER.0,
             port = free_port(),
         );

@@ -249,3 +249,68 @@ fn a_backend_verifies_the_session_token_with_pyjwt() {
     let (status, _) = server.stop();
     assert!(status.success(), "{status}");
 }
+
+#[test]
+fn devices_are_registered_enrolled_disabled_and_removed_from_the_command_line() {
+    let mut server = RunningServer::start();
+    server.add_user("alice", "Alice Example", "alice@example.com");
+    let card = server.card_copy("alice");
+
+    // Without its credential the kiosk is told what to do.
+    let mut bare = common::pivtap_command(&[
+        "auth",
+        "--server",
+        &server.url,
+        "--ca",
+        path_str(&server.ca),
+        "--vcard",
+        path_str(&card),
+        "--device",
+        KIOSK,
+    ]);
+    bare.env("PIVTAP_PIN", ALICE_PIN);
+    run(bare).failure("auth without a device credential", "enroll-device");
+
+    // Registered and enrolled (the helper runs `admin devices add` and `kiosk enroll-device`).
+    let credential = server.device_credential(KIOSK);
+    for file in ["device.key", "device.crt"] {
+        let mode = std::fs::metadata(credential.join(file))
+            .map(|meta| std::os::unix::fs::PermissionsExt::mode(&meta.permissions()) & 0o777)
+            .expect("the credential file exists");
+        assert_eq!(mode, 0o600, "{file}");
+    }
+    let listed = server
+        .admin(&["devices", "list", "--json"])
+        .success("devices list")
+        .json();
+    assert_eq!(listed[0]["id"], KIOSK, "{listed}");
+    assert_eq!(listed[0]["enrolled"], true, "{listed}");
+    let signed_in = server.auth(&card, ALICE_PIN).success("auth").json();
+    let token = signed_in["token"].as_str().expect("a token");
+    let claims: Value = serde_json::from_slice(
+        &URL_SAFE_NO_PAD
+            .decode(token.split('.').nth(1).expect("a JWT"))
+            .expect("base64url"),
+    )
+    .expect("claims");
+    assert_eq!(claims["device"], KIOSK);
+
+    server
+        .admin(&["devices", "disable", KIOSK])
+        .success("devices disable");
+    server
+        .auth(&card, ALICE_PIN)
+        .failure("auth on a disabled device", "disabled");
+    server
+        .admin(&["devices", "enable", KIOSK])
+        .success("devices enable");
+    server.auth(&card, ALICE_PIN).success("auth once enabled");
+    server
+        .admin(&["devices", "remove", KIOSK])
+        .success("devices remove");
+    server
+        .auth(&card, ALICE_PIN)
+        .failure("auth on a removed device", "device_unknown");
+    let (status, _) = server.stop();
+    assert!(status.success());
+}

@@ -26,6 +26,7 @@ use pivtap_kiosk::local_api::SessionBoard;
 use pivtap_kiosk::readers::VirtualReaders;
 use pivtap_kiosk::runtime::{self, Face, Input, RuntimeParts};
 use pivtap_server_client::client::{AuditFilter, Client, ServerTrust};
+use pivtap_server_client::device::DeviceCredential;
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
@@ -125,7 +126,12 @@ fn start_kiosk(
     let parts = RuntimeParts {
         core: CoreConfig::default(),
         readers: Arc::new(readers.clone()),
-        client: Client::new(&server.url, trust, timeout).expect("a client"),
+        client: Client::new(&server.url, trust, timeout)
+            .expect("a client")
+            .with_device_credential(Arc::new(
+                DeviceCredential::load_dir(&server.device_credential(device))
+                    .expect("the device's credential"),
+            )),
         device: device.to_owned(),
         board: SessionBoard::new(),
         on_function_key: None,

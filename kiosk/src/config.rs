@@ -9,6 +9,10 @@
 //! ca = "tls.crt"                       # trust this CA or the server's own certificate (PEM), or
 //! # pin_sha256 = "sha256//..."         # trust exactly this server key; neither: the system roots
 //! timeout_seconds = 10                 # per request
+//! device_key = "device/device.key"     # this device's own credential (from `pivtap kiosk
+//! device_certificate = "device/device.crt"  # enroll-device`): its challenge requests are signed
+//!                                      # with it; give both or neither (neither: only an open-mode
+//!                                      # server, `[devices] require_registration = false`, serves it)
 //!
 //! [session]
 //! sign_out_on_removal = true           # the badge leaving the reader signs the worker out
@@ -39,6 +43,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use pivtap_server_client::device::DeviceCredential;
 use serde::Deserialize;
 
 use crate::core::{CoreConfig, Flow, SessionPolicy};
@@ -83,6 +88,12 @@ pub struct ServerSection {
     /// Seconds per request.
     #[serde(default = "default_timeout")]
     pub timeout_seconds: u64,
+    /// This device's key (PKCS#8 PEM, 0600), from `pivtap kiosk enroll-device`.
+    #[serde(default)]
+    pub device_key: Option<PathBuf>,
+    /// This device's certificate (PEM), from `pivtap kiosk enroll-device`.
+    #[serde(default)]
+    pub device_certificate: Option<PathBuf>,
 }
 
 fn default_timeout() -> u64 {
@@ -243,8 +254,15 @@ impl KioskConfig {
                         .unwrap_or_default(),
             })?;
         let base = path.parent().unwrap_or(Path::new(""));
-        if let Some(ca) = &mut config.server.ca {
-            *ca = base.join(&*ca);
+        for path in [
+            &mut config.server.ca,
+            &mut config.server.device_key,
+            &mut config.server.device_certificate,
+        ]
+        .into_iter()
+        .flatten()
+        {
+            *path = base.join(&*path);
         }
         config.local_api.token_file = base.join(&config.local_api.token_file);
         config.validate(path)?;
@@ -270,6 +288,12 @@ impl KioskConfig {
         if self.server.ca.is_some() && self.server.pin_sha256.is_some() {
             return Err(invalid("server", "give ca or pin_sha256, not both"));
         }
+        if self.server.device_key.is_some() != self.server.device_certificate.is_some() {
+            return Err(invalid(
+                "server",
+                "give device_key and device_certificate together (from `pivtap kiosk enroll-device`)",
+            ));
+        }
         if !(1..=300).contains(&self.server.timeout_seconds) {
             return Err(invalid("server.timeout_seconds", "1 to 300"));
         }
@@ -292,6 +316,34 @@ impl KioskConfig {
             ));
         }
         Ok(())
+    }
+
+    /// The device's own credential, when `[server] device_key` and `device_certificate`
+    /// name it; it must name this configuration's `device`.
+    ///
+    /// # Errors
+    /// [`KioskConfigError::Invalid`] naming what is wrong with the files.
+    pub fn device_credential(&self) -> Result<Option<DeviceCredential>, KioskConfigError> {
+        let (Some(key), Some(certificate)) =
+            (&self.server.device_key, &self.server.device_certificate)
+        else {
+            return Ok(None);
+        };
+        let invalid = |problem: String| KioskConfigError::Invalid {
+            path: key.clone(),
+            field: "server.device_key",
+            problem,
+        };
+        let credential =
+            DeviceCredential::load(key, certificate).map_err(|error| invalid(error.to_string()))?;
+        if credential.device() != self.device {
+            return Err(invalid(format!(
+                "the device certificate names device {}, but this kiosk is {}",
+                credential.device(),
+                self.device
+            )));
+        }
+        Ok(Some(credential))
     }
 
     /// The core's settings.
@@ -320,6 +372,45 @@ mod tests {
         let path = dir.path().join("kiosk.toml");
         std::fs::write(&path, text).unwrap();
         KioskConfig::load(&path)
+    }
+
+    #[tokio::test]
+    async fn the_device_credential_is_read_and_must_name_this_device() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = Path::new(env!("CARGO_MANIFEST_DIR")).join("../fixtures/ca/test-ca.pem");
+        let server = pivtap_server_client::server::embedded::EmbeddedServer::start(
+            dir.path(),
+            vec![ca],
+            &[],
+        )
+        .await
+        .unwrap();
+        server
+            .register_device_files("kiosk-07", &dir.path().join("device"))
+            .await
+            .unwrap();
+        let path = dir.path().join("kiosk.toml");
+        let text = |device: &str| {
+            format!(
+                "device = \"{device}\"\n[server]\nurl = \"{}\"\ndevice_key = \"device/device.key\"\n\
+                 device_certificate = \"device/device.crt\"\n",
+                server.origin
+            )
+        };
+        std::fs::write(&path, text("kiosk-07")).unwrap();
+        let credential = KioskConfig::load(&path)
+            .unwrap()
+            .device_credential()
+            .unwrap()
+            .expect("a credential");
+        assert_eq!(credential.device(), "kiosk-07");
+        std::fs::write(&path, text("kiosk-08")).unwrap();
+        match KioskConfig::load(&path).unwrap().device_credential() {
+            Err(KioskConfigError::Invalid { problem, .. }) => {
+                assert!(problem.contains("kiosk-07"), "{problem}");
+            }
+            other => panic!("another device's credential: {other:?}"),
+        }
     }
 
     #[test]
@@ -370,6 +461,10 @@ mod tests {
                 Err(KioskConfigError::Invalid { field: f, .. }) => assert_eq!(f, field),
                 other => panic!("{field}: {other:?}"),
             }
+        }
+        match load("device = \"k\"\n[server]\nurl = \"https://a\"\ndevice_key = \"k.pem\"\n") {
+            Err(KioskConfigError::Invalid { field, .. }) => assert_eq!(field, "server"),
+            other => panic!("a device key without its certificate: {other:?}"),
         }
         assert!(matches!(
             load("device = \"k\"\n[server]\nurl = 1\n"),

@@ -276,7 +276,10 @@ impl Harness {
             .await
             .expect("the embedded server starts");
         let client = server.client(Duration::from_secs(5)).expect("a client");
-        let kiosk_client = server.client(Duration::from_secs(5)).expect("a client");
+        let kiosk_client = server
+            .device_client(DEVICE, Duration::from_secs(5))
+            .await
+            .expect("the kiosk is registered");
         let board = SessionBoard::new();
         let (updates, reader_updates) = unbounded_channel();
         let reader_watch = vpcd_readers()

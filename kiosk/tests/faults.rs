@@ -425,15 +425,22 @@ async fn the_badge_leaving_at_every_apdu_of_a_short_apdu_tap_is_reported_too() {
 async fn every_apdu_position(badge: VirtualCardBackend, link: &str) {
     let dir = tempfile::tempdir().expect("a temporary directory");
     let server = start_server(dir.path()).await;
+    let credential = server
+        .register_device("fault-kiosk")
+        .await
+        .expect("the kiosk is registered");
+    let client = || {
+        server
+            .client(Duration::from_secs(5))
+            .expect("a client")
+            .with_device_credential(Arc::clone(&credential))
+    };
     let image_before = image_of(&badge);
     let mut clean_signins = 0;
 
     // How many APDUs a first (cold cache) and a repeat (warm cache) tap take.
     let faulty = FaultyReaders::new();
-    let mut kiosk = TestKiosk::start(
-        Arc::new(faulty.clone()),
-        server.client(Duration::from_secs(5)).expect("a client"),
-    );
+    let mut kiosk = TestKiosk::start(Arc::new(faulty.clone()), client());
     let cold = apdus_of_a_clean_tap(&mut kiosk, &faulty, &badge).await;
     let warm = apdus_of_a_clean_tap(&mut kiosk, &faulty, &badge).await;
     clean_signins += 2;
@@ -453,10 +460,7 @@ async fn every_apdu_position(badge: VirtualCardBackend, link: &str) {
     for cut in [Cut::BeforeCommand, Cut::AnswerLost] {
         for position in 0..cold {
             let faulty = FaultyReaders::new();
-            let mut kiosk = TestKiosk::start(
-                Arc::new(faulty.clone()),
-                server.client(Duration::from_secs(5)).expect("a client"),
-            );
+            let mut kiosk = TestKiosk::start(Arc::new(faulty.clone()), client());
             fault_then_recover(&mut kiosk, &faulty, &badge, cut, position, "first").await;
             clean_signins += 1;
             kiosk.stop().await;
@@ -578,7 +582,14 @@ async fn a_server_that_goes_silent_mid_tap_times_out_and_the_kiosk_recovers() {
         .expect("the origin names an address");
     let relay = Relay::start(address).await;
     let trust = ServerTrust::from_pem_file(&server.certificate).expect("the server certificate");
-    let client = Client::new(&relay.origin, trust, CLIENT_TIMEOUT).expect("a client");
+    let credential = server
+        .register_device("fault-kiosk")
+        .await
+        .expect("the kiosk is registered");
+    let client = Client::new(&relay.origin, trust, CLIENT_TIMEOUT)
+        .expect("a client")
+        .with_origin(&server.origin)
+        .with_device_credential(credential);
     let faulty = FaultyReaders::new();
     let badge = alice_badge();
     let mut kiosk = TestKiosk::start(Arc::new(faulty.clone()), client);

@@ -225,13 +225,17 @@ async fn the_kiosk_says_pcscd_stopped_and_resumes_when_it_is_back() {
     .expect("the embedded server starts");
     let image = CardImage::load(fixtures().join("cards/alice.toml")).expect("alice's image");
     let badge = VirtualCardBackend::new(VirtualCard::from_image(&image).expect("a card"), "alice");
+    let client = server
+        .device_client("pcscd-kiosk", Duration::from_secs(5))
+        .await
+        .expect("the kiosk is registered");
     let parts = RuntimeParts {
         core: CoreConfig::default(),
         readers: Arc::new(PcscReaders::new(MonitorFilter {
             reader_name_contains: Some("Virtual PCD".to_owned()),
             contactless_only: false,
         })),
-        client: server.client(Duration::from_secs(5)).expect("a client"),
+        client,
         device: "pcscd-kiosk".to_owned(),
         board: SessionBoard::new(),
         on_function_key: None,

@@ -81,10 +81,14 @@ impl Harness {
         .await
         .expect("the embedded server starts");
         let readers = VirtualReaders::new(&[DESK]);
+        let client = server
+            .device_client("pin-kiosk", Duration::from_secs(5))
+            .await
+            .expect("the kiosk is registered");
         let parts = RuntimeParts {
             core: CoreConfig::default(),
             readers: Arc::new(readers.clone()),
-            client: server.client(Duration::from_secs(5)).expect("a client"),
+            client,
             device: "pin-kiosk".to_owned(),
             board: SessionBoard::new(),
             on_function_key: None,

@@ -314,6 +314,12 @@ impl AssertionVerifier {
         &self.audience
     }
 
+    /// How far an `iat` may be from the server's clock, either way.
+    #[must_use]
+    pub fn max_clock_skew(&self) -> Duration {
+        self.max_clock_skew
+    }
+
     /// Every stateless check, in this order, each with its code:
     ///
     /// 1. structure (three base64url parts, at most 64 KiB), header JSON
@@ -402,6 +408,13 @@ impl AssertionVerifier {
         };
         let (certificate, public_key) = CertificateFacts::with_public_key(card_der)
             .map_err(|_| Rejection::invalid("the card certificate in x5c cannot be read"))?;
+        if certificate.device.is_some() {
+            // A device's own certificate (issued by the same CA) never signs anyone in.
+            return Err(Rejection::new(
+                ErrorCode::CertificateUntrusted,
+                "a device certificate is not a card certificate",
+            ));
+        }
         let (signing_key, public_key) = match signer {
             None => (certificate.key, public_key),
             Some(der) => {

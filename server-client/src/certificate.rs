@@ -143,6 +143,9 @@ pub struct CertificateFacts {
     pub emails: Vec<String>,
     /// SAN otherName user principal names (1.3.6.1.4.1.311.20.2.3).
     pub upns: Vec<String>,
+    /// The device id of a pivtap device certificate (SAN URI `urn:pivtap:device:<id>`);
+    /// such a certificate is never a card's.
+    pub device: Option<String>,
     /// Start of validity.
     pub not_before: OffsetDateTime,
     /// End of validity.
@@ -169,7 +172,7 @@ impl CertificateFacts {
     pub fn with_public_key(der: &[u8]) -> Result<(Self, Vec<u8>), CertificateError> {
         let certificate = parse(der)?;
         let subject = certificate.subject();
-        let (emails, upns) = subject_alternative_names(&certificate)?;
+        let (emails, upns, device) = subject_alternative_names(&certificate)?;
         let spki = certificate.public_key();
         let facts = CertificateFacts {
             der: der.to_vec(),
@@ -181,6 +184,7 @@ impl CertificateFacts {
             subject_serial_number: last_attribute(subject, OID_SERIAL_NUMBER),
             emails,
             upns,
+            device,
             not_before: certificate.validity().not_before.to_datetime(),
             not_after: certificate.validity().not_after.to_datetime(),
             key: key_kind(&certificate)?,
@@ -457,9 +461,12 @@ fn bit_length(bytes: &[u8]) -> usize {
 }
 
 /// The SAN e-mails and UPNs.
+/// The rfc822Names, the UPNs and the device id (of a `urn:pivtap:device:` URI) of the SAN.
+type SubjectAlternativeNames = (Vec<String>, Vec<String>, Option<String>);
+
 fn subject_alternative_names(
     certificate: &X509Certificate<'_>,
-) -> Result<(Vec<String>, Vec<String>), CertificateError> {
+) -> Result<SubjectAlternativeNames, CertificateError> {
     let san = certificate.subject_alternative_name().map_err(|_| {
         CertificateError::MalformedExtension {
             extension: "subjectAltName",
@@ -467,9 +474,15 @@ fn subject_alternative_names(
     })?;
     let mut emails = Vec::new();
     let mut upns = Vec::new();
+    let mut device = None;
     for name in san.iter().flat_map(|san| &san.value.general_names) {
         match name {
             GeneralName::RFC822Name(email) => emails.push((*email).to_owned()),
+            GeneralName::URI(uri) => {
+                if let Some(id) = uri.strip_prefix(crate::wire::DEVICE_URI_PREFIX) {
+                    device = Some(id.to_owned());
+                }
+            }
             GeneralName::OtherName(oid, value) if oid.to_id_string() == OID_UPN => {
                 upns.push(
                     upn_value(value).ok_or(CertificateError::MalformedExtension {
@@ -480,7 +493,7 @@ fn subject_alternative_names(
             _ => {}
         }
     }
-    Ok((emails, upns))
+    Ok((emails, upns, device))
 }
 
 /// The UPN in an otherName value: `[0] EXPLICIT UTF8String`.

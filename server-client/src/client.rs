@@ -150,6 +150,10 @@ pub struct Client {
     base: String,
     http: reqwest::Client,
     retries: u32,
+    /// The device's own credential: challenge requests carry its proof.
+    device: Option<Arc<crate::device::DeviceCredential>>,
+    /// The server's origin (the `aud` of device proofs), when it is not `base`.
+    origin: Option<String>,
 }
 
 /// Network attempts for a request that never reached the server.
@@ -231,7 +235,33 @@ impl Client {
             base,
             http,
             retries: DEFAULT_RETRIES,
+            device: None,
+            origin: None,
         })
+    }
+
+    /// This client, for a server whose origin (`server.toml` `origin`) is not the URL it
+    /// is reached at (a relay or a proxy that rewrites the host): device proofs name it.
+    #[must_use]
+    pub fn with_origin(mut self, origin: &str) -> Self {
+        self.origin = Some(origin.trim_end_matches('/').to_owned());
+        self
+    }
+
+    /// This client with a device credential: its challenge requests are signed with it.
+    #[must_use]
+    pub fn with_device_credential(
+        mut self,
+        credential: Arc<crate::device::DeviceCredential>,
+    ) -> Self {
+        self.device = Some(credential);
+        self
+    }
+
+    /// The device credential, if the client has one.
+    #[must_use]
+    pub fn device_credential(&self) -> Option<&Arc<crate::device::DeviceCredential>> {
+        self.device.as_ref()
     }
 
     /// The server's base URL.
@@ -303,9 +333,20 @@ impl Client {
     ///
     /// # Errors
     /// [`ClientError`].
+    /// With a device credential for `device`, the request carries a fresh device proof
+    /// (for this client's server URL, the server's origin, or [`Client::with_origin`]).
     pub async fn challenge(&self, device: &str) -> Result<ChallengeResponse, ClientError> {
+        let proof = self
+            .device
+            .as_ref()
+            .filter(|credential| credential.device() == device)
+            .map(|credential| {
+                let aud = self.origin.as_deref().unwrap_or(&self.base);
+                credential.proof(aud, time::OffsetDateTime::now_utc())
+            });
         let body = ChallengeRequest {
             device: device.to_owned(),
+            proof,
         };
         self.request(
             Method::POST,
@@ -314,6 +355,51 @@ impl Client {
             Some(RequestBody::Json(&body)),
         )
         .await
+    }
+
+    /// `POST /v1/devices/enroll`: a device enrollment code and a CSR (DER) for the
+    /// device's own key in, the device certificate out.
+    ///
+    /// # Errors
+    /// [`ClientError::Refused`] with the server's code for a refused code or CSR.
+    pub async fn enroll_device(
+        &self,
+        code: &str,
+        csr_der: &[u8],
+    ) -> Result<wire::DeviceEnrollmentResult, ClientError> {
+        let body = wire::DeviceEnrollmentRequest {
+            code: code.to_owned(),
+            csr: crate::jose::base64url_encode(csr_der),
+        };
+        self.request(
+            Method::POST,
+            wire::PATH_DEVICE_ENROLLMENTS,
+            None,
+            Some(RequestBody::Json(&body)),
+        )
+        .await
+    }
+
+    /// The whole device enrollment: a new P-256 key made here, its CSR and `code` sent,
+    /// the device certificate back; answers the key (it never left this process) and the
+    /// certificate (DER), checked to belong together.
+    ///
+    /// # Errors
+    /// [`ClientError::Refused`] for a refused code; [`ClientError::Protocol`] when the
+    /// answer is not a certificate for the key.
+    pub async fn enroll_new_device(
+        &self,
+        code: &str,
+    ) -> Result<(crate::device::NewDeviceKey, Vec<u8>), ClientError> {
+        let protocol = |reason: String| ClientError::Protocol { reason };
+        let key =
+            crate::device::NewDeviceKey::generate().map_err(|error| protocol(error.to_string()))?;
+        let result = self.enroll_device(code, &key.csr_der).await?;
+        let der = crate::jose::base64url_decode(&result.certificate)
+            .map_err(|_| protocol("the device certificate is not base64url".to_owned()))?;
+        crate::device::DeviceCredential::from_parts(&key.key_pem, &der)
+            .map_err(|error| protocol(error.to_string()))?;
+        Ok((key, der))
     }
 
     /// `POST /v1/assertions`: trades a card-signed assertion for a session token.
@@ -668,6 +754,66 @@ impl AdminClient<'_> {
             valid_for_seconds: valid_for.as_secs(),
         };
         self.post(wire::PATH_ADMIN_ENROLLMENTS, Some(&body)).await
+    }
+
+    /// Every registered device.
+    ///
+    /// # Errors
+    /// [`ClientError`].
+    pub async fn list_devices(&self) -> Result<Vec<wire::DeviceRecord>, ClientError> {
+        self.get(wire::PATH_ADMIN_DEVICES).await
+    }
+
+    /// Registers a device; answers its one-time enrollment code (the server's default
+    /// validity when `valid_for` is `None`).
+    ///
+    /// # Errors
+    /// [`ClientError::Refused`] with `conflict` when the id is registered, or
+    /// `invalid_request` for a bad id or validity.
+    pub async fn add_device(
+        &self,
+        id: &str,
+        valid_for: Option<Duration>,
+    ) -> Result<wire::DeviceCode, ClientError> {
+        let body = wire::CreateDeviceRequest {
+            id: id.to_owned(),
+            validity_seconds: valid_for.map(|valid| valid.as_secs()),
+        };
+        self.post(wire::PATH_ADMIN_DEVICES, Some(&body)).await
+    }
+
+    /// Enables (`true`) or disables a device.
+    ///
+    /// # Errors
+    /// [`ClientError::Refused`] with `not_found` for an unknown id.
+    pub async fn set_device_enabled(
+        &self,
+        id: &str,
+        enabled: bool,
+    ) -> Result<wire::DeviceRecord, ClientError> {
+        let verb = if enabled { "enable" } else { "disable" };
+        self.post::<(), _>(
+            &format!("{}/{}/{verb}", wire::PATH_ADMIN_DEVICES, path_segment(id)),
+            None,
+        )
+        .await
+    }
+
+    /// Removes a device.
+    ///
+    /// # Errors
+    /// [`ClientError::Refused`] with `not_found` for an unknown id.
+    pub async fn remove_device(&self, id: &str) -> Result<(), ClientError> {
+        let path = format!(
+            "{}{}/{}",
+            wire::PATH_ADMIN,
+            wire::PATH_ADMIN_DEVICES,
+            path_segment(id)
+        );
+        self.client
+            .request_bytes::<()>(Method::DELETE, &path, Some(self.token), None)
+            .await?;
+        Ok(())
     }
 
     /// Deletes a revoked card's record (`serial@issuer-id`, or an unambiguous serial); it

@@ -89,6 +89,12 @@
 //! token_file = "metrics.token"         # optional: a bearer credential; then /metrics is served on
 //!                                      # the public listener to requests presenting it (and the
 //!                                      # loopback listener asks for it too)
+//! [devices]                            # device identity (needs [issuance] to enroll devices)
+//! require_registration = true          # challenges only for registered devices that sign the
+//!                                      # request with their own key; false = open mode for
+//!                                      # trials (any device id; loudly logged)
+//! certificate_validity_days = 180      # lifetime of device certificates, 1 to 825
+//! code_validity_seconds = 86400        # life of a device enrollment code, 60 s to 30 days
 //! ```
 //!
 //! The issuing CA is not trusted by itself: list its certificate in
@@ -124,6 +130,8 @@ const MIN_CODE_SECONDS: u64 = 60;
 const MAX_CODE_SECONDS: u64 = 30 * 24 * 3600;
 const MAX_CONNECTION_SECONDS: u64 = 3600;
 const MAX_CONNECTIONS: u64 = 1_000_000;
+/// Device certificates are short-ish lived (the CA/Browser Forum's old ceiling).
+const MAX_DEVICE_VALIDITY_DAYS: u64 = 825;
 
 /// The server's configuration, as read from `server.toml`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -176,6 +184,44 @@ pub struct ServerConfig {
     /// Where `GET /metrics` is served, and to whom.
     #[serde(default)]
     pub metrics: MetricsConfig,
+    /// Device identity: who may ask for challenges.
+    #[serde(default, skip_serializing_if = "DevicesConfig::is_default")]
+    pub devices: DevicesConfig,
+}
+
+/// `[devices]`: device identity.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DevicesConfig {
+    /// Challenges only for registered, enabled devices that sign the request with
+    /// their own key (true, the default); false is the open mode for trials.
+    pub require_registration: bool,
+    /// Lifetime of device certificates, days.
+    pub certificate_validity_days: u64,
+    /// Life of a device enrollment code, seconds.
+    pub code_validity_seconds: u64,
+}
+
+impl Default for DevicesConfig {
+    fn default() -> Self {
+        Self {
+            require_registration: true,
+            certificate_validity_days: 180,
+            code_validity_seconds: 24 * 3600,
+        }
+    }
+}
+
+impl DevicesConfig {
+    fn is_default(&self) -> bool {
+        *self == Self::default()
+    }
+
+    /// [`DevicesConfig::code_validity_seconds`] as a duration.
+    #[must_use]
+    pub fn code_validity(&self) -> Duration {
+        Duration::from_secs(self.code_validity_seconds)
+    }
 }
 
 fn is_default_audit(audit: &AuditConfig) -> bool {
@@ -791,6 +837,18 @@ impl ServerConfig {
                 MAX_RATE_LIMIT_SECONDS,
             ),
             (
+                "devices.certificate_validity_days",
+                self.devices.certificate_validity_days,
+                1,
+                MAX_DEVICE_VALIDITY_DAYS,
+            ),
+            (
+                "devices.code_validity_seconds",
+                self.devices.code_validity_seconds,
+                MIN_CODE_SECONDS,
+                MAX_CODE_SECONDS,
+            ),
+            (
                 "rate_limit.challenge_burst",
                 self.rate_limit.challenge_burst,
                 1,
@@ -1134,6 +1192,12 @@ ca_certificates = ["trust/ca.pem"]
         assert_eq!(config.rate_limit.max_delay(), Duration::from_secs(300));
         assert_eq!(config.rate_limit.window(), Duration::from_secs(900));
         assert!(config.trust.crl_files.is_empty());
+        assert!(
+            config.devices.require_registration,
+            "devices must prove themselves"
+        );
+        assert_eq!(config.devices.certificate_validity_days, 180);
+        assert_eq!(config.devices.code_validity(), Duration::from_secs(86_400));
     }
 
     #[test]
@@ -1415,6 +1479,21 @@ ca_certificates = ["ca.pem"]
                 "[challenges]\nmax_clock_skew_seconds = 601",
                 "challenges.max_clock_skew_seconds",
                 ConfigProblem::TooLarge { max: 600 },
+            ),
+            (
+                "[devices]\ncertificate_validity_days = 0",
+                "devices.certificate_validity_days",
+                ConfigProblem::TooSmall { min: 1 },
+            ),
+            (
+                "[devices]\ncertificate_validity_days = 826",
+                "devices.certificate_validity_days",
+                ConfigProblem::TooLarge { max: 825 },
+            ),
+            (
+                "[devices]\ncode_validity_seconds = 59",
+                "devices.code_validity_seconds",
+                ConfigProblem::TooSmall { min: 60 },
             ),
             (
                 "[challenges]\nallowed_slots = []",

@@ -389,6 +389,57 @@ impl Issuer {
         Ok(certificate.der().to_vec())
     }
 
+    /// A device certificate for `key` (the device's own P-256 key), naming `device`:
+    /// subject CN = the device id, SAN URI `urn:pivtap:device:<id>` (the mark that keeps it
+    /// from ever being accepted as a card certificate), keyUsage digitalSignature
+    /// (critical), extendedKeyUsage clientAuth, valid `validity_days` (cut at the CA's end).
+    ///
+    /// # Errors
+    /// [`IssuanceError::KeyNotAllowed`] for a key that is not P-256,
+    /// [`IssuanceError::CaExpired`] or [`IssuanceError::Sign`].
+    pub fn issue_device(
+        &self,
+        key: &CsrKey,
+        device: &str,
+        now: OffsetDateTime,
+        validity_days: u64,
+    ) -> Result<Vec<u8>, IssuanceError> {
+        if key.kind != KeyKind::EcP256 {
+            return Err(IssuanceError::KeyNotAllowed {
+                key: key.kind,
+                allowed: KeyAlgorithm::P256.as_str().to_owned(),
+            });
+        }
+        let days = i64::try_from(validity_days).unwrap_or(i64::MAX);
+        let not_after = (now + Duration::days(days)).min(self.ca_not_after);
+        if not_after <= now {
+            return Err(IssuanceError::CaExpired);
+        }
+        let mut params = CertificateParams::default();
+        params.not_before = now - CLOCK_SLACK;
+        params.not_after = not_after;
+        params.serial_number = Some(random_serial());
+        params.distinguished_name = rcgen::DistinguishedName::new();
+        params
+            .distinguished_name
+            .push(DnType::CommonName, DnValue::Utf8String(device.to_owned()));
+        let uri = rcgen::string::Ia5String::try_from(format!(
+            "{}{device}",
+            crate::wire::DEVICE_URI_PREFIX
+        ))
+        .map_err(|_| IssuanceError::UserAttribute {
+            attribute: "device id",
+        })?;
+        params.subject_alt_names.push(SanType::URI(uri));
+        params.is_ca = IsCa::ExplicitNoCa;
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        params.use_authority_key_identifier_extension = true;
+        params.key_identifier_method = KeyIdMethod::Sha256;
+        let certificate = params.signed_by(key, &self.issuer)?;
+        Ok(certificate.der().to_vec())
+    }
+
     /// A CRL listing `revoked` (this server's revoked certificates), signed by
     /// the CA, current for a day. The CRL number is the time in milliseconds, so
     /// it grows with every CRL.

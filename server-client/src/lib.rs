@@ -10,6 +10,7 @@ pub mod client;
 pub mod config;
 pub mod escape;
 pub mod connections;
+pub mod device;
 pub mod init;
 pub mod issuance;
 pub mod jose;

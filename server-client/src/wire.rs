@@ -9,6 +9,15 @@ use serde::{Deserialize, Serialize};
 
 /// The JWS `typ` of a card-signed assertion.
 pub const ASSERTION_TYPE: &str = "pivtap-assertion+jwt";
+/// The JWS `typ` of a device proof (a challenge request signed by the device's own key).
+pub const DEVICE_PROOF_TYPE: &str = "pivtap-device+jwt";
+/// The prefix of the device ids renewal challenges are issued to: anyone may ask for
+/// one (a worker renews on their own workstation, which is no registered device), and
+/// a renewal challenge cannot be used to sign in. Devices cannot be registered under it.
+pub const RENEWAL_DEVICE_PREFIX: &str = "renewal:";
+/// The URI SAN prefix of a device certificate: `urn:pivtap:device:<device id>`. A
+/// certificate carrying it is never accepted as a card certificate.
+pub const DEVICE_URI_PREFIX: &str = "urn:pivtap:device:";
 
 /// `POST /v1/challenges`
 pub const PATH_CHALLENGES: &str = "/v1/challenges";
@@ -46,6 +55,10 @@ pub const PATH_RENEWALS_RESUME: &str = "/v1/renewals/resume";
 pub const PATH_CRL: &str = "/v1/crl";
 /// Admin: `POST {PATH_ADMIN}/enrollments` makes an enrollment code.
 pub const PATH_ADMIN_ENROLLMENTS: &str = "/enrollments";
+/// Admin: `GET|POST {PATH_ADMIN}/devices` lists or registers devices.
+pub const PATH_ADMIN_DEVICES: &str = "/devices";
+/// `POST /v1/devices/enroll`: a device enrollment code and a CSR in, the device certificate out.
+pub const PATH_DEVICE_ENROLLMENTS: &str = "/v1/devices/enroll";
 /// The media type of `GET /v1/crl`.
 pub const CRL_CONTENT_TYPE: &str = "application/pkix-crl";
 /// The start of an enrollment link: `pivtap://enroll?server=...&code=...`.
@@ -90,12 +103,135 @@ pub fn is_valid_device_id(device: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'-'))
 }
 
-/// `POST /v1/challenges` body: which device asks.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// `POST /v1/challenges` body: which device asks, and its proof.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ChallengeRequest {
     /// The device id, e.g. `kiosk-07`.
     pub device: String,
+    /// The device proof: a compact JWS (ES256, `typ` [`DEVICE_PROOF_TYPE`], `kid` the
+    /// device id) over [`DeviceProofClaims`], signed by the device's own key. Required
+    /// unless the server runs with `[devices] require_registration = false` or the
+    /// device id starts with [`RENEWAL_DEVICE_PREFIX`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub proof: Option<String>,
+}
+
+impl fmt::Debug for ChallengeRequest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ChallengeRequest")
+            .field("device", &self.device)
+            .field("proof", &self.proof.as_ref().map(|_| "REDACTED"))
+            .finish()
+    }
+}
+
+/// The protected header of a device proof.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeviceProofHeader {
+    /// Always `ES256` (device keys are P-256).
+    pub alg: String,
+    /// [`DEVICE_PROOF_TYPE`].
+    pub typ: String,
+    /// The registered device whose key signed.
+    pub kid: String,
+}
+
+/// The claims of a device proof.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeviceProofClaims {
+    /// The server origin.
+    pub aud: String,
+    /// The device id (the same as the header's `kid` and the request's `device`).
+    pub device: String,
+    /// When the device signed, Unix seconds.
+    pub iat: i64,
+    /// A random id, so that a proof is used once.
+    pub jti: String,
+}
+
+/// A device as the admin API shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeviceRecord {
+    /// The device id.
+    pub id: String,
+    /// `enabled` or `disabled`.
+    pub state: String,
+    /// When it was registered, RFC 3339.
+    pub created_at: String,
+    /// Whether it holds a credential (it redeemed its enrollment code).
+    pub enrolled: bool,
+    /// When its enrollment code expires (until it is used), RFC 3339.
+    pub code_expires_at: Option<String>,
+    /// The serial number of its certificate (lower-case hex).
+    pub certificate_serial: Option<String>,
+    /// When its certificate expires, RFC 3339.
+    pub not_after: Option<String>,
+}
+
+/// `POST /v1/admin/devices` body.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateDeviceRequest {
+    /// The device id to register.
+    pub id: String,
+    /// How long the enrollment code stays valid; the server's default when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub validity_seconds: Option<u64>,
+}
+
+/// `201` answer to `POST /v1/admin/devices`: the one-time device enrollment code.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeviceCode {
+    /// The device.
+    pub device: DeviceRecord,
+    /// The code, shown once (`XXXX-XXXX-XXXX-XXXX-XXXX`).
+    pub code: String,
+    /// When it expires, RFC 3339.
+    pub expires_at: String,
+}
+
+impl fmt::Debug for DeviceCode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DeviceCode")
+            .field("device", &self.device)
+            .field("code", &"REDACTED")
+            .field("expires_at", &self.expires_at)
+            .finish()
+    }
+}
+
+/// `POST /v1/devices/enroll` body.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeviceEnrollmentRequest {
+    /// The device enrollment code.
+    pub code: String,
+    /// A PKCS#10 request for the device's P-256 key, DER in base64url.
+    pub csr: String,
+}
+
+impl fmt::Debug for DeviceEnrollmentRequest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DeviceEnrollmentRequest")
+            .field("code", &"REDACTED")
+            .finish_non_exhaustive()
+    }
+}
+
+/// `201` answer to `POST /v1/devices/enroll`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeviceEnrollmentResult {
+    /// The device id the certificate names.
+    pub device: String,
+    /// The device certificate, DER in base64url.
+    pub certificate: String,
+    /// The issuing CA's certificate, DER in base64url.
+    pub ca_certificate: String,
+    /// When the certificate expires, RFC 3339.
+    pub not_after: String,
 }
 
 /// `201` answer to `POST /v1/challenges`.
@@ -211,11 +347,18 @@ pub enum ErrorCode {
     PayloadTooLarge,
     /// Readiness: the server cannot record a sign-in now (its database cannot be written).
     Unavailable,
+    /// Challenges: the device is not registered (or has no credential yet), or sent no proof.
+    DeviceUnknown,
+    /// Challenges: an administrator disabled the device.
+    DeviceDisabled,
+    /// Challenges: the device proof is malformed, forged, expired, replayed, or made
+    /// with a key that is not the device's registered one.
+    DeviceProofInvalid,
 }
 
 impl ErrorCode {
     /// Every code, for documentation and tests.
-    pub const ALL: [ErrorCode; 26] = [
+    pub const ALL: [ErrorCode; 29] = [
         ErrorCode::InvalidRequest,
         ErrorCode::ChallengeUnknown,
         ErrorCode::ChallengeExpired,
@@ -242,6 +385,9 @@ impl ErrorCode {
         ErrorCode::SlotNotAllowed,
         ErrorCode::PayloadTooLarge,
         ErrorCode::Unavailable,
+        ErrorCode::DeviceUnknown,
+        ErrorCode::DeviceDisabled,
+        ErrorCode::DeviceProofInvalid,
     ];
 
     /// The code as it appears on the wire (`challenge_reused`).
@@ -274,6 +420,9 @@ impl ErrorCode {
             ErrorCode::SlotNotAllowed => "slot_not_allowed",
             ErrorCode::PayloadTooLarge => "payload_too_large",
             ErrorCode::Unavailable => "unavailable",
+            ErrorCode::DeviceUnknown => "device_unknown",
+            ErrorCode::DeviceDisabled => "device_disabled",
+            ErrorCode::DeviceProofInvalid => "device_proof_invalid",
         }
     }
 
@@ -292,6 +441,7 @@ impl ErrorCode {
             ErrorCode::Internal => 500,
             ErrorCode::PayloadTooLarge => 413,
             ErrorCode::Unavailable => 503,
+            ErrorCode::DeviceDisabled => 403,
             // Authentication refusals: the request was understood and refused.
             _ => 401,
         }
@@ -446,7 +596,7 @@ pub struct AuditRecord {
     pub id: i64,
     /// When, RFC 3339.
     pub time: String,
-    /// `challenge`, `assertion`, `enrollment`, `renewal` or `admin`.
+    /// `challenge`, `assertion`, `enrollment`, `renewal`, `device-enrollment` or `admin`.
     pub kind: String,
     /// `ok` or an error code.
     pub outcome: String,
@@ -763,6 +913,18 @@ mod tests {
     #[test]
     fn requests_refuse_unknown_fields() {
         assert!(serde_json::from_str::<ChallengeRequest>(r#"{"device":"k","extra":1}"#).is_err());
+        let with_proof: ChallengeRequest =
+            serde_json::from_str(r#"{"device":"k","proof":"a.b.c"}"#).unwrap();
+        assert_eq!(with_proof.proof.as_deref(), Some("a.b.c"));
+        assert!(!format!("{with_proof:?}").contains("a.b.c"));
+        let without = ChallengeRequest {
+            device: "k".to_owned(),
+            proof: None,
+        };
+        assert_eq!(
+            serde_json::to_string(&without).unwrap(),
+            r#"{"device":"k"}"#
+        );
         assert!(
             serde_json::from_str::<AssertionPayload>(
                 r#"{"aud":"a","nonce":"n","device":"d","iat":1,"slot":"9a","admin":true}"#

@@ -54,6 +54,12 @@ async fn state() -> ServerState {
         },
         issuer: None,
         audit_retention: Duration::from_secs(400 * 86_400),
+        // This suite drives the API's shapes with made-up device ids and no issuing CA
+        // to enroll devices: open mode. Device identity is tested in tests/devices.rs.
+        devices: pivtap_server_client::config::DevicesConfig {
+            require_registration: false,
+            ..Default::default()
+        },
     };
     ServerState::new(
         settings,

@@ -233,6 +233,25 @@ fn nonce_of(assertion: &str) -> String {
     payload["nonce"].as_str().expect("a nonce").to_owned()
 }
 
+/// Registers `device` through the admin API and enrolls it over HTTPS as a kiosk would;
+/// answers `client` signing its challenge requests as that device.
+async fn as_enrolled_device(client: Client, admin_token: &str, device: &str) -> Client {
+    let code = client
+        .admin(admin_token)
+        .add_device(device, None)
+        .await
+        .expect("the device is registered")
+        .code;
+    let (key, certificate) = client
+        .enroll_new_device(&code)
+        .await
+        .expect("the device enrolls");
+    let credential =
+        pivtap_server_client::device::DeviceCredential::from_parts(&key.key_pem, &certificate)
+            .expect("a credential");
+    client.with_device_credential(Arc::new(credential))
+}
+
 /// Signs in with `card` in a loop until the server stops answering.
 async fn load(
     client: Client,
@@ -317,20 +336,19 @@ async fn a_server_killed_under_load_loses_no_sign_in_and_accepts_no_nonce_twice(
 
     let stop = Arc::new(AtomicBool::new(false));
     let total = Arc::new(AtomicUsize::new(0));
-    let workers: Vec<_> = CARDS
-        .iter()
-        .enumerate()
-        .map(|(index, card)| {
-            let client = Client::new(&config.origin, trust(), CLIENT_TIMEOUT).expect("a client");
-            tokio::spawn(load(
-                client,
-                *card,
-                format!("load-{index}"),
-                Arc::clone(&stop),
-                Arc::clone(&total),
-            ))
-        })
-        .collect();
+    let mut workers = Vec::new();
+    for (index, card) in CARDS.iter().enumerate() {
+        let device = format!("load-{index}");
+        let client = Client::new(&config.origin, trust(), CLIENT_TIMEOUT).expect("a client");
+        let client = as_enrolled_device(client, &admin_token, &device).await;
+        workers.push(tokio::spawn(load(
+            client,
+            *card,
+            device,
+            Arc::clone(&stop),
+            Arc::clone(&total),
+        )));
+    }
     let started = Instant::now();
     while total.load(Ordering::SeqCst) < SIGNINS_BEFORE_KILL {
         assert!(
@@ -435,6 +453,7 @@ async fn a_server_killed_under_load_loses_no_sign_in_and_accepts_no_nonce_twice(
     assert_eq!(nonces.len(), total, "no nonce was accepted twice");
 
     // The restarted server still signs in, then the database is checked closed.
+    let client = as_enrolled_device(client, &admin_token, "after-restart").await;
     let challenge = client
         .challenge("after-restart")
         .await
@@ -490,7 +509,10 @@ async fn a_server_restarted_mid_tap_takes_the_assertion_once() {
     )
     .await
     .expect("the embedded server starts");
-    let client = server.client(Duration::from_secs(2)).expect("a client");
+    let client = server
+        .device_client("kiosk-07", Duration::from_secs(2))
+        .await
+        .expect("a client");
 
     // The tap: challenge, then the server goes away while the card signs.
     let challenge = client.challenge("kiosk-07").await.expect("a challenge");

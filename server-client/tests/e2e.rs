@@ -8,6 +8,7 @@
 use std::error::Error;
 use std::net::{Ipv4Addr, SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum_server::Handle;
@@ -23,6 +24,7 @@ use pivtap_server_client::client::{
     AdminClient, AuditFilter, CardAction, Client, ClientError, ServerTrust,
 };
 use pivtap_server_client::config::{ConfigError, ConfigProblem, ServerConfig};
+use pivtap_server_client::device::DeviceCredential;
 use pivtap_server_client::init::{InitOptions, InitReport, init_server};
 use pivtap_server_client::jose::{base64url_decode, base64url_encode};
 use pivtap_server_client::server::{self, Listener, ServeError};
@@ -245,6 +247,9 @@ struct TestServer {
     client: Client,
     admin_token: String,
     handle: Handle<SocketAddr>,
+    state: server::ServerState,
+    /// The devices registered so far (on first use), with their credentials.
+    devices: tokio::sync::Mutex<std::collections::HashMap<String, Arc<DeviceCredential>>>,
 }
 
 impl Drop for TestServer {
@@ -314,7 +319,11 @@ impl TestServer {
                 .await
                 .expect("the server state builds");
             let handle = Handle::new();
-            let task = tokio::spawn(server::serve_with_handle(state, listener, handle.clone()));
+            let task = tokio::spawn(server::serve_with_handle(
+                state.clone(),
+                listener,
+                handle.clone(),
+            ));
             let listening = tokio::time::timeout(START_TIMEOUT, handle.listening()).await;
             if let Ok(Some(address)) = listening {
                 assert_eq!(address.port(), port);
@@ -333,6 +342,8 @@ impl TestServer {
                     client,
                     admin_token,
                     handle,
+                    state,
+                    devices: tokio::sync::Mutex::default(),
                 };
             }
             task.abort();
@@ -364,8 +375,31 @@ impl TestServer {
         card.finish(&card.draft(&challenge, device))
     }
 
+    /// The credential of `device`, registered and enrolled on first use.
+    async fn device_credential(&self, device: &str) -> Arc<DeviceCredential> {
+        let mut devices = self.devices.lock().await;
+        if let Some(credential) = devices.get(device) {
+            return Arc::clone(credential);
+        }
+        let credential = Arc::new(
+            server::devices::credential_locally(&self.state, device)
+                .await
+                .expect("the device is registered"),
+        );
+        devices.insert(device.to_owned(), Arc::clone(&credential));
+        credential
+    }
+
+    /// `client` signing its challenge requests as `device`.
+    async fn as_device(&self, client: &Client, device: &str) -> Client {
+        client
+            .clone()
+            .with_device_credential(self.device_credential(device).await)
+    }
+
     async fn challenge(&self, device: &str) -> ChallengeResponse {
-        self.client
+        self.as_device(&self.client, device)
+            .await
             .challenge(device)
             .await
             .expect("the server issues a challenge")
@@ -1033,6 +1067,7 @@ async fn plain_http_serves_on_loopback() {
         .add_user(&ALICE.user())
         .await
         .expect("the admin API answers over HTTP");
+    let client = server.as_device(&client, KIOSK).await;
     let challenge = client.challenge(KIOSK).await.unwrap();
     assert_eq!(challenge.aud, server.config.origin);
     let signed_in = client
@@ -1053,6 +1088,7 @@ async fn a_pinned_server_key_is_trusted_and_a_wrong_pin_is_not() {
             CLIENT_TIMEOUT,
         )
         .unwrap();
+        let pinned = server.as_device(&pinned, KIOSK).await;
         let jwks = pinned.jwks().await.expect("the pinned key is trusted");
         assert!(jwks["keys"].as_array().is_some_and(|keys| !keys.is_empty()));
         pinned

@@ -77,7 +77,7 @@ impl Fixture {
             ],
         )
         .await?;
-        let client = server.client(TIMEOUT)?;
+        let client = server.device_client(DEVICE, TIMEOUT).await?;
         let token = Zeroizing::new(
             std::fs::read_to_string(&server.admin_token)?
                 .trim()

@@ -113,6 +113,8 @@ struct Target {
     source: std::sync::Mutex<Option<SocketAddr>>,
     origin: String,
     admin_token: String,
+    /// The kiosk's own credential: its challenge requests carry its proof.
+    device: pivtap_server_client::device::DeviceCredential,
     /// Every answer body, kept for `target/test-logs/hostile/` (the secret scan reads it).
     answers: std::sync::Mutex<Vec<String>>,
 }
@@ -169,6 +171,9 @@ async fn target_with(adjust: impl FnOnce(&mut ServerConfig)) -> Target {
         .expect("admin.token reads")
         .trim()
         .to_owned();
+    let device = server::devices::credential_locally(&state, DEVICE)
+        .await
+        .expect("the kiosk is registered");
     Target {
         dir,
         app: server::app(state.clone()),
@@ -176,6 +181,7 @@ async fn target_with(adjust: impl FnOnce(&mut ServerConfig)) -> Target {
         source: std::sync::Mutex::default(),
         origin: config.origin,
         admin_token,
+        device,
         answers: std::sync::Mutex::default(),
     }
 }
@@ -305,7 +311,11 @@ impl Target {
             .send(post(
                 "/v1/challenges",
                 Some(JSON),
-                json!({ "device": DEVICE }).to_string(),
+                json!({
+                    "device": DEVICE,
+                    "proof": self.device.proof(&self.origin, OffsetDateTime::now_utc()),
+                })
+                .to_string(),
             ))
             .await;
         assert_eq!(reply.status, StatusCode::CREATED);
@@ -778,6 +788,7 @@ async fn hostile_bodies_are_refused_on_every_public_endpoint() {
         "/v1/enrollments/inspect",
         "/v1/enrollments",
         "/v1/renewals",
+        "/v1/devices/enroll",
     ];
     let bodies: Vec<(&str, Option<&str>, Vec<u8>)> = vec![
         ("bad JSON", Some(JSON), b"{\"a\":".to_vec()),
@@ -984,6 +995,11 @@ async fn admin_endpoints_refuse_missing_and_wrong_credentials_and_change_nothing
             "/enrollments",
             r#"{"user":"alice","valid_for_seconds":600}"#,
         ),
+        (Method::GET, "/devices", ""),
+        (Method::POST, "/devices", r#"{"id":"mallory-kiosk"}"#),
+        (Method::POST, "/devices/kiosk-07/disable", ""),
+        (Method::POST, "/devices/kiosk-07/enable", ""),
+        (Method::DELETE, "/devices/kiosk-07", ""),
     ];
     let mut refused = 0;
     for (method, path, body) in &routes {

@@ -1,4 +1,4 @@
-//! `pivtap admin`: the administrator's command line for users, cards, enrollment codes and the audit log.
+//! `pivtap admin`: the administrator's command line for users, cards, devices, enrollment codes and the audit log.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -7,7 +7,9 @@ use anyhow::{Context, bail};
 use clap::{Args, Subcommand};
 use pivtap_server_client::client::{AuditFilter, CardAction};
 use pivtap_server_client::text::escape_invisible;
-use pivtap_server_client::wire::{AuditRecord, CardRecord, EnrollmentCode, UserRecord};
+use pivtap_server_client::wire::{
+    AuditRecord, CardRecord, DeviceRecord, EnrollmentCode, UserRecord,
+};
 use serde::Serialize;
 use zeroize::Zeroizing;
 
@@ -37,6 +39,9 @@ enum AdminCommand {
     /// Cards that have signed in or were enrolled (`card` works too).
     #[command(subcommand, alias = "card")]
     Cards(CardsCommand),
+    /// Shared devices (kiosks): only registered devices get challenges (`device` works too).
+    #[command(subcommand, alias = "device")]
+    Devices(DevicesCommand),
     /// Make a single-use enrollment code for USER: prints the code, its
     /// pivtap://enroll link and a QR code of the link for the worker's device.
     Enroll {
@@ -136,6 +141,37 @@ enum CardsCommand {
     Delete {
         /// The card: `serial@issuer-id`, or the serial when unambiguous.
         card: String,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum DevicesCommand {
+    /// Register a device: prints its one-time device enrollment code, for
+    /// `pivtap kiosk enroll-device` on the device.
+    Add {
+        /// The device id (e.g. kiosk-07): letters, digits, '.', '_', ':' or '-'.
+        id: String,
+        /// How long the code is accepted: 90s, 15m, 2h, 7d (the server's
+        /// [devices] code_validity_seconds when not given; at most 30d).
+        #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+        valid_for: Option<Duration>,
+    },
+    /// List the registered devices.
+    List,
+    /// Disable a device: no more challenges; those it holds are void.
+    Disable {
+        /// The device id.
+        id: String,
+    },
+    /// Enable a disabled device again.
+    Enable {
+        /// The device id.
+        id: String,
+    },
+    /// Remove a device (to enroll it again, add it again).
+    Remove {
+        /// The device id.
+        id: String,
     },
 }
 
@@ -295,6 +331,49 @@ pub fn run(args: AdminArgs) -> anyhow::Result<()> {
                 }
                 Ok(())
             }
+            AdminCommand::Devices(DevicesCommand::Add { id, valid_for }) => {
+                let made = admin.add_device(&id, valid_for).await.map_err(explain)?;
+                if json {
+                    println!("{}", serde_json::to_string_pretty(&made)?);
+                } else {
+                    println!(
+                        "Device enrollment code for {}:\n\n    {}\n\nValid once, until {}.\n\
+                         On the device (with --ca or --pin-sha256 as for `pivtap auth`):\n    \
+                         pivtap kiosk enroll-device --server {} --code '{}' --out DIR\n\
+                         then set [server] device_key and device_certificate in kiosk.toml.",
+                        made.device.id,
+                        made.code,
+                        made.expires_at,
+                        client.server(),
+                        made.code
+                    );
+                }
+                Ok(())
+            }
+            AdminCommand::Devices(DevicesCommand::List) => {
+                let devices = admin.list_devices().await.map_err(explain)?;
+                print_list(json, &devices, device_line)
+            }
+            AdminCommand::Devices(DevicesCommand::Disable { id }) => {
+                let device = admin
+                    .set_device_enabled(&id, false)
+                    .await
+                    .map_err(explain)?;
+                print_one(json, &device, |d| format!("Device {} is disabled.", d.id))
+            }
+            AdminCommand::Devices(DevicesCommand::Enable { id }) => {
+                let device = admin.set_device_enabled(&id, true).await.map_err(explain)?;
+                print_one(json, &device, |d| format!("Device {} is enabled.", d.id))
+            }
+            AdminCommand::Devices(DevicesCommand::Remove { id }) => {
+                admin.remove_device(&id).await.map_err(explain)?;
+                if json {
+                    println!("{}", serde_json::json!({"removed": id}));
+                } else {
+                    println!("Device {id} is removed.");
+                }
+                Ok(())
+            }
             AdminCommand::Enroll { user, valid_for } => {
                 let made = admin
                     .create_enrollment(&user, valid_for)
@@ -415,6 +494,17 @@ fn card_line(card: &CardRecord) -> String {
         card.subject,
         card.issuer
     )
+}
+
+fn device_line(device: &DeviceRecord) -> String {
+    let credential = match (&device.certificate_serial, &device.not_after) {
+        (Some(serial), Some(not_after)) => format!("certificate {serial} until {not_after}"),
+        _ => match &device.code_expires_at {
+            Some(expires) => format!("not enrolled, code valid until {expires}"),
+            None => "not enrolled".to_owned(),
+        },
+    };
+    format!("{:<20} {:<8} {credential}", device.id, device.state)
 }
 
 /// One audit event as a line; every field escaped (control, zero-width and bidi

@@ -55,6 +55,28 @@ impl OptionalServerArgs {
     }
 }
 
+/// This device's own credential (from `pivtap kiosk enroll-device`).
+#[derive(Args, Debug, Clone)]
+pub struct DeviceCredentialArgs {
+    /// The directory holding this device's credential (device.key and
+    /// device.crt from `pivtap kiosk enroll-device`): challenge requests are
+    /// signed with it, as a server requiring registered devices wants.
+    #[arg(long, value_name = "DIR", env = "PIVTAP_DEVICE_CREDENTIAL")]
+    pub device_credential: Option<std::path::PathBuf>,
+}
+
+impl DeviceCredentialArgs {
+    /// `client`, signing its challenge requests with the credential when one is given.
+    pub fn apply(&self, client: Client) -> anyhow::Result<Client> {
+        let Some(dir) = &self.device_credential else {
+            return Ok(client);
+        };
+        let credential = pivtap_server_client::device::DeviceCredential::load_dir(dir)
+            .with_context(|| format!("cannot use the device credential in {}", dir.display()))?;
+        Ok(client.with_device_credential(std::sync::Arc::new(credential)))
+    }
+}
+
 /// How to trust the server.
 #[derive(Args, Debug, Clone)]
 pub struct TrustArgs {
@@ -109,6 +131,8 @@ pub struct AuthArgs {
     server: ServerArgs,
     #[command(flatten)]
     card: CardArgs,
+    #[command(flatten)]
+    device_credential: DeviceCredentialArgs,
     /// This device's id, as the server knows it (e.g. kiosk-07).
     #[arg(long, env = "PIVTAP_DEVICE")]
     device: String,
@@ -151,7 +175,7 @@ struct AuthOutput {
 /// Runs `pivtap auth`.
 pub fn run(args: AuthArgs) -> anyhow::Result<()> {
     let pin = read_pin()?;
-    let client = args.server.client()?;
+    let client = args.device_credential.apply(args.server.client()?)?;
     let started = std::time::Instant::now();
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()

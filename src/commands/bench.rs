@@ -108,6 +108,8 @@ pub struct TapBenchArgs {
     server: ServerArgs,
     #[command(flatten)]
     card: CardArgs,
+    #[command(flatten)]
+    device_credential: super::auth::DeviceCredentialArgs,
     /// This device's id, as the server knows it.
     #[arg(long, env = "PIVTAP_DEVICE", default_value = "bench-kiosk")]
     device: String,
@@ -338,8 +340,11 @@ fn bench_server(args: ServerBenchArgs) -> anyhow::Result<()> {
     let devices: Vec<String> = (0..args.concurrency)
         .map(|index| format!("bench-{run_tag}-d{index}"))
         .collect();
+    // Each load device registered and enrolled as a kiosk would be (admin API, then its
+    // own key and certificate over HTTPS), so its challenge requests carry its proof.
+    let clients = runtime.block_on(enrolled_clients(&client, &admin_token, &devices))?;
     let challenges = runtime.block_on(fetch_challenges(
-        &client,
+        &clients,
         &devices,
         requests,
         args.concurrency as usize,
@@ -357,7 +362,7 @@ fn bench_server(args: ServerBenchArgs) -> anyhow::Result<()> {
     // The timed part.
     let deadline = Duration::from_secs(args.max_seconds);
     let outcome = runtime.block_on(run_load(
-        &client,
+        &clients,
         &devices,
         Arc::new(assertions),
         args.concurrency as usize,
@@ -415,9 +420,36 @@ fn bench_server(args: ServerBenchArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `count` challenges, round robin over `devices`, `concurrency` at a time.
-async fn fetch_challenges(
+/// A client per device of `devices`, each registered through the admin API and enrolled.
+async fn enrolled_clients(
     client: &Client,
+    admin_token: &str,
+    devices: &[String],
+) -> anyhow::Result<Vec<Client>> {
+    let mut clients = Vec::with_capacity(devices.len());
+    for device in devices {
+        let code = client
+            .admin(admin_token)
+            .add_device(device, None)
+            .await
+            .map_err(super::auth::explain)
+            .context("cannot register a load device through the admin API")?
+            .code;
+        let (key, certificate) = client
+            .enroll_new_device(&code)
+            .await
+            .map_err(super::auth::explain)?;
+        let credential =
+            pivtap_server_client::device::DeviceCredential::from_parts(&key.key_pem, &certificate)?;
+        clients.push(client.clone().with_device_credential(Arc::new(credential)));
+    }
+    Ok(clients)
+}
+
+/// `count` challenges, round robin over `devices` (each asked by its own client of
+/// `clients`), `concurrency` at a time.
+async fn fetch_challenges(
+    clients: &[Client],
     devices: &[String],
     count: usize,
     concurrency: usize,
@@ -425,7 +457,7 @@ async fn fetch_challenges(
     let next = Arc::new(AtomicUsize::new(0));
     let mut tasks = Vec::with_capacity(concurrency);
     for _ in 0..concurrency {
-        let client = client.clone();
+        let clients = clients.to_vec();
         let devices = devices.to_vec();
         let next = Arc::clone(&next);
         tasks.push(tokio::spawn(async move {
@@ -436,7 +468,7 @@ async fn fetch_challenges(
                     return Ok::<_, anyhow::Error>(got);
                 }
                 let device = index % devices.len();
-                let challenge = client
+                let challenge = clients[device]
                     .challenge(&devices[device])
                     .await
                     .map_err(super::auth::explain)?;
@@ -515,7 +547,7 @@ struct LoadOutcome {
 }
 
 async fn run_load(
-    client: &Client,
+    clients: &[Client],
     devices: &[String],
     assertions: Arc<Vec<(usize, String)>>,
     concurrency: usize,
@@ -526,7 +558,7 @@ async fn run_load(
     let started = Instant::now();
     let mut tasks = Vec::with_capacity(concurrency);
     for _ in 0..concurrency {
-        let client = client.clone();
+        let clients = clients.to_vec();
         let devices = devices.to_vec();
         let assertions = Arc::clone(&assertions);
         let next = Arc::clone(&next);
@@ -548,6 +580,7 @@ async fn run_load(
                 };
                 let (device, assertion) = &assertions[index];
                 let result = async {
+                    let client = &clients[*device];
                     client.challenge(&devices[*device]).await?;
                     client.sign_in(assertion).await
                 }
@@ -697,7 +730,7 @@ struct TapBenchReport {
 
 fn bench_tap(args: TapBenchArgs) -> anyhow::Result<()> {
     let pin = read_pin()?;
-    let client = args.server.client()?;
+    let client = args.device_credential.apply(args.server.client()?)?;
     const VIRTUAL_READER: &str = "bench reader";
     let (inner, reader, card): (Arc<dyn ReaderSource>, String, String) =
         match (&args.card.vcard, &args.card.reader) {

@@ -20,7 +20,7 @@ use x509_parser::public_key::PublicKey as X509PublicKey;
 use zeroize::Zeroizing;
 
 use super::CardArgs;
-use super::auth::{OptionalServerArgs, ServerArgs, explain, flow_error};
+use super::auth::{DeviceCredentialArgs, OptionalServerArgs, ServerArgs, explain, flow_error};
 use crate::enrollment::{
     CardSecrets, EnrollOptions, EnrollOutcome, EnrollStep, RenewOptions, enroll_card, renew_card,
 };
@@ -999,11 +999,15 @@ pub struct RenewArgs {
     card: CardArgs,
     #[command(flatten)]
     server: ServerArgs,
+    #[command(flatten)]
+    device_credential: DeviceCredentialArgs,
     /// The card management key, hex (default: with --vcard, the key the
     /// image keeps; else the factory default key).
     #[arg(long, value_name = "HEX")]
     management_key: Option<String>,
-    /// This device's id, as the server knows it (the renewal signs in like `pivtap auth`).
+    /// This device's id (the renewal signs in like `pivtap auth`): with its
+    /// --device-credential the challenge is the device's, without one a
+    /// renewal challenge (which can renew but never sign in).
     #[arg(long, env = "PIVTAP_DEVICE")]
     device: String,
     /// The new key's algorithm (rsa2048, p256, p384); default: the current key's.
@@ -1103,7 +1107,7 @@ pub(super) fn enroll(args: &EnrollArgs) -> anyhow::Result<()> {
 }
 
 pub(super) fn renew(args: &RenewArgs) -> anyhow::Result<()> {
-    let client = args.server.client()?;
+    let client = args.device_credential.apply(args.server.client()?)?;
     let options = RenewOptions {
         secrets: CardSecrets {
             pin: read_pin()?,

@@ -99,7 +99,10 @@ async fn demo(args: DemoArgs) -> anyhow::Result<()> {
         })
         .collect();
     let server = EmbeddedServer::start(dir.path(), vec![ca], &users).await?;
-    let client = server.client(Duration::from_secs(10))?;
+    // The demo's kiosk is registered and enrolled by the embedded server itself.
+    let client = server
+        .device_client(DEVICE, Duration::from_secs(10))
+        .await?;
 
     let cards: Vec<VirtualCardBackend> = WORKERS
         .iter()

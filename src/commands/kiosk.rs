@@ -1,11 +1,11 @@
 //! `pivtap kiosk`: the shared-device app, with its terminal UI or headless.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use clap::Args;
+use clap::{Args, Subcommand};
 use pivtap_card::reader_monitor::MonitorFilter;
 use pivtap_kiosk::config::KioskConfig;
 use pivtap_kiosk::headless::{HeadlessFace, read_stdin};
@@ -15,33 +15,122 @@ use pivtap_kiosk::runtime::{self, RuntimeParts};
 use pivtap_kiosk::terminal::TerminalFace;
 use pivtap_kiosk::tui::Branding;
 use pivtap_server_client::client::{Client, ServerTrust};
+use pivtap_server_client::device::DeviceCredential;
+
+use super::auth::ServerArgs;
 use tokio::sync::mpsc::unbounded_channel;
 
 /// `pivtap kiosk`
 #[derive(Args, Debug)]
+#[command(args_conflicts_with_subcommands = true)]
 pub struct KioskArgs {
     /// The kiosk configuration (every option is documented in the README).
     #[arg(long, value_name = "FILE")]
-    config: PathBuf,
+    config: Option<PathBuf>,
     /// No terminal UI: session events as JSON lines on stdout; PINs (and
     /// `sign-out`, `quit`) as lines on stdin.
     #[arg(long)]
     headless: bool,
+    #[command(subcommand)]
+    command: Option<KioskCommand>,
+}
+
+#[derive(Subcommand, Debug)]
+enum KioskCommand {
+    /// Give this device its own credential: a P-256 key made here (it never
+    /// leaves the device) and its certificate from the server, for the one-time
+    /// code of `pivtap admin devices add`. Writes DIR/device.key and
+    /// DIR/device.crt (0600); kiosk.toml's [server] device_key and
+    /// device_certificate name them.
+    EnrollDevice {
+        #[command(flatten)]
+        server: ServerArgs,
+        /// The device enrollment code.
+        #[arg(long, env = "PIVTAP_DEVICE_CODE", hide_env_values = true)]
+        code: String,
+        /// The directory for device.key and device.crt (made if missing).
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// Runs `pivtap kiosk enroll-device`.
+fn enroll_device(server: &ServerArgs, code: &str, out: &Path, json: bool) -> anyhow::Result<()> {
+    let client = server.client()?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    let (key, certificate) = runtime
+        .block_on(client.enroll_new_device(code.trim()))
+        .map_err(super::auth::explain)?;
+    std::fs::create_dir_all(out).with_context(|| format!("cannot make {}", out.display()))?;
+    let key_path = out.join(pivtap_server_client::device::KEY_FILE);
+    let certificate_path = out.join(pivtap_server_client::device::CERTIFICATE_FILE);
+    let credential =
+        DeviceCredential::save(&key.key_pem, &certificate, &key_path, &certificate_path)?;
+    if json {
+        println!(
+            "{}",
+            serde_json::json!({
+                "device": credential.device(),
+                "device_key": key_path,
+                "device_certificate": certificate_path,
+                "not_after": credential.not_after().to_string(),
+            })
+        );
+    } else {
+        println!(
+            "Device {} is enrolled; its certificate is valid until {}.\n\
+             In kiosk.toml, under [server]:\n    device_key = {:?}\n    device_certificate = {:?}",
+            credential.device(),
+            credential.not_after(),
+            key_path.display().to_string(),
+            certificate_path.display().to_string()
+        );
+    }
+    Ok(())
 }
 
 /// Runs the kiosk.
 pub fn run(args: KioskArgs) -> anyhow::Result<()> {
-    let config = KioskConfig::load(&args.config)?;
+    if let Some(KioskCommand::EnrollDevice {
+        server,
+        code,
+        out,
+        json,
+    }) = &args.command
+    {
+        return enroll_device(server, code, out, *json);
+    }
+    let config_path = args
+        .config
+        .as_ref()
+        .context("give --config FILE (or a subcommand such as enroll-device)")?;
+    let config = KioskConfig::load(config_path)?;
     let trust = match (&config.server.ca, &config.server.pin_sha256) {
         (Some(ca), _) => ServerTrust::from_pem_file(ca)?,
         (None, Some(pin)) => ServerTrust::from_pin(pin)?,
         (None, None) => ServerTrust::SystemRoots,
     };
-    let client = Client::new(
+    let mut client = Client::new(
         &config.server.url,
         trust,
         Duration::from_secs(config.server.timeout_seconds),
     )?;
+    match config.device_credential()? {
+        Some(credential) => client = client.with_device_credential(Arc::new(credential)),
+        None => tracing::warn!(
+            target: "pivtap::kiosk",
+            device = %config.device,
+            "no device credential ([server] device_key and device_certificate): a server that \
+             requires registered devices refuses this kiosk; register it with `pivtap admin \
+             devices add`, run `pivtap kiosk enroll-device`, and name the two files in kiosk.toml"
+        ),
+    }
     let readers = PcscReaders::new(MonitorFilter {
         reader_name_contains: (!config.readers.name_contains.is_empty())
             .then(|| config.readers.name_contains.clone()),

@@ -315,8 +315,42 @@ impl RunningServer {
         copy
     }
 
-    /// `PIVTAP_PIN=PIN pivtap auth --server URL --ca tls.crt --vcard CARD --device kiosk-07 --json`
+    /// The credential directory of `device`, registered and enrolled on first use as an
+    /// administrator and the device would: `pivtap admin devices add DEVICE`, then
+    /// `pivtap kiosk enroll-device --code CODE --out DIR` (in `devices/DEVICE/`).
+    pub fn device_credential(&self, device: &str) -> PathBuf {
+        let dir = self.dir.path().join("devices").join(device);
+        if dir.join("device.crt").exists() {
+            return dir;
+        }
+        let added = self
+            .admin(&["devices", "add", device, "--json"])
+            .success("devices add")
+            .json();
+        let code = added["code"].as_str().expect("a device enrollment code");
+        let enrolled = run(pivtap_command(&[
+            "kiosk",
+            "enroll-device",
+            "--server",
+            &self.url,
+            "--ca",
+            path_str(&self.ca),
+            "--code",
+            code,
+            "--out",
+            path_str(&dir),
+            "--json",
+        ]))
+        .success("kiosk enroll-device")
+        .json();
+        assert_eq!(enrolled["device"], device, "{enrolled}");
+        dir
+    }
+
+    /// `PIVTAP_PIN=PIN pivtap auth --server URL --ca tls.crt --vcard CARD --device kiosk-07
+    /// --device-credential DIR --json`
     pub fn auth(&self, card: &Path, pin: &str) -> Run {
+        let credential = self.device_credential(KIOSK);
         let mut command = pivtap_command(&[
             "auth",
             "--server",
@@ -327,6 +361,8 @@ impl RunningServer {
             path_str(card),
             "--device",
             KIOSK,
+            "--device-credential",
+            path_str(&credential),
             "--json",
         ]);
         command.env("PIVTAP_PIN", pin);

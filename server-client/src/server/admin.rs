@@ -1,4 +1,4 @@
-//! The admin API under `/v1/admin/`: users, cards and the audit log, behind the admin bearer credential.
+//! The admin API under `/v1/admin/`: users, cards, devices and the audit log, behind the admin bearer credential.
 
 use axum::Json;
 use axum::Router;
@@ -52,6 +52,16 @@ pub fn router(state: ServerState) -> Router<ServerState> {
         .route("/cards/{card}/revoke", post(revoke_card))
         .route("/audit", get(query_audit))
         .route(crate::wire::PATH_ADMIN_ENROLLMENTS, post(create_enrollment))
+        .route(
+            crate::wire::PATH_ADMIN_DEVICES,
+            get(super::devices::list_devices).post(super::devices::add_device),
+        )
+        .route("/devices/{id}", delete(super::devices::remove_device))
+        .route(
+            "/devices/{id}/disable",
+            post(super::devices::disable_device),
+        )
+        .route("/devices/{id}/enable", post(super::devices::enable_device))
         .route_layer(middleware::from_fn_with_state(state, require_admin))
 }
 

@@ -2,11 +2,13 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use super::{Listener, ServerState, from_config, serve_with_handle};
 use crate::client::{Client, ClientError, ServerTrust};
 use crate::config::ServerConfig;
+use crate::device::DeviceCredential;
 use crate::init::{InitOptions, init_server};
 use crate::store::User;
 
@@ -101,6 +103,55 @@ impl EmbeddedServer {
             ServerTrust::from_pem_file(&self.certificate)?,
             timeout,
         )
+    }
+
+    /// Registers and enrolls device `id` (as an admin and the device would), and answers
+    /// its credential. The demo and tests register their devices here, in one place.
+    ///
+    /// # Errors
+    /// [`EmbeddedError`] when the device cannot be registered (e.g. it exists).
+    pub async fn register_device(&self, id: &str) -> Result<Arc<DeviceCredential>, EmbeddedError> {
+        super::devices::credential_locally(&self.state, id)
+            .await
+            .map(Arc::new)
+            .map_err(|error| failed(format!("cannot register device {id}: {}", error.message)))
+    }
+
+    /// [`register_device`](Self::register_device), with the key and certificate written
+    /// (0600) as `dir/device.key` and `dir/device.crt`; answers the two paths.
+    ///
+    /// # Errors
+    /// [`EmbeddedError`].
+    pub async fn register_device_files(
+        &self,
+        id: &str,
+        dir: &Path,
+    ) -> Result<(PathBuf, PathBuf), EmbeddedError> {
+        let (key_pem, der) = super::devices::enroll_locally(&self.state, id)
+            .await
+            .map_err(|error| failed(format!("cannot register device {id}: {}", error.message)))?;
+        std::fs::create_dir_all(dir).map_err(failed)?;
+        let key = dir.join(crate::device::KEY_FILE);
+        let certificate = dir.join(crate::device::CERTIFICATE_FILE);
+        DeviceCredential::save(&key_pem, &der, &key, &certificate).map_err(failed)?;
+        Ok((key, certificate))
+    }
+
+    /// A client that trusts this server and signs its challenge requests as device `id`,
+    /// which it registers first.
+    ///
+    /// # Errors
+    /// [`EmbeddedError`].
+    pub async fn device_client(
+        &self,
+        id: &str,
+        timeout: Duration,
+    ) -> Result<Client, EmbeddedError> {
+        let credential = self.register_device(id).await?;
+        Ok(self
+            .client(timeout)
+            .map_err(failed)?
+            .with_device_credential(credential))
     }
 
     /// Stops serving (also on drop).

@@ -73,7 +73,7 @@ pub fn code_hash(code: &str) -> String {
 }
 
 /// How the audit names a code.
-fn code_label(hash: &str) -> String {
+pub(crate) fn code_label(hash: &str) -> String {
     format!("code #{}", &hash[..AUDIT_HASH_PREFIX.min(hash.len())])
 }
 
@@ -362,7 +362,7 @@ pub async fn inspect_enrollment(
 }
 
 /// Decodes a CSR sent as base64url (standard base64 is accepted too).
-fn decode_csr(text: &str) -> Result<Vec<u8>, ApiError> {
+pub(crate) fn decode_csr(text: &str) -> Result<Vec<u8>, ApiError> {
     let text = text.trim().trim_end_matches('=');
     URL_SAFE_NO_PAD
         .decode(text)

@@ -71,35 +71,50 @@ pub(crate) fn rfc3339(time: OffsetDateTime) -> String {
     time.format(&Rfc3339).unwrap_or_default()
 }
 
-/// The budget keys a challenge request spends: its source address. (A device that
-/// proved itself will add its own key here, so that it has a budget of its own.)
-fn challenge_keys(source: &ClientAddress) -> Vec<String> {
-    vec![source.key()]
+/// Spends one challenge from the budget of `key`; past it, the request is counted for
+/// the source's summary, not audited, and answered `rate_limited`.
+fn spend_challenge(state: &ServerState, source: &ClientAddress, key: String) -> Result<(), ApiError> {
+    state
+        .limiter()
+        .spend(Spend::Challenge, &[key], std::time::Instant::now())
+        .map_err(|wait| {
+            state.limiter().count_unaudited(&source.key());
+            ApiError::too_many_requests(wait)
+        })
 }
 
-/// `POST /v1/challenges`: a fresh nonce bound to the device.
+/// `POST /v1/challenges`: a fresh nonce bound to the device, which must prove itself
+/// first ([`super::devices::authenticate_device`]).
+///
+/// Every challenge is a row in the store, so each source address has a budget of them
+/// (spent before the device's proof is checked), and so has each device that proved
+/// itself with a proof: neither a flood from one address nor a leaked device credential can make the
+/// server store challenges without bound.
 pub async fn create_challenge(
     State(state): State<ServerState>,
     source: ClientAddress,
     body: Result<Json<ChallengeRequest>, JsonRejection>,
 ) -> Result<impl IntoResponse, ApiError> {
-    // Every challenge is a row in the store: each source has a budget of them. Past it,
-    // the request is counted for the source's summary, not audited.
-    let keys = challenge_keys(&source);
-    if let Err(wait) = state
-        .limiter()
-        .spend(Spend::Challenge, &keys, std::time::Instant::now())
-    {
-        state.limiter().count_unaudited(&source.key());
-        return Err(ApiError::too_many_requests(wait));
-    }
+    spend_challenge(&state, &source, source.key())?;
+    let now = OffsetDateTime::now_utc();
     let request = match json_body(body)
         .and_then(|request| validate_device(&request.device).map(|()| request))
     {
+        Ok(request) => super::devices::authenticate_device(
+            &state,
+            &request.device,
+            request.proof.as_deref(),
+            now,
+        )
+        .await
+        .map(|()| request),
+        Err(error) => Err(error),
+    };
+    let request = match request {
         Ok(request) => request,
         Err(error) => {
             // Refused requests are audited too; their device id is not
-            // recorded, since it failed the checks.
+            // recorded, since it failed the checks (or was not proven).
             let event = NewAuditEvent {
                 time: OffsetDateTime::now_utc(),
                 kind: "challenge".to_owned(),
@@ -112,10 +127,13 @@ pub async fn create_challenge(
             return Err(state.refused(&source, event, error).await);
         }
     };
+    if request.proof.is_some() {
+        // Proven (an unproven id, in open mode or for a renewal, could be anyone's).
+        spend_challenge(&state, &source, format!("device:{}", request.device))?;
+    }
     let mut nonce_bytes = [0u8; 32];
     rand::fill(&mut nonce_bytes);
     let nonce = URL_SAFE_NO_PAD.encode(nonce_bytes);
-    let now = OffsetDateTime::now_utc();
     let expires_at = now + state.settings().challenge_lifetime;
     let event = NewAuditEvent {
         time: now,
@@ -223,6 +241,16 @@ async fn sign_in(
     now: OffsetDateTime,
     record: &mut AttemptRecord,
 ) -> Result<(AssertionResponse, VerifiedAssertion), ApiError> {
+    // A renewal challenge (issued to anyone) never signs anyone in: refused before it
+    // is looked at, so it is not used up either.
+    if let (Some(device), _) = claimed_device_and_card(compact)
+        && device.starts_with(crate::wire::RENEWAL_DEVICE_PREFIX)
+    {
+        return Err(ApiError::new(
+            ErrorCode::ChallengeUnknown,
+            "a renewal challenge cannot be used to sign in",
+        ));
+    }
     let (verified, user) = authenticate(state, source, compact, now, record).await?;
     let response = issue_token(state, &user, &verified, now)?;
     Ok((response, verified))

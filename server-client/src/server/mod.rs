@@ -7,6 +7,7 @@
 pub mod admin;
 pub mod client_address;
 pub mod body;
+pub mod devices;
 pub mod embedded;
 pub mod enrollment;
 pub mod error;
@@ -57,6 +58,8 @@ pub struct Settings {
     pub issuer: Option<Arc<Issuer>>,
     /// How long audit events are kept (`[audit] retention_days`).
     pub audit_retention: Duration,
+    /// Device identity (`[devices]`).
+    pub devices: crate::config::DevicesConfig,
 }
 
 /// Everything the handlers share. Cheap to clone.
@@ -77,6 +80,8 @@ struct Inner {
     http: HttpSettings,
     /// When the store last took a write, for readiness (cached a moment).
     readiness: tokio::sync::Mutex<Option<(Instant, bool)>>,
+    /// What the device-proof checks remember (see [`devices::DeviceGate`]).
+    device_gate: devices::DeviceGate,
 }
 
 /// How the server's listeners behave (`[connections]`, `[metrics]`).
@@ -150,6 +155,7 @@ impl ServerState {
                 metrics: Metrics::default(),
                 http: HttpSettings::default(),
                 readiness: tokio::sync::Mutex::new(None),
+                device_gate: devices::DeviceGate::default(),
             }),
         }
     }
@@ -280,6 +286,11 @@ impl ServerState {
             Ok(()) => error,
             Err(store_error) => store_error.into(),
         }
+    }
+
+    /// What the device-proof checks remember.
+    pub(crate) fn device_gate(&self) -> &devices::DeviceGate {
+        &self.inner.device_gate
     }
 
     /// Whether `presented` is the admin credential (constant time).
@@ -416,7 +427,15 @@ pub async fn from_config(
         pin_policy: config.pin_policy,
         issuer,
         audit_retention: config.audit.retention(),
+        devices: config.devices.clone(),
     };
+    if !config.devices.require_registration {
+        tracing::warn!(
+            "OPEN MODE: [devices] require_registration = false: any caller gets challenges \
+             in any unregistered device's name, and the `device` of its tokens is unproven. \
+             For trials only."
+        );
+    }
     let limiter = RateLimiter::new(config.rate_limit.policy());
     let state = ServerState::new(
         settings,
@@ -498,6 +517,7 @@ pub fn app(state: ServerState) -> Router {
         )
         .route(wire::PATH_RENEWALS_RESUME, post(enrollment::resume_renewal))
         .route(wire::PATH_CRL, get(enrollment::crl))
+        .route(wire::PATH_DEVICE_ENROLLMENTS, post(devices::enroll_device))
         .route(wire::PATH_HEALTH, get(handlers::readiness))
         .route(wire::PATH_READY, get(handlers::readiness))
         .route(wire::PATH_LIVE, get(handlers::liveness))
@@ -560,6 +580,7 @@ fn route_label(path: &str) -> &'static str {
         wire::PATH_RENEWALS_CONFIRM => wire::PATH_RENEWALS_CONFIRM,
         wire::PATH_RENEWALS_RESUME => wire::PATH_RENEWALS_RESUME,
         wire::PATH_CRL => wire::PATH_CRL,
+        wire::PATH_DEVICE_ENROLLMENTS => wire::PATH_DEVICE_ENROLLMENTS,
         wire::PATH_HEALTH => wire::PATH_HEALTH,
         wire::PATH_READY => wire::PATH_READY,
         wire::PATH_LIVE => wire::PATH_LIVE,

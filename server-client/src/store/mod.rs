@@ -1,4 +1,4 @@
-//! The server's state behind one interface: users, cards, challenges, the audit log, enrollment codes and the revocation list.
+//! The server's state behind one interface: users, cards, registered devices, challenges, the audit log, enrollment codes and the revocation list.
 //!
 //! [`Store`] is object safe (`Arc<dyn Store>`): every method returns a boxed
 //! future. [`SqliteStore`] is the embedded implementation. Times are kept in UTC
@@ -288,7 +288,7 @@ pub struct AuditEvent {
     pub id: i64,
     /// When it happened.
     pub time: OffsetDateTime,
-    /// `challenge`, `assertion`, `enrollment`, `renewal` or `admin`.
+    /// `challenge`, `assertion`, `enrollment`, `renewal`, `device-enrollment` or `admin`.
     pub kind: String,
     /// `ok`, or the [`ErrorCode`](crate::wire::ErrorCode) wire name of the refusal.
     pub outcome: String,
@@ -317,7 +317,7 @@ pub const MAX_AUDIT_FIELD_CHARS: usize = 128;
 pub struct NewAuditEvent {
     /// When it happened.
     pub time: OffsetDateTime,
-    /// `challenge`, `assertion`, `enrollment`, `renewal` or `admin`.
+    /// `challenge`, `assertion`, `enrollment`, `renewal`, `device-enrollment` or `admin`.
     pub kind: String,
     /// `ok`, or the [`ErrorCode`](crate::wire::ErrorCode) wire name of the refusal.
     pub outcome: String,
@@ -455,6 +455,100 @@ pub struct RevokedCertificate {
     pub revoked_at: OffsetDateTime,
     /// Why.
     pub reason: RevocationReason,
+}
+
+/// Whether a registered device may ask for challenges.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DeviceState {
+    /// The device may ask for challenges (once it holds its credential).
+    Enabled,
+    /// An administrator disabled it: no challenges; enabling it again restores it.
+    Disabled,
+}
+
+impl DeviceState {
+    /// The state as stored and shown (`enabled`, `disabled`).
+    #[must_use]
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeviceState::Enabled => "enabled",
+            DeviceState::Disabled => "disabled",
+        }
+    }
+}
+
+impl FromStr for DeviceState {
+    type Err = InvalidState;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        match text {
+            "enabled" => Ok(DeviceState::Enabled),
+            "disabled" => Ok(DeviceState::Disabled),
+            _ => Err(InvalidState {
+                text: text.to_owned(),
+            }),
+        }
+    }
+}
+
+/// A device to register, with its one-time enrollment code (its hash only).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewDevice {
+    /// The device id.
+    pub id: String,
+    /// SHA-256 of the device enrollment code, lower-case hex.
+    pub code_hash: String,
+    /// When it was registered.
+    pub created_at: OffsetDateTime,
+    /// When the code stops being accepted.
+    pub code_expires_at: OffsetDateTime,
+}
+
+/// A device's credential: the certificate the server issued for the device's own key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeviceCredentialRecord {
+    /// The certificate, DER.
+    pub certificate: Vec<u8>,
+    /// Its serial number (lower-case hex).
+    pub serial: String,
+    /// Its SHA-256 (lower-case hex).
+    pub fingerprint: String,
+    /// When it expires.
+    pub not_after: OffsetDateTime,
+}
+
+/// A registered device.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Device {
+    /// The device id.
+    pub id: String,
+    /// Whether it may ask for challenges.
+    pub state: DeviceState,
+    /// When it was registered.
+    pub created_at: OffsetDateTime,
+    /// When its enrollment code expires.
+    pub code_expires_at: OffsetDateTime,
+    /// When its enrollment code was used, if it was.
+    pub code_used_at: Option<OffsetDateTime>,
+    /// Its credential, once it enrolled.
+    pub credential: Option<DeviceCredentialRecord>,
+}
+
+/// What happened when a device enrollment code was redeemed.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum DeviceCodeUse {
+    /// The code was fresh and is now used; the credential is registered for this device.
+    Accepted {
+        /// The device the code was for.
+        device: String,
+    },
+    /// No such code (or its device was removed).
+    Unknown,
+    /// The code was used already. Wins over [`DeviceCodeUse::Expired`].
+    Used,
+    /// The code expired.
+    Expired,
 }
 
 /// Which audit events to return: every filter that is set must match.
@@ -754,6 +848,53 @@ pub trait Store: Send + Sync {
     /// [`StoreError::NotFound`] if there is no such card; [`StoreError::Conflict`]
     /// if it is not revoked.
     fn delete_card(&self, id: &CardId) -> BoxFuture<'_, Result<(), StoreError>>;
+
+    /// Registers a device and its enrollment code, with its audit event, in one write.
+    /// [`StoreError::Conflict`] if the id (or the code hash) exists.
+    fn add_device(
+        &self,
+        device: &NewDevice,
+        event: NewAuditEvent,
+    ) -> BoxFuture<'_, Result<(), StoreError>>;
+
+    /// The device with this id, if any.
+    fn get_device(&self, id: &str) -> BoxFuture<'_, Result<Option<Device>, StoreError>>;
+
+    /// The device whose enrollment code has this hash, if any (used or not).
+    fn device_for_code(&self, code_hash: &str)
+    -> BoxFuture<'_, Result<Option<Device>, StoreError>>;
+
+    /// Every device, ordered by id.
+    fn list_devices(&self) -> BoxFuture<'_, Result<Vec<Device>, StoreError>>;
+
+    /// Enables or disables a device, with its audit event, in one write. Disabling also
+    /// deletes the device's unused challenges, so that none it was given is accepted.
+    /// [`StoreError::NotFound`] if there is no such device.
+    fn set_device_state(
+        &self,
+        id: &str,
+        state: DeviceState,
+        event: NewAuditEvent,
+    ) -> BoxFuture<'_, Result<(), StoreError>>;
+
+    /// Removes a device and its unused challenges, with its audit event, in one write.
+    /// [`StoreError::NotFound`] if there is no such device.
+    fn remove_device(
+        &self,
+        id: &str,
+        event: NewAuditEvent,
+    ) -> BoxFuture<'_, Result<(), StoreError>>;
+
+    /// Uses the device enrollment code up and registers the credential for its device,
+    /// atomically (at most one of concurrent calls is accepted); `event` (its `device`
+    /// filled in) is audited in the same write when accepted.
+    fn redeem_device_code(
+        &self,
+        code_hash: &str,
+        credential: &DeviceCredentialRecord,
+        now: OffsetDateTime,
+        event: NewAuditEvent,
+    ) -> BoxFuture<'_, Result<DeviceCodeUse, StoreError>>;
 
     /// Appends an event to the audit log.
     fn audit(&self, event: NewAuditEvent) -> BoxFuture<'_, Result<(), StoreError>>;

@@ -14,8 +14,9 @@ use time::{OffsetDateTime, UtcOffset};
 
 use super::database::{Database, DatabaseError};
 use super::{
-    AuditEvent, AuditQuery, BoxFuture, Card, CardId, CardState, ChallengeUse, EnrollmentCodeRecord,
-    EnrollmentCodeUse, IssuedCertificate, NewAuditEvent, NewEnrollmentCode, RevocationReason,
+    AuditEvent, AuditQuery, BoxFuture, Card, CardId, CardState, ChallengeUse, Device,
+    DeviceCodeUse, DeviceCredentialRecord, DeviceState, EnrollmentCodeRecord, EnrollmentCodeUse,
+    IssuedCertificate, NewAuditEvent, NewDevice, NewEnrollmentCode, RevocationReason,
     RevokedCertificate, SignInLookup, SignInRecords, Store, StoreError, User, UserConflict,
     UserState,
 };
@@ -206,8 +207,7 @@ CREATE TABLE pending_renewals (
 CREATE INDEX pending_renewals_old ON pending_renewals (old_issuer, old_serial);
 ";
 
-/// Every migration, by version, oldest first. Never edit one that shipped: add the next.
-/// The heartbeat record readiness writes (one row, rewritten).
+/// Version 5: the heartbeat record readiness writes (one row, rewritten).
 const MIGRATION_5: &str = "
 CREATE TABLE heartbeat (
     id INTEGER PRIMARY KEY NOT NULL CHECK (id = 1),
@@ -215,13 +215,44 @@ CREATE TABLE heartbeat (
 ) STRICT;
 ";
 
+/// Version 6: registered devices, each with its one-time enrollment code (hash only) and,
+/// once enrolled, its credential (the certificate issued for the device's own key).
+const MIGRATION_6: &str = "
+CREATE TABLE devices (
+    id TEXT PRIMARY KEY NOT NULL,
+    state TEXT NOT NULL CHECK (state IN ('enabled', 'disabled')),
+    created_at TEXT NOT NULL,
+    code_hash TEXT NOT NULL UNIQUE,
+    code_expires_at TEXT NOT NULL,
+    code_used_at TEXT,
+    certificate BLOB,
+    certificate_serial TEXT,
+    certificate_fingerprint TEXT,
+    not_after TEXT
+) STRICT;
+CREATE INDEX challenges_device ON challenges (device) WHERE used_at IS NULL;
+";
+
+/// Every migration, by version, oldest first. Never edit one that shipped: add the next.
 const MIGRATIONS: &[(i64, &str)] = &[
     (1, MIGRATION_1),
     (2, MIGRATION_2),
     (3, MIGRATION_3),
     (4, MIGRATION_4),
     (5, MIGRATION_5),
+    (6, MIGRATION_6),
 ];
+
+/// `SELECT` of every [`Device`] column, followed by the rest of the statement.
+macro_rules! select_devices {
+    ($rest:literal) => {
+        concat!(
+            "SELECT id, state, created_at, code_expires_at, code_used_at, certificate, \
+             certificate_serial, certificate_fingerprint, not_after FROM devices ",
+            $rest
+        )
+    };
+}
 
 /// `SELECT` of every [`User`] column, followed by the rest of the statement.
 macro_rules! select_users {
@@ -861,6 +892,163 @@ impl Store for SqliteStore {
         }))
     }
 
+    fn add_device(
+        &self,
+        device: &NewDevice,
+        event: NewAuditEvent,
+    ) -> BoxFuture<'_, Result<(), StoreError>> {
+        let device = device.clone();
+        Box::pin(self.database.write(move |connection| {
+            let result = connection
+                .prepare_cached(
+                    "INSERT INTO devices (id, state, created_at, code_hash, code_expires_at)
+                     VALUES (?, 'enabled', ?, ?, ?)",
+                )?
+                .execute(params![
+                    device.id,
+                    encode_time(device.created_at)?,
+                    device.code_hash,
+                    encode_time(device.code_expires_at)?,
+                ]);
+            match result {
+                // The message leaves the code hash out.
+                Err(error) if is_unique_violation(&error) => Err(StoreError::Conflict {
+                    what: format!("device {:?} exists already", device.id),
+                }),
+                other => other.map(drop).map_err(StoreError::from),
+            }?;
+            insert_audit(connection, &event)
+        }))
+    }
+
+    fn get_device(&self, id: &str) -> BoxFuture<'_, Result<Option<Device>, StoreError>> {
+        let id = id.to_owned();
+        Box::pin(self.database.read(move |connection| {
+            connection
+                .prepare_cached(select_devices!("WHERE id = ?"))?
+                .query_row([id], device_from_row)
+                .optional()?
+                .transpose()
+        }))
+    }
+
+    fn device_for_code(
+        &self,
+        code_hash: &str,
+    ) -> BoxFuture<'_, Result<Option<Device>, StoreError>> {
+        let code_hash = code_hash.to_owned();
+        Box::pin(self.database.read(move |connection| {
+            connection
+                .prepare_cached(select_devices!("WHERE code_hash = ?"))?
+                .query_row([code_hash], device_from_row)
+                .optional()?
+                .transpose()
+        }))
+    }
+
+    fn list_devices(&self) -> BoxFuture<'_, Result<Vec<Device>, StoreError>> {
+        Box::pin(self.database.read(|connection| {
+            let mut statement = connection.prepare_cached(select_devices!("ORDER BY id"))?;
+            collect_rows(&mut statement, [], device_from_row)
+        }))
+    }
+
+    fn set_device_state(
+        &self,
+        id: &str,
+        state: DeviceState,
+        event: NewAuditEvent,
+    ) -> BoxFuture<'_, Result<(), StoreError>> {
+        let id = id.to_owned();
+        Box::pin(self.database.write(move |connection| {
+            let changed = connection
+                .prepare_cached("UPDATE devices SET state = ? WHERE id = ?")?
+                .execute(params![state.as_str(), id])?;
+            if changed == 0 {
+                return Err(StoreError::NotFound {
+                    what: format!("device {id:?}"),
+                });
+            }
+            if state == DeviceState::Disabled {
+                delete_unused_challenges(connection, &id)?;
+            }
+            insert_audit(connection, &event)
+        }))
+    }
+
+    fn remove_device(
+        &self,
+        id: &str,
+        event: NewAuditEvent,
+    ) -> BoxFuture<'_, Result<(), StoreError>> {
+        let id = id.to_owned();
+        Box::pin(self.database.write(move |connection| {
+            let changed = connection
+                .prepare_cached("DELETE FROM devices WHERE id = ?")?
+                .execute([&id])?;
+            if changed == 0 {
+                return Err(StoreError::NotFound {
+                    what: format!("device {id:?}"),
+                });
+            }
+            delete_unused_challenges(connection, &id)?;
+            insert_audit(connection, &event)
+        }))
+    }
+
+    fn redeem_device_code(
+        &self,
+        code_hash: &str,
+        credential: &DeviceCredentialRecord,
+        now: OffsetDateTime,
+        event: NewAuditEvent,
+    ) -> BoxFuture<'_, Result<DeviceCodeUse, StoreError>> {
+        let code_hash = code_hash.to_owned();
+        let credential = credential.clone();
+        Box::pin(self.database.write(move |connection| {
+            let now = encode_time(now)?;
+            // The single atomic step: only one caller can turn `code_used_at` from NULL.
+            let device: Option<String> = connection
+                .prepare_cached(
+                    "UPDATE devices SET code_used_at = ?1, certificate = ?2,
+                         certificate_serial = ?3, certificate_fingerprint = ?4, not_after = ?5
+                     WHERE code_hash = ?6 AND code_used_at IS NULL AND code_expires_at > ?1
+                     RETURNING id",
+                )?
+                .query_row(
+                    params![
+                        now,
+                        credential.certificate,
+                        credential.serial,
+                        credential.fingerprint,
+                        encode_time(credential.not_after)?,
+                        code_hash
+                    ],
+                    |row| row.get(0),
+                )
+                .optional()?;
+            if let Some(device) = device {
+                insert_audit(
+                    connection,
+                    &NewAuditEvent {
+                        device: Some(device.clone()),
+                        ..event
+                    },
+                )?;
+                return Ok(DeviceCodeUse::Accepted { device });
+            }
+            let used_at: Option<Option<String>> = connection
+                .prepare_cached("SELECT code_used_at FROM devices WHERE code_hash = ?")?
+                .query_row([&code_hash], |row| row.get(0))
+                .optional()?;
+            Ok(match used_at {
+                None => DeviceCodeUse::Unknown,
+                Some(Some(_)) => DeviceCodeUse::Used,
+                Some(None) => DeviceCodeUse::Expired,
+            })
+        }))
+    }
+
     fn audit(&self, event: NewAuditEvent) -> BoxFuture<'_, Result<(), StoreError>> {
         Box::pin(
             self.database
@@ -1263,6 +1451,50 @@ fn add_revocation(
     Ok(())
 }
 
+/// Deletes the challenges given to `device` that were not used (used ones stay, so a
+/// replay is still told apart).
+fn delete_unused_challenges(connection: &Connection, device: &str) -> Result<(), StoreError> {
+    connection
+        .prepare_cached("DELETE FROM challenges WHERE device = ? AND used_at IS NULL")?
+        .execute([device])?;
+    Ok(())
+}
+
+fn device_from_row(row: &Row<'_>) -> rusqlite::Result<Result<Device, StoreError>> {
+    let id: String = row.get(0)?;
+    let state: String = row.get(1)?;
+    let created_at: String = row.get(2)?;
+    let code_expires_at: String = row.get(3)?;
+    let code_used_at: Option<String> = row.get(4)?;
+    let certificate: Option<Vec<u8>> = row.get(5)?;
+    let serial: Option<String> = row.get(6)?;
+    let fingerprint: Option<String> = row.get(7)?;
+    let not_after: Option<String> = row.get(8)?;
+    Ok((|| {
+        let credential = match (certificate, serial, fingerprint, not_after) {
+            (Some(certificate), Some(serial), Some(fingerprint), Some(not_after)) => {
+                Some(DeviceCredentialRecord {
+                    certificate,
+                    serial,
+                    fingerprint,
+                    not_after: decode_time("not_after", &not_after)?,
+                })
+            }
+            _ => None,
+        };
+        Ok(Device {
+            id,
+            state: decode_state("state", &state)?,
+            created_at: decode_time("created_at", &created_at)?,
+            code_expires_at: decode_time("code_expires_at", &code_expires_at)?,
+            code_used_at: code_used_at
+                .map(|text| decode_time("code_used_at", &text))
+                .transpose()?,
+            credential,
+        })
+    })())
+}
+
 fn insert_audit(connection: &Connection, event: &NewAuditEvent) -> Result<(), StoreError> {
     let event = event.bounded();
     connection
@@ -1559,6 +1791,7 @@ mod tests {
             subject_serial_number: None,
             emails: Vec::new(),
             upns: Vec::new(),
+            device: None,
             not_before: at(-86_400),
             not_after: at(86_400),
             key: KeyKind::EcP256,
@@ -1651,8 +1884,10 @@ mod tests {
         let first = SqliteStore::open(&path).await?;
         let (second, third) = tokio::join!(SqliteStore::open(&path), SqliteStore::open(&path));
         let (second, third) = (second?, third?);
+        let every: Vec<i64> = MIGRATIONS.iter().map(|(version, _)| *version).collect();
+        assert_eq!(every[..3], [1, 2, 3]);
         for store in [&first, &second, &third] {
-            assert_eq!(migration_versions(store).await?, vec![1, 2, 3, 4, 5]);
+            assert_eq!(migration_versions(store).await?, every);
         }
         let journal_mode: String = read_value(&first, "PRAGMA journal_mode").await?;
         assert_eq!(journal_mode, "wal");
@@ -1757,15 +1992,18 @@ mod tests {
         let dir = tempfile::tempdir()?;
         let path = dir.path().join("pivtap.db");
         let store = SqliteStore::open(&path).await?;
+        // One above the newest this program knows.
         execute(
             &store,
-            "INSERT INTO schema_migrations (version, applied_at) VALUES (9999, 'x')",
+            "INSERT INTO schema_migrations (version, applied_at)
+             SELECT max(version) + 1, 'x' FROM schema_migrations",
         )
         .await?;
         store.close().await;
+        let newer = MIGRATIONS.last().map_or(0, |(version, _)| *version) + 1;
         let reopened = SqliteStore::open(&path).await;
         assert!(
-            matches!(&reopened, Err(StoreError::Conflict { what }) if what.contains("schema version 9999")),
+            matches!(&reopened, Err(StoreError::Conflict { what }) if what.contains(&format!("schema version {newer}"))),
             "{reopened:?}"
         );
         Ok(())
@@ -2115,6 +2353,149 @@ mod tests {
             .collect();
         events.reverse();
         Ok(events)
+    }
+
+    #[tokio::test]
+    async fn a_device_enrolls_once_and_disabling_or_removing_it_voids_its_unused_challenges()
+    -> TestResult {
+        let dir = tempfile::tempdir()?;
+        let path = dir.path().join("devices.db");
+        let first = SqliteStore::open(&path).await?;
+        let second = SqliteStore::open(&path).await?;
+        let new = NewDevice {
+            id: "kiosk-1".to_owned(),
+            code_hash: "hash-1".to_owned(),
+            created_at: at(0),
+            code_expires_at: at(100),
+        };
+        first.add_device(&new, challenge_event("kiosk-1")).await?;
+        let again = NewDevice {
+            code_hash: "hash-9".to_owned(),
+            ..new.clone()
+        };
+        assert!(matches!(
+            first.add_device(&again, challenge_event("kiosk-1")).await,
+            Err(StoreError::Conflict { .. })
+        ));
+        let credential = |index: u8| DeviceCredentialRecord {
+            certificate: vec![index],
+            serial: format!("{index:02x}"),
+            fingerprint: "f".to_owned(),
+            not_after: at(1000),
+        };
+        let mut tasks = Vec::new();
+        for index in 0..16u8 {
+            let store = if index % 2 == 0 {
+                first.clone()
+            } else {
+                second.clone()
+            };
+            let record = credential(index);
+            tasks.push(tokio::spawn(async move {
+                store
+                    .redeem_device_code("hash-1", &record, at(1), challenge_event("x"))
+                    .await
+            }));
+        }
+        let mut accepted = Vec::new();
+        for task in tasks {
+            if let DeviceCodeUse::Accepted { device } = task.await?? {
+                accepted.push(device);
+            }
+        }
+        assert_eq!(accepted, ["kiosk-1"]);
+        let device = first.get_device("kiosk-1").await?.ok_or("kiosk-1")?;
+        assert!(device.credential.is_some() && device.code_used_at.is_some());
+        assert_eq!(
+            first
+                .redeem_device_code("hash-1", &credential(99), at(2), challenge_event("x"))
+                .await?,
+            DeviceCodeUse::Used
+        );
+        assert_eq!(
+            first
+                .redeem_device_code("nope", &credential(99), at(2), challenge_event("x"))
+                .await?,
+            DeviceCodeUse::Unknown
+        );
+        let late = NewDevice {
+            id: "kiosk-2".to_owned(),
+            code_hash: "hash-2".to_owned(),
+            created_at: at(0),
+            code_expires_at: at(1),
+        };
+        first.add_device(&late, challenge_event("kiosk-2")).await?;
+        assert_eq!(
+            first
+                .redeem_device_code("hash-2", &credential(98), at(1), challenge_event("x"))
+                .await?,
+            DeviceCodeUse::Expired
+        );
+
+        for (nonce, device) in [
+            ("used", "kiosk-1"),
+            ("held", "kiosk-1"),
+            ("other", "kiosk-2"),
+        ] {
+            first
+                .add_challenge(nonce, device, at(60), challenge_event(device))
+                .await?;
+        }
+        assert_eq!(
+            first.use_challenge("used", "kiosk-1", at(1)).await?,
+            ChallengeUse::Accepted
+        );
+        first
+            .set_device_state("kiosk-1", DeviceState::Disabled, challenge_event("kiosk-1"))
+            .await?;
+        assert_eq!(
+            first.get_device("kiosk-1").await?.ok_or("kiosk-1")?.state,
+            DeviceState::Disabled
+        );
+        assert_eq!(
+            first.use_challenge("held", "kiosk-1", at(1)).await?,
+            ChallengeUse::Unknown,
+            "the challenge it held is void"
+        );
+        assert_eq!(
+            first.use_challenge("used", "kiosk-1", at(1)).await?,
+            ChallengeUse::Reused,
+            "a used one stays, so a replay is still told apart"
+        );
+        assert!(matches!(
+            first
+                .set_device_state("nope", DeviceState::Enabled, challenge_event("nope"))
+                .await,
+            Err(StoreError::NotFound { .. })
+        ));
+        first
+            .add_challenge("held-2", "kiosk-2", at(60), challenge_event("kiosk-2"))
+            .await?;
+        first
+            .remove_device("kiosk-2", challenge_event("kiosk-2"))
+            .await?;
+        assert_eq!(
+            first.use_challenge("held-2", "kiosk-2", at(1)).await?,
+            ChallengeUse::Unknown
+        );
+        assert_eq!(
+            first.use_challenge("other", "kiosk-2", at(1)).await?,
+            ChallengeUse::Unknown
+        );
+        assert!(matches!(
+            first
+                .remove_device("kiosk-2", challenge_event("kiosk-2"))
+                .await,
+            Err(StoreError::NotFound { .. })
+        ));
+        let listed: Vec<String> = first
+            .list_devices()
+            .await?
+            .into_iter()
+            .map(|device| device.id)
+            .collect();
+        assert_eq!(listed, ["kiosk-1"]);
+        Ok(())
     }
 
     #[tokio::test]
