@@ -73,7 +73,11 @@ pub(crate) fn rfc3339(time: OffsetDateTime) -> String {
 
 /// Spends one challenge from the budget of `key`; past it, the request is counted for
 /// the source's summary, not audited, and answered `rate_limited`.
-fn spend_challenge(state: &ServerState, source: &ClientAddress, key: String) -> Result<(), ApiError> {
+fn spend_challenge(
+    state: &ServerState,
+    source: &ClientAddress,
+    key: String,
+) -> Result<(), ApiError> {
     state
         .limiter()
         .spend(Spend::Challenge, &[key], std::time::Instant::now())

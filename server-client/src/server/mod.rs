@@ -5,8 +5,8 @@
 //! loopback only, plain HTTP.
 
 pub mod admin;
-pub mod client_address;
 pub mod body;
+pub mod client_address;
 pub mod devices;
 pub mod embedded;
 pub mod enrollment;
