@@ -897,7 +897,11 @@ mod tests {
         let server = EmbeddedServer::start(dir, Vec::new(), &[user])
             .await
             .unwrap();
-        let client = server.client(std::time::Duration::from_secs(30)).unwrap();
+        // The tests sign in as the registered device desk-1.
+        let client = server
+            .device_client("desk-1", std::time::Duration::from_secs(30))
+            .await
+            .unwrap();
         let server_dir = server.certificate.parent().unwrap().to_path_buf();
         let token = std::fs::read_to_string(server_dir.join("admin.token")).unwrap();
         (server, client, token.trim().to_owned())

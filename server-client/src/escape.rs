@@ -2,15 +2,33 @@
 
 use std::borrow::Cow;
 
-/// Whether `c` must not reach a log, the audit or a terminal raw: C0 and C1 controls,
-/// DEL, the zero-width and direction marks U+200B-U+200F, the bidi embeddings and
-/// overrides U+202A-U+202E, the bidi isolates U+2066-U+2069 and U+FEFF.
+/// Whether `c` must not reach a log, the audit or a terminal raw, because it is invisible
+/// or changes how the text around it is shown: control characters (C0, DEL, C1),
+/// zero-width characters, bidirectional marks, embeddings, overrides and isolates, the
+/// byte-order mark, invisible operators, variation selectors, interlinear annotation and
+/// tag characters (Unicode general category Cc, and the invisible characters of Cf).
 #[must_use]
 pub fn is_hazard(c: char) -> bool {
     c.is_control()
         || matches!(
             c,
-            '\u{200b}'..='\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}' | '\u{feff}'
+            '\u{00ad}'
+                | '\u{034f}'
+                | '\u{061c}'
+                | '\u{115f}'
+                | '\u{1160}'
+                | '\u{17b4}'
+                | '\u{17b5}'
+                | '\u{180b}'..='\u{180f}'
+                | '\u{200b}'..='\u{200f}'
+                | '\u{2028}'..='\u{202e}'
+                | '\u{2060}'..='\u{206f}'
+                | '\u{3164}'
+                | '\u{fe00}'..='\u{fe0f}'
+                | '\u{feff}'
+                | '\u{ffa0}'
+                | '\u{fff0}'..='\u{fffb}'
+                | '\u{e0000}'..='\u{e0fff}'
         )
 }
 
@@ -31,6 +49,23 @@ pub fn escape(text: &str) -> Cow<'_, str> {
     Cow::Owned(escaped)
 }
 
+/// `text` with every [hazardous](is_hazard) character written `\u{hex}` and each
+/// backslash doubled: unlike [`escape`], a literal `\u{200b}` typed into a value reads
+/// differently from an escaped zero-width space, so two values that differ always show
+/// differently (for values shown as they are stored, such as directory names).
+#[must_use]
+pub fn escape_unambiguous(text: &str) -> String {
+    let mut escaped = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '\\' => escaped.push_str("\\\\"),
+            c if is_hazard(c) => escaped.push_str(&format!("\\u{{{:x}}}", u32::from(c))),
+            c => escaped.push(c),
+        }
+    }
+    escaped
+}
+
 /// [`escape`]d `text`, cut to at most `max_chars` characters (the cut marked with `…`).
 #[must_use]
 pub fn bounded(text: &str, max_chars: usize) -> String {
@@ -45,9 +80,9 @@ pub fn bounded(text: &str, max_chars: usize) -> String {
 
 /// JSON text (as `serde_json` writes it, pretty or not) with every hazardous character
 /// left raw in it (`serde_json` escapes only C0 controls) written as a JSON `\uXXXX`
-/// escape: the same JSON value, nothing invisible in a terminal. Such characters only
-/// occur inside JSON strings (the layout's line breaks and tabs, outside them, are
-/// kept), and all of them are in the basic plane.
+/// escape (a surrogate pair beyond the basic plane): the same JSON value, nothing
+/// invisible in a terminal. Such characters only occur inside JSON strings (the
+/// layout's line breaks and tabs, outside them, are kept).
 #[must_use]
 pub fn json_output(json: &str) -> Cow<'_, str> {
     let in_string = |c: char| is_hazard(c) && !matches!(c, '\n' | '\r' | '\t');
@@ -57,7 +92,9 @@ pub fn json_output(json: &str) -> Cow<'_, str> {
     let mut escaped = String::with_capacity(json.len() + 8);
     for c in json.chars() {
         if in_string(c) {
-            escaped.push_str(&format!("\\u{:04x}", u32::from(c)));
+            for unit in c.encode_utf16(&mut [0; 2]) {
+                escaped.push_str(&format!("\\u{unit:04x}"));
+            }
         } else {
             escaped.push(c);
         }
@@ -78,14 +115,26 @@ mod tests {
         );
         for c in [
             '\u{0}', '\u{1f}', '\u{7f}', '\u{80}', '\u{9f}', '\u{200f}', '\u{202a}', '\u{2069}',
+            '\u{2065}', '\u{206a}', '\u{ad}', '\u{e0041}',
         ] {
             assert!(is_hazard(c), "{c:?}");
         }
         for c in [
-            'a', ' ', '\u{a0}', '\u{2010}', '\u{2065}', '\u{206a}', '\u{202f}',
+            'a', ' ', '\u{a0}', '\u{2010}', '\u{202f}', 'é', '日',
         ] {
             assert!(!is_hazard(c), "{c:?}");
         }
+    }
+
+    #[test]
+    fn unambiguous_escapes_double_backslashes() {
+        assert_eq!(escape_unambiguous("Zoë Ødegård 日本"), "Zoë Ødegård 日本");
+        assert_eq!(
+            escape_unambiguous("a\u{200b}b\u{202e}c\u{2066}d\u{feff}\u{7}\n"),
+            "a\\u{200b}b\\u{202e}c\\u{2066}d\\u{feff}\\u{7}\\u{a}"
+        );
+        assert_eq!(escape_unambiguous("a\\u{200b}"), "a\\\\u{200b}");
+        assert_eq!(escape_unambiguous("tag\u{e0041}"), "tag\\u{e0041}");
     }
 
     #[test]
@@ -99,7 +148,7 @@ mod tests {
 
     #[test]
     fn json_output_is_the_same_value_without_raw_hazards() {
-        let value = serde_json::json!({"detail": "a\u{202e}b\u{85}c\u{7}\n"});
+        let value = serde_json::json!({"detail": "a\u{202e}b\u{85}c\u{7}\n tag\u{e0041}"});
         for text in [
             serde_json::to_string(&value).expect("serialises"),
             serde_json::to_string_pretty(&value).expect("serialises"),

@@ -18,6 +18,5 @@ pub mod mapping;
 pub mod pin_policy;
 pub mod server;
 pub mod store;
-pub mod text;
 pub mod token;
 pub mod wire;

@@ -1174,15 +1174,19 @@ fn audit_bytes(target: &Target) -> i64 {
 
 /// `pivtap_database_bytes` from `/metrics`: the database file and its write-ahead log.
 async fn database_bytes(target: &Target) -> i64 {
-    let reply = target
-        .send(
+    let reply = server::metrics_app(target.state.clone())
+        .oneshot(
             Request::builder()
                 .uri("/metrics")
                 .body(Body::empty())
                 .expect("a request"),
         )
-        .await;
-    let text = String::from_utf8(reply.body).expect("UTF-8");
+        .await
+        .expect("the metrics app answers");
+    let body = axum::body::to_bytes(reply.into_body(), usize::MAX)
+        .await
+        .expect("the metrics body");
+    let text = String::from_utf8(body.to_vec()).expect("UTF-8");
     text.lines()
         .find_map(|line| line.strip_prefix("pivtap_database_bytes "))
         .and_then(|value| value.parse().ok())
@@ -1255,13 +1259,7 @@ async fn an_unauthenticated_flood_stores_a_bounded_audit_and_is_rate_limited() {
 
     // Another source is still served, and its refusals still audited one by one.
     target.from(KIOSK_07_ADDRESS);
-    let reply = target
-        .send(post(
-            "/v1/challenges",
-            Some(JSON),
-            json!({ "device": DEVICE }).to_string(),
-        ))
-        .await;
+    let reply = target.challenge_for(DEVICE).await;
     assert_eq!(
         reply.status,
         StatusCode::CREATED,
@@ -1343,8 +1341,23 @@ async fn an_unauthenticated_flood_stores_a_bounded_audit_and_is_rate_limited() {
 }
 
 impl Target {
-    /// A challenge for `device`, asked from the current source.
+    /// A challenge for kiosk-07, asked from the current source with kiosk-07's proof.
     async fn challenge_for(&self, device: &str) -> Reply {
+        assert_eq!(device, DEVICE, "the target holds kiosk-07's credential only");
+        self.send(post(
+            "/v1/challenges",
+            Some(JSON),
+            json!({
+                "device": device,
+                "proof": self.device.proof(&self.origin, OffsetDateTime::now_utc()),
+            })
+            .to_string(),
+        ))
+        .await
+    }
+
+    /// A challenge for `device` asked without a proof, as anyone could.
+    async fn unproven_challenge_for(&self, device: &str) -> Reply {
         self.send(post(
             "/v1/challenges",
             Some(JSON),
@@ -1403,10 +1416,16 @@ async fn a_card_holder_elsewhere_cannot_get_a_kiosk_blocked() {
             .await;
         assert!(reply.status.is_client_error(), "attempt {attempt}");
     }
-    // Then with real challenges, asked for in kiosk-07's name from the attacker's address.
+    // Then challenges asked for in kiosk-07's name from the attacker's address: without
+    // kiosk-07's key there is no proof, so there is no challenge to fail.
     for attempt in 0..10 {
-        let reply = target.sign_in_at(&BOB, DEVICE).await;
-        assert!(reply.status.is_client_error(), "attempt {attempt}");
+        let reply = target.unproven_challenge_for(DEVICE).await;
+        assert_refused(
+            &format!("unproven challenge {attempt}"),
+            &reply,
+            StatusCode::UNAUTHORIZED,
+            "device_unknown",
+        );
     }
     // And junk nobody proved: an untrusted card naming kiosk-07.
     for attempt in 0..10 {

@@ -6,7 +6,7 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use clap::{Args, Subcommand};
 use pivtap_server_client::client::{AuditFilter, CardAction};
-use pivtap_server_client::text::escape_invisible;
+use pivtap_server_client::escape::escape_unambiguous;
 use pivtap_server_client::wire::{
     AuditRecord, CardRecord, DeviceRecord, EnrollmentCode, UserRecord,
 };
@@ -470,12 +470,12 @@ fn json_text<T: Serialize + ?Sized>(value: &T) -> anyhow::Result<String> {
 fn user_line(user: &UserRecord) -> String {
     format!(
         "{:<16} {:<8} {}{}",
-        escape_invisible(&user.id),
+        escape_unambiguous(&user.id),
         user.state,
-        escape_invisible(&user.display_name),
+        escape_unambiguous(&user.display_name),
         user.mail
             .as_ref()
-            .map(|m| format!(" <{}>", escape_invisible(m)))
+            .map(|m| format!(" <{}>", escape_unambiguous(m)))
             .unwrap_or_default()
     )
 }

@@ -246,7 +246,7 @@ fn new_user(record: UserRecord) -> Result<User, String> {
     if mapped
         .into_iter()
         .flatten()
-        .any(|field| field.chars().any(crate::text::is_invisible))
+        .any(|field| field.chars().any(crate::escape::is_hazard))
     {
         return Err(
             "mail, upn and employee_id must not hold zero-width, bidi or other invisible characters"
