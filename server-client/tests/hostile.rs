@@ -1343,7 +1343,10 @@ async fn an_unauthenticated_flood_stores_a_bounded_audit_and_is_rate_limited() {
 impl Target {
     /// A challenge for kiosk-07, asked from the current source with kiosk-07's proof.
     async fn challenge_for(&self, device: &str) -> Reply {
-        assert_eq!(device, DEVICE, "the target holds kiosk-07's credential only");
+        assert_eq!(
+            device, DEVICE,
+            "the target holds kiosk-07's credential only"
+        );
         self.send(post(
             "/v1/challenges",
             Some(JSON),

@@ -2747,7 +2747,10 @@ mod tests {
         let store = SqliteStore::open(&path).await?;
         assert_eq!(
             migration_versions(&store).await?,
-            MIGRATIONS.iter().map(|(version, _)| *version).collect::<Vec<_>>()
+            MIGRATIONS
+                .iter()
+                .map(|(version, _)| *version)
+                .collect::<Vec<_>>()
         );
         let card = |issuer: &str, serial: &str| CardId {
             issuer: issuer.to_owned(),
