@@ -1,6 +1,7 @@
 //! Device identity: challenges go only to registered devices that prove themselves with their own key, and the `device` claim of a token is the device that proved itself.
 
-use std::path::{Path, PathBuf};
+mod common;
+use common::{fixture, init_directory};
 
 use aws_lc_rs::rand::SystemRandom;
 use aws_lc_rs::signature::{ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair};
@@ -16,7 +17,6 @@ use pivtap_card::{PivSession, SignatureAlgorithm};
 use pivtap_server_client::assertion::AssertionDraft;
 use pivtap_server_client::config::ServerConfig;
 use pivtap_server_client::device::{DeviceCredential, NewDeviceKey};
-use pivtap_server_client::init::{InitOptions, init_server};
 use pivtap_server_client::jose::base64url_encode;
 use pivtap_server_client::server::{self, ServerState, devices};
 use pivtap_server_client::store::{ChallengeUse, User, UserState};
@@ -29,12 +29,6 @@ use time::OffsetDateTime;
 use tower::ServiceExt as _;
 
 const JSON: &str = "application/json";
-
-fn fixture(path: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../fixtures")
-        .join(path)
-}
 
 const ORIGIN: &str = "https://auth.example.test";
 const SLOT: KeyReference = KeyReference::PivAuthentication;
@@ -51,16 +45,7 @@ async fn target() -> Target {
 }
 
 async fn target_with(require_registration: bool) -> Target {
-    let dir = tempfile::tempdir().expect("a temporary directory");
-    let report = init_server(
-        dir.path(),
-        &InitOptions {
-            trust: vec![fixture("ca/test-ca.pem")],
-            listen: "127.0.0.1:0".parse().expect("an address"),
-            ..InitOptions::default()
-        },
-    )
-    .expect("init_server writes the directory");
+    let (dir, report) = init_directory();
     let mut config = ServerConfig::load(&report.config_path).expect("server.toml loads");
     config.origin = ORIGIN.to_owned();
     config.devices.require_registration = require_registration;

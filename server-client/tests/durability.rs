@@ -10,6 +10,9 @@
 //! started again with only the ignored [`server_process`] test selected and the server
 //! configuration in [`CHILD_CONFIG`]. Its output goes to `target/test-logs/durability/`.
 
+mod common;
+use common::fixture;
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
@@ -23,7 +26,6 @@ use pivtap_card::{PivSession, SignatureAlgorithm};
 use pivtap_server_client::assertion::AssertionDraft;
 use pivtap_server_client::client::{AuditFilter, Client, ClientError, ServerTrust};
 use pivtap_server_client::config::ServerConfig;
-use pivtap_server_client::init::{InitOptions, init_server};
 use pivtap_server_client::server::embedded::EmbeddedServer;
 use pivtap_server_client::store::{User, UserState};
 use pivtap_server_client::wire::{AssertionPayload, ChallengeResponse, ErrorCode, UserRecord};
@@ -38,12 +40,6 @@ const CLIENT_TIMEOUT: Duration = Duration::from_secs(5);
 const SIGNINS_BEFORE_KILL: usize = 150;
 /// Characters of the nonce the audit log records.
 const AUDIT_NONCE_PREFIX: usize = 8;
-
-fn fixture(path: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../fixtures")
-        .join(path)
-}
 
 /// Where this suite's captured output goes (the secret scan reads it).
 fn log_dir() -> PathBuf {
@@ -290,20 +286,12 @@ async fn load(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_server_killed_under_load_loses_no_sign_in_and_accepts_no_nonce_twice() {
     install_crypto_provider();
-    let dir = tempfile::tempdir().expect("a temporary directory");
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|listener| listener.local_addr())
         .expect("a free port")
         .port();
-    let report = init_server(
-        dir.path(),
-        &InitOptions {
-            trust: vec![fixture("ca/test-ca.pem")],
-            listen: format!("127.0.0.1:{port}").parse().expect("an address"),
-            ..InitOptions::default()
-        },
-    )
-    .expect("init_server writes the directory");
+    let (_dir, report) =
+        common::init_directory_listening(std::net::SocketAddr::from(([127, 0, 0, 1], port)));
     let mut config = ServerConfig::load(&report.config_path).expect("server.toml loads");
     // Replays are refused on purpose below: the failure delays, and the budgets of the one
     // loopback address every worker sends from, must not get in their way.

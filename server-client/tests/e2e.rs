@@ -5,9 +5,12 @@
 //! challenge, draft, card signature over the signing input, assertion.
 //! Fixture card images are loaded without writing back to them.
 
+mod common;
+use common::{fixture, init_directory};
+
 use std::error::Error;
 use std::net::{Ipv4Addr, SocketAddr, TcpListener};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -25,7 +28,7 @@ use pivtap_server_client::client::{
 };
 use pivtap_server_client::config::{ConfigError, ConfigProblem, ServerConfig};
 use pivtap_server_client::device::DeviceCredential;
-use pivtap_server_client::init::{InitOptions, InitReport, init_server};
+use pivtap_server_client::init::InitReport;
 use pivtap_server_client::jose::{base64url_decode, base64url_encode};
 use pivtap_server_client::server::{self, Listener, ServeError};
 use pivtap_server_client::token::TokenVerifier;
@@ -49,13 +52,6 @@ const START_TIMEOUT: Duration = Duration::from_secs(20);
 const PORT_ATTEMPTS: usize = 5;
 /// The device most tests sign in on.
 const KIOSK: &str = "kiosk-07";
-
-/// A file under the workspace's `fixtures/`.
-fn fixture(path: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../fixtures")
-        .join(path)
-}
 
 /// The server's TLS (axum-server's rustls) needs a process-wide provider.
 fn install_crypto_provider() {
@@ -222,21 +218,6 @@ fn free_port() -> u16 {
         .and_then(|listener| listener.local_addr())
         .expect("an ephemeral port on loopback")
         .port()
-}
-
-/// A server directory written by `init_server`, trusting the test CA, for port 0.
-fn init_directory() -> (TempDir, InitReport) {
-    let dir = tempfile::tempdir().expect("a temporary directory");
-    let report = init_server(
-        dir.path(),
-        &InitOptions {
-            trust: vec![fixture("ca/test-ca.pem")],
-            listen: "127.0.0.1:0".parse().expect("a socket address"),
-            ..InitOptions::default()
-        },
-    )
-    .expect("init_server writes the server directory");
-    (dir, report)
 }
 
 /// A server running in this process, from a directory written by `init_server`.

@@ -6,8 +6,11 @@
 //! own reason, not for the ones before it. At the end a well-formed sign-in
 //! still works: the hostile requests left no state behind that could lock it out.
 
+mod common;
+use common::{fixture, init_directory};
+
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use axum::Router;
 use axum::body::Body;
@@ -21,7 +24,7 @@ use pivtap_card::virtual_card::{VirtualCard, VirtualCardBackend};
 use pivtap_card::{PivSession, SignatureAlgorithm};
 use pivtap_server_client::assertion::AssertionDraft;
 use pivtap_server_client::config::ServerConfig;
-use pivtap_server_client::init::{InitOptions, init_server};
+
 use pivtap_server_client::jose::base64url_encode;
 use pivtap_server_client::server::{self, MAX_BODY_BYTES};
 use pivtap_server_client::store::{User, UserState};
@@ -34,12 +37,6 @@ use tower::ServiceExt as _;
 const SLOT: KeyReference = KeyReference::PivAuthentication;
 const DEVICE: &str = "kiosk-07";
 const JSON: &str = "application/json";
-
-fn fixture(path: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../fixtures")
-        .join(path)
-}
 
 /// A fixture card (in memory; the fixture file is never written).
 struct Card {
@@ -131,16 +128,7 @@ async fn target() -> Target {
 
 /// The server with `adjust` applied to its `server.toml`.
 async fn target_with(adjust: impl FnOnce(&mut ServerConfig)) -> Target {
-    let dir = tempfile::tempdir().expect("a temporary directory");
-    let report = init_server(
-        dir.path(),
-        &InitOptions {
-            trust: vec![fixture("ca/test-ca.pem")],
-            listen: "127.0.0.1:0".parse().expect("an address"),
-            ..InitOptions::default()
-        },
-    )
-    .expect("init_server writes the directory");
+    let (dir, report) = init_directory();
     let mut config = ServerConfig::load(&report.config_path).expect("server.toml loads");
     config.origin = "https://auth.example.test".to_owned();
     adjust(&mut config);

@@ -3,6 +3,8 @@
 //! Each server is the real one (`init_server` + `from_config` + `serve_with_handle`)
 //! on 127.0.0.1, port 0. Floods are bounded (a few hundred connections).
 
+mod common;
+
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -10,7 +12,6 @@ use std::time::{Duration, Instant};
 
 use axum_server::Handle;
 use pivtap_server_client::config::ServerConfig;
-use pivtap_server_client::init::{InitOptions, init_server};
 use pivtap_server_client::server::{self, Listener, StartError};
 use pivtap_server_client::wire;
 use rustls_pki_types::pem::PemObject as _;
@@ -25,25 +26,10 @@ const MIB: usize = 1024 * 1024;
 /// Another loopback address than the server's own, to be another source.
 const OTHER_SOURCE: IpAddr = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2));
 
-fn fixture(path: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../fixtures")
-        .join(path)
-}
-
 /// A server directory written by `init_server`, its configuration loaded.
 fn init_directory() -> (TempDir, ServerConfig, PathBuf) {
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
-    let dir = tempfile::tempdir().expect("a temporary directory");
-    let report = init_server(
-        dir.path(),
-        &InitOptions {
-            trust: vec![fixture("ca/test-ca.pem")],
-            listen: "127.0.0.1:0".parse().expect("an address"),
-            ..InitOptions::default()
-        },
-    )
-    .expect("init_server writes the directory");
+    let (dir, report) = common::init_directory();
     let config = ServerConfig::load(&report.config_path).expect("server.toml loads");
     (dir, config, report.config_path)
 }
