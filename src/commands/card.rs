@@ -492,7 +492,8 @@ fn iso_date(compact: &str) -> String {
     }
 }
 
-fn rfc3339(time: time::OffsetDateTime) -> String {
+/// A time as the CLI prints it (RFC 3339).
+pub(crate) fn rfc3339(time: time::OffsetDateTime) -> String {
     time.format(&time::format_description::well_known::Rfc3339)
         .unwrap_or_else(|_| time.to_string())
 }

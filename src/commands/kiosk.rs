@@ -79,7 +79,7 @@ fn enroll_device(server: &ServerArgs, code: &str, out: &Path, json: bool) -> any
                 "device": credential.device(),
                 "device_key": key_path,
                 "device_certificate": certificate_path,
-                "not_after": credential.not_after().to_string(),
+                "not_after": super::card::rfc3339(credential.not_after()),
             })
         );
     } else {
@@ -87,7 +87,7 @@ fn enroll_device(server: &ServerArgs, code: &str, out: &Path, json: bool) -> any
             "Device {} is enrolled; its certificate is valid until {}.\n\
              In kiosk.toml, under [server]:\n    device_key = {:?}\n    device_certificate = {:?}",
             credential.device(),
-            credential.not_after(),
+            super::card::rfc3339(credential.not_after()),
             key_path.display().to_string(),
             certificate_path.display().to_string()
         );

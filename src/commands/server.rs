@@ -108,6 +108,10 @@ pub fn run(command: ServerCommand) -> anyhow::Result<()> {
                  GET /metrics is served nowhere until [metrics] in server.toml sets \
                  listen = \"127.0.0.1:9464\" (loopback) or token_file (a bearer credential)."
             );
+            println!(
+                "Devices: challenges go only to registered devices. Register each kiosk with \
+                 `pivtap admin devices add ID`, then run `pivtap kiosk enroll-device` on it."
+            );
             Ok(())
         }
         ServerCommand::RotateKeys { config } => {
