@@ -268,9 +268,9 @@ async fn sign_in(
 ///
 /// A failure counts only against what proved itself: the card when its signature
 /// verified (a trusted card signed it), the device when the challenge was issued to it
-/// and unused. Until devices authenticate, "the device" is the device id as asked
-/// for from this source address, so nobody elsewhere can get a kiosk held back by
-/// naming it. An assertion that proves nothing counts against its source address
+/// and unused (a device proves itself to get a challenge; in open mode anyone may name
+/// one, so "the device" is always the device id as asked for from this source address,
+/// and nobody elsewhere can get a kiosk held back by naming it). An assertion that proves nothing counts against its source address
 /// only (its refusal spends the source's budget, see [`ServerState::refused`]).
 pub(crate) async fn authenticate(
     state: &ServerState,

@@ -137,7 +137,7 @@ impl RateLimiter {
     }
 
     /// Spends one request of `spend`'s budget from every one of `keys` (each key has its
-    /// own bucket, e.g. the source address and, later, a verified device): all of them or,
+    /// own bucket, e.g. the source address, or a device that proved itself): all of them or,
     /// if one is empty, none, and then how long until it has room again.
     ///
     /// # Errors
