@@ -1187,6 +1187,53 @@ fn is_hazard(c: char) -> bool {
         || matches!(c, '\u{200b}'..='\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}' | '\u{feff}')
 }
 
+/// Device enrollment (`POST /v1/devices/enroll`) answers anyone: its refusals spend the
+/// source's refusal budget like every other audited refusal, so a flood of made-up codes
+/// cannot write an audit row per request.
+#[tokio::test]
+async fn a_flood_of_made_up_device_codes_is_rate_limited() {
+    let target = target_with(|_| {}).await;
+    let before = audit_rows(&target);
+    target.from(ATTACKER);
+    let mut statuses = std::collections::BTreeMap::<u16, usize>::new();
+    for attempt in 0..400 {
+        let body = json!({
+            "code": format!("MADE-UP{attempt:04}-XXXX-XXXX-XXXX"),
+            "csr": "bm90IGEgQ1NS",
+        })
+        .to_string();
+        let reply = target
+            .send(post("/v1/devices/enroll", Some(JSON), body))
+            .await;
+        assert!(reply.status.is_client_error(), "attempt {attempt}");
+        *statuses.entry(reply.status.as_u16()).or_default() += 1;
+    }
+    let limited = statuses
+        .get(&StatusCode::TOO_MANY_REQUESTS.as_u16())
+        .copied()
+        .unwrap_or(0);
+    let written = audit_rows(&target) - before;
+    println!("device-code flood: {statuses:?}, {written} audit rows");
+    // The default refusal budget: 120 at once, then one a second.
+    assert!(limited >= 250, "the flood is rate limited: {statuses:?}");
+    assert!(written <= 130, "{written} audit rows for 400 refusals");
+    target.from(KIOSK_07_ADDRESS);
+    let reply = target.challenge_for(DEVICE).await;
+    assert_eq!(
+        reply.status,
+        StatusCode::CREATED,
+        "another source is served"
+    );
+}
+
+/// The number of audit events.
+fn audit_rows(target: &Target) -> i64 {
+    rusqlite::Connection::open(target.dir.path().join("pivtap.db"))
+        .expect("the database opens")
+        .query_row("SELECT count(*) FROM audit", [], |row| row.get(0))
+        .expect("the audit table reads")
+}
+
 #[tokio::test]
 async fn an_unauthenticated_flood_stores_a_bounded_audit_and_is_rate_limited() {
     // The default limits: what a real server runs with.

@@ -24,6 +24,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use time::OffsetDateTime;
 
 use super::ServerState;
+use super::client_address::ClientAddress;
 use super::enrollment::{code_hash, code_label, decode_csr, issuer, new_code};
 use super::error::ApiError;
 use super::handlers::{json_body, rejection_error, rfc3339};
@@ -523,9 +524,12 @@ async fn enroll(
 }
 
 /// `POST /v1/devices/enroll`: a device enrollment code and a CSR in, the device
-/// certificate out. The success is audited with its effect; refusals on their own.
+/// certificate out. The success is audited with its effect; refusals on their own,
+/// through [`ServerState::refused`] (anyone may call this: past the source's refusal
+/// budget a refusal is answered `rate_limited` and counted, not audited one by one).
 pub async fn enroll_device(
     State(state): State<ServerState>,
+    source: ClientAddress,
     body: Result<Json<DeviceEnrollmentRequest>, JsonRejection>,
 ) -> Result<impl IntoResponse, ApiError> {
     let now = OffsetDateTime::now_utc();
@@ -541,19 +545,16 @@ pub async fn enroll_device(
         Ok(answer) => Ok((StatusCode::CREATED, Json(answer))),
         Err(error) => {
             detail.push(error.message.clone());
-            state
-                .store()
-                .audit(NewAuditEvent {
-                    time: now,
-                    kind: "device-enrollment".to_owned(),
-                    outcome: error.code.as_str().to_owned(),
-                    device,
-                    card_serial: None,
-                    user_id: None,
-                    detail: Some(detail.join(": ")),
-                })
-                .await?;
-            Err(error)
+            let event = NewAuditEvent {
+                time: now,
+                kind: "device-enrollment".to_owned(),
+                outcome: error.code.as_str().to_owned(),
+                device,
+                card_serial: None,
+                user_id: None,
+                detail: Some(detail.join(": ")),
+            };
+            Err(state.refused(&source, event, error).await)
         }
     }
 }
