@@ -523,8 +523,8 @@ fn signed_with_key_of(assertion: &str, certificate: &[u8]) -> bool {
     })
 }
 
-/// The SubjectPublicKeyInfo (DER) of an issued certificate.
-fn spki_of(issued: &EnrollmentResult) -> Result<Vec<u8>, EnrollError> {
+/// An issued certificate's DER and its SubjectPublicKeyInfo (DER).
+fn decode_issued(issued: &EnrollmentResult) -> Result<(Vec<u8>, Vec<u8>), EnrollError> {
     let der = URL_SAFE_NO_PAD
         .decode(issued.certificate.trim_end_matches('='))
         .map_err(|_| EnrollError::BadAnswer {
@@ -533,7 +533,13 @@ fn spki_of(issued: &EnrollmentResult) -> Result<Vec<u8>, EnrollError> {
     let (_, certificate) = X509Certificate::from_der(&der).map_err(|_| EnrollError::BadAnswer {
         reason: "the certificate is not valid X.509",
     })?;
-    Ok(certificate.public_key().raw.to_vec())
+    let spki = certificate.public_key().raw.to_vec();
+    Ok((der, spki))
+}
+
+/// The SubjectPublicKeyInfo (DER) of an issued certificate.
+fn spki_of(issued: &EnrollmentResult) -> Result<Vec<u8>, EnrollError> {
+    decode_issued(issued).map(|(_, spki)| spki)
 }
 
 /// A serial's bytes without leading zero bytes (a DER sign byte).
@@ -577,15 +583,8 @@ fn store_certificate(
     spki: &[u8],
     progress: &mut dyn FnMut(EnrollStep),
 ) -> Result<CertificateFacts, EnrollError> {
-    let der = URL_SAFE_NO_PAD
-        .decode(issued.certificate.trim_end_matches('='))
-        .map_err(|_| EnrollError::BadAnswer {
-            reason: "the certificate is not base64url",
-        })?;
-    let (_, certificate) = X509Certificate::from_der(&der).map_err(|_| EnrollError::BadAnswer {
-        reason: "the certificate is not valid X.509",
-    })?;
-    if certificate.public_key().raw != spki {
+    let (der, issued_spki) = decode_issued(issued)?;
+    if issued_spki != spki {
         return Err(EnrollError::CertificateMismatch);
     }
     let facts = CertificateFacts::from_der(&der).map_err(|_| EnrollError::BadAnswer {
