@@ -852,19 +852,7 @@ pub(crate) mod tests {
     #[test]
     fn intermediates_come_from_the_chain_sent() {
         let root = test_ca("Root CA");
-        let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
-        let mut params = CertificateParams::default();
-        params
-            .distinguished_name
-            .push(DnType::CommonName, "Issuing CA");
-        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
-        let intermediate_der = params.signed_by(&key, &root.issuer).unwrap().der().to_vec();
-        let intermediate = TestCa {
-            certificate: intermediate_der.clone(),
-            issuer: Issuer::new(params, key),
-        };
-        let card = issue(&intermediate, |_| {});
+        let (intermediate_der, card) = intermediate_and_card(&root, |_| {});
         let store = TrustStore::new(&[root.certificate], &[]).unwrap();
         assert_eq!(store.validate(&card, &[intermediate_der], now()), Ok(()));
         assert_eq!(
