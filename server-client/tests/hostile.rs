@@ -1518,6 +1518,18 @@ async fn a_card_holder_elsewhere_cannot_get_a_kiosk_blocked() {
         .await;
 }
 
+/// An assertion payload for kiosk-07 naming `slot` (`crafted` puts in a fresh nonce).
+fn slot_payload(target: &Target, slot: &str) -> String {
+    json!({
+        "aud": target.origin,
+        "nonce": "NONCE",
+        "device": DEVICE,
+        "iat": OffsetDateTime::now_utc().unix_timestamp(),
+        "slot": slot,
+    })
+    .to_string()
+}
+
 /// The claims of a session token (the JWT's payload), unverified: for reading `amr`.
 fn token_claims(reply: &Reply) -> Value {
     let token = reply.json()["token"].as_str().expect("a token").to_owned();
@@ -1537,15 +1549,9 @@ async fn assertions_naming_another_key_slot_are_refused() {
     let target = target().await;
     let header = header_json(ALICE.algorithm().jose_name(), &[ALICE.certificate()]);
     for slot in ["9e", "9c", "9d", "9A", "82", "", "junk", "9a\u{0}"] {
-        let payload = json!({
-            "aud": target.origin,
-            "nonce": "NONCE",
-            "device": DEVICE,
-            "iat": OffsetDateTime::now_utc().unix_timestamp(),
-            "slot": slot,
-        })
-        .to_string();
-        let forged = target.crafted(&ALICE, &header, Some(&payload)).await;
+        let forged = target
+            .crafted(&ALICE, &header, Some(&slot_payload(&target, slot)))
+            .await;
         let reply = target
             .send(post("/v1/assertions", Some(JSON), assertion_body(&forged)))
             .await;
@@ -1584,15 +1590,9 @@ async fn a_card_authentication_slot_allowed_by_configuration_proves_no_pin() {
     let header = header_json(ALICE.algorithm().jose_name(), &[ALICE.certificate()]);
     let mut amr = Vec::new();
     for slot in ["9e", "9a", "9c"] {
-        let payload = json!({
-            "aud": target.origin,
-            "nonce": "NONCE",
-            "device": DEVICE,
-            "iat": OffsetDateTime::now_utc().unix_timestamp(),
-            "slot": slot,
-        })
-        .to_string();
-        let assertion = target.crafted(&ALICE, &header, Some(&payload)).await;
+        let assertion = target
+            .crafted(&ALICE, &header, Some(&slot_payload(&target, slot)))
+            .await;
         let reply = target
             .send(post(
                 "/v1/assertions",
