@@ -101,6 +101,70 @@ pub enum ClientError {
     },
 }
 
+/// What kind of failure a [`ClientError`] is: the one place that tells a server that cannot
+/// be reached from one that is not trusted and from one that refuses, so callers (the kiosk's
+/// screen and log) never guess from the message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum FailureKind {
+    /// This client's own settings are wrong (URL, trust material): nothing was sent.
+    Setup,
+    /// The server was not reached, or the connection failed before an answer.
+    Network(NetworkFailure),
+    /// TLS: the server's certificate is not issued by a trusted CA, its key does not match
+    /// the pin, or it is not valid for the host name in the URL.
+    Trust,
+    /// The server answered with a refusal and this stable code.
+    Refused(ErrorCode),
+    /// Something answered that does not speak pivtap's protocol (a wrong URL or a proxy).
+    Protocol,
+}
+
+/// How a request failed to reach the server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum NetworkFailure {
+    /// Nothing listens at the address (the server is down, or a wrong port).
+    ConnectionRefused,
+    /// No answer in time (the server or the network is silent).
+    TimedOut,
+    /// Another failure: the name did not resolve, no route, the connection was dropped.
+    Other,
+}
+
+impl ClientError {
+    /// What kind of failure this is.
+    #[must_use]
+    pub fn kind(&self) -> FailureKind {
+        match self {
+            ClientError::Config { .. } => FailureKind::Setup,
+            ClientError::Network { source, .. } => FailureKind::Network(network_failure(source)),
+            ClientError::UntrustedServer { .. } => FailureKind::Trust,
+            ClientError::Refused { code, .. } => FailureKind::Refused(*code),
+            ClientError::Protocol { .. } => FailureKind::Protocol,
+        }
+    }
+}
+
+/// Sorts a transport error by what the network did, from the typed errors in its chain.
+fn network_failure(error: &reqwest::Error) -> NetworkFailure {
+    if error.is_timeout() {
+        return NetworkFailure::TimedOut;
+    }
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(error);
+    while let Some(current) = source {
+        if let Some(io) = current.downcast_ref::<std::io::Error>() {
+            match io.kind() {
+                std::io::ErrorKind::ConnectionRefused => return NetworkFailure::ConnectionRefused,
+                std::io::ErrorKind::TimedOut => return NetworkFailure::TimedOut,
+                _ => {}
+            }
+        }
+        source = current.source();
+    }
+    NetworkFailure::Other
+}
+
 impl ServerTrust {
     /// Roots from a PEM file (one or more certificates).
     ///
@@ -327,6 +391,18 @@ impl Client {
                 }
             }
         }
+    }
+
+    /// `GET /readyz`: whether the server answers and can record a sign-in now; a cheap
+    /// probe (no credential, nothing recorded).
+    ///
+    /// # Errors
+    /// [`ClientError`]; a server that cannot record sign-ins is
+    /// [`ClientError::Refused`] with [`ErrorCode::Unavailable`].
+    pub async fn ready(&self) -> Result<(), ClientError> {
+        self.request_bytes::<()>(Method::GET, wire::PATH_READY, None, None)
+            .await
+            .map(|_| ())
     }
 
     /// `POST /v1/challenges`

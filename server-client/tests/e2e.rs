@@ -24,7 +24,8 @@ use pivtap_card::{PivSession, SignatureAlgorithm};
 use pivtap_server_client::assertion::AssertionDraft;
 use pivtap_server_client::certificate::CertificateFacts;
 use pivtap_server_client::client::{
-    AdminClient, AuditFilter, CardAction, Client, ClientError, ServerTrust,
+    AdminClient, AuditFilter, CardAction, Client, ClientError, FailureKind, NetworkFailure,
+    ServerTrust,
 };
 use pivtap_server_client::config::{ConfigError, ConfigProblem, ServerConfig};
 use pivtap_server_client::device::DeviceCredential;
@@ -1111,6 +1112,81 @@ async fn a_pinned_server_key_is_trusted_and_a_wrong_pin_is_not() {
             Err(ClientError::UntrustedServer { .. })
         ),
         "a server certificate from another issuer must be refused"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failures_are_told_apart_as_network_trust_or_refusal() {
+    let server = TestServer::start().await;
+    server
+        .client
+        .ready()
+        .await
+        .expect("a ready server answers /readyz");
+    fn kind<T: std::fmt::Debug>(result: Result<T, ClientError>) -> FailureKind {
+        result.expect_err("the request fails").kind()
+    }
+
+    // Trust: a CA that did not issue the server's certificate, and a wrong key pin.
+    let other_ca = Client::new(
+        &server.config.origin,
+        ServerTrust::from_pem_file(&fixture("ca/test-ca.pem")).unwrap(),
+        CLIENT_TIMEOUT,
+    )
+    .unwrap();
+    assert_eq!(kind(other_ca.ready().await), FailureKind::Trust);
+    let wrong_pin = Client::new(
+        &server.config.origin,
+        ServerTrust::from_pin(&STANDARD.encode([0x42; 32])).unwrap(),
+        CLIENT_TIMEOUT,
+    )
+    .unwrap();
+    assert_eq!(kind(wrong_pin.challenge(KIOSK).await), FailureKind::Trust);
+
+    // A refusal carries the server's code.
+    assert_eq!(
+        kind(server.client.challenge("not a device id").await),
+        FailureKind::Refused(ErrorCode::InvalidRequest)
+    );
+
+    // Network: nothing listens on the port; something listens but never answers.
+    let closed = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
+    let closed_port = closed.local_addr().unwrap().port();
+    drop(closed);
+    let nobody = Client::new(
+        &format!("https://127.0.0.1:{closed_port}"),
+        ServerTrust::SystemRoots,
+        CLIENT_TIMEOUT,
+    )
+    .unwrap();
+    assert_eq!(
+        kind(nobody.ready().await),
+        FailureKind::Network(NetworkFailure::ConnectionRefused)
+    );
+    let silent = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
+    let silent_origin = format!("https://127.0.0.1:{}", silent.local_addr().unwrap().port());
+    let mute = Client::new(
+        &silent_origin,
+        ServerTrust::SystemRoots,
+        Duration::from_millis(500),
+    )
+    .unwrap();
+    assert_eq!(
+        kind(mute.ready().await),
+        FailureKind::Network(NetworkFailure::TimedOut)
+    );
+    drop(silent);
+
+    // A URL with a path the server does not serve: its `not_found`, so the URL is to fix.
+    let wrong_path = Client::new(
+        &format!("{}/not-pivtap", server.config.origin),
+        ServerTrust::from_pem_file(&server.report.certificate_path).unwrap(),
+        CLIENT_TIMEOUT,
+    )
+    .unwrap();
+    assert_eq!(
+        kind(wrong_path.ready().await),
+        FailureKind::Refused(ErrorCode::NotFound)
     );
 }
 
