@@ -6,6 +6,11 @@
 //! policy is fetched at start-up (and again once the server answers, if it
 //! did not then); until it is known the core checks new PINs against the
 //! default policy.
+//!
+//! What the server does is known from real traffic (challenges, sign-ins) and from a cheap
+//! probe (`GET /readyz`) when nothing else went out for [`PROBE_INTERVAL`]. Each failure is
+//! sorted by [`ClientError::kind`] into unreachable, not trusted, or refusing; the core shows
+//! it in plain words and the log says which `kiosk.toml` key to look at.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -13,17 +18,19 @@ use std::time::{Duration, Instant};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use pivtap_server_client::certificate::CertificateFacts;
-use pivtap_server_client::client::{Client, ClientError};
+use pivtap_server_client::client::{Client, ClientError, FailureKind, NetworkFailure};
 use pivtap_server_client::jose::CompactJws;
 use pivtap_server_client::pin_policy::PinPolicy;
-use pivtap_server_client::wire::{AssertionHeader, ChallengeResponse};
+use pivtap_server_client::wire::{AssertionHeader, ChallengeResponse, ErrorCode};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
 use zeroize::Zeroizing;
 
 use crate::card_worker::{CardJob, CardJobResult, CardWorker};
-use crate::core::{AuthFailure, CoreConfig, Effect, Event, KeyInput, Kiosk, SessionEvent, WorkId};
+use crate::core::{
+    AuthFailure, CoreConfig, Effect, Event, KeyInput, Kiosk, ServerStatus, SessionEvent, WorkId,
+};
 use crate::local_api::SessionBoard;
 use crate::readers::{ReaderSource, ReaderUpdate};
 
@@ -92,6 +99,8 @@ enum Network {
         card: Option<String>,
     },
     PinPolicy(Result<PinPolicy, ClientError>),
+    /// The answer to `GET /readyz`.
+    Probe(Result<(), ClientError>),
 }
 
 /// Where fetching the server's PIN policy is.
@@ -106,6 +115,9 @@ enum PolicyFetch {
 const CHALLENGE_MARGIN: Duration = Duration::from_secs(10);
 /// The longest wait between attempts to reach an unreachable server.
 const MAX_RETRY: Duration = Duration::from_secs(30);
+/// The server is probed (`GET /readyz`) when nothing else was sent to it for this long, so a
+/// server that goes away (or comes back) is noticed within this time.
+pub const PROBE_INTERVAL: Duration = Duration::from_secs(10);
 
 struct Runtime {
     kiosk: Kiosk,
@@ -118,7 +130,11 @@ struct Runtime {
     fetching_challenge: bool,
     next_fetch: Instant,
     retry_delay: Duration,
-    server_reachable: bool,
+    /// What the server did last (the core is told of every change).
+    server: ServerStatus,
+    /// When the next probe is due, unless other traffic comes first.
+    next_probe: Instant,
+    probing: bool,
     /// An authentication waiting for a challenge.
     waiting_for_challenge: Option<(WorkId, String, pivtap_apdu::piv::Pin)>,
     /// The token of a sign-in the server accepted, until the core publishes it.
@@ -166,7 +182,9 @@ pub async fn run(
         fetching_challenge: false,
         next_fetch: now,
         retry_delay: Duration::from_secs(1),
-        server_reachable: true,
+        server: ServerStatus::Connected,
+        next_probe: now + PROBE_INTERVAL,
+        probing: false,
         waiting_for_challenge: None,
         accepted_token: None,
         token: None,
@@ -178,7 +196,7 @@ pub async fn run(
     };
     runtime.keep_challenge_fresh(now);
     runtime.fetch_pin_policy();
-    face.refresh(&runtime.kiosk, runtime.server_reachable, now);
+    face.refresh(&runtime.kiosk, runtime.kiosk.server_reachable(), now);
     let mut clock = tokio::time::interval(Duration::from_secs(1));
     loop {
         let tick_at = runtime.tick_at;
@@ -207,7 +225,8 @@ pub async fn run(
             _ = clock.tick() => {
                 let now = Instant::now();
                 runtime.keep_challenge_fresh(now);
-                face.refresh(&runtime.kiosk, runtime.server_reachable, now);
+                runtime.probe_when_quiet(now);
+                face.refresh(&runtime.kiosk, runtime.kiosk.server_reachable(), now);
             }
         }
     }
@@ -262,22 +281,23 @@ impl Runtime {
 
     fn network_result(&mut self, result: Network, face: &mut dyn Face) {
         let now = Instant::now();
+        self.next_probe = now + PROBE_INTERVAL;
         match result {
             Network::Challenge(Ok(challenge)) => {
                 self.fetching_challenge = false;
                 self.retry_delay = Duration::from_secs(1);
                 self.challenge = Some(challenge);
-                self.server_is(true, face);
+                self.server_is(ServerStatus::Connected, face);
                 if let Some((work, reader, pin)) = self.waiting_for_challenge.take() {
                     self.start_signing(work, reader, pin);
                 }
             }
             Network::Challenge(Err(error)) => {
                 self.fetching_challenge = false;
-                tracing::warn!(target: "pivtap::kiosk", %error, "cannot get a challenge");
+                tracing::debug!(target: "pivtap::kiosk", %error, "cannot get a challenge");
                 self.next_fetch = now + self.retry_delay;
                 self.retry_delay = (self.retry_delay * 2).min(MAX_RETRY);
-                self.server_is(!is_network_failure(&error), face);
+                self.server_failed(&error, face);
                 if let Some((work, _, _)) = self.waiting_for_challenge.take() {
                     self.core_event(
                         Event::AuthFailed {
@@ -297,10 +317,25 @@ impl Runtime {
                 tracing::warn!(target: "pivtap::kiosk", %error, "cannot get the PIN policy; using the default");
                 self.pin_policy = PolicyFetch::Unknown;
             }
+            Network::Probe(result) => {
+                self.probing = false;
+                match result {
+                    // A challenge in hand means the device is served: the server is back.
+                    Ok(()) if self.challenge.is_some() => {
+                        self.server_is(ServerStatus::Connected, face);
+                    }
+                    // Only a challenge tells whether this device is served: ask for one now.
+                    Ok(()) => {
+                        self.next_fetch = now;
+                        self.retry_delay = Duration::from_secs(1);
+                    }
+                    Err(error) => self.server_failed(&error, face),
+                }
+            }
             Network::SignIn { work, result, card } => {
                 let event = match result {
                     Ok(response) => {
-                        self.server_is(true, face);
+                        self.server_is(ServerStatus::Connected, face);
                         let signed_in_at = OffsetDateTime::now_utc();
                         let lifetime = Duration::from_secs(response.expires_in);
                         self.accepted_token = Some(Zeroizing::new(response.token));
@@ -314,8 +349,8 @@ impl Runtime {
                     }
                     Err(error) => {
                         tracing::info!(target: "pivtap::kiosk", %error, "sign-in refused or failed");
-                        if is_network_failure(&error) {
-                            self.server_is(false, face);
+                        if !matches!(error.kind(), FailureKind::Refused(_)) {
+                            self.server_failed(&error, face);
                         }
                         Event::AuthFailed {
                             work,
@@ -367,19 +402,56 @@ impl Runtime {
         }
     }
 
-    fn server_is(&mut self, reachable: bool, face: &mut dyn Face) {
-        if reachable {
-            self.fetch_pin_policy();
-        }
-        if reachable != self.server_reachable {
-            self.server_reachable = reachable;
-            let event = if reachable {
+    /// Records what the server did and tells the core: every answer (so the views know when
+    /// it was last seen), and each change of problem.
+    fn server_is(&mut self, status: ServerStatus, face: &mut dyn Face) {
+        let changed = status != self.server;
+        self.server = status;
+        let event = match status {
+            ServerStatus::Connected => {
+                self.fetch_pin_policy();
+                if changed {
+                    tracing::info!(target: "pivtap::kiosk", server = self.client.server(), "the sign-in server answers again");
+                }
                 Event::ServerReachable
-            } else {
-                Event::ServerUnreachable
-            };
-            self.core_event(event, face);
+            }
+            _ if !changed => return,
+            ServerStatus::Unreachable => Event::ServerUnreachable,
+            ServerStatus::Untrusted => Event::ServerUntrusted,
+            ServerStatus::Refusing { code } => Event::ServerRefusing { code },
+        };
+        self.core_event(event, face);
+    }
+
+    /// A request failed: what that says about the server, logged once per change with the
+    /// `kiosk.toml` key to look at.
+    fn server_failed(&mut self, error: &ClientError, face: &mut dyn Face) {
+        let status = server_status_of(error);
+        if status != self.server {
+            tracing::warn!(
+                target: "pivtap::kiosk",
+                %error,
+                fix = what_to_fix(error.kind()),
+                "the sign-in server cannot be used"
+            );
+        } else {
+            tracing::debug!(target: "pivtap::kiosk", %error, "the sign-in server still cannot be used");
         }
+        self.server_is(status, face);
+    }
+
+    /// Probes the server (`GET /readyz`) when nothing was sent to it for [`PROBE_INTERVAL`].
+    fn probe_when_quiet(&mut self, now: Instant) {
+        if self.probing || self.fetching_challenge || now < self.next_probe {
+            return;
+        }
+        self.probing = true;
+        let client = self.client.clone();
+        let network = self.network.clone();
+        tokio::spawn(async move {
+            let result = client.ready().await;
+            let _ = network.send(Network::Probe(result));
+        });
     }
 
     /// Keeps one unexpired challenge in hand, fetching the next before it runs out.
@@ -481,7 +553,7 @@ impl Runtime {
                 Effect::ScheduleTick { at } => self.tick_at = Some(at),
             }
         }
-        face.refresh(&self.kiosk, self.server_reachable, now);
+        face.refresh(&self.kiosk, self.kiosk.server_reachable(), now);
     }
 }
 
@@ -499,19 +571,58 @@ fn usable(challenge: &ChallengeResponse) -> bool {
         .is_ok_and(|expires| expires - OffsetDateTime::now_utc() > CHALLENGE_MARGIN)
 }
 
-fn is_network_failure(error: &ClientError) -> bool {
-    matches!(
-        error,
-        ClientError::Network { .. }
-            | ClientError::UntrustedServer { .. }
-            | ClientError::Protocol { .. }
-    )
+/// What a failed request says about the server.
+fn server_status_of(error: &ClientError) -> ServerStatus {
+    match error.kind() {
+        FailureKind::Trust => ServerStatus::Untrusted,
+        FailureKind::Refused(code) => ServerStatus::Refusing { code },
+        _ => ServerStatus::Unreachable,
+    }
 }
 
 fn failure_of(error: &ClientError) -> AuthFailure {
-    match error {
-        ClientError::Refused { code, .. } => AuthFailure::ServerRefused { code: *code },
+    match error.kind() {
+        FailureKind::Refused(code) => AuthFailure::ServerRefused { code },
+        FailureKind::Trust => AuthFailure::ServerUntrusted,
         _ => AuthFailure::ServerUnreachable,
+    }
+}
+
+/// What the administrator should look at for a failure, naming the `kiosk.toml` key.
+#[must_use]
+pub fn what_to_fix(kind: FailureKind) -> &'static str {
+    match kind {
+        FailureKind::Trust => {
+            "the server's certificate is not trusted: check [server] ca (the CA that issued it, \
+             or the server's own tls.crt) or [server] pin_sha256 in kiosk.toml, and that \
+             [server] url names a host the certificate is for"
+        }
+        FailureKind::Network(NetworkFailure::ConnectionRefused) => {
+            "nothing listens there: is the server running, and are the host and port in \
+             [server] url right?"
+        }
+        FailureKind::Network(NetworkFailure::TimedOut) => {
+            "no answer in time: check the network and firewalls to [server] url \
+             ([server] timeout_seconds sets the wait)"
+        }
+        FailureKind::Network(_) => {
+            "check [server] url in kiosk.toml (its host name must resolve) and the network"
+        }
+        FailureKind::Refused(ErrorCode::DeviceUnknown | ErrorCode::DeviceProofInvalid) => {
+            "the server does not know this device: check device, [server] device_key and \
+             [server] device_certificate in kiosk.toml (`pivtap kiosk enroll-device`)"
+        }
+        FailureKind::Refused(ErrorCode::DeviceDisabled) => {
+            "an administrator disabled this device at the server (`pivtap admin devices`)"
+        }
+        FailureKind::Refused(ErrorCode::NotFound) | FailureKind::Protocol => {
+            "what answers is not a pivtap server: check [server] url in kiosk.toml"
+        }
+        FailureKind::Refused(ErrorCode::Unavailable) => {
+            "the server cannot record sign-ins now: see the server's log"
+        }
+        FailureKind::Refused(_) => "see the server's log for why it refuses",
+        _ => "check [server] in kiosk.toml",
     }
 }
 

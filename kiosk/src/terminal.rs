@@ -54,13 +54,14 @@ impl TerminalFace {
 }
 
 impl Face for TerminalFace {
-    fn refresh(&mut self, kiosk: &Kiosk, server_reachable: bool, now: Instant) {
+    fn refresh(&mut self, kiosk: &Kiosk, _server_reachable: bool, now: Instant) {
         let readers: &BTreeSet<String> = kiosk.readers();
         let view = View {
             state: kiosk.state(),
             flow: kiosk.config().flow,
             readers,
-            server_reachable,
+            server: kiosk.server_status(),
+            server_last_seen: kiosk.server_last_seen(),
             branding: &self.branding,
             device: &self.device,
             now,

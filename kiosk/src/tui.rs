@@ -19,7 +19,7 @@ use time::OffsetDateTime;
 
 use crate::core::{
     CardSummary, Flow, KeyInput, Notice, NoticeCode, PIN_MIN_DIGITS, PinForm, PinFormPurpose,
-    PinFormStep, PinPrompt, Session, State, Step,
+    PinFormStep, PinPrompt, ServerStatus, Session, State, Step,
 };
 
 /// How the screen looks for the organisation running the kiosk.
@@ -42,8 +42,10 @@ pub struct View<'a> {
     pub flow: Flow,
     /// The connected readers ([`Kiosk::readers`](crate::core::Kiosk::readers)).
     pub readers: &'a BTreeSet<String>,
-    /// Whether the sign-in server answered last time.
-    pub server_reachable: bool,
+    /// What the sign-in server did last time ([`Kiosk::server_status`](crate::core::Kiosk::server_status)).
+    pub server: ServerStatus,
+    /// When it last answered, on the monotonic clock ([`Kiosk::server_last_seen`](crate::core::Kiosk::server_last_seen)).
+    pub server_last_seen: Option<Instant>,
     /// The organisation's name and colours.
     pub branding: &'a Branding,
     /// This device's id, as the server knows it.
@@ -239,14 +241,33 @@ fn status_lines(view: &View) -> (Line<'static>, Line<'static>) {
         1 => Span::raw(format!("Reader: {}", join(view.readers))),
         _ => Span::raw(format!("Readers: {}", join(view.readers))),
     };
-    let server = if view.server_reachable {
-        Span::raw("Server: connected")
-    } else {
-        Span::styled("Server unreachable — retrying", WARNING)
-    };
-    let connections = Line::from(vec![Span::raw(" "), reader, Span::raw(" · "), server]);
+    let mut connections = vec![Span::raw(" "), reader, Span::raw(" · ")];
+    connections.extend(server_status(view));
+    let connections = Line::from(connections);
     let device_and_clock = Line::from(format!(" {} · {} ", view.device, clock_time(view.clock)));
     (connections, device_and_clock)
+}
+
+/// The server's part of the status line: connected, or what is wrong and when it was last seen.
+fn server_status(view: &View) -> Vec<Span<'static>> {
+    let problem = match view.server {
+        ServerStatus::Connected if view.server_last_seen.is_some() => {
+            return vec![Span::raw("Server: connected")];
+        }
+        ServerStatus::Connected => return vec![Span::raw("Server: connecting…")],
+        ServerStatus::Unreachable => "Server unreachable — retrying".to_owned(),
+        ServerStatus::Untrusted => "Server not trusted — ask IT".to_owned(),
+        ServerStatus::Refusing { code } => format!("Server refuses this device ({code})"),
+    };
+    let seen = match view.server_last_seen {
+        Some(at) => {
+            let ago = view.now.saturating_duration_since(at);
+            let ago = time::Duration::try_from(ago).unwrap_or(time::Duration::ZERO);
+            format!(" · last seen {}", clock_time(view.clock - ago))
+        }
+        None => " · never reached".to_owned(),
+    };
+    vec![Span::styled(problem, WARNING), Span::raw(seen)]
 }
 
 /// Draws the status in one row, or in two when the screen is too narrow for one.
@@ -397,7 +418,12 @@ fn message_lines(view: &View) -> Vec<Line<'static>> {
             lines.push(Line::styled("or take your badge off the reader.", HINT));
         }
         State::ServerUnreachable { notice } => {
-            lines.push(headline("Cannot reach the sign-in server".to_owned()));
+            let title = match notice.code {
+                NoticeCode::ServerUntrusted => "Sign-in server not trusted",
+                NoticeCode::ServerRefused => "The sign-in server refuses this device",
+                _ => "Cannot reach the sign-in server",
+            };
+            lines.push(headline(title.to_owned()));
             push_notice(&mut lines, notice);
             lines.push(Line::default());
             lines.push(Line::styled("Retrying…", HINT));
@@ -722,7 +748,8 @@ mod tests {
                 state,
                 flow,
                 readers: &readers,
-                server_reachable: true,
+                server: ServerStatus::Connected,
+                server_last_seen: Some(now),
                 branding: &branding(),
                 device: "kiosk-07",
                 now,
@@ -859,7 +886,8 @@ mod tests {
                 state: driver.kiosk.state(),
                 flow: Flow::TapThenPin,
                 readers: &readers,
-                server_reachable: true,
+                server: ServerStatus::Connected,
+                server_last_seen: Some(driver.now),
                 branding: &branding(),
                 device: "kiosk-07",
                 now: driver.now,
@@ -1151,6 +1179,56 @@ mod tests {
     }
 
     #[test]
+    fn the_status_line_tells_server_problems_apart_and_when_it_was_last_seen() {
+        let mut driver = Driver::new(Flow::TapThenPin);
+        let readers = BTreeSet::from([DESK.to_owned()]);
+        let show = |driver: &Driver| {
+            let view = View {
+                state: driver.kiosk.state(),
+                flow: Flow::TapThenPin,
+                readers: &readers,
+                server: driver.kiosk.server_status(),
+                server_last_seen: driver.kiosk.server_last_seen(),
+                branding: &branding(),
+                device: "kiosk-07",
+                now: driver.now,
+                clock: clock(),
+                demo_help: None,
+            };
+            screen(&render_view(&view, 120, 24))
+        };
+        // Before the first answer the kiosk does not claim a connection.
+        assert!(show(&driver).contains("Server: connecting…"));
+        driver.send(Event::ServerReachable);
+        assert!(show(&driver).contains("Server: connected"));
+        // Two minutes later the server is not trusted: it was last seen two minutes ago.
+        driver.now += Duration::from_secs(120);
+        let seen_at = clock_time(clock() - time::Duration::seconds(120));
+        driver.send(Event::ServerUntrusted);
+        let screen = show(&driver);
+        for expected in [
+            "Sign-in server not trusted",
+            "This device does not trust the sign-in server",
+            "Server not trusted — ask IT",
+        ] {
+            assert!(screen.contains(expected), "{expected:?} in\n{screen}");
+        }
+        assert!(screen.contains(&format!("last seen {seen_at}")), "{screen}");
+        driver.send(Event::ServerRefusing {
+            code: ErrorCode::DeviceDisabled,
+        });
+        let screen = show(&driver);
+        for expected in [
+            "The sign-in server refuses this device",
+            "This device is switched off at the sign-in server",
+            "Server refuses this device (device_disabled)",
+        ] {
+            assert!(screen.contains(expected), "{expected:?} in\n{screen}");
+        }
+        assert!(!screen.contains("Server: connected"), "{screen}");
+    }
+
+    #[test]
     fn server_unreachable_says_it_is_retrying() {
         let mut driver = Driver::new(Flow::TapThenPin);
         driver.send(Event::ServerUnreachable);
@@ -1159,7 +1237,8 @@ mod tests {
             state: driver.kiosk.state(),
             flow: Flow::TapThenPin,
             readers: &readers,
-            server_reachable: false,
+            server: driver.kiosk.server_status(),
+            server_last_seen: driver.kiosk.server_last_seen(),
             branding: &branding(),
             device: "kiosk-07",
             now: driver.now,
@@ -1246,7 +1325,8 @@ mod tests {
                     state: driver.kiosk.state(),
                     flow: Flow::TapThenPin,
                     readers: &readers,
-                    server_reachable: false,
+                    server: driver.kiosk.server_status(),
+                    server_last_seen: driver.kiosk.server_last_seen(),
                     branding: &branding,
                     device: &long,
                     now: driver.now,

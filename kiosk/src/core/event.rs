@@ -102,10 +102,18 @@ pub enum Event {
         /// Whether the card took the new PIN, or why not.
         result: Result<(), PinWorkFailure>,
     },
-    /// The server answered again (a challenge was fetched).
+    /// The server answered (a challenge was fetched, or a probe answered while one is held);
+    /// sent again on every answer, so the views know when it was last seen.
     ServerReachable,
-    /// The server stopped answering (fetching a challenge failed).
+    /// The server stopped answering (a challenge or a probe failed on the network).
     ServerUnreachable,
+    /// The server's TLS certificate is not trusted by this device.
+    ServerUntrusted,
+    /// The server answers but refuses this device (a challenge or a probe was refused).
+    ServerRefusing {
+        /// The server's stable code.
+        code: ErrorCode,
+    },
     /// Time passed: the runtime's wake-up asked for by [`Effect::ScheduleTick`](super::Effect::ScheduleTick).
     Tick,
 }
@@ -175,6 +183,8 @@ pub enum AuthFailure {
     CardError,
     /// The server could not be reached.
     ServerUnreachable,
+    /// The server's TLS certificate is not trusted by this device.
+    ServerUntrusted,
     /// The server refused the sign-in with this code.
     ServerRefused {
         /// The server's stable error code.

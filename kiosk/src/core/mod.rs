@@ -40,7 +40,8 @@ pub use effect::{Effect, PinFormFailure, SessionEvent, SignOutReason};
 pub use event::{AuthFailure, CardReadFailure, Event, KeyInput, PinWorkFailure, WorkId};
 pub use notice::{Notice, NoticeCode};
 pub use state::{
-    CardSummary, PinForm, PinFormPurpose, PinFormStep, PinPrompt, Session, State, Step,
+    CardSummary, PinForm, PinFormPurpose, PinFormStep, PinPrompt, ServerStatus, Session, State,
+    Step,
 };
 
 /// The fewest digits a PIN has.
@@ -66,7 +67,13 @@ pub struct Kiosk {
     /// Readers holding a card.
     cards: BTreeSet<String>,
     reader_service_available: bool,
-    server_reachable: bool,
+    /// What the server did last time it was asked.
+    server: ServerStatus,
+    /// When the server last answered (monotonic), if ever.
+    server_seen: Option<Instant>,
+    /// A badge whose sign-in stopped because the server could not be used: tried again when
+    /// the server answers, if the badge is still on this reader and nothing else began.
+    resume_reader: Option<String>,
     wrong_pins_in_a_row: u32,
     /// After a wrong PIN: no attempt before this, on any badge.
     retry_not_before: Option<Instant>,
@@ -107,7 +114,9 @@ impl Kiosk {
             readers: BTreeSet::new(),
             cards: BTreeSet::new(),
             reader_service_available: true,
-            server_reachable: true,
+            server: ServerStatus::Connected,
+            server_seen: None,
+            resume_reader: None,
             wrong_pins_in_a_row: 0,
             retry_not_before: None,
             notice_until: None,
@@ -154,7 +163,11 @@ impl Kiosk {
             }
             Event::PinWorkDone { work, result } => self.on_pin_work_done(work, result, now),
             Event::ServerReachable => self.on_server_reachable(now),
-            Event::ServerUnreachable => self.on_server_unreachable(now),
+            Event::ServerUnreachable => self.on_server_problem(ServerStatus::Unreachable, now),
+            Event::ServerUntrusted => self.on_server_problem(ServerStatus::Untrusted, now),
+            Event::ServerRefusing { code } => {
+                self.on_server_problem(ServerStatus::Refusing { code }, now);
+            }
             // The runtime's wake-up is used up: announce the next one again.
             Event::Tick => self.scheduled_tick = None,
         }
@@ -199,7 +212,20 @@ impl Kiosk {
     /// Whether the sign-in server answered last time it was asked.
     #[must_use]
     pub fn server_reachable(&self) -> bool {
-        self.server_reachable
+        self.server == ServerStatus::Connected
+    }
+
+    /// What the sign-in server did last time it was asked: answered, could not be reached,
+    /// was not trusted, or refused this device.
+    #[must_use]
+    pub fn server_status(&self) -> ServerStatus {
+        self.server
+    }
+
+    /// When the sign-in server last answered (monotonic clock), if it ever did.
+    #[must_use]
+    pub fn server_last_seen(&self) -> Option<Instant> {
+        self.server_seen
     }
 
     // --- readers and cards ---
@@ -281,6 +307,9 @@ impl Kiosk {
 
     fn on_card_removed(&mut self, reader: &str, now: Instant) {
         self.cards.remove(reader);
+        if self.resume_reader.as_deref() == Some(reader) {
+            self.resume_reader = None;
+        }
         self.lose_card(
             reader,
             Notice::card_removed(),
@@ -353,6 +382,7 @@ impl Kiosk {
 
     /// A new tap on `reader`, in a state that accepts one.
     fn start_sign_in(&mut self, reader: String, now: Instant) {
+        self.resume_reader = None;
         self.publish(SessionEvent::CardPresent {
             reader: reader.clone(),
         });
@@ -509,7 +539,13 @@ impl Kiosk {
             AuthFailure::CardRemoved => self.give_up(Notice::card_removed(), now),
             AuthFailure::CardError => self.show_error(reader, Notice::card_unreadable(), now),
             AuthFailure::ServerUnreachable => {
-                self.server_reachable = false;
+                self.server = ServerStatus::Unreachable;
+                self.resume_reader = Some(reader);
+                self.rest(None, now);
+            }
+            AuthFailure::ServerUntrusted => {
+                self.server = ServerStatus::Untrusted;
+                self.resume_reader = Some(reader);
                 self.rest(None, now);
             }
             AuthFailure::ServerRefused { code } => {
@@ -841,16 +877,53 @@ impl Kiosk {
     // --- the server ---
 
     fn on_server_reachable(&mut self, now: Instant) {
-        self.server_reachable = true;
+        self.server = ServerStatus::Connected;
+        self.server_seen = Some(now);
         if matches!(self.state, State::ServerUnreachable { .. }) {
+            self.rest(None, now);
+        }
+        self.resume_sign_in(now);
+    }
+
+    /// The server is back: a badge still on the reader whose sign-in the server's absence
+    /// stopped is read again (tap then PIN), as if tapped anew. Nothing was spent on the
+    /// card: the PIN goes to the card only once a challenge is in hand, and a PIN checked
+    /// before the server failed was right (the card counts only wrong ones). With PIN then
+    /// tap the resting badge is used as soon as the PIN is typed, so nothing is needed.
+    fn resume_sign_in(&mut self, now: Instant) {
+        if self.config.flow != Flow::TapThenPin
+            || !matches!(self.state, State::WaitingForCard { notice: None })
+        {
+            return;
+        }
+        if let Some(reader) = self.resume_reader.take() {
+            if self.cards.contains(&reader) {
+                self.start_sign_in(reader, now);
+            }
+        }
+    }
+
+    /// The server cannot be used (`status` says why): a resting kiosk says so; work under way
+    /// finds out by itself.
+    fn on_server_problem(&mut self, status: ServerStatus, now: Instant) {
+        self.server = status;
+        if matches!(
+            self.state,
+            State::WaitingForCard { notice: None } | State::ServerUnreachable { .. }
+        ) {
             self.rest(None, now);
         }
     }
 
-    fn on_server_unreachable(&mut self, now: Instant) {
-        self.server_reachable = false;
-        if matches!(self.state, State::WaitingForCard { notice: None }) {
-            self.rest(None, now);
+    /// What to tell the worker while the server cannot be used.
+    fn server_notice(&self) -> Option<Notice> {
+        match self.server {
+            ServerStatus::Connected => None,
+            ServerStatus::Unreachable => Some(Notice::server_unreachable()),
+            ServerStatus::Untrusted => Some(Notice::server_untrusted(&self.config.help_contact)),
+            ServerStatus::Refusing { code } => {
+                Some(Notice::server_refused(code, &self.config.help_contact))
+            }
         }
     }
 
@@ -1010,17 +1083,17 @@ impl Kiosk {
             }
         } else if notice.is_some() {
             State::WaitingForCard { notice }
-        } else if !self.server_reachable {
-            State::ServerUnreachable {
-                notice: Notice::server_unreachable(),
-            }
+        } else if let Some(notice) = self.server_notice() {
+            State::ServerUnreachable { notice }
         } else {
             State::WaitingForCard { notice: None }
         };
         if let State::ReaderMissing { notice: shown } | State::ServerUnreachable { notice: shown } =
             &next
         {
-            let newly = mem::discriminant(&self.state) != mem::discriminant(&next);
+            // A server problem that changes its kind (unreachable, then not trusted) is news.
+            let newly = mem::discriminant(&self.state) != mem::discriminant(&next)
+                || matches!(&self.state, State::ServerUnreachable { notice } if notice != shown);
             if newly && told != Some(shown.code) {
                 self.publish(SessionEvent::Error(shown.clone()));
             }
@@ -1069,7 +1142,7 @@ impl fmt::Debug for Kiosk {
             .field("state", &self.state)
             .field("readers", &self.readers)
             .field("cards", &self.cards)
-            .field("server_reachable", &self.server_reachable)
+            .field("server", &self.server)
             .finish_non_exhaustive()
     }
 }

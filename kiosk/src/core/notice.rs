@@ -40,6 +40,8 @@ pub enum NoticeCode {
     ServerUnreachable,
     /// The sign-in server refused; [`Notice::server_code`] says why.
     ServerRefused,
+    /// This device does not trust the sign-in server's TLS certificate.
+    ServerUntrusted,
     /// Nothing happened for too long: a PIN was forgotten or work was abandoned.
     TimedOut,
     /// The worker cancelled the sign-in.
@@ -66,7 +68,7 @@ pub enum NoticeCode {
 
 impl NoticeCode {
     /// Every code, for documentation and tests.
-    pub const ALL: [NoticeCode; 24] = [
+    pub const ALL: [NoticeCode; 25] = [
         NoticeCode::WrongPin,
         NoticeCode::PinTooShort,
         NoticeCode::WaitBeforeRetry,
@@ -80,6 +82,7 @@ impl NoticeCode {
         NoticeCode::ReaderServiceDown,
         NoticeCode::ServerUnreachable,
         NoticeCode::ServerRefused,
+        NoticeCode::ServerUntrusted,
         NoticeCode::TimedOut,
         NoticeCode::Cancelled,
         NoticeCode::SignedOut,
@@ -110,6 +113,7 @@ impl NoticeCode {
             NoticeCode::ReaderServiceDown => "reader_service_down",
             NoticeCode::ServerUnreachable => "server_unreachable",
             NoticeCode::ServerRefused => "server_refused",
+            NoticeCode::ServerUntrusted => "server_untrusted",
             NoticeCode::TimedOut => "timed_out",
             NoticeCode::Cancelled => "cancelled",
             NoticeCode::SignedOut => "signed_out",
@@ -238,6 +242,15 @@ impl Notice {
         )
     }
 
+    pub(super) fn server_untrusted(help_contact: &str) -> Self {
+        Notice::new(
+            NoticeCode::ServerUntrusted,
+            format!(
+                "This device does not trust the sign-in server, so it sends no badge to it. Ask {help_contact}."
+            ),
+        )
+    }
+
     pub(super) fn server_refused(code: ErrorCode, help_contact: &str) -> Self {
         let message = match code {
             ErrorCode::CardLocked => format!("This badge is locked. Ask {help_contact}."),
@@ -256,6 +269,15 @@ impl Notice {
             ErrorCode::UserLocked => format!("Your account is locked. Ask {help_contact}."),
             ErrorCode::RateLimited => {
                 "Too many sign-in attempts. Wait a minute, then try again.".to_owned()
+            }
+            ErrorCode::DeviceUnknown | ErrorCode::DeviceProofInvalid => {
+                format!("The sign-in server does not recognise this device. Ask {help_contact}.")
+            }
+            ErrorCode::DeviceDisabled => {
+                format!("This device is switched off at the sign-in server. Ask {help_contact}.")
+            }
+            ErrorCode::Unavailable => {
+                "The sign-in server is not ready. Sign-in works again as soon as it is.".to_owned()
             }
             _ => format!(
                 "Sign-in did not work. Please try again; if it keeps failing, ask {help_contact}."

@@ -2,7 +2,7 @@
 
 use std::time::Instant;
 
-use pivtap_server_client::wire::UserInfo;
+use pivtap_server_client::wire::{ErrorCode, UserInfo};
 use time::OffsetDateTime;
 
 use super::event::WorkId;
@@ -80,10 +80,14 @@ pub enum State {
         /// The worker is unblocking the PIN with the PUK ([`PinFormPurpose::Unblock`]).
         unblock: Option<PinForm>,
     },
-    /// The sign-in server cannot be reached. A tap still tries; the kiosk returns to waiting as
-    /// soon as the server answers again.
+    /// The sign-in server cannot be used: it cannot be reached, this device does not trust it,
+    /// or it refuses this device ([`ServerStatus`]; the notice says which). A tap still tries;
+    /// the kiosk returns to waiting as soon as the server answers again, and carries on with a
+    /// badge left on the reader whose sign-in the server's absence stopped.
     ServerUnreachable {
-        /// What to tell the worker.
+        /// What to tell the worker: [`NoticeCode::ServerUnreachable`](super::NoticeCode::ServerUnreachable),
+        /// [`NoticeCode::ServerUntrusted`](super::NoticeCode::ServerUntrusted) or
+        /// [`NoticeCode::ServerRefused`](super::NoticeCode::ServerRefused).
         notice: Notice,
     },
     /// A sign-in failed. Returns to waiting when the badge leaves, on Escape, or after
@@ -201,4 +205,22 @@ pub struct Session {
     pub ends_at: Instant,
     /// The last key input or tap.
     pub last_activity: Instant,
+}
+
+/// What the kiosk knows of the sign-in server, from its last answer or failure to answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ServerStatus {
+    /// It answers and gives this device challenges.
+    Connected,
+    /// It cannot be reached: nothing listens, no answer in time, the name does not resolve, or
+    /// what answers is not a pivtap server.
+    Unreachable,
+    /// Its TLS certificate is not trusted by this device (another CA, a key that does not match
+    /// the pin, or not valid for the host name).
+    Untrusted,
+    /// It answers but refuses this device.
+    Refusing {
+        /// The server's stable code (`device_unknown`, `device_disabled`, `unavailable`...).
+        code: ErrorCode,
+    },
 }

@@ -879,7 +879,129 @@ fn the_server_being_unreachable_during_sign_in_waits_for_it_to_return() {
     // Waiting does not end it; the server answering does.
     k.wait(secs(600));
     assert!(matches!(k.state(), State::ServerUnreachable { .. }));
+    // The badge left meanwhile: the kiosk just waits for the next tap.
+    k.remove(DESK);
     k.send(Event::ServerReachable);
+    assert_eq!(k.state(), &State::WaitingForCard { notice: None });
+}
+
+#[test]
+fn a_badge_left_on_the_reader_is_read_again_when_the_server_returns() {
+    let mut k = Harness::tap_then_pin();
+    k.reach_working(DESK);
+    k.fail(AuthFailure::ServerUnreachable);
+    k.wait(secs(60));
+    // A probe that fails again changes nothing.
+    assert!(without_ticks(k.send(Event::ServerUnreachable)).is_empty());
+    let effects = k.send(Event::ServerReachable);
+    assert!(
+        matches!(k.state(), State::ReadingCard { reader, .. } if reader == DESK),
+        "{:?}",
+        k.state()
+    );
+    assert!(effects.contains(&Effect::ReadCard {
+        work: k.work(),
+        reader: DESK.to_owned(),
+    }));
+    assert!(
+        authenticate_pin(&effects).is_none(),
+        "the PIN is asked again, never reused"
+    );
+    assert_eq!(
+        published(&effects),
+        [&SessionEvent::CardPresent {
+            reader: DESK.to_owned()
+        }]
+    );
+    // Only once: the next answer from the server does not read it a third time.
+    k.card_read(Some(3));
+    assert!(matches!(k.state(), State::PinEntry { .. }));
+    assert!(without_ticks(k.send(Event::ServerReachable)).is_empty());
+    assert!(matches!(k.state(), State::PinEntry { .. }));
+}
+
+#[test]
+fn an_untrusted_server_during_sign_in_is_said_and_the_badge_read_again_once_trusted() {
+    let mut k = Harness::tap_then_pin();
+    k.reach_working(DESK);
+    let effects = k.fail(AuthFailure::ServerUntrusted);
+    assert_eq!(published_codes(&effects), [NoticeCode::ServerUntrusted]);
+    assert_eq!(k.kiosk.server_status(), ServerStatus::Untrusted);
+    let message = &k.notice().expect("a notice").message;
+    assert!(
+        message.contains("does not trust the sign-in server"),
+        "{message}"
+    );
+    assert!(message.contains("your IT service desk"), "{message}");
+    k.send(Event::ServerReachable);
+    assert!(matches!(k.state(), State::ReadingCard { .. }));
+}
+
+#[test]
+fn pin_then_tap_uses_the_resting_badge_once_the_server_is_back() {
+    let mut k = Harness::pin_then_tap();
+    k.type_digits(ALICE_PIN);
+    k.tap(DESK);
+    assert!(matches!(k.state(), State::Working { .. }));
+    k.fail(AuthFailure::ServerUnreachable);
+    let effects = k.send(Event::ServerReachable);
+    assert!(authenticate_pin(&effects).is_none(), "the PIN was not held");
+    assert_eq!(k.state(), &State::WaitingForCard { notice: None });
+    k.type_digits(ALICE_PIN);
+    let effects = k.key(KeyInput::Enter);
+    assert!(authenticate_pin(&effects).is_some());
+    assert!(matches!(k.state(), State::Working { reader, .. } if reader == DESK));
+}
+
+#[test]
+fn unreachable_untrusted_and_refusing_servers_are_told_apart() {
+    let mut k = Harness::tap_then_pin();
+    assert_eq!(k.kiosk.server_last_seen(), None);
+    k.send(Event::ServerReachable);
+    let seen = k.now;
+    assert_eq!(k.kiosk.server_last_seen(), Some(seen));
+    k.wait(secs(30));
+    for (event, status, code, server_code) in [
+        (
+            Event::ServerUntrusted,
+            ServerStatus::Untrusted,
+            NoticeCode::ServerUntrusted,
+            None,
+        ),
+        (
+            Event::ServerUnreachable,
+            ServerStatus::Unreachable,
+            NoticeCode::ServerUnreachable,
+            None,
+        ),
+        (
+            Event::ServerRefusing {
+                code: ErrorCode::DeviceDisabled,
+            },
+            ServerStatus::Refusing {
+                code: ErrorCode::DeviceDisabled,
+            },
+            NoticeCode::ServerRefused,
+            Some(ErrorCode::DeviceDisabled),
+        ),
+    ] {
+        let effects = k.send(event.clone());
+        assert_eq!(published_codes(&effects), [code], "{event:?}");
+        assert_eq!(k.kiosk.server_status(), status);
+        assert!(!k.kiosk.server_reachable());
+        let State::ServerUnreachable { notice } = k.state() else {
+            panic!("{:?}", k.state());
+        };
+        assert_eq!(notice.code, code);
+        assert_eq!(notice.server_code, server_code);
+        // The same news twice is news once.
+        assert!(without_ticks(k.send(event)).is_empty());
+        // Still last seen when it last answered.
+        assert_eq!(k.kiosk.server_last_seen(), Some(seen));
+    }
+    k.send(Event::ServerReachable);
+    assert_eq!(k.kiosk.server_status(), ServerStatus::Connected);
+    assert_eq!(k.kiosk.server_last_seen(), Some(k.now));
     assert_eq!(k.state(), &State::WaitingForCard { notice: None });
 }
 
@@ -2130,6 +2252,7 @@ fn auth_failure() -> impl Strategy<Value = AuthFailure> {
         Just(AuthFailure::CardRemoved),
         Just(AuthFailure::CardError),
         Just(AuthFailure::ServerUnreachable),
+        Just(AuthFailure::ServerUntrusted),
         Just(AuthFailure::ServerRefused {
             code: ErrorCode::UserLocked
         }),
@@ -2172,6 +2295,10 @@ fn generated() -> impl Strategy<Value = Generated> {
         1 => event(Event::SignOutRequested),
         1 => event(Event::ServerReachable),
         1 => event(Event::ServerUnreachable),
+        1 => event(Event::ServerUntrusted),
+        1 => event(Event::ServerRefusing {
+            code: ErrorCode::DeviceUnknown
+        }),
         2 => event(Event::Tick),
         4 => (back(), prop::option::of(0..4u8))
             .prop_map(|(back, tries)| Generated::CardRead { back, tries }),
