@@ -1,6 +1,6 @@
 //! Where badges come from: the system's PC/SC readers or in-process virtual readers, behind one [`ReaderSource`] that reports the same [`ReaderUpdate`]s and hands out the same [`CardBackend`]s, so the kiosk cannot tell them apart.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -30,6 +30,9 @@ pub enum ReaderUpdate {
     },
     /// The card left this reader.
     CardRemoved(String),
+    /// A reader was connected that the kiosk's reader filter leaves out
+    /// ([`FilteredReaders`]); its cards are never reported. `Removed` follows when it goes.
+    FilteredOut(String),
     /// The smart card service went away: every reader and card reported so far is gone.
     ServiceLost,
     /// The service is back; its readers and cards follow as `Added` and `CardPresent`.
@@ -171,6 +174,135 @@ impl ReaderSource for PcscReaders {
         };
         let context = slot.insert(context);
         Ok(Box::new(PcscCard::connect(context, reader)?))
+    }
+}
+
+/// Another [`ReaderSource`]'s readers whose name contains a text, in any case (`kiosk.toml`
+/// `[readers] name_contains`). Readers left out are reported once as
+/// [`ReaderUpdate::FilteredOut`] (and logged, naming the key and the readers seen), so the
+/// kiosk can say that a reader is there but not one it was set up for; their cards are
+/// never reported.
+pub struct FilteredReaders {
+    inner: Arc<dyn ReaderSource>,
+    name_contains: String,
+}
+
+impl FilteredReaders {
+    /// `inner`'s readers whose name contains `name_contains` (any case). An empty text keeps
+    /// every reader.
+    #[must_use]
+    pub fn new(inner: Arc<dyn ReaderSource>, name_contains: &str) -> Self {
+        FilteredReaders {
+            inner,
+            name_contains: name_contains.to_owned(),
+        }
+    }
+}
+
+impl fmt::Debug for FilteredReaders {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("FilteredReaders")
+            .field("name_contains", &self.name_contains)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ReaderSource for FilteredReaders {
+    /// Starts `inner` and a small thread that passes its updates through the filter.
+    fn start(&self, updates: UnboundedSender<ReaderUpdate>) -> Result<ReaderWatch, TransportError> {
+        let (inner_tx, mut inner_rx) = tokio::sync::mpsc::unbounded_channel();
+        let inner_watch = self.inner.start(inner_tx)?;
+        let mut filter = ReaderFilter::new(&self.name_contains);
+        let forwarder = thread::Builder::new()
+            .name("pivtap-reader-filter".to_owned())
+            .spawn(move || {
+                // Ends when the inner source stops (its sender is dropped) or nobody listens.
+                while let Some(update) = inner_rx.blocking_recv() {
+                    let Some(update) = filter.pass(update) else {
+                        continue;
+                    };
+                    if let ReaderUpdate::FilteredOut(reader) = &update {
+                        tracing::warn!(
+                            target: "pivtap::kiosk",
+                            reader,
+                            name_contains = filter.name_contains,
+                            readers_seen = ?filter.ignored,
+                            readers_used = ?filter.kept,
+                            "a card reader is left out: its name does not contain [readers] name_contains from kiosk.toml"
+                        );
+                    }
+                    if updates.send(update).is_err() {
+                        break;
+                    }
+                }
+            })
+            .map_err(|error| TransportError::Other {
+                reason: format!("cannot start the reader filter thread: {error}"),
+            })?;
+        Ok(ReaderWatch::new(move || {
+            drop(inner_watch);
+            if forwarder.join().is_err() {
+                tracing::error!("the reader filter thread panicked");
+            }
+        }))
+    }
+
+    fn connect(&self, reader: &str) -> Result<Box<dyn CardBackend>, TransportError> {
+        self.inner.connect(reader)
+    }
+}
+
+/// The pure part of [`FilteredReaders`]: which updates pass, which readers are left out.
+#[derive(Debug)]
+struct ReaderFilter {
+    /// As configured, for the log.
+    name_contains: String,
+    /// Lower case, for matching.
+    lower: String,
+    /// Readers connected that pass.
+    kept: BTreeSet<String>,
+    /// Readers connected that are left out.
+    ignored: BTreeSet<String>,
+}
+
+impl ReaderFilter {
+    fn new(name_contains: &str) -> Self {
+        ReaderFilter {
+            name_contains: name_contains.to_owned(),
+            lower: name_contains.to_lowercase(),
+            kept: BTreeSet::new(),
+            ignored: BTreeSet::new(),
+        }
+    }
+
+    fn accepts(&self, reader: &str) -> bool {
+        reader.to_lowercase().contains(&self.lower)
+    }
+
+    /// The update to pass on for `update`, if any.
+    fn pass(&mut self, update: ReaderUpdate) -> Option<ReaderUpdate> {
+        match update {
+            ReaderUpdate::Added(reader) if self.accepts(&reader) => {
+                self.kept.insert(reader.clone());
+                Some(ReaderUpdate::Added(reader))
+            }
+            ReaderUpdate::Added(reader) | ReaderUpdate::FilteredOut(reader) => self
+                .ignored
+                .insert(reader.clone())
+                .then_some(ReaderUpdate::FilteredOut(reader)),
+            ReaderUpdate::Removed(reader) => {
+                let known = self.kept.remove(&reader) | self.ignored.remove(&reader);
+                known.then_some(ReaderUpdate::Removed(reader))
+            }
+            ReaderUpdate::CardPresent { ref reader, .. }
+            | ReaderUpdate::CardRemoved(ref reader) => self.accepts(reader).then_some(update),
+            ReaderUpdate::ServiceLost => {
+                self.kept.clear();
+                self.ignored.clear();
+                Some(ReaderUpdate::ServiceLost)
+            }
+            ReaderUpdate::ServiceRestored => Some(ReaderUpdate::ServiceRestored),
+        }
     }
 }
 
@@ -519,6 +651,83 @@ pub(crate) mod tests {
             seen.push(update);
         }
         seen
+    }
+
+    /// The next `count` updates from a watcher fed by a thread, waiting up to 5 s for them,
+    /// then a short wait to see that nothing else comes.
+    fn next_updates(
+        updates: &mut UnboundedReceiver<ReaderUpdate>,
+        count: usize,
+    ) -> Vec<ReaderUpdate> {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        let mut seen = Vec::new();
+        while seen.len() < count && std::time::Instant::now() < deadline {
+            seen.extend(drain(updates));
+            thread::sleep(std::time::Duration::from_millis(5));
+        }
+        thread::sleep(std::time::Duration::from_millis(50));
+        seen.extend(drain(updates));
+        seen
+    }
+
+    #[test]
+    fn a_reader_filter_keeps_matching_readers_in_any_case_and_reports_the_others() {
+        let bench = VirtualReaders::new(&[DESK, DOOR]);
+        let filtered = FilteredReaders::new(Arc::new(bench.clone()), "DESK");
+        let (tx, mut updates) = unbounded_channel();
+        let watch = filtered.start(tx).unwrap();
+        assert_eq!(
+            next_updates(&mut updates, 2),
+            [
+                ReaderUpdate::Added(DESK.to_owned()),
+                ReaderUpdate::FilteredOut(DOOR.to_owned())
+            ]
+        );
+        // A badge on the reader left out is never reported; one on the kept reader is.
+        let alice = fixture_card("alice");
+        bench.insert(DOOR, alice.clone());
+        bench.remove(DOOR);
+        bench.insert(DESK, alice.clone());
+        assert_eq!(next_updates(&mut updates, 1), [present(DESK, &alice)]);
+        // The reader left out going away is reported, so the kiosk forgets it.
+        bench.unplug(DOOR);
+        assert_eq!(
+            next_updates(&mut updates, 1),
+            [ReaderUpdate::Removed(DOOR.to_owned())]
+        );
+        drop(watch);
+    }
+
+    #[test]
+    fn a_filter_matching_no_reader_reports_every_reader_it_sees() {
+        let mut filter = ReaderFilter::new("ACR122");
+        assert_eq!(
+            filter.pass(ReaderUpdate::Added(DESK.to_owned())),
+            Some(ReaderUpdate::FilteredOut(DESK.to_owned()))
+        );
+        assert_eq!(
+            filter.pass(ReaderUpdate::CardRemoved(DESK.to_owned())),
+            None
+        );
+        assert_eq!(
+            filter.pass(ReaderUpdate::Added("acs acr122u".to_owned())),
+            Some(ReaderUpdate::Added("acs acr122u".to_owned()))
+        );
+        assert_eq!(
+            filter.pass(ReaderUpdate::Removed("never seen".to_owned())),
+            None
+        );
+        assert_eq!(
+            filter.pass(ReaderUpdate::ServiceLost),
+            Some(ReaderUpdate::ServiceLost)
+        );
+        assert!(filter.ignored.is_empty() && filter.kept.is_empty());
+        // An empty filter keeps everything.
+        let mut everything = ReaderFilter::new("");
+        assert_eq!(
+            everything.pass(ReaderUpdate::Added(DOOR.to_owned())),
+            Some(ReaderUpdate::Added(DOOR.to_owned()))
+        );
     }
 
     fn present(reader: &str, card: &VirtualCardBackend) -> ReaderUpdate {

@@ -237,6 +237,7 @@ impl Runtime {
         let event = match update {
             ReaderUpdate::Added(reader) => Event::ReaderAdded { reader },
             ReaderUpdate::Removed(reader) => Event::ReaderRemoved { reader },
+            ReaderUpdate::FilteredOut(reader) => Event::ReaderFilteredOut { reader },
             ReaderUpdate::CardPresent { reader, .. } => Event::CardPresent { reader },
             ReaderUpdate::CardRemoved(reader) => Event::CardRemoved { reader },
             ReaderUpdate::ServiceLost => Event::ReaderServiceLost,

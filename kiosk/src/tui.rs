@@ -236,7 +236,9 @@ fn render_message(frame: &mut Frame, area: Rect, lines: Vec<Line<'static>>, bran
 
 /// The status line's two parts: the reader and the server, then the device and the clock.
 fn status_lines(view: &View) -> (Line<'static>, Line<'static>) {
+    let filtered_out = matches!(view.state, State::ReaderMissing { notice } if notice.code == NoticeCode::NoMatchingReader);
     let reader = match view.readers.len() {
+        0 if filtered_out => Span::styled("No reader this kiosk is set up for", WARNING),
         0 => Span::styled("No reader — connect a reader", WARNING),
         1 => Span::raw(format!("Reader: {}", join(view.readers))),
         _ => Span::raw(format!("Readers: {}", join(view.readers))),

@@ -1,4 +1,4 @@
-//! Fault injection at the kiosk, end to end against the embedded server: the badge leaves the field at every APDU position of a tap (before a command, and after the card acted on it but before its answer arrived), and the server goes silent mid-tap or never answers at all.
+//! Fault injection at the kiosk, end to end against the embedded server: the badge leaves the field at every APDU position of a tap (before a command, and after the card acted on it but before its answer arrived); the server goes silent mid-tap, never answers, stops and comes back, is not trusted, or refuses the device.
 //!
 //! Each time the kiosk must say what happened (`card_removed`, `server_unreachable`), never
 //! sign anyone in half-way (the server's audit shows only the clean sign-ins), take the next
@@ -14,13 +14,14 @@ use std::time::{Duration, Instant};
 use pivtap_card::virtual_card::image::CardImage;
 use pivtap_card::virtual_card::{CardOptions, Interface, VirtualCard, VirtualCardBackend};
 use pivtap_card::{CardBackend, CardTransaction, LinkCapabilities, PivSession, TransportError};
-use pivtap_kiosk::core::{CoreConfig, Kiosk, NoticeCode, SessionEvent};
+use pivtap_kiosk::core::{CoreConfig, Kiosk, Notice, NoticeCode, SessionEvent};
 use pivtap_kiosk::local_api::SessionBoard;
 use pivtap_kiosk::readers::{ReaderSource, ReaderUpdate, ReaderWatch, VirtualReaders};
 use pivtap_kiosk::runtime::{self, Face, Input, RuntimeError, RuntimeParts};
 use pivtap_server_client::client::{Client, ServerTrust};
 use pivtap_server_client::server::embedded::EmbeddedServer;
 use pivtap_server_client::store::{AuditQuery, User, UserState};
+use pivtap_server_client::wire::ErrorCode;
 use std::io::Write as _;
 
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
@@ -659,4 +660,123 @@ async fn a_server_that_never_answers_is_reported_and_the_kiosk_still_stops_at_on
     assert_eq!(pin_tries(&badge), Some(3), "no PIN try lost");
     kiosk.stop().await;
     listener.abort();
+}
+
+/// Waits for the first `error` event with `code`, answering PIN prompts with alice's PIN;
+/// panics on a sign-in or another error. Returns the notice.
+async fn until_notice(kiosk: &mut TestKiosk, code: NoticeCode, what: &str) -> Notice {
+    let (seen_code, seen) = kiosk.until_error(what).await;
+    assert_eq!(seen_code, code, "{what}: {seen:?}");
+    match seen.last() {
+        Some(SessionEvent::Error(notice)) => notice.clone(),
+        other => panic!("{what}: {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopped_server_is_noticed_and_a_badge_left_on_the_reader_signs_in_when_it_returns() {
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let mut server = start_server(dir.path()).await;
+    let client = server
+        .device_client("fault-kiosk", CLIENT_TIMEOUT)
+        .await
+        .expect("a registered kiosk");
+    let faulty = FaultyReaders::new();
+    let badge = alice_badge();
+    let mut kiosk = TestKiosk::start(Arc::new(faulty.clone()), client);
+    kiosk.clean_sign_in(&faulty.readers, &badge).await;
+
+    // The server stops while the kiosk is idle, holding a fresh challenge: the probe notices.
+    server.stop();
+    let stopped = Instant::now();
+    let notice = until_notice(&mut kiosk, NoticeCode::ServerUnreachable, "the probe").await;
+    let noticed = stopped.elapsed();
+    eprintln!("a stopped server was noticed after {noticed:?}");
+    assert!(
+        noticed < runtime::PROBE_INTERVAL + CLIENT_TIMEOUT * 3,
+        "{noticed:?}"
+    );
+    assert!(notice.message.contains("Cannot reach"), "{notice:?}");
+
+    // A tap while it is down: the PIN is asked, the sign-in cannot finish.
+    faulty.readers.insert(DESK, badge.clone());
+    until_notice(&mut kiosk, NoticeCode::ServerUnreachable, "the tap").await;
+    assert_eq!(pin_tries(&badge), Some(3), "no PIN try lost");
+
+    // The server comes back; the badge never left: the kiosk carries on without a new tap.
+    server.restart().await.expect("the server restarts");
+    loop {
+        match kiosk.next("the badge read again").await {
+            SessionEvent::PinRequired { .. } => break,
+            SessionEvent::Error(notice) => panic!("unexpected {notice:?}"),
+            SessionEvent::SignedIn { .. } => panic!("signed in without a PIN"),
+            _ => {}
+        }
+    }
+    kiosk.send(Input::Pin(Zeroizing::new(ALICE_PIN.to_owned())));
+    loop {
+        match kiosk.next("signed_in after the server returned").await {
+            SessionEvent::SignedIn { user, .. } => {
+                assert_eq!(user.id, "alice");
+                break;
+            }
+            SessionEvent::Error(notice) => panic!("unexpected {notice:?}"),
+            _ => {}
+        }
+    }
+    assert_eq!(signins_recorded(&server).await, 2);
+    assert_eq!(pin_tries(&badge), Some(3));
+    kiosk.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_from_another_ca_is_reported_as_not_trusted_not_as_unreachable() {
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let server = start_server(dir.path()).await;
+    // The test CA issues badges, not the server's TLS certificate.
+    let wrong_ca = ServerTrust::from_pem_file(&fixtures().join("ca/test-ca.pem")).expect("a CA");
+    let client = Client::new(&server.origin, wrong_ca, CLIENT_TIMEOUT).expect("a client");
+    let faulty = FaultyReaders::new();
+    let badge = alice_badge();
+    let started = Instant::now();
+    let mut kiosk = TestKiosk::start(Arc::new(faulty.clone()), client);
+    let notice = until_notice(&mut kiosk, NoticeCode::ServerUntrusted, "at start").await;
+    assert!(
+        notice.message.contains("does not trust the sign-in server"),
+        "{notice:?}"
+    );
+    // Not retried like an outage: said at once.
+    assert!(
+        started.elapsed() < CLIENT_TIMEOUT,
+        "{:?}",
+        started.elapsed()
+    );
+
+    // A tap says the same, and costs the badge nothing.
+    faulty.readers.insert(DESK, badge.clone());
+    until_notice(&mut kiosk, NoticeCode::ServerUntrusted, "the tap").await;
+    assert_eq!(pin_tries(&badge), Some(3));
+    assert_eq!(signins_recorded(&server).await, 0);
+    kiosk.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_that_refuses_this_device_says_so_with_its_code() {
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let server = start_server(dir.path()).await;
+    // Reachable and trusted, but the kiosk was never registered.
+    let client = server.client(CLIENT_TIMEOUT).expect("a client");
+    let faulty = FaultyReaders::new();
+    let mut kiosk = TestKiosk::start(Arc::new(faulty.clone()), client);
+    let notice = until_notice(&mut kiosk, NoticeCode::ServerRefused, "at start").await;
+    assert_eq!(
+        notice.server_code,
+        Some(ErrorCode::DeviceUnknown),
+        "{notice:?}"
+    );
+    assert!(
+        notice.message.contains("does not recognise this device"),
+        "{notice:?}"
+    );
+    kiosk.stop().await;
 }

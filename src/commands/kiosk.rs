@@ -10,7 +10,7 @@ use pivtap_card::reader_monitor::MonitorFilter;
 use pivtap_kiosk::config::KioskConfig;
 use pivtap_kiosk::headless::{HeadlessFace, read_stdin};
 use pivtap_kiosk::local_api::{LocalApiConfig, SessionBoard, load_or_create_access_token};
-use pivtap_kiosk::readers::{PcscReaders, ReaderSource};
+use pivtap_kiosk::readers::{FilteredReaders, PcscReaders, ReaderSource};
 use pivtap_kiosk::runtime::{self, RuntimeParts};
 use pivtap_kiosk::terminal::TerminalFace;
 use pivtap_kiosk::tui::Branding;
@@ -131,11 +131,15 @@ pub fn run(args: KioskArgs) -> anyhow::Result<()> {
              devices add`, run `pivtap kiosk enroll-device`, and name the two files in kiosk.toml"
         ),
     }
-    let readers = PcscReaders::new(MonitorFilter {
-        reader_name_contains: (!config.readers.name_contains.is_empty())
-            .then(|| config.readers.name_contains.clone()),
-        contactless_only: config.readers.contactless_only,
-    });
+    // The name filter is the kiosk's own, so readers it leaves out are said on screen and in
+    // the log, and it matches in any case.
+    let readers = FilteredReaders::new(
+        Arc::new(PcscReaders::new(MonitorFilter {
+            reader_name_contains: None,
+            contactless_only: config.readers.contactless_only,
+        })),
+        &config.readers.name_contains,
+    );
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -20,6 +20,12 @@ pub enum Event {
         /// The reader's name.
         reader: String,
     },
+    /// A reader was connected that the kiosk's reader filter (`[readers] name_contains`) leaves
+    /// out; `ReaderRemoved` follows when it goes.
+    ReaderFilteredOut {
+        /// The reader's name.
+        reader: String,
+    },
     /// A reader was disconnected.
     ReaderRemoved {
         /// The reader's name.

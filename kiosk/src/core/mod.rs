@@ -64,6 +64,8 @@ pub struct Kiosk {
     /// A PIN change's or unblock's new PIN, once accepted; empty outside a form.
     form_new: Zeroizing<String>,
     readers: BTreeSet<String>,
+    /// Readers connected that the reader filter leaves out.
+    filtered_out: BTreeSet<String>,
     /// Readers holding a card.
     cards: BTreeSet<String>,
     reader_service_available: bool,
@@ -112,6 +114,7 @@ impl Kiosk {
             form_first: Zeroizing::new(String::with_capacity(PIN_MAX_DIGITS)),
             form_new: Zeroizing::new(String::with_capacity(PIN_MAX_DIGITS)),
             readers: BTreeSet::new(),
+            filtered_out: BTreeSet::new(),
             cards: BTreeSet::new(),
             reader_service_available: true,
             server: ServerStatus::Connected,
@@ -133,6 +136,7 @@ impl Kiosk {
         self.advance_time(now);
         match event {
             Event::ReaderAdded { reader } => self.on_reader_added(reader, now),
+            Event::ReaderFilteredOut { reader } => self.on_reader_filtered_out(reader, now),
             Event::ReaderRemoved { reader } => self.on_reader_removed(&reader, now),
             Event::ReaderServiceLost => self.on_reader_service_lost(now),
             Event::ReaderServiceRestored => self.on_reader_service_restored(now),
@@ -238,7 +242,21 @@ impl Kiosk {
         }
     }
 
+    fn on_reader_filtered_out(&mut self, reader: String, now: Instant) {
+        self.reader_service_available = true;
+        self.filtered_out.insert(reader);
+        if matches!(self.state, State::ReaderMissing { .. }) {
+            self.rest(None, now);
+        }
+    }
+
     fn on_reader_removed(&mut self, reader: &str, now: Instant) {
+        if self.filtered_out.remove(reader) && !self.readers.contains(reader) {
+            if matches!(self.state, State::ReaderMissing { .. }) {
+                self.rest(None, now);
+            }
+            return;
+        }
         self.readers.remove(reader);
         self.cards.remove(reader);
         self.lose_card(
@@ -253,6 +271,7 @@ impl Kiosk {
     fn on_reader_service_lost(&mut self, now: Instant) {
         self.reader_service_available = false;
         self.readers.clear();
+        self.filtered_out.clear();
         self.cards.clear();
         if let Some(reader) = self.reader_in_use() {
             let notice = Notice::reader_service_down(&self.config.help_contact);
@@ -1075,10 +1094,12 @@ impl Kiosk {
         let told = notice.as_ref().map(|notice| notice.code);
         let next = if self.readers.is_empty() {
             State::ReaderMissing {
-                notice: if self.reader_service_available {
+                notice: if !self.reader_service_available {
+                    Notice::reader_service_down(&self.config.help_contact)
+                } else if self.filtered_out.is_empty() {
                     Notice::no_reader()
                 } else {
-                    Notice::reader_service_down(&self.config.help_contact)
+                    Notice::no_matching_reader(&self.filtered_out, &self.config.help_contact)
                 },
             }
         } else if notice.is_some() {
@@ -1091,9 +1112,12 @@ impl Kiosk {
         if let State::ReaderMissing { notice: shown } | State::ServerUnreachable { notice: shown } =
             &next
         {
-            // A server problem that changes its kind (unreachable, then not trusted) is news.
+            // A server problem that changes its kind (unreachable, then not trusted) is news,
+            // and so is another reader seen that the filter leaves out.
             let newly = mem::discriminant(&self.state) != mem::discriminant(&next)
-                || matches!(&self.state, State::ServerUnreachable { notice } if notice != shown);
+                || matches!(&self.state, State::ServerUnreachable { notice } if notice != shown)
+                || (shown.code == NoticeCode::NoMatchingReader
+                    && matches!(&self.state, State::ReaderMissing { notice } if notice != shown));
             if newly && told != Some(shown.code) {
                 self.publish(SessionEvent::Error(shown.clone()));
             }

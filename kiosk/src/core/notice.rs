@@ -32,6 +32,8 @@ pub enum NoticeCode {
     CardNotSupported,
     /// No card reader is connected.
     NoReader,
+    /// Card readers are connected, but the reader filter leaves every one of them out.
+    NoMatchingReader,
     /// The reader in use was unplugged.
     ReaderRemoved,
     /// The smart card service is not running.
@@ -68,7 +70,7 @@ pub enum NoticeCode {
 
 impl NoticeCode {
     /// Every code, for documentation and tests.
-    pub const ALL: [NoticeCode; 25] = [
+    pub const ALL: [NoticeCode; 26] = [
         NoticeCode::WrongPin,
         NoticeCode::PinTooShort,
         NoticeCode::WaitBeforeRetry,
@@ -78,6 +80,7 @@ impl NoticeCode {
         NoticeCode::CardUnreadable,
         NoticeCode::CardNotSupported,
         NoticeCode::NoReader,
+        NoticeCode::NoMatchingReader,
         NoticeCode::ReaderRemoved,
         NoticeCode::ReaderServiceDown,
         NoticeCode::ServerUnreachable,
@@ -109,6 +112,7 @@ impl NoticeCode {
             NoticeCode::CardUnreadable => "card_unreadable",
             NoticeCode::CardNotSupported => "card_not_supported",
             NoticeCode::NoReader => "no_reader",
+            NoticeCode::NoMatchingReader => "no_matching_reader",
             NoticeCode::ReaderRemoved => "reader_removed",
             NoticeCode::ReaderServiceDown => "reader_service_down",
             NoticeCode::ServerUnreachable => "server_unreachable",
@@ -216,6 +220,25 @@ impl Notice {
         Notice::new(
             NoticeCode::NoReader,
             "No card reader is connected. Plug in the card reader.",
+        )
+    }
+
+    pub(super) fn no_matching_reader<'a>(
+        seen: impl IntoIterator<Item = &'a String>,
+        help_contact: &str,
+    ) -> Self {
+        let seen: Vec<&str> = seen.into_iter().map(String::as_str).collect();
+        let (one, these) = if seen.len() == 1 {
+            ("reader", "it is")
+        } else {
+            ("readers", "they are")
+        };
+        Notice::new(
+            NoticeCode::NoMatchingReader,
+            format!(
+                "This kiosk is set up for another card reader: {these} not used ({one} seen: {}). Ask {help_contact}.",
+                seen.join(", ")
+            ),
         )
     }
 

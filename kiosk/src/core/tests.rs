@@ -288,6 +288,59 @@ fn a_new_kiosk_waits_for_a_reader_then_for_a_badge() {
 }
 
 #[test]
+fn a_reader_filter_that_matches_no_reader_says_so_and_names_the_readers_seen() {
+    let mut kiosk = Kiosk::new(CoreConfig::default());
+    let now = Instant::now();
+    let filtered_out = |reader: &str| Event::ReaderFilteredOut {
+        reader: reader.to_owned(),
+    };
+    let effects = kiosk.handle_event(filtered_out(NFC), now);
+    let State::ReaderMissing { notice } = kiosk.state() else {
+        panic!("{:?}", kiosk.state());
+    };
+    assert_eq!(notice.code, NoticeCode::NoMatchingReader);
+    assert!(
+        notice.message.contains(&format!("reader seen: {NFC}")),
+        "{notice:?}"
+    );
+    assert_eq!(published_codes(&effects), [NoticeCode::NoMatchingReader]);
+    assert!(kiosk.readers().is_empty(), "a reader left out is not used");
+    // A second one is news too, and both are named.
+    let effects = kiosk.handle_event(filtered_out(DESK), now);
+    assert_eq!(published_codes(&effects), [NoticeCode::NoMatchingReader]);
+    let State::ReaderMissing { notice } = kiosk.state() else {
+        panic!("{:?}", kiosk.state());
+    };
+    assert!(
+        notice
+            .message
+            .contains(&format!("readers seen: {DESK}, {NFC}")),
+        "{notice:?}"
+    );
+    // Its badges never count; the readers going away leaves plain "no reader".
+    let remove = |reader: &str| Event::ReaderRemoved {
+        reader: reader.to_owned(),
+    };
+    kiosk.handle_event(remove(NFC), now);
+    kiosk.handle_event(remove(DESK), now);
+    assert_eq!(
+        kiosk.state(),
+        &State::ReaderMissing {
+            notice: Notice::no_reader()
+        }
+    );
+    // A reader that matches is used as ever.
+    kiosk.handle_event(filtered_out(NFC), now);
+    kiosk.handle_event(
+        Event::ReaderAdded {
+            reader: DESK.to_owned(),
+        },
+        now,
+    );
+    assert_eq!(kiosk.state(), &State::WaitingForCard { notice: None });
+}
+
+#[test]
 fn unplugging_the_last_reader_shows_reader_missing_and_plugging_it_back_recovers() {
     let mut k = Harness::tap_then_pin();
     k.send(Event::ReaderRemoved {
@@ -2296,6 +2349,9 @@ fn generated() -> impl Strategy<Value = Generated> {
         1 => event(Event::ServerReachable),
         1 => event(Event::ServerUnreachable),
         1 => event(Event::ServerUntrusted),
+        1 => event(Event::ReaderFilteredOut {
+            reader: "Other Reader".to_owned()
+        }),
         1 => event(Event::ServerRefusing {
             code: ErrorCode::DeviceUnknown
         }),
