@@ -196,6 +196,11 @@ struct HeadlessKiosk {
 impl HeadlessKiosk {
     /// Writes a kiosk.toml for `server` watching only the kiosk's reader, and starts the kiosk.
     fn start(server: &RunningServer) -> Self {
+        HeadlessKiosk::start_with_filter(server, KIOSK_READER.0)
+    }
+
+    /// As [`start`](Self::start), watching the readers whose name contains `name_contains`.
+    fn start_with_filter(server: &RunningServer, name_contains: &str) -> Self {
         let dir = server.dir.path().join("kiosk");
         std::fs::create_dir_all(&dir).expect("the kiosk's directory");
         let config = dir.join("kiosk.toml");
@@ -211,7 +216,7 @@ impl HeadlessKiosk {
             ca = path_str(&server.ca),
             key = path_str(&credential.join("device.key")),
             certificate = path_str(&credential.join("device.crt")),
-            reader = KIOSK_READER.0,
+            reader = name_contains,
             port = free_port(),
         );
         std::fs::write(&config, toml).expect("kiosk.toml is written");
@@ -431,6 +436,46 @@ fn openssl_crl(server: &RunningServer, crl: &[u8]) -> Vec<(String, Option<String
         }
     }
     revoked
+}
+
+#[test]
+fn a_reader_filter_that_matches_no_reader_says_so_and_names_the_readers_it_sees() {
+    let context = PcscContext::establish().unwrap_or_else(|error| pcscd_unreachable(&error));
+    wait_for_reader(&context, KIOSK_READER.0, false);
+    let server = RunningServer::start();
+    // In another case than the reader's name: the filter matches in any case.
+    let mut kiosk = HeadlessKiosk::start_with_filter(&server, "virtual pcd 00 00");
+    let card = server.dir.path().join("blank-card.toml");
+    run(pivtap_command(&[
+        "vcard",
+        "new",
+        path_str(&card),
+        "--blank",
+    ]))
+    .success("vcard new --blank");
+    let tap = Attached::attach(&context, &card, KIOSK_READER);
+    let present = kiosk.expect("card_present");
+    assert_eq!(present["reader"], KIOSK_READER.0, "{}", kiosk.story());
+    tap.remove();
+    kiosk.quit();
+
+    let mut kiosk = HeadlessKiosk::start_with_filter(&server, "Reader Nobody Has");
+    let notice = loop {
+        let event = kiosk.next("the no_matching_reader error");
+        if event["event"] == "error" && event["code"] != "server_unreachable" {
+            break event;
+        }
+    };
+    assert_eq!(notice["code"], "no_matching_reader", "{}", kiosk.story());
+    let message = notice["message"].as_str().expect("a message");
+    assert!(message.contains(KIOSK_READER.0), "{}", kiosk.story());
+    let stderr = std::fs::read_to_string(&kiosk.stderr).expect("the kiosk's log");
+    assert!(
+        stderr.contains("[readers] name_contains") && stderr.contains(KIOSK_READER.0),
+        "{}",
+        kiosk.story()
+    );
+    kiosk.quit();
 }
 
 #[test]
