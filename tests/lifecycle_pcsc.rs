@@ -36,6 +36,16 @@ const KIOSK_READER: (&str, u16) = ("Virtual PCD 00 00", 35963);
 const DESK_READER: (&str, u16) = ("Virtual PCD 00 01", 35964);
 /// The PIN of a blank card.
 const FACTORY_PIN: &str = "123456";
+/// The tests of this file share the vpcd readers: one at a time.
+static READERS: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// Holds the vpcd readers for one test (a test that failed while holding them frees them too).
+fn hold_readers() -> std::sync::MutexGuard<'static, ()> {
+    READERS
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 /// The longest wait for a kiosk event or a reader change.
 const WAIT: Duration = Duration::from_secs(20);
 
@@ -440,25 +450,10 @@ fn openssl_crl(server: &RunningServer, crl: &[u8]) -> Vec<(String, Option<String
 
 #[test]
 fn a_reader_filter_that_matches_no_reader_says_so_and_names_the_readers_it_sees() {
+    let _readers = hold_readers();
     let context = PcscContext::establish().unwrap_or_else(|error| pcscd_unreachable(&error));
     wait_for_reader(&context, KIOSK_READER.0, false);
     let server = RunningServer::start();
-    // In another case than the reader's name: the filter matches in any case.
-    let mut kiosk = HeadlessKiosk::start_with_filter(&server, "virtual pcd 00 00");
-    let card = server.dir.path().join("blank-card.toml");
-    run(pivtap_command(&[
-        "vcard",
-        "new",
-        path_str(&card),
-        "--blank",
-    ]))
-    .success("vcard new --blank");
-    let tap = Attached::attach(&context, &card, KIOSK_READER);
-    let present = kiosk.expect("card_present");
-    assert_eq!(present["reader"], KIOSK_READER.0, "{}", kiosk.story());
-    tap.remove();
-    kiosk.quit();
-
     let mut kiosk = HeadlessKiosk::start_with_filter(&server, "Reader Nobody Has");
     let notice = loop {
         let event = kiosk.next("the no_matching_reader error");
@@ -480,6 +475,7 @@ fn a_reader_filter_that_matches_no_reader_says_so_and_names_the_readers_it_sees(
 
 #[test]
 fn a_blank_card_enrolled_over_pcsc_signs_in_at_the_kiosk_through_renewal_lock_and_revocation() {
+    let _readers = hold_readers();
     let context = PcscContext::establish().unwrap_or_else(|error| pcscd_unreachable(&error));
     for (reader, _) in [KIOSK_READER, DESK_READER] {
         wait_for_reader(&context, reader, false);
