@@ -641,6 +641,69 @@ mod tests {
     }
 
     #[test]
+    fn each_kind_of_server_failure_names_the_kiosk_toml_key_to_fix() {
+        for (kind, key) in [
+            (FailureKind::Trust, "[server] ca"),
+            (FailureKind::Trust, "[server] pin_sha256"),
+            (
+                FailureKind::Network(NetworkFailure::ConnectionRefused),
+                "[server] url",
+            ),
+            (
+                FailureKind::Network(NetworkFailure::TimedOut),
+                "[server] url",
+            ),
+            (FailureKind::Network(NetworkFailure::Other), "[server] url"),
+            (
+                FailureKind::Refused(ErrorCode::DeviceUnknown),
+                "[server] device_key",
+            ),
+            (
+                FailureKind::Refused(ErrorCode::DeviceProofInvalid),
+                "[server] device_certificate",
+            ),
+            (FailureKind::Refused(ErrorCode::NotFound), "[server] url"),
+            (FailureKind::Protocol, "[server] url"),
+            (FailureKind::Setup, "[server]"),
+        ] {
+            assert!(what_to_fix(kind).contains(key), "{kind:?}: {key}");
+        }
+    }
+
+    #[test]
+    fn failures_become_server_states_and_sign_in_failures() {
+        let refused = ClientError::Refused {
+            status: 403,
+            code: ErrorCode::DeviceDisabled,
+            message: "disabled".to_owned(),
+            retry_after: None,
+        };
+        assert_eq!(
+            server_status_of(&refused),
+            ServerStatus::Refusing {
+                code: ErrorCode::DeviceDisabled
+            }
+        );
+        assert_eq!(
+            failure_of(&refused),
+            AuthFailure::ServerRefused {
+                code: ErrorCode::DeviceDisabled
+            }
+        );
+        let untrusted = ClientError::UntrustedServer {
+            url: "https://a".to_owned(),
+            reason: "UnknownIssuer".to_owned(),
+        };
+        assert_eq!(server_status_of(&untrusted), ServerStatus::Untrusted);
+        assert_eq!(failure_of(&untrusted), AuthFailure::ServerUntrusted);
+        let protocol = ClientError::Protocol {
+            reason: "HTML".to_owned(),
+        };
+        assert_eq!(server_status_of(&protocol), ServerStatus::Unreachable);
+        assert_eq!(failure_of(&protocol), AuthFailure::ServerUnreachable);
+    }
+
+    #[test]
     fn the_session_badge_is_known_by_the_certificate_in_its_assertion() {
         let der = fixture_der("certs/alice.pem");
         let draft = AssertionDraft::new(
