@@ -676,6 +676,22 @@ mod tests {
             self.work.expect("the core asked for card work")
         }
 
+        /// What the kiosk shows now with `readers`, tap then PIN, at [`clock`].
+        fn view<'a>(&'a self, readers: &'a BTreeSet<String>, branding: &'a Branding) -> View<'a> {
+            View {
+                state: self.kiosk.state(),
+                flow: Flow::TapThenPin,
+                readers,
+                server: self.kiosk.server_status(),
+                server_last_seen: self.kiosk.server_last_seen(),
+                branding,
+                device: "kiosk-07",
+                now: self.now,
+                clock: clock(),
+                demo_help: None,
+            }
+        }
+
         fn tap(&mut self) {
             self.send(Event::CardPresent {
                 reader: DESK.to_owned(),
@@ -1183,22 +1199,9 @@ mod tests {
     #[test]
     fn the_status_line_tells_server_problems_apart_and_when_it_was_last_seen() {
         let mut driver = Driver::new(Flow::TapThenPin);
-        let readers = BTreeSet::from([DESK.to_owned()]);
-        let show = |driver: &Driver| {
-            let view = View {
-                state: driver.kiosk.state(),
-                flow: Flow::TapThenPin,
-                readers: &readers,
-                server: driver.kiosk.server_status(),
-                server_last_seen: driver.kiosk.server_last_seen(),
-                branding: &branding(),
-                device: "kiosk-07",
-                now: driver.now,
-                clock: clock(),
-                demo_help: None,
-            };
-            screen(&render_view(&view, 120, 24))
-        };
+        let (readers, branding) = (BTreeSet::from([DESK.to_owned()]), branding());
+        let show =
+            |driver: &Driver| screen(&render_view(&driver.view(&readers, &branding), 120, 24));
         // Before the first answer the kiosk does not claim a connection.
         assert!(show(&driver).contains("Server: connecting…"));
         driver.send(Event::ServerReachable);
@@ -1234,20 +1237,8 @@ mod tests {
     fn server_unreachable_says_it_is_retrying() {
         let mut driver = Driver::new(Flow::TapThenPin);
         driver.send(Event::ServerUnreachable);
-        let readers = BTreeSet::from([DESK.to_owned()]);
-        let view = View {
-            state: driver.kiosk.state(),
-            flow: Flow::TapThenPin,
-            readers: &readers,
-            server: driver.kiosk.server_status(),
-            server_last_seen: driver.kiosk.server_last_seen(),
-            branding: &branding(),
-            device: "kiosk-07",
-            now: driver.now,
-            clock: clock(),
-            demo_help: None,
-        };
-        let buffer = render_view(&view, 100, 24);
+        let (readers, branding) = (BTreeSet::from([DESK.to_owned()]), branding());
+        let buffer = render_view(&driver.view(&readers, &branding), 100, 24);
         assert_shows(
             &buffer,
             &[

@@ -340,28 +340,34 @@ impl TestKiosk {
     /// A clean tap: PIN, signed in; then the badge leaves and the worker is signed out.
     async fn clean_sign_in(&mut self, readers: &VirtualReaders, badge: &VirtualCardBackend) {
         readers.insert(DESK, badge.clone());
+        self.pin_to_sign_in("a clean tap").await;
+        readers.remove(DESK);
         loop {
-            match self.next("a clean tap's pin_required").await {
+            if let SessionEvent::SignedOut { .. } = self.next("signed_out").await {
+                break;
+            }
+        }
+    }
+
+    /// Waits for the PIN prompt, types alice's PIN and waits until she is signed in; panics
+    /// on a sign-in without a PIN or an error after the PIN.
+    async fn pin_to_sign_in(&mut self, what: &str) {
+        loop {
+            match self.next(&format!("{what}: pin_required")).await {
                 SessionEvent::PinRequired { .. } => break,
-                SessionEvent::SignedIn { .. } => panic!("signed in without a PIN"),
+                SessionEvent::SignedIn { .. } => panic!("{what}: signed in without a PIN"),
                 _ => {}
             }
         }
         self.send(Input::Pin(Zeroizing::new(ALICE_PIN.to_owned())));
         loop {
-            match self.next("signed_in").await {
+            match self.next(&format!("{what}: signed_in")).await {
                 SessionEvent::SignedIn { user, .. } => {
                     assert_eq!(user.id, "alice");
                     break;
                 }
-                SessionEvent::Error(notice) => panic!("a clean tap failed: {notice:?}"),
+                SessionEvent::Error(notice) => panic!("{what} failed: {notice:?}"),
                 _ => {}
-            }
-        }
-        readers.remove(DESK);
-        loop {
-            if let SessionEvent::SignedOut { .. } = self.next("signed_out").await {
-                break;
             }
         }
     }
@@ -692,8 +698,9 @@ async fn a_stopped_server_is_noticed_and_a_badge_left_on_the_reader_signs_in_whe
     let notice = until_notice(&mut kiosk, NoticeCode::ServerUnreachable, "the probe").await;
     let noticed = stopped.elapsed();
     eprintln!("a stopped server was noticed after {noticed:?}");
+    // The probe interval, the runtime's 1 s clock, and the client's 2.8 s of connect retries.
     assert!(
-        noticed < runtime::PROBE_INTERVAL + CLIENT_TIMEOUT * 3,
+        noticed < runtime::PROBE_INTERVAL + Duration::from_secs(8),
         "{noticed:?}"
     );
     assert!(notice.message.contains("Cannot reach"), "{notice:?}");
@@ -705,25 +712,7 @@ async fn a_stopped_server_is_noticed_and_a_badge_left_on_the_reader_signs_in_whe
 
     // The server comes back; the badge never left: the kiosk carries on without a new tap.
     server.restart().await.expect("the server restarts");
-    loop {
-        match kiosk.next("the badge read again").await {
-            SessionEvent::PinRequired { .. } => break,
-            SessionEvent::Error(notice) => panic!("unexpected {notice:?}"),
-            SessionEvent::SignedIn { .. } => panic!("signed in without a PIN"),
-            _ => {}
-        }
-    }
-    kiosk.send(Input::Pin(Zeroizing::new(ALICE_PIN.to_owned())));
-    loop {
-        match kiosk.next("signed_in after the server returned").await {
-            SessionEvent::SignedIn { user, .. } => {
-                assert_eq!(user.id, "alice");
-                break;
-            }
-            SessionEvent::Error(notice) => panic!("unexpected {notice:?}"),
-            _ => {}
-        }
-    }
+    kiosk.pin_to_sign_in("the badge left on the reader").await;
     assert_eq!(signins_recorded(&server).await, 2);
     assert_eq!(pin_tries(&badge), Some(3));
     kiosk.stop().await;
