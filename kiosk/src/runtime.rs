@@ -614,7 +614,8 @@ pub fn what_to_fix(kind: FailureKind) -> &'static str {
              [server] device_certificate in kiosk.toml (`pivtap kiosk enroll-device`)"
         }
         FailureKind::Refused(ErrorCode::DeviceDisabled) => {
-            "an administrator disabled this device at the server (`pivtap admin devices`)"
+            "an administrator disabled this device at the server \
+             (`pivtap admin devices enable ID` turns it back on)"
         }
         FailureKind::Refused(ErrorCode::NotFound) | FailureKind::Protocol => {
             "what answers is not a pivtap server: check [server] url in kiosk.toml"
