@@ -1,4 +1,4 @@
-//! `pivtap demo` end to end: the kiosk against a real server over HTTPS on loopback with in-process virtual cards — headless (the JSON events) and the terminal UI driven under tmux as a person would.
+//! `pivtap demo` end to end: the kiosk against a real server over HTTPS on loopback with in-process virtual cards — headless (the JSON events) and the terminal UI driven under tmux as a person would; and `pivtap kiosk`'s terminal UI under tmux when its server or its reader filter is wrong.
 
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -105,7 +105,12 @@ struct Tmux {
 
 impl Tmux {
     fn start(command: &str) -> Self {
-        let session = format!("pivtap-test-{}", std::process::id());
+        static SESSIONS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let session = format!(
+            "pivtap-test-{}-{}",
+            std::process::id(),
+            SESSIONS.fetch_add(1, std::sync::atomic::Ordering::SeqCst)
+        );
         let status = Command::new("tmux")
             .args(["new-session", "-d", "-s", &session, "-x", "100", "-y", "30", command])
             .status()
@@ -187,4 +192,49 @@ fn the_terminal_ui_signs_a_worker_in_and_out_under_tmux() {
     tmux.keys(&["9", "9", "9", "9", "9", "9", "Enter"]);
     tmux.wait_for("2 tries left");
     tmux.keys(&["q"]);
+}
+
+/// `pivtap kiosk` on the vpcd readers of the system pcscd (needs pcscd with vsmartcard-vpcd:
+/// scripts/setup-debian), with a server URL where nothing listens: the screen and the status
+/// line say the server cannot be reached and was never seen, not "connected"; with a reader
+/// filter that matches no reader, they say so and name the readers there are.
+#[test]
+fn the_kiosk_terminal_tells_an_unreachable_server_and_a_filter_matching_no_reader() {
+    let dir = tempfile::tempdir().unwrap();
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = closed.local_addr().unwrap().port();
+    drop(closed);
+    let kiosk = |name: &str, name_contains: &str| {
+        let config = dir.path().join(format!("{name}.toml"));
+        std::fs::write(
+            &config,
+            format!(
+                "device = \"kiosk-07\"\n[server]\nurl = \"https://127.0.0.1:{port}\"\n\
+                 [readers]\nname_contains = {name_contains:?}\n[local_api]\nlisten = \"127.0.0.1:0\"\n\
+                 token_file = \"{name}.token\"\n"
+            ),
+        )
+        .unwrap();
+        Tmux::start(&format!(
+            "{} kiosk --config {} 2>{}",
+            pivtap(),
+            config.display(),
+            dir.path().join(format!("{name}.log")).display()
+        ))
+    };
+
+    let tmux = kiosk("unreachable", "virtual pcd");
+    let screen = tmux.wait_for("Cannot reach the sign-in server");
+    for expected in ["Retrying…", "Server unreachable — retrying · never reached"] {
+        assert!(screen.contains(expected), "{expected:?} in\n{screen}");
+    }
+    assert!(!screen.contains("Server: connected"), "{screen}");
+    drop(tmux);
+
+    let tmux = kiosk("filtered", "Reader Nobody Has");
+    let screen = tmux.wait_for("No reader this kiosk is set up for");
+    assert!(screen.contains("Virtual PCD 00 00"), "{screen}");
+    drop(tmux);
+    let log = std::fs::read_to_string(dir.path().join("filtered.log")).unwrap();
+    assert!(log.contains("[readers] name_contains"), "{log}");
 }
