@@ -325,11 +325,14 @@ impl Runtime {
                     Ok(()) if self.challenge.is_some() => {
                         self.server_is(ServerStatus::Connected, face);
                     }
-                    // Only a challenge tells whether this device is served: ask for one now.
-                    Ok(()) => {
+                    // Only a challenge tells whether this device is served: ask for one now
+                    // if the network or TLS was the problem. A server refusing this device
+                    // is asked again on the back-off only (each refusal is in its audit log).
+                    Ok(()) if !matches!(self.server, ServerStatus::Refusing { .. }) => {
                         self.next_fetch = now;
                         self.retry_delay = Duration::from_secs(1);
                     }
+                    Ok(()) => {}
                     Err(error) => self.server_failed(&error, face),
                 }
             }
