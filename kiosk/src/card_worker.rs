@@ -836,7 +836,12 @@ impl Worker {
             }
         }
         if let (
-            Err(CardProblem::Card(PivError::PinBlocked | PivError::WrongPin { retries_left: 0 })),
+            Err(CardProblem::Card(
+                PivError::PinBlocked
+                | PivError::WrongPin {
+                    retries_left: Some(0),
+                },
+            )),
             Some(known),
         ) = (&signed, &certificate)
         {
@@ -923,6 +928,11 @@ impl Worker {
             }
             signed => signed,
         };
+        // Some cards keep a verified PIN across the reset that ends the connection: log it
+        // out, so the badge is not left PIN-verified for other programs.
+        if let Err(error) = session.log_out_pin() {
+            tracing::debug!(%error, "logging the PIN out failed");
+        }
         log_exchange("sign", &session, started);
         signed
     }
@@ -1319,7 +1329,9 @@ mod tests {
         rig.read().await.unwrap();
         assert_eq!(
             rig.sign("654321").await,
-            Err(AuthFailure::WrongPin { tries_left: 2 })
+            Err(AuthFailure::WrongPin {
+                tries_left: Some(2)
+            })
         );
         rig.tap(&alice);
         let (_, tries_left) = rig.read().await.unwrap();
@@ -1408,13 +1420,17 @@ mod tests {
         rig.read().await.unwrap();
         assert_eq!(
             rig.sign("654321").await,
-            Err(AuthFailure::WrongPin { tries_left: 2 })
+            Err(AuthFailure::WrongPin {
+                tries_left: Some(2)
+            })
         );
         // The card is kept after a wrong PIN: trying again is SELECT, VERIFY.
         rig.readers.take_instructions();
         assert_eq!(
             rig.sign("111111").await,
-            Err(AuthFailure::WrongPin { tries_left: 1 })
+            Err(AuthFailure::WrongPin {
+                tries_left: Some(1)
+            })
         );
         assert_eq!(rig.readers.take_instructions(), [Ins::Select, Ins::Verify]);
         assert_eq!(rig.sign("222222").await, Err(AuthFailure::PinBlocked));
@@ -1678,7 +1694,9 @@ mod tests {
         rig.tap(&alice);
         assert_eq!(
             rig.sign(ALICE_PIN).await,
-            Err(AuthFailure::WrongPin { tries_left: 2 })
+            Err(AuthFailure::WrongPin {
+                tries_left: Some(2)
+            })
         );
     }
 
@@ -1708,7 +1726,9 @@ mod tests {
         rig.tap(&fixture_card("alice"));
         assert_eq!(
             rig.change_pin("654321", "240913", None).await,
-            Err(PinWorkFailure::WrongPin { tries_left: 2 })
+            Err(PinWorkFailure::WrongPin {
+                tries_left: Some(2)
+            })
         );
         rig.readers.readers.remove(DESK);
         assert_eq!(
@@ -1729,7 +1749,9 @@ mod tests {
         assert_eq!(rig.read().await.unwrap().1, Some(0));
         assert_eq!(
             rig.unblock("87654321", "240913").await,
-            Err(PinWorkFailure::WrongPuk { tries_left: 2 })
+            Err(PinWorkFailure::WrongPuk {
+                tries_left: Some(2)
+            })
         );
         rig.readers.take();
         assert_eq!(rig.unblock("12345678", "240913").await, Ok(()));
@@ -1791,14 +1813,19 @@ mod tests {
         for tries_left in [2, 1] {
             assert_eq!(
                 rig.unblock("87654321", "240913").await,
-                Err(PinWorkFailure::WrongPuk { tries_left })
+                Err(PinWorkFailure::WrongPuk {
+                    tries_left: Some(tries_left)
+                })
             );
         }
         let last = rig.unblock("87654321", "240913").await;
         assert!(
             matches!(
                 last,
-                Err(PinWorkFailure::PukBlocked | PinWorkFailure::WrongPuk { tries_left: 0 })
+                Err(PinWorkFailure::PukBlocked
+                    | PinWorkFailure::WrongPuk {
+                        tries_left: Some(0)
+                    })
             ),
             "{last:?}"
         );
@@ -1965,8 +1992,12 @@ mod tests {
             CardReadFailure::NotPiv
         );
         assert_eq!(
-            auth_failure(&CardProblem::Card(PivError::WrongPin { retries_left: 1 })),
-            AuthFailure::WrongPin { tries_left: 1 }
+            auth_failure(&CardProblem::Card(PivError::WrongPin {
+                retries_left: Some(1)
+            })),
+            AuthFailure::WrongPin {
+                tries_left: Some(1)
+            }
         );
         assert_eq!(
             auth_failure(&CardProblem::Card(PivError::PinBlocked)),

@@ -540,7 +540,9 @@ fn a_short_pin_is_not_submitted() {
 fn a_wrong_pin_shows_tries_left_and_waits_a_growing_delay() {
     let mut k = Harness::tap_then_pin();
     k.reach_working(DESK);
-    let effects = k.fail(AuthFailure::WrongPin { tries_left: 2 });
+    let effects = k.fail(AuthFailure::WrongPin {
+        tries_left: Some(2),
+    });
     assert_eq!(published_codes(&effects), [NoticeCode::WrongPin]);
     assert!(
         !published(&effects)
@@ -579,7 +581,9 @@ fn a_wrong_pin_shows_tries_left_and_waits_a_growing_delay() {
     );
 
     // The second wrong PIN in a row doubles the delay.
-    k.fail(AuthFailure::WrongPin { tries_left: 1 });
+    k.fail(AuthFailure::WrongPin {
+        tries_left: Some(1),
+    });
     assert_eq!(k.prompt().retry_at, Some(k.now + secs(2)));
     assert_eq!(
         k.notice().unwrap().message,
@@ -591,7 +595,9 @@ fn a_wrong_pin_shows_tries_left_and_waits_a_growing_delay() {
 fn a_successful_sign_in_resets_the_wrong_pin_delay() {
     let mut k = Harness::tap_then_pin();
     k.reach_working(DESK);
-    k.fail(AuthFailure::WrongPin { tries_left: 2 });
+    k.fail(AuthFailure::WrongPin {
+        tries_left: Some(2),
+    });
     k.wait(secs(1));
     k.type_digits(ALICE_PIN);
     k.key(KeyInput::Enter);
@@ -599,7 +605,9 @@ fn a_successful_sign_in_resets_the_wrong_pin_delay() {
     k.send(Event::SignOutRequested);
     k.remove(DESK);
     k.reach_working(DESK);
-    k.fail(AuthFailure::WrongPin { tries_left: 2 });
+    k.fail(AuthFailure::WrongPin {
+        tries_left: Some(2),
+    });
     assert_eq!(k.prompt().retry_at, Some(k.now + secs(1)));
 }
 
@@ -607,7 +615,9 @@ fn a_successful_sign_in_resets_the_wrong_pin_delay() {
 fn the_wrong_pin_delay_holds_for_the_next_badge_too() {
     let mut k = Harness::tap_then_pin();
     k.reach_working(DESK);
-    k.fail(AuthFailure::WrongPin { tries_left: 2 });
+    k.fail(AuthFailure::WrongPin {
+        tries_left: Some(2),
+    });
     k.remove(DESK);
     k.tap(NFC);
     let effects = k.card_read(Some(3));
@@ -622,7 +632,9 @@ fn the_wrong_pin_delay_holds_for_the_next_badge_too() {
 fn the_last_wrong_pin_blocks_the_badge_until_it_is_removed() {
     let mut k = Harness::tap_then_pin();
     k.reach_working(DESK);
-    let effects = k.fail(AuthFailure::WrongPin { tries_left: 0 });
+    let effects = k.fail(AuthFailure::WrongPin {
+        tries_left: Some(0),
+    });
     assert_eq!(published_codes(&effects), [NoticeCode::PinBlocked]);
     let State::PinBlocked { reader, notice, .. } = k.state() else {
         panic!("{:?}", k.state());
@@ -1156,7 +1168,9 @@ fn pin_then_tap_wrong_pin_asks_again_after_the_delay() {
     let mut k = Harness::pin_then_tap();
     k.type_digits(ALICE_PIN);
     k.tap(NFC);
-    k.fail(AuthFailure::WrongPin { tries_left: 2 });
+    k.fail(AuthFailure::WrongPin {
+        tries_left: Some(2),
+    });
     k.remove(NFC);
     let prompt = k.prompt();
     assert_eq!(
@@ -1571,7 +1585,9 @@ fn a_short_current_pin_is_not_accepted() {
 fn a_wrong_current_pin_shows_the_tries_left_and_asks_again() {
     let mut k = Harness::tap_then_pin();
     k.reach_pin_change_work();
-    let effects = k.pin_work(Err(PinWorkFailure::WrongPin { tries_left: 2 }));
+    let effects = k.pin_work(Err(PinWorkFailure::WrongPin {
+        tries_left: Some(2),
+    }));
     assert_eq!(
         form_failures(&effects),
         [(PinFormFailure::WrongPin, Some(2))]
@@ -1596,7 +1612,9 @@ fn a_wrong_current_pin_shows_the_tries_left_and_asks_again() {
     k.enter_value("918274");
     k.enter_value(NEW_PIN);
     k.enter_value(NEW_PIN);
-    let effects = k.pin_work(Err(PinWorkFailure::WrongPin { tries_left: 0 }));
+    let effects = k.pin_work(Err(PinWorkFailure::WrongPin {
+        tries_left: Some(0),
+    }));
     assert_eq!(
         form_failures(&effects),
         [(PinFormFailure::PinBlocked, None)]
@@ -1837,7 +1855,9 @@ fn pin_then_tap_after_an_unblock_asks_for_the_new_pin_first() {
 fn a_wrong_puk_shows_the_tries_left_and_a_blocked_puk_ends_the_unblock() {
     let mut k = Harness::tap_then_pin();
     k.reach_unblock_work();
-    let effects = k.pin_work(Err(PinWorkFailure::WrongPuk { tries_left: 1 }));
+    let effects = k.pin_work(Err(PinWorkFailure::WrongPuk {
+        tries_left: Some(1),
+    }));
     assert_eq!(
         form_failures(&effects),
         [(PinFormFailure::WrongPuk, Some(1))]
@@ -2125,7 +2145,7 @@ fn card_read_failure() -> impl Strategy<Value = CardReadFailure> {
 
 fn auth_failure() -> impl Strategy<Value = AuthFailure> {
     prop_oneof![
-        (0..4u8).prop_map(|tries_left| AuthFailure::WrongPin { tries_left }),
+        proptest::option::of(0..4u8).prop_map(|tries_left| AuthFailure::WrongPin { tries_left }),
         Just(AuthFailure::PinBlocked),
         Just(AuthFailure::CardRemoved),
         Just(AuthFailure::CardError),
@@ -2139,9 +2159,9 @@ fn auth_failure() -> impl Strategy<Value = AuthFailure> {
 fn pin_work_result() -> impl Strategy<Value = Result<(), PinWorkFailure>> {
     prop_oneof![
         3 => Just(Ok(())),
-        1 => (0..3u8).prop_map(|tries_left| Err(PinWorkFailure::WrongPin { tries_left })),
+        1 => proptest::option::of(0..3u8).prop_map(|tries_left| Err(PinWorkFailure::WrongPin { tries_left })),
         1 => Just(Err(PinWorkFailure::PinBlocked)),
-        1 => (0..3u8).prop_map(|tries_left| Err(PinWorkFailure::WrongPuk { tries_left })),
+        1 => proptest::option::of(0..3u8).prop_map(|tries_left| Err(PinWorkFailure::WrongPuk { tries_left })),
         1 => Just(Err(PinWorkFailure::PukBlocked)),
         1 => Just(Err(PinWorkFailure::CardRemoved)),
         1 => Just(Err(PinWorkFailure::OtherCard)),
