@@ -998,7 +998,7 @@ mod tests {
     use pivtap_apdu::piv::Ins;
     use pivtap_card::virtual_card::image::CardImage;
     use pivtap_card::virtual_card::{
-        CardOptions, Interface, NewCard, VirtualCard, VirtualCardBackend,
+        CardOptions, Interface, NewCard, Quirk, Quirks, VirtualCard, VirtualCardBackend,
     };
     use pivtap_server_client::assertion::{AssertionVerifier, VerifierConfig};
     use tokio::sync::mpsc::{UnboundedReceiver, unbounded_channel};
@@ -1319,9 +1319,10 @@ mod tests {
                 Ins::GetData,
                 Ins::Select,
                 Ins::Verify,
-                Ins::GeneralAuthenticate
+                Ins::GeneralAuthenticate,
+                Ins::Verify
             ],
-            "a repeat tap: five APDUs"
+            "a repeat tap: five APDUs, and the PIN's log-out"
         );
 
         // After a wrong PIN the tries are worth showing again at the next tap.
@@ -1366,7 +1367,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_sign_after_a_read_is_three_apdus_and_the_server_accepts_it() {
+    async fn a_sign_after_a_read_is_three_apdus_and_a_log_out_and_the_server_accepts_it() {
         let mut rig = Rig::new();
         rig.tap(&fixture_card("alice"));
         rig.read().await.unwrap();
@@ -1375,7 +1376,12 @@ mod tests {
         assert_eq!(verify(&assertion), "RS256");
         assert_eq!(
             rig.readers.take_instructions(),
-            [Ins::Select, Ins::Verify, Ins::GeneralAuthenticate]
+            [
+                Ins::Select,
+                Ins::Verify,
+                Ins::GeneralAuthenticate,
+                Ins::Verify
+            ]
         );
     }
 
@@ -1397,7 +1403,8 @@ mod tests {
                 Ins::Select,
                 Ins::GetData,
                 Ins::Verify,
-                Ins::GeneralAuthenticate
+                Ins::GeneralAuthenticate,
+                Ins::Verify
             ]
         );
     }
@@ -1411,6 +1418,39 @@ mod tests {
         let mut card = alice.clone();
         let mut session = PivSession::open(&mut card).unwrap();
         assert_eq!(session.pin_retries().unwrap(), Some(3), "not verified");
+    }
+
+    #[tokio::test]
+    async fn a_badge_that_keeps_its_pin_across_reset_is_logged_out_after_signing() {
+        let mut rig = Rig::new();
+        let alice = fixture_card("alice");
+        alice
+            .card()
+            .set_quirks(Quirks::NONE.with(Quirk::KeepPinOnReset));
+        rig.tap(&alice);
+        rig.sign(ALICE_PIN).await.unwrap();
+        let mut card = alice.clone();
+        let mut session = PivSession::open(&mut card).unwrap();
+        assert_eq!(
+            session.pin_retries().unwrap(),
+            Some(3),
+            "another program does not find the PIN verified"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_plain_6300_is_a_wrong_pin_with_the_tries_unknown() {
+        let mut rig = Rig::new();
+        let alice = fixture_card("alice");
+        alice
+            .card()
+            .set_quirks(Quirks::NONE.with(Quirk::PlainWrongPinStatus));
+        rig.tap(&alice);
+        assert_eq!(
+            rig.sign("000000").await,
+            Err(AuthFailure::WrongPin { tries_left: None })
+        );
+        assert_eq!(rig.sign(ALICE_PIN).await.map(drop), Ok(()));
     }
 
     #[tokio::test]
@@ -1549,12 +1589,13 @@ mod tests {
                 Ins::Verify,
                 Ins::GeneralAuthenticate,
                 Ins::GetData,
-                Ins::GeneralAuthenticate
+                Ins::GeneralAuthenticate,
+                Ins::Verify
             ],
             "one PIN check; the stale signature, the certificate, the signature again"
         );
 
-        // The cache now holds the new certificate: back to three APDUs after the read.
+        // The cache now holds the new certificate: back to three APDUs (and the log-out) after the read.
         rig.tap(&alice);
         let (summary, _) = rig.read().await.unwrap();
         assert_eq!(summary.holder_name.as_deref(), Some("Carol Example"));
@@ -1563,7 +1604,12 @@ mod tests {
         assert_eq!(signer_of(&assertion), "Carol Example");
         assert_eq!(
             rig.readers.take_instructions(),
-            [Ins::Select, Ins::Verify, Ins::GeneralAuthenticate]
+            [
+                Ins::Select,
+                Ins::Verify,
+                Ins::GeneralAuthenticate,
+                Ins::Verify
+            ]
         );
     }
 
@@ -1590,9 +1636,10 @@ mod tests {
                 Ins::Verify,
                 Ins::GeneralAuthenticate,
                 Ins::GetData,
-                Ins::GeneralAuthenticate
+                Ins::GeneralAuthenticate,
+                Ins::Verify
             ],
-            "CHUID, PIN, refused signature, certificate, signature"
+            "CHUID, PIN, refused signature, certificate, signature, log-out"
         );
         let mut card = alice.clone();
         let mut session = PivSession::open(&mut card).unwrap();
@@ -1612,7 +1659,12 @@ mod tests {
         assert_eq!(rig.sign(ALICE_PIN).await, Err(AuthFailure::CardError));
         assert_eq!(
             rig.readers.take_instructions(),
-            [Ins::Select, Ins::Verify, Ins::GeneralAuthenticate],
+            [
+                Ins::Select,
+                Ins::Verify,
+                Ins::GeneralAuthenticate,
+                Ins::Verify
+            ],
             "a certificate read during this tap is not read again"
         );
     }

@@ -612,6 +612,25 @@ fn a_successful_sign_in_resets_the_wrong_pin_delay() {
 }
 
 #[test]
+fn a_wrong_pin_on_a_badge_that_does_not_count_is_a_wrong_pin_with_tries_unknown() {
+    let mut k = Harness::tap_then_pin();
+    k.reach_working(DESK);
+    let effects = k.fail(AuthFailure::WrongPin { tries_left: None });
+    assert_eq!(published_codes(&effects), [NoticeCode::WrongPin]);
+    assert!(matches!(k.state(), State::PinEntry { .. }), "not blocked");
+    assert_eq!(k.prompt().tries_left, None);
+    assert_eq!(
+        k.notice().unwrap().message,
+        "Wrong PIN. The badge does not say how many tries are left before the badge is blocked."
+    );
+    let effects = k.wait(secs(1));
+    assert_eq!(
+        published(&effects),
+        [&SessionEvent::PinRequired { tries_left: None }]
+    );
+}
+
+#[test]
 fn the_wrong_pin_delay_holds_for_the_next_badge_too() {
     let mut k = Harness::tap_then_pin();
     k.reach_working(DESK);
