@@ -100,6 +100,12 @@ impl Quirks {
         Quirks(self.0 | quirk.bit())
     }
 
+    /// Every quirk of either set.
+    #[must_use]
+    pub fn union(self, other: Quirks) -> Self {
+        Quirks(self.0 | other.0)
+    }
+
     /// Whether the set is empty.
     #[must_use]
     pub fn is_empty(self) -> bool {
@@ -154,6 +160,13 @@ mod tests {
         assert_eq!(all.to_string(), "strict-7c,plain-6300,keep-pin-on-reset");
         assert_eq!("".parse::<Quirks>(), Ok(Quirks::NONE));
         assert!(Quirks::NONE.is_empty());
+        assert_eq!(
+            Quirks::NONE
+                .with(Quirk::StrictTemplate)
+                .union(Quirks::NONE.with(Quirk::KeepPinOnReset))
+                .to_string(),
+            "strict-7c,keep-pin-on-reset"
+        );
         let one: Quirks = "plain-6300".parse().unwrap();
         assert!(one.contains(Quirk::PlainWrongPinStatus));
         assert!(!one.contains(Quirk::StrictTemplate));
