@@ -1140,8 +1140,8 @@ fn pin_state_seen_by_opensc_tool() -> String {
     let last = run
         .stdout
         .lines()
-        .filter_map(|line| line.trim().strip_prefix("Received (SW1=0x"))
-        .last()
+        .rev()
+        .find_map(|line| line.trim().strip_prefix("Received (SW1=0x"))
         .unwrap_or_else(|| panic!("no answer in opensc-tool's output:\n{}", run.output()));
     let (sw1, rest) = last.split_once(", SW2=0x").expect("SW1 and SW2");
     let sw2 = rest.trim_end_matches(')');
@@ -1190,36 +1190,21 @@ fn a_third_party_card_enrolls_counts_wrong_pins_and_is_logged_out_after_sign_in(
     let enrolled = run_command(enroll, "pivtap");
     enrolled.expect_success("card enroll on a third-party card");
 
-    let credential = server.device_credential(common::KIOSK);
-    let auth = |pin: &str| {
-        let mut command = pivtap_command(&[
-            "auth",
-            "--server",
-            &server.url,
-            "--ca",
-            path_str(&server.ca),
-            "--reader",
-            READER,
-            "--device",
-            common::KIOSK,
-            "--device-credential",
-            path_str(&credential),
-            "--json",
-        ]);
-        command.env("PIVTAP_PIN", pin);
-        run_command(command, "pivtap")
-    };
+    let at_reader = ["--reader", READER];
 
     // A wrong PIN, answered 6300 without a count: exit code 3, tries unknown.
-    let wrong = auth("000000");
-    assert_eq!(wrong.code, 3, "wrong PIN:\n{}", wrong.output());
-    wrong.expect_output("the card does not say how many tries are left", "wrong PIN");
+    server
+        .auth_with(&at_reader, "000000")
+        .failure("wrong PIN", "the card does not say how many tries are left")
+        .expect_code(3, "wrong PIN");
     assert_eq!(pin_state_seen_by_opensc_tool(), "63C2", "a try was spent");
 
     // A sign-in, then another program: the PIN is not verified for it.
-    auth(FACTORY_PIN)
-        .expect_success("pivtap auth")
-        .expect_output("\"dana\"", "signed in as dana");
+    let signed_in = server
+        .auth_with(&at_reader, FACTORY_PIN)
+        .success("pivtap auth")
+        .json();
+    assert_eq!(signed_in["user"]["id"], "dana", "{signed_in}");
     assert_eq!(
         pin_state_seen_by_opensc_tool(),
         "63C3",

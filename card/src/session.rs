@@ -485,20 +485,10 @@ impl<'a> PivSession<'a> {
         answer: WitnessAnswer,
     ) -> Result<MutualOutcome, PivError> {
         let algorithm = key.algorithm();
-        let response = self.transmit(&commands::management_witness_request(algorithm))?;
-        match response.status() {
-            StatusWord::Success => {}
-            status if is_form_refusal(status) => return Ok(MutualOutcome::WitnessRequestRefused),
-            StatusWord::ReferencedDataNotFound => return Err(PivError::ManagementKeyRejected),
-            status => {
-                return Err(PivError::Card {
-                    operation: "start management key authentication",
-                    status,
-                });
-            }
-        }
-        let template = AuthTemplate::parse(response.data())
-            .map_err(|source| malformed("management key witness", source))?;
+        let request = commands::management_witness_request(algorithm);
+        let Some(template) = self.management_first_step(&request, "management key witness")? else {
+            return Ok(MutualOutcome::WitnessRequestRefused);
+        };
         let encrypted_witness = template
             .witness
             .bytes()
@@ -537,25 +527,36 @@ impl<'a> PivSession<'a> {
         }
     }
 
+    /// Sends the first step of a management-key authentication and parses
+    /// the card's template (`what` names it in errors); `None` when the card
+    /// refuses the step's form ([`is_form_refusal`]).
+    fn management_first_step(
+        &mut self,
+        request: &CommandApdu,
+        what: &'static str,
+    ) -> Result<Option<AuthTemplate>, PivError> {
+        let response = self.transmit(request)?;
+        match response.status() {
+            StatusWord::Success => AuthTemplate::parse(response.data())
+                .map(Some)
+                .map_err(|source| malformed(what, source)),
+            status if is_form_refusal(status) => Ok(None),
+            StatusWord::ReferencedDataNotFound => Err(PivError::ManagementKeyRejected),
+            status => Err(PivError::Card {
+                operation: "start management key authentication",
+                status,
+            }),
+        }
+    }
+
     /// The one-way external authentication (Appendix A.2): the card's
     /// challenge, encrypted by the host. The card proves nothing.
     fn external_authentication(&mut self, key: &ManagementKey) -> Result<(), PivError> {
         let algorithm = key.algorithm();
-        let response = self.transmit(&commands::management_challenge_request(algorithm))?;
-        match response.status() {
-            StatusWord::Success => {}
-            StatusWord::IncorrectP1P2
-            | StatusWord::IncorrectData
-            | StatusWord::ReferencedDataNotFound => return Err(PivError::ManagementKeyRejected),
-            status => {
-                return Err(PivError::Card {
-                    operation: "start management key authentication",
-                    status,
-                });
-            }
-        }
-        let template = AuthTemplate::parse(response.data())
-            .map_err(|source| malformed("management key challenge", source))?;
+        let request = commands::management_challenge_request(algorithm);
+        let template = self
+            .management_first_step(&request, "management key challenge")?
+            .ok_or(PivError::ManagementKeyRejected)?;
         let challenge = template
             .challenge
             .bytes()

@@ -49,14 +49,14 @@ impl Refusing {
         }
     }
 
-    /// The data fields of the management-key GENERAL AUTHENTICATE commands sent so far, in hex.
-    fn management_templates(&self) -> Vec<String> {
+    /// The [`shape`] of each management-key GENERAL AUTHENTICATE template sent so far.
+    fn management_shapes(&self) -> Vec<String> {
         self.sent
             .lock()
             .unwrap()
             .iter()
             .filter(|command| is_management_authenticate(command))
-            .map(|command| hex::encode_upper(data_of(command)))
+            .map(|command| shape(&data_of(command)))
             .collect()
     }
 }
@@ -114,9 +114,8 @@ fn authenticates(backend: &mut dyn CardBackend) -> Result<(), PivError> {
         .map(drop)
 }
 
-/// The template's shape in hex, with the 8-byte values masked: `80 08 ..` becomes `8008**`.
-fn shape(template: &str) -> String {
-    let bytes = hex::decode(template).unwrap();
+/// A template in hex with its values masked: `7C 0A 80 08 ..` becomes `7C0A8008**`.
+fn shape(bytes: &[u8]) -> String {
     let mut out = format!("{:02X}{:02X}", bytes[0], bytes[1]);
     let mut rest = &bytes[2..];
     while let [tag, len, tail @ ..] = rest {
@@ -141,12 +140,7 @@ fn management_key_exchange_speaks_the_form_opensc_and_yubico_piv_tool_speak() {
         no_refusal,
     );
     authenticates(&mut card).unwrap();
-    let shapes: Vec<String> = card
-        .management_templates()
-        .iter()
-        .map(|t| shape(t))
-        .collect();
-    assert_eq!(shapes, ["7C028000", "7C148008**8108**"]);
+    assert_eq!(card.management_shapes(), ["7C028000", "7C148008**8108**"]);
 }
 
 #[test]
@@ -160,13 +154,8 @@ fn a_card_that_needs_the_response_requested_gets_the_other_form_once() {
     }
     let mut card = Refusing::new(card_with(Quirks::NONE), needs_82);
     authenticates(&mut card).unwrap();
-    let shapes: Vec<String> = card
-        .management_templates()
-        .iter()
-        .map(|t| shape(t))
-        .collect();
     assert_eq!(
-        shapes,
+        card.management_shapes(),
         [
             "7C028000",
             "7C148008**8108**",
@@ -184,12 +173,10 @@ fn a_card_without_mutual_authentication_gets_the_external_authentication() {
     }
     let mut card = Refusing::new(card_with(Quirks::NONE), no_witness);
     authenticates(&mut card).unwrap();
-    let shapes: Vec<String> = card
-        .management_templates()
-        .iter()
-        .map(|t| shape(t))
-        .collect();
-    assert_eq!(shapes, ["7C028000", "7C028100", "7C0A8208**"]);
+    assert_eq!(
+        card.management_shapes(),
+        ["7C028000", "7C028100", "7C0A8208**"]
+    );
 }
 
 #[test]
@@ -211,7 +198,7 @@ fn refusals_of_every_form_end_in_an_error_without_looping() {
         ),
         "{result:?}"
     );
-    assert_eq!(card.management_templates().len(), 4);
+    assert_eq!(card.management_shapes().len(), 4);
 
     fn everything(command: &[u8]) -> Option<[u8; 2]> {
         is_management_authenticate(command).then_some([0x6A, 0x86])
@@ -224,7 +211,7 @@ fn refusals_of_every_form_end_in_an_error_without_looping() {
         matches!(result, Err(PivError::ManagementKeyRejected)),
         "{result:?}"
     );
-    assert_eq!(card.management_templates().len(), 2);
+    assert_eq!(card.management_shapes().len(), 2);
 }
 
 #[test]
