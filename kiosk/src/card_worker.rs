@@ -929,12 +929,13 @@ impl Worker {
             signed => signed,
         };
         // Some cards keep a verified PIN across the reset that ends the connection: log it
-        // out, so the badge is not left PIN-verified for other programs.
-        if let Err(error) = session.log_out_pin() {
-            tracing::debug!(%error, "logging the PIN out failed");
-        }
+        // out, so the badge is not left PIN-verified for other programs. A badge that leaves
+        // during the log-out left before its tap was done.
+        let logged_out = session.log_out_pin();
         log_exchange("sign", &session, started);
-        signed
+        let assertion = signed?;
+        logged_out?;
+        Ok(assertion)
     }
 }
 
