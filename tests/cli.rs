@@ -412,6 +412,44 @@ fn verify_pin_json_reports_each_outcome() {
 }
 
 #[test]
+fn a_third_party_card_provisions_and_its_plain_6300_is_a_wrong_pin() {
+    let dir = TempDir::new().unwrap();
+    // Provisioning authenticates with the management key: the strict card
+    // refuses the `82 00` pivtap once sent.
+    let image = new_card(
+        &dir,
+        "third-party.toml",
+        "CN=Dana Example",
+        &["--profile", "third-party", "--alg", "p256"],
+    );
+    let text = std::fs::read_to_string(&image).unwrap();
+    assert!(
+        text.contains(r#"quirks = ["strict-7c", "plain-6300", "keep-pin-on-reset"]"#),
+        "{text}"
+    );
+    let wrong = verify_pin(&image, "654321");
+    wrong.expect_code(3, "wrong PIN on a card that answers 6300");
+    assert!(
+        wrong
+            .stderr
+            .contains("the card does not say how many tries are left"),
+        "{}",
+        wrong.stderr
+    );
+    assert_eq!(image_retries_left(&image, "pin"), 2, "a try was spent");
+    let json = pivtap_with_pin(
+        "654321",
+        &["card", "verify-pin", "--vcard", path_str(&image), "--json"],
+    );
+    json.expect_code(3, "verify-pin --json");
+    assert_eq!(
+        serde_json::from_str::<Value>(json.stdout.trim()).unwrap(),
+        json!({"verified": false, "blocked": false, "retries_left": null})
+    );
+    verify_pin(&image, ALICE_PIN).expect_code(0, "right PIN");
+}
+
+#[test]
 fn verify_pin_without_a_pin_or_terminal_asks_for_pivtap_pin() {
     let dir = TempDir::new().unwrap();
     let image = copy_fixture_card(&dir, "alice");

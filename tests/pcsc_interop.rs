@@ -26,10 +26,14 @@ use pivtap_card::{PivSession, SignatureAlgorithm};
 use serde_json::Value;
 use tempfile::TempDir;
 
+mod common;
+
 /// The vpcd reader these tests use, and its port.
 const READER: &str = "Virtual PCD 00 00";
 const VPCD_PORT: &str = "35963";
 
+/// The PIN of a card as new cards ship (`vcard new --blank`).
+const FACTORY_PIN: &str = "123456";
 /// PIN of the fixture card `alice.toml` (RSA-2048 in 9A).
 const ALICE_PIN: &str = "123456";
 /// PIN of the fixture card `bob.toml` (P-256 in 9A).
@@ -1114,4 +1118,104 @@ fn apdu_round_trip_figures() {
         );
         attached.detach();
     }
+}
+
+/// What an empty VERIFY of the PIN (`00 20 00 80`) answers on the card in
+/// [`READER`], as another PC/SC program (OpenSC's `opensc-tool`) sees it: the
+/// status word in hex, e.g. `63C3`, or `9000` while the PIN is verified.
+fn pin_state_seen_by_opensc_tool() -> String {
+    let run = opensc(
+        "opensc-tool",
+        &[
+            "--reader",
+            READER,
+            "--send-apdu",
+            "00:A4:04:00:09:A0:00:00:03:08:00:00:10:00",
+            "--send-apdu",
+            "00:20:00:80",
+        ],
+    );
+    run.expect_success("opensc-tool --send-apdu");
+    // One "Received (SW1=0x.., SW2=0x..)" line per APDU; the VERIFY's is the last.
+    let last = run
+        .stdout
+        .lines()
+        .rev()
+        .find_map(|line| line.trim().strip_prefix("Received (SW1=0x"))
+        .unwrap_or_else(|| panic!("no answer in opensc-tool's output:\n{}", run.output()));
+    let (sw1, rest) = last.split_once(", SW2=0x").expect("SW1 and SW2");
+    let sw2 = rest.trim_end_matches(')');
+    format!("{sw1}{sw2}").to_uppercase()
+}
+
+/// A card that behaves like a third-party PIV card (`vcard new --profile
+/// third-party`: strict `7C` parsing, a plain `6300` for a wrong PIN, the PIN
+/// kept across a card reset) enrolls over PC/SC, a wrong PIN at sign-in is a
+/// wrong PIN (exit code 3), and after `pivtap auth` signs in, another PC/SC
+/// program does not find the badge PIN-verified.
+#[test]
+fn a_third_party_card_enrolls_counts_wrong_pins_and_is_logged_out_after_sign_in() {
+    let _reader = take_reader();
+    let server = common::RunningServer::start();
+    server.add_user("dana", "Dana Example", "dana@example.com");
+    let card = server.dir.path().join("third-party.toml");
+    pivtap(&[
+        "vcard",
+        "new",
+        path_str(&card),
+        "--blank",
+        "--profile",
+        "third-party",
+    ])
+    .expect_success("vcard new --profile third-party");
+    let attached = Attached::start(&card, Link::Extended);
+
+    // Enrollment authenticates with the management key, which the strict card
+    // refused when pivtap sent `7C 16 { .., 82 00 }`.
+    let (code, _) = server.enrollment_code("dana");
+    let mut enroll = pivtap_command(&[
+        "card",
+        "enroll",
+        "--reader",
+        READER,
+        "--server",
+        &server.url,
+        "--ca",
+        path_str(&server.ca),
+        "--code",
+        &code,
+        "--json",
+    ]);
+    enroll.env("PIVTAP_PIN", FACTORY_PIN);
+    let enrolled = run_command(enroll, "pivtap");
+    enrolled.expect_success("card enroll on a third-party card");
+
+    let at_reader = ["--reader", READER];
+
+    // A wrong PIN, answered 6300 without a count: exit code 3, tries unknown.
+    server
+        .auth_with(&at_reader, "000000")
+        .failure("wrong PIN", "the card does not say how many tries are left")
+        .expect_code(3, "wrong PIN");
+    assert_eq!(pin_state_seen_by_opensc_tool(), "63C2", "a try was spent");
+
+    // A sign-in, then another program: the PIN is not verified for it.
+    let signed_in = server
+        .auth_with(&at_reader, FACTORY_PIN)
+        .success("pivtap auth")
+        .json();
+    assert_eq!(signed_in["user"]["id"], "dana", "{signed_in}");
+    assert_eq!(
+        pin_state_seen_by_opensc_tool(),
+        "63C3",
+        "after pivtap auth the badge must not stay PIN-verified for other programs"
+    );
+
+    // The quirk is real over PC/SC: a PIN verified by another program and not
+    // logged out stays verified across its reset.
+    let mut verify = pivtap_command(&["card", "verify-pin", "--reader", READER]);
+    verify.env("PIVTAP_PIN", FACTORY_PIN);
+    run_command(verify, "pivtap").expect_success("card verify-pin");
+    assert_eq!(pin_state_seen_by_opensc_tool(), "9000");
+    attached.detach();
 }

@@ -21,20 +21,22 @@ pub enum PivError {
     /// The card has no PIV application.
     #[error("the card has no PIV application")]
     NoPivApplication,
-    /// The PIN was wrong; the card allows this many more tries.
-    #[error("wrong PIN: {retries_left} {} left before the PIN is blocked", if *.retries_left == 1 { "try" } else { "tries" })]
+    /// The PIN was wrong; the card allows this many more tries (`None`: the
+    /// card answered a plain `6300`, which spends a try but does not say how
+    /// many are left).
+    #[error("wrong PIN: {}", tries_left_text(*.retries_left, "PIN"))]
     WrongPin {
-        /// Tries left.
-        retries_left: u8,
+        /// Tries left, when the card says.
+        retries_left: Option<u8>,
     },
     /// The PIN is blocked; the PUK (or an administrator) can unblock it.
     #[error("the PIN is blocked; unblock it with the PUK or ask your administrator")]
     PinBlocked,
-    /// The PUK was wrong.
-    #[error("wrong PUK: {retries_left} {} left before the PUK is blocked", if *.retries_left == 1 { "try" } else { "tries" })]
+    /// The PUK was wrong (tries left as for [`PivError::WrongPin`]).
+    #[error("wrong PUK: {}", tries_left_text(*.retries_left, "PUK"))]
     WrongPuk {
-        /// Tries left.
-        retries_left: u8,
+        /// Tries left, when the card says.
+        retries_left: Option<u8>,
     },
     /// The PUK is blocked; the card can no longer be unblocked.
     #[error("the PUK is blocked; the card must be reset or replaced")]
@@ -97,5 +99,43 @@ impl From<ExchangeError> for PivError {
             ExchangeError::Transport(transport) => PivError::Transport(transport),
             other => PivError::Exchange(other),
         }
+    }
+}
+
+/// "2 tries left before the PIN is blocked", or, for a card that does not
+/// say, that the count is unknown.
+fn tries_left_text(retries_left: Option<u8>, what: &str) -> String {
+    match retries_left {
+        Some(1) => format!("1 try left before the {what} is blocked"),
+        Some(n) => format!("{n} tries left before the {what} is blocked"),
+        None => {
+            format!("the card does not say how many tries are left before the {what} is blocked")
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::PivError;
+
+    #[test]
+    fn wrong_pin_and_puk_messages_give_the_tries_or_say_they_are_unknown() {
+        let message = |error: PivError| error.to_string();
+        assert_eq!(
+            message(PivError::WrongPin {
+                retries_left: Some(2)
+            }),
+            "wrong PIN: 2 tries left before the PIN is blocked"
+        );
+        assert_eq!(
+            message(PivError::WrongPuk {
+                retries_left: Some(1)
+            }),
+            "wrong PUK: 1 try left before the PUK is blocked"
+        );
+        assert_eq!(
+            message(PivError::WrongPin { retries_left: None }),
+            "wrong PIN: the card does not say how many tries are left before the PIN is blocked"
+        );
     }
 }

@@ -284,6 +284,27 @@ impl<'a> PivSession<'a> {
         .map(drop)
     }
 
+    /// Logs the PIN out before letting go of the card: VERIFY with P1 `FF`
+    /// ([`Self::reset_pin_status`]). Some cards keep a verified PIN across
+    /// a card reset, so a reset alone could leave a badge PIN-verified for
+    /// the next program; cards without the command refuse it, and a refusal
+    /// is no error here (the reset that follows is all such a card needs).
+    /// Returns whether the card confirmed the log-out.
+    ///
+    /// # Errors
+    /// Only a transport or exchange failure (the card left, the reader went).
+    pub fn log_out_pin(&mut self) -> Result<bool, PivError> {
+        match self.reset_pin_status() {
+            Ok(()) => Ok(true),
+            Err(PivError::Transport(error)) => Err(PivError::Transport(error)),
+            Err(PivError::Exchange(error)) => Err(PivError::Exchange(error)),
+            Err(refused) => {
+                tracing::debug!(error = %refused, "the card did not log the PIN out");
+                Ok(false)
+            }
+        }
+    }
+
     /// CHANGE REFERENCE DATA for the PIN (Part 2 §3.2.2).
     ///
     /// # Errors
@@ -411,44 +432,83 @@ impl<'a> PivSession<'a> {
             .ok_or_else(|| malformed("authentication response", missing_response()))
     }
 
-    /// Mutual authentication with the card management key (SP 800-73-4 Part 2
-    /// Appendix A.1): the host decrypts the card's witness, the card encrypts
-    /// the host's challenge, and each side checks the other.
+    /// Authenticates with the card management key (SP 800-73-4 Part 2
+    /// Appendix A): mutual authentication, where the host decrypts the
+    /// card's witness, the card encrypts the host's challenge, and each side
+    /// checks the other.
+    ///
+    /// The second step goes in the form OpenSC and yubico-piv-tool send,
+    /// `7C { 80 witness, 81 challenge }`. Cards differ in which of the
+    /// spec's forms they take, so a refusal of a form (`6A80` or `6A86`) is
+    /// met with the other form, once each, never in a loop:
+    /// - second step refused: the mutual authentication again, with the
+    ///   response asked for explicitly (`7C { 82 00, 80 .., 81 .. }`);
+    /// - first step (`7C { 80 00 }`) refused: the one-way external
+    ///   authentication (`7C { 81 00 }`, then `7C { 82 .. }`), in which the
+    ///   card does not prove that it holds the key.
     ///
     /// # Errors
     /// [`PivError::ManagementKeyRejected`] or [`PivError::CardAuthenticationFailed`].
     #[tracing::instrument(level = "debug", skip_all)]
     pub fn authenticate_management_key(&mut self, key: &ManagementKey) -> Result<(), PivError> {
-        let algorithm = key.algorithm();
-        let response = self.transmit(&commands::management_witness_request(algorithm))?;
-        match response.status() {
-            StatusWord::Success => {}
-            StatusWord::IncorrectP1P2
-            | StatusWord::IncorrectData
-            | StatusWord::ReferencedDataNotFound => {
-                return Err(PivError::ManagementKeyRejected);
+        match self.mutual_authentication(key, WitnessAnswer::Plain)? {
+            MutualOutcome::Authenticated => Ok(()),
+            MutualOutcome::WitnessRequestRefused => {
+                tracing::debug!(
+                    "the card refused the mutual authentication's first step; \
+                     trying the one-way external authentication"
+                );
+                self.external_authentication(key)
             }
-            status => {
-                return Err(PivError::Card {
-                    operation: "start management key authentication",
-                    status,
-                });
+            MutualOutcome::AnswerRefused(_) => {
+                tracing::debug!(
+                    "the card refused `7C {{ 80, 81 }}`; trying `7C {{ 82 00, 80, 81 }}`"
+                );
+                match self.mutual_authentication(key, WitnessAnswer::RequestingResponse)? {
+                    MutualOutcome::Authenticated => Ok(()),
+                    MutualOutcome::WitnessRequestRefused => Err(PivError::ManagementKeyRejected),
+                    MutualOutcome::AnswerRefused(status) => Err(PivError::Card {
+                        operation: "finish management key authentication",
+                        status,
+                    }),
+                }
             }
         }
-        let template = AuthTemplate::parse(response.data())
-            .map_err(|source| malformed("management key witness", source))?;
+    }
+
+    /// One run of the mutual authentication (Appendix A.1), with the second
+    /// step in the form `answer`. A refusal of a form is an outcome, for
+    /// [`Self::authenticate_management_key`] to try the other form.
+    fn mutual_authentication(
+        &mut self,
+        key: &ManagementKey,
+        answer: WitnessAnswer,
+    ) -> Result<MutualOutcome, PivError> {
+        let algorithm = key.algorithm();
+        let request = commands::management_witness_request(algorithm);
+        let Some(template) = self.management_first_step(&request, "management key witness")? else {
+            return Ok(MutualOutcome::WitnessRequestRefused);
+        };
         let encrypted_witness = template
             .witness
             .bytes()
-            .ok_or_else(|| malformed("management key witness", missing_response()))?;
+            .ok_or_else(|| malformed("management key witness", missing(0x80)))?;
         let witness = key.decrypt_block(encrypted_witness)?;
         let mut challenge = Zeroizing::new(vec![0u8; key.block_len()]);
         rand::fill(challenge.as_mut_slice());
-        let command = commands::management_witness_response(algorithm, &witness, &challenge);
+        let command = match answer {
+            WitnessAnswer::Plain => {
+                commands::management_witness_response(algorithm, &witness, &challenge)
+            }
+            WitnessAnswer::RequestingResponse => {
+                commands::management_witness_response_requesting(algorithm, &witness, &challenge)
+            }
+        };
         let response = self.transmit(&command)?;
         match response.status() {
             StatusWord::Success => {}
             StatusWord::SecurityStatusNotSatisfied => return Err(PivError::ManagementKeyRejected),
+            status if is_form_refusal(status) => return Ok(MutualOutcome::AnswerRefused(status)),
             status => {
                 return Err(PivError::Card {
                     operation: "finish management key authentication",
@@ -460,8 +520,58 @@ impl<'a> PivSession<'a> {
             .map_err(|source| malformed("management key response", source))?;
         let expected = key.encrypt_block(&challenge)?;
         match template.response.bytes() {
-            Some(answer) if bool::from(answer.ct_eq(expected.as_slice())) => Ok(()),
+            Some(answer) if bool::from(answer.ct_eq(expected.as_slice())) => {
+                Ok(MutualOutcome::Authenticated)
+            }
             _ => Err(PivError::CardAuthenticationFailed),
+        }
+    }
+
+    /// Sends the first step of a management-key authentication and parses
+    /// the card's template (`what` names it in errors); `None` when the card
+    /// refuses the step's form ([`is_form_refusal`]).
+    fn management_first_step(
+        &mut self,
+        request: &CommandApdu,
+        what: &'static str,
+    ) -> Result<Option<AuthTemplate>, PivError> {
+        let response = self.transmit(request)?;
+        match response.status() {
+            StatusWord::Success => AuthTemplate::parse(response.data())
+                .map(Some)
+                .map_err(|source| malformed(what, source)),
+            status if is_form_refusal(status) => Ok(None),
+            StatusWord::ReferencedDataNotFound => Err(PivError::ManagementKeyRejected),
+            status => Err(PivError::Card {
+                operation: "start management key authentication",
+                status,
+            }),
+        }
+    }
+
+    /// The one-way external authentication (Appendix A.2): the card's
+    /// challenge, encrypted by the host. The card proves nothing.
+    fn external_authentication(&mut self, key: &ManagementKey) -> Result<(), PivError> {
+        let algorithm = key.algorithm();
+        let request = commands::management_challenge_request(algorithm);
+        let template = self
+            .management_first_step(&request, "management key challenge")?
+            .ok_or(PivError::ManagementKeyRejected)?;
+        let challenge = template
+            .challenge
+            .bytes()
+            .ok_or_else(|| malformed("management key challenge", missing(0x81)))?;
+        let encrypted = key.encrypt_block(challenge)?;
+        let response = self.transmit(&commands::management_challenge_response(
+            algorithm, &encrypted,
+        ))?;
+        match response.status() {
+            StatusWord::Success => Ok(()),
+            StatusWord::SecurityStatusNotSatisfied => Err(PivError::ManagementKeyRejected),
+            status => Err(PivError::Card {
+                operation: "finish management key authentication",
+                status,
+            }),
         }
     }
 
@@ -513,9 +623,41 @@ fn malformed(what: &'static str, source: TlvError) -> PivError {
 }
 
 fn missing_response() -> TlvError {
+    missing(0x82)
+}
+
+fn missing(tag: u32) -> TlvError {
     TlvError::Missing {
-        tag: tlv::tag_hex(0x82),
+        tag: tlv::tag_hex(tag),
     }
+}
+
+/// The form of the mutual authentication's second step.
+#[derive(Clone, Copy)]
+enum WitnessAnswer {
+    /// `7C { 80 witness, 81 challenge }`, as OpenSC and yubico-piv-tool send it.
+    Plain,
+    /// `7C { 82 00, 80 witness, 81 challenge }`: the response asked for explicitly.
+    RequestingResponse,
+}
+
+/// How one run of the mutual authentication ended, short of an error.
+enum MutualOutcome {
+    /// Both sides proved they hold the key.
+    Authenticated,
+    /// The card refused the first step's form (`7C { 80 00 }`).
+    WitnessRequestRefused,
+    /// The card refused the second step's form, with this status word.
+    AnswerRefused(StatusWord),
+}
+
+/// Whether a card's answer refuses the form of a GENERAL AUTHENTICATE
+/// template (`6A80` wrong data, `6A86` wrong P1-P2) rather than the key.
+fn is_form_refusal(status: StatusWord) -> bool {
+    matches!(
+        status,
+        StatusWord::IncorrectData | StatusWord::IncorrectP1P2
+    )
 }
 
 /// Maps the answer to VERIFY, CHANGE REFERENCE DATA or RESET RETRY COUNTER.
@@ -532,8 +674,16 @@ fn reference_data_result(
         (StatusWord::RetriesLeft(0) | StatusWord::AuthenticationBlocked, true) => {
             Err(PivError::PukBlocked)
         }
-        (StatusWord::RetriesLeft(retries_left), false) => Err(PivError::WrongPin { retries_left }),
-        (StatusWord::RetriesLeft(retries_left), true) => Err(PivError::WrongPuk { retries_left }),
+        (StatusWord::RetriesLeft(retries_left), false) => Err(PivError::WrongPin {
+            retries_left: Some(retries_left),
+        }),
+        (StatusWord::RetriesLeft(retries_left), true) => Err(PivError::WrongPuk {
+            retries_left: Some(retries_left),
+        }),
+        // A plain `6300`: the check failed and a try was spent, but the card
+        // does not say how many are left (some third-party cards).
+        (StatusWord::VerificationFailed, false) => Err(PivError::WrongPin { retries_left: None }),
+        (StatusWord::VerificationFailed, true) => Err(PivError::WrongPuk { retries_left: None }),
         (StatusWord::SecurityStatusNotSatisfied, _) => Err(PivError::AccessDenied {
             operation,
             requirement: "the card does not allow this on its current interface \

@@ -260,8 +260,14 @@ impl Attachment {
                         reason: "empty message".to_owned(),
                     });
                 }
-                [CONTROL_POWER_OFF | CONTROL_POWER_ON | CONTROL_RESET] => {
-                    card.card().reset();
+                [control @ (CONTROL_POWER_OFF | CONTROL_POWER_ON | CONTROL_RESET)] => {
+                    // Losing power clears what a warm reset may leave (a card
+                    // with the keep-pin-on-reset quirk keeps a verified PIN).
+                    if *control == CONTROL_POWER_OFF {
+                        card.card().power_off();
+                    } else {
+                        card.card().reset();
+                    }
                     stats.power_events += 1;
                     tracing::debug!(control = message[0], "vpcd power event");
                     None

@@ -98,11 +98,15 @@ fn wrong_pins_count_down_to_blocked_and_the_puk_unblocks() {
     assert_eq!(session.pin_status().unwrap(), PinStatus::RetriesLeft(3));
     assert!(matches!(
         session.verify_pin(&pin("999999")),
-        Err(PivError::WrongPin { retries_left: 2 })
+        Err(PivError::WrongPin {
+            retries_left: Some(2)
+        })
     ));
     assert!(matches!(
         session.verify_pin(&pin("999999")),
-        Err(PivError::WrongPin { retries_left: 1 })
+        Err(PivError::WrongPin {
+            retries_left: Some(1)
+        })
     ));
     assert!(matches!(
         session.verify_pin(&pin("999999")),
@@ -118,7 +122,9 @@ fn wrong_pins_count_down_to_blocked_and_the_puk_unblocks() {
     let wrong_puk = Puk::new("87654321").unwrap();
     assert!(matches!(
         session.unblock_pin(&wrong_puk, &pin("246810")),
-        Err(PivError::WrongPuk { retries_left: 2 })
+        Err(PivError::WrongPuk {
+            retries_left: Some(2)
+        })
     ));
     assert_eq!(
         session.puk_status().unwrap(),
@@ -197,7 +203,9 @@ fn change_pin_and_puk() {
     session.verify_pin(&pin("86420975")).unwrap();
     assert!(matches!(
         session.change_pin(&pin("111111"), &pin("222222")),
-        Err(PivError::WrongPin { retries_left: 2 })
+        Err(PivError::WrongPin {
+            retries_left: Some(2)
+        })
     ));
     let puk = Puk::new("12345678").unwrap();
     let new_puk = Puk::new("ABCDEFGH").unwrap();

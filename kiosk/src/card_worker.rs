@@ -836,7 +836,12 @@ impl Worker {
             }
         }
         if let (
-            Err(CardProblem::Card(PivError::PinBlocked | PivError::WrongPin { retries_left: 0 })),
+            Err(CardProblem::Card(
+                PivError::PinBlocked
+                | PivError::WrongPin {
+                    retries_left: Some(0),
+                },
+            )),
             Some(known),
         ) = (&signed, &certificate)
         {
@@ -923,8 +928,14 @@ impl Worker {
             }
             signed => signed,
         };
+        // Some cards keep a verified PIN across the reset that ends the connection: log it
+        // out, so the badge is not left PIN-verified for other programs. A badge that leaves
+        // during the log-out left before its tap was done.
+        let logged_out = session.log_out_pin();
         log_exchange("sign", &session, started);
-        signed
+        let assertion = signed?;
+        logged_out?;
+        Ok(assertion)
     }
 }
 
@@ -988,7 +999,7 @@ mod tests {
     use pivtap_apdu::piv::Ins;
     use pivtap_card::virtual_card::image::CardImage;
     use pivtap_card::virtual_card::{
-        CardOptions, Interface, NewCard, VirtualCard, VirtualCardBackend,
+        CardOptions, Interface, NewCard, Quirk, Quirks, VirtualCard, VirtualCardBackend,
     };
     use pivtap_server_client::assertion::{AssertionVerifier, VerifierConfig};
     use tokio::sync::mpsc::{UnboundedReceiver, unbounded_channel};
@@ -1309,9 +1320,10 @@ mod tests {
                 Ins::GetData,
                 Ins::Select,
                 Ins::Verify,
-                Ins::GeneralAuthenticate
+                Ins::GeneralAuthenticate,
+                Ins::Verify
             ],
-            "a repeat tap: five APDUs"
+            "a repeat tap: five APDUs, and the PIN's log-out"
         );
 
         // After a wrong PIN the tries are worth showing again at the next tap.
@@ -1319,7 +1331,9 @@ mod tests {
         rig.read().await.unwrap();
         assert_eq!(
             rig.sign("654321").await,
-            Err(AuthFailure::WrongPin { tries_left: 2 })
+            Err(AuthFailure::WrongPin {
+                tries_left: Some(2)
+            })
         );
         rig.tap(&alice);
         let (_, tries_left) = rig.read().await.unwrap();
@@ -1354,7 +1368,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_sign_after_a_read_is_three_apdus_and_the_server_accepts_it() {
+    async fn a_sign_after_a_read_is_three_apdus_and_a_log_out_and_the_server_accepts_it() {
         let mut rig = Rig::new();
         rig.tap(&fixture_card("alice"));
         rig.read().await.unwrap();
@@ -1363,7 +1377,12 @@ mod tests {
         assert_eq!(verify(&assertion), "RS256");
         assert_eq!(
             rig.readers.take_instructions(),
-            [Ins::Select, Ins::Verify, Ins::GeneralAuthenticate]
+            [
+                Ins::Select,
+                Ins::Verify,
+                Ins::GeneralAuthenticate,
+                Ins::Verify
+            ]
         );
     }
 
@@ -1385,7 +1404,8 @@ mod tests {
                 Ins::Select,
                 Ins::GetData,
                 Ins::Verify,
-                Ins::GeneralAuthenticate
+                Ins::GeneralAuthenticate,
+                Ins::Verify
             ]
         );
     }
@@ -1402,19 +1422,56 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_badge_that_keeps_its_pin_across_reset_is_logged_out_after_signing() {
+        let mut rig = Rig::new();
+        let alice = fixture_card("alice");
+        alice
+            .card()
+            .set_quirks(Quirks::NONE.with(Quirk::KeepPinOnReset));
+        rig.tap(&alice);
+        rig.sign(ALICE_PIN).await.unwrap();
+        let mut card = alice.clone();
+        let mut session = PivSession::open(&mut card).unwrap();
+        assert_eq!(
+            session.pin_retries().unwrap(),
+            Some(3),
+            "another program does not find the PIN verified"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_plain_6300_is_a_wrong_pin_with_the_tries_unknown() {
+        let mut rig = Rig::new();
+        let alice = fixture_card("alice");
+        alice
+            .card()
+            .set_quirks(Quirks::NONE.with(Quirk::PlainWrongPinStatus));
+        rig.tap(&alice);
+        assert_eq!(
+            rig.sign("000000").await,
+            Err(AuthFailure::WrongPin { tries_left: None })
+        );
+        assert_eq!(rig.sign(ALICE_PIN).await.map(drop), Ok(()));
+    }
+
+    #[tokio::test]
     async fn wrong_pins_count_down_then_block_the_card() {
         let mut rig = Rig::new();
         rig.tap(&fixture_card("alice"));
         rig.read().await.unwrap();
         assert_eq!(
             rig.sign("654321").await,
-            Err(AuthFailure::WrongPin { tries_left: 2 })
+            Err(AuthFailure::WrongPin {
+                tries_left: Some(2)
+            })
         );
         // The card is kept after a wrong PIN: trying again is SELECT, VERIFY.
         rig.readers.take_instructions();
         assert_eq!(
             rig.sign("111111").await,
-            Err(AuthFailure::WrongPin { tries_left: 1 })
+            Err(AuthFailure::WrongPin {
+                tries_left: Some(1)
+            })
         );
         assert_eq!(rig.readers.take_instructions(), [Ins::Select, Ins::Verify]);
         assert_eq!(rig.sign("222222").await, Err(AuthFailure::PinBlocked));
@@ -1533,12 +1590,13 @@ mod tests {
                 Ins::Verify,
                 Ins::GeneralAuthenticate,
                 Ins::GetData,
-                Ins::GeneralAuthenticate
+                Ins::GeneralAuthenticate,
+                Ins::Verify
             ],
             "one PIN check; the stale signature, the certificate, the signature again"
         );
 
-        // The cache now holds the new certificate: back to three APDUs after the read.
+        // The cache now holds the new certificate: back to three APDUs (and the log-out) after the read.
         rig.tap(&alice);
         let (summary, _) = rig.read().await.unwrap();
         assert_eq!(summary.holder_name.as_deref(), Some("Carol Example"));
@@ -1547,7 +1605,12 @@ mod tests {
         assert_eq!(signer_of(&assertion), "Carol Example");
         assert_eq!(
             rig.readers.take_instructions(),
-            [Ins::Select, Ins::Verify, Ins::GeneralAuthenticate]
+            [
+                Ins::Select,
+                Ins::Verify,
+                Ins::GeneralAuthenticate,
+                Ins::Verify
+            ]
         );
     }
 
@@ -1574,9 +1637,10 @@ mod tests {
                 Ins::Verify,
                 Ins::GeneralAuthenticate,
                 Ins::GetData,
-                Ins::GeneralAuthenticate
+                Ins::GeneralAuthenticate,
+                Ins::Verify
             ],
-            "CHUID, PIN, refused signature, certificate, signature"
+            "CHUID, PIN, refused signature, certificate, signature, log-out"
         );
         let mut card = alice.clone();
         let mut session = PivSession::open(&mut card).unwrap();
@@ -1596,7 +1660,12 @@ mod tests {
         assert_eq!(rig.sign(ALICE_PIN).await, Err(AuthFailure::CardError));
         assert_eq!(
             rig.readers.take_instructions(),
-            [Ins::Select, Ins::Verify, Ins::GeneralAuthenticate],
+            [
+                Ins::Select,
+                Ins::Verify,
+                Ins::GeneralAuthenticate,
+                Ins::Verify
+            ],
             "a certificate read during this tap is not read again"
         );
     }
@@ -1678,7 +1747,9 @@ mod tests {
         rig.tap(&alice);
         assert_eq!(
             rig.sign(ALICE_PIN).await,
-            Err(AuthFailure::WrongPin { tries_left: 2 })
+            Err(AuthFailure::WrongPin {
+                tries_left: Some(2)
+            })
         );
     }
 
@@ -1708,7 +1779,9 @@ mod tests {
         rig.tap(&fixture_card("alice"));
         assert_eq!(
             rig.change_pin("654321", "240913", None).await,
-            Err(PinWorkFailure::WrongPin { tries_left: 2 })
+            Err(PinWorkFailure::WrongPin {
+                tries_left: Some(2)
+            })
         );
         rig.readers.readers.remove(DESK);
         assert_eq!(
@@ -1729,7 +1802,9 @@ mod tests {
         assert_eq!(rig.read().await.unwrap().1, Some(0));
         assert_eq!(
             rig.unblock("87654321", "240913").await,
-            Err(PinWorkFailure::WrongPuk { tries_left: 2 })
+            Err(PinWorkFailure::WrongPuk {
+                tries_left: Some(2)
+            })
         );
         rig.readers.take();
         assert_eq!(rig.unblock("12345678", "240913").await, Ok(()));
@@ -1791,14 +1866,19 @@ mod tests {
         for tries_left in [2, 1] {
             assert_eq!(
                 rig.unblock("87654321", "240913").await,
-                Err(PinWorkFailure::WrongPuk { tries_left })
+                Err(PinWorkFailure::WrongPuk {
+                    tries_left: Some(tries_left)
+                })
             );
         }
         let last = rig.unblock("87654321", "240913").await;
         assert!(
             matches!(
                 last,
-                Err(PinWorkFailure::PukBlocked | PinWorkFailure::WrongPuk { tries_left: 0 })
+                Err(PinWorkFailure::PukBlocked
+                    | PinWorkFailure::WrongPuk {
+                        tries_left: Some(0)
+                    })
             ),
             "{last:?}"
         );
@@ -1965,8 +2045,12 @@ mod tests {
             CardReadFailure::NotPiv
         );
         assert_eq!(
-            auth_failure(&CardProblem::Card(PivError::WrongPin { retries_left: 1 })),
-            AuthFailure::WrongPin { tries_left: 1 }
+            auth_failure(&CardProblem::Card(PivError::WrongPin {
+                retries_left: Some(1)
+            })),
+            AuthFailure::WrongPin {
+                tries_left: Some(1)
+            }
         );
         assert_eq!(
             auth_failure(&CardProblem::Card(PivError::PinBlocked)),

@@ -980,7 +980,9 @@ mod tests {
         driver.tap();
         driver.card_read(Some(3));
         driver.submit();
-        driver.fail(AuthFailure::WrongPin { tries_left: 2 });
+        driver.fail(AuthFailure::WrongPin {
+            tries_left: Some(2),
+        });
         assert_shows(
             &driver.render(80, 24),
             &["2 tries left", "Wrong PIN. Wait 1 s"],
@@ -988,7 +990,9 @@ mod tests {
         driver.now += Duration::from_secs(1);
         driver.send(Event::Tick);
         driver.submit();
-        driver.fail(AuthFailure::WrongPin { tries_left: 1 });
+        driver.fail(AuthFailure::WrongPin {
+            tries_left: Some(1),
+        });
         // The second wrong PIN in a row: a 2 s pause.
         let buffer = driver.render(80, 24);
         assert_shows(&buffer, &["1 try left", "Wrong PIN. Wait 2 s"]);
@@ -1137,7 +1141,9 @@ mod tests {
         }
         driver.send(Event::PinWorkDone {
             work: driver.work(),
-            result: Err(PinWorkFailure::WrongPin { tries_left: 1 }),
+            result: Err(PinWorkFailure::WrongPin {
+                tries_left: Some(1),
+            }),
         });
         assert_shows(
             &driver.render(80, 24),

@@ -202,7 +202,13 @@ pub fn run(args: AuthArgs) -> anyhow::Result<()> {
             &challenge,
             &args.device,
         )
-        .map_err(flow_error)?;
+        .map_err(flow_error);
+        // Some cards keep a verified PIN across the reset that ends the connection: log it
+        // out, so the badge is not left PIN-verified for other programs (a card that refuses
+        // is left to the reset; one that leaves fails the sign-in).
+        let logged_out = session.log_out_pin();
+        let compact = compact?;
+        logged_out?;
         (compact, session.stats())
     };
     let card_ms = card_started.elapsed().as_secs_f64() * 1e3;

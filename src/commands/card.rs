@@ -563,7 +563,7 @@ fn verify_pin(args: &CardArgs, json: bool) -> anyhow::Result<()> {
         Err(PivError::WrongPin { retries_left }) => VerifyOutcome {
             verified: false,
             blocked: false,
-            retries_left: Some(*retries_left),
+            retries_left: *retries_left,
         },
         Err(PivError::PinBlocked) => VerifyOutcome {
             verified: false,

@@ -10,7 +10,10 @@ use clap::{Args, Subcommand};
 use pivtap_apdu::piv::objects::discovery::{Discovery, POLICY_APPLICATION_PIN};
 use pivtap_apdu::piv::{Algorithm, KeyReference, ObjectTag, PIV_AID, Pin, Puk};
 use pivtap_card::virtual_card::protection::KdfParams;
-use pivtap_card::virtual_card::{CardOptions, Interface, NewCard, VirtualCard, VirtualCardBackend};
+use pivtap_card::virtual_card::quirks::UnknownQuirk;
+use pivtap_card::virtual_card::{
+    CardOptions, Interface, NewCard, Quirk, Quirks, VirtualCard, VirtualCardBackend,
+};
 use pivtap_card::{ManagementKey, PivSession, spki, vpcd};
 use pivtap_server_client::client::Client;
 use pivtap_server_client::pin_policy::PinPolicy;
@@ -146,6 +149,30 @@ pub struct NewCardArgs {
     /// PUK are not stored.
     #[arg(long)]
     protect: bool,
+    /// Make the card behave like a third-party PIV card, in these ways
+    /// (comma-separated, or the option repeated; kept in the card image as
+    /// `[card] quirks`): `strict-7c` refuses the management-key answer with
+    /// an empty response request (`82 00`) with 6A80; `plain-6300` answers a
+    /// wrong PIN or PUK with 6300, without the tries left; `keep-pin-on-reset`
+    /// keeps a verified PIN across a card reset (until VERIFY P1=FF or the
+    /// card leaves the reader). Example: --quirk strict-7c,plain-6300
+    #[arg(long = "quirk", value_name = "QUIRKS", value_delimiter = ',', value_parser = parse_quirk)]
+    quirks: Vec<Quirk>,
+    /// A ready-made set of behaviours: `third-party` is every --quirk.
+    #[arg(long, value_enum)]
+    profile: Option<CardProfile>,
+}
+
+/// `pivtap vcard new --profile`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum CardProfile {
+    /// A third-party PIV card: strict-7c, plain-6300 and keep-pin-on-reset.
+    ThirdParty,
+}
+
+fn parse_quirk(text: &str) -> Result<Quirk, String> {
+    text.parse()
+        .map_err(|error: UnknownQuirk| error.to_string())
 }
 
 /// Options of `pivtap vcard enroll`.
@@ -225,7 +252,14 @@ pub fn run(command: VcardCommand) -> anyhow::Result<()> {
                 no_extended,
                 force,
                 protect,
+                quirks,
+                profile,
             } = *new;
+            let quirks = match profile {
+                Some(CardProfile::ThirdParty) => Quirks::third_party(),
+                None => Quirks::NONE,
+            }
+            .union(quirks.into_iter().collect());
             let kdf = protect.then_some(KdfParams::RECOMMENDED);
             if file.exists() && !force {
                 bail!("{} exists; use --force to overwrite it", file.display());
@@ -244,12 +278,13 @@ pub fn run(command: VcardCommand) -> anyhow::Result<()> {
                     new_card.serial = serial;
                 }
                 let serial = new_card.serial;
-                save(blank_card(new_card, kdf)?, &file)?;
+                save(blank_card(new_card, kdf, quirks)?, &file)?;
                 println!(
                     "Created blank {}virtual card {} (serial {serial}): no keys, no certificates; \
-                     PIN 123456, PUK 12345678, default management key.",
+                     PIN 123456, PUK 12345678, default management key.{}",
                     if protect { "protected " } else { "" },
-                    file.display()
+                    file.display(),
+                    quirks_note(quirks)
                 );
                 return Ok(());
             }
@@ -282,9 +317,13 @@ pub fn run(command: VcardCommand) -> anyhow::Result<()> {
                 not_before,
                 not_after,
             };
-            let card = provision(new_card, &management_key, alg, &ca, &profile, kdf)?;
+            let card = provision(new_card, &management_key, alg, &ca, &profile, kdf, quirks)?;
             save(card, &file)?;
-            println!("Created virtual card {} (slot 9a: {alg}).", file.display());
+            println!(
+                "Created virtual card {} (slot 9a: {alg}).{}",
+                file.display(),
+                quirks_note(quirks)
+            );
             Ok(())
         }
     }
@@ -380,6 +419,7 @@ fn provision(
     ca: &CertificateAuthority,
     profile: &CertificateProfile,
     protection: Option<KdfParams>,
+    quirks: Quirks,
 ) -> anyhow::Result<VirtualCard> {
     // Provisioning needs the contact interface; the card's own options are
     // restored afterwards.
@@ -394,6 +434,7 @@ fn provision(
             ..new_card
         },
         protection,
+        quirks,
     )?;
     let mut backend = VirtualCardBackend::new(card, "new virtual card");
     {
@@ -427,11 +468,27 @@ fn provision(
 }
 
 /// A card with no keys: protected with `kdf`, or not.
-fn blank_card(new_card: NewCard, kdf: Option<KdfParams>) -> anyhow::Result<VirtualCard> {
-    Ok(match kdf {
+/// " Behaves as a third-party card: ..." for a card with quirks, else nothing.
+fn quirks_note(quirks: Quirks) -> String {
+    if quirks.is_empty() {
+        String::new()
+    } else {
+        format!(" Behaves as a third-party card: {quirks}.")
+    }
+}
+
+/// A card with no keys, protected when `kdf` is given, that behaves with `quirks`.
+fn blank_card(
+    new_card: NewCard,
+    kdf: Option<KdfParams>,
+    quirks: Quirks,
+) -> anyhow::Result<VirtualCard> {
+    let mut card = match kdf {
         Some(kdf) => VirtualCard::blank_protected(new_card, kdf)?,
         None => VirtualCard::blank(new_card),
-    })
+    };
+    card.set_quirks(quirks);
+    Ok(card)
 }
 
 fn save(mut card: VirtualCard, file: &Path) -> anyhow::Result<()> {

@@ -350,6 +350,12 @@ impl RunningServer {
     /// `PIVTAP_PIN=PIN pivtap auth --server URL --ca tls.crt --vcard CARD --device kiosk-07
     /// --device-credential DIR --json`
     pub fn auth(&self, card: &Path, pin: &str) -> Run {
+        self.auth_with(&["--vcard", path_str(card)], pin)
+    }
+
+    /// `pivtap auth` as [`Self::auth`] does, with the card named by `card_args`
+    /// (`--vcard FILE`, or `--reader NAME` for a card in a PC/SC reader).
+    pub fn auth_with(&self, card_args: &[&str], pin: &str) -> Run {
         let credential = self.device_credential(KIOSK);
         let mut command = pivtap_command(&[
             "auth",
@@ -357,15 +363,13 @@ impl RunningServer {
             &self.url,
             "--ca",
             path_str(&self.ca),
-            "--vcard",
-            path_str(card),
             "--device",
             KIOSK,
             "--device-credential",
             path_str(&credential),
             "--json",
         ]);
-        command.env("PIVTAP_PIN", pin);
+        command.args(card_args).env("PIVTAP_PIN", pin);
         run(command)
     }
 

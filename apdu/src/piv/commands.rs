@@ -179,14 +179,37 @@ pub fn management_witness_request(algorithm: Algorithm) -> CommandApdu {
     )
 }
 
-/// Management key mutual authentication, step 2: the decrypted witness and a
-/// host challenge, `7C { 80 witness, 81 challenge, 82 00 }`; the card answers
-/// with the challenge encrypted, which proves it holds the key too.
+/// Management key mutual authentication, step 2, as OpenSC and
+/// yubico-piv-tool send it (and most cards expect): the decrypted witness and
+/// a host challenge, `7C { 80 witness, 81 challenge }`; the card answers with
+/// the challenge encrypted (`7C { 82 .. }`), which proves it holds the key too.
 #[must_use]
 pub fn management_witness_response(
     algorithm: Algorithm,
     decrypted_witness: &[u8],
     challenge: &[u8],
+) -> CommandApdu {
+    management_witness_answer(algorithm, decrypted_witness, challenge, Field::Absent)
+}
+
+/// Management key mutual authentication, step 2, with the response asked
+/// for explicitly: `7C { 82 00, 80 witness, 81 challenge }`, the form of
+/// SP 800-73-4 Part 2 Appendix A.1 that some cards require; strict cards
+/// refuse the empty `82` with `6A80`.
+#[must_use]
+pub fn management_witness_response_requesting(
+    algorithm: Algorithm,
+    decrypted_witness: &[u8],
+    challenge: &[u8],
+) -> CommandApdu {
+    management_witness_answer(algorithm, decrypted_witness, challenge, Field::Requested)
+}
+
+fn management_witness_answer(
+    algorithm: Algorithm,
+    decrypted_witness: &[u8],
+    challenge: &[u8],
+    response: Field,
 ) -> CommandApdu {
     general_authenticate(
         algorithm,
@@ -194,7 +217,36 @@ pub fn management_witness_response(
         &AuthTemplate {
             witness: Field::value(decrypted_witness.to_vec()),
             challenge: Field::value(challenge.to_vec()),
-            response: Field::Requested,
+            response,
+            ..AuthTemplate::default()
+        },
+    )
+}
+
+/// Management key external (one-way) authentication, step 1 (SP 800-73-4
+/// Part 2 Appendix A.2): `7C { 81 00 }` asks the card for a challenge.
+#[must_use]
+pub fn management_challenge_request(algorithm: Algorithm) -> CommandApdu {
+    general_authenticate(
+        algorithm,
+        KeyReference::ManagementKey,
+        &AuthTemplate {
+            challenge: Field::Requested,
+            ..AuthTemplate::default()
+        },
+    )
+}
+
+/// Management key external authentication, step 2: the card's challenge
+/// encrypted with the key, `7C { 82 response }`; the card answers `9000`
+/// with no data when it is right.
+#[must_use]
+pub fn management_challenge_response(algorithm: Algorithm, encrypted: &[u8]) -> CommandApdu {
+    general_authenticate(
+        algorithm,
+        KeyReference::ManagementKey,
+        &AuthTemplate {
+            response: Field::value(encrypted.to_vec()),
             ..AuthTemplate::default()
         },
     )
@@ -341,11 +393,30 @@ mod tests {
             "0087039B047C02800000"
         );
         assert!(witness.is_sensitive());
+        // The form OpenSC and yubico-piv-tool send: 7C 14 { 80 08 .., 81 08 .. }.
         let response = management_witness_response(Algorithm::TripleDes, &[1; 8], &[2; 8]);
         assert_eq!(
             hex(response.data()),
+            "7C14800801010101010101018108".to_owned() + "0202020202020202"
+        );
+        assert!(response.is_sensitive());
+        let requesting =
+            management_witness_response_requesting(Algorithm::TripleDes, &[1; 8], &[2; 8]);
+        assert_eq!(
+            hex(requesting.data()),
             "7C16820080080101010101010101810802020202020202".to_owned() + "02"
         );
+        let challenge = management_challenge_request(Algorithm::Aes128);
+        assert_eq!(
+            hex(&challenge.to_bytes(LengthMode::Short).unwrap()),
+            "0087089B047C02810000"
+        );
+        let answer = management_challenge_response(Algorithm::Aes128, &[3; 16]);
+        assert_eq!(
+            hex(answer.data()),
+            "7C1282100303030303030303".to_owned() + "0303030303030303"
+        );
+        assert!(answer.is_sensitive());
     }
 
     #[test]

@@ -18,6 +18,7 @@ use zeroize::Zeroizing;
 
 use super::keys::SlotKey;
 use super::protection::{DataKey, KdfParams, SealedKey, Secret, WrappedKey, seals_slot};
+use super::quirks::{Quirk, Quirks};
 use crate::management_key::ManagementKey;
 
 /// The PIN a new card ships with.
@@ -180,6 +181,8 @@ pub struct PersistentState {
     pub sealed_keys: BTreeMap<KeyReference, SealedKey>,
     /// Data object contents (inside their wire wrapper) by tag.
     pub objects: BTreeMap<u32, Vec<u8>>,
+    /// Third-party card behaviours this card takes on (none by default).
+    pub quirks: Quirks,
 }
 
 /// Security state that a reset, a deselect or a power-off clears.
@@ -243,9 +246,34 @@ impl PivApplet {
         }
     }
 
-    /// Clears the security state, as a card reset or power-off does.
+    /// Clears the security state, as a card reset does; a card with
+    /// [`Quirk::KeepPinOnReset`] keeps a verified PIN (and a protected
+    /// card's opened keys) across it.
     pub fn reset(&mut self) {
+        let before = std::mem::take(&mut self.volatile);
+        if self.persistent.quirks.contains(Quirk::KeepPinOnReset) {
+            self.volatile.pin_verified = before.pin_verified;
+            self.volatile.data_key = before.data_key;
+            self.volatile.unsealed = before.unsealed;
+        }
+    }
+
+    /// Clears the security state, as losing power does (every card).
+    pub fn power_off(&mut self) {
         self.volatile = VolatileState::default();
+    }
+
+    /// The answer to a wrong PIN or PUK: `63Cx`, or a plain `6300` on a card
+    /// with [`Quirk::PlainWrongPinStatus`].
+    fn wrong_secret<T>(&self, result: Result<T, StatusWord>) -> Result<T, StatusWord> {
+        match result {
+            Err(StatusWord::RetriesLeft(_))
+                if self.persistent.quirks.contains(Quirk::PlainWrongPinStatus) =>
+            {
+                Err(StatusWord::VerificationFailed)
+            }
+            other => other,
+        }
     }
 
     /// Switches the interface (a card moved from a contact to a contactless reader).
@@ -448,7 +476,7 @@ impl PivApplet {
                 let before = self.persistent.pin.retries_left;
                 let result = self.persistent.pin.check(command.data(), Secret::Pin);
                 self.dirty |= self.persistent.pin.retries_left != before;
-                if let Some(data_key) = result? {
+                if let Some(data_key) = self.wrong_secret(result)? {
                     self.unlock(data_key)?;
                 }
                 self.volatile.pin_verified = true;
@@ -495,7 +523,12 @@ impl PivApplet {
         let before = target.retries_left;
         let result = target.check(current, kind);
         self.dirty |= target.retries_left != before;
-        let data_key = result?;
+        let data_key = self.wrong_secret(result)?;
+        let target = if reference == KeyReference::Pin {
+            &mut self.persistent.pin
+        } else {
+            &mut self.persistent.puk
+        };
         target.set(&new_value, kind, data_key.as_ref())?;
         self.dirty = true;
         Ok(Vec::new())
@@ -519,7 +552,7 @@ impl PivApplet {
         let before = self.persistent.puk.retries_left;
         let result = self.persistent.puk.check(puk, Secret::Puk);
         self.dirty |= self.persistent.puk.retries_left != before;
-        let data_key = result?;
+        let data_key = self.wrong_secret(result)?;
         self.persistent
             .pin
             .set(new_pin.as_bytes(), Secret::Pin, data_key.as_ref())?;
@@ -617,6 +650,13 @@ impl PivApplet {
                     witness: Field::value(encrypted.to_vec()),
                     ..AuthTemplate::default()
                 })
+            }
+            (Field::Value(_), Field::Value(_), Field::Requested)
+                if self.persistent.quirks.contains(Quirk::StrictTemplate) =>
+            {
+                volatile.pending_witness = None;
+                volatile.management_authenticated = false;
+                Err(StatusWord::IncorrectData)
             }
             (
                 Field::Value(decrypted),

@@ -64,6 +64,9 @@
 //!   - `contactless` (default `false`): `true` makes the card behave as one
 //!     read over a contactless interface (SP 800-73-4 Part 1 §3.5: only the
 //!     card authentication key and the free-read objects are usable).
+//!   - `quirks` (default none): third-party card behaviours the card takes
+//!     on, e.g. `quirks = ["strict-7c", "plain-6300", "keep-pin-on-reset"]`;
+//!     see [`super::quirks::Quirk`].
 //! - `[pin]` and `[puk]`
 //!   - `value`: the PIN (6 to 8 digits) or PUK (6 to 8 characters), quoted.
 //!   - `retries_left`: wrong attempts left before the value blocks (0 = blocked).
@@ -156,6 +159,7 @@ use zeroize::Zeroizing;
 
 use super::keys::{KeyError, SlotKey};
 use super::protection::{KdfParams, ProtectionError, SealedKey, WrappedKey};
+use super::quirks::{Quirk, Quirks, UnknownQuirk};
 use crate::management_key::{ManagementKey, ManagementKeyError};
 
 /// The value of the `format` field.
@@ -220,6 +224,9 @@ pub enum ImageError {
         /// The `version` value found (as TOML), if any.
         found: Option<String>,
     },
+    /// `[card] quirks` names a behaviour this pivtap does not know.
+    #[error("[card] quirks: {0}")]
+    UnknownQuirk(UnknownQuirk),
     /// `[pin] value` is not a valid PIN.
     #[error("[pin] value: {0}")]
     InvalidPin(ReferenceDataError),
@@ -429,6 +436,8 @@ pub struct CardSettings {
     pub extended_length: bool,
     /// Whether the card behaves as read over a contactless interface.
     pub contactless: bool,
+    /// Third-party card behaviours the card takes on.
+    pub quirks: Quirks,
 }
 
 /// A PIN or PUK with its retry counter.
@@ -646,6 +655,7 @@ impl CardImage {
                 label: file.card.label,
                 extended_length: file.card.extended_length,
                 contactless: file.card.contactless,
+                quirks: read_quirks(&file.card.quirks)?,
             },
             pin: ReferenceDataState {
                 value: pin,
@@ -702,6 +712,12 @@ impl CardImage {
                 label: self.card.label.clone(),
                 extended_length: self.card.extended_length,
                 contactless: self.card.contactless,
+                quirks: self
+                    .card
+                    .quirks
+                    .iter()
+                    .map(|q| q.name().to_owned())
+                    .collect(),
             },
             pin: ReferenceDataFile {
                 value: self
@@ -1058,6 +1074,16 @@ struct CardFile {
     extended_length: bool,
     #[serde(default)]
     contactless: bool,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    quirks: Vec<String>,
+}
+
+fn read_quirks(names: &[String]) -> Result<Quirks, ImageError> {
+    names
+        .iter()
+        .map(|name| name.parse::<Quirk>())
+        .collect::<Result<Quirks, _>>()
+        .map_err(ImageError::UnknownQuirk)
 }
 
 fn extended_length_by_default() -> bool {
@@ -1217,6 +1243,7 @@ mod tests {
                 label: Some("Bob \"Tester\" Example".to_owned()),
                 extended_length: false,
                 contactless: true,
+                quirks: Quirks::third_party(),
             },
             pin: ReferenceDataState {
                 value: StoredSecret::Clear(Pin::new("24681357").unwrap()),
@@ -1315,7 +1342,8 @@ mod tests {
                 serial: 10_000_001,
                 label: None,
                 extended_length: true,
-                contactless: false
+                contactless: false,
+                quirks: Quirks::NONE,
             }
         );
     }
@@ -1356,7 +1384,7 @@ mod tests {
         assert_eq!(
             parse_error(&unknown_field).to_string(),
             "line 11, column 1: unknown field `colour`, expected one of \
-             `serial`, `label`, `extended_length`, `contactless`"
+             `serial`, `label`, `extended_length`, `contactless`, `quirks`"
         );
         assert!(matches!(
             parse_error("format = \"pivtap-card-image\"\nversion = "),

@@ -15,6 +15,7 @@ pub mod applet;
 pub mod image;
 pub mod keys;
 pub mod protection;
+pub mod quirks;
 
 #[cfg(test)]
 mod protected_tests;
@@ -32,6 +33,7 @@ use applet::{Outcome, PersistentState, PivApplet, ReferenceData, ReferenceValue,
 use image::{CardImage, CardSettings, DataObject, KeyEntry, ReferenceDataState, StoredSecret};
 use pivtap_apdu::piv::{ObjectTag, Pin, Puk};
 use protection::{DataKey, KdfParams, Secret, WrappedKey};
+pub use quirks::{Quirk, Quirks};
 use std::collections::BTreeMap;
 
 use crate::management_key::ManagementKey;
@@ -204,6 +206,7 @@ impl VirtualCard {
             keys: BTreeMap::new(),
             sealed_keys: BTreeMap::new(),
             objects: BTreeMap::new(),
+            quirks: Quirks::NONE,
         };
         VirtualCard::new(
             PivApplet::new(persistent, new.options.interface),
@@ -249,12 +252,32 @@ impl VirtualCard {
         self.storage.as_deref()
     }
 
-    /// A power cycle or warm reset: clears selection, PIN and management-key
-    /// state, any chain and any pending response.
+    /// A warm reset: clears selection, PIN and management-key state, any
+    /// chain and any pending response (a card with
+    /// [`Quirk::KeepPinOnReset`] keeps a verified PIN).
     pub fn reset(&mut self) {
         self.applet.reset();
         self.chain = None;
         self.pending = None;
+    }
+
+    /// A power-off: clears everything [`Self::reset`] does, and the PIN
+    /// state whatever the card's quirks.
+    pub fn power_off(&mut self) {
+        self.applet.power_off();
+        self.chain = None;
+        self.pending = None;
+    }
+
+    /// The third-party behaviours the card takes on.
+    #[must_use]
+    pub fn quirks(&self) -> Quirks {
+        self.applet.persistent.quirks
+    }
+
+    /// Sets the third-party behaviours the card takes on (saved with the card).
+    pub fn set_quirks(&mut self, quirks: Quirks) {
+        self.applet.persistent.quirks = quirks;
     }
 
     /// Processes one raw command APDU and returns the raw response. Never
@@ -455,6 +478,7 @@ impl VirtualCard {
                 .iter()
                 .map(|o| (o.tag.tag(), o.data.clone()))
                 .collect(),
+            quirks: image.card.quirks,
         };
         let options = CardOptions {
             extended_length: image.card.extended_length,
@@ -495,6 +519,7 @@ impl VirtualCard {
                 label: state.label.clone(),
                 extended_length: self.options.extended_length,
                 contactless: self.options.interface == Interface::Contactless,
+                quirks: state.quirks,
             },
             pin: ReferenceDataState {
                 value: match &state.pin.value {

@@ -153,7 +153,9 @@ fn wrong_pin_does_not_unlock_counts_down_and_blocks() {
         let mut session = PivSession::open(&mut backend).unwrap();
         assert!(matches!(
             session.verify_pin(&pin("918274")),
-            Err(PivError::WrongPin { retries_left: 2 })
+            Err(PivError::WrongPin {
+                retries_left: Some(2)
+            })
         ));
         assert!(!session_unlocked(&mut session));
     }
@@ -168,7 +170,7 @@ fn wrong_pin_does_not_unlock_counts_down_and_blocks() {
         for left in [2, 1] {
             assert!(matches!(
                 session.verify_pin(&pin("000000")),
-                Err(PivError::WrongPin { retries_left }) if retries_left == left
+                Err(PivError::WrongPin { retries_left }) if retries_left == Some(left)
             ));
         }
         assert!(matches!(
@@ -192,13 +194,17 @@ fn wrong_pin_does_not_unlock_counts_down_and_blocks() {
         let mut session = PivSession::open(&mut backend).unwrap();
         assert!(matches!(
             session.unblock_pin(&puk("11111111"), &pin("246810")),
-            Err(PivError::WrongPuk { retries_left: 2 })
+            Err(PivError::WrongPuk {
+                retries_left: Some(2)
+            })
         ));
         session.unblock_pin(&puk(PUK), &pin("246810")).unwrap();
         assert_eq!(session.pin_status().unwrap(), PinStatus::RetriesLeft(3));
         assert!(matches!(
             session.verify_pin(&pin(PIN)),
-            Err(PivError::WrongPin { retries_left: 2 })
+            Err(PivError::WrongPin {
+                retries_left: Some(2)
+            })
         ));
     }
     let (mut backend, _) = reloaded(backend);
@@ -222,7 +228,9 @@ fn change_pin_and_puk_rewrap_the_data_key() {
         let mut session = PivSession::open(&mut backend).unwrap();
         assert!(matches!(
             session.change_pin(&pin("000000"), &pin("135792")),
-            Err(PivError::WrongPin { retries_left: 2 })
+            Err(PivError::WrongPin {
+                retries_left: Some(2)
+            })
         ));
         session.change_pin(&pin(PIN), &pin("135792")).unwrap();
         session.change_puk(&puk(PUK), &puk("97531864")).unwrap();

@@ -153,15 +153,15 @@ pub enum CardReadFailure {
 pub enum PinWorkFailure {
     /// The current PIN was wrong.
     WrongPin {
-        /// Tries left before the PIN blocks.
-        tries_left: u8,
+        /// Tries left before the PIN blocks (`None`: the card does not say).
+        tries_left: Option<u8>,
     },
     /// The PIN is blocked.
     PinBlocked,
     /// The PUK was wrong.
     WrongPuk {
-        /// Tries left before the PUK blocks.
-        tries_left: u8,
+        /// Tries left before the PUK blocks (`None`: the card does not say).
+        tries_left: Option<u8>,
     },
     /// The PUK is blocked: only a reset (or a new badge) helps.
     PukBlocked,
@@ -178,8 +178,9 @@ pub enum PinWorkFailure {
 pub enum AuthFailure {
     /// The card refused the PIN.
     WrongPin {
-        /// Tries left before the card blocks the PIN.
-        tries_left: u8,
+        /// Tries left before the card blocks the PIN (`None`: the card
+        /// answered a plain `6300`, which does not say).
+        tries_left: Option<u8>,
     },
     /// The card's PIN is blocked.
     PinBlocked,

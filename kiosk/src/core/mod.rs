@@ -551,7 +551,10 @@ impl Kiosk {
             return;
         };
         match failure {
-            AuthFailure::WrongPin { tries_left: 0 } | AuthFailure::PinBlocked => {
+            AuthFailure::WrongPin {
+                tries_left: Some(0),
+            }
+            | AuthFailure::PinBlocked => {
                 self.block(reader, now);
             }
             AuthFailure::WrongPin { tries_left } => self.wrong_pin(reader, card, tries_left, now),
@@ -578,7 +581,7 @@ impl Kiosk {
         &mut self,
         reader: String,
         card: Option<CardSummary>,
-        tries_left: u8,
+        tries_left: Option<u8>,
         now: Instant,
     ) {
         self.wrong_pins_in_a_row = self.wrong_pins_in_a_row.saturating_add(1);
@@ -589,11 +592,9 @@ impl Kiosk {
             Flow::TapThenPin => self.config.pin_entry_timeout,
             Flow::PinThenTap => self.config.pin_hold_timeout,
         };
-        let prompt = self.new_prompt(now, Some(tries_left), Some(notice.clone()), timeout);
+        let prompt = self.new_prompt(now, tries_left, Some(notice.clone()), timeout);
         if prompt.retry_at.is_none() {
-            self.publish(SessionEvent::PinRequired {
-                tries_left: Some(tries_left),
-            });
+            self.publish(SessionEvent::PinRequired { tries_left });
         }
         match self.config.flow {
             Flow::TapThenPin if self.cards.contains(&reader) => {

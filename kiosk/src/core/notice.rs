@@ -160,11 +160,13 @@ impl Notice {
         }
     }
 
-    pub(super) fn wrong_pin(tries_left: u8) -> Self {
-        let tries = if tries_left == 1 { "try" } else { "tries" };
+    pub(super) fn wrong_pin(tries_left: Option<u8>) -> Self {
         Notice::new(
             NoticeCode::WrongPin,
-            format!("Wrong PIN. {tries_left} {tries} left before the badge is blocked."),
+            format!(
+                "Wrong PIN. {} before the badge is blocked.",
+                tries_left_text(tries_left)
+            ),
         )
     }
 
@@ -376,21 +378,23 @@ impl Notice {
         )
     }
 
-    pub(super) fn wrong_current_pin(tries_left: u8) -> Self {
-        let tries = if tries_left == 1 { "try" } else { "tries" };
+    pub(super) fn wrong_current_pin(tries_left: Option<u8>) -> Self {
         Notice::new(
             NoticeCode::WrongPin,
             format!(
-                "Wrong current PIN. {tries_left} {tries} left before the badge is blocked. Type your current PIN again."
+                "Wrong current PIN. {} before the badge is blocked. Type your current PIN again.",
+                tries_left_text(tries_left)
             ),
         )
     }
 
-    pub(super) fn wrong_puk(tries_left: u8) -> Self {
-        let tries = if tries_left == 1 { "try" } else { "tries" };
+    pub(super) fn wrong_puk(tries_left: Option<u8>) -> Self {
         Notice::new(
             NoticeCode::WrongPuk,
-            format!("Wrong PUK. {tries_left} {tries} left before the PUK is blocked too."),
+            format!(
+                "Wrong PUK. {} before the PUK is blocked too.",
+                tries_left_text(tries_left)
+            ),
         )
     }
 
@@ -519,6 +523,16 @@ impl Notice {
     }
 }
 
+/// "2 tries left", or, for a badge that does not say (a plain `6300`), that
+/// the count is unknown.
+fn tries_left_text(tries_left: Option<u8>) -> String {
+    match tries_left {
+        Some(1) => "1 try left".to_owned(),
+        Some(n) => format!("{n} tries left"),
+        None => "The badge does not say how many tries are left".to_owned(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -548,12 +562,20 @@ mod tests {
     #[test]
     fn wrong_pin_counts_tries_in_words() {
         assert_eq!(
-            Notice::wrong_pin(1).message,
+            Notice::wrong_pin(Some(1)).message,
             "Wrong PIN. 1 try left before the badge is blocked."
         );
         assert_eq!(
-            Notice::wrong_pin(2).message,
+            Notice::wrong_pin(Some(2)).message,
             "Wrong PIN. 2 tries left before the badge is blocked."
+        );
+        assert_eq!(
+            Notice::wrong_pin(None).message,
+            "Wrong PIN. The badge does not say how many tries are left before the badge is blocked."
+        );
+        assert_eq!(
+            Notice::wrong_puk(None).message,
+            "Wrong PUK. The badge does not say how many tries are left before the PUK is blocked too."
         );
     }
 }

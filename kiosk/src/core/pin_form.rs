@@ -352,50 +352,36 @@ impl Kiosk {
             }
             (PinFormPurpose::Unblock, Ok(())) => self.unblocked(now),
             (PinFormPurpose::ChangePin, Err(PinWorkFailure::WrongPin { tries_left }))
-                if tries_left > 0 =>
+                if tries_left != Some(0) =>
             {
                 self.clear_form();
                 let notice = Notice::wrong_current_pin(tries_left);
-                self.publish_form_failure(
-                    purpose,
-                    PinFormFailure::WrongPin,
-                    &notice,
-                    Some(tries_left),
-                );
+                self.publish_form_failure(purpose, PinFormFailure::WrongPin, &notice, tries_left);
                 let deadline = later(now, self.config.pin_entry_timeout);
                 if let Some(form) = self.pin_form_mut() {
                     form.step = PinFormStep::CurrentPin;
                     form.digits = 0;
-                    form.tries_left = Some(tries_left);
+                    form.tries_left = tries_left;
                     form.notice = Some(notice);
                     form.deadline = deadline;
                 }
-                self.publish(SessionEvent::CurrentPinRequired {
-                    tries_left: Some(tries_left),
-                });
+                self.publish(SessionEvent::CurrentPinRequired { tries_left });
             }
             (PinFormPurpose::Unblock, Err(PinWorkFailure::WrongPuk { tries_left }))
-                if tries_left > 0 =>
+                if tries_left != Some(0) =>
             {
                 self.clear_form();
                 let notice = Notice::wrong_puk(tries_left);
-                self.publish_form_failure(
-                    purpose,
-                    PinFormFailure::WrongPuk,
-                    &notice,
-                    Some(tries_left),
-                );
+                self.publish_form_failure(purpose, PinFormFailure::WrongPuk, &notice, tries_left);
                 let deadline = later(now, self.config.pin_entry_timeout);
                 if let Some(form) = self.pin_form_mut() {
                     form.step = PinFormStep::Puk;
                     form.digits = 0;
-                    form.tries_left = Some(tries_left);
+                    form.tries_left = tries_left;
                     form.notice = Some(notice);
                     form.deadline = deadline;
                 }
-                self.publish(SessionEvent::PukRequired {
-                    tries_left: Some(tries_left),
-                });
+                self.publish(SessionEvent::PukRequired { tries_left });
             }
             (
                 PinFormPurpose::ChangePin,

@@ -593,7 +593,9 @@ fn a_short_pin_is_not_submitted() {
 fn a_wrong_pin_shows_tries_left_and_waits_a_growing_delay() {
     let mut k = Harness::tap_then_pin();
     k.reach_working(DESK);
-    let effects = k.fail(AuthFailure::WrongPin { tries_left: 2 });
+    let effects = k.fail(AuthFailure::WrongPin {
+        tries_left: Some(2),
+    });
     assert_eq!(published_codes(&effects), [NoticeCode::WrongPin]);
     assert!(
         !published(&effects)
@@ -632,7 +634,9 @@ fn a_wrong_pin_shows_tries_left_and_waits_a_growing_delay() {
     );
 
     // The second wrong PIN in a row doubles the delay.
-    k.fail(AuthFailure::WrongPin { tries_left: 1 });
+    k.fail(AuthFailure::WrongPin {
+        tries_left: Some(1),
+    });
     assert_eq!(k.prompt().retry_at, Some(k.now + secs(2)));
     assert_eq!(
         k.notice().unwrap().message,
@@ -644,7 +648,9 @@ fn a_wrong_pin_shows_tries_left_and_waits_a_growing_delay() {
 fn a_successful_sign_in_resets_the_wrong_pin_delay() {
     let mut k = Harness::tap_then_pin();
     k.reach_working(DESK);
-    k.fail(AuthFailure::WrongPin { tries_left: 2 });
+    k.fail(AuthFailure::WrongPin {
+        tries_left: Some(2),
+    });
     k.wait(secs(1));
     k.type_digits(ALICE_PIN);
     k.key(KeyInput::Enter);
@@ -652,15 +658,38 @@ fn a_successful_sign_in_resets_the_wrong_pin_delay() {
     k.send(Event::SignOutRequested);
     k.remove(DESK);
     k.reach_working(DESK);
-    k.fail(AuthFailure::WrongPin { tries_left: 2 });
+    k.fail(AuthFailure::WrongPin {
+        tries_left: Some(2),
+    });
     assert_eq!(k.prompt().retry_at, Some(k.now + secs(1)));
+}
+
+#[test]
+fn a_wrong_pin_on_a_badge_that_does_not_count_is_a_wrong_pin_with_tries_unknown() {
+    let mut k = Harness::tap_then_pin();
+    k.reach_working(DESK);
+    let effects = k.fail(AuthFailure::WrongPin { tries_left: None });
+    assert_eq!(published_codes(&effects), [NoticeCode::WrongPin]);
+    assert!(matches!(k.state(), State::PinEntry { .. }), "not blocked");
+    assert_eq!(k.prompt().tries_left, None);
+    assert_eq!(
+        k.notice().unwrap().message,
+        "Wrong PIN. The badge does not say how many tries are left before the badge is blocked."
+    );
+    let effects = k.wait(secs(1));
+    assert_eq!(
+        published(&effects),
+        [&SessionEvent::PinRequired { tries_left: None }]
+    );
 }
 
 #[test]
 fn the_wrong_pin_delay_holds_for_the_next_badge_too() {
     let mut k = Harness::tap_then_pin();
     k.reach_working(DESK);
-    k.fail(AuthFailure::WrongPin { tries_left: 2 });
+    k.fail(AuthFailure::WrongPin {
+        tries_left: Some(2),
+    });
     k.remove(DESK);
     k.tap(NFC);
     let effects = k.card_read(Some(3));
@@ -675,7 +704,9 @@ fn the_wrong_pin_delay_holds_for_the_next_badge_too() {
 fn the_last_wrong_pin_blocks_the_badge_until_it_is_removed() {
     let mut k = Harness::tap_then_pin();
     k.reach_working(DESK);
-    let effects = k.fail(AuthFailure::WrongPin { tries_left: 0 });
+    let effects = k.fail(AuthFailure::WrongPin {
+        tries_left: Some(0),
+    });
     assert_eq!(published_codes(&effects), [NoticeCode::PinBlocked]);
     let State::PinBlocked { reader, notice, .. } = k.state() else {
         panic!("{:?}", k.state());
@@ -1331,7 +1362,9 @@ fn pin_then_tap_wrong_pin_asks_again_after_the_delay() {
     let mut k = Harness::pin_then_tap();
     k.type_digits(ALICE_PIN);
     k.tap(NFC);
-    k.fail(AuthFailure::WrongPin { tries_left: 2 });
+    k.fail(AuthFailure::WrongPin {
+        tries_left: Some(2),
+    });
     k.remove(NFC);
     let prompt = k.prompt();
     assert_eq!(
@@ -1746,7 +1779,9 @@ fn a_short_current_pin_is_not_accepted() {
 fn a_wrong_current_pin_shows_the_tries_left_and_asks_again() {
     let mut k = Harness::tap_then_pin();
     k.reach_pin_change_work();
-    let effects = k.pin_work(Err(PinWorkFailure::WrongPin { tries_left: 2 }));
+    let effects = k.pin_work(Err(PinWorkFailure::WrongPin {
+        tries_left: Some(2),
+    }));
     assert_eq!(
         form_failures(&effects),
         [(PinFormFailure::WrongPin, Some(2))]
@@ -1771,7 +1806,9 @@ fn a_wrong_current_pin_shows_the_tries_left_and_asks_again() {
     k.enter_value("918274");
     k.enter_value(NEW_PIN);
     k.enter_value(NEW_PIN);
-    let effects = k.pin_work(Err(PinWorkFailure::WrongPin { tries_left: 0 }));
+    let effects = k.pin_work(Err(PinWorkFailure::WrongPin {
+        tries_left: Some(0),
+    }));
     assert_eq!(
         form_failures(&effects),
         [(PinFormFailure::PinBlocked, None)]
@@ -2012,7 +2049,9 @@ fn pin_then_tap_after_an_unblock_asks_for_the_new_pin_first() {
 fn a_wrong_puk_shows_the_tries_left_and_a_blocked_puk_ends_the_unblock() {
     let mut k = Harness::tap_then_pin();
     k.reach_unblock_work();
-    let effects = k.pin_work(Err(PinWorkFailure::WrongPuk { tries_left: 1 }));
+    let effects = k.pin_work(Err(PinWorkFailure::WrongPuk {
+        tries_left: Some(1),
+    }));
     assert_eq!(
         form_failures(&effects),
         [(PinFormFailure::WrongPuk, Some(1))]
@@ -2300,7 +2339,7 @@ fn card_read_failure() -> impl Strategy<Value = CardReadFailure> {
 
 fn auth_failure() -> impl Strategy<Value = AuthFailure> {
     prop_oneof![
-        (0..4u8).prop_map(|tries_left| AuthFailure::WrongPin { tries_left }),
+        proptest::option::of(0..4u8).prop_map(|tries_left| AuthFailure::WrongPin { tries_left }),
         Just(AuthFailure::PinBlocked),
         Just(AuthFailure::CardRemoved),
         Just(AuthFailure::CardError),
@@ -2315,9 +2354,9 @@ fn auth_failure() -> impl Strategy<Value = AuthFailure> {
 fn pin_work_result() -> impl Strategy<Value = Result<(), PinWorkFailure>> {
     prop_oneof![
         3 => Just(Ok(())),
-        1 => (0..3u8).prop_map(|tries_left| Err(PinWorkFailure::WrongPin { tries_left })),
+        1 => proptest::option::of(0..3u8).prop_map(|tries_left| Err(PinWorkFailure::WrongPin { tries_left })),
         1 => Just(Err(PinWorkFailure::PinBlocked)),
-        1 => (0..3u8).prop_map(|tries_left| Err(PinWorkFailure::WrongPuk { tries_left })),
+        1 => proptest::option::of(0..3u8).prop_map(|tries_left| Err(PinWorkFailure::WrongPuk { tries_left })),
         1 => Just(Err(PinWorkFailure::PukBlocked)),
         1 => Just(Err(PinWorkFailure::CardRemoved)),
         1 => Just(Err(PinWorkFailure::OtherCard)),
