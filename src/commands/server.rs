@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::Subcommand;
 use pivtap_server_client::config::ServerConfig;
-use pivtap_server_client::init::{InitOptions, init_server};
+use pivtap_server_client::init::{InitOptions, Secret, init_server, renew_tls};
 use pivtap_server_client::server;
 use pivtap_server_client::token::TokenKeys;
 
@@ -30,9 +30,40 @@ pub enum ServerCommand {
         /// Extra host names for the TLS certificate (127.0.0.1, ::1 and localhost are always in it).
         #[arg(long = "hostname", value_name = "NAME")]
         hostnames: Vec<String>,
-        /// Write into DIR even if it is not empty (existing files are replaced).
+        /// Write into DIR even if it is not empty: the configuration and the TLS
+        /// certificate are rewritten; the database and the issuing CA are kept;
+        /// existing secrets are replaced only when named in --replace (or kept
+        /// with --keep-secrets), otherwise init refuses and says what would break.
         #[arg(long)]
         force: bool,
+        /// With --force, the existing secrets to replace, comma-separated:
+        /// tls-key (kiosks pinning the server key stop connecting), token-key
+        /// (issued session tokens stop verifying), admin-token (admin scripts are
+        /// refused).
+        #[arg(
+            long,
+            value_delimiter = ',',
+            value_name = "SECRET,...",
+            requires = "force"
+        )]
+        replace: Vec<Secret>,
+        /// With --force, keep the existing secrets not named in --replace.
+        #[arg(long, requires = "force")]
+        keep_secrets: bool,
+    },
+    /// Renew the server's own TLS certificate: a new self-signed certificate for
+    /// the same names, valid a year, with the same key, so kiosks' key pins keep
+    /// working (unless --new-key). Restart the server to serve it.
+    ///
+    /// Example: pivtap server renew-tls --config /var/lib/pivtap/server/server.toml
+    RenewTls {
+        /// The server configuration.
+        #[arg(long, value_name = "FILE")]
+        config: PathBuf,
+        /// Make a new key too: the key pin changes and every kiosk and client
+        /// pinning the old one must be given the new pin.
+        #[arg(long)]
+        new_key: bool,
     },
     /// Start signing session tokens with a new key. The previous key stays in
     /// the JWKS until the last token it signed expires, so apps keep
@@ -70,6 +101,8 @@ pub fn run(command: ServerCommand) -> anyhow::Result<()> {
             listen,
             hostnames,
             force,
+            replace,
+            keep_secrets,
         } => {
             let report = init_server(
                 &dir,
@@ -78,9 +111,22 @@ pub fn run(command: ServerCommand) -> anyhow::Result<()> {
                     listen,
                     hostnames,
                     force,
+                    replace: replace.into_iter().collect(),
+                    keep_secrets,
                 },
             )?;
             println!("Server ready in {}.", dir.display());
+            for secret in &report.replaced {
+                println!(
+                    "  replaced {} ({}): {}",
+                    secret.file(),
+                    secret.name(),
+                    secret.what_breaks()
+                );
+            }
+            for secret in &report.kept {
+                println!("  kept {} ({})", secret.file(), secret.name());
+            }
             println!("  configuration:    {}", report.config_path.display());
             println!("  origin:           {}", report.origin);
             println!(
@@ -112,6 +158,33 @@ pub fn run(command: ServerCommand) -> anyhow::Result<()> {
                 "Devices: challenges go only to registered devices. Register each kiosk with \
                  `pivtap admin devices add ID`, then run `pivtap kiosk enroll-device` on it."
             );
+            Ok(())
+        }
+        ServerCommand::RenewTls { config, new_key } => {
+            let configuration = ServerConfig::load(&config)?;
+            let report = renew_tls(&configuration, new_key)?;
+            println!(
+                "Renewed {} for {} until {}.",
+                report.certificate_path.display(),
+                report.names.join(", "),
+                report
+                    .not_after
+                    .format(&time::format_description::well_known::Rfc3339)
+                    .unwrap_or_default()
+            );
+            if report.new_key {
+                println!(
+                    "NEW KEY: the key pin is now sha256//{}; give it to every kiosk and client \
+                     that pins the old one.",
+                    report.spki_sha256_pin
+                );
+            } else {
+                println!(
+                    "The key is kept: the pin stays sha256//{}.",
+                    report.spki_sha256_pin
+                );
+            }
+            println!("Restart the server to serve it.");
             Ok(())
         }
         ServerCommand::RotateKeys { config } => {
