@@ -10,6 +10,8 @@ use pivtap_server_client::init::{InitOptions, Secret, init_server, renew_tls};
 use pivtap_server_client::server;
 use pivtap_server_client::token::TokenKeys;
 
+mod service;
+
 /// `pivtap server ...`
 #[derive(Subcommand, Debug)]
 pub enum ServerCommand {
@@ -72,6 +74,33 @@ pub enum ServerCommand {
         /// The server configuration.
         #[arg(long, value_name = "FILE")]
         config: PathBuf,
+    },
+    /// Install the systemd units: pivtap-server.service (`server run`) and
+    /// pivtap-kiosk.service (`kiosk --headless`), run as a dedicated system user
+    /// (created if missing), hardened, logging to the journal, restarted on
+    /// failure. The units name this binary's real path. Run as root.
+    ///
+    /// Examples:
+    ///   sudo pivtap server install-service
+    ///   sudo pivtap server install-service --service kiosk --user kiosk
+    InstallService {
+        /// Which units to install (repeat or comma-separate); both by default.
+        #[arg(
+            long = "service",
+            value_enum,
+            value_delimiter = ',',
+            value_name = "SERVICE"
+        )]
+        services: Vec<service::Service>,
+        /// The system user the services run as.
+        #[arg(long, default_value = "pivtap")]
+        user: String,
+        /// Where the units are written.
+        #[arg(long, value_name = "DIR", default_value = "/etc/systemd/system")]
+        unit_dir: PathBuf,
+        /// Do not create the user (it must exist when the services start).
+        #[arg(long)]
+        no_create_user: bool,
     },
     /// Run the server (HTTPS; stops cleanly on Ctrl-C or SIGTERM).
     Run {
@@ -158,6 +187,53 @@ pub fn run(command: ServerCommand) -> anyhow::Result<()> {
                 "Devices: challenges go only to registered devices. Register each kiosk with \
                  `pivtap admin devices add ID`, then run `pivtap kiosk enroll-device` on it."
             );
+            Ok(())
+        }
+        ServerCommand::InstallService {
+            mut services,
+            user,
+            unit_dir,
+            no_create_user,
+        } => {
+            if services.is_empty() {
+                services = vec![service::Service::Server, service::Service::Kiosk];
+            }
+            services.sort_unstable();
+            services.dedup();
+            let binary = std::env::current_exe()
+                .and_then(std::fs::canonicalize)
+                .context("cannot find the path of this pivtap binary")?;
+            let written = service::install(&services, &binary, &user, &unit_dir)?;
+            let created = if no_create_user {
+                false
+            } else {
+                service::ensure_user(&user)?
+            };
+            for path in &written {
+                println!("wrote {}", path.display());
+            }
+            if created {
+                println!("created the system user {user}");
+            }
+            println!("Next:");
+            println!("  systemctl daemon-reload");
+            for service in &services {
+                let dir = format!("{}/{}", service::STATE_DIRECTORY, service.directory());
+                match service {
+                    service::Service::Server => println!(
+                        "  install -d -o {user} -g {user} -m 0700 {state}\n  \
+                         sudo -u {user} {bin} server init {dir} --hostname HOST --listen 0.0.0.0:8443",
+                        state = service::STATE_DIRECTORY,
+                        bin = binary.display()
+                    ),
+                    service::Service::Kiosk => println!(
+                        "  install -d -o {user} -g {user} -m 0700 {dir}   (then put kiosk.toml there, \
+                         owned by {user}, and run `sudo -u {user} {bin} kiosk enroll-device` as the README says)",
+                        bin = binary.display()
+                    ),
+                }
+                println!("  systemctl enable --now {}", service.unit_name());
+            }
             Ok(())
         }
         ServerCommand::RenewTls { config, new_key } => {
