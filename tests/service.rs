@@ -260,3 +260,142 @@ fn renew_tls_keeps_the_pin_and_the_server_serves_the_new_certificate() {
     assert!(rekeyed.stdout.contains("NEW KEY"), "{}", rekeyed.stdout);
     assert_ne!(pin_of(&rekeyed.stdout), pin);
 }
+
+const ALICE_PIN: &str = "123456";
+
+#[test]
+fn a_backup_taken_while_signing_in_restores_into_a_server_that_signs_in() {
+    let mut server = RunningServer::start();
+    server.add_user("alice", "Alice Example", "alice@example.com");
+    let alice = server.card_copy("alice");
+    server
+        .auth(&alice, ALICE_PIN)
+        .success("auth before the backup");
+    let config = server.dir.path().join("server/server.toml");
+    let file = server.dir.path().join("pivtap.backup");
+
+    // Sign-ins go on while the backup is taken.
+    let backup = std::thread::scope(|scope| {
+        let signing_in = scope.spawn(|| {
+            for _ in 0..3 {
+                server
+                    .auth(&alice, ALICE_PIN)
+                    .success("auth during the backup");
+            }
+        });
+        let backup = run(pivtap_command(&[
+            "server",
+            "backup",
+            "--config",
+            path_str(&config),
+            path_str(&file),
+            "--json",
+        ]))
+        .success("backup");
+        signing_in.join().unwrap();
+        backup.json()
+    });
+    assert_eq!(mode(&file), 0o600);
+    let files: Vec<&str> = backup["files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|file| file.as_str().unwrap())
+        .collect();
+    for expected in [
+        "server.toml",
+        "tls.crt",
+        "tls.key",
+        "tokens.key",
+        "admin.token",
+        "ca.crt",
+        "ca.key",
+        "trust/test-ca.pem",
+    ] {
+        assert!(files.contains(&expected), "{expected} not in {files:?}");
+    }
+    assert_eq!(backup["left_out"], serde_json::json!([]));
+    // A second backup never overwrites the first.
+    run(pivtap_command(&[
+        "server",
+        "backup",
+        "--config",
+        path_str(&config),
+        path_str(&file),
+    ]))
+    .failure("backup onto an existing file", "exists");
+
+    // After the backup: a user the restore will not have.
+    server.add_user("later", "Added Later", "later@example.com");
+
+    let server_dir = server.dir.path().join("server");
+    run(pivtap_command(&[
+        "server",
+        "restore",
+        path_str(&file),
+        path_str(&server_dir),
+    ]))
+    .failure("restore while the server runs", "is running");
+    assert!(
+        server_dir.join("server.toml").exists(),
+        "nothing was touched"
+    );
+
+    server.stop();
+    let restored = run(pivtap_command(&[
+        "server",
+        "restore",
+        path_str(&file),
+        path_str(&server_dir),
+    ]))
+    .success("restore");
+    assert!(
+        restored.stdout.contains(".before-restore-"),
+        "{}",
+        restored.stdout
+    );
+    let aside: Vec<PathBuf> = std::fs::read_dir(server.dir.path())
+        .unwrap()
+        .map(|entry| entry.unwrap().path())
+        .filter(|path| path.to_string_lossy().contains("server.before-restore-"))
+        .collect();
+    assert_eq!(aside.len(), 1, "the old directory is kept aside");
+    assert!(aside[0].join("pivtap.db").exists());
+    assert_eq!(mode(&server_dir), 0o700);
+    assert_eq!(mode(&server_dir.join("tls.key")), 0o600);
+    assert_eq!(mode(&server_dir.join("ca.key")), 0o600);
+    assert_eq!(mode(&server_dir.join("pivtap.db")), 0o600);
+    assert_eq!(
+        std::fs::read(server_dir.join("ca.key")).unwrap(),
+        std::fs::read(aside[0].join("ca.key")).unwrap()
+    );
+
+    server.restart();
+    let signed_in = server
+        .auth(&alice, ALICE_PIN)
+        .success("auth after the restore")
+        .json();
+    assert_eq!(signed_in["user"]["id"], "alice");
+    let users = server
+        .admin(&["users", "list", "--json"])
+        .success("users list")
+        .json();
+    let ids: Vec<&str> = users
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|user| user["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, ["alice"], "the backup's users, not the later one");
+
+    // Not a backup: refused, the directory untouched.
+    let fresh = server.dir.path().join("fresh");
+    run(pivtap_command(&[
+        "server",
+        "restore",
+        path_str(&config),
+        path_str(&fresh),
+    ]))
+    .failure("restore of a non-backup", "not a pivtap backup");
+    assert!(!fresh.exists());
+}

@@ -5,8 +5,9 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::Subcommand;
+use pivtap_server_client::backup;
 use pivtap_server_client::config::ServerConfig;
-use pivtap_server_client::init::{InitOptions, Secret, init_server, renew_tls};
+use pivtap_server_client::init::{CONFIG_FILE, InitOptions, Secret, init_server, renew_tls};
 use pivtap_server_client::server;
 use pivtap_server_client::token::TokenKeys;
 
@@ -101,6 +102,33 @@ pub enum ServerCommand {
         /// Do not create the user (it must exist when the services start).
         #[arg(long)]
         no_create_user: bool,
+    },
+    /// Back the server up into FILE (new, mode 0600) while it runs: a consistent
+    /// copy of the database, and every file of the server directory the
+    /// configuration names, the issuing CA key, TLS key, token keys and admin
+    /// credential included. Keep it as safe as the CA key.
+    ///
+    /// Example: pivtap server backup --config /var/lib/pivtap/server/server.toml pivtap-2026-01-31.backup
+    Backup {
+        /// The server configuration.
+        #[arg(long, value_name = "FILE")]
+        config: PathBuf,
+        /// The backup file to write (must not exist).
+        file: PathBuf,
+        /// Print what was backed up as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Restore a backup into DIR, the directory of a stopped server (or a new
+    /// one): refused while a server runs on it; what DIR held is moved aside to
+    /// DIR.before-restore-TIME first.
+    ///
+    /// Example: pivtap server restore pivtap-2026-01-31.backup /var/lib/pivtap/server
+    Restore {
+        /// The backup file (from `pivtap server backup`).
+        file: PathBuf,
+        /// The server directory to restore into.
+        dir: PathBuf,
     },
     /// Run the server (HTTPS; stops cleanly on Ctrl-C or SIGTERM).
     Run {
@@ -236,6 +264,62 @@ pub fn run(command: ServerCommand) -> anyhow::Result<()> {
             }
             Ok(())
         }
+        ServerCommand::Backup { config, file, json } => {
+            let report = backup::backup(&config, &file)?;
+            if json {
+                let value = serde_json::json!({
+                    "file": file,
+                    "size": report.size,
+                    "files": report.files,
+                    "left_out": report.left_out,
+                    "database_copy_ms": report.database_copy.as_secs_f64() * 1000.0,
+                });
+                println!("{value:#}");
+            } else {
+                println!(
+                    "Backed up to {} ({} bytes, mode 0600): the database and {}.",
+                    file.display(),
+                    report.size,
+                    report
+                        .files
+                        .iter()
+                        .map(|path| path.display().to_string())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                );
+                println!(
+                    "It holds the issuing CA key, the TLS key, the token keys and the admin \
+                     credential: keep it as safe as they are."
+                );
+            }
+            for path in &report.left_out {
+                eprintln!(
+                    "warning: {} is outside the server directory and not in the backup; back it up yourself",
+                    path.display()
+                );
+            }
+            Ok(())
+        }
+        ServerCommand::Restore { file, dir } => {
+            let report = backup::restore(&file, &dir, CONFIG_FILE)?;
+            println!(
+                "Restored the backup of {} into {}.",
+                report.created_at,
+                dir.display()
+            );
+            if let Some(previous) = &report.previous {
+                println!(
+                    "What {} held is now in {}.",
+                    dir.display(),
+                    previous.display()
+                );
+            }
+            println!(
+                "Start it:  pivtap server run --config {}   (or systemctl start pivtap-server)",
+                report.config_path.display()
+            );
+            Ok(())
+        }
         ServerCommand::RenewTls { config, new_key } => {
             let configuration = ServerConfig::load(&config)?;
             let report = renew_tls(&configuration, new_key)?;
@@ -288,6 +372,22 @@ pub fn run(command: ServerCommand) -> anyhow::Result<()> {
                 configuration.listen = listen;
                 configuration.validate(&config)?;
             }
+            // Held while the server runs: restore refuses to replace a running server's files.
+            let _lock = match backup::ServerLock::shared(&configuration.database) {
+                Ok(Some(lock)) => Some(lock),
+                Ok(None) => anyhow::bail!(
+                    "a restore is writing {}; start the server when it is done",
+                    configuration.database.display()
+                ),
+                Err(error) => {
+                    tracing::warn!(
+                        %error,
+                        lock = %backup::lock_path(&configuration.database).display(),
+                        "cannot take the server lock; `pivtap server restore` cannot tell this server runs"
+                    );
+                    None
+                }
+            };
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()
