@@ -370,6 +370,8 @@ fn a_backup_taken_while_signing_in_restores_into_a_server_that_signs_in() {
         std::fs::read(aside[0].join("ca.key")).unwrap()
     );
 
+    run(pivtap_command(&["server", "check", path_str(&server_dir)]))
+        .success("check the restored directory");
     server.restart();
     let signed_in = server
         .auth(&alice, ALICE_PIN)
@@ -398,4 +400,56 @@ fn a_backup_taken_while_signing_in_restores_into_a_server_that_signs_in() {
     ]))
     .failure("restore of a non-backup", "not a pivtap backup");
     assert!(!fresh.exists());
+}
+
+#[test]
+fn check_validates_a_server_directory_without_starting_it() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let root = tempfile::tempdir().unwrap();
+    let dir = root.path().join("server");
+    init(&dir, &[]).success("init");
+    let checked = run(pivtap_command(&["server", "check", path_str(&dir)])).success("check");
+    assert!(checked.stdout.contains("checks out"), "{}", checked.stdout);
+    assert!(!checked.stdout.contains("ERROR"), "{}", checked.stdout);
+
+    let key = dir.join("ca.key");
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let loose = run(pivtap_command(&["server", "check", path_str(&dir)]));
+    loose.expect_code(1, "check with a loose key");
+    assert!(
+        loose.stdout.contains(&format!(
+            "ERROR   issuing ca key mode: mode 0644: others may read it; chmod 600 {}",
+            key.display()
+        )),
+        "{}",
+        loose.stdout
+    );
+    let config = dir.join("server.toml");
+    let json = run(pivtap_command(&[
+        "server",
+        "check",
+        path_str(&config),
+        "--json",
+    ]));
+    json.expect_code(1, "check --json with a loose key");
+    let report = json.json();
+    assert_eq!(report["level"], "error");
+    let errors: Vec<&serde_json::Value> = report["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|finding| finding["level"] == "error")
+        .collect();
+    assert_eq!(errors.len(), 1, "{report:#}");
+    assert_eq!(errors[0]["path"], path_str(&key));
+
+    std::fs::remove_file(dir.join("tokens.key")).unwrap();
+    let missing = run(pivtap_command(&["server", "check", path_str(&dir)]));
+    missing.expect_code(1, "check without tokens.key");
+    assert!(
+        missing.stdout.contains("ERROR   token keys"),
+        "{}",
+        missing.stdout
+    );
+    assert!(missing.stderr.contains("error(s)"), "{}", missing.stderr);
 }

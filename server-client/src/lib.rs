@@ -7,6 +7,7 @@
 pub mod assertion;
 pub mod backup;
 pub mod certificate;
+pub mod check;
 pub mod client;
 pub mod config;
 pub mod connections;

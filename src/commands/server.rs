@@ -5,11 +5,11 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::Subcommand;
-use pivtap_server_client::backup;
 use pivtap_server_client::config::ServerConfig;
 use pivtap_server_client::init::{CONFIG_FILE, InitOptions, Secret, init_server, renew_tls};
 use pivtap_server_client::server;
 use pivtap_server_client::token::TokenKeys;
+use pivtap_server_client::{backup, check};
 
 mod service;
 
@@ -102,6 +102,23 @@ pub enum ServerCommand {
         /// Do not create the user (it must exist when the services start).
         #[arg(long)]
         no_create_user: bool,
+    },
+    /// Check a server's configuration without starting it: it parses, its
+    /// files are there and secrets are readable by their owner only,
+    /// certificates parse and are in date (a warning within 30 days of their
+    /// end), the TLS key matches its certificate, the issuing CA loads, and the
+    /// database opens with a schema this pivtap knows. Exits 1 on any error.
+    ///
+    /// Examples:
+    ///   pivtap server check /var/lib/pivtap/server
+    ///   pivtap server check server.toml --json
+    Check {
+        /// The server directory (its server.toml) or the configuration file.
+        #[arg(default_value = ".")]
+        path: PathBuf,
+        /// Print the findings as JSON.
+        #[arg(long)]
+        json: bool,
     },
     /// Back the server up into FILE (new, mode 0600) while it runs: a consistent
     /// copy of the database, and every file of the server directory the
@@ -261,6 +278,49 @@ pub fn run(command: ServerCommand) -> anyhow::Result<()> {
                     ),
                 }
                 println!("  systemctl enable --now {}", service.unit_name());
+            }
+            Ok(())
+        }
+        ServerCommand::Check { path, json } => {
+            let config = if path.is_dir() {
+                path.join(CONFIG_FILE)
+            } else {
+                path
+            };
+            let report = check::check(&config, time::OffsetDateTime::now_utc());
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                for finding in &report.findings {
+                    let level = match finding.level {
+                        check::Level::Ok => "ok     ",
+                        check::Level::Warning => "WARNING",
+                        check::Level::Error => "ERROR  ",
+                    };
+                    match &finding.path {
+                        Some(file) => println!(
+                            "{level} {}: {} ({})",
+                            finding.what,
+                            finding.detail,
+                            file.display()
+                        ),
+                        None => println!("{level} {}: {}", finding.what, finding.detail),
+                    }
+                }
+            }
+            let errors = report
+                .findings
+                .iter()
+                .filter(|finding| finding.level == check::Level::Error)
+                .count();
+            if errors > 0 {
+                anyhow::bail!(
+                    "{} has {errors} error(s); the server would not start or not work as configured",
+                    config.display()
+                );
+            }
+            if !json {
+                println!("{} checks out.", config.display());
             }
             Ok(())
         }
