@@ -453,3 +453,87 @@ fn check_validates_a_server_directory_without_starting_it() {
     );
     assert!(missing.stderr.contains("error(s)"), "{}", missing.stderr);
 }
+
+/// Sends SIGHUP to the server and waits until its log has one more line containing
+/// `needle` than it had before (the server logs every reload, good or bad).
+fn hang_up_and_wait_for(server: &RunningServer, needle: &str) -> String {
+    let before = std::fs::read_to_string(&server.stderr)
+        .unwrap_or_default()
+        .matches(needle)
+        .count();
+    let pid = server.child.id().to_string();
+    let signalled = Command::new("kill")
+        .args(["-HUP", &pid])
+        .status()
+        .expect("kill runs");
+    assert!(signalled.success(), "kill -HUP {pid}");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let log = std::fs::read_to_string(&server.stderr).unwrap_or_default();
+        if log.matches(needle).count() > before {
+            return log;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no {needle:?} in the log after SIGHUP:\n{log}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn sighup_reloads_trust_and_a_bad_file_keeps_the_state_in_force() {
+    let server = RunningServer::start();
+    server.add_user("alice", "Alice Example", "alice@example.com");
+    let alice = server.card_copy("alice");
+    server
+        .auth(&alice, ALICE_PIN)
+        .success("auth before any reload");
+    let config = server.dir.path().join("server/server.toml");
+    let original = std::fs::read_to_string(&config).unwrap();
+    let trusting_both = "ca_certificates = [\"ca.crt\", \"trust/test-ca.pem\"]";
+    assert!(original.contains(trusting_both), "{original}");
+
+    // A CRL file that is not there: the reload fails, the old trust stays.
+    std::fs::write(
+        &config,
+        original.replace("crl_files = []", "crl_files = [\"missing.crl\"]"),
+    )
+    .unwrap();
+    let log = hang_up_and_wait_for(&server, "reload failed");
+    assert!(
+        log.contains("missing.crl"),
+        "the log names the file:\n{log}"
+    );
+    assert!(
+        std::process::Command::new("kill")
+            .args(["-0", &server.child.id().to_string()])
+            .status()
+            .unwrap()
+            .success(),
+        "SIGHUP does not end the server"
+    );
+    server
+        .auth(&alice, ALICE_PIN)
+        .success("auth after a failed reload");
+
+    // The badge CA is no longer trusted: alice's card is refused without a restart.
+    std::fs::write(
+        &config,
+        original.replace(trusting_both, "ca_certificates = [\"ca.crt\"]"),
+    )
+    .unwrap();
+    let log = hang_up_and_wait_for(&server, "reloaded the trusted CAs");
+    assert!(log.contains("trust_anchors=1"), "{log}");
+    server
+        .auth(&alice, ALICE_PIN)
+        .failure("auth once the CA is untrusted", "certificate_untrusted");
+
+    // And trusted again.
+    std::fs::write(&config, &original).unwrap();
+    let log = hang_up_and_wait_for(&server, "reloaded the trusted CAs");
+    assert!(log.contains("trust_anchors=2"), "{log}");
+    server
+        .auth(&alice, ALICE_PIN)
+        .success("auth once trusted again");
+}
