@@ -116,18 +116,23 @@ impl ServerLock {
         options.open(lock_path(database))
     }
 
+    /// Takes the lock (`flock`) without waiting; `Ok(None)` when it is held the other way.
+    fn take(database: &Path, operation: rustix::fs::FlockOperation) -> io::Result<Option<Self>> {
+        let file = Self::open(database)?;
+        match rustix::fs::flock(&file, operation) {
+            Ok(()) => Ok(Some(ServerLock { _file: file })),
+            Err(rustix::io::Errno::WOULDBLOCK) => Ok(None),
+            Err(error) => Err(error.into()),
+        }
+    }
+
     /// Taken by a server for as long as it runs (several may share it). `Ok(None)`:
     /// a restore holds it.
     ///
     /// # Errors
     /// When the lock file cannot be created.
     pub fn shared(database: &Path) -> io::Result<Option<Self>> {
-        let file = Self::open(database)?;
-        match file.try_lock_shared() {
-            Ok(()) => Ok(Some(ServerLock { _file: file })),
-            Err(fs::TryLockError::WouldBlock) => Ok(None),
-            Err(fs::TryLockError::Error(error)) => Err(error),
-        }
+        Self::take(database, rustix::fs::FlockOperation::NonBlockingLockShared)
     }
 
     /// Taken by restore. `Ok(None)`: a server holds it.
@@ -135,12 +140,10 @@ impl ServerLock {
     /// # Errors
     /// When the lock file cannot be created.
     pub fn exclusive(database: &Path) -> io::Result<Option<Self>> {
-        let file = Self::open(database)?;
-        match file.try_lock() {
-            Ok(()) => Ok(Some(ServerLock { _file: file })),
-            Err(fs::TryLockError::WouldBlock) => Ok(None),
-            Err(fs::TryLockError::Error(error)) => Err(error),
-        }
+        Self::take(
+            database,
+            rustix::fs::FlockOperation::NonBlockingLockExclusive,
+        )
     }
 }
 
