@@ -544,3 +544,77 @@ pub fn restore(file: &Path, dir: &Path, config_name: &str) -> Result<RestoreRepo
         created_at: backup.created_at,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A backup file written by hand with `files` (path, contents).
+    fn crafted(path: &Path, format: &str, files: &[(&str, &str)]) {
+        let connection = Connection::open(path).unwrap();
+        connection
+            .execute_batch(
+                "CREATE TABLE pivtap_backup (key TEXT PRIMARY KEY NOT NULL, value TEXT NOT NULL);
+                 CREATE TABLE pivtap_backup_files (
+                     path TEXT PRIMARY KEY NOT NULL, mode INTEGER NOT NULL, contents BLOB NOT NULL);",
+            )
+            .unwrap();
+        for (key, value) in [("format", format), ("database", "pivtap.db")] {
+            connection
+                .execute("INSERT INTO pivtap_backup VALUES (?1, ?2)", [key, value])
+                .unwrap();
+        }
+        for (name, contents) in files {
+            connection
+                .execute(
+                    "INSERT INTO pivtap_backup_files VALUES (?1, 420, ?2)",
+                    params![name, contents.as_bytes()],
+                )
+                .unwrap();
+        }
+    }
+
+    #[test]
+    fn backups_that_would_write_outside_the_directory_or_are_unknown_are_refused() {
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("server");
+        let cases: [(&str, &[(&str, &str)]); 4] = [
+            (FORMAT, &[("server.toml", ""), ("../evil", "x")]),
+            (FORMAT, &[("server.toml", ""), ("/tmp/evil", "x")]),
+            (FORMAT, &[("tls.crt", "")]),
+            ("pivtap-backup-99", &[("server.toml", "")]),
+        ];
+        for (index, (format, files)) in cases.into_iter().enumerate() {
+            let file = root.path().join(format!("crafted-{index}.backup"));
+            crafted(&file, format, files);
+            let refused = restore(&file, &dir, "server.toml").unwrap_err();
+            assert!(
+                matches!(refused, BackupError::NotABackup { .. }),
+                "{index}: {refused:?}"
+            );
+            assert!(!dir.exists(), "{index}: nothing is written");
+            assert!(!root.path().join("evil").exists());
+        }
+        let missing = restore(&root.path().join("none.backup"), &dir, "server.toml");
+        assert!(matches!(missing, Err(BackupError::Io { .. })));
+    }
+
+    #[test]
+    fn the_lock_is_shared_by_servers_and_exclusive_for_restore() {
+        let dir = tempfile::tempdir().unwrap();
+        let database = dir.path().join("pivtap.db");
+        assert_eq!(
+            lock_path(&database),
+            dir.path().join("pivtap.db-server.lock")
+        );
+        let first = ServerLock::shared(&database).unwrap().unwrap();
+        let second = ServerLock::shared(&database).unwrap();
+        assert!(second.is_some(), "two servers may share a database");
+        assert!(ServerLock::exclusive(&database).unwrap().is_none());
+        drop((first, second));
+        let restoring = ServerLock::exclusive(&database).unwrap().unwrap();
+        assert!(ServerLock::shared(&database).unwrap().is_none());
+        drop(restoring);
+        assert!(ServerLock::shared(&database).unwrap().is_some());
+    }
+}

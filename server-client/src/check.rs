@@ -471,15 +471,7 @@ mod tests {
         std::fs::write(&key, original).unwrap();
 
         // A database from a newer pivtap.
-        let database = dir.path().join("pivtap.db");
-        let connection = rusqlite::Connection::open(&database).unwrap();
-        connection
-            .execute_batch(
-                "CREATE TABLE schema_migrations (version INTEGER PRIMARY KEY, applied_at TEXT);
-                 INSERT INTO schema_migrations VALUES (999, 'later');",
-            )
-            .unwrap();
-        drop(connection);
+        crate::store::snapshot::write_future_schema(&dir.path().join("pivtap.db"));
         let newer = check(&report.config_path, now);
         assert_eq!(level_of(&newer, "database"), Level::Error);
 

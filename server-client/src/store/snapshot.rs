@@ -101,6 +101,18 @@ pub fn copy_database(source: &Path, destination: &Path) -> Result<Duration, Stor
     Ok(started.elapsed())
 }
 
+/// Makes `path` a database whose schema (version 999) is newer than any this program knows.
+#[cfg(test)]
+pub(crate) fn write_future_schema(path: &Path) {
+    Connection::open(path)
+        .unwrap()
+        .execute_batch(
+            "CREATE TABLE schema_migrations (version INTEGER PRIMARY KEY, applied_at TEXT);
+             INSERT INTO schema_migrations VALUES (999, 'later');",
+        )
+        .unwrap();
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -149,14 +161,7 @@ mod tests {
     fn newer_schemas_missing_files_and_non_databases_are_refused() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("future.db");
-        let connection = Connection::open(&path).unwrap();
-        connection
-            .execute_batch(
-                "CREATE TABLE schema_migrations (version INTEGER PRIMARY KEY, applied_at TEXT);
-                 INSERT INTO schema_migrations VALUES (999, 'later');",
-            )
-            .unwrap();
-        drop(connection);
+        write_future_schema(&path);
         let version = schema_version(&path).unwrap();
         assert_eq!(version.applied, Some(999));
         assert!(!version.is_known());
