@@ -248,16 +248,12 @@ pub fn run(command: ServerCommand) -> anyhow::Result<()> {
             let binary = std::env::current_exe()
                 .and_then(std::fs::canonicalize)
                 .context("cannot find the path of this pivtap binary")?;
-            let written = service::install(&services, &binary, &user, &unit_dir)?;
-            let created = if no_create_user {
-                false
-            } else {
-                service::ensure_user(&user)?
-            };
-            for path in &written {
+            let installed =
+                service::install(&services, &binary, &user, &unit_dir, !no_create_user)?;
+            for path in &installed.units {
                 println!("wrote {}", path.display());
             }
-            if created {
+            if installed.created_user {
                 println!("created the system user {user}");
             }
             println!("Next:");

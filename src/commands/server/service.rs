@@ -186,18 +186,30 @@ pub fn ensure_user(user: &str) -> Result<bool, InstallError> {
     Ok(true)
 }
 
-/// Writes `services`' units for `binary` and `user` into `unit_dir` (mode 0644);
-/// returns the files written.
+/// What [`install`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Installed {
+    /// The unit files written.
+    pub units: Vec<PathBuf>,
+    /// Whether the user was created now.
+    pub created_user: bool,
+}
+
+/// Writes `services`' units for `binary` and `user` into `unit_dir` (mode 0644),
+/// creating the user first when `create_user` (see [`ensure_user`]). Nothing is
+/// done unless every unit renders.
 pub fn install(
     services: &[Service],
     binary: &Path,
     user: &str,
     unit_dir: &Path,
-) -> Result<Vec<PathBuf>, InstallError> {
+    create_user: bool,
+) -> Result<Installed, InstallError> {
     let units = services
         .iter()
         .map(|service| Ok((*service, render(*service, binary, user)?)))
         .collect::<Result<Vec<_>, InstallError>>()?;
+    let created_user = create_user && ensure_user(user)?;
     std::fs::create_dir_all(unit_dir).map_err(|source| InstallError::Write {
         path: unit_dir.to_owned(),
         source,
@@ -213,7 +225,10 @@ pub fn install(
         })?;
         written.push(path);
     }
-    Ok(written)
+    Ok(Installed {
+        units: written,
+        created_user,
+    })
 }
 
 #[cfg(test)]
