@@ -257,7 +257,22 @@ fn renew_tls_keeps_the_pin_and_the_server_serves_the_new_certificate() {
     ]))
     .success("renew-tls --new-key");
     assert!(rekeyed.stdout.contains("NEW KEY"), "{}", rekeyed.stdout);
-    assert_ne!(pin_of(&rekeyed.stdout), pin);
+    let new_pin = pin_of(&rekeyed.stdout);
+    assert_ne!(new_pin, pin);
+
+    let json = run(pivtap_command(&[
+        "server",
+        "renew-tls",
+        "--config",
+        path_str(&config),
+        "--json",
+    ]))
+    .success("renew-tls --json")
+    .json();
+    assert_eq!(json["pin_sha256"], format!("sha256//{new_pin}"));
+    assert_eq!(json["new_key"], false);
+    assert_eq!(json["names"][2], "localhost");
+    assert!(json["not_after"].as_str().unwrap().ends_with('Z'), "{json}");
 }
 
 const ALICE_PIN: &str = "123456";

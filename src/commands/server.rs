@@ -69,6 +69,9 @@ pub enum ServerCommand {
         /// pinning the old one must be given the new pin.
         #[arg(long)]
         new_key: bool,
+        /// Print the result as JSON (certificate, names, not_after, pin, new_key).
+        #[arg(long)]
+        json: bool,
     },
     /// Start signing session tokens with a new key. The previous key stays in
     /// the JWKS until the last token it signed expires, so apps keep
@@ -378,17 +381,33 @@ pub fn run(command: ServerCommand) -> anyhow::Result<()> {
             );
             Ok(())
         }
-        ServerCommand::RenewTls { config, new_key } => {
+        ServerCommand::RenewTls {
+            config,
+            new_key,
+            json,
+        } => {
             let configuration = ServerConfig::load(&config)?;
             let report = renew_tls(&configuration, new_key)?;
+            let not_after = report
+                .not_after
+                .format(&time::format_description::well_known::Rfc3339)
+                .unwrap_or_default();
+            if json {
+                let value = serde_json::json!({
+                    "certificate": report.certificate_path,
+                    "names": report.names,
+                    "not_after": not_after,
+                    "pin_sha256": format!("sha256//{}", report.spki_sha256_pin),
+                    "new_key": report.new_key,
+                });
+                println!("{value:#}");
+                return Ok(());
+            }
             println!(
                 "Renewed {} for {} until {}.",
                 report.certificate_path.display(),
                 report.names.join(", "),
-                report
-                    .not_after
-                    .format(&time::format_description::well_known::Rfc3339)
-                    .unwrap_or_default()
+                not_after
             );
             if report.new_key {
                 println!(
