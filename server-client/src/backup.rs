@@ -427,6 +427,37 @@ fn read_backup(file: &Path) -> Result<Backup, BackupError> {
     })
 }
 
+/// Copies the backup `file` to a new file beside `dir` (mode 0600) and strips the
+/// backup's own tables from it: the database to restore. Removed again on failure.
+fn staged_database(file: &Path, dir: &Path, stamp: i64) -> Result<PathBuf, BackupError> {
+    let mut name = std::ffi::OsString::from(".");
+    name.push(dir.file_name().unwrap_or_default());
+    name.push(format!(".restore-{stamp}.db"));
+    let staging = match dir.parent() {
+        Some(parent) if !parent.as_os_str().is_empty() => parent.join(name),
+        _ => PathBuf::from(name),
+    };
+    let prepared = (|| {
+        create_private(&staging)?;
+        fs::copy(file, &staging).map_err(BackupError::io("write", &staging))?;
+        restrict(&staging)?;
+        let connection = Connection::open(&staging)
+            .map_err(|error| BackupError::store(&staging)(error.into()))?;
+        connection
+            .execute_batch("DROP TABLE pivtap_backup; DROP TABLE pivtap_backup_files; VACUUM;")
+            .map_err(|error| BackupError::store(&staging)(error.into()))?;
+        drop(connection);
+        schema_version(&staging).map_err(BackupError::store(&staging))
+    })();
+    match prepared {
+        Ok(_) => Ok(staging),
+        Err(error) => {
+            let _ = fs::remove_file(&staging);
+            Err(error)
+        }
+    }
+}
+
 /// The backup's database path: inside the server directory, or absolute.
 fn backup_database_is_plain(database: &Path) -> bool {
     database.is_absolute() || is_plain_relative(database)
@@ -474,6 +505,9 @@ pub fn restore(file: &Path, dir: &Path, config_name: &str) -> Result<RestoreRepo
     };
 
     let stamp = OffsetDateTime::now_utc().unix_timestamp();
+    // The database is made ready beside DIR before anything is moved: the backup file
+    // may be inside DIR, and a database that fails here leaves DIR as it was.
+    let staging = staged_database(file, dir, stamp)?;
     let aside = |path: &Path| {
         let mut name = path.file_name().unwrap_or_default().to_os_string();
         name.push(format!(".before-restore-{stamp}"));
@@ -522,21 +556,18 @@ pub fn restore(file: &Path, dir: &Path, config_name: &str) -> Result<RestoreRepo
             .create(parent)
             .map_err(BackupError::io("write", parent))?;
     }
-    create_private(&database)?;
-    fs::copy(file, &database).map_err(BackupError::io("write", &database))?;
-    restrict(&database)?;
-    let connection =
-        Connection::open(&database).map_err(|error| BackupError::store(&database)(error.into()))?;
-    connection
-        .execute_batch("DROP TABLE pivtap_backup; DROP TABLE pivtap_backup_files; VACUUM;")
-        .map_err(|error| BackupError::store(&database)(error.into()))?;
-    drop(connection);
+    if fs::rename(&staging, &database).is_err() {
+        // Another file system: copy, then drop the staged copy.
+        create_private(&database)?;
+        fs::copy(&staging, &database).map_err(BackupError::io("write", &database))?;
+        restrict(&database)?;
+        let _ = fs::remove_file(&staging);
+    }
     written.push(database.clone());
 
     // What was restored must load as the server will load it.
     let config_path = dir.join(config_name);
     ServerConfig::load(&config_path)?;
-    schema_version(&database).map_err(BackupError::store(&database))?;
     Ok(RestoreReport {
         config_path,
         files: written,
@@ -597,6 +628,51 @@ mod tests {
         }
         let missing = restore(&root.path().join("none.backup"), &dir, "server.toml");
         assert!(matches!(missing, Err(BackupError::Io { .. })));
+    }
+
+    #[tokio::test]
+    async fn a_backup_kept_inside_the_directory_restores_into_it() {
+        use crate::store::Store as _;
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("server");
+        let written = crate::init::init_server(&dir, &crate::init::InitOptions::default()).unwrap();
+        let config = ServerConfig::load(&written.config_path).unwrap();
+        let store = crate::store::SqliteStore::open(&config.database)
+            .await
+            .unwrap();
+        store.heartbeat(OffsetDateTime::now_utc()).await.unwrap();
+        store.close().await;
+        fs::create_dir(dir.join("backups")).unwrap();
+        let file = dir.join("backups/today.backup");
+        let report = backup(&written.config_path, &file).unwrap();
+        assert!(report.left_out.is_empty());
+        assert!(report.files.contains(&PathBuf::from("ca.key")));
+
+        let restored = restore(&file, &dir, "server.toml").unwrap();
+        let previous = restored.previous.unwrap();
+        assert!(previous.join("backups/today.backup").exists());
+        assert_eq!(
+            fs::read(dir.join("tokens.key")).unwrap(),
+            fs::read(previous.join("tokens.key")).unwrap()
+        );
+        let version = schema_version(&dir.join("pivtap.db")).unwrap();
+        assert_eq!(version.applied, Some(version.known));
+        // Only the restored files and the database: no staging copy is left beside it.
+        let beside: Vec<_> = fs::read_dir(root.path())
+            .unwrap()
+            .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|name| name.contains("restore-") && name.ends_with(".db"))
+            .collect();
+        assert!(beside.is_empty(), "{beside:?}");
+        let tables: i64 = Connection::open(dir.join("pivtap.db"))
+            .unwrap()
+            .query_row(
+                "SELECT count(*) FROM sqlite_schema WHERE name LIKE 'pivtap_backup%'",
+                [],
+                |row| row.get(0),
+            )
+            .unwrap();
+        assert_eq!(tables, 0, "the backup's own tables are not restored");
     }
 
     #[test]
