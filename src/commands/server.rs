@@ -152,7 +152,8 @@ pub enum ServerCommand {
         /// The server directory to restore into.
         dir: PathBuf,
     },
-    /// Run the server (HTTPS; stops cleanly on Ctrl-C or SIGTERM).
+    /// Run the server (HTTPS; stops cleanly on Ctrl-C or SIGTERM; on SIGHUP
+    /// reloads the trusted CAs, CRLs and mapping, keeping them if one is bad).
     Run {
         /// The configuration written by `pivtap server init`.
         #[arg(long, value_name = "FILE")]
