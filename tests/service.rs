@@ -122,7 +122,8 @@ fn install_service_writes_units_naming_this_binary_that_systemd_verifies() {
     ]))
     .success("install-service --service kiosk");
     let kiosk = std::fs::read_to_string(only_kiosk.join("pivtap-kiosk.service")).unwrap();
-    assert!(kiosk.contains("\nUser=badge\nGroup=badge\n"), "{kiosk}");
+    assert!(kiosk.contains("\nUser=badge\n"), "{kiosk}");
+    assert!(!kiosk.contains("User=pivtap"), "{kiosk}");
     assert!(!only_kiosk.join("pivtap-server.service").exists());
 }
 

@@ -268,13 +268,13 @@ pub fn run(command: ServerCommand) -> anyhow::Result<()> {
                 let dir = format!("{}/{}", service::STATE_DIRECTORY, service.directory());
                 match service {
                     service::Service::Server => println!(
-                        "  install -d -o {user} -g {user} -m 0700 {state}\n  \
+                        "  install -d -o {user} -m 0700 {state}\n  \
                          sudo -u {user} {bin} server init {dir} --hostname HOST --listen 0.0.0.0:8443",
                         state = service::STATE_DIRECTORY,
                         bin = binary.display()
                     ),
                     service::Service::Kiosk => println!(
-                        "  install -d -o {user} -g {user} -m 0700 {dir}   (then put kiosk.toml there, \
+                        "  install -d -o {user} -m 0700 {dir}   (then put kiosk.toml there, \
                          owned by {user}, and run `sudo -u {user} {bin} kiosk enroll-device` as the README says)",
                         bin = binary.display()
                     ),

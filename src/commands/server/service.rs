@@ -115,9 +115,8 @@ pub fn render(service: Service, binary: &Path, user: &str) -> Result<String, Ins
                 rest.replacen(SHIPPED_BINARY, binary_text, 1)
             )
         } else if line == format!("User={SHIPPED_USER}") {
+            // No Group=: the service runs with the user's primary group.
             format!("User={user}")
-        } else if line == format!("Group={SHIPPED_USER}") {
-            format!("Group={user}")
         } else {
             line.to_owned()
         };
@@ -246,14 +245,14 @@ mod tests {
         assert!(unit.contains(
             "\nExecStart=/opt/pivtap/bin/pivtap server run --config /var/lib/pivtap/server/server.toml\n"
         ));
-        assert!(unit.contains("\nUser=badge\nGroup=badge\n"));
+        assert!(unit.contains("\nUser=badge\n"));
         assert!(!unit.contains(SHIPPED_BINARY));
         let changed: Vec<_> = SERVER_UNIT
             .lines()
             .zip(unit.lines())
             .filter(|(shipped, rendered)| shipped != rendered)
             .collect();
-        assert_eq!(changed.len(), 3, "{changed:?}");
+        assert_eq!(changed.len(), 2, "{changed:?}");
         let kiosk = render(Service::Kiosk, Path::new("/usr/bin/pivtap"), "pivtap").unwrap();
         assert!(kiosk.contains("\nExecStart=/usr/bin/pivtap kiosk --headless --config"));
     }
