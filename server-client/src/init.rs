@@ -15,9 +15,14 @@
 //! | `pivtap.db` | an empty SQLite database; the server creates its tables on start | 0600 |
 //!
 //! A non-empty directory is refused unless `force` is set; then every file
-//! above is replaced except the database, which is kept with its contents, and
-//! the issuing CA (`ca.crt` and `ca.key`), which is kept when both load and
-//! match, so certificates it issued stay valid.
+//! above is replaced except the database, which is kept with its contents, the
+//! issuing CA (`ca.crt` and `ca.key`), which is kept when both load and match,
+//! so certificates it issued stay valid, and the secrets others rely on
+//! ([`Secret`]: the TLS key, the token keys, the admin credential). An existing
+//! secret is replaced only when named in [`InitOptions::replace`], kept with
+//! [`InitOptions::keep_secrets`], and otherwise `init` refuses, saying what
+//! replacing it would break. A kept TLS key gets a fresh certificate (the key
+//! pin stays).
 
 use std::{
     collections::BTreeSet,
@@ -75,6 +80,84 @@ pub struct InitOptions {
     pub hostnames: Vec<String>,
     /// Write into a non-empty directory, replacing what `init` writes.
     pub force: bool,
+    /// The existing secrets `force` may replace.
+    pub replace: BTreeSet<Secret>,
+    /// With `force`, keep the existing secrets not named in `replace` (instead of refusing).
+    pub keep_secrets: bool,
+}
+
+/// A file `init` writes that others depend on: replacing it breaks them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Secret {
+    /// `tls.key`, the server's TLS key.
+    TlsKey,
+    /// `tokens.key`, the session-token signing keys.
+    TokenKey,
+    /// `admin.token`, the admin credential.
+    AdminToken,
+}
+
+impl Secret {
+    /// Every secret, in the order `init` writes them.
+    pub const ALL: [Secret; 3] = [Secret::TlsKey, Secret::TokenKey, Secret::AdminToken];
+
+    /// The name `--replace` takes: `tls-key`, `token-key`, `admin-token`.
+    #[must_use]
+    pub fn name(self) -> &'static str {
+        match self {
+            Secret::TlsKey => "tls-key",
+            Secret::TokenKey => "token-key",
+            Secret::AdminToken => "admin-token",
+        }
+    }
+
+    /// Its file in the server directory.
+    #[must_use]
+    pub fn file(self) -> &'static str {
+        match self {
+            Secret::TlsKey => CERTIFICATE_KEY_FILE,
+            Secret::TokenKey => TOKEN_KEYS_FILE,
+            Secret::AdminToken => ADMIN_TOKEN_FILE,
+        }
+    }
+
+    /// What stops working when it is replaced.
+    #[must_use]
+    pub fn what_breaks(self) -> &'static str {
+        match self {
+            Secret::TlsKey => {
+                "every kiosk and client that pins the server key (sha256//...) stops connecting until it is given the new pin"
+            }
+            Secret::TokenKey => {
+                "every session token issued so far stops verifying at the apps (the JWKS no longer has its key)"
+            }
+            Secret::AdminToken => {
+                "admin scripts and `pivtap admin` using the old admin.token are refused"
+            }
+        }
+    }
+}
+
+impl std::fmt::Display for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// A `--replace` name that is not a [`Secret`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0:?} is not a secret init writes; use tls-key, token-key or admin-token")]
+pub struct UnknownSecret(pub String);
+
+impl std::str::FromStr for Secret {
+    type Err = UnknownSecret;
+
+    fn from_str(name: &str) -> Result<Self, Self::Err> {
+        Secret::ALL
+            .into_iter()
+            .find(|secret| secret.name() == name)
+            .ok_or_else(|| UnknownSecret(name.to_owned()))
+    }
 }
 
 impl Default for InitOptions {
@@ -84,6 +167,8 @@ impl Default for InitOptions {
             listen: DEFAULT_LISTEN,
             hostnames: Vec::new(),
             force: false,
+            replace: BTreeSet::new(),
+            keep_secrets: false,
         }
     }
 }
@@ -106,6 +191,10 @@ pub struct InitReport {
     /// Standard base64 of the SHA-256 of the TLS certificate's
     /// SubjectPublicKeyInfo: the pin of HPKP and `curl --pinnedpubkey sha256//PIN`.
     pub spki_sha256_pin: String,
+    /// The secrets that existed and were replaced (see [`Secret::what_breaks`]).
+    pub replaced: Vec<Secret>,
+    /// The secrets that existed and were kept.
+    pub kept: Vec<Secret>,
 }
 
 /// Why `init_server` did not complete.
@@ -115,6 +204,22 @@ pub enum InitError {
     /// The directory has files and `force` was not set.
     #[error("{} is not empty; use --force to overwrite the server files in it", .0.display())]
     NotEmpty(PathBuf),
+    /// `force` would replace secrets that were not named in `replace`.
+    #[error("{} holds secrets that others depend on; replacing them breaks things:\n{}\nName the ones to replace with --replace {} or keep them with --keep-secrets", .dir.display(), describe_secrets(.secrets), join_secret_names(.secrets))]
+    WouldReplaceSecrets {
+        /// The directory.
+        dir: PathBuf,
+        /// The existing secrets not named.
+        secrets: Vec<Secret>,
+    },
+    /// The existing TLS key could not be read to keep it.
+    #[error("cannot keep the TLS key {}: {reason}", .path.display())]
+    UnusableTlsKey {
+        /// The key file.
+        path: PathBuf,
+        /// Why (no key material).
+        reason: String,
+    },
     /// A `--trust` path names no file.
     #[error("{} does not name a file", .0.display())]
     NotAFile(PathBuf),
@@ -147,8 +252,34 @@ pub enum InitError {
     Issuance(#[from] IssuanceError),
 }
 
+/// One line per secret: its file and what replacing it breaks.
+fn describe_secrets(secrets: &[Secret]) -> String {
+    secrets
+        .iter()
+        .map(|secret| {
+            format!(
+                "  {} ({}): {}",
+                secret.file(),
+                secret.name(),
+                secret.what_breaks()
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// `tls-key,token-key`.
+fn join_secret_names(secrets: &[Secret]) -> String {
+    secrets
+        .iter()
+        .map(|secret| secret.name())
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
 /// A TLS certificate and key made by `init_server`.
 struct ServerCertificate {
+    not_after: OffsetDateTime,
     certificate_pem: String,
     key_pem: Zeroizing<String>,
     spki_sha256_pin: String,
@@ -160,7 +291,29 @@ pub fn init_server(dir: &Path, options: &InitOptions) -> Result<InitReport, Init
     let trust = read_trust_files(&options.trust)?;
     let names = certificate_names(options)?;
     let origin = origin(options);
-    let certificate = make_certificate(names)?;
+    let existing: Vec<Secret> = if options.force {
+        Secret::ALL
+            .into_iter()
+            .filter(|secret| dir.join(secret.file()).exists())
+            .collect()
+    } else {
+        Vec::new()
+    };
+    let (replaced, kept): (Vec<Secret>, Vec<Secret>) = existing
+        .iter()
+        .partition(|secret| options.replace.contains(secret));
+    if !kept.is_empty() && !options.keep_secrets {
+        return Err(InitError::WouldReplaceSecrets {
+            dir: dir.to_owned(),
+            secrets: kept,
+        });
+    }
+    let kept_tls_key = if kept.contains(&Secret::TlsKey) {
+        Some(read_tls_key(&dir.join(CERTIFICATE_KEY_FILE))?)
+    } else {
+        None
+    };
+    let certificate = make_certificate(names, kept_tls_key, CERTIFICATE_DAYS)?;
     let mut admin_token = Zeroizing::new([0_u8; 32]);
     rand::fill(&mut admin_token[..]);
     let admin_token = Zeroizing::new(format!("{}\n", base64url_encode(&admin_token[..])));
@@ -232,17 +385,23 @@ pub fn init_server(dir: &Path, options: &InitOptions) -> Result<InitReport, Init
         certificate.certificate_pem.as_bytes(),
         PUBLIC_FILE_MODE,
     )?;
-    write(
-        CERTIFICATE_KEY_FILE,
-        certificate.key_pem.as_bytes(),
-        PRIVATE_FILE_MODE,
-    )?;
+    if !kept.contains(&Secret::TlsKey) {
+        write(
+            CERTIFICATE_KEY_FILE,
+            certificate.key_pem.as_bytes(),
+            PRIVATE_FILE_MODE,
+        )?;
+    }
     if let Some((ca_pem, ca_key_pem)) = &new_ca {
         write(CA_KEY_FILE, ca_key_pem.as_bytes(), PRIVATE_FILE_MODE)?;
         write(CA_CERTIFICATE_FILE, ca_pem.as_bytes(), PUBLIC_FILE_MODE)?;
     }
-    TokenKeys::generate().save(&dir.join(TOKEN_KEYS_FILE))?;
-    write(ADMIN_TOKEN_FILE, admin_token.as_bytes(), PRIVATE_FILE_MODE)?;
+    if !kept.contains(&Secret::TokenKey) {
+        TokenKeys::generate().save(&dir.join(TOKEN_KEYS_FILE))?;
+    }
+    if !kept.contains(&Secret::AdminToken) {
+        write(ADMIN_TOKEN_FILE, admin_token.as_bytes(), PRIVATE_FILE_MODE)?;
+    }
     let trust_dir = dir.join(TRUST_DIRECTORY);
     fs::create_dir_all(&trust_dir).map_err(|source| InitError::Write {
         path: trust_dir.clone(),
@@ -271,6 +430,8 @@ pub fn init_server(dir: &Path, options: &InitOptions) -> Result<InitReport, Init
         ca_created: new_ca.is_some(),
         origin,
         spki_sha256_pin: certificate.spki_sha256_pin,
+        replaced,
+        kept,
     })
 }
 
@@ -355,9 +516,35 @@ fn url_host(ip: IpAddr) -> String {
     }
 }
 
-/// A self-signed P-256 server certificate for `names`, valid for a year.
-fn make_certificate(names: Vec<String>) -> Result<ServerCertificate, InitError> {
-    let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
+/// How long the server certificates `init` and `renew-tls` make are valid.
+pub const CERTIFICATE_DAYS: i64 = 365;
+
+/// The TLS key in `path` (PKCS#8 PEM), to keep it.
+fn read_tls_key(path: &Path) -> Result<KeyPair, InitError> {
+    let pem =
+        Zeroizing::new(
+            fs::read_to_string(path).map_err(|error| InitError::UnusableTlsKey {
+                path: path.to_owned(),
+                reason: error.to_string(),
+            })?,
+        );
+    KeyPair::from_pem(&pem).map_err(|_| InitError::UnusableTlsKey {
+        path: path.to_owned(),
+        reason: "not a PEM private key".to_owned(),
+    })
+}
+
+/// A self-signed server certificate for `names`, valid for `days`, with `key`
+/// (kept, so its pin stays) or a new P-256 key.
+fn make_certificate(
+    names: Vec<String>,
+    key: Option<KeyPair>,
+    days: i64,
+) -> Result<ServerCertificate, InitError> {
+    let key = match key {
+        Some(key) => key,
+        None => KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?,
+    };
     let mut params = CertificateParams::new(names)?;
     params
         .distinguished_name
@@ -365,15 +552,128 @@ fn make_certificate(names: Vec<String>) -> Result<ServerCertificate, InitError> 
     let now = OffsetDateTime::now_utc();
     // A few minutes of slack for clients whose clocks run behind.
     params.not_before = now - Duration::minutes(5);
-    params.not_after = now + Duration::days(365);
+    params.not_after = now + Duration::days(days);
     params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
     params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
     let certificate = params.self_signed(&key)?;
     Ok(ServerCertificate {
+        not_after: params.not_after,
         certificate_pem: certificate.pem(),
         key_pem: Zeroizing::new(key.serialize_pem()),
         spki_sha256_pin: STANDARD.encode(Sha256::digest(key.subject_public_key_info())),
     })
+}
+
+/// What `renew_tls` wrote.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RenewReport {
+    /// The certificate file rewritten.
+    pub certificate_path: PathBuf,
+    /// The key pin (unchanged unless a new key was asked for).
+    pub spki_sha256_pin: String,
+    /// Whether the key is new (the pin changed).
+    pub new_key: bool,
+    /// The names the certificate is for (those of the old one).
+    pub names: Vec<String>,
+    /// Its new end of validity.
+    pub not_after: OffsetDateTime,
+}
+
+/// Why `renew_tls` did not complete.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum RenewError {
+    /// The configuration has no `[tls]`.
+    #[error(
+        "the configuration has no [tls] section: the server runs plain HTTP and has no certificate to renew"
+    )]
+    NoTls,
+    /// The current certificate cannot be read or parsed.
+    #[error("cannot read the TLS certificate {}: {reason}", .path.display())]
+    Certificate {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        reason: String,
+    },
+    /// Making or writing the new certificate failed.
+    #[error(transparent)]
+    Init(#[from] InitError),
+}
+
+/// Renews the server's own TLS certificate named by `config` (`[tls]`): a new
+/// self-signed certificate for the same names, valid [`CERTIFICATE_DAYS`], with
+/// the same key (kiosks' key pins keep working) unless `new_key`. A running
+/// server picks it up when restarted.
+pub fn renew_tls(config: &ServerConfig, new_key: bool) -> Result<RenewReport, RenewError> {
+    let tls = config.tls.as_ref().ok_or(RenewError::NoTls)?;
+    let names = certificate_names_of(&tls.certificate)?;
+    let key = if new_key {
+        None
+    } else {
+        Some(read_tls_key(&tls.key)?)
+    };
+    let certificate = make_certificate(names.clone(), key, CERTIFICATE_DAYS)?;
+    let write = |path: &Path, contents: &[u8], mode: u32| {
+        write_file_atomically(path, contents, mode).map_err(|source| InitError::Write {
+            path: path.to_owned(),
+            source,
+        })
+    };
+    if new_key {
+        write(&tls.key, certificate.key_pem.as_bytes(), PRIVATE_FILE_MODE)?;
+    }
+    write(
+        &tls.certificate,
+        certificate.certificate_pem.as_bytes(),
+        PUBLIC_FILE_MODE,
+    )?;
+    Ok(RenewReport {
+        certificate_path: tls.certificate.clone(),
+        spki_sha256_pin: certificate.spki_sha256_pin,
+        new_key,
+        names,
+        not_after: certificate.not_after,
+    })
+}
+
+/// The DNS names and IP addresses in the certificate file's subject alternative names.
+fn certificate_names_of(path: &Path) -> Result<Vec<String>, RenewError> {
+    let problem = |reason: String| RenewError::Certificate {
+        path: path.to_owned(),
+        reason,
+    };
+    let pem = fs::read(path).map_err(|error| problem(error.to_string()))?;
+    let der =
+        <rustls_pki_types::CertificateDer<'_> as rustls_pki_types::pem::PemObject>::from_pem_slice(
+            &pem,
+        )
+        .map_err(|_| problem("no PEM certificate in it".to_owned()))?;
+    let (_, certificate) = x509_parser::parse_x509_certificate(&der)
+        .map_err(|_| problem("not an X.509 certificate".to_owned()))?;
+    let mut names = Vec::new();
+    if let Ok(Some(san)) = certificate.subject_alternative_name() {
+        for name in &san.value.general_names {
+            match name {
+                x509_parser::extensions::GeneralName::DNSName(dns) => names.push((*dns).to_owned()),
+                x509_parser::extensions::GeneralName::IPAddress(bytes) => {
+                    let ip = match bytes.len() {
+                        4 => <[u8; 4]>::try_from(*bytes).ok().map(IpAddr::from),
+                        16 => <[u8; 16]>::try_from(*bytes).ok().map(IpAddr::from),
+                        _ => None,
+                    };
+                    names.extend(ip.map(|ip| ip.to_string()));
+                }
+                _ => {}
+            }
+        }
+    }
+    if names.is_empty() {
+        return Err(problem(
+            "it names no host (no subject alternative names)".to_owned(),
+        ));
+    }
+    Ok(names)
 }
 
 /// Creates `dir` (owner only) if missing; refuses it non-empty unless `force`.
@@ -629,8 +929,11 @@ mod tests {
         let first = init_server(dir.path(), &options).unwrap();
         let first_ca = fs::read(dir.path().join("ca.crt")).unwrap();
         fs::write(dir.path().join("pivtap.db"), "existing data").unwrap();
+        // Replacing the secrets is asked for by name (it breaks kiosks, tokens, scripts).
+        options.replace = Secret::ALL.into_iter().collect();
         let second = init_server(dir.path(), &options).unwrap();
         assert_ne!(first.spki_sha256_pin, second.spki_sha256_pin);
+        assert_eq!(second.replaced, Secret::ALL);
         // The issuing CA is kept, so the cards it issued stay valid.
         assert!(first.ca_created && !second.ca_created);
         assert_eq!(fs::read(dir.path().join("ca.crt")).unwrap(), first_ca);
@@ -642,6 +945,104 @@ mod tests {
             fs::read_to_string(dir.path().join("notes.txt")).unwrap(),
             "keep me"
         );
+    }
+
+    #[test]
+    fn force_refuses_to_replace_secrets_not_named_and_keeps_them_when_asked() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = init_server(dir.path(), &InitOptions::default()).unwrap();
+        let read = |name: &str| fs::read(dir.path().join(name)).unwrap();
+        let before: Vec<Vec<u8>> = Secret::ALL.iter().map(|s| read(s.file())).collect();
+        let certificate_before = read("tls.crt");
+
+        let mut options = InitOptions {
+            force: true,
+            replace: [Secret::TokenKey].into_iter().collect(),
+            ..InitOptions::default()
+        };
+        let refused = init_server(dir.path(), &options).unwrap_err();
+        match &refused {
+            InitError::WouldReplaceSecrets { secrets, .. } => {
+                assert_eq!(secrets, &[Secret::TlsKey, Secret::AdminToken]);
+            }
+            other => panic!("{other:?}"),
+        }
+        let message = refused.to_string();
+        for needle in [
+            "tls.key",
+            "admin.token",
+            "pins the server key",
+            "--replace tls-key,admin-token",
+            "--keep-secrets",
+        ] {
+            assert!(message.contains(needle), "{needle}: {message}");
+        }
+        assert!(!message.contains("tokens.key"), "{message}");
+        let after: Vec<Vec<u8>> = Secret::ALL.iter().map(|s| read(s.file())).collect();
+        assert_eq!(before, after, "nothing is written when refused");
+        assert_eq!(read("tls.crt"), certificate_before);
+
+        // Keeping the rest: the TLS key and pin stay, the certificate is new, the
+        // token keys are replaced as named.
+        options.keep_secrets = true;
+        let second = init_server(dir.path(), &options).unwrap();
+        assert_eq!(second.spki_sha256_pin, first.spki_sha256_pin);
+        assert_eq!(second.replaced, [Secret::TokenKey]);
+        assert_eq!(second.kept, [Secret::TlsKey, Secret::AdminToken]);
+        assert_eq!(read("tls.key"), before[0]);
+        assert_ne!(read("tokens.key"), before[1]);
+        assert_eq!(read("admin.token"), before[2]);
+        assert_ne!(read("tls.crt"), certificate_before);
+        assert!(ServerConfig::load(&second.config_path).is_ok());
+        assert_eq!("admin-token".parse::<Secret>().unwrap(), Secret::AdminToken);
+        assert!("ca-key".parse::<Secret>().is_err());
+    }
+
+    #[test]
+    fn renew_tls_keeps_the_key_and_names_unless_a_new_key_is_asked_for() {
+        let dir = tempfile::tempdir().unwrap();
+        let options = InitOptions {
+            hostnames: vec!["auth.example.org".to_owned(), "192.0.2.7".to_owned()],
+            ..InitOptions::default()
+        };
+        let first = init_server(dir.path(), &options).unwrap();
+        let config = ServerConfig::load(&first.config_path).unwrap();
+        let key = fs::read(dir.path().join("tls.key")).unwrap();
+        let old = fs::read(dir.path().join("tls.crt")).unwrap();
+
+        let renewed = renew_tls(&config, false).unwrap();
+        assert_eq!(renewed.spki_sha256_pin, first.spki_sha256_pin);
+        assert!(!renewed.new_key);
+        assert_eq!(
+            renewed.names,
+            [
+                "127.0.0.1",
+                "::1",
+                "localhost",
+                "auth.example.org",
+                "192.0.2.7"
+            ]
+        );
+        assert_eq!(fs::read(dir.path().join("tls.key")).unwrap(), key);
+        let new = fs::read(dir.path().join("tls.crt")).unwrap();
+        assert_ne!(new, old);
+        assert_eq!(mode(&dir.path().join("tls.crt")), 0o644);
+        let der = CertificateDer::from_pem_slice(&new).unwrap();
+        let (_, certificate) = x509_parser::parse_x509_certificate(&der).unwrap();
+        let pin = STANDARD.encode(Sha256::digest(certificate.tbs_certificate.subject_pki.raw));
+        assert_eq!(pin, first.spki_sha256_pin);
+        let left = certificate.validity().not_after.timestamp()
+            - OffsetDateTime::now_utc().unix_timestamp();
+        assert!((364 * 86_400..=365 * 86_400).contains(&left), "{left}");
+
+        let rekeyed = renew_tls(&config, true).unwrap();
+        assert_ne!(rekeyed.spki_sha256_pin, first.spki_sha256_pin);
+        assert_ne!(fs::read(dir.path().join("tls.key")).unwrap(), key);
+        assert_eq!(mode(&dir.path().join("tls.key")), 0o600);
+
+        let mut plain = config.clone();
+        plain.tls = None;
+        assert!(matches!(renew_tls(&plain, false), Err(RenewError::NoTls)));
     }
 
     #[test]

@@ -5,7 +5,9 @@
 #![warn(missing_docs)]
 
 pub mod assertion;
+pub mod backup;
 pub mod certificate;
+pub mod check;
 pub mod client;
 pub mod config;
 pub mod connections;

@@ -6,9 +6,12 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::Subcommand;
 use pivtap_server_client::config::ServerConfig;
-use pivtap_server_client::init::{InitOptions, init_server};
+use pivtap_server_client::init::{CONFIG_FILE, InitOptions, Secret, init_server, renew_tls};
 use pivtap_server_client::server;
 use pivtap_server_client::token::TokenKeys;
+use pivtap_server_client::{backup, check};
+
+mod service;
 
 /// `pivtap server ...`
 #[derive(Subcommand, Debug)]
@@ -30,9 +33,45 @@ pub enum ServerCommand {
         /// Extra host names for the TLS certificate (127.0.0.1, ::1 and localhost are always in it).
         #[arg(long = "hostname", value_name = "NAME")]
         hostnames: Vec<String>,
-        /// Write into DIR even if it is not empty (existing files are replaced).
+        /// Write into DIR even if it is not empty: the configuration and the TLS
+        /// certificate are rewritten; the database and the issuing CA are kept;
+        /// existing secrets are replaced only when named in --replace (or kept
+        /// with --keep-secrets), otherwise init refuses and says what would break.
         #[arg(long)]
         force: bool,
+        /// With --force, the existing secrets to replace, comma-separated:
+        /// tls-key (kiosks pinning the server key stop connecting), token-key
+        /// (issued session tokens stop verifying), admin-token (admin scripts are
+        /// refused).
+        #[arg(
+            long,
+            value_delimiter = ',',
+            value_name = "SECRET,...",
+            requires = "force"
+        )]
+        replace: Vec<Secret>,
+        /// With --force, keep the existing secrets not named in --replace.
+        #[arg(long, requires = "force")]
+        keep_secrets: bool,
+    },
+    /// Renew the server's own TLS certificate: a new self-signed certificate for
+    /// the same names, valid a year, with the same key, so kiosks' key pins keep
+    /// working (unless --new-key). Restart the server to serve it.
+    #[command(
+        after_help = "Examples:\n  pivtap server renew-tls --config /var/lib/pivtap/server/server.toml\n  \
+                      pivtap server renew-tls --config server.toml --new-key   # the key pin changes"
+    )]
+    RenewTls {
+        /// The server configuration.
+        #[arg(long, value_name = "FILE")]
+        config: PathBuf,
+        /// Make a new key too: the key pin changes and every kiosk and client
+        /// pinning the old one must be given the new pin.
+        #[arg(long)]
+        new_key: bool,
+        /// Print the result as JSON (certificate, names, not_after, pin, new_key).
+        #[arg(long)]
+        json: bool,
     },
     /// Start signing session tokens with a new key. The previous key stays in
     /// the JWKS until the last token it signed expires, so apps keep
@@ -42,7 +81,79 @@ pub enum ServerCommand {
         #[arg(long, value_name = "FILE")]
         config: PathBuf,
     },
-    /// Run the server (HTTPS; stops cleanly on Ctrl-C or SIGTERM).
+    /// Install the systemd units: pivtap-server.service (`server run`) and
+    /// pivtap-kiosk.service (`kiosk --headless`), run as a dedicated system user
+    /// (created if missing), hardened, logging to the journal, restarted on
+    /// failure. The units name this binary's real path. Run as root.
+    #[command(after_help = "Examples:\n  sudo pivtap server install-service\n  \
+                      sudo pivtap server install-service --service kiosk --user kiosk\n  \
+                      pivtap server install-service --unit-dir /tmp/units --no-create-user   # to look at them")]
+    InstallService {
+        /// Which units to install (repeat or comma-separate); both by default.
+        #[arg(
+            long = "service",
+            value_enum,
+            value_delimiter = ',',
+            value_name = "SERVICE"
+        )]
+        services: Vec<service::Service>,
+        /// The system user the services run as.
+        #[arg(long, default_value = "pivtap")]
+        user: String,
+        /// Where the units are written.
+        #[arg(long, value_name = "DIR", default_value = "/etc/systemd/system")]
+        unit_dir: PathBuf,
+        /// Do not create the user (it must exist when the services start).
+        #[arg(long)]
+        no_create_user: bool,
+    },
+    /// Check a server's configuration without starting it: it parses, its
+    /// files are there and secrets are readable by their owner only,
+    /// certificates parse and are in date (a warning within 30 days of their
+    /// end), the TLS key matches its certificate, the issuing CA loads, and the
+    /// database opens with a schema this pivtap knows. Exits 1 on any error.
+    #[command(
+        after_help = "Examples:\n  pivtap server check /var/lib/pivtap/server\n  \
+                      pivtap server check server.toml --json"
+    )]
+    Check {
+        /// The server directory (its server.toml) or the configuration file.
+        #[arg(default_value = ".")]
+        path: PathBuf,
+        /// Print the findings as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Back the server up into FILE (new, mode 0600) while it runs: a consistent
+    /// copy of the database, and every file of the server directory the
+    /// configuration names, the issuing CA key, TLS key, token keys and admin
+    /// credential included. Keep it as safe as the CA key.
+    #[command(after_help = "Example:\n  \
+                      pivtap server backup --config /var/lib/pivtap/server/server.toml /backup/pivtap-$(date +%F).backup")]
+    Backup {
+        /// The server configuration.
+        #[arg(long, value_name = "FILE")]
+        config: PathBuf,
+        /// The backup file to write (must not exist).
+        file: PathBuf,
+        /// Print what was backed up as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Restore a backup into DIR, the directory of a stopped server (or a new
+    /// one): refused while a server runs on it; what DIR held is moved aside to
+    /// DIR.before-restore-TIME first.
+    #[command(after_help = "Example:\n  systemctl stop pivtap-server\n  \
+                      pivtap server restore /backup/pivtap-2026-12-07.backup /var/lib/pivtap/server\n  \
+                      systemctl start pivtap-server")]
+    Restore {
+        /// The backup file (from `pivtap server backup`).
+        file: PathBuf,
+        /// The server directory to restore into.
+        dir: PathBuf,
+    },
+    /// Run the server (HTTPS; stops cleanly on Ctrl-C or SIGTERM; on SIGHUP
+    /// reloads the trusted CAs, CRLs and mapping, keeping them if one is bad).
     Run {
         /// The configuration written by `pivtap server init`.
         #[arg(long, value_name = "FILE")]
@@ -70,6 +181,8 @@ pub fn run(command: ServerCommand) -> anyhow::Result<()> {
             listen,
             hostnames,
             force,
+            replace,
+            keep_secrets,
         } => {
             let report = init_server(
                 &dir,
@@ -78,9 +191,22 @@ pub fn run(command: ServerCommand) -> anyhow::Result<()> {
                     listen,
                     hostnames,
                     force,
+                    replace: replace.into_iter().collect(),
+                    keep_secrets,
                 },
             )?;
             println!("Server ready in {}.", dir.display());
+            for secret in &report.replaced {
+                println!(
+                    "  replaced {} ({}): {}",
+                    secret.file(),
+                    secret.name(),
+                    secret.what_breaks()
+                );
+            }
+            for secret in &report.kept {
+                println!("  kept {} ({})", secret.file(), secret.name());
+            }
             println!("  configuration:    {}", report.config_path.display());
             println!("  origin:           {}", report.origin);
             println!(
@@ -114,6 +240,191 @@ pub fn run(command: ServerCommand) -> anyhow::Result<()> {
             );
             Ok(())
         }
+        ServerCommand::InstallService {
+            mut services,
+            user,
+            unit_dir,
+            no_create_user,
+        } => {
+            if services.is_empty() {
+                services = vec![service::Service::Server, service::Service::Kiosk];
+            }
+            services.sort_unstable();
+            services.dedup();
+            let binary = std::env::current_exe()
+                .and_then(std::fs::canonicalize)
+                .context("cannot find the path of this pivtap binary")?;
+            let installed =
+                service::install(&services, &binary, &user, &unit_dir, !no_create_user)?;
+            for path in &installed.units {
+                println!("wrote {}", path.display());
+            }
+            if installed.created_user {
+                println!("created the system user {user}");
+            }
+            println!("Next:");
+            println!("  systemctl daemon-reload");
+            for service in &services {
+                let dir = format!("{}/{}", service::STATE_DIRECTORY, service.directory());
+                match service {
+                    service::Service::Server => println!(
+                        "  install -d -o {user} -m 0700 {state}\n  \
+                         sudo -u {user} {bin} server init {dir} --hostname HOST --listen 0.0.0.0:8443",
+                        state = service::STATE_DIRECTORY,
+                        bin = binary.display()
+                    ),
+                    service::Service::Kiosk => println!(
+                        "  install -d -o {user} -m 0700 {dir}   (then put kiosk.toml there, \
+                         owned by {user}, and run `sudo -u {user} {bin} kiosk enroll-device` as the README says)",
+                        bin = binary.display()
+                    ),
+                }
+                println!("  systemctl enable --now {}", service.unit_name());
+            }
+            Ok(())
+        }
+        ServerCommand::Check { path, json } => {
+            let config = if path.is_dir() {
+                path.join(CONFIG_FILE)
+            } else {
+                path
+            };
+            let report = check::check(&config, time::OffsetDateTime::now_utc());
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                for finding in &report.findings {
+                    let level = match finding.level {
+                        check::Level::Ok => "ok     ",
+                        check::Level::Warning => "WARNING",
+                        check::Level::Error => "ERROR  ",
+                    };
+                    match &finding.path {
+                        Some(file) => println!(
+                            "{level} {}: {} ({})",
+                            finding.what,
+                            finding.detail,
+                            file.display()
+                        ),
+                        None => println!("{level} {}: {}", finding.what, finding.detail),
+                    }
+                }
+            }
+            let errors = report
+                .findings
+                .iter()
+                .filter(|finding| finding.level == check::Level::Error)
+                .count();
+            if errors > 0 {
+                anyhow::bail!(
+                    "{} has {errors} error(s); the server would not start or not work as configured",
+                    config.display()
+                );
+            }
+            if !json {
+                println!("{} checks out.", config.display());
+            }
+            Ok(())
+        }
+        ServerCommand::Backup { config, file, json } => {
+            let report = backup::backup(&config, &file)?;
+            if json {
+                let value = serde_json::json!({
+                    "file": file,
+                    "size": report.size,
+                    "files": report.files,
+                    "left_out": report.left_out,
+                    "database_copy_ms": report.database_copy.as_secs_f64() * 1000.0,
+                });
+                println!("{value:#}");
+            } else {
+                println!(
+                    "Backed up to {} ({} bytes, mode 0600): the database and {}.",
+                    file.display(),
+                    report.size,
+                    report
+                        .files
+                        .iter()
+                        .map(|path| path.display().to_string())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                );
+                println!(
+                    "It holds the issuing CA key, the TLS key, the token keys and the admin \
+                     credential: keep it as safe as they are."
+                );
+            }
+            for path in &report.left_out {
+                eprintln!(
+                    "warning: {} is outside the server directory and not in the backup; back it up yourself",
+                    path.display()
+                );
+            }
+            Ok(())
+        }
+        ServerCommand::Restore { file, dir } => {
+            let report = backup::restore(&file, &dir, CONFIG_FILE)?;
+            println!(
+                "Restored the backup of {} into {}.",
+                report.created_at,
+                dir.display()
+            );
+            if let Some(previous) = &report.previous {
+                println!(
+                    "What {} held is now in {}.",
+                    dir.display(),
+                    previous.display()
+                );
+            }
+            println!(
+                "Start it:  pivtap server run --config {}   (or systemctl start pivtap-server)",
+                report.config_path.display()
+            );
+            Ok(())
+        }
+        ServerCommand::RenewTls {
+            config,
+            new_key,
+            json,
+        } => {
+            let configuration = ServerConfig::load(&config)?;
+            let report = renew_tls(&configuration, new_key)?;
+            let not_after = report
+                .not_after
+                .format(&time::format_description::well_known::Rfc3339)
+                .unwrap_or_default();
+            if json {
+                let value = serde_json::json!({
+                    "certificate": report.certificate_path,
+                    "names": report.names,
+                    "not_after": not_after,
+                    "pin_sha256": format!("sha256//{}", report.spki_sha256_pin),
+                    "new_key": report.new_key,
+                });
+                println!("{value:#}");
+                return Ok(());
+            }
+            println!(
+                "Renewed {} for {} until {}.",
+                report.certificate_path.display(),
+                report.names.join(", "),
+                not_after
+            );
+            if report.new_key {
+                println!(
+                    "NEW KEY: the key pin is now sha256//{}; give it to every kiosk and client \
+                     that pins the old one.",
+                    report.spki_sha256_pin
+                );
+            } else {
+                println!(
+                    "The key is kept: the pin stays sha256//{}.",
+                    report.spki_sha256_pin
+                );
+            }
+            println!("Restart the server to serve it.");
+            Ok(())
+        }
         ServerCommand::RotateKeys { config } => {
             let configuration = ServerConfig::load(&config)?;
             let path = &configuration.tokens.key_file;
@@ -139,12 +450,33 @@ pub fn run(command: ServerCommand) -> anyhow::Result<()> {
                 configuration.listen = listen;
                 configuration.validate(&config)?;
             }
+            // Held while the server runs: restore refuses to replace a running server's files.
+            let _lock = match backup::ServerLock::shared(&configuration.database) {
+                Ok(Some(lock)) => Some(lock),
+                Ok(None) => anyhow::bail!(
+                    "a restore is writing {}; start the server when it is done",
+                    configuration.database.display()
+                ),
+                Err(error) => {
+                    tracing::warn!(
+                        %error,
+                        lock = %backup::lock_path(&configuration.database).display(),
+                        "cannot take the server lock; `pivtap server restore` cannot tell this server runs"
+                    );
+                    None
+                }
+            };
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()
                 .context("cannot start the async runtime")?;
             runtime.block_on(async {
+                // Before anything else: SIGHUP's default action ends the process.
+                let hangups = hangup_signal();
                 let (state, listener) = server::from_config(&configuration).await?;
+                if let Some(hangups) = hangups {
+                    tokio::spawn(reload_on_hangup(hangups, state.clone(), config.clone()));
+                }
                 let scheme = if configuration.tls.is_some() {
                     "https"
                 } else {
@@ -164,6 +496,57 @@ pub fn run(command: ServerCommand) -> anyhow::Result<()> {
         }
     }
 }
+
+/// The stream of SIGHUPs (`None` off Unix, or if it cannot be set up: logged).
+#[cfg(unix)]
+fn hangup_signal() -> Option<tokio::signal::unix::Signal> {
+    match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+        Ok(signal) => Some(signal),
+        Err(error) => {
+            tracing::warn!(%error, "cannot listen for SIGHUP: reloading takes a restart");
+            None
+        }
+    }
+}
+
+/// Off Unix there is no SIGHUP.
+#[cfg(not(unix))]
+fn hangup_signal() -> Option<()> {
+    None
+}
+
+/// On each SIGHUP, reloads the trusted CAs, CRLs and mapping from `config`
+/// ([`server::ServerState::reload`]) and logs what it loaded, or why it kept the
+/// previous ones.
+#[cfg(unix)]
+async fn reload_on_hangup(
+    mut hangups: tokio::signal::unix::Signal,
+    state: server::ServerState,
+    config: PathBuf,
+) {
+    while hangups.recv().await.is_some() {
+        let reloaded = ServerConfig::load(&config)
+            .map_err(server::StartError::from)
+            .and_then(|configuration| state.reload(&configuration));
+        match reloaded {
+            Ok(report) => tracing::info!(
+                config = %config.display(),
+                trust_anchors = report.trust_anchors,
+                crls = report.crls,
+                mapping = %report.mapping,
+                "SIGHUP: reloaded the trusted CAs, CRLs and mapping"
+            ),
+            Err(error) => tracing::error!(
+                config = %config.display(),
+                error = format!("{:#}", anyhow::Error::from(error)),
+                "SIGHUP: reload failed; the previous trusted CAs, CRLs and mapping stay in force"
+            ),
+        }
+    }
+}
+
+#[cfg(not(unix))]
+async fn reload_on_hangup(_: (), _: server::ServerState, _: PathBuf) {}
 
 /// Resolves on Ctrl-C or SIGTERM.
 async fn shutdown_signal() {

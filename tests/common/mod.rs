@@ -394,6 +394,30 @@ impl RunningServer {
             std::thread::sleep(Duration::from_millis(50));
         }
     }
+
+    /// Starts the server again from its directory (after [`Self::stop`], or a
+    /// restore into it), on the same port, and waits until it accepts connections.
+    pub fn restart(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            self.stop();
+        }
+        let config = self.dir.path().join("server/server.toml");
+        self.child = pivtap_command(&["server", "run", "--config", path_str(&config)])
+            .stdout(File::create(&self.stdout).expect("a log file"))
+            .stderr(File::create(&self.stderr).expect("a log file"))
+            .spawn()
+            .expect("the server starts");
+        let port = self
+            .url
+            .rsplit(':')
+            .next()
+            .and_then(|port| port.parse().ok())
+            .expect("the URL has a port");
+        assert!(
+            self.wait_until_listening(port),
+            "the server's port {port} was taken while it was stopped"
+        );
+    }
 }
 
 impl Drop for RunningServer {

@@ -179,7 +179,7 @@ pub(crate) async fn check_enrollable(
         .await?
         .ok_or_else(|| ApiError::new(ErrorCode::UserUnknown, format!("no user {user_id}")))?;
     require_active(&user)?;
-    let rule = state.settings().mapping;
+    let rule = state.mapping();
     let values = issued_values(issuer, &user, rule.certificate);
     require_mapping(state, &rule, &values, &user).await?;
     Ok(user)
@@ -393,7 +393,7 @@ async fn issue_checked(
             "the server could not issue the certificate",
         )
     })?;
-    let rule = state.settings().mapping;
+    let rule = state.mapping();
     require_mapping(state, &rule, &rule.values(&facts), user).await?;
     Ok(facts)
 }

@@ -376,7 +376,7 @@ async fn authorise(
 ) -> Result<User, ApiError> {
     let payload = &verified.payload;
     let facts = &verified.certificate;
-    let rule = &state.settings().mapping;
+    let rule = &state.mapping();
     let records = state
         .store()
         .begin_sign_in(&SignInLookup {
@@ -522,7 +522,12 @@ pub async fn liveness() -> impl IntoResponse {
 /// [`ServerState::is_ready`]); otherwise 503 `unavailable`.
 pub async fn readiness(State(state): State<ServerState>) -> Result<impl IntoResponse, ApiError> {
     if state.is_ready().await {
-        Ok(Json(serde_json::json!({"status": "ok"})))
+        match state.tls_warning(OffsetDateTime::now_utc()) {
+            Some(warning) => Ok(Json(
+                serde_json::json!({"status": "ok", "warnings": [warning]}),
+            )),
+            None => Ok(Json(serde_json::json!({"status": "ok"}))),
+        }
     } else {
         Err(ApiError::new(
             ErrorCode::Unavailable,

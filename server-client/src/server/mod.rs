@@ -49,7 +49,8 @@ pub struct Settings {
     pub token_lifetime: Duration,
     /// How long a challenge is accepted.
     pub challenge_lifetime: Duration,
-    /// Certificate attribute -> user attribute.
+    /// Certificate attribute -> user attribute, at start ([`ServerState::mapping`] is
+    /// the one in force: SIGHUP reloads it).
     pub mapping: MappingRule,
     /// Rules for new PINs (`GET /v1/pin-policy`, enrollment offers).
     pub pin_policy: PinPolicy,
@@ -71,7 +72,12 @@ pub struct ServerState {
 struct Inner {
     settings: Settings,
     store: Arc<dyn Store>,
-    verifier: AssertionVerifier,
+    /// The trust anchors, CRLs and challenge rules in force (replaced by [`ServerState::reload`]).
+    verifier: RwLock<Arc<AssertionVerifier>>,
+    /// The mapping in force (replaced by [`ServerState::reload`]).
+    mapping: RwLock<MappingRule>,
+    /// When the TLS certificate served ends, if known (see [`ServerState::tls_warning`]).
+    tls_not_after: RwLock<Option<time::OffsetDateTime>>,
     tokens: RwLock<TokenKeys>,
     /// SHA-256 of the admin credential: compared in constant time, never kept in clear.
     admin_token_hash: [u8; 32],
@@ -146,9 +152,11 @@ impl ServerState {
     ) -> Self {
         ServerState {
             inner: Arc::new(Inner {
+                mapping: RwLock::new(settings.mapping),
                 settings,
                 store,
-                verifier,
+                verifier: RwLock::new(Arc::new(verifier)),
+                tls_not_after: RwLock::new(None),
                 tokens: RwLock::new(tokens),
                 admin_token_hash: Sha256::digest(admin_token.trim().as_bytes()).into(),
                 limiter,
@@ -226,10 +234,83 @@ impl ServerState {
         self.inner.store.as_ref()
     }
 
-    /// The assertion verifier.
+    /// The assertion verifier in force.
     #[must_use]
-    pub fn verifier(&self) -> &AssertionVerifier {
-        &self.inner.verifier
+    pub fn verifier(&self) -> Arc<AssertionVerifier> {
+        Arc::clone(
+            &self
+                .inner
+                .verifier
+                .read()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        )
+    }
+
+    /// The mapping in force.
+    #[must_use]
+    pub fn mapping(&self) -> MappingRule {
+        *self
+            .inner
+            .mapping
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Replaces the trust anchors, CRLs, challenge rules and mapping with those of
+    /// `config`, all or nothing: when any of them cannot be loaded, the state in force
+    /// is kept and the error returned. Other settings take a restart.
+    ///
+    /// # Errors
+    /// [`StartError::Config`] or [`StartError::Trust`] naming what could not be loaded.
+    pub fn reload(&self, config: &crate::config::ServerConfig) -> Result<ReloadReport, StartError> {
+        let (verifier, report) = verifier_from_config(config)?;
+        let mapping = config.mapping.rule;
+        *self
+            .inner
+            .verifier
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(verifier);
+        *self
+            .inner
+            .mapping
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = mapping;
+        Ok(ReloadReport { mapping, ..report })
+    }
+
+    /// Records when the TLS certificate served ends.
+    pub fn set_tls_not_after(&self, not_after: time::OffsetDateTime) {
+        *self
+            .inner
+            .tls_not_after
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(not_after);
+    }
+
+    /// A warning when the TLS certificate served ends within
+    /// [`crate::check::EXPIRY_WARNING_DAYS`] of `now` (or has ended).
+    #[must_use]
+    pub fn tls_warning(&self, now: time::OffsetDateTime) -> Option<String> {
+        let not_after = (*self
+            .inner
+            .tls_not_after
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner))?;
+        let days = (not_after - now).whole_days();
+        let date = not_after
+            .format(&time::format_description::well_known::Rfc3339)
+            .unwrap_or_default();
+        if not_after <= now {
+            Some(format!(
+                "the TLS certificate expired on {date}; renew it with `pivtap server renew-tls` and restart"
+            ))
+        } else if days < crate::check::EXPIRY_WARNING_DAYS {
+            Some(format!(
+                "the TLS certificate expires in {days} days, on {date}; renew it with `pivtap server renew-tls` and restart"
+            ))
+        } else {
+            None
+        }
     }
 
     /// The token keys (read).
@@ -353,6 +434,39 @@ pub enum StartError {
     Issuance(#[source] crate::issuance::IssuanceError),
 }
 
+/// What [`ServerState::reload`] (or the start) loaded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReloadReport {
+    /// Trusted CA certificates.
+    pub trust_anchors: usize,
+    /// CRLs.
+    pub crls: usize,
+    /// The mapping.
+    pub mapping: MappingRule,
+}
+
+/// The assertion verifier of `config` (trust anchors, CRLs, challenge rules).
+fn verifier_from_config(
+    config: &crate::config::ServerConfig,
+) -> Result<(AssertionVerifier, ReloadReport), StartError> {
+    let trust_anchors = config.trust_anchors()?;
+    let crls = config.crls()?;
+    let report = ReloadReport {
+        trust_anchors: trust_anchors.len(),
+        crls: crls.len(),
+        mapping: config.mapping.rule,
+    };
+    let verifier = AssertionVerifier::new(crate::assertion::VerifierConfig {
+        audience: config.origin.clone(),
+        trust_anchors,
+        crls,
+        max_clock_skew: config.challenges.max_clock_skew(),
+        allowed_slots: config.challenges.allowed_slots.clone(),
+    })
+    .map_err(StartError::Trust)?;
+    Ok((verifier, report))
+}
+
 /// Assembles a server from its configuration: opens (and migrates) the
 /// database, loads the trusted CAs, CRLs, token keys and admin credential.
 ///
@@ -361,14 +475,7 @@ pub enum StartError {
 pub async fn from_config(
     config: &crate::config::ServerConfig,
 ) -> Result<(ServerState, Listener), StartError> {
-    let verifier = AssertionVerifier::new(crate::assertion::VerifierConfig {
-        audience: config.origin.clone(),
-        trust_anchors: config.trust_anchors()?,
-        crls: config.crls()?,
-        max_clock_skew: config.challenges.max_clock_skew(),
-        allowed_slots: config.challenges.allowed_slots.clone(),
-    })
-    .map_err(StartError::Trust)?;
+    let (verifier, _) = verifier_from_config(config)?;
     let tokens = TokenKeys::load(&config.tokens.key_file).map_err(StartError::Tokens)?;
     let admin_token =
         zeroize::Zeroizing::new(std::fs::read_to_string(&config.admin_token_file).map_err(
@@ -450,6 +557,19 @@ pub async fn from_config(
         config.metrics.listen,
         metrics_token.as_deref().map(String::as_str),
     ));
+    if let Some(tls) = &config.tls {
+        match std::fs::read(&tls.certificate)
+            .map_err(|error| error.to_string())
+            .and_then(|bytes| crate::check::certificate_not_after(&bytes))
+        {
+            Ok(not_after) => state.set_tls_not_after(not_after),
+            Err(reason) => tracing::warn!(
+                certificate = %tls.certificate.display(),
+                reason,
+                "cannot read the TLS certificate's end of validity; no warning before it expires"
+            ),
+        }
+    }
     let listener = match (&config.tls, config.plain_http) {
         (Some(tls), _) => Listener::Tls {
             address: config.listen,
@@ -718,12 +838,23 @@ const AUDIT_PRUNE_BATCH: u32 = 5_000;
 /// Most batches pruned per round; a backlog (a lowered retention) is worked off over rounds.
 const AUDIT_PRUNE_BATCHES_PER_ROUND: u32 = 20;
 
-/// Runs [`upkeep`] every [`MAINTENANCE_INTERVAL`] while the server runs.
+/// How often the log repeats that the TLS certificate is near its end.
+const TLS_WARNING_INTERVAL: Duration = Duration::from_secs(24 * 3600);
+
+/// Runs [`upkeep`] every [`MAINTENANCE_INTERVAL`] while the server runs, and logs
+/// [`ServerState::tls_warning`] at start and then daily while it holds.
 async fn maintain(state: ServerState) {
     let mut ticks = tokio::time::interval(MAINTENANCE_INTERVAL);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     ticks.tick().await;
+    let mut warned: Option<Instant> = None;
     loop {
+        if let Some(warning) = state.tls_warning(time::OffsetDateTime::now_utc()) {
+            if warned.is_none_or(|at| at.elapsed() >= TLS_WARNING_INTERVAL) {
+                tracing::warn!("{warning}");
+                warned = Some(Instant::now());
+            }
+        }
         ticks.tick().await;
         upkeep(&state, time::OffsetDateTime::now_utc()).await;
     }
@@ -857,6 +988,62 @@ mod tests {
             user_id: None,
             detail: None,
         }
+    }
+
+    #[tokio::test]
+    async fn reload_replaces_trust_and_mapping_all_or_nothing_and_tls_expiry_is_warned() {
+        let dir = tempfile::tempdir().unwrap();
+        let written =
+            crate::init::init_server(dir.path(), &crate::init::InitOptions::default()).unwrap();
+        let mut config = crate::config::ServerConfig::load(&written.config_path).unwrap();
+        let (state, _) = from_config(&config).await.unwrap();
+        let before = state.mapping();
+        let verifier_before = state.verifier();
+
+        config.mapping.rule = "san.upn -> upn".parse().unwrap();
+        assert_ne!(config.mapping.rule, before);
+        config.trust.crl_files = vec![dir.path().join("missing.crl")];
+        assert!(state.reload(&config).is_err());
+        assert_eq!(state.mapping(), before, "a failed reload changes nothing");
+        assert!(Arc::ptr_eq(&state.verifier(), &verifier_before));
+
+        config.trust.crl_files.clear();
+        let report = state.reload(&config).unwrap();
+        assert_eq!(report.trust_anchors, 1);
+        assert_eq!(report.crls, 0);
+        assert_eq!(state.mapping(), config.mapping.rule);
+        assert!(!Arc::ptr_eq(&state.verifier(), &verifier_before));
+
+        // init's certificate is valid a year: no warning now, one near its end.
+        let now = time::OffsetDateTime::now_utc();
+        assert_eq!(state.tls_warning(now), None);
+        let soon = state.tls_warning(now + time::Duration::days(350)).unwrap();
+        assert!(soon.contains("expires in 14 days"), "{soon}");
+        assert!(soon.contains("pivtap server renew-tls"), "{soon}");
+        let late = state.tls_warning(now + time::Duration::days(400)).unwrap();
+        assert!(late.contains("expired"), "{late}");
+
+        // Readiness carries the warning.
+        let ready = |state: ServerState| async move {
+            use axum::response::IntoResponse as _;
+            let response = handlers::readiness(axum::extract::State(state))
+                .await
+                .unwrap()
+                .into_response();
+            let body = axum::body::to_bytes(response.into_body(), 4096)
+                .await
+                .unwrap();
+            serde_json::from_slice::<serde_json::Value>(&body).unwrap()
+        };
+        assert_eq!(
+            ready(state.clone()).await,
+            serde_json::json!({"status": "ok"})
+        );
+        state.set_tls_not_after(now + time::Duration::days(10));
+        let answer = ready(state.clone()).await;
+        assert_eq!(answer["status"], "ok");
+        let warning = answer["warnings"][0].as_str().unwrap();
+        assert!(warning.contains("expires in 9 days"), "{answer}");
     }
 
     #[tokio::test]

@@ -5,6 +5,7 @@
 //! to the microsecond.
 
 mod database;
+pub mod snapshot;
 mod sqlite;
 
 use std::fmt;

@@ -243,6 +243,11 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (6, MIGRATION_6),
 ];
 
+/// The newest migration this program knows.
+pub(super) fn newest_known_version() -> i64 {
+    MIGRATIONS.last().map_or(0, |(version, _)| *version)
+}
+
 /// `SELECT` of every [`Device`] column, followed by the rest of the statement.
 macro_rules! select_devices {
     ($rest:literal) => {
@@ -325,7 +330,7 @@ fn migrate(connection: &mut Connection) -> Result<(), StoreError> {
             applied_at TEXT NOT NULL
         ) STRICT",
     )?;
-    let newest_known = MIGRATIONS.last().map_or(0, |(version, _)| *version);
+    let newest_known = newest_known_version();
     let newest_applied: Option<i64> =
         connection.query_row("SELECT max(version) FROM schema_migrations", [], |row| {
             row.get(0)
