@@ -1,6 +1,8 @@
 //! The pivtap command-line interface: virtual PIV cards and card inspection.
 #![forbid(unsafe_code)]
 
+mod cli_input;
+mod cli_output;
 mod commands;
 mod enrollment;
 mod issuer;
@@ -17,10 +19,15 @@ use pivtap_card::PivError;
 /// and demos, and inspects and uses cards.
 #[derive(Parser)]
 #[command(name = "pivtap", version, propagate_version = true)]
-#[command(
-    after_help = "Exit codes: 0 success, 1 error, 2 usage error, 3 wrong PIN, 4 PIN blocked.\n\
-Set RUST_LOG=pivtap::apdu=trace to see every APDU (PINs and keys are redacted)."
-)]
+#[command(after_help = "Examples:\n  \
+pivtap demo                                   the whole story on one machine\n  \
+pivtap server init ./server --listen 0.0.0.0:8443\n  \
+pivtap admin users list --server https://auth.example.com:8443 --ca ./server/tls.crt\n  \
+pivtap card info                              the card in the reader\n\n\
+Exit codes: 0 success, 1 error, 2 usage error, 3 wrong PIN, 4 PIN blocked, \
+141 output cut short (the reader of a pipe stopped, as in `| head`).\n\
+Durations: seconds (90) or with a unit: 90s, 15m, 2h, 7d.\n\
+Set RUST_LOG=pivtap::apdu=trace to see every APDU (PINs and keys are redacted).")]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -56,6 +63,7 @@ const EXIT_WRONG_PIN: u8 = 3;
 const EXIT_PIN_BLOCKED: u8 = 4;
 
 fn main() -> ExitCode {
+    cli_output::end_quietly_when_output_closes();
     let cli = Cli::parse();
     // One TLS crypto provider for the whole process (aws-lc-rs).
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
@@ -83,8 +91,11 @@ fn main() -> ExitCode {
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
+        Err(error) if cli_output::is_output_closed(&error) => {
+            ExitCode::from(cli_output::EXIT_OUTPUT_CLOSED)
+        }
         Err(error) => {
-            eprintln!("error: {error:#}");
+            eprintln!("error: {}", cli_output::error_report(&error));
             ExitCode::from(exit_code(&error))
         }
     }
