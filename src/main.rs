@@ -5,11 +5,12 @@ mod cli_input;
 mod cli_output;
 mod commands;
 mod enrollment;
+mod help_examples;
 mod issuer;
 
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use pivtap_card::PivError;
 
 /// Shared-device sign-in with PIV smartcards.
@@ -64,7 +65,8 @@ const EXIT_PIN_BLOCKED: u8 = 4;
 
 fn main() -> ExitCode {
     cli_output::end_quietly_when_output_closes();
-    let cli = Cli::parse();
+    let matches = help_examples::with_examples(Cli::command()).get_matches();
+    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|error| error.exit());
     // One TLS crypto provider for the whole process (aws-lc-rs).
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     // A running server logs its requests by default; other commands only warnings.

@@ -750,10 +750,7 @@ fn bench_tap(args: TapBenchArgs) -> anyhow::Result<()> {
             }
             (None, wanted) => {
                 let context = pivtap_card::pcsc::PcscContext::establish()?;
-                let readers = context.list_readers()?;
-                let reader = super::choose_reader(&readers, wanted.as_deref())?
-                    .name
-                    .clone();
+                let reader = super::pcsc_reader(&context, wanted.as_deref())?;
                 (
                     Arc::new(PcscReaders::new(MonitorFilter::default())),
                     reader.clone(),
