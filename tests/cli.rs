@@ -844,3 +844,57 @@ fn the_server_says_listening_only_once_bound_and_admin_flags_go_after_the_subcom
     assert!(second.stderr.contains("in use"), "{}", second.stderr);
     assert!(!second.stdout.contains("listening"), "{}", second.stdout);
 }
+
+/// Starts `pivtap kiosk --headless` with a local API on `port` (a server that is not there;
+/// `timeout_seconds` as a duration), waits until its log shows `needle`, stops it and
+/// returns the log.
+fn kiosk_log_until(dir: &TempDir, port: u16, needle: &str) -> String {
+    let config = dir.path().join(format!("kiosk-{port}.toml"));
+    std::fs::write(
+        &config,
+        format!(
+            "device = \"k1\"\n[server]\nurl = \"https://127.0.0.1:1\"\ntimeout_seconds = \"5s\"\n\
+             [local_api]\nlisten = \"127.0.0.1:{port}\"\ntoken_file = \"api.token\"\n"
+        ),
+    )
+    .unwrap();
+    let log = dir.path().join(format!("kiosk-{port}.log"));
+    let mut child = pivtap_command(&["kiosk", "--headless", "--config", path_str(&config)])
+        .env("RUST_LOG", "warn,pivtap::kiosk=info")
+        // stdin stays open (a closed stdin ends a headless kiosk).
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .expect("the kiosk starts");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let text = loop {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        if text.contains(needle) || std::time::Instant::now() > deadline {
+            break text;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(
+        text.contains(needle),
+        "the kiosk's log lacks {needle:?}:\n{text}"
+    );
+    text
+}
+
+#[test]
+fn the_kiosk_says_its_local_api_listens_only_once_bound() {
+    let dir = TempDir::new().unwrap();
+    let port = common::free_port();
+    kiosk_log_until(
+        &dir,
+        port,
+        &format!("local API listening on http://127.0.0.1:{port}"),
+    );
+    let taken = std::net::TcpListener::bind(("127.0.0.1", 0)).unwrap();
+    let taken_port = taken.local_addr().unwrap().port();
+    let log = kiosk_log_until(&dir, taken_port, "cannot listen on");
+    assert!(!log.contains("local API listening"), "{log}");
+}
