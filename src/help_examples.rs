@@ -233,11 +233,27 @@ const EXAMPLES: &[(&[&str], &[&str])] = &[
 ];
 
 /// `command` (the whole `pivtap` command) with each entry of [`EXAMPLES`] as the
-/// "Examples:" section at the end of its command's help.
+/// "Examples:" section at the end of its command's help; a command that only groups others
+/// (`pivtap admin`, `pivtap admin users`) shows the first example of each command below it.
 #[must_use]
 pub fn with_examples(mut command: Command) -> Command {
     for (path, lines) in EXAMPLES {
         command = add_examples(command, path, lines);
+    }
+    let mut groups: Vec<&[&str]> = EXAMPLES
+        .iter()
+        .flat_map(|(path, _)| (1..path.len()).map(|end| &path[..end]))
+        .filter(|group| EXAMPLES.iter().all(|(path, _)| path != group))
+        .collect();
+    groups.sort_unstable();
+    groups.dedup();
+    for group in groups {
+        let firsts: Vec<&str> = EXAMPLES
+            .iter()
+            .filter(|(path, _)| path.starts_with(group))
+            .filter_map(|(_, lines)| lines.first().copied())
+            .collect();
+        command = add_examples(command, group, &firsts);
     }
     command
 }
@@ -359,6 +375,17 @@ mod tests {
         assert!(
             help.contains("Examples:\n  pivtap admin audit --user erin --limit 20"),
             "{help}"
+        );
+        let users = command
+            .find_subcommand_mut("admin")
+            .and_then(|admin| admin.find_subcommand_mut("users"))
+            .expect("admin users")
+            .render_help()
+            .to_string();
+        assert!(
+            users.contains("Examples:\n  pivtap admin users add --id alice")
+                && users.contains("\n  pivtap admin users unlock alice"),
+            "{users}"
         );
     }
 }
