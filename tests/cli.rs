@@ -698,11 +698,13 @@ fn errors_state_their_cause_once_across_commands() {
     let dir = TempDir::new().unwrap();
     let missing = dir.path().join("missing.toml");
     let missing = path_str(&missing);
-    let cases: [&[&str]; 4] = [
+    let in_missing_dir = dir.path().join("no-such-dir").join("card.toml");
+    let cases: [&[&str]; 5] = [
         &["server", "run", "--config", missing],
         &["server", "rotate-keys", "--config", missing],
         &["kiosk", "--config", missing],
         &["card", "export-cert", "--vcard", missing],
+        &["vcard", "new", path_str(&in_missing_dir), "--blank"],
     ];
     for args in cases {
         let run = pivtap(args);
@@ -714,7 +716,8 @@ fn errors_state_their_cause_once_across_commands() {
             args.join(" "),
             run.stderr
         );
-        assert!(run.stderr.contains(missing), "{}", run.stderr);
+        let named = args.iter().find(|arg| arg.ends_with(".toml")).unwrap();
+        assert_eq!(run.stderr.matches(named).count(), 1, "{}", run.stderr);
     }
 }
 

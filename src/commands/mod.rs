@@ -10,9 +10,9 @@ pub mod server;
 pub mod vcard;
 
 use std::io::{BufRead, IsTerminal, Write};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
-use anyhow::{Context, bail};
+use anyhow::bail;
 use clap::Args;
 use pivtap_card::CardBackend;
 use pivtap_card::pcsc::{PcscCard, PcscContext, ReaderInfo};
@@ -37,8 +37,7 @@ impl CardArgs {
     /// Opens the card as a backend.
     pub fn open(&self) -> anyhow::Result<Box<dyn CardBackend>> {
         if let Some(path) = &self.vcard {
-            let card = VirtualCard::open(path)
-                .with_context(|| format!("cannot open virtual card {}", path.display()))?;
+            let card = open_virtual_card(path)?;
             return Ok(Box::new(VirtualCardBackend::new(
                 card,
                 format!("virtual card {}", path.display()),
@@ -47,6 +46,21 @@ impl CardArgs {
         let context = PcscContext::establish()?;
         let reader = pcsc_reader(&context, self.reader.as_deref())?;
         Ok(Box::new(PcscCard::connect(&context, &reader)?))
+    }
+}
+
+/// Opens the virtual card image at `path`; the error names the file once.
+pub fn open_virtual_card(path: &Path) -> anyhow::Result<VirtualCard> {
+    VirtualCard::open(path).map_err(|error| naming_card_image(error.into(), path))
+}
+
+/// `error`, saying it concerns the virtual card image `path` unless it names the file
+/// already (reading and parsing errors do; a bad key or version does not).
+pub fn naming_card_image(error: anyhow::Error, path: &Path) -> anyhow::Error {
+    if crate::cli_output::error_report(&error).contains(&path.display().to_string()) {
+        error
+    } else {
+        error.context(format!("cannot open virtual card {}", path.display()))
     }
 }
 
