@@ -6,14 +6,13 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use clap::{Args, Subcommand};
 use pivtap_server_client::client::{AuditFilter, CardAction};
+use pivtap_server_client::duration::parse_duration;
 use pivtap_server_client::escape::escape_unambiguous;
 use pivtap_server_client::wire::{
     AuditRecord, CardRecord, DeviceRecord, EnrollmentCode, UserRecord,
 };
 use serde::Serialize;
 use zeroize::Zeroizing;
-
-use pivtap_server_client::duration::parse_duration;
 
 use super::auth::{OptionalServerArgs, explain};
 
