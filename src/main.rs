@@ -21,10 +21,11 @@ use pivtap_card::PivError;
 #[derive(Parser)]
 #[command(name = "pivtap", version, propagate_version = true)]
 #[command(after_help = "Examples:\n  \
-pivtap demo                                   the whole story on one machine\n  \
+pivtap demo  # the whole story on one machine\n  \
 pivtap server init ./server --listen 0.0.0.0:8443\n  \
 pivtap admin users list --server https://auth.example.com:8443 --ca ./server/tls.crt\n  \
-pivtap card info                              the card in the reader\n\n\
+pivtap card info  # the card in the reader\n\
+Every command's --help ends with examples of it.\n\n\
 Exit codes: 0 success, 1 error, 2 usage error, 3 wrong PIN, 4 PIN blocked, \
 141 output cut short (the reader of a pipe stopped, as in `| head`).\n\
 Durations: seconds (90) or with a unit: 90s, 15m, 2h, 7d.\n\
