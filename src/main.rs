@@ -1,13 +1,16 @@
 //! The pivtap command-line interface: virtual PIV cards and card inspection.
 #![forbid(unsafe_code)]
 
+mod cli_input;
+mod cli_output;
 mod commands;
 mod enrollment;
+mod help_examples;
 mod issuer;
 
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use pivtap_card::PivError;
 
 /// Shared-device sign-in with PIV smartcards.
@@ -17,10 +20,16 @@ use pivtap_card::PivError;
 /// and demos, and inspects and uses cards.
 #[derive(Parser)]
 #[command(name = "pivtap", version, propagate_version = true)]
-#[command(
-    after_help = "Exit codes: 0 success, 1 error, 2 usage error, 3 wrong PIN, 4 PIN blocked.\n\
-Set RUST_LOG=pivtap::apdu=trace to see every APDU (PINs and keys are redacted)."
-)]
+#[command(after_help = "Examples:\n  \
+pivtap demo  # the whole story on one machine\n  \
+pivtap server init ./server --listen 0.0.0.0:8443\n  \
+pivtap admin users list --server https://auth.example.com:8443 --ca ./server/tls.crt\n  \
+pivtap card info  # the card in the reader\n\
+Every command's --help ends with examples of it.\n\n\
+Exit codes: 0 success, 1 error, 2 usage error, 3 wrong PIN, 4 PIN blocked, \
+141 output cut short (the reader of a pipe stopped, as in `| head`).\n\
+Durations: seconds (90) or with a unit: 90s, 15m, 2h, 7d.\n\
+Set RUST_LOG=pivtap::apdu=trace to see every APDU (PINs and keys are redacted).")]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -56,7 +65,9 @@ const EXIT_WRONG_PIN: u8 = 3;
 const EXIT_PIN_BLOCKED: u8 = 4;
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    cli_output::end_quietly_when_output_closes();
+    let matches = help_examples::with_examples(Cli::command()).get_matches();
+    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|error| error.exit());
     // One TLS crypto provider for the whole process (aws-lc-rs).
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     // A running server logs its requests by default; other commands only warnings.
@@ -83,8 +94,11 @@ fn main() -> ExitCode {
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
+        Err(error) if cli_output::is_output_closed(&error) => {
+            ExitCode::from(cli_output::EXIT_OUTPUT_CLOSED)
+        }
         Err(error) => {
-            eprintln!("error: {error:#}");
+            eprintln!("error: {}", cli_output::error_report(&error));
             ExitCode::from(exit_code(&error))
         }
     }

@@ -689,3 +689,253 @@ fn card_info_on_a_contactless_card_shows_what_it_may_and_says_so() {
     text.expect_code(0, "card info (text)");
     assert!(text.stdout.contains("contactless"), "{}", text.stdout);
 }
+
+/// Runs `pivtap ARGS` with its standard output a pipe whose reader has gone (as `| head -1`
+/// does once it has its line), and returns (pivtap's exit status, its standard error).
+fn pivtap_into_closed_pipe(args: &[&str]) -> (i32, String) {
+    // `true` reads nothing and exits at once; pivtap starts writing a second later.
+    let mut command = Command::new("sh");
+    command
+        .arg("-c")
+        .arg("{ sleep 1; \"$0\" \"$@\"; echo \"status=$?\" >&2; } | true")
+        .arg(env!("CARGO_BIN_EXE_pivtap"))
+        .args(args)
+        .env_remove("RUST_LOG");
+    let output = command.output().expect("sh runs");
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    let status = stderr
+        .lines()
+        .find_map(|line| line.strip_prefix("status="))
+        .and_then(|code| code.parse().ok())
+        .unwrap_or_else(|| panic!("no status line:\n{stderr}"));
+    (status, stderr)
+}
+
+#[test]
+fn a_closed_output_pipe_ends_quietly_with_141() {
+    let dir = TempDir::new().unwrap();
+    let card = copy_fixture_card(&dir, "alice");
+    // println! paths (text and JSON) and a writer path (the certificate to `-`).
+    for args in [
+        &["card", "info", "--vcard", path_str(&card)][..],
+        &["card", "info", "--json", "--vcard", path_str(&card)][..],
+        &["card", "export-cert", "--vcard", path_str(&card)][..],
+    ] {
+        let (status, stderr) = pivtap_into_closed_pipe(args);
+        assert_eq!(status, 141, "pivtap {}:\n{stderr}", args.join(" "));
+        assert!(
+            !stderr.contains("panicked") && !stderr.contains("error"),
+            "pivtap {} said more than nothing:\n{stderr}",
+            args.join(" ")
+        );
+    }
+}
+
+#[test]
+fn errors_state_their_cause_once_across_commands() {
+    let dir = TempDir::new().unwrap();
+    let missing = dir.path().join("missing.toml");
+    let missing = path_str(&missing);
+    let in_missing_dir = dir.path().join("no-such-dir").join("card.toml");
+    let cases: [&[&str]; 5] = [
+        &["server", "run", "--config", missing],
+        &["server", "rotate-keys", "--config", missing],
+        &["kiosk", "--config", missing],
+        &["card", "export-cert", "--vcard", missing],
+        &["vcard", "new", path_str(&in_missing_dir), "--blank"],
+    ];
+    for args in cases {
+        let run = pivtap(args);
+        run.expect_code(1, &args.join(" "));
+        assert_eq!(
+            run.stderr.matches("No such file or directory").count(),
+            1,
+            "pivtap {}: the cause is not stated exactly once:\n{}",
+            args.join(" "),
+            run.stderr
+        );
+        let named = args.iter().find(|arg| arg.ends_with(".toml")).unwrap();
+        assert_eq!(run.stderr.matches(named).count(), 1, "{}", run.stderr);
+    }
+}
+
+#[test]
+fn listen_addresses_and_server_urls_say_what_to_write_instead() {
+    let dir = TempDir::new().unwrap();
+    let server_dir = dir.path().join("server");
+    let bare_port = pivtap(&["server", "init", path_str(&server_dir), "--listen", "8443"]);
+    bare_port.expect_code(2, "server init --listen 8443");
+    assert!(
+        bare_port.stderr.contains("0.0.0.0:8443") && bare_port.stderr.contains("127.0.0.1:8443"),
+        "{}",
+        bare_port.stderr
+    );
+    assert!(
+        !server_dir.exists(),
+        "nothing is written for a refused --listen"
+    );
+    let run_bare = pivtap(&["server", "run", "--config", "x.toml", "--listen", "8443"]);
+    run_bare.expect_code(2, "server run --listen 8443");
+    assert!(
+        run_bare.stderr.contains("only a port"),
+        "{}",
+        run_bare.stderr
+    );
+
+    for server in ["pivtap.example:8443", "127.0.0.1:8443"] {
+        let run = pivtap(&["admin", "--server", server, "users", "list"]);
+        run.expect_code(1, &format!("admin --server {server}"));
+        assert!(
+            run.stderr.contains(&format!("https://{server}")) && run.stderr.contains("no scheme"),
+            "{}",
+            run.stderr
+        );
+    }
+}
+
+#[test]
+fn every_command_shows_examples_in_its_help() {
+    for args in [
+        &["admin", "audit", "--help"][..],
+        &["admin", "users", "add", "--help"][..],
+        &["card", "info", "--help"][..],
+        &["server", "init", "--help"][..],
+        &["kiosk", "--help"][..],
+        &["vcard", "new", "-h"][..],
+    ] {
+        let run = pivtap(args);
+        run.expect_code(0, &args.join(" "));
+        let command = args[..args.len() - 1].join(" ");
+        assert!(
+            run.stdout.contains("Examples:") && run.stdout.contains(&format!("pivtap {command}")),
+            "pivtap {}:\n{}",
+            args.join(" "),
+            run.stdout
+        );
+    }
+}
+
+#[test]
+fn the_server_says_listening_only_once_bound_and_admin_flags_go_after_the_subcommand() {
+    // Durations in server.toml: the challenge lifetime as "2m", the token lifetime as before.
+    let server = common::RunningServer::start_with(|config| {
+        config.replacen("lifetime_seconds = 60", "lifetime_seconds = \"2m\"", 1)
+    });
+    let written = std::fs::read_to_string(server.ca.with_file_name("server.toml")).unwrap();
+    assert!(written.contains("lifetime_seconds = \"2m\""), "{written}");
+
+    // The global flags after the subcommand, --timeout as a duration.
+    let listed = run(pivtap_command(&[
+        "admin",
+        "users",
+        "add",
+        "--id",
+        "erin",
+        "--name",
+        "Erin",
+        "--mail",
+        "erin@example.com",
+        "--server",
+        &server.url,
+        "--ca",
+        path_str(&server.ca),
+        "--token-file",
+        path_str(&server.token_file),
+        "--timeout",
+        "30s",
+    ]))
+    .success("admin users add with the flags last");
+    assert!(listed.stdout.contains("erin"), "{}", listed.stdout);
+    let json = server
+        .admin(&["users", "list", "--json"])
+        .success("users list --json");
+    assert_eq!(json.json()[0]["id"], "erin");
+
+    // A conflict names its code once.
+    let again = server.admin(&["users", "add", "--id", "erin", "--name", "Erin"]);
+    again.expect_code(1, "a second erin");
+    assert_eq!(
+        again.stderr.matches("conflict").count(),
+        1,
+        "{}",
+        again.stderr
+    );
+    let taken = server.admin(&[
+        "users",
+        "add",
+        "--id",
+        "e2",
+        "--name",
+        "E",
+        "--mail",
+        "erin@example.com",
+    ]);
+    taken.expect_code(1, "erin's mail again");
+    assert_eq!(
+        taken.stderr.matches("conflict").count(),
+        1,
+        "{}",
+        taken.stderr
+    );
+
+    // A second server on the same port fails to bind and never says it is listening.
+    let config = server.ca.with_file_name("server.toml");
+    let second = pivtap(&["server", "run", "--config", path_str(&config)]);
+    second.expect_code(1, "a second server on a taken port");
+    assert!(second.stderr.contains("in use"), "{}", second.stderr);
+    assert!(!second.stdout.contains("listening"), "{}", second.stdout);
+}
+
+/// Starts `pivtap kiosk --headless` with a local API on `port` (a server that is not there;
+/// `timeout_seconds` as a duration), waits until its log shows `needle`, stops it and
+/// returns the log.
+fn kiosk_log_until(dir: &TempDir, port: u16, needle: &str) -> String {
+    let config = dir.path().join(format!("kiosk-{port}.toml"));
+    std::fs::write(
+        &config,
+        format!(
+            "device = \"k1\"\n[server]\nurl = \"https://127.0.0.1:1\"\ntimeout_seconds = \"5s\"\n\
+             [local_api]\nlisten = \"127.0.0.1:{port}\"\ntoken_file = \"api.token\"\n"
+        ),
+    )
+    .unwrap();
+    let log = dir.path().join(format!("kiosk-{port}.log"));
+    let mut child = pivtap_command(&["kiosk", "--headless", "--config", path_str(&config)])
+        .env("RUST_LOG", "warn,pivtap::kiosk=info")
+        // stdin stays open (a closed stdin ends a headless kiosk).
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .expect("the kiosk starts");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let text = loop {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        if text.contains(needle) || std::time::Instant::now() > deadline {
+            break text;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(
+        text.contains(needle),
+        "the kiosk's log lacks {needle:?}:\n{text}"
+    );
+    text
+}
+
+#[test]
+fn the_kiosk_says_its_local_api_listens_only_once_bound() {
+    let dir = TempDir::new().unwrap();
+    let port = common::free_port();
+    kiosk_log_until(
+        &dir,
+        port,
+        &format!("local API listening on http://127.0.0.1:{port}"),
+    );
+    let taken = std::net::TcpListener::bind(("127.0.0.1", 0)).unwrap();
+    let taken_port = taken.local_addr().unwrap().port();
+    let log = kiosk_log_until(&dir, taken_port, "cannot listen on");
+    assert!(!log.contains("local API listening"), "{log}");
+}

@@ -10,6 +10,7 @@ pub mod error;
 pub mod exchange;
 pub mod management_key;
 pub mod pcsc;
+pub mod reader_choice;
 pub mod reader_monitor;
 pub mod session;
 pub mod signature;

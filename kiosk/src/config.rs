@@ -87,6 +87,7 @@ pub struct ServerSection {
     pub pin_sha256: Option<String>,
     /// Seconds per request.
     #[serde(default = "default_timeout")]
+    #[serde(deserialize_with = "pivtap_server_client::duration::seconds")]
     pub timeout_seconds: u64,
     /// This device's key (PKCS#8 PEM, 0600), from `pivtap kiosk enroll-device`.
     #[serde(default)]
@@ -107,6 +108,7 @@ pub struct SessionSection {
     /// Removal signs out.
     pub sign_out_on_removal: bool,
     /// Seconds without activity before sign-out; 0 = never.
+    #[serde(deserialize_with = "pivtap_server_client::duration::seconds")]
     pub idle_timeout_seconds: u64,
     /// A new tap switches workers.
     pub fast_user_switch: bool,
@@ -166,8 +168,10 @@ pub struct LocalApiSection {
     /// The per-install token file.
     pub token_file: PathBuf,
     /// The longest an app may take to send a request's headers.
+    #[serde(deserialize_with = "pivtap_server_client::duration::seconds")]
     pub header_read_timeout_seconds: u64,
     /// A connection with nothing read or written for this long is closed.
+    #[serde(deserialize_with = "pivtap_server_client::duration::seconds")]
     pub idle_timeout_seconds: u64,
     /// Connections open at once.
     pub max_connections: usize,

@@ -359,7 +359,8 @@ pub async fn serve(
     };
     let listener = std::net::TcpListener::bind(config.listen).map_err(bind_error)?;
     listener.set_nonblocking(true).map_err(bind_error)?;
-    let port = listener.local_addr().map_err(bind_error)?.port();
+    let bound = listener.local_addr().map_err(bind_error)?;
+    let port = bound.port();
     let (closing_sender, closing) = watch::channel(false);
     let app = build_router(board, &config, port, closing);
     let handle = axum_server::Handle::<SocketAddr>::new();
@@ -373,6 +374,8 @@ pub async fn serve(
         .map_err(bind_error)?
         .acceptor(LimitedAcceptor::new("local API", config.connections))
         .handle(handle);
+    // Said once the port is bound, never of a port that could not be.
+    tracing::info!(target: "pivtap::kiosk", "local API listening on http://{bound}");
     apply_http_timeouts(server, &config.connections)
         .serve(app.into_make_service_with_connect_info::<SocketAddr>())
         .await

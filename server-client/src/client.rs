@@ -236,6 +236,15 @@ impl Client {
     /// [`ClientError::Config`] for a bad URL or trust material.
     pub fn new(server: &str, trust: ServerTrust, timeout: Duration) -> Result<Self, ClientError> {
         let base = server.trim_end_matches('/').to_owned();
+        // No scheme is guessed: it decides whether the connection is encrypted, and
+        // `host:port` would otherwise parse as a URL whose scheme is the host name.
+        if !base.contains("://") {
+            return Err(ClientError::Config {
+                reason: format!(
+                    "{server:?} has no scheme: write the URL in full, such as https://{base}"
+                ),
+            });
+        }
         let url = reqwest::Url::parse(&base).map_err(|error| ClientError::Config {
             reason: format!("{server:?} is not a URL: {error}"),
         })?;
@@ -1076,6 +1085,23 @@ mod tests {
         assert!(refused.to_string().contains("loopback"), "{refused}");
         assert!(Client::new("ftp://x", ServerTrust::SystemRoots, t).is_err());
         assert!(Client::new("not a url", ServerTrust::SystemRoots, t).is_err());
+    }
+
+    #[test]
+    fn a_url_without_a_scheme_is_refused_with_the_url_to_write() {
+        let t = Duration::from_secs(1);
+        for (given, suggested) in [
+            ("pivtap.example:8443", "https://pivtap.example:8443"),
+            ("127.0.0.1:8443/", "https://127.0.0.1:8443"),
+            ("localhost", "https://localhost"),
+        ] {
+            let refused = Client::new(given, ServerTrust::SystemRoots, t).unwrap_err();
+            let message = refused.to_string();
+            assert!(
+                message.contains("no scheme") && message.contains(suggested),
+                "{given}: {message}"
+            );
+        }
     }
 
     #[test]

@@ -199,6 +199,7 @@ pub struct DevicesConfig {
     /// Lifetime of device certificates, days.
     pub certificate_validity_days: u64,
     /// Life of a device enrollment code, seconds.
+    #[serde(deserialize_with = "crate::duration::seconds")]
     pub code_validity_seconds: u64,
 }
 
@@ -268,9 +269,11 @@ pub struct IssuanceConfig {
     pub smartcard_logon: bool,
     /// Default life of an enrollment code, seconds.
     #[serde(default = "default_code_validity")]
+    #[serde(deserialize_with = "crate::duration::seconds")]
     pub code_validity_seconds: u64,
     /// Longest life an admin may give an enrollment code, seconds.
     #[serde(default = "default_max_code_validity")]
+    #[serde(deserialize_with = "crate::duration::seconds")]
     pub max_code_validity_seconds: u64,
 }
 
@@ -341,6 +344,7 @@ pub struct TokenConfig {
     /// The signing keys ([`crate::token::TokenKeys`]).
     pub key_file: PathBuf,
     /// How long a token is valid.
+    #[serde(deserialize_with = "crate::duration::seconds")]
     pub lifetime_seconds: u64,
     /// The tokens' `aud`.
     pub audience: String,
@@ -388,8 +392,10 @@ pub struct MappingConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct ChallengeConfig {
     /// How long a challenge may be answered.
+    #[serde(deserialize_with = "crate::duration::seconds")]
     pub lifetime_seconds: u64,
     /// How far an assertion's `iat` may be from the server's clock.
+    #[serde(deserialize_with = "crate::duration::seconds")]
     pub max_clock_skew_seconds: u64,
     /// The key slots an assertion may name (of [`PIV_SIGNING_SLOTS`](crate::wire::PIV_SIGNING_SLOTS)):
     /// only `9a` (PIV authentication, PIN required) by default.
@@ -438,10 +444,13 @@ pub struct RateLimitConfig {
     /// Failures tolerated before delays start.
     pub failures_before_delay: u32,
     /// The first delay; each further failure doubles it.
+    #[serde(deserialize_with = "crate::duration::seconds")]
     pub base_delay_seconds: u64,
     /// The longest delay.
+    #[serde(deserialize_with = "crate::duration::seconds")]
     pub max_delay_seconds: u64,
     /// Failures older than this no longer count.
+    #[serde(deserialize_with = "crate::duration::seconds")]
     pub window_seconds: u64,
     /// Challenges one source address may ask for at once.
     pub challenge_burst: u64,
@@ -540,10 +549,13 @@ impl AuditConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct ConnectionsConfig {
     /// The longest a TLS handshake may take.
+    #[serde(deserialize_with = "crate::duration::seconds")]
     pub tls_handshake_timeout_seconds: u64,
     /// The longest a client may take to send a request's headers.
+    #[serde(deserialize_with = "crate::duration::seconds")]
     pub header_read_timeout_seconds: u64,
     /// A connection with nothing read or written for this long is closed.
+    #[serde(deserialize_with = "crate::duration::seconds")]
     pub idle_timeout_seconds: u64,
     /// Connections open at once, in all.
     pub max_connections: u64,

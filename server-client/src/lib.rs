@@ -12,6 +12,7 @@ pub mod client;
 pub mod config;
 pub mod connections;
 pub mod device;
+pub mod duration;
 pub mod escape;
 pub mod init;
 pub mod issuance;

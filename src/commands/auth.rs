@@ -7,6 +7,7 @@ use clap::Args;
 use pivtap_apdu::piv::KeyReference;
 use pivtap_card::PivSession;
 use pivtap_server_client::client::{Client, ClientError, ServerTrust};
+use pivtap_server_client::duration::parse_duration;
 use pivtap_server_client::wire::{ENROLL_URL_PREFIX, parse_enrollment_url};
 use serde::Serialize;
 use zeroize::Zeroizing;
@@ -29,7 +30,7 @@ pub struct ServerArgs {
 #[derive(Args, Debug, Clone)]
 pub struct OptionalServerArgs {
     /// The server, e.g. https://auth.example.com:8443.
-    #[arg(long, value_name = "URL", env = "PIVTAP_SERVER")]
+    #[arg(long, value_name = "URL", env = "PIVTAP_SERVER", global = true)]
     pub server: Option<String>,
     #[command(flatten)]
     pub trust: TrustArgs,
@@ -81,14 +82,19 @@ impl DeviceCredentialArgs {
 #[derive(Args, Debug, Clone)]
 pub struct TrustArgs {
     /// Trust this CA (or the server's own tls.crt), PEM, instead of the system roots.
-    #[arg(long, value_name = "FILE", conflicts_with = "pin_sha256")]
+    #[arg(
+        long,
+        value_name = "FILE",
+        conflicts_with = "pin_sha256",
+        global = true
+    )]
     pub ca: Option<std::path::PathBuf>,
     /// Trust exactly this server key: the pin `pivtap server init` printed (sha256//...).
-    #[arg(long, value_name = "HASH")]
+    #[arg(long, value_name = "HASH", global = true)]
     pub pin_sha256: Option<String>,
-    /// Seconds to wait for the server.
-    #[arg(long, default_value_t = 10)]
-    pub timeout: u64,
+    /// How long to wait for the server: seconds (10) or a duration (90s, 2m).
+    #[arg(long, value_name = "DURATION", default_value = "10", value_parser = parse_duration, global = true)]
+    pub timeout: Duration,
 }
 
 impl TrustArgs {
@@ -99,11 +105,7 @@ impl TrustArgs {
             (None, Some(pin)) => ServerTrust::from_pin(pin)?,
             (None, None) => ServerTrust::SystemRoots,
         };
-        Ok(Client::new(
-            server,
-            trust,
-            Duration::from_secs(self.timeout),
-        )?)
+        Ok(Client::new(server, trust, self.timeout)?)
     }
 }
 

@@ -17,7 +17,7 @@ use aws_lc_rs::signature::{
 use clap::{Args, Subcommand, ValueEnum};
 use pivtap_apdu::piv::Pin;
 use pivtap_card::reader_monitor::MonitorFilter;
-use pivtap_card::virtual_card::{VirtualCard, VirtualCardBackend};
+use pivtap_card::virtual_card::VirtualCardBackend;
 use pivtap_card::{CardBackend, CardTransaction, LinkCapabilities, TransportError};
 use pivtap_kiosk::card_worker::{CardJob, CardJobResult, CardWorker};
 use pivtap_kiosk::core::{CoreConfig, Effect, Event, Kiosk, WorkId};
@@ -735,8 +735,7 @@ fn bench_tap(args: TapBenchArgs) -> anyhow::Result<()> {
     let (inner, reader, card): (Arc<dyn ReaderSource>, String, String) =
         match (&args.card.vcard, &args.card.reader) {
             (Some(path), _) => {
-                let card = VirtualCard::open(path)
-                    .with_context(|| format!("cannot open virtual card {}", path.display()))?;
+                let card = super::open_virtual_card(path)?;
                 let readers = VirtualReaders::new(&[VIRTUAL_READER]);
                 readers.insert(
                     VIRTUAL_READER,
@@ -750,10 +749,7 @@ fn bench_tap(args: TapBenchArgs) -> anyhow::Result<()> {
             }
             (None, wanted) => {
                 let context = pivtap_card::pcsc::PcscContext::establish()?;
-                let readers = context.list_readers()?;
-                let reader = super::choose_reader(&readers, wanted.as_deref())?
-                    .name
-                    .clone();
+                let reader = super::pcsc_reader(&context, wanted.as_deref())?;
                 (
                     Arc::new(PcscReaders::new(MonitorFilter::default())),
                     reader.clone(),

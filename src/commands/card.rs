@@ -1049,7 +1049,7 @@ fn management_key(hex_text: Option<&str>) -> anyhow::Result<ManagementKey> {
 fn management_key_for(card: &CardArgs, hex_text: Option<&str>) -> anyhow::Result<ManagementKey> {
     match (hex_text, &card.vcard) {
         (None, Some(path)) => Ok(CardImage::load(path)
-            .with_context(|| format!("cannot open virtual card {}", path.display()))?
+            .map_err(|error| super::naming_card_image(error.into(), path))?
             .management_key),
         _ => management_key(hex_text),
     }

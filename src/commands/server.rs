@@ -27,8 +27,8 @@ pub enum ServerCommand {
         /// the issuing CA `init` makes; repeat for several.
         #[arg(long = "trust", value_name = "CA.pem")]
         trust: Vec<PathBuf>,
-        /// Address to listen on.
-        #[arg(long, default_value = "127.0.0.1:8443")]
+        /// Address and port to listen on: 0.0.0.0:8443 for every interface.
+        #[arg(long, value_name = "ADDRESS:PORT", default_value = "127.0.0.1:8443", value_parser = crate::cli_input::listen_address)]
         listen: SocketAddr,
         /// Extra host names for the TLS certificate (127.0.0.1, ::1 and localhost are always in it).
         #[arg(long = "hostname", value_name = "NAME")]
@@ -158,8 +158,8 @@ pub enum ServerCommand {
         /// The configuration written by `pivtap server init`.
         #[arg(long, value_name = "FILE")]
         config: PathBuf,
-        /// Listen here instead of the configured address.
-        #[arg(long)]
+        /// Listen here instead of the configured address (such as 0.0.0.0:8443).
+        #[arg(long, value_name = "ADDRESS:PORT", value_parser = crate::cli_input::listen_address)]
         listen: Option<SocketAddr>,
     },
 }
@@ -482,14 +482,14 @@ pub fn run(command: ServerCommand) -> anyhow::Result<()> {
                 } else {
                     "http"
                 };
-                println!(
-                    "pivtap server listening on {scheme}://{} (origin {})",
-                    configuration.listen, configuration.origin
-                );
-                if let Some(metrics) = configuration.metrics.listen {
-                    println!("metrics on http://{metrics}/metrics");
-                }
-                server::serve(state, listener, shutdown_signal()).await?;
+                let (origin, metrics) = (configuration.origin, configuration.metrics.listen);
+                let announce = move |address| {
+                    println!("pivtap server listening on {scheme}://{address} (origin {origin})");
+                    if let Some(metrics) = metrics {
+                        println!("metrics on http://{metrics}/metrics");
+                    }
+                };
+                server::serve_announcing(state, listener, shutdown_signal(), announce).await?;
                 println!("pivtap server stopped.");
                 anyhow::Ok(())
             })

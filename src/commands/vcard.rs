@@ -344,8 +344,7 @@ fn attach(
                 .ok_or_else(|| anyhow::anyhow!("--tap takes a positive number of seconds"))
         })
         .transpose()?;
-    let mut card = VirtualCard::open(file)
-        .with_context(|| format!("cannot open virtual card {}", file.display()))?;
+    let mut card = super::open_virtual_card(file)?;
     let mut options = card.options();
     options.extended_length &= !no_extended;
     if contactless {
@@ -491,9 +490,9 @@ fn blank_card(
     Ok(card)
 }
 
+/// Writes `card` to `file` (its error names the file: no context is added, which would say it twice).
 fn save(mut card: VirtualCard, file: &Path) -> anyhow::Result<()> {
-    card.save_as(file)
-        .with_context(|| format!("cannot write the card image {}", file.display()))
+    Ok(card.save_as(file)?)
 }
 
 /// A current-thread runtime for the server requests of one command.

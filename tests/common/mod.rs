@@ -2,6 +2,8 @@
 // Each test crate uses only some of these helpers.
 #![allow(dead_code)]
 
+pub mod tmux;
+
 use std::fs::File;
 use std::net::{Ipv4Addr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};

@@ -759,11 +759,32 @@ pub async fn serve(
     listener: Listener,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
+    serve_announcing(state, listener, shutdown, |_| {}).await
+}
+
+/// Serves the app until `shutdown` resolves, calling `on_listening` with the bound address
+/// once the port is bound (and the metrics listener, if any, too): never when binding fails,
+/// so "listening on" is only ever said of a port that is listening.
+///
+/// # Errors
+/// [`ServeError`] when the listener cannot start.
+pub async fn serve_announcing(
+    state: ServerState,
+    listener: Listener,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    on_listening: impl FnOnce(SocketAddr) + Send + 'static,
+) -> Result<(), ServeError> {
     let handle = axum_server::Handle::new();
     let on_shutdown = handle.clone();
     tokio::spawn(async move {
         shutdown.await;
         on_shutdown.graceful_shutdown(Some(Duration::from_secs(5)));
+    });
+    let announcer = handle.clone();
+    tokio::spawn(async move {
+        if let Some(address) = announcer.listening().await {
+            on_listening(address);
+        }
     });
     serve_with_handle(state, listener, handle).await
 }

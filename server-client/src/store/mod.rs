@@ -612,14 +612,14 @@ pub enum StoreError {
         what: String,
     },
     /// The change contradicts what is stored (an existing id, a revoked card).
-    #[error("conflict: {what}")]
+    #[error("{what}")]
     Conflict {
         /// What clashed.
         what: String,
     },
     /// A new user's mail, UPN or employee id is another user's already, compared as the
     /// mapping rules compare it: a certificate could then map to both.
-    #[error("conflict: user {holder:?} has this {attribute} already")]
+    #[error("user {holder:?} has this {attribute} already")]
     AttributeTaken {
         /// The user attribute (`mail`, `upn`, `employee_id`).
         attribute: UserAttribute,
