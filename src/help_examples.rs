@@ -108,6 +108,40 @@ const EXAMPLES: &[(&[&str], &[&str])] = &[
         ],
     ),
     (
+        &["server", "check"],
+        &[
+            "pivtap server check /var/lib/pivtap/server",
+            "pivtap server check server.toml --json",
+        ],
+    ),
+    (
+        &["server", "renew-tls"],
+        &[
+            "pivtap server renew-tls --config /var/lib/pivtap/server/server.toml",
+            "pivtap server renew-tls --config server.toml --new-key  # the key pin changes",
+        ],
+    ),
+    (
+        &["server", "backup"],
+        &[
+            "pivtap server backup --config /var/lib/pivtap/server/server.toml /backup/pivtap-2026-12-07.backup",
+        ],
+    ),
+    (
+        &["server", "restore"],
+        &[
+            "pivtap server restore /backup/pivtap-2026-12-07.backup /var/lib/pivtap/server  # after systemctl stop pivtap-server",
+        ],
+    ),
+    (
+        &["server", "install-service"],
+        &[
+            "pivtap server install-service  # as root: both units, user pivtap",
+            "pivtap server install-service --service kiosk --user kiosk",
+            "pivtap server install-service --unit-dir /tmp/units --no-create-user  # to look at them",
+        ],
+    ),
+    (
         &["server", "rotate-keys"],
         &["pivtap server rotate-keys --config /etc/pivtap/server.toml"],
     ),

@@ -57,10 +57,6 @@ pub enum ServerCommand {
     /// Renew the server's own TLS certificate: a new self-signed certificate for
     /// the same names, valid a year, with the same key, so kiosks' key pins keep
     /// working (unless --new-key). Restart the server to serve it.
-    #[command(
-        after_help = "Examples:\n  pivtap server renew-tls --config /var/lib/pivtap/server/server.toml\n  \
-                      pivtap server renew-tls --config server.toml --new-key   # the key pin changes"
-    )]
     RenewTls {
         /// The server configuration.
         #[arg(long, value_name = "FILE")]
@@ -85,9 +81,6 @@ pub enum ServerCommand {
     /// pivtap-kiosk.service (`kiosk --headless`), run as a dedicated system user
     /// (created if missing), hardened, logging to the journal, restarted on
     /// failure. The units name this binary's real path. Run as root.
-    #[command(after_help = "Examples:\n  sudo pivtap server install-service\n  \
-                      sudo pivtap server install-service --service kiosk --user kiosk\n  \
-                      pivtap server install-service --unit-dir /tmp/units --no-create-user   # to look at them")]
     InstallService {
         /// Which units to install (repeat or comma-separate); both by default.
         #[arg(
@@ -112,10 +105,6 @@ pub enum ServerCommand {
     /// certificates parse and are in date (a warning within 30 days of their
     /// end), the TLS key matches its certificate, the issuing CA loads, and the
     /// database opens with a schema this pivtap knows. Exits 1 on any error.
-    #[command(
-        after_help = "Examples:\n  pivtap server check /var/lib/pivtap/server\n  \
-                      pivtap server check server.toml --json"
-    )]
     Check {
         /// The server directory (its server.toml) or the configuration file.
         #[arg(default_value = ".")]
@@ -128,8 +117,6 @@ pub enum ServerCommand {
     /// copy of the database, and every file of the server directory the
     /// configuration names, the issuing CA key, TLS key, token keys and admin
     /// credential included. Keep it as safe as the CA key.
-    #[command(after_help = "Example:\n  \
-                      pivtap server backup --config /var/lib/pivtap/server/server.toml /backup/pivtap-$(date +%F).backup")]
     Backup {
         /// The server configuration.
         #[arg(long, value_name = "FILE")]
@@ -143,9 +130,6 @@ pub enum ServerCommand {
     /// Restore a backup into DIR, the directory of a stopped server (or a new
     /// one): refused while a server runs on it; what DIR held is moved aside to
     /// DIR.before-restore-TIME first.
-    #[command(after_help = "Example:\n  systemctl stop pivtap-server\n  \
-                      pivtap server restore /backup/pivtap-2026-12-07.backup /var/lib/pivtap/server\n  \
-                      systemctl start pivtap-server")]
     Restore {
         /// The backup file (from `pivtap server backup`).
         file: PathBuf,
