@@ -841,6 +841,7 @@ impl AdminClient<'_> {
             ("card", &filter.card),
             ("device", &filter.device),
             ("outcome", &filter.outcome),
+            ("kind", &filter.kind),
             ("since", &filter.since),
             ("until", &filter.until),
         ] {
@@ -850,6 +851,9 @@ impl AdminClient<'_> {
         }
         if let Some(limit) = filter.limit {
             query.push(format!("limit={limit}"));
+        }
+        if let Some(before) = filter.before {
+            query.push(format!("before={before}"));
         }
         let path = if query.is_empty() {
             "/audit".to_owned()
@@ -882,6 +886,11 @@ pub struct AuditFilter {
     pub device: Option<String>,
     /// By outcome (`ok` or an error code).
     pub outcome: Option<String>,
+    /// By kind: `challenge`, `assertion`, `enrollment`, `renewal`, `device-enrollment`,
+    /// `admin`, `sign_out`, or `sign_in` / `sign_in_refused` (assertions by outcome).
+    pub kind: Option<String>,
+    /// Only events older than the event with this id (the last of the page before).
+    pub before: Option<i64>,
     /// From this time (RFC 3339).
     pub since: Option<String>,
     /// Until this time (RFC 3339).

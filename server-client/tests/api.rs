@@ -1041,6 +1041,17 @@ async fn admin_audit_queries_filter() {
 
     assert_eq!(audit(&app, "?user=nobody").await, Vec::<Value>::new());
     assert_eq!(audit(&app, "?limit=5").await, all[..5].to_vec());
+    // Issue 12: `limit=0` asked for none and got one; kinds and pages were not offered.
+    assert_eq!(audit(&app, "?limit=0").await, Vec::<Value>::new());
+    assert_eq!(audit(&app, "?kind=challenge").await.len(), 6);
+    let refused = audit(&app, "?kind=sign_in_refused").await;
+    assert_eq!(refused.len(), 1, "{refused:?}");
+    assert_eq!(refused[0]["outcome"], "invalid_request");
+    assert!(audit(&app, "?kind=sign_in").await.is_empty());
+    let page_1 = audit(&app, "?limit=4").await;
+    let cursor = page_1[3]["id"].as_i64().expect("an id");
+    let page_2 = audit(&app, &format!("?limit=4&before={cursor}")).await;
+    assert_eq!([page_1, page_2].concat(), all, "two pages hold every event once");
 
     let since_before = format!("?since={}", rfc3339(before));
     assert_eq!(audit(&app, &since_before).await.len(), 7);
@@ -1069,7 +1080,8 @@ async fn admin_audit_queries_filter() {
         "?limit=abc",
         "?limit=-1",
         "?bogus=1",
-        "?kind=challenge",
+        "?kind=nonsense",
+        "?before=abc",
     ] {
         send(
             &app,

@@ -799,6 +799,9 @@ async fn a_locked_card_is_refused_until_unlocked() {
     server
         .assert_audited(ErrorCode::CardLocked, &ALICE, KIOSK)
         .await;
+    // Issue 12: the refusal is the user's the card maps to, so `audit --user` finds it.
+    let event = server.last_assertion_event().await;
+    assert_eq!(event.user_id.as_deref(), Some("alice"), "{event:?}");
 
     let card = server
         .admin()

@@ -53,6 +53,11 @@ enum AdminCommand {
         valid_for: Duration,
     },
     /// The audit log, newest first.
+    ///
+    /// Examples:
+    ///   pivtap admin audit --user erin --kind sign_in_refused
+    ///   pivtap admin audit --limit 50 --before 1234   (the page after event 1234)
+    #[command(verbatim_doc_comment)]
     Audit {
         /// Only this user.
         #[arg(long)]
@@ -66,13 +71,20 @@ enum AdminCommand {
         /// Only this outcome: ok, or an error code such as challenge_reused.
         #[arg(long)]
         outcome: Option<String>,
+        /// Only this kind: challenge, assertion, enrollment, renewal,
+        /// device-enrollment, admin, sign_out, or sign_in / sign_in_refused.
+        #[arg(long)]
+        kind: Option<String>,
+        /// Only events older than event ID: the next page after a page ending at ID.
+        #[arg(long, value_name = "ID")]
+        before: Option<i64>,
         /// From this time (RFC 3339).
         #[arg(long)]
         since: Option<String>,
         /// Until this time (RFC 3339).
         #[arg(long)]
         until: Option<String>,
-        /// At most this many events.
+        /// At most this many events (at most 1000; 0 for none).
         #[arg(long, default_value_t = 100)]
         limit: u32,
     },
@@ -391,6 +403,8 @@ pub fn run(args: AdminArgs) -> anyhow::Result<()> {
                 card,
                 device,
                 outcome,
+                kind,
+                before,
                 since,
                 until,
                 limit,
@@ -400,12 +414,20 @@ pub fn run(args: AdminArgs) -> anyhow::Result<()> {
                     card,
                     device,
                     outcome,
+                    kind,
+                    before,
                     since,
                     until,
                     limit: Some(limit),
                 };
                 let events = admin.audit(&filter).await.map_err(explain)?;
-                print_list(json, &events, audit_line)
+                print_list(json, &events, audit_line)?;
+                // A full page may have more after it: say how to ask (on stderr, so the
+                // events alone go down a pipe).
+                if let Some(last) = events.last().filter(|_| events.len() == limit as usize) {
+                    eprintln!("(more may follow: add --before {})", last.id);
+                }
+                Ok(())
             }
         }
     })

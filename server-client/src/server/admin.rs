@@ -18,7 +18,7 @@ use super::client_address::ClientAddress;
 use super::error::ApiError;
 use super::handlers::{json_body, rejection_error, rfc3339};
 use crate::store::{
-    AuditEvent, AuditQuery, Card, CardId, CardState, NewAuditEvent, StoreError, User, UserState,
+    AuditEvent, AuditKindFilter, AuditQuery, Card, CardId, CardState, NewAuditEvent, StoreError, User, UserState,
 };
 use crate::wire::{
     AuditRecord, CardRecord, CreateEnrollmentRequest, EnrollmentCode, ErrorCode, ImportReport,
@@ -704,6 +704,8 @@ struct AuditParams {
     card: Option<String>,
     device: Option<String>,
     outcome: Option<String>,
+    kind: Option<String>,
+    before: Option<i64>,
     since: Option<String>,
     until: Option<String>,
     limit: Option<u32>,
@@ -726,6 +728,17 @@ async fn query_audit(
             })
             .transpose()
     };
+    let kind = params
+        .kind
+        .map(|kind| {
+            kind.parse::<AuditKindFilter>().map_err(|_| {
+                ApiError::invalid(format!(
+                    "kind must be one of {}, sign_in or sign_in_refused",
+                    crate::store::AUDIT_KINDS.join(", ")
+                ))
+            })
+        })
+        .transpose()?;
     let query = AuditQuery {
         user_id: params.user,
         // The audit names a card by serial: a card id (`serial@issuer-id`) is cut to it.
@@ -735,10 +748,19 @@ async fn query_audit(
         }),
         device: params.device,
         outcome: params.outcome,
+        kind,
+        before: params.before,
         since: time(params.since, "since")?,
         until: time(params.until, "until")?,
-        limit: params.limit.unwrap_or(100).clamp(1, 1000),
+        limit: params
+            .limit
+            .unwrap_or(AuditQuery::DEFAULT_LIMIT)
+            .min(AuditQuery::MAX_LIMIT),
     };
+    // `limit=0` asks for no events (the store reads 0 as its default).
+    if query.limit == 0 {
+        return Ok(Json(Vec::new()));
+    }
     let events = state.store().query_audit(&query).await?;
     Ok(Json(events.into_iter().map(audit_record).collect()))
 }

@@ -17,7 +17,8 @@ use super::rate_limit::Spend;
 use crate::assertion::VerifiedAssertion;
 use crate::mapping::MappingRule;
 use crate::store::{
-    Card, CardId, CardState, ChallengeUse, NewAuditEvent, SignInLookup, User, UserState,
+    Card, CardId, CardState, ChallengeUse, NewAuditEvent, SignInLookup, SignInRecords, User,
+    UserState,
 };
 use crate::wire::{
     AssertionRequest, AssertionResponse, ChallengeRequest, ChallengeResponse, ErrorCode,
@@ -388,6 +389,9 @@ async fn authorise(
             user_values: rule.values(facts),
         })
         .await?;
+    // Every refusal from here on is the user's the certificate maps to, so that the audit
+    // by user answers why they cannot sign in.
+    record.user_id = attributed_user(&records);
     match records.challenge {
         ChallengeUse::Accepted => record.device_proven = true,
         ChallengeUse::Unknown | ChallengeUse::OtherDevice => {
@@ -415,7 +419,6 @@ async fn authorise(
         records.revocation.is_some(),
     )?;
     let user = one_user(rule, records.users)?;
-    record.user_id = Some(user.id.clone());
     if user.state == UserState::Locked {
         return Err(ApiError::new(
             ErrorCode::UserLocked,
@@ -423,6 +426,20 @@ async fn authorise(
         ));
     }
     Ok(user)
+}
+
+/// The user an attempt with these records is audited as: the one user the certificate
+/// maps to; failing that (no user, or several sharing the attribute) the user the card
+/// signed in as last, if it has a record.
+fn attributed_user(records: &SignInRecords) -> Option<String> {
+    match records.users.as_slice() {
+        [user] => Some(user.id.clone()),
+        _ => records
+            .card
+            .as_ref()
+            .or(records.renews.as_ref())
+            .and_then(|card| card.user_id.clone()),
+    }
 }
 
 /// Refuses a card that is locked or revoked, or whose certificate is on the

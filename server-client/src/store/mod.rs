@@ -551,6 +551,43 @@ pub enum DeviceCodeUse {
     Expired,
 }
 
+/// The kinds of audit event, as stored in [`AuditEvent::kind`].
+pub const AUDIT_KINDS: &[&str] = &[
+    "challenge",
+    "assertion",
+    "enrollment",
+    "renewal",
+    "device-enrollment",
+    "admin",
+    "sign_out",
+];
+
+/// A kind filter of [`AuditQuery`]: a stored kind, or one of the names for sign-ins.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AuditKindFilter {
+    /// Events of this stored kind (one of [`AUDIT_KINDS`]).
+    Kind(String),
+    /// `sign_in`: assertions that signed someone in (kind `assertion`, outcome `ok`).
+    SignIn,
+    /// `sign_in_refused`: assertions that were refused (kind `assertion`, outcome not `ok`).
+    SignInRefused,
+}
+
+impl FromStr for AuditKindFilter {
+    type Err = InvalidState;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        match text {
+            "sign_in" => Ok(AuditKindFilter::SignIn),
+            "sign_in_refused" => Ok(AuditKindFilter::SignInRefused),
+            kind if AUDIT_KINDS.contains(&kind) => Ok(AuditKindFilter::Kind(kind.to_owned())),
+            _ => Err(InvalidState {
+                text: text.to_owned(),
+            }),
+        }
+    }
+}
+
 /// Which audit events to return: every filter that is set must match.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AuditQuery {
@@ -562,6 +599,11 @@ pub struct AuditQuery {
     pub device: Option<String>,
     /// Only events with this outcome (`ok` or an error code).
     pub outcome: Option<String>,
+    /// Only events of this kind (see [`AuditKindFilter`]).
+    pub kind: Option<AuditKindFilter>,
+    /// Only events older than this one (by time, then id): the next page after a page
+    /// whose last event this is. An id no longer stored (purged) pages by id alone.
+    pub before: Option<i64>,
     /// Only events at or after this time.
     pub since: Option<OffsetDateTime>,
     /// Only events strictly before this time.
@@ -594,6 +636,8 @@ impl Default for AuditQuery {
             card_serial: None,
             device: None,
             outcome: None,
+            kind: None,
+            before: None,
             since: None,
             until: None,
             limit: Self::DEFAULT_LIMIT,

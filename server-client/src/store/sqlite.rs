@@ -14,7 +14,7 @@ use time::{OffsetDateTime, UtcOffset};
 
 use super::database::{Database, DatabaseError};
 use super::{
-    AuditEvent, AuditQuery, BoxFuture, Card, CardId, CardState, ChallengeUse, Device,
+    AuditEvent, AuditKindFilter, AuditQuery, BoxFuture, Card, CardId, CardState, ChallengeUse, Device,
     DeviceCodeUse, DeviceCredentialRecord, DeviceState, EnrollmentCodeRecord, EnrollmentCodeUse,
     IssuedCertificate, NewAuditEvent, NewDevice, NewEnrollmentCode, RevocationReason,
     RevokedCertificate, SignInLookup, SignInRecords, Store, StoreError, User, UserConflict,
@@ -1090,6 +1090,34 @@ impl Store for SqliteStore {
                     sql.push_str(condition);
                     values.push(Value::Text(value));
                 }
+            }
+            match query.kind {
+                Some(AuditKindFilter::Kind(kind)) => {
+                    sql.push_str(" AND kind = ?");
+                    values.push(Value::Text(kind));
+                }
+                Some(AuditKindFilter::SignIn) => {
+                    sql.push_str(" AND kind = 'assertion' AND outcome = 'ok'");
+                }
+                Some(AuditKindFilter::SignInRefused) => {
+                    sql.push_str(" AND kind = 'assertion' AND outcome <> 'ok'");
+                }
+                None => {}
+            }
+            if let Some(before) = query.before {
+                let time: Option<String> = connection
+                    .prepare_cached("SELECT time FROM audit WHERE id = ?")?
+                    .query_row([before], |row| row.get(0))
+                    .optional()?;
+                match time {
+                    Some(time) => {
+                        sql.push_str(" AND (time < ? OR (time = ? AND id < ?))");
+                        values.push(Value::Text(time.clone()));
+                        values.push(Value::Text(time));
+                    }
+                    None => sql.push_str(" AND id < ?"),
+                }
+                values.push(Value::Integer(before));
             }
             if let Some(since) = query.since {
                 sql.push_str(" AND time >= ?");
@@ -3239,6 +3267,65 @@ mod tests {
             times(query(|q| q.device = Some("kiosk-9".to_owned())))
                 .await?
                 .is_empty()
+        );
+        assert_eq!(
+            times(query(|q| q.kind = Some(AuditKindFilter::Kind("admin".to_owned())))).await?,
+            [(40, 6)]
+        );
+        assert_eq!(
+            times(query(|q| q.kind = Some(AuditKindFilter::SignInRefused))).await?,
+            [(30, 4), (10, 2)]
+        );
+        assert_eq!(
+            times(query(|q| q.kind = Some(AuditKindFilter::SignIn))).await?,
+            [(30, 5), (20, 3), (0, 1)]
+        );
+        Ok(())
+    }
+
+    /// Issue 12: the audit pages with a cursor, the id of the last event of a page; the
+    /// pages cover every event once, in order, even where times tie or run against ids.
+    #[tokio::test]
+    async fn audit_pages_follow_on_from_the_last_event_of_the_page_before() -> TestResult {
+        let store = SqliteStore::in_memory().await?;
+        // Ids 1..=6; the times tie (30) and run against the ids (id 6 is older than 5).
+        for seconds in [0, 10, 30, 30, 40, 5] {
+            store
+                .audit(event(seconds, "ok", "kiosk-1", "0a", "alice"))
+                .await?;
+        }
+        let mut seen = Vec::new();
+        let mut before = None;
+        loop {
+            let page = store
+                .query_audit(&AuditQuery {
+                    limit: 2,
+                    before,
+                    ..AuditQuery::default()
+                })
+                .await?;
+            let Some(last) = page.last() else { break };
+            before = Some(last.id);
+            seen.extend(page.iter().map(|event| event.id));
+        }
+        assert_eq!(seen, [5, 4, 3, 2, 6, 1], "every event once, newest first");
+        store.purge_audit(at(6), 10).await?;
+        let after_purge = store
+            .query_audit(&AuditQuery {
+                before: Some(1),
+                ..AuditQuery::default()
+            })
+            .await?;
+        assert!(after_purge.is_empty(), "an unknown cursor pages by id");
+        let by_id = store
+            .query_audit(&AuditQuery {
+                before: Some(4),
+                ..AuditQuery::default()
+            })
+            .await?;
+        assert_eq!(
+            by_id.iter().map(|event| event.id).collect::<Vec<_>>(),
+            [3, 2]
         );
         Ok(())
     }
