@@ -682,7 +682,8 @@ impl AdminClient<'_> {
     /// # Errors
     /// [`ClientError`].
     pub async fn import_users(&self, users: &[UserRecord]) -> Result<ImportReport, ClientError> {
-        self.post("/users/import", Some(&users)).await
+        self.import(ImportSource::Json(users), ImportOptions::default())
+            .await
     }
 
     /// Imports users from CSV text (header `id,display_name,mail,upn,employee_id`).
@@ -690,14 +691,69 @@ impl AdminClient<'_> {
     /// # Errors
     /// [`ClientError`].
     pub async fn import_users_csv(&self, csv: &str) -> Result<ImportReport, ClientError> {
-        let path = format!("{}/users/import", wire::PATH_ADMIN);
+        self.import(ImportSource::Csv(csv), ImportOptions::default())
+            .await
+    }
+
+    /// Imports users from JSON records or CSV text, updating existing users and only
+    /// trying (a dry run) as `options` say.
+    ///
+    /// # Errors
+    /// [`ClientError`].
+    pub async fn import(
+        &self,
+        source: ImportSource<'_>,
+        options: ImportOptions,
+    ) -> Result<ImportReport, ClientError> {
+        let mut path = format!("{}/users/import", wire::PATH_ADMIN);
+        let query: Vec<&str> = [
+            options.update.then_some("update=true"),
+            options.dry_run.then_some("dry_run=true"),
+        ]
+        .into_iter()
+        .flatten()
+        .collect();
+        if !query.is_empty() {
+            path = format!("{path}?{}", query.join("&"));
+        }
+        let body: RequestBody<'_, &[UserRecord]> = match &source {
+            ImportSource::Json(users) => RequestBody::Json(users),
+            ImportSource::Csv(text) => RequestBody::Csv(text),
+        };
         self.client
-            .request::<(), _>(
-                Method::POST,
+            .request(Method::POST, &path, Some(self.token), Some(body))
+            .await
+    }
+
+    /// Changes user `id` (fields of `change` that are set; `id` renames).
+    ///
+    /// # Errors
+    /// [`ClientError::Refused`] with `not_found`, `conflict` (the new id or an attribute
+    /// is another user's) or `invalid_request`.
+    pub async fn update_user(
+        &self,
+        id: &str,
+        change: &wire::UserUpdate,
+    ) -> Result<UserRecord, ClientError> {
+        let path = format!("{}/users/{}", wire::PATH_ADMIN, path_segment(id));
+        self.client
+            .request(
+                Method::PATCH,
                 &path,
                 Some(self.token),
-                Some(RequestBody::Csv(csv)),
+                Some(RequestBody::Json(change)),
             )
+            .await
+    }
+
+    /// Deletes user `id`; the server revokes their cards and answers which.
+    ///
+    /// # Errors
+    /// [`ClientError::Refused`] with `not_found`.
+    pub async fn delete_user(&self, id: &str) -> Result<wire::UserDeleted, ClientError> {
+        let path = format!("{}/users/{}", wire::PATH_ADMIN, path_segment(id));
+        self.client
+            .request::<(), _>(Method::DELETE, &path, Some(self.token), None)
             .await
     }
 
@@ -736,6 +792,23 @@ impl AdminClient<'_> {
             CardAction::Revoke => "revoke",
         };
         self.post::<(), _>(&format!("/cards/{}/{verb}", path_segment(serial)), None)
+            .await
+    }
+
+    /// Revokes a card for good, with an RFC 5280 reason name (`keyCompromise`, ...) that
+    /// goes into its CRL entry and the audit; `None` is `unspecified`.
+    ///
+    /// # Errors
+    /// As [`AdminClient::card_action`]; `invalid_request` for an unknown reason.
+    pub async fn revoke_card(
+        &self,
+        card: &str,
+        reason: Option<&str>,
+    ) -> Result<CardRecord, ClientError> {
+        let body = wire::RevokeCardRequest {
+            reason: reason.map(str::to_owned),
+        };
+        self.post(&format!("/cards/{}/revoke", path_segment(card)), Some(&body))
             .await
     }
 
@@ -862,6 +935,24 @@ impl AdminClient<'_> {
         };
         self.get(&path).await
     }
+}
+
+/// The users of an import: JSON records or CSV text.
+#[derive(Debug, Clone, Copy)]
+pub enum ImportSource<'a> {
+    /// User records.
+    Json(&'a [UserRecord]),
+    /// CSV with the header `id,display_name,mail,upn,employee_id`.
+    Csv(&'a str),
+}
+
+/// How an import treats existing users.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ImportOptions {
+    /// Update existing users (else they are refused as existing).
+    pub update: bool,
+    /// Check everything, keep nothing.
+    pub dry_run: bool,
 }
 
 /// What to do with a card.

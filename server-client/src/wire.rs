@@ -549,8 +549,64 @@ fn active() -> String {
 pub struct ImportReport {
     /// Users added.
     pub added: u32,
-    /// Users not added, with the reason (such as "exists already").
+    /// Existing users whose fields changed (imports with `update=true`).
+    #[serde(default)]
+    pub updated: u32,
+    /// Existing users the import left as they were (imports with `update=true`).
+    #[serde(default)]
+    pub unchanged: u32,
+    /// Users refused, with the reason (such as "exists already").
     pub skipped: Vec<ImportSkip>,
+    /// Every user not refused, in the import's order, with what was done.
+    #[serde(default)]
+    pub users: Vec<ImportedUser>,
+    /// A dry run: every check ran, nothing was kept.
+    #[serde(default)]
+    pub dry_run: bool,
+}
+
+/// What an import did (or, in a dry run, would do) with one user.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImportedUser {
+    /// The user id.
+    pub id: String,
+    /// `added`, `updated` or `unchanged`.
+    pub outcome: String,
+    /// For `updated`: the fields that changed (`display_name`, `mail`, `upn`, `employee_id`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub changed: Vec<String>,
+}
+
+/// The body of `PATCH /v1/admin/users/{id}`: each field given replaces the user's; an
+/// empty `mail`, `upn` or `employee_id` removes it; `id` renames the user (their cards
+/// and audit events follow).
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UserUpdate {
+    /// The new user id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    /// The new name to show.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub display_name: Option<String>,
+    /// The new e-mail address (`""` removes it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mail: Option<String>,
+    /// The new UPN (`""` removes it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upn: Option<String>,
+    /// The new employee number (`""` removes it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub employee_id: Option<String>,
+}
+
+/// The answer to `DELETE /v1/admin/users/{id}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UserDeleted {
+    /// The user id deleted.
+    pub deleted: String,
+    /// The user's cards this revoked (`serial@issuer-id`, reason `affiliationChanged`).
+    pub revoked_cards: Vec<String>,
 }
 
 /// One user an import did not add.
@@ -587,6 +643,18 @@ pub struct CardRecord {
     pub first_seen: String,
     /// Last sign-in, RFC 3339.
     pub last_seen: String,
+}
+
+/// The body of `POST /v1/admin/cards/{card}/revoke` (optional: no body is reason
+/// `unspecified`).
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RevokeCardRequest {
+    /// The RFC 5280 reason name: `unspecified`, `keyCompromise`, `affiliationChanged`,
+    /// `superseded`, `cessationOfOperation` or `privilegeWithdrawn`. It goes into the CRL
+    /// entry's reason code and the audit.
+    #[serde(default)]
+    pub reason: Option<String>,
 }
 
 /// An audit event as the admin API shows it.

@@ -1224,3 +1224,314 @@ async fn the_directory_refuses_duplicates_and_lookalike_ids() {
         assert_eq!(imported, 1, "{id}: {events:#?}");
     }
 }
+
+/// A card certificate's facts as the store records them (no DER needed).
+fn card_facts(serial: &str) -> pivtap_server_client::certificate::CertificateFacts {
+    pivtap_server_client::certificate::CertificateFacts {
+        der: Vec::new(),
+        serial: serial.to_owned(),
+        fingerprint: format!("{serial:0>64}"),
+        subject: format!("CN=card {serial}"),
+        issuer: "CN=Test CA".to_owned(),
+        common_name: Some(format!("card {serial}")),
+        subject_serial_number: None,
+        emails: Vec::new(),
+        upns: Vec::new(),
+        device: None,
+        not_before: OffsetDateTime::now_utc() - Duration::from_secs(86_400),
+        not_after: OffsetDateTime::now_utc() + Duration::from_secs(86_400),
+        key: pivtap_server_client::certificate::KeyKind::EcP256,
+    }
+}
+
+/// Issue 12: users could be added and locked but never changed, renamed or deleted, so a
+/// wrong mail (the duplicate-attribute trap) left only editing SQLite. Now `PATCH` changes
+/// or renames (cards and audit follow), `DELETE` deletes and revokes the user's cards,
+/// and both keep every attribute unique.
+#[tokio::test]
+async fn admin_updates_renames_and_deletes_users() {
+    let state = state().await;
+    let app = server::app(state.clone());
+    for (id, mail) in [("alice", "alice@example.com"), ("bob", "bob@example.com")] {
+        send(
+            &app,
+            admin_request(
+                Method::POST,
+                "/users",
+                JSON,
+                json!({"id": id, "display_name": id, "mail": mail}).to_string(),
+            ),
+        )
+        .await
+        .ok_json(StatusCode::CREATED);
+    }
+    let now = OffsetDateTime::now_utc();
+    let store = state.store();
+    store
+        .record_card(&card_facts("0a"), Some("alice"), now)
+        .await
+        .expect("alice's card is recorded");
+    store
+        .record_card(&card_facts("0b"), Some("bob"), now)
+        .await
+        .expect("bob's card is recorded");
+    let patch = |id: &str, body: Value| {
+        admin_request(Method::PATCH, &format!("/users/{id}"), JSON, body.to_string())
+    };
+
+    let taken = send(&app, patch("alice", json!({"mail": "BOB@example.com"})))
+        .await
+        .error(StatusCode::CONFLICT, "conflict");
+    assert!(taken.contains("\"bob\" has this mail"), "{taken}");
+    send(&app, patch("alice", json!({"id": "bob"})))
+        .await
+        .error(StatusCode::CONFLICT, "conflict");
+    send(&app, patch("nobody", json!({"display_name": "N"})))
+        .await
+        .error(StatusCode::NOT_FOUND, "not_found");
+    for bad in [
+        json!({"mail": "no-at-sign"}),
+        json!({"id": "al ice"}),
+        json!({"display_name": " "}),
+        json!({"state": "locked"}),
+    ] {
+        send(&app, patch("alice", bad))
+            .await
+            .error(StatusCode::BAD_REQUEST, "invalid_request");
+    }
+    assert_eq!(
+        admin_get(&app, "/users").await[0]["mail"],
+        "alice@example.com",
+        "refused changes change nothing"
+    );
+
+    let updated = send(
+        &app,
+        patch(
+            "alice",
+            json!({"display_name": "Alice B", "upn": "alice@corp.example", "mail": ""}),
+        ),
+    )
+    .await
+    .ok_json(StatusCode::OK);
+    assert_eq!(updated["display_name"], "Alice B");
+    assert_eq!(updated["upn"], "alice@corp.example");
+    assert_eq!(updated["mail"], Value::Null, "an empty mail removes it");
+    // The freed mail may now be bob's second address... or anyone's.
+    let renamed = send(&app, patch("alice", json!({"id": "alice.b"})))
+        .await
+        .ok_json(StatusCode::OK);
+    assert_eq!(renamed["id"], "alice.b");
+    assert_eq!(renamed["upn"], "alice@corp.example", "a rename keeps the rest");
+    assert_eq!(user_ids(&app).await, ["alice.b", "bob"]);
+    let cards = admin_get(&app, "/cards").await;
+    assert_eq!(cards[0]["user_id"], "alice.b", "the card follows the rename");
+    let history = audit(&app, "?user=alice.b").await;
+    let details: Vec<&str> = history
+        .iter()
+        .map(|event| event["detail"].as_str().unwrap_or_default())
+        .collect();
+    assert!(
+        details[0].contains("renamed from alice"),
+        "the rename is audited: {details:?}"
+    );
+    assert!(
+        details.iter().any(|d| d.contains("added user alice")),
+        "the audit follows the rename: {details:?}"
+    );
+    assert!(audit(&app, "?user=alice").await.is_empty());
+
+    let deleted = send(
+        &app,
+        admin_request(Method::DELETE, "/users/bob", JSON, Body::empty()),
+    )
+    .await
+    .ok_json(StatusCode::OK);
+    assert_eq!(deleted["deleted"], "bob");
+    let card_0b = cards[1]["id"].as_str().expect("a card id").to_owned();
+    assert_eq!(deleted["revoked_cards"], json!([card_0b]));
+    assert_eq!(user_ids(&app).await, ["alice.b"]);
+    let cards = admin_get(&app, "/cards").await;
+    assert_eq!(cards[1]["state"], "revoked");
+    assert_eq!(cards[1]["user_id"], Value::Null);
+    let revocation = store
+        .revocation(&pivtap_server_client::store::CardId {
+            issuer: "CN=Test CA".to_owned(),
+            serial: "0b".to_owned(),
+        })
+        .await
+        .expect("the store answers")
+        .expect("bob's card is on the revocation list");
+    assert_eq!(
+        revocation.reason,
+        pivtap_server_client::store::RevocationReason::AffiliationChanged
+    );
+    assert!(
+        audit(&app, "?user=bob").await[0]["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains("deleted user bob"))
+    );
+    send(
+        &app,
+        admin_request(Method::DELETE, "/users/bob", JSON, Body::empty()),
+    )
+    .await
+    .error(StatusCode::NOT_FOUND, "not_found");
+    // bob's mail is free again.
+    send(
+        &app,
+        admin_request(
+            Method::POST,
+            "/users",
+            JSON,
+            json!({"id": "bob2", "display_name": "Bob", "mail": "bob@example.com"}).to_string(),
+        ),
+    )
+    .await
+    .ok_json(StatusCode::CREATED);
+}
+
+/// Issue 12: an import could only add; now `update=true` updates existing users, the
+/// report says what was added, updated (which fields), unchanged or refused, and
+/// `dry_run=true` checks it all and keeps nothing.
+#[tokio::test]
+async fn admin_imports_update_existing_users_and_dry_runs_keep_nothing() {
+    let app = app().await;
+    let first = json!([
+        {"id": "alice", "display_name": "Alice", "mail": "alice@example.com"},
+        {"id": "bob", "display_name": "Bob", "mail": "bob@example.com"},
+    ]);
+    send(
+        &app,
+        admin_request(Method::POST, "/users/import", JSON, first.to_string()),
+    )
+    .await
+    .ok_json(StatusCode::OK);
+    let second = json!([
+        {"id": "alice", "display_name": "Alice", "mail": "alice@example.com"},
+        {"id": "bob", "display_name": "Bob Example", "mail": "bob@example.com", "upn": "bob@corp"},
+        {"id": "carol", "display_name": "Carol", "mail": "carol@example.com"},
+        {"id": "dave", "display_name": "Dave", "mail": "ALICE@example.com"},
+    ]);
+    let import = |query: &str| {
+        admin_request(
+            Method::POST,
+            &format!("/users/import{query}"),
+            JSON,
+            second.to_string(),
+        )
+    };
+    let dry = send(&app, import("?update=true&dry_run=true"))
+        .await
+        .ok_json(StatusCode::OK);
+    let expected_users = json!([
+        {"id": "alice", "outcome": "unchanged"},
+        {"id": "bob", "outcome": "updated", "changed": ["display_name", "upn"]},
+        {"id": "carol", "outcome": "added"},
+    ]);
+    assert_eq!(dry["dry_run"], true);
+    assert_eq!(
+        (&dry["added"], &dry["updated"], &dry["unchanged"]),
+        (&json!(1), &json!(1), &json!(1)),
+        "{dry}"
+    );
+    assert_eq!(dry["users"], expected_users);
+    assert_eq!(
+        dry["skipped"],
+        json!([{"id": "dave", "reason": "user \"alice\" has this mail already"}])
+    );
+    assert_eq!(user_ids(&app).await, ["alice", "bob"], "a dry run keeps nothing");
+    assert_eq!(admin_get(&app, "/users").await[1]["display_name"], "Bob");
+
+    let without_update = send(&app, import("")).await.ok_json(StatusCode::OK);
+    assert_eq!(without_update["added"], 1);
+    assert_eq!(without_update["updated"], 0);
+    assert_eq!(
+        without_update["skipped"][0],
+        json!({"id": "alice", "reason": "exists already"})
+    );
+    let updated = send(&app, import("?update=true")).await.ok_json(StatusCode::OK);
+    assert_eq!(updated["dry_run"], false);
+    assert_eq!(
+        updated["users"],
+        json!([
+            {"id": "alice", "outcome": "unchanged"},
+            {"id": "bob", "outcome": "updated", "changed": ["display_name", "upn"]},
+            {"id": "carol", "outcome": "unchanged"},
+        ])
+    );
+    let users = admin_get(&app, "/users").await;
+    assert_eq!(users[1]["display_name"], "Bob Example");
+    assert_eq!(users[1]["upn"], "bob@corp");
+    let bob_events = audit(&app, "?user=bob").await;
+    assert!(
+        bob_events[0]["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains("updated display_name, upn")),
+        "{bob_events:?}"
+    );
+    send(
+        &app,
+        admin_request(Method::POST, "/users/import?update=yes", JSON, "[]"),
+    )
+    .await
+    .error(StatusCode::BAD_REQUEST, "invalid_request");
+}
+
+/// Issue 12: a revocation takes an RFC 5280 reason, kept on the revocation list (and so
+/// in the CRL entry) and in the audit; a reason that is not one is refused.
+#[tokio::test]
+async fn admin_revokes_a_card_with_a_reason() {
+    let state = state().await;
+    let app = server::app(state.clone());
+    let store = state.store();
+    let now = OffsetDateTime::now_utc();
+    for serial in ["0c", "0d"] {
+        store
+            .record_card(&card_facts(serial), None, now)
+            .await
+            .expect("the card is recorded");
+    }
+    let revoke = |serial: &str, body: &str| {
+        admin_request(
+            Method::POST,
+            &format!("/cards/{serial}/revoke"),
+            JSON,
+            body.to_owned(),
+        )
+    };
+    for bad in [r#"{"reason":"certificateHold"}"#, r#"{"why":"x"}"#, "nope"] {
+        send(&app, revoke("0c", bad))
+            .await
+            .error(StatusCode::BAD_REQUEST, "invalid_request");
+    }
+    assert_eq!(admin_get(&app, "/cards").await[0]["state"], "active");
+    let revoked = send(&app, revoke("0c", r#"{"reason":"keyCompromise"}"#))
+        .await
+        .ok_json(StatusCode::OK);
+    assert_eq!(revoked["state"], "revoked");
+    send(&app, revoke("0d", ""))
+        .await
+        .ok_json(StatusCode::OK);
+    let reason = async |serial: &str| {
+        store
+            .revocation(&pivtap_server_client::store::CardId {
+                issuer: "CN=Test CA".to_owned(),
+                serial: serial.to_owned(),
+            })
+            .await
+            .expect("the store answers")
+            .expect("on the list")
+            .reason
+    };
+    use pivtap_server_client::store::RevocationReason;
+    assert_eq!(reason("0c").await, RevocationReason::KeyCompromise);
+    assert_eq!(reason("0d").await, RevocationReason::Unspecified);
+    let events = audit(&app, "?card=0c").await;
+    assert!(
+        events[0]["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains("reason keyCompromise")),
+        "{events:?}"
+    );
+}

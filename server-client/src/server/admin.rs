@@ -8,7 +8,7 @@ use axum::extract::{DefaultBodyLimit, Path, Query, Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{delete, get, post};
+use axum::routing::{delete, get, patch, post};
 use serde::Deserialize;
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
@@ -18,11 +18,12 @@ use super::client_address::ClientAddress;
 use super::error::ApiError;
 use super::handlers::{json_body, rejection_error, rfc3339};
 use crate::store::{
-    AuditEvent, AuditKindFilter, AuditQuery, Card, CardId, CardState, NewAuditEvent, StoreError, User, UserState,
+    AuditEvent, AuditKindFilter, AuditQuery, Card, CardId, CardState, NewAuditEvent,
+    RevocationReason, StoreError, User, UserState, UserWritten,
 };
 use crate::wire::{
     AuditRecord, CardRecord, CreateEnrollmentRequest, EnrollmentCode, ErrorCode, ImportReport,
-    ImportSkip, UserInfo, UserRecord,
+    ImportSkip, ImportedUser, RevokeCardRequest, UserDeleted, UserInfo, UserRecord, UserUpdate,
 };
 
 /// Most users one import takes.
@@ -43,6 +44,7 @@ pub fn router(state: ServerState) -> Router<ServerState> {
             PATH_IMPORT,
             post(import_users).layer(DefaultBodyLimit::max(MAX_IMPORT_BYTES)),
         )
+        .route("/users/{id}", patch(update_user).delete(delete_user))
         .route("/users/{id}/lock", post(lock_user))
         .route("/users/{id}/unlock", post(unlock_user))
         .route("/cards", get(list_cards))
@@ -287,13 +289,28 @@ async fn add_user(
     Ok((StatusCode::CREATED, Json(user_record(user))))
 }
 
-/// `POST /users/import`: a JSON array of users, or CSV (`Content-Type: text/csv`)
-/// with the header `id,display_name,mail,upn,employee_id`.
+/// `POST /users/import` query parameters.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ImportParams {
+    /// Existing users are updated (else refused as existing).
+    #[serde(default)]
+    update: bool,
+    /// Every check runs; nothing is kept.
+    #[serde(default)]
+    dry_run: bool,
+}
+
+/// `POST /users/import[?update=true][&dry_run=true]`: a JSON array of users, or CSV
+/// (`Content-Type: text/csv`) with the header `id,display_name,mail,upn,employee_id`.
 async fn import_users(
     State(state): State<ServerState>,
+    params: Result<Query<ImportParams>, axum::extract::rejection::QueryRejection>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<ImportReport>, ApiError> {
+    let Query(params) =
+        params.map_err(|rejection| rejection_error("the query", &rejection.body_text()))?;
     let body = body.map_err(|rejection| {
         if rejection.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
             ApiError::payload_too_large()
@@ -323,10 +340,14 @@ async fn import_users(
     }
     let mut report = ImportReport {
         added: 0,
+        updated: 0,
+        unchanged: 0,
         skipped: Vec::new(),
+        users: Vec::new(),
+        dry_run: params.dry_run,
     };
-    // Every row keeps its place: refused ones now, the rest after the one write that adds
-    // them, each with its own audit event.
+    // Every row keeps its place: refused ones now, the rest after the one write that
+    // writes them, each with its own audit event.
     let mut outcomes: Vec<(String, Option<String>)> = Vec::with_capacity(records.len());
     let mut users = Vec::new();
     let now = OffsetDateTime::now_utc();
@@ -344,18 +365,40 @@ async fn import_users(
                     user_id: Some(user.id.clone()),
                     detail: Some(format!("imported user {}", user.id)),
                 };
-                outcomes.push((id, None));
+                outcomes.push((user.id.clone(), None));
                 users.push((user, event));
             }
         }
     }
-    let mut added = state.store().add_users(users).await?.into_iter();
+    let mut written = state
+        .store()
+        .import_users(users, params.update, params.dry_run)
+        .await?
+        .into_iter();
     for (id, refused) in outcomes {
         let reason = match refused {
             Some(reason) => reason,
-            None => match added.next() {
-                Some(Ok(())) => {
-                    report.added += 1;
+            None => match written.next() {
+                Some(Ok(done)) => {
+                    let (outcome, changed) = match done {
+                        UserWritten::Added => {
+                            report.added += 1;
+                            ("added", Vec::new())
+                        }
+                        UserWritten::Updated(fields) => {
+                            report.updated += 1;
+                            ("updated", fields.into_iter().map(str::to_owned).collect())
+                        }
+                        UserWritten::Unchanged => {
+                            report.unchanged += 1;
+                            ("unchanged", Vec::new())
+                        }
+                    };
+                    report.users.push(ImportedUser {
+                        id,
+                        outcome: outcome.to_owned(),
+                        changed,
+                    });
                     continue;
                 }
                 Some(Err(StoreError::Conflict { .. })) => "exists already".to_owned(),
@@ -368,18 +411,114 @@ async fn import_users(
         };
         report.skipped.push(ImportSkip { id, reason });
     }
-    admin_audit(
-        &state,
-        "ok",
-        Subject::None,
-        format!(
-            "imported {} users ({} skipped)",
-            report.added,
-            report.skipped.len()
-        ),
-    )
-    .await?;
+    if !params.dry_run {
+        admin_audit(
+            &state,
+            "ok",
+            Subject::None,
+            format!(
+                "imported users: {} added, {} updated, {} unchanged, {} refused",
+                report.added,
+                report.updated,
+                report.unchanged,
+                report.skipped.len()
+            ),
+        )
+        .await?;
+    }
     Ok(Json(report))
+}
+
+/// `PATCH /users/{id}`: changes a user's name and attributes, or renames them.
+async fn update_user(
+    State(state): State<ServerState>,
+    id: Result<Path<String>, PathRejection>,
+    body: Result<Json<UserUpdate>, JsonRejection>,
+) -> Result<Json<UserRecord>, ApiError> {
+    let id = path_param(id)?;
+    let change = json_body(body)?;
+    let stored = state
+        .store()
+        .get_user(&id)
+        .await?
+        .ok_or_else(|| ApiError::new(ErrorCode::NotFound, format!("no user {}", short(&id))))?;
+    let before = user_record(stored);
+    // A field given replaces the stored one; given empty, it is removed.
+    let attribute = |given: Option<String>, stored: &Option<String>| match given {
+        Some(value) if value.is_empty() => None,
+        Some(value) => Some(value),
+        None => stored.clone(),
+    };
+    let user = new_user(UserRecord {
+        id: change.id.clone().unwrap_or_else(|| before.id.clone()),
+        display_name: change
+            .display_name
+            .clone()
+            .unwrap_or_else(|| before.display_name.clone()),
+        mail: attribute(change.mail, &before.mail),
+        upn: attribute(change.upn, &before.upn),
+        employee_id: attribute(change.employee_id, &before.employee_id),
+        state: before.state.clone(),
+    })
+    .map_err(ApiError::invalid)?;
+    let mut changes: Vec<String> = [
+        ("display_name", before.display_name != user.display_name),
+        ("mail", before.mail != user.mail),
+        ("upn", before.upn != user.upn),
+        ("employee_id", before.employee_id != user.employee_id),
+    ]
+    .into_iter()
+    .filter(|(_, changed)| *changed)
+    .map(|(field, _)| field.to_owned())
+    .collect();
+    if user.id != id {
+        changes.insert(0, format!("renamed from {id}"));
+    }
+    let detail = if changes.is_empty() {
+        format!("updated user {} (no change)", user.id)
+    } else {
+        format!("updated user {}: {}", user.id, changes.join(", "))
+    };
+    let event = NewAuditEvent {
+        time: OffsetDateTime::now_utc(),
+        kind: "admin".to_owned(),
+        outcome: "ok".to_owned(),
+        device: None,
+        card_serial: None,
+        user_id: Some(user.id.clone()),
+        detail: Some(detail),
+    };
+    state.store().update_user(&id, &user, event).await?;
+    let updated = state
+        .store()
+        .get_user(&user.id)
+        .await?
+        .ok_or_else(|| ApiError::new(ErrorCode::NotFound, format!("no user {}", user.id)))?;
+    Ok(Json(user_record(updated)))
+}
+
+/// `DELETE /users/{id}`: deletes a user and revokes their cards.
+async fn delete_user(
+    State(state): State<ServerState>,
+    id: Result<Path<String>, PathRejection>,
+) -> Result<Json<UserDeleted>, ApiError> {
+    let id = path_param(id)?;
+    let event = NewAuditEvent {
+        time: OffsetDateTime::now_utc(),
+        kind: "admin".to_owned(),
+        outcome: "ok".to_owned(),
+        device: None,
+        card_serial: None,
+        user_id: Some(id.clone()),
+        detail: Some(format!(
+            "deleted user {id}; their cards are revoked (affiliationChanged)"
+        )),
+    };
+    let revoked = state.store().delete_user(&id, event).await?;
+    Ok(Json(UserDeleted {
+        deleted: id,
+        revoked_cards: revoked.iter().map(CardId::qualified).collect(),
+    }))
 }
 
 /// Reads CSV users (RFC 4180: quoted fields, `""` for a quote inside).
@@ -580,11 +719,44 @@ async fn unlock_card(
     set_card_state(state, card, CardState::Active, "unlocked").await
 }
 
+/// `POST /cards/{card}/revoke`, with an optional [`RevokeCardRequest`] naming the reason.
 async fn revoke_card(
     State(state): State<ServerState>,
     card: Result<Path<String>, PathRejection>,
+    body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<CardRecord>, ApiError> {
-    set_card_state(state, card, CardState::Revoked, "revoked").await
+    let body = body.map_err(|rejection| rejection_error("the body", &rejection.body_text()))?;
+    let request = if body.iter().all(u8::is_ascii_whitespace) {
+        RevokeCardRequest::default()
+    } else {
+        serde_json::from_slice::<RevokeCardRequest>(&body).map_err(|error| {
+            ApiError::invalid(format!("the body is not a revocation request: {error}"))
+        })?
+    };
+    let reason = match request.reason.as_deref() {
+        None => RevocationReason::Unspecified,
+        Some(text) => text.parse().map_err(|_| {
+            ApiError::invalid(format!(
+                "the reason must be one of {}",
+                RevocationReason::ALL.map(RevocationReason::as_str).join(", ")
+            ))
+        })?,
+    };
+    let id = resolve_card(&state, &path_param(card)?).await?;
+    state.store().revoke_card(&id, reason).await?;
+    admin_audit(
+        &state,
+        "ok",
+        Subject::Card(&id.serial),
+        format!("revoked card {id} (issuer {}), reason {reason}", id.issuer),
+    )
+    .await?;
+    let card = state
+        .store()
+        .get_card(&id)
+        .await?
+        .ok_or_else(|| ApiError::new(ErrorCode::NotFound, format!("no card {id}")))?;
+    Ok(Json(card_record(card)))
 }
 
 /// `DELETE /cards/{card}`: forgets a revoked card; it stays on the revocation list.

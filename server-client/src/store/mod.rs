@@ -135,6 +135,18 @@ pub struct User {
     pub state: UserState,
 }
 
+/// What an import did with one user ([`Store::import_users`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum UserWritten {
+    /// A new user.
+    Added,
+    /// An existing user whose fields changed: these (`display_name`, `mail`, `upn`,
+    /// `employee_id`).
+    Updated(Vec<&'static str>),
+    /// An existing user as given already.
+    Unchanged,
+}
+
 /// Users who share a value of a mapped attribute, so that a card certificate with that
 /// value maps to all of them (and signs in none).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -409,37 +421,80 @@ pub struct IssuedCertificate {
     pub chuid_guid: Option<String>,
 }
 
-/// Why a certificate is on the revocation list (RFC 5280 CRLReason).
+/// Why a certificate is on the revocation list (RFC 5280 §5.3.1 CRLReason): the reasons
+/// an administrator or a renewal may give (not the CA's own, nor `certificateHold`, which
+/// is not final).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum RevocationReason {
-    /// An admin revoked the card.
+    /// No reason given (`unspecified`, 0).
     Unspecified,
-    /// A renewal replaced the certificate.
+    /// The card's key is known or suspected to be exposed (`keyCompromise`, 1).
+    KeyCompromise,
+    /// The holder's name or affiliation changed, such as leaving (`affiliationChanged`, 3).
+    AffiliationChanged,
+    /// A new certificate replaced it, such as a renewal (`superseded`, 4).
     Superseded,
+    /// The card is no longer needed: returned or destroyed (`cessationOfOperation`, 5).
+    CessationOfOperation,
+    /// The holder may no longer sign in with it (`privilegeWithdrawn`, 9).
+    PrivilegeWithdrawn,
 }
 
 impl RevocationReason {
-    /// The reason as stored (`unspecified`, `superseded`).
+    /// Every reason, in the order of their RFC 5280 codes.
+    pub const ALL: [RevocationReason; 6] = [
+        RevocationReason::Unspecified,
+        RevocationReason::KeyCompromise,
+        RevocationReason::AffiliationChanged,
+        RevocationReason::Superseded,
+        RevocationReason::CessationOfOperation,
+        RevocationReason::PrivilegeWithdrawn,
+    ];
+
+    /// The RFC 5280 name, as stored and shown (`unspecified`, `keyCompromise`, ...).
     #[must_use]
     pub fn as_str(self) -> &'static str {
         match self {
             RevocationReason::Unspecified => "unspecified",
+            RevocationReason::KeyCompromise => "keyCompromise",
+            RevocationReason::AffiliationChanged => "affiliationChanged",
             RevocationReason::Superseded => "superseded",
+            RevocationReason::CessationOfOperation => "cessationOfOperation",
+            RevocationReason::PrivilegeWithdrawn => "privilegeWithdrawn",
         }
+    }
+
+    /// The RFC 5280 reason code.
+    #[must_use]
+    pub fn code(self) -> u8 {
+        match self {
+            RevocationReason::Unspecified => 0,
+            RevocationReason::KeyCompromise => 1,
+            RevocationReason::AffiliationChanged => 3,
+            RevocationReason::Superseded => 4,
+            RevocationReason::CessationOfOperation => 5,
+            RevocationReason::PrivilegeWithdrawn => 9,
+        }
+    }
+}
+
+impl fmt::Display for RevocationReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
     }
 }
 
 impl FromStr for RevocationReason {
     type Err = InvalidState;
 
+    /// The RFC 5280 name in any case (`keyCompromise`, `keycompromise`).
     fn from_str(text: &str) -> Result<Self, Self::Err> {
-        match text {
-            "unspecified" => Ok(RevocationReason::Unspecified),
-            "superseded" => Ok(RevocationReason::Superseded),
-            _ => Err(InvalidState {
+        RevocationReason::ALL
+            .into_iter()
+            .find(|reason| reason.as_str().eq_ignore_ascii_case(text))
+            .ok_or_else(|| InvalidState {
                 text: text.to_owned(),
-            }),
-        }
+            })
     }
 }
 
@@ -684,13 +739,43 @@ pub trait Store: Send + Sync {
     /// by stays unique.
     fn add_user(&self, user: &User) -> BoxFuture<'_, Result<(), StoreError>>;
 
-    /// Adds users in one write, each with its audit event, in order, with the checks of
-    /// [`Store::add_user`] (against the users before and those added before it): one
-    /// result per user. `Err` only if the write as a whole failed (nothing was added).
-    fn add_users(
+    /// Imports users in one write, in order, each with its audit event: a new id is added
+    /// with the checks of [`Store::add_user`]; an existing one is [`StoreError::Conflict`],
+    /// or with `update` has its name and attributes replaced (its state kept) with the
+    /// checks of [`Store::update_user`]. Checks see the users before and those written
+    /// before in the same import. An unchanged user gets no event; an updated one gets
+    /// `event` with the changed fields added to its detail. With `dry_run` every check
+    /// runs and nothing is kept. One result per user; `Err` only if the write as a whole
+    /// failed (nothing was written).
+    fn import_users(
         &self,
         users: Vec<(User, NewAuditEvent)>,
-    ) -> BoxFuture<'_, Result<Vec<Result<(), StoreError>>, StoreError>>;
+        update: bool,
+        dry_run: bool,
+    ) -> BoxFuture<'_, Result<Vec<Result<UserWritten, StoreError>>, StoreError>>;
+
+    /// Replaces user `id`'s record with `user` (its state is kept), with its audit event,
+    /// in one write. A new id renames the user: their cards, enrollment codes, issued
+    /// certificates and audit events move to the new id. [`StoreError::NotFound`] if
+    /// there is no user `id`; [`StoreError::Conflict`] if the new id is another user's;
+    /// [`StoreError::AttributeTaken`] if another user has one of its mapped attributes.
+    fn update_user(
+        &self,
+        id: &str,
+        user: &User,
+        event: NewAuditEvent,
+    ) -> BoxFuture<'_, Result<(), StoreError>>;
+
+    /// Deletes user `id` with its audit event, in one write: their cards that are not
+    /// revoked are revoked (`affiliationChanged`, on the revocation list with their pending
+    /// renewals), every card of theirs keeps its record without a user, and their
+    /// enrollment codes are deleted. Returns the cards it revoked. The audit keeps their
+    /// events. [`StoreError::NotFound`] if there is no such user.
+    fn delete_user(
+        &self,
+        id: &str,
+        event: NewAuditEvent,
+    ) -> BoxFuture<'_, Result<Vec<CardId>, StoreError>>;
 
     /// Groups of users who share a value of a mapped attribute (mail or UPN, ASCII case
     /// folded; employee id), each group's ids in order: left over from before the
@@ -743,6 +828,14 @@ pub trait Store: Send + Sync {
         &self,
         id: &CardId,
         state: CardState,
+    ) -> BoxFuture<'_, Result<(), StoreError>>;
+
+    /// Revokes a card as [`Store::set_card_state`] does, with `reason` on the revocation
+    /// list (for the card and its pending renewals).
+    fn revoke_card(
+        &self,
+        id: &CardId,
+        reason: RevocationReason,
     ) -> BoxFuture<'_, Result<(), StoreError>>;
 
     /// Stores a fresh challenge for `device` and its audit event, in one write.
@@ -1026,6 +1119,23 @@ mod tests {
         assert_eq!(with_limit(0).effective_limit(), 100);
         assert_eq!(with_limit(7).effective_limit(), 7);
         assert_eq!(with_limit(5000).effective_limit(), 1000);
+    }
+
+    #[test]
+    fn revocation_reasons_read_their_rfc_5280_names_in_any_case() {
+        for reason in RevocationReason::ALL {
+            assert_eq!(reason.as_str().parse::<RevocationReason>(), Ok(reason));
+            assert_eq!(
+                reason.as_str().to_uppercase().parse::<RevocationReason>(),
+                Ok(reason)
+            );
+        }
+        assert_eq!(
+            "keyCompromise".parse::<RevocationReason>().map(RevocationReason::code),
+            Ok(1)
+        );
+        assert!("certificateHold".parse::<RevocationReason>().is_err());
+        assert!("".parse::<RevocationReason>().is_err());
     }
 
     #[test]

@@ -18,7 +18,7 @@ use super::{
     DeviceCodeUse, DeviceCredentialRecord, DeviceState, EnrollmentCodeRecord, EnrollmentCodeUse,
     IssuedCertificate, NewAuditEvent, NewDevice, NewEnrollmentCode, RevocationReason,
     RevokedCertificate, SignInLookup, SignInRecords, Store, StoreError, User, UserConflict,
-    UserState,
+    UserState, UserWritten,
 };
 use crate::certificate::CertificateFacts;
 use crate::mapping::UserAttribute;
@@ -233,6 +233,25 @@ CREATE TABLE devices (
 CREATE INDEX challenges_device ON challenges (device) WHERE used_at IS NULL;
 ";
 
+/// Version 7: the revocation list takes every RFC 5280 reason an administrator may give
+/// (its rows are kept); the audit log is indexed by kind, for the kind filter.
+const MIGRATION_7: &str = "
+CREATE TABLE revoked_certificates_v7 (
+    issuer TEXT NOT NULL,
+    serial TEXT NOT NULL,
+    revoked_at TEXT NOT NULL,
+    reason TEXT NOT NULL CHECK (reason IN ('unspecified', 'keyCompromise', 'affiliationChanged',
+        'superseded', 'cessationOfOperation', 'privilegeWithdrawn')),
+    PRIMARY KEY (issuer, serial)
+) STRICT;
+INSERT INTO revoked_certificates_v7 (issuer, serial, revoked_at, reason)
+    SELECT issuer, serial, revoked_at, reason FROM revoked_certificates;
+DROP TABLE revoked_certificates;
+ALTER TABLE revoked_certificates_v7 RENAME TO revoked_certificates;
+CREATE INDEX revoked_certificates_serial ON revoked_certificates (serial);
+CREATE INDEX audit_kind ON audit (kind, time);
+";
+
 /// Every migration, by version, oldest first. Never edit one that shipped: add the next.
 const MIGRATIONS: &[(i64, &str)] = &[
     (1, MIGRATION_1),
@@ -241,6 +260,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (4, MIGRATION_4),
     (5, MIGRATION_5),
     (6, MIGRATION_6),
+    (7, MIGRATION_7),
 ];
 
 /// `SELECT` of every [`Device`] column, followed by the rest of the statement.
@@ -367,23 +387,48 @@ impl Store for SqliteStore {
         )
     }
 
-    fn add_users(
+    fn import_users(
         &self,
         users: Vec<(User, NewAuditEvent)>,
-    ) -> BoxFuture<'_, Result<Vec<Result<(), StoreError>>, StoreError>> {
+        update: bool,
+        dry_run: bool,
+    ) -> BoxFuture<'_, Result<Vec<Result<UserWritten, StoreError>>, StoreError>> {
         Box::pin(self.database.write(move |connection| {
-            let mut results = Vec::with_capacity(users.len());
-            for (user, event) in &users {
-                let result = match insert_user(connection, user) {
-                    Ok(()) => insert_audit(connection, event),
-                    Err(
-                        refused @ (StoreError::Conflict { .. } | StoreError::AttributeTaken { .. }),
-                    ) => Err(refused),
-                    Err(failure) => return Err(failure),
-                };
-                results.push(result);
-            }
-            Ok(results)
+            connection.execute_batch("SAVEPOINT import")?;
+            let written = import_users(connection, users, update);
+            let end = if dry_run || written.is_err() {
+                "ROLLBACK TO import; RELEASE import"
+            } else {
+                "RELEASE import"
+            };
+            connection.execute_batch(end)?;
+            written
+        }))
+    }
+
+    fn update_user(
+        &self,
+        id: &str,
+        user: &User,
+        event: NewAuditEvent,
+    ) -> BoxFuture<'_, Result<(), StoreError>> {
+        let (id, user) = (id.to_owned(), user.clone());
+        Box::pin(self.database.write(move |connection| {
+            update_user(connection, &id, &user)?;
+            insert_audit(connection, &event)
+        }))
+    }
+
+    fn delete_user(
+        &self,
+        id: &str,
+        event: NewAuditEvent,
+    ) -> BoxFuture<'_, Result<Vec<CardId>, StoreError>> {
+        let id = id.to_owned();
+        Box::pin(self.database.write(move |connection| {
+            let revoked = delete_user(connection, &id)?;
+            insert_audit(connection, &event)?;
+            Ok(revoked)
         }))
     }
 
@@ -489,39 +534,18 @@ impl Store for SqliteStore {
     ) -> BoxFuture<'_, Result<(), StoreError>> {
         let id = id.clone();
         Box::pin(self.database.write(move |connection| {
-            // One statement, so a concurrent revocation cannot be undone.
-            let changed = connection
-                .prepare_cached(
-                    "UPDATE cards SET state = ?1
-                     WHERE issuer = ?2 AND serial = ?3 AND (state <> 'revoked' OR ?1 = 'revoked')",
-                )?
-                .execute(params![state.as_str(), id.issuer, id.serial])?;
-            if changed > 0 {
-                if state == CardState::Revoked {
-                    let now = encode_time(OffsetDateTime::now_utc())?;
-                    add_revocation(connection, &id, RevocationReason::Unspecified, &now)?;
-                    revoke_pending_renewals(
-                        connection,
-                        &id,
-                        None,
-                        RevocationReason::Unspecified,
-                        &now,
-                    )?;
-                }
-                return Ok(());
-            }
-            let exists = connection
-                .prepare_cached("SELECT 1 FROM cards WHERE issuer = ? AND serial = ?")?
-                .exists(params![id.issuer, id.serial])?;
-            Err(if exists {
-                StoreError::Conflict {
-                    what: format!("card {id} is revoked, which is final"),
-                }
-            } else {
-                StoreError::NotFound {
-                    what: format!("card {id}"),
-                }
-            })
+            set_card_state(connection, &id, state, RevocationReason::Unspecified)
+        }))
+    }
+
+    fn revoke_card(
+        &self,
+        id: &CardId,
+        reason: RevocationReason,
+    ) -> BoxFuture<'_, Result<(), StoreError>> {
+        let id = id.clone();
+        Box::pin(self.database.write(move |connection| {
+            set_card_state(connection, &id, CardState::Revoked, reason)
         }))
     }
 
@@ -1183,19 +1207,8 @@ fn insert_user(connection: &Connection, user: &User) -> Result<(), StoreError> {
     if id_taken {
         return Err(exists());
     }
-    let attributes = [
-        (UserAttribute::Mail, &user.mail),
-        (UserAttribute::Upn, &user.upn),
-        (UserAttribute::EmployeeId, &user.employee_id),
-    ];
-    for (attribute, value) in attributes {
-        let Some(value) = value else { continue };
-        if let Some(holder) = find_users(connection, attribute, value)?.into_iter().next() {
-            return Err(StoreError::AttributeTaken {
-                attribute,
-                holder: holder.id,
-            });
-        }
+    if let Some(taken) = attribute_taken(connection, user, None)? {
+        return Err(taken);
     }
     let result = connection
         .prepare_cached(
@@ -1215,6 +1228,236 @@ fn insert_user(connection: &Connection, user: &User) -> Result<(), StoreError> {
         Err(error) if is_unique_violation(&error) => Err(exists()),
         other => other.map(drop).map_err(StoreError::from),
     }
+}
+
+/// [`Store::import_users`] without its savepoint.
+fn import_users(
+    connection: &Connection,
+    users: Vec<(User, NewAuditEvent)>,
+    update: bool,
+) -> Result<Vec<Result<UserWritten, StoreError>>, StoreError> {
+    let mut results = Vec::with_capacity(users.len());
+    for (user, mut event) in users {
+        let stored = connection
+            .prepare_cached(select_users!("WHERE id = ?"))?
+            .query_row([&user.id], user_from_row)
+            .optional()?
+            .transpose()?;
+        let result = match stored {
+            None => insert_user(connection, &user).map(|()| UserWritten::Added),
+            Some(_) if !update => Err(StoreError::Conflict {
+                what: format!("user {:?} exists already", user.id),
+            }),
+            Some(stored) => {
+                let changed = changed_fields(&stored, &user);
+                if changed.is_empty() {
+                    results.push(Ok(UserWritten::Unchanged));
+                    continue;
+                }
+                event.detail = Some(format!(
+                    "{}: updated {}",
+                    event.detail.unwrap_or_default(),
+                    changed.join(", ")
+                ));
+                update_user(connection, &user.id, &user).map(|()| UserWritten::Updated(changed))
+            }
+        };
+        match result {
+            Ok(written) => {
+                insert_audit(connection, &event)?;
+                results.push(Ok(written));
+            }
+            Err(refused @ (StoreError::Conflict { .. } | StoreError::AttributeTaken { .. })) => {
+                results.push(Err(refused));
+            }
+            Err(failure) => return Err(failure),
+        }
+    }
+    Ok(results)
+}
+
+/// The fields of `stored` that `new` changes (the id and the state aside).
+fn changed_fields(stored: &User, new: &User) -> Vec<&'static str> {
+    [
+        ("display_name", stored.display_name == new.display_name),
+        ("mail", stored.mail == new.mail),
+        ("upn", stored.upn == new.upn),
+        ("employee_id", stored.employee_id == new.employee_id),
+    ]
+    .into_iter()
+    .filter_map(|(field, same)| (!same).then_some(field))
+    .collect()
+}
+
+/// The first mapped attribute of `user` that a user other than `except` has, compared as
+/// [`find_users`] compares it.
+fn attribute_taken(
+    connection: &Connection,
+    user: &User,
+    except: Option<&str>,
+) -> Result<Option<StoreError>, StoreError> {
+    let attributes = [
+        (UserAttribute::Mail, &user.mail),
+        (UserAttribute::Upn, &user.upn),
+        (UserAttribute::EmployeeId, &user.employee_id),
+    ];
+    for (attribute, value) in attributes {
+        let Some(value) = value else { continue };
+        if let Some(holder) = find_users(connection, attribute, value)?
+            .into_iter()
+            .find(|holder| Some(holder.id.as_str()) != except)
+        {
+            return Ok(Some(StoreError::AttributeTaken {
+                attribute,
+                holder: holder.id,
+            }));
+        }
+    }
+    Ok(None)
+}
+
+/// [`Store::update_user`] without its audit event.
+fn update_user(connection: &Connection, id: &str, user: &User) -> Result<(), StoreError> {
+    let exists = connection
+        .prepare_cached("SELECT 1 FROM users WHERE id = ?")?
+        .exists([id])?;
+    if !exists {
+        return Err(StoreError::NotFound {
+            what: format!("user {id:?}"),
+        });
+    }
+    if user.id != id {
+        let taken = connection
+            .prepare_cached("SELECT 1 FROM users WHERE id = ?")?
+            .exists([&user.id])?;
+        if taken {
+            return Err(StoreError::Conflict {
+                what: format!("user {:?} exists already", user.id),
+            });
+        }
+    }
+    if let Some(taken) = attribute_taken(connection, user, Some(id))? {
+        return Err(taken);
+    }
+    if user.id == id {
+        connection
+            .prepare_cached(
+                "UPDATE users SET display_name = ?, mail = ?, upn = ?, employee_id = ? WHERE id = ?",
+            )?
+            .execute(params![
+                user.display_name,
+                user.mail,
+                user.upn,
+                user.employee_id,
+                id
+            ])?;
+        return Ok(());
+    }
+    // A rename: the new row first, so that the references can move to it.
+    connection
+        .prepare_cached(
+            "INSERT INTO users (id, display_name, mail, upn, employee_id, state, created_at)
+             SELECT ?, ?, ?, ?, ?, state, created_at FROM users WHERE id = ?",
+        )?
+        .execute(params![
+            user.id,
+            user.display_name,
+            user.mail,
+            user.upn,
+            user.employee_id,
+            id
+        ])?;
+    for table in [
+        "cards",
+        "enrollment_codes",
+        "issued_certificates",
+        "pending_renewals",
+        "audit",
+    ] {
+        connection
+            .prepare_cached(&format!("UPDATE {table} SET user_id = ? WHERE user_id = ?"))?
+            .execute(params![user.id, id])?;
+    }
+    connection
+        .prepare_cached("DELETE FROM users WHERE id = ?")?
+        .execute([id])?;
+    Ok(())
+}
+
+/// [`Store::delete_user`] without its audit event.
+fn delete_user(connection: &Connection, id: &str) -> Result<Vec<CardId>, StoreError> {
+    let exists = connection
+        .prepare_cached("SELECT 1 FROM users WHERE id = ?")?
+        .exists([id])?;
+    if !exists {
+        return Err(StoreError::NotFound {
+            what: format!("user {id:?}"),
+        });
+    }
+    let live: Vec<CardId> = collect_rows(
+        &mut connection.prepare_cached(select_cards!(
+            "WHERE user_id = ? AND state <> 'revoked' ORDER BY serial, issuer"
+        ))?,
+        [id],
+        card_from_row,
+    )?
+    .iter()
+    .map(Card::id)
+    .collect();
+    for card in &live {
+        set_card_state(
+            connection,
+            card,
+            CardState::Revoked,
+            RevocationReason::AffiliationChanged,
+        )?;
+    }
+    connection
+        .prepare_cached("UPDATE cards SET user_id = NULL WHERE user_id = ?")?
+        .execute([id])?;
+    connection
+        .prepare_cached("DELETE FROM enrollment_codes WHERE user_id = ?")?
+        .execute([id])?;
+    connection
+        .prepare_cached("DELETE FROM users WHERE id = ?")?
+        .execute([id])?;
+    Ok(live)
+}
+
+/// [`Store::set_card_state`]; a revocation goes on the list with `reason`.
+fn set_card_state(
+    connection: &Connection,
+    id: &CardId,
+    state: CardState,
+    reason: RevocationReason,
+) -> Result<(), StoreError> {
+    // One statement, so a concurrent revocation cannot be undone.
+    let changed = connection
+        .prepare_cached(
+            "UPDATE cards SET state = ?1
+             WHERE issuer = ?2 AND serial = ?3 AND (state <> 'revoked' OR ?1 = 'revoked')",
+        )?
+        .execute(params![state.as_str(), id.issuer, id.serial])?;
+    if changed > 0 {
+        if state == CardState::Revoked {
+            let now = encode_time(OffsetDateTime::now_utc())?;
+            add_revocation(connection, id, reason, &now)?;
+            revoke_pending_renewals(connection, id, None, reason, &now)?;
+        }
+        return Ok(());
+    }
+    let exists = connection
+        .prepare_cached("SELECT 1 FROM cards WHERE issuer = ? AND serial = ?")?
+        .exists(params![id.issuer, id.serial])?;
+    Err(if exists {
+        StoreError::Conflict {
+            what: format!("card {id} is revoked, which is final"),
+        }
+    } else {
+        StoreError::NotFound {
+            what: format!("card {id}"),
+        }
+    })
 }
 
 /// Users sharing a mail or UPN (NOCASE, as the columns compare) or an employee id.
