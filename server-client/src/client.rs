@@ -419,6 +419,28 @@ impl Client {
         .await
     }
 
+    /// `POST /v1/sign-outs`: reports the end of the session `token` opened, with why
+    /// (`card_removed`, `idle`, ...). Answers whether it was recorded (`false` for a
+    /// replay).
+    ///
+    /// # Errors
+    /// [`ClientError::Refused`] with `unauthorized` for a token the server does not
+    /// accept (more than a few minutes past its expiry, or not its own).
+    pub async fn sign_out(&self, token: &str, reason: &str) -> Result<bool, ClientError> {
+        let body = wire::SignOutRequest {
+            reason: reason.to_owned(),
+        };
+        let recorded: wire::SignOutRecorded = self
+            .request(
+                Method::POST,
+                wire::PATH_SIGN_OUTS,
+                Some(token),
+                Some(RequestBody::Json(&body)),
+            )
+            .await?;
+        Ok(recorded.recorded)
+    }
+
     /// `GET /.well-known/jwks.json`
     ///
     /// # Errors

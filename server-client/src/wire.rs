@@ -57,6 +57,8 @@ pub const PATH_CRL: &str = "/v1/crl";
 pub const PATH_ADMIN_ENROLLMENTS: &str = "/enrollments";
 /// Admin: `GET|POST {PATH_ADMIN}/devices` lists or registers devices.
 pub const PATH_ADMIN_DEVICES: &str = "/devices";
+/// `POST`: a device reports the end of a session, authenticated by its session token.
+pub const PATH_SIGN_OUTS: &str = "/v1/sign-outs";
 /// `POST /v1/devices/enroll`: a device enrollment code and a CSR in, the device certificate out.
 pub const PATH_DEVICE_ENROLLMENTS: &str = "/v1/devices/enroll";
 /// The media type of `GET /v1/crl`.
@@ -516,6 +518,22 @@ pub struct SessionClaims {
     pub amr: Vec<String>,
     /// The device the user signed in on.
     pub device: String,
+}
+
+/// The body of `POST /v1/sign-outs` (the session is the bearer token's).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SignOutRequest {
+    /// Why the session ended: 1 to 32 of `a-z`, `0-9` and `_`, such as `card_removed`,
+    /// `idle`, `explicit`, `switched`, `expired`.
+    pub reason: String,
+}
+
+/// The answer to `POST /v1/sign-outs`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SignOutRecorded {
+    /// `false` when this token's sign-out was recorded already (a replay changes nothing).
+    pub recorded: bool,
 }
 
 /// A user as the admin API shows and takes it.

@@ -1535,3 +1535,148 @@ async fn admin_revokes_a_card_with_a_reason() {
         "{events:?}"
     );
 }
+
+/// A session token from `state`'s keys for `user` on `device`, issued `age` ago and
+/// living `lifetime`.
+fn session_token(
+    state: &ServerState,
+    user: &str,
+    device: &str,
+    age: Duration,
+    lifetime: Duration,
+) -> String {
+    let issued = OffsetDateTime::now_utc() - age;
+    let claims = pivtap_server_client::wire::SessionClaims {
+        iss: ORIGIN.to_owned(),
+        sub: user.to_owned(),
+        aud: "pivtap-apps".to_owned(),
+        iat: issued.unix_timestamp(),
+        exp: (issued + lifetime).unix_timestamp(),
+        jti: format!("jti-{user}-{}", age.as_secs()),
+        name: user.to_owned(),
+        email: None,
+        amr: vec!["sc".to_owned(), "pin".to_owned()],
+        device: device.to_owned(),
+    };
+    state.tokens().issue(&claims).expect("a token is issued")
+}
+
+/// Issue 12: sign-outs were not recorded. Now a device reports them with the session's
+/// token: audited as `sign_out` for the token's user and device, with the card that
+/// signed in and the reason; a replay writes nothing; no token, a foreign token or a
+/// long-expired one is refused, and the body cannot name another user.
+#[tokio::test]
+async fn sign_outs_are_audited_for_the_tokens_user_once() {
+    let state = state().await;
+    let app = server::app(state.clone());
+    let signed_in_at = OffsetDateTime::now_utc() - Duration::from_secs(120);
+    state
+        .store()
+        .audit(pivtap_server_client::store::NewAuditEvent {
+            time: signed_in_at,
+            kind: "assertion".to_owned(),
+            outcome: "ok".to_owned(),
+            device: Some("kiosk-1".to_owned()),
+            card_serial: Some("4a0b".to_owned()),
+            user_id: Some("alice".to_owned()),
+            detail: None,
+        })
+        .await
+        .expect("the sign-in is audited");
+    let token = session_token(
+        &state,
+        "alice",
+        "kiosk-1",
+        Duration::from_secs(119),
+        Duration::from_secs(3600),
+    );
+    let sign_out = |token: &str, body: &str| {
+        let bearer = format!("Bearer {token}");
+        request(
+            Method::POST,
+            "/v1/sign-outs",
+            &[
+                (header::AUTHORIZATION, bearer.as_str()),
+                (header::CONTENT_TYPE, JSON),
+            ],
+            body.to_owned(),
+        )
+    };
+    let recorded = send(&app, sign_out(&token, r#"{"reason":"card_removed"}"#))
+        .await
+        .ok_json(StatusCode::OK);
+    assert_eq!(recorded, json!({"recorded": true}));
+    let events = audit(&app, "?kind=sign_out").await;
+    assert_eq!(events.len(), 1, "{events:?}");
+    assert_eq!(events[0]["outcome"], "ok");
+    assert_eq!(events[0]["user_id"], "alice");
+    assert_eq!(events[0]["device"], "kiosk-1");
+    assert_eq!(events[0]["card_serial"], "4a0b");
+    let detail = events[0]["detail"].as_str().expect("a detail");
+    assert!(detail.ends_with("reason card_removed"), "{detail}");
+    assert!(!detail.contains("jti-"), "no token id in the audit: {detail}");
+
+    let replay = send(&app, sign_out(&token, r#"{"reason":"idle"}"#))
+        .await
+        .ok_json(StatusCode::OK);
+    assert_eq!(replay, json!({"recorded": false}));
+    assert_eq!(audit(&app, "?kind=sign_out").await.len(), 1, "a replay writes nothing");
+
+    for body in [
+        r#"{"reason":"idle","user":"bob"}"#,
+        r#"{"reason":"Not A Reason"}"#,
+        r#"{"reason":""}"#,
+    ] {
+        send(&app, sign_out(&token, body))
+            .await
+            .error(StatusCode::BAD_REQUEST, "invalid_request");
+    }
+    let foreign = {
+        let other_state = self::state().await;
+        session_token(
+            &other_state,
+            "bob",
+            "kiosk-1",
+            Duration::ZERO,
+            Duration::from_secs(3600),
+        )
+    };
+    let just_expired = session_token(
+        &state,
+        "carol",
+        "kiosk-2",
+        Duration::from_secs(3700),
+        Duration::from_secs(3600),
+    );
+    let long_expired = session_token(
+        &state,
+        "dave",
+        "kiosk-2",
+        Duration::from_secs(7200),
+        Duration::from_secs(3600),
+    );
+    send(&app, sign_out(&just_expired, r#"{"reason":"expired"}"#))
+        .await
+        .ok_json(StatusCode::OK);
+    for refused in [foreign.as_str(), long_expired.as_str(), "not-a-token"] {
+        send(&app, sign_out(refused, r#"{"reason":"idle"}"#))
+            .await
+            .error(StatusCode::UNAUTHORIZED, "unauthorized");
+    }
+    send(
+        &app,
+        post_json("/v1/sign-outs", r#"{"reason":"idle"}"#.to_owned()),
+    )
+    .await
+    .error(StatusCode::UNAUTHORIZED, "unauthorized");
+    let recorded: Vec<String> = audit(&app, "?kind=sign_out&outcome=ok")
+        .await
+        .iter()
+        .map(|event| event["user_id"].as_str().unwrap_or_default().to_owned())
+        .collect();
+    assert_eq!(recorded, ["carol", "alice"]);
+    assert_eq!(
+        audit(&app, "?kind=sign_out&outcome=unauthorized").await.len(),
+        4
+    );
+}

@@ -5,10 +5,11 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use clap::{Args, Subcommand};
-use pivtap_server_client::client::{AuditFilter, CardAction};
+use pivtap_server_client::client::{AuditFilter, CardAction, ImportOptions, ImportSource};
 use pivtap_server_client::escape::escape_unambiguous;
+use pivtap_server_client::store::RevocationReason;
 use pivtap_server_client::wire::{
-    AuditRecord, CardRecord, DeviceRecord, EnrollmentCode, UserRecord,
+    AuditRecord, CardRecord, DeviceRecord, EnrollmentCode, ImportReport, UserRecord, UserUpdate,
 };
 use serde::Serialize;
 use zeroize::Zeroizing;
@@ -111,9 +112,58 @@ enum UsersCommand {
         employee_id: Option<String>,
     },
     /// Add users from a JSON array or a CSV file (header: id,display_name,mail,upn,employee_id).
+    ///
+    /// Reports each user as added, updated (with the fields), unchanged or refused.
+    ///
+    /// Examples:
+    ///   pivtap admin users import staff.csv
+    ///   pivtap admin users import staff.csv --update --dry-run   (what would change)
+    #[command(verbatim_doc_comment)]
     Import {
         /// The file (.json or .csv).
         file: PathBuf,
+        /// Update users that exist already (else they are refused as existing).
+        #[arg(long)]
+        update: bool,
+        /// Check everything and report, but change nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Change a user: each option given replaces the user's value ("" removes a mail,
+    /// UPN or employee id); --rename changes the id (cards and audit events follow).
+    ///
+    /// Examples:
+    ///   pivtap admin users update erin --mail erin.new@example.com
+    ///   pivtap admin users update erin --rename erin.b --name "Erin B"
+    #[command(verbatim_doc_comment)]
+    Update {
+        /// The user id.
+        id: String,
+        /// The name to show.
+        #[arg(long)]
+        name: Option<String>,
+        /// E-mail address ("" removes it).
+        #[arg(long)]
+        mail: Option<String>,
+        /// Microsoft UPN ("" removes it).
+        #[arg(long)]
+        upn: Option<String>,
+        /// Employee number ("" removes it).
+        #[arg(long)]
+        employee_id: Option<String>,
+        /// The new user id.
+        #[arg(long, value_name = "NEW_ID")]
+        rename: Option<String>,
+    },
+    /// Delete a user. Their cards are revoked for good (reason affiliationChanged) and
+    /// stay listed without a user; their enrollment codes are void; the audit keeps
+    /// their events. Asks for confirmation unless --yes.
+    Delete {
+        /// The user id.
+        id: String,
+        /// Do not ask (for scripts).
+        #[arg(long)]
+        yes: bool,
     },
     /// List users.
     List,
@@ -144,10 +194,23 @@ enum CardsCommand {
         /// The card: `serial@issuer-id`, or the serial when unambiguous.
         card: String,
     },
-    /// Revoke a card for good.
+    /// Revoke a card for good: it goes on the CRL with the reason. Asks for
+    /// confirmation unless --yes.
+    ///
+    /// Examples:
+    ///   pivtap admin cards revoke 4a0b --reason keyCompromise
+    ///   pivtap admin cards revoke 4a0b@1f2e3d4c5b6a7988 --reason cessationOfOperation --yes
+    #[command(verbatim_doc_comment)]
     Revoke {
         /// The card: `serial@issuer-id`, or the serial when unambiguous.
         card: String,
+        /// Why (RFC 5280): unspecified, keyCompromise, affiliationChanged, superseded,
+        /// cessationOfOperation, privilegeWithdrawn.
+        #[arg(long, default_value = "unspecified", value_parser = parse_reason)]
+        reason: RevocationReason,
+        /// Do not ask (for scripts).
+        #[arg(long)]
+        yes: bool,
     },
     /// Delete a revoked card's record (its certificate stays revoked).
     Delete {
@@ -185,6 +248,37 @@ enum DevicesCommand {
         /// The device id.
         id: String,
     },
+}
+
+/// Reads an RFC 5280 revocation reason name, in any case.
+fn parse_reason(text: &str) -> Result<RevocationReason, String> {
+    text.parse().map_err(|_| {
+        format!(
+            "{text:?} is not a revocation reason: use one of {}",
+            RevocationReason::ALL.map(RevocationReason::as_str).join(", ")
+        )
+    })
+}
+
+/// Asks on the terminal whether to go on (`question` is a yes/no question); without a
+/// terminal, refuses: `what` needs `--yes` in scripts.
+fn confirm(yes: bool, what: &str, question: &str) -> anyhow::Result<()> {
+    use std::io::{IsTerminal as _, Write as _};
+    if yes {
+        return Ok(());
+    }
+    if !std::io::stdin().is_terminal() {
+        bail!("{what} asks for confirmation: run it in a terminal, or pass --yes");
+    }
+    eprint!("{question} [y/N] ");
+    std::io::stderr().flush()?;
+    let mut answer = String::new();
+    std::io::stdin().read_line(&mut answer)?;
+    if matches!(answer.trim().to_ascii_lowercase().as_str(), "y" | "yes") {
+        Ok(())
+    } else {
+        bail!("not confirmed; nothing was changed")
+    }
 }
 
 /// Reads a duration: a whole number with `s`, `m`, `h` or `d` (seconds without a unit).
@@ -282,29 +376,79 @@ pub fn run(args: AdminArgs) -> anyhow::Result<()> {
                     format!("Added user {} ({}).", u.id, u.display_name)
                 })
             }
-            AdminCommand::Users(UsersCommand::Import { file }) => {
+            AdminCommand::Users(UsersCommand::Import {
+                file,
+                update,
+                dry_run,
+            }) => {
                 let text = std::fs::read_to_string(&file)
                     .with_context(|| format!("cannot read {}", file.display()))?;
                 // Spreadsheets and some editors start the file with a UTF-8 byte-order mark.
                 let text = text.strip_prefix('\u{feff}').unwrap_or(&text);
+                let options = ImportOptions { update, dry_run };
                 let report = if file
                     .extension()
                     .is_some_and(|e| e.eq_ignore_ascii_case("csv"))
                 {
-                    admin.import_users_csv(text).await
+                    admin.import(ImportSource::Csv(text), options).await
                 } else {
                     let users: Vec<UserRecord> = serde_json::from_str(text).with_context(|| {
                         format!("{} is not a JSON array of users", file.display())
                     })?;
-                    admin.import_users(&users).await
+                    admin.import(ImportSource::Json(&users), options).await
                 }
                 .map_err(explain)?;
-                print_one(json, &report, |r| {
-                    let mut text = format!("Imported {} users.", r.added);
-                    for skip in &r.skipped {
-                        text.push_str(&format!("\nSkipped {}: {}", skip.id, skip.reason));
+                print_one(json, &report, import_text)
+            }
+            AdminCommand::Users(UsersCommand::Update {
+                id,
+                name,
+                mail,
+                upn,
+                employee_id,
+                rename,
+            }) => {
+                let change = UserUpdate {
+                    id: rename,
+                    display_name: name,
+                    mail,
+                    upn,
+                    employee_id,
+                };
+                if change == UserUpdate::default() {
+                    bail!(
+                        "nothing to change: give --name, --mail, --upn, --employee-id or --rename"
+                    );
+                }
+                let user = admin.update_user(&id, &change).await.map_err(explain)?;
+                print_one(json, &user, |u| {
+                    if u.id == id {
+                        format!("Updated user {}: {}", u.id, user_line(u))
+                    } else {
+                        format!("Renamed user {id} to {}: {}", u.id, user_line(u))
                     }
-                    text
+                })
+            }
+            AdminCommand::Users(UsersCommand::Delete { id, yes }) => {
+                confirm(
+                    yes,
+                    "users delete",
+                    &format!(
+                        "Delete user {} and revoke their cards for good?",
+                        escape_unambiguous(&id)
+                    ),
+                )?;
+                let deleted = admin.delete_user(&id).await.map_err(explain)?;
+                print_one(json, &deleted, |d| {
+                    if d.revoked_cards.is_empty() {
+                        format!("Deleted user {}; they had no cards to revoke.", d.deleted)
+                    } else {
+                        format!(
+                            "Deleted user {}; revoked their cards: {}.",
+                            d.deleted,
+                            d.revoked_cards.join(", ")
+                        )
+                    }
                 })
             }
             AdminCommand::Users(UsersCommand::List) => {
@@ -329,8 +473,26 @@ pub fn run(args: AdminArgs) -> anyhow::Result<()> {
             AdminCommand::Cards(CardsCommand::Unlock { card: serial }) => {
                 card_action(&admin, json, &serial, CardAction::Unlock).await
             }
-            AdminCommand::Cards(CardsCommand::Revoke { card: serial }) => {
-                card_action(&admin, json, &serial, CardAction::Revoke).await
+            AdminCommand::Cards(CardsCommand::Revoke { card, reason, yes }) => {
+                confirm(
+                    yes,
+                    "cards revoke",
+                    &format!(
+                        "Revoke card {} for good (reason {reason})?",
+                        escape_unambiguous(&card)
+                    ),
+                )?;
+                let revoked = admin
+                    .revoke_card(&card, Some(reason.as_str()))
+                    .await
+                    .map_err(explain)?;
+                print_one(json, &revoked, |c| {
+                    format!(
+                        "Card {} is {} (reason {reason}).",
+                        if c.id.is_empty() { &c.serial } else { &c.id },
+                        c.state
+                    )
+                })
             }
             AdminCommand::Cards(CardsCommand::Delete { card: serial }) => {
                 admin.delete_card(&serial).await.map_err(explain)?;
@@ -447,6 +609,46 @@ async fn card_action(
             c.state
         )
     })
+}
+
+/// An import's report: the counts, then each user not left as it was.
+fn import_text(report: &ImportReport) -> String {
+    let mut text = format!(
+        "{}{} added, {} updated, {} unchanged, {} refused.",
+        if report.dry_run {
+            "Dry run, nothing changed: "
+        } else {
+            "Imported users: "
+        },
+        report.added,
+        report.updated,
+        report.unchanged,
+        report.skipped.len()
+    );
+    for user in &report.users {
+        match user.outcome.as_str() {
+            "unchanged" => {}
+            "updated" => text.push_str(&format!(
+                "\nUpdated {}: {}",
+                escape_unambiguous(&user.id),
+                user.changed.join(", ")
+            )),
+            outcome => text.push_str(&format!(
+                "\n{}{} {}",
+                outcome[..1].to_uppercase(),
+                &outcome[1..],
+                escape_unambiguous(&user.id)
+            )),
+        }
+    }
+    for skip in &report.skipped {
+        text.push_str(&format!(
+            "\nRefused {}: {}",
+            escape_unambiguous(&skip.id),
+            skip.reason
+        ));
+    }
+    text
 }
 
 fn print_one<T: Serialize>(

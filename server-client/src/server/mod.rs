@@ -500,6 +500,7 @@ pub fn app(state: ServerState) -> Router {
     Router::new()
         .route(wire::PATH_CHALLENGES, post(handlers::create_challenge))
         .route(wire::PATH_ASSERTIONS, post(handlers::submit_assertion))
+        .route(wire::PATH_SIGN_OUTS, post(handlers::sign_out))
         .route(wire::PATH_JWKS, get(handlers::jwks))
         .route(wire::PATH_PIN_POLICY, get(handlers::pin_policy))
         .route(
@@ -572,6 +573,7 @@ fn route_label(path: &str) -> &'static str {
     match path {
         wire::PATH_CHALLENGES => wire::PATH_CHALLENGES,
         wire::PATH_ASSERTIONS => wire::PATH_ASSERTIONS,
+        wire::PATH_SIGN_OUTS => wire::PATH_SIGN_OUTS,
         wire::PATH_JWKS => wire::PATH_JWKS,
         wire::PATH_PIN_POLICY => wire::PATH_PIN_POLICY,
         wire::PATH_ENROLLMENTS_INSPECT => wire::PATH_ENROLLMENTS_INSPECT,
