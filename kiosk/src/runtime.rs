@@ -433,7 +433,9 @@ impl Runtime {
         tokio::spawn(async move {
             match client.sign_out(&token, &reason).await {
                 Ok(_) => tracing::debug!(%reason, "the server recorded the sign-out"),
-                Err(error) => tracing::warn!(%error, %reason, "the server did not record the sign-out"),
+                Err(error) => {
+                    tracing::warn!(%error, %reason, "the server did not record the sign-out")
+                }
             }
         });
     }

@@ -830,8 +830,11 @@ impl AdminClient<'_> {
         let body = wire::RevokeCardRequest {
             reason: reason.map(str::to_owned),
         };
-        self.post(&format!("/cards/{}/revoke", path_segment(card)), Some(&body))
-            .await
+        self.post(
+            &format!("/cards/{}/revoke", path_segment(card)),
+            Some(&body),
+        )
+        .await
     }
 
     /// Makes a single-use enrollment code for `user`, accepted for `valid_for`.

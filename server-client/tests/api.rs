@@ -1051,7 +1051,11 @@ async fn admin_audit_queries_filter() {
     let page_1 = audit(&app, "?limit=4").await;
     let cursor = page_1[3]["id"].as_i64().expect("an id");
     let page_2 = audit(&app, &format!("?limit=4&before={cursor}")).await;
-    assert_eq!([page_1, page_2].concat(), all, "two pages hold every event once");
+    assert_eq!(
+        [page_1, page_2].concat(),
+        all,
+        "two pages hold every event once"
+    );
 
     let since_before = format!("?since={}", rfc3339(before));
     assert_eq!(audit(&app, &since_before).await.len(), 7);
@@ -1276,7 +1280,12 @@ async fn admin_updates_renames_and_deletes_users() {
         .await
         .expect("bob's card is recorded");
     let patch = |id: &str, body: Value| {
-        admin_request(Method::PATCH, &format!("/users/{id}"), JSON, body.to_string())
+        admin_request(
+            Method::PATCH,
+            &format!("/users/{id}"),
+            JSON,
+            body.to_string(),
+        )
     };
 
     let taken = send(&app, patch("alice", json!({"mail": "BOB@example.com"})))
@@ -1322,10 +1331,16 @@ async fn admin_updates_renames_and_deletes_users() {
         .await
         .ok_json(StatusCode::OK);
     assert_eq!(renamed["id"], "alice.b");
-    assert_eq!(renamed["upn"], "alice@corp.example", "a rename keeps the rest");
+    assert_eq!(
+        renamed["upn"], "alice@corp.example",
+        "a rename keeps the rest"
+    );
     assert_eq!(user_ids(&app).await, ["alice.b", "bob"]);
     let cards = admin_get(&app, "/cards").await;
-    assert_eq!(cards[0]["user_id"], "alice.b", "the card follows the rename");
+    assert_eq!(
+        cards[0]["user_id"], "alice.b",
+        "the card follows the rename"
+    );
     let history = audit(&app, "?user=alice.b").await;
     let details: Vec<&str> = history
         .iter()
@@ -1440,7 +1455,11 @@ async fn admin_imports_update_existing_users_and_dry_runs_keep_nothing() {
         dry["skipped"],
         json!([{"id": "dave", "reason": "user \"alice\" has this mail already"}])
     );
-    assert_eq!(user_ids(&app).await, ["alice", "bob"], "a dry run keeps nothing");
+    assert_eq!(
+        user_ids(&app).await,
+        ["alice", "bob"],
+        "a dry run keeps nothing"
+    );
     assert_eq!(admin_get(&app, "/users").await[1]["display_name"], "Bob");
 
     let without_update = send(&app, import("")).await.ok_json(StatusCode::OK);
@@ -1450,7 +1469,9 @@ async fn admin_imports_update_existing_users_and_dry_runs_keep_nothing() {
         without_update["skipped"][0],
         json!({"id": "alice", "reason": "exists already"})
     );
-    let updated = send(&app, import("?update=true")).await.ok_json(StatusCode::OK);
+    let updated = send(&app, import("?update=true"))
+        .await
+        .ok_json(StatusCode::OK);
     assert_eq!(updated["dry_run"], false);
     assert_eq!(
         updated["users"],
@@ -1510,9 +1531,7 @@ async fn admin_revokes_a_card_with_a_reason() {
         .await
         .ok_json(StatusCode::OK);
     assert_eq!(revoked["state"], "revoked");
-    send(&app, revoke("0d", ""))
-        .await
-        .ok_json(StatusCode::OK);
+    send(&app, revoke("0d", "")).await.ok_json(StatusCode::OK);
     let reason = async |serial: &str| {
         store
             .revocation(&pivtap_server_client::store::CardId {
@@ -1614,13 +1633,20 @@ async fn sign_outs_are_audited_for_the_tokens_user_once() {
     assert_eq!(events[0]["card_serial"], "4a0b");
     let detail = events[0]["detail"].as_str().expect("a detail");
     assert!(detail.ends_with("reason card_removed"), "{detail}");
-    assert!(!detail.contains("jti-"), "no token id in the audit: {detail}");
+    assert!(
+        !detail.contains("jti-"),
+        "no token id in the audit: {detail}"
+    );
 
     let replay = send(&app, sign_out(&token, r#"{"reason":"idle"}"#))
         .await
         .ok_json(StatusCode::OK);
     assert_eq!(replay, json!({"recorded": false}));
-    assert_eq!(audit(&app, "?kind=sign_out").await.len(), 1, "a replay writes nothing");
+    assert_eq!(
+        audit(&app, "?kind=sign_out").await.len(),
+        1,
+        "a replay writes nothing"
+    );
 
     for body in [
         r#"{"reason":"idle","user":"bob"}"#,
@@ -1676,7 +1702,9 @@ async fn sign_outs_are_audited_for_the_tokens_user_once() {
         .collect();
     assert_eq!(recorded, ["carol", "alice"]);
     assert_eq!(
-        audit(&app, "?kind=sign_out&outcome=unauthorized").await.len(),
+        audit(&app, "?kind=sign_out&outcome=unauthorized")
+            .await
+            .len(),
         4
     );
 }

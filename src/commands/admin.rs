@@ -255,7 +255,9 @@ fn parse_reason(text: &str) -> Result<RevocationReason, String> {
     text.parse().map_err(|_| {
         format!(
             "{text:?} is not a revocation reason: use one of {}",
-            RevocationReason::ALL.map(RevocationReason::as_str).join(", ")
+            RevocationReason::ALL
+                .map(RevocationReason::as_str)
+                .join(", ")
         )
     })
 }

@@ -738,7 +738,9 @@ async fn revoke_card(
         Some(text) => text.parse().map_err(|_| {
             ApiError::invalid(format!(
                 "the reason must be one of {}",
-                RevocationReason::ALL.map(RevocationReason::as_str).join(", ")
+                RevocationReason::ALL
+                    .map(RevocationReason::as_str)
+                    .join(", ")
             ))
         })?,
     };

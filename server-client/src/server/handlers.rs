@@ -17,8 +17,8 @@ use super::rate_limit::Spend;
 use crate::assertion::VerifiedAssertion;
 use crate::mapping::MappingRule;
 use crate::store::{
-    AuditKindFilter, AuditQuery, Card, CardId, CardState, ChallengeUse, NewAuditEvent, SignInLookup, SignInRecords, User,
-    UserState,
+    AuditKindFilter, AuditQuery, Card, CardId, CardState, ChallengeUse, NewAuditEvent,
+    SignInLookup, SignInRecords, User, UserState,
 };
 use crate::wire::{
     AssertionRequest, AssertionResponse, ChallengeRequest, ChallengeResponse, ErrorCode,
@@ -519,10 +519,12 @@ pub async fn sign_out(
         })
         .await?;
     let session = format!("session #{mark}");
-    if earlier
-        .iter()
-        .any(|event| event.detail.as_deref().is_some_and(|d| d.starts_with(&session)))
-    {
+    if earlier.iter().any(|event| {
+        event
+            .detail
+            .as_deref()
+            .is_some_and(|d| d.starts_with(&session))
+    }) {
         return Ok(Json(SignOutRecorded { recorded: false }));
     }
     // The card that signed this session in: the user's last sign-in on the device by then.
@@ -544,7 +546,10 @@ pub async fn sign_out(
             kind: "sign_out".to_owned(),
             outcome: "ok".to_owned(),
             device: Some(claims.device),
-            card_serial: signed_in.into_iter().next().and_then(|event| event.card_serial),
+            card_serial: signed_in
+                .into_iter()
+                .next()
+                .and_then(|event| event.card_serial),
             user_id: Some(claims.sub),
             detail: Some(format!("{session}, reason {reason}")),
         })

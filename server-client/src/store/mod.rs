@@ -1131,7 +1131,9 @@ mod tests {
             );
         }
         assert_eq!(
-            "keyCompromise".parse::<RevocationReason>().map(RevocationReason::code),
+            "keyCompromise"
+                .parse::<RevocationReason>()
+                .map(RevocationReason::code),
             Ok(1)
         );
         assert!("certificateHold".parse::<RevocationReason>().is_err());

@@ -14,11 +14,11 @@ use time::{OffsetDateTime, UtcOffset};
 
 use super::database::{Database, DatabaseError};
 use super::{
-    AuditEvent, AuditKindFilter, AuditQuery, BoxFuture, Card, CardId, CardState, ChallengeUse, Device,
-    DeviceCodeUse, DeviceCredentialRecord, DeviceState, EnrollmentCodeRecord, EnrollmentCodeUse,
-    IssuedCertificate, NewAuditEvent, NewDevice, NewEnrollmentCode, RevocationReason,
-    RevokedCertificate, SignInLookup, SignInRecords, Store, StoreError, User, UserConflict,
-    UserState, UserWritten,
+    AuditEvent, AuditKindFilter, AuditQuery, BoxFuture, Card, CardId, CardState, ChallengeUse,
+    Device, DeviceCodeUse, DeviceCredentialRecord, DeviceState, EnrollmentCodeRecord,
+    EnrollmentCodeUse, IssuedCertificate, NewAuditEvent, NewDevice, NewEnrollmentCode,
+    RevocationReason, RevokedCertificate, SignInLookup, SignInRecords, Store, StoreError, User,
+    UserConflict, UserState, UserWritten,
 };
 use crate::certificate::CertificateFacts;
 use crate::mapping::UserAttribute;
@@ -544,9 +544,11 @@ impl Store for SqliteStore {
         reason: RevocationReason,
     ) -> BoxFuture<'_, Result<(), StoreError>> {
         let id = id.clone();
-        Box::pin(self.database.write(move |connection| {
-            set_card_state(connection, &id, CardState::Revoked, reason)
-        }))
+        Box::pin(
+            self.database.write(move |connection| {
+                set_card_state(connection, &id, CardState::Revoked, reason)
+            }),
+        )
     }
 
     fn add_challenge(
@@ -3512,7 +3514,10 @@ mod tests {
                 .is_empty()
         );
         assert_eq!(
-            times(query(|q| q.kind = Some(AuditKindFilter::Kind("admin".to_owned())))).await?,
+            times(query(
+                |q| q.kind = Some(AuditKindFilter::Kind("admin".to_owned()))
+            ))
+            .await?,
             [(40, 6)]
         );
         assert_eq!(
