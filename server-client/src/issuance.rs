@@ -287,6 +287,12 @@ impl Issuer {
         })
     }
 
+    /// When the issuing CA certificate expires.
+    #[must_use]
+    pub fn ca_not_after(&self) -> OffsetDateTime {
+        self.ca_not_after
+    }
+
     /// The CA certificate, DER.
     #[must_use]
     pub fn ca_der(&self) -> &[u8] {

@@ -612,6 +612,32 @@ async fn metrics_count_requests_and_sign_in_outcomes() {
     send(&app, request(Method::GET, "/metrics", &[], Body::empty()))
         .await
         .error(StatusCode::NOT_FOUND, "not_found");
+    // Issue 12: the metrics also count users, cards, recent sign-ins and expiries.
+    send(
+        &app,
+        admin_request(
+            Method::POST,
+            "/users",
+            JSON,
+            json!({"id": "alice", "display_name": "Alice"}).to_string(),
+        ),
+    )
+    .await
+    .ok_json(StatusCode::CREATED);
+    let now = OffsetDateTime::now_utc();
+    for serial in ["0a", "0b"] {
+        state
+            .store()
+            .record_card(&card_facts(serial), Some("alice"), now)
+            .await
+            .expect("the card is recorded");
+    }
+    send(
+        &app,
+        admin_request(Method::POST, "/cards/0b/lock", JSON, Body::empty()),
+    )
+    .await
+    .ok_json(StatusCode::OK);
     let metrics = server::metrics_app(state);
     let reply = send(
         &metrics,
@@ -629,9 +655,20 @@ async fn metrics_count_requests_and_sign_in_outcomes() {
         "pivtap_requests_total{route=\"/v1/assertions\",status=\"400\"} 1",
         "pivtap_signins_total{outcome=\"invalid_request\"} 1",
         "pivtap_request_duration_seconds_count ",
+        "\npivtap_users{state=\"active\"} 1\n",
+        "\npivtap_users{state=\"locked\"} 0\n",
+        "\npivtap_cards{state=\"active\"} 1\n",
+        "\npivtap_cards{state=\"locked\"} 1\n",
+        "\npivtap_cards{state=\"revoked\"} 0\n",
+        "\npivtap_sign_ins_last_hour 0\n",
+        "\npivtap_certificates_expiring 0\n",
     ] {
         assert!(text.contains(line), "{line:?} missing in\n{text}");
     }
+    assert!(
+        !text.contains("pivtap_ca_expiry_days"),
+        "no issuing CA here"
+    );
 }
 
 #[tokio::test]

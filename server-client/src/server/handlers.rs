@@ -668,7 +668,7 @@ pub async fn readiness(State(state): State<ServerState>) -> Result<impl IntoResp
 /// if there were no such endpoint.
 pub async fn public_metrics(State(state): State<ServerState>, headers: HeaderMap) -> Response {
     if presents_metrics_token(&state, &headers) {
-        render_metrics(&state).into_response()
+        render_metrics(&state).await.into_response()
     } else {
         not_found().await.into_response()
     }
@@ -684,7 +684,7 @@ pub async fn loopback_metrics(State(state): State<ServerState>, headers: HeaderM
         )
         .into_response();
     }
-    render_metrics(&state).into_response()
+    render_metrics(&state).await.into_response()
 }
 
 fn presents_metrics_token(state: &ServerState, headers: &HeaderMap) -> bool {
@@ -695,13 +695,25 @@ fn presents_metrics_token(state: &ServerState, headers: &HeaderMap) -> bool {
         .is_some_and(|token| state.is_metrics_token(token))
 }
 
-fn render_metrics(state: &ServerState) -> impl IntoResponse + use<> {
-    (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        state
-            .metrics()
-            .render_with_database(state.store().size_bytes()),
-    )
+async fn render_metrics(state: &ServerState) -> impl IntoResponse + use<> {
+    let mut text = state
+        .metrics()
+        .render_with_database(state.store().size_bytes());
+    let now = OffsetDateTime::now_utc();
+    let ca_expiry_days = state
+        .settings()
+        .issuer
+        .as_ref()
+        .map(|issuer| (issuer.ca_not_after() - now).whole_days());
+    match state.store().stats(now).await {
+        Ok(stats) => text.push_str(&super::metrics::Metrics::render_state(
+            &stats,
+            ca_expiry_days,
+        )),
+        // The counters still answer; the gauges are left out (and the failure logged).
+        Err(error) => tracing::warn!(%error, "cannot read the store's counts for the metrics"),
+    }
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text)
 }
 
 /// Anything else.

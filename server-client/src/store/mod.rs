@@ -135,6 +135,23 @@ pub struct User {
     pub state: UserState,
 }
 
+/// Days ahead in which an issued certificate counts as expiring ([`StoreStats`]).
+pub const EXPIRING_DAYS: i64 = 30;
+
+/// Counts of what the store holds ([`Store::stats`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StoreStats {
+    /// Users by state (`active`, `locked`), every state listed.
+    pub users: Vec<(UserState, u64)>,
+    /// Cards by state (`active`, `locked`, `revoked`), every state listed.
+    pub cards: Vec<(CardState, u64)>,
+    /// Successful sign-ins in the hour before.
+    pub sign_ins_last_hour: u64,
+    /// Certificates this server issued, of cards not revoked, that are valid now and
+    /// expire within [`EXPIRING_DAYS`] days.
+    pub certificates_expiring: u64,
+}
+
 /// What an import did with one user ([`Store::import_users`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum UserWritten {
@@ -1032,6 +1049,10 @@ pub trait Store: Send + Sync {
         now: OffsetDateTime,
         event: NewAuditEvent,
     ) -> BoxFuture<'_, Result<DeviceCodeUse, StoreError>>;
+
+    /// Counts for the metrics at `now`: users and cards by state, sign-ins in the last
+    /// hour, certificates this server issued that expire within [`EXPIRING_DAYS`] days.
+    fn stats(&self, now: OffsetDateTime) -> BoxFuture<'_, Result<StoreStats, StoreError>>;
 
     /// Appends an event to the audit log.
     fn audit(&self, event: NewAuditEvent) -> BoxFuture<'_, Result<(), StoreError>>;

@@ -17,8 +17,8 @@ use super::{
     AuditEvent, AuditKindFilter, AuditQuery, BoxFuture, Card, CardId, CardState, ChallengeUse,
     Device, DeviceCodeUse, DeviceCredentialRecord, DeviceState, EnrollmentCodeRecord,
     EnrollmentCodeUse, IssuedCertificate, NewAuditEvent, NewDevice, NewEnrollmentCode,
-    RevocationReason, RevokedCertificate, SignInLookup, SignInRecords, Store, StoreError, User,
-    UserConflict, UserState, UserWritten,
+    RevocationReason, RevokedCertificate, SignInLookup, SignInRecords, Store, StoreError,
+    StoreStats, User, UserConflict, UserState, UserWritten,
 };
 use crate::certificate::CertificateFacts;
 use crate::mapping::UserAttribute;
@@ -1071,6 +1071,58 @@ impl Store for SqliteStore {
                 None => DeviceCodeUse::Unknown,
                 Some(Some(_)) => DeviceCodeUse::Used,
                 Some(None) => DeviceCodeUse::Expired,
+            })
+        }))
+    }
+
+    fn stats(&self, now: OffsetDateTime) -> BoxFuture<'_, Result<StoreStats, StoreError>> {
+        Box::pin(self.database.read(move |connection| {
+            let count = |sql: &str, values: &[&dyn rusqlite::ToSql]| -> Result<u64, StoreError> {
+                let n: i64 = connection
+                    .prepare_cached(sql)?
+                    .query_row(values, |row| row.get(0))?;
+                Ok(u64::try_from(n).unwrap_or(0))
+            };
+            let mut users = Vec::new();
+            for state in [UserState::Active, UserState::Locked] {
+                let n = count(
+                    "SELECT count(*) FROM users WHERE state = ?",
+                    &[&state.as_str()],
+                )?;
+                users.push((state, n));
+            }
+            let mut cards = Vec::new();
+            for state in [CardState::Active, CardState::Locked, CardState::Revoked] {
+                let n = count(
+                    "SELECT count(*) FROM cards WHERE state = ?",
+                    &[&state.as_str()],
+                )?;
+                cards.push((state, n));
+            }
+            let hour_ago = encode_time(now - time::Duration::hours(1))?;
+            let sign_ins_last_hour = count(
+                "SELECT count(*) FROM audit
+                 WHERE kind = 'assertion' AND outcome = 'ok' AND time >= ?",
+                &[&hour_ago],
+            )?;
+            let (now_text, horizon) = (
+                encode_time(now)?,
+                encode_time(now + time::Duration::days(super::EXPIRING_DAYS))?,
+            );
+            let certificates_expiring = count(
+                "SELECT count(*) FROM issued_certificates i
+                 WHERE i.not_after > ?1 AND i.not_after <= ?2
+                   AND NOT EXISTS (SELECT 1 FROM cards c WHERE c.issuer = i.issuer
+                                   AND c.serial = i.serial AND c.state = 'revoked')
+                   AND NOT EXISTS (SELECT 1 FROM revoked_certificates r WHERE r.serial = i.serial
+                                   AND r.issuer IN (i.issuer, ''))",
+                &[&now_text, &horizon],
+            )?;
+            Ok(StoreStats {
+                users,
+                cards,
+                sign_ins_last_hour,
+                certificates_expiring,
             })
         }))
     }
@@ -3527,6 +3579,65 @@ mod tests {
         assert_eq!(
             times(query(|q| q.kind = Some(AuditKindFilter::SignIn))).await?,
             [(30, 5), (20, 3), (0, 1)]
+        );
+        Ok(())
+    }
+
+    /// Issue 12: the metrics' counts: users and cards by state, sign-ins of the last hour
+    /// only, issued certificates expiring within 30 days unless revoked.
+    #[tokio::test]
+    async fn stats_count_users_cards_recent_sign_ins_and_expiring_certificates() -> TestResult {
+        let store = SqliteStore::in_memory().await?;
+        store.add_user(&user("alice", "alice@example.com")).await?;
+        store.add_user(&user("bob", "bob@example.com")).await?;
+        store.set_user_state("bob", UserState::Locked).await?;
+        let now = at(100_000);
+        for seconds in [100_000 - 7200, 100_000 - 60] {
+            store
+                .audit(event(seconds, "ok", "kiosk-1", "0a", "alice"))
+                .await?;
+        }
+        store
+            .audit(event(100_000 - 30, "card_locked", "kiosk-1", "0a", "alice"))
+            .await?;
+        let mut expiring = issued("0c", "alice");
+        expiring.facts.not_after = now + time::Duration::days(10);
+        let mut later = issued("0d", "alice");
+        later.facts.not_after = now + time::Duration::days(90);
+        for (certificate, hash) in [(&expiring, "c"), (&later, "d")] {
+            store
+                .add_enrollment_code(&code(hash, "alice", 100_060))
+                .await?;
+            store
+                .redeem_enrollment_code(hash, certificate, now, enrolled())
+                .await?;
+        }
+        let stats = store.stats(now).await?;
+        assert_eq!(
+            stats.users,
+            [(UserState::Active, 1), (UserState::Locked, 1)]
+        );
+        assert_eq!(
+            stats.cards,
+            [
+                (CardState::Active, 2),
+                (CardState::Locked, 0),
+                (CardState::Revoked, 0)
+            ]
+        );
+        assert_eq!(stats.sign_ins_last_hour, 1, "one ok assertion in the hour");
+        assert_eq!(stats.certificates_expiring, 1);
+        store
+            .revoke_card(&id("0c"), RevocationReason::CessationOfOperation)
+            .await?;
+        let stats = store.stats(now).await?;
+        assert_eq!(
+            stats.certificates_expiring, 0,
+            "a revoked card's does not count"
+        );
+        assert_eq!(
+            store.revocation(&id("0c")).await?.map(|r| r.reason),
+            Some(RevocationReason::CessationOfOperation)
         );
         Ok(())
     }
