@@ -281,6 +281,37 @@ fn the_directory_is_kept_from_the_command_line() {
         .success("cards list")
         .json();
     assert_eq!(cards[0]["state"], "revoked", "{cards}");
+
+    // Named admin credentials: the token is printed once, alone on stdout; it acts, and
+    // the audit names it; revoked, it no longer acts.
+    let made = server
+        .admin(&["credentials", "add", "erin-laptop"])
+        .success("credentials add");
+    let token = made.stdout.trim().to_owned();
+    assert_eq!(token.lines().count(), 1, "{}", made.stdout);
+    assert!(made.stderr.contains("not shown again"), "{}", made.stderr);
+    server
+        .admin_with_env_token(Some(&token), &["users", "lock", "carol"])
+        .success("a named credential acts");
+    let locked = server
+        .admin(&["audit", "--user", "carol", "--limit", "1", "--json"])
+        .success("audit --user carol")
+        .json();
+    assert_eq!(
+        locked[0]["detail"],
+        "locked user carol [admin credential erin-laptop]"
+    );
+    let listed = server
+        .admin(&["credentials", "list"])
+        .success("credentials list");
+    assert!(listed.stdout.contains("initial"), "{}", listed.stdout);
+    assert!(!listed.stdout.contains(&token), "{}", listed.stdout);
+    server
+        .admin(&["credentials", "revoke", "erin-laptop"])
+        .success("credentials revoke");
+    server
+        .admin_with_env_token(Some(&token), &["users", "list"])
+        .failure("a revoked credential", "unauthorized");
 }
 
 /// A Python 3 that has PyJWT: Debian's `/usr/bin/python3` first (a version

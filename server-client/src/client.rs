@@ -928,6 +928,49 @@ impl AdminClient<'_> {
         Ok(())
     }
 
+    /// Every admin credential (`initial` is the server's token file).
+    ///
+    /// # Errors
+    /// [`ClientError`].
+    pub async fn list_credentials(&self) -> Result<Vec<wire::AdminCredentialRecord>, ClientError> {
+        self.get(wire::PATH_ADMIN_CREDENTIALS).await
+    }
+
+    /// Adds a named admin credential; the answer holds its token, shown this once.
+    ///
+    /// # Errors
+    /// [`ClientError::Refused`] with `conflict` for a name in use, `invalid_request` for a
+    /// bad name.
+    pub async fn add_credential(
+        &self,
+        name: &str,
+    ) -> Result<wire::AdminCredentialRecord, ClientError> {
+        let body = wire::CreateAdminCredential {
+            name: name.to_owned(),
+        };
+        self.post(wire::PATH_ADMIN_CREDENTIALS, Some(&body)).await
+    }
+
+    /// Revokes an admin credential for good.
+    ///
+    /// # Errors
+    /// [`ClientError::Refused`] with `not_found`, or `conflict` when it is revoked already
+    /// or the last active one.
+    pub async fn revoke_credential(
+        &self,
+        name: &str,
+    ) -> Result<wire::AdminCredentialRecord, ClientError> {
+        self.post::<(), _>(
+            &format!(
+                "{}/{}/revoke",
+                wire::PATH_ADMIN_CREDENTIALS,
+                path_segment(name)
+            ),
+            None,
+        )
+        .await
+    }
+
     /// Audit events, newest first.
     ///
     /// # Errors

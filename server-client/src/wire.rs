@@ -57,6 +57,9 @@ pub const PATH_CRL: &str = "/v1/crl";
 pub const PATH_ADMIN_ENROLLMENTS: &str = "/enrollments";
 /// Admin: `GET|POST {PATH_ADMIN}/devices` lists or registers devices.
 pub const PATH_ADMIN_DEVICES: &str = "/devices";
+/// Admin: `GET|POST {PATH_ADMIN}/credentials` lists or adds named admin credentials;
+/// `POST {PATH_ADMIN}/credentials/{name}/revoke` revokes one.
+pub const PATH_ADMIN_CREDENTIALS: &str = "/credentials";
 /// `POST`: a device reports the end of a session, authenticated by its session token.
 pub const PATH_SIGN_OUTS: &str = "/v1/sign-outs";
 /// `POST /v1/devices/enroll`: a device enrollment code and a CSR in, the device certificate out.
@@ -518,6 +521,41 @@ pub struct SessionClaims {
     pub amr: Vec<String>,
     /// The device the user signed in on.
     pub device: String,
+}
+
+/// The body of `POST /v1/admin/credentials`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateAdminCredential {
+    /// The credential's name (as a user id: letters, digits, `.`, `_`, `@`, `-`).
+    pub name: String,
+}
+
+/// A named admin credential as the admin API shows it.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AdminCredentialRecord {
+    /// Its name; `initial` is the server's admin token file.
+    pub name: String,
+    /// When it was made, RFC 3339 (unknown for `initial`).
+    #[serde(default)]
+    pub created_at: Option<String>,
+    /// When it was revoked, RFC 3339; `None` while active.
+    #[serde(default)]
+    pub revoked_at: Option<String>,
+    /// The bearer token: only in the answer that made it, never again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token: Option<String>,
+}
+
+impl std::fmt::Debug for AdminCredentialRecord {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AdminCredentialRecord")
+            .field("name", &self.name)
+            .field("created_at", &self.created_at)
+            .field("revoked_at", &self.revoked_at)
+            .field("token", &self.token.as_ref().map(|_| "REDACTED"))
+            .finish()
+    }
 }
 
 /// The body of `POST /v1/sign-outs` (the session is the bearer token's).

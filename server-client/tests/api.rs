@@ -1745,3 +1745,184 @@ async fn sign_outs_are_audited_for_the_tokens_user_once() {
         4
     );
 }
+
+/// `METHOD /v1/admin{path}` with `token` as the bearer credential.
+fn admin_request_as(
+    token: &str,
+    method: Method,
+    path: &str,
+    body: impl Into<Body>,
+) -> Request<Body> {
+    let bearer = format!("Bearer {token}");
+    request(
+        method,
+        &format!("/v1/admin{path}"),
+        &[
+            (header::AUTHORIZATION, bearer.as_str()),
+            (header::CONTENT_TYPE, JSON),
+        ],
+        body.into(),
+    )
+}
+
+/// Issue 12: one shared admin token, and the audit could not say who acted. Now named
+/// admin credentials are added (token shown once, stored hashed), listed and revoked; the
+/// token file is the credential `initial`; each admin action's audit names the credential;
+/// the last active credential cannot be revoked.
+#[tokio::test]
+async fn named_admin_credentials_act_are_audited_by_name_and_are_revoked() {
+    let app = app().await;
+    assert_eq!(
+        admin_get(&app, "/credentials").await,
+        json!([{"name": "initial", "created_at": null, "revoked_at": null}])
+    );
+    let made = send(
+        &app,
+        admin_request(
+            Method::POST,
+            "/credentials",
+            JSON,
+            r#"{"name":"erin-laptop"}"#,
+        ),
+    )
+    .await
+    .ok_json(StatusCode::CREATED);
+    let erin = made["token"].as_str().expect("the token, once").to_owned();
+    assert!(erin.len() >= 43, "a 256-bit token: {erin}");
+    for (body, status, code) in [
+        (
+            r#"{"name":"erin-laptop"}"#,
+            StatusCode::CONFLICT,
+            "conflict",
+        ),
+        (
+            r#"{"name":"initial"}"#,
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+        ),
+        (
+            r#"{"name":"erin laptop"}"#,
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+        ),
+    ] {
+        send(
+            &app,
+            admin_request(Method::POST, "/credentials", JSON, body),
+        )
+        .await
+        .error(status, code);
+    }
+    let listed = admin_get(&app, "/credentials").await;
+    assert_eq!(listed[1]["name"], "erin-laptop");
+    assert!(listed[1].get("token").is_none(), "never listed: {listed}");
+
+    send(
+        &app,
+        admin_request_as(
+            &erin,
+            Method::POST,
+            "/users",
+            json!({"id": "zoe", "display_name": "Zoe"}).to_string(),
+        ),
+    )
+    .await
+    .ok_json(StatusCode::CREATED);
+    send(
+        &app,
+        admin_request(Method::POST, "/users/zoe/lock", JSON, Body::empty()),
+    )
+    .await
+    .ok_json(StatusCode::OK);
+    let zoe = audit(&app, "?user=zoe").await;
+    assert_eq!(
+        zoe[1]["detail"], "added user zoe [admin credential erin-laptop]",
+        "{zoe:?}"
+    );
+    assert_eq!(
+        zoe[0]["detail"],
+        "locked user zoe [admin credential initial]"
+    );
+    let everything = serde_json::to_string(&audit(&app, "?limit=1000").await).unwrap();
+    assert!(!everything.contains(&erin), "no token in the audit");
+
+    let revoke = |token: &str, name: &str| {
+        admin_request_as(
+            token,
+            Method::POST,
+            &format!("/credentials/{name}/revoke"),
+            Body::empty(),
+        )
+    };
+    let revoked = send(&app, revoke(ADMIN_TOKEN, "erin-laptop"))
+        .await
+        .ok_json(StatusCode::OK);
+    assert!(revoked["revoked_at"].is_string(), "{revoked}");
+    send(
+        &app,
+        admin_request_as(&erin, Method::GET, "/users", Body::empty()),
+    )
+    .await
+    .error(StatusCode::UNAUTHORIZED, "unauthorized");
+    send(&app, revoke(ADMIN_TOKEN, "erin-laptop"))
+        .await
+        .error(StatusCode::CONFLICT, "conflict");
+    send(&app, revoke(ADMIN_TOKEN, "nobody"))
+        .await
+        .error(StatusCode::NOT_FOUND, "not_found");
+    let last = send(&app, revoke(ADMIN_TOKEN, "initial"))
+        .await
+        .error(StatusCode::CONFLICT, "conflict");
+    assert!(last.contains("last active"), "{last}");
+
+    let frank = send(
+        &app,
+        admin_request(Method::POST, "/credentials", JSON, r#"{"name":"frank"}"#),
+    )
+    .await
+    .ok_json(StatusCode::CREATED)["token"]
+        .as_str()
+        .expect("a token")
+        .to_owned();
+    send(&app, revoke(&frank, "initial"))
+        .await
+        .ok_json(StatusCode::OK);
+    send(
+        &app,
+        admin_request(Method::GET, "/users", JSON, Body::empty()),
+    )
+    .await
+    .error(StatusCode::UNAUTHORIZED, "unauthorized");
+    let listed = admin_get_as(&app, &frank, "/credentials").await;
+    let states: Vec<(String, bool)> = listed
+        .as_array()
+        .expect("an array")
+        .iter()
+        .map(|c| {
+            (
+                c["name"].as_str().unwrap_or_default().to_owned(),
+                c["revoked_at"].is_string(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        states,
+        [
+            ("initial".to_owned(), true),
+            ("erin-laptop".to_owned(), true),
+            ("frank".to_owned(), false)
+        ]
+    );
+    send(&app, revoke(&frank, "frank"))
+        .await
+        .error(StatusCode::CONFLICT, "conflict");
+}
+
+async fn admin_get_as(app: &Router, token: &str, path: &str) -> Value {
+    send(
+        app,
+        admin_request_as(token, Method::GET, path, Body::empty()),
+    )
+    .await
+    .ok_json(StatusCode::OK)
+}

@@ -53,6 +53,10 @@ enum AdminCommand {
         #[arg(long, value_name = "DURATION", default_value = "15m", value_parser = parse_duration)]
         valid_for: Duration,
     },
+    /// Named admin credentials: each admin action's audit names the one that acted
+    /// (`credential` works too).
+    #[command(subcommand, alias = "credential")]
+    Credentials(CredentialsCommand),
     /// The audit log, newest first.
     ///
     /// Examples:
@@ -176,6 +180,27 @@ enum UsersCommand {
     Unlock {
         /// The user id.
         id: String,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum CredentialsCommand {
+    /// Add a named admin credential and print its token, once: keep it in a file
+    /// for --token-file (or in PIVTAP_ADMIN_TOKEN).
+    ///
+    /// Example:
+    ///   pivtap admin credentials add erin-laptop > erin.token
+    #[command(verbatim_doc_comment)]
+    Add {
+        /// Its name (letters, digits, '.', '_', '@', '-'), e.g. the admin and machine.
+        name: String,
+    },
+    /// List the admin credentials (`initial` is the server's admin.token).
+    List,
+    /// Revoke an admin credential for good (the last active one cannot be).
+    Revoke {
+        /// Its name.
+        name: String,
     },
 }
 
@@ -549,6 +574,47 @@ pub fn run(args: AdminArgs) -> anyhow::Result<()> {
                     println!("Device {id} is removed.");
                 }
                 Ok(())
+            }
+            AdminCommand::Credentials(CredentialsCommand::Add { name }) => {
+                let made = admin.add_credential(&name).await.map_err(explain)?;
+                let token = Zeroizing::new(made.token.clone().unwrap_or_default());
+                if json {
+                    println!("{}", json_text(&made)?);
+                } else {
+                    // The token alone on stdout (for a redirect into a file); the rest on stderr.
+                    println!("{}", token.as_str());
+                    eprintln!(
+                        "Admin credential {} added; its token is above and is not shown again. \
+                         Use it with --token-file FILE or PIVTAP_ADMIN_TOKEN.",
+                        made.name
+                    );
+                }
+                Ok(())
+            }
+            AdminCommand::Credentials(CredentialsCommand::List) => {
+                let credentials = admin.list_credentials().await.map_err(explain)?;
+                print_list(json, &credentials, |c| {
+                    format!(
+                        "{:<24} {:<8} created {}{}",
+                        escape_unambiguous(&c.name),
+                        if c.revoked_at.is_some() {
+                            "revoked"
+                        } else {
+                            "active"
+                        },
+                        c.created_at.as_deref().unwrap_or("(admin.token)"),
+                        c.revoked_at
+                            .as_deref()
+                            .map(|at| format!(", revoked {at}"))
+                            .unwrap_or_default()
+                    )
+                })
+            }
+            AdminCommand::Credentials(CredentialsCommand::Revoke { name }) => {
+                let revoked = admin.revoke_credential(&name).await.map_err(explain)?;
+                print_one(json, &revoked, |c| {
+                    format!("Admin credential {} is revoked.", c.name)
+                })
             }
             AdminCommand::Enroll { user, valid_for } => {
                 let made = admin

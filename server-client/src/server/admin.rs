@@ -17,13 +17,18 @@ use super::ServerState;
 use super::client_address::ClientAddress;
 use super::error::ApiError;
 use super::handlers::{json_body, rejection_error, rfc3339};
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+
 use crate::store::{
-    AuditEvent, AuditKindFilter, AuditQuery, Card, CardId, CardState, NewAuditEvent,
-    RevocationReason, StoreError, User, UserState, UserWritten,
+    AdminCredential, AuditEvent, AuditKindFilter, AuditQuery, Card, CardId, CardState,
+    INITIAL_ADMIN_CREDENTIAL, NewAuditEvent, RevocationReason, StoreError, User, UserState,
+    UserWritten,
 };
 use crate::wire::{
-    AuditRecord, CardRecord, CreateEnrollmentRequest, EnrollmentCode, ErrorCode, ImportReport,
-    ImportSkip, ImportedUser, RevokeCardRequest, UserDeleted, UserInfo, UserRecord, UserUpdate,
+    AdminCredentialRecord, AuditRecord, CardRecord, CreateAdminCredential, CreateEnrollmentRequest,
+    EnrollmentCode, ErrorCode, ImportReport, ImportSkip, ImportedUser, RevokeCardRequest,
+    UserDeleted, UserInfo, UserRecord, UserUpdate,
 };
 
 /// Most users one import takes.
@@ -53,6 +58,11 @@ pub fn router(state: ServerState) -> Router<ServerState> {
         .route("/cards/{card}/unlock", post(unlock_card))
         .route("/cards/{card}/revoke", post(revoke_card))
         .route("/audit", get(query_audit))
+        .route(
+            crate::wire::PATH_ADMIN_CREDENTIALS,
+            get(list_credentials).post(add_credential),
+        )
+        .route("/credentials/{name}/revoke", post(revoke_credential))
         .route(crate::wire::PATH_ADMIN_ENROLLMENTS, post(create_enrollment))
         .route(
             crate::wire::PATH_ADMIN_DEVICES,
@@ -79,8 +89,12 @@ async fn require_admin(State(state): State<ServerState>, request: Request, next:
         .get(header::AUTHORIZATION)
         .and_then(|value| value.to_str().ok())
         .and_then(bearer_token);
-    if presented.is_some_and(|token| state.is_admin_token(token)) {
-        return next.run(request).await;
+    if let Some(token) = presented {
+        match state.admin_credential(token).await {
+            Ok(Some(name)) => return ACTING_CREDENTIAL.scope(name, next.run(request)).await,
+            Ok(None) => {}
+            Err(error) => return ApiError::from(error).into_response(),
+        }
     }
     let source = ClientAddress::of(request.extensions());
     let path = crate::escape::bounded(request.uri().path(), AUDITED_PATH_CHARS);
@@ -105,6 +119,20 @@ async fn require_admin(State(state): State<ServerState>, request: Request, next:
         )
         .into_response(),
         answer => answer.into_response(),
+    }
+}
+
+tokio::task_local! {
+    /// The name of the admin credential the request being answered presented.
+    static ACTING_CREDENTIAL: String;
+}
+
+/// An admin action's audit detail, naming the credential that acted at its end
+/// (`... [admin credential NAME]`).
+pub(crate) fn acting(detail: String) -> String {
+    match ACTING_CREDENTIAL.try_with(Clone::clone) {
+        Ok(name) => format!("{detail} [admin credential {name}]"),
+        Err(_) => detail,
     }
 }
 
@@ -141,7 +169,7 @@ async fn admin_audit(
             device: None,
             card_serial,
             user_id,
-            detail: Some(detail),
+            detail: Some(acting(detail)),
         })
         .await
         .map_err(ApiError::from)
@@ -363,7 +391,7 @@ async fn import_users(
                     device: None,
                     card_serial: None,
                     user_id: Some(user.id.clone()),
-                    detail: Some(format!("imported user {}", user.id)),
+                    detail: Some(acting(format!("imported user {}", user.id))),
                 };
                 outcomes.push((user.id.clone(), None));
                 users.push((user, event));
@@ -486,7 +514,7 @@ async fn update_user(
         device: None,
         card_serial: None,
         user_id: Some(user.id.clone()),
-        detail: Some(detail),
+        detail: Some(acting(detail)),
     };
     state.store().update_user(&id, &user, event).await?;
     let updated = state
@@ -510,9 +538,9 @@ async fn delete_user(
         device: None,
         card_serial: None,
         user_id: Some(id.clone()),
-        detail: Some(format!(
+        detail: Some(acting(format!(
             "deleted user {id}; their cards are revoked (affiliationChanged)"
-        )),
+        ))),
     };
     let revoked = state.store().delete_user(&id, event).await?;
     Ok(Json(UserDeleted {
@@ -868,6 +896,112 @@ async fn create_enrollment(
     };
     admin_audit(&state, outcome, Subject::User(&request.user), detail).await?;
     result.map(|(made, _)| (StatusCode::CREATED, Json(made)))
+}
+
+/// Whether `name` may name an admin credential: 1 to 64 of ASCII letters, digits, `.`,
+/// `_`, `@` and `-` (as user ids).
+fn is_valid_credential_name(name: &str) -> bool {
+    is_valid_user_id(name)
+}
+
+fn credential_record(stored: &AdminCredential) -> AdminCredentialRecord {
+    AdminCredentialRecord {
+        name: stored.name.clone(),
+        created_at: Some(rfc3339(stored.created_at)),
+        revoked_at: stored.revoked_at.map(rfc3339),
+        token: None,
+    }
+}
+
+/// `GET /credentials`: the admin credentials, the token file's (`initial`) first.
+async fn list_credentials(
+    State(state): State<ServerState>,
+) -> Result<Json<Vec<AdminCredentialRecord>>, ApiError> {
+    let stored = state.store().admin_credentials().await?;
+    let mut records = Vec::with_capacity(stored.len() + 1);
+    if !stored.iter().any(|c| c.name == INITIAL_ADMIN_CREDENTIAL) {
+        records.push(AdminCredentialRecord {
+            name: INITIAL_ADMIN_CREDENTIAL.to_owned(),
+            created_at: None,
+            revoked_at: None,
+            token: None,
+        });
+    }
+    records.extend(stored.iter().map(credential_record));
+    records.sort_by_key(|record| record.name != INITIAL_ADMIN_CREDENTIAL);
+    Ok(Json(records))
+}
+
+/// `POST /credentials`: a new named admin credential; its token is in this answer only.
+async fn add_credential(
+    State(state): State<ServerState>,
+    body: Result<Json<CreateAdminCredential>, JsonRejection>,
+) -> Result<(StatusCode, Json<AdminCredentialRecord>), ApiError> {
+    let name = json_body(body)?.name;
+    if !is_valid_credential_name(&name) || name == INITIAL_ADMIN_CREDENTIAL {
+        return Err(ApiError::invalid(format!(
+            "the name must be 1 to {MAX_USER_ID_LEN} characters: ASCII letters, digits, '.', \
+             '_', '@' or '-', and not {INITIAL_ADMIN_CREDENTIAL:?} (the token file's)"
+        )));
+    }
+    let mut bytes = zeroize::Zeroizing::new([0_u8; 32]);
+    rand::fill(&mut bytes[..]);
+    let token = zeroize::Zeroizing::new(URL_SAFE_NO_PAD.encode(&bytes[..]));
+    let hash = {
+        use sha2::Digest as _;
+        hex::encode(sha2::Sha256::digest(token.as_bytes()))
+    };
+    let now = OffsetDateTime::now_utc();
+    let event = NewAuditEvent {
+        time: now,
+        kind: "admin".to_owned(),
+        outcome: "ok".to_owned(),
+        device: None,
+        card_serial: None,
+        user_id: None,
+        detail: Some(acting(format!("added admin credential {name}"))),
+    };
+    state
+        .store()
+        .add_admin_credential(&name, &hash, now, event)
+        .await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(AdminCredentialRecord {
+            name,
+            created_at: Some(rfc3339(now)),
+            revoked_at: None,
+            token: Some(token.to_string()),
+        }),
+    ))
+}
+
+/// `POST /credentials/{name}/revoke`: revokes an admin credential for good.
+async fn revoke_credential(
+    State(state): State<ServerState>,
+    name: Result<Path<String>, PathRejection>,
+) -> Result<Json<AdminCredentialRecord>, ApiError> {
+    let name = path_param(name)?;
+    let now = OffsetDateTime::now_utc();
+    let event = NewAuditEvent {
+        time: now,
+        kind: "admin".to_owned(),
+        outcome: "ok".to_owned(),
+        device: None,
+        card_serial: None,
+        user_id: None,
+        detail: Some(acting(format!("revoked admin credential {}", short(&name)))),
+    };
+    state
+        .store()
+        .revoke_admin_credential(&name, &state.initial_admin_hash(), now, event)
+        .await?;
+    let stored = state.store().admin_credentials().await?;
+    stored
+        .iter()
+        .find(|c| c.name == name)
+        .map(|c| Json(credential_record(c)))
+        .ok_or_else(|| ApiError::new(ErrorCode::NotFound, "no such admin credential"))
 }
 
 /// `GET /audit` query parameters.

@@ -293,11 +293,46 @@ impl ServerState {
         &self.inner.device_gate
     }
 
-    /// Whether `presented` is the admin credential (constant time).
+    /// Whether `presented` is the admin token file's credential (constant time).
     #[must_use]
     pub fn is_admin_token(&self, presented: &str) -> bool {
         let hash: [u8; 32] = Sha256::digest(presented.trim().as_bytes()).into();
         bool::from(hash.ct_eq(&self.inner.admin_token_hash))
+    }
+
+    /// SHA-256 (hex) of the admin token file's credential, [`INITIAL_ADMIN_CREDENTIAL`].
+    #[must_use]
+    pub fn initial_admin_hash(&self) -> String {
+        hex::encode(self.inner.admin_token_hash)
+    }
+
+    /// The name of the active admin credential `presented` is, if it is one: a named
+    /// credential of the store, or the token file's ([`INITIAL_ADMIN_CREDENTIAL`]) until
+    /// that is revoked.
+    ///
+    /// # Errors
+    /// [`StoreError`](crate::store::StoreError) when the store cannot be read.
+    pub async fn admin_credential(
+        &self,
+        presented: &str,
+    ) -> Result<Option<String>, crate::store::StoreError> {
+        use crate::store::INITIAL_ADMIN_CREDENTIAL;
+        let hash = hex::encode(Sha256::digest(presented.trim().as_bytes()));
+        // The stored hashes are looked up by value: they are hashes of random tokens, so
+        // the lookup's timing tells nothing about a token.
+        if let Some(stored) = self.store().find_admin_credential(&hash).await? {
+            return Ok(stored.revoked_at.is_none().then_some(stored.name));
+        }
+        if !self.is_admin_token(presented) {
+            return Ok(None);
+        }
+        let initial_revoked = self
+            .store()
+            .admin_credentials()
+            .await?
+            .iter()
+            .any(|stored| stored.name == INITIAL_ADMIN_CREDENTIAL);
+        Ok((!initial_revoked).then(|| INITIAL_ADMIN_CREDENTIAL.to_owned()))
     }
 }
 

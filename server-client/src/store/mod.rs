@@ -135,6 +135,22 @@ pub struct User {
     pub state: UserState,
 }
 
+/// The name of the admin credential of the server's admin token file.
+pub const INITIAL_ADMIN_CREDENTIAL: &str = "initial";
+
+/// A named admin credential as stored: only its token's hash is kept.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AdminCredential {
+    /// Its name, recorded in the audit of every admin action it takes.
+    pub name: String,
+    /// SHA-256 of its token, lower-case hex.
+    pub token_hash: String,
+    /// When it was made.
+    pub created_at: OffsetDateTime,
+    /// When it was revoked, if it was.
+    pub revoked_at: Option<OffsetDateTime>,
+}
+
 /// Days ahead in which an issued certificate counts as expiring ([`StoreStats`]).
 pub const EXPIRING_DAYS: i64 = 30;
 
@@ -1049,6 +1065,37 @@ pub trait Store: Send + Sync {
         now: OffsetDateTime,
         event: NewAuditEvent,
     ) -> BoxFuture<'_, Result<DeviceCodeUse, StoreError>>;
+
+    /// Adds a named admin credential (the SHA-256 of its token, hex) with its audit event.
+    /// [`StoreError::Conflict`] if the name or the token is taken (revoked ones too).
+    fn add_admin_credential(
+        &self,
+        name: &str,
+        token_hash: &str,
+        now: OffsetDateTime,
+        event: NewAuditEvent,
+    ) -> BoxFuture<'_, Result<(), StoreError>>;
+
+    /// Every stored admin credential, ordered by name.
+    fn admin_credentials(&self) -> BoxFuture<'_, Result<Vec<AdminCredential>, StoreError>>;
+
+    /// The stored admin credential whose token has this hash, if any (revoked or not).
+    fn find_admin_credential(
+        &self,
+        token_hash: &str,
+    ) -> BoxFuture<'_, Result<Option<AdminCredential>, StoreError>>;
+
+    /// Revokes admin credential `name` for good, with its audit event. The
+    /// [`INITIAL_ADMIN_CREDENTIAL`] (the token file's, hash `initial_hash`) gets a record
+    /// to revoke if it has none. [`StoreError::NotFound`] for an unknown name;
+    /// [`StoreError::Conflict`] if it is revoked already, or is the last active one.
+    fn revoke_admin_credential(
+        &self,
+        name: &str,
+        initial_hash: &str,
+        now: OffsetDateTime,
+        event: NewAuditEvent,
+    ) -> BoxFuture<'_, Result<(), StoreError>>;
 
     /// Counts for the metrics at `now`: users and cards by state, sign-ins in the last
     /// hour, certificates this server issued that expire within [`EXPIRING_DAYS`] days.

@@ -14,11 +14,11 @@ use time::{OffsetDateTime, UtcOffset};
 
 use super::database::{Database, DatabaseError};
 use super::{
-    AuditEvent, AuditKindFilter, AuditQuery, BoxFuture, Card, CardId, CardState, ChallengeUse,
-    Device, DeviceCodeUse, DeviceCredentialRecord, DeviceState, EnrollmentCodeRecord,
-    EnrollmentCodeUse, IssuedCertificate, NewAuditEvent, NewDevice, NewEnrollmentCode,
-    RevocationReason, RevokedCertificate, SignInLookup, SignInRecords, Store, StoreError,
-    StoreStats, User, UserConflict, UserState, UserWritten,
+    AdminCredential, AuditEvent, AuditKindFilter, AuditQuery, BoxFuture, Card, CardId, CardState,
+    ChallengeUse, Device, DeviceCodeUse, DeviceCredentialRecord, DeviceState, EnrollmentCodeRecord,
+    EnrollmentCodeUse, INITIAL_ADMIN_CREDENTIAL, IssuedCertificate, NewAuditEvent, NewDevice,
+    NewEnrollmentCode, RevocationReason, RevokedCertificate, SignInLookup, SignInRecords, Store,
+    StoreError, StoreStats, User, UserConflict, UserState, UserWritten,
 };
 use crate::certificate::CertificateFacts;
 use crate::mapping::UserAttribute;
@@ -252,6 +252,17 @@ CREATE INDEX revoked_certificates_serial ON revoked_certificates (serial);
 CREATE INDEX audit_kind ON audit (kind, time);
 ";
 
+/// Version 8: named admin credentials (token hashes only); revoked ones stay, so a name
+/// or a token is never used twice.
+const MIGRATION_8: &str = "
+CREATE TABLE admin_credentials (
+    name TEXT PRIMARY KEY NOT NULL,
+    token_hash TEXT NOT NULL UNIQUE,
+    created_at TEXT NOT NULL,
+    revoked_at TEXT
+) STRICT;
+";
+
 /// Every migration, by version, oldest first. Never edit one that shipped: add the next.
 const MIGRATIONS: &[(i64, &str)] = &[
     (1, MIGRATION_1),
@@ -261,6 +272,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (5, MIGRATION_5),
     (6, MIGRATION_6),
     (7, MIGRATION_7),
+    (8, MIGRATION_8),
 ];
 
 /// `SELECT` of every [`Device`] column, followed by the rest of the statement.
@@ -1075,6 +1087,120 @@ impl Store for SqliteStore {
         }))
     }
 
+    fn add_admin_credential(
+        &self,
+        name: &str,
+        token_hash: &str,
+        now: OffsetDateTime,
+        event: NewAuditEvent,
+    ) -> BoxFuture<'_, Result<(), StoreError>> {
+        let (name, token_hash) = (name.to_owned(), token_hash.to_owned());
+        Box::pin(self.database.write(move |connection| {
+            let result = connection
+                .prepare_cached(
+                    "INSERT INTO admin_credentials (name, token_hash, created_at) VALUES (?, ?, ?)",
+                )?
+                .execute(params![name, token_hash, encode_time(now)?]);
+            match result {
+                Err(error) if is_unique_violation(&error) => {
+                    return Err(StoreError::Conflict {
+                        what: format!("an admin credential named {name:?} exists already"),
+                    });
+                }
+                other => other?,
+            };
+            insert_audit(connection, &event)
+        }))
+    }
+
+    fn admin_credentials(&self) -> BoxFuture<'_, Result<Vec<AdminCredential>, StoreError>> {
+        Box::pin(self.database.read(move |connection| {
+            collect_rows(
+                &mut connection.prepare_cached(
+                    "SELECT name, token_hash, created_at, revoked_at FROM admin_credentials ORDER BY name",
+                )?,
+                [],
+                admin_credential_from_row,
+            )
+        }))
+    }
+
+    fn find_admin_credential(
+        &self,
+        token_hash: &str,
+    ) -> BoxFuture<'_, Result<Option<AdminCredential>, StoreError>> {
+        let token_hash = token_hash.to_owned();
+        Box::pin(self.database.read(move |connection| {
+            connection
+                .prepare_cached(
+                    "SELECT name, token_hash, created_at, revoked_at FROM admin_credentials
+                     WHERE token_hash = ?",
+                )?
+                .query_row([token_hash], admin_credential_from_row)
+                .optional()?
+                .transpose()
+        }))
+    }
+
+    fn revoke_admin_credential(
+        &self,
+        name: &str,
+        initial_hash: &str,
+        now: OffsetDateTime,
+        event: NewAuditEvent,
+    ) -> BoxFuture<'_, Result<(), StoreError>> {
+        let (name, initial_hash) = (name.to_owned(), initial_hash.to_owned());
+        Box::pin(self.database.write(move |connection| {
+            let now = encode_time(now)?;
+            if name == INITIAL_ADMIN_CREDENTIAL {
+                // The token file's credential has a record once it is revoked.
+                connection
+                    .prepare_cached(
+                        "INSERT INTO admin_credentials (name, token_hash, created_at)
+                         VALUES (?, ?, ?) ON CONFLICT DO NOTHING",
+                    )?
+                    .execute(params![name, initial_hash, now])?;
+            }
+            let revoked: Option<Option<String>> = connection
+                .prepare_cached("SELECT revoked_at FROM admin_credentials WHERE name = ?")?
+                .query_row([&name], |row| row.get(0))
+                .optional()?;
+            match revoked {
+                None => {
+                    return Err(StoreError::NotFound {
+                        what: format!("admin credential {name:?}"),
+                    });
+                }
+                Some(Some(_)) => {
+                    return Err(StoreError::Conflict {
+                        what: format!("admin credential {name:?} is revoked already"),
+                    });
+                }
+                Some(None) => {}
+            }
+            connection
+                .prepare_cached("UPDATE admin_credentials SET revoked_at = ? WHERE name = ?")?
+                .execute(params![now, name])?;
+            // The token file's credential is active until it has a (revoked) record.
+            let active: i64 = connection
+                .prepare_cached(
+                    "SELECT count(*) FROM admin_credentials WHERE revoked_at IS NULL AND name <> ?1
+                     UNION ALL
+                     SELECT NOT EXISTS (SELECT 1 FROM admin_credentials WHERE name = ?1)",
+                )?
+                .query_map([INITIAL_ADMIN_CREDENTIAL], |row| row.get::<_, i64>(0))?
+                .sum::<rusqlite::Result<i64>>()?;
+            if active == 0 {
+                return Err(StoreError::Conflict {
+                    what: format!(
+                        "admin credential {name:?} is the last active one; add another first"
+                    ),
+                });
+            }
+            insert_audit(connection, &event)
+        }))
+    }
+
     fn stats(&self, now: OffsetDateTime) -> BoxFuture<'_, Result<StoreStats, StoreError>> {
         Box::pin(self.database.read(move |connection| {
             let count = |sql: &str, values: &[&dyn rusqlite::ToSql]| -> Result<u64, StoreError> {
@@ -1854,6 +1980,24 @@ fn collect_rows<T>(
 
 // The row readers answer in two layers: SQLite's own errors (a missing column, a wrong
 // type) outside, this program's (an unreadable time or state) inside.
+
+fn admin_credential_from_row(
+    row: &Row<'_>,
+) -> rusqlite::Result<Result<AdminCredential, StoreError>> {
+    let created_at: String = row.get("created_at")?;
+    let revoked_at: Option<String> = row.get("revoked_at")?;
+    let (name, token_hash) = (row.get("name")?, row.get("token_hash")?);
+    Ok((|| {
+        Ok(AdminCredential {
+            name,
+            token_hash,
+            created_at: decode_time("created_at", &created_at)?,
+            revoked_at: revoked_at
+                .map(|text| decode_time("revoked_at", &text))
+                .transpose()?,
+        })
+    })())
+}
 
 fn user_from_row(row: &Row<'_>) -> rusqlite::Result<Result<User, StoreError>> {
     let state: String = row.get("state")?;
