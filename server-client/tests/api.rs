@@ -1926,3 +1926,61 @@ async fn admin_get_as(app: &Router, token: &str, path: &str) -> Value {
     .await
     .ok_json(StatusCode::OK)
 }
+
+/// A log writer for one test: keeps what is written.
+#[derive(Clone, Default)]
+struct KeptLog(Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for KeptLog {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.0
+            .lock()
+            .expect("the log lock")
+            .extend_from_slice(bytes);
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Issue 12: requests were logged without an id or the client's address, and every admin
+/// route as "/v1/admin". Now each answer carries `X-Request-Id`, and its log line has
+/// that id, the client address and the route template (not the path as sent).
+#[tokio::test(flavor = "current_thread")]
+async fn requests_are_logged_with_an_id_the_client_and_the_route_template() {
+    let kept = KeptLog::default();
+    let writer = kept.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer(move || writer.clone())
+        .with_ansi(false)
+        .finish();
+    let _default = tracing::subscriber::set_default(subscriber);
+    let app = app().await;
+    let first = send(
+        &app,
+        admin_request(Method::POST, "/users/erin/lock", JSON, Body::empty()),
+    )
+    .await;
+    first.error(StatusCode::NOT_FOUND, "not_found");
+    let second = send(&app, request(Method::GET, "/healthz", &[], Body::empty())).await;
+    let id = |reply: &Reply| {
+        reply
+            .header(header::HeaderName::from_static("x-request-id"))
+            .to_owned()
+    };
+    let (first_id, second_id) = (id(&first), id(&second));
+    assert_eq!(first_id.len(), 16, "{first_id:?}");
+    assert!(first_id.bytes().all(|b| b.is_ascii_hexdigit()));
+    assert_ne!(first_id, second_id, "each request has its own id");
+    let log = String::from_utf8(kept.0.lock().expect("the log lock").clone()).expect("UTF-8");
+    let line = log
+        .lines()
+        .find(|line| line.contains(&first_id))
+        .unwrap_or_else(|| panic!("no log line with {first_id}: {log}"));
+    assert!(line.contains("/v1/admin/users/{id}/lock"), "{line}");
+    assert!(!line.contains("erin"), "the template, not the path: {line}");
+    assert!(line.contains("client="), "{line}");
+    assert!(line.contains("status=404"), "{line}");
+}

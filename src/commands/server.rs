@@ -50,6 +50,10 @@ pub enum ServerCommand {
         /// Listen here instead of the configured address.
         #[arg(long)]
         listen: Option<SocketAddr>,
+        /// How log lines are written: text (for people) or json (one JSON object per
+        /// line, each request with its request_id, route template and client address).
+        #[arg(long, value_name = "FORMAT", default_value = "text")]
+        log_format: crate::log_format::LogFormat,
     },
 }
 
@@ -58,6 +62,15 @@ impl ServerCommand {
     #[must_use]
     pub fn is_long_running(&self) -> bool {
         matches!(self, ServerCommand::Run { .. })
+    }
+
+    /// The log format asked for (`server run --log-format`; text otherwise).
+    #[must_use]
+    pub fn log_format(&self) -> crate::log_format::LogFormat {
+        match self {
+            ServerCommand::Run { log_format, .. } => *log_format,
+            _ => crate::log_format::LogFormat::Text,
+        }
     }
 }
 
@@ -133,7 +146,7 @@ pub fn run(command: ServerCommand) -> anyhow::Result<()> {
             );
             Ok(())
         }
-        ServerCommand::Run { config, listen } => {
+        ServerCommand::Run { config, listen, .. } => {
             let mut configuration = ServerConfig::load(&config)?;
             if let Some(listen) = listen {
                 configuration.listen = listen;

@@ -35,6 +35,7 @@ use crate::pin_policy::PinPolicy;
 use crate::store::Store;
 use crate::token::TokenKeys;
 use crate::wire;
+use client_address::ClientAddress;
 use metrics::Metrics;
 use rate_limit::RateLimiter;
 
@@ -579,23 +580,44 @@ pub fn metrics_app(state: ServerState) -> Router {
         .with_state(state)
 }
 
-/// Counts every request and its latency.
+/// The header that carries a request's id in every answer.
+pub const REQUEST_ID_HEADER: &str = "x-request-id";
+
+/// A fresh request id: 16 random hex digits.
+fn new_request_id() -> String {
+    let mut bytes = [0u8; 8];
+    rand::fill(&mut bytes);
+    hex::encode(bytes)
+}
+
+/// Counts every request and its latency, and logs it with a fresh request id (also
+/// answered as `X-Request-Id`), the client address and the route template (such as
+/// `/v1/admin/users/{id}`: the template, never the path as sent).
 async fn observe(State(state): State<ServerState>, request: Request, next: Next) -> Response {
-    let route = request
+    let template = request
         .extensions()
         .get::<MatchedPath>()
-        .map(|path| route_label(path.as_str()))
-        .unwrap_or("other");
+        .map(|path| path.as_str().to_owned());
+    let route = template.as_deref().map_or("other", route_label);
     let method = request.method().clone();
+    let client = ClientAddress::of(request.extensions())
+        .0
+        .map_or_else(|| "unknown".to_owned(), |ip| ip.to_canonical().to_string());
+    let request_id = new_request_id();
     let started = Instant::now();
-    let response = next.run(request).await;
+    let mut response = next.run(request).await;
     let latency = started.elapsed();
     let status = response.status().as_u16();
     state.metrics().observe_request(route, status, latency);
+    if let Ok(value) = axum::http::HeaderValue::from_str(&request_id) {
+        response.headers_mut().insert(REQUEST_ID_HEADER, value);
+    }
     tracing::info!(
         target: "pivtap::server",
+        request_id,
         %method,
-        route,
+        route = template.as_deref().unwrap_or("other"),
+        client,
         status,
         latency_us = u64::try_from(latency.as_micros()).unwrap_or(u64::MAX),
         "request"
