@@ -100,7 +100,18 @@ fn admin_request(
     content_type: &str,
     body: impl Into<Body>,
 ) -> Request<Body> {
-    let bearer = format!("Bearer {ADMIN_TOKEN}");
+    admin_request_with(ADMIN_TOKEN, method, path, content_type, body)
+}
+
+/// `METHOD /v1/admin{path}` with `token` as the bearer credential.
+fn admin_request_with(
+    token: &str,
+    method: Method,
+    path: &str,
+    content_type: &str,
+    body: impl Into<Body>,
+) -> Request<Body> {
+    let bearer = format!("Bearer {token}");
     request(
         method,
         &format!("/v1/admin{path}"),
@@ -1746,23 +1757,14 @@ async fn sign_outs_are_audited_for_the_tokens_user_once() {
     );
 }
 
-/// `METHOD /v1/admin{path}` with `token` as the bearer credential.
+/// `METHOD /v1/admin{path}` with `token` as the bearer credential, a JSON body.
 fn admin_request_as(
     token: &str,
     method: Method,
     path: &str,
     body: impl Into<Body>,
 ) -> Request<Body> {
-    let bearer = format!("Bearer {token}");
-    request(
-        method,
-        &format!("/v1/admin{path}"),
-        &[
-            (header::AUTHORIZATION, bearer.as_str()),
-            (header::CONTENT_TYPE, JSON),
-        ],
-        body.into(),
-    )
+    admin_request_with(token, method, path, JSON, body)
 }
 
 /// Issue 12: one shared admin token, and the audit could not say who acted. Now named
@@ -1948,15 +1950,25 @@ impl std::io::Write for KeptLog {
 /// Issue 12: requests were logged without an id or the client's address, and every admin
 /// route as "/v1/admin". Now each answer carries `X-Request-Id`, and its log line has
 /// that id, the client address and the route template (not the path as sent).
-#[tokio::test(flavor = "current_thread")]
+///
+/// The log is this test binary's global subscriber (a scoped one misses events whose
+/// callsites other test threads registered first).
+#[tokio::test]
 async fn requests_are_logged_with_an_id_the_client_and_the_route_template() {
-    let kept = KeptLog::default();
-    let writer = kept.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .with_writer(move || writer.clone())
-        .with_ansi(false)
-        .finish();
-    let _default = tracing::subscriber::set_default(subscriber);
+    static KEPT: std::sync::OnceLock<KeptLog> = std::sync::OnceLock::new();
+    let kept = KEPT
+        .get_or_init(|| {
+            let kept = KeptLog::default();
+            let writer = kept.clone();
+            let subscriber = tracing_subscriber::fmt()
+                .with_writer(move || writer.clone())
+                .with_ansi(false)
+                .finish();
+            tracing::subscriber::set_global_default(subscriber)
+                .expect("no other global subscriber in this test binary");
+            kept
+        })
+        .clone();
     let app = app().await;
     let first = send(
         &app,

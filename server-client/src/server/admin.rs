@@ -142,6 +142,20 @@ pub(crate) fn bearer_token(value: &str) -> Option<&str> {
     scheme.eq_ignore_ascii_case("bearer").then_some(token)
 }
 
+/// A successful admin action's audit event at `time`, about `user_id` if any, its
+/// detail naming the credential that acted ([`acting`]).
+fn admin_event(time: OffsetDateTime, user_id: Option<String>, detail: String) -> NewAuditEvent {
+    NewAuditEvent {
+        time,
+        kind: "admin".to_owned(),
+        outcome: "ok".to_owned(),
+        device: None,
+        card_serial: None,
+        user_id,
+        detail: Some(acting(detail)),
+    }
+}
+
 /// What an admin action acted on, so audit queries by user or card find it.
 enum Subject<'a> {
     None,
@@ -384,15 +398,11 @@ async fn import_users(
         match new_user(record) {
             Err(reason) => outcomes.push((id, Some(reason))),
             Ok(user) => {
-                let event = NewAuditEvent {
-                    time: now,
-                    kind: "admin".to_owned(),
-                    outcome: "ok".to_owned(),
-                    device: None,
-                    card_serial: None,
-                    user_id: Some(user.id.clone()),
-                    detail: Some(acting(format!("imported user {}", user.id))),
-                };
+                let event = admin_event(
+                    now,
+                    Some(user.id.clone()),
+                    format!("imported user {}", user.id),
+                );
                 outcomes.push((user.id.clone(), None));
                 users.push((user, event));
             }
@@ -507,15 +517,7 @@ async fn update_user(
     } else {
         format!("updated user {}: {}", user.id, changes.join(", "))
     };
-    let event = NewAuditEvent {
-        time: OffsetDateTime::now_utc(),
-        kind: "admin".to_owned(),
-        outcome: "ok".to_owned(),
-        device: None,
-        card_serial: None,
-        user_id: Some(user.id.clone()),
-        detail: Some(acting(detail)),
-    };
+    let event = admin_event(OffsetDateTime::now_utc(), Some(user.id.clone()), detail);
     state.store().update_user(&id, &user, event).await?;
     let updated = state
         .store()
@@ -531,17 +533,11 @@ async fn delete_user(
     id: Result<Path<String>, PathRejection>,
 ) -> Result<Json<UserDeleted>, ApiError> {
     let id = path_param(id)?;
-    let event = NewAuditEvent {
-        time: OffsetDateTime::now_utc(),
-        kind: "admin".to_owned(),
-        outcome: "ok".to_owned(),
-        device: None,
-        card_serial: None,
-        user_id: Some(id.clone()),
-        detail: Some(acting(format!(
-            "deleted user {id}; their cards are revoked (affiliationChanged)"
-        ))),
-    };
+    let event = admin_event(
+        OffsetDateTime::now_utc(),
+        Some(id.clone()),
+        format!("deleted user {id}; their cards are revoked (affiliationChanged)"),
+    );
     let revoked = state.store().delete_user(&id, event).await?;
     Ok(Json(UserDeleted {
         deleted: id,
@@ -718,16 +714,24 @@ async fn set_card_state(
 ) -> Result<Json<CardRecord>, ApiError> {
     let id = resolve_card(&state, &path_param(card)?).await?;
     state.store().set_card_state(&id, new).await?;
-    admin_audit(
+    changed_card(
         &state,
-        "ok",
-        Subject::Card(&id.serial),
+        &id,
         format!("{verb} card {id} (issuer {})", id.issuer),
     )
-    .await?;
+    .await
+}
+
+/// After a change to card `id`: audits it with `detail` and answers the card as it is now.
+async fn changed_card(
+    state: &ServerState,
+    id: &CardId,
+    detail: String,
+) -> Result<Json<CardRecord>, ApiError> {
+    admin_audit(state, "ok", Subject::Card(&id.serial), detail).await?;
     let card = state
         .store()
-        .get_card(&id)
+        .get_card(id)
         .await?
         .ok_or_else(|| ApiError::new(ErrorCode::NotFound, format!("no card {id}")))?;
     Ok(Json(card_record(card)))
@@ -774,19 +778,8 @@ async fn revoke_card(
     };
     let id = resolve_card(&state, &path_param(card)?).await?;
     state.store().revoke_card(&id, reason).await?;
-    admin_audit(
-        &state,
-        "ok",
-        Subject::Card(&id.serial),
-        format!("revoked card {id} (issuer {}), reason {reason}", id.issuer),
-    )
-    .await?;
-    let card = state
-        .store()
-        .get_card(&id)
-        .await?
-        .ok_or_else(|| ApiError::new(ErrorCode::NotFound, format!("no card {id}")))?;
-    Ok(Json(card_record(card)))
+    let detail = format!("revoked card {id} (issuer {}), reason {reason}", id.issuer);
+    changed_card(&state, &id, detail).await
 }
 
 /// `DELETE /cards/{card}`: forgets a revoked card; it stays on the revocation list.
@@ -952,15 +945,7 @@ async fn add_credential(
         hex::encode(sha2::Sha256::digest(token.as_bytes()))
     };
     let now = OffsetDateTime::now_utc();
-    let event = NewAuditEvent {
-        time: now,
-        kind: "admin".to_owned(),
-        outcome: "ok".to_owned(),
-        device: None,
-        card_serial: None,
-        user_id: None,
-        detail: Some(acting(format!("added admin credential {name}"))),
-    };
+    let event = admin_event(now, None, format!("added admin credential {name}"));
     state
         .store()
         .add_admin_credential(&name, &hash, now, event)
@@ -983,15 +968,11 @@ async fn revoke_credential(
 ) -> Result<Json<AdminCredentialRecord>, ApiError> {
     let name = path_param(name)?;
     let now = OffsetDateTime::now_utc();
-    let event = NewAuditEvent {
-        time: now,
-        kind: "admin".to_owned(),
-        outcome: "ok".to_owned(),
-        device: None,
-        card_serial: None,
-        user_id: None,
-        detail: Some(acting(format!("revoked admin credential {}", short(&name)))),
-    };
+    let event = admin_event(
+        now,
+        None,
+        format!("revoked admin credential {}", short(&name)),
+    );
     state
         .store()
         .revoke_admin_credential(&name, &state.initial_admin_hash(), now, event)
