@@ -509,8 +509,10 @@ async fn report_user_conflicts(store: &dyn Store) {
                 tracing::warn!(
                     attribute = %conflict.attribute,
                     users = %conflict.user_ids.join(", "),
-                    "users share one {}: a card with it signs in none of them; give each user their own",
-                    conflict.attribute
+                    "users share one {}: a card with it signs in none of them; give each user their own \
+                     (`pivtap admin users update ID --{} VALUE`, or `users delete ID`)",
+                    conflict.attribute,
+                    conflict.attribute.to_string().replace('_', "-")
                 );
             }
         }
