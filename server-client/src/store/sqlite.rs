@@ -3727,6 +3727,48 @@ mod tests {
         Ok(())
     }
 
+    /// Issue 12: version 7 widens the revocation list's reasons and keeps its rows (and
+    /// their reasons); version 8 adds the admin credentials, none stored at first.
+    #[tokio::test]
+    async fn versions_7_and_8_keep_the_revocation_list() -> TestResult {
+        let dir = tempfile::tempdir()?;
+        let path = dir.path().join("v6.db");
+        {
+            let mut connection = Connection::open(&path)?;
+            connection.execute_batch(
+                "CREATE TABLE schema_migrations (version INTEGER PRIMARY KEY NOT NULL, applied_at TEXT NOT NULL) STRICT",
+            )?;
+            for (version, sql) in &MIGRATIONS[..6] {
+                let transaction = connection.transaction()?;
+                transaction.execute_batch(sql)?;
+                transaction.execute(
+                    "INSERT INTO schema_migrations (version, applied_at) VALUES (?, 'x')",
+                    [version],
+                )?;
+                transaction.commit()?;
+            }
+            connection.execute_batch(
+                "INSERT INTO revoked_certificates VALUES ('CN=Test CA', '0a', '2023-11-14T22:13:20.000000Z', 'superseded');
+                 INSERT INTO revoked_certificates VALUES ('', '0b', '2023-11-14T22:13:20.000000Z', 'unspecified');",
+            )?;
+        }
+        let store = SqliteStore::open(&path).await?;
+        assert_eq!(migration_versions(&store).await?.last(), Some(&8));
+        assert_eq!(
+            store.revocation(&id("0a")).await?.map(|r| r.reason),
+            Some(RevocationReason::Superseded)
+        );
+        assert_eq!(
+            store
+                .revocation(&id("0b"))
+                .await?
+                .map(|r| (r.issuer, r.reason)),
+            Some((String::new(), RevocationReason::Unspecified))
+        );
+        assert!(store.admin_credentials().await?.is_empty());
+        Ok(())
+    }
+
     /// Issue 12: the metrics' counts: users and cards by state, sign-ins of the last hour
     /// only, issued certificates expiring within 30 days unless revoked.
     #[tokio::test]
