@@ -738,13 +738,13 @@ mod tests {
             },
             RevokedCertificate {
                 issuer: String::new(),
-                serial: "80".to_owned(),
+                serial: "10".to_owned(),
                 revoked_at: now,
                 reason: RevocationReason::KeyCompromise,
             },
             RevokedCertificate {
                 issuer: String::new(),
-                serial: "81".to_owned(),
+                serial: "11".to_owned(),
                 revoked_at: now,
                 reason: RevocationReason::PrivilegeWithdrawn,
             },
@@ -771,8 +771,8 @@ mod tests {
             [
                 ("4a0b".to_owned(), Some(4)),
                 ("7f".to_owned(), None),
-                ("80".to_owned(), Some(1)),
-                ("81".to_owned(), Some(9)),
+                ("10".to_owned(), Some(1)),
+                ("11".to_owned(), Some(9)),
             ]
         );
         // The server's own trust store reads it.
