@@ -314,6 +314,95 @@ fn the_directory_is_kept_from_the_command_line() {
         .failure("a revoked credential", "unauthorized");
 }
 
+/// `pivtap admin ARGS` against `server` in a terminal (a pseudo-terminal from `script`),
+/// typing `answer` and Enter.
+fn admin_in_a_terminal(server: &RunningServer, args: &[&str], answer: &str) -> Run {
+    use std::io::Write as _;
+    let quote = |text: &str| format!("'{}'", text.replace('\'', r"'\''"));
+    let mut line = vec![
+        quote(env!("CARGO_BIN_EXE_pivtap")),
+        "admin".to_owned(),
+        "--server".to_owned(),
+        quote(&server.url),
+        "--ca".to_owned(),
+        quote(path_str(&server.ca)),
+        "--token-file".to_owned(),
+        quote(path_str(&server.token_file)),
+    ];
+    line.extend(args.iter().map(|arg| quote(arg)));
+    let mut child = Command::new("script")
+        .args(["-qec", &line.join(" "), "/dev/null"])
+        .env("NO_COLOR", "1")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("script (util-linux) runs");
+    // Typed ahead, the answer waits in the terminal's input queue until it is read.
+    let mut stdin = child.stdin.take().expect("script's stdin");
+    stdin
+        .write_all(format!("{answer}\n").as_bytes())
+        .expect("the answer is typed");
+    // stdin stays open until the command ends: its end would reach the command as ^D.
+    let output = child.wait_with_output().expect("script ends");
+    drop(stdin);
+    Run::from_output(output)
+}
+
+/// Issue 12: revoking a card and deleting a user ask in a terminal; anything but yes
+/// changes nothing.
+#[test]
+fn revoke_and_delete_ask_in_a_terminal() {
+    let server = RunningServer::start();
+    server.add_user("alice", "Alice Example", "alice@example.com");
+    let alice = server.card_copy("alice");
+    server.auth(&alice, ALICE_PIN).success("auth alice");
+    let cards = server
+        .admin(&["cards", "list", "--json"])
+        .success("cards list")
+        .json();
+    let serial = cards[0]["serial"].as_str().expect("a serial").to_owned();
+    let declined = admin_in_a_terminal(&server, &["cards", "revoke", &serial], "n");
+    let text = declined.all_output();
+    assert!(text.contains("[y/N]"), "{text}");
+    assert!(
+        text.contains("not confirmed; nothing was changed"),
+        "{text}"
+    );
+    let cards = server
+        .admin(&["cards", "list", "--json"])
+        .success("cards list")
+        .json();
+    assert_eq!(cards[0]["state"], "active", "{cards}");
+    let accepted = admin_in_a_terminal(
+        &server,
+        &[
+            "cards",
+            "revoke",
+            &serial,
+            "--reason",
+            "cessationOfOperation",
+        ],
+        "y",
+    );
+    let text = accepted.all_output();
+    assert!(
+        text.contains("is revoked (reason cessationOfOperation)"),
+        "{text}"
+    );
+    let declined = admin_in_a_terminal(&server, &["users", "delete", "alice"], "");
+    assert!(
+        declined.all_output().contains("not confirmed"),
+        "{}",
+        declined.all_output()
+    );
+    let users = server
+        .admin(&["users", "list", "--json"])
+        .success("users list")
+        .json();
+    assert_eq!(users.as_array().map(Vec::len), Some(1), "{users}");
+}
+
 /// A Python 3 that has PyJWT: Debian's `/usr/bin/python3` first (a version
 /// manager's `python3` earlier on PATH may lack Debian's packages), then `python3`.
 fn python_with_pyjwt() -> PathBuf {
