@@ -720,7 +720,8 @@ pub struct AuditRecord {
     pub id: i64,
     /// When, RFC 3339.
     pub time: String,
-    /// `challenge`, `assertion`, `enrollment`, `renewal`, `device-enrollment` or `admin`.
+    /// `challenge`, `assertion`, `enrollment`, `renewal`, `device-enrollment`, `admin` or
+    /// `sign_out` (see [`AUDIT_KINDS`](crate::store::AUDIT_KINDS)).
     pub kind: String,
     /// `ok` or an error code.
     pub outcome: String,

@@ -333,7 +333,8 @@ pub struct AuditEvent {
     pub id: i64,
     /// When it happened.
     pub time: OffsetDateTime,
-    /// `challenge`, `assertion`, `enrollment`, `renewal`, `device-enrollment` or `admin`.
+    /// `challenge`, `assertion`, `enrollment`, `renewal`, `device-enrollment`, `admin` or
+    /// `sign_out` (see [`AUDIT_KINDS`](crate::store::AUDIT_KINDS)).
     pub kind: String,
     /// `ok`, or the [`ErrorCode`](crate::wire::ErrorCode) wire name of the refusal.
     pub outcome: String,
@@ -362,7 +363,8 @@ pub const MAX_AUDIT_FIELD_CHARS: usize = 128;
 pub struct NewAuditEvent {
     /// When it happened.
     pub time: OffsetDateTime,
-    /// `challenge`, `assertion`, `enrollment`, `renewal`, `device-enrollment` or `admin`.
+    /// `challenge`, `assertion`, `enrollment`, `renewal`, `device-enrollment`, `admin` or
+    /// `sign_out` (see [`AUDIT_KINDS`](crate::store::AUDIT_KINDS)).
     pub kind: String,
     /// `ok`, or the [`ErrorCode`](crate::wire::ErrorCode) wire name of the refusal.
     pub outcome: String,
