@@ -133,8 +133,10 @@ enum UsersCommand {
         #[arg(long)]
         dry_run: bool,
     },
-    /// Change a user: each option given replaces the user's value ("" removes a mail,
-    /// UPN or employee id); --rename changes the id (cards and audit events follow).
+    /// Change a user's name or attributes, or rename them.
+    ///
+    /// Each option given replaces the user's value ("" removes a mail, UPN or
+    /// employee id); --rename changes the id (cards and audit events follow).
     ///
     /// Examples:
     ///   pivtap admin users update erin --mail erin.new@example.com
@@ -159,9 +161,11 @@ enum UsersCommand {
         #[arg(long, value_name = "NEW_ID")]
         rename: Option<String>,
     },
-    /// Delete a user. Their cards are revoked for good (reason affiliationChanged) and
-    /// stay listed without a user; their enrollment codes are void; the audit keeps
-    /// their events. Asks for confirmation unless --yes.
+    /// Delete a user and revoke their cards.
+    ///
+    /// Their cards are revoked for good (reason affiliationChanged, in the CRL) and stay
+    /// listed without a user; their enrollment codes are void; the audit keeps their
+    /// events. Asks for confirmation unless --yes.
     Delete {
         /// The user id.
         id: String,
