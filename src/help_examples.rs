@@ -158,7 +158,10 @@ const EXAMPLES: &[(&[&str], &[&str])] = &[
     ),
     (
         &["admin", "users", "import"],
-        &["pivtap admin users import staff.csv  # header: id,display_name,mail,upn,employee_id"],
+        &[
+            "pivtap admin users import staff.csv  # header: id,display_name,mail,upn,employee_id",
+            "pivtap admin users import staff.csv --update --dry-run  # what would change",
+        ],
     ),
     (
         &["admin", "users", "list"],
@@ -166,6 +169,17 @@ const EXAMPLES: &[(&[&str], &[&str])] = &[
             "pivtap admin users list --server https://auth.example.com:8443 --ca tls.crt --token-file admin.token",
             "pivtap admin users list --json",
         ],
+    ),
+    (
+        &["admin", "users", "update"],
+        &[
+            "pivtap admin users update erin --mail erin.new@example.com",
+            "pivtap admin users update erin --rename erin.b --name \"Erin B\"",
+        ],
+    ),
+    (
+        &["admin", "users", "delete"],
+        &["pivtap admin users delete erin --yes  # revokes her cards"],
     ),
     (
         &["admin", "users", "lock"],
@@ -189,7 +203,10 @@ const EXAMPLES: &[(&[&str], &[&str])] = &[
     ),
     (
         &["admin", "cards", "revoke"],
-        &["pivtap admin cards revoke 767fc752e205af92@3f2a9c0d"],
+        &[
+            "pivtap admin cards revoke 767fc752e205af92@3f2a9c0d --reason keyCompromise",
+            "pivtap admin cards revoke 767fc752e205af92 --reason cessationOfOperation --yes",
+        ],
     ),
     (
         &["admin", "cards", "delete"],
@@ -226,9 +243,23 @@ const EXAMPLES: &[(&[&str], &[&str])] = &[
         ],
     ),
     (
+        &["admin", "credentials", "add"],
+        &["pivtap admin credentials add erin-laptop > erin.token"],
+    ),
+    (
+        &["admin", "credentials", "list"],
+        &["pivtap admin credentials list --json"],
+    ),
+    (
+        &["admin", "credentials", "revoke"],
+        &["pivtap admin credentials revoke erin-laptop"],
+    ),
+    (
         &["admin", "audit"],
         &[
             "pivtap admin audit --user erin --limit 20",
+            "pivtap admin audit --user erin --kind sign_in_refused  # why can't Erin sign in?",
+            "pivtap admin audit --limit 50 --before 1234  # the page after event 1234",
             "pivtap admin audit --outcome challenge_reused --since 2026-01-01T00:00:00Z --json",
         ],
     ),

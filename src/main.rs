@@ -7,6 +7,7 @@ mod commands;
 mod enrollment;
 mod help_examples;
 mod issuer;
+mod log_format;
 
 use std::process::ExitCode;
 
@@ -75,13 +76,18 @@ fn main() -> ExitCode {
         Command::Server(command) if command.is_long_running() => "warn,pivtap=info",
         _ => "warn",
     };
-    tracing_subscriber::fmt()
+    let logs = tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_filter)),
         )
-        .with_writer(std::io::stderr)
-        .init();
+        .with_writer(std::io::stderr);
+    match &cli.command {
+        Command::Server(command) if command.log_format() == log_format::LogFormat::Json => {
+            logs.event_format(log_format::JsonLines).init();
+        }
+        _ => logs.init(),
+    }
     let result = match cli.command {
         Command::Vcard(command) => commands::vcard::run(*command),
         Command::Card(command) => commands::card::run(command),

@@ -646,7 +646,7 @@ fn code_lifetimes_and_card_deletion_from_the_admin_command_line() {
         .admin(&["cards", "delete", &serial])
         .failure("deleting an active card", "conflict");
     server
-        .admin(&["cards", "revoke", &serial])
+        .admin(&["cards", "revoke", &serial, "--yes"])
         .success("cards revoke");
     let deleted = server
         .admin(&["cards", "delete", &serial, "--json"])

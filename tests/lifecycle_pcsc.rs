@@ -576,7 +576,7 @@ fn a_blank_card_enrolled_over_pcsc_signs_in_at_the_kiosk_through_renewal_lock_an
 
     // Revoked by the admin: the next tap is refused by the server.
     server
-        .admin(&["cards", "revoke", &second_serial])
+        .admin(&["cards", "revoke", &second_serial, "--yes"])
         .success("cards revoke");
     let tap = Attached::attach(&context, &card, KIOSK_READER);
     kiosk.expect_tap();

@@ -87,10 +87,29 @@ fn a_server_is_set_up_administered_and_signed_in_to_from_the_command_line() {
     );
     let serial = cards[0]["serial"].as_str().expect("a serial").to_owned();
 
-    let revoked = server
+    // Issue 12: without a terminal, a revocation needs --yes.
+    server
         .admin(&["cards", "revoke", &serial])
+        .failure("cards revoke without --yes", "--yes");
+    server
+        .admin(&["cards", "revoke", &serial, "--reason", "sideways", "--yes"])
+        .failure("cards revoke with a made-up reason", "keyCompromise");
+    let revoked = server
+        .admin(&[
+            "cards",
+            "revoke",
+            &serial,
+            "--reason",
+            "keyCompromise",
+            "--yes",
+        ])
         .success("cards revoke");
     assert!(revoked.stdout.contains("revoked"), "{}", revoked.stdout);
+    assert!(
+        revoked.stdout.contains("keyCompromise"),
+        "{}",
+        revoked.stdout
+    );
     server
         .auth(&alice, ALICE_PIN)
         .failure("auth with a revoked card", "certificate_revoked");
@@ -134,6 +153,254 @@ fn a_server_is_set_up_administered_and_signed_in_to_from_the_command_line() {
         "the server exits cleanly on SIGINT: {status}"
     );
     assert!(output.contains("pivtap server stopped."), "{output}");
+}
+
+/// Issue 12, the admin day to day: a second user with a taken mail is refused; an import
+/// dry run reports and changes nothing, `--update` changes; a rename keeps the card; a
+/// refused sign-in is the user's (`audit --user --kind sign_in_refused`); `--limit 0` is
+/// none; deleting a user asks for `--yes` and revokes their cards.
+#[test]
+fn the_directory_is_kept_from_the_command_line() {
+    let server = RunningServer::start();
+    server.add_user("alice", "Alice Example", "alice@example.com");
+    server
+        .admin(&[
+            "users",
+            "add",
+            "--id",
+            "alice2",
+            "--name",
+            "A2",
+            "--mail",
+            "ALICE@example.com",
+        ])
+        .failure("a second user with alice's mail", "\"alice\" has this mail");
+    let alice = server.card_copy("alice");
+    server.auth(&alice, ALICE_PIN).success("auth alice");
+
+    let csv = server.dir.path().join("staff.csv");
+    std::fs::write(
+        &csv,
+        "id,display_name,mail\nalice,Alice B. Example,alice@example.com\ncarol,Carol,carol@example.com\n",
+    )
+    .unwrap();
+    let dry = server
+        .admin(&["users", "import", path_str(&csv), "--update", "--dry-run"])
+        .success("import --update --dry-run");
+    assert!(
+        dry.stdout
+            .contains("Dry run, nothing changed: 1 added, 1 updated, 0 unchanged, 0 refused."),
+        "{}",
+        dry.stdout
+    );
+    assert!(
+        dry.stdout.contains("Updated alice: display_name"),
+        "{}",
+        dry.stdout
+    );
+    let users = server
+        .admin(&["users", "list", "--json"])
+        .success("users list")
+        .json();
+    assert_eq!(users.as_array().map(Vec::len), Some(1), "{users}");
+    let report = server
+        .admin(&["users", "import", path_str(&csv), "--update", "--json"])
+        .success("import --update")
+        .json();
+    assert_eq!(
+        (report["added"].as_u64(), report["updated"].as_u64()),
+        (Some(1), Some(1))
+    );
+    server
+        .admin(&["users", "update", "alice"])
+        .failure("an update without changes", "nothing to change");
+    let renamed = server
+        .admin(&["users", "update", "alice", "--rename", "alice.b"])
+        .success("users update --rename");
+    assert!(
+        renamed.stdout.contains("Renamed user alice to alice.b"),
+        "{}",
+        renamed.stdout
+    );
+    let signed_in = server
+        .auth(&alice, ALICE_PIN)
+        .success("auth after the rename")
+        .json();
+    assert_eq!(signed_in["user"]["id"], "alice.b");
+
+    let cards = server
+        .admin(&["cards", "list", "--json"])
+        .success("cards list")
+        .json();
+    assert_eq!(cards[0]["user_id"], "alice.b", "{cards}");
+    let serial = cards[0]["serial"].as_str().expect("a serial").to_owned();
+    server
+        .admin(&["cards", "lock", &serial])
+        .success("cards lock");
+    server
+        .auth(&alice, ALICE_PIN)
+        .failure("auth with a locked card", "card_locked");
+    let why = server
+        .admin(&[
+            "audit",
+            "--user",
+            "alice.b",
+            "--kind",
+            "sign_in_refused",
+            "--json",
+        ])
+        .success("audit --kind sign_in_refused")
+        .json();
+    assert_eq!(why.as_array().map(Vec::len), Some(1), "{why}");
+    assert_eq!(why[0]["outcome"], "card_locked");
+    let none = server
+        .admin(&["audit", "--limit", "0", "--json"])
+        .success("audit --limit 0");
+    assert_eq!(none.json(), serde_json::json!([]));
+    let page = server
+        .admin(&["audit", "--limit", "2"])
+        .success("audit --limit 2");
+    assert!(page.stderr.contains("--before"), "{}", page.stderr);
+    server
+        .admin(&["audit", "--kind", "nonsense"])
+        .failure("audit --kind nonsense", "sign_in_refused");
+
+    server
+        .admin(&["users", "delete", "alice.b"])
+        .failure("users delete without --yes", "--yes");
+    let deleted = server
+        .admin(&["users", "delete", "alice.b", "--yes"])
+        .success("users delete --yes");
+    assert!(
+        deleted.stdout.contains("revoked their cards"),
+        "{}",
+        deleted.stdout
+    );
+    let cards = server
+        .admin(&["cards", "list", "--json"])
+        .success("cards list")
+        .json();
+    assert_eq!(cards[0]["state"], "revoked", "{cards}");
+
+    // Named admin credentials: the token is printed once, alone on stdout; it acts, and
+    // the audit names it; revoked, it no longer acts.
+    let made = server
+        .admin(&["credentials", "add", "erin-laptop"])
+        .success("credentials add");
+    let token = made.stdout.trim().to_owned();
+    assert_eq!(token.lines().count(), 1, "{}", made.stdout);
+    assert!(made.stderr.contains("not shown again"), "{}", made.stderr);
+    server
+        .admin_with_env_token(Some(&token), &["users", "lock", "carol"])
+        .success("a named credential acts");
+    let locked = server
+        .admin(&["audit", "--user", "carol", "--limit", "1", "--json"])
+        .success("audit --user carol")
+        .json();
+    assert_eq!(
+        locked[0]["detail"],
+        "locked user carol [admin credential erin-laptop]"
+    );
+    let listed = server
+        .admin(&["credentials", "list"])
+        .success("credentials list");
+    assert!(listed.stdout.contains("initial"), "{}", listed.stdout);
+    assert!(!listed.stdout.contains(&token), "{}", listed.stdout);
+    server
+        .admin(&["credentials", "revoke", "erin-laptop"])
+        .success("credentials revoke");
+    server
+        .admin_with_env_token(Some(&token), &["users", "list"])
+        .failure("a revoked credential", "unauthorized");
+}
+
+/// `pivtap admin ARGS` against `server` in a terminal (a pseudo-terminal from `script`),
+/// typing `answer` and Enter.
+fn admin_in_a_terminal(server: &RunningServer, args: &[&str], answer: &str) -> Run {
+    use std::io::Write as _;
+    let quote = |text: &str| format!("'{}'", text.replace('\'', r"'\''"));
+    let mut line = vec![
+        quote(env!("CARGO_BIN_EXE_pivtap")),
+        "admin".to_owned(),
+        "--server".to_owned(),
+        quote(&server.url),
+        "--ca".to_owned(),
+        quote(path_str(&server.ca)),
+        "--token-file".to_owned(),
+        quote(path_str(&server.token_file)),
+    ];
+    line.extend(args.iter().map(|arg| quote(arg)));
+    let mut child = Command::new("script")
+        .args(["-qec", &line.join(" "), "/dev/null"])
+        .env("NO_COLOR", "1")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("script (util-linux) runs");
+    // Typed ahead, the answer waits in the terminal's input queue until it is read.
+    let mut stdin = child.stdin.take().expect("script's stdin");
+    stdin
+        .write_all(format!("{answer}\n").as_bytes())
+        .expect("the answer is typed");
+    // stdin stays open until the command ends: its end would reach the command as ^D.
+    let output = child.wait_with_output().expect("script ends");
+    drop(stdin);
+    Run::from_output(output)
+}
+
+/// Issue 12: revoking a card and deleting a user ask in a terminal; anything but yes
+/// changes nothing.
+#[test]
+fn revoke_and_delete_ask_in_a_terminal() {
+    let server = RunningServer::start();
+    server.add_user("alice", "Alice Example", "alice@example.com");
+    let alice = server.card_copy("alice");
+    server.auth(&alice, ALICE_PIN).success("auth alice");
+    let cards = server
+        .admin(&["cards", "list", "--json"])
+        .success("cards list")
+        .json();
+    let serial = cards[0]["serial"].as_str().expect("a serial").to_owned();
+    let declined = admin_in_a_terminal(&server, &["cards", "revoke", &serial], "n");
+    let text = declined.all_output();
+    assert!(text.contains("[y/N]"), "{text}");
+    assert!(
+        text.contains("not confirmed; nothing was changed"),
+        "{text}"
+    );
+    let cards = server
+        .admin(&["cards", "list", "--json"])
+        .success("cards list")
+        .json();
+    assert_eq!(cards[0]["state"], "active", "{cards}");
+    let accepted = admin_in_a_terminal(
+        &server,
+        &[
+            "cards",
+            "revoke",
+            &serial,
+            "--reason",
+            "cessationOfOperation",
+        ],
+        "y",
+    );
+    let text = accepted.all_output();
+    assert!(
+        text.contains("is revoked (reason cessationOfOperation)"),
+        "{text}"
+    );
+    let declined = admin_in_a_terminal(&server, &["users", "delete", "alice"], "");
+    assert!(
+        declined.all_output().contains("not confirmed"),
+        "{}",
+        declined.all_output()
+    );
+    let users = server
+        .admin(&["users", "list", "--json"])
+        .success("users list")
+        .json();
+    assert_eq!(users.as_array().map(Vec::len), Some(1), "{users}");
 }
 
 /// A Python 3 that has PyJWT: Debian's `/usr/bin/python3` first (a version

@@ -29,7 +29,8 @@ use zeroize::Zeroizing;
 
 use crate::card_worker::{CardJob, CardJobResult, CardWorker};
 use crate::core::{
-    AuthFailure, CoreConfig, Effect, Event, KeyInput, Kiosk, ServerStatus, SessionEvent, WorkId,
+    AuthFailure, CoreConfig, Effect, Event, KeyInput, Kiosk, ServerStatus, SessionEvent,
+    SignOutReason, WorkId,
 };
 use crate::local_api::SessionBoard;
 use crate::readers::{ReaderSource, ReaderUpdate};
@@ -495,10 +496,33 @@ impl Runtime {
         self.keep_challenge_fresh(Instant::now());
     }
 
+    /// Tells the server that the session of `token` ended and why, in the background: the
+    /// kiosk does not wait, and a server that cannot be reached misses it (logged).
+    fn report_sign_out(&self, token: Option<Zeroizing<String>>, reason: Option<SignOutReason>) {
+        let Some(token) = token else { return };
+        let reason = reason
+            .and_then(|reason| serde_json::to_value(reason).ok())
+            .and_then(|value| value.as_str().map(str::to_owned))
+            .unwrap_or_else(|| "unknown".to_owned());
+        let client = self.client.clone();
+        tokio::spawn(async move {
+            match client.sign_out(&token, &reason).await {
+                Ok(_) => tracing::debug!(%reason, "the server recorded the sign-out"),
+                Err(error) => {
+                    tracing::warn!(%error, %reason, "the server did not record the sign-out")
+                }
+            }
+        });
+    }
+
     /// Feeds one event to the core and carries out what it asks.
     fn core_event(&mut self, event: Event, face: &mut dyn Face) {
         let now = Instant::now();
         let effects = self.kiosk.handle_event(event, now);
+        let sign_out_reason = effects.iter().find_map(|effect| match effect {
+            Effect::Publish(SessionEvent::SignedOut { reason, .. }) => Some(*reason),
+            _ => None,
+        });
         for effect in effects {
             match effect {
                 Effect::ReadCard { work, reader } => {
@@ -551,7 +575,8 @@ impl Runtime {
                     face.session_event(&session_event, token);
                 }
                 Effect::DropSession => {
-                    self.token = None;
+                    let token = self.token.take();
+                    self.report_sign_out(token, sign_out_reason);
                     self.session_card = None;
                 }
                 Effect::ScheduleTick { at } => self.tick_at = Some(at),

@@ -769,3 +769,57 @@ async fn a_server_that_refuses_this_device_says_so_with_its_code() {
     );
     kiosk.stop().await;
 }
+
+/// Issue 12: sign-outs were not recorded at the server. Now the kiosk reports each dropped
+/// session (in the background): the server audits `sign_out` for the user, the device and
+/// the card that signed in, with the reason.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sign_out_is_recorded_at_the_server() {
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let server = start_server(dir.path()).await;
+    let credential = server
+        .register_device("fault-kiosk")
+        .await
+        .expect("the kiosk is registered");
+    let client = server
+        .client(Duration::from_secs(5))
+        .expect("a client")
+        .with_device_credential(credential);
+    let readers = FaultyReaders::new();
+    let mut kiosk = TestKiosk::start(Arc::new(readers.clone()), client);
+    kiosk.clean_sign_in(&readers.readers, &alice_badge()).await;
+    let deadline = Instant::now() + EVENT_WAIT;
+    let event = loop {
+        let sign_outs = server
+            .state
+            .store()
+            .query_audit(&AuditQuery {
+                kind: Some(pivtap_server_client::store::AuditKindFilter::Kind(
+                    "sign_out".to_owned(),
+                )),
+                ..AuditQuery::default()
+            })
+            .await
+            .expect("the audit log answers");
+        if let Some(event) = sign_outs.into_iter().next() {
+            break event;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no sign_out recorded within {EVENT_WAIT:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(event.outcome, "ok");
+    assert_eq!(event.user_id.as_deref(), Some("alice"));
+    assert_eq!(event.device.as_deref(), Some("fault-kiosk"));
+    assert!(event.card_serial.is_some(), "{event:?}");
+    assert!(
+        event
+            .detail
+            .as_deref()
+            .is_some_and(|detail| detail.ends_with("reason card_removed")),
+        "{event:?}"
+    );
+    kiosk.stop().await;
+}

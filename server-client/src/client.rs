@@ -504,6 +504,28 @@ impl Client {
         .await
     }
 
+    /// `POST /v1/sign-outs`: reports the end of the session `token` opened, with why
+    /// (`card_removed`, `idle`, ...). Answers whether it was recorded (`false` for a
+    /// replay).
+    ///
+    /// # Errors
+    /// [`ClientError::Refused`] with `unauthorized` for a token the server does not
+    /// accept (more than a few minutes past its expiry, or not its own).
+    pub async fn sign_out(&self, token: &str, reason: &str) -> Result<bool, ClientError> {
+        let body = wire::SignOutRequest {
+            reason: reason.to_owned(),
+        };
+        let recorded: wire::SignOutRecorded = self
+            .request(
+                Method::POST,
+                wire::PATH_SIGN_OUTS,
+                Some(token),
+                Some(RequestBody::Json(&body)),
+            )
+            .await?;
+        Ok(recorded.recorded)
+    }
+
     /// `GET /.well-known/jwks.json`
     ///
     /// # Errors
@@ -767,7 +789,8 @@ impl AdminClient<'_> {
     /// # Errors
     /// [`ClientError`].
     pub async fn import_users(&self, users: &[UserRecord]) -> Result<ImportReport, ClientError> {
-        self.post("/users/import", Some(&users)).await
+        self.import(ImportSource::Json(users), ImportOptions::default())
+            .await
     }
 
     /// Imports users from CSV text (header `id,display_name,mail,upn,employee_id`).
@@ -775,14 +798,69 @@ impl AdminClient<'_> {
     /// # Errors
     /// [`ClientError`].
     pub async fn import_users_csv(&self, csv: &str) -> Result<ImportReport, ClientError> {
-        let path = format!("{}/users/import", wire::PATH_ADMIN);
+        self.import(ImportSource::Csv(csv), ImportOptions::default())
+            .await
+    }
+
+    /// Imports users from JSON records or CSV text, updating existing users and only
+    /// trying (a dry run) as `options` say.
+    ///
+    /// # Errors
+    /// [`ClientError`].
+    pub async fn import(
+        &self,
+        source: ImportSource<'_>,
+        options: ImportOptions,
+    ) -> Result<ImportReport, ClientError> {
+        let mut path = format!("{}/users/import", wire::PATH_ADMIN);
+        let query: Vec<&str> = [
+            options.update.then_some("update=true"),
+            options.dry_run.then_some("dry_run=true"),
+        ]
+        .into_iter()
+        .flatten()
+        .collect();
+        if !query.is_empty() {
+            path = format!("{path}?{}", query.join("&"));
+        }
+        let body: RequestBody<'_, &[UserRecord]> = match &source {
+            ImportSource::Json(users) => RequestBody::Json(users),
+            ImportSource::Csv(text) => RequestBody::Csv(text),
+        };
         self.client
-            .request::<(), _>(
-                Method::POST,
+            .request(Method::POST, &path, Some(self.token), Some(body))
+            .await
+    }
+
+    /// Changes user `id` (fields of `change` that are set; `id` renames).
+    ///
+    /// # Errors
+    /// [`ClientError::Refused`] with `not_found`, `conflict` (the new id or an attribute
+    /// is another user's) or `invalid_request`.
+    pub async fn update_user(
+        &self,
+        id: &str,
+        change: &wire::UserUpdate,
+    ) -> Result<UserRecord, ClientError> {
+        let path = format!("{}/users/{}", wire::PATH_ADMIN, path_segment(id));
+        self.client
+            .request(
+                Method::PATCH,
                 &path,
                 Some(self.token),
-                Some(RequestBody::Csv(csv)),
+                Some(RequestBody::Json(change)),
             )
+            .await
+    }
+
+    /// Deletes user `id`; the server revokes their cards and answers which.
+    ///
+    /// # Errors
+    /// [`ClientError::Refused`] with `not_found`.
+    pub async fn delete_user(&self, id: &str) -> Result<wire::UserDeleted, ClientError> {
+        let path = format!("{}/users/{}", wire::PATH_ADMIN, path_segment(id));
+        self.client
+            .request::<(), _>(Method::DELETE, &path, Some(self.token), None)
             .await
     }
 
@@ -822,6 +900,26 @@ impl AdminClient<'_> {
         };
         self.post::<(), _>(&format!("/cards/{}/{verb}", path_segment(serial)), None)
             .await
+    }
+
+    /// Revokes a card for good, with an RFC 5280 reason name (`keyCompromise`, ...) that
+    /// goes into its CRL entry and the audit; `None` is `unspecified`.
+    ///
+    /// # Errors
+    /// As [`AdminClient::card_action`]; `invalid_request` for an unknown reason.
+    pub async fn revoke_card(
+        &self,
+        card: &str,
+        reason: Option<&str>,
+    ) -> Result<CardRecord, ClientError> {
+        let body = wire::RevokeCardRequest {
+            reason: reason.map(str::to_owned),
+        };
+        self.post(
+            &format!("/cards/{}/revoke", path_segment(card)),
+            Some(&body),
+        )
+        .await
     }
 
     /// Makes a single-use enrollment code for `user`, accepted for `valid_for`.
@@ -915,6 +1013,49 @@ impl AdminClient<'_> {
         Ok(())
     }
 
+    /// Every admin credential (`initial` is the server's token file).
+    ///
+    /// # Errors
+    /// [`ClientError`].
+    pub async fn list_credentials(&self) -> Result<Vec<wire::AdminCredentialRecord>, ClientError> {
+        self.get(wire::PATH_ADMIN_CREDENTIALS).await
+    }
+
+    /// Adds a named admin credential; the answer holds its token, shown this once.
+    ///
+    /// # Errors
+    /// [`ClientError::Refused`] with `conflict` for a name in use, `invalid_request` for a
+    /// bad name.
+    pub async fn add_credential(
+        &self,
+        name: &str,
+    ) -> Result<wire::AdminCredentialRecord, ClientError> {
+        let body = wire::CreateAdminCredential {
+            name: name.to_owned(),
+        };
+        self.post(wire::PATH_ADMIN_CREDENTIALS, Some(&body)).await
+    }
+
+    /// Revokes an admin credential for good.
+    ///
+    /// # Errors
+    /// [`ClientError::Refused`] with `not_found`, or `conflict` when it is revoked already
+    /// or the last active one.
+    pub async fn revoke_credential(
+        &self,
+        name: &str,
+    ) -> Result<wire::AdminCredentialRecord, ClientError> {
+        self.post::<(), _>(
+            &format!(
+                "{}/{}/revoke",
+                wire::PATH_ADMIN_CREDENTIALS,
+                path_segment(name)
+            ),
+            None,
+        )
+        .await
+    }
+
     /// Audit events, newest first.
     ///
     /// # Errors
@@ -926,6 +1067,7 @@ impl AdminClient<'_> {
             ("card", &filter.card),
             ("device", &filter.device),
             ("outcome", &filter.outcome),
+            ("kind", &filter.kind),
             ("since", &filter.since),
             ("until", &filter.until),
         ] {
@@ -936,6 +1078,9 @@ impl AdminClient<'_> {
         if let Some(limit) = filter.limit {
             query.push(format!("limit={limit}"));
         }
+        if let Some(before) = filter.before {
+            query.push(format!("before={before}"));
+        }
         let path = if query.is_empty() {
             "/audit".to_owned()
         } else {
@@ -943,6 +1088,24 @@ impl AdminClient<'_> {
         };
         self.get(&path).await
     }
+}
+
+/// The users of an import: JSON records or CSV text.
+#[derive(Debug, Clone, Copy)]
+pub enum ImportSource<'a> {
+    /// User records.
+    Json(&'a [UserRecord]),
+    /// CSV with the header `id,display_name,mail,upn,employee_id`.
+    Csv(&'a str),
+}
+
+/// How an import treats existing users.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ImportOptions {
+    /// Update existing users (else they are refused as existing).
+    pub update: bool,
+    /// Check everything, keep nothing.
+    pub dry_run: bool,
 }
 
 /// What to do with a card.
@@ -967,6 +1130,11 @@ pub struct AuditFilter {
     pub device: Option<String>,
     /// By outcome (`ok` or an error code).
     pub outcome: Option<String>,
+    /// By kind: `challenge`, `assertion`, `enrollment`, `renewal`, `device-enrollment`,
+    /// `admin`, `sign_out`, or `sign_in` / `sign_in_refused` (assertions by outcome).
+    pub kind: Option<String>,
+    /// Only events older than the event with this id (the last of the page before).
+    pub before: Option<i64>,
     /// From this time (RFC 3339).
     pub since: Option<String>,
     /// Until this time (RFC 3339).

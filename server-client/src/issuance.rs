@@ -287,6 +287,12 @@ impl Issuer {
         })
     }
 
+    /// When the issuing CA certificate expires.
+    #[must_use]
+    pub fn ca_not_after(&self) -> OffsetDateTime {
+        self.ca_not_after
+    }
+
     /// The CA certificate, DER.
     #[must_use]
     pub fn ca_der(&self) -> &[u8] {
@@ -461,7 +467,17 @@ impl Issuer {
                     revocation_time: entry.revoked_at,
                     reason_code: Some(match entry.reason {
                         RevocationReason::Unspecified => rcgen::RevocationReason::Unspecified,
+                        RevocationReason::KeyCompromise => rcgen::RevocationReason::KeyCompromise,
+                        RevocationReason::AffiliationChanged => {
+                            rcgen::RevocationReason::AffiliationChanged
+                        }
                         RevocationReason::Superseded => rcgen::RevocationReason::Superseded,
+                        RevocationReason::CessationOfOperation => {
+                            rcgen::RevocationReason::CessationOfOperation
+                        }
+                        RevocationReason::PrivilegeWithdrawn => {
+                            rcgen::RevocationReason::PrivilegeWithdrawn
+                        }
                     }),
                     invalidity_date: None,
                 })
@@ -720,6 +736,18 @@ mod tests {
                 revoked_at: now,
                 reason: RevocationReason::Unspecified,
             },
+            RevokedCertificate {
+                issuer: String::new(),
+                serial: "10".to_owned(),
+                revoked_at: now,
+                reason: RevocationReason::KeyCompromise,
+            },
+            RevokedCertificate {
+                issuer: String::new(),
+                serial: "11".to_owned(),
+                revoked_at: now,
+                reason: RevocationReason::PrivilegeWithdrawn,
+            },
         ];
         let der = issuer.crl(&revoked, now).unwrap();
         let (_, crl) = x509_parser::parse_x509_crl(&der).unwrap();
@@ -740,7 +768,12 @@ mod tests {
         assert_eq!(
             entries,
             // RFC 5280 §5.3.1: reason unspecified is left out.
-            [("4a0b".to_owned(), Some(4)), ("7f".to_owned(), None)]
+            [
+                ("4a0b".to_owned(), Some(4)),
+                ("7f".to_owned(), None),
+                ("10".to_owned(), Some(1)),
+                ("11".to_owned(), Some(9)),
+            ]
         );
         // The server's own trust store reads it.
         crate::certificate::TrustStore::new(&[issuer.ca_der().to_vec()], &[der]).unwrap();

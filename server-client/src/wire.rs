@@ -57,6 +57,11 @@ pub const PATH_CRL: &str = "/v1/crl";
 pub const PATH_ADMIN_ENROLLMENTS: &str = "/enrollments";
 /// Admin: `GET|POST {PATH_ADMIN}/devices` lists or registers devices.
 pub const PATH_ADMIN_DEVICES: &str = "/devices";
+/// Admin: `GET|POST {PATH_ADMIN}/credentials` lists or adds named admin credentials;
+/// `POST {PATH_ADMIN}/credentials/{name}/revoke` revokes one.
+pub const PATH_ADMIN_CREDENTIALS: &str = "/credentials";
+/// `POST`: a device reports the end of a session, authenticated by its session token.
+pub const PATH_SIGN_OUTS: &str = "/v1/sign-outs";
 /// `POST /v1/devices/enroll`: a device enrollment code and a CSR in, the device certificate out.
 pub const PATH_DEVICE_ENROLLMENTS: &str = "/v1/devices/enroll";
 /// The media type of `GET /v1/crl`.
@@ -518,6 +523,57 @@ pub struct SessionClaims {
     pub device: String,
 }
 
+/// The body of `POST /v1/admin/credentials`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateAdminCredential {
+    /// The credential's name (as a user id: letters, digits, `.`, `_`, `@`, `-`).
+    pub name: String,
+}
+
+/// A named admin credential as the admin API shows it.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AdminCredentialRecord {
+    /// Its name; `initial` is the server's admin token file.
+    pub name: String,
+    /// When it was made, RFC 3339 (unknown for `initial`).
+    #[serde(default)]
+    pub created_at: Option<String>,
+    /// When it was revoked, RFC 3339; `None` while active.
+    #[serde(default)]
+    pub revoked_at: Option<String>,
+    /// The bearer token: only in the answer that made it, never again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token: Option<String>,
+}
+
+impl std::fmt::Debug for AdminCredentialRecord {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AdminCredentialRecord")
+            .field("name", &self.name)
+            .field("created_at", &self.created_at)
+            .field("revoked_at", &self.revoked_at)
+            .field("token", &self.token.as_ref().map(|_| "REDACTED"))
+            .finish()
+    }
+}
+
+/// The body of `POST /v1/sign-outs` (the session is the bearer token's).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SignOutRequest {
+    /// Why the session ended: 1 to 32 of `a-z`, `0-9` and `_`, such as `card_removed`,
+    /// `idle`, `explicit`, `switched`, `expired`.
+    pub reason: String,
+}
+
+/// The answer to `POST /v1/sign-outs`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SignOutRecorded {
+    /// `false` when this token's sign-out was recorded already (a replay changes nothing).
+    pub recorded: bool,
+}
+
 /// A user as the admin API shows and takes it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -549,8 +605,64 @@ fn active() -> String {
 pub struct ImportReport {
     /// Users added.
     pub added: u32,
-    /// Users not added, with the reason (such as "exists already").
+    /// Existing users whose fields changed (imports with `update=true`).
+    #[serde(default)]
+    pub updated: u32,
+    /// Existing users the import left as they were (imports with `update=true`).
+    #[serde(default)]
+    pub unchanged: u32,
+    /// Users refused, with the reason (such as "exists already").
     pub skipped: Vec<ImportSkip>,
+    /// Every user not refused, in the import's order, with what was done.
+    #[serde(default)]
+    pub users: Vec<ImportedUser>,
+    /// A dry run: every check ran, nothing was kept.
+    #[serde(default)]
+    pub dry_run: bool,
+}
+
+/// What an import did (or, in a dry run, would do) with one user.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImportedUser {
+    /// The user id.
+    pub id: String,
+    /// `added`, `updated` or `unchanged`.
+    pub outcome: String,
+    /// For `updated`: the fields that changed (`display_name`, `mail`, `upn`, `employee_id`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub changed: Vec<String>,
+}
+
+/// The body of `PATCH /v1/admin/users/{id}`: each field given replaces the user's; an
+/// empty `mail`, `upn` or `employee_id` removes it; `id` renames the user (their cards
+/// and audit events follow).
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UserUpdate {
+    /// The new user id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    /// The new name to show.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub display_name: Option<String>,
+    /// The new e-mail address (`""` removes it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mail: Option<String>,
+    /// The new UPN (`""` removes it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upn: Option<String>,
+    /// The new employee number (`""` removes it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub employee_id: Option<String>,
+}
+
+/// The answer to `DELETE /v1/admin/users/{id}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UserDeleted {
+    /// The user id deleted.
+    pub deleted: String,
+    /// The user's cards this revoked (`serial@issuer-id`, reason `affiliationChanged`).
+    pub revoked_cards: Vec<String>,
 }
 
 /// One user an import did not add.
@@ -589,6 +701,18 @@ pub struct CardRecord {
     pub last_seen: String,
 }
 
+/// The body of `POST /v1/admin/cards/{card}/revoke` (optional: no body is reason
+/// `unspecified`).
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RevokeCardRequest {
+    /// The RFC 5280 reason name: `unspecified`, `keyCompromise`, `affiliationChanged`,
+    /// `superseded`, `cessationOfOperation` or `privilegeWithdrawn`. It goes into the CRL
+    /// entry's reason code and the audit.
+    #[serde(default)]
+    pub reason: Option<String>,
+}
+
 /// An audit event as the admin API shows it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AuditRecord {
@@ -596,7 +720,8 @@ pub struct AuditRecord {
     pub id: i64,
     /// When, RFC 3339.
     pub time: String,
-    /// `challenge`, `assertion`, `enrollment`, `renewal`, `device-enrollment` or `admin`.
+    /// `challenge`, `assertion`, `enrollment`, `renewal`, `device-enrollment`, `admin` or
+    /// `sign_out` (see [`AUDIT_KINDS`](crate::store::AUDIT_KINDS)).
     pub kind: String,
     /// `ok` or an error code.
     pub outcome: String,

@@ -800,6 +800,9 @@ async fn a_locked_card_is_refused_until_unlocked() {
     server
         .assert_audited(ErrorCode::CardLocked, &ALICE, KIOSK)
         .await;
+    // Issue 12: the refusal is the user's the card maps to, so `audit --user` finds it.
+    let event = server.last_assertion_event().await;
+    assert_eq!(event.user_id.as_deref(), Some("alice"), "{event:?}");
 
     let card = server
         .admin()
@@ -890,6 +893,54 @@ async fn a_card_that_maps_to_two_users_is_refused() {
     let event = server.last_assertion_event().await;
     assert_eq!(event.outcome, "user_unknown");
     assert_eq!(event.user_id, None, "no user was chosen: {event:?}");
+}
+
+/// Issue 12, the duplicate-attribute trap: a second user with alice's mail (left in a
+/// database from before the uniqueness checks) made alice's card fail every sign-in, with
+/// nothing in `audit --user alice` and no way out but SQLite. Now the refusal is alice's
+/// (the card's last user), and changing the other user's mail lets alice in again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_duplicate_attribute_trap_is_audited_for_its_victim_and_undone_by_an_update() {
+    let server = TestServer::start().await;
+    server.add_user(&ALICE.user()).await;
+    server
+        .sign_in(&ALICE, KIOSK)
+        .await
+        .expect("alice signs in while she alone has her mail");
+    rusqlite::Connection::open(&server.config.database)
+        .expect("the database opens")
+        .execute(
+            "INSERT INTO users (id, display_name, mail, state, created_at)
+             VALUES ('alice2', 'Alice Duplicate', 'alice@example.com', 'active', '2026-01-01T00:00:00.000000Z')",
+            [],
+        )
+        .expect("the duplicate is inserted");
+    refused(server.sign_in(&ALICE, KIOSK).await, ErrorCode::UserUnknown);
+    let why = server
+        .audit(AuditFilter {
+            user: Some("alice".to_owned()),
+            kind: Some("sign_in_refused".to_owned()),
+            ..AuditFilter::default()
+        })
+        .await;
+    assert_eq!(why.len(), 1, "{why:?}");
+    assert_eq!(why[0].outcome, "user_unknown");
+
+    let change = pivtap_server_client::wire::UserUpdate {
+        mail: Some("alice2@example.com".to_owned()),
+        ..Default::default()
+    };
+    let fixed = server
+        .admin()
+        .update_user("alice2", &change)
+        .await
+        .expect("the duplicate's mail is changed");
+    assert_eq!(fixed.mail.as_deref(), Some("alice2@example.com"));
+    let signed_in = server
+        .sign_in(&ALICE, KIOSK)
+        .await
+        .expect("alice signs in again");
+    assert_eq!(signed_in.user.id, "alice");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -5,11 +5,12 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use clap::{Args, Subcommand};
-use pivtap_server_client::client::{AuditFilter, CardAction};
+use pivtap_server_client::client::{AuditFilter, CardAction, ImportOptions, ImportSource};
 use pivtap_server_client::duration::parse_duration;
 use pivtap_server_client::escape::escape_unambiguous;
+use pivtap_server_client::store::RevocationReason;
 use pivtap_server_client::wire::{
-    AuditRecord, CardRecord, DeviceRecord, EnrollmentCode, UserRecord,
+    AuditRecord, CardRecord, DeviceRecord, EnrollmentCode, ImportReport, UserRecord, UserUpdate,
 };
 use serde::Serialize;
 use zeroize::Zeroizing;
@@ -53,7 +54,12 @@ enum AdminCommand {
         #[arg(long, value_name = "DURATION", default_value = "15m", value_parser = parse_duration)]
         valid_for: Duration,
     },
+    /// Named admin credentials: each admin action's audit names the one that acted
+    /// (`credential` works too).
+    #[command(subcommand, alias = "credential")]
+    Credentials(CredentialsCommand),
     /// The audit log, newest first.
+    #[command(verbatim_doc_comment)]
     Audit {
         /// Only this user.
         #[arg(long)]
@@ -67,13 +73,20 @@ enum AdminCommand {
         /// Only this outcome: ok, or an error code such as challenge_reused.
         #[arg(long)]
         outcome: Option<String>,
+        /// Only this kind: challenge, assertion, enrollment, renewal,
+        /// device-enrollment, admin, sign_out, or sign_in / sign_in_refused.
+        #[arg(long)]
+        kind: Option<String>,
+        /// Only events older than event ID: the next page after a page ending at ID.
+        #[arg(long, value_name = "ID")]
+        before: Option<i64>,
         /// From this time (RFC 3339).
         #[arg(long)]
         since: Option<String>,
         /// Until this time (RFC 3339).
         #[arg(long)]
         until: Option<String>,
-        /// At most this many events.
+        /// At most this many events (at most 1000; 0 for none).
         #[arg(long, default_value_t = 100)]
         limit: u32,
     },
@@ -100,9 +113,54 @@ enum UsersCommand {
         employee_id: Option<String>,
     },
     /// Add users from a JSON array or a CSV file (header: id,display_name,mail,upn,employee_id).
+    ///
+    /// Reports each user as added, updated (with the fields), unchanged or refused.
+    #[command(verbatim_doc_comment)]
     Import {
         /// The file (.json or .csv).
         file: PathBuf,
+        /// Update users that exist already (else they are refused as existing).
+        #[arg(long)]
+        update: bool,
+        /// Check everything and report, but change nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Change a user's name or attributes, or rename them.
+    ///
+    /// Each option given replaces the user's value ("" removes a mail, UPN or
+    /// employee id); --rename changes the id (cards and audit events follow).
+    #[command(verbatim_doc_comment)]
+    Update {
+        /// The user id.
+        id: String,
+        /// The name to show.
+        #[arg(long)]
+        name: Option<String>,
+        /// E-mail address ("" removes it).
+        #[arg(long)]
+        mail: Option<String>,
+        /// Microsoft UPN ("" removes it).
+        #[arg(long)]
+        upn: Option<String>,
+        /// Employee number ("" removes it).
+        #[arg(long)]
+        employee_id: Option<String>,
+        /// The new user id.
+        #[arg(long, value_name = "NEW_ID")]
+        rename: Option<String>,
+    },
+    /// Delete a user and revoke their cards.
+    ///
+    /// Their cards are revoked for good (reason affiliationChanged, in the CRL) and stay
+    /// listed without a user; their enrollment codes are void; the audit keeps their
+    /// events. Asks for confirmation unless --yes.
+    Delete {
+        /// The user id.
+        id: String,
+        /// Do not ask (for scripts).
+        #[arg(long)]
+        yes: bool,
     },
     /// List users.
     List,
@@ -115,6 +173,24 @@ enum UsersCommand {
     Unlock {
         /// The user id.
         id: String,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum CredentialsCommand {
+    /// Add a named admin credential and print its token, once: keep it in a file
+    /// for --token-file (or in PIVTAP_ADMIN_TOKEN).
+    #[command(verbatim_doc_comment)]
+    Add {
+        /// Its name (letters, digits, '.', '_', '@', '-'), e.g. the admin and machine.
+        name: String,
+    },
+    /// List the admin credentials (`initial` is the server's admin.token).
+    List,
+    /// Revoke an admin credential for good (the last active one cannot be).
+    Revoke {
+        /// Its name.
+        name: String,
     },
 }
 
@@ -133,10 +209,19 @@ enum CardsCommand {
         /// The card: `serial@issuer-id`, or the serial when unambiguous.
         card: String,
     },
-    /// Revoke a card for good.
+    /// Revoke a card for good: it goes on the CRL with the reason. Asks for
+    /// confirmation unless --yes.
+    #[command(verbatim_doc_comment)]
     Revoke {
         /// The card: `serial@issuer-id`, or the serial when unambiguous.
         card: String,
+        /// Why (RFC 5280): unspecified, keyCompromise, affiliationChanged, superseded,
+        /// cessationOfOperation, privilegeWithdrawn.
+        #[arg(long, default_value = "unspecified", value_parser = parse_reason)]
+        reason: RevocationReason,
+        /// Do not ask (for scripts).
+        #[arg(long)]
+        yes: bool,
     },
     /// Delete a revoked card's record (its certificate stays revoked).
     Delete {
@@ -174,6 +259,39 @@ enum DevicesCommand {
         /// The device id.
         id: String,
     },
+}
+
+/// Reads an RFC 5280 revocation reason name, in any case.
+fn parse_reason(text: &str) -> Result<RevocationReason, String> {
+    text.parse().map_err(|_| {
+        format!(
+            "{text:?} is not a revocation reason: use one of {}",
+            RevocationReason::ALL
+                .map(RevocationReason::as_str)
+                .join(", ")
+        )
+    })
+}
+
+/// Asks on the terminal whether to go on (`question` is a yes/no question); without a
+/// terminal, refuses: `what` needs `--yes` in scripts.
+fn confirm(yes: bool, what: &str, question: &str) -> anyhow::Result<()> {
+    use std::io::{IsTerminal as _, Write as _};
+    if yes {
+        return Ok(());
+    }
+    if !std::io::stdin().is_terminal() {
+        bail!("{what} asks for confirmation: run it in a terminal, or pass --yes");
+    }
+    eprint!("{question} [y/N] ");
+    std::io::stderr().flush()?;
+    let mut answer = String::new();
+    std::io::stdin().read_line(&mut answer)?;
+    if matches!(answer.trim().to_ascii_lowercase().as_str(), "y" | "yes") {
+        Ok(())
+    } else {
+        bail!("not confirmed; nothing was changed")
+    }
 }
 
 /// The QR code of `text` in Unicode half blocks (two modules per character
@@ -247,29 +365,79 @@ pub fn run(args: AdminArgs) -> anyhow::Result<()> {
                     format!("Added user {} ({}).", u.id, u.display_name)
                 })
             }
-            AdminCommand::Users(UsersCommand::Import { file }) => {
+            AdminCommand::Users(UsersCommand::Import {
+                file,
+                update,
+                dry_run,
+            }) => {
                 let text = std::fs::read_to_string(&file)
                     .with_context(|| format!("cannot read {}", file.display()))?;
                 // Spreadsheets and some editors start the file with a UTF-8 byte-order mark.
                 let text = text.strip_prefix('\u{feff}').unwrap_or(&text);
+                let options = ImportOptions { update, dry_run };
                 let report = if file
                     .extension()
                     .is_some_and(|e| e.eq_ignore_ascii_case("csv"))
                 {
-                    admin.import_users_csv(text).await
+                    admin.import(ImportSource::Csv(text), options).await
                 } else {
                     let users: Vec<UserRecord> = serde_json::from_str(text).with_context(|| {
                         format!("{} is not a JSON array of users", file.display())
                     })?;
-                    admin.import_users(&users).await
+                    admin.import(ImportSource::Json(&users), options).await
                 }
                 .map_err(explain)?;
-                print_one(json, &report, |r| {
-                    let mut text = format!("Imported {} users.", r.added);
-                    for skip in &r.skipped {
-                        text.push_str(&format!("\nSkipped {}: {}", skip.id, skip.reason));
+                print_one(json, &report, import_text)
+            }
+            AdminCommand::Users(UsersCommand::Update {
+                id,
+                name,
+                mail,
+                upn,
+                employee_id,
+                rename,
+            }) => {
+                let change = UserUpdate {
+                    id: rename,
+                    display_name: name,
+                    mail,
+                    upn,
+                    employee_id,
+                };
+                if change == UserUpdate::default() {
+                    bail!(
+                        "nothing to change: give --name, --mail, --upn, --employee-id or --rename"
+                    );
+                }
+                let user = admin.update_user(&id, &change).await.map_err(explain)?;
+                print_one(json, &user, |u| {
+                    if u.id == id {
+                        format!("Updated user {}: {}", u.id, user_line(u))
+                    } else {
+                        format!("Renamed user {id} to {}: {}", u.id, user_line(u))
                     }
-                    text
+                })
+            }
+            AdminCommand::Users(UsersCommand::Delete { id, yes }) => {
+                confirm(
+                    yes,
+                    "users delete",
+                    &format!(
+                        "Delete user {} and revoke their cards for good?",
+                        escape_unambiguous(&id)
+                    ),
+                )?;
+                let deleted = admin.delete_user(&id).await.map_err(explain)?;
+                print_one(json, &deleted, |d| {
+                    if d.revoked_cards.is_empty() {
+                        format!("Deleted user {}; they had no cards to revoke.", d.deleted)
+                    } else {
+                        format!(
+                            "Deleted user {}; revoked their cards: {}.",
+                            d.deleted,
+                            d.revoked_cards.join(", ")
+                        )
+                    }
                 })
             }
             AdminCommand::Users(UsersCommand::List) => {
@@ -294,8 +462,26 @@ pub fn run(args: AdminArgs) -> anyhow::Result<()> {
             AdminCommand::Cards(CardsCommand::Unlock { card: serial }) => {
                 card_action(&admin, json, &serial, CardAction::Unlock).await
             }
-            AdminCommand::Cards(CardsCommand::Revoke { card: serial }) => {
-                card_action(&admin, json, &serial, CardAction::Revoke).await
+            AdminCommand::Cards(CardsCommand::Revoke { card, reason, yes }) => {
+                confirm(
+                    yes,
+                    "cards revoke",
+                    &format!(
+                        "Revoke card {} for good (reason {reason})?",
+                        escape_unambiguous(&card)
+                    ),
+                )?;
+                let revoked = admin
+                    .revoke_card(&card, Some(reason.as_str()))
+                    .await
+                    .map_err(explain)?;
+                print_one(json, &revoked, |c| {
+                    format!(
+                        "Card {} is {} (reason {reason}).",
+                        if c.id.is_empty() { &c.serial } else { &c.id },
+                        c.state
+                    )
+                })
             }
             AdminCommand::Cards(CardsCommand::Delete { card: serial }) => {
                 admin.delete_card(&serial).await.map_err(explain)?;
@@ -351,6 +537,47 @@ pub fn run(args: AdminArgs) -> anyhow::Result<()> {
                 }
                 Ok(())
             }
+            AdminCommand::Credentials(CredentialsCommand::Add { name }) => {
+                let made = admin.add_credential(&name).await.map_err(explain)?;
+                let token = Zeroizing::new(made.token.clone().unwrap_or_default());
+                if json {
+                    println!("{}", json_text(&made)?);
+                } else {
+                    // The token alone on stdout (for a redirect into a file); the rest on stderr.
+                    println!("{}", token.as_str());
+                    eprintln!(
+                        "Admin credential {} added; its token is above and is not shown again. \
+                         Use it with --token-file FILE or PIVTAP_ADMIN_TOKEN.",
+                        made.name
+                    );
+                }
+                Ok(())
+            }
+            AdminCommand::Credentials(CredentialsCommand::List) => {
+                let credentials = admin.list_credentials().await.map_err(explain)?;
+                print_list(json, &credentials, |c| {
+                    format!(
+                        "{:<24} {:<8} created {}{}",
+                        escape_unambiguous(&c.name),
+                        if c.revoked_at.is_some() {
+                            "revoked"
+                        } else {
+                            "active"
+                        },
+                        c.created_at.as_deref().unwrap_or("(admin.token)"),
+                        c.revoked_at
+                            .as_deref()
+                            .map(|at| format!(", revoked {at}"))
+                            .unwrap_or_default()
+                    )
+                })
+            }
+            AdminCommand::Credentials(CredentialsCommand::Revoke { name }) => {
+                let revoked = admin.revoke_credential(&name).await.map_err(explain)?;
+                print_one(json, &revoked, |c| {
+                    format!("Admin credential {} is revoked.", c.name)
+                })
+            }
             AdminCommand::Enroll { user, valid_for } => {
                 let made = admin
                     .create_enrollment(&user, valid_for)
@@ -368,6 +595,8 @@ pub fn run(args: AdminArgs) -> anyhow::Result<()> {
                 card,
                 device,
                 outcome,
+                kind,
+                before,
                 since,
                 until,
                 limit,
@@ -377,12 +606,20 @@ pub fn run(args: AdminArgs) -> anyhow::Result<()> {
                     card,
                     device,
                     outcome,
+                    kind,
+                    before,
                     since,
                     until,
                     limit: Some(limit),
                 };
                 let events = admin.audit(&filter).await.map_err(explain)?;
-                print_list(json, &events, audit_line)
+                print_list(json, &events, audit_line)?;
+                // A full page may have more after it: say how to ask (on stderr, so the
+                // events alone go down a pipe).
+                if let Some(last) = events.last().filter(|_| events.len() == limit as usize) {
+                    eprintln!("(more may follow: add --before {})", last.id);
+                }
+                Ok(())
             }
         }
     })
@@ -402,6 +639,46 @@ async fn card_action(
             c.state
         )
     })
+}
+
+/// An import's report: the counts, then each user not left as it was.
+fn import_text(report: &ImportReport) -> String {
+    let mut text = format!(
+        "{}{} added, {} updated, {} unchanged, {} refused.",
+        if report.dry_run {
+            "Dry run, nothing changed: "
+        } else {
+            "Imported users: "
+        },
+        report.added,
+        report.updated,
+        report.unchanged,
+        report.skipped.len()
+    );
+    for user in &report.users {
+        match user.outcome.as_str() {
+            "unchanged" => {}
+            "updated" => text.push_str(&format!(
+                "\nUpdated {}: {}",
+                escape_unambiguous(&user.id),
+                user.changed.join(", ")
+            )),
+            outcome => text.push_str(&format!(
+                "\n{}{} {}",
+                outcome[..1].to_uppercase(),
+                &outcome[1..],
+                escape_unambiguous(&user.id)
+            )),
+        }
+    }
+    for skip in &report.skipped {
+        text.push_str(&format!(
+            "\nRefused {}: {}",
+            escape_unambiguous(&skip.id),
+            skip.reason
+        ));
+    }
+    text
 }
 
 fn print_one<T: Serialize>(

@@ -145,6 +145,10 @@ pub enum ServerCommand {
         /// Listen here instead of the configured address (such as 0.0.0.0:8443).
         #[arg(long, value_name = "ADDRESS:PORT", value_parser = crate::cli_input::listen_address)]
         listen: Option<SocketAddr>,
+        /// How log lines are written: text (for people) or json (one JSON object per
+        /// line, each request with its request_id, route template and client address).
+        #[arg(long, value_name = "FORMAT", default_value = "text")]
+        log_format: crate::log_format::LogFormat,
     },
 }
 
@@ -153,6 +157,15 @@ impl ServerCommand {
     #[must_use]
     pub fn is_long_running(&self) -> bool {
         matches!(self, ServerCommand::Run { .. })
+    }
+
+    /// The log format asked for (`server run --log-format`; text otherwise).
+    #[must_use]
+    pub fn log_format(&self) -> crate::log_format::LogFormat {
+        match self {
+            ServerCommand::Run { log_format, .. } => *log_format,
+            _ => crate::log_format::LogFormat::Text,
+        }
     }
 }
 
@@ -428,7 +441,7 @@ pub fn run(command: ServerCommand) -> anyhow::Result<()> {
             );
             Ok(())
         }
-        ServerCommand::Run { config, listen } => {
+        ServerCommand::Run { config, listen, .. } => {
             let mut configuration = ServerConfig::load(&config)?;
             if let Some(listen) = listen {
                 configuration.listen = listen;

@@ -8,7 +8,7 @@ use axum::extract::{DefaultBodyLimit, Path, Query, Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{delete, get, post};
+use axum::routing::{delete, get, patch, post};
 use serde::Deserialize;
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
@@ -17,12 +17,18 @@ use super::ServerState;
 use super::client_address::ClientAddress;
 use super::error::ApiError;
 use super::handlers::{json_body, rejection_error, rfc3339};
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+
 use crate::store::{
-    AuditEvent, AuditQuery, Card, CardId, CardState, NewAuditEvent, StoreError, User, UserState,
+    AdminCredential, AuditEvent, AuditKindFilter, AuditQuery, Card, CardId, CardState,
+    INITIAL_ADMIN_CREDENTIAL, NewAuditEvent, RevocationReason, StoreError, User, UserState,
+    UserWritten,
 };
 use crate::wire::{
-    AuditRecord, CardRecord, CreateEnrollmentRequest, EnrollmentCode, ErrorCode, ImportReport,
-    ImportSkip, UserInfo, UserRecord,
+    AdminCredentialRecord, AuditRecord, CardRecord, CreateAdminCredential, CreateEnrollmentRequest,
+    EnrollmentCode, ErrorCode, ImportReport, ImportSkip, ImportedUser, RevokeCardRequest,
+    UserDeleted, UserInfo, UserRecord, UserUpdate,
 };
 
 /// Most users one import takes.
@@ -43,6 +49,7 @@ pub fn router(state: ServerState) -> Router<ServerState> {
             PATH_IMPORT,
             post(import_users).layer(DefaultBodyLimit::max(MAX_IMPORT_BYTES)),
         )
+        .route("/users/{id}", patch(update_user).delete(delete_user))
         .route("/users/{id}/lock", post(lock_user))
         .route("/users/{id}/unlock", post(unlock_user))
         .route("/cards", get(list_cards))
@@ -51,6 +58,11 @@ pub fn router(state: ServerState) -> Router<ServerState> {
         .route("/cards/{card}/unlock", post(unlock_card))
         .route("/cards/{card}/revoke", post(revoke_card))
         .route("/audit", get(query_audit))
+        .route(
+            crate::wire::PATH_ADMIN_CREDENTIALS,
+            get(list_credentials).post(add_credential),
+        )
+        .route("/credentials/{name}/revoke", post(revoke_credential))
         .route(crate::wire::PATH_ADMIN_ENROLLMENTS, post(create_enrollment))
         .route(
             crate::wire::PATH_ADMIN_DEVICES,
@@ -77,8 +89,12 @@ async fn require_admin(State(state): State<ServerState>, request: Request, next:
         .get(header::AUTHORIZATION)
         .and_then(|value| value.to_str().ok())
         .and_then(bearer_token);
-    if presented.is_some_and(|token| state.is_admin_token(token)) {
-        return next.run(request).await;
+    if let Some(token) = presented {
+        match state.admin_credential(token).await {
+            Ok(Some(name)) => return ACTING_CREDENTIAL.scope(name, next.run(request)).await,
+            Ok(None) => {}
+            Err(error) => return ApiError::from(error).into_response(),
+        }
     }
     let source = ClientAddress::of(request.extensions());
     let path = crate::escape::bounded(request.uri().path(), AUDITED_PATH_CHARS);
@@ -106,10 +122,38 @@ async fn require_admin(State(state): State<ServerState>, request: Request, next:
     }
 }
 
+tokio::task_local! {
+    /// The name of the admin credential the request being answered presented.
+    static ACTING_CREDENTIAL: String;
+}
+
+/// An admin action's audit detail, naming the credential that acted at its end
+/// (`... [admin credential NAME]`).
+pub(crate) fn acting(detail: String) -> String {
+    match ACTING_CREDENTIAL.try_with(Clone::clone) {
+        Ok(name) => format!("{detail} [admin credential {name}]"),
+        Err(_) => detail,
+    }
+}
+
 /// The credential of `Authorization: Bearer <token>`; the scheme is case-insensitive (RFC 7235 §2.1).
 pub(crate) fn bearer_token(value: &str) -> Option<&str> {
     let (scheme, token) = value.split_once(' ')?;
     scheme.eq_ignore_ascii_case("bearer").then_some(token)
+}
+
+/// A successful admin action's audit event at `time`, about `user_id` if any, its
+/// detail naming the credential that acted ([`acting`]).
+fn admin_event(time: OffsetDateTime, user_id: Option<String>, detail: String) -> NewAuditEvent {
+    NewAuditEvent {
+        time,
+        kind: "admin".to_owned(),
+        outcome: "ok".to_owned(),
+        device: None,
+        card_serial: None,
+        user_id,
+        detail: Some(acting(detail)),
+    }
 }
 
 /// What an admin action acted on, so audit queries by user or card find it.
@@ -139,7 +183,7 @@ async fn admin_audit(
             device: None,
             card_serial,
             user_id,
-            detail: Some(detail),
+            detail: Some(acting(detail)),
         })
         .await
         .map_err(ApiError::from)
@@ -287,13 +331,28 @@ async fn add_user(
     Ok((StatusCode::CREATED, Json(user_record(user))))
 }
 
-/// `POST /users/import`: a JSON array of users, or CSV (`Content-Type: text/csv`)
-/// with the header `id,display_name,mail,upn,employee_id`.
+/// `POST /users/import` query parameters.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ImportParams {
+    /// Existing users are updated (else refused as existing).
+    #[serde(default)]
+    update: bool,
+    /// Every check runs; nothing is kept.
+    #[serde(default)]
+    dry_run: bool,
+}
+
+/// `POST /users/import[?update=true][&dry_run=true]`: a JSON array of users, or CSV
+/// (`Content-Type: text/csv`) with the header `id,display_name,mail,upn,employee_id`.
 async fn import_users(
     State(state): State<ServerState>,
+    params: Result<Query<ImportParams>, axum::extract::rejection::QueryRejection>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<ImportReport>, ApiError> {
+    let Query(params) =
+        params.map_err(|rejection| rejection_error("the query", &rejection.body_text()))?;
     let body = body.map_err(|rejection| {
         if rejection.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
             ApiError::payload_too_large()
@@ -323,10 +382,14 @@ async fn import_users(
     }
     let mut report = ImportReport {
         added: 0,
+        updated: 0,
+        unchanged: 0,
         skipped: Vec::new(),
+        users: Vec::new(),
+        dry_run: params.dry_run,
     };
-    // Every row keeps its place: refused ones now, the rest after the one write that adds
-    // them, each with its own audit event.
+    // Every row keeps its place: refused ones now, the rest after the one write that
+    // writes them, each with its own audit event.
     let mut outcomes: Vec<(String, Option<String>)> = Vec::with_capacity(records.len());
     let mut users = Vec::new();
     let now = OffsetDateTime::now_utc();
@@ -335,27 +398,45 @@ async fn import_users(
         match new_user(record) {
             Err(reason) => outcomes.push((id, Some(reason))),
             Ok(user) => {
-                let event = NewAuditEvent {
-                    time: now,
-                    kind: "admin".to_owned(),
-                    outcome: "ok".to_owned(),
-                    device: None,
-                    card_serial: None,
-                    user_id: Some(user.id.clone()),
-                    detail: Some(format!("imported user {}", user.id)),
-                };
-                outcomes.push((id, None));
+                let event = admin_event(
+                    now,
+                    Some(user.id.clone()),
+                    format!("imported user {}", user.id),
+                );
+                outcomes.push((user.id.clone(), None));
                 users.push((user, event));
             }
         }
     }
-    let mut added = state.store().add_users(users).await?.into_iter();
+    let mut written = state
+        .store()
+        .import_users(users, params.update, params.dry_run)
+        .await?
+        .into_iter();
     for (id, refused) in outcomes {
         let reason = match refused {
             Some(reason) => reason,
-            None => match added.next() {
-                Some(Ok(())) => {
-                    report.added += 1;
+            None => match written.next() {
+                Some(Ok(done)) => {
+                    let (outcome, changed) = match done {
+                        UserWritten::Added => {
+                            report.added += 1;
+                            ("added", Vec::new())
+                        }
+                        UserWritten::Updated(fields) => {
+                            report.updated += 1;
+                            ("updated", fields.into_iter().map(str::to_owned).collect())
+                        }
+                        UserWritten::Unchanged => {
+                            report.unchanged += 1;
+                            ("unchanged", Vec::new())
+                        }
+                    };
+                    report.users.push(ImportedUser {
+                        id,
+                        outcome: outcome.to_owned(),
+                        changed,
+                    });
                     continue;
                 }
                 Some(Err(StoreError::Conflict { .. })) => "exists already".to_owned(),
@@ -368,18 +449,100 @@ async fn import_users(
         };
         report.skipped.push(ImportSkip { id, reason });
     }
-    admin_audit(
-        &state,
-        "ok",
-        Subject::None,
-        format!(
-            "imported {} users ({} skipped)",
-            report.added,
-            report.skipped.len()
-        ),
-    )
-    .await?;
+    if !params.dry_run {
+        admin_audit(
+            &state,
+            "ok",
+            Subject::None,
+            format!(
+                "imported users: {} added, {} updated, {} unchanged, {} refused",
+                report.added,
+                report.updated,
+                report.unchanged,
+                report.skipped.len()
+            ),
+        )
+        .await?;
+    }
     Ok(Json(report))
+}
+
+/// `PATCH /users/{id}`: changes a user's name and attributes, or renames them.
+async fn update_user(
+    State(state): State<ServerState>,
+    id: Result<Path<String>, PathRejection>,
+    body: Result<Json<UserUpdate>, JsonRejection>,
+) -> Result<Json<UserRecord>, ApiError> {
+    let id = path_param(id)?;
+    let change = json_body(body)?;
+    let stored = state
+        .store()
+        .get_user(&id)
+        .await?
+        .ok_or_else(|| ApiError::new(ErrorCode::NotFound, format!("no user {}", short(&id))))?;
+    let before = user_record(stored);
+    // A field given replaces the stored one; given empty, it is removed.
+    let attribute = |given: Option<String>, stored: &Option<String>| match given {
+        Some(value) if value.is_empty() => None,
+        Some(value) => Some(value),
+        None => stored.clone(),
+    };
+    let user = new_user(UserRecord {
+        id: change.id.clone().unwrap_or_else(|| before.id.clone()),
+        display_name: change
+            .display_name
+            .clone()
+            .unwrap_or_else(|| before.display_name.clone()),
+        mail: attribute(change.mail, &before.mail),
+        upn: attribute(change.upn, &before.upn),
+        employee_id: attribute(change.employee_id, &before.employee_id),
+        state: before.state.clone(),
+    })
+    .map_err(ApiError::invalid)?;
+    let mut changes: Vec<String> = [
+        ("display_name", before.display_name != user.display_name),
+        ("mail", before.mail != user.mail),
+        ("upn", before.upn != user.upn),
+        ("employee_id", before.employee_id != user.employee_id),
+    ]
+    .into_iter()
+    .filter(|(_, changed)| *changed)
+    .map(|(field, _)| field.to_owned())
+    .collect();
+    if user.id != id {
+        changes.insert(0, format!("renamed from {id}"));
+    }
+    let detail = if changes.is_empty() {
+        format!("updated user {} (no change)", user.id)
+    } else {
+        format!("updated user {}: {}", user.id, changes.join(", "))
+    };
+    let event = admin_event(OffsetDateTime::now_utc(), Some(user.id.clone()), detail);
+    state.store().update_user(&id, &user, event).await?;
+    let updated = state
+        .store()
+        .get_user(&user.id)
+        .await?
+        .ok_or_else(|| ApiError::new(ErrorCode::NotFound, format!("no user {}", user.id)))?;
+    Ok(Json(user_record(updated)))
+}
+
+/// `DELETE /users/{id}`: deletes a user and revokes their cards.
+async fn delete_user(
+    State(state): State<ServerState>,
+    id: Result<Path<String>, PathRejection>,
+) -> Result<Json<UserDeleted>, ApiError> {
+    let id = path_param(id)?;
+    let event = admin_event(
+        OffsetDateTime::now_utc(),
+        Some(id.clone()),
+        format!("deleted user {id}; their cards are revoked (affiliationChanged)"),
+    );
+    let revoked = state.store().delete_user(&id, event).await?;
+    Ok(Json(UserDeleted {
+        deleted: id,
+        revoked_cards: revoked.iter().map(CardId::qualified).collect(),
+    }))
 }
 
 /// Reads CSV users (RFC 4180: quoted fields, `""` for a quote inside).
@@ -551,16 +714,24 @@ async fn set_card_state(
 ) -> Result<Json<CardRecord>, ApiError> {
     let id = resolve_card(&state, &path_param(card)?).await?;
     state.store().set_card_state(&id, new).await?;
-    admin_audit(
+    changed_card(
         &state,
-        "ok",
-        Subject::Card(&id.serial),
+        &id,
         format!("{verb} card {id} (issuer {})", id.issuer),
     )
-    .await?;
+    .await
+}
+
+/// After a change to card `id`: audits it with `detail` and answers the card as it is now.
+async fn changed_card(
+    state: &ServerState,
+    id: &CardId,
+    detail: String,
+) -> Result<Json<CardRecord>, ApiError> {
+    admin_audit(state, "ok", Subject::Card(&id.serial), detail).await?;
     let card = state
         .store()
-        .get_card(&id)
+        .get_card(id)
         .await?
         .ok_or_else(|| ApiError::new(ErrorCode::NotFound, format!("no card {id}")))?;
     Ok(Json(card_record(card)))
@@ -580,11 +751,35 @@ async fn unlock_card(
     set_card_state(state, card, CardState::Active, "unlocked").await
 }
 
+/// `POST /cards/{card}/revoke`, with an optional [`RevokeCardRequest`] naming the reason.
 async fn revoke_card(
     State(state): State<ServerState>,
     card: Result<Path<String>, PathRejection>,
+    body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<CardRecord>, ApiError> {
-    set_card_state(state, card, CardState::Revoked, "revoked").await
+    let body = body.map_err(|rejection| rejection_error("the body", &rejection.body_text()))?;
+    let request = if body.iter().all(u8::is_ascii_whitespace) {
+        RevokeCardRequest::default()
+    } else {
+        serde_json::from_slice::<RevokeCardRequest>(&body).map_err(|error| {
+            ApiError::invalid(format!("the body is not a revocation request: {error}"))
+        })?
+    };
+    let reason = match request.reason.as_deref() {
+        None => RevocationReason::Unspecified,
+        Some(text) => text.parse().map_err(|_| {
+            ApiError::invalid(format!(
+                "the reason must be one of {}",
+                RevocationReason::ALL
+                    .map(RevocationReason::as_str)
+                    .join(", ")
+            ))
+        })?,
+    };
+    let id = resolve_card(&state, &path_param(card)?).await?;
+    state.store().revoke_card(&id, reason).await?;
+    let detail = format!("revoked card {id} (issuer {}), reason {reason}", id.issuer);
+    changed_card(&state, &id, detail).await
 }
 
 /// `DELETE /cards/{card}`: forgets a revoked card; it stays on the revocation list.
@@ -696,6 +891,100 @@ async fn create_enrollment(
     result.map(|(made, _)| (StatusCode::CREATED, Json(made)))
 }
 
+/// Whether `name` may name an admin credential: 1 to 64 of ASCII letters, digits, `.`,
+/// `_`, `@` and `-` (as user ids).
+fn is_valid_credential_name(name: &str) -> bool {
+    is_valid_user_id(name)
+}
+
+fn credential_record(stored: &AdminCredential) -> AdminCredentialRecord {
+    AdminCredentialRecord {
+        name: stored.name.clone(),
+        created_at: Some(rfc3339(stored.created_at)),
+        revoked_at: stored.revoked_at.map(rfc3339),
+        token: None,
+    }
+}
+
+/// `GET /credentials`: the admin credentials, the token file's (`initial`) first.
+async fn list_credentials(
+    State(state): State<ServerState>,
+) -> Result<Json<Vec<AdminCredentialRecord>>, ApiError> {
+    let stored = state.store().admin_credentials().await?;
+    let mut records = Vec::with_capacity(stored.len() + 1);
+    if !stored.iter().any(|c| c.name == INITIAL_ADMIN_CREDENTIAL) {
+        records.push(AdminCredentialRecord {
+            name: INITIAL_ADMIN_CREDENTIAL.to_owned(),
+            created_at: None,
+            revoked_at: None,
+            token: None,
+        });
+    }
+    records.extend(stored.iter().map(credential_record));
+    records.sort_by_key(|record| record.name != INITIAL_ADMIN_CREDENTIAL);
+    Ok(Json(records))
+}
+
+/// `POST /credentials`: a new named admin credential; its token is in this answer only.
+async fn add_credential(
+    State(state): State<ServerState>,
+    body: Result<Json<CreateAdminCredential>, JsonRejection>,
+) -> Result<(StatusCode, Json<AdminCredentialRecord>), ApiError> {
+    let name = json_body(body)?.name;
+    if !is_valid_credential_name(&name) || name == INITIAL_ADMIN_CREDENTIAL {
+        return Err(ApiError::invalid(format!(
+            "the name must be 1 to {MAX_USER_ID_LEN} characters: ASCII letters, digits, '.', \
+             '_', '@' or '-', and not {INITIAL_ADMIN_CREDENTIAL:?} (the token file's)"
+        )));
+    }
+    let mut bytes = zeroize::Zeroizing::new([0_u8; 32]);
+    rand::fill(&mut bytes[..]);
+    let token = zeroize::Zeroizing::new(URL_SAFE_NO_PAD.encode(&bytes[..]));
+    let hash = {
+        use sha2::Digest as _;
+        hex::encode(sha2::Sha256::digest(token.as_bytes()))
+    };
+    let now = OffsetDateTime::now_utc();
+    let event = admin_event(now, None, format!("added admin credential {name}"));
+    state
+        .store()
+        .add_admin_credential(&name, &hash, now, event)
+        .await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(AdminCredentialRecord {
+            name,
+            created_at: Some(rfc3339(now)),
+            revoked_at: None,
+            token: Some(token.to_string()),
+        }),
+    ))
+}
+
+/// `POST /credentials/{name}/revoke`: revokes an admin credential for good.
+async fn revoke_credential(
+    State(state): State<ServerState>,
+    name: Result<Path<String>, PathRejection>,
+) -> Result<Json<AdminCredentialRecord>, ApiError> {
+    let name = path_param(name)?;
+    let now = OffsetDateTime::now_utc();
+    let event = admin_event(
+        now,
+        None,
+        format!("revoked admin credential {}", short(&name)),
+    );
+    state
+        .store()
+        .revoke_admin_credential(&name, &state.initial_admin_hash(), now, event)
+        .await?;
+    let stored = state.store().admin_credentials().await?;
+    stored
+        .iter()
+        .find(|c| c.name == name)
+        .map(|c| Json(credential_record(c)))
+        .ok_or_else(|| ApiError::new(ErrorCode::NotFound, "no such admin credential"))
+}
+
 /// `GET /audit` query parameters.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -704,6 +993,8 @@ struct AuditParams {
     card: Option<String>,
     device: Option<String>,
     outcome: Option<String>,
+    kind: Option<String>,
+    before: Option<i64>,
     since: Option<String>,
     until: Option<String>,
     limit: Option<u32>,
@@ -726,6 +1017,17 @@ async fn query_audit(
             })
             .transpose()
     };
+    let kind = params
+        .kind
+        .map(|kind| {
+            kind.parse::<AuditKindFilter>().map_err(|_| {
+                ApiError::invalid(format!(
+                    "kind must be one of {}, sign_in or sign_in_refused",
+                    crate::store::AUDIT_KINDS.join(", ")
+                ))
+            })
+        })
+        .transpose()?;
     let query = AuditQuery {
         user_id: params.user,
         // The audit names a card by serial: a card id (`serial@issuer-id`) is cut to it.
@@ -735,10 +1037,19 @@ async fn query_audit(
         }),
         device: params.device,
         outcome: params.outcome,
+        kind,
+        before: params.before,
         since: time(params.since, "since")?,
         until: time(params.until, "until")?,
-        limit: params.limit.unwrap_or(100).clamp(1, 1000),
+        limit: params
+            .limit
+            .unwrap_or(AuditQuery::DEFAULT_LIMIT)
+            .min(AuditQuery::MAX_LIMIT),
     };
+    // `limit=0` asks for no events (the store reads 0 as its default).
+    if query.limit == 0 {
+        return Ok(Json(Vec::new()));
+    }
     let events = state.store().query_audit(&query).await?;
     Ok(Json(events.into_iter().map(audit_record).collect()))
 }

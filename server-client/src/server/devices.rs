@@ -270,7 +270,7 @@ fn admin_event(outcome: &str, device: &str, detail: String) -> NewAuditEvent {
         device: Some(device.to_owned()),
         card_serial: None,
         user_id: None,
-        detail: Some(detail),
+        detail: Some(super::admin::acting(detail)),
     }
 }
 

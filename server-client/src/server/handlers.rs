@@ -1,4 +1,4 @@
-//! The sign-in endpoints: challenges, assertions, the JWKS, health and metrics.
+//! The sign-in endpoints: challenges, assertions, sign-outs, the JWKS, health and metrics.
 
 use axum::Json;
 use axum::extract::State;
@@ -17,11 +17,12 @@ use super::rate_limit::Spend;
 use crate::assertion::VerifiedAssertion;
 use crate::mapping::MappingRule;
 use crate::store::{
-    Card, CardId, CardState, ChallengeUse, NewAuditEvent, SignInLookup, User, UserState,
+    AuditKindFilter, AuditQuery, Card, CardId, CardState, ChallengeUse, NewAuditEvent,
+    SignInLookup, SignInRecords, User, UserState,
 };
 use crate::wire::{
     AssertionRequest, AssertionResponse, ChallengeRequest, ChallengeResponse, ErrorCode,
-    SessionClaims, UserInfo,
+    SessionClaims, SignOutRecorded, SignOutRequest, UserInfo,
 };
 
 /// Characters of the nonce kept in the audit log (never the whole nonce).
@@ -388,6 +389,9 @@ async fn authorise(
             user_values: rule.values(facts),
         })
         .await?;
+    // Every refusal from here on is the user's the certificate maps to, so that the audit
+    // by user answers why they cannot sign in.
+    record.user_id = attributed_user(&records);
     match records.challenge {
         ChallengeUse::Accepted => record.device_proven = true,
         ChallengeUse::Unknown | ChallengeUse::OtherDevice => {
@@ -415,7 +419,6 @@ async fn authorise(
         records.revocation.is_some(),
     )?;
     let user = one_user(rule, records.users)?;
-    record.user_id = Some(user.id.clone());
     if user.state == UserState::Locked {
         return Err(ApiError::new(
             ErrorCode::UserLocked,
@@ -423,6 +426,135 @@ async fn authorise(
         ));
     }
     Ok(user)
+}
+
+/// The user an attempt with these records is audited as: the one user the certificate
+/// maps to; failing that (no user, or several sharing the attribute) the user the card
+/// signed in as last, if it has a record.
+fn attributed_user(records: &SignInRecords) -> Option<String> {
+    match records.users.as_slice() {
+        [user] => Some(user.id.clone()),
+        _ => records
+            .card
+            .as_ref()
+            .or(records.renews.as_ref())
+            .and_then(|card| card.user_id.clone()),
+    }
+}
+
+/// How long after its expiry a session token may still report its sign-out: a session
+/// that ends because its token expired is reported a moment after.
+const SIGN_OUT_GRACE: time::Duration = time::Duration::minutes(10);
+
+/// Longest sign-out reason.
+const MAX_SIGN_OUT_REASON: usize = 32;
+
+/// `POST /v1/sign-outs`: a device reports the end of a session, with the session's token
+/// as the bearer credential. Audited as `sign_out` for the token's user and device (a
+/// token cannot sign out anyone else), with the card that signed the session in and the
+/// reason. A replay of a recorded sign-out is answered `recorded: false` and writes nothing.
+pub async fn sign_out(
+    State(state): State<ServerState>,
+    source: ClientAddress,
+    headers: HeaderMap,
+    body: Result<Json<SignOutRequest>, JsonRejection>,
+) -> Result<Json<SignOutRecorded>, ApiError> {
+    let now = OffsetDateTime::now_utc();
+    let presented = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|value| value.to_str().ok())
+        .and_then(super::admin::bearer_token);
+    let claims = presented.and_then(|token| {
+        let tokens = state.tokens();
+        match tokens.verify(token, now) {
+            Err(crate::token::TokenError::Expired) => tokens.verify(token, now - SIGN_OUT_GRACE),
+            other => other,
+        }
+        .ok()
+        .filter(|claims| claims.iss == state.settings().origin)
+    });
+    let Some(claims) = claims else {
+        let event = NewAuditEvent {
+            time: now,
+            kind: "sign_out".to_owned(),
+            outcome: ErrorCode::Unauthorized.as_str().to_owned(),
+            device: None,
+            card_serial: None,
+            user_id: None,
+            detail: Some("no valid session token".to_owned()),
+        };
+        let refusal = ApiError::new(
+            ErrorCode::Unauthorized,
+            "a sign-out needs the session's token as its bearer credential",
+        );
+        return Err(state.refused(&source, event, refusal).await);
+    };
+    let request = json_body(body)?;
+    let reason = request.reason;
+    if reason.is_empty()
+        || reason.len() > MAX_SIGN_OUT_REASON
+        || !reason
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+    {
+        return Err(ApiError::invalid(format!(
+            "the reason must be 1 to {MAX_SIGN_OUT_REASON} of a-z, 0-9 and '_'"
+        )));
+    }
+    // The token's own mark, not its id: the audit never holds what a token carries.
+    let mark = {
+        use sha2::Digest as _;
+        hex::encode(&sha2::Sha256::digest(claims.jti.as_bytes())[..4])
+    };
+    let issued_at = OffsetDateTime::from_unix_timestamp(claims.iat).unwrap_or(now);
+    let earlier = state
+        .store()
+        .query_audit(&AuditQuery {
+            user_id: Some(claims.sub.clone()),
+            device: Some(claims.device.clone()),
+            kind: Some(AuditKindFilter::Kind("sign_out".to_owned())),
+            since: Some(issued_at),
+            limit: AuditQuery::MAX_LIMIT,
+            ..AuditQuery::default()
+        })
+        .await?;
+    let session = format!("session #{mark}");
+    if earlier.iter().any(|event| {
+        event
+            .detail
+            .as_deref()
+            .is_some_and(|d| d.starts_with(&session))
+    }) {
+        return Ok(Json(SignOutRecorded { recorded: false }));
+    }
+    // The card that signed this session in: the user's last sign-in on the device by then.
+    let signed_in = state
+        .store()
+        .query_audit(&AuditQuery {
+            user_id: Some(claims.sub.clone()),
+            device: Some(claims.device.clone()),
+            kind: Some(AuditKindFilter::SignIn),
+            until: Some(issued_at + time::Duration::seconds(1)),
+            limit: 1,
+            ..AuditQuery::default()
+        })
+        .await?;
+    state
+        .store()
+        .audit(NewAuditEvent {
+            time: now,
+            kind: "sign_out".to_owned(),
+            outcome: "ok".to_owned(),
+            device: Some(claims.device),
+            card_serial: signed_in
+                .into_iter()
+                .next()
+                .and_then(|event| event.card_serial),
+            user_id: Some(claims.sub),
+            detail: Some(format!("{session}, reason {reason}")),
+        })
+        .await?;
+    Ok(Json(SignOutRecorded { recorded: true }))
 }
 
 /// Refuses a card that is locked or revoked, or whose certificate is on the
@@ -541,7 +673,7 @@ pub async fn readiness(State(state): State<ServerState>) -> Result<impl IntoResp
 /// if there were no such endpoint.
 pub async fn public_metrics(State(state): State<ServerState>, headers: HeaderMap) -> Response {
     if presents_metrics_token(&state, &headers) {
-        render_metrics(&state).into_response()
+        render_metrics(&state).await.into_response()
     } else {
         not_found().await.into_response()
     }
@@ -557,7 +689,7 @@ pub async fn loopback_metrics(State(state): State<ServerState>, headers: HeaderM
         )
         .into_response();
     }
-    render_metrics(&state).into_response()
+    render_metrics(&state).await.into_response()
 }
 
 fn presents_metrics_token(state: &ServerState, headers: &HeaderMap) -> bool {
@@ -568,13 +700,25 @@ fn presents_metrics_token(state: &ServerState, headers: &HeaderMap) -> bool {
         .is_some_and(|token| state.is_metrics_token(token))
 }
 
-fn render_metrics(state: &ServerState) -> impl IntoResponse + use<> {
-    (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        state
-            .metrics()
-            .render_with_database(state.store().size_bytes()),
-    )
+async fn render_metrics(state: &ServerState) -> impl IntoResponse + use<> {
+    let mut text = state
+        .metrics()
+        .render_with_database(state.store().size_bytes());
+    let now = OffsetDateTime::now_utc();
+    let ca_expiry_days = state
+        .settings()
+        .issuer
+        .as_ref()
+        .map(|issuer| (issuer.ca_not_after() - now).whole_days());
+    match state.store().stats(now).await {
+        Ok(stats) => text.push_str(&super::metrics::Metrics::render_state(
+            &stats,
+            ca_expiry_days,
+        )),
+        // The counters still answer; the gauges are left out (and the failure logged).
+        Err(error) => tracing::warn!(%error, "cannot read the store's counts for the metrics"),
+    }
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text)
 }
 
 /// Anything else.

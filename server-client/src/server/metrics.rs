@@ -1,10 +1,12 @@
-//! Prometheus metrics: requests by route, sign-in outcomes by code, and a latency histogram, written in the text exposition format.
+//! Prometheus metrics: requests by route, sign-in outcomes by code, a latency histogram, and gauges of users, cards, sign-ins and expiries, written in the text exposition format.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
+
+use crate::store::{EXPIRING_DAYS, StoreStats};
 
 /// Upper bounds of the latency histogram, in seconds.
 const BUCKETS: [f64; 12] = [
@@ -68,6 +70,45 @@ impl Metrics {
         out
     }
 
+    /// The Prometheus text exposition of what the store holds (see [`StoreStats`]) and
+    /// the days until the issuing CA certificate expires (when the server issues).
+    #[must_use]
+    pub fn render_state(stats: &StoreStats, ca_expiry_days: Option<i64>) -> String {
+        let mut out = String::new();
+        out.push_str("# HELP pivtap_users Users by state.\n# TYPE pivtap_users gauge\n");
+        for (state, count) in &stats.users {
+            let _ = writeln!(out, "pivtap_users{{state=\"{state}\"}} {count}");
+        }
+        out.push_str("# HELP pivtap_cards Cards by state.\n# TYPE pivtap_cards gauge\n");
+        for (state, count) in &stats.cards {
+            let _ = writeln!(out, "pivtap_cards{{state=\"{state}\"}} {count}");
+        }
+        out.push_str(
+            "# HELP pivtap_sign_ins_last_hour Successful sign-ins in the last hour.\n\
+             # TYPE pivtap_sign_ins_last_hour gauge\n",
+        );
+        let _ = writeln!(
+            out,
+            "pivtap_sign_ins_last_hour {}",
+            stats.sign_ins_last_hour
+        );
+        let _ = writeln!(
+            out,
+            "# HELP pivtap_certificates_expiring Issued card certificates, not revoked, that \
+             expire within {EXPIRING_DAYS} days.\n# TYPE pivtap_certificates_expiring gauge\n\
+             pivtap_certificates_expiring {}",
+            stats.certificates_expiring
+        );
+        if let Some(days) = ca_expiry_days {
+            out.push_str(
+                "# HELP pivtap_ca_expiry_days Days until the issuing CA certificate expires.\n\
+                 # TYPE pivtap_ca_expiry_days gauge\n",
+            );
+            let _ = writeln!(out, "pivtap_ca_expiry_days {days}");
+        }
+        out
+    }
+
     /// The Prometheus text exposition.
     #[must_use]
     pub fn render(&self) -> String {
@@ -121,6 +162,7 @@ impl Metrics {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::{CardState, UserState};
 
     #[test]
     fn renders_counters_and_a_cumulative_histogram() {
@@ -156,5 +198,31 @@ mod tests {
             "{with}"
         );
         assert_eq!(metrics.render_with_database(None), text);
+    }
+
+    #[test]
+    fn renders_the_state_gauges() {
+        let stats = StoreStats {
+            users: vec![(UserState::Active, 3), (UserState::Locked, 1)],
+            cards: vec![
+                (CardState::Active, 2),
+                (CardState::Locked, 0),
+                (CardState::Revoked, 5),
+            ],
+            sign_ins_last_hour: 7,
+            certificates_expiring: 1,
+        };
+        let text = Metrics::render_state(&stats, Some(364));
+        for line in [
+            "pivtap_users{state=\"locked\"} 1",
+            "pivtap_cards{state=\"revoked\"} 5",
+            "pivtap_cards{state=\"locked\"} 0",
+            "pivtap_sign_ins_last_hour 7",
+            "pivtap_certificates_expiring 1",
+            "pivtap_ca_expiry_days 364",
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line} in {text}");
+        }
+        assert!(!Metrics::render_state(&stats, None).contains("pivtap_ca_expiry_days"));
     }
 }

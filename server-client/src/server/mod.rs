@@ -35,6 +35,7 @@ use crate::pin_policy::PinPolicy;
 use crate::store::Store;
 use crate::token::TokenKeys;
 use crate::wire;
+use client_address::ClientAddress;
 use metrics::Metrics;
 use rate_limit::RateLimiter;
 
@@ -374,11 +375,46 @@ impl ServerState {
         &self.inner.device_gate
     }
 
-    /// Whether `presented` is the admin credential (constant time).
+    /// Whether `presented` is the admin token file's credential (constant time).
     #[must_use]
     pub fn is_admin_token(&self, presented: &str) -> bool {
         let hash: [u8; 32] = Sha256::digest(presented.trim().as_bytes()).into();
         bool::from(hash.ct_eq(&self.inner.admin_token_hash))
+    }
+
+    /// SHA-256 (hex) of the admin token file's credential, [`INITIAL_ADMIN_CREDENTIAL`].
+    #[must_use]
+    pub fn initial_admin_hash(&self) -> String {
+        hex::encode(self.inner.admin_token_hash)
+    }
+
+    /// The name of the active admin credential `presented` is, if it is one: a named
+    /// credential of the store, or the token file's ([`INITIAL_ADMIN_CREDENTIAL`]) until
+    /// that is revoked.
+    ///
+    /// # Errors
+    /// [`StoreError`](crate::store::StoreError) when the store cannot be read.
+    pub async fn admin_credential(
+        &self,
+        presented: &str,
+    ) -> Result<Option<String>, crate::store::StoreError> {
+        use crate::store::INITIAL_ADMIN_CREDENTIAL;
+        let hash = hex::encode(Sha256::digest(presented.trim().as_bytes()));
+        // The stored hashes are looked up by value: they are hashes of random tokens, so
+        // the lookup's timing tells nothing about a token.
+        if let Some(stored) = self.store().find_admin_credential(&hash).await? {
+            return Ok(stored.revoked_at.is_none().then_some(stored.name));
+        }
+        if !self.is_admin_token(presented) {
+            return Ok(None);
+        }
+        let initial_revoked = self
+            .store()
+            .admin_credentials()
+            .await?
+            .iter()
+            .any(|stored| stored.name == INITIAL_ADMIN_CREDENTIAL);
+        Ok((!initial_revoked).then(|| INITIAL_ADMIN_CREDENTIAL.to_owned()))
     }
 }
 
@@ -593,8 +629,10 @@ async fn report_user_conflicts(store: &dyn Store) {
                 tracing::warn!(
                     attribute = %conflict.attribute,
                     users = %conflict.user_ids.join(", "),
-                    "users share one {}: a card with it signs in none of them; give each user their own",
-                    conflict.attribute
+                    "users share one {}: a card with it signs in none of them; give each user their own \
+                     (`pivtap admin users update ID --{} VALUE`, or `users delete ID`)",
+                    conflict.attribute,
+                    conflict.attribute.to_string().replace('_', "-")
                 );
             }
         }
@@ -620,6 +658,7 @@ pub fn app(state: ServerState) -> Router {
     Router::new()
         .route(wire::PATH_CHALLENGES, post(handlers::create_challenge))
         .route(wire::PATH_ASSERTIONS, post(handlers::submit_assertion))
+        .route(wire::PATH_SIGN_OUTS, post(handlers::sign_out))
         .route(wire::PATH_JWKS, get(handlers::jwks))
         .route(wire::PATH_PIN_POLICY, get(handlers::pin_policy))
         .route(
@@ -663,23 +702,44 @@ pub fn metrics_app(state: ServerState) -> Router {
         .with_state(state)
 }
 
-/// Counts every request and its latency.
+/// The header that carries a request's id in every answer.
+pub const REQUEST_ID_HEADER: &str = "x-request-id";
+
+/// A fresh request id: 16 random hex digits.
+fn new_request_id() -> String {
+    let mut bytes = [0u8; 8];
+    rand::fill(&mut bytes);
+    hex::encode(bytes)
+}
+
+/// Counts every request and its latency, and logs it with a fresh request id (also
+/// answered as `X-Request-Id`), the client address and the route template (such as
+/// `/v1/admin/users/{id}`: the template, never the path as sent).
 async fn observe(State(state): State<ServerState>, request: Request, next: Next) -> Response {
-    let route = request
+    let template = request
         .extensions()
         .get::<MatchedPath>()
-        .map(|path| route_label(path.as_str()))
-        .unwrap_or("other");
+        .map(|path| path.as_str().to_owned());
+    let route = template.as_deref().map_or("other", route_label);
     let method = request.method().clone();
+    let client = ClientAddress::of(request.extensions())
+        .0
+        .map_or_else(|| "unknown".to_owned(), |ip| ip.to_canonical().to_string());
+    let request_id = new_request_id();
     let started = Instant::now();
-    let response = next.run(request).await;
+    let mut response = next.run(request).await;
     let latency = started.elapsed();
     let status = response.status().as_u16();
     state.metrics().observe_request(route, status, latency);
+    if let Ok(value) = axum::http::HeaderValue::from_str(&request_id) {
+        response.headers_mut().insert(REQUEST_ID_HEADER, value);
+    }
     tracing::info!(
         target: "pivtap::server",
+        request_id,
         %method,
-        route,
+        route = template.as_deref().unwrap_or("other"),
+        client,
         status,
         latency_us = u64::try_from(latency.as_micros()).unwrap_or(u64::MAX),
         "request"
@@ -692,6 +752,7 @@ fn route_label(path: &str) -> &'static str {
     match path {
         wire::PATH_CHALLENGES => wire::PATH_CHALLENGES,
         wire::PATH_ASSERTIONS => wire::PATH_ASSERTIONS,
+        wire::PATH_SIGN_OUTS => wire::PATH_SIGN_OUTS,
         wire::PATH_JWKS => wire::PATH_JWKS,
         wire::PATH_PIN_POLICY => wire::PATH_PIN_POLICY,
         wire::PATH_ENROLLMENTS_INSPECT => wire::PATH_ENROLLMENTS_INSPECT,

@@ -136,6 +136,51 @@ pub struct User {
     pub state: UserState,
 }
 
+/// The name of the admin credential of the server's admin token file.
+pub const INITIAL_ADMIN_CREDENTIAL: &str = "initial";
+
+/// A named admin credential as stored: only its token's hash is kept.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AdminCredential {
+    /// Its name, recorded in the audit of every admin action it takes.
+    pub name: String,
+    /// SHA-256 of its token, lower-case hex.
+    pub token_hash: String,
+    /// When it was made.
+    pub created_at: OffsetDateTime,
+    /// When it was revoked, if it was.
+    pub revoked_at: Option<OffsetDateTime>,
+}
+
+/// Days ahead in which an issued certificate counts as expiring ([`StoreStats`]).
+pub const EXPIRING_DAYS: i64 = 30;
+
+/// Counts of what the store holds ([`Store::stats`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StoreStats {
+    /// Users by state (`active`, `locked`), every state listed.
+    pub users: Vec<(UserState, u64)>,
+    /// Cards by state (`active`, `locked`, `revoked`), every state listed.
+    pub cards: Vec<(CardState, u64)>,
+    /// Successful sign-ins in the hour before.
+    pub sign_ins_last_hour: u64,
+    /// Certificates this server issued, of cards not revoked, that are valid now and
+    /// expire within [`EXPIRING_DAYS`] days.
+    pub certificates_expiring: u64,
+}
+
+/// What an import did with one user ([`Store::import_users`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum UserWritten {
+    /// A new user.
+    Added,
+    /// An existing user whose fields changed: these (`display_name`, `mail`, `upn`,
+    /// `employee_id`).
+    Updated(Vec<&'static str>),
+    /// An existing user as given already.
+    Unchanged,
+}
+
 /// Users who share a value of a mapped attribute, so that a card certificate with that
 /// value maps to all of them (and signs in none).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -289,7 +334,8 @@ pub struct AuditEvent {
     pub id: i64,
     /// When it happened.
     pub time: OffsetDateTime,
-    /// `challenge`, `assertion`, `enrollment`, `renewal`, `device-enrollment` or `admin`.
+    /// `challenge`, `assertion`, `enrollment`, `renewal`, `device-enrollment`, `admin` or
+    /// `sign_out` (see [`AUDIT_KINDS`](crate::store::AUDIT_KINDS)).
     pub kind: String,
     /// `ok`, or the [`ErrorCode`](crate::wire::ErrorCode) wire name of the refusal.
     pub outcome: String,
@@ -318,7 +364,8 @@ pub const MAX_AUDIT_FIELD_CHARS: usize = 128;
 pub struct NewAuditEvent {
     /// When it happened.
     pub time: OffsetDateTime,
-    /// `challenge`, `assertion`, `enrollment`, `renewal`, `device-enrollment` or `admin`.
+    /// `challenge`, `assertion`, `enrollment`, `renewal`, `device-enrollment`, `admin` or
+    /// `sign_out` (see [`AUDIT_KINDS`](crate::store::AUDIT_KINDS)).
     pub kind: String,
     /// `ok`, or the [`ErrorCode`](crate::wire::ErrorCode) wire name of the refusal.
     pub outcome: String,
@@ -410,37 +457,80 @@ pub struct IssuedCertificate {
     pub chuid_guid: Option<String>,
 }
 
-/// Why a certificate is on the revocation list (RFC 5280 CRLReason).
+/// Why a certificate is on the revocation list (RFC 5280 §5.3.1 CRLReason): the reasons
+/// an administrator or a renewal may give (not the CA's own, nor `certificateHold`, which
+/// is not final).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum RevocationReason {
-    /// An admin revoked the card.
+    /// No reason given (`unspecified`, 0).
     Unspecified,
-    /// A renewal replaced the certificate.
+    /// The card's key is known or suspected to be exposed (`keyCompromise`, 1).
+    KeyCompromise,
+    /// The holder's name or affiliation changed, such as leaving (`affiliationChanged`, 3).
+    AffiliationChanged,
+    /// A new certificate replaced it, such as a renewal (`superseded`, 4).
     Superseded,
+    /// The card is no longer needed: returned or destroyed (`cessationOfOperation`, 5).
+    CessationOfOperation,
+    /// The holder may no longer sign in with it (`privilegeWithdrawn`, 9).
+    PrivilegeWithdrawn,
 }
 
 impl RevocationReason {
-    /// The reason as stored (`unspecified`, `superseded`).
+    /// Every reason, in the order of their RFC 5280 codes.
+    pub const ALL: [RevocationReason; 6] = [
+        RevocationReason::Unspecified,
+        RevocationReason::KeyCompromise,
+        RevocationReason::AffiliationChanged,
+        RevocationReason::Superseded,
+        RevocationReason::CessationOfOperation,
+        RevocationReason::PrivilegeWithdrawn,
+    ];
+
+    /// The RFC 5280 name, as stored and shown (`unspecified`, `keyCompromise`, ...).
     #[must_use]
     pub fn as_str(self) -> &'static str {
         match self {
             RevocationReason::Unspecified => "unspecified",
+            RevocationReason::KeyCompromise => "keyCompromise",
+            RevocationReason::AffiliationChanged => "affiliationChanged",
             RevocationReason::Superseded => "superseded",
+            RevocationReason::CessationOfOperation => "cessationOfOperation",
+            RevocationReason::PrivilegeWithdrawn => "privilegeWithdrawn",
         }
+    }
+
+    /// The RFC 5280 reason code.
+    #[must_use]
+    pub fn code(self) -> u8 {
+        match self {
+            RevocationReason::Unspecified => 0,
+            RevocationReason::KeyCompromise => 1,
+            RevocationReason::AffiliationChanged => 3,
+            RevocationReason::Superseded => 4,
+            RevocationReason::CessationOfOperation => 5,
+            RevocationReason::PrivilegeWithdrawn => 9,
+        }
+    }
+}
+
+impl fmt::Display for RevocationReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
     }
 }
 
 impl FromStr for RevocationReason {
     type Err = InvalidState;
 
+    /// The RFC 5280 name in any case (`keyCompromise`, `keycompromise`).
     fn from_str(text: &str) -> Result<Self, Self::Err> {
-        match text {
-            "unspecified" => Ok(RevocationReason::Unspecified),
-            "superseded" => Ok(RevocationReason::Superseded),
-            _ => Err(InvalidState {
+        RevocationReason::ALL
+            .into_iter()
+            .find(|reason| reason.as_str().eq_ignore_ascii_case(text))
+            .ok_or_else(|| InvalidState {
                 text: text.to_owned(),
-            }),
-        }
+            })
     }
 }
 
@@ -552,6 +642,43 @@ pub enum DeviceCodeUse {
     Expired,
 }
 
+/// The kinds of audit event, as stored in [`AuditEvent::kind`].
+pub const AUDIT_KINDS: &[&str] = &[
+    "challenge",
+    "assertion",
+    "enrollment",
+    "renewal",
+    "device-enrollment",
+    "admin",
+    "sign_out",
+];
+
+/// A kind filter of [`AuditQuery`]: a stored kind, or one of the names for sign-ins.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AuditKindFilter {
+    /// Events of this stored kind (one of [`AUDIT_KINDS`]).
+    Kind(String),
+    /// `sign_in`: assertions that signed someone in (kind `assertion`, outcome `ok`).
+    SignIn,
+    /// `sign_in_refused`: assertions that were refused (kind `assertion`, outcome not `ok`).
+    SignInRefused,
+}
+
+impl FromStr for AuditKindFilter {
+    type Err = InvalidState;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        match text {
+            "sign_in" => Ok(AuditKindFilter::SignIn),
+            "sign_in_refused" => Ok(AuditKindFilter::SignInRefused),
+            kind if AUDIT_KINDS.contains(&kind) => Ok(AuditKindFilter::Kind(kind.to_owned())),
+            _ => Err(InvalidState {
+                text: text.to_owned(),
+            }),
+        }
+    }
+}
+
 /// Which audit events to return: every filter that is set must match.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AuditQuery {
@@ -563,6 +690,11 @@ pub struct AuditQuery {
     pub device: Option<String>,
     /// Only events with this outcome (`ok` or an error code).
     pub outcome: Option<String>,
+    /// Only events of this kind (see [`AuditKindFilter`]).
+    pub kind: Option<AuditKindFilter>,
+    /// Only events older than this one (by time, then id): the next page after a page
+    /// whose last event this is. An id no longer stored (purged) pages by id alone.
+    pub before: Option<i64>,
     /// Only events at or after this time.
     pub since: Option<OffsetDateTime>,
     /// Only events strictly before this time.
@@ -595,6 +727,8 @@ impl Default for AuditQuery {
             card_serial: None,
             device: None,
             outcome: None,
+            kind: None,
+            before: None,
             since: None,
             until: None,
             limit: Self::DEFAULT_LIMIT,
@@ -641,13 +775,43 @@ pub trait Store: Send + Sync {
     /// by stays unique.
     fn add_user(&self, user: &User) -> BoxFuture<'_, Result<(), StoreError>>;
 
-    /// Adds users in one write, each with its audit event, in order, with the checks of
-    /// [`Store::add_user`] (against the users before and those added before it): one
-    /// result per user. `Err` only if the write as a whole failed (nothing was added).
-    fn add_users(
+    /// Imports users in one write, in order, each with its audit event: a new id is added
+    /// with the checks of [`Store::add_user`]; an existing one is [`StoreError::Conflict`],
+    /// or with `update` has its name and attributes replaced (its state kept) with the
+    /// checks of [`Store::update_user`]. Checks see the users before and those written
+    /// before in the same import. An unchanged user gets no event; an updated one gets
+    /// `event` with the changed fields added to its detail. With `dry_run` every check
+    /// runs and nothing is kept. One result per user; `Err` only if the write as a whole
+    /// failed (nothing was written).
+    fn import_users(
         &self,
         users: Vec<(User, NewAuditEvent)>,
-    ) -> BoxFuture<'_, Result<Vec<Result<(), StoreError>>, StoreError>>;
+        update: bool,
+        dry_run: bool,
+    ) -> BoxFuture<'_, Result<Vec<Result<UserWritten, StoreError>>, StoreError>>;
+
+    /// Replaces user `id`'s record with `user` (its state is kept), with its audit event,
+    /// in one write. A new id renames the user: their cards, enrollment codes, issued
+    /// certificates and audit events move to the new id. [`StoreError::NotFound`] if
+    /// there is no user `id`; [`StoreError::Conflict`] if the new id is another user's;
+    /// [`StoreError::AttributeTaken`] if another user has one of its mapped attributes.
+    fn update_user(
+        &self,
+        id: &str,
+        user: &User,
+        event: NewAuditEvent,
+    ) -> BoxFuture<'_, Result<(), StoreError>>;
+
+    /// Deletes user `id` with its audit event, in one write: their cards that are not
+    /// revoked are revoked (`affiliationChanged`, on the revocation list with their pending
+    /// renewals), every card of theirs keeps its record without a user, and their
+    /// enrollment codes are deleted. Returns the cards it revoked. The audit keeps their
+    /// events. [`StoreError::NotFound`] if there is no such user.
+    fn delete_user(
+        &self,
+        id: &str,
+        event: NewAuditEvent,
+    ) -> BoxFuture<'_, Result<Vec<CardId>, StoreError>>;
 
     /// Groups of users who share a value of a mapped attribute (mail or UPN, ASCII case
     /// folded; employee id), each group's ids in order: left over from before the
@@ -700,6 +864,14 @@ pub trait Store: Send + Sync {
         &self,
         id: &CardId,
         state: CardState,
+    ) -> BoxFuture<'_, Result<(), StoreError>>;
+
+    /// Revokes a card as [`Store::set_card_state`] does, with `reason` on the revocation
+    /// list (for the card and its pending renewals).
+    fn revoke_card(
+        &self,
+        id: &CardId,
+        reason: RevocationReason,
     ) -> BoxFuture<'_, Result<(), StoreError>>;
 
     /// Stores a fresh challenge for `device` and its audit event, in one write.
@@ -897,6 +1069,41 @@ pub trait Store: Send + Sync {
         event: NewAuditEvent,
     ) -> BoxFuture<'_, Result<DeviceCodeUse, StoreError>>;
 
+    /// Adds a named admin credential (the SHA-256 of its token, hex) with its audit event.
+    /// [`StoreError::Conflict`] if the name or the token is taken (revoked ones too).
+    fn add_admin_credential(
+        &self,
+        name: &str,
+        token_hash: &str,
+        now: OffsetDateTime,
+        event: NewAuditEvent,
+    ) -> BoxFuture<'_, Result<(), StoreError>>;
+
+    /// Every stored admin credential, ordered by name.
+    fn admin_credentials(&self) -> BoxFuture<'_, Result<Vec<AdminCredential>, StoreError>>;
+
+    /// The stored admin credential whose token has this hash, if any (revoked or not).
+    fn find_admin_credential(
+        &self,
+        token_hash: &str,
+    ) -> BoxFuture<'_, Result<Option<AdminCredential>, StoreError>>;
+
+    /// Revokes admin credential `name` for good, with its audit event. The
+    /// [`INITIAL_ADMIN_CREDENTIAL`] (the token file's, hash `initial_hash`) gets a record
+    /// to revoke if it has none. [`StoreError::NotFound`] for an unknown name;
+    /// [`StoreError::Conflict`] if it is revoked already, or is the last active one.
+    fn revoke_admin_credential(
+        &self,
+        name: &str,
+        initial_hash: &str,
+        now: OffsetDateTime,
+        event: NewAuditEvent,
+    ) -> BoxFuture<'_, Result<(), StoreError>>;
+
+    /// Counts for the metrics at `now`: users and cards by state, sign-ins in the last
+    /// hour, certificates this server issued that expire within [`EXPIRING_DAYS`] days.
+    fn stats(&self, now: OffsetDateTime) -> BoxFuture<'_, Result<StoreStats, StoreError>>;
+
     /// Appends an event to the audit log.
     fn audit(&self, event: NewAuditEvent) -> BoxFuture<'_, Result<(), StoreError>>;
 
@@ -983,6 +1190,25 @@ mod tests {
         assert_eq!(with_limit(0).effective_limit(), 100);
         assert_eq!(with_limit(7).effective_limit(), 7);
         assert_eq!(with_limit(5000).effective_limit(), 1000);
+    }
+
+    #[test]
+    fn revocation_reasons_read_their_rfc_5280_names_in_any_case() {
+        for reason in RevocationReason::ALL {
+            assert_eq!(reason.as_str().parse::<RevocationReason>(), Ok(reason));
+            assert_eq!(
+                reason.as_str().to_uppercase().parse::<RevocationReason>(),
+                Ok(reason)
+            );
+        }
+        assert_eq!(
+            "keyCompromise"
+                .parse::<RevocationReason>()
+                .map(RevocationReason::code),
+            Ok(1)
+        );
+        assert!("certificateHold".parse::<RevocationReason>().is_err());
+        assert!("".parse::<RevocationReason>().is_err());
     }
 
     #[test]

@@ -14,11 +14,11 @@ use time::{OffsetDateTime, UtcOffset};
 
 use super::database::{Database, DatabaseError};
 use super::{
-    AuditEvent, AuditQuery, BoxFuture, Card, CardId, CardState, ChallengeUse, Device,
-    DeviceCodeUse, DeviceCredentialRecord, DeviceState, EnrollmentCodeRecord, EnrollmentCodeUse,
-    IssuedCertificate, NewAuditEvent, NewDevice, NewEnrollmentCode, RevocationReason,
-    RevokedCertificate, SignInLookup, SignInRecords, Store, StoreError, User, UserConflict,
-    UserState,
+    AdminCredential, AuditEvent, AuditKindFilter, AuditQuery, BoxFuture, Card, CardId, CardState,
+    ChallengeUse, Device, DeviceCodeUse, DeviceCredentialRecord, DeviceState, EnrollmentCodeRecord,
+    EnrollmentCodeUse, INITIAL_ADMIN_CREDENTIAL, IssuedCertificate, NewAuditEvent, NewDevice,
+    NewEnrollmentCode, RevocationReason, RevokedCertificate, SignInLookup, SignInRecords, Store,
+    StoreError, StoreStats, User, UserConflict, UserState, UserWritten,
 };
 use crate::certificate::CertificateFacts;
 use crate::mapping::UserAttribute;
@@ -233,6 +233,36 @@ CREATE TABLE devices (
 CREATE INDEX challenges_device ON challenges (device) WHERE used_at IS NULL;
 ";
 
+/// Version 7: the revocation list takes every RFC 5280 reason an administrator may give
+/// (its rows are kept); the audit log is indexed by kind, for the kind filter.
+const MIGRATION_7: &str = "
+CREATE TABLE revoked_certificates_v7 (
+    issuer TEXT NOT NULL,
+    serial TEXT NOT NULL,
+    revoked_at TEXT NOT NULL,
+    reason TEXT NOT NULL CHECK (reason IN ('unspecified', 'keyCompromise', 'affiliationChanged',
+        'superseded', 'cessationOfOperation', 'privilegeWithdrawn')),
+    PRIMARY KEY (issuer, serial)
+) STRICT;
+INSERT INTO revoked_certificates_v7 (issuer, serial, revoked_at, reason)
+    SELECT issuer, serial, revoked_at, reason FROM revoked_certificates;
+DROP TABLE revoked_certificates;
+ALTER TABLE revoked_certificates_v7 RENAME TO revoked_certificates;
+CREATE INDEX revoked_certificates_serial ON revoked_certificates (serial);
+CREATE INDEX audit_kind ON audit (kind, time);
+";
+
+/// Version 8: named admin credentials (token hashes only); revoked ones stay, so a name
+/// or a token is never used twice.
+const MIGRATION_8: &str = "
+CREATE TABLE admin_credentials (
+    name TEXT PRIMARY KEY NOT NULL,
+    token_hash TEXT NOT NULL UNIQUE,
+    created_at TEXT NOT NULL,
+    revoked_at TEXT
+) STRICT;
+";
+
 /// Every migration, by version, oldest first. Never edit one that shipped: add the next.
 const MIGRATIONS: &[(i64, &str)] = &[
     (1, MIGRATION_1),
@@ -241,6 +271,8 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (4, MIGRATION_4),
     (5, MIGRATION_5),
     (6, MIGRATION_6),
+    (7, MIGRATION_7),
+    (8, MIGRATION_8),
 ];
 
 /// The newest migration this program knows.
@@ -372,23 +404,48 @@ impl Store for SqliteStore {
         )
     }
 
-    fn add_users(
+    fn import_users(
         &self,
         users: Vec<(User, NewAuditEvent)>,
-    ) -> BoxFuture<'_, Result<Vec<Result<(), StoreError>>, StoreError>> {
+        update: bool,
+        dry_run: bool,
+    ) -> BoxFuture<'_, Result<Vec<Result<UserWritten, StoreError>>, StoreError>> {
         Box::pin(self.database.write(move |connection| {
-            let mut results = Vec::with_capacity(users.len());
-            for (user, event) in &users {
-                let result = match insert_user(connection, user) {
-                    Ok(()) => insert_audit(connection, event),
-                    Err(
-                        refused @ (StoreError::Conflict { .. } | StoreError::AttributeTaken { .. }),
-                    ) => Err(refused),
-                    Err(failure) => return Err(failure),
-                };
-                results.push(result);
-            }
-            Ok(results)
+            connection.execute_batch("SAVEPOINT import")?;
+            let written = import_users(connection, users, update);
+            let end = if dry_run || written.is_err() {
+                "ROLLBACK TO import; RELEASE import"
+            } else {
+                "RELEASE import"
+            };
+            connection.execute_batch(end)?;
+            written
+        }))
+    }
+
+    fn update_user(
+        &self,
+        id: &str,
+        user: &User,
+        event: NewAuditEvent,
+    ) -> BoxFuture<'_, Result<(), StoreError>> {
+        let (id, user) = (id.to_owned(), user.clone());
+        Box::pin(self.database.write(move |connection| {
+            update_user(connection, &id, &user)?;
+            insert_audit(connection, &event)
+        }))
+    }
+
+    fn delete_user(
+        &self,
+        id: &str,
+        event: NewAuditEvent,
+    ) -> BoxFuture<'_, Result<Vec<CardId>, StoreError>> {
+        let id = id.to_owned();
+        Box::pin(self.database.write(move |connection| {
+            let revoked = delete_user(connection, &id)?;
+            insert_audit(connection, &event)?;
+            Ok(revoked)
         }))
     }
 
@@ -494,40 +551,21 @@ impl Store for SqliteStore {
     ) -> BoxFuture<'_, Result<(), StoreError>> {
         let id = id.clone();
         Box::pin(self.database.write(move |connection| {
-            // One statement, so a concurrent revocation cannot be undone.
-            let changed = connection
-                .prepare_cached(
-                    "UPDATE cards SET state = ?1
-                     WHERE issuer = ?2 AND serial = ?3 AND (state <> 'revoked' OR ?1 = 'revoked')",
-                )?
-                .execute(params![state.as_str(), id.issuer, id.serial])?;
-            if changed > 0 {
-                if state == CardState::Revoked {
-                    let now = encode_time(OffsetDateTime::now_utc())?;
-                    add_revocation(connection, &id, RevocationReason::Unspecified, &now)?;
-                    revoke_pending_renewals(
-                        connection,
-                        &id,
-                        None,
-                        RevocationReason::Unspecified,
-                        &now,
-                    )?;
-                }
-                return Ok(());
-            }
-            let exists = connection
-                .prepare_cached("SELECT 1 FROM cards WHERE issuer = ? AND serial = ?")?
-                .exists(params![id.issuer, id.serial])?;
-            Err(if exists {
-                StoreError::Conflict {
-                    what: format!("card {id} is revoked, which is final"),
-                }
-            } else {
-                StoreError::NotFound {
-                    what: format!("card {id}"),
-                }
-            })
+            set_card_state(connection, &id, state, RevocationReason::Unspecified)
         }))
+    }
+
+    fn revoke_card(
+        &self,
+        id: &CardId,
+        reason: RevocationReason,
+    ) -> BoxFuture<'_, Result<(), StoreError>> {
+        let id = id.clone();
+        Box::pin(
+            self.database.write(move |connection| {
+                set_card_state(connection, &id, CardState::Revoked, reason)
+            }),
+        )
     }
 
     fn add_challenge(
@@ -1054,6 +1092,172 @@ impl Store for SqliteStore {
         }))
     }
 
+    fn add_admin_credential(
+        &self,
+        name: &str,
+        token_hash: &str,
+        now: OffsetDateTime,
+        event: NewAuditEvent,
+    ) -> BoxFuture<'_, Result<(), StoreError>> {
+        let (name, token_hash) = (name.to_owned(), token_hash.to_owned());
+        Box::pin(self.database.write(move |connection| {
+            let result = connection
+                .prepare_cached(
+                    "INSERT INTO admin_credentials (name, token_hash, created_at) VALUES (?, ?, ?)",
+                )?
+                .execute(params![name, token_hash, encode_time(now)?]);
+            match result {
+                Err(error) if is_unique_violation(&error) => {
+                    return Err(StoreError::Conflict {
+                        what: format!("an admin credential named {name:?} exists already"),
+                    });
+                }
+                other => other?,
+            };
+            insert_audit(connection, &event)
+        }))
+    }
+
+    fn admin_credentials(&self) -> BoxFuture<'_, Result<Vec<AdminCredential>, StoreError>> {
+        Box::pin(self.database.read(move |connection| {
+            collect_rows(
+                &mut connection.prepare_cached(
+                    "SELECT name, token_hash, created_at, revoked_at FROM admin_credentials ORDER BY name",
+                )?,
+                [],
+                admin_credential_from_row,
+            )
+        }))
+    }
+
+    fn find_admin_credential(
+        &self,
+        token_hash: &str,
+    ) -> BoxFuture<'_, Result<Option<AdminCredential>, StoreError>> {
+        let token_hash = token_hash.to_owned();
+        Box::pin(self.database.read(move |connection| {
+            connection
+                .prepare_cached(
+                    "SELECT name, token_hash, created_at, revoked_at FROM admin_credentials
+                     WHERE token_hash = ?",
+                )?
+                .query_row([token_hash], admin_credential_from_row)
+                .optional()?
+                .transpose()
+        }))
+    }
+
+    fn revoke_admin_credential(
+        &self,
+        name: &str,
+        initial_hash: &str,
+        now: OffsetDateTime,
+        event: NewAuditEvent,
+    ) -> BoxFuture<'_, Result<(), StoreError>> {
+        let (name, initial_hash) = (name.to_owned(), initial_hash.to_owned());
+        Box::pin(self.database.write(move |connection| {
+            let now = encode_time(now)?;
+            if name == INITIAL_ADMIN_CREDENTIAL {
+                // The token file's credential has a record once it is revoked.
+                connection
+                    .prepare_cached(
+                        "INSERT INTO admin_credentials (name, token_hash, created_at)
+                         VALUES (?, ?, ?) ON CONFLICT DO NOTHING",
+                    )?
+                    .execute(params![name, initial_hash, now])?;
+            }
+            let revoked: Option<Option<String>> = connection
+                .prepare_cached("SELECT revoked_at FROM admin_credentials WHERE name = ?")?
+                .query_row([&name], |row| row.get(0))
+                .optional()?;
+            match revoked {
+                None => {
+                    return Err(StoreError::NotFound {
+                        what: format!("admin credential {name:?}"),
+                    });
+                }
+                Some(Some(_)) => {
+                    return Err(StoreError::Conflict {
+                        what: format!("admin credential {name:?} is revoked already"),
+                    });
+                }
+                Some(None) => {}
+            }
+            connection
+                .prepare_cached("UPDATE admin_credentials SET revoked_at = ? WHERE name = ?")?
+                .execute(params![now, name])?;
+            // The token file's credential is active until it has a (revoked) record.
+            let active: i64 = connection
+                .prepare_cached(
+                    "SELECT count(*) FROM admin_credentials WHERE revoked_at IS NULL AND name <> ?1
+                     UNION ALL
+                     SELECT NOT EXISTS (SELECT 1 FROM admin_credentials WHERE name = ?1)",
+                )?
+                .query_map([INITIAL_ADMIN_CREDENTIAL], |row| row.get::<_, i64>(0))?
+                .sum::<rusqlite::Result<i64>>()?;
+            if active == 0 {
+                return Err(StoreError::Conflict {
+                    what: format!(
+                        "admin credential {name:?} is the last active one; add another first"
+                    ),
+                });
+            }
+            insert_audit(connection, &event)
+        }))
+    }
+
+    fn stats(&self, now: OffsetDateTime) -> BoxFuture<'_, Result<StoreStats, StoreError>> {
+        Box::pin(self.database.read(move |connection| {
+            let count = |sql: &str, values: &[&dyn rusqlite::ToSql]| -> Result<u64, StoreError> {
+                let n: i64 = connection
+                    .prepare_cached(sql)?
+                    .query_row(values, |row| row.get(0))?;
+                Ok(u64::try_from(n).unwrap_or(0))
+            };
+            let mut users = Vec::new();
+            for state in [UserState::Active, UserState::Locked] {
+                let n = count(
+                    "SELECT count(*) FROM users WHERE state = ?",
+                    &[&state.as_str()],
+                )?;
+                users.push((state, n));
+            }
+            let mut cards = Vec::new();
+            for state in [CardState::Active, CardState::Locked, CardState::Revoked] {
+                let n = count(
+                    "SELECT count(*) FROM cards WHERE state = ?",
+                    &[&state.as_str()],
+                )?;
+                cards.push((state, n));
+            }
+            let hour_ago = encode_time(now - time::Duration::hours(1))?;
+            let sign_ins_last_hour = count(
+                "SELECT count(*) FROM audit
+                 WHERE kind = 'assertion' AND outcome = 'ok' AND time >= ?",
+                &[&hour_ago],
+            )?;
+            let (now_text, horizon) = (
+                encode_time(now)?,
+                encode_time(now + time::Duration::days(super::EXPIRING_DAYS))?,
+            );
+            let certificates_expiring = count(
+                "SELECT count(*) FROM issued_certificates i
+                 WHERE i.not_after > ?1 AND i.not_after <= ?2
+                   AND NOT EXISTS (SELECT 1 FROM cards c WHERE c.issuer = i.issuer
+                                   AND c.serial = i.serial AND c.state = 'revoked')
+                   AND NOT EXISTS (SELECT 1 FROM revoked_certificates r WHERE r.serial = i.serial
+                                   AND r.issuer IN (i.issuer, ''))",
+                &[&now_text, &horizon],
+            )?;
+            Ok(StoreStats {
+                users,
+                cards,
+                sign_ins_last_hour,
+                certificates_expiring,
+            })
+        }))
+    }
+
     fn audit(&self, event: NewAuditEvent) -> BoxFuture<'_, Result<(), StoreError>> {
         Box::pin(
             self.database
@@ -1095,6 +1299,34 @@ impl Store for SqliteStore {
                     sql.push_str(condition);
                     values.push(Value::Text(value));
                 }
+            }
+            match query.kind {
+                Some(AuditKindFilter::Kind(kind)) => {
+                    sql.push_str(" AND kind = ?");
+                    values.push(Value::Text(kind));
+                }
+                Some(AuditKindFilter::SignIn) => {
+                    sql.push_str(" AND kind = 'assertion' AND outcome = 'ok'");
+                }
+                Some(AuditKindFilter::SignInRefused) => {
+                    sql.push_str(" AND kind = 'assertion' AND outcome <> 'ok'");
+                }
+                None => {}
+            }
+            if let Some(before) = query.before {
+                let time: Option<String> = connection
+                    .prepare_cached("SELECT time FROM audit WHERE id = ?")?
+                    .query_row([before], |row| row.get(0))
+                    .optional()?;
+                match time {
+                    Some(time) => {
+                        sql.push_str(" AND (time < ? OR (time = ? AND id < ?))");
+                        values.push(Value::Text(time.clone()));
+                        values.push(Value::Text(time));
+                    }
+                    None => sql.push_str(" AND id < ?"),
+                }
+                values.push(Value::Integer(before));
             }
             if let Some(since) = query.since {
                 sql.push_str(" AND time >= ?");
@@ -1160,19 +1392,8 @@ fn insert_user(connection: &Connection, user: &User) -> Result<(), StoreError> {
     if id_taken {
         return Err(exists());
     }
-    let attributes = [
-        (UserAttribute::Mail, &user.mail),
-        (UserAttribute::Upn, &user.upn),
-        (UserAttribute::EmployeeId, &user.employee_id),
-    ];
-    for (attribute, value) in attributes {
-        let Some(value) = value else { continue };
-        if let Some(holder) = find_users(connection, attribute, value)?.into_iter().next() {
-            return Err(StoreError::AttributeTaken {
-                attribute,
-                holder: holder.id,
-            });
-        }
+    if let Some(taken) = attribute_taken(connection, user, None)? {
+        return Err(taken);
     }
     let result = connection
         .prepare_cached(
@@ -1192,6 +1413,236 @@ fn insert_user(connection: &Connection, user: &User) -> Result<(), StoreError> {
         Err(error) if is_unique_violation(&error) => Err(exists()),
         other => other.map(drop).map_err(StoreError::from),
     }
+}
+
+/// [`Store::import_users`] without its savepoint.
+fn import_users(
+    connection: &Connection,
+    users: Vec<(User, NewAuditEvent)>,
+    update: bool,
+) -> Result<Vec<Result<UserWritten, StoreError>>, StoreError> {
+    let mut results = Vec::with_capacity(users.len());
+    for (user, mut event) in users {
+        let stored = connection
+            .prepare_cached(select_users!("WHERE id = ?"))?
+            .query_row([&user.id], user_from_row)
+            .optional()?
+            .transpose()?;
+        let result = match stored {
+            None => insert_user(connection, &user).map(|()| UserWritten::Added),
+            Some(_) if !update => Err(StoreError::Conflict {
+                what: format!("user {:?} exists already", user.id),
+            }),
+            Some(stored) => {
+                let changed = changed_fields(&stored, &user);
+                if changed.is_empty() {
+                    results.push(Ok(UserWritten::Unchanged));
+                    continue;
+                }
+                event.detail = Some(format!(
+                    "{}: updated {}",
+                    event.detail.unwrap_or_default(),
+                    changed.join(", ")
+                ));
+                update_user(connection, &user.id, &user).map(|()| UserWritten::Updated(changed))
+            }
+        };
+        match result {
+            Ok(written) => {
+                insert_audit(connection, &event)?;
+                results.push(Ok(written));
+            }
+            Err(refused @ (StoreError::Conflict { .. } | StoreError::AttributeTaken { .. })) => {
+                results.push(Err(refused));
+            }
+            Err(failure) => return Err(failure),
+        }
+    }
+    Ok(results)
+}
+
+/// The fields of `stored` that `new` changes (the id and the state aside).
+fn changed_fields(stored: &User, new: &User) -> Vec<&'static str> {
+    [
+        ("display_name", stored.display_name == new.display_name),
+        ("mail", stored.mail == new.mail),
+        ("upn", stored.upn == new.upn),
+        ("employee_id", stored.employee_id == new.employee_id),
+    ]
+    .into_iter()
+    .filter_map(|(field, same)| (!same).then_some(field))
+    .collect()
+}
+
+/// The first mapped attribute of `user` that a user other than `except` has, compared as
+/// [`find_users`] compares it.
+fn attribute_taken(
+    connection: &Connection,
+    user: &User,
+    except: Option<&str>,
+) -> Result<Option<StoreError>, StoreError> {
+    let attributes = [
+        (UserAttribute::Mail, &user.mail),
+        (UserAttribute::Upn, &user.upn),
+        (UserAttribute::EmployeeId, &user.employee_id),
+    ];
+    for (attribute, value) in attributes {
+        let Some(value) = value else { continue };
+        if let Some(holder) = find_users(connection, attribute, value)?
+            .into_iter()
+            .find(|holder| Some(holder.id.as_str()) != except)
+        {
+            return Ok(Some(StoreError::AttributeTaken {
+                attribute,
+                holder: holder.id,
+            }));
+        }
+    }
+    Ok(None)
+}
+
+/// [`Store::update_user`] without its audit event.
+fn update_user(connection: &Connection, id: &str, user: &User) -> Result<(), StoreError> {
+    let exists = connection
+        .prepare_cached("SELECT 1 FROM users WHERE id = ?")?
+        .exists([id])?;
+    if !exists {
+        return Err(StoreError::NotFound {
+            what: format!("user {id:?}"),
+        });
+    }
+    if user.id != id {
+        let taken = connection
+            .prepare_cached("SELECT 1 FROM users WHERE id = ?")?
+            .exists([&user.id])?;
+        if taken {
+            return Err(StoreError::Conflict {
+                what: format!("user {:?} exists already", user.id),
+            });
+        }
+    }
+    if let Some(taken) = attribute_taken(connection, user, Some(id))? {
+        return Err(taken);
+    }
+    if user.id == id {
+        connection
+            .prepare_cached(
+                "UPDATE users SET display_name = ?, mail = ?, upn = ?, employee_id = ? WHERE id = ?",
+            )?
+            .execute(params![
+                user.display_name,
+                user.mail,
+                user.upn,
+                user.employee_id,
+                id
+            ])?;
+        return Ok(());
+    }
+    // A rename: the new row first, so that the references can move to it.
+    connection
+        .prepare_cached(
+            "INSERT INTO users (id, display_name, mail, upn, employee_id, state, created_at)
+             SELECT ?, ?, ?, ?, ?, state, created_at FROM users WHERE id = ?",
+        )?
+        .execute(params![
+            user.id,
+            user.display_name,
+            user.mail,
+            user.upn,
+            user.employee_id,
+            id
+        ])?;
+    for table in [
+        "cards",
+        "enrollment_codes",
+        "issued_certificates",
+        "pending_renewals",
+        "audit",
+    ] {
+        connection
+            .prepare_cached(&format!("UPDATE {table} SET user_id = ? WHERE user_id = ?"))?
+            .execute(params![user.id, id])?;
+    }
+    connection
+        .prepare_cached("DELETE FROM users WHERE id = ?")?
+        .execute([id])?;
+    Ok(())
+}
+
+/// [`Store::delete_user`] without its audit event.
+fn delete_user(connection: &Connection, id: &str) -> Result<Vec<CardId>, StoreError> {
+    let exists = connection
+        .prepare_cached("SELECT 1 FROM users WHERE id = ?")?
+        .exists([id])?;
+    if !exists {
+        return Err(StoreError::NotFound {
+            what: format!("user {id:?}"),
+        });
+    }
+    let live: Vec<CardId> = collect_rows(
+        &mut connection.prepare_cached(select_cards!(
+            "WHERE user_id = ? AND state <> 'revoked' ORDER BY serial, issuer"
+        ))?,
+        [id],
+        card_from_row,
+    )?
+    .iter()
+    .map(Card::id)
+    .collect();
+    for card in &live {
+        set_card_state(
+            connection,
+            card,
+            CardState::Revoked,
+            RevocationReason::AffiliationChanged,
+        )?;
+    }
+    connection
+        .prepare_cached("UPDATE cards SET user_id = NULL WHERE user_id = ?")?
+        .execute([id])?;
+    connection
+        .prepare_cached("DELETE FROM enrollment_codes WHERE user_id = ?")?
+        .execute([id])?;
+    connection
+        .prepare_cached("DELETE FROM users WHERE id = ?")?
+        .execute([id])?;
+    Ok(live)
+}
+
+/// [`Store::set_card_state`]; a revocation goes on the list with `reason`.
+fn set_card_state(
+    connection: &Connection,
+    id: &CardId,
+    state: CardState,
+    reason: RevocationReason,
+) -> Result<(), StoreError> {
+    // One statement, so a concurrent revocation cannot be undone.
+    let changed = connection
+        .prepare_cached(
+            "UPDATE cards SET state = ?1
+             WHERE issuer = ?2 AND serial = ?3 AND (state <> 'revoked' OR ?1 = 'revoked')",
+        )?
+        .execute(params![state.as_str(), id.issuer, id.serial])?;
+    if changed > 0 {
+        if state == CardState::Revoked {
+            let now = encode_time(OffsetDateTime::now_utc())?;
+            add_revocation(connection, id, reason, &now)?;
+            revoke_pending_renewals(connection, id, None, reason, &now)?;
+        }
+        return Ok(());
+    }
+    let exists = connection
+        .prepare_cached("SELECT 1 FROM cards WHERE issuer = ? AND serial = ?")?
+        .exists(params![id.issuer, id.serial])?;
+    Err(if exists {
+        StoreError::Conflict {
+            what: format!("card {id} is revoked, which is final"),
+        }
+    } else {
+        StoreError::NotFound {
+            what: format!("card {id}"),
+        }
+    })
 }
 
 /// Users sharing a mail or UPN (NOCASE, as the columns compare) or an employee id.
@@ -1534,6 +1985,24 @@ fn collect_rows<T>(
 
 // The row readers answer in two layers: SQLite's own errors (a missing column, a wrong
 // type) outside, this program's (an unreadable time or state) inside.
+
+fn admin_credential_from_row(
+    row: &Row<'_>,
+) -> rusqlite::Result<Result<AdminCredential, StoreError>> {
+    let created_at: String = row.get("created_at")?;
+    let revoked_at: Option<String> = row.get("revoked_at")?;
+    let (name, token_hash) = (row.get("name")?, row.get("token_hash")?);
+    Ok((|| {
+        Ok(AdminCredential {
+            name,
+            token_hash,
+            created_at: decode_time("created_at", &created_at)?,
+            revoked_at: revoked_at
+                .map(|text| decode_time("revoked_at", &text))
+                .transpose()?,
+        })
+    })())
+}
 
 fn user_from_row(row: &Row<'_>) -> rusqlite::Result<Result<User, StoreError>> {
     let state: String = row.get("state")?;
@@ -3244,6 +3713,169 @@ mod tests {
             times(query(|q| q.device = Some("kiosk-9".to_owned())))
                 .await?
                 .is_empty()
+        );
+        assert_eq!(
+            times(query(
+                |q| q.kind = Some(AuditKindFilter::Kind("admin".to_owned()))
+            ))
+            .await?,
+            [(40, 6)]
+        );
+        assert_eq!(
+            times(query(|q| q.kind = Some(AuditKindFilter::SignInRefused))).await?,
+            [(30, 4), (10, 2)]
+        );
+        assert_eq!(
+            times(query(|q| q.kind = Some(AuditKindFilter::SignIn))).await?,
+            [(30, 5), (20, 3), (0, 1)]
+        );
+        Ok(())
+    }
+
+    /// Issue 12: version 7 widens the revocation list's reasons and keeps its rows (and
+    /// their reasons); version 8 adds the admin credentials, none stored at first.
+    #[tokio::test]
+    async fn versions_7_and_8_keep_the_revocation_list() -> TestResult {
+        let dir = tempfile::tempdir()?;
+        let path = dir.path().join("v6.db");
+        {
+            let mut connection = Connection::open(&path)?;
+            connection.execute_batch(
+                "CREATE TABLE schema_migrations (version INTEGER PRIMARY KEY NOT NULL, applied_at TEXT NOT NULL) STRICT",
+            )?;
+            for (version, sql) in &MIGRATIONS[..6] {
+                let transaction = connection.transaction()?;
+                transaction.execute_batch(sql)?;
+                transaction.execute(
+                    "INSERT INTO schema_migrations (version, applied_at) VALUES (?, 'x')",
+                    [version],
+                )?;
+                transaction.commit()?;
+            }
+            connection.execute_batch(
+                "INSERT INTO revoked_certificates VALUES ('CN=Test CA', '0a', '2023-11-14T22:13:20.000000Z', 'superseded');
+                 INSERT INTO revoked_certificates VALUES ('', '0b', '2023-11-14T22:13:20.000000Z', 'unspecified');",
+            )?;
+        }
+        let store = SqliteStore::open(&path).await?;
+        assert_eq!(migration_versions(&store).await?.last(), Some(&8));
+        assert_eq!(
+            store.revocation(&id("0a")).await?.map(|r| r.reason),
+            Some(RevocationReason::Superseded)
+        );
+        assert_eq!(
+            store
+                .revocation(&id("0b"))
+                .await?
+                .map(|r| (r.issuer, r.reason)),
+            Some((String::new(), RevocationReason::Unspecified))
+        );
+        assert!(store.admin_credentials().await?.is_empty());
+        Ok(())
+    }
+
+    /// Issue 12: the metrics' counts: users and cards by state, sign-ins of the last hour
+    /// only, issued certificates expiring within 30 days unless revoked.
+    #[tokio::test]
+    async fn stats_count_users_cards_recent_sign_ins_and_expiring_certificates() -> TestResult {
+        let store = SqliteStore::in_memory().await?;
+        store.add_user(&user("alice", "alice@example.com")).await?;
+        store.add_user(&user("bob", "bob@example.com")).await?;
+        store.set_user_state("bob", UserState::Locked).await?;
+        let now = at(100_000);
+        for seconds in [100_000 - 7200, 100_000 - 60] {
+            store
+                .audit(event(seconds, "ok", "kiosk-1", "0a", "alice"))
+                .await?;
+        }
+        store
+            .audit(event(100_000 - 30, "card_locked", "kiosk-1", "0a", "alice"))
+            .await?;
+        let mut expiring = issued("0c", "alice");
+        expiring.facts.not_after = now + time::Duration::days(10);
+        let mut later = issued("0d", "alice");
+        later.facts.not_after = now + time::Duration::days(90);
+        for (certificate, hash) in [(&expiring, "c"), (&later, "d")] {
+            store
+                .add_enrollment_code(&code(hash, "alice", 100_060))
+                .await?;
+            store
+                .redeem_enrollment_code(hash, certificate, now, enrolled())
+                .await?;
+        }
+        let stats = store.stats(now).await?;
+        assert_eq!(
+            stats.users,
+            [(UserState::Active, 1), (UserState::Locked, 1)]
+        );
+        assert_eq!(
+            stats.cards,
+            [
+                (CardState::Active, 2),
+                (CardState::Locked, 0),
+                (CardState::Revoked, 0)
+            ]
+        );
+        assert_eq!(stats.sign_ins_last_hour, 1, "one ok assertion in the hour");
+        assert_eq!(stats.certificates_expiring, 1);
+        store
+            .revoke_card(&id("0c"), RevocationReason::CessationOfOperation)
+            .await?;
+        let stats = store.stats(now).await?;
+        assert_eq!(
+            stats.certificates_expiring, 0,
+            "a revoked card's does not count"
+        );
+        assert_eq!(
+            store.revocation(&id("0c")).await?.map(|r| r.reason),
+            Some(RevocationReason::CessationOfOperation)
+        );
+        Ok(())
+    }
+
+    /// Issue 12: the audit pages with a cursor, the id of the last event of a page; the
+    /// pages cover every event once, in order, even where times tie or run against ids.
+    #[tokio::test]
+    async fn audit_pages_follow_on_from_the_last_event_of_the_page_before() -> TestResult {
+        let store = SqliteStore::in_memory().await?;
+        // Ids 1..=6; the times tie (30) and run against the ids (id 6 is older than 5).
+        for seconds in [0, 10, 30, 30, 40, 5] {
+            store
+                .audit(event(seconds, "ok", "kiosk-1", "0a", "alice"))
+                .await?;
+        }
+        let mut seen = Vec::new();
+        let mut before = None;
+        loop {
+            let page = store
+                .query_audit(&AuditQuery {
+                    limit: 2,
+                    before,
+                    ..AuditQuery::default()
+                })
+                .await?;
+            let Some(last) = page.last() else { break };
+            before = Some(last.id);
+            seen.extend(page.iter().map(|event| event.id));
+        }
+        assert_eq!(seen, [5, 4, 3, 2, 6, 1], "every event once, newest first");
+        store.purge_audit(at(6), 10).await?;
+        let after_purge = store
+            .query_audit(&AuditQuery {
+                before: Some(1),
+                ..AuditQuery::default()
+            })
+            .await?;
+        assert!(after_purge.is_empty(), "an unknown cursor pages by id");
+        let by_id = store
+            .query_audit(&AuditQuery {
+                before: Some(4),
+                ..AuditQuery::default()
+            })
+            .await?;
+        assert_eq!(
+            by_id.iter().map(|event| event.id).collect::<Vec<_>>(),
+            [3, 2]
         );
         Ok(())
     }
