@@ -3187,6 +3187,25 @@ mod tests {
         Ok(())
     }
 
+    /// A database at `path` with the first `version` migrations applied, as an older pivtap
+    /// left it, for the tests that upgrade one.
+    fn database_at_version(path: &Path, version: usize) -> rusqlite::Result<Connection> {
+        let mut connection = Connection::open(path)?;
+        connection.execute_batch(
+            "CREATE TABLE schema_migrations (version INTEGER PRIMARY KEY NOT NULL, applied_at TEXT NOT NULL) STRICT",
+        )?;
+        for (version, sql) in &MIGRATIONS[..version] {
+            let transaction = connection.transaction()?;
+            transaction.execute_batch(sql)?;
+            transaction.execute(
+                "INSERT INTO schema_migrations (version, applied_at) VALUES (?, 'x')",
+                [version],
+            )?;
+            transaction.commit()?;
+        }
+        Ok(connection)
+    }
+
     #[tokio::test]
     async fn version_4_keys_existing_cards_and_revocations_by_issuer() -> TestResult {
         let dir = tempfile::tempdir()?;
@@ -3194,19 +3213,7 @@ mod tests {
         // A version 3 database with an issued card, a revoked and deleted issued
         // certificate, and a card seen at sign-in from another CA.
         {
-            let mut connection = Connection::open(&path)?;
-            connection.execute_batch(
-                "CREATE TABLE schema_migrations (version INTEGER PRIMARY KEY NOT NULL, applied_at TEXT NOT NULL) STRICT",
-            )?;
-            for (version, sql) in &MIGRATIONS[..3] {
-                let transaction = connection.transaction()?;
-                transaction.execute_batch(sql)?;
-                transaction.execute(
-                    "INSERT INTO schema_migrations (version, applied_at) VALUES (?, 'x')",
-                    [version],
-                )?;
-                transaction.commit()?;
-            }
+            let connection = database_at_version(&path, 3)?;
             connection.execute_batch(
                 "INSERT INTO users (id, display_name, state, created_at) VALUES ('alice', 'A', 'active', 'x');
                  INSERT INTO cards VALUES ('01', 'f1', 'CN=pivtap CA', 'CN=a', 'alice', 'active', '2023-11-14T22:13:20.000000Z', '2023-11-14T22:13:20.000000Z');
@@ -3739,19 +3746,7 @@ mod tests {
         let dir = tempfile::tempdir()?;
         let path = dir.path().join("v6.db");
         {
-            let mut connection = Connection::open(&path)?;
-            connection.execute_batch(
-                "CREATE TABLE schema_migrations (version INTEGER PRIMARY KEY NOT NULL, applied_at TEXT NOT NULL) STRICT",
-            )?;
-            for (version, sql) in &MIGRATIONS[..6] {
-                let transaction = connection.transaction()?;
-                transaction.execute_batch(sql)?;
-                transaction.execute(
-                    "INSERT INTO schema_migrations (version, applied_at) VALUES (?, 'x')",
-                    [version],
-                )?;
-                transaction.commit()?;
-            }
+            let connection = database_at_version(&path, 6)?;
             connection.execute_batch(
                 "INSERT INTO revoked_certificates VALUES ('CN=Test CA', '0a', '2023-11-14T22:13:20.000000Z', 'superseded');
                  INSERT INTO revoked_certificates VALUES ('', '0b', '2023-11-14T22:13:20.000000Z', 'unspecified');",
