@@ -201,4 +201,6 @@ pub enum SignOutReason {
     Switched,
     /// The token expired.
     Expired,
+    /// The kiosk stopped (an administrator's exit, or a signal from the service manager).
+    Shutdown,
 }

@@ -75,6 +75,10 @@ pub struct Kiosk {
     last_work: u64,
     /// The wake-up last asked of the runtime.
     scheduled_tick: Option<Instant>,
+    /// Fast user switch: the signed-in worker's session while another worker signs in. It
+    /// ends ([`SignOutReason::Switched`]) only once the new worker's PIN is accepted; if the
+    /// new sign-in is cancelled or fails, the kiosk returns to it.
+    switching_from: Option<Session>,
     /// Effects of the event being handled.
     effects: Vec<Effect>,
 }
@@ -113,6 +117,7 @@ impl Kiosk {
             notice_until: None,
             last_work: 0,
             scheduled_tick: None,
+            switching_from: None,
             effects: Vec::new(),
         }
     }
@@ -145,6 +150,7 @@ impl Kiosk {
             Event::AuthFailed { work, failure } => self.on_auth_failed(work, failure, now),
             Event::Key(key) => self.on_key(key, now),
             Event::SignOutRequested => self.sign_out(SignOutReason::Explicit, now),
+            Event::Shutdown => self.shut_down(now),
             Event::ChangePinRequested => self.on_change_pin_requested(now),
             Event::UnblockRequested => self.on_unblock_requested(now),
             Event::PinPolicyKnown(policy) => {
@@ -182,6 +188,12 @@ impl Kiosk {
             State::SignedIn { session, .. } => Some(session),
             _ => None,
         }
+    }
+
+    /// Fast user switch: the session that stays signed in while another worker signs in.
+    #[must_use]
+    pub fn switching_from(&self) -> Option<&Session> {
+        self.switching_from.as_ref()
     }
 
     /// The connected readers, by name.
@@ -266,7 +278,8 @@ impl Kiosk {
             State::SignedIn { session, .. } => {
                 session.last_activity = now;
                 if self.config.session.fast_user_switch {
-                    self.end_session(SignOutReason::Switched);
+                    // The current worker stays signed in until the new worker's PIN is accepted.
+                    self.switching_from = Some(session.clone());
                     self.start_sign_in(reader, now);
                 } else if session.reader == reader {
                     session.card_present = true;
@@ -292,6 +305,16 @@ impl Kiosk {
     /// The card on `reader` is gone (removed, or its reader or the service went away).
     fn lose_card(&mut self, reader: &str, notice: Notice, reason: SignOutReason, now: Instant) {
         let sign_out_on_removal = self.config.session.sign_out_on_removal;
+        if let Some(waiting) = self
+            .switching_from
+            .as_mut()
+            .filter(|session| session.reader == reader)
+        {
+            waiting.card_present = false;
+            if sign_out_on_removal {
+                self.end_waiting_session(reason);
+            }
+        }
         match &mut self.state {
             State::ReadingCard { reader: used, .. } | State::PinEntry { reader: used, .. }
                 if used.as_str() == reader =>
@@ -473,6 +496,7 @@ impl Kiosk {
         };
         self.wrong_pins_in_a_row = 0;
         self.retry_not_before = None;
+        self.end_waiting_session(SignOutReason::Switched);
         let lifetime = Duration::try_from(expires_at - signed_in_at).unwrap_or(Duration::ZERO);
         self.publish(SessionEvent::SignedIn {
             user: user.clone(),
@@ -811,7 +835,36 @@ impl Kiosk {
         if let Some(session) = self.end_session(reason) {
             let notice = Notice::signed_out(&session.user.display_name, reason);
             self.rest(Some(notice), now);
+        } else {
+            // During a fast user switch: the waiting worker is signed out, the new sign-in goes on.
+            self.end_waiting_session(reason);
         }
+    }
+
+    /// The kiosk is stopping: any session ends ([`SignOutReason::Shutdown`]), card work stops
+    /// and a typed PIN is wiped.
+    fn shut_down(&mut self, now: Instant) {
+        self.end_waiting_session(SignOutReason::Shutdown);
+        self.end_session(SignOutReason::Shutdown);
+        if let Some(reader) = self.reader_in_use() {
+            self.effects.push(Effect::CancelCardWork { reader });
+        }
+        self.rest(None, now);
+    }
+
+    /// Ends the session waiting for a fast user switch, if there is one.
+    fn end_waiting_session(&mut self, reason: SignOutReason) {
+        if let Some(session) = self.switching_from.take() {
+            self.publish_signed_out(&session, reason);
+        }
+    }
+
+    fn publish_signed_out(&mut self, session: &Session, reason: SignOutReason) {
+        self.publish(SessionEvent::SignedOut {
+            user_id: session.user.id.clone(),
+            reason,
+        });
+        self.effects.push(Effect::DropSession);
     }
 
     /// Publishes the end of the current session, if there is one; the caller moves on.
@@ -820,11 +873,7 @@ impl Kiosk {
             return None;
         };
         let session = session.clone();
-        self.publish(SessionEvent::SignedOut {
-            user_id: session.user.id.clone(),
-            reason,
-        });
-        self.effects.push(Effect::DropSession);
+        self.publish_signed_out(&session, reason);
         Some(session)
     }
 
@@ -860,6 +909,9 @@ impl Kiosk {
         let mut timers = Vec::with_capacity(3);
         if let Some(at) = self.notice_until {
             timers.push((at, Timer::NoticeOver));
+        }
+        if let Some(waiting) = &self.switching_from {
+            timers.push((waiting.ends_at, Timer::SessionExpired));
         }
         match &self.state {
             State::ReadingCard { started_at, .. } | State::Working { started_at, .. } => {
@@ -999,6 +1051,17 @@ impl Kiosk {
     /// no reader, a notice to show, the server down, or waiting for a tap.
     fn rest(&mut self, notice: Option<Notice>, now: Instant) {
         self.clear_pin();
+        if let Some(mut session) = self.switching_from.take() {
+            // The new worker's sign-in did not happen: the waiting worker carries on.
+            session.card_present = self.cards.contains(&session.reader);
+            let next = State::SignedIn {
+                session,
+                next_worker: None,
+                pin_change: None,
+            };
+            self.enter(next, now);
+            return;
+        }
         let told = notice.as_ref().map(|notice| notice.code);
         let next = if self.readers.is_empty() {
             State::ReaderMissing {

@@ -307,6 +307,7 @@ impl Notice {
             SignOutReason::Expired => {
                 format!("{name}'s session has ended. Tap your badge to sign in again.")
             }
+            SignOutReason::Shutdown => format!("{name} is signed out: the kiosk is stopping."),
         };
         Notice::new(NoticeCode::SignedOut, message)
     }

@@ -1017,27 +1017,159 @@ fn an_explicit_sign_out_ends_the_session() {
 }
 
 #[test]
-fn another_badge_switches_the_user_when_fast_user_switch_is_on() {
+fn another_badge_switches_the_user_once_the_new_pin_is_accepted() {
+    // Changed on purpose (issue 12): the current worker stays signed in until the new worker's
+    // PIN is accepted; before, the tap itself signed them out.
     let mut k = Harness::tap_then_pin();
     k.sign_in(DESK, alice());
     let effects = k.tap(NFC);
-    assert_eq!(
-        signed_out(&effects),
-        Some(("u-alice", SignOutReason::Switched))
-    );
-    assert!(effects.contains(&Effect::DropSession));
+    assert_eq!(signed_out(&effects), None, "Alice stays signed in");
+    assert!(!effects.contains(&Effect::DropSession));
     assert!(effects.contains(&Effect::ReadCard {
         work: k.work(),
         reader: NFC.to_owned()
     }));
     assert!(matches!(k.state(), State::ReadingCard { reader, .. } if reader == NFC));
+    assert_eq!(k.kiosk.switching_from().unwrap().user, alice());
+    k.card_read(Some(3));
+    k.type_digits("246813");
+    let effects = k.key(KeyInput::Enter);
+    assert_eq!(signed_out(&effects), None, "not before the PIN is accepted");
+    let effects = k.succeed(bob());
+    assert_eq!(
+        signed_out(&effects),
+        Some(("u-alice", SignOutReason::Switched))
+    );
+    let events = published(&effects);
+    let out = events
+        .iter()
+        .position(|e| matches!(e, SessionEvent::SignedOut { .. }));
+    let signed_in = events
+        .iter()
+        .position(|e| matches!(e, SessionEvent::SignedIn { .. }));
+    assert!(out < signed_in, "signed_out before signed_in: {events:?}");
+    let drop = effects.iter().position(|e| *e == Effect::DropSession);
+    let publish_in = effects.iter().position(|e| {
+        matches!(e, Effect::Publish(SessionEvent::SignedIn { .. }))
+    });
+    assert!(drop < publish_in, "Alice's token is dropped before Bob's is kept");
+    assert_eq!(k.kiosk.session().unwrap().user, bob());
+    assert!(k.kiosk.switching_from().is_none());
     // Alice's badge leaving afterwards changes nothing.
     assert!(without_ticks(k.remove(DESK)).is_empty());
+}
+
+#[test]
+fn escape_during_a_switch_keeps_the_current_worker_signed_in() {
+    let mut k = Harness::tap_then_pin();
+    k.sign_in(DESK, alice());
+    k.tap(NFC);
+    k.card_read(Some(3));
+    k.type_digits("2468");
+    let effects = k.key(KeyInput::Escape);
+    assert_eq!(signed_out(&effects), None);
+    assert!(!effects.contains(&Effect::DropSession));
+    assert!(effects.contains(&Effect::CancelCardWork {
+        reader: NFC.to_owned()
+    }));
+    let session = k.kiosk.session().expect("Alice is still signed in");
+    assert_eq!(session.user, alice());
+    assert!(session.card_present);
+    assert!(k.kiosk.switching_from().is_none());
+}
+
+#[test]
+fn a_wrong_pin_during_a_switch_keeps_the_current_worker_signed_in() {
+    let mut k = Harness::tap_then_pin();
+    k.sign_in(DESK, alice());
+    k.tap(NFC);
     k.card_read(Some(3));
     k.type_digits("246813");
     k.key(KeyInput::Enter);
-    k.succeed(bob());
-    assert_eq!(k.kiosk.session().unwrap().user, bob());
+    let effects = k.fail(AuthFailure::WrongPin { tries_left: 2 });
+    assert_eq!(signed_out(&effects), None);
+    assert!(matches!(k.state(), State::PinEntry { reader, .. } if reader == NFC));
+    assert_eq!(k.kiosk.switching_from().unwrap().user, alice());
+    // The new worker gives up by taking the badge away: back to Alice.
+    let effects = k.remove(NFC);
+    assert_eq!(signed_out(&effects), None);
+    assert_eq!(k.kiosk.session().unwrap().user, alice());
+    // A refusal by the server, too, leaves Alice signed in once its message is shown.
+    k.tap(NFC);
+    k.card_read(Some(3));
+    k.wait(secs(2));
+    k.type_digits("246813");
+    k.key(KeyInput::Enter);
+    k.fail(AuthFailure::ServerRefused {
+        code: ErrorCode::CertificateRevoked,
+    });
+    assert!(matches!(k.state(), State::Error { .. }));
+    let effects = k.wait(secs(6));
+    assert_eq!(signed_out(&effects), None);
+    assert_eq!(k.kiosk.session().unwrap().user, alice());
+}
+
+#[test]
+fn the_waiting_worker_still_leaves_with_their_badge_or_their_time_during_a_switch() {
+    let mut k = Harness::tap_then_pin();
+    k.sign_in(DESK, alice());
+    k.tap(NFC);
+    k.card_read(Some(3));
+    let effects = k.remove(DESK);
+    assert_eq!(
+        signed_out(&effects),
+        Some(("u-alice", SignOutReason::CardRemoved))
+    );
+    assert!(effects.contains(&Effect::DropSession));
+    assert!(matches!(k.state(), State::PinEntry { .. }), "Bob carries on");
+    k.key(KeyInput::Escape);
+    assert_eq!(k.kiosk.session(), None, "nobody to return to");
+
+    let mut k = Harness::tap_then_pin();
+    k.sign_in(DESK, alice());
+    k.wait(TOKEN_LIFETIME - secs(5));
+    k.tap(NFC);
+    k.card_read(Some(3));
+    let effects = k.wait(secs(5));
+    assert_eq!(
+        signed_out(&effects),
+        Some(("u-alice", SignOutReason::Expired))
+    );
+    assert!(matches!(k.state(), State::PinEntry { .. }));
+}
+
+#[test]
+fn shutdown_signs_the_worker_out() {
+    let mut k = Harness::tap_then_pin();
+    k.sign_in(DESK, alice());
+    let effects = k.send(Event::Shutdown);
+    assert_eq!(
+        signed_out(&effects),
+        Some(("u-alice", SignOutReason::Shutdown))
+    );
+    assert!(effects.contains(&Effect::DropSession));
+    assert_eq!(k.kiosk.session(), None);
+
+    // A sign-in under way is cancelled and a waiting worker signed out too.
+    let mut k = Harness::tap_then_pin();
+    k.sign_in(DESK, alice());
+    k.tap(NFC);
+    k.card_read(Some(3));
+    k.type_digits("2468");
+    let effects = k.send(Event::Shutdown);
+    assert_eq!(
+        signed_out(&effects),
+        Some(("u-alice", SignOutReason::Shutdown))
+    );
+    assert!(effects.contains(&Effect::CancelCardWork {
+        reader: NFC.to_owned()
+    }));
+    assert_eq!(k.kiosk.session(), None);
+    assert!(k.kiosk.typed_pin.is_empty());
+
+    // Nobody signed in: nothing to publish.
+    let mut k = Harness::tap_then_pin();
+    assert_eq!(signed_out(&k.send(Event::Shutdown)), None);
 }
 
 #[test]
@@ -1211,15 +1343,16 @@ fn pin_then_tap_next_worker_types_the_pin_while_the_last_is_signed_in() {
     ));
     k.type_digits("246813");
     let effects = k.tap(NFC);
-    assert_eq!(
-        signed_out(&effects),
-        Some(("u-alice", SignOutReason::Switched))
-    );
+    assert_eq!(signed_out(&effects), None, "not before the PIN is accepted");
     assert_eq!(
         authenticate_pin(&effects),
         Some(&Pin::new("246813").unwrap())
     );
-    k.succeed(bob());
+    let effects = k.succeed(bob());
+    assert_eq!(
+        signed_out(&effects),
+        Some(("u-alice", SignOutReason::Switched))
+    );
     assert_eq!(k.kiosk.session().unwrap().user, bob());
 }
 
@@ -2170,6 +2303,7 @@ fn generated() -> impl Strategy<Value = Generated> {
         4 => (0..10usize, any::<bool>())
             .prop_map(|(digits, enter)| Generated::TypePin { digits, enter }),
         1 => event(Event::SignOutRequested),
+        1 => event(Event::Shutdown),
         1 => event(Event::ServerReachable),
         1 => event(Event::ServerUnreachable),
         2 => event(Event::Tick),
@@ -2309,7 +2443,9 @@ impl Observer {
         if !kiosk.pin_form_active() {
             prop_assert!(kiosk.form_first.is_empty() && kiosk.form_new.is_empty());
         }
-        let signed_in = matches!(kiosk.state(), State::SignedIn { .. });
+        // A worker waiting for a fast user switch is still signed in.
+        let signed_in = matches!(kiosk.state(), State::SignedIn { .. })
+            || kiosk.switching_from().is_some();
         prop_assert_eq!(signed_in, self.session_open);
         if signed_in && !was_signed_in {
             prop_assert!(event_was_auth_success);
@@ -2346,7 +2482,8 @@ proptest! {
             now += pause;
             for event in generated.into_events(kiosk.last_work) {
                 let event_was_auth_success = matches!(event, Event::AuthSucceeded { .. });
-                let was_signed_in = matches!(kiosk.state(), State::SignedIn { .. });
+                let was_signed_in = matches!(kiosk.state(), State::SignedIn { .. })
+                    || kiosk.switching_from().is_some();
                 let effects = kiosk.handle_event(event, now);
                 observer.check(&kiosk, event_was_auth_success, was_signed_in, &effects, now)?;
             }
