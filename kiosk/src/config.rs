@@ -35,6 +35,12 @@
 //! header_read_timeout_seconds = 10     # a request's headers must be in by then (1 to 3600)
 //! idle_timeout_seconds = 60            # nothing read or written for this long: closed (1 to 3600)
 //! max_connections = 128                # open at once (every app comes from loopback)
+//!
+//! [admin]
+//! exit_keys = "ctrl-alt-x"             # opens the administrator's exit; keys separated by spaces
+//!                                      # ("f10 f10 f10"), each f1-f12 or held with ctrl- or alt-
+//! exit_passcode_hash = "$argon2id$..." # written by `pivtap kiosk set-exit-passcode`; unset: only
+//!                                      # a signal (SIGTERM from the service manager) stops the kiosk
 //! ```
 //!
 //! Paths are relative to the configuration file's directory.
@@ -46,6 +52,7 @@ use std::time::Duration;
 use pivtap_server_client::device::DeviceCredential;
 use serde::Deserialize;
 
+use crate::admin_exit::{ExitKeys, ExitPasscodeHash};
 use crate::core::{CoreConfig, Flow, SessionPolicy};
 
 /// The whole configuration.
@@ -71,6 +78,28 @@ pub struct KioskConfig {
     /// The local session API.
     #[serde(default)]
     pub local_api: LocalApiSection,
+    /// The administrator's exit.
+    #[serde(default)]
+    pub admin: AdminSection,
+}
+
+/// `[admin]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminSection {
+    /// The key sequence that opens the administrator's exit.
+    pub exit_keys: String,
+    /// The exit passcode's Argon2id hash (PHC string); `None`: only a signal stops the kiosk.
+    pub exit_passcode_hash: Option<String>,
+}
+
+impl Default for AdminSection {
+    fn default() -> Self {
+        AdminSection {
+            exit_keys: crate::admin_exit::DEFAULT_EXIT_KEYS.to_owned(),
+            exit_passcode_hash: None,
+        }
+    }
 }
 
 /// `[server]`
@@ -309,6 +338,17 @@ impl KioskConfig {
         if !(1..=100_000).contains(&self.local_api.max_connections) {
             return Err(invalid("local_api.max_connections", "1 to 100000"));
         }
+        if let Err(error) = self.admin.exit_keys.parse::<ExitKeys>() {
+            return Err(invalid("admin.exit_keys", &error.to_string()));
+        }
+        if let Some(Err(error)) = self
+            .admin
+            .exit_passcode_hash
+            .as_deref()
+            .map(ExitPasscodeHash::parse)
+        {
+            return Err(invalid("admin.exit_passcode_hash", &error.to_string()));
+        }
         if !self.local_api.listen.ip().is_loopback() {
             return Err(invalid(
                 "local_api.listen",
@@ -344,6 +384,21 @@ impl KioskConfig {
             )));
         }
         Ok(Some(credential))
+    }
+
+    /// The key sequence of the administrator's exit (checked by [`KioskConfig::validate`]).
+    #[must_use]
+    pub fn exit_keys(&self) -> ExitKeys {
+        self.admin.exit_keys.parse().unwrap_or_default()
+    }
+
+    /// The exit passcode's hash, when one is set (checked by [`KioskConfig::validate`]).
+    #[must_use]
+    pub fn exit_passcode_hash(&self) -> Option<ExitPasscodeHash> {
+        self.admin
+            .exit_passcode_hash
+            .as_deref()
+            .and_then(|text| ExitPasscodeHash::parse(text).ok())
     }
 
     /// The core's settings.
@@ -429,6 +484,22 @@ mod tests {
     }
 
     #[test]
+    fn the_admin_section_names_the_exit_keys_and_passcode_hash() {
+        let base = "device = \"k\"\n[server]\nurl = \"https://a\"\n";
+        let config = load(base).unwrap();
+        assert_eq!(config.exit_keys(), ExitKeys::default());
+        assert!(config.exit_passcode_hash().is_none());
+        let hash = ExitPasscodeHash::new("a long passcode").unwrap();
+        let text = format!(
+            "{base}[admin]\nexit_keys = \"f10 f10 f10\"\nexit_passcode_hash = {:?}\n",
+            hash.as_str()
+        );
+        let config = load(&text).unwrap();
+        assert_eq!(config.exit_keys().to_string(), "f10 f10 f10");
+        assert!(config.exit_passcode_hash().unwrap().verify("a long passcode"));
+    }
+
+    #[test]
     fn every_section_and_the_checks() {
         let full = "device = \"k1\"\nflow = \"pin_then_tap\"\n[server]\nurl = \"https://a\"\npin_sha256 = \"sha256//x\"\ntimeout_seconds = 5\n[session]\nsign_out_on_removal = false\nidle_timeout_seconds = 0\nfast_user_switch = false\n[readers]\nname_contains = \"ACR\"\ncontactless_only = true\n[branding]\norganisation = \"Example\"\nprimary = \"green\"\naccent = \"#ff8800\"\nhelp_contact = \"Site office\"\n[local_api]\nlisten = \"127.0.0.1:7500\"\ntoken_file = \"t\"\n";
         let config = load(full).unwrap();
@@ -455,6 +526,14 @@ mod tests {
             (
                 "device = \"k\"\n[server]\nurl = \"https://a\"\n[local_api]\nmax_connections = 0\n",
                 "local_api.max_connections",
+            ),
+            (
+                "device = \"k\"\n[server]\nurl = \"https://a\"\n[admin]\nexit_keys = \"q\"\n",
+                "admin.exit_keys",
+            ),
+            (
+                "device = \"k\"\n[server]\nurl = \"https://a\"\n[admin]\nexit_passcode_hash = \"secret\"\n",
+                "admin.exit_passcode_hash",
             ),
         ] {
             match load(text) {

@@ -42,7 +42,10 @@ pub enum Input {
     Unblock,
     /// A function key (the demo taps and removes cards with them).
     Function(u8),
-    /// Stop the kiosk.
+    /// Something only the face shows changed (the administrator's exit): draw again.
+    Redraw,
+    /// Stop the kiosk: any session ends first ([`Event::Shutdown`]: `signed_out` with reason
+    /// `shutdown` is published and the session dropped).
     Quit,
 }
 
@@ -136,7 +139,8 @@ struct Runtime {
     on_function_key: Option<FunctionKeyHandler>,
 }
 
-/// Runs the kiosk until [`Input::Quit`] (or the input channel closes).
+/// Runs the kiosk until [`Input::Quit`] (or the input channel or the readers' updates end);
+/// before it returns, any session ends cleanly ([`Event::Shutdown`]).
 ///
 /// # Errors
 /// [`RuntimeError`] when the readers cannot be watched at all.
@@ -191,12 +195,12 @@ pub async fn run(
         tokio::select! {
             update = reader_rx.recv() => match update {
                 Some(update) => runtime.reader_update(update, face),
-                None => return Ok(()),
+                None => break,
             },
             Some(result) = job_rx.recv() => runtime.card_result(result, face),
             Some(result) = network_rx.recv() => runtime.network_result(result, face),
             input = inputs.recv() => match input {
-                None | Some(Input::Quit) => return Ok(()),
+                None | Some(Input::Quit) => break,
                 Some(input) => runtime.input(input, face),
             },
             Some(()) = sign_out_requests.recv() => runtime.core_event(Event::SignOutRequested, face),
@@ -211,6 +215,8 @@ pub async fn run(
             }
         }
     }
+    runtime.core_event(Event::Shutdown, face);
+    Ok(())
 }
 
 impl Runtime {
@@ -363,6 +369,7 @@ impl Runtime {
                     hook(number);
                 }
             }
+            Input::Redraw => face.refresh(&self.kiosk, self.server_reachable, Instant::now()),
             Input::Quit => {}
         }
     }
