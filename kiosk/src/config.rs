@@ -418,6 +418,46 @@ impl KioskConfig {
     }
 }
 
+/// `kiosk.toml`'s text with `[admin] exit_passcode_hash` set to `hash`: the key is replaced
+/// where it is, or added under `[admin]` (made at the end if missing); every other line stays
+/// as it was.
+#[must_use]
+pub fn with_exit_passcode_hash(text: &str, hash: &ExitPasscodeHash) -> String {
+    let line = format!("exit_passcode_hash = '{}'", hash.as_str());
+    let mut lines: Vec<String> = text.lines().map(str::to_owned).collect();
+    let is_header = |l: &str| l.trim_start().starts_with('[');
+    let admin = lines
+        .iter()
+        .position(|l| l.replace([' ', '\t'], "").starts_with("[admin]"));
+    match admin {
+        Some(start) => {
+            let end = lines[start + 1..]
+                .iter()
+                .position(|l| is_header(l))
+                .map_or(lines.len(), |offset| start + 1 + offset);
+            let existing = lines[start + 1..end].iter().position(|l| {
+                l.trim_start()
+                    .strip_prefix("exit_passcode_hash")
+                    .is_some_and(|rest| rest.trim_start().starts_with('='))
+            });
+            match existing {
+                Some(offset) => lines[start + 1 + offset] = line,
+                None => lines.insert(start + 1, line),
+            }
+        }
+        None => {
+            if lines.last().is_some_and(|l| !l.trim().is_empty()) {
+                lines.push(String::new());
+            }
+            lines.push("[admin]".to_owned());
+            lines.push(line);
+        }
+    }
+    let mut out = lines.join("\n");
+    out.push('\n');
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -481,6 +521,39 @@ mod tests {
         assert!(core.session.sign_out_on_removal);
         assert_eq!(core.session.idle_timeout, Some(Duration::from_secs(900)));
         assert_eq!(core.help_contact, "your IT service desk");
+    }
+
+    #[test]
+    fn setting_the_exit_passcode_hash_keeps_the_rest_of_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("kiosk.toml");
+        let first = ExitPasscodeHash::new("first passcode").unwrap();
+        let second = ExitPasscodeHash::new("second passcode").unwrap();
+        let base = "# the kiosk\ndevice = \"k\"\n\n[server]\nurl = \"https://a\"  # here\n";
+        let added = with_exit_passcode_hash(base, &first);
+        assert!(added.starts_with(base), "{added}");
+        std::fs::write(&path, &added).unwrap();
+        let config = KioskConfig::load(&path).unwrap();
+        assert!(config.exit_passcode_hash().unwrap().verify("first passcode"));
+
+        // An [admin] section in the middle: the key is replaced there, nothing else moves.
+        let middle = format!(
+            "{base}[admin]\nexit_keys = \"f10 f10\"\nexit_passcode_hash = '{}'\n\n[readers]\nname_contains = \"ACR\"\n",
+            first.as_str()
+        );
+        let replaced = with_exit_passcode_hash(&middle, &second);
+        assert_eq!(replaced, middle.replace(first.as_str(), second.as_str()));
+        std::fs::write(&path, &replaced).unwrap();
+        let config = KioskConfig::load(&path).unwrap();
+        assert!(config.exit_passcode_hash().unwrap().verify("second passcode"));
+        assert_eq!(config.exit_keys().to_string(), "f10 f10");
+        assert_eq!(config.readers.name_contains, "ACR");
+
+        // An [admin] section without the key gets it.
+        let without = format!("{base}[admin]\nexit_keys = \"f10 f10\"\n");
+        std::fs::write(&path, with_exit_passcode_hash(&without, &first)).unwrap();
+        let config = KioskConfig::load(&path).unwrap();
+        assert!(config.exit_passcode_hash().unwrap().verify("first passcode"));
     }
 
     #[test]

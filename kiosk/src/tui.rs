@@ -17,6 +17,7 @@ use ratatui::text::{Line, Span};
 use ratatui::widgets::{Block, BorderType, Padding, Paragraph, Wrap};
 use time::OffsetDateTime;
 
+use crate::admin_exit::ExitScreen;
 use crate::core::{
     CardSummary, Flow, KeyInput, Notice, NoticeCode, PIN_MIN_DIGITS, PinForm, PinFormPurpose,
     PinFormStep, PinPrompt, Session, State, Step,
@@ -54,6 +55,9 @@ pub struct View<'a> {
     pub clock: OffsetDateTime,
     /// The demo's help lines (function keys, demo PINs), shown in a panel of their own.
     pub demo_help: Option<&'a [String]>,
+    /// The administrator's exit, when its key sequence was pressed: shown instead of the
+    /// kiosk's message.
+    pub exit: Option<ExitScreen>,
 }
 
 /// What a key press means to the kiosk.
@@ -67,7 +71,8 @@ pub enum UiKey {
     ChangePin,
     /// `u` or `U`: on the blocked screen, unblock the PIN with the PUK.
     Unblock,
-    /// `q` or Ctrl-C: leave the kiosk.
+    /// `q`, `Q` or Ctrl-C: leave the demo (the production kiosk ignores them: see
+    /// [`crate::admin_exit`]).
     Quit,
     /// F1 to F12, for the runtime (the demo maps them to taps and removals).
     Function(u8),
@@ -118,7 +123,11 @@ pub fn render(frame: &mut Frame, view: &View) {
         Some(help) => render_demo_panel(frame, middle, help),
         None => middle,
     };
-    render_message(frame, message, message_lines(view), view.branding);
+    let lines = match view.exit {
+        Some(exit) => exit_lines(exit, view),
+        None => message_lines(view),
+    };
+    render_message(frame, message, lines, view.branding);
     render_status(frame, status, connections, device_and_clock);
 }
 
@@ -142,7 +151,7 @@ pub fn key_input(event: &KeyEvent) -> Option<UiKey> {
         KeyCode::Char('s' | 'S') => Some(UiKey::SignOut),
         KeyCode::Char('c' | 'C') => Some(UiKey::ChangePin),
         KeyCode::Char('u' | 'U') => Some(UiKey::Unblock),
-        KeyCode::Char('q') => Some(UiKey::Quit),
+        KeyCode::Char('q' | 'Q') => Some(UiKey::Quit),
         KeyCode::Backspace => Some(UiKey::Core(KeyInput::Backspace)),
         KeyCode::Enter => Some(UiKey::Core(KeyInput::Enter)),
         KeyCode::Esc => Some(UiKey::Core(KeyInput::Escape)),
@@ -405,6 +414,54 @@ fn message_lines(view: &View) -> Vec<Line<'static>> {
         State::Error { notice, .. } => {
             lines.push(headline("Sign-in did not work".to_owned()));
             push_notice(&mut lines, notice);
+        }
+    }
+    lines
+}
+
+/// The administrator's exit: the passcode prompt (masked), or why it cannot be used now.
+fn exit_lines(exit: ExitScreen, view: &View) -> Vec<Line<'static>> {
+    let headline = Line::styled(
+        "Administrator exit",
+        Style::new()
+            .fg(view.branding.accent)
+            .add_modifier(Modifier::BOLD),
+    );
+    let mut lines = vec![headline, Line::default()];
+    match exit {
+        ExitScreen::Passcode { typed } => {
+            lines.push(Line::from("Enter the exit passcode"));
+            lines.push(Line::styled("●".repeat(typed.min(32)), PIN_DOTS));
+            lines.push(Line::default());
+            lines.push(Line::styled(
+                "Enter to stop the kiosk · Esc to go back",
+                HINT,
+            ));
+        }
+        ExitScreen::NoPasscode => {
+            lines.push(Line::from(
+                "No exit passcode is set for this kiosk, so it cannot be stopped from here.",
+            ));
+            lines.push(Line::from(
+                "Stop it from its service manager (systemctl stop) or with a signal (SIGTERM).",
+            ));
+            lines.push(Line::styled(
+                "To allow this exit, run pivtap kiosk set-exit-passcode.",
+                HINT,
+            ));
+        }
+        ExitScreen::Wrong { retry_at } => {
+            let seconds = retry_at
+                .saturating_duration_since(view.now)
+                .as_millis()
+                .div_ceil(1000);
+            lines.push(Line::styled("Wrong passcode.", WARNING));
+            if seconds > 0 {
+                lines.push(Line::styled(
+                    format!("Try again in {seconds} s"),
+                    CAUTION,
+                ));
+            }
         }
     }
     lines
@@ -728,6 +785,7 @@ mod tests {
                 now,
                 clock: clock(),
                 demo_help,
+                exit: None,
             },
             width,
             height,
@@ -848,6 +906,46 @@ mod tests {
     }
 
     #[test]
+    fn the_administrators_exit_covers_the_message_and_masks_the_passcode() {
+        let mut driver = Driver::new(Flow::TapThenPin);
+        driver.sign_in();
+        let readers = BTreeSet::from([DESK.to_owned()]);
+        let render_exit = |exit| {
+            render_view(
+                &View {
+                    state: driver.kiosk.state(),
+                    flow: Flow::TapThenPin,
+                    readers: &readers,
+                    server_reachable: true,
+                    branding: &branding(),
+                    device: "kiosk-07",
+                    now: driver.now,
+                    clock: clock(),
+                    demo_help: None,
+                    exit: Some(exit),
+                },
+                80,
+                24,
+            )
+        };
+        let buffer = render_exit(ExitScreen::Passcode { typed: 5 });
+        assert_shows(
+            &buffer,
+            &["Administrator exit", "Enter the exit passcode", "●●●●●"],
+        );
+        assert!(!screen(&buffer).contains("Signed in: Alice Field"));
+        assert_shows(
+            &render_exit(ExitScreen::NoPasscode),
+            &["No exit passcode is set", "SIGTERM"],
+        );
+        let retry_at = driver.now + Duration::from_millis(4200);
+        assert_shows(
+            &render_exit(ExitScreen::Wrong { retry_at }),
+            &["Wrong passcode.", "Try again in 5 s"],
+        );
+    }
+
+    #[test]
     fn reader_missing_says_what_to_do() {
         let mut driver = Driver::new(Flow::TapThenPin);
         driver.send(Event::ReaderRemoved {
@@ -865,6 +963,7 @@ mod tests {
                 now: driver.now,
                 clock: clock(),
                 demo_help: None,
+                exit: None,
             },
             80,
             24,
@@ -1165,6 +1264,7 @@ mod tests {
             now: driver.now,
             clock: clock(),
             demo_help: None,
+            exit: None,
         };
         let buffer = render_view(&view, 100, 24);
         assert_shows(
@@ -1252,6 +1352,7 @@ mod tests {
                     now: driver.now,
                     clock: clock(),
                     demo_help,
+                    exit: None,
                 };
                 let buffer = render_view(&view, width, height);
                 assert!(!screen(&buffer).contains('\u{1b}'));
@@ -1326,6 +1427,7 @@ mod tests {
             (KeyCode::Char('s'), Some(UiKey::SignOut)),
             (KeyCode::Char('S'), Some(UiKey::SignOut)),
             (KeyCode::Char('q'), Some(UiKey::Quit)),
+            (KeyCode::Char('Q'), Some(UiKey::Quit)),
             (KeyCode::Char('c'), Some(UiKey::ChangePin)),
             (KeyCode::Char('C'), Some(UiKey::ChangePin)),
             (KeyCode::Char('u'), Some(UiKey::Unblock)),
