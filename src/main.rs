@@ -5,6 +5,7 @@ mod commands;
 mod enrollment;
 mod issuer;
 
+use std::io::IsTerminal;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
@@ -50,6 +51,8 @@ enum Command {
     Bench(commands::bench::BenchCommand),
 }
 
+/// Exit code for a usage error.
+const EXIT_USAGE: u8 = 2;
 /// Exit code for a wrong PIN.
 const EXIT_WRONG_PIN: u8 = 3;
 /// Exit code for a blocked PIN.
@@ -70,6 +73,8 @@ fn main() -> ExitCode {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_filter)),
         )
         .with_writer(std::io::stderr)
+        // Colour codes only for a terminal: a log file or the journal gets plain text.
+        .with_ansi(std::io::stderr().is_terminal())
         .init();
     let result = match cli.command {
         Command::Vcard(command) => commands::vcard::run(*command),
@@ -91,6 +96,9 @@ fn main() -> ExitCode {
 }
 
 fn exit_code(error: &anyhow::Error) -> u8 {
+    if error.is::<commands::kiosk::NoTerminal>() {
+        return EXIT_USAGE;
+    }
     match error.downcast_ref::<PivError>() {
         Some(PivError::WrongPin { .. }) => EXIT_WRONG_PIN,
         Some(PivError::PinBlocked) => EXIT_PIN_BLOCKED,

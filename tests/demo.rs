@@ -1,9 +1,12 @@
 //! `pivtap demo` end to end: the kiosk against a real server over HTTPS on loopback with in-process virtual cards — headless (the JSON events) and the terminal UI driven under tmux as a person would.
 
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::Value;
+
+mod common;
+use common::Tmux;
 
 fn pivtap() -> &'static str {
     env!("CARGO_BIN_EXE_pivtap")
@@ -95,64 +98,6 @@ fn check_story(args: &[&str]) {
     // The PINs typed never appear in the output.
     for pin in ["123456", "24681357", "999999"] {
         assert!(!stdout.contains(pin), "{pin} leaked");
-    }
-}
-
-/// Drives `pivtap demo` in a tmux session: keys in, screen text out.
-struct Tmux {
-    session: String,
-}
-
-impl Tmux {
-    fn start(command: &str) -> Self {
-        let session = format!("pivtap-test-{}", std::process::id());
-        let status = Command::new("tmux")
-            .args(["new-session", "-d", "-s", &session, "-x", "100", "-y", "30", command])
-            .status()
-            .unwrap_or_else(|e| panic!("tmux is needed for this test (apt-get install tmux; scripts/setup-debian does): {e}"));
-        assert!(status.success(), "tmux new-session failed");
-        Tmux { session }
-    }
-
-    fn keys(&self, keys: &[&str]) {
-        let status = Command::new("tmux")
-            .args(["send-keys", "-t", &self.session])
-            .args(keys)
-            .status()
-            .unwrap();
-        assert!(status.success());
-    }
-
-    fn screen(&self) -> String {
-        let output = Command::new("tmux")
-            .args(["capture-pane", "-p", "-t", &self.session])
-            .output()
-            .unwrap();
-        String::from_utf8_lossy(&output.stdout).into_owned()
-    }
-
-    /// Waits (at most 10 s) until the screen shows `text`.
-    fn wait_for(&self, text: &str) -> String {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            let screen = self.screen();
-            if screen.contains(text) {
-                return screen;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "the screen never showed {text:?}:\n{screen}"
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
-}
-
-impl Drop for Tmux {
-    fn drop(&mut self) {
-        let _ = Command::new("tmux")
-            .args(["kill-session", "-t", &self.session])
-            .status();
     }
 }
 

@@ -3,6 +3,7 @@
 //! The fixture CA and cards are built into the binary, so the demo needs
 //! nothing but the build. Function keys tap and remove each worker's card.
 
+use std::io::IsTerminal;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -25,8 +26,13 @@ use zeroize::Zeroizing;
 
 /// `pivtap demo`
 #[derive(Args, Debug)]
+#[command(after_help = "Examples:\n  \
+    pivtap demo                # the kiosk's screen: F1-F3 tap badges, Q quits\n  \
+    pivtap demo --headless     # the scripted story as JSON events\n  \
+    pivtap demo | cat          # no terminal: the scripted story in words")]
 pub struct DemoArgs {
     /// No terminal UI: run a scripted sequence of taps and print the JSON events.
+    /// Without a terminal (and without --headless) the same story is told in words.
     #[arg(long)]
     headless: bool,
     /// Put the cards in pcscd's virtual reader "Virtual PCD 00 00" (vsmartcard
@@ -142,13 +148,25 @@ async fn demo(args: DemoArgs) -> anyhow::Result<()> {
         board,
         on_function_key: Some(toggle),
     };
-    let result = if args.headless {
+    let terminal = std::io::stdin().is_terminal() && std::io::stdout().is_terminal();
+    crate::commands::kiosk::quit_on_signals(inputs_tx.clone())?;
+    let result = if args.headless || !terminal {
         let (events_tx, events_rx) = unbounded_channel();
+        let narrate = !args.headless;
+        let inner: Box<dyn Face> = if narrate {
+            println!(
+                "pivtap demo: no terminal, so here is the scripted story in words \
+                 (run it in a terminal for the kiosk's screen, or with --headless for JSON)."
+            );
+            Box::new(TextFace)
+        } else {
+            Box::new(HeadlessFace::new(std::io::stdout()))
+        };
         let mut face = ScriptFace {
-            inner: HeadlessFace::new(std::io::stdout()),
+            inner,
             events: events_tx,
         };
-        let script = tokio::spawn(script(inputs_tx, events_rx));
+        let script = tokio::spawn(script(inputs_tx, events_rx, narrate));
         let run = runtime::run(parts, &mut face, inputs_rx).await;
         let outcome = script.await.context("the demo script failed")?;
         run?;
@@ -168,8 +186,9 @@ async fn demo(args: DemoArgs) -> anyhow::Result<()> {
             },
             DEVICE.to_owned(),
             Some(help),
+            pivtap_kiosk::terminal::QuitKeys::Demo,
         );
-        pivtap_kiosk::terminal::TerminalFace::read_keys(inputs_tx);
+        face.read_keys(inputs_tx);
         Ok(runtime::run(parts, &mut face, inputs_rx).await?)
     };
     server.stop();
@@ -261,10 +280,52 @@ async fn start_local_api(dir: &std::path::Path, board: SessionBoard) {
     });
 }
 
-/// The headless face, also telling the script what happened.
+/// The headless face (or the story in words), also telling the script what happened.
 struct ScriptFace {
-    inner: HeadlessFace<std::io::Stdout>,
+    inner: Box<dyn Face>,
     events: UnboundedSender<SessionEvent>,
+}
+
+/// The demo without a terminal: each session event as a sentence.
+struct TextFace;
+
+impl Face for TextFace {
+    fn refresh(
+        &mut self,
+        _kiosk: &pivtap_kiosk::core::Kiosk,
+        _server_reachable: bool,
+        _now: std::time::Instant,
+    ) {
+    }
+
+    fn session_event(&mut self, event: &SessionEvent, _token: Option<&str>) {
+        if let Some(line) = describe(event) {
+            println!("   {line}");
+        }
+    }
+}
+
+/// A session event in words (no token, no PIN: events never carry them).
+fn describe(event: &SessionEvent) -> Option<String> {
+    Some(match event {
+        SessionEvent::CardPresent { reader } => format!("The kiosk sees a badge on {reader}."),
+        SessionEvent::PinRequired { tries_left } => match tries_left {
+            Some(tries) => format!("It asks for the PIN ({tries} tries left)."),
+            None => "It asks for the PIN.".to_owned(),
+        },
+        SessionEvent::SignedIn { user, .. } => {
+            format!("Signed in: {} ({}).", user.display_name, user.id)
+        }
+        SessionEvent::SignedOut { user_id, reason } => {
+            let reason = serde_json::to_value(reason)
+                .ok()
+                .and_then(|v| v.as_str().map(|r| r.replace('_', " ")))
+                .unwrap_or_default();
+            format!("Signed out: {user_id} ({reason}).")
+        }
+        SessionEvent::Error(notice) => notice.message.clone(),
+        _ => return None,
+    })
 }
 
 impl Face for ScriptFace {
@@ -289,8 +350,14 @@ impl Face for ScriptFace {
 async fn script(
     inputs: UnboundedSender<Input>,
     mut events: UnboundedReceiver<SessionEvent>,
+    narrate: bool,
 ) -> anyhow::Result<()> {
     let send = |input: Input| {
+        if narrate {
+            if let Some(line) = narration(&input) {
+                println!("{line}");
+            }
+        }
         inputs
             .send(input)
             .map_err(|_| anyhow::anyhow!("the kiosk stopped"))
@@ -322,6 +389,20 @@ async fn script(
     send(Input::Function(3))?;
     send(Input::Quit)?;
     Ok(())
+}
+
+/// What the script does, in words (the PINs only as dots).
+fn narration(input: &Input) -> Option<String> {
+    Some(match input {
+        Input::Function(key) => {
+            let worker = WORKERS.get(usize::from(*key).checked_sub(1)?)?;
+            format!("» {} puts their badge on the reader or takes it away (F{key}).", worker.name)
+        }
+        Input::Pin(pin) => format!("» The worker types a PIN: {}", "•".repeat(pin.len())),
+        Input::SignOut => "» The worker presses S to sign out.".to_owned(),
+        Input::Quit => "» The demo ends.".to_owned(),
+        _ => return None,
+    })
 }
 
 /// Waits (at most 20 s) for the next event of a kind, passing over others.

@@ -430,3 +430,67 @@ pub fn unlimited_budgets(config: String) -> String {
     );
     edited.join("\n") + "\n"
 }
+
+/// Drives a terminal program (`pivtap demo`, `pivtap kiosk`) in a tmux session: keys in,
+/// screen text out. Dropped, it ends the session.
+pub struct Tmux {
+    session: String,
+}
+
+impl Tmux {
+    /// Starts `command` (a shell command line) in a 100x30 tmux session.
+    pub fn start(command: &str) -> Self {
+        static SESSIONS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let number = SESSIONS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let session = format!("pivtap-test-{}-{number}", std::process::id());
+        let status = Command::new("tmux")
+            .args(["new-session", "-d", "-s", &session, "-x", "100", "-y", "30", command])
+            .status()
+            .unwrap_or_else(|e| panic!("tmux is needed for this test (apt-get install tmux; scripts/setup-debian does): {e}"));
+        assert!(status.success(), "tmux new-session failed");
+        Tmux { session }
+    }
+
+    /// Sends keys (tmux key names: "F1", "Enter", "C-c", "C-M-x").
+    pub fn keys(&self, keys: &[&str]) {
+        let status = Command::new("tmux")
+            .args(["send-keys", "-t", &self.session])
+            .args(keys)
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+
+    /// The screen's text now.
+    pub fn screen(&self) -> String {
+        let output = Command::new("tmux")
+            .args(["capture-pane", "-p", "-t", &self.session])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    }
+
+    /// Waits (at most 10 s) until the screen shows `text`.
+    pub fn wait_for(&self, text: &str) -> String {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let screen = self.screen();
+            if screen.contains(text) {
+                return screen;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the screen never showed {text:?}:\n{screen}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+impl Drop for Tmux {
+    fn drop(&mut self) {
+        let _ = Command::new("tmux")
+            .args(["kill-session", "-t", &self.session])
+            .status();
+    }
+}
