@@ -16,8 +16,14 @@
 //!
 //! [session]
 //! sign_out_on_removal = true           # the badge leaving the reader signs the worker out
+//!                                      # (default: true for tap_then_pin, false for pin_then_tap,
+//!                                      # whose badge only touches the reader briefly)
 //! idle_timeout_seconds = 900           # sign out after this long without a key or a tap; 0 = never
-//! fast_user_switch = true              # another worker's tap signs the current worker out
+//!                                      # (default: 900 for tap_then_pin, 300 for pin_then_tap)
+//! fast_user_switch = true              # another worker's tap switches to them once their PIN is
+//!                                      # accepted (the current worker stays signed in until then)
+//! pin_hold_seconds = 30                # pin_then_tap: a typed PIN waits this long for the tap
+//!                                      # (5 to 600; the screen counts it down)
 //!
 //! [readers]
 //! name_contains = ""                   # only readers whose name contains this (any case)
@@ -133,20 +139,37 @@ fn default_timeout() -> u64 {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct SessionSection {
-    /// Removal signs out.
-    pub sign_out_on_removal: bool,
-    /// Seconds without activity before sign-out; 0 = never.
-    pub idle_timeout_seconds: u64,
+    /// Removal signs out; unset: the flow's default ([`SessionSection::defaults_for`]).
+    pub sign_out_on_removal: Option<bool>,
+    /// Seconds without activity before sign-out; 0 = never; unset: the flow's default.
+    pub idle_timeout_seconds: Option<u64>,
     /// A new tap switches workers.
     pub fast_user_switch: bool,
+    /// PIN then tap: how long a typed PIN waits for the tap.
+    pub pin_hold_seconds: u64,
 }
 
 impl Default for SessionSection {
     fn default() -> Self {
         SessionSection {
-            sign_out_on_removal: true,
-            idle_timeout_seconds: 900,
+            sign_out_on_removal: None,
+            idle_timeout_seconds: None,
             fast_user_switch: true,
+            pin_hold_seconds: 30,
+        }
+    }
+}
+
+impl SessionSection {
+    /// The defaults that fit `flow`, as (`sign_out_on_removal`, `idle_timeout_seconds`): a badge
+    /// resting on a desk reader (tap then PIN) keeps the session while it stays; a badge held
+    /// briefly to an NFC reader (PIN then tap) leaves at once, so removal must not sign out and
+    /// the idle time-out is shorter.
+    #[must_use]
+    pub fn defaults_for(flow: Flow) -> (bool, u64) {
+        match flow {
+            Flow::TapThenPin => (true, 900),
+            Flow::PinThenTap => (false, 300),
         }
     }
 }
@@ -323,6 +346,9 @@ impl KioskConfig {
                 "give device_key and device_certificate together (from `pivtap kiosk enroll-device`)",
             ));
         }
+        if !(5..=600).contains(&self.session.pin_hold_seconds) {
+            return Err(invalid("session.pin_hold_seconds", "5 to 600"));
+        }
         if !(1..=300).contains(&self.server.timeout_seconds) {
             return Err(invalid("server.timeout_seconds", "1 to 300"));
         }
@@ -404,14 +430,16 @@ impl KioskConfig {
     /// The core's settings.
     #[must_use]
     pub fn core(&self) -> CoreConfig {
+        let (removal, idle) = SessionSection::defaults_for(self.flow);
+        let idle = self.session.idle_timeout_seconds.unwrap_or(idle);
         CoreConfig {
             flow: self.flow,
             session: SessionPolicy {
-                sign_out_on_removal: self.session.sign_out_on_removal,
-                idle_timeout: (self.session.idle_timeout_seconds > 0)
-                    .then(|| Duration::from_secs(self.session.idle_timeout_seconds)),
+                sign_out_on_removal: self.session.sign_out_on_removal.unwrap_or(removal),
+                idle_timeout: (idle > 0).then(|| Duration::from_secs(idle)),
                 fast_user_switch: self.session.fast_user_switch,
             },
+            pin_hold_timeout: Duration::from_secs(self.session.pin_hold_seconds),
             help_contact: self.branding.help_contact.clone(),
             ..CoreConfig::default()
         }
@@ -520,7 +548,34 @@ mod tests {
         let core = config.core();
         assert!(core.session.sign_out_on_removal);
         assert_eq!(core.session.idle_timeout, Some(Duration::from_secs(900)));
+        assert_eq!(core.pin_hold_timeout, Duration::from_secs(30));
         assert_eq!(core.help_contact, "your IT service desk");
+    }
+
+    #[test]
+    fn each_flow_has_its_own_session_defaults_and_explicit_settings_win() {
+        let base = "device = \"k\"\nflow = \"pin_then_tap\"\n[server]\nurl = \"https://a\"\n";
+        let core = load(base).unwrap().core();
+        assert!(
+            !core.session.sign_out_on_removal,
+            "a brief NFC tap must not end the session it starts"
+        );
+        assert_eq!(core.session.idle_timeout, Some(Duration::from_secs(300)));
+        let explicit = format!(
+            "{base}[session]\nsign_out_on_removal = true\nidle_timeout_seconds = 0\npin_hold_seconds = 45\n"
+        );
+        let core = load(&explicit).unwrap().core();
+        assert!(core.session.sign_out_on_removal);
+        assert_eq!(core.session.idle_timeout, None);
+        assert_eq!(core.pin_hold_timeout, Duration::from_secs(45));
+        let desk = "device = \"k\"\n[server]\nurl = \"https://a\"\n[session]\nsign_out_on_removal = false\n";
+        assert!(!load(desk).unwrap().core().session.sign_out_on_removal);
+        match load(&format!("{base}[session]\npin_hold_seconds = 2\n")) {
+            Err(KioskConfigError::Invalid { field, .. }) => {
+                assert_eq!(field, "session.pin_hold_seconds");
+            }
+            other => panic!("a 2 s hold: {other:?}"),
+        }
     }
 
     #[test]

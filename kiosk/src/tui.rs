@@ -333,6 +333,7 @@ fn message_lines(view: &View) -> Vec<Line<'static>> {
             }));
             lines.push(Line::default());
             push_prompt(&mut lines, prompt, view.now);
+            push_hold(&mut lines, prompt, view.now);
             lines.push(Line::default());
             lines.push(Line::styled("Esc to clear", HINT));
         }
@@ -396,6 +397,7 @@ fn message_lines(view: &View) -> Vec<Line<'static>> {
                     "Next worker: type your PIN"
                 }));
                 push_prompt(&mut lines, prompt, view.now);
+                push_hold(&mut lines, prompt, view.now);
             }
         }
         State::PinBlocked { notice, .. } => {
@@ -558,6 +560,22 @@ fn push_prompt(lines: &mut Vec<Line<'static>>, prompt: &PinPrompt, now: Instant)
         (None, Some(notice)) => lines.push(Line::from(notice.message.clone())),
         (None, None) => {}
     }
+}
+
+/// PIN then tap: how much longer the typed PIN is kept, counting down.
+fn push_hold(lines: &mut Vec<Line<'static>>, prompt: &PinPrompt, now: Instant) {
+    if prompt.digits == 0 {
+        return;
+    }
+    let seconds = prompt
+        .forget_at
+        .saturating_duration_since(now)
+        .as_millis()
+        .div_ceil(1000);
+    lines.push(Line::styled(
+        format!("PIN kept for {seconds} s, then cleared"),
+        HINT,
+    ));
 }
 
 fn greeting(card: &CardSummary) -> String {
@@ -903,6 +921,27 @@ mod tests {
         let buffer = driver.render(80, 24);
         assert_shows(&buffer, &["●●●●●●", "Now tap your badge"]);
         assert!(!screen(&buffer).contains(ALICE_PIN));
+    }
+
+    #[test]
+    fn the_held_pin_counts_down_its_hold_time() {
+        let mut driver = Driver::new(Flow::PinThenTap);
+        driver.type_digits("918273");
+        assert_shows(
+            &driver.render(80, 24),
+            &["PIN kept for 30 s, then cleared"],
+        );
+        driver.now += Duration::from_millis(12_500);
+        assert_shows(
+            &driver.render(80, 24),
+            &["PIN kept for 18 s, then cleared"],
+        );
+        // Typing again starts the hold over.
+        driver.type_digits("4");
+        assert_shows(
+            &driver.render(80, 24),
+            &["PIN kept for 30 s, then cleared"],
+        );
     }
 
     #[test]
