@@ -79,6 +79,14 @@ pub struct Kiosk {
     /// ends ([`SignOutReason::Switched`]) only once the new worker's PIN is accepted; if the
     /// new sign-in is cancelled or fails, the kiosk returns to it.
     switching_from: Option<Session>,
+    /// PIN then tap: the held PIN, taken out of the typing buffer while the tapped badge is
+    /// read to learn whose it is (see [`Kiosk::on_card_read`]).
+    pin_awaiting_read: Option<Pin>,
+    /// PIN then tap, after a wrong PIN: the badge that refused it. The PIN typed next is for that
+    /// badge; another badge arriving clears it instead of spending one of its tries.
+    pin_badge: Option<CardSummary>,
+    /// The signed-in worker's badge, as read before their PIN was checked.
+    session_badge: Option<CardSummary>,
     /// Effects of the event being handled.
     effects: Vec<Effect>,
 }
@@ -118,6 +126,9 @@ impl Kiosk {
             last_work: 0,
             scheduled_tick: None,
             switching_from: None,
+            pin_awaiting_read: None,
+            pin_badge: None,
+            session_badge: None,
             effects: Vec::new(),
         }
     }
@@ -400,12 +411,27 @@ impl Kiosk {
         }
     }
 
-    /// PIN then tap: a badge is on `reader`; sign in with the held PIN if there is one.
+    /// PIN then tap: a badge is on `reader`; sign in with the held PIN if there is one. The
+    /// badge is read first (no PIN needed), so the PIN is only spent on it once it is known
+    /// whose badge it is ([`Kiosk::on_card_read`]).
     fn use_held_pin(&mut self, reader: String, now: Instant) {
         let retry_pending = self.retry_pending(now);
         if !retry_pending {
             if let Some(pin) = self.take_pin() {
-                self.authenticate(reader, pin, None, now);
+                self.pin_awaiting_read = Some(pin);
+                let work = self.next_work();
+                self.effects.push(Effect::ReadCard {
+                    work,
+                    reader: reader.clone(),
+                });
+                self.enter(
+                    State::ReadingCard {
+                        reader,
+                        work,
+                        started_at: now,
+                    },
+                    now,
+                );
                 return;
             }
         }
@@ -443,6 +469,10 @@ impl Kiosk {
             self.block(reader, now);
             return;
         }
+        if let Some(pin) = self.pin_awaiting_read.take() {
+            self.spend_held_pin(reader, card, pin, now);
+            return;
+        }
         let prompt = self.new_prompt(now, pin_tries_left, None, self.config.pin_entry_timeout);
         if prompt.retry_at.is_none() {
             self.publish(SessionEvent::PinRequired {
@@ -457,6 +487,44 @@ impl Kiosk {
             },
             now,
         );
+    }
+
+    /// PIN then tap: the tapped badge is read; its holder is known. The held PIN is spent on
+    /// it unless it is the signed-in worker's own badge (a next worker's PIN is kept for the next
+    /// worker) or the PIN was typed for another badge after a wrong PIN (it is cleared, and the
+    /// worker told whose badge this is).
+    fn spend_held_pin(&mut self, reader: String, card: CardSummary, pin: Pin, now: Instant) {
+        let own_badge = self.switching_from.is_some()
+            && same_badge(self.session_badge.as_ref(), &card) == Some(true);
+        if own_badge {
+            // The signed-in worker tapped their own badge: they stay, the PIN waits.
+            self.rest(None, now);
+            if let State::SignedIn {
+                session,
+                next_worker,
+                ..
+            } = &mut self.state
+            {
+                session.last_activity = now;
+                self.typed_pin.push_str(&String::from_utf8_lossy(pin.as_bytes()));
+                let digits = self.typed_pin.len();
+                *next_worker = Some(PinPrompt {
+                    digits,
+                    tries_left: None,
+                    retry_at: None,
+                    notice: None,
+                    forget_at: later(now, self.config.pin_hold_timeout),
+                });
+            }
+            return;
+        }
+        if same_badge(self.pin_badge.as_ref(), &card) == Some(false) {
+            drop(pin);
+            let notice = Notice::pin_for_another_badge(card.holder_name.as_deref());
+            self.give_up(notice, now);
+            return;
+        }
+        self.authenticate(reader, pin, Some(card), now);
     }
 
     fn on_card_read_failed(&mut self, work: WorkId, failure: CardReadFailure, now: Instant) {
@@ -491,9 +559,11 @@ impl Kiosk {
         expires_at: OffsetDateTime,
         now: Instant,
     ) {
-        let Some((reader, _)) = self.reader_working(work) else {
+        let Some((reader, card)) = self.reader_working(work) else {
             return;
         };
+        self.session_badge = card;
+        self.pin_badge = None;
         self.wrong_pins_in_a_row = 0;
         self.retry_not_before = None;
         self.end_waiting_session(SignOutReason::Switched);
@@ -551,6 +621,9 @@ impl Kiosk {
         now: Instant,
     ) {
         self.wrong_pins_in_a_row = self.wrong_pins_in_a_row.saturating_add(1);
+        if self.config.flow == Flow::PinThenTap {
+            self.pin_badge.clone_from(&card);
+        }
         let delay = self.config.wrong_pin_delay.after(self.wrong_pins_in_a_row);
         self.retry_not_before = Some(later(now, delay));
         let notice = self.notify(Notice::wrong_pin(tries_left));
@@ -1051,6 +1124,8 @@ impl Kiosk {
     /// no reader, a notice to show, the server down, or waiting for a tap.
     fn rest(&mut self, notice: Option<Notice>, now: Instant) {
         self.clear_pin();
+        self.pin_badge = None;
+        self.pin_awaiting_read = None;
         if let Some(mut session) = self.switching_from.take() {
             // The new worker's sign-in did not happen: the waiting worker carries on.
             session.card_present = self.cards.contains(&session.reader);
@@ -1146,6 +1221,19 @@ fn apply_key_to_pin(typed_pin: &mut String, key: KeyInput) -> bool {
         }
         KeyInput::Backspace => typed_pin.pop().is_some(),
         KeyInput::Digit(_) | KeyInput::Enter | KeyInput::Escape => false,
+    }
+}
+
+/// Whether two reads are of the same badge: by card GUID, else by holder name; `None` when the
+/// reads cannot tell.
+fn same_badge(known: Option<&CardSummary>, card: &CardSummary) -> Option<bool> {
+    let known = known?;
+    match (&known.card_guid, &card.card_guid) {
+        (Some(a), Some(b)) => Some(a == b),
+        _ => match (&known.holder_name, &card.holder_name) {
+            (Some(a), Some(b)) => Some(a == b),
+            _ => None,
+        },
     }
 }
 

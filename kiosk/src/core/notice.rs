@@ -62,11 +62,14 @@ pub enum NoticeCode {
     OtherCard,
     /// The blocked PIN is replaced by a new one.
     CardUnblocked,
+    /// PIN then tap: after a wrong PIN, another badge was tapped; the PIN typed was cleared
+    /// without spending one of that badge's tries.
+    PinForAnotherBadge,
 }
 
 impl NoticeCode {
     /// Every code, for documentation and tests.
-    pub const ALL: [NoticeCode; 24] = [
+    pub const ALL: [NoticeCode; 25] = [
         NoticeCode::WrongPin,
         NoticeCode::PinTooShort,
         NoticeCode::WaitBeforeRetry,
@@ -91,6 +94,7 @@ impl NoticeCode {
         NoticeCode::TapBadge,
         NoticeCode::OtherCard,
         NoticeCode::CardUnblocked,
+        NoticeCode::PinForAnotherBadge,
     ];
 
     /// The code as it appears in JSON (`wrong_pin`).
@@ -121,6 +125,7 @@ impl NoticeCode {
             NoticeCode::TapBadge => "tap_badge",
             NoticeCode::OtherCard => "other_card",
             NoticeCode::CardUnblocked => "card_unblocked",
+            NoticeCode::PinForAnotherBadge => "pin_for_another_badge",
         }
     }
 }
@@ -286,6 +291,16 @@ impl Notice {
         Notice::new(
             NoticeCode::TimedOut,
             "Sign-in took too long. Please tap your badge again.",
+        )
+    }
+
+    pub(super) fn pin_for_another_badge(holder: Option<&str>) -> Self {
+        let whose = holder.map_or_else(|| "another worker's".to_owned(), |name| format!("{name}'s"));
+        Notice::new(
+            NoticeCode::PinForAnotherBadge,
+            format!(
+                "This is {whose} badge. The PIN typed for another badge was cleared: type your PIN, then tap."
+            ),
         )
     }
 

@@ -42,6 +42,13 @@ fn alice_card() -> CardSummary {
     }
 }
 
+fn bob_card() -> CardSummary {
+    CardSummary {
+        holder_name: Some("Bob Line".to_owned()),
+        card_guid: Some("ffeeddccbbaa99887766554433221100".to_owned()),
+    }
+}
+
 fn signed_in_at() -> OffsetDateTime {
     OffsetDateTime::from_unix_timestamp(1_750_000_000).unwrap()
 }
@@ -129,9 +136,13 @@ impl Harness {
     }
 
     fn card_read(&mut self, pin_tries_left: Option<u8>) -> Vec<Effect> {
+        self.card_read_of(alice_card(), pin_tries_left)
+    }
+
+    fn card_read_of(&mut self, card: CardSummary, pin_tries_left: Option<u8>) -> Vec<Effect> {
         self.send(Event::CardRead {
             work: self.work(),
-            card: alice_card(),
+            card,
             pin_tries_left,
         })
     }
@@ -181,6 +192,7 @@ impl Harness {
             Flow::PinThenTap => {
                 self.type_digits(ALICE_PIN);
                 self.tap(reader);
+                self.card_read(Some(3));
             }
         }
         self.succeed(user);
@@ -1199,6 +1211,7 @@ fn pin_then_tap_signs_in_on_the_tap_without_asking_again() {
         panic!("{:?}", k.state());
     };
     assert_eq!(prompt.digits, 6);
+    // The badge is read first (whose is it?), then the held PIN is spent on it.
     let effects = k.tap(NFC);
     assert_eq!(
         without_ticks(effects),
@@ -1206,15 +1219,25 @@ fn pin_then_tap_signs_in_on_the_tap_without_asking_again() {
             Effect::Publish(SessionEvent::CardPresent {
                 reader: NFC.to_owned()
             }),
-            Effect::Authenticate {
+            Effect::ReadCard {
                 work: k.work(),
                 reader: NFC.to_owned(),
-                pin: Pin::new(ALICE_PIN).unwrap(),
             },
         ]
     );
     assert!(k.kiosk.typed_pin.is_empty());
-    assert!(matches!(k.state(), State::Working { card: None, .. }));
+    let effects = k.card_read(Some(3));
+    assert_eq!(
+        without_ticks(effects),
+        [Effect::Authenticate {
+            work: k.work(),
+            reader: NFC.to_owned(),
+            pin: Pin::new(ALICE_PIN).unwrap(),
+        }]
+    );
+    assert!(
+        matches!(k.state(), State::Working { card: Some(card), .. } if *card == alice_card())
+    );
     k.succeed(alice());
     assert!(matches!(k.state(), State::SignedIn { .. }));
 }
@@ -1247,6 +1270,11 @@ fn pin_then_tap_asks_for_the_pin_when_the_badge_comes_first() {
     let effects = k.key(KeyInput::Enter);
     assert!(effects.iter().any(|effect| matches!(
         effect,
+        Effect::ReadCard { reader, .. } if reader == DESK
+    )));
+    let effects = k.card_read(Some(3));
+    assert!(effects.iter().any(|effect| matches!(
+        effect,
         Effect::Authenticate { reader, .. } if reader == DESK
     )));
 }
@@ -1263,6 +1291,7 @@ fn pin_then_tap_keeps_a_short_pin_and_says_to_finish_it() {
     assert_eq!(published_codes(&effects), [NoticeCode::PinTooShort]);
     k.type_digits("273");
     k.key(KeyInput::Enter);
+    k.card_read(Some(3));
     assert!(matches!(k.state(), State::Working { reader, .. } if reader == NFC));
 }
 
@@ -1288,6 +1317,7 @@ fn pin_then_tap_wrong_pin_asks_again_after_the_delay() {
     let mut k = Harness::pin_then_tap();
     k.type_digits(ALICE_PIN);
     k.tap(NFC);
+    k.card_read(Some(3));
     k.fail(AuthFailure::WrongPin { tries_left: 2 });
     k.remove(NFC);
     let prompt = k.prompt();
@@ -1307,7 +1337,8 @@ fn pin_then_tap_wrong_pin_asks_again_after_the_delay() {
             tries_left: Some(2)
         }]
     );
-    let effects = k.key(KeyInput::Enter);
+    k.key(KeyInput::Enter);
+    let effects = k.card_read(Some(2));
     assert_eq!(
         authenticate_pin(&effects),
         Some(&Pin::new("111111").unwrap()),
@@ -1344,6 +1375,7 @@ fn pin_then_tap_next_worker_types_the_pin_while_the_last_is_signed_in() {
     k.type_digits("246813");
     let effects = k.tap(NFC);
     assert_eq!(signed_out(&effects), None, "not before the PIN is accepted");
+    let effects = k.card_read_of(bob_card(), Some(3));
     assert_eq!(
         authenticate_pin(&effects),
         Some(&Pin::new("246813").unwrap())
@@ -1354,6 +1386,73 @@ fn pin_then_tap_next_worker_types_the_pin_while_the_last_is_signed_in() {
         Some(("u-alice", SignOutReason::Switched))
     );
     assert_eq!(k.kiosk.session().unwrap().user, bob());
+}
+
+#[test]
+fn pin_then_tap_a_pin_typed_after_a_wrong_pin_is_never_spent_on_another_badge() {
+    let mut k = Harness::pin_then_tap();
+    k.type_digits(ALICE_PIN);
+    k.tap(NFC);
+    k.card_read(Some(3));
+    k.fail(AuthFailure::WrongPin { tries_left: 2 });
+    k.remove(NFC);
+    k.wait(secs(1));
+    k.type_digits("111111");
+    // Bob taps, not Alice: the PIN typed for Alice's badge is cleared, no try of Bob's spent.
+    k.tap(NFC);
+    let effects = k.card_read_of(bob_card(), Some(3));
+    assert_eq!(authenticate_pin(&effects), None);
+    assert_eq!(published_codes(&effects), [NoticeCode::PinForAnotherBadge]);
+    assert!(k.notice().unwrap().message.contains("Bob Line's badge"));
+    assert!(k.kiosk.typed_pin.is_empty());
+    // Bob's own PIN, typed for his badge, is spent on it.
+    k.remove(NFC);
+    k.type_digits("246813");
+    k.tap(NFC);
+    let effects = k.card_read_of(bob_card(), Some(3));
+    assert_eq!(
+        authenticate_pin(&effects),
+        Some(&Pin::new("246813").unwrap())
+    );
+}
+
+#[test]
+fn pin_then_tap_a_blocked_badge_is_told_before_any_pin_is_spent() {
+    let mut k = Harness::pin_then_tap();
+    k.type_digits(ALICE_PIN);
+    k.tap(NFC);
+    let effects = k.card_read(Some(0));
+    assert_eq!(authenticate_pin(&effects), None);
+    assert!(matches!(k.state(), State::PinBlocked { .. }));
+    assert!(k.kiosk.typed_pin.is_empty());
+}
+
+#[test]
+fn pin_then_tap_the_signed_in_workers_own_tap_keeps_the_next_workers_pin() {
+    let mut k = Harness::with_policy(
+        Flow::PinThenTap,
+        SessionPolicy {
+            sign_out_on_removal: false,
+            ..SessionPolicy::default()
+        },
+    );
+    k.sign_in(NFC, alice());
+    k.remove(NFC);
+    k.type_digits("246813");
+    // Alice taps her own badge again: she stays, and Bob's PIN is not spent on her badge.
+    k.tap(NFC);
+    let effects = k.card_read(Some(3));
+    assert_eq!(authenticate_pin(&effects), None);
+    assert_eq!(signed_out(&effects), None);
+    assert_eq!(k.kiosk.session().unwrap().user, alice());
+    assert_eq!(k.prompt().digits, 6, "the next worker's PIN is still held");
+    k.remove(NFC);
+    k.tap(NFC);
+    let effects = k.card_read_of(bob_card(), Some(3));
+    assert_eq!(
+        authenticate_pin(&effects),
+        Some(&Pin::new("246813").unwrap())
+    );
 }
 
 #[test]
@@ -1954,6 +2053,7 @@ fn pin_then_tap_after_an_unblock_asks_for_the_new_pin_first() {
     let mut k = Harness::pin_then_tap();
     k.type_digits(ALICE_PIN);
     k.tap(DESK);
+    k.card_read(Some(3));
     k.fail(AuthFailure::PinBlocked);
     assert!(matches!(k.state(), State::PinBlocked { .. }));
     k.send(Event::UnblockRequested);
