@@ -1149,6 +1149,7 @@ mod tests {
         let mut driver = Driver::new(Flow::PinThenTap);
         driver.type_digits(ALICE_PIN);
         driver.tap();
+        driver.card_read(Some(3));
         driver.send(Event::AuthSucceeded {
             work: driver.work(),
             user: alice(),
