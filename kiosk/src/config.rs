@@ -24,6 +24,9 @@
 //!                                      # accepted (the current worker stays signed in until then)
 //! pin_hold_seconds = 30                # pin_then_tap: a typed PIN waits this long for the tap
 //!                                      # (5 to 600; the screen counts it down)
+//! warning_seconds = 30                 # warn this long before the idle sign-out (a key or a tap
+//!                                      # of the badge keeps the worker) and before the session's
+//!                                      # end (tap and PIN sign in again); 0 = no warning
 //!
 //! [readers]
 //! name_contains = ""                   # only readers whose name contains this (any case)
@@ -147,6 +150,8 @@ pub struct SessionSection {
     pub fast_user_switch: bool,
     /// PIN then tap: how long a typed PIN waits for the tap.
     pub pin_hold_seconds: u64,
+    /// Warn this many seconds before the idle sign-out and the session's end; 0 = never.
+    pub warning_seconds: u64,
 }
 
 impl Default for SessionSection {
@@ -156,6 +161,7 @@ impl Default for SessionSection {
             idle_timeout_seconds: None,
             fast_user_switch: true,
             pin_hold_seconds: 30,
+            warning_seconds: 30,
         }
     }
 }
@@ -346,6 +352,9 @@ impl KioskConfig {
                 "give device_key and device_certificate together (from `pivtap kiosk enroll-device`)",
             ));
         }
+        if self.session.warning_seconds > 600 {
+            return Err(invalid("session.warning_seconds", "0 (never) to 600"));
+        }
         if !(5..=600).contains(&self.session.pin_hold_seconds) {
             return Err(invalid("session.pin_hold_seconds", "5 to 600"));
         }
@@ -438,6 +447,7 @@ impl KioskConfig {
                 sign_out_on_removal: self.session.sign_out_on_removal.unwrap_or(removal),
                 idle_timeout: (idle > 0).then(|| Duration::from_secs(idle)),
                 fast_user_switch: self.session.fast_user_switch,
+                warning_lead: Duration::from_secs(self.session.warning_seconds),
             },
             pin_hold_timeout: Duration::from_secs(self.session.pin_hold_seconds),
             help_contact: self.branding.help_contact.clone(),

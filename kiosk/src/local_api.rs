@@ -227,6 +227,7 @@ impl SessionBoard {
                 }
             }
             SessionEvent::CardPresent { .. }
+            | SessionEvent::SessionEnding { .. }
             | SessionEvent::PinRequired { .. }
             | SessionEvent::Error(_)
             | SessionEvent::CurrentPinRequired { .. }

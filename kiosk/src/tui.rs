@@ -20,7 +20,7 @@ use time::OffsetDateTime;
 use crate::admin_exit::ExitScreen;
 use crate::core::{
     CardSummary, Flow, KeyInput, Notice, NoticeCode, PIN_MIN_DIGITS, PinForm, PinFormPurpose,
-    PinFormStep, PinPrompt, Session, State, Step,
+    PinFormStep, PinPrompt, Session, SignOutReason, State, Step,
 };
 
 /// How the screen looks for the organisation running the kiosk.
@@ -156,6 +156,20 @@ pub fn key_input(event: &KeyEvent) -> Option<UiKey> {
         KeyCode::Enter => Some(UiKey::Core(KeyInput::Enter)),
         KeyCode::Esc => Some(UiKey::Core(KeyInput::Escape)),
         KeyCode::F(number @ 1..=12) => Some(UiKey::Function(number)),
+        // Any other key still counts: "press any key", and activity against the idle sign-out.
+        KeyCode::Char(_)
+        | KeyCode::Tab
+        | KeyCode::BackTab
+        | KeyCode::Delete
+        | KeyCode::Insert
+        | KeyCode::Home
+        | KeyCode::End
+        | KeyCode::PageUp
+        | KeyCode::PageDown
+        | KeyCode::Up
+        | KeyCode::Down
+        | KeyCode::Left
+        | KeyCode::Right => Some(UiKey::Core(KeyInput::Other)),
         _ => None,
     }
 }
@@ -386,6 +400,25 @@ fn message_lines(view: &View) -> Vec<Line<'static>> {
                 "since {}",
                 signed_in_time(session, view)
             )));
+            if let Some(warning) = session.warning {
+                let seconds = warning
+                    .ends_at
+                    .saturating_duration_since(view.now)
+                    .as_millis()
+                    .div_ceil(1000);
+                lines.push(Line::default());
+                lines.push(Line::styled(
+                    match warning.reason {
+                        SignOutReason::Idle => format!(
+                            "Signing out in {seconds} s: press any key or tap your badge to stay"
+                        ),
+                        _ => format!(
+                            "Your session ends in {seconds} s: tap your badge to sign in again"
+                        ),
+                    },
+                    CAUTION,
+                ));
+            }
             lines.push(Line::default());
             lines.push(Line::from("Press S to sign out"));
             lines.push(Line::styled("C to change your PIN", HINT));
@@ -1145,6 +1178,31 @@ mod tests {
     }
 
     #[test]
+    fn a_session_about_to_end_shows_a_countdown_and_how_to_stay() {
+        let mut driver = Driver::new(Flow::TapThenPin);
+        driver.kiosk = Kiosk::new(CoreConfig {
+            session: crate::core::SessionPolicy {
+                sign_out_on_removal: false,
+                ..crate::core::SessionPolicy::default()
+            },
+            ..CoreConfig::default()
+        });
+        driver.send(Event::ReaderAdded {
+            reader: DESK.to_owned(),
+        });
+        driver.sign_in();
+        driver.now += Duration::from_secs(15 * 60 - 30);
+        driver.send(Event::Tick);
+        driver.now += Duration::from_secs(5);
+        assert_shows(
+            &driver.render(100, 24),
+            &["Signing out in 25 s: press any key or tap your badge to stay"],
+        );
+        driver.send(Event::Key(KeyInput::Other));
+        assert!(!screen(&driver.render(100, 24)).contains("Signing out in"));
+    }
+
+    #[test]
     fn signed_in_shows_the_next_workers_masked_pin() {
         let mut driver = Driver::new(Flow::PinThenTap);
         driver.type_digits(ALICE_PIN);
@@ -1475,10 +1533,13 @@ mod tests {
             (KeyCode::F(1), Some(UiKey::Function(1))),
             (KeyCode::F(12), Some(UiKey::Function(12))),
             (KeyCode::F(13), None),
-            (KeyCode::Char('a'), None),
-            (KeyCode::Tab, None),
-            (KeyCode::Delete, None),
-            (KeyCode::Up, None),
+            // Changed on purpose (issue 12): any other key is "any key" for the core.
+            (KeyCode::Char('a'), Some(UiKey::Core(KeyInput::Other))),
+            (KeyCode::Char(' '), Some(UiKey::Core(KeyInput::Other))),
+            (KeyCode::Tab, Some(UiKey::Core(KeyInput::Other))),
+            (KeyCode::Delete, Some(UiKey::Core(KeyInput::Other))),
+            (KeyCode::Up, Some(UiKey::Core(KeyInput::Other))),
+            (KeyCode::CapsLock, None),
         ];
         for (code, expected) in cases {
             assert_eq!(key_input(&press(code)), expected, "{code:?}");

@@ -100,6 +100,16 @@ pub enum SessionEvent {
         #[serde(with = "time::serde::rfc3339")]
         expires_at: OffsetDateTime,
     },
+    /// The session ends soon (`reason` `idle`: a key or a tap of the badge keeps it;
+    /// `expired`: tap the badge and type the PIN to sign in again).
+    SessionEnding {
+        /// Who.
+        user_id: String,
+        /// Why it would end.
+        reason: SignOutReason,
+        /// Seconds until it ends.
+        seconds_left: u64,
+    },
     /// A worker was signed out.
     SignedOut {
         /// The user id (`sub` of their token).
@@ -199,6 +209,8 @@ pub enum SignOutReason {
     Explicit,
     /// Another worker tapped in.
     Switched,
+    /// The same worker signed in again before the session ended (a fresh token).
+    Renewed,
     /// The token expired.
     Expired,
     /// The kiosk stopped (an administrator's exit, or a signal from the service manager).

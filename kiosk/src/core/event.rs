@@ -124,6 +124,9 @@ pub enum KeyInput {
     Enter,
     /// Cancel: leave PIN entry, forget a held PIN, dismiss a message.
     Escape,
+    /// Any other key: it closes a finished PIN change or unblock ("press any key") and counts
+    /// as activity (keeping a signed-in worker from the idle sign-out).
+    Other,
 }
 
 /// Why reading a card (SELECT, CHUID, certificate) failed.

@@ -40,7 +40,8 @@ pub use effect::{Effect, PinFormFailure, SessionEvent, SignOutReason};
 pub use event::{AuthFailure, CardReadFailure, Event, KeyInput, PinWorkFailure, WorkId};
 pub use notice::{Notice, NoticeCode};
 pub use state::{
-    CardSummary, PinForm, PinFormPurpose, PinFormStep, PinPrompt, Session, State, Step,
+    CardSummary, PinForm, PinFormPurpose, PinFormStep, PinPrompt, Session, SessionWarning, State,
+    Step,
 };
 
 /// The fewest digits a PIN has.
@@ -100,6 +101,8 @@ enum Timer {
     PinForgotten,
     SessionExpired,
     SessionIdle,
+    ExpiryWarning,
+    IdleWarning,
     PinFormDeadline,
 }
 
@@ -176,6 +179,7 @@ impl Kiosk {
             Event::Tick => self.scheduled_tick = None,
         }
         self.advance_time(now);
+        self.withdraw_idle_warning(now);
         self.schedule_next_tick();
         mem::take(&mut self.effects)
     }
@@ -473,6 +477,11 @@ impl Kiosk {
             self.spend_held_pin(reader, card, pin, now);
             return;
         }
+        if self.own_badge_keeps_session(&card) {
+            // The signed-in worker tapped their own badge: they stay signed in.
+            self.rest(None, now);
+            return;
+        }
         let prompt = self.new_prompt(now, pin_tries_left, None, self.config.pin_entry_timeout);
         if prompt.retry_at.is_none() {
             self.publish(SessionEvent::PinRequired {
@@ -494,9 +503,7 @@ impl Kiosk {
     /// worker) or the PIN was typed for another badge after a wrong PIN (it is cleared, and the
     /// worker told whose badge this is).
     fn spend_held_pin(&mut self, reader: String, card: CardSummary, pin: Pin, now: Instant) {
-        let own_badge = self.switching_from.is_some()
-            && same_badge(self.session_badge.as_ref(), &card) == Some(true);
-        if own_badge {
+        if self.own_badge_keeps_session(&card) {
             // The signed-in worker tapped their own badge: they stay, the PIN waits.
             self.rest(None, now);
             if let State::SignedIn {
@@ -525,6 +532,21 @@ impl Kiosk {
             return;
         }
         self.authenticate(reader, pin, Some(card), now);
+    }
+
+    /// During a fast user switch: whether the badge read is the waiting worker's own, tapped to
+    /// stay signed in. Not when their session is about to expire: then the tap signs them in
+    /// again (PIN and a fresh token).
+    fn own_badge_keeps_session(&self, card: &CardSummary) -> bool {
+        self.switching_from.as_ref().is_some_and(|waiting| {
+            !matches!(
+                waiting.warning,
+                Some(SessionWarning {
+                    reason: SignOutReason::Expired,
+                    ..
+                })
+            )
+        }) && same_badge(self.session_badge.as_ref(), card) == Some(true)
     }
 
     fn on_card_read_failed(&mut self, work: WorkId, failure: CardReadFailure, now: Instant) {
@@ -566,7 +588,15 @@ impl Kiosk {
         self.pin_badge = None;
         self.wrong_pins_in_a_row = 0;
         self.retry_not_before = None;
-        self.end_waiting_session(SignOutReason::Switched);
+        let same_worker = self
+            .switching_from
+            .as_ref()
+            .is_some_and(|waiting| waiting.user.id == user.id);
+        self.end_waiting_session(if same_worker {
+            SignOutReason::Renewed
+        } else {
+            SignOutReason::Switched
+        });
         let lifetime = Duration::try_from(expires_at - signed_in_at).unwrap_or(Duration::ZERO);
         self.publish(SessionEvent::SignedIn {
             user: user.clone(),
@@ -580,6 +610,7 @@ impl Kiosk {
             expires_at,
             ends_at: later(now, lifetime),
             last_activity: now,
+            warning: None,
         };
         self.enter(
             State::SignedIn {
@@ -764,6 +795,7 @@ impl Kiosk {
                 let reader = reader.clone();
                 self.abandon(&reader, Notice::cancelled(), now);
             }
+            KeyInput::Other => {}
             KeyInput::Digit(_) | KeyInput::Backspace => {
                 self.edit_pin(key, now, self.config.pin_entry_timeout);
             }
@@ -780,6 +812,7 @@ impl Kiosk {
                 }
             }
             KeyInput::Escape => self.rest(None, now),
+            KeyInput::Other => {}
             KeyInput::Digit(_) | KeyInput::Backspace => {
                 self.edit_pin(key, now, self.config.pin_hold_timeout);
             }
@@ -806,7 +839,7 @@ impl Kiosk {
                 *next_worker = None;
                 self.clear_pin();
             }
-            KeyInput::Enter => {}
+            KeyInput::Enter | KeyInput::Other => {}
             KeyInput::Digit(_) | KeyInput::Backspace => {
                 if next_worker.is_none() {
                     let prompt = self.new_prompt(now, None, None, self.config.pin_hold_timeout);
@@ -834,7 +867,7 @@ impl Kiosk {
                 }
             }
             KeyInput::Escape => self.rest(None, now),
-            KeyInput::Digit(_) | KeyInput::Backspace | KeyInput::Enter => {}
+            KeyInput::Digit(_) | KeyInput::Backspace | KeyInput::Enter | KeyInput::Other => {}
         }
     }
 
@@ -960,6 +993,56 @@ impl Kiosk {
         Some(later(session.last_activity, timeout))
     }
 
+    /// The session ends soon for `reason`: show it and publish `session_ending`.
+    fn warn(&mut self, reason: SignOutReason, now: Instant) {
+        let State::SignedIn { session, .. } = &self.state else {
+            return;
+        };
+        let ends_at = match reason {
+            SignOutReason::Idle => match self.idle_deadline(session) {
+                Some(at) => at,
+                None => return,
+            },
+            _ => session.ends_at,
+        };
+        let user_id = session.user.id.clone();
+        if let State::SignedIn { session, .. } = &mut self.state {
+            session.warning = Some(SessionWarning { reason, ends_at });
+        }
+        let seconds_left = ends_at
+            .saturating_duration_since(now)
+            .as_millis()
+            .div_ceil(1000);
+        self.publish(SessionEvent::SessionEnding {
+            user_id,
+            reason,
+            seconds_left: u64::try_from(seconds_left).unwrap_or(u64::MAX),
+        });
+    }
+
+    /// Activity (a key, a tap) moved the idle sign-out away: the idle warning goes.
+    fn withdraw_idle_warning(&mut self, now: Instant) {
+        let State::SignedIn { session, .. } = &self.state else {
+            return;
+        };
+        let Some(SessionWarning {
+            reason: SignOutReason::Idle,
+            ..
+        }) = session.warning
+        else {
+            return;
+        };
+        let lead = self.config.session.warning_lead;
+        let still_due = self
+            .idle_deadline(session)
+            .is_some_and(|at| at <= later(now, lead));
+        if !still_due {
+            if let State::SignedIn { session, .. } = &mut self.state {
+                session.warning = None;
+            }
+        }
+    }
+
     // --- the server ---
 
     fn on_server_reachable(&mut self, now: Instant) {
@@ -1007,6 +1090,18 @@ impl Kiosk {
                 timers.push((session.ends_at, Timer::SessionExpired));
                 if let Some(at) = self.idle_deadline(session) {
                     timers.push((at, Timer::SessionIdle));
+                }
+                let lead = self.config.session.warning_lead;
+                let warned = session.warning.map(|warning| warning.reason);
+                if !lead.is_zero() && warned != Some(SignOutReason::Expired) {
+                    let at = session.ends_at.checked_sub(lead).unwrap_or(session.ends_at);
+                    timers.push((at, Timer::ExpiryWarning));
+                }
+                if let Some(idle_at) = self.idle_deadline(session).filter(|_| {
+                    !lead.is_zero() && warned.is_none()
+                }) {
+                    let at = idle_at.checked_sub(lead).unwrap_or(idle_at);
+                    timers.push((at.max(session.last_activity), Timer::IdleWarning));
                 }
                 if let Some(prompt) = next_worker {
                     timers.push((prompt.forget_at, Timer::PinForgotten));
@@ -1085,6 +1180,8 @@ impl Kiosk {
             },
             Timer::SessionExpired => self.sign_out(SignOutReason::Expired, now),
             Timer::SessionIdle => self.sign_out(SignOutReason::Idle, now),
+            Timer::ExpiryWarning => self.warn(SignOutReason::Expired, now),
+            Timer::IdleWarning => self.warn(SignOutReason::Idle, now),
             Timer::PinFormDeadline => self.pin_form_deadline(now),
         }
     }
@@ -1220,7 +1317,7 @@ fn apply_key_to_pin(typed_pin: &mut String, key: KeyInput) -> bool {
             true
         }
         KeyInput::Backspace => typed_pin.pop().is_some(),
-        KeyInput::Digit(_) | KeyInput::Enter | KeyInput::Escape => false,
+        KeyInput::Digit(_) | KeyInput::Enter | KeyInput::Escape | KeyInput::Other => false,
     }
 }
 

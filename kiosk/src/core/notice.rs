@@ -323,6 +323,7 @@ impl Notice {
                 format!("{name}'s session has ended. Tap your badge to sign in again.")
             }
             SignOutReason::Shutdown => format!("{name} is signed out: the kiosk is stopping."),
+            SignOutReason::Renewed => format!("{name} signed in again."),
         };
         Notice::new(NoticeCode::SignedOut, message)
     }

@@ -136,7 +136,7 @@ impl Kiosk {
                     now,
                 );
             }
-            (PinFormStep::TapBadge, _) => {}
+            (PinFormStep::TapBadge, _) | (_, KeyInput::Other) => {}
             (_, KeyInput::Enter) => self.submit_form_field(now),
             (_, KeyInput::Digit(_) | KeyInput::Backspace) => {
                 if apply_key_to_pin(&mut self.typed_pin, key) {

@@ -5,6 +5,7 @@ use std::time::Instant;
 use pivtap_server_client::wire::UserInfo;
 use time::OffsetDateTime;
 
+use super::effect::SignOutReason;
 use super::event::WorkId;
 use super::notice::Notice;
 
@@ -201,4 +202,18 @@ pub struct Session {
     pub ends_at: Instant,
     /// The last key input or tap.
     pub last_activity: Instant,
+    /// The session is about to end: shown with a countdown until then, or until activity
+    /// (idle) keeps it.
+    pub warning: Option<SessionWarning>,
+}
+
+/// A session about to end, and why.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SessionWarning {
+    /// [`SignOutReason::Idle`] (a key or a tap keeps the worker signed in) or
+    /// [`SignOutReason::Expired`] (the token ends; tapping the badge and typing the PIN signs in
+    /// again).
+    pub reason: SignOutReason,
+    /// When the session ends if nothing happens.
+    pub ends_at: Instant,
 }

@@ -488,9 +488,10 @@ fn tap_then_pin_signs_a_worker_in() {
     assert_eq!(session.reader, DESK);
     assert!(session.card_present);
     assert_eq!(session.ends_at, k.now + TOKEN_LIFETIME);
-    // The badge on the reader keeps the session: the only deadline is the token's expiry.
+    // The badge on the reader keeps the session: the only deadline is the token's expiry, with
+    // its warning 30 s before (changed on purpose, issue 12: the warning comes first).
     assert!(effects.contains(&Effect::ScheduleTick {
-        at: k.now + TOKEN_LIFETIME
+        at: k.now + TOKEN_LIFETIME - secs(30)
     }));
 }
 
@@ -966,7 +967,8 @@ fn an_idle_session_ends_after_the_time_out_unless_there_is_activity() {
         },
     );
     k.sign_in(DESK, alice());
-    assert_eq!(k.kiosk.scheduled_tick, Some(k.now + secs(15 * 60)));
+    // The warning 30 s before the idle sign-out comes first (changed on purpose, issue 12).
+    assert_eq!(k.kiosk.scheduled_tick, Some(k.now + secs(15 * 60 - 30)));
     k.remove(DESK);
     k.wait(secs(14 * 60));
     k.key(KeyInput::Enter);
@@ -975,6 +977,116 @@ fn an_idle_session_ends_after_the_time_out_unless_there_is_activity() {
     let effects = k.wait(secs(60));
     assert_eq!(signed_out(&effects), Some(("u-alice", SignOutReason::Idle)));
     assert!(effects.contains(&Effect::DropSession));
+}
+
+fn session_ending(effects: &[Effect]) -> Option<(SignOutReason, u64)> {
+    published(effects).into_iter().find_map(|event| match event {
+        SessionEvent::SessionEnding {
+            reason,
+            seconds_left,
+            ..
+        } => Some((*reason, *seconds_left)),
+        _ => None,
+    })
+}
+
+fn warning(k: &Harness) -> Option<SignOutReason> {
+    k.kiosk.session()?.warning.map(|warning| warning.reason)
+}
+
+#[test]
+fn a_warning_comes_before_the_idle_sign_out_and_a_key_keeps_the_worker() {
+    let mut k = Harness::with_policy(
+        Flow::TapThenPin,
+        SessionPolicy {
+            sign_out_on_removal: false,
+            ..SessionPolicy::default()
+        },
+    );
+    k.sign_in(DESK, alice());
+    k.remove(DESK);
+    assert_eq!(session_ending(&k.wait(secs(15 * 60 - 31))), None);
+    let effects = k.wait(secs(1));
+    assert_eq!(session_ending(&effects), Some((SignOutReason::Idle, 30)));
+    assert_eq!(warning(&k), Some(SignOutReason::Idle));
+    // Any key keeps Alice signed in, and the warning goes.
+    k.key(KeyInput::Other);
+    assert_eq!(warning(&k), None);
+    let effects = k.wait(secs(15 * 60 - 30));
+    assert_eq!(session_ending(&effects), Some((SignOutReason::Idle, 30)));
+    let effects = k.wait(secs(30));
+    assert_eq!(signed_out(&effects), Some(("u-alice", SignOutReason::Idle)));
+}
+
+#[test]
+fn a_tap_of_the_same_badge_keeps_the_worker_without_a_pin() {
+    let mut k = Harness::with_policy(
+        Flow::TapThenPin,
+        SessionPolicy {
+            sign_out_on_removal: false,
+            ..SessionPolicy::default()
+        },
+    );
+    k.sign_in(DESK, alice());
+    k.remove(DESK);
+    k.wait(secs(15 * 60 - 30));
+    assert_eq!(warning(&k), Some(SignOutReason::Idle));
+    k.tap(DESK);
+    let effects = k.card_read(Some(3));
+    assert_eq!(signed_out(&effects), None);
+    assert!(!published(&effects).contains(&&SessionEvent::PinRequired { tries_left: Some(3) }));
+    assert_eq!(k.kiosk.session().unwrap().user, alice());
+    assert_eq!(warning(&k), None);
+    assert!(matches!(k.state(), State::SignedIn { .. }));
+}
+
+#[test]
+fn a_warning_comes_before_the_session_ends_and_a_tap_with_the_pin_renews_it() {
+    let mut k = Harness::with_policy(
+        Flow::TapThenPin,
+        SessionPolicy {
+            sign_out_on_removal: false,
+            idle_timeout: None,
+            ..SessionPolicy::default()
+        },
+    );
+    k.sign_in(DESK, alice());
+    k.remove(DESK);
+    let effects = k.wait(TOKEN_LIFETIME - secs(30));
+    assert_eq!(session_ending(&effects), Some((SignOutReason::Expired, 30)));
+    // A key does not stretch a token's life.
+    k.key(KeyInput::Other);
+    assert_eq!(warning(&k), Some(SignOutReason::Expired));
+    // Alice taps and types her PIN: a fresh session replaces the ending one.
+    k.tap(DESK);
+    k.card_read(Some(3));
+    assert!(matches!(k.state(), State::PinEntry { .. }));
+    k.type_digits(ALICE_PIN);
+    k.key(KeyInput::Enter);
+    let effects = k.succeed(alice());
+    assert_eq!(
+        signed_out(&effects),
+        Some(("u-alice", SignOutReason::Renewed))
+    );
+    assert_eq!(warning(&k), None);
+    assert_eq!(k.kiosk.session().unwrap().ends_at, k.now + TOKEN_LIFETIME);
+}
+
+#[test]
+fn no_warning_when_the_lead_is_zero() {
+    let mut k = Harness::with_policy(
+        Flow::TapThenPin,
+        SessionPolicy {
+            sign_out_on_removal: false,
+            warning_lead: Duration::ZERO,
+            ..SessionPolicy::default()
+        },
+    );
+    k.sign_in(DESK, alice());
+    k.remove(DESK);
+    let effects = k.wait(secs(15 * 60));
+    assert_eq!(session_ending(&effects), None);
+    assert_eq!(signed_out(&effects), Some(("u-alice", SignOutReason::Idle)));
 }
 
 #[test]
@@ -1043,7 +1155,7 @@ fn another_badge_switches_the_user_once_the_new_pin_is_accepted() {
     }));
     assert!(matches!(k.state(), State::ReadingCard { reader, .. } if reader == NFC));
     assert_eq!(k.kiosk.switching_from().unwrap().user, alice());
-    k.card_read(Some(3));
+    k.card_read_of(bob_card(), Some(3));
     k.type_digits("246813");
     let effects = k.key(KeyInput::Enter);
     assert_eq!(signed_out(&effects), None, "not before the PIN is accepted");
@@ -1076,7 +1188,7 @@ fn escape_during_a_switch_keeps_the_current_worker_signed_in() {
     let mut k = Harness::tap_then_pin();
     k.sign_in(DESK, alice());
     k.tap(NFC);
-    k.card_read(Some(3));
+    k.card_read_of(bob_card(), Some(3));
     k.type_digits("2468");
     let effects = k.key(KeyInput::Escape);
     assert_eq!(signed_out(&effects), None);
@@ -1095,7 +1207,7 @@ fn a_wrong_pin_during_a_switch_keeps_the_current_worker_signed_in() {
     let mut k = Harness::tap_then_pin();
     k.sign_in(DESK, alice());
     k.tap(NFC);
-    k.card_read(Some(3));
+    k.card_read_of(bob_card(), Some(3));
     k.type_digits("246813");
     k.key(KeyInput::Enter);
     let effects = k.fail(AuthFailure::WrongPin { tries_left: 2 });
@@ -1108,7 +1220,7 @@ fn a_wrong_pin_during_a_switch_keeps_the_current_worker_signed_in() {
     assert_eq!(k.kiosk.session().unwrap().user, alice());
     // A refusal by the server, too, leaves Alice signed in once its message is shown.
     k.tap(NFC);
-    k.card_read(Some(3));
+    k.card_read_of(bob_card(), Some(3));
     k.wait(secs(2));
     k.type_digits("246813");
     k.key(KeyInput::Enter);
@@ -1126,7 +1238,7 @@ fn the_waiting_worker_still_leaves_with_their_badge_or_their_time_during_a_switc
     let mut k = Harness::tap_then_pin();
     k.sign_in(DESK, alice());
     k.tap(NFC);
-    k.card_read(Some(3));
+    k.card_read_of(bob_card(), Some(3));
     let effects = k.remove(DESK);
     assert_eq!(
         signed_out(&effects),
@@ -1141,7 +1253,7 @@ fn the_waiting_worker_still_leaves_with_their_badge_or_their_time_during_a_switc
     k.sign_in(DESK, alice());
     k.wait(TOKEN_LIFETIME - secs(5));
     k.tap(NFC);
-    k.card_read(Some(3));
+    k.card_read_of(bob_card(), Some(3));
     let effects = k.wait(secs(5));
     assert_eq!(
         signed_out(&effects),
@@ -1166,7 +1278,7 @@ fn shutdown_signs_the_worker_out() {
     let mut k = Harness::tap_then_pin();
     k.sign_in(DESK, alice());
     k.tap(NFC);
-    k.card_read(Some(3));
+    k.card_read_of(bob_card(), Some(3));
     k.type_digits("2468");
     let effects = k.send(Event::Shutdown);
     assert_eq!(
@@ -1690,8 +1802,8 @@ fn a_signed_in_worker_changes_the_pin_current_then_new_twice() {
         Some(NoticeCode::PinChanged)
     );
     assert!(k.kiosk.form_first.is_empty() && k.kiosk.form_new.is_empty());
-    // Any key closes the message; the worker is still signed in.
-    k.key(KeyInput::Enter);
+    // Any key closes the message (a letter as well as Enter); the worker is still signed in.
+    k.key(KeyInput::Other);
     assert!(k.kiosk.pin_form().is_none());
     assert_eq!(k.kiosk.session().unwrap().user, alice());
 }
@@ -2345,6 +2457,7 @@ fn key() -> impl Strategy<Value = KeyInput> {
         Just(KeyInput::Backspace),
         Just(KeyInput::Enter),
         Just(KeyInput::Escape),
+        Just(KeyInput::Other),
     ]
 }
 
@@ -2451,6 +2564,7 @@ fn config() -> impl Strategy<Value = CoreConfig> {
                     sign_out_on_removal,
                     idle_timeout: idle.map(Duration::from_secs),
                     fast_user_switch,
+                    ..SessionPolicy::default()
                 },
                 ..CoreConfig::default()
             },
