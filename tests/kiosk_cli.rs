@@ -80,8 +80,8 @@ fn the_demo_without_a_terminal_tells_its_story_in_words() {
         "» Alice Example puts their badge on the reader",
         "Signed in: Alice Example (alice).",
         "Wrong PIN. 2 tries left",
-        "Signed out: bob (card removed).",
-        "Signed out: carol (explicit).",
+        "Signed out: Bob Example (card removed).",
+        "Signed out: Carol Example (explicit).",
     ] {
         assert!(result.stdout.contains(line), "{line:?}:\n{}", result.stdout);
     }
@@ -123,7 +123,10 @@ fn set_exit_passcode_writes_a_hash_and_refuses_short_passcodes() {
     assert_eq!(result.json()["changed"], "exit_passcode");
     let after = std::fs::read_to_string(&config).unwrap();
     assert!(after.starts_with(&before), "{after}");
-    assert!(after.contains("[admin]\nexit_passcode_hash = '$argon2id$"), "{after}");
+    assert!(
+        after.contains("[admin]\nexit_passcode_hash = '$argon2id$"),
+        "{after}"
+    );
     assert!(!after.contains(PASSCODE));
     assert!(!result.all_output().contains(PASSCODE));
 }

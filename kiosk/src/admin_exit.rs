@@ -41,7 +41,9 @@ const LONGEST_PAUSE: Duration = Duration::from_secs(300);
 #[non_exhaustive]
 pub enum AdminExitError {
     /// The sequence has no keys, or too many.
-    #[error("give 1 to {MAX_SEQUENCE} keys separated by spaces, such as \"ctrl-alt-x\" or \"f10 f10 f10\"")]
+    #[error(
+        "give 1 to {MAX_SEQUENCE} keys separated by spaces, such as \"ctrl-alt-x\" or \"f10 f10 f10\""
+    )]
     SequenceLength,
     /// A key name is not known.
     #[error(
@@ -49,14 +51,10 @@ pub enum AdminExitError {
     )]
     UnknownKey(String),
     /// A key a worker types anyway (a digit, a letter, Enter...) would start the sequence.
-    #[error(
-        "{0:?} is typed by workers: each key must be f1 to f12 or be held with ctrl or alt"
-    )]
+    #[error("{0:?} is typed by workers: each key must be f1 to f12 or be held with ctrl or alt")]
     PlainKey(String),
     /// The passcode hash is not an Argon2id PHC string.
-    #[error(
-        "not an Argon2id hash ($argon2id$...); write it with `pivtap kiosk set-exit-passcode`"
-    )]
+    #[error("not an Argon2id hash ($argon2id$...); write it with `pivtap kiosk set-exit-passcode`")]
     NotArgon2id,
     /// The passcode is too short or too long.
     #[error("the exit passcode has {PASSCODE_MIN_CHARS} to {PASSCODE_MAX_CHARS} characters")]
@@ -403,7 +401,10 @@ impl ExitGate {
             .min(LONGEST_PAUSE);
         let retry_at = now + pause;
         self.retry_at = Some(retry_at);
-        self.screen = Some((ExitScreen::Wrong { retry_at }, now + MESSAGE_TIME.max(pause)));
+        self.screen = Some((
+            ExitScreen::Wrong { retry_at },
+            now + MESSAGE_TIME.max(pause),
+        ));
         tracing::info!(
             target: "pivtap::kiosk",
             wrong_in_a_row = self.wrong_in_a_row,
@@ -488,7 +489,11 @@ mod tests {
             ExitPasscodeHash::new("short"),
             Err(AdminExitError::PasscodeLength)
         );
-        for bad in ["", "plain text", "$argon2i$v=19$m=8,t=1,p=1$c2FsdHNhbHQ$aGFzaA"] {
+        for bad in [
+            "",
+            "plain text",
+            "$argon2i$v=19$m=8,t=1,p=1$c2FsdHNhbHQ$aGFzaA",
+        ] {
             assert_eq!(
                 ExitPasscodeHash::parse(bad),
                 Err(AdminExitError::NotArgon2id),

@@ -599,7 +599,12 @@ mod tests {
         assert!(added.starts_with(base), "{added}");
         std::fs::write(&path, &added).unwrap();
         let config = KioskConfig::load(&path).unwrap();
-        assert!(config.exit_passcode_hash().unwrap().verify("first passcode"));
+        assert!(
+            config
+                .exit_passcode_hash()
+                .unwrap()
+                .verify("first passcode")
+        );
 
         // An [admin] section in the middle: the key is replaced there, nothing else moves.
         let middle = format!(
@@ -610,7 +615,12 @@ mod tests {
         assert_eq!(replaced, middle.replace(first.as_str(), second.as_str()));
         std::fs::write(&path, &replaced).unwrap();
         let config = KioskConfig::load(&path).unwrap();
-        assert!(config.exit_passcode_hash().unwrap().verify("second passcode"));
+        assert!(
+            config
+                .exit_passcode_hash()
+                .unwrap()
+                .verify("second passcode")
+        );
         assert_eq!(config.exit_keys().to_string(), "f10 f10");
         assert_eq!(config.readers.name_contains, "ACR");
 
@@ -618,7 +628,12 @@ mod tests {
         let without = format!("{base}[admin]\nexit_keys = \"f10 f10\"\n");
         std::fs::write(&path, with_exit_passcode_hash(&without, &first)).unwrap();
         let config = KioskConfig::load(&path).unwrap();
-        assert!(config.exit_passcode_hash().unwrap().verify("first passcode"));
+        assert!(
+            config
+                .exit_passcode_hash()
+                .unwrap()
+                .verify("first passcode")
+        );
     }
 
     #[test]
@@ -634,7 +649,12 @@ mod tests {
         );
         let config = load(&text).unwrap();
         assert_eq!(config.exit_keys().to_string(), "f10 f10 f10");
-        assert!(config.exit_passcode_hash().unwrap().verify("a long passcode"));
+        assert!(
+            config
+                .exit_passcode_hash()
+                .unwrap()
+                .verify("a long passcode")
+        );
     }
 
     #[test]

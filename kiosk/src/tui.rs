@@ -492,10 +492,7 @@ fn exit_lines(exit: ExitScreen, view: &View) -> Vec<Line<'static>> {
                 .div_ceil(1000);
             lines.push(Line::styled("Wrong passcode.", WARNING));
             if seconds > 0 {
-                lines.push(Line::styled(
-                    format!("Try again in {seconds} s"),
-                    CAUTION,
-                ));
+                lines.push(Line::styled(format!("Try again in {seconds} s"), CAUTION));
             }
         }
     }
@@ -960,21 +957,12 @@ mod tests {
     fn the_held_pin_counts_down_its_hold_time() {
         let mut driver = Driver::new(Flow::PinThenTap);
         driver.type_digits("918273");
-        assert_shows(
-            &driver.render(80, 24),
-            &["PIN kept for 30 s, then cleared"],
-        );
+        assert_shows(&driver.render(80, 24), &["PIN kept for 30 s, then cleared"]);
         driver.now += Duration::from_millis(12_500);
-        assert_shows(
-            &driver.render(80, 24),
-            &["PIN kept for 18 s, then cleared"],
-        );
+        assert_shows(&driver.render(80, 24), &["PIN kept for 18 s, then cleared"]);
         // Typing again starts the hold over.
         driver.type_digits("4");
-        assert_shows(
-            &driver.render(80, 24),
-            &["PIN kept for 30 s, then cleared"],
-        );
+        assert_shows(&driver.render(80, 24), &["PIN kept for 30 s, then cleared"]);
     }
 
     #[test]

@@ -316,7 +316,9 @@ async fn stopping_the_kiosk_signs_the_worker_out_first() {
     assert!(k.board.current().is_some(), "the local API shows Alice");
     k.send(Input::Quit);
     let event = k
-        .expect("signed_out", |e| matches!(e, SessionEvent::SignedOut { .. }))
+        .expect("signed_out", |e| {
+            matches!(e, SessionEvent::SignedOut { .. })
+        })
         .await;
     assert_eq!(
         serde_json::to_value(&event).unwrap()["reason"],

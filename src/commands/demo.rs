@@ -316,12 +316,12 @@ fn describe(event: &SessionEvent) -> Option<String> {
         SessionEvent::SignedIn { user, .. } => {
             format!("Signed in: {} ({}).", user.display_name, user.id)
         }
-        SessionEvent::SignedOut { user_id, reason } => {
+        SessionEvent::SignedOut { user, reason, .. } => {
             let reason = serde_json::to_value(reason)
                 .ok()
                 .and_then(|v| v.as_str().map(|r| r.replace('_', " ")))
                 .unwrap_or_default();
-            format!("Signed out: {user_id} ({reason}).")
+            format!("Signed out: {} ({reason}).", user.display_name)
         }
         SessionEvent::Error(notice) => notice.message.clone(),
         _ => return None,
@@ -396,7 +396,10 @@ fn narration(input: &Input) -> Option<String> {
     Some(match input {
         Input::Function(key) => {
             let worker = WORKERS.get(usize::from(*key).checked_sub(1)?)?;
-            format!("» {} puts their badge on the reader or takes it away (F{key}).", worker.name)
+            format!(
+                "» {} puts their badge on the reader or takes it away (F{key}).",
+                worker.name
+            )
         }
         Input::Pin(pin) => format!("» The worker types a PIN: {}", "•".repeat(pin.len())),
         Input::SignOut => "» The worker presses S to sign out.".to_owned(),

@@ -112,7 +112,9 @@ pub enum SessionEvent {
     },
     /// A worker was signed out.
     SignedOut {
-        /// The user id (`sub` of their token).
+        /// Who: the same fields as `signed_in`'s `user`.
+        user: UserInfo,
+        /// The user id (`sub` of their token), as `user.id` (kept for existing consumers).
         user_id: String,
         /// Why.
         reason: SignOutReason,
@@ -165,6 +167,23 @@ pub enum SessionEvent {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         tries_left: Option<u8>,
     },
+}
+
+impl SessionEvent {
+    /// The event as JSON with the wall-clock time it happened, `"at"` in RFC 3339: what the
+    /// headless output and the local API's event stream carry.
+    #[must_use]
+    pub fn to_json_at(&self, at: OffsetDateTime) -> serde_json::Value {
+        let mut value =
+            serde_json::to_value(self).unwrap_or_else(|_| serde_json::json!({"event": "error"}));
+        if let (Some(object), Ok(at)) = (
+            value.as_object_mut(),
+            at.format(&time::format_description::well_known::Rfc3339),
+        ) {
+            object.insert("at".to_owned(), serde_json::Value::String(at));
+        }
+        value
+    }
 }
 
 /// Why a PIN change or an unblock attempt failed.

@@ -88,6 +88,9 @@ pub struct Kiosk {
     pin_badge: Option<CardSummary>,
     /// The signed-in worker's badge, as read before their PIN was checked.
     session_badge: Option<CardSummary>,
+    /// Tap then PIN, right after an unblock: the PIN prompt of the badge still on the reader
+    /// says the unblock worked.
+    unblocked_prompt_notice: Option<Notice>,
     /// Effects of the event being handled.
     effects: Vec<Effect>,
 }
@@ -132,6 +135,7 @@ impl Kiosk {
             pin_awaiting_read: None,
             pin_badge: None,
             session_badge: None,
+            unblocked_prompt_notice: None,
             effects: Vec::new(),
         }
     }
@@ -482,7 +486,8 @@ impl Kiosk {
             self.rest(None, now);
             return;
         }
-        let prompt = self.new_prompt(now, pin_tries_left, None, self.config.pin_entry_timeout);
+        let notice = self.unblocked_prompt_notice.take();
+        let prompt = self.new_prompt(now, pin_tries_left, notice, self.config.pin_entry_timeout);
         if prompt.retry_at.is_none() {
             self.publish(SessionEvent::PinRequired {
                 tries_left: pin_tries_left,
@@ -513,7 +518,8 @@ impl Kiosk {
             } = &mut self.state
             {
                 session.last_activity = now;
-                self.typed_pin.push_str(&String::from_utf8_lossy(pin.as_bytes()));
+                self.typed_pin
+                    .push_str(&String::from_utf8_lossy(pin.as_bytes()));
                 let digits = self.typed_pin.len();
                 *next_worker = Some(PinPrompt {
                     digits,
@@ -967,6 +973,7 @@ impl Kiosk {
 
     fn publish_signed_out(&mut self, session: &Session, reason: SignOutReason) {
         self.publish(SessionEvent::SignedOut {
+            user: session.user.clone(),
             user_id: session.user.id.clone(),
             reason,
         });
@@ -1097,9 +1104,10 @@ impl Kiosk {
                     let at = session.ends_at.checked_sub(lead).unwrap_or(session.ends_at);
                     timers.push((at, Timer::ExpiryWarning));
                 }
-                if let Some(idle_at) = self.idle_deadline(session).filter(|_| {
-                    !lead.is_zero() && warned.is_none()
-                }) {
+                if let Some(idle_at) = self
+                    .idle_deadline(session)
+                    .filter(|_| !lead.is_zero() && warned.is_none())
+                {
                     let at = idle_at.checked_sub(lead).unwrap_or(idle_at);
                     timers.push((at.max(session.last_activity), Timer::IdleWarning));
                 }
@@ -1223,6 +1231,7 @@ impl Kiosk {
         self.clear_pin();
         self.pin_badge = None;
         self.pin_awaiting_read = None;
+        self.unblocked_prompt_notice = None;
         if let Some(mut session) = self.switching_from.take() {
             // The new worker's sign-in did not happen: the waiting worker carries on.
             session.card_present = self.cards.contains(&session.reader);

@@ -295,7 +295,8 @@ impl Notice {
     }
 
     pub(super) fn pin_for_another_badge(holder: Option<&str>) -> Self {
-        let whose = holder.map_or_else(|| "another worker's".to_owned(), |name| format!("{name}'s"));
+        let whose =
+            holder.map_or_else(|| "another worker's".to_owned(), |name| format!("{name}'s"));
         Notice::new(
             NoticeCode::PinForAnotherBadge,
             format!(
@@ -423,6 +424,13 @@ impl Notice {
         Notice::new(
             NoticeCode::PinChanged,
             "Your PIN is changed. Use the new PIN from now on.",
+        )
+    }
+
+    pub(super) fn card_unblocked_enter_pin() -> Self {
+        Notice::new(
+            NoticeCode::CardUnblocked,
+            "Your badge is unblocked. Enter your new PIN.",
         )
     }
 

@@ -251,7 +251,14 @@ fn signed_out(effects: &[Effect]) -> Option<(&str, SignOutReason)> {
     published(effects)
         .into_iter()
         .find_map(|event| match event {
-            SessionEvent::SignedOut { user_id, reason } => Some((user_id.as_str(), *reason)),
+            SessionEvent::SignedOut {
+                user,
+                user_id,
+                reason,
+            } => {
+                assert_eq!(&user.id, user_id, "signed_out names one user");
+                Some((user_id.as_str(), *reason))
+            }
             _ => None,
         })
 }
@@ -980,14 +987,16 @@ fn an_idle_session_ends_after_the_time_out_unless_there_is_activity() {
 }
 
 fn session_ending(effects: &[Effect]) -> Option<(SignOutReason, u64)> {
-    published(effects).into_iter().find_map(|event| match event {
-        SessionEvent::SessionEnding {
-            reason,
-            seconds_left,
-            ..
-        } => Some((*reason, *seconds_left)),
-        _ => None,
-    })
+    published(effects)
+        .into_iter()
+        .find_map(|event| match event {
+            SessionEvent::SessionEnding {
+                reason,
+                seconds_left,
+                ..
+            } => Some((*reason, *seconds_left)),
+            _ => None,
+        })
 }
 
 fn warning(k: &Harness) -> Option<SignOutReason> {
@@ -1034,7 +1043,9 @@ fn a_tap_of_the_same_badge_keeps_the_worker_without_a_pin() {
     k.tap(DESK);
     let effects = k.card_read(Some(3));
     assert_eq!(signed_out(&effects), None);
-    assert!(!published(&effects).contains(&&SessionEvent::PinRequired { tries_left: Some(3) }));
+    assert!(!published(&effects).contains(&&SessionEvent::PinRequired {
+        tries_left: Some(3)
+    }));
     assert_eq!(k.kiosk.session().unwrap().user, alice());
     assert_eq!(warning(&k), None);
     assert!(matches!(k.state(), State::SignedIn { .. }));
@@ -1173,10 +1184,13 @@ fn another_badge_switches_the_user_once_the_new_pin_is_accepted() {
         .position(|e| matches!(e, SessionEvent::SignedIn { .. }));
     assert!(out < signed_in, "signed_out before signed_in: {events:?}");
     let drop = effects.iter().position(|e| *e == Effect::DropSession);
-    let publish_in = effects.iter().position(|e| {
-        matches!(e, Effect::Publish(SessionEvent::SignedIn { .. }))
-    });
-    assert!(drop < publish_in, "Alice's token is dropped before Bob's is kept");
+    let publish_in = effects
+        .iter()
+        .position(|e| matches!(e, Effect::Publish(SessionEvent::SignedIn { .. })));
+    assert!(
+        drop < publish_in,
+        "Alice's token is dropped before Bob's is kept"
+    );
     assert_eq!(k.kiosk.session().unwrap().user, bob());
     assert!(k.kiosk.switching_from().is_none());
     // Alice's badge leaving afterwards changes nothing.
@@ -1245,7 +1259,10 @@ fn the_waiting_worker_still_leaves_with_their_badge_or_their_time_during_a_switc
         Some(("u-alice", SignOutReason::CardRemoved))
     );
     assert!(effects.contains(&Effect::DropSession));
-    assert!(matches!(k.state(), State::PinEntry { .. }), "Bob carries on");
+    assert!(
+        matches!(k.state(), State::PinEntry { .. }),
+        "Bob carries on"
+    );
     k.key(KeyInput::Escape);
     assert_eq!(k.kiosk.session(), None, "nobody to return to");
 
@@ -1347,9 +1364,7 @@ fn pin_then_tap_signs_in_on_the_tap_without_asking_again() {
             pin: Pin::new(ALICE_PIN).unwrap(),
         }]
     );
-    assert!(
-        matches!(k.state(), State::Working { card: Some(card), .. } if *card == alice_card())
-    );
+    assert!(matches!(k.state(), State::Working { card: Some(card), .. } if *card == alice_card()));
     k.succeed(alice());
     assert!(matches!(k.state(), State::SignedIn { .. }));
 }
@@ -1639,12 +1654,25 @@ fn session_events_are_json_objects_tagged_by_event() {
         })
     );
     let signed_out = SessionEvent::SignedOut {
+        user: alice(),
         user_id: "u-alice".to_owned(),
         reason: SignOutReason::CardRemoved,
     };
+    // The same user fields as signed_in (user_id kept for existing consumers).
     assert_eq!(
-        serde_json::to_string(&signed_out).unwrap(),
-        r#"{"event":"signed_out","user_id":"u-alice","reason":"card_removed"}"#
+        serde_json::to_value(&signed_out).unwrap(),
+        serde_json::json!({
+            "event": "signed_out",
+            "user": {"id": "u-alice", "display_name": "Alice Field", "mail": "alice@example.org"},
+            "user_id": "u-alice",
+            "reason": "card_removed",
+        })
+    );
+    let at = OffsetDateTime::from_unix_timestamp(1_750_000_000).unwrap();
+    assert_eq!(
+        signed_out.to_json_at(at)["at"],
+        "2025-06-15T15:06:40Z",
+        "events carry their time in RFC 3339"
     );
     assert_eq!(
         serde_json::to_string(&SessionEvent::PinRequired {
@@ -2156,6 +2184,9 @@ fn a_blocked_badge_is_unblocked_with_the_puk_and_signs_in_next() {
     assert!(matches!(k.state(), State::ReadingCard { .. }));
     assert!(k.kiosk.form_first.is_empty() && k.kiosk.form_new.is_empty());
     k.card_read(Some(3));
+    // The PIN prompt confirms the unblock.
+    assert_eq!(k.notice_code(), Some(NoticeCode::CardUnblocked));
+    assert!(k.notice().unwrap().message.contains("unblocked"));
     k.enter_value(NEW_PIN);
     assert!(matches!(k.state(), State::Working { .. }));
 }
@@ -2658,8 +2689,8 @@ impl Observer {
             prop_assert!(kiosk.form_first.is_empty() && kiosk.form_new.is_empty());
         }
         // A worker waiting for a fast user switch is still signed in.
-        let signed_in = matches!(kiosk.state(), State::SignedIn { .. })
-            || kiosk.switching_from().is_some();
+        let signed_in =
+            matches!(kiosk.state(), State::SignedIn { .. }) || kiosk.switching_from().is_some();
         prop_assert_eq!(signed_in, self.session_open);
         if signed_in && !was_signed_in {
             prop_assert!(event_was_auth_success);
