@@ -21,12 +21,15 @@ pub enum QuitKeys {
     Administrator(ExitGate),
 }
 
+/// The demo's help lines, made afresh for each frame (they say which badge is on the reader).
+pub type DemoHelp = Box<dyn Fn() -> Vec<String> + Send>;
+
 /// Draws the kiosk in the terminal (alternate screen, raw mode); restores the terminal on drop.
 pub struct TerminalFace {
     terminal: ratatui::DefaultTerminal,
     branding: Branding,
     device: String,
-    demo_help: Option<Vec<String>>,
+    demo_help: Option<DemoHelp>,
     /// The administrator's exit (none in the demo), shared with the key thread.
     gate: Option<Arc<Mutex<ExitGate>>>,
 }
@@ -36,7 +39,7 @@ impl TerminalFace {
     pub fn new(
         branding: Branding,
         device: String,
-        demo_help: Option<Vec<String>>,
+        demo_help: Option<DemoHelp>,
         quit: QuitKeys,
     ) -> Self {
         let gate = match quit {
@@ -99,6 +102,7 @@ impl TerminalFace {
 impl Face for TerminalFace {
     fn refresh(&mut self, kiosk: &Kiosk, server_reachable: bool, now: Instant) {
         let readers: &BTreeSet<String> = kiosk.readers();
+        let demo_help = self.demo_help.as_ref().map(|help| help());
         let view = View {
             state: kiosk.state(),
             flow: kiosk.config().flow,
@@ -109,7 +113,7 @@ impl Face for TerminalFace {
             now,
             clock: time::OffsetDateTime::now_local()
                 .unwrap_or_else(|_| time::OffsetDateTime::now_utc()),
-            demo_help: self.demo_help.as_deref(),
+            demo_help: demo_help.as_deref(),
             exit: self.gate.as_ref().and_then(|gate| lock(gate).screen(now)),
         };
         let _ = self.terminal.draw(|frame| render(frame, &view));

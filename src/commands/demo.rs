@@ -41,12 +41,13 @@ pub struct DemoArgs {
     pcsc: bool,
 }
 
-/// A demo worker: their card image (built in) and PIN.
+/// A demo worker: their card image (built in), PIN and PUK.
 struct Worker {
     name: &'static str,
     id: &'static str,
     mail: &'static str,
     pin: &'static str,
+    puk: &'static str,
     image: &'static str,
 }
 
@@ -56,6 +57,7 @@ const WORKERS: [Worker; 3] = [
         id: "alice",
         mail: "alice@example.com",
         pin: "123456",
+        puk: "12345678",
         image: include_str!("../../fixtures/cards/alice.toml"),
     },
     Worker {
@@ -63,6 +65,7 @@ const WORKERS: [Worker; 3] = [
         id: "bob",
         mail: "bob@example.com",
         pin: "24681357",
+        puk: "12345678",
         image: include_str!("../../fixtures/cards/bob.toml"),
     },
     Worker {
@@ -70,6 +73,7 @@ const WORKERS: [Worker; 3] = [
         id: "carol",
         mail: "carol@example.com",
         pin: "123456",
+        puk: "12345678",
         image: include_str!("../../fixtures/cards/carol.toml"),
     },
 ];
@@ -125,17 +129,21 @@ async fn demo(args: DemoArgs) -> anyhow::Result<()> {
     let board = SessionBoard::new();
     start_local_api(dir.path(), board.clone()).await;
 
+    let on_reader = OnReader::default();
     let (readers, toggle): (Arc<dyn ReaderSource>, FunctionKeyHandler) = if args.pcsc {
         let readers = PcscReaders::new(MonitorFilter {
             reader_name_contains: Some(VPCD_READER.to_owned()),
             contactless_only: false,
         });
-        (Arc::new(readers), Box::new(vpcd_toggle(cards)))
+        (
+            Arc::new(readers),
+            Box::new(vpcd_toggle(cards, on_reader.clone())),
+        )
     } else {
         let readers = VirtualReaders::new(&[READER]);
         (
             Arc::new(readers.clone()),
-            Box::new(virtual_toggle(readers, cards)),
+            Box::new(virtual_toggle(readers, cards, on_reader.clone())),
         )
     };
 
@@ -172,12 +180,7 @@ async fn demo(args: DemoArgs) -> anyhow::Result<()> {
         run?;
         outcome
     } else {
-        let help = WORKERS
-            .iter()
-            .enumerate()
-            .map(|(i, w)| format!("F{}: tap/remove {} (PIN {})", i + 1, w.name, w.pin))
-            .chain(["S: sign out   C: change PIN   U: unblock   Q: quit".to_owned()])
-            .collect();
+        let help: pivtap_kiosk::terminal::DemoHelp = Box::new(move || demo_help(&on_reader));
         let mut face = pivtap_kiosk::terminal::TerminalFace::new(
             pivtap_kiosk::tui::Branding {
                 organisation: "pivtap demo — Example Corp".to_owned(),
@@ -195,37 +198,85 @@ async fn demo(args: DemoArgs) -> anyhow::Result<()> {
     result
 }
 
+/// Which worker's badge is on the reader (an index into [`WORKERS`]), shared by the function
+/// keys that move the badges and the help panel that shows it.
+#[derive(Clone, Default)]
+struct OnReader(Arc<std::sync::Mutex<Option<usize>>>);
+
+impl OnReader {
+    fn get(&self) -> Option<usize> {
+        *self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn set(&self, index: Option<usize>) {
+        *self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = index;
+    }
+}
+
+/// The demo panel: each worker's key, PIN and PUK, which badge is on the reader, the keys.
+fn demo_help(on_reader: &OnReader) -> Vec<String> {
+    let on = on_reader
+        .get()
+        .and_then(|index| WORKERS.get(index))
+        .map_or("no badge", |worker| worker.name);
+    WORKERS
+        .iter()
+        .enumerate()
+        .map(|(i, w)| {
+            format!(
+                "F{}: tap/remove {} (PIN {}, PUK {})",
+                i + 1,
+                w.name,
+                w.pin,
+                w.puk
+            )
+        })
+        .chain([
+            format!("On the reader: {on}"),
+            "S: sign out   C: change PIN   U: unblock   Q: quit".to_owned(),
+        ])
+        .collect()
+}
+
 /// Function key N taps worker N's badge on the one in-process reader, or
 /// takes it away if it is on it; another badge is taken away first.
 fn virtual_toggle(
     readers: VirtualReaders,
     cards: Vec<VirtualCardBackend>,
+    on_reader: OnReader,
 ) -> impl FnMut(u8) + Send {
-    let mut in_reader: Option<usize> = None;
     move |key: u8| {
         let index = usize::from(key).wrapping_sub(1);
         if index >= cards.len() {
             return;
         }
-        let previous = in_reader.take();
+        let previous = on_reader.get();
+        on_reader.set(None);
         if previous.is_some() {
             readers.remove(READER);
         }
         if previous != Some(index) {
             readers.insert(READER, cards[index].clone());
-            in_reader = Some(index);
+            on_reader.set(Some(index));
         }
     }
 }
 
 /// The same with the cards attached to pcscd's virtual reader through vpcd.
-fn vpcd_toggle(cards: Vec<VirtualCardBackend>) -> impl FnMut(u8) + Send {
+fn vpcd_toggle(cards: Vec<VirtualCardBackend>, on_reader: OnReader) -> impl FnMut(u8) + Send {
     let mut attached: Option<(usize, vpcd::Detacher, std::thread::JoinHandle<()>)> = None;
     move |key: u8| {
         let index = usize::from(key).wrapping_sub(1);
         if index >= cards.len() {
             return;
         }
+        on_reader.set(None);
         let previous = attached.take().map(|(previous, detacher, serving)| {
             detacher.detach();
             let _ = serving.join();
@@ -249,6 +300,7 @@ fn vpcd_toggle(cards: Vec<VirtualCardBackend>) -> impl FnMut(u8) + Send {
                     }
                 });
                 attached = Some((index, detacher, serving));
+                on_reader.set(Some(index));
             }
             Err(error) => tracing::error!(%error, "demo: cannot attach the card to vpcd"),
         }
