@@ -39,6 +39,14 @@ const FACTORY_PIN: &str = "123456";
 /// The longest wait for a kiosk event or a reader change.
 const WAIT: Duration = Duration::from_secs(20);
 
+/// The tests share the vpcd readers: one at a time.
+static READERS: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// Holds the vpcd readers for one test.
+fn readers_to_myself() -> std::sync::MutexGuard<'static, ()> {
+    READERS.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 fn pcscd_unreachable(error: &dyn std::fmt::Display) -> ! {
     panic!(
         "pcscd is not reachable ({error}): this test needs the system pcscd with the vsmartcard \
@@ -186,7 +194,8 @@ impl Drop for Attached<'_> {
 /// `pivtap kiosk --config kiosk.toml --headless`: JSON events out, PINs in.
 struct HeadlessKiosk {
     child: Child,
-    stdin: ChildStdin,
+    /// `None` once closed ([`HeadlessKiosk::close_stdin`]).
+    stdin: Option<ChildStdin>,
     events: Receiver<Value>,
     /// Every event so far, for failure messages.
     seen: Vec<Value>,
@@ -237,7 +246,7 @@ impl HeadlessKiosk {
         });
         HeadlessKiosk {
             child,
-            stdin,
+            stdin: Some(stdin),
             events,
             seen: Vec::new(),
             stderr,
@@ -287,8 +296,14 @@ impl HeadlessKiosk {
 
     /// Types a line (a PIN, `quit`) on the kiosk.
     fn line(&mut self, text: &str) {
-        writeln!(self.stdin, "{text}").expect("the kiosk reads its stdin");
-        self.stdin.flush().expect("the kiosk reads its stdin");
+        let stdin = self.stdin.as_mut().expect("the kiosk's stdin is open");
+        writeln!(stdin, "{text}").expect("the kiosk reads its stdin");
+        stdin.flush().expect("the kiosk reads its stdin");
+    }
+
+    /// Closes the kiosk's standard input, as a service manager's /dev/null does.
+    fn close_stdin(&mut self) {
+        self.stdin = None;
     }
 
     /// The badge was tapped on the kiosk's reader: it is read and the PIN asked for.
@@ -317,6 +332,11 @@ impl HeadlessKiosk {
     /// Quits and checks the kiosk ended cleanly.
     fn quit(mut self) {
         self.line("quit");
+        self.expect_clean_exit();
+    }
+
+    /// Waits for the kiosk to end, which it must do cleanly (exit 0).
+    fn expect_clean_exit(mut self) {
         let deadline = Instant::now() + WAIT;
         loop {
             if let Some(status) = self.child.try_wait().expect("the kiosk process is there") {
@@ -435,6 +455,7 @@ fn openssl_crl(server: &RunningServer, crl: &[u8]) -> Vec<(String, Option<String
 
 #[test]
 fn a_blank_card_enrolled_over_pcsc_signs_in_at_the_kiosk_through_renewal_lock_and_revocation() {
+    let _readers = readers_to_myself();
     let context = PcscContext::establish().unwrap_or_else(|error| pcscd_unreachable(&error));
     for (reader, _) in [KIOSK_READER, DESK_READER] {
         wait_for_reader(&context, reader, false);
@@ -620,4 +641,47 @@ fn a_blank_card_enrolled_over_pcsc_signs_in_at_the_kiosk_through_renewal_lock_an
     let refusals = refusals.as_array().expect("a JSON array of events");
     assert_eq!(refusals.len(), 1, "{refusals:?}");
     assert_eq!(refusals[0]["device"], KIOSK, "{refusals:?}");
+}
+
+#[test]
+fn the_headless_kiosk_outlives_its_stdin_and_signs_the_worker_out_on_sigterm() {
+    let _readers = readers_to_myself();
+    let context = PcscContext::establish().unwrap_or_else(|error| pcscd_unreachable(&error));
+    wait_for_reader(&context, KIOSK_READER.0, false);
+    let server = RunningServer::start();
+    server.add_user("alice", "Alice Example", "alice@example.com");
+    let card = server.dir.path().join("alice-card.toml");
+    std::fs::copy(common::fixture("cards/alice.toml"), &card).expect("the card image is copied");
+
+    let mut kiosk = HeadlessKiosk::start(&server);
+    let tap = Attached::attach(&context, &card, KIOSK_READER);
+    kiosk.expect_tap();
+    kiosk.sign_in(FACTORY_PIN, "alice");
+    // Standard input closes, as under a service manager: the kiosk carries on.
+    kiosk.close_stdin();
+    std::thread::sleep(Duration::from_millis(1500));
+    let status = kiosk.child.try_wait().expect("the kiosk process is there");
+    assert!(
+        status.is_none(),
+        "stopped when stdin closed: {status:?}; {}",
+        kiosk.story()
+    );
+    // The service manager stops it: the worker is signed out first, then it exits 0.
+    let killed = Command::new("kill")
+        .args(["-TERM", &kiosk.child.id().to_string()])
+        .status()
+        .expect("kill runs");
+    assert!(killed.success());
+    let out = kiosk.expect("signed_out");
+    assert_eq!(out["reason"], "shutdown", "{}", kiosk.story());
+    assert_eq!(out["user"]["id"], "alice", "{}", kiosk.story());
+    assert_eq!(
+        out["user"]["display_name"],
+        "Alice Example",
+        "{}",
+        kiosk.story()
+    );
+    assert!(out["at"].is_string(), "{out}");
+    kiosk.expect_clean_exit();
+    tap.remove();
 }
