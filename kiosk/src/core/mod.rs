@@ -401,22 +401,27 @@ impl Kiosk {
         match self.config.flow {
             Flow::TapThenPin => {
                 self.clear_pin();
-                let work = self.next_work();
-                self.effects.push(Effect::ReadCard {
-                    work,
-                    reader: reader.clone(),
-                });
-                self.enter(
-                    State::ReadingCard {
-                        reader,
-                        work,
-                        started_at: now,
-                    },
-                    now,
-                );
+                self.read_card(reader, now);
             }
             Flow::PinThenTap => self.use_held_pin(reader, now),
         }
+    }
+
+    /// Asks for the badge on `reader` to be read (no PIN needed) and waits for it.
+    fn read_card(&mut self, reader: String, now: Instant) {
+        let work = self.next_work();
+        self.effects.push(Effect::ReadCard {
+            work,
+            reader: reader.clone(),
+        });
+        self.enter(
+            State::ReadingCard {
+                reader,
+                work,
+                started_at: now,
+            },
+            now,
+        );
     }
 
     /// PIN then tap: a badge is on `reader`; sign in with the held PIN if there is one. The
@@ -427,19 +432,7 @@ impl Kiosk {
         if !retry_pending {
             if let Some(pin) = self.take_pin() {
                 self.pin_awaiting_read = Some(pin);
-                let work = self.next_work();
-                self.effects.push(Effect::ReadCard {
-                    work,
-                    reader: reader.clone(),
-                });
-                self.enter(
-                    State::ReadingCard {
-                        reader,
-                        work,
-                        started_at: now,
-                    },
-                    now,
-                );
+                self.read_card(reader, now);
                 return;
             }
         }
