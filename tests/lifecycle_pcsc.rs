@@ -44,7 +44,9 @@ static READERS: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 /// Holds the vpcd readers for one test.
 fn readers_to_myself() -> std::sync::MutexGuard<'static, ()> {
-    READERS.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    READERS
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 fn pcscd_unreachable(error: &dyn std::fmt::Display) -> ! {
@@ -196,6 +198,8 @@ struct HeadlessKiosk {
     child: Child,
     /// `None` once closed ([`HeadlessKiosk::close_stdin`]).
     stdin: Option<ChildStdin>,
+    /// The local session API's port on 127.0.0.1.
+    api_port: u16,
     events: Receiver<Value>,
     /// Every event so far, for failure messages.
     seen: Vec<Value>,
@@ -210,6 +214,7 @@ impl HeadlessKiosk {
         let config = dir.join("kiosk.toml");
         // The kiosk's own credential, as `pivtap kiosk enroll-device` writes it.
         let credential = server.device_credential(KIOSK);
+        let api_port = free_port();
         let toml = format!(
             "device = {device:?}\n\n[server]\nurl = {url:?}\nca = {ca:?}\n\
              device_key = {key:?}\ndevice_certificate = {certificate:?}\n\n\
@@ -221,7 +226,7 @@ impl HeadlessKiosk {
             key = path_str(&credential.join("device.key")),
             certificate = path_str(&credential.join("device.crt")),
             reader = KIOSK_READER.0,
-            port = free_port(),
+            port = api_port,
         );
         std::fs::write(&config, toml).expect("kiosk.toml is written");
         let stderr = dir.join("kiosk.err");
@@ -247,6 +252,7 @@ impl HeadlessKiosk {
         HeadlessKiosk {
             child,
             stdin: Some(stdin),
+            api_port,
             events,
             seen: Vec::new(),
             stderr,
@@ -659,6 +665,27 @@ fn the_headless_kiosk_outlives_its_stdin_and_signs_the_worker_out_on_sigterm() {
     kiosk.sign_in(FACTORY_PIN, "alice");
     // Standard input closes, as under a service manager: the kiosk carries on.
     kiosk.close_stdin();
+    // An app on the device follows the local API's event stream.
+    let mut app = std::net::TcpStream::connect(("127.0.0.1", kiosk.api_port))
+        .expect("the local session API listens");
+    write!(
+        app,
+        "GET /v1/events HTTP/1.1\r\nHost: 127.0.0.1:{}\r\n\r\n",
+        kiosk.api_port
+    )
+    .expect("the request is sent");
+    app.set_read_timeout(Some(WAIT)).expect("a read timeout");
+    let app_heard = std::thread::spawn(move || {
+        let mut heard = String::new();
+        let mut buffer = [0u8; 4096];
+        while let Ok(read) = std::io::Read::read(&mut app, &mut buffer) {
+            if read == 0 {
+                break;
+            }
+            heard.push_str(&String::from_utf8_lossy(&buffer[..read]));
+        }
+        heard
+    });
     std::thread::sleep(Duration::from_millis(1500));
     let status = kiosk.child.try_wait().expect("the kiosk process is there");
     assert!(
@@ -683,5 +710,11 @@ fn the_headless_kiosk_outlives_its_stdin_and_signs_the_worker_out_on_sigterm() {
     );
     assert!(out["at"].is_string(), "{out}");
     kiosk.expect_clean_exit();
+    // The app heard it too, before the kiosk closed the stream.
+    let heard = app_heard.join().expect("the app's reader");
+    assert!(
+        heard.contains("event: signed_out") && heard.contains("\"reason\":\"shutdown\""),
+        "{heard}"
+    );
     tap.remove();
 }

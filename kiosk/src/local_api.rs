@@ -678,6 +678,9 @@ fn event_stream(
 ) -> impl Stream<Item = Result<sse::Event, serde_json::Error>> {
     stream::unfold((events, closing), |(mut events, mut closing)| async move {
         let received = tokio::select! {
+            // Events already published go out before the stream ends: the kiosk's last
+            // `signed_out` (reason `shutdown`) reaches every client.
+            biased;
             received = events.recv() => received,
             () = server_closing(&mut closing) => return None,
         };
@@ -1232,6 +1235,27 @@ mod tests {
         closing_sender.send_replace(true);
         let next = tokio::time::timeout(StdDuration::from_secs(5), stream.next()).await;
         assert!(matches!(next, Ok(None)));
+    }
+
+    #[tokio::test]
+    async fn events_published_before_the_server_closes_still_go_out() {
+        let board = SessionBoard::new();
+        // Several times: an unbiased choice between the event and the closing would show.
+        for _ in 0..20 {
+            let (closing_sender, closing) = watch::channel(false);
+            let mut stream = Box::pin(event_stream(board.subscribe(), closing));
+            board.publish(&signed_out("alice"), None);
+            closing_sender.send_replace(true);
+            let next = tokio::time::timeout(StdDuration::from_secs(5), stream.next()).await;
+            let event = format!(
+                "{:?}",
+                next.unwrap().expect("the signed_out event").unwrap()
+            );
+            assert!(event.contains("event: signed_out\\n"), "{event}");
+            assert!(event.contains("\\\"at\\\":"), "{event}");
+            let next = tokio::time::timeout(StdDuration::from_secs(5), stream.next()).await;
+            assert!(matches!(next, Ok(None)));
+        }
     }
 
     #[tokio::test]

@@ -254,10 +254,12 @@ pub fn run(args: KioskArgs) -> anyhow::Result<()> {
             connections: config.local_api.connection_limits(),
         };
         let api_board = board.clone();
-        tokio::spawn(async move {
-            if let Err(error) =
-                pivtap_kiosk::local_api::serve(api_board, api, std::future::pending()).await
-            {
+        let (stop_api, api_stopping) = tokio::sync::oneshot::channel::<()>();
+        let api_task = tokio::spawn(async move {
+            let stopping = async {
+                let _ = api_stopping.await;
+            };
+            if let Err(error) = pivtap_kiosk::local_api::serve(api_board, api, stopping).await {
                 tracing::error!(%error, "the local session API stopped");
             }
         });
@@ -271,10 +273,10 @@ pub fn run(args: KioskArgs) -> anyhow::Result<()> {
             board,
             on_function_key: None,
         };
-        if args.headless {
+        let ran = if args.headless {
             read_stdin(inputs_tx);
             let mut face = HeadlessFace::new(std::io::stdout());
-            runtime::run(parts, &mut face, inputs_rx).await?;
+            runtime::run(parts, &mut face, inputs_rx).await
         } else {
             let branding = Branding {
                 organisation: config.branding.organisation.clone(),
@@ -289,8 +291,13 @@ pub fn run(args: KioskArgs) -> anyhow::Result<()> {
                 QuitKeys::Administrator(gate),
             );
             face.read_keys(inputs_tx);
-            runtime::run(parts, &mut face, inputs_rx).await?;
-        }
+            runtime::run(parts, &mut face, inputs_rx).await
+        };
+        // The last events (`signed_out`, reason `shutdown`) reach the event-stream clients
+        // before the local API closes; a client that does not read is not waited for long.
+        let _ = stop_api.send(());
+        let _ = tokio::time::timeout(Duration::from_secs(2), api_task).await;
+        ran?;
         anyhow::Ok(())
     })
 }
