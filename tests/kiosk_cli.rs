@@ -92,12 +92,15 @@ fn the_demo_without_a_terminal_tells_its_story_in_words() {
 
 #[test]
 fn the_headless_kiosk_outlives_its_standard_input_and_stops_on_a_signal() {
-    let (_dir, config) = kiosk_config("");
+    let (dir, config) = kiosk_config("");
+    let log = dir.path().join("kiosk.log");
     for signal_name in ["TERM", "INT"] {
+        // Logs to a file, with nothing telling it to avoid colour: plain text all the same.
         let mut child = pivtap_command(&["kiosk", "--config", path_str(&config), "--headless"])
+            .env_remove("NO_COLOR")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
-            .stderr(Stdio::null())
+            .stderr(std::fs::File::create(&log).expect("a log file"))
             .spawn()
             .expect("pivtap kiosk starts");
         // Standard input is closed from the start, as under a service manager.
@@ -110,6 +113,9 @@ fn the_headless_kiosk_outlives_its_standard_input_and_stops_on_a_signal() {
         let status = wait_with_timeout(&mut child, Duration::from_secs(10))
             .unwrap_or_else(|| panic!("SIG{signal_name} did not stop the kiosk"));
         assert_eq!(status.code(), Some(0), "SIG{signal_name}: {status:?}");
+        let logged = std::fs::read_to_string(&log).expect("the log");
+        assert!(logged.contains("no device credential"), "{logged}");
+        assert!(!logged.contains('\u{1b}'), "colour codes in a log file: {logged:?}");
     }
 }
 
