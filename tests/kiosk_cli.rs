@@ -115,7 +115,10 @@ fn the_headless_kiosk_outlives_its_standard_input_and_stops_on_a_signal() {
         assert_eq!(status.code(), Some(0), "SIG{signal_name}: {status:?}");
         let logged = std::fs::read_to_string(&log).expect("the log");
         assert!(logged.contains("no device credential"), "{logged}");
-        assert!(!logged.contains('\u{1b}'), "colour codes in a log file: {logged:?}");
+        assert!(
+            !logged.contains('\u{1b}'),
+            "colour codes in a log file: {logged:?}"
+        );
     }
 }
 

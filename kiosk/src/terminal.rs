@@ -115,6 +115,9 @@ impl Face for TerminalFace {
                 .unwrap_or_else(|_| time::OffsetDateTime::now_utc()),
             demo_help: demo_help.as_deref(),
             exit: self.gate.as_ref().and_then(|gate| lock(gate).screen(now)),
+            waiting_worker: kiosk
+                .switching_from()
+                .map(|session| session.user.display_name.as_str()),
         };
         let _ = self.terminal.draw(|frame| render(frame, &view));
     }

@@ -58,6 +58,9 @@ pub struct View<'a> {
     /// The administrator's exit, when its key sequence was pressed: shown instead of the
     /// kiosk's message.
     pub exit: Option<ExitScreen>,
+    /// Fast user switch: who stays signed in until the new worker's PIN is accepted
+    /// ([`Kiosk::switching_from`](crate::core::Kiosk::switching_from)).
+    pub waiting_worker: Option<&'a str>,
 }
 
 /// What a key press means to the kiosk.
@@ -125,7 +128,20 @@ pub fn render(frame: &mut Frame, view: &View) {
     };
     let lines = match view.exit {
         Some(exit) => exit_lines(exit, view),
-        None => message_lines(view),
+        None => {
+            let mut lines = message_lines(view);
+            if let Some(name) = view.waiting_worker {
+                lines.push(Line::default());
+                lines.push(Line::styled(
+                    format!(
+                        "{} stays signed in until your PIN is accepted",
+                        short_name(name)
+                    ),
+                    HINT,
+                ));
+            }
+            lines
+        }
     };
     render_message(frame, message, lines, view.branding);
     render_status(frame, status, connections, device_and_clock);
@@ -834,6 +850,7 @@ mod tests {
                 clock: clock(),
                 demo_help,
                 exit: None,
+                waiting_worker: None,
             },
             width,
             height,
@@ -983,6 +1000,7 @@ mod tests {
                     clock: clock(),
                     demo_help: None,
                     exit: Some(exit),
+                    waiting_worker: None,
                 },
                 80,
                 24,
@@ -1006,6 +1024,51 @@ mod tests {
     }
 
     #[test]
+    fn a_switch_says_who_stays_signed_in_until_the_new_pin_is_accepted() {
+        let mut driver = Driver::new(Flow::TapThenPin);
+        driver.sign_in();
+        driver.send(Event::CardPresent {
+            reader: "NFC reader".to_owned(),
+        });
+        driver.send(Event::CardRead {
+            work: driver.work(),
+            card: CardSummary {
+                holder_name: Some("Bob Line".to_owned()),
+                card_guid: Some("ff".repeat(16)),
+            },
+            pin_tries_left: Some(3),
+        });
+        let readers = BTreeSet::from([DESK.to_owned()]);
+        let buffer = render_view(
+            &View {
+                state: driver.kiosk.state(),
+                flow: Flow::TapThenPin,
+                readers: &readers,
+                server_reachable: true,
+                branding: &branding(),
+                device: "kiosk-07",
+                now: driver.now,
+                clock: clock(),
+                demo_help: None,
+                exit: None,
+                waiting_worker: driver
+                    .kiosk
+                    .switching_from()
+                    .map(|session| session.user.display_name.as_str()),
+            },
+            80,
+            24,
+        );
+        assert_shows(
+            &buffer,
+            &[
+                "Hello, Bob Line",
+                "Alice Field stays signed in until your PIN is accepted",
+            ],
+        );
+    }
+
+    #[test]
     fn reader_missing_says_what_to_do() {
         let mut driver = Driver::new(Flow::TapThenPin);
         driver.send(Event::ReaderRemoved {
@@ -1024,6 +1087,7 @@ mod tests {
                 clock: clock(),
                 demo_help: None,
                 exit: None,
+                waiting_worker: None,
             },
             80,
             24,
@@ -1351,6 +1415,7 @@ mod tests {
             clock: clock(),
             demo_help: None,
             exit: None,
+            waiting_worker: None,
         };
         let buffer = render_view(&view, 100, 24);
         assert_shows(
@@ -1439,6 +1504,7 @@ mod tests {
                     clock: clock(),
                     demo_help,
                     exit: None,
+                    waiting_worker: None,
                 };
                 let buffer = render_view(&view, width, height);
                 assert!(!screen(&buffer).contains('\u{1b}'));

@@ -1268,6 +1268,10 @@ impl Kiosk {
     /// Replaces the state, starting the notice's display time where it has one. Leaving a
     /// PIN change or unblock wipes the values it held.
     fn enter(&mut self, state: State, now: Instant) {
+        if !matches!(state, State::ReadingCard { .. }) {
+            // The badge's read is over, whichever way: a PIN held for it is wiped.
+            self.pin_awaiting_read = None;
+        }
         if !matches!(
             state,
             State::SignedIn {

@@ -2684,6 +2684,11 @@ impl Observer {
                 _ => {}
             }
         }
+        // A PIN taken from the typing buffer waits only for the read of the badge it is for.
+        if kiosk.pin_awaiting_read.is_some() {
+            let reading = matches!(kiosk.state(), State::ReadingCard { .. });
+            prop_assert!(reading, "a held PIN outside the badge's read");
+        }
         // The values of a PIN change or unblock are held only while one is under way.
         if !kiosk.pin_form_active() {
             prop_assert!(kiosk.form_first.is_empty() && kiosk.form_new.is_empty());
