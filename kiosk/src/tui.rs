@@ -857,6 +857,26 @@ mod tests {
         )
     }
 
+    static BRANDING: std::sync::LazyLock<Branding> = std::sync::LazyLock::new(branding);
+
+    /// The driver's screen over `readers`, as the terminal face draws it (server reachable,
+    /// no demo panel, no administrator's exit, no switch under way).
+    fn view_of<'a>(driver: &'a Driver, readers: &'a BTreeSet<String>) -> View<'a> {
+        View {
+            state: driver.kiosk.state(),
+            flow: driver.flow,
+            readers,
+            server_reachable: true,
+            branding: &BRANDING,
+            device: "kiosk-07",
+            now: driver.now,
+            clock: clock(),
+            demo_help: None,
+            exit: None,
+            waiting_worker: None,
+        }
+    }
+
     fn render_view(view: &View, width: u16, height: u16) -> Buffer {
         let mut terminal = Terminal::new(TestBackend::new(width, height)).unwrap();
         terminal.draw(|frame| render(frame, view)).unwrap();
@@ -988,23 +1008,11 @@ mod tests {
         driver.sign_in();
         let readers = BTreeSet::from([DESK.to_owned()]);
         let render_exit = |exit| {
-            render_view(
-                &View {
-                    state: driver.kiosk.state(),
-                    flow: Flow::TapThenPin,
-                    readers: &readers,
-                    server_reachable: true,
-                    branding: &branding(),
-                    device: "kiosk-07",
-                    now: driver.now,
-                    clock: clock(),
-                    demo_help: None,
-                    exit: Some(exit),
-                    waiting_worker: None,
-                },
-                80,
-                24,
-            )
+            let view = View {
+                exit: Some(exit),
+                ..view_of(&driver, &readers)
+            };
+            render_view(&view, 80, 24)
         };
         let buffer = render_exit(ExitScreen::Passcode { typed: 5 });
         assert_shows(
@@ -1039,26 +1047,14 @@ mod tests {
             pin_tries_left: Some(3),
         });
         let readers = BTreeSet::from([DESK.to_owned()]);
-        let buffer = render_view(
-            &View {
-                state: driver.kiosk.state(),
-                flow: Flow::TapThenPin,
-                readers: &readers,
-                server_reachable: true,
-                branding: &branding(),
-                device: "kiosk-07",
-                now: driver.now,
-                clock: clock(),
-                demo_help: None,
-                exit: None,
-                waiting_worker: driver
-                    .kiosk
-                    .switching_from()
-                    .map(|session| session.user.display_name.as_str()),
-            },
-            80,
-            24,
-        );
+        let view = View {
+            waiting_worker: driver
+                .kiosk
+                .switching_from()
+                .map(|session| session.user.display_name.as_str()),
+            ..view_of(&driver, &readers)
+        };
+        let buffer = render_view(&view, 80, 24);
         assert_shows(
             &buffer,
             &[
@@ -1075,23 +1071,7 @@ mod tests {
             reader: DESK.to_owned(),
         });
         let readers = BTreeSet::new();
-        let buffer = render_view(
-            &View {
-                state: driver.kiosk.state(),
-                flow: Flow::TapThenPin,
-                readers: &readers,
-                server_reachable: true,
-                branding: &branding(),
-                device: "kiosk-07",
-                now: driver.now,
-                clock: clock(),
-                demo_help: None,
-                exit: None,
-                waiting_worker: None,
-            },
-            80,
-            24,
-        );
+        let buffer = render_view(&view_of(&driver, &readers), 80, 24);
         assert_shows(
             &buffer,
             &[
