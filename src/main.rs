@@ -9,6 +9,7 @@ mod help_examples;
 mod issuer;
 mod log_format;
 
+use std::io::IsTerminal;
 use std::process::ExitCode;
 
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
@@ -60,6 +61,8 @@ enum Command {
     Bench(commands::bench::BenchCommand),
 }
 
+/// Exit code for a usage error.
+const EXIT_USAGE: u8 = 2;
 /// Exit code for a wrong PIN.
 const EXIT_WRONG_PIN: u8 = 3;
 /// Exit code for a blocked PIN.
@@ -81,7 +84,9 @@ fn main() -> ExitCode {
             tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_filter)),
         )
-        .with_writer(std::io::stderr);
+        .with_writer(std::io::stderr)
+        // Colour codes only for a terminal: a log file or the journal gets plain text.
+        .with_ansi(std::io::stderr().is_terminal());
     match &cli.command {
         Command::Server(command) if command.log_format() == log_format::LogFormat::Json => {
             logs.event_format(log_format::JsonLines).init();
@@ -111,6 +116,9 @@ fn main() -> ExitCode {
 }
 
 fn exit_code(error: &anyhow::Error) -> u8 {
+    if error.is::<commands::kiosk::NoTerminal>() {
+        return EXIT_USAGE;
+    }
     match error.downcast_ref::<PivError>() {
         Some(PivError::WrongPin { .. }) => EXIT_WRONG_PIN,
         Some(PivError::PinBlocked) => EXIT_PIN_BLOCKED,

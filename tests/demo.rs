@@ -106,8 +106,11 @@ fn the_terminal_ui_signs_a_worker_in_and_out_under_tmux() {
     let tmux = Tmux::start(&format!("{} demo", pivtap()));
     tmux.wait_for("Tap your badge");
     tmux.wait_for("F1: tap/remove Alice Example");
+    tmux.wait_for("PUK 12345678");
+    tmux.wait_for("On the reader: no badge");
     tmux.keys(&["F1"]);
     tmux.wait_for("Hello, Alice Example");
+    tmux.wait_for("On the reader: Alice");
     tmux.keys(&["1", "2", "3", "4"]);
     let screen = tmux.wait_for("●●●●");
     let pin_line = screen
@@ -177,4 +180,14 @@ fn the_kiosk_terminal_tells_an_unreachable_server_and_a_filter_matching_no_reade
     drop(tmux);
     let log = std::fs::read_to_string(dir.path().join("filtered.log")).unwrap();
     assert!(log.contains("[readers] name_contains"), "{log}");
+}
+
+#[test]
+fn the_demo_quits_with_q_or_capital_q() {
+    for key in ["q", "Q"] {
+        let tmux = Tmux::start(&format!("{} demo; echo \"EXITED $?\"; sleep 30", pivtap()));
+        tmux.wait_for("Tap your badge");
+        tmux.keys(&[key]);
+        tmux.wait_for("EXITED 0");
+    }
 }

@@ -196,7 +196,10 @@ impl Drop for Attached<'_> {
 /// `pivtap kiosk --config kiosk.toml --headless`: JSON events out, PINs in.
 struct HeadlessKiosk {
     child: Child,
-    stdin: ChildStdin,
+    /// `None` once closed ([`HeadlessKiosk::close_stdin`]).
+    stdin: Option<ChildStdin>,
+    /// The local session API's port on 127.0.0.1.
+    api_port: u16,
     events: Receiver<Value>,
     /// Every event so far, for failure messages.
     seen: Vec<Value>,
@@ -216,6 +219,7 @@ impl HeadlessKiosk {
         let config = dir.join("kiosk.toml");
         // The kiosk's own credential, as `pivtap kiosk enroll-device` writes it.
         let credential = server.device_credential(KIOSK);
+        let api_port = free_port();
         let toml = format!(
             "device = {device:?}\n\n[server]\nurl = {url:?}\nca = {ca:?}\n\
              device_key = {key:?}\ndevice_certificate = {certificate:?}\n\n\
@@ -227,7 +231,7 @@ impl HeadlessKiosk {
             key = path_str(&credential.join("device.key")),
             certificate = path_str(&credential.join("device.crt")),
             reader = name_contains,
-            port = free_port(),
+            port = api_port,
         );
         std::fs::write(&config, toml).expect("kiosk.toml is written");
         let stderr = dir.join("kiosk.err");
@@ -252,7 +256,8 @@ impl HeadlessKiosk {
         });
         HeadlessKiosk {
             child,
-            stdin,
+            stdin: Some(stdin),
+            api_port,
             events,
             seen: Vec::new(),
             stderr,
@@ -302,8 +307,14 @@ impl HeadlessKiosk {
 
     /// Types a line (a PIN, `quit`) on the kiosk.
     fn line(&mut self, text: &str) {
-        writeln!(self.stdin, "{text}").expect("the kiosk reads its stdin");
-        self.stdin.flush().expect("the kiosk reads its stdin");
+        let stdin = self.stdin.as_mut().expect("the kiosk's stdin is open");
+        writeln!(stdin, "{text}").expect("the kiosk reads its stdin");
+        stdin.flush().expect("the kiosk reads its stdin");
+    }
+
+    /// Closes the kiosk's standard input, as a service manager's /dev/null does.
+    fn close_stdin(&mut self) {
+        self.stdin = None;
     }
 
     /// The badge was tapped on the kiosk's reader: it is read and the PIN asked for.
@@ -332,6 +343,11 @@ impl HeadlessKiosk {
     /// Quits and checks the kiosk ended cleanly.
     fn quit(mut self) {
         self.line("quit");
+        self.expect_clean_exit();
+    }
+
+    /// Waits for the kiosk to end, which it must do cleanly (exit 0).
+    fn expect_clean_exit(mut self) {
         let deadline = Instant::now() + WAIT;
         loop {
             if let Some(status) = self.child.try_wait().expect("the kiosk process is there") {
@@ -661,4 +677,87 @@ fn a_blank_card_enrolled_over_pcsc_signs_in_at_the_kiosk_through_renewal_lock_an
     let refusals = refusals.as_array().expect("a JSON array of events");
     assert_eq!(refusals.len(), 1, "{refusals:?}");
     assert_eq!(refusals[0]["device"], KIOSK, "{refusals:?}");
+}
+
+#[test]
+fn the_headless_kiosk_outlives_its_stdin_and_signs_the_worker_out_on_sigterm() {
+    let _readers = hold_readers();
+    let context = PcscContext::establish().unwrap_or_else(|error| pcscd_unreachable(&error));
+    wait_for_reader(&context, KIOSK_READER.0, false);
+    let server = RunningServer::start();
+    server.add_user("alice", "Alice Example", "alice@example.com");
+    let card = server.dir.path().join("alice-card.toml");
+    std::fs::copy(common::fixture("cards/alice.toml"), &card).expect("the card image is copied");
+
+    let mut kiosk = HeadlessKiosk::start(&server);
+    let tap = Attached::attach(&context, &card, KIOSK_READER);
+    kiosk.expect_tap();
+    kiosk.sign_in(FACTORY_PIN, "alice");
+    // Standard input closes, as under a service manager: the kiosk carries on.
+    kiosk.close_stdin();
+    // An app on the device follows the local API's event stream.
+    let mut app = std::net::TcpStream::connect(("127.0.0.1", kiosk.api_port))
+        .expect("the local session API listens");
+    write!(
+        app,
+        "GET /v1/events HTTP/1.1\r\nHost: 127.0.0.1:{}\r\n\r\n",
+        kiosk.api_port
+    )
+    .expect("the request is sent");
+    app.set_read_timeout(Some(WAIT)).expect("a read timeout");
+    let app_heard = std::thread::spawn(move || {
+        let mut heard = String::new();
+        let mut buffer = [0u8; 4096];
+        while let Ok(read) = std::io::Read::read(&mut app, &mut buffer) {
+            if read == 0 {
+                break;
+            }
+            heard.push_str(&String::from_utf8_lossy(&buffer[..read]));
+        }
+        heard
+    });
+    std::thread::sleep(Duration::from_millis(1500));
+    let status = kiosk.child.try_wait().expect("the kiosk process is there");
+    assert!(
+        status.is_none(),
+        "stopped when stdin closed: {status:?}; {}",
+        kiosk.story()
+    );
+    // The service manager stops it: the worker is signed out first, then it exits 0.
+    let killed = Command::new("kill")
+        .args(["-TERM", &kiosk.child.id().to_string()])
+        .status()
+        .expect("kill runs");
+    assert!(killed.success());
+    let out = kiosk.expect("signed_out");
+    assert_eq!(out["reason"], "shutdown", "{}", kiosk.story());
+    assert_eq!(out["user"]["id"], "alice", "{}", kiosk.story());
+    assert_eq!(
+        out["user"]["display_name"],
+        "Alice Example",
+        "{}",
+        kiosk.story()
+    );
+    assert!(out["at"].is_string(), "{out}");
+    kiosk.expect_clean_exit();
+    // The app heard it too, before the kiosk closed the stream.
+    let heard = app_heard.join().expect("the app's reader");
+    assert!(
+        heard.contains("event: signed_out") && heard.contains("\"reason\":\"shutdown\""),
+        "{heard}"
+    );
+    // And the server recorded the sign-out before the kiosk ended.
+    let audit = server
+        .admin(&["audit", "--kind", "sign_out", "--json"])
+        .success("audit --kind sign_out");
+    let sign_outs: Vec<Value> = serde_json::from_str(&audit.stdout).expect("audit JSON");
+    assert!(
+        sign_outs.iter().any(|event| event["user_id"] == "alice"
+            && event["device"] == KIOSK
+            && event["detail"]
+                .as_str()
+                .is_some_and(|detail| detail.ends_with("reason shutdown"))),
+        "no sign_out for the shutdown at the server: {sign_outs:?}"
+    );
+    tap.remove();
 }

@@ -79,7 +79,11 @@ impl Face for LoggingFace {
     fn refresh(&mut self, _kiosk: &Kiosk, _server_reachable: bool, _now: Instant) {}
 
     fn session_event(&mut self, event: &SessionEvent, _token: Option<&str>) {
-        let _ = writeln!(self.log, "{}", event_line(event, None));
+        let _ = writeln!(
+            self.log,
+            "{}",
+            event_line(event, None, time::OffsetDateTime::now_utc())
+        );
         let _ = self.events.send(event.clone());
     }
 }

@@ -16,8 +16,17 @@
 //!
 //! [session]
 //! sign_out_on_removal = true           # the badge leaving the reader signs the worker out
+//!                                      # (default: true for tap_then_pin, false for pin_then_tap,
+//!                                      # whose badge only touches the reader briefly)
 //! idle_timeout_seconds = 900           # sign out after this long without a key or a tap; 0 = never
-//! fast_user_switch = true              # another worker's tap signs the current worker out
+//!                                      # (default: 900 for tap_then_pin, 300 for pin_then_tap)
+//! fast_user_switch = true              # another worker's tap switches to them once their PIN is
+//!                                      # accepted (the current worker stays signed in until then)
+//! pin_hold_seconds = 30                # pin_then_tap: a typed PIN waits this long for the tap
+//!                                      # (5 to 600; the screen counts it down)
+//! warning_seconds = 30                 # warn this long before the idle sign-out (a key or a tap
+//!                                      # of the badge keeps the worker) and before the session's
+//!                                      # end (tap and PIN sign in again); 0 = no warning
 //!
 //! [readers]
 //! name_contains = ""                   # only readers whose name contains this (any case)
@@ -35,6 +44,12 @@
 //! header_read_timeout_seconds = 10     # a request's headers must be in by then (1 to 3600)
 //! idle_timeout_seconds = 60            # nothing read or written for this long: closed (1 to 3600)
 //! max_connections = 128                # open at once (every app comes from loopback)
+//!
+//! [admin]
+//! exit_keys = "ctrl-alt-x"             # opens the administrator's exit; keys separated by spaces
+//!                                      # ("f10 f10 f10"), each f1-f12 or held with ctrl- or alt-
+//! exit_passcode_hash = "$argon2id$..." # written by `pivtap kiosk set-exit-passcode`; unset: only
+//!                                      # a signal (SIGTERM from the service manager) stops the kiosk
 //! ```
 //!
 //! Paths are relative to the configuration file's directory.
@@ -46,6 +61,7 @@ use std::time::Duration;
 use pivtap_server_client::device::DeviceCredential;
 use serde::Deserialize;
 
+use crate::admin_exit::{ExitKeys, ExitPasscodeHash};
 use crate::core::{CoreConfig, Flow, SessionPolicy};
 
 /// The whole configuration.
@@ -71,6 +87,28 @@ pub struct KioskConfig {
     /// The local session API.
     #[serde(default)]
     pub local_api: LocalApiSection,
+    /// The administrator's exit.
+    #[serde(default)]
+    pub admin: AdminSection,
+}
+
+/// `[admin]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminSection {
+    /// The key sequence that opens the administrator's exit.
+    pub exit_keys: String,
+    /// The exit passcode's Argon2id hash (PHC string); `None`: only a signal stops the kiosk.
+    pub exit_passcode_hash: Option<String>,
+}
+
+impl Default for AdminSection {
+    fn default() -> Self {
+        AdminSection {
+            exit_keys: crate::admin_exit::DEFAULT_EXIT_KEYS.to_owned(),
+            exit_passcode_hash: None,
+        }
+    }
 }
 
 /// `[server]`
@@ -105,21 +143,46 @@ fn default_timeout() -> u64 {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct SessionSection {
-    /// Removal signs out.
-    pub sign_out_on_removal: bool,
-    /// Seconds without activity before sign-out; 0 = never.
-    #[serde(deserialize_with = "pivtap_server_client::duration::seconds")]
-    pub idle_timeout_seconds: u64,
+    /// Removal signs out; unset: the flow's default ([`SessionSection::defaults_for`]).
+    pub sign_out_on_removal: Option<bool>,
+    /// Seconds without activity before sign-out; 0 = never; unset: the flow's default.
+    #[serde(
+        default,
+        deserialize_with = "pivtap_server_client::duration::optional_seconds"
+    )]
+    pub idle_timeout_seconds: Option<u64>,
     /// A new tap switches workers.
     pub fast_user_switch: bool,
+    /// PIN then tap: how long a typed PIN waits for the tap.
+    #[serde(deserialize_with = "pivtap_server_client::duration::seconds")]
+    pub pin_hold_seconds: u64,
+    /// Warn this many seconds before the idle sign-out and the session's end; 0 = never.
+    #[serde(deserialize_with = "pivtap_server_client::duration::seconds")]
+    pub warning_seconds: u64,
 }
 
 impl Default for SessionSection {
     fn default() -> Self {
         SessionSection {
-            sign_out_on_removal: true,
-            idle_timeout_seconds: 900,
+            sign_out_on_removal: None,
+            idle_timeout_seconds: None,
             fast_user_switch: true,
+            pin_hold_seconds: 30,
+            warning_seconds: 30,
+        }
+    }
+}
+
+impl SessionSection {
+    /// The defaults that fit `flow`, as (`sign_out_on_removal`, `idle_timeout_seconds`): a badge
+    /// resting on a desk reader (tap then PIN) keeps the session while it stays; a badge held
+    /// briefly to an NFC reader (PIN then tap) leaves at once, so removal must not sign out and
+    /// the idle time-out is shorter.
+    #[must_use]
+    pub fn defaults_for(flow: Flow) -> (bool, u64) {
+        match flow {
+            Flow::TapThenPin => (true, 900),
+            Flow::PinThenTap => (false, 300),
         }
     }
 }
@@ -298,6 +361,12 @@ impl KioskConfig {
                 "give device_key and device_certificate together (from `pivtap kiosk enroll-device`)",
             ));
         }
+        if self.session.warning_seconds > 600 {
+            return Err(invalid("session.warning_seconds", "0 (never) to 600"));
+        }
+        if !(5..=600).contains(&self.session.pin_hold_seconds) {
+            return Err(invalid("session.pin_hold_seconds", "5 to 600"));
+        }
         if !(1..=300).contains(&self.server.timeout_seconds) {
             return Err(invalid("server.timeout_seconds", "1 to 300"));
         }
@@ -312,6 +381,17 @@ impl KioskConfig {
         }
         if !(1..=100_000).contains(&self.local_api.max_connections) {
             return Err(invalid("local_api.max_connections", "1 to 100000"));
+        }
+        if let Err(error) = self.admin.exit_keys.parse::<ExitKeys>() {
+            return Err(invalid("admin.exit_keys", &error.to_string()));
+        }
+        if let Some(Err(error)) = self
+            .admin
+            .exit_passcode_hash
+            .as_deref()
+            .map(ExitPasscodeHash::parse)
+        {
+            return Err(invalid("admin.exit_passcode_hash", &error.to_string()));
         }
         if !self.local_api.listen.ip().is_loopback() {
             return Err(invalid(
@@ -350,21 +430,79 @@ impl KioskConfig {
         Ok(Some(credential))
     }
 
+    /// The key sequence of the administrator's exit (checked by [`KioskConfig::validate`]).
+    #[must_use]
+    pub fn exit_keys(&self) -> ExitKeys {
+        self.admin.exit_keys.parse().unwrap_or_default()
+    }
+
+    /// The exit passcode's hash, when one is set (checked by [`KioskConfig::validate`]).
+    #[must_use]
+    pub fn exit_passcode_hash(&self) -> Option<ExitPasscodeHash> {
+        self.admin
+            .exit_passcode_hash
+            .as_deref()
+            .and_then(|text| ExitPasscodeHash::parse(text).ok())
+    }
+
     /// The core's settings.
     #[must_use]
     pub fn core(&self) -> CoreConfig {
+        let (removal, idle) = SessionSection::defaults_for(self.flow);
+        let idle = self.session.idle_timeout_seconds.unwrap_or(idle);
         CoreConfig {
             flow: self.flow,
             session: SessionPolicy {
-                sign_out_on_removal: self.session.sign_out_on_removal,
-                idle_timeout: (self.session.idle_timeout_seconds > 0)
-                    .then(|| Duration::from_secs(self.session.idle_timeout_seconds)),
+                sign_out_on_removal: self.session.sign_out_on_removal.unwrap_or(removal),
+                idle_timeout: (idle > 0).then(|| Duration::from_secs(idle)),
                 fast_user_switch: self.session.fast_user_switch,
+                warning_lead: Duration::from_secs(self.session.warning_seconds),
             },
+            pin_hold_timeout: Duration::from_secs(self.session.pin_hold_seconds),
             help_contact: self.branding.help_contact.clone(),
             ..CoreConfig::default()
         }
     }
+}
+
+/// `kiosk.toml`'s text with `[admin] exit_passcode_hash` set to `hash`: the key is replaced
+/// where it is, or added under `[admin]` (made at the end if missing); every other line stays
+/// as it was.
+#[must_use]
+pub fn with_exit_passcode_hash(text: &str, hash: &ExitPasscodeHash) -> String {
+    let line = format!("exit_passcode_hash = '{}'", hash.as_str());
+    let mut lines: Vec<String> = text.lines().map(str::to_owned).collect();
+    let is_header = |l: &str| l.trim_start().starts_with('[');
+    let admin = lines
+        .iter()
+        .position(|l| l.replace([' ', '\t'], "").starts_with("[admin]"));
+    match admin {
+        Some(start) => {
+            let end = lines[start + 1..]
+                .iter()
+                .position(|l| is_header(l))
+                .map_or(lines.len(), |offset| start + 1 + offset);
+            let existing = lines[start + 1..end].iter().position(|l| {
+                l.trim_start()
+                    .strip_prefix("exit_passcode_hash")
+                    .is_some_and(|rest| rest.trim_start().starts_with('='))
+            });
+            match existing {
+                Some(offset) => lines[start + 1 + offset] = line,
+                None => lines.insert(start + 1, line),
+            }
+        }
+        None => {
+            if lines.last().is_some_and(|l| !l.trim().is_empty()) {
+                lines.push(String::new());
+            }
+            lines.push("[admin]".to_owned());
+            lines.push(line);
+        }
+    }
+    let mut out = lines.join("\n");
+    out.push('\n');
+    out
 }
 
 #[cfg(test)]
@@ -429,7 +567,103 @@ mod tests {
         let core = config.core();
         assert!(core.session.sign_out_on_removal);
         assert_eq!(core.session.idle_timeout, Some(Duration::from_secs(900)));
+        assert_eq!(core.pin_hold_timeout, Duration::from_secs(30));
         assert_eq!(core.help_contact, "your IT service desk");
+    }
+
+    #[test]
+    fn each_flow_has_its_own_session_defaults_and_explicit_settings_win() {
+        let base = "device = \"k\"\nflow = \"pin_then_tap\"\n[server]\nurl = \"https://a\"\n";
+        let core = load(base).unwrap().core();
+        assert!(
+            !core.session.sign_out_on_removal,
+            "a brief NFC tap must not end the session it starts"
+        );
+        assert_eq!(core.session.idle_timeout, Some(Duration::from_secs(300)));
+        let explicit = format!(
+            "{base}[session]\nsign_out_on_removal = true\nidle_timeout_seconds = 0\npin_hold_seconds = 45\n"
+        );
+        let core = load(&explicit).unwrap().core();
+        assert!(core.session.sign_out_on_removal);
+        assert_eq!(core.session.idle_timeout, None);
+        assert_eq!(core.pin_hold_timeout, Duration::from_secs(45));
+        let desk = "device = \"k\"\n[server]\nurl = \"https://a\"\n[session]\nsign_out_on_removal = false\n";
+        assert!(!load(desk).unwrap().core().session.sign_out_on_removal);
+        match load(&format!("{base}[session]\npin_hold_seconds = 2\n")) {
+            Err(KioskConfigError::Invalid { field, .. }) => {
+                assert_eq!(field, "session.pin_hold_seconds");
+            }
+            other => panic!("a 2 s hold: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn setting_the_exit_passcode_hash_keeps_the_rest_of_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("kiosk.toml");
+        let first = ExitPasscodeHash::new("first passcode").unwrap();
+        let second = ExitPasscodeHash::new("second passcode").unwrap();
+        let base = "# the kiosk\ndevice = \"k\"\n\n[server]\nurl = \"https://a\"  # here\n";
+        let added = with_exit_passcode_hash(base, &first);
+        assert!(added.starts_with(base), "{added}");
+        std::fs::write(&path, &added).unwrap();
+        let config = KioskConfig::load(&path).unwrap();
+        assert!(
+            config
+                .exit_passcode_hash()
+                .unwrap()
+                .verify("first passcode")
+        );
+
+        // An [admin] section in the middle: the key is replaced there, nothing else moves.
+        let middle = format!(
+            "{base}[admin]\nexit_keys = \"f10 f10\"\nexit_passcode_hash = '{}'\n\n[readers]\nname_contains = \"ACR\"\n",
+            first.as_str()
+        );
+        let replaced = with_exit_passcode_hash(&middle, &second);
+        assert_eq!(replaced, middle.replace(first.as_str(), second.as_str()));
+        std::fs::write(&path, &replaced).unwrap();
+        let config = KioskConfig::load(&path).unwrap();
+        assert!(
+            config
+                .exit_passcode_hash()
+                .unwrap()
+                .verify("second passcode")
+        );
+        assert_eq!(config.exit_keys().to_string(), "f10 f10");
+        assert_eq!(config.readers.name_contains, "ACR");
+
+        // An [admin] section without the key gets it.
+        let without = format!("{base}[admin]\nexit_keys = \"f10 f10\"\n");
+        std::fs::write(&path, with_exit_passcode_hash(&without, &first)).unwrap();
+        let config = KioskConfig::load(&path).unwrap();
+        assert!(
+            config
+                .exit_passcode_hash()
+                .unwrap()
+                .verify("first passcode")
+        );
+    }
+
+    #[test]
+    fn the_admin_section_names_the_exit_keys_and_passcode_hash() {
+        let base = "device = \"k\"\n[server]\nurl = \"https://a\"\n";
+        let config = load(base).unwrap();
+        assert_eq!(config.exit_keys(), ExitKeys::default());
+        assert!(config.exit_passcode_hash().is_none());
+        let hash = ExitPasscodeHash::new("a long passcode").unwrap();
+        let text = format!(
+            "{base}[admin]\nexit_keys = \"f10 f10 f10\"\nexit_passcode_hash = {:?}\n",
+            hash.as_str()
+        );
+        let config = load(&text).unwrap();
+        assert_eq!(config.exit_keys().to_string(), "f10 f10 f10");
+        assert!(
+            config
+                .exit_passcode_hash()
+                .unwrap()
+                .verify("a long passcode")
+        );
     }
 
     #[test]
@@ -459,6 +693,14 @@ mod tests {
             (
                 "device = \"k\"\n[server]\nurl = \"https://a\"\n[local_api]\nmax_connections = 0\n",
                 "local_api.max_connections",
+            ),
+            (
+                "device = \"k\"\n[server]\nurl = \"https://a\"\n[admin]\nexit_keys = \"q\"\n",
+                "admin.exit_keys",
+            ),
+            (
+                "device = \"k\"\n[server]\nurl = \"https://a\"\n[admin]\nexit_passcode_hash = \"secret\"\n",
+                "admin.exit_passcode_hash",
             ),
         ] {
             match load(text) {

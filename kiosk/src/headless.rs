@@ -36,11 +36,11 @@ impl<W: Write + Send> HeadlessFace<W> {
     }
 }
 
-/// The JSON line for an event: the event itself, plus the token on `signed_in`.
+/// The JSON line for an event that happened `at`: the event itself with `"at"` (RFC 3339),
+/// plus the token on `signed_in`.
 #[must_use]
-pub fn event_line(event: &SessionEvent, token: Option<&str>) -> String {
-    let mut value =
-        serde_json::to_value(event).unwrap_or_else(|_| serde_json::json!({"event": "error"}));
+pub fn event_line(event: &SessionEvent, token: Option<&str>, at: time::OffsetDateTime) -> String {
+    let mut value = event.to_json_at(at);
     if let (SessionEvent::SignedIn { .. }, Some(token), Some(object)) =
         (event, token, value.as_object_mut())
     {
@@ -57,7 +57,8 @@ impl<W: Write + Send> Face for HeadlessFace<W> {
 
     fn session_event(&mut self, event: &SessionEvent, token: Option<&str>) {
         // A closed standard output is not the kiosk's problem: keep running.
-        let _ = writeln!(self.out, "{}", event_line(event, token));
+        let line = event_line(event, token, time::OffsetDateTime::now_utc());
+        let _ = writeln!(self.out, "{line}");
         let _ = self.out.flush();
     }
 }
@@ -119,19 +120,21 @@ mod tests {
             },
             expires_at: time::OffsetDateTime::UNIX_EPOCH,
         };
+        let at = time::OffsetDateTime::UNIX_EPOCH;
         let line: serde_json::Value =
-            serde_json::from_str(&event_line(&event, Some("t0k"))).unwrap();
+            serde_json::from_str(&event_line(&event, Some("t0k"), at)).unwrap();
         assert_eq!(line["event"], "signed_in");
+        assert_eq!(line["at"], "1970-01-01T00:00:00Z");
         assert_eq!(line["token"], "t0k");
         assert_eq!(line["user"]["id"], "alice");
         let pin = SessionEvent::PinRequired {
             tries_left: Some(2),
         };
         let line: serde_json::Value =
-            serde_json::from_str(&event_line(&pin, Some("ignored"))).unwrap();
+            serde_json::from_str(&event_line(&pin, Some("ignored"), at)).unwrap();
         assert_eq!(
             line,
-            serde_json::json!({"event": "pin_required", "tries_left": 2})
+            serde_json::json!({"event": "pin_required", "tries_left": 2, "at": "1970-01-01T00:00:00Z"})
         );
     }
 

@@ -6,6 +6,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod admin_exit;
 pub mod card_worker;
 pub mod config;
 pub mod core;

@@ -186,7 +186,8 @@ pub struct SessionBoard {
 
 struct BoardShared {
     current: Mutex<Option<CurrentSession>>,
-    events: broadcast::Sender<SessionEvent>,
+    /// Each event with the time it was published.
+    events: broadcast::Sender<(SessionEvent, OffsetDateTime)>,
     sign_out_requests: Mutex<Option<mpsc::UnboundedSender<()>>>,
 }
 
@@ -227,6 +228,7 @@ impl SessionBoard {
                 }
             }
             SessionEvent::CardPresent { .. }
+            | SessionEvent::SessionEnding { .. }
             | SessionEvent::PinRequired { .. }
             | SessionEvent::Error(_)
             | SessionEvent::CurrentPinRequired { .. }
@@ -239,7 +241,10 @@ impl SessionBoard {
             | SessionEvent::UnblockFailed { .. } => {}
         }
         // Without event-stream clients there is nobody to tell: that is fine.
-        let _ = self.shared.events.send(event.clone());
+        let _ = self
+            .shared
+            .events
+            .send((event.clone(), OffsetDateTime::now_utc()));
     }
 
     /// The signed-in worker, unless nobody is signed in or the session expired.
@@ -266,7 +271,7 @@ impl SessionBoard {
         receiver
     }
 
-    fn subscribe(&self) -> broadcast::Receiver<SessionEvent> {
+    fn subscribe(&self) -> broadcast::Receiver<(SessionEvent, OffsetDateTime)> {
         self.shared.events.subscribe()
     }
 
@@ -671,16 +676,19 @@ async fn session_events(
 /// The session events as server-sent events, until the server closes. A client too slow to keep
 /// up is dropped (its stream ends); it can reconnect and read `GET /v1/session`.
 fn event_stream(
-    events: broadcast::Receiver<SessionEvent>,
+    events: broadcast::Receiver<(SessionEvent, OffsetDateTime)>,
     closing: watch::Receiver<bool>,
 ) -> impl Stream<Item = Result<sse::Event, serde_json::Error>> {
     stream::unfold((events, closing), |(mut events, mut closing)| async move {
         let received = tokio::select! {
+            // Events already published go out before the stream ends: the kiosk's last
+            // `signed_out` (reason `shutdown`) reaches every client.
+            biased;
             received = events.recv() => received,
             () = server_closing(&mut closing) => return None,
         };
-        let event = received.ok()?;
-        Some((server_sent_event(&event), (events, closing)))
+        let (event, at) = received.ok()?;
+        Some((server_sent_event(&event, at), (events, closing)))
     })
 }
 
@@ -691,9 +699,12 @@ async fn server_closing(closing: &mut watch::Receiver<bool>) {
     }
 }
 
-/// `event: <the "event" tag>` and `data: <the event as JSON>`.
-fn server_sent_event(event: &SessionEvent) -> Result<sse::Event, serde_json::Error> {
-    let json = serde_json::to_value(event)?;
+/// `event: <the "event" tag>` and `data: <the event as JSON, with "at">`.
+fn server_sent_event(
+    event: &SessionEvent,
+    at: OffsetDateTime,
+) -> Result<sse::Event, serde_json::Error> {
+    let json = event.to_json_at(at);
     let name = json
         .get("event")
         .and_then(serde_json::Value::as_str)
@@ -812,6 +823,10 @@ mod tests {
 
     fn signed_out(user_id: &str) -> SessionEvent {
         SessionEvent::SignedOut {
+            user: UserInfo {
+                id: user_id.to_owned(),
+                ..alice()
+            },
             user_id: user_id.to_owned(),
             reason: SignOutReason::Explicit,
         }
@@ -1223,6 +1238,27 @@ mod tests {
         closing_sender.send_replace(true);
         let next = tokio::time::timeout(StdDuration::from_secs(5), stream.next()).await;
         assert!(matches!(next, Ok(None)));
+    }
+
+    #[tokio::test]
+    async fn events_published_before_the_server_closes_still_go_out() {
+        let board = SessionBoard::new();
+        // Several times: an unbiased choice between the event and the closing would show.
+        for _ in 0..20 {
+            let (closing_sender, closing) = watch::channel(false);
+            let mut stream = Box::pin(event_stream(board.subscribe(), closing));
+            board.publish(&signed_out("alice"), None);
+            closing_sender.send_replace(true);
+            let next = tokio::time::timeout(StdDuration::from_secs(5), stream.next()).await;
+            let event = format!(
+                "{:?}",
+                next.unwrap().expect("the signed_out event").unwrap()
+            );
+            assert!(event.contains("event: signed_out\\n"), "{event}");
+            assert!(event.contains("\\\"at\\\":"), "{event}");
+            let next = tokio::time::timeout(StdDuration::from_secs(5), stream.next()).await;
+            assert!(matches!(next, Ok(None)));
+        }
     }
 
     #[tokio::test]

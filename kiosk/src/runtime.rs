@@ -50,7 +50,10 @@ pub enum Input {
     Unblock,
     /// A function key (the demo taps and removes cards with them).
     Function(u8),
-    /// Stop the kiosk.
+    /// Something only the face shows changed (the administrator's exit): draw again.
+    Redraw,
+    /// Stop the kiosk: any session ends first ([`Event::Shutdown`]: `signed_out` with reason
+    /// `shutdown` is published and the session dropped).
     Quit,
 }
 
@@ -119,6 +122,8 @@ const MAX_RETRY: Duration = Duration::from_secs(30);
 /// The server is probed (`GET /readyz`) when nothing else was sent to it for this long, so a
 /// server that goes away (or comes back) is noticed within this time.
 pub const PROBE_INTERVAL: Duration = Duration::from_secs(10);
+/// How long a stopping kiosk waits for the server to record its last sign-outs.
+const SIGN_OUT_REPORT_WAIT: Duration = Duration::from_secs(3);
 
 struct Runtime {
     kiosk: Kiosk,
@@ -151,9 +156,13 @@ struct Runtime {
     pin_policy: PolicyFetch,
     tick_at: Option<Instant>,
     on_function_key: Option<FunctionKeyHandler>,
+    /// Sign-outs being reported to the server; awaited (bounded) before [`run`] returns, so
+    /// the one a shutdown makes is not lost with the process.
+    sign_out_reports: tokio::task::JoinSet<()>,
 }
 
-/// Runs the kiosk until [`Input::Quit`] (or the input channel closes).
+/// Runs the kiosk until [`Input::Quit`] (or the input channel or the readers' updates end);
+/// before it returns, any session ends cleanly ([`Event::Shutdown`]).
 ///
 /// # Errors
 /// [`RuntimeError`] when the readers cannot be watched at all.
@@ -194,6 +203,7 @@ pub async fn run(
         pin_policy: PolicyFetch::Unknown,
         tick_at: None,
         on_function_key: parts.on_function_key,
+        sign_out_reports: tokio::task::JoinSet::new(),
     };
     runtime.keep_challenge_fresh(now);
     runtime.fetch_pin_policy();
@@ -210,12 +220,12 @@ pub async fn run(
         tokio::select! {
             update = reader_rx.recv() => match update {
                 Some(update) => runtime.reader_update(update, face),
-                None => return Ok(()),
+                None => break,
             },
             Some(result) = job_rx.recv() => runtime.card_result(result, face),
             Some(result) = network_rx.recv() => runtime.network_result(result, face),
             input = inputs.recv() => match input {
-                None | Some(Input::Quit) => return Ok(()),
+                None | Some(Input::Quit) => break,
                 Some(input) => runtime.input(input, face),
             },
             Some(()) = sign_out_requests.recv() => runtime.core_event(Event::SignOutRequested, face),
@@ -231,6 +241,9 @@ pub async fn run(
             }
         }
     }
+    runtime.core_event(Event::Shutdown, face);
+    runtime.finish_sign_out_reports().await;
+    Ok(())
 }
 
 impl Runtime {
@@ -403,6 +416,9 @@ impl Runtime {
                     hook(number);
                 }
             }
+            Input::Redraw => {
+                face.refresh(&self.kiosk, self.kiosk.server_reachable(), Instant::now());
+            }
             Input::Quit => {}
         }
     }
@@ -498,14 +514,16 @@ impl Runtime {
 
     /// Tells the server that the session of `token` ended and why, in the background: the
     /// kiosk does not wait, and a server that cannot be reached misses it (logged).
-    fn report_sign_out(&self, token: Option<Zeroizing<String>>, reason: Option<SignOutReason>) {
+    fn report_sign_out(&mut self, token: Option<Zeroizing<String>>, reason: Option<SignOutReason>) {
         let Some(token) = token else { return };
         let reason = reason
             .and_then(|reason| serde_json::to_value(reason).ok())
             .and_then(|value| value.as_str().map(str::to_owned))
             .unwrap_or_else(|| "unknown".to_owned());
         let client = self.client.clone();
-        tokio::spawn(async move {
+        // Finished reports are reaped here, so the set holds only those under way.
+        while self.sign_out_reports.try_join_next().is_some() {}
+        self.sign_out_reports.spawn(async move {
             match client.sign_out(&token, &reason).await {
                 Ok(_) => tracing::debug!(%reason, "the server recorded the sign-out"),
                 Err(error) => {
@@ -513,6 +531,23 @@ impl Runtime {
                 }
             }
         });
+    }
+
+    /// Waits for the sign-out reports under way (the shutdown's own among them), at most
+    /// [`SIGN_OUT_REPORT_WAIT`]: a server that does not answer does not hold up a stop.
+    async fn finish_sign_out_reports(&mut self) {
+        let reports = &mut self.sign_out_reports;
+        let all = async { while reports.join_next().await.is_some() {} };
+        if tokio::time::timeout(SIGN_OUT_REPORT_WAIT, all)
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                target: "pivtap::kiosk",
+                "stopping before the server answered a sign-out report ({} s)",
+                SIGN_OUT_REPORT_WAIT.as_secs()
+            );
+        }
     }
 
     /// Feeds one event to the core and carries out what it asks.

@@ -17,9 +17,10 @@ use ratatui::text::{Line, Span};
 use ratatui::widgets::{Block, BorderType, Padding, Paragraph, Wrap};
 use time::OffsetDateTime;
 
+use crate::admin_exit::ExitScreen;
 use crate::core::{
     CardSummary, Flow, KeyInput, Notice, NoticeCode, PIN_MIN_DIGITS, PinForm, PinFormPurpose,
-    PinFormStep, PinPrompt, ServerStatus, Session, State, Step,
+    PinFormStep, PinPrompt, ServerStatus, Session, SignOutReason, State, Step,
 };
 
 /// How the screen looks for the organisation running the kiosk.
@@ -56,6 +57,12 @@ pub struct View<'a> {
     pub clock: OffsetDateTime,
     /// The demo's help lines (function keys, demo PINs), shown in a panel of their own.
     pub demo_help: Option<&'a [String]>,
+    /// The administrator's exit, when its key sequence was pressed: shown instead of the
+    /// kiosk's message.
+    pub exit: Option<ExitScreen>,
+    /// Fast user switch: who stays signed in until the new worker's PIN is accepted
+    /// ([`Kiosk::switching_from`](crate::core::Kiosk::switching_from)).
+    pub waiting_worker: Option<&'a str>,
 }
 
 /// What a key press means to the kiosk.
@@ -69,7 +76,8 @@ pub enum UiKey {
     ChangePin,
     /// `u` or `U`: on the blocked screen, unblock the PIN with the PUK.
     Unblock,
-    /// `q` or Ctrl-C: leave the kiosk.
+    /// `q`, `Q` or Ctrl-C: leave the demo (the production kiosk ignores them: see
+    /// [`crate::admin_exit`]).
     Quit,
     /// F1 to F12, for the runtime (the demo maps them to taps and removals).
     Function(u8),
@@ -120,7 +128,24 @@ pub fn render(frame: &mut Frame, view: &View) {
         Some(help) => render_demo_panel(frame, middle, help),
         None => middle,
     };
-    render_message(frame, message, message_lines(view), view.branding);
+    let lines = match view.exit {
+        Some(exit) => exit_lines(exit, view),
+        None => {
+            let mut lines = message_lines(view);
+            if let Some(name) = view.waiting_worker {
+                lines.push(Line::default());
+                lines.push(Line::styled(
+                    format!(
+                        "{} stays signed in until your PIN is accepted",
+                        short_name(name)
+                    ),
+                    HINT,
+                ));
+            }
+            lines
+        }
+    };
+    render_message(frame, message, lines, view.branding);
     render_status(frame, status, connections, device_and_clock);
 }
 
@@ -144,11 +169,25 @@ pub fn key_input(event: &KeyEvent) -> Option<UiKey> {
         KeyCode::Char('s' | 'S') => Some(UiKey::SignOut),
         KeyCode::Char('c' | 'C') => Some(UiKey::ChangePin),
         KeyCode::Char('u' | 'U') => Some(UiKey::Unblock),
-        KeyCode::Char('q') => Some(UiKey::Quit),
+        KeyCode::Char('q' | 'Q') => Some(UiKey::Quit),
         KeyCode::Backspace => Some(UiKey::Core(KeyInput::Backspace)),
         KeyCode::Enter => Some(UiKey::Core(KeyInput::Enter)),
         KeyCode::Esc => Some(UiKey::Core(KeyInput::Escape)),
         KeyCode::F(number @ 1..=12) => Some(UiKey::Function(number)),
+        // Any other key still counts: "press any key", and activity against the idle sign-out.
+        KeyCode::Char(_)
+        | KeyCode::Tab
+        | KeyCode::BackTab
+        | KeyCode::Delete
+        | KeyCode::Insert
+        | KeyCode::Home
+        | KeyCode::End
+        | KeyCode::PageUp
+        | KeyCode::PageDown
+        | KeyCode::Up
+        | KeyCode::Down
+        | KeyCode::Left
+        | KeyCode::Right => Some(UiKey::Core(KeyInput::Other)),
         _ => None,
     }
 }
@@ -347,6 +386,7 @@ fn message_lines(view: &View) -> Vec<Line<'static>> {
             }));
             lines.push(Line::default());
             push_prompt(&mut lines, prompt, view.now);
+            push_hold(&mut lines, prompt, view.now);
             lines.push(Line::default());
             lines.push(Line::styled("Esc to clear", HINT));
         }
@@ -399,6 +439,25 @@ fn message_lines(view: &View) -> Vec<Line<'static>> {
                 "since {}",
                 signed_in_time(session, view)
             )));
+            if let Some(warning) = session.warning {
+                let seconds = warning
+                    .ends_at
+                    .saturating_duration_since(view.now)
+                    .as_millis()
+                    .div_ceil(1000);
+                lines.push(Line::default());
+                lines.push(Line::styled(
+                    match warning.reason {
+                        SignOutReason::Idle => format!(
+                            "Signing out in {seconds} s: press any key or tap your badge to stay"
+                        ),
+                        _ => format!(
+                            "Your session ends in {seconds} s: tap your badge to sign in again"
+                        ),
+                    },
+                    CAUTION,
+                ));
+            }
             lines.push(Line::default());
             lines.push(Line::from("Press S to sign out"));
             lines.push(Line::styled("C to change your PIN", HINT));
@@ -410,6 +469,7 @@ fn message_lines(view: &View) -> Vec<Line<'static>> {
                     "Next worker: type your PIN"
                 }));
                 push_prompt(&mut lines, prompt, view.now);
+                push_hold(&mut lines, prompt, view.now);
             }
         }
         State::PinBlocked { notice, .. } => {
@@ -433,6 +493,51 @@ fn message_lines(view: &View) -> Vec<Line<'static>> {
         State::Error { notice, .. } => {
             lines.push(headline("Sign-in did not work".to_owned()));
             push_notice(&mut lines, notice);
+        }
+    }
+    lines
+}
+
+/// The administrator's exit: the passcode prompt (masked), or why it cannot be used now.
+fn exit_lines(exit: ExitScreen, view: &View) -> Vec<Line<'static>> {
+    let headline = Line::styled(
+        "Administrator exit",
+        Style::new()
+            .fg(view.branding.accent)
+            .add_modifier(Modifier::BOLD),
+    );
+    let mut lines = vec![headline, Line::default()];
+    match exit {
+        ExitScreen::Passcode { typed } => {
+            lines.push(Line::from("Enter the exit passcode"));
+            lines.push(Line::styled("●".repeat(typed.min(32)), PIN_DOTS));
+            lines.push(Line::default());
+            lines.push(Line::styled(
+                "Enter to stop the kiosk · Esc to go back",
+                HINT,
+            ));
+        }
+        ExitScreen::NoPasscode => {
+            lines.push(Line::from(
+                "No exit passcode is set for this kiosk, so it cannot be stopped from here.",
+            ));
+            lines.push(Line::from(
+                "Stop it from its service manager (systemctl stop) or with a signal (SIGTERM).",
+            ));
+            lines.push(Line::styled(
+                "To allow this exit, run pivtap kiosk set-exit-passcode.",
+                HINT,
+            ));
+        }
+        ExitScreen::Wrong { retry_at } => {
+            let seconds = retry_at
+                .saturating_duration_since(view.now)
+                .as_millis()
+                .div_ceil(1000);
+            lines.push(Line::styled("Wrong passcode.", WARNING));
+            if seconds > 0 {
+                lines.push(Line::styled(format!("Try again in {seconds} s"), CAUTION));
+            }
         }
     }
     lines
@@ -529,6 +634,22 @@ fn push_prompt(lines: &mut Vec<Line<'static>>, prompt: &PinPrompt, now: Instant)
         (None, Some(notice)) => lines.push(Line::from(notice.message.clone())),
         (None, None) => {}
     }
+}
+
+/// PIN then tap: how much longer the typed PIN is kept, counting down.
+fn push_hold(lines: &mut Vec<Line<'static>>, prompt: &PinPrompt, now: Instant) {
+    if prompt.digits == 0 {
+        return;
+    }
+    let seconds = prompt
+        .forget_at
+        .saturating_duration_since(now)
+        .as_millis()
+        .div_ceil(1000);
+    lines.push(Line::styled(
+        format!("PIN kept for {seconds} s, then cleared"),
+        HINT,
+    ));
 }
 
 fn greeting(card: &CardSummary) -> String {
@@ -676,22 +797,6 @@ mod tests {
             self.work.expect("the core asked for card work")
         }
 
-        /// What the kiosk shows now with `readers`, tap then PIN, at [`clock`].
-        fn view<'a>(&'a self, readers: &'a BTreeSet<String>, branding: &'a Branding) -> View<'a> {
-            View {
-                state: self.kiosk.state(),
-                flow: Flow::TapThenPin,
-                readers,
-                server: self.kiosk.server_status(),
-                server_last_seen: self.kiosk.server_last_seen(),
-                branding,
-                device: "kiosk-07",
-                now: self.now,
-                clock: clock(),
-                demo_help: None,
-            }
-        }
-
         fn tap(&mut self) {
             self.send(Event::CardPresent {
                 reader: DESK.to_owned(),
@@ -773,10 +878,33 @@ mod tests {
                 now,
                 clock: clock(),
                 demo_help,
+                exit: None,
+                waiting_worker: None,
             },
             width,
             height,
         )
+    }
+
+    static BRANDING: std::sync::LazyLock<Branding> = std::sync::LazyLock::new(branding);
+
+    /// The driver's screen over `readers`, as the terminal face draws it (the server as the
+    /// kiosk knows it, no demo panel, no administrator's exit, no switch under way).
+    fn view_of<'a>(driver: &'a Driver, readers: &'a BTreeSet<String>) -> View<'a> {
+        View {
+            state: driver.kiosk.state(),
+            flow: driver.flow,
+            readers,
+            server: driver.kiosk.server_status(),
+            server_last_seen: driver.kiosk.server_last_seen(),
+            branding: &BRANDING,
+            device: "kiosk-07",
+            now: driver.now,
+            clock: clock(),
+            demo_help: None,
+            exit: None,
+            waiting_worker: None,
+        }
     }
 
     fn render_view(view: &View, width: u16, height: u16) -> Buffer {
@@ -893,28 +1021,87 @@ mod tests {
     }
 
     #[test]
+    fn the_held_pin_counts_down_its_hold_time() {
+        let mut driver = Driver::new(Flow::PinThenTap);
+        driver.type_digits("918273");
+        assert_shows(&driver.render(80, 24), &["PIN kept for 30 s, then cleared"]);
+        driver.now += Duration::from_millis(12_500);
+        assert_shows(&driver.render(80, 24), &["PIN kept for 18 s, then cleared"]);
+        // Typing again starts the hold over.
+        driver.type_digits("4");
+        assert_shows(&driver.render(80, 24), &["PIN kept for 30 s, then cleared"]);
+    }
+
+    #[test]
+    fn the_administrators_exit_covers_the_message_and_masks_the_passcode() {
+        let mut driver = Driver::new(Flow::TapThenPin);
+        driver.sign_in();
+        let readers = BTreeSet::from([DESK.to_owned()]);
+        let render_exit = |exit| {
+            let view = View {
+                exit: Some(exit),
+                ..view_of(&driver, &readers)
+            };
+            render_view(&view, 80, 24)
+        };
+        let buffer = render_exit(ExitScreen::Passcode { typed: 5 });
+        assert_shows(
+            &buffer,
+            &["Administrator exit", "Enter the exit passcode", "●●●●●"],
+        );
+        assert!(!screen(&buffer).contains("Signed in: Alice Field"));
+        assert_shows(
+            &render_exit(ExitScreen::NoPasscode),
+            &["No exit passcode is set", "SIGTERM"],
+        );
+        let retry_at = driver.now + Duration::from_millis(4200);
+        assert_shows(
+            &render_exit(ExitScreen::Wrong { retry_at }),
+            &["Wrong passcode.", "Try again in 5 s"],
+        );
+    }
+
+    #[test]
+    fn a_switch_says_who_stays_signed_in_until_the_new_pin_is_accepted() {
+        let mut driver = Driver::new(Flow::TapThenPin);
+        driver.sign_in();
+        driver.send(Event::CardPresent {
+            reader: "NFC reader".to_owned(),
+        });
+        driver.send(Event::CardRead {
+            work: driver.work(),
+            card: CardSummary {
+                holder_name: Some("Bob Line".to_owned()),
+                card_guid: Some("ff".repeat(16)),
+            },
+            pin_tries_left: Some(3),
+        });
+        let readers = BTreeSet::from([DESK.to_owned()]);
+        let view = View {
+            waiting_worker: driver
+                .kiosk
+                .switching_from()
+                .map(|session| session.user.display_name.as_str()),
+            ..view_of(&driver, &readers)
+        };
+        let buffer = render_view(&view, 80, 24);
+        assert_shows(
+            &buffer,
+            &[
+                "Hello, Bob Line",
+                "Alice Field stays signed in until your PIN is accepted",
+            ],
+        );
+    }
+
+    #[test]
     fn reader_missing_says_what_to_do() {
         let mut driver = Driver::new(Flow::TapThenPin);
         driver.send(Event::ReaderRemoved {
             reader: DESK.to_owned(),
         });
         let readers = BTreeSet::new();
-        let buffer = render_view(
-            &View {
-                state: driver.kiosk.state(),
-                flow: Flow::TapThenPin,
-                readers: &readers,
-                server: ServerStatus::Connected,
-                server_last_seen: Some(driver.now),
-                branding: &branding(),
-                device: "kiosk-07",
-                now: driver.now,
-                clock: clock(),
-                demo_help: None,
-            },
-            80,
-            24,
-        );
+        let buffer = render_view(&view_of(&driver, &readers), 80, 24);
         assert_shows(
             &buffer,
             &[
@@ -1057,10 +1244,36 @@ mod tests {
     }
 
     #[test]
+    fn a_session_about_to_end_shows_a_countdown_and_how_to_stay() {
+        let mut driver = Driver::new(Flow::TapThenPin);
+        driver.kiosk = Kiosk::new(CoreConfig {
+            session: crate::core::SessionPolicy {
+                sign_out_on_removal: false,
+                ..crate::core::SessionPolicy::default()
+            },
+            ..CoreConfig::default()
+        });
+        driver.send(Event::ReaderAdded {
+            reader: DESK.to_owned(),
+        });
+        driver.sign_in();
+        driver.now += Duration::from_secs(15 * 60 - 30);
+        driver.send(Event::Tick);
+        driver.now += Duration::from_secs(5);
+        assert_shows(
+            &driver.render(100, 24),
+            &["Signing out in 25 s: press any key or tap your badge to stay"],
+        );
+        driver.send(Event::Key(KeyInput::Other));
+        assert!(!screen(&driver.render(100, 24)).contains("Signing out in"));
+    }
+
+    #[test]
     fn signed_in_shows_the_next_workers_masked_pin() {
         let mut driver = Driver::new(Flow::PinThenTap);
         driver.type_digits(ALICE_PIN);
         driver.tap();
+        driver.card_read(Some(3));
         driver.send(Event::AuthSucceeded {
             work: driver.work(),
             user: alice(),
@@ -1205,9 +1418,8 @@ mod tests {
     #[test]
     fn the_status_line_tells_server_problems_apart_and_when_it_was_last_seen() {
         let mut driver = Driver::new(Flow::TapThenPin);
-        let (readers, branding) = (BTreeSet::from([DESK.to_owned()]), branding());
-        let show =
-            |driver: &Driver| screen(&render_view(&driver.view(&readers, &branding), 120, 24));
+        let readers = BTreeSet::from([DESK.to_owned()]);
+        let show = |driver: &Driver| screen(&render_view(&view_of(driver, &readers), 120, 24));
         // Before the first answer the kiosk does not claim a connection.
         assert!(show(&driver).contains("Server: connecting…"));
         driver.send(Event::ServerReachable);
@@ -1243,8 +1455,8 @@ mod tests {
     fn server_unreachable_says_it_is_retrying() {
         let mut driver = Driver::new(Flow::TapThenPin);
         driver.send(Event::ServerUnreachable);
-        let (readers, branding) = (BTreeSet::from([DESK.to_owned()]), branding());
-        let buffer = render_view(&driver.view(&readers, &branding), 100, 24);
+        let readers = BTreeSet::from([DESK.to_owned()]);
+        let buffer = render_view(&view_of(&driver, &readers), 100, 24);
         assert_shows(
             &buffer,
             &[
@@ -1331,6 +1543,8 @@ mod tests {
                     now: driver.now,
                     clock: clock(),
                     demo_help,
+                    exit: None,
+                    waiting_worker: None,
                 };
                 let buffer = render_view(&view, width, height);
                 assert!(!screen(&buffer).contains('\u{1b}'));
@@ -1405,6 +1619,7 @@ mod tests {
             (KeyCode::Char('s'), Some(UiKey::SignOut)),
             (KeyCode::Char('S'), Some(UiKey::SignOut)),
             (KeyCode::Char('q'), Some(UiKey::Quit)),
+            (KeyCode::Char('Q'), Some(UiKey::Quit)),
             (KeyCode::Char('c'), Some(UiKey::ChangePin)),
             (KeyCode::Char('C'), Some(UiKey::ChangePin)),
             (KeyCode::Char('u'), Some(UiKey::Unblock)),
@@ -1412,10 +1627,13 @@ mod tests {
             (KeyCode::F(1), Some(UiKey::Function(1))),
             (KeyCode::F(12), Some(UiKey::Function(12))),
             (KeyCode::F(13), None),
-            (KeyCode::Char('a'), None),
-            (KeyCode::Tab, None),
-            (KeyCode::Delete, None),
-            (KeyCode::Up, None),
+            // Changed on purpose (issue 12): any other key is "any key" for the core.
+            (KeyCode::Char('a'), Some(UiKey::Core(KeyInput::Other))),
+            (KeyCode::Char(' '), Some(UiKey::Core(KeyInput::Other))),
+            (KeyCode::Tab, Some(UiKey::Core(KeyInput::Other))),
+            (KeyCode::Delete, Some(UiKey::Core(KeyInput::Other))),
+            (KeyCode::Up, Some(UiKey::Core(KeyInput::Other))),
+            (KeyCode::CapsLock, None),
         ];
         for (code, expected) in cases {
             assert_eq!(key_input(&press(code)), expected, "{code:?}");

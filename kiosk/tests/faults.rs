@@ -241,7 +241,11 @@ impl Face for RecordingFace {
 
     fn session_event(&mut self, event: &SessionEvent, _token: Option<&str>) {
         if let Some(log) = &mut self.log {
-            let _ = writeln!(log, "{}", pivtap_kiosk::headless::event_line(event, None));
+            let _ = writeln!(
+                log,
+                "{}",
+                pivtap_kiosk::headless::event_line(event, None, time::OffsetDateTime::now_utc())
+            );
         }
         let _ = self.events.send(event.clone());
     }

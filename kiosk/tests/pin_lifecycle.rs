@@ -59,6 +59,7 @@ struct Harness {
     inputs: UnboundedSender<Input>,
     events: UnboundedReceiver<SessionEvent>,
     running: JoinHandle<Result<(), RuntimeError>>,
+    board: SessionBoard,
     _dir: tempfile::TempDir,
 }
 
@@ -81,6 +82,7 @@ impl Harness {
         .await
         .expect("the embedded server starts");
         let readers = VirtualReaders::new(&[DESK]);
+        let board = SessionBoard::new();
         let client = server
             .device_client("pin-kiosk", Duration::from_secs(5))
             .await
@@ -90,7 +92,7 @@ impl Harness {
             readers: Arc::new(readers.clone()),
             client,
             device: "pin-kiosk".to_owned(),
-            board: SessionBoard::new(),
+            board: board.clone(),
             on_function_key: None,
         };
         let (inputs, inputs_rx) = unbounded_channel();
@@ -105,6 +107,7 @@ impl Harness {
             inputs,
             events,
             running,
+            board,
             _dir: dir,
         }
     }
@@ -303,4 +306,28 @@ async fn a_blocked_badge_is_unblocked_with_the_puk_and_signs_in() {
     k.expect("signed_in", |e| matches!(e, SessionEvent::SignedIn { .. }))
         .await;
     k.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stopping_the_kiosk_signs_the_worker_out_first() {
+    let mut k = Harness::start().await;
+    let badge = alice_badge();
+    k.sign_in(&badge, ALICE_PIN).await;
+    assert!(k.board.current().is_some(), "the local API shows Alice");
+    k.send(Input::Quit);
+    let event = k
+        .expect("signed_out", |e| {
+            matches!(e, SessionEvent::SignedOut { .. })
+        })
+        .await;
+    assert_eq!(
+        serde_json::to_value(&event).unwrap()["reason"],
+        "shutdown",
+        "{event:?}"
+    );
+    assert!(k.board.current().is_none(), "the local API shows nobody");
+    k.running
+        .await
+        .expect("the kiosk task ends")
+        .expect("the kiosk ends cleanly");
 }

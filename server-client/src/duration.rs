@@ -106,6 +106,16 @@ pub fn seconds<'de, D: Deserializer<'de>>(deserializer: D) -> Result<u64, D::Err
     }
 }
 
+/// [`seconds`] for an `Option<u64>` field that may be left out (with `#[serde(default)]`).
+///
+/// # Errors
+/// As [`seconds`].
+pub fn optional_seconds<'de, D: Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<u64>, D::Error> {
+    seconds(deserializer).map(Some)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -629,6 +629,8 @@ pub enum Secret {
     Puk,
     /// A new PUK.
     NewPuk,
+    /// A new exit passcode for the kiosk's administrator exit.
+    ExitPasscode,
 }
 
 impl Secret {
@@ -639,6 +641,7 @@ impl Secret {
             Secret::NewPin => "PIVTAP_NEW_PIN",
             Secret::Puk => "PIVTAP_PUK",
             Secret::NewPuk => "PIVTAP_NEW_PUK",
+            Secret::ExitPasscode => "PIVTAP_EXIT_PASSCODE",
         }
     }
 
@@ -649,11 +652,12 @@ impl Secret {
             Secret::NewPin => "new PIN",
             Secret::Puk => "PUK",
             Secret::NewPuk => "new PUK",
+            Secret::ExitPasscode => "exit passcode",
         }
     }
 
     fn is_new(self) -> bool {
-        matches!(self, Secret::NewPin | Secret::NewPuk)
+        matches!(self, Secret::NewPin | Secret::NewPuk | Secret::ExitPasscode)
     }
 }
 

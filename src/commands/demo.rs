@@ -3,6 +3,7 @@
 //! The fixture CA and cards are built into the binary, so the demo needs
 //! nothing but the build. Function keys tap and remove each worker's card.
 
+use std::io::IsTerminal;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -25,8 +26,13 @@ use zeroize::Zeroizing;
 
 /// `pivtap demo`
 #[derive(Args, Debug)]
+#[command(after_help = "Examples:\n  \
+    pivtap demo                # the kiosk's screen: F1-F3 tap badges, Q quits\n  \
+    pivtap demo --headless     # the scripted story as JSON events\n  \
+    pivtap demo | cat          # no terminal: the scripted story in words")]
 pub struct DemoArgs {
     /// No terminal UI: run a scripted sequence of taps and print the JSON events.
+    /// Without a terminal (and without --headless) the same story is told in words.
     #[arg(long)]
     headless: bool,
     /// Put the cards in pcscd's virtual reader "Virtual PCD 00 00" (vsmartcard
@@ -35,12 +41,13 @@ pub struct DemoArgs {
     pcsc: bool,
 }
 
-/// A demo worker: their card image (built in) and PIN.
+/// A demo worker: their card image (built in), PIN and PUK.
 struct Worker {
     name: &'static str,
     id: &'static str,
     mail: &'static str,
     pin: &'static str,
+    puk: &'static str,
     image: &'static str,
 }
 
@@ -50,6 +57,7 @@ const WORKERS: [Worker; 3] = [
         id: "alice",
         mail: "alice@example.com",
         pin: "123456",
+        puk: "12345678",
         image: include_str!("../../fixtures/cards/alice.toml"),
     },
     Worker {
@@ -57,6 +65,7 @@ const WORKERS: [Worker; 3] = [
         id: "bob",
         mail: "bob@example.com",
         pin: "24681357",
+        puk: "12345678",
         image: include_str!("../../fixtures/cards/bob.toml"),
     },
     Worker {
@@ -64,6 +73,7 @@ const WORKERS: [Worker; 3] = [
         id: "carol",
         mail: "carol@example.com",
         pin: "123456",
+        puk: "12345678",
         image: include_str!("../../fixtures/cards/carol.toml"),
     },
 ];
@@ -119,17 +129,21 @@ async fn demo(args: DemoArgs) -> anyhow::Result<()> {
     let board = SessionBoard::new();
     start_local_api(dir.path(), board.clone()).await;
 
+    let on_reader = OnReader::default();
     let (readers, toggle): (Arc<dyn ReaderSource>, FunctionKeyHandler) = if args.pcsc {
         let readers = PcscReaders::new(MonitorFilter {
             reader_name_contains: Some(VPCD_READER.to_owned()),
             contactless_only: false,
         });
-        (Arc::new(readers), Box::new(vpcd_toggle(cards)))
+        (
+            Arc::new(readers),
+            Box::new(vpcd_toggle(cards, on_reader.clone())),
+        )
     } else {
         let readers = VirtualReaders::new(&[READER]);
         (
             Arc::new(readers.clone()),
-            Box::new(virtual_toggle(readers, cards)),
+            Box::new(virtual_toggle(readers, cards, on_reader.clone())),
         )
     };
 
@@ -142,24 +156,31 @@ async fn demo(args: DemoArgs) -> anyhow::Result<()> {
         board,
         on_function_key: Some(toggle),
     };
-    let result = if args.headless {
+    let terminal = std::io::stdin().is_terminal() && std::io::stdout().is_terminal();
+    crate::commands::kiosk::quit_on_signals(inputs_tx.clone())?;
+    let result = if args.headless || !terminal {
         let (events_tx, events_rx) = unbounded_channel();
+        let narrate = !args.headless;
+        let inner: Box<dyn Face> = if narrate {
+            println!(
+                "pivtap demo: no terminal, so here is the scripted story in words \
+                 (run it in a terminal for the kiosk's screen, or with --headless for JSON)."
+            );
+            Box::new(TextFace)
+        } else {
+            Box::new(HeadlessFace::new(std::io::stdout()))
+        };
         let mut face = ScriptFace {
-            inner: HeadlessFace::new(std::io::stdout()),
+            inner,
             events: events_tx,
         };
-        let script = tokio::spawn(script(inputs_tx, events_rx));
+        let script = tokio::spawn(script(inputs_tx, events_rx, narrate));
         let run = runtime::run(parts, &mut face, inputs_rx).await;
         let outcome = script.await.context("the demo script failed")?;
         run?;
         outcome
     } else {
-        let help = WORKERS
-            .iter()
-            .enumerate()
-            .map(|(i, w)| format!("F{}: tap/remove {} (PIN {})", i + 1, w.name, w.pin))
-            .chain(["S: sign out   C: change PIN   U: unblock   Q: quit".to_owned()])
-            .collect();
+        let help: pivtap_kiosk::terminal::DemoHelp = Box::new(move || demo_help(&on_reader));
         let mut face = pivtap_kiosk::terminal::TerminalFace::new(
             pivtap_kiosk::tui::Branding {
                 organisation: "pivtap demo — Example Corp".to_owned(),
@@ -168,12 +189,59 @@ async fn demo(args: DemoArgs) -> anyhow::Result<()> {
             },
             DEVICE.to_owned(),
             Some(help),
+            pivtap_kiosk::terminal::QuitKeys::Demo,
         );
-        pivtap_kiosk::terminal::TerminalFace::read_keys(inputs_tx);
+        face.read_keys(inputs_tx);
         Ok(runtime::run(parts, &mut face, inputs_rx).await?)
     };
     server.stop();
     result
+}
+
+/// Which worker's badge is on the reader (an index into [`WORKERS`]), shared by the function
+/// keys that move the badges and the help panel that shows it.
+#[derive(Clone, Default)]
+struct OnReader(Arc<std::sync::Mutex<Option<usize>>>);
+
+impl OnReader {
+    fn get(&self) -> Option<usize> {
+        *self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn set(&self, index: Option<usize>) {
+        *self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = index;
+    }
+}
+
+/// The demo panel: each worker's key, PIN and PUK, which badge is on the reader, the keys.
+fn demo_help(on_reader: &OnReader) -> Vec<String> {
+    let on = on_reader
+        .get()
+        .and_then(|index| WORKERS.get(index))
+        .map_or("no badge", |worker| worker.name);
+    WORKERS
+        .iter()
+        .enumerate()
+        .map(|(i, w)| {
+            format!(
+                "F{}: tap/remove {} (PIN {}, PUK {})",
+                i + 1,
+                w.name,
+                w.pin,
+                w.puk
+            )
+        })
+        .chain([
+            format!("On the reader: {on}"),
+            "S: sign out   C: change PIN   U: unblock   Q: quit".to_owned(),
+        ])
+        .collect()
 }
 
 /// Function key N taps worker N's badge on the one in-process reader, or
@@ -181,32 +249,34 @@ async fn demo(args: DemoArgs) -> anyhow::Result<()> {
 fn virtual_toggle(
     readers: VirtualReaders,
     cards: Vec<VirtualCardBackend>,
+    on_reader: OnReader,
 ) -> impl FnMut(u8) + Send {
-    let mut in_reader: Option<usize> = None;
     move |key: u8| {
         let index = usize::from(key).wrapping_sub(1);
         if index >= cards.len() {
             return;
         }
-        let previous = in_reader.take();
+        let previous = on_reader.get();
+        on_reader.set(None);
         if previous.is_some() {
             readers.remove(READER);
         }
         if previous != Some(index) {
             readers.insert(READER, cards[index].clone());
-            in_reader = Some(index);
+            on_reader.set(Some(index));
         }
     }
 }
 
 /// The same with the cards attached to pcscd's virtual reader through vpcd.
-fn vpcd_toggle(cards: Vec<VirtualCardBackend>) -> impl FnMut(u8) + Send {
+fn vpcd_toggle(cards: Vec<VirtualCardBackend>, on_reader: OnReader) -> impl FnMut(u8) + Send {
     let mut attached: Option<(usize, vpcd::Detacher, std::thread::JoinHandle<()>)> = None;
     move |key: u8| {
         let index = usize::from(key).wrapping_sub(1);
         if index >= cards.len() {
             return;
         }
+        on_reader.set(None);
         let previous = attached.take().map(|(previous, detacher, serving)| {
             detacher.detach();
             let _ = serving.join();
@@ -230,6 +300,7 @@ fn vpcd_toggle(cards: Vec<VirtualCardBackend>) -> impl FnMut(u8) + Send {
                     }
                 });
                 attached = Some((index, detacher, serving));
+                on_reader.set(Some(index));
             }
             Err(error) => tracing::error!(%error, "demo: cannot attach the card to vpcd"),
         }
@@ -261,10 +332,52 @@ async fn start_local_api(dir: &std::path::Path, board: SessionBoard) {
     });
 }
 
-/// The headless face, also telling the script what happened.
+/// The headless face (or the story in words), also telling the script what happened.
 struct ScriptFace {
-    inner: HeadlessFace<std::io::Stdout>,
+    inner: Box<dyn Face>,
     events: UnboundedSender<SessionEvent>,
+}
+
+/// The demo without a terminal: each session event as a sentence.
+struct TextFace;
+
+impl Face for TextFace {
+    fn refresh(
+        &mut self,
+        _kiosk: &pivtap_kiosk::core::Kiosk,
+        _server_reachable: bool,
+        _now: std::time::Instant,
+    ) {
+    }
+
+    fn session_event(&mut self, event: &SessionEvent, _token: Option<&str>) {
+        if let Some(line) = describe(event) {
+            println!("   {line}");
+        }
+    }
+}
+
+/// A session event in words (no token, no PIN: events never carry them).
+fn describe(event: &SessionEvent) -> Option<String> {
+    Some(match event {
+        SessionEvent::CardPresent { reader } => format!("The kiosk sees a badge on {reader}."),
+        SessionEvent::PinRequired { tries_left } => match tries_left {
+            Some(tries) => format!("It asks for the PIN ({tries} tries left)."),
+            None => "It asks for the PIN.".to_owned(),
+        },
+        SessionEvent::SignedIn { user, .. } => {
+            format!("Signed in: {} ({}).", user.display_name, user.id)
+        }
+        SessionEvent::SignedOut { user, reason, .. } => {
+            let reason = serde_json::to_value(reason)
+                .ok()
+                .and_then(|v| v.as_str().map(|r| r.replace('_', " ")))
+                .unwrap_or_default();
+            format!("Signed out: {} ({reason}).", user.display_name)
+        }
+        SessionEvent::Error(notice) => notice.message.clone(),
+        _ => return None,
+    })
 }
 
 impl Face for ScriptFace {
@@ -289,8 +402,14 @@ impl Face for ScriptFace {
 async fn script(
     inputs: UnboundedSender<Input>,
     mut events: UnboundedReceiver<SessionEvent>,
+    narrate: bool,
 ) -> anyhow::Result<()> {
     let send = |input: Input| {
+        if narrate {
+            if let Some(line) = narration(&input) {
+                println!("{line}");
+            }
+        }
         inputs
             .send(input)
             .map_err(|_| anyhow::anyhow!("the kiosk stopped"))
@@ -322,6 +441,23 @@ async fn script(
     send(Input::Function(3))?;
     send(Input::Quit)?;
     Ok(())
+}
+
+/// What the script does, in words (the PINs only as dots).
+fn narration(input: &Input) -> Option<String> {
+    Some(match input {
+        Input::Function(key) => {
+            let worker = WORKERS.get(usize::from(*key).checked_sub(1)?)?;
+            format!(
+                "» {} puts their badge on the reader or takes it away (F{key}).",
+                worker.name
+            )
+        }
+        Input::Pin(pin) => format!("» The worker types a PIN: {}", "•".repeat(pin.len())),
+        Input::SignOut => "» The worker presses S to sign out.".to_owned(),
+        Input::Quit => "» The demo ends.".to_owned(),
+        _ => return None,
+    })
 }
 
 /// Waits (at most 20 s) for the next event of a kind, passing over others.

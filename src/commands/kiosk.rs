@@ -1,5 +1,6 @@
 //! `pivtap kiosk`: the shared-device app, with its terminal UI or headless.
 
+use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -7,28 +8,37 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Args, Subcommand};
 use pivtap_card::reader_monitor::MonitorFilter;
-use pivtap_kiosk::config::KioskConfig;
+use pivtap_kiosk::admin_exit::{ExitGate, ExitPasscodeHash};
+use pivtap_kiosk::config::{KioskConfig, with_exit_passcode_hash};
 use pivtap_kiosk::headless::{HeadlessFace, read_stdin};
 use pivtap_kiosk::local_api::{LocalApiConfig, SessionBoard, load_or_create_access_token};
 use pivtap_kiosk::readers::{FilteredReaders, PcscReaders, ReaderSource};
-use pivtap_kiosk::runtime::{self, RuntimeParts};
-use pivtap_kiosk::terminal::TerminalFace;
+use pivtap_kiosk::runtime::{self, Input, RuntimeParts};
+use pivtap_kiosk::terminal::{QuitKeys, TerminalFace};
 use pivtap_kiosk::tui::Branding;
 use pivtap_server_client::client::{Client, ServerTrust};
 use pivtap_server_client::device::DeviceCredential;
 
 use super::auth::ServerArgs;
-use tokio::sync::mpsc::unbounded_channel;
+use tokio::sync::mpsc::{UnboundedSender, unbounded_channel};
 
 /// `pivtap kiosk`
 #[derive(Args, Debug)]
 #[command(args_conflicts_with_subcommands = true)]
+#[command(after_help = "Examples:\n  \
+    pivtap kiosk --config /etc/pivtap/kiosk.toml              # the terminal UI\n  \
+    pivtap kiosk --config /etc/pivtap/kiosk.toml --headless   # JSON lines, for a service\n  \
+    pivtap kiosk set-exit-passcode --config /etc/pivtap/kiosk.toml\n\n\
+Workers cannot quit the kiosk: q and Ctrl-C do nothing. An administrator presses\n\
+[admin] exit_keys (default ctrl-alt-x) and types the exit passcode; SIGTERM, SIGINT\n\
+or SIGHUP stop it too. Every stop signs the current worker out first.")]
 pub struct KioskArgs {
     /// The kiosk configuration (every option is documented in the README).
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
     /// No terminal UI: session events as JSON lines on stdout; PINs (and
-    /// `sign-out`, `quit`) as lines on stdin.
+    /// `sign-out`, `quit`) as lines on stdin. It keeps running when stdin
+    /// closes: stop it with SIGTERM or SIGINT (as a service manager does).
     #[arg(long)]
     headless: bool,
     #[command(subcommand)]
@@ -55,6 +65,90 @@ enum KioskCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Set the passcode of the administrator's exit: asked twice without echo
+    /// in a terminal, else read from PIVTAP_EXIT_PASSCODE or one line of
+    /// standard input (8 to 128 characters). Its Argon2id hash is written to
+    /// the configuration's [admin] exit_passcode_hash; the rest of the file
+    /// is left as it is.
+    #[command(after_help = "Examples:\n  \
+        pivtap kiosk set-exit-passcode --config /etc/pivtap/kiosk.toml\n  \
+        printf '%s\\n' \"$PASSCODE\" | pivtap kiosk set-exit-passcode --config kiosk.toml --json")]
+    SetExitPasscode {
+        /// The kiosk configuration to write the hash into.
+        #[arg(long, value_name = "FILE")]
+        config: PathBuf,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// `pivtap kiosk` without a terminal for its screen (exit code 2).
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "pivtap kiosk needs a terminal for its screen, and {0} is not one. Without a terminal, run \
+     it headless: `pivtap kiosk --config FILE --headless` (session events as JSON lines on \
+     stdout; stop it with SIGTERM)"
+)]
+pub struct NoTerminal(&'static str);
+
+/// Runs `pivtap kiosk set-exit-passcode`.
+fn set_exit_passcode(config: &Path, json: bool) -> anyhow::Result<()> {
+    // The file must be a valid configuration before and after.
+    KioskConfig::load(config)?;
+    let passcode = super::card::SecretReader::new().read(super::card::Secret::ExitPasscode)?;
+    let hash = ExitPasscodeHash::new(&passcode)?;
+    let text = std::fs::read_to_string(config)
+        .with_context(|| format!("cannot read {}", config.display()))?;
+    let updated = with_exit_passcode_hash(&text, &hash);
+    let dir = config.parent().unwrap_or(Path::new("."));
+    let mut temporary = tempfile::NamedTempFile::new_in(dir)
+        .with_context(|| format!("cannot write in {}", dir.display()))?;
+    std::io::Write::write_all(&mut temporary, updated.as_bytes())?;
+    if let Ok(metadata) = std::fs::metadata(config) {
+        temporary
+            .as_file()
+            .set_permissions(metadata.permissions())?;
+    }
+    KioskConfig::load(temporary.path())
+        .context("the updated configuration would not load; nothing was changed")?;
+    temporary
+        .persist(config)
+        .with_context(|| format!("cannot replace {}", config.display()))?;
+    if json {
+        println!(
+            "{}",
+            serde_json::json!({"changed": "exit_passcode", "config": config})
+        );
+    } else {
+        println!(
+            "The exit passcode is set in {} ([admin] exit_passcode_hash). Restart the kiosk to use it.",
+            config.display()
+        );
+    }
+    Ok(())
+}
+
+/// Sends [`Input::Quit`] on SIGTERM, SIGINT or SIGHUP (the service manager stopping the kiosk,
+/// Ctrl-C outside raw mode, the terminal going away): the runtime signs any worker out first.
+///
+/// # Errors
+/// When the signal handlers cannot be installed.
+pub(crate) fn quit_on_signals(inputs: UnboundedSender<Input>) -> anyhow::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut terminate = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
+    let mut interrupt = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
+    let mut hangup = signal(SignalKind::hangup()).context("cannot handle SIGHUP")?;
+    tokio::spawn(async move {
+        let name = tokio::select! {
+            _ = terminate.recv() => "SIGTERM",
+            _ = interrupt.recv() => "SIGINT",
+            _ = hangup.recv() => "SIGHUP",
+        };
+        tracing::info!(target: "pivtap::kiosk", signal = name, "stopping: any session is signed out first");
+        let _ = inputs.send(Input::Quit);
+    });
+    Ok(())
 }
 
 /// Runs `pivtap kiosk enroll-device`.
@@ -106,11 +200,22 @@ pub fn run(args: KioskArgs) -> anyhow::Result<()> {
     {
         return enroll_device(server, code, out, *json);
     }
+    if let Some(KioskCommand::SetExitPasscode { config, json }) = &args.command {
+        return set_exit_passcode(config, *json);
+    }
     let config_path = args
         .config
         .as_ref()
         .context("give --config FILE (or a subcommand such as enroll-device)")?;
     let config = KioskConfig::load(config_path)?;
+    if !args.headless {
+        if !std::io::stdin().is_terminal() {
+            return Err(NoTerminal("standard input").into());
+        }
+        if !std::io::stdout().is_terminal() {
+            return Err(NoTerminal("standard output").into());
+        }
+    }
     let trust = match (&config.server.ca, &config.server.pin_sha256) {
         (Some(ca), _) => ServerTrust::from_pem_file(ca)?,
         (None, Some(pin)) => ServerTrust::from_pin(pin)?,
@@ -153,14 +258,17 @@ pub fn run(args: KioskArgs) -> anyhow::Result<()> {
             connections: config.local_api.connection_limits(),
         };
         let api_board = board.clone();
-        tokio::spawn(async move {
-            if let Err(error) =
-                pivtap_kiosk::local_api::serve(api_board, api, std::future::pending()).await
-            {
+        let (stop_api, api_stopping) = tokio::sync::oneshot::channel::<()>();
+        let api_task = tokio::spawn(async move {
+            let stopping = async {
+                let _ = api_stopping.await;
+            };
+            if let Err(error) = pivtap_kiosk::local_api::serve(api_board, api, stopping).await {
                 tracing::error!(%error, "the local session API stopped");
             }
         });
         let (inputs_tx, inputs_rx) = unbounded_channel();
+        quit_on_signals(inputs_tx.clone())?;
         let parts = RuntimeParts {
             core: config.core(),
             readers: Arc::new(readers) as Arc<dyn ReaderSource>,
@@ -169,20 +277,31 @@ pub fn run(args: KioskArgs) -> anyhow::Result<()> {
             board,
             on_function_key: None,
         };
-        if args.headless {
+        let ran = if args.headless {
             read_stdin(inputs_tx);
             let mut face = HeadlessFace::new(std::io::stdout());
-            runtime::run(parts, &mut face, inputs_rx).await?;
+            runtime::run(parts, &mut face, inputs_rx).await
         } else {
             let branding = Branding {
                 organisation: config.branding.organisation.clone(),
                 primary: parse_colour(&config.branding.primary),
                 accent: parse_colour(&config.branding.accent),
             };
-            let mut face = TerminalFace::new(branding, config.device.clone(), None);
-            TerminalFace::read_keys(inputs_tx);
-            runtime::run(parts, &mut face, inputs_rx).await?;
-        }
+            let gate = ExitGate::new(config.exit_keys(), config.exit_passcode_hash());
+            let mut face = TerminalFace::new(
+                branding,
+                config.device.clone(),
+                None,
+                QuitKeys::Administrator(gate),
+            );
+            face.read_keys(inputs_tx);
+            runtime::run(parts, &mut face, inputs_rx).await
+        };
+        // The last events (`signed_out`, reason `shutdown`) reach the event-stream clients
+        // before the local API closes; a client that does not read is not waited for long.
+        let _ = stop_api.send(());
+        let _ = tokio::time::timeout(Duration::from_secs(2), api_task).await;
+        ran?;
         anyhow::Ok(())
     })
 }

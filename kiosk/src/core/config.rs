@@ -25,9 +25,12 @@ pub struct SessionPolicy {
     pub sign_out_on_removal: bool,
     /// End the session after this long without key input or a tap; `None` never does.
     pub idle_timeout: Option<Duration>,
-    /// A tap by another badge while someone is signed in signs the old worker out and starts the
-    /// new worker's sign-in. When off, such taps are ignored.
+    /// A tap by another badge while someone is signed in starts the new worker's sign-in; the
+    /// old worker is signed out once the new PIN is accepted. When off, such taps are ignored.
     pub fast_user_switch: bool,
+    /// Warn this long before the idle sign-out and before the session's end
+    /// ([`SessionEvent::SessionEnding`](super::SessionEvent::SessionEnding)); zero never warns.
+    pub warning_lead: Duration,
 }
 
 impl Default for SessionPolicy {
@@ -36,6 +39,7 @@ impl Default for SessionPolicy {
             sign_out_on_removal: true,
             idle_timeout: Some(Duration::from_secs(15 * 60)),
             fast_user_switch: true,
+            warning_lead: Duration::from_secs(30),
         }
     }
 }

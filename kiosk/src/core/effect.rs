@@ -100,9 +100,21 @@ pub enum SessionEvent {
         #[serde(with = "time::serde::rfc3339")]
         expires_at: OffsetDateTime,
     },
+    /// The session ends soon (`reason` `idle`: a key or a tap of the badge keeps it;
+    /// `expired`: tap the badge and type the PIN to sign in again).
+    SessionEnding {
+        /// Who.
+        user_id: String,
+        /// Why it would end.
+        reason: SignOutReason,
+        /// Seconds until it ends.
+        seconds_left: u64,
+    },
     /// A worker was signed out.
     SignedOut {
-        /// The user id (`sub` of their token).
+        /// Who: the same fields as `signed_in`'s `user`.
+        user: UserInfo,
+        /// The user id (`sub` of their token), as `user.id` (kept for existing consumers).
         user_id: String,
         /// Why.
         reason: SignOutReason,
@@ -157,6 +169,23 @@ pub enum SessionEvent {
     },
 }
 
+impl SessionEvent {
+    /// The event as JSON with the wall-clock time it happened, `"at"` in RFC 3339: what the
+    /// headless output and the local API's event stream carry.
+    #[must_use]
+    pub fn to_json_at(&self, at: OffsetDateTime) -> serde_json::Value {
+        let mut value =
+            serde_json::to_value(self).unwrap_or_else(|_| serde_json::json!({"event": "error"}));
+        if let (Some(object), Ok(at)) = (
+            value.as_object_mut(),
+            at.format(&time::format_description::well_known::Rfc3339),
+        ) {
+            object.insert("at".to_owned(), serde_json::Value::String(at));
+        }
+        value
+    }
+}
+
 /// Why a PIN change or an unblock attempt failed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -199,6 +228,10 @@ pub enum SignOutReason {
     Explicit,
     /// Another worker tapped in.
     Switched,
+    /// The same worker signed in again before the session ended (a fresh token).
+    Renewed,
     /// The token expired.
     Expired,
+    /// The kiosk stopped (an administrator's exit, or a signal from the service manager).
+    Shutdown,
 }

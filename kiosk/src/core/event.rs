@@ -92,6 +92,9 @@ pub enum Event {
     Key(KeyInput),
     /// Sign the current worker out: the sign-out key, or `POST /v1/session/sign-out` on the local API.
     SignOutRequested,
+    /// The kiosk is stopping (an administrator's exit, or a signal from the service manager):
+    /// any session ends with [`SignOutReason::Shutdown`](super::SignOutReason::Shutdown).
+    Shutdown,
     /// The signed-in worker wants to change their PIN (a key in the terminal UI, `change-pin`
     /// in headless mode).
     ChangePinRequested,
@@ -135,6 +138,9 @@ pub enum KeyInput {
     Enter,
     /// Cancel: leave PIN entry, forget a held PIN, dismiss a message.
     Escape,
+    /// Any other key: it closes a finished PIN change or unblock ("press any key") and counts
+    /// as activity (keeping a signed-in worker from the idle sign-out).
+    Other,
 }
 
 /// Why reading a card (SELECT, CHUID, certificate) failed.

@@ -40,8 +40,8 @@ pub use effect::{Effect, PinFormFailure, SessionEvent, SignOutReason};
 pub use event::{AuthFailure, CardReadFailure, Event, KeyInput, PinWorkFailure, WorkId};
 pub use notice::{Notice, NoticeCode};
 pub use state::{
-    CardSummary, PinForm, PinFormPurpose, PinFormStep, PinPrompt, ServerStatus, Session, State,
-    Step,
+    CardSummary, PinForm, PinFormPurpose, PinFormStep, PinPrompt, ServerStatus, Session,
+    SessionWarning, State, Step,
 };
 
 /// The fewest digits a PIN has.
@@ -84,6 +84,21 @@ pub struct Kiosk {
     last_work: u64,
     /// The wake-up last asked of the runtime.
     scheduled_tick: Option<Instant>,
+    /// Fast user switch: the signed-in worker's session while another worker signs in. It
+    /// ends ([`SignOutReason::Switched`]) only once the new worker's PIN is accepted; if the
+    /// new sign-in is cancelled or fails, the kiosk returns to it.
+    switching_from: Option<Session>,
+    /// PIN then tap: the held PIN, taken out of the typing buffer while the tapped badge is
+    /// read to learn whose it is (see [`Kiosk::on_card_read`]).
+    pin_awaiting_read: Option<Pin>,
+    /// PIN then tap, after a wrong PIN: the badge that refused it. The PIN typed next is for that
+    /// badge; another badge arriving clears it instead of spending one of its tries.
+    pin_badge: Option<CardSummary>,
+    /// The signed-in worker's badge, as read before their PIN was checked.
+    session_badge: Option<CardSummary>,
+    /// Tap then PIN, right after an unblock: the PIN prompt of the badge still on the reader
+    /// says the unblock worked.
+    unblocked_prompt_notice: Option<Notice>,
     /// Effects of the event being handled.
     effects: Vec<Effect>,
 }
@@ -97,6 +112,8 @@ enum Timer {
     PinForgotten,
     SessionExpired,
     SessionIdle,
+    ExpiryWarning,
+    IdleWarning,
     PinFormDeadline,
 }
 
@@ -125,6 +142,11 @@ impl Kiosk {
             notice_until: None,
             last_work: 0,
             scheduled_tick: None,
+            switching_from: None,
+            pin_awaiting_read: None,
+            pin_badge: None,
+            session_badge: None,
+            unblocked_prompt_notice: None,
             effects: Vec::new(),
         }
     }
@@ -158,6 +180,7 @@ impl Kiosk {
             Event::AuthFailed { work, failure } => self.on_auth_failed(work, failure, now),
             Event::Key(key) => self.on_key(key, now),
             Event::SignOutRequested => self.sign_out(SignOutReason::Explicit, now),
+            Event::Shutdown => self.shut_down(now),
             Event::ChangePinRequested => self.on_change_pin_requested(now),
             Event::UnblockRequested => self.on_unblock_requested(now),
             Event::PinPolicyKnown(policy) => {
@@ -176,6 +199,7 @@ impl Kiosk {
             Event::Tick => self.scheduled_tick = None,
         }
         self.advance_time(now);
+        self.withdraw_idle_warning(now);
         self.schedule_next_tick();
         mem::take(&mut self.effects)
     }
@@ -199,6 +223,12 @@ impl Kiosk {
             State::SignedIn { session, .. } => Some(session),
             _ => None,
         }
+    }
+
+    /// Fast user switch: the session that stays signed in while another worker signs in.
+    #[must_use]
+    pub fn switching_from(&self) -> Option<&Session> {
+        self.switching_from.as_ref()
     }
 
     /// The connected readers, by name.
@@ -311,7 +341,8 @@ impl Kiosk {
             State::SignedIn { session, .. } => {
                 session.last_activity = now;
                 if self.config.session.fast_user_switch {
-                    self.end_session(SignOutReason::Switched);
+                    // The current worker stays signed in until the new worker's PIN is accepted.
+                    self.switching_from = Some(session.clone());
                     self.start_sign_in(reader, now);
                 } else if session.reader == reader {
                     session.card_present = true;
@@ -340,6 +371,16 @@ impl Kiosk {
     /// The card on `reader` is gone (removed, or its reader or the service went away).
     fn lose_card(&mut self, reader: &str, notice: Notice, reason: SignOutReason, now: Instant) {
         let sign_out_on_removal = self.config.session.sign_out_on_removal;
+        if let Some(waiting) = self
+            .switching_from
+            .as_mut()
+            .filter(|session| session.reader == reader)
+        {
+            waiting.card_present = false;
+            if sign_out_on_removal {
+                self.end_waiting_session(reason);
+            }
+        }
         match &mut self.state {
             State::ReadingCard { reader: used, .. } | State::PinEntry { reader: used, .. }
                 if used.as_str() == reader =>
@@ -408,30 +449,38 @@ impl Kiosk {
         match self.config.flow {
             Flow::TapThenPin => {
                 self.clear_pin();
-                let work = self.next_work();
-                self.effects.push(Effect::ReadCard {
-                    work,
-                    reader: reader.clone(),
-                });
-                self.enter(
-                    State::ReadingCard {
-                        reader,
-                        work,
-                        started_at: now,
-                    },
-                    now,
-                );
+                self.read_card(reader, now);
             }
             Flow::PinThenTap => self.use_held_pin(reader, now),
         }
     }
 
-    /// PIN then tap: a badge is on `reader`; sign in with the held PIN if there is one.
+    /// Asks for the badge on `reader` to be read (no PIN needed) and waits for it.
+    fn read_card(&mut self, reader: String, now: Instant) {
+        let work = self.next_work();
+        self.effects.push(Effect::ReadCard {
+            work,
+            reader: reader.clone(),
+        });
+        self.enter(
+            State::ReadingCard {
+                reader,
+                work,
+                started_at: now,
+            },
+            now,
+        );
+    }
+
+    /// PIN then tap: a badge is on `reader`; sign in with the held PIN if there is one. The
+    /// badge is read first (no PIN needed), so the PIN is only spent on it once it is known
+    /// whose badge it is ([`Kiosk::on_card_read`]).
     fn use_held_pin(&mut self, reader: String, now: Instant) {
         let retry_pending = self.retry_pending(now);
         if !retry_pending {
             if let Some(pin) = self.take_pin() {
-                self.authenticate(reader, pin, None, now);
+                self.pin_awaiting_read = Some(pin);
+                self.read_card(reader, now);
                 return;
             }
         }
@@ -469,7 +518,17 @@ impl Kiosk {
             self.block(reader, now);
             return;
         }
-        let prompt = self.new_prompt(now, pin_tries_left, None, self.config.pin_entry_timeout);
+        if let Some(pin) = self.pin_awaiting_read.take() {
+            self.spend_held_pin(reader, card, pin, now);
+            return;
+        }
+        if self.own_badge_keeps_session(&card) {
+            // The signed-in worker tapped their own badge: they stay signed in.
+            self.rest(None, now);
+            return;
+        }
+        let notice = self.unblocked_prompt_notice.take();
+        let prompt = self.new_prompt(now, pin_tries_left, notice, self.config.pin_entry_timeout);
         if prompt.retry_at.is_none() {
             self.publish(SessionEvent::PinRequired {
                 tries_left: pin_tries_left,
@@ -483,6 +542,58 @@ impl Kiosk {
             },
             now,
         );
+    }
+
+    /// PIN then tap: the tapped badge is read; its holder is known. The held PIN is spent on
+    /// it unless it is the signed-in worker's own badge (a next worker's PIN is kept for the next
+    /// worker) or the PIN was typed for another badge after a wrong PIN (it is cleared, and the
+    /// worker told whose badge this is).
+    fn spend_held_pin(&mut self, reader: String, card: CardSummary, pin: Pin, now: Instant) {
+        if self.own_badge_keeps_session(&card) {
+            // The signed-in worker tapped their own badge: they stay, the PIN waits.
+            self.rest(None, now);
+            if let State::SignedIn {
+                session,
+                next_worker,
+                ..
+            } = &mut self.state
+            {
+                session.last_activity = now;
+                self.typed_pin
+                    .push_str(&String::from_utf8_lossy(pin.as_bytes()));
+                let digits = self.typed_pin.len();
+                *next_worker = Some(PinPrompt {
+                    digits,
+                    tries_left: None,
+                    retry_at: None,
+                    notice: None,
+                    forget_at: later(now, self.config.pin_hold_timeout),
+                });
+            }
+            return;
+        }
+        if same_badge(self.pin_badge.as_ref(), &card) == Some(false) {
+            drop(pin);
+            let notice = Notice::pin_for_another_badge(card.holder_name.as_deref());
+            self.give_up(notice, now);
+            return;
+        }
+        self.authenticate(reader, pin, Some(card), now);
+    }
+
+    /// During a fast user switch: whether the badge read is the waiting worker's own, tapped to
+    /// stay signed in. Not when their session is about to expire: then the tap signs them in
+    /// again (PIN and a fresh token).
+    fn own_badge_keeps_session(&self, card: &CardSummary) -> bool {
+        self.switching_from.as_ref().is_some_and(|waiting| {
+            !matches!(
+                waiting.warning,
+                Some(SessionWarning {
+                    reason: SignOutReason::Expired,
+                    ..
+                })
+            )
+        }) && same_badge(self.session_badge.as_ref(), card) == Some(true)
     }
 
     fn on_card_read_failed(&mut self, work: WorkId, failure: CardReadFailure, now: Instant) {
@@ -517,11 +628,22 @@ impl Kiosk {
         expires_at: OffsetDateTime,
         now: Instant,
     ) {
-        let Some((reader, _)) = self.reader_working(work) else {
+        let Some((reader, card)) = self.reader_working(work) else {
             return;
         };
+        self.session_badge = card;
+        self.pin_badge = None;
         self.wrong_pins_in_a_row = 0;
         self.retry_not_before = None;
+        let same_worker = self
+            .switching_from
+            .as_ref()
+            .is_some_and(|waiting| waiting.user.id == user.id);
+        self.end_waiting_session(if same_worker {
+            SignOutReason::Renewed
+        } else {
+            SignOutReason::Switched
+        });
         let lifetime = Duration::try_from(expires_at - signed_in_at).unwrap_or(Duration::ZERO);
         self.publish(SessionEvent::SignedIn {
             user: user.clone(),
@@ -535,6 +657,7 @@ impl Kiosk {
             expires_at,
             ends_at: later(now, lifetime),
             last_activity: now,
+            warning: None,
         };
         self.enter(
             State::SignedIn {
@@ -585,6 +708,9 @@ impl Kiosk {
         now: Instant,
     ) {
         self.wrong_pins_in_a_row = self.wrong_pins_in_a_row.saturating_add(1);
+        if self.config.flow == Flow::PinThenTap {
+            self.pin_badge.clone_from(&card);
+        }
         let delay = self.config.wrong_pin_delay.after(self.wrong_pins_in_a_row);
         self.retry_not_before = Some(later(now, delay));
         let notice = self.notify(Notice::wrong_pin(tries_left));
@@ -723,6 +849,7 @@ impl Kiosk {
                 let reader = reader.clone();
                 self.abandon(&reader, Notice::cancelled(), now);
             }
+            KeyInput::Other => {}
             KeyInput::Digit(_) | KeyInput::Backspace => {
                 self.edit_pin(key, now, self.config.pin_entry_timeout);
             }
@@ -739,6 +866,7 @@ impl Kiosk {
                 }
             }
             KeyInput::Escape => self.rest(None, now),
+            KeyInput::Other => {}
             KeyInput::Digit(_) | KeyInput::Backspace => {
                 self.edit_pin(key, now, self.config.pin_hold_timeout);
             }
@@ -765,7 +893,7 @@ impl Kiosk {
                 *next_worker = None;
                 self.clear_pin();
             }
-            KeyInput::Enter => {}
+            KeyInput::Enter | KeyInput::Other => {}
             KeyInput::Digit(_) | KeyInput::Backspace => {
                 if next_worker.is_none() {
                     let prompt = self.new_prompt(now, None, None, self.config.pin_hold_timeout);
@@ -793,7 +921,7 @@ impl Kiosk {
                 }
             }
             KeyInput::Escape => self.rest(None, now),
-            KeyInput::Digit(_) | KeyInput::Backspace | KeyInput::Enter => {}
+            KeyInput::Digit(_) | KeyInput::Backspace | KeyInput::Enter | KeyInput::Other => {}
         }
     }
 
@@ -867,7 +995,37 @@ impl Kiosk {
         if let Some(session) = self.end_session(reason) {
             let notice = Notice::signed_out(&session.user.display_name, reason);
             self.rest(Some(notice), now);
+        } else {
+            // During a fast user switch: the waiting worker is signed out, the new sign-in goes on.
+            self.end_waiting_session(reason);
         }
+    }
+
+    /// The kiosk is stopping: any session ends ([`SignOutReason::Shutdown`]), card work stops
+    /// and a typed PIN is wiped.
+    fn shut_down(&mut self, now: Instant) {
+        self.end_waiting_session(SignOutReason::Shutdown);
+        self.end_session(SignOutReason::Shutdown);
+        if let Some(reader) = self.reader_in_use() {
+            self.effects.push(Effect::CancelCardWork { reader });
+        }
+        self.rest(None, now);
+    }
+
+    /// Ends the session waiting for a fast user switch, if there is one.
+    fn end_waiting_session(&mut self, reason: SignOutReason) {
+        if let Some(session) = self.switching_from.take() {
+            self.publish_signed_out(&session, reason);
+        }
+    }
+
+    fn publish_signed_out(&mut self, session: &Session, reason: SignOutReason) {
+        self.publish(SessionEvent::SignedOut {
+            user: session.user.clone(),
+            user_id: session.user.id.clone(),
+            reason,
+        });
+        self.effects.push(Effect::DropSession);
     }
 
     /// Publishes the end of the current session, if there is one; the caller moves on.
@@ -876,11 +1034,7 @@ impl Kiosk {
             return None;
         };
         let session = session.clone();
-        self.publish(SessionEvent::SignedOut {
-            user_id: session.user.id.clone(),
-            reason,
-        });
-        self.effects.push(Effect::DropSession);
+        self.publish_signed_out(&session, reason);
         Some(session)
     }
 
@@ -892,6 +1046,56 @@ impl Kiosk {
             .idle_timeout
             .filter(|_| !kept_by_badge)?;
         Some(later(session.last_activity, timeout))
+    }
+
+    /// The session ends soon for `reason`: show it and publish `session_ending`.
+    fn warn(&mut self, reason: SignOutReason, now: Instant) {
+        let State::SignedIn { session, .. } = &self.state else {
+            return;
+        };
+        let ends_at = match reason {
+            SignOutReason::Idle => match self.idle_deadline(session) {
+                Some(at) => at,
+                None => return,
+            },
+            _ => session.ends_at,
+        };
+        let user_id = session.user.id.clone();
+        if let State::SignedIn { session, .. } = &mut self.state {
+            session.warning = Some(SessionWarning { reason, ends_at });
+        }
+        let seconds_left = ends_at
+            .saturating_duration_since(now)
+            .as_millis()
+            .div_ceil(1000);
+        self.publish(SessionEvent::SessionEnding {
+            user_id,
+            reason,
+            seconds_left: u64::try_from(seconds_left).unwrap_or(u64::MAX),
+        });
+    }
+
+    /// Activity (a key, a tap) moved the idle sign-out away: the idle warning goes.
+    fn withdraw_idle_warning(&mut self, now: Instant) {
+        let State::SignedIn { session, .. } = &self.state else {
+            return;
+        };
+        let Some(SessionWarning {
+            reason: SignOutReason::Idle,
+            ..
+        }) = session.warning
+        else {
+            return;
+        };
+        let lead = self.config.session.warning_lead;
+        let still_due = self
+            .idle_deadline(session)
+            .is_some_and(|at| at <= later(now, lead));
+        if !still_due {
+            if let State::SignedIn { session, .. } = &mut self.state {
+                session.warning = None;
+            }
+        }
     }
 
     // --- the server ---
@@ -954,6 +1158,9 @@ impl Kiosk {
         if let Some(at) = self.notice_until {
             timers.push((at, Timer::NoticeOver));
         }
+        if let Some(waiting) = &self.switching_from {
+            timers.push((waiting.ends_at, Timer::SessionExpired));
+        }
         match &self.state {
             State::ReadingCard { started_at, .. } | State::Working { started_at, .. } => {
                 timers.push((
@@ -975,6 +1182,19 @@ impl Kiosk {
                 timers.push((session.ends_at, Timer::SessionExpired));
                 if let Some(at) = self.idle_deadline(session) {
                     timers.push((at, Timer::SessionIdle));
+                }
+                let lead = self.config.session.warning_lead;
+                let warned = session.warning.map(|warning| warning.reason);
+                if !lead.is_zero() && warned != Some(SignOutReason::Expired) {
+                    let at = session.ends_at.checked_sub(lead).unwrap_or(session.ends_at);
+                    timers.push((at, Timer::ExpiryWarning));
+                }
+                if let Some(idle_at) = self
+                    .idle_deadline(session)
+                    .filter(|_| !lead.is_zero() && warned.is_none())
+                {
+                    let at = idle_at.checked_sub(lead).unwrap_or(idle_at);
+                    timers.push((at.max(session.last_activity), Timer::IdleWarning));
                 }
                 if let Some(prompt) = next_worker {
                     timers.push((prompt.forget_at, Timer::PinForgotten));
@@ -1053,6 +1273,8 @@ impl Kiosk {
             },
             Timer::SessionExpired => self.sign_out(SignOutReason::Expired, now),
             Timer::SessionIdle => self.sign_out(SignOutReason::Idle, now),
+            Timer::ExpiryWarning => self.warn(SignOutReason::Expired, now),
+            Timer::IdleWarning => self.warn(SignOutReason::Idle, now),
             Timer::PinFormDeadline => self.pin_form_deadline(now),
         }
     }
@@ -1092,6 +1314,20 @@ impl Kiosk {
     /// no reader, a notice to show, the server down, or waiting for a tap.
     fn rest(&mut self, notice: Option<Notice>, now: Instant) {
         self.clear_pin();
+        self.pin_badge = None;
+        self.pin_awaiting_read = None;
+        self.unblocked_prompt_notice = None;
+        if let Some(mut session) = self.switching_from.take() {
+            // The new worker's sign-in did not happen: the waiting worker carries on.
+            session.card_present = self.cards.contains(&session.reader);
+            let next = State::SignedIn {
+                session,
+                next_worker: None,
+                pin_change: None,
+            };
+            self.enter(next, now);
+            return;
+        }
         let told = notice.as_ref().map(|notice| notice.code);
         let next = if self.readers.is_empty() {
             State::ReaderMissing {
@@ -1129,6 +1365,10 @@ impl Kiosk {
     /// Replaces the state, starting the notice's display time where it has one. Leaving a
     /// PIN change or unblock wipes the values it held.
     fn enter(&mut self, state: State, now: Instant) {
+        if !matches!(state, State::ReadingCard { .. }) {
+            // The badge's read is over, whichever way: a PIN held for it is wiped.
+            self.pin_awaiting_read = None;
+        }
         if !matches!(
             state,
             State::SignedIn {
@@ -1180,7 +1420,20 @@ fn apply_key_to_pin(typed_pin: &mut String, key: KeyInput) -> bool {
             true
         }
         KeyInput::Backspace => typed_pin.pop().is_some(),
-        KeyInput::Digit(_) | KeyInput::Enter | KeyInput::Escape => false,
+        KeyInput::Digit(_) | KeyInput::Enter | KeyInput::Escape | KeyInput::Other => false,
+    }
+}
+
+/// Whether two reads are of the same badge: by card GUID, else by holder name; `None` when the
+/// reads cannot tell.
+fn same_badge(known: Option<&CardSummary>, card: &CardSummary) -> Option<bool> {
+    let known = known?;
+    match (&known.card_guid, &card.card_guid) {
+        (Some(a), Some(b)) => Some(a == b),
+        _ => match (&known.holder_name, &card.holder_name) {
+            (Some(a), Some(b)) => Some(a == b),
+            _ => None,
+        },
     }
 }
 

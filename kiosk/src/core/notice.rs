@@ -66,11 +66,14 @@ pub enum NoticeCode {
     OtherCard,
     /// The blocked PIN is replaced by a new one.
     CardUnblocked,
+    /// PIN then tap: after a wrong PIN, another badge was tapped; the PIN typed was cleared
+    /// without spending one of that badge's tries.
+    PinForAnotherBadge,
 }
 
 impl NoticeCode {
     /// Every code, for documentation and tests.
-    pub const ALL: [NoticeCode; 26] = [
+    pub const ALL: [NoticeCode; 27] = [
         NoticeCode::WrongPin,
         NoticeCode::PinTooShort,
         NoticeCode::WaitBeforeRetry,
@@ -97,6 +100,7 @@ impl NoticeCode {
         NoticeCode::TapBadge,
         NoticeCode::OtherCard,
         NoticeCode::CardUnblocked,
+        NoticeCode::PinForAnotherBadge,
     ];
 
     /// The code as it appears in JSON (`wrong_pin`).
@@ -129,6 +133,7 @@ impl NoticeCode {
             NoticeCode::TapBadge => "tap_badge",
             NoticeCode::OtherCard => "other_card",
             NoticeCode::CardUnblocked => "card_unblocked",
+            NoticeCode::PinForAnotherBadge => "pin_for_another_badge",
         }
     }
 }
@@ -336,6 +341,17 @@ impl Notice {
         )
     }
 
+    pub(super) fn pin_for_another_badge(holder: Option<&str>) -> Self {
+        let whose =
+            holder.map_or_else(|| "another worker's".to_owned(), |name| format!("{name}'s"));
+        Notice::new(
+            NoticeCode::PinForAnotherBadge,
+            format!(
+                "This is {whose} badge. The PIN typed for another badge was cleared: type your PIN, then tap."
+            ),
+        )
+    }
+
     pub(super) fn cancelled() -> Self {
         Notice::new(NoticeCode::Cancelled, "Sign-in cancelled.")
     }
@@ -354,6 +370,8 @@ impl Notice {
             SignOutReason::Expired => {
                 format!("{name}'s session has ended. Tap your badge to sign in again.")
             }
+            SignOutReason::Shutdown => format!("{name} is signed out: the kiosk is stopping."),
+            SignOutReason::Renewed => format!("{name} signed in again."),
         };
         Notice::new(NoticeCode::SignedOut, message)
     }
@@ -455,6 +473,13 @@ impl Notice {
         Notice::new(
             NoticeCode::PinChanged,
             "Your PIN is changed. Use the new PIN from now on.",
+        )
+    }
+
+    pub(super) fn card_unblocked_enter_pin() -> Self {
+        Notice::new(
+            NoticeCode::CardUnblocked,
+            "Your badge is unblocked. Enter your new PIN.",
         )
     }
 

@@ -136,7 +136,7 @@ impl Kiosk {
                     now,
                 );
             }
-            (PinFormStep::TapBadge, _) => {}
+            (PinFormStep::TapBadge, _) | (_, KeyInput::Other) => {}
             (_, KeyInput::Enter) => self.submit_form_field(now),
             (_, KeyInput::Digit(_) | KeyInput::Backspace) => {
                 if apply_key_to_pin(&mut self.typed_pin, key) {
@@ -427,8 +427,9 @@ impl Kiosk {
         self.retry_not_before = None;
         self.publish(SessionEvent::CardUnblocked);
         if self.config.flow == Flow::TapThenPin && self.cards.contains(&reader) {
-            // The badge is still there: straight on to the PIN prompt.
+            // The badge is still there: straight on to the PIN prompt, which confirms the unblock.
             self.start_sign_in(reader, now);
+            self.unblocked_prompt_notice = Some(Notice::card_unblocked_enter_pin());
         } else {
             // Not an error: the event stream already heard `card_unblocked`.
             self.rest(Some(Notice::card_unblocked(self.config.flow)), now);

@@ -5,11 +5,15 @@ use std::time::Instant;
 use pivtap_server_client::wire::{ErrorCode, UserInfo};
 use time::OffsetDateTime;
 
+use super::effect::SignOutReason;
 use super::event::WorkId;
 use super::notice::Notice;
 
 /// The kiosk's current state. Views render it; only the core changes it.
 #[derive(Debug, Clone, PartialEq, Eq)]
+// One State lives in the kiosk and is replaced, not collected: boxing the signed-in variant
+// would buy nothing but indirection.
+#[allow(clippy::large_enum_variant)]
 pub enum State {
     /// No card reader is usable: none is connected, or the smart card service is down.
     ReaderMissing {
@@ -205,6 +209,20 @@ pub struct Session {
     pub ends_at: Instant,
     /// The last key input or tap.
     pub last_activity: Instant,
+    /// The session is about to end: shown with a countdown until then, or until activity
+    /// (idle) keeps it.
+    pub warning: Option<SessionWarning>,
+}
+
+/// A session about to end, and why.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SessionWarning {
+    /// [`SignOutReason::Idle`] (a key or a tap keeps the worker signed in) or
+    /// [`SignOutReason::Expired`] (the token ends; tapping the badge and typing the PIN signs in
+    /// again).
+    pub reason: SignOutReason,
+    /// When the session ends if nothing happens.
+    pub ends_at: Instant,
 }
 
 /// What the kiosk knows of the sign-in server, from its last answer or failure to answer.
