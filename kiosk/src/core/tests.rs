@@ -1046,13 +1046,22 @@ fn pin_then_tap_uses_the_resting_badge_once_the_server_is_back() {
     let mut k = Harness::pin_then_tap();
     k.type_digits(ALICE_PIN);
     k.tap(DESK);
+    // The badge is read first (whose is it?), then the held PIN is spent on it.
+    let effects = k.card_read(Some(3));
+    assert!(authenticate_pin(&effects).is_some());
     assert!(matches!(k.state(), State::Working { .. }));
     k.fail(AuthFailure::ServerUnreachable);
     let effects = k.send(Event::ServerReachable);
     assert!(authenticate_pin(&effects).is_none(), "the PIN was not held");
     assert_eq!(k.state(), &State::WaitingForCard { notice: None });
     k.type_digits(ALICE_PIN);
+    // The resting badge is read again (whose is it now?), then the PIN is spent on it.
     let effects = k.key(KeyInput::Enter);
+    assert!(matches!(
+        without_ticks(effects).as_slice(),
+        [Effect::ReadCard { reader, .. }] if reader == DESK
+    ));
+    let effects = k.card_read(Some(3));
     assert!(authenticate_pin(&effects).is_some());
     assert!(matches!(k.state(), State::Working { reader, .. } if reader == DESK));
 }
