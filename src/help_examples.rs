@@ -271,6 +271,13 @@ const EXAMPLES: &[(&[&str], &[&str])] = &[
         ],
     ),
     (
+        &["kiosk", "set-exit-passcode"],
+        &[
+            "pivtap kiosk set-exit-passcode --config /etc/pivtap/kiosk.toml  # asks twice, no echo",
+            "pivtap kiosk set-exit-passcode --config kiosk.toml --json  # reads PIVTAP_EXIT_PASSCODE or a line of stdin",
+        ],
+    ),
+    (
         &["kiosk", "enroll-device"],
         &[
             "pivtap kiosk enroll-device --server https://auth.example.com:8443 --ca tls.crt --code 4HJW-PX2D --out /etc/pivtap/device",

@@ -53,6 +53,11 @@ enum Command {
     /// Administer users, cards and the audit log of a running server.
     Admin(Box<commands::admin::AdminArgs>),
     /// Run the shared-device kiosk (terminal UI, or --headless JSON lines).
+    ///
+    /// Workers cannot quit the kiosk: q and Ctrl-C do nothing. An administrator
+    /// presses [admin] exit_keys (default ctrl-alt-x) and types the exit passcode
+    /// (`pivtap kiosk set-exit-passcode`); SIGTERM, SIGINT or SIGHUP stop it too.
+    /// Every stop signs the current worker out first.
     Kiosk(commands::kiosk::KioskArgs),
     /// The whole story on one machine: server, three workers' cards, kiosk.
     Demo(commands::demo::DemoArgs),

@@ -25,13 +25,6 @@ use tokio::sync::mpsc::{UnboundedSender, unbounded_channel};
 /// `pivtap kiosk`
 #[derive(Args, Debug)]
 #[command(args_conflicts_with_subcommands = true)]
-#[command(after_help = "Examples:\n  \
-    pivtap kiosk --config /etc/pivtap/kiosk.toml              # the terminal UI\n  \
-    pivtap kiosk --config /etc/pivtap/kiosk.toml --headless   # JSON lines, for a service\n  \
-    pivtap kiosk set-exit-passcode --config /etc/pivtap/kiosk.toml\n\n\
-Workers cannot quit the kiosk: q and Ctrl-C do nothing. An administrator presses\n\
-[admin] exit_keys (default ctrl-alt-x) and types the exit passcode; SIGTERM, SIGINT\n\
-or SIGHUP stop it too. Every stop signs the current worker out first.")]
 pub struct KioskArgs {
     /// The kiosk configuration (every option is documented in the README).
     #[arg(long, value_name = "FILE")]
@@ -70,9 +63,6 @@ enum KioskCommand {
     /// standard input (8 to 128 characters). Its Argon2id hash is written to
     /// the configuration's [admin] exit_passcode_hash; the rest of the file
     /// is left as it is.
-    #[command(after_help = "Examples:\n  \
-        pivtap kiosk set-exit-passcode --config /etc/pivtap/kiosk.toml\n  \
-        printf '%s\\n' \"$PASSCODE\" | pivtap kiosk set-exit-passcode --config kiosk.toml --json")]
     SetExitPasscode {
         /// The kiosk configuration to write the hash into.
         #[arg(long, value_name = "FILE")]
