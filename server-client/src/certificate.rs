@@ -520,8 +520,9 @@ fn last_attribute(name: &X509Name<'_>, oid: &str) -> Option<String> {
 
 /// A DN as RFC 4514 text: RDNs most specific first, separated by `,`;
 /// multi-valued RDNs joined by `+`; special characters escaped; values that
-/// are not strings as `#` and the hex of their DER.
-pub(crate) fn rfc4514(name: &X509Name<'_>) -> String {
+/// are not strings as `#` and the hex of their DER. The one printer for names:
+/// `pivtap card info`, the admin API and issuance all print with it.
+pub fn rfc4514(name: &X509Name<'_>) -> String {
     let rdns: Vec<String> = name
         .iter_rdn()
         .map(|rdn| {
@@ -765,6 +766,92 @@ pub(crate) mod tests {
         assert_eq!(facts.common_name.as_deref(), Some("#1 \"Boss\" "));
         assert_eq!(facts.issuer, "CN=Escapes CA");
         assert!(facts.emails.is_empty());
+    }
+
+    /// DER of a TLV with a short length.
+    fn tlv(tag: u8, content: &[u8]) -> Vec<u8> {
+        assert!(content.len() < 128);
+        let mut der = vec![tag, content.len() as u8];
+        der.extend_from_slice(content);
+        der
+    }
+
+    /// DER of a Name: RDNs in order (least specific first), each a set of
+    /// (OID content, value tag, value content).
+    fn name_der(rdns: &[&[(&[u8], u8, &[u8])]]) -> Vec<u8> {
+        let rdns: Vec<u8> = rdns
+            .iter()
+            .flat_map(|rdn| {
+                let set: Vec<u8> = rdn
+                    .iter()
+                    .flat_map(|(oid, tag, value)| {
+                        tlv(0x30, &[tlv(0x06, oid), tlv(*tag, value)].concat())
+                    })
+                    .collect();
+                tlv(0x31, &set)
+            })
+            .collect();
+        tlv(0x30, &rdns)
+    }
+
+    const CN: &[u8] = &[0x55, 0x04, 0x03];
+    const O: &[u8] = &[0x55, 0x04, 0x0a];
+    const OU: &[u8] = &[0x55, 0x04, 0x0b];
+    const UTF8: u8 = 0x0c;
+
+    /// The RFC 4514 text of a one-attribute name `CN=<value>` (UTF8String).
+    fn printed(value: &[u8]) -> String {
+        let der = name_der(&[&[(CN, UTF8, value)]]);
+        let (rest, name) = X509Name::from_der(&der).unwrap();
+        assert!(rest.is_empty());
+        rfc4514(&name)
+    }
+
+    #[test]
+    fn rfc4514_escapes_the_special_characters_anywhere() {
+        for special in [',', '+', '"', '\\', '<', '>', ';'] {
+            let value = format!("a{special}b");
+            assert_eq!(printed(value.as_bytes()), format!("CN=a\\{special}b"));
+        }
+        // '=' may stay as it is (RFC 4514 §2.4 requires no escape for it).
+        assert_eq!(printed(b"a=b"), "CN=a=b");
+        assert_eq!(printed(b"a\0b"), "CN=a\\00b");
+        assert_eq!(printed("Zoë".as_bytes()), "CN=Zoë");
+    }
+
+    #[test]
+    fn rfc4514_escapes_leading_and_trailing_spaces_and_a_leading_hash() {
+        assert_eq!(printed(b" x"), "CN=\\ x");
+        assert_eq!(printed(b"x "), "CN=x\\ ");
+        assert_eq!(printed(b" "), "CN=\\ ");
+        assert_eq!(printed(b"a b"), "CN=a b");
+        assert_eq!(printed(b"#x"), "CN=\\#x");
+        assert_eq!(printed(b"x#"), "CN=x#");
+        assert_eq!(printed(b" #x "), "CN=\\ #x\\ ");
+        assert_eq!(printed(b""), "CN=");
+    }
+
+    #[test]
+    fn rfc4514_prints_rdns_most_specific_first_and_joins_multi_valued_ones() {
+        let der = name_der(&[
+            &[(O, 0x13, b"Example")],
+            &[(OU, UTF8, b"Field"), (CN, UTF8, b"Alice")],
+        ]);
+        let (_, name) = X509Name::from_der(&der).unwrap();
+        assert_eq!(rfc4514(&name), "OU=Field+CN=Alice,O=Example");
+    }
+
+    #[test]
+    fn rfc4514_prints_values_that_are_not_text_as_hex_der() {
+        // A UTF8String whose bytes are not UTF-8, an OCTET STRING, and an
+        // attribute type without a short name (givenName, 2.5.4.42).
+        let der = name_der(&[
+            &[(CN, UTF8, &[0xff, 0xfe])],
+            &[(O, 0x04, &[0x01, 0x02])],
+            &[(&[0x55, 0x04, 0x2a], UTF8, b"Al")],
+        ]);
+        let (_, name) = X509Name::from_der(&der).unwrap();
+        assert_eq!(rfc4514(&name), "2.5.4.42=Al,O=#04020102,CN=#0c02fffe");
     }
 
     #[test]

@@ -11,11 +11,11 @@ use pivtap_card::pcsc::PcscContext;
 use pivtap_card::session::PinStatus;
 use pivtap_card::virtual_card::image::CardImage;
 use pivtap_card::{ManagementKey, PivError, PivSession};
+use pivtap_server_client::certificate::rfc4514;
 use pivtap_server_client::pin_policy::{PinPolicy, PinPolicyViolation};
 use pivtap_server_client::wire::KeyAlgorithm;
 use serde::Serialize;
-use x509_parser::objects::{oid_registry, oid2abbrev};
-use x509_parser::prelude::{AttributeTypeAndValue, FromDer, X509Certificate, X509Name};
+use x509_parser::prelude::{FromDer, X509Certificate};
 use x509_parser::public_key::PublicKey as X509PublicKey;
 use zeroize::Zeroizing;
 
@@ -448,41 +448,6 @@ fn describe_certificate(slot: KeyReference, der: &[u8]) -> anyhow::Result<SlotIn
     })
 }
 
-/// A distinguished name as RFC 4514 writes it: most specific first, as it was given to `vcard new`.
-fn rfc4514(name: &X509Name<'_>) -> String {
-    let registry = oid_registry();
-    let attribute = |attr: &AttributeTypeAndValue<'_>| {
-        let key = oid2abbrev(attr.attr_type(), registry)
-            .map(str::to_owned)
-            .unwrap_or_else(|_| attr.attr_type().to_id_string());
-        let value = match attr.as_str() {
-            Ok(text) => escape_dn_value(text),
-            Err(_) => format!("#{}", hex::encode(attr.attr_value().data)),
-        };
-        format!("{key}={value}")
-    };
-    let mut rdns: Vec<String> = name
-        .iter()
-        .map(|rdn| rdn.iter().map(attribute).collect::<Vec<_>>().join("+"))
-        .collect();
-    rdns.reverse();
-    rdns.join(",")
-}
-
-/// Escapes a DN attribute value (RFC 4514 §2.4).
-fn escape_dn_value(value: &str) -> String {
-    let mut out = String::with_capacity(value.len());
-    for (index, c) in value.chars().enumerate() {
-        let leading = index == 0 && (c == ' ' || c == '#');
-        let trailing = index + 1 == value.chars().count() && c == ' ';
-        if matches!(c, ',' | '+' | '"' | '\\' | '<' | '>' | ';') || leading || trailing {
-            out.push('\\');
-        }
-        out.push(c);
-    }
-    out
-}
-
 /// `YYYYMMDD` as `YYYY-MM-DD` (left as is when it is not eight digits).
 fn iso_date(compact: &str) -> String {
     if compact.len() == 8 && compact.bytes().all(|b| b.is_ascii_digit()) {
@@ -508,13 +473,6 @@ pub fn read_pin() -> anyhow::Result<Pin> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn dn_values_are_escaped() {
-        assert_eq!(escape_dn_value("Example, Inc"), "Example\\, Inc");
-        assert_eq!(escape_dn_value(" #x "), "\\ #x\\ ");
-        assert_eq!(escape_dn_value("plain"), "plain");
-    }
 
     #[test]
     fn names_print_most_specific_first() {
