@@ -184,7 +184,6 @@ pub fn certificate_request(
 mod tests {
     use std::process::Command;
 
-    use pivtap_apdu::piv::Pin;
     use x509_parser::prelude::FromDer;
 
     use super::*;
@@ -208,7 +207,7 @@ mod tests {
         let public_key = session
             .generate_key(KeyReference::PivAuthentication, algorithm)
             .unwrap();
-        session.verify_pin(&Pin::new("123456").unwrap()).unwrap();
+        session.verify_pin(&crate::factory::pin()).unwrap();
         let der = certificate_request(
             &mut session,
             KeyReference::PivAuthentication,
@@ -323,7 +322,7 @@ mod tests {
         session
             .generate_key(KeyReference::PivAuthentication, Algorithm::EccP256)
             .unwrap();
-        session.verify_pin(&Pin::new("123456").unwrap()).unwrap();
+        session.verify_pin(&crate::factory::pin()).unwrap();
         // The 9A key signs, but the request claims the 9C key.
         let error = certificate_request(
             &mut session,

@@ -8,6 +8,7 @@
 pub mod csr;
 pub mod error;
 pub mod exchange;
+pub mod factory;
 pub mod management_key;
 pub mod pcsc;
 pub mod reader_choice;

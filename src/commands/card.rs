@@ -5,12 +5,11 @@ use std::path::PathBuf;
 
 use anyhow::{Context, bail};
 use clap::Subcommand;
-use pivtap_apdu::StatusWord;
 use pivtap_apdu::piv::{Algorithm, KeyReference, Pin, Puk};
 use pivtap_card::pcsc::PcscContext;
 use pivtap_card::session::PinStatus;
 use pivtap_card::virtual_card::image::CardImage;
-use pivtap_card::{ManagementKey, PivError, PivSession};
+use pivtap_card::{ManagementKey, PivError, PivSession, factory};
 use pivtap_server_client::certificate::rfc4514;
 use pivtap_server_client::pin_policy::{PinPolicy, PinPolicyViolation};
 use pivtap_server_client::wire::KeyAlgorithm;
@@ -785,12 +784,6 @@ pub(super) fn unblock_pin(
     )
 }
 
-/// The factory values a reset restores (as YubiKeys ship).
-const FACTORY_PIN: &str = "123456";
-const FACTORY_PUK: &str = "12345678";
-/// The most wrong tries a PIN or PUK counter can take (15 on YubiKeys).
-const MAX_BLOCKING_TRIES: usize = 16;
-
 #[derive(Serialize)]
 struct ResetOutcome {
     reset: bool,
@@ -813,49 +806,20 @@ pub(super) fn reset(card: &CardArgs, yes: bool, json: bool) -> anyhow::Result<()
     if !yes {
         confirm_reset(&name, serial)?;
     }
-    let mut session = PivSession::open(backend.as_mut())?;
-    // RESET first: a card without it says so before anything is blocked.
-    match session.reset_application() {
-        Ok(()) => {}
-        Err(PivError::Card {
-            status: StatusWord::ConditionsNotSatisfied,
-            ..
-        }) => {
-            block_pin_and_puk(&mut session)?;
-            match session.reset_application() {
-                Ok(()) => {}
-                Err(PivError::Card {
-                    status: StatusWord::ConditionsNotSatisfied,
-                    ..
-                }) => bail!(
-                    "the card refused RESET (6985, conditions of use not satisfied): it resets \
-                     only while both the PIN and the PUK are blocked, and they did not block"
-                ),
-                Err(error) => return Err(error).context("RESET failed"),
-            }
-        }
-        Err(PivError::Card {
-            status: StatusWord::InstructionNotSupported | StatusWord::ClassNotSupported,
-            ..
-        }) => bail!(
-            "this card has no RESET command (a YubiKey extension); nothing was changed. \
-             Ask the card's issuer how to reset it"
-        ),
-        Err(error) => return Err(error).context("RESET failed"),
-    }
+    PivSession::open(backend.as_mut())?.factory_reset()?;
     let outcome = ResetOutcome {
         reset: true,
         card_serial: serial,
-        pin: FACTORY_PIN,
-        puk: FACTORY_PUK,
-        management_key: hex::encode(pivtap_card::management_key::DEFAULT_MANAGEMENT_KEY),
+        pin: factory::PIN,
+        puk: factory::PUK,
+        management_key: hex::encode(factory::MANAGEMENT_KEY),
     };
     if json {
         println!("{}", serde_json::to_string_pretty(&outcome)?);
     } else {
         println!("The card is reset to factory state: no keys, no certificates, no CHUID.");
-        println!("PIN:            {FACTORY_PIN}");
-        println!("PUK:            {FACTORY_PUK}");
+        println!("PIN:            {}", factory::PIN);
+        println!("PUK:            {}", factory::PUK);
         println!(
             "Management key: {} (3DES; AES-192 on YubiKey 5.7 and later)",
             outcome.management_key
@@ -892,44 +856,6 @@ fn confirm_reset(name: &str, serial: Option<u32>) -> anyhow::Result<()> {
     } else {
         bail!("not confirmed; nothing was changed")
     }
-}
-
-/// A random eight-digit value, almost surely not the card's PIN or PUK.
-fn wrong_value() -> String {
-    format!("{:08}", rand::random_range(0..100_000_000u32))
-}
-
-/// Spends every PIN try and every PUK try with random values. A value that
-/// happens to be right changes nothing (VERIFY; a PUK "changed" to itself)
-/// and the next try goes on.
-fn block_pin_and_puk(session: &mut PivSession<'_>) -> anyhow::Result<()> {
-    let mut pin_blocked = false;
-    for _ in 0..MAX_BLOCKING_TRIES {
-        if session.pin_status()? == PinStatus::Blocked {
-            pin_blocked = true;
-            break;
-        }
-        match session.verify_pin(&Pin::new(&wrong_value())?) {
-            Ok(()) | Err(PivError::WrongPin { .. }) => {}
-            Err(PivError::PinBlocked) => {
-                pin_blocked = true;
-                break;
-            }
-            Err(error) => return Err(error).context("cannot block the PIN"),
-        }
-    }
-    if !pin_blocked {
-        bail!("the PIN did not block after {MAX_BLOCKING_TRIES} wrong tries; nothing was reset");
-    }
-    for _ in 0..MAX_BLOCKING_TRIES {
-        let wrong = Puk::new(&wrong_value())?;
-        match session.change_puk(&wrong, &wrong) {
-            Ok(()) | Err(PivError::WrongPuk { .. }) => {}
-            Err(PivError::PukBlocked) => return Ok(()),
-            Err(error) => return Err(error).context("cannot block the PUK"),
-        }
-    }
-    bail!("the PUK did not block after {MAX_BLOCKING_TRIES} wrong tries; nothing was reset")
 }
 
 /// `pivtap card enroll`
@@ -1190,14 +1116,5 @@ mod lifecycle_tests {
         assert_eq!(parse_key_algorithm("P256"), Ok(KeyAlgorithm::P256));
         assert_eq!(parse_key_algorithm("rsa2048"), Ok(KeyAlgorithm::Rsa2048));
         assert!(parse_key_algorithm("ed25519").is_err());
-    }
-
-    #[test]
-    fn wrong_values_are_eight_digits() {
-        for _ in 0..100 {
-            let value = wrong_value();
-            assert_eq!(value.len(), 8);
-            assert!(Pin::new(&value).is_ok() && Puk::new(&value).is_ok());
-        }
     }
 }

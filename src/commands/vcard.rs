@@ -106,10 +106,10 @@ pub struct NewCardArgs {
     #[arg(long, default_value = "rsa2048", value_parser = parse_key_algorithm)]
     alg: Algorithm,
     /// Card PIN (6-8 digits).
-    #[arg(long, default_value = "123456")]
+    #[arg(long, default_value = pivtap_card::factory::PIN)]
     pin: String,
     /// Card PUK (6-8 characters).
-    #[arg(long, default_value = "12345678")]
+    #[arg(long, default_value = pivtap_card::factory::PUK)]
     puk: String,
     /// Tries before the PIN blocks (and before the PUK blocks).
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u8).range(1..=15))]

@@ -22,9 +22,9 @@ use super::quirks::{Quirk, Quirks};
 use crate::management_key::ManagementKey;
 
 /// The PIN a new card ships with.
-pub const DEFAULT_PIN: &[u8] = b"123456";
+pub const DEFAULT_PIN: &[u8] = crate::factory::PIN.as_bytes();
 /// The PUK a new card ships with.
-pub const DEFAULT_PUK: &[u8] = b"12345678";
+pub const DEFAULT_PUK: &[u8] = crate::factory::PUK.as_bytes();
 
 /// Tries for the PIN and for the PUK after a RESET, as on a new card.
 pub const FACTORY_RETRIES: u8 = 3;

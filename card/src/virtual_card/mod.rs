@@ -103,15 +103,15 @@ pub struct NewCard {
 }
 
 impl NewCard {
-    /// A card in factory state: PIN `123456`, PUK `12345678`, three tries
-    /// each, the well-known default management key, a random serial.
+    /// A card in factory state ([`crate::factory`]): PIN `123456`, PUK
+    /// `12345678`, three tries each, the well-known default management key, a random serial.
     #[must_use]
     pub fn factory(options: CardOptions) -> Self {
         NewCard {
-            pin: Pin::new("123456").unwrap_or_else(|_| unreachable!("the default PIN is valid")),
-            puk: Puk::new("12345678").unwrap_or_else(|_| unreachable!("the default PUK is valid")),
+            pin: crate::factory::pin(),
+            puk: crate::factory::puk(),
             retries: applet::FACTORY_RETRIES,
-            management_key: ManagementKey::default_key(),
+            management_key: crate::factory::management_key(),
             serial: 10_000_000 + rand::random_range(0..90_000_000),
             label: None,
             options,
