@@ -6,12 +6,13 @@
 //! run (123456, 987654) and no single repeated digit (111111). Checks never
 //! echo the PIN: refusals say which rule was broken, not what was typed.
 
+use pivtap_apdu::piv::reference_data::{PIN_MAX_LEN, PIN_MIN_LEN};
 use serde::{Deserialize, Serialize};
 
-/// The shortest PIN a PIV card accepts.
-pub const PIV_MIN_LENGTH: u8 = 6;
-/// The longest PIN a PIV card accepts.
-pub const PIV_MAX_LENGTH: u8 = 8;
+/// The shortest PIN a PIV card accepts (the apdu crate's PIN rule).
+pub const PIV_MIN_LENGTH: u8 = PIN_MIN_LEN as u8;
+/// The longest PIN a PIV card accepts (the apdu crate's PIN rule).
+pub const PIV_MAX_LENGTH: u8 = PIN_MAX_LEN as u8;
 
 /// Rules for new PINs. Every field has a default, so a partial `[pin_policy]`
 /// table in `server.toml` is enough.

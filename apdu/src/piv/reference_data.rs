@@ -7,6 +7,18 @@ use zeroize::Zeroizing;
 /// Length of PIN and PUK reference data on the wire.
 pub const REFERENCE_DATA_LEN: usize = 8;
 
+/// The fewest characters of a PIV PIN (and PUK), SP 800-73-4 Part 2 §2.4.3.
+/// The one place for the PIV "6 to 8 digits" rule: the [`Pin`] and [`Puk`]
+/// types check it, a site's PIN policy and the kiosk's PIN pad stay inside it.
+pub const PIN_MIN_LEN: usize = 6;
+/// The most characters of a PIV PIN (and PUK): the whole reference data.
+pub const PIN_MAX_LEN: usize = REFERENCE_DATA_LEN;
+
+/// Whether `len` characters fit a PIN or PUK.
+fn fits(len: usize) -> bool {
+    (PIN_MIN_LEN..=PIN_MAX_LEN).contains(&len)
+}
+
 /// Why a PIN or PUK was refused before it reached a card. Never contains the value.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
@@ -46,7 +58,7 @@ impl Pin {
     /// [`ReferenceDataError::PinLength`] or [`ReferenceDataError::PinNotNumeric`].
     pub fn new(pin: &str) -> Result<Self, ReferenceDataError> {
         let len = pin.chars().count();
-        if !(6..=8).contains(&len) {
+        if !fits(len) {
             return Err(ReferenceDataError::PinLength { len });
         }
         if !pin.bytes().all(|b| b.is_ascii_digit()) {
@@ -85,7 +97,7 @@ impl Puk {
     /// [`ReferenceDataError::PukLength`].
     pub fn new(puk: &str) -> Result<Self, ReferenceDataError> {
         let len = puk.len();
-        if !(6..=8).contains(&len) {
+        if !fits(len) {
             return Err(ReferenceDataError::PukLength { len });
         }
         Ok(Puk(Zeroizing::new(puk.as_bytes().to_vec())))
@@ -97,7 +109,7 @@ impl Puk {
     /// [`ReferenceDataError::BadPadding`] or [`ReferenceDataError::PukLength`].
     pub fn from_padded(padded: &[u8]) -> Result<Self, ReferenceDataError> {
         let value = unpad(padded)?;
-        if !(6..=8).contains(&value.len()) {
+        if !fits(value.len()) {
             return Err(ReferenceDataError::PukLength { len: value.len() });
         }
         Ok(Puk(value))
@@ -151,6 +163,22 @@ impl fmt::Debug for Puk {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pins_and_puks_are_six_to_eight_characters() {
+        for len in 0..=REFERENCE_DATA_LEN + 2 {
+            let value = "7".repeat(len);
+            let fits = (6..=8).contains(&len);
+            assert_eq!(Pin::new(&value).is_ok(), fits, "PIN of {len}");
+            assert_eq!(Puk::new(&value).is_ok(), fits, "PUK of {len}");
+            if fits {
+                let padded = Pin::new(&value).unwrap().padded();
+                assert_eq!(Puk::from_padded(&*padded).is_ok(), fits);
+                assert_eq!(Pin::from_padded(&*padded).is_ok(), fits);
+            }
+        }
+        assert_eq!((PIN_MIN_LEN, PIN_MAX_LEN), (6, 8));
+    }
 
     #[test]
     fn pads_and_unpads() {

@@ -44,10 +44,10 @@ pub use state::{
     SessionWarning, State, Step,
 };
 
-/// The fewest digits a PIN has.
-pub const PIN_MIN_DIGITS: usize = 6;
+/// The fewest digits a PIN has (the PIV rule of the apdu crate's `Pin`).
+pub const PIN_MIN_DIGITS: usize = pivtap_apdu::piv::reference_data::PIN_MIN_LEN;
 /// The most digits a PIN has; further digits are ignored.
-pub const PIN_MAX_DIGITS: usize = 8;
+pub const PIN_MAX_DIGITS: usize = pivtap_apdu::piv::reference_data::PIN_MAX_LEN;
 
 /// Deadlines further away than this are treated as this far away (so adding never overflows).
 const LONGEST_WAIT: Duration = Duration::from_secs(100 * 365 * 24 * 60 * 60);
