@@ -11,25 +11,18 @@
 use std::fmt;
 use std::path::{Path, PathBuf};
 
+use pivtap_server_client::certificate::oid;
+use pivtap_server_client::issuance;
 use rcgen::string::{Ia5String, PrintableString};
 use rcgen::{
-    CertificateParams, DistinguishedName, DnType, DnValue, ExtendedKeyUsagePurpose, IsCa, Issuer,
-    KeyPair, KeyUsagePurpose, OtherNameValue, PublicKeyData, SanType, SerialNumber,
-    SubjectPublicKeyInfo,
+    CertificateParams, DistinguishedName, DnType, DnValue, Issuer, KeyPair, OtherNameValue,
+    PublicKeyData, SanType, SubjectPublicKeyInfo,
 };
 use time::{OffsetDateTime, UtcOffset};
 use x509_parser::certificate::X509Certificate;
 use x509_parser::pem::parse_x509_pem;
 use zeroize::{Zeroize, Zeroizing};
 
-/// Microsoft smartcard logon extended key usage (szOID_KP_SMARTCARD_LOGON).
-const SMARTCARD_LOGON_OID: &[u64] = &[1, 3, 6, 1, 4, 1, 311, 20, 2, 2];
-/// Microsoft user principal name, a subjectAltName otherName (szOID_NT_PRINCIPAL_NAME).
-const USER_PRINCIPAL_NAME_OID: &[u64] = &[1, 3, 6, 1, 4, 1, 311, 20, 2, 3];
-/// X.520 serialNumber attribute type.
-const SERIAL_NUMBER_ATTRIBUTE_OID: &[u64] = &[2, 5, 4, 5];
-/// Length of the certificate serial numbers this issuer writes, in bytes.
-const SERIAL_NUMBER_LEN: usize = 16;
 /// Characters that a backslash may escape in a subject string (RFC 4514, section 2.4).
 const ESCAPABLE_SUBJECT_CHARS: &str = ",+\"\\<>;=# ";
 
@@ -321,13 +314,7 @@ impl CertificateProfile {
         params.subject_alt_names = subject_alt_names;
         params.not_before = not_before;
         params.not_after = not_after;
-        params.is_ca = IsCa::ExplicitNoCa;
-        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-        params.extended_key_usages = vec![
-            ExtendedKeyUsagePurpose::ClientAuth,
-            ExtendedKeyUsagePurpose::Other(SMARTCARD_LOGON_OID.to_vec()),
-        ];
-        params.use_authority_key_identifier_extension = true;
+        issuance::end_entity(&mut params, true);
         Ok(params)
     }
 }
@@ -341,7 +328,7 @@ pub fn issue(
     profile: &CertificateProfile,
 ) -> Result<Vec<u8>, IssueError> {
     let mut params = profile.certificate_params()?;
-    params.serial_number = Some(random_serial_number());
+    params.serial_number = Some(issuance::random_serial());
     let public_key = SubjectPublicKeyInfo::from_der(subject_public_key_info_der)
         .map_err(|source| IssueError::UnsupportedPublicKey { source })?;
     let issuer = ca
@@ -351,16 +338,6 @@ pub fn issue(
         .signed_by(&public_key, &issuer)
         .map_err(|source| IssueError::Signing { source })?;
     Ok(certificate.der().to_vec())
-}
-
-/// A random, positive serial number of exactly [`SERIAL_NUMBER_LEN`] bytes:
-/// the top bit is cleared (positive) and the next one set (so DER keeps all
-/// 16 bytes), which leaves 126 random bits.
-fn random_serial_number() -> SerialNumber {
-    let mut bytes = [0u8; SERIAL_NUMBER_LEN];
-    rand::fill(&mut bytes);
-    bytes[0] = (bytes[0] & 0x7f) | 0x40;
-    SerialNumber::from_slice(&bytes)
 }
 
 /// Converts a validity time to what X.509 stores: UTC, whole seconds, years 0 to 9999.
@@ -396,7 +373,7 @@ fn upn_subject_alt_name(upn: &str) -> Result<SanType, IssueError> {
         });
     }
     Ok(SanType::OtherName((
-        USER_PRINCIPAL_NAME_OID.to_vec(),
+        oid::UPN.to_vec(),
         OtherNameValue::Utf8String(upn.to_owned()),
     )))
 }
@@ -461,7 +438,7 @@ impl SubjectAttribute {
             Self::Country => DnType::CountryName,
             Self::Locality => DnType::LocalityName,
             Self::StateOrProvince => DnType::StateOrProvinceName,
-            Self::SerialNumber => DnType::CustomDnType(SERIAL_NUMBER_ATTRIBUTE_OID.to_vec()),
+            Self::SerialNumber => DnType::CustomDnType(oid::SERIAL_NUMBER.to_vec()),
         }
     }
 
@@ -610,7 +587,10 @@ fn trim_unescaped_spaces(chars: &[SubjectChar]) -> &[SubjectChar] {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use rcgen::{BasicConstraints, PKCS_ECDSA_P256_SHA256, PKCS_RSA_SHA256, RsaKeySize};
+    use rcgen::{
+        BasicConstraints, IsCa, KeyUsagePurpose, PKCS_ECDSA_P256_SHA256, PKCS_RSA_SHA256,
+        RsaKeySize,
+    };
     use x509_parser::der_parser::asn1_rs::Tag;
     use x509_parser::extensions::{GeneralName, ParsedExtension};
 
@@ -725,7 +705,7 @@ mod tests {
         );
 
         let serial = certificate.raw_serial();
-        assert_eq!(serial.len(), SERIAL_NUMBER_LEN);
+        assert_eq!(serial.len(), 16);
         assert_eq!(serial.first().map(|byte| byte & 0xc0), Some(0x40));
 
         let validity = certificate.validity();

@@ -25,6 +25,18 @@ const OID_CURVE_P384: &str = "1.3.132.0.34";
 const OID_COMMON_NAME: &str = "2.5.4.3";
 const OID_SERIAL_NUMBER: &str = "2.5.4.5";
 
+/// The arcs of the OIDs pivtap writes into the certificates it issues (the
+/// server's issuance and `pivtap vcard new` alike); the reader above
+/// compares dotted strings, the tests tie both forms together.
+pub mod oid {
+    /// `id-ms-san-upn`: Microsoft user principal name, a SAN otherName.
+    pub const UPN: [u64; 10] = [1, 3, 6, 1, 4, 1, 311, 20, 2, 3];
+    /// `id-ms-kp-sc-logon`: Microsoft smart card logon, an extended key usage.
+    pub const SMARTCARD_LOGON: [u64; 10] = [1, 3, 6, 1, 4, 1, 311, 20, 2, 2];
+    /// X.520 `serialNumber`, the subject attribute for an employee id.
+    pub const SERIAL_NUMBER: [u64; 4] = [2, 5, 4, 5];
+}
+
 /// Short names of DN attributes (RFC 4514 §3, plus the two every card
 /// tool prints); any other attribute is written as its dotted OID.
 const ATTRIBUTE_NAMES: [(&str, &str); 11] = [
@@ -805,6 +817,19 @@ pub(crate) mod tests {
         let (rest, name) = X509Name::from_der(&der).unwrap();
         assert!(rest.is_empty());
         rfc4514(&name)
+    }
+
+    #[test]
+    fn oid_arcs_match_the_dotted_forms_the_reader_uses() {
+        let dotted = |arcs: &[u64]| {
+            arcs.iter()
+                .map(u64::to_string)
+                .collect::<Vec<_>>()
+                .join(".")
+        };
+        assert_eq!(dotted(&oid::UPN), OID_UPN);
+        assert_eq!(dotted(&oid::SERIAL_NUMBER), OID_SERIAL_NUMBER);
+        assert_eq!(dotted(&oid::SMARTCARD_LOGON), "1.3.6.1.4.1.311.20.2.2");
     }
 
     #[test]

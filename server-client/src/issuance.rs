@@ -26,7 +26,7 @@ use time::{Duration, OffsetDateTime};
 use x509_parser::prelude::FromDer;
 use zeroize::Zeroizing;
 
-use crate::certificate::{KeyKind, spki_key_kind};
+use crate::certificate::{KeyKind, oid, spki_key_kind};
 use crate::config::{IssuanceConfig, SubjectCn};
 use crate::store::{RevocationReason, RevokedCertificate, User};
 use crate::wire::{ErrorCode, KeyAlgorithm};
@@ -35,12 +35,6 @@ use crate::wire::{ErrorCode, KeyAlgorithm};
 pub const CA_COMMON_NAME: &str = "pivtap issuing CA";
 /// How long the issuing CA `pivtap server init` makes is valid.
 pub const CA_VALIDITY_DAYS: i64 = 20 * 365;
-/// `id-ms-san-upn`.
-const OID_UPN: [u64; 10] = [1, 3, 6, 1, 4, 1, 311, 20, 2, 3];
-/// `id-ms-kp-sc-logon`: Microsoft smart card logon.
-const OID_SMARTCARD_LOGON: [u64; 10] = [1, 3, 6, 1, 4, 1, 311, 20, 2, 2];
-/// X.520 `serialNumber`.
-const OID_SERIAL_NUMBER: [u64; 4] = [2, 5, 4, 5];
 /// Slack before "now" in `notBefore`, for verifiers whose clocks run behind.
 const CLOCK_SLACK: Duration = Duration::minutes(5);
 /// How long a CRL is current.
@@ -366,7 +360,7 @@ impl Issuer {
             };
             params
                 .distinguished_name
-                .push(DnType::CustomDnType(OID_SERIAL_NUMBER.to_vec()), value);
+                .push(DnType::CustomDnType(oid::SERIAL_NUMBER.to_vec()), value);
         }
         if let Some(mail) = user.mail.as_deref().filter(|mail| !mail.is_empty()) {
             let mail = rcgen::string::Ia5String::try_from(mail)
@@ -377,19 +371,11 @@ impl Issuer {
             && let Some(upn) = user.upn.as_deref().filter(|upn| !upn.is_empty())
         {
             params.subject_alt_names.push(SanType::OtherName((
-                OID_UPN.to_vec(),
+                oid::UPN.to_vec(),
                 OtherNameValue::Utf8String(upn.to_owned()),
             )));
         }
-        params.is_ca = IsCa::ExplicitNoCa;
-        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
-        if self.policy.smartcard_logon {
-            params
-                .extended_key_usages
-                .push(ExtendedKeyUsagePurpose::Other(OID_SMARTCARD_LOGON.to_vec()));
-        }
-        params.use_authority_key_identifier_extension = true;
+        end_entity(&mut params, self.policy.smartcard_logon);
         params.key_identifier_method = KeyIdMethod::Sha256;
         let certificate = params.signed_by(key, &self.issuer)?;
         Ok(certificate.der().to_vec())
@@ -437,10 +423,7 @@ impl Issuer {
             attribute: "device id",
         })?;
         params.subject_alt_names.push(SanType::URI(uri));
-        params.is_ca = IsCa::ExplicitNoCa;
-        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
-        params.use_authority_key_identifier_extension = true;
+        end_entity(&mut params, false);
         params.key_identifier_method = KeyIdMethod::Sha256;
         let certificate = params.signed_by(key, &self.issuer)?;
         Ok(certificate.der().to_vec())
@@ -495,9 +478,30 @@ impl Issuer {
     }
 }
 
+/// The extensions every end-entity certificate pivtap issues carries (card
+/// certificates from the server or `pivtap vcard new`, device certificates):
+/// basicConstraints cA=false, keyUsage digitalSignature, extendedKeyUsage
+/// clientAuth (and Microsoft smart card logon with `smartcard_logon`), and an
+/// authority key identifier.
+pub fn end_entity(params: &mut CertificateParams, smartcard_logon: bool) {
+    params.is_ca = IsCa::ExplicitNoCa;
+    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+    if smartcard_logon {
+        params
+            .extended_key_usages
+            .push(ExtendedKeyUsagePurpose::Other(
+                oid::SMARTCARD_LOGON.to_vec(),
+            ));
+    }
+    params.use_authority_key_identifier_extension = true;
+}
+
 /// 16 random bytes, positive (top bit clear) and without a leading zero byte,
-/// so the serial always prints as 32 hex digits.
-fn random_serial() -> SerialNumber {
+/// so the serial always prints as 32 hex digits: 126 random bits. Every
+/// certificate pivtap issues (server, `vcard new`, CA) takes its serial here.
+#[must_use]
+pub fn random_serial() -> SerialNumber {
     let mut bytes = [0u8; 16];
     rand::fill(&mut bytes);
     bytes[0] = (bytes[0] & 0x7f) | 0x40;
