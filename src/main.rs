@@ -6,7 +6,6 @@ mod cli_output;
 mod commands;
 mod enrollment;
 mod help_examples;
-mod issuer;
 mod log_format;
 
 use std::io::IsTerminal;

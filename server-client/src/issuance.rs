@@ -14,6 +14,8 @@
 //! - a random positive 16-byte serial; validity from 5 minutes ago (clock skew)
 //!   for `validity_days`, cut at the CA's own end.
 
+pub mod profile;
+
 use std::fmt;
 use std::path::{Path, PathBuf};
 

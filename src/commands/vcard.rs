@@ -25,7 +25,9 @@ use zeroize::Zeroizing;
 use super::auth::{OptionalServerArgs, explain, flow_error};
 use super::card::{Secret, SecretReader};
 use crate::enrollment::{CardSecrets, EnrollOptions, EnrollOutcome, EnrollStep, enroll_card};
-use crate::issuer::{self, CertificateAuthority, CertificateProfile};
+use pivtap_server_client::issuance::profile::{
+    self as issuer, CertificateAuthority, CertificateProfile,
+};
 
 /// `pivtap vcard ...`
 #[derive(Subcommand, Debug)]

@@ -1,4 +1,4 @@
-//! Issues X.509 certificates for keys that live on a card, signed by a CA kept in PEM files.
+//! The card certificate profile of `pivtap vcard new` and the fixtures: X.509 certificates for keys that live on a card, signed by a CA kept in PEM files.
 //!
 //! The card keeps its private key; the issuer sees only the public key, as a
 //! DER SubjectPublicKeyInfo. Every certificate follows one smartcard-logon
@@ -11,8 +11,7 @@
 use std::fmt;
 use std::path::{Path, PathBuf};
 
-use pivtap_server_client::certificate::oid;
-use pivtap_server_client::issuance;
+use crate::certificate::oid;
 use rcgen::string::{Ia5String, PrintableString};
 use rcgen::{
     CertificateParams, DistinguishedName, DnType, DnValue, Issuer, KeyPair, OtherNameValue,
@@ -314,7 +313,7 @@ impl CertificateProfile {
         params.subject_alt_names = subject_alt_names;
         params.not_before = not_before;
         params.not_after = not_after;
-        issuance::end_entity(&mut params, true);
+        super::end_entity(&mut params, true);
         Ok(params)
     }
 }
@@ -328,7 +327,7 @@ pub fn issue(
     profile: &CertificateProfile,
 ) -> Result<Vec<u8>, IssueError> {
     let mut params = profile.certificate_params()?;
-    params.serial_number = Some(issuance::random_serial());
+    params.serial_number = Some(super::random_serial());
     let public_key = SubjectPublicKeyInfo::from_der(subject_public_key_info_der)
         .map_err(|source| IssueError::UnsupportedPublicKey { source })?;
     let issuer = ca
@@ -1140,7 +1139,7 @@ mod tests {
 
     #[test]
     fn loads_the_fixture_test_ca_made_by_openssl() {
-        let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/ca");
+        let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("../fixtures/ca");
         let ca = CertificateAuthority::from_files(
             &fixtures.join("test-ca.pem"),
             &fixtures.join("test-ca.key"),
