@@ -268,7 +268,7 @@ impl Issuer {
                 path: policy.ca_certificate.clone(),
                 reason: "not an X.509 certificate".to_owned(),
             })?;
-        if ca.public_key().raw != key.subject_public_key_info().as_slice() {
+        if !is_key_of(&key, &ca) {
             return Err(IssuanceError::CaKeyMismatch);
         }
         let ca_not_after = ca.validity().not_after.to_datetime();
@@ -478,6 +478,12 @@ impl Issuer {
         };
         Ok(params.signed_by(&self.issuer)?.der().to_vec())
     }
+}
+
+/// Whether `key` is the private key of `certificate`'s public key (the one
+/// CA-key check of the server's issuer and of [`profile::CertificateAuthority`]).
+fn is_key_of(key: &KeyPair, certificate: &x509_parser::certificate::X509Certificate<'_>) -> bool {
+    certificate.public_key().raw == key.subject_public_key_info().as_slice()
 }
 
 /// The extensions every end-entity certificate pivtap issues carries (card

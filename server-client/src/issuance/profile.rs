@@ -176,7 +176,7 @@ impl CertificateAuthority {
         check_can_issue(&certificate)?;
 
         let key_pair = KeyPair::from_pem(key_pem).map_err(|_| IssueError::CaKeyUnreadable)?;
-        if key_pair.der_bytes() != certificate.public_key().subject_public_key.data.as_ref() {
+        if !super::is_key_of(&key_pair, &certificate) {
             return Err(IssueError::CaKeyMismatch);
         }
 
