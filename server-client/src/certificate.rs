@@ -788,9 +788,11 @@ pub(crate) mod tests {
         der
     }
 
-    /// DER of a Name: RDNs in order (least specific first), each a set of
-    /// (OID content, value tag, value content).
-    fn name_der(rdns: &[&[(&[u8], u8, &[u8])]]) -> Vec<u8> {
+    /// One attribute of a test name: OID content, value tag, value content.
+    type TestAttribute<'a> = (&'a [u8], u8, &'a [u8]);
+
+    /// DER of a Name: RDNs in order (least specific first), each a set of attributes.
+    fn name_der(rdns: &[&[TestAttribute<'_>]]) -> Vec<u8> {
         let rdns: Vec<u8> = rdns
             .iter()
             .flat_map(|rdn| {

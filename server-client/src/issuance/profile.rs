@@ -15,7 +15,7 @@ use crate::certificate::oid;
 use rcgen::string::{Ia5String, PrintableString};
 use rcgen::{
     CertificateParams, DistinguishedName, DnType, DnValue, Issuer, KeyPair, OtherNameValue,
-    PublicKeyData, SanType, SubjectPublicKeyInfo,
+    SanType, SubjectPublicKeyInfo,
 };
 use time::{OffsetDateTime, UtcOffset};
 use x509_parser::certificate::X509Certificate;
@@ -588,7 +588,7 @@ mod tests {
     use super::*;
     use rcgen::{
         BasicConstraints, IsCa, KeyUsagePurpose, PKCS_ECDSA_P256_SHA256, PKCS_RSA_SHA256,
-        RsaKeySize,
+        PublicKeyData, RsaKeySize,
     };
     use x509_parser::der_parser::asn1_rs::Tag;
     use x509_parser::extensions::{GeneralName, ParsedExtension};
