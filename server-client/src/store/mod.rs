@@ -4,6 +4,8 @@
 //! future. [`SqliteStore`] is the embedded implementation. Times are kept in UTC
 //! to the microsecond.
 
+#[cfg(any(test, feature = "conformance"))]
+pub mod conformance;
 mod database;
 pub mod snapshot;
 mod sqlite;
