@@ -5,6 +5,7 @@
 #![warn(missing_docs)]
 
 pub mod assertion;
+pub mod audit;
 pub mod backup;
 pub mod certificate;
 pub mod check;

@@ -15,6 +15,7 @@ use super::client_address::ClientAddress;
 use super::error::ApiError;
 use super::rate_limit::Spend;
 use crate::assertion::VerifiedAssertion;
+use crate::audit::{AuditKind, AuditOutcome};
 use crate::mapping::MappingRule;
 use crate::store::{
     AuditKindFilter, AuditQuery, Card, CardId, CardState, ChallengeUse, NewAuditEvent,
@@ -122,8 +123,8 @@ pub async fn create_challenge(
             // recorded, since it failed the checks (or was not proven).
             let event = NewAuditEvent {
                 time: OffsetDateTime::now_utc(),
-                kind: "challenge".to_owned(),
-                outcome: error.code.as_str().to_owned(),
+                kind: AuditKind::Challenge,
+                outcome: error.code.into(),
                 device: None,
                 card_serial: None,
                 user_id: None,
@@ -142,8 +143,8 @@ pub async fn create_challenge(
     let expires_at = now + state.settings().challenge_lifetime;
     let event = NewAuditEvent {
         time: now,
-        kind: "challenge".to_owned(),
-        outcome: "ok".to_owned(),
+        kind: AuditKind::Challenge,
+        outcome: AuditOutcome::Ok,
         device: Some(request.device.clone()),
         card_serial: None,
         user_id: None,
@@ -199,7 +200,7 @@ pub async fn submit_assertion(
                 .await;
             match finished {
                 Ok(_) => {
-                    state.metrics().observe_outcome("ok");
+                    state.metrics().observe_outcome(AuditOutcome::Ok);
                     return Ok(Json(response));
                 }
                 Err(error) => ApiError::from(error),
@@ -207,7 +208,7 @@ pub async fn submit_assertion(
         }
         Err(error) => error,
     };
-    state.metrics().observe_outcome(error.code.as_str());
+    state.metrics().observe_outcome(error.code.into());
     let event = attempt_event(now, &record, Some(&error));
     Err(state.refused(&source, event, error).await)
 }
@@ -221,8 +222,8 @@ fn attempt_event(
     let nonce = record.nonce_prefix.as_deref();
     NewAuditEvent {
         time: now,
-        kind: "assertion".to_owned(),
-        outcome: error.map_or("ok", |error| error.code.as_str()).to_owned(),
+        kind: AuditKind::Assertion,
+        outcome: AuditOutcome::of(error.map(|error| error.code)),
         device: record.device.clone(),
         card_serial: record.card_serial.clone(),
         user_id: record.user_id.clone(),
@@ -476,8 +477,8 @@ pub async fn sign_out(
     let Some(claims) = claims else {
         let event = NewAuditEvent {
             time: now,
-            kind: "sign_out".to_owned(),
-            outcome: ErrorCode::Unauthorized.as_str().to_owned(),
+            kind: AuditKind::SignOut,
+            outcome: ErrorCode::Unauthorized.into(),
             device: None,
             card_serial: None,
             user_id: None,
@@ -512,7 +513,7 @@ pub async fn sign_out(
         .query_audit(&AuditQuery {
             user_id: Some(claims.sub.clone()),
             device: Some(claims.device.clone()),
-            kind: Some(AuditKindFilter::Kind("sign_out".to_owned())),
+            kind: Some(AuditKindFilter::Kind(AuditKind::SignOut)),
             since: Some(issued_at),
             limit: AuditQuery::MAX_LIMIT,
             ..AuditQuery::default()
@@ -543,8 +544,8 @@ pub async fn sign_out(
         .store()
         .audit(NewAuditEvent {
             time: now,
-            kind: "sign_out".to_owned(),
-            outcome: "ok".to_owned(),
+            kind: AuditKind::SignOut,
+            outcome: AuditOutcome::Ok,
             device: Some(claims.device),
             card_serial: signed_in
                 .into_iter()

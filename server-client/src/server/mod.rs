@@ -28,6 +28,7 @@ use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
 use crate::assertion::AssertionVerifier;
+use crate::audit::AuditKind;
 use crate::connections::{LimitedAcceptor, apply_http_timeouts};
 use crate::issuance::Issuer;
 use crate::mapping::MappingRule;
@@ -957,8 +958,8 @@ async fn summarise_unaudited(state: &ServerState, now: time::OffsetDateTime) {
         tracing::warn!(source, count, "requests refused, rate limited");
         let event = crate::store::NewAuditEvent {
             time: now,
-            kind: "rate_limit".to_owned(),
-            outcome: wire::ErrorCode::RateLimited.as_str().to_owned(),
+            kind: AuditKind::RateLimit,
+            outcome: wire::ErrorCode::RateLimited.into(),
             device: None,
             card_serial: None,
             user_id: None,
@@ -1063,8 +1064,8 @@ mod tests {
     fn challenge_event() -> crate::store::NewAuditEvent {
         crate::store::NewAuditEvent {
             time: time::OffsetDateTime::now_utc(),
-            kind: "challenge".to_owned(),
-            outcome: "ok".to_owned(),
+            kind: AuditKind::Challenge,
+            outcome: crate::audit::AuditOutcome::Ok,
             device: Some("kiosk-1".to_owned()),
             card_serial: None,
             user_id: None,

@@ -26,13 +26,14 @@ use time::Duration as TimeSpan;
 use time::OffsetDateTime;
 
 use super::{
-    AuditEvent, AuditKindFilter, AuditQuery, Card, CardId, CardState, ChallengeUse, DeviceCodeUse,
-    DeviceCredentialRecord, DeviceState, EnrollmentCodeUse, IssuedCertificate, NewAuditEvent,
-    NewDevice, NewEnrollmentCode, RevocationReason, SignInLookup, SignInRecords, Store, StoreError,
-    User, UserState,
+    AuditEvent, AuditKind, AuditKindFilter, AuditOutcome, AuditQuery, Card, CardId, CardState,
+    ChallengeUse, DeviceCodeUse, DeviceCredentialRecord, DeviceState, EnrollmentCodeUse,
+    IssuedCertificate, NewAuditEvent, NewDevice, NewEnrollmentCode, RevocationReason, SignInLookup,
+    SignInRecords, Store, StoreError, User, UserState,
 };
 use crate::certificate::{CertificateFacts, KeyKind};
 use crate::mapping::UserAttribute;
+use crate::wire::ErrorCode;
 
 /// What a conformance check returns: `Err` (or a panic) is a failure.
 pub type TestResult = Result<(), Box<dyn Error + Send + Sync>>;
@@ -134,8 +135,8 @@ pub fn id(serial: &str) -> CardId {
 pub fn enrolled() -> NewAuditEvent {
     NewAuditEvent {
         time: at(1),
-        kind: "enrollment".to_owned(),
-        outcome: "ok".to_owned(),
+        kind: AuditKind::Enrollment,
+        outcome: AuditOutcome::Ok,
         device: None,
         card_serial: None,
         user_id: Some("alice".to_owned()),
@@ -147,8 +148,8 @@ pub fn enrolled() -> NewAuditEvent {
 pub fn challenge_event(device: &str) -> NewAuditEvent {
     NewAuditEvent {
         time: at(0),
-        kind: "challenge".to_owned(),
-        outcome: "ok".to_owned(),
+        kind: AuditKind::Challenge,
+        outcome: AuditOutcome::Ok,
         device: Some(device.to_owned()),
         card_serial: None,
         user_id: None,
@@ -157,11 +158,17 @@ pub fn challenge_event(device: &str) -> NewAuditEvent {
 }
 
 /// An assertion audit event at [`at`]`(seconds)`.
-pub fn event(seconds: i64, outcome: &str, device: &str, card: &str, user: &str) -> NewAuditEvent {
+pub fn event(
+    seconds: i64,
+    outcome: AuditOutcome,
+    device: &str,
+    card: &str,
+    user: &str,
+) -> NewAuditEvent {
     NewAuditEvent {
         time: at(seconds),
-        kind: "assertion".to_owned(),
-        outcome: outcome.to_owned(),
+        kind: AuditKind::Assertion,
+        outcome,
         device: Some(device.to_owned()),
         card_serial: Some(card.to_owned()),
         user_id: Some(user.to_owned()),
@@ -192,8 +199,8 @@ pub fn code(hash: &str, user: &str, expires: i64) -> NewEnrollmentCode {
 /// The audit event of a renewal at [`at`]`(seconds)`.
 pub fn renewal_event(seconds: i64) -> NewAuditEvent {
     NewAuditEvent {
-        kind: "renewal".to_owned(),
-        ..event(seconds, "ok", "kiosk-1", "01", "alice")
+        kind: AuditKind::Renewal,
+        ..event(seconds, AuditOutcome::Ok, "kiosk-1", "01", "alice")
     }
 }
 
@@ -203,7 +210,7 @@ pub async fn renewal_events(store: &dyn Store) -> Result<Vec<(String, String)>, 
         .query_audit(&AuditQuery::default())
         .await?
         .into_iter()
-        .filter(|event| event.kind == "renewal")
+        .filter(|event| event.kind == AuditKind::Renewal)
         .map(|event| {
             (
                 event.card_serial.unwrap_or_default(),
@@ -547,7 +554,7 @@ pub async fn a_renewal_is_pending_until_the_new_certificate_is_confirmed_or_used
             &issued("05", "alice").facts,
             "alice",
             at(8),
-            event(8, "ok", "kiosk-1", "05", "alice"),
+            event(8, AuditOutcome::Ok, "kiosk-1", "05", "alice"),
         )
         .await?;
     assert_eq!(
@@ -746,7 +753,7 @@ pub async fn a_sign_in_is_finished_with_its_card_and_its_audit_event_or_not_at_a
             &facts("0a1b", "f1"),
             "nobody",
             at(5),
-            event(5, "ok", "kiosk-1", "0a1b", "nobody"),
+            event(5, AuditOutcome::Ok, "kiosk-1", "0a1b", "nobody"),
         )
         .await;
     assert!(
@@ -761,7 +768,7 @@ pub async fn a_sign_in_is_finished_with_its_card_and_its_audit_event_or_not_at_a
             &facts("0a1b", "f1"),
             "alice",
             at(5),
-            event(5, "ok", "kiosk-1", "0a1b", "alice"),
+            event(5, AuditOutcome::Ok, "kiosk-1", "0a1b", "alice"),
         )
         .await?;
     assert_eq!(
@@ -882,11 +889,17 @@ pub async fn purging_removes_only_challenges_expired_before_the_cut(
 /// Conformance: audit queries filter order and limit.
 pub async fn audit_queries_filter_order_and_limit(store: Arc<dyn Store>) -> TestResult {
     let recorded = [
-        event(0, "ok", "kiosk-1", "0a", "alice"),
-        event(10, "challenge_reused", "kiosk-2", "0a", "alice"),
-        event(20, "ok", "kiosk-2", "0b", "bob"),
-        event(30, "user_locked", "kiosk-1", "0b", "bob"),
-        event(30, "ok", "kiosk-1", "0a", "alice"),
+        event(0, AuditOutcome::Ok, "kiosk-1", "0a", "alice"),
+        event(
+            10,
+            ErrorCode::ChallengeReused.into(),
+            "kiosk-2",
+            "0a",
+            "alice",
+        ),
+        event(20, AuditOutcome::Ok, "kiosk-2", "0b", "bob"),
+        event(30, ErrorCode::UserLocked.into(), "kiosk-1", "0b", "bob"),
+        event(30, AuditOutcome::Ok, "kiosk-1", "0a", "alice"),
     ];
     for new_event in recorded.clone() {
         store.audit(new_event).await?;
@@ -894,8 +907,8 @@ pub async fn audit_queries_filter_order_and_limit(store: Arc<dyn Store>) -> Test
     store
         .audit(NewAuditEvent {
             time: at(40),
-            kind: "admin".to_owned(),
-            outcome: "ok".to_owned(),
+            kind: AuditKind::Admin,
+            outcome: AuditOutcome::Ok,
             device: None,
             card_serial: None,
             user_id: None,
@@ -923,8 +936,8 @@ pub async fn audit_queries_filter_order_and_limit(store: Arc<dyn Store>) -> Test
         Some(&AuditEvent {
             id: 1,
             time: at(0),
-            kind: "assertion".to_owned(),
-            outcome: "ok".to_owned(),
+            kind: AuditKind::Assertion,
+            outcome: AuditOutcome::Ok,
             device: Some("kiosk-1".to_owned()),
             card_serial: Some("0a".to_owned()),
             user_id: Some("alice".to_owned()),
@@ -953,7 +966,7 @@ pub async fn audit_queries_filter_order_and_limit(store: Arc<dyn Store>) -> Test
         [(20, 3), (10, 2)]
     );
     assert_eq!(
-        times(query(|q| q.outcome = Some("user_locked".to_owned()))).await?,
+        times(query(|q| q.outcome = Some(ErrorCode::UserLocked.into()))).await?,
         [(30, 4)]
     );
     assert_eq!(
@@ -968,7 +981,7 @@ pub async fn audit_queries_filter_order_and_limit(store: Arc<dyn Store>) -> Test
     assert_eq!(
         times(query(|q| {
             q.user_id = Some("alice".to_owned());
-            q.outcome = Some("ok".to_owned());
+            q.outcome = Some(AuditOutcome::Ok);
             q.since = Some(at(1));
         }))
         .await?,
@@ -982,7 +995,7 @@ pub async fn audit_queries_filter_order_and_limit(store: Arc<dyn Store>) -> Test
     );
     assert_eq!(
         times(query(
-            |q| q.kind = Some(AuditKindFilter::Kind("admin".to_owned()))
+            |q| q.kind = Some(AuditKindFilter::Kind(AuditKind::Admin))
         ))
         .await?,
         [(40, 6)]
@@ -1009,11 +1022,17 @@ pub async fn stats_count_users_cards_recent_sign_ins_and_expiring_certificates(
     let now = at(100_000);
     for seconds in [100_000 - 7200, 100_000 - 60] {
         store
-            .audit(event(seconds, "ok", "kiosk-1", "0a", "alice"))
+            .audit(event(seconds, AuditOutcome::Ok, "kiosk-1", "0a", "alice"))
             .await?;
     }
     store
-        .audit(event(100_000 - 30, "card_locked", "kiosk-1", "0a", "alice"))
+        .audit(event(
+            100_000 - 30,
+            ErrorCode::CardLocked.into(),
+            "kiosk-1",
+            "0a",
+            "alice",
+        ))
         .await?;
     let mut expiring = issued("0c", "alice");
     expiring.facts.not_after = now + time::Duration::days(10);
@@ -1065,7 +1084,7 @@ pub async fn audit_pages_follow_on_from_the_last_event_of_the_page_before(
     // Ids 1..=6; the times tie (30) and run against the ids (id 6 is older than 5).
     for seconds in [0, 10, 30, 30, 40, 5] {
         store
-            .audit(event(seconds, "ok", "kiosk-1", "0a", "alice"))
+            .audit(event(seconds, AuditOutcome::Ok, "kiosk-1", "0a", "alice"))
             .await?;
     }
     let mut seen = Vec::new();
@@ -1110,7 +1129,7 @@ pub async fn old_audit_events_are_purged_oldest_first_at_most_a_batch(
 ) -> TestResult {
     for second in 0..10 {
         store
-            .audit(event(second, "ok", "kiosk-1", "0a", "alice"))
+            .audit(event(second, AuditOutcome::Ok, "kiosk-1", "0a", "alice"))
             .await?;
     }
     let cutoff = at(7);
@@ -1128,7 +1147,7 @@ pub async fn old_audit_events_are_purged_oldest_first_at_most_a_batch(
 pub async fn the_audit_limit_is_capped(store: Arc<dyn Store>) -> TestResult {
     for second in 0..1005 {
         store
-            .audit(event(second, "ok", "kiosk-1", "0a", "alice"))
+            .audit(event(second, AuditOutcome::Ok, "kiosk-1", "0a", "alice"))
             .await?;
     }
     let all = AuditQuery {

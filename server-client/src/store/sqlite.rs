@@ -20,6 +20,7 @@ use super::{
     NewEnrollmentCode, RevocationReason, RevokedCertificate, SignInLookup, SignInRecords, Store,
     StoreError, StoreStats, User, UserConflict, UserState, UserWritten,
 };
+use crate::audit::{AuditKind, AuditOutcome};
 use crate::certificate::CertificateFacts;
 use crate::mapping::UserAttribute;
 
@@ -1292,7 +1293,7 @@ impl Store for SqliteStore {
                 (" AND user_id = ?", query.user_id),
                 (" AND card_serial = ?", query.card_serial),
                 (" AND device = ?", query.device),
-                (" AND outcome = ?", query.outcome),
+                (" AND outcome = ?", query.outcome.map(|o| o.as_str().to_owned())),
             ];
             for (condition, value) in equal_filters {
                 if let Some(value) = value {
@@ -1302,6 +1303,7 @@ impl Store for SqliteStore {
             }
             match query.kind {
                 Some(AuditKindFilter::Kind(kind)) => {
+                    let kind = kind.as_str().to_owned();
                     sql.push_str(" AND kind = ?");
                     values.push(Value::Text(kind));
                 }
@@ -1799,8 +1801,8 @@ fn complete_renewal(
         connection,
         &NewAuditEvent {
             time: cause.time,
-            kind: "renewal".to_owned(),
-            outcome: "ok".to_owned(),
+            kind: AuditKind::Renewal,
+            outcome: AuditOutcome::Ok,
             device: cause.device.clone(),
             card_serial: Some(new.serial.clone()),
             user_id: cause.user_id.clone(),
@@ -1960,8 +1962,8 @@ fn insert_audit(connection: &Connection, event: &NewAuditEvent) -> Result<(), St
         )?
         .execute(params![
             encode_time(event.time)?,
-            event.kind,
-            event.outcome,
+            event.kind.as_str(),
+            event.outcome.as_str(),
             event.device,
             event.card_serial,
             event.user_id,
@@ -2149,22 +2151,26 @@ fn revoked_from_row(row: &Row<'_>) -> rusqlite::Result<Result<RevokedCertificate
 fn audit_event_from_row(row: &Row<'_>) -> rusqlite::Result<Result<AuditEvent, StoreError>> {
     let time: String = row.get("time")?;
     let id = row.get("id")?;
-    let kind = row.get("kind")?;
-    let outcome = row.get("outcome")?;
+    let kind: String = row.get("kind")?;
+    let outcome: String = row.get("outcome")?;
     let device = row.get("device")?;
     let card_serial = row.get("card_serial")?;
     let user_id = row.get("user_id")?;
     let detail = row.get("detail")?;
-    Ok(decode_time("time", &time).map(|time| AuditEvent {
-        id,
-        time,
-        kind,
-        outcome,
-        device,
-        card_serial,
-        user_id,
-        detail,
-    }))
+    Ok((|| {
+        Ok(AuditEvent {
+            id,
+            time: decode_time("time", &time)?,
+            kind: kind.parse().map_err(|error| column_error("kind", error))?,
+            outcome: outcome
+                .parse()
+                .map_err(|error| column_error("outcome", error))?,
+            device,
+            card_serial,
+            user_id,
+            detail,
+        })
+    })())
 }
 
 /// A time as stored: UTC, whole microseconds, fixed width.
@@ -2386,8 +2392,8 @@ mod tests {
             store
                 .audit(NewAuditEvent {
                     time: OffsetDateTime::UNIX_EPOCH,
-                    kind: "challenge".to_owned(),
-                    outcome: "ok".to_owned(),
+                    kind: AuditKind::Challenge,
+                    outcome: AuditOutcome::Ok,
                     device: Some(format!("kiosk-{index}")),
                     card_serial: None,
                     user_id: None,
@@ -2439,7 +2445,7 @@ mod tests {
             .add_challenge("nonce-1", "kiosk-1", at(60), challenge_event("kiosk-1"))
             .await?;
         store
-            .audit(event(0, "ok", "kiosk-1", "0a1b", "alice"))
+            .audit(event(0, AuditOutcome::Ok, "kiosk-1", "0a1b", "alice"))
             .await?;
         store.close().await;
 
@@ -2678,7 +2684,7 @@ mod tests {
         let path = dir.path().join("pivtap.db");
         let store = SqliteStore::open(&path).await?;
         store
-            .audit(event(0, "ok", "kiosk-1", "0a", "alice"))
+            .audit(event(0, AuditOutcome::Ok, "kiosk-1", "0a", "alice"))
             .await?;
         let wal = std::fs::metadata(dir.path().join("pivtap.db-wal"))?.len();
         assert!(wal > 0);
