@@ -19,6 +19,7 @@ pub mod init;
 pub mod issuance;
 pub mod jose;
 pub mod mapping;
+pub mod nonce;
 pub mod pin_policy;
 pub mod server;
 pub mod store;

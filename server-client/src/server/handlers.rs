@@ -6,7 +6,6 @@ use axum::extract::rejection::JsonRejection;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use base64::Engine as _;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
@@ -17,6 +16,7 @@ use super::rate_limit::Spend;
 use crate::assertion::VerifiedAssertion;
 use crate::audit::{AuditKind, AuditOutcome};
 use crate::mapping::MappingRule;
+use crate::nonce::{Nonce, random_base64url};
 use crate::store::{
     AuditKindFilter, AuditQuery, Card, CardId, CardState, ChallengeUse, NewAuditEvent,
     SignInLookup, SignInRecords, User, UserState,
@@ -25,9 +25,6 @@ use crate::wire::{
     AssertionRequest, AssertionResponse, ChallengeRequest, ChallengeResponse, ErrorCode,
     SessionClaims, SignOutRecorded, SignOutRequest, UserInfo,
 };
-
-/// Characters of the nonce kept in the audit log (never the whole nonce).
-const AUDIT_NONCE_PREFIX: usize = 8;
 
 /// Checks a device id: 1 to 64 of `A-Z a-z 0-9 . _ : -`.
 pub fn validate_device(device: &str) -> Result<(), ApiError> {
@@ -137,9 +134,7 @@ pub async fn create_challenge(
         // Proven (an unproven id, in open mode or for a renewal, could be anyone's).
         spend_challenge(&state, &source, format!("device:{}", request.device))?;
     }
-    let mut nonce_bytes = [0u8; 32];
-    rand::fill(&mut nonce_bytes);
-    let nonce = URL_SAFE_NO_PAD.encode(nonce_bytes);
+    let nonce = Nonce::generate();
     let expires_at = now + state.settings().challenge_lifetime;
     let event = NewAuditEvent {
         time: now,
@@ -148,16 +143,16 @@ pub async fn create_challenge(
         device: Some(request.device.clone()),
         card_serial: None,
         user_id: None,
-        detail: Some(format!("nonce {}…", &nonce[..AUDIT_NONCE_PREFIX])),
+        detail: Some(format!("nonce {}…", nonce.audit_prefix())),
     };
     state
         .store()
-        .add_challenge(&nonce, &request.device, expires_at, event)
+        .add_challenge(nonce.as_str(), &request.device, expires_at, event)
         .await?;
     Ok((
         StatusCode::CREATED,
         Json(ChallengeResponse {
-            nonce,
+            nonce: nonce.into_string(),
             aud: state.settings().origin.clone(),
             expires_at: rfc3339(expires_at),
         }),
@@ -315,7 +310,7 @@ pub(crate) async fn authenticate_verified(
     let facts = &verified.certificate;
     record.device = Some(payload.device.clone());
     record.card_serial = Some(facts.serial.clone());
-    record.nonce_prefix = Some(payload.nonce.chars().take(AUDIT_NONCE_PREFIX).collect());
+    record.nonce_prefix = Some(Nonce::audit_prefix_of(&payload.nonce));
     validate_device(&payload.device)?;
 
     // From here the assertion is authentic (trusted card, valid signature), so
@@ -601,15 +596,13 @@ fn issue_token(
 ) -> Result<AssertionResponse, ApiError> {
     let settings = state.settings();
     let lifetime = settings.token_lifetime;
-    let mut jti = [0u8; 16];
-    rand::fill(&mut jti);
     let claims = SessionClaims {
         iss: settings.origin.clone(),
         sub: user.id.clone(),
         aud: settings.token_audience.clone(),
         iat: now.unix_timestamp(),
         exp: (now + lifetime).unix_timestamp(),
-        jti: URL_SAFE_NO_PAD.encode(jti),
+        jti: random_base64url::<16>(),
         name: user.display_name.clone(),
         email: user.mail.clone(),
         amr: verified.amr.clone(),
