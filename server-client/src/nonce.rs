@@ -38,6 +38,13 @@ impl Nonce {
         Nonce(random_base64url::<{ Nonce::BYTES }>())
     }
 
+    /// The nonce of these bytes (a test's fixed nonce; the server's come from
+    /// [`Nonce::generate`]).
+    #[must_use]
+    pub fn from_bytes(bytes: [u8; Nonce::BYTES]) -> Self {
+        Nonce(base64url_encode(bytes))
+    }
+
     /// Reads a nonce: base64url without padding of exactly [`Nonce::BYTES`] bytes.
     ///
     /// # Errors
@@ -98,6 +105,10 @@ mod tests {
 
     #[test]
     fn a_generated_nonce_parses_back_and_two_differ() {
+        assert_eq!(
+            Nonce::from_bytes([7u8; 32]).as_str(),
+            base64url_encode([7u8; 32])
+        );
         let nonce = Nonce::generate();
         assert_eq!(nonce.as_str().len(), 43, "32 bytes in base64url");
         assert_eq!(Nonce::parse(nonce.as_str()), Ok(nonce.clone()));

@@ -147,7 +147,7 @@ pub async fn create_challenge(
     };
     state
         .store()
-        .add_challenge(nonce.as_str(), &request.device, expires_at, event)
+        .add_challenge(&nonce, &request.device, expires_at, event)
         .await?;
     Ok((
         StatusCode::CREATED,

@@ -1165,20 +1165,44 @@ mod tests {
         let two_hours = time::Duration::hours(2);
         let ten_minutes = time::Duration::minutes(10);
         store
-            .add_challenge("old", "kiosk-1", now - two_hours, challenge_event())
+            .add_challenge(
+                &crate::store::conformance::nonce("old"),
+                "kiosk-1",
+                now - two_hours,
+                challenge_event(),
+            )
             .await
             .unwrap();
         store
-            .add_challenge("recent", "kiosk-1", now - ten_minutes, challenge_event())
+            .add_challenge(
+                &crate::store::conformance::nonce("recent"),
+                "kiosk-1",
+                now - ten_minutes,
+                challenge_event(),
+            )
             .await
             .unwrap();
         tidy(&store, now, Duration::from_secs(400 * 86_400)).await;
         assert_eq!(
-            store.use_challenge("old", "kiosk-1", now).await.unwrap(),
+            store
+                .use_challenge(
+                    crate::store::conformance::nonce("old").as_str(),
+                    "kiosk-1",
+                    now
+                )
+                .await
+                .unwrap(),
             ChallengeUse::Unknown
         );
         assert_eq!(
-            store.use_challenge("recent", "kiosk-1", now).await.unwrap(),
+            store
+                .use_challenge(
+                    crate::store::conformance::nonce("recent").as_str(),
+                    "kiosk-1",
+                    now
+                )
+                .await
+                .unwrap(),
             ChallengeUse::Expired,
             "a challenge that expired within the hour is still known"
         );

@@ -33,7 +33,9 @@ use super::{
 };
 use crate::certificate::{CertificateFacts, KeyKind};
 use crate::mapping::UserAttribute;
+use crate::nonce::Nonce;
 use crate::wire::ErrorCode;
+use sha2::Digest as _;
 
 /// What a conformance check returns: `Err` (or a panic) is a failure.
 pub type TestResult = Result<(), Box<dyn Error + Send + Sync>>;
@@ -90,6 +92,11 @@ macro_rules! store_conformance_suite {
 /// A time `seconds` after a fixed instant in November 2023.
 pub fn at(seconds: i64) -> OffsetDateTime {
     OffsetDateTime::UNIX_EPOCH + TimeSpan::seconds(1_700_000_000 + seconds)
+}
+
+/// The nonce of a challenge named `name` in a test: the same for the same name.
+pub fn nonce(name: &str) -> Nonce {
+    Nonce::from_bytes(sha2::Sha256::digest(name.as_bytes()).into())
 }
 
 /// A user `id` with `mail` and a UPN and employee id made from the id.
@@ -222,10 +229,10 @@ pub async fn renewal_events(store: &dyn Store) -> Result<Vec<(String, String)>, 
     Ok(events)
 }
 
-/// What a sign-in looks up: challenge `nonce`, card `card`, users by `values`.
-pub fn lookup(nonce: &str, card: &str, values: &[&str]) -> SignInLookup {
+/// What a sign-in looks up: the [`nonce`] named `name`, card `card`, users by `values`.
+pub fn lookup(name: &str, card: &str, values: &[&str]) -> SignInLookup {
     SignInLookup {
-        nonce: nonce.to_owned(),
+        nonce: nonce(name).into_string(),
         device: "kiosk-1".to_owned(),
         now: at(1),
         card: id(card),
@@ -693,9 +700,9 @@ pub async fn a_sign_in_takes_its_challenge_and_reads_card_revocation_and_users(
     let card = store
         .record_card(&facts("0a1b", "f1"), Some("alice"), at(0))
         .await?;
-    for nonce in ["n1", "n2", "n3"] {
+    for name in ["n1", "n2", "n3"] {
         store
-            .add_challenge(nonce, "kiosk-1", at(60), challenge_event("kiosk-1"))
+            .add_challenge(&nonce(name), "kiosk-1", at(60), challenge_event("kiosk-1"))
             .await?;
     }
 
@@ -786,10 +793,10 @@ pub async fn a_challenge_that_exists_already_writes_no_audit_event(
     store: Arc<dyn Store>,
 ) -> TestResult {
     store
-        .add_challenge("n1", "kiosk-1", at(60), challenge_event("kiosk-1"))
+        .add_challenge(&nonce("n1"), "kiosk-1", at(60), challenge_event("kiosk-1"))
         .await?;
     let duplicate = store
-        .add_challenge("n1", "kiosk-2", at(60), challenge_event("kiosk-2"))
+        .add_challenge(&nonce("n1"), "kiosk-2", at(60), challenge_event("kiosk-2"))
         .await;
     assert!(matches!(duplicate, Err(StoreError::Conflict { .. })));
     let events = store.query_audit(&AuditQuery::default()).await?;
@@ -803,54 +810,87 @@ pub async fn a_challenge_is_used_once_by_its_device_before_it_expires(
     store: Arc<dyn Store>,
 ) -> TestResult {
     store
-        .add_challenge("fresh", "kiosk-1", at(60), challenge_event("kiosk-1"))
+        .add_challenge(
+            &nonce("fresh"),
+            "kiosk-1",
+            at(60),
+            challenge_event("kiosk-1"),
+        )
         .await?;
     assert_eq!(
-        store.use_challenge("fresh", "kiosk-2", at(1)).await?,
+        store
+            .use_challenge(nonce("fresh").as_str(), "kiosk-2", at(1))
+            .await?,
         ChallengeUse::OtherDevice
     );
     assert_eq!(
-        store.use_challenge("fresh", "kiosk-1", at(1)).await?,
+        store
+            .use_challenge(nonce("fresh").as_str(), "kiosk-1", at(1))
+            .await?,
         ChallengeUse::Accepted
     );
     assert_eq!(
-        store.use_challenge("fresh", "kiosk-1", at(2)).await?,
+        store
+            .use_challenge(nonce("fresh").as_str(), "kiosk-1", at(2))
+            .await?,
         ChallengeUse::Reused
     );
     assert_eq!(
-        store.use_challenge("fresh", "kiosk-1", at(120)).await?,
+        store
+            .use_challenge(nonce("fresh").as_str(), "kiosk-1", at(120))
+            .await?,
         ChallengeUse::Reused,
         "a used challenge stays a replay after it expires"
     );
     assert_eq!(
-        store.use_challenge("fresh", "kiosk-2", at(2)).await?,
+        store
+            .use_challenge(nonce("fresh").as_str(), "kiosk-2", at(2))
+            .await?,
         ChallengeUse::OtherDevice
     );
 
     store
-        .add_challenge("stale", "kiosk-1", at(60), challenge_event("kiosk-1"))
+        .add_challenge(
+            &nonce("stale"),
+            "kiosk-1",
+            at(60),
+            challenge_event("kiosk-1"),
+        )
         .await?;
     assert_eq!(
-        store.use_challenge("stale", "kiosk-1", at(60)).await?,
+        store
+            .use_challenge(nonce("stale").as_str(), "kiosk-1", at(60))
+            .await?,
         ChallengeUse::Expired,
         "the expiry instant is already too late"
     );
     assert_eq!(
         store
-            .use_challenge("stale", "kiosk-1", at(60) - TimeSpan::microseconds(1))
+            .use_challenge(
+                nonce("stale").as_str(),
+                "kiosk-1",
+                at(60) - TimeSpan::microseconds(1)
+            )
             .await?,
         ChallengeUse::Accepted
     );
     assert_eq!(
-        store.use_challenge("never", "kiosk-1", at(1)).await?,
+        store
+            .use_challenge(nonce("never").as_str(), "kiosk-1", at(1))
+            .await?,
         ChallengeUse::Unknown
     );
 
     let duplicate = store
-        .add_challenge("stale", "kiosk-1", at(90), challenge_event("kiosk-1"))
+        .add_challenge(
+            &nonce("stale"),
+            "kiosk-1",
+            at(90),
+            challenge_event("kiosk-1"),
+        )
         .await;
     assert!(
-        matches!(&duplicate, Err(StoreError::Conflict { what }) if !what.contains("stale")),
+        matches!(&duplicate, Err(StoreError::Conflict { what }) if !what.contains(nonce("stale").as_str())),
         "{duplicate:?}"
     );
     Ok(())
@@ -861,26 +901,47 @@ pub async fn purging_removes_only_challenges_expired_before_the_cut(
     store: Arc<dyn Store>,
 ) -> TestResult {
     store
-        .add_challenge("early", "kiosk-1", at(10), challenge_event("kiosk-1"))
+        .add_challenge(
+            &nonce("early"),
+            "kiosk-1",
+            at(10),
+            challenge_event("kiosk-1"),
+        )
         .await?;
     store
-        .add_challenge("used", "kiosk-1", at(20), challenge_event("kiosk-1"))
+        .add_challenge(
+            &nonce("used"),
+            "kiosk-1",
+            at(20),
+            challenge_event("kiosk-1"),
+        )
         .await?;
     store
-        .add_challenge("late", "kiosk-1", at(30), challenge_event("kiosk-1"))
+        .add_challenge(
+            &nonce("late"),
+            "kiosk-1",
+            at(30),
+            challenge_event("kiosk-1"),
+        )
         .await?;
     assert_eq!(
-        store.use_challenge("used", "kiosk-1", at(5)).await?,
+        store
+            .use_challenge(nonce("used").as_str(), "kiosk-1", at(5))
+            .await?,
         ChallengeUse::Accepted
     );
     assert_eq!(store.purge_challenges(at(20)).await?, 1);
     assert_eq!(store.purge_challenges(at(21)).await?, 1);
     assert_eq!(
-        store.use_challenge("early", "kiosk-1", at(5)).await?,
+        store
+            .use_challenge(nonce("early").as_str(), "kiosk-1", at(5))
+            .await?,
         ChallengeUse::Unknown
     );
     assert_eq!(
-        store.use_challenge("late", "kiosk-1", at(25)).await?,
+        store
+            .use_challenge(nonce("late").as_str(), "kiosk-1", at(25))
+            .await?,
         ChallengeUse::Accepted
     );
     Ok(())
@@ -1274,17 +1335,19 @@ pub async fn a_device_enrolls_once_and_disabling_or_removing_it_voids_its_unused
         DeviceCodeUse::Expired
     );
 
-    for (nonce, device) in [
+    for (name, device) in [
         ("used", "kiosk-1"),
         ("held", "kiosk-1"),
         ("other", "kiosk-2"),
     ] {
         first
-            .add_challenge(nonce, device, at(60), challenge_event(device))
+            .add_challenge(&nonce(name), device, at(60), challenge_event(device))
             .await?;
     }
     assert_eq!(
-        first.use_challenge("used", "kiosk-1", at(1)).await?,
+        first
+            .use_challenge(nonce("used").as_str(), "kiosk-1", at(1))
+            .await?,
         ChallengeUse::Accepted
     );
     first
@@ -1295,12 +1358,16 @@ pub async fn a_device_enrolls_once_and_disabling_or_removing_it_voids_its_unused
         DeviceState::Disabled
     );
     assert_eq!(
-        first.use_challenge("held", "kiosk-1", at(1)).await?,
+        first
+            .use_challenge(nonce("held").as_str(), "kiosk-1", at(1))
+            .await?,
         ChallengeUse::Unknown,
         "the challenge it held is void"
     );
     assert_eq!(
-        first.use_challenge("used", "kiosk-1", at(1)).await?,
+        first
+            .use_challenge(nonce("used").as_str(), "kiosk-1", at(1))
+            .await?,
         ChallengeUse::Reused,
         "a used one stays, so a replay is still told apart"
     );
@@ -1311,17 +1378,26 @@ pub async fn a_device_enrolls_once_and_disabling_or_removing_it_voids_its_unused
         Err(StoreError::NotFound { .. })
     ));
     first
-        .add_challenge("held-2", "kiosk-2", at(60), challenge_event("kiosk-2"))
+        .add_challenge(
+            &nonce("held-2"),
+            "kiosk-2",
+            at(60),
+            challenge_event("kiosk-2"),
+        )
         .await?;
     first
         .remove_device("kiosk-2", challenge_event("kiosk-2"))
         .await?;
     assert_eq!(
-        first.use_challenge("held-2", "kiosk-2", at(1)).await?,
+        first
+            .use_challenge(nonce("held-2").as_str(), "kiosk-2", at(1))
+            .await?,
         ChallengeUse::Unknown
     );
     assert_eq!(
-        first.use_challenge("other", "kiosk-2", at(1)).await?,
+        first
+            .use_challenge(nonce("other").as_str(), "kiosk-2", at(1))
+            .await?,
         ChallengeUse::Unknown
     );
     assert!(matches!(
@@ -1345,7 +1421,12 @@ pub async fn of_sixteen_racing_uses_on_two_nodes_exactly_one_is_accepted(
     nodes: [Arc<dyn Store>; 2],
 ) -> TestResult {
     nodes[0]
-        .add_challenge("contested", "kiosk-1", at(60), challenge_event("kiosk-1"))
+        .add_challenge(
+            &nonce("contested"),
+            "kiosk-1",
+            at(60),
+            challenge_event("kiosk-1"),
+        )
         .await?;
 
     let barrier = Arc::new(tokio::sync::Barrier::new(16));
@@ -1355,7 +1436,8 @@ pub async fn of_sixteen_racing_uses_on_two_nodes_exactly_one_is_accepted(
         let barrier = Arc::clone(&barrier);
         tasks.spawn(async move {
             barrier.wait().await;
-            node.use_challenge("contested", "kiosk-1", at(1)).await
+            node.use_challenge(nonce("contested").as_str(), "kiosk-1", at(1))
+                .await
         });
     }
     let mut uses = Vec::new();

@@ -877,10 +877,13 @@ pub trait Store: Send + Sync {
     ) -> BoxFuture<'_, Result<(), StoreError>>;
 
     /// Stores a fresh challenge for `device` and its audit event, in one write.
-    /// [`StoreError::Conflict`] (and no event) if the nonce exists.
+    /// [`StoreError::Conflict`] (and no event) if the nonce exists. Only a [`Nonce`] the
+    /// server made is stored; lookups take the text a client claims.
+    ///
+    /// [`Nonce`]: crate::nonce::Nonce
     fn add_challenge(
         &self,
-        nonce: &str,
+        nonce: &crate::nonce::Nonce,
         device: &str,
         expires_at: OffsetDateTime,
         event: NewAuditEvent,

@@ -23,6 +23,7 @@ use super::{
 use crate::audit::{AuditKind, AuditOutcome};
 use crate::certificate::CertificateFacts;
 use crate::mapping::UserAttribute;
+use crate::nonce::Nonce;
 
 /// Version 1: users, cards, challenges and the audit log.
 const MIGRATION_1: &str = "
@@ -571,12 +572,12 @@ impl Store for SqliteStore {
 
     fn add_challenge(
         &self,
-        nonce: &str,
+        nonce: &Nonce,
         device: &str,
         expires_at: OffsetDateTime,
         event: NewAuditEvent,
     ) -> BoxFuture<'_, Result<(), StoreError>> {
-        let nonce = nonce.to_owned();
+        let nonce = nonce.as_str().to_owned();
         let device = device.to_owned();
         Box::pin(self.database.write(move |connection| {
             let result = connection
@@ -2239,7 +2240,7 @@ mod tests {
     use time::Duration as TimeSpan;
 
     use super::*;
-    use crate::store::conformance::{at, challenge_event, event, facts, id, user};
+    use crate::store::conformance::{at, challenge_event, event, facts, id, nonce, user};
 
     /// The shared [`Store`] suite on SQLite: in memory, and two nodes on one file.
     mod conformance {
@@ -2442,7 +2443,12 @@ mod tests {
             .record_card(&facts("0a1b", "f1"), Some("alice"), at(0))
             .await?;
         store
-            .add_challenge("nonce-1", "kiosk-1", at(60), challenge_event("kiosk-1"))
+            .add_challenge(
+                &nonce("nonce-1"),
+                "kiosk-1",
+                at(60),
+                challenge_event("kiosk-1"),
+            )
             .await?;
         store
             .audit(event(0, AuditOutcome::Ok, "kiosk-1", "0a1b", "alice"))
@@ -2456,7 +2462,9 @@ mod tests {
         );
         assert_eq!(reopened.get_card(&id("0a1b")).await?, Some(card));
         assert_eq!(
-            reopened.use_challenge("nonce-1", "kiosk-1", at(1)).await?,
+            reopened
+                .use_challenge(nonce("nonce-1").as_str(), "kiosk-1", at(1))
+                .await?,
             ChallengeUse::Accepted
         );
         assert_eq!(
