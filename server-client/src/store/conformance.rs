@@ -50,6 +50,7 @@ macro_rules! store_conformance_suite {
     (fresh: $fresh:expr, nodes: $nodes:expr $(,)?) => {
         $crate::store_conformance_suite!(@one $fresh;
             users_are_added_listed_and_locked,
+            users_are_found_by_each_attribute,
             recording_a_card_again_updates_it_and_keeps_its_state,
             an_enrollment_code_is_redeemed_once_before_it_expires,
             a_renewal_is_pending_until_the_new_certificate_is_confirmed_or_used,
@@ -268,6 +269,73 @@ pub async fn users_are_added_listed_and_locked(store: Arc<dyn Store>) -> TestRes
         store.set_user_state("carol", UserState::Locked).await,
         Err(StoreError::NotFound { .. })
     ));
+    Ok(())
+}
+
+/// Users are found by mail and UPN (ASCII case folded), by uid and employee id
+/// (exactly); a second user with a taken mail is refused.
+pub async fn users_are_found_by_each_attribute(store: Arc<dyn Store>) -> TestResult {
+    store.add_user(&user("alice", "Alice@Example.org")).await?;
+    store.add_user(&user("bob", "bob@example.org")).await?;
+    // A second user with bob's mail is refused (issue 11, item 9); a database from
+    // before may hold one, and lookups find both (an engine's own test: SQLite's
+    // `users_sharing_a_mail_from_before_the_checks_are_both_found`).
+    let robert = User {
+        id: "robert".to_owned(),
+        upn: None,
+        employee_id: None,
+        ..user("robert", "BOB@example.org")
+    };
+    assert!(matches!(
+        store.add_user(&robert).await,
+        Err(StoreError::AttributeTaken { .. })
+    ));
+    let ids = |users: Vec<User>| users.into_iter().map(|user| user.id).collect::<Vec<_>>();
+
+    assert_eq!(
+        ids(store
+            .find_users(UserAttribute::Mail, "alice@EXAMPLE.ORG")
+            .await?),
+        ["alice"]
+    );
+    assert_eq!(
+        ids(store
+            .find_users(UserAttribute::Mail, "bob@example.org")
+            .await?),
+        ["bob"]
+    );
+    assert_eq!(
+        ids(store
+            .find_users(UserAttribute::Upn, "BOB@corp.EXAMPLE")
+            .await?),
+        ["bob"]
+    );
+    assert_eq!(
+        ids(store.find_users(UserAttribute::Uid, "alice").await?),
+        ["alice"]
+    );
+    assert!(
+        store
+            .find_users(UserAttribute::Uid, "Alice")
+            .await?
+            .is_empty()
+    );
+    assert_eq!(
+        ids(store.find_users(UserAttribute::EmployeeId, "E-bob").await?),
+        ["bob"]
+    );
+    assert!(
+        store
+            .find_users(UserAttribute::EmployeeId, "e-bob")
+            .await?
+            .is_empty()
+    );
+    assert!(
+        store
+            .find_users(UserAttribute::Mail, "carol@example.org")
+            .await?
+            .is_empty()
+    );
     Ok(())
 }
 
