@@ -2694,4 +2694,49 @@ mod tests {
         );
         Ok(())
     }
+
+    /// Audit rows are read back as the enums, from the same text as before; a kind or
+    /// outcome no program wrote is a database error naming the column.
+    #[tokio::test]
+    async fn audit_kinds_and_outcomes_read_from_their_stored_text() -> TestResult {
+        let store = SqliteStore::in_memory().await?;
+        execute(
+            &store,
+            "INSERT INTO audit (time, kind, outcome) VALUES
+                 ('2026-01-01T00:00:00.000000Z', 'device-enrollment', 'device_proof_invalid'),
+                 ('2026-01-01T00:00:01.000000Z', 'rate_limit', 'ok')",
+        )
+        .await?;
+        let read: Vec<(AuditKind, AuditOutcome)> = store
+            .query_audit(&AuditQuery::default())
+            .await?
+            .into_iter()
+            .map(|event| (event.kind, event.outcome))
+            .collect();
+        assert_eq!(
+            read,
+            [
+                (AuditKind::RateLimit, AuditOutcome::Ok),
+                (
+                    AuditKind::DeviceEnrollment,
+                    crate::wire::ErrorCode::DeviceProofInvalid.into()
+                ),
+            ]
+        );
+        for (update, column) in [
+            ("UPDATE audit SET kind = 'Sign_Out'", "kind"),
+            (
+                "UPDATE audit SET kind = 'admin', outcome = 'fine'",
+                "outcome",
+            ),
+        ] {
+            execute(&store, update).await?;
+            let result = store.query_audit(&AuditQuery::default()).await;
+            assert!(
+                matches!(&result, Err(StoreError::Database(DatabaseError::Column { column: c, .. })) if c == column),
+                "{result:?}"
+            );
+        }
+        Ok(())
+    }
 }
