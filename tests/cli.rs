@@ -793,6 +793,20 @@ fn listen_addresses_and_server_urls_say_what_to_write_instead() {
     }
 }
 
+/// `admin audit --kind`'s help lists every kind the store records, from the one enum.
+#[test]
+fn the_audit_help_lists_every_audit_kind() {
+    let run = pivtap(&["admin", "audit", "--help"]);
+    run.expect_code(0, "admin audit --help");
+    for kind in pivtap_server_client::audit::AuditKind::ALL
+        .map(|kind| kind.as_str())
+        .into_iter()
+        .chain(["sign_in", "sign_in_refused"])
+    {
+        assert!(run.stdout.contains(kind), "{kind}:\n{}", run.stdout);
+    }
+}
+
 #[test]
 fn every_command_shows_examples_in_its_help() {
     for args in [

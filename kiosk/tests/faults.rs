@@ -20,7 +20,7 @@ use pivtap_kiosk::readers::{ReaderSource, ReaderUpdate, ReaderWatch, VirtualRead
 use pivtap_kiosk::runtime::{self, Face, Input, RuntimeError, RuntimeParts};
 use pivtap_server_client::client::{Client, ServerTrust};
 use pivtap_server_client::server::embedded::EmbeddedServer;
-use pivtap_server_client::store::{AuditQuery, User, UserState};
+use pivtap_server_client::store::{AuditKind, AuditOutcome, AuditQuery, User, UserState};
 use pivtap_server_client::wire::ErrorCode;
 use std::io::Write as _;
 
@@ -271,14 +271,14 @@ async fn signins_recorded(server: &EmbeddedServer) -> usize {
         .state
         .store()
         .query_audit(&AuditQuery {
-            outcome: Some("ok".to_owned()),
+            outcome: Some(AuditOutcome::Ok),
             limit: 1000,
             ..AuditQuery::default()
         })
         .await
         .expect("the audit log answers")
         .iter()
-        .filter(|event| event.kind == "assertion")
+        .filter(|event| event.kind == AuditKind::Assertion)
         .count()
 }
 
@@ -799,7 +799,7 @@ async fn a_sign_out_is_recorded_at_the_server() {
             .store()
             .query_audit(&AuditQuery {
                 kind: Some(pivtap_server_client::store::AuditKindFilter::Kind(
-                    "sign_out".to_owned(),
+                    AuditKind::SignOut,
                 )),
                 ..AuditQuery::default()
             })
@@ -814,7 +814,7 @@ async fn a_sign_out_is_recorded_at_the_server() {
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
-    assert_eq!(event.outcome, "ok");
+    assert_eq!(event.outcome, AuditOutcome::Ok);
     assert_eq!(event.user_id.as_deref(), Some("alice"));
     assert_eq!(event.device.as_deref(), Some("fault-kiosk"));
     assert!(event.card_serial.is_some(), "{event:?}");

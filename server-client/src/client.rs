@@ -1130,8 +1130,9 @@ pub struct AuditFilter {
     pub device: Option<String>,
     /// By outcome (`ok` or an error code).
     pub outcome: Option<String>,
-    /// By kind: `challenge`, `assertion`, `enrollment`, `renewal`, `device-enrollment`,
-    /// `admin`, `sign_out`, or `sign_in` / `sign_in_refused` (assertions by outcome).
+    /// By kind: an [`AuditKind`](crate::audit::AuditKind)'s text, or `sign_in` /
+    /// `sign_in_refused` (assertions by outcome; see
+    /// [`AuditKindFilter`](crate::store::AuditKindFilter)).
     pub kind: Option<String>,
     /// Only events older than the event with this id (the last of the page before).
     pub before: Option<i64>,

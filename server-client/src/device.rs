@@ -239,8 +239,6 @@ impl DeviceCredential {
     /// A fresh device proof for the server `aud` (its origin), signed now.
     #[must_use]
     pub fn proof(&self, aud: &str, now: OffsetDateTime) -> String {
-        let mut jti = [0u8; 16];
-        rand::fill(&mut jti);
         let header = DeviceProofHeader {
             alg: "ES256".to_owned(),
             typ: DEVICE_PROOF_TYPE.to_owned(),
@@ -250,7 +248,7 @@ impl DeviceCredential {
             aud: aud.to_owned(),
             device: self.device.clone(),
             iat: now.unix_timestamp(),
-            jti: base64url_encode(jti),
+            jti: crate::nonce::random_base64url::<16>(),
         };
         let input = format!(
             "{}.{}",

@@ -5,6 +5,7 @@
 #![warn(missing_docs)]
 
 pub mod assertion;
+pub mod audit;
 pub mod backup;
 pub mod certificate;
 pub mod check;
@@ -18,6 +19,7 @@ pub mod init;
 pub mod issuance;
 pub mod jose;
 pub mod mapping;
+pub mod nonce;
 pub mod pin_policy;
 pub mod server;
 pub mod store;

@@ -720,10 +720,9 @@ pub struct AuditRecord {
     pub id: i64,
     /// When, RFC 3339.
     pub time: String,
-    /// `challenge`, `assertion`, `enrollment`, `renewal`, `device-enrollment`, `admin` or
-    /// `sign_out` (see [`AUDIT_KINDS`](crate::store::AUDIT_KINDS)).
+    /// What it records: an [`AuditKind`](crate::audit::AuditKind)'s text (`sign_out`).
     pub kind: String,
-    /// `ok` or an error code.
+    /// `ok` or an error code: an [`AuditOutcome`](crate::audit::AuditOutcome)'s text.
     pub outcome: String,
     /// The device.
     pub device: Option<String>,

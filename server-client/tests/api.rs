@@ -1133,6 +1133,8 @@ async fn admin_audit_queries_filter() {
         "?limit=-1",
         "?bogus=1",
         "?kind=nonsense",
+        "?outcome=nonsense",
+        "?outcome=OK",
         "?before=abc",
     ] {
         send(
@@ -1641,8 +1643,8 @@ async fn sign_outs_are_audited_for_the_tokens_user_once() {
         .store()
         .audit(pivtap_server_client::store::NewAuditEvent {
             time: signed_in_at,
-            kind: "assertion".to_owned(),
-            outcome: "ok".to_owned(),
+            kind: pivtap_server_client::store::AuditKind::Assertion,
+            outcome: pivtap_server_client::store::AuditOutcome::Ok,
             device: Some("kiosk-1".to_owned()),
             card_serial: Some("4a0b".to_owned()),
             user_id: Some("alice".to_owned()),

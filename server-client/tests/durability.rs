@@ -540,7 +540,7 @@ async fn a_server_restarted_mid_tap_takes_the_assertion_once() {
         .state
         .store()
         .query_audit(&pivtap_server_client::store::AuditQuery {
-            outcome: Some("ok".to_owned()),
+            outcome: Some(pivtap_server_client::store::AuditOutcome::Ok),
             limit: 100,
             ..pivtap_server_client::store::AuditQuery::default()
         })
@@ -549,7 +549,7 @@ async fn a_server_restarted_mid_tap_takes_the_assertion_once() {
     assert_eq!(
         events
             .iter()
-            .filter(|event| event.kind == "assertion")
+            .filter(|event| event.kind == pivtap_server_client::store::AuditKind::Assertion)
             .count(),
         1,
         "one sign-in"

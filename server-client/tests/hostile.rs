@@ -1330,6 +1330,15 @@ async fn an_unauthenticated_flood_stores_a_bounded_audit_and_is_rate_limited() {
         )],
         "one summary for the attacker's address"
     );
+    // `rate_limit` is a kind the audit filter takes (it was refused before it was listed).
+    let by_kind = target.admin_json("/audit?kind=rate_limit&limit=1000").await;
+    let by_kind: Vec<&str> = by_kind
+        .as_array()
+        .expect("an array")
+        .iter()
+        .filter_map(|event| event["detail"].as_str())
+        .collect();
+    assert_eq!(by_kind, summaries);
     let grown = audit_bytes(&target) - before;
     // After the upkeep's compaction the write-ahead log is empty again.
     let database_grown = database_bytes(&target).await - database_before;

@@ -73,9 +73,7 @@ enum AdminCommand {
         /// Only this outcome: ok, or an error code such as challenge_reused.
         #[arg(long)]
         outcome: Option<String>,
-        /// Only this kind: challenge, assertion, enrollment, renewal,
-        /// device-enrollment, admin, sign_out, or sign_in / sign_in_refused.
-        #[arg(long)]
+        #[arg(long, help = audit_kind_help())]
         kind: Option<String>,
         /// Only events older than event ID: the next page after a page ending at ID.
         #[arg(long, value_name = "ID")]
@@ -262,6 +260,14 @@ enum DevicesCommand {
 }
 
 /// Reads an RFC 5280 revocation reason name, in any case.
+/// The help of `audit --kind`: every kind the store records, from the one list of them.
+fn audit_kind_help() -> String {
+    format!(
+        "Only this kind: {}",
+        pivtap_server_client::store::AuditKindFilter::names()
+    )
+}
+
 fn parse_reason(text: &str) -> Result<RevocationReason, String> {
     text.parse().map_err(|_| {
         format!(

@@ -20,6 +20,7 @@ use super::handlers::{json_body, rejection_error, rfc3339};
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 
+use crate::audit::{AuditKind, AuditOutcome};
 use crate::store::{
     AdminCredential, AuditEvent, AuditKindFilter, AuditQuery, Card, CardId, CardState,
     INITIAL_ADMIN_CREDENTIAL, NewAuditEvent, RevocationReason, StoreError, User, UserState,
@@ -100,8 +101,8 @@ async fn require_admin(State(state): State<ServerState>, request: Request, next:
     let path = crate::escape::bounded(request.uri().path(), AUDITED_PATH_CHARS);
     let event = NewAuditEvent {
         time: OffsetDateTime::now_utc(),
-        kind: "admin".to_owned(),
-        outcome: ErrorCode::Unauthorized.as_str().to_owned(),
+        kind: AuditKind::Admin,
+        outcome: ErrorCode::Unauthorized.into(),
         device: None,
         card_serial: None,
         user_id: None,
@@ -147,8 +148,8 @@ pub(crate) fn bearer_token(value: &str) -> Option<&str> {
 fn admin_event(time: OffsetDateTime, user_id: Option<String>, detail: String) -> NewAuditEvent {
     NewAuditEvent {
         time,
-        kind: "admin".to_owned(),
-        outcome: "ok".to_owned(),
+        kind: AuditKind::Admin,
+        outcome: AuditOutcome::Ok,
         device: None,
         card_serial: None,
         user_id,
@@ -165,7 +166,7 @@ enum Subject<'a> {
 
 async fn admin_audit(
     state: &ServerState,
-    outcome: &str,
+    outcome: AuditOutcome,
     subject: Subject<'_>,
     detail: String,
 ) -> Result<(), ApiError> {
@@ -178,8 +179,8 @@ async fn admin_audit(
         .store()
         .audit(NewAuditEvent {
             time: OffsetDateTime::now_utc(),
-            kind: "admin".to_owned(),
-            outcome: outcome.to_owned(),
+            kind: AuditKind::Admin,
+            outcome,
             device: None,
             card_serial,
             user_id,
@@ -229,8 +230,8 @@ fn audit_record(event: AuditEvent) -> AuditRecord {
     AuditRecord {
         id: event.id,
         time: rfc3339(event.time),
-        kind: event.kind,
-        outcome: event.outcome,
+        kind: event.kind.as_str().to_owned(),
+        outcome: event.outcome.as_str().to_owned(),
         device: event.device,
         card_serial: event.card_serial,
         user_id: event.user_id,
@@ -323,7 +324,7 @@ async fn add_user(
     state.store().add_user(&user).await?;
     admin_audit(
         &state,
-        "ok",
+        AuditOutcome::Ok,
         Subject::User(&user.id),
         format!("added user {}", user.id),
     )
@@ -452,7 +453,7 @@ async fn import_users(
     if !params.dry_run {
         admin_audit(
             &state,
-            "ok",
+            AuditOutcome::Ok,
             Subject::None,
             format!(
                 "imported users: {} added, {} updated, {} unchanged, {} refused",
@@ -627,7 +628,7 @@ async fn set_user_state(
     state.store().set_user_state(&id, new).await?;
     admin_audit(
         &state,
-        "ok",
+        AuditOutcome::Ok,
         Subject::User(&id),
         format!("{verb} user {id}"),
     )
@@ -728,7 +729,7 @@ async fn changed_card(
     id: &CardId,
     detail: String,
 ) -> Result<Json<CardRecord>, ApiError> {
-    admin_audit(state, "ok", Subject::Card(&id.serial), detail).await?;
+    admin_audit(state, AuditOutcome::Ok, Subject::Card(&id.serial), detail).await?;
     let card = state
         .store()
         .get_card(id)
@@ -812,11 +813,11 @@ async fn delete_card(
     .await;
     let (outcome, detail) = match &result {
         Ok(id) => (
-            "ok",
+            AuditOutcome::Ok,
             format!("deleted card {id} (it stays on the revocation list)"),
         ),
         Err(error) => (
-            error.code.as_str(),
+            error.code.into(),
             format!("delete card {}: {}", short(&text), error.message),
         ),
     };
@@ -871,7 +872,7 @@ async fn create_enrollment(
     .await;
     let (outcome, detail) = match &result {
         Ok((made, expires_at)) => (
-            "ok",
+            AuditOutcome::Ok,
             format!(
                 "enrollment code #{} for user {} until {}",
                 &super::enrollment::code_hash(&made.code)[..8],
@@ -880,7 +881,7 @@ async fn create_enrollment(
             ),
         ),
         Err(error) => (
-            error.code.as_str(),
+            error.code.into(),
             format!(
                 "enrollment code for user {}: {}",
                 request.user, error.message
@@ -1021,10 +1022,15 @@ async fn query_audit(
         .kind
         .map(|kind| {
             kind.parse::<AuditKindFilter>().map_err(|_| {
-                ApiError::invalid(format!(
-                    "kind must be one of {}, sign_in or sign_in_refused",
-                    crate::store::AUDIT_KINDS.join(", ")
-                ))
+                ApiError::invalid(format!("kind must be one of {}", AuditKindFilter::names()))
+            })
+        })
+        .transpose()?;
+    let outcome = params
+        .outcome
+        .map(|outcome| {
+            outcome.parse::<AuditOutcome>().map_err(|_| {
+                ApiError::invalid("outcome must be ok or an error code, such as challenge_reused")
             })
         })
         .transpose()?;
@@ -1036,7 +1042,7 @@ async fn query_audit(
             serial.to_ascii_lowercase().replace(':', "")
         }),
         device: params.device,
-        outcome: params.outcome,
+        outcome,
         kind,
         before: params.before,
         since: time(params.since, "since")?,

@@ -29,6 +29,7 @@ use super::enrollment::{code_hash, code_label, decode_csr, issuer, new_code};
 use super::error::ApiError;
 use super::handlers::{json_body, rejection_error, rfc3339};
 use crate::assertion::card_signature_verifies;
+use crate::audit::{AuditKind, AuditOutcome};
 use crate::certificate::{CertificateFacts, TrustStore};
 use crate::device::{DeviceCredential, NewDeviceKey};
 use crate::issuance::verify_csr;
@@ -262,11 +263,11 @@ pub(crate) fn device_record(device: &Device) -> DeviceRecord {
 }
 
 /// An admin action on a device, for the audit log.
-fn admin_event(outcome: &str, device: &str, detail: String) -> NewAuditEvent {
+fn admin_event(outcome: AuditOutcome, device: &str, detail: String) -> NewAuditEvent {
     NewAuditEvent {
         time: OffsetDateTime::now_utc(),
-        kind: "admin".to_owned(),
-        outcome: outcome.to_owned(),
+        kind: AuditKind::Admin,
+        outcome,
         device: Some(device.to_owned()),
         card_serial: None,
         user_id: None,
@@ -306,7 +307,7 @@ async fn register(
         .add_device(
             &new,
             admin_event(
-                "ok",
+                AuditOutcome::Ok,
                 id,
                 format!(
                     "devices add {id}: {} valid {} s",
@@ -382,7 +383,7 @@ async fn set_state(
         .set_device_state(
             id,
             new_state,
-            admin_event("ok", id, format!("devices {verb} {id}")),
+            admin_event(AuditOutcome::Ok, id, format!("devices {verb} {id}")),
         )
         .await?;
     let device =
@@ -416,7 +417,10 @@ pub(crate) async fn remove_device(
     let id = device_id(path)?;
     state
         .store()
-        .remove_device(&id, admin_event("ok", &id, format!("devices remove {id}")))
+        .remove_device(
+            &id,
+            admin_event(AuditOutcome::Ok, &id, format!("devices remove {id}")),
+        )
         .await?;
     Ok(StatusCode::NO_CONTENT)
 }
@@ -495,8 +499,8 @@ async fn enroll(
     };
     let event = NewAuditEvent {
         time: now,
-        kind: "device-enrollment".to_owned(),
-        outcome: "ok".to_owned(),
+        kind: AuditKind::DeviceEnrollment,
+        outcome: AuditOutcome::Ok,
         device: None,
         card_serial: None,
         user_id: None,
@@ -547,8 +551,8 @@ pub async fn enroll_device(
             detail.push(error.message.clone());
             let event = NewAuditEvent {
                 time: now,
-                kind: "device-enrollment".to_owned(),
-                outcome: error.code.as_str().to_owned(),
+                kind: AuditKind::DeviceEnrollment,
+                outcome: error.code.into(),
                 device,
                 card_serial: None,
                 user_id: None,

@@ -26,6 +26,7 @@ use super::handlers::{
     AttemptRecord, authenticate, authenticate_verified, json_body, refused_unverified, rfc3339,
     validate_device,
 };
+use crate::audit::{AuditKind, AuditOutcome};
 use crate::certificate::CertificateFacts;
 use crate::config::SubjectCn;
 use crate::issuance::{IssuanceError, Issuer};
@@ -259,19 +260,20 @@ impl Audit {
     }
 
     /// The event: `ok` without an error, else the error's code, its message in the detail.
-    fn event(&self, kind: &str, now: OffsetDateTime, error: Option<&ApiError>) -> NewAuditEvent {
+    fn event(
+        &self,
+        kind: AuditKind,
+        now: OffsetDateTime,
+        error: Option<&ApiError>,
+    ) -> NewAuditEvent {
         let mut detail = self.detail.clone();
-        let outcome = match error {
-            None => "ok",
-            Some(error) => {
-                detail.push(error.message.clone());
-                error.code.as_str()
-            }
-        };
+        if let Some(error) = error {
+            detail.push(error.message.clone());
+        }
         NewAuditEvent {
             time: now,
-            kind: kind.to_owned(),
-            outcome: outcome.to_owned(),
+            kind,
+            outcome: AuditOutcome::of(error.map(|error| error.code)),
             device: self.device.clone(),
             card_serial: self.card_serial.clone(),
             user_id: self.user_id.clone(),
@@ -284,7 +286,7 @@ impl Audit {
 async fn write_audit<T>(
     state: &ServerState,
     source: &ClientAddress,
-    kind: &str,
+    kind: AuditKind,
     now: OffsetDateTime,
     audit: Audit,
     result: Result<T, ApiError>,
@@ -304,7 +306,7 @@ async fn write_audit<T>(
 async fn audit_refusal<T>(
     state: &ServerState,
     source: &ClientAddress,
-    kind: &str,
+    kind: AuditKind,
     now: OffsetDateTime,
     audit: &Audit,
     result: Result<T, ApiError>,
@@ -319,7 +321,7 @@ async fn audit_refusal<T>(
 async fn refuse(
     state: &ServerState,
     source: &ClientAddress,
-    kind: &str,
+    kind: AuditKind,
     now: OffsetDateTime,
     audit: &Audit,
     error: ApiError,
@@ -356,7 +358,7 @@ pub async fn inspect_enrollment(
         })
     }
     .await;
-    write_audit(&state, &source, "enrollment", now, audit, result)
+    write_audit(&state, &source, AuditKind::Enrollment, now, audit, result)
         .await
         .map(Json)
 }
@@ -456,7 +458,7 @@ pub async fn complete_enrollment(
                 .map(|guid| guid.to_ascii_lowercase()),
         };
         // The enrollment's audit event goes in the same write as its effect.
-        let event = audit.event("enrollment", now, None);
+        let event = audit.event(AuditKind::Enrollment, now, None);
         match state
             .store()
             .redeem_enrollment_code(&hash, &issued, now, event)
@@ -479,7 +481,7 @@ pub async fn complete_enrollment(
         // A certificate made but not handed out is not the card's.
         audit.card_serial = None;
     }
-    audit_refusal(&state, &source, "enrollment", now, &audit, result)
+    audit_refusal(&state, &source, AuditKind::Enrollment, now, &audit, result)
         .await
         .map(|answer| (StatusCode::CREATED, Json(answer)))
 }
@@ -525,7 +527,7 @@ pub async fn renew(
             "new certificate {} pending: it supersedes this one once confirmed or used",
             issued.facts.serial
         );
-        let event = Audit::of_attempt(&record, vec![detail]).event("renewal", now, None);
+        let event = Audit::of_attempt(&record, vec![detail]).event(AuditKind::Renewal, now, None);
         state
             .store()
             .begin_renewal(old, &user.id, &issued, now, event)
@@ -534,7 +536,7 @@ pub async fn renew(
     }
     .await;
     let audit = Audit::of_attempt(&record, Vec::new());
-    audit_refusal(&state, &source, "renewal", now, &audit, result)
+    audit_refusal(&state, &source, AuditKind::Renewal, now, &audit, result)
         .await
         .map(|answer| (StatusCode::CREATED, Json(answer)))
 }
@@ -554,8 +556,11 @@ pub async fn confirm_renewal(
         let request = json_body(body)?;
         let (verified, user) =
             authenticate(&state, &source, &request.assertion, now, &mut record).await?;
-        let event =
-            Audit::of_attempt(&record, vec!["confirm".to_owned()]).event("renewal", now, None);
+        let event = Audit::of_attempt(&record, vec!["confirm".to_owned()]).event(
+            AuditKind::Renewal,
+            now,
+            None,
+        );
         let completed = state
             .store()
             .confirm_renewal(&verified.certificate, &user.id, now, event)
@@ -567,7 +572,7 @@ pub async fn confirm_renewal(
     }
     .await;
     let audit = Audit::of_attempt(&record, vec!["confirm".to_owned()]);
-    audit_refusal(&state, &source, "renewal", now, &audit, result)
+    audit_refusal(&state, &source, AuditKind::Renewal, now, &audit, result)
         .await
         .map(Json)
 }
@@ -633,7 +638,7 @@ pub async fn resume_renewal(
     write_audit(
         &state,
         &source,
-        "renewal",
+        AuditKind::Renewal,
         now,
         Audit::of_attempt(&record, detail),
         result,

@@ -6,7 +6,6 @@ use axum::extract::rejection::JsonRejection;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use base64::Engine as _;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
@@ -15,7 +14,9 @@ use super::client_address::ClientAddress;
 use super::error::ApiError;
 use super::rate_limit::Spend;
 use crate::assertion::VerifiedAssertion;
+use crate::audit::{AuditKind, AuditOutcome};
 use crate::mapping::MappingRule;
+use crate::nonce::{Nonce, random_base64url};
 use crate::store::{
     AuditKindFilter, AuditQuery, Card, CardId, CardState, ChallengeUse, NewAuditEvent,
     SignInLookup, SignInRecords, User, UserState,
@@ -24,9 +25,6 @@ use crate::wire::{
     AssertionRequest, AssertionResponse, ChallengeRequest, ChallengeResponse, ErrorCode,
     SessionClaims, SignOutRecorded, SignOutRequest, UserInfo,
 };
-
-/// Characters of the nonce kept in the audit log (never the whole nonce).
-const AUDIT_NONCE_PREFIX: usize = 8;
 
 /// Checks a device id: 1 to 64 of `A-Z a-z 0-9 . _ : -`.
 pub fn validate_device(device: &str) -> Result<(), ApiError> {
@@ -122,8 +120,8 @@ pub async fn create_challenge(
             // recorded, since it failed the checks (or was not proven).
             let event = NewAuditEvent {
                 time: OffsetDateTime::now_utc(),
-                kind: "challenge".to_owned(),
-                outcome: error.code.as_str().to_owned(),
+                kind: AuditKind::Challenge,
+                outcome: error.code.into(),
                 device: None,
                 card_serial: None,
                 user_id: None,
@@ -136,18 +134,16 @@ pub async fn create_challenge(
         // Proven (an unproven id, in open mode or for a renewal, could be anyone's).
         spend_challenge(&state, &source, format!("device:{}", request.device))?;
     }
-    let mut nonce_bytes = [0u8; 32];
-    rand::fill(&mut nonce_bytes);
-    let nonce = URL_SAFE_NO_PAD.encode(nonce_bytes);
+    let nonce = Nonce::generate();
     let expires_at = now + state.settings().challenge_lifetime;
     let event = NewAuditEvent {
         time: now,
-        kind: "challenge".to_owned(),
-        outcome: "ok".to_owned(),
+        kind: AuditKind::Challenge,
+        outcome: AuditOutcome::Ok,
         device: Some(request.device.clone()),
         card_serial: None,
         user_id: None,
-        detail: Some(format!("nonce {}…", &nonce[..AUDIT_NONCE_PREFIX])),
+        detail: Some(format!("nonce {}…", nonce.audit_prefix())),
     };
     state
         .store()
@@ -156,7 +152,7 @@ pub async fn create_challenge(
     Ok((
         StatusCode::CREATED,
         Json(ChallengeResponse {
-            nonce,
+            nonce: nonce.into_string(),
             aud: state.settings().origin.clone(),
             expires_at: rfc3339(expires_at),
         }),
@@ -199,7 +195,7 @@ pub async fn submit_assertion(
                 .await;
             match finished {
                 Ok(_) => {
-                    state.metrics().observe_outcome("ok");
+                    state.metrics().observe_outcome(AuditOutcome::Ok);
                     return Ok(Json(response));
                 }
                 Err(error) => ApiError::from(error),
@@ -207,7 +203,7 @@ pub async fn submit_assertion(
         }
         Err(error) => error,
     };
-    state.metrics().observe_outcome(error.code.as_str());
+    state.metrics().observe_outcome(error.code.into());
     let event = attempt_event(now, &record, Some(&error));
     Err(state.refused(&source, event, error).await)
 }
@@ -221,8 +217,8 @@ fn attempt_event(
     let nonce = record.nonce_prefix.as_deref();
     NewAuditEvent {
         time: now,
-        kind: "assertion".to_owned(),
-        outcome: error.map_or("ok", |error| error.code.as_str()).to_owned(),
+        kind: AuditKind::Assertion,
+        outcome: AuditOutcome::of(error.map(|error| error.code)),
         device: record.device.clone(),
         card_serial: record.card_serial.clone(),
         user_id: record.user_id.clone(),
@@ -314,7 +310,7 @@ pub(crate) async fn authenticate_verified(
     let facts = &verified.certificate;
     record.device = Some(payload.device.clone());
     record.card_serial = Some(facts.serial.clone());
-    record.nonce_prefix = Some(payload.nonce.chars().take(AUDIT_NONCE_PREFIX).collect());
+    record.nonce_prefix = Some(Nonce::audit_prefix_of(&payload.nonce));
     validate_device(&payload.device)?;
 
     // From here the assertion is authentic (trusted card, valid signature), so
@@ -476,8 +472,8 @@ pub async fn sign_out(
     let Some(claims) = claims else {
         let event = NewAuditEvent {
             time: now,
-            kind: "sign_out".to_owned(),
-            outcome: ErrorCode::Unauthorized.as_str().to_owned(),
+            kind: AuditKind::SignOut,
+            outcome: ErrorCode::Unauthorized.into(),
             device: None,
             card_serial: None,
             user_id: None,
@@ -512,7 +508,7 @@ pub async fn sign_out(
         .query_audit(&AuditQuery {
             user_id: Some(claims.sub.clone()),
             device: Some(claims.device.clone()),
-            kind: Some(AuditKindFilter::Kind("sign_out".to_owned())),
+            kind: Some(AuditKindFilter::Kind(AuditKind::SignOut)),
             since: Some(issued_at),
             limit: AuditQuery::MAX_LIMIT,
             ..AuditQuery::default()
@@ -543,8 +539,8 @@ pub async fn sign_out(
         .store()
         .audit(NewAuditEvent {
             time: now,
-            kind: "sign_out".to_owned(),
-            outcome: "ok".to_owned(),
+            kind: AuditKind::SignOut,
+            outcome: AuditOutcome::Ok,
             device: Some(claims.device),
             card_serial: signed_in
                 .into_iter()
@@ -600,15 +596,13 @@ fn issue_token(
 ) -> Result<AssertionResponse, ApiError> {
     let settings = state.settings();
     let lifetime = settings.token_lifetime;
-    let mut jti = [0u8; 16];
-    rand::fill(&mut jti);
     let claims = SessionClaims {
         iss: settings.origin.clone(),
         sub: user.id.clone(),
         aud: settings.token_audience.clone(),
         iat: now.unix_timestamp(),
         exp: (now + lifetime).unix_timestamp(),
-        jti: URL_SAFE_NO_PAD.encode(jti),
+        jti: random_base64url::<16>(),
         name: user.display_name.clone(),
         email: user.mail.clone(),
         amr: verified.amr.clone(),

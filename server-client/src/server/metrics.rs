@@ -6,6 +6,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
+use crate::audit::AuditOutcome;
 use crate::store::{EXPIRING_DAYS, StoreStats};
 
 /// Upper bounds of the latency histogram, in seconds.
@@ -46,12 +47,12 @@ impl Metrics {
     }
 
     /// Counts a sign-in outcome: `ok` or an error code.
-    pub fn observe_outcome(&self, outcome: &str) {
+    pub fn observe_outcome(&self, outcome: AuditOutcome) {
         *self
             .outcomes
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .entry(outcome.to_owned())
+            .entry(outcome.as_str().to_owned())
             .or_default() += 1;
     }
 
@@ -169,8 +170,8 @@ mod tests {
         let metrics = Metrics::default();
         metrics.observe_request("/v1/assertions", 200, Duration::from_micros(800));
         metrics.observe_request("/v1/assertions", 401, Duration::from_millis(30));
-        metrics.observe_outcome("ok");
-        metrics.observe_outcome("challenge_reused");
+        metrics.observe_outcome(AuditOutcome::Ok);
+        metrics.observe_outcome(crate::wire::ErrorCode::ChallengeReused.into());
         let text = metrics.render();
         assert!(
             text.contains("pivtap_requests_total{route=\"/v1/assertions\",status=\"200\"} 1"),

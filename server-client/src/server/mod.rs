@@ -28,6 +28,7 @@ use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
 use crate::assertion::AssertionVerifier;
+use crate::audit::AuditKind;
 use crate::connections::{LimitedAcceptor, apply_http_timeouts};
 use crate::issuance::Issuer;
 use crate::mapping::MappingRule;
@@ -957,8 +958,8 @@ async fn summarise_unaudited(state: &ServerState, now: time::OffsetDateTime) {
         tracing::warn!(source, count, "requests refused, rate limited");
         let event = crate::store::NewAuditEvent {
             time: now,
-            kind: "rate_limit".to_owned(),
-            outcome: wire::ErrorCode::RateLimited.as_str().to_owned(),
+            kind: AuditKind::RateLimit,
+            outcome: wire::ErrorCode::RateLimited.into(),
             device: None,
             card_serial: None,
             user_id: None,
@@ -1063,8 +1064,8 @@ mod tests {
     fn challenge_event() -> crate::store::NewAuditEvent {
         crate::store::NewAuditEvent {
             time: time::OffsetDateTime::now_utc(),
-            kind: "challenge".to_owned(),
-            outcome: "ok".to_owned(),
+            kind: AuditKind::Challenge,
+            outcome: crate::audit::AuditOutcome::Ok,
             device: Some("kiosk-1".to_owned()),
             card_serial: None,
             user_id: None,
@@ -1164,20 +1165,44 @@ mod tests {
         let two_hours = time::Duration::hours(2);
         let ten_minutes = time::Duration::minutes(10);
         store
-            .add_challenge("old", "kiosk-1", now - two_hours, challenge_event())
+            .add_challenge(
+                &crate::store::conformance::nonce("old"),
+                "kiosk-1",
+                now - two_hours,
+                challenge_event(),
+            )
             .await
             .unwrap();
         store
-            .add_challenge("recent", "kiosk-1", now - ten_minutes, challenge_event())
+            .add_challenge(
+                &crate::store::conformance::nonce("recent"),
+                "kiosk-1",
+                now - ten_minutes,
+                challenge_event(),
+            )
             .await
             .unwrap();
         tidy(&store, now, Duration::from_secs(400 * 86_400)).await;
         assert_eq!(
-            store.use_challenge("old", "kiosk-1", now).await.unwrap(),
+            store
+                .use_challenge(
+                    crate::store::conformance::nonce("old").as_str(),
+                    "kiosk-1",
+                    now
+                )
+                .await
+                .unwrap(),
             ChallengeUse::Unknown
         );
         assert_eq!(
-            store.use_challenge("recent", "kiosk-1", now).await.unwrap(),
+            store
+                .use_challenge(
+                    crate::store::conformance::nonce("recent").as_str(),
+                    "kiosk-1",
+                    now
+                )
+                .await
+                .unwrap(),
             ChallengeUse::Expired,
             "a challenge that expired within the hour is still known"
         );

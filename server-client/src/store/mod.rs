@@ -4,6 +4,8 @@
 //! future. [`SqliteStore`] is the embedded implementation. Times are kept in UTC
 //! to the microsecond.
 
+#[cfg(any(test, feature = "conformance"))]
+pub mod conformance;
 mod database;
 pub mod snapshot;
 mod sqlite;
@@ -19,6 +21,7 @@ use time::OffsetDateTime;
 use crate::certificate::CertificateFacts;
 use crate::mapping::UserAttribute;
 
+pub use crate::audit::{AuditKind, AuditOutcome};
 pub use database::DatabaseError;
 pub use sqlite::SqliteStore;
 
@@ -334,11 +337,11 @@ pub struct AuditEvent {
     pub id: i64,
     /// When it happened.
     pub time: OffsetDateTime,
-    /// `challenge`, `assertion`, `enrollment`, `renewal`, `device-enrollment`, `admin` or
-    /// `sign_out` (see [`AUDIT_KINDS`](crate::store::AUDIT_KINDS)).
-    pub kind: String,
-    /// `ok`, or the [`ErrorCode`](crate::wire::ErrorCode) wire name of the refusal.
-    pub outcome: String,
+    /// What it records (stored as [`AuditKind::as_str`]).
+    pub kind: AuditKind,
+    /// `ok`, or the [`ErrorCode`](crate::wire::ErrorCode) of the refusal (stored as
+    /// [`AuditOutcome::as_str`]).
+    pub outcome: AuditOutcome,
     /// The device id, when one was involved.
     pub device: Option<String>,
     /// The card's serial number, when one was involved.
@@ -364,11 +367,11 @@ pub const MAX_AUDIT_FIELD_CHARS: usize = 128;
 pub struct NewAuditEvent {
     /// When it happened.
     pub time: OffsetDateTime,
-    /// `challenge`, `assertion`, `enrollment`, `renewal`, `device-enrollment`, `admin` or
-    /// `sign_out` (see [`AUDIT_KINDS`](crate::store::AUDIT_KINDS)).
-    pub kind: String,
-    /// `ok`, or the [`ErrorCode`](crate::wire::ErrorCode) wire name of the refusal.
-    pub outcome: String,
+    /// What it records (stored as [`AuditKind::as_str`]).
+    pub kind: AuditKind,
+    /// `ok`, or the [`ErrorCode`](crate::wire::ErrorCode) of the refusal (stored as
+    /// [`AuditOutcome::as_str`]).
+    pub outcome: AuditOutcome,
     /// The device id, when one was involved.
     pub device: Option<String>,
     /// The card's serial number, when one was involved.
@@ -380,15 +383,15 @@ pub struct NewAuditEvent {
 }
 
 impl NewAuditEvent {
-    /// The event as the store keeps it: every field [escaped](crate::escape::escape) and
-    /// cut to [`MAX_AUDIT_FIELD_CHARS`] (`detail` to [`MAX_AUDIT_DETAIL_CHARS`]).
+    /// The event as the store keeps it: every text field [escaped](crate::escape::escape)
+    /// and cut to [`MAX_AUDIT_FIELD_CHARS`] (`detail` to [`MAX_AUDIT_DETAIL_CHARS`]).
     #[must_use]
     pub fn bounded(&self) -> NewAuditEvent {
         let field = |text: &str| crate::escape::bounded(text, MAX_AUDIT_FIELD_CHARS);
         NewAuditEvent {
             time: self.time,
-            kind: field(&self.kind),
-            outcome: field(&self.outcome),
+            kind: self.kind,
+            outcome: self.outcome,
             device: self.device.as_deref().map(field),
             card_serial: self.card_serial.as_deref().map(field),
             user_id: self.user_id.as_deref().map(field),
@@ -642,26 +645,23 @@ pub enum DeviceCodeUse {
     Expired,
 }
 
-/// The kinds of audit event, as stored in [`AuditEvent::kind`].
-pub const AUDIT_KINDS: &[&str] = &[
-    "challenge",
-    "assertion",
-    "enrollment",
-    "renewal",
-    "device-enrollment",
-    "admin",
-    "sign_out",
-];
-
 /// A kind filter of [`AuditQuery`]: a stored kind, or one of the names for sign-ins.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AuditKindFilter {
-    /// Events of this stored kind (one of [`AUDIT_KINDS`]).
-    Kind(String),
+    /// Events of this kind.
+    Kind(AuditKind),
     /// `sign_in`: assertions that signed someone in (kind `assertion`, outcome `ok`).
     SignIn,
     /// `sign_in_refused`: assertions that were refused (kind `assertion`, outcome not `ok`).
     SignInRefused,
+}
+
+impl AuditKindFilter {
+    /// Every text a filter reads: the kinds, then `sign_in` and `sign_in_refused`.
+    #[must_use]
+    pub fn names() -> String {
+        format!("{}, sign_in or sign_in_refused", AuditKind::names())
+    }
 }
 
 impl FromStr for AuditKindFilter {
@@ -671,10 +671,12 @@ impl FromStr for AuditKindFilter {
         match text {
             "sign_in" => Ok(AuditKindFilter::SignIn),
             "sign_in_refused" => Ok(AuditKindFilter::SignInRefused),
-            kind if AUDIT_KINDS.contains(&kind) => Ok(AuditKindFilter::Kind(kind.to_owned())),
-            _ => Err(InvalidState {
-                text: text.to_owned(),
-            }),
+            kind => kind
+                .parse()
+                .map(AuditKindFilter::Kind)
+                .map_err(|_| InvalidState {
+                    text: text.to_owned(),
+                }),
         }
     }
 }
@@ -688,8 +690,8 @@ pub struct AuditQuery {
     pub card_serial: Option<String>,
     /// Only events of this device.
     pub device: Option<String>,
-    /// Only events with this outcome (`ok` or an error code).
-    pub outcome: Option<String>,
+    /// Only events with this outcome.
+    pub outcome: Option<AuditOutcome>,
     /// Only events of this kind (see [`AuditKindFilter`]).
     pub kind: Option<AuditKindFilter>,
     /// Only events older than this one (by time, then id): the next page after a page
@@ -875,10 +877,13 @@ pub trait Store: Send + Sync {
     ) -> BoxFuture<'_, Result<(), StoreError>>;
 
     /// Stores a fresh challenge for `device` and its audit event, in one write.
-    /// [`StoreError::Conflict`] (and no event) if the nonce exists.
+    /// [`StoreError::Conflict`] (and no event) if the nonce exists. Only a [`Nonce`] the
+    /// server made is stored; lookups take the text a client claims.
+    ///
+    /// [`Nonce`]: crate::nonce::Nonce
     fn add_challenge(
         &self,
-        nonce: &str,
+        nonce: &crate::nonce::Nonce,
         device: &str,
         expires_at: OffsetDateTime,
         event: NewAuditEvent,
@@ -1161,8 +1166,8 @@ mod tests {
     fn audit_events_are_kept_escaped_and_cut() {
         let event = NewAuditEvent {
             time: OffsetDateTime::UNIX_EPOCH,
-            kind: "admin".to_owned(),
-            outcome: "unauthorized".to_owned(),
+            kind: AuditKind::Admin,
+            outcome: crate::wire::ErrorCode::Unauthorized.into(),
             device: Some("k\u{202e}1".to_owned()),
             card_serial: Some("0a".repeat(100)),
             user_id: None,
