@@ -45,8 +45,8 @@ use pivtap_card::{CardBackend, ManagementKey, PivError, PivSession, spki};
 use pivtap_kiosk::card_signer::{self, signing_algorithms};
 use pivtap_server_client::assertion::{AssertionDraft, card_signature_verifies};
 use pivtap_server_client::certificate::CertificateFacts;
-use pivtap_server_client::jose::JwsAlgorithm;
 use pivtap_server_client::client::{Client, ClientError};
+use pivtap_server_client::jose::JwsAlgorithm;
 use pivtap_server_client::wire::{
     AssertionPayload, CardIdentity, ChallengeResponse, ENROLL_SLOT, EnrollmentRequest,
     EnrollmentResult, KeyAlgorithm, MAX_DEVICE_ID_LEN, RENEWAL_DEVICE_PREFIX, RenewalRequest,

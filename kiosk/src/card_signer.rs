@@ -94,7 +94,9 @@ mod tests {
         ] {
             let mut backend = fixture_card(name);
             let mut session = PivSession::open(&mut backend).unwrap();
-            let certificate = session.certificate(KeyReference::PivAuthentication).unwrap();
+            let certificate = session
+                .certificate(KeyReference::PivAuthentication)
+                .unwrap();
             let (facts, public_key) = CertificateFacts::with_public_key(&certificate).unwrap();
             let (key, algorithm) = signing_algorithms(facts.key).unwrap();
             assert_eq!(algorithm, expected, "{name}");
@@ -107,13 +109,8 @@ mod tests {
             );
             assert_eq!(payload.slot, "9a");
             let draft = AssertionDraft::new(algorithm, &certificate, payload);
-            let compact = sign_assertion(
-                &mut session,
-                KeyReference::PivAuthentication,
-                key,
-                &draft,
-            )
-            .unwrap();
+            let compact =
+                sign_assertion(&mut session, KeyReference::PivAuthentication, key, &draft).unwrap();
             let jws = CompactJws::parse(&compact).unwrap();
             assert_eq!(jws.signing_input, draft.signing_input());
             assert!(
@@ -133,8 +130,7 @@ mod tests {
             };
             let draft = AssertionDraft::new(wrong, &certificate, draft.payload.clone());
             assert!(
-                sign_assertion(&mut session, KeyReference::PivAuthentication, key, &draft)
-                    .is_err(),
+                sign_assertion(&mut session, KeyReference::PivAuthentication, key, &draft).is_err(),
                 "{name}"
             );
         }

@@ -439,12 +439,7 @@ impl CardCertificate {
     /// Whether `signature` (JOSE form: RSA raw, ECDSA `r || s`) over `message` verifies with
     /// this certificate's public key, exactly as the server will check it.
     fn verifies(&self, message: &[u8], signature: &[u8]) -> bool {
-        card_signature_verifies(
-            self.algorithm.name(),
-            &self.public_key,
-            message,
-            signature,
-        )
+        card_signature_verifies(self.algorithm.name(), &self.public_key, message, signature)
     }
 }
 
@@ -951,8 +946,13 @@ fn sign_assertion(
 ) -> Result<String, CardProblem> {
     let draft = AssertionDraft::new(certificate.algorithm, &certificate.facts.der, payload);
     draft.sign(|algorithm, signing_input| {
-        let signature =
-            card_signature(session, SIGNING_SLOT, certificate.key, algorithm, signing_input)?;
+        let signature = card_signature(
+            session,
+            SIGNING_SLOT,
+            certificate.key,
+            algorithm,
+            signing_input,
+        )?;
         if certificate.verifies(signing_input, &signature) {
             Ok(signature)
         } else {

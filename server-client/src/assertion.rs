@@ -18,8 +18,7 @@ use serde_json::{Map, Value};
 use time::OffsetDateTime;
 
 use crate::certificate::{
-    CertificateError, CertificateFacts, ChainError, TrustStore,
-    is_card_authentication_certificate,
+    CertificateError, CertificateFacts, ChainError, TrustStore, is_card_authentication_certificate,
 };
 use crate::jose::{CompactJws, JoseError, JwsAlgorithm, base64url_encode};
 use crate::wire::{

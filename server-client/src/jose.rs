@@ -126,9 +126,7 @@ impl JwsAlgorithm {
             (JwsAlgorithm::Rs256 | JwsAlgorithm::Rs512, KeyKind::Rsa { bits }) => {
                 (MIN_RSA_BITS..=MAX_RSA_BITS).contains(&bits)
             }
-            (JwsAlgorithm::Es256, KeyKind::EcP256) | (JwsAlgorithm::Es384, KeyKind::EcP384) => {
-                true
-            }
+            (JwsAlgorithm::Es256, KeyKind::EcP256) | (JwsAlgorithm::Es384, KeyKind::EcP384) => true,
             _ => false,
         };
         if fits {
@@ -540,5 +538,4 @@ mod tests {
             })
         );
     }
-
 }
