@@ -1239,7 +1239,7 @@ mod tests {
         assert_eq!(verified.payload.device, DEVICE);
         assert_eq!(verified.payload.aud, AUDIENCE);
         assert_eq!(verified.payload.slot, "9a");
-        verified.alg
+        verified.alg.name().to_owned()
     }
 
     fn guid_of(card: &VirtualCardBackend) -> String {

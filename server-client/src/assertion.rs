@@ -192,8 +192,8 @@ pub struct VerifiedAssertion {
     pub payload: AssertionPayload,
     /// The card certificate.
     pub certificate: CertificateFacts,
-    /// The algorithm the card signed with (`RS256`, `RS512`, `ES256`, `ES384`).
-    pub alg: String,
+    /// The algorithm the card signed with.
+    pub alg: JwsAlgorithm,
     /// What the signature proves (RFC 8176), from the key slot: `["sc", "pin"]` for `9a`.
     pub amr: Vec<String>,
 }
@@ -478,7 +478,7 @@ impl AssertionVerifier {
         Ok(VerifiedAssertion {
             payload,
             certificate,
-            alg: algorithm.name().to_owned(),
+            alg: algorithm,
             amr: amr.iter().map(|method| (*method).to_owned()).collect(),
         })
     }
@@ -708,7 +708,7 @@ mod tests {
     #[test]
     fn alices_rs256_assertion_verifies() {
         let verified = verify(&ALICE.assertion(SignatureAlgorithm::Rs256)).unwrap();
-        assert_eq!(verified.alg, "RS256");
+        assert_eq!(verified.alg, JwsAlgorithm::Rs256);
         assert_eq!(verified.payload.aud, AUDIENCE);
         assert_eq!(verified.payload.device, "kiosk-07");
         assert_eq!(verified.certificate.emails, ["alice@example.com"]);
@@ -718,13 +718,13 @@ mod tests {
     #[test]
     fn alices_rs512_assertion_verifies() {
         let verified = verify(&ALICE.assertion(SignatureAlgorithm::Rs512)).unwrap();
-        assert_eq!(verified.alg, "RS512");
+        assert_eq!(verified.alg, JwsAlgorithm::Rs512);
     }
 
     #[test]
     fn bobs_es256_assertion_verifies() {
         let verified = verify(&BOB.assertion(SignatureAlgorithm::Es256)).unwrap();
-        assert_eq!(verified.alg, "ES256");
+        assert_eq!(verified.alg, JwsAlgorithm::Es256);
         assert_eq!(verified.certificate.key, KeyKind::EcP256);
         assert_eq!(verified.payload, {
             let mut expected = payload();
