@@ -194,14 +194,7 @@ fn alice_assertion(nonce: &str, device: &str) -> String {
         session
             .verify_pin(&Pin::new("123456").expect("a PIN"))
             .expect("the PIN verifies");
-        draft
-            .sign(|algorithm, message| {
-                let algorithm = algorithm.name().parse()?;
-                session
-                    .sign(SLOT, key, algorithm, message)
-                    .map_err(Box::<dyn std::error::Error>::from)
-            })
-            .expect("the card signs")
+        common::card_signs(session, key, &draft)
     })
 }
 

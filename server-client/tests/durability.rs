@@ -113,14 +113,7 @@ impl Card {
         session
             .verify_pin(&Pin::new(self.pin).expect("a valid PIN"))
             .expect("the fixture PIN verifies");
-        draft
-            .sign(|algorithm, message| {
-                let algorithm = algorithm.name().parse()?;
-                session
-                    .sign(SLOT, key, algorithm, message)
-                    .map_err(Box::<dyn std::error::Error>::from)
-            })
-            .expect("the card signs")
+        common::card_signs(&mut session, key, &draft)
     }
 
     fn user(self) -> UserRecord {

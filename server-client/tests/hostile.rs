@@ -93,13 +93,7 @@ impl Card {
             session
                 .verify_pin(&Pin::new(self.pin).expect("a valid PIN"))
                 .expect("the fixture PIN verifies");
-            let algorithm = algorithm
-                .name()
-                .parse()
-                .expect("the card knows every JWS name");
-            session
-                .sign(SLOT, key, algorithm, message)
-                .expect("the card signs")
+            common::card_signature(session, key, algorithm, message)
         })
     }
 
