@@ -756,6 +756,9 @@ pub struct AuditRecord {
 }
 
 /// The key a card generates for enrollment.
+///
+/// A key type on the wire and in `server.toml`, not a signature algorithm: which JWS
+/// algorithm such a key signs is [`JwsAlgorithm`](crate::jose::JwsAlgorithm)'s business.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum KeyAlgorithm {
