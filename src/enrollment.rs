@@ -41,11 +41,12 @@ use pivtap_apdu::piv::objects::fascn::Fascn;
 use pivtap_apdu::piv::objects::public_key::PublicKey;
 use pivtap_apdu::piv::{Algorithm, KeyReference, ObjectTag, Pin};
 use pivtap_card::csr::{CsrError, certificate_request};
-use pivtap_card::{CardBackend, ManagementKey, PivError, PivSession, SignatureAlgorithm, spki};
-use pivtap_kiosk::card_worker::signing_algorithms;
+use pivtap_card::{CardBackend, ManagementKey, PivError, PivSession, spki};
+use pivtap_kiosk::card_signer::{self, signing_algorithms};
 use pivtap_server_client::assertion::{AssertionDraft, card_signature_verifies};
 use pivtap_server_client::certificate::CertificateFacts;
 use pivtap_server_client::client::{Client, ClientError};
+use pivtap_server_client::jose::JwsAlgorithm;
 use pivtap_server_client::wire::{
     AssertionPayload, CardIdentity, ChallengeResponse, ENROLL_SLOT, EnrollmentRequest,
     EnrollmentResult, KeyAlgorithm, MAX_DEVICE_ID_LEN, RENEWAL_DEVICE_PREFIX, RenewalRequest,
@@ -273,7 +274,7 @@ pub enum EnrollError {
 /// # Errors
 /// [`EnrollError::CurrentCertificate`] for certificates that cannot be
 /// read or whose key a card does not sign with.
-pub fn signing_key_of(certificate: &[u8]) -> Result<(Algorithm, SignatureAlgorithm), EnrollError> {
+pub fn signing_key_of(certificate: &[u8]) -> Result<(Algorithm, JwsAlgorithm), EnrollError> {
     let facts =
         CertificateFacts::from_der(certificate).map_err(|_| EnrollError::CurrentCertificate {
             reason: "it is not valid X.509",
@@ -298,18 +299,16 @@ pub fn sign_assertion(
 ) -> Result<String, EnrollError> {
     let (key, algorithm) = signing_key_of(certificate)?;
     let draft = AssertionDraft::new(
-        algorithm.jose_name(),
+        algorithm,
         certificate,
-        AssertionPayload {
-            aud: challenge.aud.clone(),
-            nonce: challenge.nonce.clone(),
-            device: device.to_owned(),
-            iat: OffsetDateTime::now_utc().unix_timestamp(),
-            slot: slot.to_string(),
-        },
+        AssertionPayload::for_challenge(
+            challenge,
+            device,
+            slot,
+            OffsetDateTime::now_utc().unix_timestamp(),
+        ),
     );
-    let signature = session.sign(slot, key, algorithm, draft.signing_input().as_bytes())?;
-    Ok(draft.finish(&signature))
+    Ok(card_signer::sign_assertion(session, slot, key, &draft)?)
 }
 
 /// Enrolls the card with an enrollment code: the steps in the module docs.
@@ -514,7 +513,7 @@ fn signed_with_key_of(assertion: &str, certificate: &[u8]) -> bool {
     };
     let Some(alg) = signing_key_of(certificate)
         .ok()
-        .map(|(_, algorithm)| algorithm.jose_name())
+        .map(|(_, algorithm)| algorithm.name())
     else {
         return false;
     };

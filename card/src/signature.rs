@@ -7,7 +7,17 @@ use pivtap_apdu::piv::Algorithm;
 use sha2::{Digest, Sha256, Sha384, Sha512};
 use zeroize::Zeroizing;
 
-/// The JWS signature algorithms a PIV card can produce (RFC 7518 §3.1).
+/// The JWS signature algorithms a PIV card can produce (RFC 7518 §3.1), on the card's side:
+/// what the card is given to sign ([`SignatureAlgorithm::card_input`]) and how its answer
+/// becomes a JOSE signature ([`SignatureAlgorithm::jose_signature`]).
+///
+/// The algorithm vocabulary itself (names, which key fits, the RSA size rule, which PIV
+/// key signs which algorithm) is `pivtap_server_client::jose::JwsAlgorithm`; this crate
+/// cannot depend on that one (it would link the server), so this enum mirrors its four
+/// variants for the card-side work only, and `pivtap_kiosk::card_signer::card_algorithm`
+/// is the one bridge. [`SignatureAlgorithm::check_key`] is the card's guard against
+/// signing with a PIV key of another kind; PIV keys of this crate are RSA-2048, P-256 and
+/// P-384, so it agrees with `JwsAlgorithm`'s rule on every key a card holds.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum SignatureAlgorithm {
     /// RSASSA-PKCS1-v1_5 with SHA-256.
@@ -54,17 +64,6 @@ impl SignatureAlgorithm {
             SignatureAlgorithm::Rs512 => "RS512",
             SignatureAlgorithm::Es256 => "ES256",
             SignatureAlgorithm::Es384 => "ES384",
-        }
-    }
-
-    /// The natural JOSE algorithm for a card key: RS256, ES256 or ES384.
-    #[must_use]
-    pub fn for_key(key: Algorithm) -> Option<Self> {
-        match key {
-            Algorithm::Rsa2048 => Some(SignatureAlgorithm::Rs256),
-            Algorithm::EccP256 => Some(SignatureAlgorithm::Es256),
-            Algorithm::EccP384 => Some(SignatureAlgorithm::Es384),
-            _ => None,
         }
     }
 

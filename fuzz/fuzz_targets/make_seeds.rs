@@ -18,6 +18,7 @@ use pivtap_card::{
 use pivtap_fuzz::{OPERATIONS, host_operation};
 use pivtap_server_client::assertion::AssertionDraft;
 use pivtap_server_client::config::parse_ca_certificates;
+use pivtap_server_client::jose::JwsAlgorithm;
 use pivtap_server_client::jose::base64url_decode;
 use pivtap_server_client::token::TokenKeys;
 use pivtap_server_client::wire::{AssertionPayload, SessionClaims, enrollment_url};
@@ -164,10 +165,15 @@ fn assertion_seeds() {
             .verify_pin(&Pin::new(pin).expect("PIN"))
             .expect("PIN verified");
         for (suffix, chain) in [("card", false), ("chain", true)] {
-            let mut draft =
-                AssertionDraft::new(algorithm.jose_name(), &certificate, payload.clone());
+            let mut draft = AssertionDraft::new(
+                JwsAlgorithm::from_name(algorithm.jose_name()).expect("a JWS name"),
+                &certificate,
+                payload.clone(),
+            );
             if chain {
-                let encoded = AssertionDraft::new("x", &ca[0], payload.clone()).header.x5c;
+                let encoded = AssertionDraft::new(JwsAlgorithm::Rs256, &ca[0], payload.clone())
+                    .header
+                    .x5c;
                 draft.header.x5c.extend(encoded);
             }
             let signature = session

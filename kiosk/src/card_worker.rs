@@ -24,11 +24,13 @@ use std::thread::{self, JoinHandle};
 use pivtap_apdu::piv::objects::chuid::Chuid;
 use pivtap_apdu::piv::{Algorithm, KeyReference, Pin, Puk};
 use pivtap_card::{
-    CardBackend, CardTransaction, LinkCapabilities, PivError, PivSession, SignatureAlgorithm,
-    TransportError,
+    CardBackend, CardTransaction, LinkCapabilities, PivError, PivSession, TransportError,
 };
 use pivtap_server_client::assertion::{AssertionDraft, card_signature_verifies};
 use pivtap_server_client::certificate::{CertificateError, CertificateFacts, KeyKind};
+use pivtap_server_client::jose::JwsAlgorithm;
+
+use crate::card_signer::card_signature;
 use pivtap_server_client::wire::{AssertionPayload, ChallengeResponse};
 use time::OffsetDateTime;
 use tokio::sync::mpsc::UnboundedSender;
@@ -145,19 +147,7 @@ pub enum CardJobResult {
     },
 }
 
-/// The card key algorithm and the JOSE algorithm a card signs assertions with, for the key
-/// in its certificate: RSA-2048 signs RS256, P-256 ES256, P-384 ES384; `None` for any
-/// other key.
-#[must_use]
-pub fn signing_algorithms(key: KeyKind) -> Option<(Algorithm, SignatureAlgorithm)> {
-    let card_key = match key {
-        KeyKind::Rsa { bits: 2048 } => Algorithm::Rsa2048,
-        KeyKind::EcP256 => Algorithm::EccP256,
-        KeyKind::EcP384 => Algorithm::EccP384,
-        KeyKind::Rsa { .. } | KeyKind::Other => return None,
-    };
-    SignatureAlgorithm::for_key(card_key).map(|algorithm| (card_key, algorithm))
-}
+pub use crate::card_signer::signing_algorithms;
 
 /// The card thread. Dropping it cancels the work in progress (it stops at its next APDU),
 /// answers the jobs still queued with "card removed", and waits for the thread to end.
@@ -427,7 +417,7 @@ struct CardCertificate {
     /// The certificate (`der`), its SHA-256 (`fingerprint`) and holder (`common_name`).
     facts: CertificateFacts,
     key: Algorithm,
-    algorithm: SignatureAlgorithm,
+    algorithm: JwsAlgorithm,
     /// The public key as signature verification takes it: for RSA the DER `RSAPublicKey`,
     /// for EC the SEC1 point (the content of the SPKI's BIT STRING).
     public_key: Vec<u8>,
@@ -449,12 +439,7 @@ impl CardCertificate {
     /// Whether `signature` (JOSE form: RSA raw, ECDSA `r || s`) over `message` verifies with
     /// this certificate's public key, exactly as the server will check it.
     fn verifies(&self, message: &[u8], signature: &[u8]) -> bool {
-        card_signature_verifies(
-            self.algorithm.jose_name(),
-            &self.public_key,
-            message,
-            signature,
-        )
+        card_signature_verifies(self.algorithm.name(), &self.public_key, message, signature)
     }
 }
 
@@ -900,13 +885,12 @@ impl Worker {
             work,
             step: Step::Signing,
         });
-        let payload = AssertionPayload {
-            aud: challenge.aud,
-            nonce: challenge.nonce,
+        let payload = AssertionPayload::for_challenge(
+            &challenge,
             device,
-            iat: OffsetDateTime::now_utc().unix_timestamp(),
-            slot: SIGNING_SLOT.to_string(),
-        };
+            SIGNING_SLOT,
+            OffsetDateTime::now_utc().unix_timestamp(),
+        );
         let signed = match sign_assertion(&mut session, &signer.certificate, payload.clone()) {
             Err(problem) if signer.from_cache && hints_at_a_new_key(&problem) => {
                 // The card was most likely renewed since its certificate was cached: read
@@ -960,22 +944,21 @@ fn sign_assertion(
     certificate: &CardCertificate,
     payload: AssertionPayload,
 ) -> Result<String, CardProblem> {
-    let draft = AssertionDraft::new(
-        certificate.algorithm.jose_name(),
-        &certificate.facts.der,
-        payload,
-    );
-    let signing_input = draft.signing_input();
-    let signature = session.sign(
-        SIGNING_SLOT,
-        certificate.key,
-        certificate.algorithm,
-        signing_input.as_bytes(),
-    )?;
-    if !certificate.verifies(signing_input.as_bytes(), &signature) {
-        return Err(CardProblem::KeyMismatch);
-    }
-    Ok(draft.finish(&signature))
+    let draft = AssertionDraft::new(certificate.algorithm, &certificate.facts.der, payload);
+    draft.sign(|algorithm, signing_input| {
+        let signature = card_signature(
+            session,
+            SIGNING_SLOT,
+            certificate.key,
+            algorithm,
+            signing_input,
+        )?;
+        if certificate.verifies(signing_input, &signature) {
+            Ok(signature)
+        } else {
+            Err(CardProblem::KeyMismatch)
+        }
+    })
 }
 
 /// Whether a failed signature suggests the certificate names another key than the card's:
@@ -1256,7 +1239,7 @@ mod tests {
         assert_eq!(verified.payload.device, DEVICE);
         assert_eq!(verified.payload.aud, AUDIENCE);
         assert_eq!(verified.payload.slot, "9a");
-        verified.alg
+        verified.alg.name().to_owned()
     }
 
     fn guid_of(card: &VirtualCardBackend) -> String {
@@ -1971,24 +1954,6 @@ mod tests {
         while let Some(result) = rig.results.recv().await {
             assert!(matches!(result, CardJobResult::Read { .. }), "{result:?}");
         }
-    }
-
-    #[test]
-    fn card_keys_map_to_their_jose_algorithms() {
-        assert_eq!(
-            signing_algorithms(KeyKind::Rsa { bits: 2048 }),
-            Some((Algorithm::Rsa2048, SignatureAlgorithm::Rs256))
-        );
-        assert_eq!(
-            signing_algorithms(KeyKind::EcP256),
-            Some((Algorithm::EccP256, SignatureAlgorithm::Es256))
-        );
-        assert_eq!(
-            signing_algorithms(KeyKind::EcP384),
-            Some((Algorithm::EccP384, SignatureAlgorithm::Es384))
-        );
-        assert_eq!(signing_algorithms(KeyKind::Rsa { bits: 3072 }), None);
-        assert_eq!(signing_algorithms(KeyKind::Other), None);
     }
 
     #[test]

@@ -771,7 +771,7 @@ mod tests {
     fn the_session_badge_is_known_by_the_certificate_in_its_assertion() {
         let der = fixture_der("certs/alice.pem");
         let draft = AssertionDraft::new(
-            "RS256",
+            pivtap_server_client::jose::JwsAlgorithm::Rs256,
             &der,
             AssertionPayload {
                 aud: "https://auth.example.test".to_owned(),

@@ -12,6 +12,7 @@ use pivtap_card::{PivSession, SignatureAlgorithm};
 use pivtap_server_client::assertion::{AssertionDraft, AssertionVerifier, VerifierConfig};
 use pivtap_server_client::certificate::CertificateFacts;
 use pivtap_server_client::config::read_ca_certificates;
+use pivtap_server_client::jose::JwsAlgorithm;
 use pivtap_server_client::wire::AssertionPayload;
 use time::OffsetDateTime;
 
@@ -40,7 +41,7 @@ fn assertion(
         .certificate(KeyReference::PivAuthentication)
         .expect("the certificate reads");
     let draft = AssertionDraft::new(
-        algorithm.jose_name(),
+        JwsAlgorithm::from_name(algorithm.jose_name()).expect("the card signs JWS algorithms"),
         &certificate,
         AssertionPayload {
             aud: AUDIENCE.to_owned(),

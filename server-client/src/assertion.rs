@@ -5,7 +5,6 @@
 //! nonce, the device binding, card and user state and the user mapping need
 //! the store and are the caller's.
 
-use std::fmt;
 use std::time::Duration;
 
 use aws_lc_rs::signature::{
@@ -19,10 +18,9 @@ use serde_json::{Map, Value};
 use time::OffsetDateTime;
 
 use crate::certificate::{
-    CertificateError, CertificateFacts, ChainError, KeyKind, TrustStore,
-    is_card_authentication_certificate,
+    CertificateError, CertificateFacts, ChainError, TrustStore, is_card_authentication_certificate,
 };
-use crate::jose::{CompactJws, JoseError, base64url_encode};
+use crate::jose::{CompactJws, JoseError, JwsAlgorithm, base64url_encode};
 use crate::wire::{
     ASSERTION_TYPE, AssertionHeader, AssertionPayload, DEFAULT_SIGN_IN_SLOTS, ErrorBody, ErrorCode,
     amr_for_slot,
@@ -34,10 +32,7 @@ pub const DEFAULT_MAX_CLOCK_SKEW: Duration = Duration::from_secs(60);
 pub const MAX_CHAIN_CERTIFICATES: usize = 4;
 /// The largest certificate accepted in `x5c`, DER bytes.
 pub const MAX_CERTIFICATE_LEN: usize = 16 * 1024;
-/// The smallest RSA key accepted, in bits.
-pub const MIN_RSA_BITS: usize = 2048;
-/// The largest RSA key accepted, in bits (verification cost grows with it).
-pub const MAX_RSA_BITS: usize = 8192;
+pub use crate::jose::{MAX_RSA_BITS, MIN_RSA_BITS};
 
 /// An assertion before the card has signed it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -46,21 +41,44 @@ pub struct AssertionDraft {
     pub header: AssertionHeader,
     /// The claims.
     pub payload: AssertionPayload,
+    /// The algorithm the header names, as [`AssertionDraft::sign`] hands it to the signer.
+    algorithm: JwsAlgorithm,
 }
 
 impl AssertionDraft {
-    /// A draft for `alg` (`RS256`, `RS512`, `ES256`, `ES384`) carrying the card
-    /// certificate `certificate_der` in `x5c`.
+    /// A draft for `alg` carrying the card certificate `certificate_der` in `x5c`.
     #[must_use]
-    pub fn new(alg: &str, certificate_der: &[u8], payload: AssertionPayload) -> Self {
+    pub fn new(alg: JwsAlgorithm, certificate_der: &[u8], payload: AssertionPayload) -> Self {
         AssertionDraft {
             header: AssertionHeader {
-                alg: alg.to_owned(),
+                alg: alg.name().to_owned(),
                 typ: ASSERTION_TYPE.to_owned(),
                 x5c: vec![STANDARD.encode(certificate_der)],
             },
             payload,
+            algorithm: alg,
         }
+    }
+
+    /// The algorithm the draft was made for.
+    #[must_use]
+    pub fn algorithm(&self) -> JwsAlgorithm {
+        self.algorithm
+    }
+
+    /// The one way an assertion is signed: `sign` gets the algorithm and the
+    /// signing input and returns the JOSE signature (RSA raw, ECDSA `r || s`),
+    /// which is appended. A card, a software key or a test forger signs alike.
+    ///
+    /// # Errors
+    /// Whatever `sign` returns.
+    pub fn sign<E>(
+        &self,
+        sign: impl FnOnce(JwsAlgorithm, &[u8]) -> Result<Vec<u8>, E>,
+    ) -> Result<String, E> {
+        let signing_input = self.signing_input();
+        let signature = sign(self.algorithm, signing_input.as_bytes())?;
+        Ok(format!("{signing_input}.{}", base64url_encode(signature)))
     }
 
     /// `BASE64URL(header) . BASE64URL(payload)`: what the card signs.
@@ -174,68 +192,25 @@ pub struct VerifiedAssertion {
     pub payload: AssertionPayload,
     /// The card certificate.
     pub certificate: CertificateFacts,
-    /// The algorithm the card signed with (`RS256`, `RS512`, `ES256`, `ES384`).
-    pub alg: String,
+    /// The algorithm the card signed with.
+    pub alg: JwsAlgorithm,
     /// What the signature proves (RFC 8176), from the key slot: `["sc", "pin"]` for `9a`.
     pub amr: Vec<String>,
 }
 
-/// The JWS algorithms a card signs with; nothing else is ever verified.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum CardAlgorithm {
-    Rs256,
-    Rs512,
-    Es256,
-    Es384,
-}
-
-impl CardAlgorithm {
-    fn from_name(name: &str) -> Option<Self> {
-        match name {
-            "RS256" => Some(CardAlgorithm::Rs256),
-            "RS512" => Some(CardAlgorithm::Rs512),
-            "ES256" => Some(CardAlgorithm::Es256),
-            "ES384" => Some(CardAlgorithm::Es384),
-            _ => None,
-        }
-    }
-
-    fn name(self) -> &'static str {
-        match self {
-            CardAlgorithm::Rs256 => "RS256",
-            CardAlgorithm::Rs512 => "RS512",
-            CardAlgorithm::Es256 => "ES256",
-            CardAlgorithm::Es384 => "ES384",
-        }
-    }
-
-    /// RS* needs an RSA key of 2048 to 8192 bits, ES256 a P-256 key, ES384 a P-384 key.
-    fn fits(self, key: KeyKind) -> bool {
-        match (self, key) {
-            (CardAlgorithm::Rs256 | CardAlgorithm::Rs512, KeyKind::Rsa { bits }) => {
-                (MIN_RSA_BITS..=MAX_RSA_BITS).contains(&bits)
-            }
-            (CardAlgorithm::Es256, KeyKind::EcP256) | (CardAlgorithm::Es384, KeyKind::EcP384) => {
-                true
-            }
-            _ => false,
-        }
-    }
-
-    /// Whether `signature` over `message` verifies with `public_key` (aws-lc-rs:
-    /// RSA takes the DER `RSAPublicKey`, ECDSA the uncompressed point and a
-    /// fixed-width `r || s` signature).
-    fn verifies(self, public_key: &[u8], message: &[u8], signature: &[u8]) -> bool {
-        let verification: &'static dyn VerificationAlgorithm = match self {
-            CardAlgorithm::Rs256 => &RSA_PKCS1_2048_8192_SHA256,
-            CardAlgorithm::Rs512 => &RSA_PKCS1_2048_8192_SHA512,
-            CardAlgorithm::Es256 => &ECDSA_P256_SHA256_FIXED,
-            CardAlgorithm::Es384 => &ECDSA_P384_SHA384_FIXED,
-        };
-        UnparsedPublicKey::new(verification, public_key)
-            .verify(message, signature)
-            .is_ok()
-    }
+/// Whether `signature` over `message` verifies with `public_key` under
+/// `algorithm` (aws-lc-rs: RSA takes the DER `RSAPublicKey`, ECDSA the
+/// uncompressed point and a fixed-width `r || s` signature).
+fn verifies(algorithm: JwsAlgorithm, public_key: &[u8], message: &[u8], signature: &[u8]) -> bool {
+    let verification: &'static dyn VerificationAlgorithm = match algorithm {
+        JwsAlgorithm::Rs256 => &RSA_PKCS1_2048_8192_SHA256,
+        JwsAlgorithm::Rs512 => &RSA_PKCS1_2048_8192_SHA512,
+        JwsAlgorithm::Es256 => &ECDSA_P256_SHA256_FIXED,
+        JwsAlgorithm::Es384 => &ECDSA_P384_SHA384_FIXED,
+    };
+    UnparsedPublicKey::new(verification, public_key)
+        .verify(message, signature)
+        .is_ok()
 }
 
 /// Whether a card's `signature` (JOSE form: RSA as is, ECDSA `r || s`) over
@@ -250,14 +225,8 @@ pub fn card_signature_verifies(
     message: &[u8],
     signature: &[u8],
 ) -> bool {
-    CardAlgorithm::from_name(alg)
-        .is_some_and(|algorithm| algorithm.verifies(public_key, message, signature))
-}
-
-impl fmt::Display for CardAlgorithm {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
-    }
+    JwsAlgorithm::from_name(alg)
+        .is_ok_and(|algorithm| verifies(algorithm, public_key, message, signature))
 }
 
 /// The header as received: every member optional so that each missing one
@@ -396,7 +365,7 @@ impl AssertionVerifier {
         let algorithm = header
             .alg
             .as_deref()
-            .and_then(CardAlgorithm::from_name)
+            .and_then(|name| JwsAlgorithm::from_name(name).ok())
             .ok_or_else(|| {
                 Rejection::invalid("the assertion's alg must be RS256, RS512, ES256 or ES384")
             })?;
@@ -433,12 +402,17 @@ impl AssertionVerifier {
                 (successor.key, key)
             }
         };
-        if !algorithm.fits(signing_key) {
+        if algorithm.check_key(signing_key).is_err() {
             return Err(Rejection::invalid(format!(
                 "{algorithm} cannot be used with the certificate's {signing_key} key"
             )));
         }
-        if !algorithm.verifies(&public_key, jws.signing_input.as_bytes(), &jws.signature) {
+        if !verifies(
+            algorithm,
+            &public_key,
+            jws.signing_input.as_bytes(),
+            &jws.signature,
+        ) {
             return Err(Rejection::new(
                 ErrorCode::SignatureInvalid,
                 "the signature does not verify with the certificate's key",
@@ -504,7 +478,7 @@ impl AssertionVerifier {
         Ok(VerifiedAssertion {
             payload,
             certificate,
-            alg: algorithm.name().to_owned(),
+            alg: algorithm,
             amr: amr.iter().map(|method| (*method).to_owned()).collect(),
         })
     }
@@ -581,6 +555,7 @@ fn chain_rejection(error: &ChainError) -> Rejection {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::certificate::KeyKind;
     use crate::certificate::tests::{fixture, fixture_der, test_ca_crl};
     use crate::jose::base64url_decode;
     use pivtap_apdu::piv::{Algorithm, KeyReference, Pin};
@@ -652,7 +627,7 @@ mod tests {
         }
 
         /// A draft as a device would make it, claiming `alg`.
-        fn draft(&self, alg: &str) -> AssertionDraft {
+        fn draft(&self, alg: JwsAlgorithm) -> AssertionDraft {
             AssertionDraft::new(alg, &self.certificate(), payload())
         }
 
@@ -663,7 +638,7 @@ mod tests {
 
         /// A valid assertion signed with `algorithm`.
         fn assertion(&self, algorithm: SignatureAlgorithm) -> String {
-            self.signed(&self.draft(algorithm.jose_name()), algorithm)
+            self.signed(&self.draft(jws(algorithm)), algorithm)
         }
 
         /// Any header and payload JSON, signed by the card as `algorithm`.
@@ -714,6 +689,12 @@ mod tests {
     }
 
     /// The code of the rejection, failing the test if the assertion passed.
+    /// The JWS algorithm the card crate's `algorithm` names (the card crate cannot name
+    /// [`JwsAlgorithm`] itself).
+    fn jws(algorithm: SignatureAlgorithm) -> JwsAlgorithm {
+        JwsAlgorithm::from_name(algorithm.jose_name()).unwrap()
+    }
+
     fn code(compact: &str) -> ErrorCode {
         verify(compact).unwrap_err().code
     }
@@ -727,7 +708,7 @@ mod tests {
     #[test]
     fn alices_rs256_assertion_verifies() {
         let verified = verify(&ALICE.assertion(SignatureAlgorithm::Rs256)).unwrap();
-        assert_eq!(verified.alg, "RS256");
+        assert_eq!(verified.alg, JwsAlgorithm::Rs256);
         assert_eq!(verified.payload.aud, AUDIENCE);
         assert_eq!(verified.payload.device, "kiosk-07");
         assert_eq!(verified.certificate.emails, ["alice@example.com"]);
@@ -737,13 +718,13 @@ mod tests {
     #[test]
     fn alices_rs512_assertion_verifies() {
         let verified = verify(&ALICE.assertion(SignatureAlgorithm::Rs512)).unwrap();
-        assert_eq!(verified.alg, "RS512");
+        assert_eq!(verified.alg, JwsAlgorithm::Rs512);
     }
 
     #[test]
     fn bobs_es256_assertion_verifies() {
         let verified = verify(&BOB.assertion(SignatureAlgorithm::Es256)).unwrap();
-        assert_eq!(verified.alg, "ES256");
+        assert_eq!(verified.alg, JwsAlgorithm::Es256);
         assert_eq!(verified.certificate.key, KeyKind::EcP256);
         assert_eq!(verified.payload, {
             let mut expected = payload();
@@ -754,7 +735,7 @@ mod tests {
 
     #[test]
     fn the_draft_is_what_the_verifier_reads() {
-        let draft = BOB.draft("ES256");
+        let draft = BOB.draft(JwsAlgorithm::Es256);
         let input = draft.signing_input();
         let [header, payload, signature] = parts(&draft.finish(&[1, 2, 3]));
         assert_eq!(format!("{header}.{payload}"), input);
@@ -811,7 +792,7 @@ mod tests {
     #[test]
     fn rs256_on_a_p256_key_is_refused() {
         // Whatever the signature, the header's alg does not fit bob's key.
-        let draft = BOB.draft("RS256");
+        let draft = BOB.draft(JwsAlgorithm::Rs256);
         let rejection = verify(&BOB.signed(&draft, SignatureAlgorithm::Es256)).unwrap_err();
         assert_eq!(rejection.code, ErrorCode::InvalidRequest);
         assert_eq!(
@@ -822,7 +803,7 @@ mod tests {
 
     #[test]
     fn es384_on_a_p256_key_is_refused() {
-        let draft = BOB.draft("ES384");
+        let draft = BOB.draft(JwsAlgorithm::Es384);
         let rejection = verify(&BOB.signed(&draft, SignatureAlgorithm::Es256)).unwrap_err();
         assert_eq!(rejection.code, ErrorCode::InvalidRequest);
         assert!(rejection.message.contains("ES384"));
@@ -830,7 +811,7 @@ mod tests {
 
     #[test]
     fn es256_on_an_rsa_key_is_refused() {
-        let draft = ALICE.draft("ES256");
+        let draft = ALICE.draft(JwsAlgorithm::Es256);
         let rejection = verify(&ALICE.signed(&draft, SignatureAlgorithm::Rs256)).unwrap_err();
         assert_eq!(rejection.code, ErrorCode::InvalidRequest);
         assert!(rejection.message.contains("RSA-2048"));
@@ -898,7 +879,7 @@ mod tests {
         let certificate = params.signed_by(&key, &issuer).unwrap().der().to_vec();
         let mut payload = payload();
         payload.slot = slot.to_owned();
-        let draft = AssertionDraft::new("ES256", &certificate, payload);
+        let draft = AssertionDraft::new(JwsAlgorithm::Es256, &certificate, payload);
         let signer =
             EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &key.serialize_der())
                 .unwrap();
@@ -1097,7 +1078,7 @@ mod tests {
 
     #[test]
     fn a_wrong_aud_is_refused() {
-        let mut draft = ALICE.draft("RS256");
+        let mut draft = ALICE.draft(JwsAlgorithm::Rs256);
         draft.payload.aud = "https://elsewhere.example.com".to_owned();
         let rejection = verify(&ALICE.signed(&draft, SignatureAlgorithm::Rs256)).unwrap_err();
         assert_eq!(rejection.code, ErrorCode::InvalidRequest);
@@ -1131,7 +1112,7 @@ mod tests {
     fn iat_far_from_now_is_refused_when_signed_so() {
         let now = OffsetDateTime::now_utc().unix_timestamp();
         for iat in [now - 3600, now + 3600, i64::MIN, i64::MAX] {
-            let mut draft = BOB.draft("ES256");
+            let mut draft = BOB.draft(JwsAlgorithm::Es256);
             draft.payload.iat = iat;
             assert_eq!(
                 code(&BOB.signed(&draft, SignatureAlgorithm::Es256)),
@@ -1197,7 +1178,7 @@ mod tests {
             assert_eq!(code(&forged), ErrorCode::SignatureInvalid, "{}", card.name);
         }
         // And the claims come before the certificate's dates.
-        let mut draft = EXPIRED.draft("ES256");
+        let mut draft = EXPIRED.draft(JwsAlgorithm::Es256);
         draft.payload.aud = "https://elsewhere.example.com".to_owned();
         assert_eq!(
             code(&EXPIRED.signed(&draft, SignatureAlgorithm::Es256)),

@@ -1,14 +1,191 @@
-//! Compact JWS plumbing (RFC 7515): base64url without padding, and a strict split of a compact serialisation into its three parts.
+//! Compact JWS plumbing (RFC 7515): base64url without padding, a strict split of a compact serialisation into its three parts, and the one JWS algorithm type ([`JwsAlgorithm`]).
 //!
-//! Only the framing lives here; what the header says and which key checks
-//! the signature is the business of [`crate::assertion`] and the token code.
+//! Framing and the algorithm vocabulary live here; what the header says and
+//! which key checks the signature is the business of [`crate::assertion`] and
+//! the token code.
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 
+use crate::certificate::KeyKind;
+
 /// The largest compact JWS accepted, in bytes: far above a real assertion
 /// (a few KiB with an RSA certificate), small enough that hostile input costs little.
 pub const MAX_COMPACT_LEN: usize = 64 * 1024;
+
+/// The smallest RSA key a JWS algorithm accepts, in bits (RFC 7518 §3.3: "a
+/// key of size 2048 bits or larger MUST be used").
+pub const MIN_RSA_BITS: usize = 2048;
+/// The largest RSA key a JWS algorithm accepts, in bits: the verifier's limit
+/// (aws-lc-rs `RSA_PKCS1_2048_8192_*`); verification cost grows with the size.
+pub const MAX_RSA_BITS: usize = 8192;
+
+/// The PIV algorithm id of an RSA-2048 key (SP 800-78-4 Table 6-2).
+const PIV_RSA_2048: u8 = 0x07;
+/// The PIV algorithm id of an ECC P-256 key.
+const PIV_ECC_P256: u8 = 0x11;
+/// The PIV algorithm id of an ECC P-384 key.
+const PIV_ECC_P384: u8 = 0x14;
+
+/// The JWS signature algorithms (RFC 7518 §3.1) a card signs with: the only
+/// ones pivtap makes or verifies (never `none`, never HMAC).
+///
+/// Which key fits which algorithm, one rule for the whole workspace:
+/// - `RS256` and `RS512` need an RSA key of [`MIN_RSA_BITS`] to [`MAX_RSA_BITS`]
+///   bits: RFC 7518 §3.3 forbids shorter keys (so a PIV `06` RSA-1024 key never
+///   signs), and the verifier takes nothing longer. The PIV keys this project
+///   generates and reads (`07`) are RSA-2048, inside the range.
+/// - `ES256` needs a P-256 key, `ES384` a P-384 key (RFC 7518 §3.4).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum JwsAlgorithm {
+    /// RSASSA-PKCS1-v1_5 with SHA-256.
+    Rs256,
+    /// RSASSA-PKCS1-v1_5 with SHA-512.
+    Rs512,
+    /// ECDSA P-256 with SHA-256.
+    Es256,
+    /// ECDSA P-384 with SHA-384.
+    Es384,
+}
+
+/// A key that does not fit a JWS algorithm, or that no JWS algorithm signs with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum AlgorithmError {
+    /// The algorithm cannot be made or checked with this key.
+    #[error("{algorithm} cannot be used with this key: {key}")]
+    KeyDoesNotFit {
+        /// The algorithm asked for.
+        algorithm: JwsAlgorithm,
+        /// The key offered.
+        key: KeyKind,
+    },
+    /// No JWS algorithm signs with this key (another curve, RSA outside
+    /// 2048 to 8192 bits, ...).
+    #[error("no JWS algorithm signs with a {key} key")]
+    UnsupportedKey {
+        /// The key offered.
+        key: KeyKind,
+    },
+}
+
+/// A name that is not one of the JWS algorithms pivtap knows.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{name:?} is not a JWS algorithm pivtap uses (RS256, RS512, ES256, ES384)")]
+pub struct UnknownJwsAlgorithm {
+    /// The name given.
+    pub name: String,
+}
+
+impl JwsAlgorithm {
+    /// Every algorithm.
+    pub const ALL: [JwsAlgorithm; 4] = [
+        JwsAlgorithm::Rs256,
+        JwsAlgorithm::Rs512,
+        JwsAlgorithm::Es256,
+        JwsAlgorithm::Es384,
+    ];
+
+    /// The JOSE name, as in a header's `alg` (`RS256`, ...).
+    #[must_use]
+    pub fn name(self) -> &'static str {
+        match self {
+            JwsAlgorithm::Rs256 => "RS256",
+            JwsAlgorithm::Rs512 => "RS512",
+            JwsAlgorithm::Es256 => "ES256",
+            JwsAlgorithm::Es384 => "ES384",
+        }
+    }
+
+    /// The algorithm a header's `alg` names. Exact: JOSE names are case-sensitive
+    /// (RFC 7515 §4.1.1), so `rs256` is refused.
+    ///
+    /// # Errors
+    /// [`UnknownJwsAlgorithm`] for any other name (`none`, `HS256`, ...).
+    pub fn from_name(name: &str) -> Result<Self, UnknownJwsAlgorithm> {
+        JwsAlgorithm::ALL
+            .into_iter()
+            .find(|algorithm| algorithm.name() == name)
+            .ok_or_else(|| UnknownJwsAlgorithm {
+                name: name.to_owned(),
+            })
+    }
+
+    /// Whether this algorithm is RSASSA-PKCS1-v1_5.
+    #[must_use]
+    pub fn is_rsa(self) -> bool {
+        matches!(self, JwsAlgorithm::Rs256 | JwsAlgorithm::Rs512)
+    }
+
+    /// Checks that a `key` fits this algorithm (the rule in the type's docs).
+    ///
+    /// # Errors
+    /// [`AlgorithmError::KeyDoesNotFit`].
+    pub fn check_key(self, key: KeyKind) -> Result<(), AlgorithmError> {
+        let fits = match (self, key) {
+            (JwsAlgorithm::Rs256 | JwsAlgorithm::Rs512, KeyKind::Rsa { bits }) => {
+                (MIN_RSA_BITS..=MAX_RSA_BITS).contains(&bits)
+            }
+            (JwsAlgorithm::Es256, KeyKind::EcP256) | (JwsAlgorithm::Es384, KeyKind::EcP384) => true,
+            _ => false,
+        };
+        if fits {
+            Ok(())
+        } else {
+            Err(AlgorithmError::KeyDoesNotFit {
+                algorithm: self,
+                key,
+            })
+        }
+    }
+
+    /// The algorithm a `key` signs with by default: `RS256` for RSA, `ES256`
+    /// for P-256, `ES384` for P-384.
+    ///
+    /// # Errors
+    /// [`AlgorithmError::UnsupportedKey`] when no algorithm fits the key.
+    pub fn for_key(key: KeyKind) -> Result<Self, AlgorithmError> {
+        let algorithm = match key {
+            KeyKind::Rsa { .. } => JwsAlgorithm::Rs256,
+            KeyKind::EcP256 => JwsAlgorithm::Es256,
+            KeyKind::EcP384 => JwsAlgorithm::Es384,
+            KeyKind::Other => return Err(AlgorithmError::UnsupportedKey { key }),
+        };
+        algorithm
+            .check_key(key)
+            .map(|()| algorithm)
+            .map_err(|_| AlgorithmError::UnsupportedKey { key })
+    }
+
+    /// The algorithm a PIV card key signs with, from its PIV algorithm id
+    /// (SP 800-78-4 Table 6-2, as `pivtap_apdu::piv::Algorithm` converts to
+    /// `u8`): `07` RSA-2048 signs `RS256`, `11` P-256 `ES256`, `14` P-384
+    /// `ES384`. `None` for every other id: `06` RSA-1024 is below
+    /// [`MIN_RSA_BITS`], the rest are management-key (symmetric) algorithms.
+    /// The one place card-side ids meet JOSE names.
+    #[must_use]
+    pub fn for_piv_key(piv_algorithm: u8) -> Option<Self> {
+        match piv_algorithm {
+            PIV_RSA_2048 => Some(JwsAlgorithm::Rs256),
+            PIV_ECC_P256 => Some(JwsAlgorithm::Es256),
+            PIV_ECC_P384 => Some(JwsAlgorithm::Es384),
+            _ => None,
+        }
+    }
+}
+
+impl std::fmt::Display for JwsAlgorithm {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl std::str::FromStr for JwsAlgorithm {
+    type Err = UnknownJwsAlgorithm;
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        JwsAlgorithm::from_name(text)
+    }
+}
 
 /// A compact JWS that could not be split.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -265,5 +442,100 @@ mod tests {
         fn arbitrary_text_never_panics(text in ".{0,300}") {
             let _ = CompactJws::parse(&text);
         }
+    }
+
+    #[test]
+    fn jws_names_round_trip_exactly() {
+        for algorithm in JwsAlgorithm::ALL {
+            assert_eq!(JwsAlgorithm::from_name(algorithm.name()), Ok(algorithm));
+            assert_eq!(algorithm.to_string().parse::<JwsAlgorithm>(), Ok(algorithm));
+        }
+        for bad in ["rs256", "none", "HS256", "PS256", "EdDSA", ""] {
+            assert_eq!(
+                JwsAlgorithm::from_name(bad),
+                Err(UnknownJwsAlgorithm {
+                    name: bad.to_owned()
+                })
+            );
+        }
+    }
+
+    #[test]
+    fn piv_algorithm_ids_map_to_one_jws_algorithm_each() {
+        assert_eq!(JwsAlgorithm::for_piv_key(0x07), Some(JwsAlgorithm::Rs256));
+        assert_eq!(JwsAlgorithm::for_piv_key(0x11), Some(JwsAlgorithm::Es256));
+        assert_eq!(JwsAlgorithm::for_piv_key(0x14), Some(JwsAlgorithm::Es384));
+        // RSA-1024 is below the JWS minimum; 3DES and AES never sign.
+        for id in [0x06, 0x03, 0x08, 0x0A, 0x0C, 0x00, 0xFF] {
+            assert_eq!(JwsAlgorithm::for_piv_key(id), None, "{id:02x}");
+        }
+        // What a PIV key maps to fits that key.
+        for (id, key) in [
+            (0x07, KeyKind::Rsa { bits: 2048 }),
+            (0x11, KeyKind::EcP256),
+            (0x14, KeyKind::EcP384),
+        ] {
+            let algorithm = JwsAlgorithm::for_piv_key(id).unwrap();
+            assert_eq!(algorithm.check_key(key), Ok(()));
+            assert_eq!(JwsAlgorithm::for_key(key), Ok(algorithm));
+        }
+    }
+
+    #[test]
+    fn rsa_keys_fit_from_2048_to_8192_bits() {
+        for algorithm in [JwsAlgorithm::Rs256, JwsAlgorithm::Rs512] {
+            for bits in [2048, 3072, 4096, 8192] {
+                assert_eq!(algorithm.check_key(KeyKind::Rsa { bits }), Ok(()), "{bits}");
+            }
+            for bits in [0, 1024, 2047, 8193, 16384] {
+                let key = KeyKind::Rsa { bits };
+                assert_eq!(
+                    algorithm.check_key(key),
+                    Err(AlgorithmError::KeyDoesNotFit { algorithm, key }),
+                    "{bits}"
+                );
+            }
+        }
+        assert_eq!(
+            JwsAlgorithm::for_key(KeyKind::Rsa { bits: 1024 }),
+            Err(AlgorithmError::UnsupportedKey {
+                key: KeyKind::Rsa { bits: 1024 }
+            })
+        );
+        assert_eq!(
+            JwsAlgorithm::Rs256
+                .check_key(KeyKind::Rsa { bits: 1024 })
+                .unwrap_err()
+                .to_string(),
+            "RS256 cannot be used with this key: RSA-1024"
+        );
+    }
+
+    #[test]
+    fn ec_keys_fit_only_their_curve() {
+        let keys = [
+            KeyKind::Rsa { bits: 2048 },
+            KeyKind::EcP256,
+            KeyKind::EcP384,
+            KeyKind::Other,
+        ];
+        for algorithm in JwsAlgorithm::ALL {
+            let fitting: Vec<_> = keys
+                .into_iter()
+                .filter(|key| algorithm.check_key(*key).is_ok())
+                .collect();
+            let expected = match algorithm {
+                JwsAlgorithm::Rs256 | JwsAlgorithm::Rs512 => KeyKind::Rsa { bits: 2048 },
+                JwsAlgorithm::Es256 => KeyKind::EcP256,
+                JwsAlgorithm::Es384 => KeyKind::EcP384,
+            };
+            assert_eq!(fitting, [expected], "{algorithm}");
+        }
+        assert_eq!(
+            JwsAlgorithm::for_key(KeyKind::Other),
+            Err(AlgorithmError::UnsupportedKey {
+                key: KeyKind::Other
+            })
+        );
     }
 }

@@ -496,6 +496,26 @@ pub struct AssertionPayload {
     pub slot: String,
 }
 
+impl AssertionPayload {
+    /// The claims answering `challenge` for `device`, signed at `iat` (Unix
+    /// seconds) with the key in `slot` (lower-case hex, `9a`).
+    #[must_use]
+    pub fn for_challenge(
+        challenge: &ChallengeResponse,
+        device: impl Into<String>,
+        slot: impl fmt::Display,
+        iat: i64,
+    ) -> Self {
+        AssertionPayload {
+            aud: challenge.aud.clone(),
+            nonce: challenge.nonce.clone(),
+            device: device.into(),
+            iat,
+            slot: slot.to_string(),
+        }
+    }
+}
+
 /// The claims of a session token (a JWT, ES256).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SessionClaims {
@@ -735,6 +755,9 @@ pub struct AuditRecord {
 }
 
 /// The key a card generates for enrollment.
+///
+/// A key type on the wire and in `server.toml`, not a signature algorithm: which JWS
+/// algorithm such a key signs is [`JwsAlgorithm`](crate::jose::JwsAlgorithm)'s business.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum KeyAlgorithm {

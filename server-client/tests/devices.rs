@@ -11,12 +11,13 @@ use axum::http::{Method, Request, StatusCode, header};
 use base64::Engine as _;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use pivtap_apdu::piv::{Algorithm, KeyReference, Pin};
+use pivtap_card::PivSession;
 use pivtap_card::virtual_card::image::CardImage;
 use pivtap_card::virtual_card::{VirtualCard, VirtualCardBackend};
-use pivtap_card::{PivSession, SignatureAlgorithm};
 use pivtap_server_client::assertion::AssertionDraft;
 use pivtap_server_client::config::ServerConfig;
 use pivtap_server_client::device::{DeviceCredential, NewDeviceKey};
+use pivtap_server_client::jose::JwsAlgorithm;
 use pivtap_server_client::jose::base64url_encode;
 use pivtap_server_client::server::{self, ServerState, devices};
 use pivtap_server_client::store::{ChallengeUse, User, UserState};
@@ -176,14 +177,11 @@ fn card_session<T>(work: impl FnOnce(&mut PivSession<'_>, Algorithm) -> T) -> T 
 /// Alice's card signs an assertion over `nonce` for `device`.
 fn alice_assertion(nonce: &str, device: &str) -> String {
     card_session(|session, key| {
-        let algorithm = match key {
-            Algorithm::Rsa2048 => SignatureAlgorithm::Rs256,
-            Algorithm::EccP256 => SignatureAlgorithm::Es256,
-            other => panic!("no fixture card has a {other:?} key"),
-        };
+        let algorithm = JwsAlgorithm::for_piv_key(u8::from(key))
+            .unwrap_or_else(|| panic!("no fixture card has a {key:?} key"));
         let certificate = session.certificate(SLOT).expect("a 9A certificate");
         let draft = AssertionDraft::new(
-            algorithm.jose_name(),
+            algorithm,
             &certificate,
             AssertionPayload {
                 aud: ORIGIN.to_owned(),
@@ -196,10 +194,7 @@ fn alice_assertion(nonce: &str, device: &str) -> String {
         session
             .verify_pin(&Pin::new("123456").expect("a PIN"))
             .expect("the PIN verifies");
-        let signature = session
-            .sign(SLOT, key, algorithm, draft.signing_input().as_bytes())
-            .expect("the card signs");
-        draft.finish(&signature)
+        common::card_signs(session, key, &draft)
     })
 }
 

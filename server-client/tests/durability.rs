@@ -19,13 +19,14 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use pivtap_apdu::piv::{Algorithm, KeyReference, Pin};
+use pivtap_apdu::piv::{KeyReference, Pin};
+use pivtap_card::PivSession;
 use pivtap_card::virtual_card::image::CardImage;
 use pivtap_card::virtual_card::{VirtualCard, VirtualCardBackend};
-use pivtap_card::{PivSession, SignatureAlgorithm};
 use pivtap_server_client::assertion::AssertionDraft;
 use pivtap_server_client::client::{AuditFilter, Client, ClientError, ServerTrust};
 use pivtap_server_client::config::ServerConfig;
+use pivtap_server_client::jose::JwsAlgorithm;
 use pivtap_server_client::server::embedded::EmbeddedServer;
 use pivtap_server_client::store::{User, UserState};
 use pivtap_server_client::wire::{AssertionPayload, ChallengeResponse, ErrorCode, UserRecord};
@@ -93,33 +94,26 @@ impl Card {
             .find(|entry| entry.slot() == SLOT)
             .expect("a 9A key")
             .algorithm();
-        let algorithm = match key {
-            Algorithm::Rsa2048 => SignatureAlgorithm::Rs256,
-            Algorithm::EccP256 => SignatureAlgorithm::Es256,
-            other => panic!("no fixture card has a {other:?} key"),
-        };
+        let algorithm = JwsAlgorithm::for_piv_key(u8::from(key))
+            .unwrap_or_else(|| panic!("no fixture card has a {key:?} key"));
         let card = VirtualCard::from_image(&image).expect("the fixture card opens");
         let mut backend = VirtualCardBackend::new(card, self.name);
         let mut session = PivSession::open(&mut backend).expect("the PIV applet selects");
         let certificate = session.certificate(SLOT).expect("a 9A certificate");
         let draft = AssertionDraft::new(
-            algorithm.jose_name(),
+            algorithm,
             &certificate,
-            AssertionPayload {
-                aud: challenge.aud.clone(),
-                nonce: challenge.nonce.clone(),
-                device: device.to_owned(),
-                iat: OffsetDateTime::now_utc().unix_timestamp(),
-                slot: SLOT.to_string(),
-            },
+            AssertionPayload::for_challenge(
+                challenge,
+                device,
+                SLOT,
+                OffsetDateTime::now_utc().unix_timestamp(),
+            ),
         );
         session
             .verify_pin(&Pin::new(self.pin).expect("a valid PIN"))
             .expect("the fixture PIN verifies");
-        let signature = session
-            .sign(SLOT, key, algorithm, draft.signing_input().as_bytes())
-            .expect("the card signs");
-        draft.finish(&signature)
+        common::card_signs(&mut session, key, &draft)
     }
 
     fn user(self) -> UserRecord {

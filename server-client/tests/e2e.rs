@@ -8,6 +8,7 @@
 mod common;
 use common::{fixture, init_directory};
 
+use std::convert::Infallible;
 use std::error::Error;
 use std::net::{Ipv4Addr, SocketAddr, TcpListener};
 use std::path::Path;
@@ -18,9 +19,9 @@ use axum_server::Handle;
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 use pivtap_apdu::piv::{Algorithm, KeyReference, Pin};
+use pivtap_card::PivSession;
 use pivtap_card::virtual_card::image::CardImage;
 use pivtap_card::virtual_card::{VirtualCard, VirtualCardBackend};
-use pivtap_card::{PivSession, SignatureAlgorithm};
 use pivtap_server_client::assertion::AssertionDraft;
 use pivtap_server_client::certificate::CertificateFacts;
 use pivtap_server_client::client::{
@@ -30,6 +31,7 @@ use pivtap_server_client::client::{
 use pivtap_server_client::config::{ConfigError, ConfigProblem, ServerConfig};
 use pivtap_server_client::device::DeviceCredential;
 use pivtap_server_client::init::InitReport;
+use pivtap_server_client::jose::JwsAlgorithm;
 use pivtap_server_client::jose::{base64url_decode, base64url_encode};
 use pivtap_server_client::server::{self, Listener, ServeError};
 use pivtap_server_client::token::TokenVerifier;
@@ -135,49 +137,49 @@ impl Card {
     }
 
     /// The JOSE algorithm that fits the card's key.
-    fn algorithm(&self) -> SignatureAlgorithm {
-        match self.with_session(|_, key| key) {
-            Algorithm::Rsa2048 => SignatureAlgorithm::Rs256,
-            Algorithm::EccP256 => SignatureAlgorithm::Es256,
-            other => panic!("no fixture card has a {other:?} key"),
-        }
+    fn algorithm(&self) -> JwsAlgorithm {
+        let key = self.with_session(|_, key| key);
+        JwsAlgorithm::for_piv_key(u8::from(key))
+            .unwrap_or_else(|| panic!("no fixture card has a {key:?} key"))
     }
 
     /// The card signs `message` as `algorithm`, after its PIN.
-    fn sign(&self, algorithm: SignatureAlgorithm, message: &[u8]) -> Vec<u8> {
+    fn sign(&self, algorithm: JwsAlgorithm, message: &[u8]) -> Vec<u8> {
         self.with_session(|session, key| {
             session
                 .verify_pin(&Pin::new(self.pin).expect("a valid PIN"))
                 .expect("the fixture PIN verifies");
-            session
-                .sign(SLOT, key, algorithm, message)
-                .expect("the card signs")
+            common::card_signature(session, key, algorithm, message)
         })
     }
 
-    /// A draft answering `challenge` on `device`, claiming `alg`.
+    /// A draft answering `challenge` on `device`, its header claiming `alg` whatever the
+    /// card's key (the draft's own algorithm stays the one that fits the key).
     fn draft_as(&self, alg: &str, challenge: &ChallengeResponse, device: &str) -> AssertionDraft {
-        AssertionDraft::new(
-            alg,
-            &self.certificate(),
-            AssertionPayload {
-                aud: challenge.aud.clone(),
-                nonce: challenge.nonce.clone(),
-                device: device.to_owned(),
-                iat: OffsetDateTime::now_utc().unix_timestamp(),
-                slot: SLOT.to_string(),
-            },
-        )
+        let mut draft = self.draft(challenge, device);
+        alg.clone_into(&mut draft.header.alg);
+        draft
     }
 
     /// A draft with the algorithm that fits the card's key.
     fn draft(&self, challenge: &ChallengeResponse, device: &str) -> AssertionDraft {
-        self.draft_as(self.algorithm().jose_name(), challenge, device)
+        AssertionDraft::new(
+            self.algorithm(),
+            &self.certificate(),
+            AssertionPayload::for_challenge(
+                challenge,
+                device,
+                SLOT,
+                OffsetDateTime::now_utc().unix_timestamp(),
+            ),
+        )
     }
 
-    /// `draft` signed by the card with the algorithm that fits its key.
+    /// `draft` signed by the card with the draft's algorithm.
     fn finish(&self, draft: &AssertionDraft) -> String {
-        draft.finish(&self.sign(self.algorithm(), draft.signing_input().as_bytes()))
+        draft
+            .sign(|algorithm, message| Ok::<_, Infallible>(self.sign(algorithm, message)))
+            .unwrap_or_else(|never| match never {})
     }
 
     /// The directory entry the card's certificate maps to (`san.email -> mail`).
@@ -608,8 +610,7 @@ async fn an_rs256_header_on_a_p256_key_is_refused() {
     server.add_user(&BOB.user()).await;
     let draft = BOB.draft_as("RS256", &server.challenge(KIOSK).await, KIOSK);
     // The card signs as its key can (ES256); the header claims RS256.
-    let signed =
-        draft.finish(&BOB.sign(SignatureAlgorithm::Es256, draft.signing_input().as_bytes()));
+    let signed = draft.finish(&BOB.sign(JwsAlgorithm::Es256, draft.signing_input().as_bytes()));
     let refusal = refused(
         server.client.sign_in(&signed).await,
         ErrorCode::InvalidRequest,

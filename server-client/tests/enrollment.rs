@@ -15,6 +15,7 @@ use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use pivtap_server_client::assertion::AssertionDraft;
 use pivtap_server_client::certificate::{CertificateFacts, KeyKind};
 use pivtap_server_client::client::{AuditFilter, CardAction, Client, ClientError};
+use pivtap_server_client::jose::JwsAlgorithm;
 use pivtap_server_client::server::embedded::EmbeddedServer;
 use pivtap_server_client::server::enrollment::{code_hash, new_code};
 use pivtap_server_client::store::{NewEnrollmentCode, User, UserState};
@@ -123,23 +124,22 @@ impl Fixture {
     async fn assertion(&self, key: &KeyPair, certificate: &[u8]) -> Result<String, Box<dyn Error>> {
         let challenge = self.client.challenge(DEVICE).await?;
         let alg = if key.algorithm() == &rcgen::PKCS_RSA_SHA256 {
-            "RS256"
+            JwsAlgorithm::Rs256
         } else {
-            "ES256"
+            JwsAlgorithm::Es256
         };
         let draft = AssertionDraft::new(
             alg,
             certificate,
-            AssertionPayload {
-                aud: challenge.aud,
-                nonce: challenge.nonce,
-                device: DEVICE.to_owned(),
-                iat: OffsetDateTime::now_utc().unix_timestamp(),
-                slot: "9a".to_owned(),
-            },
+            AssertionPayload::for_challenge(
+                &challenge,
+                DEVICE,
+                "9a",
+                OffsetDateTime::now_utc().unix_timestamp(),
+            ),
         );
         let signature = key.sign(draft.signing_input().as_bytes())?;
-        let signature = if alg == "ES256" {
+        let signature = if alg == JwsAlgorithm::Es256 {
             // rcgen signs ECDSA as DER; JOSE wants r || s.
             p256::ecdsa::Signature::from_der(&signature)?
                 .to_bytes()

@@ -9,6 +9,7 @@
 mod common;
 use common::{fixture, init_directory};
 
+use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::path::Path;
 
@@ -19,16 +20,16 @@ use axum::http::{Method, Request, StatusCode, header};
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 use pivtap_apdu::piv::{Algorithm, KeyReference, Pin};
+use pivtap_card::PivSession;
 use pivtap_card::virtual_card::image::CardImage;
 use pivtap_card::virtual_card::{VirtualCard, VirtualCardBackend};
-use pivtap_card::{PivSession, SignatureAlgorithm};
 use pivtap_server_client::assertion::AssertionDraft;
 use pivtap_server_client::config::ServerConfig;
 
-use pivtap_server_client::jose::base64url_encode;
+use pivtap_server_client::jose::{JwsAlgorithm, base64url_encode};
 use pivtap_server_client::server::{self, MAX_BODY_BYTES};
 use pivtap_server_client::store::{User, UserState};
-use pivtap_server_client::wire::AssertionPayload;
+use pivtap_server_client::wire::{AssertionPayload, ChallengeResponse};
 use serde_json::{Value, json};
 use tempfile::TempDir;
 use time::OffsetDateTime;
@@ -81,23 +82,26 @@ impl Card {
         self.with_session(|session, _| session.certificate(SLOT).expect("a 9A certificate"))
     }
 
-    fn algorithm(&self) -> SignatureAlgorithm {
-        match self.with_session(|_, key| key) {
-            Algorithm::Rsa2048 => SignatureAlgorithm::Rs256,
-            Algorithm::EccP256 => SignatureAlgorithm::Es256,
-            other => panic!("no fixture card has a {other:?} key"),
-        }
+    fn algorithm(&self) -> JwsAlgorithm {
+        let key = self.with_session(|_, key| key);
+        JwsAlgorithm::for_piv_key(u8::from(key))
+            .unwrap_or_else(|| panic!("no fixture card has a {key:?} key"))
     }
 
-    fn sign(&self, algorithm: SignatureAlgorithm, message: &[u8]) -> Vec<u8> {
+    fn sign(&self, algorithm: JwsAlgorithm, message: &[u8]) -> Vec<u8> {
         self.with_session(|session, key| {
             session
                 .verify_pin(&Pin::new(self.pin).expect("a valid PIN"))
                 .expect("the fixture PIN verifies");
-            session
-                .sign(SLOT, key, algorithm, message)
-                .expect("the card signs")
+            common::card_signature(session, key, algorithm, message)
         })
+    }
+
+    /// `draft` signed by the card with the draft's algorithm.
+    fn signed(&self, draft: &AssertionDraft) -> String {
+        draft
+            .sign(|algorithm, message| Ok::<_, Infallible>(self.sign(algorithm, message)))
+            .unwrap_or_else(|never| match never {})
     }
 }
 
@@ -311,24 +315,32 @@ impl Target {
     }
 
     fn payload(&self, challenge: &Value) -> AssertionPayload {
-        AssertionPayload {
+        self.payload_for(challenge["nonce"].as_str().expect("a nonce"), DEVICE)
+    }
+
+    /// The claims for `nonce` naming `device`, signed now with the 9A key.
+    fn payload_for(&self, nonce: &str, device: &str) -> AssertionPayload {
+        let challenge = ChallengeResponse {
+            nonce: nonce.to_owned(),
             aud: self.origin.clone(),
-            nonce: challenge["nonce"].as_str().expect("a nonce").to_owned(),
-            device: DEVICE.to_owned(),
-            iat: OffsetDateTime::now_utc().unix_timestamp(),
-            slot: "9a".to_owned(),
-        }
+            expires_at: String::new(),
+        };
+        AssertionPayload::for_challenge(
+            &challenge,
+            device,
+            SLOT,
+            OffsetDateTime::now_utc().unix_timestamp(),
+        )
     }
 
     /// A correct assertion by `card` over a fresh challenge.
     async fn good_assertion(&self, card: &Card) -> String {
         let challenge = self.challenge().await;
-        let draft = AssertionDraft::new(
-            card.algorithm().jose_name(),
+        card.signed(&AssertionDraft::new(
+            card.algorithm(),
             &card.certificate(),
             self.payload(&challenge),
-        );
-        draft.finish(&card.sign(card.algorithm(), draft.signing_input().as_bytes()))
+        ))
     }
 
     /// An assertion with any header and payload JSON (text, so duplicate keys
@@ -414,7 +426,7 @@ async fn hostile_assertions_are_refused_with_their_code_and_change_nothing() {
     let carol = CAROL.certificate();
     let ca = ca_der();
     let rogue = pem_der(&fixture("ca/rogue-ca.pem"));
-    let alg = ALICE.algorithm().jose_name();
+    let alg = ALICE.algorithm().name();
     let other_alg = if alg == "ES256" { "RS256" } else { "ES256" };
     let good = target.good_assertion(&ALICE).await;
     let [head, body, signature]: [&str; 3] = good
@@ -669,7 +681,7 @@ async fn hostile_assertions_are_refused_with_their_code_and_change_nothing() {
             .crafted(
                 &UNTRUSTED,
                 &header_json(
-                    UNTRUSTED.algorithm().jose_name(),
+                    UNTRUSTED.algorithm().name(),
                     &[UNTRUSTED.certificate(), rogue.clone()],
                 ),
                 None,
@@ -1415,18 +1427,11 @@ impl Target {
 
     /// An assertion by `card` over `nonce` naming `device`.
     fn assertion(&self, card: &Card, nonce: &str, device: &str) -> String {
-        let draft = AssertionDraft::new(
-            card.algorithm().jose_name(),
+        card.signed(&AssertionDraft::new(
+            card.algorithm(),
             &card.certificate(),
-            AssertionPayload {
-                aud: self.origin.clone(),
-                nonce: nonce.to_owned(),
-                device: device.to_owned(),
-                iat: OffsetDateTime::now_utc().unix_timestamp(),
-                slot: "9a".to_owned(),
-            },
-        );
-        draft.finish(&card.sign(card.algorithm(), draft.signing_input().as_bytes()))
+            self.payload_for(nonce, device),
+        ))
     }
 
     /// Signs in with `card` at `device`, challenge and assertion from the current source.
@@ -1556,7 +1561,7 @@ fn token_claims(reply: &Reply) -> Value {
 #[tokio::test]
 async fn assertions_naming_another_key_slot_are_refused() {
     let target = target().await;
-    let header = header_json(ALICE.algorithm().jose_name(), &[ALICE.certificate()]);
+    let header = header_json(ALICE.algorithm().name(), &[ALICE.certificate()]);
     for slot in ["9e", "9c", "9d", "9A", "82", "", "junk", "9a\u{0}"] {
         let forged = target
             .crafted(&ALICE, &header, Some(&slot_payload(&target, slot)))
@@ -1596,7 +1601,7 @@ async fn a_card_authentication_slot_allowed_by_configuration_proves_no_pin() {
         config.challenges.allowed_slots = vec!["9a".to_owned(), "9e".to_owned()];
     })
     .await;
-    let header = header_json(ALICE.algorithm().jose_name(), &[ALICE.certificate()]);
+    let header = header_json(ALICE.algorithm().name(), &[ALICE.certificate()]);
     let mut amr = Vec::new();
     for slot in ["9e", "9a", "9c"] {
         let assertion = target

@@ -15,7 +15,7 @@ use aws_lc_rs::signature::{
     ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair, RSA_PKCS1_SHA256, RsaKeyPair,
 };
 use clap::{Args, Subcommand, ValueEnum};
-use pivtap_apdu::piv::Pin;
+use pivtap_apdu::piv::{KeyReference, Pin};
 use pivtap_card::reader_monitor::MonitorFilter;
 use pivtap_card::virtual_card::VirtualCardBackend;
 use pivtap_card::{CardBackend, CardTransaction, LinkCapabilities, TransportError};
@@ -23,9 +23,11 @@ use pivtap_kiosk::card_worker::{CardJob, CardJobResult, CardWorker};
 use pivtap_kiosk::core::{CoreConfig, Effect, Event, Kiosk, WorkId};
 use pivtap_kiosk::readers::{PcscReaders, ReaderSource, ReaderUpdate, ReaderWatch, VirtualReaders};
 use pivtap_server_client::assertion::AssertionDraft;
+use pivtap_server_client::certificate::KeyKind;
 use pivtap_server_client::client::Client;
 use pivtap_server_client::config::ServerConfig;
 use pivtap_server_client::issuance::{Issuer, verify_csr};
+use pivtap_server_client::jose::JwsAlgorithm;
 use pivtap_server_client::store::{User, UserState};
 use pivtap_server_client::wire::{AssertionPayload, ChallengeResponse, UserRecord};
 use rcgen::{CertificateParams, KeyPair, PKCS_ECDSA_P256_SHA256, PKCS_RSA_SHA256};
@@ -197,6 +199,9 @@ struct SoftCard {
     certificate: Vec<u8>,
 }
 
+/// A software key pair standing in for a card's key: its job (holding and using a private
+/// key in memory) is not the algorithm vocabulary's; which JWS algorithm it signs is
+/// [`JwsAlgorithm::for_key`]'s answer for its key.
 enum SoftKey {
     Rsa(RsaKeyPair),
     P256(EcdsaKeyPair),
@@ -224,11 +229,15 @@ impl SoftKey {
         Ok((soft, pair))
     }
 
-    fn jose_name(&self) -> &'static str {
-        match self {
-            SoftKey::Rsa(_) => "RS256",
-            SoftKey::P256(_) => "ES256",
-        }
+    /// The JWS algorithm this key signs with (the one rule, from its kind and size).
+    fn algorithm(&self) -> anyhow::Result<JwsAlgorithm> {
+        let key = match self {
+            SoftKey::Rsa(key) => KeyKind::Rsa {
+                bits: key.public_modulus_len() * 8,
+            },
+            SoftKey::P256(_) => KeyKind::EcP256,
+        };
+        Ok(JwsAlgorithm::for_key(key)?)
     }
 
     fn sign(&self, message: &[u8]) -> anyhow::Result<Vec<u8>> {
@@ -508,18 +517,17 @@ fn sign_all(
                         .map(|(offset, (device, challenge))| {
                             let card = &cards[(part * chunk + offset) % cards.len()];
                             let draft = AssertionDraft::new(
-                                card.key.jose_name(),
+                                card.key.algorithm()?,
                                 &card.certificate,
-                                AssertionPayload {
-                                    aud: challenge.aud.clone(),
-                                    nonce: challenge.nonce.clone(),
-                                    device: devices[*device].clone(),
+                                AssertionPayload::for_challenge(
+                                    challenge,
+                                    devices[*device].as_str(),
+                                    KeyReference::PivAuthentication,
                                     iat,
-                                    slot: "9a".to_owned(),
-                                },
+                                ),
                             );
-                            let signature = card.key.sign(draft.signing_input().as_bytes())?;
-                            Ok((*device, draft.finish(&signature)))
+                            let assertion = draft.sign(|_, message| card.key.sign(message))?;
+                            Ok((*device, assertion))
                         })
                         .collect::<anyhow::Result<Vec<_>>>()
                 })
