@@ -1,4 +1,4 @@
-//! Reading what people type on the command line: listen addresses (durations are `pivtap_server_client::duration`).
+//! Reading what people type on the command line: listen addresses (durations are `pivtap_protocol::duration`).
 
 use std::net::SocketAddr;
 

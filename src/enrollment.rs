@@ -42,12 +42,12 @@ use pivtap_apdu::piv::objects::public_key::PublicKey;
 use pivtap_apdu::piv::{Algorithm, KeyReference, ObjectTag, Pin};
 use pivtap_card::csr::{CsrError, certificate_request};
 use pivtap_card::{CardBackend, ManagementKey, PivError, PivSession, spki};
+use pivtap_client::client::{Client, ClientError};
 use pivtap_kiosk::card_signer::{self, signing_algorithms};
-use pivtap_server_client::assertion::{AssertionDraft, card_signature_verifies};
-use pivtap_server_client::certificate::CertificateFacts;
-use pivtap_server_client::client::{Client, ClientError};
-use pivtap_server_client::jose::JwsAlgorithm;
-use pivtap_server_client::wire::{
+use pivtap_protocol::assertion::{AssertionDraft, card_signature_verifies};
+use pivtap_protocol::certificate::CertificateFacts;
+use pivtap_protocol::jose::JwsAlgorithm;
+use pivtap_protocol::wire::{
     AssertionPayload, CardIdentity, ChallengeResponse, ENROLL_SLOT, EnrollmentRequest,
     EnrollmentResult, KeyAlgorithm, MAX_DEVICE_ID_LEN, RENEWAL_DEVICE_PREFIX, RenewalRequest,
     UserInfo,
@@ -652,7 +652,7 @@ mod tests {
     use std::path::Path;
 
     use pivtap_card::virtual_card::{CardOptions, NewCard, VirtualCard, VirtualCardBackend};
-    use pivtap_server_client::assertion::{AssertionVerifier, VerifierConfig};
+    use pivtap_server::verifier::{AssertionVerifier, VerifierConfig};
 
     use super::*;
 
@@ -660,7 +660,7 @@ mod tests {
     fn renewal_challenges_are_asked_for_in_the_renewal_namespace_without_a_credential() {
         let client = Client::new(
             "https://127.0.0.1:1",
-            pivtap_server_client::client::ServerTrust::SystemRoots,
+            pivtap_client::client::ServerTrust::SystemRoots,
             std::time::Duration::from_secs(1),
         )
         .unwrap();
@@ -669,7 +669,7 @@ mod tests {
         let long = "d".repeat(MAX_DEVICE_ID_LEN);
         let renewal = renewal_device(&client, &long);
         assert_eq!(renewal.len(), MAX_DEVICE_ID_LEN);
-        assert!(pivtap_server_client::wire::is_valid_device_id(&renewal));
+        assert!(pivtap_protocol::wire::is_valid_device_id(&renewal));
     }
 
     const AUDIENCE: &str = "https://auth.example.test";
@@ -878,12 +878,12 @@ mod tests {
     async fn embedded_server(
         dir: &Path,
     ) -> (
-        pivtap_server_client::server::embedded::EmbeddedServer,
+        pivtap_server::server::embedded::EmbeddedServer,
         Client,
         String,
     ) {
-        use pivtap_server_client::server::embedded::EmbeddedServer;
-        use pivtap_server_client::store::{User, UserState};
+        use pivtap_server::server::embedded::EmbeddedServer;
+        use pivtap_server::store::{User, UserState};
         let user = User {
             id: "erin".to_owned(),
             display_name: "Erin Example".to_owned(),
@@ -914,7 +914,7 @@ mod tests {
 
     #[tokio::test]
     async fn enrollment_and_renewal_go_step_by_step_and_a_revoked_card_is_left_alone() {
-        use pivtap_server_client::client::CardAction;
+        use pivtap_client::client::CardAction;
 
         let dir = tempfile::tempdir().unwrap();
         let (_server, client, token) = embedded_server(dir.path()).await;
@@ -1081,7 +1081,7 @@ mod tests {
     /// old certificate was revoked before the card held the new one.
     #[tokio::test]
     async fn a_renewal_cut_at_any_apdu_leaves_a_badge_that_signs_in_or_renews() {
-        use pivtap_server_client::client::AuditFilter;
+        use pivtap_client::client::AuditFilter;
 
         let dir = tempfile::tempdir().unwrap();
         let (_server, client, token) = embedded_server(dir.path()).await;
@@ -1202,7 +1202,7 @@ mod tests {
             .await
             .unwrap();
         for card in admin.list_cards().await.unwrap() {
-            let named = |event: &pivtap_server_client::wire::AuditRecord| {
+            let named = |event: &pivtap_protocol::wire::AuditRecord| {
                 event.card_serial.as_deref() == Some(card.serial.as_str())
                     || event
                         .detail
@@ -1224,7 +1224,7 @@ mod tests {
     /// card. Before, 2 of 7 cut enrollments used the code up with no audit event.
     #[tokio::test]
     async fn an_enrollment_cut_at_any_apdu_uses_its_code_only_with_its_audit_event() {
-        use pivtap_server_client::client::AuditFilter;
+        use pivtap_client::client::AuditFilter;
 
         let dir = tempfile::tempdir().unwrap();
         let (_server, client, token) = embedded_server(dir.path()).await;
@@ -1301,7 +1301,7 @@ mod tests {
             // Clean up, so that the next cut starts from one card per user.
             for card in admin.list_cards().await.unwrap() {
                 admin
-                    .card_action(&card.id, pivtap_server_client::client::CardAction::Revoke)
+                    .card_action(&card.id, pivtap_client::client::CardAction::Revoke)
                     .await
                     .unwrap();
                 admin.delete_card(&card.id).await.unwrap();

@@ -798,7 +798,7 @@ fn listen_addresses_and_server_urls_say_what_to_write_instead() {
 fn the_audit_help_lists_every_audit_kind() {
     let run = pivtap(&["admin", "audit", "--help"]);
     run.expect_code(0, "admin audit --help");
-    for kind in pivtap_server_client::audit::AuditKind::ALL
+    for kind in pivtap_protocol::audit::AuditKind::ALL
         .map(|kind| kind.as_str())
         .into_iter()
         .chain(["sign_in", "sign_in_refused"])

@@ -554,9 +554,9 @@ fn a_virtual_card_renews_and_re_enrolls_with_the_management_key_its_image_keeps(
 
 /// The serials the server's CRL (`GET /v1/crl`) lists, plain hex.
 fn crl_serials(server: &RunningServer) -> Vec<String> {
-    let client = pivtap_server_client::client::Client::new(
+    let client = pivtap_client::client::Client::new(
         &server.url,
-        pivtap_server_client::client::ServerTrust::from_pem_file(&server.ca)
+        pivtap_client::client::ServerTrust::from_pem_file(&server.ca)
             .expect("tls.crt is a PEM certificate"),
         std::time::Duration::from_secs(10),
     )

@@ -24,7 +24,7 @@ use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::time::{Duration, Instant};
 
 use pivtap_card::pcsc::{PcscContext, ReaderInfo};
-use pivtap_server_client::client::{Client, ServerTrust};
+use pivtap_client::client::{Client, ServerTrust};
 use serde_json::Value;
 
 mod common;

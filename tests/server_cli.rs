@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use pivtap_server_client::client::{Client, ServerTrust};
+use pivtap_client::client::{Client, ServerTrust};
 use serde_json::Value;
 
 mod common;

@@ -5,6 +5,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+#[cfg(feature = "csr")]
 pub mod csr;
 pub mod error;
 pub mod exchange;

@@ -12,7 +12,7 @@ use zeroize::Zeroizing;
 /// becomes a JOSE signature ([`SignatureAlgorithm::jose_signature`]).
 ///
 /// The algorithm vocabulary itself (names, which key fits, the RSA size rule, which PIV
-/// key signs which algorithm) is `pivtap_server_client::jose::JwsAlgorithm`; this crate
+/// key signs which algorithm) is `pivtap_protocol::jose::JwsAlgorithm`; this crate
 /// cannot depend on that one (it would link the server), so this enum mirrors its four
 /// variants for the card-side work only, and `pivtap_kiosk::card_signer::card_algorithm`
 /// is the one bridge. [`SignatureAlgorithm::check_key`] is the card's guard against

@@ -8,9 +8,9 @@ use std::sync::LazyLock;
 
 use libfuzzer_sys::fuzz_target;
 use pivtap_fuzz::Frames;
-use pivtap_server_client::certificate::{CertificateFacts, TrustStore};
-use pivtap_server_client::config::{parse_ca_certificates, parse_crls};
-use pivtap_server_client::mapping::{CertificateAttribute, MappingRule, UserAttribute};
+use pivtap_protocol::certificate::{CertificateFacts, TrustStore};
+use pivtap_server::config::{parse_ca_certificates, parse_crls};
+use pivtap_server::mapping::{CertificateAttribute, MappingRule, UserAttribute};
 use time::OffsetDateTime;
 
 /// 2026-12-01T00:00:00Z, inside the fixture certificates' validity.

@@ -16,12 +16,12 @@ use pivtap_card::{
     CardBackend, CardTransaction, LinkCapabilities, PivSession, SignatureAlgorithm, TransportError,
 };
 use pivtap_fuzz::{OPERATIONS, host_operation};
-use pivtap_server_client::assertion::AssertionDraft;
-use pivtap_server_client::config::parse_ca_certificates;
-use pivtap_server_client::jose::JwsAlgorithm;
-use pivtap_server_client::jose::base64url_decode;
-use pivtap_server_client::token::TokenKeys;
-use pivtap_server_client::wire::{AssertionPayload, SessionClaims, enrollment_url};
+use pivtap_protocol::assertion::AssertionDraft;
+use pivtap_server::config::parse_ca_certificates;
+use pivtap_protocol::jose::JwsAlgorithm;
+use pivtap_protocol::jose::base64url_decode;
+use pivtap_server::token::TokenKeys;
+use pivtap_protocol::wire::{AssertionPayload, SessionClaims, enrollment_url};
 
 const NOW: i64 = 1_796_083_200;
 const AUDIENCE: &str = "https://auth.example.test";

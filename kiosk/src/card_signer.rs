@@ -8,9 +8,9 @@
 
 use pivtap_apdu::piv::{Algorithm, KeyReference};
 use pivtap_card::{PivError, PivSession, SignatureAlgorithm};
-use pivtap_server_client::assertion::AssertionDraft;
-use pivtap_server_client::certificate::KeyKind;
-use pivtap_server_client::jose::JwsAlgorithm;
+use pivtap_protocol::assertion::AssertionDraft;
+use pivtap_protocol::certificate::KeyKind;
+use pivtap_protocol::jose::JwsAlgorithm;
 
 /// The PIV key algorithm and the JWS algorithm a card signs assertions with, for the key
 /// in its certificate: RSA-2048 signs RS256, P-256 ES256, P-384 ES384; `None` for any
@@ -72,10 +72,10 @@ pub fn sign_assertion(
 #[cfg(test)]
 mod tests {
     use pivtap_apdu::piv::Pin;
-    use pivtap_server_client::assertion::card_signature_verifies;
-    use pivtap_server_client::certificate::CertificateFacts;
-    use pivtap_server_client::jose::CompactJws;
-    use pivtap_server_client::wire::{AssertionPayload, ChallengeResponse};
+    use pivtap_protocol::assertion::card_signature_verifies;
+    use pivtap_protocol::certificate::CertificateFacts;
+    use pivtap_protocol::jose::CompactJws;
+    use pivtap_protocol::wire::{AssertionPayload, ChallengeResponse};
 
     use super::*;
     use crate::readers::tests::fixture_card;

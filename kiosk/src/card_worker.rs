@@ -26,12 +26,12 @@ use pivtap_apdu::piv::{Algorithm, KeyReference, Pin, Puk};
 use pivtap_card::{
     CardBackend, CardTransaction, LinkCapabilities, PivError, PivSession, TransportError,
 };
-use pivtap_server_client::assertion::{AssertionDraft, card_signature_verifies};
-use pivtap_server_client::certificate::{CertificateError, CertificateFacts, KeyKind};
-use pivtap_server_client::jose::JwsAlgorithm;
+use pivtap_protocol::assertion::{AssertionDraft, card_signature_verifies};
+use pivtap_protocol::certificate::{CertificateError, CertificateFacts, KeyKind};
+use pivtap_protocol::jose::JwsAlgorithm;
 
 use crate::card_signer::card_signature;
-use pivtap_server_client::wire::{AssertionPayload, ChallengeResponse};
+use pivtap_protocol::wire::{AssertionPayload, ChallengeResponse};
 use time::OffsetDateTime;
 use tokio::sync::mpsc::UnboundedSender;
 
@@ -984,7 +984,7 @@ mod tests {
     use pivtap_card::virtual_card::{
         CardOptions, Interface, NewCard, Quirk, Quirks, VirtualCard, VirtualCardBackend,
     };
-    use pivtap_server_client::assertion::{AssertionVerifier, VerifierConfig};
+    use pivtap_server::verifier::{AssertionVerifier, VerifierConfig};
     use tokio::sync::mpsc::{UnboundedReceiver, unbounded_channel};
 
     use super::*;

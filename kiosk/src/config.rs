@@ -58,7 +58,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use pivtap_server_client::device::DeviceCredential;
+use pivtap_client::device::DeviceCredential;
 use serde::Deserialize;
 
 use crate::admin_exit::{ExitKeys, ExitPasscodeHash};
@@ -125,7 +125,7 @@ pub struct ServerSection {
     pub pin_sha256: Option<String>,
     /// Seconds per request.
     #[serde(default = "default_timeout")]
-    #[serde(deserialize_with = "pivtap_server_client::duration::seconds")]
+    #[serde(deserialize_with = "pivtap_protocol::duration::seconds")]
     pub timeout_seconds: u64,
     /// This device's key (PKCS#8 PEM, 0600), from `pivtap kiosk enroll-device`.
     #[serde(default)]
@@ -148,16 +148,16 @@ pub struct SessionSection {
     /// Seconds without activity before sign-out; 0 = never; unset: the flow's default.
     #[serde(
         default,
-        deserialize_with = "pivtap_server_client::duration::optional_seconds"
+        deserialize_with = "pivtap_protocol::duration::optional_seconds"
     )]
     pub idle_timeout_seconds: Option<u64>,
     /// A new tap switches workers.
     pub fast_user_switch: bool,
     /// PIN then tap: how long a typed PIN waits for the tap.
-    #[serde(deserialize_with = "pivtap_server_client::duration::seconds")]
+    #[serde(deserialize_with = "pivtap_protocol::duration::seconds")]
     pub pin_hold_seconds: u64,
     /// Warn this many seconds before the idle sign-out and the session's end; 0 = never.
-    #[serde(deserialize_with = "pivtap_server_client::duration::seconds")]
+    #[serde(deserialize_with = "pivtap_protocol::duration::seconds")]
     pub warning_seconds: u64,
 }
 
@@ -231,10 +231,10 @@ pub struct LocalApiSection {
     /// The per-install token file.
     pub token_file: PathBuf,
     /// The longest an app may take to send a request's headers.
-    #[serde(deserialize_with = "pivtap_server_client::duration::seconds")]
+    #[serde(deserialize_with = "pivtap_protocol::duration::seconds")]
     pub header_read_timeout_seconds: u64,
     /// A connection with nothing read or written for this long is closed.
-    #[serde(deserialize_with = "pivtap_server_client::duration::seconds")]
+    #[serde(deserialize_with = "pivtap_protocol::duration::seconds")]
     pub idle_timeout_seconds: u64,
     /// Connections open at once.
     pub max_connections: usize,
@@ -257,8 +257,8 @@ impl LocalApiSection {
     /// The local API's connection limits: every client comes from loopback, so the cap per
     /// source is the cap in all.
     #[must_use]
-    pub fn connection_limits(&self) -> pivtap_server_client::connections::ConnectionLimits {
-        pivtap_server_client::connections::ConnectionLimits {
+    pub fn connection_limits(&self) -> pivtap_server::connections::ConnectionLimits {
+        pivtap_server::connections::ConnectionLimits {
             header_read_timeout: Duration::from_secs(self.header_read_timeout_seconds),
             idle_timeout: Duration::from_secs(self.idle_timeout_seconds),
             max_connections: self.max_connections,
@@ -346,7 +346,7 @@ impl KioskConfig {
             field,
             problem: problem.to_owned(),
         };
-        if !pivtap_server_client::wire::is_valid_device_id(&self.device) {
+        if !pivtap_protocol::wire::is_valid_device_id(&self.device) {
             return Err(invalid(
                 "device",
                 "1 to 64 letters, digits, '.', '_', ':' or '-'",
@@ -520,13 +520,10 @@ mod tests {
     async fn the_device_credential_is_read_and_must_name_this_device() {
         let dir = tempfile::tempdir().unwrap();
         let ca = Path::new(env!("CARGO_MANIFEST_DIR")).join("../fixtures/ca/test-ca.pem");
-        let server = pivtap_server_client::server::embedded::EmbeddedServer::start(
-            dir.path(),
-            vec![ca],
-            &[],
-        )
-        .await
-        .unwrap();
+        let server =
+            pivtap_server::server::embedded::EmbeddedServer::start(dir.path(), vec![ca], &[])
+                .await
+                .unwrap();
         server
             .register_device_files("kiosk-07", &dir.path().join("device"))
             .await

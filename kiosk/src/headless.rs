@@ -108,7 +108,7 @@ pub fn read_stdin(inputs: UnboundedSender<Input>) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use pivtap_server_client::wire::UserInfo;
+    use pivtap_protocol::wire::UserInfo;
 
     #[test]
     fn signed_in_lines_carry_the_token() {

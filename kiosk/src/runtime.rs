@@ -17,11 +17,11 @@ use std::time::{Duration, Instant};
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
-use pivtap_server_client::certificate::CertificateFacts;
-use pivtap_server_client::client::{Client, ClientError, FailureKind, NetworkFailure};
-use pivtap_server_client::jose::CompactJws;
-use pivtap_server_client::pin_policy::PinPolicy;
-use pivtap_server_client::wire::{AssertionHeader, ChallengeResponse, ErrorCode};
+use pivtap_client::client::{Client, ClientError, FailureKind, NetworkFailure};
+use pivtap_protocol::certificate::CertificateFacts;
+use pivtap_protocol::jose::CompactJws;
+use pivtap_protocol::pin_policy::PinPolicy;
+use pivtap_protocol::wire::{AssertionHeader, ChallengeResponse, ErrorCode};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
@@ -98,7 +98,7 @@ enum Network {
     Challenge(Result<ChallengeResponse, ClientError>),
     SignIn {
         work: WorkId,
-        result: Result<pivtap_server_client::wire::AssertionResponse, ClientError>,
+        result: Result<pivtap_protocol::wire::AssertionResponse, ClientError>,
         /// The SHA-256 of the certificate that signed the assertion.
         card: Option<String>,
     },
@@ -693,8 +693,8 @@ pub fn what_to_fix(kind: FailureKind) -> &'static str {
 
 #[cfg(test)]
 mod tests {
-    use pivtap_server_client::assertion::AssertionDraft;
-    use pivtap_server_client::wire::AssertionPayload;
+    use pivtap_protocol::assertion::AssertionDraft;
+    use pivtap_protocol::wire::AssertionPayload;
 
     use super::*;
 
@@ -771,7 +771,7 @@ mod tests {
     fn the_session_badge_is_known_by_the_certificate_in_its_assertion() {
         let der = fixture_der("certs/alice.pem");
         let draft = AssertionDraft::new(
-            pivtap_server_client::jose::JwsAlgorithm::Rs256,
+            pivtap_protocol::jose::JwsAlgorithm::Rs256,
             &der,
             AssertionPayload {
                 aud: "https://auth.example.test".to_owned(),

@@ -716,7 +716,7 @@ mod tests {
     use std::time::Duration;
 
     use crossterm::event::KeyEventState;
-    use pivtap_server_client::wire::{ErrorCode, UserInfo};
+    use pivtap_protocol::wire::{ErrorCode, UserInfo};
     use ratatui::Terminal;
     use ratatui::backend::TestBackend;
     use ratatui::buffer::Buffer;

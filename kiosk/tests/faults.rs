@@ -14,14 +14,14 @@ use std::time::{Duration, Instant};
 use pivtap_card::virtual_card::image::CardImage;
 use pivtap_card::virtual_card::{CardOptions, Interface, VirtualCard, VirtualCardBackend};
 use pivtap_card::{CardBackend, CardTransaction, LinkCapabilities, PivSession, TransportError};
+use pivtap_client::client::{Client, ServerTrust};
 use pivtap_kiosk::core::{CoreConfig, Kiosk, Notice, NoticeCode, SessionEvent};
 use pivtap_kiosk::local_api::SessionBoard;
 use pivtap_kiosk::readers::{ReaderSource, ReaderUpdate, ReaderWatch, VirtualReaders};
 use pivtap_kiosk::runtime::{self, Face, Input, RuntimeError, RuntimeParts};
-use pivtap_server_client::client::{Client, ServerTrust};
-use pivtap_server_client::server::embedded::EmbeddedServer;
-use pivtap_server_client::store::{AuditKind, AuditOutcome, AuditQuery, User, UserState};
-use pivtap_server_client::wire::ErrorCode;
+use pivtap_protocol::wire::ErrorCode;
+use pivtap_server::server::embedded::EmbeddedServer;
+use pivtap_server::store::{AuditKind, AuditOutcome, AuditQuery, User, UserState};
 use std::io::Write as _;
 
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
@@ -798,7 +798,7 @@ async fn a_sign_out_is_recorded_at_the_server() {
             .state
             .store()
             .query_audit(&AuditQuery {
-                kind: Some(pivtap_server_client::store::AuditKindFilter::Kind(
+                kind: Some(pivtap_server::store::AuditKindFilter::Kind(
                     AuditKind::SignOut,
                 )),
                 ..AuditQuery::default()

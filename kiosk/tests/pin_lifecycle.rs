@@ -12,8 +12,8 @@ use pivtap_kiosk::core::{CoreConfig, Kiosk, NoticeCode, PinFormFailure, SessionE
 use pivtap_kiosk::local_api::SessionBoard;
 use pivtap_kiosk::readers::VirtualReaders;
 use pivtap_kiosk::runtime::{self, Face, Input, RuntimeError, RuntimeParts};
-use pivtap_server_client::server::embedded::EmbeddedServer;
-use pivtap_server_client::store::{User, UserState};
+use pivtap_server::server::embedded::EmbeddedServer;
+use pivtap_server::store::{User, UserState};
 use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
 use tokio::task::JoinHandle;
 use zeroize::Zeroizing;

@@ -5,13 +5,13 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use clap::{Args, Subcommand};
-use pivtap_server_client::client::{AuditFilter, CardAction, ImportOptions, ImportSource};
-use pivtap_server_client::duration::parse_duration;
-use pivtap_server_client::escape::escape_unambiguous;
-use pivtap_server_client::store::RevocationReason;
-use pivtap_server_client::wire::{
+use pivtap_client::client::{AuditFilter, CardAction, ImportOptions, ImportSource};
+use pivtap_protocol::duration::parse_duration;
+use pivtap_protocol::escape::escape_unambiguous;
+use pivtap_protocol::wire::{
     AuditRecord, CardRecord, DeviceRecord, EnrollmentCode, ImportReport, UserRecord, UserUpdate,
 };
+use pivtap_server::store::RevocationReason;
 use serde::Serialize;
 use zeroize::Zeroizing;
 
@@ -264,7 +264,7 @@ enum DevicesCommand {
 fn audit_kind_help() -> String {
     format!(
         "Only this kind: {}",
-        pivtap_server_client::store::AuditKindFilter::names()
+        pivtap_server::store::AuditKindFilter::names()
     )
 }
 
@@ -632,7 +632,7 @@ pub fn run(args: AdminArgs) -> anyhow::Result<()> {
 }
 
 async fn card_action(
-    admin: &pivtap_server_client::client::AdminClient<'_>,
+    admin: &pivtap_client::client::AdminClient<'_>,
     json: bool,
     serial: &str,
     action: CardAction,
@@ -722,7 +722,7 @@ fn print_list<T: Serialize>(
 /// controls raw).
 fn json_text<T: Serialize + ?Sized>(value: &T) -> anyhow::Result<String> {
     let text = serde_json::to_string_pretty(value)?;
-    Ok(pivtap_server_client::escape::json_output(&text).into_owned())
+    Ok(pivtap_protocol::escape::json_output(&text).into_owned())
 }
 
 /// One user of `users list`; invisible characters (zero-width, bidi, controls) are shown
@@ -771,7 +771,7 @@ fn device_line(device: &DeviceRecord) -> String {
 /// characters as `\u{...}`): events written before the server escaped them, or by
 /// another server, cannot hide or reorder text in the terminal.
 fn audit_line(event: &AuditRecord) -> String {
-    use pivtap_server_client::escape::escape;
+    use pivtap_protocol::escape::escape;
     format!(
         "{}  {:<9} {:<22} device={} card={} user={}{}",
         escape(&event.time),
@@ -806,7 +806,7 @@ mod tests {
         };
         let line = audit_line(&event);
         assert!(
-            !line.chars().any(pivtap_server_client::escape::is_hazard),
+            !line.chars().any(pivtap_protocol::escape::is_hazard),
             "{line:?}"
         );
         assert!(line.contains("device=kiosk\\u{202e}70"), "{line}");
@@ -816,7 +816,7 @@ mod tests {
         assert!(
             !json
                 .chars()
-                .any(|c| c != '\n' && pivtap_server_client::escape::is_hazard(c)),
+                .any(|c| c != '\n' && pivtap_protocol::escape::is_hazard(c)),
             "{json:?}"
         );
         let back: Vec<AuditRecord> = serde_json::from_str(&json).unwrap();

@@ -6,9 +6,9 @@ use anyhow::Context;
 use clap::Args;
 use pivtap_apdu::piv::KeyReference;
 use pivtap_card::PivSession;
-use pivtap_server_client::client::{Client, ClientError, ServerTrust};
-use pivtap_server_client::duration::parse_duration;
-use pivtap_server_client::wire::{ENROLL_URL_PREFIX, parse_enrollment_url};
+use pivtap_client::client::{Client, ClientError, ServerTrust};
+use pivtap_protocol::duration::parse_duration;
+use pivtap_protocol::wire::{ENROLL_URL_PREFIX, parse_enrollment_url};
 use serde::Serialize;
 use zeroize::Zeroizing;
 
@@ -72,7 +72,7 @@ impl DeviceCredentialArgs {
         let Some(dir) = &self.device_credential else {
             return Ok(client);
         };
-        let credential = pivtap_server_client::device::DeviceCredential::load_dir(dir)
+        let credential = pivtap_client::device::DeviceCredential::load_dir(dir)
             .with_context(|| format!("cannot use the device credential in {}", dir.display()))?;
         Ok(client.with_device_credential(std::sync::Arc::new(credential)))
     }
@@ -167,7 +167,7 @@ pub struct AuthStats {
 
 #[derive(Serialize)]
 struct AuthOutput {
-    user: pivtap_server_client::wire::UserInfo,
+    user: pivtap_protocol::wire::UserInfo,
     token: String,
     expires_in: u64,
     #[serde(skip_serializing_if = "Option::is_none")]

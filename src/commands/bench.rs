@@ -19,17 +19,17 @@ use pivtap_apdu::piv::{KeyReference, Pin};
 use pivtap_card::reader_monitor::MonitorFilter;
 use pivtap_card::virtual_card::VirtualCardBackend;
 use pivtap_card::{CardBackend, CardTransaction, LinkCapabilities, TransportError};
+use pivtap_client::client::Client;
 use pivtap_kiosk::card_worker::{CardJob, CardJobResult, CardWorker};
 use pivtap_kiosk::core::{CoreConfig, Effect, Event, Kiosk, WorkId};
 use pivtap_kiosk::readers::{PcscReaders, ReaderSource, ReaderUpdate, ReaderWatch, VirtualReaders};
-use pivtap_server_client::assertion::AssertionDraft;
-use pivtap_server_client::certificate::KeyKind;
-use pivtap_server_client::client::Client;
-use pivtap_server_client::config::ServerConfig;
-use pivtap_server_client::issuance::{Issuer, verify_csr};
-use pivtap_server_client::jose::JwsAlgorithm;
-use pivtap_server_client::store::{User, UserState};
-use pivtap_server_client::wire::{AssertionPayload, ChallengeResponse, UserRecord};
+use pivtap_protocol::assertion::AssertionDraft;
+use pivtap_protocol::certificate::KeyKind;
+use pivtap_protocol::jose::JwsAlgorithm;
+use pivtap_protocol::wire::{AssertionPayload, ChallengeResponse, UserRecord};
+use pivtap_server::config::ServerConfig;
+use pivtap_server::issuance::{Issuer, verify_csr};
+use pivtap_server::store::{User, UserState};
 use rcgen::{CertificateParams, KeyPair, PKCS_ECDSA_P256_SHA256, PKCS_RSA_SHA256};
 use serde::Serialize;
 use time::OffsetDateTime;
@@ -449,7 +449,7 @@ async fn enrolled_clients(
             .await
             .map_err(super::auth::explain)?;
         let credential =
-            pivtap_server_client::device::DeviceCredential::from_parts(&key.key_pem, &certificate)?;
+            pivtap_client::device::DeviceCredential::from_parts(&key.key_pem, &certificate)?;
         clients.push(client.clone().with_device_credential(Arc::new(credential)));
     }
     Ok(clients)

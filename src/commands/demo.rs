@@ -19,8 +19,8 @@ use pivtap_kiosk::headless::HeadlessFace;
 use pivtap_kiosk::local_api::{LocalApiConfig, SessionBoard};
 use pivtap_kiosk::readers::{PcscReaders, ReaderSource, VirtualReaders};
 use pivtap_kiosk::runtime::{self, Face, FunctionKeyHandler, Input, RuntimeParts};
-use pivtap_server_client::server::embedded::EmbeddedServer;
-use pivtap_server_client::store::{User, UserState};
+use pivtap_server::server::embedded::EmbeddedServer;
+use pivtap_server::store::{User, UserState};
 use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
 use zeroize::Zeroizing;
 

@@ -8,6 +8,8 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Args, Subcommand};
 use pivtap_card::reader_monitor::MonitorFilter;
+use pivtap_client::client::{Client, ServerTrust};
+use pivtap_client::device::DeviceCredential;
 use pivtap_kiosk::admin_exit::{ExitGate, ExitPasscodeHash};
 use pivtap_kiosk::config::{KioskConfig, with_exit_passcode_hash};
 use pivtap_kiosk::headless::{HeadlessFace, read_stdin};
@@ -16,8 +18,6 @@ use pivtap_kiosk::readers::{FilteredReaders, PcscReaders, ReaderSource};
 use pivtap_kiosk::runtime::{self, Input, RuntimeParts};
 use pivtap_kiosk::terminal::{QuitKeys, TerminalFace};
 use pivtap_kiosk::tui::Branding;
-use pivtap_server_client::client::{Client, ServerTrust};
-use pivtap_server_client::device::DeviceCredential;
 
 use super::auth::ServerArgs;
 use tokio::sync::mpsc::{UnboundedSender, unbounded_channel};
@@ -152,8 +152,8 @@ fn enroll_device(server: &ServerArgs, code: &str, out: &Path, json: bool) -> any
         .block_on(client.enroll_new_device(code.trim()))
         .map_err(super::auth::explain)?;
     std::fs::create_dir_all(out).with_context(|| format!("cannot make {}", out.display()))?;
-    let key_path = out.join(pivtap_server_client::device::KEY_FILE);
-    let certificate_path = out.join(pivtap_server_client::device::CERTIFICATE_FILE);
+    let key_path = out.join(pivtap_client::device::KEY_FILE);
+    let certificate_path = out.join(pivtap_client::device::CERTIFICATE_FILE);
     let credential =
         DeviceCredential::save(&key.key_pem, &certificate, &key_path, &certificate_path)?;
     if json {

@@ -5,11 +5,11 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::Subcommand;
-use pivtap_server_client::config::ServerConfig;
-use pivtap_server_client::init::{CONFIG_FILE, InitOptions, Secret, init_server, renew_tls};
-use pivtap_server_client::server;
-use pivtap_server_client::token::TokenKeys;
-use pivtap_server_client::{backup, check};
+use pivtap_server::config::ServerConfig;
+use pivtap_server::init::{CONFIG_FILE, InitOptions, Secret, init_server, renew_tls};
+use pivtap_server::server;
+use pivtap_server::token::TokenKeys;
+use pivtap_server::{backup, check};
 
 mod service;
 

@@ -15,8 +15,8 @@ use pivtap_card::virtual_card::{
     CardOptions, Interface, NewCard, Quirk, Quirks, VirtualCard, VirtualCardBackend,
 };
 use pivtap_card::{ManagementKey, PivSession, spki, vpcd};
-use pivtap_server_client::client::Client;
-use pivtap_server_client::pin_policy::PinPolicy;
+use pivtap_client::client::Client;
+use pivtap_protocol::pin_policy::PinPolicy;
 use serde::Serialize;
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
@@ -25,9 +25,7 @@ use zeroize::Zeroizing;
 use super::auth::{OptionalServerArgs, explain, flow_error};
 use super::card::{Secret, SecretReader};
 use crate::enrollment::{CardSecrets, EnrollOptions, EnrollOutcome, EnrollStep, enroll_card};
-use pivtap_server_client::issuance::profile::{
-    self as issuer, CertificateAuthority, CertificateProfile,
-};
+use pivtap_server::issuance::profile::{self as issuer, CertificateAuthority, CertificateProfile};
 
 /// `pivtap vcard ...`
 #[derive(Subcommand, Debug)]
@@ -773,12 +771,12 @@ mod tests {
     async fn server_with_code(
         dir: &Path,
     ) -> (
-        pivtap_server_client::server::embedded::EmbeddedServer,
+        pivtap_server::server::embedded::EmbeddedServer,
         Client,
         String,
     ) {
-        use pivtap_server_client::server::embedded::EmbeddedServer;
-        use pivtap_server_client::store::{User, UserState};
+        use pivtap_server::server::embedded::EmbeddedServer;
+        use pivtap_server::store::{User, UserState};
         let ca = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fixtures/ca/test-ca.pem");
         let user = User {
             id: "dana".to_owned(),
@@ -816,7 +814,7 @@ mod tests {
     async fn enroll_makes_a_protected_card_that_signs_for_its_certificate() {
         use p256::ecdsa::signature::Verifier as _;
         use p256::pkcs8::DecodePublicKey as _;
-        use pivtap_server_client::wire::KeyAlgorithm;
+        use pivtap_protocol::wire::KeyAlgorithm;
         use x509_parser::prelude::{FromDer as _, X509Certificate};
 
         let dir = tempfile::tempdir().unwrap();

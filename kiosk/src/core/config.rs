@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use pivtap_server_client::pin_policy::PinPolicy;
+use pivtap_protocol::pin_policy::PinPolicy;
 use serde::{Deserialize, Serialize};
 
 /// The order in which a worker presents the badge and the PIN (DESIGN.md, "One tap, end to end").

@@ -3,7 +3,7 @@
 use std::time::Instant;
 
 use pivtap_apdu::piv::{Pin, Puk};
-use pivtap_server_client::wire::UserInfo;
+use pivtap_protocol::wire::UserInfo;
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 

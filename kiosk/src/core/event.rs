@@ -1,7 +1,7 @@
 //! What the runtime tells the core: readers and cards coming and going, results of card work, keys, the server's reachability, and time passing.
 
-use pivtap_server_client::pin_policy::PinPolicy;
-use pivtap_server_client::wire::{ErrorCode, UserInfo};
+use pivtap_protocol::pin_policy::PinPolicy;
+use pivtap_protocol::wire::{ErrorCode, UserInfo};
 use time::OffsetDateTime;
 
 use super::state::{CardSummary, Step};

@@ -31,7 +31,7 @@ use std::mem;
 use std::time::{Duration, Instant};
 
 use pivtap_apdu::piv::Pin;
-use pivtap_server_client::wire::UserInfo;
+use pivtap_protocol::wire::UserInfo;
 use time::OffsetDateTime;
 use zeroize::{Zeroize, Zeroizing};
 

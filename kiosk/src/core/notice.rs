@@ -2,13 +2,13 @@
 
 use std::fmt;
 
-use pivtap_server_client::wire::ErrorCode;
+use pivtap_protocol::wire::ErrorCode;
 use serde::{Deserialize, Serialize};
 
 use super::config::Flow;
 use super::effect::SignOutReason;
 use super::state::PinFormPurpose;
-use pivtap_server_client::pin_policy::PinPolicyViolation;
+use pivtap_protocol::pin_policy::PinPolicyViolation;
 
 /// A stable notice code, as `snake_case` text in JSON. Programs match on it; people read the message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]

@@ -1,7 +1,7 @@
 //! PIN change after sign-in and unblock with the PUK on the blocked screen: the core's transitions for a [`PinForm`], from the request to the card's answer.
 //!
 //! A change asks for the current PIN, then the new PIN twice; an unblock asks for the PUK, then
-//! the new PIN twice. The new PIN is checked against the [`PinPolicy`](pivtap_server_client::pin_policy::PinPolicy)
+//! the new PIN twice. The new PIN is checked against the [`PinPolicy`](pivtap_protocol::pin_policy::PinPolicy)
 //! (and, for a change, against the current PIN) before the card is touched. The values are typed
 //! into the same zeroizing buffer as a sign-in PIN and moved into two more zeroizing buffers as
 //! each is accepted; they leave the core only inside [`Effect::ChangePin`] and

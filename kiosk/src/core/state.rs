@@ -2,7 +2,7 @@
 
 use std::time::Instant;
 
-use pivtap_server_client::wire::{ErrorCode, UserInfo};
+use pivtap_protocol::wire::{ErrorCode, UserInfo};
 use time::OffsetDateTime;
 
 use super::effect::SignOutReason;

@@ -3,8 +3,8 @@
 use std::time::{Duration, Instant};
 
 use pivtap_apdu::piv::Pin;
-use pivtap_server_client::pin_policy::PinPolicy;
-use pivtap_server_client::wire::{ErrorCode, UserInfo};
+use pivtap_protocol::pin_policy::PinPolicy;
+use pivtap_protocol::wire::{ErrorCode, UserInfo};
 use proptest::prelude::*;
 use time::OffsetDateTime;
 

@@ -1,0 +1,16 @@
+//! pivtap's wire protocol and the facts both sides share: messages and error codes, compact JWS, the assertion draft, certificate facts and chains, the PIN policy, nonces and the audit vocabulary.
+//!
+//! Nothing here does I/O: the device (`pivtap-client`, `pivtap-kiosk`) and the server
+//! (`pivtap-server`) build on it, so each protocol fact is written once.
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod assertion;
+pub mod audit;
+pub mod certificate;
+pub mod duration;
+pub mod escape;
+pub mod jose;
+pub mod nonce;
+pub mod pin_policy;
+pub mod wire;

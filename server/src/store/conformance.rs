@@ -1,0 +1,1525 @@
+//! The behaviour every [`Store`] shares, as a suite any implementation runs with one macro line.
+//!
+//! Each `pub async fn` here checks one behaviour of a store: the single-store ones take a
+//! fresh, empty store; the multi-node ones take two handles on one empty database (two server
+//! nodes) and race them. [`store_conformance_suite!`](crate::store_conformance_suite) turns the
+//! whole list into `#[tokio::test]`s for one implementation:
+//!
+//! ```ignore
+//! mod conformance {
+//!     pivtap_server::store_conformance_suite! {
+//!         fresh: my_fresh_store(),      // Result<(guard, Arc<dyn Store>), E>
+//!         nodes: my_two_node_handles(), // Result<(guard, [Arc<dyn Store>; 2]), E>
+//!     }
+//! }
+//! ```
+//!
+//! The guard is kept alive for the test (a temporary directory, a scratch schema). What is
+//! specific to one engine (migrations from old versions, file modes, WAL, pragmas) is tested
+//! by that engine alone. The module is built for this crate's tests and with the
+//! `conformance` feature.
+
+use std::error::Error;
+use std::sync::Arc;
+
+use time::Duration as TimeSpan;
+use time::OffsetDateTime;
+
+use super::{
+    AuditEvent, AuditKind, AuditKindFilter, AuditOutcome, AuditQuery, Card, CardId, CardState,
+    ChallengeUse, DeviceCodeUse, DeviceCredentialRecord, DeviceState, EnrollmentCodeUse,
+    IssuedCertificate, NewAuditEvent, NewDevice, NewEnrollmentCode, RevocationReason, SignInLookup,
+    SignInRecords, Store, StoreError, User, UserState,
+};
+use crate::mapping::UserAttribute;
+use pivtap_protocol::certificate::{CertificateFacts, KeyKind};
+use pivtap_protocol::nonce::Nonce;
+use pivtap_protocol::wire::ErrorCode;
+use sha2::Digest as _;
+
+/// What a conformance check returns: `Err` (or a panic) is a failure.
+pub type TestResult = Result<(), Box<dyn Error + Send + Sync>>;
+
+/// Runs the whole suite against one [`Store`] implementation as `#[tokio::test]`s.
+///
+/// `fresh` is an expression evaluating to a future of `Result<(guard, Arc<dyn Store>), E>`
+/// (a new, empty store); `nodes` to a future of `Result<(guard, [Arc<dyn Store>; 2]), E>`
+/// (two handles on one new, empty database). Both are evaluated once per test.
+#[macro_export]
+macro_rules! store_conformance_suite {
+    (fresh: $fresh:expr, nodes: $nodes:expr $(,)?) => {
+        $crate::store_conformance_suite!(@one $fresh;
+            users_are_added_listed_and_locked,
+            users_are_found_by_each_attribute,
+            recording_a_card_again_updates_it_and_keeps_its_state,
+            an_enrollment_code_is_redeemed_once_before_it_expires,
+            a_renewal_is_pending_until_the_new_certificate_is_confirmed_or_used,
+            two_issuers_of_one_serial_are_two_cards,
+            deleted_revoked_cards_stay_on_the_revocation_list,
+            revocation_is_final,
+            a_sign_in_takes_its_challenge_and_reads_card_revocation_and_users,
+            a_sign_in_is_finished_with_its_card_and_its_audit_event_or_not_at_all,
+            a_challenge_that_exists_already_writes_no_audit_event,
+            a_challenge_is_used_once_by_its_device_before_it_expires,
+            purging_removes_only_challenges_expired_before_the_cut,
+            audit_queries_filter_order_and_limit,
+            stats_count_users_cards_recent_sign_ins_and_expiring_certificates,
+            audit_pages_follow_on_from_the_last_event_of_the_page_before,
+            old_audit_events_are_purged_oldest_first_at_most_a_batch,
+            the_audit_limit_is_capped,
+        );
+        $crate::store_conformance_suite!(@two $nodes;
+            of_sixteen_racing_redemptions_exactly_one_is_accepted,
+            a_device_enrolls_once_and_disabling_or_removing_it_voids_its_unused_challenges,
+            of_sixteen_racing_uses_on_two_nodes_exactly_one_is_accepted,
+        );
+    };
+    (@one $fresh:expr; $($name:ident),* $(,)?) => {$(
+        #[tokio::test]
+        async fn $name() -> $crate::store::conformance::TestResult {
+            let (_guard, store) = $fresh.await?;
+            $crate::store::conformance::$name(store).await
+        }
+    )*};
+    (@two $nodes:expr; $($name:ident),* $(,)?) => {$(
+        #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+        async fn $name() -> $crate::store::conformance::TestResult {
+            let (_guard, nodes) = $nodes.await?;
+            $crate::store::conformance::$name(nodes).await
+        }
+    )*};
+}
+
+/// A time `seconds` after a fixed instant in November 2023.
+pub fn at(seconds: i64) -> OffsetDateTime {
+    OffsetDateTime::UNIX_EPOCH + TimeSpan::seconds(1_700_000_000 + seconds)
+}
+
+/// The nonce of a challenge named `name` in a test: the same for the same name.
+pub fn nonce(name: &str) -> Nonce {
+    Nonce::from_bytes(sha2::Sha256::digest(name.as_bytes()).into())
+}
+
+/// A user `id` with `mail` and a UPN and employee id made from the id.
+pub fn user(id: &str, mail: &str) -> User {
+    User {
+        id: id.to_owned(),
+        display_name: format!("{id} display"),
+        mail: Some(mail.to_owned()),
+        upn: Some(format!("{id}@corp.example")),
+        employee_id: Some(format!("E-{id}")),
+        state: UserState::Active,
+    }
+}
+
+/// The facts of a certificate with `serial` and `fingerprint`, issued by `CN=Test CA`.
+pub fn facts(serial: &str, fingerprint: &str) -> CertificateFacts {
+    CertificateFacts {
+        der: Vec::new(),
+        serial: serial.to_owned(),
+        fingerprint: fingerprint.to_owned(),
+        subject: format!("CN=card {serial}"),
+        issuer: "CN=Test CA".to_owned(),
+        common_name: Some(format!("card {serial}")),
+        subject_serial_number: None,
+        emails: Vec::new(),
+        upns: Vec::new(),
+        device: None,
+        not_before: at(-86_400),
+        not_after: at(86_400),
+        key: KeyKind::EcP256,
+    }
+}
+
+/// The card of a certificate [`facts`] makes.
+pub fn id(serial: &str) -> CardId {
+    CardId {
+        issuer: "CN=Test CA".to_owned(),
+        serial: serial.to_owned(),
+    }
+}
+
+/// The audit event that goes with an enrollment.
+pub fn enrolled() -> NewAuditEvent {
+    NewAuditEvent {
+        time: at(1),
+        kind: AuditKind::Enrollment,
+        outcome: AuditOutcome::Ok,
+        device: None,
+        card_serial: None,
+        user_id: Some("alice".to_owned()),
+        detail: None,
+    }
+}
+
+/// The audit event that goes with a challenge for `device`.
+pub fn challenge_event(device: &str) -> NewAuditEvent {
+    NewAuditEvent {
+        time: at(0),
+        kind: AuditKind::Challenge,
+        outcome: AuditOutcome::Ok,
+        device: Some(device.to_owned()),
+        card_serial: None,
+        user_id: None,
+        detail: None,
+    }
+}
+
+/// An assertion audit event at [`at`]`(seconds)`.
+pub fn event(
+    seconds: i64,
+    outcome: AuditOutcome,
+    device: &str,
+    card: &str,
+    user: &str,
+) -> NewAuditEvent {
+    NewAuditEvent {
+        time: at(seconds),
+        kind: AuditKind::Assertion,
+        outcome,
+        device: Some(device.to_owned()),
+        card_serial: Some(card.to_owned()),
+        user_id: Some(user.to_owned()),
+        detail: None,
+    }
+}
+
+/// A certificate the server issued to `user`, with [`facts`] for `serial`.
+pub fn issued(serial: &str, user: &str) -> IssuedCertificate {
+    IssuedCertificate {
+        facts: facts(serial, &format!("fp-{serial}")),
+        user_id: user.to_owned(),
+        card_serial_number: Some(12_345_678),
+        chuid_guid: Some("00112233445566778899aabbccddeeff".to_owned()),
+    }
+}
+
+/// An enrollment code `hash` for `user` that expires at [`at`]`(expires)`.
+pub fn code(hash: &str, user: &str, expires: i64) -> NewEnrollmentCode {
+    NewEnrollmentCode {
+        code_hash: hash.to_owned(),
+        user_id: user.to_owned(),
+        created_at: at(0),
+        expires_at: at(expires),
+    }
+}
+
+/// The audit event of a renewal at [`at`]`(seconds)`.
+pub fn renewal_event(seconds: i64) -> NewAuditEvent {
+    NewAuditEvent {
+        kind: AuditKind::Renewal,
+        ..event(seconds, AuditOutcome::Ok, "kiosk-1", "01", "alice")
+    }
+}
+
+/// The renewal events in the audit log, oldest first, as (card serial, detail).
+pub async fn renewal_events(store: &dyn Store) -> Result<Vec<(String, String)>, StoreError> {
+    let mut events: Vec<_> = store
+        .query_audit(&AuditQuery::default())
+        .await?
+        .into_iter()
+        .filter(|event| event.kind == AuditKind::Renewal)
+        .map(|event| {
+            (
+                event.card_serial.unwrap_or_default(),
+                event.detail.unwrap_or_default(),
+            )
+        })
+        .collect();
+    events.reverse();
+    Ok(events)
+}
+
+/// What a sign-in looks up: the [`nonce`] named `name`, card `card`, users by `values`.
+pub fn lookup(name: &str, card: &str, values: &[&str]) -> SignInLookup {
+    SignInLookup {
+        nonce: nonce(name).into_string(),
+        device: "kiosk-1".to_owned(),
+        now: at(1),
+        card: id(card),
+        user_attribute: UserAttribute::Mail,
+        user_values: values.iter().map(|value| (*value).to_owned()).collect(),
+    }
+}
+
+/// Conformance: users are added listed and locked.
+pub async fn users_are_added_listed_and_locked(store: Arc<dyn Store>) -> TestResult {
+    let bob = user("bob", "bob@example.org");
+    let alice = user("alice", "alice@example.org");
+    store.add_user(&bob).await?;
+    store.add_user(&alice).await?;
+    assert_eq!(store.get_user("alice").await?, Some(alice.clone()));
+    assert_eq!(store.get_user("carol").await?, None);
+    assert_eq!(store.list_users().await?, vec![alice.clone(), bob.clone()]);
+
+    let duplicate = store.add_user(&user("alice", "other@example.org")).await;
+    assert!(
+        matches!(&duplicate, Err(StoreError::Conflict { what }) if what.contains("alice")),
+        "{duplicate:?}"
+    );
+
+    store.set_user_state("alice", UserState::Locked).await?;
+    assert_eq!(
+        store.get_user("alice").await?.map(|user| user.state),
+        Some(UserState::Locked)
+    );
+    store.set_user_state("alice", UserState::Active).await?;
+    assert_eq!(store.get_user("alice").await?, Some(alice));
+    assert!(matches!(
+        store.set_user_state("carol", UserState::Locked).await,
+        Err(StoreError::NotFound { .. })
+    ));
+    Ok(())
+}
+
+/// Users are found by mail and UPN (ASCII case folded), by uid and employee id
+/// (exactly); a second user with a taken mail is refused.
+pub async fn users_are_found_by_each_attribute(store: Arc<dyn Store>) -> TestResult {
+    store.add_user(&user("alice", "Alice@Example.org")).await?;
+    store.add_user(&user("bob", "bob@example.org")).await?;
+    // A second user with bob's mail is refused (issue 11, item 9); a database from
+    // before may hold one, and lookups find both (an engine's own test: SQLite's
+    // `users_sharing_a_mail_from_before_the_checks_are_both_found`).
+    let robert = User {
+        id: "robert".to_owned(),
+        upn: None,
+        employee_id: None,
+        ..user("robert", "BOB@example.org")
+    };
+    assert!(matches!(
+        store.add_user(&robert).await,
+        Err(StoreError::AttributeTaken { .. })
+    ));
+    let ids = |users: Vec<User>| users.into_iter().map(|user| user.id).collect::<Vec<_>>();
+
+    assert_eq!(
+        ids(store
+            .find_users(UserAttribute::Mail, "alice@EXAMPLE.ORG")
+            .await?),
+        ["alice"]
+    );
+    assert_eq!(
+        ids(store
+            .find_users(UserAttribute::Mail, "bob@example.org")
+            .await?),
+        ["bob"]
+    );
+    assert_eq!(
+        ids(store
+            .find_users(UserAttribute::Upn, "BOB@corp.EXAMPLE")
+            .await?),
+        ["bob"]
+    );
+    assert_eq!(
+        ids(store.find_users(UserAttribute::Uid, "alice").await?),
+        ["alice"]
+    );
+    assert!(
+        store
+            .find_users(UserAttribute::Uid, "Alice")
+            .await?
+            .is_empty()
+    );
+    assert_eq!(
+        ids(store.find_users(UserAttribute::EmployeeId, "E-bob").await?),
+        ["bob"]
+    );
+    assert!(
+        store
+            .find_users(UserAttribute::EmployeeId, "e-bob")
+            .await?
+            .is_empty()
+    );
+    assert!(
+        store
+            .find_users(UserAttribute::Mail, "carol@example.org")
+            .await?
+            .is_empty()
+    );
+    Ok(())
+}
+
+/// Conformance: recording a card again updates it and keeps its state.
+pub async fn recording_a_card_again_updates_it_and_keeps_its_state(
+    store: Arc<dyn Store>,
+) -> TestResult {
+    store.add_user(&user("alice", "alice@example.org")).await?;
+    store.add_user(&user("bob", "bob@example.org")).await?;
+
+    let first = store.record_card(&facts("0a1b", "f1"), None, at(0)).await?;
+    assert_eq!(
+        first,
+        Card {
+            serial: "0a1b".to_owned(),
+            fingerprint: "f1".to_owned(),
+            issuer: "CN=Test CA".to_owned(),
+            subject: "CN=card 0a1b".to_owned(),
+            user_id: None,
+            state: CardState::Active,
+            first_seen: at(0),
+            last_seen: at(0),
+        }
+    );
+    store.set_card_state(&id("0a1b"), CardState::Locked).await?;
+
+    let second = store
+        .record_card(&facts("0a1b", "f2"), Some("alice"), at(10))
+        .await?;
+    assert_eq!(second.fingerprint, "f2");
+    assert_eq!(second.user_id.as_deref(), Some("alice"));
+    assert_eq!(second.state, CardState::Locked);
+    assert_eq!((second.first_seen, second.last_seen), (at(0), at(10)));
+
+    let third = store
+        .record_card(&facts("0a1b", "f2"), None, at(20))
+        .await?;
+    assert_eq!(third.user_id.as_deref(), Some("alice"));
+    let fourth = store
+        .record_card(&facts("0a1b", "f2"), Some("bob"), at(30))
+        .await?;
+    assert_eq!(fourth.user_id.as_deref(), Some("bob"));
+    assert_eq!(store.get_card(&id("0a1b")).await?, Some(fourth.clone()));
+
+    let unknown_user = store
+        .record_card(&facts("0c0d", "f3"), Some("carol"), at(40))
+        .await;
+    assert!(
+        matches!(&unknown_user, Err(StoreError::NotFound { what }) if what.contains("carol")),
+        "{unknown_user:?}"
+    );
+    assert_eq!(store.get_card(&id("0c0d")).await?, None);
+
+    let other = store
+        .record_card(&facts("0001", "f4"), None, at(50))
+        .await?;
+    assert_eq!(store.list_cards().await?, vec![other, fourth]);
+    Ok(())
+}
+
+/// Conformance: an enrollment code is redeemed once before it expires.
+pub async fn an_enrollment_code_is_redeemed_once_before_it_expires(
+    store: Arc<dyn Store>,
+) -> TestResult {
+    store.add_user(&user("alice", "alice@example.com")).await?;
+    assert!(matches!(
+        store.add_enrollment_code(&code("h0", "nobody", 900)).await,
+        Err(StoreError::NotFound { .. })
+    ));
+    store.add_enrollment_code(&code("h1", "alice", 900)).await?;
+    store.add_enrollment_code(&code("h2", "alice", 900)).await?;
+    assert!(matches!(
+        store.add_enrollment_code(&code("h1", "alice", 900)).await,
+        Err(StoreError::Conflict { .. })
+    ));
+    let stored = store.get_enrollment_code("h1").await?.ok_or("stored")?;
+    assert_eq!((stored.user_id.as_str(), stored.used_at), ("alice", None));
+
+    assert_eq!(
+        store
+            .redeem_enrollment_code("nope", &issued("01", "alice"), at(1), enrolled())
+            .await?,
+        EnrollmentCodeUse::Unknown
+    );
+    assert_eq!(
+        store
+            .redeem_enrollment_code("h1", &issued("01", "alice"), at(1), enrolled())
+            .await?,
+        EnrollmentCodeUse::Accepted
+    );
+    let card = store.get_card(&id("01")).await?.ok_or("registered")?;
+    assert_eq!(
+        (card.state, card.user_id.as_deref()),
+        (CardState::Active, Some("alice"))
+    );
+    let used = store.get_enrollment_code("h1").await?.ok_or("stored")?;
+    assert_eq!(
+        (used.used_at, used.used_by.as_deref()),
+        (Some(at(1)), Some("01"))
+    );
+    // Used beats expired; a refused redemption registers nothing.
+    for now in [2, 10_000] {
+        assert_eq!(
+            store
+                .redeem_enrollment_code("h1", &issued("02", "alice"), at(now), enrolled())
+                .await?,
+            EnrollmentCodeUse::Used
+        );
+    }
+    assert_eq!(
+        store
+            .redeem_enrollment_code("h2", &issued("03", "alice"), at(900), enrolled())
+            .await?,
+        EnrollmentCodeUse::Expired
+    );
+    assert!(store.get_card(&id("02")).await?.is_none());
+    assert!(store.get_card(&id("03")).await?.is_none());
+    // A serial that exists already: the code stays unused.
+    assert!(matches!(
+        store
+            .redeem_enrollment_code("h2", &issued("01", "alice"), at(5), enrolled())
+            .await,
+        Err(StoreError::Conflict { .. })
+    ));
+    assert_eq!(
+        store.get_enrollment_code("h2").await?.ok_or("h2")?.used_at,
+        None
+    );
+    Ok(())
+}
+
+/// Conformance: a renewal is pending until the new certificate is confirmed or used.
+pub async fn a_renewal_is_pending_until_the_new_certificate_is_confirmed_or_used(
+    store: Arc<dyn Store>,
+) -> TestResult {
+    store.add_user(&user("alice", "alice@example.com")).await?;
+    store.add_enrollment_code(&code("h1", "alice", 900)).await?;
+    store
+        .redeem_enrollment_code("h1", &issued("01", "alice"), at(1), enrolled())
+        .await?;
+    let enrollment_events = store.query_audit(&AuditQuery::default()).await?;
+    assert_eq!(
+        enrollment_events.len(),
+        1,
+        "the enrollment's event, in its write"
+    );
+
+    // Step one: the new certificate is pending; the old card stays active.
+    let old = facts("01", "fp-01");
+    store
+        .begin_renewal(
+            &old,
+            "alice",
+            &issued("02", "alice"),
+            at(2),
+            renewal_event(2),
+        )
+        .await?;
+    assert_eq!(
+        store.get_card(&id("01")).await?.ok_or("old")?.state,
+        CardState::Active
+    );
+    assert_eq!(
+        store.get_card(&id("02")).await?,
+        None,
+        "no record until used"
+    );
+    assert!(store.revocation(&id("01")).await?.is_none());
+    let pending = store.pending_renewals(&id("01")).await?;
+    assert_eq!(pending, [issued("02", "alice").facts.der]);
+    assert_eq!(renewal_events(&*store).await?.len(), 1, "in the same write");
+    // The new certificate signs in with the old card's state.
+    let records = store.begin_sign_in(&lookup("none", "02", &[])).await?;
+    assert_eq!(records.card, None);
+    assert_eq!(
+        records.renews.map(|card| card.serial).as_deref(),
+        Some("01")
+    );
+
+    // Renewing again (the old key signed it, so 02 never reached the card): 02 is revoked.
+    store
+        .begin_renewal(
+            &old,
+            "alice",
+            &issued("03", "alice"),
+            at(3),
+            renewal_event(3),
+        )
+        .await?;
+    assert_eq!(
+        store
+            .revocation(&id("02"))
+            .await?
+            .ok_or("02 listed")?
+            .reason,
+        RevocationReason::Superseded
+    );
+    assert_eq!(store.pending_renewals(&id("01")).await?.len(), 1);
+
+    // Step two: the card confirms 03; 01 is superseded, once.
+    assert!(
+        store
+            .confirm_renewal(
+                &issued("03", "alice").facts,
+                "alice",
+                at(4),
+                renewal_event(4)
+            )
+            .await?
+    );
+    assert_eq!(
+        store.get_card(&id("01")).await?.ok_or("old")?.state,
+        CardState::Revoked
+    );
+    assert_eq!(
+        store.get_card(&id("03")).await?.ok_or("new")?.state,
+        CardState::Active
+    );
+    let revoked = store.revocation(&id("01")).await?.ok_or("listed")?;
+    assert_eq!(
+        (revoked.reason, revoked.revoked_at),
+        (RevocationReason::Superseded, at(4))
+    );
+    assert!(store.pending_renewals(&id("01")).await?.is_empty());
+    assert!(
+        !store
+            .confirm_renewal(
+                &issued("03", "alice").facts,
+                "alice",
+                at(5),
+                renewal_event(5)
+            )
+            .await?,
+        "confirming again completes nothing"
+    );
+    let events = renewal_events(&*store).await?;
+    assert_eq!(events.len(), 5, "{events:?}");
+    assert!(events[2].1.contains("01@"), "{events:?}");
+
+    // A renewal that fails part-way (its new serial exists) changes nothing and leaves
+    // no event: the effects and the event are one write.
+    let events_before = store.query_audit(&AuditQuery::default()).await?.len();
+    let other = facts("0f", "fp-0f");
+    store.record_card(&other, Some("alice"), at(5)).await?;
+    assert!(matches!(
+        store
+            .begin_renewal(
+                &other,
+                "alice",
+                &issued("03", "alice"),
+                at(5),
+                renewal_event(5)
+            )
+            .await,
+        Err(StoreError::Conflict { .. })
+    ));
+    assert!(store.pending_renewals(&id("0f")).await?.is_empty());
+    assert_eq!(
+        store.query_audit(&AuditQuery::default()).await?.len(),
+        events_before
+    );
+
+    // The old card cannot be renewed again.
+    assert!(matches!(
+        store
+            .begin_renewal(
+                &old,
+                "alice",
+                &issued("04", "alice"),
+                at(6),
+                renewal_event(6)
+            )
+            .await,
+        Err(StoreError::Conflict { .. })
+    ));
+    assert!(store.pending_renewals(&id("01")).await?.is_empty());
+
+    // A first sign-in with the new certificate completes a renewal too.
+    let new = facts("03", "fp-03");
+    store
+        .begin_renewal(
+            &new,
+            "alice",
+            &issued("05", "alice"),
+            at(7),
+            renewal_event(7),
+        )
+        .await?;
+    store
+        .finish_sign_in(
+            &issued("05", "alice").facts,
+            "alice",
+            at(8),
+            event(8, AuditOutcome::Ok, "kiosk-1", "05", "alice"),
+        )
+        .await?;
+    assert_eq!(
+        store.get_card(&id("03")).await?.ok_or("03")?.state,
+        CardState::Revoked
+    );
+    // An admin revoking a card revokes its pending renewals.
+    store
+        .begin_renewal(
+            &issued("05", "alice").facts,
+            "alice",
+            &issued("06", "alice"),
+            at(9),
+            renewal_event(9),
+        )
+        .await?;
+    store.set_card_state(&id("05"), CardState::Revoked).await?;
+    assert!(store.revocation(&id("06")).await?.is_some());
+    assert!(store.pending_renewals(&id("05")).await?.is_empty());
+    Ok(())
+}
+
+/// Conformance: two issuers of one serial are two cards.
+pub async fn two_issuers_of_one_serial_are_two_cards(store: Arc<dyn Store>) -> TestResult {
+    store.add_user(&user("alice", "alice@example.com")).await?;
+    store.add_user(&user("bob", "bob@example.com")).await?;
+    let from = |issuer: &str| CertificateFacts {
+        issuer: issuer.to_owned(),
+        ..facts("1001", &format!("fp-{issuer}"))
+    };
+    let (a, b) = (from("CN=Org A"), from("CN=Org B"));
+    store.record_card(&a, Some("alice"), at(0)).await?;
+    store.record_card(&b, Some("bob"), at(0)).await?;
+    let found = store.find_cards("1001").await?;
+    let owners: Vec<_> = found.iter().map(|card| card.user_id.as_deref()).collect();
+    assert_eq!(owners, [Some("alice"), Some("bob")]);
+    store
+        .set_card_state(&CardId::of(&b), CardState::Revoked)
+        .await?;
+    assert_eq!(
+        store.get_card(&CardId::of(&a)).await?.ok_or("a")?.state,
+        CardState::Active
+    );
+    assert!(store.revocation(&CardId::of(&a)).await?.is_none());
+    assert!(store.revocation(&CardId::of(&b)).await?.is_some());
+    assert_eq!(
+        CardId::of(&a).qualified(),
+        format!("1001@{}", super::issuer_id("CN=Org A"))
+    );
+    Ok(())
+}
+
+/// Conformance: deleted revoked cards stay on the revocation list.
+pub async fn deleted_revoked_cards_stay_on_the_revocation_list(
+    store: Arc<dyn Store>,
+) -> TestResult {
+    store.add_user(&user("alice", "alice@example.com")).await?;
+    store.add_enrollment_code(&code("h1", "alice", 900)).await?;
+    store
+        .redeem_enrollment_code("h1", &issued("01", "alice"), at(1), enrolled())
+        .await?;
+    // A card this server did not issue.
+    store.record_card(&facts("0e", "f"), None, at(0)).await?;
+
+    assert!(
+        matches!(store.delete_card(&id("01")).await, Err(StoreError::Conflict { what }) if what.contains("revoke it first"))
+    );
+    assert!(matches!(
+        store.delete_card(&id("ff")).await,
+        Err(StoreError::NotFound { .. })
+    ));
+    store.set_card_state(&id("01"), CardState::Revoked).await?;
+    store.set_card_state(&id("0e"), CardState::Revoked).await?;
+    assert_eq!(
+        store.revocation(&id("01")).await?.ok_or("listed")?.reason,
+        RevocationReason::Unspecified
+    );
+    store.delete_card(&id("01")).await?;
+    store.delete_card(&id("0e")).await?;
+    assert!(store.get_card(&id("01")).await?.is_none());
+    assert!(store.revocation(&id("01")).await?.is_some());
+    assert!(store.revocation(&id("0e")).await?.is_some());
+    // The CRL lists only what this server issued.
+    let listed: Vec<String> = store
+        .revoked_issued_certificates("CN=Test CA")
+        .await?
+        .into_iter()
+        .map(|revoked| revoked.serial)
+        .collect();
+    assert_eq!(listed, ["01"]);
+    Ok(())
+}
+
+/// Conformance: revocation is final.
+pub async fn revocation_is_final(store: Arc<dyn Store>) -> TestResult {
+    store.record_card(&facts("0a1b", "f1"), None, at(0)).await?;
+    let state = async || -> Result<Option<CardState>, StoreError> {
+        Ok(store.get_card(&id("0a1b")).await?.map(|card| card.state))
+    };
+
+    store.set_card_state(&id("0a1b"), CardState::Locked).await?;
+    assert_eq!(state().await?, Some(CardState::Locked));
+    store.set_card_state(&id("0a1b"), CardState::Active).await?;
+    assert_eq!(state().await?, Some(CardState::Active));
+    store
+        .set_card_state(&id("0a1b"), CardState::Revoked)
+        .await?;
+    assert_eq!(state().await?, Some(CardState::Revoked));
+
+    for state in [CardState::Active, CardState::Locked] {
+        let result = store.set_card_state(&id("0a1b"), state).await;
+        assert!(
+            matches!(&result, Err(StoreError::Conflict { what }) if what.contains("revoked")),
+            "{result:?}"
+        );
+    }
+    store
+        .set_card_state(&id("0a1b"), CardState::Revoked)
+        .await?;
+    assert_eq!(state().await?, Some(CardState::Revoked));
+    assert!(matches!(
+        store.set_card_state(&id("ffff"), CardState::Locked).await,
+        Err(StoreError::NotFound { .. })
+    ));
+    Ok(())
+}
+
+/// Conformance: a sign in takes its challenge and reads card revocation and users.
+pub async fn a_sign_in_takes_its_challenge_and_reads_card_revocation_and_users(
+    store: Arc<dyn Store>,
+) -> TestResult {
+    let alice = user("alice", "alice@example.org");
+    let bob = user("bob", "bob@example.org");
+    store.add_user(&bob).await?;
+    store.add_user(&alice).await?;
+    let card = store
+        .record_card(&facts("0a1b", "f1"), Some("alice"), at(0))
+        .await?;
+    for name in ["n1", "n2", "n3"] {
+        store
+            .add_challenge(&nonce(name), "kiosk-1", at(60), challenge_event("kiosk-1"))
+            .await?;
+    }
+
+    let records = store
+        .begin_sign_in(&lookup(
+            "n1",
+            "0a1b",
+            &["ALICE@example.org", "alice@example.org"],
+        ))
+        .await?;
+    assert_eq!(
+        records,
+        SignInRecords {
+            challenge: ChallengeUse::Accepted,
+            card: Some(card.clone()),
+            revocation: None,
+            renews: None,
+            users: vec![alice.clone()],
+        },
+        "one user, however many values match her"
+    );
+    let replay = store.begin_sign_in(&lookup("n1", "0a1b", &[])).await?;
+    assert_eq!(replay.challenge, ChallengeUse::Reused);
+
+    let both = store
+        .begin_sign_in(&lookup(
+            "n2",
+            "0a1b",
+            &["bob@example.org", "alice@example.org"],
+        ))
+        .await?;
+    assert_eq!(both.users, vec![alice, bob], "ordered by id");
+
+    // A card whose record was deleted after revocation is still found revoked.
+    store
+        .set_card_state(&id("0a1b"), CardState::Revoked)
+        .await?;
+    store.delete_card(&id("0a1b")).await?;
+    let deleted = store.begin_sign_in(&lookup("n3", "0a1b", &[])).await?;
+    assert_eq!(deleted.card, None);
+    assert_eq!(
+        deleted.revocation.map(|revoked| revoked.serial).as_deref(),
+        Some("0a1b")
+    );
+    Ok(())
+}
+
+/// Conformance: a sign in is finished with its card and its audit event or not at all.
+pub async fn a_sign_in_is_finished_with_its_card_and_its_audit_event_or_not_at_all(
+    store: Arc<dyn Store>,
+) -> TestResult {
+    store.add_user(&user("alice", "alice@example.org")).await?;
+    let unknown_user = store
+        .finish_sign_in(
+            &facts("0a1b", "f1"),
+            "nobody",
+            at(5),
+            event(5, AuditOutcome::Ok, "kiosk-1", "0a1b", "nobody"),
+        )
+        .await;
+    assert!(
+        matches!(&unknown_user, Err(StoreError::NotFound { what }) if what.contains("nobody")),
+        "{unknown_user:?}"
+    );
+    assert_eq!(store.get_card(&id("0a1b")).await?, None);
+    assert!(store.query_audit(&AuditQuery::default()).await?.is_empty());
+
+    let card = store
+        .finish_sign_in(
+            &facts("0a1b", "f1"),
+            "alice",
+            at(5),
+            event(5, AuditOutcome::Ok, "kiosk-1", "0a1b", "alice"),
+        )
+        .await?;
+    assert_eq!(
+        (card.user_id.as_deref(), card.last_seen),
+        (Some("alice"), at(5))
+    );
+    let events = store.query_audit(&AuditQuery::default()).await?;
+    assert_eq!(events.len(), 1);
+    assert_eq!(events[0].user_id.as_deref(), Some("alice"));
+    Ok(())
+}
+
+/// Conformance: a challenge that exists already writes no audit event.
+pub async fn a_challenge_that_exists_already_writes_no_audit_event(
+    store: Arc<dyn Store>,
+) -> TestResult {
+    store
+        .add_challenge(&nonce("n1"), "kiosk-1", at(60), challenge_event("kiosk-1"))
+        .await?;
+    let duplicate = store
+        .add_challenge(&nonce("n1"), "kiosk-2", at(60), challenge_event("kiosk-2"))
+        .await;
+    assert!(matches!(duplicate, Err(StoreError::Conflict { .. })));
+    let events = store.query_audit(&AuditQuery::default()).await?;
+    let devices: Vec<_> = events.iter().map(|event| event.device.as_deref()).collect();
+    assert_eq!(devices, [Some("kiosk-1")]);
+    Ok(())
+}
+
+/// Conformance: a challenge is used once by its device before it expires.
+pub async fn a_challenge_is_used_once_by_its_device_before_it_expires(
+    store: Arc<dyn Store>,
+) -> TestResult {
+    store
+        .add_challenge(
+            &nonce("fresh"),
+            "kiosk-1",
+            at(60),
+            challenge_event("kiosk-1"),
+        )
+        .await?;
+    assert_eq!(
+        store
+            .use_challenge(nonce("fresh").as_str(), "kiosk-2", at(1))
+            .await?,
+        ChallengeUse::OtherDevice
+    );
+    assert_eq!(
+        store
+            .use_challenge(nonce("fresh").as_str(), "kiosk-1", at(1))
+            .await?,
+        ChallengeUse::Accepted
+    );
+    assert_eq!(
+        store
+            .use_challenge(nonce("fresh").as_str(), "kiosk-1", at(2))
+            .await?,
+        ChallengeUse::Reused
+    );
+    assert_eq!(
+        store
+            .use_challenge(nonce("fresh").as_str(), "kiosk-1", at(120))
+            .await?,
+        ChallengeUse::Reused,
+        "a used challenge stays a replay after it expires"
+    );
+    assert_eq!(
+        store
+            .use_challenge(nonce("fresh").as_str(), "kiosk-2", at(2))
+            .await?,
+        ChallengeUse::OtherDevice
+    );
+
+    store
+        .add_challenge(
+            &nonce("stale"),
+            "kiosk-1",
+            at(60),
+            challenge_event("kiosk-1"),
+        )
+        .await?;
+    assert_eq!(
+        store
+            .use_challenge(nonce("stale").as_str(), "kiosk-1", at(60))
+            .await?,
+        ChallengeUse::Expired,
+        "the expiry instant is already too late"
+    );
+    assert_eq!(
+        store
+            .use_challenge(
+                nonce("stale").as_str(),
+                "kiosk-1",
+                at(60) - TimeSpan::microseconds(1)
+            )
+            .await?,
+        ChallengeUse::Accepted
+    );
+    assert_eq!(
+        store
+            .use_challenge(nonce("never").as_str(), "kiosk-1", at(1))
+            .await?,
+        ChallengeUse::Unknown
+    );
+
+    let duplicate = store
+        .add_challenge(
+            &nonce("stale"),
+            "kiosk-1",
+            at(90),
+            challenge_event("kiosk-1"),
+        )
+        .await;
+    assert!(
+        matches!(&duplicate, Err(StoreError::Conflict { what }) if !what.contains(nonce("stale").as_str())),
+        "{duplicate:?}"
+    );
+    Ok(())
+}
+
+/// Conformance: purging removes only challenges expired before the cut.
+pub async fn purging_removes_only_challenges_expired_before_the_cut(
+    store: Arc<dyn Store>,
+) -> TestResult {
+    store
+        .add_challenge(
+            &nonce("early"),
+            "kiosk-1",
+            at(10),
+            challenge_event("kiosk-1"),
+        )
+        .await?;
+    store
+        .add_challenge(
+            &nonce("used"),
+            "kiosk-1",
+            at(20),
+            challenge_event("kiosk-1"),
+        )
+        .await?;
+    store
+        .add_challenge(
+            &nonce("late"),
+            "kiosk-1",
+            at(30),
+            challenge_event("kiosk-1"),
+        )
+        .await?;
+    assert_eq!(
+        store
+            .use_challenge(nonce("used").as_str(), "kiosk-1", at(5))
+            .await?,
+        ChallengeUse::Accepted
+    );
+    assert_eq!(store.purge_challenges(at(20)).await?, 1);
+    assert_eq!(store.purge_challenges(at(21)).await?, 1);
+    assert_eq!(
+        store
+            .use_challenge(nonce("early").as_str(), "kiosk-1", at(5))
+            .await?,
+        ChallengeUse::Unknown
+    );
+    assert_eq!(
+        store
+            .use_challenge(nonce("late").as_str(), "kiosk-1", at(25))
+            .await?,
+        ChallengeUse::Accepted
+    );
+    Ok(())
+}
+
+/// Conformance: audit queries filter order and limit.
+pub async fn audit_queries_filter_order_and_limit(store: Arc<dyn Store>) -> TestResult {
+    let recorded = [
+        event(0, AuditOutcome::Ok, "kiosk-1", "0a", "alice"),
+        event(
+            10,
+            ErrorCode::ChallengeReused.into(),
+            "kiosk-2",
+            "0a",
+            "alice",
+        ),
+        event(20, AuditOutcome::Ok, "kiosk-2", "0b", "bob"),
+        event(30, ErrorCode::UserLocked.into(), "kiosk-1", "0b", "bob"),
+        event(30, AuditOutcome::Ok, "kiosk-1", "0a", "alice"),
+    ];
+    for new_event in recorded.clone() {
+        store.audit(new_event).await?;
+    }
+    store
+        .audit(NewAuditEvent {
+            time: at(40),
+            kind: AuditKind::Admin,
+            outcome: AuditOutcome::Ok,
+            device: None,
+            card_serial: None,
+            user_id: None,
+            detail: Some("users lock carol".to_owned()),
+        })
+        .await?;
+    let query = |change: fn(&mut AuditQuery)| {
+        let mut query = AuditQuery::default();
+        change(&mut query);
+        query
+    };
+    let times = async |query: AuditQuery| -> Result<Vec<(i64, i64)>, StoreError> {
+        Ok(store
+            .query_audit(&query)
+            .await?
+            .iter()
+            .map(|event| ((event.time - at(0)).whole_seconds(), event.id))
+            .collect())
+    };
+
+    let everything = store.query_audit(&AuditQuery::default()).await?;
+    assert_eq!(everything.len(), 6);
+    assert_eq!(
+        everything.last(),
+        Some(&AuditEvent {
+            id: 1,
+            time: at(0),
+            kind: AuditKind::Assertion,
+            outcome: AuditOutcome::Ok,
+            device: Some("kiosk-1".to_owned()),
+            card_serial: Some("0a".to_owned()),
+            user_id: Some("alice".to_owned()),
+            detail: None,
+        })
+    );
+    assert_eq!(
+        everything.first().and_then(|event| event.detail.as_deref()),
+        Some("users lock carol")
+    );
+    assert_eq!(
+        times(AuditQuery::default()).await?,
+        [(40, 6), (30, 5), (30, 4), (20, 3), (10, 2), (0, 1)],
+        "newest first; the later insert first among equal times"
+    );
+    assert_eq!(
+        times(query(|q| q.user_id = Some("alice".to_owned()))).await?,
+        [(30, 5), (10, 2), (0, 1)]
+    );
+    assert_eq!(
+        times(query(|q| q.card_serial = Some("0b".to_owned()))).await?,
+        [(30, 4), (20, 3)]
+    );
+    assert_eq!(
+        times(query(|q| q.device = Some("kiosk-2".to_owned()))).await?,
+        [(20, 3), (10, 2)]
+    );
+    assert_eq!(
+        times(query(|q| q.outcome = Some(ErrorCode::UserLocked.into()))).await?,
+        [(30, 4)]
+    );
+    assert_eq!(
+        times(query(|q| {
+            q.since = Some(at(10));
+            q.until = Some(at(30));
+        }))
+        .await?,
+        [(20, 3), (10, 2)],
+        "since is inclusive, until exclusive"
+    );
+    assert_eq!(
+        times(query(|q| {
+            q.user_id = Some("alice".to_owned());
+            q.outcome = Some(AuditOutcome::Ok);
+            q.since = Some(at(1));
+        }))
+        .await?,
+        [(30, 5)]
+    );
+    assert_eq!(times(query(|q| q.limit = 2)).await?, [(40, 6), (30, 5)]);
+    assert!(
+        times(query(|q| q.device = Some("kiosk-9".to_owned())))
+            .await?
+            .is_empty()
+    );
+    assert_eq!(
+        times(query(
+            |q| q.kind = Some(AuditKindFilter::Kind(AuditKind::Admin))
+        ))
+        .await?,
+        [(40, 6)]
+    );
+    assert_eq!(
+        times(query(|q| q.kind = Some(AuditKindFilter::SignInRefused))).await?,
+        [(30, 4), (10, 2)]
+    );
+    assert_eq!(
+        times(query(|q| q.kind = Some(AuditKindFilter::SignIn))).await?,
+        [(30, 5), (20, 3), (0, 1)]
+    );
+    Ok(())
+}
+
+/// Issue 12: the metrics' counts: users and cards by state, sign-ins of the last hour
+/// only, issued certificates expiring within 30 days unless revoked.
+pub async fn stats_count_users_cards_recent_sign_ins_and_expiring_certificates(
+    store: Arc<dyn Store>,
+) -> TestResult {
+    store.add_user(&user("alice", "alice@example.com")).await?;
+    store.add_user(&user("bob", "bob@example.com")).await?;
+    store.set_user_state("bob", UserState::Locked).await?;
+    let now = at(100_000);
+    for seconds in [100_000 - 7200, 100_000 - 60] {
+        store
+            .audit(event(seconds, AuditOutcome::Ok, "kiosk-1", "0a", "alice"))
+            .await?;
+    }
+    store
+        .audit(event(
+            100_000 - 30,
+            ErrorCode::CardLocked.into(),
+            "kiosk-1",
+            "0a",
+            "alice",
+        ))
+        .await?;
+    let mut expiring = issued("0c", "alice");
+    expiring.facts.not_after = now + time::Duration::days(10);
+    let mut later = issued("0d", "alice");
+    later.facts.not_after = now + time::Duration::days(90);
+    for (certificate, hash) in [(&expiring, "c"), (&later, "d")] {
+        store
+            .add_enrollment_code(&code(hash, "alice", 100_060))
+            .await?;
+        store
+            .redeem_enrollment_code(hash, certificate, now, enrolled())
+            .await?;
+    }
+    let stats = store.stats(now).await?;
+    assert_eq!(
+        stats.users,
+        [(UserState::Active, 1), (UserState::Locked, 1)]
+    );
+    assert_eq!(
+        stats.cards,
+        [
+            (CardState::Active, 2),
+            (CardState::Locked, 0),
+            (CardState::Revoked, 0)
+        ]
+    );
+    assert_eq!(stats.sign_ins_last_hour, 1, "one ok assertion in the hour");
+    assert_eq!(stats.certificates_expiring, 1);
+    store
+        .revoke_card(&id("0c"), RevocationReason::CessationOfOperation)
+        .await?;
+    let stats = store.stats(now).await?;
+    assert_eq!(
+        stats.certificates_expiring, 0,
+        "a revoked card's does not count"
+    );
+    assert_eq!(
+        store.revocation(&id("0c")).await?.map(|r| r.reason),
+        Some(RevocationReason::CessationOfOperation)
+    );
+    Ok(())
+}
+
+/// Issue 12: the audit pages with a cursor, the id of the last event of a page; the
+/// pages cover every event once, in order, even where times tie or run against ids.
+pub async fn audit_pages_follow_on_from_the_last_event_of_the_page_before(
+    store: Arc<dyn Store>,
+) -> TestResult {
+    // Ids 1..=6; the times tie (30) and run against the ids (id 6 is older than 5).
+    for seconds in [0, 10, 30, 30, 40, 5] {
+        store
+            .audit(event(seconds, AuditOutcome::Ok, "kiosk-1", "0a", "alice"))
+            .await?;
+    }
+    let mut seen = Vec::new();
+    let mut before = None;
+    loop {
+        let page = store
+            .query_audit(&AuditQuery {
+                limit: 2,
+                before,
+                ..AuditQuery::default()
+            })
+            .await?;
+        let Some(last) = page.last() else { break };
+        before = Some(last.id);
+        seen.extend(page.iter().map(|event| event.id));
+    }
+    assert_eq!(seen, [5, 4, 3, 2, 6, 1], "every event once, newest first");
+    store.purge_audit(at(6), 10).await?;
+    let after_purge = store
+        .query_audit(&AuditQuery {
+            before: Some(1),
+            ..AuditQuery::default()
+        })
+        .await?;
+    assert!(after_purge.is_empty(), "an unknown cursor pages by id");
+    let by_id = store
+        .query_audit(&AuditQuery {
+            before: Some(4),
+            ..AuditQuery::default()
+        })
+        .await?;
+    assert_eq!(
+        by_id.iter().map(|event| event.id).collect::<Vec<_>>(),
+        [3, 2]
+    );
+    Ok(())
+}
+
+/// Conformance: old audit events are purged oldest first at most a batch.
+pub async fn old_audit_events_are_purged_oldest_first_at_most_a_batch(
+    store: Arc<dyn Store>,
+) -> TestResult {
+    for second in 0..10 {
+        store
+            .audit(event(second, AuditOutcome::Ok, "kiosk-1", "0a", "alice"))
+            .await?;
+    }
+    let cutoff = at(7);
+    assert_eq!(store.purge_audit(cutoff, 4).await?, 4);
+    assert_eq!(store.purge_audit(cutoff, 4).await?, 3);
+    assert_eq!(store.purge_audit(cutoff, 4).await?, 0);
+    let left = store.query_audit(&AuditQuery::default()).await?;
+    assert_eq!(left.len(), 3);
+    assert!(left.iter().all(|event| event.time >= cutoff));
+    assert_eq!(store.size_bytes(), None, "in memory: no files");
+    Ok(())
+}
+
+/// Conformance: the audit limit is capped.
+pub async fn the_audit_limit_is_capped(store: Arc<dyn Store>) -> TestResult {
+    for second in 0..1005 {
+        store
+            .audit(event(second, AuditOutcome::Ok, "kiosk-1", "0a", "alice"))
+            .await?;
+    }
+    let all = AuditQuery {
+        limit: u32::MAX,
+        ..AuditQuery::default()
+    };
+    assert_eq!(store.query_audit(&all).await?.len(), 1000);
+    let unset = AuditQuery {
+        limit: 0,
+        ..AuditQuery::default()
+    };
+    assert_eq!(store.query_audit(&unset).await?.len(), 100);
+    Ok(())
+}
+
+/// Conformance: of sixteen racing redemptions exactly one is accepted.
+pub async fn of_sixteen_racing_redemptions_exactly_one_is_accepted(
+    [first, second]: [Arc<dyn Store>; 2],
+) -> TestResult {
+    first.add_user(&user("alice", "alice@example.com")).await?;
+    first
+        .add_enrollment_code(&code("race", "alice", 900))
+        .await?;
+    let mut tasks = Vec::new();
+    for index in 0..16 {
+        let store = if index % 2 == 0 {
+            first.clone()
+        } else {
+            second.clone()
+        };
+        tasks.push(tokio::spawn(async move {
+            store
+                .redeem_enrollment_code(
+                    "race",
+                    &issued(&format!("{index:02x}"), "alice"),
+                    at(1),
+                    enrolled(),
+                )
+                .await
+        }));
+    }
+    let mut accepted = 0;
+    for task in tasks {
+        if task.await?? == EnrollmentCodeUse::Accepted {
+            accepted += 1;
+        }
+    }
+    assert_eq!(accepted, 1);
+    assert_eq!(first.list_cards().await?.len(), 1);
+    Ok(())
+}
+
+/// Conformance: a device enrolls once and disabling or removing it voids its unused challenges.
+pub async fn a_device_enrolls_once_and_disabling_or_removing_it_voids_its_unused_challenges(
+    [first, second]: [Arc<dyn Store>; 2],
+) -> TestResult {
+    let new = NewDevice {
+        id: "kiosk-1".to_owned(),
+        code_hash: "hash-1".to_owned(),
+        created_at: at(0),
+        code_expires_at: at(100),
+    };
+    first.add_device(&new, challenge_event("kiosk-1")).await?;
+    let again = NewDevice {
+        code_hash: "hash-9".to_owned(),
+        ..new.clone()
+    };
+    assert!(matches!(
+        first.add_device(&again, challenge_event("kiosk-1")).await,
+        Err(StoreError::Conflict { .. })
+    ));
+    let credential = |index: u8| DeviceCredentialRecord {
+        certificate: vec![index],
+        serial: format!("{index:02x}"),
+        fingerprint: "f".to_owned(),
+        not_after: at(1000),
+    };
+    let mut tasks = Vec::new();
+    for index in 0..16u8 {
+        let store = if index % 2 == 0 {
+            first.clone()
+        } else {
+            second.clone()
+        };
+        let record = credential(index);
+        tasks.push(tokio::spawn(async move {
+            store
+                .redeem_device_code("hash-1", &record, at(1), challenge_event("x"))
+                .await
+        }));
+    }
+    let mut accepted = Vec::new();
+    for task in tasks {
+        if let DeviceCodeUse::Accepted { device } = task.await?? {
+            accepted.push(device);
+        }
+    }
+    assert_eq!(accepted, ["kiosk-1"]);
+    let device = first.get_device("kiosk-1").await?.ok_or("kiosk-1")?;
+    assert!(device.credential.is_some() && device.code_used_at.is_some());
+    assert_eq!(
+        first
+            .redeem_device_code("hash-1", &credential(99), at(2), challenge_event("x"))
+            .await?,
+        DeviceCodeUse::Used
+    );
+    assert_eq!(
+        first
+            .redeem_device_code("nope", &credential(99), at(2), challenge_event("x"))
+            .await?,
+        DeviceCodeUse::Unknown
+    );
+    let late = NewDevice {
+        id: "kiosk-2".to_owned(),
+        code_hash: "hash-2".to_owned(),
+        created_at: at(0),
+        code_expires_at: at(1),
+    };
+    first.add_device(&late, challenge_event("kiosk-2")).await?;
+    assert_eq!(
+        first
+            .redeem_device_code("hash-2", &credential(98), at(1), challenge_event("x"))
+            .await?,
+        DeviceCodeUse::Expired
+    );
+
+    for (name, device) in [
+        ("used", "kiosk-1"),
+        ("held", "kiosk-1"),
+        ("other", "kiosk-2"),
+    ] {
+        first
+            .add_challenge(&nonce(name), device, at(60), challenge_event(device))
+            .await?;
+    }
+    assert_eq!(
+        first
+            .use_challenge(nonce("used").as_str(), "kiosk-1", at(1))
+            .await?,
+        ChallengeUse::Accepted
+    );
+    first
+        .set_device_state("kiosk-1", DeviceState::Disabled, challenge_event("kiosk-1"))
+        .await?;
+    assert_eq!(
+        first.get_device("kiosk-1").await?.ok_or("kiosk-1")?.state,
+        DeviceState::Disabled
+    );
+    assert_eq!(
+        first
+            .use_challenge(nonce("held").as_str(), "kiosk-1", at(1))
+            .await?,
+        ChallengeUse::Unknown,
+        "the challenge it held is void"
+    );
+    assert_eq!(
+        first
+            .use_challenge(nonce("used").as_str(), "kiosk-1", at(1))
+            .await?,
+        ChallengeUse::Reused,
+        "a used one stays, so a replay is still told apart"
+    );
+    assert!(matches!(
+        first
+            .set_device_state("nope", DeviceState::Enabled, challenge_event("nope"))
+            .await,
+        Err(StoreError::NotFound { .. })
+    ));
+    first
+        .add_challenge(
+            &nonce("held-2"),
+            "kiosk-2",
+            at(60),
+            challenge_event("kiosk-2"),
+        )
+        .await?;
+    first
+        .remove_device("kiosk-2", challenge_event("kiosk-2"))
+        .await?;
+    assert_eq!(
+        first
+            .use_challenge(nonce("held-2").as_str(), "kiosk-2", at(1))
+            .await?,
+        ChallengeUse::Unknown
+    );
+    assert_eq!(
+        first
+            .use_challenge(nonce("other").as_str(), "kiosk-2", at(1))
+            .await?,
+        ChallengeUse::Unknown
+    );
+    assert!(matches!(
+        first
+            .remove_device("kiosk-2", challenge_event("kiosk-2"))
+            .await,
+        Err(StoreError::NotFound { .. })
+    ));
+    let listed: Vec<String> = first
+        .list_devices()
+        .await?
+        .into_iter()
+        .map(|device| device.id)
+        .collect();
+    assert_eq!(listed, ["kiosk-1"]);
+    Ok(())
+}
+
+/// Conformance: of sixteen racing uses on two nodes exactly one is accepted.
+pub async fn of_sixteen_racing_uses_on_two_nodes_exactly_one_is_accepted(
+    nodes: [Arc<dyn Store>; 2],
+) -> TestResult {
+    nodes[0]
+        .add_challenge(
+            &nonce("contested"),
+            "kiosk-1",
+            at(60),
+            challenge_event("kiosk-1"),
+        )
+        .await?;
+
+    let barrier = Arc::new(tokio::sync::Barrier::new(16));
+    let mut tasks = tokio::task::JoinSet::new();
+    for task in 0..16 {
+        let node = Arc::clone(&nodes[task % 2]);
+        let barrier = Arc::clone(&barrier);
+        tasks.spawn(async move {
+            barrier.wait().await;
+            node.use_challenge(nonce("contested").as_str(), "kiosk-1", at(1))
+                .await
+        });
+    }
+    let mut uses = Vec::new();
+    while let Some(joined) = tasks.join_next().await {
+        uses.push(joined??);
+    }
+    let accepted = uses
+        .iter()
+        .filter(|used| **used == ChallengeUse::Accepted)
+        .count();
+    let reused = uses
+        .iter()
+        .filter(|used| **used == ChallengeUse::Reused)
+        .count();
+    assert_eq!((accepted, reused), (1, 15), "{uses:?}");
+    Ok(())
+}
