@@ -97,7 +97,7 @@ def main() -> None:
         write("certificate", frame(ssl.PEM_cert_to_DER_cert(pem.read_text())) + frame(ca))
     for card in sorted((FIXTURES / "cards").glob("*.toml")):
         write("card_image", card.read_bytes())
-    for name, source in [("server_config", ROOT / "server-client/src/config.rs"),
+    for name, source in [("server_config", ROOT / "server/src/config.rs"),
                          ("kiosk_config", ROOT / "kiosk/src/config.rs")]:
         # The documented example at the top of the module, comments and all.
         lines = source.read_text().splitlines()

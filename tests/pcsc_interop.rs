@@ -22,7 +22,7 @@ use pivtap_apdu::piv::{Algorithm, KeyReference, Pin};
 use pivtap_card::pcsc::{PcscCard, PcscContext};
 use pivtap_card::virtual_card::image::CardImage;
 use pivtap_card::virtual_card::{VirtualCard, VirtualCardBackend};
-use pivtap_card::{PivSession, SignatureAlgorithm};
+use pivtap_card::{JwsAlgorithm, PivSession};
 use serde_json::Value;
 use tempfile::TempDir;
 
@@ -1008,7 +1008,7 @@ fn sign_with_9c(
         .sign(
             KeyReference::DigitalSignature,
             Algorithm::EccP256,
-            SignatureAlgorithm::Es256,
+            JwsAlgorithm::Es256,
             message,
         )
         .unwrap_or_else(|error| panic!("{what}: sign: {error}"));

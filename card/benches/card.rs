@@ -8,7 +8,7 @@ use pivtap_apdu::piv::objects::{CertificateObject, Chuid};
 use pivtap_apdu::piv::{Algorithm, KeyReference, ObjectTag, Pin};
 use pivtap_apdu::{CommandApdu, LengthMode, ResponseApdu};
 use pivtap_card::virtual_card::{VirtualCard, VirtualCardBackend};
-use pivtap_card::{PivSession, SignatureAlgorithm};
+use pivtap_card::{JwsAlgorithm, PivSession};
 
 /// A fixture card, copied to a temporary directory so the bench never writes the fixture.
 fn fixture_card(name: &str, dir: &Path) -> VirtualCardBackend {
@@ -69,15 +69,10 @@ fn signatures(c: &mut Criterion) {
         (
             "alice.toml",
             Algorithm::Rsa2048,
-            SignatureAlgorithm::Rs256,
+            JwsAlgorithm::Rs256,
             "RSA-2048",
         ),
-        (
-            "bob.toml",
-            Algorithm::EccP256,
-            SignatureAlgorithm::Es256,
-            "P-256",
-        ),
+        ("bob.toml", Algorithm::EccP256, JwsAlgorithm::Es256, "P-256"),
     ] {
         let mut backend = fixture_card(name, dir.path());
         let mut session = PivSession::open(&mut backend).expect("the card selects");

@@ -18,7 +18,7 @@ use pivtap_apdu::piv::{Algorithm, KeyReference};
 
 use crate::error::PivError;
 use crate::session::PivSession;
-use crate::signature::SignatureAlgorithm;
+use crate::signature::JwsAlgorithm;
 use crate::spki::{SpkiError, subject_public_key_info};
 
 /// Why a certificate request could not be made.
@@ -52,7 +52,7 @@ pub struct CardSigner<'s, 'a> {
     session: RefCell<&'s mut PivSession<'a>>,
     slot: KeyReference,
     key: Algorithm,
-    signature: SignatureAlgorithm,
+    signature: JwsAlgorithm,
     rcgen_algorithm: &'static rcgen::SignatureAlgorithm,
     public_key: rcgen::SubjectPublicKeyInfo,
     /// The card error behind the last failed signature (rcgen's error type
@@ -76,9 +76,9 @@ impl<'s, 'a> CardSigner<'s, 'a> {
             PublicKey::Ec { curve, .. } => *curve,
         };
         let (signature, rcgen_algorithm) = match key {
-            Algorithm::Rsa2048 => (SignatureAlgorithm::Rs256, &rcgen::PKCS_RSA_SHA256),
-            Algorithm::EccP256 => (SignatureAlgorithm::Es256, &rcgen::PKCS_ECDSA_P256_SHA256),
-            Algorithm::EccP384 => (SignatureAlgorithm::Es384, &rcgen::PKCS_ECDSA_P384_SHA384),
+            Algorithm::Rsa2048 => (JwsAlgorithm::Rs256, &rcgen::PKCS_RSA_SHA256),
+            Algorithm::EccP256 => (JwsAlgorithm::Es256, &rcgen::PKCS_ECDSA_P256_SHA256),
+            Algorithm::EccP384 => (JwsAlgorithm::Es384, &rcgen::PKCS_ECDSA_P384_SHA384),
             other => return Err(CsrError::UnsupportedKey { key: other }),
         };
         if let PublicKey::Rsa { modulus, .. } = public_key {
@@ -132,11 +132,11 @@ impl rcgen::SigningKey for CardSigner<'_, '_> {
         // X.509 carries RSA signatures as they are and ECDSA ones as DER
         // (the session turned the card's DER into JOSE r || s).
         let der = match self.signature {
-            SignatureAlgorithm::Rs256 | SignatureAlgorithm::Rs512 => Some(jose),
-            SignatureAlgorithm::Es256 => p256::ecdsa::Signature::from_slice(&jose)
+            JwsAlgorithm::Rs256 | JwsAlgorithm::Rs512 => Some(jose),
+            JwsAlgorithm::Es256 => p256::ecdsa::Signature::from_slice(&jose)
                 .ok()
                 .map(|s| s.to_der().as_bytes().to_vec()),
-            SignatureAlgorithm::Es384 => p384::ecdsa::Signature::from_slice(&jose)
+            JwsAlgorithm::Es384 => p384::ecdsa::Signature::from_slice(&jose)
                 .ok()
                 .map(|s| s.to_der().as_bytes().to_vec()),
         };

@@ -227,7 +227,7 @@ mod tests {
                 .sign(
                     KeyReference::PivAuthentication,
                     Algorithm::EccP256,
-                    crate::SignatureAlgorithm::Es256,
+                    crate::JwsAlgorithm::Es256,
                     b"message",
                 )
                 .is_err()

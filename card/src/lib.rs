@@ -25,5 +25,5 @@ pub mod vpcd;
 pub use error::PivError;
 pub use management_key::ManagementKey;
 pub use session::{PinStatus, PivSession};
-pub use signature::SignatureAlgorithm;
+pub use signature::{CardSignature, JwsAlgorithm};
 pub use transport::{CardBackend, CardTransaction, LinkCapabilities, TransportError};

@@ -15,7 +15,7 @@ use zeroize::Zeroizing;
 use crate::error::PivError;
 use crate::exchange::{self, ExchangeStats, Link};
 use crate::management_key::ManagementKey;
-use crate::signature::SignatureAlgorithm;
+use crate::signature::{CardSignature, JwsAlgorithm};
 use crate::transport::{CardBackend, CardTransaction};
 
 /// What an empty VERIFY reports about the PIN.
@@ -365,10 +365,10 @@ impl<'a> PivSession<'a> {
         &mut self,
         slot: KeyReference,
         key: Algorithm,
-        algorithm: SignatureAlgorithm,
+        algorithm: JwsAlgorithm,
         message: &[u8],
     ) -> Result<Vec<u8>, PivError> {
-        algorithm.check_key(key)?;
+        algorithm.check_card_key(key)?;
         let key_len = key.key_len();
         let input = algorithm.card_input(message, key_len);
         let output =

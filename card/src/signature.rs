@@ -1,34 +1,11 @@
 //! Host-side signature formats: JOSE algorithms, the PKCS#1 v1.5 block an RSA card signs raw, and ECDSA DER to JOSE `r || s`.
 
-use std::fmt;
-use std::str::FromStr;
-
 use pivtap_apdu::piv::Algorithm;
+use pivtap_protocol::certificate::KeyKind;
 use sha2::{Digest, Sha256, Sha384, Sha512};
 use zeroize::Zeroizing;
 
-/// The JWS signature algorithms a PIV card can produce (RFC 7518 §3.1), on the card's side:
-/// what the card is given to sign ([`SignatureAlgorithm::card_input`]) and how its answer
-/// becomes a JOSE signature ([`SignatureAlgorithm::jose_signature`]).
-///
-/// The algorithm vocabulary itself (names, which key fits, the RSA size rule, which PIV
-/// key signs which algorithm) is `pivtap_protocol::jose::JwsAlgorithm`; this crate
-/// cannot depend on that one (it would link the server), so this enum mirrors its four
-/// variants for the card-side work only, and `pivtap_kiosk::card_signer::card_algorithm`
-/// is the one bridge. [`SignatureAlgorithm::check_key`] is the card's guard against
-/// signing with a PIV key of another kind; PIV keys of this crate are RSA-2048, P-256 and
-/// P-384, so it agrees with `JwsAlgorithm`'s rule on every key a card holds.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum SignatureAlgorithm {
-    /// RSASSA-PKCS1-v1_5 with SHA-256.
-    Rs256,
-    /// RSASSA-PKCS1-v1_5 with SHA-512.
-    Rs512,
-    /// ECDSA P-256 with SHA-256.
-    Es256,
-    /// ECDSA P-384 with SHA-384.
-    Es384,
-}
+pub use pivtap_protocol::jose::JwsAlgorithm;
 
 /// A signature could not be built or converted.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -38,7 +15,7 @@ pub enum SignatureError {
     #[error("{jose} cannot be made with a {key} key")]
     AlgorithmMismatch {
         /// JOSE algorithm asked for.
-        jose: SignatureAlgorithm,
+        jose: JwsAlgorithm,
         /// The card key's algorithm.
         key: Algorithm,
     },
@@ -55,57 +32,60 @@ pub enum SignatureError {
     },
 }
 
-impl SignatureAlgorithm {
-    /// The JOSE name (`RS256`, ...).
-    #[must_use]
-    pub fn jose_name(self) -> &'static str {
-        match self {
-            SignatureAlgorithm::Rs256 => "RS256",
-            SignatureAlgorithm::Rs512 => "RS512",
-            SignatureAlgorithm::Es256 => "ES256",
-            SignatureAlgorithm::Es384 => "ES384",
-        }
-    }
-
-    /// Checks that this algorithm can be made with a key of `key`.
+/// The card's side of a JWS algorithm ([`JwsAlgorithm`], the one vocabulary): which card
+/// key may make it, what the card is given to sign, and how its answer becomes the JOSE
+/// signature.
+pub trait CardSignature: Copy {
+    /// Checks that this algorithm can be made with the card key `key`, by
+    /// [`JwsAlgorithm::check_key`]'s rule (the one rule for which key fits which algorithm).
     ///
     /// # Errors
     /// [`SignatureError::AlgorithmMismatch`].
-    pub fn check_key(self, key: Algorithm) -> Result<(), SignatureError> {
-        let fits = match self {
-            SignatureAlgorithm::Rs256 | SignatureAlgorithm::Rs512 => key == Algorithm::Rsa2048,
-            SignatureAlgorithm::Es256 => key == Algorithm::EccP256,
-            SignatureAlgorithm::Es384 => key == Algorithm::EccP384,
-        };
-        if fits {
-            Ok(())
-        } else {
-            Err(SignatureError::AlgorithmMismatch { jose: self, key })
-        }
-    }
+    fn check_card_key(self, key: Algorithm) -> Result<(), SignatureError>;
 
     /// The message hash this algorithm signs.
-    #[must_use]
-    pub fn digest(self, message: &[u8]) -> Vec<u8> {
-        match self {
-            SignatureAlgorithm::Rs256 | SignatureAlgorithm::Es256 => {
-                Sha256::digest(message).to_vec()
-            }
-            SignatureAlgorithm::Rs512 => Sha512::digest(message).to_vec(),
-            SignatureAlgorithm::Es384 => Sha384::digest(message).to_vec(),
-        }
-    }
+    fn digest(self, message: &[u8]) -> Vec<u8>;
 
     /// What the card is given to sign for `message` with a key of
     /// `key_len` bytes: for RSA the whole PKCS#1 v1.5 block (RFC 8017
     /// §9.2), which the card raises to its private exponent; for ECDSA the hash.
-    #[must_use]
-    pub fn card_input(self, message: &[u8], key_len: usize) -> Zeroizing<Vec<u8>> {
+    fn card_input(self, message: &[u8], key_len: usize) -> Zeroizing<Vec<u8>>;
+
+    /// Turns the card's answer into the JWS signature bytes: RSA as is
+    /// (checked for length), ECDSA from DER to fixed-width `r || s` (RFC 7518 §3.4).
+    ///
+    /// # Errors
+    /// [`SignatureError::MalformedEcdsa`] or [`SignatureError::RsaLength`].
+    fn jose_signature(self, card_output: &[u8], key_len: usize) -> Result<Vec<u8>, SignatureError>;
+}
+
+impl CardSignature for JwsAlgorithm {
+    fn check_card_key(self, key: Algorithm) -> Result<(), SignatureError> {
+        let kind = match key {
+            Algorithm::Rsa1024 => KeyKind::Rsa { bits: 1024 },
+            Algorithm::Rsa2048 => KeyKind::Rsa { bits: 2048 },
+            Algorithm::EccP256 => KeyKind::EcP256,
+            Algorithm::EccP384 => KeyKind::EcP384,
+            _ => KeyKind::Other,
+        };
+        self.check_key(kind)
+            .map_err(|_| SignatureError::AlgorithmMismatch { jose: self, key })
+    }
+
+    fn digest(self, message: &[u8]) -> Vec<u8> {
+        match self {
+            JwsAlgorithm::Rs256 | JwsAlgorithm::Es256 => Sha256::digest(message).to_vec(),
+            JwsAlgorithm::Rs512 => Sha512::digest(message).to_vec(),
+            JwsAlgorithm::Es384 => Sha384::digest(message).to_vec(),
+        }
+    }
+
+    fn card_input(self, message: &[u8], key_len: usize) -> Zeroizing<Vec<u8>> {
         let digest = self.digest(message);
         let prefix: &[u8] = match self {
-            SignatureAlgorithm::Es256 | SignatureAlgorithm::Es384 => return Zeroizing::new(digest),
-            SignatureAlgorithm::Rs256 => &DIGEST_INFO_SHA256,
-            SignatureAlgorithm::Rs512 => &DIGEST_INFO_SHA512,
+            JwsAlgorithm::Es256 | JwsAlgorithm::Es384 => return Zeroizing::new(digest),
+            JwsAlgorithm::Rs256 => &DIGEST_INFO_SHA256,
+            JwsAlgorithm::Rs512 => &DIGEST_INFO_SHA512,
         };
         let mut block = Zeroizing::new(vec![0xFF; key_len]);
         let info_len = prefix.len() + digest.len();
@@ -117,18 +97,9 @@ impl SignatureAlgorithm {
         block
     }
 
-    /// Turns the card's answer into the JWS signature bytes: RSA as is
-    /// (checked for length), ECDSA from DER to fixed-width `r || s` (RFC 7518 §3.4).
-    ///
-    /// # Errors
-    /// [`SignatureError::MalformedEcdsa`] or [`SignatureError::RsaLength`].
-    pub fn jose_signature(
-        self,
-        card_output: &[u8],
-        key_len: usize,
-    ) -> Result<Vec<u8>, SignatureError> {
+    fn jose_signature(self, card_output: &[u8], key_len: usize) -> Result<Vec<u8>, SignatureError> {
         match self {
-            SignatureAlgorithm::Rs256 | SignatureAlgorithm::Rs512 => {
+            JwsAlgorithm::Rs256 | JwsAlgorithm::Rs512 => {
                 if card_output.len() == key_len {
                     Ok(card_output.to_vec())
                 } else {
@@ -138,10 +109,10 @@ impl SignatureAlgorithm {
                     })
                 }
             }
-            SignatureAlgorithm::Es256 => p256::ecdsa::Signature::from_der(card_output)
+            JwsAlgorithm::Es256 => p256::ecdsa::Signature::from_der(card_output)
                 .map(|s| s.to_bytes().to_vec())
                 .map_err(|_| SignatureError::MalformedEcdsa),
-            SignatureAlgorithm::Es384 => p384::ecdsa::Signature::from_der(card_output)
+            JwsAlgorithm::Es384 => p384::ecdsa::Signature::from_der(card_output)
                 .map(|s| s.to_bytes().to_vec())
                 .map_err(|_| SignatureError::MalformedEcdsa),
         }
@@ -159,43 +130,20 @@ const DIGEST_INFO_SHA512: [u8; 19] = [
     0x00, 0x04, 0x40,
 ];
 
-impl fmt::Display for SignatureAlgorithm {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.jose_name())
-    }
-}
-
-impl FromStr for SignatureAlgorithm {
-    type Err = pivtap_apdu::piv::UnknownName;
-    fn from_str(text: &str) -> Result<Self, Self::Err> {
-        match text.to_ascii_uppercase().as_str() {
-            "RS256" => Ok(SignatureAlgorithm::Rs256),
-            "RS512" => Ok(SignatureAlgorithm::Rs512),
-            "ES256" => Ok(SignatureAlgorithm::Es256),
-            "ES384" => Ok(SignatureAlgorithm::Es384),
-            _ => Err(pivtap_apdu::piv::UnknownName {
-                kind: "signature algorithm",
-                text: text.to_owned(),
-                expected: "RS256, RS512, ES256, ES384",
-            }),
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn pkcs1_block_layout() {
-        let block = SignatureAlgorithm::Rs256.card_input(b"hello", 256);
+        let block = JwsAlgorithm::Rs256.card_input(b"hello", 256);
         assert_eq!(block.len(), 256);
         assert_eq!(&block[..2], [0x00, 0x01]);
         assert!(block[2..256 - 52].iter().all(|b| *b == 0xFF));
         assert_eq!(block[256 - 52], 0x00);
         assert_eq!(&block[256 - 51..256 - 32], DIGEST_INFO_SHA256);
         assert_eq!(&block[256 - 32..], Sha256::digest(b"hello").as_slice());
-        let block512 = SignatureAlgorithm::Rs512.card_input(b"hello", 256);
+        let block512 = JwsAlgorithm::Rs512.card_input(b"hello", 256);
         assert_eq!(&block512[256 - 64..], Sha512::digest(b"hello").as_slice());
     }
 
@@ -203,19 +151,16 @@ mod tests {
     fn ecdsa_der_to_jose() {
         // SEQUENCE { INTEGER 1, INTEGER 2 }: small values are left-padded to the field size.
         let der = [0x30, 0x06, 0x02, 0x01, 0x01, 0x02, 0x01, 0x02];
-        let jose = SignatureAlgorithm::Es256.jose_signature(&der, 32).unwrap();
+        let jose = JwsAlgorithm::Es256.jose_signature(&der, 32).unwrap();
         assert_eq!(jose.len(), 64);
         assert_eq!(jose[31], 1);
         assert_eq!(jose[63], 2);
         assert_eq!(
-            SignatureAlgorithm::Es256.jose_signature(&der[..5], 32),
+            JwsAlgorithm::Es256.jose_signature(&der[..5], 32),
             Err(SignatureError::MalformedEcdsa)
         );
         assert_eq!(
-            SignatureAlgorithm::Es384
-                .jose_signature(&der, 48)
-                .unwrap()
-                .len(),
+            JwsAlgorithm::Es384.jose_signature(&der, 48).unwrap().len(),
             96
         );
     }
@@ -223,17 +168,17 @@ mod tests {
     #[test]
     fn algorithms_match_keys() {
         assert!(
-            SignatureAlgorithm::Rs512
-                .check_key(Algorithm::Rsa2048)
+            JwsAlgorithm::Rs512
+                .check_card_key(Algorithm::Rsa2048)
                 .is_ok()
         );
         assert!(
-            SignatureAlgorithm::Es256
-                .check_key(Algorithm::Rsa2048)
+            JwsAlgorithm::Es256
+                .check_card_key(Algorithm::Rsa2048)
                 .is_err()
         );
-        assert_eq!("es384".parse(), Ok(SignatureAlgorithm::Es384));
-        assert!("none".parse::<SignatureAlgorithm>().is_err());
-        assert!("HS256".parse::<SignatureAlgorithm>().is_err());
+        assert_eq!("es384".parse(), Ok(JwsAlgorithm::Es384));
+        assert!("none".parse::<JwsAlgorithm>().is_err());
+        assert!("HS256".parse::<JwsAlgorithm>().is_err());
     }
 }

@@ -367,7 +367,7 @@ fn attach_detach_and_reattach_are_reported_with_the_interface() {
 fn a_card_pulled_between_verify_and_signature_fails_cleanly_and_keeps_its_state() {
     use pivtap_apdu::piv::{Algorithm, KeyReference, Pin};
     use pivtap_card::virtual_card::CardOptions;
-    use pivtap_card::{ManagementKey, PivError, PivSession, SignatureAlgorithm};
+    use pivtap_card::{JwsAlgorithm, ManagementKey, PivError, PivSession};
     let _turn = pcscd_turn();
     let reader = VPCD_READERS[1];
     let backend = blank_card(CardOptions::default());
@@ -400,7 +400,7 @@ fn a_card_pulled_between_verify_and_signature_fails_cleanly_and_keeps_its_state(
         let result = session.sign(
             KeyReference::PivAuthentication,
             Algorithm::EccP256,
-            SignatureAlgorithm::Es256,
+            JwsAlgorithm::Es256,
             b"m",
         );
         assert!(
@@ -430,7 +430,7 @@ fn a_card_pulled_between_verify_and_signature_fails_cleanly_and_keeps_its_state(
         session.sign(
             KeyReference::PivAuthentication,
             Algorithm::EccP256,
-            SignatureAlgorithm::Es256,
+            JwsAlgorithm::Es256,
             b"m"
         ),
         Err(PivError::AccessDenied { .. })
@@ -440,7 +440,7 @@ fn a_card_pulled_between_verify_and_signature_fails_cleanly_and_keeps_its_state(
         .sign(
             KeyReference::PivAuthentication,
             Algorithm::EccP256,
-            SignatureAlgorithm::Es256,
+            JwsAlgorithm::Es256,
             b"m",
         )
         .unwrap();

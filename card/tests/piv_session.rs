@@ -6,7 +6,7 @@ use pivtap_apdu::piv::objects::public_key::PublicKey;
 use pivtap_apdu::piv::{Algorithm, KeyReference, ObjectTag, PIV_AID, Pin, Puk};
 use pivtap_card::session::PinStatus;
 use pivtap_card::virtual_card::{CardOptions, Interface, NewCard, VirtualCard, VirtualCardBackend};
-use pivtap_card::{ManagementKey, PivError, PivSession, SignatureAlgorithm};
+use pivtap_card::{JwsAlgorithm, ManagementKey, PivError, PivSession};
 
 fn pin(text: &str) -> Pin {
     Pin::new(text).unwrap()
@@ -35,7 +35,7 @@ fn generate(
 
 fn verify_signature(
     public_key: &PublicKey,
-    algorithm: SignatureAlgorithm,
+    algorithm: JwsAlgorithm,
     message: &[u8],
     signature: &[u8],
 ) {
@@ -48,12 +48,12 @@ fn verify_signature(
             )
             .unwrap();
             let result = match algorithm {
-                SignatureAlgorithm::Rs256 => key.verify(
+                JwsAlgorithm::Rs256 => key.verify(
                     rsa::Pkcs1v15Sign::new::<Sha256>(),
                     &Sha256::digest(message),
                     signature,
                 ),
-                SignatureAlgorithm::Rs512 => key.verify(
+                JwsAlgorithm::Rs512 => key.verify(
                     rsa::Pkcs1v15Sign::new::<Sha512>(),
                     &Sha512::digest(message),
                     signature,
@@ -270,22 +270,22 @@ fn every_algorithm_signs_what_its_public_key_verifies() {
         (
             KeyReference::PivAuthentication,
             Algorithm::Rsa2048,
-            SignatureAlgorithm::Rs256,
+            JwsAlgorithm::Rs256,
         ),
         (
             KeyReference::KeyManagement,
             Algorithm::Rsa2048,
-            SignatureAlgorithm::Rs512,
+            JwsAlgorithm::Rs512,
         ),
         (
             KeyReference::CardAuthentication,
             Algorithm::EccP256,
-            SignatureAlgorithm::Es256,
+            JwsAlgorithm::Es256,
         ),
         (
             KeyReference::Retired(3),
             Algorithm::EccP384,
-            SignatureAlgorithm::Es384,
+            JwsAlgorithm::Es384,
         ),
     ];
     let mut card = contact();
@@ -301,9 +301,9 @@ fn every_algorithm_signs_what_its_public_key_verifies() {
                 slot,
                 key,
                 if key.is_rsa() {
-                    SignatureAlgorithm::Es256
+                    JwsAlgorithm::Es256
                 } else {
-                    SignatureAlgorithm::Rs256
+                    JwsAlgorithm::Rs256
                 },
                 message
             ),
@@ -327,7 +327,7 @@ fn signing_needs_the_pin_and_9c_needs_it_every_time() {
     );
     let mut session = PivSession::open(&mut card).unwrap();
     let sign = |session: &mut PivSession<'_>, slot| {
-        session.sign(slot, Algorithm::EccP256, SignatureAlgorithm::Es256, b"m")
+        session.sign(slot, Algorithm::EccP256, JwsAlgorithm::Es256, b"m")
     };
     assert!(matches!(
         sign(&mut session, KeyReference::PivAuthentication),
@@ -461,7 +461,7 @@ fn contactless_allows_only_what_sp800_73_4_allows() {
         .sign(
             KeyReference::CardAuthentication,
             Algorithm::EccP256,
-            SignatureAlgorithm::Es256,
+            JwsAlgorithm::Es256,
             b"m",
         )
         .expect("9E works over contactless without a PIN");
@@ -477,7 +477,7 @@ fn contactless_allows_only_what_sp800_73_4_allows() {
         session.sign(
             KeyReference::PivAuthentication,
             Algorithm::EccP256,
-            SignatureAlgorithm::Es256,
+            JwsAlgorithm::Es256,
             b"m"
         ),
         Err(PivError::AccessDenied { .. })

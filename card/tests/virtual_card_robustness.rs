@@ -14,7 +14,7 @@ use pivtap_apdu::{CommandApdu, LengthMode, tlv};
 use pivtap_card::virtual_card::image::CardImage;
 use pivtap_card::virtual_card::keys::SlotKey;
 use pivtap_card::virtual_card::{CardOptions, Interface, NewCard, VirtualCard, VirtualCardBackend};
-use pivtap_card::{ManagementKey, PivSession, SignatureAlgorithm};
+use pivtap_card::{JwsAlgorithm, ManagementKey, PivSession};
 use proptest::prelude::*;
 
 const OK: [u8; 2] = [0x90, 0x00];
@@ -909,7 +909,7 @@ fn a_generated_key_is_saved_and_signs_after_reopening() {
     session.verify_pin(&pin(BOB_PIN)).unwrap();
     let message = b"header.payload signed after a restart";
     let signature = session
-        .sign(slot, Algorithm::EccP256, SignatureAlgorithm::Es256, message)
+        .sign(slot, Algorithm::EccP256, JwsAlgorithm::Es256, message)
         .unwrap();
     let PublicKey::Ec {
         curve: Algorithm::EccP256,

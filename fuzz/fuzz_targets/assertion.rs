@@ -7,11 +7,11 @@
 use std::sync::LazyLock;
 
 use libfuzzer_sys::fuzz_target;
-use pivtap_server::verifier::{AssertionVerifier, VerifierConfig};
-use pivtap_server::config::parse_ca_certificates;
 use pivtap_protocol::jose::{CompactJws, base64url_decode};
-use pivtap_server::token::{TokenKeys, TokenVerifier};
 use pivtap_protocol::wire::{enrollment_url, parse_enrollment_url};
+use pivtap_server::config::parse_ca_certificates;
+use pivtap_server::token::{TokenKeys, TokenVerifier};
+use pivtap_server::verifier::{AssertionVerifier, VerifierConfig};
 use time::OffsetDateTime;
 
 /// 2026-12-01T00:00:00Z: inside the fixture certificates' validity; the seeds' `iat`.

@@ -12,16 +12,14 @@ use std::sync::{Arc, Mutex};
 use pivtap_apdu::piv::{Algorithm, KeyReference, Pin};
 use pivtap_card::virtual_card::image::CardImage;
 use pivtap_card::virtual_card::{CardOptions, NewCard, VirtualCard, VirtualCardBackend};
-use pivtap_card::{
-    CardBackend, CardTransaction, LinkCapabilities, PivSession, SignatureAlgorithm, TransportError,
-};
+use pivtap_card::{CardBackend, CardTransaction, LinkCapabilities, PivSession, TransportError};
 use pivtap_fuzz::{OPERATIONS, host_operation};
 use pivtap_protocol::assertion::AssertionDraft;
-use pivtap_server::config::parse_ca_certificates;
 use pivtap_protocol::jose::JwsAlgorithm;
 use pivtap_protocol::jose::base64url_decode;
-use pivtap_server::token::TokenKeys;
 use pivtap_protocol::wire::{AssertionPayload, SessionClaims, enrollment_url};
+use pivtap_server::config::parse_ca_certificates;
+use pivtap_server::token::TokenKeys;
 
 const NOW: i64 = 1_796_083_200;
 const AUDIENCE: &str = "https://auth.example.test";
@@ -136,18 +134,8 @@ fn host_session_seeds() {
 fn assertion_seeds() {
     let ca = parse_ca_certificates(include_bytes!("../../fixtures/ca/test-ca.pem")).expect("CA");
     for (name, pin, key, algorithm) in [
-        (
-            "alice",
-            "123456",
-            Algorithm::Rsa2048,
-            SignatureAlgorithm::Rs256,
-        ),
-        (
-            "bob",
-            "24681357",
-            Algorithm::EccP256,
-            SignatureAlgorithm::Es256,
-        ),
+        ("alice", "123456", Algorithm::Rsa2048, JwsAlgorithm::Rs256),
+        ("bob", "24681357", Algorithm::EccP256, JwsAlgorithm::Es256),
     ] {
         let pem =
             std::fs::read(root().join(format!("fixtures/certs/{name}.pem"))).expect("certificate");
@@ -165,11 +153,7 @@ fn assertion_seeds() {
             .verify_pin(&Pin::new(pin).expect("PIN"))
             .expect("PIN verified");
         for (suffix, chain) in [("card", false), ("chain", true)] {
-            let mut draft = AssertionDraft::new(
-                JwsAlgorithm::from_name(algorithm.jose_name()).expect("a JWS name"),
-                &certificate,
-                payload.clone(),
-            );
+            let mut draft = AssertionDraft::new(algorithm, &certificate, payload.clone());
             if chain {
                 let encoded = AssertionDraft::new(JwsAlgorithm::Rs256, &ca[0], payload.clone())
                     .header

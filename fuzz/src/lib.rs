@@ -4,8 +4,8 @@
 use pivtap_apdu::piv::{Algorithm, KeyReference, ObjectTag, Pin, Puk};
 use pivtap_card::csr::certificate_request;
 use pivtap_card::{
-    CardBackend, CardTransaction, LinkCapabilities, ManagementKey, PivError, PivSession,
-    SignatureAlgorithm, TransportError,
+    CardBackend, CardTransaction, JwsAlgorithm, LinkCapabilities, ManagementKey, PivError,
+    PivSession, TransportError,
 };
 
 /// Splits an input into frames: each a two-byte big-endian length, then that many bytes (fewer
@@ -132,7 +132,7 @@ pub fn host_operation(session: &mut PivSession<'_>, index: usize) -> bool {
             .sign(
                 KeyReference::PivAuthentication,
                 Algorithm::Rsa2048,
-                SignatureAlgorithm::Rs256,
+                JwsAlgorithm::Rs256,
                 message,
             )
             .map(drop),
@@ -140,7 +140,7 @@ pub fn host_operation(session: &mut PivSession<'_>, index: usize) -> bool {
             .sign(
                 KeyReference::PivAuthentication,
                 Algorithm::EccP256,
-                SignatureAlgorithm::Es256,
+                JwsAlgorithm::Es256,
                 message,
             )
             .map(drop),
@@ -148,7 +148,7 @@ pub fn host_operation(session: &mut PivSession<'_>, index: usize) -> bool {
             .sign(
                 KeyReference::DigitalSignature,
                 Algorithm::EccP384,
-                SignatureAlgorithm::Es384,
+                JwsAlgorithm::Es384,
                 message,
             )
             .map(drop),

@@ -7,7 +7,7 @@
 //! [`AssertionDraft::sign`] with a closure of their own.
 
 use pivtap_apdu::piv::{Algorithm, KeyReference};
-use pivtap_card::{PivError, PivSession, SignatureAlgorithm};
+use pivtap_card::{PivError, PivSession};
 use pivtap_protocol::assertion::AssertionDraft;
 use pivtap_protocol::certificate::KeyKind;
 use pivtap_protocol::jose::JwsAlgorithm;
@@ -26,20 +26,6 @@ pub fn signing_algorithms(key: KeyKind) -> Option<(Algorithm, JwsAlgorithm)> {
     JwsAlgorithm::for_piv_key(u8::from(card_key)).map(|algorithm| (card_key, algorithm))
 }
 
-/// The card crate's name for `algorithm`. `pivtap-card` cannot depend on the
-/// crate that holds [`JwsAlgorithm`] (it would link the server), so its
-/// [`SignatureAlgorithm`] keeps the card-side job (the PKCS#1 block or hash the
-/// card is given, DER to `r || s`); this is the only bridge between the two.
-#[must_use]
-pub fn card_algorithm(algorithm: JwsAlgorithm) -> SignatureAlgorithm {
-    match algorithm {
-        JwsAlgorithm::Rs256 => SignatureAlgorithm::Rs256,
-        JwsAlgorithm::Rs512 => SignatureAlgorithm::Rs512,
-        JwsAlgorithm::Es256 => SignatureAlgorithm::Es256,
-        JwsAlgorithm::Es384 => SignatureAlgorithm::Es384,
-    }
-}
-
 /// The card's JOSE signature (RSA raw, ECDSA `r || s`) over `message` with the `key` in
 /// `slot`, as `algorithm`. The PIN must be verified.
 ///
@@ -52,7 +38,7 @@ pub fn card_signature(
     algorithm: JwsAlgorithm,
     message: &[u8],
 ) -> Result<Vec<u8>, PivError> {
-    session.sign(slot, key, card_algorithm(algorithm), message)
+    session.sign(slot, key, algorithm, message)
 }
 
 /// Has the card sign `draft` with the `key` in `slot` and returns the compact assertion.
@@ -153,12 +139,5 @@ mod tests {
         assert_eq!(signing_algorithms(KeyKind::Rsa { bits: 3072 }), None);
         assert_eq!(signing_algorithms(KeyKind::Rsa { bits: 1024 }), None);
         assert_eq!(signing_algorithms(KeyKind::Other), None);
-    }
-
-    #[test]
-    fn the_bridge_keeps_the_jose_name() {
-        for algorithm in JwsAlgorithm::ALL {
-            assert_eq!(card_algorithm(algorithm).jose_name(), algorithm.name());
-        }
     }
 }

@@ -7,8 +7,8 @@ use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use criterion::{Criterion, criterion_group, criterion_main};
 use pivtap_apdu::piv::{Algorithm, KeyReference, Pin};
+use pivtap_card::PivSession;
 use pivtap_card::virtual_card::{VirtualCard, VirtualCardBackend};
-use pivtap_card::{PivSession, SignatureAlgorithm};
 use pivtap_protocol::assertion::AssertionDraft;
 use pivtap_protocol::certificate::CertificateFacts;
 use pivtap_protocol::jose::JwsAlgorithm;
@@ -30,7 +30,7 @@ fn assertion(
     name: &str,
     pin: &str,
     key: Algorithm,
-    algorithm: SignatureAlgorithm,
+    algorithm: JwsAlgorithm,
     dir: &Path,
 ) -> (String, Vec<u8>) {
     let copy = dir.join(name);
@@ -42,7 +42,7 @@ fn assertion(
         .certificate(KeyReference::PivAuthentication)
         .expect("the certificate reads");
     let draft = AssertionDraft::new(
-        JwsAlgorithm::from_name(algorithm.jose_name()).expect("the card signs JWS algorithms"),
+        algorithm,
         &certificate,
         AssertionPayload {
             aud: AUDIENCE.to_owned(),
@@ -76,14 +76,14 @@ fn verification(c: &mut Criterion) {
             "alice.toml",
             "123456",
             Algorithm::Rsa2048,
-            SignatureAlgorithm::Rs256,
+            JwsAlgorithm::Rs256,
             "RS256",
         ),
         (
             "bob.toml",
             "24681357",
             Algorithm::EccP256,
-            SignatureAlgorithm::Es256,
+            JwsAlgorithm::Es256,
             "ES256",
         ),
     ] {

@@ -435,8 +435,8 @@ mod tests {
     use super::*;
     use crate::test_fixtures::{fixture, fixture_der, test_ca_crl};
     use pivtap_apdu::piv::{Algorithm, KeyReference, Pin};
+    use pivtap_card::JwsAlgorithm;
     use pivtap_card::PivSession;
-    use pivtap_card::SignatureAlgorithm;
     use pivtap_card::virtual_card::image::CardImage;
     use pivtap_card::virtual_card::{VirtualCard, VirtualCardBackend};
     use pivtap_protocol::assertion::AssertionDraft;
@@ -500,7 +500,7 @@ mod tests {
         }
 
         /// Signs `message` with the card's 9A key as `algorithm` after the PIN.
-        fn sign(&self, algorithm: SignatureAlgorithm, message: &[u8]) -> Vec<u8> {
+        fn sign(&self, algorithm: JwsAlgorithm, message: &[u8]) -> Vec<u8> {
             self.with_session(|session, key| {
                 session.verify_pin(&Pin::new(self.pin).unwrap()).unwrap();
                 session.sign(SLOT, key, algorithm, message).unwrap()
@@ -513,22 +513,17 @@ mod tests {
         }
 
         /// `draft` signed by the card as `algorithm`.
-        fn signed(&self, draft: &AssertionDraft, algorithm: SignatureAlgorithm) -> String {
+        fn signed(&self, draft: &AssertionDraft, algorithm: JwsAlgorithm) -> String {
             draft.finish(&self.sign(algorithm, draft.signing_input().as_bytes()))
         }
 
         /// A valid assertion signed with `algorithm`.
-        fn assertion(&self, algorithm: SignatureAlgorithm) -> String {
-            self.signed(&self.draft(jws(algorithm)), algorithm)
+        fn assertion(&self, algorithm: JwsAlgorithm) -> String {
+            self.signed(&self.draft(algorithm), algorithm)
         }
 
         /// Any header and payload JSON, signed by the card as `algorithm`.
-        fn sign_raw(
-            &self,
-            algorithm: SignatureAlgorithm,
-            header: &Value,
-            payload: &Value,
-        ) -> String {
+        fn sign_raw(&self, algorithm: JwsAlgorithm, header: &Value, payload: &Value) -> String {
             let input = format!(
                 "{}.{}",
                 base64url_encode(header.to_string().as_bytes()),
@@ -570,12 +565,6 @@ mod tests {
     }
 
     /// The code of the rejection, failing the test if the assertion passed.
-    /// The JWS algorithm the card crate's `algorithm` names (the card crate cannot name
-    /// [`JwsAlgorithm`] itself).
-    fn jws(algorithm: SignatureAlgorithm) -> JwsAlgorithm {
-        JwsAlgorithm::from_name(algorithm.jose_name()).unwrap()
-    }
-
     fn code(compact: &str) -> ErrorCode {
         verify(compact).unwrap_err().code
     }
@@ -588,7 +577,7 @@ mod tests {
 
     #[test]
     fn alices_rs256_assertion_verifies() {
-        let verified = verify(&ALICE.assertion(SignatureAlgorithm::Rs256)).unwrap();
+        let verified = verify(&ALICE.assertion(JwsAlgorithm::Rs256)).unwrap();
         assert_eq!(verified.alg, JwsAlgorithm::Rs256);
         assert_eq!(verified.payload.aud, AUDIENCE);
         assert_eq!(verified.payload.device, "kiosk-07");
@@ -598,13 +587,13 @@ mod tests {
 
     #[test]
     fn alices_rs512_assertion_verifies() {
-        let verified = verify(&ALICE.assertion(SignatureAlgorithm::Rs512)).unwrap();
+        let verified = verify(&ALICE.assertion(JwsAlgorithm::Rs512)).unwrap();
         assert_eq!(verified.alg, JwsAlgorithm::Rs512);
     }
 
     #[test]
     fn bobs_es256_assertion_verifies() {
-        let verified = verify(&BOB.assertion(SignatureAlgorithm::Es256)).unwrap();
+        let verified = verify(&BOB.assertion(JwsAlgorithm::Es256)).unwrap();
         assert_eq!(verified.alg, JwsAlgorithm::Es256);
         assert_eq!(verified.certificate.key, KeyKind::EcP256);
         assert_eq!(verified.payload, {
@@ -633,7 +622,7 @@ mod tests {
             serde_json::from_slice(&base64url_decode(&payload).unwrap()).unwrap();
         assert_eq!(payload, draft.payload);
         // And once the card signs it, the verifier accepts it.
-        assert!(verify(&BOB.signed(&draft, SignatureAlgorithm::Es256)).is_ok());
+        assert!(verify(&BOB.signed(&draft, JwsAlgorithm::Es256)).is_ok());
     }
 
     #[test]
@@ -674,7 +663,7 @@ mod tests {
     fn rs256_on_a_p256_key_is_refused() {
         // Whatever the signature, the header's alg does not fit bob's key.
         let draft = BOB.draft(JwsAlgorithm::Rs256);
-        let rejection = verify(&BOB.signed(&draft, SignatureAlgorithm::Es256)).unwrap_err();
+        let rejection = verify(&BOB.signed(&draft, JwsAlgorithm::Es256)).unwrap_err();
         assert_eq!(rejection.code, ErrorCode::InvalidRequest);
         assert_eq!(
             rejection.message,
@@ -685,7 +674,7 @@ mod tests {
     #[test]
     fn es384_on_a_p256_key_is_refused() {
         let draft = BOB.draft(JwsAlgorithm::Es384);
-        let rejection = verify(&BOB.signed(&draft, SignatureAlgorithm::Es256)).unwrap_err();
+        let rejection = verify(&BOB.signed(&draft, JwsAlgorithm::Es256)).unwrap_err();
         assert_eq!(rejection.code, ErrorCode::InvalidRequest);
         assert!(rejection.message.contains("ES384"));
     }
@@ -693,7 +682,7 @@ mod tests {
     #[test]
     fn es256_on_an_rsa_key_is_refused() {
         let draft = ALICE.draft(JwsAlgorithm::Es256);
-        let rejection = verify(&ALICE.signed(&draft, SignatureAlgorithm::Rs256)).unwrap_err();
+        let rejection = verify(&ALICE.signed(&draft, JwsAlgorithm::Rs256)).unwrap_err();
         assert_eq!(rejection.code, ErrorCode::InvalidRequest);
         assert!(rejection.message.contains("RSA-2048"));
     }
@@ -701,14 +690,14 @@ mod tests {
     #[test]
     fn a_card_from_an_untrusted_ca_is_refused() {
         assert_eq!(
-            code(&UNTRUSTED.assertion(SignatureAlgorithm::Es256)),
+            code(&UNTRUSTED.assertion(JwsAlgorithm::Es256)),
             ErrorCode::CertificateUntrusted
         );
     }
 
     #[test]
     fn an_expired_certificate_is_refused() {
-        let rejection = verify(&EXPIRED.assertion(SignatureAlgorithm::Es256)).unwrap_err();
+        let rejection = verify(&EXPIRED.assertion(JwsAlgorithm::Es256)).unwrap_err();
         assert_eq!(rejection.code, ErrorCode::CertificateExpired);
         assert_eq!(
             rejection.message,
@@ -731,12 +720,12 @@ mod tests {
         let verifier = verifier_with_a_crl_revoking_alice();
         let now = OffsetDateTime::now_utc();
         let rejection = verifier
-            .verify(&ALICE.assertion(SignatureAlgorithm::Rs256), now)
+            .verify(&ALICE.assertion(JwsAlgorithm::Rs256), now)
             .unwrap_err();
         assert_eq!(rejection.code, ErrorCode::CertificateRevoked);
         assert!(
             verifier
-                .verify(&BOB.assertion(SignatureAlgorithm::Es256), now)
+                .verify(&BOB.assertion(JwsAlgorithm::Es256), now)
                 .is_ok()
         );
     }
@@ -802,7 +791,7 @@ mod tests {
     fn a_remembered_chain_still_has_the_certificate_validity_checked_every_time() {
         let verifier = verifier();
         let now = OffsetDateTime::now_utc();
-        let compact = ALICE.assertion(SignatureAlgorithm::Rs256);
+        let compact = ALICE.assertion(JwsAlgorithm::Rs256);
         let first = verifier.verify(&compact, now).unwrap();
         assert!(verifier.chain_known(&first.certificate.fingerprint));
         assert!(verifier.verify(&compact, now).is_ok());
@@ -810,7 +799,7 @@ mod tests {
         let after = first.certificate.not_after + time::Duration::seconds(1);
         let mut payload = payload_json();
         payload["iat"] = json!(after.unix_timestamp());
-        let late = ALICE.sign_raw(SignatureAlgorithm::Rs256, &ALICE.header("RS256"), &payload);
+        let late = ALICE.sign_raw(JwsAlgorithm::Rs256, &ALICE.header("RS256"), &payload);
         assert_eq!(
             verifier.verify(&late, after).unwrap_err().code,
             ErrorCode::CertificateExpired
@@ -822,13 +811,13 @@ mod tests {
         let verifier = verifier_with_a_crl_revoking_alice();
         let now = OffsetDateTime::now_utc();
         let bob = verifier
-            .verify(&BOB.assertion(SignatureAlgorithm::Es256), now)
+            .verify(&BOB.assertion(JwsAlgorithm::Es256), now)
             .unwrap();
         assert!(!verifier.chain_known(&bob.certificate.fingerprint));
         for _ in 0..2 {
             assert_eq!(
                 verifier
-                    .verify(&ALICE.assertion(SignatureAlgorithm::Rs256), now)
+                    .verify(&ALICE.assertion(JwsAlgorithm::Rs256), now)
                     .unwrap_err()
                     .code,
                 ErrorCode::CertificateRevoked
@@ -838,7 +827,7 @@ mod tests {
 
     #[test]
     fn a_tampered_payload_is_refused() {
-        let [header, _, signature] = parts(&ALICE.assertion(SignatureAlgorithm::Rs256));
+        let [header, _, signature] = parts(&ALICE.assertion(JwsAlgorithm::Rs256));
         let mut other = payload();
         other.device = "kiosk-99".to_owned();
         let tampered = format!(
@@ -852,9 +841,9 @@ mod tests {
     fn a_tampered_signature_is_refused() {
         for card in [ALICE, BOB] {
             let algorithm = if card.name == "alice" {
-                SignatureAlgorithm::Rs256
+                JwsAlgorithm::Rs256
             } else {
-                SignatureAlgorithm::Es256
+                JwsAlgorithm::Es256
             };
             let [header, payload, signature] = parts(&card.assertion(algorithm));
             let mut signature = base64url_decode(&signature).unwrap();
@@ -875,7 +864,7 @@ mod tests {
     #[test]
     fn a_swapped_x5c_is_refused() {
         // Alice signs, then carol's certificate (also RSA-2048, same CA) is put in the header.
-        let [_, payload, signature] = parts(&ALICE.assertion(SignatureAlgorithm::Rs256));
+        let [_, payload, signature] = parts(&ALICE.assertion(JwsAlgorithm::Rs256));
         let swapped = base64url_encode(CAROL.header("RS256").to_string().as_bytes());
         assert_eq!(
             code(&format!("{swapped}.{payload}.{signature}")),
@@ -890,8 +879,7 @@ mod tests {
         let corrupt =
             json!({"alg": "RS256", "typ": ASSERTION_TYPE, "x5c": [STANDARD.encode(&der)]});
         let rejection =
-            verify(&ALICE.sign_raw(SignatureAlgorithm::Rs256, &corrupt, &payload_json()))
-                .unwrap_err();
+            verify(&ALICE.sign_raw(JwsAlgorithm::Rs256, &corrupt, &payload_json())).unwrap_err();
         assert_eq!(rejection.code, ErrorCode::InvalidRequest);
         assert_eq!(
             rejection.message,
@@ -900,8 +888,7 @@ mod tests {
 
         let not_base64 = json!({"alg": "RS256", "typ": ASSERTION_TYPE, "x5c": ["not base64!"]});
         let rejection =
-            verify(&ALICE.sign_raw(SignatureAlgorithm::Rs256, &not_base64, &payload_json()))
-                .unwrap_err();
+            verify(&ALICE.sign_raw(JwsAlgorithm::Rs256, &not_base64, &payload_json())).unwrap_err();
         assert_eq!(rejection.code, ErrorCode::InvalidRequest);
         assert!(rejection.message.contains("standard base64"));
     }
@@ -942,7 +929,7 @@ mod tests {
         for typ in [json!("JWT"), json!("PIVTAP-ASSERTION+JWT"), Value::Null] {
             let mut header = ALICE.header("RS256");
             header["typ"] = typ.clone();
-            let compact = ALICE.sign_raw(SignatureAlgorithm::Rs256, &header, &payload_json());
+            let compact = ALICE.sign_raw(JwsAlgorithm::Rs256, &header, &payload_json());
             let rejection = verify(&compact).unwrap_err();
             assert_eq!(rejection.code, ErrorCode::InvalidRequest, "{typ}");
             assert!(rejection.message.contains("typ"), "{rejection}");
@@ -953,7 +940,7 @@ mod tests {
     fn unknown_header_members_are_refused() {
         let mut header = ALICE.header("RS256");
         header["crit"] = json!(["exp"]);
-        let compact = ALICE.sign_raw(SignatureAlgorithm::Rs256, &header, &payload_json());
+        let compact = ALICE.sign_raw(JwsAlgorithm::Rs256, &header, &payload_json());
         assert_eq!(code(&compact), ErrorCode::InvalidRequest);
     }
 
@@ -961,14 +948,14 @@ mod tests {
     fn a_wrong_aud_is_refused() {
         let mut draft = ALICE.draft(JwsAlgorithm::Rs256);
         draft.payload.aud = "https://elsewhere.example.com".to_owned();
-        let rejection = verify(&ALICE.signed(&draft, SignatureAlgorithm::Rs256)).unwrap_err();
+        let rejection = verify(&ALICE.signed(&draft, JwsAlgorithm::Rs256)).unwrap_err();
         assert_eq!(rejection.code, ErrorCode::InvalidRequest);
         assert!(rejection.message.contains("aud"));
     }
 
     #[test]
     fn iat_must_be_within_the_clock_skew() {
-        let compact = BOB.assertion(SignatureAlgorithm::Es256);
+        let compact = BOB.assertion(JwsAlgorithm::Es256);
         let iat = parts(&compact)[1].clone();
         let iat: AssertionPayload =
             serde_json::from_slice(&base64url_decode(&iat).unwrap()).unwrap();
@@ -996,7 +983,7 @@ mod tests {
             let mut draft = BOB.draft(JwsAlgorithm::Es256);
             draft.payload.iat = iat;
             assert_eq!(
-                code(&BOB.signed(&draft, SignatureAlgorithm::Es256)),
+                code(&BOB.signed(&draft, JwsAlgorithm::Es256)),
                 ErrorCode::InvalidRequest,
                 "iat {iat}"
             );
@@ -1007,7 +994,7 @@ mod tests {
     fn unknown_payload_members_are_refused() {
         let mut payload = payload_json();
         payload["admin"] = json!(true);
-        let compact = ALICE.sign_raw(SignatureAlgorithm::Rs256, &ALICE.header("RS256"), &payload);
+        let compact = ALICE.sign_raw(JwsAlgorithm::Rs256, &ALICE.header("RS256"), &payload);
         let rejection = verify(&compact).unwrap_err();
         assert_eq!(rejection.code, ErrorCode::InvalidRequest);
         assert!(rejection.message.contains("exactly aud, nonce"));
@@ -1015,7 +1002,7 @@ mod tests {
 
     #[test]
     fn malformed_compact_strings_are_refused() {
-        let good = BOB.assertion(SignatureAlgorithm::Es256);
+        let good = BOB.assertion(JwsAlgorithm::Es256);
         let [header, payload, signature] = parts(&good);
         let header_json = base64url_decode(&header).unwrap();
         let cases = [
@@ -1051,8 +1038,8 @@ mod tests {
         // A forged assertion for an untrusted or expired card is a signature
         // failure: no path building happens for it.
         for (card, algorithm) in [
-            (UNTRUSTED, SignatureAlgorithm::Es256),
-            (EXPIRED, SignatureAlgorithm::Es256),
+            (UNTRUSTED, JwsAlgorithm::Es256),
+            (EXPIRED, JwsAlgorithm::Es256),
         ] {
             let [header, payload, _] = parts(&card.assertion(algorithm));
             let forged = format!("{header}.{payload}.{}", base64url_encode([0; 64]));
@@ -1062,7 +1049,7 @@ mod tests {
         let mut draft = EXPIRED.draft(JwsAlgorithm::Es256);
         draft.payload.aud = "https://elsewhere.example.com".to_owned();
         assert_eq!(
-            code(&EXPIRED.signed(&draft, SignatureAlgorithm::Es256)),
+            code(&EXPIRED.signed(&draft, JwsAlgorithm::Es256)),
             ErrorCode::InvalidRequest
         );
     }
@@ -1101,7 +1088,7 @@ mod tests {
         fn shareable<T: Send + Sync>() {}
         shareable::<AssertionVerifier>();
         let verifier = std::sync::Arc::new(verifier());
-        let compact = BOB.assertion(SignatureAlgorithm::Es256);
+        let compact = BOB.assertion(JwsAlgorithm::Es256);
         let handles: Vec<_> = (0..2)
             .map(|_| {
                 let verifier = verifier.clone();
@@ -1117,7 +1104,7 @@ mod tests {
     /// One valid assertion for the property tests (signing is not free).
     fn valid_assertion() -> &'static str {
         static ASSERTION: OnceLock<String> = OnceLock::new();
-        ASSERTION.get_or_init(|| BOB.assertion(SignatureAlgorithm::Es256))
+        ASSERTION.get_or_init(|| BOB.assertion(JwsAlgorithm::Es256))
     }
 
     fn shared_verifier() -> &'static AssertionVerifier {

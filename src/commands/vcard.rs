@@ -859,7 +859,7 @@ mod tests {
                 .sign(
                     KeyReference::PivAuthentication,
                     Algorithm::EccP256,
-                    pivtap_card::SignatureAlgorithm::Es256,
+                    pivtap_card::JwsAlgorithm::Es256,
                     b"sign-in",
                 )
                 .unwrap()

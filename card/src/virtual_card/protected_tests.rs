@@ -9,7 +9,7 @@ use super::image::{CardImage, ImageError, StoredSecret};
 use super::protection::KdfParams;
 use super::protection::tests::fast;
 use super::{CardOptions, NewCard, VirtualCard, VirtualCardBackend};
-use crate::{ManagementKey, PinStatus, PivError, PivSession, SignatureAlgorithm};
+use crate::{JwsAlgorithm, ManagementKey, PinStatus, PivError, PivSession};
 
 const PIN: &str = "918273";
 const PUK: &str = "56473829";
@@ -59,12 +59,7 @@ fn signs_with(backend: &mut VirtualCardBackend, public_key: &PublicKey, pin_text
     let mut session = PivSession::open(backend).unwrap();
     session.verify_pin(&pin(pin_text)).unwrap();
     let signature = session
-        .sign(
-            SLOT,
-            Algorithm::EccP256,
-            SignatureAlgorithm::Es256,
-            b"challenge",
-        )
+        .sign(SLOT, Algorithm::EccP256, JwsAlgorithm::Es256, b"challenge")
         .unwrap();
     let PublicKey::Ec { point, .. } = public_key else {
         panic!("a P-256 key has an EC public key");
@@ -340,7 +335,7 @@ fn card_authentication_key_stays_usable_without_the_pin() {
         .sign(
             KeyReference::CardAuthentication,
             Algorithm::EccP256,
-            SignatureAlgorithm::Es256,
+            JwsAlgorithm::Es256,
             b"tap",
         )
         .unwrap();

@@ -1,4 +1,4 @@
-//! Set-up the server-client suites share: fixture paths, a server directory written by `init_server` trusting the test CA, and a fixture card's assertion signature.
+//! Set-up the server suites share: fixture paths, a server directory written by `init_server` trusting the test CA, and a fixture card's assertion signature.
 
 // Each suite is its own crate and uses only part of this module.
 #![allow(dead_code)]
@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use pivtap_apdu::piv::{Algorithm, KeyReference};
-use pivtap_card::{PivSession, SignatureAlgorithm};
+use pivtap_card::PivSession;
 use pivtap_protocol::assertion::AssertionDraft;
 use pivtap_protocol::jose::JwsAlgorithm;
 use pivtap_server::init::{InitOptions, InitReport, init_server};
@@ -49,7 +49,7 @@ pub fn card_signature(
     algorithm: JwsAlgorithm,
     message: &[u8],
 ) -> Vec<u8> {
-    let algorithm: SignatureAlgorithm = algorithm
+    let algorithm: JwsAlgorithm = algorithm
         .name()
         .parse()
         .expect("the card knows every JWS name");
