@@ -177,7 +177,10 @@ mod tests {
                 .check_card_key(Algorithm::Rsa2048)
                 .is_err()
         );
-        assert_eq!("es384".parse(), Ok(JwsAlgorithm::Es384));
+        assert_eq!("ES384".parse(), Ok(JwsAlgorithm::Es384));
+        // JOSE `alg` values are case-sensitive (RFC 7515 §4.1.1); the card's own parser
+        // accepted any case, the one JwsAlgorithm does not.
+        assert!("es384".parse::<JwsAlgorithm>().is_err());
         assert!("none".parse::<JwsAlgorithm>().is_err());
         assert!("HS256".parse::<JwsAlgorithm>().is_err());
     }
