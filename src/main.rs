@@ -4,7 +4,6 @@
 mod cli_input;
 mod cli_output;
 mod commands;
-mod enrollment;
 mod help_examples;
 mod log_format;
 

@@ -4,8 +4,11 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod card_signer;
 pub mod client;
 pub mod device;
+#[cfg(feature = "enroll")]
+pub mod enrollment;
 
 pub use client::{Client, ClientError, ServerTrust};
 pub use device::DeviceCredential;

@@ -30,7 +30,7 @@ use pivtap_protocol::assertion::{AssertionDraft, card_signature_verifies};
 use pivtap_protocol::certificate::{CertificateError, CertificateFacts, KeyKind};
 use pivtap_protocol::jose::JwsAlgorithm;
 
-use crate::card_signer::card_signature;
+use pivtap_client::card_signer::card_signature;
 use pivtap_protocol::wire::{AssertionPayload, ChallengeResponse};
 use time::OffsetDateTime;
 use tokio::sync::mpsc::UnboundedSender;
@@ -147,7 +147,7 @@ pub enum CardJobResult {
     },
 }
 
-pub use crate::card_signer::signing_algorithms;
+pub use pivtap_client::card_signer::signing_algorithms;
 
 /// The card thread. Dropping it cancels the work in progress (it stops at its next APDU),
 /// answers the jobs still queued with "card removed", and waits for the thread to end.

@@ -7,7 +7,6 @@
 #![warn(missing_docs)]
 
 pub mod admin_exit;
-pub mod card_signer;
 pub mod card_worker;
 pub mod config;
 pub mod core;

@@ -14,7 +14,7 @@ use zeroize::Zeroizing;
 
 use super::CardArgs;
 use super::card::read_pin;
-use crate::enrollment::{EnrollError, sign_assertion, signing_key_of};
+use pivtap_client::enrollment::{EnrollError, sign_assertion, signing_key_of};
 
 /// Where the server is and how to trust it.
 #[derive(Args, Debug, Clone)]

@@ -20,7 +20,7 @@ use zeroize::Zeroizing;
 
 use super::CardArgs;
 use super::auth::{DeviceCredentialArgs, OptionalServerArgs, ServerArgs, explain, flow_error};
-use crate::enrollment::{
+use pivtap_client::enrollment::{
     CardSecrets, EnrollOptions, EnrollOutcome, EnrollStep, RenewOptions, enroll_card, renew_card,
 };
 

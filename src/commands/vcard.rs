@@ -24,7 +24,9 @@ use zeroize::Zeroizing;
 
 use super::auth::{OptionalServerArgs, explain, flow_error};
 use super::card::{Secret, SecretReader};
-use crate::enrollment::{CardSecrets, EnrollOptions, EnrollOutcome, EnrollStep, enroll_card};
+use pivtap_client::enrollment::{
+    CardSecrets, EnrollOptions, EnrollOutcome, EnrollStep, enroll_card,
+};
 use pivtap_server::issuance::profile::{self as issuer, CertificateAuthority, CertificateProfile};
 
 /// `pivtap vcard ...`
@@ -451,7 +453,7 @@ fn provision(
         let spki = spki::subject_public_key_info(&public_key)?;
         let certificate = issuer::issue(ca, &spki, profile)?;
         session.put_certificate(KeyReference::PivAuthentication, &certificate)?;
-        let chuid = crate::enrollment::new_chuid(profile.not_after)?;
+        let chuid = pivtap_client::enrollment::new_chuid(profile.not_after)?;
         session.put_object(ObjectTag::Chuid, &chuid.encode())?;
         session.put_discovery(&Discovery {
             aid: PIV_AID.to_vec(),

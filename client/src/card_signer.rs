@@ -63,8 +63,20 @@ mod tests {
     use pivtap_protocol::jose::CompactJws;
     use pivtap_protocol::wire::{AssertionPayload, ChallengeResponse};
 
+    use pivtap_card::virtual_card::image::CardImage;
+    use pivtap_card::virtual_card::{VirtualCard, VirtualCardBackend};
+
     use super::*;
-    use crate::readers::tests::fixture_card;
+
+    /// A fixture card, loaded in memory (nothing is ever written back to the fixture).
+    fn fixture_card(name: &str) -> VirtualCardBackend {
+        let path = format!(
+            "{}/../fixtures/cards/{name}.toml",
+            env!("CARGO_MANIFEST_DIR")
+        );
+        let image = CardImage::load(path).unwrap();
+        VirtualCardBackend::new(VirtualCard::from_image(&image).unwrap(), name)
+    }
 
     #[test]
     fn a_fixture_card_signs_an_assertion_its_certificate_verifies() {
