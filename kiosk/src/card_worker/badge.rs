@@ -322,7 +322,9 @@ mod tests {
     };
 
     use super::*;
-    use crate::card_worker::test_rig::{ALICE_PIN, BOB_PIN, Rig, fixture_image, guid_of, verify};
+    use crate::card_worker::test_rig::{
+        ALICE_PIN, BOB_PIN, Rig, SIGN_AFTER_A_READ, fixture_image, guid_of, verify,
+    };
     use crate::core::{AuthFailure, CardReadFailure};
     use crate::readers::tests::fixture_card;
 
@@ -346,15 +348,7 @@ mod tests {
         rig.readers.take_instructions();
         let assertion = rig.sign(ALICE_PIN).await.unwrap();
         assert_eq!(verify(&assertion), "RS256");
-        assert_eq!(
-            rig.readers.take_instructions(),
-            [
-                Ins::Select,
-                Ins::Verify,
-                Ins::GeneralAuthenticate,
-                Ins::Verify
-            ]
-        );
+        assert_eq!(rig.readers.take_instructions(), SIGN_AFTER_A_READ);
     }
 
     #[tokio::test]
@@ -464,12 +458,7 @@ mod tests {
         assert_eq!(rig.sign(ALICE_PIN).await, Err(AuthFailure::CardError));
         assert_eq!(
             rig.readers.take_instructions(),
-            [
-                Ins::Select,
-                Ins::Verify,
-                Ins::GeneralAuthenticate,
-                Ins::Verify
-            ],
+            SIGN_AFTER_A_READ,
             "a certificate read during this tap is not read again"
         );
     }

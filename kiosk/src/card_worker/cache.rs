@@ -69,7 +69,7 @@ mod tests {
 
     use super::*;
     use crate::card_worker::test_rig::{
-        ALICE_PIN, Rig, fixture_der, guid_of, renew, signer_of, verify,
+        ALICE_PIN, Rig, SIGN_AFTER_A_READ, fixture_der, guid_of, renew, signer_of, verify,
     };
     use crate::core::AuthFailure;
     use crate::readers::tests::fixture_card;
@@ -235,15 +235,7 @@ mod tests {
         rig.readers.take();
         let assertion = rig.sign(ALICE_PIN).await.unwrap();
         assert_eq!(signer_of(&assertion), "Carol Example");
-        assert_eq!(
-            rig.readers.take_instructions(),
-            [
-                Ins::Select,
-                Ins::Verify,
-                Ins::GeneralAuthenticate,
-                Ins::Verify
-            ]
-        );
+        assert_eq!(rig.readers.take_instructions(), SIGN_AFTER_A_READ);
     }
 
     #[tokio::test]

@@ -7,35 +7,51 @@ use super::badge::check_card;
 use super::cache::CertificateCache;
 use super::failure::CardFailure;
 
-/// When `expect` is given, checks that the card's 9A certificate has that SHA-256 (the
-/// signed-in worker's badge), then CHANGE REFERENCE DATA for the PIN.
+/// The new PIN a PIN job sets, and how.
+pub(super) enum PinChange {
+    /// CHANGE REFERENCE DATA: the current PIN sets the new one.
+    Change {
+        /// The current PIN.
+        current: Pin,
+        /// The new PIN.
+        new: Pin,
+    },
+    /// RESET RETRY COUNTER: the PUK sets a new PIN and unblocks it.
+    Unblock {
+        /// The PUK.
+        puk: Puk,
+        /// The new PIN.
+        new_pin: Pin,
+    },
+}
+
+impl PinChange {
+    /// What the job does, for the log.
+    pub(super) fn doing(&self) -> &'static str {
+        match self {
+            PinChange::Change { .. } => "changing the PIN",
+            PinChange::Unblock { .. } => "unblocking the PIN",
+        }
+    }
+}
+
+/// When `badge` is given, checks that the card is that badge (its 9A certificate's SHA-256;
+/// another one gets [`CardFailure::OtherCard`] and no PIN or PUK try is spent), then makes
+/// the `change`.
 pub(super) fn change_pin(
     session: &mut PivSession<'_>,
     cache: &mut CertificateCache,
-    expect: Option<&str>,
-    current: &Pin,
-    new: &Pin,
+    badge: Option<&str>,
+    change: &PinChange,
 ) -> Result<(), CardFailure> {
-    if let Some(expected) = expect {
+    if let Some(expected) = badge {
         check_card(session, cache, expected)?;
     }
-    Ok(session.change_pin(current, new)?)
-}
-
-/// When `blocked_badge` is known, checks that this card is that badge (its 9A certificate's
-/// SHA-256; another badge gets [`CardFailure::OtherCard`] and no PUK try is spent), then
-/// RESET RETRY COUNTER: the PUK sets a new PIN and unblocks it.
-pub(super) fn unblock_pin(
-    session: &mut PivSession<'_>,
-    cache: &mut CertificateCache,
-    blocked_badge: Option<&str>,
-    puk: &Puk,
-    new_pin: &Pin,
-) -> Result<(), CardFailure> {
-    if let Some(expected) = blocked_badge {
-        check_card(session, cache, expected)?;
+    match change {
+        PinChange::Change { current, new } => session.change_pin(current, new)?,
+        PinChange::Unblock { puk, new_pin } => session.unblock_pin(puk, new_pin)?,
     }
-    Ok(session.unblock_pin(puk, new_pin)?)
+    Ok(())
 }
 
 #[cfg(test)]
@@ -119,9 +135,7 @@ mod tests {
         let mut rig = Rig::new();
         let alice = fixture_card("alice");
         rig.tap(&alice);
-        for _ in 0..3 {
-            assert!(rig.sign("000000").await.is_err());
-        }
+        rig.block_the_pin().await;
         rig.tap(&alice);
         assert_eq!(rig.read().await.unwrap().1, Some(0));
         assert_eq!(
@@ -147,9 +161,7 @@ mod tests {
         let mut rig = Rig::new();
         let alice = fixture_card("alice");
         rig.tap(&alice);
-        for _ in 0..3 {
-            assert!(rig.sign("000000").await.is_err());
-        }
+        rig.block_the_pin().await;
         // Bob's badge is tapped instead of Alice's blocked one.
         let bob = fixture_card("bob");
         rig.tap(&bob);

@@ -27,6 +27,14 @@ pub(super) const NONCE: &str = "q2Vv8y3a1lL3m8W4k9dQeXh7c2VjcmV0LW5vbmNlLTMy";
 pub(super) const DEVICE: &str = "kiosk-07";
 pub(super) const ALICE_PIN: &str = "123456";
 pub(super) const BOB_PIN: &str = "24681357";
+/// A sign on the connection kept from the read before it: SELECT, VERIFY, GENERAL
+/// AUTHENTICATE, and the PIN's log-out (VERIFY).
+pub(super) const SIGN_AFTER_A_READ: [Ins; 4] = [
+    Ins::Select,
+    Ins::Verify,
+    Ins::GeneralAuthenticate,
+    Ins::Verify,
+];
 
 /// Virtual readers that record every command sent to their cards.
 #[derive(Clone, Default)]
@@ -212,6 +220,13 @@ impl Rig {
                 }
                 other => panic!("expected progress or the signature, got {other:?}"),
             }
+        }
+    }
+
+    /// Three wrong PINs: each fails, and the badge on the desk ends up blocked.
+    pub(super) async fn block_the_pin(&mut self) {
+        for _ in 0..3 {
+            assert!(self.sign("000000").await.is_err());
         }
     }
 

@@ -11,9 +11,9 @@ use super::badge::{self, KnownCertificate, SignRequest};
 use super::cache::CertificateCache;
 use super::cancel::{Cancellable, Ticket};
 use super::failure::{CardFailure, CardFailureKind};
-use super::pin;
+use super::pin::{self, PinChange};
 use super::{CardJob, CardJobResult};
-use crate::core::{AuthFailure, CardReadFailure, CardSummary, PinWorkFailure, WorkId};
+use crate::core::{CardSummary, PinWorkFailure, WorkId};
 use crate::readers::ReaderSource;
 
 /// What the card thread is told.
@@ -71,10 +71,9 @@ impl Worker {
     fn run_job(&mut self, job: CardJob, ticket: &Ticket) {
         match job {
             CardJob::Read { work, reader } => {
-                let result = self.read(&reader, ticket).map_err(|failure| {
-                    tracing::info!(reader, error = %failure, "reading the card failed");
-                    CardReadFailure::from(&failure)
-                });
+                let result = self
+                    .read(&reader, ticket)
+                    .map_err(|failure| shown(&reader, "reading the card", &failure));
                 self.report(CardJobResult::Read { work, result });
             }
             CardJob::Sign {
@@ -91,10 +90,7 @@ impl Worker {
                 };
                 let result = self
                     .sign(&reader, request, work, ticket)
-                    .map_err(|failure| {
-                        tracing::info!(reader, error = %failure, "signing on the card failed");
-                        AuthFailure::from(&failure)
-                    });
+                    .map_err(|failure| shown(&reader, "signing on the card", &failure));
                 self.report(CardJobResult::Signed { work, result });
             }
             CardJob::ChangePin {
@@ -104,14 +100,8 @@ impl Worker {
                 new,
                 expect,
             } => {
-                let result = self
-                    .on_fresh_connection(&reader, ticket, |session, cache| {
-                        pin::change_pin(session, cache, expect.as_deref(), &current, &new)
-                    })
-                    .map_err(|failure| {
-                        tracing::info!(reader, error = %failure, "changing the PIN failed");
-                        PinWorkFailure::from(&failure)
-                    });
+                let change = PinChange::Change { current, new };
+                let result = self.change_pin(&reader, ticket, expect.as_deref(), &change);
                 self.report(CardJobResult::PinWork { work, result });
             }
             CardJob::UnblockPin {
@@ -120,15 +110,9 @@ impl Worker {
                 puk,
                 new_pin,
             } => {
-                let expected = self.blocked_badge.clone();
-                let result = self
-                    .on_fresh_connection(&reader, ticket, |session, cache| {
-                        pin::unblock_pin(session, cache, expected.as_deref(), &puk, &new_pin)
-                    })
-                    .map_err(|failure| {
-                        tracing::info!(reader, error = %failure, "unblocking the PIN failed");
-                        PinWorkFailure::from(&failure)
-                    });
+                let change = PinChange::Unblock { puk, new_pin };
+                let blocked_badge = self.blocked_badge.clone();
+                let result = self.change_pin(&reader, ticket, blocked_badge.as_deref(), &change);
                 if result.is_ok() {
                     self.blocked_badge = None;
                 }
@@ -137,20 +121,24 @@ impl Worker {
         }
     }
 
-    /// Runs `work` in a PIV session on a new connection to `reader`'s card (one kept from a
-    /// read is stale for this), then lets go of the card.
-    fn on_fresh_connection(
+    /// Makes the PIN `change` on a new connection to `reader`'s card (one kept from a read is
+    /// stale for this), on `badge` only when given, then lets go of the card.
+    fn change_pin(
         &mut self,
         reader: &str,
         ticket: &Ticket,
-        work: impl FnOnce(&mut PivSession<'_>, &mut CertificateCache) -> Result<(), CardFailure>,
-    ) -> Result<(), CardFailure> {
-        self.held.remove(reader);
-        ticket.check()?;
-        let mut backend = self.readers.connect(reader)?;
-        let mut card = Cancellable::new(backend.as_mut(), ticket);
-        let mut session = PivSession::open(&mut card)?;
-        work(&mut session, &mut self.cache)
+        badge: Option<&str>,
+        change: &PinChange,
+    ) -> Result<(), PinWorkFailure> {
+        let mut changed = || {
+            self.held.remove(reader);
+            ticket.check()?;
+            let mut backend = self.readers.connect(reader)?;
+            let mut card = Cancellable::new(backend.as_mut(), ticket);
+            let mut session = PivSession::open(&mut card)?;
+            pin::change_pin(&mut session, &mut self.cache, badge, change)
+        };
+        changed().map_err(|failure| shown(reader, change.doing(), &failure))
     }
 
     fn report(&self, result: CardJobResult) {
@@ -247,6 +235,15 @@ impl Worker {
     }
 }
 
+/// Logs why `doing` failed on `reader`'s card and says what the kiosk shows for it.
+fn shown<T>(reader: &str, doing: &str, failure: &CardFailure) -> T
+where
+    T: for<'a> From<&'a CardFailure>,
+{
+    tracing::info!(reader, error = %failure, "{doing} failed");
+    T::from(failure)
+}
+
 /// Sends `result` to the kiosk.
 fn report_to(results: &UnboundedSender<CardJobResult>, result: CardJobResult) {
     // Nobody listening means the kiosk is stopping: there is no one left to tell.
@@ -293,9 +290,7 @@ mod tests {
         let mut rig = Rig::new();
         let alice = fixture_card("alice");
         rig.tap(&alice);
-        for _ in 0..3 {
-            assert!(rig.sign("000000").await.is_err());
-        }
+        rig.block_the_pin().await;
         rig.tap(&alice);
         let (summary, tries_left) = rig.read().await.unwrap();
         assert_eq!(summary.holder_name.as_deref(), Some("Alice Example"));
