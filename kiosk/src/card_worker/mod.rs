@@ -146,8 +146,6 @@ pub enum CardJobResult {
     },
 }
 
-pub use crate::card_signer::signing_algorithms;
-
 /// The card thread. Dropping it cancels the work in progress (it stops at its next APDU),
 /// answers the jobs still queued with "card removed", and waits for the thread to end.
 pub struct CardWorker {
