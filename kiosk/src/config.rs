@@ -58,6 +58,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use pivtap_http::ConnectionLimits;
 use pivtap_server_client::device::DeviceCredential;
 use serde::Deserialize;
 
@@ -257,8 +258,8 @@ impl LocalApiSection {
     /// The local API's connection limits: every client comes from loopback, so the cap per
     /// source is the cap in all.
     #[must_use]
-    pub fn connection_limits(&self) -> pivtap_server_client::connections::ConnectionLimits {
-        pivtap_server_client::connections::ConnectionLimits {
+    pub fn connection_limits(&self) -> ConnectionLimits {
+        ConnectionLimits {
             header_read_timeout: Duration::from_secs(self.header_read_timeout_seconds),
             idle_timeout: Duration::from_secs(self.idle_timeout_seconds),
             max_connections: self.max_connections,
