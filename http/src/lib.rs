@@ -39,6 +39,8 @@
 mod gate;
 mod serve;
 mod stream;
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
 
 pub use gate::{ConnectionGate, ConnectionLimits, WARNING_INTERVAL};
 pub use serve::{configure_http, serve};

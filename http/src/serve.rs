@@ -140,12 +140,13 @@ mod tests {
     use std::time::Instant;
 
     use axum::routing::get;
-    use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWriteExt as _};
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
     use tokio::net::{TcpSocket, TcpStream};
     use tokio::sync::oneshot;
     use tokio::task::JoinHandle;
 
     use super::*;
+    use crate::testing::closed_within;
 
     /// Another loopback address than the usual one, to be another source.
     const OTHER_SOURCE: IpAddr = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2));
@@ -188,18 +189,6 @@ mod tests {
         )
     }
 
-    /// Whether the server closed `stream` (end of file or an error) within `wait`.
-    async fn closed_within<S: AsyncRead + Unpin>(stream: &mut S, wait: Duration) -> bool {
-        let mut buffer = [0_u8; 1024];
-        loop {
-            match tokio::time::timeout(wait, stream.read(&mut buffer)).await {
-                Err(_) => return false,
-                Ok(Ok(0) | Err(_)) => return true,
-                Ok(Ok(_)) => {}
-            }
-        }
-    }
-
     /// Reads until `text` holds `end`, or fails after 5 s.
     async fn read_until(stream: &mut TcpStream, text: &mut String, end: &str) {
         let mut buffer = [0_u8; 1024];
@@ -213,6 +202,17 @@ mod tests {
         }
     }
 
+    /// Sends `GET /` with `Connection: close` on `stream` and returns the whole answer.
+    async fn get_once(stream: &mut TcpStream) -> String {
+        stream
+            .write_all(b"GET / HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        let mut answer = String::new();
+        stream.read_to_string(&mut answer).await.unwrap();
+        answer
+    }
+
     async fn connect_from(source: IpAddr, address: SocketAddr) -> TcpStream {
         let socket = TcpSocket::new_v4().unwrap();
         socket.bind(SocketAddr::new(source, 0)).unwrap();
@@ -224,12 +224,7 @@ mod tests {
         let served = Served::start(address_app(), ConnectionLimits::default()).await;
         let mut client = connect_from(OTHER_SOURCE, served.address).await;
         let local = client.local_addr().unwrap();
-        client
-            .write_all(b"GET / HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n")
-            .await
-            .unwrap();
-        let mut answer = String::new();
-        client.read_to_string(&mut answer).await.unwrap();
+        let answer = get_once(&mut client).await;
         assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
         assert!(answer.ends_with(&format!("\r\n\r\n{local}")), "{answer}");
 
@@ -331,22 +326,12 @@ mod tests {
         assert_eq!(served.gate.open_connections(), 2);
 
         let mut other = connect_from(OTHER_SOURCE, served.address).await;
-        other
-            .write_all(b"GET / HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n")
-            .await
-            .unwrap();
-        let mut answer = String::new();
-        other.read_to_string(&mut answer).await.unwrap();
+        let answer = get_once(&mut other).await;
         assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
 
         drop(first);
         let mut again = TcpStream::connect(served.address).await.unwrap();
-        again
-            .write_all(b"GET / HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n")
-            .await
-            .unwrap();
-        let mut answer = String::new();
-        again.read_to_string(&mut answer).await.unwrap();
+        let answer = get_once(&mut again).await;
         assert!(
             answer.starts_with("HTTP/1.1 200"),
             "a place came back: {answer}"

@@ -775,6 +775,7 @@ mod tests {
     use axum::body::{Body, to_bytes};
     use axum::http::Method;
     use futures_util::StreamExt as _;
+    use pivtap_http::testing::closed_within;
     use serde_json::Value;
     use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
     use tokio::net::TcpStream;
@@ -1549,16 +1550,6 @@ mod tests {
                 let _ = shutdown_signal.await;
             },
         ));
-        let closed_within = async |stream: &mut TcpStream, wait: StdDuration| {
-            let mut buffer = [0_u8; 512];
-            loop {
-                match tokio::time::timeout(wait, stream.read(&mut buffer)).await {
-                    Err(_) => return false,
-                    Ok(Ok(0) | Err(_)) => return true,
-                    Ok(Ok(_)) => {}
-                }
-            }
-        };
         let mut slow = Vec::new();
         for _ in 0..100 {
             let mut stream = loop {
