@@ -181,6 +181,17 @@ mod tests {
         }
     }
 
+    /// A request whose headers never end.
+    const HALF_SENT_REQUEST: &[u8] = b"GET / HTTP/1.1\r\nHost: test\r\nX-Slow: ";
+
+    /// The default limits but for headers due within 500 ms.
+    fn short_header_time_out() -> ConnectionLimits {
+        ConnectionLimits {
+            header_read_timeout: Duration::from_millis(500),
+            ..ConnectionLimits::default()
+        }
+    }
+
     /// A route that answers with the client's address as handlers see it.
     fn address_app() -> Router {
         Router::new().route(
@@ -202,14 +213,18 @@ mod tests {
         }
     }
 
-    /// Sends `GET /` with `Connection: close` on `stream` and returns the whole answer.
-    async fn get_once(stream: &mut TcpStream) -> String {
-        stream
-            .write_all(b"GET / HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n")
-            .await
-            .unwrap();
+    /// Sends `GET /` on `stream` and returns the answer, the whole of it with `close` (then the
+    /// server closes the connection), else up to the client's address in the body.
+    async fn ask(stream: &mut TcpStream, close: bool) -> String {
+        let connection = if close { "Connection: close\r\n" } else { "" };
+        let request = format!("GET / HTTP/1.1\r\nHost: test\r\n{connection}\r\n");
+        stream.write_all(request.as_bytes()).await.unwrap();
         let mut answer = String::new();
-        stream.read_to_string(&mut answer).await.unwrap();
+        if close {
+            stream.read_to_string(&mut answer).await.unwrap();
+        } else {
+            read_until(stream, &mut answer, "127.0.0.1:").await;
+        }
         answer
     }
 
@@ -224,7 +239,7 @@ mod tests {
         let served = Served::start(address_app(), ConnectionLimits::default()).await;
         let mut client = connect_from(OTHER_SOURCE, served.address).await;
         let local = client.local_addr().unwrap();
-        let answer = get_once(&mut client).await;
+        let answer = ask(&mut client, true).await;
         assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
         assert!(answer.ends_with(&format!("\r\n\r\n{local}")), "{answer}");
 
@@ -245,17 +260,10 @@ mod tests {
 
     #[tokio::test]
     async fn a_first_request_not_sent_in_time_ends_the_connection_whatever_the_protocol() {
-        let limits = ConnectionLimits {
-            header_read_timeout: Duration::from_millis(500),
-            ..ConnectionLimits::default()
-        };
-        let served = Served::start(address_app(), limits).await;
+        let served = Served::start(address_app(), short_header_time_out()).await;
         let mut silent = TcpStream::connect(served.address).await.unwrap();
         let mut half_http1 = TcpStream::connect(served.address).await.unwrap();
-        half_http1
-            .write_all(b"GET / HTTP/1.1\r\nHost: test\r\nX-Slow: ")
-            .await
-            .unwrap();
+        half_http1.write_all(HALF_SENT_REQUEST).await.unwrap();
         // HTTP/2 with prior knowledge: the preface and an empty SETTINGS frame, then nothing.
         let mut half_http2 = TcpStream::connect(served.address).await.unwrap();
         half_http2
@@ -283,23 +291,11 @@ mod tests {
 
     #[tokio::test]
     async fn later_http1_headers_are_held_to_the_header_time_out() {
-        let limits = ConnectionLimits {
-            header_read_timeout: Duration::from_millis(500),
-            ..ConnectionLimits::default()
-        };
-        let served = Served::start(address_app(), limits).await;
+        let served = Served::start(address_app(), short_header_time_out()).await;
         let mut client = TcpStream::connect(served.address).await.unwrap();
-        client
-            .write_all(b"GET / HTTP/1.1\r\nHost: test\r\n\r\n")
-            .await
-            .unwrap();
-        let mut answer = String::new();
-        read_until(&mut client, &mut answer, "127.0.0.1:").await;
+        let answer = ask(&mut client, false).await;
         assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
-        client
-            .write_all(b"GET / HTTP/1.1\r\nHost: test\r\nX-Slow: ")
-            .await
-            .unwrap();
+        client.write_all(HALF_SENT_REQUEST).await.unwrap();
         assert!(
             closed_within(&mut client, Duration::from_secs(3)).await,
             "a second half-sent request outlived the header time-out"
@@ -326,12 +322,12 @@ mod tests {
         assert_eq!(served.gate.open_connections(), 2);
 
         let mut other = connect_from(OTHER_SOURCE, served.address).await;
-        let answer = get_once(&mut other).await;
+        let answer = ask(&mut other, true).await;
         assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
 
         drop(first);
         let mut again = TcpStream::connect(served.address).await.unwrap();
-        let answer = get_once(&mut again).await;
+        let answer = ask(&mut again, true).await;
         assert!(
             answer.starts_with("HTTP/1.1 200"),
             "a place came back: {answer}"
@@ -357,12 +353,8 @@ mod tests {
         let mut served = Served::start(app, ConnectionLimits::default()).await;
         // A keep-alive connection with no request under way, and one with a slow request.
         let mut resting = TcpStream::connect(served.address).await.unwrap();
-        resting
-            .write_all(b"GET / HTTP/1.1\r\nHost: test\r\n\r\n")
-            .await
-            .unwrap();
-        let mut answer = String::new();
-        read_until(&mut resting, &mut answer, "127.0.0.1:").await;
+        let answer = ask(&mut resting, false).await;
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
         let mut busy = TcpStream::connect(served.address).await.unwrap();
         busy.write_all(b"GET /slow HTTP/1.1\r\nHost: test\r\n\r\n")
             .await
