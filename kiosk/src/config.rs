@@ -59,6 +59,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use pivtap_client::device::DeviceCredential;
+use pivtap_http::ConnectionLimits;
 use serde::Deserialize;
 
 use crate::admin_exit::{ExitKeys, ExitPasscodeHash};
@@ -257,8 +258,8 @@ impl LocalApiSection {
     /// The local API's connection limits: every client comes from loopback, so the cap per
     /// source is the cap in all.
     #[must_use]
-    pub fn connection_limits(&self) -> pivtap_server::connections::ConnectionLimits {
-        pivtap_server::connections::ConnectionLimits {
+    pub fn connection_limits(&self) -> ConnectionLimits {
+        ConnectionLimits {
             header_read_timeout: Duration::from_secs(self.header_read_timeout_seconds),
             idle_timeout: Duration::from_secs(self.idle_timeout_seconds),
             max_connections: self.max_connections,

@@ -40,8 +40,8 @@ use axum::{Json, Router};
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use futures_util::stream::{self, Stream};
+use pivtap_http::{ConnectionGate, ConnectionLimits};
 use pivtap_protocol::wire::UserInfo;
-use pivtap_server::connections::{ConnectionLimits, LimitedAcceptor, apply_http_timeouts};
 use serde::Serialize;
 use subtle::ConstantTimeEq as _;
 use time::OffsetDateTime;
@@ -83,9 +83,6 @@ pub enum LocalApiError {
         /// What the system said.
         source: io::Error,
     },
-    /// The server stopped with an I/O error.
-    #[error("the local session API stopped: {0}")]
-    Serve(io::Error),
     /// The access token file exists but cannot be read.
     #[error("cannot read the access token file {}: {source}", path.display())]
     ReadTokenFile {
@@ -367,24 +364,17 @@ pub async fn serve(
     let bound = listener.local_addr().map_err(bind_error)?;
     let port = bound.port();
     let (closing_sender, closing) = watch::channel(false);
+    let listener = tokio::net::TcpListener::from_std(listener).map_err(bind_error)?;
     let app = build_router(board, &config, port, closing);
-    let handle = axum_server::Handle::<SocketAddr>::new();
-    let stopper = handle.clone();
-    tokio::spawn(async move {
-        shutdown.await;
-        closing_sender.send_replace(true);
-        stopper.graceful_shutdown(None);
-    });
-    let server = axum_server::from_tcp(listener)
-        .map_err(bind_error)?
-        .acceptor(LimitedAcceptor::new("local API", config.connections))
-        .handle(handle);
     // Said once the port is bound, never of a port that could not be.
     tracing::info!(target: "pivtap::kiosk", "local API listening on http://{bound}");
-    apply_http_timeouts(server, &config.connections)
-        .serve(app.into_make_service_with_connect_info::<SocketAddr>())
-        .await
-        .map_err(LocalApiError::Serve)
+    let gate = ConnectionGate::new("local API", config.connections);
+    pivtap_http::serve(listener, gate, app, async move {
+        shutdown.await;
+        closing_sender.send_replace(true);
+    })
+    .await;
+    Ok(())
 }
 
 /// Reads the access token from `path`, or first creates the file with a new random token (32
@@ -785,6 +775,7 @@ mod tests {
     use axum::body::{Body, to_bytes};
     use axum::http::Method;
     use futures_util::StreamExt as _;
+    use pivtap_http::testing::closed_within;
     use serde_json::Value;
     use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
     use tokio::net::TcpStream;
@@ -1559,16 +1550,6 @@ mod tests {
                 let _ = shutdown_signal.await;
             },
         ));
-        let closed_within = async |stream: &mut TcpStream, wait: StdDuration| {
-            let mut buffer = [0_u8; 512];
-            loop {
-                match tokio::time::timeout(wait, stream.read(&mut buffer)).await {
-                    Err(_) => return false,
-                    Ok(Ok(0) | Err(_)) => return true,
-                    Ok(Ok(_)) => {}
-                }
-            }
-        };
         let mut slow = Vec::new();
         for _ in 0..100 {
             let mut stream = loop {

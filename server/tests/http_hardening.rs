@@ -11,6 +11,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum_server::Handle;
+use pivtap_http::testing::closed_within;
 use pivtap_protocol::wire;
 use pivtap_server::config::ServerConfig;
 use pivtap_server::server::{self, Listener, StartError};
@@ -297,19 +298,6 @@ impl Captured {
             .filter(|line| line.contains(text))
             .map(str::to_owned)
             .collect()
-    }
-}
-
-/// Whether the server closed `stream` (end of file or an error) within `wait`.
-async fn closed_within<S: tokio::io::AsyncRead + Unpin>(stream: &mut S, wait: Duration) -> bool {
-    let mut buffer = [0_u8; 1024];
-    loop {
-        match tokio::time::timeout(wait, stream.read(&mut buffer)).await {
-            Err(_) => return false,
-            Ok(Ok(0) | Err(_)) => return true,
-            // An answer (such as a 408) before the close: keep reading.
-            Ok(Ok(_)) => {}
-        }
     }
 }
 
