@@ -21,8 +21,8 @@ use std::path::{Path, PathBuf};
 
 use rcgen::{
     BasicConstraints, CertificateParams, CertificateRevocationListParams, DnType, DnValue,
-    ExtendedKeyUsagePurpose, IsCa, Issuer as RcgenIssuer, KeyIdMethod, KeyPair, KeyUsagePurpose,
-    OtherNameValue, PublicKeyData, RevokedCertParams, SanType, SerialNumber, SignatureAlgorithm,
+    ExtendedKeyUsagePurpose, IsCa, KeyIdMethod, KeyPair, KeyUsagePurpose, OtherNameValue,
+    PublicKeyData, RevokedCertParams, SanType, SerialNumber, SignatureAlgorithm,
 };
 use time::{Duration, OffsetDateTime};
 use x509_parser::prelude::FromDer;
@@ -210,10 +210,9 @@ fn check_csr_against(der: &[u8], allowed: &[KeyAlgorithm]) -> Result<CsrKey, Iss
 
 /// The issuing CA and the issuance policy.
 pub struct Issuer {
-    ca_der: Vec<u8>,
+    ca: profile::CertificateAuthority,
     ca_name: String,
     ca_not_after: OffsetDateTime,
-    issuer: RcgenIssuer<'static, KeyPair>,
     policy: IssuanceConfig,
 }
 
@@ -263,22 +262,28 @@ impl Issuer {
         key: KeyPair,
         policy: IssuanceConfig,
     ) -> Result<Self, IssuanceError> {
-        let (_, ca) =
-            x509_parser::parse_x509_certificate(&ca_der).map_err(|_| IssuanceError::CaFile {
-                path: policy.ca_certificate.clone(),
-                reason: "not an X.509 certificate".to_owned(),
+        let ca = profile::CertificateAuthority::from_der_and_key(ca_der, key).map_err(|error| {
+            match error {
+                profile::IssueError::CaKeyMismatch => IssuanceError::CaKeyMismatch,
+                other => IssuanceError::CaFile {
+                    path: policy.ca_certificate.clone(),
+                    reason: other.to_string(),
+                },
+            }
+        })?;
+        let (_, certificate) =
+            x509_parser::parse_x509_certificate(ca.certificate_der()).map_err(|_| {
+                IssuanceError::CaFile {
+                    path: policy.ca_certificate.clone(),
+                    reason: "not an X.509 certificate".to_owned(),
+                }
             })?;
-        if !is_key_of(&key, &ca) {
-            return Err(IssuanceError::CaKeyMismatch);
-        }
-        let ca_not_after = ca.validity().not_after.to_datetime();
-        let ca_name = pivtap_protocol::certificate::rfc4514(ca.subject());
-        let issuer = RcgenIssuer::from_ca_cert_der(&ca_der.as_slice().into(), key)?;
+        let ca_not_after = certificate.validity().not_after.to_datetime();
+        let ca_name = pivtap_protocol::certificate::rfc4514(certificate.subject());
         Ok(Issuer {
-            ca_der,
+            ca,
             ca_name,
             ca_not_after,
-            issuer,
             policy,
         })
     }
@@ -292,7 +297,7 @@ impl Issuer {
     /// The CA certificate, DER.
     #[must_use]
     pub fn ca_der(&self) -> &[u8] {
-        &self.ca_der
+        self.ca.certificate_der()
     }
 
     /// The CA's name (RFC 4514), as the certificates it issues name their issuer
@@ -379,7 +384,7 @@ impl Issuer {
         }
         end_entity(&mut params, self.policy.smartcard_logon);
         params.key_identifier_method = KeyIdMethod::Sha256;
-        let certificate = params.signed_by(key, &self.issuer)?;
+        let certificate = params.signed_by(key, &self.ca.issuer()?)?;
         Ok(certificate.der().to_vec())
     }
 
@@ -427,7 +432,7 @@ impl Issuer {
         params.subject_alt_names.push(SanType::URI(uri));
         end_entity(&mut params, false);
         params.key_identifier_method = KeyIdMethod::Sha256;
-        let certificate = params.signed_by(key, &self.issuer)?;
+        let certificate = params.signed_by(key, &self.ca.issuer()?)?;
         Ok(certificate.der().to_vec())
     }
 
@@ -476,7 +481,7 @@ impl Issuer {
             revoked_certs,
             key_identifier_method: KeyIdMethod::Sha256,
         };
-        Ok(params.signed_by(&self.issuer)?.der().to_vec())
+        Ok(params.signed_by(&self.ca.issuer()?)?.der().to_vec())
     }
 }
 

@@ -171,15 +171,28 @@ impl CertificateAuthority {
             Ok((_, pem)) if pem.label == "CERTIFICATE" => pem.contents,
             _ => return Err(IssueError::CaCertificateUnreadable),
         };
-        let (_, certificate) = x509_parser::parse_x509_certificate(&certificate_der)
-            .map_err(|_| IssueError::CaCertificateUnreadable)?;
-        check_can_issue(&certificate)?;
-
+        // The certificate is judged before the key is read, so its faults are named first.
+        check_ca_certificate(&certificate_der)?;
         let key_pair = KeyPair::from_pem(key_pem).map_err(|_| IssueError::CaKeyUnreadable)?;
+        Self::from_der_and_key(certificate_der, key_pair)
+    }
+
+    /// A CA from its certificate (DER) and key: the one place a CA is accepted, for the
+    /// server's issuer and `pivtap vcard new` alike. The certificate must have
+    /// basicConstraints CA:TRUE, allow keyCertSign if it has a keyUsage, and match the key.
+    ///
+    /// # Errors
+    /// [`IssueError::CaCertificateUnreadable`], the CA checks' errors,
+    /// [`IssueError::CaKeyMismatch`] or [`IssueError::CaSubjectUnsupported`].
+    pub fn from_der_and_key(
+        certificate_der: Vec<u8>,
+        key_pair: KeyPair,
+    ) -> Result<Self, IssueError> {
+        let certificate = check_ca_certificate(&certificate_der)?;
         if !super::is_key_of(&key_pair, &certificate) {
             return Err(IssueError::CaKeyMismatch);
         }
-
+        drop(certificate);
         let authority = Self {
             certificate_der,
             key_pair,
@@ -190,6 +203,12 @@ impl CertificateAuthority {
                 reason: "an attribute uses a string type that cannot be copied",
             })?;
         Ok(authority)
+    }
+
+    /// The CA certificate, DER.
+    #[must_use]
+    pub fn certificate_der(&self) -> &[u8] {
+        &self.certificate_der
     }
 
     /// Loads a CA from a PEM certificate file and a PEM private key file, as
@@ -216,9 +235,17 @@ impl CertificateAuthority {
     }
 
     /// The rcgen issuer: the CA's subject and key identifier, and its key.
-    fn issuer(&self) -> Result<Issuer<'_, &KeyPair>, rcgen::Error> {
+    pub(crate) fn issuer(&self) -> Result<Issuer<'_, &KeyPair>, rcgen::Error> {
         Issuer::from_ca_cert_der(&self.certificate_der.as_slice().into(), &self.key_pair)
     }
+}
+
+/// The parsed CA certificate, once it is an X.509 certificate that may issue others.
+fn check_ca_certificate(der: &[u8]) -> Result<X509Certificate<'_>, IssueError> {
+    let (_, certificate) = x509_parser::parse_x509_certificate(der)
+        .map_err(|_| IssueError::CaCertificateUnreadable)?;
+    check_can_issue(&certificate)?;
+    Ok(certificate)
 }
 
 impl fmt::Debug for CertificateAuthority {
