@@ -1,5 +1,4 @@
-//! End-to-end tests of the `pivtap` binary: virtual card creation, card
-//! inspection, PIN verification and its exit codes, and secrets kept out of logs.
+//! End-to-end tests of the `pivtap` binary: virtual card creation, card inspection, PIN verification and its exit codes, and secrets kept out of logs.
 //!
 //! Every test works on copies in a temporary directory: fixture card images
 //! record PIN tries, so they are never used in place.

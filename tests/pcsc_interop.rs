@@ -1,7 +1,4 @@
-//! Interoperability through real PC/SC: a virtual card in pcscd's vsmartcard
-//! reader, driven by the PIV software people use (OpenSC's tools and PKCS#11
-//! module, yubico-piv-tool, ykcs11) and by pivtap's own PC/SC client, over
-//! links with and without extended-length APDUs.
+//! Interoperability through real PC/SC: a virtual card in pcscd's vsmartcard reader, driven by the PIV software people use (OpenSC's tools and PKCS#11 module, yubico-piv-tool, ykcs11) and by pivtap's own PC/SC client, over links with and without extended-length APDUs.
 //!
 //! These tests need pcscd with the vpcd driver and the tools
 //! (`scripts/setup-debian` installs and starts them). They fail, never skip,

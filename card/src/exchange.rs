@@ -1,5 +1,4 @@
-//! The one send path of every card command: short or extended APDUs, command
-//! chaining, `61xx` GET RESPONSE, `6Cxx` retry, APDU counting and the trace.
+//! The one send path of every card command: short or extended APDUs, command chaining, `61xx` GET RESPONSE, `6Cxx` retry, APDU counting and the trace.
 //!
 //! Callers build a [`CommandApdu`] and hand it to [`send`] with the card's
 //! [`Link`]; they get back one [`ResponseApdu`] with all the data the card

@@ -1,6 +1,4 @@
-//! The PC/SC transport: cards in the system's readers, through pcscd (or
-//! WinSCard), as [`CardBackend`]s; reader listing; and the mapping of every
-//! PC/SC error to a [`TransportError`] a person can act on.
+//! The PC/SC transport: cards in the system's readers, through pcscd (or WinSCard), as [`CardBackend`]s; reader listing; and the mapping of every PC/SC error to a [`TransportError`] a person can act on.
 
 use std::ffi::CString;
 use std::sync::{Mutex, PoisonError};

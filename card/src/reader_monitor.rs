@@ -1,7 +1,4 @@
-//! The reader monitor: a background thread that waits on PC/SC
-//! `SCardGetStatusChange` (with the PnP pseudo-reader for reader hot-plug)
-//! and reports readers and cards coming and going as [`ReaderEvent`]s on a
-//! channel, surviving pcscd restarts.
+//! The reader monitor: a background thread that waits on PC/SC `SCardGetStatusChange` (with the PnP pseudo-reader for reader hot-plug) and reports readers and cards coming and going as [`ReaderEvent`]s on a channel, surviving pcscd restarts.
 
 use std::collections::BTreeMap;
 use std::ffi::CStr;

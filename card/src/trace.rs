@@ -1,5 +1,4 @@
-//! The APDU trace: every raw command and response in hex through `tracing`,
-//! with the secrets of sensitive commands replaced by `REDACTED (n bytes)`.
+//! The APDU trace: every raw command and response in hex through `tracing`, with the secrets of sensitive commands replaced by `REDACTED (n bytes)`.
 //!
 //! Everything goes to the target [`TARGET`] (`pivtap::apdu`):
 //! - TRACE: one event per raw APDU, `>> 00A40400 0B A000000308... 00` for a

@@ -1,6 +1,4 @@
-//! The transport abstraction: one card in one reader ([`CardBackend`]) and an
-//! uninterrupted run of APDUs to it ([`CardTransaction`]), whatever carries them
-//! (PC/SC, the in-process virtual card).
+//! The transport abstraction: one card in one reader ([`CardBackend`]) and an uninterrupted run of APDUs to it ([`CardTransaction`]), whatever carries them (PC/SC, the in-process virtual card).
 //!
 //! Both traits are small, synchronous and object-safe. They move raw bytes
 //! only: GET RESPONSE, 6Cxx retries, command chaining and the APDU trace all

@@ -1,5 +1,4 @@
-//! PC/SC transport and reader monitor against the system pcscd with the
-//! vsmartcard vpcd driver (readers "Virtual PCD 00 00" and "Virtual PCD 00 01").
+//! PC/SC transport and reader monitor against the system pcscd with the vsmartcard vpcd driver (readers "Virtual PCD 00 00" and "Virtual PCD 00 01").
 //!
 //! These tests need pcscd: they fail, saying so, when it cannot be reached.
 //! They take turns on one lock, since the machine has one pcscd and the vpcd

@@ -1,6 +1,4 @@
-//! Fuzz target: the server's assertion verification without HTTP (compact JWS, header and
-//! payload JSON, x5c, certificate parsing, signature, chain and CRL checks), the session-token
-//! verifier, JWKS parsing and enrollment links.
+//! Fuzz target: the server's assertion verification without HTTP (compact JWS, header and payload JSON, x5c, certificate parsing, signature, chain and CRL checks), the session-token verifier, JWKS parsing and enrollment links.
 #![no_main]
 #![forbid(unsafe_code)]
 

@@ -1,5 +1,4 @@
-//! Fuzz target: card image (`*.card.toml`) parsing and checking, opening the card it
-//! describes, and writing it back.
+//! Fuzz target: card image (`*.card.toml`) parsing and checking, opening the card it describes, and writing it back.
 #![no_main]
 #![forbid(unsafe_code)]
 

@@ -1,6 +1,4 @@
-//! Fuzz target: certificate and CRL parsing and chain validation as the server does it: the
-//! facts read from a card certificate (SAN, key, dates, mapping values), the path to the test
-//! CA through intermediates, CA and CRL files in PEM or DER.
+//! Fuzz target: certificate and CRL parsing and chain validation as the server does it: the facts read from a card certificate (SAN, key, dates, mapping values), the path to the test CA through intermediates, CA and CRL files in PEM or DER.
 #![no_main]
 #![forbid(unsafe_code)]
 

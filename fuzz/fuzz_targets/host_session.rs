@@ -1,7 +1,4 @@
-//! Fuzz target: the host against a card that answers anything. A scripted card answers every
-//! command APDU with the next frame of the input; every PivSession operation (and the CSR the
-//! enrollment builds from a generated key) runs against it in turn. Nothing may panic, loop or
-//! grow without bound; errors are fine.
+//! Fuzz target: the host against a card that answers anything. A scripted card answers every command APDU with the next frame of the input; every PivSession operation (and the CSR the enrollment builds from a generated key) runs against it in turn. Nothing may panic, loop or grow without bound; errors are fine.
 #![no_main]
 #![forbid(unsafe_code)]
 

@@ -1,5 +1,4 @@
-//! Fuzz target: `kiosk.toml` parsing and checking, as `KioskConfig::load` does it after reading
-//! the file, and the core settings derived from it.
+//! Fuzz target: `kiosk.toml` parsing and checking, as `KioskConfig::load` does it after reading the file, and the core settings derived from it.
 #![no_main]
 #![forbid(unsafe_code)]
 

@@ -1,8 +1,4 @@
-//! Not a fuzz target: writes the seeds that need a card or a key (card answers recorded while
-//! the host runs its operations on the fixture virtual cards for host_session; signed
-//! assertions, a token, a JWKS and an enrollment link for assertion), then exits. It is a
-//! libFuzzer binary only to reuse the fuzz build: `scripts/fuzz --seeds` runs it with
-//! `-runs=0`, so that only the initialisation runs.
+//! Not a fuzz target: writes the seeds that need a card or a key (card answers recorded while the host runs its operations on the fixture virtual cards for host_session; signed assertions, a token, a JWKS and an enrollment link for assertion), then exits. It is a libFuzzer binary only to reuse the fuzz build: `scripts/fuzz --seeds` runs it with `-runs=0`, so that only the initialisation runs.
 #![no_main]
 #![forbid(unsafe_code)]
 

@@ -1,6 +1,4 @@
-//! Fuzz target: every PIV data object parser (APT, dynamic authentication template, certificate
-//! container, CHUID, FASC-N, Discovery, key metadata, public key), each parse idempotent
-//! through its encoder, plus the byte-level enums.
+//! Fuzz target: every PIV data object parser (APT, dynamic authentication template, certificate container, CHUID, FASC-N, Discovery, key metadata, public key), each parse idempotent through its encoder, plus the byte-level enums.
 #![no_main]
 #![forbid(unsafe_code)]
 

@@ -1,5 +1,4 @@
-//! Fuzz target: `server.toml` parsing and checking (nothing is read from disk), and writing a
-//! configuration that was accepted back out.
+//! Fuzz target: `server.toml` parsing and checking (nothing is read from disk), and writing a configuration that was accepted back out.
 #![no_main]
 #![forbid(unsafe_code)]
 

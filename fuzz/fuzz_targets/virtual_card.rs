@@ -1,7 +1,4 @@
-//! Fuzz target: the virtual card's APDU handler, stateful: one input is a power-up and a
-//! sequence of raw command APDUs (empty frame: power cycle), optionally after the harness
-//! authenticated the management key and verified the PIN (which fuzzing cannot guess).
-//! Afterwards the card's state must still save as an image that loads back unchanged.
+//! Fuzz target: the virtual card's APDU handler, stateful: one input is a power-up and a sequence of raw command APDUs (empty frame: power cycle), optionally after the harness authenticated the management key and verified the PIN (which fuzzing cannot guess). Afterwards the card's state must still save as an image that loads back unchanged.
 #![no_main]
 #![forbid(unsafe_code)]
 

@@ -1,6 +1,4 @@
-//! The PIN policy: which new PINs (and PUKs) a worker may choose, set by the
-//! admin in `server.toml`, announced to devices at enrollment, and enforced
-//! wherever a PIN is changed (CLI, kiosk).
+//! The PIN policy: which new PINs (and PUKs) a worker may choose, set by the admin in `server.toml`, announced to devices at enrollment, and enforced wherever a PIN is changed (CLI, kiosk).
 //!
 //! The defaults follow the seeds: 6 to 8 digits, no ascending or descending
 //! run (123456, 987654) and no single repeated digit (111111). Checks never
