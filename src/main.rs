@@ -1,4 +1,8 @@
-//! The pivtap command-line interface: virtual PIV cards and card inspection.
+//! The `pivtap` command line: parses arguments and prints results for every role (worker, admin, server operator, tester); the work itself lives in the library crates.
+//!
+//! `vcard`, `card` and `auth` run on `pivtap-card`, `pivtap-vcard` and `pivtap-client`;
+//! `server` and `admin` on `pivtap-server` and `pivtap-client`; `kiosk` and `demo` on
+//! `pivtap-kiosk`; `bench` measures all of them.
 #![forbid(unsafe_code)]
 
 mod cli_input;
@@ -16,8 +20,9 @@ use pivtap_card::PivError;
 /// Shared-device sign-in with PIV smartcards.
 ///
 /// A worker taps a PIV card and types its PIN; the card verifies the PIN and
-/// signs a server challenge. This tool creates virtual PIV cards for testing
-/// and demos, and inspects and uses cards.
+/// signs a server challenge. This tool runs the server and the kiosk,
+/// administers users, cards and devices, enrolls and inspects cards, and
+/// creates virtual PIV cards for testing and demos.
 #[derive(Parser)]
 #[command(name = "pivtap", version, propagate_version = true)]
 #[command(after_help = "Examples:\n  \
