@@ -17,7 +17,7 @@ use rustls_pki_types::{CertificateDer, PrivatePkcs8KeyDer};
 use time::OffsetDateTime;
 use zeroize::Zeroizing;
 
-use pivtap_protocol::certificate::CertificateFacts;
+use pivtap_protocol::certificate::{CertificateFacts, pem};
 use pivtap_protocol::jose::base64url_encode;
 use pivtap_protocol::wire::{DEVICE_PROOF_TYPE, DeviceProofClaims, DeviceProofHeader};
 
@@ -267,18 +267,4 @@ impl DeviceCredential {
             .unwrap_or_default();
         format!("{input}.{}", base64url_encode(signature))
     }
-}
-
-/// `der` as a PEM block labelled `label`.
-#[must_use]
-pub fn pem(label: &str, der: &[u8]) -> String {
-    use base64::Engine as _;
-    let body = base64::engine::general_purpose::STANDARD.encode(der);
-    let mut text = format!("-----BEGIN {label}-----\n");
-    for line in body.as_bytes().chunks(64) {
-        text.push_str(&String::from_utf8_lossy(line));
-        text.push('\n');
-    }
-    text.push_str(&format!("-----END {label}-----\n"));
-    text
 }

@@ -25,6 +25,20 @@ const OID_CURVE_P384: &str = "1.3.132.0.34";
 const OID_COMMON_NAME: &str = "2.5.4.3";
 const OID_SERIAL_NUMBER: &str = "2.5.4.5";
 
+/// `der` as a PEM block labelled `label` (RFC 7468: base64 in lines of 64 characters).
+#[must_use]
+pub fn pem(label: &str, der: &[u8]) -> String {
+    use base64::Engine as _;
+    let body = base64::engine::general_purpose::STANDARD.encode(der);
+    let mut text = format!("-----BEGIN {label}-----\n");
+    for line in body.as_bytes().chunks(64) {
+        text.push_str(&String::from_utf8_lossy(line));
+        text.push('\n');
+    }
+    text.push_str(&format!("-----END {label}-----\n"));
+    text
+}
+
 /// The arcs of the OIDs pivtap writes into the certificates it issues (the
 /// server's issuance and `pivtap vcard new` alike); the reader above
 /// compares dotted strings, the tests tie both forms together.

@@ -11,9 +11,10 @@ use std::process::Command;
 use std::time::Duration;
 
 use base64::Engine as _;
-use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use pivtap_client::client::{AuditFilter, CardAction, Client, ClientError};
 use pivtap_protocol::assertion::AssertionDraft;
+use pivtap_protocol::certificate::pem;
 use pivtap_protocol::certificate::{CertificateFacts, KeyKind};
 use pivtap_protocol::jose::JwsAlgorithm;
 use pivtap_protocol::wire::{
@@ -209,19 +210,6 @@ fn refused_code(result: Result<impl std::fmt::Debug, ClientError>) -> (u16, Erro
 
 fn der(b64: &str) -> Vec<u8> {
     URL_SAFE_NO_PAD.decode(b64).expect("base64url DER")
-}
-
-fn pem(label: &str, der: &[u8]) -> String {
-    let body = STANDARD.encode(der);
-    let lines: Vec<&str> = body
-        .as_bytes()
-        .chunks(64)
-        .map(|chunk| std::str::from_utf8(chunk).unwrap_or_default())
-        .collect();
-    format!(
-        "-----BEGIN {label}-----\n{}\n-----END {label}-----\n",
-        lines.join("\n")
-    )
 }
 
 /// Runs openssl; its exit status and output.

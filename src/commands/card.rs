@@ -549,7 +549,7 @@ fn export_certificate(
     let bytes = if der {
         certificate
     } else {
-        pem_encode("CERTIFICATE", &certificate).into_bytes()
+        pivtap_protocol::certificate::pem("CERTIFICATE", &certificate).into_bytes()
     };
     if out.as_os_str() == "-" {
         std::io::stdout().write_all(&bytes)?;
@@ -557,19 +557,6 @@ fn export_certificate(
         std::fs::write(out, &bytes).with_context(|| format!("cannot write {}", out.display()))?;
     }
     Ok(())
-}
-
-/// PEM armour (RFC 7468) with 64-character lines.
-pub fn pem_encode(label: &str, der: &[u8]) -> String {
-    use base64::Engine as _;
-    let body = base64::engine::general_purpose::STANDARD.encode(der);
-    let mut pem = format!("-----BEGIN {label}-----\n");
-    for line in body.as_bytes().chunks(64) {
-        pem.push_str(&String::from_utf8_lossy(line));
-        pem.push('\n');
-    }
-    pem.push_str(&format!("-----END {label}-----\n"));
-    pem
 }
 
 // ---------------------------------------------------------------------------
