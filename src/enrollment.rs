@@ -651,8 +651,8 @@ pub fn key_algorithm(algorithm: Algorithm) -> Option<KeyAlgorithm> {
 mod tests {
     use std::path::Path;
 
-    use pivtap_card::virtual_card::{CardOptions, NewCard, VirtualCard, VirtualCardBackend};
     use pivtap_server_client::assertion::{AssertionVerifier, VerifierConfig};
+    use pivtap_vcard::{CardOptions, NewCard, VirtualCard, VirtualCardBackend};
 
     use super::*;
 

@@ -10,8 +10,8 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use pivtap_apdu::piv::{Algorithm, KeyReference, Pin};
-use pivtap_card::virtual_card::image::CardImage;
-use pivtap_card::virtual_card::{CardOptions, NewCard, VirtualCard, VirtualCardBackend};
+use pivtap_vcard::image::CardImage;
+use pivtap_vcard::{CardOptions, NewCard, VirtualCard, VirtualCardBackend};
 use pivtap_card::{
     CardBackend, CardTransaction, LinkCapabilities, PivSession, SignatureAlgorithm, TransportError,
 };

@@ -9,9 +9,9 @@ use std::sync::LazyLock;
 
 use libfuzzer_sys::fuzz_target;
 use pivtap_apdu::piv::Pin;
-use pivtap_card::virtual_card::applet::Interface;
-use pivtap_card::virtual_card::image::CardImage;
-use pivtap_card::virtual_card::{CardOptions, NewCard, VirtualCard, VirtualCardBackend};
+use pivtap_vcard::applet::Interface;
+use pivtap_vcard::image::CardImage;
+use pivtap_vcard::{CardOptions, NewCard, VirtualCard, VirtualCardBackend};
 use pivtap_card::{ManagementKey, PivSession};
 use pivtap_fuzz::Frames;
 

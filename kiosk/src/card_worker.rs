@@ -980,11 +980,11 @@ mod tests {
     use std::time::{Duration, Instant};
 
     use pivtap_apdu::piv::Ins;
-    use pivtap_card::virtual_card::image::CardImage;
-    use pivtap_card::virtual_card::{
+    use pivtap_server_client::assertion::{AssertionVerifier, VerifierConfig};
+    use pivtap_vcard::image::CardImage;
+    use pivtap_vcard::{
         CardOptions, Interface, NewCard, Quirk, Quirks, VirtualCard, VirtualCardBackend,
     };
-    use pivtap_server_client::assertion::{AssertionVerifier, VerifierConfig};
     use tokio::sync::mpsc::{UnboundedReceiver, unbounded_channel};
 
     use super::*;

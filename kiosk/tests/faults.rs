@@ -11,8 +11,6 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use pivtap_card::virtual_card::image::CardImage;
-use pivtap_card::virtual_card::{CardOptions, Interface, VirtualCard, VirtualCardBackend};
 use pivtap_card::{CardBackend, CardTransaction, LinkCapabilities, PivSession, TransportError};
 use pivtap_kiosk::core::{CoreConfig, Kiosk, Notice, NoticeCode, SessionEvent};
 use pivtap_kiosk::local_api::SessionBoard;
@@ -22,6 +20,8 @@ use pivtap_server_client::client::{Client, ServerTrust};
 use pivtap_server_client::server::embedded::EmbeddedServer;
 use pivtap_server_client::store::{AuditKind, AuditOutcome, AuditQuery, User, UserState};
 use pivtap_server_client::wire::ErrorCode;
+use pivtap_vcard::image::CardImage;
+use pivtap_vcard::{CardOptions, Interface, VirtualCard, VirtualCardBackend};
 use std::io::Write as _;
 
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};

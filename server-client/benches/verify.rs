@@ -7,13 +7,13 @@ use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use criterion::{Criterion, criterion_group, criterion_main};
 use pivtap_apdu::piv::{Algorithm, KeyReference, Pin};
-use pivtap_card::virtual_card::{VirtualCard, VirtualCardBackend};
 use pivtap_card::{PivSession, SignatureAlgorithm};
 use pivtap_server_client::assertion::{AssertionDraft, AssertionVerifier, VerifierConfig};
 use pivtap_server_client::certificate::CertificateFacts;
 use pivtap_server_client::config::read_ca_certificates;
 use pivtap_server_client::jose::JwsAlgorithm;
 use pivtap_server_client::wire::AssertionPayload;
+use pivtap_vcard::{VirtualCard, VirtualCardBackend};
 use time::OffsetDateTime;
 
 const AUDIENCE: &str = "https://auth.example.test";

@@ -561,8 +561,8 @@ mod tests {
     use pivtap_apdu::piv::{Algorithm, KeyReference, Pin};
     use pivtap_card::PivSession;
     use pivtap_card::SignatureAlgorithm;
-    use pivtap_card::virtual_card::image::CardImage;
-    use pivtap_card::virtual_card::{VirtualCard, VirtualCardBackend};
+    use pivtap_vcard::image::CardImage;
+    use pivtap_vcard::{VirtualCard, VirtualCardBackend};
     use proptest::prelude::*;
     use serde_json::json;
     use std::sync::OnceLock;

@@ -21,8 +21,6 @@ use std::time::{Duration, Instant};
 
 use pivtap_apdu::piv::{KeyReference, Pin};
 use pivtap_card::PivSession;
-use pivtap_card::virtual_card::image::CardImage;
-use pivtap_card::virtual_card::{VirtualCard, VirtualCardBackend};
 use pivtap_server_client::assertion::AssertionDraft;
 use pivtap_server_client::client::{AuditFilter, Client, ClientError, ServerTrust};
 use pivtap_server_client::config::ServerConfig;
@@ -30,6 +28,8 @@ use pivtap_server_client::jose::JwsAlgorithm;
 use pivtap_server_client::server::embedded::EmbeddedServer;
 use pivtap_server_client::store::{User, UserState};
 use pivtap_server_client::wire::{AssertionPayload, ChallengeResponse, ErrorCode, UserRecord};
+use pivtap_vcard::image::CardImage;
+use pivtap_vcard::{VirtualCard, VirtualCardBackend};
 use time::OffsetDateTime;
 
 /// The environment variable that makes [`server_process`] serve this configuration.

@@ -20,8 +20,6 @@ use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 use pivtap_apdu::piv::{Algorithm, KeyReference, Pin};
 use pivtap_card::PivSession;
-use pivtap_card::virtual_card::image::CardImage;
-use pivtap_card::virtual_card::{VirtualCard, VirtualCardBackend};
 use pivtap_server_client::assertion::AssertionDraft;
 use pivtap_server_client::certificate::CertificateFacts;
 use pivtap_server_client::client::{
@@ -39,6 +37,8 @@ use pivtap_server_client::wire::{
     ASSERTION_TYPE, AssertionPayload, AssertionResponse, AuditRecord, ChallengeResponse, ErrorCode,
     UserRecord,
 };
+use pivtap_vcard::image::CardImage;
+use pivtap_vcard::{VirtualCard, VirtualCardBackend};
 use serde_json::{Value, json};
 use tempfile::TempDir;
 use time::OffsetDateTime;

@@ -17,7 +17,6 @@ use aws_lc_rs::signature::{
 use clap::{Args, Subcommand, ValueEnum};
 use pivtap_apdu::piv::{KeyReference, Pin};
 use pivtap_card::reader_monitor::MonitorFilter;
-use pivtap_card::virtual_card::VirtualCardBackend;
 use pivtap_card::{CardBackend, CardTransaction, LinkCapabilities, TransportError};
 use pivtap_kiosk::card_worker::{CardJob, CardJobResult, CardWorker};
 use pivtap_kiosk::core::{CoreConfig, Effect, Event, Kiosk, WorkId};
@@ -30,6 +29,7 @@ use pivtap_server_client::issuance::{Issuer, verify_csr};
 use pivtap_server_client::jose::JwsAlgorithm;
 use pivtap_server_client::store::{User, UserState};
 use pivtap_server_client::wire::{AssertionPayload, ChallengeResponse, UserRecord};
+use pivtap_vcard::VirtualCardBackend;
 use rcgen::{CertificateParams, KeyPair, PKCS_ECDSA_P256_SHA256, PKCS_RSA_SHA256};
 use serde::Serialize;
 use time::OffsetDateTime;

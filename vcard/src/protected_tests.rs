@@ -9,7 +9,7 @@ use super::image::{CardImage, ImageError, StoredSecret};
 use super::protection::KdfParams;
 use super::protection::tests::fast;
 use super::{CardOptions, NewCard, VirtualCard, VirtualCardBackend};
-use crate::{ManagementKey, PinStatus, PivError, PivSession, SignatureAlgorithm};
+use pivtap_card::{ManagementKey, PinStatus, PivError, PivSession, SignatureAlgorithm};
 
 const PIN: &str = "918273";
 const PUK: &str = "56473829";
