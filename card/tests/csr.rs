@@ -16,13 +16,19 @@ fn blank_card() -> VirtualCardBackend {
     )
 }
 
-/// Generates a key in 9A, verifies the PIN and makes a request.
-fn request_for(algorithm: Algorithm) -> (Vec<u8>, Vec<u8>) {
-    let mut backend = blank_card();
-    let mut session = PivSession::open(&mut backend).unwrap();
+/// A session on `backend` that has authenticated with the default management key.
+fn authenticated(backend: &mut VirtualCardBackend) -> PivSession<'_> {
+    let mut session = PivSession::open(backend).unwrap();
     session
         .authenticate_management_key(&ManagementKey::default_key())
         .unwrap();
+    session
+}
+
+/// Generates a key in 9A, verifies the PIN and makes a request.
+fn request_for(algorithm: Algorithm) -> (Vec<u8>, Vec<u8>) {
+    let mut backend = blank_card();
+    let mut session = authenticated(&mut backend);
     let public_key = session
         .generate_key(KeyReference::PivAuthentication, algorithm)
         .unwrap();
@@ -131,10 +137,7 @@ fn rsa_requests_are_signed_by_the_card() {
 #[test]
 fn a_request_with_someone_elses_key_does_not_verify() {
     let mut backend = blank_card();
-    let mut session = PivSession::open(&mut backend).unwrap();
-    session
-        .authenticate_management_key(&ManagementKey::default_key())
-        .unwrap();
+    let mut session = authenticated(&mut backend);
     let other = session
         .generate_key(KeyReference::DigitalSignature, Algorithm::EccP256)
         .unwrap();
@@ -156,10 +159,7 @@ fn a_request_with_someone_elses_key_does_not_verify() {
 #[test]
 fn without_the_pin_the_card_error_comes_through() {
     let mut backend = blank_card();
-    let mut session = PivSession::open(&mut backend).unwrap();
-    session
-        .authenticate_management_key(&ManagementKey::default_key())
-        .unwrap();
+    let mut session = authenticated(&mut backend);
     let public_key = session
         .generate_key(KeyReference::PivAuthentication, Algorithm::EccP256)
         .unwrap();
