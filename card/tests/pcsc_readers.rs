@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use pivtap_card::TransportError;
 use pivtap_card::pcsc::{PcscCard, PcscContext, ReaderInfo};
 use pivtap_card::reader_monitor::{MonitorFilter, ReaderEvent, ReaderMonitor};
+use pivtap_vcard::{CardOptions, Interface, NewCard, VirtualCard, VirtualCardBackend, vpcd};
 
 const VPCD_READERS: [&str; 2] = ["Virtual PCD 00 00", "Virtual PCD 00 01"];
 
@@ -217,15 +218,15 @@ fn dropping_the_monitor_stops_it_too() {
 
 /// A virtual card in a vpcd reader, served by a thread of this test process.
 struct InReader {
-    backend: pivtap_vcard::VirtualCardBackend,
-    detacher: pivtap_vcard::vpcd::Detacher,
-    server: Option<std::thread::JoinHandle<pivtap_vcard::vpcd::AttachmentSummary>>,
+    backend: VirtualCardBackend,
+    detacher: vpcd::Detacher,
+    server: Option<std::thread::JoinHandle<vpcd::AttachmentSummary>>,
 }
 
 impl InReader {
-    fn attach(backend: pivtap_vcard::VirtualCardBackend, port: u16) -> Self {
+    fn attach(backend: VirtualCardBackend, port: u16) -> Self {
         let address = std::net::SocketAddr::from(([127, 0, 0, 1], port));
-        let (attachment, detacher) = pivtap_vcard::vpcd::Attachment::connect(address)
+        let (attachment, detacher) = vpcd::Attachment::connect(address)
             .unwrap_or_else(|error| panic!("{error}: these tests need pcscd with vsmartcard-vpcd"));
         let served = backend.clone();
         let server = std::thread::spawn(move || attachment.serve(&served).expect("vpcd serving"));
@@ -237,7 +238,7 @@ impl InReader {
     }
 
     /// Takes the card out and waits for the server thread.
-    fn detach(mut self) -> pivtap_vcard::VirtualCardBackend {
+    fn detach(mut self) -> VirtualCardBackend {
         self.detacher.detach();
         let summary = self.server.take().unwrap().join().unwrap();
         assert!(summary.detached, "{summary:?}");
@@ -254,8 +255,7 @@ impl Drop for InReader {
     }
 }
 
-fn blank_card(options: pivtap_vcard::CardOptions) -> pivtap_vcard::VirtualCardBackend {
-    use pivtap_vcard::{NewCard, VirtualCard, VirtualCardBackend};
+fn blank_card(options: CardOptions) -> VirtualCardBackend {
     VirtualCardBackend::new(
         VirtualCard::blank(NewCard::factory(options)),
         "event test card",
@@ -320,7 +320,6 @@ fn card_removed_from(reader: &'static str) -> impl Fn(&ReaderEvent) -> bool {
 
 #[test]
 fn attach_detach_and_reattach_are_reported_with_the_interface() {
-    use pivtap_vcard::{CardOptions, Interface};
     let _turn = pcscd_turn();
     let reader = VPCD_READERS[1];
     let (monitor, receiver) = start_monitor(MonitorFilter {
@@ -334,7 +333,7 @@ fn attach_detach_and_reattach_are_reported_with_the_interface() {
         ReaderEvent::CardPresent {
             atr, contactless, ..
         } => {
-            assert_eq!(atr, pivtap_vcard::vpcd::atr(contact));
+            assert_eq!(atr, vpcd::atr(contact));
             assert!(!contactless);
         }
         other => unreachable!("{other:?}"),
@@ -365,7 +364,6 @@ fn attach_detach_and_reattach_are_reported_with_the_interface() {
 fn a_card_pulled_between_verify_and_signature_fails_cleanly_and_keeps_its_state() {
     use pivtap_apdu::piv::{Algorithm, KeyReference, Pin};
     use pivtap_card::{ManagementKey, PivError, PivSession, SignatureAlgorithm};
-    use pivtap_vcard::CardOptions;
     let _turn = pcscd_turn();
     let reader = VPCD_READERS[1];
     let backend = blank_card(CardOptions::default());
@@ -452,7 +450,6 @@ fn a_card_pulled_between_verify_and_signature_fails_cleanly_and_keeps_its_state(
 fn two_readers_hold_two_cards_at_once() {
     use pivtap_apdu::piv::Pin;
     use pivtap_card::PivSession;
-    use pivtap_vcard::{CardOptions, NewCard, VirtualCard, VirtualCardBackend};
     let _turn = pcscd_turn();
     let (monitor, receiver) = start_monitor(MonitorFilter::default());
     let mut events = Events::new(receiver);

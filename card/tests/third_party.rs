@@ -9,6 +9,7 @@ use pivtap_card::{
     CardBackend, CardTransaction, LinkCapabilities, ManagementKey, PivError, PivSession,
     TransportError,
 };
+use pivtap_vcard::image::CardImage;
 use pivtap_vcard::{CardOptions, NewCard, Quirk, Quirks, VirtualCard, VirtualCardBackend};
 
 /// GENERAL AUTHENTICATE's instruction byte.
@@ -314,12 +315,10 @@ fn quirks_are_kept_in_the_card_image() {
         "{}",
         *text
     );
-    let reopened =
-        VirtualCard::from_image(&pivtap_vcard::image::CardImage::from_toml_str(&text).unwrap())
-            .unwrap();
+    let reopened = VirtualCard::from_image(&CardImage::from_toml_str(&text).unwrap()).unwrap();
     assert_eq!(reopened.quirks(), Quirks::third_party());
     let unknown = text.replace("plain-6300", "plain-6301");
-    let error = pivtap_vcard::image::CardImage::from_toml_str(&unknown).unwrap_err();
+    let error = CardImage::from_toml_str(&unknown).unwrap_err();
     assert_eq!(
         error.to_string(),
         "[card] quirks: unknown card quirk `plain-6301`; expected one of strict-7c, plain-6300, keep-pin-on-reset"

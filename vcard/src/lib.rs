@@ -1,4 +1,4 @@
-//! The virtual PIV card: a full card in software that answers real APDUs.
+//! The virtual PIV card, a full card in software that answers real APDUs, and its vpcd bridge to PC/SC.
 //!
 //! [`VirtualCard::transmit`] takes the raw bytes a reader would pass to a
 //! card and returns the raw answer. The front end here handles what sits
