@@ -10,8 +10,6 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use pivtap_apdu::piv::{Algorithm, KeyReference, Pin};
-use pivtap_vcard::image::CardImage;
-use pivtap_vcard::{CardOptions, NewCard, VirtualCard, VirtualCardBackend};
 use pivtap_card::{
     CardBackend, CardTransaction, LinkCapabilities, PivSession, SignatureAlgorithm, TransportError,
 };
@@ -22,6 +20,8 @@ use pivtap_server_client::jose::JwsAlgorithm;
 use pivtap_server_client::jose::base64url_decode;
 use pivtap_server_client::token::TokenKeys;
 use pivtap_server_client::wire::{AssertionPayload, SessionClaims, enrollment_url};
+use pivtap_vcard::image::CardImage;
+use pivtap_vcard::{CardOptions, NewCard, VirtualCard, VirtualCardBackend};
 
 const NOW: i64 = 1_796_083_200;
 const AUDIENCE: &str = "https://auth.example.test";
