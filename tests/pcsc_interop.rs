@@ -17,9 +17,9 @@ use std::time::{Duration, Instant};
 use p256::ecdsa::signature::Verifier;
 use pivtap_apdu::piv::{Algorithm, KeyReference, Pin};
 use pivtap_card::pcsc::{PcscCard, PcscContext};
-use pivtap_card::virtual_card::image::CardImage;
-use pivtap_card::virtual_card::{VirtualCard, VirtualCardBackend};
 use pivtap_card::{JwsAlgorithm, PivSession};
+use pivtap_vcard::image::CardImage;
+use pivtap_vcard::{VirtualCard, VirtualCardBackend};
 use serde_json::Value;
 use tempfile::TempDir;
 

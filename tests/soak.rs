@@ -18,8 +18,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::RunningServer;
-use pivtap_card::virtual_card::image::CardImage;
-use pivtap_card::virtual_card::{VirtualCard, VirtualCardBackend};
 use pivtap_client::client::{AuditFilter, Client, ServerTrust};
 use pivtap_client::device::DeviceCredential;
 use pivtap_kiosk::core::{CoreConfig, Kiosk, SessionEvent};
@@ -27,6 +25,8 @@ use pivtap_kiosk::headless::event_line;
 use pivtap_kiosk::local_api::SessionBoard;
 use pivtap_kiosk::readers::VirtualReaders;
 use pivtap_kiosk::runtime::{self, Face, Input, RuntimeParts};
+use pivtap_vcard::image::CardImage;
+use pivtap_vcard::{VirtualCard, VirtualCardBackend};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};

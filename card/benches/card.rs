@@ -7,8 +7,8 @@ use criterion::{Criterion, criterion_group, criterion_main};
 use pivtap_apdu::piv::objects::{CertificateObject, Chuid};
 use pivtap_apdu::piv::{Algorithm, KeyReference, ObjectTag, Pin};
 use pivtap_apdu::{CommandApdu, LengthMode, ResponseApdu};
-use pivtap_card::virtual_card::{VirtualCard, VirtualCardBackend};
 use pivtap_card::{JwsAlgorithm, PivSession};
+use pivtap_vcard::{VirtualCard, VirtualCardBackend};
 
 /// A fixture card, copied to a temporary directory so the bench never writes the fixture.
 fn fixture_card(name: &str, dir: &Path) -> VirtualCardBackend {

@@ -117,8 +117,12 @@ impl PivSession<'_> {
 
     /// Spends every PIN try and every PUK try with random values. A value
     /// that happens to be right changes nothing (VERIFY; a PUK "changed" to
-    /// itself) and the next try goes on.
-    fn block_pin_and_puk(&mut self) -> Result<(), FactoryResetError> {
+    /// itself) and the next try goes on. [`PivSession::factory_reset`] does
+    /// this when the card resets only with both blocked.
+    ///
+    /// # Errors
+    /// [`FactoryResetError::DidNotBlock`] or [`FactoryResetError::Blocking`].
+    pub fn block_pin_and_puk(&mut self) -> Result<(), FactoryResetError> {
         let blocking = |secret| move |source| FactoryResetError::Blocking { secret, source };
         let mut pin_blocked = false;
         for _ in 0..MAX_BLOCKING_TRIES {
@@ -154,8 +158,6 @@ impl PivSession<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::virtual_card::{CardOptions, NewCard, VirtualCard, VirtualCardBackend};
-    use pivtap_apdu::piv::{Algorithm, KeyReference, ObjectTag};
 
     #[test]
     fn wrong_values_are_eight_digits() {
@@ -164,85 +166,5 @@ mod tests {
             assert_eq!(value.len(), 8);
             assert!(Pin::new(&value).is_ok() && Puk::new(&value).is_ok());
         }
-    }
-
-    #[test]
-    fn the_defaults_are_what_the_virtual_card_ships_with() {
-        assert_eq!(crate::virtual_card::applet::DEFAULT_PIN, PIN.as_bytes());
-        assert_eq!(crate::virtual_card::applet::DEFAULT_PUK, PUK.as_bytes());
-        assert_eq!(*management_key().to_hex(), hex::encode(MANAGEMENT_KEY));
-        let mut backend = VirtualCardBackend::new(
-            VirtualCard::blank(NewCard::factory(CardOptions::default())),
-            "factory",
-        );
-        let mut session = PivSession::open(&mut backend).unwrap();
-        session.verify_pin(&pin()).unwrap();
-        session.change_puk(&puk(), &puk()).unwrap();
-        session
-            .authenticate_management_key(&management_key())
-            .unwrap();
-    }
-
-    /// A card with its own PIN, PUK and AES management key, a 9A key and a CHUID.
-    fn personalised() -> (VirtualCardBackend, ManagementKey) {
-        let mut new = NewCard::factory(CardOptions::default());
-        new.pin = Pin::new("918273").unwrap();
-        new.puk = Puk::new("56473829").unwrap();
-        new.management_key = ManagementKey::new(Algorithm::Aes192, &[0x42; 24]).unwrap();
-        let key = new.management_key.clone();
-        let mut backend = VirtualCardBackend::new(VirtualCard::blank(new), "personalised");
-        let mut session = PivSession::open(&mut backend).unwrap();
-        session.authenticate_management_key(&key).unwrap();
-        session
-            .generate_key(KeyReference::PivAuthentication, Algorithm::EccP256)
-            .unwrap();
-        session.put_object(ObjectTag::Chuid, &[0x30, 0x00]).unwrap();
-        drop(session);
-        (backend, key)
-    }
-
-    #[test]
-    fn factory_reset_restores_the_defaults_and_erases_keys_and_objects() {
-        let (mut backend, own_key) = personalised();
-        let mut session = PivSession::open(&mut backend).unwrap();
-        assert!(session.read_object(ObjectTag::Chuid).is_ok());
-        // PIN and PUK are not blocked: the reset blocks them itself.
-        session.factory_reset().unwrap();
-        drop(session);
-
-        let mut session = PivSession::open(&mut backend).unwrap();
-        assert_eq!(session.pin_status().unwrap(), PinStatus::RetriesLeft(3));
-        session.verify_pin(&pin()).unwrap();
-        session.change_puk(&puk(), &puk()).unwrap();
-        assert!(session.authenticate_management_key(&own_key).is_err());
-        session
-            .authenticate_management_key(&management_key())
-            .unwrap();
-        assert!(matches!(
-            session.read_object(ObjectTag::Chuid),
-            Err(PivError::ObjectNotFound { .. })
-        ));
-        assert!(
-            session
-                .sign(
-                    KeyReference::PivAuthentication,
-                    Algorithm::EccP256,
-                    crate::JwsAlgorithm::Es256,
-                    b"message",
-                )
-                .is_err()
-        );
-    }
-
-    #[test]
-    fn factory_reset_of_a_card_already_blocked_resets_at_once() {
-        let (mut backend, _) = personalised();
-        let mut session = PivSession::open(&mut backend).unwrap();
-        session.block_pin_and_puk().unwrap();
-        assert_eq!(session.pin_status().unwrap(), PinStatus::Blocked);
-        session.factory_reset().unwrap();
-        drop(session);
-        let mut session = PivSession::open(&mut backend).unwrap();
-        session.verify_pin(&pin()).unwrap();
     }
 }

@@ -1,4 +1,4 @@
-//! Card transports, the virtual PIV card, and the typed PIV session API.
+//! Card transports, the APDU exchange and trace, and the typed PIV session API.
 //!
 //! Everything here is synchronous: PC/SC is blocking, and so is the card.
 //! Async callers run it on a card thread or with `spawn_blocking`.
@@ -19,8 +19,6 @@ pub mod signature;
 pub mod spki;
 pub mod trace;
 pub mod transport;
-pub mod virtual_card;
-pub mod vpcd;
 
 pub use error::PivError;
 pub use management_key::ManagementKey;

@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use pivtap_card::TransportError;
 use pivtap_card::pcsc::{PcscCard, PcscContext, ReaderInfo};
 use pivtap_card::reader_monitor::{MonitorFilter, ReaderEvent, ReaderMonitor};
+use pivtap_vcard::{CardOptions, Interface, NewCard, VirtualCard, VirtualCardBackend, vpcd};
 
 const VPCD_READERS: [&str; 2] = ["Virtual PCD 00 00", "Virtual PCD 00 01"];
 
@@ -216,15 +217,15 @@ fn dropping_the_monitor_stops_it_too() {
 
 /// A virtual card in a vpcd reader, served by a thread of this test process.
 struct InReader {
-    backend: pivtap_card::virtual_card::VirtualCardBackend,
-    detacher: pivtap_card::vpcd::Detacher,
-    server: Option<std::thread::JoinHandle<pivtap_card::vpcd::AttachmentSummary>>,
+    backend: VirtualCardBackend,
+    detacher: vpcd::Detacher,
+    server: Option<std::thread::JoinHandle<vpcd::AttachmentSummary>>,
 }
 
 impl InReader {
-    fn attach(backend: pivtap_card::virtual_card::VirtualCardBackend, port: u16) -> Self {
+    fn attach(backend: VirtualCardBackend, port: u16) -> Self {
         let address = std::net::SocketAddr::from(([127, 0, 0, 1], port));
-        let (attachment, detacher) = pivtap_card::vpcd::Attachment::connect(address)
+        let (attachment, detacher) = vpcd::Attachment::connect(address)
             .unwrap_or_else(|error| panic!("{error}: these tests need pcscd with vsmartcard-vpcd"));
         let served = backend.clone();
         let server = std::thread::spawn(move || attachment.serve(&served).expect("vpcd serving"));
@@ -236,7 +237,7 @@ impl InReader {
     }
 
     /// Takes the card out and waits for the server thread.
-    fn detach(mut self) -> pivtap_card::virtual_card::VirtualCardBackend {
+    fn detach(mut self) -> VirtualCardBackend {
         self.detacher.detach();
         let summary = self.server.take().unwrap().join().unwrap();
         assert!(summary.detached, "{summary:?}");
@@ -253,10 +254,7 @@ impl Drop for InReader {
     }
 }
 
-fn blank_card(
-    options: pivtap_card::virtual_card::CardOptions,
-) -> pivtap_card::virtual_card::VirtualCardBackend {
-    use pivtap_card::virtual_card::{NewCard, VirtualCard, VirtualCardBackend};
+fn blank_card(options: CardOptions) -> VirtualCardBackend {
     VirtualCardBackend::new(
         VirtualCard::blank(NewCard::factory(options)),
         "event test card",
@@ -321,7 +319,6 @@ fn card_removed_from(reader: &'static str) -> impl Fn(&ReaderEvent) -> bool {
 
 #[test]
 fn attach_detach_and_reattach_are_reported_with_the_interface() {
-    use pivtap_card::virtual_card::{CardOptions, Interface};
     let _turn = pcscd_turn();
     let reader = VPCD_READERS[1];
     let (monitor, receiver) = start_monitor(MonitorFilter {
@@ -335,7 +332,7 @@ fn attach_detach_and_reattach_are_reported_with_the_interface() {
         ReaderEvent::CardPresent {
             atr, contactless, ..
         } => {
-            assert_eq!(atr, pivtap_card::vpcd::atr(contact));
+            assert_eq!(atr, vpcd::atr(contact));
             assert!(!contactless);
         }
         other => unreachable!("{other:?}"),
@@ -365,8 +362,8 @@ fn attach_detach_and_reattach_are_reported_with_the_interface() {
 #[test]
 fn a_card_pulled_between_verify_and_signature_fails_cleanly_and_keeps_its_state() {
     use pivtap_apdu::piv::{Algorithm, KeyReference, Pin};
-    use pivtap_card::virtual_card::CardOptions;
     use pivtap_card::{JwsAlgorithm, ManagementKey, PivError, PivSession};
+    use pivtap_vcard::CardOptions;
     let _turn = pcscd_turn();
     let reader = VPCD_READERS[1];
     let backend = blank_card(CardOptions::default());
@@ -453,7 +450,6 @@ fn a_card_pulled_between_verify_and_signature_fails_cleanly_and_keeps_its_state(
 fn two_readers_hold_two_cards_at_once() {
     use pivtap_apdu::piv::Pin;
     use pivtap_card::PivSession;
-    use pivtap_card::virtual_card::{CardOptions, NewCard, VirtualCard, VirtualCardBackend};
     let _turn = pcscd_turn();
     let (monitor, receiver) = start_monitor(MonitorFilter::default());
     let mut events = Events::new(receiver);

@@ -5,8 +5,8 @@ use pivtap_apdu::piv::objects::discovery::Discovery;
 use pivtap_apdu::piv::objects::public_key::PublicKey;
 use pivtap_apdu::piv::{Algorithm, KeyReference, ObjectTag, PIV_AID, Pin, Puk};
 use pivtap_card::session::PinStatus;
-use pivtap_card::virtual_card::{CardOptions, Interface, NewCard, VirtualCard, VirtualCardBackend};
 use pivtap_card::{JwsAlgorithm, ManagementKey, PivError, PivSession};
+use pivtap_vcard::{CardOptions, Interface, NewCard, VirtualCard, VirtualCardBackend};
 
 fn pin(text: &str) -> Pin {
     Pin::new(text).unwrap()

@@ -5,13 +5,12 @@ use std::sync::{Arc, Mutex};
 use pivtap_apdu::CommandApdu;
 use pivtap_apdu::piv::{Algorithm, KeyReference, Pin, Puk};
 use pivtap_card::session::PinStatus;
-use pivtap_card::virtual_card::{
-    CardOptions, NewCard, Quirk, Quirks, VirtualCard, VirtualCardBackend,
-};
 use pivtap_card::{
     CardBackend, CardTransaction, LinkCapabilities, ManagementKey, PivError, PivSession,
     TransportError,
 };
+use pivtap_vcard::image::CardImage;
+use pivtap_vcard::{CardOptions, NewCard, Quirk, Quirks, VirtualCard, VirtualCardBackend};
 
 /// GENERAL AUTHENTICATE's instruction byte.
 const GENERAL_AUTHENTICATE: u8 = 0x87;
@@ -316,13 +315,10 @@ fn quirks_are_kept_in_the_card_image() {
         "{}",
         *text
     );
-    let reopened = VirtualCard::from_image(
-        &pivtap_card::virtual_card::image::CardImage::from_toml_str(&text).unwrap(),
-    )
-    .unwrap();
+    let reopened = VirtualCard::from_image(&CardImage::from_toml_str(&text).unwrap()).unwrap();
     assert_eq!(reopened.quirks(), Quirks::third_party());
     let unknown = text.replace("plain-6300", "plain-6301");
-    let error = pivtap_card::virtual_card::image::CardImage::from_toml_str(&unknown).unwrap_err();
+    let error = CardImage::from_toml_str(&unknown).unwrap_err();
     assert_eq!(
         error.to_string(),
         "[card] quirks: unknown card quirk `plain-6301`; expected one of strict-7c, plain-6300, keep-pin-on-reset"

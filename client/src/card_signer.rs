@@ -63,8 +63,8 @@ mod tests {
     use pivtap_protocol::jose::CompactJws;
     use pivtap_protocol::wire::{AssertionPayload, ChallengeResponse};
 
-    use pivtap_card::virtual_card::image::CardImage;
-    use pivtap_card::virtual_card::{VirtualCard, VirtualCardBackend};
+    use pivtap_vcard::image::CardImage;
+    use pivtap_vcard::{VirtualCard, VirtualCardBackend};
 
     use super::*;
 

@@ -649,7 +649,7 @@ pub fn key_algorithm(algorithm: Algorithm) -> Option<KeyAlgorithm> {
 
 #[cfg(test)]
 mod tests {
-    use pivtap_card::virtual_card::{CardOptions, NewCard, VirtualCard, VirtualCardBackend};
+    use pivtap_vcard::{CardOptions, NewCard, VirtualCard, VirtualCardBackend};
 
     use super::*;
 

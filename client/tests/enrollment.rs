@@ -10,8 +10,8 @@ use time::OffsetDateTime;
 
 use std::path::Path;
 
-use pivtap_card::virtual_card::{CardOptions, NewCard, VirtualCard, VirtualCardBackend};
 use pivtap_server::verifier::{AssertionVerifier, VerifierConfig};
+use pivtap_vcard::{CardOptions, NewCard, VirtualCard, VirtualCardBackend};
 
 use pivtap_client::enrollment::*;
 

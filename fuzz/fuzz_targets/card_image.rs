@@ -3,8 +3,8 @@
 #![forbid(unsafe_code)]
 
 use libfuzzer_sys::fuzz_target;
-use pivtap_card::virtual_card::VirtualCard;
-use pivtap_card::virtual_card::image::{CardImage, DataObject, KeyEntry};
+use pivtap_vcard::VirtualCard;
+use pivtap_vcard::image::{CardImage, DataObject, KeyEntry};
 
 fuzz_target!(|data: &[u8]| {
     let Ok(text) = std::str::from_utf8(data) else {

@@ -6,8 +6,6 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use pivtap_apdu::piv::{Algorithm, KeyReference, Pin};
-use pivtap_card::virtual_card::image::CardImage;
-use pivtap_card::virtual_card::{CardOptions, NewCard, VirtualCard, VirtualCardBackend};
 use pivtap_card::{CardBackend, CardTransaction, LinkCapabilities, PivSession, TransportError};
 use pivtap_fuzz::{OPERATIONS, host_operation};
 use pivtap_protocol::assertion::AssertionDraft;
@@ -16,6 +14,8 @@ use pivtap_protocol::jose::base64url_decode;
 use pivtap_protocol::wire::{AssertionPayload, SessionClaims, enrollment_url};
 use pivtap_server::config::parse_ca_certificates;
 use pivtap_server::token::TokenKeys;
+use pivtap_vcard::image::CardImage;
+use pivtap_vcard::{CardOptions, NewCard, VirtualCard, VirtualCardBackend};
 
 const NOW: i64 = 1_796_083_200;
 const AUDIENCE: &str = "https://auth.example.test";

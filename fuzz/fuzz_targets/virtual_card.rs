@@ -6,11 +6,11 @@ use std::sync::LazyLock;
 
 use libfuzzer_sys::fuzz_target;
 use pivtap_apdu::piv::Pin;
-use pivtap_card::virtual_card::applet::Interface;
-use pivtap_card::virtual_card::image::CardImage;
-use pivtap_card::virtual_card::{CardOptions, NewCard, VirtualCard, VirtualCardBackend};
 use pivtap_card::{ManagementKey, PivSession};
 use pivtap_fuzz::Frames;
+use pivtap_vcard::applet::Interface;
+use pivtap_vcard::image::CardImage;
+use pivtap_vcard::{CardOptions, NewCard, VirtualCard, VirtualCardBackend};
 
 /// The fixture cards, read once: alice (RSA-2048, PIN 123456) and bob (P-256, PIN 24681357).
 static FIXTURES: LazyLock<[CardImage; 2]> = LazyLock::new(|| {

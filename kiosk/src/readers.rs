@@ -8,8 +8,9 @@ use std::thread;
 
 use pivtap_card::pcsc::{PcscCard, PcscContext};
 use pivtap_card::reader_monitor::{MonitorFilter, ReaderEvent, ReaderMonitor};
-use pivtap_card::virtual_card::{Interface, VirtualCardBackend};
-use pivtap_card::{CardBackend, CardTransaction, LinkCapabilities, TransportError, vpcd};
+use pivtap_card::{CardBackend, CardTransaction, LinkCapabilities, TransportError};
+use pivtap_vcard::vpcd;
+use pivtap_vcard::{Interface, VirtualCardBackend};
 use tokio::sync::mpsc::UnboundedSender;
 
 /// Something that happened to the readers or their cards.
@@ -626,8 +627,8 @@ pub(crate) mod tests {
     use pivtap_apdu::LengthMode;
     use pivtap_apdu::piv::commands;
     use pivtap_card::PivSession;
-    use pivtap_card::virtual_card::image::CardImage;
-    use pivtap_card::virtual_card::{CardOptions, VirtualCard};
+    use pivtap_vcard::image::CardImage;
+    use pivtap_vcard::{CardOptions, VirtualCard};
     use tokio::sync::mpsc::{UnboundedReceiver, unbounded_channel};
 
     use super::*;

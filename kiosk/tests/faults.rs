@@ -11,8 +11,6 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use pivtap_card::virtual_card::image::CardImage;
-use pivtap_card::virtual_card::{CardOptions, Interface, VirtualCard, VirtualCardBackend};
 use pivtap_card::{CardBackend, CardTransaction, LinkCapabilities, PivSession, TransportError};
 use pivtap_client::client::{Client, ServerTrust};
 use pivtap_kiosk::core::{CoreConfig, Kiosk, Notice, NoticeCode, SessionEvent};
@@ -22,6 +20,8 @@ use pivtap_kiosk::runtime::{self, Face, Input, RuntimeError, RuntimeParts};
 use pivtap_protocol::wire::ErrorCode;
 use pivtap_server::server::embedded::EmbeddedServer;
 use pivtap_server::store::{AuditKind, AuditOutcome, AuditQuery, User, UserState};
+use pivtap_vcard::image::CardImage;
+use pivtap_vcard::{CardOptions, Interface, VirtualCard, VirtualCardBackend};
 use std::io::Write as _;
 
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};

@@ -14,15 +14,15 @@ use std::time::{Duration, Instant};
 
 use pivtap_card::pcsc::PcscContext;
 use pivtap_card::reader_monitor::MonitorFilter;
-use pivtap_card::virtual_card::image::CardImage;
-use pivtap_card::virtual_card::{VirtualCard, VirtualCardBackend};
-use pivtap_card::vpcd::{Attachment, AttachmentSummary, Detacher, VpcdError};
 use pivtap_kiosk::core::{CoreConfig, Kiosk, NoticeCode, SessionEvent};
 use pivtap_kiosk::local_api::SessionBoard;
 use pivtap_kiosk::readers::PcscReaders;
 use pivtap_kiosk::runtime::{self, Face, Input, RuntimeError, RuntimeParts};
 use pivtap_server::server::embedded::EmbeddedServer;
 use pivtap_server::store::{User, UserState};
+use pivtap_vcard::image::CardImage;
+use pivtap_vcard::vpcd::{Attachment, AttachmentSummary, Detacher, VpcdError};
+use pivtap_vcard::{VirtualCard, VirtualCardBackend};
 use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
 use tokio::task::JoinHandle as TaskHandle;
 use zeroize::Zeroizing;

@@ -6,14 +6,14 @@ use std::time::Duration;
 
 use pivtap_apdu::piv::Pin;
 use pivtap_card::PivSession;
-use pivtap_card::virtual_card::image::CardImage;
-use pivtap_card::virtual_card::{VirtualCard, VirtualCardBackend};
 use pivtap_kiosk::core::{CoreConfig, Kiosk, NoticeCode, PinFormFailure, SessionEvent};
 use pivtap_kiosk::local_api::SessionBoard;
 use pivtap_kiosk::readers::VirtualReaders;
 use pivtap_kiosk::runtime::{self, Face, Input, RuntimeError, RuntimeParts};
 use pivtap_server::server::embedded::EmbeddedServer;
 use pivtap_server::store::{User, UserState};
+use pivtap_vcard::image::CardImage;
+use pivtap_vcard::{VirtualCard, VirtualCardBackend};
 use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
 use tokio::task::JoinHandle;
 use zeroize::Zeroizing;

@@ -8,13 +8,13 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use criterion::{Criterion, criterion_group, criterion_main};
 use pivtap_apdu::piv::{Algorithm, KeyReference, Pin};
 use pivtap_card::PivSession;
-use pivtap_card::virtual_card::{VirtualCard, VirtualCardBackend};
 use pivtap_protocol::assertion::AssertionDraft;
 use pivtap_protocol::certificate::CertificateFacts;
 use pivtap_protocol::jose::JwsAlgorithm;
 use pivtap_protocol::wire::AssertionPayload;
 use pivtap_server::config::read_ca_certificates;
 use pivtap_server::verifier::{AssertionVerifier, VerifierConfig};
+use pivtap_vcard::{VirtualCard, VirtualCardBackend};
 use time::OffsetDateTime;
 
 const AUDIENCE: &str = "https://auth.example.test";

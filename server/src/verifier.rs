@@ -437,12 +437,12 @@ mod tests {
     use pivtap_apdu::piv::{Algorithm, KeyReference, Pin};
     use pivtap_card::JwsAlgorithm;
     use pivtap_card::PivSession;
-    use pivtap_card::virtual_card::image::CardImage;
-    use pivtap_card::virtual_card::{VirtualCard, VirtualCardBackend};
     use pivtap_protocol::assertion::AssertionDraft;
     use pivtap_protocol::certificate::KeyKind;
     use pivtap_protocol::jose::{base64url_decode, base64url_encode};
     use pivtap_protocol::wire::AssertionHeader;
+    use pivtap_vcard::image::CardImage;
+    use pivtap_vcard::{VirtualCard, VirtualCardBackend};
     use proptest::prelude::*;
     use serde_json::Value;
     use serde_json::json;

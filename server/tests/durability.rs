@@ -21,8 +21,6 @@ use std::time::{Duration, Instant};
 
 use pivtap_apdu::piv::{KeyReference, Pin};
 use pivtap_card::PivSession;
-use pivtap_card::virtual_card::image::CardImage;
-use pivtap_card::virtual_card::{VirtualCard, VirtualCardBackend};
 use pivtap_client::client::{AuditFilter, Client, ClientError, ServerTrust};
 use pivtap_protocol::assertion::AssertionDraft;
 use pivtap_protocol::jose::JwsAlgorithm;
@@ -30,6 +28,8 @@ use pivtap_protocol::wire::{AssertionPayload, ChallengeResponse, ErrorCode, User
 use pivtap_server::config::ServerConfig;
 use pivtap_server::server::embedded::EmbeddedServer;
 use pivtap_server::store::{User, UserState};
+use pivtap_vcard::image::CardImage;
+use pivtap_vcard::{VirtualCard, VirtualCardBackend};
 use time::OffsetDateTime;
 
 /// The environment variable that makes [`server_process`] serve this configuration.

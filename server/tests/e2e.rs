@@ -20,8 +20,6 @@ use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 use pivtap_apdu::piv::{Algorithm, KeyReference, Pin};
 use pivtap_card::PivSession;
-use pivtap_card::virtual_card::image::CardImage;
-use pivtap_card::virtual_card::{VirtualCard, VirtualCardBackend};
 use pivtap_client::client::{
     AdminClient, AuditFilter, CardAction, Client, ClientError, FailureKind, NetworkFailure,
     ServerTrust,
@@ -39,6 +37,8 @@ use pivtap_server::config::{ConfigError, ConfigProblem, ServerConfig};
 use pivtap_server::init::InitReport;
 use pivtap_server::server::{self, Listener, ServeError};
 use pivtap_server::token::TokenVerifier;
+use pivtap_vcard::image::CardImage;
+use pivtap_vcard::{VirtualCard, VirtualCardBackend};
 use serde_json::{Value, json};
 use tempfile::TempDir;
 use time::OffsetDateTime;

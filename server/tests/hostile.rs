@@ -21,10 +21,10 @@ use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 use pivtap_apdu::piv::{Algorithm, KeyReference, Pin};
 use pivtap_card::PivSession;
-use pivtap_card::virtual_card::image::CardImage;
-use pivtap_card::virtual_card::{VirtualCard, VirtualCardBackend};
 use pivtap_protocol::assertion::AssertionDraft;
 use pivtap_server::config::ServerConfig;
+use pivtap_vcard::image::CardImage;
+use pivtap_vcard::{VirtualCard, VirtualCardBackend};
 
 use pivtap_protocol::jose::{JwsAlgorithm, base64url_encode};
 use pivtap_protocol::wire::{AssertionPayload, ChallengeResponse};

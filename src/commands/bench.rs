@@ -17,7 +17,6 @@ use aws_lc_rs::signature::{
 use clap::{Args, Subcommand, ValueEnum};
 use pivtap_apdu::piv::{KeyReference, Pin};
 use pivtap_card::reader_monitor::MonitorFilter;
-use pivtap_card::virtual_card::VirtualCardBackend;
 use pivtap_card::{CardBackend, CardTransaction, LinkCapabilities, TransportError};
 use pivtap_client::client::Client;
 use pivtap_kiosk::card_worker::{CardJob, CardJobResult, CardWorker};
@@ -30,6 +29,7 @@ use pivtap_protocol::wire::{AssertionPayload, ChallengeResponse, UserRecord};
 use pivtap_server::config::ServerConfig;
 use pivtap_server::issuance::{Issuer, verify_csr};
 use pivtap_server::store::{User, UserState};
+use pivtap_vcard::VirtualCardBackend;
 use rcgen::{CertificateParams, KeyPair, PKCS_ECDSA_P256_SHA256, PKCS_RSA_SHA256};
 use serde::Serialize;
 use time::OffsetDateTime;

@@ -17,7 +17,7 @@ use clap::Args;
 use pivtap_card::CardBackend;
 use pivtap_card::pcsc::{PcscCard, PcscContext, ReaderInfo};
 use pivtap_card::reader_choice::{ReaderChoice, ReaderChoiceError, choose_reader};
-use pivtap_card::virtual_card::{VirtualCard, VirtualCardBackend};
+use pivtap_vcard::{VirtualCard, VirtualCardBackend};
 
 /// Which card a command talks to.
 #[derive(Args, Debug, Clone)]

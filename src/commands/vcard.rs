@@ -9,14 +9,15 @@ use anyhow::{Context, bail};
 use clap::{Args, Subcommand};
 use pivtap_apdu::piv::objects::discovery::{Discovery, POLICY_APPLICATION_PIN};
 use pivtap_apdu::piv::{Algorithm, KeyReference, ObjectTag, PIV_AID, Pin, Puk};
-use pivtap_card::virtual_card::protection::KdfParams;
-use pivtap_card::virtual_card::quirks::UnknownQuirk;
-use pivtap_card::virtual_card::{
-    CardOptions, Interface, NewCard, Quirk, Quirks, VirtualCard, VirtualCardBackend,
-};
-use pivtap_card::{ManagementKey, PivSession, spki, vpcd};
+use pivtap_card::{ManagementKey, PivSession, spki};
 use pivtap_client::client::Client;
 use pivtap_protocol::pin_policy::PinPolicy;
+use pivtap_vcard::protection::KdfParams;
+use pivtap_vcard::quirks::UnknownQuirk;
+use pivtap_vcard::vpcd;
+use pivtap_vcard::{
+    CardOptions, Interface, NewCard, Quirk, Quirks, VirtualCard, VirtualCardBackend,
+};
 use serde::Serialize;
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
@@ -718,7 +719,7 @@ fn print_enrolled(enrolled: &Enrolled, out: &Path, json: bool) -> anyhow::Result
 #[cfg(test)]
 mod tests {
     use clap::Parser;
-    use pivtap_card::virtual_card::image::CardImage;
+    use pivtap_vcard::image::CardImage;
 
     use super::*;
 

@@ -317,7 +317,7 @@ fn sign_assertion(
 #[cfg(test)]
 mod tests {
     use pivtap_apdu::piv::Ins;
-    use pivtap_card::virtual_card::{
+    use pivtap_vcard::{
         CardOptions, Interface, NewCard, Quirk, Quirks, VirtualCard, VirtualCardBackend,
     };
 

@@ -4,12 +4,12 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use pivtap_apdu::piv::{Ins, Pin, Puk};
-use pivtap_card::virtual_card::image::CardImage;
-use pivtap_card::virtual_card::{VirtualCard, VirtualCardBackend};
 use pivtap_card::{CardBackend, CardTransaction, LinkCapabilities, PivSession, TransportError};
 use pivtap_protocol::certificate::CertificateFacts;
 use pivtap_protocol::wire::ChallengeResponse;
 use pivtap_server::verifier::{AssertionVerifier, VerifiedAssertion, VerifierConfig};
+use pivtap_vcard::image::CardImage;
+use pivtap_vcard::{VirtualCard, VirtualCardBackend};
 use time::OffsetDateTime;
 use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
 

@@ -9,7 +9,7 @@ use super::image::{CardImage, ImageError, StoredSecret};
 use super::protection::KdfParams;
 use super::protection::tests::fast;
 use super::{CardOptions, NewCard, VirtualCard, VirtualCardBackend};
-use crate::{JwsAlgorithm, ManagementKey, PinStatus, PivError, PivSession};
+use pivtap_card::{JwsAlgorithm, ManagementKey, PinStatus, PivError, PivSession};
 
 const PIN: &str = "918273";
 const PUK: &str = "56473829";

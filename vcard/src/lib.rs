@@ -1,4 +1,4 @@
-//! The virtual PIV card: a full card in software that answers real APDUs.
+//! The virtual PIV card, a full card in software that answers real APDUs, and its vpcd bridge to PC/SC.
 //!
 //! [`VirtualCard::transmit`] takes the raw bytes a reader would pass to a
 //! card and returns the raw answer. The front end here handles what sits
@@ -10,12 +10,18 @@
 //! A card may be protected ([`VirtualCard::blank_protected`]): its private
 //! keys are sealed under a data key that only its PIN or PUK unwraps; see
 //! [`protection`].
+//!
+//! [`vpcd`] attaches a card to a PC/SC reader of the vsmartcard vpcd driver,
+//! so programs that speak PC/SC see it as a real card.
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
 
 pub mod applet;
 pub mod image;
 pub mod keys;
 pub mod protection;
 pub mod quirks;
+pub mod vpcd;
 
 #[cfg(test)]
 mod protected_tests;
@@ -27,16 +33,16 @@ use pivtap_apdu::command::{CLA_CHAINING, EXTENDED_MAX_NE, SHORT_MAX_NE};
 use pivtap_apdu::piv::Ins;
 use pivtap_apdu::{CommandApdu, ResponseApdu, StatusWord};
 
-use crate::transport::{CardBackend, CardTransaction, LinkCapabilities, TransportError};
 pub use applet::Interface;
 use applet::{Outcome, PersistentState, PivApplet, ReferenceData, ReferenceValue, pad};
 use image::{CardImage, CardSettings, DataObject, KeyEntry, ReferenceDataState, StoredSecret};
 use pivtap_apdu::piv::{ObjectTag, Pin, Puk};
+use pivtap_card::transport::{CardBackend, CardTransaction, LinkCapabilities, TransportError};
 use protection::{DataKey, KdfParams, Secret, WrappedKey};
 pub use quirks::{Quirk, Quirks};
 use std::collections::BTreeMap;
 
-use crate::management_key::ManagementKey;
+use pivtap_card::management_key::ManagementKey;
 
 /// Largest command a chain may build up (a certificate object is a few KB).
 const MAX_CHAINED_DATA: usize = 64 * 1024;
@@ -78,7 +84,7 @@ pub enum VirtualCardError {
     },
     /// The management key in the image is invalid.
     #[error("invalid management key")]
-    ManagementKey(#[from] crate::management_key::ManagementKeyError),
+    ManagementKey(#[from] pivtap_card::management_key::ManagementKeyError),
     /// A protected card's data key could not be wrapped.
     #[error("cannot protect the card")]
     Protection(#[from] protection::ProtectionError),
@@ -103,15 +109,15 @@ pub struct NewCard {
 }
 
 impl NewCard {
-    /// A card in factory state ([`crate::factory`]): PIN `123456`, PUK
+    /// A card in factory state ([`pivtap_card::factory`]): PIN `123456`, PUK
     /// `12345678`, three tries each, the well-known default management key, a random serial.
     #[must_use]
     pub fn factory(options: CardOptions) -> Self {
         NewCard {
-            pin: crate::factory::pin(),
-            puk: crate::factory::puk(),
+            pin: pivtap_card::factory::pin(),
+            puk: pivtap_card::factory::puk(),
             retries: applet::FACTORY_RETRIES,
-            management_key: crate::factory::management_key(),
+            management_key: pivtap_card::factory::management_key(),
             serial: 10_000_000 + rand::random_range(0..90_000_000),
             label: None,
             options,

@@ -3,9 +3,9 @@
 use pivtap_apdu::piv::objects::chuid::Chuid;
 use pivtap_apdu::piv::{Algorithm, KeyReference, ObjectTag, Pin, Puk, commands};
 use pivtap_apdu::{CommandApdu, LengthMode, ResponseApdu, StatusWord};
-use pivtap_card::virtual_card::image::CardImage;
-use pivtap_card::virtual_card::{CardOptions, Interface, NewCard, VirtualCard, VirtualCardBackend};
 use pivtap_card::{ManagementKey, PivSession};
+use pivtap_vcard::image::CardImage;
+use pivtap_vcard::{CardOptions, Interface, NewCard, VirtualCard, VirtualCardBackend};
 
 fn send(card: &mut VirtualCard, command: &CommandApdu) -> ResponseApdu {
     let raw = command.to_bytes(LengthMode::Extended).unwrap();

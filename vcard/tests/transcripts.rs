@@ -8,9 +8,9 @@
 
 use std::path::{Path, PathBuf};
 
-use pivtap_card::virtual_card::image::CardImage;
-use pivtap_card::virtual_card::{CardOptions, Interface, NewCard, VirtualCard, VirtualCardBackend};
 use pivtap_card::{ManagementKey, PivSession};
+use pivtap_vcard::image::CardImage;
+use pivtap_vcard::{CardOptions, Interface, NewCard, VirtualCard, VirtualCardBackend};
 
 fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))

@@ -11,10 +11,10 @@ use pivtap_apdu::piv::objects::metadata::Metadata;
 use pivtap_apdu::piv::objects::public_key::PublicKey;
 use pivtap_apdu::piv::{Algorithm, KeyReference, ObjectTag, Pin, Puk, commands};
 use pivtap_apdu::{CommandApdu, LengthMode, tlv};
-use pivtap_card::virtual_card::image::CardImage;
-use pivtap_card::virtual_card::keys::SlotKey;
-use pivtap_card::virtual_card::{CardOptions, Interface, NewCard, VirtualCard, VirtualCardBackend};
 use pivtap_card::{JwsAlgorithm, ManagementKey, PivSession};
+use pivtap_vcard::image::CardImage;
+use pivtap_vcard::keys::SlotKey;
+use pivtap_vcard::{CardOptions, Interface, NewCard, VirtualCard, VirtualCardBackend};
 use proptest::prelude::*;
 
 const OK: [u8; 2] = [0x90, 0x00];

@@ -19,12 +19,12 @@ use zeroize::Zeroizing;
 use super::keys::SlotKey;
 use super::protection::{DataKey, KdfParams, SealedKey, Secret, WrappedKey, seals_slot};
 use super::quirks::{Quirk, Quirks};
-use crate::management_key::ManagementKey;
+use pivtap_card::management_key::ManagementKey;
 
 /// The PIN a new card ships with.
-pub const DEFAULT_PIN: &[u8] = crate::factory::PIN.as_bytes();
+pub const DEFAULT_PIN: &[u8] = pivtap_card::factory::PIN.as_bytes();
 /// The PUK a new card ships with.
-pub const DEFAULT_PUK: &[u8] = crate::factory::PUK.as_bytes();
+pub const DEFAULT_PUK: &[u8] = pivtap_card::factory::PUK.as_bytes();
 
 /// Tries for the PIN and for the PUK after a RESET, as on a new card.
 pub const FACTORY_RETRIES: u8 = 3;

@@ -19,8 +19,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use crate::trace::ApduTracer;
-use crate::virtual_card::{CardOptions, Interface, VirtualCardBackend};
+use crate::{CardOptions, Interface, VirtualCardBackend};
+use pivtap_card::trace::ApduTracer;
 
 /// vpcd's first port: reader "Virtual PCD 00 00".
 pub const DEFAULT_PORT: u16 = 35963;
@@ -373,7 +373,7 @@ fn quick_ack(stream: &TcpStream) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::virtual_card::{NewCard, VirtualCard};
+    use crate::{NewCard, VirtualCard};
     use std::net::TcpListener;
 
     /// vpcd's side of the protocol, played by the test.

@@ -160,7 +160,7 @@ use zeroize::Zeroizing;
 use super::keys::{KeyError, SlotKey};
 use super::protection::{KdfParams, ProtectionError, SealedKey, WrappedKey};
 use super::quirks::{Quirk, Quirks, UnknownQuirk};
-use crate::management_key::{ManagementKey, ManagementKeyError};
+use pivtap_card::management_key::{ManagementKey, ManagementKeyError};
 
 /// The value of the `format` field.
 pub const IMAGE_FORMAT: &str = "pivtap-card-image";
