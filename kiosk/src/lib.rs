@@ -7,6 +7,7 @@
 #![warn(missing_docs)]
 
 pub mod admin_exit;
+pub mod builder;
 pub mod card_signer;
 pub mod card_worker;
 pub mod config;

@@ -82,6 +82,62 @@ pub struct RuntimeParts {
     pub board: SessionBoard,
     /// Called with the function key's number (the demo taps cards with F-keys).
     pub on_function_key: Option<FunctionKeyHandler>,
+    /// Where each request to the server is timed, if anywhere (`pivtap bench tap`).
+    pub timings: Option<UnboundedSender<RequestTiming>>,
+}
+
+/// A request the runtime made to the server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Request {
+    /// `POST /v1/challenges`: the challenge held in advance for the next tap.
+    Challenge,
+    /// `POST /v1/assertions`: a sign-in.
+    SignIn,
+    /// `GET /v1/pin-policy`.
+    PinPolicy,
+    /// `GET /readyz`, when nothing else went out for [`PROBE_INTERVAL`].
+    Probe,
+    /// `POST /v1/sign-outs`: a session's end reported.
+    SignOut,
+}
+
+/// How long one request to the server took (measurements only: nothing here is secret).
+#[derive(Debug, Clone, Copy)]
+pub struct RequestTiming {
+    /// Which request.
+    pub request: Request,
+    /// When it was sent.
+    pub started: Instant,
+    /// Until its answer (or its failure).
+    pub took: Duration,
+    /// Whether it succeeded.
+    pub ok: bool,
+}
+
+/// Sends one [`RequestTiming`] to an optional sink.
+#[derive(Clone, Default)]
+struct Timings(Option<UnboundedSender<RequestTiming>>);
+
+impl Timings {
+    /// Awaits `request`, timing it into the sink.
+    async fn time<T, E>(
+        &self,
+        request: Request,
+        future: impl std::future::Future<Output = Result<T, E>>,
+    ) -> Result<T, E> {
+        let started = Instant::now();
+        let result = future.await;
+        if let Some(sink) = &self.0 {
+            let _ = sink.send(RequestTiming {
+                request,
+                started,
+                took: started.elapsed(),
+                ok: result.is_ok(),
+            });
+        }
+        result
+    }
 }
 
 /// Why the kiosk stopped with an error.
@@ -156,6 +212,7 @@ struct Runtime {
     pin_policy: PolicyFetch,
     tick_at: Option<Instant>,
     on_function_key: Option<FunctionKeyHandler>,
+    timings: Timings,
     /// Sign-outs being reported to the server; awaited (bounded) before [`run`] returns, so
     /// the one a shutdown makes is not lost with the process.
     sign_out_reports: tokio::task::JoinSet<()>,
@@ -203,6 +260,7 @@ pub async fn run(
         pin_policy: PolicyFetch::Unknown,
         tick_at: None,
         on_function_key: parts.on_function_key,
+        timings: Timings(parts.timings),
         sign_out_reports: tokio::task::JoinSet::new(),
     };
     runtime.keep_challenge_fresh(now);
@@ -281,8 +339,11 @@ impl Runtime {
                     let client = self.client.clone();
                     let network = self.network.clone();
                     let card = signer_fingerprint(&assertion);
+                    let timings = self.timings.clone();
                     tokio::spawn(async move {
-                        let result = client.sign_in(&assertion).await;
+                        let result = timings
+                            .time(Request::SignIn, client.sign_in(&assertion))
+                            .await;
                         let _ = network.send(Network::SignIn { work, result, card });
                     });
                 }
@@ -393,8 +454,9 @@ impl Runtime {
         self.pin_policy = PolicyFetch::Fetching;
         let client = self.client.clone();
         let network = self.network.clone();
+        let timings = self.timings.clone();
         tokio::spawn(async move {
-            let result = client.pin_policy().await;
+            let result = timings.time(Request::PinPolicy, client.pin_policy()).await;
             let _ = network.send(Network::PinPolicy(result));
         });
     }
@@ -469,8 +531,9 @@ impl Runtime {
         self.probing = true;
         let client = self.client.clone();
         let network = self.network.clone();
+        let timings = self.timings.clone();
         tokio::spawn(async move {
-            let result = client.ready().await;
+            let result = timings.time(Request::Probe, client.ready()).await;
             let _ = network.send(Network::Probe(result));
         });
     }
@@ -487,8 +550,11 @@ impl Runtime {
         let client = self.client.clone();
         let device = self.device.clone();
         let network = self.network.clone();
+        let timings = self.timings.clone();
         tokio::spawn(async move {
-            let result = client.challenge(&device).await;
+            let result = timings
+                .time(Request::Challenge, client.challenge(&device))
+                .await;
             let _ = network.send(Network::Challenge(result));
         });
     }
@@ -521,10 +587,14 @@ impl Runtime {
             .and_then(|value| value.as_str().map(str::to_owned))
             .unwrap_or_else(|| "unknown".to_owned());
         let client = self.client.clone();
+        let timings = self.timings.clone();
         // Finished reports are reaped here, so the set holds only those under way.
         while self.sign_out_reports.try_join_next().is_some() {}
         self.sign_out_reports.spawn(async move {
-            match client.sign_out(&token, &reason).await {
+            match timings
+                .time(Request::SignOut, client.sign_out(&token, &reason))
+                .await
+            {
                 Ok(_) => tracing::debug!(%reason, "the server recorded the sign-out"),
                 Err(error) => {
                     tracing::warn!(%error, %reason, "the server did not record the sign-out")
