@@ -16,5 +16,6 @@ pub mod headless;
 pub mod local_api;
 pub mod readers;
 pub mod runtime;
+pub mod tap_bench;
 pub mod terminal;
 pub mod tui;

@@ -16,10 +16,10 @@ use pivtap_card::reader_monitor::MonitorFilter;
 use pivtap_card::virtual_card::image::CardImage;
 use pivtap_card::virtual_card::{VirtualCard, VirtualCardBackend};
 use pivtap_card::vpcd::{Attachment, AttachmentSummary, Detacher, VpcdError};
+use pivtap_kiosk::builder::{FaceChoice, KioskBuilder, KioskError};
 use pivtap_kiosk::core::{Kiosk, NoticeCode, SessionEvent, SignOutReason};
 use pivtap_kiosk::local_api::SessionBoard;
 use pivtap_kiosk::readers::{PcscReaders, ReaderSource, ReaderUpdate, ReaderWatch};
-use pivtap_kiosk::builder::{FaceChoice, KioskBuilder, KioskError};
 use pivtap_kiosk::runtime::{Face, Input};
 use pivtap_server_client::client::Client;
 use pivtap_server_client::server::embedded::EmbeddedServer;
@@ -289,7 +289,9 @@ impl Harness {
         let (events_tx, events) = unbounded_channel();
         let kiosk = KioskBuilder::new(DEVICE, kiosk_client, Arc::new(vpcd_readers()))
             .board(board.clone())
-            .face(FaceChoice::Custom(Box::new(RecordingFace { events: events_tx })))
+            .face(FaceChoice::Custom(Box::new(RecordingFace {
+                events: events_tx,
+            })))
             .spawn();
         let (inputs, running) = (kiosk.inputs, kiosk.task);
         Harness {

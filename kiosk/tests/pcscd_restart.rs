@@ -17,9 +17,9 @@ use pivtap_card::reader_monitor::MonitorFilter;
 use pivtap_card::virtual_card::image::CardImage;
 use pivtap_card::virtual_card::{VirtualCard, VirtualCardBackend};
 use pivtap_card::vpcd::{Attachment, AttachmentSummary, Detacher, VpcdError};
+use pivtap_kiosk::builder::{KioskBuilder, KioskError};
 use pivtap_kiosk::core::{NoticeCode, SessionEvent};
 use pivtap_kiosk::readers::PcscReaders;
-use pivtap_kiosk::builder::{KioskBuilder, KioskError};
 use pivtap_kiosk::runtime::Input;
 use pivtap_server_client::server::embedded::EmbeddedServer;
 use pivtap_server_client::store::{User, UserState};
@@ -146,7 +146,6 @@ impl Drop for InReader {
         }
     }
 }
-
 
 async fn expect(
     events: &mut UnboundedReceiver<SessionEvent>,
