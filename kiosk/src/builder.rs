@@ -478,3 +478,192 @@ impl Face for TeeFace {
         let _ = self.sink.send(event.clone());
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::net::{Ipv4Addr, SocketAddr};
+    use std::path::{Path, PathBuf};
+    use std::sync::Mutex;
+
+    use pivtap_card::virtual_card::image::CardImage;
+    use pivtap_card::virtual_card::{VirtualCard, VirtualCardBackend};
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    use tokio::net::TcpStream;
+    use zeroize::Zeroizing;
+
+    use super::*;
+    use crate::local_api::local_connection_limits;
+    use crate::readers::VirtualReaders;
+
+    const DESK: &str = "Desk reader";
+
+    fn fixtures() -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../fixtures")
+    }
+
+    /// A client of a server that is not there: the kiosk runs, it only cannot sign anyone in.
+    fn nowhere() -> Client {
+        Client::new(
+            "https://127.0.0.1:9",
+            ServerTrust::SystemRoots,
+            Duration::from_secs(1),
+        )
+        .expect("a client")
+    }
+
+    fn free_port() -> u16 {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|listener| listener.local_addr())
+            .expect("a free port")
+            .port()
+    }
+
+    /// The status line of `GET path` at `address`.
+    async fn status_line(address: SocketAddr, path: &str) -> std::io::Result<String> {
+        let mut stream = TcpStream::connect(address).await?;
+        let request =
+            format!("GET {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n");
+        stream.write_all(request.as_bytes()).await?;
+        let mut answer = Vec::new();
+        stream.read_to_end(&mut answer).await?;
+        let text = String::from_utf8_lossy(&answer);
+        Ok(text.lines().next().unwrap_or_default().to_owned())
+    }
+
+    #[tokio::test]
+    async fn the_local_api_is_served_while_the_kiosk_runs_and_closed_when_it_stops() {
+        let listen = SocketAddr::from((Ipv4Addr::LOCALHOST, free_port()));
+        let kiosk = KioskBuilder::new(
+            "builder-kiosk",
+            nowhere(),
+            Arc::new(VirtualReaders::new(&[DESK])),
+        )
+        .local_api(LocalApiConfig {
+            listen,
+            access_token: Zeroizing::new("t".repeat(32)),
+            device: "builder-kiosk".to_owned(),
+            connections: local_connection_limits(),
+        })
+        .spawn();
+        let mut answered = None;
+        for _ in 0..100 {
+            if let Ok(line) = status_line(listen, "/v1/session").await {
+                answered = Some(line);
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let line = answered.expect("the local API answers while the kiosk runs");
+        assert!(line.starts_with("HTTP/1.1 "), "{line}");
+        kiosk.stop().await.expect("the kiosk stops cleanly");
+        assert!(
+            TcpStream::connect(listen).await.is_err(),
+            "the local API still listens after the kiosk stopped"
+        );
+    }
+
+    /// A face that keeps what it was shown.
+    struct Shown(Arc<Mutex<Vec<SessionEvent>>>);
+
+    impl Face for Shown {
+        fn refresh(&mut self, _kiosk: &Kiosk, _server_reachable: bool, _now: std::time::Instant) {}
+
+        fn session_event(&mut self, event: &SessionEvent, _token: Option<&str>) {
+            self.0.lock().expect("not poisoned").push(event.clone());
+        }
+    }
+
+    #[tokio::test]
+    async fn the_event_sink_gets_each_event_the_face_shows_and_ending_the_inputs_stops_the_kiosk() {
+        let readers = VirtualReaders::new(&[DESK]);
+        let shown = Arc::new(Mutex::new(Vec::new()));
+        let (sink, mut events) = unbounded_channel();
+        let builder = KioskBuilder::new("builder-kiosk", nowhere(), Arc::new(readers.clone()))
+            .face(FaceChoice::Custom(Box::new(Shown(Arc::clone(&shown)))))
+            .event_sink(sink);
+        let inputs = builder.inputs();
+        let task = tokio::spawn(builder.run());
+        let image = CardImage::load(fixtures().join("cards/alice.toml")).expect("alice's image");
+        readers.insert(
+            DESK,
+            VirtualCardBackend::new(VirtualCard::from_image(&image).expect("a card"), "alice"),
+        );
+        let first = tokio::time::timeout(Duration::from_secs(20), events.recv())
+            .await
+            .expect("an event within 20 s")
+            .expect("the kiosk runs");
+        assert!(
+            matches!(&first, SessionEvent::CardPresent { reader } if reader == DESK),
+            "{first:?}"
+        );
+        // The caller's was the last sender: the kiosk stops when it goes.
+        drop(inputs);
+        tokio::time::timeout(Duration::from_secs(10), task)
+            .await
+            .expect("the kiosk stops within 10 s")
+            .expect("the task ends")
+            .expect("the kiosk stops cleanly");
+        let shown = shown.lock().expect("not poisoned").clone();
+        assert_eq!(shown.first(), Some(&first), "{shown:?}");
+        let mut sunk = vec![first];
+        while let Ok(event) = events.try_recv() {
+            sunk.push(event);
+        }
+        assert_eq!(shown, sunk);
+    }
+
+    fn write_config(dir: &Path, server: &str) -> KioskConfig {
+        let path = dir.join("kiosk.toml");
+        std::fs::write(
+            &path,
+            format!(
+                "device = \"kiosk-07\"\n[server]\nurl = \"https://auth.example.test\"\n{server}"
+            ),
+        )
+        .expect("the configuration is written");
+        KioskConfig::load(&path).expect("the configuration loads")
+    }
+
+    #[test]
+    fn from_config_refuses_a_ca_file_without_a_certificate_and_makes_nothing() {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        std::fs::write(dir.path().join("empty.pem"), "no certificate here\n").expect("written");
+        let config = write_config(dir.path(), "ca = \"empty.pem\"\n");
+        let error = KioskBuilder::from_config(&config)
+            .err()
+            .expect("a CA file without a certificate is refused");
+        assert!(
+            matches!(error, KioskError::Client(ClientError::Config { .. })),
+            "{error:?}"
+        );
+        assert!(error.to_string().contains("empty.pem"), "{error}");
+        assert!(
+            !dir.path().join("local-api.token").exists(),
+            "no access token is made for a kiosk that cannot start"
+        );
+    }
+
+    #[test]
+    fn from_config_makes_the_local_api_token_and_keeps_the_device() {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        std::fs::copy(fixtures().join("ca/test-ca.pem"), dir.path().join("ca.pem"))
+            .expect("copied");
+        let config = write_config(dir.path(), "ca = \"ca.pem\"\n");
+        let builder = KioskBuilder::from_config(&config).expect("the kiosk is built");
+        assert_eq!(builder.device, "kiosk-07");
+        let (api, need) = builder.local_api.as_ref().expect("a local API");
+        assert_eq!(*need, LocalApiNeed::Required);
+        assert_eq!(api.listen, config.local_api.listen);
+        let token =
+            std::fs::read_to_string(dir.path().join("local-api.token")).expect("the token file");
+        assert_eq!(token.trim(), api.access_token.as_str());
+        assert!(matches!(
+            KioskBuilder::terminal_face(&config),
+            FaceChoice::Terminal {
+                help: None,
+                quit: QuitKeys::Administrator(_),
+                ..
+            }
+        ));
+    }
+}

@@ -50,10 +50,13 @@ pub enum BenchCommand {
     /// pre-signed assertion, so the server does a sign-in's full work while
     /// the load generator only sends. Bounded by --requests and --max-seconds.
     Server(Box<ServerBenchArgs>),
-    /// Taps through the kiosk's card path: read (CHUID, certificate from the
-    /// cache after the first tap, PIN tries), challenge, VERIFY and signature,
-    /// assertion; from "card present" to the session token. Prints the APDUs,
-    /// bytes and card time of the first and of the repeat taps.
+    /// Taps through the kiosk itself (its runtime, card thread and server
+    /// client, as `pivtap kiosk` runs them): read (CHUID, certificate from the
+    /// cache after the first tap, PIN tries), VERIFY and signature with the
+    /// challenge the kiosk holds, assertion; from "card present" to the session
+    /// token, then the badge leaves (sign-out). Prints the APDUs, bytes and card
+    /// time of the first and of the repeat taps, and the challenge request the
+    /// kiosk makes during each tap for the next one.
     Tap(Box<TapBenchArgs>),
 }
 
