@@ -336,16 +336,12 @@ impl Runtime {
             }
             CardJobResult::Signed { work, result } => match result {
                 Ok(assertion) => {
-                    let client = self.client.clone();
-                    let network = self.network.clone();
                     let card = signer_fingerprint(&assertion);
-                    let timings = self.timings.clone();
-                    tokio::spawn(async move {
-                        let result = timings
-                            .time(Request::SignIn, client.sign_in(&assertion))
-                            .await;
-                        let _ = network.send(Network::SignIn { work, result, card });
-                    });
+                    self.ask(
+                        Request::SignIn,
+                        move |client| async move { client.sign_in(&assertion).await },
+                        move |result| Network::SignIn { work, result, card },
+                    );
                 }
                 Err(failure) => self.core_event(Event::AuthFailed { work, failure }, face),
             },
@@ -452,12 +448,29 @@ impl Runtime {
             return;
         }
         self.pin_policy = PolicyFetch::Fetching;
+        self.ask(
+            Request::PinPolicy,
+            |client| async move { client.pin_policy().await },
+            Network::PinPolicy,
+        );
+    }
+
+    /// Sends one request to the server in the background, timed ([`RequestTiming`]); its
+    /// result comes back to the loop as `deliver` makes it.
+    fn ask<T, F>(
+        &self,
+        request: Request,
+        call: impl FnOnce(Client) -> F + Send + 'static,
+        deliver: impl FnOnce(Result<T, ClientError>) -> Network + Send + 'static,
+    ) where
+        F: std::future::Future<Output = Result<T, ClientError>> + Send,
+    {
         let client = self.client.clone();
         let network = self.network.clone();
         let timings = self.timings.clone();
         tokio::spawn(async move {
-            let result = timings.time(Request::PinPolicy, client.pin_policy()).await;
-            let _ = network.send(Network::PinPolicy(result));
+            let result = timings.time(request, call(client)).await;
+            let _ = network.send(deliver(result));
         });
     }
 
@@ -529,13 +542,11 @@ impl Runtime {
             return;
         }
         self.probing = true;
-        let client = self.client.clone();
-        let network = self.network.clone();
-        let timings = self.timings.clone();
-        tokio::spawn(async move {
-            let result = timings.time(Request::Probe, client.ready()).await;
-            let _ = network.send(Network::Probe(result));
-        });
+        self.ask(
+            Request::Probe,
+            |client| async move { client.ready().await },
+            Network::Probe,
+        );
     }
 
     /// Keeps one unexpired challenge in hand, fetching the next before it runs out.
@@ -547,16 +558,12 @@ impl Runtime {
             return;
         }
         self.fetching_challenge = true;
-        let client = self.client.clone();
         let device = self.device.clone();
-        let network = self.network.clone();
-        let timings = self.timings.clone();
-        tokio::spawn(async move {
-            let result = timings
-                .time(Request::Challenge, client.challenge(&device))
-                .await;
-            let _ = network.send(Network::Challenge(result));
-        });
+        self.ask(
+            Request::Challenge,
+            move |client| async move { client.challenge(&device).await },
+            Network::Challenge,
+        );
     }
 
     fn start_signing(&mut self, work: WorkId, reader: String, pin: pivtap_apdu::piv::Pin) {

@@ -9,7 +9,7 @@ use pivtap_card::virtual_card::image::CardImage;
 use pivtap_card::virtual_card::{VirtualCard, VirtualCardBackend};
 use pivtap_kiosk::core::NoticeCode;
 use pivtap_kiosk::readers::VirtualReaders;
-use pivtap_kiosk::tap_bench::{TapBench, TapBenchError, measure_taps};
+use pivtap_kiosk::tap_bench::{TapBench, TapBenchError, TapFigures, measure_taps};
 use pivtap_server_client::server::embedded::EmbeddedServer;
 use pivtap_server_client::store::{User, UserState};
 use zeroize::Zeroizing;
@@ -35,26 +35,23 @@ async fn server(dir: &Path) -> EmbeddedServer {
         .expect("the embedded server starts")
 }
 
-/// Alice's badge in the one desk reader.
-fn desk_with_alice() -> (VirtualReaders, VirtualCardBackend) {
+/// Measures `taps` taps of alice's badge, typing `pin`, against a fresh embedded server;
+/// returns the figures and the badge.
+async fn measure(
+    pin: &str,
+    taps: u32,
+) -> (Result<Vec<TapFigures>, TapBenchError>, VirtualCardBackend) {
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let server = server(dir.path()).await;
     let image = CardImage::load(fixtures().join("cards/alice.toml")).expect("alice's image");
     let badge = VirtualCardBackend::new(VirtualCard::from_image(&image).expect("a card"), "alice");
     let readers = VirtualReaders::new(&[DESK]);
     readers.insert(DESK, badge.clone());
-    (readers, badge)
-}
-
-async fn bench(
-    server: &EmbeddedServer,
-    readers: VirtualReaders,
-    pin: &str,
-    taps: u32,
-) -> Result<Vec<pivtap_kiosk::tap_bench::TapFigures>, TapBenchError> {
     let client = server
         .device_client(DEVICE, Duration::from_secs(5))
         .await
         .expect("the kiosk is registered");
-    measure_taps(TapBench {
+    let measured = measure_taps(TapBench {
         readers: Arc::new(readers),
         reader: DESK.to_owned(),
         client,
@@ -62,17 +59,15 @@ async fn bench(
         pin: Zeroizing::new(pin.to_owned()),
         taps,
     })
-    .await
+    .await;
+    server.stop();
+    (measured, badge)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn taps_through_the_kiosk_count_the_first_and_the_cached_repeat_tap() {
-    let dir = tempfile::tempdir().expect("a temporary directory");
-    let server = server(dir.path()).await;
-    let (readers, badge) = desk_with_alice();
-    let taps = bench(&server, readers, "123456", 3)
-        .await
-        .expect("three taps are measured");
+    let (measured, badge) = measure("123456", 3).await;
+    let taps = measured.expect("three taps are measured");
     assert_eq!(taps.len(), 3);
     let apdus = |i: usize| (taps[i].read.apdus, taps[i].sign.apdus);
     // First tap: SELECT, CHUID, certificate, PIN tries; then SELECT, VERIFY (tries), VERIFY,
@@ -109,12 +104,8 @@ async fn taps_through_the_kiosk_count_the_first_and_the_cached_repeat_tap() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_wrong_pin_ends_the_measurement_at_the_first_tap_with_the_kiosks_notice() {
-    let dir = tempfile::tempdir().expect("a temporary directory");
-    let server = server(dir.path()).await;
-    let (readers, _badge) = desk_with_alice();
-    let error = bench(&server, readers, "999999", 5)
-        .await
-        .expect_err("a wrong PIN is not measured");
+    let (measured, _badge) = measure("999999", 5).await;
+    let error = measured.expect_err("a wrong PIN is not measured");
     assert!(
         matches!(
             error,
