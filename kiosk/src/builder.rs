@@ -43,6 +43,8 @@ use crate::tui::Branding;
 const LOCAL_API_STOP_WAIT: Duration = Duration::from_secs(2);
 
 /// How the kiosk shows itself.
+// Chosen once per kiosk: the terminal's settings are not worth a box.
+#[allow(clippy::large_enum_variant)]
 pub enum FaceChoice {
     /// Nothing is shown: session events go only to the event sink (tests, measurements).
     None,

@@ -2,7 +2,9 @@
 //!
 //! [`core`] is the pure state machine (events in, effects out, no I/O); the
 //! runtime, the terminal UI, the headless mode and the local session API are
-//! built on it.
+//! built on it, and [`builder::KioskBuilder`] is the one way to start a kiosk
+//! (`pivtap kiosk`, `pivtap demo`, `pivtap bench tap` through [`tap_bench`], the
+//! tests).
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 

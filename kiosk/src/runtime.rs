@@ -68,22 +68,22 @@ pub trait Face: Send {
 /// What the demo does with a function key (taps and removes its cards).
 pub type FunctionKeyHandler = Box<dyn FnMut(u8) + Send>;
 
-/// Everything the runtime needs.
-pub struct RuntimeParts {
+/// Everything the runtime needs ([`crate::builder::KioskBuilder`] gathers it).
+pub(crate) struct RuntimeParts {
     /// The core's settings.
-    pub core: CoreConfig,
+    pub(crate) core: CoreConfig,
     /// Where cards come from.
-    pub readers: Arc<dyn ReaderSource>,
+    pub(crate) readers: Arc<dyn ReaderSource>,
     /// The server.
-    pub client: Client,
+    pub(crate) client: Client,
     /// This device's id.
-    pub device: String,
+    pub(crate) device: String,
     /// The session board the local API reads.
-    pub board: SessionBoard,
+    pub(crate) board: SessionBoard,
     /// Called with the function key's number (the demo taps cards with F-keys).
-    pub on_function_key: Option<FunctionKeyHandler>,
+    pub(crate) on_function_key: Option<FunctionKeyHandler>,
     /// Where each request to the server is timed, if anywhere (`pivtap bench tap`).
-    pub timings: Option<UnboundedSender<RequestTiming>>,
+    pub(crate) timings: Option<UnboundedSender<RequestTiming>>,
 }
 
 /// A request the runtime made to the server.
@@ -219,11 +219,12 @@ struct Runtime {
 }
 
 /// Runs the kiosk until [`Input::Quit`] (or the input channel or the readers' updates end);
-/// before it returns, any session ends cleanly ([`Event::Shutdown`]).
+/// before it returns, any session ends cleanly ([`Event::Shutdown`]). Kiosks are started
+/// through [`crate::builder::KioskBuilder`], the one way in.
 ///
 /// # Errors
 /// [`RuntimeError`] when the readers cannot be watched at all.
-pub async fn run(
+pub(crate) async fn run(
     parts: RuntimeParts,
     face: &mut dyn Face,
     mut inputs: UnboundedReceiver<Input>,
