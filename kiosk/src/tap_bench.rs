@@ -77,7 +77,7 @@ pub enum TapBenchError {
     #[error("the server gave the kiosk no challenge (see the log above)")]
     NoChallenge,
     /// The kiosk reported a problem during a tap (a wrong PIN, a refused sign-in, a card error).
-    #[error("tap {tap}: {message} ({code:?})")]
+    #[error("tap {tap}: {message} ({})", .code.as_str())]
     Refused {
         /// Which tap (1 is the first).
         tap: usize,
