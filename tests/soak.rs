@@ -20,11 +20,11 @@ use std::time::{Duration, Instant};
 use common::RunningServer;
 use pivtap_client::client::{AuditFilter, Client, ServerTrust};
 use pivtap_client::device::DeviceCredential;
-use pivtap_kiosk::core::{CoreConfig, Kiosk, SessionEvent};
+use pivtap_kiosk::builder::{FaceChoice, KioskBuilder, KioskError};
+use pivtap_kiosk::core::{Kiosk, SessionEvent};
 use pivtap_kiosk::headless::event_line;
-use pivtap_kiosk::local_api::SessionBoard;
 use pivtap_kiosk::readers::VirtualReaders;
-use pivtap_kiosk::runtime::{self, Face, Input, RuntimeParts};
+use pivtap_kiosk::runtime::{Face, Input};
 use pivtap_vcard::image::CardImage;
 use pivtap_vcard::{VirtualCard, VirtualCardBackend};
 use time::OffsetDateTime;
@@ -112,7 +112,7 @@ struct StartedKiosk {
     readers: VirtualReaders,
     inputs: UnboundedSender<Input>,
     events: UnboundedReceiver<SessionEvent>,
-    task: tokio::task::JoinHandle<Result<(), runtime::RuntimeError>>,
+    task: tokio::task::JoinHandle<Result<(), KioskError>>,
 }
 
 /// A kiosk runtime with one virtual reader of its own, `reader`, signing in as `device`
@@ -127,34 +127,26 @@ fn start_kiosk(
 ) -> StartedKiosk {
     let readers = VirtualReaders::new(&[reader]);
     let trust = ServerTrust::from_pem_file(&server.ca).expect("tls.crt");
-    let parts = RuntimeParts {
-        core: CoreConfig::default(),
-        readers: Arc::new(readers.clone()),
-        client: Client::new(&server.url, trust, timeout)
-            .expect("a client")
-            .with_device_credential(Arc::new(
-                DeviceCredential::load_dir(&server.device_credential(device))
-                    .expect("the device's credential"),
-            )),
-        device: device.to_owned(),
-        board: SessionBoard::new(),
-        on_function_key: None,
-    };
-    let (inputs, inputs_rx) = unbounded_channel();
+    let client = Client::new(&server.url, trust, timeout)
+        .expect("a client")
+        .with_device_credential(Arc::new(
+            DeviceCredential::load_dir(&server.device_credential(device))
+                .expect("the device's credential"),
+        ));
     let (events_tx, events) = unbounded_channel();
     let log = File::create(logs.join(format!("{device}.jsonl"))).expect("a log");
-    let kiosk = tokio::spawn(async move {
-        let mut face = LoggingFace {
-            events: events_tx,
-            log,
-        };
-        runtime::run(parts, &mut face, inputs_rx).await
-    });
+    let face = LoggingFace {
+        events: events_tx,
+        log,
+    };
+    let kiosk = KioskBuilder::new(device, client, Arc::new(readers.clone()))
+        .face(FaceChoice::Custom(Box::new(face)))
+        .spawn();
     StartedKiosk {
         readers,
-        inputs,
+        inputs: kiosk.inputs,
         events,
-        task: kiosk,
+        task: kiosk.task,
     }
 }
 

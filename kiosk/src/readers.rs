@@ -95,6 +95,13 @@ impl ReaderWatch {
             stop: Some(Box::new(stop)),
         }
     }
+
+    /// A watch with nothing to stop: the source sends its updates itself (a measurement
+    /// playing taps to the runtime).
+    #[must_use]
+    pub fn idle() -> Self {
+        ReaderWatch { stop: None }
+    }
 }
 
 impl Drop for ReaderWatch {

@@ -68,20 +68,76 @@ pub trait Face: Send {
 /// What the demo does with a function key (taps and removes its cards).
 pub type FunctionKeyHandler = Box<dyn FnMut(u8) + Send>;
 
-/// Everything the runtime needs.
-pub struct RuntimeParts {
+/// Everything the runtime needs ([`crate::builder::KioskBuilder`] gathers it).
+pub(crate) struct RuntimeParts {
     /// The core's settings.
-    pub core: CoreConfig,
+    pub(crate) core: CoreConfig,
     /// Where cards come from.
-    pub readers: Arc<dyn ReaderSource>,
+    pub(crate) readers: Arc<dyn ReaderSource>,
     /// The server.
-    pub client: Client,
+    pub(crate) client: Client,
     /// This device's id.
-    pub device: String,
+    pub(crate) device: String,
     /// The session board the local API reads.
-    pub board: SessionBoard,
+    pub(crate) board: SessionBoard,
     /// Called with the function key's number (the demo taps cards with F-keys).
-    pub on_function_key: Option<FunctionKeyHandler>,
+    pub(crate) on_function_key: Option<FunctionKeyHandler>,
+    /// Where each request to the server is timed, if anywhere (`pivtap bench tap`).
+    pub(crate) timings: Option<UnboundedSender<RequestTiming>>,
+}
+
+/// A request the runtime made to the server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Request {
+    /// `POST /v1/challenges`: the challenge held in advance for the next tap.
+    Challenge,
+    /// `POST /v1/assertions`: a sign-in.
+    SignIn,
+    /// `GET /v1/pin-policy`.
+    PinPolicy,
+    /// `GET /readyz`, when nothing else went out for [`PROBE_INTERVAL`].
+    Probe,
+    /// `POST /v1/sign-outs`: a session's end reported.
+    SignOut,
+}
+
+/// How long one request to the server took (measurements only: nothing here is secret).
+#[derive(Debug, Clone, Copy)]
+pub struct RequestTiming {
+    /// Which request.
+    pub request: Request,
+    /// When it was sent.
+    pub started: Instant,
+    /// Until its answer (or its failure).
+    pub took: Duration,
+    /// Whether it succeeded.
+    pub ok: bool,
+}
+
+/// Sends one [`RequestTiming`] to an optional sink.
+#[derive(Clone, Default)]
+struct Timings(Option<UnboundedSender<RequestTiming>>);
+
+impl Timings {
+    /// Awaits `request`, timing it into the sink.
+    async fn time<T, E>(
+        &self,
+        request: Request,
+        future: impl std::future::Future<Output = Result<T, E>>,
+    ) -> Result<T, E> {
+        let started = Instant::now();
+        let result = future.await;
+        if let Some(sink) = &self.0 {
+            let _ = sink.send(RequestTiming {
+                request,
+                started,
+                took: started.elapsed(),
+                ok: result.is_ok(),
+            });
+        }
+        result
+    }
 }
 
 /// Why the kiosk stopped with an error.
@@ -156,17 +212,19 @@ struct Runtime {
     pin_policy: PolicyFetch,
     tick_at: Option<Instant>,
     on_function_key: Option<FunctionKeyHandler>,
+    timings: Timings,
     /// Sign-outs being reported to the server; awaited (bounded) before [`run`] returns, so
     /// the one a shutdown makes is not lost with the process.
     sign_out_reports: tokio::task::JoinSet<()>,
 }
 
 /// Runs the kiosk until [`Input::Quit`] (or the input channel or the readers' updates end);
-/// before it returns, any session ends cleanly ([`Event::Shutdown`]).
+/// before it returns, any session ends cleanly ([`Event::Shutdown`]). Kiosks are started
+/// through [`crate::builder::KioskBuilder`], the one way in.
 ///
 /// # Errors
 /// [`RuntimeError`] when the readers cannot be watched at all.
-pub async fn run(
+pub(crate) async fn run(
     parts: RuntimeParts,
     face: &mut dyn Face,
     mut inputs: UnboundedReceiver<Input>,
@@ -203,6 +261,7 @@ pub async fn run(
         pin_policy: PolicyFetch::Unknown,
         tick_at: None,
         on_function_key: parts.on_function_key,
+        timings: Timings(parts.timings),
         sign_out_reports: tokio::task::JoinSet::new(),
     };
     runtime.keep_challenge_fresh(now);
@@ -278,13 +337,12 @@ impl Runtime {
             }
             CardJobResult::Signed { work, result } => match result {
                 Ok(assertion) => {
-                    let client = self.client.clone();
-                    let network = self.network.clone();
                     let card = signer_fingerprint(&assertion);
-                    tokio::spawn(async move {
-                        let result = client.sign_in(&assertion).await;
-                        let _ = network.send(Network::SignIn { work, result, card });
-                    });
+                    self.ask(
+                        Request::SignIn,
+                        move |client| async move { client.sign_in(&assertion).await },
+                        move |result| Network::SignIn { work, result, card },
+                    );
                 }
                 Err(failure) => self.core_event(Event::AuthFailed { work, failure }, face),
             },
@@ -391,11 +449,29 @@ impl Runtime {
             return;
         }
         self.pin_policy = PolicyFetch::Fetching;
+        self.ask(
+            Request::PinPolicy,
+            |client| async move { client.pin_policy().await },
+            Network::PinPolicy,
+        );
+    }
+
+    /// Sends one request to the server in the background, timed ([`RequestTiming`]); its
+    /// result comes back to the loop as `deliver` makes it.
+    fn ask<T, F>(
+        &self,
+        request: Request,
+        call: impl FnOnce(Client) -> F + Send + 'static,
+        deliver: impl FnOnce(Result<T, ClientError>) -> Network + Send + 'static,
+    ) where
+        F: std::future::Future<Output = Result<T, ClientError>> + Send,
+    {
         let client = self.client.clone();
         let network = self.network.clone();
+        let timings = self.timings.clone();
         tokio::spawn(async move {
-            let result = client.pin_policy().await;
-            let _ = network.send(Network::PinPolicy(result));
+            let result = timings.time(request, call(client)).await;
+            let _ = network.send(deliver(result));
         });
     }
 
@@ -467,12 +543,11 @@ impl Runtime {
             return;
         }
         self.probing = true;
-        let client = self.client.clone();
-        let network = self.network.clone();
-        tokio::spawn(async move {
-            let result = client.ready().await;
-            let _ = network.send(Network::Probe(result));
-        });
+        self.ask(
+            Request::Probe,
+            |client| async move { client.ready().await },
+            Network::Probe,
+        );
     }
 
     /// Keeps one unexpired challenge in hand, fetching the next before it runs out.
@@ -484,13 +559,12 @@ impl Runtime {
             return;
         }
         self.fetching_challenge = true;
-        let client = self.client.clone();
         let device = self.device.clone();
-        let network = self.network.clone();
-        tokio::spawn(async move {
-            let result = client.challenge(&device).await;
-            let _ = network.send(Network::Challenge(result));
-        });
+        self.ask(
+            Request::Challenge,
+            move |client| async move { client.challenge(&device).await },
+            Network::Challenge,
+        );
     }
 
     fn start_signing(&mut self, work: WorkId, reader: String, pin: pivtap_apdu::piv::Pin) {
@@ -521,10 +595,14 @@ impl Runtime {
             .and_then(|value| value.as_str().map(str::to_owned))
             .unwrap_or_else(|| "unknown".to_owned());
         let client = self.client.clone();
+        let timings = self.timings.clone();
         // Finished reports are reaped here, so the set holds only those under way.
         while self.sign_out_reports.try_join_next().is_some() {}
         self.sign_out_reports.spawn(async move {
-            match client.sign_out(&token, &reason).await {
+            match timings
+                .time(Request::SignOut, client.sign_out(&token, &reason))
+                .await
+            {
                 Ok(_) => tracing::debug!(%reason, "the server recorded the sign-out"),
                 Err(error) => {
                     tracing::warn!(%error, %reason, "the server did not record the sign-out")

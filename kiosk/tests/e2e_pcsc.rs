@@ -14,10 +14,11 @@ use std::time::Duration;
 use pivtap_card::pcsc::PcscContext;
 use pivtap_card::reader_monitor::MonitorFilter;
 use pivtap_client::client::Client;
-use pivtap_kiosk::core::{CoreConfig, Kiosk, NoticeCode, SessionEvent, SignOutReason};
+use pivtap_kiosk::builder::{FaceChoice, KioskBuilder, KioskError};
+use pivtap_kiosk::core::{Kiosk, NoticeCode, SessionEvent, SignOutReason};
 use pivtap_kiosk::local_api::SessionBoard;
 use pivtap_kiosk::readers::{PcscReaders, ReaderSource, ReaderUpdate, ReaderWatch};
-use pivtap_kiosk::runtime::{self, Face, Input, RuntimeError, RuntimeParts};
+use pivtap_kiosk::runtime::{Face, Input};
 use pivtap_server::server::embedded::EmbeddedServer;
 use pivtap_server::store::{User, UserState};
 use pivtap_server::token::TokenVerifier;
@@ -240,7 +241,7 @@ struct Harness {
     events: UnboundedReceiver<Recorded>,
     /// Every event received, in order.
     seen: Vec<Recorded>,
-    running: TaskHandle<Result<(), RuntimeError>>,
+    running: TaskHandle<Result<(), KioskError>>,
     /// What pcscd reports about the vpcd readers, watched by the test itself.
     reader_updates: UnboundedReceiver<ReaderUpdate>,
     _reader_watch: ReaderWatch,
@@ -285,20 +286,14 @@ impl Harness {
         let reader_watch = vpcd_readers()
             .start(updates)
             .unwrap_or_else(|error| panic!("cannot watch the vpcd readers: {error}"));
-        let parts = RuntimeParts {
-            core: CoreConfig::default(),
-            readers: Arc::new(vpcd_readers()),
-            client: kiosk_client,
-            device: DEVICE.to_owned(),
-            board: board.clone(),
-            on_function_key: None,
-        };
-        let (inputs, inputs_rx) = unbounded_channel();
         let (events_tx, events) = unbounded_channel();
-        let running = tokio::spawn(async move {
-            let mut face = RecordingFace { events: events_tx };
-            runtime::run(parts, &mut face, inputs_rx).await
-        });
+        let kiosk = KioskBuilder::new(DEVICE, kiosk_client, Arc::new(vpcd_readers()))
+            .board(board.clone())
+            .face(FaceChoice::Custom(Box::new(RecordingFace {
+                events: events_tx,
+            })))
+            .spawn();
+        let (inputs, running) = (kiosk.inputs, kiosk.task);
         Harness {
             server,
             client,

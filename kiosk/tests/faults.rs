@@ -13,10 +13,10 @@ use std::time::{Duration, Instant};
 
 use pivtap_card::{CardBackend, CardTransaction, LinkCapabilities, PivSession, TransportError};
 use pivtap_client::client::{Client, ServerTrust};
-use pivtap_kiosk::core::{CoreConfig, Kiosk, Notice, NoticeCode, SessionEvent};
-use pivtap_kiosk::local_api::SessionBoard;
+use pivtap_kiosk::builder::{FaceChoice, KioskBuilder, KioskError};
+use pivtap_kiosk::core::{Kiosk, Notice, NoticeCode, SessionEvent};
 use pivtap_kiosk::readers::{ReaderSource, ReaderUpdate, ReaderWatch, VirtualReaders};
-use pivtap_kiosk::runtime::{self, Face, Input, RuntimeError, RuntimeParts};
+use pivtap_kiosk::runtime::{self, Face, Input};
 use pivtap_protocol::wire::ErrorCode;
 use pivtap_server::server::embedded::EmbeddedServer;
 use pivtap_server::store::{AuditKind, AuditOutcome, AuditQuery, User, UserState};
@@ -286,25 +286,16 @@ async fn signins_recorded(server: &EmbeddedServer) -> usize {
 struct TestKiosk {
     inputs: UnboundedSender<Input>,
     events: UnboundedReceiver<SessionEvent>,
-    running: JoinHandle<Result<(), RuntimeError>>,
+    running: JoinHandle<Result<(), KioskError>>,
 }
 
 impl TestKiosk {
     fn start(readers: Arc<dyn ReaderSource>, client: Client) -> Self {
-        let parts = RuntimeParts {
-            core: CoreConfig::default(),
-            readers,
-            client,
-            device: "fault-kiosk".to_owned(),
-            board: SessionBoard::new(),
-            on_function_key: None,
-        };
-        let (inputs, inputs_rx) = unbounded_channel();
         let (events_tx, events) = unbounded_channel();
-        let running = tokio::spawn(async move {
-            let mut face = RecordingFace::new(events_tx);
-            runtime::run(parts, &mut face, inputs_rx).await
-        });
+        let kiosk = KioskBuilder::new("fault-kiosk", client, readers)
+            .face(FaceChoice::Custom(Box::new(RecordingFace::new(events_tx))))
+            .spawn();
+        let (inputs, running) = (kiosk.inputs, kiosk.task);
         TestKiosk {
             inputs,
             events,

@@ -14,10 +14,10 @@ use std::time::{Duration, Instant};
 
 use pivtap_card::pcsc::PcscContext;
 use pivtap_card::reader_monitor::MonitorFilter;
-use pivtap_kiosk::core::{CoreConfig, Kiosk, NoticeCode, SessionEvent};
-use pivtap_kiosk::local_api::SessionBoard;
+use pivtap_kiosk::builder::{KioskBuilder, KioskError};
+use pivtap_kiosk::core::{NoticeCode, SessionEvent};
 use pivtap_kiosk::readers::PcscReaders;
-use pivtap_kiosk::runtime::{self, Face, Input, RuntimeError, RuntimeParts};
+use pivtap_kiosk::runtime::Input;
 use pivtap_server::server::embedded::EmbeddedServer;
 use pivtap_server::store::{User, UserState};
 use pivtap_vcard::image::CardImage;
@@ -147,18 +147,6 @@ impl Drop for InReader {
     }
 }
 
-struct RecordingFace {
-    events: UnboundedSender<SessionEvent>,
-}
-
-impl Face for RecordingFace {
-    fn refresh(&mut self, _kiosk: &Kiosk, _server_reachable: bool, _now: Instant) {}
-
-    fn session_event(&mut self, event: &SessionEvent, _token: Option<&str>) {
-        let _ = self.events.send(event.clone());
-    }
-}
-
 async fn expect(
     events: &mut UnboundedReceiver<SessionEvent>,
     what: &str,
@@ -229,23 +217,15 @@ async fn the_kiosk_says_pcscd_stopped_and_resumes_when_it_is_back() {
         .device_client("pcscd-kiosk", Duration::from_secs(5))
         .await
         .expect("the kiosk is registered");
-    let parts = RuntimeParts {
-        core: CoreConfig::default(),
-        readers: Arc::new(PcscReaders::new(MonitorFilter {
-            reader_name_contains: Some("Virtual PCD".to_owned()),
-            contactless_only: false,
-        })),
-        client,
-        device: "pcscd-kiosk".to_owned(),
-        board: SessionBoard::new(),
-        on_function_key: None,
-    };
-    let (inputs, inputs_rx) = unbounded_channel();
+    let readers = Arc::new(PcscReaders::new(MonitorFilter {
+        reader_name_contains: Some("Virtual PCD".to_owned()),
+        contactless_only: false,
+    }));
     let (events_tx, mut events) = unbounded_channel();
-    let running: TaskHandle<Result<(), RuntimeError>> = tokio::spawn(async move {
-        let mut face = RecordingFace { events: events_tx };
-        runtime::run(parts, &mut face, inputs_rx).await
-    });
+    let kiosk = KioskBuilder::new("pcscd-kiosk", client, readers)
+        .event_sink(events_tx)
+        .spawn();
+    let (inputs, running): (_, TaskHandle<Result<(), KioskError>>) = (kiosk.inputs, kiosk.task);
 
     let attached = sign_in(&mut events, &inputs, &badge, Duration::ZERO).await;
     drop(attached);

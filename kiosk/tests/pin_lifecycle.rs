@@ -6,10 +6,11 @@ use std::time::Duration;
 
 use pivtap_apdu::piv::Pin;
 use pivtap_card::PivSession;
-use pivtap_kiosk::core::{CoreConfig, Kiosk, NoticeCode, PinFormFailure, SessionEvent};
+use pivtap_kiosk::builder::{KioskBuilder, KioskError};
+use pivtap_kiosk::core::{NoticeCode, PinFormFailure, SessionEvent};
 use pivtap_kiosk::local_api::SessionBoard;
 use pivtap_kiosk::readers::VirtualReaders;
-use pivtap_kiosk::runtime::{self, Face, Input, RuntimeError, RuntimeParts};
+use pivtap_kiosk::runtime::Input;
 use pivtap_server::server::embedded::EmbeddedServer;
 use pivtap_server::store::{User, UserState};
 use pivtap_vcard::image::CardImage;
@@ -40,25 +41,13 @@ fn pin_works(badge: &VirtualCardBackend, pin: &str) -> bool {
     session.verify_pin(&Pin::new(pin).expect("a PIN")).is_ok()
 }
 
-struct RecordingFace {
-    events: UnboundedSender<SessionEvent>,
-}
-
-impl Face for RecordingFace {
-    fn refresh(&mut self, _kiosk: &Kiosk, _server_reachable: bool, _now: std::time::Instant) {}
-
-    fn session_event(&mut self, event: &SessionEvent, _token: Option<&str>) {
-        let _ = self.events.send(event.clone());
-    }
-}
-
 /// The server knowing alice, and the kiosk over one virtual desk reader.
 struct Harness {
     _server: EmbeddedServer,
     readers: VirtualReaders,
     inputs: UnboundedSender<Input>,
     events: UnboundedReceiver<SessionEvent>,
-    running: JoinHandle<Result<(), RuntimeError>>,
+    running: JoinHandle<Result<(), KioskError>>,
     board: SessionBoard,
     _dir: tempfile::TempDir,
 }
@@ -87,20 +76,12 @@ impl Harness {
             .device_client("pin-kiosk", Duration::from_secs(5))
             .await
             .expect("the kiosk is registered");
-        let parts = RuntimeParts {
-            core: CoreConfig::default(),
-            readers: Arc::new(readers.clone()),
-            client,
-            device: "pin-kiosk".to_owned(),
-            board: board.clone(),
-            on_function_key: None,
-        };
-        let (inputs, inputs_rx) = unbounded_channel();
         let (events_tx, events) = unbounded_channel();
-        let running = tokio::spawn(async move {
-            let mut face = RecordingFace { events: events_tx };
-            runtime::run(parts, &mut face, inputs_rx).await
-        });
+        let kiosk = KioskBuilder::new("pin-kiosk", client, Arc::new(readers.clone()))
+            .board(board.clone())
+            .event_sink(events_tx)
+            .spawn();
+        let (inputs, running) = (kiosk.inputs, kiosk.task);
         Harness {
             _server: server,
             readers,

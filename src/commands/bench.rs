@@ -5,8 +5,8 @@
 //! as an error in the figures and makes the command exit non-zero).
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
@@ -17,11 +17,9 @@ use aws_lc_rs::signature::{
 use clap::{Args, Subcommand, ValueEnum};
 use pivtap_apdu::piv::{KeyReference, Pin};
 use pivtap_card::reader_monitor::MonitorFilter;
-use pivtap_card::{CardBackend, CardTransaction, LinkCapabilities, TransportError};
 use pivtap_client::client::Client;
-use pivtap_kiosk::card_worker::{CardJob, CardJobResult, CardWorker};
-use pivtap_kiosk::core::{CoreConfig, Effect, Event, Kiosk, WorkId};
-use pivtap_kiosk::readers::{PcscReaders, ReaderSource, ReaderUpdate, ReaderWatch, VirtualReaders};
+use pivtap_kiosk::readers::{PcscReaders, ReaderSource, VirtualReaders};
+use pivtap_kiosk::tap_bench::{TapBench, TapFigures, measure_taps};
 use pivtap_protocol::assertion::AssertionDraft;
 use pivtap_protocol::certificate::KeyKind;
 use pivtap_protocol::jose::JwsAlgorithm;
@@ -33,12 +31,11 @@ use pivtap_vcard::VirtualCardBackend;
 use rcgen::{CertificateParams, KeyPair, PKCS_ECDSA_P256_SHA256, PKCS_RSA_SHA256};
 use serde::Serialize;
 use time::OffsetDateTime;
-use tokio::sync::mpsc::{UnboundedReceiver, unbounded_channel};
 use zeroize::Zeroizing;
 
 use super::CardArgs;
 use super::auth::ServerArgs;
-use super::card::read_pin;
+use super::card::{Secret, SecretReader};
 
 /// `pivtap bench ...`
 #[derive(Subcommand, Debug)]
@@ -53,10 +50,13 @@ pub enum BenchCommand {
     /// pre-signed assertion, so the server does a sign-in's full work while
     /// the load generator only sends. Bounded by --requests and --max-seconds.
     Server(Box<ServerBenchArgs>),
-    /// Taps through the kiosk's card path: read (CHUID, certificate from the
-    /// cache after the first tap, PIN tries), challenge, VERIFY and signature,
-    /// assertion; from "card present" to the session token. Prints the APDUs,
-    /// bytes and card time of the first and of the repeat taps.
+    /// Taps through the kiosk itself (its runtime, card thread and server
+    /// client, as `pivtap kiosk` runs them): read (CHUID, certificate from the
+    /// cache after the first tap, PIN tries), VERIFY and signature with the
+    /// challenge the kiosk holds, assertion; from "card present" to the session
+    /// token, then the badge leaves (sign-out). Prints the APDUs, bytes and card
+    /// time of the first and of the repeat taps, and the challenge request the
+    /// kiosk makes during each tap for the next one.
     Tap(Box<TapBenchArgs>),
 }
 
@@ -623,101 +623,6 @@ async fn run_load(
     outcome
 }
 
-/// APDUs, bytes and time spent in `transmit`, over every connection a [`Counting`] source makes.
-#[derive(Debug, Default, Clone, Copy, Serialize)]
-struct Tally {
-    apdus: u64,
-    bytes_sent: u64,
-    bytes_received: u64,
-    /// Inside `transmit`: the card (and the transport to it), milliseconds.
-    card_ms: f64,
-}
-
-/// A reader source whose card connections count what they exchange.
-struct Counting {
-    inner: Arc<dyn ReaderSource>,
-    tally: Arc<Mutex<Tally>>,
-}
-
-impl Counting {
-    fn take(&self) -> Tally {
-        std::mem::take(&mut *self.tally.lock().unwrap_or_else(PoisonError::into_inner))
-    }
-}
-
-impl ReaderSource for Counting {
-    fn start(
-        &self,
-        updates: tokio::sync::mpsc::UnboundedSender<ReaderUpdate>,
-    ) -> Result<ReaderWatch, TransportError> {
-        self.inner.start(updates)
-    }
-
-    fn connect(&self, reader: &str) -> Result<Box<dyn CardBackend>, TransportError> {
-        Ok(Box::new(CountingBackend {
-            inner: self.inner.connect(reader)?,
-            tally: Arc::clone(&self.tally),
-        }))
-    }
-}
-
-struct CountingBackend {
-    inner: Box<dyn CardBackend>,
-    tally: Arc<Mutex<Tally>>,
-}
-
-impl CardBackend for CountingBackend {
-    fn transaction(&mut self) -> Result<Box<dyn CardTransaction + '_>, TransportError> {
-        Ok(Box::new(CountingTransaction {
-            inner: self.inner.transaction()?,
-            tally: Arc::clone(&self.tally),
-        }))
-    }
-
-    fn capabilities(&self) -> LinkCapabilities {
-        self.inner.capabilities()
-    }
-
-    fn name(&self) -> String {
-        self.inner.name()
-    }
-}
-
-struct CountingTransaction<'a> {
-    inner: Box<dyn CardTransaction + 'a>,
-    tally: Arc<Mutex<Tally>>,
-}
-
-impl CardTransaction for CountingTransaction<'_> {
-    fn transmit(&mut self, command: &[u8]) -> Result<Vec<u8>, TransportError> {
-        let started = Instant::now();
-        let response = self.inner.transmit(command);
-        let elapsed = started.elapsed().as_secs_f64() * 1e3;
-        let mut tally = self.tally.lock().unwrap_or_else(PoisonError::into_inner);
-        tally.apdus += 1;
-        tally.bytes_sent += command.len() as u64;
-        tally.bytes_received += response.as_ref().map_or(0, |r| r.len() as u64);
-        tally.card_ms += elapsed;
-        response
-    }
-}
-
-/// One tap's figures.
-#[derive(Debug, Clone, Copy, Serialize)]
-struct TapFigures {
-    /// The read: SELECT, CHUID, certificate (unless cached), PIN tries.
-    read: Tally,
-    /// The sign: SELECT, VERIFY, GENERAL AUTHENTICATE.
-    sign: Tally,
-    /// Card present to session token, milliseconds.
-    total_ms: f64,
-    /// Card present to the last card response, less the challenge request in
-    /// between (a kiosk asks for it while the PIN is typed), milliseconds.
-    in_field_ms: f64,
-    /// The challenge request, milliseconds.
-    challenge_ms: f64,
-}
-
 /// What `bench tap` reports.
 #[derive(Serialize, Debug)]
 struct TapBenchReport {
@@ -737,10 +642,11 @@ struct TapBenchReport {
 }
 
 fn bench_tap(args: TapBenchArgs) -> anyhow::Result<()> {
-    let pin = read_pin()?;
+    let pin = SecretReader::new().read(Secret::Pin)?;
+    Pin::new(&pin)?;
     let client = args.device_credential.apply(args.server.client()?)?;
     const VIRTUAL_READER: &str = "bench reader";
-    let (inner, reader, card): (Arc<dyn ReaderSource>, String, String) =
+    let (readers, reader, card): (Arc<dyn ReaderSource>, String, String) =
         match (&args.card.vcard, &args.card.reader) {
             (Some(path), _) => {
                 let card = super::open_virtual_card(path)?;
@@ -765,47 +671,22 @@ fn bench_tap(args: TapBenchArgs) -> anyhow::Result<()> {
                 )
             }
         };
-    let source = Arc::new(Counting {
-        inner,
-        tally: Arc::new(Mutex::new(Tally::default())),
-    });
-    let runtime = tokio::runtime::Builder::new_current_thread()
+    let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    let (results_tx, mut results) = unbounded_channel();
-    let worker = CardWorker::start(source.clone(), results_tx);
-    let mut kiosk = Kiosk::new(CoreConfig::default());
-    let clock = std::time::Instant::now();
-    kiosk.handle_event(
-        Event::ReaderAdded {
-            reader: reader.clone(),
-        },
-        clock,
-    );
     // The connection to the server is made (TLS) before the first tap, as a running kiosk has it.
     runtime
         .block_on(client.pin_policy())
         .map_err(super::auth::explain)?;
-    let mut taps = Vec::with_capacity(args.taps as usize);
-    for _ in 0..args.taps {
-        let work = next_work(&mut kiosk, &reader)?;
-        let pin = pin.clone();
-        let figures = runtime.block_on(one_tap(
-            &worker,
-            &mut results,
-            &source,
-            &client,
-            TapJob {
-                work,
-                reader: &reader,
-                pin,
-                device: &args.device,
-            },
-        ))?;
-        taps.push(figures);
-    }
-    drop(worker);
+    let taps = runtime.block_on(measure_taps(TapBench {
+        readers,
+        reader,
+        client,
+        device: args.device.clone(),
+        pin,
+        taps: args.taps,
+    }))?;
     let first_tap = taps[0];
     let repeat_tap = taps.get(1).copied();
     let column = |pick: fn(&TapFigures) -> f64| {
@@ -858,101 +739,6 @@ fn bench_tap(args: TapBenchArgs) -> anyhow::Result<()> {
         }
     }
     Ok(())
-}
-
-/// The work id the kiosk core hands out for a new tap on `reader`.
-fn next_work(kiosk: &mut Kiosk, reader: &str) -> anyhow::Result<WorkId> {
-    let now = std::time::Instant::now();
-    kiosk.handle_event(
-        Event::CardRemoved {
-            reader: reader.to_owned(),
-        },
-        now,
-    );
-    kiosk
-        .handle_event(
-            Event::CardPresent {
-                reader: reader.to_owned(),
-            },
-            now,
-        )
-        .into_iter()
-        .find_map(|effect| match effect {
-            Effect::ReadCard { work, .. } => Some(work),
-            _ => None,
-        })
-        .context("the kiosk core asked for no card read on a tap")
-}
-
-struct TapJob<'a> {
-    work: WorkId,
-    reader: &'a str,
-    pin: Pin,
-    device: &'a str,
-}
-
-async fn one_tap(
-    worker: &CardWorker,
-    results: &mut UnboundedReceiver<CardJobResult>,
-    source: &Counting,
-    client: &Client,
-    job: TapJob<'_>,
-) -> anyhow::Result<TapFigures> {
-    source.take();
-    let present = Instant::now();
-    worker.submit(CardJob::Read {
-        work: job.work,
-        reader: job.reader.to_owned(),
-    });
-    loop {
-        match results.recv().await.context("the card worker stopped")? {
-            CardJobResult::Read { result, .. } => {
-                result
-                    .map_err(|failure| anyhow::anyhow!("reading the card failed: {failure:?}"))?;
-                break;
-            }
-            CardJobResult::Progress { .. } => {}
-            other => bail!("unexpected card worker answer: {other:?}"),
-        }
-    }
-    let read = source.take();
-    let asked = Instant::now();
-    let challenge = client
-        .challenge(job.device)
-        .await
-        .map_err(super::auth::explain)?;
-    let challenge_ms = asked.elapsed().as_secs_f64() * 1e3;
-    worker.submit(CardJob::Sign {
-        work: job.work,
-        reader: job.reader.to_owned(),
-        pin: job.pin,
-        challenge,
-        device: job.device.to_owned(),
-    });
-    let assertion = loop {
-        match results.recv().await.context("the card worker stopped")? {
-            CardJobResult::Signed { result, .. } => {
-                break result.map_err(|failure| {
-                    anyhow::anyhow!("signing on the card failed: {failure:?}")
-                })?;
-            }
-            CardJobResult::Progress { .. } => {}
-            other => bail!("unexpected card worker answer: {other:?}"),
-        }
-    };
-    let in_field_ms = present.elapsed().as_secs_f64() * 1e3 - challenge_ms;
-    let sign = source.take();
-    client
-        .sign_in(&assertion)
-        .await
-        .map_err(super::auth::explain)?;
-    Ok(TapFigures {
-        read,
-        sign,
-        total_ms: present.elapsed().as_secs_f64() * 1e3,
-        in_field_ms,
-        challenge_ms,
-    })
 }
 
 #[cfg(test)]

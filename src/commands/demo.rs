@@ -11,11 +11,13 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Args;
 use pivtap_card::reader_monitor::MonitorFilter;
-use pivtap_kiosk::core::{CoreConfig, SessionEvent};
-use pivtap_kiosk::headless::HeadlessFace;
-use pivtap_kiosk::local_api::{LocalApiConfig, SessionBoard};
+use pivtap_kiosk::builder::{FaceChoice, KioskBuilder};
+use pivtap_kiosk::core::SessionEvent;
+use pivtap_kiosk::local_api::LocalApiConfig;
 use pivtap_kiosk::readers::{PcscReaders, ReaderSource, VirtualReaders};
-use pivtap_kiosk::runtime::{self, Face, FunctionKeyHandler, Input, RuntimeParts};
+use pivtap_kiosk::runtime::{Face, FunctionKeyHandler, Input};
+use pivtap_kiosk::terminal::{DemoHelp, QuitKeys};
+use pivtap_kiosk::tui::Branding;
 use pivtap_server::server::embedded::EmbeddedServer;
 use pivtap_server::store::{User, UserState};
 use pivtap_vcard::image::CardImage;
@@ -126,9 +128,6 @@ async fn demo(args: DemoArgs) -> anyhow::Result<()> {
         })
         .collect::<anyhow::Result<_>>()?;
 
-    let board = SessionBoard::new();
-    start_local_api(dir.path(), board.clone()).await;
-
     let on_reader = OnReader::default();
     let (readers, toggle): (Arc<dyn ReaderSource>, FunctionKeyHandler) = if args.pcsc {
         let readers = PcscReaders::new(MonitorFilter {
@@ -147,52 +146,43 @@ async fn demo(args: DemoArgs) -> anyhow::Result<()> {
         )
     };
 
-    let (inputs_tx, inputs_rx) = unbounded_channel();
-    let parts = RuntimeParts {
-        core: CoreConfig::default(),
-        readers,
-        client,
-        device: DEVICE.to_owned(),
-        board,
-        on_function_key: Some(toggle),
-    };
+    let mut kiosk = KioskBuilder::new(DEVICE, client, readers)
+        .on_function_key(toggle)
+        .quit_on_signals();
+    if let Some(api) = local_api(dir.path()) {
+        kiosk = kiosk.local_api_if_free(api);
+    }
     let terminal = std::io::stdin().is_terminal() && std::io::stdout().is_terminal();
-    crate::commands::kiosk::quit_on_signals(inputs_tx.clone())?;
     let result = if args.headless || !terminal {
         let (events_tx, events_rx) = unbounded_channel();
         let narrate = !args.headless;
-        let inner: Box<dyn Face> = if narrate {
+        let face = if narrate {
             println!(
                 "pivtap demo: no terminal, so here is the scripted story in words \
                  (run it in a terminal for the kiosk's screen, or with --headless for JSON)."
             );
-            Box::new(TextFace)
+            FaceChoice::Custom(Box::new(TextFace))
         } else {
-            Box::new(HeadlessFace::new(std::io::stdout()))
+            FaceChoice::Headless { read_stdin: false }
         };
-        let mut face = ScriptFace {
-            inner,
-            events: events_tx,
-        };
-        let script = tokio::spawn(script(inputs_tx, events_rx, narrate));
-        let run = runtime::run(parts, &mut face, inputs_rx).await;
+        let kiosk = kiosk.face(face).event_sink(events_tx);
+        let script = tokio::spawn(script(kiosk.inputs(), events_rx, narrate));
+        let run = kiosk.run().await;
         let outcome = script.await.context("the demo script failed")?;
         run?;
         outcome
     } else {
-        let help: pivtap_kiosk::terminal::DemoHelp = Box::new(move || demo_help(&on_reader));
-        let mut face = pivtap_kiosk::terminal::TerminalFace::new(
-            pivtap_kiosk::tui::Branding {
+        let help: DemoHelp = Box::new(move || demo_help(&on_reader));
+        let face = FaceChoice::Terminal {
+            branding: Branding {
                 organisation: "pivtap demo — Example Corp".to_owned(),
                 primary: ratatui::style::Color::Blue,
                 accent: ratatui::style::Color::Yellow,
             },
-            DEVICE.to_owned(),
-            Some(help),
-            pivtap_kiosk::terminal::QuitKeys::Demo,
-        );
-        face.read_keys(inputs_tx);
-        Ok(runtime::run(parts, &mut face, inputs_rx).await?)
+            help: Some(help),
+            quit: QuitKeys::Demo,
+        };
+        Ok(kiosk.face(face).run().await?)
     };
     server.stop();
     result
@@ -307,35 +297,22 @@ fn vpcd_toggle(cards: Vec<VirtualCardBackend>, on_reader: OnReader) -> impl FnMu
     }
 }
 
-/// The local session API on its default port, if it is free (another kiosk may hold it).
-async fn start_local_api(dir: &std::path::Path, board: SessionBoard) {
+/// The local session API on its default port (served if it is free: another kiosk may hold it).
+fn local_api(dir: &std::path::Path) -> Option<LocalApiConfig> {
     let token =
         match pivtap_kiosk::local_api::load_or_create_access_token(&dir.join("local-api.token")) {
             Ok(token) => token,
             Err(error) => {
                 eprintln!("demo: no local session API ({error})");
-                return;
+                return None;
             }
         };
-    let config = LocalApiConfig {
+    Some(LocalApiConfig {
         listen: SocketAddr::from(([127, 0, 0, 1], 7420)),
         access_token: token,
         device: DEVICE.to_owned(),
         connections: pivtap_kiosk::local_api::local_connection_limits(),
-    };
-    tokio::spawn(async move {
-        if let Err(error) =
-            pivtap_kiosk::local_api::serve(board, config, std::future::pending()).await
-        {
-            tracing::warn!(%error, "demo: the local session API is not available");
-        }
-    });
-}
-
-/// The headless face (or the story in words), also telling the script what happened.
-struct ScriptFace {
-    inner: Box<dyn Face>,
-    events: UnboundedSender<SessionEvent>,
+    })
 }
 
 /// The demo without a terminal: each session event as a sentence.
@@ -378,22 +355,6 @@ fn describe(event: &SessionEvent) -> Option<String> {
         SessionEvent::Error(notice) => notice.message.clone(),
         _ => return None,
     })
-}
-
-impl Face for ScriptFace {
-    fn refresh(
-        &mut self,
-        kiosk: &pivtap_kiosk::core::Kiosk,
-        server_reachable: bool,
-        now: std::time::Instant,
-    ) {
-        self.inner.refresh(kiosk, server_reachable, now);
-    }
-
-    fn session_event(&mut self, event: &SessionEvent, token: Option<&str>) {
-        self.inner.session_event(event, token);
-        let _ = self.events.send(event.clone());
-    }
 }
 
 /// The scripted story: Alice signs in and takes her badge away; Bob mistypes

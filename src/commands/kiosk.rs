@@ -2,25 +2,15 @@
 
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Args, Subcommand};
-use pivtap_card::reader_monitor::MonitorFilter;
-use pivtap_client::client::{Client, ServerTrust};
 use pivtap_client::device::DeviceCredential;
-use pivtap_kiosk::admin_exit::{ExitGate, ExitPasscodeHash};
+use pivtap_kiosk::admin_exit::ExitPasscodeHash;
+use pivtap_kiosk::builder::{FaceChoice, KioskBuilder};
 use pivtap_kiosk::config::{KioskConfig, with_exit_passcode_hash};
-use pivtap_kiosk::headless::{HeadlessFace, read_stdin};
-use pivtap_kiosk::local_api::{LocalApiConfig, SessionBoard, load_or_create_access_token};
-use pivtap_kiosk::readers::{FilteredReaders, PcscReaders, ReaderSource};
-use pivtap_kiosk::runtime::{self, Input, RuntimeParts};
-use pivtap_kiosk::terminal::{QuitKeys, TerminalFace};
-use pivtap_kiosk::tui::Branding;
 
 use super::auth::ServerArgs;
-use tokio::sync::mpsc::{UnboundedSender, unbounded_channel};
 
 /// `pivtap kiosk`
 #[derive(Args, Debug)]
@@ -119,28 +109,6 @@ fn set_exit_passcode(config: &Path, json: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Sends [`Input::Quit`] on SIGTERM, SIGINT or SIGHUP (the service manager stopping the kiosk,
-/// Ctrl-C outside raw mode, the terminal going away): the runtime signs any worker out first.
-///
-/// # Errors
-/// When the signal handlers cannot be installed.
-pub(crate) fn quit_on_signals(inputs: UnboundedSender<Input>) -> anyhow::Result<()> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut terminate = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
-    let mut interrupt = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
-    let mut hangup = signal(SignalKind::hangup()).context("cannot handle SIGHUP")?;
-    tokio::spawn(async move {
-        let name = tokio::select! {
-            _ = terminate.recv() => "SIGTERM",
-            _ = interrupt.recv() => "SIGINT",
-            _ = hangup.recv() => "SIGHUP",
-        };
-        tracing::info!(target: "pivtap::kiosk", signal = name, "stopping: any session is signed out first");
-        let _ = inputs.send(Input::Quit);
-    });
-    Ok(())
-}
-
 /// Runs `pivtap kiosk enroll-device`.
 fn enroll_device(server: &ServerArgs, code: &str, out: &Path, json: bool) -> anyhow::Result<()> {
     let client = server.client()?;
@@ -206,97 +174,17 @@ pub fn run(args: KioskArgs) -> anyhow::Result<()> {
             return Err(NoTerminal("standard output").into());
         }
     }
-    let trust = match (&config.server.ca, &config.server.pin_sha256) {
-        (Some(ca), _) => ServerTrust::from_pem_file(ca)?,
-        (None, Some(pin)) => ServerTrust::from_pin(pin)?,
-        (None, None) => ServerTrust::SystemRoots,
+    let face = if args.headless {
+        FaceChoice::Headless { read_stdin: true }
+    } else {
+        KioskBuilder::terminal_face(&config)
     };
-    let mut client = Client::new(
-        &config.server.url,
-        trust,
-        Duration::from_secs(config.server.timeout_seconds),
-    )?;
-    match config.device_credential()? {
-        Some(credential) => client = client.with_device_credential(Arc::new(credential)),
-        None => tracing::warn!(
-            target: "pivtap::kiosk",
-            device = %config.device,
-            "no device credential ([server] device_key and device_certificate): a server that \
-             requires registered devices refuses this kiosk; register it with `pivtap admin \
-             devices add`, run `pivtap kiosk enroll-device`, and name the two files in kiosk.toml"
-        ),
-    }
-    // The name filter is the kiosk's own, so readers it leaves out are said on screen and in
-    // the log, and it matches in any case.
-    let readers = FilteredReaders::new(
-        Arc::new(PcscReaders::new(MonitorFilter {
-            reader_name_contains: None,
-            contactless_only: config.readers.contactless_only,
-        })),
-        &config.readers.name_contains,
-    );
+    let kiosk = KioskBuilder::from_config(&config)?
+        .face(face)
+        .quit_on_signals();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    runtime.block_on(async {
-        let board = SessionBoard::new();
-        let api = LocalApiConfig {
-            listen: config.local_api.listen,
-            access_token: load_or_create_access_token(&config.local_api.token_file)?,
-            device: config.device.clone(),
-            connections: config.local_api.connection_limits(),
-        };
-        let api_board = board.clone();
-        let (stop_api, api_stopping) = tokio::sync::oneshot::channel::<()>();
-        let api_task = tokio::spawn(async move {
-            let stopping = async {
-                let _ = api_stopping.await;
-            };
-            if let Err(error) = pivtap_kiosk::local_api::serve(api_board, api, stopping).await {
-                tracing::error!(%error, "the local session API stopped");
-            }
-        });
-        let (inputs_tx, inputs_rx) = unbounded_channel();
-        quit_on_signals(inputs_tx.clone())?;
-        let parts = RuntimeParts {
-            core: config.core(),
-            readers: Arc::new(readers) as Arc<dyn ReaderSource>,
-            client,
-            device: config.device.clone(),
-            board,
-            on_function_key: None,
-        };
-        let ran = if args.headless {
-            read_stdin(inputs_tx);
-            let mut face = HeadlessFace::new(std::io::stdout());
-            runtime::run(parts, &mut face, inputs_rx).await
-        } else {
-            let branding = Branding {
-                organisation: config.branding.organisation.clone(),
-                primary: parse_colour(&config.branding.primary),
-                accent: parse_colour(&config.branding.accent),
-            };
-            let gate = ExitGate::new(config.exit_keys(), config.exit_passcode_hash());
-            let mut face = TerminalFace::new(
-                branding,
-                config.device.clone(),
-                None,
-                QuitKeys::Administrator(gate),
-            );
-            face.read_keys(inputs_tx);
-            runtime::run(parts, &mut face, inputs_rx).await
-        };
-        // The last events (`signed_out`, reason `shutdown`) reach the event-stream clients
-        // before the local API closes; a client that does not read is not waited for long.
-        let _ = stop_api.send(());
-        let _ = tokio::time::timeout(Duration::from_secs(2), api_task).await;
-        ran?;
-        anyhow::Ok(())
-    })
-}
-
-/// A colour name or `#RRGGBB` (unknown names fall back to the default colour).
-fn parse_colour(text: &str) -> ratatui::style::Color {
-    text.parse().unwrap_or(ratatui::style::Color::Reset)
+    Ok(runtime.block_on(kiosk.run())?)
 }
