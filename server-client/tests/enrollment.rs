@@ -23,6 +23,7 @@ use pivtap_server_client::wire::{
     AssertionPayload, CardIdentity, EnrollmentRequest, EnrollmentResult, ErrorCode, KeyAlgorithm,
     RenewalRequest,
 };
+use pivtap_testkit::server::install_crypto_provider;
 use rcgen::{CertificateParams, DnType, KeyPair, PublicKeyData, SigningKey};
 use time::OffsetDateTime;
 use zeroize::Zeroizing;
@@ -32,10 +33,6 @@ type TestResult = Result<(), Box<dyn Error>>;
 const TIMEOUT: Duration = Duration::from_secs(20);
 const DEVICE: &str = "kiosk-07";
 const FIFTEEN_MINUTES: Duration = Duration::from_secs(900);
-
-fn install_crypto_provider() {
-    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
-}
 
 fn user(id: &str, name: &str, mail: Option<&str>) -> User {
     User {

@@ -18,8 +18,8 @@ use pivtap_server_client::wire::{AssertionPayload, ChallengeResponse, UserRecord
 use time::OffsetDateTime;
 
 use crate::fixture;
-use crate::forge::card_signature;
-use crate::server::active_user;
+use crate::forge::{card_signature, card_signs};
+use crate::server::{active_user, user_record};
 
 /// The slot every fixture badge signs in with: 9A, PIV Authentication.
 pub const SLOT: KeyReference = KeyReference::PivAuthentication;
@@ -115,21 +115,18 @@ impl Badge {
     /// The algorithm of the 9A key.
     #[must_use]
     pub fn key(&self) -> Algorithm {
-        self.image()
-            .keys
-            .iter()
-            .find(|entry| entry.slot() == SLOT)
-            .expect("the fixture card has a 9A key")
-            .algorithm()
+        key_of(&self.image())
     }
 
     /// Opens a fresh in-memory copy of the badge and runs `work` with a PIV session on it
     /// and the 9A key's algorithm.
     pub fn with_session<T>(&self, work: impl FnOnce(&mut PivSession<'_>, Algorithm) -> T) -> T {
-        let key = self.key();
-        let mut backend = self.backend();
+        let image = self.image();
+        let card = VirtualCard::from_image(&image)
+            .unwrap_or_else(|error| panic!("the fixture card {} opens: {error}", self.name));
+        let mut backend = VirtualCardBackend::new(card, self.name);
         let mut session = PivSession::open(&mut backend).expect("the PIV applet selects");
-        work(&mut session, key)
+        work(&mut session, key_of(&image))
     }
 
     /// The PIN as the card API takes it.
@@ -155,9 +152,7 @@ impl Badge {
     /// The JOSE algorithm that fits the 9A key.
     #[must_use]
     pub fn algorithm(&self) -> JwsAlgorithm {
-        let key = self.key();
-        JwsAlgorithm::for_piv_key(u8::from(key))
-            .unwrap_or_else(|| panic!("no fixture card has a {key:?} key"))
+        jws_algorithm(self.key())
     }
 
     /// The badge signs `message` as `algorithm` with its 9A key, after its PIN.
@@ -183,6 +178,20 @@ impl Badge {
         ))
     }
 
+    /// A draft answering `challenge` on `device` whose header claims `alg` whatever the
+    /// key (the draft's own algorithm stays the one that fits the key): a forgery.
+    #[must_use]
+    pub fn draft_as(
+        &self,
+        alg: &str,
+        challenge: &ChallengeResponse,
+        device: &str,
+    ) -> AssertionDraft {
+        let mut draft = self.draft(challenge, device);
+        alg.clone_into(&mut draft.header.alg);
+        draft
+    }
+
     /// A draft of `payload` with the algorithm that fits the key and the badge's certificate.
     #[must_use]
     pub fn draft_with(&self, payload: AssertionPayload) -> AssertionDraft {
@@ -200,7 +209,21 @@ impl Badge {
     /// The badge's assertion answering `challenge` on `device`.
     #[must_use]
     pub fn assertion(&self, challenge: &ChallengeResponse, device: &str) -> String {
-        self.signed(&self.draft(challenge, device))
+        let payload = AssertionPayload::for_challenge(
+            challenge,
+            device,
+            SLOT,
+            OffsetDateTime::now_utc().unix_timestamp(),
+        );
+        // One session for the certificate and the signature, as a kiosk's tap does.
+        self.with_session(|session, key| {
+            let certificate = session.certificate(SLOT).expect("a 9A certificate");
+            let draft = AssertionDraft::new(jws_algorithm(key), &certificate, payload);
+            session
+                .verify_pin(&self.pin())
+                .expect("the fixture PIN verifies");
+            card_signs(session, key, &draft)
+        })
     }
 
     /// The person as the store keeps them: active, no UPN, no employee id.
@@ -212,13 +235,22 @@ impl Badge {
     /// The person as the admin API sends them (`POST /admin/users`).
     #[must_use]
     pub fn user_record(&self) -> UserRecord {
-        UserRecord {
-            id: self.user_id.to_owned(),
-            display_name: self.display_name.to_owned(),
-            mail: Some(self.mail.to_owned()),
-            upn: None,
-            employee_id: None,
-            state: "active".to_owned(),
-        }
+        user_record(self.user_id, self.display_name, self.mail)
     }
+}
+
+/// The algorithm of an image's 9A key.
+fn key_of(image: &CardImage) -> Algorithm {
+    image
+        .keys
+        .iter()
+        .find(|entry| entry.slot() == SLOT)
+        .expect("the fixture card has a 9A key")
+        .algorithm()
+}
+
+/// The JOSE algorithm that fits a fixture card's key.
+fn jws_algorithm(key: Algorithm) -> JwsAlgorithm {
+    JwsAlgorithm::for_piv_key(u8::from(key))
+        .unwrap_or_else(|| panic!("no fixture card has a {key:?} key"))
 }

@@ -9,12 +9,10 @@ use pivtap_apdu::piv::Algorithm;
 use pivtap_card::{PivSession, SignatureAlgorithm};
 use pivtap_server_client::assertion::AssertionDraft;
 use pivtap_server_client::jose::{JwsAlgorithm, base64url_encode};
+use pivtap_server_client::wire::ASSERTION_TYPE;
 use serde_json::{Value, json};
 
 use crate::badge::{Badge, SLOT};
-
-/// The `typ` of a pivtap assertion header.
-pub const ASSERTION_TYPE: &str = "pivtap-assertion+jwt";
 
 /// A compact JWS from any header and payload JSON and any signature bytes.
 #[must_use]
@@ -62,8 +60,8 @@ pub fn signed_by(badge: &Badge, header: &str, payload: &str) -> String {
 /// The DER of the first certificate in a PEM file.
 #[must_use]
 pub fn pem_der(path: &Path) -> Vec<u8> {
-    let text = std::fs::read_to_string(path)
-        .unwrap_or_else(|error| panic!("{}: {error}", path.display()));
+    let text =
+        std::fs::read_to_string(path).unwrap_or_else(|error| panic!("{}: {error}", path.display()));
     let body: String = text
         .lines()
         .filter(|line| !line.starts_with("-----"))

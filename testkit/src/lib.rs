@@ -30,3 +30,13 @@ pub fn fixture(relative: &str) -> PathBuf {
 pub fn test_ca() -> PathBuf {
     fixture("ca/test-ca.pem")
 }
+
+/// A port that was free a moment ago on 127.0.0.1 (bound on port 0, let go): another
+/// process may take it before the test binds it, so a test tries a few.
+#[must_use]
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind((std::net::Ipv4Addr::LOCALHOST, 0))
+        .and_then(|listener| listener.local_addr())
+        .expect("an ephemeral port on loopback")
+        .port()
+}

@@ -257,6 +257,7 @@ impl Drop for PcscdBack {
 /// A virtual card in a vpcd reader, served by a thread of this test process; taken out
 /// on drop.
 pub struct InReader {
+    reader: VpcdReader,
     /// The card as it is served (it shares its state with the reader's copy).
     backend: VirtualCardBackend,
     detacher: Detacher,
@@ -273,7 +274,11 @@ impl InReader {
     /// Puts `card` into `reader`, trying again for `patience` while vpcd does not listen
     /// yet (it restarts with pcscd).
     #[must_use]
-    pub fn attach_within(card: &VirtualCardBackend, reader: VpcdReader, patience: Duration) -> Self {
+    pub fn attach_within(
+        card: &VirtualCardBackend,
+        reader: VpcdReader,
+        patience: Duration,
+    ) -> Self {
         let deadline = Instant::now() + patience;
         let (attachment, detacher) = loop {
             match Attachment::connect(reader.address()) {
@@ -292,10 +297,17 @@ impl InReader {
         let served = card.clone();
         let serving = std::thread::spawn(move || attachment.serve(&served));
         InReader {
+            reader,
             backend,
             detacher,
             serving: Some(serving),
         }
+    }
+
+    /// The reader the card is in.
+    #[must_use]
+    pub fn reader(&self) -> VpcdReader {
+        self.reader
     }
 
     /// Takes the card out of the reader, checks that serving it ended cleanly, and

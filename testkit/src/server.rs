@@ -1,12 +1,16 @@
-//! An embedded server (real HTTPS on a loopback port) trusting the test CA, with the fixture badges' users.
+//! Servers for tests: an embedded server (real HTTPS on a loopback port) trusting the test CA with the fixture badges' users, and server directories written by `init_server`.
 
+use std::net::SocketAddr;
 use std::path::Path;
 
+use pivtap_server_client::init::{InitOptions, InitReport, init_server};
 use pivtap_server_client::server::embedded::EmbeddedServer;
 use pivtap_server_client::store::{User, UserState};
+use pivtap_server_client::wire::UserRecord;
 
 use crate::badge::Badge;
 use crate::test_ca;
+use tempfile::TempDir;
 
 /// Starts an embedded server in `dir`, trusting the test CA, whose directory holds the
 /// users of `badges` (active).
@@ -33,4 +37,46 @@ pub fn active_user(id: &str, display_name: &str, mail: &str) -> User {
         employee_id: None,
         state: UserState::Active,
     }
+}
+
+/// An active user with a mail address as the admin API sends them (`POST /admin/users`).
+#[must_use]
+pub fn user_record(id: &str, display_name: &str, mail: &str) -> UserRecord {
+    UserRecord {
+        id: id.to_owned(),
+        display_name: display_name.to_owned(),
+        mail: Some(mail.to_owned()),
+        upn: None,
+        employee_id: None,
+        state: "active".to_owned(),
+    }
+}
+
+/// A server directory written by `init_server` in a fresh temporary directory, trusting
+/// the test CA, listening on `listen`.
+#[must_use]
+pub fn init_directory_listening(listen: SocketAddr) -> (TempDir, InitReport) {
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let report = init_server(
+        dir.path(),
+        &InitOptions {
+            trust: vec![test_ca()],
+            listen,
+            ..InitOptions::default()
+        },
+    )
+    .expect("init_server writes the server directory");
+    (dir, report)
+}
+
+/// [`init_directory_listening`] on a port chosen when the server binds (port 0).
+#[must_use]
+pub fn init_directory() -> (TempDir, InitReport) {
+    init_directory_listening(SocketAddr::from(([127, 0, 0, 1], 0)))
+}
+
+/// Installs the process-wide TLS provider (aws-lc-rs) the server's and clients' rustls
+/// needs; a second call changes nothing.
+pub fn install_crypto_provider() {
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
 }
