@@ -653,6 +653,8 @@ mod tests {
 
     use pivtap_card::virtual_card::{CardOptions, NewCard, VirtualCard, VirtualCardBackend};
     use pivtap_server_client::assertion::{AssertionVerifier, VerifierConfig};
+    use pivtap_testkit::fixture;
+    use pivtap_testkit::server::active_user;
 
     use super::*;
 
@@ -674,12 +676,6 @@ mod tests {
 
     const AUDIENCE: &str = "https://auth.example.test";
     const NONCE: &str = "q2Vv8y3a1lL3m8W4k9dQeXh7c2VjcmV0LW5vbmNlLTMy";
-
-    fn fixture(relative: &str) -> std::path::PathBuf {
-        Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("fixtures")
-            .join(relative)
-    }
 
     /// A fixture card, opened from a copy (a card writes its state back).
     fn fixture_card(name: &str, dir: &Path) -> VirtualCardBackend {
@@ -883,15 +879,7 @@ mod tests {
         String,
     ) {
         use pivtap_server_client::server::embedded::EmbeddedServer;
-        use pivtap_server_client::store::{User, UserState};
-        let user = User {
-            id: "erin".to_owned(),
-            display_name: "Erin Example".to_owned(),
-            mail: Some("erin@example.com".to_owned()),
-            upn: None,
-            employee_id: None,
-            state: UserState::Active,
-        };
+        let user = active_user("erin", "Erin Example", "erin@example.com");
         let server = EmbeddedServer::start(dir, Vec::new(), &[user])
             .await
             .unwrap();

@@ -719,6 +719,7 @@ fn print_enrolled(enrolled: &Enrolled, out: &Path, json: bool) -> anyhow::Result
 mod tests {
     use clap::Parser;
     use pivtap_card::virtual_card::image::CardImage;
+    use pivtap_testkit::server::{active_user, with_users};
 
     use super::*;
 
@@ -777,18 +778,11 @@ mod tests {
         Client,
         String,
     ) {
-        use pivtap_server_client::server::embedded::EmbeddedServer;
-        use pivtap_server_client::store::{User, UserState};
-        let ca = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fixtures/ca/test-ca.pem");
-        let user = User {
-            id: "dana".to_owned(),
-            display_name: "Dana Example".to_owned(),
-            mail: Some("dana@example.com".to_owned()),
-            upn: None,
-            employee_id: None,
-            state: UserState::Active,
-        };
-        let server = EmbeddedServer::start(dir, vec![ca], &[user]).await.unwrap();
+        let server = with_users(
+            dir,
+            &[active_user("dana", "Dana Example", "dana@example.com")],
+        )
+        .await;
         let client = server.client(Duration::from_secs(30)).unwrap();
         let port = server.origin.rsplit(':').next().unwrap();
         let token = std::fs::read_to_string(dir.join(format!("server-{port}")).join("admin.token"))

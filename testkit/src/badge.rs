@@ -7,9 +7,9 @@ use std::convert::Infallible;
 use std::path::PathBuf;
 
 use pivtap_apdu::piv::{Algorithm, KeyReference, Pin};
-use pivtap_card::PivSession;
 use pivtap_card::virtual_card::image::CardImage;
 use pivtap_card::virtual_card::{VirtualCard, VirtualCardBackend};
+use pivtap_card::{PivSession, factory};
 use pivtap_server_client::assertion::AssertionDraft;
 use pivtap_server_client::certificate::CertificateFacts;
 use pivtap_server_client::jose::JwsAlgorithm;
@@ -24,8 +24,9 @@ use crate::server::{active_user, user_record};
 /// The slot every fixture badge signs in with: 9A, PIV Authentication.
 pub const SLOT: KeyReference = KeyReference::PivAuthentication;
 
-/// The PUK of every fixture badge (the default PUK).
-pub const DEFAULT_PUK: &str = "12345678";
+/// The factory management key ([`factory::MANAGEMENT_KEY`]) as hex, as yubico-piv-tool
+/// and `pivtap` take it on their command lines.
+pub const FACTORY_MANAGEMENT_KEY_HEX: &str = "010203040506070801020304050607080102030405060708";
 
 /// A fixture badge and the directory entry of the person it belongs to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -34,7 +35,7 @@ pub struct Badge {
     pub name: &'static str,
     /// Its PIN.
     pub pin: &'static str,
-    /// Its PUK.
+    /// Its PUK (the factory PUK on every fixture badge).
     pub puk: &'static str,
     /// The user id its certificate maps to (by `san.email -> mail`).
     pub user_id: &'static str,
@@ -48,7 +49,7 @@ pub struct Badge {
 pub const ALICE: Badge = Badge {
     name: "alice",
     pin: "123456",
-    puk: DEFAULT_PUK,
+    puk: factory::PUK,
     user_id: "alice",
     display_name: "Alice Example",
     mail: "alice@example.com",
@@ -57,7 +58,7 @@ pub const ALICE: Badge = Badge {
 pub const BOB: Badge = Badge {
     name: "bob",
     pin: "24681357",
-    puk: DEFAULT_PUK,
+    puk: factory::PUK,
     user_id: "bob",
     display_name: "Bob Example",
     mail: "bob@example.com",
@@ -66,7 +67,7 @@ pub const BOB: Badge = Badge {
 pub const CAROL: Badge = Badge {
     name: "carol",
     pin: "123456",
-    puk: DEFAULT_PUK,
+    puk: factory::PUK,
     user_id: "carol",
     display_name: "Carol Example",
     mail: "carol@example.com",
@@ -75,7 +76,7 @@ pub const CAROL: Badge = Badge {
 pub const EXPIRED: Badge = Badge {
     name: "expired",
     pin: "123456",
-    puk: DEFAULT_PUK,
+    puk: factory::PUK,
     user_id: "dave",
     display_name: "Dave Expired",
     mail: "dave@example.com",
@@ -84,7 +85,7 @@ pub const EXPIRED: Badge = Badge {
 pub const UNTRUSTED: Badge = Badge {
     name: "untrusted",
     pin: "123456",
-    puk: DEFAULT_PUK,
+    puk: factory::PUK,
     user_id: "eve",
     display_name: "Eve Rogue",
     mail: "eve@example.com",
@@ -253,4 +254,33 @@ fn key_of(image: &CardImage) -> Algorithm {
 fn jws_algorithm(key: Algorithm) -> JwsAlgorithm {
     JwsAlgorithm::for_piv_key(u8::from(key))
         .unwrap_or_else(|| panic!("no fixture card has a {key:?} key"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_management_key_hex_is_the_factory_key() {
+        let mut hex = String::new();
+        for byte in factory::MANAGEMENT_KEY {
+            hex.push_str(&format!("{byte:02x}"));
+        }
+        assert_eq!(FACTORY_MANAGEMENT_KEY_HEX, hex);
+    }
+
+    #[test]
+    fn every_badge_opens_with_a_9a_key_and_a_certificate_from_its_mail() {
+        for badge in [ALICE, BOB, CAROL, EXPIRED, UNTRUSTED] {
+            let certificate = badge.certificate();
+            let facts = CertificateFacts::from_der(&certificate).expect("the certificate parses");
+            assert!(
+                facts.emails.iter().any(|mail| mail == badge.mail),
+                "{}: {:?}",
+                badge.name,
+                facts.emails
+            );
+            assert_eq!(badge.algorithm(), jws_algorithm(badge.key()));
+        }
+    }
 }

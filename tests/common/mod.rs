@@ -5,11 +5,12 @@
 pub mod tmux;
 
 use std::fs::File;
-use std::net::{Ipv4Addr, TcpListener, TcpStream};
+use std::net::{Ipv4Addr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::time::{Duration, Instant};
 
+pub use pivtap_testkit::{fixture, free_port};
 use serde_json::Value;
 use tempfile::TempDir;
 
@@ -133,13 +134,6 @@ fn keep_stderr(command: &Command, stderr: &str) {
     }
 }
 
-/// A path under the repository's `fixtures/`.
-pub fn fixture(relative: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("fixtures")
-        .join(relative)
-}
-
 /// A test path as text.
 pub fn path_str(path: &Path) -> &str {
     path.to_str().expect("test paths are UTF-8")
@@ -151,14 +145,6 @@ pub const SERVER_TIMEOUT: Duration = Duration::from_secs(30);
 pub const PORT_ATTEMPTS: usize = 5;
 /// The device id the tests sign in from.
 pub const KIOSK: &str = "kiosk-07";
-
-/// A port that was free a moment ago on 127.0.0.1.
-pub fn free_port() -> u16 {
-    TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
-        .and_then(|listener| listener.local_addr())
-        .expect("an ephemeral port on loopback")
-        .port()
-}
 
 /// `pivtap server run` in the background, from a directory `pivtap server init`
 /// wrote (trusting the fixture CA, with its own issuing CA and `[issuance]`).
