@@ -14,7 +14,7 @@ use pivtap_server_client::server::{self, ServerState, devices};
 use pivtap_server_client::store::ChallengeUse;
 use pivtap_server_client::wire::AssertionPayload;
 use pivtap_testkit::badge::ALICE;
-use pivtap_testkit::server::init_directory;
+use pivtap_testkit::server::{admin_token, init_directory, state_with_users};
 use rustls_pki_types::PrivatePkcs8KeyDer;
 use rustls_pki_types::pem::PemObject;
 use serde_json::{Value, json};
@@ -42,18 +42,8 @@ async fn target_with(require_registration: bool) -> Target {
     let mut config = ServerConfig::load(&report.config_path).expect("server.toml loads");
     config.origin = ORIGIN.to_owned();
     config.devices.require_registration = require_registration;
-    let (state, _listener) = server::from_config(&config)
-        .await
-        .expect("the server state builds");
-    state
-        .store()
-        .add_user(&ALICE.user())
-        .await
-        .expect("alice is added");
-    let admin_token = std::fs::read_to_string(&report.admin_token_path)
-        .expect("admin.token reads")
-        .trim()
-        .to_owned();
+    let state = state_with_users(&config, &[ALICE.user()]).await;
+    let admin_token = admin_token(&report);
     Target {
         _dir: dir,
         app: server::app(state.clone()),

@@ -21,7 +21,9 @@ use pivtap_server_client::config::ServerConfig;
 use pivtap_server_client::wire::ErrorCode;
 use pivtap_testkit::badge::{ALICE, BOB, Badge, CAROL};
 use pivtap_testkit::free_port;
-use pivtap_testkit::server::{init_directory_listening, install_crypto_provider, with_badge_users};
+use pivtap_testkit::server::{
+    admin_token, init_directory_listening, install_crypto_provider, with_badge_users,
+};
 
 /// The environment variable that makes [`server_process`] serve this configuration.
 const CHILD_CONFIG: &str = "PIVTAP_DURABILITY_SERVER_CONFIG";
@@ -212,10 +214,7 @@ async fn a_server_killed_under_load_loses_no_sign_in_and_accepts_no_nonce_twice(
     let log = log_dir().join(format!("server-{port}.log"));
     let trust = || ServerTrust::from_pem_file(&report.certificate_path).expect("tls.crt");
     let client = Client::new(&config.origin, trust(), CLIENT_TIMEOUT).expect("a client");
-    let admin_token = std::fs::read_to_string(&report.admin_token_path)
-        .expect("admin.token")
-        .trim()
-        .to_owned();
+    let admin_token = admin_token(&report);
 
     let mut server = ServerProcess::start(&report.config_path, &log);
     wait_until_up(&client).await;

@@ -30,7 +30,7 @@ use pivtap_server_client::wire::{
 };
 use pivtap_testkit::badge::{ALICE, BOB, Badge, CAROL, EXPIRED, UNTRUSTED};
 use pivtap_testkit::forge::{compact, parts};
-use pivtap_testkit::server::{init_directory, install_crypto_provider, user_record};
+use pivtap_testkit::server::{admin_token, init_directory, install_crypto_provider, user_record};
 use pivtap_testkit::{fixture, free_port};
 use serde_json::{Value, json};
 use tempfile::TempDir;
@@ -139,10 +139,7 @@ impl TestServer {
                     .expect("tls.crt is a PEM certificate");
                 let client =
                     Client::new(&config.origin, trust, CLIENT_TIMEOUT).expect("the client builds");
-                let admin_token = std::fs::read_to_string(&report.admin_token_path)
-                    .expect("admin.token is readable")
-                    .trim()
-                    .to_owned();
+                let admin_token = admin_token(&report);
                 return TestServer {
                     _dir: dir,
                     report,

@@ -23,7 +23,7 @@ use pivtap_server_client::store::UserState;
 use pivtap_server_client::wire::{AssertionPayload, ChallengeResponse};
 use pivtap_testkit::badge::{ALICE, BOB, Badge, CAROL, SLOT, UNTRUSTED};
 use pivtap_testkit::forge::{header_json, pem_der, signed_by};
-use pivtap_testkit::server::init_directory;
+use pivtap_testkit::server::{admin_token, init_directory, state_with_users};
 use pivtap_testkit::{fixture, test_ca};
 use serde_json::{Value, json};
 use tempfile::TempDir;
@@ -67,20 +67,8 @@ async fn target_with(adjust: impl FnOnce(&mut ServerConfig)) -> Target {
     config
         .validate(&report.config_path)
         .expect("the adjusted configuration is valid");
-    let (state, _listener) = server::from_config(&config)
-        .await
-        .expect("the server state builds");
-    for badge in [ALICE, BOB] {
-        state
-            .store()
-            .add_user(&badge.user())
-            .await
-            .expect("the user is added");
-    }
-    let admin_token = std::fs::read_to_string(&report.admin_token_path)
-        .expect("admin.token reads")
-        .trim()
-        .to_owned();
+    let state = state_with_users(&config, &[ALICE.user(), BOB.user()]).await;
+    let admin_token = admin_token(&report);
     let device = server::devices::credential_locally(&state, DEVICE)
         .await
         .expect("the kiosk is registered");

@@ -3,8 +3,10 @@
 use std::net::SocketAddr;
 use std::path::Path;
 
+use pivtap_server_client::config::ServerConfig;
 use pivtap_server_client::init::{InitOptions, InitReport, init_server};
 use pivtap_server_client::server::embedded::EmbeddedServer;
+use pivtap_server_client::server::{self, ServerState};
 use pivtap_server_client::store::{User, UserState};
 use pivtap_server_client::wire::UserRecord;
 
@@ -73,6 +75,31 @@ pub fn init_directory_listening(listen: SocketAddr) -> (TempDir, InitReport) {
 #[must_use]
 pub fn init_directory() -> (TempDir, InitReport) {
     init_directory_listening(SocketAddr::from(([127, 0, 0, 1], 0)))
+}
+
+/// The server state built from `config` (a directory `init_server` wrote) with `users` in
+/// its store, for tests that drive the app with `oneshot`, without a socket.
+pub async fn state_with_users(config: &ServerConfig, users: &[User]) -> ServerState {
+    let (state, _listener) = server::from_config(config)
+        .await
+        .expect("the server state builds");
+    for user in users {
+        state
+            .store()
+            .add_user(user)
+            .await
+            .expect("the user is added");
+    }
+    state
+}
+
+/// The admin token `init_server` wrote (`admin.token`), trimmed.
+#[must_use]
+pub fn admin_token(report: &InitReport) -> String {
+    std::fs::read_to_string(&report.admin_token_path)
+        .expect("admin.token reads")
+        .trim()
+        .to_owned()
 }
 
 /// Installs the process-wide TLS provider (aws-lc-rs) the server's and clients' rustls
