@@ -28,7 +28,7 @@ use pivtap_server_client::client::{Client, ServerTrust};
 use serde_json::Value;
 
 mod common;
-use common::{KIOSK, RunningServer, free_port, path_str, pivtap_command, run};
+use common::{KIOSK, RunningServer, free_port, interrupt, path_str, pivtap_command, run};
 use pivtap_card::factory;
 use pivtap_testkit::pcscd::{
     VPCD_READER_0, VPCD_READER_1, VpcdReader, context, pcscd_turn, reader_states, wait_for_reader,
@@ -106,23 +106,7 @@ impl<'a> Attached<'a> {
     /// Takes the card out (SIGINT, as Ctrl-C), checks the process saved it
     /// and ended cleanly, and waits until pcscd sees the reader empty.
     fn remove(mut self) {
-        let pid = self.child.id().to_string();
-        let signalled = Command::new("sh")
-            .args(["-c", "kill -INT \"$1\"", "sh", &pid])
-            .status()
-            .expect("sh runs kill");
-        assert!(signalled.success(), "kill -INT {pid} failed");
-        let deadline = Instant::now() + WAIT;
-        let status = loop {
-            if let Some(status) = self.child.try_wait().expect("the attach process is there") {
-                break status;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "vcard attach did not stop on SIGINT"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        };
+        let status = interrupt(&mut self.child, "vcard attach", WAIT);
         let printed = std::fs::read_to_string(&self.log).unwrap_or_default();
         assert!(
             status.success() && printed.contains("its state is saved"),

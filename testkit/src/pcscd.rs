@@ -123,13 +123,22 @@ pub fn pcscd_turn(readers: &[VpcdReader]) -> PcscdTurn {
 
 /// Whether this process inherited an open descriptor of [`PCSCD_LOCK`] (from `flock(1)`).
 fn lock_inherited() -> bool {
+    !inherited_lock_descriptors().is_empty()
+}
+
+/// The numbers of this process's open descriptors of [`PCSCD_LOCK`]: those `flock(1)`
+/// passed down (this crate's own are close-on-exec).
+fn inherited_lock_descriptors() -> Vec<String> {
     let Ok(descriptors) = std::fs::read_dir("/proc/self/fd") else {
-        return false;
+        return Vec::new();
     };
     descriptors
         .filter_map(Result::ok)
-        .filter_map(|entry| std::fs::read_link(entry.path()).ok())
-        .any(|target| target == Path::new(PCSCD_LOCK))
+        .filter(|entry| {
+            std::fs::read_link(entry.path()).is_ok_and(|target| target == Path::new(PCSCD_LOCK))
+        })
+        .map(|entry| entry.file_name().to_string_lossy().into_owned())
+        .collect()
 }
 
 /// Opens [`PCSCD_LOCK`] and waits for an exclusive `flock` on it.
@@ -235,11 +244,29 @@ pub fn stop_pcscd() {
 
 /// Starts pcscd as `scripts/setup-debian` does (it forks into the background).
 pub fn start_pcscd() {
-    let status = Command::new("pcscd").status();
+    let status = spawn_pcscd();
     assert!(
         matches!(status, Ok(s) if s.success()),
         "cannot start pcscd: {status:?}"
     );
+}
+
+/// Runs `pcscd` (which forks into the background) without the descriptors of
+/// [`PCSCD_LOCK`] this process inherited from `flock(1)`: the daemon would keep them
+/// open, and with them the lock, for as long as it runs.
+fn spawn_pcscd() -> std::io::Result<std::process::ExitStatus> {
+    without_lock_descriptors("pcscd").status()
+}
+
+/// A shell running `program` with this process's descriptors of [`PCSCD_LOCK`] closed.
+fn without_lock_descriptors(program: &str) -> Command {
+    let closed: String = inherited_lock_descriptors()
+        .iter()
+        .map(|fd| format!(" {fd}>&-"))
+        .collect();
+    let mut command = Command::new("sh");
+    command.args(["-c", &format!("exec {program}{closed}")]);
+    command
 }
 
 /// Starts pcscd again on drop if it is not running: a test that failed while it had
@@ -249,7 +276,7 @@ pub struct PcscdBack;
 impl Drop for PcscdBack {
     fn drop(&mut self) {
         if pcscd_pid().is_none() {
-            let _ = Command::new("pcscd").status();
+            let _ = spawn_pcscd();
         }
     }
 }
@@ -336,5 +363,37 @@ impl Drop for InReader {
             let _ = serving.join();
             std::thread::sleep(PCSCD_POLL);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What `ls -l /proc/self/fd` shows of the process `command` runs.
+    fn descriptors_of(mut command: Command) -> String {
+        let output = command.output().expect("sh runs");
+        assert!(output.status.success(), "{output:?}");
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    }
+
+    /// A daemon started under `flock /tmp/pivtap-pcscd.lock` must not keep the lock: the
+    /// lock file open as `flock(1)` leaves it (inherited, not close-on-exec) reaches a
+    /// plain child, and not one started without the lock's descriptors. No lock is taken.
+    #[test]
+    fn pcscd_is_started_without_the_inherited_lock() {
+        let inherited = rustix::fs::open(
+            PCSCD_LOCK,
+            rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::CREATE,
+            rustix::fs::Mode::from_raw_mode(0o666),
+        )
+        .expect("the lock file opens");
+        assert!(lock_inherited());
+        let mut plain = Command::new("sh");
+        plain.args(["-c", "exec ls -l /proc/self/fd"]);
+        assert!(descriptors_of(plain).contains(PCSCD_LOCK));
+        let cleaned = descriptors_of(without_lock_descriptors("ls -l /proc/self/fd"));
+        assert!(!cleaned.contains(PCSCD_LOCK), "{cleaned}");
+        drop(inherited);
     }
 }

@@ -363,24 +363,9 @@ impl RunningServer {
 
     /// Stops the server with SIGINT (Ctrl-C) and returns how it exited and what it printed.
     pub fn stop(&mut self) -> (ExitStatus, String) {
-        let pid = self.child.id().to_string();
-        let signalled = Command::new("sh")
-            .args(["-c", "kill -INT \"$1\"", "sh", &pid])
-            .status()
-            .expect("sh runs kill");
-        assert!(signalled.success(), "kill -INT {pid} failed");
-        let deadline = Instant::now() + SERVER_TIMEOUT;
-        loop {
-            if let Some(status) = self.child.try_wait().expect("the server process is there") {
-                let output = std::fs::read_to_string(&self.stdout).unwrap_or_default();
-                return (status, output);
-            }
-            assert!(
-                Instant::now() < deadline,
-                "the server did not stop on SIGINT"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        let status = interrupt(&mut self.child, "the server", SERVER_TIMEOUT);
+        let output = std::fs::read_to_string(&self.stdout).unwrap_or_default();
+        (status, output)
     }
 
     /// Starts the server again from its directory (after [`Self::stop`], or a
@@ -415,6 +400,25 @@ impl Drop for RunningServer {
             let _ = self.child.kill();
             let _ = self.child.wait();
         }
+    }
+}
+
+/// Sends SIGINT (as Ctrl-C does) to `child` and waits up to `wait` for it to exit;
+/// panics, naming the process as `what`, when it cannot be signalled or does not stop.
+pub fn interrupt(child: &mut Child, what: &str, wait: Duration) -> ExitStatus {
+    let pid = child.id().to_string();
+    let signalled = Command::new("sh")
+        .args(["-c", "kill -INT \"$1\"", "sh", &pid])
+        .status()
+        .expect("sh runs kill");
+    assert!(signalled.success(), "kill -INT {pid} failed");
+    let deadline = Instant::now() + wait;
+    loop {
+        if let Some(status) = child.try_wait().expect("the process is there") {
+            return status;
+        }
+        assert!(Instant::now() < deadline, "{what} did not stop on SIGINT");
+        std::thread::sleep(Duration::from_millis(20));
     }
 }
 
