@@ -14,7 +14,7 @@ use pivtap_server_client::server::{self, ServerState, devices};
 use pivtap_server_client::store::ChallengeUse;
 use pivtap_server_client::wire::AssertionPayload;
 use pivtap_testkit::badge::ALICE;
-use pivtap_testkit::server::{admin_token, init_directory, state_with_users};
+use pivtap_testkit::server::{admin_request, admin_token, init_directory, state_with_users};
 use rustls_pki_types::PrivatePkcs8KeyDer;
 use rustls_pki_types::pem::PemObject;
 use serde_json::{Value, json};
@@ -65,16 +65,13 @@ impl Target {
 
 impl Target {
     fn admin(&self, method: Method, path: &str, body: Option<&Value>) -> Request<Body> {
-        Request::builder()
-            .method(method)
-            .uri(format!("/v1/admin{path}"))
-            .header(
-                header::AUTHORIZATION,
-                format!("Bearer {}", self.admin_token),
-            )
-            .header(header::CONTENT_TYPE, JSON)
-            .body(body.map_or_else(Body::empty, |body| Body::from(body.to_string())))
-            .expect("a request")
+        admin_request(
+            &self.admin_token,
+            method,
+            path,
+            JSON,
+            body.map_or_else(Body::empty, |body| Body::from(body.to_string())),
+        )
     }
 
     async fn credential(&self, device: &str) -> DeviceCredential {

@@ -23,7 +23,7 @@ use pivtap_server_client::store::UserState;
 use pivtap_server_client::wire::{AssertionPayload, ChallengeResponse};
 use pivtap_testkit::badge::{ALICE, BOB, Badge, CAROL, SLOT, UNTRUSTED};
 use pivtap_testkit::forge::{header_json, pem_der, signed_by};
-use pivtap_testkit::server::{admin_token, init_directory, state_with_users};
+use pivtap_testkit::server::{admin_request, admin_token, init_directory, state_with_users};
 use pivtap_testkit::{fixture, test_ca};
 use serde_json::{Value, json};
 use tempfile::TempDir;
@@ -150,16 +150,7 @@ impl Target {
     }
 
     fn admin(&self, method: Method, path: &str, body: impl Into<Body>) -> Request<Body> {
-        Request::builder()
-            .method(method)
-            .uri(format!("/v1/admin{path}"))
-            .header(
-                header::AUTHORIZATION,
-                format!("Bearer {}", self.admin_token),
-            )
-            .header(header::CONTENT_TYPE, JSON)
-            .body(body.into())
-            .expect("a request")
+        admin_request(&self.admin_token, method, path, JSON, body)
     }
 
     async fn admin_json(&self, path: &str) -> Value {

@@ -1,6 +1,9 @@
 //! Servers for tests: an embedded server (real HTTPS on a loopback port) trusting the test CA with the fixture badges' users, and server directories written by `init_server`.
 
 use std::net::SocketAddr;
+
+use axum::body::Body;
+use axum::http::{Method, Request, header};
 use std::path::Path;
 
 use pivtap_server_client::config::ServerConfig;
@@ -100,6 +103,25 @@ pub fn admin_token(report: &InitReport) -> String {
         .expect("admin.token reads")
         .trim()
         .to_owned()
+}
+
+/// `METHOD /v1/admin{path}` with `token` as the bearer credential and a body of
+/// `content_type`, for `oneshot`.
+#[must_use]
+pub fn admin_request(
+    token: &str,
+    method: Method,
+    path: &str,
+    content_type: &str,
+    body: impl Into<Body>,
+) -> Request<Body> {
+    Request::builder()
+        .method(method)
+        .uri(format!("/v1/admin{path}"))
+        .header(header::AUTHORIZATION, format!("Bearer {token}"))
+        .header(header::CONTENT_TYPE, content_type)
+        .body(body.into())
+        .expect("a request")
 }
 
 /// Installs the process-wide TLS provider (aws-lc-rs) the server's and clients' rustls
