@@ -7,6 +7,7 @@ use serde_json::Value;
 
 mod common;
 use common::tmux::Tmux;
+use pivtap_testkit::pcscd::{VPCD_READERS, pcscd_turn};
 
 fn pivtap() -> &'static str {
     env!("CARGO_BIN_EXE_pivtap")
@@ -21,6 +22,7 @@ fn the_headless_demo_tells_the_whole_story() {
 /// read over PC/SC (needs pcscd with vsmartcard-vpcd: scripts/setup-debian).
 #[test]
 fn the_headless_demo_over_pcscd_tells_the_same_story() {
+    let _turn = pcscd_turn(&VPCD_READERS);
     check_story(&["demo", "--headless", "--pcsc"]);
 }
 

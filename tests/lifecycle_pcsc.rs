@@ -23,90 +23,39 @@ use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::time::{Duration, Instant};
 
-use pivtap_card::pcsc::{PcscContext, ReaderInfo};
+use pivtap_card::pcsc::PcscContext;
 use pivtap_client::client::{Client, ServerTrust};
 use serde_json::Value;
 
 mod common;
-use common::{KIOSK, RunningServer, free_port, path_str, pivtap_command, run};
+use common::{KIOSK, RunningServer, free_port, interrupt, path_str, pivtap_command, run};
+use pivtap_card::factory;
+use pivtap_testkit::pcscd::{
+    VPCD_READER_0, VPCD_READER_1, VpcdReader, context, pcscd_turn, reader_states, wait_for_reader,
+};
 
 /// The kiosk's reader, and the port its cards attach on.
-const KIOSK_READER: (&str, u16) = ("Virtual PCD 00 00", 35963);
+const KIOSK_READER: VpcdReader = VPCD_READER_0;
 /// The IT desk's reader (renewal), and its port.
-const DESK_READER: (&str, u16) = ("Virtual PCD 00 01", 35964);
+const DESK_READER: VpcdReader = VPCD_READER_1;
 /// The PIN of a blank card.
-const FACTORY_PIN: &str = "123456";
-/// The tests of this file share the vpcd readers: one at a time.
-static READERS: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
-/// Holds the vpcd readers for one test (a test that failed while holding them frees them too).
-fn hold_readers() -> std::sync::MutexGuard<'static, ()> {
-    READERS
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-}
+const FACTORY_PIN: &str = factory::PIN;
 
 /// The longest wait for a kiosk event or a reader change.
 const WAIT: Duration = Duration::from_secs(20);
 
-fn pcscd_unreachable(error: &dyn std::fmt::Display) -> ! {
-    panic!(
-        "pcscd is not reachable ({error}): this test needs the system pcscd with the vsmartcard \
-         vpcd driver (Debian packages pcscd and vsmartcard-vpcd; scripts/setup-debian)"
-    )
-}
-
-/// The vpcd readers as pcscd lists them; fails without pcscd or without vpcd.
-fn vpcd_readers(context: &PcscContext) -> Vec<ReaderInfo> {
-    let listed = context
-        .list_readers()
-        .unwrap_or_else(|error| pcscd_unreachable(&error));
-    [KIOSK_READER.0, DESK_READER.0]
-        .iter()
-        .map(|name| {
-            listed
-                .iter()
-                .find(|reader| reader.name == *name)
-                .cloned()
-                .unwrap_or_else(|| {
-                    panic!("pcscd has no reader {name:?}: is vsmartcard-vpcd installed? Listed: {listed:?}")
-                })
-        })
-        .collect()
-}
-
-/// Waits until pcscd reports `reader` with a card (`present`) or without one.
-fn wait_for_reader(context: &PcscContext, reader: &str, present: bool) {
-    let deadline = Instant::now() + WAIT;
-    loop {
-        let state = vpcd_readers(context)
-            .into_iter()
-            .find(|info| info.name == reader)
-            .is_some_and(|info| info.card_present);
-        if state == present {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "pcscd did not see {reader:?} {} within {WAIT:?} (is another program attached to vpcd?)",
-            if present { "take a card" } else { "empty" }
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
 /// `pivtap vcard attach FILE --port PORT`: the card in a vpcd reader until [`Attached::remove`].
 struct Attached<'a> {
     child: Child,
-    reader: &'static str,
+    reader: VpcdReader,
     context: &'a PcscContext,
     log: PathBuf,
 }
 
 impl<'a> Attached<'a> {
     /// Attaches `card` to `reader` and waits until pcscd sees it.
-    fn attach(context: &'a PcscContext, card: &Path, reader: (&'static str, u16)) -> Self {
-        let (name, port) = reader;
+    fn attach(context: &'a PcscContext, card: &Path, reader: VpcdReader) -> Self {
+        let (name, port) = (reader.name, reader.port);
         let log = card.with_extension(format!("attach-{port}.log"));
         let child = pivtap_command(&[
             "vcard",
@@ -121,7 +70,7 @@ impl<'a> Attached<'a> {
         .expect("pivtap vcard attach starts");
         let mut attached = Attached {
             child,
-            reader: name,
+            reader,
             context,
             log,
         };
@@ -140,9 +89,9 @@ impl<'a> Attached<'a> {
                     "pivtap vcard attach exited ({status}) before {name:?} held the card: {stderr}"
                 );
             }
-            let present = vpcd_readers(context)
-                .into_iter()
-                .any(|info| info.name == name && info.card_present);
+            let present = reader_states(context, &[reader])
+                .iter()
+                .any(|info| info.card_present);
             if present {
                 return attached;
             }
@@ -157,29 +106,13 @@ impl<'a> Attached<'a> {
     /// Takes the card out (SIGINT, as Ctrl-C), checks the process saved it
     /// and ended cleanly, and waits until pcscd sees the reader empty.
     fn remove(mut self) {
-        let pid = self.child.id().to_string();
-        let signalled = Command::new("sh")
-            .args(["-c", "kill -INT \"$1\"", "sh", &pid])
-            .status()
-            .expect("sh runs kill");
-        assert!(signalled.success(), "kill -INT {pid} failed");
-        let deadline = Instant::now() + WAIT;
-        let status = loop {
-            if let Some(status) = self.child.try_wait().expect("the attach process is there") {
-                break status;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "vcard attach did not stop on SIGINT"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        };
+        let status = interrupt(&mut self.child, "vcard attach", WAIT);
         let printed = std::fs::read_to_string(&self.log).unwrap_or_default();
         assert!(
             status.success() && printed.contains("its state is saved"),
             "vcard attach ended with {status}: {printed}"
         );
-        wait_for_reader(self.context, self.reader, false);
+        wait_for_reader(self.context, self.reader, false, WAIT);
     }
 }
 
@@ -209,7 +142,7 @@ struct HeadlessKiosk {
 impl HeadlessKiosk {
     /// Writes a kiosk.toml for `server` watching only the kiosk's reader, and starts the kiosk.
     fn start(server: &RunningServer) -> Self {
-        HeadlessKiosk::start_with_filter(server, KIOSK_READER.0)
+        HeadlessKiosk::start_with_filter(server, KIOSK_READER.name)
     }
 
     /// As [`start`](Self::start), watching the readers whose name contains `name_contains`.
@@ -320,7 +253,7 @@ impl HeadlessKiosk {
     /// The badge was tapped on the kiosk's reader: it is read and the PIN asked for.
     fn expect_tap(&mut self) {
         let present = self.expect("card_present");
-        assert_eq!(present["reader"], KIOSK_READER.0, "{}", self.story());
+        assert_eq!(present["reader"], KIOSK_READER.name, "{}", self.story());
         let prompt = self.expect("pin_required");
         // `null`: not read, for a badge whose PIN was right at its last sign-in here.
         assert!(
@@ -466,9 +399,10 @@ fn openssl_crl(server: &RunningServer, crl: &[u8]) -> Vec<(String, Option<String
 
 #[test]
 fn a_reader_filter_that_matches_no_reader_says_so_and_names_the_readers_it_sees() {
-    let _readers = hold_readers();
-    let context = PcscContext::establish().unwrap_or_else(|error| pcscd_unreachable(&error));
-    wait_for_reader(&context, KIOSK_READER.0, false);
+    // The readers are checked below, with the patience a kiosk's last tap needs.
+    let _readers = pcscd_turn(&[]);
+    let context = context();
+    wait_for_reader(&context, KIOSK_READER, false, WAIT);
     let server = RunningServer::start();
     let mut kiosk = HeadlessKiosk::start_with_filter(&server, "Reader Nobody Has");
     let notice = loop {
@@ -479,10 +413,10 @@ fn a_reader_filter_that_matches_no_reader_says_so_and_names_the_readers_it_sees(
     };
     assert_eq!(notice["code"], "no_matching_reader", "{}", kiosk.story());
     let message = notice["message"].as_str().expect("a message");
-    assert!(message.contains(KIOSK_READER.0), "{}", kiosk.story());
+    assert!(message.contains(KIOSK_READER.name), "{}", kiosk.story());
     let stderr = std::fs::read_to_string(&kiosk.stderr).expect("the kiosk's log");
     assert!(
-        stderr.contains("[readers] name_contains") && stderr.contains(KIOSK_READER.0),
+        stderr.contains("[readers] name_contains") && stderr.contains(KIOSK_READER.name),
         "{}",
         kiosk.story()
     );
@@ -491,10 +425,11 @@ fn a_reader_filter_that_matches_no_reader_says_so_and_names_the_readers_it_sees(
 
 #[test]
 fn a_blank_card_enrolled_over_pcsc_signs_in_at_the_kiosk_through_renewal_lock_and_revocation() {
-    let _readers = hold_readers();
-    let context = PcscContext::establish().unwrap_or_else(|error| pcscd_unreachable(&error));
-    for (reader, _) in [KIOSK_READER, DESK_READER] {
-        wait_for_reader(&context, reader, false);
+    // The readers are checked below, with the patience a kiosk's last tap needs.
+    let _readers = pcscd_turn(&[]);
+    let context = context();
+    for reader in [KIOSK_READER, DESK_READER] {
+        wait_for_reader(&context, reader, false, WAIT);
     }
     let server = RunningServer::start();
     server.add_user("erin", "Erin Example", "erin@example.com");
@@ -513,7 +448,7 @@ fn a_blank_card_enrolled_over_pcsc_signs_in_at_the_kiosk_through_renewal_lock_an
     let enrolled = card_at_reader(
         &server,
         "enroll",
-        KIOSK_READER.0,
+        KIOSK_READER.name,
         FACTORY_PIN,
         &["--code", &code],
     );
@@ -536,7 +471,7 @@ fn a_blank_card_enrolled_over_pcsc_signs_in_at_the_kiosk_through_renewal_lock_an
     let renewed = card_at_reader(
         &server,
         "renew",
-        DESK_READER.0,
+        DESK_READER.name,
         FACTORY_PIN,
         &["--device", KIOSK],
     );
@@ -681,9 +616,10 @@ fn a_blank_card_enrolled_over_pcsc_signs_in_at_the_kiosk_through_renewal_lock_an
 
 #[test]
 fn the_headless_kiosk_outlives_its_stdin_and_signs_the_worker_out_on_sigterm() {
-    let _readers = hold_readers();
-    let context = PcscContext::establish().unwrap_or_else(|error| pcscd_unreachable(&error));
-    wait_for_reader(&context, KIOSK_READER.0, false);
+    // The readers are checked below, with the patience a kiosk's last tap needs.
+    let _readers = pcscd_turn(&[]);
+    let context = context();
+    wait_for_reader(&context, KIOSK_READER, false, WAIT);
     let server = RunningServer::start();
     server.add_user("alice", "Alice Example", "alice@example.com");
     let card = server.dir.path().join("alice-card.toml");

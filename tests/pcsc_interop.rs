@@ -10,7 +10,6 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::mpsc::{self, Receiver};
-use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -24,21 +23,24 @@ use serde_json::Value;
 use tempfile::TempDir;
 
 mod common;
+use common::{fixture, path_str};
+use pivtap_card::factory;
+use pivtap_testkit::badge::{ALICE, BOB, FACTORY_MANAGEMENT_KEY_HEX};
+use pivtap_testkit::pcscd::{VPCD_READER_0, pcscd_turn};
 
 /// The vpcd reader these tests use, and its port.
-const READER: &str = "Virtual PCD 00 00";
-const VPCD_PORT: &str = "35963";
+const READER: &str = VPCD_READER_0.name;
 
 /// The PIN of a card as new cards ship (`vcard new --blank`).
-const FACTORY_PIN: &str = "123456";
+const FACTORY_PIN: &str = factory::PIN;
 /// PIN of the fixture card `alice.toml` (RSA-2048 in 9A).
-const ALICE_PIN: &str = "123456";
+const ALICE_PIN: &str = ALICE.pin;
 /// PIN of the fixture card `bob.toml` (P-256 in 9A).
-const BOB_PIN: &str = "24681357";
+const BOB_PIN: &str = BOB.pin;
 /// PUK of both fixture cards (the default PUK).
-const DEFAULT_PUK: &str = "12345678";
+const DEFAULT_PUK: &str = factory::PUK;
 /// The well-known default PIV management key (3DES), as yubico-piv-tool takes it.
-const DEFAULT_MANAGEMENT_KEY_HEX: &str = "010203040506070801020304050607080102030405060708";
+const DEFAULT_MANAGEMENT_KEY_HEX: &str = FACTORY_MANAGEMENT_KEY_HEX;
 
 /// What GET VERSION answers (the level of Yubico's PIV extensions the card implements).
 const YUBICO_EXTENSIONS_VERSION: &str = "5.3.0";
@@ -47,44 +49,6 @@ const YUBICO_EXTENSIONS_VERSION: &str = "5.3.0";
 const READER_DEADLINE: Duration = Duration::from_secs(5);
 /// How long one run of an external tool may take.
 const TOOL_DEADLINE: Duration = Duration::from_secs(120);
-
-/// One pcscd, one reader: the tests take turns.
-static READER_LOCK: Mutex<()> = Mutex::new(());
-
-/// Waits for the reader, then checks that pcscd answers and the vpcd reader
-/// is there and empty; fails the test with what to do when not.
-fn take_reader() -> MutexGuard<'static, ()> {
-    let guard = READER_LOCK.lock().unwrap_or_else(PoisonError::into_inner);
-    // A card that just left (the test before, or another test binary) takes
-    // pcscd about 0.4 s to notice, and a card attached before it has is never
-    // seen: wait for an empty reader, within limits.
-    let deadline = Instant::now() + READER_DEADLINE;
-    loop {
-        let listing = pivtap(&["card", "list", "--json"]);
-        assert_eq!(
-            listing.code, 0,
-            "pcscd is not running or cannot be reached: run scripts/setup-debian (as root).\n\
-             `pivtap card list` said:\n{}{}",
-            listing.stdout, listing.stderr
-        );
-        let reader = reader_state(&listing).unwrap_or_else(|| {
-            panic!(
-                "pcscd has no reader {READER:?}: install the vsmartcard vpcd driver and restart \
-                 pcscd (scripts/setup-debian).\nReaders:\n{}",
-                listing.stdout
-            )
-        });
-        if reader["card_present"] == Value::Bool(false) {
-            return guard;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "a card stays in {READER:?}: another `pivtap vcard attach --port {VPCD_PORT}` \
-             is running; stop it first"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
 
 /// The entry for [`READER`] in `card list --json` output.
 fn reader_state(listing: &Run) -> Option<Value> {
@@ -271,16 +235,6 @@ fn opensc_module() -> PathBuf {
     pkcs11_module("opensc-pkcs11.so", "opensc")
 }
 
-fn fixture(relative: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("fixtures")
-        .join(relative)
-}
-
-fn path_str(path: &Path) -> &str {
-    path.to_str().expect("test paths are UTF-8")
-}
-
 /// Copies the fixture card `cards/NAME.toml` into `dir`.
 fn copy_fixture_card(dir: &TempDir, name: &str) -> PathBuf {
     let copy = dir.path().join(format!("{name}.toml"));
@@ -340,7 +294,8 @@ impl Attached {
     fn start(card: &Path, link: Link) -> Self {
         let log = card.with_extension(format!("{link:?}.apdu.log"));
         let log_file = std::fs::File::create(&log).expect("create the APDU log");
-        let mut args = vec!["vcard", "attach", path_str(card), "--port", VPCD_PORT];
+        let port = VPCD_READER_0.port_arg();
+        let mut args = vec!["vcard", "attach", path_str(card), "--port", &port];
         args.extend_from_slice(link.attach_flags());
         let mut child = pivtap_command(&args)
             .env("RUST_LOG", "pivtap::apdu=trace")
@@ -533,7 +488,7 @@ fn message_file(dir: &TempDir) -> PathBuf {
 
 #[test]
 fn opensc_reads_the_card_and_signs_with_its_rsa_key() {
-    let _reader = take_reader();
+    let _reader = pcscd_turn(&[VPCD_READER_0]);
     let module = opensc_module();
     for link in LINKS {
         let dir = TempDir::new().expect("temp dir");
@@ -671,7 +626,7 @@ fn opensc_reads_the_card_and_signs_with_its_rsa_key() {
 
 #[test]
 fn opensc_signs_with_a_p256_key() {
-    let _reader = take_reader();
+    let _reader = pcscd_turn(&[VPCD_READER_0]);
     let module = opensc_module();
     for link in LINKS {
         let dir = TempDir::new().expect("temp dir");
@@ -879,7 +834,7 @@ fn pem_to_der(pem: &str) -> Vec<u8> {
 
 #[test]
 fn yubico_piv_tool_manages_the_card() {
-    let _reader = take_reader();
+    let _reader = pcscd_turn(&[VPCD_READER_0]);
     for link in LINKS {
         let what = |step: &str| format!("{step} ({link:?})");
         let provisioned = provision_with_yubico_piv_tool(link);
@@ -1018,7 +973,7 @@ fn sign_with_9c(
 
 #[test]
 fn pivtap_signs_with_a_key_yubico_piv_tool_generated() {
-    let _reader = take_reader();
+    let _reader = pcscd_turn(&[VPCD_READER_0]);
     for link in LINKS {
         let provisioned = provision_with_yubico_piv_tool(link);
         let key = p256_verifying_key(&provisioned.certificate_der);
@@ -1058,7 +1013,7 @@ fn pivtap_signs_with_a_key_yubico_piv_tool_generated() {
 /// the README's interop notes need updating.
 #[test]
 fn ykcs11_offers_no_slot_for_a_reader_not_named_yubico() {
-    let _reader = take_reader();
+    let _reader = pcscd_turn(&[VPCD_READER_0]);
     let ykcs11 = pkcs11_module("libykcs11.so", "ykcs11");
     let module = opensc_module();
     for link in LINKS {
@@ -1096,7 +1051,7 @@ fn ykcs11_offers_no_slot_for_a_reader_not_named_yubico() {
 
 #[test]
 fn apdu_round_trip_figures() {
-    let _reader = take_reader();
+    let _reader = pcscd_turn(&[VPCD_READER_0]);
     for link in LINKS {
         let dir = TempDir::new().expect("temp dir");
         let card = copy_fixture_card(&dir, "alice");
@@ -1152,7 +1107,7 @@ fn pin_state_seen_by_opensc_tool() -> String {
 /// program does not find the badge PIN-verified.
 #[test]
 fn a_third_party_card_enrolls_counts_wrong_pins_and_is_logged_out_after_sign_in() {
-    let _reader = take_reader();
+    let _reader = pcscd_turn(&[VPCD_READER_0]);
     let server = common::RunningServer::start();
     server.add_user("dana", "Dana Example", "dana@example.com");
     let card = server.dir.path().join("third-party.toml");

@@ -17,12 +17,8 @@ use tempfile::TempDir;
 mod common;
 use common::tmux::Tmux;
 use common::{fixture, path_str, pivtap_command, run};
+use pivtap_testkit::pcscd::{VPCD_READERS, VpcdReader, pcscd_turn};
 
-/// The two vpcd readers and their ports.
-const READERS: [(&str, &str); 2] = [
-    ("Virtual PCD 00 00", "35963"),
-    ("Virtual PCD 00 01", "35964"),
-];
 /// How long a card may take to show up in, or leave, a reader.
 const READER_DEADLINE: Duration = Duration::from_secs(10);
 
@@ -36,7 +32,7 @@ fn cards_present() -> [bool; 2] {
         listing.stderr
     );
     let readers: Value = serde_json::from_str(&listing.stdout).expect("card list --json");
-    READERS.map(|(name, _)| {
+    VPCD_READERS.map(|VpcdReader { name, .. }| {
         let reader = readers
             .as_array()
             .and_then(|all| all.iter().find(|r| r["reader"] == name))
@@ -103,16 +99,18 @@ fn card_copy(dir: &TempDir, name: &str) -> PathBuf {
 
 #[test]
 fn with_cards_in_two_readers_the_person_is_asked_and_a_script_is_refused() {
+    // The readers are checked below, through `pivtap card list` and with its patience.
+    let _turn = pcscd_turn(&[]);
     wait_for_cards([false, false]);
     let dir = TempDir::new().unwrap();
-    let alice = Attached::start(&card_copy(&dir, "alice"), READERS[0].1);
-    let bob = Attached::start(&card_copy(&dir, "bob"), READERS[1].1);
+    let alice = Attached::start(&card_copy(&dir, "alice"), &VPCD_READERS[0].port_arg());
+    let bob = Attached::start(&card_copy(&dir, "bob"), &VPCD_READERS[1].port_arg());
     wait_for_cards([true, true]);
 
     // No terminal: refused, with the flags to choose with; no card was read.
     let refused = run(pivtap_command(&["card", "info"]));
     refused.expect_code(1, "card info with cards in two readers and no terminal");
-    for (name, _) in READERS {
+    for VpcdReader { name, .. } in VPCD_READERS {
         assert!(
             refused.stderr.contains(&format!("--reader {name:?}")),
             "the refusal lacks --reader {name:?}:\n{}",

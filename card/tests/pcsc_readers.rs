@@ -6,58 +6,22 @@
 
 use std::collections::VecDeque;
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
-use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use pivtap_card::TransportError;
-use pivtap_card::pcsc::{PcscCard, PcscContext, ReaderInfo};
+use pivtap_card::pcsc::PcscCard;
 use pivtap_card::reader_monitor::{MonitorFilter, ReaderEvent, ReaderMonitor};
-use pivtap_vcard::{CardOptions, Interface, NewCard, VirtualCard, VirtualCardBackend, vpcd};
+use pivtap_testkit::pcscd::{
+    self, InReader, PcscdTurn, VPCD_READER_0, VPCD_READER_1, context, list_readers,
+    pcscd_unreachable, start_pcscd, stop_pcscd,
+};
 
-const VPCD_READERS: [&str; 2] = ["Virtual PCD 00 00", "Virtual PCD 00 01"];
+/// The names of the vpcd readers.
+const VPCD_READERS: [&str; 2] = [VPCD_READER_0.name, VPCD_READER_1.name];
 
-static PCSCD: Mutex<()> = Mutex::new(());
-
-/// Takes this binary's turn on pcscd, once pcscd reports both vpcd readers
-/// empty. A card attached before pcscd has noticed the previous card leave
-/// (about 0.4 s) is never reported, so a test must not start while the last
-/// one's card is still seen.
-fn pcscd_turn() -> MutexGuard<'static, ()> {
-    let turn = PCSCD.lock().unwrap_or_else(PoisonError::into_inner);
-    let context = context();
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        let readers = list_readers(&context);
-        let occupied: Vec<&ReaderInfo> = readers
-            .iter()
-            .filter(|r| VPCD_READERS.contains(&r.name.as_str()) && r.card_present)
-            .collect();
-        if occupied.is_empty() {
-            return turn;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "a card stays in a vpcd reader ({occupied:?}): is another program attached to vpcd?"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-fn pcscd_unreachable(error: &TransportError) -> ! {
-    panic!(
-        "pcscd is not reachable: {error}. These tests need the system pcscd with the \
-         vsmartcard vpcd driver (Debian packages pcscd and vsmartcard-vpcd)"
-    )
-}
-
-fn context() -> PcscContext {
-    PcscContext::establish().unwrap_or_else(|error| pcscd_unreachable(&error))
-}
-
-fn list_readers(context: &PcscContext) -> Vec<ReaderInfo> {
-    context
-        .list_readers()
-        .unwrap_or_else(|error| pcscd_unreachable(&error))
+/// This test's turn on pcscd, once both vpcd readers are empty.
+fn pcscd_turn() -> PcscdTurn {
+    pcscd::pcscd_turn(&pcscd::VPCD_READERS)
 }
 
 fn start_monitor(filter: MonitorFilter) -> (ReaderMonitor, Receiver<ReaderEvent>) {
@@ -215,46 +179,8 @@ fn dropping_the_monitor_stops_it_too() {
     assert!(dropping.elapsed() < Duration::from_secs(1));
 }
 
-/// A virtual card in a vpcd reader, served by a thread of this test process.
-struct InReader {
-    backend: VirtualCardBackend,
-    detacher: vpcd::Detacher,
-    server: Option<std::thread::JoinHandle<vpcd::AttachmentSummary>>,
-}
-
-impl InReader {
-    fn attach(backend: VirtualCardBackend, port: u16) -> Self {
-        let address = std::net::SocketAddr::from(([127, 0, 0, 1], port));
-        let (attachment, detacher) = vpcd::Attachment::connect(address)
-            .unwrap_or_else(|error| panic!("{error}: these tests need pcscd with vsmartcard-vpcd"));
-        let served = backend.clone();
-        let server = std::thread::spawn(move || attachment.serve(&served).expect("vpcd serving"));
-        InReader {
-            backend,
-            detacher,
-            server: Some(server),
-        }
-    }
-
-    /// Takes the card out and waits for the server thread.
-    fn detach(mut self) -> VirtualCardBackend {
-        self.detacher.detach();
-        let summary = self.server.take().unwrap().join().unwrap();
-        assert!(summary.detached, "{summary:?}");
-        self.backend.clone()
-    }
-}
-
-impl Drop for InReader {
-    fn drop(&mut self) {
-        self.detacher.detach();
-        if let Some(server) = self.server.take() {
-            let _ = server.join();
-        }
-    }
-}
-
-fn blank_card(options: CardOptions) -> VirtualCardBackend {
+fn blank_card(options: pivtap_vcard::CardOptions) -> pivtap_vcard::VirtualCardBackend {
+    use pivtap_vcard::{NewCard, VirtualCard, VirtualCardBackend};
     VirtualCardBackend::new(
         VirtualCard::blank(NewCard::factory(options)),
         "event test card",
@@ -319,6 +245,7 @@ fn card_removed_from(reader: &'static str) -> impl Fn(&ReaderEvent) -> bool {
 
 #[test]
 fn attach_detach_and_reattach_are_reported_with_the_interface() {
+    use pivtap_vcard::{CardOptions, Interface};
     let _turn = pcscd_turn();
     let reader = VPCD_READERS[1];
     let (monitor, receiver) = start_monitor(MonitorFilter {
@@ -327,17 +254,17 @@ fn attach_detach_and_reattach_are_reported_with_the_interface() {
     });
     let mut events = Events::new(receiver);
     let contact = CardOptions::default();
-    let attached = InReader::attach(blank_card(contact), 35964);
+    let mut attached = InReader::attach(&blank_card(contact), VPCD_READER_1);
     match events.wait_for(reader, "card", card_present_in(reader)) {
         ReaderEvent::CardPresent {
             atr, contactless, ..
         } => {
-            assert_eq!(atr, vpcd::atr(contact));
+            assert_eq!(atr, pivtap_vcard::vpcd::atr(contact));
             assert!(!contactless);
         }
         other => unreachable!("{other:?}"),
     }
-    let backend = attached.detach();
+    let backend = attached.take_out();
     events.wait_for(reader, "removal", card_removed_from(reader));
 
     // The same card again, now held to the reader as a contactless badge.
@@ -345,7 +272,7 @@ fn attach_detach_and_reattach_are_reported_with_the_interface() {
         interface: Interface::Contactless,
         extended_length: false,
     });
-    let attached = InReader::attach(backend, 35964);
+    let attached = InReader::attach(&backend, VPCD_READER_1);
     match events.wait_for(reader, "card", card_present_in(reader)) {
         ReaderEvent::CardPresent {
             contactless, atr, ..
@@ -382,7 +309,7 @@ fn a_card_pulled_between_verify_and_signature_fails_cleanly_and_keeps_its_state(
         contactless_only: false,
     });
     let mut events = Events::new(receiver);
-    let attached = InReader::attach(backend, 35964);
+    let mut attached = InReader::attach(&backend, VPCD_READER_1);
     events.wait_for(reader, "card", card_present_in(reader));
     let context = context();
     let mut card = PcscCard::connect(&context, reader).unwrap();
@@ -391,7 +318,7 @@ fn a_card_pulled_between_verify_and_signature_fails_cleanly_and_keeps_its_state(
         let mut session = PivSession::open(&mut card).unwrap();
         session.verify_pin(&pin).unwrap();
         // The badge leaves the field before the signature.
-        let backend = attached.detach();
+        let backend = attached.take_out();
         let started = Instant::now();
         let result = session.sign(
             KeyReference::PivAuthentication,
@@ -418,7 +345,7 @@ fn a_card_pulled_between_verify_and_signature_fails_cleanly_and_keeps_its_state(
     // The card kept its state: counters untouched, key still there; the next
     // tap starts over and needs the PIN again.
     assert_eq!(backend.card().applet().persistent.pin.retries_left, 3);
-    let attached = InReader::attach(backend, 35964);
+    let attached = InReader::attach(&backend, VPCD_READER_1);
     events.wait_for(reader, "card", card_present_in(reader));
     let mut card = PcscCard::connect(&context, reader).unwrap();
     let mut session = PivSession::open(&mut card).unwrap();
@@ -450,6 +377,7 @@ fn a_card_pulled_between_verify_and_signature_fails_cleanly_and_keeps_its_state(
 fn two_readers_hold_two_cards_at_once() {
     use pivtap_apdu::piv::Pin;
     use pivtap_card::PivSession;
+    use pivtap_vcard::{CardOptions, NewCard, VirtualCard, VirtualCardBackend};
     let _turn = pcscd_turn();
     let (monitor, receiver) = start_monitor(MonitorFilter::default());
     let mut events = Events::new(receiver);
@@ -460,8 +388,8 @@ fn two_readers_hold_two_cards_at_once() {
             VirtualCardBackend::new(VirtualCard::blank(new), "two readers")
         })
         .collect();
-    let first = InReader::attach(cards[0].clone(), 35963);
-    let second = InReader::attach(cards[1].clone(), 35964);
+    let first = InReader::attach(&cards[0], VPCD_READER_0);
+    let second = InReader::attach(&cards[1], VPCD_READER_1);
     events.wait_for(VPCD_READERS[0], "card", card_present_in(VPCD_READERS[0]));
     events.wait_for(VPCD_READERS[1], "card", card_present_in(VPCD_READERS[1]));
     let context = context();
@@ -496,38 +424,6 @@ fn two_readers_hold_two_cards_at_once() {
         card_removed_from(VPCD_READERS[1]),
     );
     monitor.stop();
-}
-
-/// Stops the system pcscd and waits until it is gone.
-fn stop_pcscd() {
-    let status = std::process::Command::new("pkill")
-        .args(["-x", "pcscd"])
-        .status();
-    assert!(
-        matches!(status, Ok(s) if s.success()),
-        "cannot stop pcscd ({status:?}): this test restarts the system pcscd and needs root"
-    );
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while pcscd_is_running() {
-        assert!(Instant::now() < deadline, "pcscd did not stop");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-/// Starts pcscd again the way scripts/setup-debian does (it forks into the background).
-fn start_pcscd() {
-    let status = std::process::Command::new("pcscd").status();
-    assert!(
-        matches!(status, Ok(s) if s.success()),
-        "cannot start pcscd: {status:?}"
-    );
-}
-
-fn pcscd_is_running() -> bool {
-    std::process::Command::new("pgrep")
-        .args(["-x", "pcscd"])
-        .status()
-        .is_ok_and(|s| s.success())
 }
 
 /// pcscd restarts under a running program: calls fail with a clear error

@@ -6,6 +6,8 @@ use pivtap_card::{CardBackend, ManagementKey, PivError, PivSession};
 use pivtap_client::client::Client;
 use pivtap_protocol::certificate::CertificateFacts;
 use pivtap_protocol::wire::{ChallengeResponse, KeyAlgorithm, MAX_DEVICE_ID_LEN};
+use pivtap_testkit::fixture;
+use pivtap_testkit::pki::fixture_der;
 use time::OffsetDateTime;
 
 use std::path::Path;
@@ -34,12 +36,6 @@ fn renewal_challenges_are_asked_for_in_the_renewal_namespace_without_a_credentia
 const AUDIENCE: &str = "https://auth.example.test";
 const NONCE: &str = "q2Vv8y3a1lL3m8W4k9dQeXh7c2VjcmV0LW5vbmNlLTMy";
 
-fn fixture(relative: &str) -> std::path::PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../fixtures")
-        .join(relative)
-}
-
 /// A fixture card, opened from a copy (a card writes its state back).
 fn fixture_card(name: &str, dir: &Path) -> VirtualCardBackend {
     let copy = dir.join(format!("{name}.toml"));
@@ -47,18 +43,12 @@ fn fixture_card(name: &str, dir: &Path) -> VirtualCardBackend {
     VirtualCardBackend::new(VirtualCard::open(&copy).unwrap(), name)
 }
 
-fn pem_der(relative: &str) -> Vec<u8> {
-    let text = std::fs::read_to_string(fixture(relative)).unwrap();
-    let (_, pem) = x509_parser::pem::parse_x509_pem(text.as_bytes()).unwrap();
-    pem.contents
-}
-
 #[test]
 fn the_shared_assertion_is_one_the_server_accepts() {
     let dir = tempfile::tempdir().unwrap();
     let verifier = AssertionVerifier::new(VerifierConfig::new(
         AUDIENCE,
-        vec![pem_der("ca/test-ca.pem")],
+        vec![fixture_der("ca/test-ca.pem")],
     ))
     .unwrap();
     let challenge = ChallengeResponse {

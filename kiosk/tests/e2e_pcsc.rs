@@ -5,13 +5,9 @@
 //! missing. They take turns on one lock, since the machine has one pcscd and the vpcd
 //! readers are shared.
 
-use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::thread::JoinHandle;
 use std::time::Duration;
 
-use pivtap_card::pcsc::PcscContext;
 use pivtap_card::reader_monitor::MonitorFilter;
 use pivtap_client::client::Client;
 use pivtap_kiosk::builder::{FaceChoice, KioskBuilder, KioskError};
@@ -20,63 +16,18 @@ use pivtap_kiosk::local_api::SessionBoard;
 use pivtap_kiosk::readers::{PcscReaders, ReaderSource, ReaderUpdate, ReaderWatch};
 use pivtap_kiosk::runtime::{Face, Input};
 use pivtap_server::server::embedded::EmbeddedServer;
-use pivtap_server::store::{User, UserState};
 use pivtap_server::token::TokenVerifier;
-use pivtap_vcard::image::CardImage;
-use pivtap_vcard::vpcd::{Attachment, AttachmentSummary, Detacher, VpcdError};
-use pivtap_vcard::{VirtualCard, VirtualCardBackend};
+use pivtap_testkit::badge::{ALICE, BOB, Badge, CAROL};
+use pivtap_testkit::pcscd::{InReader, PcscdTurn, VPCD_NAME, VPCD_READERS, pcscd_turn};
+use pivtap_testkit::server::with_badge_users;
+use pivtap_vcard::VirtualCardBackend;
 use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
-use tokio::sync::{Mutex, MutexGuard};
 use tokio::task::JoinHandle as TaskHandle;
 use zeroize::Zeroizing;
 
-/// The vpcd readers and the ports their cards attach on.
-const READERS: [(&str, u16); 2] = [("Virtual PCD 00 00", 35963), ("Virtual PCD 00 01", 35964)];
 const DEVICE: &str = "e2e-kiosk";
 /// The longest wait for one expected event.
 const EVENT_WAIT: Duration = Duration::from_secs(15);
-
-/// One pcscd, two vpcd readers: one test at a time.
-static PCSCD: Mutex<()> = Mutex::const_new(());
-
-/// A fixture worker: card image, PIN and who the server knows them as.
-struct Worker {
-    id: &'static str,
-    name: &'static str,
-    mail: &'static str,
-    pin: &'static str,
-}
-
-const ALICE: Worker = Worker {
-    id: "alice",
-    name: "Alice Example",
-    mail: "alice@example.com",
-    pin: "123456",
-};
-const BOB: Worker = Worker {
-    id: "bob",
-    name: "Bob Example",
-    mail: "bob@example.com",
-    pin: "24681357",
-};
-const CAROL: Worker = Worker {
-    id: "carol",
-    name: "Carol Example",
-    mail: "carol@example.com",
-    pin: "123456",
-};
-
-fn fixtures() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../fixtures")
-}
-
-/// The worker's badge, loaded from its fixture image into memory (never written back).
-fn badge(worker: &Worker) -> VirtualCardBackend {
-    let path = fixtures().join(format!("cards/{}.toml", worker.id));
-    let image = CardImage::load(&path).unwrap_or_else(|error| panic!("{path:?}: {error}"));
-    let card = VirtualCard::from_image(&image).unwrap_or_else(|error| panic!("{path:?}: {error}"));
-    VirtualCardBackend::new(card, worker.name)
-}
 
 fn pin_retries_left(card: &VirtualCardBackend) -> u8 {
     card.card().applet().persistent.pin.retries_left
@@ -85,106 +36,9 @@ fn pin_retries_left(card: &VirtualCardBackend) -> u8 {
 /// The kiosk's readers: the vpcd ones.
 fn vpcd_readers() -> PcscReaders {
     PcscReaders::new(MonitorFilter {
-        reader_name_contains: Some("Virtual PCD".to_owned()),
+        reader_name_contains: Some(VPCD_NAME.to_owned()),
         contactless_only: false,
     })
-}
-
-/// Fails the test unless pcscd answers and lists both vpcd readers, empty.
-/// A card that just left (another test binary's) takes pcscd about 0.4 s to
-/// notice, and a card attached before it has is never seen: so this waits a
-/// little for the readers to be empty before failing.
-fn require_pcscd_with_vpcd() {
-    let context = PcscContext::establish().unwrap_or_else(|error| {
-        panic!(
-            "pcscd is not reachable ({error}): these tests need the system pcscd with the \
-             vsmartcard vpcd driver (Debian packages pcscd and vsmartcard-vpcd)"
-        )
-    });
-    let deadline = std::time::Instant::now() + Duration::from_secs(5);
-    loop {
-        let listed = context
-            .list_readers()
-            .unwrap_or_else(|error| panic!("pcscd cannot list its readers ({error})"));
-        let mut occupied = Vec::new();
-        for (name, _) in READERS {
-            let reader = listed
-                .iter()
-                .find(|reader| reader.name == name)
-                .unwrap_or_else(|| {
-                    panic!(
-                        "pcscd has no reader {name:?}: is vsmartcard-vpcd installed? Listed: {listed:?}"
-                    )
-                });
-            if reader.card_present {
-                occupied.push(name);
-            }
-        }
-        if occupied.is_empty() {
-            return;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "{occupied:?} still hold a card (is `pivtap vcard attach` running?)"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-/// A badge in a vpcd reader, served by a thread of this test process; taken out on drop.
-struct InReader {
-    slot: usize,
-    detacher: Detacher,
-    serving: Option<JoinHandle<Result<AttachmentSummary, VpcdError>>>,
-}
-
-/// How often pcscd looks for cards coming and going in the vpcd readers (at most).
-const PCSCD_POLL: Duration = Duration::from_millis(500);
-
-impl InReader {
-    /// Puts `card` into vpcd reader `slot` (0 or 1).
-    fn attach(card: &VirtualCardBackend, slot: usize) -> Self {
-        let (name, port) = READERS[slot];
-        let address = SocketAddr::from(([127, 0, 0, 1], port));
-        let (attachment, detacher) = Attachment::connect(address).unwrap_or_else(|error| {
-            panic!(
-                "cannot attach a card to {name:?} through vpcd ({error}): is vsmartcard-vpcd installed?"
-            )
-        });
-        let card = card.clone();
-        let serving = std::thread::spawn(move || attachment.serve(&card));
-        InReader {
-            slot,
-            detacher,
-            serving: Some(serving),
-        }
-    }
-
-    /// Takes the badge out of the reader and waits for its thread.
-    fn take_out(&mut self) {
-        self.detacher.detach();
-        let serving = self.serving.take().map(JoinHandle::join);
-        assert!(
-            matches!(
-                serving,
-                Some(Ok(Ok(AttachmentSummary { detached: true, .. })))
-            ),
-            "vpcd serving ended badly: {serving:?}"
-        );
-    }
-}
-
-impl Drop for InReader {
-    /// A badge left in its reader (a test failed) is taken out, and pcscd is given the
-    /// time to notice before another test attaches a card: vpcd does not notice a new
-    /// card attached before pcscd saw the last one go.
-    fn drop(&mut self) {
-        if let Some(serving) = self.serving.take() {
-            self.detacher.detach();
-            let _ = serving.join();
-            std::thread::sleep(PCSCD_POLL);
-        }
-    }
 }
 
 /// A session event as the headless face got it, with the token on `signed_in`.
@@ -246,7 +100,7 @@ struct Harness {
     reader_updates: UnboundedReceiver<ReaderUpdate>,
     _reader_watch: ReaderWatch,
     _dir: tempfile::TempDir,
-    _turn: MutexGuard<'static, ()>,
+    _turn: PcscdTurn,
 }
 
 impl Harness {
@@ -258,24 +112,9 @@ impl Harness {
             .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
             .with_test_writer()
             .try_init();
-        let turn = PCSCD.lock().await;
-        require_pcscd_with_vpcd();
+        let turn = pcscd_turn(&VPCD_READERS);
         let dir = tempfile::tempdir().expect("a temporary directory");
-        let users: Vec<User> = [ALICE, BOB, CAROL]
-            .iter()
-            .map(|worker| User {
-                id: worker.id.to_owned(),
-                display_name: worker.name.to_owned(),
-                mail: Some(worker.mail.to_owned()),
-                upn: None,
-                employee_id: None,
-                state: UserState::Active,
-            })
-            .collect();
-        let ca = fixtures().join("ca/test-ca.pem");
-        let server = EmbeddedServer::start(dir.path(), vec![ca], &users)
-            .await
-            .expect("the embedded server starts");
+        let server = with_badge_users(dir.path(), &[ALICE, BOB, CAROL]).await;
         let client = server.client(Duration::from_secs(5)).expect("a client");
         let kiosk_client = server
             .device_client(DEVICE, Duration::from_secs(5))
@@ -313,7 +152,7 @@ impl Harness {
     /// as it would for a person, who cannot tap again within milliseconds.
     async fn remove(&mut self, mut attached: InReader) {
         attached.take_out();
-        let reader = READERS[attached.slot].0;
+        let reader = attached.reader().name;
         let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
         loop {
             match tokio::time::timeout_at(deadline, self.reader_updates.recv()).await {
@@ -329,10 +168,10 @@ impl Harness {
     async fn sign_in(
         &mut self,
         card: &VirtualCardBackend,
-        worker: &Worker,
+        worker: &Badge,
         slot: usize,
     ) -> InReader {
-        let attached = InReader::attach(card, slot);
+        let attached = InReader::attach(card, VPCD_READERS[slot]);
         // A badge whose PIN was last right on this kiosk has its tries left unread (`None`);
         // which badges that is depends on how earlier taps raced removals and outages.
         let tries_left = self.expect_pin_prompt(slot).await;
@@ -414,7 +253,7 @@ impl Harness {
 
     /// The badge in `slot` is read and a PIN asked for: returns the tries left shown.
     async fn expect_pin_prompt(&mut self, slot: usize) -> Option<u8> {
-        let reader = READERS[slot].0;
+        let reader = VPCD_READERS[slot].name;
         let present = self.expect("card_present").await;
         assert!(
             matches!(&present.event, SessionEvent::CardPresent { reader: r } if r == reader),
@@ -432,13 +271,13 @@ impl Harness {
 
     /// `worker` is signed in: the event names them, its token verifies with the server's
     /// JWKS and the local session API's board shows the session.
-    async fn expect_signed_in(&mut self, worker: &Worker) {
+    async fn expect_signed_in(&mut self, worker: &Badge) {
         let signed_in = self.expect("signed_in").await;
         let SessionEvent::SignedIn { user, .. } = &signed_in.event else {
             unreachable!("{signed_in:?}");
         };
-        assert_eq!(user.id, worker.id);
-        assert_eq!(user.display_name, worker.name);
+        assert_eq!(user.id, worker.user_id);
+        assert_eq!(user.display_name, worker.display_name);
         assert_eq!(user.mail.as_deref(), Some(worker.mail));
         let token = signed_in
             .token
@@ -449,21 +288,21 @@ impl Harness {
             .expect("a usable JWKS")
             .verify(&token, time::OffsetDateTime::now_utc())
             .expect("the token verifies with the server's JWKS");
-        assert_eq!(claims.sub, worker.id);
+        assert_eq!(claims.sub, worker.user_id);
         assert_eq!(claims.device, DEVICE);
         let current = self.board.current().expect("the board shows the session");
-        assert_eq!(current.user.id, worker.id);
+        assert_eq!(current.user.id, worker.user_id);
         assert_eq!(current.token.as_deref(), Some(&token));
     }
 
     /// `worker`'s session ended for `reason`, and the board shows no session.
-    async fn expect_signed_out(&mut self, worker: &Worker, reason: SignOutReason) {
+    async fn expect_signed_out(&mut self, worker: &Badge, reason: SignOutReason) {
         let signed_out = self.expect("signed_out").await;
         assert!(
             matches!(&signed_out.event, SessionEvent::SignedOut { user_id, reason: r, .. }
-                if user_id == worker.id && *r == reason),
+                if user_id == worker.user_id && *r == reason),
             "expected {} signed out ({reason:?}): {signed_out:?}",
-            worker.id
+            worker.user_id
         );
         assert!(self.board.current().is_none(), "{:?}", self.board.current());
     }
@@ -494,8 +333,8 @@ impl Harness {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_badge_signs_in_with_its_pin_and_removing_it_signs_out() {
     let mut kiosk = Harness::start().await;
-    let alice = badge(&ALICE);
-    let attached = InReader::attach(&alice, 0);
+    let alice = ALICE.backend();
+    let attached = InReader::attach(&alice, VPCD_READERS[0]);
     assert_eq!(kiosk.expect_pin_prompt(0).await, Some(3));
     kiosk.type_pin(ALICE.pin);
     kiosk.expect_signed_in(&ALICE).await;
@@ -511,8 +350,8 @@ async fn a_badge_signs_in_with_its_pin_and_removing_it_signs_out() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_wrong_pin_shows_the_tries_left_and_the_right_pin_then_signs_in() {
     let mut kiosk = Harness::start().await;
-    let bob = badge(&BOB);
-    let attached = InReader::attach(&bob, 0);
+    let bob = BOB.backend();
+    let attached = InReader::attach(&bob, VPCD_READERS[0]);
     assert_eq!(kiosk.expect_pin_prompt(0).await, Some(3));
     kiosk.type_pin("11223344");
     let error = kiosk.expect_error(NoticeCode::WrongPin).await;
@@ -537,8 +376,8 @@ async fn a_wrong_pin_shows_the_tries_left_and_the_right_pin_then_signs_in() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_wrong_pins_block_the_badge_and_the_next_badge_still_works() {
     let mut kiosk = Harness::start().await;
-    let carol = badge(&CAROL);
-    let attached = InReader::attach(&carol, 0);
+    let carol = CAROL.backend();
+    let attached = InReader::attach(&carol, VPCD_READERS[0]);
     assert_eq!(kiosk.expect_pin_prompt(0).await, Some(3));
     for tries_left in [2, 1] {
         kiosk.type_pin("999999");
@@ -554,7 +393,7 @@ async fn three_wrong_pins_block_the_badge_and_the_next_badge_still_works() {
 
     kiosk.remove(attached).await;
     // Tapped again, the blocked badge is recognised at once, without a PIN.
-    let attached = InReader::attach(&carol, 0);
+    let attached = InReader::attach(&carol, VPCD_READERS[0]);
     kiosk.expect("card_present").await;
     kiosk.expect_error(NoticeCode::PinBlocked).await;
     kiosk.remove(attached).await;
@@ -568,7 +407,7 @@ async fn three_wrong_pins_block_the_badge_and_the_next_badge_still_works() {
     );
 
     // The kiosk is back to waiting: the next badge signs in (after the wrong-PIN pause).
-    let alice = badge(&ALICE);
+    let alice = ALICE.backend();
     let attached = kiosk.sign_in(&alice, &ALICE, 0).await;
     kiosk.remove(attached).await;
     kiosk
@@ -580,23 +419,23 @@ async fn three_wrong_pins_block_the_badge_and_the_next_badge_still_works() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn another_badge_on_the_second_reader_switches_the_user() {
     let mut kiosk = Harness::start().await;
-    let (alice, bob) = (badge(&ALICE), badge(&BOB));
+    let (alice, bob) = (ALICE.backend(), BOB.backend());
     let alice_in = kiosk.sign_in(&alice, &ALICE, 0).await;
 
-    let bob_in = InReader::attach(&bob, 1);
+    let bob_in = InReader::attach(&bob, VPCD_READERS[1]);
     // Changed on purpose (issue 12): Alice stays signed in until Bob's PIN is accepted.
     assert_eq!(kiosk.expect_pin_prompt(1).await, Some(3));
     let current = kiosk.board.current().map(|session| session.user.id);
     assert_eq!(
         current.as_deref(),
-        Some(ALICE.id),
+        Some(ALICE.user_id),
         "Alice is still signed in"
     );
     kiosk.type_pin(BOB.pin);
     let signed_out = kiosk.expect("signed_out").await;
     assert!(
         matches!(&signed_out.event, SessionEvent::SignedOut { user_id, reason, .. }
-            if user_id == ALICE.id && *reason == SignOutReason::Switched),
+            if user_id == ALICE.user_id && *reason == SignOutReason::Switched),
         "{signed_out:?}"
     );
     kiosk.expect_signed_in(&BOB).await;
@@ -606,7 +445,7 @@ async fn another_badge_on_the_second_reader_switches_the_user() {
     kiosk.expect_no("signed_out", Duration::from_secs(2)).await;
     assert_eq!(
         kiosk.board.current().map(|session| session.user.id),
-        Some(BOB.id.to_owned())
+        Some(BOB.user_id.to_owned())
     );
     kiosk.remove(bob_in).await;
     kiosk
@@ -618,7 +457,7 @@ async fn another_badge_on_the_second_reader_switches_the_user() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_server_going_down_is_reported_and_sign_in_works_again_when_it_is_back() {
     let mut kiosk = Harness::start().await;
-    let (alice, bob) = (badge(&ALICE), badge(&BOB));
+    let (alice, bob) = (ALICE.backend(), BOB.backend());
     let attached = kiosk.sign_in(&alice, &ALICE, 0).await;
     kiosk.remove(attached).await;
     kiosk
@@ -626,7 +465,7 @@ async fn the_server_going_down_is_reported_and_sign_in_works_again_when_it_is_ba
         .await;
 
     kiosk.server.stop();
-    let attached = InReader::attach(&bob, 0);
+    let attached = InReader::attach(&bob, VPCD_READERS[0]);
     assert_eq!(kiosk.expect_pin_prompt(0).await, Some(3));
     kiosk.type_pin(BOB.pin);
     kiosk.expect_error(NoticeCode::ServerUnreachable).await;
@@ -689,10 +528,10 @@ async fn settle_after_removal(kiosk: &mut Harness) -> RaceOutcome {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_badge_removed_during_signing_leaves_no_session_and_the_kiosk_recovers() {
     let mut kiosk = Harness::start().await;
-    let alice = badge(&ALICE);
+    let alice = ALICE.backend();
     // Removal right after the PIN, and a little later: the card's work and the removal race.
     for delay_ms in [0, 0, 0, 20, 150] {
-        let attached = InReader::attach(&alice, 0);
+        let attached = InReader::attach(&alice, VPCD_READERS[0]);
         kiosk.expect_pin_prompt(0).await;
         kiosk.type_pin(ALICE.pin);
         tokio::time::sleep(Duration::from_millis(delay_ms)).await;

@@ -6,7 +6,7 @@
 //! the badges sit in in-process virtual readers wrapped by [`FaultyReaders`], which counts
 //! the APDUs of a tap and pulls the card out at the chosen one.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
@@ -19,11 +19,13 @@ use pivtap_kiosk::readers::{ReaderSource, ReaderUpdate, ReaderWatch, VirtualRead
 use pivtap_kiosk::runtime::{self, Face, Input};
 use pivtap_protocol::wire::ErrorCode;
 use pivtap_server::server::embedded::EmbeddedServer;
-use pivtap_server::store::{AuditKind, AuditOutcome, AuditQuery, User, UserState};
-use pivtap_vcard::image::CardImage;
-use pivtap_vcard::{CardOptions, Interface, VirtualCard, VirtualCardBackend};
+use pivtap_server::store::{AuditKind, AuditOutcome, AuditQuery};
+use pivtap_vcard::{CardOptions, Interface, VirtualCardBackend};
 use std::io::Write as _;
 
+use pivtap_testkit::badge::ALICE;
+use pivtap_testkit::server::with_badge_users;
+use pivtap_testkit::test_ca;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
@@ -31,20 +33,11 @@ use tokio::task::JoinHandle;
 use zeroize::Zeroizing;
 
 const DESK: &str = "Desk reader";
-const ALICE_PIN: &str = "123456";
+const ALICE_PIN: &str = ALICE.pin;
 /// The longest wait for one expected event.
 const EVENT_WAIT: Duration = Duration::from_secs(20);
 /// The kiosk's HTTP time-out in the silent-server tests.
 const CLIENT_TIMEOUT: Duration = Duration::from_secs(2);
-
-fn fixtures() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../fixtures")
-}
-
-fn alice_badge() -> VirtualCardBackend {
-    let image = CardImage::load(fixtures().join("cards/alice.toml")).expect("alice's image");
-    VirtualCardBackend::new(VirtualCard::from_image(&image).expect("a card"), "alice")
-}
 
 fn image_of(badge: &VirtualCardBackend) -> String {
     badge
@@ -252,17 +245,7 @@ impl Face for RecordingFace {
 }
 
 async fn start_server(dir: &Path) -> EmbeddedServer {
-    let alice = User {
-        id: "alice".to_owned(),
-        display_name: "Alice Example".to_owned(),
-        mail: Some("alice@example.com".to_owned()),
-        upn: None,
-        employee_id: None,
-        state: UserState::Active,
-    };
-    EmbeddedServer::start(dir, vec![fixtures().join("ca/test-ca.pem")], &[alice])
-        .await
-        .expect("the embedded server starts")
+    with_badge_users(dir, &[ALICE]).await
 }
 
 /// Successful sign-ins the server recorded.
@@ -409,14 +392,14 @@ async fn fault_then_recover(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_badge_leaving_at_every_apdu_of_a_tap_is_reported_and_never_signs_in() {
-    every_apdu_position(alice_badge(), "extended-length").await;
+    every_apdu_position(ALICE.backend(), "extended-length").await;
 }
 
 /// Short APDUs only (as many NFC readers): the certificate comes in chunks (61xx / GET
 /// RESPONSE), so a first tap has many more positions to be cut at.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_badge_leaving_at_every_apdu_of_a_short_apdu_tap_is_reported_too() {
-    let badge = alice_badge();
+    let badge = ALICE.backend();
     badge.card().set_options(CardOptions {
         extended_length: false,
         interface: Interface::Contact,
@@ -593,7 +576,7 @@ async fn a_server_that_goes_silent_mid_tap_times_out_and_the_kiosk_recovers() {
         .with_origin(&server.origin)
         .with_device_credential(credential);
     let faulty = FaultyReaders::new();
-    let badge = alice_badge();
+    let badge = ALICE.backend();
     let mut kiosk = TestKiosk::start(Arc::new(faulty.clone()), client);
     kiosk.clean_sign_in(&faulty.readers, &badge).await;
 
@@ -628,7 +611,7 @@ async fn a_server_that_never_answers_is_reported_and_the_kiosk_still_stops_at_on
     let trust = ServerTrust::from_pem_file(&server.certificate).expect("the server certificate");
     let client = Client::new(&origin, trust, CLIENT_TIMEOUT).expect("a client");
     let faulty = FaultyReaders::new();
-    let badge = alice_badge();
+    let badge = ALICE.backend();
     let started = Instant::now();
     let mut kiosk = TestKiosk::start(Arc::new(faulty.clone()), client);
     let (code, seen) = kiosk.until_error("server_unreachable at start").await;
@@ -683,7 +666,7 @@ async fn a_stopped_server_is_noticed_and_a_badge_left_on_the_reader_signs_in_whe
         .await
         .expect("a registered kiosk");
     let faulty = FaultyReaders::new();
-    let badge = alice_badge();
+    let badge = ALICE.backend();
     let mut kiosk = TestKiosk::start(Arc::new(faulty.clone()), client);
     kiosk.clean_sign_in(&faulty.readers, &badge).await;
 
@@ -718,10 +701,10 @@ async fn a_server_from_another_ca_is_reported_as_not_trusted_not_as_unreachable(
     let dir = tempfile::tempdir().expect("a temporary directory");
     let server = start_server(dir.path()).await;
     // The test CA issues badges, not the server's TLS certificate.
-    let wrong_ca = ServerTrust::from_pem_file(&fixtures().join("ca/test-ca.pem")).expect("a CA");
+    let wrong_ca = ServerTrust::from_pem_file(&test_ca()).expect("a CA");
     let client = Client::new(&server.origin, wrong_ca, CLIENT_TIMEOUT).expect("a client");
     let faulty = FaultyReaders::new();
-    let badge = alice_badge();
+    let badge = ALICE.backend();
     let started = Instant::now();
     let mut kiosk = TestKiosk::start(Arc::new(faulty.clone()), client);
     let notice = until_notice(&mut kiosk, NoticeCode::ServerUntrusted, "at start").await;
@@ -782,7 +765,9 @@ async fn a_sign_out_is_recorded_at_the_server() {
         .with_device_credential(credential);
     let readers = FaultyReaders::new();
     let mut kiosk = TestKiosk::start(Arc::new(readers.clone()), client);
-    kiosk.clean_sign_in(&readers.readers, &alice_badge()).await;
+    kiosk
+        .clean_sign_in(&readers.readers, &ALICE.backend())
+        .await;
     let deadline = Instant::now() + EVENT_WAIT;
     let event = loop {
         let sign_outs = server

@@ -1,6 +1,5 @@
 //! End-to-end tests of changing and unblocking the PIN at the kiosk: the runtime (headless inputs) against the embedded server on loopback, with badges in in-process virtual readers (no pcscd).
 
-use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -12,27 +11,18 @@ use pivtap_kiosk::local_api::SessionBoard;
 use pivtap_kiosk::readers::VirtualReaders;
 use pivtap_kiosk::runtime::Input;
 use pivtap_server::server::embedded::EmbeddedServer;
-use pivtap_server::store::{User, UserState};
-use pivtap_vcard::image::CardImage;
-use pivtap_vcard::{VirtualCard, VirtualCardBackend};
+use pivtap_testkit::badge::ALICE;
+use pivtap_testkit::server::with_badge_users;
+use pivtap_vcard::VirtualCardBackend;
 use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
 use tokio::task::JoinHandle;
 use zeroize::Zeroizing;
 
 const DESK: &str = "Desk reader";
-const ALICE_PIN: &str = "123456";
-const ALICE_PUK: &str = "12345678";
+const ALICE_PIN: &str = ALICE.pin;
+const ALICE_PUK: &str = ALICE.puk;
 /// The longest wait for one expected event.
 const EVENT_WAIT: Duration = Duration::from_secs(20);
-
-fn fixtures() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../fixtures")
-}
-
-fn alice_badge() -> VirtualCardBackend {
-    let image = CardImage::load(fixtures().join("cards/alice.toml")).expect("alice's image");
-    VirtualCardBackend::new(VirtualCard::from_image(&image).expect("a card"), "alice")
-}
 
 /// Whether `pin` verifies on the badge (it shares its card with the reader's copy).
 fn pin_works(badge: &VirtualCardBackend, pin: &str) -> bool {
@@ -55,21 +45,7 @@ struct Harness {
 impl Harness {
     async fn start() -> Self {
         let dir = tempfile::tempdir().expect("a temporary directory");
-        let alice = User {
-            id: "alice".to_owned(),
-            display_name: "Alice Example".to_owned(),
-            mail: Some("alice@example.com".to_owned()),
-            upn: None,
-            employee_id: None,
-            state: UserState::Active,
-        };
-        let server = EmbeddedServer::start(
-            dir.path(),
-            vec![fixtures().join("ca/test-ca.pem")],
-            &[alice],
-        )
-        .await
-        .expect("the embedded server starts");
+        let server = with_badge_users(dir.path(), &[ALICE]).await;
         let readers = VirtualReaders::new(&[DESK]);
         let board = SessionBoard::new();
         let client = server
@@ -139,7 +115,7 @@ impl Harness {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_signed_in_worker_changes_the_pin_at_the_kiosk() {
     let mut k = Harness::start().await;
-    let badge = alice_badge();
+    let badge = ALICE.backend();
     k.sign_in(&badge, ALICE_PIN).await;
 
     k.send(Input::ChangePin);
@@ -192,7 +168,7 @@ async fn a_signed_in_worker_changes_the_pin_at_the_kiosk() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_wrong_current_pin_is_reported_with_the_tries_left() {
     let mut k = Harness::start().await;
-    let badge = alice_badge();
+    let badge = ALICE.backend();
     k.sign_in(&badge, ALICE_PIN).await;
     k.send(Input::ChangePin);
     k.digits("918273");
@@ -230,7 +206,7 @@ async fn a_wrong_current_pin_is_reported_with_the_tries_left() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_blocked_badge_is_unblocked_with_the_puk_and_signs_in() {
     let mut k = Harness::start().await;
-    let badge = alice_badge();
+    let badge = ALICE.backend();
     for _ in 0..3 {
         let _ = pin_works(&badge, "000000");
     }
@@ -292,7 +268,7 @@ async fn a_blocked_badge_is_unblocked_with_the_puk_and_signs_in() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stopping_the_kiosk_signs_the_worker_out_first() {
     let mut k = Harness::start().await;
-    let badge = alice_badge();
+    let badge = ALICE.backend();
     k.sign_in(&badge, ALICE_PIN).await;
     assert!(k.board.current().is_some(), "the local API shows Alice");
     k.send(Input::Quit);

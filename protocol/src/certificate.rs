@@ -600,55 +600,12 @@ fn escape_dn_value(value: &str) -> String {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
+
+    use pivtap_testkit::pki::{fixture_der, test_ca_crl};
     use rcgen::{
-        BasicConstraints, CertificateParams, CertificateRevocationListParams, DnType,
-        ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose, RevokedCertParams,
-        SanType, SerialNumber,
+        BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer,
+        KeyPair, KeyUsagePurpose, SanType, SerialNumber,
     };
-    use std::path::{Path, PathBuf};
-
-    /// A file under the workspace's `fixtures/`.
-    pub(crate) fn fixture(path: &str) -> PathBuf {
-        Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("../fixtures")
-            .join(path)
-    }
-
-    /// The DER of a PEM certificate under `fixtures/`.
-    pub(crate) fn fixture_der(path: &str) -> Vec<u8> {
-        let pem = std::fs::read(fixture(path)).unwrap();
-        let (_, pem) = x509_parser::pem::parse_x509_pem(&pem).unwrap();
-        pem.contents
-    }
-
-    /// A CRL signed by the fixture test CA, revoking `serials` (hex).
-    pub(crate) fn test_ca_crl(serials: &[&str]) -> Vec<u8> {
-        let key = KeyPair::from_pem(&std::fs::read_to_string(fixture("ca/test-ca.key")).unwrap())
-            .unwrap();
-        let ca_pem = std::fs::read_to_string(fixture("ca/test-ca.pem")).unwrap();
-        let issuer = Issuer::from_ca_cert_pem(&ca_pem, key).unwrap();
-        let now = OffsetDateTime::now_utc();
-        CertificateRevocationListParams {
-            this_update: now - time::Duration::hours(1),
-            next_update: now + time::Duration::days(1),
-            crl_number: SerialNumber::from(1_u64),
-            issuing_distribution_point: None,
-            revoked_certs: serials
-                .iter()
-                .map(|serial| RevokedCertParams {
-                    serial_number: SerialNumber::from_slice(&hex::decode(serial).unwrap()),
-                    revocation_time: now - time::Duration::minutes(5),
-                    reason_code: None,
-                    invalidity_date: None,
-                })
-                .collect(),
-            key_identifier_method: rcgen::KeyIdMethod::Sha256,
-        }
-        .signed_by(&issuer)
-        .unwrap()
-        .der()
-        .to_vec()
-    }
 
     fn store(crls: &[Vec<u8>]) -> TrustStore {
         TrustStore::new(&[fixture_der("ca/test-ca.pem")], crls).unwrap()

@@ -16,6 +16,3 @@ pub mod server;
 pub mod store;
 pub mod token;
 pub mod verifier;
-
-#[cfg(test)]
-pub(crate) mod test_fixtures;

@@ -230,7 +230,7 @@ impl From<MappingRule> for String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::test_fixtures::fixture_der;
+    use pivtap_testkit::pki::fixture_der;
 
     fn facts(card: &str) -> CertificateFacts {
         CertificateFacts::from_der(&fixture_der(&format!("certs/{card}.pem"))).unwrap()

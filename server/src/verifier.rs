@@ -433,7 +433,6 @@ fn chain_rejection(error: &ChainError) -> Rejection {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::test_fixtures::{fixture, fixture_der, test_ca_crl};
     use pivtap_apdu::piv::{Algorithm, KeyReference, Pin};
     use pivtap_card::JwsAlgorithm;
     use pivtap_card::PivSession;
@@ -441,6 +440,8 @@ mod tests {
     use pivtap_protocol::certificate::KeyKind;
     use pivtap_protocol::jose::{base64url_decode, base64url_encode};
     use pivtap_protocol::wire::AssertionHeader;
+    use pivtap_testkit::fixture;
+    use pivtap_testkit::pki::{fixture_der, test_ca_crl};
     use pivtap_vcard::image::CardImage;
     use pivtap_vcard::{VirtualCard, VirtualCardBackend};
     use proptest::prelude::*;

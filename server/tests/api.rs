@@ -9,6 +9,7 @@ use axum::body::Body;
 use axum::http::{HeaderMap, Method, Request, StatusCode, header};
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
+use pivtap_testkit::server::admin_request;
 use serde_json::{Value, json};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
@@ -94,33 +95,8 @@ fn post_json(path: &str, body: impl Into<Body>) -> Request<Body> {
     )
 }
 
-fn admin_request(
-    method: Method,
-    path: &str,
-    content_type: &str,
-    body: impl Into<Body>,
-) -> Request<Body> {
-    admin_request_with(ADMIN_TOKEN, method, path, content_type, body)
-}
-
-/// `METHOD /v1/admin{path}` with `token` as the bearer credential.
-fn admin_request_with(
-    token: &str,
-    method: Method,
-    path: &str,
-    content_type: &str,
-    body: impl Into<Body>,
-) -> Request<Body> {
-    let bearer = format!("Bearer {token}");
-    request(
-        method,
-        &format!("/v1/admin{path}"),
-        &[
-            (header::AUTHORIZATION, bearer.as_str()),
-            (header::CONTENT_TYPE, content_type),
-        ],
-        body.into(),
-    )
+fn admin(method: Method, path: &str, content_type: &str, body: impl Into<Body>) -> Request<Body> {
+    admin_request(ADMIN_TOKEN, method, path, content_type, body)
 }
 
 /// An answer, read whole.
@@ -263,7 +239,7 @@ async fn send(app: &Router, request: Request<Body>) -> Reply {
 
 /// `GET /v1/admin{path}` with the right credential; asserts 200 and returns the JSON.
 async fn admin_get(app: &Router, path: &str) -> Value {
-    send(app, admin_request(Method::GET, path, JSON, Body::empty()))
+    send(app, admin(Method::GET, path, JSON, Body::empty()))
         .await
         .ok_json(StatusCode::OK)
 }
@@ -568,7 +544,7 @@ async fn without_issuance_enrollment_is_disabled_and_audited() {
         post_json("/v1/enrollments", enroll),
         post_json("/v1/renewals", r#"{"assertion":"a.b.c","csr":"MIIB"}"#),
         request(Method::GET, "/v1/crl", &[], Body::empty()),
-        admin_request(
+        admin(
             Method::POST,
             "/enrollments",
             JSON,
@@ -626,7 +602,7 @@ async fn metrics_count_requests_and_sign_in_outcomes() {
     // Issue 12: the metrics also count users, cards, recent sign-ins and expiries.
     send(
         &app,
-        admin_request(
+        admin(
             Method::POST,
             "/users",
             JSON,
@@ -645,7 +621,7 @@ async fn metrics_count_requests_and_sign_in_outcomes() {
     }
     send(
         &app,
-        admin_request(Method::POST, "/cards/0b/lock", JSON, Body::empty()),
+        admin(Method::POST, "/cards/0b/lock", JSON, Body::empty()),
     )
     .await
     .ok_json(StatusCode::OK);
@@ -708,11 +684,7 @@ async fn unknown_paths_and_methods_are_refused() {
     .await;
     delete_health.error_in(&[StatusCode::METHOD_NOT_ALLOWED], "invalid_request");
     assert!(delete_health.header(header::ALLOW).contains("GET"));
-    let put_admin = send(
-        &app,
-        admin_request(Method::PUT, "/users", JSON, Body::empty()),
-    )
-    .await;
+    let put_admin = send(&app, admin(Method::PUT, "/users", JSON, Body::empty())).await;
     put_admin.error_in(&[StatusCode::METHOD_NOT_ALLOWED], "invalid_request");
 }
 
@@ -782,22 +754,16 @@ async fn admin_adds_lists_locks_and_unlocks_users() {
         "mail": "alice@example.com",
         "upn": "alice@corp.example",
     });
-    let added = send(
-        &app,
-        admin_request(Method::POST, "/users", JSON, alice.to_string()),
-    )
-    .await
-    .ok_json(StatusCode::CREATED);
+    let added = send(&app, admin(Method::POST, "/users", JSON, alice.to_string()))
+        .await
+        .ok_json(StatusCode::CREATED);
     assert_eq!(added["id"], "alice");
     assert_eq!(added["mail"], "alice@example.com");
     assert_eq!(added["state"], "active");
 
-    send(
-        &app,
-        admin_request(Method::POST, "/users", JSON, alice.to_string()),
-    )
-    .await
-    .error(StatusCode::CONFLICT, "conflict");
+    send(&app, admin(Method::POST, "/users", JSON, alice.to_string()))
+        .await
+        .error(StatusCode::CONFLICT, "conflict");
 
     let invalid = [
         (json!({"id": "", "display_name": "Nobody"}), "id"),
@@ -823,17 +789,14 @@ async fn admin_adds_lists_locks_and_unlocks_users() {
         ),
     ];
     for (body, hint) in invalid {
-        let message = send(
-            &app,
-            admin_request(Method::POST, "/users", JSON, body.to_string()),
-        )
-        .await
-        .error(StatusCode::BAD_REQUEST, "invalid_request");
+        let message = send(&app, admin(Method::POST, "/users", JSON, body.to_string()))
+            .await
+            .error(StatusCode::BAD_REQUEST, "invalid_request");
         assert!(message.contains(hint), "{hint:?} not in {message:?}");
     }
     send(
         &app,
-        admin_request(
+        admin(
             Method::POST,
             "/users",
             "text/plain",
@@ -850,7 +813,7 @@ async fn admin_adds_lists_locks_and_unlocks_users() {
 
     let locked = send(
         &app,
-        admin_request(Method::POST, "/users/alice/lock", JSON, Body::empty()),
+        admin(Method::POST, "/users/alice/lock", JSON, Body::empty()),
     )
     .await
     .ok_json(StatusCode::OK);
@@ -858,7 +821,7 @@ async fn admin_adds_lists_locks_and_unlocks_users() {
     assert_eq!(admin_get(&app, "/users").await[0]["state"], "locked");
     let unlocked = send(
         &app,
-        admin_request(Method::POST, "/users/alice/unlock", JSON, Body::empty()),
+        admin(Method::POST, "/users/alice/unlock", JSON, Body::empty()),
     )
     .await
     .ok_json(StatusCode::OK);
@@ -867,7 +830,7 @@ async fn admin_adds_lists_locks_and_unlocks_users() {
     for action in ["lock", "unlock"] {
         send(
             &app,
-            admin_request(
+            admin(
                 Method::POST,
                 &format!("/users/nobody/{action}"),
                 JSON,
@@ -901,7 +864,7 @@ async fn admin_imports_users_from_json_and_csv() {
     let app = app().await;
     send(
         &app,
-        admin_request(
+        admin(
             Method::POST,
             "/users",
             JSON,
@@ -919,7 +882,7 @@ async fn admin_imports_users_from_json_and_csv() {
     ]);
     let report = send(
         &app,
-        admin_request(Method::POST, "/users/import", JSON, import.to_string()),
+        admin(Method::POST, "/users/import", JSON, import.to_string()),
     )
     .await
     .ok_json(StatusCode::OK);
@@ -942,12 +905,9 @@ async fn admin_imports_users_from_json_and_csv() {
                dave,\"Example, Dave\",dave@example.com,,E-1\r\n\
                erin,\"Erin \"\"E\"\" Example\",erin@example.com,erin@corp.example,\r\n\
                bob,Bob,,,\r\n";
-    let report = send(
-        &app,
-        admin_request(Method::POST, "/users/import", "text/csv", csv),
-    )
-    .await
-    .ok_json(StatusCode::OK);
+    let report = send(&app, admin(Method::POST, "/users/import", "text/csv", csv))
+        .await
+        .ok_json(StatusCode::OK);
     assert_eq!(report["added"], 2, "{report}");
     assert_eq!(
         report["skipped"],
@@ -975,7 +935,7 @@ async fn admin_imports_users_from_json_and_csv() {
     ] {
         send(
             &app,
-            admin_request(Method::POST, "/users/import", content_type, body),
+            admin(Method::POST, "/users/import", content_type, body),
         )
         .await
         .error(StatusCode::BAD_REQUEST, "invalid_request");
@@ -991,7 +951,7 @@ async fn admin_imports_users_from_json_and_csv() {
     assert!(large.len() > MAX_BODY_BYTES, "larger than a sign-in body");
     let report = send(
         &app,
-        admin_request(Method::POST, "/users/import", "text/csv", large),
+        admin(Method::POST, "/users/import", "text/csv", large),
     )
     .await
     .ok_json(StatusCode::OK);
@@ -1003,19 +963,19 @@ async fn admin_imports_users_from_json_and_csv() {
 async fn admin_extractor_refusals_are_json_errors() {
     let app = app().await;
     let refusals = [
-        admin_request(
+        admin(
             Method::POST,
             "/users/import",
             "text/csv",
             vec![0xff, 0xfe, b'\n'],
         ),
-        admin_request(Method::POST, "/users/import", JSON, vec![b'[', 0xc3]),
-        admin_request(Method::POST, "/users/%FF/lock", JSON, Body::empty()),
-        admin_request(Method::POST, "/users/%C3/unlock", JSON, Body::empty()),
-        admin_request(Method::POST, "/cards/%FF/lock", JSON, Body::empty()),
-        admin_request(Method::POST, "/cards/%FF/unlock", JSON, Body::empty()),
-        admin_request(Method::POST, "/cards/%FF/revoke", JSON, Body::empty()),
-        admin_request(Method::GET, "/audit?limit=99999999999", JSON, Body::empty()),
+        admin(Method::POST, "/users/import", JSON, vec![b'[', 0xc3]),
+        admin(Method::POST, "/users/%FF/lock", JSON, Body::empty()),
+        admin(Method::POST, "/users/%C3/unlock", JSON, Body::empty()),
+        admin(Method::POST, "/cards/%FF/lock", JSON, Body::empty()),
+        admin(Method::POST, "/cards/%FF/unlock", JSON, Body::empty()),
+        admin(Method::POST, "/cards/%FF/revoke", JSON, Body::empty()),
+        admin(Method::GET, "/audit?limit=99999999999", JSON, Body::empty()),
     ];
     for refusal in refusals {
         let path = refusal.uri().to_string();
@@ -1023,7 +983,7 @@ async fn admin_extractor_refusals_are_json_errors() {
         assert_eq!(reply.status, StatusCode::BAD_REQUEST, "{path}");
         reply.error(StatusCode::BAD_REQUEST, "invalid_request");
     }
-    let oversized = admin_request(
+    let oversized = admin(
         Method::POST,
         "/users/import",
         "text/csv",
@@ -1043,7 +1003,7 @@ async fn admin_cards_start_empty_and_unknown_serials_are_not_found() {
         for action in ["lock", "unlock", "revoke"] {
             send(
                 &app,
-                admin_request(
+                admin(
                     Method::POST,
                     &format!("/cards/{serial}/{action}"),
                     JSON,
@@ -1139,7 +1099,7 @@ async fn admin_audit_queries_filter() {
     ] {
         send(
             &app,
-            admin_request(Method::GET, &format!("/audit{query}"), JSON, Body::empty()),
+            admin(Method::GET, &format!("/audit{query}"), JSON, Body::empty()),
         )
         .await
         .error(StatusCode::BAD_REQUEST, "invalid_request");
@@ -1155,7 +1115,7 @@ async fn admin_audit_queries_filter() {
 #[tokio::test]
 async fn the_directory_refuses_duplicates_and_lookalike_ids() {
     let app = app().await;
-    let add = |body: Value| admin_request(Method::POST, "/users", JSON, body.to_string());
+    let add = |body: Value| admin(Method::POST, "/users", JSON, body.to_string());
     send(
         &app,
         add(json!({
@@ -1227,12 +1187,9 @@ async fn the_directory_refuses_duplicates_and_lookalike_ids() {
                mallory,Mallory,Alice@EXAMPLE.com\r\n\
                dave,Dave,dave@example.com\r\n\
                dave2,Dave Again,DAVE@example.com\r\n";
-    let report = send(
-        &app,
-        admin_request(Method::POST, "/users/import", "text/csv", csv),
-    )
-    .await
-    .ok_json(StatusCode::OK);
+    let report = send(&app, admin(Method::POST, "/users/import", "text/csv", csv))
+        .await
+        .ok_json(StatusCode::OK);
     assert_eq!(report["added"], 2, "{report}");
     let skipped = report["skipped"].as_array().expect("an array");
     assert_eq!(skipped.len(), 2, "{report}");
@@ -1256,12 +1213,9 @@ async fn the_directory_refuses_duplicates_and_lookalike_ids() {
         "\u{feff}{}",
         json!([{"id": "erin", "display_name": "Erin"}])
     );
-    let report = send(
-        &app,
-        admin_request(Method::POST, "/users/import", JSON, bom_json),
-    )
-    .await
-    .ok_json(StatusCode::OK);
+    let report = send(&app, admin(Method::POST, "/users/import", JSON, bom_json))
+        .await
+        .ok_json(StatusCode::OK);
     assert_eq!(report["added"], 1, "{report}");
     assert_eq!(
         user_ids(&app).await,
@@ -1309,7 +1263,7 @@ async fn admin_updates_renames_and_deletes_users() {
     for (id, mail) in [("alice", "alice@example.com"), ("bob", "bob@example.com")] {
         send(
             &app,
-            admin_request(
+            admin(
                 Method::POST,
                 "/users",
                 JSON,
@@ -1330,7 +1284,7 @@ async fn admin_updates_renames_and_deletes_users() {
         .await
         .expect("bob's card is recorded");
     let patch = |id: &str, body: Value| {
-        admin_request(
+        admin(
             Method::PATCH,
             &format!("/users/{id}"),
             JSON,
@@ -1408,7 +1362,7 @@ async fn admin_updates_renames_and_deletes_users() {
 
     let deleted = send(
         &app,
-        admin_request(Method::DELETE, "/users/bob", JSON, Body::empty()),
+        admin(Method::DELETE, "/users/bob", JSON, Body::empty()),
     )
     .await
     .ok_json(StatusCode::OK);
@@ -1438,14 +1392,14 @@ async fn admin_updates_renames_and_deletes_users() {
     );
     send(
         &app,
-        admin_request(Method::DELETE, "/users/bob", JSON, Body::empty()),
+        admin(Method::DELETE, "/users/bob", JSON, Body::empty()),
     )
     .await
     .error(StatusCode::NOT_FOUND, "not_found");
     // bob's mail is free again.
     send(
         &app,
-        admin_request(
+        admin(
             Method::POST,
             "/users",
             JSON,
@@ -1468,7 +1422,7 @@ async fn admin_imports_update_existing_users_and_dry_runs_keep_nothing() {
     ]);
     send(
         &app,
-        admin_request(Method::POST, "/users/import", JSON, first.to_string()),
+        admin(Method::POST, "/users/import", JSON, first.to_string()),
     )
     .await
     .ok_json(StatusCode::OK);
@@ -1479,7 +1433,7 @@ async fn admin_imports_update_existing_users_and_dry_runs_keep_nothing() {
         {"id": "dave", "display_name": "Dave", "mail": "ALICE@example.com"},
     ]);
     let import = |query: &str| {
-        admin_request(
+        admin(
             Method::POST,
             &format!("/users/import{query}"),
             JSON,
@@ -1543,7 +1497,7 @@ async fn admin_imports_update_existing_users_and_dry_runs_keep_nothing() {
     );
     send(
         &app,
-        admin_request(Method::POST, "/users/import?update=yes", JSON, "[]"),
+        admin(Method::POST, "/users/import?update=yes", JSON, "[]"),
     )
     .await
     .error(StatusCode::BAD_REQUEST, "invalid_request");
@@ -1564,7 +1518,7 @@ async fn admin_revokes_a_card_with_a_reason() {
             .expect("the card is recorded");
     }
     let revoke = |serial: &str, body: &str| {
-        admin_request(
+        admin(
             Method::POST,
             &format!("/cards/{serial}/revoke"),
             JSON,
@@ -1766,7 +1720,7 @@ fn admin_request_as(
     path: &str,
     body: impl Into<Body>,
 ) -> Request<Body> {
-    admin_request_with(token, method, path, JSON, body)
+    admin_request(token, method, path, JSON, body)
 }
 
 /// Issue 12: one shared admin token, and the audit could not say who acted. Now named
@@ -1782,7 +1736,7 @@ async fn named_admin_credentials_act_are_audited_by_name_and_are_revoked() {
     );
     let made = send(
         &app,
-        admin_request(
+        admin(
             Method::POST,
             "/credentials",
             JSON,
@@ -1810,12 +1764,9 @@ async fn named_admin_credentials_act_are_audited_by_name_and_are_revoked() {
             "invalid_request",
         ),
     ] {
-        send(
-            &app,
-            admin_request(Method::POST, "/credentials", JSON, body),
-        )
-        .await
-        .error(status, code);
+        send(&app, admin(Method::POST, "/credentials", JSON, body))
+            .await
+            .error(status, code);
     }
     let listed = admin_get(&app, "/credentials").await;
     assert_eq!(listed[1]["name"], "erin-laptop");
@@ -1834,7 +1785,7 @@ async fn named_admin_credentials_act_are_audited_by_name_and_are_revoked() {
     .ok_json(StatusCode::CREATED);
     send(
         &app,
-        admin_request(Method::POST, "/users/zoe/lock", JSON, Body::empty()),
+        admin(Method::POST, "/users/zoe/lock", JSON, Body::empty()),
     )
     .await
     .ok_json(StatusCode::OK);
@@ -1881,7 +1832,7 @@ async fn named_admin_credentials_act_are_audited_by_name_and_are_revoked() {
 
     let frank = send(
         &app,
-        admin_request(Method::POST, "/credentials", JSON, r#"{"name":"frank"}"#),
+        admin(Method::POST, "/credentials", JSON, r#"{"name":"frank"}"#),
     )
     .await
     .ok_json(StatusCode::CREATED)["token"]
@@ -1891,12 +1842,9 @@ async fn named_admin_credentials_act_are_audited_by_name_and_are_revoked() {
     send(&app, revoke(&frank, "initial"))
         .await
         .ok_json(StatusCode::OK);
-    send(
-        &app,
-        admin_request(Method::GET, "/users", JSON, Body::empty()),
-    )
-    .await
-    .error(StatusCode::UNAUTHORIZED, "unauthorized");
+    send(&app, admin(Method::GET, "/users", JSON, Body::empty()))
+        .await
+        .error(StatusCode::UNAUTHORIZED, "unauthorized");
     let listed = admin_get_as(&app, &frank, "/credentials").await;
     let states: Vec<(String, bool)> = listed
         .as_array()
@@ -1974,7 +1922,7 @@ async fn requests_are_logged_with_an_id_the_client_and_the_route_template() {
     let app = app().await;
     let first = send(
         &app,
-        admin_request(Method::POST, "/users/erin/lock", JSON, Body::empty()),
+        admin(Method::POST, "/users/erin/lock", JSON, Body::empty()),
     )
     .await;
     first.error(StatusCode::NOT_FOUND, "not_found");

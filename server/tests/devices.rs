@@ -1,8 +1,5 @@
 //! Device identity: challenges go only to registered devices that prove themselves with their own key, and the `device` claim of a token is the device that proved itself.
 
-mod common;
-use common::{fixture, init_directory};
-
 use aws_lc_rs::rand::SystemRandom;
 use aws_lc_rs::signature::{ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair};
 use axum::Router;
@@ -10,18 +7,14 @@ use axum::body::Body;
 use axum::http::{Method, Request, StatusCode, header};
 use base64::Engine as _;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
-use pivtap_apdu::piv::{Algorithm, KeyReference, Pin};
-use pivtap_card::PivSession;
 use pivtap_client::device::{DeviceCredential, NewDeviceKey};
-use pivtap_protocol::assertion::AssertionDraft;
-use pivtap_protocol::jose::JwsAlgorithm;
 use pivtap_protocol::jose::base64url_encode;
 use pivtap_protocol::wire::AssertionPayload;
 use pivtap_server::config::ServerConfig;
 use pivtap_server::server::{self, ServerState, devices};
-use pivtap_server::store::{ChallengeUse, User, UserState};
-use pivtap_vcard::image::CardImage;
-use pivtap_vcard::{VirtualCard, VirtualCardBackend};
+use pivtap_server::store::ChallengeUse;
+use pivtap_testkit::badge::ALICE;
+use pivtap_testkit::server::{admin_request, admin_token, init_directory, state_with_users};
 use rustls_pki_types::PrivatePkcs8KeyDer;
 use rustls_pki_types::pem::PemObject;
 use serde_json::{Value, json};
@@ -32,7 +25,6 @@ use tower::ServiceExt as _;
 const JSON: &str = "application/json";
 
 const ORIGIN: &str = "https://auth.example.test";
-const SLOT: KeyReference = KeyReference::PivAuthentication;
 
 struct Target {
     _dir: TempDir,
@@ -50,25 +42,8 @@ async fn target_with(require_registration: bool) -> Target {
     let mut config = ServerConfig::load(&report.config_path).expect("server.toml loads");
     config.origin = ORIGIN.to_owned();
     config.devices.require_registration = require_registration;
-    let (state, _listener) = server::from_config(&config)
-        .await
-        .expect("the server state builds");
-    state
-        .store()
-        .add_user(&User {
-            id: "alice".to_owned(),
-            display_name: "Alice Example".to_owned(),
-            mail: Some("alice@example.com".to_owned()),
-            upn: None,
-            employee_id: None,
-            state: UserState::Active,
-        })
-        .await
-        .expect("alice is added");
-    let admin_token = std::fs::read_to_string(&report.admin_token_path)
-        .expect("admin.token reads")
-        .trim()
-        .to_owned();
+    let state = state_with_users(&config, &[ALICE.user()]).await;
+    let admin_token = admin_token(&report);
     Target {
         _dir: dir,
         app: server::app(state.clone()),
@@ -90,16 +65,13 @@ impl Target {
 
 impl Target {
     fn admin(&self, method: Method, path: &str, body: Option<&Value>) -> Request<Body> {
-        Request::builder()
-            .method(method)
-            .uri(format!("/v1/admin{path}"))
-            .header(
-                header::AUTHORIZATION,
-                format!("Bearer {}", self.admin_token),
-            )
-            .header(header::CONTENT_TYPE, JSON)
-            .body(body.map_or_else(Body::empty, |body| Body::from(body.to_string())))
-            .expect("a request")
+        admin_request(
+            &self.admin_token,
+            method,
+            path,
+            JSON,
+            body.map_or_else(Body::empty, |body| Body::from(body.to_string())),
+        )
     }
 
     async fn credential(&self, device: &str) -> DeviceCredential {
@@ -159,43 +131,15 @@ fn now() -> i64 {
     OffsetDateTime::now_utc().unix_timestamp()
 }
 
-/// A fixture card (alice's), signing in the slot 9A.
-fn card_session<T>(work: impl FnOnce(&mut PivSession<'_>, Algorithm) -> T) -> T {
-    let image = CardImage::load(fixture("cards/alice.toml")).expect("the card image loads");
-    let key = image
-        .keys
-        .iter()
-        .find(|entry| entry.slot() == SLOT)
-        .expect("a 9A key")
-        .algorithm();
-    let card = VirtualCard::from_image(&image).expect("the card opens");
-    let mut backend = VirtualCardBackend::new(card, "alice");
-    let mut session = PivSession::open(&mut backend).expect("the PIV applet selects");
-    work(&mut session, key)
-}
-
 /// Alice's card signs an assertion over `nonce` for `device`.
 fn alice_assertion(nonce: &str, device: &str) -> String {
-    card_session(|session, key| {
-        let algorithm = JwsAlgorithm::for_piv_key(u8::from(key))
-            .unwrap_or_else(|| panic!("no fixture card has a {key:?} key"));
-        let certificate = session.certificate(SLOT).expect("a 9A certificate");
-        let draft = AssertionDraft::new(
-            algorithm,
-            &certificate,
-            AssertionPayload {
-                aud: ORIGIN.to_owned(),
-                nonce: nonce.to_owned(),
-                device: device.to_owned(),
-                iat: now(),
-                slot: "9a".to_owned(),
-            },
-        );
-        session
-            .verify_pin(&Pin::new("123456").expect("a PIN"))
-            .expect("the PIN verifies");
-        common::card_signs(session, key, &draft)
-    })
+    ALICE.signed(&ALICE.draft_with(AssertionPayload {
+        aud: ORIGIN.to_owned(),
+        nonce: nonce.to_owned(),
+        device: device.to_owned(),
+        iat: now(),
+        slot: "9a".to_owned(),
+    }))
 }
 
 /// The claims of a session token, unverified (the server's own tests check the signature).

@@ -10,31 +10,23 @@
 //! started again with only the ignored [`server_process`] test selected and the server
 //! configuration in [`CHILD_CONFIG`]. Its output goes to `target/test-logs/durability/`.
 
-mod common;
-use common::fixture;
-
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use pivtap_apdu::piv::{KeyReference, Pin};
-use pivtap_card::PivSession;
 use pivtap_client::client::{AuditFilter, Client, ClientError, ServerTrust};
-use pivtap_protocol::assertion::AssertionDraft;
-use pivtap_protocol::jose::JwsAlgorithm;
-use pivtap_protocol::wire::{AssertionPayload, ChallengeResponse, ErrorCode, UserRecord};
+use pivtap_protocol::wire::ErrorCode;
 use pivtap_server::config::ServerConfig;
-use pivtap_server::server::embedded::EmbeddedServer;
-use pivtap_server::store::{User, UserState};
-use pivtap_vcard::image::CardImage;
-use pivtap_vcard::{VirtualCard, VirtualCardBackend};
-use time::OffsetDateTime;
+use pivtap_testkit::badge::{ALICE, BOB, Badge, CAROL};
+use pivtap_testkit::free_port;
+use pivtap_testkit::server::{
+    admin_token, init_directory_listening, install_crypto_provider, with_badge_users,
+};
 
 /// The environment variable that makes [`server_process`] serve this configuration.
 const CHILD_CONFIG: &str = "PIVTAP_DURABILITY_SERVER_CONFIG";
-const SLOT: KeyReference = KeyReference::PivAuthentication;
 const CLIENT_TIMEOUT: Duration = Duration::from_secs(5);
 /// The SIGKILL comes once the clients saw this many sign-ins (the audit, a challenge and a
 /// sign-in event each, is read back in one page of 1000).
@@ -49,84 +41,8 @@ fn log_dir() -> PathBuf {
     dir
 }
 
-fn install_crypto_provider() {
-    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
-}
-
-/// A fixture card, opened in memory for each signature (the fixture is never written).
-#[derive(Clone, Copy)]
-struct Card {
-    name: &'static str,
-    pin: &'static str,
-    user: &'static str,
-    mail: &'static str,
-}
-
-const CARDS: [Card; 3] = [
-    Card {
-        name: "alice",
-        pin: "123456",
-        user: "alice",
-        mail: "alice@example.com",
-    },
-    Card {
-        name: "bob",
-        pin: "24681357",
-        user: "bob",
-        mail: "bob@example.com",
-    },
-    Card {
-        name: "carol",
-        pin: "123456",
-        user: "carol",
-        mail: "carol@example.com",
-    },
-];
-
-impl Card {
-    /// The card's assertion answering `challenge` on `device`.
-    fn assertion(self, challenge: &ChallengeResponse, device: &str) -> String {
-        let image = CardImage::load(fixture(&format!("cards/{}.toml", self.name)))
-            .expect("the fixture card image loads");
-        let key = image
-            .keys
-            .iter()
-            .find(|entry| entry.slot() == SLOT)
-            .expect("a 9A key")
-            .algorithm();
-        let algorithm = JwsAlgorithm::for_piv_key(u8::from(key))
-            .unwrap_or_else(|| panic!("no fixture card has a {key:?} key"));
-        let card = VirtualCard::from_image(&image).expect("the fixture card opens");
-        let mut backend = VirtualCardBackend::new(card, self.name);
-        let mut session = PivSession::open(&mut backend).expect("the PIV applet selects");
-        let certificate = session.certificate(SLOT).expect("a 9A certificate");
-        let draft = AssertionDraft::new(
-            algorithm,
-            &certificate,
-            AssertionPayload::for_challenge(
-                challenge,
-                device,
-                SLOT,
-                OffsetDateTime::now_utc().unix_timestamp(),
-            ),
-        );
-        session
-            .verify_pin(&Pin::new(self.pin).expect("a valid PIN"))
-            .expect("the fixture PIN verifies");
-        common::card_signs(&mut session, key, &draft)
-    }
-
-    fn user(self) -> UserRecord {
-        UserRecord {
-            id: self.user.to_owned(),
-            display_name: format!("{} Example", self.user),
-            mail: Some(self.mail.to_owned()),
-            upn: None,
-            employee_id: None,
-            state: "active".to_owned(),
-        }
-    }
-}
+/// The badges signing in under load.
+const CARDS: [Badge; 3] = [ALICE, BOB, CAROL];
 
 fn refusal_code<T: std::fmt::Debug>(result: &Result<T, ClientError>) -> Option<ErrorCode> {
     match result {
@@ -245,7 +161,7 @@ async fn as_enrolled_device(client: Client, admin_token: &str, device: &str) -> 
 /// Signs in with `card` in a loop until the server stops answering.
 async fn load(
     client: Client,
-    card: Card,
+    card: Badge,
     device: String,
     stop: Arc<AtomicBool>,
     total: Arc<AtomicUsize>,
@@ -261,7 +177,7 @@ async fn load(
             .expect("the card signs");
         match client.sign_in(&assertion).await {
             Ok(answer) => {
-                assert_eq!(answer.user.id, card.user);
+                assert_eq!(answer.user.id, card.user_id);
                 seen.accepted.push(assertion);
                 total.fetch_add(1, Ordering::SeqCst);
             }
@@ -280,12 +196,9 @@ async fn load(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_server_killed_under_load_loses_no_sign_in_and_accepts_no_nonce_twice() {
     install_crypto_provider();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|listener| listener.local_addr())
-        .expect("a free port")
-        .port();
+    let port = free_port();
     let (_dir, report) =
-        common::init_directory_listening(std::net::SocketAddr::from(([127, 0, 0, 1], port)));
+        init_directory_listening(std::net::SocketAddr::from(([127, 0, 0, 1], port)));
     let mut config = ServerConfig::load(&report.config_path).expect("server.toml loads");
     // Replays are refused on purpose below: the failure delays, and the budgets of the one
     // loopback address every worker sends from, must not get in their way.
@@ -301,17 +214,14 @@ async fn a_server_killed_under_load_loses_no_sign_in_and_accepts_no_nonce_twice(
     let log = log_dir().join(format!("server-{port}.log"));
     let trust = || ServerTrust::from_pem_file(&report.certificate_path).expect("tls.crt");
     let client = Client::new(&config.origin, trust(), CLIENT_TIMEOUT).expect("a client");
-    let admin_token = std::fs::read_to_string(&report.admin_token_path)
-        .expect("admin.token")
-        .trim()
-        .to_owned();
+    let admin_token = admin_token(&report);
 
     let mut server = ServerProcess::start(&report.config_path, &log);
     wait_until_up(&client).await;
     for card in CARDS {
         client
             .admin(&admin_token)
-            .add_user(&card.user())
+            .add_user(&card.user_record())
             .await
             .expect("the user is added");
     }
@@ -477,20 +387,7 @@ async fn a_server_restarted_mid_tap_takes_the_assertion_once() {
     install_crypto_provider();
     let dir = tempfile::tempdir().expect("a temporary directory");
     let alice = CARDS[0];
-    let mut server = EmbeddedServer::start(
-        dir.path(),
-        vec![fixture("ca/test-ca.pem")],
-        &[User {
-            id: alice.user.to_owned(),
-            display_name: "Alice".to_owned(),
-            mail: Some(alice.mail.to_owned()),
-            upn: None,
-            employee_id: None,
-            state: UserState::Active,
-        }],
-    )
-    .await
-    .expect("the embedded server starts");
+    let mut server = with_badge_users(dir.path(), &[alice]).await;
     let client = server
         .device_client("kiosk-07", Duration::from_secs(2))
         .await

@@ -5,10 +5,6 @@
 //! challenge, draft, card signature over the signing input, assertion.
 //! Fixture card images are loaded without writing back to them.
 
-mod common;
-use common::{fixture, init_directory};
-
-use std::convert::Infallible;
 use std::error::Error;
 use std::net::{Ipv4Addr, SocketAddr, TcpListener};
 use std::path::Path;
@@ -18,35 +14,30 @@ use std::time::Duration;
 use axum_server::Handle;
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
-use pivtap_apdu::piv::{Algorithm, KeyReference, Pin};
-use pivtap_card::PivSession;
 use pivtap_client::client::{
     AdminClient, AuditFilter, CardAction, Client, ClientError, FailureKind, NetworkFailure,
     ServerTrust,
 };
 use pivtap_client::device::DeviceCredential;
-use pivtap_protocol::assertion::AssertionDraft;
-use pivtap_protocol::certificate::CertificateFacts;
 use pivtap_protocol::jose::JwsAlgorithm;
 use pivtap_protocol::jose::{base64url_decode, base64url_encode};
 use pivtap_protocol::wire::{
-    ASSERTION_TYPE, AssertionPayload, AssertionResponse, AuditRecord, ChallengeResponse, ErrorCode,
-    UserRecord,
+    ASSERTION_TYPE, AssertionResponse, AuditRecord, ChallengeResponse, ErrorCode, UserRecord,
 };
 use pivtap_server::config::{ConfigError, ConfigProblem, ServerConfig};
 use pivtap_server::init::InitReport;
 use pivtap_server::server::{self, Listener, ServeError};
 use pivtap_server::token::TokenVerifier;
-use pivtap_vcard::image::CardImage;
-use pivtap_vcard::{VirtualCard, VirtualCardBackend};
+use pivtap_testkit::badge::{ALICE, BOB, Badge, CAROL, EXPIRED, UNTRUSTED};
+use pivtap_testkit::forge::{compact, parts};
+use pivtap_testkit::server::{admin_token, init_directory, install_crypto_provider, user_record};
+use pivtap_testkit::{fixture, free_port};
 use serde_json::{Value, json};
 use tempfile::TempDir;
 use time::OffsetDateTime;
 
 type TestResult = Result<(), Box<dyn Error>>;
 
-/// The key slot every fixture card signs with.
-const SLOT: KeyReference = KeyReference::PivAuthentication;
 /// How long a client waits for the server.
 const CLIENT_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a server may take to start listening.
@@ -55,173 +46,6 @@ const START_TIMEOUT: Duration = Duration::from_secs(20);
 const PORT_ATTEMPTS: usize = 5;
 /// The device most tests sign in on.
 const KIOSK: &str = "kiosk-07";
-
-/// The server's TLS (axum-server's rustls) needs a process-wide provider.
-fn install_crypto_provider() {
-    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
-}
-
-/// A fixture card and the directory entry of the person it belongs to.
-struct Card {
-    name: &'static str,
-    pin: &'static str,
-    user_id: &'static str,
-    display_name: &'static str,
-    mail: &'static str,
-}
-
-const ALICE: Card = Card {
-    name: "alice",
-    pin: "123456",
-    user_id: "alice",
-    display_name: "Alice Example",
-    mail: "alice@example.com",
-};
-const BOB: Card = Card {
-    name: "bob",
-    pin: "24681357",
-    user_id: "bob",
-    display_name: "Bob Example",
-    mail: "bob@example.com",
-};
-const CAROL: Card = Card {
-    name: "carol",
-    pin: "123456",
-    user_id: "carol",
-    display_name: "Carol Example",
-    mail: "carol@example.com",
-};
-const EXPIRED: Card = Card {
-    name: "expired",
-    pin: "123456",
-    user_id: "dave",
-    display_name: "Dave Expired",
-    mail: "dave@example.com",
-};
-const UNTRUSTED: Card = Card {
-    name: "untrusted",
-    pin: "123456",
-    user_id: "eve",
-    display_name: "Eve Rogue",
-    mail: "eve@example.com",
-};
-
-impl Card {
-    /// Opens the card image in memory (nothing is written back to the
-    /// fixture) and runs `work` with the slot key's algorithm.
-    fn with_session<T>(&self, work: impl FnOnce(&mut PivSession<'_>, Algorithm) -> T) -> T {
-        let image = CardImage::load(fixture(&format!("cards/{}.toml", self.name)))
-            .expect("the fixture card image loads");
-        let key = image
-            .keys
-            .iter()
-            .find(|entry| entry.slot() == SLOT)
-            .expect("the fixture card has a 9A key")
-            .algorithm();
-        let card = VirtualCard::from_image(&image).expect("the fixture card opens");
-        let mut backend = VirtualCardBackend::new(card, self.name);
-        let mut session = PivSession::open(&mut backend).expect("the PIV applet selects");
-        work(&mut session, key)
-    }
-
-    /// The 9A certificate, DER, as the device reads it from the card.
-    fn certificate(&self) -> Vec<u8> {
-        self.with_session(|session, _| session.certificate(SLOT).expect("a 9A certificate"))
-    }
-
-    /// The certificate serial as the server names the card.
-    fn serial(&self) -> String {
-        CertificateFacts::from_der(&self.certificate())
-            .expect("the fixture certificate parses")
-            .serial
-    }
-
-    /// The JOSE algorithm that fits the card's key.
-    fn algorithm(&self) -> JwsAlgorithm {
-        let key = self.with_session(|_, key| key);
-        JwsAlgorithm::for_piv_key(u8::from(key))
-            .unwrap_or_else(|| panic!("no fixture card has a {key:?} key"))
-    }
-
-    /// The card signs `message` as `algorithm`, after its PIN.
-    fn sign(&self, algorithm: JwsAlgorithm, message: &[u8]) -> Vec<u8> {
-        self.with_session(|session, key| {
-            session
-                .verify_pin(&Pin::new(self.pin).expect("a valid PIN"))
-                .expect("the fixture PIN verifies");
-            common::card_signature(session, key, algorithm, message)
-        })
-    }
-
-    /// A draft answering `challenge` on `device`, its header claiming `alg` whatever the
-    /// card's key (the draft's own algorithm stays the one that fits the key).
-    fn draft_as(&self, alg: &str, challenge: &ChallengeResponse, device: &str) -> AssertionDraft {
-        let mut draft = self.draft(challenge, device);
-        alg.clone_into(&mut draft.header.alg);
-        draft
-    }
-
-    /// A draft with the algorithm that fits the card's key.
-    fn draft(&self, challenge: &ChallengeResponse, device: &str) -> AssertionDraft {
-        AssertionDraft::new(
-            self.algorithm(),
-            &self.certificate(),
-            AssertionPayload::for_challenge(
-                challenge,
-                device,
-                SLOT,
-                OffsetDateTime::now_utc().unix_timestamp(),
-            ),
-        )
-    }
-
-    /// `draft` signed by the card with the draft's algorithm.
-    fn finish(&self, draft: &AssertionDraft) -> String {
-        draft
-            .sign(|algorithm, message| Ok::<_, Infallible>(self.sign(algorithm, message)))
-            .unwrap_or_else(|never| match never {})
-    }
-
-    /// The directory entry the card's certificate maps to (`san.email -> mail`).
-    fn user(&self) -> UserRecord {
-        user_record(self.user_id, self.display_name, self.mail)
-    }
-}
-
-fn user_record(id: &str, display_name: &str, mail: &str) -> UserRecord {
-    UserRecord {
-        id: id.to_owned(),
-        display_name: display_name.to_owned(),
-        mail: Some(mail.to_owned()),
-        upn: None,
-        employee_id: None,
-        state: "active".to_owned(),
-    }
-}
-
-/// A compact JWS from any header and payload JSON and any signature bytes.
-fn compact(header: &Value, payload: &Value, signature: &[u8]) -> String {
-    format!(
-        "{}.{}.{}",
-        base64url_encode(header.to_string().as_bytes()),
-        base64url_encode(payload.to_string().as_bytes()),
-        base64url_encode(signature)
-    )
-}
-
-/// The three parts of a compact JWS.
-fn parts(compact: &str) -> [String; 3] {
-    let parts: Vec<String> = compact.split('.').map(str::to_owned).collect();
-    parts.try_into().expect("three parts")
-}
-
-/// A port that was free a moment ago on 127.0.0.1.
-fn free_port() -> u16 {
-    TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
-        .and_then(|listener| listener.local_addr())
-        .expect("an ephemeral port on loopback")
-        .port()
-}
 
 /// A server running in this process, from a directory written by `init_server`.
 struct TestServer {
@@ -315,10 +139,7 @@ impl TestServer {
                     .expect("tls.crt is a PEM certificate");
                 let client =
                     Client::new(&config.origin, trust, CLIENT_TIMEOUT).expect("the client builds");
-                let admin_token = std::fs::read_to_string(&report.admin_token_path)
-                    .expect("admin.token is readable")
-                    .trim()
-                    .to_owned();
+                let admin_token = admin_token(&report);
                 return TestServer {
                     _dir: dir,
                     report,
@@ -354,9 +175,9 @@ impl TestServer {
     }
 
     /// A challenge for `device` and the card's assertion answering it.
-    async fn assertion(&self, card: &Card, device: &str) -> String {
+    async fn assertion(&self, card: &Badge, device: &str) -> String {
         let challenge = self.challenge(device).await;
-        card.finish(&card.draft(&challenge, device))
+        card.signed(&card.draft(&challenge, device))
     }
 
     /// The credential of `device`, registered and enrolled on first use.
@@ -390,7 +211,7 @@ impl TestServer {
     }
 
     /// One whole sign-in on `device` with `card`.
-    async fn sign_in(&self, card: &Card, device: &str) -> Result<AssertionResponse, ClientError> {
+    async fn sign_in(&self, card: &Badge, device: &str) -> Result<AssertionResponse, ClientError> {
         let assertion = self.assertion(card, device).await;
         self.client.sign_in(&assertion).await
     }
@@ -412,7 +233,7 @@ impl TestServer {
     }
 
     /// Checks that the newest assertion event records `outcome` for `card` on `device`.
-    async fn assert_audited(&self, outcome: ErrorCode, card: &Card, device: &str) {
+    async fn assert_audited(&self, outcome: ErrorCode, card: &Badge, device: &str) {
         let event = self.last_assertion_event().await;
         assert_eq!(event.outcome, outcome.as_str(), "{event:?}");
         assert_eq!(event.device.as_deref(), Some(device), "{event:?}");
@@ -420,7 +241,7 @@ impl TestServer {
     }
 
     /// Checks that the newest assertion event is `card`'s successful sign-in on [`KIOSK`].
-    async fn assert_audited_ok(&self, card: &Card) {
+    async fn assert_audited_ok(&self, card: &Badge) {
         let event = self.last_assertion_event().await;
         assert_eq!(event.outcome, "ok", "{event:?}");
         assert_eq!(event.user_id.as_deref(), Some(card.user_id), "{event:?}");
@@ -430,13 +251,13 @@ impl TestServer {
 }
 
 /// Signs in with `card` and checks the answer, the token's claims and the audit event.
-async fn assert_signs_in(card: &Card) -> TestResult {
+async fn assert_signs_in(card: &Badge) -> TestResult {
     let server = TestServer::start().await;
-    server.add_user(&card.user()).await;
+    server.add_user(&card.user_record()).await;
     let challenge = server.challenge(KIOSK).await;
     assert_eq!(challenge.aud, server.config.origin);
     let draft = card.draft(&challenge, KIOSK);
-    let signed_in = server.client.sign_in(&card.finish(&draft)).await?;
+    let signed_in = server.client.sign_in(&card.signed(&draft)).await?;
 
     assert_eq!(signed_in.token_type, "Bearer");
     assert_eq!(signed_in.user.id, card.user_id);
@@ -483,7 +304,7 @@ async fn a_p256_card_signs_in() -> TestResult {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replayed_assertion_is_refused() {
     let server = TestServer::start().await;
-    server.add_user(&ALICE.user()).await;
+    server.add_user(&ALICE.user_record()).await;
     let assertion = server.assertion(&ALICE, KIOSK).await;
     server
         .client
@@ -503,10 +324,10 @@ async fn a_replayed_assertion_is_refused() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_expired_challenge_is_refused() {
     let server = TestServer::start_with(|_, config| config.challenges.lifetime_seconds = 1).await;
-    server.add_user(&ALICE.user()).await;
+    server.add_user(&ALICE.user_record()).await;
     let challenge = server.challenge(KIOSK).await;
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let assertion = ALICE.finish(&ALICE.draft(&challenge, KIOSK));
+    let assertion = ALICE.signed(&ALICE.draft(&challenge, KIOSK));
     refused(
         server.client.sign_in(&assertion).await,
         ErrorCode::ChallengeExpired,
@@ -519,9 +340,9 @@ async fn an_expired_challenge_is_refused() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_challenge_from_another_device_is_refused() {
     let server = TestServer::start().await;
-    server.add_user(&ALICE.user()).await;
+    server.add_user(&ALICE.user_record()).await;
     let challenge = server.challenge("kiosk-01").await;
-    let assertion = ALICE.finish(&ALICE.draft(&challenge, "kiosk-02"));
+    let assertion = ALICE.signed(&ALICE.draft(&challenge, "kiosk-02"));
     refused(
         server.client.sign_in(&assertion).await,
         ErrorCode::ChallengeUnknown,
@@ -534,10 +355,10 @@ async fn a_challenge_from_another_device_is_refused() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_nonce_the_server_never_issued_is_refused() {
     let server = TestServer::start().await;
-    server.add_user(&ALICE.user()).await;
+    server.add_user(&ALICE.user_record()).await;
     let mut challenge = server.challenge(KIOSK).await;
     challenge.nonce = base64url_encode([0x5a; 32]);
-    let assertion = ALICE.finish(&ALICE.draft(&challenge, KIOSK));
+    let assertion = ALICE.signed(&ALICE.draft(&challenge, KIOSK));
     refused(
         server.client.sign_in(&assertion).await,
         ErrorCode::ChallengeUnknown,
@@ -550,7 +371,7 @@ async fn a_nonce_the_server_never_issued_is_refused() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn alg_none_is_refused() {
     let server = TestServer::start().await;
-    server.add_user(&ALICE.user()).await;
+    server.add_user(&ALICE.user_record()).await;
     let draft = ALICE.draft(&server.challenge(KIOSK).await, KIOSK);
     let header = json!({"alg": "none", "typ": ASSERTION_TYPE, "x5c": draft.header.x5c});
     let unsigned = compact(&header, &serde_json::to_value(&draft.payload).unwrap(), &[]);
@@ -568,7 +389,7 @@ async fn alg_none_is_refused() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hs256_keyed_with_the_certificates_public_key_is_refused() {
     let server = TestServer::start().await;
-    server.add_user(&ALICE.user()).await;
+    server.add_user(&ALICE.user_record()).await;
     let draft = ALICE.draft_as("HS256", &server.challenge(KIOSK).await, KIOSK);
     let certificate = ALICE.certificate();
     let (_, parsed) = x509_parser::parse_x509_certificate(&certificate).unwrap();
@@ -607,7 +428,7 @@ async fn hs256_keyed_with_the_certificates_public_key_is_refused() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_rs256_header_on_a_p256_key_is_refused() {
     let server = TestServer::start().await;
-    server.add_user(&BOB.user()).await;
+    server.add_user(&BOB.user_record()).await;
     let draft = BOB.draft_as("RS256", &server.challenge(KIOSK).await, KIOSK);
     // The card signs as its key can (ES256); the header claims RS256.
     let signed = draft.finish(&BOB.sign(JwsAlgorithm::Es256, draft.signing_input().as_bytes()));
@@ -625,7 +446,7 @@ async fn an_rs256_header_on_a_p256_key_is_refused() {
 async fn a_card_from_an_untrusted_ca_is_refused() {
     let server = TestServer::start().await;
     // Even with a user its certificate maps to: the chain is checked first.
-    server.add_user(&UNTRUSTED.user()).await;
+    server.add_user(&UNTRUSTED.user_record()).await;
     refused(
         server.sign_in(&UNTRUSTED, KIOSK).await,
         ErrorCode::CertificateUntrusted,
@@ -639,7 +460,7 @@ async fn a_card_from_an_untrusted_ca_is_refused() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_expired_certificate_is_refused() {
     let server = TestServer::start().await;
-    server.add_user(&EXPIRED.user()).await;
+    server.add_user(&EXPIRED.user_record()).await;
     let refusal = refused(
         server.sign_in(&EXPIRED, KIOSK).await,
         ErrorCode::CertificateExpired,
@@ -660,7 +481,7 @@ async fn an_expired_certificate_is_refused() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_revoked_card_is_refused_for_good() {
     let server = TestServer::start().await;
-    server.add_user(&ALICE.user()).await;
+    server.add_user(&ALICE.user_record()).await;
     server
         .sign_in(&ALICE, KIOSK)
         .await
@@ -733,8 +554,8 @@ async fn a_card_revoked_by_a_crl_file_is_refused() {
         config.trust.crl_files = vec![crl];
     })
     .await;
-    server.add_user(&ALICE.user()).await;
-    server.add_user(&BOB.user()).await;
+    server.add_user(&ALICE.user_record()).await;
+    server.add_user(&BOB.user_record()).await;
     refused(
         server.sign_in(&ALICE, KIOSK).await,
         ErrorCode::CertificateRevoked,
@@ -753,7 +574,7 @@ async fn a_card_revoked_by_a_crl_file_is_refused() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sign_in_that_cannot_be_recorded_is_not_handed_out_and_is_audited() {
     let server = TestServer::start().await;
-    server.add_user(&ALICE.user()).await;
+    server.add_user(&ALICE.user_record()).await;
     // Another connection to the server's database makes the success's audit event fail:
     // the card's record and the event go in one write, so neither may stay.
     let database = rusqlite::Connection::open(&server.config.database).expect("the database opens");
@@ -785,7 +606,7 @@ async fn a_sign_in_that_cannot_be_recorded_is_not_handed_out_and_is_audited() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_locked_card_is_refused_until_unlocked() {
     let server = TestServer::start().await;
-    server.add_user(&ALICE.user()).await;
+    server.add_user(&ALICE.user_record()).await;
     server
         .sign_in(&ALICE, KIOSK)
         .await
@@ -822,7 +643,7 @@ async fn a_locked_card_is_refused_until_unlocked() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_locked_user_is_refused_until_unlocked() {
     let server = TestServer::start().await;
-    server.add_user(&ALICE.user()).await;
+    server.add_user(&ALICE.user_record()).await;
     let user = server
         .admin()
         .set_user_locked("alice", true)
@@ -850,7 +671,7 @@ async fn a_locked_user_is_refused_until_unlocked() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_card_that_maps_to_no_user_is_refused() {
     let server = TestServer::start().await;
-    server.add_user(&BOB.user()).await;
+    server.add_user(&BOB.user_record()).await;
     let refusal = refused(server.sign_in(&ALICE, KIOSK).await, ErrorCode::UserUnknown);
     assert!(
         refusal.message.contains("no user matches"),
@@ -865,7 +686,7 @@ async fn a_card_that_maps_to_no_user_is_refused() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_card_that_maps_to_two_users_is_refused() {
     let server = TestServer::start().await;
-    server.add_user(&ALICE.user()).await;
+    server.add_user(&ALICE.user_record()).await;
     // The admin API refuses a second user with alice's mail (issue 11, item 9), but a
     // database from before that check may hold one: put it there directly.
     let duplicate = server
@@ -903,7 +724,7 @@ async fn a_card_that_maps_to_two_users_is_refused() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_duplicate_attribute_trap_is_audited_for_its_victim_and_undone_by_an_update() {
     let server = TestServer::start().await;
-    server.add_user(&ALICE.user()).await;
+    server.add_user(&ALICE.user_record()).await;
     server
         .sign_in(&ALICE, KIOSK)
         .await
@@ -947,7 +768,7 @@ async fn the_duplicate_attribute_trap_is_audited_for_its_victim_and_undone_by_an
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_tampered_payload_is_refused() {
     let server = TestServer::start().await;
-    server.add_user(&ALICE.user()).await;
+    server.add_user(&ALICE.user_record()).await;
     let [header, payload, signature] = parts(&server.assertion(&ALICE, KIOSK).await);
     let mut claims: Value = serde_json::from_slice(&base64url_decode(&payload).unwrap()).unwrap();
     claims["device"] = json!("kiosk-99");
@@ -968,8 +789,8 @@ async fn a_tampered_payload_is_refused() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_tampered_x5c_is_refused() {
     let server = TestServer::start().await;
-    server.add_user(&ALICE.user()).await;
-    server.add_user(&CAROL.user()).await;
+    server.add_user(&ALICE.user_record()).await;
+    server.add_user(&CAROL.user_record()).await;
     // Alice's card signs; carol's certificate (RSA-2048 too, same CA) is put in the header.
     let [header, payload, signature] = parts(&server.assertion(&ALICE, KIOSK).await);
     let mut header: Value = serde_json::from_slice(&base64url_decode(&header).unwrap()).unwrap();
@@ -994,7 +815,7 @@ async fn repeated_failures_are_rate_limited() {
         config.rate_limit.base_delay_seconds = 30;
     })
     .await;
-    server.add_user(&ALICE.user()).await;
+    server.add_user(&ALICE.user_record()).await;
     server
         .admin()
         .set_user_locked("alice", true)
@@ -1030,10 +851,10 @@ async fn repeated_failures_are_rate_limited() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_assertion_for_another_server_is_refused() {
     let server = TestServer::start().await;
-    server.add_user(&ALICE.user()).await;
+    server.add_user(&ALICE.user_record()).await;
     let mut challenge = server.challenge(KIOSK).await;
     challenge.aud = "https://auth.elsewhere.example.com".to_owned();
-    let assertion = ALICE.finish(&ALICE.draft(&challenge, KIOSK));
+    let assertion = ALICE.signed(&ALICE.draft(&challenge, KIOSK));
     let refusal = refused(
         server.client.sign_in(&assertion).await,
         ErrorCode::InvalidRequest,
@@ -1098,14 +919,14 @@ async fn plain_http_serves_on_loopback() {
     .unwrap();
     client
         .admin(&server.admin_token)
-        .add_user(&ALICE.user())
+        .add_user(&ALICE.user_record())
         .await
         .expect("the admin API answers over HTTP");
     let client = server.as_device(&client, KIOSK).await;
     let challenge = client.challenge(KIOSK).await.unwrap();
     assert_eq!(challenge.aud, server.config.origin);
     let signed_in = client
-        .sign_in(&ALICE.finish(&ALICE.draft(&challenge, KIOSK)))
+        .sign_in(&ALICE.signed(&ALICE.draft(&challenge, KIOSK)))
         .await
         .expect("alice signs in over loopback HTTP");
     assert_eq!(signed_in.user.id, "alice");

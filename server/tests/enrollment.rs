@@ -24,6 +24,7 @@ use pivtap_protocol::wire::{
 use pivtap_server::server::embedded::EmbeddedServer;
 use pivtap_server::server::enrollment::{code_hash, new_code};
 use pivtap_server::store::{NewEnrollmentCode, User, UserState};
+use pivtap_testkit::server::install_crypto_provider;
 use rcgen::{CertificateParams, DnType, KeyPair, PublicKeyData, SigningKey};
 use time::OffsetDateTime;
 use zeroize::Zeroizing;
@@ -33,10 +34,6 @@ type TestResult = Result<(), Box<dyn Error>>;
 const TIMEOUT: Duration = Duration::from_secs(20);
 const DEVICE: &str = "kiosk-07";
 const FIFTEEN_MINUTES: Duration = Duration::from_secs(900);
-
-fn install_crypto_provider() {
-    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
-}
 
 fn user(id: &str, name: &str, mail: Option<&str>) -> User {
     User {

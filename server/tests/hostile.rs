@@ -6,10 +6,6 @@
 //! own reason, not for the ones before it. At the end a well-formed sign-in
 //! still works: the hostile requests left no state behind that could lock it out.
 
-mod common;
-use common::{fixture, init_directory};
-
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::path::Path;
 
@@ -19,91 +15,23 @@ use axum::extract::ConnectInfo;
 use axum::http::{Method, Request, StatusCode, header};
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
-use pivtap_apdu::piv::{Algorithm, KeyReference, Pin};
-use pivtap_card::PivSession;
-use pivtap_protocol::assertion::AssertionDraft;
 use pivtap_server::config::ServerConfig;
-use pivtap_vcard::image::CardImage;
-use pivtap_vcard::{VirtualCard, VirtualCardBackend};
 
-use pivtap_protocol::jose::{JwsAlgorithm, base64url_encode};
+use pivtap_protocol::jose::base64url_encode;
 use pivtap_protocol::wire::{AssertionPayload, ChallengeResponse};
 use pivtap_server::server::{self, MAX_BODY_BYTES};
-use pivtap_server::store::{User, UserState};
+use pivtap_server::store::UserState;
+use pivtap_testkit::badge::{ALICE, BOB, Badge, CAROL, SLOT, UNTRUSTED};
+use pivtap_testkit::forge::{header_json, pem_der, signed_by};
+use pivtap_testkit::server::{admin_request, admin_token, init_directory, state_with_users};
+use pivtap_testkit::{fixture, test_ca};
 use serde_json::{Value, json};
 use tempfile::TempDir;
 use time::OffsetDateTime;
 use tower::ServiceExt as _;
 
-const SLOT: KeyReference = KeyReference::PivAuthentication;
 const DEVICE: &str = "kiosk-07";
 const JSON: &str = "application/json";
-
-/// A fixture card (in memory; the fixture file is never written).
-struct Card {
-    name: &'static str,
-    pin: &'static str,
-}
-
-const ALICE: Card = Card {
-    name: "alice",
-    pin: "123456",
-};
-const UNTRUSTED: Card = Card {
-    name: "untrusted",
-    pin: "123456",
-};
-const CAROL: Card = Card {
-    name: "carol",
-    pin: "123456",
-};
-const BOB: Card = Card {
-    name: "bob",
-    pin: "24681357",
-};
-
-impl Card {
-    fn with_session<T>(&self, work: impl FnOnce(&mut PivSession<'_>, Algorithm) -> T) -> T {
-        let image = CardImage::load(fixture(&format!("cards/{}.toml", self.name)))
-            .expect("the fixture card image loads");
-        let key = image
-            .keys
-            .iter()
-            .find(|entry| entry.slot() == SLOT)
-            .expect("a 9A key")
-            .algorithm();
-        let card = VirtualCard::from_image(&image).expect("the fixture card opens");
-        let mut backend = VirtualCardBackend::new(card, self.name);
-        let mut session = PivSession::open(&mut backend).expect("the PIV applet selects");
-        work(&mut session, key)
-    }
-
-    fn certificate(&self) -> Vec<u8> {
-        self.with_session(|session, _| session.certificate(SLOT).expect("a 9A certificate"))
-    }
-
-    fn algorithm(&self) -> JwsAlgorithm {
-        let key = self.with_session(|_, key| key);
-        JwsAlgorithm::for_piv_key(u8::from(key))
-            .unwrap_or_else(|| panic!("no fixture card has a {key:?} key"))
-    }
-
-    fn sign(&self, algorithm: JwsAlgorithm, message: &[u8]) -> Vec<u8> {
-        self.with_session(|session, key| {
-            session
-                .verify_pin(&Pin::new(self.pin).expect("a valid PIN"))
-                .expect("the fixture PIN verifies");
-            common::card_signature(session, key, algorithm, message)
-        })
-    }
-
-    /// `draft` signed by the card with the draft's algorithm.
-    fn signed(&self, draft: &AssertionDraft) -> String {
-        draft
-            .sign(|algorithm, message| Ok::<_, Infallible>(self.sign(algorithm, message)))
-            .unwrap_or_else(|never| match never {})
-    }
-}
 
 /// The server under attack and what the checks need.
 struct Target {
@@ -139,30 +67,8 @@ async fn target_with(adjust: impl FnOnce(&mut ServerConfig)) -> Target {
     config
         .validate(&report.config_path)
         .expect("the adjusted configuration is valid");
-    let (state, _listener) = server::from_config(&config)
-        .await
-        .expect("the server state builds");
-    for (id, name, mail) in [
-        ("alice", "Alice Example", "alice@example.com"),
-        ("bob", "Bob Example", "bob@example.com"),
-    ] {
-        state
-            .store()
-            .add_user(&User {
-                id: id.to_owned(),
-                display_name: name.to_owned(),
-                mail: Some(mail.to_owned()),
-                upn: None,
-                employee_id: None,
-                state: UserState::Active,
-            })
-            .await
-            .expect("the user is added");
-    }
-    let admin_token = std::fs::read_to_string(&report.admin_token_path)
-        .expect("admin.token reads")
-        .trim()
-        .to_owned();
+    let state = state_with_users(&config, &[ALICE.user(), BOB.user()]).await;
+    let admin_token = admin_token(&report);
     let device = server::devices::credential_locally(&state, DEVICE)
         .await
         .expect("the kiosk is registered");
@@ -244,16 +150,7 @@ impl Target {
     }
 
     fn admin(&self, method: Method, path: &str, body: impl Into<Body>) -> Request<Body> {
-        Request::builder()
-            .method(method)
-            .uri(format!("/v1/admin{path}"))
-            .header(
-                header::AUTHORIZATION,
-                format!("Bearer {}", self.admin_token),
-            )
-            .header(header::CONTENT_TYPE, JSON)
-            .body(body.into())
-            .expect("a request")
+        admin_request(&self.admin_token, method, path, JSON, body)
     }
 
     async fn admin_json(&self, path: &str) -> Value {
@@ -334,30 +231,20 @@ impl Target {
     }
 
     /// A correct assertion by `card` over a fresh challenge.
-    async fn good_assertion(&self, card: &Card) -> String {
+    async fn good_assertion(&self, card: &Badge) -> String {
         let challenge = self.challenge().await;
-        card.signed(&AssertionDraft::new(
-            card.algorithm(),
-            &card.certificate(),
-            self.payload(&challenge),
-        ))
+        card.signed(&card.draft_with(self.payload(&challenge)))
     }
 
     /// An assertion with any header and payload JSON (text, so duplicate keys
     /// survive), over a fresh challenge, signed by `card` with its own key.
-    async fn crafted(&self, card: &Card, header: &str, payload: Option<&str>) -> String {
+    async fn crafted(&self, card: &Badge, header: &str, payload: Option<&str>) -> String {
         let challenge = self.challenge().await;
         let payload = payload.map_or_else(
             || serde_json::to_string(&self.payload(&challenge)).expect("serialises"),
             |text| text.replace("NONCE", challenge["nonce"].as_str().expect("nonce")),
         );
-        let input = format!(
-            "{}.{}",
-            base64url_encode(header.as_bytes()),
-            base64url_encode(payload.as_bytes())
-        );
-        let signature = card.sign(card.algorithm(), input.as_bytes());
-        format!("{input}.{}", base64url_encode(&signature))
+        signed_by(card, header, &payload)
     }
 }
 
@@ -396,26 +283,8 @@ fn assert_refused(label: &str, reply: &Reply, status: StatusCode, code: &str) {
     }
 }
 
-fn header_json(alg: &str, x5c: &[Vec<u8>]) -> String {
-    json!({
-        "alg": alg,
-        "typ": "pivtap-assertion+jwt",
-        "x5c": x5c.iter().map(|der| STANDARD.encode(der)).collect::<Vec<_>>(),
-    })
-    .to_string()
-}
-
 fn ca_der() -> Vec<u8> {
-    pem_der(&fixture("ca/test-ca.pem"))
-}
-
-fn pem_der(path: &Path) -> Vec<u8> {
-    let text = std::fs::read_to_string(path).expect("a PEM file");
-    let body: String = text
-        .lines()
-        .filter(|line| !line.starts_with("-----"))
-        .collect();
-    STANDARD.decode(body).expect("PEM base64")
+    pem_der(&test_ca())
 }
 
 #[tokio::test]
@@ -1426,16 +1295,12 @@ impl Target {
     }
 
     /// An assertion by `card` over `nonce` naming `device`.
-    fn assertion(&self, card: &Card, nonce: &str, device: &str) -> String {
-        card.signed(&AssertionDraft::new(
-            card.algorithm(),
-            &card.certificate(),
-            self.payload_for(nonce, device),
-        ))
+    fn assertion(&self, card: &Badge, nonce: &str, device: &str) -> String {
+        card.signed(&card.draft_with(self.payload_for(nonce, device)))
     }
 
     /// Signs in with `card` at `device`, challenge and assertion from the current source.
-    async fn sign_in_at(&self, card: &Card, device: &str) -> Reply {
+    async fn sign_in_at(&self, card: &Badge, device: &str) -> Reply {
         let challenge = self.challenge_for(device).await;
         assert_eq!(challenge.status, StatusCode::CREATED, "a challenge");
         let nonce = challenge.json()["nonce"]

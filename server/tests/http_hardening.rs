@@ -3,8 +3,6 @@
 //! Each server is the real one (`init_server` + `from_config` + `serve_with_handle`)
 //! on 127.0.0.1, port 0. Floods are bounded (a few hundred connections).
 
-mod common;
-
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -15,6 +13,8 @@ use pivtap_http::testing::closed_within;
 use pivtap_protocol::wire;
 use pivtap_server::config::ServerConfig;
 use pivtap_server::server::{self, Listener, StartError};
+use pivtap_testkit::free_port;
+use pivtap_testkit::server::{init_directory as init_server_directory, install_crypto_provider};
 use rustls_pki_types::pem::PemObject as _;
 use rustls_pki_types::{CertificateDer, ServerName};
 use serde_json::Value;
@@ -29,8 +29,8 @@ const OTHER_SOURCE: IpAddr = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2));
 
 /// A server directory written by `init_server`, its configuration loaded.
 fn init_directory() -> (TempDir, ServerConfig, PathBuf) {
-    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
-    let (dir, report) = common::init_directory();
+    install_crypto_provider();
+    let (dir, report) = init_server_directory();
     let config = ServerConfig::load(&report.config_path).expect("server.toml loads");
     (dir, config, report.config_path)
 }
@@ -480,13 +480,6 @@ async fn get(client: &reqwest::Client, url: &str, bearer: Option<&str>) -> (u16,
     let response = request.send().await.expect("an answer");
     let status = response.status().as_u16();
     (status, response.text().await.expect("a body"))
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
-        .and_then(|listener| listener.local_addr())
-        .expect("a free port")
-        .port()
 }
 
 /// `/metrics` is not on the public listener by default; a credential or a

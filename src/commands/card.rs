@@ -475,11 +475,7 @@ mod tests {
 
     #[test]
     fn names_print_most_specific_first() {
-        let pem = std::fs::read_to_string(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/fixtures/certs/alice.pem"
-        ))
-        .unwrap();
+        let pem = std::fs::read_to_string(pivtap_testkit::fixture("certs/alice.pem")).unwrap();
         let (_, pem) = x509_parser::pem::parse_x509_pem(pem.as_bytes()).unwrap();
         let certificate = pem.parse_x509().unwrap();
         assert_eq!(

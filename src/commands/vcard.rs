@@ -719,6 +719,7 @@ fn print_enrolled(enrolled: &Enrolled, out: &Path, json: bool) -> anyhow::Result
 #[cfg(test)]
 mod tests {
     use clap::Parser;
+    use pivtap_testkit::server::{active_user, with_users};
     use pivtap_vcard::image::CardImage;
 
     use super::*;
@@ -778,18 +779,11 @@ mod tests {
         Client,
         String,
     ) {
-        use pivtap_server::server::embedded::EmbeddedServer;
-        use pivtap_server::store::{User, UserState};
-        let ca = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fixtures/ca/test-ca.pem");
-        let user = User {
-            id: "dana".to_owned(),
-            display_name: "Dana Example".to_owned(),
-            mail: Some("dana@example.com".to_owned()),
-            upn: None,
-            employee_id: None,
-            state: UserState::Active,
-        };
-        let server = EmbeddedServer::start(dir, vec![ca], &[user]).await.unwrap();
+        let server = with_users(
+            dir,
+            &[active_user("dana", "Dana Example", "dana@example.com")],
+        )
+        .await;
         let client = server.client(Duration::from_secs(30)).unwrap();
         let port = server.origin.rsplit(':').next().unwrap();
         let token = std::fs::read_to_string(dir.join(format!("server-{port}")).join("admin.token"))

@@ -5,11 +5,12 @@
 pub mod tmux;
 
 use std::fs::File;
-use std::net::{Ipv4Addr, TcpListener, TcpStream};
+use std::net::{Ipv4Addr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::time::{Duration, Instant};
 
+pub use pivtap_testkit::{fixture, free_port};
 use serde_json::Value;
 use tempfile::TempDir;
 
@@ -133,13 +134,6 @@ fn keep_stderr(command: &Command, stderr: &str) {
     }
 }
 
-/// A path under the repository's `fixtures/`.
-pub fn fixture(relative: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("fixtures")
-        .join(relative)
-}
-
 /// A test path as text.
 pub fn path_str(path: &Path) -> &str {
     path.to_str().expect("test paths are UTF-8")
@@ -151,14 +145,6 @@ pub const SERVER_TIMEOUT: Duration = Duration::from_secs(30);
 pub const PORT_ATTEMPTS: usize = 5;
 /// The device id the tests sign in from.
 pub const KIOSK: &str = "kiosk-07";
-
-/// A port that was free a moment ago on 127.0.0.1.
-pub fn free_port() -> u16 {
-    TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
-        .and_then(|listener| listener.local_addr())
-        .expect("an ephemeral port on loopback")
-        .port()
-}
 
 /// `pivtap server run` in the background, from a directory `pivtap server init`
 /// wrote (trusting the fixture CA, with its own issuing CA and `[issuance]`).
@@ -377,24 +363,9 @@ impl RunningServer {
 
     /// Stops the server with SIGINT (Ctrl-C) and returns how it exited and what it printed.
     pub fn stop(&mut self) -> (ExitStatus, String) {
-        let pid = self.child.id().to_string();
-        let signalled = Command::new("sh")
-            .args(["-c", "kill -INT \"$1\"", "sh", &pid])
-            .status()
-            .expect("sh runs kill");
-        assert!(signalled.success(), "kill -INT {pid} failed");
-        let deadline = Instant::now() + SERVER_TIMEOUT;
-        loop {
-            if let Some(status) = self.child.try_wait().expect("the server process is there") {
-                let output = std::fs::read_to_string(&self.stdout).unwrap_or_default();
-                return (status, output);
-            }
-            assert!(
-                Instant::now() < deadline,
-                "the server did not stop on SIGINT"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        let status = interrupt(&mut self.child, "the server", SERVER_TIMEOUT);
+        let output = std::fs::read_to_string(&self.stdout).unwrap_or_default();
+        (status, output)
     }
 
     /// Starts the server again from its directory (after [`Self::stop`], or a
@@ -429,6 +400,25 @@ impl Drop for RunningServer {
             let _ = self.child.kill();
             let _ = self.child.wait();
         }
+    }
+}
+
+/// Sends SIGINT (as Ctrl-C does) to `child` and waits up to `wait` for it to exit;
+/// panics, naming the process as `what`, when it cannot be signalled or does not stop.
+pub fn interrupt(child: &mut Child, what: &str, wait: Duration) -> ExitStatus {
+    let pid = child.id().to_string();
+    let signalled = Command::new("sh")
+        .args(["-c", "kill -INT \"$1\"", "sh", &pid])
+        .status()
+        .expect("sh runs kill");
+    assert!(signalled.success(), "kill -INT {pid} failed");
+    let deadline = Instant::now() + wait;
+    loop {
+        if let Some(status) = child.try_wait().expect("the process is there") {
+            return status;
+        }
+        assert!(Instant::now() < deadline, "{what} did not stop on SIGINT");
+        std::thread::sleep(Duration::from_millis(20));
     }
 }
 

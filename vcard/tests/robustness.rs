@@ -12,6 +12,7 @@ use pivtap_apdu::piv::objects::public_key::PublicKey;
 use pivtap_apdu::piv::{Algorithm, KeyReference, ObjectTag, Pin, Puk, commands};
 use pivtap_apdu::{CommandApdu, LengthMode, tlv};
 use pivtap_card::{JwsAlgorithm, ManagementKey, PivSession};
+use pivtap_testkit::badge::{BOB, FACTORY_MANAGEMENT_KEY_HEX};
 use pivtap_vcard::image::CardImage;
 use pivtap_vcard::keys::SlotKey;
 use pivtap_vcard::{CardOptions, Interface, NewCard, VirtualCard, VirtualCardBackend};
@@ -29,25 +30,19 @@ const NOT_SELECTED: [u8; 2] = [0x6D, 0x00];
 const MEMORY_FAILURE: [u8; 2] = [0x65, 0x81];
 
 /// Bob's PIN and PUK, as in fixtures/cards/bob.toml.
-const BOB_PIN: &str = "24681357";
-const BOB_PUK: &str = "12345678";
+const BOB_PIN: &str = BOB.pin;
+const BOB_PUK: &str = BOB.puk;
 /// The factory management key in hex (also bob's).
-const DEFAULT_MANAGEMENT_KEY_HEX: &str = "010203040506070801020304050607080102030405060708";
-
-fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../fixtures/cards")
-        .join(name)
-}
+const DEFAULT_MANAGEMENT_KEY_HEX: &str = FACTORY_MANAGEMENT_KEY_HEX;
 
 fn bob_image() -> CardImage {
-    CardImage::load(fixture("bob.toml")).unwrap()
+    BOB.image()
 }
 
 /// Copies bob's image into `directory` and returns the copy's path.
 fn bob_copy(directory: &Path) -> PathBuf {
     let path = directory.join("card.toml");
-    fs::copy(fixture("bob.toml"), &path).unwrap();
+    fs::copy(BOB.image_path(), &path).unwrap();
     path
 }
 
@@ -986,7 +981,7 @@ fn debug_output_never_shows_a_secret() {
     let secret_refs: Vec<&[u8]> = secrets.iter().map(Vec::as_slice).collect();
     let forbidden = secret_forms(&secret_refs);
 
-    let bob_text = fs::read_to_string(fixture("bob.toml")).unwrap();
+    let bob_text = fs::read_to_string(BOB.image_path()).unwrap();
     let broken_images = [
         bob_text.replace("value = \"24681357\"", "value = 24681357"),
         bob_text.replace("value = \"24681357\"", "value = 2468.1357"),

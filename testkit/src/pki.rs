@@ -1,26 +1,21 @@
-//! Test-only access to the workspace's `fixtures/`: certificates by path and CRLs signed by the fixture test CA.
-
-use std::path::{Path, PathBuf};
+//! Fixture certificates as DER and certificate revocation lists signed by the fixture test CA.
 
 use rcgen::{CertificateRevocationListParams, Issuer, KeyPair, RevokedCertParams, SerialNumber};
 use time::OffsetDateTime;
 
-/// A file under the workspace's `fixtures/`.
-pub(crate) fn fixture(path: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../fixtures")
-        .join(path)
-}
+use crate::fixture;
 
 /// The DER of a PEM certificate under `fixtures/`.
-pub(crate) fn fixture_der(path: &str) -> Vec<u8> {
+#[must_use]
+pub fn fixture_der(path: &str) -> Vec<u8> {
     let pem = std::fs::read(fixture(path)).unwrap();
     let (_, pem) = x509_parser::pem::parse_x509_pem(&pem).unwrap();
     pem.contents
 }
 
 /// A CRL signed by the fixture test CA, revoking `serials` (hex).
-pub(crate) fn test_ca_crl(serials: &[&str]) -> Vec<u8> {
+#[must_use]
+pub fn test_ca_crl(serials: &[&str]) -> Vec<u8> {
     let key =
         KeyPair::from_pem(&std::fs::read_to_string(fixture("ca/test-ca.key")).unwrap()).unwrap();
     let ca_pem = std::fs::read_to_string(fixture("ca/test-ca.pem")).unwrap();
