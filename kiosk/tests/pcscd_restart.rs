@@ -5,147 +5,26 @@
 //! lock: `flock /tmp/pivtap-pcscd.lock cargo test -p pivtap-kiosk --test pcscd_restart --
 //! --ignored`. Without pcscd and vpcd it fails, saying so.
 
-use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::Arc;
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use pivtap_card::pcsc::PcscContext;
 use pivtap_card::reader_monitor::MonitorFilter;
 use pivtap_kiosk::builder::{KioskBuilder, KioskError};
 use pivtap_kiosk::core::{NoticeCode, SessionEvent};
 use pivtap_kiosk::readers::PcscReaders;
 use pivtap_kiosk::runtime::Input;
-use pivtap_server::server::embedded::EmbeddedServer;
-use pivtap_server::store::{User, UserState};
-use pivtap_vcard::image::CardImage;
-use pivtap_vcard::vpcd::{Attachment, AttachmentSummary, Detacher, VpcdError};
-use pivtap_vcard::{VirtualCard, VirtualCardBackend};
+use pivtap_testkit::badge::ALICE;
+use pivtap_testkit::pcscd::{
+    InReader, PcscdBack, VPCD_NAME, VPCD_READER_0, pcscd_turn, start_pcscd, stop_pcscd,
+};
+use pivtap_testkit::server::with_badge_users;
+use pivtap_vcard::VirtualCardBackend;
 use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
 use tokio::task::JoinHandle as TaskHandle;
 use zeroize::Zeroizing;
 
-const READER: &str = "Virtual PCD 00 00";
-const VPCD_PORT: u16 = 35963;
-const ALICE_PIN: &str = "123456";
+const ALICE_PIN: &str = ALICE.pin;
 const EVENT_WAIT: Duration = Duration::from_secs(20);
-
-fn fixtures() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../fixtures")
-}
-
-fn pcscd_pid() -> Option<String> {
-    let output = Command::new("pgrep").args(["-x", "pcscd"]).output().ok()?;
-    let text = String::from_utf8_lossy(&output.stdout);
-    text.split_whitespace().next().map(str::to_owned)
-}
-
-/// Stops the system pcscd by its process id and waits until it is gone.
-fn stop_pcscd() {
-    let pid = pcscd_pid().expect("pcscd is running");
-    let status = Command::new("kill").args(["-TERM", &pid]).status();
-    assert!(
-        matches!(status, Ok(s) if s.success()),
-        "cannot stop pcscd {pid} ({status:?}): this test needs root"
-    );
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while pcscd_pid().is_some() {
-        assert!(Instant::now() < deadline, "pcscd did not stop");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-/// Starts pcscd as `scripts/setup-debian` does (it forks into the background).
-fn start_pcscd() {
-    let status = Command::new("pcscd").status();
-    assert!(
-        matches!(status, Ok(s) if s.success()),
-        "cannot start pcscd: {status:?}"
-    );
-}
-
-/// Starts pcscd again if the test failed while it was stopped.
-struct PcscdBack;
-
-impl Drop for PcscdBack {
-    fn drop(&mut self) {
-        if pcscd_pid().is_none() {
-            let _ = Command::new("pcscd").status();
-        }
-    }
-}
-
-/// Fails unless pcscd answers and lists the vpcd reader, empty.
-fn require_pcscd_with_vpcd() {
-    let context = PcscContext::establish().unwrap_or_else(|error| {
-        panic!(
-            "pcscd is not reachable ({error}): this test needs the system pcscd with the \
-             vsmartcard vpcd driver (Debian packages pcscd and vsmartcard-vpcd)"
-        )
-    });
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        let listed = context
-            .list_readers()
-            .unwrap_or_else(|error| panic!("pcscd cannot list its readers ({error})"));
-        let reader = listed
-            .iter()
-            .find(|reader| reader.name == READER)
-            .unwrap_or_else(|| panic!("pcscd has no reader {READER:?}: {listed:?}"));
-        if !reader.card_present {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{READER} holds a card (is `pivtap vcard attach` running?)"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-/// A badge in the vpcd reader, served by a thread; taken out on drop.
-struct InReader {
-    detacher: Detacher,
-    serving: Option<JoinHandle<Result<AttachmentSummary, VpcdError>>>,
-}
-
-impl InReader {
-    /// Attaches `card`, retrying for `patience` while vpcd (restarting with pcscd) is not
-    /// listening yet.
-    fn attach(card: &VirtualCardBackend, patience: Duration) -> Self {
-        let address = SocketAddr::from(([127, 0, 0, 1], VPCD_PORT));
-        let deadline = Instant::now() + patience;
-        let (attachment, detacher) = loop {
-            match Attachment::connect(address) {
-                Ok(connected) => break connected,
-                Err(error) if Instant::now() < deadline => {
-                    let _ = error;
-                    std::thread::sleep(Duration::from_millis(100));
-                }
-                Err(error) => panic!("cannot attach a card through vpcd ({error})"),
-            }
-        };
-        let card = card.clone();
-        let serving = std::thread::spawn(move || attachment.serve(&card));
-        InReader {
-            detacher,
-            serving: Some(serving),
-        }
-    }
-}
-
-impl Drop for InReader {
-    fn drop(&mut self) {
-        if let Some(serving) = self.serving.take() {
-            self.detacher.detach();
-            let _ = serving.join();
-            // pcscd polls vpcd readers about every 0.5 s.
-            std::thread::sleep(Duration::from_millis(600));
-        }
-    }
-}
 
 async fn expect(
     events: &mut UnboundedReceiver<SessionEvent>,
@@ -172,7 +51,7 @@ async fn sign_in(
     badge: &VirtualCardBackend,
     patience: Duration,
 ) -> InReader {
-    let attached = InReader::attach(badge, patience);
+    let attached = InReader::attach_within(badge, VPCD_READER_0, patience);
     expect(events, "pin_required", |e| {
         matches!(e, SessionEvent::PinRequired { .. })
     })
@@ -194,31 +73,17 @@ async fn sign_in(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "restarts the system pcscd (needs root and the pcscd lock); run it by name"]
 async fn the_kiosk_says_pcscd_stopped_and_resumes_when_it_is_back() {
-    require_pcscd_with_vpcd();
+    let _turn = pcscd_turn(&[VPCD_READER_0]);
     let _back = PcscdBack;
     let dir = tempfile::tempdir().expect("a temporary directory");
-    let server = EmbeddedServer::start(
-        dir.path(),
-        vec![fixtures().join("ca/test-ca.pem")],
-        &[User {
-            id: "alice".to_owned(),
-            display_name: "Alice Example".to_owned(),
-            mail: Some("alice@example.com".to_owned()),
-            upn: None,
-            employee_id: None,
-            state: UserState::Active,
-        }],
-    )
-    .await
-    .expect("the embedded server starts");
-    let image = CardImage::load(fixtures().join("cards/alice.toml")).expect("alice's image");
-    let badge = VirtualCardBackend::new(VirtualCard::from_image(&image).expect("a card"), "alice");
+    let server = with_badge_users(dir.path(), &[ALICE]).await;
+    let badge = ALICE.backend();
     let client = server
         .device_client("pcscd-kiosk", Duration::from_secs(5))
         .await
         .expect("the kiosk is registered");
     let readers = Arc::new(PcscReaders::new(MonitorFilter {
-        reader_name_contains: Some("Virtual PCD".to_owned()),
+        reader_name_contains: Some(VPCD_NAME.to_owned()),
         contactless_only: false,
     }));
     let (events_tx, mut events) = unbounded_channel();

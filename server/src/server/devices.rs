@@ -1,7 +1,7 @@
 //! Device identity on the server: registering devices (admin API), device enrollment (a one-time code and a CSR for the device's own key in, a device certificate out), and the device proof every challenge request must carry.
 //!
 //! A device proves itself by signing its challenge request (a compact JWS,
-//! see [`pivtap_client::device`]) with the P-256 key it generated itself, whose
+//! see `pivtap_client::device`) with the P-256 key it generated itself, whose
 //! certificate this server's issuing CA made at enrollment. Request signing,
 //! not mutual TLS: it works through a TLS-terminating load balancer, over the
 //! loopback plain-HTTP mode and on a reused HTTP/2 connection, and it binds the
@@ -32,6 +32,7 @@ use crate::issuance::verify_csr;
 use crate::store::{
     Device, DeviceCodeUse, DeviceCredentialRecord, DeviceState, NewAuditEvent, NewDevice,
 };
+#[cfg(feature = "embedded")]
 use pivtap_client::device::{DeviceCredential, NewDeviceKey};
 use pivtap_protocol::assertion::card_signature_verifies;
 use pivtap_protocol::audit::{AuditKind, AuditOutcome};
@@ -569,6 +570,7 @@ pub async fn enroll_device(
 ///
 /// # Errors
 /// [`ApiError`] as the two steps would answer (e.g. `conflict` for a registered id).
+#[cfg(feature = "embedded")]
 pub async fn enroll_locally(
     state: &ServerState,
     id: &str,
@@ -588,6 +590,7 @@ pub async fn enroll_locally(
 ///
 /// # Errors
 /// As [`enroll_locally`].
+#[cfg(feature = "embedded")]
 pub async fn credential_locally(
     state: &ServerState,
     id: &str,

@@ -8,6 +8,7 @@ pub mod admin;
 pub mod body;
 pub mod client_address;
 pub mod devices;
+#[cfg(feature = "embedded")]
 pub mod embedded;
 pub mod enrollment;
 pub mod error;
