@@ -1,5 +1,11 @@
 //! Card transports, the APDU exchange and trace, and the typed PIV session API.
 //!
+//! PC/SC is the transport of real readers; the virtual card (`pivtap-vcard`) plugs in
+//! through [`CardBackend`]. The JWS algorithm vocabulary is `pivtap-protocol`'s
+//! ([`JwsAlgorithm`], re-exported), this crate adds the card's side ([`CardSignature`]).
+//! Certificate requests signed by the card ([`csr`]) are behind the `csr` feature, which
+//! enrollment needs and signing in does not.
+//!
 //! Everything here is synchronous: PC/SC is blocking, and so is the card.
 //! Async callers run it on a card thread or with `spawn_blocking`.
 #![forbid(unsafe_code)]

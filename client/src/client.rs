@@ -1132,8 +1132,7 @@ pub struct AuditFilter {
     /// By outcome (`ok` or an error code).
     pub outcome: Option<String>,
     /// By kind: an [`AuditKind`](pivtap_protocol::audit::AuditKind)'s text, or `sign_in` /
-    /// `sign_in_refused` (assertions by outcome; see
-    /// [`AuditKindFilter`](pivtap_server::store::AuditKindFilter)).
+    /// `sign_in_refused` (assertions by outcome; the server's `store::AuditKindFilter`).
     pub kind: Option<String>,
     /// Only events older than the event with this id (the last of the page before).
     pub before: Option<i64>,

@@ -1,6 +1,7 @@
-//! The device's side of pivtap: the HTTPS client for the server's API, the device credential that signs its requests, and the card-signed assertion.
+//! The device's side of pivtap: the HTTPS client for the server's API, the device credential that signs its requests, the card-signed assertion, and (feature `enroll`) device and card enrollment and renewal.
 //!
-//! The kiosk and the `pivtap` command line build on it; it never links the server.
+//! The kiosk and the `pivtap` command line build on it; it never links the server. The
+//! server's all-in-one `embedded` mode (demo, tests) uses it to hand out clients.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 

@@ -1,4 +1,4 @@
-//! Criterion benches of the server's assertion verification without HTTP: the compact JWS, its header and claims, the card certificate and its chain, the signature (`cargo bench -p pivtap-server-client`).
+//! Criterion benches of the server's assertion verification without HTTP: the compact JWS, its header and claims, the card certificate and its chain, the signature (`cargo bench -p pivtap-server`).
 
 use std::hint::black_box;
 use std::path::{Path, PathBuf};

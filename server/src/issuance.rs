@@ -253,10 +253,13 @@ impl Issuer {
         Self::new(ca_der.clone(), key, policy.clone())
     }
 
-    /// An issuer from a CA certificate (DER) and its key.
+    /// An issuer from a CA certificate (DER) and its key, accepted by
+    /// [`profile::CertificateAuthority::from_der_and_key`].
     ///
     /// # Errors
-    /// [`IssuanceError::CaKeyMismatch`] when the key is not the certificate's.
+    /// [`IssuanceError::CaKeyMismatch`] when the key is not the certificate's;
+    /// [`IssuanceError::CaFile`] when the certificate is not a CA that may issue
+    /// (CA:TRUE, keyCertSign) or its subject cannot be copied.
     pub fn new(
         ca_der: Vec<u8>,
         key: KeyPair,
@@ -485,8 +488,8 @@ impl Issuer {
     }
 }
 
-/// Whether `key` is the private key of `certificate`'s public key (the one
-/// CA-key check of the server's issuer and of [`profile::CertificateAuthority`]).
+/// Whether `key` is the private key of `certificate`'s public key (the CA-key check of
+/// [`profile::CertificateAuthority`], through which the server's issuer loads its CA).
 fn is_key_of(key: &KeyPair, certificate: &x509_parser::certificate::X509Certificate<'_>) -> bool {
     certificate.public_key().raw == key.subject_public_key_info().as_slice()
 }

@@ -1,4 +1,4 @@
-//! `pivtap card`: read what is on a PIV card, verify its PIN, export certificates.
+//! `pivtap card`: read what is on a PIV card, verify its PIN, export certificates, and the lifecycle commands (enroll, renew, change PIN or PUK, unblock, reset) on pivtap-client and pivtap-card.
 
 use std::io::{IsTerminal, Write};
 use std::path::PathBuf;

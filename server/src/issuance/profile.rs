@@ -1,4 +1,4 @@
-//! The card certificate profile of `pivtap vcard new` and the fixtures: X.509 certificates for keys that live on a card, signed by a CA kept in PEM files.
+//! The one certificate authority (accepted in one place, for the server and `pivtap vcard new`) and the card certificate profile of `pivtap vcard new` and the fixtures.
 //!
 //! The card keeps its private key; the issuer sees only the public key, as a
 //! DER SubjectPublicKeyInfo. Every certificate follows one smartcard-logon
