@@ -58,7 +58,7 @@ pub fn sign_assertion(
 #[cfg(test)]
 mod tests {
     use pivtap_apdu::piv::Pin;
-    use pivtap_protocol::assertion::card_signature_verifies;
+    use pivtap_protocol::assertion::signature_verifies;
     use pivtap_protocol::certificate::CertificateFacts;
     use pivtap_protocol::jose::CompactJws;
     use pivtap_protocol::wire::{AssertionPayload, ChallengeResponse};
@@ -112,8 +112,8 @@ mod tests {
             let jws = CompactJws::parse(&compact).unwrap();
             assert_eq!(jws.signing_input, draft.signing_input());
             assert!(
-                card_signature_verifies(
-                    algorithm.name(),
+                signature_verifies(
+                    algorithm,
                     &public_key,
                     jws.signing_input.as_bytes(),
                     &jws.signature

@@ -44,7 +44,7 @@ use pivtap_apdu::piv::objects::public_key::PublicKey;
 use pivtap_apdu::piv::{Algorithm, KeyReference, ObjectTag, Pin};
 use pivtap_card::csr::{CsrError, certificate_request};
 use pivtap_card::{CardBackend, ManagementKey, PivError, PivSession, spki};
-use pivtap_protocol::assertion::{AssertionDraft, card_signature_verifies};
+use pivtap_protocol::assertion::{AssertionDraft, signature_verifies};
 use pivtap_protocol::certificate::CertificateFacts;
 use pivtap_protocol::jose::JwsAlgorithm;
 use pivtap_protocol::wire::{
@@ -511,14 +511,14 @@ fn signed_with_key_of(assertion: &str, certificate: &[u8]) -> bool {
     let Some((signing_input, signature)) = assertion.rsplit_once('.') else {
         return false;
     };
-    let Some(alg) = signing_key_of(certificate)
+    let Some(algorithm) = signing_key_of(certificate)
         .ok()
-        .map(|(_, algorithm)| algorithm.name())
+        .map(|(_, algorithm)| algorithm)
     else {
         return false;
     };
     URL_SAFE_NO_PAD.decode(signature).is_ok_and(|signature| {
-        card_signature_verifies(alg, &public_key, signing_input.as_bytes(), &signature)
+        signature_verifies(algorithm, &public_key, signing_input.as_bytes(), &signature)
     })
 }
 

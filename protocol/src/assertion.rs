@@ -101,9 +101,14 @@ fn json_object<const N: usize>(members: [(&str, Value); N]) -> Value {
     )
 }
 
-/// Whether `signature` over `message` verifies with `public_key` under
-/// `algorithm` (aws-lc-rs: RSA takes the DER `RSAPublicKey`, ECDSA the
-/// uncompressed point and a fixed-width `r || s` signature).
+/// Whether a card's `signature` (JOSE form: RSA as is, ECDSA `r || s`) over `message`
+/// verifies with `public_key` (from [`CertificateFacts::with_public_key`]: RSA the DER
+/// `RSAPublicKey`, ECDSA the uncompressed point) under `algorithm`: the check the server
+/// makes on an assertion's signature and on a device proof, and a device's own check
+/// before it sends.
+///
+/// [`CertificateFacts::with_public_key`]: crate::certificate::CertificateFacts::with_public_key
+#[must_use]
 pub fn signature_verifies(
     algorithm: JwsAlgorithm,
     public_key: &[u8],
@@ -119,20 +124,4 @@ pub fn signature_verifies(
     UnparsedPublicKey::new(verification, public_key)
         .verify(message, signature)
         .is_ok()
-}
-
-/// Whether a card's `signature` (JOSE form: RSA as is, ECDSA `r || s`) over
-/// `message` verifies with `public_key` (from
-/// [`CertificateFacts::with_public_key`]) under the JWS algorithm named
-/// `alg`: the check the server makes on an assertion's signature, for a
-/// device that wants to know before it sends. `false` for any other `alg`.
-#[must_use]
-pub fn card_signature_verifies(
-    alg: &str,
-    public_key: &[u8],
-    message: &[u8],
-    signature: &[u8],
-) -> bool {
-    JwsAlgorithm::from_name(alg)
-        .is_ok_and(|algorithm| signature_verifies(algorithm, public_key, message, signature))
 }

@@ -191,7 +191,7 @@ impl CertificateFacts {
 
     /// Reads the facts and the raw public key: for RSA the DER
     /// `RSAPublicKey`, for EC the SEC1 point (the SPKI's BIT STRING content),
-    /// as [`card_signature_verifies`](crate::assertion::card_signature_verifies) takes it.
+    /// as [`signature_verifies`](crate::assertion::signature_verifies) takes it.
     ///
     /// # Errors
     /// As [`CertificateFacts::from_der`].

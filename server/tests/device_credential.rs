@@ -51,8 +51,8 @@ fn a_credential_is_saved_private_read_back_and_signs_proofs_the_server_checks() 
     let proof = credential.proof("https://auth.example.test", now);
     let jws = pivtap_protocol::jose::CompactJws::parse(&proof).unwrap();
     let (_, public_key) = CertificateFacts::with_public_key(&der).unwrap();
-    assert!(pivtap_protocol::assertion::card_signature_verifies(
-        "ES256",
+    assert!(pivtap_protocol::assertion::signature_verifies(
+        pivtap_protocol::jose::JwsAlgorithm::Es256,
         &public_key,
         jws.signing_input.as_bytes(),
         &jws.signature

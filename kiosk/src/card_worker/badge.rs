@@ -6,7 +6,7 @@ use std::time::Instant;
 use pivtap_apdu::piv::objects::chuid::Chuid;
 use pivtap_apdu::piv::{Algorithm, KeyReference, Pin};
 use pivtap_card::{CardBackend, PivError, PivSession};
-use pivtap_protocol::assertion::{AssertionDraft, card_signature_verifies};
+use pivtap_protocol::assertion::{AssertionDraft, signature_verifies};
 use pivtap_protocol::certificate::CertificateFacts;
 use pivtap_protocol::jose::JwsAlgorithm;
 use pivtap_protocol::wire::{AssertionPayload, ChallengeResponse};
@@ -47,7 +47,7 @@ impl CardCertificate {
     /// Whether `signature` (JOSE form: RSA raw, ECDSA `r || s`) over `message` verifies with
     /// this certificate's public key, exactly as the server will check it.
     fn verifies(&self, message: &[u8], signature: &[u8]) -> bool {
-        card_signature_verifies(self.algorithm.name(), &self.public_key, message, signature)
+        signature_verifies(self.algorithm, &self.public_key, message, signature)
     }
 }
 

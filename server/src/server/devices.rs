@@ -34,10 +34,11 @@ use crate::store::{
 };
 #[cfg(feature = "embedded")]
 use pivtap_client::device::{DeviceCredential, NewDeviceKey};
-use pivtap_protocol::assertion::card_signature_verifies;
+use pivtap_protocol::assertion::signature_verifies;
 use pivtap_protocol::audit::{AuditKind, AuditOutcome};
 use pivtap_protocol::certificate::{CertificateFacts, TrustStore};
 use pivtap_protocol::jose::CompactJws;
+use pivtap_protocol::jose::JwsAlgorithm;
 use pivtap_protocol::wire::{
     CreateDeviceRequest, DEVICE_PROOF_TYPE, DeviceCode, DeviceEnrollmentRequest,
     DeviceEnrollmentResult, DeviceProofClaims, DeviceProofHeader, DeviceRecord, ErrorCode,
@@ -181,8 +182,8 @@ async fn verify_proof(
     })?;
     let (facts, public_key) = CertificateFacts::with_public_key(&credential.certificate)
         .map_err(|_| proof_invalid("the device's registered certificate cannot be read"))?;
-    if !card_signature_verifies(
-        "ES256",
+    if !signature_verifies(
+        JwsAlgorithm::Es256,
         &public_key,
         jws.signing_input.as_bytes(),
         &jws.signature,
