@@ -49,6 +49,12 @@ pub enum ManagementKeyError {
     /// The hex text of a key is not an even number of hex digits.
     #[error("the management key is not valid hex (expected an even number of digits 0-9, a-f)")]
     BadHex,
+    /// A key given without its algorithm has a length no management key has.
+    #[error("a management key is 16, 24 or 32 bytes (32, 48 or 64 hex digits), got {actual} bytes")]
+    UnknownLength {
+        /// The length given.
+        actual: usize,
+    },
     /// A block to encrypt or decrypt is not exactly one cipher block.
     #[error("a {algorithm} block is {expected} bytes long, got {actual} bytes")]
     BlockLength {
@@ -107,6 +113,25 @@ impl ManagementKey {
     pub fn from_hex(algorithm: Algorithm, hex_text: &str) -> Result<Self, ManagementKeyError> {
         let key =
             Zeroizing::new(hex::decode(hex_text.trim()).map_err(|_| ManagementKeyError::BadHex)?);
+        ManagementKey::new(algorithm, &key)
+    }
+
+    /// Takes a key written in hex whose algorithm follows from its length, as people give
+    /// keys: 16 bytes AES-128, 24 bytes 3DES (the PIV default for that length; a card
+    /// that reports AES-192 is met by enrollment, which asks the card), 32 bytes AES-256.
+    ///
+    /// # Errors
+    /// [`ManagementKeyError::BadHex`], or [`ManagementKeyError::UnknownLength`] for any
+    /// other length.
+    pub fn from_hex_by_length(hex_text: &str) -> Result<Self, ManagementKeyError> {
+        let key =
+            Zeroizing::new(hex::decode(hex_text.trim()).map_err(|_| ManagementKeyError::BadHex)?);
+        let algorithm = match key.len() {
+            16 => Algorithm::Aes128,
+            24 => Algorithm::TripleDes,
+            32 => Algorithm::Aes256,
+            actual => return Err(ManagementKeyError::UnknownLength { actual }),
+        };
         ManagementKey::new(algorithm, &key)
     }
 
@@ -233,6 +258,22 @@ mod tests {
     use proptest::prelude::*;
 
     use super::*;
+
+    #[test]
+    fn a_key_by_its_length_takes_the_algorithm_people_mean() {
+        let by_length = |bytes: usize| ManagementKey::from_hex_by_length(&"01".repeat(bytes));
+        assert_eq!(by_length(16).unwrap().algorithm(), Algorithm::Aes128);
+        assert_eq!(by_length(24).unwrap().algorithm(), Algorithm::TripleDes);
+        assert_eq!(by_length(32).unwrap().algorithm(), Algorithm::Aes256);
+        assert!(matches!(
+            by_length(2),
+            Err(ManagementKeyError::UnknownLength { actual: 2 })
+        ));
+        assert!(matches!(
+            ManagementKey::from_hex_by_length("zz"),
+            Err(ManagementKeyError::BadHex)
+        ));
+    }
 
     fn unhex(text: &str) -> Vec<u8> {
         hex::decode(text).unwrap()

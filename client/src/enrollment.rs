@@ -311,6 +311,32 @@ pub fn sign_assertion(
     Ok(card_signer::sign_assertion(session, slot, key, &draft)?)
 }
 
+/// The card's part of a sign-in with a PIN (`pivtap auth`): checks that a card key can
+/// sign for `certificate` (the certificate of the key in `slot`) before a PIN try is
+/// spent, verifies `pin`, has the card sign the assertion for `challenge`, and logs the
+/// PIN out again, so the badge is not left PIN-verified for other programs (some cards
+/// keep a verified PIN across the reset that ends the connection; a card that refuses is
+/// left to that reset, one that leaves fails the sign-in).
+///
+/// # Errors
+/// [`EnrollError::CurrentCertificate`] or the card's [`PivError`] (a wrong PIN among them).
+pub fn sign_in_with_pin(
+    session: &mut PivSession<'_>,
+    slot: KeyReference,
+    certificate: &[u8],
+    pin: &Pin,
+    challenge: &ChallengeResponse,
+    device: &str,
+) -> Result<String, EnrollError> {
+    signing_key_of(certificate)?;
+    session.verify_pin(pin)?;
+    let compact = sign_assertion(session, slot, certificate, challenge, device);
+    let logged_out = session.log_out_pin();
+    let compact = compact?;
+    logged_out?;
+    Ok(compact)
+}
+
 /// Enrolls the card with an enrollment code: the steps in the module docs.
 /// `progress` hears of every step before it starts.
 ///

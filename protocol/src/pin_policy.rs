@@ -116,6 +116,21 @@ impl PinPolicy {
         }
     }
 
+    /// A random secret of `digits` decimal digits that this policy accepts (a PUK made for
+    /// a new card, say); `None` when a thousand tries found none (a policy no secret of
+    /// that length meets).
+    #[must_use]
+    pub fn random(&self, digits: usize) -> Option<zeroize::Zeroizing<String>> {
+        (0..1000).find_map(|_| {
+            let secret = zeroize::Zeroizing::new(
+                (0..digits)
+                    .map(|_| char::from(b'0' + rand::random_range(0..10_u8)))
+                    .collect::<String>(),
+            );
+            self.check(&secret).is_ok().then_some(secret)
+        })
+    }
+
     /// Checks a new PIN against the policy.
     ///
     /// # Errors
@@ -179,6 +194,17 @@ fn subtle_equal(a: &[u8], b: &[u8]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn random_secrets_meet_the_policy_and_an_impossible_length_gives_none() {
+        let policy = PinPolicy::puk();
+        for _ in 0..50 {
+            let secret = policy.random(8).expect("an 8-digit PUK");
+            assert_eq!(secret.len(), 8);
+            assert!(policy.check(&secret).is_ok(), "{}", secret.as_str());
+        }
+        assert!(PinPolicy::default().random(5).is_none());
+    }
 
     #[test]
     fn the_default_policy_follows_the_seeds() {

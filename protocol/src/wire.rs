@@ -787,6 +787,31 @@ impl fmt::Display for KeyAlgorithm {
     }
 }
 
+/// A name that is not `rsa2048`, `p256` or `p384`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{name:?} is not rsa2048, p256 or p384")]
+pub struct UnknownKeyAlgorithm {
+    /// The name given.
+    pub name: String,
+}
+
+impl std::str::FromStr for KeyAlgorithm {
+    type Err = UnknownKeyAlgorithm;
+    /// The wire name, in any case (`rsa2048`, `P256`, ...): a person may type it.
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        [
+            KeyAlgorithm::Rsa2048,
+            KeyAlgorithm::P256,
+            KeyAlgorithm::P384,
+        ]
+        .into_iter()
+        .find(|algorithm| algorithm.as_str().eq_ignore_ascii_case(text))
+        .ok_or_else(|| UnknownKeyAlgorithm {
+            name: text.to_owned(),
+        })
+    }
+}
+
 /// An enrollment code with only its first characters shown.
 fn redacted_code(code: &str) -> String {
     let shown: String = code.chars().take(4).collect();
@@ -977,6 +1002,23 @@ pub fn parse_enrollment_url(link: &str) -> Result<(Option<String>, String), BadE
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn key_algorithms_parse_from_their_wire_names_in_any_case() {
+        for algorithm in [
+            KeyAlgorithm::Rsa2048,
+            KeyAlgorithm::P256,
+            KeyAlgorithm::P384,
+        ] {
+            assert_eq!(algorithm.as_str().parse(), Ok(algorithm));
+            assert_eq!(algorithm.as_str().to_uppercase().parse(), Ok(algorithm));
+        }
+        let error = "ed25519".parse::<KeyAlgorithm>().unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            "\"ed25519\" is not rsa2048, p256 or p384"
+        );
+    }
 
     #[test]
     fn error_codes_serialise_as_their_wire_names() {

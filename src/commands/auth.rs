@@ -14,7 +14,7 @@ use zeroize::Zeroizing;
 
 use super::CardArgs;
 use super::card::read_pin;
-use pivtap_client::enrollment::{EnrollError, sign_assertion, signing_key_of};
+use pivtap_client::enrollment::{EnrollError, sign_in_with_pin};
 
 /// Where the server is and how to trust it.
 #[derive(Args, Debug, Clone)]
@@ -194,23 +194,15 @@ pub fn run(args: AuthArgs) -> anyhow::Result<()> {
         let certificate = session
             .certificate(args.slot)
             .with_context(|| format!("cannot read the certificate of slot {}", args.slot))?;
-        // A certificate no card key can sign for costs no PIN try.
-        signing_key_of(&certificate).map_err(flow_error)?;
-        session.verify_pin(&pin)?;
-        let compact = sign_assertion(
+        let compact = sign_in_with_pin(
             &mut session,
             args.slot,
             &certificate,
+            &pin,
             &challenge,
             &args.device,
         )
-        .map_err(flow_error);
-        // Some cards keep a verified PIN across the reset that ends the connection: log it
-        // out, so the badge is not left PIN-verified for other programs (a card that refuses
-        // is left to the reset; one that leaves fails the sign-in).
-        let logged_out = session.log_out_pin();
-        let compact = compact?;
-        logged_out?;
+        .map_err(flow_error)?;
         (compact, session.stats())
     };
     let card_ms = card_started.elapsed().as_secs_f64() * 1e3;

@@ -5,13 +5,13 @@ use std::path::PathBuf;
 
 use anyhow::{Context, bail};
 use clap::Subcommand;
-use pivtap_apdu::piv::{Algorithm, KeyReference, Pin, Puk};
+use pivtap_apdu::piv::{KeyReference, Pin, Puk};
 use pivtap_card::pcsc::PcscContext;
 use pivtap_card::session::PinStatus;
 use pivtap_card::{ManagementKey, PivError, PivSession, factory};
 use pivtap_protocol::certificate::rfc4514;
 use pivtap_protocol::pin_policy::{PinPolicy, PinPolicyViolation};
-use pivtap_protocol::wire::KeyAlgorithm;
+use pivtap_protocol::wire::{KeyAlgorithm, UnknownKeyAlgorithm};
 use pivtap_vcard::image::CardImage;
 use serde::Serialize;
 use x509_parser::prelude::{FromDer, X509Certificate};
@@ -891,12 +891,8 @@ pub struct RenewArgs {
 }
 
 fn parse_key_algorithm(text: &str) -> Result<KeyAlgorithm, String> {
-    match text.to_ascii_lowercase().as_str() {
-        "rsa2048" => Ok(KeyAlgorithm::Rsa2048),
-        "p256" => Ok(KeyAlgorithm::P256),
-        "p384" => Ok(KeyAlgorithm::P384),
-        _ => Err(format!("{text:?} is not rsa2048, p256 or p384")),
-    }
+    text.parse()
+        .map_err(|error: UnknownKeyAlgorithm| error.to_string())
 }
 
 /// A management key in hex: 16 bytes AES-128, 24 bytes 3DES (AES-192 when
@@ -905,13 +901,8 @@ fn management_key(hex_text: Option<&str>) -> anyhow::Result<ManagementKey> {
     let Some(text) = hex_text else {
         return Ok(ManagementKey::default_key());
     };
-    let algorithm = match text.trim().len() {
-        32 => Algorithm::Aes128,
-        48 => Algorithm::TripleDes,
-        64 => Algorithm::Aes256,
-        _ => bail!("--management-key takes 16, 24 or 32 bytes in hex (32, 48 or 64 hex digits)"),
-    };
-    ManagementKey::from_hex(algorithm, text).context("--management-key")
+    ManagementKey::from_hex_by_length(text)
+        .map_err(|error| anyhow::anyhow!("--management-key: {error}"))
 }
 
 /// The management key for `card`: `--management-key` when given, else a
@@ -1052,6 +1043,7 @@ fn print_outcome(outcome: &EnrollOutcome, done: &str, json: bool) -> anyhow::Res
 #[cfg(test)]
 mod lifecycle_tests {
     use super::*;
+    use pivtap_apdu::piv::Algorithm;
 
     #[test]
     fn management_keys_are_read_by_length() {

@@ -508,18 +508,10 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 
 /// The PUK of a new enrolled card: eight random digits the PUK policy accepts.
 fn random_puk() -> anyhow::Result<Puk> {
-    let policy = PinPolicy::puk();
-    for _ in 0..1000 {
-        let digits = Zeroizing::new(
-            (0..8)
-                .map(|_| char::from(b'0' + rand::random_range(0..10u8)))
-                .collect::<String>(),
-        );
-        if policy.check(&digits).is_ok() {
-            return Ok(Puk::new(&digits)?);
-        }
-    }
-    bail!("no random PUK met the PUK policy")
+    let digits = PinPolicy::puk()
+        .random(8)
+        .context("no random PUK met the PUK policy")?;
+    Ok(Puk::new(&digits)?)
 }
 
 /// `pivtap vcard enroll`
