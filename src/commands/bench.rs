@@ -153,10 +153,7 @@ impl Percentiles {
             return Percentiles::default();
         }
         samples.sort_by(f64::total_cmp);
-        let at = |fraction: f64| {
-            let rank = ((samples.len() as f64) * fraction).ceil() as usize;
-            samples[rank.clamp(1, samples.len()) - 1]
-        };
+        let at = |fraction: f64| nearest_rank(samples, fraction);
         Percentiles {
             min_ms: samples[0],
             p50_ms: at(0.5),
@@ -165,6 +162,13 @@ impl Percentiles {
             max_ms: samples[samples.len() - 1],
         }
     }
+}
+
+/// The nearest-rank percentile `fraction` (0 to 1) of `sorted` (ascending, not empty):
+/// the one percentile rule of every figure pivtap prints.
+pub(crate) fn nearest_rank(sorted: &[f64], fraction: f64) -> f64 {
+    let rank = ((sorted.len() as f64) * fraction).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
 }
 
 /// Refuses a server that is not on this machine: the load is for loopback only.

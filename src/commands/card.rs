@@ -234,7 +234,7 @@ fn bench(args: &CardArgs, count: u32, json: bool) -> anyhow::Result<()> {
         times.push(start.elapsed().as_secs_f64() * 1e6);
     }
     times.sort_by(f64::total_cmp);
-    let at = |fraction: f64| times[((times.len() - 1) as f64 * fraction).round() as usize];
+    let at = |fraction: f64| super::bench::nearest_rank(&times, fraction);
     let report = BenchReport {
         card,
         round_trips: times.len(),

@@ -308,7 +308,7 @@ fn local_api(dir: &std::path::Path) -> Option<LocalApiConfig> {
             }
         };
     Some(LocalApiConfig {
-        listen: SocketAddr::from(([127, 0, 0, 1], 7420)),
+        listen: pivtap_kiosk::local_api::DEFAULT_LISTEN,
         access_token: token,
         device: DEVICE.to_owned(),
         connections: pivtap_kiosk::local_api::local_connection_limits(),

@@ -284,9 +284,11 @@ pub fn run(command: VcardCommand) -> anyhow::Result<()> {
                 save(blank_card(new_card, kdf, quirks)?, &file)?;
                 println!(
                     "Created blank {}virtual card {} (serial {serial}): no keys, no certificates; \
-                     PIN 123456, PUK 12345678, default management key.{}",
+                     PIN {}, PUK {}, default management key.{}",
                     if protect { "protected " } else { "" },
                     file.display(),
+                    pivtap_card::factory::PIN,
+                    pivtap_card::factory::PUK,
                     quirks_note(quirks)
                 );
                 return Ok(());
