@@ -447,124 +447,28 @@ pub fn run(command: ServerCommand) -> anyhow::Result<()> {
                 configuration.listen = listen;
                 configuration.validate(&config)?;
             }
-            // Held while the server runs: restore refuses to replace a running server's files.
-            let _lock = match backup::ServerLock::shared(&configuration.database) {
-                Ok(Some(lock)) => Some(lock),
-                Ok(None) => anyhow::bail!(
-                    "a restore is writing {}; start the server when it is done",
-                    configuration.database.display()
-                ),
-                Err(error) => {
-                    tracing::warn!(
-                        %error,
-                        lock = %backup::lock_path(&configuration.database).display(),
-                        "cannot take the server lock; `pivtap server restore` cannot tell this server runs"
-                    );
-                    None
-                }
-            };
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()
                 .context("cannot start the async runtime")?;
             runtime.block_on(async {
-                // Before anything else: SIGHUP's default action ends the process.
-                let hangups = hangup_signal();
-                let (state, listener) = server::from_config(&configuration).await?;
-                if let Some(hangups) = hangups {
-                    tokio::spawn(reload_on_hangup(hangups, state.clone(), config.clone()));
-                }
                 let scheme = if configuration.tls.is_some() {
                     "https"
                 } else {
                     "http"
                 };
-                let (origin, metrics) = (configuration.origin, configuration.metrics.listen);
+                let (origin, metrics) =
+                    (configuration.origin.clone(), configuration.metrics.listen);
                 let announce = move |address| {
                     println!("pivtap server listening on {scheme}://{address} (origin {origin})");
                     if let Some(metrics) = metrics {
                         println!("metrics on http://{metrics}/metrics");
                     }
                 };
-                server::serve_announcing(state, listener, shutdown_signal(), announce).await?;
+                server::service::run_until_stopped(config, &configuration, announce).await?;
                 println!("pivtap server stopped.");
                 anyhow::Ok(())
             })
         }
-    }
-}
-
-/// The stream of SIGHUPs (`None` off Unix, or if it cannot be set up: logged).
-#[cfg(unix)]
-fn hangup_signal() -> Option<tokio::signal::unix::Signal> {
-    match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
-        Ok(signal) => Some(signal),
-        Err(error) => {
-            tracing::warn!(%error, "cannot listen for SIGHUP: reloading takes a restart");
-            None
-        }
-    }
-}
-
-/// Off Unix there is no SIGHUP.
-#[cfg(not(unix))]
-fn hangup_signal() -> Option<()> {
-    None
-}
-
-/// On each SIGHUP, reloads the trusted CAs, CRLs and mapping from `config`
-/// ([`server::ServerState::reload`]) and logs what it loaded, or why it kept the
-/// previous ones.
-#[cfg(unix)]
-async fn reload_on_hangup(
-    mut hangups: tokio::signal::unix::Signal,
-    state: server::ServerState,
-    config: PathBuf,
-) {
-    while hangups.recv().await.is_some() {
-        let reloaded = ServerConfig::load(&config)
-            .map_err(server::StartError::from)
-            .and_then(|configuration| state.reload(&configuration));
-        match reloaded {
-            Ok(report) => tracing::info!(
-                config = %config.display(),
-                trust_anchors = report.trust_anchors,
-                crls = report.crls,
-                mapping = %report.mapping,
-                "SIGHUP: reloaded the trusted CAs, CRLs and mapping"
-            ),
-            Err(error) => tracing::error!(
-                config = %config.display(),
-                error = format!("{:#}", anyhow::Error::from(error)),
-                "SIGHUP: reload failed; the previous trusted CAs, CRLs and mapping stay in force"
-            ),
-        }
-    }
-}
-
-#[cfg(not(unix))]
-async fn reload_on_hangup(_: (), _: server::ServerState, _: PathBuf) {}
-
-/// Resolves on Ctrl-C or SIGTERM.
-async fn shutdown_signal() {
-    let interrupt = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        let mut terminate =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(signal) => signal,
-                Err(_) => {
-                    let _ = interrupt.await;
-                    return;
-                }
-            };
-        tokio::select! {
-            _ = interrupt => {}
-            _ = terminate.recv() => {}
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = interrupt.await;
     }
 }

@@ -15,6 +15,7 @@ pub mod error;
 pub mod handlers;
 pub mod metrics;
 pub mod rate_limit;
+pub mod service;
 
 use std::net::SocketAddr;
 use std::sync::{Arc, RwLock};
