@@ -7,12 +7,12 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use clap::{Args, Subcommand};
-use pivtap_apdu::piv::objects::discovery::{Discovery, POLICY_APPLICATION_PIN};
-use pivtap_apdu::piv::{Algorithm, KeyReference, ObjectTag, PIV_AID, Pin, Puk};
-use pivtap_card::{ManagementKey, PivSession, spki};
+use pivtap_apdu::piv::{Algorithm, Pin, Puk};
+use pivtap_card::ManagementKey;
 use pivtap_client::client::Client;
 use pivtap_protocol::pin_policy::PinPolicy;
 use pivtap_vcard::protection::KdfParams;
+use pivtap_vcard::provision::{Provisioning, provision};
 use pivtap_vcard::quirks::UnknownQuirk;
 use pivtap_vcard::vpcd;
 use pivtap_vcard::{
@@ -281,7 +281,10 @@ pub fn run(command: VcardCommand) -> anyhow::Result<()> {
                     new_card.serial = serial;
                 }
                 let serial = new_card.serial;
-                save(blank_card(new_card, kdf, quirks)?, &file)?;
+                save(
+                    pivtap_vcard::provision::blank(new_card, kdf, quirks)?,
+                    &file,
+                )?;
                 println!(
                     "Created blank {}virtual card {} (serial {serial}): no keys, no certificates; \
                      PIN {}, PUK {}, default management key.{}",
@@ -322,7 +325,15 @@ pub fn run(command: VcardCommand) -> anyhow::Result<()> {
                 not_before,
                 not_after,
             };
-            let card = provision(new_card, &management_key, alg, &ca, &profile, kdf, quirks)?;
+            let chuid = pivtap_client::enrollment::new_chuid(profile.not_after)?;
+            let how = Provisioning {
+                management_key: &management_key,
+                algorithm: alg,
+                protection: kdf,
+                quirks,
+                chuid: &chuid,
+            };
+            let card = provision(new_card, &how, |spki| issuer::issue(&ca, spki, &profile))?;
             save(card, &file)?;
             println!(
                 "Created virtual card {} (slot 9a: {alg}).{}",
@@ -415,62 +426,6 @@ fn rand_serial() -> u32 {
     10_000_000 + rand::random_range(0..90_000_000)
 }
 
-/// Builds the card and provisions it over APDUs, as an issuer would a real card.
-fn provision(
-    new_card: NewCard,
-    management_key: &ManagementKey,
-    algorithm: Algorithm,
-    ca: &CertificateAuthority,
-    profile: &CertificateProfile,
-    protection: Option<KdfParams>,
-    quirks: Quirks,
-) -> anyhow::Result<VirtualCard> {
-    // Provisioning needs the contact interface; the card's own options are
-    // restored afterwards.
-    let options = new_card.options;
-    let pin = new_card.pin.clone();
-    let card = blank_card(
-        NewCard {
-            options: CardOptions {
-                interface: Interface::Contact,
-                ..options
-            },
-            ..new_card
-        },
-        protection,
-        quirks,
-    )?;
-    let mut backend = VirtualCardBackend::new(card, "new virtual card");
-    {
-        let mut session = PivSession::open(&mut backend)?;
-        session
-            .authenticate_management_key(management_key)
-            .context("management key authentication")?;
-        if protection.is_some() {
-            // A protected card generates keys only with its data key open.
-            session.verify_pin(&pin).context("PIN verification")?;
-        }
-        let public_key = session
-            .generate_key(KeyReference::PivAuthentication, algorithm)
-            .context("key generation in slot 9a")?;
-        let spki = spki::subject_public_key_info(&public_key)?;
-        let certificate = issuer::issue(ca, &spki, profile)?;
-        session.put_certificate(KeyReference::PivAuthentication, &certificate)?;
-        let chuid = pivtap_client::enrollment::new_chuid(profile.not_after)?;
-        session.put_object(ObjectTag::Chuid, &chuid.encode())?;
-        session.put_discovery(&Discovery {
-            aid: PIV_AID.to_vec(),
-            pin_usage_policy: [POLICY_APPLICATION_PIN, 0x00],
-        })?;
-    }
-    let Ok(mut card) = backend.into_card() else {
-        bail!("the new card is still in use");
-    };
-    card.set_options(options);
-    card.reset();
-    Ok(card)
-}
-
 /// A card with no keys: protected with `kdf`, or not.
 /// " Behaves as a third-party card: ..." for a card with quirks, else nothing.
 fn quirks_note(quirks: Quirks) -> String {
@@ -479,20 +434,6 @@ fn quirks_note(quirks: Quirks) -> String {
     } else {
         format!(" Behaves as a third-party card: {quirks}.")
     }
-}
-
-/// A card with no keys, protected when `kdf` is given, that behaves with `quirks`.
-fn blank_card(
-    new_card: NewCard,
-    kdf: Option<KdfParams>,
-    quirks: Quirks,
-) -> anyhow::Result<VirtualCard> {
-    let mut card = match kdf {
-        Some(kdf) => VirtualCard::blank_protected(new_card, kdf)?,
-        None => VirtualCard::blank(new_card),
-    };
-    card.set_quirks(quirks);
-    Ok(card)
 }
 
 /// Writes `card` to `file` (its error names the file: no context is added, which would say it twice).
@@ -717,6 +658,8 @@ mod tests {
     use pivtap_vcard::image::CardImage;
 
     use super::*;
+    use pivtap_apdu::piv::{KeyReference, ObjectTag};
+    use pivtap_card::PivSession;
 
     #[derive(Parser)]
     struct Cli {

@@ -20,6 +20,7 @@ pub mod applet;
 pub mod image;
 pub mod keys;
 pub mod protection;
+pub mod provision;
 pub mod quirks;
 pub mod vpcd;
 
