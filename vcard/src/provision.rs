@@ -158,16 +158,21 @@ mod tests {
         NewCard::factory(CardOptions::default())
     }
 
-    #[test]
-    fn a_provisioned_card_holds_the_issued_certificate_and_the_chuid() {
-        let (key, chuid) = (factory::management_key(), chuid());
-        let how = Provisioning {
-            management_key: &key,
+    /// A P-256 sign-in card, unprotected, with no quirks.
+    fn p256_card<'a>(key: &'a ManagementKey, chuid: &'a Chuid) -> Provisioning<'a> {
+        Provisioning {
+            management_key: key,
             algorithm: Algorithm::EccP256,
             protection: None,
             quirks: Quirks::default(),
-            chuid: &chuid,
-        };
+            chuid,
+        }
+    }
+
+    #[test]
+    fn a_provisioned_card_holds_the_issued_certificate_and_the_chuid() {
+        let (key, chuid) = (factory::management_key(), chuid());
+        let how = p256_card(&key, &chuid);
         let mut seen_spki = Vec::new();
         let card = provision(new_card(), &how, |spki| {
             seen_spki = spki.to_vec();
@@ -189,13 +194,7 @@ mod tests {
     #[test]
     fn an_issuer_that_refuses_is_named_and_no_card_comes_back() {
         let (key, chuid) = (factory::management_key(), chuid());
-        let how = Provisioning {
-            management_key: &key,
-            algorithm: Algorithm::EccP256,
-            protection: None,
-            quirks: Quirks::default(),
-            chuid: &chuid,
-        };
+        let how = p256_card(&key, &chuid);
         let Err(refused) = provision(new_card(), &how, |_| {
             Err(std::io::Error::other("the CA is offline"))
         }) else {
