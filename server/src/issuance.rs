@@ -211,15 +211,13 @@ fn check_csr_against(der: &[u8], allowed: &[KeyAlgorithm]) -> Result<CsrKey, Iss
 /// The issuing CA and the issuance policy.
 pub struct Issuer {
     ca: profile::CertificateAuthority,
-    ca_name: String,
-    ca_not_after: OffsetDateTime,
     policy: IssuanceConfig,
 }
 
 impl fmt::Debug for Issuer {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Issuer")
-            .field("ca_not_after", &self.ca_not_after)
+            .field("ca_not_after", &self.ca.not_after())
             .field("policy", &self.policy)
             .finish_non_exhaustive()
     }
@@ -274,27 +272,13 @@ impl Issuer {
                 },
             }
         })?;
-        let (_, certificate) =
-            x509_parser::parse_x509_certificate(ca.certificate_der()).map_err(|_| {
-                IssuanceError::CaFile {
-                    path: policy.ca_certificate.clone(),
-                    reason: "not an X.509 certificate".to_owned(),
-                }
-            })?;
-        let ca_not_after = certificate.validity().not_after.to_datetime();
-        let ca_name = pivtap_protocol::certificate::rfc4514(certificate.subject());
-        Ok(Issuer {
-            ca,
-            ca_name,
-            ca_not_after,
-            policy,
-        })
+        Ok(Issuer { ca, policy })
     }
 
     /// When the issuing CA certificate expires.
     #[must_use]
     pub fn ca_not_after(&self) -> OffsetDateTime {
-        self.ca_not_after
+        self.ca.not_after()
     }
 
     /// The CA certificate, DER.
@@ -307,7 +291,7 @@ impl Issuer {
     /// ([`CertificateFacts::issuer`](pivtap_protocol::certificate::CertificateFacts::issuer)).
     #[must_use]
     pub fn ca_name(&self) -> &str {
-        &self.ca_name
+        self.ca.name()
     }
 
     /// The issuance policy.
@@ -347,7 +331,7 @@ impl Issuer {
     ) -> Result<Vec<u8>, IssuanceError> {
         let not_before = now - CLOCK_SLACK;
         let days = i64::try_from(self.policy.validity_days).unwrap_or(i64::MAX);
-        let not_after = (now + Duration::days(days)).min(self.ca_not_after);
+        let not_after = (now + Duration::days(days)).min(self.ca.not_after());
         if not_after <= now {
             return Err(IssuanceError::CaExpired);
         }
@@ -413,7 +397,7 @@ impl Issuer {
             });
         }
         let days = i64::try_from(validity_days).unwrap_or(i64::MAX);
-        let not_after = (now + Duration::days(days)).min(self.ca_not_after);
+        let not_after = (now + Duration::days(days)).min(self.ca.not_after());
         if not_after <= now {
             return Err(IssuanceError::CaExpired);
         }

@@ -158,6 +158,10 @@ pub enum IssueError {
 pub struct CertificateAuthority {
     certificate_der: Vec<u8>,
     key_pair: KeyPair,
+    /// The certificate's subject, RFC 4514.
+    name: String,
+    /// When the certificate expires.
+    not_after: OffsetDateTime,
 }
 
 impl CertificateAuthority {
@@ -192,10 +196,14 @@ impl CertificateAuthority {
         if !super::is_key_of(&key_pair, &certificate) {
             return Err(IssueError::CaKeyMismatch);
         }
+        let name = pivtap_protocol::certificate::rfc4514(certificate.subject());
+        let not_after = certificate.validity().not_after.to_datetime();
         drop(certificate);
         let authority = Self {
             certificate_der,
             key_pair,
+            name,
+            not_after,
         };
         authority
             .issuer()
@@ -209,6 +217,18 @@ impl CertificateAuthority {
     #[must_use]
     pub fn certificate_der(&self) -> &[u8] {
         &self.certificate_der
+    }
+
+    /// The CA certificate's subject, RFC 4514.
+    #[must_use]
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// When the CA certificate expires.
+    #[must_use]
+    pub fn not_after(&self) -> OffsetDateTime {
+        self.not_after
     }
 
     /// Loads a CA from a PEM certificate file and a PEM private key file, as
