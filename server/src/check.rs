@@ -87,7 +87,7 @@ impl Findings {
 }
 
 /// An error and its sources, one after the other (a source already quoted is not repeated).
-fn error_chain(error: &dyn std::error::Error) -> String {
+pub(crate) fn error_chain(error: &dyn std::error::Error) -> String {
     let mut text = error.to_string();
     let mut source = error.source();
     while let Some(cause) = source {

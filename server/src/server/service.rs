@@ -104,7 +104,7 @@ async fn reload_on_hangup(
             ),
             Err(error) => tracing::error!(
                 config = %config.display(),
-                error = %error_chain(&error),
+                error = %crate::check::error_chain(&error),
                 "SIGHUP: reload failed; the previous trusted CAs, CRLs and mapping stay in force"
             ),
         }
@@ -113,19 +113,6 @@ async fn reload_on_hangup(
 
 #[cfg(not(unix))]
 async fn reload_on_hangup(_: (), _: ServerState, _: PathBuf) {}
-
-/// `error` and its causes, joined by ": " (as `{:#}` of an `anyhow::Error` prints them).
-#[cfg(unix)]
-fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
-}
 
 /// Resolves on Ctrl-C or SIGTERM.
 async fn shutdown_signal() {
