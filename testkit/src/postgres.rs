@@ -474,6 +474,69 @@ mod tests {
         assert_eq!(databases_named(&cluster, second.name()), "1");
     }
 
+    /// A TLS handshake with the cluster as the stores' driver makes it: rustls
+    /// (stricter than libpq's OpenSSL) trusting only `roots`, naming 127.0.0.1.
+    fn rustls_handshake(url: &str, roots: &std::path::Path) -> Result<(), rustls::Error> {
+        use std::io::{Read, Write};
+        let authority = url
+            .split_once('@')
+            .and_then(|(_, rest)| rest.split_once('/'))
+            .expect("the URL has user@host:port/")
+            .0;
+        let mut socket = std::net::TcpStream::connect(authority).expect("the cluster listens");
+        // PostgreSQL's SSLRequest; 'S': go ahead with TLS.
+        socket
+            .write_all(&[0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f])
+            .expect("SSLRequest");
+        let mut answer = [0_u8];
+        socket.read_exact(&mut answer).expect("an answer");
+        assert_eq!(answer, *b"S", "the cluster offers TLS");
+
+        let pem = std::fs::read(roots).expect("the CA file");
+        let mut store = rustls::RootCertStore::empty();
+        for certificate in x509_parser::pem::Pem::iter_from_buffer(&pem) {
+            let der = certificate.expect("PEM").contents;
+            store
+                .add(rustls::pki_types::CertificateDer::from(der))
+                .expect("a CA certificate");
+        }
+        let provider = std::sync::Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let config = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .expect("TLS versions")
+            .with_root_certificates(store)
+            .with_no_client_auth();
+        let name = rustls::pki_types::ServerName::IpAddress(std::net::Ipv4Addr::LOCALHOST.into());
+        let mut connection = rustls::ClientConnection::new(std::sync::Arc::new(config), name)?;
+        while connection.is_handshaking() {
+            connection
+                .complete_io(&mut socket)
+                .map_err(|error| match error.into_inner() {
+                    Some(inner) => match inner.downcast::<rustls::Error>() {
+                        Ok(tls) => *tls,
+                        Err(other) => panic!("the handshake's I/O failed: {other}"),
+                    },
+                    None => panic!("the handshake's I/O failed"),
+                })?;
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn rustls_verifies_the_cluster_certificate_against_its_ca_only() {
+        let Some((url, _)) = cluster() else { return };
+        let ca = url
+            .split_once("sslrootcert=")
+            .map(|(_, rest)| rest.split('&').next().unwrap_or(rest))
+            .expect("the URL names its CA");
+        rustls_handshake(&url, std::path::Path::new(ca)).expect("rustls trusts the cluster");
+        let error = rustls_handshake(&url, &crate::test_ca()).expect_err("another CA");
+        assert!(
+            matches!(error, rustls::Error::InvalidCertificate(_)),
+            "{error:?}"
+        );
+    }
+
     #[test]
     fn the_cluster_wants_tls_and_the_password() {
         let Some((url, password)) = cluster() else {
