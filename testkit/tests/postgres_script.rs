@@ -169,6 +169,11 @@ fn bad_input_is_refused_and_leaves_the_directory_alone() {
             text(&output.stderr)
         );
     }
+    let file = other.path().join("notes");
+    let not_a_directory = run(&["start", file.to_str().expect("UTF-8")]);
+    assert_eq!(code(&not_a_directory), Some(1));
+    assert!(text(&not_a_directory.stderr).contains("is not a directory"));
+    assert_eq!(std::fs::read_to_string(&file).expect("the file"), "mine");
     let spaced = run(&["start", "/tmp/a b"]);
     assert_eq!(code(&spaced), Some(1));
     assert!(text(&spaced.stderr).contains("URL would need escaped"));
