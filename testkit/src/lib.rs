@@ -1,4 +1,4 @@
-//! Test set-up shared by pivtap's test suites, written once: fixture files and badges, an embedded server with their users, vpcd readers and the pcscd lock, an assertion forger.
+//! Test set-up shared by pivtap's test suites, written once: fixture files and badges, an embedded server with their users, vpcd readers and the pcscd lock, an assertion forger, a real PostgreSQL with a database per test.
 //!
 //! A dev-dependency only (`publish = false`): every function panics with a clear
 //! message instead of returning an error, since a failed set-up fails the test.
@@ -9,12 +9,14 @@
 //! - [`pcscd`]: the vpcd readers and their ports, the pcscd lock, cards in vpcd readers.
 //! - [`forge`]: compact JWS from any header, payload and signature, for hostile tests.
 //! - [`pki`]: fixture certificates as DER and CRLs signed by the test CA.
+//! - [`postgres`]: the throw-away PostgreSQL of `scripts/postgres` and a fresh database per test.
 #![forbid(unsafe_code)]
 
 pub mod badge;
 pub mod forge;
 pub mod pcscd;
 pub mod pki;
+pub mod postgres;
 pub mod server;
 
 use std::path::{Path, PathBuf};
