@@ -46,8 +46,8 @@ use tokio_postgres::{NoTls, Row};
 
 use super::database::DatabaseError;
 use super::{
-    AdminCredential, AuditEvent, AuditQuery, BoxFuture, Card, CardId, CardState, ChallengeUse,
-    Device, DeviceCodeUse, DeviceCredentialRecord, DeviceState, EnrollmentCodeRecord,
+    AdminCredential, AuditEvent, AuditKindFilter, AuditQuery, BoxFuture, Card, CardId, CardState,
+    ChallengeUse, Device, DeviceCodeUse, DeviceCredentialRecord, DeviceState, EnrollmentCodeRecord,
     EnrollmentCodeUse, IssuedCertificate, NewAuditEvent, NewDevice, NewEnrollmentCode,
     RevocationReason, RevokedCertificate, SignInLookup, SignInRecords, Store, StoreError,
     StoreStats, User, UserConflict, UserState, UserWritten,
@@ -506,6 +506,163 @@ async fn insert_audit(
     Ok(())
 }
 
+/// `SELECT` of every [`Card`] column, followed by the rest of the statement.
+macro_rules! select_cards {
+    ($rest:literal) => {
+        concat!(
+            "SELECT serial, fingerprint, issuer, subject, user_id, state, first_seen, last_seen FROM cards ",
+            $rest
+        )
+    };
+}
+
+fn card_from_row(row: &Row) -> Result<Card, StoreError> {
+    let state: String = row.try_get("state")?;
+    Ok(Card {
+        serial: row.try_get("serial")?,
+        fingerprint: row.try_get("fingerprint")?,
+        issuer: row.try_get("issuer")?,
+        subject: row.try_get("subject")?,
+        user_id: row.try_get("user_id")?,
+        state: state.parse().map_err(|error: super::InvalidState| {
+            StoreError::Database(DatabaseError::Column {
+                column: "state".to_owned(),
+                reason: error.to_string(),
+            })
+        })?,
+        first_seen: row.try_get("first_seen")?,
+        last_seen: row.try_get("last_seen")?,
+    })
+}
+
+/// Puts `id` on the revocation list (kept if it is there already).
+async fn add_revocation(
+    client: &impl deadpool_postgres::GenericClient,
+    id: &CardId,
+    reason: RevocationReason,
+    revoked_at: OffsetDateTime,
+) -> Result<(), StoreError> {
+    let statement = client
+        .prepare_cached(
+            "INSERT INTO revoked_certificates (issuer, serial, revoked_at, reason)
+             VALUES ($1, $2, $3, $4) ON CONFLICT (issuer, serial) DO NOTHING",
+        )
+        .await?;
+    client
+        .execute(
+            &statement,
+            &[&id.issuer, &id.serial, &revoked_at, &reason.as_str()],
+        )
+        .await?;
+    Ok(())
+}
+
+/// Revokes the pending renewals of `old`, all but `except`, and forgets them.
+async fn revoke_pending_renewals(
+    client: &impl deadpool_postgres::GenericClient,
+    old: &CardId,
+    except: Option<&CardId>,
+    reason: RevocationReason,
+    revoked_at: OffsetDateTime,
+) -> Result<(), StoreError> {
+    let statement = client
+        .prepare_cached(
+            "SELECT issuer, serial FROM pending_renewals WHERE old_issuer = $1 AND old_serial = $2",
+        )
+        .await?;
+    let pending = client
+        .query(&statement, &[&old.issuer, &old.serial])
+        .await?
+        .iter()
+        .map(|row| {
+            Ok(CardId {
+                issuer: row.try_get(0)?,
+                serial: row.try_get(1)?,
+            })
+        })
+        .collect::<Result<Vec<CardId>, StoreError>>()?;
+    let delete = client
+        .prepare_cached("DELETE FROM pending_renewals WHERE issuer = $1 AND serial = $2")
+        .await?;
+    for new in pending.iter().filter(|new| Some(*new) != except) {
+        add_revocation(client, new, reason, revoked_at).await?;
+        client.execute(&delete, &[&new.issuer, &new.serial]).await?;
+    }
+    Ok(())
+}
+
+/// Sets card `id`'s state in `client`'s transaction; revoking puts it and its pending
+/// renewals on the revocation list. Revocation is final.
+async fn set_card_state(
+    client: &impl deadpool_postgres::GenericClient,
+    id: &CardId,
+    state: CardState,
+    reason: RevocationReason,
+) -> Result<(), StoreError> {
+    // One statement, so a concurrent revocation cannot be undone.
+    let statement = client
+        .prepare_cached(
+            "UPDATE cards SET state = $1
+             WHERE issuer = $2 AND serial = $3 AND (state <> 'revoked' OR $1 = 'revoked')",
+        )
+        .await?;
+    let changed = client
+        .execute(&statement, &[&state.as_str(), &id.issuer, &id.serial])
+        .await?;
+    if changed > 0 {
+        if state == CardState::Revoked {
+            let now = utc(OffsetDateTime::now_utc())?;
+            add_revocation(client, id, reason, now).await?;
+            revoke_pending_renewals(client, id, None, reason, now).await?;
+        }
+        return Ok(());
+    }
+    let exists = client
+        .query_opt(
+            "SELECT 1 FROM cards WHERE issuer = $1 AND serial = $2",
+            &[&id.issuer, &id.serial],
+        )
+        .await?
+        .is_some();
+    Err(if exists {
+        StoreError::Conflict {
+            what: format!("card {id} is revoked, which is final"),
+        }
+    } else {
+        StoreError::NotFound {
+            what: format!("card {id}"),
+        }
+    })
+}
+
+/// A stored value this program cannot read, as [`DatabaseError::Column`].
+fn column_error(column: &str, error: impl std::fmt::Display) -> StoreError {
+    StoreError::Database(DatabaseError::Column {
+        column: column.to_owned(),
+        reason: error.to_string(),
+    })
+}
+
+fn audit_event_from_row(row: &Row) -> Result<AuditEvent, StoreError> {
+    let kind: String = row.try_get("kind")?;
+    let outcome: String = row.try_get("outcome")?;
+    Ok(AuditEvent {
+        id: row.try_get("id")?,
+        time: row.try_get("time")?,
+        kind: kind.parse().map_err(|error| column_error("kind", error))?,
+        outcome: outcome
+            .parse()
+            .map_err(|error| column_error("outcome", error))?,
+        device: row.try_get("device")?,
+        card_serial: row.try_get("card_serial")?,
+        user_id: row.try_get("user_id")?,
+        detail: row.try_get("detail")?,
+    })
+}
+
+/// A statement's parameter of any type [`AuditQuery`] filters by.
+type Parameter = Box<dyn tokio_postgres::types::ToSql + Sync + Send>;
+
 /// Locks the users table against other writers of users (reads go on) for the rest of
 /// `transaction`, so a check of ids and attributes holds until the commit.
 const LOCK_USERS: &str = "LOCK TABLE users IN SHARE ROW EXCLUSIVE MODE";
@@ -602,6 +759,252 @@ impl Store for PostgresStore {
         })
     }
 
+    fn record_card(
+        &self,
+        facts: &CertificateFacts,
+        user_id: Option<&str>,
+        now: OffsetDateTime,
+    ) -> BoxFuture<'_, Result<Card, StoreError>> {
+        let facts = facts.clone();
+        let user_id = user_id.map(str::to_owned);
+        Box::pin(async move {
+            let now = utc(now)?;
+            let client = self.client().await?;
+            let statement = client
+                .prepare_cached(
+                    "INSERT INTO cards (serial, fingerprint, issuer, subject, user_id, state, first_seen, last_seen)
+                     VALUES ($1, $2, $3, $4, $5, 'active', $6, $6)
+                     ON CONFLICT (issuer, serial) DO UPDATE SET
+                         fingerprint = excluded.fingerprint,
+                         subject = excluded.subject,
+                         user_id = coalesce(excluded.user_id, cards.user_id),
+                         last_seen = excluded.last_seen
+                     RETURNING serial, fingerprint, issuer, subject, user_id, state, first_seen, last_seen",
+                )
+                .await?;
+            let result = client
+                .query_one(
+                    &statement,
+                    &[
+                        &facts.serial,
+                        &facts.fingerprint,
+                        &facts.issuer,
+                        &facts.subject,
+                        &user_id,
+                        &now,
+                    ],
+                )
+                .await;
+            match result {
+                Ok(row) => card_from_row(&row),
+                Err(error) if error.code() == Some(&SqlState::FOREIGN_KEY_VIOLATION) => {
+                    Err(StoreError::NotFound {
+                        what: format!("user {:?}", user_id.unwrap_or_default()),
+                    })
+                }
+                Err(error) => Err(error.into()),
+            }
+        })
+    }
+
+    fn get_card(&self, id: &CardId) -> BoxFuture<'_, Result<Option<Card>, StoreError>> {
+        let id = id.clone();
+        Box::pin(async move {
+            let client = self.client().await?;
+            let statement = client
+                .prepare_cached(select_cards!("WHERE issuer = $1 AND serial = $2"))
+                .await?;
+            client
+                .query_opt(&statement, &[&id.issuer, &id.serial])
+                .await?
+                .as_ref()
+                .map(card_from_row)
+                .transpose()
+        })
+    }
+
+    fn find_cards(&self, serial: &str) -> BoxFuture<'_, Result<Vec<Card>, StoreError>> {
+        let serial = serial.to_owned();
+        Box::pin(async move {
+            let client = self.client().await?;
+            let statement = client
+                .prepare_cached(select_cards!("WHERE serial = $1 ORDER BY issuer"))
+                .await?;
+            client
+                .query(&statement, &[&serial])
+                .await?
+                .iter()
+                .map(card_from_row)
+                .collect()
+        })
+    }
+
+    fn list_cards(&self) -> BoxFuture<'_, Result<Vec<Card>, StoreError>> {
+        Box::pin(async move {
+            let client = self.client().await?;
+            let statement = client
+                .prepare_cached(select_cards!("ORDER BY serial, issuer"))
+                .await?;
+            client
+                .query(&statement, &[])
+                .await?
+                .iter()
+                .map(card_from_row)
+                .collect()
+        })
+    }
+
+    fn set_card_state(
+        &self,
+        id: &CardId,
+        state: CardState,
+    ) -> BoxFuture<'_, Result<(), StoreError>> {
+        let id = id.clone();
+        Box::pin(async move {
+            let mut client = self.client().await?;
+            let transaction = client.transaction().await?;
+            set_card_state(&transaction, &id, state, RevocationReason::Unspecified).await?;
+            transaction.commit().await?;
+            Ok(())
+        })
+    }
+
+    fn revoke_card(
+        &self,
+        id: &CardId,
+        reason: RevocationReason,
+    ) -> BoxFuture<'_, Result<(), StoreError>> {
+        let id = id.clone();
+        Box::pin(async move {
+            let mut client = self.client().await?;
+            let transaction = client.transaction().await?;
+            set_card_state(&transaction, &id, CardState::Revoked, reason).await?;
+            transaction.commit().await?;
+            Ok(())
+        })
+    }
+
+    fn purge_challenges(
+        &self,
+        older_than: OffsetDateTime,
+    ) -> BoxFuture<'_, Result<u64, StoreError>> {
+        Box::pin(async move {
+            let older_than = utc(older_than)?;
+            let client = self.client().await?;
+            let statement = client
+                .prepare_cached("DELETE FROM challenges WHERE expires_at < $1")
+                .await?;
+            Ok(client.execute(&statement, &[&older_than]).await?)
+        })
+    }
+
+    fn purge_audit(
+        &self,
+        older_than: OffsetDateTime,
+        limit: u32,
+    ) -> BoxFuture<'_, Result<u64, StoreError>> {
+        Box::pin(async move {
+            let older_than = utc(older_than)?;
+            let client = self.client().await?;
+            let statement = client
+                .prepare_cached(
+                    "DELETE FROM audit WHERE id IN
+                     (SELECT id FROM audit WHERE time < $1 ORDER BY time LIMIT $2)",
+                )
+                .await?;
+            Ok(client
+                .execute(&statement, &[&older_than, &i64::from(limit)])
+                .await?)
+        })
+    }
+
+    fn query_audit(
+        &self,
+        query: &AuditQuery,
+    ) -> BoxFuture<'_, Result<Vec<AuditEvent>, StoreError>> {
+        let query = query.clone();
+        Box::pin(async move {
+            let mut sql = String::from(
+                "SELECT id, time, kind, outcome, device, card_serial, user_id, detail FROM audit WHERE true",
+            );
+            let limit = i64::from(query.effective_limit());
+            let mut values: Vec<Parameter> = Vec::new();
+            // Appends `condition` with `$n` standing for the next parameter.
+            let mut filter = |sql: &mut String, condition: &str, value: Parameter| {
+                values.push(value);
+                sql.push_str(&condition.replace("$n", &format!("${}", values.len())));
+            };
+            let equal_filters = [
+                (" AND user_id = $n", query.user_id),
+                (" AND card_serial = $n", query.card_serial),
+                (" AND device = $n", query.device),
+                (
+                    " AND outcome = $n",
+                    query.outcome.map(|o| o.as_str().to_owned()),
+                ),
+            ];
+            for (condition, value) in equal_filters {
+                if let Some(value) = value {
+                    filter(&mut sql, condition, Box::new(value));
+                }
+            }
+            match query.kind {
+                Some(AuditKindFilter::Kind(kind)) => {
+                    filter(
+                        &mut sql,
+                        " AND kind = $n",
+                        Box::new(kind.as_str().to_owned()),
+                    );
+                }
+                Some(AuditKindFilter::SignIn) => {
+                    sql.push_str(" AND kind = 'assertion' AND outcome = 'ok'");
+                }
+                Some(AuditKindFilter::SignInRefused) => {
+                    sql.push_str(" AND kind = 'assertion' AND outcome <> 'ok'");
+                }
+                None => {}
+            }
+            let client = self.client().await?;
+            if let Some(before) = query.before {
+                let time: Option<OffsetDateTime> = client
+                    .query_opt("SELECT time FROM audit WHERE id = $1", &[&before])
+                    .await?
+                    .map(|row| row.try_get(0))
+                    .transpose()?;
+                match time {
+                    Some(time) => {
+                        filter(&mut sql, " AND (time < $n", Box::new(time));
+                        filter(&mut sql, " OR (time = $n", Box::new(time));
+                        filter(&mut sql, " AND id < $n))", Box::new(before));
+                    }
+                    None => filter(&mut sql, " AND id < $n", Box::new(before)),
+                }
+            }
+            if let Some(since) = query.since {
+                filter(&mut sql, " AND time >= $n", Box::new(utc(since)?));
+            }
+            if let Some(until) = query.until {
+                filter(&mut sql, " AND time < $n", Box::new(utc(until)?));
+            }
+            filter(
+                &mut sql,
+                " ORDER BY time DESC, id DESC LIMIT $n",
+                Box::new(limit),
+            );
+            let parameters: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = values
+                .iter()
+                .map(|value| &**value as &(dyn tokio_postgres::types::ToSql + Sync))
+                .collect();
+            let statement = client.prepare_cached(&sql).await?;
+            client
+                .query(&statement, &parameters)
+                .await?
+                .iter()
+                .map(audit_event_from_row)
+                .collect()
+        })
+    }
+
     // Not written yet: each answers DatabaseError::NotImplemented.
 
     fn import_users(
@@ -632,43 +1035,6 @@ impl Store for PostgresStore {
 
     fn user_conflicts(&self) -> BoxFuture<'_, Result<Vec<UserConflict>, StoreError>> {
         not_yet("user_conflicts")
-    }
-
-    fn record_card(
-        &self,
-        _facts: &CertificateFacts,
-        _user_id: Option<&str>,
-        _now: OffsetDateTime,
-    ) -> BoxFuture<'_, Result<Card, StoreError>> {
-        not_yet("record_card")
-    }
-
-    fn get_card(&self, _id: &CardId) -> BoxFuture<'_, Result<Option<Card>, StoreError>> {
-        not_yet("get_card")
-    }
-
-    fn find_cards(&self, _serial: &str) -> BoxFuture<'_, Result<Vec<Card>, StoreError>> {
-        not_yet("find_cards")
-    }
-
-    fn list_cards(&self) -> BoxFuture<'_, Result<Vec<Card>, StoreError>> {
-        not_yet("list_cards")
-    }
-
-    fn set_card_state(
-        &self,
-        _id: &CardId,
-        _state: CardState,
-    ) -> BoxFuture<'_, Result<(), StoreError>> {
-        not_yet("set_card_state")
-    }
-
-    fn revoke_card(
-        &self,
-        _id: &CardId,
-        _reason: RevocationReason,
-    ) -> BoxFuture<'_, Result<(), StoreError>> {
-        not_yet("revoke_card")
     }
 
     fn add_challenge(
@@ -705,21 +1071,6 @@ impl Store for PostgresStore {
         _now: OffsetDateTime,
     ) -> BoxFuture<'_, Result<ChallengeUse, StoreError>> {
         not_yet("use_challenge")
-    }
-
-    fn purge_challenges(
-        &self,
-        _older_than: OffsetDateTime,
-    ) -> BoxFuture<'_, Result<u64, StoreError>> {
-        not_yet("purge_challenges")
-    }
-
-    fn purge_audit(
-        &self,
-        _older_than: OffsetDateTime,
-        _limit: u32,
-    ) -> BoxFuture<'_, Result<u64, StoreError>> {
-        not_yet("purge_audit")
     }
 
     fn add_enrollment_code(
@@ -872,13 +1223,6 @@ impl Store for PostgresStore {
 
     fn stats(&self, _now: OffsetDateTime) -> BoxFuture<'_, Result<StoreStats, StoreError>> {
         not_yet("stats")
-    }
-
-    fn query_audit(
-        &self,
-        _query: &AuditQuery,
-    ) -> BoxFuture<'_, Result<Vec<AuditEvent>, StoreError>> {
-        not_yet("query_audit")
     }
 }
 
