@@ -54,6 +54,7 @@ use super::{
 };
 use crate::mapping::UserAttribute;
 use pivtap_protocol::certificate::CertificateFacts;
+use pivtap_protocol::nonce::Nonce;
 
 /// Connections the pool keeps open, at most.
 const POOL_SIZE: usize = 16;
@@ -663,6 +664,77 @@ fn audit_event_from_row(row: &Row) -> Result<AuditEvent, StoreError> {
 /// A statement's parameter of any type [`AuditQuery`] filters by.
 type Parameter = Box<dyn tokio_postgres::types::ToSql + Sync + Send>;
 
+/// Uses challenge `nonce` for `device` at `now`: accepted once, before it expires.
+async fn use_challenge(
+    client: &impl deadpool_postgres::GenericClient,
+    nonce: &str,
+    device: &str,
+    now: OffsetDateTime,
+) -> Result<ChallengeUse, StoreError> {
+    let now = utc(now)?;
+    // The single atomic step: only one caller can turn `used_at` from NULL (PostgreSQL
+    // re-checks the condition on the locked row).
+    let statement = client
+        .prepare_cached(
+            "UPDATE challenges SET used_at = $1
+             WHERE nonce = $2 AND device = $3 AND used_at IS NULL AND expires_at > $1",
+        )
+        .await?;
+    if client.execute(&statement, &[&now, &nonce, &device]).await? > 0 {
+        return Ok(ChallengeUse::Accepted);
+    }
+    // Refused: read why. Challenges only ever move towards refusal, so the answer cannot
+    // contradict the UPDATE.
+    let statement = client
+        .prepare_cached("SELECT device, used_at FROM challenges WHERE nonce = $1")
+        .await?;
+    let Some(row) = client.query_opt(&statement, &[&nonce]).await? else {
+        return Ok(ChallengeUse::Unknown);
+    };
+    let issued_to: String = row.try_get(0)?;
+    let used_at: Option<OffsetDateTime> = row.try_get(1)?;
+    Ok(if issued_to != device {
+        ChallengeUse::OtherDevice
+    } else if used_at.is_some() {
+        ChallengeUse::Reused
+    } else {
+        ChallengeUse::Expired
+    })
+}
+
+fn revoked_from_row(row: &Row) -> Result<RevokedCertificate, StoreError> {
+    let reason: String = row.try_get("reason")?;
+    Ok(RevokedCertificate {
+        issuer: row.try_get("issuer")?,
+        serial: row.try_get("serial")?,
+        revoked_at: row.try_get("revoked_at")?,
+        reason: reason
+            .parse()
+            .map_err(|error| column_error("reason", error))?,
+    })
+}
+
+/// The revocation of card `id`, if it is on the list.
+async fn revocation(
+    client: &impl deadpool_postgres::GenericClient,
+    id: &CardId,
+) -> Result<Option<RevokedCertificate>, StoreError> {
+    // An entry without its issuer (migrated from SQLite before its version 4) counts for
+    // every issuer.
+    let statement = client
+        .prepare_cached(
+            "SELECT issuer, serial, revoked_at, reason FROM revoked_certificates
+             WHERE serial = $1 AND issuer IN ($2, '') ORDER BY issuer DESC LIMIT 1",
+        )
+        .await?;
+    client
+        .query_opt(&statement, &[&id.serial, &id.issuer])
+        .await?
+        .as_ref()
+        .map(revoked_from_row)
+        .transpose()
+}
+
 /// Locks the users table against other writers of users (reads go on) for the rest of
 /// `transaction`, so a check of ids and attributes holds until the commit.
 const LOCK_USERS: &str = "LOCK TABLE users IN SHARE ROW EXCLUSIVE MODE";
@@ -1005,6 +1077,65 @@ impl Store for PostgresStore {
         })
     }
 
+    fn add_challenge(
+        &self,
+        nonce: &Nonce,
+        device: &str,
+        expires_at: OffsetDateTime,
+        event: NewAuditEvent,
+    ) -> BoxFuture<'_, Result<(), StoreError>> {
+        let nonce = nonce.as_str().to_owned();
+        let device = device.to_owned();
+        Box::pin(async move {
+            let (issued_at, expires_at) = (utc(OffsetDateTime::now_utc())?, utc(expires_at)?);
+            let mut client = self.client().await?;
+            let transaction = client.transaction().await?;
+            let statement = transaction
+                .prepare_cached(
+                    "INSERT INTO challenges (nonce, device, issued_at, expires_at)
+                     VALUES ($1, $2, $3, $4)",
+                )
+                .await?;
+            let result = transaction
+                .execute(&statement, &[&nonce, &device, &issued_at, &expires_at])
+                .await;
+            match result {
+                // The message leaves the nonce out: it is a live challenge.
+                Err(error) if is_unique_violation(&error) => Err(StoreError::Conflict {
+                    what: "the challenge exists already".to_owned(),
+                }),
+                other => other.map(drop).map_err(StoreError::from),
+            }?;
+            insert_audit(&transaction, &event).await?;
+            transaction.commit().await?;
+            Ok(())
+        })
+    }
+
+    fn use_challenge(
+        &self,
+        nonce: &str,
+        device: &str,
+        now: OffsetDateTime,
+    ) -> BoxFuture<'_, Result<ChallengeUse, StoreError>> {
+        let (nonce, device) = (nonce.to_owned(), device.to_owned());
+        Box::pin(async move {
+            let client = self.client().await?;
+            use_challenge(&client, &nonce, &device, now).await
+        })
+    }
+
+    fn revocation(
+        &self,
+        id: &CardId,
+    ) -> BoxFuture<'_, Result<Option<RevokedCertificate>, StoreError>> {
+        let id = id.clone();
+        Box::pin(async move {
+            let client = self.client().await?;
+            revocation(&client, &id).await
+        })
+    }
+
     // Not written yet: each answers DatabaseError::NotImplemented.
 
     fn import_users(
@@ -1037,16 +1168,6 @@ impl Store for PostgresStore {
         not_yet("user_conflicts")
     }
 
-    fn add_challenge(
-        &self,
-        _nonce: &pivtap_protocol::nonce::Nonce,
-        _device: &str,
-        _expires_at: OffsetDateTime,
-        _event: NewAuditEvent,
-    ) -> BoxFuture<'_, Result<(), StoreError>> {
-        not_yet("add_challenge")
-    }
-
     fn begin_sign_in(
         &self,
         _lookup: &SignInLookup,
@@ -1062,15 +1183,6 @@ impl Store for PostgresStore {
         _event: NewAuditEvent,
     ) -> BoxFuture<'_, Result<Card, StoreError>> {
         not_yet("finish_sign_in")
-    }
-
-    fn use_challenge(
-        &self,
-        _nonce: &str,
-        _device: &str,
-        _now: OffsetDateTime,
-    ) -> BoxFuture<'_, Result<ChallengeUse, StoreError>> {
-        not_yet("use_challenge")
     }
 
     fn add_enrollment_code(
@@ -1120,13 +1232,6 @@ impl Store for PostgresStore {
         _event: NewAuditEvent,
     ) -> BoxFuture<'_, Result<bool, StoreError>> {
         not_yet("confirm_renewal")
-    }
-
-    fn revocation(
-        &self,
-        _id: &CardId,
-    ) -> BoxFuture<'_, Result<Option<RevokedCertificate>, StoreError>> {
-        not_yet("revocation")
     }
 
     fn revoked_issued_certificates(
