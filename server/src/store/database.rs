@@ -56,6 +56,21 @@ pub enum DatabaseError {
     /// SQLite refused or failed (shared: a failed commit fails every write of its batch).
     #[error("SQLite: {0}")]
     Sqlite(#[source] Arc<rusqlite::Error>),
+    /// PostgreSQL refused or failed, or its connection did.
+    #[error("PostgreSQL: {0}")]
+    Postgres(#[source] Arc<tokio_postgres::Error>),
+    /// No PostgreSQL connection could be had from the pool.
+    #[error("PostgreSQL connection pool: {reason}")]
+    Pool {
+        /// Why not.
+        reason: String,
+    },
+    /// An operation this store does not implement yet.
+    #[error("{operation} is not implemented by this store yet")]
+    NotImplemented {
+        /// The [`Store`](super::Store) method.
+        operation: &'static str,
+    },
     /// The store was closed, or its writer thread is gone.
     #[error("the store is closed")]
     Closed,

@@ -7,6 +7,7 @@
 #[cfg(any(test, feature = "conformance"))]
 pub mod conformance;
 mod database;
+mod postgres;
 pub mod snapshot;
 mod sqlite;
 
@@ -23,6 +24,7 @@ use pivtap_protocol::certificate::CertificateFacts;
 
 pub use database::DatabaseError;
 pub use pivtap_protocol::audit::{AuditKind, AuditOutcome};
+pub use postgres::PostgresStore;
 pub use sqlite::SqliteStore;
 
 /// The future every [`Store`] method returns: boxed so the trait stays object safe.
