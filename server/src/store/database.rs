@@ -65,12 +65,6 @@ pub enum DatabaseError {
         /// Why not.
         reason: String,
     },
-    /// An operation this store does not implement yet.
-    #[error("{operation} is not implemented by this store yet")]
-    NotImplemented {
-        /// The [`Store`](super::Store) method.
-        operation: &'static str,
-    },
     /// The store was closed, or its writer thread is gone.
     #[error("the store is closed")]
     Closed,
