@@ -59,6 +59,9 @@ pub enum DatabaseError {
     /// PostgreSQL refused or failed, or its connection did.
     #[error("PostgreSQL: {0}")]
     Postgres(#[source] Arc<tokio_postgres::Error>),
+    /// The TLS settings for PostgreSQL could not be made (the CA file of `sslrootcert`).
+    #[error("PostgreSQL TLS: {0}")]
+    PostgresTls(#[source] Arc<super::postgres_tls::PostgresTlsError>),
     /// No PostgreSQL connection could be had from the pool.
     #[error("PostgreSQL connection pool: {reason}")]
     Pool {

@@ -53,10 +53,13 @@ use std::sync::Arc;
 
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use time::{OffsetDateTime, UtcOffset};
+use tokio_postgres::Row;
 use tokio_postgres::error::SqlState;
-use tokio_postgres::{NoTls, Row};
 
 use super::database::DatabaseError;
+use super::postgres_tls::PostgresTls;
+use super::snapshot::SchemaVersion;
+use super::url::{PostgresUrl, StorePassword};
 use super::{
     AdminCredential, AuditEvent, AuditKind, AuditKindFilter, AuditOutcome, AuditQuery, BoxFuture,
     Card, CardId, CardState, ChallengeUse, Device, DeviceCodeUse, DeviceCredentialRecord,
@@ -248,18 +251,58 @@ impl std::fmt::Debug for PostgresStore {
 }
 
 impl PostgresStore {
-    /// Connects to the database at `url` (`postgresql://user@host:port/database` or
-    /// libpq's `key=value` form) and brings its schema up to date.
-    pub async fn connect(url: &str) -> Result<Self, StoreError> {
-        let config: tokio_postgres::Config = url.parse()?;
-        Self::connect_with(config).await
+    /// Connects to the database of `url` (TLS as its `sslmode` says, with `password`
+    /// when the database asks for one) and brings its schema up to date.
+    pub async fn connect(
+        url: &PostgresUrl,
+        password: Option<&StorePassword>,
+    ) -> Result<Self, StoreError> {
+        let tls = PostgresTls::new(url.ssl_mode, url.ssl_root_cert.as_deref())
+            .map_err(|error| StoreError::Database(DatabaseError::PostgresTls(Arc::new(error))))?;
+        Self::connect_with(url.driver_config(password), tls).await
     }
 
-    /// Connects with `config` and brings the schema up to date.
-    pub async fn connect_with(config: tokio_postgres::Config) -> Result<Self, StoreError> {
+    /// The schema version of the database of `url`, read over one connection of its own
+    /// without migrating anything (`pivtap server check`).
+    pub async fn schema_version(
+        url: &PostgresUrl,
+        password: Option<&StorePassword>,
+    ) -> Result<SchemaVersion, StoreError> {
+        let tls = PostgresTls::new(url.ssl_mode, url.ssl_root_cert.as_deref())
+            .map_err(|error| StoreError::Database(DatabaseError::PostgresTls(Arc::new(error))))?;
+        let (client, connection) = url.driver_config(password).connect(tls).await?;
+        let connection = tokio::spawn(connection);
+        let has_table: bool = client
+            .query_one("SELECT to_regclass('schema_migrations') IS NOT NULL", &[])
+            .await?
+            .try_get(0)?;
+        let applied: Option<i32> = if has_table {
+            client
+                .query_one("SELECT max(version) FROM schema_migrations", &[])
+                .await?
+                .try_get(0)?
+        } else {
+            None
+        };
+        drop(client);
+        let _closed = connection.await;
+        Ok(SchemaVersion {
+            applied: applied.map(i64::from),
+            known: MIGRATIONS
+                .last()
+                .map_or(0, |(version, _)| i64::from(*version)),
+        })
+    }
+
+    /// Connects with the driver's `config` and `tls` (used when the config's `sslmode`
+    /// is not `disable`) and brings the schema up to date.
+    pub async fn connect_with(
+        config: tokio_postgres::Config,
+        tls: PostgresTls,
+    ) -> Result<Self, StoreError> {
         let manager = Manager::from_config(
             config,
-            NoTls,
+            tls,
             ManagerConfig {
                 recycling_method: RecyclingMethod::Fast,
             },
@@ -2648,27 +2691,29 @@ impl Store for PostgresStore {
 mod tests {
     mod conformance {
         //! The shared suite against a real PostgreSQL: each test gets a scratch schema of
-        //! the database at `PIVTAP_TEST_POSTGRES_URL`, dropped afterwards.
+        //! the test cluster's database (`testkit::postgres::test_database`: TLS with
+        //! verify-full and the password file), dropped afterwards.
 
         use std::sync::Arc;
 
         use super::super::PostgresStore;
         use crate::store::Store;
+        use crate::store::postgres_tls::PostgresTls;
+        use crate::store::url::{StorePassword, StoreUrl};
 
         type BoxError = Box<dyn std::error::Error + Send + Sync>;
-
-        /// The variable naming the test database.
-        const URL_VARIABLE: &str = "PIVTAP_TEST_POSTGRES_URL";
 
         /// A scratch schema, dropped (with everything in it) when the test ends.
         struct Scratch {
             config: tokio_postgres::Config,
+            tls: PostgresTls,
             schema: String,
         }
 
         impl Drop for Scratch {
             fn drop(&mut self) {
-                let (config, schema) = (self.config.clone(), self.schema.clone());
+                let (config, tls, schema) =
+                    (self.config.clone(), self.tls.clone(), self.schema.clone());
                 // Drop runs inside the test's runtime, which must go on: a connection of
                 // the test may still have to send the rollback of a transaction that was
                 // dropped, and DROP SCHEMA waits for its locks. So a thread of its own,
@@ -2679,7 +2724,7 @@ mod tests {
                         .enable_all()
                         .build()?;
                     runtime.block_on(async {
-                        let (client, connection) = config.connect(tokio_postgres::NoTls).await?;
+                        let (client, connection) = config.connect(tls).await?;
                         tokio::spawn(connection);
                         client
                             .batch_execute(&format!("DROP SCHEMA {schema} CASCADE"))
@@ -2690,45 +2735,48 @@ mod tests {
             }
         }
 
-        /// The test database's settings. Missing, every test here fails: the suite is
-        /// never skipped without a word (CI sets the variable; scripts/postgres starts a
-        /// throw-away cluster for a developer).
-        fn test_config() -> Result<tokio_postgres::Config, BoxError> {
-            let on_ci = std::env::var("CI").is_ok_and(|value| value == "true");
-            let url = std::env::var(URL_VARIABLE).map_err(|_| {
-                format!(
-                    "{URL_VARIABLE} is not set{}: the PostgreSQL store suite needs a database \
-                     (postgresql://user@127.0.0.1:port/database)",
-                    if on_ci { " and CI=true" } else { "" }
-                )
-            })?;
-            Ok(url.parse()?)
+        /// The test cluster's settings (over TCP with TLS, verify-full, and the password
+        /// of its file). Missing, every test here fails saying how to start the cluster:
+        /// the suite is never skipped without a word.
+        fn test_config() -> Result<(tokio_postgres::Config, PostgresTls), BoxError> {
+            let (url, password) = pivtap_testkit::postgres::test_database();
+            let StoreUrl::Postgres(url) = StoreUrl::parse(&url)? else {
+                return Err(format!("{url} is not a PostgreSQL URL").into());
+            };
+            let password = StorePassword::new(password.expose().to_owned());
+            let tls = PostgresTls::new(url.ssl_mode, url.ssl_root_cert.as_deref())?;
+            Ok((url.driver_config(Some(&password)), tls))
         }
 
         /// A new, empty scratch schema and the settings that connect into it.
-        async fn scratch() -> Result<(Scratch, tokio_postgres::Config), BoxError> {
-            let config = test_config()?;
+        async fn scratch() -> Result<(Scratch, tokio_postgres::Config, PostgresTls), BoxError> {
+            let (config, tls) = test_config()?;
             let schema = format!("pivtap_test_{:016x}", rand::random::<u64>());
-            let (client, connection) = config.connect(tokio_postgres::NoTls).await?;
+            let (client, connection) = config.connect(tls.clone()).await?;
             tokio::spawn(connection);
             client
                 .batch_execute(&format!("CREATE SCHEMA {schema}"))
                 .await?;
             let mut scoped = config.clone();
             scoped.options(format!("-c search_path={schema}"));
-            Ok((Scratch { config, schema }, scoped))
+            let scratch = Scratch {
+                config,
+                tls: tls.clone(),
+                schema,
+            };
+            Ok((scratch, scoped, tls))
         }
 
         async fn fresh() -> Result<(Scratch, Arc<dyn Store>), BoxError> {
-            let (scratch, config) = scratch().await?;
-            let store = PostgresStore::connect_with(config).await?;
+            let (scratch, config, tls) = scratch().await?;
+            let store = PostgresStore::connect_with(config, tls).await?;
             Ok((scratch, Arc::new(store)))
         }
 
         async fn nodes() -> Result<(Scratch, [Arc<dyn Store>; 2]), BoxError> {
-            let (scratch, config) = scratch().await?;
-            let first = PostgresStore::connect_with(config.clone()).await?;
-            let second = PostgresStore::connect_with(config).await?;
+            let (scratch, config, tls) = scratch().await?;
+            let first = PostgresStore::connect_with(config.clone(), tls.clone()).await?;
+            let second = PostgresStore::connect_with(config, tls).await?;
             Ok((scratch, [Arc::new(first), Arc::new(second)]))
         }
 
