@@ -1833,17 +1833,17 @@ impl Store for PostgresStore {
                 .prepare_cached(concat!(
                     "SELECT 0 AS attribute, ",
                     ascii_fold!("mail"),
-                    " AS value, array_agg(id ORDER BY id COLLATE \"C\") AS ids
+                    " COLLATE \"C\" AS value, array_agg(id ORDER BY id COLLATE \"C\") AS ids
                      FROM users WHERE mail IS NOT NULL GROUP BY 2 HAVING count(*) > 1
                      UNION ALL
                      SELECT 1, ",
                     ascii_fold!("upn"),
-                    ", array_agg(id ORDER BY id COLLATE \"C\")
+                    " COLLATE \"C\", array_agg(id ORDER BY id COLLATE \"C\")
                      FROM users WHERE upn IS NOT NULL GROUP BY 2 HAVING count(*) > 1
                      UNION ALL
-                     SELECT 2, employee_id, array_agg(id ORDER BY id COLLATE \"C\")
+                     SELECT 2, employee_id COLLATE \"C\", array_agg(id ORDER BY id COLLATE \"C\")
                      FROM users WHERE employee_id IS NOT NULL GROUP BY 2 HAVING count(*) > 1
-                     ORDER BY attribute, value COLLATE \"C\""
+                     ORDER BY attribute, value"
                 ))
                 .await?;
             const ATTRIBUTES: [UserAttribute; 3] = [
@@ -2653,7 +2653,8 @@ mod tests {
         use std::sync::Arc;
 
         use super::super::PostgresStore;
-        use crate::store::Store;
+        use crate::mapping::UserAttribute;
+        use crate::store::{Store, StoreError, User, UserState};
 
         type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -2733,5 +2734,59 @@ mod tests {
         }
 
         crate::store_conformance_suite! { fresh: fresh(), nodes: nodes() }
+
+        /// Users sharing a mapped attribute from before the checks (written past the
+        /// store) are listed in groups as SQLite's store lists them, and no more are added.
+        #[tokio::test]
+        async fn users_sharing_a_mapped_attribute_are_listed_and_no_more_are_added()
+        -> Result<(), BoxError> {
+            let (_scratch, config) = scratch().await?;
+            let store = PostgresStore::connect_with(config).await?;
+            store
+                .client()
+                .await?
+                .batch_execute(
+                    "INSERT INTO users (id, display_name, mail, upn, employee_id, state, created_at)
+                     VALUES
+                         ('mallory', 'Mallory', 'ALICE@example.com', NULL, 'E-2', 'active', now()),
+                         ('alice', 'Alice', 'alice@example.com', NULL, 'E-1', 'active', now()),
+                         ('bob', 'Bob', 'bob@example.com', 'bob@corp', 'E-1', 'active', now()),
+                         ('carol', 'Carol', 'carol@example.com', 'BOB@CORP', 'e-1', 'active', now()),
+                         ('Zed', 'Zed', 'Zed@example.com', NULL, NULL, 'active', now()),
+                         ('zed', 'zed', 'zED@example.com', NULL, NULL, 'active', now())",
+                )
+                .await?;
+            let listed: Vec<(UserAttribute, Vec<String>)> = store
+                .user_conflicts()
+                .await?
+                .into_iter()
+                .map(|conflict| (conflict.attribute, conflict.user_ids))
+                .collect();
+            let ids = |ids: &[&str]| ids.iter().map(|id| (*id).to_owned()).collect::<Vec<_>>();
+            assert_eq!(
+                listed,
+                [
+                    (UserAttribute::Mail, ids(&["alice", "mallory"])),
+                    (UserAttribute::Mail, ids(&["Zed", "zed"])),
+                    (UserAttribute::Upn, ids(&["bob", "carol"])),
+                    (UserAttribute::EmployeeId, ids(&["alice", "bob"])),
+                ]
+            );
+            let eve = User {
+                id: "eve".to_owned(),
+                display_name: "Eve".to_owned(),
+                mail: Some("Alice@Example.COM".to_owned()),
+                upn: None,
+                employee_id: None,
+                state: UserState::Active,
+            };
+            assert!(matches!(
+                store.add_user(&eve).await,
+                Err(StoreError::AttributeTaken { attribute: UserAttribute::Mail, ref holder })
+                    if holder == "alice"
+            ));
+            assert_eq!(store.user_conflicts().await?.len(), 4);
+            Ok(())
+        }
     }
 }
