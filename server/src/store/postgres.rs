@@ -377,39 +377,6 @@ fn user_from_row(row: &Row) -> Result<User, StoreError> {
     })
 }
 
-/// The users whose `attribute` is `value`, as the mapping rules compare it.
-async fn find_users(
-    client: &impl deadpool_postgres::GenericClient,
-    attribute: UserAttribute,
-    value: &str,
-) -> Result<Vec<User>, StoreError> {
-    let sql = match attribute {
-        UserAttribute::Uid => select_users!("WHERE id = $1 ORDER BY id"),
-        UserAttribute::Mail => select_users!(concat!(
-            "WHERE ",
-            ascii_fold!("mail"),
-            " = ",
-            ascii_fold!("$1"),
-            " ORDER BY id"
-        )),
-        UserAttribute::Upn => select_users!(concat!(
-            "WHERE ",
-            ascii_fold!("upn"),
-            " = ",
-            ascii_fold!("$1"),
-            " ORDER BY id"
-        )),
-        UserAttribute::EmployeeId => select_users!("WHERE employee_id = $1 ORDER BY id"),
-    };
-    let statement = client.prepare_cached(sql).await?;
-    client
-        .query(&statement, &[&value])
-        .await?
-        .iter()
-        .map(user_from_row)
-        .collect()
-}
-
 /// [`StoreError::AttributeTaken`] if a user other than `except` has one of `user`'s
 /// mapped attributes.
 async fn attribute_taken(
@@ -424,7 +391,7 @@ async fn attribute_taken(
     ];
     for (attribute, value) in attributes {
         let Some(value) = value else { continue };
-        if let Some(holder) = find_users(client, attribute, value)
+        if let Some(holder) = find_users(client, attribute, std::slice::from_ref(value))
             .await?
             .into_iter()
             .find(|holder| Some(holder.id.as_str()) != except)
@@ -1069,8 +1036,9 @@ fn count(row: &Row, column: usize) -> Result<u64, StoreError> {
 }
 
 /// The users whose `attribute` is one of `values`, as the mapping rules compare it, each
-/// once.
-async fn find_users_among(
+/// once, ordered by id as the bytes compare (as SQLite's store orders them, whatever the
+/// database's collation).
+async fn find_users(
     client: &impl deadpool_postgres::GenericClient,
     attribute: UserAttribute,
     values: &[String],
@@ -1094,12 +1062,14 @@ async fn find_users_among(
         UserAttribute::EmployeeId => select_users!("WHERE employee_id = ANY($1)"),
     };
     let statement = client.prepare_cached(sql).await?;
-    client
+    let mut users = client
         .query(&statement, &[&values])
         .await?
         .iter()
         .map(user_from_row)
-        .collect()
+        .collect::<Result<Vec<User>, StoreError>>()?;
+    users.sort_by(|a, b| a.id.cmp(&b.id));
+    Ok(users)
 }
 
 /// The card a pending renewal's new certificate `new` renews, if `new` is one.
@@ -1453,7 +1423,7 @@ impl Store for PostgresStore {
         let value = value.to_owned();
         Box::pin(async move {
             let client = self.client().await?;
-            find_users(&client, attribute, &value).await
+            find_users(&client, attribute, std::slice::from_ref(&value)).await
         })
     }
 
@@ -1879,15 +1849,13 @@ impl Store for PostgresStore {
             // The challenge's use commits on its own, atomically; the reads are sent right
             // behind it on the same connection (pipelined: one round trip for all), each
             // seeing the database as committed when it runs.
-            let (challenge, card, revocation, renews, mut users) = tokio::try_join!(
+            let (challenge, card, revocation, renews, users) = tokio::try_join!(
                 use_challenge(&client, &lookup.nonce, &lookup.device, lookup.now),
                 get_card(&client, &lookup.card),
                 revocation(&client, &lookup.card),
                 renewed_card(&client, &lookup.card),
-                find_users_among(&client, lookup.user_attribute, &lookup.user_values),
+                find_users(&client, lookup.user_attribute, &lookup.user_values),
             )?;
-            // Ordered by id as the bytes compare, whatever the database's collation.
-            users.sort_by(|a, b| a.id.cmp(&b.id));
             let has_card = card.is_some();
             Ok(SignInRecords {
                 challenge,
