@@ -41,13 +41,14 @@
 //!
 //! # The sign-in path
 //!
-//! A sign-in's calls take as few round trips as their meaning allows, each through the
-//! connection's cache of prepared statements: [`Store::begin_sign_in`] sends the
-//! challenge's `UPDATE` and its four reads together (pipelined on one connection; the
-//! update commits on its own, and a refused challenge costs one more read to tell why),
-//! and [`Store::finish_sign_in`] is one statement (pending renewal, card and audit event)
-//! between `BEGIN` and `COMMIT`, plus the renewal's steps in the rare case it completes
-//! one.
+//! A sign-in's calls take one round trip each, through the connection's cache of prepared
+//! statements, and no `BEGIN`/`COMMIT`: a single statement is atomic on its own.
+//! [`Store::add_challenge`] writes the challenge and its audit event in one statement;
+//! [`Store::begin_sign_in`] sends the challenge's `UPDATE` and its four reads together
+//! (pipelined on one connection; a refused challenge costs one more read to tell why);
+//! [`Store::finish_sign_in`] records the card and its audit event in one statement, which
+//! writes nothing when the certificate is a pending renewal's new one: that first use
+//! then completes the renewal in a transaction, as [`Store::confirm_renewal`] does.
 
 use std::sync::Arc;
 
@@ -447,18 +448,22 @@ async fn insert_user(
     }
 }
 
+/// `INSERT` of an audit event whose fields are parameters `$1` to `$7` (time, kind, outcome,
+/// device, card serial, user id, detail), as a `SELECT` a statement may add a `WHERE` to.
+macro_rules! insert_audit {
+    () => {
+        "INSERT INTO audit (time, kind, outcome, device, card_serial, user_id, detail)
+         SELECT $1::timestamptz, $2::text, $3::text, $4::text, $5::text, $6::text, $7::text"
+    };
+}
+
 /// Writes `event` (cut to its bounds) with `client`.
 async fn insert_audit(
     client: &impl deadpool_postgres::GenericClient,
     event: &NewAuditEvent,
 ) -> Result<(), StoreError> {
     let event = event.bounded();
-    let statement = client
-        .prepare_cached(
-            "INSERT INTO audit (time, kind, outcome, device, card_serial, user_id, detail)
-             VALUES ($1, $2, $3, $4, $5, $6, $7)",
-        )
-        .await?;
+    let statement = client.prepare_cached(insert_audit!()).await?;
     client
         .execute(
             &statement,
@@ -1291,29 +1296,29 @@ async fn get_card(
         .transpose()
 }
 
-/// The hot part of [`Store::finish_sign_in`], one statement: takes the certificate's
-/// pending renewal if it is one (the single atomic step of completing it), records the
-/// card as [`record_card`] does and, when no renewal completes, appends `event`. Returns
-/// the card and the renewed card, whose renewal the caller then completes ([`supersede`])
-/// before it appends `event`.
+/// [`Store::finish_sign_in`] in one statement on its own (atomic without a transaction):
+/// records the card as [`record_card`] does for `user_id` and appends `event`, unless the
+/// certificate is a pending renewal's new one: then it writes nothing and answers `None`,
+/// and the caller completes the renewal in a transaction ([`confirm_renewal`]).
 async fn finish_sign_in(
     client: &impl deadpool_postgres::GenericClient,
     facts: &CertificateFacts,
     user_id: &str,
     now: OffsetDateTime,
     event: &NewAuditEvent,
-) -> Result<(Card, Option<CardId>), StoreError> {
+) -> Result<Option<Card>, StoreError> {
     let now = utc(now)?;
     let event = event.bounded();
     let statement = client
         .prepare_cached(concat!(
-            "WITH renewal AS (
-                 DELETE FROM pending_renewals WHERE issuer = $3 AND serial = $1
-                 RETURNING old_issuer, old_serial
+            "WITH pending AS (
+                 SELECT 1 FROM pending_renewals WHERE issuer = $10 AND serial = $8
              ), card AS (
                  INSERT INTO cards
                      (serial, fingerprint, issuer, subject, user_id, state, first_seen, last_seen)
-                 VALUES ($1, $2, $3, $4, $5, 'active', $6, $6)
+                 SELECT $8::text, $9::text, $10::text, $11::text, $12::text, 'active',
+                     $13::timestamptz, $13::timestamptz
+                 WHERE NOT EXISTS (SELECT 1 FROM pending)
                  ON CONFLICT (issuer, serial) DO UPDATE SET
                      fingerprint = excluded.fingerprint,
                      subject = excluded.subject,
@@ -1322,26 +1327,17 @@ async fn finish_sign_in(
                  RETURNING ",
             card_columns!(),
             "
-             ), event AS (
-                 INSERT INTO audit (time, kind, outcome, device, card_serial, user_id, detail)
-                 SELECT $7::timestamptz, $8::text, $9::text, $10::text, $11::text, $12::text,
-                     $13::text
-                 WHERE NOT EXISTS (SELECT 1 FROM renewal)
+             ), event AS (",
+            insert_audit!(),
+            " WHERE NOT EXISTS (SELECT 1 FROM pending)
              )
-             SELECT card.*, renewal.old_issuer, renewal.old_serial
-             FROM card LEFT JOIN renewal ON true"
+             SELECT * FROM card"
         ))
         .await?;
     let result = client
-        .query_one(
+        .query_opt(
             &statement,
             &[
-                &facts.serial,
-                &facts.fingerprint,
-                &facts.issuer,
-                &facts.subject,
-                &user_id,
-                &now,
                 &utc(event.time)?,
                 &event.kind.as_str(),
                 &event.outcome.as_str(),
@@ -1349,24 +1345,38 @@ async fn finish_sign_in(
                 &event.card_serial,
                 &event.user_id,
                 &event.detail,
+                &facts.serial,
+                &facts.fingerprint,
+                &facts.issuer,
+                &facts.subject,
+                &user_id,
+                &now,
             ],
         )
         .await;
-    let row = match result {
-        Ok(row) => row,
-        Err(error) if is_foreign_key_violation(&error) => {
-            return Err(StoreError::NotFound {
-                what: format!("user {user_id:?}"),
-            });
-        }
-        Err(error) => return Err(error.into()),
-    };
-    let old_issuer: Option<String> = row.try_get("old_issuer")?;
-    let old_serial: Option<String> = row.try_get("old_serial")?;
-    let renewed = old_issuer
-        .zip(old_serial)
-        .map(|(issuer, serial)| CardId { issuer, serial });
-    Ok((card_from_row(&row)?, renewed))
+    match result {
+        Ok(row) => row.as_ref().map(card_from_row).transpose(),
+        Err(error) if is_foreign_key_violation(&error) => Err(StoreError::NotFound {
+            what: format!("user {user_id:?}"),
+        }),
+        Err(error) => Err(error.into()),
+    }
+}
+
+/// [`Store::confirm_renewal`] in `transaction`, which the caller commits: completes the
+/// renewal `facts` is the new certificate of, if one is pending, records its card and
+/// appends `event`. Returns whether a renewal completed, and the card.
+async fn confirm_renewal(
+    transaction: &deadpool_postgres::Transaction<'_>,
+    facts: &CertificateFacts,
+    user_id: &str,
+    now: OffsetDateTime,
+    event: &NewAuditEvent,
+) -> Result<(bool, Card), StoreError> {
+    let completed = complete_renewal(transaction, &CardId::of(facts), event).await?;
+    let card = record_card(transaction, facts, Some(user_id), now).await?;
+    insert_audit(transaction, event).await?;
+    Ok((completed, card))
 }
 
 /// Locks the users table against other writers of users (reads go on) for the rest of
@@ -1680,16 +1690,36 @@ impl Store for PostgresStore {
         let device = device.to_owned();
         Box::pin(async move {
             let (issued_at, expires_at) = (utc(OffsetDateTime::now_utc())?, utc(expires_at)?);
-            let mut client = self.client().await?;
-            let transaction = client.transaction().await?;
-            let statement = transaction
-                .prepare_cached(
-                    "INSERT INTO challenges (nonce, device, issued_at, expires_at)
-                     VALUES ($1, $2, $3, $4)",
-                )
+            let event = event.bounded();
+            let client = self.client().await?;
+            // One statement, atomic on its own: the event is written with the challenge.
+            let statement = client
+                .prepare_cached(concat!(
+                    "WITH challenge AS (
+                         INSERT INTO challenges (nonce, device, issued_at, expires_at)
+                         VALUES ($8, $9, $10, $11)
+                     )
+                     ",
+                    insert_audit!()
+                ))
                 .await?;
-            let result = transaction
-                .execute(&statement, &[&nonce, &device, &issued_at, &expires_at])
+            let result = client
+                .execute(
+                    &statement,
+                    &[
+                        &utc(event.time)?,
+                        &event.kind.as_str(),
+                        &event.outcome.as_str(),
+                        &event.device,
+                        &event.card_serial,
+                        &event.user_id,
+                        &event.detail,
+                        &nonce,
+                        &device,
+                        &issued_at,
+                        &expires_at,
+                    ],
+                )
                 .await;
             match result {
                 // The message leaves the nonce out: it is a live challenge.
@@ -1697,10 +1727,7 @@ impl Store for PostgresStore {
                     what: "the challenge exists already".to_owned(),
                 }),
                 other => other.map(drop).map_err(StoreError::from),
-            }?;
-            insert_audit(&transaction, &event).await?;
-            transaction.commit().await?;
-            Ok(())
+            }
         })
     }
 
@@ -1880,13 +1907,12 @@ impl Store for PostgresStore {
             let (facts, user_id, event) = (&facts, &user_id, &event);
             retried(|| async move {
                 let mut client = self.client().await?;
-                let transaction = client.transaction().await?;
-                let (card, renewed) =
-                    finish_sign_in(&transaction, facts, user_id, now, event).await?;
-                if let Some(old) = renewed {
-                    supersede(&transaction, &old, &CardId::of(facts), event).await?;
-                    insert_audit(&transaction, event).await?;
+                if let Some(card) = finish_sign_in(&client, facts, user_id, now, event).await? {
+                    return Ok(card);
                 }
+                // The first use of a renewal's new certificate (or a use racing it).
+                let transaction = client.transaction().await?;
+                let (_, card) = confirm_renewal(&transaction, facts, user_id, now, event).await?;
                 transaction.commit().await?;
                 Ok(card)
             })
@@ -2100,9 +2126,8 @@ impl Store for PostgresStore {
             retried(|| async move {
                 let mut client = self.client().await?;
                 let transaction = client.transaction().await?;
-                let completed = complete_renewal(&transaction, &CardId::of(facts), event).await?;
-                record_card(&transaction, facts, Some(user_id), now).await?;
-                insert_audit(&transaction, event).await?;
+                let (completed, _) =
+                    confirm_renewal(&transaction, facts, user_id, now, event).await?;
                 transaction.commit().await?;
                 Ok(completed)
             })
