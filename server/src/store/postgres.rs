@@ -1082,21 +1082,14 @@ async fn renewed_card(
     client: &impl deadpool_postgres::GenericClient,
     new: &CardId,
 ) -> Result<Option<Card>, StoreError> {
-    let statement = client
-        .prepare_cached(concat!(
-            "SELECT ",
-            card_columns!("c."),
-            " FROM pending_renewals p JOIN cards c
-                 ON c.issuer = p.old_issuer AND c.serial = p.old_serial
-             WHERE p.issuer = $1 AND p.serial = $2"
-        ))
-        .await?;
-    client
-        .query_opt(&statement, &[&new.issuer, &new.serial])
-        .await?
-        .as_ref()
-        .map(card_from_row)
-        .transpose()
+    let sql = concat!(
+        "SELECT ",
+        card_columns!("c."),
+        " FROM pending_renewals p JOIN cards c
+             ON c.issuer = p.old_issuer AND c.serial = p.old_serial
+         WHERE p.issuer = $1 AND p.serial = $2"
+    );
+    query_card(client, sql, new).await
 }
 
 /// Checks a user's existence and locks their row until the commit: a concurrent write that
@@ -1285,9 +1278,21 @@ async fn get_card(
     client: &impl deadpool_postgres::GenericClient,
     id: &CardId,
 ) -> Result<Option<Card>, StoreError> {
-    let statement = client
-        .prepare_cached(select_cards!("WHERE issuer = $1 AND serial = $2"))
-        .await?;
+    query_card(
+        client,
+        select_cards!("WHERE issuer = $1 AND serial = $2"),
+        id,
+    )
+    .await
+}
+
+/// The card the query `sql` finds for `id` (its issuer `$1`, its serial `$2`), if any.
+async fn query_card(
+    client: &impl deadpool_postgres::GenericClient,
+    sql: &str,
+    id: &CardId,
+) -> Result<Option<Card>, StoreError> {
+    let statement = client.prepare_cached(sql).await?;
     client
         .query_opt(&statement, &[&id.issuer, &id.serial])
         .await?
