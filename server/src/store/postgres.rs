@@ -2650,6 +2650,8 @@ mod tests {
 
         use std::sync::Arc;
 
+        use std::sync::atomic::{AtomicUsize, Ordering};
+
         use super::super::PostgresStore;
         use crate::mapping::UserAttribute;
         use crate::store::{Store, StoreError, User, UserState};
@@ -2733,13 +2735,53 @@ mod tests {
 
         crate::store_conformance_suite! { fresh: fresh(), nodes: nodes() }
 
+        /// A write PostgreSQL aborts as a serialization failure or a deadlock runs again,
+        /// a few times at most; any other failure is answered at once.
+        #[tokio::test]
+        async fn writes_aborted_as_serialization_failures_or_deadlocks_run_again()
+        -> Result<(), BoxError> {
+            let (_scratch, store) = fresh_store().await?;
+            // Fails with `code` (raised by PostgreSQL itself) on its first `failures` calls.
+            let attempt = |code: &'static str, failures: usize, calls: &AtomicUsize| {
+                let call = calls.fetch_add(1, Ordering::SeqCst);
+                let store = store.clone();
+                async move {
+                    if call < failures {
+                        let raise = format!(
+                            "DO $$ BEGIN RAISE EXCEPTION 'test' USING ERRCODE = '{code}'; END $$"
+                        );
+                        store.client().await?.batch_execute(&raise).await?;
+                    }
+                    Ok::<usize, crate::store::StoreError>(call)
+                }
+            };
+            for code in ["40001", "40P01"] {
+                let calls = AtomicUsize::new(0);
+                assert_eq!(super::super::retried(|| attempt(code, 2, &calls)).await?, 2);
+                let calls = AtomicUsize::new(0);
+                let gave_up = super::super::retried(|| attempt(code, usize::MAX, &calls)).await;
+                assert!(gave_up.is_err());
+                let attempts = usize::try_from(super::super::WRITE_ATTEMPTS)?;
+                assert_eq!(calls.load(Ordering::SeqCst), attempts);
+            }
+            let calls = AtomicUsize::new(0);
+            let refused = super::super::retried(|| attempt("23505", 1, &calls)).await;
+            assert!(refused.is_err());
+            assert_eq!(calls.load(Ordering::SeqCst), 1, "not a failure to retry");
+            Ok(())
+        }
+
+        async fn fresh_store() -> Result<(Scratch, PostgresStore), BoxError> {
+            let (scratch, config) = scratch().await?;
+            Ok((scratch, PostgresStore::connect_with(config).await?))
+        }
+
         /// Users sharing a mapped attribute from before the checks (written past the
         /// store) are listed in groups as SQLite's store lists them, and no more are added.
         #[tokio::test]
         async fn users_sharing_a_mapped_attribute_are_listed_and_no_more_are_added()
         -> Result<(), BoxError> {
-            let (_scratch, config) = scratch().await?;
-            let store = PostgresStore::connect_with(config).await?;
+            let (_scratch, store) = fresh_store().await?;
             store
                 .client()
                 .await?
