@@ -159,7 +159,7 @@ fn a_server_on_postgres_signs_a_card_in() {
     let signed_in = server.auth(&card, ALICE_PIN).success("auth").json();
     assert!(signed_in["token"].as_str().is_some(), "{signed_in}");
 
-    // What the server wrote is in PostgreSQL, and no SQLite file was made.
+    // What the server wrote is in PostgreSQL; the SQLite file `init` made stays empty.
     assert_eq!(
         database.query("SELECT count(*) FROM users WHERE id = 'alice'"),
         "1"
@@ -171,7 +171,9 @@ fn a_server_on_postgres_signs_a_card_in() {
         ),
         "1"
     );
-    assert!(!server.dir.path().join("server/pivtap.db").exists());
+    let sqlite =
+        std::fs::metadata(server.dir.path().join("server/pivtap.db")).expect("init's file");
+    assert_eq!(sqlite.len(), 0, "the server wrote to SQLite");
     let (status, _) = server.stop();
     assert!(status.success(), "{status}");
 }
