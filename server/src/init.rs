@@ -778,6 +778,85 @@ mod tests {
     }
 
     #[test]
+    fn init_writes_the_store_it_is_given_and_never_a_password() {
+        use crate::store::url::StoreUrl;
+        let secrets = tempfile::tempdir().unwrap();
+        let password = secrets.path().join("store.password");
+        pivtap_files::write_atomically(&password, b"s3cret-pw\n", 0o600).unwrap();
+        let url = StoreUrl::parse(
+            "postgres://pivtap@db.example:5432/pivtap?sslmode=verify-full&sslrootcert=db-ca.crt",
+        )
+        .unwrap();
+        let store = StoreConfig {
+            url: url.clone(),
+            password_file: Some(password.clone()),
+        };
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("server");
+        let options = InitOptions {
+            store: Some(store.clone()),
+            ..InitOptions::default()
+        };
+        let report = init_server(&dir, &options).unwrap();
+        let text = fs::read_to_string(&report.config_path).unwrap();
+        assert!(text.contains("[store]"), "{text}");
+        assert!(!text.contains("database ="), "{text}");
+        assert!(!text.contains("s3cret"), "{text}");
+        assert!(!dir.join("pivtap.db").exists(), "no SQLite file for PostgreSQL");
+        let config = ServerConfig::load(&report.config_path).unwrap();
+        assert_eq!(config.store_url(), url.resolve(&dir));
+        assert_eq!(
+            config.store.unwrap().password_file.as_deref(),
+            Some(password.as_path())
+        );
+
+        // SQLite by URL: its file is made, private, where the URL says.
+        let sqlite_dir = root.path().join("sqlite");
+        let options = InitOptions {
+            store: Some(StoreConfig {
+                url: StoreUrl::parse("sqlite:state.db").unwrap(),
+                password_file: None,
+            }),
+            ..InitOptions::default()
+        };
+        init_server(&sqlite_dir, &options).unwrap();
+        assert_eq!(mode(&sqlite_dir.join("state.db")), 0o600);
+        assert!(!sqlite_dir.join("pivtap.db").exists());
+
+        // Refused before anything is written: a password file for SQLite, or one that
+        // is missing or readable by others.
+        let refused = |store: StoreConfig| {
+            let target = root.path().join("refused");
+            let options = InitOptions {
+                store: Some(store),
+                ..InitOptions::default()
+            };
+            let error = init_server(&target, &options).unwrap_err();
+            assert!(!target.exists(), "{error}");
+            error
+        };
+        let error = refused(StoreConfig {
+            url: StoreUrl::parse("sqlite:x.db").unwrap(),
+            password_file: Some(password.clone()),
+        });
+        assert!(matches!(error, InitError::PasswordForSqlite), "{error}");
+        let error = refused(StoreConfig {
+            password_file: Some(secrets.path().join("absent")),
+            ..store.clone()
+        });
+        assert!(matches!(error, InitError::StorePassword(_)), "{error}");
+        {
+            use std::os::unix::fs::PermissionsExt as _;
+            fs::set_permissions(&password, fs::Permissions::from_mode(0o644)).unwrap();
+        }
+        let error = refused(store);
+        assert!(
+            crate::check::error_chain(&error).contains("chmod 600"),
+            "{error}"
+        );
+    }
+
+    #[test]
     fn init_writes_a_server_that_loads() {
         let inputs = tempfile::tempdir().unwrap();
         let ca = write_certificate(inputs.path(), "badge-ca.pem", true);
