@@ -147,6 +147,46 @@ fn init_writes_the_store_and_check_connects_to_it() {
         detail.contains("password authentication failed"),
         "{detail}"
     );
+
+    // No password_file: the password comes from PIVTAP_STORE_PASSWORD, and its
+    // absence is named.
+    let config = server_dir.join("server.toml");
+    let without_file = std::fs::read_to_string(&config)
+        .expect("server.toml")
+        .lines()
+        .filter(|line| !line.starts_with("password_file"))
+        .collect::<Vec<_>>()
+        .join("\n");
+    std::fs::write(&config, without_file).expect("server.toml is written");
+    let store_finding = |run: &common::Run| {
+        let report = run.json();
+        report["findings"]
+            .as_array()
+            .expect("findings")
+            .iter()
+            .find(|finding| finding["what"] == "store")
+            .unwrap_or_else(|| panic!("no store finding: {report}"))
+            .clone()
+    };
+    let checked = run(pivtap_command(&[
+        "server",
+        "check",
+        path_str(&server_dir),
+        "--json",
+    ]));
+    let store = store_finding(&checked);
+    assert_eq!(store["level"], "error", "{store}");
+    assert!(
+        store["detail"]
+            .as_str()
+            .is_some_and(|detail| detail.contains("PIVTAP_STORE_PASSWORD is set")),
+        "{store}"
+    );
+    let mut from_environment =
+        pivtap_command(&["server", "check", path_str(&server_dir), "--json"]);
+    from_environment.env("PIVTAP_STORE_PASSWORD", database.password().expose());
+    let checked = run(from_environment).success("server check with PIVTAP_STORE_PASSWORD");
+    assert_eq!(store_finding(&checked)["level"], "ok", "{}", checked.stdout);
 }
 
 #[test]

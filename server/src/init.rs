@@ -802,7 +802,10 @@ mod tests {
         assert!(text.contains("[store]"), "{text}");
         assert!(!text.contains("database ="), "{text}");
         assert!(!text.contains("s3cret"), "{text}");
-        assert!(!dir.join("pivtap.db").exists(), "no SQLite file for PostgreSQL");
+        assert!(
+            !dir.join("pivtap.db").exists(),
+            "no SQLite file for PostgreSQL"
+        );
         let config = ServerConfig::load(&report.config_path).unwrap();
         assert_eq!(config.store_url(), url.resolve(&dir));
         assert_eq!(

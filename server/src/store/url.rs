@@ -709,8 +709,14 @@ pub enum OpenStoreError {
     #[error("password_file is set, but a SQLite store ({0}) takes no password")]
     PasswordForSqlite(PathBuf),
     /// The store refused to open, connect or migrate.
-    #[error("cannot open the store {url}")]
+    #[error("cannot open the store {url}{}", if *.without_password {
+        " (with no password: neither [store] password_file nor PIVTAP_STORE_PASSWORD is set)"
+    } else {
+        ""
+    })]
     Store {
+        /// Whether no password was given (a PostgreSQL store asking for one fails).
+        without_password: bool,
         /// The store's URL (it holds no password).
         url: String,
         /// Why.
@@ -729,23 +735,28 @@ pub async fn open_store(
     url: &StoreUrl,
     password_file: Option<&Path>,
 ) -> Result<std::sync::Arc<dyn super::Store>, OpenStoreError> {
-    let opened = |source| OpenStoreError::Store {
-        url: url.to_string(),
-        source,
+    let opened = |without_password| {
+        move |source| OpenStoreError::Store {
+            without_password,
+            url: url.to_string(),
+            source,
+        }
     };
     match url {
         StoreUrl::Sqlite(path) => {
             if password_file.is_some() {
                 return Err(OpenStoreError::PasswordForSqlite(path.clone()));
             }
-            let store = super::SqliteStore::open(path).await.map_err(opened)?;
+            let store = super::SqliteStore::open(path)
+                .await
+                .map_err(opened(false))?;
             Ok(std::sync::Arc::new(store))
         }
         StoreUrl::Postgres(postgres) => {
             let password = StorePassword::locate(password_file)?;
             let store = super::PostgresStore::connect(postgres, password.as_ref())
                 .await
-                .map_err(opened)?;
+                .map_err(opened(password.is_none()))?;
             Ok(std::sync::Arc::new(store))
         }
     }
