@@ -9,8 +9,8 @@
 //! SQLSTATE codes this store maps to [`StoreError`] (unique and foreign-key violations,
 //! serialization failures), and deadpool adds only a small pool with a per-connection
 //! statement cache on top. Neither pulls a second TLS stack or crypto provider. TLS to the
-//! database is not wired yet (connections are plain TCP or a Unix socket); it will come
-//! through a rustls connector on the workspace's rustls with its one aws-lc-rs provider.
+//! database is [`PostgresTls`](super::postgres_tls::PostgresTls), a rustls connector on
+//! the workspace's rustls with its one aws-lc-rs provider (a Unix socket carries none).
 //! The statement cache uses named prepared statements: behind PgBouncer use its session
 //! mode (transaction mode breaks named prepared statements).
 //!
