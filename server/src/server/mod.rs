@@ -358,13 +358,22 @@ impl ServerState {
     ) -> error::ApiError {
         if error.code.http_status() < 500 {
             let key = source.key();
-            if let Err(wait) = self.limiter().spend(
-                rate_limit::Spend::Refusal,
-                std::slice::from_ref(&key),
-                Instant::now(),
-            ) {
-                self.limiter().count_unaudited(&key);
-                return error::ApiError::too_many_requests(wait);
+            match self
+                .limiter()
+                .spend(
+                    self.store(),
+                    rate_limit::Spend::Refusal,
+                    std::slice::from_ref(&key),
+                    time::OffsetDateTime::now_utc(),
+                )
+                .await
+            {
+                Ok(Ok(())) => {}
+                Ok(Err(wait)) => {
+                    self.limiter().count_unaudited(&key);
+                    return error::ApiError::too_many_requests(wait);
+                }
+                Err(store_error) => return store_error.into(),
             }
         }
         match self.store().audit(event).await {
@@ -949,6 +958,14 @@ async fn maintain(state: ServerState) {
 /// event per source whose refusals went unaudited since the last round, then [`tidy`].
 pub async fn upkeep(state: &ServerState, now: time::OffsetDateTime) {
     summarise_unaudited(state, now).await;
+    match state
+        .store()
+        .purge_flow_control(now, state.limiter().failures_forgotten_before(now))
+        .await
+    {
+        Ok(purged) => tracing::debug!(purged, "spent flow-control records purged"),
+        Err(error) => tracing::warn!(%error, "purging the flow-control records failed"),
+    }
     tidy(state.store(), now, state.settings().audit_retention).await;
 }
 
