@@ -83,6 +83,8 @@ struct Inner {
     /// When the TLS certificate served ends, if known (see [`ServerState::tls_warning`]).
     tls_not_after: RwLock<Option<time::OffsetDateTime>>,
     tokens: RwLock<TokenKeys>,
+    /// The store's version of the key set in `tokens` (0: not read from the store yet).
+    token_version: std::sync::atomic::AtomicI64,
     /// SHA-256 of the admin credential: compared in constant time, never kept in clear.
     admin_token_hash: [u8; 32],
     limiter: RateLimiter,
@@ -162,6 +164,7 @@ impl ServerState {
                 verifier: RwLock::new(Arc::new(verifier)),
                 tls_not_after: RwLock::new(None),
                 tokens: RwLock::new(tokens),
+                token_version: std::sync::atomic::AtomicI64::new(0),
                 admin_token_hash: Sha256::digest(admin_token.trim().as_bytes()).into(),
                 limiter,
                 metrics: Metrics::default(),
@@ -331,6 +334,58 @@ impl ServerState {
             .tokens
             .write()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Brings the token keys in force up to the store's key set, and returns whether they
+    /// changed: a newer version in the store replaces them; an empty store takes the keys
+    /// this state holds (the key file's, at start), so tokens issued before stay valid.
+    /// The server calls it at start and every [`TOKEN_KEYS_REFRESH`].
+    ///
+    /// # Errors
+    /// [`StartError::Store`] when the store fails, [`StartError::Tokens`] when its key set
+    /// cannot be read (the keys in force are kept).
+    pub async fn sync_token_keys(&self) -> Result<bool, StartError> {
+        use std::sync::atomic::Ordering;
+        // Two rounds at most: an empty store another node filled first is read again.
+        for _ in 0..2 {
+            let held = self.inner.token_version.load(Ordering::Acquire);
+            match self.store().token_keys().await.map_err(StartError::Store)? {
+                Some(stored) if stored.version == held => return Ok(false),
+                Some(stored) => {
+                    let keys = TokenKeys::from_text(&stored.keys).map_err(|problem| {
+                        StartError::Tokens(crate::token::TokenError::StoredKeysInvalid(problem))
+                    })?;
+                    let kid = keys.current_kid().to_owned();
+                    *self.tokens_mut() = keys;
+                    self.inner
+                        .token_version
+                        .store(stored.version, Ordering::Release);
+                    tracing::info!(
+                        version = stored.version,
+                        kid,
+                        "token signing keys loaded from the store"
+                    );
+                    return Ok(true);
+                }
+                None => {
+                    let text = self.tokens().to_text().map_err(StartError::Tokens)?;
+                    match self
+                        .store()
+                        .replace_token_keys(&text, None, time::OffsetDateTime::now_utc())
+                        .await
+                    {
+                        Ok(version) => {
+                            self.inner.token_version.store(version, Ordering::Release);
+                            tracing::info!("the store took the key file's token signing keys");
+                            return Ok(false);
+                        }
+                        Err(crate::store::StoreError::Conflict { .. }) => {}
+                        Err(error) => return Err(StartError::Store(error)),
+                    }
+                }
+            }
+        }
+        Ok(false)
     }
 
     /// The failure counters.
@@ -560,9 +615,7 @@ pub async fn from_config(
         }
         None => None,
     };
-    let store = crate::store::SqliteStore::open(&config.database)
-        .await
-        .map_err(StartError::Store)?;
+    let store = open_store(config).await?;
     // A store that opens may still be read-only (SQLite falls back to reading a
     // file it may not write): refuse to start rather than fail every sign-in.
     store
@@ -572,7 +625,7 @@ pub async fn from_config(
             path: config.database.clone(),
             source,
         })?;
-    report_user_conflicts(&store).await;
+    report_user_conflicts(store.as_ref()).await;
     let settings = Settings {
         origin: config.origin.clone(),
         token_audience: config.tokens.audience.clone(),
@@ -592,19 +645,13 @@ pub async fn from_config(
         );
     }
     let limiter = RateLimiter::new(config.rate_limit.policy());
-    let state = ServerState::new(
-        settings,
-        Arc::new(store),
-        verifier,
-        tokens,
-        &admin_token,
-        limiter,
-    )
-    .with_http(HttpSettings::new(
-        config.connections.limits(),
-        config.metrics.listen,
-        metrics_token.as_deref().map(String::as_str),
-    ));
+    let state = ServerState::new(settings, store, verifier, tokens, &admin_token, limiter)
+        .with_http(HttpSettings::new(
+            config.connections.limits(),
+            config.metrics.listen,
+            metrics_token.as_deref().map(String::as_str),
+        ));
+    state.sync_token_keys().await?;
     if let Some(tls) = &config.tls {
         match std::fs::read(&tls.certificate)
             .map_err(|error| error.to_string())
@@ -629,6 +676,78 @@ pub async fn from_config(
         },
     };
     Ok((state, listener))
+}
+
+/// Opens the configured store (the SQLite database file) and brings its schema up to date.
+///
+/// # Errors
+/// [`StartError::Store`] when it cannot be opened or migrated.
+pub async fn open_store(
+    config: &crate::config::ServerConfig,
+) -> Result<Arc<dyn Store>, StartError> {
+    let store = crate::store::SqliteStore::open(&config.database)
+        .await
+        .map_err(StartError::Store)?;
+    Ok(Arc::new(store))
+}
+
+/// What [`rotate_token_keys`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RotatedKeys {
+    /// The `kid` of the key that signed until now (published until its tokens expire).
+    pub previous_kid: String,
+    /// The `kid` of the new signing key.
+    pub current_kid: String,
+    /// The store's version of the new key set.
+    pub version: i64,
+}
+
+/// Rotates the token signing keys in the store at `now` ([`TokenKeys::rotate`]): every
+/// running node signs with the new key within [`TOKEN_KEYS_REFRESH`], no restart. An empty
+/// store starts from the key file's keys. A rotation another node stored meanwhile is read
+/// again and rotated on (a few tries).
+///
+/// # Errors
+/// [`StartError::Store`] when the store fails (or keeps changing under it),
+/// [`StartError::Tokens`] when the keys cannot be read or written.
+pub async fn rotate_token_keys(
+    store: &dyn Store,
+    key_file: &std::path::Path,
+    max_token_lifetime: Duration,
+    now: time::OffsetDateTime,
+) -> Result<RotatedKeys, StartError> {
+    const TRIES: usize = 5;
+    let mut conflict = None;
+    for _ in 0..TRIES {
+        let (mut keys, replaces) = match store.token_keys().await.map_err(StartError::Store)? {
+            Some(stored) => (
+                TokenKeys::from_text(&stored.keys).map_err(|problem| {
+                    StartError::Tokens(crate::token::TokenError::StoredKeysInvalid(problem))
+                })?,
+                Some(stored.version),
+            ),
+            None => (TokenKeys::load(key_file).map_err(StartError::Tokens)?, None),
+        };
+        let previous_kid = keys.current_kid().to_owned();
+        keys.rotate(now, max_token_lifetime);
+        let text = keys.to_text().map_err(StartError::Tokens)?;
+        match store.replace_token_keys(&text, replaces, now).await {
+            Ok(version) => {
+                return Ok(RotatedKeys {
+                    previous_kid,
+                    current_kid: keys.current_kid().to_owned(),
+                    version,
+                });
+            }
+            Err(error @ crate::store::StoreError::Conflict { .. }) => conflict = Some(error),
+            Err(error) => return Err(StartError::Store(error)),
+        }
+    }
+    Err(StartError::Store(conflict.unwrap_or(
+        crate::store::StoreError::Conflict {
+            what: "the token keys kept changing".to_owned(),
+        },
+    )))
 }
 
 /// Logs a warning for each group of users who share a mapped attribute: a database from
@@ -879,8 +998,10 @@ pub async fn serve_with_handle(
         None => None,
     };
     let maintenance = tokio::spawn(maintain(state.clone()));
+    let key_refresh = tokio::spawn(keep_token_keys_current(state.clone()));
     let served = serve_router(app(state.clone()), listener, handle, &limits).await;
     maintenance.abort();
+    key_refresh.abort();
     if let Some((metrics_handle, metrics_task)) = metrics {
         metrics_handle.shutdown();
         let _ = metrics_task.await;
@@ -917,6 +1038,32 @@ fn start_metrics_listener(
     let app = metrics_app(state).into_make_service_with_connect_info::<SocketAddr>();
     let task = tokio::spawn(apply_http_timeouts(server, &limits).serve(app));
     Ok((handle, task))
+}
+
+/// How often a running server reads the store's token key set version: a rotation at
+/// any node is signed with and published by every node within this time (plus one read).
+pub const TOKEN_KEYS_REFRESH: Duration = Duration::from_millis(500);
+
+/// Runs [`ServerState::sync_token_keys`] every [`TOKEN_KEYS_REFRESH`] while the server
+/// runs; a failure is logged once until a round succeeds again (the keys in force stay).
+async fn keep_token_keys_current(state: ServerState) {
+    let mut ticks = tokio::time::interval(TOKEN_KEYS_REFRESH);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut failing = false;
+    loop {
+        ticks.tick().await;
+        match state.sync_token_keys().await {
+            Ok(_) => failing = false,
+            Err(error) if !failing => {
+                failing = true;
+                tracing::warn!(
+                    error = %crate::check::error_chain(&error),
+                    "cannot read the token signing keys from the store; the keys in force stay"
+                );
+            }
+            Err(_) => {}
+        }
+    }
 }
 
 /// How often the store is tidied while the server runs.
