@@ -1046,7 +1046,7 @@ pub const TOKEN_KEYS_REFRESH: Duration = Duration::from_millis(500);
 
 /// Runs [`ServerState::sync_token_keys`] every [`TOKEN_KEYS_REFRESH`] while the server
 /// runs; a failure is logged once until a round succeeds again (the keys in force stay).
-async fn keep_token_keys_current(state: ServerState) {
+pub async fn keep_token_keys_current(state: ServerState) {
     let mut ticks = tokio::time::interval(TOKEN_KEYS_REFRESH);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut failing = false;
