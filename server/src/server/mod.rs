@@ -3,6 +3,40 @@
 //! [`app`] builds the router over a [`ServerState`], so tests drive it with
 //! `oneshot` and no socket; [`serve`] puts it on HTTPS (rustls) or, on
 //! loopback only, plain HTTP.
+//!
+//! # Several nodes
+//!
+//! Every piece of state that decides a sign-in is the store's, so any number of nodes on
+//! one store answer alike: challenges (used once across nodes), failure counters and
+//! request budgets ([`rate_limit`]), device proof ids ([`devices`]), card and user states,
+//! revocations, devices, enrollment codes, admin credentials, the audit, and the token
+//! signing keys. The issuing CA, the TLS certificate, trusted CAs and CRLs are the shared
+//! configuration directory's files. Times are wall-clock: keep the nodes' clocks in step (NTP).
+//!
+//! # Caches
+//!
+//! What a node keeps in memory, and how long it may lag behind the store or the files:
+//!
+//! - Card and user states, revocations, devices and their states, admin credentials:
+//!   none; read from the store on every request, so a lock or revocation through any node
+//!   refuses the next sign-in at every node.
+//! - Token signing keys (what signs, and the JWKS): read from the store every
+//!   [`TOKEN_KEYS_REFRESH`] (500 ms): a rotation is in force on every node within about
+//!   half a second. The JWKS answer says `max-age=300`: a relying party that caches it
+//!   must fetch it again when a token names a `kid` it does not have.
+//! - Trust anchors, CRLs and challenge rules ([`ServerState::verifier`]) and the mapping:
+//!   from the configuration's files at start, replaced on SIGHUP ([`ServerState::reload`]):
+//!   after changing those files, send SIGHUP to every node. They lag until then; they
+//!   hold no state the store or an administrator's lock changes.
+//! - The issuing CA as the device checks' trust store: the configuration's, fixed until a
+//!   restart (as the issuing CA itself is).
+//! - Readiness ([`ServerState::is_ready`]): a store write's answer is reused for
+//!   [`READINESS_CACHE`] (1 s); it decides no sign-in.
+//! - `GET /v1/crl` is made from the store on every request; its `max-age=60` lets HTTP
+//!   caches and relying parties keep it a minute.
+//! - Node-local, and deciding nothing: the refusals answered `rate_limited` and summarised
+//!   in the audit once a minute (each node summarises its own), metrics, the open-mode
+//!   warning's timer.
 
 pub mod admin;
 pub mod body;
@@ -1102,7 +1136,8 @@ async fn maintain(state: ServerState) {
 }
 
 /// One round of the server's upkeep at `now` (the server runs one a minute): one audit
-/// event per source whose refusals went unaudited since the last round, then [`tidy`].
+/// event per source whose refusals went unaudited since the last round, the spent
+/// flow-control records purged ([`Store::purge_flow_control`]), then [`tidy`].
 pub async fn upkeep(state: &ServerState, now: time::OffsetDateTime) {
     summarise_unaudited(state, now).await;
     match state
