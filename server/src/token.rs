@@ -355,6 +355,12 @@ impl TokenKeys {
         serde_json::json!({ "keys": keys })
     }
 
+    /// Whether the JWKS publishes the key named `kid`.
+    #[must_use]
+    pub fn publishes(&self, kid: &str) -> bool {
+        self.published().any(|key| key.kid == kid)
+    }
+
     fn published(&self) -> impl Iterator<Item = &PublishedKey> {
         std::iter::once(&self.current_public).chain(self.retired.iter().map(|key| &key.published))
     }

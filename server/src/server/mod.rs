@@ -390,6 +390,17 @@ impl ServerState {
                         StartError::Tokens(crate::token::TokenError::StoredKeysInvalid(problem))
                     })?;
                     let kid = keys.current_kid().to_owned();
+                    let held_kid = self.tokens().current_kid().to_owned();
+                    if held == 0 && !keys.publishes(&held_kid) {
+                        // The keys held are the key file's: it was replaced (or is another
+                        // directory's) after the store took its keys.
+                        tracing::warn!(
+                            file_kid = held_kid,
+                            "the token key file holds a key the database's key set does not \
+                             publish; the database's keys are in force (the key file only seeds \
+                             an empty database): make a new key with `pivtap server rotate-keys`"
+                        );
+                    }
                     *self.tokens_mut() = keys;
                     self.inner
                         .token_version
