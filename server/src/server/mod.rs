@@ -376,14 +376,19 @@ impl ServerState {
     /// The server calls it at start and every [`TOKEN_KEYS_REFRESH`].
     ///
     /// # Errors
-    /// [`StartError::Store`] when the store fails, [`StartError::Tokens`] when its key set
-    /// cannot be read (the keys in force are kept).
+    /// [`StartError::TokenKeys`] when the store fails, [`StartError::Tokens`] when its key
+    /// set cannot be read (the keys in force are kept).
     pub async fn sync_token_keys(&self) -> Result<bool, StartError> {
         use std::sync::atomic::Ordering;
         // Two rounds at most: an empty store another node filled first is read again.
         for _ in 0..2 {
             let held = self.inner.token_version.load(Ordering::Acquire);
-            match self.store().token_keys().await.map_err(StartError::Store)? {
+            match self
+                .store()
+                .token_keys()
+                .await
+                .map_err(StartError::TokenKeys)?
+            {
                 Some(stored) if stored.version == held => return Ok(false),
                 Some(stored) => {
                     let keys = TokenKeys::from_text(&stored.keys).map_err(|problem| {
@@ -425,7 +430,7 @@ impl ServerState {
                             return Ok(false);
                         }
                         Err(crate::store::StoreError::Conflict { .. }) => {}
-                        Err(error) => return Err(StartError::Store(error)),
+                        Err(error) => return Err(StartError::TokenKeys(error)),
                     }
                 }
             }
@@ -558,6 +563,9 @@ pub enum StartError {
     /// The database could not be opened or migrated.
     #[error("cannot open the database")]
     Store(#[source] crate::store::StoreError),
+    /// The token keys could not be read from or written to the database.
+    #[error("cannot read or write the token signing keys in the database")]
+    TokenKeys(#[source] crate::store::StoreError),
     /// The database opened but cannot be written (a read-only file or
     /// directory, a full disk): no sign-in could be recorded.
     #[error("the database {} cannot be written", .path.display())]
@@ -753,7 +761,7 @@ pub struct RotatedKeys {
 /// again and rotated on (a few tries).
 ///
 /// # Errors
-/// [`StartError::Store`] when the store fails (or keeps changing under it),
+/// [`StartError::TokenKeys`] when the store fails (or keeps changing under it),
 /// [`StartError::Tokens`] when the keys cannot be read or written.
 pub async fn rotate_token_keys(
     store: &dyn Store,
@@ -764,7 +772,7 @@ pub async fn rotate_token_keys(
     const TRIES: usize = 5;
     let mut conflict = None;
     for _ in 0..TRIES {
-        let (mut keys, replaces) = match store.token_keys().await.map_err(StartError::Store)? {
+        let (mut keys, replaces) = match store.token_keys().await.map_err(StartError::TokenKeys)? {
             Some(stored) => (
                 TokenKeys::from_text(&stored.keys).map_err(|problem| {
                     StartError::Tokens(crate::token::TokenError::StoredKeysInvalid(problem))
@@ -785,10 +793,10 @@ pub async fn rotate_token_keys(
                 });
             }
             Err(error @ crate::store::StoreError::Conflict { .. }) => conflict = Some(error),
-            Err(error) => return Err(StartError::Store(error)),
+            Err(error) => return Err(StartError::TokenKeys(error)),
         }
     }
-    Err(StartError::Store(conflict.unwrap_or(
+    Err(StartError::TokenKeys(conflict.unwrap_or(
         crate::store::StoreError::Conflict {
             what: "the token keys kept changing".to_owned(),
         },
