@@ -1,4 +1,4 @@
-//! The server's state behind one interface: users, cards, registered devices, challenges, the audit log, enrollment codes and the revocation list.
+//! The server's state behind one interface: users, cards, registered devices, challenges, the audit log, enrollment codes, the revocation list, the flow-control counters and the token signing keys.
 //!
 //! [`Store`] is object safe (`Arc<dyn Store>`): every method returns a boxed
 //! future. [`SqliteStore`] is the embedded implementation. Times are kept in UTC
