@@ -986,6 +986,21 @@ fn rotate_keys_writes_the_rotation_into_the_database_without_a_restart() {
         "the second rotation goes on from the first, kept in the database"
     );
     assert_ne!(second, first);
+    let run = pivtap(&[
+        "server",
+        "rotate-keys",
+        "--config",
+        path_str(&config),
+        "--json",
+    ]);
+    run.expect_code(0, "server rotate-keys --json");
+    let rotated: serde_json::Value = serde_json::from_str(&run.stdout).unwrap();
+    assert_eq!(rotated["previous_kid"], second.as_str(), "{rotated}");
+    assert_eq!(
+        rotated["version"], 3,
+        "the third rotation stored: {rotated}"
+    );
+    assert_ne!(rotated["current_kid"], second.as_str());
     assert_eq!(
         std::fs::read(server_dir.join("tokens.key")).unwrap(),
         key_file,

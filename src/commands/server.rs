@@ -76,6 +76,9 @@ pub enum ServerCommand {
         /// The server configuration.
         #[arg(long, value_name = "FILE")]
         config: PathBuf,
+        /// Print the result as JSON (current_kid, previous_kid, version).
+        #[arg(long)]
+        json: bool,
     },
     /// Install the systemd units: pivtap-server.service (`server run`) and
     /// pivtap-kiosk.service (`kiosk --headless`), run as a dedicated system user
@@ -422,7 +425,7 @@ pub fn run(command: ServerCommand) -> anyhow::Result<()> {
             println!("Restart the server to serve it.");
             Ok(())
         }
-        ServerCommand::RotateKeys { config } => {
+        ServerCommand::RotateKeys { config, json } => {
             let configuration = ServerConfig::load(&config)?;
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
@@ -438,6 +441,15 @@ pub fn run(command: ServerCommand) -> anyhow::Result<()> {
                 )
                 .await
             })?;
+            if json {
+                let value = serde_json::json!({
+                    "current_kid": rotated.current_kid,
+                    "previous_kid": rotated.previous_kid,
+                    "version": rotated.version,
+                });
+                println!("{value:#}");
+                return Ok(());
+            }
             println!(
                 "New token signing key {} (previous {} stays published until its tokens expire). \
                  Running servers sign with it within a second; no restart.",
