@@ -144,7 +144,10 @@ const EXAMPLES: &[(&[&str], &[&str])] = &[
     ),
     (
         &["server", "rotate-keys"],
-        &["pivtap server rotate-keys --config /etc/pivtap/server.toml"],
+        &[
+            "pivtap server rotate-keys --config /etc/pivtap/server.toml",
+            "pivtap server rotate-keys --config /etc/pivtap/server.toml --json",
+        ],
     ),
     (
         &["server", "run"],

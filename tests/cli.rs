@@ -952,3 +952,58 @@ fn the_kiosk_says_its_local_api_listens_only_once_bound() {
     let log = kiosk_log_until(&dir, taken_port, "cannot listen on");
     assert!(!log.contains("local API listening"), "{log}");
 }
+
+#[test]
+fn rotate_keys_writes_the_rotation_into_the_database_without_a_restart() {
+    let dir = TempDir::new().unwrap();
+    let server_dir = dir.path().join("server");
+    pivtap(&["server", "init", path_str(&server_dir)]).expect_code(0, "server init");
+    let config = server_dir.join("server.toml");
+    let key_file = std::fs::read(server_dir.join("tokens.key")).unwrap();
+    // "New token signing key NEW (previous OLD stays published ...". Restart not asked for.
+    let rotate = || {
+        let run = pivtap(&["server", "rotate-keys", "--config", path_str(&config)]);
+        run.expect_code(0, "server rotate-keys");
+        assert!(
+            run.stdout.contains("no restart") && !run.stdout.contains("Restart"),
+            "{}",
+            run.stdout
+        );
+        let word_after = |marker: &str| {
+            let rest = &run.stdout[run.stdout.find(marker).expect(marker) + marker.len()..];
+            rest.split_whitespace().next().unwrap().to_owned()
+        };
+        (
+            word_after("New token signing key "),
+            word_after("(previous "),
+        )
+    };
+    let (first, first_previous) = rotate();
+    let (second, second_previous) = rotate();
+    assert_ne!(first, first_previous);
+    assert_eq!(
+        second_previous, first,
+        "the second rotation goes on from the first, kept in the database"
+    );
+    assert_ne!(second, first);
+    let run = pivtap(&[
+        "server",
+        "rotate-keys",
+        "--config",
+        path_str(&config),
+        "--json",
+    ]);
+    run.expect_code(0, "server rotate-keys --json");
+    let rotated: serde_json::Value = serde_json::from_str(&run.stdout).unwrap();
+    assert_eq!(rotated["previous_kid"], second.as_str(), "{rotated}");
+    assert_eq!(
+        rotated["version"], 3,
+        "the third rotation stored: {rotated}"
+    );
+    assert_ne!(rotated["current_kid"], second.as_str());
+    assert_eq!(
+        std::fs::read(server_dir.join("tokens.key")).unwrap(),
+        key_file,
+        "the key file only seeds an empty database"
+    );
+}

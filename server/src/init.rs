@@ -133,7 +133,8 @@ impl Secret {
                 "every kiosk and client that pins the server key (sha256//...) stops connecting until it is given the new pin"
             }
             Secret::TokenKey => {
-                "every session token issued so far stops verifying at the apps (the JWKS no longer has its key)"
+                "every session token issued so far stops verifying at the apps (the JWKS no longer has its key); \
+                 a database that holds token keys already keeps them: use `pivtap server rotate-keys` there"
             }
             Secret::AdminToken => {
                 "admin scripts and `pivtap admin` using the old admin.token are refused"

@@ -29,6 +29,11 @@
 //! -----END PUBLIC KEY-----
 //! """
 //! ```
+//!
+//! A server keeps the key set in its store, in this same form: on first start an empty
+//! store takes the key file's keys (so tokens already issued stay valid), and from then on
+//! the store's set is the one in force: `pivtap server rotate-keys` writes its rotation into
+//! the store, and every node picks it up without a restart (see [`crate::server`], "Caches").
 
 use std::{
     fmt, fs, io,
@@ -112,6 +117,9 @@ pub enum TokenError {
         #[source]
         source: io::Error,
     },
+    /// The store's key set is not valid (it has the key file's form).
+    #[error("the token keys stored in the database are not valid: {0}")]
+    StoredKeysInvalid(KeyFileProblem),
     /// The key file was read but its contents are not valid.
     #[error("{} is not a valid token key file: {problem}", path.display())]
     KeyFileInvalid {
@@ -233,29 +241,37 @@ impl TokenKeys {
 
     /// Reads a key file written by [`TokenKeys::save`].
     pub fn load(path: &Path) -> Result<Self, TokenError> {
-        let invalid = |problem| TokenError::KeyFileInvalid {
-            path: path.to_owned(),
-            problem,
-        };
         let text = Zeroizing::new(fs::read_to_string(path).map_err(|source| {
             TokenError::KeyFileAccess {
                 path: path.to_owned(),
                 source,
             }
         })?);
+        Self::from_text(&text).map_err(|problem| TokenError::KeyFileInvalid {
+            path: path.to_owned(),
+            problem,
+        })
+    }
+
+    /// Reads the key file's text (as [`TokenKeys::to_text`] writes it; the store keeps
+    /// the key set in this form).
+    ///
+    /// # Errors
+    /// What is wrong with the text, never quoting it.
+    pub fn from_text(text: &str) -> Result<Self, KeyFileProblem> {
         // The TOML error would quote the offending line, which may hold the key.
-        let file: KeyFile = toml::from_str(&text).map_err(|_| invalid(KeyFileProblem::Syntax))?;
-        let current = SigningKey::from_pkcs8_pem(&file.current)
-            .map_err(|_| invalid(KeyFileProblem::CurrentKey))?;
+        let file: KeyFile = toml::from_str(text).map_err(|_| KeyFileProblem::Syntax)?;
+        let current =
+            SigningKey::from_pkcs8_pem(&file.current).map_err(|_| KeyFileProblem::CurrentKey)?;
         let mut keys = Self::with_current(current);
         if keys.signer.is_none() {
-            return Err(invalid(KeyFileProblem::CurrentKey));
+            return Err(KeyFileProblem::CurrentKey);
         }
         for entry in &file.retired {
             let key = VerifyingKey::from_public_key_pem(&entry.public_key)
-                .map_err(|_| invalid(KeyFileProblem::RetiredKey))?;
+                .map_err(|_| KeyFileProblem::RetiredKey)?;
             let retired_at = OffsetDateTime::parse(&entry.retired_at, &Rfc3339)
-                .map_err(|_| invalid(KeyFileProblem::RetiredAt))?;
+                .map_err(|_| KeyFileProblem::RetiredAt)?;
             keys.retired.push(RetiredKey {
                 published: PublishedKey::new(key),
                 retired_at,
@@ -264,9 +280,11 @@ impl TokenKeys {
         Ok(keys)
     }
 
-    /// Writes the key file atomically (a temporary file renamed over `path`),
-    /// readable by its owner only.
-    pub fn save(&self, path: &Path) -> Result<(), TokenError> {
+    /// The key file's text: TOML holding the private key (secret).
+    ///
+    /// # Errors
+    /// [`TokenError::KeyEncoding`] when a key cannot be encoded.
+    pub fn to_text(&self) -> Result<Zeroizing<String>, TokenError> {
         let current = self
             .current
             .to_pkcs8_pem(LineEnding::LF)
@@ -294,6 +312,13 @@ impl TokenKeys {
             "# pivtap session-token signing keys (ES256). Secret: keep this file private.\n",
         ));
         text.push_str(&body);
+        Ok(text)
+    }
+
+    /// Writes the key file atomically (a temporary file renamed over `path`),
+    /// readable by its owner only.
+    pub fn save(&self, path: &Path) -> Result<(), TokenError> {
+        let text = self.to_text()?;
         write_file_atomically(path, text.as_bytes(), PRIVATE_FILE_MODE).map_err(|source| {
             TokenError::KeyFileAccess {
                 path: path.to_owned(),
@@ -328,6 +353,12 @@ impl TokenKeys {
     pub fn jwks(&self) -> serde_json::Value {
         let keys: Vec<serde_json::Value> = self.published().map(PublishedKey::jwk).collect();
         serde_json::json!({ "keys": keys })
+    }
+
+    /// Whether the JWKS publishes the key named `kid`.
+    #[must_use]
+    pub fn publishes(&self, kid: &str) -> bool {
+        self.published().any(|key| key.kid == kid)
     }
 
     fn published(&self) -> impl Iterator<Item = &PublishedKey> {

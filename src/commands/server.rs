@@ -8,7 +8,6 @@ use clap::Subcommand;
 use pivtap_server::config::ServerConfig;
 use pivtap_server::init::{CONFIG_FILE, InitOptions, Secret, init_server, renew_tls};
 use pivtap_server::server;
-use pivtap_server::token::TokenKeys;
 use pivtap_server::{backup, check};
 
 mod service;
@@ -80,11 +79,15 @@ pub enum ServerCommand {
     },
     /// Start signing session tokens with a new key. The previous key stays in
     /// the JWKS until the last token it signed expires, so apps keep
-    /// accepting those tokens. Restart the server to sign with the new key.
+    /// accepting those tokens. The rotation is written to the database: every
+    /// running server signs with the new key within a second, no restart.
     RotateKeys {
         /// The server configuration.
         #[arg(long, value_name = "FILE")]
         config: PathBuf,
+        /// Print the result as JSON (current_kid, previous_kid, version).
+        #[arg(long)]
+        json: bool,
     },
     /// Install the systemd units: pivtap-server.service (`server run`) and
     /// pivtap-kiosk.service (`kiosk --headless`), run as a dedicated system user
@@ -450,22 +453,35 @@ pub fn run(command: ServerCommand) -> anyhow::Result<()> {
             println!("Restart the server to serve it.");
             Ok(())
         }
-        ServerCommand::RotateKeys { config } => {
+        ServerCommand::RotateKeys { config, json } => {
             let configuration = ServerConfig::load(&config)?;
-            let path = &configuration.tokens.key_file;
-            let mut keys =
-                TokenKeys::load(path).with_context(|| format!("cannot load {}", path.display()))?;
-            let previous = keys.current_kid().to_owned();
-            keys.rotate(
-                time::OffsetDateTime::now_utc(),
-                configuration.tokens.lifetime(),
-            );
-            keys.save(path)
-                .with_context(|| format!("cannot write {}", path.display()))?;
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .context("cannot start the async runtime")?;
+            let rotated = runtime.block_on(async {
+                let store = configuration.open_store().await?;
+                pivtap_server::server::rotate_token_keys(
+                    store.as_ref(),
+                    &configuration.tokens.key_file,
+                    configuration.tokens.lifetime(),
+                    time::OffsetDateTime::now_utc(),
+                )
+                .await
+            })?;
+            if json {
+                let value = serde_json::json!({
+                    "current_kid": rotated.current_kid,
+                    "previous_kid": rotated.previous_kid,
+                    "version": rotated.version,
+                });
+                println!("{value:#}");
+                return Ok(());
+            }
             println!(
-                "New token signing key {} (previous {previous} stays published until its tokens expire). \
-                 Restart the server to sign with it.",
-                keys.current_kid()
+                "New token signing key {} (previous {} stays published until its tokens expire). \
+                 Running servers sign with it within a second; no restart.",
+                rotated.current_kid, rotated.previous_kid
             );
             Ok(())
         }

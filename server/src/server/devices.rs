@@ -10,7 +10,6 @@
 //! Device enrollment codes are made and stored as card enrollment codes are
 //! ([`super::enrollment::new_code`], SHA-256 only, single use, expiring, audited).
 
-use std::collections::HashMap;
 use std::sync::{Mutex, OnceLock, PoisonError};
 use std::time::Instant;
 
@@ -45,39 +44,20 @@ use pivtap_protocol::wire::{
     RENEWAL_DEVICE_PREFIX,
 };
 
-/// The most proof ids remembered (each for twice the clock skew) before the oldest go.
-const MAX_REMEMBERED_PROOFS: usize = 100_000;
 /// How often open mode is logged again, at most.
 const OPEN_MODE_WARNING_INTERVAL: std::time::Duration = std::time::Duration::from_secs(60);
 
-/// What the device checks remember between requests: proof ids seen (replays), the
-/// issuing CA as a trust store, and when open mode was last logged.
+/// What the device checks keep on this node: the issuing CA as a trust store (the
+/// configuration's, fixed until a restart), and when open mode was last logged. The proof
+/// ids seen (replays) are the store's ([`Store::use_proof_id`](crate::store::Store::use_proof_id)),
+/// so a proof used at one node is refused at every other.
 #[derive(Default)]
 pub(crate) struct DeviceGate {
-    seen: Mutex<HashMap<String, i64>>,
     trust: OnceLock<Option<TrustStore>>,
     last_open_warning: Mutex<Option<Instant>>,
 }
 
 impl DeviceGate {
-    /// Whether `jti` is new (then it is remembered until `expires`, Unix seconds).
-    fn first_use(&self, jti: &str, now: i64, expires: i64) -> bool {
-        let mut seen = self.seen.lock().unwrap_or_else(PoisonError::into_inner);
-        if seen.len() >= MAX_REMEMBERED_PROOFS {
-            seen.retain(|_, until| *until >= now);
-        }
-        if seen.len() >= MAX_REMEMBERED_PROOFS {
-            seen.clear();
-        }
-        match seen.get(jti) {
-            Some(until) if *until >= now => false,
-            _ => {
-                seen.insert(jti.to_owned(), expires);
-                true
-            }
-        }
-    }
-
     /// Logs open mode, at most once a minute.
     fn warn_open_mode(&self, device: &str) {
         let mut last = self
@@ -237,12 +217,12 @@ async fn verify_proof(
             "the device proof's jti must be 1 to 64 characters",
         ));
     }
-    let remember_until = now_seconds.saturating_add(skew.saturating_mul(2));
-    if !state.device_gate().first_use(
-        &format!("{device}/{}", claims.jti),
-        now_seconds,
-        remember_until,
-    ) {
+    let remember_until = now + state.verifier().max_clock_skew().saturating_mul(2);
+    if !state
+        .store()
+        .use_proof_id(&format!("{device}/{}", claims.jti), now, remember_until)
+        .await?
+    {
         return Err(proof_invalid("the device proof was used already"));
     }
     Ok(())
@@ -599,19 +579,4 @@ pub async fn credential_locally(
     let (key_pem, der) = enroll_locally(state, id).await?;
     DeviceCredential::from_parts(&key_pem, &der)
         .map_err(|error| ApiError::new(ErrorCode::Internal, error.to_string()))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_proof_id_is_accepted_once_until_it_is_forgotten() {
-        let gate = DeviceGate::default();
-        assert!(gate.first_use("k/1", 100, 220));
-        assert!(!gate.first_use("k/1", 200, 320));
-        assert!(gate.first_use("k/2", 200, 320));
-        // Past its time the id is forgotten (its iat is out of the skew by then anyway).
-        assert!(gate.first_use("k/1", 221, 341));
-    }
 }

@@ -72,14 +72,20 @@ pub(crate) fn rfc3339(time: OffsetDateTime) -> String {
 
 /// Spends one challenge from the budget of `key`; past it, the request is counted for
 /// the source's summary, not audited, and answered `rate_limited`.
-fn spend_challenge(
+async fn spend_challenge(
     state: &ServerState,
     source: &ClientAddress,
     key: String,
 ) -> Result<(), ApiError> {
     state
         .limiter()
-        .spend(Spend::Challenge, &[key], std::time::Instant::now())
+        .spend(
+            state.store(),
+            Spend::Challenge,
+            &[key],
+            OffsetDateTime::now_utc(),
+        )
+        .await?
         .map_err(|wait| {
             state.limiter().count_unaudited(&source.key());
             ApiError::too_many_requests(wait)
@@ -98,7 +104,7 @@ pub async fn create_challenge(
     source: ClientAddress,
     body: Result<Json<ChallengeRequest>, JsonRejection>,
 ) -> Result<impl IntoResponse, ApiError> {
-    spend_challenge(&state, &source, source.key())?;
+    spend_challenge(&state, &source, source.key()).await?;
     let now = OffsetDateTime::now_utc();
     let request = match json_body(body)
         .and_then(|request| validate_device(&request.device).map(|()| request))
@@ -132,7 +138,7 @@ pub async fn create_challenge(
     };
     if request.proof.is_some() {
         // Proven (an unproven id, in open mode or for a renewal, could be anyone's).
-        spend_challenge(&state, &source, format!("device:{}", request.device))?;
+        spend_challenge(&state, &source, format!("device:{}", request.device)).await?;
     }
     let nonce = Nonce::generate();
     let expires_at = now + state.settings().challenge_lifetime;
@@ -319,21 +325,37 @@ pub(crate) async fn authenticate_verified(
     let card_key = format!("card:{}", facts.fingerprint);
     let device_key = device_key(&payload.device, source);
     let keys = [card_key.clone(), device_key.clone()];
-    if let Some(retry_after) = state.limiter().retry_after(&keys, now) {
+    let held = state
+        .limiter()
+        .retry_after(state.store(), &keys, now)
+        .await?;
+    if let Some(retry_after) = held.retry_after {
         return Err(ApiError::rate_limited(retry_after));
     }
     let result = authorise(state, &verified, now, record).await;
-    match &result {
-        Ok(_) => state.limiter().record_success(&keys),
+    let counted = match &result {
+        Ok(_) => {
+            state
+                .limiter()
+                .record_success(state.store(), &keys, held)
+                .await
+        }
         Err(error) if error.code != ErrorCode::Internal => {
             let proven: &[String] = if record.device_proven {
                 &keys
             } else {
                 std::slice::from_ref(&card_key)
             };
-            state.limiter().record_failure(proven, now);
+            state
+                .limiter()
+                .record_failure(state.store(), proven, now)
+                .await
         }
-        Err(_) => {}
+        Err(_) => Ok(()),
+    };
+    if let Err(error) = counted {
+        // The answer stands (a sign-in recorded is recorded); the counters miss one.
+        tracing::warn!(%error, "the failure counters could not be updated");
     }
     result.map(|user| (verified, user))
 }

@@ -3,6 +3,40 @@
 //! [`app`] builds the router over a [`ServerState`], so tests drive it with
 //! `oneshot` and no socket; [`serve`] puts it on HTTPS (rustls) or, on
 //! loopback only, plain HTTP.
+//!
+//! # Several nodes
+//!
+//! Every piece of state that decides a sign-in is the store's, so any number of nodes on
+//! one store answer alike: challenges (used once across nodes), failure counters and
+//! request budgets ([`rate_limit`]), device proof ids ([`devices`]), card and user states,
+//! revocations, devices, enrollment codes, admin credentials, the audit, and the token
+//! signing keys. The issuing CA, the TLS certificate, trusted CAs and CRLs are the shared
+//! configuration directory's files. Times are wall-clock: keep the nodes' clocks in step (NTP).
+//!
+//! # Caches
+//!
+//! What a node keeps in memory, and how long it may lag behind the store or the files:
+//!
+//! - Card and user states, revocations, devices and their states, admin credentials:
+//!   none; read from the store on every request, so a lock or revocation through any node
+//!   refuses the next sign-in at every node.
+//! - Token signing keys (what signs, and the JWKS): read from the store every
+//!   [`TOKEN_KEYS_REFRESH`] (500 ms): a rotation is in force on every node within about
+//!   half a second. The JWKS answer says `max-age=300`: a relying party that caches it
+//!   must fetch it again when a token names a `kid` it does not have.
+//! - Trust anchors, CRLs and challenge rules ([`ServerState::verifier`]) and the mapping:
+//!   from the configuration's files at start, replaced on SIGHUP ([`ServerState::reload`]):
+//!   after changing those files, send SIGHUP to every node. They lag until then; they
+//!   hold no state the store or an administrator's lock changes.
+//! - The issuing CA as the device checks' trust store: the configuration's, fixed until a
+//!   restart (as the issuing CA itself is).
+//! - Readiness ([`ServerState::is_ready`]): a store write's answer is reused for
+//!   [`READINESS_CACHE`] (1 s); it decides no sign-in.
+//! - `GET /v1/crl` is made from the store on every request; its `max-age=60` lets HTTP
+//!   caches and relying parties keep it a minute.
+//! - Node-local, and deciding nothing: the refusals answered `rate_limited` and summarised
+//!   in the audit once a minute (each node summarises its own), metrics, the open-mode
+//!   warning's timer.
 
 pub mod admin;
 pub mod body;
@@ -83,6 +117,8 @@ struct Inner {
     /// When the TLS certificate served ends, if known (see [`ServerState::tls_warning`]).
     tls_not_after: RwLock<Option<time::OffsetDateTime>>,
     tokens: RwLock<TokenKeys>,
+    /// The store's version of the key set in `tokens` (0: not read from the store yet).
+    token_version: std::sync::atomic::AtomicI64,
     /// SHA-256 of the admin credential: compared in constant time, never kept in clear.
     admin_token_hash: [u8; 32],
     limiter: RateLimiter,
@@ -162,6 +198,7 @@ impl ServerState {
                 verifier: RwLock::new(Arc::new(verifier)),
                 tls_not_after: RwLock::new(None),
                 tokens: RwLock::new(tokens),
+                token_version: std::sync::atomic::AtomicI64::new(0),
                 admin_token_hash: Sha256::digest(admin_token.trim().as_bytes()).into(),
                 limiter,
                 metrics: Metrics::default(),
@@ -333,6 +370,74 @@ impl ServerState {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
+    /// Brings the token keys in force up to the store's key set, and returns whether they
+    /// changed: a newer version in the store replaces them; an empty store takes the keys
+    /// this state holds (the key file's, at start), so tokens issued before stay valid.
+    /// The server calls it at start and every [`TOKEN_KEYS_REFRESH`].
+    ///
+    /// # Errors
+    /// [`StartError::TokenKeys`] when the store fails, [`StartError::Tokens`] when its key
+    /// set cannot be read (the keys in force are kept).
+    pub async fn sync_token_keys(&self) -> Result<bool, StartError> {
+        use std::sync::atomic::Ordering;
+        // Two rounds at most: an empty store another node filled first is read again.
+        for _ in 0..2 {
+            let held = self.inner.token_version.load(Ordering::Acquire);
+            match self
+                .store()
+                .token_keys()
+                .await
+                .map_err(StartError::TokenKeys)?
+            {
+                Some(stored) if stored.version == held => return Ok(false),
+                Some(stored) => {
+                    let keys = TokenKeys::from_text(&stored.keys).map_err(|problem| {
+                        StartError::Tokens(crate::token::TokenError::StoredKeysInvalid(problem))
+                    })?;
+                    let kid = keys.current_kid().to_owned();
+                    let held_kid = self.tokens().current_kid().to_owned();
+                    if held == 0 && !keys.publishes(&held_kid) {
+                        // The keys held are the key file's: it was replaced (or is another
+                        // directory's) after the store took its keys.
+                        tracing::warn!(
+                            file_kid = held_kid,
+                            "the token key file holds a key the database's key set does not \
+                             publish; the database's keys are in force (the key file only seeds \
+                             an empty database): make a new key with `pivtap server rotate-keys`"
+                        );
+                    }
+                    *self.tokens_mut() = keys;
+                    self.inner
+                        .token_version
+                        .store(stored.version, Ordering::Release);
+                    tracing::info!(
+                        version = stored.version,
+                        kid,
+                        "token signing keys loaded from the store"
+                    );
+                    return Ok(true);
+                }
+                None => {
+                    let text = self.tokens().to_text().map_err(StartError::Tokens)?;
+                    match self
+                        .store()
+                        .replace_token_keys(&text, None, time::OffsetDateTime::now_utc())
+                        .await
+                    {
+                        Ok(version) => {
+                            self.inner.token_version.store(version, Ordering::Release);
+                            tracing::info!("the store took the key file's token signing keys");
+                            return Ok(false);
+                        }
+                        Err(crate::store::StoreError::Conflict { .. }) => {}
+                        Err(error) => return Err(StartError::TokenKeys(error)),
+                    }
+                }
+            }
+        }
+        Ok(false)
+    }
+
     /// The failure counters.
     #[must_use]
     pub fn limiter(&self) -> &RateLimiter {
@@ -358,13 +463,22 @@ impl ServerState {
     ) -> error::ApiError {
         if error.code.http_status() < 500 {
             let key = source.key();
-            if let Err(wait) = self.limiter().spend(
-                rate_limit::Spend::Refusal,
-                std::slice::from_ref(&key),
-                Instant::now(),
-            ) {
-                self.limiter().count_unaudited(&key);
-                return error::ApiError::too_many_requests(wait);
+            match self
+                .limiter()
+                .spend(
+                    self.store(),
+                    rate_limit::Spend::Refusal,
+                    std::slice::from_ref(&key),
+                    time::OffsetDateTime::now_utc(),
+                )
+                .await
+            {
+                Ok(Ok(())) => {}
+                Ok(Err(wait)) => {
+                    self.limiter().count_unaudited(&key);
+                    return error::ApiError::too_many_requests(wait);
+                }
+                Err(store_error) => return store_error.into(),
             }
         }
         match self.store().audit(event).await {
@@ -452,6 +566,9 @@ pub enum StartError {
     /// The store opened but failed.
     #[error("the store failed")]
     Store(#[source] crate::store::StoreError),
+    /// The token keys could not be read from or written to the database.
+    #[error("cannot read or write the token signing keys in the database")]
+    TokenKeys(#[source] crate::store::StoreError),
     /// The database opened but cannot be written (a read-only file or
     /// directory, a full disk): no sign-in could be recorded.
     #[error("the database {} cannot be written", .path.display())]
@@ -593,6 +710,7 @@ pub async fn from_config(
             config.metrics.listen,
             metrics_token.as_deref().map(String::as_str),
         ));
+    state.sync_token_keys().await?;
     if let Some(tls) = &config.tls {
         match std::fs::read(&tls.certificate)
             .map_err(|error| error.to_string())
@@ -617,6 +735,65 @@ pub async fn from_config(
         },
     };
     Ok((state, listener))
+}
+
+/// What [`rotate_token_keys`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RotatedKeys {
+    /// The `kid` of the key that signed until now (published until its tokens expire).
+    pub previous_kid: String,
+    /// The `kid` of the new signing key.
+    pub current_kid: String,
+    /// The store's version of the new key set.
+    pub version: i64,
+}
+
+/// Rotates the token signing keys in the store at `now` ([`TokenKeys::rotate`]): every
+/// running node signs with the new key within [`TOKEN_KEYS_REFRESH`], no restart. An empty
+/// store starts from the key file's keys. A rotation another node stored meanwhile is read
+/// again and rotated on (a few tries).
+///
+/// # Errors
+/// [`StartError::TokenKeys`] when the store fails (or keeps changing under it),
+/// [`StartError::Tokens`] when the keys cannot be read or written.
+pub async fn rotate_token_keys(
+    store: &dyn Store,
+    key_file: &std::path::Path,
+    max_token_lifetime: Duration,
+    now: time::OffsetDateTime,
+) -> Result<RotatedKeys, StartError> {
+    const TRIES: usize = 5;
+    let mut conflict = None;
+    for _ in 0..TRIES {
+        let (mut keys, replaces) = match store.token_keys().await.map_err(StartError::TokenKeys)? {
+            Some(stored) => (
+                TokenKeys::from_text(&stored.keys).map_err(|problem| {
+                    StartError::Tokens(crate::token::TokenError::StoredKeysInvalid(problem))
+                })?,
+                Some(stored.version),
+            ),
+            None => (TokenKeys::load(key_file).map_err(StartError::Tokens)?, None),
+        };
+        let previous_kid = keys.current_kid().to_owned();
+        keys.rotate(now, max_token_lifetime);
+        let text = keys.to_text().map_err(StartError::Tokens)?;
+        match store.replace_token_keys(&text, replaces, now).await {
+            Ok(version) => {
+                return Ok(RotatedKeys {
+                    previous_kid,
+                    current_kid: keys.current_kid().to_owned(),
+                    version,
+                });
+            }
+            Err(error @ crate::store::StoreError::Conflict { .. }) => conflict = Some(error),
+            Err(error) => return Err(StartError::TokenKeys(error)),
+        }
+    }
+    Err(StartError::TokenKeys(conflict.unwrap_or(
+        crate::store::StoreError::Conflict {
+            what: "the token keys kept changing".to_owned(),
+        },
+    )))
 }
 
 /// Logs a warning for each group of users who share a mapped attribute: a database from
@@ -867,8 +1044,10 @@ pub async fn serve_with_handle(
         None => None,
     };
     let maintenance = tokio::spawn(maintain(state.clone()));
+    let key_refresh = tokio::spawn(keep_token_keys_current(state.clone()));
     let served = serve_router(app(state.clone()), listener, handle, &limits).await;
     maintenance.abort();
+    key_refresh.abort();
     if let Some((metrics_handle, metrics_task)) = metrics {
         metrics_handle.shutdown();
         let _ = metrics_task.await;
@@ -907,6 +1086,32 @@ fn start_metrics_listener(
     Ok((handle, task))
 }
 
+/// How often a running server reads the store's token key set version: a rotation at
+/// any node is signed with and published by every node within this time (plus one read).
+pub const TOKEN_KEYS_REFRESH: Duration = Duration::from_millis(500);
+
+/// Runs [`ServerState::sync_token_keys`] every [`TOKEN_KEYS_REFRESH`] while the server
+/// runs; a failure is logged once until a round succeeds again (the keys in force stay).
+pub async fn keep_token_keys_current(state: ServerState) {
+    let mut ticks = tokio::time::interval(TOKEN_KEYS_REFRESH);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut failing = false;
+    loop {
+        ticks.tick().await;
+        match state.sync_token_keys().await {
+            Ok(_) => failing = false,
+            Err(error) if !failing => {
+                failing = true;
+                tracing::warn!(
+                    error = %crate::check::error_chain(&error),
+                    "cannot read the token signing keys from the store; the keys in force stay"
+                );
+            }
+            Err(_) => {}
+        }
+    }
+}
+
 /// How often the store is tidied while the server runs.
 const MAINTENANCE_INTERVAL: Duration = Duration::from_secs(60);
 /// How long expired challenges are kept: a late replay of one within this
@@ -943,9 +1148,18 @@ async fn maintain(state: ServerState) {
 }
 
 /// One round of the server's upkeep at `now` (the server runs one a minute): one audit
-/// event per source whose refusals went unaudited since the last round, then [`tidy`].
+/// event per source whose refusals went unaudited since the last round, the spent
+/// flow-control records purged ([`Store::purge_flow_control`]), then [`tidy`].
 pub async fn upkeep(state: &ServerState, now: time::OffsetDateTime) {
     summarise_unaudited(state, now).await;
+    match state
+        .store()
+        .purge_flow_control(now, state.limiter().failures_forgotten_before(now))
+        .await
+    {
+        Ok(purged) => tracing::debug!(purged, "spent flow-control records purged"),
+        Err(error) => tracing::warn!(%error, "purging the flow-control records failed"),
+    }
     tidy(state.store(), now, state.settings().audit_retention).await;
 }
 

@@ -6,12 +6,19 @@
 //! [`handlers::authenticate`](super::handlers)); everything else a client does
 //! is bounded by its source address's budgets, which is what keeps one client
 //! from filling the audit log.
+//!
+//! The counters and budgets live in the store ([`Store::record_failures`],
+//! [`Store::spend_budget`]), so every node of a deployment counts the same failures and
+//! spends the same budgets; the maths here (delays, GCRA steps, waits) is pure. Times are
+//! wall-clock: the nodes' clocks must agree (NTP).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::sync::{Mutex, PoisonError};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use time::OffsetDateTime;
+
+use crate::store::{BudgetUse, FailureCount, Store, StoreError};
 
 /// The limits (from `[rate_limit]` in server.toml).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -68,6 +75,31 @@ impl Budget {
     };
 }
 
+impl Budget {
+    /// The GCRA step of the budget: one request is refilled per step.
+    #[must_use]
+    pub fn step(self) -> Duration {
+        Duration::from_secs(60) / self.per_minute.max(1)
+    }
+
+    /// The GCRA tolerance: how far a bucket's horizon may run ahead of now, `burst` steps.
+    #[must_use]
+    pub fn tolerance(self) -> Duration {
+        self.step().saturating_mul(self.burst)
+    }
+
+    /// How long a request must wait when its bucket's horizon is `horizon` at `now`
+    /// (at least one step when there will never be room, a budget of nothing).
+    #[must_use]
+    pub fn wait(self, horizon: OffsetDateTime, now: OffsetDateTime) -> Duration {
+        let room_at = horizon + self.step() - self.tolerance();
+        Duration::try_from(room_at - now)
+            .ok()
+            .filter(|wait| !wait.is_zero())
+            .unwrap_or_else(|| self.step())
+    }
+}
+
 /// Which budget a request spends.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Spend {
@@ -77,48 +109,38 @@ pub enum Spend {
     Refusal,
 }
 
-#[derive(Debug, Clone, Copy)]
-struct Bucket {
-    tokens: f64,
-    updated: Instant,
-}
-
-impl Bucket {
-    /// Adds what `budget` refills since the last update, up to its size.
-    fn refill(&mut self, budget: Budget, now: Instant) {
-        let elapsed = now.saturating_duration_since(self.updated).as_secs_f64();
-        self.tokens = (self.tokens + elapsed * f64::from(budget.per_minute) / 60.0)
-            .min(f64::from(budget.burst));
-        self.updated = now;
-    }
-
-    /// How long until one token is there.
-    fn wait(&self, budget: Budget) -> Duration {
-        let missing = (1.0 - self.tokens).max(0.0);
-        Duration::from_secs_f64(missing * 60.0 / f64::from(budget.per_minute.max(1)))
+impl Spend {
+    /// The budget's kind as the store names it.
+    #[must_use]
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Spend::Challenge => "challenge",
+            Spend::Refusal => "refusal",
+        }
     }
 }
 
-#[derive(Debug, Clone, Copy)]
-struct Failures {
-    count: u32,
-    last: OffsetDateTime,
-    blocked_until: Option<OffsetDateTime>,
+/// The failure counters of some keys as read before a sign-in
+/// ([`RateLimiter::retry_after`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Held {
+    /// How long the caller must still wait, if any key is held back.
+    pub retry_after: Option<Duration>,
+    /// Whether any of the keys has a failure counter (a success then clears them).
+    pub counted: bool,
 }
 
-/// Failure counters by key (`card:<fingerprint>`, `device:<id>@<source>`), and
-/// budgets by key (`source:<address>`).
+/// The flow control's policy over the store's shared counters: failure counters by key
+/// (`card:<fingerprint>`, `device:<id>@<source>`) and budgets by key (`source:<address>`,
+/// `device:<id>`) live in the store, so every node decides alike; only the summary of
+/// refusals not audited one by one is this node's own (a log summary, not a decision).
 #[derive(Debug, Default)]
 pub struct RateLimiter {
     policy: RateLimitPolicy,
-    failures: Mutex<HashMap<String, Failures>>,
-    buckets: Mutex<HashMap<(Spend, String), Bucket>>,
     /// Refusals not audited one by one since the last summary, by key.
     unaudited: Mutex<BTreeMap<String, u64>>,
 }
 
-/// Most keys tracked at once; the oldest are forgotten beyond it.
-const MAX_TRACKED_KEYS: usize = 100_000;
 /// Most keys whose unaudited refusals are counted apart; the rest are counted together.
 const MAX_SUMMARISED_KEYS: usize = 1_000;
 /// The key the refusals of every key beyond [`MAX_SUMMARISED_KEYS`] are counted under.
@@ -130,10 +152,14 @@ impl RateLimiter {
     pub fn new(policy: RateLimitPolicy) -> Self {
         RateLimiter {
             policy,
-            failures: Mutex::new(HashMap::new()),
-            buckets: Mutex::new(HashMap::new()),
             unaudited: Mutex::new(BTreeMap::new()),
         }
+    }
+
+    /// The policy.
+    #[must_use]
+    pub fn policy(&self) -> RateLimitPolicy {
+        self.policy
     }
 
     /// Spends one request of `spend`'s budget from every one of `keys` (each key has its
@@ -141,45 +167,25 @@ impl RateLimiter {
     /// if one is empty, none, and then how long until it has room again.
     ///
     /// # Errors
-    /// The wait, when one of the buckets is empty.
-    pub fn spend(&self, spend: Spend, keys: &[String], now: Instant) -> Result<(), Duration> {
+    /// [`StoreError`] when the store fails; `Ok(Err(wait))` when a bucket is empty.
+    pub async fn spend(
+        &self,
+        store: &dyn Store,
+        spend: Spend,
+        keys: &[String],
+        now: OffsetDateTime,
+    ) -> Result<Result<(), Duration>, StoreError> {
         let budget = match spend {
             Spend::Challenge => self.policy.challenges,
             Spend::Refusal => self.policy.refusals,
         };
-        let mut buckets = self.buckets.lock().unwrap_or_else(PoisonError::into_inner);
-        if buckets.len() >= MAX_TRACKED_KEYS {
-            // A bucket that has filled up again is the same as a missing one.
-            let policy = self.policy;
-            buckets.retain(|(spend, _), bucket| {
-                let budget = match spend {
-                    Spend::Challenge => policy.challenges,
-                    Spend::Refusal => policy.refusals,
-                };
-                bucket.refill(budget, now);
-                bucket.tokens < f64::from(budget.burst)
-            });
-        }
-        let mut wait = Duration::ZERO;
-        for key in keys {
-            let bucket = buckets.entry((spend, key.clone())).or_insert(Bucket {
-                tokens: f64::from(budget.burst),
-                updated: now,
-            });
-            bucket.refill(budget, now);
-            if bucket.tokens < 1.0 {
-                wait = wait.max(bucket.wait(budget));
-            }
-        }
-        if wait > Duration::ZERO {
-            return Err(wait);
-        }
-        for key in keys {
-            if let Some(bucket) = buckets.get_mut(&(spend, key.clone())) {
-                bucket.tokens -= 1.0;
-            }
-        }
-        Ok(())
+        let used = store
+            .spend_budget(spend.as_str(), keys, now, budget.step(), budget.tolerance())
+            .await?;
+        Ok(match used {
+            BudgetUse::Spent => Ok(()),
+            BudgetUse::Empty { horizon } => Err(budget.wait(horizon, now)),
+        })
     }
 
     /// Counts a refusal under `key` that was answered `rate_limited` instead of audited.
@@ -206,62 +212,93 @@ impl RateLimiter {
         )
     }
 
-    /// How long the caller must still wait, if any of `keys` is held back.
-    pub fn retry_after(&self, keys: &[String], now: OffsetDateTime) -> Option<Duration> {
-        let failures = self.failures.lock().unwrap_or_else(PoisonError::into_inner);
-        keys.iter()
-            .filter_map(|key| failures.get(key)?.blocked_until)
+    /// Reads the failure counters of `keys` (one read): how long the caller must still
+    /// wait, and whether there are counters to clear after a success.
+    ///
+    /// # Errors
+    /// [`StoreError`] when the store fails.
+    pub async fn retry_after(
+        &self,
+        store: &dyn Store,
+        keys: &[String],
+        now: OffsetDateTime,
+    ) -> Result<Held, StoreError> {
+        let counts = store.failures(keys).await?;
+        Ok(Held {
+            retry_after: self.policy.retry_after(&counts, now),
+            counted: !counts.is_empty(),
+        })
+    }
+
+    /// Counts a failure against every key; past the limit, they are held back for a delay
+    /// that doubles with each further failure ([`RateLimitPolicy::retry_after`]).
+    ///
+    /// # Errors
+    /// [`StoreError`] when the store fails.
+    pub async fn record_failure(
+        &self,
+        store: &dyn Store,
+        keys: &[String],
+        now: OffsetDateTime,
+    ) -> Result<(), StoreError> {
+        store
+            .record_failures(keys, now, now - self.policy.window)
+            .await
+    }
+
+    /// A success clears the counters of `keys`; `held` (what [`RateLimiter::retry_after`]
+    /// read) saves the write when there were none.
+    ///
+    /// # Errors
+    /// [`StoreError`] when the store fails.
+    pub async fn record_success(
+        &self,
+        store: &dyn Store,
+        keys: &[String],
+        held: Held,
+    ) -> Result<(), StoreError> {
+        if held.counted {
+            store.clear_failures(keys).await?;
+        }
+        Ok(())
+    }
+
+    /// When the store may forget failure counters at `now`: once their last failure is
+    /// older than both the window (no longer counted) and the longest delay (no longer
+    /// holding anything back).
+    #[must_use]
+    pub fn failures_forgotten_before(&self, now: OffsetDateTime) -> OffsetDateTime {
+        now - self.policy.window.max(self.policy.max_delay)
+    }
+}
+
+impl RateLimitPolicy {
+    /// How long the caller must still wait at `now` given the failure counters of its keys:
+    /// the longest delay still running. A counter of `count` failures, the last at `last`,
+    /// holds its key back until `last` plus [`RateLimitPolicy::delay_after`] `count`.
+    #[must_use]
+    pub fn retry_after(&self, counts: &[FailureCount], now: OffsetDateTime) -> Option<Duration> {
+        counts
+            .iter()
+            .filter_map(|count| Some(count.last + self.delay_after(count.count)?))
             .filter(|until| *until > now)
             .map(|until| Duration::try_from(until - now).unwrap_or_default())
             .max()
     }
 
-    /// Counts a failure against every key; past the limit, blocks them for a growing delay.
-    pub fn record_failure(&self, keys: &[String], now: OffsetDateTime) {
-        let mut failures = self.failures.lock().unwrap_or_else(PoisonError::into_inner);
-        if failures.len() >= MAX_TRACKED_KEYS {
-            let window = self.policy.window;
-            failures.retain(|_, f| now - f.last < window);
-        }
-        for key in keys {
-            let entry = failures.entry(key.clone()).or_insert(Failures {
-                count: 0,
-                last: now,
-                blocked_until: None,
-            });
-            if now - entry.last > self.policy.window {
-                entry.count = 0;
-                entry.blocked_until = None;
-            }
-            entry.count = entry.count.saturating_add(1);
-            entry.last = now;
-            if let Some(delay) = self.delay_after(entry.count) {
-                entry.blocked_until = Some(now + delay);
-            }
-        }
-    }
-
-    /// A success clears the counters of `keys`.
-    pub fn record_success(&self, keys: &[String]) {
-        let mut failures = self.failures.lock().unwrap_or_else(PoisonError::into_inner);
-        for key in keys {
-            failures.remove(key);
-        }
-    }
-
     /// The delay after `count` failures: none up to the limit, then base, 2 base, 4 base, ... up to max.
-    fn delay_after(&self, count: u32) -> Option<Duration> {
-        let over = count.checked_sub(self.policy.failures_before_delay)?;
+    #[must_use]
+    pub fn delay_after(&self, count: u32) -> Option<Duration> {
+        let over = count.checked_sub(self.failures_before_delay)?;
         if over == 0 {
             return None;
         }
         let factor = 1u32.checked_shl(over - 1).unwrap_or(u32::MAX);
         Some(
-            self.policy
-                .base_delay
+            self.base_delay
                 .checked_mul(factor)
-                .unwrap_or(self.policy.max_delay)
-                .min(self.policy.max_delay),
+                .unwrap_or(self.max_delay)
+                .min(self.max_delay),
         )
     }
 }
@@ -269,6 +306,9 @@ impl RateLimiter {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::SqliteStore;
+
+    type TestResult = Result<(), Box<dyn std::error::Error + Send + Sync>>;
 
     fn limiter() -> RateLimiter {
         RateLimiter::new(RateLimitPolicy {
@@ -280,8 +320,73 @@ mod tests {
         })
     }
 
+    async fn store() -> Result<SqliteStore, StoreError> {
+        SqliteStore::in_memory().await
+    }
+
+    /// The wait a failure-free read gives.
+    async fn retry_after(
+        limiter: &RateLimiter,
+        store: &SqliteStore,
+        keys: &[String],
+        now: OffsetDateTime,
+    ) -> Result<Option<Duration>, StoreError> {
+        Ok(limiter.retry_after(store, keys, now).await?.retry_after)
+    }
+
     #[test]
-    fn budgets_allow_a_burst_then_refill_per_key() {
+    fn budgets_are_gcra_steps_and_waits() {
+        let budget = Budget {
+            burst: 3,
+            per_minute: 60,
+        };
+        assert_eq!(budget.step(), Duration::from_secs(1));
+        assert_eq!(budget.tolerance(), Duration::from_secs(3));
+        let t0 = OffsetDateTime::UNIX_EPOCH;
+        // Three spent at t0: the horizon is t0 + 3; room again at t0 + 1.
+        assert_eq!(
+            budget.wait(t0 + Duration::from_secs(3), t0),
+            Duration::from_secs(1)
+        );
+        assert_eq!(
+            budget.wait(t0 + Duration::from_millis(3500), t0),
+            Duration::from_millis(1500)
+        );
+        let nothing = Budget {
+            burst: 0,
+            per_minute: 60,
+        };
+        assert_eq!(nothing.wait(t0, t0), Duration::from_secs(1), "never zero");
+    }
+
+    #[test]
+    fn the_policy_holds_back_from_the_last_failure_for_the_delay_of_the_count() {
+        let policy = limiter().policy();
+        let t0 = OffsetDateTime::UNIX_EPOCH;
+        let count = |count, last| FailureCount {
+            key: "card:ab".to_owned(),
+            count,
+            last,
+        };
+        assert_eq!(policy.retry_after(&[count(2, t0)], t0), None);
+        assert_eq!(
+            policy.retry_after(&[count(3, t0), count(4, t0)], t0 + Duration::from_secs(1)),
+            Some(Duration::from_secs(3)),
+            "the longest wait of the keys"
+        );
+        assert_eq!(
+            policy.retry_after(&[count(40, t0)], t0),
+            Some(Duration::from_secs(10))
+        );
+        assert_eq!(
+            policy.retry_after(&[count(40, t0)], t0 + Duration::from_secs(10)),
+            None
+        );
+    }
+
+    #[tokio::test]
+    async fn budgets_allow_a_burst_then_refill_per_key() -> TestResult {
+        let store = store().await?;
         let limiter = RateLimiter::new(RateLimitPolicy {
             refusals: Budget {
                 burst: 3,
@@ -289,33 +394,59 @@ mod tests {
             },
             ..RateLimitPolicy::default()
         });
-        let t0 = Instant::now();
+        let t0 = OffsetDateTime::now_utc();
         let a = ["source:192.0.2.1".to_owned()];
         let b = ["source:192.0.2.2".to_owned()];
         for _ in 0..3 {
-            assert_eq!(limiter.spend(Spend::Refusal, &a, t0), Ok(()));
+            assert_eq!(limiter.spend(&store, Spend::Refusal, &a, t0).await?, Ok(()));
         }
-        let wait = limiter.spend(Spend::Refusal, &a, t0).unwrap_err();
+        let wait = limiter
+            .spend(&store, Spend::Refusal, &a, t0)
+            .await?
+            .unwrap_err();
         assert!(wait > Duration::from_millis(900) && wait <= Duration::from_secs(1));
         assert_eq!(
-            limiter.spend(Spend::Refusal, &b, t0),
+            limiter.spend(&store, Spend::Refusal, &b, t0).await?,
             Ok(()),
             "b has its own"
         );
         assert_eq!(
-            limiter.spend(Spend::Challenge, &a, t0),
+            limiter.spend(&store, Spend::Challenge, &a, t0).await?,
             Ok(()),
             "challenges have their own budget"
         );
         let later = t0 + Duration::from_secs(2);
-        assert_eq!(limiter.spend(Spend::Refusal, &a, later), Ok(()));
-        assert_eq!(limiter.spend(Spend::Refusal, &a, later), Ok(()));
-        assert!(limiter.spend(Spend::Refusal, &a, later).is_err());
+        assert_eq!(
+            limiter.spend(&store, Spend::Refusal, &a, later).await?,
+            Ok(())
+        );
+        assert_eq!(
+            limiter.spend(&store, Spend::Refusal, &a, later).await?,
+            Ok(())
+        );
+        assert!(
+            limiter
+                .spend(&store, Spend::Refusal, &a, later)
+                .await?
+                .is_err()
+        );
         // With several keys, one empty bucket refuses and spends none of the others.
         let both = [a[0].clone(), b[0].clone()];
-        assert!(limiter.spend(Spend::Refusal, &both, later).is_err());
-        assert_eq!(limiter.spend(Spend::Refusal, &b, later), Ok(()));
-        assert_eq!(limiter.spend(Spend::Refusal, &b, later), Ok(()));
+        assert!(
+            limiter
+                .spend(&store, Spend::Refusal, &both, later)
+                .await?
+                .is_err()
+        );
+        assert_eq!(
+            limiter.spend(&store, Spend::Refusal, &b, later).await?,
+            Ok(())
+        );
+        assert_eq!(
+            limiter.spend(&store, Spend::Refusal, &b, later).await?,
+            Ok(())
+        );
+        Ok(())
     }
 
     #[test]
@@ -336,58 +467,81 @@ mod tests {
         assert_eq!(counts.get(OTHER_SOURCES), Some(&5));
     }
 
-    #[test]
-    fn delays_start_after_the_limit_and_double() {
+    #[tokio::test]
+    async fn delays_start_after_the_limit_and_double() -> TestResult {
+        let store = store().await?;
         let limiter = limiter();
         let keys = ["device:k1".to_owned()];
-        let t0 = OffsetDateTime::UNIX_EPOCH;
-        limiter.record_failure(&keys, t0);
-        limiter.record_failure(&keys, t0);
+        let t0 = OffsetDateTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        limiter.record_failure(&store, &keys, t0).await?;
+        limiter.record_failure(&store, &keys, t0).await?;
         assert_eq!(
-            limiter.retry_after(&keys, t0),
+            retry_after(&limiter, &store, &keys, t0).await?,
             None,
             "two failures are allowed"
         );
-        limiter.record_failure(&keys, t0);
-        assert_eq!(limiter.retry_after(&keys, t0), Some(Duration::from_secs(2)));
-        limiter.record_failure(&keys, t0);
-        assert_eq!(limiter.retry_after(&keys, t0), Some(Duration::from_secs(4)));
-        limiter.record_failure(&keys, t0);
-        limiter.record_failure(&keys, t0);
+        limiter.record_failure(&store, &keys, t0).await?;
         assert_eq!(
-            limiter.retry_after(&keys, t0),
+            retry_after(&limiter, &store, &keys, t0).await?,
+            Some(Duration::from_secs(2))
+        );
+        limiter.record_failure(&store, &keys, t0).await?;
+        assert_eq!(
+            retry_after(&limiter, &store, &keys, t0).await?,
+            Some(Duration::from_secs(4))
+        );
+        limiter.record_failure(&store, &keys, t0).await?;
+        limiter.record_failure(&store, &keys, t0).await?;
+        assert_eq!(
+            retry_after(&limiter, &store, &keys, t0).await?,
             Some(Duration::from_secs(10)),
             "capped"
         );
         let later = t0 + Duration::from_secs(11);
         assert_eq!(
-            limiter.retry_after(&keys, later),
+            retry_after(&limiter, &store, &keys, later).await?,
             None,
             "the delay runs out"
         );
+        Ok(())
     }
 
-    #[test]
-    fn success_and_the_window_forget_failures() {
+    #[tokio::test]
+    async fn success_and_the_window_forget_failures() -> TestResult {
+        let store = store().await?;
         let limiter = limiter();
         let keys = ["card:ab".to_owned(), "device:k".to_owned()];
-        let t0 = OffsetDateTime::UNIX_EPOCH;
+        let t0 = OffsetDateTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
         for _ in 0..3 {
-            limiter.record_failure(&keys, t0);
+            limiter.record_failure(&store, &keys, t0).await?;
         }
-        assert!(limiter.retry_after(&keys[..1], t0).is_some());
-        limiter.record_success(&keys);
-        assert_eq!(limiter.retry_after(&keys, t0), None);
+        assert!(
+            retry_after(&limiter, &store, &keys[..1], t0)
+                .await?
+                .is_some()
+        );
+        let held = limiter.retry_after(&store, &keys, t0).await?;
+        assert!(held.counted);
+        limiter.record_success(&store, &keys, held).await?;
+        assert_eq!(retry_after(&limiter, &store, &keys, t0).await?, None);
+        assert!(
+            !limiter.retry_after(&store, &keys, t0).await?.counted,
+            "cleared"
+        );
         for _ in 0..2 {
-            limiter.record_failure(&keys, t0);
+            limiter.record_failure(&store, &keys, t0).await?;
         }
         let much_later = t0 + Duration::from_secs(120);
-        limiter.record_failure(&keys, much_later);
+        limiter.record_failure(&store, &keys, much_later).await?;
         assert_eq!(
-            limiter.retry_after(&keys, much_later),
+            retry_after(&limiter, &store, &keys, much_later).await?,
             None,
             "old failures expired"
         );
-        assert_eq!(limiter.retry_after(&["device:other".to_owned()], t0), None);
+        assert_eq!(
+            retry_after(&limiter, &store, &["device:other".to_owned()], t0).await?,
+            None
+        );
+        Ok(())
     }
 }

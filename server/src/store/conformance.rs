@@ -26,10 +26,10 @@ use time::Duration as TimeSpan;
 use time::OffsetDateTime;
 
 use super::{
-    AuditEvent, AuditKind, AuditKindFilter, AuditOutcome, AuditQuery, Card, CardId, CardState,
-    ChallengeUse, DeviceCodeUse, DeviceCredentialRecord, DeviceState, EnrollmentCodeUse,
-    IssuedCertificate, NewAuditEvent, NewDevice, NewEnrollmentCode, RevocationReason, SignInLookup,
-    SignInRecords, Store, StoreError, User, UserState, UserWritten,
+    AuditEvent, AuditKind, AuditKindFilter, AuditOutcome, AuditQuery, BudgetUse, Card, CardId,
+    CardState, ChallengeUse, DeviceCodeUse, DeviceCredentialRecord, DeviceState, EnrollmentCodeUse,
+    FailureCount, IssuedCertificate, NewAuditEvent, NewDevice, NewEnrollmentCode, RevocationReason,
+    SignInLookup, SignInRecords, Store, StoreError, User, UserState, UserWritten,
 };
 use crate::mapping::UserAttribute;
 use pivtap_protocol::certificate::{CertificateFacts, KeyKind};
@@ -69,6 +69,11 @@ macro_rules! store_conformance_suite {
             the_audit_limit_is_capped,
             users_are_imported_updated_renamed_and_deleted,
             admin_credentials_are_added_found_and_revoked_but_never_the_last,
+            failures_count_up_within_the_window_and_are_cleared,
+            budgets_allow_a_burst_refill_and_spend_from_several_keys_all_or_none,
+            a_proof_id_is_accepted_once_until_it_is_forgotten,
+            purging_flow_control_removes_only_what_ran_out,
+            token_keys_are_stored_once_and_replaced_only_from_the_version_read,
         );
         $crate::store_conformance_suite!(@two $nodes;
             of_sixteen_racing_redemptions_exactly_one_is_accepted,
@@ -77,6 +82,10 @@ macro_rules! store_conformance_suite {
             of_sixteen_racing_first_uses_of_a_renewed_certificate_one_completes_it,
             of_two_nodes_revoking_the_last_two_admin_credentials_one_is_refused,
             of_sixteen_racing_users_sharing_a_mail_one_is_added,
+            failures_recorded_at_one_node_are_counted_at_the_other,
+            a_budget_is_spent_across_both_nodes,
+            a_proof_id_used_at_one_node_is_refused_at_the_other,
+            token_keys_rotated_at_one_node_are_read_at_the_other,
         );
     };
     (@one $fresh:expr; $($name:ident),* $(,)?) => {$(
@@ -1985,5 +1994,352 @@ pub async fn of_sixteen_racing_users_sharing_a_mail_one_is_added(
     }
     assert_eq!((added, taken), (1, 15));
     assert_eq!(nodes[1].list_users().await?.len(), 1);
+    Ok(())
+}
+
+/// The failure count of `key` among `counts`, if it has one.
+fn count_of(counts: &[FailureCount], key: &str) -> Option<u32> {
+    counts
+        .iter()
+        .find(|count| count.key == key)
+        .map(|count| count.count)
+}
+
+/// Keys as the flow control names them.
+fn keys(names: &[&str]) -> Vec<String> {
+    names.iter().map(|name| (*name).to_owned()).collect()
+}
+
+/// A failure counter counts up while its failures come within the window, starts again
+/// after a gap, and a success clears it; other keys are untouched.
+pub async fn failures_count_up_within_the_window_and_are_cleared(
+    store: Arc<dyn Store>,
+) -> TestResult {
+    let both = keys(&["card:ab", "device:k1@192.0.2.1"]);
+    assert!(store.failures(&both).await?.is_empty(), "none yet");
+    store.record_failures(&both, at(10), at(0)).await?;
+    store.record_failures(&both[..1], at(20), at(0)).await?;
+    let counts = store.failures(&both).await?;
+    assert_eq!(count_of(&counts, "card:ab"), Some(2));
+    assert_eq!(count_of(&counts, "device:k1@192.0.2.1"), Some(1));
+    let card = counts.iter().find(|count| count.key == "card:ab");
+    assert_eq!(card.map(|count| count.last), Some(at(20)));
+    // The last failure (at 20) is before the window's start (25): counting starts again.
+    store.record_failures(&both[..1], at(100), at(25)).await?;
+    let counts = store.failures(&both[..1]).await?;
+    assert_eq!(counts.len(), 1, "only the keys asked for: {counts:?}");
+    assert_eq!(count_of(&counts, "card:ab"), Some(1));
+    assert_eq!(counts[0].last, at(100));
+    store.clear_failures(&both[..1]).await?;
+    let counts = store.failures(&both).await?;
+    assert_eq!(count_of(&counts, "card:ab"), None, "cleared");
+    assert_eq!(count_of(&counts, "device:k1@192.0.2.1"), Some(1), "kept");
+    Ok(())
+}
+
+/// A budget of 3 refilled one a second: a burst of 3, then one a second; each kind and key
+/// has its own; several keys are spent all or none.
+pub async fn budgets_allow_a_burst_refill_and_spend_from_several_keys_all_or_none(
+    store: Arc<dyn Store>,
+) -> TestResult {
+    let step = std::time::Duration::from_secs(1);
+    let tolerance = std::time::Duration::from_secs(3);
+    let a = keys(&["source:192.0.2.1"]);
+    let b = keys(&["source:192.0.2.2"]);
+    for _ in 0..3 {
+        assert_eq!(
+            store
+                .spend_budget("refusal", &a, at(0), step, tolerance)
+                .await?,
+            BudgetUse::Spent
+        );
+    }
+    // Three spent at 0: the horizon is at 3, so the next has room at 1.
+    assert_eq!(
+        store
+            .spend_budget("refusal", &a, at(0), step, tolerance)
+            .await?,
+        BudgetUse::Empty { horizon: at(3) }
+    );
+    assert_eq!(
+        store
+            .spend_budget("refusal", &b, at(0), step, tolerance)
+            .await?,
+        BudgetUse::Spent,
+        "b has its own"
+    );
+    assert_eq!(
+        store
+            .spend_budget("challenge", &a, at(0), step, tolerance)
+            .await?,
+        BudgetUse::Spent,
+        "each kind has its own"
+    );
+    for _ in 0..2 {
+        assert_eq!(
+            store
+                .spend_budget("refusal", &a, at(2), step, tolerance)
+                .await?,
+            BudgetUse::Spent,
+            "refilled two in two seconds"
+        );
+    }
+    assert_eq!(
+        store
+            .spend_budget("refusal", &a, at(2), step, tolerance)
+            .await?,
+        BudgetUse::Empty { horizon: at(5) }
+    );
+    let both = [a[0].clone(), b[0].clone()];
+    assert!(matches!(
+        store
+            .spend_budget("refusal", &both, at(2), step, tolerance)
+            .await?,
+        BudgetUse::Empty { .. }
+    ));
+    // b spent one at 0 (horizon 1), refilled by 2; the refused pair spent none of it.
+    for _ in 0..3 {
+        assert_eq!(
+            store
+                .spend_budget("refusal", &b, at(2), step, tolerance)
+                .await?,
+            BudgetUse::Spent
+        );
+    }
+    assert!(matches!(
+        store
+            .spend_budget("refusal", &b, at(2), step, tolerance)
+            .await?,
+        BudgetUse::Empty { .. }
+    ));
+    let c = keys(&["source:192.0.2.3", "device:k1"]);
+    assert_eq!(
+        store
+            .spend_budget("challenge", &c, at(0), step, tolerance)
+            .await?,
+        BudgetUse::Spent
+    );
+    for _ in 0..2 {
+        assert_eq!(
+            store
+                .spend_budget("challenge", &c[1..], at(0), step, tolerance)
+                .await?,
+            BudgetUse::Spent,
+            "the pair spent one of each: two are left"
+        );
+    }
+    assert_eq!(
+        store
+            .spend_budget("challenge", &c[1..], at(0), step, tolerance)
+            .await?,
+        BudgetUse::Empty { horizon: at(3) }
+    );
+    Ok(())
+}
+
+/// A device proof id is accepted once; once its memory ran out it counts as new again.
+pub async fn a_proof_id_is_accepted_once_until_it_is_forgotten(
+    store: Arc<dyn Store>,
+) -> TestResult {
+    assert!(store.use_proof_id("k1/abc", at(0), at(120)).await?);
+    assert!(!store.use_proof_id("k1/abc", at(100), at(220)).await?);
+    assert!(
+        !store.use_proof_id("k1/abc", at(120), at(240)).await?,
+        "still remembered at 120"
+    );
+    assert!(store.use_proof_id("k1/other", at(100), at(220)).await?);
+    assert!(
+        store.use_proof_id("k1/abc", at(121), at(241)).await?,
+        "forgotten after 120"
+    );
+    assert!(
+        !store.use_proof_id("k1/abc", at(200), at(320)).await?,
+        "remembered anew"
+    );
+    Ok(())
+}
+
+/// Purging the flow control removes budgets whose horizon passed, proof ids past their
+/// memory and old failure counters, and nothing else.
+pub async fn purging_flow_control_removes_only_what_ran_out(store: Arc<dyn Store>) -> TestResult {
+    let step = std::time::Duration::from_secs(1);
+    let tolerance = std::time::Duration::from_secs(2);
+    let spent_early = keys(&["source:early"]);
+    let spent_late = keys(&["source:late"]);
+    store
+        .spend_budget("challenge", &spent_early, at(0), step, tolerance)
+        .await?; // horizon 1
+    store
+        .spend_budget("challenge", &spent_late, at(9), step, tolerance)
+        .await?; // horizon 10
+    store
+        .spend_budget("challenge", &spent_late, at(9), step, tolerance)
+        .await?; // horizon 11
+    store.use_proof_id("k1/old", at(0), at(5)).await?;
+    store.use_proof_id("k1/new", at(0), at(50)).await?;
+    store
+        .record_failures(&keys(&["card:old"]), at(1), at(0))
+        .await?;
+    store
+        .record_failures(&keys(&["card:new"]), at(8), at(0))
+        .await?;
+    assert_eq!(store.purge_flow_control(at(10), at(5)).await?, 3);
+    assert_eq!(
+        store.purge_flow_control(at(10), at(5)).await?,
+        0,
+        "done once"
+    );
+    // The late budget kept its horizon (11): it has room for one, not two.
+    assert_eq!(
+        store
+            .spend_budget("challenge", &spent_late, at(10), step, tolerance)
+            .await?,
+        BudgetUse::Spent
+    );
+    assert!(matches!(
+        store
+            .spend_budget("challenge", &spent_late, at(10), step, tolerance)
+            .await?,
+        BudgetUse::Empty { .. }
+    ));
+    assert!(
+        store.use_proof_id("k1/old", at(10), at(60)).await?,
+        "purged"
+    );
+    assert!(!store.use_proof_id("k1/new", at(10), at(60)).await?, "kept");
+    let counts = store.failures(&keys(&["card:old", "card:new"])).await?;
+    assert_eq!(count_of(&counts, "card:old"), None);
+    assert_eq!(count_of(&counts, "card:new"), Some(1));
+    Ok(())
+}
+
+/// The token key set is stored once, then replaced only by whoever read the version stored.
+pub async fn token_keys_are_stored_once_and_replaced_only_from_the_version_read(
+    store: Arc<dyn Store>,
+) -> TestResult {
+    assert!(store.token_keys().await?.is_none());
+    assert_eq!(store.replace_token_keys("first", None, at(0)).await?, 1);
+    assert!(matches!(
+        store.replace_token_keys("other", None, at(1)).await,
+        Err(StoreError::Conflict { .. })
+    ));
+    let stored = store.token_keys().await?.ok_or("no keys")?;
+    assert_eq!((stored.version, stored.keys.as_str()), (1, "first"));
+    assert!(
+        !format!("{stored:?}").contains("first"),
+        "Debug hides the keys"
+    );
+    assert_eq!(store.replace_token_keys("second", Some(1), at(2)).await?, 2);
+    assert!(matches!(
+        store.replace_token_keys("stale", Some(1), at(3)).await,
+        Err(StoreError::Conflict { .. })
+    ));
+    let stored = store.token_keys().await?.ok_or("no keys")?;
+    assert_eq!((stored.version, stored.keys.as_str()), (2, "second"));
+    Ok(())
+}
+
+/// Failures recorded at either node count together, and a success at one clears them for both.
+pub async fn failures_recorded_at_one_node_are_counted_at_the_other(
+    nodes: [Arc<dyn Store>; 2],
+) -> TestResult {
+    let card = keys(&["card:shared"]);
+    let mut tasks = tokio::task::JoinSet::new();
+    for task in 0..16 {
+        let node = Arc::clone(&nodes[task % 2]);
+        let card = card.clone();
+        tasks.spawn(async move { node.record_failures(&card, at(10), at(0)).await });
+    }
+    while let Some(joined) = tasks.join_next().await {
+        joined??;
+    }
+    for node in &nodes {
+        assert_eq!(
+            count_of(&node.failures(&card).await?, "card:shared"),
+            Some(16)
+        );
+    }
+    nodes[1].clear_failures(&card).await?;
+    assert!(nodes[0].failures(&card).await?.is_empty());
+    Ok(())
+}
+
+/// Of 16 racing spends on two nodes from a budget of 5, exactly 5 are spent.
+pub async fn a_budget_is_spent_across_both_nodes(nodes: [Arc<dyn Store>; 2]) -> TestResult {
+    let barrier = Arc::new(tokio::sync::Barrier::new(16));
+    let mut tasks = tokio::task::JoinSet::new();
+    for task in 0..16 {
+        let node = Arc::clone(&nodes[task % 2]);
+        let barrier = Arc::clone(&barrier);
+        tasks.spawn(async move {
+            barrier.wait().await;
+            let source = keys(&["source:198.51.100.7"]);
+            node.spend_budget(
+                "challenge",
+                &source,
+                at(0),
+                std::time::Duration::from_secs(12),
+                std::time::Duration::from_secs(60),
+            )
+            .await
+        });
+    }
+    let mut spent = 0;
+    while let Some(joined) = tasks.join_next().await {
+        if joined?? == BudgetUse::Spent {
+            spent += 1;
+        }
+    }
+    assert_eq!(spent, 5);
+    Ok(())
+}
+
+/// Of 16 racing uses of one proof id on two nodes exactly one is accepted.
+pub async fn a_proof_id_used_at_one_node_is_refused_at_the_other(
+    nodes: [Arc<dyn Store>; 2],
+) -> TestResult {
+    assert!(nodes[0].use_proof_id("k1/first", at(0), at(120)).await?);
+    assert!(!nodes[1].use_proof_id("k1/first", at(1), at(121)).await?);
+    let barrier = Arc::new(tokio::sync::Barrier::new(16));
+    let mut tasks = tokio::task::JoinSet::new();
+    for task in 0..16 {
+        let node = Arc::clone(&nodes[task % 2]);
+        let barrier = Arc::clone(&barrier);
+        tasks.spawn(async move {
+            barrier.wait().await;
+            node.use_proof_id("k1/contested", at(0), at(120)).await
+        });
+    }
+    let mut accepted = 0;
+    while let Some(joined) = tasks.join_next().await {
+        if joined?? {
+            accepted += 1;
+        }
+    }
+    assert_eq!(accepted, 1);
+    Ok(())
+}
+
+/// A key set stored at one node is read at the other; of two nodes replacing the same
+/// version at once exactly one succeeds.
+pub async fn token_keys_rotated_at_one_node_are_read_at_the_other(
+    nodes: [Arc<dyn Store>; 2],
+) -> TestResult {
+    nodes[0].replace_token_keys("first", None, at(0)).await?;
+    let read = nodes[1].token_keys().await?.ok_or("no keys at node 2")?;
+    assert_eq!((read.version, read.keys.as_str()), (1, "first"));
+    let (a, b) = tokio::join!(
+        nodes[0].replace_token_keys("from a", Some(1), at(1)),
+        nodes[1].replace_token_keys("from b", Some(1), at(1)),
+    );
+    let winner = match (a, b) {
+        (Ok(2), Err(StoreError::Conflict { .. })) => "from a",
+        (Err(StoreError::Conflict { .. }), Ok(2)) => "from b",
+        other => return Err(format!("not exactly one replacement: {other:?}").into()),
+    };
+    for node in &nodes {
+        let read = node.token_keys().await?.ok_or("no keys")?;
+        assert_eq!((read.version, read.keys.as_str()), (2, winner));
+    }
     Ok(())
 }

@@ -1,4 +1,4 @@
-//! The server's state behind one interface: users, cards, registered devices, challenges, the audit log, enrollment codes and the revocation list.
+//! The server's state behind one interface: users, cards, registered devices, challenges, the audit log, enrollment codes, the revocation list, the flow-control counters and the token signing keys.
 //!
 //! [`Store`] is object safe (`Arc<dyn Store>`): every method returns a boxed
 //! future. [`SqliteStore`] is the embedded implementation. Times are kept in UTC
@@ -742,6 +742,50 @@ impl Default for AuditQuery {
     }
 }
 
+/// A failure counter of the flow control ([`Store::record_failures`]): the failed sign-ins
+/// counted against one key (`card:<fingerprint>`, `device:<id>@<source>`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FailureCount {
+    /// The key counted against.
+    pub key: String,
+    /// Failures counted since the counter last started.
+    pub count: u32,
+    /// When the last of them happened.
+    pub last: OffsetDateTime,
+}
+
+/// What became of a [`Store::spend_budget`] call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BudgetUse {
+    /// One request was spent from every key's budget.
+    Spent,
+    /// A budget had no room: nothing was spent. `horizon` is the furthest horizon of the
+    /// keys that had none (see [`Store::spend_budget`]), from which the wait follows.
+    Empty {
+        /// The bucket's horizon (its theoretical arrival time).
+        horizon: OffsetDateTime,
+    },
+}
+
+/// The token-signing key set as the store keeps it: the key file's text (secret) and a
+/// version that every replacement increases.
+#[derive(Clone, PartialEq, Eq)]
+pub struct StoredTokenKeys {
+    /// Increases with every replacement; a node compares it with the one it holds.
+    pub version: i64,
+    /// The key set in the key file's form ([`TokenKeys::to_text`](crate::token::TokenKeys::to_text)): holds the private key.
+    pub keys: zeroize::Zeroizing<String>,
+}
+
+impl fmt::Debug for StoredTokenKeys {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("StoredTokenKeys")
+            .field("version", &self.version)
+            .field("keys", &"REDACTED")
+            .finish()
+    }
+}
+
 /// Why a store operation failed. Messages name users and cards, never secrets.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -1125,6 +1169,71 @@ pub trait Store: Send + Sync {
     /// [`AuditQuery::effective_limit`] of them.
     fn query_audit(&self, query: &AuditQuery)
     -> BoxFuture<'_, Result<Vec<AuditEvent>, StoreError>>;
+
+    /// Counts one failed sign-in against every one of `keys`, atomically across nodes: a
+    /// key's counter starts again at 1 when its last failure was before `forget_before`,
+    /// and otherwise grows by one; its last failure becomes `now`.
+    fn record_failures(
+        &self,
+        keys: &[String],
+        now: OffsetDateTime,
+        forget_before: OffsetDateTime,
+    ) -> BoxFuture<'_, Result<(), StoreError>>;
+
+    /// The failure counters of those of `keys` that have one, in no set order.
+    fn failures(&self, keys: &[String]) -> BoxFuture<'_, Result<Vec<FailureCount>, StoreError>>;
+
+    /// Deletes the failure counters of `keys` (a successful sign-in).
+    fn clear_failures(&self, keys: &[String]) -> BoxFuture<'_, Result<(), StoreError>>;
+
+    /// Spends one request from budget `kind` of every one of `keys`, all or none, atomically
+    /// across nodes. A budget is a horizon (GCRA's theoretical arrival time, a missing one
+    /// is `now`): spending moves it to `max(horizon, now) + step`, allowed while that is at
+    /// most `now + tolerance` (a token bucket of `tolerance / step` requests refilled one
+    /// per `step`). Refused, nothing moves and [`BudgetUse::Empty`] tells the furthest
+    /// horizon of the keys without room.
+    fn spend_budget(
+        &self,
+        kind: &str,
+        keys: &[String],
+        now: OffsetDateTime,
+        step: std::time::Duration,
+        tolerance: std::time::Duration,
+    ) -> BoxFuture<'_, Result<BudgetUse, StoreError>>;
+
+    /// Remembers device proof id `id` until `remember_until`, atomically across nodes:
+    /// `true` when it is new (or remembered only until before `now`), `false` when it was
+    /// seen already (a replay).
+    fn use_proof_id(
+        &self,
+        id: &str,
+        now: OffsetDateTime,
+        remember_until: OffsetDateTime,
+    ) -> BoxFuture<'_, Result<bool, StoreError>>;
+
+    /// Deletes what the flow control no longer needs at `now`, and returns how many rows:
+    /// budgets whose horizon passed (a full bucket is a missing one), proof ids remembered
+    /// until before `now`, and failure counters whose last failure was before `failures_before`.
+    fn purge_flow_control(
+        &self,
+        now: OffsetDateTime,
+        failures_before: OffsetDateTime,
+    ) -> BoxFuture<'_, Result<u64, StoreError>>;
+
+    /// The token-signing key set, if the store has one.
+    fn token_keys(&self) -> BoxFuture<'_, Result<Option<StoredTokenKeys>, StoreError>>;
+
+    /// Stores `keys` (the key file's text) as the token-signing key set, atomically across
+    /// nodes, and returns its version: with `replaces` `None` only when the store has none
+    /// yet, with `Some(version)` only when the stored set is that version.
+    /// [`StoreError::Conflict`] otherwise (another node stored a set first), with nothing
+    /// changed.
+    fn replace_token_keys(
+        &self,
+        keys: &str,
+        replaces: Option<i64>,
+        now: OffsetDateTime,
+    ) -> BoxFuture<'_, Result<i64, StoreError>>;
 }
 
 #[cfg(test)]

@@ -226,7 +226,10 @@ CREATE TABLE admin_credentials (
 );
 
 /// Every migration, by version, oldest first. Never edit one that shipped: add the next.
-const MIGRATIONS: &[(i32, &str)] = &[(1, MIGRATION_1)];
+const MIGRATIONS: &[(i32, &str)] = &[(1, MIGRATION_1), (2, shared::MIGRATION_2)];
+
+#[path = "postgres_shared.rs"]
+mod shared;
 
 /// `SELECT` of every [`User`] column, followed by the rest of the statement.
 macro_rules! select_users {
@@ -2681,6 +2684,83 @@ impl Store for PostgresStore {
                 sign_ins_last_hour: count(&row, 5)?,
                 certificates_expiring: count(&row, 6)?,
             })
+        })
+    }
+    fn record_failures(
+        &self,
+        keys: &[String],
+        now: OffsetDateTime,
+        forget_before: OffsetDateTime,
+    ) -> BoxFuture<'_, Result<(), StoreError>> {
+        let keys = keys.to_vec();
+        Box::pin(async move {
+            shared::record_failures(&self.client().await?, &keys, now, forget_before).await
+        })
+    }
+
+    fn failures(
+        &self,
+        keys: &[String],
+    ) -> BoxFuture<'_, Result<Vec<super::FailureCount>, StoreError>> {
+        let keys = keys.to_vec();
+        Box::pin(async move { shared::failures(&self.client().await?, &keys).await })
+    }
+
+    fn clear_failures(&self, keys: &[String]) -> BoxFuture<'_, Result<(), StoreError>> {
+        let keys = keys.to_vec();
+        Box::pin(async move { shared::clear_failures(&self.client().await?, &keys).await })
+    }
+
+    fn spend_budget(
+        &self,
+        kind: &str,
+        keys: &[String],
+        now: OffsetDateTime,
+        step: std::time::Duration,
+        tolerance: std::time::Duration,
+    ) -> BoxFuture<'_, Result<super::BudgetUse, StoreError>> {
+        let (kind, keys) = (kind.to_owned(), keys.to_vec());
+        Box::pin(async move {
+            let mut client = self.client().await?;
+            shared::spend_budget(&mut client, &kind, &keys, now, step, tolerance).await
+        })
+    }
+
+    fn use_proof_id(
+        &self,
+        id: &str,
+        now: OffsetDateTime,
+        remember_until: OffsetDateTime,
+    ) -> BoxFuture<'_, Result<bool, StoreError>> {
+        let id = id.to_owned();
+        Box::pin(async move {
+            shared::use_proof_id(&self.client().await?, &id, now, remember_until).await
+        })
+    }
+
+    fn purge_flow_control(
+        &self,
+        now: OffsetDateTime,
+        failures_before: OffsetDateTime,
+    ) -> BoxFuture<'_, Result<u64, StoreError>> {
+        Box::pin(async move {
+            shared::purge_flow_control(&self.client().await?, now, failures_before).await
+        })
+    }
+
+    fn token_keys(&self) -> BoxFuture<'_, Result<Option<super::StoredTokenKeys>, StoreError>> {
+        Box::pin(async move { shared::token_keys(&self.client().await?).await })
+    }
+
+    fn replace_token_keys(
+        &self,
+        keys: &str,
+        replaces: Option<i64>,
+        now: OffsetDateTime,
+    ) -> BoxFuture<'_, Result<i64, StoreError>> {
+        let keys = zeroize::Zeroizing::new(keys.to_owned());
+        Box::pin(async move {
+            shared::replace_token_keys(&self.client().await?, &keys, replaces, now).await
         })
     }
 }

@@ -14,11 +14,12 @@ use time::{OffsetDateTime, UtcOffset};
 
 use super::database::{Database, DatabaseError};
 use super::{
-    AdminCredential, AuditEvent, AuditKindFilter, AuditQuery, BoxFuture, Card, CardId, CardState,
-    ChallengeUse, Device, DeviceCodeUse, DeviceCredentialRecord, DeviceState, EnrollmentCodeRecord,
-    EnrollmentCodeUse, INITIAL_ADMIN_CREDENTIAL, IssuedCertificate, NewAuditEvent, NewDevice,
-    NewEnrollmentCode, RevocationReason, RevokedCertificate, SignInLookup, SignInRecords, Store,
-    StoreError, StoreStats, User, UserConflict, UserState, UserWritten,
+    AdminCredential, AuditEvent, AuditKindFilter, AuditQuery, BoxFuture, BudgetUse, Card, CardId,
+    CardState, ChallengeUse, Device, DeviceCodeUse, DeviceCredentialRecord, DeviceState,
+    EnrollmentCodeRecord, EnrollmentCodeUse, FailureCount, INITIAL_ADMIN_CREDENTIAL,
+    IssuedCertificate, NewAuditEvent, NewDevice, NewEnrollmentCode, RevocationReason,
+    RevokedCertificate, SignInLookup, SignInRecords, Store, StoreError, StoreStats,
+    StoredTokenKeys, User, UserConflict, UserState, UserWritten,
 };
 use crate::mapping::UserAttribute;
 use pivtap_protocol::audit::{AuditKind, AuditOutcome};
@@ -265,6 +266,36 @@ CREATE TABLE admin_credentials (
 ) STRICT;
 ";
 
+/// Version 9: what decides a sign-in and lived in one node's memory before: failure
+/// counters, request budgets (GCRA horizons in microseconds since 1970), device proof ids
+/// seen, and the token-signing key set.
+const MIGRATION_9: &str = "
+CREATE TABLE flow_failures (
+    key TEXT PRIMARY KEY NOT NULL,
+    count INTEGER NOT NULL,
+    last_at TEXT NOT NULL
+) STRICT;
+CREATE INDEX flow_failures_last_at ON flow_failures (last_at);
+CREATE TABLE flow_budgets (
+    kind TEXT NOT NULL,
+    key TEXT NOT NULL,
+    horizon INTEGER NOT NULL,
+    PRIMARY KEY (kind, key)
+) STRICT;
+CREATE INDEX flow_budgets_horizon ON flow_budgets (horizon);
+CREATE TABLE device_proofs (
+    id TEXT PRIMARY KEY NOT NULL,
+    expires_at TEXT NOT NULL
+) STRICT;
+CREATE INDEX device_proofs_expires_at ON device_proofs (expires_at);
+CREATE TABLE token_keys (
+    id INTEGER PRIMARY KEY NOT NULL CHECK (id = 1),
+    version INTEGER NOT NULL,
+    keys TEXT NOT NULL,
+    updated_at TEXT NOT NULL
+) STRICT;
+";
+
 /// Every migration, by version, oldest first. Never edit one that shipped: add the next.
 const MIGRATIONS: &[(i64, &str)] = &[
     (1, MIGRATION_1),
@@ -275,6 +306,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (6, MIGRATION_6),
     (7, MIGRATION_7),
     (8, MIGRATION_8),
+    (9, MIGRATION_9),
 ];
 
 /// The newest migration this program knows.
@@ -1348,6 +1380,222 @@ impl Store for SqliteStore {
             )
         }))
     }
+
+    fn record_failures(
+        &self,
+        keys: &[String],
+        now: OffsetDateTime,
+        forget_before: OffsetDateTime,
+    ) -> BoxFuture<'_, Result<(), StoreError>> {
+        let keys = each_once(keys);
+        Box::pin(self.database.write(move |connection| {
+            let (now, forget_before) = (encode_time(now)?, encode_time(forget_before)?);
+            let mut statement = connection.prepare_cached(
+                "INSERT INTO flow_failures (key, count, last_at) VALUES (?1, 1, ?2)
+                 ON CONFLICT (key) DO UPDATE SET
+                     count = CASE WHEN last_at < ?3 THEN 1 ELSE count + 1 END,
+                     last_at = ?2",
+            )?;
+            for key in &keys {
+                statement.execute(params![key, now, forget_before])?;
+            }
+            Ok(())
+        }))
+    }
+
+    fn failures(&self, keys: &[String]) -> BoxFuture<'_, Result<Vec<FailureCount>, StoreError>> {
+        let keys = keys.to_vec();
+        Box::pin(self.database.read(move |connection| {
+            let mut statement = connection
+                .prepare_cached("SELECT count, last_at FROM flow_failures WHERE key = ?")?;
+            let mut counts = Vec::new();
+            for key in keys {
+                let row: Option<(i64, String)> = statement
+                    .query_row([&key], |row| Ok((row.get(0)?, row.get(1)?)))
+                    .optional()?;
+                if let Some((count, last)) = row {
+                    counts.push(FailureCount {
+                        key,
+                        count: u32::try_from(count).unwrap_or(u32::MAX),
+                        last: decode_time("last_at", &last)?,
+                    });
+                }
+            }
+            Ok(counts)
+        }))
+    }
+
+    fn clear_failures(&self, keys: &[String]) -> BoxFuture<'_, Result<(), StoreError>> {
+        let keys = keys.to_vec();
+        Box::pin(self.database.write(move |connection| {
+            let mut statement =
+                connection.prepare_cached("DELETE FROM flow_failures WHERE key = ?")?;
+            for key in &keys {
+                statement.execute([key])?;
+            }
+            Ok(())
+        }))
+    }
+
+    fn spend_budget(
+        &self,
+        kind: &str,
+        keys: &[String],
+        now: OffsetDateTime,
+        step: std::time::Duration,
+        tolerance: std::time::Duration,
+    ) -> BoxFuture<'_, Result<BudgetUse, StoreError>> {
+        let kind = kind.to_owned();
+        let keys = each_once(keys);
+        Box::pin(self.database.write(move |connection| {
+            let now = unix_micros(now);
+            let (step, limit) = (micros(step), now.saturating_add(micros(tolerance)));
+            let mut read = connection
+                .prepare_cached("SELECT horizon FROM flow_budgets WHERE kind = ? AND key = ?")?;
+            let mut furthest: Option<i64> = None;
+            for key in &keys {
+                let horizon: i64 = read
+                    .query_row(params![kind, key], |row| row.get(0))
+                    .optional()?
+                    .unwrap_or(now);
+                if horizon.max(now).saturating_add(step) > limit {
+                    furthest = Some(furthest.map_or(horizon, |seen| seen.max(horizon)));
+                }
+            }
+            if let Some(horizon) = furthest {
+                return Ok(BudgetUse::Empty {
+                    horizon: from_unix_micros(horizon)?,
+                });
+            }
+            let mut write = connection.prepare_cached(
+                "INSERT INTO flow_budgets (kind, key, horizon) VALUES (?1, ?2, ?3 + ?4)
+                 ON CONFLICT (kind, key) DO UPDATE SET horizon = max(horizon, ?3) + ?4",
+            )?;
+            for key in &keys {
+                write.execute(params![kind, key, now, step])?;
+            }
+            Ok(BudgetUse::Spent)
+        }))
+    }
+
+    fn use_proof_id(
+        &self,
+        id: &str,
+        now: OffsetDateTime,
+        remember_until: OffsetDateTime,
+    ) -> BoxFuture<'_, Result<bool, StoreError>> {
+        let id = id.to_owned();
+        Box::pin(self.database.write(move |connection| {
+            let changed = connection
+                .prepare_cached(
+                    "INSERT INTO device_proofs (id, expires_at) VALUES (?1, ?2)
+                     ON CONFLICT (id) DO UPDATE SET expires_at = excluded.expires_at
+                     WHERE expires_at < ?3",
+                )?
+                .execute(params![id, encode_time(remember_until)?, encode_time(now)?])?;
+            Ok(changed > 0)
+        }))
+    }
+
+    fn purge_flow_control(
+        &self,
+        now: OffsetDateTime,
+        failures_before: OffsetDateTime,
+    ) -> BoxFuture<'_, Result<u64, StoreError>> {
+        Box::pin(self.database.write(move |connection| {
+            let budgets = connection
+                .prepare_cached("DELETE FROM flow_budgets WHERE horizon < ?")?
+                .execute([unix_micros(now)])?;
+            let proofs = connection
+                .prepare_cached("DELETE FROM device_proofs WHERE expires_at < ?")?
+                .execute([encode_time(now)?])?;
+            let failures = connection
+                .prepare_cached("DELETE FROM flow_failures WHERE last_at < ?")?
+                .execute([encode_time(failures_before)?])?;
+            Ok((budgets + proofs + failures) as u64)
+        }))
+    }
+
+    fn token_keys(&self) -> BoxFuture<'_, Result<Option<StoredTokenKeys>, StoreError>> {
+        Box::pin(self.database.read(move |connection| {
+            Ok(connection
+                .prepare_cached("SELECT version, keys FROM token_keys WHERE id = 1")?
+                .query_row([], |row| {
+                    Ok(StoredTokenKeys {
+                        version: row.get(0)?,
+                        keys: zeroize::Zeroizing::new(row.get(1)?),
+                    })
+                })
+                .optional()?)
+        }))
+    }
+
+    fn replace_token_keys(
+        &self,
+        keys: &str,
+        replaces: Option<i64>,
+        now: OffsetDateTime,
+    ) -> BoxFuture<'_, Result<i64, StoreError>> {
+        let keys = zeroize::Zeroizing::new(keys.to_owned());
+        Box::pin(self.database.write(move |connection| {
+            let now = encode_time(now)?;
+            let changed = match replaces {
+                None => connection
+                    .prepare_cached(
+                        "INSERT INTO token_keys (id, version, keys, updated_at) VALUES (1, 1, ?, ?)
+                         ON CONFLICT (id) DO NOTHING",
+                    )?
+                    .execute(params![keys.as_str(), now])?,
+                Some(version) => connection
+                    .prepare_cached(
+                        "UPDATE token_keys SET version = version + 1, keys = ?, updated_at = ?
+                         WHERE id = 1 AND version = ?",
+                    )?
+                    .execute(params![keys.as_str(), now, version])?,
+            };
+            if changed == 0 {
+                return Err(token_keys_conflict(replaces));
+            }
+            Ok(replaces.map_or(1, |version| version + 1))
+        }))
+    }
+}
+
+/// The conflict of a [`Store::replace_token_keys`] that found another key set than it replaces.
+pub(super) fn token_keys_conflict(replaces: Option<i64>) -> StoreError {
+    StoreError::Conflict {
+        what: match replaces {
+            None => "the store has token keys already".to_owned(),
+            Some(version) => format!(
+                "the token keys changed since version {version} was read (another node rotated them)"
+            ),
+        },
+    }
+}
+
+/// The keys, each once, in order: a key named twice counts once (and one PostgreSQL
+/// statement may update a row only once).
+pub(super) fn each_once(keys: &[String]) -> Vec<String> {
+    let mut keys = keys.to_vec();
+    keys.sort_unstable();
+    keys.dedup();
+    keys
+}
+
+/// Microseconds since 1970 (a budget horizon).
+pub(super) fn unix_micros(time: OffsetDateTime) -> i64 {
+    i64::try_from(time.unix_timestamp_nanos() / 1_000).unwrap_or(i64::MAX)
+}
+
+/// A duration in microseconds, saturating.
+pub(super) fn micros(duration: std::time::Duration) -> i64 {
+    i64::try_from(duration.as_micros()).unwrap_or(i64::MAX)
+}
+
+/// The time `micros` microseconds after 1970.
+pub(super) fn from_unix_micros(micros: i64) -> Result<OffsetDateTime, StoreError> {
+    OffsetDateTime::from_unix_timestamp_nanos(i128::from(micros) * 1_000)
+        .map_err(|_| StoreError::Database(DatabaseError::TimeOutOfRange))
 }
 
 /// A card seen in an assertion, as [`record_card`] stores it.
@@ -2621,7 +2869,12 @@ mod tests {
             )?;
         }
         let store = SqliteStore::open(&path).await?;
-        assert_eq!(migration_versions(&store).await?.last(), Some(&8));
+        let versions = migration_versions(&store).await?;
+        assert!(
+            versions.contains(&7) && versions.contains(&8),
+            "{versions:?}"
+        );
+        assert_eq!(versions.last(), Some(&newest_known_version()));
         assert_eq!(
             store.revocation(&id("0a")).await?.map(|r| r.reason),
             Some(RevocationReason::Superseded)
