@@ -8,8 +8,10 @@
 pub mod conformance;
 mod database;
 mod postgres;
+pub mod postgres_tls;
 pub mod snapshot;
 mod sqlite;
+pub mod url;
 
 use std::fmt;
 use std::future::Future;
