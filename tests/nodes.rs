@@ -41,6 +41,7 @@ fn the_haproxy_configuration_passes_haproxys_own_check() {
         vec![],
         vec!["--ca-file", path_str(&ca)],
         vec!["--no-proxy-protocol"],
+        vec!["--source", "127.0.0.2"],
     ] {
         let mut args = vec![
             "config",
@@ -73,6 +74,11 @@ fn the_haproxy_configuration_passes_haproxys_own_check() {
         assert_eq!(
             config.contains("verify required ca-file"),
             extra.contains(&"--ca-file"),
+            "{extra:?}:\n{config}"
+        );
+        assert_eq!(
+            config.contains("source 127.0.0.2\n"),
+            extra.contains(&"--source"),
             "{extra:?}:\n{config}"
         );
         assert!(config.contains(&format!("server node1 {node_a} check")));
