@@ -55,7 +55,24 @@ impl Nodes {
     /// Initialises one configuration, points it at a fresh database, starts
     /// `count` nodes and HAProxy, and waits until HAProxy sees every node up.
     /// `edit` changes `server.toml` (as `init` wrote it) first.
+    ///
+    /// Ports are found free first (bind port 0, let go); should another process take
+    /// one in between, everything is started again on new ports (up to
+    /// [`super::PORT_ATTEMPTS`] times).
     pub fn start(count: usize, edit: impl Fn(String) -> String) -> Self {
+        for _ in 0..super::PORT_ATTEMPTS {
+            if let Some(nodes) = Self::try_start(count, &edit) {
+                return nodes;
+            }
+        }
+        panic!(
+            "no free ports on 127.0.0.1 after {} attempts",
+            super::PORT_ATTEMPTS
+        );
+    }
+
+    /// [`Self::start`] once; `None` when a port was taken meanwhile.
+    fn try_start(count: usize, edit: &impl Fn(String) -> String) -> Option<Self> {
         let database = FreshDatabase::create();
         let dir = tempfile::tempdir().expect("a temporary directory");
         let server_dir = dir.path().join("server");
@@ -93,7 +110,9 @@ impl Nodes {
             nodes.nodes.push(node);
         }
         for index in 0..count {
-            nodes.wait_until_listening(index);
+            if !nodes.wait_until_listening(index) {
+                return None;
+            }
         }
         let mut args = vec![
             "start".to_owned(),
@@ -109,9 +128,15 @@ impl Nodes {
             args.push("--node".to_owned());
             args.push(format!("127.0.0.1:{}", node.port));
         }
-        haproxy(&args).success("scripts/haproxy start");
+        let started = haproxy(&args);
+        let port_taken = started.stderr.contains("cannot bind socket")
+            || started.stderr.contains("already listens");
+        if started.code != 0 && port_taken {
+            return None;
+        }
+        started.success("scripts/haproxy start");
         nodes.wait_for_balancer(count);
-        nodes
+        Some(nodes)
     }
 
     fn spawn(&self, index: usize, port: u16) -> Node {
@@ -139,18 +164,22 @@ impl Nodes {
         }
     }
 
-    fn wait_until_listening(&mut self, index: usize) {
+    /// True once node `index` listens; false when its port was taken.
+    fn wait_until_listening(&mut self, index: usize) -> bool {
         let deadline = Instant::now() + SERVER_TIMEOUT;
         let node = &mut self.nodes[index];
         while Instant::now() < deadline {
             if let Some(status) = node.child.try_wait().expect("the node process is there") {
                 let log = std::fs::read_to_string(&node.stderr).unwrap_or_default();
+                if log.contains("in use") {
+                    return false;
+                }
                 panic!("node {index} exited ({status}):\n{log}");
             }
             let said_listening = std::fs::read_to_string(&node.stdout)
                 .is_ok_and(|output| output.contains("listening"));
             if said_listening && TcpStream::connect((Ipv4Addr::LOCALHOST, node.port)).is_ok() {
-                return;
+                return true;
             }
             std::thread::sleep(Duration::from_millis(50));
         }
