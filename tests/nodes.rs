@@ -500,7 +500,7 @@ fn a_node_killed_under_load_leaves_the_kiosks_signing_in_through_the_other() {
     nodes.wait_for_balancer(1);
     let audited = audited_sign_ins(&nodes);
     let mut every_token = Vec::new();
-    for ((device, (before, after, failures)), _) in devices.iter().zip(&results).zip(&cards) {
+    for (device, (before, after, failures)) in devices.iter().zip(&results) {
         assert!(
             !before.is_empty(),
             "{device} signed in before the kill: {failures:?}"
@@ -538,4 +538,24 @@ fn a_node_killed_under_load_leaves_the_kiosks_signing_in_through_the_other() {
         "{used} challenges used for {} sign-ins",
         audited.len()
     );
+    let mut nonces: Vec<&str> = audited
+        .iter()
+        .map(|event| {
+            event["detail"]
+                .as_str()
+                .expect("a sign-in's audit names its nonce")
+        })
+        .collect();
+    let count = nonces.len();
+    nonces.sort_unstable();
+    nonces.dedup();
+    assert_eq!(nonces.len(), count, "no nonce was accepted twice");
+    for (device, (before, after, failures)) in devices.iter().zip(&results) {
+        eprintln!(
+            "{device}: {} sign-ins before the kill, {} after, {} failed",
+            before.len(),
+            after.len(),
+            failures.len()
+        );
+    }
 }
