@@ -30,7 +30,7 @@ pub struct Node {
     pub stderr: PathBuf,
 }
 
-/// `count` nodes from one `pivtap server init` directory whose `[store]` is a
+/// `count` nodes from one `pivtap server init --store URL` directory whose store is a
 /// [`FreshDatabase`], HAProxy in front of them. Dropped, it kills the nodes and
 /// stops HAProxy (the database is dropped with it).
 pub struct Nodes {
@@ -78,6 +78,8 @@ impl Nodes {
         let server_dir = dir.path().join("server");
         let balancer_port = free_port();
         let balancer_listen = format!("127.0.0.1:{balancer_port}");
+        let password_file = dir.path().join("store.password");
+        write_private(&password_file, database.password().expose());
         // The origin is the balancer's: clients see one service.
         run(pivtap_command(&[
             "server",
@@ -87,14 +89,19 @@ impl Nodes {
             path_str(&fixture("ca/test-ca.pem")),
             "--listen",
             &balancer_listen,
+            "--store",
+            database.url(),
+            "--store-password-file",
+            path_str(&password_file),
         ]))
-        .success("server init");
-        let password_file = server_dir.join("store.password");
-        write_private(&password_file, database.password().expose());
+        .success("server init --store");
         let config = server_dir.join("server.toml");
         let written = std::fs::read_to_string(&config).expect("server.toml");
-        let on_postgres = store_section(&written, database.url(), &password_file);
-        std::fs::write(&config, edit(on_postgres)).expect("server.toml is written");
+        assert!(
+            written.contains(&format!("url = \"{}\"", database.url())),
+            "init wrote the store URL:\n{written}"
+        );
+        std::fs::write(&config, edit(trusting_balancer(&written))).expect("server.toml is written");
         let mut nodes = Self {
             ca: server_dir.join("tls.crt"),
             token_file: server_dir.join("admin.token"),
@@ -322,16 +329,12 @@ pub fn haproxy<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> Run {
     Run::from_output(output)
 }
 
-/// `server.toml` as `init` wrote it, on PostgreSQL at `url` (password in
-/// `password_file`) instead of SQLite, trusting [`BALANCER_SOURCE`] to send PROXY headers.
-pub fn store_section(config: &str, url: &str, password_file: &Path) -> String {
-    let mut edited: Vec<String> = Vec::new();
+/// `server.toml` as `init` wrote it, trusting [`BALANCER_SOURCE`] to send PROXY headers.
+pub fn trusting_balancer(config: &str) -> String {
     let trusted = format!("proxy_protocol_from = [\"{BALANCER_SOURCE}\"]");
     let written_by_init = config.contains("\nproxy_protocol_from =");
+    let mut edited: Vec<String> = Vec::new();
     for line in config.lines() {
-        if line.starts_with("database =") {
-            continue;
-        }
         if line.starts_with("proxy_protocol_from =") {
             edited.push(trusted.clone());
             continue;
@@ -342,15 +345,9 @@ pub fn store_section(config: &str, url: &str, password_file: &Path) -> String {
         }
     }
     assert!(
-        edited
-            .iter()
-            .any(|line| line.starts_with("proxy_protocol_from")),
+        edited.contains(&trusted),
         "init wrote no [connections]:\n{config}"
     );
-    edited.push(String::new());
-    edited.push("[store]".to_owned());
-    edited.push(format!("url = \"{url}\""));
-    edited.push(format!("password_file = \"{}\"", password_file.display()));
     edited.join("\n") + "\n"
 }
 
