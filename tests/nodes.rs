@@ -559,3 +559,71 @@ fn a_node_killed_under_load_leaves_the_kiosks_signing_in_through_the_other() {
         );
     }
 }
+
+/// The `kid` in a compact JWS's protected header.
+fn kid_of(token: &str) -> String {
+    use base64::Engine as _;
+    let header = token.split('.').next().expect("a compact JWS");
+    let header = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(header)
+        .expect("base64url");
+    let header: Value = serde_json::from_slice(&header).expect("a JSON header");
+    header["kid"].as_str().expect("a kid").to_owned()
+}
+
+#[test]
+fn a_key_rotation_reaches_both_nodes_and_each_jwks_verifies_every_token() {
+    let nodes = two_nodes(unlimited_budgets);
+    let alice = nodes.card_copy("alice");
+    let clients = [
+        client(&nodes, &nodes.nodes[0].url),
+        client(&nodes, &nodes.nodes[1].url),
+    ];
+    let runtime = runtime();
+    let mut tokens: Vec<String> = clients
+        .iter()
+        .map(|client| {
+            sign_in(&runtime, client, client, &alice, ALICE_PIN)
+                .expect("a sign-in")
+                .token
+        })
+        .collect();
+    let old_kid = kid_of(&tokens[0]);
+    assert_eq!(kid_of(&tokens[1]), old_kid, "both nodes sign with one key");
+    // Rotated once for the deployment; no node is restarted.
+    common::run(common::pivtap_command(&[
+        "server",
+        "rotate-keys",
+        "--config",
+        path_str(&nodes.config),
+    ]))
+    .success("server rotate-keys");
+    for (index, client) in clients.iter().enumerate() {
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        loop {
+            let token = sign_in(&runtime, client, client, &alice, ALICE_PIN)
+                .expect("a sign-in")
+                .token;
+            let rotated = kid_of(&token) != old_kid;
+            tokens.push(token);
+            if rotated {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "node {index} still signs with the old key 5 s after the rotation"
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+    let now = time::OffsetDateTime::now_utc();
+    for (index, client) in clients.iter().enumerate() {
+        let jwks = runtime.block_on(client.jwks()).expect("the node's JWKS");
+        let verifier = pivtap_server::token::TokenVerifier::from_jwks(&jwks).expect("a JWKS");
+        for token in &tokens {
+            verifier
+                .verify(token, now)
+                .unwrap_or_else(|error| panic!("node {index}'s JWKS: {error}"));
+        }
+    }
+}
