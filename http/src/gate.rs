@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use tokio::net::TcpStream;
 
+use crate::proxy::ProxyHeaderError;
 use crate::stream::LimitedStream;
 
 /// At most one warning per listener and kind of limit in this time.
@@ -56,6 +57,7 @@ struct Shared {
     refused: Warning,
     idle: Warning,
     failed: Warning,
+    proxy: Warning,
 }
 
 /// The open connections of one listener.
@@ -86,6 +88,7 @@ impl ConnectionGate {
                 refused: Warning::default(),
                 idle: Warning::default(),
                 failed: Warning::default(),
+                proxy: Warning::default(),
             }),
         }
     }
@@ -104,18 +107,44 @@ impl ConnectionGate {
     /// close it), or the error of reading the peer's address.
     pub fn admit(&self, stream: TcpStream) -> io::Result<LimitedStream> {
         let source = stream.peer_addr()?.ip();
+        self.admit_as(stream, source)
+    }
+
+    /// [`ConnectionGate::admit`] for a connection counted under `source` rather than its TCP
+    /// peer: the client a trusted proxy's PROXY header names.
+    ///
+    /// # Errors
+    /// `ConnectionRefused` when a cap is reached (logged, rate-limited).
+    pub fn admit_as(&self, stream: TcpStream, source: IpAddr) -> io::Result<LimitedStream> {
         let permit = self.reserve(source)?;
         Ok(LimitedStream::new(stream, permit))
     }
 
     /// Logs (rate-limited) a connection that failed before its first request:
-    /// a TLS handshake that timed out or failed. Refusals by the caps
+    /// a TLS handshake that timed out or failed, or a trusted proxy's connection
+    /// without a valid PROXY header (an error made from a
+    /// [`ProxyHeaderError`], logged as such). Refusals by the caps
     /// (`ConnectionRefused`) are logged already by [`ConnectionGate::admit`].
     pub fn note_accept_error(&self, error: &io::Error) {
         if error.kind() == io::ErrorKind::ConnectionRefused {
             return;
         }
         let shared = &self.shared;
+        if let Some(proxy) = error
+            .get_ref()
+            .and_then(|inner| inner.downcast_ref::<ProxyHeaderError>())
+        {
+            if let Some(count) = shared.proxy.due() {
+                tracing::warn!(
+                    target: "pivtap::connections",
+                    listener = shared.listener,
+                    error = %proxy,
+                    refused = count,
+                    "connections from a trusted proxy refused: no valid PROXY header"
+                );
+            }
+            return;
+        }
         if let Some(count) = shared.failed.due() {
             let timed_out = error.kind() == io::ErrorKind::TimedOut;
             tracing::warn!(

@@ -27,6 +27,11 @@
 //! flood the log too. A request whose headers time out is closed by hyper,
 //! which gives no hook to log it.
 //!
+//! Behind a load balancer in TCP mode, [`read_proxy_header`] reads the PROXY
+//! protocol header (v2 or v1) that names the client, before TLS; the server
+//! reads it only from the proxies it trusts and counts the connection under
+//! the client's address ([`ConnectionGate::admit_as`]).
+//!
 //! [`serve`] gives a plain-HTTP listener (the kiosk's local API) all of the
 //! above but the TLS handshake time-out, speaks HTTP/1.1 and HTTP/2 (detected
 //! per connection), hands axum handlers the client's address as
@@ -37,11 +42,13 @@
 #![warn(missing_docs)]
 
 mod gate;
+pub mod proxy;
 mod serve;
 mod stream;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
 
 pub use gate::{ConnectionGate, ConnectionLimits, WARNING_INTERVAL};
+pub use proxy::{ProxyHeader, ProxyHeaderError, read_proxy_header};
 pub use serve::{configure_http, serve};
 pub use stream::LimitedStream;

@@ -92,6 +92,10 @@
 //! idle_timeout_seconds = 60            # nothing read or written for this long: closed (1 to 3600)
 //! max_connections = 512                # open at once in all; keep it under the open-file limit
 //! max_connections_per_source = 64      # open at once from one IP address (<= max_connections)
+//! proxy_protocol_from = []             # load balancers (addresses or networks, "10.0.0.5",
+//!                                      # "10.0.1.0/24") whose connections must begin with a PROXY
+//!                                      # protocol header (v2 or v1) naming the client; from any
+//!                                      # other peer a PROXY header is refused (default: none)
 //!
 //! [metrics]                            # GET /metrics (Prometheus); by default served nowhere
 //! listen = "127.0.0.1:9464"            # optional: a separate plain-HTTP listener serving only
@@ -589,6 +593,8 @@ pub struct ConnectionsConfig {
     pub max_connections: u64,
     /// Connections open at once from one IP address.
     pub max_connections_per_source: u64,
+    /// The load balancers whose connections begin with a PROXY protocol header.
+    pub proxy_protocol_from: Vec<crate::connections::ProxyNetwork>,
 }
 
 impl Default for ConnectionsConfig {
@@ -600,6 +606,7 @@ impl Default for ConnectionsConfig {
             idle_timeout_seconds: limits.idle_timeout.as_secs(),
             max_connections: limits.max_connections as u64,
             max_connections_per_source: limits.max_connections_per_source as u64,
+            proxy_protocol_from: Vec::new(),
         }
     }
 }
@@ -616,6 +623,12 @@ impl ConnectionsConfig {
             max_connections_per_source: usize::try_from(self.max_connections_per_source)
                 .unwrap_or(usize::MAX),
         }
+    }
+
+    /// The proxies whose connections must begin with a PROXY header.
+    #[must_use]
+    pub fn trusted_proxies(&self) -> crate::connections::TrustedProxies {
+        crate::connections::TrustedProxies::new(&self.proxy_protocol_from)
     }
 }
 
@@ -1686,6 +1699,48 @@ ca_certificates = ["ca.pem"]
             with_token.metrics.token_file.as_deref(),
             Some(Path::new("/etc/pivtap/metrics.token"))
         );
+    }
+
+    #[test]
+    fn proxy_protocol_peers_are_addresses_or_networks() {
+        let config = parse(MINIMAL).unwrap();
+        assert!(
+            config.connections.trusted_proxies().is_empty(),
+            "none by default"
+        );
+        let config = parse(&format!(
+            "{MINIMAL}\n[connections]\nproxy_protocol_from = [\"10.0.0.5\", \"10.0.1.7/24\", \"fd00::/64\"]\n"
+        ))
+        .unwrap();
+        let proxies = config.connections.trusted_proxies();
+        for (peer, trusted) in [
+            ("10.0.0.5", true),
+            ("10.0.0.6", false),
+            ("10.0.1.200", true),
+            ("::ffff:10.0.1.1", true),
+            ("fd00::9", true),
+            ("fd01::9", false),
+        ] {
+            let ip: std::net::IpAddr = peer.parse().unwrap();
+            assert_eq!(proxies.trusts(ip), trusted, "{peer}");
+        }
+        let written: Vec<String> = config
+            .connections
+            .proxy_protocol_from
+            .iter()
+            .map(|network| String::from(*network))
+            .collect();
+        assert_eq!(written, ["10.0.0.5", "10.0.1.0/24", "fd00::/64"]);
+        for bad in ["\"proxy.example\"", "\"10.0.0.0/33\"", "\"\"", "5"] {
+            let error = parse(&format!(
+                "{MINIMAL}\n[connections]\nproxy_protocol_from = [{bad}]\n"
+            ))
+            .unwrap_err();
+            assert!(
+                matches!(error, ConfigError::Syntax { .. }),
+                "{bad}: {error}"
+            );
+        }
     }
 
     #[test]

@@ -454,7 +454,9 @@ async fn handlers_see_the_client_address() {
     };
     let limits = pivtap_server::connections::ConnectionLimits::default();
     let serving = handle.clone();
-    tokio::spawn(async move { server::serve_router(router, listener, serving, &limits).await });
+    tokio::spawn(async move {
+        server::serve_router(router, listener, serving, &limits, Default::default()).await
+    });
     let address = handle.listening().await.expect("listens");
     let socket = TcpSocket::new_v4().expect("a socket");
     socket

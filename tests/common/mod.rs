@@ -2,6 +2,7 @@
 // Each test crate uses only some of these helpers.
 #![allow(dead_code)]
 
+pub mod nodes;
 pub mod tmux;
 
 use std::fs::File;

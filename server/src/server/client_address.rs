@@ -1,4 +1,4 @@
-//! The client's address as the server sees it (the TCP peer, never a header such as `X-Forwarded-For`), and the key its budgets are counted under.
+//! The client's address as the server sees it (the TCP peer, or the client a trusted proxy's PROXY header names; never a header such as `X-Forwarded-For`), and the key its budgets are counted under.
 
 use std::convert::Infallible;
 use std::net::{IpAddr, SocketAddr};
@@ -8,22 +8,31 @@ use axum::extract::{ConnectInfo, FromRequestParts};
 use axum::http::Extensions;
 use axum::http::request::Parts;
 
+use crate::connections::ProxiedSource;
+
 /// The peer address of a request, if the server was given one (`None` for requests sent
 /// without a socket, e.g. `oneshot` in tests: they all share one budget).
 ///
-/// Headers such as `X-Forwarded-For` are not trusted: behind a reverse proxy every client
-/// has the proxy's address.
+/// Headers such as `X-Forwarded-For` are not trusted: behind an HTTP reverse proxy every
+/// client has the proxy's address. Behind a TCP load balancer listed in `[connections]
+/// proxy_protocol_from`, the client's address comes from the balancer's PROXY header.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ClientAddress(pub Option<IpAddr>);
 
 impl ClientAddress {
-    /// The peer address recorded in a request's extensions: axum's [`ConnectInfo`],
-    /// or a test's [`MockConnectInfo`].
+    /// The client address recorded in a request's extensions: the
+    /// [`ProxiedSource`] a trusted proxy named, else axum's [`ConnectInfo`] (the
+    /// TCP peer), or a test's [`MockConnectInfo`].
     #[must_use]
     pub fn of(extensions: &Extensions) -> Self {
         let peer = extensions
-            .get::<ConnectInfo<SocketAddr>>()
-            .map(|ConnectInfo(address)| *address)
+            .get::<ProxiedSource>()
+            .map(|ProxiedSource(address)| *address)
+            .or_else(|| {
+                extensions
+                    .get::<ConnectInfo<SocketAddr>>()
+                    .map(|ConnectInfo(address)| *address)
+            })
             .or_else(|| {
                 extensions
                     .get::<MockConnectInfo<SocketAddr>>()
@@ -79,5 +88,9 @@ mod tests {
         let mut extensions = Extensions::new();
         extensions.insert(ConnectInfo(address));
         assert_eq!(ClientAddress::of(&extensions).0, Some(address.ip()));
+        // A trusted proxy's PROXY header takes the place of the TCP peer.
+        let client: SocketAddr = "198.51.100.4:5000".parse().expect("an address");
+        extensions.insert(ProxiedSource(client));
+        assert_eq!(ClientAddress::of(&extensions).0, Some(client.ip()));
     }
 }

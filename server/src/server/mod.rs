@@ -137,6 +137,8 @@ pub struct HttpSettings {
     pub connections: crate::connections::ConnectionLimits,
     /// A loopback address where a separate plain-HTTP listener serves `GET /metrics` only.
     pub metrics_listen: Option<SocketAddr>,
+    /// The load balancers whose connections to the server's listener begin with a PROXY header.
+    pub proxies: crate::connections::TrustedProxies,
     /// SHA-256 of the metrics credential; with it, `GET /metrics` is served on the
     /// public listener too, to requests presenting it.
     metrics_token_hash: Option<[u8; 32]>,
@@ -147,6 +149,7 @@ impl std::fmt::Debug for HttpSettings {
         f.debug_struct("HttpSettings")
             .field("connections", &self.connections)
             .field("metrics_listen", &self.metrics_listen)
+            .field("proxies", &self.proxies)
             .field(
                 "metrics_token",
                 &self.metrics_token_hash.map(|_| "REDACTED"),
@@ -173,9 +176,17 @@ impl HttpSettings {
         Self {
             connections,
             metrics_listen,
+            proxies: crate::connections::TrustedProxies::default(),
             metrics_token_hash: metrics_token
                 .map(|token| Sha256::digest(token.trim().as_bytes()).into()),
         }
+    }
+
+    /// These settings, requiring a PROXY header from `proxies` on the server's listener.
+    #[must_use]
+    pub fn trusting_proxies(mut self, proxies: crate::connections::TrustedProxies) -> Self {
+        self.proxies = proxies;
+        self
     }
 }
 
@@ -705,11 +716,14 @@ pub async fn from_config(
     }
     let limiter = RateLimiter::new(config.rate_limit.policy());
     let state = ServerState::new(settings, store, verifier, tokens, &admin_token, limiter)
-        .with_http(HttpSettings::new(
-            config.connections.limits(),
-            config.metrics.listen,
-            metrics_token.as_deref().map(String::as_str),
-        ));
+        .with_http(
+            HttpSettings::new(
+                config.connections.limits(),
+                config.metrics.listen,
+                metrics_token.as_deref().map(String::as_str),
+            )
+            .trusting_proxies(config.connections.trusted_proxies()),
+        );
     state.sync_token_keys().await?;
     if let Some(tls) = &config.tls {
         match std::fs::read(&tls.certificate)
@@ -1045,7 +1059,8 @@ pub async fn serve_with_handle(
     };
     let maintenance = tokio::spawn(maintain(state.clone()));
     let key_refresh = tokio::spawn(keep_token_keys_current(state.clone()));
-    let served = serve_router(app(state.clone()), listener, handle, &limits).await;
+    let proxies = state.http().proxies.clone();
+    let served = serve_router(app(state.clone()), listener, handle, &limits, proxies).await;
     maintenance.abort();
     key_refresh.abort();
     if let Some((metrics_handle, metrics_task)) = metrics {
@@ -1220,8 +1235,8 @@ async fn tidy(store: &dyn Store, now: time::OffsetDateTime, audit_retention: Dur
 }
 
 /// Serves `router` on `listener` with the time-outs and caps of `limits`
-/// (see [`crate::connections`]); handlers can extract the client's address
-/// as `ConnectInfo<SocketAddr>`.
+/// (see [`crate::connections`]), requiring a PROXY header from `proxies`;
+/// handlers get the client's address as `ClientAddress`.
 ///
 /// # Errors
 /// [`ServeError`] when the listener cannot start.
@@ -1230,9 +1245,10 @@ pub async fn serve_router(
     listener: Listener,
     handle: axum_server::Handle<SocketAddr>,
     limits: &crate::connections::ConnectionLimits,
+    proxies: crate::connections::TrustedProxies,
 ) -> Result<(), ServeError> {
     let app = router.into_make_service_with_connect_info::<SocketAddr>();
-    let acceptor = LimitedAcceptor::new("server", *limits);
+    let acceptor = LimitedAcceptor::new("server", *limits).trusting(proxies);
     match listener {
         Listener::Tls {
             address,
