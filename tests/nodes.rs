@@ -472,7 +472,10 @@ fn a_node_killed_under_load_leaves_the_kiosks_signing_in_through_the_other() {
                         let was_killed = killed.load(std::sync::atomic::Ordering::SeqCst);
                         let run = nodes.auth(&nodes.balancer, device, card, ALICE_PIN);
                         if run.code == 0 {
-                            let token = run.json()["token"].as_str().expect("a token").to_owned();
+                            let json = run.json();
+                            let token = json["token"].as_str().expect("a token").to_owned();
+                            let nonce = json["audit_nonce"].as_str().expect("a nonce");
+                            let token = (token, format!("nonce {nonce}…"));
                             if was_killed {
                                 after.push(token)
                             } else {
@@ -521,8 +524,19 @@ fn a_node_killed_under_load_leaves_the_kiosks_signing_in_through_the_other() {
             .iter()
             .filter(|event| event["device"] == device.as_str())
             .count();
-        // Every sign-in seen is audited once; a sign-in cut off by the kill may be
-        // audited without the kiosk seeing it, never more than its failed attempts.
+        // Every sign-in seen is audited exactly once (found by its nonce); a sign-in cut
+        // off by the kill may be audited without the kiosk seeing it, never more than its
+        // failed attempts.
+        for (_, nonce) in before.iter().chain(after) {
+            let events = audited
+                .iter()
+                .filter(|event| event["device"] == device.as_str() && event["detail"] == *nonce)
+                .count();
+            assert_eq!(
+                events, 1,
+                "{device}: the sign-in of {nonce} is audited once"
+            );
+        }
         assert!(
             audited_here >= seen && audited_here <= seen + failures.len(),
             "{device}: saw {seen}, audited {audited_here}, failed {}",

@@ -141,7 +141,7 @@ pub struct AuthArgs {
     /// The key slot that signs.
     #[arg(long, default_value = "9a")]
     slot: KeyReference,
-    /// Print JSON (user, token, expires_in).
+    /// Print JSON (user, token, expires_in, audit_nonce).
     #[arg(long)]
     json: bool,
     /// Also print what the sign-in cost: APDUs and bytes exchanged with the
@@ -170,6 +170,9 @@ struct AuthOutput {
     user: pivtap_protocol::wire::UserInfo,
     token: String,
     expires_in: u64,
+    /// The challenge's nonce as the server's audit shows it (`nonce ABCDEFGH…`): the
+    /// audit event of this sign-in.
+    audit_nonce: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     stats: Option<AuthStats>,
 }
@@ -224,6 +227,7 @@ pub fn run(args: AuthArgs) -> anyhow::Result<()> {
                 user: signed_in.user,
                 token: signed_in.token,
                 expires_in: signed_in.expires_in,
+                audit_nonce: pivtap_protocol::nonce::Nonce::audit_prefix_of(&challenge.nonce),
                 stats,
             })?
         );
