@@ -146,6 +146,13 @@ const EXAMPLES: &[(&[&str], &[&str])] = &[
         &["pivtap server rotate-keys --config /etc/pivtap/server.toml"],
     ),
     (
+        &["server", "migrate-store"],
+        &[
+            "PIVTAP_STORE_PASSWORD=... pivtap server migrate-store --from sqlite:/var/lib/pivtap/server/pivtap.db --to 'postgres://pivtap@db.example.com:5432/pivtap'",
+            "pivtap server migrate-store --from sqlite:pivtap.db --to 'postgres://pivtap@127.0.0.1:5432/pivtap' --json",
+        ],
+    ),
+    (
         &["server", "run"],
         &[
             "pivtap server run --config ./server/server.toml",

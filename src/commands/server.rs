@@ -12,6 +12,7 @@ use pivtap_server::token::TokenKeys;
 use pivtap_server::{backup, check};
 
 mod service;
+mod store_location;
 
 /// `pivtap server ...`
 #[derive(Subcommand, Debug)]
@@ -135,6 +136,24 @@ pub enum ServerCommand {
         file: PathBuf,
         /// The server directory to restore into.
         dir: PathBuf,
+    },
+    /// Copy a stopped server's SQLite store into an empty PostgreSQL store, in one
+    /// transaction: users, cards, the audit (its ids kept), enrollment codes, issued and
+    /// revoked certificates, renewals, devices, admin credentials. Pending challenges are
+    /// not copied (kiosks ask the new store for new ones). Every table's count is checked
+    /// against the source before the copy commits. Refused while a server runs on the
+    /// source, or when the target holds data. The PostgreSQL password comes from
+    /// PIVTAP_STORE_PASSWORD.
+    MigrateStore {
+        /// The source: sqlite:PATH (the database server.toml names).
+        #[arg(long, value_name = "URL")]
+        from: String,
+        /// The target: postgres://USER@HOST:PORT/DATABASE (a new, empty database).
+        #[arg(long, value_name = "URL")]
+        to: String,
+        /// Print the tables and their counts as JSON.
+        #[arg(long)]
+        json: bool,
     },
     /// Run the server (HTTPS; stops cleanly on Ctrl-C or SIGTERM; on SIGHUP
     /// reloads the trusted CAs, CRLs and mapping, keeping them if one is bad).
@@ -441,6 +460,7 @@ pub fn run(command: ServerCommand) -> anyhow::Result<()> {
             );
             Ok(())
         }
+        ServerCommand::MigrateStore { from, to, json } => migrate_store(&from, &to, json),
         ServerCommand::Run { config, listen, .. } => {
             let mut configuration = ServerConfig::load(&config)?;
             if let Some(listen) = listen {
@@ -471,4 +491,42 @@ pub fn run(command: ServerCommand) -> anyhow::Result<()> {
             })
         }
     }
+}
+
+/// `pivtap server migrate-store`.
+fn migrate_store(from: &str, to: &str, json: bool) -> anyhow::Result<()> {
+    let from = store_location::sqlite_path(from)?;
+    let to = store_location::postgres_config(to)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    let migration = runtime.block_on(async {
+        let target = pivtap_server::store::PostgresStore::connect_with(to)
+            .await
+            .context("cannot open the target PostgreSQL store")?;
+        let migration = pivtap_server::store::bulk::migrate_store(&from, &target).await?;
+        anyhow::Ok(migration)
+    })?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&migration)?);
+        return Ok(());
+    }
+    println!(
+        "Copied {} into PostgreSQL in {:.1} s; counts checked:",
+        from.display(),
+        migration.elapsed.as_secs_f64()
+    );
+    for table in &migration.tables {
+        println!("  {:<22} {:>12} rows", table.table, table.after);
+    }
+    for left_out in &migration.left_out {
+        println!("  {:<22} not copied: {}", left_out.table, left_out.why);
+    }
+    println!(
+        "Next: point [store] in server.toml at the PostgreSQL URL and start the servers; \
+         keep {} until they run.",
+        from.display()
+    );
+    Ok(())
 }
