@@ -5,6 +5,7 @@
 
 use std::path::Path;
 
+use pivtap_server::store::bulk::{OWN_TABLES, TABLES};
 use pivtap_testkit::postgres::FreshDatabase;
 
 mod common;
@@ -122,6 +123,27 @@ fn an_sqlite_deployment_is_copied_into_an_empty_postgresql_store() {
     let left_out = migrated["left_out"].as_array().expect("left_out");
     assert_eq!(left_out.len(), 1, "{migrated}");
     assert_eq!(left_out[0]["table"], "challenges");
+
+    // The table list copies read is PostgreSQL's schema too (table by table, column by column).
+    let schema = database.query(
+        "SELECT table_name || ':' || string_agg(column_name::text, ',' ORDER BY ordinal_position) \
+         FROM information_schema.columns WHERE table_schema = current_schema() \
+         GROUP BY table_name ORDER BY table_name",
+    );
+    let mut listed: Vec<String> = TABLES
+        .iter()
+        .map(|table| {
+            let columns: Vec<&str> = table.columns.iter().map(|column| column.name).collect();
+            format!("{}:{}", table.name, columns.join(","))
+        })
+        .chain(
+            OWN_TABLES
+                .iter()
+                .map(|name| format!("{name}:version,applied_at")),
+        )
+        .collect();
+    listed.sort();
+    assert_eq!(schema, listed.join("\n"));
 
     // The audit keeps its ids, and the next id follows the last one.
     let newest_id = events[0]["id"].as_i64().expect("an event id");

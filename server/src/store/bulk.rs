@@ -881,3 +881,164 @@ pub async fn migrate_store(from: &Path, to: &PostgresStore) -> Result<Migration,
         elapsed: started.elapsed(),
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::Store as _;
+
+    /// Every table of the SQLite schema is in [`TABLES`] (or [`OWN_TABLES`]) with the same
+    /// columns in the same order: a new table or column cannot be forgotten by copies.
+    #[tokio::test]
+    async fn the_table_list_is_the_sqlite_schema() {
+        let store = SqliteStore::in_memory().await.expect("a store");
+        let schema = store
+            .database
+            .read(|connection| {
+                let mut tables = connection.prepare(
+                    "SELECT name FROM sqlite_master WHERE type = 'table' \
+                     AND name NOT LIKE 'sqlite_%' ORDER BY name",
+                )?;
+                let names = tables
+                    .query_map([], |row| row.get::<_, String>(0))?
+                    .collect::<Result<Vec<_>, _>>()?;
+                let mut schema = Vec::new();
+                for name in names {
+                    let mut columns = connection
+                        .prepare(&format!("SELECT name FROM pragma_table_info('{name}')"))?;
+                    let columns = columns
+                        .query_map([], |row| row.get::<_, String>(0))?
+                        .collect::<Result<Vec<_>, _>>()?;
+                    schema.push((name, columns));
+                }
+                Ok(schema)
+            })
+            .await
+            .expect("the schema");
+        let mut listed: Vec<(String, Vec<String>)> = TABLES
+            .iter()
+            .map(|table| {
+                (
+                    table.name.to_owned(),
+                    table.columns.iter().map(|c| c.name.to_owned()).collect(),
+                )
+            })
+            .collect();
+        listed.extend(OWN_TABLES.iter().map(|name| {
+            (
+                (*name).to_owned(),
+                vec!["version".to_owned(), "applied_at".to_owned()],
+            )
+        }));
+        listed.sort();
+        assert_eq!(schema, listed);
+    }
+
+    fn user_row(id: &str) -> Vec<Value> {
+        vec![
+            Value::Text(id.to_owned()),
+            Value::Text(format!("User {id}")),
+            Value::Text(format!("{id}@example.com")),
+            Value::Null,
+            Value::Null,
+            Value::Text("active".to_owned()),
+            Value::Time(OffsetDateTime::UNIX_EPOCH),
+        ]
+    }
+
+    async fn load_users(
+        store: &SqliteStore,
+        rows: Vec<Vec<Value>>,
+        done: bool,
+        existing: Existing,
+    ) -> Result<Vec<Loaded>, BulkError> {
+        let (sender, receiver) = mpsc::channel(8);
+        let users = table("users").expect("users");
+        let feed = async move {
+            sender
+                .send(Feed::Table {
+                    table: users,
+                    columns: users.columns,
+                })
+                .await
+                .ok();
+            sender.send(Feed::Rows(rows)).await.ok();
+            sender
+                .send(Feed::End {
+                    source_rows: None,
+                    identity: None,
+                })
+                .await
+                .ok();
+            if done {
+                sender.send(Feed::Done).await.ok();
+            }
+        };
+        let (_, loaded) = tokio::join!(feed, load(Target::Sqlite(store), receiver, existing));
+        loaded
+    }
+
+    #[tokio::test]
+    async fn a_load_is_one_transaction_that_refuses_a_store_with_data() {
+        let store = SqliteStore::in_memory().await.expect("a store");
+        // A feed that stops before Done writes nothing.
+        let stopped = load_users(&store, vec![user_row("a")], false, Existing::Refuse).await;
+        assert!(
+            matches!(stopped, Err(BulkError::FeedStopped)),
+            "{stopped:?}"
+        );
+        assert!(store.list_users().await.expect("users").is_empty());
+
+        let loaded = load_users(
+            &store,
+            vec![user_row("a"), user_row("b")],
+            true,
+            Existing::Refuse,
+        )
+        .await
+        .expect("loaded");
+        assert_eq!(
+            loaded,
+            vec![Loaded {
+                table: "users",
+                before: 0,
+                written: 2,
+                after: 2
+            }]
+        );
+        let again = load_users(&store, vec![user_row("c")], true, Existing::Refuse).await;
+        assert!(
+            matches!(
+                again,
+                Err(BulkError::NotEmpty {
+                    table: "users",
+                    rows: 2
+                })
+            ),
+            "{again:?}"
+        );
+        // Added to what is there; a clash (an existing id) rolls the whole load back.
+        load_users(&store, vec![user_row("c")], true, Existing::Add)
+            .await
+            .expect("added");
+        let clash = load_users(
+            &store,
+            vec![user_row("d"), user_row("a")],
+            true,
+            Existing::Add,
+        )
+        .await;
+        assert!(matches!(clash, Err(BulkError::Store(_))), "{clash:?}");
+        let ids: Vec<String> = store
+            .list_users()
+            .await
+            .expect("users")
+            .into_iter()
+            .map(|user| user.id)
+            .collect();
+        assert_eq!(ids, ["a", "b", "c"]);
+        // A row of the wrong width is refused.
+        let narrow = load_users(&store, vec![vec![Value::Null]], true, Existing::Add).await;
+        assert!(matches!(narrow, Err(BulkError::Feed(_))), "{narrow:?}");
+    }
+}
