@@ -38,6 +38,17 @@ pub enum BackupError {
     /// The backup file exists already.
     #[error("{} exists; choose a new file name", .0.display())]
     Exists(PathBuf),
+    /// The store is PostgreSQL, which this command does not copy.
+    #[error(
+        "the store is PostgreSQL ({url}): `pivtap server backup` copies only a SQLite store; \
+         back the database up with pg_dump (pg_dump --format=custom --file=pivtap.dump \
+         \"$URL\"; restore with pg_restore) and the server directory's files with your \
+         file backup"
+    )]
+    PostgresStore {
+        /// The store's URL (no password in it).
+        url: String,
+    },
     /// A file could not be read or written.
     #[error("cannot {action} {}", .path.display())]
     Io {
@@ -222,6 +233,11 @@ fn mode_of(_: &fs::Metadata) -> u32 {
 /// [`BackupError`] naming what failed; `out` is then not left behind.
 pub fn backup(config_path: &Path, out: &Path) -> Result<BackupReport, BackupError> {
     let config = ServerConfig::load(config_path)?;
+    if config.sqlite_database().is_none() {
+        return Err(BackupError::PostgresStore {
+            url: config.store_url().to_string(),
+        });
+    }
     if out.exists() {
         return Err(BackupError::Exists(out.to_owned()));
     }

@@ -8,7 +8,9 @@ use time::OffsetDateTime;
 
 use crate::config::ServerConfig;
 use crate::issuance::Issuer;
-use crate::store::snapshot::schema_version;
+use crate::store::PostgresStore;
+use crate::store::snapshot::{SchemaVersion, schema_version};
+use crate::store::url::{PostgresUrl, StorePassword, StoreUrl};
 use crate::token::TokenKeys;
 
 /// A certificate ending within this many days is reported (and warned about by a running server).
@@ -356,7 +358,80 @@ fn check_config(findings: &mut Findings, config: &ServerConfig, now: OffsetDateT
             ),
         }
     }
-    check_database(findings, &config.database);
+    match config.store_url() {
+        StoreUrl::Sqlite(path) => check_database(findings, &path),
+        StoreUrl::Postgres(url) => {
+            let password_file = config
+                .store
+                .as_ref()
+                .and_then(|store| store.password_file.as_deref());
+            check_postgres(findings, &url, password_file);
+        }
+    }
+}
+
+/// Connects to the PostgreSQL store (TLS and password as the server would) and reports
+/// whether it is reachable and its schema is current; nothing is written.
+fn check_postgres(findings: &mut Findings, url: &PostgresUrl, password_file: Option<&Path>) {
+    if let Some(file) = password_file {
+        secret_mode(findings, "store password file mode", file);
+    }
+    let password = match StorePassword::locate(password_file) {
+        Ok(password) => password,
+        Err(error) => {
+            findings.add("store", password_file, Level::Error, error_chain(&error));
+            return;
+        }
+    };
+    // A runtime of its own, on a thread of its own: the caller may be inside one.
+    let version = std::thread::scope(|scope| {
+        scope
+            .spawn(|| {
+                let runtime = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .map_err(|error| format!("cannot start a runtime: {error}"))?;
+                runtime
+                    .block_on(PostgresStore::schema_version(url, password.as_ref()))
+                    .map_err(|error| error_chain(&error))
+            })
+            .join()
+            .unwrap_or_else(|_| Err("the connection attempt panicked".to_owned()))
+    });
+    match version {
+        Ok(version) => findings.add(
+            "store",
+            None,
+            if version.is_known() {
+                Level::Ok
+            } else {
+                Level::Error
+            },
+            schema_detail(&format!("{url}: reachable"), version),
+        ),
+        Err(reason) => findings.add(
+            "store",
+            None,
+            Level::Error,
+            format!("{url}: cannot connect: {reason}"),
+        ),
+    }
+}
+
+/// What a store's schema version means: `reached` followed by the version's story.
+fn schema_detail(reached: &str, version: SchemaVersion) -> String {
+    match version.applied {
+        Some(applied) if applied > version.known => format!(
+            "{reached}; schema {applied} is newer than this program's {}: run the newer pivtap",
+            version.known
+        ),
+        Some(applied) if applied < version.known => format!(
+            "{reached}; schema {applied}, brought up to {} on start",
+            version.known
+        ),
+        Some(applied) => format!("{reached}; schema {applied}"),
+        None => format!("{reached}; empty (tables are made on start)"),
+    }
 }
 
 fn check_database(findings: &mut Findings, path: &Path) {
@@ -383,28 +458,15 @@ fn check_database(findings: &mut Findings, path: &Path) {
     }
     secret_mode(findings, "database mode", path);
     match schema_version(path) {
-        Ok(version) if version.is_known() => findings.add(
-            "database",
-            Some(path),
-            Level::Ok,
-            match version.applied {
-                Some(applied) if applied < version.known => format!(
-                    "opens; schema {applied}, brought up to {} on start",
-                    version.known
-                ),
-                Some(applied) => format!("opens; schema {applied}"),
-                None => "opens; empty (tables are made on start)".to_owned(),
-            },
-        ),
         Ok(version) => findings.add(
             "database",
             Some(path),
-            Level::Error,
-            format!(
-                "schema {} is newer than this program's {}: run the newer pivtap",
-                version.applied.unwrap_or_default(),
-                version.known
-            ),
+            if version.is_known() {
+                Level::Ok
+            } else {
+                Level::Error
+            },
+            schema_detail("opens", version),
         ),
         Err(error) => findings.add(
             "database",

@@ -11,7 +11,17 @@
 //! plain_http = false                   # serve HTTP instead of HTTPS; only on a loopback `listen`,
 //!                                      # and then without `[tls]` and with an http:// origin
 //! admin_token_file = "admin.token"     # the admin API's bearer credential
-//! database = "pivtap.db"               # the SQLite database (created on first start)
+//! database = "pivtap.db"               # the older spelling of [store] url = "sqlite:pivtap.db";
+//!                                      # a file with both `database` and `[store]` is refused
+//!
+//! [store]                              # optional: absent = the SQLite file of `database`
+//! url = "sqlite:pivtap.db"             # sqlite:PATH (created on first start), or
+//!                                      # postgres://USER@HOST:5432/DB?sslmode=verify-full
+//!                                      # [&sslrootcert=ca.crt] (store::url has every form);
+//!                                      # never a password in it
+//! password_file = "store.password"     # optional, PostgreSQL only: its first line is the
+//!                                      # password (mode 0600); without it the variable
+//!                                      # PIVTAP_STORE_PASSWORD is used (the file wins)
 //!
 //! [tls]                                # required unless plain_http = true
 //! certificate = "tls.crt"              # PEM certificate chain, the server's first
@@ -114,6 +124,7 @@ use rustls_pki_types::{
 use serde::{Deserialize, Serialize};
 
 use crate::mapping::MappingRule;
+use crate::store::url::StoreUrl;
 use pivtap_protocol::pin_policy::{InvalidPinPolicy, PinPolicy};
 use pivtap_protocol::wire::KeyAlgorithm;
 
@@ -149,12 +160,17 @@ pub struct ServerConfig {
     /// The file holding the admin API's bearer credential.
     #[serde(default = "default_admin_token_file")]
     pub admin_token_file: PathBuf,
-    /// The SQLite database file.
+    /// The SQLite database file: the older spelling of `[store] url = "sqlite:PATH"`.
+    /// Once loaded with a SQLite `[store]`, its file; with a PostgreSQL one, unused
+    /// (see [`ServerConfig::store_url`]).
     #[serde(default = "default_database")]
     pub database: PathBuf,
     /// The TLS certificate and key; required unless `plain_http`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls: Option<TlsConfig>,
+    /// Where the store lives; absent: the SQLite file of `database`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub store: Option<StoreConfig>,
     /// Session tokens.
     #[serde(default)]
     pub tokens: TokenConfig,
@@ -187,6 +203,18 @@ pub struct ServerConfig {
     /// Device identity: who may ask for challenges.
     #[serde(default, skip_serializing_if = "DevicesConfig::is_default")]
     pub devices: DevicesConfig,
+}
+
+/// `[store]`: where the store lives and how to log in to it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoreConfig {
+    /// `sqlite:PATH` or `postgres://user@host:port/database?sslmode=...` (no password).
+    pub url: StoreUrl,
+    /// The file holding the PostgreSQL password (first line, mode 0600); without it
+    /// the environment variable [`PASSWORD_ENV`](crate::store::url::PASSWORD_ENV).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password_file: Option<PathBuf>,
 }
 
 /// `[devices]`: device identity.
@@ -663,6 +691,16 @@ pub enum ConfigError {
         /// What is wrong with it.
         problem: PkiFileProblem,
     },
+    /// `[store] url` is not a usable store URL (the message never repeats the URL: it
+    /// may hold a password).
+    #[error("{}: `store.url`: {source}", path.display())]
+    StoreUrl {
+        /// The configuration file.
+        path: PathBuf,
+        /// What is wrong with it.
+        #[source]
+        source: crate::store::url::StoreUrlError,
+    },
     /// The configuration cannot be written as TOML (a path that is not UTF-8).
     #[error("cannot write the configuration as TOML: {0}")]
     Serialize(#[from] toml::ser::Error),
@@ -727,6 +765,14 @@ pub enum ConfigProblem {
     /// The address is the server's own `listen` address.
     #[error("must differ from `listen`")]
     SameAsListen,
+    /// Both the older `database` and `[store]`.
+    #[error(
+        "cannot be combined with `[store]`: keep `[store] url` (for SQLite, url = \"sqlite:PATH\")"
+    )]
+    DatabaseWithStore,
+    /// `password_file` for a SQLite store.
+    #[error("is for a PostgreSQL store: a SQLite store has no password")]
+    PasswordForSqlite,
 }
 
 /// What is wrong with a certificate or CRL file.
@@ -771,10 +817,30 @@ impl ServerConfig {
     /// Parses and checks `text` as the contents of the file `path`, resolving
     /// relative paths against `path`'s directory. Nothing is read from disk.
     pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
-        let mut config: Self = toml::from_str(text).map_err(|source| ConfigError::Syntax {
+        let syntax = |source| ConfigError::Syntax {
             path: path.to_owned(),
             source: Box::new(source),
-        })?;
+        };
+        let mut table: toml::Table = toml::from_str(text).map_err(syntax)?;
+        if table.contains_key("database") && table.contains_key("store") {
+            return Err(ConfigError::Invalid {
+                path: path.to_owned(),
+                field: "database",
+                problem: ConfigProblem::DatabaseWithStore,
+            });
+        }
+        // The store URL is parsed here, not by the TOML reader, whose errors quote the
+        // line: a URL holding a password must be refused without repeating it.
+        if let Some(toml::Value::Table(store)) = table.get_mut("store")
+            && let Some(toml::Value::String(url)) = store.get_mut("url")
+        {
+            let parsed = StoreUrl::parse(url).map_err(|source| ConfigError::StoreUrl {
+                path: path.to_owned(),
+                source,
+            })?;
+            *url = parsed.to_string();
+        }
+        let mut config: Self = table.try_into().map_err(syntax)?;
         config.validate(path)?;
         config.resolve_paths(path.parent().unwrap_or(Path::new("")));
         Ok(config)
@@ -917,6 +983,12 @@ impl ServerConfig {
                 return invalid("metrics.listen", ConfigProblem::SameAsListen);
             }
         }
+        if let Some(store) = &self.store
+            && store.password_file.is_some()
+            && store.url.sqlite_path().is_some()
+        {
+            return invalid("store.password_file", ConfigProblem::PasswordForSqlite);
+        }
         let connections = &self.connections;
         let limits = [
             (
@@ -1006,6 +1078,16 @@ impl ServerConfig {
         let resolve = |path: &mut PathBuf| *path = base_dir.join(&*path);
         resolve(&mut self.admin_token_file);
         resolve(&mut self.database);
+        if let Some(store) = &mut self.store {
+            store.url = store.url.clone().resolve(base_dir);
+            if let Some(file) = &mut store.password_file {
+                resolve(file);
+            }
+            // SQLite's code (backup, check, the server lock) finds its file here.
+            if let Some(file) = store.url.sqlite_path() {
+                self.database = file.to_owned();
+            }
+        }
         if let Some(tls) = &mut self.tls {
             resolve(&mut tls.certificate);
             resolve(&mut tls.key);
@@ -1022,9 +1104,47 @@ impl ServerConfig {
         }
     }
 
-    /// The configuration as `server.toml` text.
+    /// The configuration as `server.toml` text (with `[store]`, without the older
+    /// `database`, which may not stand beside it).
     pub fn to_toml(&self) -> Result<String, ConfigError> {
-        Ok(toml::to_string(self)?)
+        if self.store.is_none() {
+            return Ok(toml::to_string(self)?);
+        }
+        let mut table = toml::Table::try_from(self)?;
+        table.remove("database");
+        Ok(toml::to_string(&table)?)
+    }
+
+    /// Where the store lives: `[store] url`, or the SQLite file of `database`.
+    #[must_use]
+    pub fn store_url(&self) -> StoreUrl {
+        match &self.store {
+            Some(store) => store.url.clone(),
+            None => StoreUrl::Sqlite(self.database.clone()),
+        }
+    }
+
+    /// The SQLite database file, when the store is SQLite (`None` for PostgreSQL).
+    #[must_use]
+    pub fn sqlite_database(&self) -> Option<&Path> {
+        match &self.store {
+            Some(store) => store.url.sqlite_path(),
+            None => Some(&self.database),
+        }
+    }
+
+    /// Opens the configured store ([`open_store`](crate::store::url::open_store)).
+    ///
+    /// # Errors
+    /// [`OpenStoreError`](crate::store::url::OpenStoreError).
+    pub async fn open_store(
+        &self,
+    ) -> Result<std::sync::Arc<dyn crate::store::Store>, crate::store::url::OpenStoreError> {
+        let password_file = self
+            .store
+            .as_ref()
+            .and_then(|store| store.password_file.as_deref());
+        crate::store::url::open_store(&self.store_url(), password_file).await
     }
 
     /// The trust anchors of [`TrustConfig::ca_certificates`], DER, in file order.
@@ -1173,6 +1293,110 @@ ca_certificates = ["trust/ca.pem"]
             Err(ConfigError::Invalid { field, problem, .. }) => (field, problem),
             other => panic!("expected an invalid value, got {other:?}"),
         }
+    }
+
+    #[test]
+    fn the_store_defaults_to_the_sqlite_file_of_database() {
+        let config = parse(MINIMAL).unwrap();
+        assert_eq!(config.store, None);
+        assert_eq!(
+            config.store_url(),
+            StoreUrl::Sqlite("/etc/pivtap/pivtap.db".into())
+        );
+        assert_eq!(
+            config.sqlite_database(),
+            Some(Path::new("/etc/pivtap/pivtap.db"))
+        );
+        // The older spelling still works, relative to the configuration's directory.
+        let older = parse(&format!("database = \"data/x.db\"\n{MINIMAL}")).unwrap();
+        assert_eq!(
+            older.store_url(),
+            StoreUrl::Sqlite("/etc/pivtap/data/x.db".into())
+        );
+    }
+
+    #[test]
+    fn a_store_section_names_sqlite_or_postgres() {
+        let sqlite = parse(&format!("{MINIMAL}\n[store]\nurl = \"sqlite:data/p.db\"\n")).unwrap();
+        assert_eq!(
+            sqlite.store_url(),
+            StoreUrl::Sqlite("/etc/pivtap/data/p.db".into())
+        );
+        // SQLite's code (backup, check, the server lock) finds the file in `database`.
+        assert_eq!(sqlite.database, Path::new("/etc/pivtap/data/p.db"));
+        assert_eq!(
+            sqlite.sqlite_database(),
+            Some(Path::new("/etc/pivtap/data/p.db"))
+        );
+
+        let text = format!(
+            "{MINIMAL}\n[store]\nurl = \"postgres://pivtap@db.example/pivtap?sslrootcert=pg-ca.crt\"\n\
+             password_file = \"secrets/store.password\"\n"
+        );
+        let postgres = parse(&text).unwrap();
+        let Some(StoreConfig { url, password_file }) = &postgres.store else {
+            panic!("no [store]")
+        };
+        let crate::store::url::StoreUrl::Postgres(url) = url else {
+            panic!("{url:?}")
+        };
+        assert_eq!(
+            url.ssl_root_cert,
+            Some(PathBuf::from("/etc/pivtap/pg-ca.crt"))
+        );
+        assert_eq!(url.ssl_mode, crate::store::url::SslMode::VerifyFull);
+        assert_eq!(
+            password_file.as_deref(),
+            Some(Path::new("/etc/pivtap/secrets/store.password"))
+        );
+        assert_eq!(postgres.sqlite_database(), None);
+
+        // Written out: [store] without `database`, and it reads back the same.
+        let written = postgres.to_toml().unwrap();
+        assert!(written.contains("[store]"), "{written}");
+        assert!(!written.contains("database ="), "{written}");
+        assert_eq!(parse(&written).unwrap(), postgres);
+        let written = sqlite.to_toml().unwrap();
+        assert_eq!(parse(&written).unwrap(), sqlite);
+    }
+
+    #[test]
+    fn bad_store_settings_are_refused() {
+        let both = format!("database = \"x.db\"\n{MINIMAL}\n[store]\nurl = \"sqlite:y.db\"\n");
+        assert_eq!(
+            invalid(&both),
+            ("database", ConfigProblem::DatabaseWithStore)
+        );
+        let error = parse(&both).unwrap_err().to_string();
+        assert!(error.contains("[store]"), "{error}");
+
+        let password_for_sqlite =
+            format!("{MINIMAL}\n[store]\nurl = \"sqlite:y.db\"\npassword_file = \"p\"\n");
+        assert_eq!(
+            invalid(&password_for_sqlite),
+            ("store.password_file", ConfigProblem::PasswordForSqlite)
+        );
+
+        for (url, expected) in [
+            ("postgres://pivtap:hunter2@db/pivtap", "password_file"),
+            (
+                "postgres://pivtap@db/pivtap?password=hunter2",
+                "password_file",
+            ),
+            ("postgres://pivtap@db/pivtap?sslmode=disable", "plain text"),
+            ("mysql://x", "starts with sqlite:"),
+        ] {
+            let text = format!("{MINIMAL}\n[store]\nurl = \"{url}\"\n");
+            let error = match parse(&text) {
+                Err(error @ ConfigError::StoreUrl { .. }) => crate::check::error_chain(&error),
+                other => panic!("{url}: {other:?}"),
+            };
+            assert!(error.contains("store.url"), "{error}");
+            assert!(error.contains(expected), "{url}: {error}");
+            assert!(!error.contains("hunter2"), "{error}");
+        }
+        let unknown = format!("{MINIMAL}\n[store]\nurl = \"sqlite:x\"\npassword = \"x\"\n");
+        assert!(matches!(parse(&unknown), Err(ConfigError::Syntax { .. })));
     }
 
     #[test]

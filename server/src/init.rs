@@ -334,6 +334,7 @@ pub fn init_server(dir: &Path, options: &InitOptions) -> Result<InitReport, Init
         plain_http: false,
         admin_token_file: PathBuf::from(ADMIN_TOKEN_FILE),
         database: PathBuf::from(DATABASE_FILE),
+        store: None,
         tls: Some(TlsConfig {
             certificate: PathBuf::from(CERTIFICATE_FILE),
             key: PathBuf::from(CERTIFICATE_KEY_FILE),

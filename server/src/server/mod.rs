@@ -446,8 +446,11 @@ pub enum StartError {
         #[source]
         source: std::io::Error,
     },
-    /// The database could not be opened or migrated.
-    #[error("cannot open the database")]
+    /// The store could not be opened or migrated (or its password read).
+    #[error(transparent)]
+    OpenStore(#[from] crate::store::url::OpenStoreError),
+    /// The store opened but failed.
+    #[error("the store failed")]
     Store(#[source] crate::store::StoreError),
     /// The database opened but cannot be written (a read-only file or
     /// directory, a full disk): no sign-in could be recorded.
@@ -551,19 +554,20 @@ pub async fn from_config(
         }
         None => None,
     };
-    let store = crate::store::SqliteStore::open(&config.database)
-        .await
-        .map_err(StartError::Store)?;
+    let store = config.open_store().await?;
     // A store that opens may still be read-only (SQLite falls back to reading a
     // file it may not write): refuse to start rather than fail every sign-in.
     store
         .heartbeat(time::OffsetDateTime::now_utc())
         .await
-        .map_err(|source| StartError::DatabaseNotWritable {
-            path: config.database.clone(),
-            source,
+        .map_err(|source| match config.sqlite_database() {
+            Some(path) => StartError::DatabaseNotWritable {
+                path: path.to_owned(),
+                source,
+            },
+            None => StartError::Store(source),
         })?;
-    report_user_conflicts(&store).await;
+    report_user_conflicts(&*store).await;
     let settings = Settings {
         origin: config.origin.clone(),
         token_audience: config.tokens.audience.clone(),
@@ -583,19 +587,12 @@ pub async fn from_config(
         );
     }
     let limiter = RateLimiter::new(config.rate_limit.policy());
-    let state = ServerState::new(
-        settings,
-        Arc::new(store),
-        verifier,
-        tokens,
-        &admin_token,
-        limiter,
-    )
-    .with_http(HttpSettings::new(
-        config.connections.limits(),
-        config.metrics.listen,
-        metrics_token.as_deref().map(String::as_str),
-    ));
+    let state = ServerState::new(settings, store, verifier, tokens, &admin_token, limiter)
+        .with_http(HttpSettings::new(
+            config.connections.limits(),
+            config.metrics.listen,
+            metrics_token.as_deref().map(String::as_str),
+        ));
     if let Some(tls) = &config.tls {
         match std::fs::read(&tls.certificate)
             .map_err(|error| error.to_string())

@@ -36,7 +36,11 @@ pub async fn run_until_stopped(
     configuration: &ServerConfig,
     on_listening: impl FnOnce(SocketAddr) + Send + 'static,
 ) -> Result<(), RunError> {
-    let _lock = server_lock(&configuration.database)?;
+    // The lock is a file beside SQLite's; PostgreSQL's nodes need none (pg_dump works live).
+    let _lock = match configuration.sqlite_database() {
+        Some(database) => server_lock(database)?,
+        None => None,
+    };
     // Before anything else: SIGHUP's default action ends the process.
     let hangups = hangup_signal();
     let (state, listener) = from_config(configuration).await?;

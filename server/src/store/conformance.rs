@@ -29,7 +29,7 @@ use super::{
     AuditEvent, AuditKind, AuditKindFilter, AuditOutcome, AuditQuery, Card, CardId, CardState,
     ChallengeUse, DeviceCodeUse, DeviceCredentialRecord, DeviceState, EnrollmentCodeUse,
     IssuedCertificate, NewAuditEvent, NewDevice, NewEnrollmentCode, RevocationReason, SignInLookup,
-    SignInRecords, Store, StoreError, User, UserState,
+    SignInRecords, Store, StoreError, User, UserState, UserWritten,
 };
 use crate::mapping::UserAttribute;
 use pivtap_protocol::certificate::{CertificateFacts, KeyKind};
@@ -67,11 +67,16 @@ macro_rules! store_conformance_suite {
             audit_pages_follow_on_from_the_last_event_of_the_page_before,
             old_audit_events_are_purged_oldest_first_at_most_a_batch,
             the_audit_limit_is_capped,
+            users_are_imported_updated_renamed_and_deleted,
+            admin_credentials_are_added_found_and_revoked_but_never_the_last,
         );
         $crate::store_conformance_suite!(@two $nodes;
             of_sixteen_racing_redemptions_exactly_one_is_accepted,
             a_device_enrolls_once_and_disabling_or_removing_it_voids_its_unused_challenges,
             of_sixteen_racing_uses_on_two_nodes_exactly_one_is_accepted,
+            of_sixteen_racing_first_uses_of_a_renewed_certificate_one_completes_it,
+            of_two_nodes_revoking_the_last_two_admin_credentials_one_is_refused,
+            of_sixteen_racing_users_sharing_a_mail_one_is_added,
         );
     };
     (@one $fresh:expr; $($name:ident),* $(,)?) => {$(
@@ -1521,5 +1526,464 @@ pub async fn of_sixteen_racing_uses_on_two_nodes_exactly_one_is_accepted(
         .filter(|used| **used == ChallengeUse::Reused)
         .count();
     assert_eq!((accepted, reused), (1, 15), "{uses:?}");
+    Ok(())
+}
+
+/// An admin audit event about user `id` (an import, an update, a deletion).
+pub fn user_event(id: &str) -> NewAuditEvent {
+    NewAuditEvent {
+        time: at(1),
+        kind: AuditKind::Admin,
+        outcome: AuditOutcome::Ok,
+        device: None,
+        card_serial: None,
+        user_id: Some(id.to_owned()),
+        detail: Some(format!("user {id}")),
+    }
+}
+
+/// The number of audit events of user `id`.
+pub async fn events_of(store: &dyn Store, id: &str) -> Result<usize, StoreError> {
+    let query = AuditQuery {
+        user_id: Some(id.to_owned()),
+        ..AuditQuery::default()
+    };
+    Ok(store.query_audit(&query).await?.len())
+}
+
+/// Conformance: users are imported, updated, renamed and deleted.
+pub async fn users_are_imported_updated_renamed_and_deleted(store: Arc<dyn Store>) -> TestResult {
+    let entry = |id: &str, mail: &str| (user(id, mail), user_event(id));
+    let dry = store
+        .import_users(
+            vec![
+                entry("alice", "alice@example.com"),
+                entry("bob", "bob@example.com"),
+            ],
+            false,
+            true,
+        )
+        .await?;
+    assert!(matches!(
+        dry[..],
+        [Ok(UserWritten::Added), Ok(UserWritten::Added)]
+    ));
+    assert!(
+        store.list_users().await?.is_empty(),
+        "a dry run keeps nothing"
+    );
+    assert!(store.query_audit(&AuditQuery::default()).await?.is_empty());
+
+    let written = store
+        .import_users(
+            vec![
+                entry("alice", "alice@example.com"),
+                entry("bob", "bob@example.com"),
+                entry("carol", "ALICE@example.com"),
+            ],
+            false,
+            false,
+        )
+        .await?;
+    assert!(
+        matches!(
+            &written[..],
+            [Ok(UserWritten::Added), Ok(UserWritten::Added), Err(StoreError::AttributeTaken {
+                attribute: UserAttribute::Mail,
+                holder,
+            })] if holder == "alice"
+        ),
+        "{written:?}"
+    );
+    let robert = User {
+        display_name: "Robert".to_owned(),
+        ..user("bob", "bob@example.com")
+    };
+    let again = vec![
+        entry("alice", "alice@example.com"),
+        (robert.clone(), user_event("bob")),
+    ];
+    let refused = store.import_users(again.clone(), false, false).await?;
+    assert!(matches!(
+        refused[..],
+        [
+            Err(StoreError::Conflict { .. }),
+            Err(StoreError::Conflict { .. })
+        ]
+    ));
+    let updated = store.import_users(again, true, false).await?;
+    assert!(
+        matches!(
+            &updated[..],
+            [Ok(UserWritten::Unchanged), Ok(UserWritten::Updated(fields))]
+                if fields == &["display_name"]
+        ),
+        "{updated:?}"
+    );
+    assert_eq!(store.get_user("bob").await?, Some(robert));
+    let events = store.query_audit(&AuditQuery::default()).await?;
+    assert_eq!(events.len(), 3, "two added, one updated, none unchanged");
+    assert_eq!(
+        events[0].detail.as_deref(),
+        Some("user bob: updated display_name")
+    );
+
+    // An update keeps the state; every refusal leaves the user as it was.
+    store.set_user_state("bob", UserState::Locked).await?;
+    store
+        .update_user("bob", &user("bob", "bob@new.example"), user_event("bob"))
+        .await?;
+    let bob = store.get_user("bob").await?.ok_or("bob")?;
+    assert_eq!(
+        (bob.state, bob.mail.as_deref()),
+        (UserState::Locked, Some("bob@new.example"))
+    );
+    assert!(matches!(
+        store
+            .update_user("nobody", &user("nobody", "n@example.com"), user_event("x"))
+            .await,
+        Err(StoreError::NotFound { .. })
+    ));
+    assert!(matches!(
+        store
+            .update_user("bob", &user("alice", "b2@example.com"), user_event("bob"))
+            .await,
+        Err(StoreError::Conflict { .. })
+    ));
+    assert!(matches!(
+        store
+            .update_user("bob", &user("bob", "Alice@Example.com"), user_event("bob"))
+            .await,
+        Err(StoreError::AttributeTaken { attribute: UserAttribute::Mail, ref holder })
+            if holder == "alice"
+    ));
+    assert_eq!(store.get_user("bob").await?, Some(bob));
+
+    // A rename moves the cards, enrollment codes and audit events to the new id.
+    store
+        .record_card(&facts("01", "fp-01"), Some("bob"), at(1))
+        .await?;
+    store.add_enrollment_code(&code("h1", "bob", 900)).await?;
+    let bob_events = events_of(&*store, "bob").await?;
+    store
+        .update_user(
+            "bob",
+            &user("robert", "bob@new.example"),
+            user_event("robert"),
+        )
+        .await?;
+    assert_eq!(store.get_user("bob").await?, None);
+    assert_eq!(
+        store.get_user("robert").await?.map(|user| user.state),
+        Some(UserState::Locked)
+    );
+    assert_eq!(
+        store
+            .get_card(&id("01"))
+            .await?
+            .ok_or("01")?
+            .user_id
+            .as_deref(),
+        Some("robert")
+    );
+    assert_eq!(
+        store
+            .get_enrollment_code("h1")
+            .await?
+            .map(|code| code.user_id),
+        Some("robert".to_owned())
+    );
+    assert_eq!(events_of(&*store, "bob").await?, 0);
+    assert_eq!(events_of(&*store, "robert").await?, bob_events + 1);
+
+    // Deleting revokes the live cards, keeps every card's record without the user and
+    // drops the enrollment codes; the audit keeps the events.
+    store
+        .record_card(&facts("02", "fp-02"), Some("robert"), at(2))
+        .await?;
+    store
+        .revoke_card(&id("02"), RevocationReason::KeyCompromise)
+        .await?;
+    let revoked = store.delete_user("robert", user_event("robert")).await?;
+    assert_eq!(revoked, [id("01")]);
+    for (serial, reason) in [
+        ("01", RevocationReason::AffiliationChanged),
+        ("02", RevocationReason::KeyCompromise),
+    ] {
+        let card = store.get_card(&id(serial)).await?.ok_or("card kept")?;
+        assert_eq!((card.state, card.user_id), (CardState::Revoked, None));
+        assert_eq!(
+            store.revocation(&id(serial)).await?.map(|r| r.reason),
+            Some(reason)
+        );
+    }
+    assert_eq!(store.get_enrollment_code("h1").await?, None);
+    assert_eq!(store.get_user("robert").await?, None);
+    assert_eq!(events_of(&*store, "robert").await?, bob_events + 2);
+    assert!(matches!(
+        store.delete_user("robert", user_event("robert")).await,
+        Err(StoreError::NotFound { .. })
+    ));
+    assert_eq!(events_of(&*store, "robert").await?, bob_events + 2);
+    Ok(())
+}
+
+/// An admin audit event of credential `name`.
+pub fn credential_event(name: &str) -> NewAuditEvent {
+    NewAuditEvent {
+        detail: Some(format!("credential {name}")),
+        user_id: None,
+        ..user_event("")
+    }
+}
+
+/// Conformance: admin credentials are added, found and revoked, but never the last.
+pub async fn admin_credentials_are_added_found_and_revoked_but_never_the_last(
+    store: Arc<dyn Store>,
+) -> TestResult {
+    store
+        .add_admin_credential("ops", "hash-ops", at(1), credential_event("ops"))
+        .await?;
+    for (name, hash) in [("ops", "hash-other"), ("other", "hash-ops")] {
+        assert!(matches!(
+            store
+                .add_admin_credential(name, hash, at(1), credential_event(name))
+                .await,
+            Err(StoreError::Conflict { .. })
+        ));
+    }
+    let ops = store
+        .find_admin_credential("hash-ops")
+        .await?
+        .ok_or("ops")?;
+    assert_eq!(
+        (ops.name.as_str(), ops.created_at, ops.revoked_at),
+        ("ops", at(1), None)
+    );
+    assert_eq!(store.find_admin_credential("hash-nope").await?, None);
+    assert!(matches!(
+        store
+            .revoke_admin_credential("nobody", "hash-initial", at(2), credential_event("x"))
+            .await,
+        Err(StoreError::NotFound { .. })
+    ));
+    // The token file's credential gets a record to revoke.
+    store
+        .revoke_admin_credential(
+            super::INITIAL_ADMIN_CREDENTIAL,
+            "hash-initial",
+            at(2),
+            credential_event("initial"),
+        )
+        .await?;
+    let listed: Vec<(String, Option<OffsetDateTime>)> = store
+        .admin_credentials()
+        .await?
+        .into_iter()
+        .map(|credential| (credential.name, credential.revoked_at))
+        .collect();
+    assert_eq!(
+        listed,
+        [
+            ("initial".to_owned(), Some(at(2))),
+            ("ops".to_owned(), None)
+        ]
+    );
+    assert!(matches!(
+        store
+            .revoke_admin_credential("initial", "hash-initial", at(3), credential_event("x"))
+            .await,
+        Err(StoreError::Conflict { .. })
+    ));
+    assert!(
+        matches!(
+            store
+                .revoke_admin_credential("ops", "hash-initial", at(3), credential_event("x"))
+                .await,
+            Err(StoreError::Conflict { .. })
+        ),
+        "the last active credential stays"
+    );
+    assert_eq!(
+        store
+            .find_admin_credential("hash-ops")
+            .await?
+            .ok_or("ops")?
+            .revoked_at,
+        None
+    );
+    assert_eq!(
+        store.query_audit(&AuditQuery::default()).await?.len(),
+        2,
+        "refusals write no event"
+    );
+    Ok(())
+}
+
+/// Conformance: of sixteen racing first uses of a renewal's new certificate on two nodes
+/// (sign-ins and confirmations), one completes the renewal.
+pub async fn of_sixteen_racing_first_uses_of_a_renewed_certificate_one_completes_it(
+    [first, second]: [Arc<dyn Store>; 2],
+) -> TestResult {
+    first.add_user(&user("alice", "alice@example.com")).await?;
+    first.add_enrollment_code(&code("h1", "alice", 900)).await?;
+    first
+        .redeem_enrollment_code("h1", &issued("01", "alice"), at(1), enrolled())
+        .await?;
+    first
+        .begin_renewal(
+            &facts("01", "fp-01"),
+            "alice",
+            &issued("02", "alice"),
+            at(2),
+            renewal_event(2),
+        )
+        .await?;
+    let barrier = Arc::new(tokio::sync::Barrier::new(16));
+    let mut tasks = tokio::task::JoinSet::new();
+    for task in 0..16 {
+        let node = Arc::clone(if task % 2 == 0 { &first } else { &second });
+        let barrier = Arc::clone(&barrier);
+        tasks.spawn(async move {
+            let new = issued("02", "alice").facts;
+            let used = event(5, AuditOutcome::Ok, "kiosk-1", "02", "alice");
+            barrier.wait().await;
+            if task % 4 < 2 {
+                node.finish_sign_in(&new, "alice", at(5), used)
+                    .await
+                    .map(|_| false)
+            } else {
+                node.confirm_renewal(&new, "alice", at(5), used).await
+            }
+        });
+    }
+    let mut confirmed = 0;
+    while let Some(joined) = tasks.join_next().await {
+        confirmed += usize::from(joined??);
+    }
+    assert!(confirmed <= 1, "{confirmed} confirmations completed it");
+    let events = first.query_audit(&AuditQuery::default()).await?;
+    let completions = events
+        .iter()
+        .filter(|e| e.kind == AuditKind::Renewal && e.card_serial.as_deref() == Some("02"))
+        .count();
+    assert_eq!(completions, 1, "{events:?}");
+    let uses = events
+        .iter()
+        .filter(|e| e.kind == AuditKind::Assertion)
+        .count();
+    assert_eq!(uses, 16);
+    assert_eq!(
+        first.get_card(&id("01")).await?.ok_or("01")?.state,
+        CardState::Revoked
+    );
+    assert_eq!(
+        second.get_card(&id("02")).await?.ok_or("02")?.state,
+        CardState::Active
+    );
+    assert!(first.pending_renewals(&id("01")).await?.is_empty());
+    Ok(())
+}
+
+/// Conformance: of two nodes revoking the last two active admin credentials at once,
+/// one is refused (eight rounds).
+pub async fn of_two_nodes_revoking_the_last_two_admin_credentials_one_is_refused(
+    nodes: [Arc<dyn Store>; 2],
+) -> TestResult {
+    let mut survivor = super::INITIAL_ADMIN_CREDENTIAL.to_owned();
+    for round in 0..8 {
+        let added = format!("admin-{round}");
+        nodes[0]
+            .add_admin_credential(
+                &added,
+                &format!("hash-{round}"),
+                at(1),
+                credential_event(&added),
+            )
+            .await?;
+        let barrier = Arc::new(tokio::sync::Barrier::new(2));
+        let mut tasks = tokio::task::JoinSet::new();
+        for (node, name) in nodes.iter().zip([survivor.clone(), added.clone()]) {
+            let (node, barrier) = (Arc::clone(node), Arc::clone(&barrier));
+            tasks.spawn(async move {
+                barrier.wait().await;
+                let result = node
+                    .revoke_admin_credential(&name, "hash-initial", at(2), credential_event(&name))
+                    .await;
+                (name, result)
+            });
+        }
+        let mut revoked = Vec::new();
+        while let Some(joined) = tasks.join_next().await {
+            match joined? {
+                (name, Ok(())) => revoked.push(name),
+                (_, Err(StoreError::Conflict { .. })) => {}
+                (_, Err(other)) => return Err(other.into()),
+            }
+        }
+        assert_eq!(revoked.len(), 1, "round {round}: {revoked:?} revoked");
+        // The token file's credential is active until it has a (revoked) record.
+        let stored = nodes[1].admin_credentials().await?;
+        let mut active: Vec<String> = stored
+            .iter()
+            .filter(|credential| credential.revoked_at.is_none())
+            .map(|credential| credential.name.clone())
+            .collect();
+        if !stored
+            .iter()
+            .any(|credential| credential.name == super::INITIAL_ADMIN_CREDENTIAL)
+        {
+            active.push(super::INITIAL_ADMIN_CREDENTIAL.to_owned());
+        }
+        let expected = if revoked[0] == added {
+            &survivor
+        } else {
+            &added
+        };
+        assert_eq!(active, [expected.clone()], "round {round}");
+        survivor = expected.clone();
+    }
+    Ok(())
+}
+
+/// Conformance: of sixteen users sharing a mail added at once on two nodes, one is added.
+pub async fn of_sixteen_racing_users_sharing_a_mail_one_is_added(
+    nodes: [Arc<dyn Store>; 2],
+) -> TestResult {
+    // Every task's connection open before the race, so that the calls meet.
+    let mut warm = tokio::task::JoinSet::new();
+    for task in 0..16 {
+        let node = Arc::clone(&nodes[task % 2]);
+        warm.spawn(async move { node.list_users().await });
+    }
+    while let Some(joined) = warm.join_next().await {
+        joined??;
+    }
+    let barrier = Arc::new(tokio::sync::Barrier::new(16));
+    let mut tasks = tokio::task::JoinSet::new();
+    for task in 0..16 {
+        let node = Arc::clone(&nodes[task % 2]);
+        let barrier = Arc::clone(&barrier);
+        tasks.spawn(async move {
+            let shared = if task % 2 == 0 {
+                "same@example.com"
+            } else {
+                "SAME@example.com"
+            };
+            let added = user(&format!("user-{task:02}"), shared);
+            barrier.wait().await;
+            node.add_user(&added).await
+        });
+    }
+    let (mut added, mut taken) = (0, 0);
+    while let Some(joined) = tasks.join_next().await {
+        match joined? {
+            Ok(()) => added += 1,
+            Err(StoreError::AttributeTaken { .. }) => taken += 1,
+            Err(other) => return Err(other.into()),
+        }
+    }
+    assert_eq!((added, taken), (1, 15));
+    assert_eq!(nodes[1].list_users().await?.len(), 1);
     Ok(())
 }

@@ -59,17 +59,14 @@ pub enum DatabaseError {
     /// PostgreSQL refused or failed, or its connection did.
     #[error("PostgreSQL: {0}")]
     Postgres(#[source] Arc<tokio_postgres::Error>),
+    /// The TLS settings for PostgreSQL could not be made (the CA file of `sslrootcert`).
+    #[error("PostgreSQL TLS: {0}")]
+    PostgresTls(#[source] Arc<super::postgres_tls::PostgresTlsError>),
     /// No PostgreSQL connection could be had from the pool.
     #[error("PostgreSQL connection pool: {reason}")]
     Pool {
         /// Why not.
         reason: String,
-    },
-    /// An operation this store does not implement yet.
-    #[error("{operation} is not implemented by this store yet")]
-    NotImplemented {
-        /// The [`Store`](super::Store) method.
-        operation: &'static str,
     },
     /// The store was closed, or its writer thread is gone.
     #[error("the store is closed")]

@@ -9,8 +9,10 @@ pub mod bulk;
 pub mod conformance;
 mod database;
 mod postgres;
+pub mod postgres_tls;
 pub mod snapshot;
 mod sqlite;
+pub mod url;
 
 use std::fmt;
 use std::future::Future;

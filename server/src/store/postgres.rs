@@ -27,30 +27,46 @@
 //! # Transactions
 //!
 //! Every [`Store`] call that writes is one transaction, as SQLite's writer makes it one
-//! savepoint. Writes that check before they insert (a user's id and mapped attributes)
-//! take a lock on the table first, so two nodes cannot both pass the check.
+//! savepoint, at PostgreSQL's default isolation (read committed). What must happen once
+//! across nodes is one atomic statement, never a read and then a write: a challenge, an
+//! enrollment code or a device code is taken by `UPDATE ... WHERE used_at IS NULL` (the
+//! row lock makes a concurrent caller re-check the condition and find it false), and a
+//! pending renewal is completed by whoever `DELETE`s its row. Writes that check before
+//! they insert lock what they check: a user's id and mapped attributes (the users table,
+//! against other writers of users), the user a deletion or rename removes (its row, so a
+//! card recorded for them meanwhile waits and then finds them gone), the card a deletion
+//! removes, and the admin credentials a revocation counts (so two nodes cannot each
+//! revoke one of the last two). A transaction PostgreSQL aborts as a serialization
+//! failure or a deadlock (40001, 40P01) runs again, a few times at most.
 //!
-//! # State of this implementation
+//! # The sign-in path
 //!
-//! Done: connecting, migrations, [`Store::add_user`], [`Store::get_user`],
-//! [`Store::list_users`], [`Store::find_users`], [`Store::set_user_state`],
-//! [`Store::audit`], [`Store::heartbeat`]. Every other method answers
-//! [`DatabaseError::NotImplemented`] (never a fake success) until it is written.
+//! A sign-in's calls take as few round trips as their meaning allows, each through the
+//! connection's cache of prepared statements: [`Store::begin_sign_in`] sends the
+//! challenge's `UPDATE` and its four reads together (pipelined on one connection; the
+//! update commits on its own, and a refused challenge costs one more read to tell why),
+//! and [`Store::finish_sign_in`] is one statement (pending renewal, card and audit event)
+//! between `BEGIN` and `COMMIT`, plus the renewal's steps in the rare case it completes
+//! one.
 
 use std::sync::Arc;
 
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use time::{OffsetDateTime, UtcOffset};
+use tokio_postgres::Row;
 use tokio_postgres::error::SqlState;
-use tokio_postgres::{NoTls, Row};
 
 use super::database::DatabaseError;
+use super::postgres_tls::PostgresTls;
+use super::snapshot::SchemaVersion;
+use super::url::{PostgresUrl, StorePassword};
 use super::{
-    AdminCredential, AuditEvent, AuditKindFilter, AuditQuery, BoxFuture, Card, CardId, CardState,
-    ChallengeUse, Device, DeviceCodeUse, DeviceCredentialRecord, DeviceState, EnrollmentCodeRecord,
-    EnrollmentCodeUse, IssuedCertificate, NewAuditEvent, NewDevice, NewEnrollmentCode,
-    RevocationReason, RevokedCertificate, SignInLookup, SignInRecords, Store, StoreError,
-    StoreStats, User, UserConflict, UserState, UserWritten,
+    AdminCredential, AuditEvent, AuditKind, AuditKindFilter, AuditOutcome, AuditQuery, BoxFuture,
+    Card, CardId, CardState, ChallengeUse, Device, DeviceCodeUse, DeviceCredentialRecord,
+    DeviceState, EnrollmentCodeRecord, EnrollmentCodeUse, INITIAL_ADMIN_CREDENTIAL,
+    IssuedCertificate, NewAuditEvent, NewDevice, NewEnrollmentCode, RevocationReason,
+    RevokedCertificate, SignInLookup, SignInRecords, Store, StoreError, StoreStats, User,
+    UserConflict, UserState, UserWritten,
 };
 use crate::mapping::UserAttribute;
 use pivtap_protocol::certificate::CertificateFacts;
@@ -235,18 +251,58 @@ impl std::fmt::Debug for PostgresStore {
 }
 
 impl PostgresStore {
-    /// Connects to the database at `url` (`postgresql://user@host:port/database` or
-    /// libpq's `key=value` form) and brings its schema up to date.
-    pub async fn connect(url: &str) -> Result<Self, StoreError> {
-        let config: tokio_postgres::Config = url.parse()?;
-        Self::connect_with(config).await
+    /// Connects to the database of `url` (TLS as its `sslmode` says, with `password`
+    /// when the database asks for one) and brings its schema up to date.
+    pub async fn connect(
+        url: &PostgresUrl,
+        password: Option<&StorePassword>,
+    ) -> Result<Self, StoreError> {
+        let tls = PostgresTls::new(url.ssl_mode, url.ssl_root_cert.as_deref())
+            .map_err(|error| StoreError::Database(DatabaseError::PostgresTls(Arc::new(error))))?;
+        Self::connect_with(url.driver_config(password), tls).await
     }
 
-    /// Connects with `config` and brings the schema up to date.
-    pub async fn connect_with(config: tokio_postgres::Config) -> Result<Self, StoreError> {
+    /// The schema version of the database of `url`, read over one connection of its own
+    /// without migrating anything (`pivtap server check`).
+    pub async fn schema_version(
+        url: &PostgresUrl,
+        password: Option<&StorePassword>,
+    ) -> Result<SchemaVersion, StoreError> {
+        let tls = PostgresTls::new(url.ssl_mode, url.ssl_root_cert.as_deref())
+            .map_err(|error| StoreError::Database(DatabaseError::PostgresTls(Arc::new(error))))?;
+        let (client, connection) = url.driver_config(password).connect(tls).await?;
+        let connection = tokio::spawn(connection);
+        let has_table: bool = client
+            .query_one("SELECT to_regclass('schema_migrations') IS NOT NULL", &[])
+            .await?
+            .try_get(0)?;
+        let applied: Option<i32> = if has_table {
+            client
+                .query_one("SELECT max(version) FROM schema_migrations", &[])
+                .await?
+                .try_get(0)?
+        } else {
+            None
+        };
+        drop(client);
+        let _closed = connection.await;
+        Ok(SchemaVersion {
+            applied: applied.map(i64::from),
+            known: MIGRATIONS
+                .last()
+                .map_or(0, |(version, _)| i64::from(*version)),
+        })
+    }
+
+    /// Connects with the driver's `config` and `tls` (used when the config's `sslmode`
+    /// is not `disable`) and brings the schema up to date.
+    pub async fn connect_with(
+        config: tokio_postgres::Config,
+        tls: PostgresTls,
+    ) -> Result<Self, StoreError> {
         let manager = Manager::from_config(
             config,
-            NoTls,
+            tls,
             ManagerConfig {
                 recycling_method: RecyclingMethod::Fast,
             },
@@ -334,17 +390,6 @@ impl From<tokio_postgres::Error> for StoreError {
     fn from(error: tokio_postgres::Error) -> Self {
         StoreError::Database(DatabaseError::Postgres(Arc::new(error)))
     }
-}
-
-/// A method this store does not implement yet: a clear error, never a fake success.
-fn not_yet<T: Send + 'static>(
-    operation: &'static str,
-) -> BoxFuture<'static, Result<T, StoreError>> {
-    Box::pin(async move {
-        Err(StoreError::Database(DatabaseError::NotImplemented {
-            operation,
-        }))
-    })
 }
 
 /// `time` in UTC, refused outside the years 0000 to 9999 (the range SQLite keeps).
@@ -507,13 +552,37 @@ async fn insert_audit(
     Ok(())
 }
 
+/// Every [`Card`] column, each prefixed with `$table` when given (`"c."`).
+macro_rules! card_columns {
+    () => {
+        card_columns!("")
+    };
+    ($table:literal) => {
+        concat!(
+            $table,
+            "serial, ",
+            $table,
+            "fingerprint, ",
+            $table,
+            "issuer, ",
+            $table,
+            "subject, ",
+            $table,
+            "user_id, ",
+            $table,
+            "state, ",
+            $table,
+            "first_seen, ",
+            $table,
+            "last_seen"
+        )
+    };
+}
+
 /// `SELECT` of every [`Card`] column, followed by the rest of the statement.
 macro_rules! select_cards {
     ($rest:literal) => {
-        concat!(
-            "SELECT serial, fingerprint, issuer, subject, user_id, state, first_seen, last_seen FROM cards ",
-            $rest
-        )
+        concat!("SELECT ", card_columns!(), " FROM cards ", $rest)
     };
 }
 
@@ -558,7 +627,8 @@ async fn add_revocation(
     Ok(())
 }
 
-/// Revokes the pending renewals of `old`, all but `except`, and forgets them.
+/// Revokes the pending renewals of `old`, all but `except`, and forgets them, in one
+/// statement (a renewal taken by a concurrent write is not revoked twice).
 async fn revoke_pending_renewals(
     client: &impl deadpool_postgres::GenericClient,
     old: &CardId,
@@ -568,27 +638,30 @@ async fn revoke_pending_renewals(
 ) -> Result<(), StoreError> {
     let statement = client
         .prepare_cached(
-            "SELECT issuer, serial FROM pending_renewals WHERE old_issuer = $1 AND old_serial = $2",
+            "WITH gone AS (
+                 DELETE FROM pending_renewals
+                 WHERE old_issuer = $1 AND old_serial = $2
+                   AND ($3::text IS NULL OR (issuer, serial) <> ($3::text, $4::text))
+                 RETURNING issuer, serial
+             )
+             INSERT INTO revoked_certificates (issuer, serial, revoked_at, reason)
+             SELECT issuer, serial, $5::timestamptz, $6::text FROM gone
+             ON CONFLICT (issuer, serial) DO NOTHING",
         )
         .await?;
-    let pending = client
-        .query(&statement, &[&old.issuer, &old.serial])
-        .await?
-        .iter()
-        .map(|row| {
-            Ok(CardId {
-                issuer: row.try_get(0)?,
-                serial: row.try_get(1)?,
-            })
-        })
-        .collect::<Result<Vec<CardId>, StoreError>>()?;
-    let delete = client
-        .prepare_cached("DELETE FROM pending_renewals WHERE issuer = $1 AND serial = $2")
+    client
+        .execute(
+            &statement,
+            &[
+                &old.issuer,
+                &old.serial,
+                &except.map(|new| new.issuer.as_str()),
+                &except.map(|new| new.serial.as_str()),
+                &revoked_at,
+                &reason.as_str(),
+            ],
+        )
         .await?;
-    for new in pending.iter().filter(|new| Some(*new) != except) {
-        add_revocation(client, new, reason, revoked_at).await?;
-        client.execute(&delete, &[&new.issuer, &new.serial]).await?;
-    }
     Ok(())
 }
 
@@ -735,6 +808,640 @@ async fn revocation(
         .transpose()
 }
 
+/// Attempts of a write that PostgreSQL aborted as a serialization failure or a deadlock.
+const WRITE_ATTEMPTS: u32 = 4;
+
+/// Whether `error` aborted a transaction that may simply run again: a serialization
+/// failure (40001) or a deadlock (40P01), which PostgreSQL rolled back whole.
+fn is_retryable(error: &StoreError) -> bool {
+    match error {
+        StoreError::Database(DatabaseError::Postgres(error)) => error.code().is_some_and(|code| {
+            *code == SqlState::T_R_SERIALIZATION_FAILURE || *code == SqlState::T_R_DEADLOCK_DETECTED
+        }),
+        _ => false,
+    }
+}
+
+/// Runs `write` (one transaction) until it succeeds, fails for good, or has hit a
+/// serialization failure or deadlock [`WRITE_ATTEMPTS`] times; a short random pause
+/// between attempts keeps two nodes from colliding again.
+async fn retried<T, F, Fut>(mut write: F) -> Result<T, StoreError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, StoreError>>,
+{
+    let mut attempt = 1;
+    loop {
+        match write().await {
+            Err(error) if attempt < WRITE_ATTEMPTS && is_retryable(&error) => {
+                let pause = rand::random_range(1..=5 * u64::from(attempt));
+                tokio::time::sleep(std::time::Duration::from_millis(pause)).await;
+                attempt += 1;
+            }
+            done => return done,
+        }
+    }
+}
+
+/// Records `facts`' card as [`Store::record_card`] does.
+async fn record_card(
+    client: &impl deadpool_postgres::GenericClient,
+    facts: &CertificateFacts,
+    user_id: Option<&str>,
+    now: OffsetDateTime,
+) -> Result<Card, StoreError> {
+    let now = utc(now)?;
+    let statement = client
+        .prepare_cached(concat!(
+            "INSERT INTO cards (serial, fingerprint, issuer, subject, user_id, state, first_seen, last_seen)
+             VALUES ($1, $2, $3, $4, $5, 'active', $6, $6)
+             ON CONFLICT (issuer, serial) DO UPDATE SET
+                 fingerprint = excluded.fingerprint,
+                 subject = excluded.subject,
+                 user_id = coalesce(excluded.user_id, cards.user_id),
+                 last_seen = excluded.last_seen
+             RETURNING ",
+            card_columns!()
+        ))
+        .await?;
+    let result = client
+        .query_one(
+            &statement,
+            &[
+                &facts.serial,
+                &facts.fingerprint,
+                &facts.issuer,
+                &facts.subject,
+                &user_id,
+                &now,
+            ],
+        )
+        .await;
+    match result {
+        Ok(row) => card_from_row(&row),
+        Err(error) if is_foreign_key_violation(&error) => Err(StoreError::NotFound {
+            what: format!("user {:?}", user_id.unwrap_or_default()),
+        }),
+        Err(error) => Err(error.into()),
+    }
+}
+
+fn is_foreign_key_violation(error: &tokio_postgres::Error) -> bool {
+    error.code() == Some(&SqlState::FOREIGN_KEY_VIOLATION)
+}
+
+/// Completes the renewal whose new certificate is `new`, if one is pending, as SQLite's
+/// store does: see [`supersede`]. Returns whether one was pending. Of concurrent calls on
+/// any node only one completes it: the `DELETE` of its pending row is the single step.
+async fn complete_renewal(
+    client: &impl deadpool_postgres::GenericClient,
+    new: &CardId,
+    cause: &NewAuditEvent,
+) -> Result<bool, StoreError> {
+    let statement = client
+        .prepare_cached(
+            "DELETE FROM pending_renewals WHERE issuer = $1 AND serial = $2
+             RETURNING old_issuer, old_serial",
+        )
+        .await?;
+    let Some(row) = client
+        .query_opt(&statement, &[&new.issuer, &new.serial])
+        .await?
+    else {
+        return Ok(false);
+    };
+    let old = CardId {
+        issuer: row.try_get(0)?,
+        serial: row.try_get(1)?,
+    };
+    supersede(client, &old, new, cause).await?;
+    Ok(true)
+}
+
+/// The rest of a renewal whose pending row (`old` to `new`) was just deleted: the old card
+/// becomes revoked (superseded, on the revocation list; a card revoked before keeps its
+/// state), its other pending renewals are revoked, and a `renewal` event (time, device
+/// and user of `cause`, the event of the use that completes it) is appended.
+async fn supersede(
+    client: &impl deadpool_postgres::GenericClient,
+    old: &CardId,
+    new: &CardId,
+    cause: &NewAuditEvent,
+) -> Result<(), StoreError> {
+    let now = utc(cause.time)?;
+    let statement = client
+        .prepare_cached(
+            "UPDATE cards SET state = 'revoked'
+             WHERE issuer = $1 AND serial = $2 AND state <> 'revoked'",
+        )
+        .await?;
+    client
+        .execute(&statement, &[&old.issuer, &old.serial])
+        .await?;
+    add_revocation(client, old, RevocationReason::Superseded, now).await?;
+    revoke_pending_renewals(client, old, Some(new), RevocationReason::Superseded, now).await?;
+    insert_audit(
+        client,
+        &NewAuditEvent {
+            time: cause.time,
+            kind: AuditKind::Renewal,
+            outcome: AuditOutcome::Ok,
+            device: cause.device.clone(),
+            card_serial: Some(new.serial.clone()),
+            user_id: cause.user_id.clone(),
+            detail: Some(format!(
+                "new certificate {new} in use ({}): {old} superseded",
+                cause.kind
+            )),
+        },
+    )
+    .await
+}
+
+/// Registers the issued certificate's card as active for its user.
+async fn register_card(
+    client: &impl deadpool_postgres::GenericClient,
+    issued: &IssuedCertificate,
+    now: OffsetDateTime,
+) -> Result<(), StoreError> {
+    let facts = &issued.facts;
+    let statement = client
+        .prepare_cached(
+            "INSERT INTO cards (serial, fingerprint, issuer, subject, user_id, state, first_seen, last_seen)
+             VALUES ($1, $2, $3, $4, $5, 'active', $6, $6)",
+        )
+        .await?;
+    let inserted = client
+        .execute(
+            &statement,
+            &[
+                &facts.serial,
+                &facts.fingerprint,
+                &facts.issuer,
+                &facts.subject,
+                &issued.user_id,
+                &now,
+            ],
+        )
+        .await;
+    match inserted {
+        Err(error) if is_unique_violation(&error) => Err(StoreError::Conflict {
+            what: format!("card {} exists already", CardId::of(facts)),
+        }),
+        Err(error) if is_foreign_key_violation(&error) => Err(StoreError::NotFound {
+            what: format!("user {:?}", issued.user_id),
+        }),
+        other => other.map(drop).map_err(StoreError::from),
+    }
+}
+
+/// Registers a certificate this server issued (what its CRL covers).
+async fn insert_issued(
+    client: &impl deadpool_postgres::GenericClient,
+    issued: &IssuedCertificate,
+    now: OffsetDateTime,
+) -> Result<(), StoreError> {
+    let facts = &issued.facts;
+    let statement = client
+        .prepare_cached(
+            "INSERT INTO issued_certificates
+                 (issuer, serial, fingerprint, user_id, issued_at, not_after, card_serial_number, chuid_guid)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+        )
+        .await?;
+    let inserted = client
+        .execute(
+            &statement,
+            &[
+                &facts.issuer,
+                &facts.serial,
+                &facts.fingerprint,
+                &issued.user_id,
+                &now,
+                &utc(facts.not_after)?,
+                &issued.card_serial_number.map(i64::from),
+                &issued.chuid_guid,
+            ],
+        )
+        .await;
+    match inserted {
+        Err(error) if is_unique_violation(&error) => Err(StoreError::Conflict {
+            what: format!("certificate {} exists already", CardId::of(facts)),
+        }),
+        other => other.map(drop).map_err(StoreError::from),
+    }
+}
+
+/// Deletes the challenges given to `device` that were not used (used ones stay, so a
+/// replay is still told apart).
+async fn delete_unused_challenges(
+    client: &impl deadpool_postgres::GenericClient,
+    device: &str,
+) -> Result<(), StoreError> {
+    let statement = client
+        .prepare_cached("DELETE FROM challenges WHERE device = $1 AND used_at IS NULL")
+        .await?;
+    client.execute(&statement, &[&device]).await?;
+    Ok(())
+}
+
+/// `SELECT` of every [`Device`] column, followed by the rest of the statement.
+macro_rules! select_devices {
+    ($rest:literal) => {
+        concat!(
+            "SELECT id, state, created_at, code_expires_at, code_used_at, certificate, \
+             certificate_serial, certificate_fingerprint, not_after FROM devices ",
+            $rest
+        )
+    };
+}
+
+fn device_from_row(row: &Row) -> Result<Device, StoreError> {
+    let state: String = row.try_get("state")?;
+    let certificate: Option<Vec<u8>> = row.try_get("certificate")?;
+    let serial: Option<String> = row.try_get("certificate_serial")?;
+    let fingerprint: Option<String> = row.try_get("certificate_fingerprint")?;
+    let not_after: Option<OffsetDateTime> = row.try_get("not_after")?;
+    let credential = match (certificate, serial, fingerprint, not_after) {
+        (Some(certificate), Some(serial), Some(fingerprint), Some(not_after)) => {
+            Some(DeviceCredentialRecord {
+                certificate,
+                serial,
+                fingerprint,
+                not_after,
+            })
+        }
+        _ => None,
+    };
+    Ok(Device {
+        id: row.try_get("id")?,
+        state: state
+            .parse()
+            .map_err(|error| column_error("state", error))?,
+        created_at: row.try_get("created_at")?,
+        code_expires_at: row.try_get("code_expires_at")?,
+        code_used_at: row.try_get("code_used_at")?,
+        credential,
+    })
+}
+
+fn enrollment_code_from_row(row: &Row) -> Result<EnrollmentCodeRecord, StoreError> {
+    Ok(EnrollmentCodeRecord {
+        code_hash: row.try_get("code_hash")?,
+        user_id: row.try_get("user_id")?,
+        created_at: row.try_get("created_at")?,
+        expires_at: row.try_get("expires_at")?,
+        used_at: row.try_get("used_at")?,
+        used_by: row.try_get("used_by")?,
+    })
+}
+
+fn admin_credential_from_row(row: &Row) -> Result<AdminCredential, StoreError> {
+    Ok(AdminCredential {
+        name: row.try_get("name")?,
+        token_hash: row.try_get("token_hash")?,
+        created_at: row.try_get("created_at")?,
+        revoked_at: row.try_get("revoked_at")?,
+    })
+}
+
+/// A count read from the database as the unsigned number [`StoreStats`] holds.
+fn count(row: &Row, column: usize) -> Result<u64, StoreError> {
+    let n: i64 = row.try_get(column)?;
+    Ok(u64::try_from(n).unwrap_or(0))
+}
+
+/// The users whose `attribute` is one of `values`, as the mapping rules compare it, each
+/// once.
+async fn find_users_among(
+    client: &impl deadpool_postgres::GenericClient,
+    attribute: UserAttribute,
+    values: &[String],
+) -> Result<Vec<User>, StoreError> {
+    let sql = match attribute {
+        UserAttribute::Uid => select_users!("WHERE id = ANY($1)"),
+        UserAttribute::Mail => select_users!(concat!(
+            "WHERE ",
+            ascii_fold!("mail"),
+            " IN (SELECT ",
+            ascii_fold!("value"),
+            " FROM unnest($1::text[]) AS v(value))"
+        )),
+        UserAttribute::Upn => select_users!(concat!(
+            "WHERE ",
+            ascii_fold!("upn"),
+            " IN (SELECT ",
+            ascii_fold!("value"),
+            " FROM unnest($1::text[]) AS v(value))"
+        )),
+        UserAttribute::EmployeeId => select_users!("WHERE employee_id = ANY($1)"),
+    };
+    let statement = client.prepare_cached(sql).await?;
+    client
+        .query(&statement, &[&values])
+        .await?
+        .iter()
+        .map(user_from_row)
+        .collect()
+}
+
+/// The card a pending renewal's new certificate `new` renews, if `new` is one.
+async fn renewed_card(
+    client: &impl deadpool_postgres::GenericClient,
+    new: &CardId,
+) -> Result<Option<Card>, StoreError> {
+    let statement = client
+        .prepare_cached(concat!(
+            "SELECT ",
+            card_columns!("c."),
+            " FROM pending_renewals p JOIN cards c
+                 ON c.issuer = p.old_issuer AND c.serial = p.old_serial
+             WHERE p.issuer = $1 AND p.serial = $2"
+        ))
+        .await?;
+    client
+        .query_opt(&statement, &[&new.issuer, &new.serial])
+        .await?
+        .as_ref()
+        .map(card_from_row)
+        .transpose()
+}
+
+/// Checks a user's existence and locks their row until the commit: a concurrent write that
+/// refers to them (a card or enrollment code of theirs) waits, and then sees the change.
+async fn lock_user(
+    client: &impl deadpool_postgres::GenericClient,
+    id: &str,
+) -> Result<(), StoreError> {
+    let statement = client
+        .prepare_cached("SELECT 1 FROM users WHERE id = $1 FOR UPDATE")
+        .await?;
+    match client.query_opt(&statement, &[&id]).await? {
+        Some(_) => Ok(()),
+        None => Err(StoreError::NotFound {
+            what: format!("user {id:?}"),
+        }),
+    }
+}
+
+/// [`Store::update_user`] without its audit event, in a transaction holding the users lock.
+async fn update_user(
+    client: &impl deadpool_postgres::GenericClient,
+    id: &str,
+    user: &User,
+) -> Result<(), StoreError> {
+    lock_user(client, id).await?;
+    if user.id != id {
+        let taken = client
+            .query_opt("SELECT 1 FROM users WHERE id = $1", &[&user.id])
+            .await?;
+        if taken.is_some() {
+            return Err(StoreError::Conflict {
+                what: format!("user {:?} exists already", user.id),
+            });
+        }
+    }
+    if let Some(taken) = attribute_taken(client, user, Some(id)).await? {
+        return Err(taken);
+    }
+    if user.id == id {
+        let statement = client
+            .prepare_cached(
+                "UPDATE users SET display_name = $1, mail = $2, upn = $3, employee_id = $4
+                 WHERE id = $5",
+            )
+            .await?;
+        client
+            .execute(
+                &statement,
+                &[
+                    &user.display_name,
+                    &user.mail,
+                    &user.upn,
+                    &user.employee_id,
+                    &id,
+                ],
+            )
+            .await?;
+        return Ok(());
+    }
+    // A rename: the new row first, so that the references can move to it.
+    client
+        .execute(
+            "INSERT INTO users (id, display_name, mail, upn, employee_id, state, created_at)
+             SELECT $1, $2, $3, $4, $5, state, created_at FROM users WHERE id = $6",
+            &[
+                &user.id,
+                &user.display_name,
+                &user.mail,
+                &user.upn,
+                &user.employee_id,
+                &id,
+            ],
+        )
+        .await?;
+    for sql in [
+        "UPDATE cards SET user_id = $1 WHERE user_id = $2",
+        "UPDATE enrollment_codes SET user_id = $1 WHERE user_id = $2",
+        "UPDATE issued_certificates SET user_id = $1 WHERE user_id = $2",
+        "UPDATE pending_renewals SET user_id = $1 WHERE user_id = $2",
+        "UPDATE audit SET user_id = $1 WHERE user_id = $2",
+    ] {
+        client.execute(sql, &[&user.id, &id]).await?;
+    }
+    client
+        .execute("DELETE FROM users WHERE id = $1", &[&id])
+        .await?;
+    Ok(())
+}
+
+/// [`Store::import_users`] in a transaction holding the users lock (kept or rolled back
+/// by the caller).
+async fn import_users(
+    client: &deadpool_postgres::Transaction<'_>,
+    users: Vec<(User, NewAuditEvent)>,
+    update: bool,
+) -> Result<Vec<Result<UserWritten, StoreError>>, StoreError> {
+    let mut results = Vec::with_capacity(users.len());
+    let stored_statement = client
+        .prepare_cached(select_users!("WHERE id = $1"))
+        .await?;
+    for (user, mut event) in users {
+        let stored = client
+            .query_opt(&stored_statement, &[&user.id])
+            .await?
+            .as_ref()
+            .map(user_from_row)
+            .transpose()?;
+        let result = match stored {
+            None => insert_user(client, &user)
+                .await
+                .map(|()| UserWritten::Added),
+            Some(_) if !update => Err(StoreError::Conflict {
+                what: format!("user {:?} exists already", user.id),
+            }),
+            Some(stored) => {
+                let changed = super::sqlite::changed_fields(&stored, &user);
+                if changed.is_empty() {
+                    results.push(Ok(UserWritten::Unchanged));
+                    continue;
+                }
+                event.detail = Some(format!(
+                    "{}: updated {}",
+                    event.detail.unwrap_or_default(),
+                    changed.join(", ")
+                ));
+                update_user(client, &user.id, &user)
+                    .await
+                    .map(|()| UserWritten::Updated(changed))
+            }
+        };
+        match result {
+            Ok(written) => {
+                insert_audit(client, &event).await?;
+                results.push(Ok(written));
+            }
+            Err(refused @ (StoreError::Conflict { .. } | StoreError::AttributeTaken { .. })) => {
+                results.push(Err(refused));
+            }
+            Err(failure) => return Err(failure),
+        }
+    }
+    Ok(results)
+}
+
+/// [`Store::delete_user`] without its audit event.
+async fn delete_user(
+    client: &impl deadpool_postgres::GenericClient,
+    id: &str,
+) -> Result<Vec<CardId>, StoreError> {
+    lock_user(client, id).await?;
+    let statement = client
+        .prepare_cached(select_cards!(
+            "WHERE user_id = $1 AND state <> 'revoked' FOR UPDATE"
+        ))
+        .await?;
+    let mut live = client
+        .query(&statement, &[&id])
+        .await?
+        .iter()
+        .map(|row| card_from_row(row).map(|card| card.id()))
+        .collect::<Result<Vec<CardId>, StoreError>>()?;
+    // By serial, then issuer, as the bytes compare (whatever the database's collation).
+    live.sort_by(|a, b| (&a.serial, &a.issuer).cmp(&(&b.serial, &b.issuer)));
+    for card in &live {
+        set_card_state(
+            client,
+            card,
+            CardState::Revoked,
+            RevocationReason::AffiliationChanged,
+        )
+        .await?;
+    }
+    for sql in [
+        "UPDATE cards SET user_id = NULL WHERE user_id = $1",
+        "DELETE FROM enrollment_codes WHERE user_id = $1",
+        "DELETE FROM users WHERE id = $1",
+    ] {
+        client.execute(sql, &[&id]).await?;
+    }
+    Ok(live)
+}
+
+/// The card with this issuer and serial, if any.
+async fn get_card(
+    client: &impl deadpool_postgres::GenericClient,
+    id: &CardId,
+) -> Result<Option<Card>, StoreError> {
+    let statement = client
+        .prepare_cached(select_cards!("WHERE issuer = $1 AND serial = $2"))
+        .await?;
+    client
+        .query_opt(&statement, &[&id.issuer, &id.serial])
+        .await?
+        .as_ref()
+        .map(card_from_row)
+        .transpose()
+}
+
+/// The hot part of [`Store::finish_sign_in`], one statement: takes the certificate's
+/// pending renewal if it is one (the single atomic step of completing it), records the
+/// card as [`record_card`] does and, when no renewal completes, appends `event`. Returns
+/// the card and the renewed card, whose renewal the caller then completes ([`supersede`])
+/// before it appends `event`.
+async fn finish_sign_in(
+    client: &impl deadpool_postgres::GenericClient,
+    facts: &CertificateFacts,
+    user_id: &str,
+    now: OffsetDateTime,
+    event: &NewAuditEvent,
+) -> Result<(Card, Option<CardId>), StoreError> {
+    let now = utc(now)?;
+    let event = event.bounded();
+    let statement = client
+        .prepare_cached(concat!(
+            "WITH renewal AS (
+                 DELETE FROM pending_renewals WHERE issuer = $3 AND serial = $1
+                 RETURNING old_issuer, old_serial
+             ), card AS (
+                 INSERT INTO cards
+                     (serial, fingerprint, issuer, subject, user_id, state, first_seen, last_seen)
+                 VALUES ($1, $2, $3, $4, $5, 'active', $6, $6)
+                 ON CONFLICT (issuer, serial) DO UPDATE SET
+                     fingerprint = excluded.fingerprint,
+                     subject = excluded.subject,
+                     user_id = coalesce(excluded.user_id, cards.user_id),
+                     last_seen = excluded.last_seen
+                 RETURNING ",
+            card_columns!(),
+            "
+             ), event AS (
+                 INSERT INTO audit (time, kind, outcome, device, card_serial, user_id, detail)
+                 SELECT $7::timestamptz, $8::text, $9::text, $10::text, $11::text, $12::text,
+                     $13::text
+                 WHERE NOT EXISTS (SELECT 1 FROM renewal)
+             )
+             SELECT card.*, renewal.old_issuer, renewal.old_serial
+             FROM card LEFT JOIN renewal ON true"
+        ))
+        .await?;
+    let result = client
+        .query_one(
+            &statement,
+            &[
+                &facts.serial,
+                &facts.fingerprint,
+                &facts.issuer,
+                &facts.subject,
+                &user_id,
+                &now,
+                &utc(event.time)?,
+                &event.kind.as_str(),
+                &event.outcome.as_str(),
+                &event.device,
+                &event.card_serial,
+                &event.user_id,
+                &event.detail,
+            ],
+        )
+        .await;
+    let row = match result {
+        Ok(row) => row,
+        Err(error) if is_foreign_key_violation(&error) => {
+            return Err(StoreError::NotFound {
+                what: format!("user {user_id:?}"),
+            });
+        }
+        Err(error) => return Err(error.into()),
+    };
+    let old_issuer: Option<String> = row.try_get("old_issuer")?;
+    let old_serial: Option<String> = row.try_get("old_serial")?;
+    let renewed = old_issuer
+        .zip(old_serial)
+        .map(|(issuer, serial)| CardId { issuer, serial });
+    Ok((card_from_row(&row)?, renewed))
+}
+
 /// Locks the users table against other writers of users (reads go on) for the rest of
 /// `transaction`, so a check of ids and attributes holds until the commit.
 const LOCK_USERS: &str = "LOCK TABLE users IN SHARE ROW EXCLUSIVE MODE";
@@ -840,42 +1547,8 @@ impl Store for PostgresStore {
         let facts = facts.clone();
         let user_id = user_id.map(str::to_owned);
         Box::pin(async move {
-            let now = utc(now)?;
             let client = self.client().await?;
-            let statement = client
-                .prepare_cached(
-                    "INSERT INTO cards (serial, fingerprint, issuer, subject, user_id, state, first_seen, last_seen)
-                     VALUES ($1, $2, $3, $4, $5, 'active', $6, $6)
-                     ON CONFLICT (issuer, serial) DO UPDATE SET
-                         fingerprint = excluded.fingerprint,
-                         subject = excluded.subject,
-                         user_id = coalesce(excluded.user_id, cards.user_id),
-                         last_seen = excluded.last_seen
-                     RETURNING serial, fingerprint, issuer, subject, user_id, state, first_seen, last_seen",
-                )
-                .await?;
-            let result = client
-                .query_one(
-                    &statement,
-                    &[
-                        &facts.serial,
-                        &facts.fingerprint,
-                        &facts.issuer,
-                        &facts.subject,
-                        &user_id,
-                        &now,
-                    ],
-                )
-                .await;
-            match result {
-                Ok(row) => card_from_row(&row),
-                Err(error) if error.code() == Some(&SqlState::FOREIGN_KEY_VIOLATION) => {
-                    Err(StoreError::NotFound {
-                        what: format!("user {:?}", user_id.unwrap_or_default()),
-                    })
-                }
-                Err(error) => Err(error.into()),
-            }
+            record_card(&client, &facts, user_id.as_deref(), now).await
         })
     }
 
@@ -883,15 +1556,7 @@ impl Store for PostgresStore {
         let id = id.clone();
         Box::pin(async move {
             let client = self.client().await?;
-            let statement = client
-                .prepare_cached(select_cards!("WHERE issuer = $1 AND serial = $2"))
-                .await?;
-            client
-                .query_opt(&statement, &[&id.issuer, &id.serial])
-                .await?
-                .as_ref()
-                .map(card_from_row)
-                .transpose()
+            get_card(&client, &id).await
         })
     }
 
@@ -1136,198 +1801,889 @@ impl Store for PostgresStore {
         })
     }
 
-    // Not written yet: each answers DatabaseError::NotImplemented.
-
     fn import_users(
         &self,
-        _users: Vec<(User, NewAuditEvent)>,
-        _update: bool,
-        _dry_run: bool,
+        users: Vec<(User, NewAuditEvent)>,
+        update: bool,
+        dry_run: bool,
     ) -> BoxFuture<'_, Result<Vec<Result<UserWritten, StoreError>>, StoreError>> {
-        not_yet("import_users")
+        Box::pin(async move {
+            let users = &users;
+            retried(|| async move {
+                let mut client = self.client().await?;
+                let transaction = client.transaction().await?;
+                transaction.batch_execute(LOCK_USERS).await?;
+                let written = import_users(&transaction, users.clone(), update).await?;
+                if dry_run {
+                    transaction.rollback().await?;
+                } else {
+                    transaction.commit().await?;
+                }
+                Ok(written)
+            })
+            .await
+        })
     }
 
     fn update_user(
         &self,
-        _id: &str,
-        _user: &User,
-        _event: NewAuditEvent,
+        id: &str,
+        user: &User,
+        event: NewAuditEvent,
     ) -> BoxFuture<'_, Result<(), StoreError>> {
-        not_yet("update_user")
+        let (id, user) = (id.to_owned(), user.clone());
+        Box::pin(async move {
+            let (id, user, event) = (&id, &user, &event);
+            retried(|| async move {
+                let mut client = self.client().await?;
+                let transaction = client.transaction().await?;
+                transaction.batch_execute(LOCK_USERS).await?;
+                update_user(&transaction, id, user).await?;
+                insert_audit(&transaction, event).await?;
+                transaction.commit().await?;
+                Ok(())
+            })
+            .await
+        })
     }
 
     fn delete_user(
         &self,
-        _id: &str,
-        _event: NewAuditEvent,
+        id: &str,
+        event: NewAuditEvent,
     ) -> BoxFuture<'_, Result<Vec<CardId>, StoreError>> {
-        not_yet("delete_user")
+        let id = id.to_owned();
+        Box::pin(async move {
+            let (id, event) = (&id, &event);
+            retried(|| async move {
+                let mut client = self.client().await?;
+                let transaction = client.transaction().await?;
+                let revoked = delete_user(&transaction, id).await?;
+                insert_audit(&transaction, event).await?;
+                transaction.commit().await?;
+                Ok(revoked)
+            })
+            .await
+        })
     }
 
     fn user_conflicts(&self) -> BoxFuture<'_, Result<Vec<UserConflict>, StoreError>> {
-        not_yet("user_conflicts")
+        Box::pin(async move {
+            let client = self.client().await?;
+            // Groups ordered by attribute, then by value as SQLite orders them (bytes of the
+            // ASCII-folded value), ids by their bytes.
+            let statement = client
+                .prepare_cached(concat!(
+                    "SELECT 0 AS attribute, ",
+                    ascii_fold!("mail"),
+                    " AS value, array_agg(id ORDER BY id COLLATE \"C\") AS ids
+                     FROM users WHERE mail IS NOT NULL GROUP BY 2 HAVING count(*) > 1
+                     UNION ALL
+                     SELECT 1, ",
+                    ascii_fold!("upn"),
+                    ", array_agg(id ORDER BY id COLLATE \"C\")
+                     FROM users WHERE upn IS NOT NULL GROUP BY 2 HAVING count(*) > 1
+                     UNION ALL
+                     SELECT 2, employee_id, array_agg(id ORDER BY id COLLATE \"C\")
+                     FROM users WHERE employee_id IS NOT NULL GROUP BY 2 HAVING count(*) > 1
+                     ORDER BY attribute, value COLLATE \"C\""
+                ))
+                .await?;
+            const ATTRIBUTES: [UserAttribute; 3] = [
+                UserAttribute::Mail,
+                UserAttribute::Upn,
+                UserAttribute::EmployeeId,
+            ];
+            client
+                .query(&statement, &[])
+                .await?
+                .iter()
+                .map(|row| {
+                    let attribute: i32 = row.try_get("attribute")?;
+                    Ok(UserConflict {
+                        attribute: usize::try_from(attribute)
+                            .ok()
+                            .and_then(|index| ATTRIBUTES.get(index).copied())
+                            .ok_or_else(|| column_error("attribute", attribute))?,
+                        user_ids: row.try_get("ids")?,
+                    })
+                })
+                .collect()
+        })
     }
 
     fn begin_sign_in(
         &self,
-        _lookup: &SignInLookup,
+        lookup: &SignInLookup,
     ) -> BoxFuture<'_, Result<SignInRecords, StoreError>> {
-        not_yet("begin_sign_in")
+        let lookup = lookup.clone();
+        Box::pin(async move {
+            let client = self.client().await?;
+            // The challenge's use commits on its own, atomically; the reads are sent right
+            // behind it on the same connection (pipelined: one round trip for all), each
+            // seeing the database as committed when it runs.
+            let (challenge, card, revocation, renews, mut users) = tokio::try_join!(
+                use_challenge(&client, &lookup.nonce, &lookup.device, lookup.now),
+                get_card(&client, &lookup.card),
+                revocation(&client, &lookup.card),
+                renewed_card(&client, &lookup.card),
+                find_users_among(&client, lookup.user_attribute, &lookup.user_values),
+            )?;
+            // Ordered by id as the bytes compare, whatever the database's collation.
+            users.sort_by(|a, b| a.id.cmp(&b.id));
+            let has_card = card.is_some();
+            Ok(SignInRecords {
+                challenge,
+                card,
+                revocation: revocation.filter(|_| !has_card),
+                renews: renews.filter(|_| !has_card),
+                users,
+            })
+        })
     }
 
     fn finish_sign_in(
         &self,
-        _facts: &CertificateFacts,
-        _user_id: &str,
-        _now: OffsetDateTime,
-        _event: NewAuditEvent,
+        facts: &CertificateFacts,
+        user_id: &str,
+        now: OffsetDateTime,
+        event: NewAuditEvent,
     ) -> BoxFuture<'_, Result<Card, StoreError>> {
-        not_yet("finish_sign_in")
+        let facts = facts.clone();
+        let user_id = user_id.to_owned();
+        Box::pin(async move {
+            let (facts, user_id, event) = (&facts, &user_id, &event);
+            retried(|| async move {
+                let mut client = self.client().await?;
+                let transaction = client.transaction().await?;
+                let (card, renewed) =
+                    finish_sign_in(&transaction, facts, user_id, now, event).await?;
+                if let Some(old) = renewed {
+                    supersede(&transaction, &old, &CardId::of(facts), event).await?;
+                    insert_audit(&transaction, event).await?;
+                }
+                transaction.commit().await?;
+                Ok(card)
+            })
+            .await
+        })
     }
 
     fn add_enrollment_code(
         &self,
-        _code: &NewEnrollmentCode,
+        code: &NewEnrollmentCode,
     ) -> BoxFuture<'_, Result<(), StoreError>> {
-        not_yet("add_enrollment_code")
+        let code = code.clone();
+        Box::pin(async move {
+            let client = self.client().await?;
+            let statement = client
+                .prepare_cached(
+                    "INSERT INTO enrollment_codes (code_hash, user_id, created_at, expires_at)
+                     VALUES ($1, $2, $3, $4)",
+                )
+                .await?;
+            let result = client
+                .execute(
+                    &statement,
+                    &[
+                        &code.code_hash,
+                        &code.user_id,
+                        &utc(code.created_at)?,
+                        &utc(code.expires_at)?,
+                    ],
+                )
+                .await;
+            match result {
+                Err(error) if is_foreign_key_violation(&error) => Err(StoreError::NotFound {
+                    what: format!("user {:?}", code.user_id),
+                }),
+                // The message leaves the hash out.
+                Err(error) if is_unique_violation(&error) => Err(StoreError::Conflict {
+                    what: "the enrollment code exists already".to_owned(),
+                }),
+                other => other.map(drop).map_err(StoreError::from),
+            }
+        })
     }
 
     fn get_enrollment_code(
         &self,
-        _code_hash: &str,
+        code_hash: &str,
     ) -> BoxFuture<'_, Result<Option<EnrollmentCodeRecord>, StoreError>> {
-        not_yet("get_enrollment_code")
+        let code_hash = code_hash.to_owned();
+        Box::pin(async move {
+            let client = self.client().await?;
+            let statement = client
+                .prepare_cached(
+                    "SELECT code_hash, user_id, created_at, expires_at, used_at, used_by
+                     FROM enrollment_codes WHERE code_hash = $1",
+                )
+                .await?;
+            client
+                .query_opt(&statement, &[&code_hash])
+                .await?
+                .as_ref()
+                .map(enrollment_code_from_row)
+                .transpose()
+        })
     }
 
     fn redeem_enrollment_code(
         &self,
-        _code_hash: &str,
-        _issued: &IssuedCertificate,
-        _now: OffsetDateTime,
-        _event: NewAuditEvent,
+        code_hash: &str,
+        issued: &IssuedCertificate,
+        now: OffsetDateTime,
+        event: NewAuditEvent,
     ) -> BoxFuture<'_, Result<EnrollmentCodeUse, StoreError>> {
-        not_yet("redeem_enrollment_code")
+        let code_hash = code_hash.to_owned();
+        let issued = issued.clone();
+        Box::pin(async move {
+            let now = utc(now)?;
+            let (code_hash, issued, event) = (&code_hash, &issued, &event);
+            retried(|| async move {
+                let mut client = self.client().await?;
+                let transaction = client.transaction().await?;
+                // The single atomic step: only one caller can turn `used_at` from NULL
+                // (PostgreSQL re-checks the condition on the locked row).
+                let statement = transaction
+                    .prepare_cached(
+                        "UPDATE enrollment_codes SET used_at = $1, used_by = $2
+                         WHERE code_hash = $3 AND user_id = $4 AND used_at IS NULL
+                           AND expires_at > $1",
+                    )
+                    .await?;
+                let changed = transaction
+                    .execute(
+                        &statement,
+                        &[&now, &issued.facts.serial, code_hash, &issued.user_id],
+                    )
+                    .await?;
+                if changed == 0 {
+                    let statement = transaction
+                        .prepare_cached("SELECT used_at FROM enrollment_codes WHERE code_hash = $1")
+                        .await?;
+                    let used_at: Option<Option<OffsetDateTime>> = transaction
+                        .query_opt(&statement, &[code_hash])
+                        .await?
+                        .map(|row| row.try_get(0))
+                        .transpose()?;
+                    transaction.rollback().await?;
+                    return Ok(match used_at {
+                        None => EnrollmentCodeUse::Unknown,
+                        Some(Some(_)) => EnrollmentCodeUse::Used,
+                        Some(None) => EnrollmentCodeUse::Expired,
+                    });
+                }
+                register_card(&transaction, issued, now).await?;
+                insert_issued(&transaction, issued, now).await?;
+                insert_audit(&transaction, event).await?;
+                transaction.commit().await?;
+                Ok(EnrollmentCodeUse::Accepted)
+            })
+            .await
+        })
     }
 
     fn begin_renewal(
         &self,
-        _old: &CertificateFacts,
-        _user_id: &str,
-        _issued: &IssuedCertificate,
-        _now: OffsetDateTime,
-        _event: NewAuditEvent,
+        old: &CertificateFacts,
+        user_id: &str,
+        issued: &IssuedCertificate,
+        now: OffsetDateTime,
+        event: NewAuditEvent,
     ) -> BoxFuture<'_, Result<(), StoreError>> {
-        not_yet("begin_renewal")
+        let (old, user_id, issued) = (old.clone(), user_id.to_owned(), issued.clone());
+        Box::pin(async move {
+            let now = utc(now)?;
+            let (facts, user_id, issued, event) = (&old, &user_id, &issued, &event);
+            retried(|| async move {
+                let old = CardId::of(facts);
+                let mut client = self.client().await?;
+                let transaction = client.transaction().await?;
+                // The old certificate's first use, if it is a renewal's new one itself.
+                complete_renewal(&transaction, &old, event).await?;
+                // Locks the old card's row: renewals of one card take turns.
+                let card = record_card(&transaction, facts, Some(user_id), now).await?;
+                if card.state != CardState::Active {
+                    return Err(StoreError::Conflict {
+                        what: format!("card {old} is {}, not active", card.state),
+                    });
+                }
+                // The old key signed this renewal, so no earlier pending one is on the card.
+                revoke_pending_renewals(&transaction, &old, None, RevocationReason::Superseded, now)
+                    .await?;
+                insert_issued(&transaction, issued, now).await?;
+                let new = CardId::of(&issued.facts);
+                let statement = transaction
+                    .prepare_cached(
+                        "INSERT INTO pending_renewals
+                             (issuer, serial, old_issuer, old_serial, user_id, certificate, created_at)
+                         VALUES ($1, $2, $3, $4, $5, $6, $7)",
+                    )
+                    .await?;
+                transaction
+                    .execute(
+                        &statement,
+                        &[
+                            &new.issuer,
+                            &new.serial,
+                            &old.issuer,
+                            &old.serial,
+                            &issued.user_id,
+                            &issued.facts.der,
+                            &now,
+                        ],
+                    )
+                    .await?;
+                insert_audit(&transaction, event).await?;
+                transaction.commit().await?;
+                Ok(())
+            })
+            .await
+        })
     }
 
-    fn pending_renewals(&self, _old: &CardId) -> BoxFuture<'_, Result<Vec<Vec<u8>>, StoreError>> {
-        not_yet("pending_renewals")
+    fn pending_renewals(&self, old: &CardId) -> BoxFuture<'_, Result<Vec<Vec<u8>>, StoreError>> {
+        let old = old.clone();
+        Box::pin(async move {
+            let client = self.client().await?;
+            let statement = client
+                .prepare_cached(
+                    "SELECT certificate FROM pending_renewals WHERE old_issuer = $1 AND old_serial = $2
+                     ORDER BY created_at DESC, issuer, serial",
+                )
+                .await?;
+            client
+                .query(&statement, &[&old.issuer, &old.serial])
+                .await?
+                .iter()
+                .map(|row| Ok(row.try_get(0)?))
+                .collect()
+        })
     }
 
     fn confirm_renewal(
         &self,
-        _new: &CertificateFacts,
-        _user_id: &str,
-        _now: OffsetDateTime,
-        _event: NewAuditEvent,
+        new: &CertificateFacts,
+        user_id: &str,
+        now: OffsetDateTime,
+        event: NewAuditEvent,
     ) -> BoxFuture<'_, Result<bool, StoreError>> {
-        not_yet("confirm_renewal")
+        let (new, user_id) = (new.clone(), user_id.to_owned());
+        Box::pin(async move {
+            let (facts, user_id, event) = (&new, &user_id, &event);
+            retried(|| async move {
+                let mut client = self.client().await?;
+                let transaction = client.transaction().await?;
+                let completed = complete_renewal(&transaction, &CardId::of(facts), event).await?;
+                record_card(&transaction, facts, Some(user_id), now).await?;
+                insert_audit(&transaction, event).await?;
+                transaction.commit().await?;
+                Ok(completed)
+            })
+            .await
+        })
     }
 
     fn revoked_issued_certificates(
         &self,
-        _issuer: &str,
+        issuer: &str,
     ) -> BoxFuture<'_, Result<Vec<RevokedCertificate>, StoreError>> {
-        not_yet("revoked_issued_certificates")
+        let issuer = issuer.to_owned();
+        Box::pin(async move {
+            let client = self.client().await?;
+            // `''`: an issuer not recorded (SQLite before its version 4): of an issued
+            // certificate, this server's CA; of a revocation, any issuer.
+            let statement = client
+                .prepare_cached(
+                    "SELECT r.issuer, r.serial, r.revoked_at, r.reason FROM revoked_certificates r
+                     JOIN issued_certificates i ON i.serial = r.serial
+                         AND (i.issuer = r.issuer OR i.issuer = '' OR r.issuer = '')
+                     WHERE i.issuer IN ($1, '') AND r.issuer IN ($1, '')
+                     ORDER BY r.serial COLLATE \"C\", r.issuer COLLATE \"C\" DESC",
+                )
+                .await?;
+            let mut revoked = client
+                .query(&statement, &[&issuer])
+                .await?
+                .iter()
+                .map(revoked_from_row)
+                .collect::<Result<Vec<_>, StoreError>>()?;
+            revoked.dedup_by(|later, earlier| later.serial == earlier.serial);
+            Ok(revoked)
+        })
     }
 
-    fn delete_card(&self, _id: &CardId) -> BoxFuture<'_, Result<(), StoreError>> {
-        not_yet("delete_card")
+    fn delete_card(&self, id: &CardId) -> BoxFuture<'_, Result<(), StoreError>> {
+        let id = id.clone();
+        Box::pin(async move {
+            let id = &id;
+            retried(|| async move {
+                let mut client = self.client().await?;
+                let transaction = client.transaction().await?;
+                let statement = transaction
+                    .prepare_cached(
+                        "SELECT state FROM cards WHERE issuer = $1 AND serial = $2 FOR UPDATE",
+                    )
+                    .await?;
+                let state: Option<String> = transaction
+                    .query_opt(&statement, &[&id.issuer, &id.serial])
+                    .await?
+                    .map(|row| row.try_get(0))
+                    .transpose()?;
+                match state.as_deref() {
+                    None => {
+                        return Err(StoreError::NotFound {
+                            what: format!("card {id}"),
+                        });
+                    }
+                    Some("revoked") => {}
+                    Some(state) => {
+                        return Err(StoreError::Conflict {
+                            what: format!("card {id} is {state}; revoke it first"),
+                        });
+                    }
+                }
+                // Revoked before the list existed: it goes on it now.
+                let now = utc(OffsetDateTime::now_utc())?;
+                add_revocation(&transaction, id, RevocationReason::Unspecified, now).await?;
+                transaction
+                    .execute(
+                        "DELETE FROM cards WHERE issuer = $1 AND serial = $2",
+                        &[&id.issuer, &id.serial],
+                    )
+                    .await?;
+                transaction.commit().await?;
+                Ok(())
+            })
+            .await
+        })
     }
 
     fn add_device(
         &self,
-        _device: &NewDevice,
-        _event: NewAuditEvent,
+        device: &NewDevice,
+        event: NewAuditEvent,
     ) -> BoxFuture<'_, Result<(), StoreError>> {
-        not_yet("add_device")
+        let device = device.clone();
+        Box::pin(async move {
+            let (created_at, code_expires_at) =
+                (utc(device.created_at)?, utc(device.code_expires_at)?);
+            let (device, event) = (&device, &event);
+            retried(|| async move {
+                let mut client = self.client().await?;
+                let transaction = client.transaction().await?;
+                let statement = transaction
+                    .prepare_cached(
+                        "INSERT INTO devices (id, state, created_at, code_hash, code_expires_at)
+                         VALUES ($1, 'enabled', $2, $3, $4)",
+                    )
+                    .await?;
+                let result = transaction
+                    .execute(
+                        &statement,
+                        &[&device.id, &created_at, &device.code_hash, &code_expires_at],
+                    )
+                    .await;
+                match result {
+                    // The message leaves the code hash out.
+                    Err(error) if is_unique_violation(&error) => Err(StoreError::Conflict {
+                        what: format!("device {:?} exists already", device.id),
+                    }),
+                    other => other.map(drop).map_err(StoreError::from),
+                }?;
+                insert_audit(&transaction, event).await?;
+                transaction.commit().await?;
+                Ok(())
+            })
+            .await
+        })
     }
 
-    fn get_device(&self, _id: &str) -> BoxFuture<'_, Result<Option<Device>, StoreError>> {
-        not_yet("get_device")
+    fn get_device(&self, id: &str) -> BoxFuture<'_, Result<Option<Device>, StoreError>> {
+        let id = id.to_owned();
+        Box::pin(async move {
+            let client = self.client().await?;
+            let statement = client
+                .prepare_cached(select_devices!("WHERE id = $1"))
+                .await?;
+            client
+                .query_opt(&statement, &[&id])
+                .await?
+                .as_ref()
+                .map(device_from_row)
+                .transpose()
+        })
     }
 
     fn device_for_code(
         &self,
-        _code_hash: &str,
+        code_hash: &str,
     ) -> BoxFuture<'_, Result<Option<Device>, StoreError>> {
-        not_yet("device_for_code")
+        let code_hash = code_hash.to_owned();
+        Box::pin(async move {
+            let client = self.client().await?;
+            let statement = client
+                .prepare_cached(select_devices!("WHERE code_hash = $1"))
+                .await?;
+            client
+                .query_opt(&statement, &[&code_hash])
+                .await?
+                .as_ref()
+                .map(device_from_row)
+                .transpose()
+        })
     }
 
     fn list_devices(&self) -> BoxFuture<'_, Result<Vec<Device>, StoreError>> {
-        not_yet("list_devices")
+        Box::pin(async move {
+            let client = self.client().await?;
+            let statement = client
+                .prepare_cached(select_devices!("ORDER BY id"))
+                .await?;
+            client
+                .query(&statement, &[])
+                .await?
+                .iter()
+                .map(device_from_row)
+                .collect()
+        })
     }
 
     fn set_device_state(
         &self,
-        _id: &str,
-        _state: DeviceState,
-        _event: NewAuditEvent,
+        id: &str,
+        state: DeviceState,
+        event: NewAuditEvent,
     ) -> BoxFuture<'_, Result<(), StoreError>> {
-        not_yet("set_device_state")
+        let id = id.to_owned();
+        Box::pin(async move {
+            let (id, event) = (&id, &event);
+            retried(|| async move {
+                let mut client = self.client().await?;
+                let transaction = client.transaction().await?;
+                let statement = transaction
+                    .prepare_cached("UPDATE devices SET state = $1 WHERE id = $2")
+                    .await?;
+                let changed = transaction
+                    .execute(&statement, &[&state.as_str(), id])
+                    .await?;
+                if changed == 0 {
+                    return Err(StoreError::NotFound {
+                        what: format!("device {id:?}"),
+                    });
+                }
+                if state == DeviceState::Disabled {
+                    delete_unused_challenges(&transaction, id).await?;
+                }
+                insert_audit(&transaction, event).await?;
+                transaction.commit().await?;
+                Ok(())
+            })
+            .await
+        })
     }
 
     fn remove_device(
         &self,
-        _id: &str,
-        _event: NewAuditEvent,
+        id: &str,
+        event: NewAuditEvent,
     ) -> BoxFuture<'_, Result<(), StoreError>> {
-        not_yet("remove_device")
+        let id = id.to_owned();
+        Box::pin(async move {
+            let (id, event) = (&id, &event);
+            retried(|| async move {
+                let mut client = self.client().await?;
+                let transaction = client.transaction().await?;
+                let statement = transaction
+                    .prepare_cached("DELETE FROM devices WHERE id = $1")
+                    .await?;
+                if transaction.execute(&statement, &[id]).await? == 0 {
+                    return Err(StoreError::NotFound {
+                        what: format!("device {id:?}"),
+                    });
+                }
+                delete_unused_challenges(&transaction, id).await?;
+                insert_audit(&transaction, event).await?;
+                transaction.commit().await?;
+                Ok(())
+            })
+            .await
+        })
     }
 
     fn redeem_device_code(
         &self,
-        _code_hash: &str,
-        _credential: &DeviceCredentialRecord,
-        _now: OffsetDateTime,
-        _event: NewAuditEvent,
+        code_hash: &str,
+        credential: &DeviceCredentialRecord,
+        now: OffsetDateTime,
+        event: NewAuditEvent,
     ) -> BoxFuture<'_, Result<DeviceCodeUse, StoreError>> {
-        not_yet("redeem_device_code")
+        let code_hash = code_hash.to_owned();
+        let credential = credential.clone();
+        Box::pin(async move {
+            let (now, not_after) = (utc(now)?, utc(credential.not_after)?);
+            let (code_hash, credential, event) = (&code_hash, &credential, &event);
+            retried(|| async move {
+                let mut client = self.client().await?;
+                let transaction = client.transaction().await?;
+                // The single atomic step: only one caller can turn `code_used_at` from NULL.
+                let statement = transaction
+                    .prepare_cached(
+                        "UPDATE devices SET code_used_at = $1, certificate = $2,
+                             certificate_serial = $3, certificate_fingerprint = $4, not_after = $5
+                         WHERE code_hash = $6 AND code_used_at IS NULL AND code_expires_at > $1
+                         RETURNING id",
+                    )
+                    .await?;
+                let device: Option<String> = transaction
+                    .query_opt(
+                        &statement,
+                        &[
+                            &now,
+                            &credential.certificate,
+                            &credential.serial,
+                            &credential.fingerprint,
+                            &not_after,
+                            code_hash,
+                        ],
+                    )
+                    .await?
+                    .map(|row| row.try_get(0))
+                    .transpose()?;
+                if let Some(device) = device {
+                    insert_audit(
+                        &transaction,
+                        &NewAuditEvent {
+                            device: Some(device.clone()),
+                            ..event.clone()
+                        },
+                    )
+                    .await?;
+                    transaction.commit().await?;
+                    return Ok(DeviceCodeUse::Accepted { device });
+                }
+                let statement = transaction
+                    .prepare_cached("SELECT code_used_at FROM devices WHERE code_hash = $1")
+                    .await?;
+                let used_at: Option<Option<OffsetDateTime>> = transaction
+                    .query_opt(&statement, &[code_hash])
+                    .await?
+                    .map(|row| row.try_get(0))
+                    .transpose()?;
+                transaction.rollback().await?;
+                Ok(match used_at {
+                    None => DeviceCodeUse::Unknown,
+                    Some(Some(_)) => DeviceCodeUse::Used,
+                    Some(None) => DeviceCodeUse::Expired,
+                })
+            })
+            .await
+        })
     }
 
     fn add_admin_credential(
         &self,
-        _name: &str,
-        _token_hash: &str,
-        _now: OffsetDateTime,
-        _event: NewAuditEvent,
+        name: &str,
+        token_hash: &str,
+        now: OffsetDateTime,
+        event: NewAuditEvent,
     ) -> BoxFuture<'_, Result<(), StoreError>> {
-        not_yet("add_admin_credential")
+        let (name, token_hash) = (name.to_owned(), token_hash.to_owned());
+        Box::pin(async move {
+            let now = utc(now)?;
+            let (name, token_hash, event) = (&name, &token_hash, &event);
+            retried(|| async move {
+                let mut client = self.client().await?;
+                let transaction = client.transaction().await?;
+                let statement = transaction
+                    .prepare_cached(
+                        "INSERT INTO admin_credentials (name, token_hash, created_at)
+                         VALUES ($1, $2, $3)",
+                    )
+                    .await?;
+                let result = transaction
+                    .execute(&statement, &[name, token_hash, &now])
+                    .await;
+                match result {
+                    Err(error) if is_unique_violation(&error) => Err(StoreError::Conflict {
+                        what: format!("an admin credential named {name:?} exists already"),
+                    }),
+                    other => other.map(drop).map_err(StoreError::from),
+                }?;
+                insert_audit(&transaction, event).await?;
+                transaction.commit().await?;
+                Ok(())
+            })
+            .await
+        })
     }
 
     fn admin_credentials(&self) -> BoxFuture<'_, Result<Vec<AdminCredential>, StoreError>> {
-        not_yet("admin_credentials")
+        Box::pin(async move {
+            let client = self.client().await?;
+            let statement = client
+                .prepare_cached(
+                    "SELECT name, token_hash, created_at, revoked_at FROM admin_credentials
+                     ORDER BY name COLLATE \"C\"",
+                )
+                .await?;
+            client
+                .query(&statement, &[])
+                .await?
+                .iter()
+                .map(admin_credential_from_row)
+                .collect()
+        })
     }
 
     fn find_admin_credential(
         &self,
-        _token_hash: &str,
+        token_hash: &str,
     ) -> BoxFuture<'_, Result<Option<AdminCredential>, StoreError>> {
-        not_yet("find_admin_credential")
+        let token_hash = token_hash.to_owned();
+        Box::pin(async move {
+            let client = self.client().await?;
+            let statement = client
+                .prepare_cached(
+                    "SELECT name, token_hash, created_at, revoked_at FROM admin_credentials
+                     WHERE token_hash = $1",
+                )
+                .await?;
+            client
+                .query_opt(&statement, &[&token_hash])
+                .await?
+                .as_ref()
+                .map(admin_credential_from_row)
+                .transpose()
+        })
     }
 
     fn revoke_admin_credential(
         &self,
-        _name: &str,
-        _initial_hash: &str,
-        _now: OffsetDateTime,
-        _event: NewAuditEvent,
+        name: &str,
+        initial_hash: &str,
+        now: OffsetDateTime,
+        event: NewAuditEvent,
     ) -> BoxFuture<'_, Result<(), StoreError>> {
-        not_yet("revoke_admin_credential")
+        let (name, initial_hash) = (name.to_owned(), initial_hash.to_owned());
+        Box::pin(async move {
+            let now = utc(now)?;
+            let (name, initial_hash, event) = (&name, &initial_hash, &event);
+            retried(|| async move {
+                let mut client = self.client().await?;
+                let transaction = client.transaction().await?;
+                // Revocations take turns, so two nodes cannot each revoke one of the last two
+                // active credentials.
+                transaction
+                    .batch_execute("LOCK TABLE admin_credentials IN SHARE ROW EXCLUSIVE MODE")
+                    .await?;
+                if name == INITIAL_ADMIN_CREDENTIAL {
+                    // The token file's credential has a record once it is revoked.
+                    transaction
+                        .execute(
+                            "INSERT INTO admin_credentials (name, token_hash, created_at)
+                             VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
+                            &[name, initial_hash, &now],
+                        )
+                        .await?;
+                }
+                let revoked: Option<Option<OffsetDateTime>> = transaction
+                    .query_opt(
+                        "SELECT revoked_at FROM admin_credentials WHERE name = $1",
+                        &[name],
+                    )
+                    .await?
+                    .map(|row| row.try_get(0))
+                    .transpose()?;
+                match revoked {
+                    None => {
+                        return Err(StoreError::NotFound {
+                            what: format!("admin credential {name:?}"),
+                        });
+                    }
+                    Some(Some(_)) => {
+                        return Err(StoreError::Conflict {
+                            what: format!("admin credential {name:?} is revoked already"),
+                        });
+                    }
+                    Some(None) => {}
+                }
+                transaction
+                    .execute(
+                        "UPDATE admin_credentials SET revoked_at = $1 WHERE name = $2",
+                        &[&now, name],
+                    )
+                    .await?;
+                // The token file's credential is active until it has a (revoked) record.
+                let active: i64 = transaction
+                    .query_one(
+                        "SELECT (SELECT count(*) FROM admin_credentials
+                                 WHERE revoked_at IS NULL AND name <> $1)
+                              + (NOT EXISTS (SELECT 1 FROM admin_credentials WHERE name = $1))::int",
+                        &[&INITIAL_ADMIN_CREDENTIAL],
+                    )
+                    .await?
+                    .try_get(0)?;
+                if active == 0 {
+                    return Err(StoreError::Conflict {
+                        what: format!(
+                            "admin credential {name:?} is the last active one; add another first"
+                        ),
+                    });
+                }
+                insert_audit(&transaction, event).await?;
+                transaction.commit().await?;
+                Ok(())
+            })
+            .await
+        })
     }
 
-    fn stats(&self, _now: OffsetDateTime) -> BoxFuture<'_, Result<StoreStats, StoreError>> {
-        not_yet("stats")
+    fn stats(&self, now: OffsetDateTime) -> BoxFuture<'_, Result<StoreStats, StoreError>> {
+        Box::pin(async move {
+            let (hour_ago, now, horizon) = (
+                utc(now - time::Duration::hours(1))?,
+                utc(now)?,
+                utc(now + time::Duration::days(super::EXPIRING_DAYS))?,
+            );
+            let client = self.client().await?;
+            let statement = client
+                .prepare_cached(
+                    "SELECT
+                         (SELECT count(*) FROM users WHERE state = 'active'),
+                         (SELECT count(*) FROM users WHERE state = 'locked'),
+                         (SELECT count(*) FROM cards WHERE state = 'active'),
+                         (SELECT count(*) FROM cards WHERE state = 'locked'),
+                         (SELECT count(*) FROM cards WHERE state = 'revoked'),
+                         (SELECT count(*) FROM audit
+                          WHERE kind = 'assertion' AND outcome = 'ok' AND time >= $1),
+                         (SELECT count(*) FROM issued_certificates i
+                          WHERE i.not_after > $2 AND i.not_after <= $3
+                            AND NOT EXISTS (SELECT 1 FROM cards c WHERE c.issuer = i.issuer
+                                            AND c.serial = i.serial AND c.state = 'revoked')
+                            AND NOT EXISTS (SELECT 1 FROM revoked_certificates r
+                                            WHERE r.serial = i.serial
+                                              AND r.issuer IN (i.issuer, '')))",
+                )
+                .await?;
+            let row = client
+                .query_one(&statement, &[&hour_ago, &now, &horizon])
+                .await?;
+            Ok(StoreStats {
+                users: vec![
+                    (UserState::Active, count(&row, 0)?),
+                    (UserState::Locked, count(&row, 1)?),
+                ],
+                cards: vec![
+                    (CardState::Active, count(&row, 2)?),
+                    (CardState::Locked, count(&row, 3)?),
+                    (CardState::Revoked, count(&row, 4)?),
+                ],
+                sign_ins_last_hour: count(&row, 5)?,
+                certificates_expiring: count(&row, 6)?,
+            })
+        })
     }
 }
 
@@ -1335,27 +2691,29 @@ impl Store for PostgresStore {
 mod tests {
     mod conformance {
         //! The shared suite against a real PostgreSQL: each test gets a scratch schema of
-        //! the database at `PIVTAP_TEST_POSTGRES_URL`, dropped afterwards.
+        //! the test cluster's database (`testkit::postgres::test_database`: TLS with
+        //! verify-full and the password file), dropped afterwards.
 
         use std::sync::Arc;
 
         use super::super::PostgresStore;
         use crate::store::Store;
+        use crate::store::postgres_tls::PostgresTls;
+        use crate::store::url::{StorePassword, StoreUrl};
 
         type BoxError = Box<dyn std::error::Error + Send + Sync>;
-
-        /// The variable naming the test database.
-        const URL_VARIABLE: &str = "PIVTAP_TEST_POSTGRES_URL";
 
         /// A scratch schema, dropped (with everything in it) when the test ends.
         struct Scratch {
             config: tokio_postgres::Config,
+            tls: PostgresTls,
             schema: String,
         }
 
         impl Drop for Scratch {
             fn drop(&mut self) {
-                let (config, schema) = (self.config.clone(), self.schema.clone());
+                let (config, tls, schema) =
+                    (self.config.clone(), self.tls.clone(), self.schema.clone());
                 // Drop runs inside the test's runtime, which must go on: a connection of
                 // the test may still have to send the rollback of a transaction that was
                 // dropped, and DROP SCHEMA waits for its locks. So a thread of its own,
@@ -1366,7 +2724,7 @@ mod tests {
                         .enable_all()
                         .build()?;
                     runtime.block_on(async {
-                        let (client, connection) = config.connect(tokio_postgres::NoTls).await?;
+                        let (client, connection) = config.connect(tls).await?;
                         tokio::spawn(connection);
                         client
                             .batch_execute(&format!("DROP SCHEMA {schema} CASCADE"))
@@ -1377,45 +2735,48 @@ mod tests {
             }
         }
 
-        /// The test database's settings. Missing, every test here fails: the suite is
-        /// never skipped without a word (CI sets the variable; scripts/postgres starts a
-        /// throw-away cluster for a developer).
-        fn test_config() -> Result<tokio_postgres::Config, BoxError> {
-            let on_ci = std::env::var("CI").is_ok_and(|value| value == "true");
-            let url = std::env::var(URL_VARIABLE).map_err(|_| {
-                format!(
-                    "{URL_VARIABLE} is not set{}: the PostgreSQL store suite needs a database \
-                     (postgresql://user@127.0.0.1:port/database)",
-                    if on_ci { " and CI=true" } else { "" }
-                )
-            })?;
-            Ok(url.parse()?)
+        /// The test cluster's settings (over TCP with TLS, verify-full, and the password
+        /// of its file). Missing, every test here fails saying how to start the cluster:
+        /// the suite is never skipped without a word.
+        fn test_config() -> Result<(tokio_postgres::Config, PostgresTls), BoxError> {
+            let (url, password) = pivtap_testkit::postgres::test_database();
+            let StoreUrl::Postgres(url) = StoreUrl::parse(&url)? else {
+                return Err(format!("{url} is not a PostgreSQL URL").into());
+            };
+            let password = StorePassword::new(password.expose().to_owned());
+            let tls = PostgresTls::new(url.ssl_mode, url.ssl_root_cert.as_deref())?;
+            Ok((url.driver_config(Some(&password)), tls))
         }
 
         /// A new, empty scratch schema and the settings that connect into it.
-        async fn scratch() -> Result<(Scratch, tokio_postgres::Config), BoxError> {
-            let config = test_config()?;
+        async fn scratch() -> Result<(Scratch, tokio_postgres::Config, PostgresTls), BoxError> {
+            let (config, tls) = test_config()?;
             let schema = format!("pivtap_test_{:016x}", rand::random::<u64>());
-            let (client, connection) = config.connect(tokio_postgres::NoTls).await?;
+            let (client, connection) = config.connect(tls.clone()).await?;
             tokio::spawn(connection);
             client
                 .batch_execute(&format!("CREATE SCHEMA {schema}"))
                 .await?;
             let mut scoped = config.clone();
             scoped.options(format!("-c search_path={schema}"));
-            Ok((Scratch { config, schema }, scoped))
+            let scratch = Scratch {
+                config,
+                tls: tls.clone(),
+                schema,
+            };
+            Ok((scratch, scoped, tls))
         }
 
         async fn fresh() -> Result<(Scratch, Arc<dyn Store>), BoxError> {
-            let (scratch, config) = scratch().await?;
-            let store = PostgresStore::connect_with(config).await?;
+            let (scratch, config, tls) = scratch().await?;
+            let store = PostgresStore::connect_with(config, tls).await?;
             Ok((scratch, Arc::new(store)))
         }
 
         async fn nodes() -> Result<(Scratch, [Arc<dyn Store>; 2]), BoxError> {
-            let (scratch, config) = scratch().await?;
-            let first = PostgresStore::connect_with(config.clone()).await?;
-            let second = PostgresStore::connect_with(config).await?;
+            let (scratch, config, tls) = scratch().await?;
+            let first = PostgresStore::connect_with(config.clone(), tls.clone()).await?;
+            let second = PostgresStore::connect_with(config, tls).await?;
             Ok((scratch, [Arc::new(first), Arc::new(second)]))
         }
 

@@ -1465,7 +1465,7 @@ fn import_users(
 }
 
 /// The fields of `stored` that `new` changes (the id and the state aside).
-fn changed_fields(stored: &User, new: &User) -> Vec<&'static str> {
+pub(super) fn changed_fields(stored: &User, new: &User) -> Vec<&'static str> {
     [
         ("display_name", stored.display_name == new.display_name),
         ("mail", stored.mail == new.mail),
