@@ -13,25 +13,9 @@ use common::{Run, RunningServer, path_str, pivtap_command, run};
 
 const ALICE_PIN: &str = "123456";
 
-/// The database's connection string for `migrate-store --to`: for now the cluster's Unix
-/// socket (next to its CA certificate, as scripts/postgres lays it out), as the store does
-/// not speak TLS yet.
+/// The database's URL for `migrate-store --to` (TLS, verify-full against the cluster's CA).
 fn target_url(database: &FreshDatabase) -> String {
-    let url = database.url();
-    let port = url
-        .rsplit_once(':')
-        .and_then(|(_, rest)| rest.split('/').next())
-        .expect("a port in the test URL");
-    let socket_dir = url
-        .split("sslrootcert=")
-        .nth(1)
-        .and_then(|ca| Path::new(ca.split('&').next().unwrap_or(ca)).parent())
-        .expect("sslrootcert in the test URL");
-    format!(
-        "host={} port={port} user=pivtap dbname={}",
-        socket_dir.display(),
-        database.name()
-    )
+    database.url().to_owned()
 }
 
 fn migrate(from: &Path, database: &FreshDatabase, extra: &[&str]) -> Run {
@@ -177,5 +161,14 @@ fn an_sqlite_deployment_is_copied_into_an_empty_postgresql_store() {
         "--to",
         &target_url(&database),
     ]))
-    .failure("migrate-store without sqlite:", "sqlite:PATH");
+    .failure("migrate-store without sqlite:", "starts with sqlite:");
+    run(pivtap_command(&[
+        "server",
+        "migrate-store",
+        "--from",
+        &target_url(&database),
+        "--to",
+        &target_url(&database),
+    ]))
+    .failure("migrate-store from PostgreSQL", "copies from SQLite");
 }

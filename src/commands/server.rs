@@ -8,11 +8,12 @@ use clap::Subcommand;
 use pivtap_server::config::ServerConfig;
 use pivtap_server::init::{CONFIG_FILE, InitOptions, Secret, init_server, renew_tls};
 use pivtap_server::server;
+use pivtap_server::store::PostgresStore;
+use pivtap_server::store::url::{StorePassword, StoreUrl};
 use pivtap_server::token::TokenKeys;
 use pivtap_server::{backup, check};
 
 mod service;
-mod store_location;
 
 /// `pivtap server ...`
 #[derive(Subcommand, Debug)]
@@ -143,14 +144,18 @@ pub enum ServerCommand {
     /// not copied (kiosks ask the new store for new ones). Every table's count is checked
     /// against the source before the copy commits. Refused while a server runs on the
     /// source, or when the target holds data. The PostgreSQL password comes from
-    /// PIVTAP_STORE_PASSWORD.
+    /// --to-password-file, else PIVTAP_STORE_PASSWORD.
     MigrateStore {
-        /// The source: sqlite:PATH (the database server.toml names).
+        /// The source: sqlite:PATH (the store server.toml names).
         #[arg(long, value_name = "URL")]
         from: String,
-        /// The target: postgres://USER@HOST:PORT/DATABASE (a new, empty database).
+        /// The target: postgres://USER@HOST:PORT/DATABASE?sslmode=verify-full (a new,
+        /// empty database).
         #[arg(long, value_name = "URL")]
         to: String,
+        /// The file holding the target database's password (mode 0600).
+        #[arg(long, value_name = "FILE")]
+        to_password_file: Option<PathBuf>,
         /// Print the tables and their counts as JSON.
         #[arg(long)]
         json: bool,
@@ -460,7 +465,12 @@ pub fn run(command: ServerCommand) -> anyhow::Result<()> {
             );
             Ok(())
         }
-        ServerCommand::MigrateStore { from, to, json } => migrate_store(&from, &to, json),
+        ServerCommand::MigrateStore {
+            from,
+            to,
+            to_password_file,
+            json,
+        } => migrate_store(&from, &to, to_password_file.as_deref(), json),
         ServerCommand::Run { config, listen, .. } => {
             let mut configuration = ServerConfig::load(&config)?;
             if let Some(listen) = listen {
@@ -494,17 +504,31 @@ pub fn run(command: ServerCommand) -> anyhow::Result<()> {
 }
 
 /// `pivtap server migrate-store`.
-fn migrate_store(from: &str, to: &str, json: bool) -> anyhow::Result<()> {
-    let from = store_location::sqlite_path(from)?;
-    let to = store_location::postgres_config(to)?;
+fn migrate_store(
+    from: &str,
+    to: &str,
+    to_password_file: Option<&std::path::Path>,
+    json: bool,
+) -> anyhow::Result<()> {
+    let StoreUrl::Sqlite(from) = StoreUrl::parse(from).context("--from")? else {
+        anyhow::bail!(
+            "--from must be the SQLite store to copy (sqlite:PATH); migrate-store copies from SQLite into PostgreSQL"
+        );
+    };
+    let StoreUrl::Postgres(to) = StoreUrl::parse(to).context("--to")? else {
+        anyhow::bail!(
+            "--to must be a PostgreSQL store (postgres://USER@HOST:PORT/DATABASE); migrate-store copies from SQLite into PostgreSQL"
+        );
+    };
+    let password = StorePassword::locate(to_password_file)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
     let migration = runtime.block_on(async {
-        let target = pivtap_server::store::PostgresStore::connect_with(to)
+        let target = PostgresStore::connect(&to, password.as_ref())
             .await
-            .context("cannot open the target PostgreSQL store")?;
+            .with_context(|| format!("cannot open the target store {to}"))?;
         let migration = pivtap_server::store::bulk::migrate_store(&from, &target).await?;
         anyhow::Ok(migration)
     })?;
