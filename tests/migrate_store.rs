@@ -3,6 +3,7 @@
 //! Needs the test PostgreSQL (`PIVTAP_TEST_POSTGRES_URL`, `PIVTAP_TEST_POSTGRES_PASSWORD_FILE`):
 //! without it the test fails saying how to start one.
 
+use std::os::unix::fs::PermissionsExt as _;
 use std::path::Path;
 
 use pivtap_server::store::bulk::{OWN_TABLES, TABLES};
@@ -145,6 +146,48 @@ fn an_sqlite_deployment_is_copied_into_an_empty_postgresql_store() {
         ),
         "alice ok\nalice ok"
     );
+
+    // A server started on the copy signs the same card in and lists the same audit.
+    let config = server.dir.path().join("server/server.toml");
+    let password_file = server.dir.path().join("server/store.password");
+    std::fs::write(&password_file, database.password().expose()).expect("the password file");
+    std::fs::set_permissions(&password_file, std::fs::Permissions::from_mode(0o600))
+        .expect("chmod 600");
+    let text = std::fs::read_to_string(&config).expect("server.toml");
+    assert!(text.contains("database = \"pivtap.db\""), "{text}");
+    let text = text.replace("database = \"pivtap.db\"", "")
+        + &format!(
+            "\n[store]\nurl = \"{}\"\npassword_file = \"{}\"\n",
+            target_url(&database),
+            path_str(&password_file)
+        );
+    std::fs::write(&config, text).expect("server.toml is written");
+    server.restart();
+    let signed_in = server
+        .auth(&alice, ALICE_PIN)
+        .success("auth alice on PostgreSQL")
+        .json();
+    assert_eq!(signed_in["user"]["id"], "alice");
+    let audit_after = server
+        .admin(&["audit", "--limit", "1000", "--json"])
+        .success("audit on PostgreSQL")
+        .json();
+    let after = audit_after.as_array().expect("a JSON array of events");
+    assert!(after.len() > events.len(), "{audit_after}");
+    assert_eq!(
+        &after[after.len() - events.len()..],
+        events.as_slice(),
+        "the copied events, as they were"
+    );
+    assert!(
+        after[0]["id"].as_i64().expect("an id") > newest_id,
+        "new events continue the ids: {}",
+        after[0]
+    );
+    assert_eq!(count(&database, "users"), 2);
+    assert_eq!(count(&database, "cards"), 1, "the same card signed in");
+    let (status, _) = server.stop();
+    assert!(status.success());
 
     // A second copy into the same store is refused and changes nothing.
     migrate(&sqlite, &database, &[]).failure("migrate-store into a full store", "not empty");
