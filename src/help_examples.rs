@@ -301,6 +301,14 @@ const EXAMPLES: &[(&[&str], &[&str])] = &[
         &["bench", "server"],
         &[
             "pivtap bench server --server https://127.0.0.1:8443 --ca server/tls.crt --config server/server.toml",
+            "pivtap bench server --server https://127.0.0.1:8443 --ca server/tls.crt --config server/server.toml --populated pop  # as populated users",
+        ],
+    ),
+    (
+        &["bench", "populate"],
+        &[
+            "pivtap bench populate --config server/server.toml  # 100,000 users and cards, 10 million audit events",
+            "pivtap bench populate --config server/server.toml --users 20000 --audit-events 1000000 --json",
         ],
     ),
     (

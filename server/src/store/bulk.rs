@@ -19,6 +19,7 @@ use tokio_postgres::binary_copy::BinaryCopyInWriter;
 use tokio_postgres::types::{IsNull, ToSql, Type, to_sql_checked};
 
 use super::sqlite::{decode_time, encode_time};
+use super::url::{OpenStoreError, StorePassword, StoreUrl};
 use super::{PostgresStore, SqliteStore, StoreError};
 use crate::backup::ServerLock;
 
@@ -217,7 +218,9 @@ pub const TABLES: &[Table] = &[
         name: "heartbeat",
         columns: &[column("id", Kind::Int), column("at", Kind::Time)],
         identity: false,
-        carried: Carried::Rows,
+        carried: Carried::LeftOut(
+            "the readiness check's last write: every node rewrites it while it runs",
+        ),
     },
     Table {
         name: "devices",
@@ -427,6 +430,127 @@ pub enum Target<'a> {
     Sqlite(&'a SqliteStore),
     /// A PostgreSQL store (a connection of its pool).
     Postgres(&'a PostgresStore),
+}
+
+/// A store opened for bulk work, by its URL.
+#[derive(Debug)]
+pub enum BulkStore {
+    /// SQLite.
+    Sqlite(SqliteStore),
+    /// PostgreSQL.
+    Postgres(PostgresStore),
+}
+
+impl BulkStore {
+    /// Opens the store at `url` as the server would ([`super::url::open_store`]: the
+    /// schema brought up to date, the password from `password_file` or the environment).
+    ///
+    /// # Errors
+    /// [`OpenStoreError`].
+    pub async fn open(
+        url: &StoreUrl,
+        password_file: Option<&Path>,
+    ) -> Result<Self, OpenStoreError> {
+        let opened = |source| OpenStoreError::Store {
+            url: url.to_string(),
+            source,
+        };
+        match url {
+            StoreUrl::Sqlite(path) => {
+                if password_file.is_some() {
+                    return Err(OpenStoreError::PasswordForSqlite(path.clone()));
+                }
+                Ok(BulkStore::Sqlite(
+                    SqliteStore::open(path).await.map_err(opened)?,
+                ))
+            }
+            StoreUrl::Postgres(postgres) => {
+                let password = StorePassword::locate(password_file)?;
+                Ok(BulkStore::Postgres(
+                    PostgresStore::connect(postgres, password.as_ref())
+                        .await
+                        .map_err(opened)?,
+                ))
+            }
+        }
+    }
+
+    /// The store as a [`load`] target.
+    #[must_use]
+    pub fn target(&self) -> Target<'_> {
+        match self {
+            BulkStore::Sqlite(store) => Target::Sqlite(store),
+            BulkStore::Postgres(store) => Target::Postgres(store),
+        }
+    }
+
+    /// The bytes the store's data takes: SQLite's pages (the file once checkpointed),
+    /// PostgreSQL's database (`pg_database_size`).
+    ///
+    /// # Errors
+    /// [`BulkError::Store`].
+    pub async fn size_bytes(&self) -> Result<u64, BulkError> {
+        match self {
+            BulkStore::Sqlite(store) => Ok(store
+                .database
+                .read(|connection| {
+                    let pages: i64 =
+                        connection.query_row("PRAGMA page_count", [], |row| row.get(0))?;
+                    let size: i64 =
+                        connection.query_row("PRAGMA page_size", [], |row| row.get(0))?;
+                    Ok(u64::try_from(pages * size).unwrap_or(0))
+                })
+                .await?),
+            BulkStore::Postgres(store) => {
+                let client = store.client().await?;
+                let bytes: i64 = client
+                    .query_one("SELECT pg_database_size(current_database())", &[])
+                    .await?
+                    .try_get(0)?;
+                Ok(u64::try_from(bytes).unwrap_or(0))
+            }
+        }
+    }
+
+    /// Rows in each table a copy carries.
+    ///
+    /// # Errors
+    /// [`BulkError::Store`].
+    pub async fn counts(&self) -> Result<Vec<(&'static str, u64)>, BulkError> {
+        match self {
+            BulkStore::Sqlite(store) => Ok(store
+                .database
+                .read(|connection| {
+                    carried_tables()
+                        .map(|table| {
+                            let rows: i64 = connection.query_row(
+                                &format!("SELECT count(*) FROM {}", table.name),
+                                [],
+                                |row| row.get(0),
+                            )?;
+                            Ok((table.name, u64::try_from(rows).unwrap_or(0)))
+                        })
+                        .collect::<Result<Vec<_>, StoreError>>()
+                })
+                .await?),
+            BulkStore::Postgres(store) => {
+                let client = store.client().await?;
+                let mut counts = Vec::new();
+                for table in carried_tables() {
+                    counts.push((table.name, postgres_count(&client, table.name).await?));
+                }
+                Ok(counts)
+            }
+        }
+    }
+
+    /// Closes an SQLite store's connections once its writes are done (PostgreSQL's pool
+    /// closes when the store goes).
+    pub async fn close(&self) {
+        if let BulkStore::Sqlite(store) = self {
+            store.close().await;
+        }
+    }
 }
 
 /// The tables a copy carries.
