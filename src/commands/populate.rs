@@ -129,7 +129,7 @@ pub fn run(args: PopulateArgs) -> anyhow::Result<()> {
         let fed = feed.await.context("the row generator failed")?;
         let tables = match (loaded, fed) {
             (Ok(tables), _) => tables,
-            (Err(bulk::BulkError::FeedStopped), Err(stopped)) => return Err(stopped.into()),
+            (Err(bulk::BulkError::FeedStopped), Err(stopped)) => return Err(stopped),
             (Err(error @ bulk::BulkError::NotEmpty { .. }), _) => {
                 return Err(anyhow::Error::new(error).context(
                     "bench populate loads an empty store; give --add to add to this one",
@@ -370,11 +370,12 @@ mod tests {
         assert_eq!(refused, 10, "one sign-in in fifty refused");
         // Serials differ between users and between prefixes.
         assert_ne!(population.card_serial(1), population.card_serial(2));
+        let serial = population.card_serial(1);
         let other = Population {
             prefix: "other".to_owned(),
             ..population
         };
-        assert_ne!(other.card_serial(1), population(1).card_serial(1));
+        assert_ne!(other.card_serial(1), serial);
     }
 
     #[test]
