@@ -105,13 +105,14 @@ const EXAMPLES: &[(&[&str], &[&str])] = &[
         &[
             "pivtap server init ./server  # listens on 127.0.0.1:8443",
             "pivtap server init /etc/pivtap --listen 0.0.0.0:8443 --hostname auth.example.com --trust corp-ca.pem",
+            "pivtap server init /etc/pivtap --store 'postgres://pivtap@db.example:5432/pivtap?sslmode=verify-full&sslrootcert=/etc/pivtap/db-ca.crt' --store-password-file /etc/pivtap/store.password",
         ],
     ),
     (
         &["server", "check"],
         &[
             "pivtap server check /var/lib/pivtap/server",
-            "pivtap server check server.toml --json",
+            "pivtap server check server.toml --json  # a PostgreSQL store: reachable? schema current?",
         ],
     ),
     (

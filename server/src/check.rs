@@ -413,7 +413,14 @@ fn check_postgres(findings: &mut Findings, url: &PostgresUrl, password_file: Opt
             "store",
             None,
             Level::Error,
-            format!("{url}: cannot connect: {reason}"),
+            format!(
+                "{url}: cannot connect{}: {reason}",
+                if password.is_none() {
+                    " with no password (neither [store] password_file nor PIVTAP_STORE_PASSWORD is set)"
+                } else {
+                    ""
+                }
+            ),
         ),
     }
 }

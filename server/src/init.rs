@@ -46,8 +46,8 @@ use pivtap_protocol::jose::base64url_encode;
 
 use crate::{
     config::{
-        ConfigError, DEFAULT_LISTEN, IssuanceConfig, MappingConfig, ServerConfig, TlsConfig,
-        TokenConfig, TrustConfig, parse_ca_certificates,
+        ConfigError, DEFAULT_LISTEN, IssuanceConfig, MappingConfig, ServerConfig, StoreConfig,
+        TlsConfig, TokenConfig, TrustConfig, parse_ca_certificates,
     },
     issuance::{IssuanceError, Issuer, create_ca},
     token::{PRIVATE_FILE_MODE, TokenError, TokenKeys, write_file_atomically},
@@ -85,6 +85,9 @@ pub struct InitOptions {
     pub replace: BTreeSet<Secret>,
     /// With `force`, keep the existing secrets not named in `replace` (instead of refusing).
     pub keep_secrets: bool,
+    /// The `[store]` to write (its URL and password file; never a password); `None`:
+    /// the SQLite file `pivtap.db` beside `server.toml`.
+    pub store: Option<StoreConfig>,
 }
 
 /// A file `init` writes that others depend on: replacing it breaks them.
@@ -170,6 +173,7 @@ impl Default for InitOptions {
             force: false,
             replace: BTreeSet::new(),
             keep_secrets: false,
+            store: None,
         }
     }
 }
@@ -213,6 +217,12 @@ pub enum InitError {
         /// The existing secrets not named.
         secrets: Vec<Secret>,
     },
+    /// `store.password_file` is set for a SQLite store.
+    #[error("--store-password-file is for a PostgreSQL store: a SQLite store has no password")]
+    PasswordForSqlite,
+    /// The database password file is unusable (missing, empty, readable by others).
+    #[error(transparent)]
+    StorePassword(#[from] crate::store::url::StorePasswordError),
     /// The existing TLS key could not be read to keep it.
     #[error("cannot keep the TLS key {}: {reason}", .path.display())]
     UnusableTlsKey {
@@ -291,6 +301,15 @@ pub fn init_server(dir: &Path, options: &InitOptions) -> Result<InitReport, Init
     // Everything that can fail on the input is checked before anything is written.
     let trust = read_trust_files(&options.trust)?;
     let names = certificate_names(options)?;
+    if let Some(store) = &options.store
+        && let Some(file) = &store.password_file
+    {
+        if store.url.sqlite_path().is_some() {
+            return Err(InitError::PasswordForSqlite);
+        }
+        // The server reads it on start: it must be there, private, and hold a password.
+        crate::store::url::StorePassword::read_file(&dir.join(file))?;
+    }
     let origin = origin(options);
     let existing: Vec<Secret> = if options.force {
         Secret::ALL
@@ -334,7 +353,7 @@ pub fn init_server(dir: &Path, options: &InitOptions) -> Result<InitReport, Init
         plain_http: false,
         admin_token_file: PathBuf::from(ADMIN_TOKEN_FILE),
         database: PathBuf::from(DATABASE_FILE),
-        store: None,
+        store: options.store.clone(),
         tls: Some(TlsConfig {
             certificate: PathBuf::from(CERTIFICATE_FILE),
             key: PathBuf::from(CERTIFICATE_KEY_FILE),
@@ -416,7 +435,14 @@ pub fn init_server(dir: &Path, options: &InitOptions) -> Result<InitReport, Init
             PUBLIC_FILE_MODE,
         )?;
     }
-    create_empty_database(&dir.join(DATABASE_FILE))?;
+    // SQLite's file, private from the start (PostgreSQL's database is made by its admin).
+    let sqlite_file = match &options.store {
+        None => Some(PathBuf::from(DATABASE_FILE)),
+        Some(store) => store.url.sqlite_path().map(Path::to_owned),
+    };
+    if let Some(file) = sqlite_file {
+        create_empty_database(&dir.join(file))?;
+    }
     write(CONFIG_FILE, config_text.as_bytes(), PUBLIC_FILE_MODE)?;
 
     // What was written must load as the server will load it.
@@ -749,6 +775,88 @@ mod tests {
     fn mode(path: &Path) -> u32 {
         use std::os::unix::fs::PermissionsExt as _;
         fs::metadata(path).unwrap().permissions().mode() & 0o777
+    }
+
+    #[test]
+    fn init_writes_the_store_it_is_given_and_never_a_password() {
+        use crate::store::url::StoreUrl;
+        let secrets = tempfile::tempdir().unwrap();
+        let password = secrets.path().join("store.password");
+        pivtap_files::write_atomically(&password, b"s3cret-pw\n", 0o600).unwrap();
+        let url = StoreUrl::parse(
+            "postgres://pivtap@db.example:5432/pivtap?sslmode=verify-full&sslrootcert=db-ca.crt",
+        )
+        .unwrap();
+        let store = StoreConfig {
+            url: url.clone(),
+            password_file: Some(password.clone()),
+        };
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("server");
+        let options = InitOptions {
+            store: Some(store.clone()),
+            ..InitOptions::default()
+        };
+        let report = init_server(&dir, &options).unwrap();
+        let text = fs::read_to_string(&report.config_path).unwrap();
+        assert!(text.contains("[store]"), "{text}");
+        assert!(!text.contains("database ="), "{text}");
+        assert!(!text.contains("s3cret"), "{text}");
+        assert!(
+            !dir.join("pivtap.db").exists(),
+            "no SQLite file for PostgreSQL"
+        );
+        let config = ServerConfig::load(&report.config_path).unwrap();
+        assert_eq!(config.store_url(), url.resolve(&dir));
+        assert_eq!(
+            config.store.unwrap().password_file.as_deref(),
+            Some(password.as_path())
+        );
+
+        // SQLite by URL: its file is made, private, where the URL says.
+        let sqlite_dir = root.path().join("sqlite");
+        let options = InitOptions {
+            store: Some(StoreConfig {
+                url: StoreUrl::parse("sqlite:state.db").unwrap(),
+                password_file: None,
+            }),
+            ..InitOptions::default()
+        };
+        init_server(&sqlite_dir, &options).unwrap();
+        assert_eq!(mode(&sqlite_dir.join("state.db")), 0o600);
+        assert!(!sqlite_dir.join("pivtap.db").exists());
+
+        // Refused before anything is written: a password file for SQLite, or one that
+        // is missing or readable by others.
+        let refused = |store: StoreConfig| {
+            let target = root.path().join("refused");
+            let options = InitOptions {
+                store: Some(store),
+                ..InitOptions::default()
+            };
+            let error = init_server(&target, &options).unwrap_err();
+            assert!(!target.exists(), "{error}");
+            error
+        };
+        let error = refused(StoreConfig {
+            url: StoreUrl::parse("sqlite:x.db").unwrap(),
+            password_file: Some(password.clone()),
+        });
+        assert!(matches!(error, InitError::PasswordForSqlite), "{error}");
+        let error = refused(StoreConfig {
+            password_file: Some(secrets.path().join("absent")),
+            ..store.clone()
+        });
+        assert!(matches!(error, InitError::StorePassword(_)), "{error}");
+        {
+            use std::os::unix::fs::PermissionsExt as _;
+            fs::set_permissions(&password, fs::Permissions::from_mode(0o644)).unwrap();
+        }
+        let error = refused(store);
+        assert!(
+            crate::check::error_chain(&error).contains("chmod 600"),
+            "{error}"
+        );
     }
 
     #[test]

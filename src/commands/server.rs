@@ -55,6 +55,15 @@ pub enum ServerCommand {
         /// With --force, keep the existing secrets not named in --replace.
         #[arg(long, requires = "force")]
         keep_secrets: bool,
+        /// Where the store lives, written to [store] url: sqlite:PATH, or
+        /// postgres://USER@HOST:5432/DB?sslmode=verify-full&sslrootcert=CA.crt
+        /// (never with a password in it). Default: the SQLite file pivtap.db in DIR.
+        #[arg(long, value_name = "URL")]
+        store: Option<String>,
+        /// The file holding the PostgreSQL password (mode 0600), written to
+        /// [store] password_file; without it the server reads PIVTAP_STORE_PASSWORD.
+        #[arg(long, value_name = "PATH", requires = "store")]
+        store_password_file: Option<PathBuf>,
     },
     /// Renew the server's own TLS certificate: a new self-signed certificate for
     /// the same names, valid a year, with the same key, so kiosks' key pins keep
@@ -204,7 +213,24 @@ pub fn run(command: ServerCommand) -> anyhow::Result<()> {
             force,
             replace,
             keep_secrets,
+            store,
+            store_password_file,
         } => {
+            let store = match store {
+                // Parsed here rather than by clap, whose errors would echo a password.
+                Some(url) => Some(pivtap_server::config::StoreConfig {
+                    url: pivtap_server::store::url::StoreUrl::parse(&url).context("--store")?,
+                    password_file: store_password_file
+                        .map(|file| std::path::absolute(&file))
+                        .transpose()
+                        .context("--store-password-file")?,
+                }),
+                None => None,
+            };
+            let store_text = store.as_ref().map_or_else(
+                || "sqlite:pivtap.db (beside server.toml)".to_owned(),
+                |store| store.url.to_string(),
+            );
             let report = init_server(
                 &dir,
                 &InitOptions {
@@ -214,6 +240,7 @@ pub fn run(command: ServerCommand) -> anyhow::Result<()> {
                     force,
                     replace: replace.into_iter().collect(),
                     keep_secrets,
+                    store,
                 },
             )?;
             println!("Server ready in {}.", dir.display());
@@ -230,6 +257,7 @@ pub fn run(command: ServerCommand) -> anyhow::Result<()> {
             }
             println!("  configuration:    {}", report.config_path.display());
             println!("  origin:           {}", report.origin);
+            println!("  store:            {store_text}");
             println!(
                 "  admin credential: {} (keep it secret)",
                 report.admin_token_path.display()

@@ -88,6 +88,7 @@ pub fn pivtap_command(args: &[&str]) -> Command {
         .env_remove("PIVTAP_ADMIN_TOKEN")
         .env_remove("PIVTAP_SERVER")
         .env_remove("PIVTAP_DEVICE")
+        .env_remove("PIVTAP_STORE_PASSWORD")
         .env_remove("RUST_LOG")
         .env("NO_COLOR", "1")
         .stdin(Stdio::null());

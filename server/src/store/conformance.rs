@@ -1940,7 +1940,7 @@ pub async fn of_two_nodes_revoking_the_last_two_admin_credentials_one_is_refused
         } else {
             &added
         };
-        assert_eq!(active, [expected.clone()], "round {round}");
+        assert_eq!(active, std::slice::from_ref(expected), "round {round}");
         survivor = expected.clone();
     }
     Ok(())

@@ -9,8 +9,8 @@
 //! SQLSTATE codes this store maps to [`StoreError`] (unique and foreign-key violations,
 //! serialization failures), and deadpool adds only a small pool with a per-connection
 //! statement cache on top. Neither pulls a second TLS stack or crypto provider. TLS to the
-//! database is not wired yet (connections are plain TCP or a Unix socket); it will come
-//! through a rustls connector on the workspace's rustls with its one aws-lc-rs provider.
+//! database is [`PostgresTls`](super::postgres_tls::PostgresTls), a rustls connector on
+//! the workspace's rustls with its one aws-lc-rs provider (a Unix socket carries none).
 //! The statement cache uses named prepared statements: behind PgBouncer use its session
 //! mode (transaction mode breaks named prepared statements).
 //!
@@ -41,13 +41,14 @@
 //!
 //! # The sign-in path
 //!
-//! A sign-in's calls take as few round trips as their meaning allows, each through the
-//! connection's cache of prepared statements: [`Store::begin_sign_in`] sends the
-//! challenge's `UPDATE` and its four reads together (pipelined on one connection; the
-//! update commits on its own, and a refused challenge costs one more read to tell why),
-//! and [`Store::finish_sign_in`] is one statement (pending renewal, card and audit event)
-//! between `BEGIN` and `COMMIT`, plus the renewal's steps in the rare case it completes
-//! one.
+//! A sign-in's calls take one round trip each, through the connection's cache of prepared
+//! statements, and no `BEGIN`/`COMMIT`: a single statement is atomic on its own.
+//! [`Store::add_challenge`] writes the challenge and its audit event in one statement;
+//! [`Store::begin_sign_in`] sends the challenge's `UPDATE` and its four reads together
+//! (pipelined on one connection; a refused challenge costs one more read to tell why);
+//! [`Store::finish_sign_in`] records the card and its audit event in one statement, which
+//! writes nothing when the certificate is a pending renewal's new one: that first use
+//! then completes the renewal in a transaction, as [`Store::confirm_renewal`] does.
 
 use std::sync::Arc;
 
@@ -420,39 +421,6 @@ fn user_from_row(row: &Row) -> Result<User, StoreError> {
     })
 }
 
-/// The users whose `attribute` is `value`, as the mapping rules compare it.
-async fn find_users(
-    client: &impl deadpool_postgres::GenericClient,
-    attribute: UserAttribute,
-    value: &str,
-) -> Result<Vec<User>, StoreError> {
-    let sql = match attribute {
-        UserAttribute::Uid => select_users!("WHERE id = $1 ORDER BY id"),
-        UserAttribute::Mail => select_users!(concat!(
-            "WHERE ",
-            ascii_fold!("mail"),
-            " = ",
-            ascii_fold!("$1"),
-            " ORDER BY id"
-        )),
-        UserAttribute::Upn => select_users!(concat!(
-            "WHERE ",
-            ascii_fold!("upn"),
-            " = ",
-            ascii_fold!("$1"),
-            " ORDER BY id"
-        )),
-        UserAttribute::EmployeeId => select_users!("WHERE employee_id = $1 ORDER BY id"),
-    };
-    let statement = client.prepare_cached(sql).await?;
-    client
-        .query(&statement, &[&value])
-        .await?
-        .iter()
-        .map(user_from_row)
-        .collect()
-}
-
 /// [`StoreError::AttributeTaken`] if a user other than `except` has one of `user`'s
 /// mapped attributes.
 async fn attribute_taken(
@@ -467,7 +435,7 @@ async fn attribute_taken(
     ];
     for (attribute, value) in attributes {
         let Some(value) = value else { continue };
-        if let Some(holder) = find_users(client, attribute, value)
+        if let Some(holder) = find_users(client, attribute, std::slice::from_ref(value))
             .await?
             .into_iter()
             .find(|holder| Some(holder.id.as_str()) != except)
@@ -523,18 +491,22 @@ async fn insert_user(
     }
 }
 
+/// `INSERT` of an audit event whose fields are parameters `$1` to `$7` (time, kind, outcome,
+/// device, card serial, user id, detail), as a `SELECT` a statement may add a `WHERE` to.
+macro_rules! insert_audit {
+    () => {
+        "INSERT INTO audit (time, kind, outcome, device, card_serial, user_id, detail)
+         SELECT $1::timestamptz, $2::text, $3::text, $4::text, $5::text, $6::text, $7::text"
+    };
+}
+
 /// Writes `event` (cut to its bounds) with `client`.
 async fn insert_audit(
     client: &impl deadpool_postgres::GenericClient,
     event: &NewAuditEvent,
 ) -> Result<(), StoreError> {
     let event = event.bounded();
-    let statement = client
-        .prepare_cached(
-            "INSERT INTO audit (time, kind, outcome, device, card_serial, user_id, detail)
-             VALUES ($1, $2, $3, $4, $5, $6, $7)",
-        )
-        .await?;
+    let statement = client.prepare_cached(insert_audit!()).await?;
     client
         .execute(
             &statement,
@@ -1112,8 +1084,9 @@ fn count(row: &Row, column: usize) -> Result<u64, StoreError> {
 }
 
 /// The users whose `attribute` is one of `values`, as the mapping rules compare it, each
-/// once.
-async fn find_users_among(
+/// once, ordered by id as the bytes compare (as SQLite's store orders them, whatever the
+/// database's collation).
+async fn find_users(
     client: &impl deadpool_postgres::GenericClient,
     attribute: UserAttribute,
     values: &[String],
@@ -1137,12 +1110,14 @@ async fn find_users_among(
         UserAttribute::EmployeeId => select_users!("WHERE employee_id = ANY($1)"),
     };
     let statement = client.prepare_cached(sql).await?;
-    client
+    let mut users = client
         .query(&statement, &[&values])
         .await?
         .iter()
         .map(user_from_row)
-        .collect()
+        .collect::<Result<Vec<User>, StoreError>>()?;
+    users.sort_by(|a, b| a.id.cmp(&b.id));
+    Ok(users)
 }
 
 /// The card a pending renewal's new certificate `new` renews, if `new` is one.
@@ -1150,21 +1125,14 @@ async fn renewed_card(
     client: &impl deadpool_postgres::GenericClient,
     new: &CardId,
 ) -> Result<Option<Card>, StoreError> {
-    let statement = client
-        .prepare_cached(concat!(
-            "SELECT ",
-            card_columns!("c."),
-            " FROM pending_renewals p JOIN cards c
-                 ON c.issuer = p.old_issuer AND c.serial = p.old_serial
-             WHERE p.issuer = $1 AND p.serial = $2"
-        ))
-        .await?;
-    client
-        .query_opt(&statement, &[&new.issuer, &new.serial])
-        .await?
-        .as_ref()
-        .map(card_from_row)
-        .transpose()
+    let sql = concat!(
+        "SELECT ",
+        card_columns!("c."),
+        " FROM pending_renewals p JOIN cards c
+             ON c.issuer = p.old_issuer AND c.serial = p.old_serial
+         WHERE p.issuer = $1 AND p.serial = $2"
+    );
+    query_card(client, sql, new).await
 }
 
 /// Checks a user's existence and locks their row until the commit: a concurrent write that
@@ -1353,9 +1321,21 @@ async fn get_card(
     client: &impl deadpool_postgres::GenericClient,
     id: &CardId,
 ) -> Result<Option<Card>, StoreError> {
-    let statement = client
-        .prepare_cached(select_cards!("WHERE issuer = $1 AND serial = $2"))
-        .await?;
+    query_card(
+        client,
+        select_cards!("WHERE issuer = $1 AND serial = $2"),
+        id,
+    )
+    .await
+}
+
+/// The card the query `sql` finds for `id` (its issuer `$1`, its serial `$2`), if any.
+async fn query_card(
+    client: &impl deadpool_postgres::GenericClient,
+    sql: &str,
+    id: &CardId,
+) -> Result<Option<Card>, StoreError> {
+    let statement = client.prepare_cached(sql).await?;
     client
         .query_opt(&statement, &[&id.issuer, &id.serial])
         .await?
@@ -1364,29 +1344,29 @@ async fn get_card(
         .transpose()
 }
 
-/// The hot part of [`Store::finish_sign_in`], one statement: takes the certificate's
-/// pending renewal if it is one (the single atomic step of completing it), records the
-/// card as [`record_card`] does and, when no renewal completes, appends `event`. Returns
-/// the card and the renewed card, whose renewal the caller then completes ([`supersede`])
-/// before it appends `event`.
+/// [`Store::finish_sign_in`] in one statement on its own (atomic without a transaction):
+/// records the card as [`record_card`] does for `user_id` and appends `event`, unless the
+/// certificate is a pending renewal's new one: then it writes nothing and answers `None`,
+/// and the caller completes the renewal in a transaction ([`confirm_renewal`]).
 async fn finish_sign_in(
     client: &impl deadpool_postgres::GenericClient,
     facts: &CertificateFacts,
     user_id: &str,
     now: OffsetDateTime,
     event: &NewAuditEvent,
-) -> Result<(Card, Option<CardId>), StoreError> {
+) -> Result<Option<Card>, StoreError> {
     let now = utc(now)?;
     let event = event.bounded();
     let statement = client
         .prepare_cached(concat!(
-            "WITH renewal AS (
-                 DELETE FROM pending_renewals WHERE issuer = $3 AND serial = $1
-                 RETURNING old_issuer, old_serial
+            "WITH pending AS (
+                 SELECT 1 FROM pending_renewals WHERE issuer = $10 AND serial = $8
              ), card AS (
                  INSERT INTO cards
                      (serial, fingerprint, issuer, subject, user_id, state, first_seen, last_seen)
-                 VALUES ($1, $2, $3, $4, $5, 'active', $6, $6)
+                 SELECT $8::text, $9::text, $10::text, $11::text, $12::text, 'active',
+                     $13::timestamptz, $13::timestamptz
+                 WHERE NOT EXISTS (SELECT 1 FROM pending)
                  ON CONFLICT (issuer, serial) DO UPDATE SET
                      fingerprint = excluded.fingerprint,
                      subject = excluded.subject,
@@ -1395,26 +1375,17 @@ async fn finish_sign_in(
                  RETURNING ",
             card_columns!(),
             "
-             ), event AS (
-                 INSERT INTO audit (time, kind, outcome, device, card_serial, user_id, detail)
-                 SELECT $7::timestamptz, $8::text, $9::text, $10::text, $11::text, $12::text,
-                     $13::text
-                 WHERE NOT EXISTS (SELECT 1 FROM renewal)
+             ), event AS (",
+            insert_audit!(),
+            " WHERE NOT EXISTS (SELECT 1 FROM pending)
              )
-             SELECT card.*, renewal.old_issuer, renewal.old_serial
-             FROM card LEFT JOIN renewal ON true"
+             SELECT * FROM card"
         ))
         .await?;
     let result = client
-        .query_one(
+        .query_opt(
             &statement,
             &[
-                &facts.serial,
-                &facts.fingerprint,
-                &facts.issuer,
-                &facts.subject,
-                &user_id,
-                &now,
                 &utc(event.time)?,
                 &event.kind.as_str(),
                 &event.outcome.as_str(),
@@ -1422,24 +1393,38 @@ async fn finish_sign_in(
                 &event.card_serial,
                 &event.user_id,
                 &event.detail,
+                &facts.serial,
+                &facts.fingerprint,
+                &facts.issuer,
+                &facts.subject,
+                &user_id,
+                &now,
             ],
         )
         .await;
-    let row = match result {
-        Ok(row) => row,
-        Err(error) if is_foreign_key_violation(&error) => {
-            return Err(StoreError::NotFound {
-                what: format!("user {user_id:?}"),
-            });
-        }
-        Err(error) => return Err(error.into()),
-    };
-    let old_issuer: Option<String> = row.try_get("old_issuer")?;
-    let old_serial: Option<String> = row.try_get("old_serial")?;
-    let renewed = old_issuer
-        .zip(old_serial)
-        .map(|(issuer, serial)| CardId { issuer, serial });
-    Ok((card_from_row(&row)?, renewed))
+    match result {
+        Ok(row) => row.as_ref().map(card_from_row).transpose(),
+        Err(error) if is_foreign_key_violation(&error) => Err(StoreError::NotFound {
+            what: format!("user {user_id:?}"),
+        }),
+        Err(error) => Err(error.into()),
+    }
+}
+
+/// [`Store::confirm_renewal`] in `transaction`, which the caller commits: completes the
+/// renewal `facts` is the new certificate of, if one is pending, records its card and
+/// appends `event`. Returns whether a renewal completed, and the card.
+async fn confirm_renewal(
+    transaction: &deadpool_postgres::Transaction<'_>,
+    facts: &CertificateFacts,
+    user_id: &str,
+    now: OffsetDateTime,
+    event: &NewAuditEvent,
+) -> Result<(bool, Card), StoreError> {
+    let completed = complete_renewal(transaction, &CardId::of(facts), event).await?;
+    let card = record_card(transaction, facts, Some(user_id), now).await?;
+    insert_audit(transaction, event).await?;
+    Ok((completed, card))
 }
 
 /// Locks the users table against other writers of users (reads go on) for the rest of
@@ -1496,7 +1481,7 @@ impl Store for PostgresStore {
         let value = value.to_owned();
         Box::pin(async move {
             let client = self.client().await?;
-            find_users(&client, attribute, &value).await
+            find_users(&client, attribute, std::slice::from_ref(&value)).await
         })
     }
 
@@ -1753,16 +1738,36 @@ impl Store for PostgresStore {
         let device = device.to_owned();
         Box::pin(async move {
             let (issued_at, expires_at) = (utc(OffsetDateTime::now_utc())?, utc(expires_at)?);
-            let mut client = self.client().await?;
-            let transaction = client.transaction().await?;
-            let statement = transaction
-                .prepare_cached(
-                    "INSERT INTO challenges (nonce, device, issued_at, expires_at)
-                     VALUES ($1, $2, $3, $4)",
-                )
+            let event = event.bounded();
+            let client = self.client().await?;
+            // One statement, atomic on its own: the event is written with the challenge.
+            let statement = client
+                .prepare_cached(concat!(
+                    "WITH challenge AS (
+                         INSERT INTO challenges (nonce, device, issued_at, expires_at)
+                         VALUES ($8, $9, $10, $11)
+                     )
+                     ",
+                    insert_audit!()
+                ))
                 .await?;
-            let result = transaction
-                .execute(&statement, &[&nonce, &device, &issued_at, &expires_at])
+            let result = client
+                .execute(
+                    &statement,
+                    &[
+                        &utc(event.time)?,
+                        &event.kind.as_str(),
+                        &event.outcome.as_str(),
+                        &event.device,
+                        &event.card_serial,
+                        &event.user_id,
+                        &event.detail,
+                        &nonce,
+                        &device,
+                        &issued_at,
+                        &expires_at,
+                    ],
+                )
                 .await;
             match result {
                 // The message leaves the nonce out: it is a live challenge.
@@ -1770,10 +1775,7 @@ impl Store for PostgresStore {
                     what: "the challenge exists already".to_owned(),
                 }),
                 other => other.map(drop).map_err(StoreError::from),
-            }?;
-            insert_audit(&transaction, &event).await?;
-            transaction.commit().await?;
-            Ok(())
+            }
         })
     }
 
@@ -1876,17 +1878,17 @@ impl Store for PostgresStore {
                 .prepare_cached(concat!(
                     "SELECT 0 AS attribute, ",
                     ascii_fold!("mail"),
-                    " AS value, array_agg(id ORDER BY id COLLATE \"C\") AS ids
+                    " COLLATE \"C\" AS value, array_agg(id ORDER BY id COLLATE \"C\") AS ids
                      FROM users WHERE mail IS NOT NULL GROUP BY 2 HAVING count(*) > 1
                      UNION ALL
                      SELECT 1, ",
                     ascii_fold!("upn"),
-                    ", array_agg(id ORDER BY id COLLATE \"C\")
+                    " COLLATE \"C\", array_agg(id ORDER BY id COLLATE \"C\")
                      FROM users WHERE upn IS NOT NULL GROUP BY 2 HAVING count(*) > 1
                      UNION ALL
-                     SELECT 2, employee_id, array_agg(id ORDER BY id COLLATE \"C\")
+                     SELECT 2, employee_id COLLATE \"C\", array_agg(id ORDER BY id COLLATE \"C\")
                      FROM users WHERE employee_id IS NOT NULL GROUP BY 2 HAVING count(*) > 1
-                     ORDER BY attribute, value COLLATE \"C\""
+                     ORDER BY attribute, value"
                 ))
                 .await?;
             const ATTRIBUTES: [UserAttribute; 3] = [
@@ -1922,15 +1924,13 @@ impl Store for PostgresStore {
             // The challenge's use commits on its own, atomically; the reads are sent right
             // behind it on the same connection (pipelined: one round trip for all), each
             // seeing the database as committed when it runs.
-            let (challenge, card, revocation, renews, mut users) = tokio::try_join!(
+            let (challenge, card, revocation, renews, users) = tokio::try_join!(
                 use_challenge(&client, &lookup.nonce, &lookup.device, lookup.now),
                 get_card(&client, &lookup.card),
                 revocation(&client, &lookup.card),
                 renewed_card(&client, &lookup.card),
-                find_users_among(&client, lookup.user_attribute, &lookup.user_values),
+                find_users(&client, lookup.user_attribute, &lookup.user_values),
             )?;
-            // Ordered by id as the bytes compare, whatever the database's collation.
-            users.sort_by(|a, b| a.id.cmp(&b.id));
             let has_card = card.is_some();
             Ok(SignInRecords {
                 challenge,
@@ -1955,13 +1955,12 @@ impl Store for PostgresStore {
             let (facts, user_id, event) = (&facts, &user_id, &event);
             retried(|| async move {
                 let mut client = self.client().await?;
-                let transaction = client.transaction().await?;
-                let (card, renewed) =
-                    finish_sign_in(&transaction, facts, user_id, now, event).await?;
-                if let Some(old) = renewed {
-                    supersede(&transaction, &old, &CardId::of(facts), event).await?;
-                    insert_audit(&transaction, event).await?;
+                if let Some(card) = finish_sign_in(&client, facts, user_id, now, event).await? {
+                    return Ok(card);
                 }
+                // The first use of a renewal's new certificate (or a use racing it).
+                let transaction = client.transaction().await?;
+                let (_, card) = confirm_renewal(&transaction, facts, user_id, now, event).await?;
                 transaction.commit().await?;
                 Ok(card)
             })
@@ -2175,9 +2174,8 @@ impl Store for PostgresStore {
             retried(|| async move {
                 let mut client = self.client().await?;
                 let transaction = client.transaction().await?;
-                let completed = complete_renewal(&transaction, &CardId::of(facts), event).await?;
-                record_card(&transaction, facts, Some(user_id), now).await?;
-                insert_audit(&transaction, event).await?;
+                let (completed, _) =
+                    confirm_renewal(&transaction, facts, user_id, now, event).await?;
                 transaction.commit().await?;
                 Ok(completed)
             })
@@ -2696,10 +2694,13 @@ mod tests {
 
         use std::sync::Arc;
 
+        use std::sync::atomic::{AtomicUsize, Ordering};
+
         use super::super::PostgresStore;
-        use crate::store::Store;
+        use crate::mapping::UserAttribute;
         use crate::store::postgres_tls::PostgresTls;
         use crate::store::url::{StorePassword, StoreUrl};
+        use crate::store::{Store, StoreError, User, UserState};
 
         type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -2781,5 +2782,99 @@ mod tests {
         }
 
         crate::store_conformance_suite! { fresh: fresh(), nodes: nodes() }
+
+        /// A write PostgreSQL aborts as a serialization failure or a deadlock runs again,
+        /// a few times at most; any other failure is answered at once.
+        #[tokio::test]
+        async fn writes_aborted_as_serialization_failures_or_deadlocks_run_again()
+        -> Result<(), BoxError> {
+            let (_scratch, store) = fresh_store().await?;
+            // Fails with `code` (raised by PostgreSQL itself) on its first `failures` calls.
+            let attempt = |code: &'static str, failures: usize, calls: &AtomicUsize| {
+                let call = calls.fetch_add(1, Ordering::SeqCst);
+                let store = store.clone();
+                async move {
+                    if call < failures {
+                        let raise = format!(
+                            "DO $$ BEGIN RAISE EXCEPTION 'test' USING ERRCODE = '{code}'; END $$"
+                        );
+                        store.client().await?.batch_execute(&raise).await?;
+                    }
+                    Ok::<usize, crate::store::StoreError>(call)
+                }
+            };
+            for code in ["40001", "40P01"] {
+                let calls = AtomicUsize::new(0);
+                assert_eq!(super::super::retried(|| attempt(code, 2, &calls)).await?, 2);
+                let calls = AtomicUsize::new(0);
+                let gave_up = super::super::retried(|| attempt(code, usize::MAX, &calls)).await;
+                assert!(gave_up.is_err());
+                let attempts = usize::try_from(super::super::WRITE_ATTEMPTS)?;
+                assert_eq!(calls.load(Ordering::SeqCst), attempts);
+            }
+            let calls = AtomicUsize::new(0);
+            let refused = super::super::retried(|| attempt("23505", 1, &calls)).await;
+            assert!(refused.is_err());
+            assert_eq!(calls.load(Ordering::SeqCst), 1, "not a failure to retry");
+            Ok(())
+        }
+
+        async fn fresh_store() -> Result<(Scratch, PostgresStore), BoxError> {
+            let (scratch, config, tls) = scratch().await?;
+            Ok((scratch, PostgresStore::connect_with(config, tls).await?))
+        }
+
+        /// Users sharing a mapped attribute from before the checks (written past the
+        /// store) are listed in groups as SQLite's store lists them, and no more are added.
+        #[tokio::test]
+        async fn users_sharing_a_mapped_attribute_are_listed_and_no_more_are_added()
+        -> Result<(), BoxError> {
+            let (_scratch, store) = fresh_store().await?;
+            store
+                .client()
+                .await?
+                .batch_execute(
+                    "INSERT INTO users (id, display_name, mail, upn, employee_id, state, created_at)
+                     VALUES
+                         ('mallory', 'Mallory', 'ALICE@example.com', NULL, 'E-2', 'active', now()),
+                         ('alice', 'Alice', 'alice@example.com', NULL, 'E-1', 'active', now()),
+                         ('bob', 'Bob', 'bob@example.com', 'bob@corp', 'E-1', 'active', now()),
+                         ('carol', 'Carol', 'carol@example.com', 'BOB@CORP', 'e-1', 'active', now()),
+                         ('Zed', 'Zed', 'Zed@example.com', NULL, NULL, 'active', now()),
+                         ('zed', 'zed', 'zED@example.com', NULL, NULL, 'active', now())",
+                )
+                .await?;
+            let listed: Vec<(UserAttribute, Vec<String>)> = store
+                .user_conflicts()
+                .await?
+                .into_iter()
+                .map(|conflict| (conflict.attribute, conflict.user_ids))
+                .collect();
+            let ids = |ids: &[&str]| ids.iter().map(|id| (*id).to_owned()).collect::<Vec<_>>();
+            assert_eq!(
+                listed,
+                [
+                    (UserAttribute::Mail, ids(&["alice", "mallory"])),
+                    (UserAttribute::Mail, ids(&["Zed", "zed"])),
+                    (UserAttribute::Upn, ids(&["bob", "carol"])),
+                    (UserAttribute::EmployeeId, ids(&["alice", "bob"])),
+                ]
+            );
+            let eve = User {
+                id: "eve".to_owned(),
+                display_name: "Eve".to_owned(),
+                mail: Some("Alice@Example.COM".to_owned()),
+                upn: None,
+                employee_id: None,
+                state: UserState::Active,
+            };
+            assert!(matches!(
+                store.add_user(&eve).await,
+                Err(StoreError::AttributeTaken { attribute: UserAttribute::Mail, ref holder })
+                    if holder == "alice"
+            ));
+            assert_eq!(store.user_conflicts().await?.len(), 4);
+            Ok(())
+        }
     }
 }

@@ -367,3 +367,129 @@ fn server_end_point(certificate: &CertificateDer<'_>) -> Option<Vec<u8>> {
         None
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! Against the test cluster (`testkit::postgres`): its certificate names 127.0.0.1 and
+    //! localhost and chains to the CA in its URL's `sslrootcert`.
+
+    use super::*;
+    use crate::store::url::{PostgresHost, PostgresUrl, StorePassword, StoreUrl};
+
+    type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+    /// The test cluster's URL and password; fails saying how to start it when unset.
+    fn cluster() -> (PostgresUrl, StorePassword) {
+        let (url, password) = pivtap_testkit::postgres::test_database();
+        let Ok(StoreUrl::Postgres(url)) = StoreUrl::parse(&url) else {
+            panic!("the test cluster's URL {url} is not a PostgreSQL store URL");
+        };
+        (url, StorePassword::new(password.expose().to_owned()))
+    }
+
+    /// Connects with `config` and `tls`; answers whether the session is encrypted.
+    async fn encrypted(
+        config: &tokio_postgres::Config,
+        tls: PostgresTls,
+    ) -> Result<bool, BoxError> {
+        let (client, connection) = config.connect(tls).await?;
+        tokio::spawn(connection);
+        let row = client
+            .query_one(
+                "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
+                &[],
+            )
+            .await?;
+        Ok(row.try_get(0)?)
+    }
+
+    /// The whole chain of `error`'s messages.
+    fn chain(error: &BoxError) -> String {
+        crate::check::error_chain(error.as_ref())
+    }
+
+    #[tokio::test]
+    async fn verify_full_connects_to_the_cluster_over_tls() -> Result<(), BoxError> {
+        let (url, password) = cluster();
+        assert_eq!(url.ssl_mode, SslMode::VerifyFull);
+        let tls = PostgresTls::new(url.ssl_mode, url.ssl_root_cert.as_deref())?;
+        assert!(encrypted(&url.driver_config(Some(&password)), tls).await?);
+        // By name too: the certificate names localhost.
+        let by_name = PostgresUrl {
+            host: PostgresHost::Tcp("localhost".to_owned()),
+            ..url.clone()
+        }
+        .driver_config(Some(&password));
+        let tls = PostgresTls::new(SslMode::VerifyFull, url.ssl_root_cert.as_deref())?;
+        assert!(encrypted(&by_name, tls).await?);
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn another_ca_is_refused_unless_only_encryption_is_asked_for() -> Result<(), BoxError> {
+        let (url, password) = cluster();
+        let config = url.driver_config(Some(&password));
+        let other_ca = pivtap_testkit::test_ca();
+        for mode in [SslMode::VerifyFull, SslMode::VerifyCa] {
+            let tls = PostgresTls::new(mode, Some(&other_ca))?;
+            let error = encrypted(&config, tls).await.expect_err("another CA");
+            let message = chain(&error);
+            assert!(
+                message.contains("invalid peer certificate"),
+                "{mode}: {message}"
+            );
+            assert!(message.contains("UnknownIssuer"), "{mode}: {message}");
+            assert!(!message.contains(password.expose()), "{message}");
+        }
+        let tls = PostgresTls::new(SslMode::Require, Some(&other_ca))?;
+        assert!(encrypted(&config, tls).await?, "require only encrypts");
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn a_wrong_host_name_is_refused_by_verify_full_only() -> Result<(), BoxError> {
+        let (url, password) = cluster();
+        // Reach the cluster's address under a name its certificate does not hold.
+        let mut config = PostgresUrl {
+            host: PostgresHost::Tcp("db.wrong.example".to_owned()),
+            ..url.clone()
+        }
+        .driver_config(Some(&password));
+        config.hostaddr(std::net::Ipv4Addr::LOCALHOST.into());
+        let roots = url.ssl_root_cert.as_deref();
+        let error = encrypted(&config, PostgresTls::new(SslMode::VerifyFull, roots)?)
+            .await
+            .expect_err("a name the certificate does not hold");
+        let message = chain(&error);
+        assert!(
+            message.contains("certificate not valid for name \"db.wrong.example\""),
+            "{message}"
+        );
+        assert!(encrypted(&config, PostgresTls::new(SslMode::VerifyCa, roots)?).await?);
+        Ok(())
+    }
+
+    #[test]
+    fn unreadable_or_empty_ca_files_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("absent.crt");
+        assert!(matches!(
+            PostgresTls::new(SslMode::VerifyFull, Some(&missing)),
+            Err(PostgresTlsError::ReadRoots { .. })
+        ));
+        let empty = dir.path().join("empty.crt");
+        std::fs::write(&empty, "not a certificate\n").unwrap();
+        let error = PostgresTls::new(SslMode::VerifyCa, Some(&empty)).unwrap_err();
+        assert!(matches!(error, PostgresTlsError::NoRoots { .. }), "{error}");
+        // `require` checks no certificate, so it needs no CA file.
+        assert!(PostgresTls::new(SslMode::Require, Some(&missing)).is_ok());
+    }
+
+    #[test]
+    fn channel_binding_hashes_the_certificate_by_its_signature() {
+        let pem = std::fs::read(pivtap_testkit::test_ca()).unwrap();
+        let certificate = CertificateDer::from_pem_slice(&pem).unwrap();
+        let bound = server_end_point(&certificate).expect("an ECDSA or RSA signature");
+        assert!([32, 48, 64].contains(&bound.len()), "{}", bound.len());
+    }
+}

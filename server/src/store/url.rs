@@ -21,7 +21,8 @@
 //! Over TCP the default `sslmode` is `verify-full`: encrypted, the certificate chains
 //! to `sslrootcert` (or, without it, to the system's trusted CAs) and names the host.
 //! `verify-ca` skips the name check, `require` only encrypts (anyone in the path can
-//! pose as the database). `disable` is plain text and allowed only to a loopback host;
+//! pose as the database; unlike libpq, which then quietly checks the chain when it finds
+//! a CA file, `require` with `sslrootcert` is refused: say `verify-ca`). `disable` is plain text and allowed only to a loopback host;
 //! a Unix socket carries no TLS, so there only `disable` (the default) is allowed.
 //!
 //! # The password
@@ -190,6 +191,12 @@ pub enum StoreUrlError {
     /// `sslrootcert` given with `sslmode=disable`.
     #[error("sslrootcert is given but sslmode=disable makes no TLS connection")]
     RootCertWithoutTls,
+    /// `sslrootcert` given with `sslmode=require`, which checks no certificate.
+    #[error(
+        "sslrootcert is given but sslmode=require checks no certificate: use verify-full \
+         (or verify-ca) to check the database's certificate against it"
+    )]
+    RootCertWithRequire,
     /// `connect_timeout` is not a number of seconds from 1 to 3600.
     #[error("connect_timeout {0:?} is not a number of seconds from 1 to 3600")]
     ConnectTimeout(String),
@@ -370,8 +377,13 @@ impl PostgresUrl {
             }
             (PostgresHost::Tcp(_), mode) => mode.unwrap_or(SslMode::VerifyFull),
         };
-        if ssl_mode == SslMode::Disable && ssl_root_cert.is_some() {
-            return Err(StoreUrlError::RootCertWithoutTls);
+        if ssl_root_cert.is_some() {
+            match ssl_mode {
+                SslMode::Disable => return Err(StoreUrlError::RootCertWithoutTls),
+                // libpq would quietly check the chain then; here the URL says what it does.
+                SslMode::Require => return Err(StoreUrlError::RootCertWithRequire),
+                SslMode::VerifyCa | SslMode::VerifyFull => {}
+            }
         }
         let database = if database.is_empty() {
             user.clone()
@@ -606,6 +618,12 @@ pub enum StorePasswordError {
 }
 
 impl StorePassword {
+    /// The password itself, for a test's check that it shows nowhere.
+    #[cfg(test)]
+    pub(crate) fn expose(&self) -> &str {
+        &self.0
+    }
+
     /// A password given directly (a test's, say).
     #[must_use]
     pub fn new(password: String) -> Self {
@@ -691,8 +709,14 @@ pub enum OpenStoreError {
     #[error("password_file is set, but a SQLite store ({0}) takes no password")]
     PasswordForSqlite(PathBuf),
     /// The store refused to open, connect or migrate.
-    #[error("cannot open the store {url}")]
+    #[error("cannot open the store {url}{}", if *.without_password {
+        " (with no password: neither [store] password_file nor PIVTAP_STORE_PASSWORD is set)"
+    } else {
+        ""
+    })]
     Store {
+        /// Whether no password was given (a PostgreSQL store asking for one fails).
+        without_password: bool,
         /// The store's URL (it holds no password).
         url: String,
         /// Why.
@@ -711,23 +735,28 @@ pub async fn open_store(
     url: &StoreUrl,
     password_file: Option<&Path>,
 ) -> Result<std::sync::Arc<dyn super::Store>, OpenStoreError> {
-    let opened = |source| OpenStoreError::Store {
-        url: url.to_string(),
-        source,
+    let opened = |without_password| {
+        move |source| OpenStoreError::Store {
+            without_password,
+            url: url.to_string(),
+            source,
+        }
     };
     match url {
         StoreUrl::Sqlite(path) => {
             if password_file.is_some() {
                 return Err(OpenStoreError::PasswordForSqlite(path.clone()));
             }
-            let store = super::SqliteStore::open(path).await.map_err(opened)?;
+            let store = super::SqliteStore::open(path)
+                .await
+                .map_err(opened(false))?;
             Ok(std::sync::Arc::new(store))
         }
         StoreUrl::Postgres(postgres) => {
             let password = StorePassword::locate(password_file)?;
             let store = super::PostgresStore::connect(postgres, password.as_ref())
                 .await
-                .map_err(opened)?;
+                .map_err(opened(password.is_none()))?;
             Ok(std::sync::Arc::new(store))
         }
     }
@@ -873,6 +902,10 @@ mod tests {
             StoreUrl::parse("postgres://p@127.0.0.1/d?sslmode=disable&sslrootcert=ca.crt")
                 .unwrap_err(),
             StoreUrlError::RootCertWithoutTls
+        );
+        assert_eq!(
+            StoreUrl::parse("postgres://p@db/d?sslmode=require&sslrootcert=ca.crt").unwrap_err(),
+            StoreUrlError::RootCertWithRequire
         );
     }
 
