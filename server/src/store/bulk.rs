@@ -432,7 +432,8 @@ pub enum Target<'a> {
     Postgres(&'a PostgresStore),
 }
 
-/// A store opened for bulk work, by its URL.
+/// A store opened by its URL, as its own type (for bulk work; [`super::url::open_store`]
+/// hands it out as a [`Store`](super::Store)).
 #[derive(Debug)]
 pub enum BulkStore {
     /// SQLite.
@@ -451,27 +452,37 @@ impl BulkStore {
         url: &StoreUrl,
         password_file: Option<&Path>,
     ) -> Result<Self, OpenStoreError> {
-        let opened = |source| OpenStoreError::Store {
-            url: url.to_string(),
-            source,
+        let opened = |without_password| {
+            move |source| OpenStoreError::Store {
+                without_password,
+                url: url.to_string(),
+                source,
+            }
         };
         match url {
             StoreUrl::Sqlite(path) => {
                 if password_file.is_some() {
                     return Err(OpenStoreError::PasswordForSqlite(path.clone()));
                 }
-                Ok(BulkStore::Sqlite(
-                    SqliteStore::open(path).await.map_err(opened)?,
-                ))
+                let store = SqliteStore::open(path).await.map_err(opened(false))?;
+                Ok(BulkStore::Sqlite(store))
             }
             StoreUrl::Postgres(postgres) => {
                 let password = StorePassword::locate(password_file)?;
-                Ok(BulkStore::Postgres(
-                    PostgresStore::connect(postgres, password.as_ref())
-                        .await
-                        .map_err(opened)?,
-                ))
+                let store = PostgresStore::connect(postgres, password.as_ref())
+                    .await
+                    .map_err(opened(password.is_none()))?;
+                Ok(BulkStore::Postgres(store))
             }
+        }
+    }
+
+    /// The store behind the [`Store`](super::Store) interface.
+    #[must_use]
+    pub fn into_store(self) -> std::sync::Arc<dyn super::Store> {
+        match self {
+            BulkStore::Sqlite(store) => std::sync::Arc::new(store),
+            BulkStore::Postgres(store) => std::sync::Arc::new(store),
         }
     }
 
