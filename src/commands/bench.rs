@@ -1,4 +1,4 @@
-//! `pivtap bench`: measurements that print figures — `bench server` (full sign-ins per second against a server on loopback) and `bench tap` (the kiosk's card path, card present to session token).
+//! `pivtap bench`: measurements that print figures — `bench server` (full sign-ins per second against a server on loopback), `bench tap` (the kiosk's card path, card present to session token) and `bench populate` (an organisation-sized store to measure on).
 //!
 //! Neither is a test: they print what they measured (text or `--json`) and
 //! fail only when the measurement itself cannot run (a refused sign-in counts
