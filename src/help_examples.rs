@@ -150,6 +150,13 @@ const EXAMPLES: &[(&[&str], &[&str])] = &[
         ],
     ),
     (
+        &["server", "migrate-store"],
+        &[
+            "PIVTAP_STORE_PASSWORD=... pivtap server migrate-store --from sqlite:/var/lib/pivtap/server/pivtap.db --to 'postgres://pivtap@db.example.com:5432/pivtap'",
+            "pivtap server migrate-store --from sqlite:pivtap.db --to 'postgres://pivtap@127.0.0.1:5432/pivtap' --json",
+        ],
+    ),
+    (
         &["server", "run"],
         &[
             "pivtap server run --config ./server/server.toml",
@@ -298,6 +305,14 @@ const EXAMPLES: &[(&[&str], &[&str])] = &[
         &["bench", "server"],
         &[
             "pivtap bench server --server https://127.0.0.1:8443 --ca server/tls.crt --config server/server.toml",
+            "pivtap bench server --server https://127.0.0.1:8443 --ca server/tls.crt --config server/server.toml --populated pop  # as populated users",
+        ],
+    ),
+    (
+        &["bench", "populate"],
+        &[
+            "pivtap bench populate --config server/server.toml  # 100,000 users and cards, 10 million audit events",
+            "pivtap bench populate --config server/server.toml --users 20000 --audit-events 1000000 --json",
         ],
     ),
     (

@@ -1,4 +1,4 @@
-//! `pivtap bench`: measurements that print figures — `bench server` (full sign-ins per second against a server on loopback) and `bench tap` (the kiosk's card path, card present to session token).
+//! `pivtap bench`: measurements that print figures — `bench server` (full sign-ins per second against a server on loopback), `bench tap` (the kiosk's card path, card present to session token) and `bench populate` (an organisation-sized store to measure on).
 //!
 //! Neither is a test: they print what they measured (text or `--json`) and
 //! fail only when the measurement itself cannot run (a refused sign-in counts
@@ -58,6 +58,13 @@ pub enum BenchCommand {
     /// time of the first and of the repeat taps, and the challenge request the
     /// kiosk makes during each tap for the next one.
     Tap(Box<TapBenchArgs>),
+    /// Load the store of a server (its server.toml) with an organisation's worth of
+    /// data, in bulk, in one transaction: --users users each with a card from the
+    /// server's issuing CA, and --audit-events audit events spread over the year before
+    /// now (sign-ins by those cards from 500 kiosks). Refuses a store that holds data
+    /// unless --add. Prints the time taken and the store's size. Then `bench server
+    /// --populated PREFIX` signs in as some of these users.
+    Populate(Box<super::populate::PopulateArgs>),
 }
 
 /// `pivtap bench server`
@@ -81,6 +88,13 @@ pub struct ServerBenchArgs {
     /// Distinct cards (and users) the sign-ins come from.
     #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u32).range(1..=1000))]
     cards: u32,
+    /// Sign in as users `bench populate --prefix PREFIX` loaded (spread over the first
+    /// --populated-users of them) instead of adding users.
+    #[arg(long, value_name = "PREFIX")]
+    populated: Option<String>,
+    /// How many users `bench populate` loaded (with --populated).
+    #[arg(long, default_value_t = 100_000, requires = "populated")]
+    populated_users: u32,
     /// Start sign-ins at this fixed rate (per second) instead of as fast as
     /// the server answers; latency is counted from each sign-in's planned start.
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
@@ -128,6 +142,7 @@ pub fn run(command: BenchCommand) -> anyhow::Result<()> {
     match command {
         BenchCommand::Server(args) => bench_server(*args),
         BenchCommand::Tap(args) => bench_tap(*args),
+        BenchCommand::Populate(args) => super::populate::run(*args),
     }
 }
 
@@ -316,33 +331,42 @@ fn bench_server(args: ServerBenchArgs) -> anyhow::Result<()> {
     let now = OffsetDateTime::now_utc();
     let mut cards = Vec::with_capacity(args.cards as usize);
     for index in 0..args.cards {
-        let id = format!("bench-{run_tag}-{index}");
-        let mail = format!("{id}@bench.invalid");
-        let record = UserRecord {
-            id: id.clone(),
-            display_name: format!("Bench {index}"),
-            mail: Some(mail.clone()),
-            upn: None,
-            employee_id: None,
-            state: "active".to_owned(),
+        let user = match &args.populated {
+            // Spread over the population, so lookups touch the whole of the tables.
+            Some(prefix) => super::populate::population_user(
+                prefix,
+                (u64::from(index) * u64::from(args.populated_users) / u64::from(args.cards)) as u32,
+            ),
+            None => {
+                let id = format!("bench-{run_tag}-{index}");
+                let user = User {
+                    display_name: format!("Bench {index}"),
+                    mail: Some(format!("{id}@bench.invalid")),
+                    upn: None,
+                    employee_id: None,
+                    state: UserState::Active,
+                    id,
+                };
+                let record = UserRecord {
+                    id: user.id.clone(),
+                    display_name: user.display_name.clone(),
+                    mail: user.mail.clone(),
+                    upn: None,
+                    employee_id: None,
+                    state: "active".to_owned(),
+                };
+                runtime
+                    .block_on(client.admin(&admin_token).add_user(&record))
+                    .map_err(super::auth::explain)
+                    .context("cannot add a load user through the admin API")?;
+                user
+            }
         };
-        runtime
-            .block_on(client.admin(&admin_token).add_user(&record))
-            .map_err(super::auth::explain)
-            .context("cannot add a load user through the admin API")?;
         let (key, pair) = SoftKey::generate(args.algorithm)?;
         let csr = CertificateParams::default()
             .serialize_request(&pair)
             .context("cannot make a certificate request")?;
         let csr_key = verify_csr(csr.der())?;
-        let user = User {
-            id,
-            display_name: format!("Bench {index}"),
-            mail: Some(mail),
-            upn: None,
-            employee_id: None,
-            state: UserState::Active,
-        };
         let certificate = issuer.issue(&csr_key, &user, now)?;
         cards.push(SoftCard { key, certificate });
     }

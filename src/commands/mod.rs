@@ -6,6 +6,7 @@ pub mod bench;
 pub mod card;
 pub mod demo;
 pub mod kiosk;
+pub mod populate;
 pub mod server;
 pub mod vcard;
 

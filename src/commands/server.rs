@@ -8,6 +8,8 @@ use clap::Subcommand;
 use pivtap_server::config::ServerConfig;
 use pivtap_server::init::{CONFIG_FILE, InitOptions, Secret, init_server, renew_tls};
 use pivtap_server::server;
+use pivtap_server::store::PostgresStore;
+use pivtap_server::store::url::{StorePassword, StoreUrl};
 use pivtap_server::{backup, check};
 
 mod service;
@@ -147,6 +149,28 @@ pub enum ServerCommand {
         file: PathBuf,
         /// The server directory to restore into.
         dir: PathBuf,
+    },
+    /// Copy a stopped server's SQLite store into an empty PostgreSQL store, in one
+    /// transaction: users, cards, the audit (its ids kept), enrollment codes, issued and
+    /// revoked certificates, renewals, devices, admin credentials. Pending challenges are
+    /// not copied (kiosks ask the new store for new ones). Every table's count is checked
+    /// against the source before the copy commits. Refused while a server runs on the
+    /// source, or when the target holds data. The PostgreSQL password comes from
+    /// --to-password-file, else PIVTAP_STORE_PASSWORD.
+    MigrateStore {
+        /// The source: sqlite:PATH (the store server.toml names).
+        #[arg(long, value_name = "URL")]
+        from: String,
+        /// The target: postgres://USER@HOST:PORT/DATABASE?sslmode=verify-full (a new,
+        /// empty database).
+        #[arg(long, value_name = "URL")]
+        to: String,
+        /// The file holding the target database's password (mode 0600).
+        #[arg(long, value_name = "FILE")]
+        to_password_file: Option<PathBuf>,
+        /// Print the tables and their counts as JSON.
+        #[arg(long)]
+        json: bool,
     },
     /// Run the server (HTTPS; stops cleanly on Ctrl-C or SIGTERM; on SIGHUP
     /// reloads the trusted CAs, CRLs and mapping, keeping them if one is bad).
@@ -485,6 +509,12 @@ pub fn run(command: ServerCommand) -> anyhow::Result<()> {
             );
             Ok(())
         }
+        ServerCommand::MigrateStore {
+            from,
+            to,
+            to_password_file,
+            json,
+        } => migrate_store(&from, &to, to_password_file.as_deref(), json),
         ServerCommand::Run { config, listen, .. } => {
             let mut configuration = ServerConfig::load(&config)?;
             if let Some(listen) = listen {
@@ -515,4 +545,56 @@ pub fn run(command: ServerCommand) -> anyhow::Result<()> {
             })
         }
     }
+}
+
+/// `pivtap server migrate-store`.
+fn migrate_store(
+    from: &str,
+    to: &str,
+    to_password_file: Option<&std::path::Path>,
+    json: bool,
+) -> anyhow::Result<()> {
+    let StoreUrl::Sqlite(from) = StoreUrl::parse(from).context("--from")? else {
+        anyhow::bail!(
+            "--from must be the SQLite store to copy (sqlite:PATH); migrate-store copies from SQLite into PostgreSQL"
+        );
+    };
+    let StoreUrl::Postgres(to) = StoreUrl::parse(to).context("--to")? else {
+        anyhow::bail!(
+            "--to must be a PostgreSQL store (postgres://USER@HOST:PORT/DATABASE); migrate-store copies from SQLite into PostgreSQL"
+        );
+    };
+    let password = StorePassword::locate(to_password_file)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    let migration = runtime.block_on(async {
+        let target = PostgresStore::connect(&to, password.as_ref())
+            .await
+            .with_context(|| format!("cannot open the target store {to}"))?;
+        let migration = pivtap_server::store::bulk::migrate_store(&from, &target).await?;
+        anyhow::Ok(migration)
+    })?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&migration)?);
+        return Ok(());
+    }
+    println!(
+        "Copied {} into PostgreSQL in {:.1} s; counts checked:",
+        from.display(),
+        migration.elapsed.as_secs_f64()
+    );
+    for table in &migration.tables {
+        println!("  {:<22} {:>12} rows", table.table, table.after);
+    }
+    for left_out in &migration.left_out {
+        println!("  {:<22} not copied: {}", left_out.table, left_out.why);
+    }
+    println!(
+        "Next: point [store] in server.toml at the PostgreSQL URL and start the servers; \
+         keep {} until they run.",
+        from.display()
+    );
+    Ok(())
 }

@@ -4,6 +4,7 @@
 //! future. [`SqliteStore`] is the embedded implementation. Times are kept in UTC
 //! to the microsecond.
 
+pub mod bulk;
 #[cfg(any(test, feature = "conformance"))]
 pub mod conformance;
 mod database;

@@ -325,7 +325,7 @@ impl PostgresStore {
     }
 
     /// A connection from the pool.
-    async fn client(&self) -> Result<deadpool_postgres::Object, StoreError> {
+    pub(super) async fn client(&self) -> Result<deadpool_postgres::Object, StoreError> {
         self.pool.get().await.map_err(|error| match error {
             deadpool_postgres::PoolError::Backend(error) => StoreError::from(error),
             other => StoreError::Database(DatabaseError::Pool {

@@ -348,7 +348,7 @@ macro_rules! select_cards {
 /// The SQLite store. Cloning is cheap and shares the connections.
 #[derive(Clone)]
 pub struct SqliteStore {
-    database: Arc<Database>,
+    pub(super) database: Arc<Database>,
     /// The database file (`None` in memory).
     path: Option<std::path::PathBuf>,
 }
@@ -2423,7 +2423,7 @@ fn audit_event_from_row(row: &Row<'_>) -> rusqlite::Result<Result<AuditEvent, St
 }
 
 /// A time as stored: UTC, whole microseconds, fixed width.
-fn encode_time(time: OffsetDateTime) -> Result<String, StoreError> {
+pub(super) fn encode_time(time: OffsetDateTime) -> Result<String, StoreError> {
     let utc = time
         .checked_to_offset(UtcOffset::UTC)
         .filter(|utc| (0..=9999).contains(&utc.year()))
@@ -2440,7 +2440,7 @@ fn encode_time(time: OffsetDateTime) -> Result<String, StoreError> {
     ))
 }
 
-fn decode_time(column: &str, text: &str) -> Result<OffsetDateTime, StoreError> {
+pub(super) fn decode_time(column: &str, text: &str) -> Result<OffsetDateTime, StoreError> {
     OffsetDateTime::parse(text, &Rfc3339).map_err(|error| column_error(column, error))
 }
 

@@ -735,31 +735,9 @@ pub async fn open_store(
     url: &StoreUrl,
     password_file: Option<&Path>,
 ) -> Result<std::sync::Arc<dyn super::Store>, OpenStoreError> {
-    let opened = |without_password| {
-        move |source| OpenStoreError::Store {
-            without_password,
-            url: url.to_string(),
-            source,
-        }
-    };
-    match url {
-        StoreUrl::Sqlite(path) => {
-            if password_file.is_some() {
-                return Err(OpenStoreError::PasswordForSqlite(path.clone()));
-            }
-            let store = super::SqliteStore::open(path)
-                .await
-                .map_err(opened(false))?;
-            Ok(std::sync::Arc::new(store))
-        }
-        StoreUrl::Postgres(postgres) => {
-            let password = StorePassword::locate(password_file)?;
-            let store = super::PostgresStore::connect(postgres, password.as_ref())
-                .await
-                .map_err(opened(password.is_none()))?;
-            Ok(std::sync::Arc::new(store))
-        }
-    }
+    Ok(super::bulk::BulkStore::open(url, password_file)
+        .await?
+        .into_store())
 }
 
 #[cfg(test)]
