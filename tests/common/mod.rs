@@ -299,42 +299,15 @@ impl RunningServer {
 
     /// A copy of the fixture card `cards/NAME.toml` in the test's directory.
     pub fn card_copy(&self, name: &str) -> PathBuf {
-        let copy = self.dir.path().join(format!("{name}.toml"));
-        std::fs::copy(fixture(&format!("cards/{name}.toml")), &copy)
-            .expect("copy the fixture card");
-        copy
+        card_copy_in(self.dir.path(), name)
     }
 
-    /// The credential directory of `device`, registered and enrolled on first use as an
-    /// administrator and the device would: `pivtap admin devices add DEVICE`, then
-    /// `pivtap kiosk enroll-device --code CODE --out DIR` (in `devices/DEVICE/`).
+    /// The credential directory of `device`, registered and enrolled on first use
+    /// ([`device_credential_in`]).
     pub fn device_credential(&self, device: &str) -> PathBuf {
-        let dir = self.dir.path().join("devices").join(device);
-        if dir.join("device.crt").exists() {
-            return dir;
-        }
-        let added = self
-            .admin(&["devices", "add", device, "--json"])
-            .success("devices add")
-            .json();
-        let code = added["code"].as_str().expect("a device enrollment code");
-        let enrolled = run(pivtap_command(&[
-            "kiosk",
-            "enroll-device",
-            "--server",
-            &self.url,
-            "--ca",
-            path_str(&self.ca),
-            "--code",
-            code,
-            "--out",
-            path_str(&dir),
-            "--json",
-        ]))
-        .success("kiosk enroll-device")
-        .json();
-        assert_eq!(enrolled["device"], device, "{enrolled}");
-        dir
+        device_credential_in(self.dir.path(), device, &self.url, &self.ca, |args| {
+            self.admin(args)
+        })
     }
 
     /// `PIVTAP_PIN=PIN pivtap auth --server URL --ca tls.crt --vcard CARD --device kiosk-07
@@ -451,4 +424,49 @@ pub fn unlimited_budgets(config: String) -> String {
         "server.toml has every budget: {config}"
     );
     edited.join("\n") + "\n"
+}
+
+/// A copy of the fixture card `cards/NAME.toml` in `dir`.
+pub fn card_copy_in(dir: &Path, name: &str) -> PathBuf {
+    let copy = dir.join(format!("{name}.toml"));
+    std::fs::copy(fixture(&format!("cards/{name}.toml")), &copy).expect("copy the fixture card");
+    copy
+}
+
+/// The credential directory of `device` (`DIR/devices/DEVICE/`), registered and enrolled on
+/// first use as an administrator and the device would: `pivtap admin devices add DEVICE`
+/// (through `admin`), then `pivtap kiosk enroll-device --server SERVER --ca CA --code CODE
+/// --out DIR`.
+pub fn device_credential_in(
+    dir: &Path,
+    device: &str,
+    server: &str,
+    ca: &Path,
+    admin: impl Fn(&[&str]) -> Run,
+) -> PathBuf {
+    let dir = dir.join("devices").join(device);
+    if dir.join("device.crt").exists() {
+        return dir;
+    }
+    let added = admin(&["devices", "add", device, "--json"])
+        .success("devices add")
+        .json();
+    let code = added["code"].as_str().expect("a device enrollment code");
+    let enrolled = run(pivtap_command(&[
+        "kiosk",
+        "enroll-device",
+        "--server",
+        server,
+        "--ca",
+        path_str(ca),
+        "--code",
+        code,
+        "--out",
+        path_str(&dir),
+        "--json",
+    ]))
+    .success("kiosk enroll-device")
+    .json();
+    assert_eq!(enrolled["device"], device, "{enrolled}");
+    dir
 }

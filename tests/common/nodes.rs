@@ -9,7 +9,10 @@ use std::time::{Duration, Instant};
 use pivtap_testkit::postgres::FreshDatabase;
 use tempfile::TempDir;
 
-use super::{KIOSK, Run, SERVER_TIMEOUT, fixture, free_port, path_str, pivtap_command, run};
+use super::{
+    KIOSK, Run, SERVER_TIMEOUT, card_copy_in, device_credential_in, fixture, free_port, path_str,
+    pivtap_command, run,
+};
 
 /// The local address HAProxy connects to the nodes from: the nodes trust it
 /// (and only it) to send a PROXY header, so tests can still reach a node directly
@@ -238,39 +241,15 @@ impl Nodes {
 
     /// A copy of the fixture card `cards/NAME.toml` in the test's directory.
     pub fn card_copy(&self, name: &str) -> PathBuf {
-        let copy = self.dir.path().join(format!("{name}.toml"));
-        std::fs::copy(fixture(&format!("cards/{name}.toml")), &copy)
-            .expect("copy the fixture card");
-        copy
+        card_copy_in(self.dir.path(), name)
     }
 
     /// The credential directory of `device`, registered and enrolled (through the balancer) on
-    /// first use.
+    /// first use ([`device_credential_in`]).
     pub fn device_credential(&self, device: &str) -> PathBuf {
-        let dir = self.dir.path().join("devices").join(device);
-        if dir.join("device.crt").exists() {
-            return dir;
-        }
-        let added = self
-            .admin(&self.balancer, &["devices", "add", device, "--json"])
-            .success("devices add")
-            .json();
-        let code = added["code"].as_str().expect("a device enrollment code");
-        run(pivtap_command(&[
-            "kiosk",
-            "enroll-device",
-            "--server",
-            &self.balancer,
-            "--ca",
-            path_str(&self.ca),
-            "--code",
-            code,
-            "--out",
-            path_str(&dir),
-            "--json",
-        ]))
-        .success("kiosk enroll-device");
-        dir
+        device_credential_in(self.dir.path(), device, &self.balancer, &self.ca, |args| {
+            self.admin(&self.balancer, args)
+        })
     }
 
     /// `PIVTAP_PIN=PIN pivtap auth --server URL --vcard CARD --device DEVICE ... --json`.
