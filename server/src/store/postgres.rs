@@ -324,6 +324,41 @@ impl PostgresStore {
         Ok(store)
     }
 
+    /// The rows `sql` (a statement prepared once per connection) selects, each read by
+    /// `from_row`.
+    async fn rows<T>(
+        &self,
+        sql: &str,
+        params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+        from_row: fn(&Row) -> Result<T, StoreError>,
+    ) -> Result<Vec<T>, StoreError> {
+        let client = self.client().await?;
+        let statement = client.prepare_cached(sql).await?;
+        client
+            .query(&statement, params)
+            .await?
+            .iter()
+            .map(from_row)
+            .collect()
+    }
+
+    /// The one row `sql` selects, if any, read by `from_row`.
+    async fn optional_row<T>(
+        &self,
+        sql: &str,
+        params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+        from_row: fn(&Row) -> Result<T, StoreError>,
+    ) -> Result<Option<T>, StoreError> {
+        let client = self.client().await?;
+        let statement = client.prepare_cached(sql).await?;
+        client
+            .query_opt(&statement, params)
+            .await?
+            .as_ref()
+            .map(from_row)
+            .transpose()
+    }
+
     /// A connection from the pool.
     pub(super) async fn client(&self) -> Result<deadpool_postgres::Object, StoreError> {
         self.pool.get().await.map_err(|error| match error {
@@ -1450,29 +1485,15 @@ impl Store for PostgresStore {
     fn get_user(&self, id: &str) -> BoxFuture<'_, Result<Option<User>, StoreError>> {
         let id = id.to_owned();
         Box::pin(async move {
-            let client = self.client().await?;
-            let statement = client
-                .prepare_cached(select_users!("WHERE id = $1"))
-                .await?;
-            client
-                .query_opt(&statement, &[&id])
-                .await?
-                .as_ref()
-                .map(user_from_row)
-                .transpose()
+            self.optional_row(select_users!("WHERE id = $1"), &[&id], user_from_row)
+                .await
         })
     }
 
     fn list_users(&self) -> BoxFuture<'_, Result<Vec<User>, StoreError>> {
         Box::pin(async move {
-            let client = self.client().await?;
-            let statement = client.prepare_cached(select_users!("ORDER BY id")).await?;
-            client
-                .query(&statement, &[])
-                .await?
-                .iter()
-                .map(user_from_row)
-                .collect()
+            self.rows(select_users!("ORDER BY id"), &[], user_from_row)
+                .await
         })
     }
 
@@ -1551,31 +1572,19 @@ impl Store for PostgresStore {
     fn find_cards(&self, serial: &str) -> BoxFuture<'_, Result<Vec<Card>, StoreError>> {
         let serial = serial.to_owned();
         Box::pin(async move {
-            let client = self.client().await?;
-            let statement = client
-                .prepare_cached(select_cards!("WHERE serial = $1 ORDER BY issuer"))
-                .await?;
-            client
-                .query(&statement, &[&serial])
-                .await?
-                .iter()
-                .map(card_from_row)
-                .collect()
+            self.rows(
+                select_cards!("WHERE serial = $1 ORDER BY issuer"),
+                &[&serial],
+                card_from_row,
+            )
+            .await
         })
     }
 
     fn list_cards(&self) -> BoxFuture<'_, Result<Vec<Card>, StoreError>> {
         Box::pin(async move {
-            let client = self.client().await?;
-            let statement = client
-                .prepare_cached(select_cards!("ORDER BY serial, issuer"))
-                .await?;
-            client
-                .query(&statement, &[])
-                .await?
-                .iter()
-                .map(card_from_row)
-                .collect()
+            self.rows(select_cards!("ORDER BY serial, issuer"), &[], card_from_row)
+                .await
         })
     }
 
@@ -2014,19 +2023,13 @@ impl Store for PostgresStore {
     ) -> BoxFuture<'_, Result<Option<EnrollmentCodeRecord>, StoreError>> {
         let code_hash = code_hash.to_owned();
         Box::pin(async move {
-            let client = self.client().await?;
-            let statement = client
-                .prepare_cached(
-                    "SELECT code_hash, user_id, created_at, expires_at, used_at, used_by
+            self.optional_row(
+                "SELECT code_hash, user_id, created_at, expires_at, used_at, used_by
                      FROM enrollment_codes WHERE code_hash = $1",
-                )
-                .await?;
-            client
-                .query_opt(&statement, &[&code_hash])
-                .await?
-                .as_ref()
-                .map(enrollment_code_from_row)
-                .transpose()
+                &[&code_hash],
+                enrollment_code_from_row,
+            )
+            .await
         })
     }
 
@@ -2304,16 +2307,8 @@ impl Store for PostgresStore {
     fn get_device(&self, id: &str) -> BoxFuture<'_, Result<Option<Device>, StoreError>> {
         let id = id.to_owned();
         Box::pin(async move {
-            let client = self.client().await?;
-            let statement = client
-                .prepare_cached(select_devices!("WHERE id = $1"))
-                .await?;
-            client
-                .query_opt(&statement, &[&id])
-                .await?
-                .as_ref()
-                .map(device_from_row)
-                .transpose()
+            self.optional_row(select_devices!("WHERE id = $1"), &[&id], device_from_row)
+                .await
         })
     }
 
@@ -2323,31 +2318,19 @@ impl Store for PostgresStore {
     ) -> BoxFuture<'_, Result<Option<Device>, StoreError>> {
         let code_hash = code_hash.to_owned();
         Box::pin(async move {
-            let client = self.client().await?;
-            let statement = client
-                .prepare_cached(select_devices!("WHERE code_hash = $1"))
-                .await?;
-            client
-                .query_opt(&statement, &[&code_hash])
-                .await?
-                .as_ref()
-                .map(device_from_row)
-                .transpose()
+            self.optional_row(
+                select_devices!("WHERE code_hash = $1"),
+                &[&code_hash],
+                device_from_row,
+            )
+            .await
         })
     }
 
     fn list_devices(&self) -> BoxFuture<'_, Result<Vec<Device>, StoreError>> {
         Box::pin(async move {
-            let client = self.client().await?;
-            let statement = client
-                .prepare_cached(select_devices!("ORDER BY id"))
-                .await?;
-            client
-                .query(&statement, &[])
-                .await?
-                .iter()
-                .map(device_from_row)
-                .collect()
+            self.rows(select_devices!("ORDER BY id"), &[], device_from_row)
+                .await
         })
     }
 
@@ -2522,19 +2505,13 @@ impl Store for PostgresStore {
 
     fn admin_credentials(&self) -> BoxFuture<'_, Result<Vec<AdminCredential>, StoreError>> {
         Box::pin(async move {
-            let client = self.client().await?;
-            let statement = client
-                .prepare_cached(
-                    "SELECT name, token_hash, created_at, revoked_at FROM admin_credentials
+            self.rows(
+                "SELECT name, token_hash, created_at, revoked_at FROM admin_credentials
                      ORDER BY name COLLATE \"C\"",
-                )
-                .await?;
-            client
-                .query(&statement, &[])
-                .await?
-                .iter()
-                .map(admin_credential_from_row)
-                .collect()
+                &[],
+                admin_credential_from_row,
+            )
+            .await
         })
     }
 
@@ -2544,19 +2521,13 @@ impl Store for PostgresStore {
     ) -> BoxFuture<'_, Result<Option<AdminCredential>, StoreError>> {
         let token_hash = token_hash.to_owned();
         Box::pin(async move {
-            let client = self.client().await?;
-            let statement = client
-                .prepare_cached(
-                    "SELECT name, token_hash, created_at, revoked_at FROM admin_credentials
+            self.optional_row(
+                "SELECT name, token_hash, created_at, revoked_at FROM admin_credentials
                      WHERE token_hash = $1",
-                )
-                .await?;
-            client
-                .query_opt(&statement, &[&token_hash])
-                .await?
-                .as_ref()
-                .map(admin_credential_from_row)
-                .transpose()
+                &[&token_hash],
+                admin_credential_from_row,
+            )
+            .await
         })
     }
 
