@@ -515,6 +515,8 @@ impl Client {
     pub async fn sign_out(&self, token: &str, reason: &str) -> Result<bool, ClientError> {
         let body = wire::SignOutRequest {
             reason: reason.to_owned(),
+            session_id: None,
+            device_proof: None,
         };
         let recorded: wire::SignOutRecorded = self
             .request(

@@ -27,11 +27,17 @@ pub enum AuditKind {
     SignOut,
     /// A client was held back by the rate limit (`rate_limit`).
     RateLimit,
+    /// A session ended other than by its device's sign-out: an administrator, a lock or
+    /// revocation, its maximum age, a reused refresh token (`session`).
+    Session,
+    /// An OpenID Connect request: a code, a token grant, refresh, exchange, revocation, or a
+    /// back-channel logout delivered or given up (`oidc`).
+    Oidc,
 }
 
 impl AuditKind {
     /// Every kind, in the order help texts list them.
-    pub const ALL: [AuditKind; 8] = [
+    pub const ALL: [AuditKind; 10] = [
         AuditKind::Challenge,
         AuditKind::Assertion,
         AuditKind::Enrollment,
@@ -40,6 +46,8 @@ impl AuditKind {
         AuditKind::Admin,
         AuditKind::SignOut,
         AuditKind::RateLimit,
+        AuditKind::Session,
+        AuditKind::Oidc,
     ];
 
     /// The kind as stored and sent (`device-enrollment`).
@@ -54,6 +62,8 @@ impl AuditKind {
             AuditKind::Admin => "admin",
             AuditKind::SignOut => "sign_out",
             AuditKind::RateLimit => "rate_limit",
+            AuditKind::Session => "session",
+            AuditKind::Oidc => "oidc",
         }
     }
 
@@ -179,7 +189,9 @@ mod tests {
                 "device-enrollment",
                 "admin",
                 "sign_out",
-                "rate_limit"
+                "rate_limit",
+                "session",
+                "oidc"
             ]
         );
         for kind in AuditKind::ALL {
@@ -194,7 +206,10 @@ mod tests {
             })
         );
         let message = unknown.map_or_else(|error| error.to_string(), |_| String::new());
-        assert!(message.contains("sign_out, rate_limit"), "{message}");
+        assert!(
+            message.contains("sign_out, rate_limit, session, oidc"),
+            "{message}"
+        );
     }
 
     #[test]

@@ -16,5 +16,6 @@ pub mod duration;
 pub mod escape;
 pub mod jose;
 pub mod nonce;
+pub mod oidc;
 pub mod pin_policy;
 pub mod wire;

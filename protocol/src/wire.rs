@@ -269,10 +269,11 @@ pub struct UserInfo {
     pub mail: Option<String>,
 }
 
-/// `200` answer to `POST /v1/assertions`.
+/// `200` answer to `POST /v1/assertions`: the session the sign-in began.
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AssertionResponse {
-    /// The session token (a JWT signed by the server).
+    /// The session's access token (a JWT signed by the server, with the session's `sid`),
+    /// short-lived: the device refreshes it with `refresh_token` while the worker is present.
     pub token: String,
     /// Always `Bearer`.
     pub token_type: String,
@@ -280,6 +281,13 @@ pub struct AssertionResponse {
     pub expires_in: u64,
     /// Who signed in.
     pub user: UserInfo,
+    /// The server-side session (`sid` in every token issued from it).
+    pub session_id: String,
+    /// Refreshes the access token at `POST /v1/sessions/refresh`; bound to the session and
+    /// replaced at every use. Kept in memory only.
+    pub refresh_token: String,
+    /// Seconds until the session ends on its own (the server's maximum session age).
+    pub session_expires_in: u64,
 }
 
 impl fmt::Debug for AssertionResponse {
@@ -289,6 +297,268 @@ impl fmt::Debug for AssertionResponse {
             .field("token_type", &self.token_type)
             .field("expires_in", &self.expires_in)
             .field("user", &self.user)
+            .field("session_id", &self.session_id)
+            .field("refresh_token", &"REDACTED")
+            .field("session_expires_in", &self.session_expires_in)
+            .finish()
+    }
+}
+
+/// `POST`: the device replaces its session's access token (and refresh token).
+pub const PATH_SESSIONS_REFRESH: &str = "/v1/sessions/refresh";
+/// `GET`, bearer: the session's access token (an expired one too, within the sign-out
+/// grace): whether the session is still active ([`SessionStatus`]).
+pub const PATH_SESSIONS_CURRENT: &str = "/v1/sessions/current";
+/// `POST`, bearer: the session's access token: an authorization code for a registered
+/// client, for the kiosk's loopback authorization endpoint ([`AuthorizationCodeRequest`]).
+pub const PATH_SESSIONS_AUTHORIZATIONS: &str = "/v1/sessions/authorizations";
+/// Admin: `GET {PATH_ADMIN}/sessions` lists sessions (`?user=&device=&card=&active=true`);
+/// `GET|DELETE {PATH_ADMIN}/sessions/{id}` shows or ends one.
+pub const PATH_ADMIN_SESSIONS: &str = "/sessions";
+/// Admin: `GET|POST {PATH_ADMIN}/clients` lists or registers OpenID Connect clients;
+/// `GET|DELETE {PATH_ADMIN}/clients/{id}` shows or removes one.
+pub const PATH_ADMIN_CLIENTS: &str = "/clients";
+
+/// Why a session ended, as stored, audited and answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SessionEndReason {
+    /// The device signed the worker out (badge removed, idle, key, switch, shutdown...).
+    SignedOut,
+    /// An administrator ended it.
+    Admin,
+    /// Its card was locked.
+    CardLocked,
+    /// Its card was revoked (or deleted).
+    CardRevoked,
+    /// Its user was locked.
+    UserLocked,
+    /// Its user was deleted.
+    UserDeleted,
+    /// It reached the server's maximum session age.
+    MaxAge,
+    /// A refresh token it had replaced was presented again (a stolen copy is assumed).
+    RefreshReused,
+}
+
+impl SessionEndReason {
+    /// Every reason.
+    pub const ALL: [SessionEndReason; 8] = [
+        SessionEndReason::SignedOut,
+        SessionEndReason::Admin,
+        SessionEndReason::CardLocked,
+        SessionEndReason::CardRevoked,
+        SessionEndReason::UserLocked,
+        SessionEndReason::UserDeleted,
+        SessionEndReason::MaxAge,
+        SessionEndReason::RefreshReused,
+    ];
+
+    /// The reason as stored and sent (`card_locked`).
+    #[must_use]
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SessionEndReason::SignedOut => "signed_out",
+            SessionEndReason::Admin => "admin",
+            SessionEndReason::CardLocked => "card_locked",
+            SessionEndReason::CardRevoked => "card_revoked",
+            SessionEndReason::UserLocked => "user_locked",
+            SessionEndReason::UserDeleted => "user_deleted",
+            SessionEndReason::MaxAge => "max_age",
+            SessionEndReason::RefreshReused => "refresh_reused",
+        }
+    }
+}
+
+impl fmt::Display for SessionEndReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for SessionEndReason {
+    type Err = ();
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        Self::ALL
+            .into_iter()
+            .find(|reason| reason.as_str() == text)
+            .ok_or(())
+    }
+}
+
+/// The body of `POST /v1/sessions/refresh`.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SessionRefreshRequest {
+    /// The session's current refresh token.
+    pub refresh_token: String,
+}
+
+impl fmt::Debug for SessionRefreshRequest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SessionRefreshRequest")
+            .field("refresh_token", &"REDACTED")
+            .finish()
+    }
+}
+
+/// `200` answer to `POST /v1/sessions/refresh`: a new access token and the refresh token
+/// that replaces the one presented. A refused refresh answers `session_ended`.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionRefreshed {
+    /// The new access token.
+    pub token: String,
+    /// Always `Bearer`.
+    pub token_type: String,
+    /// Seconds until `token` expires.
+    pub expires_in: u64,
+    /// The refresh token to present next time (the one presented is used up).
+    pub refresh_token: String,
+}
+
+impl fmt::Debug for SessionRefreshed {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SessionRefreshed")
+            .field("token", &"REDACTED")
+            .field("token_type", &self.token_type)
+            .field("expires_in", &self.expires_in)
+            .field("refresh_token", &"REDACTED")
+            .finish()
+    }
+}
+
+/// `200` answer to `GET /v1/sessions/current`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionStatus {
+    /// The session id.
+    pub session_id: String,
+    /// Whether it is still active.
+    pub active: bool,
+    /// When it ends on its own (RFC 3339), while active.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<String>,
+    /// Why it ended, once it has.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ended_reason: Option<SessionEndReason>,
+}
+
+/// The body of `POST /v1/sessions/authorizations` (the kiosk's loopback authorization
+/// endpoint passes on what the app's login asked for).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthorizationCodeRequest {
+    /// The registered client.
+    pub client_id: String,
+    /// One of the client's registered redirect URIs, exactly.
+    pub redirect_uri: String,
+    /// The PKCE challenge: base64url SHA-256 of the verifier (43 characters).
+    pub code_challenge: String,
+    /// Must be `S256`.
+    pub code_challenge_method: String,
+    /// Space-separated scopes; `openid` for an ID token.
+    pub scope: String,
+    /// The app's `nonce`, put into the ID token.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nonce: Option<String>,
+}
+
+/// `200` answer to `POST /v1/sessions/authorizations`.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuthorizationCodeGranted {
+    /// The one-time authorization code (the app redeems it at the token endpoint).
+    pub code: String,
+    /// Seconds until it expires.
+    pub expires_in: u64,
+    /// The `iss` to put in the redirect (RFC 9207).
+    pub iss: String,
+}
+
+impl fmt::Debug for AuthorizationCodeGranted {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AuthorizationCodeGranted")
+            .field("code", &"REDACTED")
+            .field("expires_in", &self.expires_in)
+            .field("iss", &self.iss)
+            .finish()
+    }
+}
+
+/// A session as the admin API shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionRecord {
+    /// The session id (`sid`).
+    pub id: String,
+    /// The user.
+    pub user_id: String,
+    /// The device it was begun on.
+    pub device: String,
+    /// The serial of the card that signed it in.
+    pub card_serial: String,
+    /// What the sign-in proved (RFC 8176).
+    pub amr: Vec<String>,
+    /// When it began, RFC 3339.
+    pub created_at: String,
+    /// When it ends on its own, RFC 3339.
+    pub expires_at: String,
+    /// When it ended, RFC 3339.
+    #[serde(default)]
+    pub ended_at: Option<String>,
+    /// Why it ended.
+    #[serde(default)]
+    pub ended_reason: Option<SessionEndReason>,
+    /// The OpenID Connect clients that took part (they get a back-channel logout).
+    #[serde(default)]
+    pub clients: Vec<String>,
+}
+
+/// An OpenID Connect client as the admin API shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClientRecord {
+    /// The client id.
+    pub id: String,
+    /// A public client (no secret; PKCE is its only proof).
+    pub public: bool,
+    /// Its redirect URIs (exact match).
+    pub redirect_uris: Vec<String>,
+    /// Where back-channel logout tokens are posted.
+    #[serde(default)]
+    pub backchannel_logout_uri: Option<String>,
+    /// When it was registered, RFC 3339.
+    pub created_at: String,
+}
+
+/// The body of `POST {PATH_ADMIN}/clients`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewClient {
+    /// The client id (as a user id: letters, digits, `.`, `_`, `@`, `-`).
+    pub id: String,
+    /// Its redirect URIs: `https://...`, or `http://` on a loopback host.
+    pub redirect_uris: Vec<String>,
+    /// A public client (no secret).
+    #[serde(default)]
+    pub public: bool,
+    /// Where back-channel logout tokens are posted (`https://...`, or `http://` on loopback).
+    #[serde(default)]
+    pub backchannel_logout_uri: Option<String>,
+}
+
+/// `201` answer to `POST {PATH_ADMIN}/clients`: the client and, for a confidential one, its
+/// secret, shown this once (the server keeps a hash).
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CreatedClient {
+    /// The client.
+    pub client: ClientRecord,
+    /// Its secret (`None` for a public client).
+    pub secret: Option<String>,
+}
+
+impl fmt::Debug for CreatedClient {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CreatedClient")
+            .field("client", &self.client)
+            .field("secret", &self.secret.as_ref().map(|_| "REDACTED"))
             .finish()
     }
 }
@@ -359,11 +629,18 @@ pub enum ErrorCode {
     /// Challenges: the device proof is malformed, forged, expired, replayed, or made
     /// with a key that is not the device's registered one.
     DeviceProofInvalid,
+    /// Sessions: the session has ended (signed out, ended by an administrator, its card or
+    /// user locked or revoked, past its maximum age) or the refresh token is not its current one.
+    SessionEnded,
+    /// OpenID Connect: no registered client has this id.
+    ClientUnknown,
+    /// OpenID Connect: the redirect URI is not one the client registered (exact match).
+    RedirectUriNotRegistered,
 }
 
 impl ErrorCode {
     /// Every code, for documentation and tests.
-    pub const ALL: [ErrorCode; 29] = [
+    pub const ALL: [ErrorCode; 32] = [
         ErrorCode::InvalidRequest,
         ErrorCode::ChallengeUnknown,
         ErrorCode::ChallengeExpired,
@@ -393,6 +670,9 @@ impl ErrorCode {
         ErrorCode::DeviceUnknown,
         ErrorCode::DeviceDisabled,
         ErrorCode::DeviceProofInvalid,
+        ErrorCode::SessionEnded,
+        ErrorCode::ClientUnknown,
+        ErrorCode::RedirectUriNotRegistered,
     ];
 
     /// The code as it appears on the wire (`challenge_reused`).
@@ -428,6 +708,9 @@ impl ErrorCode {
             ErrorCode::DeviceUnknown => "device_unknown",
             ErrorCode::DeviceDisabled => "device_disabled",
             ErrorCode::DeviceProofInvalid => "device_proof_invalid",
+            ErrorCode::SessionEnded => "session_ended",
+            ErrorCode::ClientUnknown => "client_unknown",
+            ErrorCode::RedirectUriNotRegistered => "redirect_uri_not_registered",
         }
     }
 
@@ -435,7 +718,11 @@ impl ErrorCode {
     #[must_use]
     pub fn http_status(self) -> u16 {
         match self {
-            ErrorCode::InvalidRequest | ErrorCode::CsrInvalid | ErrorCode::KeyNotAllowed => 400,
+            ErrorCode::InvalidRequest
+            | ErrorCode::CsrInvalid
+            | ErrorCode::KeyNotAllowed
+            | ErrorCode::ClientUnknown
+            | ErrorCode::RedirectUriNotRegistered => 400,
             ErrorCode::Unauthorized => 401,
             ErrorCode::NotFound
             | ErrorCode::EnrollmentCodeUnknown
@@ -541,6 +828,8 @@ pub struct SessionClaims {
     pub amr: Vec<String>,
     /// The device the user signed in on.
     pub device: String,
+    /// The server-side session the token was issued from.
+    pub sid: String,
 }
 
 /// The body of `POST /v1/admin/credentials`.
@@ -578,13 +867,21 @@ impl std::fmt::Debug for AdminCredentialRecord {
     }
 }
 
-/// The body of `POST /v1/sign-outs` (the session is the bearer token's).
+/// The body of `POST /v1/sign-outs`: ends the session at the server. The session is the
+/// bearer token's; or, when its tokens have long expired (a sign-out kept on disk while the
+/// server was unreachable), `session_id` with a `device_proof` of the device it began on.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SignOutRequest {
     /// Why the session ended: 1 to 32 of `a-z`, `0-9` and `_`, such as `card_removed`,
     /// `idle`, `explicit`, `switched`, `expired`.
     pub reason: String,
+    /// The session to end, without a bearer token.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session_id: Option<String>,
+    /// A device proof (as for challenges) of the session's device, with `session_id`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device_proof: Option<String>,
 }
 
 /// The answer to `POST /v1/sign-outs`.
@@ -1133,6 +1430,9 @@ mod tests {
                 display_name: "Alice".to_owned(),
                 mail: None,
             },
+            session_id: "session-1".to_owned(),
+            refresh_token: "secret-refresh".to_owned(),
+            session_expires_in: 43_200,
         };
         assert!(!format!("{response:?}").contains("secret"));
     }

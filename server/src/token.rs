@@ -582,6 +582,7 @@ mod tests {
             email: Some("alice@example.org".to_owned()),
             amr: vec!["sc".to_owned(), "pin".to_owned()],
             device: "kiosk-07".to_owned(),
+            sid: "session-1".to_owned(),
         }
     }
 

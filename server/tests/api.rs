@@ -1580,6 +1580,7 @@ fn session_token(
         email: None,
         amr: vec!["sc".to_owned(), "pin".to_owned()],
         device: device.to_owned(),
+        sid: format!("sid-{user}-{}", age.as_secs()),
     };
     state.tokens().issue(&claims).expect("a token is issued")
 }

@@ -629,6 +629,8 @@ fn issue_token(
         email: user.mail.clone(),
         amr: verified.amr.clone(),
         device: verified.payload.device.clone(),
+        // ISSUE15-TRANSITION: the session is not stored yet (the sessions work replaces this).
+        sid: random_base64url::<16>(),
     };
     let token = state.tokens().issue(&claims).map_err(|error| {
         tracing::error!(%error, "cannot sign a session token");
@@ -643,6 +645,9 @@ fn issue_token(
             display_name: user.display_name.clone(),
             mail: user.mail.clone(),
         },
+        session_id: claims.sid.clone(),
+        refresh_token: random_base64url::<32>(),
+        session_expires_in: lifetime.as_secs(),
     })
 }
 
