@@ -367,9 +367,18 @@ impl TokenKeys {
 
     /// Signs `claims` with the current key.
     pub fn issue(&self, claims: &SessionClaims) -> Result<String, TokenError> {
+        self.sign(TOKEN_TYPE, claims)
+    }
+
+    /// Signs `claims` as a compact JWS (ES256, the current key's `kid`) with header `typ`
+    /// (`JWT`, `logout+jwt`, `at+jwt`...).
+    ///
+    /// # Errors
+    /// [`TokenError::Encoding`] or [`TokenError::Signing`].
+    pub fn sign<T: serde::Serialize>(&self, typ: &str, claims: &T) -> Result<String, TokenError> {
         let header = TokenHeader {
             alg: TOKEN_ALGORITHM.to_owned(),
-            typ: Some(TOKEN_TYPE.to_owned()),
+            typ: Some(typ.to_owned()),
             kid: Some(self.current_public.kid.clone()),
         };
         let header = serde_json::to_vec(&header).map_err(TokenError::Encoding)?;

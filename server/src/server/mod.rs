@@ -47,9 +47,11 @@ pub mod embedded;
 pub mod enrollment;
 pub mod error;
 pub mod handlers;
+pub mod logout;
 pub mod metrics;
 pub mod rate_limit;
 pub mod service;
+pub mod sessions;
 
 use std::net::SocketAddr;
 use std::sync::{Arc, RwLock};
@@ -142,6 +144,9 @@ pub struct HttpSettings {
     /// SHA-256 of the metrics credential; with it, `GET /metrics` is served on the
     /// public listener too, to requests presenting it.
     metrics_token_hash: Option<[u8; 32]>,
+    /// Extra CAs (PEM) back-channel logout deliveries trust besides the system's
+    /// (`[oidc] ca_file`).
+    pub logout_ca_file: Option<std::path::PathBuf>,
 }
 
 impl std::fmt::Debug for HttpSettings {
@@ -177,6 +182,7 @@ impl HttpSettings {
             connections,
             metrics_listen,
             proxies: crate::connections::TrustedProxies::default(),
+            logout_ca_file: None,
             metrics_token_hash: metrics_token
                 .map(|token| Sha256::digest(token.trim().as_bytes()).into()),
         }
@@ -850,6 +856,8 @@ pub fn app(state: ServerState) -> Router {
         .route(wire::PATH_CHALLENGES, post(handlers::create_challenge))
         .route(wire::PATH_ASSERTIONS, post(handlers::submit_assertion))
         .route(wire::PATH_SIGN_OUTS, post(handlers::sign_out))
+        .route(wire::PATH_SESSIONS_REFRESH, post(sessions::refresh))
+        .route(wire::PATH_SESSIONS_CURRENT, get(sessions::current))
         .route(wire::PATH_JWKS, get(handlers::jwks))
         .route(wire::PATH_PIN_POLICY, get(handlers::pin_policy))
         .route(
@@ -1000,6 +1008,9 @@ pub enum ServeError {
         #[source]
         source: std::io::Error,
     },
+    /// The back-channel logout client could not be set up (`[oidc] ca_file`).
+    #[error(transparent)]
+    LogoutClient(logout::LogoutClientError),
 }
 
 /// Serves the app until `shutdown` resolves.
@@ -1057,12 +1068,16 @@ pub async fn serve_with_handle(
         Some(address) => Some(start_metrics_listener(state.clone(), address, limits)?),
         None => None,
     };
+    let logout_http = logout::http_client(state.http().logout_ca_file.as_deref())
+        .map_err(ServeError::LogoutClient)?;
     let maintenance = tokio::spawn(maintain(state.clone()));
     let key_refresh = tokio::spawn(keep_token_keys_current(state.clone()));
+    let logouts = tokio::spawn(logout::run(state.clone(), logout_http));
     let proxies = state.http().proxies.clone();
     let served = serve_router(app(state.clone()), listener, handle, &limits, proxies).await;
     maintenance.abort();
     key_refresh.abort();
+    logouts.abort();
     if let Some((metrics_handle, metrics_task)) = metrics {
         metrics_handle.shutdown();
         let _ = metrics_task.await;
@@ -1175,7 +1190,33 @@ pub async fn upkeep(state: &ServerState, now: time::OffsetDateTime) {
         Ok(purged) => tracing::debug!(purged, "spent flow-control records purged"),
         Err(error) => tracing::warn!(%error, "purging the flow-control records failed"),
     }
+    end_sessions_past_max_age(state, now).await;
     tidy(state.store(), now, state.settings().audit_retention).await;
+}
+
+/// Ends the sessions whose `expires_at` has passed (`max_age`), each audited as `session`.
+async fn end_sessions_past_max_age(state: &ServerState, now: time::OffsetDateTime) {
+    let reason = wire::SessionEndReason::MaxAge;
+    match state
+        .store()
+        .end_sessions(&crate::store::SessionSelector::Expired, reason, now, None)
+        .await
+    {
+        Ok(ended) => {
+            for session in &ended {
+                let event = sessions::session_event(
+                    session,
+                    crate::store::AuditOutcome::Ok,
+                    now,
+                    format!("session {} ended: {reason}", session.id),
+                );
+                if let Err(error) = state.store().audit(event).await {
+                    tracing::warn!(%error, "auditing a session ended at its max age failed");
+                }
+            }
+        }
+        Err(error) => tracing::warn!(%error, "ending the sessions past their max age failed"),
+    }
 }
 
 /// Writes one audit event per source whose refusals were answered `rate_limited`
