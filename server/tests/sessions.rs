@@ -382,7 +382,7 @@ async fn locking_revoking_or_deleting_a_card_or_user_ends_its_sessions() {
     let server = server().await;
     let alice_card = ALICE.serial();
     // (case, whose session, the other's, the change, its undo, reason)
-    let cases: [(&Badge, &Badge, Method, String, Option<String>, &str); 4] = [
+    let cases = [
         (
             &ALICE,
             &BOB,
