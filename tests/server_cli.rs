@@ -682,7 +682,10 @@ fn sessions_and_clients_are_administered_from_the_command_line() {
         .admin(&["clients", "show", "scanner", "--json"])
         .success("clients show")
         .json();
-    assert_eq!(shown["backchannel_logout_uri"], "http://127.0.0.1:8400/logout");
+    assert_eq!(
+        shown["backchannel_logout_uri"],
+        "http://127.0.0.1:8400/logout"
+    );
     server
         .admin(&["clients", "remove", "scanner"])
         .success("clients remove");

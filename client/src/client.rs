@@ -1109,8 +1109,12 @@ impl AdminClient<'_> {
     /// # Errors
     /// [`ClientError::Refused`] with `not_found` for an unknown id.
     pub async fn get_session(&self, id: &str) -> Result<wire::SessionRecord, ClientError> {
-        self.get(&format!("{}/{}", wire::PATH_ADMIN_SESSIONS, path_segment(id)))
-            .await
+        self.get(&format!(
+            "{}/{}",
+            wire::PATH_ADMIN_SESSIONS,
+            path_segment(id)
+        ))
+        .await
     }
 
     /// Ends a session (reason `admin`); answers it as it is now.
@@ -1155,8 +1159,12 @@ impl AdminClient<'_> {
     /// # Errors
     /// [`ClientError::Refused`] with `not_found` for an unknown id.
     pub async fn get_client(&self, id: &str) -> Result<wire::ClientRecord, ClientError> {
-        self.get(&format!("{}/{}", wire::PATH_ADMIN_CLIENTS, path_segment(id)))
-            .await
+        self.get(&format!(
+            "{}/{}",
+            wire::PATH_ADMIN_CLIENTS,
+            path_segment(id)
+        ))
+        .await
     }
 
     /// Removes a client.

@@ -348,7 +348,10 @@ async fn sign_out_by_session_id_needs_a_proof_of_the_sessions_own_device() {
     assert_code(&reply, StatusCode::UNAUTHORIZED, "device_proof_invalid");
     // An unknown session.
     let reply = server
-        .send(sign_out(Some(server.device.proof(ORIGIN, now())), "no-such-session"))
+        .send(sign_out(
+            Some(server.device.proof(ORIGIN, now())),
+            "no-such-session",
+        ))
         .await;
     assert_code(&reply, StatusCode::UNAUTHORIZED, "unauthorized");
     assert_eq!(server.status(&signed_in.token).await, (true, None));
@@ -364,7 +367,9 @@ async fn sign_out_by_session_id_needs_a_proof_of_the_sessions_own_device() {
         (false, Some("signed_out".to_owned()))
     );
     // The same proof again is a replay of the proof; a fresh one records nothing.
-    let reply = server.send(sign_out(Some(proof), &signed_in.session_id)).await;
+    let reply = server
+        .send(sign_out(Some(proof), &signed_in.session_id))
+        .await;
     assert_code(&reply, StatusCode::UNAUTHORIZED, "device_proof_invalid");
     let reply = server
         .send(sign_out(
@@ -407,7 +412,14 @@ async fn locking_revoking_or_deleting_a_card_or_user_ends_its_sessions() {
             None,
             "card_revoked",
         ),
-        (&BOB, &ALICE, Method::DELETE, "/users/bob".to_owned(), None, "user_deleted"),
+        (
+            &BOB,
+            &ALICE,
+            Method::DELETE,
+            "/users/bob".to_owned(),
+            None,
+            "user_deleted",
+        ),
     ];
     let mut others = Vec::new();
     for (badge, other_badge, method, path, undo, reason) in cases {
@@ -429,9 +441,10 @@ async fn locking_revoking_or_deleting_a_card_or_user_ends_its_sessions() {
             .audit(&format!("kind=session&user={}", badge.user_id))
             .await;
         assert!(
-            audited.iter().any(|event| event["detail"]
-                .as_str()
-                .is_some_and(|detail| detail.contains(&signed_in.session_id)
+            audited
+                .iter()
+                .any(|event| event["detail"].as_str().is_some_and(|detail| detail
+                    .contains(&signed_in.session_id)
                     && detail.contains(reason))),
             "{reason}: {audited:?}"
         );
@@ -461,14 +474,24 @@ async fn an_administrator_lists_shows_and_ends_sessions() {
         .iter()
         .filter_map(|session| session["id"].as_str())
         .collect();
-    assert_eq!(ids, [bob.session_id.as_str(), alice.session_id.as_str()], "newest first");
-    let reply = server.admin(Method::GET, "/sessions?user=alice", None).await;
+    assert_eq!(
+        ids,
+        [bob.session_id.as_str(), alice.session_id.as_str()],
+        "newest first"
+    );
+    let reply = server
+        .admin(Method::GET, "/sessions?user=alice", None)
+        .await;
     assert_eq!(reply.body.as_array().map(Vec::len), Some(1));
     assert_eq!(reply.body[0]["id"], alice.session_id.as_str());
     assert_eq!(reply.body[0]["device"], DEVICE);
     assert_eq!(reply.body[0]["card_serial"], ALICE.serial());
     let reply = server
-        .admin(Method::GET, &format!("/sessions?card={}", BOB.serial()), None)
+        .admin(
+            Method::GET,
+            &format!("/sessions?card={}", BOB.serial()),
+            None,
+        )
         .await;
     assert_eq!(reply.body[0]["id"], bob.session_id.as_str());
     let reply = server
@@ -486,7 +509,9 @@ async fn an_administrator_lists_shows_and_ends_sessions() {
         server.status(&alice.token).await,
         (false, Some("admin".to_owned()))
     );
-    let reply = server.admin(Method::GET, "/sessions?active=true", None).await;
+    let reply = server
+        .admin(Method::GET, "/sessions?active=true", None)
+        .await;
     assert_eq!(reply.body.as_array().map(Vec::len), Some(1));
     assert_eq!(reply.body[0]["id"], bob.session_id.as_str());
     let reply = server.admin(Method::GET, &path, None).await;
@@ -551,7 +576,10 @@ async fn clients_are_registered_with_a_secret_shown_once_and_checked_uris() {
     let listed = server.admin(Method::GET, "/clients", None).await;
     for text in [shown.body.to_string(), listed.body.to_string()] {
         assert!(!text.contains(&secret), "{text}");
-        assert!(!text.contains(stored.secret_hash.as_deref().unwrap_or("-")), "{text}");
+        assert!(
+            !text.contains(stored.secret_hash.as_deref().unwrap_or("-")),
+            "{text}"
+        );
     }
     assert_eq!(shown.body["redirect_uris"][1], "http://127.0.0.1:8400/cb");
     let audit = serde_json::to_string(&server.audit("limit=1000").await).expect("JSON");
@@ -582,7 +610,11 @@ async fn clients_are_registered_with_a_secret_shown_once_and_checked_uris() {
     ];
     for (index, body) in refused.into_iter().enumerate() {
         let reply = server.admin(Method::POST, "/clients", Some(body)).await;
-        let code = if index == 0 { "conflict" } else { "invalid_request" };
+        let code = if index == 0 {
+            "conflict"
+        } else {
+            "invalid_request"
+        };
         let status = if index == 0 {
             StatusCode::CONFLICT
         } else {
@@ -723,7 +755,11 @@ async fn an_ended_session_is_posted_to_its_clients_back_channel_and_retried() {
     assert_eq!(logout::deliver_due(&server.state, &http, now).await, 0);
 
     let reply = server
-        .admin(Method::DELETE, &format!("/sessions/{}", signed_in.session_id), None)
+        .admin(
+            Method::DELETE,
+            &format!("/sessions/{}", signed_in.session_id),
+            None,
+        )
         .await;
     assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
     // One delivery (the client without a URI gets none); the receiver answers 500.
@@ -773,7 +809,11 @@ async fn a_session_whose_clients_have_no_back_channel_queues_nothing() {
     let signed_in = server.sign_in(&ALICE).await;
     participating_client(&server, "quiet", None, &signed_in.session_id).await;
     let reply = server
-        .admin(Method::POST, &format!("/cards/{}/lock", ALICE.serial()), None)
+        .admin(
+            Method::POST,
+            &format!("/cards/{}/lock", ALICE.serial()),
+            None,
+        )
         .await;
     assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
     let http = logout::http_client(None).expect("the delivery client builds");

@@ -636,7 +636,9 @@ pub fn run(args: AdminArgs) -> anyhow::Result<()> {
             AdminCommand::Sessions(SessionsCommand::End { id }) => {
                 let session = admin.end_session(&id).await.map_err(explain)?;
                 print_one(json, &session, |s| match (&s.ended_at, s.ended_reason) {
-                    (Some(at), Some(reason)) => format!("Session {} ended at {at} ({reason}).", s.id),
+                    (Some(at), Some(reason)) => {
+                        format!("Session {} ended at {at} ({reason}).", s.id)
+                    }
                     _ => format!("Session {} is still active.", s.id),
                 })
             }
@@ -941,7 +943,11 @@ fn client_line(client: &ClientRecord) -> String {
     format!(
         "{:<24} {:<12} redirect {}{}",
         escape_unambiguous(&client.id),
-        if client.public { "public" } else { "confidential" },
+        if client.public {
+            "public"
+        } else {
+            "confidential"
+        },
         client.redirect_uris.join(" "),
         client
             .backchannel_logout_uri

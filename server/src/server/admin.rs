@@ -1208,7 +1208,11 @@ async fn end_session(
         &session,
         AuditOutcome::Ok,
         now,
-        acting(format!("session {} ended: {}", session.id, SessionEndReason::Admin)),
+        acting(format!(
+            "session {} ended: {}",
+            session.id,
+            SessionEndReason::Admin
+        )),
     );
     let ended = state
         .store()
@@ -1282,7 +1286,9 @@ fn check_new_client(client: &NewClient) -> Result<(), String> {
         .chain(client.backchannel_logout_uri.iter())
     {
         if uri.len() > MAX_CLIENT_URI_LEN {
-            return Err(format!("a URI is longer than {MAX_CLIENT_URI_LEN} characters"));
+            return Err(format!(
+                "a URI is longer than {MAX_CLIENT_URI_LEN} characters"
+            ));
         }
         check_client_uri(uri)?;
     }
@@ -1308,7 +1314,8 @@ async fn add_client(
 ) -> Result<(StatusCode, Json<CreatedClient>), ApiError> {
     let new = json_body(body)?;
     check_new_client(&new).map_err(ApiError::invalid)?;
-    let secret = (!new.public).then(|| zeroize::Zeroizing::new(pivtap_protocol::nonce::random_base64url::<32>()));
+    let secret = (!new.public)
+        .then(|| zeroize::Zeroizing::new(pivtap_protocol::nonce::random_base64url::<32>()));
     let client = OidcClient {
         id: new.id,
         secret_hash: secret
@@ -1329,7 +1336,11 @@ async fn add_client(
             ),
             other => ApiError::from(other),
         })?;
-    let kind = if secret.is_some() { "confidential" } else { "public" };
+    let kind = if secret.is_some() {
+        "confidential"
+    } else {
+        "public"
+    };
     admin_audit(
         &state,
         AuditOutcome::Ok,
@@ -1347,7 +1358,9 @@ async fn add_client(
 }
 
 /// `GET /clients`.
-async fn list_clients(State(state): State<ServerState>) -> Result<Json<Vec<ClientRecord>>, ApiError> {
+async fn list_clients(
+    State(state): State<ServerState>,
+) -> Result<Json<Vec<ClientRecord>>, ApiError> {
     let clients = state.store().list_clients().await?;
     Ok(Json(clients.into_iter().map(client_record).collect()))
 }

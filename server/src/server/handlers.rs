@@ -528,10 +528,7 @@ pub async fn sign_out(
                 ErrorCode::Unauthorized,
                 "a sign-out by session_id needs a device_proof of the session's device",
             )),
-            (None, Some(_)) => Err(ApiError::new(
-                ErrorCode::Unauthorized,
-                "no such session",
-            )),
+            (None, Some(_)) => Err(ApiError::new(ErrorCode::Unauthorized, "no such session")),
             (Some(session), Some(proof)) => {
                 super::devices::verify_proof(&state, &session.device, proof, now).await
             }
@@ -544,7 +541,10 @@ pub async fn sign_out(
                 device: session.as_ref().map(|session| session.device.clone()),
                 card_serial: None,
                 user_id: None,
-                detail: Some(format!("sign-out by session id refused: {}", refusal.message)),
+                detail: Some(format!(
+                    "sign-out by session id refused: {}",
+                    refusal.message
+                )),
             };
             return Err(state.refused(&source, event, refusal).await);
         }

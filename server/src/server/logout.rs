@@ -198,7 +198,11 @@ async fn post(
 
 /// One round at `now`: claims the due deliveries, posts each and records its outcome.
 /// Answers how many were claimed. Failures to reach the store are logged.
-pub async fn deliver_due(state: &ServerState, http: &reqwest::Client, now: OffsetDateTime) -> usize {
+pub async fn deliver_due(
+    state: &ServerState,
+    http: &reqwest::Client,
+    now: OffsetDateTime,
+) -> usize {
     let claimed = match state
         .store()
         .claim_logout_deliveries(now, CLAIM_LEASE, BATCH)
