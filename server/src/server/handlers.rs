@@ -482,15 +482,12 @@ pub async fn sign_out(
         (Some(_), body) => json_body(body)?,
         (None, Ok(Json(request))) if request.session_id.is_some() => request,
         (None, _) => {
-            let event = NewAuditEvent {
-                time: now,
-                kind: AuditKind::SignOut,
-                outcome: ErrorCode::Unauthorized.into(),
-                device: None,
-                card_serial: None,
-                user_id: None,
-                detail: Some("no valid session token".to_owned()),
-            };
+            let event = super::sessions::anonymous_event(
+                AuditKind::SignOut,
+                ErrorCode::Unauthorized,
+                now,
+                "no valid session token".to_owned(),
+            );
             let refusal = ApiError::new(
                 ErrorCode::Unauthorized,
                 "a sign-out needs the session's token as its bearer credential, or the \

@@ -39,13 +39,6 @@ pub fn secret_hash(secret: &str) -> String {
     hex::encode(Sha256::digest(secret.as_bytes()))
 }
 
-/// A short mark of a secret for the audit and the log: the first 8 hex digits of its
-/// SHA-256 (never the secret).
-#[must_use]
-pub fn secret_mark(secret: &str) -> String {
-    secret_hash(secret)[..8].to_owned()
-}
-
 /// The refusal of a token or refresh token whose session is not active (or unknown).
 pub(crate) fn session_ended() -> ApiError {
     ApiError::new(
@@ -109,6 +102,25 @@ pub(crate) fn session_token(
     Ok((token, lifetime.as_secs()))
 }
 
+/// An audit event of `kind` naming no user, device or card (a refusal of what proved
+/// nothing).
+pub(crate) fn anonymous_event(
+    kind: AuditKind,
+    code: ErrorCode,
+    now: OffsetDateTime,
+    detail: String,
+) -> NewAuditEvent {
+    NewAuditEvent {
+        time: now,
+        kind,
+        outcome: code.into(),
+        device: None,
+        card_serial: None,
+        user_id: None,
+        detail: Some(detail),
+    }
+}
+
 /// An audit event of kind `session` about `session`.
 pub(crate) fn session_event(
     session: &Session,
@@ -150,32 +162,17 @@ pub async fn refresh(
         RefreshUse::Reused => {
             // The store ended the session in the same step; which one is not told, so the
             // audit names the token's mark.
-            let event = NewAuditEvent {
-                time: now,
-                kind: AuditKind::Session,
-                outcome: ErrorCode::SessionEnded.into(),
-                device: None,
-                card_serial: None,
-                user_id: None,
-                detail: Some(format!(
-                    "refresh token #{mark} presented again after it was replaced: its session \
-                     is ended (refresh_reused)"
-                )),
-            };
+            let detail = format!(
+                "refresh token #{mark} presented again after it was replaced: its session is \
+                 ended (refresh_reused)"
+            );
+            let event = anonymous_event(AuditKind::Session, ErrorCode::SessionEnded, now, detail);
             return Err(state.refused(&source, event, session_ended()).await);
         }
         RefreshUse::Unknown | RefreshUse::Ended => {
-            let event = NewAuditEvent {
-                time: now,
-                kind: AuditKind::Session,
-                outcome: ErrorCode::SessionEnded.into(),
-                device: None,
-                card_serial: None,
-                user_id: None,
-                detail: Some(format!(
-                    "refresh refused: refresh token #{mark} is unknown or its session ended"
-                )),
-            };
+            let detail =
+                format!("refresh refused: refresh token #{mark} is unknown or its session ended");
+            let event = anonymous_event(AuditKind::Session, ErrorCode::SessionEnded, now, detail);
             return Err(state.refused(&source, event, session_ended()).await);
         }
     };
@@ -202,15 +199,12 @@ pub async fn current(
 ) -> Result<Json<SessionStatus>, ApiError> {
     let now = OffsetDateTime::now_utc();
     let Some(claims) = bearer_claims(&state, &headers, now) else {
-        let event = NewAuditEvent {
-            time: now,
-            kind: AuditKind::Session,
-            outcome: ErrorCode::Unauthorized.into(),
-            device: None,
-            card_serial: None,
-            user_id: None,
-            detail: Some("session status asked without a valid session token".to_owned()),
-        };
+        let event = anonymous_event(
+            AuditKind::Session,
+            ErrorCode::Unauthorized,
+            now,
+            "session status asked without a valid session token".to_owned(),
+        );
         let refusal = ApiError::new(
             ErrorCode::Unauthorized,
             "the session's status needs its access token as the bearer credential",
