@@ -570,7 +570,7 @@ async fn clients_are_registered_with_a_secret_shown_once_and_checked_uris() {
         .expect("the client is stored");
     assert_eq!(
         stored.secret_hash.as_deref(),
-        Some(server::sessions::secret_hash(&secret).as_str())
+        Some(pivtap_server::store::secret_hash(&secret).as_str())
     );
     let shown = server.admin(Method::GET, "/clients/wiki", None).await;
     let listed = server.admin(Method::GET, "/clients", None).await;

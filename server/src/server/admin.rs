@@ -1127,9 +1127,6 @@ async fn end_sessions_of(
     Ok(())
 }
 
-/// Most sessions one listing answers.
-const MAX_SESSIONS_LISTED: usize = 1000;
-
 /// A session as the admin API shows it.
 fn session_record(session: Session) -> SessionRecord {
     SessionRecord {
@@ -1172,7 +1169,7 @@ async fn list_sessions(
             serial.to_ascii_lowercase().replace(':', "")
         }),
         active_only: params.active.unwrap_or(false),
-        limit: MAX_SESSIONS_LISTED,
+        limit: crate::store::sessions::MAX_SESSION_LIST,
     };
     let sessions = state.store().list_sessions(&query).await?;
     Ok(Json(sessions.into_iter().map(session_record).collect()))
@@ -1269,10 +1266,10 @@ fn check_new_client(client: &NewClient) -> Result<(), String> {
             "the client id must be 1 to {MAX_USER_ID_LEN} of A-Z a-z 0-9 . _ @ -"
         ));
     }
-    if client.id == super::sessions::KIOSK_CLIENT_ID {
+    if client.id == crate::store::KIOSK_CLIENT_ID {
         return Err(format!(
             "the client id {} is reserved for the kiosk",
-            super::sessions::KIOSK_CLIENT_ID
+            crate::store::KIOSK_CLIENT_ID
         ));
     }
     if client.redirect_uris.is_empty() || client.redirect_uris.len() > MAX_REDIRECT_URIS {
@@ -1320,7 +1317,7 @@ async fn add_client(
         id: new.id,
         secret_hash: secret
             .as_ref()
-            .map(|secret| super::sessions::secret_hash(secret)),
+            .map(|secret| crate::store::secret_hash(secret)),
         redirect_uris: new.redirect_uris,
         backchannel_logout_uri: new.backchannel_logout_uri,
         created_at: OffsetDateTime::now_utc(),

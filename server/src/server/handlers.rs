@@ -15,15 +15,15 @@ use super::error::ApiError;
 use super::rate_limit::Spend;
 use crate::mapping::MappingRule;
 use crate::store::{
-    Card, CardId, CardState, ChallengeUse, NewAuditEvent, SessionSelector, SignInLookup,
-    SignInRecords, User, UserState,
+    Card, CardId, CardState, ChallengeUse, NewAuditEvent, NewSession, SessionSelector,
+    SignInLookup, SignInRecords, User, UserState,
 };
 use crate::verifier::VerifiedAssertion;
 use pivtap_protocol::audit::{AuditKind, AuditOutcome};
 use pivtap_protocol::nonce::{Nonce, random_base64url};
 use pivtap_protocol::wire::{
     AssertionRequest, AssertionResponse, ChallengeRequest, ChallengeResponse, ErrorCode,
-    SessionClaims, SessionEndReason, SignOutRecorded, SignOutRequest, UserInfo,
+    SessionEndReason, SignOutRecorded, SignOutRequest, UserInfo,
 };
 
 /// Checks a device id: 1 to 64 of `A-Z a-z 0-9 . _ : -`.
@@ -191,13 +191,20 @@ pub async fn submit_assertion(
         Err(error) => Err(error),
     };
     let error = match result {
-        Ok((response, verified)) => {
-            // A sign-in that cannot be recorded and audited is not handed out: the card
-            // and the audit event go in one write, and its failure is audited as such.
+        Ok((response, verified, session)) => {
+            // A sign-in that cannot be recorded and audited is not handed out: the card,
+            // the session and the audit event go in one write, and its failure is audited
+            // as such.
             let event = attempt_event(now, &record, None);
             let finished = state
                 .store()
-                .finish_sign_in(&verified.certificate, &response.user.id, now, event)
+                .finish_sign_in(
+                    &verified.certificate,
+                    &response.user.id,
+                    now,
+                    event,
+                    &session,
+                )
                 .await;
             match finished {
                 Ok(_) => {
@@ -247,7 +254,7 @@ async fn sign_in(
     compact: &str,
     now: OffsetDateTime,
     record: &mut AttemptRecord,
-) -> Result<(AssertionResponse, VerifiedAssertion), ApiError> {
+) -> Result<(AssertionResponse, VerifiedAssertion, NewSession), ApiError> {
     // A renewal challenge (issued to anyone) never signs anyone in: refused before it
     // is looked at, so it is not used up either.
     if let (Some(device), _) = claimed_device_and_card(compact)
@@ -259,8 +266,8 @@ async fn sign_in(
         ));
     }
     let (verified, user) = authenticate(state, source, compact, now, record).await?;
-    let response = issue_token(state, &user, &verified, now)?;
-    Ok((response, verified))
+    let (response, session) = issue_token(state, &user, &verified, now)?;
+    Ok((response, verified, session))
 }
 
 /// Every check of a sign-in, short of issuing the token: the assertion
@@ -610,47 +617,48 @@ fn one_user(rule: &MappingRule, mut users: Vec<User>) -> Result<User, ApiError> 
     }
 }
 
-/// The session token for `user`, signed in on the assertion's device; `amr` states
-/// what the assertion's key slot proves (smart card and PIN for `9a`).
+/// The session token for `user`, signed in on the assertion's device, and the session to
+/// store with it (its id is the token's `sid`; the kiosk's refresh token is kept as its
+/// SHA-256 only); `amr` states what the assertion's key slot proves (smart card and PIN
+/// for `9a`).
 fn issue_token(
     state: &ServerState,
     user: &User,
     verified: &VerifiedAssertion,
     now: OffsetDateTime,
-) -> Result<AssertionResponse, ApiError> {
-    let settings = state.settings();
-    let lifetime = settings.token_lifetime;
-    let claims = SessionClaims {
-        iss: settings.origin.clone(),
-        sub: user.id.clone(),
-        aud: settings.token_audience.clone(),
-        iat: now.unix_timestamp(),
-        exp: (now + lifetime).unix_timestamp(),
-        jti: random_base64url::<16>(),
-        name: user.display_name.clone(),
-        email: user.mail.clone(),
-        amr: verified.amr.clone(),
+) -> Result<(AssertionResponse, NewSession), ApiError> {
+    let max_age = state.settings().session_max_age;
+    let refresh_token = random_base64url::<32>();
+    let session = NewSession {
+        id: random_base64url::<16>(),
+        user_id: user.id.clone(),
         device: verified.payload.device.clone(),
-        // ISSUE15-TRANSITION: the session is not stored yet (the sessions work replaces this).
-        sid: random_base64url::<16>(),
+        card: CardId::of(&verified.certificate),
+        amr: verified.amr.clone(),
+        created_at: now,
+        expires_at: now + max_age,
+        refresh_token_hash: crate::store::secret_hash(&refresh_token),
     };
-    let token = state.tokens().issue(&claims).map_err(|error| {
-        tracing::error!(%error, "cannot sign a session token");
-        ApiError::new(ErrorCode::Internal, "the server could not issue a token")
-    })?;
-    Ok(AssertionResponse {
+    let (token, expires_in) = super::sessions::session_token(
+        state,
+        user,
+        (&session.id, &session.device, &session.amr),
+        now,
+    )?;
+    let response = AssertionResponse {
         token,
         token_type: "Bearer".to_owned(),
-        expires_in: lifetime.as_secs(),
+        expires_in,
         user: UserInfo {
             id: user.id.clone(),
             display_name: user.display_name.clone(),
             mail: user.mail.clone(),
         },
-        session_id: claims.sid.clone(),
-        refresh_token: random_base64url::<32>(),
-        session_expires_in: lifetime.as_secs(),
-    })
+        session_id: session.id.clone(),
+        refresh_token,
+        session_expires_in: max_age.as_secs(),
+    };
+    Ok((response, session))
 }
 
 /// `GET /.well-known/jwks.json`

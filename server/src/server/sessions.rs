@@ -10,34 +10,23 @@ use axum::Json;
 use axum::extract::State;
 use axum::extract::rejection::JsonRejection;
 use axum::http::{HeaderMap, header};
-use sha2::{Digest as _, Sha256};
 use time::OffsetDateTime;
 
 use super::ServerState;
 use super::client_address::ClientAddress;
 use super::error::ApiError;
 use super::handlers::{json_body, rfc3339};
-use crate::store::{NewAuditEvent, RefreshUse, Session, User};
+use crate::store::{KIOSK_CLIENT_ID, NewAuditEvent, RefreshUse, Session, User, secret_hash};
 use pivtap_protocol::audit::{AuditKind, AuditOutcome};
 use pivtap_protocol::nonce::random_base64url;
 use pivtap_protocol::wire::{
     ErrorCode, SessionClaims, SessionRefreshRequest, SessionRefreshed, SessionStatus,
 };
 
-/// The client id of the kiosk's own refresh tokens (reserved: no registered client has it).
-pub const KIOSK_CLIENT_ID: &str = "pivtap-kiosk";
-
 /// How long after its expiry a session token is still accepted to report its sign-out
 /// or ask after its session: a session that ends because its token expired is reported
 /// a moment after.
 pub(crate) const EXPIRED_TOKEN_GRACE: time::Duration = time::Duration::minutes(10);
-
-/// The stored form of a secret the server hands out (refresh tokens, client secrets):
-/// lower-case hex SHA-256.
-#[must_use]
-pub fn secret_hash(secret: &str) -> String {
-    hex::encode(Sha256::digest(secret.as_bytes()))
-}
 
 /// The refusal of a token or refresh token whose session is not active (or unknown).
 pub(crate) fn session_ended() -> ApiError {
@@ -70,14 +59,15 @@ pub(crate) fn bearer_claims(
     })
 }
 
-/// The kiosk's access token for `user` in `session`, issued at `now`.
+/// The kiosk's access token for `user` in session `sid`, begun on `device` with what the
+/// card proved (`amr`), issued at `now`; and its lifetime in seconds.
 ///
 /// # Errors
 /// `internal` when the token cannot be signed (logged).
 pub(crate) fn session_token(
     state: &ServerState,
     user: &User,
-    session: &Session,
+    (sid, device, amr): (&str, &str, &[String]),
     now: OffsetDateTime,
 ) -> Result<(String, u64), ApiError> {
     let settings = state.settings();
@@ -91,9 +81,9 @@ pub(crate) fn session_token(
         jti: random_base64url::<16>(),
         name: user.display_name.clone(),
         email: user.mail.clone(),
-        amr: session.amr.clone(),
-        device: session.device.clone(),
-        sid: session.id.clone(),
+        amr: amr.to_vec(),
+        device: device.to_owned(),
+        sid: sid.to_owned(),
     };
     let token = state.tokens().issue(&claims).map_err(|error| {
         tracing::error!(%error, "cannot sign a session token");
@@ -181,7 +171,12 @@ pub async fn refresh(
         .get_user(&session.user_id)
         .await?
         .ok_or_else(session_ended)?;
-    let (token, expires_in) = session_token(&state, &user, &session, now)?;
+    let (token, expires_in) = session_token(
+        &state,
+        &user,
+        (&session.id, &session.device, &session.amr),
+        now,
+    )?;
     Ok(Json(SessionRefreshed {
         token,
         token_type: "Bearer".to_owned(),
