@@ -1201,6 +1201,9 @@ async fn end_session(
     let id = path_param(id)?;
     let session = get_session(&state, &id).await?;
     let now = OffsetDateTime::now_utc();
+    if session.ended_at.is_some() {
+        return Ok(Json(session_record(session)));
+    }
     let event = super::sessions::session_event(
         &session,
         AuditOutcome::Ok,

@@ -554,11 +554,13 @@ pub async fn sign_out(
         }
     }
     let Some(session) = session.filter(|session| {
-        claims
-            .as_ref()
-            .is_none_or(|claims| claims.sub == session.user_id)
+        session.is_active(now)
+            && claims
+                .as_ref()
+                .is_none_or(|claims| claims.sub == session.user_id)
     }) else {
-        // A genuine token of a session that is gone (purged): nothing to end.
+        // Ended already (a replay), or a genuine token of a session that is gone (purged):
+        // nothing to end, nothing audited.
         return Ok(Json(SignOutRecorded { recorded: false }));
     };
     let event = NewAuditEvent {

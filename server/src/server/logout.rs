@@ -219,13 +219,14 @@ pub async fn deliver_due(
             Ok(()) => DeliveryOutcome::Delivered,
             Err(error) => {
                 let error: String = error.chars().take(MAX_ERROR_CHARS).collect();
+                // Claiming counted this attempt in `attempts` already.
                 tracing::info!(
                     client = %delivery.client_id,
-                    attempt = delivery.attempts + 1,
+                    attempt = delivery.attempts,
                     %error,
                     "a back-channel logout did not arrive"
                 );
-                after_failure(delivery.created_at, delivery.attempts + 1, now, error)
+                after_failure(delivery.created_at, delivery.attempts, now, error)
             }
         };
         if let DeliveryOutcome::GivenUp { error } = &outcome {
@@ -238,9 +239,7 @@ pub async fn deliver_due(
                 user_id: Some(delivery.user_id.clone()),
                 detail: Some(format!(
                     "back-channel logout of session {} to client {} given up after {} attempts: {error}",
-                    delivery.session_id,
-                    delivery.client_id,
-                    delivery.attempts + 1
+                    delivery.session_id, delivery.client_id, delivery.attempts
                 )),
             };
             if let Err(error) = state.store().audit(event).await {
