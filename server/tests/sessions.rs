@@ -816,6 +816,10 @@ async fn a_session_whose_clients_have_no_back_channel_queues_nothing() {
         )
         .await;
     assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
+    assert_eq!(
+        server.status(&signed_in.token).await,
+        (false, Some("card_locked".to_owned()))
+    );
     let http = logout::http_client(None).expect("the delivery client builds");
     let now = OffsetDateTime::now_utc() + time::Duration::hours(1);
     assert_eq!(logout::deliver_due(&server.state, &http, now).await, 0);
