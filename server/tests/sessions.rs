@@ -541,6 +541,23 @@ async fn upkeep_ends_sessions_past_their_max_age() {
         server.status(&signed_in.token).await,
         (false, Some("max_age".to_owned()))
     );
+    let path = format!("/sessions/{}", signed_in.session_id);
+    let reply = server.admin(Method::GET, &path, None).await;
+    assert_eq!(reply.body["ended_reason"], "max_age", "{}", reply.body);
+    let audited = server.audit("kind=session&user=alice").await;
+    assert!(
+        audited.iter().any(|event| event["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains("max_age"))),
+        "{audited:?}"
+    );
+    // Kept a week after it ended, then purged.
+    server::upkeep(&server.state, later + time::Duration::days(6)).await;
+    let reply = server.admin(Method::GET, &path, None).await;
+    assert_eq!(reply.status, StatusCode::OK);
+    server::upkeep(&server.state, later + time::Duration::days(8)).await;
+    let reply = server.admin(Method::GET, &path, None).await;
+    assert_code(&reply, StatusCode::NOT_FOUND, "not_found");
 }
 
 #[tokio::test]
@@ -823,4 +840,50 @@ async fn a_session_whose_clients_have_no_back_channel_queues_nothing() {
     let http = logout::http_client(None).expect("the delivery client builds");
     let now = OffsetDateTime::now_utc() + time::Duration::hours(1);
     assert_eq!(logout::deliver_due(&server.state, &http, now).await, 0);
+}
+
+#[tokio::test]
+async fn a_logout_the_client_never_takes_is_given_up_after_a_day_and_audited() {
+    pivtap_testkit::server::install_crypto_provider();
+    let server = server().await;
+    let received = Arc::new(Received::default());
+    *received
+        .fail_first
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner) = u32::MAX;
+    let uri = receiver(Arc::clone(&received)).await;
+    let signed_in = server.sign_in(&BOB).await;
+    participating_client(&server, "erp", Some(&uri), &signed_in.session_id).await;
+    let reply = server.admin(Method::POST, "/users/bob/lock", None).await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
+    let http = logout::http_client(None).expect("the delivery client builds");
+    let now = OffsetDateTime::now_utc();
+    assert_eq!(logout::deliver_due(&server.state, &http, now).await, 1);
+    assert!(server.audit("kind=oidc").await.is_empty());
+    let day_later = now + time::Duration::hours(25);
+    assert_eq!(
+        logout::deliver_due(&server.state, &http, day_later).await,
+        1
+    );
+    assert_eq!(
+        logout::deliver_due(&server.state, &http, day_later + time::Duration::hours(1)).await,
+        0,
+        "given up: not sent again"
+    );
+    let audited = server.audit("kind=oidc").await;
+    assert_eq!(audited.len(), 1, "{audited:?}");
+    assert_eq!(audited[0]["user_id"], "bob");
+    let detail = audited[0]["detail"].as_str().expect("a detail");
+    assert!(
+        detail.contains("given up") && detail.contains("erp") && detail.contains("500"),
+        "{detail}"
+    );
+    assert_eq!(
+        received
+            .bodies
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .len(),
+        2
+    );
 }

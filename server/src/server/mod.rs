@@ -1152,6 +1152,11 @@ const MAINTENANCE_INTERVAL: Duration = Duration::from_secs(60);
 /// `challenge_unknown` (refused all the same).
 const EXPIRED_CHALLENGE_RETENTION: Duration = Duration::from_secs(3600);
 
+/// How long an ended session is kept (shown by `admin sessions list --all`, answered by
+/// `GET /v1/sessions/current` with its reason), with what ended with it: delivered or
+/// given-up logouts, revoked access token ids past their expiry, expired codes.
+const ENDED_SESSION_RETENTION: Duration = Duration::from_secs(7 * 24 * 3600);
+
 /// Audit events deleted per write when old ones are pruned: each batch is one short write,
 /// so sign-ins are not held up behind a long delete.
 const AUDIT_PRUNE_BATCH: u32 = 5_000;
@@ -1182,7 +1187,9 @@ async fn maintain(state: ServerState) {
 
 /// One round of the server's upkeep at `now` (the server runs one a minute): one audit
 /// event per source whose refusals went unaudited since the last round, the spent
-/// flow-control records purged ([`Store::purge_flow_control`]), then [`tidy`].
+/// flow-control records purged ([`Store::purge_flow_control`]), the sessions past their
+/// max age ended (`max_age`) and those ended over [`ENDED_SESSION_RETENTION`] ago purged,
+/// then [`tidy`].
 pub async fn upkeep(state: &ServerState, now: time::OffsetDateTime) {
     summarise_unaudited(state, now).await;
     match state
@@ -1194,6 +1201,14 @@ pub async fn upkeep(state: &ServerState, now: time::OffsetDateTime) {
         Err(error) => tracing::warn!(%error, "purging the flow-control records failed"),
     }
     end_sessions_past_max_age(state, now).await;
+    match state
+        .store()
+        .purge_sessions(now - ENDED_SESSION_RETENTION)
+        .await
+    {
+        Ok(purged) => tracing::debug!(purged, "long-ended sessions purged"),
+        Err(error) => tracing::warn!(%error, "purging long-ended sessions failed"),
+    }
     tidy(state.store(), now, state.settings().audit_retention).await;
 }
 
