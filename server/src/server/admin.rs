@@ -1102,28 +1102,66 @@ async fn query_audit(
     Ok(Json(events.into_iter().map(audit_record).collect()))
 }
 
-/// Ends the active sessions `selector` picks for `reason` (a lock, revocation or deletion
-/// just done), auditing each ended session as `session` (by user, device and card) with the
-/// acting credential.
+/// Ends the active sessions of a user or card for `reason` (a lock, revocation or deletion
+/// just done), in one write with their audit event (`session`, naming the user, the card
+/// if one, the sessions and the acting credential). Nothing is written when none is active.
 async fn end_sessions_of(
     state: &ServerState,
     selector: SessionSelector,
     reason: SessionEndReason,
 ) -> Result<(), ApiError> {
-    let now = OffsetDateTime::now_utc();
-    let ended = state
+    let query = match &selector {
+        SessionSelector::User(id) => SessionQuery {
+            user_id: Some(id.clone()),
+            ..SessionQuery::default()
+        },
+        SessionSelector::Card(card) => SessionQuery {
+            card_serial: Some(card.serial.clone()),
+            ..SessionQuery::default()
+        },
+        SessionSelector::Id(_) | SessionSelector::Expired => {
+            unreachable!("only users and cards are ended by an admin change")
+        }
+    };
+    let active: Vec<Session> = state
         .store()
-        .end_sessions(&selector, reason, now, None)
+        .list_sessions(&SessionQuery {
+            active_only: true,
+            limit: crate::store::sessions::MAX_SESSION_LIST,
+            ..query
+        })
+        .await?
+        .into_iter()
+        .filter(|session| match &selector {
+            SessionSelector::Card(card) => session.card == *card,
+            _ => true,
+        })
+        .collect();
+    let Some(first) = active.first() else {
+        return Ok(());
+    };
+    let ids: Vec<&str> = active.iter().map(|session| session.id.as_str()).collect();
+    let now = OffsetDateTime::now_utc();
+    let event = NewAuditEvent {
+        time: now,
+        kind: AuditKind::Session,
+        outcome: AuditOutcome::Ok,
+        device: None,
+        card_serial: match &selector {
+            SessionSelector::Card(card) => Some(card.serial.clone()),
+            _ => None,
+        },
+        user_id: Some(first.user_id.clone()),
+        detail: Some(acting(format!(
+            "session{} {} ended: {reason}",
+            if ids.len() == 1 { "" } else { "s" },
+            ids.join(", ")
+        ))),
+    };
+    state
+        .store()
+        .end_sessions(&selector, reason, now, Some(event))
         .await?;
-    for session in &ended {
-        let event = super::sessions::session_event(
-            session,
-            AuditOutcome::Ok,
-            now,
-            acting(format!("session {} ended: {reason}", session.id)),
-        );
-        state.store().audit(event).await?;
-    }
     Ok(())
 }
 
