@@ -257,6 +257,16 @@ async fn refresh_rotates_and_a_replaced_token_presented_again_ends_the_session()
     // And the current one is refused too now.
     let after = server.refresh(&new_refresh).await;
     assert_code(&after, StatusCode::UNAUTHORIZED, "session_ended");
+    // A body that is not a refresh request.
+    let reply = server
+        .send(request(
+            Method::POST,
+            "/v1/sessions/refresh",
+            None,
+            Some(json!({ "token": "x" })),
+        ))
+        .await;
+    assert_code(&reply, StatusCode::BAD_REQUEST, "invalid_request");
     // A made-up refresh token is refused the same way.
     let unknown = server.refresh("not-a-refresh-token").await;
     assert_code(&unknown, StatusCode::UNAUTHORIZED, "session_ended");
@@ -286,6 +296,17 @@ async fn session_status_needs_the_sessions_token() {
 async fn sign_out_with_the_bearer_token_ends_the_session_once() {
     let server = server().await;
     let signed_in = server.sign_in(&ALICE).await;
+    // The body cannot name another session than the token's.
+    let reply = server
+        .send(request(
+            Method::POST,
+            "/v1/sign-outs",
+            Some(&signed_in.token),
+            Some(json!({ "reason": "idle", "session_id": "another-session" })),
+        ))
+        .await;
+    assert_code(&reply, StatusCode::BAD_REQUEST, "invalid_request");
+    assert_eq!(server.status(&signed_in.token).await, (true, None));
     let body = json!({ "reason": "card_removed" });
     let reply = server
         .send(request(

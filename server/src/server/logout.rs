@@ -273,6 +273,25 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_delivery_client_trusts_a_ca_file_and_names_an_unusable_one() {
+        let ca =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../fixtures/ca/test-ca.pem");
+        assert!(http_client(Some(&ca)).is_ok());
+        assert!(http_client(None).is_ok());
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let missing = dir.path().join("missing.pem");
+        assert!(matches!(
+            http_client(Some(&missing)),
+            Err(LogoutClientError::ReadCaFile { .. })
+        ));
+        let empty = dir.path().join("empty.pem");
+        std::fs::write(&empty, "no certificate here\n").expect("the file is written");
+        let error = http_client(Some(&empty)).expect_err("no certificate");
+        assert!(matches!(error, LogoutClientError::NoCertificates { .. }));
+        assert!(error.to_string().contains("empty.pem"), "{error}");
+    }
+
+    #[test]
     fn backoff_doubles_from_two_seconds_up_to_five_minutes() {
         let delays: Vec<u64> = (1..=10).map(|n| backoff(n).as_secs()).collect();
         assert_eq!(delays, [2, 4, 8, 16, 32, 64, 128, 256, 300, 300]);
