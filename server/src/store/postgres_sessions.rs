@@ -381,7 +381,10 @@ pub(super) async fn use_refresh_token(
             .ok_or_else(|| StoreError::NotFound {
                 what: "the token's session".to_owned(),
             })?;
-        return Ok(RefreshUse::Rotated { session, scope });
+        return Ok(RefreshUse::Rotated {
+            session: Box::new(session),
+            scope,
+        });
     }
     // Why not: read after the step, so a concurrent rotation or end is seen committed.
     let why = transaction
@@ -652,7 +655,10 @@ pub(super) async fn redeem_authorization_code(
             expires_at: row.try_get("expires_at")?,
         };
         return Ok(match read_session(client, &code.session_id).await? {
-            Some(session) => CodeRedemption::Redeemed { code, session },
+            Some(session) => CodeRedemption::Redeemed {
+                code: Box::new(code),
+                session: Box::new(session),
+            },
             None => CodeRedemption::Unknown,
         });
     }
