@@ -182,6 +182,15 @@ impl Server {
         )
     }
 
+    /// Asserts that the session of `token` has ended for `reason`.
+    async fn assert_ended(&self, token: &str, reason: &str) {
+        assert_eq!(
+            self.status(token).await,
+            (false, Some(reason.to_owned())),
+            "the session ended: {reason}"
+        );
+    }
+
     async fn audit(&self, query: &str) -> Vec<Value> {
         let reply = self
             .admin(Method::GET, &format!("/audit?{query}"), None)
@@ -250,10 +259,7 @@ async fn refresh_rotates_and_a_replaced_token_presented_again_ends_the_session()
     // The replaced token again: a stolen copy is assumed, the session ends.
     let reused = server.refresh(&signed_in.refresh_token).await;
     assert_code(&reused, StatusCode::UNAUTHORIZED, "session_ended");
-    assert_eq!(
-        server.status(&new_token).await,
-        (false, Some("refresh_reused".to_owned()))
-    );
+    server.assert_ended(&new_token, "refresh_reused").await;
     // And the current one is refused too now.
     let after = server.refresh(&new_refresh).await;
     assert_code(&after, StatusCode::UNAUTHORIZED, "session_ended");
@@ -318,10 +324,7 @@ async fn sign_out_with_the_bearer_token_ends_the_session_once() {
         .await;
     assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
     assert_eq!(reply.body["recorded"], true);
-    assert_eq!(
-        server.status(&signed_in.token).await,
-        (false, Some("signed_out".to_owned()))
-    );
+    server.assert_ended(&signed_in.token, "signed_out").await;
     let replay = server
         .send(request(
             Method::POST,
@@ -383,10 +386,7 @@ async fn sign_out_by_session_id_needs_a_proof_of_the_sessions_own_device() {
         .await;
     assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
     assert_eq!(reply.body["recorded"], true);
-    assert_eq!(
-        server.status(&signed_in.token).await,
-        (false, Some("signed_out".to_owned()))
-    );
+    server.assert_ended(&signed_in.token, "signed_out").await;
     // The same proof again is a replay of the proof; a fresh one records nothing.
     let reply = server
         .send(sign_out(Some(proof), &signed_in.session_id))
@@ -526,10 +526,7 @@ async fn an_administrator_lists_shows_and_ends_sessions() {
     let reply = server.admin(Method::DELETE, &path, None).await;
     assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
     assert_eq!(reply.body["ended_reason"], "admin");
-    assert_eq!(
-        server.status(&alice.token).await,
-        (false, Some("admin".to_owned()))
-    );
+    server.assert_ended(&alice.token, "admin").await;
     let reply = server
         .admin(Method::GET, "/sessions?active=true", None)
         .await;
@@ -558,10 +555,7 @@ async fn upkeep_ends_sessions_past_their_max_age() {
     assert_eq!(server.status(&signed_in.token).await, (true, None));
     let later = OffsetDateTime::now_utc() + time::Duration::hours(13);
     server::upkeep(&server.state, later).await;
-    assert_eq!(
-        server.status(&signed_in.token).await,
-        (false, Some("max_age".to_owned()))
-    );
+    server.assert_ended(&signed_in.token, "max_age").await;
     let path = format!("/sessions/{}", signed_in.session_id);
     let reply = server.admin(Method::GET, &path, None).await;
     assert_eq!(reply.body["ended_reason"], "max_age", "{}", reply.body);
@@ -854,10 +848,7 @@ async fn a_session_whose_clients_have_no_back_channel_queues_nothing() {
         )
         .await;
     assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
-    assert_eq!(
-        server.status(&signed_in.token).await,
-        (false, Some("card_locked".to_owned()))
-    );
+    server.assert_ended(&signed_in.token, "card_locked").await;
     let http = logout::http_client(None).expect("the delivery client builds");
     let now = OffsetDateTime::now_utc() + time::Duration::hours(1);
     assert_eq!(logout::deliver_due(&server.state, &http, now).await, 0);
