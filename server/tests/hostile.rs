@@ -879,6 +879,17 @@ async fn admin_endpoints_refuse_missing_and_wrong_credentials_and_change_nothing
         (Method::POST, "/devices/kiosk-07/disable", ""),
         (Method::POST, "/devices/kiosk-07/enable", ""),
         (Method::DELETE, "/devices/kiosk-07", ""),
+        (Method::GET, "/sessions", ""),
+        (Method::GET, "/sessions/abc", ""),
+        (Method::DELETE, "/sessions/abc", ""),
+        (Method::GET, "/clients", ""),
+        (
+            Method::POST,
+            "/clients",
+            r#"{"id":"mallory","redirect_uris":["https://mallory.example/cb"]}"#,
+        ),
+        (Method::GET, "/clients/wiki", ""),
+        (Method::DELETE, "/clients/wiki", ""),
     ];
     let mut refused = 0;
     for (method, path, body) in &routes {
