@@ -955,6 +955,8 @@ fn route_label(path: &str) -> &'static str {
         wire::PATH_CHALLENGES => wire::PATH_CHALLENGES,
         wire::PATH_ASSERTIONS => wire::PATH_ASSERTIONS,
         wire::PATH_SIGN_OUTS => wire::PATH_SIGN_OUTS,
+        wire::PATH_SESSIONS_REFRESH => wire::PATH_SESSIONS_REFRESH,
+        wire::PATH_SESSIONS_CURRENT => wire::PATH_SESSIONS_CURRENT,
         wire::PATH_JWKS => wire::PATH_JWKS,
         wire::PATH_PIN_POLICY => wire::PATH_PIN_POLICY,
         wire::PATH_ENROLLMENTS_INSPECT => wire::PATH_ENROLLMENTS_INSPECT,
@@ -1348,6 +1350,14 @@ mod tests {
     use super::*;
     use crate::store::ChallengeUse;
     use crate::store::SqliteStore;
+
+    #[test]
+    fn the_session_endpoints_have_metric_labels_of_their_own() {
+        for path in [wire::PATH_SESSIONS_REFRESH, wire::PATH_SESSIONS_CURRENT] {
+            assert_eq!(route_label(path), path);
+        }
+        assert_eq!(route_label("/v1/sessions/made-up"), "other");
+    }
 
     fn challenge_event() -> crate::store::NewAuditEvent {
         crate::store::NewAuditEvent {
