@@ -899,3 +899,25 @@ async fn a_logout_the_client_never_takes_is_given_up_after_a_day_and_audited() {
         2
     );
 }
+
+#[tokio::test]
+async fn a_server_whose_logout_ca_file_is_unusable_does_not_start() {
+    pivtap_testkit::server::install_crypto_provider();
+    let (dir, report) = init_directory();
+    let config = ServerConfig::load(&report.config_path).expect("server.toml loads");
+    let missing = dir.path().join("no-such-ca.pem");
+    let state = state_with_users(&config, &[])
+        .await
+        .with_http(server::HttpSettings::default().with_logout_ca_file(Some(missing.clone())));
+    let listener = server::Listener::PlainLoopback {
+        address: "127.0.0.1:0".parse().expect("an address"),
+    };
+    let error = server::serve(state, listener, std::future::pending())
+        .await
+        .expect_err("the server does not start");
+    assert!(
+        matches!(error, server::ServeError::LogoutClient(_)),
+        "{error}"
+    );
+    assert!(error.to_string().contains("no-such-ca.pem"), "{error}");
+}

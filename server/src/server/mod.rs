@@ -148,7 +148,7 @@ pub struct HttpSettings {
     metrics_token_hash: Option<[u8; 32]>,
     /// Extra CAs (PEM) back-channel logout deliveries trust besides the system's
     /// (`[oidc] ca_file`).
-    pub logout_ca_file: Option<std::path::PathBuf>,
+    logout_ca_file: Option<std::path::PathBuf>,
 }
 
 impl std::fmt::Debug for HttpSettings {
@@ -194,6 +194,14 @@ impl HttpSettings {
     #[must_use]
     pub fn trusting_proxies(mut self, proxies: crate::connections::TrustedProxies) -> Self {
         self.proxies = proxies;
+        self
+    }
+
+    /// These settings, back-channel logout deliveries trusting the CAs of `ca_file` (PEM)
+    /// besides the system's.
+    #[must_use]
+    pub fn with_logout_ca_file(mut self, ca_file: Option<std::path::PathBuf>) -> Self {
+        self.logout_ca_file = ca_file;
         self
     }
 }
