@@ -31,6 +31,7 @@ use pivtap_protocol::certificate::CertificateFacts;
 use pivtap_protocol::nonce::Nonce;
 
 mod sessions;
+pub(super) use sessions::PURGE_SESSIONS;
 
 /// Version 1: users, cards, challenges and the audit log.
 const MIGRATION_1: &str = "
