@@ -2107,6 +2107,7 @@ fn update_user(connection: &Connection, id: &str, user: &User) -> Result<(), Sto
         "issued_certificates",
         "pending_renewals",
         "audit",
+        "sessions",
     ] {
         connection
             .prepare_cached(&format!("UPDATE {table} SET user_id = ? WHERE user_id = ?"))?

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use time::Duration as TimeSpan;
 
-use super::{TestResult, at, event, facts, id, session_for, user};
+use super::{TestResult, at, event, facts, id, session_for, user, user_event};
 use crate::store::{
     AuditQuery, CardId, CodeRedemption, DeliveryOutcome, KIOSK_CLIENT_ID, NewAuthorizationCode,
     NewSession, OidcClient, RefreshUse, Session, SessionEndReason, SessionQuery, SessionSelector,
@@ -330,6 +330,32 @@ pub async fn sessions_end_by_user_card_or_expiry_with_their_refresh_tokens(
         .await?;
     assert_eq!(ids(&expired), [&late.id]);
     assert_eq!(expired[0].ended_reason, Some(SessionEndReason::MaxAge));
+    Ok(())
+}
+
+/// Conformance: a renamed user's sessions move with them, so ending the user's sessions by
+/// the new id ends them.
+pub async fn a_renamed_users_sessions_move_with_them(store: Arc<dyn Store>) -> TestResult {
+    users(&*store).await?;
+    let session = sign_in(&*store, "bob", "02", "kiosk-1", 10).await?;
+    store
+        .update_user(
+            "bob",
+            &user("robert", "bob@example.org"),
+            user_event("robert"),
+        )
+        .await?;
+    let moved = store.get_session(&session.id).await?.ok_or("session")?;
+    assert_eq!(moved.user_id, "robert");
+    let ended = store
+        .end_sessions(
+            &SessionSelector::User("robert".to_owned()),
+            SessionEndReason::UserLocked,
+            at(20),
+            None,
+        )
+        .await?;
+    assert_eq!(ids(&ended), [&session.id]);
     Ok(())
 }
 
