@@ -421,6 +421,20 @@ impl TokenKeys {
     }
 }
 
+/// The `aud` a token claims, read without checking anything else: only to pick the
+/// audience to verify it for (with [`TokenKeys::verify_as`]) when several are possible.
+#[must_use]
+pub fn unverified_audience(token: &str) -> Option<String> {
+    #[derive(Deserialize)]
+    struct Audience {
+        aud: String,
+    }
+    let jws = CompactJws::parse(token).ok()?;
+    serde_json::from_slice::<Audience>(&jws.payload)
+        .ok()
+        .map(|claims| claims.aud)
+}
+
 /// Verifies session tokens with the public keys of a JWKS, as a device or a
 /// line-of-business backend that fetched `/.well-known/jwks.json` would.
 #[derive(Clone)]
