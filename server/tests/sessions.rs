@@ -201,15 +201,20 @@ impl Server {
 
     /// A token of `session` signed by the server that expired an hour ago.
     fn long_expired_token(&self, session_id: &str) -> String {
-        let now = OffsetDateTime::now_utc().unix_timestamp();
+        self.expired_token(session_id, 3600)
+    }
+
+    /// A token of alice's `session` signed by the server that expired `ago` seconds ago.
+    fn expired_token(&self, session_id: &str, ago: i64) -> String {
+        let expired = OffsetDateTime::now_utc().unix_timestamp() - ago;
         self.state
             .tokens()
             .issue(&SessionClaims {
                 iss: ORIGIN.to_owned(),
                 sub: ALICE.user_id.to_owned(),
                 aud: self.state.settings().token_audience.clone(),
-                iat: now - 7200,
-                exp: now - 3600,
+                iat: expired - 3600,
+                exp: expired,
                 jti: "expired-token-id".to_owned(),
                 name: ALICE.display_name.to_owned(),
                 email: None,
@@ -293,9 +298,35 @@ async fn session_status_needs_the_sessions_token() {
     assert_code(&reply, StatusCode::UNAUTHORIZED, "unauthorized");
     let reply = server.current("junk.token.here").await;
     assert_code(&reply, StatusCode::UNAUTHORIZED, "unauthorized");
-    // A genuine token of a session the store does not have.
+    // A long-expired token is refused.
     let reply = server.current(&server.long_expired_token("x")).await;
     assert_code(&reply, StatusCode::UNAUTHORIZED, "unauthorized");
+    // One expired a minute ago still asks (within the grace); of a session the store does
+    // not have, the answer is that it ended.
+    let signed_in = server.sign_in(&ALICE).await;
+    let recent = server.expired_token(&signed_in.session_id, 60);
+    assert_eq!(server.status(&recent).await, (true, None));
+    let reply = server
+        .current(&server.expired_token("no-such-session", 60))
+        .await;
+    assert_code(&reply, StatusCode::UNAUTHORIZED, "session_ended");
+    // Another user's token naming alice's session is not hers.
+    let bob = server.sign_in(&BOB).await;
+    let claims = server
+        .state
+        .tokens()
+        .verify(&bob.token, OffsetDateTime::now_utc())
+        .expect("bob's token verifies");
+    let forged = server
+        .state
+        .tokens()
+        .issue(&SessionClaims {
+            sid: signed_in.session_id.clone(),
+            ..claims
+        })
+        .expect("signed");
+    let reply = server.current(&forged).await;
+    assert_code(&reply, StatusCode::UNAUTHORIZED, "session_ended");
 }
 
 #[tokio::test]

@@ -99,13 +99,7 @@ pub async fn kiosk_session(
     what: &str,
 ) -> Result<(SessionClaims, Session), ApiError> {
     let now = OffsetDateTime::now_utc();
-    let settings = state.settings();
-    let claims = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|value| value.to_str().ok())
-        .and_then(crate::server::admin::bearer_token)
-        .and_then(|token| state.tokens().verify(token, now).ok())
-        .filter(|claims| claims.iss == settings.origin && claims.aud == settings.token_audience);
+    let claims = crate::server::sessions::bearer_claims(state, headers, now, false);
     let Some(claims) = claims else {
         let event = NewAuditEvent {
             time: now,
@@ -126,10 +120,7 @@ pub async fn kiosk_session(
         Some(session) if session.is_active(now) && session.user_id == claims.sub => {
             Ok((claims, session))
         }
-        _ => Err(ApiError::new(
-            ErrorCode::SessionEnded,
-            "the session has ended; sign in again",
-        )),
+        _ => Err(crate::server::sessions::session_ended()),
     }
 }
 

@@ -484,7 +484,7 @@ pub async fn sign_out(
     body: Result<Json<SignOutRequest>, JsonRejection>,
 ) -> Result<Json<SignOutRecorded>, ApiError> {
     let now = OffsetDateTime::now_utc();
-    let claims = super::sessions::bearer_claims(&state, &headers, now);
+    let claims = super::sessions::bearer_claims(&state, &headers, now, true);
     let request = match (&claims, body) {
         (Some(_), body) => json_body(body)?,
         (None, Ok(Json(request))) if request.session_id.is_some() => request,

@@ -37,12 +37,13 @@ pub(crate) fn session_ended() -> ApiError {
 }
 
 /// The claims of the request's bearer session token, issued by this server for the
-/// configured audience; an expired one within [`EXPIRED_TOKEN_GRACE`] too. `None`
-/// without one.
+/// configured audience; with `grace`, an expired one within [`EXPIRED_TOKEN_GRACE`] too.
+/// `None` without one.
 pub(crate) fn bearer_claims(
     state: &ServerState,
     headers: &HeaderMap,
     now: OffsetDateTime,
+    grace: bool,
 ) -> Option<SessionClaims> {
     let token = headers
         .get(header::AUTHORIZATION)
@@ -50,7 +51,9 @@ pub(crate) fn bearer_claims(
         .and_then(super::admin::bearer_token)?;
     let tokens = state.tokens();
     match tokens.verify(token, now) {
-        Err(crate::token::TokenError::Expired) => tokens.verify(token, now - EXPIRED_TOKEN_GRACE),
+        Err(crate::token::TokenError::Expired) if grace => {
+            tokens.verify(token, now - EXPIRED_TOKEN_GRACE)
+        }
         other => other,
     }
     .ok()
@@ -193,7 +196,7 @@ pub async fn current(
     headers: HeaderMap,
 ) -> Result<Json<SessionStatus>, ApiError> {
     let now = OffsetDateTime::now_utc();
-    let Some(claims) = bearer_claims(&state, &headers, now) else {
+    let Some(claims) = bearer_claims(&state, &headers, now, true) else {
         let event = anonymous_event(
             AuditKind::Session,
             ErrorCode::Unauthorized,
