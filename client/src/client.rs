@@ -1064,32 +1064,150 @@ impl AdminClient<'_> {
     /// # Errors
     /// [`ClientError`].
     pub async fn audit(&self, filter: &AuditFilter) -> Result<Vec<AuditRecord>, ClientError> {
-        let mut query = Vec::new();
-        for (name, value) in [
-            ("user", &filter.user),
-            ("card", &filter.card),
-            ("device", &filter.device),
-            ("outcome", &filter.outcome),
-            ("kind", &filter.kind),
-            ("since", &filter.since),
-            ("until", &filter.until),
-        ] {
-            if let Some(value) = value {
-                query.push(format!("{name}={}", url_encode(value)));
-            }
-        }
-        if let Some(limit) = filter.limit {
-            query.push(format!("limit={limit}"));
-        }
-        if let Some(before) = filter.before {
-            query.push(format!("before={before}"));
-        }
-        let path = if query.is_empty() {
-            "/audit".to_owned()
-        } else {
-            format!("/audit?{}", query.join("&"))
-        };
+        let limit = filter.limit.map(|limit| limit.to_string());
+        let before = filter.before.map(|before| before.to_string());
+        let path = with_query(
+            "/audit",
+            &[
+                ("user", filter.user.as_deref()),
+                ("card", filter.card.as_deref()),
+                ("device", filter.device.as_deref()),
+                ("outcome", filter.outcome.as_deref()),
+                ("kind", filter.kind.as_deref()),
+                ("since", filter.since.as_deref()),
+                ("until", filter.until.as_deref()),
+                ("limit", limit.as_deref()),
+                ("before", before.as_deref()),
+            ],
+        );
         self.get(&path).await
+    }
+
+    /// Sessions, newest first (at most 1000): by user, device and card (serial), active
+    /// ones only with `active_only`.
+    ///
+    /// # Errors
+    /// [`ClientError`].
+    pub async fn list_sessions(
+        &self,
+        filter: &SessionFilter,
+    ) -> Result<Vec<wire::SessionRecord>, ClientError> {
+        let path = with_query(
+            wire::PATH_ADMIN_SESSIONS,
+            &[
+                ("user", filter.user.as_deref()),
+                ("device", filter.device.as_deref()),
+                ("card", filter.card.as_deref()),
+                ("active", filter.active_only.then_some("true")),
+            ],
+        );
+        self.get(&path).await
+    }
+
+    /// One session.
+    ///
+    /// # Errors
+    /// [`ClientError::Refused`] with `not_found` for an unknown id.
+    pub async fn get_session(&self, id: &str) -> Result<wire::SessionRecord, ClientError> {
+        self.get(&format!(
+            "{}/{}",
+            wire::PATH_ADMIN_SESSIONS,
+            path_segment(id)
+        ))
+        .await
+    }
+
+    /// Ends a session (reason `admin`); answers it as it is now.
+    ///
+    /// # Errors
+    /// [`ClientError::Refused`] with `not_found` for an unknown id.
+    pub async fn end_session(&self, id: &str) -> Result<wire::SessionRecord, ClientError> {
+        let path = format!(
+            "{}{}/{}",
+            wire::PATH_ADMIN,
+            wire::PATH_ADMIN_SESSIONS,
+            path_segment(id)
+        );
+        self.client
+            .request::<(), _>(Method::DELETE, &path, Some(self.token), None)
+            .await
+    }
+
+    /// Registers an OpenID Connect client; the answer holds a confidential client's
+    /// secret, shown this once.
+    ///
+    /// # Errors
+    /// [`ClientError::Refused`] with `conflict` for an id in use, `invalid_request` for a
+    /// bad id or URI.
+    pub async fn add_client(
+        &self,
+        client: &wire::NewClient,
+    ) -> Result<wire::CreatedClient, ClientError> {
+        self.post(wire::PATH_ADMIN_CLIENTS, Some(client)).await
+    }
+
+    /// Every registered OpenID Connect client.
+    ///
+    /// # Errors
+    /// [`ClientError`].
+    pub async fn list_clients(&self) -> Result<Vec<wire::ClientRecord>, ClientError> {
+        self.get(wire::PATH_ADMIN_CLIENTS).await
+    }
+
+    /// One client.
+    ///
+    /// # Errors
+    /// [`ClientError::Refused`] with `not_found` for an unknown id.
+    pub async fn get_client(&self, id: &str) -> Result<wire::ClientRecord, ClientError> {
+        self.get(&format!(
+            "{}/{}",
+            wire::PATH_ADMIN_CLIENTS,
+            path_segment(id)
+        ))
+        .await
+    }
+
+    /// Removes a client.
+    ///
+    /// # Errors
+    /// [`ClientError::Refused`] with `not_found` for an unknown id.
+    pub async fn remove_client(&self, id: &str) -> Result<(), ClientError> {
+        let path = format!(
+            "{}{}/{}",
+            wire::PATH_ADMIN,
+            wire::PATH_ADMIN_CLIENTS,
+            path_segment(id)
+        );
+        self.client
+            .request_bytes::<()>(Method::DELETE, &path, Some(self.token), None)
+            .await?;
+        Ok(())
+    }
+}
+
+/// Which sessions to list.
+#[derive(Debug, Clone, Default)]
+pub struct SessionFilter {
+    /// By user id.
+    pub user: Option<String>,
+    /// By device id.
+    pub device: Option<String>,
+    /// By card serial (or `serial@issuer-id`).
+    pub card: Option<String>,
+    /// Active sessions only.
+    pub active_only: bool,
+}
+
+/// `path` with the query of the `pairs` that have a value (URL-encoded).
+fn with_query(path: &str, pairs: &[(&str, Option<&str>)]) -> String {
+    let query: Vec<String> = pairs
+        .iter()
+        .filter_map(|(name, value)| value.map(|value| format!("{name}={}", url_encode(value))))
+        .collect();
+    if query.is_empty() {
+        path.to_owned()
+    } else {
+        format!("{path}?{}", query.join("&"))
     }
 }
 
