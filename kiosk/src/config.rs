@@ -13,6 +13,12 @@
 //! device_certificate = "device/device.crt"  # enroll-device`): its challenge requests are signed
 //!                                      # with it; give both or neither (neither: only an open-mode
 //!                                      # server, `[devices] require_registration = false`, serves it)
+//! session_check_interval_seconds = 5   # ask the server this often whether the signed-in worker's
+//!                                      # session still holds (an administrator, a locked badge or
+//!                                      # account ends it at once); 1 to 60
+//! pending_sign_outs = "pending-sign-outs.json"  # sign-outs the server has not heard of yet
+//!                                      # ({session_id, reason, time} only, 0600), sent again until
+//!                                      # it answers, also after a restart
 //!
 //! [session]
 //! sign_out_on_removal = true           # the badge leaving the reader signs the worker out
@@ -134,6 +140,23 @@ pub struct ServerSection {
     /// This device's certificate (PEM), from `pivtap kiosk enroll-device`.
     #[serde(default)]
     pub device_certificate: Option<PathBuf>,
+    /// How often the signed-in worker's session is checked at the server, in seconds.
+    #[serde(
+        default = "default_session_check",
+        deserialize_with = "pivtap_protocol::duration::seconds"
+    )]
+    pub session_check_interval_seconds: u64,
+    /// Where sign-outs the server has not heard of yet are kept.
+    #[serde(default = "default_pending_sign_outs")]
+    pub pending_sign_outs: PathBuf,
+}
+
+fn default_session_check() -> u64 {
+    5
+}
+
+fn default_pending_sign_outs() -> PathBuf {
+    PathBuf::from(crate::pending_sign_outs::DEFAULT_FILE)
 }
 
 fn default_timeout() -> u64 {
@@ -333,6 +356,7 @@ impl KioskConfig {
             *path = base.join(&*path);
         }
         config.local_api.token_file = base.join(&config.local_api.token_file);
+        config.server.pending_sign_outs = base.join(&config.server.pending_sign_outs);
         config.validate(path)?;
         Ok(config)
     }
@@ -367,6 +391,9 @@ impl KioskConfig {
         }
         if !(5..=600).contains(&self.session.pin_hold_seconds) {
             return Err(invalid("session.pin_hold_seconds", "5 to 600"));
+        }
+        if !(1..=60).contains(&self.server.session_check_interval_seconds) {
+            return Err(invalid("server.session_check_interval_seconds", "1 to 60"));
         }
         if !(1..=300).contains(&self.server.timeout_seconds) {
             return Err(invalid("server.timeout_seconds", "1 to 300"));

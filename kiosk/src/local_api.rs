@@ -39,9 +39,12 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use futures_util::future::BoxFuture;
 use futures_util::stream::{self, Stream};
+use pivtap_client::client::{Client, ClientError};
 use pivtap_http::{ConnectionGate, ConnectionLimits};
-use pivtap_protocol::wire::UserInfo;
+use pivtap_protocol::oidc::TokenResponse;
+use pivtap_protocol::wire::{AuthorizationCodeGranted, AuthorizationCodeRequest, UserInfo};
 use serde::Serialize;
 use subtle::ConstantTimeEq as _;
 use time::OffsetDateTime;
@@ -183,6 +186,8 @@ pub struct SessionBoard {
 
 struct BoardShared {
     current: Mutex<Option<CurrentSession>>,
+    /// The sign-in server, for what the local API asks of it with the session's token.
+    server: Mutex<Option<Arc<dyn SessionServer>>>,
     /// Each event with the time it was published.
     events: broadcast::Sender<(SessionEvent, OffsetDateTime)>,
     sign_out_requests: Mutex<Option<mpsc::UnboundedSender<()>>>,
@@ -196,6 +201,7 @@ impl SessionBoard {
         SessionBoard {
             shared: Arc::new(BoardShared {
                 current: Mutex::new(None),
+                server: Mutex::new(None),
                 events,
                 sign_out_requests: Mutex::new(None),
             }),
@@ -242,6 +248,23 @@ impl SessionBoard {
             .shared
             .events
             .send((event.clone(), OffsetDateTime::now_utc()));
+    }
+
+    /// The session's access token was refreshed: `token` replaces the current session's.
+    pub fn replace_token(&self, token: &str) {
+        if let Some(session) = lock(&self.shared.current).as_mut() {
+            session.token = Some(Zeroizing::new(token.to_owned()));
+        }
+    }
+
+    /// The sign-in server the local API asks for app tokens and authorization codes (the
+    /// kiosk's client); without one those routes answer `503`.
+    pub fn set_server(&self, server: Arc<dyn SessionServer>) {
+        *lock(&self.shared.server) = Some(server);
+    }
+
+    fn server(&self) -> Option<Arc<dyn SessionServer>> {
+        lock(&self.shared.server).clone()
     }
 
     /// The signed-in worker, unless nobody is signed in or the session expired.
@@ -291,6 +314,43 @@ impl fmt::Debug for SessionBoard {
         f.debug_struct("SessionBoard")
             .field("current", &*lock(&self.shared.current))
             .finish_non_exhaustive()
+    }
+}
+
+/// What the local API asks of the sign-in server with the signed-in worker's session token
+/// (the kiosk's [`Client`]; tests give a stand-in).
+pub trait SessionServer: Send + Sync {
+    /// Token exchange at `POST /oidc/token`: an access token for registered client
+    /// `client_id`.
+    fn exchange_token<'a>(
+        &'a self,
+        token: &'a str,
+        client_id: &'a str,
+    ) -> BoxFuture<'a, Result<TokenResponse, ClientError>>;
+
+    /// `POST /v1/sessions/authorizations`: an authorization code for a registered client.
+    fn authorization_code<'a>(
+        &'a self,
+        token: &'a str,
+        request: &'a AuthorizationCodeRequest,
+    ) -> BoxFuture<'a, Result<AuthorizationCodeGranted, ClientError>>;
+}
+
+impl SessionServer for Client {
+    fn exchange_token<'a>(
+        &'a self,
+        token: &'a str,
+        client_id: &'a str,
+    ) -> BoxFuture<'a, Result<TokenResponse, ClientError>> {
+        Box::pin(Client::exchange_token(self, token, client_id))
+    }
+
+    fn authorization_code<'a>(
+        &'a self,
+        token: &'a str,
+        request: &'a AuthorizationCodeRequest,
+    ) -> BoxFuture<'a, Result<AuthorizationCodeGranted, ClientError>> {
+        Box::pin(Client::authorization_code(self, token, request))
     }
 }
 
