@@ -2287,7 +2287,7 @@ mod tests {
                 ("iss".to_owned(), "https://auth.example".to_owned()),
             ]
         );
-        let asked = lock(&server.authorizations);
+        let asked = lock(&server.authorizations).clone();
         assert_eq!(asked.len(), 1);
         assert_eq!(asked[0].0, SESSION_TOKEN);
         assert_eq!(
@@ -2301,7 +2301,6 @@ mod tests {
                 nonce: Some("n-1".to_owned()),
             }
         );
-        drop(asked);
         // A redirect URI with a query of its own keeps it.
         let with_query =
             authorize_query(&[("redirect_uri", Some("http://127.0.0.1:9000/cb?tenant=a"))]);

@@ -178,10 +178,12 @@ enum Network {
         session_id: String,
         result: Result<SessionRefreshed, ClientError>,
     },
-    /// The answer to a check of session `session_id`.
+    /// The answer to a check of session `session_id`; `refresh_refused`: asked to learn why
+    /// the server refused a refresh.
     Checked {
         session_id: String,
         result: Result<SessionStatus, ClientError>,
+        refresh_refused: bool,
     },
 }
 
@@ -505,8 +507,12 @@ impl Runtime {
             Network::Refreshed { session_id, result } => {
                 self.session_refreshed(&session_id, result, face);
             }
-            Network::Checked { session_id, result } => {
-                self.session_checked(&session_id, result, face);
+            Network::Checked {
+                session_id,
+                result,
+                refresh_refused,
+            } => {
+                self.session_checked(&session_id, result, refresh_refused, face);
             }
         }
         self.keep_challenge_fresh(now);
@@ -532,16 +538,22 @@ impl Runtime {
                         move |result| Network::Refreshed { session_id, result },
                     );
                 }
-                UpkeepTask::Check => {
-                    let token = token.clone();
-                    self.ask(
-                        Request::SessionCheck,
-                        move |client| async move { client.session_status(&token).await },
-                        move |result| Network::Checked { session_id, result },
-                    );
-                }
+                UpkeepTask::Check => self.check_session(session_id, token.clone(), false),
             }
         }
+    }
+
+    /// Asks the server whether session `session_id` still holds.
+    fn check_session(&self, session_id: String, token: Zeroizing<String>, refresh_refused: bool) {
+        self.ask(
+            Request::SessionCheck,
+            move |client| async move { client.session_status(&token).await },
+            move |result| Network::Checked {
+                session_id,
+                result,
+                refresh_refused,
+            },
+        );
     }
 
     /// A refresh answered: the new tokens are kept (and given to the local API), or the
@@ -569,8 +581,15 @@ impl Runtime {
                 self.token = Some(Zeroizing::new(refreshed.token));
             }
             Err(error) if session_ended(&error) => {
+                // The session has ended: the access token (still good for the status within
+                // the server's grace) asks why, so the worker is told. No refresh is made
+                // meanwhile.
                 tracing::info!(target: "pivtap::kiosk", session = session_id, %error, "the server refused the session's refresh: it has ended");
-                self.core_event(Event::SessionEndedAtServer { reason: None }, face);
+                if let Some(token) = self.token.clone() {
+                    self.check_session(session_id.to_owned(), token, true);
+                } else {
+                    self.core_event(Event::SessionEndedAtServer { reason: None }, face);
+                }
             }
             Err(error) => {
                 tracing::debug!(target: "pivtap::kiosk", %error, "cannot refresh the session's token; trying again");
@@ -580,11 +599,13 @@ impl Runtime {
     }
 
     /// A check answered: a session the server ended signs the worker out, saying why.
-    /// Failures keep the session (the server decides) and the check is made again.
+    /// Failures keep the session (the server decides) and the check is made again; after a
+    /// refused refresh the session ends whatever the check says (only the reason is new).
     fn session_checked(
         &mut self,
         session_id: &str,
         result: Result<SessionStatus, ClientError>,
+        refresh_refused: bool,
         face: &mut dyn Face,
     ) {
         let now = Instant::now();
@@ -592,6 +613,14 @@ impl Runtime {
             return;
         };
         if session.id != session_id {
+            return;
+        }
+        if refresh_refused {
+            let reason = result
+                .ok()
+                .filter(|status| !status.active)
+                .and_then(|status| status.ended_reason);
+            self.core_event(Event::SessionEndedAtServer { reason }, face);
             return;
         }
         upkeep.checked(now);
