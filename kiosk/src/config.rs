@@ -594,6 +594,31 @@ mod tests {
         assert_eq!(core.session.idle_timeout, Some(Duration::from_secs(900)));
         assert_eq!(core.pin_hold_timeout, Duration::from_secs(30));
         assert_eq!(core.help_contact, "your IT service desk");
+        assert_eq!(config.server.session_check_interval_seconds, 5);
+        assert!(config.server.pending_sign_outs.is_absolute());
+        assert!(
+            config
+                .server
+                .pending_sign_outs
+                .ends_with("pending-sign-outs.json")
+        );
+    }
+
+    #[test]
+    fn the_session_check_interval_is_one_to_sixty_seconds() {
+        let base =
+            "device = \"k\"\n[server]\nurl = \"https://a\"\npending_sign_outs = \"state/p.json\"\n";
+        let config = load(&format!("{base}session_check_interval_seconds = \"1m\"\n")).unwrap();
+        assert_eq!(config.server.session_check_interval_seconds, 60);
+        assert!(config.server.pending_sign_outs.ends_with("state/p.json"));
+        for bad in ["0", "61"] {
+            match load(&format!("{base}session_check_interval_seconds = {bad}\n")) {
+                Err(KioskConfigError::Invalid { field, .. }) => {
+                    assert_eq!(field, "server.session_check_interval_seconds");
+                }
+                other => panic!("{bad}: {other:?}"),
+            }
+        }
     }
 
     #[test]
