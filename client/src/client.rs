@@ -399,10 +399,13 @@ impl Client {
                 None => request,
             };
             match request.send().await {
-                Ok(response) if matches!(body, Some(RequestBody::Form(_))) => {
-                    return decode_oauth(response).await;
+                Ok(response) => {
+                    let refusals = match body {
+                        Some(RequestBody::Form(_)) => Refusals::OAuth,
+                        _ => Refusals::Pivtap,
+                    };
+                    return decode(response, refusals).await;
                 }
-                Ok(response) => return decode(response).await,
                 // A server that fails the trust check will fail it again: no retry.
                 Err(error)
                     if error.is_connect()
@@ -848,7 +851,19 @@ fn tls_config_error(error: rustls::Error) -> ClientError {
     }
 }
 
-async fn decode(response: reqwest::Response) -> Result<(StatusCode, Vec<u8>), ClientError> {
+/// How an endpoint words its refusals.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Refusals {
+    /// pivtap's [`ErrorBody`].
+    Pivtap,
+    /// OAuth's [`OAuthErrorBody`] (the token endpoint).
+    OAuth,
+}
+
+async fn decode(
+    response: reqwest::Response,
+    refusals: Refusals,
+) -> Result<(StatusCode, Vec<u8>), ClientError> {
     let status = response.status();
     let retry_after = response
         .headers()
@@ -863,6 +878,18 @@ async fn decode(response: reqwest::Response) -> Result<(StatusCode, Vec<u8>), Cl
         .map_err(|source| ClientError::Network { url, source })?;
     if status.is_success() {
         return Ok((status, bytes.to_vec()));
+    }
+    if refusals == Refusals::OAuth {
+        return Err(match serde_json::from_slice::<OAuthErrorBody>(&bytes) {
+            Ok(body) => ClientError::OAuthRefused {
+                status: status.as_u16(),
+                error: body.error,
+                description: body.error_description,
+            },
+            Err(_) => ClientError::Protocol {
+                reason: format!("HTTP {status} without an OAuth error body"),
+            },
+        });
     }
     match serde_json::from_slice::<ErrorBody>(&bytes) {
         Ok(body) => Err(ClientError::Refused {
@@ -881,29 +908,6 @@ async fn decode(response: reqwest::Response) -> Result<(StatusCode, Vec<u8>), Cl
                     ""
                 }
             ),
-        }),
-    }
-}
-
-/// As [`decode`] for the OAuth endpoints: an error answer is an [`OAuthErrorBody`].
-async fn decode_oauth(response: reqwest::Response) -> Result<(StatusCode, Vec<u8>), ClientError> {
-    let status = response.status();
-    let url = response.url().to_string();
-    let bytes = response
-        .bytes()
-        .await
-        .map_err(|source| ClientError::Network { url, source })?;
-    if status.is_success() {
-        return Ok((status, bytes.to_vec()));
-    }
-    match serde_json::from_slice::<OAuthErrorBody>(&bytes) {
-        Ok(body) => Err(ClientError::OAuthRefused {
-            status: status.as_u16(),
-            error: body.error,
-            description: body.error_description,
-        }),
-        Err(_) => Err(ClientError::Protocol {
-            reason: format!("HTTP {status} without an OAuth error body"),
         }),
     }
 }
