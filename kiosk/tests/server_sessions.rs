@@ -318,10 +318,11 @@ async fn the_kiosk_refreshes_its_token_and_signs_out_when_the_server_ends_the_se
     // Each refresh presents the refresh token the one before handed out, and the checks go
     // with the newest access token.
     eventually("two refreshes", || stand_in.seen().refreshes.len() >= 2).await;
-    let seen = stand_in.seen();
-    assert_eq!(seen.refreshes[..2], ["refresh-0", "refresh-1"]);
-    assert_eq!(seen.checks.first().map(String::as_str), Some("access-0"));
-    drop(seen);
+    {
+        let seen = stand_in.seen();
+        assert_eq!(seen.refreshes[..2], ["refresh-0", "refresh-1"]);
+        assert_eq!(seen.checks.first().map(String::as_str), Some("access-0"));
+    }
     eventually("a check with a refreshed token", || {
         stand_in
             .seen()
