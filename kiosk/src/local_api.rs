@@ -25,8 +25,9 @@
 //!
 //! ## The loopback authorization endpoint
 //!
-//! `GET /oidc/authorize` is the one route a browser may use (the `Host` check still
-//! holds): an app's login sends the device's browser here with `response_type=code`,
+//! `GET /oidc/authorize` is the one route a browser may use, as a top-level navigation
+//! (a `Sec-Fetch-Mode` other than `navigate` or a `Sec-Fetch-Dest` other than `document` is
+//! refused; the `Host` check still holds): an app's login sends the device's browser here with `response_type=code`,
 //! `client_id`, `redirect_uri`, `state`, `code_challenge`, `code_challenge_method=S256`,
 //! `scope` (and optionally `nonce`). It is safe to open to web pages because it gives a page
 //! nothing: it reads and changes nothing of the session, answers no script (no CORS, and
@@ -663,12 +664,22 @@ async fn refuse_browser_requests(
     // The loopback authorization endpoint is for the browser (see the module's doc).
     let for_browsers =
         request.method() == Method::GET && request.uri().path() == oidc::KIOSK_AUTHORIZE_PATH;
-    let from_web_page = (!for_browsers
-        && (headers.contains_key(header::ORIGIN)
-            || headers.contains_key(header::REFERER)
-            || headers
-                .keys()
-                .any(|name| name.as_str().starts_with(SEC_FETCH_PREFIX))))
+    // ... as a top-level navigation only: not fetched by a script, an image or a frame.
+    let fetch_metadata = |name: &str, wanted: &str| {
+        headers
+            .get(name)
+            .is_some_and(|value| value.as_bytes() != wanted.as_bytes())
+    };
+    let not_a_navigation = for_browsers
+        && (fetch_metadata("sec-fetch-mode", "navigate")
+            || fetch_metadata("sec-fetch-dest", "document"));
+    let from_web_page = not_a_navigation
+        || (!for_browsers
+            && (headers.contains_key(header::ORIGIN)
+                || headers.contains_key(header::REFERER)
+                || headers
+                    .keys()
+                    .any(|name| name.as_str().starts_with(SEC_FETCH_PREFIX))))
         || headers.get_all(header::HOST).iter().count() > 1;
     let host = headers
         .get(header::HOST)
@@ -2392,12 +2403,27 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn the_authorization_endpoint_still_checks_the_host() {
+    async fn the_authorization_endpoint_still_checks_the_host_and_takes_navigations_only() {
         let (board, server) = board_with_server(true);
         for host in ["attacker.example:7420", "127.0.0.1:7421"] {
             let request = request(Method::GET, &authorize_query(&[]), &[("host", host)]);
             let (status, _) = send(&board, request).await;
             assert_eq!(status, StatusCode::FORBIDDEN, "{host}");
+        }
+        // A page may send the browser here, but not fetch it from a script, an image or a frame.
+        for (name, value) in [
+            ("sec-fetch-mode", "no-cors"),
+            ("sec-fetch-mode", "cors"),
+            ("sec-fetch-dest", "image"),
+            ("sec-fetch-dest", "iframe"),
+        ] {
+            let request = request(
+                Method::GET,
+                &authorize_query(&[]),
+                &[("host", HOST), (name, value)],
+            );
+            let (status, _) = send(&board, request).await;
+            assert_eq!(status, StatusCode::FORBIDDEN, "{name}: {value}");
         }
         assert!(lock(&server.authorizations).is_empty());
     }
