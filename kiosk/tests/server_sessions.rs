@@ -248,14 +248,16 @@ impl Rig {
     }
 
     async fn until(&mut self, what: &str, wanted: impl Fn(&SessionEvent) -> bool) -> SessionEvent {
+        let mut seen = Vec::new();
         loop {
             let event = tokio::time::timeout(WAIT, self.events.recv())
                 .await
-                .unwrap_or_else(|_| panic!("no {what} within {WAIT:?}"))
+                .unwrap_or_else(|_| panic!("no {what} within {WAIT:?}; seen {seen:?}"))
                 .expect("the kiosk runs");
             if wanted(&event) {
                 return event;
             }
+            seen.push(event);
         }
     }
 
@@ -438,4 +440,170 @@ async fn a_sign_out_made_while_the_server_is_down_arrives_after_a_restart_of_the
     .await;
     rig.kiosk.stop().await.expect("the kiosk stops");
     assert_eq!(stand_in.seen().sign_outs.len(), 1, "delivered once");
+}
+
+// --- against the real server (in process) ---
+
+/// The embedded server with alice.
+async fn real_server(dir: &Path) -> EmbeddedServer {
+    let alice = pivtap_server::store::User {
+        id: "alice".to_owned(),
+        display_name: "Alice Example".to_owned(),
+        mail: Some("alice@example.com".to_owned()),
+        upn: None,
+        employee_id: None,
+        state: pivtap_server::store::UserState::Active,
+    };
+    EmbeddedServer::start(dir, vec![fixtures().join("ca/test-ca.pem")], &[alice])
+        .await
+        .expect("the embedded server starts")
+}
+
+/// The session id (`sid`) in the kiosk's current session token.
+fn session_id(kiosk: &RunningKiosk) -> String {
+    use base64::Engine as _;
+    let session = kiosk.board.current().expect("a session");
+    let token = session.token.expect("its token");
+    let payload = token.split('.').nth(1).expect("a JWT");
+    let claims: serde_json::Value = serde_json::from_slice(
+        &base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(payload)
+            .expect("base64url"),
+    )
+    .expect("JSON claims");
+    claims["sid"].as_str().expect("a sid").to_owned()
+}
+
+fn real_rig(
+    server: &EmbeddedServer,
+    credential: &Arc<DeviceCredential>,
+    pending: &Path,
+    face: Notices,
+) -> Rig {
+    let trust = ServerTrust::from_pem_file(&server.certificate).expect("the server certificate");
+    let client = Client::new(&server.origin, trust, Duration::from_secs(2))
+        .expect("a client")
+        .with_device_credential(Arc::clone(credential));
+    let readers = VirtualReaders::new(&[DESK]);
+    let (sink, events) = unbounded_channel();
+    let kiosk = KioskBuilder::new(DEVICE, client, Arc::new(readers.clone()))
+        .face(FaceChoice::Custom(Box::new(face)))
+        .event_sink(sink)
+        .session_check_interval(Duration::from_secs(1))
+        .pending_sign_outs(pending.to_owned())
+        .spawn();
+    Rig {
+        readers,
+        kiosk,
+        events,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_badge_locked_at_the_server_signs_the_worker_out_at_the_kiosk_within_seconds() {
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let server = real_server(dir.path()).await;
+    let credential = server.register_device(DEVICE).await.expect("a device");
+    let notices = Notices::default();
+    let pending = dir.path().join("pending-sign-outs.json");
+    let mut rig = real_rig(&server, &credential, &pending, notices.clone());
+    rig.sign_in_alice().await;
+    let sid = session_id(&rig.kiosk);
+    let ended = server
+        .state
+        .store()
+        .end_sessions(
+            &pivtap_server::store::SessionSelector::Id(sid.clone()),
+            SessionEndReason::CardLocked,
+            time::OffsetDateTime::now_utc(),
+            None,
+        )
+        .await
+        .expect("the store ends it");
+    assert_eq!(ended.len(), 1, "the sign-in made session {sid}");
+    let started = std::time::Instant::now();
+    let signed_out = rig
+        .until("sign-out", |event| {
+            matches!(event, SessionEvent::SignedOut { .. })
+        })
+        .await;
+    assert!(
+        matches!(
+            &signed_out,
+            SessionEvent::SignedOut {
+                reason: SignOutReason::EndedAtServer,
+                ..
+            }
+        ),
+        "{signed_out:?}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+    eventually("the reason on screen", || {
+        notices
+            .0
+            .lock()
+            .expect("not poisoned")
+            .iter()
+            .any(|message| message.contains("This badge was locked"))
+    })
+    .await;
+    rig.kiosk.stop().await.expect("the kiosk stops");
+    server.stop();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sign_out_made_while_the_real_server_is_down_ends_its_session_once_it_is_back() {
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let mut server = real_server(dir.path()).await;
+    let credential = server.register_device(DEVICE).await.expect("a device");
+    let pending = dir.path().join("pending-sign-outs.json");
+    let mut rig = real_rig(&server, &credential, &pending, Notices::default());
+    rig.sign_in_alice().await;
+    let sid = session_id(&rig.kiosk);
+
+    server.stop();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    rig.readers.remove(DESK);
+    rig.until("sign-out", |event| {
+        matches!(event, SessionEvent::SignedOut { .. })
+    })
+    .await;
+    rig.kiosk.stop().await.expect("the kiosk stops");
+    let text = std::fs::read_to_string(&pending).expect("the pending sign-outs file");
+    assert!(text.contains(&sid), "{text}");
+
+    // The server and the kiosk come back: the kept sign-out ends the session.
+    server.restart().await.expect("the server restarts");
+    let rig = real_rig(&server, &credential, &pending, Notices::default());
+    let store = server.state.store();
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        let session = store
+            .get_session(&sid)
+            .await
+            .expect("the store answers")
+            .expect("the session is stored");
+        if session.ended_reason.is_some() {
+            assert_eq!(session.ended_reason, Some(SessionEndReason::SignedOut));
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the kept sign-out within {WAIT:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    eventually("the file emptied", || {
+        std::fs::read_to_string(&pending)
+            .ok()
+            .and_then(|text| serde_json::from_str::<Vec<PendingSignOut>>(&text).ok())
+            .is_some_and(|kept| kept.is_empty())
+    })
+    .await;
+    rig.kiosk.stop().await.expect("the kiosk stops");
+    server.stop();
 }
