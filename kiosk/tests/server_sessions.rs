@@ -232,6 +232,11 @@ impl Rig {
         let client = Client::new(url, ServerTrust::SystemRoots, Duration::from_secs(2))
             .expect("a client")
             .with_device_credential(Arc::clone(credential));
+        Rig::with_client(client, pending, face)
+    }
+
+    /// A kiosk on `client` checking its session every second, keeping sign-outs in `pending`.
+    fn with_client(client: Client, pending: &Path, face: Notices) -> Self {
         let readers = VirtualReaders::new(&[DESK]);
         let (sink, events) = unbounded_channel();
         let kiosk = KioskBuilder::new(DEVICE, client, Arc::new(readers.clone()))
@@ -484,19 +489,7 @@ fn real_rig(
     let client = Client::new(&server.origin, trust, Duration::from_secs(2))
         .expect("a client")
         .with_device_credential(Arc::clone(credential));
-    let readers = VirtualReaders::new(&[DESK]);
-    let (sink, events) = unbounded_channel();
-    let kiosk = KioskBuilder::new(DEVICE, client, Arc::new(readers.clone()))
-        .face(FaceChoice::Custom(Box::new(face)))
-        .event_sink(sink)
-        .session_check_interval(Duration::from_secs(1))
-        .pending_sign_outs(pending.to_owned())
-        .spawn();
-    Rig {
-        readers,
-        kiosk,
-        events,
-    }
+    Rig::with_client(client, pending, face)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
