@@ -22,6 +22,7 @@ Commands (``{"cmd": NAME, ...}``):
 
 import json
 import os
+import subprocess
 import sys
 import time
 import traceback
@@ -35,6 +36,16 @@ from rp import Client, Provider, RelyingParty
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMEDRIVER = "/usr/bin/chromedriver"
+
+
+def without_code(url):
+    """`url` with the value of a `code` parameter hidden (a page on the way back)."""
+    parts = urllib.parse.urlsplit(url)
+    query = [
+        (name, "REDACTED" if name == "code" else value)
+        for name, value in urllib.parse.parse_qsl(parts.query, keep_blank_values=True)
+    ]
+    return urllib.parse.urlunsplit(parts._replace(query=urllib.parse.urlencode(query)))
 
 
 class Driver:
@@ -247,7 +258,8 @@ class Driver:
             "--window-size=900,700",
         ):
             options.add_argument(argument)
-        service = Service(executable_path=CHROMEDRIVER, log_output=os.path.join(screenshots, "chromedriver.log"))
+        # No chromedriver log: it would hold the URLs the browser went through, codes too.
+        service = Service(executable_path=CHROMEDRIVER, log_output=subprocess.DEVNULL)
         self.browser = webdriver.Chrome(service=service, options=options)
         self.browser.set_page_load_timeout(40)
         return {"version": self.browser.capabilities.get("browserVersion")}
@@ -256,7 +268,7 @@ class Driver:
         from selenium.webdriver.common.by import By
 
         return {
-            "url": self.browser.current_url,
+            "url": without_code(self.browser.current_url),
             "text": self.browser.find_element(By.TAG_NAME, "body").text,
         }
 
@@ -268,7 +280,7 @@ class Driver:
         from selenium.webdriver.common.by import By
 
         self.browser.find_element(By.ID, id).click()
-        return self._page()
+        return {}
 
     def browser_wait(self, contains, timeout):
         deadline = time.monotonic() + timeout
