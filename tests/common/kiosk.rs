@@ -1,6 +1,7 @@
 //! `pivtap kiosk --headless` for the end-to-end tests: a kiosk.toml for a running server, its JSON events read line by line, PINs typed on its standard input.
 
 use std::io::{BufRead, BufReader, Write};
+use std::net::{Ipv4Addr, TcpStream};
 use std::path::PathBuf;
 use std::process::{Child, ChildStdin, Stdio};
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
@@ -125,6 +126,29 @@ impl HeadlessKiosk {
                     self.story()
                 )
             }
+        }
+    }
+
+    /// The events the kiosk has sent and no test read yet, without waiting.
+    pub fn pending(&mut self) -> Vec<Value> {
+        let events: Vec<Value> = self.events.try_iter().collect();
+        self.seen.extend(events.iter().cloned());
+        events
+    }
+
+    /// Waits until the local API accepts connections on 127.0.0.1.
+    pub fn wait_for_local_api(&mut self) {
+        let deadline = Instant::now() + WAIT;
+        while TcpStream::connect((Ipv4Addr::LOCALHOST, self.api_port)).is_err() {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!("the kiosk ended ({status}); {}", self.story());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the kiosk's local API did not listen within {WAIT:?}; {}",
+                self.story()
+            );
+            std::thread::sleep(Duration::from_millis(50));
         }
     }
 

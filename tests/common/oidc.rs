@@ -328,7 +328,8 @@ impl Sso {
                 "web": client.web,
             }));
         }
-        let kiosk = HeadlessKiosk::start_with(&server, KIOSK_READER.name, kiosk_port);
+        let mut kiosk = HeadlessKiosk::start_with(&server, KIOSK_READER.name, kiosk_port);
+        kiosk.wait_for_local_api();
         Sso {
             driver,
             kiosk,
