@@ -32,6 +32,10 @@
 //! lifetime_seconds = 3600              # token lifetime, 1 s to 7 days
 //! audience = "pivtap"                  # the tokens' `aud`
 //!
+//! [sessions]
+//! max_age_seconds = "12h"              # a session's longest life after sign-in, refreshed
+//!                                      # or not: 5 min to 30 days
+//!
 //! [trust]
 //! ca_certificates = ["trust/ca.pem"]   # required, at least one: CAs card certificates chain to
 //!                                      # (PEM, possibly several per file, or DER)
@@ -137,6 +141,8 @@ pub const DEFAULT_LISTEN: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCA
 
 const MAX_TOKEN_LIFETIME_SECONDS: u64 = 7 * 24 * 3600;
 const MAX_CHALLENGE_SECONDS: u64 = 600;
+const MIN_SESSION_AGE_SECONDS: u64 = 5 * 60;
+const MAX_SESSION_AGE_SECONDS: u64 = 30 * 24 * 3600;
 const MAX_RATE_LIMIT_SECONDS: u64 = 24 * 3600;
 const MAX_BUDGET: u64 = 1_000_000;
 const MAX_RETENTION_DAYS: u64 = 36_500;
@@ -178,6 +184,9 @@ pub struct ServerConfig {
     /// Session tokens.
     #[serde(default)]
     pub tokens: TokenConfig,
+    /// Sessions.
+    #[serde(default, skip_serializing_if = "SessionsConfig::is_default")]
+    pub sessions: SessionsConfig,
     /// Trust anchors and revocation lists for card certificates.
     pub trust: TrustConfig,
     /// How a card certificate finds its user.
@@ -397,6 +406,35 @@ impl TokenConfig {
     #[must_use]
     pub fn lifetime(&self) -> Duration {
         Duration::from_secs(self.lifetime_seconds)
+    }
+}
+
+/// `[sessions]`: what a sign-in's session may last.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SessionsConfig {
+    /// The longest a session lasts after its sign-in, refreshed or not (5 min to 30 days).
+    #[serde(deserialize_with = "pivtap_protocol::duration::seconds")]
+    pub max_age_seconds: u64,
+}
+
+impl Default for SessionsConfig {
+    fn default() -> Self {
+        Self {
+            max_age_seconds: 12 * 3600,
+        }
+    }
+}
+
+impl SessionsConfig {
+    /// [`SessionsConfig::max_age_seconds`] as a duration.
+    #[must_use]
+    pub fn max_age(&self) -> Duration {
+        Duration::from_secs(self.max_age_seconds)
+    }
+
+    fn is_default(&self) -> bool {
+        *self == Self::default()
     }
 }
 
@@ -896,6 +934,12 @@ impl ServerConfig {
                 self.tokens.lifetime_seconds,
                 1,
                 MAX_TOKEN_LIFETIME_SECONDS,
+            ),
+            (
+                "sessions.max_age_seconds",
+                self.sessions.max_age_seconds,
+                MIN_SESSION_AGE_SECONDS,
+                MAX_SESSION_AGE_SECONDS,
             ),
             (
                 "challenges.lifetime_seconds",

@@ -363,6 +363,7 @@ pub fn init_server(dir: &Path, options: &InitOptions) -> Result<InitReport, Init
             key_file: PathBuf::from(TOKEN_KEYS_FILE),
             ..TokenConfig::default()
         },
+        sessions: crate::config::SessionsConfig::default(),
         trust: TrustConfig {
             ca_certificates: std::iter::once(PathBuf::from(CA_CERTIFICATE_FILE))
                 .chain(

@@ -48,6 +48,7 @@ async fn state() -> ServerState {
         token_audience: "pivtap-apps".to_owned(),
         token_lifetime: Duration::from_secs(3600),
         challenge_lifetime: Duration::from_secs(60),
+        session_max_age: Duration::from_secs(12 * 3600),
         mapping: MappingRule::DEFAULT,
         pin_policy: PinPolicy {
             min_length: 7,

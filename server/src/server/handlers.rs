@@ -15,7 +15,7 @@ use super::error::ApiError;
 use super::rate_limit::Spend;
 use crate::mapping::MappingRule;
 use crate::store::{
-    AuditKindFilter, AuditQuery, Card, CardId, CardState, ChallengeUse, NewAuditEvent,
+    AuditKindFilter, AuditQuery, Card, CardId, CardState, ChallengeUse, NewAuditEvent, NewSession,
     SignInLookup, SignInRecords, User, UserState,
 };
 use crate::verifier::VerifiedAssertion;
@@ -191,13 +191,20 @@ pub async fn submit_assertion(
         Err(error) => Err(error),
     };
     let error = match result {
-        Ok((response, verified)) => {
-            // A sign-in that cannot be recorded and audited is not handed out: the card
-            // and the audit event go in one write, and its failure is audited as such.
+        Ok((response, verified, session)) => {
+            // A sign-in that cannot be recorded and audited is not handed out: the card,
+            // the session and the audit event go in one write, and its failure is audited
+            // as such.
             let event = attempt_event(now, &record, None);
             let finished = state
                 .store()
-                .finish_sign_in(&verified.certificate, &response.user.id, now, event)
+                .finish_sign_in(
+                    &verified.certificate,
+                    &response.user.id,
+                    now,
+                    event,
+                    &session,
+                )
                 .await;
             match finished {
                 Ok(_) => {
@@ -247,7 +254,7 @@ async fn sign_in(
     compact: &str,
     now: OffsetDateTime,
     record: &mut AttemptRecord,
-) -> Result<(AssertionResponse, VerifiedAssertion), ApiError> {
+) -> Result<(AssertionResponse, VerifiedAssertion, NewSession), ApiError> {
     // A renewal challenge (issued to anyone) never signs anyone in: refused before it
     // is looked at, so it is not used up either.
     if let (Some(device), _) = claimed_device_and_card(compact)
@@ -259,8 +266,8 @@ async fn sign_in(
         ));
     }
     let (verified, user) = authenticate(state, source, compact, now, record).await?;
-    let response = issue_token(state, &user, &verified, now)?;
-    Ok((response, verified))
+    let (response, session) = issue_token(state, &user, &verified, now)?;
+    Ok((response, verified, session))
 }
 
 /// Every check of a sign-in, short of issuing the token: the assertion
@@ -608,16 +615,30 @@ fn one_user(rule: &MappingRule, mut users: Vec<User>) -> Result<User, ApiError> 
     }
 }
 
-/// The session token for `user`, signed in on the assertion's device; `amr` states
-/// what the assertion's key slot proves (smart card and PIN for `9a`).
+/// The session token for `user`, signed in on the assertion's device, and the session to
+/// store with it (its id is the token's `sid`; the kiosk's refresh token is kept as its
+/// SHA-256 only); `amr` states what the assertion's key slot proves (smart card and PIN
+/// for `9a`).
 fn issue_token(
     state: &ServerState,
     user: &User,
     verified: &VerifiedAssertion,
     now: OffsetDateTime,
-) -> Result<AssertionResponse, ApiError> {
+) -> Result<(AssertionResponse, NewSession), ApiError> {
     let settings = state.settings();
     let lifetime = settings.token_lifetime;
+    let max_age = settings.session_max_age;
+    let refresh_token = random_base64url::<32>();
+    let session = NewSession {
+        id: random_base64url::<16>(),
+        user_id: user.id.clone(),
+        device: verified.payload.device.clone(),
+        card: CardId::of(&verified.certificate),
+        amr: verified.amr.clone(),
+        created_at: now,
+        expires_at: now + max_age,
+        refresh_token_hash: crate::store::secret_hash(&refresh_token),
+    };
     let claims = SessionClaims {
         iss: settings.origin.clone(),
         sub: user.id.clone(),
@@ -629,14 +650,13 @@ fn issue_token(
         email: user.mail.clone(),
         amr: verified.amr.clone(),
         device: verified.payload.device.clone(),
-        // ISSUE15-TRANSITION: the session is not stored yet (the sessions work replaces this).
-        sid: random_base64url::<16>(),
+        sid: session.id.clone(),
     };
     let token = state.tokens().issue(&claims).map_err(|error| {
         tracing::error!(%error, "cannot sign a session token");
         ApiError::new(ErrorCode::Internal, "the server could not issue a token")
     })?;
-    Ok(AssertionResponse {
+    let response = AssertionResponse {
         token,
         token_type: "Bearer".to_owned(),
         expires_in: lifetime.as_secs(),
@@ -646,9 +666,10 @@ fn issue_token(
             mail: user.mail.clone(),
         },
         session_id: claims.sid.clone(),
-        refresh_token: random_base64url::<32>(),
-        session_expires_in: lifetime.as_secs(),
-    })
+        refresh_token,
+        session_expires_in: max_age.as_secs(),
+    };
+    Ok((response, session))
 }
 
 /// `GET /.well-known/jwks.json`

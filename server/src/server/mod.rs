@@ -87,6 +87,8 @@ pub struct Settings {
     pub token_lifetime: Duration,
     /// How long a challenge is accepted.
     pub challenge_lifetime: Duration,
+    /// The longest a session lasts after its sign-in (`[sessions] max_age_seconds`).
+    pub session_max_age: Duration,
     /// Certificate attribute -> user attribute, at start ([`ServerState::mapping`] is
     /// the one in force: SIGHUP reloads it).
     pub mapping: MappingRule,
@@ -701,6 +703,7 @@ pub async fn from_config(
         token_audience: config.tokens.audience.clone(),
         token_lifetime: config.tokens.lifetime(),
         challenge_lifetime: config.challenges.lifetime(),
+        session_max_age: config.sessions.max_age(),
         mapping: config.mapping.rule,
         pin_policy: config.pin_policy,
         issuer,

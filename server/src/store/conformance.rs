@@ -28,14 +28,32 @@ use time::OffsetDateTime;
 use super::{
     AuditEvent, AuditKind, AuditKindFilter, AuditOutcome, AuditQuery, BudgetUse, Card, CardId,
     CardState, ChallengeUse, DeviceCodeUse, DeviceCredentialRecord, DeviceState, EnrollmentCodeUse,
-    FailureCount, IssuedCertificate, NewAuditEvent, NewDevice, NewEnrollmentCode, RevocationReason,
-    SignInLookup, SignInRecords, Store, StoreError, User, UserState, UserWritten,
+    FailureCount, IssuedCertificate, NewAuditEvent, NewDevice, NewEnrollmentCode, NewSession,
+    RevocationReason, SignInLookup, SignInRecords, Store, StoreError, User, UserState, UserWritten,
 };
 use crate::mapping::UserAttribute;
 use pivtap_protocol::certificate::{CertificateFacts, KeyKind};
 use pivtap_protocol::nonce::Nonce;
 use pivtap_protocol::wire::ErrorCode;
 use sha2::Digest as _;
+
+mod sessions;
+pub use sessions::*;
+
+/// A new session of `user` signed in with the card of `facts` on `kiosk-1` at `now`, for 12
+/// hours, with a fresh id and refresh token hash.
+pub fn session_for(facts: &CertificateFacts, user: &str, now: OffsetDateTime) -> NewSession {
+    NewSession {
+        id: pivtap_protocol::nonce::random_base64url::<16>(),
+        user_id: user.to_owned(),
+        device: "kiosk-1".to_owned(),
+        card: CardId::of(facts),
+        amr: vec!["hwk".to_owned(), "sc".to_owned(), "pin".to_owned()],
+        created_at: now,
+        expires_at: now + TimeSpan::hours(12),
+        refresh_token_hash: super::secret_hash(&pivtap_protocol::nonce::random_base64url::<32>()),
+    }
+}
 
 /// What a conformance check returns: `Err` (or a panic) is a failure.
 pub type TestResult = Result<(), Box<dyn Error + Send + Sync>>;
@@ -74,6 +92,14 @@ macro_rules! store_conformance_suite {
             a_proof_id_is_accepted_once_until_it_is_forgotten,
             purging_flow_control_removes_only_what_ran_out,
             token_keys_are_stored_once_and_replaced_only_from_the_version_read,
+            sessions_are_stored_at_sign_in_listed_and_ended_once,
+            sessions_end_by_user_card_or_expiry_with_their_refresh_tokens,
+            refresh_tokens_rotate_once_and_a_replaced_one_ends_the_session,
+            clients_are_registered_listed_and_removed_with_their_tokens,
+            authorization_codes_are_redeemed_once_before_they_expire,
+            ending_a_session_queues_logout_deliveries_for_its_clients_with_a_uri,
+            logout_deliveries_are_claimed_for_a_lease_then_delivered_retried_or_given_up,
+            revoked_access_tokens_and_ended_sessions_are_purged_after_the_cut,
         );
         $crate::store_conformance_suite!(@two $nodes;
             of_sixteen_racing_redemptions_exactly_one_is_accepted,
@@ -86,6 +112,10 @@ macro_rules! store_conformance_suite {
             a_budget_is_spent_across_both_nodes,
             a_proof_id_used_at_one_node_is_refused_at_the_other,
             token_keys_rotated_at_one_node_are_read_at_the_other,
+            of_sixteen_racing_code_redemptions_exactly_one_redeems,
+            of_sixteen_racing_refresh_uses_exactly_one_rotates,
+            racing_claimers_never_get_the_same_logout_delivery,
+            a_session_ended_on_two_nodes_at_once_is_ended_once,
         );
     };
     (@one $fresh:expr; $($name:ident),* $(,)?) => {$(
@@ -644,6 +674,7 @@ pub async fn a_renewal_is_pending_until_the_new_certificate_is_confirmed_or_used
             "alice",
             at(8),
             event(8, AuditOutcome::Ok, "kiosk-1", "05", "alice"),
+            &session_for(&issued("05", "alice").facts, "alice", at(8)),
         )
         .await?;
     assert_eq!(
@@ -843,6 +874,7 @@ pub async fn a_sign_in_is_finished_with_its_card_and_its_audit_event_or_not_at_a
             "nobody",
             at(5),
             event(5, AuditOutcome::Ok, "kiosk-1", "0a1b", "nobody"),
+            &session_for(&facts("0a1b", "f1"), "nobody", at(5)),
         )
         .await;
     assert!(
@@ -858,6 +890,7 @@ pub async fn a_sign_in_is_finished_with_its_card_and_its_audit_event_or_not_at_a
             "alice",
             at(5),
             event(5, AuditOutcome::Ok, "kiosk-1", "0a1b", "alice"),
+            &session_for(&facts("0a1b", "f1"), "alice", at(5)),
         )
         .await?;
     assert_eq!(
@@ -1858,7 +1891,8 @@ pub async fn of_sixteen_racing_first_uses_of_a_renewed_certificate_one_completes
             let used = event(5, AuditOutcome::Ok, "kiosk-1", "02", "alice");
             barrier.wait().await;
             if task % 4 < 2 {
-                node.finish_sign_in(&new, "alice", at(5), used)
+                let session = session_for(&new, "alice", at(5));
+                node.finish_sign_in(&new, "alice", at(5), used, &session)
                     .await
                     .map(|_| false)
             } else {

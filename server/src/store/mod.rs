@@ -10,6 +10,7 @@ pub mod conformance;
 mod database;
 mod postgres;
 pub mod postgres_tls;
+pub mod sessions;
 pub mod snapshot;
 mod sqlite;
 pub mod url;
@@ -28,6 +29,11 @@ use pivtap_protocol::certificate::CertificateFacts;
 pub use database::DatabaseError;
 pub use pivtap_protocol::audit::{AuditKind, AuditOutcome};
 pub use postgres::PostgresStore;
+pub use sessions::{
+    CodeRedemption, DeliveryOutcome, KIOSK_CLIENT_ID, LogoutDelivery, NewAuthorizationCode,
+    NewSession, OidcClient, RefreshUse, Session, SessionEndReason, SessionQuery, SessionSelector,
+    secret_hash,
+};
 pub use sqlite::SqliteStore;
 
 /// The future every [`Store`] method returns: boxed so the trait stays object safe.
@@ -947,15 +953,19 @@ pub trait Store: Send + Sync {
     ) -> BoxFuture<'_, Result<SignInRecords, StoreError>>;
 
     /// The end of a successful sign-in, in one write: records the card as
-    /// [`Store::record_card`] does, for `user_id`, and appends `event` to the audit log.
-    /// When the certificate is a pending renewal's new one, this first use completes the
-    /// renewal as [`Store::confirm_renewal`] does (with its own `renewal` audit event).
+    /// [`Store::record_card`] does, for `user_id`, stores `session` (active) with its kiosk
+    /// refresh token (client [`KIOSK_CLIENT_ID`], scope empty, current), and appends
+    /// `event` to the audit log. When the certificate is a pending renewal's new one, this
+    /// first use completes the renewal as [`Store::confirm_renewal`] does (with its own
+    /// `renewal` audit event). [`StoreError::Conflict`] (nothing written) if the session id
+    /// or the refresh token's hash exists.
     fn finish_sign_in(
         &self,
         facts: &CertificateFacts,
         user_id: &str,
         now: OffsetDateTime,
         event: NewAuditEvent,
+        session: &NewSession,
     ) -> BoxFuture<'_, Result<Card, StoreError>>;
 
     /// Marks the challenge used, atomically: of any number of concurrent calls on
@@ -1235,6 +1245,147 @@ pub trait Store: Send + Sync {
         replaces: Option<i64>,
         now: OffsetDateTime,
     ) -> BoxFuture<'_, Result<i64, StoreError>>;
+
+    /// The session with this id, if any (ended or not), with its participating clients.
+    fn get_session(&self, id: &str) -> BoxFuture<'_, Result<Option<Session>, StoreError>>;
+
+    /// The sessions matching `query`, newest first (by `created_at`, then id), at most
+    /// [`SessionQuery::effective_limit`] of them.
+    fn list_sessions(
+        &self,
+        query: &SessionQuery,
+    ) -> BoxFuture<'_, Result<Vec<Session>, StoreError>>;
+
+    /// Ends the sessions selected that have not ended, in one write, atomically across
+    /// nodes: sets their `ended_at` (`now`) and `ended_reason`, revokes every refresh token of
+    /// theirs not revoked, queues one logout delivery (due `now`) per participating client
+    /// that has a back-channel logout URI, and appends `event` (if any) to the audit. A
+    /// session is ended once: of concurrent calls, each session is returned by one only.
+    /// [`SessionSelector::Expired`] selects those with `expires_at <= now`; the others select
+    /// whatever their `expires_at`. Returns the sessions it ended, as they are now (empty:
+    /// none was; `event` is then still appended).
+    fn end_sessions(
+        &self,
+        selector: &SessionSelector,
+        reason: SessionEndReason,
+        now: OffsetDateTime,
+        event: Option<NewAuditEvent>,
+    ) -> BoxFuture<'_, Result<Vec<Session>, StoreError>>;
+
+    /// Uses refresh token `token_hash` of `client_id` in one step, atomically across nodes:
+    /// when it is the current token (neither replaced nor revoked) of an active session, it
+    /// is marked replaced and `replacement_hash` stored as the current one (same session,
+    /// client and scope): [`RefreshUse::Rotated`]. Of concurrent uses of one token at most
+    /// one rotates. A token of another client is [`RefreshUse::Unknown`]; a revoked one or
+    /// one whose session is not active [`RefreshUse::Ended`]; a replaced one of an active
+    /// session ends the session as [`Store::end_sessions`] does ([`RefreshUse::Reused`],
+    /// reason [`SessionEndReason::RefreshReused`], no audit event: the caller audits).
+    fn use_refresh_token(
+        &self,
+        token_hash: &str,
+        client_id: &str,
+        replacement_hash: &str,
+        now: OffsetDateTime,
+    ) -> BoxFuture<'_, Result<RefreshUse, StoreError>>;
+
+    /// Stores a current refresh token of `client_id` for the session and records the client
+    /// as taking part ([`Store::record_session_client`]), in one write.
+    /// [`StoreError::Conflict`] (nothing written) if the session is not active at `now`
+    /// (ended, unknown or expired) or the hash exists.
+    fn add_refresh_token(
+        &self,
+        session_id: &str,
+        client_id: &str,
+        token_hash: &str,
+        scope: &str,
+        now: OffsetDateTime,
+    ) -> BoxFuture<'_, Result<(), StoreError>>;
+
+    /// Revokes refresh token `token_hash` if it is `client_id`'s and not revoked; returns
+    /// whether it did (RFC 7009: the caller answers the same either way).
+    fn revoke_refresh_token(
+        &self,
+        token_hash: &str,
+        client_id: &str,
+        now: OffsetDateTime,
+    ) -> BoxFuture<'_, Result<bool, StoreError>>;
+
+    /// Records `client_id` as taking part in the session (first time kept), so that the
+    /// session's end queues it a logout delivery. [`StoreError::Conflict`] if the session is
+    /// not active at `now`: a client is never added to a session whose end it would miss.
+    fn record_session_client(
+        &self,
+        session_id: &str,
+        client_id: &str,
+        now: OffsetDateTime,
+    ) -> BoxFuture<'_, Result<(), StoreError>>;
+
+    /// Registers a client. [`StoreError::Conflict`] if the id exists.
+    fn add_client(&self, client: &OidcClient) -> BoxFuture<'_, Result<(), StoreError>>;
+
+    /// The client with this id, if any.
+    fn get_client(&self, id: &str) -> BoxFuture<'_, Result<Option<OidcClient>, StoreError>>;
+
+    /// Every client, ordered by id.
+    fn list_clients(&self) -> BoxFuture<'_, Result<Vec<OidcClient>, StoreError>>;
+
+    /// Removes a client with its unredeemed codes and revokes its refresh tokens (its
+    /// pending logout deliveries stay). [`StoreError::NotFound`] if there is no such client.
+    fn remove_client(&self, id: &str) -> BoxFuture<'_, Result<(), StoreError>>;
+
+    /// Stores an authorization code. [`StoreError::Conflict`] if the hash exists.
+    fn add_authorization_code(
+        &self,
+        code: &NewAuthorizationCode,
+    ) -> BoxFuture<'_, Result<(), StoreError>>;
+
+    /// Redeems a code in one step, atomically across nodes: of concurrent calls at most one
+    /// gets [`CodeRedemption::Redeemed`] (the code is then used). A code is fresh while
+    /// `now` is before its `expires_at`. The caller checks the client, the redirect URI, the
+    /// PKCE verifier and that the session is active.
+    fn redeem_authorization_code(
+        &self,
+        code_hash: &str,
+        now: OffsetDateTime,
+    ) -> BoxFuture<'_, Result<CodeRedemption, StoreError>>;
+
+    /// Records access token `jti` as revoked until `expires_at` (its `exp`); again is no error.
+    fn revoke_access_token(
+        &self,
+        jti: &str,
+        expires_at: OffsetDateTime,
+    ) -> BoxFuture<'_, Result<(), StoreError>>;
+
+    /// Whether access token `jti` was revoked (and not purged).
+    fn is_access_token_revoked(&self, jti: &str) -> BoxFuture<'_, Result<bool, StoreError>>;
+
+    /// Claims up to `limit` due deliveries (neither delivered nor given up, next attempt at or
+    /// before `now`), oldest due first, atomically across nodes: each claimed one's next
+    /// attempt moves to `now + lease` and its attempts grow by one, so no other claimer gets
+    /// it within the lease.
+    fn claim_logout_deliveries(
+        &self,
+        now: OffsetDateTime,
+        lease: std::time::Duration,
+        limit: usize,
+    ) -> BoxFuture<'_, Result<Vec<LogoutDelivery>, StoreError>>;
+
+    /// Records how an attempt went: delivered, due again at a time, or given up (each with
+    /// the error kept as `last_error`). [`StoreError::NotFound`] if there is no such delivery.
+    fn finish_logout_delivery(
+        &self,
+        id: i64,
+        outcome: &DeliveryOutcome,
+        now: OffsetDateTime,
+    ) -> BoxFuture<'_, Result<(), StoreError>>;
+
+    /// Deletes, in one write, and returns how many rows: sessions ended before `ended_before`
+    /// with their refresh tokens, codes and client rows; deliveries delivered or given up
+    /// before it; revoked access tokens that expired before it; codes that expired before it.
+    fn purge_sessions(
+        &self,
+        ended_before: OffsetDateTime,
+    ) -> BoxFuture<'_, Result<u64, StoreError>>;
 }
 
 #[cfg(test)]

@@ -1960,7 +1960,9 @@ impl Store for PostgresStore {
         user_id: &str,
         now: OffsetDateTime,
         event: NewAuditEvent,
+        _session: &super::NewSession,
     ) -> BoxFuture<'_, Result<Card, StoreError>> {
+        // Step 1 of issue 15: the session is stored by SQLite only (PostgreSQL next).
         let facts = facts.clone();
         let user_id = user_id.to_owned();
         Box::pin(async move {
@@ -2733,6 +2735,138 @@ impl Store for PostgresStore {
         Box::pin(async move {
             shared::replace_token_keys(&self.client().await?, &keys, replaces, now).await
         })
+    }
+
+    fn get_session(&self, _: &str) -> BoxFuture<'_, Result<Option<super::Session>, StoreError>> {
+        Box::pin(async { Err(sessions_not_yet()) })
+    }
+
+    fn list_sessions(
+        &self,
+        _: &super::SessionQuery,
+    ) -> BoxFuture<'_, Result<Vec<super::Session>, StoreError>> {
+        Box::pin(async { Err(sessions_not_yet()) })
+    }
+
+    fn end_sessions(
+        &self,
+        _: &super::SessionSelector,
+        _: super::SessionEndReason,
+        _: OffsetDateTime,
+        _: Option<NewAuditEvent>,
+    ) -> BoxFuture<'_, Result<Vec<super::Session>, StoreError>> {
+        Box::pin(async { Err(sessions_not_yet()) })
+    }
+
+    fn use_refresh_token(
+        &self,
+        _: &str,
+        _: &str,
+        _: &str,
+        _: OffsetDateTime,
+    ) -> BoxFuture<'_, Result<super::RefreshUse, StoreError>> {
+        Box::pin(async { Err(sessions_not_yet()) })
+    }
+
+    fn add_refresh_token(
+        &self,
+        _: &str,
+        _: &str,
+        _: &str,
+        _: &str,
+        _: OffsetDateTime,
+    ) -> BoxFuture<'_, Result<(), StoreError>> {
+        Box::pin(async { Err(sessions_not_yet()) })
+    }
+
+    fn revoke_refresh_token(
+        &self,
+        _: &str,
+        _: &str,
+        _: OffsetDateTime,
+    ) -> BoxFuture<'_, Result<bool, StoreError>> {
+        Box::pin(async { Err(sessions_not_yet()) })
+    }
+
+    fn record_session_client(
+        &self,
+        _: &str,
+        _: &str,
+        _: OffsetDateTime,
+    ) -> BoxFuture<'_, Result<(), StoreError>> {
+        Box::pin(async { Err(sessions_not_yet()) })
+    }
+
+    fn add_client(&self, _: &super::OidcClient) -> BoxFuture<'_, Result<(), StoreError>> {
+        Box::pin(async { Err(sessions_not_yet()) })
+    }
+
+    fn get_client(&self, _: &str) -> BoxFuture<'_, Result<Option<super::OidcClient>, StoreError>> {
+        Box::pin(async { Err(sessions_not_yet()) })
+    }
+
+    fn list_clients(&self) -> BoxFuture<'_, Result<Vec<super::OidcClient>, StoreError>> {
+        Box::pin(async { Err(sessions_not_yet()) })
+    }
+
+    fn remove_client(&self, _: &str) -> BoxFuture<'_, Result<(), StoreError>> {
+        Box::pin(async { Err(sessions_not_yet()) })
+    }
+
+    fn add_authorization_code(
+        &self,
+        _: &super::NewAuthorizationCode,
+    ) -> BoxFuture<'_, Result<(), StoreError>> {
+        Box::pin(async { Err(sessions_not_yet()) })
+    }
+
+    fn redeem_authorization_code(
+        &self,
+        _: &str,
+        _: OffsetDateTime,
+    ) -> BoxFuture<'_, Result<super::CodeRedemption, StoreError>> {
+        Box::pin(async { Err(sessions_not_yet()) })
+    }
+
+    fn revoke_access_token(
+        &self,
+        _: &str,
+        _: OffsetDateTime,
+    ) -> BoxFuture<'_, Result<(), StoreError>> {
+        Box::pin(async { Err(sessions_not_yet()) })
+    }
+
+    fn is_access_token_revoked(&self, _: &str) -> BoxFuture<'_, Result<bool, StoreError>> {
+        Box::pin(async { Err(sessions_not_yet()) })
+    }
+
+    fn claim_logout_deliveries(
+        &self,
+        _: OffsetDateTime,
+        _: std::time::Duration,
+        _: usize,
+    ) -> BoxFuture<'_, Result<Vec<super::LogoutDelivery>, StoreError>> {
+        Box::pin(async { Err(sessions_not_yet()) })
+    }
+
+    fn finish_logout_delivery(
+        &self,
+        _: i64,
+        _: &super::DeliveryOutcome,
+        _: OffsetDateTime,
+    ) -> BoxFuture<'_, Result<(), StoreError>> {
+        Box::pin(async { Err(sessions_not_yet()) })
+    }
+
+    fn purge_sessions(&self, _: OffsetDateTime) -> BoxFuture<'_, Result<u64, StoreError>> {
+        Box::pin(async { Err(sessions_not_yet()) })
+    }
+}
+
+/// What the session methods answer until the PostgreSQL store has them (issue 15, step 2).
+fn sessions_not_yet() -> StoreError {
+    StoreError::Conflict {
+        what: "sessions and OpenID Connect clients are not in the PostgreSQL store yet".to_owned(),
     }
 }
 

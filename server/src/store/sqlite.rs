@@ -13,6 +13,10 @@ use time::format_description::well_known::Rfc3339;
 use time::{OffsetDateTime, UtcOffset};
 
 use super::database::{Database, DatabaseError};
+use super::sessions::{
+    CodeRedemption, DeliveryOutcome, LogoutDelivery, NewAuthorizationCode, NewSession, OidcClient,
+    RefreshUse, Session, SessionEndReason, SessionQuery, SessionSelector,
+};
 use super::{
     AdminCredential, AuditEvent, AuditKindFilter, AuditQuery, BoxFuture, BudgetUse, Card, CardId,
     CardState, ChallengeUse, Device, DeviceCodeUse, DeviceCredentialRecord, DeviceState,
@@ -25,6 +29,8 @@ use crate::mapping::UserAttribute;
 use pivtap_protocol::audit::{AuditKind, AuditOutcome};
 use pivtap_protocol::certificate::CertificateFacts;
 use pivtap_protocol::nonce::Nonce;
+
+mod sessions;
 
 /// Version 1: users, cards, challenges and the audit log.
 const MIGRATION_1: &str = "
@@ -296,6 +302,91 @@ CREATE TABLE token_keys (
 ) STRICT;
 ";
 
+/// Version 10: sessions (issue 15) and the OpenID Connect provider: refresh tokens (hashes
+/// only; the current one of a session and client is neither replaced nor revoked), the
+/// clients taking part in each session, registered clients, authorization codes (hashes
+/// only), revoked access token ids, and back-channel logout deliveries.
+const MIGRATION_10: &str = "
+CREATE TABLE sessions (
+    id TEXT PRIMARY KEY NOT NULL,
+    user_id TEXT NOT NULL,
+    device TEXT NOT NULL,
+    card_issuer TEXT NOT NULL,
+    card_serial TEXT NOT NULL,
+    amr TEXT NOT NULL,
+    created_at TEXT NOT NULL,
+    expires_at TEXT NOT NULL,
+    ended_at TEXT,
+    ended_reason TEXT CHECK (ended_reason IN ('signed_out', 'admin', 'card_locked',
+        'card_revoked', 'user_locked', 'user_deleted', 'max_age', 'refresh_reused')),
+    CHECK ((ended_at IS NULL) = (ended_reason IS NULL))
+) STRICT;
+CREATE INDEX sessions_user_id ON sessions (user_id);
+CREATE INDEX sessions_card_serial ON sessions (card_serial);
+CREATE INDEX sessions_device ON sessions (device);
+CREATE INDEX sessions_created_at ON sessions (created_at);
+CREATE INDEX sessions_active ON sessions (expires_at) WHERE ended_at IS NULL;
+CREATE INDEX sessions_ended_at ON sessions (ended_at) WHERE ended_at IS NOT NULL;
+CREATE TABLE session_refresh_tokens (
+    token_hash TEXT PRIMARY KEY NOT NULL,
+    session_id TEXT NOT NULL,
+    client_id TEXT NOT NULL,
+    scope TEXT NOT NULL,
+    created_at TEXT NOT NULL,
+    replaced_at TEXT,
+    revoked_at TEXT
+) STRICT;
+CREATE INDEX session_refresh_tokens_session ON session_refresh_tokens (session_id);
+CREATE INDEX session_refresh_tokens_client ON session_refresh_tokens (client_id);
+CREATE TABLE session_clients (
+    session_id TEXT NOT NULL,
+    client_id TEXT NOT NULL,
+    first_at TEXT NOT NULL,
+    PRIMARY KEY (session_id, client_id)
+) STRICT;
+CREATE TABLE oidc_clients (
+    id TEXT PRIMARY KEY NOT NULL,
+    secret_hash TEXT,
+    redirect_uris TEXT NOT NULL,
+    backchannel_logout_uri TEXT,
+    created_at TEXT NOT NULL
+) STRICT;
+CREATE TABLE authorization_codes (
+    code_hash TEXT PRIMARY KEY NOT NULL,
+    client_id TEXT NOT NULL,
+    session_id TEXT NOT NULL,
+    redirect_uri TEXT NOT NULL,
+    code_challenge TEXT NOT NULL,
+    scope TEXT NOT NULL,
+    nonce TEXT,
+    created_at TEXT NOT NULL,
+    expires_at TEXT NOT NULL,
+    used_at TEXT
+) STRICT;
+CREATE INDEX authorization_codes_session ON authorization_codes (session_id);
+CREATE INDEX authorization_codes_expires_at ON authorization_codes (expires_at);
+CREATE TABLE revoked_access_tokens (
+    jti TEXT PRIMARY KEY NOT NULL,
+    expires_at TEXT NOT NULL
+) STRICT;
+CREATE INDEX revoked_access_tokens_expires_at ON revoked_access_tokens (expires_at);
+CREATE TABLE logout_deliveries (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    session_id TEXT NOT NULL,
+    client_id TEXT NOT NULL,
+    uri TEXT NOT NULL,
+    user_id TEXT NOT NULL,
+    created_at TEXT NOT NULL,
+    attempts INTEGER NOT NULL,
+    next_attempt_at TEXT NOT NULL,
+    delivered_at TEXT,
+    given_up_at TEXT,
+    last_error TEXT
+) STRICT;
+CREATE INDEX logout_deliveries_due ON logout_deliveries (next_attempt_at)
+    WHERE delivered_at IS NULL AND given_up_at IS NULL;
+";
+
 /// Every migration, by version, oldest first. Never edit one that shipped: add the next.
 const MIGRATIONS: &[(i64, &str)] = &[
     (1, MIGRATION_1),
@@ -307,6 +398,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (7, MIGRATION_7),
     (8, MIGRATION_8),
     (9, MIGRATION_9),
+    (10, MIGRATION_10),
 ];
 
 /// The newest migration this program knows.
@@ -688,11 +780,14 @@ impl Store for SqliteStore {
         user_id: &str,
         now: OffsetDateTime,
         event: NewAuditEvent,
+        session: &NewSession,
     ) -> BoxFuture<'_, Result<Card, StoreError>> {
         let seen = SeenCard::new(facts, Some(user_id.to_owned()), now);
+        let session = session.clone();
         Box::pin(self.database.write(move |connection| {
             complete_renewal(connection, &seen.id(), &event)?;
             let card = record_card(connection, seen)?;
+            sessions::insert_session(connection, &session)?;
             insert_audit(connection, &event)?;
             Ok(card)
         }))
@@ -1558,6 +1653,208 @@ impl Store for SqliteStore {
             }
             Ok(replaces.map_or(1, |version| version + 1))
         }))
+    }
+
+    fn get_session(&self, id: &str) -> BoxFuture<'_, Result<Option<Session>, StoreError>> {
+        let id = id.to_owned();
+        Box::pin(
+            self.database
+                .read(move |connection| sessions::get_session(connection, &id)),
+        )
+    }
+
+    fn list_sessions(
+        &self,
+        query: &SessionQuery,
+    ) -> BoxFuture<'_, Result<Vec<Session>, StoreError>> {
+        let query = query.clone();
+        Box::pin(
+            self.database
+                .read(move |connection| sessions::list_sessions(connection, &query)),
+        )
+    }
+
+    fn end_sessions(
+        &self,
+        selector: &SessionSelector,
+        reason: SessionEndReason,
+        now: OffsetDateTime,
+        event: Option<NewAuditEvent>,
+    ) -> BoxFuture<'_, Result<Vec<Session>, StoreError>> {
+        let selector = selector.clone();
+        Box::pin(self.database.write(move |connection| {
+            sessions::end_sessions(connection, &selector, reason, now, event.as_ref())
+        }))
+    }
+
+    fn use_refresh_token(
+        &self,
+        token_hash: &str,
+        client_id: &str,
+        replacement_hash: &str,
+        now: OffsetDateTime,
+    ) -> BoxFuture<'_, Result<RefreshUse, StoreError>> {
+        let (token_hash, client_id, replacement_hash) = (
+            token_hash.to_owned(),
+            client_id.to_owned(),
+            replacement_hash.to_owned(),
+        );
+        Box::pin(self.database.write(move |connection| {
+            sessions::use_refresh_token(connection, &token_hash, &client_id, &replacement_hash, now)
+        }))
+    }
+
+    fn add_refresh_token(
+        &self,
+        session_id: &str,
+        client_id: &str,
+        token_hash: &str,
+        scope: &str,
+        now: OffsetDateTime,
+    ) -> BoxFuture<'_, Result<(), StoreError>> {
+        let (session_id, client_id, token_hash, scope) = (
+            session_id.to_owned(),
+            client_id.to_owned(),
+            token_hash.to_owned(),
+            scope.to_owned(),
+        );
+        Box::pin(self.database.write(move |connection| {
+            sessions::add_refresh_token(
+                connection,
+                &session_id,
+                &client_id,
+                &token_hash,
+                &scope,
+                now,
+            )
+        }))
+    }
+
+    fn revoke_refresh_token(
+        &self,
+        token_hash: &str,
+        client_id: &str,
+        now: OffsetDateTime,
+    ) -> BoxFuture<'_, Result<bool, StoreError>> {
+        let (token_hash, client_id) = (token_hash.to_owned(), client_id.to_owned());
+        Box::pin(self.database.write(move |connection| {
+            sessions::revoke_refresh_token(connection, &token_hash, &client_id, now)
+        }))
+    }
+
+    fn record_session_client(
+        &self,
+        session_id: &str,
+        client_id: &str,
+        now: OffsetDateTime,
+    ) -> BoxFuture<'_, Result<(), StoreError>> {
+        let (session_id, client_id) = (session_id.to_owned(), client_id.to_owned());
+        Box::pin(self.database.write(move |connection| {
+            sessions::record_session_client(connection, &session_id, &client_id, now)
+        }))
+    }
+
+    fn add_client(&self, client: &OidcClient) -> BoxFuture<'_, Result<(), StoreError>> {
+        let client = client.clone();
+        Box::pin(
+            self.database
+                .write(move |connection| sessions::add_client(connection, &client)),
+        )
+    }
+
+    fn get_client(&self, id: &str) -> BoxFuture<'_, Result<Option<OidcClient>, StoreError>> {
+        let id = id.to_owned();
+        Box::pin(
+            self.database
+                .read(move |connection| sessions::get_client(connection, &id)),
+        )
+    }
+
+    fn list_clients(&self) -> BoxFuture<'_, Result<Vec<OidcClient>, StoreError>> {
+        Box::pin(self.database.read(sessions::list_clients))
+    }
+
+    fn remove_client(&self, id: &str) -> BoxFuture<'_, Result<(), StoreError>> {
+        let id = id.to_owned();
+        Box::pin(self.database.write(move |connection| {
+            sessions::remove_client(connection, &id, OffsetDateTime::now_utc())
+        }))
+    }
+
+    fn add_authorization_code(
+        &self,
+        code: &NewAuthorizationCode,
+    ) -> BoxFuture<'_, Result<(), StoreError>> {
+        let code = code.clone();
+        Box::pin(
+            self.database
+                .write(move |connection| sessions::add_authorization_code(connection, &code)),
+        )
+    }
+
+    fn redeem_authorization_code(
+        &self,
+        code_hash: &str,
+        now: OffsetDateTime,
+    ) -> BoxFuture<'_, Result<CodeRedemption, StoreError>> {
+        let code_hash = code_hash.to_owned();
+        Box::pin(self.database.write(move |connection| {
+            sessions::redeem_authorization_code(connection, &code_hash, now)
+        }))
+    }
+
+    fn revoke_access_token(
+        &self,
+        jti: &str,
+        expires_at: OffsetDateTime,
+    ) -> BoxFuture<'_, Result<(), StoreError>> {
+        let jti = jti.to_owned();
+        Box::pin(
+            self.database.write(move |connection| {
+                sessions::revoke_access_token(connection, &jti, expires_at)
+            }),
+        )
+    }
+
+    fn is_access_token_revoked(&self, jti: &str) -> BoxFuture<'_, Result<bool, StoreError>> {
+        let jti = jti.to_owned();
+        Box::pin(
+            self.database
+                .read(move |connection| sessions::is_access_token_revoked(connection, &jti)),
+        )
+    }
+
+    fn claim_logout_deliveries(
+        &self,
+        now: OffsetDateTime,
+        lease: std::time::Duration,
+        limit: usize,
+    ) -> BoxFuture<'_, Result<Vec<LogoutDelivery>, StoreError>> {
+        Box::pin(self.database.write(move |connection| {
+            sessions::claim_logout_deliveries(connection, now, lease, limit)
+        }))
+    }
+
+    fn finish_logout_delivery(
+        &self,
+        id: i64,
+        outcome: &DeliveryOutcome,
+        now: OffsetDateTime,
+    ) -> BoxFuture<'_, Result<(), StoreError>> {
+        let outcome = outcome.clone();
+        Box::pin(self.database.write(move |connection| {
+            sessions::finish_logout_delivery(connection, id, &outcome, now)
+        }))
+    }
+
+    fn purge_sessions(
+        &self,
+        ended_before: OffsetDateTime,
+    ) -> BoxFuture<'_, Result<u64, StoreError>> {
+        Box::pin(
+            self.database
+                .write(move |connection| sessions::purge_sessions(connection, ended_before)),
+        )
     }
 }
 
