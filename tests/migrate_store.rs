@@ -87,6 +87,9 @@ fn an_sqlite_deployment_is_copied_into_an_empty_postgresql_store() {
     assert_eq!(copied("admin_credentials"), 1);
     assert_eq!(copied("devices"), 2);
     assert_eq!(copied("audit"), events.len() as u64);
+    // Each sign-in's session and the kiosk's refresh token of it.
+    assert_eq!(copied("sessions"), 2);
+    assert_eq!(copied("session_refresh_tokens"), 2);
     for table in [
         "users",
         "cards",
@@ -97,6 +100,8 @@ fn an_sqlite_deployment_is_copied_into_an_empty_postgresql_store() {
         "issued_certificates",
         "revoked_certificates",
         "pending_renewals",
+        "sessions",
+        "session_refresh_tokens",
     ] {
         assert_eq!(count(&database, table), copied(table), "{table}");
     }

@@ -1788,6 +1788,19 @@ ca_certificates = ["ca.pem"]
     }
 
     #[test]
+    fn sessions_last_twelve_hours_unless_configured_as_a_duration() {
+        let config = parse(MINIMAL).unwrap();
+        assert_eq!(config.sessions.max_age(), Duration::from_secs(12 * 3600));
+        let config = parse(&format!(
+            "{MINIMAL}\n[sessions]\nmax_age_seconds = \"8h\"\n"
+        ))
+        .unwrap();
+        assert_eq!(config.sessions.max_age(), Duration::from_secs(8 * 3600));
+        let error = parse(&format!("{MINIMAL}\n[sessions]\nmax_age = 60\n")).unwrap_err();
+        assert!(matches!(error, ConfigError::Syntax { .. }), "{error}");
+    }
+
+    #[test]
     fn values_out_of_bounds_are_refused() {
         let cases = [
             (
@@ -1804,6 +1817,16 @@ ca_certificates = ["ca.pem"]
                 "[tokens]\naudience = \"\"",
                 "tokens.audience",
                 ConfigProblem::Empty,
+            ),
+            (
+                "[sessions]\nmax_age_seconds = 299",
+                "sessions.max_age_seconds",
+                ConfigProblem::TooSmall { min: 300 },
+            ),
+            (
+                "[sessions]\nmax_age_seconds = \"30d1s\"",
+                "sessions.max_age_seconds",
+                ConfigProblem::TooLarge { max: 2_592_000 },
             ),
             (
                 "[challenges]\nlifetime_seconds = 0",

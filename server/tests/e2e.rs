@@ -282,10 +282,44 @@ async fn assert_signs_in(card: &Badge) -> TestResult {
     let now = OffsetDateTime::now_utc().unix_timestamp();
     assert!((now - 60..=now).contains(&claims.iat), "iat {}", claims.iat);
 
+    // Issue 15: the sign-in's session is stored with it: the token's sid, the card's amr,
+    // the configured maximum age, and the kiosk's refresh token (its hash only).
+    assert_eq!(claims.sid, signed_in.session_id);
+    assert_eq!(signed_in.session_expires_in, 12 * 3600);
+    let store = server.state.store();
+    let session = store
+        .get_session(&signed_in.session_id)
+        .await?
+        .ok_or("the session is stored")?;
+    assert_eq!(
+        (session.user_id.as_str(), session.device.as_str()),
+        (card.user_id, KIOSK)
+    );
+    assert_eq!(session.amr, claims.amr);
+    assert_eq!(session.created_at.unix_timestamp(), claims.iat);
+    assert_eq!(
+        session.expires_at - session.created_at,
+        time::Duration::hours(12)
+    );
+    assert!(session.is_active(OffsetDateTime::now_utc()));
+    let refreshed = store
+        .use_refresh_token(
+            &pivtap_server::store::secret_hash(&signed_in.refresh_token),
+            pivtap_server::store::KIOSK_CLIENT_ID,
+            &pivtap_server::store::secret_hash("the next one"),
+            OffsetDateTime::now_utc(),
+        )
+        .await?;
+    assert!(
+        matches!(refreshed, pivtap_server::store::RefreshUse::Rotated { .. }),
+        "{refreshed:?}"
+    );
+
     server.assert_audited_ok(card).await;
-    // The audit log keeps neither the token nor the whole nonce.
+    // The audit log keeps neither the tokens nor the whole nonce.
     let everything = serde_json::to_string(&server.audit(AuditFilter::default()).await)?;
     assert!(!everything.contains(&signed_in.token));
+    assert!(!everything.contains(&signed_in.refresh_token));
     assert!(!everything.contains(&challenge.nonce));
     assert!(everything.contains(&challenge.nonce[..8]));
     Ok(())

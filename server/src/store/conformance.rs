@@ -668,15 +668,24 @@ pub async fn a_renewal_is_pending_until_the_new_certificate_is_confirmed_or_used
             renewal_event(7),
         )
         .await?;
+    let renewed_session = session_for(&issued("05", "alice").facts, "alice", at(8));
     store
         .finish_sign_in(
             &issued("05", "alice").facts,
             "alice",
             at(8),
             event(8, AuditOutcome::Ok, "kiosk-1", "05", "alice"),
-            &session_for(&issued("05", "alice").facts, "alice", at(8)),
+            &renewed_session,
         )
         .await?;
+    // The session of that sign-in is stored too.
+    assert_eq!(
+        store
+            .get_session(&renewed_session.id)
+            .await?
+            .map(|session| session.card),
+        Some(id("05"))
+    );
     assert_eq!(
         store.get_card(&id("03")).await?.ok_or("03")?.state,
         CardState::Revoked

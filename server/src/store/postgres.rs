@@ -226,10 +226,17 @@ CREATE TABLE admin_credentials (
 );
 
 /// Every migration, by version, oldest first. Never edit one that shipped: add the next.
-const MIGRATIONS: &[(i32, &str)] = &[(1, MIGRATION_1), (2, shared::MIGRATION_2)];
+const MIGRATIONS: &[(i32, &str)] = &[
+    (1, MIGRATION_1),
+    (2, shared::MIGRATION_2),
+    (3, sessions::MIGRATION_3),
+];
 
 #[path = "postgres_shared.rs"]
 mod shared;
+
+#[path = "postgres_sessions.rs"]
+mod sessions;
 
 /// `SELECT` of every [`User`] column, followed by the rest of the statement.
 macro_rules! select_users {
@@ -1392,6 +1399,7 @@ async fn finish_sign_in(
     user_id: &str,
     now: OffsetDateTime,
     event: &NewAuditEvent,
+    session: &super::NewSession,
 ) -> Result<Option<Card>, StoreError> {
     let now = utc(now)?;
     let event = event.bounded();
@@ -1416,6 +1424,17 @@ async fn finish_sign_in(
              ), event AS (",
             insert_audit!(),
             " WHERE NOT EXISTS (SELECT 1 FROM pending)
+             ), session AS (
+                 INSERT INTO sessions (id, user_id, device, card_issuer, card_serial, amr,
+                     created_at, expires_at)
+                 SELECT $14::text, $15::text, $16::text, $17::text, $18::text, $19::text,
+                     $20::timestamptz, $21::timestamptz
+                 WHERE NOT EXISTS (SELECT 1 FROM pending)
+             ), refresh AS (
+                 INSERT INTO session_refresh_tokens (token_hash, session_id, client_id, scope,
+                     created_at)
+                 SELECT $22::text, $14::text, $23::text, '', $20::timestamptz
+                 WHERE NOT EXISTS (SELECT 1 FROM pending)
              )
              SELECT * FROM card"
         ))
@@ -1437,6 +1456,16 @@ async fn finish_sign_in(
                 &facts.subject,
                 &user_id,
                 &now,
+                &session.id,
+                &session.user_id,
+                &session.device,
+                &session.card.issuer,
+                &session.card.serial,
+                &session.amr.join(" "),
+                &utc(session.created_at)?,
+                &utc(session.expires_at)?,
+                &session.refresh_token_hash,
+                &super::KIOSK_CLIENT_ID,
             ],
         )
         .await;
@@ -1445,6 +1474,7 @@ async fn finish_sign_in(
         Err(error) if is_foreign_key_violation(&error) => Err(StoreError::NotFound {
             what: format!("user {user_id:?}"),
         }),
+        Err(error) if is_unique_violation(&error) => Err(sessions::session_taken()),
         Err(error) => Err(error.into()),
     }
 }
@@ -1960,21 +1990,24 @@ impl Store for PostgresStore {
         user_id: &str,
         now: OffsetDateTime,
         event: NewAuditEvent,
-        _session: &super::NewSession,
+        session: &super::NewSession,
     ) -> BoxFuture<'_, Result<Card, StoreError>> {
-        // Step 1 of issue 15: the session is stored by SQLite only (PostgreSQL next).
         let facts = facts.clone();
         let user_id = user_id.to_owned();
+        let session = session.clone();
         Box::pin(async move {
-            let (facts, user_id, event) = (&facts, &user_id, &event);
+            let (facts, user_id, event, session) = (&facts, &user_id, &event, &session);
             retried(|| async move {
                 let mut client = self.client().await?;
-                if let Some(card) = finish_sign_in(&client, facts, user_id, now, event).await? {
+                if let Some(card) =
+                    finish_sign_in(&client, facts, user_id, now, event, session).await?
+                {
                     return Ok(card);
                 }
                 // The first use of a renewal's new certificate (or a use racing it).
                 let transaction = client.transaction().await?;
                 let (_, card) = confirm_renewal(&transaction, facts, user_id, now, event).await?;
+                sessions::insert_session(&transaction, session).await?;
                 transaction.commit().await?;
                 Ok(card)
             })
@@ -2737,136 +2770,276 @@ impl Store for PostgresStore {
         })
     }
 
-    fn get_session(&self, _: &str) -> BoxFuture<'_, Result<Option<super::Session>, StoreError>> {
-        Box::pin(async { Err(sessions_not_yet()) })
+    fn get_session(&self, id: &str) -> BoxFuture<'_, Result<Option<super::Session>, StoreError>> {
+        let id = id.to_owned();
+        Box::pin(async move {
+            self.optional_row(sessions::SELECT_SESSION, &[&id], sessions::session_from_row)
+                .await
+        })
     }
 
     fn list_sessions(
         &self,
-        _: &super::SessionQuery,
+        query: &super::SessionQuery,
     ) -> BoxFuture<'_, Result<Vec<super::Session>, StoreError>> {
-        Box::pin(async { Err(sessions_not_yet()) })
+        let query = query.clone();
+        Box::pin(async move {
+            let limit = i64::try_from(query.effective_limit()).unwrap_or(i64::MAX);
+            self.rows(
+                sessions::LIST_SESSIONS,
+                &[
+                    &query.user_id,
+                    &query.device,
+                    &query.card_serial,
+                    &query.active_only,
+                    &limit,
+                ],
+                sessions::session_from_row,
+            )
+            .await
+        })
     }
 
     fn end_sessions(
         &self,
-        _: &super::SessionSelector,
-        _: super::SessionEndReason,
-        _: OffsetDateTime,
-        _: Option<NewAuditEvent>,
+        selector: &super::SessionSelector,
+        reason: super::SessionEndReason,
+        now: OffsetDateTime,
+        event: Option<NewAuditEvent>,
     ) -> BoxFuture<'_, Result<Vec<super::Session>, StoreError>> {
-        Box::pin(async { Err(sessions_not_yet()) })
+        let selector = selector.clone();
+        Box::pin(async move {
+            let (selector, event) = (&selector, &event);
+            retried(|| async move {
+                let mut client = self.client().await?;
+                let transaction = client.transaction().await?;
+                let ended = sessions::end_sessions(&transaction, selector, reason, now).await?;
+                if let Some(event) = event {
+                    insert_audit(&transaction, event).await?;
+                }
+                transaction.commit().await?;
+                Ok(ended)
+            })
+            .await
+        })
     }
 
     fn use_refresh_token(
         &self,
-        _: &str,
-        _: &str,
-        _: &str,
-        _: OffsetDateTime,
+        token_hash: &str,
+        client_id: &str,
+        replacement_hash: &str,
+        now: OffsetDateTime,
     ) -> BoxFuture<'_, Result<super::RefreshUse, StoreError>> {
-        Box::pin(async { Err(sessions_not_yet()) })
+        let (token_hash, client_id, replacement_hash) = (
+            token_hash.to_owned(),
+            client_id.to_owned(),
+            replacement_hash.to_owned(),
+        );
+        Box::pin(async move {
+            let (token_hash, client_id, replacement_hash) =
+                (&token_hash, &client_id, &replacement_hash);
+            retried(|| async move {
+                let mut client = self.client().await?;
+                let transaction = client.transaction().await?;
+                let used = sessions::use_refresh_token(
+                    &transaction,
+                    token_hash,
+                    client_id,
+                    replacement_hash,
+                    now,
+                )
+                .await?;
+                transaction.commit().await?;
+                Ok(used)
+            })
+            .await
+        })
     }
 
     fn add_refresh_token(
         &self,
-        _: &str,
-        _: &str,
-        _: &str,
-        _: &str,
-        _: OffsetDateTime,
+        session_id: &str,
+        client_id: &str,
+        token_hash: &str,
+        scope: &str,
+        now: OffsetDateTime,
     ) -> BoxFuture<'_, Result<(), StoreError>> {
-        Box::pin(async { Err(sessions_not_yet()) })
+        let (session_id, client_id, token_hash, scope) = (
+            session_id.to_owned(),
+            client_id.to_owned(),
+            token_hash.to_owned(),
+            scope.to_owned(),
+        );
+        Box::pin(async move {
+            let (session_id, client_id, token_hash, scope) =
+                (&session_id, &client_id, &token_hash, &scope);
+            retried(|| async move {
+                let mut client = self.client().await?;
+                let transaction = client.transaction().await?;
+                sessions::add_refresh_token(
+                    &transaction,
+                    session_id,
+                    client_id,
+                    token_hash,
+                    scope,
+                    now,
+                )
+                .await?;
+                transaction.commit().await?;
+                Ok(())
+            })
+            .await
+        })
     }
 
     fn revoke_refresh_token(
         &self,
-        _: &str,
-        _: &str,
-        _: OffsetDateTime,
+        token_hash: &str,
+        client_id: &str,
+        now: OffsetDateTime,
     ) -> BoxFuture<'_, Result<bool, StoreError>> {
-        Box::pin(async { Err(sessions_not_yet()) })
+        let (token_hash, client_id) = (token_hash.to_owned(), client_id.to_owned());
+        Box::pin(async move {
+            sessions::revoke_refresh_token(&self.client().await?, &token_hash, &client_id, now)
+                .await
+        })
     }
 
     fn record_session_client(
         &self,
-        _: &str,
-        _: &str,
-        _: OffsetDateTime,
+        session_id: &str,
+        client_id: &str,
+        now: OffsetDateTime,
     ) -> BoxFuture<'_, Result<(), StoreError>> {
-        Box::pin(async { Err(sessions_not_yet()) })
+        let (session_id, client_id) = (session_id.to_owned(), client_id.to_owned());
+        Box::pin(async move {
+            let (session_id, client_id) = (&session_id, &client_id);
+            retried(|| async move {
+                let mut client = self.client().await?;
+                let transaction = client.transaction().await?;
+                sessions::record_session_client(&transaction, session_id, client_id, now).await?;
+                transaction.commit().await?;
+                Ok(())
+            })
+            .await
+        })
     }
 
-    fn add_client(&self, _: &super::OidcClient) -> BoxFuture<'_, Result<(), StoreError>> {
-        Box::pin(async { Err(sessions_not_yet()) })
+    fn add_client(&self, client: &super::OidcClient) -> BoxFuture<'_, Result<(), StoreError>> {
+        let oidc_client = client.clone();
+        Box::pin(async move { sessions::add_client(&self.client().await?, &oidc_client).await })
     }
 
-    fn get_client(&self, _: &str) -> BoxFuture<'_, Result<Option<super::OidcClient>, StoreError>> {
-        Box::pin(async { Err(sessions_not_yet()) })
+    fn get_client(&self, id: &str) -> BoxFuture<'_, Result<Option<super::OidcClient>, StoreError>> {
+        let id = id.to_owned();
+        Box::pin(async move {
+            self.optional_row(sessions::SELECT_CLIENT, &[&id], sessions::client_from_row)
+                .await
+        })
     }
 
     fn list_clients(&self) -> BoxFuture<'_, Result<Vec<super::OidcClient>, StoreError>> {
-        Box::pin(async { Err(sessions_not_yet()) })
+        Box::pin(async move {
+            self.rows(sessions::SELECT_CLIENTS, &[], sessions::client_from_row)
+                .await
+        })
     }
 
-    fn remove_client(&self, _: &str) -> BoxFuture<'_, Result<(), StoreError>> {
-        Box::pin(async { Err(sessions_not_yet()) })
+    fn remove_client(&self, id: &str) -> BoxFuture<'_, Result<(), StoreError>> {
+        let id = id.to_owned();
+        Box::pin(async move {
+            let id = &id;
+            retried(|| async move {
+                let mut client = self.client().await?;
+                let transaction = client.transaction().await?;
+                sessions::remove_client(&transaction, id, OffsetDateTime::now_utc()).await?;
+                transaction.commit().await?;
+                Ok(())
+            })
+            .await
+        })
     }
 
     fn add_authorization_code(
         &self,
-        _: &super::NewAuthorizationCode,
+        code: &super::NewAuthorizationCode,
     ) -> BoxFuture<'_, Result<(), StoreError>> {
-        Box::pin(async { Err(sessions_not_yet()) })
+        let code = code.clone();
+        Box::pin(
+            async move { sessions::add_authorization_code(&self.client().await?, &code).await },
+        )
     }
 
     fn redeem_authorization_code(
         &self,
-        _: &str,
-        _: OffsetDateTime,
+        code_hash: &str,
+        now: OffsetDateTime,
     ) -> BoxFuture<'_, Result<super::CodeRedemption, StoreError>> {
-        Box::pin(async { Err(sessions_not_yet()) })
+        let code_hash = code_hash.to_owned();
+        Box::pin(async move {
+            sessions::redeem_authorization_code(&self.client().await?, &code_hash, now).await
+        })
     }
 
     fn revoke_access_token(
         &self,
-        _: &str,
-        _: OffsetDateTime,
+        jti: &str,
+        expires_at: OffsetDateTime,
     ) -> BoxFuture<'_, Result<(), StoreError>> {
-        Box::pin(async { Err(sessions_not_yet()) })
+        let jti = jti.to_owned();
+        Box::pin(async move {
+            sessions::revoke_access_token(&self.client().await?, &jti, expires_at).await
+        })
     }
 
-    fn is_access_token_revoked(&self, _: &str) -> BoxFuture<'_, Result<bool, StoreError>> {
-        Box::pin(async { Err(sessions_not_yet()) })
+    fn is_access_token_revoked(&self, jti: &str) -> BoxFuture<'_, Result<bool, StoreError>> {
+        let jti = jti.to_owned();
+        Box::pin(async move {
+            let found = self
+                .optional_row(sessions::SELECT_REVOKED_JTI, &[&jti], |_| Ok(()))
+                .await?;
+            Ok(found.is_some())
+        })
     }
 
     fn claim_logout_deliveries(
         &self,
-        _: OffsetDateTime,
-        _: std::time::Duration,
-        _: usize,
+        now: OffsetDateTime,
+        lease: std::time::Duration,
+        limit: usize,
     ) -> BoxFuture<'_, Result<Vec<super::LogoutDelivery>, StoreError>> {
-        Box::pin(async { Err(sessions_not_yet()) })
+        Box::pin(async move {
+            sessions::claim_logout_deliveries(&self.client().await?, now, lease, limit).await
+        })
     }
 
     fn finish_logout_delivery(
         &self,
-        _: i64,
-        _: &super::DeliveryOutcome,
-        _: OffsetDateTime,
+        id: i64,
+        outcome: &super::DeliveryOutcome,
+        now: OffsetDateTime,
     ) -> BoxFuture<'_, Result<(), StoreError>> {
-        Box::pin(async { Err(sessions_not_yet()) })
+        let outcome = outcome.clone();
+        Box::pin(async move {
+            sessions::finish_logout_delivery(&self.client().await?, id, &outcome, now).await
+        })
     }
 
-    fn purge_sessions(&self, _: OffsetDateTime) -> BoxFuture<'_, Result<u64, StoreError>> {
-        Box::pin(async { Err(sessions_not_yet()) })
-    }
-}
-
-/// What the session methods answer until the PostgreSQL store has them (issue 15, step 2).
-fn sessions_not_yet() -> StoreError {
-    StoreError::Conflict {
-        what: "sessions and OpenID Connect clients are not in the PostgreSQL store yet".to_owned(),
+    fn purge_sessions(
+        &self,
+        ended_before: OffsetDateTime,
+    ) -> BoxFuture<'_, Result<u64, StoreError>> {
+        Box::pin(async move {
+            retried(|| async move {
+                let mut client = self.client().await?;
+                let transaction = client.transaction().await?;
+                let purged = sessions::purge_sessions(&transaction, ended_before).await?;
+                transaction.commit().await?;
+                Ok(purged)
+            })
+            .await
+        })
     }
 }
 

@@ -175,9 +175,9 @@ pub enum CodeRedemption {
     /// now (the caller checks that it is active).
     Redeemed {
         /// The code as stored.
-        code: NewAuthorizationCode,
+        code: Box<NewAuthorizationCode>,
         /// Its session.
-        session: Session,
+        session: Box<Session>,
     },
     /// No such code (or its session was purged).
     Unknown,
@@ -194,7 +194,7 @@ pub enum RefreshUse {
     /// active: it is now replaced by the replacement, which has its scope.
     Rotated {
         /// The session, as it is now.
-        session: Session,
+        session: Box<Session>,
         /// The token's scope, which the replacement keeps.
         scope: String,
     },

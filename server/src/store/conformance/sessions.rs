@@ -522,7 +522,7 @@ pub async fn authorization_codes_are_redeemed_once_before_they_expire(
     else {
         return Err(format!("not redeemed: {redeemed:?}").into());
     };
-    assert_eq!(read, fresh);
+    assert_eq!(*read, fresh);
     assert_eq!(of.id, session.id);
     assert_eq!(
         store.redeem_authorization_code("fresh", at(69)).await?,

@@ -308,6 +308,9 @@ pub(super) fn end_sessions(
     Ok(ended)
 }
 
+/// A refresh token's session, client, scope, and when it was replaced and revoked.
+type StoredToken = (String, String, String, Option<String>, Option<String>);
+
 pub(super) fn use_refresh_token(
     connection: &Connection,
     token_hash: &str,
@@ -315,7 +318,7 @@ pub(super) fn use_refresh_token(
     replacement_hash: &str,
     now: OffsetDateTime,
 ) -> Result<RefreshUse, StoreError> {
-    let token: Option<(String, String, String, Option<String>, Option<String>)> = connection
+    let token: Option<StoredToken> = connection
         .prepare_cached(
             "SELECT session_id, client_id, scope, replaced_at, revoked_at
              FROM session_refresh_tokens WHERE token_hash = ?",
@@ -366,7 +369,10 @@ pub(super) fn use_refresh_token(
         &scope,
         &at,
     )?;
-    Ok(RefreshUse::Rotated { session, scope })
+    Ok(RefreshUse::Rotated {
+        session: Box::new(session),
+        scope,
+    })
 }
 
 /// [`StoreError::Conflict`] unless the session exists and is active at `now`.
@@ -578,7 +584,10 @@ pub(super) fn redeem_authorization_code(
     connection
         .prepare_cached("UPDATE authorization_codes SET used_at = ? WHERE code_hash = ?")?
         .execute(params![encode_time(now)?, code.code_hash])?;
-    Ok(CodeRedemption::Redeemed { code, session })
+    Ok(CodeRedemption::Redeemed {
+        code: Box::new(code),
+        session: Box::new(session),
+    })
 }
 
 pub(super) fn revoke_access_token(
