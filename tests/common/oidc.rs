@@ -95,6 +95,9 @@ impl Driver {
             .env("PYTHONDONTWRITEBYTECODE", "1")
             // Selenium never fetches a driver or a browser: both paths are given.
             .env("SE_OFFLINE", "true")
+            // Only the server's own CA is trusted (requests prefers these to `verify`).
+            .env_remove("REQUESTS_CA_BUNDLE")
+            .env_remove("CURL_CA_BUNDLE")
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(std::fs::File::create(&log).expect("a log file"))

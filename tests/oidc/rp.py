@@ -142,6 +142,8 @@ class Client:
             default_timeout=HTTP_TIMEOUT,
             **extra,
         )
+        # The server's CA only: requests would let REQUESTS_CA_BUNDLE override `verify`.
+        session.trust_env = False
         session.verify = self.provider.ca_file
         return session
 
