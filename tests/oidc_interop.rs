@@ -45,9 +45,10 @@ fn expect_code(sso: &Sso, answer: &Value, target: &str) {
     assert_eq!(answer["headers"]["cache-control"], "no-store", "{answer}");
 }
 
-/// Checks the kiosk refused an authorization request with an error page, not a redirect.
+/// Checks the kiosk refused an authorization request with an error page naming `cause`,
+/// not a redirect.
 #[track_caller]
-fn expect_refused_page(sso: &Sso, answer: &Value, what: &str) {
+fn expect_refused_page(sso: &Sso, answer: &Value, what: &str, cause: &str) {
     assert_eq!(answer["status"], 400, "{what}: {answer}\n{}", sso.story());
     assert_eq!(
         answer["location"],
@@ -56,6 +57,12 @@ fn expect_refused_page(sso: &Sso, answer: &Value, what: &str) {
     );
     let content_type = answer["headers"]["content-type"].as_str().unwrap_or("");
     assert!(content_type.starts_with("text/html"), "{what}: {answer}");
+    assert!(
+        answer["body"]
+            .as_str()
+            .is_some_and(|page| page.contains(cause)),
+        "{what}: the page says {cause:?}: {answer}"
+    );
 }
 
 /// Checks a token endpoint answer is the OAuth error `error`, and not cacheable.
@@ -263,7 +270,12 @@ fn authlib_meets_each_refusal_with_its_error() {
         &[],
         json!({"redirect_uri": format!("{rp}/not-registered")}),
     );
-    expect_refused_page(&sso, &unregistered, "an unregistered redirect URI");
+    expect_refused_page(
+        &sso,
+        &unregistered,
+        "an unregistered redirect URI",
+        "did not register",
+    );
     let other_clients = authorize(
         &mut sso,
         "other-clients-uri",
@@ -271,7 +283,12 @@ fn authlib_meets_each_refusal_with_its_error() {
         &[],
         json!({"redirect_uri": format!("{rp}/other/callback")}),
     );
-    expect_refused_page(&sso, &other_clients, "another client's redirect URI");
+    expect_refused_page(
+        &sso,
+        &other_clients,
+        "another client's redirect URI",
+        "did not register",
+    );
     let no_pkce = authorize(
         &mut sso,
         "no-pkce",
@@ -279,7 +296,7 @@ fn authlib_meets_each_refusal_with_its_error() {
         &["code_challenge", "code_challenge_method"],
         json!({}),
     );
-    expect_refused_page(&sso, &no_pkce, "no PKCE");
+    expect_refused_page(&sso, &no_pkce, "no PKCE", "code_challenge");
     let plain = authorize(
         &mut sso,
         "plain",
@@ -287,9 +304,9 @@ fn authlib_meets_each_refusal_with_its_error() {
         &[],
         json!({"code_challenge_method": "plain"}),
     );
-    expect_refused_page(&sso, &plain, "PKCE plain");
+    expect_refused_page(&sso, &plain, "PKCE plain", "S256");
     let no_state = authorize(&mut sso, "no-state", AUTHLIB_RP, &["state"], json!({}));
-    expect_refused_page(&sso, &no_state, "no state");
+    expect_refused_page(&sso, &no_state, "no state", "state");
     let unknown = authorize(
         &mut sso,
         "unknown-client",
@@ -297,7 +314,7 @@ fn authlib_meets_each_refusal_with_its_error() {
         &[],
         json!({"client_id": "no-such-client"}),
     );
-    expect_refused_page(&sso, &unknown, "an unknown client");
+    expect_refused_page(&sso, &unknown, "an unknown client", "not registered");
 
     // At the token endpoint, each with a code of its own.
     let second = authorize(
@@ -339,10 +356,27 @@ fn authlib_meets_each_refusal_with_its_error() {
     }));
     expect_oauth_error(&answer, "invalid_grant", "a code of another client");
 
-    // A code redeems once.
+    // A wrong client secret: invalid_client, 401 with a Basic challenge (RFC 6749 5.2).
+    let answer = authorize(&mut sso, "wrong-secret", AUTHLIB_RP, &[], json!({}));
+    expect_code(&sso, &answer, &format!("{rp}/authlib/callback"));
+    let answer = sso.driver.call(json!({
+        "cmd": "token", "flow": "wrong-secret", "secret": "not-the-client-secret",
+    }));
+    assert_eq!(answer["error"], "invalid_client", "{answer}");
+    assert_eq!(answer["status"], 401, "{answer}");
+    assert!(
+        answer["www_authenticate"]
+            .as_str()
+            .is_some_and(|challenge| challenge.starts_with("Basic")),
+        "{answer}"
+    );
+
+    // A code redeems once (here with client_secret_post).
     let answer = authorize(&mut sso, "once", AUTHLIB_RP, &[], json!({}));
     expect_code(&sso, &answer, &format!("{rp}/authlib/callback"));
-    let first = sso.driver.call(json!({"cmd": "token", "flow": "once"}));
+    let first = sso.driver.call(json!({
+        "cmd": "token", "flow": "once", "auth": "client_secret_post",
+    }));
     assert_eq!(first["ok"], true, "{first}\n{}", sso.story());
     let reused = sso.driver.call(json!({"cmd": "token", "flow": "once"}));
     expect_oauth_error(&reused, "invalid_grant", "a code used twice");

@@ -10,7 +10,7 @@ Commands (``{"cmd": NAME, ...}``):
   start {issuer, ca}                    discovery; starts the web app on a free port
   client {client_id, secret?, redirect_uri, scope, web?}
   authorize {flow, client_id, omit?, set?}   GET the kiosk's authorization URL, no redirects
-  token {flow, client_id?, verifier?: keep|omit|wrong, redirect_uri?}
+  token {flow, client_id?, verifier?: keep|omit|wrong, redirect_uri?, auth?, secret?}
   refresh {flow, which?: current|replaced}
   userinfo {flow}
   introspect {flow, token: access|refresh, client_id?}
@@ -109,13 +109,9 @@ class Driver:
         self.flows[flow] = record
         return said
 
-    def _session(self, client_id, flow=None):
+    def _session(self, client_id, auth="client_secret_basic", secret=None):
         """An Authlib session of `client_id` that notes the status of each token answer."""
-        client = self.rp.clients[client_id]
-        token = None
-        if flow is not None and "token" in flow:
-            token = flow["token"]
-        session = client.session(token=token)
+        session = self.rp.clients[client_id].session(auth=auth, secret=secret)
         session.last = {}
 
         def note(response):
@@ -164,10 +160,18 @@ class Driver:
             "www_authenticate": session.last.get("www_authenticate"),
         }
 
-    def token(self, flow, client_id=None, verifier="keep", redirect_uri=None):
+    def token(
+        self,
+        flow,
+        client_id=None,
+        verifier="keep",
+        redirect_uri=None,
+        auth="client_secret_basic",
+        secret=None,
+    ):
         record = self.flows[flow]
         client_id = client_id or record["client_id"]
-        session = self._session(client_id)
+        session = self._session(client_id, auth=auth, secret=secret)
         params = {"code": record["code"], "grant_type": "authorization_code"}
         if verifier == "keep":
             params["code_verifier"] = record["verifier"]

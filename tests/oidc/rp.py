@@ -128,13 +128,15 @@ class Client:
         self.redirect_uri = redirect_uri
         self.scope = scope
 
-    def session(self, **extra):
-        """An Authlib ``OAuth2Session`` for this client (client_secret_basic)."""
+    def session(self, auth="client_secret_basic", secret=None, **extra):
+        """An Authlib ``OAuth2Session`` for this client, authenticated by `auth`
+        (``client_secret_basic`` or ``client_secret_post``) with its secret or `secret`."""
         meta = self.provider.metadata
         session = OAuth2Session(
             client_id=self.client_id,
-            client_secret=self.secret,
-            token_endpoint_auth_method="client_secret_basic" if self.secret else "none",
+            client_secret=secret or self.secret,
+            token_endpoint_auth_method=auth if self.secret else "none",
+            revocation_endpoint_auth_method=auth if self.secret else "none",
             scope=self.scope,
             redirect_uri=self.redirect_uri,
             code_challenge_method="S256",
