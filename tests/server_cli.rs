@@ -487,7 +487,7 @@ fn a_backend_verifies_the_session_token_with_pyjwt() {
     assert_eq!(verified["sub"], "alice");
     assert_eq!(verified["name"], "Alice Example");
     assert_eq!(verified["email"], "alice@example.com");
-    assert_eq!(verified["amr"], serde_json::json!(["sc", "pin"]));
+    assert_eq!(verified["amr"], serde_json::json!(["hwk", "sc", "pin"]));
     assert_eq!(verified["device"], KIOSK);
     assert_eq!(verified["aud"], "pivtap");
     assert_eq!(verified["iss"], issuer.as_str());

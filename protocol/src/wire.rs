@@ -71,8 +71,8 @@ pub const ENROLL_URL_PREFIX: &str = "pivtap://enroll";
 /// The PIV slot enrollment puts the key and certificate in (PIV authentication).
 pub const ENROLL_SLOT: &str = "9a";
 
-/// Authentication methods of a session token (RFC 8176): smart card and PIN.
-pub const AMR: [&str; 2] = ["sc", "pin"];
+/// Authentication methods of a session token (RFC 8176): a hardware key on a smart card, and PIN.
+pub const AMR: [&str; 3] = ["hwk", "sc", "pin"];
 
 /// The PIV key slots an assertion may name by default: `9a`, PIV authentication.
 pub const DEFAULT_SIGN_IN_SLOTS: [&str; 1] = ["9a"];
@@ -81,15 +81,16 @@ pub const DEFAULT_SIGN_IN_SLOTS: [&str; 1] = ["9a"];
 /// authentication, `9c` digital signature, `9d` key management, `9e` card authentication.
 pub const PIV_SIGNING_SLOTS: [&str; 4] = ["9a", "9c", "9d", "9e"];
 
-/// What a signature by the key in `slot` proves, as RFC 8176 `amr` values. Per
-/// SP 800-73-4 the card lets the `9a`, `9c` and `9d` keys sign only after the PIN
-/// was verified: smart card and PIN (`["sc", "pin"]`). The `9e` key (card
-/// authentication) signs without a PIN: smart card only (`["sc"]`). Any other slot: `None`.
+/// What a signature by the key in `slot` proves, as RFC 8176 `amr` values: always a
+/// hardware-held key (`hwk`) on a smart card (`sc`). Per SP 800-73-4 the card lets the
+/// `9a`, `9c` and `9d` keys sign only after the PIN was verified: `["hwk", "sc", "pin"]`.
+/// The `9e` key (card authentication) signs without a PIN: `["hwk", "sc"]`. Any other
+/// slot: `None`.
 #[must_use]
 pub fn amr_for_slot(slot: &str) -> Option<&'static [&'static str]> {
     match slot {
         "9a" | "9c" | "9d" => Some(&AMR),
-        "9e" => Some(&["sc"]),
+        "9e" => Some(&["hwk", "sc"]),
         _ => None,
     }
 }
@@ -824,7 +825,7 @@ pub struct SessionClaims {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub email: Option<String>,
     /// Authentication methods (RFC 8176), what the assertion's key slot proves:
-    /// `["sc", "pin"]` for `9a` (see [`amr_for_slot`]).
+    /// `["hwk", "sc", "pin"]` for `9a` (see [`amr_for_slot`]).
     pub amr: Vec<String>,
     /// The device the user signed in on.
     pub device: String,

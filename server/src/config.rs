@@ -48,8 +48,8 @@
 //! lifetime_seconds = 60                # how long a challenge may be answered, 1 s to 10 min
 //! max_clock_skew_seconds = 60          # tolerated |iat - now| of an assertion, up to 10 min
 //! allowed_slots = ["9a"]               # key slots an assertion's `slot` may name: of 9a, 9c,
-//!                                      # 9d, 9e. A token's amr is ["sc", "pin"] for 9a, 9c and
-//!                                      # 9d (the card asks for the PIN), ["sc"] for 9e (card
+//!                                      # 9d, 9e. A token's amr is ["hwk", "sc", "pin"] for 9a,
+//!                                      # 9c and 9d (the card asks for the PIN), ["hwk", "sc"] for 9e (card
 //!                                      # authentication: no PIN); assertions naming another
 //!                                      # slot are refused with `slot_not_allowed`
 //!
@@ -113,6 +113,14 @@
 //!                                      # trials (any device id; loudly logged)
 //! certificate_validity_days = 180      # lifetime of device certificates, 1 to 825
 //! code_validity_seconds = 86400        # life of a device enrollment code, 60 s to 30 days
+//!
+//! [oidc]                               # the OpenID Connect provider
+//! authorization_endpoint = "http://127.0.0.1:7420/oidc/authorize"
+//!                                      # what discovery names: by default each device's kiosk
+//!                                      # (absolute http or https URL)
+//! code_lifetime_seconds = 60           # life of an authorization code, 10 s to 10 min
+//! ca_file = "apps-ca.pem"              # optional: CA certificates (PEM) the server trusts for
+//!                                      # back-channel logout deliveries to apps
 //! ```
 //!
 //! The issuing CA is not trusted by itself: list its certificate in
@@ -153,6 +161,8 @@ const MAX_CONNECTION_SECONDS: u64 = 3600;
 const MAX_CONNECTIONS: u64 = 1_000_000;
 /// Device certificates are short-ish lived (the CA/Browser Forum's old ceiling).
 const MAX_DEVICE_VALIDITY_DAYS: u64 = 825;
+const MIN_AUTHORIZATION_CODE_SECONDS: u64 = 10;
+const MAX_AUTHORIZATION_CODE_SECONDS: u64 = 600;
 
 /// The server's configuration, as read from `server.toml`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -216,6 +226,59 @@ pub struct ServerConfig {
     /// Device identity: who may ask for challenges.
     #[serde(default, skip_serializing_if = "DevicesConfig::is_default")]
     pub devices: DevicesConfig,
+    /// The OpenID Connect provider.
+    #[serde(default, skip_serializing_if = "OidcConfig::is_default")]
+    pub oidc: OidcConfig,
+}
+
+/// `[oidc]`: the OpenID Connect provider.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OidcConfig {
+    /// The `authorization_endpoint` discovery names (an absolute `http` or `https` URL):
+    /// by default each device's kiosk, [`DEFAULT_AUTHORIZATION_ENDPOINT`](pivtap_protocol::oidc::DEFAULT_AUTHORIZATION_ENDPOINT).
+    pub authorization_endpoint: String,
+    /// Life of an authorization code, seconds.
+    #[serde(deserialize_with = "pivtap_protocol::duration::seconds")]
+    pub code_lifetime_seconds: u64,
+    /// CA certificates (PEM) trusted for back-channel logout deliveries, besides the
+    /// system's roots.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<PathBuf>,
+}
+
+impl Default for OidcConfig {
+    fn default() -> Self {
+        Self {
+            authorization_endpoint: pivtap_protocol::oidc::DEFAULT_AUTHORIZATION_ENDPOINT
+                .to_owned(),
+            code_lifetime_seconds: 60,
+            ca_file: None,
+        }
+    }
+}
+
+impl OidcConfig {
+    fn is_default(&self) -> bool {
+        *self == Self::default()
+    }
+
+    /// [`OidcConfig::code_lifetime_seconds`] as a duration.
+    #[must_use]
+    pub fn code_lifetime(&self) -> Duration {
+        Duration::from_secs(self.code_lifetime_seconds)
+    }
+}
+
+/// Whether `endpoint` is an absolute `http` or `https` URL with a host and no fragment.
+fn is_absolute_http_url(endpoint: &str) -> bool {
+    url::Url::parse(endpoint).is_ok_and(|url| {
+        matches!(url.scheme(), "http" | "https")
+            && url.host().is_some()
+            && url.fragment().is_none()
+            && url.username().is_empty()
+            && url.password().is_none()
+    })
 }
 
 /// `[store]`: where the store lives and how to log in to it.
@@ -824,6 +887,10 @@ pub enum ConfigProblem {
     /// `password_file` for a SQLite store.
     #[error("is for a PostgreSQL store: a SQLite store has no password")]
     PasswordForSqlite,
+    /// Not an absolute `http://` or `https://` URL (with a host, without a fragment or
+    /// user info).
+    #[error("must be an absolute http:// or https:// URL with a host and no fragment")]
+    NotHttpUrl,
 }
 
 /// What is wrong with a certificate or CRL file.
@@ -1013,6 +1080,12 @@ impl ServerConfig {
                 1,
                 MAX_RETENTION_DAYS,
             ),
+            (
+                "oidc.code_lifetime_seconds",
+                self.oidc.code_lifetime_seconds,
+                MIN_AUTHORIZATION_CODE_SECONDS,
+                MAX_AUTHORIZATION_CODE_SECONDS,
+            ),
         ];
         for (field, value, min, max) in limits {
             if value < min {
@@ -1021,6 +1094,9 @@ impl ServerConfig {
             if value > max {
                 return invalid(field, ConfigProblem::TooLarge { max });
             }
+        }
+        if !is_absolute_http_url(&self.oidc.authorization_endpoint) {
+            return invalid("oidc.authorization_endpoint", ConfigProblem::NotHttpUrl);
         }
         if self.challenges.allowed_slots.is_empty() {
             return invalid("challenges.allowed_slots", ConfigProblem::Empty);
@@ -1154,6 +1230,9 @@ impl ServerConfig {
         self.trust.crl_files.iter_mut().for_each(resolve);
         if let Some(token_file) = &mut self.metrics.token_file {
             resolve(token_file);
+        }
+        if let Some(ca_file) = &mut self.oidc.ca_file {
+            resolve(ca_file);
         }
         if let Some(issuance) = &mut self.issuance {
             resolve(&mut issuance.ca_certificate);
@@ -1350,6 +1429,56 @@ ca_certificates = ["trust/ca.pem"]
             Err(ConfigError::Invalid { field, problem, .. }) => (field, problem),
             other => panic!("expected an invalid value, got {other:?}"),
         }
+    }
+
+    #[test]
+    fn the_oidc_section_defaults_to_the_kiosks_endpoint_and_checks_its_values() {
+        let config = parse(MINIMAL).unwrap();
+        assert_eq!(
+            config.oidc.authorization_endpoint,
+            pivtap_protocol::oidc::DEFAULT_AUTHORIZATION_ENDPOINT
+        );
+        assert_eq!(config.oidc.code_lifetime(), Duration::from_secs(60));
+        assert_eq!(config.oidc.ca_file, None);
+
+        let set = parse(&format!(
+            "{MINIMAL}\n[oidc]\nauthorization_endpoint = \"https://sso.example/authorize\"\n\
+             code_lifetime_seconds = \"2m\"\nca_file = \"apps-ca.pem\"\n"
+        ))
+        .unwrap();
+        assert_eq!(
+            set.oidc.authorization_endpoint,
+            "https://sso.example/authorize"
+        );
+        assert_eq!(set.oidc.code_lifetime(), Duration::from_secs(120));
+        assert_eq!(
+            set.oidc.ca_file.as_deref(),
+            Some(Path::new("/etc/pivtap/apps-ca.pem"))
+        );
+
+        for endpoint in [
+            "/oidc/authorize",
+            "ftp://sso.example/authorize",
+            "https://sso.example/authorize#x",
+            "https://user@sso.example/authorize",
+            "not a url",
+        ] {
+            let text = format!("{MINIMAL}\n[oidc]\nauthorization_endpoint = \"{endpoint}\"\n");
+            assert_eq!(
+                invalid(&text),
+                ("oidc.authorization_endpoint", ConfigProblem::NotHttpUrl),
+                "{endpoint}"
+            );
+        }
+        for (lifetime, problem) in [
+            (9, ConfigProblem::TooSmall { min: 10 }),
+            (601, ConfigProblem::TooLarge { max: 600 }),
+        ] {
+            let text = format!("{MINIMAL}\n[oidc]\ncode_lifetime_seconds = {lifetime}\n");
+            assert_eq!(invalid(&text), ("oidc.code_lifetime_seconds", problem));
+        }
+        let unknown = format!("{MINIMAL}\n[oidc]\ncode_lifetime = 60\n");
+        assert!(matches!(parse(&unknown), Err(ConfigError::Syntax { .. })));
     }
 
     #[test]

@@ -386,6 +386,7 @@ pub fn init_server(dir: &Path, options: &InitOptions) -> Result<InitReport, Init
         connections: Default::default(),
         metrics: Default::default(),
         devices: Default::default(),
+        oidc: Default::default(),
     };
     config.validate(&config_path)?;
     let config_text = format!(

@@ -12,6 +12,7 @@ pub mod connections;
 pub mod init;
 pub mod issuance;
 pub mod mapping;
+pub mod oidc;
 pub mod server;
 pub mod store;
 pub mod token;

@@ -41,19 +41,17 @@ use std::{
     time::Duration,
 };
 
-use aws_lc_rs::{
-    rand::SystemRandom,
-    signature::{ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair},
-};
+use aws_lc_rs::signature::{ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair};
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation, errors::ErrorKind};
 use p256::{
-    ecdsa::{Signature, SigningKey, VerifyingKey, signature::Verifier as _},
+    ecdsa::{SigningKey, VerifyingKey},
     elliptic_curve::{Generate as _, point::AffineCoordinates as _},
     pkcs8::{
         DecodePrivateKey as _, DecodePublicKey as _, EncodePrivateKey as _, EncodePublicKey as _,
         LineEnding,
     },
 };
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Serialize, de::DeserializeOwned};
 use sha2::{Digest as _, Sha256};
 use time::{OffsetDateTime, format_description::well_known::Rfc3339};
 use zeroize::{Zeroize as _, Zeroizing};
@@ -81,9 +79,15 @@ pub enum TokenError {
     /// The header's `alg` is not `ES256` (`none` and HMAC included).
     #[error("the token's algorithm is not ES256")]
     UnsupportedAlgorithm,
-    /// The header's `typ` is present and not `JWT`.
-    #[error("the token's type is not JWT")]
+    /// The header's `typ` is not the expected one (for session tokens: present and not `JWT`).
+    #[error("the token's type is not the expected one")]
     WrongType,
+    /// The token's `aud` is not the expected audience.
+    #[error("the token is not for this audience")]
+    WrongAudience,
+    /// The token's `iss` is not the expected issuer.
+    #[error("the token is not from this issuer")]
+    WrongIssuer,
     /// The header's `kid` is missing or names no published key.
     #[error("the token names no published signing key")]
     UnknownKey,
@@ -153,14 +157,18 @@ pub enum KeyFileProblem {
 struct PublishedKey {
     kid: String,
     key: VerifyingKey,
+    /// The same key as `jsonwebtoken` checks signatures with.
+    decoding: DecodingKey,
 }
 
 impl PublishedKey {
     fn new(key: VerifyingKey) -> Self {
         let (x, y) = coordinates(&key);
+        let point = key.to_sec1_point(false);
         Self {
             kid: ec_p256_thumbprint(&x, &y),
             key,
+            decoding: DecodingKey::from_ec_der(point.as_bytes()),
         }
     }
 
@@ -188,10 +196,10 @@ struct RetiredKey {
 /// halves of the keys it replaced, each named by its RFC 7638 thumbprint.
 pub struct TokenKeys {
     current: SigningKey,
-    /// The current key as aws-lc-rs holds it, which signs: several times faster than the
-    /// pure-Rust `current`, which reads and writes the key file. `None` only if aws-lc-rs
-    /// refused the key; signing then fails.
-    signer: Option<EcdsaKeyPair>,
+    /// The current key (PKCS#8) as `jsonwebtoken` signs with it (through aws-lc-rs); the
+    /// pure-Rust `current` reads and writes the key file. `None` only if aws-lc-rs refused
+    /// the key; signing then fails.
+    signer: Option<EncodingKey>,
     current_public: PublishedKey,
     retired: Vec<RetiredKey>,
 }
@@ -223,7 +231,9 @@ impl TokenKeys {
     fn with_current(current: SigningKey) -> Self {
         let current_public = PublishedKey::new(*current.verifying_key());
         let signer = current.to_pkcs8_der().ok().and_then(|der| {
-            EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, der.as_bytes()).ok()
+            EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, der.as_bytes())
+                .ok()
+                .map(|_| EncodingKey::from_ec_der(der.as_bytes()))
         });
         Self {
             current,
@@ -365,32 +375,64 @@ impl TokenKeys {
         std::iter::once(&self.current_public).chain(self.retired.iter().map(|key| &key.published))
     }
 
-    /// Signs `claims` with the current key.
+    /// Signs a session token's `claims` with the current key (`typ` `JWT`).
     pub fn issue(&self, claims: &SessionClaims) -> Result<String, TokenError> {
-        let header = TokenHeader {
-            alg: TOKEN_ALGORITHM.to_owned(),
-            typ: Some(TOKEN_TYPE.to_owned()),
-            kid: Some(self.current_public.kid.clone()),
-        };
-        let header = serde_json::to_vec(&header).map_err(TokenError::Encoding)?;
-        let payload = serde_json::to_vec(claims).map_err(TokenError::Encoding)?;
-        let signing_input = format!("{}.{}", base64url_encode(header), base64url_encode(payload));
-        let signature = self
-            .signer
-            .as_ref()
-            .ok_or(TokenError::Signing)?
-            .sign(&SystemRandom::new(), signing_input.as_bytes())
-            .map_err(|_| TokenError::Signing)?;
-        Ok(format!(
-            "{signing_input}.{}",
-            base64url_encode(signature.as_ref())
-        ))
+        self.sign(TOKEN_TYPE, claims)
     }
 
-    /// Verifies a token against every published key and returns its claims.
-    pub fn verify(&self, token: &str, now: OffsetDateTime) -> Result<SessionClaims, TokenError> {
-        verify_token(token, now, self.published())
+    /// Signs `claims` with the current key: a JWS with the protected header
+    /// `{"typ": typ, "alg": "ES256", "kid": KID}`.
+    ///
+    /// # Errors
+    /// [`TokenError::Signing`] if the key cannot sign, [`TokenError::Encoding`] if the
+    /// claims are not JSON.
+    pub fn sign<T: Serialize>(&self, typ: &str, claims: &T) -> Result<String, TokenError> {
+        let signer = self.signer.as_ref().ok_or(TokenError::Signing)?;
+        let mut header = Header::new(Algorithm::ES256);
+        header.typ = Some(typ.to_owned());
+        header.kid = Some(self.current_public.kid.clone());
+        // Encoded first so a claims problem is told apart from a signing failure.
+        serde_json::to_value(claims).map_err(TokenError::Encoding)?;
+        jsonwebtoken::encode(&header, claims, signer).map_err(|_| TokenError::Signing)
     }
+
+    /// Verifies a session token against every published key and returns its claims.
+    pub fn verify(&self, token: &str, now: OffsetDateTime) -> Result<SessionClaims, TokenError> {
+        verify_token(token, &Expected::SESSION, now, self.published())
+    }
+
+    /// Verifies a token of another kind (ID, access or logout token) against every
+    /// published key: the header's `typ` must be `typ`, `aud` must be `audience` and
+    /// `iss` `issuer`; `exp` and `iat` are checked against `now` as for session tokens.
+    pub fn verify_as<T: DeserializeOwned>(
+        &self,
+        token: &str,
+        typ: &str,
+        audience: &str,
+        issuer: &str,
+        now: OffsetDateTime,
+    ) -> Result<T, TokenError> {
+        let expected = Expected {
+            typ: Some(typ),
+            audience: Some(audience),
+            issuer: Some(issuer),
+        };
+        verify_token(token, &expected, now, self.published())
+    }
+}
+
+/// The `aud` a token claims, read without checking anything else: only to pick the
+/// audience to verify it for (with [`TokenKeys::verify_as`]) when several are possible.
+#[must_use]
+pub fn unverified_audience(token: &str) -> Option<String> {
+    #[derive(Deserialize)]
+    struct Audience {
+        aud: String,
+    }
+    let jws = CompactJws::parse(token).ok()?;
+    serde_json::from_slice::<Audience>(&jws.payload)
+        .ok()
+        .map(|claims| claims.aud)
 }
 
 /// Verifies session tokens with the public keys of a JWKS, as a device or a
@@ -446,11 +488,11 @@ impl TokenVerifier {
 
     /// Verifies a token and returns its claims.
     pub fn verify(&self, token: &str, now: OffsetDateTime) -> Result<SessionClaims, TokenError> {
-        verify_token(token, now, self.keys.iter())
+        verify_token(token, &Expected::SESSION, now, self.keys.iter())
     }
 }
 
-/// The JWS protected header of a session token.
+/// The JWS protected header of a token: nothing else is accepted (`crit`, `jku`, `x5c`...).
 #[derive(Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct TokenHeader {
@@ -476,36 +518,98 @@ struct EcJwk {
     kid: Option<String>,
 }
 
-fn verify_token<'a>(
+/// What a token must say besides a valid signature and its times.
+struct Expected<'a> {
+    /// The header's `typ`; `None`: absent or [`TOKEN_TYPE`] (session tokens).
+    typ: Option<&'a str>,
+    /// The `aud` claim; `None`: not checked here (the caller checks it).
+    audience: Option<&'a str>,
+    /// The `iss` claim; `None`: not checked here.
+    issuer: Option<&'a str>,
+}
+
+impl Expected<'static> {
+    const SESSION: Self = Self {
+        typ: None,
+        audience: None,
+        issuer: None,
+    };
+}
+
+/// The times every token carries, checked against the caller's clock (the library's
+/// own check reads the system clock, which the callers' `now` need not be).
+#[derive(Deserialize)]
+struct Times {
+    exp: i64,
+    iat: i64,
+}
+
+/// Checks a token: our own bounds and header first (length, strict base64url, only
+/// `alg`/`typ`/`kid` in the header, `alg` ES256, the `typ`, a published `kid`), then
+/// the signature, `aud` and `iss` through `jsonwebtoken` with exactly ES256 allowed,
+/// then `exp`/`iat` against `now`.
+fn verify_token<'a, T: DeserializeOwned>(
     token: &str,
+    expected: &Expected<'_>,
     now: OffsetDateTime,
     mut keys: impl Iterator<Item = &'a PublishedKey>,
-) -> Result<SessionClaims, TokenError> {
+) -> Result<T, TokenError> {
+    // Bounded and strictly shaped before the library sees it (it has no length limit).
     let jws = CompactJws::parse(token).map_err(|_| TokenError::Malformed)?;
     let header: TokenHeader =
         serde_json::from_slice(&jws.header).map_err(|_| TokenError::Malformed)?;
     if header.alg != TOKEN_ALGORITHM {
         return Err(TokenError::UnsupportedAlgorithm);
     }
-    if header.typ.is_some_and(|typ| typ != TOKEN_TYPE) {
+    let type_ok = match (expected.typ, header.typ.as_deref()) {
+        (None, typ) => typ.is_none_or(|typ| typ == TOKEN_TYPE),
+        (Some(expected), Some(typ)) => typ == expected,
+        (Some(_), None) => false,
+    };
+    if !type_ok {
         return Err(TokenError::WrongType);
     }
     let kid = header.kid.ok_or(TokenError::UnknownKey)?;
     let key = keys
         .find(|key| key.kid == kid)
         .ok_or(TokenError::UnknownKey)?;
-    let signature =
-        Signature::from_slice(&jws.signature).map_err(|_| TokenError::SignatureInvalid)?;
-    key.key
-        .verify(jws.signing_input.as_bytes(), &signature)
-        .map_err(|_| TokenError::SignatureInvalid)?;
-    let claims: SessionClaims =
-        serde_json::from_slice(&jws.payload).map_err(|_| TokenError::Malformed)?;
+
+    let mut validation = Validation::new(Algorithm::ES256);
+    validation.leeway = 0;
+    validation.validate_exp = false;
+    let mut required = vec!["exp"];
+    match expected.audience {
+        Some(audience) => {
+            validation.set_audience(&[audience]);
+            required.push("aud");
+        }
+        None => validation.validate_aud = false,
+    }
+    if let Some(issuer) = expected.issuer {
+        validation.set_issuer(&[issuer]);
+        required.push("iss");
+    }
+    validation.set_required_spec_claims(&required);
+    let claims = jsonwebtoken::decode::<serde_json::Value>(token, &key.decoding, &validation)
+        .map_err(|error| match error.kind() {
+            ErrorKind::InvalidSignature | ErrorKind::InvalidEcdsaKey => {
+                TokenError::SignatureInvalid
+            }
+            ErrorKind::InvalidAlgorithm | ErrorKind::UnsupportedAlgorithm => {
+                TokenError::UnsupportedAlgorithm
+            }
+            ErrorKind::InvalidAudience => TokenError::WrongAudience,
+            ErrorKind::InvalidIssuer => TokenError::WrongIssuer,
+            _ => TokenError::Malformed,
+        })?
+        .claims;
+    let times = Times::deserialize(&claims).map_err(|_| TokenError::Malformed)?;
+    let claims = T::deserialize(claims).map_err(|_| TokenError::Malformed)?;
     let now = now.unix_timestamp();
-    if now >= claims.exp {
+    if now >= times.exp {
         return Err(TokenError::Expired);
     }
-    if claims.iat > now.saturating_add(MAX_ISSUED_AT_SKEW_SECONDS) {
+    if times.iat > now.saturating_add(MAX_ISSUED_AT_SKEW_SECONDS) {
         return Err(TokenError::IssuedInFuture);
     }
     Ok(claims)
@@ -695,9 +799,10 @@ mod tests {
 
         // Same alg and kid, different (but valid) header bytes.
         let forged_header = b64(format!(
-            r#"{{"typ":"JWT","alg":"ES256","kid":"{}"}}"#,
+            r#"{{"kid":"{}","alg":"ES256","typ":"JWT"}}"#,
             keys.current_kid()
         ));
+        assert_ne!(forged_header, header);
         assert!(matches!(
             keys.verify(&format!("{forged_header}.{payload}.{signature}"), now),
             Err(TokenError::SignatureInvalid)
@@ -784,6 +889,126 @@ mod tests {
         assert!(matches!(
             keys.verify(&stranger, now),
             Err(TokenError::UnknownKey)
+        ));
+    }
+
+    #[derive(Debug, PartialEq, Serialize, Deserialize)]
+    struct AppClaims {
+        iss: String,
+        aud: String,
+        sub: String,
+        iat: i64,
+        exp: i64,
+    }
+
+    fn app_claims(iat: i64, exp: i64) -> AppClaims {
+        AppClaims {
+            iss: "https://127.0.0.1:8443".to_owned(),
+            aud: "wiki".to_owned(),
+            sub: "alice".to_owned(),
+            iat,
+            exp,
+        }
+    }
+
+    #[test]
+    fn signed_tokens_of_other_types_verify_only_as_that_type_audience_and_issuer() {
+        let keys = TokenKeys::generate();
+        let issued = app_claims(NOW, NOW + 300);
+        let token = keys.sign("at+jwt", &issued).unwrap();
+        assert_eq!(
+            decoded_json(&parts(&token)[0]),
+            serde_json::json!({"alg": "ES256", "typ": "at+jwt", "kid": keys.current_kid()})
+        );
+        let iss = "https://127.0.0.1:8443";
+        let now = at(NOW + 1);
+        let verified: AppClaims = keys.verify_as(&token, "at+jwt", "wiki", iss, now).unwrap();
+        assert_eq!(verified, issued);
+
+        let refused = |token: &str, typ: &str, aud: &str, iss: &str, now| {
+            keys.verify_as::<AppClaims>(token, typ, aud, iss, now)
+                .unwrap_err()
+        };
+        assert!(matches!(
+            refused(&token, "logout+jwt", "wiki", iss, now),
+            TokenError::WrongType
+        ));
+        assert!(matches!(
+            refused(&token, "at+jwt", "mail", iss, now),
+            TokenError::WrongAudience
+        ));
+        assert!(matches!(
+            refused(&token, "at+jwt", "wiki", "https://evil.example", now),
+            TokenError::WrongIssuer
+        ));
+        assert!(matches!(
+            refused(&token, "at+jwt", "wiki", iss, at(NOW + 300)),
+            TokenError::Expired
+        ));
+        assert!(matches!(
+            refused(&token, "at+jwt", "wiki", iss, at(NOW - 61)),
+            TokenError::IssuedInFuture
+        ));
+        // A session token is no access token, and an access token is no session token.
+        let session = keys.issue(&claims(NOW, NOW + 300)).unwrap();
+        assert!(matches!(
+            refused(&session, "at+jwt", "pivtap", iss, now),
+            TokenError::WrongType
+        ));
+        assert!(matches!(
+            keys.verify(&token, now),
+            Err(TokenError::WrongType)
+        ));
+        // Without `aud`, or without `exp`: refused, not waved through.
+        let no_aud = keys
+            .sign(
+                "at+jwt",
+                &serde_json::json!({"iss": iss, "sub": "alice", "iat": NOW, "exp": NOW + 300}),
+            )
+            .unwrap();
+        assert!(matches!(
+            refused(&no_aud, "at+jwt", "wiki", iss, now),
+            TokenError::Malformed
+        ));
+        let no_exp = keys
+            .sign(
+                "at+jwt",
+                &serde_json::json!({"iss": iss, "aud": "wiki", "sub": "alice", "iat": NOW}),
+            )
+            .unwrap();
+        assert!(matches!(
+            refused(&no_exp, "at+jwt", "wiki", iss, now),
+            TokenError::Malformed
+        ));
+        // Signed by another key set: its kid is not published here.
+        let stranger = TokenKeys::generate().sign("at+jwt", &issued).unwrap();
+        assert!(matches!(
+            refused(&stranger, "at+jwt", "wiki", iss, now),
+            TokenError::UnknownKey
+        ));
+    }
+
+    #[test]
+    fn b64_and_crit_headers_are_refused_before_the_library_sees_them() {
+        let keys = TokenKeys::generate();
+        let kid = keys.current_kid();
+        let payload = b64(serde_json::to_vec(&app_claims(NOW, NOW + 300)).unwrap());
+        // jsonwebtoken itself accepts `crit: ["b64"]` with `b64: true`; our header allows
+        // nothing but alg, typ and kid.
+        let header = b64(format!(
+            r#"{{"alg":"ES256","typ":"at+jwt","kid":"{kid}","b64":true,"crit":["b64"]}}"#
+        ));
+        let input = format!("{header}.{payload}");
+        let token = format!("{input}.{}", b64([0; 64]));
+        assert!(matches!(
+            keys.verify_as::<AppClaims>(
+                &token,
+                "at+jwt",
+                "wiki",
+                "https://127.0.0.1:8443",
+                at(NOW + 1)
+            ),
+            Err(TokenError::Malformed)
         ));
     }
 

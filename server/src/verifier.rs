@@ -103,7 +103,7 @@ pub struct VerifiedAssertion {
     pub certificate: CertificateFacts,
     /// The algorithm the card signed with.
     pub alg: JwsAlgorithm,
-    /// What the signature proves (RFC 8176), from the key slot: `["sc", "pin"]` for `9a`.
+    /// What the signature proves (RFC 8176), from the key slot: `["hwk", "sc", "pin"]` for `9a`.
     pub amr: Vec<String>,
 }
 
@@ -781,11 +781,11 @@ mod tests {
         let verified = both
             .verify(&software_card_assertion(card_auth(), "9e"), now)
             .unwrap();
-        assert_eq!(verified.amr, ["sc"]);
+        assert_eq!(verified.amr, ["hwk", "sc"]);
         let verified = verifier()
             .verify(&software_card_assertion(vec![ClientAuth], "9a"), now)
             .unwrap();
-        assert_eq!(verified.amr, ["sc", "pin"]);
+        assert_eq!(verified.amr, ["hwk", "sc", "pin"]);
     }
 
     #[test]

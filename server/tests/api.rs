@@ -62,6 +62,7 @@ async fn state() -> ServerState {
             require_registration: false,
             ..Default::default()
         },
+        oidc: Default::default(),
     };
     ServerState::new(
         settings,

@@ -269,7 +269,7 @@ async fn assert_signs_in(card: &Badge) -> TestResult {
     assert_eq!(claims.sub, card.user_id);
     assert_eq!(claims.name, card.display_name);
     assert_eq!(claims.email.as_deref(), Some(card.mail));
-    assert_eq!(claims.amr, ["sc", "pin"]);
+    assert_eq!(claims.amr, ["hwk", "sc", "pin"]);
     assert_eq!(claims.device, KIOSK);
     assert_eq!(claims.aud, server.config.tokens.audience);
     assert_eq!(claims.aud, "pivtap");

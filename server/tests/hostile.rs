@@ -1457,11 +1457,11 @@ async fn assertions_naming_another_key_slot_are_refused() {
         .send(post("/v1/assertions", Some(JSON), assertion_body(&good)))
         .await;
     assert_eq!(reply.status, StatusCode::OK, "{}", reply.json());
-    assert_eq!(token_claims(&reply)["amr"], json!(["sc", "pin"]));
+    assert_eq!(token_claims(&reply)["amr"], json!(["hwk", "sc", "pin"]));
 }
 
 /// With `allowed_slots = ["9a", "9e"]` a `9e` assertion signs in, and its token says only
-/// what was proven: a smart card (`["sc"]`), no PIN.
+/// what was proven: a hardware key on a smart card (`["hwk", "sc"]`), no PIN.
 #[tokio::test]
 async fn a_card_authentication_slot_allowed_by_configuration_proves_no_pin() {
     let target = target_with(|config| {
@@ -1493,7 +1493,7 @@ async fn a_card_authentication_slot_allowed_by_configuration_proves_no_pin() {
             amr.push(token_claims(&reply)["amr"].clone());
         }
     }
-    assert_eq!(amr, [json!(["sc"]), json!(["sc", "pin"])]);
+    assert_eq!(amr, [json!(["hwk", "sc"]), json!(["hwk", "sc", "pin"])]);
 }
 
 /// Issue 11, item 9, end to end: a second user with alice's mail in other letters made

@@ -72,6 +72,7 @@ use crate::verifier::AssertionVerifier;
 use client_address::ClientAddress;
 use metrics::Metrics;
 use pivtap_protocol::audit::AuditKind;
+use pivtap_protocol::oidc;
 use pivtap_protocol::pin_policy::PinPolicy;
 use pivtap_protocol::wire;
 use rate_limit::RateLimiter;
@@ -101,6 +102,8 @@ pub struct Settings {
     pub audit_retention: Duration,
     /// Device identity (`[devices]`).
     pub devices: crate::config::DevicesConfig,
+    /// The OpenID Connect provider (`[oidc]`).
+    pub oidc: crate::config::OidcConfig,
 }
 
 /// Everything the handlers share. Cheap to clone.
@@ -709,6 +712,7 @@ pub async fn from_config(
         issuer,
         audit_retention: config.audit.retention(),
         devices: config.devices.clone(),
+        oidc: config.oidc.clone(),
     };
     if !config.devices.require_registration {
         tracing::warn!(
@@ -875,6 +879,21 @@ pub fn app(state: ServerState) -> Router {
         .route(wire::PATH_READY, get(handlers::readiness))
         .route(wire::PATH_LIVE, get(handlers::liveness))
         .route(wire::PATH_METRICS, get(handlers::public_metrics))
+        .route(
+            wire::PATH_SESSIONS_AUTHORIZATIONS,
+            post(crate::oidc::endpoints::authorize),
+        )
+        .route(oidc::PATH_DISCOVERY, get(crate::oidc::endpoints::discovery))
+        .route(oidc::PATH_TOKEN, post(crate::oidc::token_endpoint::token))
+        .route(
+            oidc::PATH_USERINFO,
+            get(crate::oidc::endpoints::userinfo).post(crate::oidc::endpoints::userinfo),
+        )
+        .route(oidc::PATH_REVOCATION, post(crate::oidc::endpoints::revoke))
+        .route(
+            oidc::PATH_INTROSPECTION,
+            post(crate::oidc::endpoints::introspect),
+        )
         .nest(wire::PATH_ADMIN, admin::router(state.clone()))
         .method_not_allowed_fallback(handlers::method_not_allowed)
         .fallback(handlers::not_found)
@@ -960,6 +979,12 @@ fn route_label(path: &str) -> &'static str {
         wire::PATH_READY => wire::PATH_READY,
         wire::PATH_LIVE => wire::PATH_LIVE,
         wire::PATH_METRICS => wire::PATH_METRICS,
+        wire::PATH_SESSIONS_AUTHORIZATIONS => wire::PATH_SESSIONS_AUTHORIZATIONS,
+        oidc::PATH_DISCOVERY => oidc::PATH_DISCOVERY,
+        oidc::PATH_TOKEN => oidc::PATH_TOKEN,
+        oidc::PATH_USERINFO => oidc::PATH_USERINFO,
+        oidc::PATH_REVOCATION => oidc::PATH_REVOCATION,
+        oidc::PATH_INTROSPECTION => oidc::PATH_INTROSPECTION,
         admin if admin.starts_with(wire::PATH_ADMIN) => wire::PATH_ADMIN,
         _ => "other",
     }

@@ -1259,6 +1259,7 @@ async fn update_user(
         "UPDATE issued_certificates SET user_id = $1 WHERE user_id = $2",
         "UPDATE pending_renewals SET user_id = $1 WHERE user_id = $2",
         "UPDATE audit SET user_id = $1 WHERE user_id = $2",
+        "UPDATE sessions SET user_id = $1 WHERE user_id = $2",
     ] {
         client.execute(sql, &[&user.id, &id]).await?;
     }

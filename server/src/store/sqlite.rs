@@ -31,6 +31,7 @@ use pivtap_protocol::certificate::CertificateFacts;
 use pivtap_protocol::nonce::Nonce;
 
 mod sessions;
+pub(super) use sessions::PURGE_SESSIONS;
 
 /// Version 1: users, cards, challenges and the audit log.
 const MIGRATION_1: &str = "
@@ -2106,6 +2107,7 @@ fn update_user(connection: &Connection, id: &str, user: &User) -> Result<(), Sto
         "issued_certificates",
         "pending_renewals",
         "audit",
+        "sessions",
     ] {
         connection
             .prepare_cached(&format!("UPDATE {table} SET user_id = ? WHERE user_id = ?"))?

@@ -683,18 +683,22 @@ pub(super) fn purge_sessions(
 ) -> Result<u64, StoreError> {
     let before = encode_time(ended_before)?;
     let mut purged = 0;
-    for sql in [
-        "DELETE FROM session_refresh_tokens WHERE session_id IN
-         (SELECT id FROM sessions WHERE ended_at < ?1)",
-        "DELETE FROM authorization_codes WHERE expires_at < ?1 OR session_id IN
-         (SELECT id FROM sessions WHERE ended_at < ?1)",
-        "DELETE FROM session_clients WHERE session_id IN
-         (SELECT id FROM sessions WHERE ended_at < ?1)",
-        "DELETE FROM sessions WHERE ended_at < ?1",
-        "DELETE FROM logout_deliveries WHERE delivered_at < ?1 OR given_up_at < ?1",
-        "DELETE FROM revoked_access_tokens WHERE expires_at < ?1",
-    ] {
+    for sql in PURGE_SESSIONS {
         purged += connection.prepare_cached(sql)?.execute([&before])? as u64;
     }
     Ok(purged)
 }
+
+/// The statements of [`Store::purge_sessions`](crate::store::Store::purge_sessions), in both
+/// stores' SQL: `$1` is the cut (a positional parameter to SQLite too).
+pub(in crate::store) const PURGE_SESSIONS: [&str; 6] = [
+    "DELETE FROM session_refresh_tokens WHERE session_id IN
+     (SELECT id FROM sessions WHERE ended_at < $1)",
+    "DELETE FROM authorization_codes WHERE expires_at < $1 OR session_id IN
+     (SELECT id FROM sessions WHERE ended_at < $1)",
+    "DELETE FROM session_clients WHERE session_id IN
+     (SELECT id FROM sessions WHERE ended_at < $1)",
+    "DELETE FROM sessions WHERE ended_at < $1",
+    "DELETE FROM logout_deliveries WHERE delivered_at < $1 OR given_up_at < $1",
+    "DELETE FROM revoked_access_tokens WHERE expires_at < $1",
+];
