@@ -16,9 +16,10 @@
 //!
 //! # Schema and migrations
 //!
-//! The schema is SQLite's ([`SqliteStore`](super::SqliteStore), migrations 1 to 8) in
-//! PostgreSQL types: times are `timestamptz` (microseconds, UTC, years 0000 to 9999 as
-//! SQLite keeps them), certificates `bytea`, audit ids `bigint` identities. Mail and UPN
+//! The schema is SQLite's ([`SqliteStore`](super::SqliteStore); version 1 is its migrations
+//! 1 to 8, version 2 its 9, version 3 its 10) in PostgreSQL types: times are `timestamptz`
+//! (microseconds, UTC, years 0000 to 9999 as SQLite keeps them), certificates `bytea`, audit
+//! and logout delivery ids `bigint` identities. Mail and UPN
 //! compare ASCII-case-folded as SQLite's `NOCASE` does, through an index on the folded
 //! value. Migrations are versioned in `schema_migrations`; [`PostgresStore::connect`] runs
 //! the missing ones under a session advisory lock, so of several nodes starting at once
