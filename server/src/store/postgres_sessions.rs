@@ -190,23 +190,37 @@ fn delivery_from_row(row: &Row) -> Result<LogoutDelivery, StoreError> {
     })
 }
 
-/// The session and the kiosk's refresh token of a sign-in, as statements of a write that
-/// has already recorded its card (the renewal path; the plain one is one statement).
+/// The session and the kiosk's refresh token of a sign-in, in a write that has already
+/// recorded its card (the renewal path; the plain one is one statement): stored ended when
+/// the card or the user is no longer active, as the plain path does.
 pub(super) async fn insert_session(
     client: &impl GenericClient,
     session: &NewSession,
 ) -> Result<(), StoreError> {
     let statement = client
-        .prepare_cached(
-            "WITH session AS (
+        .prepare_cached(concat!(
+            "WITH card AS (
+                 SELECT state FROM cards WHERE issuer = $4::text AND serial = $5::text FOR SHARE
+             ), holder AS (
+                 SELECT state FROM users WHERE id = $2::text FOR SHARE
+             ), gate AS (",
+            session_gate!(),
+            "
+             ), session AS (
                  INSERT INTO sessions (id, user_id, device, card_issuer, card_serial, amr,
-                     created_at, expires_at)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+                     created_at, expires_at, ended_at, ended_reason)
+                 SELECT $1::text, $2::text, $3::text, $4::text, $5::text, $6::text,
+                     $7::timestamptz, $8::timestamptz,
+                     CASE WHEN gate.reason IS NULL THEN NULL ELSE $7::timestamptz END,
+                     gate.reason
+                 FROM gate
              )
              INSERT INTO session_refresh_tokens (token_hash, session_id, client_id, scope,
-                 created_at)
-             VALUES ($9, $1, $10, '', $7)",
-        )
+                 created_at, revoked_at)
+             SELECT $9::text, $1::text, $10::text, '', $7::timestamptz,
+                 CASE WHEN gate.reason IS NULL THEN NULL ELSE $7::timestamptz END
+             FROM gate"
+        ))
         .await?;
     let result = client
         .execute(

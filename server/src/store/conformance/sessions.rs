@@ -5,12 +5,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use time::Duration as TimeSpan;
+use time::OffsetDateTime;
 
 use super::{TestResult, at, event, facts, id, session_for, user, user_event};
 use crate::store::{
-    AuditQuery, CardId, CodeRedemption, DeliveryOutcome, KIOSK_CLIENT_ID, NewAuthorizationCode,
-    NewSession, OidcClient, RefreshUse, Session, SessionEndReason, SessionQuery, SessionSelector,
-    Store, StoreError,
+    AuditQuery, CardId, CardState, CodeRedemption, DeliveryOutcome, KIOSK_CLIENT_ID,
+    NewAuthorizationCode, NewSession, OidcClient, RefreshUse, RevocationReason, Session,
+    SessionEndReason, SessionQuery, SessionSelector, Store, StoreError, UserState,
 };
 use pivtap_protocol::audit::{AuditKind, AuditOutcome};
 
@@ -356,6 +357,99 @@ pub async fn a_renamed_users_sessions_move_with_them(store: Arc<dyn Store>) -> T
         )
         .await?;
     assert_eq!(ids(&ended), [&session.id]);
+    Ok(())
+}
+
+/// Conformance: locking or revoking a card, locking or deleting a user ends their sessions
+/// in the same write (queuing their logouts); a sign-in finishing after such a lock stores
+/// its session ended.
+pub async fn locks_revocations_and_deletions_end_sessions_in_the_same_write(
+    store: Arc<dyn Store>,
+) -> TestResult {
+    users(&*store).await?;
+    store.add_client(&client("wiki", true)).await?;
+    let locked_card = sign_in(&*store, "alice", "01", "kiosk-1", 10).await?;
+    let revoked_card = sign_in(&*store, "alice", "02", "kiosk-1", 20).await?;
+    let locked_user = sign_in(&*store, "bob", "03", "kiosk-2", 30).await?;
+    store
+        .record_session_client(&locked_card.id, "wiki", at(31))
+        .await?;
+    let reason = |id: String| {
+        let store = Arc::clone(&store);
+        async move {
+            Ok::<_, StoreError>(
+                store
+                    .get_session(&id)
+                    .await?
+                    .and_then(|session| session.ended_reason),
+            )
+        }
+    };
+
+    store.set_card_state(&id("01"), CardState::Locked).await?;
+    assert_eq!(
+        reason(locked_card.id.clone()).await?,
+        Some(SessionEndReason::CardLocked)
+    );
+    assert_eq!(reason(revoked_card.id.clone()).await?, None);
+    let due = store
+        .claim_logout_deliveries(
+            OffsetDateTime::now_utc() + TimeSpan::minutes(1),
+            Duration::from_secs(30),
+            10,
+        )
+        .await?;
+    assert_eq!(
+        due.iter()
+            .map(|d| (d.session_id.as_str(), d.client_id.as_str()))
+            .collect::<Vec<_>>(),
+        [(locked_card.id.as_str(), "wiki")]
+    );
+    // Unlocking does not bring a session back.
+    store.set_card_state(&id("01"), CardState::Active).await?;
+    assert_eq!(
+        reason(locked_card.id.clone()).await?,
+        Some(SessionEndReason::CardLocked)
+    );
+    store
+        .revoke_card(&id("02"), RevocationReason::KeyCompromise)
+        .await?;
+    assert_eq!(
+        reason(revoked_card.id.clone()).await?,
+        Some(SessionEndReason::CardRevoked)
+    );
+    store.set_user_state("bob", UserState::Locked).await?;
+    assert_eq!(
+        reason(locked_user.id.clone()).await?,
+        Some(SessionEndReason::UserLocked)
+    );
+
+    // A sign-in whose checks ran before the lock finishes after it: its session is ended.
+    let late = sign_in(&*store, "bob", "03", "kiosk-2", 40).await?;
+    let stored = store.get_session(&late.id).await?.ok_or("late")?;
+    assert_eq!(
+        (stored.ended_at, stored.ended_reason),
+        (Some(at(40)), Some(SessionEndReason::UserLocked))
+    );
+    assert_eq!(
+        store
+            .use_refresh_token(&late.refresh_token_hash, KIOSK_CLIENT_ID, "n1", at(41))
+            .await?,
+        RefreshUse::Ended
+    );
+    store.set_card_state(&id("01"), CardState::Locked).await?;
+    let on_locked_card = sign_in(&*store, "alice", "01", "kiosk-1", 50).await?;
+    assert_eq!(
+        reason(on_locked_card.id.clone()).await?,
+        Some(SessionEndReason::CardLocked)
+    );
+
+    let deleted = sign_in(&*store, "alice", "04", "kiosk-1", 60).await?;
+    store.delete_user("alice", user_event("alice")).await?;
+    assert_eq!(
+        reason(deleted.id.clone()).await?,
+        Some(SessionEndReason::UserDeleted)
+    );
     Ok(())
 }
 
