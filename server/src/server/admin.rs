@@ -547,13 +547,9 @@ async fn delete_user(
         Some(id.clone()),
         format!("deleted user {id}; their cards are revoked (affiliationChanged)"),
     );
+    let ending = active_sessions_of(&state, &SessionSelector::User(id.clone())).await?;
     let revoked = state.store().delete_user(&id, event).await?;
-    end_sessions_of(
-        &state,
-        SessionSelector::User(id.clone()),
-        SessionEndReason::UserDeleted,
-    )
-    .await?;
+    audit_ended(&state, None, ending, SessionEndReason::UserDeleted).await?;
     Ok(Json(UserDeleted {
         deleted: id,
         revoked_cards: revoked.iter().map(CardId::qualified).collect(),
@@ -639,6 +635,10 @@ async fn set_user_state(
     verb: &str,
 ) -> Result<Json<UserRecord>, ApiError> {
     let id = path_param(id)?;
+    let ending = match new {
+        UserState::Locked => active_sessions_of(&state, &SessionSelector::User(id.clone())).await?,
+        UserState::Active => Vec::new(),
+    };
     state.store().set_user_state(&id, new).await?;
     admin_audit(
         &state,
@@ -647,14 +647,7 @@ async fn set_user_state(
         format!("{verb} user {id}"),
     )
     .await?;
-    if new == UserState::Locked {
-        end_sessions_of(
-            &state,
-            SessionSelector::User(id.clone()),
-            SessionEndReason::UserLocked,
-        )
-        .await?;
-    }
+    audit_ended(&state, None, ending, SessionEndReason::UserLocked).await?;
     let user = state
         .store()
         .get_user(&id)
@@ -736,15 +729,19 @@ async fn set_card_state(
     verb: &str,
 ) -> Result<Json<CardRecord>, ApiError> {
     let id = resolve_card(&state, &path_param(card)?).await?;
+    let ending = match new {
+        CardState::Active => Vec::new(),
+        CardState::Locked | CardState::Revoked => {
+            active_sessions_of(&state, &SessionSelector::Card(id.clone())).await?
+        }
+    };
     state.store().set_card_state(&id, new).await?;
-    if new == CardState::Locked {
-        end_sessions_of(
-            &state,
-            SessionSelector::Card(id.clone()),
-            SessionEndReason::CardLocked,
-        )
-        .await?;
-    }
+    let reason = if new == CardState::Revoked {
+        SessionEndReason::CardRevoked
+    } else {
+        SessionEndReason::CardLocked
+    };
+    audit_ended(&state, Some(&id), ending, reason).await?;
     changed_card(
         &state,
         &id,
@@ -808,13 +805,9 @@ async fn revoke_card(
         })?,
     };
     let id = resolve_card(&state, &path_param(card)?).await?;
+    let ending = active_sessions_of(&state, &SessionSelector::Card(id.clone())).await?;
     state.store().revoke_card(&id, reason).await?;
-    end_sessions_of(
-        &state,
-        SessionSelector::Card(id.clone()),
-        SessionEndReason::CardRevoked,
-    )
-    .await?;
+    audit_ended(&state, Some(&id), ending, SessionEndReason::CardRevoked).await?;
     let detail = format!("revoked card {id} (issuer {}), reason {reason}", id.issuer);
     changed_card(&state, &id, detail).await
 }
@@ -844,12 +837,7 @@ async fn delete_card(
                 ),
                 other => ApiError::from(other),
             })?;
-        end_sessions_of(
-            &state,
-            SessionSelector::Card(id.clone()),
-            SessionEndReason::CardRevoked,
-        )
-        .await?;
+        // Only a revoked card is deleted: its sessions ended with the revocation.
         Ok::<_, ApiError>(id)
     }
     .await;
@@ -1102,15 +1090,13 @@ async fn query_audit(
     Ok(Json(events.into_iter().map(audit_record).collect()))
 }
 
-/// Ends the active sessions of a user or card for `reason` (a lock, revocation or deletion
-/// just done), in one write with their audit event (`session`, naming the user, the card
-/// if one, the sessions and the acting credential). Nothing is written when none is active.
-async fn end_sessions_of(
+/// The active sessions of a user or card, read before a lock, revocation or deletion that
+/// ends them (the store ends them in the change's own write), for [`audit_ended`].
+async fn active_sessions_of(
     state: &ServerState,
-    selector: SessionSelector,
-    reason: SessionEndReason,
-) -> Result<(), ApiError> {
-    let query = match &selector {
+    selector: &SessionSelector,
+) -> Result<Vec<Session>, ApiError> {
+    let query = match selector {
         SessionSelector::User(id) => SessionQuery {
             user_id: Some(id.clone()),
             ..SessionQuery::default()
@@ -1123,7 +1109,7 @@ async fn end_sessions_of(
             unreachable!("only users and cards are ended by an admin change")
         }
     };
-    let active: Vec<Session> = state
+    Ok(state
         .store()
         .list_sessions(&SessionQuery {
             active_only: true,
@@ -1132,25 +1118,40 @@ async fn end_sessions_of(
         })
         .await?
         .into_iter()
-        .filter(|session| match &selector {
+        .filter(|session| match selector {
             SessionSelector::Card(card) => session.card == *card,
             _ => true,
         })
-        .collect();
-    let Some(first) = active.first() else {
+        .collect())
+}
+
+/// Audits, as one `session` event naming the user, the card (for a card's change), the
+/// sessions and the acting credential, those of `before` that the change ended for
+/// `reason`. Writes nothing when it ended none.
+async fn audit_ended(
+    state: &ServerState,
+    card: Option<&CardId>,
+    before: Vec<Session>,
+    reason: SessionEndReason,
+) -> Result<(), ApiError> {
+    let mut ended = Vec::new();
+    for session in before {
+        if let Some(now) = state.store().get_session(&session.id).await?
+            && now.ended_reason == Some(reason)
+        {
+            ended.push(now);
+        }
+    }
+    let Some(first) = ended.first() else {
         return Ok(());
     };
-    let ids: Vec<&str> = active.iter().map(|session| session.id.as_str()).collect();
-    let now = OffsetDateTime::now_utc();
+    let ids: Vec<&str> = ended.iter().map(|session| session.id.as_str()).collect();
     let event = NewAuditEvent {
-        time: now,
+        time: OffsetDateTime::now_utc(),
         kind: AuditKind::Session,
         outcome: AuditOutcome::Ok,
         device: None,
-        card_serial: match &selector {
-            SessionSelector::Card(card) => Some(card.serial.clone()),
-            _ => None,
-        },
+        card_serial: card.map(|card| card.serial.clone()),
         user_id: Some(first.user_id.clone()),
         detail: Some(acting(format!(
             "session{} {} ended: {reason}",
@@ -1158,10 +1159,7 @@ async fn end_sessions_of(
             ids.join(", ")
         ))),
     };
-    state
-        .store()
-        .end_sessions(&selector, reason, now, Some(event))
-        .await?;
+    state.store().audit(event).await?;
     Ok(())
 }
 
