@@ -26,6 +26,8 @@ const MAIL_REDIRECT: &str = "https://mail.example/callback";
 const APP_REDIRECT: &str = "http://127.0.0.1:9000/callback";
 const VERIFIER: &str = "dBjftJeZ4CVP-mB92K27uhbUJU1p1r_wW1gFWFOEjXk";
 const CHALLENGE: &str = "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM";
+/// Well-formed, but not the verifier of [`CHALLENGE`].
+const OTHER_VERIFIER: &str = "xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx";
 
 /// A server (open device mode) with Alice, two confidential clients (`wiki`, `mail`) and a
 /// public one (`app`).
@@ -469,6 +471,15 @@ async fn the_kiosk_gets_no_code_for_what_is_not_registered_or_without_pkce() {
     assert_eq!(ended.error(), "session_ended");
 }
 
+/// Basic credentials, redirect URI, code verifier; the status and error expected.
+type Case<'a> = (
+    Option<(&'a str, &'a str)>,
+    &'a str,
+    Option<&'a str>,
+    StatusCode,
+    &'a str,
+);
+
 #[tokio::test]
 async fn codes_are_refused_for_the_wrong_verifier_redirect_client_or_credentials() {
     let provider = provider().await;
@@ -488,12 +499,11 @@ async fn codes_are_refused_for_the_wrong_verifier_redirect_client_or_credentials
         }
     };
     let wiki = Some(("wiki", WIKI_SECRET));
-    let other_verifier = "x".repeat(43);
-    let cases: [(Option<(&str, &str)>, &str, Option<&str>, StatusCode, &str); 6] = [
+    let cases: [Case<'static>; 6] = [
         (
             wiki,
             WIKI_REDIRECT,
-            Some(other_verifier.as_str()),
+            Some(OTHER_VERIFIER),
             StatusCode::BAD_REQUEST,
             "invalid_grant",
         ),
