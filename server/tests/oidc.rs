@@ -850,3 +850,63 @@ async fn unknown_grants_and_non_form_bodies_are_refused() {
     assert_eq!(json_body.error(), "invalid_request");
     assert_no_store(&json_body);
 }
+
+#[tokio::test]
+async fn wrong_client_secrets_spend_the_sources_refusals_and_big_bodies_are_refused() {
+    let (dir, report) = init_directory();
+    let mut config = ServerConfig::load(&report.config_path).expect("server.toml loads");
+    config.origin = ORIGIN.to_owned();
+    config.rate_limit.refusal_burst = 2;
+    config.rate_limit.refusals_per_minute = 1;
+    let state = state_with_users(&config, &[ALICE.user()]).await;
+    state
+        .store()
+        .add_client(&OidcClient {
+            id: "wiki".to_owned(),
+            secret_hash: Some(secret_hash(WIKI_SECRET)),
+            redirect_uris: vec![WIKI_REDIRECT.to_owned()],
+            backchannel_logout_uri: None,
+            created_at: OffsetDateTime::now_utc(),
+        })
+        .await
+        .expect("the client registers");
+    let provider = Provider { _dir: dir, state };
+    let guess = |secret: &'static str| {
+        let provider = &provider;
+        async move {
+            provider
+                .form(
+                    oidc::PATH_INTROSPECTION,
+                    Some(("wiki", secret)),
+                    &[("token", "x")],
+                )
+                .await
+        }
+    };
+    for _ in 0..2 {
+        assert_eq!(guess("guess").await.error(), "invalid_client");
+    }
+    let held_back = guess("guess").await;
+    assert_eq!(held_back.status, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(held_back.error(), "temporarily_unavailable");
+    assert!(held_back.headers.contains_key(header::RETRY_AFTER));
+    // The right secret still works: only refusals are spent.
+    let right = guess(WIKI_SECRET).await;
+    assert_eq!(right.status, StatusCode::OK, "{}", right.body);
+
+    let big = format!(
+        "grant_type=refresh_token&refresh_token={}",
+        "a".repeat(70 * 1024)
+    );
+    let reply = provider
+        .send(
+            Request::builder()
+                .method(Method::POST)
+                .uri(oidc::PATH_TOKEN)
+                .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+                .body(Body::from(big))
+                .expect("a request"),
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::PAYLOAD_TOO_LARGE);
+}
