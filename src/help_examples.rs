@@ -247,6 +247,42 @@ const EXAMPLES: &[(&[&str], &[&str])] = &[
         &["pivtap admin devices remove kiosk-07"],
     ),
     (
+        &["admin", "sessions", "list"],
+        &[
+            "pivtap admin sessions list",
+            "pivtap admin sessions list --user erin --all --json",
+            "pivtap admin sessions list --device kiosk-07",
+        ],
+    ),
+    (
+        &["admin", "sessions", "show"],
+        &["pivtap admin sessions show Xr3c9V0m2QeL7kZpA1bN4w"],
+    ),
+    (
+        &["admin", "sessions", "end"],
+        &["pivtap admin sessions end Xr3c9V0m2QeL7kZpA1bN4w"],
+    ),
+    (
+        &["admin", "clients", "add"],
+        &[
+            "pivtap admin clients add --id wiki --redirect-uri https://wiki.example.com/oidc/callback > wiki.secret",
+            "pivtap admin clients add --id scanner-app --public --redirect-uri http://127.0.0.1:8400/callback",
+            "pivtap admin clients add --id erp --redirect-uri https://erp.example.com/cb --backchannel-logout-uri https://erp.example.com/logout --json",
+        ],
+    ),
+    (
+        &["admin", "clients", "list"],
+        &["pivtap admin clients list --json"],
+    ),
+    (
+        &["admin", "clients", "show"],
+        &["pivtap admin clients show wiki"],
+    ),
+    (
+        &["admin", "clients", "remove"],
+        &["pivtap admin clients remove wiki"],
+    ),
+    (
         &["admin", "enroll"],
         &[
             "pivtap admin enroll alice",

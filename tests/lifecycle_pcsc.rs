@@ -17,10 +17,9 @@
 //! certificate changed under the same CHUID. Lock, unlock and revoke act
 //! at the kiosk's next tap.
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdin, Command, Stdio};
-use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use pivtap_card::pcsc::PcscContext;
@@ -28,21 +27,17 @@ use pivtap_client::client::{Client, ServerTrust};
 use serde_json::Value;
 
 mod common;
-use common::{KIOSK, RunningServer, free_port, interrupt, path_str, pivtap_command, run};
+use common::kiosk::{HeadlessKiosk, KIOSK_READER, WAIT};
+use common::{KIOSK, RunningServer, interrupt, path_str, pivtap_command, run};
 use pivtap_card::factory;
 use pivtap_testkit::pcscd::{
-    VPCD_READER_0, VPCD_READER_1, VpcdReader, context, pcscd_turn, reader_states, wait_for_reader,
+    VPCD_READER_1, VpcdReader, context, pcscd_turn, reader_states, wait_for_reader,
 };
 
-/// The kiosk's reader, and the port its cards attach on.
-const KIOSK_READER: VpcdReader = VPCD_READER_0;
 /// The IT desk's reader (renewal), and its port.
 const DESK_READER: VpcdReader = VPCD_READER_1;
 /// The PIN of a blank card.
 const FACTORY_PIN: &str = factory::PIN;
-
-/// The longest wait for a kiosk event or a reader change.
-const WAIT: Duration = Duration::from_secs(20);
 
 /// `pivtap vcard attach FILE --port PORT`: the card in a vpcd reader until [`Attached::remove`].
 struct Attached<'a> {
@@ -118,190 +113,6 @@ impl<'a> Attached<'a> {
 
 impl Drop for Attached<'_> {
     /// A test that failed half-way leaves no card in a reader.
-    fn drop(&mut self) {
-        if matches!(self.child.try_wait(), Ok(None)) {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
-}
-
-/// `pivtap kiosk --config kiosk.toml --headless`: JSON events out, PINs in.
-struct HeadlessKiosk {
-    child: Child,
-    /// `None` once closed ([`HeadlessKiosk::close_stdin`]).
-    stdin: Option<ChildStdin>,
-    /// The local session API's port on 127.0.0.1.
-    api_port: u16,
-    events: Receiver<Value>,
-    /// Every event so far, for failure messages.
-    seen: Vec<Value>,
-    stderr: PathBuf,
-}
-
-impl HeadlessKiosk {
-    /// Writes a kiosk.toml for `server` watching only the kiosk's reader, and starts the kiosk.
-    fn start(server: &RunningServer) -> Self {
-        HeadlessKiosk::start_with_filter(server, KIOSK_READER.name)
-    }
-
-    /// As [`start`](Self::start), watching the readers whose name contains `name_contains`.
-    fn start_with_filter(server: &RunningServer, name_contains: &str) -> Self {
-        let dir = server.dir.path().join("kiosk");
-        std::fs::create_dir_all(&dir).expect("the kiosk's directory");
-        let config = dir.join("kiosk.toml");
-        // The kiosk's own credential, as `pivtap kiosk enroll-device` writes it.
-        let credential = server.device_credential(KIOSK);
-        let api_port = free_port();
-        let toml = format!(
-            "device = {device:?}\n\n[server]\nurl = {url:?}\nca = {ca:?}\n\
-             device_key = {key:?}\ndevice_certificate = {certificate:?}\n\n\
-             [readers]\nname_contains = {reader:?}\n\n\
-             [local_api]\nlisten = \"127.0.0.1:{port}\"\ntoken_file = \"local-api.token\"\n",
-            device = KIOSK,
-            url = server.url,
-            ca = path_str(&server.ca),
-            key = path_str(&credential.join("device.key")),
-            certificate = path_str(&credential.join("device.crt")),
-            reader = name_contains,
-            port = api_port,
-        );
-        std::fs::write(&config, toml).expect("kiosk.toml is written");
-        let stderr = dir.join("kiosk.err");
-        let mut child = pivtap_command(&["kiosk", "--config", path_str(&config), "--headless"])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(std::fs::File::create(&stderr).expect("a log file"))
-            .spawn()
-            .expect("pivtap kiosk starts");
-        let stdin = child.stdin.take().expect("the kiosk's stdin");
-        let stdout = child.stdout.take().expect("the kiosk's stdout");
-        let (sender, events) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { return };
-                let event = serde_json::from_str(&line)
-                    .unwrap_or_else(|_| serde_json::json!({"event": "not_json", "line": line}));
-                if sender.send(event).is_err() {
-                    return;
-                }
-            }
-        });
-        HeadlessKiosk {
-            child,
-            stdin: Some(stdin),
-            api_port,
-            events,
-            seen: Vec::new(),
-            stderr,
-        }
-    }
-
-    /// What went wrong, with everything the kiosk said.
-    fn story(&self) -> String {
-        let log = std::fs::read_to_string(&self.stderr).unwrap_or_default();
-        format!(
-            "events:\n{}\nkiosk stderr:\n{log}",
-            self.seen
-                .iter()
-                .map(Value::to_string)
-                .collect::<Vec<_>>()
-                .join("\n")
-        )
-    }
-
-    /// The next event, failing after [`WAIT`] or when the kiosk stopped.
-    fn next(&mut self, waiting_for: &str) -> Value {
-        match self.events.recv_timeout(WAIT) {
-            Ok(event) => {
-                assert_ne!(event["event"], "not_json", "{}", self.story());
-                self.seen.push(event.clone());
-                event
-            }
-            Err(RecvTimeoutError::Timeout) => {
-                panic!("no {waiting_for} within {WAIT:?}; {}", self.story())
-            }
-            Err(RecvTimeoutError::Disconnected) => {
-                let status = self.child.try_wait();
-                panic!(
-                    "the kiosk stopped ({status:?}) before {waiting_for}; {}",
-                    self.story()
-                )
-            }
-        }
-    }
-
-    /// The next event, which must be of `kind`.
-    fn expect(&mut self, kind: &str) -> Value {
-        let event = self.next(kind);
-        assert_eq!(event["event"], kind, "{}", self.story());
-        event
-    }
-
-    /// Types a line (a PIN, `quit`) on the kiosk.
-    fn line(&mut self, text: &str) {
-        let stdin = self.stdin.as_mut().expect("the kiosk's stdin is open");
-        writeln!(stdin, "{text}").expect("the kiosk reads its stdin");
-        stdin.flush().expect("the kiosk reads its stdin");
-    }
-
-    /// Closes the kiosk's standard input, as a service manager's /dev/null does.
-    fn close_stdin(&mut self) {
-        self.stdin = None;
-    }
-
-    /// The badge was tapped on the kiosk's reader: it is read and the PIN asked for.
-    fn expect_tap(&mut self) {
-        let present = self.expect("card_present");
-        assert_eq!(present["reader"], KIOSK_READER.name, "{}", self.story());
-        let prompt = self.expect("pin_required");
-        // `null`: not read, for a badge whose PIN was right at its last sign-in here.
-        assert!(
-            prompt["tries_left"] == 3 || prompt["tries_left"].is_null(),
-            "{}",
-            self.story()
-        );
-    }
-
-    /// Types the PIN and waits for `user`'s sign-in; returns the session token.
-    fn sign_in(&mut self, pin: &str, user: &str) -> String {
-        self.line(pin);
-        let signed_in = self.expect("signed_in");
-        assert_eq!(signed_in["user"]["id"], user, "{}", self.story());
-        let token = signed_in["token"].as_str().expect("a session token");
-        assert_eq!(token.split('.').count(), 3, "a JWT: {token}");
-        token.to_owned()
-    }
-
-    /// Quits and checks the kiosk ended cleanly.
-    fn quit(mut self) {
-        self.line("quit");
-        self.expect_clean_exit();
-    }
-
-    /// Waits for the kiosk to end, which it must do cleanly (exit 0).
-    fn expect_clean_exit(mut self) {
-        let deadline = Instant::now() + WAIT;
-        loop {
-            if let Some(status) = self.child.try_wait().expect("the kiosk process is there") {
-                assert!(
-                    status.success(),
-                    "the kiosk ended with {status}; {}",
-                    self.story()
-                );
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "the kiosk did not quit; {}",
-                self.story()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-}
-
-impl Drop for HeadlessKiosk {
     fn drop(&mut self) {
         if matches!(self.child.try_wait(), Ok(None)) {
             let _ = self.child.kill();

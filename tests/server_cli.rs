@@ -581,3 +581,117 @@ fn devices_are_registered_enrolled_disabled_and_removed_from_the_command_line() 
     let (status, _) = server.stop();
     assert!(status.success());
 }
+
+#[test]
+fn sessions_and_clients_are_administered_from_the_command_line() {
+    let mut server = RunningServer::start();
+    server.add_user("alice", "Alice Example", "alice@example.com");
+    let card = server.card_copy("alice");
+    server.auth(&card, ALICE_PIN).success("auth");
+
+    let listed = server
+        .admin(&["sessions", "list", "--json"])
+        .success("sessions list")
+        .json();
+    assert_eq!(listed.as_array().map(Vec::len), Some(1), "{listed}");
+    assert_eq!(listed[0]["user_id"], "alice");
+    assert_eq!(listed[0]["device"], KIOSK);
+    let id = listed[0]["id"].as_str().expect("a session id").to_owned();
+    let text = server
+        .admin(&["sessions", "list", "--user", "alice"])
+        .success("sessions list as text");
+    assert!(
+        text.stdout.contains(&id) && text.stdout.contains("active until"),
+        "{}",
+        text.stdout
+    );
+    let shown = server
+        .admin(&["sessions", "show", &id, "--json"])
+        .success("sessions show")
+        .json();
+    assert_eq!(shown["id"], id.as_str());
+    let ended = server
+        .admin(&["sessions", "end", &id])
+        .success("sessions end");
+    assert!(ended.stdout.contains("(admin)"), "{}", ended.stdout);
+    let active = server
+        .admin(&["sessions", "list", "--json"])
+        .success("sessions list after the end")
+        .json();
+    assert_eq!(active, serde_json::json!([]));
+    let all = server
+        .admin(&["sessions", "list", "--all", "--json"])
+        .success("sessions list --all")
+        .json();
+    assert_eq!(all[0]["ended_reason"], "admin", "{all}");
+    server
+        .admin(&["sessions", "end", "no-such-session"])
+        .failure("ending an unknown session", "no session");
+
+    // A confidential client: the secret alone on stdout, once.
+    let added = server
+        .admin(&[
+            "clients",
+            "add",
+            "--id",
+            "wiki",
+            "--redirect-uri",
+            "https://wiki.example.com/cb",
+        ])
+        .success("clients add");
+    let secret = added.stdout.trim().to_owned();
+    assert_eq!(
+        URL_SAFE_NO_PAD.decode(&secret).map(|bytes| bytes.len()),
+        Ok(32),
+        "{}",
+        added.stdout
+    );
+    let public = server
+        .admin(&[
+            "clients",
+            "add",
+            "--id",
+            "scanner",
+            "--public",
+            "--redirect-uri",
+            "http://127.0.0.1:8400/cb",
+            "--backchannel-logout-uri",
+            "http://127.0.0.1:8400/logout",
+            "--json",
+        ])
+        .success("clients add --public")
+        .json();
+    assert_eq!(public["secret"], Value::Null);
+    assert_eq!(public["client"]["public"], true);
+    server
+        .admin(&[
+            "clients",
+            "add",
+            "--id",
+            "plain",
+            "--redirect-uri",
+            "http://wiki.example.com/cb",
+        ])
+        .failure("a plain-http redirect URI", "loopback");
+    let clients = server
+        .admin(&["clients", "list", "--json"])
+        .success("clients list");
+    assert!(!clients.stdout.contains(&secret));
+    assert_eq!(clients.json().as_array().map(Vec::len), Some(2));
+    let shown = server
+        .admin(&["clients", "show", "scanner", "--json"])
+        .success("clients show")
+        .json();
+    assert_eq!(
+        shown["backchannel_logout_uri"],
+        "http://127.0.0.1:8400/logout"
+    );
+    server
+        .admin(&["clients", "remove", "scanner"])
+        .success("clients remove");
+    server
+        .admin(&["clients", "show", "scanner"])
+        .failure("a removed client", "no client");
+    let (status, _) = server.stop();
+    assert!(status.success());
+}

@@ -18,7 +18,9 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
+use zeroize::Zeroizing;
 
+use pivtap_protocol::oidc::{self, OAuthErrorBody, OAuthErrorCode, TokenResponse};
 use pivtap_protocol::pin_policy::PinPolicy;
 use pivtap_protocol::wire::{
     self, AssertionRequest, AssertionResponse, AuditRecord, CardRecord, ChallengeRequest,
@@ -93,6 +95,17 @@ pub enum ClientError {
         /// For `rate_limited`: when to try again.
         retry_after: Option<Duration>,
     },
+    /// The server's OpenID Connect token endpoint refused with an OAuth error
+    /// (RFC 6749 §5.2, RFC 8693 §2.2.2).
+    #[error("the server refused: {error}{}", description.as_deref().map(|text| format!(": {}", pivtap_protocol::escape::escape(text))).unwrap_or_default())]
+    OAuthRefused {
+        /// HTTP status.
+        status: u16,
+        /// The OAuth error code.
+        error: OAuthErrorCode,
+        /// The server's sentence for people (never a secret).
+        description: Option<String>,
+    },
     /// The server answered something that is not pivtap's protocol.
     #[error("unexpected answer from the server: {reason}")]
     Protocol {
@@ -116,6 +129,8 @@ pub enum FailureKind {
     Trust,
     /// The server answered with a refusal and this stable code.
     Refused(ErrorCode),
+    /// The token endpoint answered with this OAuth error.
+    OAuthRefused(OAuthErrorCode),
     /// Something answered that does not speak pivtap's protocol (a wrong URL or a proxy).
     Protocol,
 }
@@ -141,6 +156,7 @@ impl ClientError {
             ClientError::Network { source, .. } => FailureKind::Network(network_failure(source)),
             ClientError::UntrustedServer { .. } => FailureKind::Trust,
             ClientError::Refused { code, .. } => FailureKind::Refused(*code),
+            ClientError::OAuthRefused { error, .. } => FailureKind::OAuthRefused(*error),
             ClientError::Protocol { .. } => FailureKind::Protocol,
         }
     }
@@ -377,10 +393,19 @@ impl Client {
                 Some(RequestBody::Csv(text)) => request
                     .header("content-type", "text/csv")
                     .body(text.to_string()),
+                Some(RequestBody::Form(text)) => request
+                    .header("content-type", "application/x-www-form-urlencoded")
+                    .body(text.to_string()),
                 None => request,
             };
             match request.send().await {
-                Ok(response) => return decode(response).await,
+                Ok(response) => {
+                    let refusals = match body {
+                        Some(RequestBody::Form(_)) => Refusals::OAuth,
+                        _ => Refusals::Pivtap,
+                    };
+                    return decode(response, refusals).await;
+                }
                 // A server that fails the trust check will fail it again: no retry.
                 Err(error)
                     if error.is_connect()
@@ -425,10 +450,7 @@ impl Client {
             .device
             .as_ref()
             .filter(|credential| credential.device() == device)
-            .map(|credential| {
-                let aud = self.origin.as_deref().unwrap_or(&self.base);
-                credential.proof(aud, time::OffsetDateTime::now_utc())
-            });
+            .and_then(|_| self.device_proof());
         let body = ChallengeRequest {
             device: device.to_owned(),
             proof,
@@ -505,6 +527,14 @@ impl Client {
         .await
     }
 
+    /// A fresh device proof of this client's device credential, for this client's server
+    /// URL, the server's origin, or [`Client::with_origin`]; `None` without a credential.
+    fn device_proof(&self) -> Option<String> {
+        let credential = self.device.as_ref()?;
+        let aud = self.origin.as_deref().unwrap_or(&self.base);
+        Some(credential.proof(aud, time::OffsetDateTime::now_utc()))
+    }
+
     /// `POST /v1/sign-outs`: reports the end of the session `token` opened, with why
     /// (`card_removed`, `idle`, ...). Answers whether it was recorded (`false` for a
     /// replay).
@@ -518,15 +548,130 @@ impl Client {
             session_id: None,
             device_proof: None,
         };
+        self.post_sign_out(Some(token), &body).await
+    }
+
+    /// `POST /v1/sign-outs` without a token: ends session `session_id`, proven by a fresh
+    /// proof of this client's device credential (the session's device). For a sign-out kept
+    /// while the server could not be reached, whose tokens have long expired. Answers whether
+    /// it was recorded (`false` when the session had ended already).
+    ///
+    /// # Errors
+    /// [`ClientError::Config`] without a device credential; [`ClientError::Refused`] with
+    /// `unauthorized` or `device_proof_invalid` when the server does not take the proof.
+    pub async fn sign_out_session(
+        &self,
+        session_id: &str,
+        reason: &str,
+    ) -> Result<bool, ClientError> {
+        let device_proof = self.device_proof().ok_or_else(|| ClientError::Config {
+            reason: "a sign-out by session id needs the device credential ([server] device_key)"
+                .to_owned(),
+        })?;
+        let body = wire::SignOutRequest {
+            reason: reason.to_owned(),
+            session_id: Some(session_id.to_owned()),
+            device_proof: Some(device_proof),
+        };
+        self.post_sign_out(None, &body).await
+    }
+
+    async fn post_sign_out(
+        &self,
+        token: Option<&str>,
+        body: &wire::SignOutRequest,
+    ) -> Result<bool, ClientError> {
         let recorded: wire::SignOutRecorded = self
             .request(
                 Method::POST,
                 wire::PATH_SIGN_OUTS,
-                Some(token),
-                Some(RequestBody::Json(&body)),
+                token,
+                Some(RequestBody::Json(body)),
             )
             .await?;
         Ok(recorded.recorded)
+    }
+
+    /// `POST /v1/sessions/refresh`: trades the session's refresh token for a new access
+    /// token and the refresh token that replaces it.
+    ///
+    /// # Errors
+    /// [`ClientError::Refused`] with `session_ended` once the session has ended (or the
+    /// refresh token was used already).
+    pub async fn refresh_session(
+        &self,
+        refresh_token: &str,
+    ) -> Result<wire::SessionRefreshed, ClientError> {
+        let body = wire::SessionRefreshRequest {
+            refresh_token: refresh_token.to_owned(),
+        };
+        self.request(
+            Method::POST,
+            wire::PATH_SESSIONS_REFRESH,
+            None,
+            Some(RequestBody::Json(&body)),
+        )
+        .await
+    }
+
+    /// `GET /v1/sessions/current`: whether the session of `token` (the kiosk's session
+    /// access token) is still active, and why it ended.
+    ///
+    /// # Errors
+    /// [`ClientError::Refused`] with `unauthorized` for a token the server does not accept,
+    /// `session_ended` for a session that has ended.
+    pub async fn session_status(&self, token: &str) -> Result<wire::SessionStatus, ClientError> {
+        self.request::<(), _>(Method::GET, wire::PATH_SESSIONS_CURRENT, Some(token), None)
+            .await
+    }
+
+    /// `POST /v1/sessions/authorizations`: an authorization code for a registered client,
+    /// from the session of `token` (the kiosk's loopback authorization endpoint).
+    ///
+    /// # Errors
+    /// [`ClientError::Refused`] with `client_unknown`, `redirect_uri_not_registered`,
+    /// `invalid_request` (PKCE, scope) or `session_ended`.
+    pub async fn authorization_code(
+        &self,
+        token: &str,
+        request: &wire::AuthorizationCodeRequest,
+    ) -> Result<wire::AuthorizationCodeGranted, ClientError> {
+        self.request(
+            Method::POST,
+            wire::PATH_SESSIONS_AUTHORIZATIONS,
+            Some(token),
+            Some(RequestBody::Json(request)),
+        )
+        .await
+    }
+
+    /// `POST /oidc/token`, token exchange (RFC 8693): trades the session's access token
+    /// `token` for an access token for registered client `client_id` (a native app on the
+    /// device).
+    ///
+    /// # Errors
+    /// [`ClientError::OAuthRefused`] with `invalid_target` for a client that is not
+    /// registered, `invalid_grant` for a session that has ended.
+    pub async fn exchange_token(
+        &self,
+        token: &str,
+        client_id: &str,
+    ) -> Result<TokenResponse, ClientError> {
+        let form = Zeroizing::new(
+            url::form_urlencoded::Serializer::new(String::new())
+                .append_pair("grant_type", oidc::GRANT_TOKEN_EXCHANGE)
+                .append_pair("subject_token", token)
+                .append_pair("subject_token_type", oidc::TOKEN_TYPE_ACCESS_TOKEN)
+                .append_pair("audience", client_id)
+                .finish(),
+        );
+        self.request::<(), _>(
+            Method::POST,
+            oidc::PATH_TOKEN,
+            None,
+            Some(RequestBody::Form(&form)),
+        )
+        .await
     }
 
     /// `GET /.well-known/jwks.json`
@@ -662,6 +807,9 @@ impl Client {
 enum RequestBody<'a, B> {
     Json(&'a B),
     Csv(&'a str),
+    /// `application/x-www-form-urlencoded`, already encoded (may hold secrets: never logged);
+    /// its error answers are OAuth's.
+    Form(&'a str),
 }
 
 /// The TLS certificate error behind a failed request, if that is what it was.
@@ -703,7 +851,19 @@ fn tls_config_error(error: rustls::Error) -> ClientError {
     }
 }
 
-async fn decode(response: reqwest::Response) -> Result<(StatusCode, Vec<u8>), ClientError> {
+/// How an endpoint words its refusals.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Refusals {
+    /// pivtap's [`ErrorBody`].
+    Pivtap,
+    /// OAuth's [`OAuthErrorBody`] (the token endpoint).
+    OAuth,
+}
+
+async fn decode(
+    response: reqwest::Response,
+    refusals: Refusals,
+) -> Result<(StatusCode, Vec<u8>), ClientError> {
     let status = response.status();
     let retry_after = response
         .headers()
@@ -718,6 +878,18 @@ async fn decode(response: reqwest::Response) -> Result<(StatusCode, Vec<u8>), Cl
         .map_err(|source| ClientError::Network { url, source })?;
     if status.is_success() {
         return Ok((status, bytes.to_vec()));
+    }
+    if refusals == Refusals::OAuth {
+        return Err(match serde_json::from_slice::<OAuthErrorBody>(&bytes) {
+            Ok(body) => ClientError::OAuthRefused {
+                status: status.as_u16(),
+                error: body.error,
+                description: body.error_description,
+            },
+            Err(_) => ClientError::Protocol {
+                reason: format!("HTTP {status} without an OAuth error body"),
+            },
+        });
     }
     match serde_json::from_slice::<ErrorBody>(&bytes) {
         Ok(body) => Err(ClientError::Refused {
@@ -1064,32 +1236,150 @@ impl AdminClient<'_> {
     /// # Errors
     /// [`ClientError`].
     pub async fn audit(&self, filter: &AuditFilter) -> Result<Vec<AuditRecord>, ClientError> {
-        let mut query = Vec::new();
-        for (name, value) in [
-            ("user", &filter.user),
-            ("card", &filter.card),
-            ("device", &filter.device),
-            ("outcome", &filter.outcome),
-            ("kind", &filter.kind),
-            ("since", &filter.since),
-            ("until", &filter.until),
-        ] {
-            if let Some(value) = value {
-                query.push(format!("{name}={}", url_encode(value)));
-            }
-        }
-        if let Some(limit) = filter.limit {
-            query.push(format!("limit={limit}"));
-        }
-        if let Some(before) = filter.before {
-            query.push(format!("before={before}"));
-        }
-        let path = if query.is_empty() {
-            "/audit".to_owned()
-        } else {
-            format!("/audit?{}", query.join("&"))
-        };
+        let limit = filter.limit.map(|limit| limit.to_string());
+        let before = filter.before.map(|before| before.to_string());
+        let path = with_query(
+            "/audit",
+            &[
+                ("user", filter.user.as_deref()),
+                ("card", filter.card.as_deref()),
+                ("device", filter.device.as_deref()),
+                ("outcome", filter.outcome.as_deref()),
+                ("kind", filter.kind.as_deref()),
+                ("since", filter.since.as_deref()),
+                ("until", filter.until.as_deref()),
+                ("limit", limit.as_deref()),
+                ("before", before.as_deref()),
+            ],
+        );
         self.get(&path).await
+    }
+
+    /// Sessions, newest first (at most 1000): by user, device and card (serial), active
+    /// ones only with `active_only`.
+    ///
+    /// # Errors
+    /// [`ClientError`].
+    pub async fn list_sessions(
+        &self,
+        filter: &SessionFilter,
+    ) -> Result<Vec<wire::SessionRecord>, ClientError> {
+        let path = with_query(
+            wire::PATH_ADMIN_SESSIONS,
+            &[
+                ("user", filter.user.as_deref()),
+                ("device", filter.device.as_deref()),
+                ("card", filter.card.as_deref()),
+                ("active", filter.active_only.then_some("true")),
+            ],
+        );
+        self.get(&path).await
+    }
+
+    /// One session.
+    ///
+    /// # Errors
+    /// [`ClientError::Refused`] with `not_found` for an unknown id.
+    pub async fn get_session(&self, id: &str) -> Result<wire::SessionRecord, ClientError> {
+        self.get(&format!(
+            "{}/{}",
+            wire::PATH_ADMIN_SESSIONS,
+            path_segment(id)
+        ))
+        .await
+    }
+
+    /// Ends a session (reason `admin`); answers it as it is now.
+    ///
+    /// # Errors
+    /// [`ClientError::Refused`] with `not_found` for an unknown id.
+    pub async fn end_session(&self, id: &str) -> Result<wire::SessionRecord, ClientError> {
+        let path = format!(
+            "{}{}/{}",
+            wire::PATH_ADMIN,
+            wire::PATH_ADMIN_SESSIONS,
+            path_segment(id)
+        );
+        self.client
+            .request::<(), _>(Method::DELETE, &path, Some(self.token), None)
+            .await
+    }
+
+    /// Registers an OpenID Connect client; the answer holds a confidential client's
+    /// secret, shown this once.
+    ///
+    /// # Errors
+    /// [`ClientError::Refused`] with `conflict` for an id in use, `invalid_request` for a
+    /// bad id or URI.
+    pub async fn add_client(
+        &self,
+        client: &wire::NewClient,
+    ) -> Result<wire::CreatedClient, ClientError> {
+        self.post(wire::PATH_ADMIN_CLIENTS, Some(client)).await
+    }
+
+    /// Every registered OpenID Connect client.
+    ///
+    /// # Errors
+    /// [`ClientError`].
+    pub async fn list_clients(&self) -> Result<Vec<wire::ClientRecord>, ClientError> {
+        self.get(wire::PATH_ADMIN_CLIENTS).await
+    }
+
+    /// One client.
+    ///
+    /// # Errors
+    /// [`ClientError::Refused`] with `not_found` for an unknown id.
+    pub async fn get_client(&self, id: &str) -> Result<wire::ClientRecord, ClientError> {
+        self.get(&format!(
+            "{}/{}",
+            wire::PATH_ADMIN_CLIENTS,
+            path_segment(id)
+        ))
+        .await
+    }
+
+    /// Removes a client.
+    ///
+    /// # Errors
+    /// [`ClientError::Refused`] with `not_found` for an unknown id.
+    pub async fn remove_client(&self, id: &str) -> Result<(), ClientError> {
+        let path = format!(
+            "{}{}/{}",
+            wire::PATH_ADMIN,
+            wire::PATH_ADMIN_CLIENTS,
+            path_segment(id)
+        );
+        self.client
+            .request_bytes::<()>(Method::DELETE, &path, Some(self.token), None)
+            .await?;
+        Ok(())
+    }
+}
+
+/// Which sessions to list.
+#[derive(Debug, Clone, Default)]
+pub struct SessionFilter {
+    /// By user id.
+    pub user: Option<String>,
+    /// By device id.
+    pub device: Option<String>,
+    /// By card serial (or `serial@issuer-id`).
+    pub card: Option<String>,
+    /// Active sessions only.
+    pub active_only: bool,
+}
+
+/// `path` with the query of the `pairs` that have a value (URL-encoded).
+fn with_query(path: &str, pairs: &[(&str, Option<&str>)]) -> String {
+    let query: Vec<String> = pairs
+        .iter()
+        .filter_map(|(name, value)| value.map(|value| format!("{name}={}", url_encode(value))))
+        .collect();
+    if query.is_empty() {
+        path.to_owned()
+    } else {
+        format!("{path}?{}", query.join("&"))
     }
 }
 
@@ -1273,6 +1563,203 @@ mod tests {
                 "{given}: {message}"
             );
         }
+    }
+
+    /// Serves one HTTP request on loopback with `answer` (status line, headers and body);
+    /// hands back the request as it arrived.
+    async fn answer_once(answer: &'static str) -> (String, tokio::task::JoinHandle<String>) {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let task = tokio::spawn(async move {
+            let (mut stream, _) = listener.accept().await.unwrap();
+            let mut request = Vec::new();
+            let mut buffer = [0u8; 4096];
+            loop {
+                let read = stream.read(&mut buffer).await.unwrap();
+                request.extend_from_slice(&buffer[..read]);
+                let text = String::from_utf8_lossy(&request).into_owned();
+                if let Some((head, body)) = text.split_once("\r\n\r\n") {
+                    let length = head
+                        .lines()
+                        .find_map(|line| {
+                            let (name, value) = line.split_once(':')?;
+                            name.eq_ignore_ascii_case("content-length")
+                                .then(|| value.trim().parse::<usize>().ok())?
+                        })
+                        .unwrap_or(0);
+                    if body.len() >= length {
+                        break;
+                    }
+                }
+                if read == 0 {
+                    break;
+                }
+            }
+            stream.write_all(answer.as_bytes()).await.unwrap();
+            stream.shutdown().await.ok();
+            String::from_utf8_lossy(&request).into_owned()
+        });
+        (url, task)
+    }
+
+    fn json_answer(status: &str, body: &str) -> &'static str {
+        Box::leak(
+            format!(
+                "HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                body.len()
+            )
+            .into_boxed_str(),
+        )
+    }
+
+    #[tokio::test]
+    async fn token_exchange_is_a_form_post_and_its_oauth_error_is_typed_without_the_token() {
+        let body = r#"{"error":"invalid_target","error_description":"no such client"}"#;
+        let (url, served) = answer_once(json_answer("400 Bad Request", body)).await;
+        let client = Client::new(&url, ServerTrust::SystemRoots, Duration::from_secs(5)).unwrap();
+        let error = client
+            .exchange_token("session-token-SECRET", "payroll app")
+            .await
+            .unwrap_err();
+        let request = served.await.unwrap();
+        assert!(request.starts_with("POST /oidc/token "), "{request}");
+        assert!(
+            request
+                .to_ascii_lowercase()
+                .contains("content-type: application/x-www-form-urlencoded"),
+            "{request}"
+        );
+        let form = request.split_once("\r\n\r\n").unwrap().1;
+        let pairs: Vec<(String, String)> = url::form_urlencoded::parse(form.as_bytes())
+            .into_owned()
+            .collect();
+        let value = |name: &str| {
+            pairs
+                .iter()
+                .find(|(key, _)| key == name)
+                .map(|(_, value)| value.as_str())
+        };
+        assert_eq!(value("grant_type"), Some(oidc::GRANT_TOKEN_EXCHANGE));
+        assert_eq!(value("subject_token"), Some("session-token-SECRET"));
+        assert_eq!(
+            value("subject_token_type"),
+            Some(oidc::TOKEN_TYPE_ACCESS_TOKEN)
+        );
+        assert_eq!(value("audience"), Some("payroll app"));
+        assert!(
+            matches!(
+                &error,
+                ClientError::OAuthRefused {
+                    status: 400,
+                    error: OAuthErrorCode::InvalidTarget,
+                    description: Some(text),
+                } if text == "no such client"
+            ),
+            "{error:?}"
+        );
+        assert_eq!(
+            error.kind(),
+            FailureKind::OAuthRefused(OAuthErrorCode::InvalidTarget)
+        );
+        for shown in [error.to_string(), format!("{error:?}")] {
+            assert!(!shown.contains("SECRET"), "{shown}");
+        }
+        assert!(error.to_string().contains("invalid_target"), "{error}");
+    }
+
+    #[tokio::test]
+    async fn token_exchange_answers_the_token_response() {
+        let body = r#"{"access_token":"at-SECRET","token_type":"Bearer","expires_in":300,"scope":"openid profile email","issued_token_type":"urn:ietf:params:oauth:token-type:access_token"}"#;
+        let (url, served) = answer_once(json_answer("200 OK", body)).await;
+        let client = Client::new(&url, ServerTrust::SystemRoots, Duration::from_secs(5)).unwrap();
+        let answer = client.exchange_token("t", "app").await.unwrap();
+        served.await.unwrap();
+        assert_eq!(answer.access_token, "at-SECRET");
+        assert_eq!(answer.expires_in, 300);
+        assert!(!format!("{answer:?}").contains("SECRET"));
+    }
+
+    #[tokio::test]
+    async fn session_refresh_status_and_authorization_use_their_paths() {
+        let refreshed =
+            r#"{"token":"t2","token_type":"Bearer","expires_in":300,"refresh_token":"r2-SECRET"}"#;
+        let (url, served) = answer_once(json_answer("200 OK", refreshed)).await;
+        let client = Client::new(&url, ServerTrust::SystemRoots, Duration::from_secs(5)).unwrap();
+        let answer = client.refresh_session("r1-SECRET").await.unwrap();
+        let request = served.await.unwrap();
+        assert!(
+            request.starts_with("POST /v1/sessions/refresh "),
+            "{request}"
+        );
+        assert!(
+            request.ends_with(r#"{"refresh_token":"r1-SECRET"}"#),
+            "{request}"
+        );
+        assert_eq!(answer.refresh_token, "r2-SECRET");
+
+        let ended = r#"{"error":"session_ended","message":"the session has ended"}"#;
+        let (url, served) = answer_once(json_answer("401 Unauthorized", ended)).await;
+        let client = Client::new(&url, ServerTrust::SystemRoots, Duration::from_secs(5)).unwrap();
+        let error = client.refresh_session("r1-SECRET").await.unwrap_err();
+        served.await.unwrap();
+        assert_eq!(error.kind(), FailureKind::Refused(ErrorCode::SessionEnded));
+        assert!(!format!("{error:?}{error}").contains("SECRET"));
+
+        let status = r#"{"session_id":"s1","active":false,"ended_reason":"card_locked"}"#;
+        let (url, served) = answer_once(json_answer("200 OK", status)).await;
+        let client = Client::new(&url, ServerTrust::SystemRoots, Duration::from_secs(5)).unwrap();
+        let answer = client.session_status("kiosk-token").await.unwrap();
+        let request = served.await.unwrap();
+        assert!(
+            request.starts_with("GET /v1/sessions/current "),
+            "{request}"
+        );
+        assert!(
+            request
+                .to_ascii_lowercase()
+                .contains("authorization: bearer kiosk-token"),
+            "{request}"
+        );
+        assert!(!answer.active);
+        assert_eq!(
+            answer.ended_reason,
+            Some(wire::SessionEndReason::CardLocked)
+        );
+
+        let granted = r#"{"code":"c-SECRET","expires_in":60,"iss":"https://auth.example"}"#;
+        let (url, served) = answer_once(json_answer("200 OK", granted)).await;
+        let client = Client::new(&url, ServerTrust::SystemRoots, Duration::from_secs(5)).unwrap();
+        let request = wire::AuthorizationCodeRequest {
+            client_id: "app".to_owned(),
+            redirect_uri: "http://127.0.0.1:9000/cb".to_owned(),
+            code_challenge: "c".repeat(43),
+            code_challenge_method: "S256".to_owned(),
+            scope: "openid".to_owned(),
+            nonce: None,
+        };
+        let answer = client
+            .authorization_code("kiosk-token", &request)
+            .await
+            .unwrap();
+        let sent = served.await.unwrap();
+        assert!(
+            sent.starts_with("POST /v1/sessions/authorizations "),
+            "{sent}"
+        );
+        assert_eq!(answer.code, "c-SECRET");
+    }
+
+    #[tokio::test]
+    async fn a_sign_out_by_session_id_needs_the_device_credential() {
+        let client = Client::new(
+            "http://127.0.0.1:9",
+            ServerTrust::SystemRoots,
+            Duration::from_secs(1),
+        )
+        .unwrap();
+        let error = client.sign_out_session("s1", "idle").await.unwrap_err();
+        assert_eq!(error.kind(), FailureKind::Setup);
     }
 
     #[test]

@@ -18,6 +18,7 @@
 //! # }
 //! ```
 
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -41,6 +42,9 @@ use crate::tui::Branding;
 /// How long a stopping kiosk lets the local API hand its last events (`signed_out`, reason
 /// `shutdown`) to event-stream clients; a client that does not read is not waited for longer.
 const LOCAL_API_STOP_WAIT: Duration = Duration::from_secs(2);
+/// How often the signed-in worker's session is checked at the server unless configured
+/// otherwise (`[server] session_check_interval_seconds`).
+pub const DEFAULT_SESSION_CHECK_INTERVAL: Duration = Duration::from_secs(5);
 
 /// How the kiosk shows itself.
 // Chosen once per kiosk: the terminal's settings are not worth a box.
@@ -111,6 +115,8 @@ pub struct KioskBuilder {
     events: Option<UnboundedSender<SessionEvent>>,
     timings: Option<UnboundedSender<RequestTiming>>,
     quit_on_signals: bool,
+    session_check_interval: Duration,
+    pending_sign_outs: Option<PathBuf>,
     inputs: UnboundedSender<Input>,
     inputs_rx: UnboundedReceiver<Input>,
 }
@@ -133,6 +139,8 @@ impl KioskBuilder {
             events: None,
             timings: None,
             quit_on_signals: false,
+            session_check_interval: DEFAULT_SESSION_CHECK_INTERVAL,
+            pending_sign_outs: None,
             inputs,
             inputs_rx,
         }
@@ -186,7 +194,11 @@ impl KioskBuilder {
         Ok(
             KioskBuilder::new(config.device.clone(), client, Arc::new(readers))
                 .core(config.core())
-                .local_api(local_api),
+                .local_api(local_api)
+                .session_check_interval(Duration::from_secs(
+                    config.server.session_check_interval_seconds,
+                ))
+                .pending_sign_outs(config.server.pending_sign_outs.clone()),
         )
     }
 
@@ -206,6 +218,23 @@ impl KioskBuilder {
                 config.exit_passcode_hash(),
             )),
         }
+    }
+
+    /// How often the signed-in worker's session is checked at the server
+    /// ([`DEFAULT_SESSION_CHECK_INTERVAL`] unless set).
+    #[must_use]
+    pub fn session_check_interval(mut self, interval: Duration) -> Self {
+        self.session_check_interval = interval;
+        self
+    }
+
+    /// Keeps sign-outs the server has not heard of yet in this file (see
+    /// [`crate::pending_sign_outs`]), so they are delivered after a restart too; unset, they
+    /// are kept in memory only.
+    #[must_use]
+    pub fn pending_sign_outs(mut self, path: PathBuf) -> Self {
+        self.pending_sign_outs = Some(path);
+        self
     }
 
     /// The core's settings.
@@ -301,9 +330,12 @@ impl KioskBuilder {
             events,
             timings,
             quit_on_signals,
+            session_check_interval,
+            pending_sign_outs,
             inputs,
             inputs_rx,
         } = self;
+        board.set_server(Arc::new(client.clone()));
         let local_api =
             local_api.map(|(config, need)| LocalApi::start(board.clone(), config, need));
         if quit_on_signals {
@@ -343,6 +375,8 @@ impl KioskBuilder {
             board,
             on_function_key,
             timings,
+            session_check_interval,
+            pending_sign_outs,
         };
         let ran = runtime::run(parts, face.as_mut(), inputs_rx).await;
         drop(face);

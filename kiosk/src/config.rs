@@ -13,6 +13,12 @@
 //! device_certificate = "device/device.crt"  # enroll-device`): its challenge requests are signed
 //!                                      # with it; give both or neither (neither: only an open-mode
 //!                                      # server, `[devices] require_registration = false`, serves it)
+//! session_check_interval_seconds = 5   # ask the server this often whether the signed-in worker's
+//!                                      # session still holds (an administrator, a locked badge or
+//!                                      # account ends it at once); 1 to 60
+//! pending_sign_outs = "pending-sign-outs.json"  # sign-outs the server has not heard of yet
+//!                                      # ({session_id, reason, time} only, 0600), sent again until
+//!                                      # it answers, also after a restart
 //!
 //! [session]
 //! sign_out_on_removal = true           # the badge leaving the reader signs the worker out
@@ -134,6 +140,23 @@ pub struct ServerSection {
     /// This device's certificate (PEM), from `pivtap kiosk enroll-device`.
     #[serde(default)]
     pub device_certificate: Option<PathBuf>,
+    /// How often the signed-in worker's session is checked at the server, in seconds.
+    #[serde(
+        default = "default_session_check",
+        deserialize_with = "pivtap_protocol::duration::seconds"
+    )]
+    pub session_check_interval_seconds: u64,
+    /// Where sign-outs the server has not heard of yet are kept.
+    #[serde(default = "default_pending_sign_outs")]
+    pub pending_sign_outs: PathBuf,
+}
+
+fn default_session_check() -> u64 {
+    5
+}
+
+fn default_pending_sign_outs() -> PathBuf {
+    PathBuf::from(crate::pending_sign_outs::DEFAULT_FILE)
 }
 
 fn default_timeout() -> u64 {
@@ -333,6 +356,7 @@ impl KioskConfig {
             *path = base.join(&*path);
         }
         config.local_api.token_file = base.join(&config.local_api.token_file);
+        config.server.pending_sign_outs = base.join(&config.server.pending_sign_outs);
         config.validate(path)?;
         Ok(config)
     }
@@ -367,6 +391,9 @@ impl KioskConfig {
         }
         if !(5..=600).contains(&self.session.pin_hold_seconds) {
             return Err(invalid("session.pin_hold_seconds", "5 to 600"));
+        }
+        if !(1..=60).contains(&self.server.session_check_interval_seconds) {
+            return Err(invalid("server.session_check_interval_seconds", "1 to 60"));
         }
         if !(1..=300).contains(&self.server.timeout_seconds) {
             return Err(invalid("server.timeout_seconds", "1 to 300"));
@@ -567,6 +594,31 @@ mod tests {
         assert_eq!(core.session.idle_timeout, Some(Duration::from_secs(900)));
         assert_eq!(core.pin_hold_timeout, Duration::from_secs(30));
         assert_eq!(core.help_contact, "your IT service desk");
+        assert_eq!(config.server.session_check_interval_seconds, 5);
+        assert!(config.server.pending_sign_outs.is_absolute());
+        assert!(
+            config
+                .server
+                .pending_sign_outs
+                .ends_with("pending-sign-outs.json")
+        );
+    }
+
+    #[test]
+    fn the_session_check_interval_is_one_to_sixty_seconds() {
+        let base =
+            "device = \"k\"\n[server]\nurl = \"https://a\"\npending_sign_outs = \"state/p.json\"\n";
+        let config = load(&format!("{base}session_check_interval_seconds = \"1m\"\n")).unwrap();
+        assert_eq!(config.server.session_check_interval_seconds, 60);
+        assert!(config.server.pending_sign_outs.ends_with("state/p.json"));
+        for bad in ["0", "61"] {
+            match load(&format!("{base}session_check_interval_seconds = {bad}\n")) {
+                Err(KioskConfigError::Invalid { field, .. }) => {
+                    assert_eq!(field, "server.session_check_interval_seconds");
+                }
+                other => panic!("{bad}: {other:?}"),
+            }
+        }
     }
 
     #[test]

@@ -15,6 +15,7 @@ pub mod config;
 pub mod core;
 pub mod headless;
 pub mod local_api;
+pub mod pending_sign_outs;
 pub mod readers;
 pub mod runtime;
 pub mod tap_bench;

@@ -5,6 +5,8 @@
 //! | `GET /v1/session` | `200 {"user": {"id", "display_name", "mail"}, "signed_in_at", "expires_at", "device", "token"}` (times in RFC 3339), or `404 {"error": "no_session"}` |
 //! | `GET /v1/events` | `text/event-stream`: each [`SessionEvent`] as JSON in `data:`, named by its `"event"` tag (`signed_in`, `signed_out`, `error`, ...), a keep-alive comment every 15 s |
 //! | `POST /v1/session/sign-out` | `202`: the runtime signs the worker out; `401` without the access token, `404` when nobody is signed in |
+//! | `POST /v1/session/token` | with the access token and `{"client_id": "..."}`: the server's token answer (RFC 8693 token exchange of the session's token) for that registered client, a native app on the device; `404 no_session`, `400 invalid_target` for a client the server does not know |
+//! | `GET /oidc/authorize` | the loopback authorization endpoint of OpenID Connect's code flow with PKCE, for the device's browser (below) |
 //!
 //! The session token (`"token"`) is only given to a request carrying
 //! `Authorization: Bearer <access token>`, and sign-out needs it too. The
@@ -20,6 +22,27 @@
 //! any request with more than one `Host`. No CORS headers are ever sent (so no
 //! preflight succeeds). The server listens on loopback addresses only.
 //! Errors are `{"error": "<code>", "message": "<text>"}`.
+//!
+//! ## The loopback authorization endpoint
+//!
+//! `GET /oidc/authorize` is the one route a browser may use, as a top-level navigation
+//! (a `Sec-Fetch-Mode` other than `navigate` or a `Sec-Fetch-Dest` other than `document` is
+//! refused; the `Host` check still holds): an app's login sends the device's browser here with `response_type=code`,
+//! `client_id`, `redirect_uri`, `state`, `code_challenge`, `code_challenge_method=S256`,
+//! `scope` (and optionally `nonce`). It is safe to open to web pages because it gives a page
+//! nothing: it reads and changes nothing of the session, answers no script (no CORS, and
+//! `frame-ancestors 'none'` with `X-Frame-Options: DENY` keep it out of frames), and its only
+//! product is a one-time code sent by redirect to a URI the server checked to be registered,
+//! exactly, for that client; the code is useless without the PKCE verifier of the app that
+//! began the login. A request that is not well formed gets an HTML page saying what is wrong,
+//! never a redirect (its `redirect_uri` is not checked yet). When a worker is signed in, the
+//! kiosk asks the server for a code (`POST /v1/sessions/authorizations` with the session's
+//! token) and answers `302` to `redirect_uri` with `code`, `state` and `iss`; when nobody is,
+//! a page says "Tap your badge to sign in to <client>" and reloads itself every 2 s
+//! (`<meta http-equiv="refresh">`, no script) until the worker has signed in at the kiosk.
+//! Its answers carry `Cache-Control: no-store`, `Content-Security-Policy: default-src 'none';
+//! style-src 'self'; frame-ancestors 'none'`, `X-Frame-Options: DENY` and
+//! `Referrer-Policy: no-referrer`; `state` and the client id are HTML-escaped.
 
 use std::fmt;
 use std::fs::{self, File};
@@ -30,8 +53,9 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
+use axum::extract::RawQuery;
 use axum::extract::{Request, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::sse::{self, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
@@ -39,10 +63,16 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use futures_util::future::BoxFuture;
 use futures_util::stream::{self, Stream};
+use pivtap_client::client::FailureKind;
+use pivtap_client::client::{Client, ClientError};
 use pivtap_http::{ConnectionGate, ConnectionLimits};
-use pivtap_protocol::wire::UserInfo;
-use serde::Serialize;
+use pivtap_protocol::oidc::{self, OAuthErrorCode, TokenResponse};
+use pivtap_protocol::wire::{
+    AuthorizationCodeGranted, AuthorizationCodeRequest, ErrorCode, UserInfo,
+};
+use serde::{Deserialize, Serialize};
 use subtle::ConstantTimeEq as _;
 use time::OffsetDateTime;
 use tokio::sync::{broadcast, mpsc, watch};
@@ -183,6 +213,8 @@ pub struct SessionBoard {
 
 struct BoardShared {
     current: Mutex<Option<CurrentSession>>,
+    /// The sign-in server, for what the local API asks of it with the session's token.
+    server: Mutex<Option<Arc<dyn SessionServer>>>,
     /// Each event with the time it was published.
     events: broadcast::Sender<(SessionEvent, OffsetDateTime)>,
     sign_out_requests: Mutex<Option<mpsc::UnboundedSender<()>>>,
@@ -196,6 +228,7 @@ impl SessionBoard {
         SessionBoard {
             shared: Arc::new(BoardShared {
                 current: Mutex::new(None),
+                server: Mutex::new(None),
                 events,
                 sign_out_requests: Mutex::new(None),
             }),
@@ -242,6 +275,23 @@ impl SessionBoard {
             .shared
             .events
             .send((event.clone(), OffsetDateTime::now_utc()));
+    }
+
+    /// The session's access token was refreshed: `token` replaces the current session's.
+    pub fn replace_token(&self, token: &str) {
+        if let Some(session) = lock(&self.shared.current).as_mut() {
+            session.token = Some(Zeroizing::new(token.to_owned()));
+        }
+    }
+
+    /// The sign-in server the local API asks for app tokens and authorization codes (the
+    /// kiosk's client); without one those routes answer `503`.
+    pub fn set_server(&self, server: Arc<dyn SessionServer>) {
+        *lock(&self.shared.server) = Some(server);
+    }
+
+    fn server(&self) -> Option<Arc<dyn SessionServer>> {
+        lock(&self.shared.server).clone()
     }
 
     /// The signed-in worker, unless nobody is signed in or the session expired.
@@ -291,6 +341,43 @@ impl fmt::Debug for SessionBoard {
         f.debug_struct("SessionBoard")
             .field("current", &*lock(&self.shared.current))
             .finish_non_exhaustive()
+    }
+}
+
+/// What the local API asks of the sign-in server with the signed-in worker's session token
+/// (the kiosk's [`Client`]; tests give a stand-in).
+pub trait SessionServer: Send + Sync {
+    /// Token exchange at `POST /oidc/token`: an access token for registered client
+    /// `client_id`.
+    fn exchange_token<'a>(
+        &'a self,
+        token: &'a str,
+        client_id: &'a str,
+    ) -> BoxFuture<'a, Result<TokenResponse, ClientError>>;
+
+    /// `POST /v1/sessions/authorizations`: an authorization code for a registered client.
+    fn authorization_code<'a>(
+        &'a self,
+        token: &'a str,
+        request: &'a AuthorizationCodeRequest,
+    ) -> BoxFuture<'a, Result<AuthorizationCodeGranted, ClientError>>;
+}
+
+impl SessionServer for Client {
+    fn exchange_token<'a>(
+        &'a self,
+        token: &'a str,
+        client_id: &'a str,
+    ) -> BoxFuture<'a, Result<TokenResponse, ClientError>> {
+        Box::pin(Client::exchange_token(self, token, client_id))
+    }
+
+    fn authorization_code<'a>(
+        &'a self,
+        token: &'a str,
+        request: &'a AuthorizationCodeRequest,
+    ) -> BoxFuture<'a, Result<AuthorizationCodeGranted, ClientError>> {
+        Box::pin(Client::authorization_code(self, token, request))
     }
 }
 
@@ -554,6 +641,8 @@ fn build_router(
     Router::new()
         .route("/v1/session", get(get_session))
         .route("/v1/session/sign-out", post(sign_out))
+        .route("/v1/session/token", post(session_token))
+        .route(oidc::KIOSK_AUTHORIZE_PATH, get(authorize))
         .route("/v1/events", get(session_events))
         .method_not_allowed_fallback(method_not_allowed)
         .fallback(not_found)
@@ -572,11 +661,25 @@ async fn refuse_browser_requests(
     next: Next,
 ) -> Response {
     let headers = request.headers();
-    let from_web_page = headers.contains_key(header::ORIGIN)
-        || headers.contains_key(header::REFERER)
-        || headers
-            .keys()
-            .any(|name| name.as_str().starts_with(SEC_FETCH_PREFIX))
+    // The loopback authorization endpoint is for the browser (see the module's doc).
+    let for_browsers =
+        request.method() == Method::GET && request.uri().path() == oidc::KIOSK_AUTHORIZE_PATH;
+    // ... as a top-level navigation only: not fetched by a script, an image or a frame.
+    let fetch_metadata = |name: &str, wanted: &str| {
+        headers
+            .get(name)
+            .is_some_and(|value| value.as_bytes() != wanted.as_bytes())
+    };
+    let not_a_navigation = for_browsers
+        && (fetch_metadata("sec-fetch-mode", "navigate")
+            || fetch_metadata("sec-fetch-dest", "document"));
+    let from_web_page = not_a_navigation
+        || (!for_browsers
+            && (headers.contains_key(header::ORIGIN)
+                || headers.contains_key(header::REFERER)
+                || headers
+                    .keys()
+                    .any(|name| name.as_str().starts_with(SEC_FETCH_PREFIX))))
         || headers.get_all(header::HOST).iter().count() > 1;
     let host = headers
         .get(header::HOST)
@@ -655,6 +758,300 @@ async fn sign_out(
     Ok(StatusCode::ACCEPTED)
 }
 
+/// The body of `POST /v1/session/token`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TokenRequest {
+    client_id: String,
+}
+
+/// `POST /v1/session/token`: an access token for a native app's registered client, by token
+/// exchange of the session's token at the server.
+async fn session_token(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Result<Response, ApiError> {
+    if !state.presents_access_token(&headers) {
+        return Err(ApiError::Unauthorized);
+    }
+    let request: TokenRequest =
+        serde_json::from_slice(&body).map_err(|_| ApiError::BadTokenRequest)?;
+    if request.client_id.is_empty() || request.client_id.len() > MAX_PARAMETER_CHARS {
+        return Err(ApiError::BadTokenRequest);
+    }
+    let token = state
+        .board
+        .current()
+        .and_then(|session| session.token)
+        .ok_or(ApiError::NoSession)?;
+    let server = state.board.server().ok_or(ApiError::Unavailable)?;
+    match server.exchange_token(&token, &request.client_id).await {
+        Ok(answer) => Ok(Json(answer).into_response()),
+        Err(error) => Err(match error.kind() {
+            FailureKind::OAuthRefused(OAuthErrorCode::InvalidTarget) => ApiError::InvalidTarget,
+            // The session's token is not good any more: its session has ended.
+            FailureKind::OAuthRefused(OAuthErrorCode::InvalidGrant)
+            | FailureKind::Refused(ErrorCode::SessionEnded) => ApiError::NoSession,
+            FailureKind::Network(_) | FailureKind::Trust | FailureKind::Protocol => {
+                tracing::warn!(%error, "cannot exchange the session's token");
+                ApiError::ServerUnreachable
+            }
+            _ => {
+                tracing::warn!(%error, "the server refused to exchange the session's token");
+                ApiError::ServerRefused
+            }
+        }),
+    }
+}
+
+/// The longest value of a parameter taken (client id, redirect URI, state, ...).
+const MAX_PARAMETER_CHARS: usize = 2048;
+/// How often the "tap your badge" page reloads itself, in seconds.
+const AUTHORIZE_RELOAD_SECONDS: u32 = 2;
+
+/// The parameters of `GET /oidc/authorize`, checked.
+struct AuthorizeRequest {
+    code: AuthorizationCodeRequest,
+    state: String,
+}
+
+/// Why an authorization request is refused (shown on the HTML error page).
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum AuthorizeProblem {
+    /// A parameter is repeated or the query is not form-encoded.
+    Malformed,
+    /// A parameter is missing or too long.
+    Missing(&'static str),
+    /// `response_type` is not `code`.
+    ResponseType,
+    /// `code_challenge_method` is not `S256`.
+    ChallengeMethod,
+}
+
+impl AuthorizeProblem {
+    fn message(&self) -> String {
+        match self {
+            AuthorizeProblem::Malformed => {
+                "The sign-in request is malformed (a parameter is repeated).".to_owned()
+            }
+            AuthorizeProblem::Missing(name) => {
+                format!("The sign-in request has no usable {name}.")
+            }
+            AuthorizeProblem::ResponseType => {
+                "The sign-in request must ask for response_type=code.".to_owned()
+            }
+            AuthorizeProblem::ChallengeMethod => {
+                "The sign-in request must use PKCE with code_challenge_method=S256.".to_owned()
+            }
+        }
+    }
+}
+
+/// Checks the query of `GET /oidc/authorize`; every parameter once at most.
+fn parse_authorize(query: &str) -> Result<AuthorizeRequest, AuthorizeProblem> {
+    let mut values: Vec<(String, String)> = Vec::new();
+    for (name, value) in url::form_urlencoded::parse(query.as_bytes()) {
+        if values.iter().any(|(seen, _)| *seen == name) {
+            return Err(AuthorizeProblem::Malformed);
+        }
+        values.push((name.into_owned(), value.into_owned()));
+    }
+    let take = |name: &'static str| -> Result<String, AuthorizeProblem> {
+        values
+            .iter()
+            .find(|(seen, _)| seen == name)
+            .map(|(_, value)| value.clone())
+            .filter(|value| !value.is_empty() && value.len() <= MAX_PARAMETER_CHARS)
+            .ok_or(AuthorizeProblem::Missing(name))
+    };
+    let client_id = take("client_id")?;
+    let redirect_uri = take("redirect_uri")?;
+    let state = take("state")?;
+    if take("response_type")? != "code" {
+        return Err(AuthorizeProblem::ResponseType);
+    }
+    let code_challenge = take("code_challenge")?;
+    let code_challenge_method = take("code_challenge_method")?;
+    if code_challenge_method != oidc::PKCE_METHOD_S256 {
+        return Err(AuthorizeProblem::ChallengeMethod);
+    }
+    let scope = take("scope")?;
+    let nonce = match take("nonce") {
+        Ok(nonce) => Some(nonce),
+        Err(_) if !values.iter().any(|(seen, _)| seen == "nonce") => None,
+        Err(problem) => return Err(problem),
+    };
+    Ok(AuthorizeRequest {
+        code: AuthorizationCodeRequest {
+            client_id,
+            redirect_uri,
+            code_challenge,
+            code_challenge_method,
+            scope,
+            nonce,
+        },
+        state,
+    })
+}
+
+/// `GET /oidc/authorize`: the loopback authorization endpoint (see the module's doc).
+async fn authorize(State(state): State<ApiState>, RawQuery(query): RawQuery) -> Response {
+    let request = match parse_authorize(query.as_deref().unwrap_or("")) {
+        Ok(request) => request,
+        Err(problem) => {
+            return authorize_page(
+                StatusCode::BAD_REQUEST,
+                "Sign-in request refused",
+                &problem.message(),
+                false,
+            );
+        }
+    };
+    let client = &request.code.client_id;
+    let Some(token) = state.board.current().and_then(|session| session.token) else {
+        return tap_your_badge(client);
+    };
+    let Some(server) = state.board.server() else {
+        return authorize_page(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "Sign-in is not available",
+            "This kiosk does not hand out sign-ins right now.",
+            false,
+        );
+    };
+    match server.authorization_code(&token, &request.code).await {
+        Ok(granted) => redirect_with_code(&request, &granted),
+        Err(error) => {
+            let (status, message) = match error.kind() {
+                // The worker was signed out meanwhile: wait for the next one.
+                FailureKind::Refused(ErrorCode::SessionEnded) => return tap_your_badge(client),
+                FailureKind::Refused(ErrorCode::ClientUnknown) => (
+                    StatusCode::BAD_REQUEST,
+                    format!("The app {client:?} is not registered at the sign-in server."),
+                ),
+                FailureKind::Refused(ErrorCode::RedirectUriNotRegistered) => (
+                    StatusCode::BAD_REQUEST,
+                    format!(
+                        "The app {client:?} did not register the address it asked to return to."
+                    ),
+                ),
+                FailureKind::Refused(ErrorCode::InvalidRequest) => (
+                    StatusCode::BAD_REQUEST,
+                    "The sign-in server refused the request (its PKCE challenge or scope)."
+                        .to_owned(),
+                ),
+                FailureKind::Network(_) | FailureKind::Trust | FailureKind::Protocol => {
+                    tracing::warn!(%error, "cannot ask the server for an authorization code");
+                    (
+                        StatusCode::BAD_GATEWAY,
+                        "The sign-in server cannot be reached. Try again in a moment.".to_owned(),
+                    )
+                }
+                _ => {
+                    tracing::warn!(%error, "the server refused an authorization code");
+                    (
+                        StatusCode::BAD_GATEWAY,
+                        "The sign-in server refused the request.".to_owned(),
+                    )
+                }
+            };
+            authorize_page(status, "Sign-in request refused", &message, false)
+        }
+    }
+}
+
+/// `302` to the redirect URI (the server accepted it as registered) with the code, the
+/// state and the issuer (RFC 9207).
+fn redirect_with_code(request: &AuthorizeRequest, granted: &AuthorizationCodeGranted) -> Response {
+    let parameters = url::form_urlencoded::Serializer::new(String::new())
+        .append_pair("code", &granted.code)
+        .append_pair("state", &request.state)
+        .append_pair("iss", &granted.iss)
+        .finish();
+    let uri = &request.code.redirect_uri;
+    let separator = if uri.contains('?') { '&' } else { '?' };
+    let location = Zeroizing::new(format!("{uri}{separator}{parameters}"));
+    let mut response = StatusCode::FOUND.into_response();
+    match HeaderValue::from_str(&location) {
+        Ok(value) => {
+            response.headers_mut().insert(header::LOCATION, value);
+        }
+        Err(_) => {
+            return authorize_page(
+                StatusCode::BAD_REQUEST,
+                "Sign-in request refused",
+                "The address to return to cannot be used.",
+                false,
+            );
+        }
+    }
+    with_page_headers(response)
+}
+
+/// The page shown while nobody is signed in: it reloads itself until somebody is.
+fn tap_your_badge(client: &str) -> Response {
+    authorize_page(
+        StatusCode::OK,
+        "Tap your badge",
+        &format!("Tap your badge to sign in to {client}."),
+        true,
+    )
+}
+
+/// An HTML page (every text in it escaped); `reload` makes it reload itself.
+fn authorize_page(status: StatusCode, title: &str, message: &str, reload: bool) -> Response {
+    let refresh = if reload {
+        format!("<meta http-equiv=\"refresh\" content=\"{AUTHORIZE_RELOAD_SECONDS}\">\n")
+    } else {
+        String::new()
+    };
+    let page = format!(
+        "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n{refresh}<title>{}</title>\n</head>\n<body>\n<h1>{}</h1>\n<p>{}</p>\n</body>\n</html>\n",
+        html_escape(title),
+        html_escape(title),
+        html_escape(message),
+    );
+    let mut response = (status, page).into_response();
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/html; charset=utf-8"),
+    );
+    with_page_headers(response)
+}
+
+/// The headers of every answer of the authorization endpoint.
+fn with_page_headers(mut response: Response) -> Response {
+    let headers = response.headers_mut();
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    headers.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static("default-src 'none'; style-src 'self'; frame-ancestors 'none'"),
+    );
+    headers.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    headers.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
+    response
+}
+
+/// `text` safe inside HTML text and attribute values.
+fn html_escape(text: &str) -> String {
+    let mut escaped = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '&' => escaped.push_str("&amp;"),
+            '<' => escaped.push_str("&lt;"),
+            '>' => escaped.push_str("&gt;"),
+            '"' => escaped.push_str("&quot;"),
+            '\'' => escaped.push_str("&#39;"),
+            other => escaped.push(other),
+        }
+    }
+    escaped
+}
+
 /// `GET /v1/events`.
 async fn session_events(
     State(state): State<ApiState>,
@@ -720,6 +1117,10 @@ enum ApiError {
     NotFound,
     MethodNotAllowed,
     Unavailable,
+    BadTokenRequest,
+    InvalidTarget,
+    ServerUnreachable,
+    ServerRefused,
 }
 
 #[derive(Serialize)]
@@ -755,7 +1156,27 @@ impl IntoResponse for ApiError {
             ApiError::Unavailable => (
                 StatusCode::SERVICE_UNAVAILABLE,
                 "unavailable",
-                "the kiosk is not taking sign-out requests right now",
+                "the kiosk is not taking these requests right now",
+            ),
+            ApiError::BadTokenRequest => (
+                StatusCode::BAD_REQUEST,
+                "invalid_request",
+                "send {\"client_id\": \"<registered client id>\"} as JSON",
+            ),
+            ApiError::InvalidTarget => (
+                StatusCode::BAD_REQUEST,
+                "invalid_target",
+                "the sign-in server does not know this client id",
+            ),
+            ApiError::ServerUnreachable => (
+                StatusCode::BAD_GATEWAY,
+                "server_unreachable",
+                "the sign-in server cannot be reached",
+            ),
+            ApiError::ServerRefused => (
+                StatusCode::BAD_GATEWAY,
+                "server_refused",
+                "the sign-in server refused the request",
             ),
         };
         let mut response = (status, Json(ErrorBody { error, message })).into_response();
@@ -977,6 +1398,8 @@ mod tests {
                 (Method::GET, "/v1/session"),
                 (Method::GET, "/v1/events"),
                 (Method::POST, "/v1/session/sign-out"),
+                (Method::POST, "/v1/session/token"),
+                (Method::POST, "/oidc/authorize"),
             ] {
                 let (status, body) = send(&board, request(method, path, &headers)).await;
                 assert_eq!(status, StatusCode::FORBIDDEN, "{path} {browser_header:?}");
@@ -1612,6 +2035,404 @@ mod tests {
         assert!(
             matches!(error, LocalApiError::CreateTokenFile { .. }),
             "{error:?}"
+        );
+    }
+
+    // --- app tokens and the loopback authorization endpoint ---
+
+    const CHALLENGE: &str = "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM";
+    const CODE: &str = "one-time-code-SECRET";
+
+    /// Stands in for the sign-in server: client `payroll` with redirect URI
+    /// `http://127.0.0.1:9000/cb` is registered; it records what it was asked.
+    #[derive(Default)]
+    struct FakeServer {
+        exchanges: Mutex<Vec<(String, String)>>,
+        authorizations: Mutex<Vec<(String, AuthorizationCodeRequest)>>,
+    }
+
+    fn refused(code: ErrorCode) -> ClientError {
+        ClientError::Refused {
+            status: 400,
+            code,
+            message: String::new(),
+            retry_after: None,
+        }
+    }
+
+    impl SessionServer for FakeServer {
+        fn exchange_token<'a>(
+            &'a self,
+            token: &'a str,
+            client_id: &'a str,
+        ) -> BoxFuture<'a, Result<TokenResponse, ClientError>> {
+            lock(&self.exchanges).push((token.to_owned(), client_id.to_owned()));
+            let answer = match client_id {
+                "payroll" => Ok(TokenResponse {
+                    access_token: "app-token".to_owned(),
+                    token_type: "Bearer".to_owned(),
+                    expires_in: 300,
+                    refresh_token: None,
+                    id_token: None,
+                    scope: Some("openid profile email".to_owned()),
+                    issued_token_type: Some(oidc::TOKEN_TYPE_ACCESS_TOKEN.to_owned()),
+                }),
+                "ended" => Err(ClientError::OAuthRefused {
+                    status: 400,
+                    error: OAuthErrorCode::InvalidGrant,
+                    description: None,
+                }),
+                _ => Err(ClientError::OAuthRefused {
+                    status: 400,
+                    error: OAuthErrorCode::InvalidTarget,
+                    description: Some("unknown audience".to_owned()),
+                }),
+            };
+            Box::pin(async move { answer })
+        }
+
+        fn authorization_code<'a>(
+            &'a self,
+            token: &'a str,
+            request: &'a AuthorizationCodeRequest,
+        ) -> BoxFuture<'a, Result<AuthorizationCodeGranted, ClientError>> {
+            lock(&self.authorizations).push((token.to_owned(), request.clone()));
+            let answer = if request.client_id != "payroll" {
+                Err(refused(ErrorCode::ClientUnknown))
+            } else if !request.redirect_uri.starts_with("http://127.0.0.1:9000/cb") {
+                Err(refused(ErrorCode::RedirectUriNotRegistered))
+            } else {
+                Ok(AuthorizationCodeGranted {
+                    code: CODE.to_owned(),
+                    expires_in: 60,
+                    iss: "https://auth.example".to_owned(),
+                })
+            };
+            Box::pin(async move { answer })
+        }
+    }
+
+    fn board_with_server(signed_in: bool) -> (SessionBoard, Arc<FakeServer>) {
+        let board = if signed_in {
+            board_with_alice()
+        } else {
+            SessionBoard::new()
+        };
+        let server = Arc::new(FakeServer::default());
+        board.set_server(Arc::clone(&server) as Arc<dyn SessionServer>);
+        (board, server)
+    }
+
+    async fn post_token(
+        board: &SessionBoard,
+        authorization: Option<&str>,
+        body: &str,
+    ) -> (StatusCode, Value) {
+        let mut builder = Request::builder()
+            .method(Method::POST)
+            .uri("/v1/session/token")
+            .header("host", HOST)
+            .header("content-type", "application/json");
+        if let Some(value) = authorization {
+            builder = builder.header("authorization", value);
+        }
+        let (status, body) = send(board, builder.body(Body::from(body.to_owned())).unwrap()).await;
+        (status, serde_json::from_str(&body).unwrap())
+    }
+
+    #[tokio::test]
+    async fn an_app_gets_a_token_for_its_client_by_exchange_of_the_session_token() {
+        let (board, server) = board_with_server(true);
+        let authorization = bearer(ACCESS_TOKEN);
+        let (status, body) =
+            post_token(&board, Some(&authorization), r#"{"client_id":"payroll"}"#).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        assert_eq!(body["access_token"], "app-token");
+        assert_eq!(body["issued_token_type"], oidc::TOKEN_TYPE_ACCESS_TOKEN);
+        assert_eq!(
+            *lock(&server.exchanges),
+            vec![(SESSION_TOKEN.to_owned(), "payroll".to_owned())]
+        );
+        // A refreshed session token is the one exchanged from then on.
+        board.replace_token("refreshed-session-token");
+        post_token(&board, Some(&authorization), r#"{"client_id":"payroll"}"#).await;
+        assert_eq!(lock(&server.exchanges)[1].0, "refreshed-session-token");
+    }
+
+    #[tokio::test]
+    async fn app_token_refusals_have_their_codes() {
+        let (board, server) = board_with_server(true);
+        let authorization = bearer(ACCESS_TOKEN);
+        let (status, body) = post_token(&board, None, r#"{"client_id":"payroll"}"#).await;
+        assert_eq!(
+            (status, body["error"].as_str()),
+            (StatusCode::UNAUTHORIZED, Some("unauthorized"))
+        );
+        let wrong = bearer("not-the-access-token-0123456789");
+        let (status, _) = post_token(&board, Some(&wrong), r#"{"client_id":"payroll"}"#).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED);
+        for bad in [
+            "",
+            "{}",
+            r#"{"client_id":""}"#,
+            r#"{"client_id":"payroll","x":1}"#,
+            "client_id=payroll",
+        ] {
+            let (status, body) = post_token(&board, Some(&authorization), bad).await;
+            assert_eq!(
+                (status, body["error"].as_str()),
+                (StatusCode::BAD_REQUEST, Some("invalid_request")),
+                "{bad}"
+            );
+        }
+        let (status, body) =
+            post_token(&board, Some(&authorization), r#"{"client_id":"stranger"}"#).await;
+        assert_eq!(
+            (status, body["error"].as_str()),
+            (StatusCode::BAD_REQUEST, Some("invalid_target"))
+        );
+        let (status, body) =
+            post_token(&board, Some(&authorization), r#"{"client_id":"ended"}"#).await;
+        assert_eq!(
+            (status, body["error"].as_str()),
+            (StatusCode::NOT_FOUND, Some("no_session"))
+        );
+        // Only the well-formed, authorized requests reached the server.
+        assert_eq!(lock(&server.exchanges).len(), 2);
+        let (board, server) = board_with_server(false);
+        let (status, body) =
+            post_token(&board, Some(&authorization), r#"{"client_id":"payroll"}"#).await;
+        assert_eq!(
+            (status, body["error"].as_str()),
+            (StatusCode::NOT_FOUND, Some("no_session"))
+        );
+        assert!(lock(&server.exchanges).is_empty());
+        let without_server = board_with_alice();
+        let (status, _) = post_token(
+            &without_server,
+            Some(&authorization),
+            r#"{"client_id":"payroll"}"#,
+        )
+        .await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    }
+
+    fn authorize_query(overrides: &[(&str, Option<&str>)]) -> String {
+        let mut parameters = vec![
+            ("response_type", "code"),
+            ("client_id", "payroll"),
+            ("redirect_uri", "http://127.0.0.1:9000/cb"),
+            ("state", "st<ate>&\"x"),
+            ("code_challenge", CHALLENGE),
+            ("code_challenge_method", "S256"),
+            ("scope", "openid profile"),
+            ("nonce", "n-1"),
+        ];
+        for (name, value) in overrides {
+            parameters.retain(|(seen, _)| seen != name);
+            if let Some(value) = value {
+                parameters.push((name, value));
+            }
+        }
+        let mut query = url::form_urlencoded::Serializer::new(String::new());
+        for (name, value) in parameters {
+            query.append_pair(name, value);
+        }
+        format!("/oidc/authorize?{}", query.finish())
+    }
+
+    /// A browser's navigation to the authorization endpoint: its own headers included.
+    async fn browse(board: &SessionBoard, path: &str) -> (StatusCode, HeaderMap, String) {
+        let request = request(
+            Method::GET,
+            path,
+            &[
+                ("host", HOST),
+                ("sec-fetch-site", "cross-site"),
+                ("sec-fetch-mode", "navigate"),
+                ("referer", "http://127.0.0.1:9000/login"),
+            ],
+        );
+        let response = router(board.clone(), &config())
+            .oneshot(request)
+            .await
+            .unwrap();
+        let status = response.status();
+        let headers = response.headers().clone();
+        let body = to_bytes(response.into_body(), 64 * 1024).await.unwrap();
+        (status, headers, String::from_utf8(body.to_vec()).unwrap())
+    }
+
+    fn assert_page_headers(headers: &HeaderMap) {
+        let header = |name: &str| {
+            headers
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("")
+        };
+        assert_eq!(header("cache-control"), "no-store");
+        assert_eq!(
+            header("content-security-policy"),
+            "default-src 'none'; style-src 'self'; frame-ancestors 'none'"
+        );
+        assert_eq!(header("x-frame-options"), "DENY");
+        assert_eq!(header("referrer-policy"), "no-referrer");
+        assert!(headers.get("access-control-allow-origin").is_none());
+    }
+
+    #[tokio::test]
+    async fn a_signed_in_worker_is_sent_back_to_the_app_with_a_code() {
+        let (board, server) = board_with_server(true);
+        let (status, headers, _) = browse(&board, &authorize_query(&[])).await;
+        assert_eq!(status, StatusCode::FOUND);
+        assert_page_headers(&headers);
+        let location = headers["location"].to_str().unwrap();
+        let url = url::Url::parse(location).unwrap();
+        assert_eq!(url.path(), "/cb");
+        let query: Vec<(String, String)> = url.query_pairs().into_owned().collect();
+        assert_eq!(
+            query,
+            vec![
+                ("code".to_owned(), CODE.to_owned()),
+                ("state".to_owned(), "st<ate>&\"x".to_owned()),
+                ("iss".to_owned(), "https://auth.example".to_owned()),
+            ]
+        );
+        let asked = lock(&server.authorizations).clone();
+        assert_eq!(asked.len(), 1);
+        assert_eq!(asked[0].0, SESSION_TOKEN);
+        assert_eq!(
+            asked[0].1,
+            AuthorizationCodeRequest {
+                client_id: "payroll".to_owned(),
+                redirect_uri: "http://127.0.0.1:9000/cb".to_owned(),
+                code_challenge: CHALLENGE.to_owned(),
+                code_challenge_method: "S256".to_owned(),
+                scope: "openid profile".to_owned(),
+                nonce: Some("n-1".to_owned()),
+            }
+        );
+        // A redirect URI with a query of its own keeps it.
+        let with_query =
+            authorize_query(&[("redirect_uri", Some("http://127.0.0.1:9000/cb?tenant=a"))]);
+        let (status, headers, _) = browse(&board, &with_query).await;
+        assert_eq!(status, StatusCode::FOUND);
+        let location = headers["location"].to_str().unwrap();
+        assert!(
+            location.starts_with("http://127.0.0.1:9000/cb?tenant=a&code="),
+            "{location}"
+        );
+    }
+
+    #[tokio::test]
+    async fn without_a_worker_the_page_asks_for_a_tap_and_reloads_until_one_signs_in() {
+        let (board, server) = board_with_server(false);
+        let path = authorize_query(&[("client_id", Some("<b>pay&roll</b>"))]);
+        let (status, headers, page) = browse(&board, &path).await;
+        assert_eq!(status, StatusCode::OK);
+        assert_page_headers(&headers);
+        assert!(
+            headers["content-type"]
+                .to_str()
+                .unwrap()
+                .starts_with("text/html")
+        );
+        assert!(
+            page.contains("Tap your badge to sign in to &lt;b&gt;pay&amp;roll&lt;/b&gt;"),
+            "{page}"
+        );
+        assert!(!page.contains("<b>"), "{page}");
+        assert!(
+            page.contains(r#"<meta http-equiv="refresh" content="2">"#),
+            "{page}"
+        );
+        assert!(!page.contains("<script"), "{page}");
+        assert!(lock(&server.authorizations).is_empty());
+        // The worker signs in at the kiosk: the next reload goes on to the app.
+        board.publish(&signed_in(time::Duration::hours(8)), Some(SESSION_TOKEN));
+        let (status, headers, _) = browse(&board, &authorize_query(&[])).await;
+        assert_eq!(status, StatusCode::FOUND);
+        assert!(headers["location"].to_str().unwrap().contains("code="));
+    }
+
+    #[tokio::test]
+    async fn bad_authorization_requests_get_an_error_page_and_never_a_redirect() {
+        let (board, server) = board_with_server(true);
+        for (overrides, words) in [
+            (vec![("code_challenge", None)], "no usable code_challenge"),
+            (
+                vec![("code_challenge_method", None)],
+                "no usable code_challenge_method",
+            ),
+            (vec![("code_challenge_method", Some("plain"))], "S256"),
+            (vec![("state", None)], "no usable state"),
+            (vec![("state", Some(""))], "no usable state"),
+            (vec![("client_id", None)], "no usable client_id"),
+            (vec![("redirect_uri", None)], "no usable redirect_uri"),
+            (vec![("scope", None)], "no usable scope"),
+            (vec![("response_type", Some("token"))], "response_type=code"),
+            (vec![("response_type", None)], "no usable response_type"),
+        ] {
+            let (status, headers, page) = browse(&board, &authorize_query(&overrides)).await;
+            assert_eq!(status, StatusCode::BAD_REQUEST, "{overrides:?}");
+            assert!(headers.get("location").is_none(), "{overrides:?}");
+            assert_page_headers(&headers);
+            assert!(page.contains(words), "{overrides:?}: {page}");
+        }
+        let repeated = format!("{}&state=again", authorize_query(&[]));
+        let (status, headers, page) = browse(&board, &repeated).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+        assert!(headers.get("location").is_none());
+        assert!(page.contains("repeated"), "{page}");
+        // None of them reached the server.
+        assert!(lock(&server.authorizations).is_empty());
+        // The server's refusals: an unknown client, a redirect URI it did not register.
+        for (overrides, words) in [
+            (vec![("client_id", Some("stranger"))], "is not registered"),
+            (
+                vec![("redirect_uri", Some("https://attacker.example/cb"))],
+                "did not register the address",
+            ),
+        ] {
+            let (status, headers, page) = browse(&board, &authorize_query(&overrides)).await;
+            assert_eq!(status, StatusCode::BAD_REQUEST, "{overrides:?}");
+            assert!(headers.get("location").is_none(), "{overrides:?}");
+            assert!(page.contains(words), "{overrides:?}: {page}");
+            assert!(!page.contains("attacker.example"), "{page}");
+        }
+    }
+
+    #[tokio::test]
+    async fn the_authorization_endpoint_still_checks_the_host_and_takes_navigations_only() {
+        let (board, server) = board_with_server(true);
+        for host in ["attacker.example:7420", "127.0.0.1:7421"] {
+            let request = request(Method::GET, &authorize_query(&[]), &[("host", host)]);
+            let (status, _) = send(&board, request).await;
+            assert_eq!(status, StatusCode::FORBIDDEN, "{host}");
+        }
+        // A page may send the browser here, but not fetch it from a script, an image or a frame.
+        for (name, value) in [
+            ("sec-fetch-mode", "no-cors"),
+            ("sec-fetch-mode", "cors"),
+            ("sec-fetch-dest", "image"),
+            ("sec-fetch-dest", "iframe"),
+        ] {
+            let request = request(
+                Method::GET,
+                &authorize_query(&[]),
+                &[("host", HOST), (name, value)],
+            );
+            let (status, _) = send(&board, request).await;
+            assert_eq!(status, StatusCode::FORBIDDEN, "{name}: {value}");
+        }
+        assert!(lock(&server.authorizations).is_empty());
+    }
+
+    #[test]
+    fn html_is_escaped() {
+        assert_eq!(
+            html_escape(r#"<a href="x">'&'</a>"#),
+            "&lt;a href=&quot;x&quot;&gt;&#39;&amp;&#39;&lt;/a&gt;"
         );
     }
 }

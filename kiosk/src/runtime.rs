@@ -12,7 +12,8 @@
 //! sorted by [`ClientError::kind`] into unreachable, not trusted, or refusing; the core shows
 //! it in plain words and the log says which `kiosk.toml` key to look at.
 
-use std::sync::Arc;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use base64::Engine;
@@ -21,7 +22,9 @@ use pivtap_client::client::{Client, ClientError, FailureKind, NetworkFailure};
 use pivtap_protocol::certificate::CertificateFacts;
 use pivtap_protocol::jose::CompactJws;
 use pivtap_protocol::pin_policy::PinPolicy;
-use pivtap_protocol::wire::{AssertionHeader, ChallengeResponse, ErrorCode};
+use pivtap_protocol::wire::{
+    AssertionHeader, ChallengeResponse, ErrorCode, SessionRefreshed, SessionStatus,
+};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
@@ -30,9 +33,10 @@ use zeroize::Zeroizing;
 use crate::card_worker::{CardJob, CardJobResult, CardWorker};
 use crate::core::{
     AuthFailure, CoreConfig, Effect, Event, KeyInput, Kiosk, ServerStatus, SessionEvent,
-    SignOutReason, WorkId,
+    SessionUpkeep, SignOutReason, UpkeepTask, WorkId,
 };
 use crate::local_api::SessionBoard;
+use crate::pending_sign_outs::{PendingSignOut, PendingSignOuts};
 use crate::readers::{ReaderSource, ReaderUpdate};
 
 /// What a face (or the demo) feeds into the runtime.
@@ -84,6 +88,10 @@ pub(crate) struct RuntimeParts {
     pub(crate) on_function_key: Option<FunctionKeyHandler>,
     /// Where each request to the server is timed, if anywhere (`pivtap bench tap`).
     pub(crate) timings: Option<UnboundedSender<RequestTiming>>,
+    /// How often the signed-in worker's session is checked at the server.
+    pub(crate) session_check_interval: Duration,
+    /// Where undelivered sign-outs are kept (in memory only when `None`).
+    pub(crate) pending_sign_outs: Option<PathBuf>,
 }
 
 /// A request the runtime made to the server.
@@ -100,6 +108,10 @@ pub enum Request {
     Probe,
     /// `POST /v1/sign-outs`: a session's end reported.
     SignOut,
+    /// `POST /v1/sessions/refresh`: the session's access token renewed.
+    Refresh,
+    /// `GET /v1/sessions/current`: whether the session still holds.
+    SessionCheck,
 }
 
 /// How long one request to the server took (measurements only: nothing here is secret).
@@ -161,6 +173,27 @@ enum Network {
     PinPolicy(Result<PinPolicy, ClientError>),
     /// The answer to `GET /readyz`.
     Probe(Result<(), ClientError>),
+    /// The answer to a refresh of session `session_id`.
+    Refreshed {
+        session_id: String,
+        result: Result<SessionRefreshed, ClientError>,
+    },
+    /// The answer to a check of session `session_id`; `refresh_refused`: asked to learn why
+    /// the server refused a refresh.
+    Checked {
+        session_id: String,
+        result: Result<SessionStatus, ClientError>,
+        refresh_refused: bool,
+    },
+}
+
+/// The server's side of the signed-in worker's session: kept in memory only (the refresh
+/// token is zeroized when dropped).
+struct ServerSession {
+    id: String,
+    refresh_token: Zeroizing<String>,
+    /// The access token's lifetime as the server said.
+    token_lifetime: Duration,
 }
 
 /// Where fetching the server's PIN policy is.
@@ -203,6 +236,15 @@ struct Runtime {
     accepted_token: Option<Zeroizing<String>>,
     /// The current session's token.
     token: Option<Zeroizing<String>>,
+    /// The server session of a sign-in the server accepted, until the core publishes it.
+    accepted_session: Option<ServerSession>,
+    /// The current session at the server.
+    session: Option<ServerSession>,
+    /// When the current session's token is refreshed and the session checked.
+    upkeep: Option<SessionUpkeep>,
+    session_check_interval: Duration,
+    /// Sign-outs the server has not answered yet (shared with the tasks sending them).
+    pending: Arc<Mutex<PendingSignOuts>>,
     /// The certificate (SHA-256) of a sign-in the server accepted, until the core publishes it.
     accepted_card: Option<String>,
     /// The certificate (SHA-256) the current session signed in with: a PIN change is only
@@ -239,6 +281,13 @@ pub(crate) async fn run(
     let (network_tx, mut network_rx) = unbounded_channel();
     let mut sign_out_requests = parts.board.sign_out_requests();
     let now = Instant::now();
+    let pending = match &parts.pending_sign_outs {
+        Some(path) => PendingSignOuts::load(path, now).unwrap_or_else(|error| {
+            tracing::warn!(target: "pivtap::kiosk", %error, "starting without the sign-outs kept earlier");
+            PendingSignOuts::empty_at(path)
+        }),
+        None => PendingSignOuts::in_memory(),
+    };
     let mut runtime = Runtime {
         kiosk: Kiosk::new(parts.core),
         client: parts.client,
@@ -256,6 +305,11 @@ pub(crate) async fn run(
         waiting_for_challenge: None,
         accepted_token: None,
         token: None,
+        accepted_session: None,
+        session: None,
+        upkeep: None,
+        session_check_interval: parts.session_check_interval,
+        pending: Arc::new(Mutex::new(pending)),
         accepted_card: None,
         session_card: None,
         pin_policy: PolicyFetch::Unknown,
@@ -296,6 +350,8 @@ pub(crate) async fn run(
                 let now = Instant::now();
                 runtime.keep_challenge_fresh(now);
                 runtime.probe_when_quiet(now);
+                runtime.keep_session(now);
+                runtime.retry_pending_sign_outs(now);
                 face.refresh(&runtime.kiosk, runtime.kiosk.server_reachable(), now);
             }
         }
@@ -413,8 +469,17 @@ impl Runtime {
                     Ok(response) => {
                         self.server_is(ServerStatus::Connected, face);
                         let signed_in_at = OffsetDateTime::now_utc();
-                        let lifetime = Duration::from_secs(response.expires_in);
+                        let token_lifetime = Duration::from_secs(response.expires_in);
+                        // The session lasts until the server's maximum age; the access token
+                        // is refreshed until then.
+                        let lifetime =
+                            Duration::from_secs(response.session_expires_in).max(token_lifetime);
                         self.accepted_token = Some(Zeroizing::new(response.token));
+                        self.accepted_session = Some(ServerSession {
+                            id: response.session_id,
+                            refresh_token: Zeroizing::new(response.refresh_token),
+                            token_lifetime,
+                        });
                         self.accepted_card = card;
                         Event::AuthSucceeded {
                             work,
@@ -436,10 +501,147 @@ impl Runtime {
                 };
                 self.core_event(event, face);
                 self.accepted_token = None;
+                self.accepted_session = None;
                 self.accepted_card = None;
+            }
+            Network::Refreshed { session_id, result } => {
+                self.session_refreshed(&session_id, result, face);
+            }
+            Network::Checked {
+                session_id,
+                result,
+                refresh_refused,
+            } => {
+                self.session_checked(&session_id, result, refresh_refused, face);
             }
         }
         self.keep_challenge_fresh(now);
+    }
+
+    /// Refreshes the session's access token and checks the session when due.
+    fn keep_session(&mut self, now: Instant) {
+        let tasks = match self.upkeep.as_mut() {
+            Some(upkeep) => upkeep.due(now),
+            None => return,
+        };
+        let (Some(session), Some(token)) = (&self.session, &self.token) else {
+            return;
+        };
+        for task in tasks {
+            let session_id = session.id.clone();
+            match task {
+                UpkeepTask::Refresh => {
+                    let refresh_token = session.refresh_token.clone();
+                    self.ask(
+                        Request::Refresh,
+                        move |client| async move { client.refresh_session(&refresh_token).await },
+                        move |result| Network::Refreshed { session_id, result },
+                    );
+                }
+                UpkeepTask::Check => self.check_session(session_id, token.clone(), false),
+            }
+        }
+    }
+
+    /// Asks the server whether session `session_id` still holds.
+    fn check_session(&self, session_id: String, token: Zeroizing<String>, refresh_refused: bool) {
+        self.ask(
+            Request::SessionCheck,
+            move |client| async move { client.session_status(&token).await },
+            move |result| Network::Checked {
+                session_id,
+                result,
+                refresh_refused,
+            },
+        );
+    }
+
+    /// A refresh answered: the new tokens are kept (and given to the local API), or the
+    /// session ended at the server; a refresh that did not reach the server is tried again.
+    fn session_refreshed(
+        &mut self,
+        session_id: &str,
+        result: Result<SessionRefreshed, ClientError>,
+        face: &mut dyn Face,
+    ) {
+        let now = Instant::now();
+        let (Some(session), Some(upkeep)) = (self.session.as_mut(), self.upkeep.as_mut()) else {
+            return;
+        };
+        if session.id != session_id {
+            return; // An answer for a session that is over.
+        }
+        match result {
+            Ok(refreshed) => {
+                let lifetime = Duration::from_secs(refreshed.expires_in);
+                session.refresh_token = Zeroizing::new(refreshed.refresh_token);
+                session.token_lifetime = lifetime;
+                upkeep.refreshed(now, lifetime);
+                self.board.replace_token(&refreshed.token);
+                self.token = Some(Zeroizing::new(refreshed.token));
+            }
+            Err(error) if session_ended(&error) => {
+                // The session has ended: the access token (still good for the status within
+                // the server's grace) asks why, so the worker is told. No refresh is made
+                // meanwhile.
+                tracing::info!(target: "pivtap::kiosk", session = session_id, %error, "the server refused the session's refresh: it has ended");
+                if let Some(token) = self.token.clone() {
+                    self.check_session(session_id.to_owned(), token, true);
+                } else {
+                    self.core_event(Event::SessionEndedAtServer { reason: None }, face);
+                }
+            }
+            Err(error) => {
+                tracing::debug!(target: "pivtap::kiosk", %error, "cannot refresh the session's token; trying again");
+                upkeep.refresh_failed(now);
+            }
+        }
+    }
+
+    /// A check answered: a session the server ended signs the worker out, saying why.
+    /// Failures keep the session (the server decides) and the check is made again; after a
+    /// refused refresh the session ends whatever the check says (only the reason is new).
+    fn session_checked(
+        &mut self,
+        session_id: &str,
+        result: Result<SessionStatus, ClientError>,
+        refresh_refused: bool,
+        face: &mut dyn Face,
+    ) {
+        let now = Instant::now();
+        let (Some(session), Some(upkeep)) = (self.session.as_ref(), self.upkeep.as_mut()) else {
+            return;
+        };
+        if session.id != session_id {
+            return;
+        }
+        if refresh_refused {
+            let reason = result
+                .ok()
+                .filter(|status| !status.active)
+                .and_then(|status| status.ended_reason);
+            self.core_event(Event::SessionEndedAtServer { reason }, face);
+            return;
+        }
+        upkeep.checked(now);
+        match result {
+            Ok(status) if status.active => {}
+            Ok(status) => {
+                tracing::info!(target: "pivtap::kiosk", session = session_id, reason = ?status.ended_reason, "the server ended the session");
+                let reason = status.ended_reason;
+                self.core_event(Event::SessionEndedAtServer { reason }, face);
+            }
+            Err(error) if session_ended(&error) => {
+                self.core_event(Event::SessionEndedAtServer { reason: None }, face);
+            }
+            // The access token is too old for the server (a long outage): refresh it.
+            Err(error) if error.kind() == FailureKind::Refused(ErrorCode::Unauthorized) => {
+                upkeep.refresh_now(now);
+            }
+            Err(error) => {
+                tracing::debug!(target: "pivtap::kiosk", %error, "cannot check the session; trying again");
+            }
+        }
     }
 
     /// Asks the server for its PIN policy (`GET /v1/pin-policy`), unless it is known or on
@@ -587,28 +789,117 @@ impl Runtime {
     }
 
     /// Tells the server that the session of `token` ended and why, in the background: the
-    /// kiosk does not wait, and a server that cannot be reached misses it (logged).
-    fn report_sign_out(&mut self, token: Option<Zeroizing<String>>, reason: Option<SignOutReason>) {
+    /// kiosk does not wait. With a device credential the sign-out is first kept (on disk when
+    /// configured) and sent again by session id and device proof until the server answers
+    /// ([`crate::pending_sign_outs`]); without one, a server that cannot be reached misses it
+    /// (logged). A session the server ended is not reported back.
+    fn report_sign_out(
+        &mut self,
+        token: Option<Zeroizing<String>>,
+        session: Option<ServerSession>,
+        reason: Option<SignOutReason>,
+    ) {
+        if reason == Some(SignOutReason::EndedAtServer) {
+            return;
+        }
         let Some(token) = token else { return };
-        let reason = reason
-            .and_then(|reason| serde_json::to_value(reason).ok())
-            .and_then(|value| value.as_str().map(str::to_owned))
-            .unwrap_or_else(|| "unknown".to_owned());
+        let reason = reason_text(reason);
+        let kept = session
+            .filter(|_| self.client.device_credential().is_some())
+            .map(|session| session.id);
+        if let Some(session_id) = &kept {
+            let sign_out = PendingSignOut {
+                session_id: session_id.clone(),
+                reason: reason.clone(),
+                time: OffsetDateTime::now_utc(),
+            };
+            if let Err(error) = lock(&self.pending).add(sign_out, Instant::now()) {
+                tracing::warn!(target: "pivtap::kiosk", %error, "the sign-out is kept in memory only");
+            }
+        }
         let client = self.client.clone();
         let timings = self.timings.clone();
+        let pending = Arc::clone(&self.pending);
         // Finished reports are reaped here, so the set holds only those under way.
         while self.sign_out_reports.try_join_next().is_some() {}
         self.sign_out_reports.spawn(async move {
-            match timings
+            let result = timings
                 .time(Request::SignOut, client.sign_out(&token, &reason))
-                .await
-            {
-                Ok(_) => tracing::debug!(%reason, "the server recorded the sign-out"),
-                Err(error) => {
+                .await;
+            match (&result, &kept) {
+                (Ok(_), _) => tracing::debug!(%reason, "the server recorded the sign-out"),
+                (Err(error), Some(_)) => {
+                    tracing::info!(%error, %reason, "the server did not record the sign-out; it is sent again")
+                }
+                (Err(error), None) => {
                     tracing::warn!(%error, %reason, "the server did not record the sign-out")
                 }
             }
+            if let Some(session_id) = kept {
+                let mut pending = lock(&pending);
+                if result.is_ok() {
+                    if let Err(error) = pending.answered(&session_id) {
+                        tracing::warn!(target: "pivtap::kiosk", %error, "cannot forget a delivered sign-out");
+                    }
+                } else {
+                    pending.failed(&session_id, Instant::now());
+                }
+            }
         });
+    }
+
+    /// Sends the kept sign-outs that are due, by session id and device proof.
+    fn retry_pending_sign_outs(&mut self, now: Instant) {
+        if self.client.device_credential().is_none() {
+            return;
+        }
+        let due = match lock(&self.pending).due(now, OffsetDateTime::now_utc()) {
+            Ok(due) => due,
+            Err(error) => {
+                tracing::warn!(target: "pivtap::kiosk", %error, "cannot drop old sign-outs from the file");
+                return;
+            }
+        };
+        while self.sign_out_reports.try_join_next().is_some() {}
+        for sign_out in due {
+            let client = self.client.clone();
+            let timings = self.timings.clone();
+            let pending = Arc::clone(&self.pending);
+            self.sign_out_reports.spawn(async move {
+                let PendingSignOut {
+                    session_id, reason, ..
+                } = sign_out;
+                let result = timings
+                    .time(
+                        Request::SignOut,
+                        client.sign_out_session(&session_id, &reason),
+                    )
+                    .await;
+                let mut pending = lock(&pending);
+                let answered = match &result {
+                    Ok(recorded) => {
+                        tracing::info!(session = %session_id, recorded, "the server answered a kept sign-out");
+                        true
+                    }
+                    // The server heard it and will never take it: nothing to send again.
+                    Err(error) if refused_for_good(error) => {
+                        tracing::warn!(session = %session_id, %error, "the server refused a kept sign-out; dropping it");
+                        true
+                    }
+                    Err(error) => {
+                        tracing::debug!(session = %session_id, %error, "a kept sign-out still cannot be delivered");
+                        false
+                    }
+                };
+                if answered {
+                    if let Err(error) = pending.answered(&session_id) {
+                        tracing::warn!(target: "pivtap::kiosk", %error, "cannot forget a delivered sign-out");
+                    }
+                } else {
+                    pending.failed(&session_id, Instant::now());
+                }
+            });
+        }
     }
 
     /// Waits for the sign-out reports under way (the shutdown's own among them), at most
@@ -679,6 +970,14 @@ impl Runtime {
                     if matches!(session_event, SessionEvent::SignedIn { .. }) {
                         self.token = self.accepted_token.take();
                         self.session_card = self.accepted_card.take();
+                        self.session = self.accepted_session.take();
+                        self.upkeep = self.session.as_ref().map(|session| {
+                            SessionUpkeep::new(
+                                now,
+                                session.token_lifetime,
+                                self.session_check_interval,
+                            )
+                        });
                     }
                     let token = match session_event {
                         SessionEvent::SignedIn { .. } => self.token.as_deref().map(String::as_str),
@@ -689,7 +988,9 @@ impl Runtime {
                 }
                 Effect::DropSession => {
                     let token = self.token.take();
-                    self.report_sign_out(token, sign_out_reason);
+                    let session = self.session.take();
+                    self.upkeep = None;
+                    self.report_sign_out(token, session, sign_out_reason);
                     self.session_card = None;
                 }
                 Effect::ScheduleTick { at } => self.tick_at = Some(at),
@@ -705,6 +1006,36 @@ fn signer_fingerprint(assertion: &str) -> Option<String> {
     let header: AssertionHeader = serde_json::from_slice(&jws.header).ok()?;
     let der = STANDARD.decode(header.x5c.first()?).ok()?;
     Some(CertificateFacts::from_der(&der).ok()?.fingerprint)
+}
+
+/// A sign-out reason as sent to the server (`card_removed`).
+fn reason_text(reason: Option<SignOutReason>) -> String {
+    reason
+        .and_then(|reason| serde_json::to_value(reason).ok())
+        .and_then(|value| value.as_str().map(str::to_owned))
+        .unwrap_or_else(|| "unknown".to_owned())
+}
+
+/// Whether the server said the session has ended (a refresh or a check refused).
+fn session_ended(error: &ClientError) -> bool {
+    error.kind() == FailureKind::Refused(ErrorCode::SessionEnded)
+}
+
+/// Whether a refusal of a kept sign-out is final: a client error other than being rate
+/// limited or a device proof refused (a clock set right makes the next one good).
+fn refused_for_good(error: &ClientError) -> bool {
+    match error {
+        ClientError::Refused { status, code, .. } => {
+            (400..500).contains(status)
+                && !matches!(code, ErrorCode::RateLimited | ErrorCode::DeviceProofInvalid)
+        }
+        _ => false,
+    }
+}
+
+/// Locks the kept sign-outs; a panic elsewhere while they were held leaves a whole list.
+fn lock(pending: &Mutex<PendingSignOuts>) -> std::sync::MutexGuard<'_, PendingSignOuts> {
+    pending.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 /// Whether a challenge still has enough life for a tap.

@@ -1590,25 +1590,53 @@ fn session_token(
 /// Issue 12: sign-outs were not recorded. Now a device reports them with the session's
 /// token: audited as `sign_out` for the token's user and device, with the card that
 /// signed in and the reason; a replay writes nothing; no token, a foreign token or a
-/// long-expired one is refused, and the body cannot name another user.
+/// long-expired one is refused, and the body cannot name another user. (Issue 15: the
+/// sign-out ends the token's stored session, which names the card.)
 #[tokio::test]
 async fn sign_outs_are_audited_for_the_tokens_user_once() {
     let state = state().await;
     let app = server::app(state.clone());
+    // The sessions the tokens below belong to, stored as a sign-in stores them.
     let signed_in_at = OffsetDateTime::now_utc() - Duration::from_secs(120);
-    state
-        .store()
-        .audit(pivtap_server::store::NewAuditEvent {
+    for (user, device, serial, sid) in [
+        ("alice", "kiosk-1", "4a0b", "sid-alice-119"),
+        ("carol", "kiosk-2", "5c0d", "sid-carol-3700"),
+    ] {
+        state
+            .store()
+            .add_user(&pivtap_testkit::server::active_user(
+                user,
+                user,
+                &format!("{user}@example.com"),
+            ))
+            .await
+            .expect("the user is added");
+        let facts = card_facts(serial);
+        let event = pivtap_server::store::NewAuditEvent {
             time: signed_in_at,
             kind: pivtap_server::store::AuditKind::Assertion,
             outcome: pivtap_server::store::AuditOutcome::Ok,
-            device: Some("kiosk-1".to_owned()),
-            card_serial: Some("4a0b".to_owned()),
-            user_id: Some("alice".to_owned()),
+            device: Some(device.to_owned()),
+            card_serial: Some(serial.to_owned()),
+            user_id: Some(user.to_owned()),
             detail: None,
-        })
-        .await
-        .expect("the sign-in is audited");
+        };
+        let session = pivtap_server::store::NewSession {
+            id: sid.to_owned(),
+            user_id: user.to_owned(),
+            device: device.to_owned(),
+            card: pivtap_server::store::CardId::of(&facts),
+            amr: vec!["sc".to_owned(), "pin".to_owned()],
+            created_at: signed_in_at,
+            expires_at: signed_in_at + Duration::from_secs(12 * 3600),
+            refresh_token_hash: pivtap_server::store::secret_hash(sid),
+        };
+        state
+            .store()
+            .finish_sign_in(&facts, user, signed_in_at, event, &session)
+            .await
+            .expect("the sign-in is stored");
+    }
     let token = session_token(
         &state,
         "alice",

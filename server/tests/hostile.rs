@@ -658,6 +658,7 @@ async fn hostile_bodies_are_refused_on_every_public_endpoint() {
         "/v1/enrollments",
         "/v1/renewals",
         "/v1/devices/enroll",
+        "/v1/sessions/refresh",
     ];
     let bodies: Vec<(&str, Option<&str>, Vec<u8>)> = vec![
         ("bad JSON", Some(JSON), b"{\"a\":".to_vec()),
@@ -743,6 +744,13 @@ async fn hostile_bodies_are_refused_on_every_public_endpoint() {
             StatusCode::BAD_REQUEST,
             "csr_invalid",
         ),
+        (
+            "1 MB-ish refresh token",
+            "/v1/sessions/refresh",
+            json!({"refresh_token": "A".repeat(MAX_BODY_BYTES / 2)}).to_string(),
+            StatusCode::UNAUTHORIZED,
+            "session_ended",
+        ),
     ] {
         let reply = target.send(post(path, Some(JSON), body)).await;
         assert_refused(label, &reply, status, code);
@@ -754,6 +762,8 @@ async fn hostile_bodies_are_refused_on_every_public_endpoint() {
         (Method::PUT, "/v1/pin-policy"),
         (Method::GET, "/v1/assertions"),
         (Method::GET, "/v1/challenges"),
+        (Method::POST, "/v1/sessions/current"),
+        (Method::GET, "/v1/sessions/refresh"),
     ] {
         let reply = target
             .send(
@@ -869,6 +879,17 @@ async fn admin_endpoints_refuse_missing_and_wrong_credentials_and_change_nothing
         (Method::POST, "/devices/kiosk-07/disable", ""),
         (Method::POST, "/devices/kiosk-07/enable", ""),
         (Method::DELETE, "/devices/kiosk-07", ""),
+        (Method::GET, "/sessions", ""),
+        (Method::GET, "/sessions/abc", ""),
+        (Method::DELETE, "/sessions/abc", ""),
+        (Method::GET, "/clients", ""),
+        (
+            Method::POST,
+            "/clients",
+            r#"{"id":"mallory","redirect_uris":["https://mallory.example/cb"]}"#,
+        ),
+        (Method::GET, "/clients/wiki", ""),
+        (Method::DELETE, "/clients/wiki", ""),
     ];
     let mut refused = 0;
     for (method, path, body) in &routes {

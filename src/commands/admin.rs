@@ -1,15 +1,16 @@
-//! `pivtap admin`: the administrator's command line for users, cards, devices, enrollment codes and the audit log.
+//! `pivtap admin`: the administrator's command line for users, cards, devices, sessions, OpenID Connect clients, enrollment codes and the audit log.
 
 use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
 use clap::{Args, Subcommand};
-use pivtap_client::client::{AuditFilter, CardAction, ImportOptions, ImportSource};
+use pivtap_client::client::{AuditFilter, CardAction, ImportOptions, ImportSource, SessionFilter};
 use pivtap_protocol::duration::parse_duration;
 use pivtap_protocol::escape::escape_unambiguous;
 use pivtap_protocol::wire::{
-    AuditRecord, CardRecord, DeviceRecord, EnrollmentCode, ImportReport, UserRecord, UserUpdate,
+    AuditRecord, CardRecord, ClientRecord, DeviceRecord, EnrollmentCode, ImportReport, NewClient,
+    SessionRecord, UserRecord, UserUpdate,
 };
 use pivtap_server::store::RevocationReason;
 use serde::Serialize;
@@ -44,6 +45,13 @@ enum AdminCommand {
     /// Shared devices (kiosks): only registered devices get challenges (`device` works too).
     #[command(subcommand, alias = "device")]
     Devices(DevicesCommand),
+    /// Sign-in sessions: list them, show one, end one (`session` works too).
+    #[command(subcommand, alias = "session")]
+    Sessions(SessionsCommand),
+    /// OpenID Connect clients (the apps that sign workers in through pivtap; `client`
+    /// works too).
+    #[command(subcommand, alias = "client")]
+    Clients(ClientsCommand),
     /// Make a single-use enrollment code for USER: prints the code, its
     /// pivtap://enroll link and a QR code of the link for the worker's device.
     Enroll {
@@ -255,6 +263,69 @@ enum DevicesCommand {
     /// Remove a device (to enroll it again, add it again).
     Remove {
         /// The device id.
+        id: String,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum SessionsCommand {
+    /// List sessions, newest first (at most 1000): the active ones unless --all.
+    List {
+        /// Only this user's.
+        #[arg(long)]
+        user: Option<String>,
+        /// Only those begun on this device.
+        #[arg(long)]
+        device: Option<String>,
+        /// Only those of this card (serial, or serial@issuer-id).
+        #[arg(long)]
+        card: Option<String>,
+        /// Ended sessions too.
+        #[arg(long)]
+        all: bool,
+    },
+    /// Show one session.
+    Show {
+        /// The session id.
+        id: String,
+    },
+    /// End a session: its tokens stop working, its device signs the worker out, and the
+    /// apps that took part get a back-channel logout.
+    End {
+        /// The session id.
+        id: String,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum ClientsCommand {
+    /// Register an OpenID Connect client; a confidential client's secret is printed this
+    /// once.
+    Add {
+        /// The client id: letters, digits, '.', '_', '@' or '-'.
+        #[arg(long)]
+        id: String,
+        /// A redirect URI (exact match): https://..., or http:// on 127.0.0.1, [::1] or
+        /// localhost. Repeat for more.
+        #[arg(long = "redirect-uri", value_name = "URI", required = true)]
+        redirect_uris: Vec<String>,
+        /// A public client (a native app): no secret, PKCE only.
+        #[arg(long)]
+        public: bool,
+        /// Where back-channel logout tokens are posted when a session it took part in ends.
+        #[arg(long, value_name = "URI")]
+        backchannel_logout_uri: Option<String>,
+    },
+    /// List the registered clients.
+    List,
+    /// Show one client.
+    Show {
+        /// The client id.
+        id: String,
+    },
+    /// Remove a client: its tokens stop working.
+    Remove {
+        /// The client id.
         id: String,
     },
 }
@@ -543,6 +614,82 @@ pub fn run(args: AdminArgs) -> anyhow::Result<()> {
                 }
                 Ok(())
             }
+            AdminCommand::Sessions(SessionsCommand::List {
+                user,
+                device,
+                card,
+                all,
+            }) => {
+                let filter = SessionFilter {
+                    user,
+                    device,
+                    card,
+                    active_only: !all,
+                };
+                let sessions = admin.list_sessions(&filter).await.map_err(explain)?;
+                print_list(json, &sessions, session_line)
+            }
+            AdminCommand::Sessions(SessionsCommand::Show { id }) => {
+                let session = admin.get_session(&id).await.map_err(explain)?;
+                print_one(json, &session, session_line)
+            }
+            AdminCommand::Sessions(SessionsCommand::End { id }) => {
+                let session = admin.end_session(&id).await.map_err(explain)?;
+                print_one(json, &session, |s| match (&s.ended_at, s.ended_reason) {
+                    (Some(at), Some(reason)) => {
+                        format!("Session {} ended at {at} ({reason}).", s.id)
+                    }
+                    _ => format!("Session {} is still active.", s.id),
+                })
+            }
+            AdminCommand::Clients(ClientsCommand::Add {
+                id,
+                redirect_uris,
+                public,
+                backchannel_logout_uri,
+            }) => {
+                let new = NewClient {
+                    id,
+                    redirect_uris,
+                    public,
+                    backchannel_logout_uri,
+                };
+                let made = admin.add_client(&new).await.map_err(explain)?;
+                if json {
+                    println!("{}", json_text(&made)?);
+                } else {
+                    match &made.secret {
+                        Some(secret) => {
+                            // The secret alone on stdout (for a redirect into a file).
+                            let secret = Zeroizing::new(secret.clone());
+                            println!("{}", secret.as_str());
+                            eprintln!(
+                                "Client {} registered; its secret is above and is not shown again.",
+                                made.client.id
+                            );
+                        }
+                        None => println!("Public client {} registered.", made.client.id),
+                    }
+                }
+                Ok(())
+            }
+            AdminCommand::Clients(ClientsCommand::List) => {
+                let clients = admin.list_clients().await.map_err(explain)?;
+                print_list(json, &clients, client_line)
+            }
+            AdminCommand::Clients(ClientsCommand::Show { id }) => {
+                let client = admin.get_client(&id).await.map_err(explain)?;
+                print_one(json, &client, client_line)
+            }
+            AdminCommand::Clients(ClientsCommand::Remove { id }) => {
+                admin.remove_client(&id).await.map_err(explain)?;
+                if json {
+                    println!("{}", serde_json::json!({"removed": id}));
+                } else {
+                    println!("Client {id} is removed.");
+                }
+                Ok(())
+            }
             AdminCommand::Credentials(CredentialsCommand::Add { name }) => {
                 let made = admin.add_credential(&name).await.map_err(explain)?;
                 let token = Zeroizing::new(made.token.clone().unwrap_or_default());
@@ -765,6 +912,49 @@ fn device_line(device: &DeviceRecord) -> String {
         },
     };
     format!("{:<20} {:<8} {credential}", device.id, device.state)
+}
+
+/// One session as a line: id, user, device, card, what it proved, and when it ends or
+/// why it ended.
+fn session_line(session: &SessionRecord) -> String {
+    let state = match (&session.ended_at, session.ended_reason) {
+        (Some(at), Some(reason)) => format!("ended {at} ({reason})"),
+        (Some(at), None) => format!("ended {at}"),
+        _ => format!("active until {}", session.expires_at),
+    };
+    let clients = if session.clients.is_empty() {
+        String::new()
+    } else {
+        format!(" clients {}", session.clients.join(","))
+    };
+    format!(
+        "{} {:<16} {:<16} card {} amr {} since {} {state}{clients}",
+        session.id,
+        escape_unambiguous(&session.user_id),
+        escape_unambiguous(&session.device),
+        session.card_serial,
+        session.amr.join(" "),
+        session.created_at,
+    )
+}
+
+/// One client as a line.
+fn client_line(client: &ClientRecord) -> String {
+    format!(
+        "{:<24} {:<12} redirect {}{}",
+        escape_unambiguous(&client.id),
+        if client.public {
+            "public"
+        } else {
+            "confidential"
+        },
+        client.redirect_uris.join(" "),
+        client
+            .backchannel_logout_uri
+            .as_deref()
+            .map(|uri| format!(" logout {uri}"))
+            .unwrap_or_default()
+    )
 }
 
 /// One audit event as a line; every field escaped (control, zero-width and bidi

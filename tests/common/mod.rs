@@ -2,7 +2,9 @@
 // Each test crate uses only some of these helpers.
 #![allow(dead_code)]
 
+pub mod kiosk;
 pub mod nodes;
+pub mod oidc;
 pub mod tmux;
 
 use std::fs::File;

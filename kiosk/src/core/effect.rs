@@ -96,7 +96,7 @@ pub enum SessionEvent {
     SignedIn {
         /// Who.
         user: UserInfo,
-        /// When the token expires.
+        /// When the session ends on its own (the server's maximum session age).
         #[serde(with = "time::serde::rfc3339")]
         expires_at: OffsetDateTime,
     },
@@ -230,8 +230,11 @@ pub enum SignOutReason {
     Switched,
     /// The same worker signed in again before the session ended (a fresh token).
     Renewed,
-    /// The token expired.
+    /// The session reached the server's maximum session age.
     Expired,
     /// The kiosk stopped (an administrator's exit, or a signal from the service manager).
     Shutdown,
+    /// The server ended the session (an administrator, the badge or the account locked or
+    /// revoked, the maximum session age): the notice says which.
+    EndedAtServer,
 }

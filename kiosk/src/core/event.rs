@@ -1,7 +1,7 @@
 //! What the runtime tells the core: readers and cards coming and going, results of card work, keys, the server's reachability, and time passing.
 
 use pivtap_protocol::pin_policy::PinPolicy;
-use pivtap_protocol::wire::{ErrorCode, UserInfo};
+use pivtap_protocol::wire::{ErrorCode, SessionEndReason, UserInfo};
 use time::OffsetDateTime;
 
 use super::state::{CardSummary, Step};
@@ -77,8 +77,10 @@ pub enum Event {
         user: UserInfo,
         /// When the server's answer arrived (wall clock), for display.
         signed_in_at: OffsetDateTime,
-        /// When the token expires (wall clock): `signed_in_at` plus the server's `expires_in`. The
-        /// core ends the session after `expires_at - signed_in_at` on its monotonic clock.
+        /// When the session ends on its own (wall clock): `signed_in_at` plus the server's
+        /// `session_expires_in` (its maximum session age; the runtime refreshes the short-lived
+        /// access token until then). The core ends the session after
+        /// `expires_at - signed_in_at` on its monotonic clock.
         expires_at: OffsetDateTime,
     },
     /// [`Effect::Authenticate`](super::Effect::Authenticate) failed.
@@ -92,6 +94,15 @@ pub enum Event {
     Key(KeyInput),
     /// Sign the current worker out: the sign-out key, or `POST /v1/session/sign-out` on the local API.
     SignOutRequested,
+    /// The server ended the session of the signed-in worker (or of the worker waiting for a
+    /// fast user switch): `GET /v1/sessions/current` answered `active: false`, or a refresh
+    /// was refused. The worker is signed out with a message naming `reason`
+    /// ([`SignOutReason::EndedAtServer`](super::SignOutReason::EndedAtServer)); nothing is
+    /// reported back to the server.
+    SessionEndedAtServer {
+        /// Why, when the server said.
+        reason: Option<SessionEndReason>,
+    },
     /// The kiosk is stopping (an administrator's exit, or a signal from the service manager):
     /// any session ends with [`SignOutReason::Shutdown`](super::SignOutReason::Shutdown).
     Shutdown,

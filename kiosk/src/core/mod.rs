@@ -24,6 +24,7 @@ mod pin_form;
 mod state;
 #[cfg(test)]
 mod tests;
+mod upkeep;
 
 use std::collections::BTreeSet;
 use std::fmt;
@@ -31,7 +32,7 @@ use std::mem;
 use std::time::{Duration, Instant};
 
 use pivtap_apdu::piv::Pin;
-use pivtap_protocol::wire::UserInfo;
+use pivtap_protocol::wire::{SessionEndReason, UserInfo};
 use time::OffsetDateTime;
 use zeroize::{Zeroize, Zeroizing};
 
@@ -43,6 +44,7 @@ pub use state::{
     CardSummary, PinForm, PinFormPurpose, PinFormStep, PinPrompt, ServerStatus, Session,
     SessionWarning, State, Step,
 };
+pub use upkeep::{LONGEST_REFRESH_RETRY, REFRESH_SHARE_PERCENT, SessionUpkeep, UpkeepTask};
 
 /// The fewest digits a PIN has (the PIV rule of the apdu crate's `Pin`).
 pub const PIN_MIN_DIGITS: usize = pivtap_apdu::piv::reference_data::PIN_MIN_LEN;
@@ -180,6 +182,7 @@ impl Kiosk {
             Event::AuthFailed { work, failure } => self.on_auth_failed(work, failure, now),
             Event::Key(key) => self.on_key(key, now),
             Event::SignOutRequested => self.sign_out(SignOutReason::Explicit, now),
+            Event::SessionEndedAtServer { reason } => self.ended_at_server(reason, now),
             Event::Shutdown => self.shut_down(now),
             Event::ChangePinRequested => self.on_change_pin_requested(now),
             Event::UnblockRequested => self.on_unblock_requested(now),
@@ -998,6 +1001,17 @@ impl Kiosk {
         } else {
             // During a fast user switch: the waiting worker is signed out, the new sign-in goes on.
             self.end_waiting_session(reason);
+        }
+    }
+
+    /// The server ended the session: the worker is signed out with a message naming why.
+    /// During a fast user switch the session the runtime checks is the waiting worker's.
+    fn ended_at_server(&mut self, reason: Option<SessionEndReason>, now: Instant) {
+        if let Some(session) = self.end_session(SignOutReason::EndedAtServer) {
+            let notice = Notice::ended_at_server(&session.user.display_name, reason);
+            self.rest(Some(notice), now);
+        } else {
+            self.end_waiting_session(SignOutReason::EndedAtServer);
         }
     }
 

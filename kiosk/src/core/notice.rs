@@ -2,7 +2,7 @@
 
 use std::fmt;
 
-use pivtap_protocol::wire::ErrorCode;
+use pivtap_protocol::wire::{ErrorCode, SessionEndReason};
 use serde::{Deserialize, Serialize};
 
 use super::config::Flow;
@@ -372,6 +372,39 @@ impl Notice {
             }
             SignOutReason::Shutdown => format!("{name} is signed out: the kiosk is stopping."),
             SignOutReason::Renewed => format!("{name} signed in again."),
+            SignOutReason::EndedAtServer => return Notice::ended_at_server(name, None),
+        };
+        Notice::new(NoticeCode::SignedOut, message)
+    }
+
+    /// The server ended `name`'s session, for `reason` when it said.
+    pub(super) fn ended_at_server(name: &str, reason: Option<SessionEndReason>) -> Self {
+        let message = match reason {
+            Some(SessionEndReason::Admin) => {
+                format!("An administrator ended your session: {name} is signed out.")
+            }
+            Some(SessionEndReason::CardLocked) => {
+                format!("This badge was locked: {name} is signed out.")
+            }
+            Some(SessionEndReason::CardRevoked) => {
+                format!("This badge was revoked: {name} is signed out.")
+            }
+            Some(SessionEndReason::UserLocked) => {
+                format!("{name}'s account was locked: {name} is signed out.")
+            }
+            Some(SessionEndReason::UserDeleted) => {
+                format!("{name}'s account was removed: {name} is signed out.")
+            }
+            Some(SessionEndReason::MaxAge) => {
+                format!("{name}'s session reached its time limit. Tap your badge to sign in again.")
+            }
+            Some(SessionEndReason::RefreshReused) => format!(
+                "{name}'s session was ended for safety (its sign-in was used twice). Tap your badge to sign in again."
+            ),
+            Some(SessionEndReason::SignedOut) => {
+                format!("{name} was signed out at the sign-in server.")
+            }
+            None => format!("The sign-in server ended {name}'s session."),
         };
         Notice::new(NoticeCode::SignedOut, message)
     }

@@ -203,7 +203,8 @@ pub struct Session {
     pub card_present: bool,
     /// When the sign-in happened (wall clock).
     pub signed_in_at: OffsetDateTime,
-    /// When the token expires (wall clock).
+    /// When the session ends on its own (wall clock): the server's maximum session age (the
+    /// runtime refreshes the short-lived access token until then).
     pub expires_at: OffsetDateTime,
     /// When the session ends for expiry, on the monotonic clock.
     pub ends_at: Instant,

@@ -4,7 +4,7 @@ use std::time::{Duration, Instant};
 
 use pivtap_apdu::piv::Pin;
 use pivtap_protocol::pin_policy::PinPolicy;
-use pivtap_protocol::wire::{ErrorCode, UserInfo};
+use pivtap_protocol::wire::{ErrorCode, SessionEndReason, UserInfo};
 use proptest::prelude::*;
 use time::OffsetDateTime;
 
@@ -467,6 +467,95 @@ fn a_session_without_the_removal_policy_survives_the_reader_going_away() {
         Some(("u-alice", SignOutReason::Explicit))
     );
     assert_eq!(k.notice_code(), Some(NoticeCode::NoReader));
+}
+
+// --- sessions ended at the server ---
+
+#[test]
+fn a_session_ended_at_the_server_signs_the_worker_out_saying_why() {
+    for (reason, words) in [
+        (
+            Some(SessionEndReason::Admin),
+            "An administrator ended your session",
+        ),
+        (Some(SessionEndReason::CardLocked), "This badge was locked"),
+        (
+            Some(SessionEndReason::CardRevoked),
+            "This badge was revoked",
+        ),
+        (
+            Some(SessionEndReason::UserLocked),
+            "Alice Field's account was locked",
+        ),
+        (
+            Some(SessionEndReason::UserDeleted),
+            "Alice Field's account was removed",
+        ),
+        (Some(SessionEndReason::MaxAge), "reached its time limit"),
+        (Some(SessionEndReason::RefreshReused), "ended for safety"),
+        (None, "The sign-in server ended Alice Field's session"),
+    ] {
+        let mut k = Harness::tap_then_pin();
+        k.sign_in(DESK, alice());
+        let effects = k.send(Event::SessionEndedAtServer { reason });
+        assert_eq!(
+            signed_out(&effects),
+            Some(("u-alice", SignOutReason::EndedAtServer)),
+            "{reason:?}"
+        );
+        assert!(effects.contains(&Effect::DropSession), "{reason:?}");
+        let notice = k.notice().expect("a notice").clone();
+        assert_eq!(notice.code, NoticeCode::SignedOut);
+        assert!(
+            notice.message.contains(words),
+            "{reason:?}: {}",
+            notice.message
+        );
+        assert!(matches!(k.state(), State::WaitingForCard { .. }));
+        // Nothing left to end: a late second answer changes nothing.
+        let again = k.send(Event::SessionEndedAtServer { reason });
+        assert_eq!(signed_out(&again), None);
+        assert!(!again.contains(&Effect::DropSession));
+    }
+}
+
+#[test]
+fn a_session_ended_at_the_server_during_a_switch_ends_the_waiting_worker_only() {
+    let mut k = Harness::tap_then_pin();
+    k.sign_in(DESK, alice());
+    k.tap(NFC);
+    assert!(k.kiosk.switching_from().is_some());
+    let effects = k.send(Event::SessionEndedAtServer {
+        reason: Some(SessionEndReason::Admin),
+    });
+    assert_eq!(
+        signed_out(&effects),
+        Some(("u-alice", SignOutReason::EndedAtServer))
+    );
+    assert!(k.kiosk.switching_from().is_none());
+    // Bob's sign-in goes on.
+    assert!(matches!(k.state(), State::ReadingCard { .. }));
+}
+
+#[test]
+fn without_a_session_an_end_at_the_server_changes_nothing() {
+    let mut k = Harness::tap_then_pin();
+    let effects = k.send(Event::SessionEndedAtServer { reason: None });
+    assert!(without_ticks(effects).is_empty());
+    assert!(matches!(k.state(), State::WaitingForCard { notice: None }));
+}
+
+#[test]
+fn the_session_ended_at_the_server_is_named_so_in_the_event() {
+    let event = SessionEvent::SignedOut {
+        user: alice(),
+        user_id: "u-alice".to_owned(),
+        reason: SignOutReason::EndedAtServer,
+    };
+    assert_eq!(
+        serde_json::to_value(&event).unwrap()["reason"],
+        "ended_at_server"
+    );
 }
 
 // --- tap then PIN ---
@@ -2775,6 +2864,7 @@ fn generated() -> impl Strategy<Value = Generated> {
         4 => (0..10usize, any::<bool>())
             .prop_map(|(digits, enter)| Generated::TypePin { digits, enter }),
         1 => event(Event::SignOutRequested),
+        1 => event(Event::SessionEndedAtServer { reason: Some(SessionEndReason::CardLocked) }),
         1 => event(Event::Shutdown),
         1 => event(Event::ServerReachable),
         1 => event(Event::ServerUnreachable),

@@ -22,14 +22,15 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 
 use crate::store::{
     AdminCredential, AuditEvent, AuditKindFilter, AuditQuery, Card, CardId, CardState,
-    INITIAL_ADMIN_CREDENTIAL, NewAuditEvent, RevocationReason, StoreError, User, UserState,
-    UserWritten,
+    INITIAL_ADMIN_CREDENTIAL, NewAuditEvent, OidcClient, RevocationReason, Session, SessionQuery,
+    SessionSelector, StoreError, User, UserState, UserWritten,
 };
 use pivtap_protocol::audit::{AuditKind, AuditOutcome};
 use pivtap_protocol::wire::{
-    AdminCredentialRecord, AuditRecord, CardRecord, CreateAdminCredential, CreateEnrollmentRequest,
-    EnrollmentCode, ErrorCode, ImportReport, ImportSkip, ImportedUser, RevokeCardRequest,
-    UserDeleted, UserInfo, UserRecord, UserUpdate,
+    AdminCredentialRecord, AuditRecord, CardRecord, ClientRecord, CreateAdminCredential,
+    CreateEnrollmentRequest, CreatedClient, EnrollmentCode, ErrorCode, ImportReport, ImportSkip,
+    ImportedUser, NewClient, PATH_ADMIN_CLIENTS, PATH_ADMIN_SESSIONS, RevokeCardRequest,
+    SessionEndReason, SessionRecord, UserDeleted, UserInfo, UserRecord, UserUpdate,
 };
 
 /// Most users one import takes.
@@ -78,6 +79,10 @@ pub fn router(state: ServerState) -> Router<ServerState> {
             post(super::devices::disable_device),
         )
         .route("/devices/{id}/enable", post(super::devices::enable_device))
+        .route(PATH_ADMIN_SESSIONS, get(list_sessions))
+        .route("/sessions/{id}", get(show_session).delete(end_session))
+        .route(PATH_ADMIN_CLIENTS, get(list_clients).post(add_client))
+        .route("/clients/{id}", get(show_client).delete(remove_client))
         .route_layer(middleware::from_fn_with_state(state, require_admin))
 }
 
@@ -543,6 +548,12 @@ async fn delete_user(
         format!("deleted user {id}; their cards are revoked (affiliationChanged)"),
     );
     let revoked = state.store().delete_user(&id, event).await?;
+    end_sessions_of(
+        &state,
+        SessionSelector::User(id.clone()),
+        SessionEndReason::UserDeleted,
+    )
+    .await?;
     Ok(Json(UserDeleted {
         deleted: id,
         revoked_cards: revoked.iter().map(CardId::qualified).collect(),
@@ -636,6 +647,14 @@ async fn set_user_state(
         format!("{verb} user {id}"),
     )
     .await?;
+    if new == UserState::Locked {
+        end_sessions_of(
+            &state,
+            SessionSelector::User(id.clone()),
+            SessionEndReason::UserLocked,
+        )
+        .await?;
+    }
     let user = state
         .store()
         .get_user(&id)
@@ -718,6 +737,14 @@ async fn set_card_state(
 ) -> Result<Json<CardRecord>, ApiError> {
     let id = resolve_card(&state, &path_param(card)?).await?;
     state.store().set_card_state(&id, new).await?;
+    if new == CardState::Locked {
+        end_sessions_of(
+            &state,
+            SessionSelector::Card(id.clone()),
+            SessionEndReason::CardLocked,
+        )
+        .await?;
+    }
     changed_card(
         &state,
         &id,
@@ -782,6 +809,12 @@ async fn revoke_card(
     };
     let id = resolve_card(&state, &path_param(card)?).await?;
     state.store().revoke_card(&id, reason).await?;
+    end_sessions_of(
+        &state,
+        SessionSelector::Card(id.clone()),
+        SessionEndReason::CardRevoked,
+    )
+    .await?;
     let detail = format!("revoked card {id} (issuer {}), reason {reason}", id.issuer);
     changed_card(&state, &id, detail).await
 }
@@ -811,6 +844,12 @@ async fn delete_card(
                 ),
                 other => ApiError::from(other),
             })?;
+        end_sessions_of(
+            &state,
+            SessionSelector::Card(id.clone()),
+            SessionEndReason::CardRevoked,
+        )
+        .await?;
         Ok::<_, ApiError>(id)
     }
     .await;
@@ -1061,6 +1100,347 @@ async fn query_audit(
     }
     let events = state.store().query_audit(&query).await?;
     Ok(Json(events.into_iter().map(audit_record).collect()))
+}
+
+/// Ends the active sessions of a user or card for `reason` (a lock, revocation or deletion
+/// just done), in one write with their audit event (`session`, naming the user, the card
+/// if one, the sessions and the acting credential). Nothing is written when none is active.
+async fn end_sessions_of(
+    state: &ServerState,
+    selector: SessionSelector,
+    reason: SessionEndReason,
+) -> Result<(), ApiError> {
+    let query = match &selector {
+        SessionSelector::User(id) => SessionQuery {
+            user_id: Some(id.clone()),
+            ..SessionQuery::default()
+        },
+        SessionSelector::Card(card) => SessionQuery {
+            card_serial: Some(card.serial.clone()),
+            ..SessionQuery::default()
+        },
+        SessionSelector::Id(_) | SessionSelector::Expired => {
+            unreachable!("only users and cards are ended by an admin change")
+        }
+    };
+    let active: Vec<Session> = state
+        .store()
+        .list_sessions(&SessionQuery {
+            active_only: true,
+            limit: crate::store::sessions::MAX_SESSION_LIST,
+            ..query
+        })
+        .await?
+        .into_iter()
+        .filter(|session| match &selector {
+            SessionSelector::Card(card) => session.card == *card,
+            _ => true,
+        })
+        .collect();
+    let Some(first) = active.first() else {
+        return Ok(());
+    };
+    let ids: Vec<&str> = active.iter().map(|session| session.id.as_str()).collect();
+    let now = OffsetDateTime::now_utc();
+    let event = NewAuditEvent {
+        time: now,
+        kind: AuditKind::Session,
+        outcome: AuditOutcome::Ok,
+        device: None,
+        card_serial: match &selector {
+            SessionSelector::Card(card) => Some(card.serial.clone()),
+            _ => None,
+        },
+        user_id: Some(first.user_id.clone()),
+        detail: Some(acting(format!(
+            "session{} {} ended: {reason}",
+            if ids.len() == 1 { "" } else { "s" },
+            ids.join(", ")
+        ))),
+    };
+    state
+        .store()
+        .end_sessions(&selector, reason, now, Some(event))
+        .await?;
+    Ok(())
+}
+
+/// A session as the admin API shows it.
+fn session_record(session: Session) -> SessionRecord {
+    SessionRecord {
+        id: session.id,
+        user_id: session.user_id,
+        device: session.device,
+        card_serial: session.card.serial,
+        amr: session.amr,
+        created_at: rfc3339(session.created_at),
+        expires_at: rfc3339(session.expires_at),
+        ended_at: session.ended_at.map(rfc3339),
+        ended_reason: session.ended_reason,
+        clients: session.clients,
+    }
+}
+
+/// The filters of `GET /sessions`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SessionParams {
+    user: Option<String>,
+    device: Option<String>,
+    card: Option<String>,
+    active: Option<bool>,
+}
+
+/// `GET /sessions?user=&device=&card=&active=true`: sessions, newest first (at most 1000).
+async fn list_sessions(
+    State(state): State<ServerState>,
+    params: Result<Query<SessionParams>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<Vec<SessionRecord>>, ApiError> {
+    let Query(params) =
+        params.map_err(|rejection| rejection_error("the query", &rejection.body_text()))?;
+    let query = SessionQuery {
+        user_id: params.user,
+        device: params.device,
+        // As the audit: a card id (`serial@issuer-id`) is cut to its serial.
+        card_serial: params.card.map(|text| {
+            let serial = text.split('@').next().unwrap_or_default();
+            serial.to_ascii_lowercase().replace(':', "")
+        }),
+        active_only: params.active.unwrap_or(false),
+        limit: crate::store::sessions::MAX_SESSION_LIST,
+    };
+    let sessions = state.store().list_sessions(&query).await?;
+    Ok(Json(sessions.into_iter().map(session_record).collect()))
+}
+
+async fn get_session(state: &ServerState, id: &str) -> Result<Session, ApiError> {
+    state
+        .store()
+        .get_session(id)
+        .await?
+        .ok_or_else(|| ApiError::new(ErrorCode::NotFound, format!("no session {}", short(id))))
+}
+
+/// `GET /sessions/{id}`.
+async fn show_session(
+    State(state): State<ServerState>,
+    id: Result<Path<String>, PathRejection>,
+) -> Result<Json<SessionRecord>, ApiError> {
+    let id = path_param(id)?;
+    Ok(Json(session_record(get_session(&state, &id).await?)))
+}
+
+/// `DELETE /sessions/{id}`: ends the session (`admin`), audited with the acting
+/// credential; answers the session as it is now (one that had ended stays as it was).
+async fn end_session(
+    State(state): State<ServerState>,
+    id: Result<Path<String>, PathRejection>,
+) -> Result<Json<SessionRecord>, ApiError> {
+    let id = path_param(id)?;
+    let session = get_session(&state, &id).await?;
+    let now = OffsetDateTime::now_utc();
+    if session.ended_at.is_some() {
+        return Ok(Json(session_record(session)));
+    }
+    let event = super::sessions::session_event(
+        &session,
+        AuditOutcome::Ok,
+        now,
+        acting(format!(
+            "session {} ended: {}",
+            session.id,
+            SessionEndReason::Admin
+        )),
+    );
+    let ended = state
+        .store()
+        .end_sessions(
+            &SessionSelector::Id(session.id.clone()),
+            SessionEndReason::Admin,
+            now,
+            Some(event),
+        )
+        .await?;
+    match ended.into_iter().next() {
+        Some(ended) => Ok(Json(session_record(ended))),
+        None => Ok(Json(session_record(get_session(&state, &id).await?))),
+    }
+}
+
+/// Whether `text` may be a client's redirect or back-channel logout URI: absolute, no
+/// fragment, no user info, `https`, or `http` on a loopback host (127.0.0.1, [::1],
+/// localhost). The reason when not.
+fn check_client_uri(text: &str) -> Result<(), String> {
+    let quoted = short(text);
+    let url = url::Url::parse(text).map_err(|_| format!("{quoted:?} is not an absolute URI"))?;
+    if url.fragment().is_some() {
+        return Err(format!("{quoted:?} has a fragment (#...)"));
+    }
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err(format!("{quoted:?} carries user information"));
+    }
+    let loopback = match url.host() {
+        Some(url::Host::Ipv4(address)) => address.is_loopback(),
+        Some(url::Host::Ipv6(address)) => address.is_loopback(),
+        Some(url::Host::Domain(name)) => name.eq_ignore_ascii_case("localhost"),
+        None => false,
+    };
+    match url.scheme() {
+        "https" if url.host().is_some() => Ok(()),
+        "http" if loopback => Ok(()),
+        "http" => Err(format!(
+            "{quoted:?} is plain http on a host that is not this machine's loopback; use https"
+        )),
+        _ => Err(format!("{quoted:?} is not an https URI")),
+    }
+}
+
+/// Most redirect URIs one client registers.
+const MAX_REDIRECT_URIS: usize = 20;
+/// Longest redirect or back-channel logout URI.
+const MAX_CLIENT_URI_LEN: usize = 2000;
+
+/// Checks a client to register; the reason when it cannot be.
+fn check_new_client(client: &NewClient) -> Result<(), String> {
+    if !is_valid_user_id(&client.id) {
+        return Err(format!(
+            "the client id must be 1 to {MAX_USER_ID_LEN} of A-Z a-z 0-9 . _ @ -"
+        ));
+    }
+    if client.id == crate::store::KIOSK_CLIENT_ID {
+        return Err(format!(
+            "the client id {} is reserved for the kiosk",
+            crate::store::KIOSK_CLIENT_ID
+        ));
+    }
+    if client.redirect_uris.is_empty() || client.redirect_uris.len() > MAX_REDIRECT_URIS {
+        return Err(format!(
+            "a client has 1 to {MAX_REDIRECT_URIS} redirect URIs"
+        ));
+    }
+    for uri in client
+        .redirect_uris
+        .iter()
+        .chain(client.backchannel_logout_uri.iter())
+    {
+        if uri.len() > MAX_CLIENT_URI_LEN {
+            return Err(format!(
+                "a URI is longer than {MAX_CLIENT_URI_LEN} characters"
+            ));
+        }
+        check_client_uri(uri)?;
+    }
+    Ok(())
+}
+
+/// A client as the admin API shows it (never its secret or the secret's hash).
+fn client_record(client: OidcClient) -> ClientRecord {
+    ClientRecord {
+        public: client.secret_hash.is_none(),
+        id: client.id,
+        redirect_uris: client.redirect_uris,
+        backchannel_logout_uri: client.backchannel_logout_uri,
+        created_at: rfc3339(client.created_at),
+    }
+}
+
+/// `POST /clients`: registers an OpenID Connect client; a confidential one's secret is in
+/// the answer, this once (the store keeps its SHA-256).
+async fn add_client(
+    State(state): State<ServerState>,
+    body: Result<Json<NewClient>, JsonRejection>,
+) -> Result<(StatusCode, Json<CreatedClient>), ApiError> {
+    let new = json_body(body)?;
+    check_new_client(&new).map_err(ApiError::invalid)?;
+    let secret = (!new.public)
+        .then(|| zeroize::Zeroizing::new(pivtap_protocol::nonce::random_base64url::<32>()));
+    let client = OidcClient {
+        id: new.id,
+        secret_hash: secret
+            .as_ref()
+            .map(|secret| crate::store::secret_hash(secret)),
+        redirect_uris: new.redirect_uris,
+        backchannel_logout_uri: new.backchannel_logout_uri,
+        created_at: OffsetDateTime::now_utc(),
+    };
+    state
+        .store()
+        .add_client(&client)
+        .await
+        .map_err(|error| match error {
+            StoreError::Conflict { .. } => ApiError::new(
+                ErrorCode::Conflict,
+                format!("a client {} is registered already", client.id),
+            ),
+            other => ApiError::from(other),
+        })?;
+    let kind = if secret.is_some() {
+        "confidential"
+    } else {
+        "public"
+    };
+    admin_audit(
+        &state,
+        AuditOutcome::Ok,
+        Subject::None,
+        format!("registered {kind} client {}", client.id),
+    )
+    .await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(CreatedClient {
+            client: client_record(client),
+            secret: secret.map(|secret| secret.to_string()),
+        }),
+    ))
+}
+
+/// `GET /clients`.
+async fn list_clients(
+    State(state): State<ServerState>,
+) -> Result<Json<Vec<ClientRecord>>, ApiError> {
+    let clients = state.store().list_clients().await?;
+    Ok(Json(clients.into_iter().map(client_record).collect()))
+}
+
+/// `GET /clients/{id}`.
+async fn show_client(
+    State(state): State<ServerState>,
+    id: Result<Path<String>, PathRejection>,
+) -> Result<Json<ClientRecord>, ApiError> {
+    let id = path_param(id)?;
+    state
+        .store()
+        .get_client(&id)
+        .await?
+        .map(|client| Json(client_record(client)))
+        .ok_or_else(|| ApiError::new(ErrorCode::NotFound, format!("no client {}", short(&id))))
+}
+
+/// `DELETE /clients/{id}`: removes a client (its tokens stop working: it is unknown).
+async fn remove_client(
+    State(state): State<ServerState>,
+    id: Result<Path<String>, PathRejection>,
+) -> Result<StatusCode, ApiError> {
+    let id = path_param(id)?;
+    state
+        .store()
+        .remove_client(&id)
+        .await
+        .map_err(|error| match error {
+            StoreError::NotFound { .. } => {
+                ApiError::new(ErrorCode::NotFound, format!("no client {}", short(&id)))
+            }
+            other => ApiError::from(other),
+        })?;
+    admin_audit(
+        &state,
+        AuditOutcome::Ok,
+        Subject::None,
+        format!("removed client {id}"),
+    )
+    .await?;
+    Ok(StatusCode::NO_CONTENT)
 }
 
 #[cfg(test)]

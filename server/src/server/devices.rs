@@ -126,7 +126,7 @@ pub(crate) async fn authenticate_device(
 }
 
 /// Every check of a device proof (module documentation).
-async fn verify_proof(
+pub(crate) async fn verify_proof(
     state: &ServerState,
     device: &str,
     proof: &str,

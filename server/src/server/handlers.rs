@@ -15,7 +15,7 @@ use super::error::ApiError;
 use super::rate_limit::Spend;
 use crate::mapping::MappingRule;
 use crate::store::{
-    AuditKindFilter, AuditQuery, Card, CardId, CardState, ChallengeUse, NewAuditEvent, NewSession,
+    Card, CardId, CardState, ChallengeUse, NewAuditEvent, NewSession, SessionSelector,
     SignInLookup, SignInRecords, User, UserState,
 };
 use crate::verifier::VerifiedAssertion;
@@ -23,7 +23,7 @@ use pivtap_protocol::audit::{AuditKind, AuditOutcome};
 use pivtap_protocol::nonce::{Nonce, random_base64url};
 use pivtap_protocol::wire::{
     AssertionRequest, AssertionResponse, ChallengeRequest, ChallengeResponse, ErrorCode,
-    SessionClaims, SignOutRecorded, SignOutRequest, UserInfo,
+    SessionEndReason, SignOutRecorded, SignOutRequest, UserInfo,
 };
 
 /// Checks a device id: 1 to 64 of `A-Z a-z 0-9 . _ : -`.
@@ -467,17 +467,16 @@ fn attributed_user(records: &SignInRecords) -> Option<String> {
     }
 }
 
-/// How long after its expiry a session token may still report its sign-out: a session
-/// that ends because its token expired is reported a moment after.
-const SIGN_OUT_GRACE: time::Duration = time::Duration::minutes(10);
-
 /// Longest sign-out reason.
 const MAX_SIGN_OUT_REASON: usize = 32;
 
-/// `POST /v1/sign-outs`: a device reports the end of a session, with the session's token
-/// as the bearer credential. Audited as `sign_out` for the token's user and device (a
-/// token cannot sign out anyone else), with the card that signed the session in and the
-/// reason. A replay of a recorded sign-out is answered `recorded: false` and writes nothing.
+/// `POST /v1/sign-outs`: a device reports the end of a session, which ends it at the
+/// server (`signed_out`). Authenticated by the session's token as the bearer credential
+/// (an expired one within the grace), or by `session_id` with a device proof of the
+/// session's own device (a sign-out kept on disk while the server was unreachable: it
+/// works until the session's max age). Audited as `sign_out` for the session's user,
+/// device and card, with the reason. A sign-out of a session that has ended already is
+/// answered `recorded: false` and writes nothing.
 pub async fn sign_out(
     State(state): State<ServerState>,
     source: ClientAddress,
@@ -485,37 +484,26 @@ pub async fn sign_out(
     body: Result<Json<SignOutRequest>, JsonRejection>,
 ) -> Result<Json<SignOutRecorded>, ApiError> {
     let now = OffsetDateTime::now_utc();
-    let presented = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|value| value.to_str().ok())
-        .and_then(super::admin::bearer_token);
-    let claims = presented.and_then(|token| {
-        let tokens = state.tokens();
-        match tokens.verify(token, now) {
-            Err(crate::token::TokenError::Expired) => tokens.verify(token, now - SIGN_OUT_GRACE),
-            other => other,
+    let claims = super::sessions::bearer_claims(&state, &headers, now);
+    let request = match (&claims, body) {
+        (Some(_), body) => json_body(body)?,
+        (None, Ok(Json(request))) if request.session_id.is_some() => request,
+        (None, _) => {
+            let event = super::sessions::anonymous_event(
+                AuditKind::SignOut,
+                ErrorCode::Unauthorized,
+                now,
+                "no valid session token".to_owned(),
+            );
+            let refusal = ApiError::new(
+                ErrorCode::Unauthorized,
+                "a sign-out needs the session's token as its bearer credential, or the \
+                 session_id with a device proof",
+            );
+            return Err(state.refused(&source, event, refusal).await);
         }
-        .ok()
-        .filter(|claims| claims.iss == state.settings().origin)
-    });
-    let Some(claims) = claims else {
-        let event = NewAuditEvent {
-            time: now,
-            kind: AuditKind::SignOut,
-            outcome: ErrorCode::Unauthorized.into(),
-            device: None,
-            card_serial: None,
-            user_id: None,
-            detail: Some("no valid session token".to_owned()),
-        };
-        let refusal = ApiError::new(
-            ErrorCode::Unauthorized,
-            "a sign-out needs the session's token as its bearer credential",
-        );
-        return Err(state.refused(&source, event, refusal).await);
     };
-    let request = json_body(body)?;
-    let reason = request.reason;
+    let reason = &request.reason;
     if reason.is_empty()
         || reason.len() > MAX_SIGN_OUT_REASON
         || !reason
@@ -526,60 +514,76 @@ pub async fn sign_out(
             "the reason must be 1 to {MAX_SIGN_OUT_REASON} of a-z, 0-9 and '_'"
         )));
     }
-    // The token's own mark, not its id: the audit never holds what a token carries.
-    let mark = {
-        use sha2::Digest as _;
-        hex::encode(&sha2::Sha256::digest(claims.jti.as_bytes())[..4])
+    let session_id = match (&claims, &request.session_id) {
+        (Some(claims), Some(named)) if *named != claims.sid => {
+            return Err(ApiError::invalid(
+                "the session_id is not the bearer token's session",
+            ));
+        }
+        (Some(claims), _) => claims.sid.clone(),
+        (None, Some(named)) => named.clone(),
+        (None, None) => unreachable!("a request without a token names its session"),
     };
-    let issued_at = OffsetDateTime::from_unix_timestamp(claims.iat).unwrap_or(now);
-    let earlier = state
-        .store()
-        .query_audit(&AuditQuery {
-            user_id: Some(claims.sub.clone()),
-            device: Some(claims.device.clone()),
-            kind: Some(AuditKindFilter::Kind(AuditKind::SignOut)),
-            since: Some(issued_at),
-            limit: AuditQuery::MAX_LIMIT,
-            ..AuditQuery::default()
-        })
-        .await?;
-    let session = format!("session #{mark}");
-    if earlier.iter().any(|event| {
-        event
-            .detail
-            .as_deref()
-            .is_some_and(|d| d.starts_with(&session))
-    }) {
-        return Ok(Json(SignOutRecorded { recorded: false }));
+    let session = state.store().get_session(&session_id).await?;
+    if claims.is_none() {
+        // The device proves itself, and must be the session's own device.
+        let proven = match (&session, request.device_proof.as_deref()) {
+            (_, None) => Err(ApiError::new(
+                ErrorCode::Unauthorized,
+                "a sign-out by session_id needs a device_proof of the session's device",
+            )),
+            (None, Some(_)) => Err(ApiError::new(ErrorCode::Unauthorized, "no such session")),
+            (Some(session), Some(proof)) => {
+                super::devices::verify_proof(&state, &session.device, proof, now).await
+            }
+        };
+        if let Err(refusal) = proven {
+            let event = NewAuditEvent {
+                time: now,
+                kind: AuditKind::SignOut,
+                outcome: refusal.code.into(),
+                device: session.as_ref().map(|session| session.device.clone()),
+                card_serial: None,
+                user_id: None,
+                detail: Some(format!(
+                    "sign-out by session id refused: {}",
+                    refusal.message
+                )),
+            };
+            return Err(state.refused(&source, event, refusal).await);
+        }
     }
-    // The card that signed this session in: the user's last sign-in on the device by then.
-    let signed_in = state
+    let Some(session) = session.filter(|session| {
+        session.is_active(now)
+            && claims
+                .as_ref()
+                .is_none_or(|claims| claims.sub == session.user_id)
+    }) else {
+        // Ended already (a replay), or a genuine token of a session that is gone (purged):
+        // nothing to end, nothing audited.
+        return Ok(Json(SignOutRecorded { recorded: false }));
+    };
+    let event = NewAuditEvent {
+        time: now,
+        kind: AuditKind::SignOut,
+        outcome: AuditOutcome::Ok,
+        device: Some(session.device.clone()),
+        card_serial: Some(session.card.serial.clone()),
+        user_id: Some(session.user_id.clone()),
+        detail: Some(format!("session {}, reason {reason}", session.id)),
+    };
+    let ended = state
         .store()
-        .query_audit(&AuditQuery {
-            user_id: Some(claims.sub.clone()),
-            device: Some(claims.device.clone()),
-            kind: Some(AuditKindFilter::SignIn),
-            until: Some(issued_at + time::Duration::seconds(1)),
-            limit: 1,
-            ..AuditQuery::default()
-        })
+        .end_sessions(
+            &SessionSelector::Id(session.id.clone()),
+            SessionEndReason::SignedOut,
+            now,
+            Some(event),
+        )
         .await?;
-    state
-        .store()
-        .audit(NewAuditEvent {
-            time: now,
-            kind: AuditKind::SignOut,
-            outcome: AuditOutcome::Ok,
-            device: Some(claims.device),
-            card_serial: signed_in
-                .into_iter()
-                .next()
-                .and_then(|event| event.card_serial),
-            user_id: Some(claims.sub),
-            detail: Some(format!("{session}, reason {reason}")),
-        })
-        .await?;
-    Ok(Json(SignOutRecorded { recorded: true }))
+    Ok(Json(SignOutRecorded {
+        recorded: !ended.is_empty(),
+    }))
 }
 
 /// Refuses a card that is locked or revoked, or whose certificate is on the
@@ -625,9 +629,7 @@ fn issue_token(
     verified: &VerifiedAssertion,
     now: OffsetDateTime,
 ) -> Result<(AssertionResponse, NewSession), ApiError> {
-    let settings = state.settings();
-    let lifetime = settings.token_lifetime;
-    let max_age = settings.session_max_age;
+    let max_age = state.settings().session_max_age;
     let refresh_token = random_base64url::<32>();
     let session = NewSession {
         id: random_base64url::<16>(),
@@ -639,33 +641,22 @@ fn issue_token(
         expires_at: now + max_age,
         refresh_token_hash: crate::store::secret_hash(&refresh_token),
     };
-    let claims = SessionClaims {
-        iss: settings.origin.clone(),
-        sub: user.id.clone(),
-        aud: settings.token_audience.clone(),
-        iat: now.unix_timestamp(),
-        exp: (now + lifetime).unix_timestamp(),
-        jti: random_base64url::<16>(),
-        name: user.display_name.clone(),
-        email: user.mail.clone(),
-        amr: verified.amr.clone(),
-        device: verified.payload.device.clone(),
-        sid: session.id.clone(),
-    };
-    let token = state.tokens().issue(&claims).map_err(|error| {
-        tracing::error!(%error, "cannot sign a session token");
-        ApiError::new(ErrorCode::Internal, "the server could not issue a token")
-    })?;
+    let (token, expires_in) = super::sessions::session_token(
+        state,
+        user,
+        (&session.id, &session.device, &session.amr),
+        now,
+    )?;
     let response = AssertionResponse {
         token,
         token_type: "Bearer".to_owned(),
-        expires_in: lifetime.as_secs(),
+        expires_in,
         user: UserInfo {
             id: user.id.clone(),
             display_name: user.display_name.clone(),
             mail: user.mail.clone(),
         },
-        session_id: claims.sid.clone(),
+        session_id: session.id.clone(),
         refresh_token,
         session_expires_in: max_age.as_secs(),
     };

@@ -47,9 +47,11 @@ pub mod embedded;
 pub mod enrollment;
 pub mod error;
 pub mod handlers;
+pub mod logout;
 pub mod metrics;
 pub mod rate_limit;
 pub mod service;
+pub mod sessions;
 
 use std::net::SocketAddr;
 use std::sync::{Arc, RwLock};
@@ -147,6 +149,9 @@ pub struct HttpSettings {
     /// SHA-256 of the metrics credential; with it, `GET /metrics` is served on the
     /// public listener too, to requests presenting it.
     metrics_token_hash: Option<[u8; 32]>,
+    /// Extra CAs (PEM) back-channel logout deliveries trust besides the system's
+    /// (`[oidc] ca_file`).
+    pub logout_ca_file: Option<std::path::PathBuf>,
 }
 
 impl std::fmt::Debug for HttpSettings {
@@ -182,6 +187,7 @@ impl HttpSettings {
             connections,
             metrics_listen,
             proxies: crate::connections::TrustedProxies::default(),
+            logout_ca_file: None,
             metrics_token_hash: metrics_token
                 .map(|token| Sha256::digest(token.trim().as_bytes()).into()),
         }
@@ -857,6 +863,8 @@ pub fn app(state: ServerState) -> Router {
         .route(wire::PATH_CHALLENGES, post(handlers::create_challenge))
         .route(wire::PATH_ASSERTIONS, post(handlers::submit_assertion))
         .route(wire::PATH_SIGN_OUTS, post(handlers::sign_out))
+        .route(wire::PATH_SESSIONS_REFRESH, post(sessions::refresh))
+        .route(wire::PATH_SESSIONS_CURRENT, get(sessions::current))
         .route(wire::PATH_JWKS, get(handlers::jwks))
         .route(wire::PATH_PIN_POLICY, get(handlers::pin_policy))
         .route(
@@ -1028,6 +1036,9 @@ pub enum ServeError {
         #[source]
         source: std::io::Error,
     },
+    /// The back-channel logout client could not be set up (`[oidc] ca_file`).
+    #[error(transparent)]
+    LogoutClient(logout::LogoutClientError),
 }
 
 /// Serves the app until `shutdown` resolves.
@@ -1085,12 +1096,16 @@ pub async fn serve_with_handle(
         Some(address) => Some(start_metrics_listener(state.clone(), address, limits)?),
         None => None,
     };
+    let logout_http = logout::http_client(state.http().logout_ca_file.as_deref())
+        .map_err(ServeError::LogoutClient)?;
     let maintenance = tokio::spawn(maintain(state.clone()));
     let key_refresh = tokio::spawn(keep_token_keys_current(state.clone()));
+    let logouts = tokio::spawn(logout::run(state.clone(), logout_http));
     let proxies = state.http().proxies.clone();
     let served = serve_router(app(state.clone()), listener, handle, &limits, proxies).await;
     maintenance.abort();
     key_refresh.abort();
+    logouts.abort();
     if let Some((metrics_handle, metrics_task)) = metrics {
         metrics_handle.shutdown();
         let _ = metrics_task.await;
@@ -1162,6 +1177,11 @@ const MAINTENANCE_INTERVAL: Duration = Duration::from_secs(60);
 /// `challenge_unknown` (refused all the same).
 const EXPIRED_CHALLENGE_RETENTION: Duration = Duration::from_secs(3600);
 
+/// How long an ended session is kept (shown by `admin sessions list --all`, answered by
+/// `GET /v1/sessions/current` with its reason), with what ended with it: delivered or
+/// given-up logouts, revoked access token ids past their expiry, expired codes.
+const ENDED_SESSION_RETENTION: Duration = Duration::from_secs(7 * 24 * 3600);
+
 /// Audit events deleted per write when old ones are pruned: each batch is one short write,
 /// so sign-ins are not held up behind a long delete.
 const AUDIT_PRUNE_BATCH: u32 = 5_000;
@@ -1192,7 +1212,9 @@ async fn maintain(state: ServerState) {
 
 /// One round of the server's upkeep at `now` (the server runs one a minute): one audit
 /// event per source whose refusals went unaudited since the last round, the spent
-/// flow-control records purged ([`Store::purge_flow_control`]), then [`tidy`].
+/// flow-control records purged ([`Store::purge_flow_control`]), the sessions past their
+/// max age ended (`max_age`) and those ended over [`ENDED_SESSION_RETENTION`] ago purged,
+/// then [`tidy`].
 pub async fn upkeep(state: &ServerState, now: time::OffsetDateTime) {
     summarise_unaudited(state, now).await;
     match state
@@ -1203,7 +1225,41 @@ pub async fn upkeep(state: &ServerState, now: time::OffsetDateTime) {
         Ok(purged) => tracing::debug!(purged, "spent flow-control records purged"),
         Err(error) => tracing::warn!(%error, "purging the flow-control records failed"),
     }
+    end_sessions_past_max_age(state, now).await;
+    match state
+        .store()
+        .purge_sessions(now - ENDED_SESSION_RETENTION)
+        .await
+    {
+        Ok(purged) => tracing::debug!(purged, "long-ended sessions purged"),
+        Err(error) => tracing::warn!(%error, "purging long-ended sessions failed"),
+    }
     tidy(state.store(), now, state.settings().audit_retention).await;
+}
+
+/// Ends the sessions whose `expires_at` has passed (`max_age`), each audited as `session`.
+async fn end_sessions_past_max_age(state: &ServerState, now: time::OffsetDateTime) {
+    let reason = wire::SessionEndReason::MaxAge;
+    match state
+        .store()
+        .end_sessions(&crate::store::SessionSelector::Expired, reason, now, None)
+        .await
+    {
+        Ok(ended) => {
+            for session in &ended {
+                let event = sessions::session_event(
+                    session,
+                    crate::store::AuditOutcome::Ok,
+                    now,
+                    format!("session {} ended: {reason}", session.id),
+                );
+                if let Err(error) = state.store().audit(event).await {
+                    tracing::warn!(%error, "auditing a session ended at its max age failed");
+                }
+            }
+        }
+        Err(error) => tracing::warn!(%error, "ending the sessions past their max age failed"),
+    }
 }
 
 /// Writes one audit event per source whose refusals were answered `rate_limited`

@@ -94,6 +94,8 @@ macro_rules! store_conformance_suite {
             token_keys_are_stored_once_and_replaced_only_from_the_version_read,
             sessions_are_stored_at_sign_in_listed_and_ended_once,
             sessions_end_by_user_card_or_expiry_with_their_refresh_tokens,
+            a_renamed_users_sessions_move_with_them,
+            locks_revocations_and_deletions_end_sessions_in_the_same_write,
             refresh_tokens_rotate_once_and_a_replaced_one_ends_the_session,
             clients_are_registered_listed_and_removed_with_their_tokens,
             authorization_codes_are_redeemed_once_before_they_expire,

@@ -849,7 +849,8 @@ pub trait Store: Send + Sync {
 
     /// Replaces user `id`'s record with `user` (its state is kept), with its audit event,
     /// in one write. A new id renames the user: their cards, enrollment codes, issued
-    /// certificates and audit events move to the new id. [`StoreError::NotFound`] if
+    /// certificates, sessions and audit events move to the new id (so that locking or
+    /// deleting them by the new id ends their sessions). [`StoreError::NotFound`] if
     /// there is no user `id`; [`StoreError::Conflict`] if the new id is another user's;
     /// [`StoreError::AttributeTaken`] if another user has one of its mapped attributes.
     fn update_user(

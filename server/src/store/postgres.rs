@@ -16,9 +16,10 @@
 //!
 //! # Schema and migrations
 //!
-//! The schema is SQLite's ([`SqliteStore`](super::SqliteStore), migrations 1 to 8) in
-//! PostgreSQL types: times are `timestamptz` (microseconds, UTC, years 0000 to 9999 as
-//! SQLite keeps them), certificates `bytea`, audit ids `bigint` identities. Mail and UPN
+//! The schema is SQLite's ([`SqliteStore`](super::SqliteStore); version 1 is its migrations
+//! 1 to 8, version 2 its 9, version 3 its 10) in PostgreSQL types: times are `timestamptz`
+//! (microseconds, UTC, years 0000 to 9999 as SQLite keeps them), certificates `bytea`, audit
+//! and logout delivery ids `bigint` identities. Mail and UPN
 //! compare ASCII-case-folded as SQLite's `NOCASE` does, through an index on the folded
 //! value. Migrations are versioned in `schema_migrations`; [`PostgresStore::connect`] runs
 //! the missing ones under a session advisory lock, so of several nodes starting at once
@@ -57,6 +58,7 @@ use time::{OffsetDateTime, UtcOffset};
 use tokio_postgres::Row;
 use tokio_postgres::error::SqlState;
 
+use super::SessionEndReason;
 use super::database::DatabaseError;
 use super::postgres_tls::PostgresTls;
 use super::snapshot::SchemaVersion;
@@ -234,6 +236,21 @@ const MIGRATIONS: &[(i32, &str)] = &[
 
 #[path = "postgres_shared.rs"]
 mod shared;
+
+/// The reason a sign-in's session is stored ended (`NULL`: it is not), from the states of
+/// the card (CTE `card`, its row as the upsert left it) and the user (CTE `holder`, read
+/// under a share lock): both the latest committed, so a lock or revocation committed while
+/// the sign-in finished still ends its session, and one committing after it waits for the
+/// sign-in and then ends the session it stored.
+macro_rules! session_gate {
+    () => {
+        "SELECT CASE
+             WHEN (SELECT state FROM card) = 'revoked' THEN 'card_revoked'
+             WHEN (SELECT state FROM card) = 'locked' THEN 'card_locked'
+             WHEN (SELECT state FROM holder) = 'locked' THEN 'user_locked'
+         END AS reason"
+    };
+}
 
 #[path = "postgres_sessions.rs"]
 mod sessions;
@@ -1259,6 +1276,7 @@ async fn update_user(
         "UPDATE issued_certificates SET user_id = $1 WHERE user_id = $2",
         "UPDATE pending_renewals SET user_id = $1 WHERE user_id = $2",
         "UPDATE audit SET user_id = $1 WHERE user_id = $2",
+        "UPDATE sessions SET user_id = $1 WHERE user_id = $2",
     ] {
         client.execute(sql, &[&user.id, &id]).await?;
     }
@@ -1424,17 +1442,25 @@ async fn finish_sign_in(
              ), event AS (",
             insert_audit!(),
             " WHERE NOT EXISTS (SELECT 1 FROM pending)
+             ), holder AS (
+                 SELECT state FROM users WHERE id = $15 FOR SHARE
+             ), gate AS (",
+            session_gate!(),
+            "
              ), session AS (
                  INSERT INTO sessions (id, user_id, device, card_issuer, card_serial, amr,
-                     created_at, expires_at)
+                     created_at, expires_at, ended_at, ended_reason)
                  SELECT $14::text, $15::text, $16::text, $17::text, $18::text, $19::text,
-                     $20::timestamptz, $21::timestamptz
-                 WHERE NOT EXISTS (SELECT 1 FROM pending)
+                     $20::timestamptz, $21::timestamptz,
+                     CASE WHEN gate.reason IS NULL THEN NULL ELSE $20::timestamptz END,
+                     gate.reason
+                 FROM gate WHERE NOT EXISTS (SELECT 1 FROM pending)
              ), refresh AS (
                  INSERT INTO session_refresh_tokens (token_hash, session_id, client_id, scope,
-                     created_at)
-                 SELECT $22::text, $14::text, $23::text, '', $20::timestamptz
-                 WHERE NOT EXISTS (SELECT 1 FROM pending)
+                     created_at, revoked_at)
+                 SELECT $22::text, $14::text, $23::text, '', $20::timestamptz,
+                     CASE WHEN gate.reason IS NULL THEN NULL ELSE $20::timestamptz END
+                 FROM gate WHERE NOT EXISTS (SELECT 1 FROM pending)
              )
              SELECT * FROM card"
         ))
@@ -1495,6 +1521,18 @@ async fn confirm_renewal(
     Ok((completed, card))
 }
 
+/// Ends the selected sessions now, in the caller's transaction (a lock, revocation or
+/// deletion).
+async fn end_sessions_now(
+    transaction: &deadpool_postgres::Transaction<'_>,
+    selector: &super::SessionSelector,
+    reason: SessionEndReason,
+) -> Result<(), StoreError> {
+    sessions::end_sessions(transaction, selector, reason, OffsetDateTime::now_utc())
+        .await
+        .map(drop)
+}
+
 /// Locks the users table against other writers of users (reads go on) for the rest of
 /// `transaction`, so a check of ids and attributes holds until the commit.
 const LOCK_USERS: &str = "LOCK TABLE users IN SHARE ROW EXCLUSIVE MODE";
@@ -1542,17 +1580,29 @@ impl Store for PostgresStore {
     fn set_user_state(&self, id: &str, state: UserState) -> BoxFuture<'_, Result<(), StoreError>> {
         let id = id.to_owned();
         Box::pin(async move {
-            let client = self.client().await?;
-            let statement = client
-                .prepare_cached("UPDATE users SET state = $1 WHERE id = $2")
-                .await?;
-            let changed = client.execute(&statement, &[&state.as_str(), &id]).await?;
-            if changed == 0 {
-                return Err(StoreError::NotFound {
-                    what: format!("user {id:?}"),
-                });
-            }
-            Ok(())
+            let id = &id;
+            retried(|| async move {
+                let mut client = self.client().await?;
+                let transaction = client.transaction().await?;
+                let statement = transaction
+                    .prepare_cached("UPDATE users SET state = $1 WHERE id = $2")
+                    .await?;
+                let changed = transaction
+                    .execute(&statement, &[&state.as_str(), id])
+                    .await?;
+                if changed == 0 {
+                    return Err(StoreError::NotFound {
+                        what: format!("user {id:?}"),
+                    });
+                }
+                if state == UserState::Locked {
+                    let selector = super::SessionSelector::User(id.clone());
+                    end_sessions_now(&transaction, &selector, SessionEndReason::UserLocked).await?;
+                }
+                transaction.commit().await?;
+                Ok(())
+            })
+            .await
         })
     }
 
@@ -1625,11 +1675,24 @@ impl Store for PostgresStore {
     ) -> BoxFuture<'_, Result<(), StoreError>> {
         let id = id.clone();
         Box::pin(async move {
-            let mut client = self.client().await?;
-            let transaction = client.transaction().await?;
-            set_card_state(&transaction, &id, state, RevocationReason::Unspecified).await?;
-            transaction.commit().await?;
-            Ok(())
+            let id = &id;
+            retried(|| async move {
+                let mut client = self.client().await?;
+                let transaction = client.transaction().await?;
+                set_card_state(&transaction, id, state, RevocationReason::Unspecified).await?;
+                let reason = match state {
+                    CardState::Active => None,
+                    CardState::Locked => Some(SessionEndReason::CardLocked),
+                    CardState::Revoked => Some(SessionEndReason::CardRevoked),
+                };
+                if let Some(reason) = reason {
+                    let selector = super::SessionSelector::Card(id.clone());
+                    end_sessions_now(&transaction, &selector, reason).await?;
+                }
+                transaction.commit().await?;
+                Ok(())
+            })
+            .await
         })
     }
 
@@ -1640,11 +1703,17 @@ impl Store for PostgresStore {
     ) -> BoxFuture<'_, Result<(), StoreError>> {
         let id = id.clone();
         Box::pin(async move {
-            let mut client = self.client().await?;
-            let transaction = client.transaction().await?;
-            set_card_state(&transaction, &id, CardState::Revoked, reason).await?;
-            transaction.commit().await?;
-            Ok(())
+            let id = &id;
+            retried(|| async move {
+                let mut client = self.client().await?;
+                let transaction = client.transaction().await?;
+                set_card_state(&transaction, id, CardState::Revoked, reason).await?;
+                let selector = super::SessionSelector::Card(id.clone());
+                end_sessions_now(&transaction, &selector, SessionEndReason::CardRevoked).await?;
+                transaction.commit().await?;
+                Ok(())
+            })
+            .await
         })
     }
 
@@ -1903,6 +1972,8 @@ impl Store for PostgresStore {
                 let mut client = self.client().await?;
                 let transaction = client.transaction().await?;
                 let revoked = delete_user(&transaction, id).await?;
+                let selector = super::SessionSelector::User(id.clone());
+                end_sessions_now(&transaction, &selector, SessionEndReason::UserDeleted).await?;
                 insert_audit(&transaction, event).await?;
                 transaction.commit().await?;
                 Ok(revoked)

@@ -17,6 +17,7 @@ use super::super::sessions::{
     CodeRedemption, DeliveryOutcome, KIOSK_CLIENT_ID, LogoutDelivery, NewAuthorizationCode,
     NewSession, OidcClient, RefreshUse, Session, SessionEndReason, SessionSelector,
 };
+use super::super::sqlite::PURGE_SESSIONS;
 use super::super::{CardId, DatabaseError, StoreError};
 use super::{column_error, is_unique_violation, utc};
 
@@ -189,23 +190,37 @@ fn delivery_from_row(row: &Row) -> Result<LogoutDelivery, StoreError> {
     })
 }
 
-/// The session and the kiosk's refresh token of a sign-in, as statements of a write that
-/// has already recorded its card (the renewal path; the plain one is one statement).
+/// The session and the kiosk's refresh token of a sign-in, in a write that has already
+/// recorded its card (the renewal path; the plain one is one statement): stored ended when
+/// the card or the user is no longer active, as the plain path does.
 pub(super) async fn insert_session(
     client: &impl GenericClient,
     session: &NewSession,
 ) -> Result<(), StoreError> {
     let statement = client
-        .prepare_cached(
-            "WITH session AS (
+        .prepare_cached(concat!(
+            "WITH card AS (
+                 SELECT state FROM cards WHERE issuer = $4::text AND serial = $5::text FOR SHARE
+             ), holder AS (
+                 SELECT state FROM users WHERE id = $2::text FOR SHARE
+             ), gate AS (",
+            session_gate!(),
+            "
+             ), session AS (
                  INSERT INTO sessions (id, user_id, device, card_issuer, card_serial, amr,
-                     created_at, expires_at)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+                     created_at, expires_at, ended_at, ended_reason)
+                 SELECT $1::text, $2::text, $3::text, $4::text, $5::text, $6::text,
+                     $7::timestamptz, $8::timestamptz,
+                     CASE WHEN gate.reason IS NULL THEN NULL ELSE $7::timestamptz END,
+                     gate.reason
+                 FROM gate
              )
              INSERT INTO session_refresh_tokens (token_hash, session_id, client_id, scope,
-                 created_at)
-             VALUES ($9, $1, $10, '', $7)",
-        )
+                 created_at, revoked_at)
+             SELECT $9::text, $1::text, $10::text, '', $7::timestamptz,
+                 CASE WHEN gate.reason IS NULL THEN NULL ELSE $7::timestamptz END
+             FROM gate"
+        ))
         .await?;
     let result = client
         .execute(
@@ -360,22 +375,15 @@ pub(super) async fn use_refresh_token(
         .await?
     {
         let (session_id, scope): (String, String) = (row.try_get(0)?, row.try_get(1)?);
-        let insert = transaction
-            .prepare_cached(
-                "INSERT INTO session_refresh_tokens (token_hash, session_id, client_id, scope,
-                     created_at) VALUES ($1, $2, $3, $4, $5)",
-            )
-            .await?;
-        let inserted = transaction
-            .execute(
-                &insert,
-                &[&replacement_hash, &session_id, &client_id, &scope, &now],
-            )
-            .await;
-        match inserted {
-            Err(error) if is_unique_violation(&error) => return Err(token_taken()),
-            other => other?,
-        };
+        insert_refresh_token(
+            transaction,
+            replacement_hash,
+            &session_id,
+            client_id,
+            &scope,
+            now,
+        )
+        .await?;
         let session = read_session(transaction, &session_id)
             .await?
             .ok_or_else(|| StoreError::NotFound {
@@ -492,13 +500,25 @@ pub(super) async fn add_refresh_token(
     now: OffsetDateTime,
 ) -> Result<(), StoreError> {
     record_session_client(transaction, session_id, client_id, now).await?;
-    let insert = transaction
+    insert_refresh_token(transaction, token_hash, session_id, client_id, scope, now).await
+}
+
+/// Stores a current refresh token ([`StoreError::Conflict`] if the hash exists).
+async fn insert_refresh_token(
+    client: &impl GenericClient,
+    token_hash: &str,
+    session_id: &str,
+    client_id: &str,
+    scope: &str,
+    now: OffsetDateTime,
+) -> Result<(), StoreError> {
+    let insert = client
         .prepare_cached(
             "INSERT INTO session_refresh_tokens (token_hash, session_id, client_id, scope,
                  created_at) VALUES ($1, $2, $3, $4, $5)",
         )
         .await?;
-    let result = transaction
+    let result = client
         .execute(
             &insert,
             &[&token_hash, &session_id, &client_id, &scope, &utc(now)?],
@@ -778,17 +798,7 @@ pub(super) async fn purge_sessions(
 ) -> Result<u64, StoreError> {
     let before = utc(ended_before)?;
     let mut purged = 0;
-    for sql in [
-        "DELETE FROM session_refresh_tokens WHERE session_id IN
-         (SELECT id FROM sessions WHERE ended_at < $1)",
-        "DELETE FROM authorization_codes WHERE expires_at < $1 OR session_id IN
-         (SELECT id FROM sessions WHERE ended_at < $1)",
-        "DELETE FROM session_clients WHERE session_id IN
-         (SELECT id FROM sessions WHERE ended_at < $1)",
-        "DELETE FROM sessions WHERE ended_at < $1",
-        "DELETE FROM logout_deliveries WHERE delivered_at < $1 OR given_up_at < $1",
-        "DELETE FROM revoked_access_tokens WHERE expires_at < $1",
-    ] {
+    for sql in PURGE_SESSIONS {
         let statement = transaction.prepare_cached(sql).await?;
         purged += transaction.execute(&statement, &[&before]).await?;
     }

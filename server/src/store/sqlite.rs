@@ -31,6 +31,7 @@ use pivtap_protocol::certificate::CertificateFacts;
 use pivtap_protocol::nonce::Nonce;
 
 mod sessions;
+pub(super) use sessions::PURGE_SESSIONS;
 
 /// Version 1: users, cards, challenges and the audit log.
 const MIGRATION_1: &str = "
@@ -570,6 +571,11 @@ impl Store for SqliteStore {
         let id = id.to_owned();
         Box::pin(self.database.write(move |connection| {
             let revoked = delete_user(connection, &id)?;
+            end_sessions_of(
+                connection,
+                &SessionSelector::User(id),
+                SessionEndReason::UserDeleted,
+            )?;
             insert_audit(connection, &event)?;
             Ok(revoked)
         }))
@@ -622,6 +628,13 @@ impl Store for SqliteStore {
                 return Err(StoreError::NotFound {
                     what: format!("user {id:?}"),
                 });
+            }
+            if state == UserState::Locked {
+                end_sessions_of(
+                    connection,
+                    &SessionSelector::User(id),
+                    SessionEndReason::UserLocked,
+                )?;
             }
             Ok(())
         }))
@@ -677,7 +690,13 @@ impl Store for SqliteStore {
     ) -> BoxFuture<'_, Result<(), StoreError>> {
         let id = id.clone();
         Box::pin(self.database.write(move |connection| {
-            set_card_state(connection, &id, state, RevocationReason::Unspecified)
+            set_card_state(connection, &id, state, RevocationReason::Unspecified)?;
+            let reason = match state {
+                CardState::Active => return Ok(()),
+                CardState::Locked => SessionEndReason::CardLocked,
+                CardState::Revoked => SessionEndReason::CardRevoked,
+            };
+            end_sessions_of(connection, &SessionSelector::Card(id), reason)
         }))
     }
 
@@ -687,11 +706,14 @@ impl Store for SqliteStore {
         reason: RevocationReason,
     ) -> BoxFuture<'_, Result<(), StoreError>> {
         let id = id.clone();
-        Box::pin(
-            self.database.write(move |connection| {
-                set_card_state(connection, &id, CardState::Revoked, reason)
-            }),
-        )
+        Box::pin(self.database.write(move |connection| {
+            set_card_state(connection, &id, CardState::Revoked, reason)?;
+            end_sessions_of(
+                connection,
+                &SessionSelector::Card(id),
+                SessionEndReason::CardRevoked,
+            )
+        }))
     }
 
     fn add_challenge(
@@ -1859,6 +1881,22 @@ impl Store for SqliteStore {
 }
 
 /// The conflict of a [`Store::replace_token_keys`] that found another key set than it replaces.
+/// Ends the selected sessions now, inside the caller's write (a lock, revocation or deletion).
+fn end_sessions_of(
+    connection: &Connection,
+    selector: &SessionSelector,
+    reason: SessionEndReason,
+) -> Result<(), StoreError> {
+    sessions::end_sessions(
+        connection,
+        selector,
+        reason,
+        OffsetDateTime::now_utc(),
+        None,
+    )
+    .map(drop)
+}
+
 pub(super) fn token_keys_conflict(replaces: Option<i64>) -> StoreError {
     StoreError::Conflict {
         what: match replaces {
@@ -2106,6 +2144,7 @@ fn update_user(connection: &Connection, id: &str, user: &User) -> Result<(), Sto
         "issued_certificates",
         "pending_renewals",
         "audit",
+        "sessions",
     ] {
         connection
             .prepare_cached(&format!("UPDATE {table} SET user_id = ? WHERE user_id = ?"))?

@@ -5,12 +5,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use time::Duration as TimeSpan;
+use time::OffsetDateTime;
 
-use super::{TestResult, at, event, facts, id, session_for, user};
+use super::{TestResult, at, event, facts, id, session_for, user, user_event};
 use crate::store::{
-    AuditQuery, CardId, CodeRedemption, DeliveryOutcome, KIOSK_CLIENT_ID, NewAuthorizationCode,
-    NewSession, OidcClient, RefreshUse, Session, SessionEndReason, SessionQuery, SessionSelector,
-    Store, StoreError,
+    AuditQuery, CardId, CardState, CodeRedemption, DeliveryOutcome, KIOSK_CLIENT_ID,
+    NewAuthorizationCode, NewSession, OidcClient, RefreshUse, RevocationReason, Session,
+    SessionEndReason, SessionQuery, SessionSelector, Store, StoreError, UserState,
 };
 use pivtap_protocol::audit::{AuditKind, AuditOutcome};
 
@@ -27,16 +28,53 @@ async fn sign_in(
         device: device.to_owned(),
         ..session_for(&card, user_id, at(seconds))
     };
-    store
-        .finish_sign_in(
-            &card,
-            user_id,
-            at(seconds),
-            event(seconds, AuditOutcome::Ok, device, serial, user_id),
-            &session,
-        )
-        .await?;
+    finish(store, user_id, serial, seconds, &session).await?;
     Ok(session)
+}
+
+/// Finishes a sign-in of `user` with card `serial` at [`at`]`(seconds)` with `session`.
+async fn finish(
+    store: &dyn Store,
+    user_id: &str,
+    serial: &str,
+    seconds: i64,
+    session: &NewSession,
+) -> Result<(), StoreError> {
+    let card = facts(serial, &format!("fp-{serial}"));
+    let event = event(seconds, AuditOutcome::Ok, &session.device, serial, user_id);
+    store
+        .finish_sign_in(&card, user_id, at(seconds), event, session)
+        .await
+        .map(drop)
+}
+
+/// Runs `count` calls of `call` at once, alternately on each node, and collects their answers.
+async fn race<T, F, Fut>(
+    [first, second]: &[Arc<dyn Store>; 2],
+    count: usize,
+    call: F,
+) -> Result<Vec<T>, Box<dyn std::error::Error + Send + Sync>>
+where
+    T: Send + 'static,
+    F: Fn(Arc<dyn Store>, usize) -> Fut,
+    Fut: std::future::Future<Output = Result<T, StoreError>> + Send + 'static,
+{
+    let barrier = Arc::new(tokio::sync::Barrier::new(count));
+    let mut tasks = tokio::task::JoinSet::new();
+    for task in 0..count {
+        let node = Arc::clone(if task % 2 == 0 { first } else { second });
+        let barrier = Arc::clone(&barrier);
+        let call = call(node, task);
+        tasks.spawn(async move {
+            barrier.wait().await;
+            call.await
+        });
+    }
+    let mut answers = Vec::with_capacity(count);
+    while let Some(joined) = tasks.join_next().await {
+        answers.push(joined??);
+    }
+    Ok(answers)
 }
 
 /// Alice and Bob, as users.
@@ -186,15 +224,7 @@ pub async fn sessions_are_stored_at_sign_in_listed_and_ended_once(
     // A sign-in that fails stores no session; a session id taken fails the whole write.
     let card = facts("04", "fp-04");
     let nobody = session_for(&card, "nobody", at(60));
-    let refused = store
-        .finish_sign_in(
-            &card,
-            "nobody",
-            at(60),
-            event(60, AuditOutcome::Ok, "kiosk-1", "04", "nobody"),
-            &nobody,
-        )
-        .await;
+    let refused = finish(&*store, "nobody", "04", 60, &nobody).await;
     assert!(
         matches!(refused, Err(StoreError::NotFound { .. })),
         "{refused:?}"
@@ -205,15 +235,7 @@ pub async fn sessions_are_stored_at_sign_in_listed_and_ended_once(
         id: second.id.clone(),
         ..session_for(&card, "bob", at(61))
     };
-    let clash = store
-        .finish_sign_in(
-            &card,
-            "bob",
-            at(61),
-            event(61, AuditOutcome::Ok, "kiosk-1", "04", "bob"),
-            &taken,
-        )
-        .await;
+    let clash = finish(&*store, "bob", "04", 61, &taken).await;
     assert!(
         matches!(clash, Err(StoreError::Conflict { .. })),
         "{clash:?}"
@@ -309,6 +331,125 @@ pub async fn sessions_end_by_user_card_or_expiry_with_their_refresh_tokens(
         .await?;
     assert_eq!(ids(&expired), [&late.id]);
     assert_eq!(expired[0].ended_reason, Some(SessionEndReason::MaxAge));
+    Ok(())
+}
+
+/// Conformance: a renamed user's sessions move with them, so ending the user's sessions by
+/// the new id ends them.
+pub async fn a_renamed_users_sessions_move_with_them(store: Arc<dyn Store>) -> TestResult {
+    users(&*store).await?;
+    let session = sign_in(&*store, "bob", "02", "kiosk-1", 10).await?;
+    store
+        .update_user(
+            "bob",
+            &user("robert", "bob@example.org"),
+            user_event("robert"),
+        )
+        .await?;
+    let moved = store.get_session(&session.id).await?.ok_or("session")?;
+    assert_eq!(moved.user_id, "robert");
+    let ended = store
+        .end_sessions(
+            &SessionSelector::User("robert".to_owned()),
+            SessionEndReason::UserLocked,
+            at(20),
+            None,
+        )
+        .await?;
+    assert_eq!(ids(&ended), [&session.id]);
+    Ok(())
+}
+
+/// Conformance: locking or revoking a card, locking or deleting a user ends their sessions
+/// in the same write (queuing their logouts); a sign-in finishing after such a lock stores
+/// its session ended.
+pub async fn locks_revocations_and_deletions_end_sessions_in_the_same_write(
+    store: Arc<dyn Store>,
+) -> TestResult {
+    users(&*store).await?;
+    store.add_client(&client("wiki", true)).await?;
+    let locked_card = sign_in(&*store, "alice", "01", "kiosk-1", 10).await?;
+    let revoked_card = sign_in(&*store, "alice", "02", "kiosk-1", 20).await?;
+    let locked_user = sign_in(&*store, "bob", "03", "kiosk-2", 30).await?;
+    store
+        .record_session_client(&locked_card.id, "wiki", at(31))
+        .await?;
+    let reason = |id: String| {
+        let store = Arc::clone(&store);
+        async move {
+            Ok::<_, StoreError>(
+                store
+                    .get_session(&id)
+                    .await?
+                    .and_then(|session| session.ended_reason),
+            )
+        }
+    };
+
+    store.set_card_state(&id("01"), CardState::Locked).await?;
+    assert_eq!(
+        reason(locked_card.id.clone()).await?,
+        Some(SessionEndReason::CardLocked)
+    );
+    assert_eq!(reason(revoked_card.id.clone()).await?, None);
+    let due = store
+        .claim_logout_deliveries(
+            OffsetDateTime::now_utc() + TimeSpan::minutes(1),
+            Duration::from_secs(30),
+            10,
+        )
+        .await?;
+    assert_eq!(
+        due.iter()
+            .map(|d| (d.session_id.as_str(), d.client_id.as_str()))
+            .collect::<Vec<_>>(),
+        [(locked_card.id.as_str(), "wiki")]
+    );
+    // Unlocking does not bring a session back.
+    store.set_card_state(&id("01"), CardState::Active).await?;
+    assert_eq!(
+        reason(locked_card.id.clone()).await?,
+        Some(SessionEndReason::CardLocked)
+    );
+    store
+        .revoke_card(&id("02"), RevocationReason::KeyCompromise)
+        .await?;
+    assert_eq!(
+        reason(revoked_card.id.clone()).await?,
+        Some(SessionEndReason::CardRevoked)
+    );
+    store.set_user_state("bob", UserState::Locked).await?;
+    assert_eq!(
+        reason(locked_user.id.clone()).await?,
+        Some(SessionEndReason::UserLocked)
+    );
+
+    // A sign-in whose checks ran before the lock finishes after it: its session is ended.
+    let late = sign_in(&*store, "bob", "03", "kiosk-2", 40).await?;
+    let stored = store.get_session(&late.id).await?.ok_or("late")?;
+    assert_eq!(
+        (stored.ended_at, stored.ended_reason),
+        (Some(at(40)), Some(SessionEndReason::UserLocked))
+    );
+    assert_eq!(
+        store
+            .use_refresh_token(&late.refresh_token_hash, KIOSK_CLIENT_ID, "n1", at(41))
+            .await?,
+        RefreshUse::Ended
+    );
+    store.set_card_state(&id("01"), CardState::Locked).await?;
+    let on_locked_card = sign_in(&*store, "alice", "01", "kiosk-1", 50).await?;
+    assert_eq!(
+        reason(on_locked_card.id.clone()).await?,
+        Some(SessionEndReason::CardLocked)
+    );
+
+    let deleted = sign_in(&*store, "alice", "04", "kiosk-1", 60).await?;
+    store.delete_user("alice", user_event("alice")).await?;
+    assert_eq!(
+        reason(deleted.id.clone()).await?,
+        Some(SessionEndReason::UserDeleted)
+    );
     Ok(())
 }
 
@@ -835,27 +976,22 @@ pub async fn revoked_access_tokens_and_ended_sessions_are_purged_after_the_cut(
 
 /// Racing conformance: of sixteen redemptions of one code on two nodes exactly one redeems.
 pub async fn of_sixteen_racing_code_redemptions_exactly_one_redeems(
-    [first, second]: [Arc<dyn Store>; 2],
+    nodes: [Arc<dyn Store>; 2],
 ) -> TestResult {
-    users(&*first).await?;
+    let first = &nodes[0];
+    users(&**first).await?;
     first.add_client(&client("wiki", true)).await?;
-    let session = sign_in(&*first, "alice", "01", "kiosk-1", 10).await?;
+    let session = sign_in(&**first, "alice", "01", "kiosk-1", 10).await?;
     first
         .add_authorization_code(&code("raced", "wiki", &session.id, 70))
         .await?;
-    let barrier = Arc::new(tokio::sync::Barrier::new(16));
-    let mut tasks = tokio::task::JoinSet::new();
-    for task in 0..16 {
-        let node = Arc::clone(if task % 2 == 0 { &first } else { &second });
-        let barrier = Arc::clone(&barrier);
-        tasks.spawn(async move {
-            barrier.wait().await;
-            node.redeem_authorization_code("raced", at(20)).await
-        });
-    }
+    let answers = race(&nodes, 16, |node, _| async move {
+        node.redeem_authorization_code("raced", at(20)).await
+    })
+    .await?;
     let (mut redeemed, mut used) = (0, 0);
-    while let Some(joined) = tasks.join_next().await {
-        match joined?? {
+    for answer in answers {
+        match answer {
             CodeRedemption::Redeemed { .. } => redeemed += 1,
             CodeRedemption::Used => used += 1,
             other => return Err(format!("unexpected {other:?}").into()),
@@ -868,26 +1004,23 @@ pub async fn of_sixteen_racing_code_redemptions_exactly_one_redeems(
 /// Racing conformance: of sixteen uses of one refresh token on two nodes exactly one
 /// rotates, one finds it replaced and ends the session, the rest find the session ended.
 pub async fn of_sixteen_racing_refresh_uses_exactly_one_rotates(
-    [first, second]: [Arc<dyn Store>; 2],
+    nodes: [Arc<dyn Store>; 2],
 ) -> TestResult {
-    users(&*first).await?;
-    let session = sign_in(&*first, "alice", "01", "kiosk-1", 10).await?;
-    let barrier = Arc::new(tokio::sync::Barrier::new(16));
-    let mut tasks = tokio::task::JoinSet::new();
-    for task in 0..16 {
-        let node = Arc::clone(if task % 2 == 0 { &first } else { &second });
-        let barrier = Arc::clone(&barrier);
-        let token = session.refresh_token_hash.clone();
-        tasks.spawn(async move {
-            barrier.wait().await;
+    users(&*nodes[0]).await?;
+    let session = sign_in(&*nodes[0], "alice", "01", "kiosk-1", 10).await?;
+    let token = &session.refresh_token_hash;
+    let answers = race(&nodes, 16, |node, task| {
+        let token = token.clone();
+        async move {
             let replacement = format!("replacement-{task}");
             node.use_refresh_token(&token, KIOSK_CLIENT_ID, &replacement, at(20))
                 .await
-        });
-    }
+        }
+    })
+    .await?;
     let (mut rotated, mut reused, mut ended) = (0, 0, 0);
-    while let Some(joined) = tasks.join_next().await {
-        match joined?? {
+    for answer in answers {
+        match answer {
             RefreshUse::Rotated { .. } => rotated += 1,
             RefreshUse::Reused => reused += 1,
             RefreshUse::Ended => ended += 1,
@@ -895,7 +1028,7 @@ pub async fn of_sixteen_racing_refresh_uses_exactly_one_rotates(
         }
     }
     assert_eq!((rotated, reused, ended), (1, 1, 14));
-    let read = second.get_session(&session.id).await?.ok_or("session")?;
+    let read = nodes[1].get_session(&session.id).await?.ok_or("session")?;
     assert_eq!(read.ended_reason, Some(SessionEndReason::RefreshReused));
     Ok(())
 }
@@ -903,14 +1036,15 @@ pub async fn of_sixteen_racing_refresh_uses_exactly_one_rotates(
 /// Racing conformance: claimers on two nodes never get the same delivery, and together
 /// get every due one.
 pub async fn racing_claimers_never_get_the_same_logout_delivery(
-    [first, second]: [Arc<dyn Store>; 2],
+    nodes: [Arc<dyn Store>; 2],
 ) -> TestResult {
-    users(&*first).await?;
+    let first = &nodes[0];
+    users(&**first).await?;
     for name in ["wiki", "mail", "chat", "docs"] {
         first.add_client(&client(name, true)).await?;
     }
     for seconds in 0..5 {
-        let session = sign_in(&*first, "alice", "01", "kiosk-1", seconds).await?;
+        let session = sign_in(&**first, "alice", "01", "kiosk-1", seconds).await?;
         for name in ["wiki", "mail", "chat", "docs"] {
             first
                 .record_session_client(&session.id, name, at(10))
@@ -926,30 +1060,20 @@ pub async fn racing_claimers_never_get_the_same_logout_delivery(
         )
         .await?;
     assert_eq!(ended.len(), 5);
-    let barrier = Arc::new(tokio::sync::Barrier::new(8));
-    let mut tasks = tokio::task::JoinSet::new();
-    for task in 0..8 {
-        let node = Arc::clone(if task % 2 == 0 { &first } else { &second });
-        let barrier = Arc::clone(&barrier);
-        tasks.spawn(async move {
-            barrier.wait().await;
-            node.claim_logout_deliveries(at(100), Duration::from_secs(30), 5)
-                .await
-        });
-    }
+    let answers = race(&nodes, 8, |node, _| async move {
+        node.claim_logout_deliveries(at(100), Duration::from_secs(30), 5)
+            .await
+    })
+    .await?;
     let mut seen = BTreeSet::new();
-    let mut claimed = 0;
-    while let Some(joined) = tasks.join_next().await {
-        for delivery in joined?? {
-            claimed += 1;
-            assert!(
-                seen.insert(delivery.id),
-                "delivery {} claimed twice",
-                delivery.id
-            );
-        }
+    for delivery in answers.into_iter().flatten() {
+        assert!(
+            seen.insert(delivery.id),
+            "delivery {} claimed twice",
+            delivery.id
+        );
     }
-    assert_eq!(claimed, 20);
+    assert_eq!(seen.len(), 20);
     assert!(
         first
             .claim_logout_deliveries(at(101), Duration::from_secs(30), 50)
@@ -962,35 +1086,29 @@ pub async fn racing_claimers_never_get_the_same_logout_delivery(
 /// Racing conformance: a session ended at once on two nodes is ended once, with one
 /// delivery per client.
 pub async fn a_session_ended_on_two_nodes_at_once_is_ended_once(
-    [first, second]: [Arc<dyn Store>; 2],
+    nodes: [Arc<dyn Store>; 2],
 ) -> TestResult {
-    users(&*first).await?;
+    let first = &nodes[0];
+    users(&**first).await?;
     first.add_client(&client("wiki", true)).await?;
-    let session = sign_in(&*first, "alice", "01", "kiosk-1", 10).await?;
+    let session = sign_in(&**first, "alice", "01", "kiosk-1", 10).await?;
     first
         .record_session_client(&session.id, "wiki", at(11))
         .await?;
-    let barrier = Arc::new(tokio::sync::Barrier::new(16));
-    let mut tasks = tokio::task::JoinSet::new();
-    for task in 0..16 {
-        let node = Arc::clone(if task % 2 == 0 { &first } else { &second });
-        let barrier = Arc::clone(&barrier);
+    let id = &session.id;
+    let answers = race(&nodes, 16, |node, task| {
         let selector = if task % 4 < 2 {
-            SessionSelector::Id(session.id.clone())
+            SessionSelector::Id(id.clone())
         } else {
             SessionSelector::User("alice".to_owned())
         };
-        tasks.spawn(async move {
-            barrier.wait().await;
+        async move {
             node.end_sessions(&selector, SessionEndReason::Admin, at(20), None)
                 .await
-        });
-    }
-    let mut ends = 0;
-    while let Some(joined) = tasks.join_next().await {
-        ends += joined??.len();
-    }
-    assert_eq!(ends, 1);
+        }
+    })
+    .await?;
+    assert_eq!(answers.iter().map(Vec::len).sum::<usize>(), 1);
     let due = first
         .claim_logout_deliveries(at(20), Duration::from_secs(30), 50)
         .await?;

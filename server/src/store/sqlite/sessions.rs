@@ -160,16 +160,36 @@ pub(super) fn list_sessions(
     collect_rows(&mut statement, params_from_iter(values), session_from_row)
 }
 
-/// Stores a sign-in's session and the kiosk's first refresh token.
+/// Stores a sign-in's session and the kiosk's first refresh token, after its card was
+/// recorded in the same write. When the user or the card is no longer active (locked or
+/// revoked since the sign-in's checks read them) the session is stored ended, with the
+/// lock's reason, and its token revoked: a lock never misses a session finishing with it.
 pub(super) fn insert_session(
     connection: &Connection,
     session: &NewSession,
 ) -> Result<(), StoreError> {
     let created_at = encode_time(session.created_at)?;
+    let ended: Option<&str> = connection
+        .prepare_cached(
+            "SELECT CASE
+                 WHEN (SELECT state FROM cards WHERE issuer = ?1 AND serial = ?2) = 'revoked'
+                     THEN 'card_revoked'
+                 WHEN (SELECT state FROM cards WHERE issuer = ?1 AND serial = ?2) = 'locked'
+                     THEN 'card_locked'
+                 WHEN (SELECT state FROM users WHERE id = ?3) = 'locked' THEN 'user_locked'
+             END",
+        )?
+        .query_row(
+            params![session.card.issuer, session.card.serial, session.user_id],
+            |row| row.get::<_, Option<String>>(0),
+        )?
+        .and_then(|reason| reason.parse::<SessionEndReason>().ok())
+        .map(SessionEndReason::as_str);
+    let ended_at = ended.map(|_| created_at.clone());
     let result = connection
         .prepare_cached(
             "INSERT INTO sessions (id, user_id, device, card_issuer, card_serial, amr, created_at,
-             expires_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+             expires_at, ended_at, ended_reason) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         )?
         .execute(params![
             session.id,
@@ -180,6 +200,8 @@ pub(super) fn insert_session(
             session.amr.join(" "),
             created_at,
             encode_time(session.expires_at)?,
+            ended_at,
+            ended,
         ]);
     match result {
         Err(error) if is_unique_violation(&error) => Err(StoreError::Conflict {
@@ -194,7 +216,15 @@ pub(super) fn insert_session(
         &session.refresh_token_hash,
         "",
         &created_at,
-    )
+    )?;
+    if ended.is_some() {
+        connection
+            .prepare_cached(
+                "UPDATE session_refresh_tokens SET revoked_at = ? WHERE token_hash = ?",
+            )?
+            .execute(params![created_at, session.refresh_token_hash])?;
+    }
+    Ok(())
 }
 
 fn insert_refresh_token(
@@ -683,18 +713,22 @@ pub(super) fn purge_sessions(
 ) -> Result<u64, StoreError> {
     let before = encode_time(ended_before)?;
     let mut purged = 0;
-    for sql in [
-        "DELETE FROM session_refresh_tokens WHERE session_id IN
-         (SELECT id FROM sessions WHERE ended_at < ?1)",
-        "DELETE FROM authorization_codes WHERE expires_at < ?1 OR session_id IN
-         (SELECT id FROM sessions WHERE ended_at < ?1)",
-        "DELETE FROM session_clients WHERE session_id IN
-         (SELECT id FROM sessions WHERE ended_at < ?1)",
-        "DELETE FROM sessions WHERE ended_at < ?1",
-        "DELETE FROM logout_deliveries WHERE delivered_at < ?1 OR given_up_at < ?1",
-        "DELETE FROM revoked_access_tokens WHERE expires_at < ?1",
-    ] {
+    for sql in PURGE_SESSIONS {
         purged += connection.prepare_cached(sql)?.execute([&before])? as u64;
     }
     Ok(purged)
 }
+
+/// The statements of [`Store::purge_sessions`](crate::store::Store::purge_sessions), in both
+/// stores' SQL: `$1` is the cut (a positional parameter to SQLite too).
+pub(in crate::store) const PURGE_SESSIONS: [&str; 6] = [
+    "DELETE FROM session_refresh_tokens WHERE session_id IN
+     (SELECT id FROM sessions WHERE ended_at < $1)",
+    "DELETE FROM authorization_codes WHERE expires_at < $1 OR session_id IN
+     (SELECT id FROM sessions WHERE ended_at < $1)",
+    "DELETE FROM session_clients WHERE session_id IN
+     (SELECT id FROM sessions WHERE ended_at < $1)",
+    "DELETE FROM sessions WHERE ended_at < $1",
+    "DELETE FROM logout_deliveries WHERE delivered_at < $1 OR given_up_at < $1",
+    "DELETE FROM revoked_access_tokens WHERE expires_at < $1",
+];
