@@ -15,6 +15,7 @@ use crate::server::ServerState;
 use crate::server::client_address::ClientAddress;
 use crate::server::error::ApiError;
 use crate::server::handlers::json_body;
+use crate::server::sessions::{anonymous_event, session_ended};
 use crate::store::{NewAuditEvent, NewAuthorizationCode, Session, secret_hash};
 use crate::token::unverified_audience;
 use pivtap_protocol::audit::{AuditKind, AuditOutcome};
@@ -107,15 +108,12 @@ pub async fn kiosk_session(
         .and_then(|token| state.tokens().verify(token, now).ok())
         .filter(|claims| claims.iss == settings.origin && claims.aud == settings.token_audience);
     let Some(claims) = claims else {
-        let event = NewAuditEvent {
-            time: now,
-            kind: AuditKind::Oidc,
-            outcome: AuditOutcome::Refused(ErrorCode::Unauthorized),
-            device: None,
-            card_serial: None,
-            user_id: None,
-            detail: Some(format!("{what}: no valid session token")),
-        };
+        let event = anonymous_event(
+            AuditKind::Oidc,
+            ErrorCode::Unauthorized,
+            now,
+            format!("{what}: no valid session token"),
+        );
         let refusal = ApiError::new(
             ErrorCode::Unauthorized,
             "this needs the session's access token as its bearer credential",
@@ -126,10 +124,7 @@ pub async fn kiosk_session(
         Some(session) if session.is_active(now) && session.user_id == claims.sub => {
             Ok((claims, session))
         }
-        _ => Err(ApiError::new(
-            ErrorCode::SessionEnded,
-            "the session has ended; sign in again",
-        )),
+        _ => Err(session_ended()),
     }
 }
 
