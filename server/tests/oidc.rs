@@ -391,7 +391,8 @@ async fn a_public_client_redeems_with_its_id_alone_and_no_openid_means_no_id_tok
     let reply = provider.form(oidc::PATH_TOKEN, None, &fields).await;
     assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
     assert!(reply.body.get("id_token").is_none());
-    let userinfo = provider.userinfo(&reply.text("access_token")).await;
+    let access_token = reply.text("access_token");
+    let userinfo = provider.userinfo(&access_token).await;
     assert_eq!(
         userinfo.body,
         json!({"sub": "alice", "email": "alice@example.com"})
@@ -411,6 +412,15 @@ async fn a_public_client_redeems_with_its_id_alone_and_no_openid_means_no_id_tok
         )
         .await;
     assert_eq!(with_secret.error(), "invalid_client");
+    // A removed client's tokens end with it.
+    provider
+        .state
+        .store()
+        .remove_client("app")
+        .await
+        .expect("the client is removed");
+    let removed = provider.userinfo(&access_token).await;
+    assert_eq!(removed.status, StatusCode::UNAUTHORIZED);
 }
 
 #[tokio::test]

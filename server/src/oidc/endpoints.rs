@@ -232,8 +232,8 @@ pub async fn authorize(
 }
 
 /// A client access token that is valid now: signature, `typ` `at+jwt`, issuer, audience
-/// (`audience`, or the one it names when any client's will do), not revoked, its session
-/// active.
+/// (`audience`, or the one it names when any client's will do), not revoked, its client
+/// still registered, its session active.
 async fn valid_access_token(
     state: &ServerState,
     token: &str,
@@ -256,7 +256,11 @@ async fn valid_access_token(
     let Ok(claims) = claims else {
         return Ok(None);
     };
-    if claims.client_id != claims.aud || state.store().is_access_token_revoked(&claims.jti).await? {
+    if claims.client_id != claims.aud
+        || state.store().is_access_token_revoked(&claims.jti).await?
+        // A removed client's tokens end with it.
+        || state.store().get_client(&claims.client_id).await?.is_none()
+    {
         return Ok(None);
     }
     let active = state
