@@ -1,4 +1,4 @@
-//! pivtap's OpenID Connect provider as an independent relying-party library sees it: Authlib (Python, from PyPI) does discovery, the code flow with PKCE S256 through the kiosk's loopback endpoint, ID token validation, refresh, userinfo, introspection and revocation, and receives the back-channel logout token when the badge leaves.
+//! pivtap's OpenID Connect provider as an independent relying-party library sees it: Authlib (Python, from PyPI) does discovery, the code flow with PKCE S256 through the kiosk's loopback endpoint, ID token validation, refresh, userinfo, introspection and revocation, and receives the back-channel logout token when the badge leaves; a native app's token from the kiosk's local API dies with the session too.
 //!
 //! Real parts only: `pivtap server run`, `pivtap admin clients add`, `pivtap kiosk
 //! --headless` with a virtual badge in a vpcd reader (pcscd), and Authlib's requests
@@ -13,6 +13,7 @@
 use pivtap_protocol::oidc::{
     ACCESS_TOKEN_JWT_TYPE, ACR_CARD_AND_PIN, AccessTokenClaims, BACKCHANNEL_LOGOUT_EVENT,
     IdTokenClaims, Introspection, LOGOUT_TOKEN_JWT_TYPE, LogoutTokenClaims, PATH_TOKEN,
+    TOKEN_TYPE_ACCESS_TOKEN,
 };
 use pivtap_testkit::badge::ALICE;
 use serde_json::{Value, json};
@@ -218,6 +219,34 @@ fn authlib_signs_in_through_the_kiosk_refreshes_and_sees_the_session_end_when_th
     let userinfo = sso.driver.call(json!({"cmd": "userinfo", "flow": "flow"}));
     assert_eq!(userinfo["status"], 200, "{userinfo}");
 
+    // A native app on the device asks the kiosk's local API for a token of its own client
+    // (token exchange at the server): its audience, the same session, no refresh token.
+    let kiosk = format!("http://127.0.0.1:{}", sso.kiosk.api_port);
+    let local_token = sso.server.dir.path().join("kiosk/local-api.token");
+    let native = sso.driver.call(json!({
+        "cmd": "native", "flow": "native", "kiosk": kiosk, "token_file": local_token,
+        "client_id": OTHER_RP,
+    }));
+    assert_eq!(native["status"], 200, "{native}\n{}", sso.story());
+    assert_eq!(
+        native["issued_token_type"], TOKEN_TYPE_ACCESS_TOKEN,
+        "{native}"
+    );
+    assert_eq!(native["refresh_token"], false, "{native}");
+    let native_claims = access_claims(&native);
+    assert_eq!(native_claims.aud, OTHER_RP, "the app's own audience");
+    assert_eq!(native_claims.sid, id.sid);
+    let userinfo = sso
+        .driver
+        .call(json!({"cmd": "userinfo", "flow": "native"}));
+    assert_eq!(userinfo["json"]["sub"], ALICE.user_id, "{userinfo}");
+    let unknown = sso.driver.call(json!({
+        "cmd": "native", "flow": "unknown", "kiosk": kiosk, "token_file": local_token,
+        "client_id": "no-such-client",
+    }));
+    assert_eq!(unknown["status"], 400, "{unknown}");
+    assert_eq!(unknown["json"]["error"], "invalid_target", "{unknown}");
+
     // The badge leaves: the kiosk's sign-out ends the session at the server, which sends
     // the relying party a logout token; Authlib's JOSE validates it.
     sso.remove_badge();
@@ -251,6 +280,11 @@ fn authlib_signs_in_through_the_kiosk_refreshes_and_sees_the_session_end_when_th
         "an inactive answer says nothing more: {ended:?}"
     );
     expect_userinfo_refused(&mut sso, "flow", "after the session ended");
+    expect_userinfo_refused(
+        &mut sso,
+        "native",
+        "a native app's token after the session ended",
+    );
     let refused = sso.driver.call(json!({"cmd": "refresh", "flow": "flow"}));
     expect_oauth_error(&refused, "invalid_grant", "refresh after the session ended");
 }

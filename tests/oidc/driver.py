@@ -12,6 +12,7 @@ Commands (``{"cmd": NAME, ...}``):
   authorize {flow, client_id, omit?, set?}   GET the kiosk's authorization URL, no redirects
   token {flow, client_id?, verifier?: keep|omit|wrong, redirect_uri?, auth?, secret?}
   refresh {flow, which?: current|replaced}
+  native {flow, kiosk, token_file, client_id}   a native app's token from the kiosk
   userinfo {flow}
   introspect {flow, token: access|refresh, client_id?}
   revoke {flow, token: access|refresh, client_id?}
@@ -210,6 +211,31 @@ class Driver:
             "json": answer.json() if answer.status_code == 200 else None,
             "www_authenticate": answer.headers.get("WWW-Authenticate"),
         }
+
+    def native(self, flow, kiosk, token_file, client_id):
+        """A native app's token from the kiosk's local API (token exchange at the server)."""
+        with open(token_file, encoding="utf-8") as file:
+            local_token = file.read().strip()
+        answer = requests.post(
+            kiosk + "/v1/session/token",
+            json={"client_id": client_id},
+            headers={"Authorization": "Bearer " + local_token},
+            timeout=20,
+        )
+        said = {"status": answer.status_code}
+        if answer.status_code != 200:
+            said["json"] = answer.json()
+            return said
+        body = answer.json()
+        self.flows[flow] = {"client_id": client_id, "token": body}
+        access = self.provider.decode(body["access_token"])
+        said.update(
+            access_token={"header": dict(access.header), "claims": dict(access.claims)},
+            issued_token_type=body.get("issued_token_type"),
+            refresh_token="refresh_token" in body,
+            id_token="id_token" in body,
+        )
+        return said
 
     def _token_of(self, record, which):
         return record["token"]["access_token" if which == "access" else "refresh_token"]
