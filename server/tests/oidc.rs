@@ -26,6 +26,8 @@ const MAIL_REDIRECT: &str = "https://mail.example/callback";
 const APP_REDIRECT: &str = "http://127.0.0.1:9000/callback";
 const VERIFIER: &str = "dBjftJeZ4CVP-mB92K27uhbUJU1p1r_wW1gFWFOEjXk";
 const CHALLENGE: &str = "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM";
+/// Well-formed, but not the verifier of [`CHALLENGE`].
+const OTHER_VERIFIER: &str = "xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx";
 
 /// A server (open device mode) with Alice, two confidential clients (`wiki`, `mail`) and a
 /// public one (`app`).
@@ -389,7 +391,8 @@ async fn a_public_client_redeems_with_its_id_alone_and_no_openid_means_no_id_tok
     let reply = provider.form(oidc::PATH_TOKEN, None, &fields).await;
     assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
     assert!(reply.body.get("id_token").is_none());
-    let userinfo = provider.userinfo(&reply.text("access_token")).await;
+    let access_token = reply.text("access_token");
+    let userinfo = provider.userinfo(&access_token).await;
     assert_eq!(
         userinfo.body,
         json!({"sub": "alice", "email": "alice@example.com"})
@@ -409,6 +412,15 @@ async fn a_public_client_redeems_with_its_id_alone_and_no_openid_means_no_id_tok
         )
         .await;
     assert_eq!(with_secret.error(), "invalid_client");
+    // A removed client's tokens end with it.
+    provider
+        .state
+        .store()
+        .remove_client("app")
+        .await
+        .expect("the client is removed");
+    let removed = provider.userinfo(&access_token).await;
+    assert_eq!(removed.status, StatusCode::UNAUTHORIZED);
 }
 
 #[tokio::test]
@@ -469,6 +481,15 @@ async fn the_kiosk_gets_no_code_for_what_is_not_registered_or_without_pkce() {
     assert_eq!(ended.error(), "session_ended");
 }
 
+/// Basic credentials, redirect URI, code verifier; the status and error expected.
+type Case<'a> = (
+    Option<(&'a str, &'a str)>,
+    &'a str,
+    Option<&'a str>,
+    StatusCode,
+    &'a str,
+);
+
 #[tokio::test]
 async fn codes_are_refused_for_the_wrong_verifier_redirect_client_or_credentials() {
     let provider = provider().await;
@@ -488,12 +509,11 @@ async fn codes_are_refused_for_the_wrong_verifier_redirect_client_or_credentials
         }
     };
     let wiki = Some(("wiki", WIKI_SECRET));
-    let other_verifier = "x".repeat(43);
-    let cases: [(Option<(&str, &str)>, &str, Option<&str>, StatusCode, &str); 6] = [
+    let cases: [Case<'static>; 6] = [
         (
             wiki,
             WIKI_REDIRECT,
-            Some(other_verifier.as_str()),
+            Some(OTHER_VERIFIER),
             StatusCode::BAD_REQUEST,
             "invalid_grant",
         ),
@@ -839,4 +859,64 @@ async fn unknown_grants_and_non_form_bodies_are_refused() {
     assert_eq!(json_body.status, StatusCode::BAD_REQUEST);
     assert_eq!(json_body.error(), "invalid_request");
     assert_no_store(&json_body);
+}
+
+#[tokio::test]
+async fn wrong_client_secrets_spend_the_sources_refusals_and_big_bodies_are_refused() {
+    let (dir, report) = init_directory();
+    let mut config = ServerConfig::load(&report.config_path).expect("server.toml loads");
+    config.origin = ORIGIN.to_owned();
+    config.rate_limit.refusal_burst = 2;
+    config.rate_limit.refusals_per_minute = 1;
+    let state = state_with_users(&config, &[ALICE.user()]).await;
+    state
+        .store()
+        .add_client(&OidcClient {
+            id: "wiki".to_owned(),
+            secret_hash: Some(secret_hash(WIKI_SECRET)),
+            redirect_uris: vec![WIKI_REDIRECT.to_owned()],
+            backchannel_logout_uri: None,
+            created_at: OffsetDateTime::now_utc(),
+        })
+        .await
+        .expect("the client registers");
+    let provider = Provider { _dir: dir, state };
+    let guess = |secret: &'static str| {
+        let provider = &provider;
+        async move {
+            provider
+                .form(
+                    oidc::PATH_INTROSPECTION,
+                    Some(("wiki", secret)),
+                    &[("token", "x")],
+                )
+                .await
+        }
+    };
+    for _ in 0..2 {
+        assert_eq!(guess("guess").await.error(), "invalid_client");
+    }
+    let held_back = guess("guess").await;
+    assert_eq!(held_back.status, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(held_back.error(), "temporarily_unavailable");
+    assert!(held_back.headers.contains_key(header::RETRY_AFTER));
+    // The right secret still works: only refusals are spent.
+    let right = guess(WIKI_SECRET).await;
+    assert_eq!(right.status, StatusCode::OK, "{}", right.body);
+
+    let big = format!(
+        "grant_type=refresh_token&refresh_token={}",
+        "a".repeat(70 * 1024)
+    );
+    let reply = provider
+        .send(
+            Request::builder()
+                .method(Method::POST)
+                .uri(oidc::PATH_TOKEN)
+                .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+                .body(Body::from(big))
+                .expect("a request"),
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::PAYLOAD_TOO_LARGE);
 }

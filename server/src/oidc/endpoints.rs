@@ -15,6 +15,7 @@ use crate::server::ServerState;
 use crate::server::client_address::ClientAddress;
 use crate::server::error::ApiError;
 use crate::server::handlers::json_body;
+use crate::server::sessions::{anonymous_event, session_ended};
 use crate::store::{NewAuditEvent, NewAuthorizationCode, Session, secret_hash};
 use crate::token::unverified_audience;
 use pivtap_protocol::audit::{AuditKind, AuditOutcome};
@@ -101,15 +102,12 @@ pub async fn kiosk_session(
     let now = OffsetDateTime::now_utc();
     let claims = crate::server::sessions::bearer_claims(state, headers, now, false);
     let Some(claims) = claims else {
-        let event = NewAuditEvent {
-            time: now,
-            kind: AuditKind::Oidc,
-            outcome: AuditOutcome::Refused(ErrorCode::Unauthorized),
-            device: None,
-            card_serial: None,
-            user_id: None,
-            detail: Some(format!("{what}: no valid session token")),
-        };
+        let event = anonymous_event(
+            AuditKind::Oidc,
+            ErrorCode::Unauthorized,
+            now,
+            format!("{what}: no valid session token"),
+        );
         let refusal = ApiError::new(
             ErrorCode::Unauthorized,
             "this needs the session's access token as its bearer credential",
@@ -120,7 +118,7 @@ pub async fn kiosk_session(
         Some(session) if session.is_active(now) && session.user_id == claims.sub => {
             Ok((claims, session))
         }
-        _ => Err(crate::server::sessions::session_ended()),
+        _ => Err(session_ended()),
     }
 }
 
@@ -228,8 +226,8 @@ pub async fn authorize(
 }
 
 /// A client access token that is valid now: signature, `typ` `at+jwt`, issuer, audience
-/// (`audience`, or the one it names when any client's will do), not revoked, its session
-/// active.
+/// (`audience`, or the one it names when any client's will do), not revoked, its client
+/// still registered, its session active.
 async fn valid_access_token(
     state: &ServerState,
     token: &str,
@@ -252,7 +250,11 @@ async fn valid_access_token(
     let Ok(claims) = claims else {
         return Ok(None);
     };
-    if claims.client_id != claims.aud || state.store().is_access_token_revoked(&claims.jti).await? {
+    if claims.client_id != claims.aud
+        || state.store().is_access_token_revoked(&claims.jti).await?
+        // A removed client's tokens end with it.
+        || state.store().get_client(&claims.client_id).await?.is_none()
+    {
         return Ok(None);
     }
     let active = state
