@@ -414,10 +414,10 @@ impl Drop for Attached {
         if self.stopped {
             return;
         }
-        if let Err(problem) = self.stop() {
-            if !thread::panicking() {
-                panic!("{problem}");
-            }
+        if let Err(problem) = self.stop()
+            && !thread::panicking()
+        {
+            panic!("{problem}");
         }
     }
 }

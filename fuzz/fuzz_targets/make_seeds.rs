@@ -181,8 +181,9 @@ fn assertion_seeds() {
         jti: "t-0001".to_owned(),
         name: "Alice Example".to_owned(),
         email: Some("alice@example.com".to_owned()),
-        amr: vec!["sc".to_owned(), "pin".to_owned()],
+        amr: vec!["hwk".to_owned(), "sc".to_owned(), "pin".to_owned()],
         device: "kiosk-07".to_owned(),
+        sid: "s-0001".to_owned(),
     };
     write(
         "assertion",

@@ -338,16 +338,16 @@ fn check_config(findings: &mut Findings, config: &ServerConfig, now: OffsetDateT
                     Level::Ok,
                     "loads; the key matches",
                 );
-                if let Ok(bytes) = std::fs::read(&issuance.ca_certificate) {
-                    if let Ok(not_after) = certificate_not_after(&bytes) {
-                        validity(
-                            findings,
-                            "issuing ca validity",
-                            &issuance.ca_certificate,
-                            not_after,
-                            now,
-                        );
-                    }
+                if let Ok(bytes) = std::fs::read(&issuance.ca_certificate)
+                    && let Ok(not_after) = certificate_not_after(&bytes)
+                {
+                    validity(
+                        findings,
+                        "issuing ca validity",
+                        &issuance.ca_certificate,
+                        not_after,
+                        now,
+                    );
                 }
             }
             Err(error) => findings.add(

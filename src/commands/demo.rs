@@ -366,10 +366,8 @@ async fn script(
     narrate: bool,
 ) -> anyhow::Result<()> {
     let send = |input: Input| {
-        if narrate {
-            if let Some(line) = narration(&input) {
-                println!("{line}");
-            }
+        if narrate && let Some(line) = narration(&input) {
+            println!("{line}");
         }
         inputs
             .send(input)

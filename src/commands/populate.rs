@@ -254,7 +254,7 @@ impl Population {
         let time = self.now - year + step * (index as f64);
         let sign_in = index / 2;
         let device = Value::Text(format!("{}-kiosk-{:03}", self.prefix, sign_in % DEVICES));
-        if index % 2 == 0 {
+        if index.is_multiple_of(2) {
             return vec![
                 Value::Time(time),
                 Value::Text(AuditKind::Challenge.as_str().to_owned()),

@@ -211,10 +211,10 @@ impl Drop for CardWorker {
     fn drop(&mut self) {
         self.cancellation.stop();
         self.instructions = None;
-        if let Some(thread) = self.thread.take() {
-            if thread.join().is_err() {
-                tracing::error!("the card thread panicked");
-            }
+        if let Some(thread) = self.thread.take()
+            && thread.join().is_err()
+        {
+            tracing::error!("the card thread panicked");
         }
     }
 }

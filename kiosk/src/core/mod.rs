@@ -480,12 +480,10 @@ impl Kiosk {
     /// whose badge it is ([`Kiosk::on_card_read`]).
     fn use_held_pin(&mut self, reader: String, now: Instant) {
         let retry_pending = self.retry_pending(now);
-        if !retry_pending {
-            if let Some(pin) = self.take_pin() {
-                self.pin_awaiting_read = Some(pin);
-                self.read_card(reader, now);
-                return;
-            }
+        if !retry_pending && let Some(pin) = self.take_pin() {
+            self.pin_awaiting_read = Some(pin);
+            self.read_card(reader, now);
+            return;
         }
         let tries_left = match &self.state {
             State::PinFirst { prompt } => prompt.tries_left,
@@ -616,10 +614,9 @@ impl Kiosk {
             step: shown,
             ..
         } = &mut self.state
+            && *current == work
         {
-            if *current == work {
-                *shown = step;
-            }
+            *shown = step;
         }
     }
 
@@ -905,10 +902,10 @@ impl Kiosk {
                     }
                 }
                 self.edit_pin(key, now, self.config.pin_hold_timeout);
-                if self.typed_pin.is_empty() {
-                    if let State::SignedIn { next_worker, .. } = &mut self.state {
-                        *next_worker = None;
-                    }
+                if self.typed_pin.is_empty()
+                    && let State::SignedIn { next_worker, .. } = &mut self.state
+                {
+                    *next_worker = None;
                 }
             }
         }
@@ -1105,10 +1102,8 @@ impl Kiosk {
         let still_due = self
             .idle_deadline(session)
             .is_some_and(|at| at <= later(now, lead));
-        if !still_due {
-            if let State::SignedIn { session, .. } = &mut self.state {
-                session.warning = None;
-            }
+        if !still_due && let State::SignedIn { session, .. } = &mut self.state {
+            session.warning = None;
         }
     }
 
@@ -1134,10 +1129,10 @@ impl Kiosk {
         {
             return;
         }
-        if let Some(reader) = self.resume_reader.take() {
-            if self.cards.contains(&reader) {
-                self.start_sign_in(reader, now);
-            }
+        if let Some(reader) = self.resume_reader.take()
+            && self.cards.contains(&reader)
+        {
+            self.start_sign_in(reader, now);
         }
     }
 

@@ -137,10 +137,10 @@ impl HttpBody for Returning {
 
 impl Drop for Returning {
     fn drop(&mut self) {
-        if let Some(body) = self.body.take() {
-            if !body.is_end_stream() {
-                *self.leftover.lock().unwrap_or_else(PoisonError::into_inner) = Some(body);
-            }
+        if let Some(body) = self.body.take()
+            && !body.is_end_stream()
+        {
+            *self.leftover.lock().unwrap_or_else(PoisonError::into_inner) = Some(body);
         }
     }
 }

@@ -273,10 +273,10 @@ impl ServerState {
     /// load the store's writer.
     pub async fn is_ready(&self) -> bool {
         let mut last = self.inner.readiness.lock().await;
-        if let Some((at, ready)) = *last {
-            if at.elapsed() < READINESS_CACHE {
-                return ready;
-            }
+        if let Some((at, ready)) = *last
+            && at.elapsed() < READINESS_CACHE
+        {
+            return ready;
         }
         let ready = match self
             .store()
@@ -1210,11 +1210,11 @@ async fn maintain(state: ServerState) {
     ticks.tick().await;
     let mut warned: Option<Instant> = None;
     loop {
-        if let Some(warning) = state.tls_warning(time::OffsetDateTime::now_utc()) {
-            if warned.is_none_or(|at| at.elapsed() >= TLS_WARNING_INTERVAL) {
-                tracing::warn!("{warning}");
-                warned = Some(Instant::now());
-            }
+        if let Some(warning) = state.tls_warning(time::OffsetDateTime::now_utc())
+            && warned.is_none_or(|at| at.elapsed() >= TLS_WARNING_INTERVAL)
+        {
+            tracing::warn!("{warning}");
+            warned = Some(Instant::now());
         }
         ticks.tick().await;
         upkeep(&state, time::OffsetDateTime::now_utc()).await;
