@@ -29,7 +29,8 @@
 //!
 //! [tokens]
 //! key_file = "tokens.key"              # the session-token signing keys
-//! lifetime_seconds = 3600              # token lifetime, 1 s to 7 days
+//! lifetime_seconds = 300               # access tokens' lifetime (the kiosk refreshes them while the
+//!                                      # worker is present; apps refresh theirs), 1 s to 7 days
 //! audience = "pivtap"                  # the tokens' `aud`
 //!
 //! [sessions]
@@ -458,7 +459,7 @@ impl Default for TokenConfig {
     fn default() -> Self {
         Self {
             key_file: PathBuf::from("tokens.key"),
-            lifetime_seconds: 3600,
+            lifetime_seconds: 300,
             audience: "pivtap".to_owned(),
         }
     }
@@ -1600,11 +1601,11 @@ ca_certificates = ["trust/ca.pem"]
             config.tokens,
             TokenConfig {
                 key_file: PathBuf::from("/etc/pivtap/tokens.key"),
-                lifetime_seconds: 3600,
+                lifetime_seconds: 300,
                 audience: "pivtap".to_owned(),
             }
         );
-        assert_eq!(config.tokens.lifetime(), Duration::from_secs(3600));
+        assert_eq!(config.tokens.lifetime(), Duration::from_secs(300));
         assert_eq!(config.mapping.rule.to_string(), "san.email -> mail");
         assert_eq!(config.challenges.lifetime(), Duration::from_secs(60));
         assert_eq!(config.challenges.max_clock_skew(), Duration::from_secs(60));
