@@ -61,6 +61,13 @@ fn a_server_is_set_up_administered_and_signed_in_to_from_the_command_line() {
     assert_eq!(token.split('.').count(), 3, "a compact JWT: {token}");
     // Access tokens are short (5 minutes by default); the session lasts 12 hours.
     assert_eq!(signed_in["expires_in"], 300);
+    let session_id = signed_in["session_id"].as_str().expect("the session's id");
+    assert_eq!(
+        session_id.len(),
+        22,
+        "16 random bytes, base64url: {session_id}"
+    );
+    assert_eq!(signed_in["session_expires_in"], 12 * 3600);
 
     // bob's card is trusted, but no user has his address.
     let bob = server.card_copy("bob");

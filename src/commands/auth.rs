@@ -170,6 +170,10 @@ struct AuthOutput {
     user: pivtap_protocol::wire::UserInfo,
     token: String,
     expires_in: u64,
+    /// The server-side session the sign-in opened (`pivtap admin sessions end ID` ends it).
+    session_id: String,
+    /// Seconds until the session ends on its own.
+    session_expires_in: u64,
     /// The challenge's nonce as the server's audit shows it (`nonce ABCDEFGH…`): the
     /// audit event of this sign-in.
     audit_nonce: String,
@@ -227,6 +231,8 @@ pub fn run(args: AuthArgs) -> anyhow::Result<()> {
                 user: signed_in.user,
                 token: signed_in.token,
                 expires_in: signed_in.expires_in,
+                session_id: signed_in.session_id,
+                session_expires_in: signed_in.session_expires_in,
                 audit_nonce: pivtap_protocol::nonce::Nonce::audit_prefix_of(&challenge.nonce),
                 stats,
             })?
@@ -241,6 +247,10 @@ pub fn run(args: AuthArgs) -> anyhow::Result<()> {
                 .mail
                 .map(|m| format!(" <{m}>"))
                 .unwrap_or_default()
+        );
+        println!(
+            "Session {} (ends in {} s, or with `pivtap admin sessions end {}`)",
+            signed_in.session_id, signed_in.session_expires_in, signed_in.session_id
         );
         println!("Token (expires in {} s):", signed_in.expires_in);
         println!("{}", signed_in.token);
