@@ -374,6 +374,19 @@ async fn authorization_code_gives_tokens_that_verify_and_work_once() {
     assert_eq!(again.status, StatusCode::BAD_REQUEST);
     assert_eq!(again.error(), "invalid_grant");
     assert_no_store(&again);
+    // A code presented twice is abroad: the refresh token issued from it is revoked
+    // (RFC 6749 4.1.2), so whoever redeemed it first cannot keep the session's tokens.
+    let refreshed = provider
+        .form(
+            oidc::PATH_TOKEN,
+            Some(("wiki", WIKI_SECRET)),
+            &[
+                ("grant_type", "refresh_token"),
+                ("refresh_token", reply.text("refresh_token").as_str()),
+            ],
+        )
+        .await;
+    assert_eq!(refreshed.error(), "invalid_grant", "{}", refreshed.body);
 }
 
 #[tokio::test]

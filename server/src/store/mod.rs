@@ -1343,7 +1343,8 @@ pub trait Store: Send + Sync {
     /// Redeems a code in one step, atomically across nodes: of concurrent calls at most one
     /// gets [`CodeRedemption::Redeemed`] (the code is then used). A code is fresh while
     /// `now` is before its `expires_at`. The caller checks the client, the redirect URI, the
-    /// PKCE verifier and that the session is active.
+    /// PKCE verifier and that the session is active. A code that was used already answers
+    /// [`CodeRedemption::Used`] and revokes its client's refresh tokens in its session.
     fn redeem_authorization_code(
         &self,
         code_hash: &str,

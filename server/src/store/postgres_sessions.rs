@@ -682,12 +682,35 @@ pub(super) async fn redeem_authorization_code(
             None => CodeRedemption::Unknown,
         });
     }
-    let why = client
-        .prepare_cached("SELECT used_at IS NOT NULL FROM authorization_codes WHERE code_hash = $1")
+    // Not redeemed now: a code used already revokes its client's refresh tokens in its
+    // session (one statement); otherwise say whether it is unknown or expired.
+    let reused = client
+        .prepare_cached(
+            "WITH code AS (
+                 SELECT session_id, client_id FROM authorization_codes
+                 WHERE code_hash = $1 AND used_at IS NOT NULL
+             ), revoked AS (
+                 UPDATE session_refresh_tokens AS token SET revoked_at = $2
+                 FROM code
+                 WHERE token.session_id = code.session_id AND token.client_id = code.client_id
+                     AND token.revoked_at IS NULL
+             )
+             SELECT count(*) FROM code",
+        )
         .await?;
-    Ok(match client.query_opt(&why, &[&code_hash]).await? {
+    if client
+        .query_one(&reused, &[&code_hash, &now])
+        .await?
+        .try_get::<_, i64>(0)?
+        > 0
+    {
+        return Ok(CodeRedemption::Used);
+    }
+    let known = client
+        .prepare_cached("SELECT 1 FROM authorization_codes WHERE code_hash = $1")
+        .await?;
+    Ok(match client.query_opt(&known, &[&code_hash]).await? {
         None => CodeRedemption::Unknown,
-        Some(row) if row.try_get::<_, bool>(0)? => CodeRedemption::Used,
         Some(_) => CodeRedemption::Expired,
     })
 }

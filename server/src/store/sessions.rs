@@ -183,7 +183,10 @@ pub enum CodeRedemption {
     Unknown,
     /// The code expired unused.
     Expired,
-    /// The code was redeemed already. Wins over [`CodeRedemption::Expired`].
+    /// The code was redeemed already. Wins over [`CodeRedemption::Expired`]. The refresh
+    /// tokens of the code's client in its session were revoked in the same step (RFC 6749
+    /// §4.1.2: the tokens issued from a code presented twice are revoked, as a copy of the
+    /// code is abroad).
     Used,
 }
 

@@ -665,10 +665,27 @@ pub async fn authorization_codes_are_redeemed_once_before_they_expire(
     };
     assert_eq!(*read, fresh);
     assert_eq!(of.id, session.id);
+    // What was issued from the code: the client's refresh token; another client has one too.
+    store.add_client(&client("mail", true)).await?;
+    for (client_id, token) in [("wiki", "wiki-refresh"), ("mail", "mail-refresh")] {
+        store
+            .add_refresh_token(&session.id, client_id, token, "openid", at(69))
+            .await?;
+    }
     assert_eq!(
         store.redeem_authorization_code("fresh", at(69)).await?,
         CodeRedemption::Used
     );
+    // Presented again, the code's client's refresh tokens in the session are revoked;
+    // another client's are not.
+    let wiki = store
+        .use_refresh_token("wiki-refresh", "wiki", "wiki-next", at(69))
+        .await?;
+    assert_eq!(wiki, RefreshUse::Ended);
+    let mail = store
+        .use_refresh_token("mail-refresh", "mail", "mail-next", at(69))
+        .await?;
+    assert!(matches!(mail, RefreshUse::Rotated { .. }), "{mail:?}");
     // Used wins over expired.
     assert_eq!(
         store.redeem_authorization_code("fresh", at(500)).await?,

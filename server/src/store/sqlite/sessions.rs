@@ -603,6 +603,12 @@ pub(super) fn redeem_authorization_code(
         expires_at: decode_time("expires_at", &expires_at)?,
     };
     if used_at.is_some() {
+        connection
+            .prepare_cached(
+                "UPDATE session_refresh_tokens SET revoked_at = ?
+                 WHERE session_id = ? AND client_id = ? AND revoked_at IS NULL",
+            )?
+            .execute(params![encode_time(now)?, code.session_id, code.client_id])?;
         return Ok(CodeRedemption::Used);
     }
     if now >= code.expires_at {
