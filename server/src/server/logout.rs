@@ -214,8 +214,16 @@ pub async fn deliver_due(
             return 0;
         }
     };
-    for delivery in &claimed {
-        let outcome = match post(state, http, delivery, now).await {
+    // Posted at once, so that one slow or unreachable client holds up no other and the
+    // whole batch ends within DELIVERY_TIMEOUT, well inside the claim's lease.
+    let posted = futures_util::future::join_all(
+        claimed
+            .iter()
+            .map(|delivery| post(state, http, delivery, now)),
+    )
+    .await;
+    for (delivery, posted) in claimed.iter().zip(posted) {
+        let outcome = match posted {
             Ok(()) => DeliveryOutcome::Delivered,
             Err(error) => {
                 let error: String = error.chars().take(MAX_ERROR_CHARS).collect();
